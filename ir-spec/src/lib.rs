@@ -1,0 +1,19 @@
+//! The Kiln IR: a typed SSA graph shared by every importer, pass and backend.
+//!
+//! - [`types`]: element types, symbolic dims, shapes, value types.
+//! - [`tensor`]: constant data, stored once behind `Arc`.
+//! - [`attr`]: node attributes, including nested regions.
+//! - [`module`]: the module, its regions, nodes and value arena.
+//! - [`ops`]: the op registry: arity, attribute schemas, shape inference.
+//! - [`verify`]: the verifier.
+//! - [`text`]: the textual format (printer and parser); see `SPEC.md`.
+
+pub mod attr;
+pub mod module;
+pub mod tensor;
+pub mod types;
+
+pub use attr::{Attr, AttrKind, Attrs};
+pub use module::{Module, Node, Region, ValueData, ValueId};
+pub use tensor::{Payload, TensorData};
+pub use types::{Dim, ElemType, QuantParams, SymExpr, TensorType, Type};
