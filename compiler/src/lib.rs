@@ -1,1 +1,14 @@
-//! Kiln compiler.
+//! The Kiln compiler: importers (ONNX, text IR), and soon passes and
+//! lowering. The `kiln` binary (`src/main.rs`) is its command line.
+//!
+//! - [`onnx`]: ONNX protobuf to IR, with op-version canonicalization.
+//! - [`load`]: read any model format from disk, verified.
+//! - [`infer`]: type inference while importing.
+//! - [`dump`]: JSON and Graphviz forms of a module.
+
+pub mod dump;
+pub mod infer;
+pub mod load;
+pub mod onnx;
+
+pub use load::{load_model, LoadError};

@@ -1,0 +1,13 @@
+//! ONNX import: protobuf (prost, generated code checked in) to Kiln IR.
+//!
+//! - [`proto`]: generated message types (see `compiler/proto/regen.sh`).
+//! - [`tensor`]: TensorProto/TypeProto/SequenceProto to IR types and data.
+//! - [`import`]: graphs, scopes, functions, subgraphs.
+//! - [`canon`]: rewriting older op versions into the canonical IR op forms.
+
+pub mod canon;
+pub mod import;
+pub mod proto;
+pub mod tensor;
+
+pub use import::{import_model_bytes, import_model_file, ImportError};
