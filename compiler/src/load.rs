@@ -66,3 +66,14 @@ pub fn parse_text(src: &str, filename: &str) -> Result<Module, LoadError> {
         err,
     })
 }
+
+/// Import and verify a serialized ONNX model held in memory; `name` is
+/// how the model is called in errors.
+pub fn load_onnx_bytes(bytes: &[u8], name: &str) -> Result<Module, LoadError> {
+    let m = crate::onnx::import_model_bytes(bytes, None).map_err(|err| LoadError::Import {
+        path: name.to_string(),
+        err,
+    })?;
+    kiln_ir::verify::verify(&m).map_err(|err| LoadError::Verify { path: name.to_string(), err })?;
+    Ok(m)
+}

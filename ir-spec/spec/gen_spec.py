@@ -45,7 +45,7 @@ CATALOG = os.environ.get("KILN_OP_CATALOG", "/tmp/opcatalog.txt")
 DOMAINS = ["", "ai.onnx.ml", "ai.onnx.preview.training"]
 MAX_OPSET = {"": 22}
 ELIDE_THRESHOLD = 16
-DOC_LIMIT = 3600  # characters of ONNX prose kept per op (cut at a paragraph)
+DOC_LIMIT = 4500  # characters of ONNX prose kept per op (cut at a paragraph)
 
 # ---------------------------------------------------------------------------
 # Types
@@ -486,7 +486,7 @@ def convert_doc(doc):
             in_code = not in_code
             out.append(line.rstrip())
             continue
-        if not in_code:
+        if not in_code and not line.startswith("    "):  # not an indented code line
             line = re.sub(r"<br\s*/?>", "  \n", line)
             line = re.sub(r"</?i>", "*", line)
             line = re.sub(r"</?b>", "**", line)
@@ -503,10 +503,30 @@ def convert_doc(doc):
     return trim_doc(text)
 
 
+def is_sample(p):
+    lines = p.split("\n")
+    if re.fullmatch(r"\*Sample[^*]*\*:?", p.strip()):
+        return True
+    return len(p) > 300 and all(l.startswith("    ") for l in lines)
+
+
 def trim_doc(text):
     if len(text) <= DOC_LIMIT:
         return text
     paras = split_paragraphs(text)
+    if any(is_sample(p) for p in paras):
+        kept, noted = [], False
+        for p in paras:
+            if is_sample(p):
+                if not noted:
+                    kept.append("*(ONNX's sample graphs and code are omitted here.)*")
+                    noted = True
+                continue
+            kept.append(p)
+        paras = kept
+        text = "\n\n".join(paras)
+        if len(text) <= DOC_LIMIT:
+            return text
     keep, size = [], 0
     for p in paras:
         if keep and size + len(p) > DOC_LIMIT:
@@ -584,20 +604,28 @@ CANON = {
     "Unsqueeze": "Versions 1 and 11 carry `axes` as a required `ints` attribute. The importer moves it to the second operand: `Unsqueeze(%x) {axes = [0]}` becomes `Unsqueeze(%x, %axes)` with `const %axes: i64[1] = dense[0]`.",
     "ReduceSum": "Versions 1 and 11 carry `axes` as an `ints` attribute. The importer moves it to the optional second operand as an `i64[k]` constant; `keepdims` is kept. Without the attribute the operand is omitted (reduce over all axes; `noop_with_empty_axes` keeps its default 0).",
     "Split": "Versions 1, 2 and 11 carry the part sizes as the `split` attribute; the importer moves them to the second operand as an `i64[k]` constant. When an older node has neither `split` attribute nor input (equal parts), the importer sets `num_outputs` to the node's number of results, as version 18 requires. Version 13 nodes without `split` get `num_outputs` the same way.",
-    "Softmax": "Versions 1 and 11 coerce the input to 2-D: dims `[0, axis)` form the rows, `[axis, rank)` the columns (default `axis = 1`). When `axis` is the last axis (or the rank is at most 2 and `axis` is 1) this equals version 13 and the importer only sets `axis`. Otherwise it emits `%f = Flatten(%x) {axis = a}`, `%s = Softmax(%f) {axis = 1}` and `%y = Reshape(%s, %shape)`, where `%shape` is an `i64` constant of the input's static shape, or `Shape(%x)` when the shape is not static.",
-    "Upsample": "Not an IR op. The importer rewrites every `Upsample` (versions 1–10, deprecated by ONNX) to `Resize`: `Upsample(%x, %scales) {mode = m}` becomes `Resize(%x, none, %scales) {coordinate_transformation_mode = \"asymmetric\", mode = m, nearest_mode = \"floor\"}` (`mode = \"bilinear\"` of version 1 becomes `\"linear\"`). Version 1's `height_scale`/`width_scale` and version 7's `scales` attribute become an `f32[rank]` constant for the `scales` operand.",
-    "Resize": "Version 10 has two operands `(X, scales)` and asymmetric coordinates; the importer inserts `none` for `roi` and sets `coordinate_transformation_mode = \"asymmetric\"` and `nearest_mode = \"floor\"`. `Upsample` is rewritten to `Resize` the same way (see Upsample). Versions 11–18 already have the version-19 operands; their attributes keep their meaning.",
-    "Pad": "Versions 1 and 2 carry `pads` (`paddings` in version 1) and `value` as attributes. The importer moves them to operands: `pads` becomes an `i64[2*rank]` constant, `value` a scalar constant of the input's element type (omitted as `none` when it is 0), and `axes` is left out. Versions 11–19 only lack the optional `axes` operand (and some modes) and need no change.",
+    "Softmax": 'Versions 1 and 11 coerce the input to 2-D: dims `[0, axis)` form the rows, `[axis, rank)` the columns (default `axis = 1`). When the rank is known and `axis` is the last axis, this equals version 13 and the importer only sets `axis = -1`. Otherwise it emits `%f = Flatten(%x) {axis = a}`, `%s = Shape(%x)`, the op over `%f` with `axis = 1`, and `%y = Reshape(%op_2d, %s)` (helper values are named after the node).',
+    "Upsample": 'Not an IR op. The importer rewrites every `Upsample` (deprecated by ONNX) to `Resize`: `Upsample(%x, %scales) {mode = m}` becomes `Resize(%x, none, %scales) {coordinate_transformation_mode = "asymmetric", mode = m}`, plus `nearest_mode = "floor"` when `m` is `"nearest"`; `"bilinear"` becomes `"linear"`. Version 7\'s `scales` attribute becomes an `f32[rank]` constant for the `scales` operand; `height_scale`/`width_scale` are dropped.',
+    "Resize": 'Version 10 has two operands `(X, scales)` with asymmetric coordinates and floor rounding; the importer inserts `none` for `roi` and sets `coordinate_transformation_mode = "asymmetric"` (and `nearest_mode = "floor"` unless `mode = "linear"`). `Upsample` is rewritten to `Resize` the same way (see Upsample).',
+    "Pad": "Versions before 11 carry `pads` (`paddings` in version 1) and `value` as attributes. The importer moves `pads` to operand 1 as an `i64[2*rank]` constant and `value`, when present, to operand 2 as a scalar constant of the input's element type; `axes` is left out. Later versions need no change.",
     "Slice": "Version 1 carries `starts`, `ends` and `axes` as attributes. The importer moves them to `i64` constant operands (`steps` is omitted).",
     "Clip": "Versions 1 and 6 carry `min`/`max` as float attributes. The importer moves each one present to a scalar constant operand of the input's element type; an absent bound becomes `none`.",
     "TopK": "Version 1 carries `k` as an attribute; the importer moves it to the second operand as `const %k: i64[1]`. `largest` and `sorted` get their defaults (1).",
-    "Dropout": "Versions 1–10 carry `ratio` as a float attribute (and versions 1 and 6 `is_test`). The importer moves `ratio` to the optional `ratio` operand as an `f32[]` constant, leaves `training_mode` out (inference) and drops `is_test`; the `mask` result, when used, keeps its name (it is `bool` since version 12).",
-    "BatchNormalization": "Versions 1–9 (`is_test`, `spatial`, `consumed_inputs`) are rewritten to the version-15 form: `is_test` and `consumed_inputs` are dropped and `training_mode` is left at 0 (inference; only result `Y`). A training-mode node of versions 1–9 (more than one result) becomes `training_mode = 1` with results `Y, running_mean, running_var`; `saved_mean`/`saved_var` results have no version-15 counterpart and must be unused. `spatial = 0` has no version-15 form and is an import error. Version 14 differs from 15 only in its type constraints.",
+    "Dropout": "Versions before 12 carry `ratio` as a float attribute (and versions 1 and 6 `is_test`). The importer moves `ratio`, when present, to the `ratio` operand as a scalar constant of the input's element type, drops `is_test`, and leaves `training_mode` out (inference).",
+    "BatchNormalization": 'The legacy attributes of versions before 9 (`consumed_inputs`, `is_test`) and 7–9 (`spatial`) are dropped; everything else keeps its meaning (`training_mode` defaults to 0, inference).',
     "Reshape": "Version 1 carries the target shape as the `shape` attribute; the importer moves it to the second operand as an `i64[rank]` constant (`allowzero` keeps its default 0).",
     "Scatter": "Not an IR op. ONNX deprecated `Scatter` (versions 9 and 11) in favour of `ScatterElements`, which has the same operands and `axis` attribute; the importer renames every `Scatter` node to `ScatterElements`.",
 }
 for _n in REDUCE_V18:
     CANON[_n] = ("Versions before 18 carry `axes` as an `ints` attribute. The importer moves it to the optional second operand as an `i64[k]` constant; `keepdims` is kept. Without the attribute the operand is omitted (reduce over all axes; `noop_with_empty_axes` keeps its default 0).")
+_BCAST = "Versions before 7 (the `broadcast`/`axis` attributes): with `broadcast = 1` and an `axis`, B's dims were aligned at `axis` of A; the importer drops both attributes and, when B does not reach A's last dim, inserts `Unsqueeze(%B, %axes)` of B's missing trailing dims so that today's trailing-dim broadcasting gives the same result. `consumed_inputs` is dropped."
+for _n in ["Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Xor", "Equal", "Greater", "Less"]:
+    CANON[_n] = _BCAST
+CANON["Gemm"] = "Versions before 7 carry `broadcast`; the importer drops it (Gemm's C operand broadcasts unidirectionally in every later version)."
+CANON["Concat"] = "Versions before 4 default `axis` to 1; the importer sets `axis = 1` explicitly when it is absent."
+CANON["DFT"] = "Versions before 20 carry `axis` as an attribute (default 1); the importer moves it to operand 2 as an `i64[]` constant."
+CANON["GroupNormalization"] = "Version 18 took `scale` and `bias` per group; version 21 takes them per channel. The importer repeats each group's value over its `C/num_groups` channels (Unsqueeze, Expand, Reshape)."
+CANON["Scan"] = "Version 8 had a leading batch axis on every state and scan input and an optional `sequence_lens` operand. With no `sequence_lens` and a known batch size of 1 (the only case expressible without a loop) the importer squeezes the batch axis off the operands, renames `directions` to `scan_input_directions`, emits a version-9+ Scan, and unsqueezes the batch axis back onto the results; anything else is an import error."
 CANON["LogSoftmax"] = CANON["Softmax"].replace("Softmax(%f)", "LogSoftmax(%f)")
 CANON["Hardmax"] = CANON["Softmax"].replace("Softmax(%f)", "Hardmax(%f)")
 
