@@ -1,9 +1,24 @@
 //! The textual form of the IR (`.kir`): a deterministic printer and a
 //! parser, with print → parse → print giving identical text.
 //!
-//! The format is specified in `SPEC.md` (text format section): a module
-//! header with opsets, then region bodies of `input`, `const`, node and
-//! `return` lines; nested regions are `graph { ... }` attribute literals.
+//! In outline (the printer's exact layout is the canonical form):
+//!
+//! ```text
+//! module @NAME opset(DOMAIN = VERSION, ...) {
+//!   input %x: f32[N,3]
+//!   const %w: i64[2] = dense[1, -1]          # or `elided`, or hex"..."
+//!   %y, %i = TopK(%x, %k, none) {axis = 1} : f32[N,5], i64[N,5] loc("topk")
+//!   %z = If(%c) {
+//!     else_branch = graph {
+//!       return %x
+//!     },
+//!     then_branch = graph {
+//!       return %y
+//!     }
+//!   } : f32[N,5]
+//!   return %z
+//! }
+//! ```
 //!
 //! - [`lexer`]: tokens with spans and line/column.
 //! - [`printer`]: [`print_module`], [`print_type`].

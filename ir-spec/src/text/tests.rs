@@ -153,6 +153,52 @@ fn everything_round_trips() {
 }
 
 #[test]
+fn lexer_tokens_and_positions() {
+    use super::lexer::{Lexer, Tok};
+    let src = "%\"a b\" @m.1 x.y_2 1e-5 # c\n  \"s\\x{ff}\\u{e9}\" hex\"0aFF\" %0.a (-?)";
+    let mut lex = Lexer::new(src);
+    let mut toks = vec![];
+    loop {
+        let t = lex.next_token().unwrap();
+        if t.tok == Tok::Eof {
+            break;
+        }
+        toks.push((t.tok, t.line, t.col, &src[t.span]));
+    }
+    let want = vec![
+        (Tok::Value("a b".into()), 1, 1, "%\"a b\""),
+        (Tok::At("m.1".into()), 1, 8, "@m.1"),
+        (Tok::Ident("x.y_2".into()), 1, 13, "x.y_2"),
+        (Tok::Num("1e-5".into()), 1, 19, "1e-5"),
+        (
+            Tok::Str(b"s\xff\xc3\xa9".to_vec()),
+            2,
+            3,
+            "\"s\\x{ff}\\u{e9}\"",
+        ),
+        (Tok::Hex(vec![0x0a, 0xff]), 2, 19, "hex\"0aFF\""),
+        (Tok::Value("0.a".into()), 2, 29, "%0.a"),
+        (Tok::Punct('('), 2, 34, "("),
+        (Tok::Punct('-'), 2, 35, "-"),
+        (Tok::Punct('?'), 2, 36, "?"),
+        (Tok::Punct(')'), 2, 37, ")"),
+    ];
+    assert_eq!(toks, want);
+    for bad in [
+        "%",
+        "@ x",
+        "\"\\u{110000}\"",
+        "\"\\x{100}\"",
+        "\"\\u{}\"",
+        "hex\"0\"",
+        "hex\"0",
+        "`",
+    ] {
+        assert!(Lexer::new(bad).next_token().is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn display_uses_default_options() {
     let src = module("  const %c: f32[17] = elided\n  return %c\n");
     let m = parse_module(&src).unwrap();
