@@ -406,8 +406,7 @@ impl Parser<'_> {
         if self.is_kw("loc") {
             self.bump()?;
             self.expect('(')?;
-            let t = self.bump()?;
-            name = self.utf8(t)?;
+            name = self.string()?;
             self.expect(')')?;
         }
         Ok(Node {
@@ -423,136 +422,121 @@ impl Parser<'_> {
 
     fn attr(&mut self) -> PResult<Attr> {
         let t = self.tok.clone();
-        match &t.tok {
-            Tok::Num(_) | Tok::Punct('-') => self.scalar_number(),
-            Tok::Ident(s) if s == "nan" || s == "inf" => self.scalar_number(),
-            Tok::Str(_) => {
-                let t = self.bump()?;
-                Ok(Attr::String(self.utf8(t)?))
+        let kw = match &t.tok {
+            Tok::Ident(s) => s.as_str(),
+            _ => "",
+        };
+        Ok(match (&t.tok, kw) {
+            (Tok::Num(_) | Tok::Punct('-'), _) | (_, "nan" | "inf") => {
+                let (text, float, t) = self.number()?;
+                if float {
+                    Attr::Float(text.parse().map_err(|_| self.malformed(&text, &t))?)
+                } else {
+                    Attr::Int(text.parse().map_err(|_| self.malformed(&text, &t))?)
+                }
             }
-            Tok::Ident(s) if matches!(s.as_str(), "tensor" | "type" | "graph") => self.attr_item(s),
-            Tok::Ident(s) => {
-                let kind = s.clone();
-                let empty = match kind.as_str() {
+            (Tok::Str(_), _) => Attr::String(self.string()?),
+            (_, "tensor") => Attr::Tensor(Arc::new(self.tensor_lit()?)),
+            (_, "type") => Attr::Type(self.type_lit()?),
+            (_, "graph") => Attr::Graph(self.graph_lit()?),
+            (_, "ints" | "floats" | "strings" | "tensors" | "graphs" | "types") => {
+                let empty = match kw {
                     "ints" => Attr::Ints(vec![]),
                     "floats" => Attr::Floats(vec![]),
                     "strings" => Attr::Strings(vec![]),
                     "tensors" => Attr::Tensors(vec![]),
                     "graphs" => Attr::Graphs(vec![]),
-                    "types" => Attr::Types(vec![]),
-                    _ => return Err(self.err(&t, format!("unknown attribute kind `{kind}`"))),
+                    _ => Attr::Types(vec![]),
                 };
                 self.bump()?;
                 self.expect('[')?;
                 self.expect(']')?;
-                Ok(empty)
+                empty
             }
-            Tok::Punct('[') => {
+            (Tok::Ident(s), _) => return Err(self.err(&t, format!("unknown attribute kind `{s}`"))),
+            (Tok::Punct('['), _) => {
                 self.bump()?;
                 self.deeper(&t)?;
-                let first = self.tok.clone();
-                let a = match &first.tok {
-                    Tok::Num(_) | Tok::Punct('-') => {
-                        let nums = self.list(']', |p| p.number())?;
-                        if nums.iter().any(|n| n.1) {
-                            let fs = nums
-                                .iter()
-                                .map(|(s, _, t)| s.parse().map_err(|_| self.malformed(s, t)));
-                            Attr::Floats(fs.collect::<PResult<_>>()?)
-                        } else {
-                            let is = nums
-                                .iter()
-                                .map(|(s, _, t)| s.parse().map_err(|_| self.malformed(s, t)));
-                            Attr::Ints(is.collect::<PResult<_>>()?)
-                        }
-                    }
-                    Tok::Ident(s) if s == "nan" || s == "inf" => {
-                        Attr::Floats(self.list(']', |p| p.f32())?)
-                    }
-                    Tok::Str(_) => Attr::Strings(self.list(']', |p| {
-                        let t = p.bump()?;
-                        p.utf8(t)
-                    })?),
-                    Tok::Ident(s) if matches!(s.as_str(), "tensor" | "type" | "graph") => {
-                        let kind = s.clone();
-                        let items = self.list(']', |p| {
-                            if p.is_kw(&kind) {
-                                p.attr_item(&kind)
-                            } else {
-                                Err(p.unexpected(
-                                    &p.tok,
-                                    &format!("`{kind}` (the list's first element is one)"),
-                                ))
-                            }
-                        })?;
-                        let mut ts = Vec::new();
-                        let mut gs = Vec::new();
-                        let mut tys = Vec::new();
-                        for it in items {
-                            match it {
-                                Attr::Tensor(x) => ts.push(x),
-                                Attr::Graph(x) => gs.push(x),
-                                Attr::Type(x) => tys.push(x),
-                                _ => {}
-                            }
-                        }
-                        match kind.as_str() {
-                            "tensor" => Attr::Tensors(ts),
-                            "graph" => Attr::Graphs(gs),
-                            _ => Attr::Types(tys),
-                        }
-                    }
-                    Tok::Punct(']') => {
-                        return Err(self.err(
-                            &first,
-                            "an empty list must name its kind: `ints[]`, `floats[]`, ...",
-                        ))
-                    }
-                    _ => return Err(self.unexpected(&first, "a list element")),
-                };
+                let a = self.attr_list()?;
                 self.depth -= 1;
-                Ok(a)
+                a
             }
-            _ => Err(self.unexpected(&t, "an attribute value")),
-        }
-    }
-
-    fn scalar_number(&mut self) -> PResult<Attr> {
-        let (text, float, t) = self.number()?;
-        let bad = || self.malformed(&text, &t);
-        Ok(if float {
-            Attr::Float(text.parse().map_err(|_| bad())?)
-        } else {
-            Attr::Int(text.parse().map_err(|_| bad())?)
+            _ => return Err(self.unexpected(&t, "an attribute value")),
         })
     }
 
-    /// `tensor<T> DATA`, `type<T>` or `graph { ... }`.
-    fn attr_item(&mut self, kind: &str) -> PResult<Attr> {
-        self.bump()?;
-        match kind {
-            "graph" => Ok(Attr::Graph(self.region()?)),
-            "type" => {
-                self.expect('<')?;
-                let t = self.ty()?;
-                self.expect('>')?;
-                Ok(Attr::Type(t))
+    /// The elements and `]` of a non-empty list; the first element says
+    /// which kind it is.
+    fn attr_list(&mut self) -> PResult<Attr> {
+        let first = self.tok.clone();
+        let numeric = match &first.tok {
+            Tok::Num(_) | Tok::Punct('-') => true,
+            Tok::Ident(s) => s == "nan" || s == "inf",
+            _ => false,
+        };
+        Ok(match &first.tok {
+            _ if numeric => {
+                let nums = self.list(']', |p| p.number())?;
+                let bad = |(s, _, t): &(String, bool, Token)| self.malformed(s, t);
+                if nums.iter().any(|n| n.1) {
+                    let fs = nums.iter().map(|n| n.0.parse().map_err(|_| bad(n)));
+                    Attr::Floats(fs.collect::<PResult<_>>()?)
+                } else {
+                    let is = nums.iter().map(|n| n.0.parse().map_err(|_| bad(n)));
+                    Attr::Ints(is.collect::<PResult<_>>()?)
+                }
             }
-            _ => {
-                self.expect('<')?;
-                let elem = self.elem()?;
-                self.expect('[')?;
-                let shape = self.list(']', |p| {
-                    let (text, float, t) = p.number()?;
-                    match text.parse::<u64>() {
-                        Ok(d) if !float => Ok(d),
-                        _ => Err(p.err(&t, format!("expected a static dimension, found `{text}`"))),
-                    }
-                })?;
-                self.expect('>')?;
-                Ok(Attr::Tensor(Arc::new(self.data(elem, shape)?)))
+            Tok::Str(_) => Attr::Strings(self.list(']', |p| p.string())?),
+            Tok::Ident(s) if s == "tensor" => {
+                Attr::Tensors(self.list(']', |p| Ok(Arc::new(p.tensor_lit()?)))?)
             }
-        }
+            Tok::Ident(s) if s == "type" => Attr::Types(self.list(']', Self::type_lit)?),
+            Tok::Ident(s) if s == "graph" => Attr::Graphs(self.list(']', Self::graph_lit)?),
+            Tok::Punct(']') => {
+                return Err(self.err(
+                    &first,
+                    "an empty list must name its kind: `ints[]`, `floats[]`, ...",
+                ))
+            }
+            _ => return Err(self.unexpected(&first, "a list element")),
+        })
+    }
+
+    fn string(&mut self) -> PResult<String> {
+        let t = self.bump()?;
+        self.utf8(t)
+    }
+
+    /// `tensor<ELEM[D,...]> DATA`.
+    fn tensor_lit(&mut self) -> PResult<TensorData> {
+        self.expect_kw("tensor")?;
+        self.expect('<')?;
+        let elem = self.elem()?;
+        self.expect('[')?;
+        let shape = self.list(']', |p| {
+            let (text, float, t) = p.number()?;
+            match text.parse::<u64>() {
+                Ok(d) if !float => Ok(d),
+                _ => Err(p.err(&t, format!("expected a static dimension, found `{text}`"))),
+            }
+        })?;
+        self.expect('>')?;
+        self.data(elem, shape)
+    }
+
+    /// `type<T>`.
+    fn type_lit(&mut self) -> PResult<Type> {
+        self.expect_kw("type")?;
+        self.expect('<')?;
+        let t = self.ty()?;
+        self.expect('>')?;
+        Ok(t)
+    }
+
+    /// `graph { ... }`.
+    fn graph_lit(&mut self) -> PResult<Region> {
+        self.expect_kw("graph")?;
+        self.region()
     }
 
     // ---- types ----
