@@ -11,9 +11,11 @@
 pub mod attr;
 pub mod module;
 pub mod tensor;
+pub mod text;
 pub mod types;
 
 pub use attr::{Attr, AttrKind, Attrs};
 pub use module::{Module, Node, Region, ValueData, ValueId};
 pub use tensor::{Payload, TensorData};
+pub use text::{parse_module, print_module, print_type, ParseError, PrintOptions};
 pub use types::{Dim, ElemType, QuantParams, SymExpr, TensorType, Type};
