@@ -10,8 +10,10 @@
 
 pub mod attr;
 pub mod module;
+pub mod ops;
 pub mod tensor;
 pub mod types;
+pub mod verify;
 
 pub use attr::{Attr, AttrKind, Attrs};
 pub use module::{Module, Node, Region, ValueData, ValueId};

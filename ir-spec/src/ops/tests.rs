@@ -1,0 +1,3 @@
+//! Unit tests of the registry and the inference rules.
+
+use super::*;

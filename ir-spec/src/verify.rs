@@ -1,0 +1,437 @@
+//! The verifier: checks a [`Module`] against the op registry and the IR's
+//! structural rules (SSA definitions and dominance, region signatures,
+//! constants matching their types, result types agreeing with inference).
+//!
+//! Every error names where it happened (region path, node index, node) and
+//! the rule broken, in one line.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::attr::AttrKind;
+use crate::module::{Module, Node, Region, ValueId};
+use crate::ops::{self, InferError};
+use crate::tensor::{Payload, TensorData};
+use crate::types::{types_compatible, Dim, Type};
+
+/// Where an error is: the region path (`main`, `main/3:Loop "l".body`),
+/// and the node within it when the error is about a node.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Location {
+    pub region: String,
+    pub node_index: Option<usize>,
+    /// The node as [`Node::describe`] gives it (`Conv "conv1"`).
+    pub node: Option<String>,
+    /// The node's op.
+    pub op: Option<String>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.region)?;
+        if let Some(i) = self.node_index {
+            write!(f, " node #{i}")?;
+        }
+        if let Some(n) = &self.node {
+            write!(f, " ({n})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The rule a module breaks.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rule {
+    #[error("unknown op")]
+    UnknownOp,
+    #[error("has {got} operands, the op takes {}", range(*.min, *.max))]
+    InputCount { got: usize, min: usize, max: usize },
+    #[error("has {got} results, the op gives {}", range(*.min, *.max))]
+    OutputCount { got: usize, min: usize, max: usize },
+    #[error("required operand {index} is omitted")]
+    MissingOperand { index: usize },
+    #[error("unknown attribute `{name}`")]
+    UnknownAttr { name: String },
+    #[error("attribute `{name}` must be {expected}, got {got}")]
+    AttrKind { name: String, expected: AttrKind, got: AttrKind },
+    #[error("required attribute `{name}` is missing")]
+    MissingAttr { name: String },
+    #[error("{what} refers to value id {id}, not in the module")]
+    BadValueId { what: String, id: u32 },
+    #[error("operand {index} (%{value}) is used where it is not defined (before its definition, or in another region)")]
+    UseBeforeDef { index: usize, value: String },
+    #[error("value %{value} is defined more than once")]
+    Redefined { value: String },
+    #[error("region output {index} (%{value}) is not defined in the region or an enclosing one")]
+    RegionOutputUndefined { index: usize, value: String },
+    #[error("constant %{value}: {msg}")]
+    ConstantData { value: String, msg: String },
+    #[error("result {index} (%{value}) is declared {declared} but inferred {inferred}")]
+    ResultType { index: usize, value: String, declared: String, inferred: String },
+    #[error("inference failed: {0}")]
+    Infer(InferError),
+    #[error("inference gave {got} results for {expected}")]
+    InferArity { got: usize, expected: usize },
+    #[error("region signature: {0}")]
+    RegionSignature(String),
+}
+
+fn range(min: usize, max: usize) -> String {
+    if max == usize::MAX {
+        format!("at least {min}")
+    } else if min == max {
+        format!("{min}")
+    } else {
+        format!("{min} to {max}")
+    }
+}
+
+/// A verification (or module inference) error: where, and which rule.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{location}: {rule}")]
+pub struct VerifyError {
+    pub location: Location,
+    pub rule: Rule,
+}
+
+/// Print a type for messages: `f32[N,3,?]`, `f32[*]` (unranked),
+/// `seq<...>`, `opt<...>`, `map<k,...>`.
+pub fn type_str(t: &Type) -> String {
+    match t {
+        Type::Tensor(tt) => match &tt.shape {
+            None => format!("{}[*]", tt.elem),
+            Some(s) => format!(
+                "{}[{}]",
+                tt.elem,
+                s.iter().map(Dim::to_string).collect::<Vec<_>>().join(",")
+            ),
+        },
+        Type::Sequence(t) => format!("seq<{}>", type_str(t)),
+        Type::Optional(t) => format!("opt<{}>", type_str(t)),
+        Type::Map(k, v) => format!("map<{k},{}>", type_str(v)),
+    }
+}
+
+/// Verify a module; the first error found (in program order).
+pub fn verify(m: &Module) -> Result<(), VerifyError> {
+    match verify_all(m).into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Verify a module, collecting every error (in program order).
+pub fn verify_all(m: &Module) -> Vec<VerifyError> {
+    let mut v = Verifier { m, errors: vec![], defined: HashSet::new(), const_nodes: HashMap::new() };
+    v.region(&m.body, "main", &HashSet::new());
+    v.errors
+}
+
+/// Data of a `Constant` node's result, so later nodes can use it as a
+/// constant operand.
+pub(crate) fn constant_node_data(node: &Node) -> Option<Arc<TensorData>> {
+    use crate::attr::Attr;
+    if node.op != "Constant" {
+        return None;
+    }
+    node.attrs.iter().find_map(|(k, a)| match (k.as_str(), a) {
+        ("value", Attr::Tensor(d)) => Some(d.clone()),
+        ("value_int", Attr::Int(v)) => TensorData::from_i64(vec![], &[*v]).ok().map(Arc::new),
+        ("value_ints", Attr::Ints(v)) => TensorData::from_i64(vec![v.len() as u64], v).ok().map(Arc::new),
+        ("value_float", Attr::Float(v)) => TensorData::from_f32(vec![], &[*v]).ok().map(Arc::new),
+        ("value_floats", Attr::Floats(v)) => TensorData::from_f32(vec![v.len() as u64], v).ok().map(Arc::new),
+        _ => None,
+    })
+}
+
+/// Path of a nested region: `main/3:Loop "l".body`.
+pub(crate) fn region_path(parent: &str, idx: usize, node: &Node, attr: &str, nth: Option<usize>) -> String {
+    match nth {
+        Some(j) => format!("{parent}/{idx}:{}.{attr}[{j}]", node.describe()),
+        None => format!("{parent}/{idx}:{}.{attr}", node.describe()),
+    }
+}
+
+/// The nested regions of a node with their path suffix info.
+pub(crate) fn node_regions(node: &Node) -> Vec<(&str, Option<usize>, &Region)> {
+    use crate::attr::Attr;
+    let mut out = vec![];
+    for (k, a) in &node.attrs {
+        match a {
+            Attr::Graph(r) => out.push((k.as_str(), None, r)),
+            Attr::Graphs(rs) => out.extend(rs.iter().enumerate().map(|(j, r)| (k.as_str(), Some(j), r))),
+            _ => {}
+        }
+    }
+    out
+}
+
+struct Verifier<'a> {
+    m: &'a Module,
+    errors: Vec<VerifyError>,
+    defined: HashSet<ValueId>,
+    const_nodes: HashMap<ValueId, Arc<TensorData>>,
+}
+
+impl<'a> Verifier<'a> {
+    fn valid(&self, id: ValueId) -> bool {
+        id.index() < self.m.num_values()
+    }
+
+    fn push(&mut self, region: &str, node: Option<(usize, &Node)>, rule: Rule) {
+        self.errors.push(VerifyError {
+            location: Location {
+                region: region.to_string(),
+                node_index: node.map(|n| n.0),
+                node: node.map(|n| n.1.describe()),
+                op: node.map(|n| n.1.op.clone()),
+            },
+            rule,
+        });
+    }
+
+    /// Define a value; false (and an error) if it is invalid or redefined.
+    fn define(&mut self, id: ValueId, what: &str, path: &str, node: Option<(usize, &Node)>) -> bool {
+        if !self.valid(id) {
+            self.push(path, node, Rule::BadValueId { what: what.to_string(), id: id.0 });
+            return false;
+        }
+        if !self.defined.insert(id) {
+            self.push(path, node, Rule::Redefined { value: self.m.name(id).to_string() });
+            return false;
+        }
+        true
+    }
+
+    fn region(&mut self, r: &'a Region, path: &str, outer: &HashSet<ValueId>) {
+        let mut visible = outer.clone();
+        for &v in &r.inputs {
+            if self.define(v, "region input", path, None) {
+                visible.insert(v);
+            }
+        }
+        for &c in &r.constants {
+            if self.define(c, "constant", path, None) {
+                visible.insert(c);
+                self.check_constant(c, path);
+            }
+        }
+        for (idx, node) in r.nodes.iter().enumerate() {
+            self.node(idx, node, path, &visible);
+            for &o in &node.outputs {
+                if self.valid(o) {
+                    visible.insert(o);
+                }
+            }
+        }
+        for (i, &o) in r.outputs.iter().enumerate() {
+            if !self.valid(o) {
+                self.push(path, None, Rule::BadValueId { what: format!("region output {i}"), id: o.0 });
+            } else if !visible.contains(&o) {
+                self.push(path, None, Rule::RegionOutputUndefined { index: i, value: self.m.name(o).to_string() });
+            }
+        }
+    }
+
+    fn check_constant(&mut self, c: ValueId, path: &str) {
+        let name = self.m.name(c).to_string();
+        let bad = |s: &mut Self, msg: String| s.push(path, None, Rule::ConstantData { value: name.clone(), msg });
+        let Some(data) = self.m.constant(c) else {
+            return bad(self, "listed as a constant but has no data".into());
+        };
+        let Some(tt) = self.m.ty(c).as_tensor() else {
+            return bad(self, format!("has non-tensor type {}", type_str(self.m.ty(c))));
+        };
+        if tt.elem != data.elem {
+            return bad(self, format!("type says {} but the data is {}", tt.elem, data.elem));
+        }
+        if tt.static_shape().as_deref() != Some(&data.shape[..]) {
+            return bad(self, format!("type {} does not match the data shape {:?}", type_str(self.m.ty(c)), data.shape));
+        }
+        let n = crate::tensor::shape_numel(&data.shape);
+        match (&data.payload, n) {
+            (_, None) => bad(self, "shape too large".into()),
+            (Payload::Bytes(b), Some(n)) => {
+                if data.elem.storage_bytes(n) != Some(b.len() as u64) {
+                    bad(self, format!("{} bytes for {n} {} elements", b.len(), data.elem));
+                }
+            }
+            (Payload::Strings(s), Some(n)) => {
+                if data.elem != crate::types::ElemType::String || s.len() as u64 != n {
+                    bad(self, format!("{} strings for {n} {} elements", s.len(), data.elem));
+                }
+            }
+            (Payload::Elided, _) => {}
+        }
+    }
+
+    fn node(&mut self, idx: usize, node: &'a Node, path: &str, visible: &HashSet<ValueId>) {
+        let here = Some((idx, node));
+        let before = self.errors.len();
+        let schema = ops::lookup(&node.op);
+        match schema {
+            None => self.push(path, here, Rule::UnknownOp),
+            Some(s) => {
+                let (ni, no) = (node.inputs.len(), node.outputs.len());
+                if ni < s.min_inputs || ni > s.max_inputs {
+                    self.push(path, here, Rule::InputCount { got: ni, min: s.min_inputs, max: s.max_inputs });
+                }
+                if no < s.min_outputs || no > s.max_outputs {
+                    self.push(path, here, Rule::OutputCount { got: no, min: s.min_outputs, max: s.max_outputs });
+                }
+                for i in 0..s.min_inputs.min(ni) {
+                    if node.inputs[i].is_none() {
+                        self.push(path, here, Rule::MissingOperand { index: i });
+                    }
+                }
+                for (name, a) in &node.attrs {
+                    match s.attr(name) {
+                        None => self.push(path, here, Rule::UnknownAttr { name: name.clone() }),
+                        Some(spec) if spec.kind != a.kind() => self.push(
+                            path,
+                            here,
+                            Rule::AttrKind { name: name.clone(), expected: spec.kind, got: a.kind() },
+                        ),
+                        _ => {}
+                    }
+                }
+                for spec in s.attrs.iter().filter(|a| a.required) {
+                    if !node.attrs.contains_key(spec.name) {
+                        self.push(path, here, Rule::MissingAttr { name: spec.name.to_string() });
+                    }
+                }
+            }
+        }
+        for (i, v) in node.inputs.iter().enumerate() {
+            let Some(v) = *v else { continue };
+            if !self.valid(v) {
+                self.push(path, here, Rule::BadValueId { what: format!("operand {i}"), id: v.0 });
+            } else if !visible.contains(&v) {
+                self.push(path, here, Rule::UseBeforeDef { index: i, value: self.m.name(v).to_string() });
+            }
+        }
+        // Nested regions see what is visible at this node.
+        for (attr, nth, r) in node_regions(node) {
+            let p = region_path(path, idx, node, attr, nth);
+            self.region(r, &p, visible);
+        }
+        if let Some(msg) = region_signature(node) {
+            self.push(path, here, Rule::RegionSignature(msg));
+        }
+        let mut outs_ok = true;
+        for (i, &o) in node.outputs.iter().enumerate() {
+            outs_ok &= self.define(o, &format!("result {i}"), path, here);
+        }
+        if let (Some(d), Some(&o)) = (constant_node_data(node), node.outputs.first()) {
+            self.const_nodes.insert(o, d);
+        }
+        // Types: only for nodes that are otherwise well formed.
+        if self.errors.len() != before || !outs_ok {
+            return;
+        }
+        let Some(s) = schema else { return };
+        if !s.has_rule {
+            return;
+        }
+        let ctx = crate::ops::node_ctx(self.m, node, &self.const_nodes);
+        match (s.infer)(&ctx) {
+            Err(e) => self.push(path, here, Rule::Infer(e)),
+            Ok(tys) => {
+                if tys.len() < node.outputs.len() {
+                    self.push(path, here, Rule::InferArity { got: tys.len(), expected: node.outputs.len() });
+                    return;
+                }
+                for (i, (&o, inferred)) in node.outputs.iter().zip(&tys).enumerate() {
+                    let declared = self.m.ty(o);
+                    if !types_compatible(declared, inferred) {
+                        self.push(
+                            path,
+                            here,
+                            Rule::ResultType {
+                                index: i,
+                                value: self.m.name(o).to_string(),
+                                declared: type_str(declared),
+                                inferred: type_str(inferred),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Signature rules of ops with regions; `Some(message)` when broken.
+pub(crate) fn region_signature(node: &Node) -> Option<String> {
+    let g = |name: &str| node.attr(name).and_then(|a| a.as_graph());
+    let ni = node.inputs.len();
+    let no = node.outputs.len();
+    match node.op.as_str() {
+        "If" => {
+            for b in ["then_branch", "else_branch"] {
+                if let Some(r) = g(b) {
+                    if r.outputs.len() != no {
+                        return Some(format!("{b} has {} outputs, the node has {no} results", r.outputs.len()));
+                    }
+                }
+            }
+        }
+        "Loop" => {
+            let r = g("body")?;
+            let n = ni.saturating_sub(2);
+            if r.inputs.len() != 2 + n {
+                return Some(format!(
+                    "body has {} inputs, expected 2 + {n} (iteration number, condition, loop-carried values)",
+                    r.inputs.len()
+                ));
+            }
+            if no < n {
+                return Some(format!("the node has {no} results, fewer than its {n} loop-carried values"));
+            }
+            let kk = no - n;
+            if r.outputs.len() != 1 + n + kk {
+                return Some(format!(
+                    "body has {} outputs, expected 1 + {n} + {kk} (condition, loop-carried values, scan outputs)",
+                    r.outputs.len()
+                ));
+            }
+        }
+        "Scan" => {
+            let r = g("body")?;
+            let m = node.attr("num_scan_inputs").and_then(|a| a.as_int()).unwrap_or(0);
+            let m = usize::try_from(m).ok().filter(|&m| m >= 1 && m <= ni);
+            let Some(m) = m else {
+                return Some(format!("num_scan_inputs must be between 1 and the operand count {ni}"));
+            };
+            let n = ni - m;
+            if r.inputs.len() != n + m {
+                return Some(format!("body has {} inputs, expected {n} states + {m} scan inputs", r.inputs.len()));
+            }
+            if no < n || r.outputs.len() != no {
+                return Some(format!(
+                    "body has {} outputs and the node {no} results; both must be {n} states + the scan outputs",
+                    r.outputs.len()
+                ));
+            }
+            for (name, count) in [("scan_input_axes", m), ("scan_input_directions", m), ("scan_output_axes", no - n), ("scan_output_directions", no - n)] {
+                if let Some(v) = node.attr(name).and_then(|a| a.as_ints()) {
+                    if v.len() != count {
+                        return Some(format!("`{name}` has {} values, expected {count}", v.len()));
+                    }
+                }
+            }
+        }
+        "SequenceMap" => {
+            let r = g("body")?;
+            if r.inputs.len() != ni {
+                return Some(format!("body has {} inputs, the node {ni} operands", r.inputs.len()));
+            }
+            if r.outputs.len() != no {
+                return Some(format!("body has {} outputs, the node {no} results", r.outputs.len()));
+            }
+        }
+        _ => {}
+    }
+    None
+}
