@@ -280,8 +280,8 @@ impl<'a> Verifier<'a> {
                 if no < s.min_outputs || no > s.max_outputs {
                     self.push(path, here, Rule::OutputCount { got: no, min: s.min_outputs, max: s.max_outputs });
                 }
-                for i in 0..s.min_inputs.min(ni) {
-                    if node.inputs[i].is_none() {
+                for i in 0..ni {
+                    if node.inputs[i].is_none() && !s.input_optional(i) {
                         self.push(path, here, Rule::MissingOperand { index: i });
                     }
                 }
@@ -311,13 +311,13 @@ impl<'a> Verifier<'a> {
                 self.push(path, here, Rule::UseBeforeDef { index: i, value: self.m.name(v).to_string() });
             }
         }
+        if let Some(msg) = region_signature(node) {
+            self.push(path, here, Rule::RegionSignature(msg));
+        }
         // Nested regions see what is visible at this node.
         for (attr, nth, r) in node_regions(node) {
             let p = region_path(path, idx, node, attr, nth);
             self.region(r, &p, visible);
-        }
-        if let Some(msg) = region_signature(node) {
-            self.push(path, here, Rule::RegionSignature(msg));
         }
         let mut outs_ok = true;
         for (i, &o) in node.outputs.iter().enumerate() {
@@ -434,4 +434,314 @@ pub(crate) fn region_signature(node: &Node) -> Option<String> {
         _ => {}
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attr::Attr;
+    use crate::ops::tests::f;
+    use crate::types::{ElemType, TensorType};
+
+    fn unranked() -> Type {
+        Type::Tensor(TensorType::unranked(ElemType::F32))
+    }
+
+    /// x: f32[N,3,8,8] -> Conv "conv1" (w constant) -> Relu -> Reshape(Constant [0,-1]).
+    fn sample() -> Module {
+        let mut m = Module::new("g");
+        let x = m.add_value("x", f("N,3,8,8")).unwrap();
+        let w = m.add_constant_unique("w", Arc::new(TensorData::from_f32(vec![4, 3, 3, 3], &[0.5; 108]).unwrap()));
+        let y = m.add_value("y", unranked()).unwrap();
+        let z = m.add_value("z", f("N,4,6,6")).unwrap();
+        let s = m.add_value("s", Type::Tensor(TensorType::unranked(ElemType::I64))).unwrap();
+        let r = m.add_value("r", f("batch,?")).unwrap();
+        m.body.inputs.push(x);
+        m.body.constants.push(w);
+        let mut conv = Node::new("Conv", vec![Some(x), Some(w)], vec![y]);
+        conv.name = "conv1".into();
+        m.body.nodes.push(conv);
+        m.body.nodes.push(Node::new("Relu", vec![Some(y)], vec![z]));
+        let mut c = Node::new("Constant", vec![], vec![s]);
+        c.attrs.insert("value".into(), Attr::Tensor(Arc::new(TensorData::from_i64(vec![2], &[0, -1]).unwrap())));
+        m.body.nodes.push(c);
+        m.body.nodes.push(Node::new("Reshape", vec![Some(z), Some(s)], vec![r]));
+        m.body.outputs.push(r);
+        m
+    }
+
+    fn first_rule(m: &Module) -> Rule {
+        verify(m).expect_err("module must be rejected").rule
+    }
+
+    #[test]
+    fn sample_verifies_and_infers() {
+        let mut m = sample();
+        verify(&m).unwrap();
+        crate::ops::infer_module(&mut m).unwrap();
+        let y = m.lookup("y").unwrap();
+        assert_eq!(m.ty(y), &f("N,4,6,6"));
+        let r = m.lookup("r").unwrap();
+        // Inferred N,144 refines the declared batch,?: the known dim wins, and
+        // the inferred symbol (tied to the input) is kept.
+        assert_eq!(m.ty(r), &f("N,144"));
+        assert_eq!(m.ty(m.lookup("s").unwrap()), &Type::tensor(ElemType::I64, vec![Dim::Known(2)]));
+        verify(&m).unwrap();
+    }
+
+    #[test]
+    fn declared_symbolic_names_survive_unknown_inference() {
+        let mut m = Module::new("g");
+        let x = m.add_value("x", f("N,4")).unwrap();
+        let n = m.add_value("n", Type::tensor(ElemType::I64, vec![Dim::Known(2), Dim::sym("nnz")])).unwrap();
+        m.body.inputs.push(x);
+        m.body.nodes.push(Node::new("NonZero", vec![Some(x)], vec![n]));
+        m.body.outputs.push(n);
+        crate::ops::infer_module(&mut m).unwrap();
+        assert_eq!(m.ty(n), &Type::tensor(ElemType::I64, vec![Dim::Known(2), Dim::sym("nnz")]));
+    }
+
+    #[test]
+    fn error_names_node_location_and_rule() {
+        let mut m = sample();
+        m.body.nodes[0].attrs.insert("pads".into(), Attr::Int(1));
+        let e = verify(&m).unwrap_err();
+        assert_eq!(e.location.node_index, Some(0));
+        assert_eq!(e.location.op.as_deref(), Some("Conv"));
+        assert_eq!(
+            e.to_string(),
+            "main node #0 (Conv \"conv1\"): attribute `pads` must be ints, got int"
+        );
+    }
+
+    #[test]
+    fn unknown_op_and_counts() {
+        let mut m = sample();
+        m.body.nodes[1].op = "Frobnicate".into();
+        assert_eq!(first_rule(&m), Rule::UnknownOp);
+
+        let mut m = sample();
+        m.body.nodes[1].inputs.push(None);
+        assert_eq!(first_rule(&m), Rule::InputCount { got: 2, min: 1, max: 1 });
+
+        let mut m = sample();
+        let extra = m.add_value("extra", unranked()).unwrap();
+        m.body.nodes[1].outputs.push(extra);
+        assert_eq!(first_rule(&m), Rule::OutputCount { got: 2, min: 1, max: 1 });
+
+        let mut m = sample();
+        m.body.nodes[0].inputs[1] = None;
+        assert_eq!(first_rule(&m), Rule::MissingOperand { index: 1 });
+    }
+
+    #[test]
+    fn attributes() {
+        let mut m = sample();
+        m.body.nodes[1].attrs.insert("alpha".into(), Attr::Float(0.1));
+        assert_eq!(first_rule(&m), Rule::UnknownAttr { name: "alpha".into() });
+
+        let mut m = sample();
+        let x = m.lookup("x").unwrap();
+        let c = m.add_value("c", f("N,3,8,8")).unwrap();
+        m.body.nodes.push(Node::new("Cast", vec![Some(x)], vec![c]));
+        assert_eq!(first_rule(&m), Rule::MissingAttr { name: "to".into() });
+    }
+
+    #[test]
+    fn dominance_and_single_definition() {
+        // Use before definition: swap Relu and Conv.
+        let mut m = sample();
+        m.body.nodes.swap(0, 1);
+        assert!(matches!(first_rule(&m), Rule::UseBeforeDef { index: 0, ref value } if value == "y"));
+
+        // Defined twice.
+        let mut m = sample();
+        let y = m.lookup("y").unwrap();
+        m.body.nodes[1].outputs[0] = y;
+        assert_eq!(first_rule(&m), Rule::Redefined { value: "y".into() });
+
+        // A value id outside the arena.
+        let mut m = sample();
+        m.body.nodes[1].inputs[0] = Some(ValueId(999));
+        assert!(matches!(first_rule(&m), Rule::BadValueId { id: 999, .. }));
+
+        // Region output never defined.
+        let mut m = sample();
+        let ghost = m.add_value("ghost", unranked()).unwrap();
+        m.body.outputs.push(ghost);
+        assert_eq!(first_rule(&m), Rule::RegionOutputUndefined { index: 1, value: "ghost".into() });
+    }
+
+    #[test]
+    fn constants_match_their_type() {
+        let mut m = sample();
+        let w = m.lookup("w").unwrap();
+        m.set_ty(w, f("4,3,3,2"));
+        assert!(matches!(first_rule(&m), Rule::ConstantData { .. }));
+
+        let mut m = sample();
+        m.set_ty(w, Type::tensor(ElemType::F16, vec![Dim::Known(4), Dim::Known(3), Dim::Known(3), Dim::Known(3)]));
+        assert!(matches!(first_rule(&m), Rule::ConstantData { .. }));
+
+        let mut m = sample();
+        m.set_constant(w, None);
+        assert!(matches!(first_rule(&m), Rule::ConstantData { .. }));
+
+        let mut m = sample();
+        let bad = TensorData { elem: ElemType::F32, shape: vec![4, 3, 3, 3], payload: crate::tensor::Payload::Bytes(Arc::from(vec![0u8; 7])) };
+        m.set_constant(w, Some(Arc::new(bad)));
+        assert!(matches!(first_rule(&m), Rule::ConstantData { .. }));
+    }
+
+    #[test]
+    fn result_types_checked_against_inference() {
+        let mut m = sample();
+        let y = m.lookup("y").unwrap();
+        m.set_ty(y, f("N,4,7,6"));
+        let e = verify(&m).unwrap_err();
+        assert_eq!(
+            e.rule,
+            Rule::ResultType { index: 0, value: "y".into(), declared: "f32[N,4,7,6]".into(), inferred: "f32[N,4,6,6]".into() }
+        );
+        assert_eq!(e.location.node.as_deref(), Some("Conv \"conv1\""));
+        // infer_module reports the same contradiction, or replaces on request.
+        assert!(crate::ops::infer_module(&mut m.clone()).is_err());
+        crate::ops::infer_module_with(&mut m, crate::ops::DeclaredTypes::Replace).unwrap();
+        assert_eq!(m.ty(y), &f("N,4,6,6"));
+
+        let mut m = sample();
+        let z = m.lookup("z").unwrap();
+        m.set_ty(z, Type::tensor(ElemType::F16, vec![]));
+        assert!(matches!(first_rule(&m), Rule::ResultType { .. }));
+
+        // Inference failure (channel mismatch) is reported.
+        let mut m = sample();
+        let x = m.lookup("x").unwrap();
+        m.set_ty(x, f("N,5,8,8"));
+        assert!(matches!(first_rule(&m), Rule::Infer(_)));
+    }
+
+    /// cond: bool[] -> If with two branches each giving one value.
+    fn if_module(then_outs: usize) -> Module {
+        let mut m = Module::new("g");
+        let cond = m.add_value("cond", Type::tensor(ElemType::Bool, vec![])).unwrap();
+        let x = m.add_value("x", f("N")).unwrap();
+        let t1 = m.add_value("t1", f("N")).unwrap();
+        let e1 = m.add_value("e1", f("N")).unwrap();
+        let out = m.add_value("out", unranked()).unwrap();
+        m.body.inputs.extend([cond, x]);
+        let mut then_r = Region::default();
+        then_r.nodes.push(Node::new("Neg", vec![Some(x)], vec![t1]));
+        then_r.outputs = vec![t1; then_outs];
+        let mut else_r = Region::default();
+        else_r.nodes.push(Node::new("Abs", vec![Some(x)], vec![e1]));
+        else_r.outputs.push(e1);
+        let mut n = Node::new("If", vec![Some(cond)], vec![out]);
+        n.name = "branch".into();
+        n.attrs.insert("then_branch".into(), Attr::Graph(then_r));
+        n.attrs.insert("else_branch".into(), Attr::Graph(else_r));
+        m.body.nodes.push(n);
+        m.body.outputs.push(out);
+        m
+    }
+
+    #[test]
+    fn if_regions() {
+        let mut m = if_module(1);
+        verify(&m).unwrap();
+        crate::ops::infer_module(&mut m).unwrap();
+        assert_eq!(m.ty(m.lookup("out").unwrap()), &f("N"));
+
+        let m = if_module(2);
+        assert!(matches!(first_rule(&m), Rule::RegionSignature(_)));
+
+        // A value of a branch is not visible outside it.
+        let mut m = if_module(1);
+        let t1 = m.lookup("t1").unwrap();
+        m.body.outputs.push(t1);
+        assert_eq!(first_rule(&m), Rule::RegionOutputUndefined { index: 1, value: "t1".into() });
+
+        // A branch may not use the If's own result.
+        let mut m = if_module(1);
+        let out = m.lookup("out").unwrap();
+        if let Some(Attr::Graph(r)) = m.body.nodes[0].attrs.get_mut("then_branch") {
+            r.nodes[0].inputs[0] = Some(out);
+        }
+        let e = verify(&m).unwrap_err();
+        assert_eq!(e.location.region, "main/0:If \"branch\".then_branch");
+        assert!(matches!(e.rule, Rule::UseBeforeDef { .. }));
+    }
+
+    fn loop_module(body_inputs: usize) -> Module {
+        let mut m = Module::new("g");
+        let trip = m.add_value("trip", Type::tensor(ElemType::I64, vec![])).unwrap();
+        let init = m.add_value("init", f("3")).unwrap();
+        let i = m.add_value("i", Type::tensor(ElemType::I64, vec![])).unwrap();
+        let c = m.add_value("c", Type::tensor(ElemType::Bool, vec![])).unwrap();
+        let acc = m.add_value("acc", f("3")).unwrap();
+        let acc2 = m.add_value("acc2", unranked()).unwrap();
+        let fin = m.add_value("fin", unranked()).unwrap();
+        let scan = m.add_value("scan", unranked()).unwrap();
+        m.body.inputs.extend([trip, init]);
+        let mut body = Region::default();
+        body.inputs = [i, c, acc][..body_inputs].to_vec();
+        body.nodes.push(Node::new("Add", vec![Some(acc), Some(init)], vec![acc2]));
+        body.outputs = vec![c, acc2, acc2];
+        let mut n = Node::new("Loop", vec![Some(trip), None, Some(init)], vec![fin, scan]);
+        n.attrs.insert("body".into(), Attr::Graph(body));
+        m.body.nodes.push(n);
+        m.body.outputs.extend([fin, scan]);
+        m
+    }
+
+    #[test]
+    fn loop_regions() {
+        let mut m = loop_module(3);
+        verify(&m).unwrap();
+        crate::ops::infer_module(&mut m).unwrap();
+        assert_eq!(m.ty(m.lookup("acc2").unwrap()), &f("3"));
+        assert_eq!(m.ty(m.lookup("fin").unwrap()), &f("3"));
+        assert_eq!(m.ty(m.lookup("scan").unwrap()), &f("?,3"));
+        let m = loop_module(2);
+        let e = verify(&m).unwrap_err();
+        assert!(matches!(e.rule, Rule::RegionSignature(ref s) if s.contains("body has 2 inputs")), "{e}");
+    }
+
+    #[test]
+    fn scan_signature() {
+        let mut m = Module::new("g");
+        let s0 = m.add_value("s0", f("4")).unwrap();
+        let xs = m.add_value("xs", f("T,4")).unwrap();
+        let st = m.add_value("st", f("4")).unwrap();
+        let xi = m.add_value("xi", f("4")).unwrap();
+        let st2 = m.add_value("st2", unranked()).unwrap();
+        let fs = m.add_value("fs", unranked()).unwrap();
+        let ys = m.add_value("ys", unranked()).unwrap();
+        m.body.inputs.extend([s0, xs]);
+        let mut body = Region::default();
+        body.inputs = vec![st, xi];
+        body.nodes.push(Node::new("Add", vec![Some(st), Some(xi)], vec![st2]));
+        body.outputs = vec![st2, st2];
+        let mut n = Node::new("Scan", vec![Some(s0), Some(xs)], vec![fs, ys]);
+        n.attrs.insert("body".into(), Attr::Graph(body));
+        n.attrs.insert("num_scan_inputs".into(), Attr::Int(1));
+        m.body.nodes.push(n);
+        m.body.outputs.extend([fs, ys]);
+        verify(&m).unwrap();
+        crate::ops::infer_module(&mut m).unwrap();
+        assert_eq!(m.ty(ys), &f("T,4"));
+        m.body.nodes[0].attrs.insert("num_scan_inputs".into(), Attr::Int(3));
+        assert!(matches!(first_rule(&m), Rule::RegionSignature(_)));
+    }
+
+    #[test]
+    fn verify_all_collects_every_error() {
+        let mut m = sample();
+        m.body.nodes[1].op = "Nope".into();
+        m.body.nodes[0].attrs.insert("bogus".into(), Attr::Int(1));
+        let errs = verify_all(&m);
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].rule, Rule::UnknownAttr { name: "bogus".into() });
+        assert_eq!(errs[1].rule, Rule::UnknownOp);
+    }
 }

@@ -91,7 +91,7 @@ def main():
         "//! ai.onnx (opset <= 22), ai.onnx.ml and ai.onnx.preview.training domains",
         "//! at its newest version, and the op catalog the tests check.",
         "",
-        "use super::{AttrSpec, RawSchema};",
+        "use super::{AttrSpec, ParamOption, RawSchema};",
         "use crate::attr::AttrKind;",
         "",
         "pub(super) static SCHEMAS: &[RawSchema] = &[",
@@ -105,6 +105,7 @@ def main():
         mx_in = "usize::MAX" if s.max_input >= INF else str(s.max_input)
         mx_out = "usize::MAX" if s.max_output >= INF else str(s.max_output)
         ins = ", ".join(rust_str(i.name) for i in s.inputs)
+        opts = ", ".join("ParamOption::" + i.option.name for i in s.inputs)
         outs = ", ".join(rust_str(o.name) for o in s.outputs)
         lines += [
             "    RawSchema {",
@@ -117,6 +118,7 @@ def main():
             f"        min_outputs: {s.min_output},",
             f"        max_outputs: {mx_out},",
             f"        input_names: &[{ins}],",
+            f"        input_options: &[{opts}],",
             f"        output_names: &[{outs}],",
             f"        attrs: &[{attrs}],",
             f"        summary: {rust_str(summary(s.doc))},",

@@ -33,6 +33,15 @@ pub struct AttrSpec {
     pub required: bool,
 }
 
+/// Whether an ONNX formal parameter must be given, may be omitted, or
+/// takes any number of operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamOption {
+    Single,
+    Optional,
+    Variadic,
+}
+
 /// The generated part of a schema.
 #[derive(Debug)]
 pub(crate) struct RawSchema {
@@ -45,6 +54,7 @@ pub(crate) struct RawSchema {
     pub min_outputs: usize,
     pub max_outputs: usize,
     pub input_names: &'static [&'static str],
+    pub input_options: &'static [ParamOption],
     pub output_names: &'static [&'static str],
     pub attrs: &'static [AttrSpec],
     pub summary: &'static str,
@@ -73,6 +83,8 @@ pub struct OpSchema {
     pub max_outputs: usize,
     /// ONNX formal parameter names (the last one may be variadic).
     pub input_names: &'static [&'static str],
+    /// Per formal parameter: required, optional or variadic.
+    pub input_options: &'static [ParamOption],
     pub output_names: &'static [&'static str],
     pub attrs: &'static [AttrSpec],
     /// The inference rule (the conservative fallback when `has_rule` is false).
@@ -86,6 +98,12 @@ impl OpSchema {
     /// One-line summary: the first sentence of the ONNX documentation.
     pub fn summary(&self) -> &str {
         self.summary
+    }
+
+    /// May operand `i` be omitted? (Optional formal parameters only.)
+    pub fn input_optional(&self, i: usize) -> bool {
+        let p = self.input_options.get(i).or(self.input_options.last());
+        matches!(p, Some(ParamOption::Optional))
     }
 
     pub fn attr(&self, name: &str) -> Option<&'static AttrSpec> {
@@ -115,6 +133,7 @@ fn registry() -> &'static Registry {
                     min_outputs: r.min_outputs,
                     max_outputs: r.max_outputs,
                     input_names: r.input_names,
+                    input_options: r.input_options,
                     output_names: r.output_names,
                     attrs: r.attrs,
                     infer: rule.unwrap_or(rules::fallback),
@@ -248,4 +267,4 @@ impl<'a> InferCtx<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
