@@ -503,3 +503,147 @@ fn malformed_input_does_not_panic() {
     let _ = run_n("Einsum", vec![T(f("3"))], vec![("equation", Attr::String("...->...,".into()))], 1);
     let _ = run_n("DepthToSpace", vec![T(f("1,4,2,2"))], vec![("blocksize", Attr::Int(i64::MAX))], 1);
 }
+
+// ------------------------------------------------- the ONNX node test suite
+
+fn parse_type(s: &str) -> Option<Type> {
+    if let Some(inner) = s.strip_prefix("seq<").and_then(|r| r.strip_suffix('>')) {
+        return Some(Type::Sequence(Box::new(parse_type(inner)?)));
+    }
+    if let Some(inner) = s.strip_prefix("opt<").and_then(|r| r.strip_suffix('>')) {
+        return Some(Type::Optional(Box::new(parse_type(inner)?)));
+    }
+    let (e, rest) = s.split_once('[')?;
+    let e = ElemType::from_name(e)?;
+    let dims = rest.strip_suffix(']')?;
+    if dims == "*" {
+        return Some(Type::Tensor(TensorType::unranked(e)));
+    }
+    Some(Type::tensor(e, d(dims)))
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    if s == "-" {
+        return vec![];
+    }
+    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+fn parse_tensor(f: &[&str]) -> Option<TensorData> {
+    let e = ElemType::from_name(f[0])?;
+    let shape: Vec<u64> = f[1]
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    TensorData::from_bytes(e, shape, unhex(f[2])).ok()
+}
+
+struct NodeCase {
+    name: String,
+    op: String,
+    attrs: Attrs,
+    ins: Vec<Option<(Type, Option<TensorData>)>>,
+    outs: Vec<Option<Type>>,
+}
+
+fn node_cases() -> Vec<NodeCase> {
+    let text = include_str!("../../tests/data/onnx_node_cases.txt");
+    let mut cases = vec![];
+    let mut cur: Option<NodeCase> = None;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        match f[0] {
+            "case" => {
+                cur = Some(NodeCase { name: f[1].into(), op: String::new(), attrs: Attrs::new(), ins: vec![], outs: vec![] })
+            }
+            "end" => cases.extend(cur.take()),
+            _ => {
+                let Some(c) = cur.as_mut() else { continue };
+                match f[0] {
+                    "op" => c.op = f[1].into(),
+                    "in" if f[1] == "-" => c.ins.push(None),
+                    "in" => {
+                        let t = parse_type(f[1]).unwrap_or_else(|| panic!("{}: type {}", c.name, f[1]));
+                        let k = if f.len() >= 5 { parse_tensor(&f[2..5]) } else { None };
+                        c.ins.push(Some((t, k)));
+                    }
+                    "out" => c.outs.push(if f[1] == "-" { None } else { parse_type(f[1]) }),
+                    "attr" => {
+                        let v = &f[3..];
+                        let a = match f[2] {
+                            "int" => Attr::Int(v[0].parse().unwrap()),
+                            "float" => Attr::Float(v[0].parse().unwrap()),
+                            "string" => Attr::String(String::from_utf8_lossy(&unhex(v[0])).into()),
+                            "ints" => Attr::Ints(v.iter().filter(|x| !x.is_empty()).map(|x| x.parse().unwrap()).collect()),
+                            "floats" => Attr::Floats(v.iter().filter(|x| !x.is_empty()).map(|x| x.parse().unwrap()).collect()),
+                            "strings" => Attr::Strings(v.iter().filter(|x| !x.is_empty()).map(|x| String::from_utf8_lossy(&unhex(x)).into()).collect()),
+                            "tensor" => match parse_tensor(v) {
+                                Some(t) => Attr::Tensor(Arc::new(t)),
+                                None => continue,
+                            },
+                            "type" => Attr::Type(parse_type(v[0]).unwrap()),
+                            k => panic!("attr kind {k}"),
+                        };
+                        c.attrs.insert(f[1].into(), a);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    cases
+}
+
+/// Every single-node model of the ONNX node test suite (newest op forms):
+/// inference must succeed and agree with the expected result types.
+#[test]
+fn onnx_node_suite_shapes() {
+    let cases = node_cases();
+    assert!(cases.len() > 900);
+    let mut failures = vec![];
+    let mut imprecise = std::collections::BTreeMap::<String, usize>::new();
+    for c in &cases {
+        let Some(schema) = lookup(&c.op) else {
+            failures.push(format!("{}: unknown op {}", c.name, c.op));
+            continue;
+        };
+        let types: Vec<Option<&Type>> = c.ins.iter().map(|i| i.as_ref().map(|x| &x.0)).collect();
+        let ctx = InferCtx {
+            op: &c.op,
+            node: c.op.clone(),
+            inputs: types,
+            consts: c.ins.iter().map(|i| i.as_ref().and_then(|x| x.1.as_ref())).collect(),
+            attrs: &c.attrs,
+            num_outputs: c.outs.len(),
+            declared: vec![],
+            regions: vec![],
+        };
+        match (schema.infer)(&ctx) {
+            Err(e) => failures.push(format!("{} ({}): {e}", c.name, c.op)),
+            Ok(tys) => {
+                for (i, want) in c.outs.iter().enumerate() {
+                    let Some(want) = want else { continue };
+                    let Some(got) = tys.get(i) else {
+                        failures.push(format!("{} ({}): no type for result {i}", c.name, c.op));
+                        continue;
+                    };
+                    if !crate::types::types_compatible(want, got) {
+                        failures.push(format!(
+                            "{} ({}): result {i} expected {} got {}",
+                            c.name,
+                            c.op,
+                            crate::verify::type_str(want),
+                            crate::verify::type_str(got)
+                        ));
+                    } else if refine(want, got).as_ref() != Some(got) {
+                        *imprecise.entry(c.op.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("less precise than the test data (op: results): {imprecise:?}");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
