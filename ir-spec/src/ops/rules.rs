@@ -51,7 +51,18 @@ pub(crate) fn rule_for(op: &str) -> Option<super::InferFn> {
         | "MeanVarianceNormalization" | "InstanceNormalization" | "Trilu"
         | "ReverseSequence" | "LpNormalization" | "GroupNormalization" | "PRelu"
         | "ScatterElements" | "ScatterND" | "Scatter" | "ai.onnx.ml.Binarizer"
-        | "ai.onnx.ml.Normalizer" | "SequenceErase" => same_as_input0,
+        | "SequenceErase" => same_as_input0,
+        "ai.onnx.ml.Normalizer" | "ai.onnx.ml.Scaler" => ml_float_same_shape,
+        "ai.onnx.ml.Imputer" => same_as_input0,
+        "ai.onnx.ml.LinearRegressor" => ml_regressor_targets,
+        "ai.onnx.ml.TreeEnsembleRegressor" => ml_regressor_n_targets,
+        "ai.onnx.ml.LinearClassifier" | "ai.onnx.ml.SVMClassifier"
+        | "ai.onnx.ml.TreeEnsembleClassifier" => ml_classifier,
+        "ai.onnx.ml.CategoryMapper" => ml_category_mapper,
+        "ai.onnx.ml.OneHotEncoder" => ml_one_hot_encoder,
+        "ai.onnx.ml.FeatureVectorizer" => ml_feature_vectorizer,
+        "ai.onnx.ml.ZipMap" => ml_zip_map,
+        "MaxRoiPool" => max_roi_pool,
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "BitShift" | "BitwiseAnd"
         | "BitwiseOr" | "BitwiseXor" | "Max" | "Min" | "Mean" | "Sum" | "StringConcat" => {
             broadcast_same
@@ -1960,4 +1971,82 @@ fn adam(c: &InferCtx) -> R {
 fn momentum(c: &InferCtx) -> R {
     // X, G, V -> X_new, V_new
     optimizer(c, 3, &[0, 2])
+}
+
+fn ml_float_same_shape(c: &InferCtx) -> R {
+    Ok(vec![t_opt(ElemType::F32, shape_of(c, 0)?.map(|s| s.to_vec()))])
+}
+
+fn ml_batch(c: &InferCtx) -> Result<Dim, InferError> {
+    Ok(match shape_of(c, 0)? {
+        Some(s) if s.len() == 2 => s[0].clone(),
+        Some(s) if s.len() == 1 => k(1),
+        _ => Dim::Unknown,
+    })
+}
+
+fn ml_regressor_targets(c: &InferCtx) -> R {
+    let n = known_u64(c.attr_int("targets", 1)).unwrap_or(Dim::Unknown);
+    Ok(vec![t(ElemType::F32, vec![ml_batch(c)?, n])])
+}
+
+fn ml_regressor_n_targets(c: &InferCtx) -> R {
+    let n = c.attr("n_targets").and_then(Attr::as_int).and_then(known_u64).unwrap_or(Dim::Unknown);
+    Ok(vec![t(ElemType::F32, vec![ml_batch(c)?, n])])
+}
+
+fn ml_classifier(c: &InferCtx) -> R {
+    let label = if c.attr("classlabels_strings").is_some() { ElemType::String } else { ElemType::I64 };
+    let n = ml_batch(c)?;
+    Ok(fill(vec![t(label, vec![n.clone()]), t(ElemType::F32, vec![n, Dim::Unknown])], c.num_outputs))
+}
+
+fn ml_category_mapper(c: &InferCtx) -> R {
+    let e = if elem(c, 0)? == ElemType::String { ElemType::I64 } else { ElemType::String };
+    Ok(vec![t_opt(e, shape_of(c, 0)?.map(|s| s.to_vec()))])
+}
+
+fn ml_one_hot_encoder(c: &InferCtx) -> R {
+    let n = c
+        .attr("cats_int64s")
+        .and_then(Attr::as_ints)
+        .map(|v| v.len())
+        .or_else(|| match c.attr("cats_strings") {
+            Some(Attr::Strings(v)) => Some(v.len()),
+            _ => None,
+        })
+        .map(|n| k(n as u64))
+        .unwrap_or(Dim::Unknown);
+    let out = shape_of(c, 0)?.map(|s| {
+        let mut o = s.to_vec();
+        o.push(n);
+        o
+    });
+    Ok(vec![t_opt(ElemType::F32, out)])
+}
+
+fn ml_feature_vectorizer(c: &InferCtx) -> R {
+    let total = c
+        .attr_ints("inputdimensions")
+        .and_then(|v| v.iter().try_fold(0i64, |a, &x| a.checked_add(x)))
+        .and_then(known_u64)
+        .unwrap_or(Dim::Unknown);
+    Ok(vec![t(ElemType::F32, vec![ml_batch(c)?, total])])
+}
+
+fn ml_zip_map(c: &InferCtx) -> R {
+    let key = if c.attr("classlabels_strings").is_some() { ElemType::String } else { ElemType::I64 };
+    Ok(vec![Type::Sequence(Box::new(Type::Map(key, Box::new(t(ElemType::F32, vec![])))))])
+}
+
+fn max_roi_pool(c: &InferCtx) -> R {
+    let e = elem(c, 0)?;
+    let ch = shape_of(c, 0)?.and_then(|s| s.get(1).cloned()).unwrap_or(Dim::Unknown);
+    let n = shape_of(c, 1)?.and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
+    let ps = c.attr_ints("pooled_shape").ok_or_else(|| bad_attr("pooled_shape", "required"))?;
+    let mut out = vec![n, ch];
+    for &p in ps {
+        out.push(known_u64(p).ok_or_else(|| bad_attr("pooled_shape", "negative"))?);
+    }
+    Ok(vec![t(e, out)])
 }
