@@ -5,13 +5,13 @@
 //! Every error names where it happened (region path, node index, node) and
 //! the rule broken, in one line.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
 use crate::attr::AttrKind;
 use crate::module::{Module, Node, Region, ValueId};
-use crate::ops::{self, InferError};
+use crate::ops::{self, InferError, Known};
 use crate::tensor::{Payload, TensorData};
 use crate::types::{types_compatible, Dim, Type};
 
@@ -123,7 +123,7 @@ pub fn verify(m: &Module) -> Result<(), VerifyError> {
 
 /// Verify a module, collecting every error (in program order).
 pub fn verify_all(m: &Module) -> Vec<VerifyError> {
-    let mut v = Verifier { m, errors: vec![], defined: HashSet::new(), const_nodes: HashMap::new() };
+    let mut v = Verifier { m, errors: vec![], defined: HashSet::new(), known: Known::default() };
     v.region(&m.body, "main", &HashSet::new());
     v.errors
 }
@@ -131,11 +131,16 @@ pub fn verify_all(m: &Module) -> Vec<VerifyError> {
 /// Data of a `Constant` node's result, so later nodes can use it as a
 /// constant operand.
 pub(crate) fn constant_node_data(node: &Node) -> Option<Arc<TensorData>> {
-    use crate::attr::Attr;
     if node.op != "Constant" {
         return None;
     }
-    node.attrs.iter().find_map(|(k, a)| match (k.as_str(), a) {
+    constant_node_data_attrs(&node.attrs)
+}
+
+/// The data a `Constant` node with these attributes produces.
+pub(crate) fn constant_node_data_attrs(attrs: &crate::attr::Attrs) -> Option<Arc<TensorData>> {
+    use crate::attr::Attr;
+    attrs.iter().find_map(|(k, a)| match (k.as_str(), a) {
         ("value", Attr::Tensor(d)) => Some(d.clone()),
         ("value_int", Attr::Int(v)) => TensorData::from_i64(vec![], &[*v]).ok().map(Arc::new),
         ("value_ints", Attr::Ints(v)) => TensorData::from_i64(vec![v.len() as u64], v).ok().map(Arc::new),
@@ -171,7 +176,7 @@ struct Verifier<'a> {
     m: &'a Module,
     errors: Vec<VerifyError>,
     defined: HashSet<ValueId>,
-    const_nodes: HashMap<ValueId, Arc<TensorData>>,
+    known: Known,
 }
 
 impl<'a> Verifier<'a> {
@@ -324,7 +329,7 @@ impl<'a> Verifier<'a> {
             outs_ok &= self.define(o, &format!("result {i}"), path, here);
         }
         if let (Some(d), Some(&o)) = (constant_node_data(node), node.outputs.first()) {
-            self.const_nodes.insert(o, d);
+            self.known.consts.insert(o, d);
         }
         // Types: only for nodes that are otherwise well formed.
         if self.errors.len() != before || !outs_ok {
@@ -334,7 +339,7 @@ impl<'a> Verifier<'a> {
         if !s.has_rule {
             return;
         }
-        let ctx = crate::ops::node_ctx(self.m, node, &self.const_nodes);
+        let ctx = crate::ops::node_ctx(self.m, node, &self.known);
         match (s.infer)(&ctx) {
             Err(e) => self.push(path, here, Rule::Infer(e)),
             Ok(tys) => {
@@ -732,6 +737,58 @@ mod tests {
         assert_eq!(m.ty(ys), &f("T,4"));
         m.body.nodes[0].attrs.insert("num_scan_inputs".into(), Attr::Int(3));
         assert!(matches!(first_rule(&m), Rule::RegionSignature(_)));
+    }
+
+    #[test]
+    fn shape_values_propagate_to_reshape() {
+        // r1 = Reshape(x, Concat(Gather(Shape(x), [0,1]), [12, 64]))
+        // r2 = Reshape(x, Concat(Unsqueeze(Shape(x)[0] * Shape(x)[1]), [-1]))
+        let mut m = Module::new("g");
+        let i64t = |s: &str| Type::Tensor(TensorType { elem: ElemType::I64, shape: Some(crate::ops::tests::d(s)), quant: None });
+        let un = || Type::Tensor(TensorType::unranked(ElemType::I64));
+        let x = m.add_value("x", f("N,seq,768")).unwrap();
+        m.body.inputs.push(x);
+        let cst = |m: &mut Module, name: &str, shape: Vec<u64>, v: &[i64]| {
+            let id = m.add_constant_unique(name, Arc::new(TensorData::from_i64(shape, v).unwrap()));
+            m.body.constants.push(id);
+            id
+        };
+        let idx01 = cst(&mut m, "idx01", vec![2], &[0, 1]);
+        let i0 = cst(&mut m, "i0", vec![], &[0]);
+        let i1 = cst(&mut m, "i1", vec![], &[1]);
+        let ax0 = cst(&mut m, "ax0", vec![1], &[0]);
+        let minus1 = cst(&mut m, "minus1", vec![1], &[-1]);
+        let names = ["s", "g", "c", "shp", "a", "b", "ab", "abu", "shp2"];
+        let ids: Vec<ValueId> = names.iter().map(|n| m.add_value(n, un()).unwrap()).collect();
+        let [s, g, c, shp, a, b, ab, abu, shp2] = ids[..] else { unreachable!() };
+        let r1 = m.add_value("r1", unranked()).unwrap();
+        let r2 = m.add_value("r2", unranked()).unwrap();
+        let mut constant = Node::new("Constant", vec![], vec![c]);
+        constant.attrs.insert("value_ints".into(), Attr::Ints(vec![12, 64]));
+        let mut concat = Node::new("Concat", vec![Some(g), Some(c)], vec![shp]);
+        concat.attrs.insert("axis".into(), Attr::Int(0));
+        let mut concat2 = Node::new("Concat", vec![Some(abu), Some(minus1)], vec![shp2]);
+        concat2.attrs.insert("axis".into(), Attr::Int(0));
+        m.body.nodes = vec![
+            Node::new("Shape", vec![Some(x)], vec![s]),
+            Node::new("Gather", vec![Some(s), Some(idx01)], vec![g]),
+            constant,
+            concat,
+            Node::new("Reshape", vec![Some(x), Some(shp)], vec![r1]),
+            Node::new("Gather", vec![Some(s), Some(i0)], vec![a]),
+            Node::new("Gather", vec![Some(s), Some(i1)], vec![b]),
+            Node::new("Mul", vec![Some(a), Some(b)], vec![ab]),
+            Node::new("Unsqueeze", vec![Some(ab), Some(ax0)], vec![abu]),
+            concat2,
+            Node::new("Reshape", vec![Some(x), Some(shp2)], vec![r2]),
+        ];
+        m.body.outputs = vec![r1, r2];
+        crate::ops::infer_module(&mut m).unwrap();
+        assert_eq!(m.ty(s), &i64t("3"));
+        assert_eq!(m.ty(ab), &i64t(""));
+        assert_eq!(m.ty(r1), &f("N,seq,12,64"));
+        assert_eq!(m.ty(r2), &f("N*seq,768"));
+        verify(&m).unwrap();
     }
 
     #[test]

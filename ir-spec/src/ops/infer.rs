@@ -5,11 +5,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{lookup, InferCtx, InferError};
+use super::{lookup, values, InferCtx, InferError, IntValues};
 use crate::module::{Module, Node, Region, ValueId};
 use crate::tensor::TensorData;
 use crate::types::{Dim, TensorType, Type};
 use crate::verify::{constant_node_data, node_regions, region_path, type_str, Location, Rule, VerifyError};
+
+/// What module walks know about values beyond their types: data of
+/// `Constant` node results, and propagated integer values.
+#[derive(Default, Debug)]
+pub(crate) struct Known {
+    pub consts: HashMap<ValueId, Arc<TensorData>>,
+    pub values: HashMap<ValueId, IntValues>,
+}
 
 /// Errors of [`infer_module`] are verifier errors (location + rule).
 pub type ModuleInferError = VerifyError;
@@ -36,8 +44,8 @@ pub fn infer_module(m: &mut Module) -> Result<(), ModuleInferError> {
 /// [`infer_module`] with a choice of policy for declared types.
 pub fn infer_module_with(m: &mut Module, policy: DeclaredTypes) -> Result<(), ModuleInferError> {
     let body = std::mem::take(&mut m.body);
-    let mut consts = HashMap::new();
-    let r = infer_region(m, &body, "main", policy, &mut consts);
+    let mut known = Known::default();
+    let r = infer_region(m, &body, "main", policy, &mut known);
     m.body = body;
     r
 }
@@ -47,7 +55,7 @@ pub fn infer_module_with(m: &mut Module, policy: DeclaredTypes) -> Result<(), Mo
 pub(crate) fn node_ctx<'a>(
     m: &'a Module,
     node: &'a Node,
-    const_nodes: &'a HashMap<ValueId, Arc<TensorData>>,
+    known: &'a Known,
 ) -> InferCtx<'a> {
     let valid = |v: &ValueId| v.index() < m.num_values();
     let inputs = node.inputs.iter().map(|v| v.filter(valid).map(|v| m.ty(v))).collect();
@@ -56,9 +64,10 @@ pub(crate) fn node_ctx<'a>(
         .iter()
         .map(|v| {
             let v = (*v).filter(valid)?;
-            m.constant(v).or_else(|| const_nodes.get(&v)).map(|d| &**d)
+            m.constant(v).or_else(|| known.consts.get(&v)).map(|d| &**d)
         })
         .collect();
+    let values = node.inputs.iter().map(|v| v.and_then(|v| known.values.get(&v).cloned())).collect();
     let declared = node.outputs.iter().map(|v| valid(v).then(|| m.ty(*v))).collect();
     let regions = node_regions(node)
         .into_iter()
@@ -71,6 +80,7 @@ pub(crate) fn node_ctx<'a>(
         node: node.describe(),
         inputs,
         consts,
+        values,
         attrs: &node.attrs,
         num_outputs: node.outputs.len(),
         declared,
@@ -80,7 +90,7 @@ pub(crate) fn node_ctx<'a>(
 
 /// Infer one node of `m` (its regions' output types as they are now).
 pub fn infer_node(m: &Module, node: &Node) -> Result<Vec<Type>, InferError> {
-    let empty = HashMap::new();
+    let empty = Known::default();
     let ctx = node_ctx(m, node, &empty);
     ctx.infer()
 }
@@ -90,7 +100,7 @@ fn infer_region(
     r: &Region,
     path: &str,
     policy: DeclaredTypes,
-    consts: &mut HashMap<ValueId, Arc<TensorData>>,
+    known: &mut Known,
 ) -> Result<(), VerifyError> {
     for (idx, node) in r.nodes.iter().enumerate() {
         let fail = |rule: Rule| VerifyError {
@@ -103,7 +113,7 @@ fn infer_region(
             rule,
         };
         for (attr, nth, sub) in node_regions(node) {
-            infer_region(m, sub, &region_path(path, idx, node, attr, nth), policy, consts)?;
+            infer_region(m, sub, &region_path(path, idx, node, attr, nth), policy, known)?;
         }
         let schema = lookup(&node.op).ok_or_else(|| fail(Rule::UnknownOp))?;
         for (i, o) in node.outputs.iter().enumerate() {
@@ -111,9 +121,11 @@ fn infer_region(
                 return Err(fail(Rule::BadValueId { what: format!("result {i}"), id: o.0 }));
             }
         }
-        let inferred = {
-            let ctx = node_ctx(m, node, consts);
-            (schema.infer)(&ctx).map_err(|e| fail(Rule::Infer(e)))?
+        let (inferred, vals) = {
+            let ctx = node_ctx(m, node, known);
+            let inferred = (schema.infer)(&ctx).map_err(|e| fail(Rule::Infer(e)))?;
+            let vals = inferred.first().and_then(|t| values::propagate(&ctx, t));
+            (inferred, vals)
         };
         for (i, (&o, inf)) in node.outputs.iter().zip(&inferred).enumerate() {
             let declared = m.ty(o);
@@ -132,7 +144,10 @@ fn infer_region(
             m.set_ty(o, new);
         }
         if let (Some(d), Some(&o)) = (constant_node_data(node), node.outputs.first()) {
-            consts.insert(o, d);
+            known.consts.insert(o, d);
+        }
+        if let (Some(v), Some(&o)) = (vals, node.outputs.first()) {
+            known.values.insert(o, v);
         }
     }
     Ok(())

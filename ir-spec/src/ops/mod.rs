@@ -12,16 +12,23 @@ use std::sync::OnceLock;
 
 use crate::attr::{Attr, AttrKind, Attrs};
 use crate::tensor::TensorData;
-use crate::types::Type;
+use crate::types::{SymExpr, Type};
+
+/// The element values of a small integer tensor (rank <= 1), each a
+/// polynomial over the module's symbols (`None`: that element is unknown).
+/// Carries shape arithmetic like `Shape -> Gather -> Concat -> Reshape`.
+pub type IntValues = Vec<Option<SymExpr>>;
 
 mod dims;
 mod infer;
 mod rules;
 mod schemas;
+mod values;
 
 pub use dims::{broadcast_dims, broadcast_shapes};
+pub(crate) use dims::norm_axis as norm_axis_pub;
 pub use infer::{infer_module, infer_module_with, infer_node, refine, DeclaredTypes, ModuleInferError};
-pub(crate) use infer::node_ctx;
+pub(crate) use infer::{node_ctx, Known};
 pub use rules::elem_from_onnx;
 pub use schemas::CATALOG;
 
@@ -169,6 +176,9 @@ pub struct InferCtx<'a> {
     pub inputs: Vec<Option<&'a Type>>,
     /// Constant data of constant operands.
     pub consts: Vec<Option<&'a TensorData>>,
+    /// Values of small integer operands computed from shapes (see
+    /// [`IntValues`]); constants need not be repeated here.
+    pub values: Vec<Option<IntValues>>,
     pub attrs: &'a Attrs,
     /// The number of results the node has.
     pub num_outputs: usize,
@@ -201,6 +211,7 @@ impl<'a> InferCtx<'a> {
             node: op.to_string(),
             inputs,
             consts: vec![None; n],
+            values: vec![None; n],
             attrs,
             num_outputs: lookup(op).map(|s| s.min_outputs.max(1)).unwrap_or(1),
             declared: vec![],
@@ -231,6 +242,18 @@ impl<'a> InferCtx<'a> {
     /// Integer values of a constant operand.
     pub fn const_ints(&self, i: usize) -> Option<Vec<i64>> {
         self.konst(i)?.to_i64_vec()
+    }
+
+    /// Element values of a small integer operand: from its constant data,
+    /// or from shape-value propagation.
+    pub fn int_values(&self, i: usize) -> Option<IntValues> {
+        if let Some(d) = self.konst(i) {
+            if d.shape.len() <= 1 && d.numel() <= values::MAX_VALUES {
+                return Some(d.to_i64_vec()?.into_iter().map(|v| Some(SymExpr::constant(v))).collect());
+            }
+            return None;
+        }
+        self.values.get(i).cloned().flatten()
     }
 
     pub fn const_floats(&self, i: usize) -> Option<Vec<f64>> {

@@ -351,15 +351,18 @@ fn constant(c: &InferCtx) -> R {
     }])
 }
 
-/// Dims from a constant 1-D shape operand; non-constant: rank from the
-/// operand's static length.
+/// Dims from a 1-D shape operand whose values are known (constant or
+/// propagated); otherwise the rank from the operand's static length.
 fn shape_operand(c: &InferCtx, i: usize) -> Result<Option<Vec<Dim>>, InferError> {
-    if let Some(v) = c.const_ints(i) {
+    if let Some(v) = c.int_values(i) {
         return v
-            .iter()
-            .map(|&d| {
-                known_u64(d)
-                    .ok_or_else(|| InferError::BadInput { index: i, msg: format!("negative dim {d}") })
+            .into_iter()
+            .map(|d| match d {
+                None => Ok(Dim::Unknown),
+                Some(e) => match e.as_const() {
+                    Some(n) if n < 0 => Err(InferError::BadInput { index: i, msg: format!("negative dim {n}") }),
+                    _ => Ok(Dim::from_expr(e)),
+                },
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some);
@@ -406,13 +409,23 @@ fn size(c: &InferCtx) -> R {
 fn reshape(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
     let input = shape_of(c, 0)?;
-    let Some(target) = c.const_ints(1) else {
+    let Some(target) = c.int_values(1) else {
         return Ok(vec![t_opt(e, shape_len(c, 1).map(unknown_dims))]);
     };
     let allowzero = c.attr_int("allowzero", 0) != 0;
     let mut out = Vec::with_capacity(target.len());
     let mut infer_at = None;
-    for (i, &d) in target.iter().enumerate() {
+    for (i, tv) in target.iter().enumerate() {
+        // Symbolic entries are sizes; unknown entries may be 0 or -1.
+        let d = match tv.as_ref().map(|x| (x.as_const(), x)) {
+            Some((Some(c), _)) => c,
+            Some((None, x)) => {
+                out.push(Dim::from_expr(x.clone()));
+                continue;
+            }
+            // Could be 0 (copy) or -1 (infer): only the rank is known.
+            None => return Ok(vec![t(e, unknown_dims(target.len()))]),
+        };
         out.push(match d {
             -1 => {
                 if infer_at.replace(i).is_some() {
