@@ -129,7 +129,7 @@ pub fn div_exact(a: &Dim, b: &Dim) -> Dim {
             }
             let mut q = SymExpr::constant(0);
             for (m, c) in e.terms() {
-                if c % dc != 0 {
+                if c.checked_rem(dc) != Some(0) {
                     return Dim::Unknown;
                 }
                 let mut rest: Vec<_> = m.to_vec();
@@ -141,7 +141,8 @@ pub fn div_exact(a: &Dim, b: &Dim) -> Dim {
                         None => return Dim::Unknown,
                     }
                 }
-                let mut t = SymExpr::constant(c / dc);
+                let Some(q0) = c.checked_div(dc) else { return Dim::Unknown };
+                let mut t = SymExpr::constant(q0);
                 for s in &rest {
                     t = t.mul(&SymExpr::symbol(s));
                 }

@@ -370,11 +370,15 @@ fn shape_operand(c: &InferCtx, i: usize) -> Result<Option<Vec<Dim>>, InferError>
     Ok(shape_len(c, i).map(unknown_dims))
 }
 
+/// Ranks above this are treated as unknown (a shape operand claiming more
+/// dims is malformed, and must not make us allocate).
+const MAX_RANK: u64 = 1024;
+
 /// The static length of a 1-D operand.
 fn shape_len(c: &InferCtx, i: usize) -> Option<usize> {
     let s = c.input(i)?.as_tensor()?.shape.as_ref()?;
     match s.as_slice() {
-        [Dim::Known(n)] => usize::try_from(*n).ok(),
+        [Dim::Known(n)] if *n <= MAX_RANK => usize::try_from(*n).ok(),
         [] => Some(1),
         _ => None,
     }
@@ -705,21 +709,21 @@ fn slice(c: &InferCtx) -> R {
                 } else {
                     (st.clamp(-1, d - 1), en.clamp(-1, d - 1))
                 };
+                let mag = step.unsigned_abs();
                 let len = if step > 0 {
-                    if en > st { (en - st - 1) / step + 1 } else { 0 }
+                    if en > st { (en - st - 1) as u64 / mag + 1 } else { 0 }
                 } else if st > en {
-                    (st - en - 1) / (-step) + 1
+                    (st - en - 1) as u64 / mag + 1
                 } else {
                     0
                 };
-                k(len as u64)
+                k(len)
             }
             d => {
                 // Symbolic: only the full-range-from-a-start forward slice.
-                if step == 1 && st >= 0 && en >= HUGE.min(i64::MAX / 2) / 2 {
+                // (An end of at least INT_MAX means "to the end".)
+                if step == 1 && st >= 0 && en >= i32::MAX as i64 {
                     add_const(d, -st)
-                } else if step == 1 && st == 0 && en == i64::MAX {
-                    d.clone()
                 } else {
                     Dim::Unknown
                 }
@@ -1266,6 +1270,9 @@ fn window(c: &InferCtx, spatial: usize, kernel: Option<Vec<u64>>) -> Result<Opti
     if kernel.len() != spatial {
         return Err(bad_attr("kernel_shape", format!("{} values for {spatial} spatial dims", kernel.len())));
     }
+    if kernel.contains(&0) {
+        return Err(bad_attr("kernel_shape", "kernel sizes must be positive"));
+    }
     let pads = match c.attr_ints("pads") {
         None => vec![0; 2 * spatial],
         Some(p) if p.len() == 2 * spatial => p.to_vec(),
@@ -1305,7 +1312,7 @@ fn window_out(w: &Window, i: usize, d: &Dim, ceil_mode: bool) -> Result<Dim, Inf
         let mut out = add_const(&div_ceil(&span, s), 1);
         // The last window must start inside the input or the left padding.
         if let (Dim::Known(o), Dim::Known(inp)) = (&out, d) {
-            if (o - 1) * s >= inp + w.pads[i].max(0) as u64 {
+            if (o - 1).saturating_mul(s) >= inp.saturating_add(w.pads[i].max(0) as u64) {
                 out = k(o - 1);
             }
         }
@@ -1642,7 +1649,7 @@ fn affine_grid(c: &InferCtx) -> R {
         Some(_) => Err(InferError::BadInput { index: 1, msg: "size must have 4 or 5 values".into() }),
         None => Ok(vec![t_opt(e, shape_len(c, 1).map(|n| {
             let mut o = unknown_dims(n);
-            if let Some(l) = o.last_mut() { *l = k(n as u64 - 2) }
+            if let (Some(l), Some(sp)) = (o.last_mut(), (n as u64).checked_sub(2)) { *l = k(sp) }
             o
         }))]),
     }

@@ -649,3 +649,143 @@ fn onnx_node_suite_shapes() {
     eprintln!("less precise than the test data (op: results): {imprecise:?}");
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+// ------------------------------------------------------ robustness fuzzing
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn pick<T: Clone>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len())].clone()
+    }
+}
+
+const FUZZ_ITERS: usize = 300;
+const FUZZ_INTS: [i64; 10] = [-2, -1, 0, 1, 2, 3, 7, i64::MAX, i64::MIN, 1 << 40];
+
+fn fuzz_dim(r: &mut Rng) -> Dim {
+    match r.below(8) {
+        0 => Dim::sym("N"),
+        1 => Dim::Unknown,
+        2 => Dim::Known(0),
+        3 => Dim::Known(1 << 40),
+        _ => Dim::Known(r.below(6) as u64),
+    }
+}
+
+fn fuzz_type(r: &mut Rng) -> Type {
+    let e = r.pick(&[ElemType::F32, ElemType::I64, ElemType::I64, ElemType::Bool, ElemType::U8, ElemType::String]);
+    let t = if r.below(10) == 0 {
+        Type::Tensor(TensorType::unranked(e))
+    } else {
+        let rank = r.below(6);
+        Type::tensor(e, (0..rank).map(|_| fuzz_dim(r)).collect())
+    };
+    match r.below(12) {
+        0 => Type::Sequence(Box::new(t)),
+        1 => Type::Optional(Box::new(t)),
+        _ => t,
+    }
+}
+
+fn fuzz_attr(r: &mut Rng, kind: AttrKind) -> Option<Attr> {
+    let strs = ["", "NOTSET", "SAME_UPPER", "VALID", "bidirectional", "none", "mean", "not_larger", "ii->i", "...ij,jk->...ik", "ij,jk", "a...->", "..."];
+    Some(match kind {
+        AttrKind::Int => Attr::Int(r.pick(&FUZZ_INTS)),
+        AttrKind::Float => Attr::Float(r.pick(&[0.5, -1.0, 2.0, f32::NAN, f32::INFINITY])),
+        AttrKind::String => Attr::String(r.pick(&strs).to_string()),
+        AttrKind::Ints => Attr::Ints((0..r.below(9)).map(|_| r.pick(&FUZZ_INTS)).collect()),
+        AttrKind::Floats => Attr::Floats((0..r.below(5)).map(|_| r.pick(&[0.5f32, -1.0, 3.0, f32::NAN])).collect()),
+        AttrKind::Strings => Attr::Strings((0..r.below(3)).map(|_| r.pick(&strs).to_string()).collect()),
+        AttrKind::Tensor => {
+            let n = r.below(4) as u64;
+            let v: Vec<i64> = (0..n).map(|_| r.pick(&FUZZ_INTS)).collect();
+            Attr::Tensor(Arc::new(TensorData::from_i64(vec![n], &v).ok()?))
+        }
+        AttrKind::Type => Attr::Type(fuzz_type(r)),
+        _ => return None,
+    })
+}
+
+/// Random operand types, constants and attributes through every rule:
+/// rules may fail, never panic.
+#[test]
+fn rules_never_panic_on_malformed_nodes() {
+    let mut r = Rng(0x9e3779b97f4a7c15);
+    let mut panics = vec![];
+    for s in all().filter(|s| s.has_rule) {
+        for _ in 0..FUZZ_ITERS {
+            let lo = s.min_inputs;
+            let hi = s.max_inputs.min(lo + 4);
+            let n_in = lo + r.below(hi - lo + 1);
+            let mut types = vec![];
+            let mut consts = vec![];
+            for _ in 0..n_in {
+                if r.below(10) == 0 {
+                    types.push(None);
+                    consts.push(None);
+                    continue;
+                }
+                let t = fuzz_type(&mut r);
+                let c = match t.as_tensor().and_then(|t| t.static_shape()) {
+                    Some(sh) if r.below(2) == 0 && crate::tensor::shape_numel(&sh).is_some_and(|n| n <= 8) => {
+                        let n = crate::tensor::shape_numel(&sh).unwrap_or(0);
+                        let v: Vec<i64> = (0..n).map(|_| r.pick(&FUZZ_INTS)).collect();
+                        TensorData::from_i64(sh, &v).ok()
+                    }
+                    _ => None,
+                };
+                let t = match &c {
+                    Some(c) => Type::Tensor(TensorType::known(c.elem, &c.shape)),
+                    None => t,
+                };
+                types.push(Some(t));
+                consts.push(c);
+            }
+            let mut attrs = Attrs::new();
+            for a in s.attrs {
+                if a.required || r.below(2) == 0 {
+                    if let Some(v) = fuzz_attr(&mut r, a.kind) {
+                        attrs.insert(a.name.to_string(), v);
+                    }
+                }
+            }
+            let lo = s.min_outputs;
+            let n_out = lo + r.below(s.max_outputs.min(lo + 3) - lo + 1);
+            let regions: Vec<(&str, Vec<Type>)> = s
+                .attrs
+                .iter()
+                .filter(|a| a.kind == AttrKind::Graph)
+                .map(|a| (a.name, (0..r.below(4)).map(|_| fuzz_type(&mut r)).collect()))
+                .collect();
+            let ctx = InferCtx {
+                op: s.name,
+                node: s.name.to_string(),
+                inputs: types.iter().map(Option::as_ref).collect(),
+                consts: consts.iter().map(Option::as_ref).collect(),
+                values: vec![None; n_in],
+                attrs: &attrs,
+                num_outputs: n_out,
+                declared: vec![],
+                regions,
+            };
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = (s.infer)(&ctx);
+                let _ = ctx.inputs.first().copied().flatten().map(|t| super::values::propagate(&ctx, t));
+            }));
+            if res.is_err() {
+                panics.push(format!("{} with {:?} / {:?} / {:?}", s.name, ctx.inputs, ctx.consts, attrs));
+                break;
+            }
+        }
+    }
+    assert!(panics.is_empty(), "{} ops panicked:\n{}", panics.len(), panics.join("\n"));
+}
