@@ -114,6 +114,7 @@ pub fn type_str(t: &Type) -> String {
 }
 
 /// Verify a module; the first error found (in program order).
+#[allow(clippy::result_large_err)]
 pub fn verify(m: &Module) -> Result<(), VerifyError> {
     match verify_all(m).into_iter().next() {
         Some(e) => Err(e),
@@ -635,12 +636,16 @@ mod tests {
         let e1 = m.add_value("e1", f("N")).unwrap();
         let out = m.add_value("out", unranked()).unwrap();
         m.body.inputs.extend([cond, x]);
-        let mut then_r = Region::default();
-        then_r.nodes.push(Node::new("Neg", vec![Some(x)], vec![t1]));
-        then_r.outputs = vec![t1; then_outs];
-        let mut else_r = Region::default();
-        else_r.nodes.push(Node::new("Abs", vec![Some(x)], vec![e1]));
-        else_r.outputs.push(e1);
+        let then_r = Region {
+            nodes: vec![Node::new("Neg", vec![Some(x)], vec![t1])],
+            outputs: vec![t1; then_outs],
+            ..Region::default()
+        };
+        let else_r = Region {
+            nodes: vec![Node::new("Abs", vec![Some(x)], vec![e1])],
+            outputs: vec![e1],
+            ..Region::default()
+        };
         let mut n = Node::new("If", vec![Some(cond)], vec![out]);
         n.name = "branch".into();
         n.attrs.insert("then_branch".into(), Attr::Graph(then_r));
@@ -688,10 +693,12 @@ mod tests {
         let fin = m.add_value("fin", unranked()).unwrap();
         let scan = m.add_value("scan", unranked()).unwrap();
         m.body.inputs.extend([trip, init]);
-        let mut body = Region::default();
-        body.inputs = [i, c, acc][..body_inputs].to_vec();
-        body.nodes.push(Node::new("Add", vec![Some(acc), Some(init)], vec![acc2]));
-        body.outputs = vec![c, acc2, acc2];
+        let body = Region {
+            inputs: [i, c, acc][..body_inputs].to_vec(),
+            nodes: vec![Node::new("Add", vec![Some(acc), Some(init)], vec![acc2])],
+            outputs: vec![c, acc2, acc2],
+            ..Region::default()
+        };
         let mut n = Node::new("Loop", vec![Some(trip), None, Some(init)], vec![fin, scan]);
         n.attrs.insert("body".into(), Attr::Graph(body));
         m.body.nodes.push(n);
@@ -723,10 +730,12 @@ mod tests {
         let fs = m.add_value("fs", unranked()).unwrap();
         let ys = m.add_value("ys", unranked()).unwrap();
         m.body.inputs.extend([s0, xs]);
-        let mut body = Region::default();
-        body.inputs = vec![st, xi];
-        body.nodes.push(Node::new("Add", vec![Some(st), Some(xi)], vec![st2]));
-        body.outputs = vec![st2, st2];
+        let body = Region {
+            inputs: vec![st, xi],
+            nodes: vec![Node::new("Add", vec![Some(st), Some(xi)], vec![st2])],
+            outputs: vec![st2, st2],
+            ..Region::default()
+        };
         let mut n = Node::new("Scan", vec![Some(s0), Some(xs)], vec![fs, ys]);
         n.attrs.insert("body".into(), Attr::Graph(body));
         n.attrs.insert("num_scan_inputs".into(), Attr::Int(1));

@@ -37,11 +37,13 @@ pub enum DeclaredTypes {
 
 /// Infer every node's result types, refining the declared ones
 /// ([`DeclaredTypes::Refine`]).
+#[allow(clippy::result_large_err)]
 pub fn infer_module(m: &mut Module) -> Result<(), ModuleInferError> {
     infer_module_with(m, DeclaredTypes::Refine)
 }
 
 /// [`infer_module`] with a choice of policy for declared types.
+#[allow(clippy::result_large_err)]
 pub fn infer_module_with(m: &mut Module, policy: DeclaredTypes) -> Result<(), ModuleInferError> {
     let body = std::mem::take(&mut m.body);
     let mut known = Known::default();
@@ -95,6 +97,7 @@ pub fn infer_node(m: &Module, node: &Node) -> Result<Vec<Type>, InferError> {
     ctx.infer()
 }
 
+#[allow(clippy::result_large_err)]
 fn infer_region(
     m: &mut Module,
     r: &Region,

@@ -1911,8 +1911,8 @@ fn scan(c: &InferCtx) -> R {
         Dim::Unknown
     };
     let mut out = vec![];
-    for i in 0..n {
-        out.push(join_types(ty(c, i)?, &body[i]).ok_or_else(|| err(format!("scan state {i} changes type")))?);
+    for (i, bt) in body.iter().enumerate().take(n) {
+        out.push(join_types(ty(c, i)?, bt).ok_or_else(|| err(format!("scan state {i} changes type")))?);
     }
     let out_axes = c.attr_ints("scan_output_axes");
     for (j, bt) in body[n..].iter().enumerate() {
@@ -1965,7 +1965,7 @@ fn tree_ensemble(c: &InferCtx) -> R {
 
 fn optimizer(c: &InferCtx, groups_in: usize, outs: &[usize]) -> R {
     let rest = c.inputs.len().saturating_sub(2);
-    if rest % groups_in != 0 {
+    if !rest.is_multiple_of(groups_in) {
         return Err(err(format!("expected 2 + {groups_in}*n operands")));
     }
     let n = rest / groups_in;
