@@ -54,7 +54,11 @@ pub enum Rule {
     #[error("unknown attribute `{name}`")]
     UnknownAttr { name: String },
     #[error("attribute `{name}` must be {expected}, got {got}")]
-    AttrKind { name: String, expected: AttrKind, got: AttrKind },
+    AttrKind {
+        name: String,
+        expected: AttrKind,
+        got: AttrKind,
+    },
     #[error("required attribute `{name}` is missing")]
     MissingAttr { name: String },
     #[error("{what} refers to value id {id}, not in the module")]
@@ -68,7 +72,12 @@ pub enum Rule {
     #[error("constant %{value}: {msg}")]
     ConstantData { value: String, msg: String },
     #[error("result {index} (%{value}) is declared {declared} but inferred {inferred}")]
-    ResultType { index: usize, value: String, declared: String, inferred: String },
+    ResultType {
+        index: usize,
+        value: String,
+        declared: String,
+        inferred: String,
+    },
     #[error("inference failed: {0}")]
     Infer(InferError),
     #[error("inference gave {got} results for {expected}")]
@@ -124,7 +133,12 @@ pub fn verify(m: &Module) -> Result<(), VerifyError> {
 
 /// Verify a module, collecting every error (in program order).
 pub fn verify_all(m: &Module) -> Vec<VerifyError> {
-    let mut v = Verifier { m, errors: vec![], defined: HashSet::new(), known: Known::default() };
+    let mut v = Verifier {
+        m,
+        errors: vec![],
+        defined: HashSet::new(),
+        known: Known::default(),
+    };
     v.region(&m.body, "main", &HashSet::new());
     v.errors
 }
@@ -144,15 +158,25 @@ pub(crate) fn constant_node_data_attrs(attrs: &crate::attr::Attrs) -> Option<Arc
     attrs.iter().find_map(|(k, a)| match (k.as_str(), a) {
         ("value", Attr::Tensor(d)) => Some(d.clone()),
         ("value_int", Attr::Int(v)) => TensorData::from_i64(vec![], &[*v]).ok().map(Arc::new),
-        ("value_ints", Attr::Ints(v)) => TensorData::from_i64(vec![v.len() as u64], v).ok().map(Arc::new),
+        ("value_ints", Attr::Ints(v)) => TensorData::from_i64(vec![v.len() as u64], v)
+            .ok()
+            .map(Arc::new),
         ("value_float", Attr::Float(v)) => TensorData::from_f32(vec![], &[*v]).ok().map(Arc::new),
-        ("value_floats", Attr::Floats(v)) => TensorData::from_f32(vec![v.len() as u64], v).ok().map(Arc::new),
+        ("value_floats", Attr::Floats(v)) => TensorData::from_f32(vec![v.len() as u64], v)
+            .ok()
+            .map(Arc::new),
         _ => None,
     })
 }
 
 /// Path of a nested region: `main/3:Loop "l".body`.
-pub(crate) fn region_path(parent: &str, idx: usize, node: &Node, attr: &str, nth: Option<usize>) -> String {
+pub(crate) fn region_path(
+    parent: &str,
+    idx: usize,
+    node: &Node,
+    attr: &str,
+    nth: Option<usize>,
+) -> String {
     match nth {
         Some(j) => format!("{parent}/{idx}:{}.{attr}[{j}]", node.describe()),
         None => format!("{parent}/{idx}:{}.{attr}", node.describe()),
@@ -166,7 +190,9 @@ pub(crate) fn node_regions(node: &Node) -> Vec<(&str, Option<usize>, &Region)> {
     for (k, a) in &node.attrs {
         match a {
             Attr::Graph(r) => out.push((k.as_str(), None, r)),
-            Attr::Graphs(rs) => out.extend(rs.iter().enumerate().map(|(j, r)| (k.as_str(), Some(j), r))),
+            Attr::Graphs(rs) => {
+                out.extend(rs.iter().enumerate().map(|(j, r)| (k.as_str(), Some(j), r)))
+            }
             _ => {}
         }
     }
@@ -198,13 +224,32 @@ impl<'a> Verifier<'a> {
     }
 
     /// Define a value; false (and an error) if it is invalid or redefined.
-    fn define(&mut self, id: ValueId, what: &str, path: &str, node: Option<(usize, &Node)>) -> bool {
+    fn define(
+        &mut self,
+        id: ValueId,
+        what: &str,
+        path: &str,
+        node: Option<(usize, &Node)>,
+    ) -> bool {
         if !self.valid(id) {
-            self.push(path, node, Rule::BadValueId { what: what.to_string(), id: id.0 });
+            self.push(
+                path,
+                node,
+                Rule::BadValueId {
+                    what: what.to_string(),
+                    id: id.0,
+                },
+            );
             return false;
         }
         if !self.defined.insert(id) {
-            self.push(path, node, Rule::Redefined { value: self.m.name(id).to_string() });
+            self.push(
+                path,
+                node,
+                Rule::Redefined {
+                    value: self.m.name(id).to_string(),
+                },
+            );
             return false;
         }
         true
@@ -233,39 +278,81 @@ impl<'a> Verifier<'a> {
         }
         for (i, &o) in r.outputs.iter().enumerate() {
             if !self.valid(o) {
-                self.push(path, None, Rule::BadValueId { what: format!("region output {i}"), id: o.0 });
+                self.push(
+                    path,
+                    None,
+                    Rule::BadValueId {
+                        what: format!("region output {i}"),
+                        id: o.0,
+                    },
+                );
             } else if !visible.contains(&o) {
-                self.push(path, None, Rule::RegionOutputUndefined { index: i, value: self.m.name(o).to_string() });
+                self.push(
+                    path,
+                    None,
+                    Rule::RegionOutputUndefined {
+                        index: i,
+                        value: self.m.name(o).to_string(),
+                    },
+                );
             }
         }
     }
 
     fn check_constant(&mut self, c: ValueId, path: &str) {
         let name = self.m.name(c).to_string();
-        let bad = |s: &mut Self, msg: String| s.push(path, None, Rule::ConstantData { value: name.clone(), msg });
+        let bad = |s: &mut Self, msg: String| {
+            s.push(
+                path,
+                None,
+                Rule::ConstantData {
+                    value: name.clone(),
+                    msg,
+                },
+            )
+        };
         let Some(data) = self.m.constant(c) else {
             return bad(self, "listed as a constant but has no data".into());
         };
         let Some(tt) = self.m.ty(c).as_tensor() else {
-            return bad(self, format!("has non-tensor type {}", type_str(self.m.ty(c))));
+            return bad(
+                self,
+                format!("has non-tensor type {}", type_str(self.m.ty(c))),
+            );
         };
         if tt.elem != data.elem {
-            return bad(self, format!("type says {} but the data is {}", tt.elem, data.elem));
+            return bad(
+                self,
+                format!("type says {} but the data is {}", tt.elem, data.elem),
+            );
         }
         if tt.static_shape().as_deref() != Some(&data.shape[..]) {
-            return bad(self, format!("type {} does not match the data shape {:?}", type_str(self.m.ty(c)), data.shape));
+            return bad(
+                self,
+                format!(
+                    "type {} does not match the data shape {:?}",
+                    type_str(self.m.ty(c)),
+                    data.shape
+                ),
+            );
         }
         let n = crate::tensor::shape_numel(&data.shape);
         match (&data.payload, n) {
             (_, None) => bad(self, "shape too large".into()),
             (Payload::Bytes(b), Some(n)) => {
                 if data.elem.storage_bytes(n) != Some(b.len() as u64) {
-                    bad(self, format!("{} bytes for {n} {} elements", b.len(), data.elem));
+                    bad(
+                        self,
+                        format!("{} bytes for {n} {} elements", b.len(), data.elem),
+                    );
                 }
             }
             (Payload::Strings(s), Some(n)) => {
                 if data.elem != crate::types::ElemType::String || s.len() as u64 != n {
-                    bad(self, format!("{} strings for {n} {} elements", s.len(), data.elem));
+                    bad(
+                        self,
+                        format!("{} strings for {n} {} elements", s.len(), data.elem),
+                    );
                 }
             }
             (Payload::Elided, _) => {}
@@ -281,10 +368,26 @@ impl<'a> Verifier<'a> {
             Some(s) => {
                 let (ni, no) = (node.inputs.len(), node.outputs.len());
                 if ni < s.min_inputs || ni > s.max_inputs {
-                    self.push(path, here, Rule::InputCount { got: ni, min: s.min_inputs, max: s.max_inputs });
+                    self.push(
+                        path,
+                        here,
+                        Rule::InputCount {
+                            got: ni,
+                            min: s.min_inputs,
+                            max: s.max_inputs,
+                        },
+                    );
                 }
                 if no < s.min_outputs || no > s.max_outputs {
-                    self.push(path, here, Rule::OutputCount { got: no, min: s.min_outputs, max: s.max_outputs });
+                    self.push(
+                        path,
+                        here,
+                        Rule::OutputCount {
+                            got: no,
+                            min: s.min_outputs,
+                            max: s.max_outputs,
+                        },
+                    );
                 }
                 for i in 0..ni {
                     if node.inputs[i].is_none() && !s.input_optional(i) {
@@ -297,14 +400,24 @@ impl<'a> Verifier<'a> {
                         Some(spec) if spec.kind != a.kind() => self.push(
                             path,
                             here,
-                            Rule::AttrKind { name: name.clone(), expected: spec.kind, got: a.kind() },
+                            Rule::AttrKind {
+                                name: name.clone(),
+                                expected: spec.kind,
+                                got: a.kind(),
+                            },
                         ),
                         _ => {}
                     }
                 }
                 for spec in s.attrs.iter().filter(|a| a.required) {
                     if !node.attrs.contains_key(spec.name) {
-                        self.push(path, here, Rule::MissingAttr { name: spec.name.to_string() });
+                        self.push(
+                            path,
+                            here,
+                            Rule::MissingAttr {
+                                name: spec.name.to_string(),
+                            },
+                        );
                     }
                 }
             }
@@ -312,9 +425,23 @@ impl<'a> Verifier<'a> {
         for (i, v) in node.inputs.iter().enumerate() {
             let Some(v) = *v else { continue };
             if !self.valid(v) {
-                self.push(path, here, Rule::BadValueId { what: format!("operand {i}"), id: v.0 });
+                self.push(
+                    path,
+                    here,
+                    Rule::BadValueId {
+                        what: format!("operand {i}"),
+                        id: v.0,
+                    },
+                );
             } else if !visible.contains(&v) {
-                self.push(path, here, Rule::UseBeforeDef { index: i, value: self.m.name(v).to_string() });
+                self.push(
+                    path,
+                    here,
+                    Rule::UseBeforeDef {
+                        index: i,
+                        value: self.m.name(v).to_string(),
+                    },
+                );
             }
         }
         if let Some(msg) = region_signature(node) {
@@ -345,7 +472,14 @@ impl<'a> Verifier<'a> {
             Err(e) => self.push(path, here, Rule::Infer(e)),
             Ok(tys) => {
                 if tys.len() < node.outputs.len() {
-                    self.push(path, here, Rule::InferArity { got: tys.len(), expected: node.outputs.len() });
+                    self.push(
+                        path,
+                        here,
+                        Rule::InferArity {
+                            got: tys.len(),
+                            expected: node.outputs.len(),
+                        },
+                    );
                     return;
                 }
                 for (i, (&o, inferred)) in node.outputs.iter().zip(&tys).enumerate() {
@@ -378,7 +512,10 @@ pub(crate) fn region_signature(node: &Node) -> Option<String> {
             for b in ["then_branch", "else_branch"] {
                 if let Some(r) = g(b) {
                     if r.outputs.len() != no {
-                        return Some(format!("{b} has {} outputs, the node has {no} results", r.outputs.len()));
+                        return Some(format!(
+                            "{b} has {} outputs, the node has {no} results",
+                            r.outputs.len()
+                        ));
                     }
                 }
             }
@@ -393,7 +530,9 @@ pub(crate) fn region_signature(node: &Node) -> Option<String> {
                 ));
             }
             if no < n {
-                return Some(format!("the node has {no} results, fewer than its {n} loop-carried values"));
+                return Some(format!(
+                    "the node has {no} results, fewer than its {n} loop-carried values"
+                ));
             }
             let kk = no - n;
             if r.outputs.len() != 1 + n + kk {
@@ -405,14 +544,22 @@ pub(crate) fn region_signature(node: &Node) -> Option<String> {
         }
         "Scan" => {
             let r = g("body")?;
-            let m = node.attr("num_scan_inputs").and_then(|a| a.as_int()).unwrap_or(0);
+            let m = node
+                .attr("num_scan_inputs")
+                .and_then(|a| a.as_int())
+                .unwrap_or(0);
             let m = usize::try_from(m).ok().filter(|&m| m >= 1 && m <= ni);
             let Some(m) = m else {
-                return Some(format!("num_scan_inputs must be between 1 and the operand count {ni}"));
+                return Some(format!(
+                    "num_scan_inputs must be between 1 and the operand count {ni}"
+                ));
             };
             let n = ni - m;
             if r.inputs.len() != n + m {
-                return Some(format!("body has {} inputs, expected {n} states + {m} scan inputs", r.inputs.len()));
+                return Some(format!(
+                    "body has {} inputs, expected {n} states + {m} scan inputs",
+                    r.inputs.len()
+                ));
             }
             if no < n || r.outputs.len() != no {
                 return Some(format!(
@@ -420,7 +567,12 @@ pub(crate) fn region_signature(node: &Node) -> Option<String> {
                     r.outputs.len()
                 ));
             }
-            for (name, count) in [("scan_input_axes", m), ("scan_input_directions", m), ("scan_output_axes", no - n), ("scan_output_directions", no - n)] {
+            for (name, count) in [
+                ("scan_input_axes", m),
+                ("scan_input_directions", m),
+                ("scan_output_axes", no - n),
+                ("scan_output_directions", no - n),
+            ] {
                 if let Some(v) = node.attr(name).and_then(|a| a.as_ints()) {
                     if v.len() != count {
                         return Some(format!("`{name}` has {} values, expected {count}", v.len()));
@@ -431,10 +583,16 @@ pub(crate) fn region_signature(node: &Node) -> Option<String> {
         "SequenceMap" => {
             let r = g("body")?;
             if r.inputs.len() != ni {
-                return Some(format!("body has {} inputs, the node {ni} operands", r.inputs.len()));
+                return Some(format!(
+                    "body has {} inputs, the node {ni} operands",
+                    r.inputs.len()
+                ));
             }
             if r.outputs.len() != no {
-                return Some(format!("body has {} outputs, the node {no} results", r.outputs.len()));
+                return Some(format!(
+                    "body has {} outputs, the node {no} results",
+                    r.outputs.len()
+                ));
             }
         }
         _ => {}
@@ -457,10 +615,15 @@ mod tests {
     fn sample() -> Module {
         let mut m = Module::new("g");
         let x = m.add_value("x", f("N,3,8,8")).unwrap();
-        let w = m.add_constant_unique("w", Arc::new(TensorData::from_f32(vec![4, 3, 3, 3], &[0.5; 108]).unwrap()));
+        let w = m.add_constant_unique(
+            "w",
+            Arc::new(TensorData::from_f32(vec![4, 3, 3, 3], &[0.5; 108]).unwrap()),
+        );
         let y = m.add_value("y", unranked()).unwrap();
         let z = m.add_value("z", f("N,4,6,6")).unwrap();
-        let s = m.add_value("s", Type::Tensor(TensorType::unranked(ElemType::I64))).unwrap();
+        let s = m
+            .add_value("s", Type::Tensor(TensorType::unranked(ElemType::I64)))
+            .unwrap();
         let r = m.add_value("r", f("batch,?")).unwrap();
         m.body.inputs.push(x);
         m.body.constants.push(w);
@@ -469,9 +632,14 @@ mod tests {
         m.body.nodes.push(conv);
         m.body.nodes.push(Node::new("Relu", vec![Some(y)], vec![z]));
         let mut c = Node::new("Constant", vec![], vec![s]);
-        c.attrs.insert("value".into(), Attr::Tensor(Arc::new(TensorData::from_i64(vec![2], &[0, -1]).unwrap())));
+        c.attrs.insert(
+            "value".into(),
+            Attr::Tensor(Arc::new(TensorData::from_i64(vec![2], &[0, -1]).unwrap())),
+        );
         m.body.nodes.push(c);
-        m.body.nodes.push(Node::new("Reshape", vec![Some(z), Some(s)], vec![r]));
+        m.body
+            .nodes
+            .push(Node::new("Reshape", vec![Some(z), Some(s)], vec![r]));
         m.body.outputs.push(r);
         m
     }
@@ -491,7 +659,10 @@ mod tests {
         // Inferred N,144 refines the declared batch,?: the known dim wins, and
         // the inferred symbol (tied to the input) is kept.
         assert_eq!(m.ty(r), &f("N,144"));
-        assert_eq!(m.ty(m.lookup("s").unwrap()), &Type::tensor(ElemType::I64, vec![Dim::Known(2)]));
+        assert_eq!(
+            m.ty(m.lookup("s").unwrap()),
+            &Type::tensor(ElemType::I64, vec![Dim::Known(2)])
+        );
         verify(&m).unwrap();
     }
 
@@ -499,12 +670,22 @@ mod tests {
     fn declared_symbolic_names_survive_unknown_inference() {
         let mut m = Module::new("g");
         let x = m.add_value("x", f("N,4")).unwrap();
-        let n = m.add_value("n", Type::tensor(ElemType::I64, vec![Dim::Known(2), Dim::sym("nnz")])).unwrap();
+        let n = m
+            .add_value(
+                "n",
+                Type::tensor(ElemType::I64, vec![Dim::Known(2), Dim::sym("nnz")]),
+            )
+            .unwrap();
         m.body.inputs.push(x);
-        m.body.nodes.push(Node::new("NonZero", vec![Some(x)], vec![n]));
+        m.body
+            .nodes
+            .push(Node::new("NonZero", vec![Some(x)], vec![n]));
         m.body.outputs.push(n);
         crate::ops::infer_module(&mut m).unwrap();
-        assert_eq!(m.ty(n), &Type::tensor(ElemType::I64, vec![Dim::Known(2), Dim::sym("nnz")]));
+        assert_eq!(
+            m.ty(n),
+            &Type::tensor(ElemType::I64, vec![Dim::Known(2), Dim::sym("nnz")])
+        );
     }
 
     #[test]
@@ -528,12 +709,26 @@ mod tests {
 
         let mut m = sample();
         m.body.nodes[1].inputs.push(None);
-        assert_eq!(first_rule(&m), Rule::InputCount { got: 2, min: 1, max: 1 });
+        assert_eq!(
+            first_rule(&m),
+            Rule::InputCount {
+                got: 2,
+                min: 1,
+                max: 1
+            }
+        );
 
         let mut m = sample();
         let extra = m.add_value("extra", unranked()).unwrap();
         m.body.nodes[1].outputs.push(extra);
-        assert_eq!(first_rule(&m), Rule::OutputCount { got: 2, min: 1, max: 1 });
+        assert_eq!(
+            first_rule(&m),
+            Rule::OutputCount {
+                got: 2,
+                min: 1,
+                max: 1
+            }
+        );
 
         let mut m = sample();
         m.body.nodes[0].inputs[1] = None;
@@ -543,8 +738,15 @@ mod tests {
     #[test]
     fn attributes() {
         let mut m = sample();
-        m.body.nodes[1].attrs.insert("alpha".into(), Attr::Float(0.1));
-        assert_eq!(first_rule(&m), Rule::UnknownAttr { name: "alpha".into() });
+        m.body.nodes[1]
+            .attrs
+            .insert("alpha".into(), Attr::Float(0.1));
+        assert_eq!(
+            first_rule(&m),
+            Rule::UnknownAttr {
+                name: "alpha".into()
+            }
+        );
 
         let mut m = sample();
         let x = m.lookup("x").unwrap();
@@ -558,7 +760,9 @@ mod tests {
         // Use before definition: swap Relu and Conv.
         let mut m = sample();
         m.body.nodes.swap(0, 1);
-        assert!(matches!(first_rule(&m), Rule::UseBeforeDef { index: 0, ref value } if value == "y"));
+        assert!(
+            matches!(first_rule(&m), Rule::UseBeforeDef { index: 0, ref value } if value == "y")
+        );
 
         // Defined twice.
         let mut m = sample();
@@ -575,7 +779,13 @@ mod tests {
         let mut m = sample();
         let ghost = m.add_value("ghost", unranked()).unwrap();
         m.body.outputs.push(ghost);
-        assert_eq!(first_rule(&m), Rule::RegionOutputUndefined { index: 1, value: "ghost".into() });
+        assert_eq!(
+            first_rule(&m),
+            Rule::RegionOutputUndefined {
+                index: 1,
+                value: "ghost".into()
+            }
+        );
     }
 
     #[test]
@@ -586,7 +796,13 @@ mod tests {
         assert!(matches!(first_rule(&m), Rule::ConstantData { .. }));
 
         let mut m = sample();
-        m.set_ty(w, Type::tensor(ElemType::F16, vec![Dim::Known(4), Dim::Known(3), Dim::Known(3), Dim::Known(3)]));
+        m.set_ty(
+            w,
+            Type::tensor(
+                ElemType::F16,
+                vec![Dim::Known(4), Dim::Known(3), Dim::Known(3), Dim::Known(3)],
+            ),
+        );
         assert!(matches!(first_rule(&m), Rule::ConstantData { .. }));
 
         let mut m = sample();
@@ -594,7 +810,11 @@ mod tests {
         assert!(matches!(first_rule(&m), Rule::ConstantData { .. }));
 
         let mut m = sample();
-        let bad = TensorData { elem: ElemType::F32, shape: vec![4, 3, 3, 3], payload: crate::tensor::Payload::Bytes(Arc::from(vec![0u8; 7])) };
+        let bad = TensorData {
+            elem: ElemType::F32,
+            shape: vec![4, 3, 3, 3],
+            payload: crate::tensor::Payload::Bytes(Arc::from(vec![0u8; 7])),
+        };
         m.set_constant(w, Some(Arc::new(bad)));
         assert!(matches!(first_rule(&m), Rule::ConstantData { .. }));
     }
@@ -607,7 +827,12 @@ mod tests {
         let e = verify(&m).unwrap_err();
         assert_eq!(
             e.rule,
-            Rule::ResultType { index: 0, value: "y".into(), declared: "f32[N,4,7,6]".into(), inferred: "f32[N,4,6,6]".into() }
+            Rule::ResultType {
+                index: 0,
+                value: "y".into(),
+                declared: "f32[N,4,7,6]".into(),
+                inferred: "f32[N,4,6,6]".into()
+            }
         );
         assert_eq!(e.location.node.as_deref(), Some("Conv \"conv1\""));
         // infer_module reports the same contradiction, or replaces on request.
@@ -630,7 +855,9 @@ mod tests {
     /// cond: bool[] -> If with two branches each giving one value.
     fn if_module(then_outs: usize) -> Module {
         let mut m = Module::new("g");
-        let cond = m.add_value("cond", Type::tensor(ElemType::Bool, vec![])).unwrap();
+        let cond = m
+            .add_value("cond", Type::tensor(ElemType::Bool, vec![]))
+            .unwrap();
         let x = m.add_value("x", f("N")).unwrap();
         let t1 = m.add_value("t1", f("N")).unwrap();
         let e1 = m.add_value("e1", f("N")).unwrap();
@@ -669,7 +896,13 @@ mod tests {
         let mut m = if_module(1);
         let t1 = m.lookup("t1").unwrap();
         m.body.outputs.push(t1);
-        assert_eq!(first_rule(&m), Rule::RegionOutputUndefined { index: 1, value: "t1".into() });
+        assert_eq!(
+            first_rule(&m),
+            Rule::RegionOutputUndefined {
+                index: 1,
+                value: "t1".into()
+            }
+        );
 
         // A branch may not use the If's own result.
         let mut m = if_module(1);
@@ -684,10 +917,16 @@ mod tests {
 
     fn loop_module(body_inputs: usize) -> Module {
         let mut m = Module::new("g");
-        let trip = m.add_value("trip", Type::tensor(ElemType::I64, vec![])).unwrap();
+        let trip = m
+            .add_value("trip", Type::tensor(ElemType::I64, vec![]))
+            .unwrap();
         let init = m.add_value("init", f("3")).unwrap();
-        let i = m.add_value("i", Type::tensor(ElemType::I64, vec![])).unwrap();
-        let c = m.add_value("c", Type::tensor(ElemType::Bool, vec![])).unwrap();
+        let i = m
+            .add_value("i", Type::tensor(ElemType::I64, vec![]))
+            .unwrap();
+        let c = m
+            .add_value("c", Type::tensor(ElemType::Bool, vec![]))
+            .unwrap();
         let acc = m.add_value("acc", f("3")).unwrap();
         let acc2 = m.add_value("acc2", unranked()).unwrap();
         let fin = m.add_value("fin", unranked()).unwrap();
@@ -716,7 +955,10 @@ mod tests {
         assert_eq!(m.ty(m.lookup("scan").unwrap()), &f("?,3"));
         let m = loop_module(2);
         let e = verify(&m).unwrap_err();
-        assert!(matches!(e.rule, Rule::RegionSignature(ref s) if s.contains("body has 2 inputs")), "{e}");
+        assert!(
+            matches!(e.rule, Rule::RegionSignature(ref s) if s.contains("body has 2 inputs")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -744,7 +986,9 @@ mod tests {
         verify(&m).unwrap();
         crate::ops::infer_module(&mut m).unwrap();
         assert_eq!(m.ty(ys), &f("T,4"));
-        m.body.nodes[0].attrs.insert("num_scan_inputs".into(), Attr::Int(3));
+        m.body.nodes[0]
+            .attrs
+            .insert("num_scan_inputs".into(), Attr::Int(3));
         assert!(matches!(first_rule(&m), Rule::RegionSignature(_)));
     }
 
@@ -753,7 +997,13 @@ mod tests {
         // r1 = Reshape(x, Concat(Gather(Shape(x), [0,1]), [12, 64]))
         // r2 = Reshape(x, Concat(Unsqueeze(Shape(x)[0] * Shape(x)[1]), [-1]))
         let mut m = Module::new("g");
-        let i64t = |s: &str| Type::Tensor(TensorType { elem: ElemType::I64, shape: Some(crate::ops::tests::d(s)), quant: None });
+        let i64t = |s: &str| {
+            Type::Tensor(TensorType {
+                elem: ElemType::I64,
+                shape: Some(crate::ops::tests::d(s)),
+                quant: None,
+            })
+        };
         let un = || Type::Tensor(TensorType::unranked(ElemType::I64));
         let x = m.add_value("x", f("N,seq,768")).unwrap();
         m.body.inputs.push(x);
@@ -768,12 +1018,19 @@ mod tests {
         let ax0 = cst(&mut m, "ax0", vec![1], &[0]);
         let minus1 = cst(&mut m, "minus1", vec![1], &[-1]);
         let names = ["s", "g", "c", "shp", "a", "b", "ab", "abu", "shp2"];
-        let ids: Vec<ValueId> = names.iter().map(|n| m.add_value(n, un()).unwrap()).collect();
-        let [s, g, c, shp, a, b, ab, abu, shp2] = ids[..] else { unreachable!() };
+        let ids: Vec<ValueId> = names
+            .iter()
+            .map(|n| m.add_value(n, un()).unwrap())
+            .collect();
+        let [s, g, c, shp, a, b, ab, abu, shp2] = ids[..] else {
+            unreachable!()
+        };
         let r1 = m.add_value("r1", unranked()).unwrap();
         let r2 = m.add_value("r2", unranked()).unwrap();
         let mut constant = Node::new("Constant", vec![], vec![c]);
-        constant.attrs.insert("value_ints".into(), Attr::Ints(vec![12, 64]));
+        constant
+            .attrs
+            .insert("value_ints".into(), Attr::Ints(vec![12, 64]));
         let mut concat = Node::new("Concat", vec![Some(g), Some(c)], vec![shp]);
         concat.attrs.insert("axis".into(), Attr::Int(0));
         let mut concat2 = Node::new("Concat", vec![Some(abu), Some(minus1)], vec![shp2]);
@@ -807,7 +1064,12 @@ mod tests {
         m.body.nodes[0].attrs.insert("bogus".into(), Attr::Int(1));
         let errs = verify_all(&m);
         assert_eq!(errs.len(), 2);
-        assert_eq!(errs[0].rule, Rule::UnknownAttr { name: "bogus".into() });
+        assert_eq!(
+            errs[0].rule,
+            Rule::UnknownAttr {
+                name: "bogus".into()
+            }
+        );
         assert_eq!(errs[1].rule, Rule::UnknownOp);
     }
 }

@@ -79,7 +79,10 @@ pub fn mul_const(d: &Dim, c: u64) -> Dim {
         return Dim::Known(0);
     }
     match i64::try_from(c) {
-        Ok(c) => d.to_expr().map(|e| Dim::from_expr(e.scale(c))).unwrap_or(Dim::Unknown),
+        Ok(c) => d
+            .to_expr()
+            .map(|e| Dim::from_expr(e.scale(c)))
+            .unwrap_or(Dim::Unknown),
         Err(_) => Dim::Unknown,
     }
 }
@@ -141,7 +144,9 @@ pub fn div_exact(a: &Dim, b: &Dim) -> Dim {
                         None => return Dim::Unknown,
                     }
                 }
-                let Some(q0) = c.checked_div(dc) else { return Dim::Unknown };
+                let Some(q0) = c.checked_div(dc) else {
+                    return Dim::Unknown;
+                };
                 let mut t = SymExpr::constant(q0);
                 for s in &rest {
                     t = t.mul(&SymExpr::symbol(s));
@@ -173,7 +178,10 @@ mod tests {
         let n = Dim::sym("N");
         let s = Dim::sym("seq");
         let total = n.mul(&s).mul(&Dim::Known(768));
-        assert_eq!(div_exact(&total, &n.mul(&s).mul(&Dim::Known(12))), Dim::Known(64));
+        assert_eq!(
+            div_exact(&total, &n.mul(&s).mul(&Dim::Known(12))),
+            Dim::Known(64)
+        );
         assert_eq!(div_exact(&total, &Dim::Known(768)), n.mul(&s));
         assert_eq!(div_exact(&n.add(&Dim::Known(1)), &n), Dim::Unknown);
     }

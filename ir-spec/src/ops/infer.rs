@@ -9,7 +9,9 @@ use super::{lookup, values, InferCtx, InferError, IntValues};
 use crate::module::{Module, Node, Region, ValueId};
 use crate::tensor::TensorData;
 use crate::types::{Dim, TensorType, Type};
-use crate::verify::{constant_node_data, node_regions, region_path, type_str, Location, Rule, VerifyError};
+use crate::verify::{
+    constant_node_data, node_regions, region_path, type_str, Location, Rule, VerifyError,
+};
 
 /// What module walks know about values beyond their types: data of
 /// `Constant` node results, and propagated integer values.
@@ -54,13 +56,13 @@ pub fn infer_module_with(m: &mut Module, policy: DeclaredTypes) -> Result<(), Mo
 
 /// The inference context of one node of `m` (operands with ids outside the
 /// module are treated as omitted).
-pub(crate) fn node_ctx<'a>(
-    m: &'a Module,
-    node: &'a Node,
-    known: &'a Known,
-) -> InferCtx<'a> {
+pub(crate) fn node_ctx<'a>(m: &'a Module, node: &'a Node, known: &'a Known) -> InferCtx<'a> {
     let valid = |v: &ValueId| v.index() < m.num_values();
-    let inputs = node.inputs.iter().map(|v| v.filter(valid).map(|v| m.ty(v))).collect();
+    let inputs = node
+        .inputs
+        .iter()
+        .map(|v| v.filter(valid).map(|v| m.ty(v)))
+        .collect();
     let consts = node
         .inputs
         .iter()
@@ -69,12 +71,27 @@ pub(crate) fn node_ctx<'a>(
             m.constant(v).or_else(|| known.consts.get(&v)).map(|d| &**d)
         })
         .collect();
-    let values = node.inputs.iter().map(|v| v.and_then(|v| known.values.get(&v).cloned())).collect();
-    let declared = node.outputs.iter().map(|v| valid(v).then(|| m.ty(*v))).collect();
+    let values = node
+        .inputs
+        .iter()
+        .map(|v| v.and_then(|v| known.values.get(&v).cloned()))
+        .collect();
+    let declared = node
+        .outputs
+        .iter()
+        .map(|v| valid(v).then(|| m.ty(*v)))
+        .collect();
     let regions = node_regions(node)
         .into_iter()
         .map(|(name, _, r)| {
-            (name, r.outputs.iter().filter(|o| valid(o)).map(|&o| m.ty(o).clone()).collect())
+            (
+                name,
+                r.outputs
+                    .iter()
+                    .filter(|o| valid(o))
+                    .map(|&o| m.ty(o).clone())
+                    .collect(),
+            )
         })
         .collect();
     InferCtx {
@@ -116,12 +133,21 @@ fn infer_region(
             rule,
         };
         for (attr, nth, sub) in node_regions(node) {
-            infer_region(m, sub, &region_path(path, idx, node, attr, nth), policy, known)?;
+            infer_region(
+                m,
+                sub,
+                &region_path(path, idx, node, attr, nth),
+                policy,
+                known,
+            )?;
         }
         let schema = lookup(&node.op).ok_or_else(|| fail(Rule::UnknownOp))?;
         for (i, o) in node.outputs.iter().enumerate() {
             if o.index() >= m.num_values() {
-                return Err(fail(Rule::BadValueId { what: format!("result {i}"), id: o.0 }));
+                return Err(fail(Rule::BadValueId {
+                    what: format!("result {i}"),
+                    id: o.0,
+                }));
             }
         }
         let (inferred, vals) = {
@@ -185,7 +211,11 @@ pub fn refine(declared: &Type, inferred: &Type) -> Option<Type> {
                     )
                 }
             };
-            Type::Tensor(TensorType { elem: i.elem, shape, quant: i.quant.clone().or_else(|| d.quant.clone()) })
+            Type::Tensor(TensorType {
+                elem: i.elem,
+                shape,
+                quant: i.quant.clone().or_else(|| d.quant.clone()),
+            })
         }
         (Type::Sequence(a), Type::Sequence(b)) => Type::Sequence(Box::new(refine(a, b)?)),
         (Type::Optional(a), Type::Optional(b)) => Type::Optional(Box::new(refine(a, b)?)),

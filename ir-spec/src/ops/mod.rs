@@ -22,12 +22,15 @@ pub type IntValues = Vec<Option<SymExpr>>;
 mod dims;
 mod infer;
 mod rules;
+#[rustfmt::skip]
 mod schemas;
 mod values;
 
-pub use dims::{broadcast_dims, broadcast_shapes};
 pub(crate) use dims::norm_axis as norm_axis_pub;
-pub use infer::{infer_module, infer_module_with, infer_node, refine, DeclaredTypes, ModuleInferError};
+pub use dims::{broadcast_dims, broadcast_shapes};
+pub use infer::{
+    infer_module, infer_module_with, infer_node, refine, DeclaredTypes, ModuleInferError,
+};
 pub(crate) use infer::{node_ctx, Known};
 pub use rules::elem_from_onnx;
 pub use schemas::CATALOG;
@@ -149,7 +152,11 @@ fn registry() -> &'static Registry {
                 }
             })
             .collect();
-        let by_name = schemas.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
+        let by_name = schemas
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name, i))
+            .collect();
         Registry { schemas, by_name }
     })
 }
@@ -249,7 +256,12 @@ impl<'a> InferCtx<'a> {
     pub fn int_values(&self, i: usize) -> Option<IntValues> {
         if let Some(d) = self.konst(i) {
             if d.shape.len() <= 1 && d.numel() <= values::MAX_VALUES {
-                return Some(d.to_i64_vec()?.into_iter().map(|v| Some(SymExpr::constant(v))).collect());
+                return Some(
+                    d.to_i64_vec()?
+                        .into_iter()
+                        .map(|v| Some(SymExpr::constant(v)))
+                        .collect(),
+                );
             }
             return None;
         }

@@ -42,33 +42,81 @@ pub fn elem_from_onnx(code: i64) -> Option<ElemType> {
 pub(crate) fn rule_for(op: &str) -> Option<super::InferFn> {
     Some(match op {
         // Unary, result type = operand 0 type.
-        "Abs" | "Acos" | "Acosh" | "Asin" | "Asinh" | "Atan" | "Atanh" | "Ceil" | "Celu"
-        | "Cos" | "Cosh" | "Elu" | "Erf" | "Exp" | "Floor" | "Gelu" | "HardSigmoid"
-        | "HardSwish" | "Hardmax" | "LeakyRelu" | "Log" | "LogSoftmax" | "Mish" | "Neg"
-        | "Reciprocal" | "Relu" | "Round" | "Selu" | "Shrink" | "Sigmoid" | "Sign" | "Sin"
-        | "Sinh" | "Softmax" | "Softplus" | "Softsign" | "Sqrt" | "Tan" | "Tanh"
-        | "ThresholdedRelu" | "BitwiseNot" | "Not" | "Identity" | "CumSum" | "Clip" | "LRN"
-        | "MeanVarianceNormalization" | "InstanceNormalization" | "Trilu"
-        | "ReverseSequence" | "LpNormalization" | "GroupNormalization" | "PRelu"
-        | "ScatterElements" | "ScatterND" | "Scatter" | "ai.onnx.ml.Binarizer"
+        "Abs"
+        | "Acos"
+        | "Acosh"
+        | "Asin"
+        | "Asinh"
+        | "Atan"
+        | "Atanh"
+        | "Ceil"
+        | "Celu"
+        | "Cos"
+        | "Cosh"
+        | "Elu"
+        | "Erf"
+        | "Exp"
+        | "Floor"
+        | "Gelu"
+        | "HardSigmoid"
+        | "HardSwish"
+        | "Hardmax"
+        | "LeakyRelu"
+        | "Log"
+        | "LogSoftmax"
+        | "Mish"
+        | "Neg"
+        | "Reciprocal"
+        | "Relu"
+        | "Round"
+        | "Selu"
+        | "Shrink"
+        | "Sigmoid"
+        | "Sign"
+        | "Sin"
+        | "Sinh"
+        | "Softmax"
+        | "Softplus"
+        | "Softsign"
+        | "Sqrt"
+        | "Tan"
+        | "Tanh"
+        | "ThresholdedRelu"
+        | "BitwiseNot"
+        | "Not"
+        | "Identity"
+        | "CumSum"
+        | "Clip"
+        | "LRN"
+        | "MeanVarianceNormalization"
+        | "InstanceNormalization"
+        | "Trilu"
+        | "ReverseSequence"
+        | "LpNormalization"
+        | "GroupNormalization"
+        | "PRelu"
+        | "ScatterElements"
+        | "ScatterND"
+        | "Scatter"
+        | "ai.onnx.ml.Binarizer"
         | "SequenceErase" => same_as_input0,
         "ai.onnx.ml.Normalizer" | "ai.onnx.ml.Scaler" => ml_float_same_shape,
         "ai.onnx.ml.Imputer" => same_as_input0,
         "ai.onnx.ml.LinearRegressor" => ml_regressor_targets,
         "ai.onnx.ml.TreeEnsembleRegressor" => ml_regressor_n_targets,
-        "ai.onnx.ml.LinearClassifier" | "ai.onnx.ml.SVMClassifier"
+        "ai.onnx.ml.LinearClassifier"
+        | "ai.onnx.ml.SVMClassifier"
         | "ai.onnx.ml.TreeEnsembleClassifier" => ml_classifier,
         "ai.onnx.ml.CategoryMapper" => ml_category_mapper,
         "ai.onnx.ml.OneHotEncoder" => ml_one_hot_encoder,
         "ai.onnx.ml.FeatureVectorizer" => ml_feature_vectorizer,
         "ai.onnx.ml.ZipMap" => ml_zip_map,
         "MaxRoiPool" => max_roi_pool,
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "BitShift" | "BitwiseAnd"
-        | "BitwiseOr" | "BitwiseXor" | "Max" | "Min" | "Mean" | "Sum" | "StringConcat" => {
-            broadcast_same
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "BitShift" | "BitwiseAnd" | "BitwiseOr"
+        | "BitwiseXor" | "Max" | "Min" | "Mean" | "Sum" | "StringConcat" => broadcast_same,
+        "Equal" | "Greater" | "GreaterOrEqual" | "Less" | "LessOrEqual" | "And" | "Or" | "Xor" => {
+            broadcast_bool
         }
-        "Equal" | "Greater" | "GreaterOrEqual" | "Less" | "LessOrEqual" | "And" | "Or"
-        | "Xor" => broadcast_bool,
         "IsInf" | "IsNaN" | "RegexFullMatch" => unary_bool,
         "Where" => where_,
         "Cast" => cast,
@@ -172,9 +220,12 @@ pub(crate) fn rule_for(op: &str) -> Option<super::InferFn> {
 pub(crate) fn fallback(c: &InferCtx) -> R {
     (0..c.num_outputs)
         .map(|i| {
-            c.declared.get(i).copied().flatten().cloned().ok_or_else(|| {
-                InferError::Invalid(format!("no inference rule for `{}`", c.op))
-            })
+            c.declared
+                .get(i)
+                .copied()
+                .flatten()
+                .cloned()
+                .ok_or_else(|| InferError::Invalid(format!("no inference rule for `{}`", c.op)))
         })
         .collect()
 }
@@ -186,17 +237,26 @@ fn err(msg: impl Into<String>) -> InferError {
 }
 
 fn bad_attr(name: &str, msg: impl Into<String>) -> InferError {
-    InferError::BadAttr { name: name.into(), msg: msg.into() }
+    InferError::BadAttr {
+        name: name.into(),
+        msg: msg.into(),
+    }
 }
 
 fn ty<'a>(c: &InferCtx<'a>, i: usize) -> Result<&'a Type, InferError> {
-    c.input(i).ok_or(InferError::MissingInput { index: i, what: "operand" })
+    c.input(i).ok_or(InferError::MissingInput {
+        index: i,
+        what: "operand",
+    })
 }
 
 fn tensor<'a>(c: &InferCtx<'a>, i: usize) -> Result<&'a TensorType, InferError> {
     match ty(c, i)? {
         Type::Tensor(t) => Ok(t),
-        _ => Err(InferError::BadInput { index: i, msg: "expected a tensor".into() }),
+        _ => Err(InferError::BadInput {
+            index: i,
+            msg: "expected a tensor".into(),
+        }),
     }
 }
 
@@ -213,7 +273,11 @@ fn t(e: ElemType, shape: Vec<Dim>) -> Type {
 }
 
 fn t_opt(e: ElemType, shape: Option<Vec<Dim>>) -> Type {
-    Type::Tensor(TensorType { elem: e, shape, quant: None })
+    Type::Tensor(TensorType {
+        elem: e,
+        shape,
+        quant: None,
+    })
 }
 
 fn unranked(e: ElemType) -> Type {
@@ -230,7 +294,8 @@ fn k(n: u64) -> Dim {
 
 fn axis_of(c: &InferCtx, name: &str, default: i64, rank: usize) -> Result<usize, InferError> {
     let a = c.attr_int(name, default);
-    norm_axis(a, rank).ok_or_else(|| bad_attr(name, format!("axis {a} out of range for rank {rank}")))
+    norm_axis(a, rank)
+        .ok_or_else(|| bad_attr(name, format!("axis {a} out of range for rank {rank}")))
 }
 
 fn dtype_attr(c: &InferCtx, name: &str) -> Result<Option<ElemType>, InferError> {
@@ -288,7 +353,10 @@ fn broadcast_bool(c: &InferCtx) -> R {
 }
 
 fn unary_bool(c: &InferCtx) -> R {
-    Ok(vec![t_opt(ElemType::Bool, shape_of(c, 0)?.map(|s| s.to_vec()))])
+    Ok(vec![t_opt(
+        ElemType::Bool,
+        shape_of(c, 0)?.map(|s| s.to_vec()),
+    )])
 }
 
 fn where_(c: &InferCtx) -> R {
@@ -302,7 +370,10 @@ fn cast(c: &InferCtx) -> R {
 }
 
 fn cast_like(c: &InferCtx) -> R {
-    Ok(vec![t_opt(elem(c, 1)?, shape_of(c, 0)?.map(|s| s.to_vec()))])
+    Ok(vec![t_opt(
+        elem(c, 1)?,
+        shape_of(c, 0)?.map(|s| s.to_vec()),
+    )])
 }
 
 fn like_with_dtype(c: &InferCtx) -> R {
@@ -315,7 +386,9 @@ fn like_with_dtype(c: &InferCtx) -> R {
 
 fn random(c: &InferCtx) -> R {
     let e = dtype_attr(c, "dtype")?.unwrap_or(ElemType::F32);
-    let s = c.attr_ints("shape").ok_or_else(|| bad_attr("shape", "required"))?;
+    let s = c
+        .attr_ints("shape")
+        .ok_or_else(|| bad_attr("shape", "required"))?;
     let dims = s
         .iter()
         .map(|&d| known_u64(d).ok_or_else(|| bad_attr("shape", "negative dim")))
@@ -325,7 +398,9 @@ fn random(c: &InferCtx) -> R {
 
 fn multinomial(c: &InferCtx) -> R {
     let e = dtype_attr(c, "dtype")?.unwrap_or(ElemType::I32);
-    let n = shape_of(c, 0)?.and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
+    let n = shape_of(c, 0)?
+        .and_then(|s| s.first().cloned())
+        .unwrap_or(Dim::Unknown);
     let ss = known_u64(c.attr_int("sample_size", 1)).unwrap_or(Dim::Unknown);
     Ok(vec![t(e, vec![n, ss])])
 }
@@ -360,7 +435,10 @@ fn shape_operand(c: &InferCtx, i: usize) -> Result<Option<Vec<Dim>>, InferError>
             .map(|d| match d {
                 None => Ok(Dim::Unknown),
                 Some(e) => match e.as_const() {
-                    Some(n) if n < 0 => Err(InferError::BadInput { index: i, msg: format!("negative dim {n}") }),
+                    Some(n) if n < 0 => Err(InferError::BadInput {
+                        index: i,
+                        msg: format!("negative dim {n}"),
+                    }),
                     _ => Ok(Dim::from_expr(e)),
                 },
             })
@@ -385,7 +463,11 @@ fn shape_len(c: &InferCtx, i: usize) -> Option<usize> {
 }
 
 fn constant_of_shape(c: &InferCtx) -> R {
-    let e = c.attr("value").and_then(Attr::as_tensor).map(|d| d.elem).unwrap_or(ElemType::F32);
+    let e = c
+        .attr("value")
+        .and_then(Attr::as_tensor)
+        .map(|d| d.elem)
+        .unwrap_or(ElemType::F32);
     Ok(vec![t_opt(e, shape_operand(c, 0)?)])
 }
 
@@ -394,7 +476,13 @@ fn shape(c: &InferCtx) -> R {
         None => Dim::Unknown,
         Some(s) => {
             let r = s.len() as i64;
-            let clamp = |v: i64| if v < 0 { (v.saturating_add(r)).max(0) } else { v.min(r) };
+            let clamp = |v: i64| {
+                if v < 0 {
+                    (v.saturating_add(r)).max(0)
+                } else {
+                    v.min(r)
+                }
+            };
             let start = clamp(c.attr_int("start", 0));
             let end = clamp(c.attr_int("end", r));
             k((end - start).max(0) as u64)
@@ -433,7 +521,10 @@ fn reshape(c: &InferCtx) -> R {
         out.push(match d {
             -1 => {
                 if infer_at.replace(i).is_some() {
-                    return Err(InferError::BadInput { index: 1, msg: "more than one -1".into() });
+                    return Err(InferError::BadInput {
+                        index: 1,
+                        msg: "more than one -1".into(),
+                    });
                 }
                 Dim::Unknown
             }
@@ -445,15 +536,22 @@ fn reshape(c: &InferCtx) -> R {
                 None => Dim::Unknown,
             },
             d if d < 0 => {
-                return Err(InferError::BadInput { index: 1, msg: format!("invalid dim {d}") })
+                return Err(InferError::BadInput {
+                    index: 1,
+                    msg: format!("invalid dim {d}"),
+                })
             }
             d => k(d as u64),
         });
     }
     if let (Some(i), Some(s)) = (infer_at, input) {
         let total = dims_product(s);
-        let others: Vec<Dim> =
-            out.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, d)| d.clone()).collect();
+        let others: Vec<Dim> = out
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, d)| d.clone())
+            .collect();
         let known = dims_product(&others);
         if let (Dim::Known(a), Dim::Known(b)) = (&total, &known) {
             if *b == 0 || a % b != 0 {
@@ -490,7 +588,10 @@ fn flatten(c: &InferCtx) -> R {
         return Err(bad_attr("axis", format!("{a} out of range for rank {r}")));
     }
     let a = a as usize;
-    Ok(vec![t(e, vec![dims_product(&s[..a]), dims_product(&s[a..])])])
+    Ok(vec![t(
+        e,
+        vec![dims_product(&s[..a]), dims_product(&s[a..])],
+    )])
 }
 
 fn norm_axes(axes: &[i64], rank: usize, what: &str) -> Result<Vec<usize>, InferError> {
@@ -508,10 +609,17 @@ fn norm_axes(axes: &[i64], rank: usize, what: &str) -> Result<Vec<usize>, InferE
 
 fn squeeze(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     if c.has_input(1) {
         let Some(axes) = c.const_ints(1) else {
-            return Ok(vec![t_opt(e, shape_len(c, 1).and_then(|n| s.len().checked_sub(n)).map(unknown_dims))]);
+            return Ok(vec![t_opt(
+                e,
+                shape_len(c, 1)
+                    .and_then(|n| s.len().checked_sub(n))
+                    .map(unknown_dims),
+            )]);
         };
         let axes = norm_axes(&axes, s.len(), "squeeze")?;
         for &a in &axes {
@@ -521,13 +629,20 @@ fn squeeze(c: &InferCtx) -> R {
                 }
             }
         }
-        let out = s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone());
+        let out = s
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, d)| d.clone());
         return Ok(vec![t(e, out.collect())]);
     }
     if s.iter().any(|d| !matches!(d, Dim::Known(_))) {
         return Ok(vec![unranked(e)]);
     }
-    Ok(vec![t(e, s.iter().filter(|d| !d.is_one()).cloned().collect())])
+    Ok(vec![t(
+        e,
+        s.iter().filter(|d| !d.is_one()).cloned().collect(),
+    )])
 }
 
 fn unsqueeze(c: &InferCtx) -> R {
@@ -537,12 +652,20 @@ fn unsqueeze(c: &InferCtx) -> R {
         let r = s.map(|s| s.len()).zip(shape_len(c, 1)).map(|(a, b)| a + b);
         return Ok(vec![t_opt(e, r.map(unknown_dims))]);
     };
-    let Some(s) = s else { return Ok(vec![unranked(e)]) };
+    let Some(s) = s else {
+        return Ok(vec![unranked(e)]);
+    };
     let r = s.len() + axes.len();
     let axes = norm_axes(&axes, r, "unsqueeze")?;
     let mut src = s.iter();
     let out = (0..r)
-        .map(|i| if axes.contains(&i) { k(1) } else { src.next().cloned().unwrap_or(Dim::Unknown) })
+        .map(|i| {
+            if axes.contains(&i) {
+                k(1)
+            } else {
+                src.next().cloned().unwrap_or(Dim::Unknown)
+            }
+        })
         .collect();
     Ok(vec![t(e, out)])
 }
@@ -550,14 +673,20 @@ fn unsqueeze(c: &InferCtx) -> R {
 fn transpose(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
     let Some(s) = shape_of(c, 0)? else {
-        return Ok(vec![t_opt(e, c.attr_ints("perm").map(|p| unknown_dims(p.len())))]);
+        return Ok(vec![t_opt(
+            e,
+            c.attr_ints("perm").map(|p| unknown_dims(p.len())),
+        )]);
     };
     let perm: Vec<i64> = match c.attr_ints("perm") {
         Some(p) => p.to_vec(),
         None => (0..s.len() as i64).rev().collect(),
     };
     if perm.len() != s.len() {
-        return Err(bad_attr("perm", format!("length {} for rank {}", perm.len(), s.len())));
+        return Err(bad_attr(
+            "perm",
+            format!("length {} for rank {}", perm.len(), s.len()),
+        ));
     }
     let p = norm_axes(&perm, s.len(), "perm")?;
     Ok(vec![t(e, p.iter().map(|&i| s[i].clone()).collect())])
@@ -573,15 +702,26 @@ fn expand(c: &InferCtx) -> R {
 
 fn tile(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
-    let Some(rep) = c.const_ints(1) else { return Ok(vec![t(e, unknown_dims(s.len()))]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
+    let Some(rep) = c.const_ints(1) else {
+        return Ok(vec![t(e, unknown_dims(s.len()))]);
+    };
     if rep.len() != s.len() {
-        return Err(InferError::BadInput { index: 1, msg: "repeats length must equal the rank".into() });
+        return Err(InferError::BadInput {
+            index: 1,
+            msg: "repeats length must equal the rank".into(),
+        });
     }
     let out = s
         .iter()
         .zip(&rep)
-        .map(|(d, &r)| u64::try_from(r).map(|r| mul_const(d, r)).map_err(|_| err("negative repeat")))
+        .map(|(d, &r)| {
+            u64::try_from(r)
+                .map(|r| mul_const(d, r))
+                .map_err(|_| err("negative repeat"))
+        })
         .collect::<Result<_, _>>()?;
     Ok(vec![t(e, out)])
 }
@@ -597,7 +737,10 @@ fn concat(c: &InferCtx) -> R {
             }
         }
     }
-    let r = shapes.first().map(|s| s.len()).ok_or_else(|| err("Concat needs an operand"))?;
+    let r = shapes
+        .first()
+        .map(|s| s.len())
+        .ok_or_else(|| err("Concat needs an operand"))?;
     if shapes.iter().any(|s| s.len() != r) {
         return Err(err("Concat operands have different ranks"));
     }
@@ -605,7 +748,11 @@ fn concat(c: &InferCtx) -> R {
     let mut out = shapes[0].to_vec();
     for s in &shapes[1..] {
         for i in 0..r {
-            out[i] = if i == a { out[i].add(&s[i]) } else { merge_dim(&out[i], &s[i]).map_err(err)? };
+            out[i] = if i == a {
+                out[i].add(&s[i])
+            } else {
+                merge_dim(&out[i], &s[i]).map_err(err)?
+            };
         }
     }
     Ok(vec![t(e, out)])
@@ -614,27 +761,42 @@ fn concat(c: &InferCtx) -> R {
 fn split(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
     let n = c.num_outputs.max(1);
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e); n]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e); n]);
+    };
     let a = axis_of(c, "axis", 0, s.len())?;
     let parts: Vec<Dim> = if c.has_input(1) {
         match c.const_ints(1) {
             Some(v) => {
                 if v.len() != n {
-                    return Err(InferError::BadInput { index: 1, msg: format!("{} sizes for {n} results", v.len()) });
+                    return Err(InferError::BadInput {
+                        index: 1,
+                        msg: format!("{} sizes for {n} results", v.len()),
+                    });
                 }
                 if let Some(total) = s[a].as_known() {
-                    if v.iter().try_fold(0i64, |acc, &x| acc.checked_add(x)) != i64::try_from(total).ok() {
-                        return Err(InferError::BadInput { index: 1, msg: format!("sizes do not sum to {total}") });
+                    if v.iter().try_fold(0i64, |acc, &x| acc.checked_add(x))
+                        != i64::try_from(total).ok()
+                    {
+                        return Err(InferError::BadInput {
+                            index: 1,
+                            msg: format!("sizes do not sum to {total}"),
+                        });
                     }
                 }
-                v.iter().map(|&x| known_u64(x).ok_or_else(|| err("negative split"))).collect::<Result<_, _>>()?
+                v.iter()
+                    .map(|&x| known_u64(x).ok_or_else(|| err("negative split")))
+                    .collect::<Result<_, _>>()?
             }
             None => unknown_dims(n),
         }
     } else {
         let parts = c.attr_int("num_outputs", n as i64);
         if parts != n as i64 {
-            return Err(bad_attr("num_outputs", format!("{parts} but the node has {n} results")));
+            return Err(bad_attr(
+                "num_outputs",
+                format!("{parts} but the node has {n} results"),
+            ));
         }
         match &s[a] {
             Dim::Known(d) => {
@@ -665,7 +827,9 @@ const HUGE: i64 = 1 << 62;
 
 fn slice(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     let r = s.len();
     let (Some(starts), Some(ends)) = (c.const_ints(1), c.const_ints(2)) else {
         return Ok(vec![t(e, unknown_dims(r))]);
@@ -711,7 +875,11 @@ fn slice(c: &InferCtx) -> R {
                 };
                 let mag = step.unsigned_abs();
                 let len = if step > 0 {
-                    if en > st { (en - st - 1) as u64 / mag + 1 } else { 0 }
+                    if en > st {
+                        (en - st - 1) as u64 / mag + 1
+                    } else {
+                        0
+                    }
                 } else if st > en {
                     (st - en - 1) as u64 / mag + 1
                 } else {
@@ -735,7 +903,9 @@ fn slice(c: &InferCtx) -> R {
 
 fn gather(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let (Some(d), Some(i)) = (shape_of(c, 0)?, shape_of(c, 1)?) else { return Ok(vec![unranked(e)]) };
+    let (Some(d), Some(i)) = (shape_of(c, 0)?, shape_of(c, 1)?) else {
+        return Ok(vec![unranked(e)]);
+    };
     let a = axis_of(c, "axis", 0, d.len())?;
     let mut out = d[..a].to_vec();
     out.extend(i.iter().cloned());
@@ -750,9 +920,14 @@ fn gather_elements(c: &InferCtx) -> R {
 
 fn gather_nd(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let (Some(d), Some(i)) = (shape_of(c, 0)?, shape_of(c, 1)?) else { return Ok(vec![unranked(e)]) };
-    let b = usize::try_from(c.attr_int("batch_dims", 0)).map_err(|_| bad_attr("batch_dims", "negative"))?;
-    let Some(last) = i.last() else { return Err(err("GatherND indices must have rank >= 1")) };
+    let (Some(d), Some(i)) = (shape_of(c, 0)?, shape_of(c, 1)?) else {
+        return Ok(vec![unranked(e)]);
+    };
+    let b = usize::try_from(c.attr_int("batch_dims", 0))
+        .map_err(|_| bad_attr("batch_dims", "negative"))?;
+    let Some(last) = i.last() else {
+        return Err(err("GatherND indices must have rank >= 1"));
+    };
     let Some(m) = last.as_known().and_then(|m| usize::try_from(m).ok()) else {
         return Ok(vec![unranked(e)]);
     };
@@ -769,7 +944,9 @@ fn compress(c: &InferCtx) -> R {
     match c.attr("axis") {
         None => Ok(vec![t(e, vec![Dim::Unknown])]),
         Some(_) => {
-            let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+            let Some(s) = shape_of(c, 0)? else {
+                return Ok(vec![unranked(e)]);
+            };
             let a = axis_of(c, "axis", 0, s.len())?;
             let mut o = s.to_vec();
             o[a] = Dim::Unknown;
@@ -790,17 +967,24 @@ fn axes_operand(c: &InferCtx, i: usize, rank: usize) -> Result<Option<Vec<usize>
 
 fn pad(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     let r = s.len();
     let (Some(p), Some(axes)) = (c.const_ints(1), axes_operand(c, 3, r)?) else {
         return Ok(vec![t(e, unknown_dims(r))]);
     };
     if p.len() != 2 * axes.len() {
-        return Err(InferError::BadInput { index: 1, msg: format!("{} pads for {} axes", p.len(), axes.len()) });
+        return Err(InferError::BadInput {
+            index: 1,
+            msg: format!("{} pads for {} axes", p.len(), axes.len()),
+        });
     }
     let mut out = s.to_vec();
     for (j, &a) in axes.iter().enumerate() {
-        let total = p[j].checked_add(p[j + axes.len()]).ok_or_else(|| err("pads overflow"))?;
+        let total = p[j]
+            .checked_add(p[j + axes.len()])
+            .ok_or_else(|| err("pads overflow"))?;
         out[a] = add_const(&s[a], total);
     }
     Ok(vec![t(e, out)])
@@ -808,7 +992,9 @@ fn pad(c: &InferCtx) -> R {
 
 fn center_crop_pad(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     let r = s.len();
     let axes = match c.attr_ints("axes") {
         Some(a) => norm_axes(a, r, "")?,
@@ -841,7 +1027,9 @@ fn scale_dim(d: &Dim, scale: f64) -> Dim {
 
 fn resize(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     let r = s.len();
     let axes = match c.attr_ints("axes") {
         Some(a) => norm_axes(a, r, "")?,
@@ -849,9 +1037,14 @@ fn resize(c: &InferCtx) -> R {
     };
     let mut out = s.to_vec();
     if c.has_input(3) {
-        let Some(sizes) = c.const_ints(3) else { return Ok(vec![t(e, unknown_dims(r))]) };
+        let Some(sizes) = c.const_ints(3) else {
+            return Ok(vec![t(e, unknown_dims(r))]);
+        };
         if sizes.len() != axes.len() {
-            return Err(InferError::BadInput { index: 3, msg: "sizes length differs from axes".into() });
+            return Err(InferError::BadInput {
+                index: 3,
+                msg: "sizes length differs from axes".into(),
+            });
         }
         let policy = c.attr_str("keep_aspect_ratio_policy").unwrap_or("stretch");
         if policy == "stretch" {
@@ -877,12 +1070,17 @@ fn resize(c: &InferCtx) -> R {
             }
         }
     } else if c.has_input(2) {
-        let Some(scales) = c.const_floats(2) else { return Ok(vec![t(e, unknown_dims(r))]) };
+        let Some(scales) = c.const_floats(2) else {
+            return Ok(vec![t(e, unknown_dims(r))]);
+        };
         if scales.is_empty() {
             return Ok(vec![t(e, unknown_dims(r))]);
         }
         if scales.len() != axes.len() {
-            return Err(InferError::BadInput { index: 2, msg: "scales length differs from axes".into() });
+            return Err(InferError::BadInput {
+                index: 2,
+                msg: "scales length differs from axes".into(),
+            });
         }
         for (j, &a) in axes.iter().enumerate() {
             out[a] = scale_dim(&s[a], scales[j]);
@@ -895,12 +1093,25 @@ fn resize(c: &InferCtx) -> R {
 
 fn upsample(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
-    let Some(scales) = c.const_floats(1) else { return Ok(vec![t(e, unknown_dims(s.len()))]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
+    let Some(scales) = c.const_floats(1) else {
+        return Ok(vec![t(e, unknown_dims(s.len()))]);
+    };
     if scales.len() != s.len() {
-        return Err(InferError::BadInput { index: 1, msg: "scales length differs from rank".into() });
+        return Err(InferError::BadInput {
+            index: 1,
+            msg: "scales length differs from rank".into(),
+        });
     }
-    Ok(vec![t(e, s.iter().zip(&scales).map(|(d, &x)| scale_dim(d, x)).collect())])
+    Ok(vec![t(
+        e,
+        s.iter()
+            .zip(&scales)
+            .map(|(d, &x)| scale_dim(d, x))
+            .collect(),
+    )])
 }
 
 fn blocksize(c: &InferCtx) -> Result<u64, InferError> {
@@ -912,7 +1123,10 @@ fn blocksize(c: &InferCtx) -> Result<u64, InferError> {
 
 fn rank4<'a>(c: &InferCtx<'a>, i: usize) -> Result<Option<&'a [Dim]>, InferError> {
     match shape_of(c, i)? {
-        Some(s) if s.len() != 4 => Err(InferError::BadInput { index: i, msg: "expected rank 4".into() }),
+        Some(s) if s.len() != 4 => Err(InferError::BadInput {
+            index: i,
+            msg: "expected rank 4".into(),
+        }),
         s => Ok(s),
     }
 }
@@ -920,27 +1134,54 @@ fn rank4<'a>(c: &InferCtx<'a>, i: usize) -> Result<Option<&'a [Dim]>, InferError
 fn depth_to_space(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
     let b = blocksize(c)?;
-    let Some(s) = rank4(c, 0)? else { return Ok(vec![t(e, unknown_dims(4))]) };
+    let Some(s) = rank4(c, 0)? else {
+        return Ok(vec![t(e, unknown_dims(4))]);
+    };
     let bb = b.checked_mul(b).ok_or_else(|| err("blocksize overflow"))?;
-    Ok(vec![t(e, vec![s[0].clone(), div_exact(&s[1], &k(bb)), mul_const(&s[2], b), mul_const(&s[3], b)])])
+    Ok(vec![t(
+        e,
+        vec![
+            s[0].clone(),
+            div_exact(&s[1], &k(bb)),
+            mul_const(&s[2], b),
+            mul_const(&s[3], b),
+        ],
+    )])
 }
 
 fn space_to_depth(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
     let b = blocksize(c)?;
-    let Some(s) = rank4(c, 0)? else { return Ok(vec![t(e, unknown_dims(4))]) };
+    let Some(s) = rank4(c, 0)? else {
+        return Ok(vec![t(e, unknown_dims(4))]);
+    };
     let bb = b.checked_mul(b).ok_or_else(|| err("blocksize overflow"))?;
-    Ok(vec![t(e, vec![s[0].clone(), mul_const(&s[1], bb), div_exact(&s[2], &k(b)), div_exact(&s[3], &k(b))])])
+    Ok(vec![t(
+        e,
+        vec![
+            s[0].clone(),
+            mul_const(&s[1], bb),
+            div_exact(&s[2], &k(b)),
+            div_exact(&s[3], &k(b)),
+        ],
+    )])
 }
 
 fn one_hot(c: &InferCtx) -> R {
     let e = elem(c, 2)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     let r = s.len() + 1;
     let a = axis_of(c, "axis", -1, r)?;
     let depth = match c.const_floats(1) {
         Some(v) if v.len() == 1 && v[0] >= 0.0 => k(v[0] as u64),
-        Some(_) => return Err(InferError::BadInput { index: 1, msg: "depth must be a non-negative scalar".into() }),
+        Some(_) => {
+            return Err(InferError::BadInput {
+                index: 1,
+                msg: "depth must be a non-negative scalar".into(),
+            })
+        }
         None => Dim::Unknown,
     };
     let mut out = s.to_vec();
@@ -950,7 +1191,9 @@ fn one_hot(c: &InferCtx) -> R {
 
 fn topk(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e), unranked(ElemType::I64)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e), unranked(ElemType::I64)]);
+    };
     let a = axis_of(c, "axis", -1, s.len())?;
     let mut out = s.to_vec();
     out[a] = match const_scalar(c, 1) {
@@ -982,15 +1225,22 @@ fn reduce_shape(s: &[Dim], axes: &[usize], keep: bool) -> Vec<Dim> {
 }
 
 fn arg_reduce(c: &InferCtx) -> R {
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(ElemType::I64)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(ElemType::I64)]);
+    };
     let a = axis_of(c, "axis", 0, s.len())?;
-    Ok(vec![t(ElemType::I64, reduce_shape(s, &[a], c.attr_int("keepdims", 1) != 0))])
+    Ok(vec![t(
+        ElemType::I64,
+        reduce_shape(s, &[a], c.attr_int("keepdims", 1) != 0),
+    )])
 }
 
 fn reduce(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
     let keep = c.attr_int("keepdims", 1) != 0;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     let r = s.len();
     let axes: Vec<usize> = if c.has_input(1) {
         match c.const_ints(1) {
@@ -1015,7 +1265,9 @@ fn reduce(c: &InferCtx) -> R {
 }
 
 fn non_zero(c: &InferCtx) -> R {
-    let r = shape_of(c, 0)?.map(|s| k(s.len() as u64)).unwrap_or(Dim::Unknown);
+    let r = shape_of(c, 0)?
+        .map(|s| k(s.len() as u64))
+        .unwrap_or(Dim::Unknown);
     Ok(vec![t(ElemType::I64, vec![r, Dim::Unknown])])
 }
 
@@ -1023,17 +1275,27 @@ fn unique(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
     let s = shape_of(c, 0)?;
     let (y, inv) = match (c.attr("axis"), s) {
-        (None, s) => (vec![Dim::Unknown], vec![s.map(dims_product).unwrap_or(Dim::Unknown)]),
+        (None, s) => (
+            vec![Dim::Unknown],
+            vec![s.map(dims_product).unwrap_or(Dim::Unknown)],
+        ),
         (Some(_), Some(s)) => {
             let a = axis_of(c, "axis", 0, s.len())?;
             let mut o = s.to_vec();
             o[a] = Dim::Unknown;
             (o, vec![s[a].clone()])
         }
-        (Some(_), None) => return Ok(fill(
-            vec![unranked(e), t(ElemType::I64, vec![Dim::Unknown]), t(ElemType::I64, vec![Dim::Unknown]), t(ElemType::I64, vec![Dim::Unknown])],
-            c.num_outputs,
-        )),
+        (Some(_), None) => {
+            return Ok(fill(
+                vec![
+                    unranked(e),
+                    t(ElemType::I64, vec![Dim::Unknown]),
+                    t(ElemType::I64, vec![Dim::Unknown]),
+                    t(ElemType::I64, vec![Dim::Unknown]),
+                ],
+                c.num_outputs,
+            ))
+        }
     };
     let v = vec![
         t(e, y),
@@ -1049,10 +1311,17 @@ fn range(c: &InferCtx) -> R {
     let n = match (c.const_floats(0), c.const_floats(1), c.const_floats(2)) {
         (Some(a), Some(b), Some(d)) if a.len() == 1 && b.len() == 1 && d.len() == 1 => {
             if d[0] == 0.0 {
-                return Err(InferError::BadInput { index: 2, msg: "delta is zero".into() });
+                return Err(InferError::BadInput {
+                    index: 2,
+                    msg: "delta is zero".into(),
+                });
             }
             let n = ((b[0] - a[0]) / d[0]).ceil();
-            if n.is_finite() { k(n.max(0.0) as u64) } else { Dim::Unknown }
+            if n.is_finite() {
+                k(n.max(0.0) as u64)
+            } else {
+                Dim::Unknown
+            }
         }
         _ => Dim::Unknown,
     };
@@ -1073,14 +1342,19 @@ fn einsum(c: &InferCtx) -> R {
     };
     let terms: Vec<&str> = lhs.split(',').collect();
     if terms.len() != c.inputs.len() {
-        return Err(bad_attr("equation", format!("{} terms for {} operands", terms.len(), c.inputs.len())));
+        return Err(bad_attr(
+            "equation",
+            format!("{} terms for {} operands", terms.len(), c.inputs.len()),
+        ));
     }
     let mut letters: Vec<(char, Dim, usize)> = vec![]; // letter, dim, count
     let mut ell: Option<Vec<Dim>> = Some(vec![]);
     let mut ell_rank = 0;
     let mut has_ell = false;
     for (i, term) in terms.iter().enumerate() {
-        let Some(s) = shape_of(c, i)? else { return Ok(vec![unranked(e)]) };
+        let Some(s) = shape_of(c, i)? else {
+            return Ok(vec![unranked(e)]);
+        };
         let explicit: Vec<char> = term.replace("...", "").chars().collect();
         if explicit.iter().any(|ch| !ch.is_ascii_alphabetic()) {
             return Err(bad_attr("equation", format!("bad term `{term}`")));
@@ -1088,15 +1362,24 @@ fn einsum(c: &InferCtx) -> R {
         let (pre, post) = match term.find("...") {
             Some(p) => {
                 has_ell = true;
-                (term[..p].chars().collect::<Vec<_>>(), term[p + 3..].chars().collect::<Vec<_>>())
+                (
+                    term[..p].chars().collect::<Vec<_>>(),
+                    term[p + 3..].chars().collect::<Vec<_>>(),
+                )
             }
             None => (explicit.clone(), vec![]),
         };
         let er = s.len().checked_sub(pre.len() + post.len()).ok_or_else(|| {
-            bad_attr("equation", format!("term `{term}` has more letters than operand {i} has dims"))
+            bad_attr(
+                "equation",
+                format!("term `{term}` has more letters than operand {i} has dims"),
+            )
         })?;
         if !term.contains("...") && er != 0 {
-            return Err(bad_attr("equation", format!("term `{term}` does not match the rank of operand {i}")));
+            return Err(bad_attr(
+                "equation",
+                format!("term `{term}` does not match the rank of operand {i}"),
+            ));
         }
         let mut dims = s.iter();
         for &ch in &pre {
@@ -1149,7 +1432,8 @@ fn einsum(c: &InferCtx) -> R {
 fn add_letter(letters: &mut Vec<(char, Dim, usize)>, ch: char, d: Dim) -> Result<(), InferError> {
     match letters.iter_mut().find(|l| l.0 == ch) {
         Some(l) => {
-            l.1 = broadcast_dims(&l.1, &d).map_err(|m| bad_attr("equation", format!("`{ch}`: {m}")))?;
+            l.1 = broadcast_dims(&l.1, &d)
+                .map_err(|m| bad_attr("equation", format!("`{ch}`: {m}")))?;
             l.2 += 1;
         }
         None => letters.push((ch, d, 1)),
@@ -1197,7 +1481,9 @@ fn matmul_shape(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, InferError> {
 }
 
 fn matmul_with(c: &InferCtx, e: ElemType) -> R {
-    let (Some(a), Some(b)) = (shape_of(c, 0)?, shape_of(c, 1)?) else { return Ok(vec![unranked(e)]) };
+    let (Some(a), Some(b)) = (shape_of(c, 0)?, shape_of(c, 1)?) else {
+        return Ok(vec![unranked(e)]);
+    };
     Ok(vec![t(e, matmul_shape(a, b)?)])
 }
 
@@ -1211,7 +1497,9 @@ fn matmul_integer(c: &InferCtx) -> R {
 
 fn qlinear_matmul(c: &InferCtx) -> R {
     let e = elem(c, 7)?;
-    let (Some(a), Some(b)) = (shape_of(c, 0)?, shape_of(c, 3)?) else { return Ok(vec![unranked(e)]) };
+    let (Some(a), Some(b)) = (shape_of(c, 0)?, shape_of(c, 3)?) else {
+        return Ok(vec![unranked(e)]);
+    };
     Ok(vec![t(e, matmul_shape(a, b)?)])
 }
 
@@ -1223,15 +1511,25 @@ fn gemm(c: &InferCtx) -> R {
     if a.len() != 2 || b.len() != 2 {
         return Err(err("Gemm operands must have rank 2"));
     }
-    let (m, ka) = if c.attr_int("transA", 0) != 0 { (&a[1], &a[0]) } else { (&a[0], &a[1]) };
-    let (kb, n) = if c.attr_int("transB", 0) != 0 { (&b[1], &b[0]) } else { (&b[0], &b[1]) };
+    let (m, ka) = if c.attr_int("transA", 0) != 0 {
+        (&a[1], &a[0])
+    } else {
+        (&a[0], &a[1])
+    };
+    let (kb, n) = if c.attr_int("transB", 0) != 0 {
+        (&b[1], &b[0])
+    } else {
+        (&b[0], &b[1])
+    };
     merge_dim(ka, kb).map_err(|m| err(format!("Gemm contraction: {m}")))?;
     Ok(vec![t(e, vec![m.clone(), n.clone()])])
 }
 
 fn det(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     if s.len() < 2 {
         return Err(err("Det needs rank >= 2"));
     }
@@ -1253,13 +1551,25 @@ fn ints_u64(c: &InferCtx, name: &str, n: usize, default: u64) -> Result<Vec<u64>
         None => Ok(vec![default; n]),
         Some(v) if v.len() == n => v
             .iter()
-            .map(|&x| u64::try_from(x).ok().filter(|&x| x > 0).ok_or_else(|| bad_attr(name, "values must be positive")))
+            .map(|&x| {
+                u64::try_from(x)
+                    .ok()
+                    .filter(|&x| x > 0)
+                    .ok_or_else(|| bad_attr(name, "values must be positive"))
+            })
             .collect(),
-        Some(v) => Err(bad_attr(name, format!("{} values for {n} spatial dims", v.len()))),
+        Some(v) => Err(bad_attr(
+            name,
+            format!("{} values for {n} spatial dims", v.len()),
+        )),
     }
 }
 
-fn window(c: &InferCtx, spatial: usize, kernel: Option<Vec<u64>>) -> Result<Option<Window>, InferError> {
+fn window(
+    c: &InferCtx,
+    spatial: usize,
+    kernel: Option<Vec<u64>>,
+) -> Result<Option<Window>, InferError> {
     let kernel = match c.attr_ints("kernel_shape") {
         Some(_) => ints_u64(c, "kernel_shape", spatial, 1)?,
         None => match kernel {
@@ -1268,7 +1578,10 @@ fn window(c: &InferCtx, spatial: usize, kernel: Option<Vec<u64>>) -> Result<Opti
         },
     };
     if kernel.len() != spatial {
-        return Err(bad_attr("kernel_shape", format!("{} values for {spatial} spatial dims", kernel.len())));
+        return Err(bad_attr(
+            "kernel_shape",
+            format!("{} values for {spatial} spatial dims", kernel.len()),
+        ));
     }
     if kernel.contains(&0) {
         return Err(bad_attr("kernel_shape", "kernel sizes must be positive"));
@@ -1276,7 +1589,12 @@ fn window(c: &InferCtx, spatial: usize, kernel: Option<Vec<u64>>) -> Result<Opti
     let pads = match c.attr_ints("pads") {
         None => vec![0; 2 * spatial],
         Some(p) if p.len() == 2 * spatial => p.to_vec(),
-        Some(p) => return Err(bad_attr("pads", format!("{} values for {spatial} spatial dims", p.len()))),
+        Some(p) => {
+            return Err(bad_attr(
+                "pads",
+                format!("{} values for {spatial} spatial dims", p.len()),
+            ))
+        }
     };
     Ok(Some(Window {
         kernel,
@@ -1295,7 +1613,11 @@ fn window_out(w: &Window, i: usize, d: &Dim, ceil_mode: bool) -> Result<Dim, Inf
         other => return Err(bad_attr("auto_pad", format!("unknown value `{other}`"))),
     }
     let n = w.pads.len() / 2;
-    let pads = if w.auto_pad == "VALID" { 0 } else { w.pads[i].saturating_add(w.pads[i + n]) };
+    let pads = if w.auto_pad == "VALID" {
+        0
+    } else {
+        w.pads[i].saturating_add(w.pads[i + n])
+    };
     let eff = w.dilations[i]
         .checked_mul(w.kernel[i] - 1)
         .and_then(|x| x.checked_add(1))
@@ -1304,7 +1626,9 @@ fn window_out(w: &Window, i: usize, d: &Dim, ceil_mode: bool) -> Result<Dim, Inf
     let span = add_const(d, pads.saturating_sub(eff));
     if let Dim::Unknown = span {
         if let Dim::Known(_) = d {
-            return Err(err(format!("window of size {eff} larger than the padded input")));
+            return Err(err(format!(
+                "window of size {eff} larger than the padded input"
+            )));
         }
         return Ok(Dim::Unknown);
     }
@@ -1322,17 +1646,29 @@ fn window_out(w: &Window, i: usize, d: &Dim, ceil_mode: bool) -> Result<Dim, Inf
     }
 }
 
-fn conv_shape(c: &InferCtx, x: usize, wi: usize, ceil: bool) -> Result<Option<Vec<Dim>>, InferError> {
-    let (Some(xs), Some(ws)) = (shape_of(c, x)?, shape_of(c, wi)?) else { return Ok(None) };
+fn conv_shape(
+    c: &InferCtx,
+    x: usize,
+    wi: usize,
+    ceil: bool,
+) -> Result<Option<Vec<Dim>>, InferError> {
+    let (Some(xs), Some(ws)) = (shape_of(c, x)?, shape_of(c, wi)?) else {
+        return Ok(None);
+    };
     if xs.len() < 3 || ws.len() != xs.len() {
         return Err(err("conv input and weight must have the same rank >= 3"));
     }
     let spatial = xs.len() - 2;
     let kernel: Option<Vec<u64>> = ws[2..].iter().map(|d| d.as_known()).collect();
-    let group = u64::try_from(c.attr_int("group", 1)).ok().filter(|&g| g > 0).ok_or_else(|| bad_attr("group", "must be positive"))?;
+    let group = u64::try_from(c.attr_int("group", 1))
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| bad_attr("group", "must be positive"))?;
     if let (Dim::Known(ci), Dim::Known(wc)) = (&xs[1], &ws[1]) {
         if wc.checked_mul(group) != Some(*ci) {
-            return Err(err(format!("input channels {ci} != weight channels {wc} * group {group}")));
+            return Err(err(format!(
+                "input channels {ci} != weight channels {wc} * group {group}"
+            )));
         }
     }
     let mut out = vec![xs[0].clone(), ws[0].clone()];
@@ -1363,12 +1699,17 @@ fn qlinear_conv(c: &InferCtx) -> R {
 
 fn conv_transpose(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let (Some(xs), Some(ws)) = (shape_of(c, 0)?, shape_of(c, 1)?) else { return Ok(vec![unranked(e)]) };
+    let (Some(xs), Some(ws)) = (shape_of(c, 0)?, shape_of(c, 1)?) else {
+        return Ok(vec![unranked(e)]);
+    };
     if xs.len() < 3 || ws.len() != xs.len() {
         return Err(err("conv input and weight must have the same rank >= 3"));
     }
     let sp = xs.len() - 2;
-    let group = u64::try_from(c.attr_int("group", 1)).ok().filter(|&g| g > 0).ok_or_else(|| bad_attr("group", "must be positive"))?;
+    let group = u64::try_from(c.attr_int("group", 1))
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| bad_attr("group", "must be positive"))?;
     let mut out = vec![xs[0].clone(), mul_const(&ws[1], group)];
     if let Some(os) = c.attr_ints("output_shape") {
         let os = if os.len() == xs.len() { &os[2..] } else { os };
@@ -1396,10 +1737,19 @@ fn conv_transpose(c: &InferCtx) -> R {
         out.push(match w.auto_pad.as_str() {
             "SAME_UPPER" | "SAME_LOWER" => mul_const(d, s),
             _ => {
-                let pads = if w.auto_pad == "VALID" { 0 } else { w.pads[i].saturating_add(w.pads[i + sp]) };
-                let eff = (w.dilations[i].saturating_mul(w.kernel[i] - 1).saturating_add(1)) as i64;
+                let pads = if w.auto_pad == "VALID" {
+                    0
+                } else {
+                    w.pads[i].saturating_add(w.pads[i + sp])
+                };
+                let eff = (w.dilations[i]
+                    .saturating_mul(w.kernel[i] - 1)
+                    .saturating_add(1)) as i64;
                 // stride*(in-1) + output_padding + eff - pads
-                add_const(&mul_const(&add_const(d, -1), s), opad[i].saturating_add(eff).saturating_sub(pads))
+                add_const(
+                    &mul_const(&add_const(d, -1), s),
+                    opad[i].saturating_add(eff).saturating_sub(pads),
+                )
             }
         });
     }
@@ -1407,7 +1757,9 @@ fn conv_transpose(c: &InferCtx) -> R {
 }
 
 fn pool_shape(c: &InferCtx) -> Result<Option<Vec<Dim>>, InferError> {
-    let Some(xs) = shape_of(c, 0)? else { return Ok(None) };
+    let Some(xs) = shape_of(c, 0)? else {
+        return Ok(None);
+    };
     if xs.len() < 3 {
         return Err(err("pooling input must have rank >= 3"));
     }
@@ -1427,13 +1779,19 @@ fn pool(c: &InferCtx) -> R {
 
 fn max_pool(c: &InferCtx) -> R {
     let s = pool_shape(c)?;
-    Ok(fill(vec![t_opt(elem(c, 0)?, s.clone()), t_opt(ElemType::I64, s)], c.num_outputs))
+    Ok(fill(
+        vec![t_opt(elem(c, 0)?, s.clone()), t_opt(ElemType::I64, s)],
+        c.num_outputs,
+    ))
 }
 
 fn global_pool(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
     let s = shape_of(c, 0)?.map(|s| {
-        s.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { k(1) }).collect()
+        s.iter()
+            .enumerate()
+            .map(|(i, d)| if i < 2 { d.clone() } else { k(1) })
+            .collect()
     });
     Ok(vec![t_opt(e, s)])
 }
@@ -1443,7 +1801,9 @@ fn max_unpool(c: &InferCtx) -> R {
     if c.has_input(2) {
         return Ok(vec![t_opt(e, shape_operand(c, 2)?)]);
     }
-    let Some(xs) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(xs) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     if xs.len() < 3 {
         return Err(err("MaxUnpool input must have rank >= 3"));
     }
@@ -1452,7 +1812,10 @@ fn max_unpool(c: &InferCtx) -> R {
     let mut out = xs[..2].to_vec();
     for i in 0..sp {
         let pads = w.pads[i].saturating_add(w.pads[i + sp]);
-        out.push(add_const(&mul_const(&add_const(&xs[2 + i], -1), w.strides[i]), (w.kernel[i] as i64).saturating_sub(pads)));
+        out.push(add_const(
+            &mul_const(&add_const(&xs[2 + i], -1), w.strides[i]),
+            (w.kernel[i] as i64).saturating_sub(pads),
+        ));
     }
     Ok(vec![t(e, out)])
 }
@@ -1463,11 +1826,18 @@ fn col2im(c: &InferCtx) -> R {
         let r = shape_len(c, 1).map(|n| n + 2);
         return Ok(vec![t_opt(e, r.map(unknown_dims))]);
     };
-    let Some(xs) = shape_of(c, 0)? else { return Ok(vec![t(e, unknown_dims(img.len() + 2))]) };
+    let Some(xs) = shape_of(c, 0)? else {
+        return Ok(vec![t(e, unknown_dims(img.len() + 2))]);
+    };
     if xs.len() != 3 {
         return Err(err("Col2Im input must have rank 3"));
     }
-    let bp = block.iter().try_fold(1u64, |a, &b| u64::try_from(b).ok().and_then(|b| a.checked_mul(b))).ok_or_else(|| err("bad block_shape"))?;
+    let bp = block
+        .iter()
+        .try_fold(1u64, |a, &b| {
+            u64::try_from(b).ok().and_then(|b| a.checked_mul(b))
+        })
+        .ok_or_else(|| err("bad block_shape"))?;
     let mut out = vec![xs[0].clone(), div_exact(&xs[1], &k(bp))];
     for &d in &img {
         out.push(known_u64(d).ok_or_else(|| err("negative image dim"))?);
@@ -1494,19 +1864,34 @@ fn layer_norm(c: &InferCtx) -> R {
     let stats = match &x.shape {
         Some(s) => {
             let a = axis_of(c, "axis", -1, s.len())?;
-            Some(s.iter().enumerate().map(|(i, d)| if i < a { d.clone() } else { k(1) }).collect())
+            Some(
+                s.iter()
+                    .enumerate()
+                    .map(|(i, d)| if i < a { d.clone() } else { k(1) })
+                    .collect(),
+            )
         }
         None => None,
     };
     Ok(fill(
-        vec![Type::Tensor(x.clone()), t_opt(stash, stats.clone()), t_opt(stash, stats)],
+        vec![
+            Type::Tensor(x.clone()),
+            t_opt(stash, stats.clone()),
+            t_opt(stash, stats),
+        ],
         c.num_outputs,
     ))
 }
 
 fn dropout(c: &InferCtx) -> R {
     let x = tensor(c, 0)?;
-    Ok(fill(vec![Type::Tensor(x.clone()), t_opt(ElemType::Bool, x.shape.clone())], c.num_outputs))
+    Ok(fill(
+        vec![
+            Type::Tensor(x.clone()),
+            t_opt(ElemType::Bool, x.shape.clone()),
+        ],
+        c.num_outputs,
+    ))
 }
 
 fn rnn(c: &InferCtx) -> R {
@@ -1521,20 +1906,32 @@ fn rnn(c: &InferCtx) -> R {
     };
     let hidden = match c.attr("hidden_size").and_then(Attr::as_int) {
         Some(h) => known_u64(h).ok_or_else(|| bad_attr("hidden_size", "negative"))?,
-        None => shape_of(c, 2)?.and_then(|r| r.get(2).cloned()).unwrap_or(Dim::Unknown),
+        None => shape_of(c, 2)?
+            .and_then(|r| r.get(2).cloned())
+            .unwrap_or(Dim::Unknown),
     };
     let _ = ws;
     let (seq, batch) = match xs {
         Some(s) if s.len() == 3 => {
-            if layout == 0 { (s[0].clone(), s[1].clone()) } else { (s[1].clone(), s[0].clone()) }
+            if layout == 0 {
+                (s[0].clone(), s[1].clone())
+            } else {
+                (s[1].clone(), s[0].clone())
+            }
         }
         Some(_) => return Err(err("RNN input must have rank 3")),
         None => (Dim::Unknown, Dim::Unknown),
     };
     let (y, h) = if layout == 0 {
-        (vec![seq, dirs.clone(), batch.clone(), hidden.clone()], vec![dirs, batch, hidden])
+        (
+            vec![seq, dirs.clone(), batch.clone(), hidden.clone()],
+            vec![dirs, batch, hidden],
+        )
     } else {
-        (vec![batch.clone(), seq, dirs.clone(), hidden.clone()], vec![batch, dirs, hidden])
+        (
+            vec![batch.clone(), seq, dirs.clone(), hidden.clone()],
+            vec![batch, dirs, hidden],
+        )
     };
     Ok(fill(vec![t(e, y), t(e, h.clone()), t(e, h)], c.num_outputs))
 }
@@ -1547,7 +1944,10 @@ fn quantize_linear(c: &InferCtx) -> R {
         Some(e) => {
             if let Some(z) = c.input(2).and_then(Type::as_tensor) {
                 if z.elem != e {
-                    return Err(bad_attr("output_dtype", format!("{e} but the zero point is {}", z.elem)));
+                    return Err(bad_attr(
+                        "output_dtype",
+                        format!("{e} but the zero point is {}", z.elem),
+                    ));
                 }
             }
             e
@@ -1567,27 +1967,40 @@ fn dequantize_linear(c: &InferCtx) -> R {
 
 fn dynamic_quantize_linear(c: &InferCtx) -> R {
     let x = tensor(c, 0)?;
-    Ok(vec![t_opt(ElemType::U8, x.shape.clone()), t(ElemType::F32, vec![]), t(ElemType::U8, vec![])])
+    Ok(vec![
+        t_opt(ElemType::U8, x.shape.clone()),
+        t(ElemType::F32, vec![]),
+        t(ElemType::U8, vec![]),
+    ])
 }
 
 // ------------------------------------------------------------- signal etc.
 
 fn window_fn(c: &InferCtx) -> R {
     let e = dtype_attr(c, "output_datatype")?.unwrap_or(ElemType::F32);
-    let n = const_scalar(c, 0).and_then(known_u64).unwrap_or(Dim::Unknown);
+    let n = const_scalar(c, 0)
+        .and_then(known_u64)
+        .unwrap_or(Dim::Unknown);
     Ok(vec![t(e, vec![n])])
 }
 
 fn mel_weight_matrix(c: &InferCtx) -> R {
     let e = dtype_attr(c, "output_datatype")?.unwrap_or(ElemType::F32);
-    let bins = const_scalar(c, 0).and_then(known_u64).unwrap_or(Dim::Unknown);
-    let dft = const_scalar(c, 1).and_then(known_u64).map(|d| add_const(&d.div_floor(2), 1)).unwrap_or(Dim::Unknown);
+    let bins = const_scalar(c, 0)
+        .and_then(known_u64)
+        .unwrap_or(Dim::Unknown);
+    let dft = const_scalar(c, 1)
+        .and_then(known_u64)
+        .map(|d| add_const(&d.div_floor(2), 1))
+        .unwrap_or(Dim::Unknown);
     Ok(vec![t(e, vec![dft, bins])])
 }
 
 fn dft(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![unranked(e)]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![unranked(e)]);
+    };
     let r = s.len();
     if r < 2 {
         return Err(err("DFT input must have rank >= 2"));
@@ -1595,21 +2008,36 @@ fn dft(c: &InferCtx) -> R {
     let axis = if c.has_input(2) {
         match const_scalar(c, 2) {
             Some(a) => Some(a),
-            None => return Ok(vec![t(e, { let mut o = unknown_dims(r); o[r - 1] = k(2); o })]),
+            None => {
+                return Ok(vec![t(e, {
+                    let mut o = unknown_dims(r);
+                    o[r - 1] = k(2);
+                    o
+                })])
+            }
         }
     } else {
         // The v17 attribute form.
         Some(c.attr_int("axis", -2))
     };
-    let a = axis.and_then(|a| norm_axis(a, r)).filter(|&a| a < r - 1).ok_or_else(|| err("DFT axis out of range"))?;
+    let a = axis
+        .and_then(|a| norm_axis(a, r))
+        .filter(|&a| a < r - 1)
+        .ok_or_else(|| err("DFT axis out of range"))?;
     let mut out = s.to_vec();
     let n = if c.has_input(1) {
-        const_scalar(c, 1).and_then(known_u64).unwrap_or(Dim::Unknown)
+        const_scalar(c, 1)
+            .and_then(known_u64)
+            .unwrap_or(Dim::Unknown)
     } else {
         s[a].clone()
     };
     let onesided = c.attr_int("onesided", 0) != 0 && c.attr_int("inverse", 0) == 0;
-    out[a] = if onesided { add_const(&n.div_floor(2), 1) } else { n };
+    out[a] = if onesided {
+        add_const(&n.div_floor(2), 1)
+    } else {
+        n
+    };
     out[r - 1] = k(2);
     Ok(vec![t(e, out)])
 }
@@ -1623,10 +2051,16 @@ fn stft(c: &InferCtx) -> R {
     let flen: Option<i64> = if c.has_input(3) {
         const_scalar(c, 3)
     } else {
-        shape_of(c, 2).ok().flatten().and_then(|w| w.first()?.as_known()).and_then(|x| i64::try_from(x).ok())
+        shape_of(c, 2)
+            .ok()
+            .flatten()
+            .and_then(|w| w.first()?.as_known())
+            .and_then(|x| i64::try_from(x).ok())
     };
     let frames = match (len.as_known(), step, flen) {
-        (Some(l), Some(st), Some(fl)) if st > 0 && fl > 0 && l as i64 >= fl => k(((l as i64 - fl) / st + 1) as u64),
+        (Some(l), Some(st), Some(fl)) if st > 0 && fl > 0 && l as i64 >= fl => {
+            k(((l as i64 - fl) / st + 1) as u64)
+        }
         _ => Dim::Unknown,
     };
     let onesided = c.attr_int("onesided", 1) != 0;
@@ -1646,18 +2080,28 @@ fn affine_grid(c: &InferCtx) -> R {
             out.push(k(v.len() as u64 - 2));
             Ok(vec![t(e, out)])
         }
-        Some(_) => Err(InferError::BadInput { index: 1, msg: "size must have 4 or 5 values".into() }),
-        None => Ok(vec![t_opt(e, shape_len(c, 1).map(|n| {
-            let mut o = unknown_dims(n);
-            if let (Some(l), Some(sp)) = (o.last_mut(), (n as u64).checked_sub(2)) { *l = k(sp) }
-            o
-        }))]),
+        Some(_) => Err(InferError::BadInput {
+            index: 1,
+            msg: "size must have 4 or 5 values".into(),
+        }),
+        None => Ok(vec![t_opt(
+            e,
+            shape_len(c, 1).map(|n| {
+                let mut o = unknown_dims(n);
+                if let (Some(l), Some(sp)) = (o.last_mut(), (n as u64).checked_sub(2)) {
+                    *l = k(sp)
+                }
+                o
+            }),
+        )]),
     }
 }
 
 fn grid_sample(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let (Some(x), Some(g)) = (shape_of(c, 0)?, shape_of(c, 1)?) else { return Ok(vec![unranked(e)]) };
+    let (Some(x), Some(g)) = (shape_of(c, 0)?, shape_of(c, 1)?) else {
+        return Ok(vec![unranked(e)]);
+    };
     if x.len() < 3 || g.len() != x.len() {
         return Err(err("GridSample grid must have the input's rank"));
     }
@@ -1668,8 +2112,12 @@ fn grid_sample(c: &InferCtx) -> R {
 
 fn roi_align(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let ch = shape_of(c, 0)?.and_then(|s| s.get(1).cloned()).unwrap_or(Dim::Unknown);
-    let n = shape_of(c, 1)?.and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
+    let ch = shape_of(c, 0)?
+        .and_then(|s| s.get(1).cloned())
+        .unwrap_or(Dim::Unknown);
+    let n = shape_of(c, 1)?
+        .and_then(|s| s.first().cloned())
+        .unwrap_or(Dim::Unknown);
     let oh = known_u64(c.attr_int("output_height", 1)).unwrap_or(Dim::Unknown);
     let ow = known_u64(c.attr_int("output_width", 1)).unwrap_or(Dim::Unknown);
     Ok(vec![t(e, vec![n, ch, oh, ow])])
@@ -1680,8 +2128,15 @@ fn nms(_c: &InferCtx) -> R {
 }
 
 fn image_decoder(c: &InferCtx) -> R {
-    let ch = if c.attr_str("pixel_format") == Some("Grayscale") { 1 } else { 3 };
-    Ok(vec![t(ElemType::U8, vec![Dim::Unknown, Dim::Unknown, k(ch)])])
+    let ch = if c.attr_str("pixel_format") == Some("Grayscale") {
+        1
+    } else {
+        3
+    };
+    Ok(vec![t(
+        ElemType::U8,
+        vec![Dim::Unknown, Dim::Unknown, k(ch)],
+    )])
 }
 
 fn string_normalizer(c: &InferCtx) -> R {
@@ -1700,7 +2155,10 @@ fn string_split(c: &InferCtx) -> R {
         o.push(Dim::Unknown);
         o
     });
-    Ok(vec![t_opt(ElemType::String, y), t_opt(ElemType::I64, s.map(|s| s.to_vec()))])
+    Ok(vec![
+        t_opt(ElemType::String, y),
+        t_opt(ElemType::I64, s.map(|s| s.to_vec())),
+    ])
 }
 
 fn tfidf(c: &InferCtx) -> R {
@@ -1731,7 +2189,10 @@ fn nll_loss(c: &InferCtx) -> R {
 
 fn sce_loss(c: &InferCtx) -> R {
     let x = ty(c, 0)?.clone();
-    Ok(fill(vec![t_opt(elem(c, 0)?, loss_shape(c, 1)?), x], c.num_outputs))
+    Ok(fill(
+        vec![t_opt(elem(c, 0)?, loss_shape(c, 1)?), x],
+        c.num_outputs,
+    ))
 }
 
 // ------------------------------------------------- sequences and optionals
@@ -1741,14 +2202,26 @@ pub(crate) fn join_types(a: &Type, b: &Type) -> Option<Type> {
     Some(match (a, b) {
         (Type::Tensor(x), Type::Tensor(y)) if x.elem == y.elem => {
             let shape = match (&x.shape, &y.shape) {
-                (Some(p), Some(q)) if p.len() == q.len() => Some(p.iter().zip(q).map(|(a, b)| join_dim(a, b)).collect()),
+                (Some(p), Some(q)) if p.len() == q.len() => {
+                    Some(p.iter().zip(q).map(|(a, b)| join_dim(a, b)).collect())
+                }
                 _ => None,
             };
-            Type::Tensor(TensorType { elem: x.elem, shape, quant: if x.quant == y.quant { x.quant.clone() } else { None } })
+            Type::Tensor(TensorType {
+                elem: x.elem,
+                shape,
+                quant: if x.quant == y.quant {
+                    x.quant.clone()
+                } else {
+                    None
+                },
+            })
         }
         (Type::Sequence(x), Type::Sequence(y)) => Type::Sequence(Box::new(join_types(x, y)?)),
         (Type::Optional(x), Type::Optional(y)) => Type::Optional(Box::new(join_types(x, y)?)),
-        (Type::Map(k1, x), Type::Map(k2, y)) if k1 == k2 => Type::Map(*k1, Box::new(join_types(x, y)?)),
+        (Type::Map(k1, x), Type::Map(k2, y)) if k1 == k2 => {
+            Type::Map(*k1, Box::new(join_types(x, y)?))
+        }
         _ => return None,
     })
 }
@@ -1778,7 +2251,10 @@ fn optional_has(_c: &InferCtx) -> R {
 fn seq_elem<'a>(c: &InferCtx<'a>, i: usize) -> Result<&'a Type, InferError> {
     match ty(c, i)? {
         Type::Sequence(t) => Ok(t),
-        _ => Err(InferError::BadInput { index: i, msg: "expected a sequence".into() }),
+        _ => Err(InferError::BadInput {
+            index: i,
+            msg: "expected a sequence".into(),
+        }),
     }
 }
 
@@ -1801,7 +2277,8 @@ fn sequence_empty(c: &InferCtx) -> R {
 
 fn sequence_insert(c: &InferCtx) -> R {
     let s = seq_elem(c, 0)?;
-    let j = join_types(s, ty(c, 1)?).ok_or_else(|| err("inserted tensor's type differs from the sequence's"))?;
+    let j = join_types(s, ty(c, 1)?)
+        .ok_or_else(|| err("inserted tensor's type differs from the sequence's"))?;
     Ok(vec![Type::Sequence(Box::new(j))])
 }
 
@@ -1811,18 +2288,29 @@ fn sequence_length(c: &InferCtx) -> R {
 }
 
 fn sequence_map(c: &InferCtx) -> R {
-    let body = c.region("body").ok_or_else(|| err("SequenceMap needs a body"))?;
-    Ok(body.iter().map(|t| Type::Sequence(Box::new(t.clone()))).collect())
+    let body = c
+        .region("body")
+        .ok_or_else(|| err("SequenceMap needs a body"))?;
+    Ok(body
+        .iter()
+        .map(|t| Type::Sequence(Box::new(t.clone())))
+        .collect())
 }
 
 fn split_to_sequence(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let Some(s) = shape_of(c, 0)? else { return Ok(vec![Type::Sequence(Box::new(unranked(e)))]) };
+    let Some(s) = shape_of(c, 0)? else {
+        return Ok(vec![Type::Sequence(Box::new(unranked(e)))]);
+    };
     let a = axis_of(c, "axis", 0, s.len())?;
     let mut o = s.to_vec();
     if c.has_input(1) {
         match c.konst(1) {
-            Some(d) if d.shape.is_empty() => o[a] = const_scalar(c, 1).and_then(known_u64).unwrap_or(Dim::Unknown),
+            Some(d) if d.shape.is_empty() => {
+                o[a] = const_scalar(c, 1)
+                    .and_then(known_u64)
+                    .unwrap_or(Dim::Unknown)
+            }
             _ => o[a] = Dim::Unknown,
         }
     } else if c.attr_int("keepdims", 1) != 0 {
@@ -1835,8 +2323,12 @@ fn split_to_sequence(c: &InferCtx) -> R {
 
 fn concat_from_sequence(c: &InferCtx) -> R {
     let inner = seq_elem(c, 0)?;
-    let tt = inner.as_tensor().ok_or_else(|| err("sequence of non-tensors"))?;
-    let r = tt.rank().map(|r| r + usize::from(c.attr_int("new_axis", 0) != 0));
+    let tt = inner
+        .as_tensor()
+        .ok_or_else(|| err("sequence of non-tensors"))?;
+    let r = tt
+        .rank()
+        .map(|r| r + usize::from(c.attr_int("new_axis", 0) != 0));
     Ok(vec![t_opt(tt.elem, r.map(unknown_dims))])
 }
 
@@ -1847,23 +2339,32 @@ fn if_(c: &InferCtx) -> R {
         return Err(err("If needs then_branch and else_branch"));
     };
     if th.len() != el.len() {
-        return Err(err(format!("branches have {} and {} results", th.len(), el.len())));
+        return Err(err(format!(
+            "branches have {} and {} results",
+            th.len(),
+            el.len()
+        )));
     }
     th.iter()
         .zip(el)
         .enumerate()
-        .map(|(i, (a, b))| join_types(a, b).ok_or_else(|| err(format!("branch result {i} types differ"))))
+        .map(|(i, (a, b))| {
+            join_types(a, b).ok_or_else(|| err(format!("branch result {i} types differ")))
+        })
         .collect()
 }
 
 /// Insert a leading (or `axis`) dim into a per-iteration type.
 fn stacked(t: &Type, axis: i64, n: Dim) -> Result<Type, InferError> {
-    let tt = t.as_tensor().ok_or_else(|| err("scan output must be a tensor"))?;
+    let tt = t
+        .as_tensor()
+        .ok_or_else(|| err("scan output must be a tensor"))?;
     Ok(t_opt(
         tt.elem,
         match &tt.shape {
             Some(s) => {
-                let a = norm_axis(axis, s.len() + 1).ok_or_else(|| err("scan output axis out of range"))?;
+                let a = norm_axis(axis, s.len() + 1)
+                    .ok_or_else(|| err("scan output axis out of range"))?;
                 let mut o = s.clone();
                 o.insert(a, n);
                 Some(o)
@@ -1883,7 +2384,8 @@ fn loop_(c: &InferCtx) -> R {
     for i in 0..n {
         let bt = &body[1 + i];
         out.push(match c.input(2 + i) {
-            Some(init) => join_types(init, bt).ok_or_else(|| err(format!("loop-carried value {i} changes type")))?,
+            Some(init) => join_types(init, bt)
+                .ok_or_else(|| err(format!("loop-carried value {i} changes type")))?,
             None => bt.clone(),
         });
     }
@@ -1895,8 +2397,13 @@ fn loop_(c: &InferCtx) -> R {
 
 fn scan(c: &InferCtx) -> R {
     let body = c.region("body").ok_or_else(|| err("Scan needs a body"))?;
-    let m = usize::try_from(c.attr_int("num_scan_inputs", 0)).map_err(|_| bad_attr("num_scan_inputs", "negative"))?;
-    let n = c.inputs.len().checked_sub(m).ok_or_else(|| bad_attr("num_scan_inputs", "more than the operands"))?;
+    let m = usize::try_from(c.attr_int("num_scan_inputs", 0))
+        .map_err(|_| bad_attr("num_scan_inputs", "negative"))?;
+    let n = c
+        .inputs
+        .len()
+        .checked_sub(m)
+        .ok_or_else(|| bad_attr("num_scan_inputs", "more than the operands"))?;
     if body.len() < n {
         return Err(err("Scan body has too few results"));
     }
@@ -1912,7 +2419,9 @@ fn scan(c: &InferCtx) -> R {
     };
     let mut out = vec![];
     for (i, bt) in body.iter().enumerate().take(n) {
-        out.push(join_types(ty(c, i)?, bt).ok_or_else(|| err(format!("scan state {i} changes type")))?);
+        out.push(
+            join_types(ty(c, i)?, bt).ok_or_else(|| err(format!("scan state {i} changes type")))?,
+        );
     }
     let out_axes = c.attr_ints("scan_output_axes");
     for (j, bt) in body[n..].iter().enumerate() {
@@ -1955,9 +2464,19 @@ fn label_encoder(c: &InferCtx) -> R {
 }
 
 fn tree_ensemble(c: &InferCtx) -> R {
-    let e = c.attr("leaf_weights").and_then(Attr::as_tensor).map(|t| t.elem).unwrap_or(elem(c, 0)?);
-    let n = shape_of(c, 0)?.and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
-    let targets = c.attr("n_targets").and_then(Attr::as_int).and_then(known_u64).unwrap_or(Dim::Unknown);
+    let e = c
+        .attr("leaf_weights")
+        .and_then(Attr::as_tensor)
+        .map(|t| t.elem)
+        .unwrap_or(elem(c, 0)?);
+    let n = shape_of(c, 0)?
+        .and_then(|s| s.first().cloned())
+        .unwrap_or(Dim::Unknown);
+    let targets = c
+        .attr("n_targets")
+        .and_then(Attr::as_int)
+        .and_then(known_u64)
+        .unwrap_or(Dim::Unknown);
     Ok(vec![t(e, vec![n, targets])])
 }
 
@@ -1994,7 +2513,10 @@ fn momentum(c: &InferCtx) -> R {
 }
 
 fn ml_float_same_shape(c: &InferCtx) -> R {
-    Ok(vec![t_opt(ElemType::F32, shape_of(c, 0)?.map(|s| s.to_vec()))])
+    Ok(vec![t_opt(
+        ElemType::F32,
+        shape_of(c, 0)?.map(|s| s.to_vec()),
+    )])
 }
 
 fn ml_batch(c: &InferCtx) -> Result<Dim, InferError> {
@@ -2011,18 +2533,36 @@ fn ml_regressor_targets(c: &InferCtx) -> R {
 }
 
 fn ml_regressor_n_targets(c: &InferCtx) -> R {
-    let n = c.attr("n_targets").and_then(Attr::as_int).and_then(known_u64).unwrap_or(Dim::Unknown);
+    let n = c
+        .attr("n_targets")
+        .and_then(Attr::as_int)
+        .and_then(known_u64)
+        .unwrap_or(Dim::Unknown);
     Ok(vec![t(ElemType::F32, vec![ml_batch(c)?, n])])
 }
 
 fn ml_classifier(c: &InferCtx) -> R {
-    let label = if c.attr("classlabels_strings").is_some() { ElemType::String } else { ElemType::I64 };
+    let label = if c.attr("classlabels_strings").is_some() {
+        ElemType::String
+    } else {
+        ElemType::I64
+    };
     let n = ml_batch(c)?;
-    Ok(fill(vec![t(label, vec![n.clone()]), t(ElemType::F32, vec![n, Dim::Unknown])], c.num_outputs))
+    Ok(fill(
+        vec![
+            t(label, vec![n.clone()]),
+            t(ElemType::F32, vec![n, Dim::Unknown]),
+        ],
+        c.num_outputs,
+    ))
 }
 
 fn ml_category_mapper(c: &InferCtx) -> R {
-    let e = if elem(c, 0)? == ElemType::String { ElemType::I64 } else { ElemType::String };
+    let e = if elem(c, 0)? == ElemType::String {
+        ElemType::I64
+    } else {
+        ElemType::String
+    };
     Ok(vec![t_opt(e, shape_of(c, 0)?.map(|s| s.to_vec()))])
 }
 
@@ -2055,15 +2595,28 @@ fn ml_feature_vectorizer(c: &InferCtx) -> R {
 }
 
 fn ml_zip_map(c: &InferCtx) -> R {
-    let key = if c.attr("classlabels_strings").is_some() { ElemType::String } else { ElemType::I64 };
-    Ok(vec![Type::Sequence(Box::new(Type::Map(key, Box::new(t(ElemType::F32, vec![])))))])
+    let key = if c.attr("classlabels_strings").is_some() {
+        ElemType::String
+    } else {
+        ElemType::I64
+    };
+    Ok(vec![Type::Sequence(Box::new(Type::Map(
+        key,
+        Box::new(t(ElemType::F32, vec![])),
+    )))])
 }
 
 fn max_roi_pool(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
-    let ch = shape_of(c, 0)?.and_then(|s| s.get(1).cloned()).unwrap_or(Dim::Unknown);
-    let n = shape_of(c, 1)?.and_then(|s| s.first().cloned()).unwrap_or(Dim::Unknown);
-    let ps = c.attr_ints("pooled_shape").ok_or_else(|| bad_attr("pooled_shape", "required"))?;
+    let ch = shape_of(c, 0)?
+        .and_then(|s| s.get(1).cloned())
+        .unwrap_or(Dim::Unknown);
+    let n = shape_of(c, 1)?
+        .and_then(|s| s.first().cloned())
+        .unwrap_or(Dim::Unknown);
+    let ps = c
+        .attr_ints("pooled_shape")
+        .ok_or_else(|| bad_attr("pooled_shape", "required"))?;
     let mut out = vec![n, ch];
     for &p in ps {
         out.push(known_u64(p).ok_or_else(|| bad_attr("pooled_shape", "negative"))?);

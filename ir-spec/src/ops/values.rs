@@ -23,10 +23,19 @@ pub(crate) fn propagate(c: &InferCtx, result: &Type) -> Option<IntValues> {
         "Shape" => {
             let s = c.input(0)?.as_tensor()?.shape.as_ref()?;
             let r = s.len() as i64;
-            let clamp = |v: i64| if v < 0 { v.saturating_add(r).max(0) } else { v.min(r) };
+            let clamp = |v: i64| {
+                if v < 0 {
+                    v.saturating_add(r).max(0)
+                } else {
+                    v.min(r)
+                }
+            };
             let start = clamp(c.attr_int("start", 0)) as usize;
             let end = clamp(c.attr_int("end", r)) as usize;
-            s.get(start..end.max(start))?.iter().map(dim_value).collect()
+            s.get(start..end.max(start))?
+                .iter()
+                .map(dim_value)
+                .collect()
         }
         "Size" => {
             let s = c.input(0)?.as_tensor()?.shape.as_ref()?;
@@ -47,7 +56,11 @@ pub(crate) fn propagate(c: &InferCtx, result: &Type) -> Option<IntValues> {
         "Slice" => {
             let data = c.int_values(0)?;
             let (st, en) = (c.const_ints(1)?, c.const_ints(2)?);
-            let step = if c.has_input(4) { c.const_ints(4)? } else { vec![1] };
+            let step = if c.has_input(4) {
+                c.const_ints(4)?
+            } else {
+                vec![1]
+            };
             if st.len() != 1 || en.len() != 1 || step.len() != 1 || step[0] == 0 {
                 return None;
             }
@@ -110,7 +123,10 @@ pub(crate) fn propagate(c: &InferCtx, result: &Type) -> Option<IntValues> {
             if d.shape.len() > 1 || d.numel() > MAX_VALUES {
                 return None;
             }
-            d.to_i64_vec()?.into_iter().map(|v| Some(SymExpr::constant(v))).collect()
+            d.to_i64_vec()?
+                .into_iter()
+                .map(|v| Some(SymExpr::constant(v)))
+                .collect()
         }
         _ => return None,
     };
