@@ -13,9 +13,14 @@ Line format (fields separated by single spaces, strings hex-encoded):
   case NAME / op OP / attr NAME KIND VALUE... / in TYPE [ELEM SHAPE HEXBYTES]
   / in - (omitted) / out TYPE / end
 Types print as in verifier messages: f32[1,?,3], f32[*], seq<...>, opt<...>.
+
+With `--models DIR` it instead writes tests/data/onnx_model_nodes.txt: every
+node of DIR/*/model.onnx (the shared models), with types from ONNX's own
+shape inference, checked the same way by `onnx_model_nodes_shapes`.
 """
 import glob
 import os
+import sys
 
 import numpy as np
 import onnx
@@ -41,7 +46,8 @@ def type_str(tp):
         for d in tp.tensor_type.shape.dim:
             if d.HasField("dim_value"):
                 dims.append(str(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param.isidentifier():
+            elif (d.HasField("dim_param") and d.dim_param.isidentifier()
+                  and not d.dim_param.startswith("unk__")):
                 dims.append(d.dim_param)
             else:
                 dims.append("?")
@@ -91,7 +97,83 @@ def attr_line(a):
     return None
 
 
+def signature_matches(m, node):
+    """Does the model's version of the op have the newest form's signature?"""
+    ver = {o.domain or "": o.version for o in m.opset_import}.get(node.domain or "", None)
+    try:
+        old = onnx.defs.get_schema(node.op_type, ver or 22, node.domain or "")
+        new = onnx.defs.get_schema(node.op_type, 22 if not node.domain else 1000, node.domain or "")
+    except Exception:
+        return False
+    return (sorted(old.attributes) == sorted(new.attributes)
+            and [i.name for i in old.inputs] == [i.name for i in new.inputs]
+            and [o.name for o in old.outputs] == [o.name for o in new.outputs])
+
+
+def small(t):
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    if t.data_type in (TensorProto.INT64, TensorProto.INT32):
+        return n <= 64
+    return t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE) and n <= 8
+
+
+def models(model_dir, out):
+    """Every node of the shared models, with operand/result types from ONNX's
+    own shape inference (data propagation on) and small constants."""
+    lines = []
+    n = 0
+    for path in sorted(glob.glob(os.path.join(model_dir, "*", "model.onnx"))):
+        name = os.path.basename(os.path.dirname(path))
+        m = onnx.load(path)
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+        g = m.graph
+        types = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            types[vi.name] = vi.type
+        data = {t.name: t for t in g.initializer if small(t)}
+        for t in g.initializer:
+            types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+        for node in g.node:
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value" and small(a.t):
+                        data[node.output[0]] = a.t
+        for i, node in enumerate(g.node):
+            if not signature_matches(m, node):
+                continue
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                continue
+            dom = node.domain if node.domain not in ("", "ai.onnx") else ""
+            op = f"{dom}.{node.op_type}" if dom else node.op_type
+            attrs = [attr_line(a) for a in node.attribute]
+            if None in attrs:
+                continue
+            if any(x and x not in types for x in list(node.input) + list(node.output)):
+                continue
+            lines.append(f"case {name}/{i}:{node.name or op}")
+            lines.append(f"op {op}")
+            lines += [f"attr {a.name} {l}" for a, l in zip(node.attribute, attrs)]
+            for x in node.input:
+                if not x:
+                    lines.append("in -")
+                    continue
+                line = "in " + type_str(types[x])
+                if x in data:
+                    f = tensor_fields(data[x])
+                    if f is not None:
+                        line += " " + f
+                lines.append(line)
+            lines += [f"out {type_str(types[o])}" if o else "out -" for o in node.output]
+            lines.append("end")
+            n += 1
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"{n} model nodes -> {out}")
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--models":
+        return models(sys.argv[2], os.path.join(HERE, "..", "..", "tests", "data", "onnx_model_nodes.txt"))
     lines = []
     n = 0
     for d in sorted(glob.glob(os.path.join(NODE_DIR, "*"))):

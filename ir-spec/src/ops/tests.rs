@@ -1107,8 +1107,7 @@ struct NodeCase {
     outs: Vec<Option<Type>>,
 }
 
-fn node_cases() -> Vec<NodeCase> {
-    let text = include_str!("../../tests/data/onnx_node_cases.txt");
+fn node_cases(text: &str) -> Vec<NodeCase> {
     let mut cases = vec![];
     let mut cur: Option<NodeCase> = None;
     for line in text.lines() {
@@ -1187,11 +1186,23 @@ fn node_cases() -> Vec<NodeCase> {
 /// inference must succeed and agree with the expected result types.
 #[test]
 fn onnx_node_suite_shapes() {
-    let cases = node_cases();
+    let cases = node_cases(include_str!("../../tests/data/onnx_node_cases.txt"));
     assert!(cases.len() > 900);
+    check_cases(&cases);
+}
+
+/// Every node of the shared models, against ONNX's own shape inference.
+#[test]
+fn onnx_model_nodes_shapes() {
+    let cases = node_cases(include_str!("../../tests/data/onnx_model_nodes.txt"));
+    assert!(cases.len() > 900);
+    check_cases(&cases);
+}
+
+fn check_cases(cases: &[NodeCase]) {
     let mut failures = vec![];
     let mut imprecise = std::collections::BTreeMap::<String, usize>::new();
-    for c in &cases {
+    for c in cases {
         let Some(schema) = lookup(&c.op) else {
             failures.push(format!("{}: unknown op {}", c.name, c.op));
             continue;
