@@ -10,9 +10,11 @@
 
 pub mod attr;
 pub mod module;
+pub mod ops;
 pub mod tensor;
 pub mod text;
 pub mod types;
+pub mod verify;
 
 pub use attr::{Attr, AttrKind, Attrs};
 pub use module::{Module, Node, Region, ValueData, ValueId};

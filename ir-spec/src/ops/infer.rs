@@ -1,0 +1,225 @@
+//! Module-wide shape and type inference: walks regions in program order
+//! (nested regions before the node holding them) and sets or refines the
+//! type of every node result.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{lookup, values, InferCtx, InferError, IntValues};
+use crate::module::{Module, Node, Region, ValueId};
+use crate::tensor::TensorData;
+use crate::types::{Dim, TensorType, Type};
+use crate::verify::{
+    constant_node_data, node_regions, region_path, type_str, Location, Rule, VerifyError,
+};
+
+/// What module walks know about values beyond their types: data of
+/// `Constant` node results, and propagated integer values.
+#[derive(Default, Debug)]
+pub(crate) struct Known {
+    pub consts: HashMap<ValueId, Arc<TensorData>>,
+    pub values: HashMap<ValueId, IntValues>,
+}
+
+/// Errors of [`infer_module`] are verifier errors (location + rule).
+pub type ModuleInferError = VerifyError;
+
+/// What to do with the result types already on the module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeclaredTypes {
+    /// Declared types are facts: keep whatever they say beyond the
+    /// inferred type; a declared type incompatible with the inferred one
+    /// is an error.
+    #[default]
+    Refine,
+    /// Declared types are placeholders: refine when compatible, otherwise
+    /// replace them with the inferred type.
+    Replace,
+}
+
+/// Infer every node's result types, refining the declared ones
+/// ([`DeclaredTypes::Refine`]).
+#[allow(clippy::result_large_err)]
+pub fn infer_module(m: &mut Module) -> Result<(), ModuleInferError> {
+    infer_module_with(m, DeclaredTypes::Refine)
+}
+
+/// [`infer_module`] with a choice of policy for declared types.
+#[allow(clippy::result_large_err)]
+pub fn infer_module_with(m: &mut Module, policy: DeclaredTypes) -> Result<(), ModuleInferError> {
+    let body = std::mem::take(&mut m.body);
+    let mut known = Known::default();
+    let r = infer_region(m, &body, "main", policy, &mut known);
+    m.body = body;
+    r
+}
+
+/// The inference context of one node of `m` (operands with ids outside the
+/// module are treated as omitted).
+pub(crate) fn node_ctx<'a>(m: &'a Module, node: &'a Node, known: &'a Known) -> InferCtx<'a> {
+    let valid = |v: &ValueId| v.index() < m.num_values();
+    let inputs = node
+        .inputs
+        .iter()
+        .map(|v| v.filter(valid).map(|v| m.ty(v)))
+        .collect();
+    let consts = node
+        .inputs
+        .iter()
+        .map(|v| {
+            let v = (*v).filter(valid)?;
+            m.constant(v).or_else(|| known.consts.get(&v)).map(|d| &**d)
+        })
+        .collect();
+    let values = node
+        .inputs
+        .iter()
+        .map(|v| v.and_then(|v| known.values.get(&v).cloned()))
+        .collect();
+    let declared = node
+        .outputs
+        .iter()
+        .map(|v| valid(v).then(|| m.ty(*v)))
+        .collect();
+    let regions = node_regions(node)
+        .into_iter()
+        .map(|(name, _, r)| {
+            (
+                name,
+                r.outputs
+                    .iter()
+                    .filter(|o| valid(o))
+                    .map(|&o| m.ty(o).clone())
+                    .collect(),
+            )
+        })
+        .collect();
+    InferCtx {
+        op: &node.op,
+        node: node.describe(),
+        inputs,
+        consts,
+        values,
+        attrs: &node.attrs,
+        num_outputs: node.outputs.len(),
+        declared,
+        regions,
+    }
+}
+
+/// Infer one node of `m` (its regions' output types as they are now).
+pub fn infer_node(m: &Module, node: &Node) -> Result<Vec<Type>, InferError> {
+    let empty = Known::default();
+    let ctx = node_ctx(m, node, &empty);
+    ctx.infer()
+}
+
+#[allow(clippy::result_large_err)]
+fn infer_region(
+    m: &mut Module,
+    r: &Region,
+    path: &str,
+    policy: DeclaredTypes,
+    known: &mut Known,
+) -> Result<(), VerifyError> {
+    for (idx, node) in r.nodes.iter().enumerate() {
+        let fail = |rule: Rule| VerifyError {
+            location: Location {
+                region: path.to_string(),
+                node_index: Some(idx),
+                node: Some(node.describe()),
+                op: Some(node.op.clone()),
+            },
+            rule,
+        };
+        for (attr, nth, sub) in node_regions(node) {
+            infer_region(
+                m,
+                sub,
+                &region_path(path, idx, node, attr, nth),
+                policy,
+                known,
+            )?;
+        }
+        let schema = lookup(&node.op).ok_or_else(|| fail(Rule::UnknownOp))?;
+        for (i, o) in node.outputs.iter().enumerate() {
+            if o.index() >= m.num_values() {
+                return Err(fail(Rule::BadValueId {
+                    what: format!("result {i}"),
+                    id: o.0,
+                }));
+            }
+        }
+        let (inferred, vals) = {
+            let ctx = node_ctx(m, node, known);
+            let inferred = (schema.infer)(&ctx).map_err(|e| fail(Rule::Infer(e)))?;
+            let vals = inferred.first().and_then(|t| values::propagate(&ctx, t));
+            (inferred, vals)
+        };
+        for (i, (&o, inf)) in node.outputs.iter().zip(&inferred).enumerate() {
+            let declared = m.ty(o);
+            let new = match refine(declared, inf) {
+                Some(t) => t,
+                None if policy == DeclaredTypes::Replace => inf.clone(),
+                None => {
+                    return Err(fail(Rule::ResultType {
+                        index: i,
+                        value: m.name(o).to_string(),
+                        declared: type_str(declared),
+                        inferred: type_str(inf),
+                    }))
+                }
+            };
+            m.set_ty(o, new);
+        }
+        if let (Some(d), Some(&o)) = (constant_node_data(node), node.outputs.first()) {
+            known.consts.insert(o, d);
+        }
+        if let (Some(v), Some(&o)) = (vals, node.outputs.first()) {
+            known.values.insert(o, v);
+        }
+    }
+    Ok(())
+}
+
+/// Combine a declared and an inferred type: the most specific type both
+/// describe, or `None` when they contradict. Known dims win; of two
+/// symbolic dims the inferred one wins (it is tied to the graph inputs).
+pub fn refine(declared: &Type, inferred: &Type) -> Option<Type> {
+    Some(match (declared, inferred) {
+        (Type::Tensor(d), Type::Tensor(i)) => {
+            if d.elem != i.elem {
+                return None;
+            }
+            let shape = match (&d.shape, &i.shape) {
+                (None, s) | (s, None) => s.clone(),
+                (Some(a), Some(b)) => {
+                    if a.len() != b.len() {
+                        return None;
+                    }
+                    Some(
+                        a.iter()
+                            .zip(b)
+                            .map(|(x, y)| match (x, y) {
+                                (Dim::Known(p), Dim::Known(q)) if p != q => None,
+                                (_, Dim::Known(_)) => Some(y.clone()),
+                                (Dim::Known(_), _) => Some(x.clone()),
+                                (_, Dim::Sym(_)) => Some(y.clone()),
+                                _ => Some(x.clone()),
+                            })
+                            .collect::<Option<Vec<_>>>()?,
+                    )
+                }
+            };
+            Type::Tensor(TensorType {
+                elem: i.elem,
+                shape,
+                quant: i.quant.clone().or_else(|| d.quant.clone()),
+            })
+        }
+        (Type::Sequence(a), Type::Sequence(b)) => Type::Sequence(Box::new(refine(a, b)?)),
+        (Type::Optional(a), Type::Optional(b)) => Type::Optional(Box::new(refine(a, b)?)),
+        (Type::Map(ka, a), Type::Map(kb, b)) if ka == kb => Type::Map(*ka, Box::new(refine(a, b)?)),
+        _ => return None,
+    })
+}
