@@ -39,7 +39,9 @@ pub fn type_json(t: &Type) -> Value {
 }
 
 fn float_json(f: f64) -> Value {
-    serde_json::Number::from_f64(f).map(Value::Number).unwrap_or_else(|| json!(f.to_string()))
+    serde_json::Number::from_f64(f)
+        .map(Value::Number)
+        .unwrap_or_else(|| json!(f.to_string()))
 }
 
 /// A constant: its type, and its values when small enough to be useful.
@@ -51,7 +53,10 @@ fn tensor_json(t: &TensorData, elide: u64) -> Value {
         } else if let Some(v) = t.to_i64_vec() {
             o["values"] = json!(v);
         } else if let kiln_ir::Payload::Strings(s) = &t.payload {
-            o["values"] = json!(s.iter().map(|x| String::from_utf8_lossy(x).into_owned()).collect::<Vec<_>>());
+            o["values"] = json!(s
+                .iter()
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+                .collect::<Vec<_>>());
         }
     }
     if t.is_elided() {
@@ -71,8 +76,12 @@ fn attr_json(m: &Module, a: &Attr, elide: u64) -> Value {
         Attr::Ints(v) => json!(v),
         Attr::Floats(v) => Value::Array(v.iter().map(|f| float_json(*f as f64)).collect()),
         Attr::Strings(v) => json!(v),
-        Attr::Tensors(v) => json!({ "tensors": v.iter().map(|t| tensor_json(t, elide)).collect::<Vec<_>>() }),
-        Attr::Graphs(v) => json!({ "graphs": v.iter().map(|r| region_json(m, r, elide)).collect::<Vec<_>>() }),
+        Attr::Tensors(v) => {
+            json!({ "tensors": v.iter().map(|t| tensor_json(t, elide)).collect::<Vec<_>>() })
+        }
+        Attr::Graphs(v) => {
+            json!({ "graphs": v.iter().map(|r| region_json(m, r, elide)).collect::<Vec<_>>() })
+        }
         Attr::Types(v) => json!({ "types": v.iter().map(type_json).collect::<Vec<_>>() }),
     }
 }
@@ -86,8 +95,11 @@ fn region_json(m: &Module, r: &Region, elide: u64) -> Value {
         .nodes
         .iter()
         .map(|n| {
-            let attrs: Map<String, Value> =
-                n.attrs.iter().map(|(k, a)| (k.clone(), attr_json(m, a, elide))).collect();
+            let attrs: Map<String, Value> = n
+                .attrs
+                .iter()
+                .map(|(k, a)| (k.clone(), attr_json(m, a, elide)))
+                .collect();
             json!({
                 "op": n.op,
                 "name": n.name,
@@ -112,7 +124,11 @@ fn region_json(m: &Module, r: &Region, elide: u64) -> Value {
 /// The module as one JSON document. Constants with more than `elide`
 /// elements carry their type and size but not their values.
 pub fn module_json(m: &Module, elide: u64) -> Value {
-    let opsets: Map<String, Value> = m.opsets.iter().map(|(d, v)| (d.clone(), json!(v))).collect();
+    let opsets: Map<String, Value> = m
+        .opsets
+        .iter()
+        .map(|(d, v)| (d.clone(), json!(v)))
+        .collect();
     json!({ "name": m.name, "opsets": opsets, "body": region_json(m, &m.body, elide) })
 }
 
@@ -131,9 +147,17 @@ pub fn module_dot(m: &Module) -> String {
     let mut counter = 0usize;
     region_dot(m, &m.body, &mut out, &mut producer, &mut counter, 1);
     for (i, &o) in m.body.outputs.iter().enumerate() {
-        let _ = writeln!(out, "  out{i} [shape=ellipse, style=filled, fillcolor=\"#d0f0d0\", label=\"{}\"];", dot_escape(m.name(o)));
+        let _ = writeln!(
+            out,
+            "  out{i} [shape=ellipse, style=filled, fillcolor=\"#d0f0d0\", label=\"{}\"];",
+            dot_escape(m.name(o))
+        );
         if let Some(p) = producer.get(&o) {
-            let _ = writeln!(out, "  {p} -> out{i} [label=\"{}\"];", dot_escape(&kiln_ir::text::print_type(m.ty(o))));
+            let _ = writeln!(
+                out,
+                "  {p} -> out{i} [label=\"{}\"];",
+                dot_escape(&kiln_ir::text::print_type(m.ty(o)))
+            );
         }
     }
     out.push_str("}\n");
@@ -151,8 +175,12 @@ fn region_dot(
     let ind = "  ".repeat(depth);
     for &v in &r.inputs {
         let id = format!("v{}", v.0);
-        let _ = writeln!(out, "{ind}{id} [shape=ellipse, style=filled, fillcolor=\"#d0e0f8\", label=\"{}\\n{}\"];",
-            dot_escape(m.name(v)), dot_escape(&kiln_ir::text::print_type(m.ty(v))));
+        let _ = writeln!(
+            out,
+            "{ind}{id} [shape=ellipse, style=filled, fillcolor=\"#d0e0f8\", label=\"{}\\n{}\"];",
+            dot_escape(m.name(v)),
+            dot_escape(&kiln_ir::text::print_type(m.ty(v)))
+        );
         producer.insert(v, id);
     }
     for &v in &r.constants {
@@ -164,16 +192,29 @@ fn region_dot(
     for n in &r.nodes {
         *counter += 1;
         let id = format!("n{counter}");
-        let label = if n.name.is_empty() { n.op.clone() } else { format!("{}\\n{}", n.op, dot_escape(&n.name)) };
+        let label = if n.name.is_empty() {
+            n.op.clone()
+        } else {
+            format!("{}\\n{}", n.op, dot_escape(&n.name))
+        };
         let _ = writeln!(out, "{ind}{id} [shape=box, style=\"rounded,filled\", fillcolor=\"#fff4d0\", label=\"{label}\"];");
         for v in n.inputs.iter().flatten() {
             if let Some(p) = producer.get(v) {
-                let _ = writeln!(out, "{ind}{p} -> {id} [label=\"{}\"];", dot_escape(&kiln_ir::text::print_type(m.ty(*v))));
+                let _ = writeln!(
+                    out,
+                    "{ind}{p} -> {id} [label=\"{}\"];",
+                    dot_escape(&kiln_ir::text::print_type(m.ty(*v)))
+                );
             }
         }
         for (name, sub) in n.regions() {
             *counter += 1;
-            let _ = writeln!(out, "{ind}subgraph cluster_{counter} {{\n{ind}  label=\"{} {}\";\n{ind}  style=dashed;", dot_escape(&n.op), dot_escape(name));
+            let _ = writeln!(
+                out,
+                "{ind}subgraph cluster_{counter} {{\n{ind}  label=\"{} {}\";\n{ind}  style=dashed;",
+                dot_escape(&n.op),
+                dot_escape(name)
+            );
             region_dot(m, sub, out, producer, counter, depth + 1);
             let _ = writeln!(out, "{ind}}}");
         }

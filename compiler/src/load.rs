@@ -17,9 +17,15 @@ pub enum LoadError {
     #[error("{path}: {err}")]
     Import { path: String, err: ImportError },
     #[error("{rendered}")]
-    Parse { rendered: String, err: kiln_ir::text::ParseError },
+    Parse {
+        rendered: String,
+        err: kiln_ir::text::ParseError,
+    },
     #[error("{path}: the model is invalid: {err}")]
-    Verify { path: String, err: kiln_ir::verify::VerifyError },
+    Verify {
+        path: String,
+        err: kiln_ir::verify::VerifyError,
+    },
     #[error("{0}: unknown model format (expected a .onnx or .kir file)")]
     Format(String),
 }
@@ -42,15 +48,24 @@ pub fn format_of(path: &Path) -> Option<ModelFormat> {
 /// Load and verify a model; a directory is taken to hold `model.onnx`
 /// (the layout of ONNX backend tests and `../shared/models`).
 pub fn load_model(path: &Path) -> Result<Module, LoadError> {
-    let path = if path.is_dir() { path.join("model.onnx") } else { path.to_path_buf() };
+    let path = if path.is_dir() {
+        path.join("model.onnx")
+    } else {
+        path.to_path_buf()
+    };
     let shown = path.display().to_string();
     let m = match format_of(&path) {
-        Some(ModelFormat::Onnx) => crate::onnx::import_model_file(&path).map_err(|err| LoadError::Import {
-            path: shown.clone(),
-            err,
-        })?,
+        Some(ModelFormat::Onnx) => {
+            crate::onnx::import_model_file(&path).map_err(|err| LoadError::Import {
+                path: shown.clone(),
+                err,
+            })?
+        }
         Some(ModelFormat::Text) => {
-            let src = std::fs::read_to_string(&path).map_err(|err| LoadError::Io { path: shown.clone(), err })?;
+            let src = std::fs::read_to_string(&path).map_err(|err| LoadError::Io {
+                path: shown.clone(),
+                err,
+            })?;
             parse_text(&src, &shown)?
         }
         None => return Err(LoadError::Format(shown)),
@@ -74,6 +89,9 @@ pub fn load_onnx_bytes(bytes: &[u8], name: &str) -> Result<Module, LoadError> {
         path: name.to_string(),
         err,
     })?;
-    kiln_ir::verify::verify(&m).map_err(|err| LoadError::Verify { path: name.to_string(), err })?;
+    kiln_ir::verify::verify(&m).map_err(|err| LoadError::Verify {
+        path: name.to_string(),
+        err,
+    })?;
     Ok(m)
 }

@@ -43,7 +43,12 @@ struct DumpArgs {
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Print constants with more than N elements as `elided`
-    #[arg(long, value_name = "N", default_value_t = 16, conflicts_with = "no_elide")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        conflicts_with = "no_elide"
+    )]
     elide: u64,
     /// Print every constant's values in full
     #[arg(long)]
@@ -52,11 +57,21 @@ struct DumpArgs {
 
 fn dump(args: &DumpArgs) -> Result<(), String> {
     let m = kiln_compiler::load::load_model(&args.model).map_err(|e| e.to_string())?;
-    let threshold = if args.no_elide { None } else { Some(args.elide) };
+    let threshold = if args.no_elide {
+        None
+    } else {
+        Some(args.elide)
+    };
     let text = match args.format {
-        DumpFormat::Text => kiln_ir::text::print_module(&m, &kiln_ir::text::PrintOptions { elide_threshold: threshold }),
+        DumpFormat::Text => kiln_ir::text::print_module(
+            &m,
+            &kiln_ir::text::PrintOptions {
+                elide_threshold: threshold,
+            },
+        ),
         DumpFormat::Json => {
-            let mut s = kiln_compiler::dump::module_json(&m, threshold.unwrap_or(u64::MAX)).to_string();
+            let mut s =
+                kiln_compiler::dump::module_json(&m, threshold.unwrap_or(u64::MAX)).to_string();
             s.push('\n');
             s
         }

@@ -389,7 +389,10 @@ impl Dim {
         }
         match self {
             Dim::Known(n) => Dim::Known(n / k),
-            Dim::Sym(e) => e.div_exact(k as i64).map(Dim::from_expr).unwrap_or(Dim::Unknown),
+            Dim::Sym(e) => e
+                .div_exact(k as i64)
+                .map(Dim::from_expr)
+                .unwrap_or(Dim::Unknown),
             Dim::Unknown => Dim::Unknown,
         }
     }
@@ -545,7 +548,9 @@ mod tests {
         assert_eq!(n.add(&Dim::Known(1)).div_floor(2), Dim::Unknown);
         assert_eq!(Dim::Known(7).div_floor(2), Dim::Known(3));
         assert_eq!(Dim::Known(3).sub(&Dim::Known(5)), Dim::Unknown);
-        let e = SymExpr::symbol("N").mul(&SymExpr::symbol("seq")).add(&SymExpr::constant(-3));
+        let e = SymExpr::symbol("N")
+            .mul(&SymExpr::symbol("seq"))
+            .add(&SymExpr::constant(-3));
         assert_eq!(e.to_string(), "N*seq-3");
         assert_eq!(e.eval(&|s| Some(if s == "N" { 2 } else { 5 })), Some(7));
     }

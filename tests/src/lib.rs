@@ -9,7 +9,10 @@ use kiln_compiler::onnx::proto;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The ONNX backend node tests: `../shared/onnx-backend-node` beside the
@@ -24,8 +27,15 @@ pub fn node_suite_dir() -> PathBuf {
         return shared;
     }
     let script = repo_root().join("tests/fetch-node-suite.sh");
-    let out = Command::new("bash").arg(&script).output().expect("run tests/fetch-node-suite.sh");
-    assert!(out.status.success(), "fetch-node-suite.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run tests/fetch-node-suite.sh");
+    assert!(
+        out.status.success(),
+        "fetch-node-suite.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
 }
@@ -46,7 +56,11 @@ pub fn node_tests() -> Vec<PathBuf> {
 pub fn shared_models() -> Vec<PathBuf> {
     let dir = repo_root().join("../shared/models");
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("model.onnx").is_file()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("model.onnx").is_file())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -71,10 +85,12 @@ pub fn tensor_type(elem: i32, dims: &[&str]) -> proto::TypeProto {
         })
         .collect();
     proto::TypeProto {
-        value: Some(proto::type_proto::Value::TensorType(proto::type_proto::Tensor {
-            elem_type: Some(elem),
-            shape: Some(proto::TensorShapeProto { dim }),
-        })),
+        value: Some(proto::type_proto::Value::TensorType(
+            proto::type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: Some(proto::TensorShapeProto { dim }),
+            },
+        )),
         ..Default::default()
     }
 }
@@ -84,40 +100,91 @@ pub const I64: i32 = 7;
 pub const BOOL: i32 = 9;
 
 pub fn attr_int(name: &str, v: i64) -> proto::AttributeProto {
-    proto::AttributeProto { name: Some(name.into()), i: Some(v), r#type: Some(2), ..Default::default() }
+    proto::AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(2),
+        ..Default::default()
+    }
 }
 pub fn attr_float(name: &str, v: f32) -> proto::AttributeProto {
-    proto::AttributeProto { name: Some(name.into()), f: Some(v), r#type: Some(1), ..Default::default() }
+    proto::AttributeProto {
+        name: Some(name.into()),
+        f: Some(v),
+        r#type: Some(1),
+        ..Default::default()
+    }
 }
 pub fn attr_ints(name: &str, v: &[i64]) -> proto::AttributeProto {
-    proto::AttributeProto { name: Some(name.into()), ints: v.to_vec(), r#type: Some(7), ..Default::default() }
+    proto::AttributeProto {
+        name: Some(name.into()),
+        ints: v.to_vec(),
+        r#type: Some(7),
+        ..Default::default()
+    }
 }
 pub fn attr_string(name: &str, v: &str) -> proto::AttributeProto {
-    proto::AttributeProto { name: Some(name.into()), s: Some(v.as_bytes().to_vec()), r#type: Some(3), ..Default::default() }
+    proto::AttributeProto {
+        name: Some(name.into()),
+        s: Some(v.as_bytes().to_vec()),
+        r#type: Some(3),
+        ..Default::default()
+    }
 }
 pub fn attr_graph(name: &str, g: proto::GraphProto) -> proto::AttributeProto {
-    proto::AttributeProto { name: Some(name.into()), g: Some(g), r#type: Some(5), ..Default::default() }
+    proto::AttributeProto {
+        name: Some(name.into()),
+        g: Some(g),
+        r#type: Some(5),
+        ..Default::default()
+    }
 }
 
 pub fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> proto::TensorProto {
-    proto::TensorProto { name: Some(name.into()), dims: dims.to_vec(), data_type: Some(F32), float_data: values.to_vec(), ..Default::default() }
+    proto::TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(F32),
+        float_data: values.to_vec(),
+        ..Default::default()
+    }
 }
 pub fn i64_tensor(name: &str, dims: &[i64], values: &[i64]) -> proto::TensorProto {
-    proto::TensorProto { name: Some(name.into()), dims: dims.to_vec(), data_type: Some(I64), int64_data: values.to_vec(), ..Default::default() }
+    proto::TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(I64),
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
 }
 
 impl OnnxBuilder {
     pub fn new(name: &str, opset: i64) -> OnnxBuilder {
-        OnnxBuilder { graph: proto::GraphProto { name: Some(name.into()), ..Default::default() }, opset }
+        OnnxBuilder {
+            graph: proto::GraphProto {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            opset,
+        }
     }
 
     pub fn input(mut self, name: &str, ty: proto::TypeProto) -> Self {
-        self.graph.input.push(proto::ValueInfoProto { name: Some(name.into()), r#type: Some(ty), ..Default::default() });
+        self.graph.input.push(proto::ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(ty),
+            ..Default::default()
+        });
         self
     }
 
     pub fn output(mut self, name: &str, ty: proto::TypeProto) -> Self {
-        self.graph.output.push(proto::ValueInfoProto { name: Some(name.into()), r#type: Some(ty), ..Default::default() });
+        self.graph.output.push(proto::ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(ty),
+            ..Default::default()
+        });
         self
     }
 
@@ -130,7 +197,13 @@ impl OnnxBuilder {
         self.node_with(op, inputs, outputs, vec![])
     }
 
-    pub fn node_with(mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<proto::AttributeProto>) -> Self {
+    pub fn node_with(
+        mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<proto::AttributeProto>,
+    ) -> Self {
         self.graph.node.push(proto::NodeProto {
             op_type: Some(op.into()),
             input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -148,7 +221,10 @@ impl OnnxBuilder {
     pub fn model(self) -> proto::ModelProto {
         proto::ModelProto {
             ir_version: Some(8),
-            opset_import: vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(self.opset) }],
+            opset_import: vec![proto::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(self.opset),
+            }],
             graph: Some(self.graph),
             ..Default::default()
         }

@@ -63,7 +63,12 @@ fn wrong_attribute_type() {
     let b = OnnxBuilder::new("badattr", 17)
         .input("x", tensor_type(F32, &["1", "1", "4", "4"]))
         .initializer(f32_tensor("w", &[1, 1, 1, 1], &[1.0]))
-        .node_with("Conv", &["x", "w"], &["y"], vec![attr_float("strides", 2.0)])
+        .node_with(
+            "Conv",
+            &["x", "w"],
+            &["y"],
+            vec![attr_float("strides", 2.0)],
+        )
         .output("y", tensor_type(F32, &["1", "1", "4", "4"]));
     insta::assert_snapshot!(onnx_error(&b.bytes()));
 }
@@ -114,14 +119,20 @@ fn external_data_may_not_leave_the_model_folder() {
         dims: vec![2],
         data_type: Some(F32),
         data_location: Some(1),
-        external_data: vec![proto::StringStringEntryProto { key: Some("location".into()), value: Some("../../etc/passwd".into()) }],
+        external_data: vec![proto::StringStringEntryProto {
+            key: Some("location".into()),
+            value: Some("../../etc/passwd".into()),
+        }],
         ..Default::default()
     };
     let dir = std::env::temp_dir().join(format!("kiln-extdata-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("model.onnx");
     std::fs::write(&path, small_model().initializer(t).bytes()).expect("write model");
-    let err = kiln_compiler::load_model(&path).map(|_| ()).expect_err("must fail").to_string();
+    let err = kiln_compiler::load_model(&path)
+        .map(|_| ())
+        .expect_err("must fail")
+        .to_string();
     let _ = std::fs::remove_dir_all(&dir);
     insta::assert_snapshot!(err.replace(&dir.display().to_string(), "$DIR"));
 }
@@ -135,7 +146,9 @@ fn text_missing_equals() {
 
 #[test]
 fn text_unknown_element_type() {
-    insta::assert_snapshot!(text_error("module @m opset(ai.onnx = 17) {\n  input %x: f33[2]\n  return %x\n}\n"));
+    insta::assert_snapshot!(text_error(
+        "module @m opset(ai.onnx = 17) {\n  input %x: f33[2]\n  return %x\n}\n"
+    ));
 }
 
 #[test]

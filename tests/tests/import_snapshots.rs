@@ -23,9 +23,25 @@ fn conv_relu_maxpool() {
         .input("x", f32t(&["N", "3", "32", "32"]))
         .initializer(f32_tensor("w", &[8, 3, 3, 3], &w))
         .initializer(f32_tensor("b", &[8], &[0.5; 8]))
-        .node_with("Conv", &["x", "w", "b"], &["c"], vec![attr_ints("pads", &[1, 1, 1, 1]), attr_ints("strides", &[2, 2])])
+        .node_with(
+            "Conv",
+            &["x", "w", "b"],
+            &["c"],
+            vec![
+                attr_ints("pads", &[1, 1, 1, 1]),
+                attr_ints("strides", &[2, 2]),
+            ],
+        )
         .node("Relu", &["c"], &["r"])
-        .node_with("MaxPool", &["r"], &["y"], vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])])
+        .node_with(
+            "MaxPool",
+            &["r"],
+            &["y"],
+            vec![
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("strides", &[2, 2]),
+            ],
+        )
         .output("y", f32t(&["N", "8", "8", "8"]));
     insta::assert_snapshot!(ir(b));
 }
@@ -37,7 +53,11 @@ fn matmul_gelu_with_symbolic_batch() {
         .input("x", f32t(&["batch", "seq", "16"]))
         .initializer(f32_tensor("w", &[16, 4], &w))
         .initializer(f32_tensor("half", &[], &[0.5]))
-        .initializer(f32_tensor("rsqrt2", &[], &[std::f32::consts::FRAC_1_SQRT_2]))
+        .initializer(f32_tensor(
+            "rsqrt2",
+            &[],
+            &[std::f32::consts::FRAC_1_SQRT_2],
+        ))
         .initializer(f32_tensor("one", &[], &[1.0]))
         .node("MatMul", &["x", "w"], &["h"])
         .node("Mul", &["h", "rsqrt2"], &["s"])
@@ -87,7 +107,12 @@ fn upsample_v9_becomes_resize() {
     let b = OnnxBuilder::new("upsample9", 9)
         .input("x", f32t(&["1", "1", "2", "2"]))
         .initializer(f32_tensor("scales", &[4], &[1.0, 1.0, 2.0, 3.0]))
-        .node_with("Upsample", &["x", "scales"], &["y"], vec![attr_string("mode", "nearest")])
+        .node_with(
+            "Upsample",
+            &["x", "scales"],
+            &["y"],
+            vec![attr_string("mode", "nearest")],
+        )
         .output("y", f32t(&["1", "1", "4", "6"]));
     insta::assert_snapshot!(ir(b));
 }
@@ -96,9 +121,28 @@ fn upsample_v9_becomes_resize() {
 fn slice_v9_clip_v6_pad_v2_attributes_become_operands() {
     let b = OnnxBuilder::new("old_ops", 9)
         .input("x", f32t(&["4", "6"]))
-        .node_with("Slice", &["x"], &["s"], vec![attr_ints("starts", &[1, 0]), attr_ints("ends", &[3, 100]), attr_ints("axes", &[0, 1])])
-        .node_with("Clip", &["s"], &["c"], vec![attr_float("min", -1.0), attr_float("max", 1.0)])
-        .node_with("Pad", &["c"], &["p"], vec![attr_ints("pads", &[0, 1, 0, 1]), attr_float("value", 0.25)])
+        .node_with(
+            "Slice",
+            &["x"],
+            &["s"],
+            vec![
+                attr_ints("starts", &[1, 0]),
+                attr_ints("ends", &[3, 100]),
+                attr_ints("axes", &[0, 1]),
+            ],
+        )
+        .node_with(
+            "Clip",
+            &["s"],
+            &["c"],
+            vec![attr_float("min", -1.0), attr_float("max", 1.0)],
+        )
+        .node_with(
+            "Pad",
+            &["c"],
+            &["p"],
+            vec![attr_ints("pads", &[0, 1, 0, 1]), attr_float("value", 0.25)],
+        )
         .output("p", f32t(&["2", "8"]));
     // At opset 9, Slice-1, Clip-6 and Pad-2 are the versions in force.
     insta::assert_snapshot!(ir(b));
@@ -126,8 +170,18 @@ fn constant_nodes_become_constants() {
     let b = OnnxBuilder::new("consts", 17)
         .input("x", f32t(&["2", "3", "4"]))
         .node_with("Constant", &[], &["perm"], vec![value])
-        .node_with("Constant", &[], &["eps"], vec![attr_float("value_float", 1e-5)])
-        .node_with("Transpose", &["x"], &["t"], vec![attr_ints("perm", &[2, 1, 0])])
+        .node_with(
+            "Constant",
+            &[],
+            &["eps"],
+            vec![attr_float("value_float", 1e-5)],
+        )
+        .node_with(
+            "Transpose",
+            &["x"],
+            &["t"],
+            vec![attr_ints("perm", &[2, 1, 0])],
+        )
         .node("Add", &["t", "eps"], &["y"])
         .output("y", f32t(&["4", "3", "2"]));
     insta::assert_snapshot!(ir(b));
@@ -146,7 +200,15 @@ fn if_branches_capture_outer_values() {
     let b = OnnxBuilder::new("if", 17)
         .input("cond", tensor_type(BOOL, &[]))
         .input("x", f32t(&["3"]))
-        .node_with("If", &["cond"], &["y"], vec![attr_graph("then_branch", then_g), attr_graph("else_branch", else_g)])
+        .node_with(
+            "If",
+            &["cond"],
+            &["y"],
+            vec![
+                attr_graph("then_branch", then_g),
+                attr_graph("else_branch", else_g),
+            ],
+        )
         .output("y", f32t(&["3"]));
     insta::assert_snapshot!(ir(b));
 }
@@ -166,7 +228,12 @@ fn loop_carries_state_through_its_body() {
         .input("n", tensor_type(I64, &[]))
         .input("init", f32t(&["2"]))
         .initializer(f32_tensor("step", &[2], &[1.0, 2.0]))
-        .node_with("Loop", &["n", "", "init"], &["final"], vec![attr_graph("body", body)])
+        .node_with(
+            "Loop",
+            &["n", "", "init"],
+            &["final"],
+            vec![attr_graph("body", body)],
+        )
         .output("final", f32t(&["2"]));
     insta::assert_snapshot!(ir(b));
 }
@@ -185,7 +252,10 @@ fn model_local_functions_are_inlined() {
             output: vec!["Y".into()],
             ..Default::default()
         }],
-        opset_import: vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
         ..Default::default()
     };
     let b = OnnxBuilder::new("func", 17)
@@ -203,7 +273,10 @@ fn model_local_functions_are_inlined() {
         });
     }
     m.functions.push(f);
-    m.opset_import.push(proto::OperatorSetIdProto { domain: Some("local".into()), version: Some(1) });
+    m.opset_import.push(proto::OperatorSetIdProto {
+        domain: Some("local".into()),
+        version: Some(1),
+    });
     let mk = kiln_compiler::onnx::import::import_model(&m, None).expect("import");
     kiln_ir::verify::verify(&mk).expect("verify");
     insta::assert_snapshot!(print_module(&mk, &PrintOptions::default()));
@@ -213,7 +286,14 @@ fn model_local_functions_are_inlined() {
 fn shared_models_print() {
     for dir in shared_models() {
         let m = kiln_compiler::load_model(&dir).expect("import");
-        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
-        insta::assert_snapshot!(format!("shared_model_{name}"), print_module(&m, &PrintOptions::default()));
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("model")
+            .to_string();
+        insta::assert_snapshot!(
+            format!("shared_model_{name}"),
+            print_module(&m, &PrintOptions::default())
+        );
     }
 }

@@ -35,7 +35,12 @@ impl CanonCtx<'_> {
         id
     }
 
-    fn const_i64(&mut self, hint: &str, values: &[i64], shape: Vec<u64>) -> Result<ValueId, String> {
+    fn const_i64(
+        &mut self,
+        hint: &str,
+        values: &[i64],
+        shape: Vec<u64>,
+    ) -> Result<ValueId, String> {
         let d = TensorData::from_i64(shape, values).map_err(|e| e.to_string())?;
         Ok(self.constant(hint, d))
     }
@@ -45,7 +50,12 @@ impl CanonCtx<'_> {
     }
 
     /// A scalar constant of the element type of `like` (f32 if unknown).
-    fn const_scalar_like(&mut self, hint: &str, value: f64, like: Option<ValueId>) -> Result<ValueId, String> {
+    fn const_scalar_like(
+        &mut self,
+        hint: &str,
+        value: f64,
+        like: Option<ValueId>,
+    ) -> Result<ValueId, String> {
         let elem = like
             .and_then(|v| self.m.ty(v).as_tensor().map(|t| t.elem))
             .unwrap_or(ElemType::F32);
@@ -63,13 +73,18 @@ impl CanonCtx<'_> {
             ElemType::U64 => (value as u64).to_le_bytes().to_vec(),
             _ => (value as f32).to_le_bytes().to_vec(),
         };
-        let elem = if bytes.len() == 4 && !matches!(elem, ElemType::I32 | ElemType::U32) { ElemType::F32 } else { elem };
+        let elem = if bytes.len() == 4 && !matches!(elem, ElemType::I32 | ElemType::U32) {
+            ElemType::F32
+        } else {
+            elem
+        };
         let d = TensorData::from_bytes(elem, vec![], bytes).map_err(|e| e.to_string())?;
         Ok(self.constant(hint, d))
     }
 
     fn fresh(&mut self, hint: &str) -> ValueId {
-        self.m.add_value_unique(hint, crate::onnx::import::placeholder_type())
+        self.m
+            .add_value_unique(hint, crate::onnx::import::placeholder_type())
     }
 
     fn rank(&self, v: Option<ValueId>) -> Option<usize> {
@@ -82,18 +97,29 @@ impl CanonCtx<'_> {
 }
 
 fn hint(node: &Node, what: &str) -> String {
-    let base = if node.name.is_empty() { node.op.to_lowercase() } else { node.name.clone() };
+    let base = if node.name.is_empty() {
+        node.op.to_lowercase()
+    } else {
+        node.name.clone()
+    };
     format!("{base}_{what}")
 }
 
 /// Move an ints attribute into operand `pos` as an i64[n] constant (the
 /// operand list is padded with `none` up to it). Absent attribute: nothing.
 fn attr_to_input(cx: &mut CanonCtx, node: &mut Node, attr: &str, pos: usize) -> Result<(), String> {
-    let Some(a) = node.attrs.remove(attr) else { return Ok(()) };
+    let Some(a) = node.attrs.remove(attr) else {
+        return Ok(());
+    };
     let values: Vec<i64> = match a {
         Attr::Ints(v) => v,
         Attr::Int(v) => vec![v],
-        other => return Err(format!("attribute `{attr}` must be ints, got {}", other.kind())),
+        other => {
+            return Err(format!(
+                "attribute `{attr}` must be ints, got {}",
+                other.kind()
+            ))
+        }
     };
     let id = cx.const_1d(&hint(node, attr), &values)?;
     set_input(node, pos, Some(id));
@@ -143,7 +169,8 @@ pub fn add_canonical(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
                 attr_to_input(cx, &mut node, "split", 1)?;
             }
             if node.input(1).is_none() {
-                node.attrs.insert("num_outputs".into(), Attr::Int(node.outputs.len() as i64));
+                node.attrs
+                    .insert("num_outputs".into(), Attr::Int(node.outputs.len() as i64));
             }
         }
         "Slice" if v < 10 => {
@@ -183,7 +210,8 @@ pub fn add_canonical(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
         "BatchNormalization" => {
             node.attrs.remove("spatial");
         }
-        "Gemm" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "And" | "Or" | "Xor" | "Equal" | "Greater" | "Less"
+        "Gemm" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "And" | "Or" | "Xor" | "Equal"
+        | "Greater" | "Less"
             if v < 7 =>
         {
             legacy_broadcast(cx, &mut node)?
@@ -197,10 +225,13 @@ pub fn add_canonical(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
             // Resize-10: (X, scales), asymmetric coordinates, floor rounding.
             let scales = node.input(1);
             node.inputs = vec![node.input(0), None, scales];
-            node.attrs
-                .insert("coordinate_transformation_mode".into(), Attr::String("asymmetric".into()));
+            node.attrs.insert(
+                "coordinate_transformation_mode".into(),
+                Attr::String("asymmetric".into()),
+            );
             if node.attrs.get("mode").and_then(Attr::as_str) != Some("linear") {
-                node.attrs.insert("nearest_mode".into(), Attr::String("floor".into()));
+                node.attrs
+                    .insert("nearest_mode".into(), Attr::String("floor".into()));
             }
         }
         "Softmax" | "LogSoftmax" | "Hardmax" if v < 13 => return coerced_2d_softmax(cx, node),
@@ -222,7 +253,11 @@ pub fn add_canonical(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
 /// Pre-7 binary ops: `broadcast=1` with `axis` aligned B's dims at `axis`
 /// of A; today's rule aligns trailing dims, so unsqueeze B's tail.
 fn legacy_broadcast(cx: &mut CanonCtx, node: &mut Node) -> Result<(), String> {
-    let bcast = node.attrs.remove("broadcast").and_then(|a| a.as_int()).unwrap_or(0);
+    let bcast = node
+        .attrs
+        .remove("broadcast")
+        .and_then(|a| a.as_int())
+        .unwrap_or(0);
     let axis = node.attrs.remove("axis").and_then(|a| a.as_int());
     if node.op == "Gemm" || bcast == 0 {
         return Ok(());
@@ -235,13 +270,19 @@ fn legacy_broadcast(cx: &mut CanonCtx, node: &mut Node) -> Result<(), String> {
     let axis = if axis < 0 { axis + ra } else { axis };
     let trailing = ra - axis - rb;
     if trailing < 0 || axis < 0 {
-        return Err(format!("legacy broadcast axis {axis} does not fit ranks {ra} and {rb}"));
+        return Err(format!(
+            "legacy broadcast axis {axis} does not fit ranks {ra} and {rb}"
+        ));
     }
     if trailing > 0 {
         let axes: Vec<i64> = (rb..rb + trailing).collect();
         let axes_c = cx.const_1d(&hint(node, "bcast_axes"), &axes)?;
         let b = cx.fresh(&hint(node, "bcast"));
-        cx.push(Node::new("Unsqueeze", vec![node.input(1), Some(axes_c)], vec![b]))?;
+        cx.push(Node::new(
+            "Unsqueeze",
+            vec![node.input(1), Some(axes_c)],
+            vec![b],
+        ))?;
         node.inputs[1] = Some(b);
     }
     Ok(())
@@ -253,7 +294,8 @@ fn upsample_to_resize(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
     let scales = match node.attrs.remove("scales") {
         Some(Attr::Floats(s)) => {
             let bytes: Vec<u8> = s.iter().flat_map(|f| f.to_le_bytes()).collect();
-            let d = TensorData::from_bytes(ElemType::F32, vec![s.len() as u64], bytes).map_err(|e| e.to_string())?;
+            let d = TensorData::from_bytes(ElemType::F32, vec![s.len() as u64], bytes)
+                .map_err(|e| e.to_string())?;
             Some(cx.constant(&hint(&node, "scales"), d))
         }
         _ => node.input(1),
@@ -267,10 +309,13 @@ fn upsample_to_resize(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
     node.attrs.remove("width_scale");
     node.attrs.remove("height_scale");
     node.attrs.insert("mode".into(), Attr::String(mode.into()));
-    node.attrs
-        .insert("coordinate_transformation_mode".into(), Attr::String("asymmetric".into()));
+    node.attrs.insert(
+        "coordinate_transformation_mode".into(),
+        Attr::String("asymmetric".into()),
+    );
     if mode == "nearest" {
-        node.attrs.insert("nearest_mode".into(), Attr::String("floor".into()));
+        node.attrs
+            .insert("nearest_mode".into(), Attr::String("floor".into()));
     }
     cx.push(node)
 }
@@ -280,7 +325,11 @@ fn upsample_to_resize(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
 /// last dim that is the modern op; otherwise Flatten, op over axis 1, and
 /// Reshape back to the input's shape.
 fn coerced_2d_softmax(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
-    let axis = node.attrs.remove("axis").and_then(|a| a.as_int()).unwrap_or(1);
+    let axis = node
+        .attrs
+        .remove("axis")
+        .and_then(|a| a.as_int())
+        .unwrap_or(1);
     let x = node.input(0);
     if let Some(r) = cx.rank(x) {
         let a = if axis < 0 { axis + r as i64 } else { axis };
@@ -307,11 +356,16 @@ fn coerced_2d_softmax(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
 /// GroupNormalization-18 took scale and bias per group; 21 takes them per
 /// channel: repeat each group's value over its C/G channels.
 fn group_norm_per_channel(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
-    let groups = node.attrs.get("num_groups").and_then(Attr::as_int).ok_or("missing `num_groups`")?;
+    let groups = node
+        .attrs
+        .get("num_groups")
+        .and_then(Attr::as_int)
+        .ok_or("missing `num_groups`")?;
     let c = cx
         .dim(node.input(0), 1)
         .and_then(|d| d.as_known())
-        .ok_or("GroupNormalization-18 needs a known channel count to convert scale and bias")? as i64;
+        .ok_or("GroupNormalization-18 needs a known channel count to convert scale and bias")?
+        as i64;
     if groups <= 0 || c % groups != 0 {
         return Err(format!("num_groups {groups} does not divide {c} channels"));
     }
@@ -356,7 +410,10 @@ fn scan8_to_scan9(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
         inputs.push(Some(s));
     }
     let outputs = node.outputs.clone();
-    let inner: Vec<ValueId> = outputs.iter().map(|_| cx.fresh(&hint(&node, "unbatched_out"))).collect();
+    let inner: Vec<ValueId> = outputs
+        .iter()
+        .map(|_| cx.fresh(&hint(&node, "unbatched_out")))
+        .collect();
     node.inputs = inputs;
     node.outputs = inner.clone();
     cx.push(node)?;
@@ -369,7 +426,10 @@ fn scan8_to_scan9(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
 /// The tensor a `Constant` node holds, from whichever `value*` attribute
 /// it has.
 pub fn constant_node_value(attrs: &kiln_ir::Attrs) -> Result<TensorData, String> {
-    let (name, a) = attrs.iter().next().ok_or("Constant has no value attribute")?;
+    let (name, a) = attrs
+        .iter()
+        .next()
+        .ok_or("Constant has no value attribute")?;
     if attrs.len() != 1 {
         return Err("Constant must have exactly one value attribute".into());
     }
@@ -380,12 +440,18 @@ pub fn constant_node_value(attrs: &kiln_ir::Attrs) -> Result<TensorData, String>
         ("value_floats", Attr::Floats(f)) => e(TensorData::from_f32(vec![f.len() as u64], f)),
         ("value_int", Attr::Int(i)) => e(TensorData::from_i64(vec![], &[*i])),
         ("value_ints", Attr::Ints(i)) => e(TensorData::from_i64(vec![i.len() as u64], i)),
-        ("value_string", Attr::String(s)) => e(TensorData::from_strings(vec![], vec![s.as_bytes().to_vec()])),
+        ("value_string", Attr::String(s)) => e(TensorData::from_strings(
+            vec![],
+            vec![s.as_bytes().to_vec()],
+        )),
         ("value_strings", Attr::Strings(s)) => e(TensorData::from_strings(
             vec![s.len() as u64],
             s.iter().map(|x| x.as_bytes().to_vec()).collect(),
         )),
-        (n, a) => Err(format!("Constant attribute `{n}` of kind {} is not a value", a.kind())),
+        (n, a) => Err(format!(
+            "Constant attribute `{n}` of kind {} is not a value",
+            a.kind()
+        )),
     }
 }
 

@@ -45,8 +45,9 @@ impl ImportError {
 
 /// Import an `.onnx` file; external data is read from its folder.
 pub fn import_model_file(path: &Path) -> Result<Module, ImportError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| ImportError::new(format!("{}", path.display()), format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        ImportError::new(format!("{}", path.display()), format!("cannot read: {e}"))
+    })?;
     import_model_bytes(&bytes, path.parent())
 }
 
@@ -85,10 +86,15 @@ pub fn import_model(model: &proto::ModelProto, dir: Option<&Path>) -> Result<Mod
         root: ExternalDataRoot(dir),
         scopes: Vec::new(),
         inline_depth: 0,
+        input_hints: None,
     };
     imp.m.opsets = opsets;
     let body = imp.import_graph(graph, true)?;
     imp.m.body = body;
+    // A second, module-wide inference carries shape values through
+    // Shape/Gather/Concat chains into the ops that consume them.
+    kiln_ir::ops::infer_module_with(&mut imp.m, kiln_ir::ops::DeclaredTypes::Replace)
+        .map_err(|e| ImportError::new("model", e))?;
     Ok(imp.m)
 }
 
@@ -130,6 +136,10 @@ pub(crate) struct Importer<'a> {
     root: ExternalDataRoot<'a>,
     scopes: Vec<Scope>,
     inline_depth: usize,
+    /// Types for the inputs of the next subgraph, for inputs the model
+    /// leaves untyped (a Loop body's carried values take their types from
+    /// the Loop's operands).
+    input_hints: Option<Vec<Option<Type>>>,
 }
 
 /// Where a node is, for error messages.
@@ -144,7 +154,10 @@ pub(crate) fn node_context(n: &proto::NodeProto, opset: i64) -> String {
 
 impl<'a> Importer<'a> {
     fn resolve(&self, name: &str) -> Option<ValueId> {
-        self.scopes.iter().rev().find_map(|s| s.names.get(name).copied())
+        self.scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.names.get(name).copied())
     }
 
     fn bind(&mut self, name: &str, id: ValueId) {
@@ -154,10 +167,16 @@ impl<'a> Importer<'a> {
     }
 
     fn declared_type(&self, name: &str) -> Option<Type> {
-        self.scopes.last().and_then(|s| s.declared.get(name).cloned())
+        self.scopes
+            .last()
+            .and_then(|s| s.declared.get(name).cloned())
     }
 
-    fn import_graph(&mut self, g: &proto::GraphProto, is_main: bool) -> Result<Region, ImportError> {
+    fn import_graph(
+        &mut self,
+        g: &proto::GraphProto,
+        is_main: bool,
+    ) -> Result<Region, ImportError> {
         let mut declared = HashMap::new();
         for vi in g.value_info.iter().chain(&g.output) {
             if let Some(t) = &vi.r#type {
@@ -175,11 +194,17 @@ impl<'a> Importer<'a> {
         result
     }
 
-    fn import_graph_body(&mut self, g: &proto::GraphProto, is_main: bool) -> Result<Region, ImportError> {
+    fn import_graph_body(
+        &mut self,
+        g: &proto::GraphProto,
+        is_main: bool,
+    ) -> Result<Region, ImportError> {
         let mut region = Region::default();
+        let hints = self.input_hints.take().unwrap_or_default();
         for t in &g.initializer {
             let ctx = || format!("initializer \"{}\"", t.name());
-            let data = tensor::shared_tensor(t, &self.root).map_err(|e| ImportError::new(ctx(), e))?;
+            let data =
+                tensor::shared_tensor(t, &self.root).map_err(|e| ImportError::new(ctx(), e))?;
             let id = self.m.add_constant_unique(t.name(), data);
             self.bind(t.name(), id);
             region.constants.push(id);
@@ -187,22 +212,31 @@ impl<'a> Importer<'a> {
         for s in &g.sparse_initializer {
             let name = s.values.as_ref().map(|v| v.name()).unwrap_or_default();
             let ctx = || format!("sparse initializer \"{name}\"");
-            let data = tensor::sparse_to_dense(s, &self.root).map_err(|e| ImportError::new(ctx(), e))?;
+            let data =
+                tensor::sparse_to_dense(s, &self.root).map_err(|e| ImportError::new(ctx(), e))?;
             let id = self.m.add_constant_unique(name, Arc::new(data));
             self.bind(name, id);
             region.constants.push(id);
         }
-        for vi in &g.input {
+        for (i, vi) in g.input.iter().enumerate() {
             // An input with an initializer of the same name: in the main
             // graph it is a constant with a default (IR < 4 listed every
             // initializer as an input); Kiln treats it as the constant.
-            if self.scopes.last().is_some_and(|s| s.names.contains_key(vi.name())) {
+            if self
+                .scopes
+                .last()
+                .is_some_and(|s| s.names.contains_key(vi.name()))
+            {
                 continue;
             }
             let ctx = || format!("graph input \"{}\"", vi.name());
             let ty = match &vi.r#type {
                 Some(t) => tensor::type_from_proto(t).map_err(|e| ImportError::new(ctx(), e))?,
-                None if !is_main => placeholder_type(),
+                None if !is_main => hints
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(placeholder_type),
                 None => return Err(ImportError::new(ctx(), "has no type")),
             };
             let id = self.m.add_value_unique(vi.name(), ty);
@@ -226,10 +260,17 @@ impl<'a> Importer<'a> {
 
     fn opset_of(&self, domain: &str) -> i64 {
         let d = canon_domain(domain);
-        self.opsets.get(&d).copied().unwrap_or(if d == "ai.onnx" { 1 } else { 1 })
+        self.opsets
+            .get(&d)
+            .copied()
+            .unwrap_or(if d == "ai.onnx" { 1 } else { 1 })
     }
 
-    fn import_node(&mut self, n: &proto::NodeProto, region: &mut Region) -> Result<(), ImportError> {
+    fn import_node(
+        &mut self,
+        n: &proto::NodeProto,
+        region: &mut Region,
+    ) -> Result<(), ImportError> {
         let opset = self.opset_of(n.domain());
         let ctx = || node_context(n, opset);
         let key = (canon_domain(n.domain()), n.op_type().to_string());
@@ -241,21 +282,25 @@ impl<'a> Importer<'a> {
             if name.is_empty() {
                 inputs.push(None);
             } else {
-                let id = self
-                    .resolve(name)
-                    .ok_or_else(|| ImportError::new(ctx(), format!("input `{name}` is not defined before use")))?;
+                let id = self.resolve(name).ok_or_else(|| {
+                    ImportError::new(ctx(), format!("input `{name}` is not defined before use"))
+                })?;
                 inputs.push(Some(id));
             }
         }
+        self.input_hints = self.body_input_hints(n, &inputs);
         let mut attrs = Attrs::new();
         for a in &n.attribute {
-            let v = self.convert_attr(a).map_err(|e| ImportError::new(ctx(), e))?;
+            let v = self
+                .convert_attr(a)
+                .map_err(|e| ImportError::new(ctx(), e))?;
             attrs.insert(a.name().to_string(), v);
         }
         let op = ir_op_name(n.domain(), n.op_type());
         // Constant nodes become region constants.
         if op == "Constant" {
-            let data = canon::constant_node_value(&attrs).map_err(|e| ImportError::new(ctx(), e))?;
+            let data =
+                canon::constant_node_value(&attrs).map_err(|e| ImportError::new(ctx(), e))?;
             let out = n.output.first().map(String::as_str).unwrap_or_default();
             let id = self.m.add_constant_unique(out, Arc::new(data));
             self.bind(out, id);
@@ -264,11 +309,22 @@ impl<'a> Importer<'a> {
         }
         // Trailing omitted outputs are dropped; inner ones get a value that
         // nothing reads.
-        let n_out = n.output.iter().rposition(|s| !s.is_empty()).map_or(0, |i| i + 1);
+        let n_out = n
+            .output
+            .iter()
+            .rposition(|s| !s.is_empty())
+            .map_or(0, |i| i + 1);
         let mut outputs = Vec::with_capacity(n_out);
         for name in &n.output[..n_out] {
             let hint = if name.is_empty() {
-                format!("{}_unused", if n.name().is_empty() { n.op_type() } else { n.name() })
+                format!(
+                    "{}_unused",
+                    if n.name().is_empty() {
+                        n.op_type()
+                    } else {
+                        n.name()
+                    }
+                )
             } else {
                 name.clone()
             };
@@ -293,6 +349,47 @@ impl<'a> Importer<'a> {
         Ok(())
     }
 
+    /// Loop and Scan bodies may leave their inputs untyped; their types
+    /// follow from the node's operands.
+    fn body_input_hints(
+        &self,
+        n: &proto::NodeProto,
+        inputs: &[Option<ValueId>],
+    ) -> Option<Vec<Option<Type>>> {
+        let ty = |v: &Option<ValueId>| v.map(|v| self.m.ty(v).clone());
+        match (canon_domain(n.domain()).as_str(), n.op_type()) {
+            ("ai.onnx", "Loop") => {
+                let mut h = vec![
+                    Some(Type::tensor(ElemType::I64, vec![])),
+                    Some(Type::tensor(ElemType::Bool, vec![])),
+                ];
+                h.extend(inputs.iter().skip(2).map(ty));
+                Some(h)
+            }
+            ("ai.onnx", "Scan") => {
+                let scan_inputs = n
+                    .attribute
+                    .iter()
+                    .find(|a| a.name() == "num_scan_inputs")
+                    .map_or(0, |a| a.i()) as usize;
+                // Scan-8 has a leading sequence_lens operand.
+                let ops = if self.opset_of(n.domain()) < 9 {
+                    inputs.get(1..).unwrap_or(&[])
+                } else {
+                    inputs
+                };
+                let states = ops.len().saturating_sub(scan_inputs);
+                Some(
+                    ops.iter()
+                        .enumerate()
+                        .map(|(i, v)| if i < states { ty(v) } else { None })
+                        .collect(),
+                )
+            }
+            _ => None,
+        }
+    }
+
     fn convert_attr(&mut self, a: &proto::AttributeProto) -> Result<Attr, String> {
         let t = |e: TensorError| e.to_string();
         let string = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -310,8 +407,13 @@ impl<'a> Importer<'a> {
                 Attr::Tensor(tensor::shared_tensor(tp, &self.root).map_err(t)?)
             }
             AttributeType::SparseTensor => {
-                let sp = a.sparse_tensor.as_ref().ok_or("sparse tensor attribute is empty")?;
-                Attr::Tensor(Arc::new(tensor::sparse_to_dense(sp, &self.root).map_err(t)?))
+                let sp = a
+                    .sparse_tensor
+                    .as_ref()
+                    .ok_or("sparse tensor attribute is empty")?;
+                Attr::Tensor(Arc::new(
+                    tensor::sparse_to_dense(sp, &self.root).map_err(t)?,
+                ))
             }
             AttributeType::Graph => {
                 let g = a.g.as_ref().ok_or("graph attribute has no graph")?;
@@ -345,8 +447,15 @@ impl<'a> Importer<'a> {
                     .collect::<Result<_, _>>()
                     .map_err(t)?,
             ),
-            AttributeType::SparseTensors => return Err(format!("attribute `{}`: lists of sparse tensors are not supported", a.name())),
-            AttributeType::Undefined => return Err(format!("attribute `{}` has no type and no value", a.name())),
+            AttributeType::SparseTensors => {
+                return Err(format!(
+                    "attribute `{}`: lists of sparse tensors are not supported",
+                    a.name()
+                ))
+            }
+            AttributeType::Undefined => {
+                return Err(format!("attribute `{}` has no type and no value", a.name()))
+            }
         })
     }
 
@@ -362,14 +471,17 @@ impl<'a> Importer<'a> {
         let call_opset = self.opset_of(call.domain());
         let ctx = || node_context(call, call_opset);
         if self.inline_depth > 32 {
-            return Err(ImportError::new(ctx(), "function calls nest too deeply (recursive function?)"));
+            return Err(ImportError::new(
+                ctx(),
+                "function calls nest too deeply (recursive function?)",
+            ));
         }
         let mut names = HashMap::new();
         for (i, formal) in f.input.iter().enumerate() {
             if let Some(actual) = call.input.get(i).filter(|s| !s.is_empty()) {
-                let id = self
-                    .resolve(actual)
-                    .ok_or_else(|| ImportError::new(ctx(), format!("input `{actual}` is not defined before use")))?;
+                let id = self.resolve(actual).ok_or_else(|| {
+                    ImportError::new(ctx(), format!("input `{actual}` is not defined before use"))
+                })?;
                 names.insert(formal.clone(), id);
             }
         }
@@ -422,11 +534,12 @@ impl<'a> Importer<'a> {
             if actual.is_empty() {
                 continue;
             }
-            let id = outs
-                .get(i)
-                .copied()
-                .flatten()
-                .ok_or_else(|| ImportError::new(ctx(), format!("function `{}` does not produce output {i}", f.name())))?;
+            let id = outs.get(i).copied().flatten().ok_or_else(|| {
+                ImportError::new(
+                    ctx(),
+                    format!("function `{}` does not produce output {i}", f.name()),
+                )
+            })?;
             // Give the result the caller's name where that name is free.
             let _ = self.m.rename(id, actual);
             self.bind(actual, id);

@@ -25,7 +25,7 @@ pub enum TensorError {
     DataType(i32),
     #[error("negative dimension {0}")]
     NegativeDim(i64),
-    #[error("shape {0:?} is too large ({1} bytes > limit {MAX_TENSOR_BYTES})")]
+    #[error("shape {0:?} is too large: {size} (the limit is {MAX_TENSOR_BYTES} bytes)", size = describe_bytes(*.1))]
     TooLarge(Vec<u64>, u64),
     #[error("{0}")]
     Data(#[from] kiln_ir::tensor::TensorDataError),
@@ -44,6 +44,14 @@ pub enum TensorError {
     EmptyType,
     #[error("{0} types are not supported")]
     UnsupportedType(&'static str),
+}
+
+fn describe_bytes(n: u64) -> String {
+    if n == u64::MAX {
+        "its size overflows 64 bits".to_string()
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 pub fn elem_from_onnx(code: i32) -> Result<ElemType, TensorError> {
@@ -191,7 +199,12 @@ pub fn tensor_from_proto(
     Ok(TensorData::from_bytes(elem, shape, bytes)?)
 }
 
-fn check_count(field: &'static str, got: usize, expected: u64, shape: &[u64]) -> Result<(), TensorError> {
+fn check_count(
+    field: &'static str,
+    got: usize,
+    expected: u64,
+    shape: &[u64],
+) -> Result<(), TensorError> {
     if got as u64 != expected {
         return Err(TensorError::Count {
             field,
@@ -216,31 +229,59 @@ fn read_external(
     for kv in &t.external_data {
         match kv.key() {
             "location" => location = Some(kv.value().to_string()),
-            "offset" => offset = kv.value().parse().map_err(|_| ext(format!("bad offset `{}`", kv.value())))?,
-            "length" => length = Some(kv.value().parse::<u64>().map_err(|_| ext(format!("bad length `{}`", kv.value())))?),
+            "offset" => {
+                offset = kv
+                    .value()
+                    .parse()
+                    .map_err(|_| ext(format!("bad offset `{}`", kv.value())))?
+            }
+            "length" => {
+                length = Some(
+                    kv.value()
+                        .parse::<u64>()
+                        .map_err(|_| ext(format!("bad length `{}`", kv.value())))?,
+                )
+            }
             _ => {}
         }
     }
     let location = location.ok_or_else(|| ext("no `location` key".into()))?;
     let rel = Path::new(&location);
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(ext(format!("location `{location}` leaves the model's folder")));
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(ext(format!(
+            "location `{location}` leaves the model's folder"
+        )));
     }
-    let dir = root
-        .0
-        .ok_or_else(|| ext(format!("`{location}`: the model was not loaded from a file, so external data has no folder")))?;
+    let dir = root.0.ok_or_else(|| {
+        ext(format!(
+            "`{location}`: the model was not loaded from a file, so external data has no folder"
+        ))
+    })?;
     let path = dir.join(rel);
     // Symlinks could still lead out of the folder: compare canonical paths.
-    let canon_dir = dir.canonicalize().map_err(|e| ext(format!("{}: {e}", dir.display())))?;
-    let canon = path.canonicalize().map_err(|e| ext(format!("{}: {e}", path.display())))?;
+    let canon_dir = dir
+        .canonicalize()
+        .map_err(|e| ext(format!("{}: {e}", dir.display())))?;
+    let canon = path
+        .canonicalize()
+        .map_err(|e| ext(format!("{}: {e}", path.display())))?;
     if !canon.starts_with(&canon_dir) {
-        return Err(ext(format!("location `{location}` leaves the model's folder")));
+        return Err(ext(format!(
+            "location `{location}` leaves the model's folder"
+        )));
     }
     let len = length.unwrap_or(nbytes);
     if len != nbytes {
-        return Err(ext(format!("`{location}`: length {len} but the tensor needs {nbytes} bytes")));
+        return Err(ext(format!(
+            "`{location}`: length {len} but the tensor needs {nbytes} bytes"
+        )));
     }
-    let mut f = std::fs::File::open(&canon).map_err(|e| ext(format!("{}: {e}", canon.display())))?;
+    let mut f =
+        std::fs::File::open(&canon).map_err(|e| ext(format!("{}: {e}", canon.display())))?;
     let size = f.metadata().map_err(|e| ext(e.to_string()))?.len();
     if offset.checked_add(len).is_none_or(|end| end > size) {
         return Err(ext(format!(
@@ -248,7 +289,8 @@ fn read_external(
             offset.saturating_add(len)
         )));
     }
-    f.seek(SeekFrom::Start(offset)).map_err(|e| ext(e.to_string()))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| ext(e.to_string()))?;
     let mut buf = vec![0u8; len as usize];
     f.read_exact(&mut buf).map_err(|e| ext(e.to_string()))?;
     Ok(buf)
@@ -263,10 +305,13 @@ pub fn sparse_to_dense(
     let values = tensor_from_proto(values, root)?;
     let elem = values.elem;
     let shape = dims_u64(&s.dims)?;
-    let n = kiln_ir::tensor::shape_numel(&shape).ok_or_else(|| TensorError::TooLarge(shape.clone(), u64::MAX))?;
+    let n = kiln_ir::tensor::shape_numel(&shape)
+        .ok_or_else(|| TensorError::TooLarge(shape.clone(), u64::MAX))?;
     let nnz = values.numel();
     let idx = match &s.indices {
-        Some(i) => tensor_from_proto(i, root)?.to_i64_vec().ok_or(TensorError::UnsupportedType("sparse index"))?,
+        Some(i) => tensor_from_proto(i, root)?
+            .to_i64_vec()
+            .ok_or(TensorError::UnsupportedType("sparse index"))?,
         None => vec![],
     };
     // Linear indices: either [NNZ] already, or [NNZ, rank] coordinates.
@@ -274,10 +319,19 @@ pub fn sparse_to_dense(
         idx.iter().map(|&i| i as u64).collect()
     } else if idx.len() as u64 == nnz * shape.len() as u64 {
         idx.chunks(shape.len().max(1))
-            .map(|c| c.iter().zip(&shape).fold(0u64, |acc, (&i, &d)| acc * d + i as u64))
+            .map(|c| {
+                c.iter()
+                    .zip(&shape)
+                    .fold(0u64, |acc, (&i, &d)| acc * d + i as u64)
+            })
             .collect()
     } else {
-        return Err(TensorError::Count { field: "sparse indices", got: idx.len(), expected: nnz, shape });
+        return Err(TensorError::Count {
+            field: "sparse indices",
+            got: idx.len(),
+            expected: nnz,
+            shape,
+        });
     };
     if linear.iter().any(|&i| i >= n) {
         return Err(TensorError::External("sparse index out of range".into()));
@@ -314,8 +368,15 @@ pub fn type_from_proto(t: &proto::TypeProto) -> Result<Type, TensorError> {
     match t.value.as_ref().ok_or(TensorError::EmptyType)? {
         type_proto::Value::TensorType(tt) => {
             let elem = elem_from_onnx(tt.elem_type())?;
-            let shape = tt.shape.as_ref().map(|s| s.dim.iter().map(dim_from_proto).collect());
-            Ok(Type::Tensor(TensorType { elem, shape, quant: None }))
+            let shape = tt
+                .shape
+                .as_ref()
+                .map(|s| s.dim.iter().map(dim_from_proto).collect());
+            Ok(Type::Tensor(TensorType {
+                elem,
+                shape,
+                quant: None,
+            }))
         }
         type_proto::Value::SequenceType(s) => {
             let inner = s.elem_type.as_deref().ok_or(TensorError::EmptyType)?;
@@ -330,12 +391,17 @@ pub fn type_from_proto(t: &proto::TypeProto) -> Result<Type, TensorError> {
             let v = m.value_type.as_deref().ok_or(TensorError::EmptyType)?;
             Ok(Type::Map(key, Box::new(type_from_proto(v)?)))
         }
-        type_proto::Value::SparseTensorType(_) => Err(TensorError::UnsupportedType("sparse tensor")),
+        type_proto::Value::SparseTensorType(_) => {
+            Err(TensorError::UnsupportedType("sparse tensor"))
+        }
         type_proto::Value::OpaqueType(_) => Err(TensorError::UnsupportedType("opaque")),
     }
 }
 
 /// Shared constant data from a TensorProto.
-pub fn shared_tensor(t: &proto::TensorProto, root: &ExternalDataRoot<'_>) -> Result<Arc<TensorData>, TensorError> {
+pub fn shared_tensor(
+    t: &proto::TensorProto,
+    root: &ExternalDataRoot<'_>,
+) -> Result<Arc<TensorData>, TensorError> {
     tensor_from_proto(t, root).map(Arc::new)
 }

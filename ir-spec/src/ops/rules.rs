@@ -2384,7 +2384,13 @@ fn loop_(c: &InferCtx) -> R {
     for i in 0..n {
         let bt = &body[1 + i];
         out.push(match c.input(2 + i) {
+            // An optional may enter the loop and its payload come back
+            // (ONNX's test_loop16_seq_none): the result is the body's type.
             Some(init) => join_types(init, bt)
+                .or_else(|| match init {
+                    Type::Optional(x) => join_types(x, bt),
+                    _ => None,
+                })
                 .ok_or_else(|| err(format!("loop-carried value {i} changes type")))?,
             None => bt.clone(),
         });

@@ -36,6 +36,7 @@ pub fn parse_module(src: &str) -> Result<Module, ParseError> {
         visible: HashMap::new(),
         scope: Vec::new(),
         depth: 0,
+        prev_end: 0,
     };
     p.expect_kw("module")?;
     let name = match p.bump()? {
@@ -77,6 +78,9 @@ struct Parser<'a> {
     /// Names in scope, in definition order (regions truncate it on exit).
     scope: Vec<String>,
     depth: usize,
+    /// Byte offset just past the last consumed token (for spans that end
+    /// on it rather than on the lookahead).
+    prev_end: usize,
 }
 
 fn describe(t: &Tok) -> String {
@@ -97,6 +101,7 @@ impl Parser<'_> {
 
     fn bump(&mut self) -> PResult<Token> {
         let next = self.lex.next_token()?;
+        self.prev_end = self.tok.span.end;
         Ok(std::mem::replace(&mut self.tok, next))
     }
 
@@ -722,7 +727,7 @@ impl Parser<'_> {
                     .len() as u64;
                 let need = shape_numel(&shape);
                 if need != Some(count) {
-                    let span = t.span.start..self.tok.span.start.max(t.span.end);
+                    let span = t.span.start..self.prev_end.max(t.span.end);
                     let msg = match need {
                         Some(n) => {
                             format!("dense data has {count} values but {} needs {n}", ty_text())
