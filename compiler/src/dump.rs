@@ -44,12 +44,21 @@ fn float_json(f: f64) -> Value {
         .unwrap_or_else(|| json!(f.to_string()))
 }
 
+/// An f32 as the JSON number with its shortest round-trip digits (not the
+/// f64 widening's `0.10000000149011612`); NaN and infinities as strings.
+fn f32_json(f: f32) -> Value {
+    float_json(f.to_string().parse::<f64>().unwrap_or(f as f64))
+}
+
 /// A constant: its type, and its values when small enough to be useful.
 fn tensor_json(t: &TensorData, elide: u64) -> Value {
     let mut o = json!({ "elem": t.elem.name(), "shape": t.shape, "bytes": t.byte_size() });
     if t.numel() <= elide {
+        let narrow = !matches!(t.elem, kiln_ir::ElemType::F64);
         if let Some(v) = t.to_f64_vec().filter(|_| t.elem.is_float()) {
-            o["values"] = Value::Array(v.into_iter().map(float_json).collect());
+            o["values"] = Value::Array(
+                v.into_iter().map(|x| if narrow { f32_json(x as f32) } else { float_json(x) }).collect(),
+            );
         } else if let Some(v) = t.to_i64_vec() {
             o["values"] = json!(v);
         } else if let kiln_ir::Payload::Strings(s) = &t.payload {
@@ -68,13 +77,13 @@ fn tensor_json(t: &TensorData, elide: u64) -> Value {
 fn attr_json(m: &Module, a: &Attr, elide: u64) -> Value {
     match a {
         Attr::Int(i) => json!(i),
-        Attr::Float(f) => float_json(*f as f64),
+        Attr::Float(f) => f32_json(*f),
         Attr::String(s) => json!(s),
         Attr::Tensor(t) => json!({ "tensor": tensor_json(t, elide) }),
         Attr::Graph(r) => json!({ "graph": region_json(m, r, elide) }),
         Attr::Type(t) => json!({ "type": type_json(t) }),
         Attr::Ints(v) => json!(v),
-        Attr::Floats(v) => Value::Array(v.iter().map(|f| float_json(*f as f64)).collect()),
+        Attr::Floats(v) => Value::Array(v.iter().map(|f| f32_json(*f)).collect()),
         Attr::Strings(v) => json!(v),
         Attr::Tensors(v) => {
             json!({ "tensors": v.iter().map(|t| tensor_json(t, elide)).collect::<Vec<_>>() })

@@ -6,6 +6,10 @@
 //! - [`infer`]: type inference while importing.
 //! - [`dump`]: JSON and Graphviz forms of a module.
 
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod dump;
 pub mod infer;
 pub mod load;

@@ -56,9 +56,15 @@ pub fn load_model(path: &Path) -> Result<Module, LoadError> {
     let shown = path.display().to_string();
     let m = match format_of(&path) {
         Some(ModelFormat::Onnx) => {
-            crate::onnx::import_model_file(&path).map_err(|err| LoadError::Import {
+            let bytes = std::fs::read(&path).map_err(|err| LoadError::Io {
                 path: shown.clone(),
                 err,
+            })?;
+            crate::onnx::import_model_bytes(&bytes, path.parent()).map_err(|err| {
+                LoadError::Import {
+                    path: shown.clone(),
+                    err,
+                }
             })?
         }
         Some(ModelFormat::Text) => {

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Kiln, a deep-learning graph compiler: import ONNX or Kiln IR, optimize,
 /// lower to native code, and inspect every step.
 #[derive(Parser)]
-#[command(name = "kiln", version, about, long_about = None)]
+#[command(name = "kiln", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,8 +55,27 @@ struct DumpArgs {
     no_elide: bool,
 }
 
-fn dump(args: &DumpArgs) -> Result<(), String> {
-    let m = kiln_compiler::load::load_model(&args.model).map_err(|e| e.to_string())?;
+/// A failure to report: parse errors arrive already rendered (source line
+/// and caret); everything else is one paragraph after `error: `.
+struct Failure(String);
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure(format!("error: {}", s.trim_end()))
+    }
+}
+
+impl From<kiln_compiler::LoadError> for Failure {
+    fn from(e: kiln_compiler::LoadError) -> Failure {
+        match e {
+            kiln_compiler::LoadError::Parse { rendered, .. } => Failure(rendered.trim_end().to_string()),
+            other => Failure::from(other.to_string()),
+        }
+    }
+}
+
+fn dump(args: &DumpArgs) -> Result<(), Failure> {
+    let m = kiln_compiler::load::load_model(&args.model)?;
     let threshold = if args.no_elide {
         None
     } else {
@@ -78,12 +97,12 @@ fn dump(args: &DumpArgs) -> Result<(), String> {
         DumpFormat::Dot => kiln_compiler::dump::module_dot(&m),
     };
     match &args.output {
-        Some(p) => std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display())),
+        Some(p) => Ok(std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?),
         None => {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`kiln dump m | head`) is not an error worth a message.
             match out.write_all(text.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}")),
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}").into()),
                 _ => Ok(()),
             }
         }
@@ -97,8 +116,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("error: {}", msg.trim_end());
+        Err(Failure(msg)) => {
+            eprintln!("{msg}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,119 @@
+//! The `kiln` binary as users meet it: exit codes, output formats, files,
+//! and error text on stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
+}
+
+fn tiny_cnn() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models/tiny_cnn").display().to_string()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn dump_text_then_reparse_reprints_identically() {
+    let out = kiln(&["dump", &tiny_cnn()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("module @tiny_cnn opset(ai.onnx = 17) {"));
+    assert!(text.contains("= Conv(%image, %conv1.w, %conv1.b)"));
+    let kir = tmp("tiny.kir");
+    let wrote = kiln(&["dump", &tiny_cnn(), "-o", kir.to_str().unwrap_or_default()]);
+    assert!(wrote.status.success() && wrote.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&kir).unwrap_or_default(), text);
+    let again = kiln(&["dump", kir.to_str().unwrap_or_default()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stdout(&again), text);
+}
+
+#[test]
+fn dump_no_elide_keeps_every_value_and_still_round_trips() {
+    let full = stdout(&kiln(&["dump", &tiny_cnn(), "--no-elide"]));
+    assert!(!full.contains("elided"));
+    let kir = tmp("full.kir");
+    std::fs::write(&kir, &full).expect("write");
+    assert_eq!(stdout(&kiln(&["dump", kir.to_str().unwrap_or_default(), "--no-elide"])), full);
+}
+
+#[test]
+fn dump_json_is_machine_readable() {
+    let out = kiln(&["dump", &tiny_cnn(), "--format", "json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(v["name"], "tiny_cnn");
+    assert_eq!(v["opsets"]["ai.onnx"], 17);
+    let nodes = v["body"]["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 9);
+    assert_eq!(nodes[0]["op"], "Conv");
+    assert_eq!(nodes[0]["attrs"]["pads"], serde_json::json!([1, 1, 1, 1]));
+    assert_eq!(nodes[0]["outputs"][0]["type"]["shape"], serde_json::json!(["N", 8, 28, 28]));
+    assert_eq!(v["body"]["inputs"][0]["type"]["elem"], "f32");
+}
+
+#[test]
+fn dump_dot_is_a_digraph_with_every_op() {
+    let out = kiln(&["dump", &tiny_cnn(), "--format", "dot"]);
+    assert!(out.status.success());
+    let dot = stdout(&out);
+    assert!(dot.starts_with("digraph \"tiny_cnn\" {") && dot.trim_end().ends_with('}'));
+    for op in ["Conv", "Relu", "MaxPool", "GlobalAveragePool", "Flatten", "Gemm", "Softmax"] {
+        assert!(dot.contains(&format!("label=\"{op}\\n")), "{op} missing");
+    }
+    assert!(dot.contains("->"));
+}
+
+#[test]
+fn text_typo_reports_line_col_and_caret() {
+    let kir = tmp("typo.kir");
+    std::fs::write(&kir, "module @m opset(ai.onnx = 17) {\n  input %x: f32[2]\n  %y = Relu(%x : f32[2]\n  return %y\n}\n")
+        .expect("write");
+    let out = kiln(&["dump", kir.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("typo.kir:3:16"), "{err}");
+    assert!(err.contains("%y = Relu(%x : f32[2]"), "{err}");
+    assert!(err.contains("expected `,` or `)`, found `:`"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let missing = kiln(&["dump", "/nonexistent/model.onnx"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).starts_with("error: /nonexistent/model.onnx: "));
+
+    let junk = tmp("junk.onnx");
+    std::fs::write(&junk, b"\x0a\xff\xff\xff\xff\x0f").expect("write");
+    let out = kiln(&["dump", junk.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a valid ONNX protobuf"), "{}", stderr(&out));
+
+    let unknown = kiln(&["dump", "Cargo.toml"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("unknown model format"));
+}
+
+#[test]
+fn help_describes_every_subcommand() {
+    let out = kiln(&["--help"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("dump"));
+    let dump = kiln(&["dump", "--help"]);
+    assert!(stdout(&dump).contains("--format"));
+}
