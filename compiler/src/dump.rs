@@ -57,7 +57,15 @@ fn tensor_json(t: &TensorData, elide: u64) -> Value {
         let narrow = !matches!(t.elem, kiln_ir::ElemType::F64);
         if let Some(v) = t.to_f64_vec().filter(|_| t.elem.is_float()) {
             o["values"] = Value::Array(
-                v.into_iter().map(|x| if narrow { f32_json(x as f32) } else { float_json(x) }).collect(),
+                v.into_iter()
+                    .map(|x| {
+                        if narrow {
+                            f32_json(x as f32)
+                        } else {
+                            float_json(x)
+                        }
+                    })
+                    .collect(),
             );
         } else if let Some(v) = t.to_i64_vec() {
             o["values"] = json!(v);

@@ -24,7 +24,7 @@ pub enum LoadError {
     #[error("{path}: the model is invalid: {err}")]
     Verify {
         path: String,
-        err: kiln_ir::verify::VerifyError,
+        err: Box<kiln_ir::verify::VerifyError>,
     },
     #[error("{0}: unknown model format (expected a .onnx or .kir file)")]
     Format(String),
@@ -76,7 +76,10 @@ pub fn load_model(path: &Path) -> Result<Module, LoadError> {
         }
         None => return Err(LoadError::Format(shown)),
     };
-    kiln_ir::verify::verify(&m).map_err(|err| LoadError::Verify { path: shown, err })?;
+    kiln_ir::verify::verify(&m).map_err(|err| LoadError::Verify {
+        path: shown,
+        err: Box::new(err),
+    })?;
     Ok(m)
 }
 
@@ -97,7 +100,7 @@ pub fn load_onnx_bytes(bytes: &[u8], name: &str) -> Result<Module, LoadError> {
     })?;
     kiln_ir::verify::verify(&m).map_err(|err| LoadError::Verify {
         path: name.to_string(),
-        err,
+        err: Box::new(err),
     })?;
     Ok(m)
 }

@@ -68,7 +68,9 @@ impl From<String> for Failure {
 impl From<kiln_compiler::LoadError> for Failure {
     fn from(e: kiln_compiler::LoadError) -> Failure {
         match e {
-            kiln_compiler::LoadError::Parse { rendered, .. } => Failure(rendered.trim_end().to_string()),
+            kiln_compiler::LoadError::Parse { rendered, .. } => {
+                Failure(rendered.trim_end().to_string())
+            }
             other => Failure::from(other.to_string()),
         }
     }
@@ -102,7 +104,9 @@ fn dump(args: &DumpArgs) -> Result<(), Failure> {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`kiln dump m | head`) is not an error worth a message.
             match out.write_all(text.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}").into()),
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(format!("stdout: {e}").into())
+                }
                 _ => Ok(()),
             }
         }

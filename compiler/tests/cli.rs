@@ -5,11 +5,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln")
 }
 
 fn tiny_cnn() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models/tiny_cnn").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/models/tiny_cnn")
+        .display()
+        .to_string()
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -48,7 +54,14 @@ fn dump_no_elide_keeps_every_value_and_still_round_trips() {
     assert!(!full.contains("elided"));
     let kir = tmp("full.kir");
     std::fs::write(&kir, &full).expect("write");
-    assert_eq!(stdout(&kiln(&["dump", kir.to_str().unwrap_or_default(), "--no-elide"])), full);
+    assert_eq!(
+        stdout(&kiln(&[
+            "dump",
+            kir.to_str().unwrap_or_default(),
+            "--no-elide"
+        ])),
+        full
+    );
 }
 
 #[test]
@@ -62,7 +75,10 @@ fn dump_json_is_machine_readable() {
     assert_eq!(nodes.len(), 9);
     assert_eq!(nodes[0]["op"], "Conv");
     assert_eq!(nodes[0]["attrs"]["pads"], serde_json::json!([1, 1, 1, 1]));
-    assert_eq!(nodes[0]["outputs"][0]["type"]["shape"], serde_json::json!(["N", 8, 28, 28]));
+    assert_eq!(
+        nodes[0]["outputs"][0]["type"]["shape"],
+        serde_json::json!(["N", 8, 28, 28])
+    );
     assert_eq!(v["body"]["inputs"][0]["type"]["elem"], "f32");
 }
 
@@ -72,7 +88,15 @@ fn dump_dot_is_a_digraph_with_every_op() {
     assert!(out.status.success());
     let dot = stdout(&out);
     assert!(dot.starts_with("digraph \"tiny_cnn\" {") && dot.trim_end().ends_with('}'));
-    for op in ["Conv", "Relu", "MaxPool", "GlobalAveragePool", "Flatten", "Gemm", "Softmax"] {
+    for op in [
+        "Conv",
+        "Relu",
+        "MaxPool",
+        "GlobalAveragePool",
+        "Flatten",
+        "Gemm",
+        "Softmax",
+    ] {
         assert!(dot.contains(&format!("label=\"{op}\\n")), "{op} missing");
     }
     assert!(dot.contains("->"));
@@ -102,7 +126,11 @@ fn bad_inputs_fail_cleanly() {
     std::fs::write(&junk, b"\x0a\xff\xff\xff\xff\x0f").expect("write");
     let out = kiln(&["dump", junk.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not a valid ONNX protobuf"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a valid ONNX protobuf"),
+        "{}",
+        stderr(&out)
+    );
 
     let unknown = kiln(&["dump", "Cargo.toml"]);
     assert_eq!(unknown.status.code(), Some(1));

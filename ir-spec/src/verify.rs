@@ -13,7 +13,7 @@ use crate::attr::AttrKind;
 use crate::module::{Module, Node, Region, ValueId};
 use crate::ops::{self, InferError, Known};
 use crate::tensor::{Payload, TensorData};
-use crate::types::{types_compatible, Dim, Type};
+use crate::types::{types_compatible, Type};
 
 /// Where an error is: the region path (`main`, `main/3:Loop "l".body`),
 /// and the node within it when the error is about a node.
@@ -107,19 +107,7 @@ pub struct VerifyError {
 /// Print a type for messages: `f32[N,3,?]`, `f32[*]` (unranked),
 /// `seq<...>`, `opt<...>`, `map<k,...>`.
 pub fn type_str(t: &Type) -> String {
-    match t {
-        Type::Tensor(tt) => match &tt.shape {
-            None => format!("{}[*]", tt.elem),
-            Some(s) => format!(
-                "{}[{}]",
-                tt.elem,
-                s.iter().map(Dim::to_string).collect::<Vec<_>>().join(",")
-            ),
-        },
-        Type::Sequence(t) => format!("seq<{}>", type_str(t)),
-        Type::Optional(t) => format!("opt<{}>", type_str(t)),
-        Type::Map(k, v) => format!("map<{k},{}>", type_str(v)),
-    }
+    crate::text::print_type(t)
 }
 
 /// Verify a module; the first error found (in program order).
@@ -605,7 +593,7 @@ mod tests {
     use super::*;
     use crate::attr::Attr;
     use crate::ops::tests::f;
-    use crate::types::{ElemType, TensorType};
+    use crate::types::{Dim, ElemType, TensorType};
 
     fn unranked() -> Type {
         Type::Tensor(TensorType::unranked(ElemType::F32))

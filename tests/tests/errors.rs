@@ -185,3 +185,28 @@ fn text_wrong_result_type_is_a_verifier_error() {
         "module @m opset(ai.onnx = 17) {\n  input %x: f32[2,3]\n  %y = Transpose(%x) : f32[2,3]\n  return %y\n}\n"
     ));
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    fn seed_model() -> Vec<u8> {
+        let path = kiln_tests::repo_root().join("tests/models/tiny_cnn/model.onnx");
+        std::fs::read(path).expect("tiny_cnn model")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Corrupted models (bytes overwritten at random places) import or
+        /// fail with an error; they never panic or allocate absurdly.
+        #[test]
+        fn corrupted_models_never_panic(edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut bytes = seed_model();
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            let _ = kiln_compiler::load::load_onnx_bytes(&bytes, "fuzz.onnx");
+        }
+    }
+}

@@ -260,10 +260,7 @@ impl<'a> Importer<'a> {
 
     fn opset_of(&self, domain: &str) -> i64 {
         let d = canon_domain(domain);
-        self.opsets
-            .get(&d)
-            .copied()
-            .unwrap_or(if d == "ai.onnx" { 1 } else { 1 })
+        self.opsets.get(&d).copied().unwrap_or(1)
     }
 
     fn import_node(

@@ -320,9 +320,14 @@ pub fn sparse_to_dense(
     } else if idx.len() as u64 == nnz * shape.len() as u64 {
         idx.chunks(shape.len().max(1))
             .map(|c| {
+                // An invalid coordinate maps past the end, caught below.
                 c.iter()
                     .zip(&shape)
-                    .fold(0u64, |acc, (&i, &d)| acc * d + i as u64)
+                    .try_fold(0u64, |acc, (&i, &d)| {
+                        let i = u64::try_from(i).ok().filter(|&i| i < d)?;
+                        acc.checked_mul(d)?.checked_add(i)
+                    })
+                    .unwrap_or(u64::MAX)
             })
             .collect()
     } else {
