@@ -1,0 +1,230 @@
+//! The reference interpreter: executes a module node by node with the
+//! kernels of [`kernels`], written for clarity and exactness, not speed.
+//!
+//! Values live in an environment indexed by `ValueId` (the module's arena),
+//! so nested regions read the values of enclosing regions directly, as the
+//! IR's scoping says they may. Graph inputs are checked against their
+//! declared types, binding symbolic dims on first sight; kernel results are
+//! checked against the declared result types, so a kernel bug surfaces at
+//! the node that has it.
+
+pub mod kernels;
+
+use std::collections::HashMap;
+use kiln_ir::{Dim, Module, Node, Region, Type, ValueId};
+
+use crate::tensor::Tensor;
+use crate::value::Value;
+
+/// A run-time failure, naming the node (op and source name) that failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{node}: {message}")]
+pub struct InterpError {
+    /// `Conv "conv1"`, or `graph input %x`, ...
+    pub node: String,
+    pub message: String,
+}
+
+impl InterpError {
+    pub fn new(node: impl Into<String>, message: impl Into<String>) -> InterpError {
+        InterpError { node: node.into(), message: message.into() }
+    }
+}
+
+/// Values by `ValueId`.
+pub struct Env {
+    values: Vec<Option<Value>>,
+}
+
+impl Env {
+    pub fn get(&self, id: ValueId) -> Option<&Value> {
+        self.values.get(id.index()).and_then(|v| v.as_ref())
+    }
+
+    pub fn set(&mut self, id: ValueId, v: Value) {
+        if let Some(slot) = self.values.get_mut(id.index()) {
+            *slot = Some(v);
+        }
+    }
+}
+
+/// An interpreter for one module; `run` may be called many times.
+pub struct Interpreter<'m> {
+    m: &'m Module,
+    /// Every constant of every region, converted once.
+    consts: HashMap<ValueId, Result<Value, String>>,
+}
+
+impl<'m> Interpreter<'m> {
+    pub fn new(m: &'m Module) -> Interpreter<'m> {
+        let mut consts = HashMap::new();
+        fn collect(m: &Module, r: &Region, out: &mut HashMap<ValueId, Result<Value, String>>) {
+            for &c in &r.constants {
+                let v = match m.constant(c) {
+                    Some(d) => Tensor::from_data(d)
+                        .map(Value::tensor)
+                        .map_err(|e| format!("constant %{}: {e}", m.name(c))),
+                    None => Err(format!("constant %{} has no data", m.name(c))),
+                };
+                out.insert(c, v);
+            }
+            for n in &r.nodes {
+                for (_, sub) in n.regions() {
+                    collect(m, sub, out);
+                }
+            }
+        }
+        collect(m, &m.body, &mut consts);
+        Interpreter { m, consts }
+    }
+
+    pub fn module(&self) -> &'m Module {
+        self.m
+    }
+
+    /// Run the module on inputs given by graph-input name; returns the
+    /// graph outputs in order.
+    pub fn run(&self, inputs: &HashMap<String, Value>) -> Result<Vec<Value>, InterpError> {
+        let mut env = Env { values: vec![None; self.m.num_values()] };
+        let mut symbols: HashMap<String, u64> = HashMap::new();
+        let mut args = Vec::new();
+        for &i in &self.m.body.inputs {
+            let name = self.m.name(i);
+            let who = || format!("graph input %{name}");
+            let v = inputs
+                .get(name)
+                .ok_or_else(|| InterpError::new(who(), "no value given"))?
+                .clone();
+            check_type(self.m.ty(i), &v, &mut symbols).map_err(|e| InterpError::new(who(), e))?;
+            args.push(v);
+        }
+        if let Some(extra) = inputs.keys().find(|k| self.m.body.inputs.iter().all(|&i| self.m.name(i) != k.as_str())) {
+            return Err(InterpError::new(format!("input `{extra}`"), "the model has no such input"));
+        }
+        self.run_region(&self.m.body, &mut env, args)
+    }
+
+    /// Execute a region with the given input values; returns its outputs.
+    pub fn run_region(&self, r: &Region, env: &mut Env, args: Vec<Value>) -> Result<Vec<Value>, InterpError> {
+        if args.len() != r.inputs.len() {
+            return Err(InterpError::new(
+                "region",
+                format!("takes {} inputs, got {}", r.inputs.len(), args.len()),
+            ));
+        }
+        for (&i, a) in r.inputs.iter().zip(args) {
+            env.set(i, a);
+        }
+        for &c in &r.constants {
+            match self.consts.get(&c) {
+                Some(Ok(v)) => env.set(c, v.clone()),
+                Some(Err(e)) => return Err(InterpError::new("constants", e.clone())),
+                None => return Err(InterpError::new("constants", format!("%{} was not loaded", self.m.name(c)))),
+            }
+        }
+        for node in &r.nodes {
+            self.run_node(node, env)?;
+        }
+        r.outputs
+            .iter()
+            .map(|&o| {
+                env.get(o)
+                    .cloned()
+                    .ok_or_else(|| InterpError::new("region output", format!("%{} has no value", self.m.name(o))))
+            })
+            .collect()
+    }
+
+    fn run_node(&self, node: &Node, env: &mut Env) -> Result<(), InterpError> {
+        let fail = |msg: String| InterpError::new(node.describe(), msg);
+        let kernel = kernels::lookup(&node.op)
+            .ok_or_else(|| fail(format!("the interpreter has no kernel for `{}`", node.op)))?;
+        let inputs: Vec<Option<Value>> = node
+            .inputs
+            .iter()
+            .map(|i| match i {
+                None => Ok(None),
+                Some(v) => env
+                    .get(*v)
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| fail(format!("operand %{} has no value", self.m.name(*v)))),
+            })
+            .collect::<Result<_, _>>()?;
+        let outputs = {
+            let mut cx = kernels::Ctx { interp: self, env, node };
+            kernel(&mut cx, &inputs).map_err(|e| match e {
+                kernels::KernelError::Msg(m) => fail(m),
+                kernels::KernelError::Nested(inner) => inner,
+            })?
+        };
+        if outputs.len() < node.outputs.len() {
+            return Err(fail(format!("kernel gave {} results, the node has {}", outputs.len(), node.outputs.len())));
+        }
+        for (&o, v) in node.outputs.iter().zip(outputs) {
+            let mut no_symbols = HashMap::new();
+            check_type(self.m.ty(o), &v, &mut no_symbols)
+                .map_err(|e| fail(format!("result %{}: {e}", self.m.name(o))))?;
+            env.set(o, v);
+        }
+        Ok(())
+    }
+}
+
+/// Does a run-time value fit a declared type? Known dims must match;
+/// symbols bind on first use (when `symbols` is the run's table) and must
+/// then agree.
+fn check_type(ty: &Type, v: &Value, symbols: &mut HashMap<String, u64>) -> Result<(), String> {
+    match (ty, v) {
+        (Type::Tensor(tt), Value::Tensor(t)) => {
+            if tt.elem != t.elem() {
+                return Err(format!("expected {}, got {}", tt.elem, t.elem()));
+            }
+            let Some(dims) = &tt.shape else { return Ok(()) };
+            if dims.len() != t.rank() {
+                return Err(format!("expected rank {}, got shape {:?}", dims.len(), t.shape));
+            }
+            for (i, (d, &n)) in dims.iter().zip(&t.shape).enumerate() {
+                match d {
+                    Dim::Known(k) if *k != n as u64 => {
+                        return Err(format!("dim {i} is {n}, expected {k} (shape {:?})", t.shape))
+                    }
+                    Dim::Sym(e) => {
+                        let names: Vec<&str> = e.symbols().collect();
+                        if let [single] = names[..] {
+                            if e.to_string() == single {
+                                match symbols.get(single) {
+                                    Some(&b) if b != n as u64 => {
+                                        return Err(format!("dim {i} is {n}, but `{single}` is {b} elsewhere"))
+                                    }
+                                    _ => {
+                                        symbols.insert(single.to_string(), n as u64);
+                                    }
+                                }
+                                continue;
+                            }
+                        }
+                        if let Some(want) = e.eval(&|s| symbols.get(s).map(|&x| x as i64)) {
+                            if want != n as i64 {
+                                return Err(format!("dim {i} is {n}, expected {e} = {want}"));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        (Type::Sequence(inner), Value::Sequence(items)) => {
+            items.iter().try_for_each(|x| check_type(inner, x, &mut HashMap::new()))
+        }
+        (Type::Optional(inner), Value::Optional(x)) => match x {
+            Some(x) => check_type(inner, x, &mut HashMap::new()),
+            None => Ok(()),
+        },
+        // An optional type accepts its payload directly (ONNX allows a
+        // tensor where an optional tensor is declared).
+        (Type::Optional(inner), v) => check_type(inner, v, symbols),
+        (t, v) => Err(format!("expected {}, got {}", kiln_ir::print_type(t), v.describe())),
+    }
+}
