@@ -1,0 +1,504 @@
+//! Resampling kernels: Resize, GridSample and AffineGrid, following the
+//! ONNX reference implementation (op_resize.py, op_grid_sample.py,
+//! op_affine_grid.py) step by step, including its coordinate rounding.
+//!
+//! Resize is separable: for each dim and each output coordinate we compute
+//! the taps (clamped source index, weight) once, or "extrapolate" for
+//! tf_crop_and_resize outside the image; an output element is then the
+//! nested weighted sum over the dims' taps, outermost dim first, exactly
+//! as the reference nests its 1-D interpolations.
+
+use super::{bail, map_indices, norm_axes, one, opt_tensor, tensor, Ctx, KResult};
+use crate::tensor::{strides, Data, Tensor};
+use crate::value::Value;
+
+/// Taps of one output coordinate along one dim: `None` means the
+/// extrapolation value.
+type Taps = Option<Vec<(usize, f64)>>;
+
+struct DimPlan {
+    in_size: usize,
+    out_size: usize,
+    scale: f64,
+    /// `scale * in_size` as the reference computes it (f32 when the scale
+    /// came from the f32 `scales` operand).
+    out_width: f64,
+    roi: (f64, f64),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Nearest,
+    Linear,
+    Cubic,
+}
+
+pub fn resize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    let r = x.rank();
+    let roi_in = opt_tensor(inputs, 1)?.filter(|t| !t.is_empty()).map(|t| t.to_f64());
+    let scales_in = opt_tensor(inputs, 2)?.filter(|t| !t.is_empty()).map(|t| t.to_f64());
+    let sizes_in = opt_tensor(inputs, 3)?.filter(|t| !t.is_empty()).map(|t| t.to_i64());
+    let axes = match cx.attr_ints("axes") {
+        Some(a) => norm_axes(a, r)?,
+        None => (0..r).collect(),
+    };
+    let mode = match cx.attr_str("mode").unwrap_or("nearest") {
+        "nearest" => Mode::Nearest,
+        "linear" | "bilinear" | "trilinear" => Mode::Linear,
+        "cubic" | "bicubic" => Mode::Cubic,
+        m => bail!("Resize: unknown mode `{m}`"),
+    };
+    let ctm = cx.attr_str("coordinate_transformation_mode").unwrap_or("half_pixel").to_string();
+    let nearest_mode = cx.attr_str("nearest_mode").unwrap_or("round_prefer_floor").to_string();
+    let cubic_a = cx.attr_float("cubic_coeff_a", -0.75) as f64;
+    let exclude_outside = cx.attr_int("exclude_outside", 0) != 0;
+    let extrapolation = cx.attr_float("extrapolation_value", 0.0) as f64;
+    let policy = cx.attr_str("keep_aspect_ratio_policy").unwrap_or("stretch").to_string();
+    let antialias = cx.attr_int("antialias", 0) != 0 && mode != Mode::Nearest;
+
+    let mut plans: Vec<DimPlan> = x
+        .shape
+        .iter()
+        .map(|&n| DimPlan { in_size: n, out_size: n, scale: 1.0, out_width: n as f64, roi: (0.0, 1.0) })
+        .collect();
+    if let Some(roi) = &roi_in {
+        if roi.len() != 2 * axes.len() {
+            bail!("Resize: roi has {} values for {} axes", roi.len(), axes.len());
+        }
+        for (i, &a) in axes.iter().enumerate() {
+            plans[a].roi = (roi[i], roi[axes.len() + i]);
+        }
+    }
+    match (&scales_in, &sizes_in) {
+        (Some(s), None) => {
+            if s.len() != axes.len() {
+                bail!("Resize: {} scales for {} axes", s.len(), axes.len());
+            }
+            for (i, &a) in axes.iter().enumerate() {
+                let p = &mut plans[a];
+                if !(s[i] > 0.0) {
+                    bail!("Resize: scale {} must be positive", s[i]);
+                }
+                p.scale = s[i];
+                let out = (s[i] * p.in_size as f64).floor();
+                if out > 1e9 {
+                    bail!("Resize: output dim {out} too large");
+                }
+                p.out_size = out as usize;
+                p.out_width = ((s[i] as f32) * (p.in_size as f32)) as f64;
+            }
+        }
+        (None, Some(sz)) => {
+            if sz.len() != axes.len() {
+                bail!("Resize: {} sizes for {} axes", sz.len(), axes.len());
+            }
+            for (i, &a) in axes.iter().enumerate() {
+                if sz[i] < 0 || sz[i] > 1_000_000_000 {
+                    bail!("Resize: bad size {}", sz[i]);
+                }
+                let p = &mut plans[a];
+                if p.in_size == 0 {
+                    bail!("Resize: cannot resize an empty dim");
+                }
+                p.out_size = sz[i] as usize;
+                p.scale = sz[i] as f64 / p.in_size as f64;
+            }
+            if policy != "stretch" {
+                let it = axes.iter().map(|&a| plans[a].scale);
+                let s = match policy.as_str() {
+                    "not_larger" => it.fold(f64::INFINITY, f64::min),
+                    "not_smaller" => it.fold(f64::NEG_INFINITY, f64::max),
+                    p => bail!("Resize: unknown keep_aspect_ratio_policy `{p}`"),
+                };
+                for &a in &axes {
+                    let p = &mut plans[a];
+                    p.scale = s;
+                    p.out_size = (s * p.in_size as f64 + 0.5) as usize;
+                }
+            }
+            for &a in &axes {
+                let p = &mut plans[a];
+                p.out_width = p.scale * p.in_size as f64;
+            }
+        }
+        _ => bail!("Resize: exactly one of scales and sizes must be given"),
+    }
+
+    let shape: Vec<usize> = plans.iter().map(|p| p.out_size).collect();
+    let mut taps: Vec<Vec<Taps>> = Vec::with_capacity(r);
+    for p in &plans {
+        if p.in_size == 0 && p.out_size > 0 {
+            bail!("Resize: cannot resize an empty dim");
+        }
+        let t = (0..p.out_size)
+            .map(|o| {
+                dim_taps(p, o, mode, &ctm, &nearest_mode, cubic_a, antialias, exclude_outside)
+            })
+            .collect::<KResult<Vec<_>>>()?;
+        taps.push(t);
+    }
+    let v = x.to_f64();
+    let st = strides(&x.shape);
+    fn eval(d: usize, base: usize, o: &[usize], taps: &[Vec<Taps>], st: &[usize], v: &[f64], ex: f64) -> f64 {
+        if d == taps.len() {
+            return v[base];
+        }
+        match &taps[d][o[d]] {
+            None => ex,
+            Some(list) => list.iter().map(|&(i, w)| w * eval(d + 1, base + i * st[d], o, taps, st, v, ex)).sum(),
+        }
+    }
+    let out = map_indices(&shape, |o| Ok(eval(0, 0, o, &taps, &st, &v, extrapolation)))?;
+    one(Tensor::new(shape, Data::from_f64(x.elem(), &out))?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dim_taps(
+    p: &DimPlan,
+    x: usize,
+    mode: Mode,
+    ctm: &str,
+    nearest_mode: &str,
+    a: f64,
+    antialias: bool,
+    exclude_outside: bool,
+) -> KResult<Taps> {
+    let xf = x as f64;
+    let inw = p.in_size as f64;
+    let ow = p.out_width;
+    let s = p.scale;
+    let x_ori = match ctm {
+        "align_corners" => {
+            if ow == 1.0 {
+                0.0
+            } else {
+                xf * (inw - 1.0) / (ow - 1.0)
+            }
+        }
+        "asymmetric" => xf / s,
+        "tf_crop_and_resize" => {
+            let (r0, r1) = p.roi;
+            let mut xo = if ow == 1.0 { (r1 - r0) * (inw - 1.0) / 2.0 } else { xf * (r1 - r0) * (inw - 1.0) / (ow - 1.0) };
+            xo += r0 * (inw - 1.0);
+            if xo < 0.0 || xo > inw - 1.0 {
+                return Ok(None);
+            }
+            xo
+        }
+        "pytorch_half_pixel" => {
+            if ow == 1.0 {
+                -0.5
+            } else {
+                (xf + 0.5) / s - 0.5
+            }
+        }
+        "half_pixel" => (xf + 0.5) / s - 0.5,
+        "half_pixel_symmetric" => {
+            let adjustment = p.out_size as f64 / ow;
+            let center = inw / 2.0;
+            let offset = center * (1.0 - adjustment);
+            offset + (xf + 0.5) / s - 0.5
+        }
+        m => bail!("Resize: unknown coordinate_transformation_mode `{m}`"),
+    };
+    let fl = x_ori.floor();
+    let ratio = if x_ori == fl { 1.0 } else { x_ori - fl };
+    let x_int = if x_ori == fl { fl - 1.0 } else { fl };
+    let mut coeffs: Vec<f64> = match mode {
+        Mode::Nearest => {
+            if ratio == 1.0 {
+                vec![0.0, 1.0]
+            } else {
+                let b = match nearest_mode {
+                    "round_prefer_floor" => ratio > 0.5,
+                    "round_prefer_ceil" => ratio >= 0.5,
+                    "floor" => false,
+                    "ceil" => true,
+                    m => bail!("Resize: unknown nearest_mode `{m}`"),
+                };
+                if b {
+                    vec![0.0, 1.0]
+                } else {
+                    vec![1.0, 0.0]
+                }
+            }
+        }
+        Mode::Linear if antialias => {
+            let sc = s.min(1.0);
+            let start = (-1.0 / sc).floor() as i64 + 1;
+            let foot = 2 - 2 * start;
+            let c: Vec<f64> =
+                (start..start + foot).map(|i| (1.0 - ((i as f64 - ratio) * sc).abs()).clamp(0.0, 1.0)).collect();
+            let sum: f64 = c.iter().sum();
+            c.iter().map(|v| v / sum).collect()
+        }
+        Mode::Linear => vec![1.0 - ratio, ratio],
+        Mode::Cubic if antialias => {
+            let sc = s.min(1.0);
+            let i_start = (-2.0 / sc).floor() as i64 + 1;
+            let i_end = 2 - i_start;
+            let f = |x: f64| {
+                let x = x.abs();
+                let (x2, x3) = (x * x, x * x * x);
+                if x <= 1.0 {
+                    (a + 2.0) * x3 - (a + 3.0) * x2 + 1.0
+                } else if x < 2.0 {
+                    a * x3 - 5.0 * a * x2 + 8.0 * a * x - 4.0 * a
+                } else {
+                    0.0
+                }
+            };
+            let c: Vec<f64> = (i_start..i_end).map(|i| f(sc * (i as f64 - ratio))).collect();
+            let sum: f64 = c.iter().sum();
+            c.iter().map(|v| v / sum).collect()
+        }
+        Mode::Cubic => {
+            let r = ratio;
+            vec![
+                ((a * (r + 1.0) - 5.0 * a) * (r + 1.0) + 8.0 * a) * (r + 1.0) - 4.0 * a,
+                ((a + 2.0) * r - (a + 3.0)) * r * r + 1.0,
+                ((a + 2.0) * (1.0 - r) - (a + 3.0)) * (1.0 - r) * (1.0 - r) + 1.0,
+                ((a * ((1.0 - r) + 1.0) - 5.0 * a) * ((1.0 - r) + 1.0) + 8.0 * a) * ((1.0 - r) + 1.0) - 4.0 * a,
+            ]
+        }
+    };
+    let n = coeffs.len() as i64;
+    // The n nearest indexes of an edge-padded copy (pad = ceil(n/2)), as
+    // the reference picks them: a window starting n/2 - 1 left of x_int,
+    // pushed inside the padded range.
+    let pad = (n + 1) / 2;
+    let padded_len = p.in_size as i64 + 2 * pad;
+    let ideal = x_int as i64 - n / 2 + 1 + pad;
+    let start = ideal.clamp(0, (padded_len - n).max(0));
+    let idx: Vec<i64> = (0..n).map(|k| start + k - pad).collect();
+    if exclude_outside {
+        for (k, &i) in idx.iter().enumerate() {
+            if i < 0 || i >= p.in_size as i64 {
+                coeffs[k] = 0.0;
+            }
+        }
+        let sum: f64 = coeffs.iter().sum();
+        for c in &mut coeffs {
+            *c /= sum;
+        }
+    }
+    let last = p.in_size as i64 - 1;
+    Ok(Some(
+        idx.iter()
+            .zip(&coeffs)
+            .filter(|(_, &c)| c != 0.0)
+            .map(|(&i, &c)| (i.clamp(0, last) as usize, c))
+            .collect(),
+    ))
+}
+
+// ---------------------------------------------------------------- GridSample
+
+fn gs_reflect(x: f64, lo: f64, hi: f64) -> f64 {
+    let rng = hi - lo;
+    if x < lo {
+        let dx = lo - x;
+        let n = (dx / rng) as i64;
+        let r = dx - n as f64 * rng;
+        if n % 2 == 0 {
+            lo + r
+        } else {
+            hi - r
+        }
+    } else if x > hi {
+        let dx = x - hi;
+        let n = (dx / rng) as i64;
+        let r = dx - n as f64 * rng;
+        if n % 2 == 0 {
+            hi - r
+        } else {
+            lo + r
+        }
+    } else {
+        x
+    }
+}
+
+fn cubic_coeffs(x: f64) -> [f64; 4] {
+    let a = -0.75;
+    let x = x.abs();
+    [
+        ((a * (x + 1.0) - 5.0 * a) * (x + 1.0) + 8.0 * a) * (x + 1.0) - 4.0 * a,
+        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0,
+        ((a + 2.0) * (1.0 - x) - (a + 3.0)) * (1.0 - x) * (1.0 - x) + 1.0,
+        ((a * (2.0 - x) - 5.0 * a) * (2.0 - x) + 8.0 * a) * (2.0 - x) - 4.0 * a,
+    ]
+}
+
+pub fn grid_sample(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    let grid = tensor(inputs, 1)?;
+    let r = x.rank();
+    if r < 3 || grid.rank() != r || grid.shape[0] != x.shape[0] || grid.shape[r - 1] != r - 2 {
+        bail!("GridSample: input {:?} and grid {:?} do not fit", x.shape, grid.shape);
+    }
+    let align = cx.attr_int("align_corners", 0) != 0;
+    let mode = match cx.attr_str("mode").unwrap_or("linear") {
+        "nearest" => Mode::Nearest,
+        "linear" | "bilinear" => Mode::Linear,
+        "cubic" | "bicubic" => Mode::Cubic,
+        m => bail!("GridSample: unknown mode `{m}`"),
+    };
+    let padding = cx.attr_str("padding_mode").unwrap_or("zeros").to_string();
+    if !matches!(padding.as_str(), "zeros" | "border" | "reflection") {
+        bail!("GridSample: unknown padding_mode `{padding}`");
+    }
+    let (n, c) = (x.shape[0], x.shape[1]);
+    let dims: Vec<usize> = x.shape[2..].to_vec();
+    let k = dims.len();
+    let (lo, hi): (Vec<f64>, Vec<f64>) = dims
+        .iter()
+        .map(|&d| if align { (0.0, d as f64 - 1.0) } else { (-0.5, d as f64 - 0.5) })
+        .unzip();
+    let mut shape = vec![n, c];
+    shape.extend_from_slice(&grid.shape[1..r - 1]);
+    let npts: usize = grid.shape[1..r - 1].iter().product();
+    let g = grid.to_f64();
+    let v = x.to_f64();
+    let plane: usize = dims.iter().product();
+    let dst = strides(&dims);
+    // Value at integer position `pos` (per dim) with the padding rule.
+    let pixel = |base: usize, pos: &[i64]| -> f64 {
+        let mut lin = base;
+        for d in 0..k {
+            let size = dims[d] as i64;
+            let mut i = pos[d];
+            match padding.as_str() {
+                "zeros" => {
+                    if i < 0 || i >= size {
+                        return 0.0;
+                    }
+                }
+                "border" => i = i.clamp(0, size - 1),
+                _ => {
+                    i = gs_reflect(i as f64, lo[d], hi[d]) as i64;
+                    i = i.clamp(0, size - 1);
+                }
+            }
+            lin += i as usize * dst[d];
+        }
+        v[lin]
+    };
+    let mut out = vec![0.0; n * c * npts];
+    let mut pos = vec![0i64; k];
+    for b in 0..n {
+        for p in 0..npts {
+            // Grid holds coordinates innermost-dim first: reverse them.
+            let mut xs = vec![0f32; k];
+            for d in 0..k {
+                let nv = g[(b * npts + p) * k + (k - 1 - d)] as f32;
+                let len = dims[d] as f32;
+                xs[d] = if align { (nv + 1.0) / 2.0 * (len - 1.0) } else { ((nv + 1.0) * len - 1.0) / 2.0 };
+                if mode == Mode::Nearest {
+                    xs[d] = xs[d].round_ties_even();
+                }
+                let xv = xs[d] as f64;
+                if xv < lo[d] || xv > hi[d] {
+                    if padding == "border" {
+                        xs[d] = xv.clamp(0.0, dims[d] as f64 - 1.0) as f32;
+                    } else if padding == "reflection" {
+                        xs[d] = gs_reflect(xv, lo[d], hi[d]) as f32;
+                    }
+                }
+            }
+            for ch in 0..c {
+                let base = (b * c + ch) * plane;
+                let val = match mode {
+                    Mode::Nearest => {
+                        for d in 0..k {
+                            pos[d] = xs[d] as i64;
+                        }
+                        pixel(base, &pos)
+                    }
+                    Mode::Linear | Mode::Cubic => {
+                        let taps: Vec<Vec<(i64, f64)>> = xs
+                            .iter()
+                            .map(|&xv| {
+                                let x0 = xv.floor();
+                                let t = (xv - x0) as f64;
+                                let x0 = x0 as i64;
+                                if mode == Mode::Linear {
+                                    vec![(x0, 1.0 - t), (x0 + 1, t)]
+                                } else {
+                                    let cc = cubic_coeffs(t);
+                                    (0..4).map(|j| (x0 - 1 + j as i64, cc[j])).collect()
+                                }
+                            })
+                            .collect();
+                        // Nested sum over the dims' taps.
+                        let mut total = 0.0;
+                        let counts: Vec<usize> = taps.iter().map(Vec::len).collect();
+                        let combos = map_indices(&counts, |o| Ok(o.to_vec()))?;
+                        for o in combos {
+                            let mut w = 1.0;
+                            for d in 0..k {
+                                let (i, c) = taps[d][o[d]];
+                                pos[d] = i;
+                                w *= c;
+                            }
+                            total += w * pixel(base, &pos);
+                        }
+                        total
+                    }
+                };
+                out[(b * c + ch) * npts + p] = val;
+            }
+        }
+    }
+    one(Tensor::new(shape, Data::from_f64(x.elem(), &out))?)
+}
+
+// ---------------------------------------------------------------- AffineGrid
+
+pub fn affine_grid(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let theta = tensor(inputs, 0)?;
+    let size: Vec<i64> = tensor(inputs, 1)?.to_i64();
+    let align = cx.attr_int("align_corners", 0) != 0;
+    if size.len() != 4 && size.len() != 5 || size.iter().any(|&s| s < 0) {
+        bail!("AffineGrid: size must be [N,C,H,W] or [N,C,D,H,W] with no negative dims, got {size:?}");
+    }
+    let k = size.len() - 2;
+    let n = size[0] as usize;
+    if theta.shape != [n, k, k + 1] {
+        bail!("AffineGrid: theta {:?} does not fit size {size:?}", theta.shape);
+    }
+    let dims: Vec<usize> = size[2..].iter().map(|&s| s as usize).collect();
+    let axis_coords: Vec<Vec<f64>> = dims
+        .iter()
+        .map(|&d| {
+            if align {
+                let step = 2.0 / (d as f64 - 1.0);
+                (0..d).map(|i| if d == 1 { -1.0 } else { -1.0 + i as f64 * step }).collect()
+            } else {
+                let step = 2.0 / d as f64;
+                let start = -1.0 + step / 2.0;
+                (0..d).map(|i| start + i as f64 * step).collect()
+            }
+        })
+        .collect();
+    let th = theta.to_f64();
+    let npts: usize = dims.iter().product();
+    let mut out = Vec::with_capacity(n * npts * k);
+    let pts = map_indices(&dims, |o| Ok(o.to_vec()))?;
+    for b in 0..n {
+        for o in &pts {
+            // Homogeneous point: innermost dim first (x, y[, z]), then 1.
+            let mut h: Vec<f64> = (0..k).map(|j| axis_coords[k - 1 - j][o[k - 1 - j]]).collect();
+            h.push(1.0);
+            for row in 0..k {
+                let t = &th[(b * k + row) * (k + 1)..(b * k + row + 1) * (k + 1)];
+                out.push(t.iter().zip(&h).map(|(a, b)| a * b).sum::<f64>());
+            }
+        }
+    }
+    let mut shape = vec![n];
+    shape.extend_from_slice(&dims);
+    shape.push(k);
+    one(Tensor::new(shape, Data::from_f64(theta.elem(), &out))?)
+}
