@@ -101,19 +101,28 @@ impl Ctx<'_, '_> {
     }
     /// A graph attribute.
     pub fn region(&self, name: &str) -> KResult<&Region> {
-        self.attr(name).and_then(Attr::as_graph).ok_or_else(|| format!("missing graph attribute `{name}`").into())
+        self.attr(name)
+            .and_then(Attr::as_graph)
+            .ok_or_else(|| format!("missing graph attribute `{name}`").into())
     }
     /// Run a region of this node with the given inputs.
     pub fn run_region(&mut self, r: &Region, args: Vec<Value>) -> KResult<Vec<Value>> {
-        self.interp.run_region(r, self.env, args).map_err(KernelError::Nested)
+        self.interp
+            .run_region(r, self.env, args)
+            .map_err(KernelError::Nested)
     }
     /// The declared type of result `i`.
     pub fn output_type(&self, i: usize) -> Option<&Type> {
-        self.node.outputs.get(i).map(|&o| self.interp.module().ty(o))
+        self.node
+            .outputs
+            .get(i)
+            .map(|&o| self.interp.module().ty(o))
     }
     /// The declared element type of tensor result `i`.
     pub fn output_elem(&self, i: usize) -> Option<ElemType> {
-        self.output_type(i).and_then(Type::as_tensor).map(|t| t.elem)
+        self.output_type(i)
+            .and_then(Type::as_tensor)
+            .map(|t| t.elem)
     }
     /// A deterministic random source for this node: seeded by the `seed`
     /// attribute when present, else by a fixed seed mixed with the node's
@@ -188,8 +197,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> KResult<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let x = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let y = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = match (x, y) {
             (x, y) if x == y => x,
             (1, y) => y,
