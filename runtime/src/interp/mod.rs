@@ -273,3 +273,73 @@ fn check_type(ty: &Type, v: &Value, symbols: &mut HashMap<String, u64>) -> Resul
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Data;
+
+    fn module(src: &str) -> Module {
+        kiln_ir::parse_module(src).expect("parse")
+    }
+
+    fn f32s(shape: Vec<usize>, v: Vec<f32>) -> Value {
+        Value::tensor(Tensor::new(shape, Data::F32(v)).expect("tensor"))
+    }
+
+    #[test]
+    fn inputs_are_checked_and_symbols_bound() {
+        let m = module(
+            "module @m opset(ai.onnx = 17) {\n  input %a: f32[N,2]\n  input %b: f32[N,2]\n  return %a, %b\n}\n",
+        );
+        let interp = Interpreter::new(&m);
+        let ok: HashMap<String, Value> = [
+            ("a".to_string(), f32s(vec![3, 2], vec![0.0; 6])),
+            ("b".to_string(), f32s(vec![3, 2], vec![1.0; 6])),
+        ]
+        .into();
+        assert_eq!(interp.run(&ok).map(|v| v.len()), Ok(2));
+        let mismatch: HashMap<String, Value> = [
+            ("a".to_string(), f32s(vec![3, 2], vec![0.0; 6])),
+            ("b".to_string(), f32s(vec![4, 2], vec![1.0; 8])),
+        ]
+        .into();
+        let err = interp.run(&mismatch).expect_err("N differs");
+        assert_eq!(err.node, "graph input %b");
+        assert!(
+            err.message.contains("`N` is 3 elsewhere"),
+            "{}",
+            err.message
+        );
+        let missing: HashMap<String, Value> =
+            [("a".to_string(), f32s(vec![1, 2], vec![0.0; 2]))].into();
+        assert_eq!(
+            interp.run(&missing).expect_err("missing").message,
+            "no value given"
+        );
+        let wrong_type: HashMap<String, Value> = [
+            ("a".to_string(), f32s(vec![1, 2], vec![0.0; 2])),
+            (
+                "b".to_string(),
+                Value::tensor(Tensor::new(vec![1, 2], Data::I64(vec![0, 0])).expect("t")),
+            ),
+        ]
+        .into();
+        assert!(interp
+            .run(&wrong_type)
+            .expect_err("type")
+            .message
+            .contains("expected f32, got i64"));
+    }
+
+    #[test]
+    fn elided_constants_are_an_error_only_when_run() {
+        let m = module(
+            "module @m opset(ai.onnx = 17) {\n  const %w: f32[100] = elided\n  return %w\n}\n",
+        );
+        let err = Interpreter::new(&m)
+            .run(&HashMap::new())
+            .expect_err("no data");
+        assert!(err.message.contains("elided"), "{}", err.message);
+    }
+}

@@ -243,3 +243,45 @@ pub fn broadcast_indices(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(broadcast_shape(&[2, 3], &[3]).ok(), Some(vec![2, 3]));
+        assert_eq!(
+            broadcast_shape(&[2, 1, 4], &[3, 1]).ok(),
+            Some(vec![2, 3, 4])
+        );
+        assert_eq!(broadcast_shape(&[], &[5]).ok(), Some(vec![5]));
+        assert_eq!(broadcast_shape(&[0, 1], &[1, 3]).ok(), Some(vec![0, 3]));
+        assert!(broadcast_shape(&[2, 3], &[4]).is_err());
+        // [3,1] into [2,3,2]: rows repeat along the last axis and the batch.
+        assert_eq!(
+            broadcast_indices(&[3, 1], &[2, 3, 2]),
+            vec![0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
+        );
+        assert_eq!(broadcast_indices(&[], &[3]), vec![0, 0, 0]);
+        assert_eq!(broadcast_indices(&[2], &[2, 2]), vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn axes_normalize_or_fail() {
+        assert_eq!(norm_axis(-1, 3).ok(), Some(2));
+        assert_eq!(norm_axis(0, 0).ok(), Some(0));
+        assert!(norm_axis(3, 3).is_err());
+        assert!(norm_axis(-4, 3).is_err());
+    }
+
+    #[test]
+    fn random_source_is_deterministic() {
+        let mut a = Rng(7);
+        let mut b = Rng(7);
+        let xs: Vec<f64> = (0..4).map(|_| a.uniform()).collect();
+        let ys: Vec<f64> = (0..4).map(|_| b.uniform()).collect();
+        assert_eq!(xs, ys);
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+    }
+}
