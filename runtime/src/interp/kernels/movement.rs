@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 
 use kiln_ir::ElemType;
 
-use super::{bail, norm_axis, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
 use crate::tensor::{numel, strides, Data, Tensor};
 use crate::value::Value;
 
@@ -118,6 +118,15 @@ fn wrap_index(i: i64, n: usize, what: &str) -> KResult<usize> {
         bail!("{what} index {i} is out of range for a dim of size {n}");
     }
     Ok(j as usize)
+}
+
+/// An axis of a tensor of rank `rank` (>= 1: every op here indexes a dim
+/// by it), negative counting from the end.
+fn norm_axis(axis: i64, rank: usize) -> KResult<usize> {
+    if rank == 0 {
+        bail!("axis {axis} given for a scalar (rank 0) input");
+    }
+    super::norm_axis(axis, rank)
 }
 
 /// Axes of an operand or attribute, normalized and checked distinct.
@@ -537,6 +546,9 @@ fn depth_to_space(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         bail!("DepthToSpace: needs a 4-D input and a positive blocksize");
     }
     let b = b as usize;
+    if b.checked_mul(b).is_none() {
+        bail!("DepthToSpace: blocksize {b} too large");
+    }
     let crd = cx.attr_str("mode") == Some("CRD");
     let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
     if c % (b * b) != 0 {
@@ -561,6 +573,9 @@ fn space_to_depth(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     }
     let b = b as usize;
     let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    if b.checked_mul(b).and_then(|bb| bb.checked_mul(c)).is_none() {
+        bail!("SpaceToDepth: blocksize {b} too large");
+    }
     if h % b != 0 || w % b != 0 {
         bail!("SpaceToDepth: spatial dims {h}x{w} not divisible by {b}");
     }
@@ -585,16 +600,13 @@ fn trilu(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if r < 2 {
         bail!("Trilu: input rank must be at least 2");
     }
-    let idx = map_indices(&x.shape, |o| Ok(o.to_vec()))?;
-    let st = x.strides();
-    let sel: Vec<Option<usize>> = idx
-        .iter()
-        .map(|o| {
-            let diff = o[r - 1] as i64 - o[r - 2] as i64;
-            let keep = if upper { diff >= k } else { diff <= k };
-            keep.then(|| o.iter().zip(&st).map(|(a, b)| a * b).sum())
-        })
-        .collect();
+    let mut lin = 0;
+    let sel = map_indices(&x.shape, |o| {
+        let diff = o[r - 1] as i64 - o[r - 2] as i64;
+        let keep = if upper { diff >= k } else { diff <= k };
+        lin += 1;
+        Ok(keep.then_some(lin - 1))
+    })?;
     let data = gather_fill(&x.data, &sel, &Data::zeros(x.elem(), 1))?;
     one(Tensor::new(x.shape.clone(), data)?)
 }
@@ -627,12 +639,8 @@ fn pad(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         shape[a] = n as usize;
     }
     checked_numel(&shape)?;
-    if mode != "constant" {
-        for d in 0..r {
-            if x.shape[d] == 0 && shape[d] > 0 {
-                bail!("Pad: cannot pad an empty dim in {mode} mode");
-            }
-        }
+    if mode != "constant" && x.shape.iter().zip(&shape).any(|(&i, &o)| i == 0 && o > 0) {
+        bail!("Pad: cannot pad an empty dim in {mode} mode");
     }
     let st = x.strides();
     let sel = map_indices(&shape, |o| {
@@ -792,12 +800,12 @@ fn nd_offsets(data_shape: &[usize], ind: &Tensor, batch_dims: usize, op: &str) -
     let st = strides(data_shape);
     let slice: usize = data_shape[batch_dims + k..].iter().product();
     let iv = ints(ind);
-    let tuples = if k == 0 { numel(&ind.shape[..ind.rank() - 1]) } else { iv.len() / k };
+    let tuples = iv.len().checked_div(k).unwrap_or_else(|| numel(&ind.shape[..ind.rank() - 1]));
     let per_batch = tuples / numel(&ind.shape[..batch_dims]).max(1);
     let batch_stride: usize = data_shape[batch_dims..].iter().product();
     let mut offs = Vec::with_capacity(tuples);
     for t in 0..tuples {
-        let b = if per_batch == 0 { 0 } else { t / per_batch };
+        let b = t.checked_div(per_batch).unwrap_or(0);
         let mut lin = b * batch_stride;
         for j in 0..k {
             let d = batch_dims + j;
@@ -862,16 +870,21 @@ fn non_zero(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         Data::C128(v) => v.iter().map(|c| c[0] != 0.0 || c[1] != 0.0).collect(),
         d => d.to_f64().iter().map(|&v| v != 0.0).collect(),
     };
-    let coords = map_indices(&x.shape, |o| Ok(o.to_vec()))?;
-    let hits: Vec<&Vec<usize>> = coords.iter().zip(&nz).filter(|(_, &b)| b).map(|(c, _)| c).collect();
     let r = x.rank();
-    let mut out = vec![0i64; r * hits.len()];
-    for (j, c) in hits.iter().enumerate() {
-        for d in 0..r {
-            out[d * hits.len() + j] = c[d] as i64;
+    let count = nz.iter().filter(|&&b| b).count();
+    let mut out = vec![0i64; r * count];
+    let (mut lin, mut j) = (0, 0);
+    map_indices(&x.shape, |o| {
+        if nz[lin] {
+            for d in 0..r {
+                out[d * count + j] = o[d] as i64;
+            }
+            j += 1;
         }
-    }
-    one(Tensor::new(vec![r, hits.len()], Data::I64(out))?)
+        lin += 1;
+        Ok(())
+    })?;
+    one(Tensor::new(vec![r, count], Data::I64(out))?)
 }
 
 fn one_hot(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
@@ -1161,32 +1174,32 @@ fn top_k(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 fn unique(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let sorted = cx.attr_int("sorted", 1) != 0;
-    // Items: each is a list of element indices (one element, or a slice
-    // along the axis), compared lexicographically.
-    let (axis, items): (Option<usize>, Vec<Vec<usize>>) = match cx.attr("axis") {
-        None => (None, (0..x.len()).map(|i| vec![i]).collect()),
+    // Items compared lexicographically: single elements, or the slices
+    // along `axis` (item j, part k is element rest[k] + j * step).
+    let (axis, n_items, rest, step): (Option<usize>, usize, Vec<usize>, usize) = match cx.attr("axis") {
+        None => (None, x.len(), vec![0], 1),
         Some(_) => {
             let axis = norm_axis(cx.attr_int("axis", 0), x.rank())?;
-            let n = x.shape[axis];
-            let mut rest = x.shape.clone();
-            rest[axis] = 1;
+            let mut rest_shape = x.shape.clone();
+            rest_shape[axis] = 1;
             let st = x.strides();
-            let items = (0..n)
-                .map(|j| map_indices(&rest, |o| Ok(o.iter().enumerate().map(|(d, &i)| (if d == axis { j } else { i }) * st[d]).sum())))
-                .collect::<KResult<_>>()?;
-            (Some(axis), items)
+            let rest = map_indices(&rest_shape, |o| Ok(o.iter().zip(&st).map(|(a, b)| a * b).sum()))?;
+            (Some(axis), x.shape[axis], rest, st[axis])
         }
     };
-    let cmp_items = |a: &Vec<usize>, b: &Vec<usize>| {
-        a.iter().zip(b).map(|(&i, &j)| cmp_elems(&x.data, i, j)).find(|c| c.is_ne()).unwrap_or(Ordering::Equal)
+    let cmp_items = |a: usize, b: usize| {
+        rest.iter()
+            .map(|&r| cmp_elems(&x.data, r + a * step, r + b * step))
+            .find(|c| c.is_ne())
+            .unwrap_or(Ordering::Equal)
     };
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by(|&a, &b| cmp_items(&items[a], &items[b]));
+    let mut order: Vec<usize> = (0..n_items).collect();
+    order.sort_by(|&a, &b| cmp_items(a, b));
     // Groups in sorted order: (first occurrence, count).
     let mut groups: Vec<(usize, usize)> = Vec::new();
-    let mut group_of = vec![0usize; items.len()];
+    let mut group_of = vec![0usize; n_items];
     for (p, &i) in order.iter().enumerate() {
-        if p > 0 && cmp_items(&items[order[p - 1]], &items[i]).is_eq() {
+        if p > 0 && cmp_items(order[p - 1], i).is_eq() {
             let g = groups.last_mut().expect("group");
             g.0 = g.0.min(i);
             g.1 += 1;
@@ -1230,4 +1243,90 @@ fn unique(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         Value::tensor(Tensor::new(vec![inverse.len()], Data::I64(inverse))?),
         Value::tensor(Tensor::new(vec![m], Data::I64(counts))?),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::interp::Interpreter;
+    use crate::tensor::{Data, Tensor};
+    use crate::value::Value;
+
+    /// Run a module whose graph has no inputs; its outputs as tensors, or
+    /// the error message.
+    fn run(body: &str) -> Result<Vec<Tensor>, String> {
+        let src = format!("module @m opset(ai.onnx = 22) {{\n{body}\n}}\n");
+        let m = kiln_ir::parse_module(&src).expect("parse");
+        Interpreter::new(&m)
+            .run(&HashMap::new())
+            .map(|vs| vs.into_iter().map(|v| v.as_tensor().expect("tensor").clone()).collect())
+            .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn pad_negative_and_large_reflect() {
+        let out = run("  const %x: i64[4] = dense[1, 2, 3, 4]\n  const %p: i64[2] = dense[-1, 6]\n  %y = Pad(%x, %p) {mode = \"reflect\"} : i64[9]\n  return %y")
+            .expect("run");
+        // Periodic reflection of 1 2 3 4 (period 6), starting at index 1.
+        assert_eq!(out[0].data, Data::I64(vec![2, 3, 4, 3, 2, 1, 2, 3, 4]));
+        let out = run("  const %x: string[2] = dense[\"a\", \"b\"]\n  const %p: i64[2] = dense[1, 1]\n  const %v: string[] = dense[\"z\"]\n  %y = Pad(%x, %p, %v) : string[4]\n  return %y")
+            .expect("run");
+        assert_eq!(out[0].data, Data::Str(vec!["z".into(), "a".into(), "b".into(), "z".into()]));
+    }
+
+    #[test]
+    fn slice_clamps_huge_bounds_and_negative_steps() {
+        let out = run("  const %x: i64[5] = dense[0, 1, 2, 3, 4]\n  const %s: i64[1] = dense[9223372036854775807]\n  const %e: i64[1] = dense[-9223372036854775807]\n  const %a: i64[1] = dense[0]\n  const %st: i64[1] = dense[-2]\n  %y = Slice(%x, %s, %e, %a, %st) : i64[3]\n  return %y")
+            .expect("run");
+        assert_eq!(out[0].data, Data::I64(vec![4, 2, 0]));
+    }
+
+    #[test]
+    fn top_k_ties_take_the_lower_index() {
+        let out = run("  const %x: f32[5] = dense[1.0, 3.0, 3.0, 0.0, 3.0]\n  const %k: i64[1] = dense[3]\n  %v, %i = TopK(%x, %k) : f32[3], i64[3]\n  return %v, %i")
+            .expect("run");
+        assert_eq!(out[1].data, Data::I64(vec![1, 2, 4]));
+        let out = run("  const %x: f32[5] = dense[1.0, 3.0, 3.0, 0.0, 3.0]\n  const %k: i64[1] = dense[2]\n  %v, %i = TopK(%x, %k) {largest = 0} : f32[2], i64[2]\n  return %v, %i")
+            .expect("run");
+        assert_eq!(out[1].data, Data::I64(vec![3, 0]));
+    }
+
+    #[test]
+    fn unique_unsorted_outputs() {
+        let out = run("  const %x: i64[6] = dense[2, 1, 1, 3, 4, 3]\n  %y, %i, %inv, %c = Unique(%x) {sorted = 0} : i64[4], i64[4], i64[6], i64[4]\n  return %y, %i, %inv, %c")
+            .expect("run");
+        assert_eq!(out[0].data, Data::I64(vec![2, 1, 3, 4]));
+        assert_eq!(out[1].data, Data::I64(vec![0, 1, 3, 4]));
+        assert_eq!(out[2].data, Data::I64(vec![0, 1, 1, 2, 3, 2]));
+        assert_eq!(out[3].data, Data::I64(vec![1, 2, 2, 1]));
+    }
+
+    #[test]
+    fn out_of_range_indices_are_errors() {
+        let err = run("  const %x: f32[3] = dense[1.0, 2.0, 3.0]\n  const %i: i64[1] = dense[3]\n  %y = Gather(%x, %i) : f32[1]\n  return %y")
+            .expect_err("out of range");
+        assert!(err.contains("out of range"), "{err}");
+        let out = run("  const %x: f32[3] = dense[1.0, 2.0, 3.0]\n  const %i: i64[1] = dense[-3]\n  %y = Gather(%x, %i) : f32[1]\n  return %y")
+            .expect("negative wraps");
+        assert_eq!(out[0].data, Data::F32(vec![1.0]));
+        let err = run("  const %x: f32[3] = dense[1.0, 2.0, 3.0]\n  const %i: i64[1,1] = dense[5]\n  const %u: f32[1] = dense[9.0]\n  %y = ScatterND(%x, %i, %u) : f32[3]\n  return %y")
+            .expect_err("out of range");
+        assert!(err.contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn split_uneven_last_chunk() {
+        let out = run("  const %x: i64[5] = dense[0, 1, 2, 3, 4]\n  %a, %b = Split(%x) {num_outputs = 2} : i64[3], i64[2]\n  return %a, %b")
+            .expect("run");
+        assert_eq!(out[1].data, Data::I64(vec![3, 4]));
+    }
+
+    #[test]
+    fn gather_fill_keeps_the_type() {
+        let t = Tensor::new(vec![2], Data::Bool(vec![true, false])).expect("t");
+        let d = super::gather_fill(&t.data, &[Some(1), None, Some(0)], &Data::Bool(vec![true])).expect("fill");
+        assert_eq!(d, Data::Bool(vec![false, true, true]));
+        let _ = Value::tensor(t);
+    }
 }

@@ -77,7 +77,7 @@ pub fn resize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             }
             for (i, &a) in axes.iter().enumerate() {
                 let p = &mut plans[a];
-                if !(s[i] > 0.0) {
+                if s[i].partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                     bail!("Resize: scale {} must be positive", s[i]);
                 }
                 p.scale = s[i];
@@ -228,6 +228,9 @@ fn dim_taps(
             let sc = s.min(1.0);
             let start = (-1.0 / sc).floor() as i64 + 1;
             let foot = 2 - 2 * start;
+            if foot > 1 << 20 {
+                bail!("Resize: scale {s} too small for antialiasing");
+            }
             let c: Vec<f64> =
                 (start..start + foot).map(|i| (1.0 - ((i as f64 - ratio) * sc).abs()).clamp(0.0, 1.0)).collect();
             let sum: f64 = c.iter().sum();
@@ -238,6 +241,9 @@ fn dim_taps(
             let sc = s.min(1.0);
             let i_start = (-2.0 / sc).floor() as i64 + 1;
             let i_end = 2 - i_start;
+            if i_end - i_start > 1 << 20 {
+                bail!("Resize: scale {s} too small for antialiasing");
+            }
             let f = |x: f64| {
                 let x = x.abs();
                 let (x2, x3) = (x * x, x * x * x);
@@ -356,6 +362,9 @@ pub fn grid_sample(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
         .iter()
         .map(|&d| if align { (0.0, d as f64 - 1.0) } else { (-0.5, d as f64 - 0.5) })
         .unzip();
+    if padding != "zeros" && dims.contains(&0) {
+        bail!("GridSample: cannot sample an empty image with {padding} padding");
+    }
     let mut shape = vec![n, c];
     shape.extend_from_slice(&grid.shape[1..r - 1]);
     let npts: usize = grid.shape[1..r - 1].iter().product();
@@ -386,7 +395,6 @@ pub fn grid_sample(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
         v[lin]
     };
     let mut out = vec![0.0; n * c * npts];
-    let mut pos = vec![0i64; k];
     for b in 0..n {
         for p in 0..npts {
             // Grid holds coordinates innermost-dim first: reverse them.
@@ -407,47 +415,38 @@ pub fn grid_sample(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
                     }
                 }
             }
+            // Taps per dim (integer position, weight) and all their
+            // combinations, shared by the channels.
+            let taps: Vec<Vec<(i64, f64)>> = xs
+                .iter()
+                .map(|&xv| match mode {
+                    Mode::Nearest => vec![(xv as i64, 1.0)],
+                    Mode::Linear => {
+                        let x0 = xv.floor();
+                        let t = (xv - x0) as f64;
+                        vec![(x0 as i64, 1.0 - t), (x0 as i64 + 1, t)]
+                    }
+                    Mode::Cubic => {
+                        let x0 = xv.floor();
+                        let cc = cubic_coeffs((xv - x0) as f64);
+                        (0..4).map(|j| (x0 as i64 - 1 + j as i64, cc[j])).collect()
+                    }
+                })
+                .collect();
+            let counts: Vec<usize> = taps.iter().map(Vec::len).collect();
+            let combos = map_indices(&counts, |o| {
+                let mut w = 1.0;
+                let mut at = Vec::with_capacity(k);
+                for d in 0..k {
+                    let (i, c) = taps[d][o[d]];
+                    at.push(i);
+                    w *= c;
+                }
+                Ok((at, w))
+            })?;
             for ch in 0..c {
                 let base = (b * c + ch) * plane;
-                let val = match mode {
-                    Mode::Nearest => {
-                        for d in 0..k {
-                            pos[d] = xs[d] as i64;
-                        }
-                        pixel(base, &pos)
-                    }
-                    Mode::Linear | Mode::Cubic => {
-                        let taps: Vec<Vec<(i64, f64)>> = xs
-                            .iter()
-                            .map(|&xv| {
-                                let x0 = xv.floor();
-                                let t = (xv - x0) as f64;
-                                let x0 = x0 as i64;
-                                if mode == Mode::Linear {
-                                    vec![(x0, 1.0 - t), (x0 + 1, t)]
-                                } else {
-                                    let cc = cubic_coeffs(t);
-                                    (0..4).map(|j| (x0 - 1 + j as i64, cc[j])).collect()
-                                }
-                            })
-                            .collect();
-                        // Nested sum over the dims' taps.
-                        let mut total = 0.0;
-                        let counts: Vec<usize> = taps.iter().map(Vec::len).collect();
-                        let combos = map_indices(&counts, |o| Ok(o.to_vec()))?;
-                        for o in combos {
-                            let mut w = 1.0;
-                            for d in 0..k {
-                                let (i, c) = taps[d][o[d]];
-                                pos[d] = i;
-                                w *= c;
-                            }
-                            total += w * pixel(base, &pos);
-                        }
-                        total
-                    }
-                };
-                out[(b * c + ch) * npts + p] = val;
+                out[(b * c + ch) * npts + p] = combos.iter().map(|(at, w)| w * pixel(base, at)).sum();
             }
         }
     }
@@ -469,6 +468,9 @@ pub fn affine_grid(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
         bail!("AffineGrid: theta {:?} does not fit size {size:?}", theta.shape);
     }
     let dims: Vec<usize> = size[2..].iter().map(|&s| s as usize).collect();
+    if dims.iter().chain([&n, &k]).try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|t| t > 1 << 32) {
+        bail!("AffineGrid: size {size:?} is too large");
+    }
     let axis_coords: Vec<Vec<f64>> = dims
         .iter()
         .map(|&d| {
