@@ -17,17 +17,24 @@ pub fn k_cast(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let to = match cx.attr_int("to", -1) {
         -1 => cx.output_elem(0).ok_or("Cast: no `to` attribute")?,
-        code => kiln_ir::ops::elem_from_onnx(code).ok_or_else(|| format!("Cast: unknown data type {code}"))?,
+        code => kiln_ir::ops::elem_from_onnx(code)
+            .ok_or_else(|| format!("Cast: unknown data type {code}"))?,
     };
     let saturate = cx.attr_int("saturate", 1) != 0;
-    one(Tensor::new(x.shape.clone(), cast_data(&x.data, to, saturate)?)?)
+    one(Tensor::new(
+        x.shape.clone(),
+        cast_data(&x.data, to, saturate)?,
+    )?)
 }
 
 pub fn k_castlike(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let to = tensor(inputs, 1)?.elem();
     let saturate = cx.attr_int("saturate", 1) != 0;
-    one(Tensor::new(x.shape.clone(), cast_data(&x.data, to, saturate)?)?)
+    one(Tensor::new(
+        x.shape.clone(),
+        cast_data(&x.data, to, saturate)?,
+    )?)
 }
 
 /// Convert data to element type `to`.
@@ -39,7 +46,9 @@ pub fn cast_data(d: &Data, to: ElemType, saturate: bool) -> KResult<Data> {
     if let Data::Str(v) = d {
         return from_strings(v, to);
     }
-    if matches!(from, ElemType::C64 | ElemType::C128) || matches!(to, ElemType::C64 | ElemType::C128) {
+    if matches!(from, ElemType::C64 | ElemType::C128)
+        || matches!(to, ElemType::C64 | ElemType::C128)
+    {
         if from.is_float() || from.is_int() || matches!(from, ElemType::C64 | ElemType::C128) {
             return Ok(Data::from_f64(to, &d.to_f64()));
         }
@@ -51,34 +60,67 @@ pub fn cast_data(d: &Data, to: ElemType, saturate: bool) -> KResult<Data> {
     let int_src = from.is_int() || from == ElemType::Bool;
     Ok(match to {
         ElemType::BF16 => Data::BF16(
-            d.to_f64().into_iter().map(|x| bf16::from_bits(((x as f32).to_bits() >> 16) as u16)).collect(),
+            d.to_f64()
+                .into_iter()
+                .map(|x| bf16::from_bits(((x as f32).to_bits() >> 16) as u16))
+                .collect(),
         ),
-        k if k.is_float8() => Data::F8(k, d.to_f64().into_iter().map(|x| f8::encode(k, x as f32, saturate)).collect()),
+        k if k.is_float8() => Data::F8(
+            k,
+            d.to_f64()
+                .into_iter()
+                .map(|x| f8::encode(k, x as f32, saturate))
+                .collect(),
+        ),
         ElemType::I4 | ElemType::U4 if !int_src => {
-            let (lo, hi) = if to == ElemType::I4 { (-8.0, 7.0) } else { (0.0, 15.0) };
+            let (lo, hi) = if to == ElemType::I4 {
+                (-8.0, 7.0)
+            } else {
+                (0.0, 15.0)
+            };
             let v: Vec<i64> = d
                 .to_f64()
                 .into_iter()
-                .map(|x| if x.is_nan() { 0 } else { x.clamp(lo, hi).round_ties_even() as i64 })
+                .map(|x| {
+                    if x.is_nan() {
+                        0
+                    } else {
+                        x.clamp(lo, hi).round_ties_even() as i64
+                    }
+                })
                 .collect();
             Data::from_i64(to, &v)
         }
         t if int_src && (t.is_int() || t == ElemType::Bool) => from_ints(t, &ints(d)),
-        t if int_src => Data::from_f64(t, &ints(d).into_iter().map(|i| i as f64).collect::<Vec<_>>()),
+        t if int_src => Data::from_f64(
+            t,
+            &ints(d).into_iter().map(|i| i as f64).collect::<Vec<_>>(),
+        ),
         t => Data::from_f64(t, &d.to_f64()),
     })
 }
 
 fn from_strings(v: &[String], to: ElemType) -> KResult<Data> {
     fn parse<T: std::str::FromStr>(s: &str) -> KResult<T> {
-        s.trim().parse::<T>().map_err(|_| format!("Cast: cannot convert the string {s:?} to a number").into())
+        s.trim()
+            .parse::<T>()
+            .map_err(|_| format!("Cast: cannot convert the string {s:?} to a number").into())
     }
-    let floats = |v: &[String]| v.iter().map(|s| parse::<f64>(s)).collect::<KResult<Vec<f64>>>();
+    let floats = |v: &[String]| {
+        v.iter()
+            .map(|s| parse::<f64>(s))
+            .collect::<KResult<Vec<f64>>>()
+    };
     Ok(match to {
         ElemType::F32 => Data::F32(v.iter().map(|s| parse::<f32>(s)).collect::<KResult<_>>()?),
         ElemType::F64 => Data::F64(floats(v)?),
         ElemType::BF16 | ElemType::F16 => Data::from_f64(to, &floats(v)?),
-        k if k.is_float8() => Data::F8(k, v.iter().map(|s| Ok(f8::encode(k, parse::<f32>(s)?, true))).collect::<KResult<_>>()?),
+        k if k.is_float8() => Data::F8(
+            k,
+            v.iter()
+                .map(|s| Ok(f8::encode(k, parse::<f32>(s)?, true)))
+                .collect::<KResult<_>>()?,
+        ),
         ElemType::Bool => Data::Bool(
             v.iter()
                 .map(|s| match s.trim() {
@@ -88,21 +130,47 @@ fn from_strings(v: &[String], to: ElemType) -> KResult<Data> {
                 })
                 .collect::<KResult<_>>()?,
         ),
-        t if t.is_int() => from_ints(t, &v.iter().map(|s| parse::<i128>(s)).collect::<KResult<Vec<_>>>()?),
+        // Integers: exact when the text is an integer, else the number
+        // truncated toward zero ("100.5" -> 100).
+        t if t.is_int() => from_ints(
+            t,
+            &v.iter()
+                .map(|s| {
+                    parse::<i128>(s)
+                        .or_else(|_| parse::<f64>(s).map(|x| crate::tensor::f64_to_i64(x) as i128))
+                })
+                .collect::<KResult<Vec<_>>>()?,
+        ),
         t => bail!("Cast from string to {t} is not supported"),
     })
 }
 
 fn to_strings(d: &Data) -> Vec<String> {
     match d {
-        Data::F64(v) => v.iter().map(|&x| numpy_float(x, format!("{x:e}"), 1e16)).collect(),
-        Data::F32(v) => v.iter().map(|&x| numpy_float(x as f64, format!("{x:e}"), 1e7)).collect(),
-        Data::F16(v) => v.iter().map(|&x| numpy_float(x.to_f64(), shortest_f16(x), 1e3)).collect(),
-        Data::Bool(v) => v.iter().map(|&b| if b { "True" } else { "False" }.to_string()).collect(),
+        Data::F64(v) => v
+            .iter()
+            .map(|&x| numpy_float(x, format!("{x:e}"), 1e16))
+            .collect(),
+        Data::F32(v) => v
+            .iter()
+            .map(|&x| numpy_float(x as f64, format!("{x:e}"), 1e7))
+            .collect(),
+        Data::F16(v) => v
+            .iter()
+            .map(|&x| numpy_float(x.to_f64(), shortest_f16(x), 1e3))
+            .collect(),
+        Data::Bool(v) => v
+            .iter()
+            .map(|&b| if b { "True" } else { "False" }.to_string())
+            .collect(),
         Data::Str(v) => v.clone(),
         other if other.elem().is_int() => ints(other).into_iter().map(|i| i.to_string()).collect(),
         // bfloat16 and float8 print as the f32 they widen to.
-        other => other.to_f64().into_iter().map(|x| numpy_float(x, format!("{:e}", x as f32), 1e7)).collect(),
+        other => other
+            .to_f64()
+            .into_iter()
+            .map(|x| numpy_float(x, format!("{:e}", x as f32), 1e7))
+            .collect(),
     }
 }
 
@@ -163,7 +231,11 @@ fn numpy_float(x: f64, sci: String, cutoff: f64) -> String {
             format!("{sign}0.{}{digits}", "0".repeat((-exp - 1) as usize))
         }
     } else {
-        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
         let es = if exp < 0 { '-' } else { '+' };
         format!("{sign}{m}e{es}{:02}", exp.abs())
     }
@@ -193,11 +265,21 @@ mod tests {
 
     #[test]
     fn bf16_truncates_and_int4_saturates() {
-        let d = cast_data(&Data::F32(vec![1.0 + 1.0 / 128.0 + 1.0 / 256.0 + 1e-6]), ElemType::BF16, true).unwrap();
+        let d = cast_data(
+            &Data::F32(vec![1.0 + 1.0 / 128.0 + 1.0 / 256.0 + 1e-6]),
+            ElemType::BF16,
+            true,
+        )
+        .unwrap();
         assert_eq!(d, Data::BF16(vec![bf16::from_f32(1.0 + 1.0 / 128.0)]));
         let d = cast_data(&Data::F32(vec![-9.0, 2.5, 3.5, 20.0]), ElemType::I4, true).unwrap();
         assert_eq!(d, Data::I4(vec![-8, 2, 4, 7]));
-        let s = cast_data(&Data::Str(vec!["+INF".into(), "NaN".into(), "1.5".into()]), ElemType::F32, true).unwrap();
+        let s = cast_data(
+            &Data::Str(vec!["+INF".into(), "NaN".into(), "1.5".into()]),
+            ElemType::F32,
+            true,
+        )
+        .unwrap();
         let Data::F32(v) = s else { panic!() };
         assert!(v[0].is_infinite() && v[1].is_nan() && v[2] == 1.5);
     }

@@ -43,9 +43,8 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
         "Where" => k_where,
         "Clip" => k_clip,
         "PRelu" => k_prelu,
-        "Elu" | "Celu" | "Selu" | "LeakyRelu" | "HardSigmoid" | "ThresholdedRelu" | "Shrink" | "Gelu" => {
-            k_activation
-        }
+        "Elu" | "Celu" | "Selu" | "LeakyRelu" | "HardSigmoid" | "ThresholdedRelu" | "Shrink"
+        | "Gelu" => k_activation,
         "IsInf" => k_isinf,
         "IsNaN" => k_isnan,
         "Identity" => k_identity,
@@ -142,12 +141,20 @@ fn index_map(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
 fn bcast(a: &[usize], b: &[usize]) -> KResult<Bcast> {
     let shape = broadcast_shape(a, b)?;
     checked_numel(&shape)?;
-    Ok(Bcast { ia: index_map(a, &shape), ib: index_map(b, &shape), shape })
+    Ok(Bcast {
+        ia: index_map(a, &shape),
+        ib: index_map(b, &shape),
+        shape,
+    })
 }
 
 fn same_elem(a: &Tensor, b: &Tensor, op: &str) -> KResult<ElemType> {
     if a.elem() != b.elem() {
-        bail!("{op} operands have different element types: {} and {}", a.elem(), b.elem());
+        bail!(
+            "{op} operands have different element types: {} and {}",
+            a.elem(),
+            b.elem()
+        );
     }
     Ok(a.elem())
 }
@@ -157,10 +164,22 @@ type FI = fn(i128, i128) -> Result<i128, &'static str>;
 
 /// Elementwise `f` over a broadcast pair of same-typed numbers, floats
 /// rounded to `elem` after each step.
-fn zip_num(a: &Num, b: &Num, bc: &Bcast, elem: ElemType, ff: &dyn Fn(f64, f64) -> f64, fi: &dyn Fn(i128, i128) -> Result<i128, &'static str>, op: &str) -> KResult<Num> {
+fn zip_num(
+    a: &Num,
+    b: &Num,
+    bc: &Bcast,
+    elem: ElemType,
+    ff: &dyn Fn(f64, f64) -> f64,
+    fi: &dyn Fn(i128, i128) -> Result<i128, &'static str>,
+    op: &str,
+) -> KResult<Num> {
     let pairs = bc.ia.iter().zip(&bc.ib);
     Ok(match (a, b) {
-        (Num::F(x), Num::F(y)) => Num::F(pairs.map(|(&i, &j)| round_to(elem, ff(x[i], y[j]))).collect()),
+        (Num::F(x), Num::F(y)) => Num::F(
+            pairs
+                .map(|(&i, &j)| round_to(elem, ff(x[i], y[j])))
+                .collect(),
+        ),
         (Num::I(x), Num::I(y)) => Num::I(
             pairs
                 .map(|(&i, &j)| fi(x[i], y[j]))
@@ -171,7 +190,12 @@ fn zip_num(a: &Num, b: &Num, bc: &Bcast, elem: ElemType, ff: &dyn Fn(f64, f64) -
     })
 }
 
-fn binary_same(inputs: &[Option<Value>], op: &str, ff: &dyn Fn(f64, f64) -> f64, fi: &dyn Fn(i128, i128) -> Result<i128, &'static str>) -> KResult<Vec<Value>> {
+fn binary_same(
+    inputs: &[Option<Value>],
+    op: &str,
+    ff: &dyn Fn(f64, f64) -> f64,
+    fi: &dyn Fn(i128, i128) -> Result<i128, &'static str>,
+) -> KResult<Vec<Value>> {
     let a = tensor(inputs, 0)?;
     let b = tensor(inputs, 1)?;
     let elem = same_elem(a, b, op)?;
@@ -181,7 +205,12 @@ fn binary_same(inputs: &[Option<Value>], op: &str, ff: &dyn Fn(f64, f64) -> f64,
 }
 
 /// Elementwise map of one tensor.
-fn map_num(t: &Tensor, op: &str, ff: &dyn Fn(f64) -> f64, fi: Option<&dyn Fn(i128) -> i128>) -> KResult<Tensor> {
+fn map_num(
+    t: &Tensor,
+    op: &str,
+    ff: &dyn Fn(f64) -> f64,
+    fi: Option<&dyn Fn(i128) -> i128>,
+) -> KResult<Tensor> {
     let out = match num(t, op)? {
         Num::F(v) => Num::F(v.into_iter().map(ff).collect()),
         Num::I(v) => match fi {
@@ -227,7 +256,11 @@ const UNARY: &[(&str, UF, Option<UI>)] = &[
     ("Abs", f64::abs, Some(|x| x.abs())),
     ("Neg", |x| -x, Some(|x| x.wrapping_neg())),
     ("Sign", sign, Some(|x| x.signum())),
-    ("Relu", |x| if x < 0.0 { 0.0 } else { x }, Some(|x| x.max(0))),
+    (
+        "Relu",
+        |x| if x < 0.0 { 0.0 } else { x },
+        Some(|x| x.max(0)),
+    ),
     ("Ceil", f64::ceil, None),
     ("Floor", f64::floor, None),
     ("Round", f64::round_ties_even, None),
@@ -257,10 +290,17 @@ const UNARY: &[(&str, UF, Option<UI>)] = &[
 
 fn k_unary(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let op = cx.node.op.as_str();
-    let Some(&(_, ff, fi)) = UNARY.iter().find(|u| u.0 == op) else { bail!("no unary op {op}") };
+    let Some(&(_, ff, fi)) = UNARY.iter().find(|u| u.0 == op) else {
+        bail!("no unary op {op}")
+    };
     let x = tensor(inputs, 0)?;
     let fi = fi.map(|f| move |x: i128| f(x));
-    one(map_num(x, op, &ff, fi.as_ref().map(|f| f as &dyn Fn(i128) -> i128))?)
+    one(map_num(
+        x,
+        op,
+        &ff,
+        fi.as_ref().map(|f| f as &dyn Fn(i128) -> i128),
+    )?)
 }
 
 /// Activations with attributes (ONNX defaults).
@@ -280,7 +320,13 @@ fn k_activation(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         "Selu" => {
             let a = alpha(1.673_263_2);
             let g = cx.attr_float("gamma", 1.050_701) as f64;
-            Box::new(move |x| if x > 0.0 { x * g } else { (x.exp() * a - a) * g })
+            Box::new(move |x| {
+                if x > 0.0 {
+                    x * g
+                } else {
+                    (x.exp() * a - a) * g
+                }
+            })
         }
         "LeakyRelu" => {
             let a = alpha(0.01);
@@ -336,7 +382,11 @@ fn k_isinf(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if !x.elem().is_float() {
         bail!("IsInf is not defined for {} tensors", x.elem());
     }
-    let v = x.to_f64().into_iter().map(|v| v.is_infinite() && if v > 0.0 { pos } else { neg }).collect();
+    let v = x
+        .to_f64()
+        .into_iter()
+        .map(|v| v.is_infinite() && if v > 0.0 { pos } else { neg })
+        .collect();
     one(Tensor::new(x.shape.clone(), Data::Bool(v))?)
 }
 
@@ -345,7 +395,10 @@ fn k_isnan(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if !x.elem().is_float() {
         bail!("IsNaN is not defined for {} tensors", x.elem());
     }
-    one(Tensor::new(x.shape.clone(), Data::Bool(x.to_f64().into_iter().map(f64::is_nan).collect()))?)
+    one(Tensor::new(
+        x.shape.clone(),
+        Data::Bool(x.to_f64().into_iter().map(f64::is_nan).collect()),
+    )?)
 }
 
 // ---------------------------------------------------------------------------
@@ -355,12 +408,24 @@ const ARITH: &[(&str, FF, FI)] = &[
     ("Add", |a, b| a + b, |a, b| Ok(a.wrapping_add(b))),
     ("Sub", |a, b| a - b, |a, b| Ok(a.wrapping_sub(b))),
     ("Mul", |a, b| a * b, |a, b| Ok(a.wrapping_mul(b))),
-    ("Div", |a, b| a / b, |a, b| if b == 0 { Err("integer division by zero") } else { Ok(a / b) }),
+    (
+        "Div",
+        |a, b| a / b,
+        |a, b| {
+            if b == 0 {
+                Err("integer division by zero")
+            } else {
+                Ok(a / b)
+            }
+        },
+    ),
 ];
 
 fn k_arith(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let op = cx.node.op.as_str();
-    let Some(&(_, ff, fi)) = ARITH.iter().find(|a| a.0 == op) else { bail!("no arithmetic op {op}") };
+    let Some(&(_, ff, fi)) = ARITH.iter().find(|a| a.0 == op) else {
+        bail!("no arithmetic op {op}")
+    };
     binary_same(inputs, op, &ff, &fi)
 }
 
@@ -370,14 +435,24 @@ fn k_arith(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 fn k_mod(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let fmod = cx.attr_int("fmod", 0) != 0;
     let fi: &dyn Fn(i128, i128) -> Result<i128, &'static str> = if fmod {
-        &|a, b| if b == 0 { Err("integer modulo by zero") } else { Ok(a % b) }
+        &|a, b| {
+            if b == 0 {
+                Err("integer modulo by zero")
+            } else {
+                Ok(a % b)
+            }
+        }
     } else {
         &|a, b| {
             if b == 0 {
                 return Err("integer modulo by zero");
             }
             let r = a % b;
-            Ok(if r != 0 && (r < 0) != (b < 0) { r + b } else { r })
+            Ok(if r != 0 && (r < 0) != (b < 0) {
+                r + b
+            } else {
+                r
+            })
         }
     };
     let ff: &dyn Fn(f64, f64) -> f64 = if fmod {
@@ -419,7 +494,10 @@ fn k_pow(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let pairs = bc.ia.iter().zip(&bc.ib);
     let out = match (num(a, "Pow")?, num(b, "Pow")?) {
         (Num::I(x), Num::I(y)) => Num::I(
-            pairs.map(|(&i, &j)| int_pow(x[i], y[j])).collect::<Result<_, _>>().map_err(|e| format!("Pow: {e}"))?,
+            pairs
+                .map(|(&i, &j)| int_pow(x[i], y[j]))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("Pow: {e}"))?,
         ),
         (x, y) => {
             let f = |n: Num| match n {
@@ -451,13 +529,25 @@ const COMPARE: &[(&str, Cmp)] = &[
     ("Equal", |o| o == Some(std::cmp::Ordering::Equal)),
     ("Greater", |o| o == Some(std::cmp::Ordering::Greater)),
     ("Less", |o| o == Some(std::cmp::Ordering::Less)),
-    ("GreaterOrEqual", |o| matches!(o, Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal))),
-    ("LessOrEqual", |o| matches!(o, Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal))),
+    ("GreaterOrEqual", |o| {
+        matches!(
+            o,
+            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+        )
+    }),
+    ("LessOrEqual", |o| {
+        matches!(
+            o,
+            Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+        )
+    }),
 ];
 
 fn k_compare(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let op = cx.node.op.as_str();
-    let Some(&(_, f)) = COMPARE.iter().find(|c| c.0 == op) else { bail!("no comparison {op}") };
+    let Some(&(_, f)) = COMPARE.iter().find(|c| c.0 == op) else {
+        bail!("no comparison {op}")
+    };
     let a = tensor(inputs, 0)?;
     let b = tensor(inputs, 1)?;
     same_elem(a, b, op)?;
@@ -492,7 +582,12 @@ fn k_logic(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let b = tensor(inputs, 1)?;
     let (x, y) = (bools(a, op)?, bools(b, op)?);
     let bc = bcast(&a.shape, &b.shape)?;
-    let out = bc.ia.iter().zip(&bc.ib).map(|(&i, &j)| f(x[i], y[j])).collect();
+    let out = bc
+        .ia
+        .iter()
+        .zip(&bc.ib)
+        .map(|(&i, &j)| f(x[i], y[j]))
+        .collect();
     one(Tensor::new(bc.shape, Data::Bool(out))?)
 }
 
@@ -538,9 +633,13 @@ fn k_bitshift(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         other => bail!("BitShift: direction must be LEFT or RIGHT, got {other:?}"),
     };
     if left {
-        binary_same(inputs, "BitShift", &|_, _| f64::NAN, &move |x, s| Ok(if s >= width { 0 } else { x << s }))
+        binary_same(inputs, "BitShift", &|_, _| f64::NAN, &move |x, s| {
+            Ok(if s >= width { 0 } else { x << s })
+        })
     } else {
-        binary_same(inputs, "BitShift", &|_, _| f64::NAN, &move |x, s| Ok(if s >= width { 0 } else { x >> s }))
+        binary_same(inputs, "BitShift", &|_, _| f64::NAN, &move |x, s| {
+            Ok(if s >= width { 0 } else { x >> s })
+        })
     }
 }
 
@@ -552,14 +651,34 @@ fn k_variadic(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if inputs.is_empty() {
         bail!("{op} needs at least one operand");
     }
-    let ts: Vec<&Tensor> = (0..inputs.len()).map(|i| tensor(inputs, i)).collect::<KResult<_>>()?;
+    let ts: Vec<&Tensor> = (0..inputs.len())
+        .map(|i| tensor(inputs, i))
+        .collect::<KResult<_>>()?;
     let elem = ts[0].elem();
     for t in &ts[1..] {
         same_elem(ts[0], t, op)?;
     }
     let (ff, fi): (FF, FI) = match op {
-        "Max" => (|a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }, |a, b| Ok(a.max(b))),
-        "Min" => (|a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }, |a, b| Ok(a.min(b))),
+        "Max" => (
+            |a, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.max(b)
+                }
+            },
+            |a, b| Ok(a.max(b)),
+        ),
+        "Min" => (
+            |a, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.min(b)
+                }
+            },
+            |a, b| Ok(a.min(b)),
+        ),
         _ => (|a, b| a + b, |a, b| Ok(a.wrapping_add(b))),
     };
     let mut shape = ts[0].shape.clone();
@@ -572,7 +691,11 @@ fn k_variadic(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if op == "Mean" {
         let n = ts.len();
         acc = match acc {
-            Num::F(v) => Num::F(v.into_iter().map(|x| round_to(elem, x / n as f64)).collect()),
+            Num::F(v) => Num::F(
+                v.into_iter()
+                    .map(|x| round_to(elem, x / n as f64))
+                    .collect(),
+            ),
             Num::I(v) => Num::I(v.into_iter().map(|x| x / n as i128).collect()),
         };
     }
@@ -587,10 +710,16 @@ fn k_where(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     same_elem(x, y, "Where")?;
     let shape = broadcast_shape(&broadcast_shape(&c.shape, &x.shape)?, &y.shape)?;
     checked_numel(&shape)?;
-    let (ic, ix, iy) = (index_map(&c.shape, &shape), index_map(&x.shape, &shape), index_map(&y.shape, &shape));
+    let (ic, ix, iy) = (
+        index_map(&c.shape, &shape),
+        index_map(&x.shape, &shape),
+        index_map(&y.shape, &shape),
+    );
     let both = Data::concat(&[&x.data, &y.data]).ok_or("Where: operands differ in type")?;
     let n = x.len();
-    let idx: Vec<usize> = (0..ic.len()).map(|k| if cond[ic[k]] { ix[k] } else { n + iy[k] }).collect();
+    let idx: Vec<usize> = (0..ic.len())
+        .map(|k| if cond[ic[k]] { ix[k] } else { n + iy[k] })
+        .collect();
     one(Tensor::new(shape, both.gather(&idx))?)
 }
 
@@ -599,7 +728,9 @@ fn k_clip(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let bound = |i: usize| -> KResult<Option<&Tensor>> {
         match opt_tensor(inputs, i)? {
             Some(t) if t.is_empty() => Ok(None),
-            Some(t) if t.len() != 1 => bail!("Clip: bound {i} must be a scalar, has shape {:?}", t.shape),
+            Some(t) if t.len() != 1 => {
+                bail!("Clip: bound {i} must be a scalar, has shape {:?}", t.shape)
+            }
             Some(t) => {
                 same_elem(x, t, "Clip")?;
                 Ok(Some(t))
@@ -674,12 +805,19 @@ fn k_dropout(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     };
     let training = match opt_tensor(inputs, 2)? {
         Some(t) if t.len() == 1 => t.to_f64()[0] != 0.0,
-        Some(t) => bail!("Dropout: training_mode must be a scalar, has shape {:?}", t.shape),
+        Some(t) => bail!(
+            "Dropout: training_mode must be a scalar, has shape {:?}",
+            t.shape
+        ),
         None => false,
     };
     let n = x.len();
     if !training || ratio == 0.0 {
-        return Ok(vec![Value::Tensor(std::sync::Arc::new(x.clone())), Value::tensor(Tensor::new(x.shape.clone(), Data::Bool(vec![true; n]))?)]);
+        let same = inputs[0].clone().ok_or("Dropout: operand 0 is required")?;
+        return Ok(vec![
+            same,
+            Value::tensor(Tensor::new(x.shape.clone(), Data::Bool(vec![true; n]))?),
+        ]);
     }
     if !(0.0..1.0).contains(&ratio) {
         bail!("Dropout: ratio must be in [0, 1), got {ratio}");
@@ -699,9 +837,106 @@ fn k_dropout(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     };
     let elem = x.elem();
     let scale = round_to(elem, 1.0 / round_to(elem, 1.0 - ratio));
-    let y: Vec<f64> = x.to_f64().into_iter().zip(&mask).map(|(v, &m)| if m { v * scale } else { 0.0 }).collect();
+    let y: Vec<f64> = x
+        .to_f64()
+        .into_iter()
+        .zip(&mask)
+        .map(|(v, &m)| if m { v * scale } else { 0.0 })
+        .collect();
     Ok(vec![
         Value::tensor(Tensor::new(x.shape.clone(), Data::from_f64(elem, &y))?),
         Value::tensor(Tensor::new(x.shape.clone(), Data::Bool(mask))?),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: Vec<usize>, d: Data) -> Option<Value> {
+        Some(Value::tensor(Tensor::new(shape, d).unwrap()))
+    }
+
+    fn arith(op: &str) -> (FF, FI) {
+        let e = ARITH.iter().find(|a| a.0 == op).unwrap();
+        (e.1, e.2)
+    }
+
+    #[test]
+    fn broadcast_add_and_integer_division() {
+        let (ff, fi) = arith("Add");
+        let r = binary_same(
+            &[
+                t(vec![2, 1], Data::I32(vec![1, 2])),
+                t(vec![3], Data::I32(vec![10, 20, 30])),
+            ],
+            "Add",
+            &ff,
+            &fi,
+        )
+        .unwrap();
+        assert_eq!(
+            *r[0].as_tensor().unwrap(),
+            Tensor::new(vec![2, 3], Data::I32(vec![11, 21, 31, 12, 22, 32])).unwrap()
+        );
+        let (ff, fi) = arith("Div");
+        let r = binary_same(
+            &[
+                t(vec![2], Data::I8(vec![-7, 7])),
+                t(vec![], Data::I8(vec![2])),
+            ],
+            "Div",
+            &ff,
+            &fi,
+        )
+        .unwrap();
+        assert_eq!(r[0].as_tensor().unwrap().data, Data::I8(vec![-3, 3]));
+        let e = binary_same(
+            &[
+                t(vec![1], Data::I64(vec![1])),
+                t(vec![1], Data::I64(vec![0])),
+            ],
+            "Div",
+            &ff,
+            &fi,
+        );
+        assert!(e.is_err());
+        let e = binary_same(
+            &[
+                t(vec![2], Data::F32(vec![1.0, 2.0])),
+                t(vec![3], Data::F32(vec![1.0; 3])),
+            ],
+            "Div",
+            &ff,
+            &fi,
+        );
+        assert!(e.is_err(), "shapes that do not broadcast are an error");
+    }
+
+    #[test]
+    fn unsigned_64_bit_is_exact() {
+        let (ff, fi) = arith("Sub");
+        let r = binary_same(
+            &[
+                t(vec![1], Data::U64(vec![u64::MAX])),
+                t(vec![1], Data::U64(vec![1])),
+            ],
+            "Sub",
+            &ff,
+            &fi,
+        )
+        .unwrap();
+        assert_eq!(
+            r[0].as_tensor().unwrap().data,
+            Data::U64(vec![u64::MAX - 1])
+        );
+        assert_eq!(int_pow(3, 4), Ok(81));
+        assert!(int_pow(2, -1).is_err());
+    }
+
+    #[test]
+    fn float16_rounds_per_step() {
+        assert_eq!(round_to(ElemType::F16, 1.0 + 1e-4), 1.0);
+        assert_eq!(round_to(ElemType::F32, 0.1), 0.1f32 as f64);
+    }
 }

@@ -16,22 +16,40 @@ use crate::value::Value;
 /// scale/zero point in `p`: one value for all, one per index along `axis`
 /// (1-D `p`), or one per block of `block` indices along `axis` (`p` of the
 /// same rank as x).
-fn param_index(p: &Tensor, x_shape: &[usize], axis: i64, block: i64, what: &str) -> KResult<Vec<usize>> {
+fn param_index(
+    p: &Tensor,
+    x_shape: &[usize],
+    axis: i64,
+    block: i64,
+    what: &str,
+) -> KResult<Vec<usize>> {
     let n: usize = x_shape.iter().product();
     if p.len() == 1 {
         return Ok(vec![0; n]);
+    }
+    if x_shape.is_empty() {
+        bail!("{what} has {} values but the input is a scalar", p.len());
     }
     let axis = norm_axis(axis, x_shape.len())?;
     let xs = strides(x_shape);
     if block <= 0 {
         if p.rank() != 1 || p.len() != x_shape[axis] {
-            bail!("{what} of shape {:?} does not match axis {axis} of shape {x_shape:?}", p.shape);
+            bail!(
+                "{what} of shape {:?} does not match axis {axis} of shape {x_shape:?}",
+                p.shape
+            );
         }
         return Ok((0..n).map(|i| (i / xs[axis]) % x_shape[axis]).collect());
     }
     let block = block as usize;
     let ok = p.rank() == x_shape.len()
-        && (0..x_shape.len()).all(|d| if d == axis { p.shape[d] == x_shape[d].div_ceil(block) } else { p.shape[d] == x_shape[d] });
+        && (0..x_shape.len()).all(|d| {
+            if d == axis {
+                p.shape[d] == x_shape[d].div_ceil(block)
+            } else {
+                p.shape[d] == x_shape[d]
+            }
+        });
     if !ok {
         bail!("{what} of shape {:?} does not fit blocks of {block} along axis {axis} of shape {x_shape:?}", p.shape);
     }
@@ -77,7 +95,10 @@ pub fn k_quantize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     };
     if let Some(z) = zp {
         if z.elem() != out {
-            bail!("QuantizeLinear: zero point is {}, result is {out}", z.elem());
+            bail!(
+                "QuantizeLinear: zero point is {}, result is {out}",
+                z.elem()
+            );
         }
     }
     let si = param_index(scale, &x.shape, axis, block, "scale")?;
@@ -85,9 +106,18 @@ pub fn k_quantize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     let se = scale.elem();
     let xv = x.to_f64();
     // x / scale in the scale's precision, as numpy divides.
-    let q: Vec<f64> = xv.iter().zip(&si).map(|(&v, &k)| round_to(se, v / s[k])).collect();
+    let q: Vec<f64> = xv
+        .iter()
+        .zip(&si)
+        .map(|(&v, &k)| round_to(se, v / s[k]))
+        .collect();
     let data = if out.is_float8() {
-        Data::F8(out, q.iter().map(|&v| f8::encode(out, v as f32, saturate)).collect())
+        Data::F8(
+            out,
+            q.iter()
+                .map(|&v| f8::encode(out, v as f32, saturate))
+                .collect(),
+        )
     } else {
         let (lo, hi) = int_range(out)?;
         let z: Vec<i128> = match zp {
@@ -102,7 +132,11 @@ pub fn k_quantize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
             .iter()
             .zip(&z)
             .map(|(&v, &z)| {
-                let r = if v.is_nan() { 0 } else { v.round_ties_even().clamp(-1e30, 1e30) as i128 };
+                let r = if v.is_nan() {
+                    0
+                } else {
+                    v.round_ties_even().clamp(-1e30, 1e30) as i128
+                };
                 (r + z).clamp(lo, hi) as i64
             })
             .collect();
@@ -123,7 +157,11 @@ pub fn k_dequantize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value
     let mut dx = x.to_f64();
     if let Some(z) = zp {
         if z.elem() != x.elem() {
-            bail!("DequantizeLinear: zero point is {}, input is {}", z.elem(), x.elem());
+            bail!(
+                "DequantizeLinear: zero point is {}, input is {}",
+                z.elem(),
+                x.elem()
+            );
         }
         // float8 zero points must be zero (the reference ignores them).
         if !x.elem().is_float8() {
@@ -155,14 +193,42 @@ pub fn k_dynamic_quantize(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<
         bail!("DynamicQuantizeLinear: empty input");
     }
     let xv: Vec<f32> = x.to_f64().into_iter().map(|v| v as f32).collect();
-    let max = xv.iter().copied().fold(f32::NEG_INFINITY, f32::max).max(0.0);
+    let max = xv
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+        .max(0.0);
     let min = xv.iter().copied().fold(f32::INFINITY, f32::min).min(0.0);
     let scale = if max == min { 1.0f32 } else { max - min } / 255.0f32;
     let zp = (0.0f32 - min / scale).clamp(0.0, 255.0).round_ties_even();
-    let y: Vec<u8> = xv.iter().map(|&v| ((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8).collect();
+    let y: Vec<u8> = xv
+        .iter()
+        .map(|&v| ((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8)
+        .collect();
     Ok(vec![
         Value::tensor(Tensor::new(x.shape.clone(), Data::U8(y))?),
         Value::tensor(Tensor::scalar(Data::from_f64(x.elem(), &[scale as f64]))),
         Value::tensor(Tensor::scalar(Data::U8(vec![zp as u8]))),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_axis_and_blocked_indices() {
+        let p = Tensor::new(vec![3], Data::F32(vec![1.0; 3])).unwrap();
+        assert_eq!(
+            param_index(&p, &[2, 3], 1, 0, "scale").unwrap(),
+            vec![0, 1, 2, 0, 1, 2]
+        );
+        assert!(param_index(&p, &[2, 4], 1, 0, "scale").is_err());
+        assert!(param_index(&p, &[], 0, 0, "scale").is_err());
+        let b = Tensor::new(vec![2, 2], Data::F32(vec![1.0; 4])).unwrap();
+        assert_eq!(
+            param_index(&b, &[2, 3], 1, 2, "scale").unwrap(),
+            vec![0, 0, 1, 2, 2, 3]
+        );
+    }
 }
