@@ -189,8 +189,18 @@ fn qlinear_matmul(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     let ia = broadcast_indices(&a_scale.shape, &s_shape);
     let ib = broadcast_indices(&b_scale.shape, &s_shape);
     let iy = broadcast_indices(&y_scale.shape, &s_shape);
+    // Round after each operation to the scales' own type (f16 scales are
+    // multiplied in f16 by the reference).
+    let se = a_scale.elem();
+    let round = |x: f32| -> f32 {
+        match se {
+            ElemType::F16 => half::f16::from_f32(x).to_f32(),
+            ElemType::BF16 => half::bf16::from_f32(x).to_f32(),
+            _ => x,
+        }
+    };
     let scale: Vec<f64> =
-        (0..ia.len()).map(|i| (av_s[ia[i]] * bv_s[ib[i]] / yv_s[iy[i]]) as f64).collect();
+        (0..ia.len()).map(|i| round(round(av_s[ia[i]] * bv_s[ib[i]]) / yv_s[iy[i]]) as f64).collect();
     let out_shape = broadcast_shape(&shape, &s_shape)?;
     if out_shape != shape {
         bail!("scales of shape {s_shape:?} do not fit the product {shape:?}");
@@ -206,8 +216,10 @@ fn qlinear_matmul(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         }
         None => (vec![0.0], vec![0; c.len()]),
     };
-    let r: Vec<f64> =
-        c.iter().enumerate().map(|(i, &x)| quantize(x as f64 * scale[is[i]] + zv[iz[i]], out_elem)).collect();
+    // Round half to even, then convert with wrapping: the ONNX reference
+    // (`np.rint(D).astype(dtype)`) does not saturate here, and the node
+    // tests' expected outputs wrap (e.g. -236 becomes 20 in int8).
+    let r: Vec<f64> = c.iter().enumerate().map(|(i, &x)| (x as f64 * scale[is[i]] + zv[iz[i]]).round_ties_even()).collect();
     Ok(vec![out_f64(out_elem, shape, &r)?])
 }
 

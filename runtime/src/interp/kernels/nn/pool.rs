@@ -245,10 +245,8 @@ fn avg_pool(cx: &mut Ctx, inputs: &[Option<Value>], lp: Option<f64>) -> KResult<
         let count = if include_pad { k_n } else { taps.len() };
         let r = match lp {
             None => taps.iter().map(|&t| v[base + t]).sum::<f64>() / count as f64,
-            Some(pw) => {
-                let s: f64 = taps.iter().map(|&t| v[base + t].abs().powf(pw)).sum();
-                (k_n as f64 * s / count as f64).powf(1.0 / pw)
-            }
+            // Padding contributes zeros: (sum of |x|^p over the window)^(1/p).
+            Some(pw) => taps.iter().map(|&t| v[base + t].abs().powf(pw)).sum::<f64>().powf(1.0 / pw),
         };
         vals.push(r);
     })?;
@@ -309,14 +307,33 @@ fn max_unpool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if shape.len() != x.rank() {
         bail!("output_shape {shape:?} has the wrong rank");
     }
-    let n = checked_numel(&shape)?;
+    // Indices address the inferred (unpadded) shape; that block is then
+    // placed at the origin of a larger `output_shape`, as the reference does.
+    let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
+    let mut inferred = vec![x.shape[0], x.shape[1]];
+    for i in 0..nd {
+        let o = (x.shape[i + 2] as i64 - 1) * strides[i] as i64 + kernel[i] as i64 - pads[i] as i64 - pads[i + nd] as i64;
+        inferred.push(o.max(0) as usize);
+    }
+    if inferred.iter().zip(&shape).any(|(a, b)| a > b) {
+        bail!("output_shape {shape:?} is smaller than the unpooled shape {inferred:?}");
+    }
+    let n_inf = checked_numel(&inferred)?;
     let v = x.to_f64();
-    let mut out = vec![0.0; n];
+    let mut block = vec![0.0; n_inf];
     for (&i, &val) in ind.to_i64().iter().zip(&v) {
-        if i < 0 || i as usize >= n {
-            bail!("MaxUnpool index {i} is out of range for output {shape:?}");
+        if i < 0 || i as usize >= n_inf {
+            bail!("MaxUnpool index {i} is out of range for shape {inferred:?}");
         }
-        out[i as usize] = val;
+        block[i as usize] = val;
+    }
+    let n = checked_numel(&shape)?;
+    let mut out = vec![0.0; n];
+    let ost = crate::tensor::strides(&shape);
+    let mut idx = vec![0usize; inferred.len()];
+    for &val in &block {
+        out[idx.iter().zip(&ost).map(|(a, b)| a * b).sum::<usize>()] = val;
+        super::next_index(&mut idx, &inferred);
     }
     Ok(vec![out_f64(x.elem(), shape, &out)?])
 }
