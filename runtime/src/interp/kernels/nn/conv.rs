@@ -539,3 +539,82 @@ fn deform_conv(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     }
     Ok(vec![out_f64(x.elem(), vec![n, m, oh, ow], &res)?])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo(input: &[usize], kernel: &[usize], s: usize, p: i64) -> Geo {
+        let out = input.iter().zip(kernel).map(|(&i, &k)| ((i as i64 + 2 * p - k as i64) / s as i64 + 1) as usize).collect();
+        Geo { input: input.to_vec(), kernel: kernel.to_vec(), strides: vec![s; input.len()], dil: vec![1; input.len()], pad_begin: vec![p; input.len()], out }
+    }
+
+    /// Direct definition of convolution, for checking im2col.
+    fn naive(x: &[f64], xs: &[usize], w: &[f64], ws: &[usize], g: &Geo, group: usize) -> Vec<f64> {
+        let (n, c, m) = (xs[0], xs[1], ws[0]);
+        let (cg, mg) = (c / group, m / group);
+        let (ih, iw, kh, kw, oh, ow) = (g.input[0], g.input[1], g.kernel[0], g.kernel[1], g.out[0], g.out[1]);
+        let mut out = vec![0.0; n * m * oh * ow];
+        for b in 0..n {
+            for mo in 0..m {
+                let gi = mo / mg;
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut s = 0.0;
+                        for ci in 0..cg {
+                            for u in 0..kh {
+                                for v in 0..kw {
+                                    let y = (i * g.strides[0]) as i64 - g.pad_begin[0] + (u * g.dil[0]) as i64;
+                                    let xx = (j * g.strides[1]) as i64 - g.pad_begin[1] + (v * g.dil[1]) as i64;
+                                    if y >= 0 && xx >= 0 && (y as usize) < ih && (xx as usize) < iw {
+                                        s += x[((b * c + gi * cg + ci) * ih + y as usize) * iw + xx as usize]
+                                            * w[((mo * cg + ci) * kh + u) * kw + v];
+                                    }
+                                }
+                            }
+                        }
+                        out[((b * m + mo) * oh + i) * ow + j] = s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn im2col_conv_matches_direct_definition() {
+        for &(c, m, group, h, k, s, p, d) in
+            &[(3, 4, 1, 7, 3, 1, 1, 1), (4, 6, 2, 9, 3, 2, 0, 1), (4, 4, 4, 8, 3, 2, 1, 2), (2, 5, 1, 6, 1, 1, 0, 1), (2, 3, 1, 5, 2, 3, 2, 1)]
+        {
+            let mut g = geo(&[h, h + 1], &[k, k], s, p);
+            g.dil = vec![d, d];
+            let ext = (k - 1) * d + 1;
+            g.out = vec![(h + 2 * p as usize - ext) / s + 1, (h + 1 + 2 * p as usize - ext) / s + 1];
+            let xs = [2, c, h, h + 1];
+            let ws = [m, c / group, k, k];
+            let x: Vec<f64> = (0..xs.iter().product::<usize>()).map(|i| ((i * 7) % 11) as f64 - 5.0).collect();
+            let w: Vec<f64> = (0..ws.iter().product::<usize>()).map(|i| ((i * 5) % 7) as f64 - 3.0).collect();
+            let got = conv_core(&x, &xs, &w, &ws, &g, group, gemm).expect("conv");
+            assert_eq!(got, naive(&x, &xs, &w, &ws, &g, group));
+        }
+    }
+
+    /// Throughput on ResNet-50 layer shapes: `cargo test --release -p
+    /// kiln-runtime conv_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn conv_speed() {
+        for &(c, m, h, k, s, p) in &[(64, 64, 56, 3, 1, 1), (256, 64, 56, 1, 1, 0), (512, 512, 7, 3, 1, 1), (3, 64, 224, 7, 2, 3), (128, 128, 28, 3, 1, 1)] {
+            let g = geo(&[h, h], &[k, k], s, p as i64);
+            let xs = [1, c, h, h];
+            let ws = [m, c, k, k];
+            let x = vec![0.5f32; c * h * h];
+            let w = vec![0.25f32; m * c * k * k];
+            let t = std::time::Instant::now();
+            let r = conv_core(&x, &xs, &w, &ws, &g, 1, gemm).expect("conv");
+            let dt = t.elapsed().as_secs_f64();
+            let flop = 2.0 * (m * c * k * k * g.out[0] * g.out[1]) as f64;
+            eprintln!("c={c} m={m} h={h} k={k}: {:.1} ms, {:.2} GFLOP/s ({})", dt * 1e3, flop / dt / 1e9, r[0]);
+        }
+    }
+}
