@@ -395,7 +395,7 @@ fn einsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let ivals: Vec<Vec<i64>> = if is_int { ops.iter().map(|t| t.to_i64()).collect() } else { vec![] };
     let total = super::checked_numel(&size)?;
     let out_n: usize = out_shape.iter().product();
-    let inner_n = if out_n == 0 { 0 } else { total / out_n };
+    let inner_n = total.checked_div(out_n).unwrap_or(0);
     let mut fout = vec![0.0f64; out_n];
     let mut iout = vec![0i64; out_n];
     let mut idx = vec![0usize; labels.len()];

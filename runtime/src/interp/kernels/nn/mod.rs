@@ -143,7 +143,7 @@ pub(crate) fn from_f32(elem: ElemType, v: Vec<f32>) -> Data {
 pub(crate) fn attr_sizes(cx: &Ctx, name: &str, n: usize, default: usize) -> KResult<Vec<usize>> {
     match cx.attr_ints(name) {
         None => Ok(vec![default; n]),
-        Some(v) if v.is_empty() => Ok(vec![default; n]),
+        Some([]) => Ok(vec![default; n]),
         Some(v) => {
             if v.len() != n {
                 bail!("attribute `{name}` has {} values, expected {n}", v.len());

@@ -36,7 +36,10 @@ struct Plan {
     out: Vec<usize>,
 }
 
-fn common(cx: &Ctx, x: &Tensor) -> KResult<(usize, Vec<usize>, Vec<usize>, Vec<usize>)> {
+/// (spatial rank, kernel, strides, dilations).
+type Common = (usize, Vec<usize>, Vec<usize>, Vec<usize>);
+
+fn common(cx: &Ctx, x: &Tensor) -> KResult<Common> {
     if x.rank() < 3 {
         bail!("pooling needs [N, C, spatial...] input, got {:?}", x.shape);
     }

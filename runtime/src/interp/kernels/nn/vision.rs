@@ -24,6 +24,9 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         bail!("RoiAlign shapes do not fit: X {:?}, rois {:?}, batch_indices {:?}", x.shape, rois.shape, bidx.shape);
     }
     let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    if h == 0 || w == 0 {
+        bail!("RoiAlign input has an empty feature map: {:?}", x.shape);
+    }
     let oh = cx.attr_int("output_height", 1).max(1) as usize;
     let ow = cx.attr_int("output_width", 1).max(1) as usize;
     let ratio = cx.attr_int("sampling_ratio", 0);
