@@ -1,0 +1,342 @@
+//! Pooling: MaxPool (with the indices result), AveragePool, LpPool, their
+//! Global forms, and MaxUnpool. Output sizes and padding follow the ONNX
+//! reference implementation, including its ceil_mode rules.
+
+use kiln_ir::ElemType;
+
+use super::{attr_sizes, checked_numel, out_f64, out_i64};
+use crate::interp::kernels::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::tensor::Tensor;
+use crate::value::Value;
+
+pub fn lookup(op: &str) -> Option<KernelFn> {
+    Some(match op {
+        "MaxPool" => max_pool,
+        "AveragePool" => |cx, i| avg_pool(cx, i, None),
+        "LpPool" => |cx, i| {
+            let p = cx.attr_int("p", 2) as f64;
+            avg_pool(cx, i, Some(p))
+        },
+        "GlobalAveragePool" => |_, i| global(i, Global::Avg),
+        "GlobalMaxPool" => |_, i| global(i, Global::Max),
+        "GlobalLpPool" => |cx, i| {
+            let p = cx.attr_int("p", 2) as f64;
+            global(i, Global::Lp(p))
+        },
+        "MaxUnpool" => max_unpool,
+        _ => return None,
+    })
+}
+
+struct Plan {
+    kernel: Vec<usize>,
+    strides: Vec<usize>,
+    dil: Vec<usize>,
+    pad_begin: Vec<i64>,
+    out: Vec<usize>,
+}
+
+/// (spatial rank, kernel, strides, dilations).
+type Common = (usize, Vec<usize>, Vec<usize>, Vec<usize>);
+
+fn common(cx: &Ctx, x: &Tensor) -> KResult<Common> {
+    if x.rank() < 3 {
+        bail!("pooling needs [N, C, spatial...] input, got {:?}", x.shape);
+    }
+    let nd = x.rank() - 2;
+    let kernel = match cx.attr_ints("kernel_shape") {
+        Some(k) if k.len() == nd && k.iter().all(|&a| a > 0) => k.iter().map(|&a| a as usize).collect(),
+        _ => bail!("kernel_shape must list {nd} positive sizes"),
+    };
+    let strides = attr_sizes(cx, "strides", nd, 1)?;
+    let dil = attr_sizes(cx, "dilations", nd, 1)?;
+    if strides.contains(&0) || dil.contains(&0) {
+        bail!("strides and dilations must be positive");
+    }
+    Ok((nd, kernel, strides, dil))
+}
+
+fn floor_or_ceil(num: i64, den: i64, ceil: bool) -> i64 {
+    if ceil {
+        num.div_euclid(den) + i64::from(num.rem_euclid(den) != 0)
+    } else {
+        num.div_euclid(den)
+    }
+}
+
+/// MaxPool geometry (standard, with the reference's ceil_mode rule that
+/// drops a last window starting in the right padding).
+fn max_plan(cx: &Ctx, x: &Tensor) -> KResult<Plan> {
+    let (nd, kernel, strides, dil) = common(cx, x)?;
+    let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
+    let ceil = cx.attr_int("ceil_mode", 0) != 0;
+    let auto_pad = cx.attr_str("auto_pad").unwrap_or("NOTSET");
+    let mut pad_begin = vec![0i64; nd];
+    let mut out = vec![0usize; nd];
+    for i in 0..nd {
+        let n = x.shape[i + 2] as i64;
+        let s = strides[i] as i64;
+        let ext = (kernel[i] as i64 - 1) * dil[i] as i64 + 1;
+        let o = match auto_pad {
+            "SAME_UPPER" | "SAME_LOWER" => {
+                let o = (n + s - 1) / s;
+                let total = ((o - 1) * s + ext - n).max(0);
+                pad_begin[i] = if auto_pad == "SAME_UPPER" { total / 2 } else { total - total / 2 };
+                o
+            }
+            "VALID" => floor_or_ceil(n - ext, s, false) + 1,
+            "NOTSET" | "" => {
+                pad_begin[i] = pads[i] as i64;
+                let total = n + pads[i] as i64 + pads[i + nd] as i64;
+                let mut o = floor_or_ceil(total - ext, s, ceil) + 1;
+                if ceil && (o - 1) * s >= n + pads[i] as i64 {
+                    o -= 1;
+                }
+                o
+            }
+            other => bail!("unknown auto_pad `{other}`"),
+        };
+        out[i] = o.max(0) as usize;
+    }
+    Ok(Plan { kernel, strides, dil, pad_begin, out })
+}
+
+/// AveragePool/LpPool geometry as the reference computes it.
+fn avg_plan(cx: &Ctx, x: &Tensor) -> KResult<Plan> {
+    let (nd, kernel, strides, dil) = common(cx, x)?;
+    let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
+    let ceil = cx.attr_int("ceil_mode", 0) != 0;
+    let auto_pad = cx.attr_str("auto_pad").unwrap_or("NOTSET");
+    let mut pad_begin = vec![0i64; nd];
+    let mut out = vec![0usize; nd];
+    for i in 0..nd {
+        let n = x.shape[i + 2] as i64;
+        let s = strides[i] as i64;
+        let k = kernel[i] as i64;
+        let ext = (k - 1) * dil[i] as i64 + 1;
+        let o = match auto_pad {
+            "SAME_UPPER" | "SAME_LOWER" => {
+                let o = (n - 1).div_euclid(s) + 1;
+                let total = (o - 1) * s + k - n;
+                pad_begin[i] = if auto_pad == "SAME_UPPER" { total.div_euclid(2) } else { total - total.div_euclid(2) };
+                o
+            }
+            "VALID" => (n - k).div_euclid(s) + 1,
+            "NOTSET" | "" => {
+                let (pb, pe) = (pads[i] as i64, pads[i + nd] as i64);
+                let o = floor_or_ceil(n + pb + pe - ext, s, ceil) + 1;
+                let extra = (o - 1) * s + ext - n - pb - pe;
+                pad_begin[i] = pb + if extra > 0 { extra / 2 } else { 0 };
+                o
+            }
+            other => bail!("unknown auto_pad `{other}`"),
+        };
+        out[i] = o.max(0) as usize;
+    }
+    Ok(Plan { kernel, strides, dil, pad_begin, out })
+}
+
+/// Visit every (plane, output position): `f(plane, out_index, taps)` where
+/// taps are the in-bounds input offsets (within the plane) of the window,
+/// in row-major window order, and the window's total size.
+fn windows(x: &Tensor, p: &Plan, mut f: impl FnMut(usize, usize, &[usize])) -> KResult<usize> {
+    let nd = p.kernel.len();
+    let input = &x.shape[2..];
+    let planes = x.shape[0] * x.shape[1];
+    let out_n = checked_numel(&p.out)?;
+    checked_numel(&[planes, out_n])?;
+    let in_strides = crate::tensor::strides(input);
+    let k_n: usize = p.kernel.iter().product();
+    let mut taps = Vec::with_capacity(k_n);
+    for plane in 0..planes {
+        let mut oidx = vec![0usize; nd];
+        for o in 0..out_n {
+            taps.clear();
+            let mut kidx = vec![0usize; nd];
+            for _ in 0..k_n {
+                let mut off = 0usize;
+                let mut ok = true;
+                for d in 0..nd {
+                    let c = oidx[d] as i64 * p.strides[d] as i64 - p.pad_begin[d] + (kidx[d] * p.dil[d]) as i64;
+                    if c < 0 || c >= input[d] as i64 {
+                        ok = false;
+                        break;
+                    }
+                    off += c as usize * in_strides[d];
+                }
+                if ok {
+                    taps.push(off);
+                }
+                super::next_index(&mut kidx, &p.kernel);
+            }
+            f(plane, o, &taps);
+            super::next_index(&mut oidx, &p.out);
+        }
+    }
+    Ok(out_n)
+}
+
+fn out_shape(x: &Tensor, p: &Plan) -> Vec<usize> {
+    let mut s = vec![x.shape[0], x.shape[1]];
+    s.extend(&p.out);
+    s
+}
+
+fn max_pool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    let p = max_plan(cx, x)?;
+    let col_major = cx.attr_int("storage_order", 0) != 0;
+    let input = x.shape[2..].to_vec();
+    let in_n: usize = input.iter().product();
+    let v = x.to_f64();
+    let mut vals = Vec::new();
+    let mut idx = Vec::new();
+    let elem = x.elem();
+    let fill = if elem.is_float() { f64::NAN } else { 0.0 };
+    windows(x, &p, |plane, _, taps| {
+        let base = plane * in_n;
+        let mut best: Option<(f64, usize)> = None;
+        for &t in taps {
+            let xv = v[base + t];
+            if best.is_none_or(|(b, _)| xv > b) {
+                best = Some((xv, t));
+            }
+        }
+        let (bv, bt) = best.unwrap_or((fill, 0));
+        let flat = if col_major {
+            // Re-express the in-plane offset column-major.
+            let mut rem = bt;
+            let mut off = 0usize;
+            let mut mult = 1usize;
+            let st = crate::tensor::strides(&input);
+            let mut coords = vec![0usize; input.len()];
+            for d in 0..input.len() {
+                coords[d] = rem / st[d];
+                rem %= st[d];
+            }
+            for d in 0..input.len() {
+                off += coords[d] * mult;
+                mult *= input[d];
+            }
+            off
+        } else {
+            bt
+        };
+        vals.push(bv);
+        idx.push((base + flat) as i64);
+    })?;
+    let shape = out_shape(x, &p);
+    let mut res = vec![out_f64(elem, shape.clone(), &vals)?];
+    if cx.node.outputs.len() > 1 {
+        res.push(out_i64(ElemType::I64, shape, &idx)?);
+    }
+    Ok(res)
+}
+
+/// AveragePool, or LpPool when `lp` is Some(p).
+fn avg_pool(cx: &mut Ctx, inputs: &[Option<Value>], lp: Option<f64>) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    super::need_float(x, "pooling input")?;
+    let p = avg_plan(cx, x)?;
+    let include_pad = cx.attr_int("count_include_pad", 0) != 0;
+    let in_n: usize = x.shape[2..].iter().product();
+    let k_n: usize = p.kernel.iter().product();
+    let v = x.to_f64();
+    let mut vals = Vec::new();
+    windows(x, &p, |plane, _, taps| {
+        let base = plane * in_n;
+        let count = if include_pad { k_n } else { taps.len() };
+        let r = match lp {
+            None => taps.iter().map(|&t| v[base + t]).sum::<f64>() / count as f64,
+            // Padding contributes zeros: (sum of |x|^p over the window)^(1/p).
+            Some(pw) => taps.iter().map(|&t| v[base + t].abs().powf(pw)).sum::<f64>().powf(1.0 / pw),
+        };
+        vals.push(r);
+    })?;
+    Ok(vec![out_f64(x.elem(), out_shape(x, &p), &vals)?])
+}
+
+enum Global {
+    Avg,
+    Max,
+    Lp(f64),
+}
+
+fn global(inputs: &[Option<Value>], kind: Global) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    super::need_float(x, "pooling input")?;
+    if x.rank() < 2 {
+        bail!("global pooling needs [N, C, ...] input, got {:?}", x.shape);
+    }
+    let in_n: usize = x.shape[2..].iter().product();
+    let planes = x.shape[0] * x.shape[1];
+    let v = x.to_f64();
+    let vals: Vec<f64> = (0..planes)
+        .map(|pl| {
+            let s = &v[pl * in_n..(pl + 1) * in_n];
+            match kind {
+                Global::Avg => s.iter().sum::<f64>() / in_n as f64,
+                Global::Max => s.iter().copied().fold(f64::NEG_INFINITY, |a, b| if b > a || b.is_nan() { b } else { a }),
+                Global::Lp(p) => s.iter().map(|a| a.abs().powf(p)).sum::<f64>().powf(1.0 / p),
+            }
+        })
+        .collect();
+    let mut shape = x.shape.clone();
+    for d in shape.iter_mut().skip(2) {
+        *d = 1;
+    }
+    Ok(vec![out_f64(x.elem(), shape, &vals)?])
+}
+
+fn max_unpool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    let ind = tensor(inputs, 1)?;
+    let (nd, kernel, strides, _) = common(cx, x)?;
+    if ind.shape != x.shape {
+        bail!("indices of shape {:?} do not match input {:?}", ind.shape, x.shape);
+    }
+    let shape: Vec<usize> = match opt_tensor(inputs, 2)? {
+        Some(s) => s.to_i64().iter().map(|&d| usize::try_from(d).map_err(|_| format!("bad output_shape {d}"))).collect::<Result<_, _>>()?,
+        None => {
+            let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
+            let mut s = vec![x.shape[0], x.shape[1]];
+            for i in 0..nd {
+                let o = (x.shape[i + 2] as i64 - 1) * strides[i] as i64 + kernel[i] as i64 - pads[i] as i64 - pads[i + nd] as i64;
+                s.push(o.max(0) as usize);
+            }
+            s
+        }
+    };
+    if shape.len() != x.rank() {
+        bail!("output_shape {shape:?} has the wrong rank");
+    }
+    // Indices address the inferred (unpadded) shape; that block is then
+    // placed at the origin of a larger `output_shape`, as the reference does.
+    let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
+    let mut inferred = vec![x.shape[0], x.shape[1]];
+    for i in 0..nd {
+        let o = (x.shape[i + 2] as i64 - 1) * strides[i] as i64 + kernel[i] as i64 - pads[i] as i64 - pads[i + nd] as i64;
+        inferred.push(o.max(0) as usize);
+    }
+    if inferred.iter().zip(&shape).any(|(a, b)| a > b) {
+        bail!("output_shape {shape:?} is smaller than the unpooled shape {inferred:?}");
+    }
+    let n_inf = checked_numel(&inferred)?;
+    let v = x.to_f64();
+    let mut block = vec![0.0; n_inf];
+    for (&i, &val) in ind.to_i64().iter().zip(&v) {
+        if i < 0 || i as usize >= n_inf {
+            bail!("MaxUnpool index {i} is out of range for shape {inferred:?}");
+        }
+        block[i as usize] = val;
+    }
+    let n = checked_numel(&shape)?;
+    let mut out = vec![0.0; n];
+    let ost = crate::tensor::strides(&shape);
+    let mut idx = vec![0usize; inferred.len()];
+    for &val in &block {
+        out[idx.iter().zip(&ost).map(|(a, b)| a * b).sum::<usize>()] = val;
+        super::next_index(&mut idx, &inferred);
+    }
+    Ok(vec![out_f64(x.elem(), shape, &out)?])
+}

@@ -1,0 +1,177 @@
+//! Detection ops: RoiAlign (avg/max, half_pixel or output_half_pixel, as
+//! the ONNX reference samples) and NonMaxSuppression.
+
+use kiln_ir::ElemType;
+
+use super::{need_float, out_f64, out_i64};
+use crate::interp::kernels::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::value::Value;
+
+pub fn lookup(op: &str) -> Option<KernelFn> {
+    Some(match op {
+        "RoiAlign" => roi_align,
+        "NonMaxSuppression" => nms,
+        _ => return None,
+    })
+}
+
+fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    let rois = tensor(inputs, 1)?;
+    let bidx = tensor(inputs, 2)?;
+    need_float(x, "RoiAlign input")?;
+    if x.rank() != 4 || rois.rank() != 2 || rois.shape[1] != 4 || bidx.len() != rois.shape[0] {
+        bail!("RoiAlign shapes do not fit: X {:?}, rois {:?}, batch_indices {:?}", x.shape, rois.shape, bidx.shape);
+    }
+    let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    if h == 0 || w == 0 {
+        bail!("RoiAlign input has an empty feature map: {:?}", x.shape);
+    }
+    let oh = cx.attr_int("output_height", 1).max(1) as usize;
+    let ow = cx.attr_int("output_width", 1).max(1) as usize;
+    let ratio = cx.attr_int("sampling_ratio", 0);
+    let scale = cx.attr_float("spatial_scale", 1.0) as f64;
+    let is_max = cx.attr_str("mode").unwrap_or("avg").eq_ignore_ascii_case("max");
+    let half_pixel = cx.attr_str("coordinate_transformation_mode").unwrap_or("half_pixel").eq_ignore_ascii_case("half_pixel");
+    let xv = x.to_f64();
+    let rv = rois.to_f64();
+    let bi = bidx.to_i64();
+    let nr = rois.shape[0];
+    let mut out = vec![0.0; nr * c * oh * ow];
+    for r in 0..nr {
+        let b = bi[r];
+        if b < 0 || b as usize >= n {
+            bail!("batch index {b} is out of range for {n} images");
+        }
+        let off = if half_pixel { 0.5 } else { 0.0 };
+        let sw = rv[r * 4] * scale - off;
+        let sh = rv[r * 4 + 1] * scale - off;
+        let mut rw = rv[r * 4 + 2] * scale - off - sw;
+        let mut rh = rv[r * 4 + 3] * scale - off - sh;
+        if !half_pixel {
+            rw = rw.max(1.0);
+            rh = rh.max(1.0);
+        }
+        let (bh, bw) = (rh / oh as f64, rw / ow as f64);
+        let gh = if ratio > 0 { ratio as usize } else { (rh / oh as f64).ceil().max(0.0) as usize };
+        let gw = if ratio > 0 { ratio as usize } else { (rw / ow as f64).ceil().max(0.0) as usize };
+        let count = (gh * gw).max(1) as f64;
+        // Sample points: (positions, weights) shared by all channels.
+        let mut pre = Vec::with_capacity(oh * ow * gh * gw);
+        for ph in 0..oh {
+            for pw in 0..ow {
+                for iy in 0..gh {
+                    let yy = sh + ph as f64 * bh + (iy as f64 + 0.5) * bh / gh as f64;
+                    for ix in 0..gw {
+                        let xx = sw + pw as f64 * bw + (ix as f64 + 0.5) * bw / gw as f64;
+                        if yy < -1.0 || yy > h as f64 || xx < -1.0 || xx > w as f64 {
+                            pre.push(([0usize; 4], [0.0f64; 4]));
+                            continue;
+                        }
+                        let (mut y, mut xq) = (yy.max(0.0), xx.max(0.0));
+                        let (mut yl, mut xl) = (y as usize, xq as usize);
+                        let yh = if yl + 1 >= h {
+                            yl = h - 1;
+                            y = yl as f64;
+                            yl
+                        } else {
+                            yl + 1
+                        };
+                        let xh = if xl + 1 >= w {
+                            xl = w - 1;
+                            xq = xl as f64;
+                            xl
+                        } else {
+                            xl + 1
+                        };
+                        let (ly, lx) = (y - yl as f64, xq - xl as f64);
+                        let (hy, hx) = (1.0 - ly, 1.0 - lx);
+                        pre.push(([yl * w + xl, yl * w + xh, yh * w + xl, yh * w + xh], [hy * hx, hy * lx, ly * hx, ly * lx]));
+                    }
+                }
+            }
+        }
+        for ch in 0..c {
+            let plane = &xv[(b as usize * c + ch) * h * w..][..h * w];
+            let mut k = 0;
+            for ph in 0..oh {
+                for pw in 0..ow {
+                    let mut acc: Option<f64> = None;
+                    let mut sum = 0.0;
+                    for _ in 0..gh * gw {
+                        let (pos, wt) = &pre[k];
+                        k += 1;
+                        if is_max {
+                            let v = (0..4).map(|q| wt[q] * plane[pos[q]]).fold(f64::NEG_INFINITY, f64::max);
+                            acc = Some(acc.map_or(v, |a: f64| a.max(v)));
+                        } else {
+                            sum += (0..4).map(|q| wt[q] * plane[pos[q]]).sum::<f64>();
+                        }
+                    }
+                    out[((r * c + ch) * oh + ph) * ow + pw] = if is_max { acc.unwrap_or(0.0) } else { sum / count };
+                }
+            }
+        }
+    }
+    Ok(vec![out_f64(x.elem(), vec![nr, c, oh, ow], &out)?])
+}
+
+fn nms(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let boxes = tensor(inputs, 0)?;
+    let scores = tensor(inputs, 1)?;
+    let max_out = opt_tensor(inputs, 2)?.and_then(|t| t.to_i64().first().copied()).unwrap_or(0).max(0) as usize;
+    let iou_th = opt_tensor(inputs, 3)?.and_then(|t| t.to_f64().first().copied()).unwrap_or(0.0);
+    let score_th = opt_tensor(inputs, 4)?.and_then(|t| t.to_f64().first().copied());
+    let center = cx.attr_int("center_point_box", 0) != 0;
+    if boxes.rank() != 3 || boxes.shape[2] != 4 || scores.rank() != 3 || scores.shape[0] != boxes.shape[0] || scores.shape[2] != boxes.shape[1] {
+        bail!("NonMaxSuppression shapes do not fit: boxes {:?}, scores {:?}", boxes.shape, scores.shape);
+    }
+    let (nb, nbox, ncls) = (boxes.shape[0], boxes.shape[1], scores.shape[1]);
+    let bv = boxes.to_f64();
+    let sv = scores.to_f64();
+    // Corners (y1, x1, y2, x2) ordered min/max.
+    let corners = |b: usize, i: usize| -> [f64; 4] {
+        let o = (b * nbox + i) * 4;
+        let (a, bb, cc, d) = (bv[o], bv[o + 1], bv[o + 2], bv[o + 3]);
+        if center {
+            [bb - d / 2.0, a - cc / 2.0, bb + d / 2.0, a + cc / 2.0]
+        } else {
+            [a.min(cc), bb.min(d), a.max(cc), bb.max(d)]
+        }
+    };
+    let suppress = |p: [f64; 4], q: [f64; 4]| -> bool {
+        let ih = p[2].min(q[2]) - p[0].max(q[0]);
+        let iw = p[3].min(q[3]) - p[1].max(q[1]);
+        if ih <= 0.0 || iw <= 0.0 {
+            return false;
+        }
+        let inter = ih * iw;
+        let a1 = (p[2] - p[0]) * (p[3] - p[1]);
+        let a2 = (q[2] - q[0]) * (q[3] - q[1]);
+        let uni = a1 + a2 - inter;
+        if a1 <= 0.0 || a2 <= 0.0 || uni <= 0.0 {
+            return false;
+        }
+        inter / uni > iou_th
+    };
+    let mut out: Vec<i64> = Vec::new();
+    for b in 0..nb {
+        for cl in 0..ncls {
+            let s = &sv[(b * ncls + cl) * nbox..][..nbox];
+            let mut cand: Vec<usize> = (0..nbox).filter(|&i| score_th.is_none_or(|t| s[i] > t)).collect();
+            cand.sort_by(|&i, &j| s[j].total_cmp(&s[i]).then(i.cmp(&j)));
+            let mut sel: Vec<usize> = Vec::new();
+            for i in cand {
+                if sel.len() >= max_out {
+                    break;
+                }
+                if sel.iter().all(|&j| !suppress(corners(b, i), corners(b, j))) {
+                    sel.push(i);
+                    out.extend([b as i64, cl as i64, i as i64]);
+                }
+            }
+        }
+    }
+    let k = out.len() / 3;
+    Ok(vec![out_i64(ElemType::I64, vec![k, 3], &out)?])
+}
