@@ -5,14 +5,18 @@
 //! - [`load`]: read any model format from disk, verified.
 //! - [`infer`]: type inference while importing.
 //! - [`dump`]: JSON and Graphviz forms of a module.
+//! - [`testdata`]: `.pb`/`.npy` values on disk.
+//! - [`conformance`]: running ONNX backend-test folders.
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod conformance;
 pub mod dump;
 pub mod infer;
 pub mod load;
 pub mod onnx;
+pub mod testdata;
 
 pub use load::{load_model, LoadError};

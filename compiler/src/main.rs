@@ -20,6 +20,71 @@ enum Command {
     /// Import a model (.onnx, .kir, or a folder holding model.onnx),
     /// verify it, and print its IR.
     Dump(DumpArgs),
+    /// Run a model on given inputs and write its outputs.
+    Run(RunArgs),
+    /// Run ONNX backend-test folders and compare with their expected
+    /// outputs (ONNX's rule: |got - want| <= atol + rtol*|want|).
+    Conformance(ConformanceArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// the reference interpreter
+    Interp,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Interp => "interp",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The model: a .onnx file, a .kir file, or a folder with model.onnx
+    model: PathBuf,
+    /// A graph input: NAME=FILE, FILE a TensorProto .pb or a .npy
+    #[arg(long = "input", value_name = "NAME=FILE")]
+    inputs: Vec<String>,
+    /// Where to write the outputs, one NAME.pb per graph output
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// Which backend executes the model
+    #[arg(long, value_enum, default_value = "interp")]
+    backend: Backend,
+}
+
+#[derive(clap::Args)]
+struct ConformanceArgs {
+    /// Test folders (model.onnx + test_data_set_*/), or folders of them
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Which backend executes the models
+    #[arg(long, value_enum, default_value = "interp")]
+    backend: Backend,
+    /// Optimization level: 0 runs the imported module; the pass pipelines
+    /// of levels 1 and 2 arrive with the optimizer (until then every level
+    /// runs the imported module unchanged)
+    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    opt_level: u8,
+    /// Relative tolerance
+    #[arg(long, default_value_t = 1e-3)]
+    rtol: f64,
+    /// Absolute tolerance
+    #[arg(long, default_value_t = 1e-7)]
+    atol: f64,
+    /// Write per-test results as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// A file listing tests (one name per line, `#` comments) that must
+    /// pass: any of them not passing fails the run (exit status 1)
+    #[arg(long, value_name = "FILE")]
+    expect: Option<PathBuf>,
+    /// Write the names of the passing tests to FILE (to refresh --expect)
+    #[arg(long, value_name = "FILE")]
+    write_passing: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -113,15 +178,183 @@ fn dump(args: &DumpArgs) -> Result<(), Failure> {
     }
 }
 
+fn parse_input(spec: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--input `{spec}`: expected NAME=FILE"))?;
+    Ok((name.to_string(), PathBuf::from(file)))
+}
+
+fn run(args: &RunArgs) -> Result<(), Failure> {
+    let m = kiln_compiler::load::load_model(&args.model)?;
+    let mut given = std::collections::HashMap::new();
+    for spec in &args.inputs {
+        let (name, file) = parse_input(spec)?;
+        let id = m
+            .body
+            .inputs
+            .iter()
+            .copied()
+            .find(|&i| m.name(i) == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = m
+                    .body
+                    .inputs
+                    .iter()
+                    .map(|&i| format!("{}: {}", m.name(i), kiln_ir::print_type(m.ty(i))))
+                    .collect();
+                format!(
+                    "the model has no input `{name}`; its inputs are {}",
+                    names.join(", ")
+                )
+            })?;
+        let v = kiln_compiler::testdata::read_value(&file, m.ty(id))?;
+        given.insert(name, v);
+    }
+    let missing: Vec<String> = m
+        .body
+        .inputs
+        .iter()
+        .filter(|&&i| !given.contains_key(m.name(i)))
+        .map(|&i| format!("{} ({})", m.name(i), kiln_ir::print_type(m.ty(i))))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing inputs: {} (give each with --input NAME=FILE)",
+            missing.join(", ")
+        )
+        .into());
+    }
+    let outputs = match args.backend {
+        Backend::Interp => kiln_runtime::Interpreter::new(&m)
+            .run(&given)
+            .map_err(|e| e.to_string())?,
+    };
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    for (&o, v) in m.body.outputs.iter().zip(&outputs) {
+        let name = m.name(o);
+        println!("{name}: {}", kiln_compiler::testdata::summarize(v));
+        if let Some(dir) = &args.output_dir {
+            let file: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_alphanumeric() || "._-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let path = dir.join(format!("{file}.pb"));
+            std::fs::write(&path, kiln_compiler::testdata::encode_pb(v, name))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn conformance(args: &ConformanceArgs) -> Result<(), Failure> {
+    use kiln_compiler::conformance::{
+        collect_tests, report_line, results_json, run_test, Outcome, Tolerance,
+    };
+    use std::io::IsTerminal;
+    let tests = collect_tests(&args.paths)?;
+    let tol = Tolerance {
+        rtol: args.rtol,
+        atol: args.atol,
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(tests.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    // Kernel panics are caught per test and reported as failures; keep the
+    // default hook from printing them over the report.
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut results = Vec::with_capacity(tests.len());
+    for t in &tests {
+        bar.set_message(
+            t.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string(),
+        );
+        let r = run_test(t, tol);
+        bar.suspend(|| println!("{}", report_line(&r)));
+        bar.inc(1);
+        results.push(r);
+    }
+    bar.finish_and_clear();
+    let _ = std::panic::take_hook();
+    let count = |f: fn(&Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count();
+    let (passed, failed, skipped) = (
+        count(|o| matches!(o, Outcome::Pass)),
+        count(|o| matches!(o, Outcome::Fail(_))),
+        count(|o| matches!(o, Outcome::Skip(_))),
+    );
+    if let Some(p) = &args.json {
+        let j = results_json(&results, args.backend.name(), args.opt_level);
+        std::fs::write(p, format!("{j:#}\n")).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &args.write_passing {
+        let names: String = results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Pass)
+            .map(|r| format!("{}\n", r.name))
+            .collect();
+        std::fs::write(p, names).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    let mut regressions = Vec::new();
+    if let Some(p) = &args.expect {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        for name in text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+        {
+            match results.iter().find(|r| r.name == name) {
+                Some(r) if r.outcome == Outcome::Pass => {}
+                Some(r) => regressions.push(report_line(r)),
+                None => regressions.push(format!("{name}: expected to pass but was not run")),
+            }
+        }
+        for r in &regressions {
+            eprintln!("regression: {r}");
+        }
+    }
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if !regressions.is_empty() {
+        return Err(Failure(format!(
+            "error: {} expected tests did not pass",
+            regressions.len()
+        )));
+    }
+    if args.expect.is_none() && failed > 0 {
+        return Err(Failure(String::new()));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Dump(a) => dump(a),
+        Command::Run(a) => run(a),
+        Command::Conformance(a) => conformance(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(msg)) => {
-            eprintln!("{msg}");
+            if !msg.is_empty() {
+                eprintln!("{msg}");
+            }
             ExitCode::FAILURE
         }
     }

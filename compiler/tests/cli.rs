@@ -145,3 +145,91 @@ fn help_describes_every_subcommand() {
     let dump = kiln(&["dump", "--help"]);
     assert!(stdout(&dump).contains("--format"));
 }
+
+#[test]
+fn conformance_prints_one_line_per_test_and_the_closing_count() {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/onnx-backend-node");
+    if !suite.is_dir() {
+        return;
+    }
+    let json = tmp("conf.json");
+    let out = kiln(&[
+        "conformance",
+        suite.join("test_constant").to_str().unwrap_or_default(),
+        suite.join("test_relu").to_str().unwrap_or_default(),
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "PASS test_constant");
+    assert!(lines[1].starts_with("PASS test_relu") || lines[1].starts_with("FAIL test_relu"));
+    let last = lines[2];
+    let nums: Vec<&str> = last.split(", ").collect();
+    assert!(
+        nums.len() == 3
+            && nums[0].ends_with(" passed")
+            && nums[1].ends_with(" failed")
+            && nums[2].ends_with(" skipped"),
+        "{last}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default()).expect("json");
+    assert_eq!(v["backend"], "interp");
+    assert_eq!(v["tests"][0]["test"], "test_constant");
+    assert_eq!(v["tests"][0]["status"], "pass");
+}
+
+#[test]
+fn run_writes_outputs_and_summarizes_them() {
+    let dir = tmp("run-out");
+    let input = format!("image={}/test_data_set_0/input_0.pb", tiny_cnn());
+    let out = kiln(&[
+        "run",
+        &tiny_cnn(),
+        "--input",
+        &input,
+        "--output-dir",
+        dir.to_str().unwrap_or_default(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("probs: f32[1, 10] min="), "{text}");
+    assert!(dir.join("probs.pb").is_file());
+    // The written output equals the expected one (the harness's rule).
+    let m = kiln_compiler::load_model(Path::new(&tiny_cnn())).expect("model");
+    let ty = m.ty(m.body.outputs[0]);
+    let got = kiln_compiler::testdata::read_value(&dir.join("probs.pb"), ty).expect("read back");
+    let want = kiln_compiler::testdata::read_value(
+        &Path::new(&tiny_cnn()).join("test_data_set_0/output_0.pb"),
+        ty,
+    )
+    .expect("expected");
+    kiln_compiler::conformance::compare(
+        &got,
+        &want,
+        kiln_compiler::conformance::Tolerance {
+            rtol: 1e-4,
+            atol: 1e-6,
+        },
+    )
+    .expect("matches");
+}
+
+#[test]
+fn run_names_missing_and_unknown_inputs() {
+    let out = kiln(&["run", &tiny_cnn()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("missing inputs: image (f32[N,1,28,28])"),
+        "{}",
+        stderr(&out)
+    );
+    let out = kiln(&["run", &tiny_cnn(), "--input", "pixels=x.pb"]);
+    assert!(
+        stderr(&out).contains("the model has no input `pixels`"),
+        "{}",
+        stderr(&out)
+    );
+}

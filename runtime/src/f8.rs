@@ -23,7 +23,13 @@ pub fn decode(kind: ElemType, b: u8) -> f32 {
     let emax = (1 << exp_bits) - 1;
     match kind {
         ElemType::F8E4M3FN if e == emax && m == (1 << mant_bits) - 1 => return f32::NAN,
-        ElemType::F8E5M2 if e == emax => return if m == 0 { sign * f32::INFINITY } else { f32::NAN },
+        ElemType::F8E5M2 if e == emax => {
+            return if m == 0 {
+                sign * f32::INFINITY
+            } else {
+                f32::NAN
+            }
+        }
         _ => {}
     }
     let frac = m as f32 / (1 << mant_bits) as f32;
@@ -79,7 +85,13 @@ pub fn encode(kind: ElemType, x: f32, saturate: bool) -> u8 {
     }
     let neg = x.is_sign_negative();
     let a = x.abs();
-    let sign = |c: u8| if neg && !(uz && c == 0) && c != t.nan { c | 0x80 } else { c };
+    let sign = |c: u8| {
+        if neg && !(uz && c == 0) && c != t.nan {
+            c | 0x80
+        } else {
+            c
+        }
+    };
     let overflow = || match (saturate, t.inf) {
         (true, _) => t.pos.last().map_or(0, |p| p.1),
         (false, Some(inf)) => inf,
@@ -135,7 +147,12 @@ mod tests {
         assert_eq!(encode(ElemType::F8E5M2, 1e6, false), 0x7c);
         assert_eq!(encode(ElemType::F8E5M2, -1e6, true), 0xfb);
         assert_eq!(encode(ElemType::F8E4M3FNUZ, -0.0, true), 0);
-        for kind in [ElemType::F8E4M3FN, ElemType::F8E4M3FNUZ, ElemType::F8E5M2, ElemType::F8E5M2FNUZ] {
+        for kind in [
+            ElemType::F8E4M3FN,
+            ElemType::F8E4M3FNUZ,
+            ElemType::F8E5M2,
+            ElemType::F8E5M2FNUZ,
+        ] {
             for c in 0u8..=255 {
                 let v = decode(kind, c);
                 if v.is_finite() && !(v == 0.0 && c == 0x80) {

@@ -45,7 +45,11 @@ pub struct Tensor {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
     #[error("shape {shape:?} holds {expected} elements, data has {got}")]
-    Length { shape: Vec<usize>, expected: usize, got: usize },
+    Length {
+        shape: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
     #[error("constant data was elided from the text it was read from: no values to compute with")]
     Elided,
     #[error("{0}")]
@@ -144,7 +148,10 @@ impl Data {
             Data::U16(v) => v.iter().map(|&x| x as f64).collect(),
             Data::U8(v) | Data::U4(v) => v.iter().map(|&x| x as f64).collect(),
             Data::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
-            Data::Str(v) => v.iter().map(|s| s.trim().parse().unwrap_or(f64::NAN)).collect(),
+            Data::Str(v) => v
+                .iter()
+                .map(|s| s.trim().parse().unwrap_or(f64::NAN))
+                .collect(),
             Data::C64(v) => v.iter().map(|c| c[0] as f64).collect(),
             Data::C128(v) => v.iter().map(|c| c[0]).collect(),
         }
@@ -177,7 +184,10 @@ impl Data {
             ElemType::F64 => Data::F64(v.to_vec()),
             ElemType::F16 => Data::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
             ElemType::BF16 => Data::BF16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
-            k if k.is_float8() => Data::F8(k, v.iter().map(|&x| f8::encode(k, x as f32, true)).collect()),
+            k if k.is_float8() => Data::F8(
+                k,
+                v.iter().map(|&x| f8::encode(k, x as f32, true)).collect(),
+            ),
             ElemType::Bool => Data::Bool(v.iter().map(|&x| x != 0.0).collect()),
             ElemType::String => Data::Str(v.iter().map(|x| format!("{x}")).collect()),
             ElemType::C64 => Data::C64(v.iter().map(|&x| [x as f32, 0.0]).collect()),
@@ -286,13 +296,20 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: Data) -> Result<Tensor, TensorError> {
         let expected = numel(&shape);
         if expected != data.len() {
-            return Err(TensorError::Length { shape, expected, got: data.len() });
+            return Err(TensorError::Length {
+                shape,
+                expected,
+                got: data.len(),
+            });
         }
         Ok(Tensor { shape, data })
     }
 
     pub fn scalar(data: Data) -> Tensor {
-        Tensor { shape: vec![], data }
+        Tensor {
+            shape: vec![],
+            data,
+        }
     }
 
     pub fn elem(&self) -> ElemType {
@@ -313,7 +330,10 @@ impl Tensor {
 
     pub fn zeros(elem: ElemType, shape: Vec<usize>) -> Tensor {
         let n = numel(&shape);
-        Tensor { shape, data: Data::zeros(elem, n) }
+        Tensor {
+            shape,
+            data: Data::zeros(elem, n),
+        }
     }
 
     pub fn from_f32(shape: Vec<usize>, v: Vec<f32>) -> Result<Tensor, TensorError> {
@@ -349,7 +369,10 @@ impl Tensor {
         let bytes = match &d.payload {
             Payload::Elided => return Err(TensorError::Elided),
             Payload::Strings(s) => {
-                let v = s.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+                let v = s
+                    .iter()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .collect();
                 return Tensor::new(shape, Data::Str(v));
             }
             Payload::Bytes(b) => &b[..],
@@ -379,11 +402,20 @@ impl Tensor {
             ElemType::U8 => Data::U8(bytes.to_vec()),
             ElemType::Bool => Data::Bool(bytes.iter().map(|&b| b != 0).collect()),
             ElemType::I4 => Data::I4(
-                (0..n).map(|i| (((bytes[i / 2] >> (4 * (i % 2))) << 4) as i8) >> 4).collect(),
+                (0..n)
+                    .map(|i| (((bytes[i / 2] >> (4 * (i % 2))) << 4) as i8) >> 4)
+                    .collect(),
             ),
-            ElemType::U4 => Data::U4((0..n).map(|i| (bytes[i / 2] >> (4 * (i % 2))) & 0x0f).collect()),
+            ElemType::U4 => Data::U4(
+                (0..n)
+                    .map(|i| (bytes[i / 2] >> (4 * (i % 2))) & 0x0f)
+                    .collect(),
+            ),
             ElemType::C64 => Data::C64(chunks(bytes, |b: [u8; 8]| {
-                [f32::from_le_bytes([b[0], b[1], b[2], b[3]]), f32::from_le_bytes([b[4], b[5], b[6], b[7]])]
+                [
+                    f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                    f32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+                ]
             })),
             ElemType::C128 => Data::C128(chunks(bytes, |b: [u8; 16]| {
                 let mut lo = [0u8; 8];
@@ -405,7 +437,12 @@ impl Tensor {
                 return TensorData {
                     elem: ElemType::String,
                     shape,
-                    payload: Payload::Strings(v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>().into()),
+                    payload: Payload::Strings(
+                        v.iter()
+                            .map(|s| s.as_bytes().to_vec())
+                            .collect::<Vec<_>>()
+                            .into(),
+                    ),
                 }
             }
             Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -423,15 +460,27 @@ impl Tensor {
             Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
             Data::I4(v) => pack4(&v.iter().map(|&x| x as u8).collect::<Vec<_>>()),
             Data::U4(v) => pack4(v),
-            Data::C64(v) => v.iter().flat_map(|c| c[0].to_le_bytes().into_iter().chain(c[1].to_le_bytes())).collect(),
-            Data::C128(v) => v.iter().flat_map(|c| c[0].to_le_bytes().into_iter().chain(c[1].to_le_bytes())).collect(),
+            Data::C64(v) => v
+                .iter()
+                .flat_map(|c| c[0].to_le_bytes().into_iter().chain(c[1].to_le_bytes()))
+                .collect(),
+            Data::C128(v) => v
+                .iter()
+                .flat_map(|c| c[0].to_le_bytes().into_iter().chain(c[1].to_le_bytes()))
+                .collect(),
         };
-        TensorData { elem: self.elem(), shape, payload: Payload::Bytes(Arc::from(bytes)) }
+        TensorData {
+            elem: self.elem(),
+            shape,
+            payload: Payload::Bytes(Arc::from(bytes)),
+        }
     }
 }
 
 fn pack4(v: &[u8]) -> Vec<u8> {
-    v.chunks(2).map(|c| (c[0] & 0x0f) | (c.get(1).copied().unwrap_or(0) << 4)).collect()
+    v.chunks(2)
+        .map(|c| (c[0] & 0x0f) | (c.get(1).copied().unwrap_or(0) << 4))
+        .collect()
 }
 
 /// Row-major strides of a shape, in elements.

@@ -297,3 +297,32 @@ fn shared_models_print() {
         );
     }
 }
+
+#[test]
+fn external_data_is_read_from_the_model_folder() {
+    let dir = std::env::temp_dir().join(format!("kiln-ext-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Two f32 values at offset 4 of weights.bin (after 4 bytes of padding).
+    let mut bin = vec![0xffu8; 4];
+    bin.extend(1.5f32.to_le_bytes());
+    bin.extend((-2.0f32).to_le_bytes());
+    std::fs::write(dir.join("weights.bin"), bin).expect("write weights");
+    let kv = |k: &str, v: &str| proto::StringStringEntryProto { key: Some(k.into()), value: Some(v.into()) };
+    let w = proto::TensorProto {
+        name: Some("w".into()),
+        dims: vec![2],
+        data_type: Some(F32),
+        data_location: Some(1),
+        external_data: vec![kv("location", "weights.bin"), kv("offset", "4"), kv("length", "8")],
+        ..Default::default()
+    };
+    let b = OnnxBuilder::new("ext", 17)
+        .input("x", f32t(&["2"]))
+        .initializer(w)
+        .node("Mul", &["x", "w"], &["y"])
+        .output("y", f32t(&["2"]));
+    std::fs::write(dir.join("model.onnx"), b.bytes()).expect("write model");
+    let m = kiln_compiler::load_model(&dir.join("model.onnx")).expect("import");
+    let _ = std::fs::remove_dir_all(&dir);
+    insta::assert_snapshot!(print_module(&m, &PrintOptions::default()));
+}

@@ -10,8 +10,8 @@
 
 pub mod kernels;
 
-use std::collections::HashMap;
 use kiln_ir::{Dim, Module, Node, Region, Type, ValueId};
+use std::collections::HashMap;
 
 use crate::tensor::Tensor;
 use crate::value::Value;
@@ -27,7 +27,10 @@ pub struct InterpError {
 
 impl InterpError {
     pub fn new(node: impl Into<String>, message: impl Into<String>) -> InterpError {
-        InterpError { node: node.into(), message: message.into() }
+        InterpError {
+            node: node.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -85,7 +88,9 @@ impl<'m> Interpreter<'m> {
     /// Run the module on inputs given by graph-input name; returns the
     /// graph outputs in order.
     pub fn run(&self, inputs: &HashMap<String, Value>) -> Result<Vec<Value>, InterpError> {
-        let mut env = Env { values: vec![None; self.m.num_values()] };
+        let mut env = Env {
+            values: vec![None; self.m.num_values()],
+        };
         let mut symbols: HashMap<String, u64> = HashMap::new();
         let mut args = Vec::new();
         for &i in &self.m.body.inputs {
@@ -98,14 +103,28 @@ impl<'m> Interpreter<'m> {
             check_type(self.m.ty(i), &v, &mut symbols).map_err(|e| InterpError::new(who(), e))?;
             args.push(v);
         }
-        if let Some(extra) = inputs.keys().find(|k| self.m.body.inputs.iter().all(|&i| self.m.name(i) != k.as_str())) {
-            return Err(InterpError::new(format!("input `{extra}`"), "the model has no such input"));
+        if let Some(extra) = inputs.keys().find(|k| {
+            self.m
+                .body
+                .inputs
+                .iter()
+                .all(|&i| self.m.name(i) != k.as_str())
+        }) {
+            return Err(InterpError::new(
+                format!("input `{extra}`"),
+                "the model has no such input",
+            ));
         }
         self.run_region(&self.m.body, &mut env, args)
     }
 
     /// Execute a region with the given input values; returns its outputs.
-    pub fn run_region(&self, r: &Region, env: &mut Env, args: Vec<Value>) -> Result<Vec<Value>, InterpError> {
+    pub fn run_region(
+        &self,
+        r: &Region,
+        env: &mut Env,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, InterpError> {
         if args.len() != r.inputs.len() {
             return Err(InterpError::new(
                 "region",
@@ -119,7 +138,12 @@ impl<'m> Interpreter<'m> {
             match self.consts.get(&c) {
                 Some(Ok(v)) => env.set(c, v.clone()),
                 Some(Err(e)) => return Err(InterpError::new("constants", e.clone())),
-                None => return Err(InterpError::new("constants", format!("%{} was not loaded", self.m.name(c)))),
+                None => {
+                    return Err(InterpError::new(
+                        "constants",
+                        format!("%{} was not loaded", self.m.name(c)),
+                    ))
+                }
             }
         }
         for node in &r.nodes {
@@ -128,9 +152,9 @@ impl<'m> Interpreter<'m> {
         r.outputs
             .iter()
             .map(|&o| {
-                env.get(o)
-                    .cloned()
-                    .ok_or_else(|| InterpError::new("region output", format!("%{} has no value", self.m.name(o))))
+                env.get(o).cloned().ok_or_else(|| {
+                    InterpError::new("region output", format!("%{} has no value", self.m.name(o)))
+                })
             })
             .collect()
     }
@@ -152,14 +176,22 @@ impl<'m> Interpreter<'m> {
             })
             .collect::<Result<_, _>>()?;
         let outputs = {
-            let mut cx = kernels::Ctx { interp: self, env, node };
+            let mut cx = kernels::Ctx {
+                interp: self,
+                env,
+                node,
+            };
             kernel(&mut cx, &inputs).map_err(|e| match e {
                 kernels::KernelError::Msg(m) => fail(m),
                 kernels::KernelError::Nested(inner) => inner,
             })?
         };
         if outputs.len() < node.outputs.len() {
-            return Err(fail(format!("kernel gave {} results, the node has {}", outputs.len(), node.outputs.len())));
+            return Err(fail(format!(
+                "kernel gave {} results, the node has {}",
+                outputs.len(),
+                node.outputs.len()
+            )));
         }
         for (&o, v) in node.outputs.iter().zip(outputs) {
             let mut no_symbols = HashMap::new();
@@ -182,12 +214,19 @@ fn check_type(ty: &Type, v: &Value, symbols: &mut HashMap<String, u64>) -> Resul
             }
             let Some(dims) = &tt.shape else { return Ok(()) };
             if dims.len() != t.rank() {
-                return Err(format!("expected rank {}, got shape {:?}", dims.len(), t.shape));
+                return Err(format!(
+                    "expected rank {}, got shape {:?}",
+                    dims.len(),
+                    t.shape
+                ));
             }
             for (i, (d, &n)) in dims.iter().zip(&t.shape).enumerate() {
                 match d {
                     Dim::Known(k) if *k != n as u64 => {
-                        return Err(format!("dim {i} is {n}, expected {k} (shape {:?})", t.shape))
+                        return Err(format!(
+                            "dim {i} is {n}, expected {k} (shape {:?})",
+                            t.shape
+                        ))
                     }
                     Dim::Sym(e) => {
                         let names: Vec<&str> = e.symbols().collect();
@@ -195,7 +234,9 @@ fn check_type(ty: &Type, v: &Value, symbols: &mut HashMap<String, u64>) -> Resul
                             if e.to_string() == single {
                                 match symbols.get(single) {
                                     Some(&b) if b != n as u64 => {
-                                        return Err(format!("dim {i} is {n}, but `{single}` is {b} elsewhere"))
+                                        return Err(format!(
+                                            "dim {i} is {n}, but `{single}` is {b} elsewhere"
+                                        ))
                                     }
                                     _ => {
                                         symbols.insert(single.to_string(), n as u64);
@@ -215,9 +256,9 @@ fn check_type(ty: &Type, v: &Value, symbols: &mut HashMap<String, u64>) -> Resul
             }
             Ok(())
         }
-        (Type::Sequence(inner), Value::Sequence(items)) => {
-            items.iter().try_for_each(|x| check_type(inner, x, &mut HashMap::new()))
-        }
+        (Type::Sequence(inner), Value::Sequence(items)) => items
+            .iter()
+            .try_for_each(|x| check_type(inner, x, &mut HashMap::new())),
         (Type::Optional(inner), Value::Optional(x)) => match x {
             Some(x) => check_type(inner, x, &mut HashMap::new()),
             None => Ok(()),
@@ -225,6 +266,80 @@ fn check_type(ty: &Type, v: &Value, symbols: &mut HashMap<String, u64>) -> Resul
         // An optional type accepts its payload directly (ONNX allows a
         // tensor where an optional tensor is declared).
         (Type::Optional(inner), v) => check_type(inner, v, symbols),
-        (t, v) => Err(format!("expected {}, got {}", kiln_ir::print_type(t), v.describe())),
+        (t, v) => Err(format!(
+            "expected {}, got {}",
+            kiln_ir::print_type(t),
+            v.describe()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Data;
+
+    fn module(src: &str) -> Module {
+        kiln_ir::parse_module(src).expect("parse")
+    }
+
+    fn f32s(shape: Vec<usize>, v: Vec<f32>) -> Value {
+        Value::tensor(Tensor::new(shape, Data::F32(v)).expect("tensor"))
+    }
+
+    #[test]
+    fn inputs_are_checked_and_symbols_bound() {
+        let m = module(
+            "module @m opset(ai.onnx = 17) {\n  input %a: f32[N,2]\n  input %b: f32[N,2]\n  return %a, %b\n}\n",
+        );
+        let interp = Interpreter::new(&m);
+        let ok: HashMap<String, Value> = [
+            ("a".to_string(), f32s(vec![3, 2], vec![0.0; 6])),
+            ("b".to_string(), f32s(vec![3, 2], vec![1.0; 6])),
+        ]
+        .into();
+        assert_eq!(interp.run(&ok).map(|v| v.len()), Ok(2));
+        let mismatch: HashMap<String, Value> = [
+            ("a".to_string(), f32s(vec![3, 2], vec![0.0; 6])),
+            ("b".to_string(), f32s(vec![4, 2], vec![1.0; 8])),
+        ]
+        .into();
+        let err = interp.run(&mismatch).expect_err("N differs");
+        assert_eq!(err.node, "graph input %b");
+        assert!(
+            err.message.contains("`N` is 3 elsewhere"),
+            "{}",
+            err.message
+        );
+        let missing: HashMap<String, Value> =
+            [("a".to_string(), f32s(vec![1, 2], vec![0.0; 2]))].into();
+        assert_eq!(
+            interp.run(&missing).expect_err("missing").message,
+            "no value given"
+        );
+        let wrong_type: HashMap<String, Value> = [
+            ("a".to_string(), f32s(vec![1, 2], vec![0.0; 2])),
+            (
+                "b".to_string(),
+                Value::tensor(Tensor::new(vec![1, 2], Data::I64(vec![0, 0])).expect("t")),
+            ),
+        ]
+        .into();
+        assert!(interp
+            .run(&wrong_type)
+            .expect_err("type")
+            .message
+            .contains("expected f32, got i64"));
+    }
+
+    #[test]
+    fn elided_constants_are_an_error_only_when_run() {
+        let m = module(
+            "module @m opset(ai.onnx = 17) {\n  const %w: f32[100] = elided\n  return %w\n}\n",
+        );
+        let err = Interpreter::new(&m)
+            .run(&HashMap::new())
+            .expect_err("no data");
+        assert!(err.message.contains("elided"), "{}", err.message);
     }
 }

@@ -101,19 +101,28 @@ impl Ctx<'_, '_> {
     }
     /// A graph attribute.
     pub fn region(&self, name: &str) -> KResult<&Region> {
-        self.attr(name).and_then(Attr::as_graph).ok_or_else(|| format!("missing graph attribute `{name}`").into())
+        self.attr(name)
+            .and_then(Attr::as_graph)
+            .ok_or_else(|| format!("missing graph attribute `{name}`").into())
     }
     /// Run a region of this node with the given inputs.
     pub fn run_region(&mut self, r: &Region, args: Vec<Value>) -> KResult<Vec<Value>> {
-        self.interp.run_region(r, self.env, args).map_err(KernelError::Nested)
+        self.interp
+            .run_region(r, self.env, args)
+            .map_err(KernelError::Nested)
     }
     /// The declared type of result `i`.
     pub fn output_type(&self, i: usize) -> Option<&Type> {
-        self.node.outputs.get(i).map(|&o| self.interp.module().ty(o))
+        self.node
+            .outputs
+            .get(i)
+            .map(|&o| self.interp.module().ty(o))
     }
     /// The declared element type of tensor result `i`.
     pub fn output_elem(&self, i: usize) -> Option<ElemType> {
-        self.output_type(i).and_then(Type::as_tensor).map(|t| t.elem)
+        self.output_type(i)
+            .and_then(Type::as_tensor)
+            .map(|t| t.elem)
     }
     /// A deterministic random source for this node: seeded by the `seed`
     /// attribute when present, else by a fixed seed mixed with the node's
@@ -188,8 +197,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> KResult<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let x = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let y = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = match (x, y) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -225,4 +242,46 @@ pub fn broadcast_indices(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(broadcast_shape(&[2, 3], &[3]).ok(), Some(vec![2, 3]));
+        assert_eq!(
+            broadcast_shape(&[2, 1, 4], &[3, 1]).ok(),
+            Some(vec![2, 3, 4])
+        );
+        assert_eq!(broadcast_shape(&[], &[5]).ok(), Some(vec![5]));
+        assert_eq!(broadcast_shape(&[0, 1], &[1, 3]).ok(), Some(vec![0, 3]));
+        assert!(broadcast_shape(&[2, 3], &[4]).is_err());
+        // [3,1] into [2,3,2]: rows repeat along the last axis and the batch.
+        assert_eq!(
+            broadcast_indices(&[3, 1], &[2, 3, 2]),
+            vec![0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
+        );
+        assert_eq!(broadcast_indices(&[], &[3]), vec![0, 0, 0]);
+        assert_eq!(broadcast_indices(&[2], &[2, 2]), vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn axes_normalize_or_fail() {
+        assert_eq!(norm_axis(-1, 3).ok(), Some(2));
+        assert_eq!(norm_axis(0, 0).ok(), Some(0));
+        assert!(norm_axis(3, 3).is_err());
+        assert!(norm_axis(-4, 3).is_err());
+    }
+
+    #[test]
+    fn random_source_is_deterministic() {
+        let mut a = Rng(7);
+        let mut b = Rng(7);
+        let xs: Vec<f64> = (0..4).map(|_| a.uniform()).collect();
+        let ys: Vec<f64> = (0..4).map(|_| b.uniform()).collect();
+        assert_eq!(xs, ys);
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+    }
 }
