@@ -76,7 +76,7 @@ fn loop_(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let k = body.outputs.len() - 1 - n;
     let mut scans: Vec<Vec<Value>> = vec![Vec::new(); k];
     let mut i: i64 = 0;
-    while cond && max_trips.map_or(true, |m| i < m) {
+    while cond && max_trips.is_none_or(|m| i < m) {
         let mut args = Vec::with_capacity(2 + n);
         args.push(Value::tensor(Tensor::scalar(Data::I64(vec![i]))));
         args.push(Value::tensor(Tensor::scalar(Data::Bool(vec![cond]))));
@@ -124,9 +124,9 @@ fn scan(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let mut state: Vec<Value> = (0..n).map(|i| inputs[i].clone().ok_or("a scan state is omitted")).collect::<Result<_, _>>()?;
     let mut scan_ins = Vec::with_capacity(m);
     let mut len = None;
-    for j in 0..m {
+    for (j, &in_axis) in in_axes.iter().enumerate() {
         let t = tensor(inputs, n + j)?;
-        let axis = norm_axis(in_axes[j], t.rank())?;
+        let axis = norm_axis(in_axis, t.rank())?;
         if t.rank() == 0 {
             bail!("scan input {j} is a scalar");
         }

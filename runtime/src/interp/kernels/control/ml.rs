@@ -191,6 +191,70 @@ impl TreeNode {
     }
 }
 
+/// The node and leaf attributes of a `TreeEnsemble`.
+struct Forest {
+    featureids: Vec<i64>,
+    truenodes: Vec<i64>,
+    falsenodes: Vec<i64>,
+    trueleafs: Vec<i64>,
+    falseleafs: Vec<i64>,
+    targetids: Vec<i64>,
+    splits: Vec<f64>,
+    weights: Vec<f64>,
+    modes: Vec<u8>,
+    missing: Vec<i64>,
+    n_targets: usize,
+    feats: usize,
+}
+
+impl Forest {
+    /// Build the tree at node (or leaf) `i` as the reference does:
+    /// depth-first, true branch first, each MEMBER node taking the next
+    /// NaN-terminated set of `members`.
+    fn build(&self, i: i64, leaf: bool, depth: usize, members: &mut dyn Iterator<Item = f64>) -> KResult<TreeNode> {
+        if depth > self.modes.len() + 1 {
+            bail!("the tree has a cycle");
+        }
+        if leaf {
+            let li = usize::try_from(i).ok().filter(|&l| l < self.weights.len()).ok_or(format!("leaf {i} is out of range"))?;
+            let target = self.targetids[li];
+            if target < 0 || target as usize >= self.n_targets {
+                bail!("leaf target {target} is out of range for {} targets", self.n_targets);
+            }
+            return Ok(TreeNode::Leaf { weight: self.weights[li], target: target as usize });
+        }
+        let ni = usize::try_from(i).ok().filter(|&n| n < self.modes.len()).ok_or(format!("node {i} is out of range"))?;
+        let mode = self.modes[ni];
+        if mode > 6 {
+            bail!("unknown node mode {mode}");
+        }
+        let mut set = Vec::new();
+        if mode == 6 {
+            for m in &mut *members {
+                if m.is_nan() {
+                    break;
+                }
+                set.push(m);
+            }
+        }
+        let feature = self.featureids[ni];
+        if feature < 0 || feature as usize >= self.feats {
+            bail!("feature {feature} is out of range for {} features", self.feats);
+        }
+        let t = self.build(self.truenodes[ni], self.trueleafs[ni] != 0, depth + 1, members)?;
+        let f = self.build(self.falsenodes[ni], self.falseleafs[ni] != 0, depth + 1, members)?;
+        Ok(TreeNode::Split {
+            mode,
+            value: self.splits[ni],
+            set,
+            feature: feature as usize,
+            missing_true: self.missing.get(ni).is_some_and(|&m| m != 0),
+            t: Box::new(t),
+            f: Box::new(f),
+        })
+    }
+}
+
 fn tree_ensemble(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let (rows, feats) = match x.shape[..] {
@@ -225,64 +289,27 @@ fn tree_ensemble(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     if targetids.len() != weights.len() {
         bail!("leaf_targetids and leaf_weights disagree in length");
     }
+    let forest = Forest {
+        featureids,
+        truenodes,
+        falsenodes,
+        trueleafs,
+        falseleafs,
+        targetids,
+        splits,
+        weights,
+        modes,
+        missing,
+        n_targets,
+        feats,
+    };
     let mut member_iter = members.into_iter();
-    // Built as the reference does: depth-first, true branch first, each
-    // MEMBER node taking the next NaN-terminated set.
-    fn build(
-        i: i64,
-        leaf: bool,
-        depth: usize,
-        a: &(Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<f64>, Vec<f64>, Vec<u8>, Vec<i64>, usize, usize),
-        members: &mut dyn Iterator<Item = f64>,
-    ) -> KResult<TreeNode> {
-        let (featureids, truenodes, falsenodes, trueleafs, falseleafs, targetids, splits, weights, modes, missing, n_targets, feats) = a;
-        if depth > modes.len() + 1 {
-            bail!("the tree has a cycle");
-        }
-        if leaf {
-            let li = usize::try_from(i).ok().filter(|&l| l < weights.len()).ok_or(format!("leaf {i} is out of range"))?;
-            let target = targetids[li];
-            if target < 0 || target as usize >= *n_targets {
-                bail!("leaf target {target} is out of range for {n_targets} targets");
-            }
-            return Ok(TreeNode::Leaf { weight: weights[li], target: target as usize });
-        }
-        let ni = usize::try_from(i).ok().filter(|&n| n < modes.len()).ok_or(format!("node {i} is out of range"))?;
-        let mode = modes[ni];
-        if mode > 6 {
-            bail!("unknown node mode {mode}");
-        }
-        let mut set = Vec::new();
-        if mode == 6 {
-            for m in &mut *members {
-                if m.is_nan() {
-                    break;
-                }
-                set.push(m);
-            }
-        }
-        let feature = featureids[ni];
-        if feature < 0 || feature as usize >= *feats {
-            bail!("feature {feature} is out of range for {feats} features");
-        }
-        let t = build(truenodes[ni], trueleafs[ni] != 0, depth + 1, a, members)?;
-        let f = build(falsenodes[ni], falseleafs[ni] != 0, depth + 1, a, members)?;
-        Ok(TreeNode::Split {
-            mode,
-            value: splits[ni],
-            set,
-            feature: feature as usize,
-            missing_true: missing.get(ni).is_some_and(|&m| m != 0),
-            t: Box::new(t),
-            f: Box::new(f),
-        })
-    }
-    let all = (featureids, truenodes, falsenodes, trueleafs, falseleafs, targetids, splits, weights, modes, missing, n_targets, feats);
     let mut trees = Vec::with_capacity(roots.len());
     for &root in &roots {
         let ri = usize::try_from(root).ok().filter(|&r| r < nn).ok_or(format!("tree root {root} is out of range"))?;
-        let is_leaf = all.3[ri] != 0 && all.4[ri] != 0 && all.1[ri] == all.2[ri];
-        trees.push(build(root, is_leaf, 0, &all, &mut member_iter)?);
+        let f = &forest;
+        let is_leaf = f.trueleafs[ri] != 0 && f.falseleafs[ri] != 0 && f.truenodes[ri] == f.falsenodes[ri];
+        trees.push(f.build(root, is_leaf, 0, &mut member_iter)?);
     }
     let elem = x.elem();
     let (lowest, highest) = match elem {

@@ -233,8 +233,7 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
         let (wb, rb) = (&bv[d * 2 * g * h..d * 2 * g * h + g * h], &bv[d * 2 * g * h + g * h..(d + 1) * 2 * g * h]);
         let pd = &peep[d * 3 * h..(d + 1) * 3 * h];
         let a = &acts[d * per..(d + 1) * per];
-        for b in 0..batch {
-            let len = lens[b];
+        for (b, &len) in lens.iter().enumerate() {
             for step in 0..len {
                 let t = if reverse { len - 1 - step } else { step };
                 let xo = if layout == 0 { (t * batch + b) * isz } else { (b * seq + t) * isz };

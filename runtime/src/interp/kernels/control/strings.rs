@@ -432,12 +432,13 @@ fn rep(
     i: usize,
     k: &mut dyn FnMut(usize) -> bool,
 ) -> bool {
-    let can_more = max.map_or(true, |mx| count < mx);
+    let can_more = max.is_none_or(|mx| count < mx);
     // Beyond the minimum an iteration must consume input, so empty
     // matches cannot loop forever.
     let more = |k: &mut dyn FnMut(usize) -> bool| {
         can_more && m(re, s, i, &mut |j| (count < min || j > i) && rep(re, min, max, greedy, count + 1, s, j, k))
     };
+    #[allow(clippy::if_same_then_else)] // the order of the tries differs
     if greedy {
         more(k) || (count >= min && k(i))
     } else {

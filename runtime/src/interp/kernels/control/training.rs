@@ -2,6 +2,9 @@
 //! (plain and Nesterov), each updating several tensors at once. Operands:
 //! R (learning rate), T (step count), then the groups of per-tensor inputs.
 
+// Update `i` reads entry `i` of every group, so loops index the groups.
+#![allow(clippy::needless_range_loop)]
+
 use super::{from_f64, scalar_f64};
 use crate::interp::kernels::{bail, tensor, Ctx, KResult, KernelFn};
 use crate::tensor::Tensor;
@@ -18,11 +21,11 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
 
 /// Split the operands after R and T into `groups` groups of `n` tensors
 /// each, checked to have one shape per index; returns (r, t, groups).
-fn operands<'v>(inputs: &'v [Option<Value>], groups: usize) -> KResult<(f64, f64, Vec<Vec<&'v Tensor>>)> {
+fn operands(inputs: &[Option<Value>], groups: usize) -> KResult<(f64, f64, Vec<Vec<&Tensor>>)> {
     let r = scalar_f64(inputs, 0)?;
     let t = scalar_f64(inputs, 1)?;
     let rest = inputs.len().saturating_sub(2);
-    if rest == 0 || rest % groups != 0 {
+    if rest == 0 || !rest.is_multiple_of(groups) {
         bail!("expected R, T and {groups} groups of tensors, got {} operands", inputs.len());
     }
     let n = rest / groups;
