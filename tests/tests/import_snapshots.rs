@@ -307,13 +307,20 @@ fn external_data_is_read_from_the_model_folder() {
     bin.extend(1.5f32.to_le_bytes());
     bin.extend((-2.0f32).to_le_bytes());
     std::fs::write(dir.join("weights.bin"), bin).expect("write weights");
-    let kv = |k: &str, v: &str| proto::StringStringEntryProto { key: Some(k.into()), value: Some(v.into()) };
+    let kv = |k: &str, v: &str| proto::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v.into()),
+    };
     let w = proto::TensorProto {
         name: Some("w".into()),
         dims: vec![2],
         data_type: Some(F32),
         data_location: Some(1),
-        external_data: vec![kv("location", "weights.bin"), kv("offset", "4"), kv("length", "8")],
+        external_data: vec![
+            kv("location", "weights.bin"),
+            kv("offset", "4"),
+            kv("length", "8"),
+        ],
         ..Default::default()
     };
     let b = OnnxBuilder::new("ext", 17)

@@ -364,7 +364,8 @@ fn dim_from_proto(d: &proto::tensor_shape_proto::Dimension) -> Dim {
     use proto::tensor_shape_proto::dimension::Value;
     match &d.value {
         Some(Value::DimValue(v)) if *v >= 0 => Dim::Known(*v as u64),
-        Some(Value::DimParam(p)) if !p.is_empty() => Dim::Sym(SymExpr::symbol(p)),
+        // Some exporters write `?` for "unknown": that is no symbol.
+        Some(Value::DimParam(p)) if !p.is_empty() && p != "?" => Dim::Sym(SymExpr::symbol(p)),
         _ => Dim::Unknown,
     }
 }

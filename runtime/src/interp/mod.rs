@@ -256,9 +256,21 @@ fn check_type(ty: &Type, v: &Value, symbols: &mut HashMap<String, u64>) -> Resul
             }
             Ok(())
         }
-        (Type::Sequence(inner), Value::Sequence(items)) => items
-            .iter()
-            .try_for_each(|x| check_type(inner, x, &mut HashMap::new())),
+        // A sequence's items may differ in shape (ONNX models often declare
+        // one item shape for sequences that grow ragged): check the element
+        // type only.
+        (Type::Sequence(inner), Value::Sequence(items)) => {
+            let loose = match &**inner {
+                Type::Tensor(t) => Type::Tensor(kiln_ir::TensorType {
+                    shape: None,
+                    ..t.clone()
+                }),
+                other => other.clone(),
+            };
+            items
+                .iter()
+                .try_for_each(|x| check_type(&loose, x, &mut HashMap::new()))
+        }
         (Type::Optional(inner), Value::Optional(x)) => match x {
             Some(x) => check_type(inner, x, &mut HashMap::new()),
             None => Ok(()),

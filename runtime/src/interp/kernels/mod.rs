@@ -124,39 +124,94 @@ impl Ctx<'_, '_> {
             .and_then(Type::as_tensor)
             .map(|t| t.elem)
     }
-    /// A deterministic random source for this node: seeded by the `seed`
-    /// attribute when present, else by a fixed seed mixed with the node's
-    /// first result id (so two random nodes differ, and runs repeat).
+    /// A deterministic random source for this node, compatible with
+    /// numpy's legacy `RandomState(seed)` (what ONNX's reference and its
+    /// test data use): seeded by the `seed` attribute when present, else by
+    /// a fixed seed mixed with the node's first result id (so two random
+    /// nodes differ, and runs repeat).
     pub fn rng(&self) -> Rng {
         let seed = match self.attr("seed") {
-            Some(Attr::Float(f)) => f.to_bits() as u64,
-            Some(Attr::Int(i)) => *i as u64,
-            _ => 0x6b69_6c6e ^ self.node.outputs.first().map_or(0, |o| o.0 as u64),
+            Some(Attr::Float(f)) => *f as i64 as u32,
+            Some(Attr::Int(i)) => *i as u32,
+            _ => 5489 ^ self.node.outputs.first().map_or(0, |o| o.0),
         };
-        Rng(seed.wrapping_add(0x9e37_79b9_7f4a_7c15))
+        Rng::new(seed)
     }
 }
 
-/// SplitMix64: small, fast, and good enough for reproducible test data.
-pub struct Rng(u64);
+/// MT19937 seeded as numpy's legacy `np.random.seed(int)`, with numpy's
+/// 53-bit `random_sample` doubles and polar-method Gaussians, so seeded
+/// random ops reproduce ONNX's reference outputs.
+pub struct Rng {
+    state: [u32; 624],
+    pos: usize,
+    gauss: Option<f64>,
+}
 
 impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    pub fn new(seed: u32) -> Rng {
+        let mut state = [0u32; 624];
+        state[0] = seed;
+        for i in 1..624 {
+            let prev = state[i - 1];
+            state[i] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(i as u32);
+        }
+        Rng {
+            state,
+            pos: 624,
+            gauss: None,
+        }
     }
-    /// Uniform in [0, 1).
+
+    fn twist(&mut self) {
+        for i in 0..624 {
+            let y = (self.state[i] & 0x8000_0000) | (self.state[(i + 1) % 624] & 0x7fff_ffff);
+            let mut v = self.state[(i + 397) % 624] ^ (y >> 1);
+            if y & 1 != 0 {
+                v ^= 0x9908_b0df;
+            }
+            self.state[i] = v;
+        }
+        self.pos = 0;
+    }
+
+    pub fn next_u32(&mut self) -> u32 {
+        if self.pos >= 624 {
+            self.twist();
+        }
+        let mut y = self.state[self.pos];
+        self.pos += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
+    /// Uniform in [0, 1), as numpy's `random_sample`.
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        let a = (self.next_u32() >> 5) as f64;
+        let b = (self.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
     }
-    /// Standard normal (Box-Muller).
+
+    /// Standard normal, as numpy's legacy `standard_normal` (polar method,
+    /// second value of each pair cached).
     pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(f64::MIN_POSITIVE);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        if let Some(g) = self.gauss.take() {
+            return g;
+        }
+        loop {
+            let x1 = 2.0 * self.uniform() - 1.0;
+            let x2 = 2.0 * self.uniform() - 1.0;
+            let r2 = x1 * x1 + x2 * x2;
+            if r2 < 1.0 && r2 != 0.0 {
+                let f = (-2.0 * r2.ln() / r2).sqrt();
+                self.gauss = Some(f * x1);
+                return f * x2;
+            }
+        }
     }
 }
 
@@ -276,9 +331,22 @@ mod tests {
     }
 
     #[test]
+    fn random_source_matches_numpy() {
+        // np.random.seed(0); np.random.uniform(0, 1, 3)
+        let mut mt = Rng::new(0);
+        for want in [0.5488135039273248, 0.7151893663724195, 0.6027633760716439] {
+            assert_eq!(mt.uniform(), want);
+        }
+        // np.random.seed(0); np.random.standard_normal(2)
+        let mut g = Rng::new(0);
+        assert!((g.normal() - 1.764052345967664).abs() < 1e-12);
+        assert!((g.normal() - 0.4001572083672233).abs() < 1e-12);
+    }
+
+    #[test]
     fn random_source_is_deterministic() {
-        let mut a = Rng(7);
-        let mut b = Rng(7);
+        let mut a = Rng::new(7);
+        let mut b = Rng::new(7);
         let xs: Vec<f64> = (0..4).map(|_| a.uniform()).collect();
         let ys: Vec<f64> = (0..4).map(|_| b.uniform()).collect();
         assert_eq!(xs, ys);

@@ -68,7 +68,10 @@ fn one(t: Tensor) -> KResult<Vec<Value>> {
 }
 
 /// Calls `f` with each multi-index of `shape` in row-major order.
-pub(super) fn map_indices<T>(shape: &[usize], mut f: impl FnMut(&[usize]) -> KResult<T>) -> KResult<Vec<T>> {
+pub(super) fn map_indices<T>(
+    shape: &[usize],
+    mut f: impl FnMut(&[usize]) -> KResult<T>,
+) -> KResult<Vec<T>> {
     let n = numel(shape);
     let mut idx = vec![0usize; shape.len()];
     let mut out = Vec::with_capacity(n);
@@ -226,7 +229,9 @@ fn reshape(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                 shape.push(1);
             }
             0 if !allowzero => {
-                let Some(&s) = x.shape.get(i) else { bail!("Reshape: 0 at {i} but the input has rank {}", x.rank()) };
+                let Some(&s) = x.shape.get(i) else {
+                    bail!("Reshape: 0 at {i} but the input has rank {}", x.rank())
+                };
                 shape.push(s);
             }
             d if d < 0 => bail!("Reshape: invalid dim {d}"),
@@ -236,7 +241,10 @@ fn reshape(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if let Some(i) = infer {
         let known = checked_numel(&shape)?;
         if known == 0 || x.len() % known != 0 {
-            bail!("Reshape: cannot infer -1 in {spec:?} for {} elements", x.len());
+            bail!(
+                "Reshape: cannot infer -1 in {spec:?} for {} elements",
+                x.len()
+            );
         }
         shape[i] = x.len() / known;
     }
@@ -269,7 +277,12 @@ fn squeeze(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                     bail!("Squeeze: dim {a} of {:?} is not 1", x.shape);
                 }
             }
-            x.shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+            x.shape
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !axes.contains(i))
+                .map(|(_, &d)| d)
+                .collect()
         }
         None => x.shape.iter().copied().filter(|&d| d != 1).collect(),
     };
@@ -282,7 +295,15 @@ fn unsqueeze(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let r = x.rank() + axes.len();
     let axes = norm_axes(&axes, r)?;
     let mut src = x.shape.iter();
-    let shape = (0..r).map(|i| if axes.contains(&i) { 1 } else { *src.next().unwrap_or(&1) }).collect();
+    let shape = (0..r)
+        .map(|i| {
+            if axes.contains(&i) {
+                1
+            } else {
+                *src.next().unwrap_or(&1)
+            }
+        })
+        .collect();
     one(x.reshaped(shape)?)
 }
 
@@ -295,7 +316,10 @@ fn shape(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         Some(_) => clamp(cx.attr_int("end", r)),
         None => r as usize,
     };
-    let dims: Vec<i64> = x.shape[start..end.max(start)].iter().map(|&d| d as i64).collect();
+    let dims: Vec<i64> = x.shape[start..end.max(start)]
+        .iter()
+        .map(|&d| d as i64)
+        .collect();
     one(Tensor::new(vec![dims.len()], Data::I64(dims))?)
 }
 
@@ -306,7 +330,10 @@ fn size(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 
 fn constant_of_shape(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let s = ints(tensor(inputs, 0)?);
-    let shape = s.iter().map(|&d| dim_of(d, "ConstantOfShape dim")).collect::<KResult<Vec<_>>>()?;
+    let shape = s
+        .iter()
+        .map(|&d| dim_of(d, "ConstantOfShape dim"))
+        .collect::<KResult<Vec<_>>>()?;
     let n = checked_numel(&shape)?;
     let value = match cx.attr_tensor("value")? {
         Some(v) => v.data,
@@ -359,11 +386,17 @@ fn range(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         }
         let span = l as i128 - s as i128;
         let d128 = d as i128;
-        let n = if (span > 0) == (d128 > 0) && span != 0 { (span + d128 - d128.signum()) / d128 } else { 0 };
+        let n = if (span > 0) == (d128 > 0) && span != 0 {
+            (span + d128 - d128.signum()) / d128
+        } else {
+            0
+        };
         if n > 1_000_000_000 {
             bail!("Range: {n} elements is too many");
         }
-        let v: Vec<i64> = (0..n as i64).map(|i| s.wrapping_add(i.wrapping_mul(d))).collect();
+        let v: Vec<i64> = (0..n as i64)
+            .map(|i| s.wrapping_add(i.wrapping_mul(d)))
+            .collect();
         one(Tensor::new(vec![v.len()], from_num(elem, &Num::I(v)))?)
     }
 }
@@ -382,20 +415,35 @@ fn transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     }
     let st = x.strides();
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
-    let idx = map_indices(&shape, |o| Ok(o.iter().zip(&perm).map(|(&i, &p)| i * st[p]).sum()))?;
+    let idx = map_indices(&shape, |o| {
+        Ok(o.iter().zip(&perm).map(|(&i, &p)| i * st[p]).sum())
+    })?;
     one(Tensor::new(shape, x.data.gather(&idx))?)
 }
 
 fn concat(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
-    let ts: Vec<&Tensor> = (0..inputs.len()).map(|i| tensor(inputs, i)).collect::<KResult<_>>()?;
-    let Some(first) = ts.first() else { bail!("Concat: no inputs") };
+    let ts: Vec<&Tensor> = (0..inputs.len())
+        .map(|i| tensor(inputs, i))
+        .collect::<KResult<_>>()?;
+    let Some(first) = ts.first() else {
+        bail!("Concat: no inputs")
+    };
     let r = first.rank();
     let axis = norm_axis(cx.attr_int("axis", 0), r)?;
     let mut shape = first.shape.clone();
     shape[axis] = 0;
     for t in &ts {
-        if t.rank() != r || t.shape.iter().enumerate().any(|(d, &s)| d != axis && s != first.shape[d]) {
-            bail!("Concat: shapes {:?} and {:?} differ off axis {axis}", first.shape, t.shape);
+        if t.rank() != r
+            || t.shape
+                .iter()
+                .enumerate()
+                .any(|(d, &s)| d != axis && s != first.shape[d])
+        {
+            bail!(
+                "Concat: shapes {:?} and {:?} differ off axis {axis}",
+                first.shape,
+                t.shape
+            );
         }
         shape[axis] += t.shape[axis];
     }
@@ -425,9 +473,10 @@ fn split(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let dim = x.shape[axis];
     let n_out = cx.node.outputs.len();
     let sizes: Vec<usize> = match opt_tensor(inputs, 1)? {
-        Some(s) if !s.is_empty() => {
-            ints(s).iter().map(|&v| dim_of(v, "Split size")).collect::<KResult<_>>()?
-        }
+        Some(s) if !s.is_empty() => ints(s)
+            .iter()
+            .map(|&v| dim_of(v, "Split size"))
+            .collect::<KResult<_>>()?,
         _ => {
             let n = match cx.attr("num_outputs") {
                 Some(_) => cx.attr_int("num_outputs", 1) as usize,
@@ -437,7 +486,9 @@ fn split(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                 bail!("Split: zero outputs");
             }
             let chunk = dim.div_ceil(n);
-            (0..n).map(|i| chunk.min(dim.saturating_sub(i * chunk))).collect()
+            (0..n)
+                .map(|i| chunk.min(dim.saturating_sub(i * chunk)))
+                .collect()
         }
     };
     if sizes.iter().sum::<usize>() != dim {
@@ -458,7 +509,10 @@ fn slice_axis(x: &Tensor, axis: usize, start: usize, len: usize) -> KResult<Tens
     shape[axis] = len;
     let st = x.strides();
     let idx = map_indices(&shape, |o| {
-        Ok(o.iter().enumerate().map(|(d, &i)| (if d == axis { i + start } else { i }) * st[d]).sum())
+        Ok(o.iter()
+            .enumerate()
+            .map(|(d, &i)| (if d == axis { i + start } else { i }) * st[d])
+            .sum())
     })?;
     Ok(Tensor::new(shape, x.data.gather(&idx))?)
 }
@@ -493,10 +547,17 @@ fn slice(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         let (b, e) = if s > 0 {
             (norm(starts[k]).clamp(0, n), norm(ends[k]).clamp(0, n))
         } else {
-            (norm(starts[k]).clamp(-1, n - 1), norm(ends[k]).clamp(-1, n - 1))
+            (
+                norm(starts[k]).clamp(-1, n - 1),
+                norm(ends[k]).clamp(-1, n - 1),
+            )
         };
         let len = if s > 0 {
-            if e > b { (e - b + s - 1) / s } else { 0 }
+            if e > b {
+                (e - b + s - 1) / s
+            } else {
+                0
+            }
         } else if b > e {
             (b - e + (-s) - 1) / (-s)
         } else {
@@ -508,7 +569,10 @@ fn slice(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     }
     let st = x.strides();
     let idx = map_indices(&shape, |o| {
-        Ok(o.iter().enumerate().map(|(d, &i)| (first[d] + i as i64 * step[d]) as usize * st[d]).sum())
+        Ok(o.iter()
+            .enumerate()
+            .map(|(d, &i)| (first[d] + i as i64 * step[d]) as usize * st[d])
+            .sum())
     })?;
     one(Tensor::new(shape, x.data.gather(&idx))?)
 }
@@ -516,7 +580,10 @@ fn slice(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 fn expand(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let s = ints(tensor(inputs, 1)?);
-    let s = s.iter().map(|&d| dim_of(d, "Expand dim")).collect::<KResult<Vec<_>>>()?;
+    let s = s
+        .iter()
+        .map(|&d| dim_of(d, "Expand dim"))
+        .collect::<KResult<Vec<_>>>()?;
     let shape = super::broadcast_shape(&x.shape, &s)?;
     checked_numel(&shape)?;
     let idx = super::broadcast_indices(&x.shape, &shape);
@@ -531,11 +598,19 @@ fn tile(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     }
     let mut shape = Vec::new();
     for (&d, &r) in x.shape.iter().zip(&reps) {
-        shape.push(d.checked_mul(dim_of(r, "Tile repeat")?).ok_or("Tile: too large")?);
+        shape.push(
+            d.checked_mul(dim_of(r, "Tile repeat")?)
+                .ok_or("Tile: too large")?,
+        );
     }
     checked_numel(&shape)?;
     let st = x.strides();
-    let idx = map_indices(&shape, |o| Ok(o.iter().enumerate().map(|(d, &i)| (i % x.shape[d]) * st[d]).sum()))?;
+    let idx = map_indices(&shape, |o| {
+        Ok(o.iter()
+            .enumerate()
+            .map(|(d, &i)| (i % x.shape[d]) * st[d])
+            .sum())
+    })?;
     one(Tensor::new(shape, x.data.gather(&idx))?)
 }
 
@@ -552,14 +627,21 @@ fn depth_to_space(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     let crd = cx.attr_str("mode") == Some("CRD");
     let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
     if c % (b * b) != 0 {
-        bail!("DepthToSpace: {c} channels not divisible by blocksize² = {}", b * b);
+        bail!(
+            "DepthToSpace: {c} channels not divisible by blocksize² = {}",
+            b * b
+        );
     }
     let co = c / (b * b);
     let shape = vec![n, co, h * b, w * b];
     let st = x.strides();
     let idx = map_indices(&shape, |o| {
         let (bh, bw) = (o[2] % b, o[3] % b);
-        let ic = if crd { o[1] * b * b + bh * b + bw } else { (bh * b + bw) * co + o[1] };
+        let ic = if crd {
+            o[1] * b * b + bh * b + bw
+        } else {
+            (bh * b + bw) * co + o[1]
+        };
         Ok(o[0] * st[0] + ic * st[1] + (o[2] / b) * st[2] + (o[3] / b) * st[3])
     })?;
     one(Tensor::new(shape, x.data.gather(&idx))?)
@@ -687,7 +769,11 @@ fn center_crop_pad(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
         None => (0..r).collect(),
     };
     if want.len() != axes.len() {
-        bail!("CenterCropPad: {} sizes for {} axes", want.len(), axes.len());
+        bail!(
+            "CenterCropPad: {} sizes for {} axes",
+            want.len(),
+            axes.len()
+        );
     }
     let mut shape = x.shape.clone();
     // Output index o along an axis reads input index o + shift[axis].
@@ -695,7 +781,11 @@ fn center_crop_pad(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
     for (&a, &s) in axes.iter().zip(&want) {
         let s = dim_of(s, "CenterCropPad size")?;
         let dim = x.shape[a];
-        shift[a] = if s < dim { ((dim - s) / 2) as i64 } else { -(((s - dim) / 2) as i64) };
+        shift[a] = if s < dim {
+            ((dim - s) / 2) as i64
+        } else {
+            -(((s - dim) / 2) as i64)
+        };
         shape[a] = s;
     }
     let st = x.strides();
@@ -710,7 +800,10 @@ fn center_crop_pad(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
         }
         Ok(Some(lin))
     })?;
-    one(Tensor::new(shape, gather_fill(&x.data, &sel, &Data::zeros(x.elem(), 1))?)?)
+    one(Tensor::new(
+        shape,
+        gather_fill(&x.data, &sel, &Data::zeros(x.elem(), 1))?,
+    )?)
 }
 
 fn reverse_sequence(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
@@ -720,7 +813,11 @@ fn reverse_sequence(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value
     let ta = norm_axis(cx.attr_int("time_axis", 0), r)?;
     let ba = norm_axis(cx.attr_int("batch_axis", 1), r)?;
     if lens.len() != x.shape[ba] {
-        bail!("ReverseSequence: {} lengths for batch of {}", lens.len(), x.shape[ba]);
+        bail!(
+            "ReverseSequence: {} lengths for batch of {}",
+            lens.len(),
+            x.shape[ba]
+        );
     }
     let st = x.strides();
     let idx = map_indices(&x.shape, |o| {
@@ -729,8 +826,15 @@ fn reverse_sequence(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value
             bail!("ReverseSequence: length {len} out of range");
         }
         let t = o[ta];
-        let src_t = if (t as i64) < len { len as usize - 1 - t } else { t };
-        Ok(o.iter().enumerate().map(|(d, &i)| (if d == ta { src_t } else { i }) * st[d]).sum())
+        let src_t = if (t as i64) < len {
+            len as usize - 1 - t
+        } else {
+            t
+        };
+        Ok(o.iter()
+            .enumerate()
+            .map(|(d, &i)| (if d == ta { src_t } else { i }) * st[d])
+            .sum())
     })?;
     one(Tensor::new(x.shape.clone(), x.data.gather(&idx))?)
 }
@@ -742,7 +846,10 @@ fn gather(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let ind = tensor(inputs, 1)?;
     let axis = norm_axis(cx.attr_int("axis", 0), x.rank())?;
     let n = x.shape[axis];
-    let iv = ints(ind).iter().map(|&i| wrap_index(i, n, "Gather")).collect::<KResult<Vec<_>>>()?;
+    let iv = ints(ind)
+        .iter()
+        .map(|&i| wrap_index(i, n, "Gather"))
+        .collect::<KResult<Vec<_>>>()?;
     let outer: usize = x.shape[..axis].iter().product();
     let inner: usize = x.shape[axis + 1..].iter().product();
     let mut shape = x.shape[..axis].to_vec();
@@ -764,7 +871,10 @@ fn gather_elements(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
     let r = x.rank();
     let axis = norm_axis(cx.attr_int("axis", 0), r)?;
     if ind.rank() != r {
-        bail!("GatherElements: indices rank {} differs from data rank {r}", ind.rank());
+        bail!(
+            "GatherElements: indices rank {} differs from data rank {r}",
+            ind.rank()
+        );
     }
     let iv = ints(ind);
     let st = x.strides();
@@ -776,7 +886,11 @@ fn gather_elements(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
         for d in 0..r {
             let i = if d == axis { j } else { o[d] };
             if i >= x.shape[d] {
-                bail!("GatherElements: indices shape {:?} exceeds data {:?}", ind.shape, x.shape);
+                bail!(
+                    "GatherElements: indices shape {:?} exceeds data {:?}",
+                    ind.shape,
+                    x.shape
+                );
             }
             lin += i * st[d];
         }
@@ -789,18 +903,34 @@ fn gather_elements(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
 /// index tensor whose last dim indexes `data` after `batch_dims` batch dims.
 /// Returns (for each index tuple, the linear offset of its slice; the
 /// slice length).
-fn nd_offsets(data_shape: &[usize], ind: &Tensor, batch_dims: usize, op: &str) -> KResult<(Vec<usize>, usize)> {
-    let Some(&k) = ind.shape.last() else { bail!("{op}: indices must have rank >= 1") };
+fn nd_offsets(
+    data_shape: &[usize],
+    ind: &Tensor,
+    batch_dims: usize,
+    op: &str,
+) -> KResult<(Vec<usize>, usize)> {
+    let Some(&k) = ind.shape.last() else {
+        bail!("{op}: indices must have rank >= 1")
+    };
     if batch_dims + k > data_shape.len() || batch_dims >= ind.rank() {
-        bail!("{op}: index depth {k} with {batch_dims} batch dims exceeds data rank {}", data_shape.len());
+        bail!(
+            "{op}: index depth {k} with {batch_dims} batch dims exceeds data rank {}",
+            data_shape.len()
+        );
     }
     if ind.shape[..batch_dims] != data_shape[..batch_dims] {
-        bail!("{op}: batch dims of indices {:?} and data {data_shape:?} differ", ind.shape);
+        bail!(
+            "{op}: batch dims of indices {:?} and data {data_shape:?} differ",
+            ind.shape
+        );
     }
     let st = strides(data_shape);
     let slice: usize = data_shape[batch_dims + k..].iter().product();
     let iv = ints(ind);
-    let tuples = iv.len().checked_div(k).unwrap_or_else(|| numel(&ind.shape[..ind.rank() - 1]));
+    let tuples = iv
+        .len()
+        .checked_div(k)
+        .unwrap_or_else(|| numel(&ind.shape[..ind.rank() - 1]));
     let per_batch = tuples / numel(&ind.shape[..batch_dims]).max(1);
     let batch_stride: usize = data_shape[batch_dims..].iter().product();
     let mut offs = Vec::with_capacity(tuples);
@@ -830,7 +960,11 @@ fn gather_nd(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 
 fn compress(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
-    let cond: Vec<bool> = tensor(inputs, 1)?.to_f64().iter().map(|&v| v != 0.0).collect();
+    let cond: Vec<bool> = tensor(inputs, 1)?
+        .to_f64()
+        .iter()
+        .map(|&v| v != 0.0)
+        .collect();
     match cx.attr("axis") {
         None => {
             if cond.len() > x.len() && cond[x.len()..].iter().any(|&c| c) {
@@ -927,14 +1061,20 @@ fn one_hot(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 
 /// The shared end of the scatters: `targets[i]` receives `updates[i]`,
 /// later ones winning (no reduction) or combined by `reduction`.
-fn scatter_apply(data: &Tensor, updates: &Data, targets: &[usize], reduction: &str) -> KResult<Tensor> {
+fn scatter_apply(
+    data: &Tensor,
+    updates: &Data,
+    targets: &[usize],
+    reduction: &str,
+) -> KResult<Tensor> {
     if reduction == "none" {
         let n = data.len();
         let mut idx: Vec<usize> = (0..n).collect();
         for (u, &t) in targets.iter().enumerate() {
             idx[t] = n + u;
         }
-        let all = Data::concat(&[&data.data, updates]).ok_or("updates and data differ in element type")?;
+        let all = Data::concat(&[&data.data, updates])
+            .ok_or("updates and data differ in element type")?;
         return Ok(Tensor::new(data.shape.clone(), all.gather(&idx))?);
     }
     let elem = data.elem();
@@ -977,7 +1117,12 @@ fn scatter_elements(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value
     let r = x.rank();
     let axis = norm_axis(cx.attr_int("axis", 0), r)?;
     if ind.shape != upd.shape || ind.rank() != r {
-        bail!("ScatterElements: indices {:?}, updates {:?}, data {:?}", ind.shape, upd.shape, x.shape);
+        bail!(
+            "ScatterElements: indices {:?}, updates {:?}, data {:?}",
+            ind.shape,
+            upd.shape,
+            x.shape
+        );
     }
     let iv = ints(ind);
     let st = x.strides();
@@ -989,7 +1134,11 @@ fn scatter_elements(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value
         for d in 0..r {
             let i = if d == axis { j } else { o[d] };
             if i >= x.shape[d] {
-                bail!("ScatterElements: indices shape {:?} exceeds data {:?}", ind.shape, x.shape);
+                bail!(
+                    "ScatterElements: indices shape {:?} exceeds data {:?}",
+                    ind.shape,
+                    x.shape
+                );
             }
             lin += i * st[d];
         }
@@ -1005,7 +1154,12 @@ fn scatter_nd(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let upd = tensor(inputs, 2)?;
     let (offs, slice) = nd_offsets(&x.shape, ind, 0, "ScatterND")?;
     if offs.len() * slice != upd.len() {
-        bail!("ScatterND: updates {:?} do not match indices {:?} and data {:?}", upd.shape, ind.shape, x.shape);
+        bail!(
+            "ScatterND: updates {:?} do not match indices {:?} and data {:?}",
+            upd.shape,
+            ind.shape,
+            x.shape
+        );
     }
     let targets: Vec<usize> = offs.iter().flat_map(|&o| o..o + slice).collect();
     let red = cx.attr_str("reduction").unwrap_or("none").to_string();
@@ -1017,7 +1171,9 @@ fn scatter_nd(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 fn cumsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let a = ints(tensor(inputs, 1)?);
-    let Some(&a) = a.first() else { bail!("CumSum: axis is empty") };
+    let Some(&a) = a.first() else {
+        bail!("CumSum: axis is empty")
+    };
     let axis = norm_axis(a, x.rank())?;
     let exclusive = cx.attr_int("exclusive", 0) != 0;
     let reverse = cx.attr_int("reverse", 0) != 0;
@@ -1025,7 +1181,11 @@ fn cumsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let outer: usize = x.shape[..axis.min(x.rank())].iter().product();
     let inner: usize = x.shape.get(axis + 1..).map_or(1, |s| s.iter().product());
     // Positions along the axis in the order they accumulate.
-    let order: Vec<usize> = if reverse { (0..n).rev().collect() } else { (0..n).collect() };
+    let order: Vec<usize> = if reverse {
+        (0..n).rev().collect()
+    } else {
+        (0..n).collect()
+    };
     macro_rules! scan {
         ($v:expr, $zero:expr, $add:expr) => {{
             let v = $v;
@@ -1057,23 +1217,39 @@ fn cumsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 
 fn col2im(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
-    let image: Vec<usize> =
-        ints(tensor(inputs, 1)?).iter().map(|&d| dim_of(d, "Col2Im image dim")).collect::<KResult<_>>()?;
-    let block: Vec<usize> =
-        ints(tensor(inputs, 2)?).iter().map(|&d| dim_of(d, "Col2Im block dim")).collect::<KResult<_>>()?;
+    let image: Vec<usize> = ints(tensor(inputs, 1)?)
+        .iter()
+        .map(|&d| dim_of(d, "Col2Im image dim"))
+        .collect::<KResult<_>>()?;
+    let block: Vec<usize> = ints(tensor(inputs, 2)?)
+        .iter()
+        .map(|&d| dim_of(d, "Col2Im block dim"))
+        .collect::<KResult<_>>()?;
     let nd = image.len();
     if block.len() != nd || x.rank() != 3 {
         bail!("Col2Im: input must be 3-D and block_shape match image_shape");
     }
-    let dil = cx.attr_ints("dilations").map(<[i64]>::to_vec).unwrap_or(vec![1; nd]);
-    let strd = cx.attr_ints("strides").map(<[i64]>::to_vec).unwrap_or(vec![1; nd]);
-    let pads = cx.attr_ints("pads").map(<[i64]>::to_vec).unwrap_or(vec![0; 2 * nd]);
+    let dil = cx
+        .attr_ints("dilations")
+        .map(<[i64]>::to_vec)
+        .unwrap_or(vec![1; nd]);
+    let strd = cx
+        .attr_ints("strides")
+        .map(<[i64]>::to_vec)
+        .unwrap_or(vec![1; nd]);
+    let pads = cx
+        .attr_ints("pads")
+        .map(<[i64]>::to_vec)
+        .unwrap_or(vec![0; 2 * nd]);
     if dil.len() != nd || strd.len() != nd || pads.len() != 2 * nd || strd.iter().any(|&s| s <= 0) {
         bail!("Col2Im: bad dilations/strides/pads");
     }
     let bl: usize = block.iter().product();
     if bl == 0 || x.shape[1] % bl != 0 {
-        bail!("Col2Im: dim 1 ({}) not divisible by the block size {bl}", x.shape[1]);
+        bail!(
+            "Col2Im: dim 1 ({}) not divisible by the block size {bl}",
+            x.shape[1]
+        );
     }
     let c = x.shape[1] / bl;
     let mut cols = Vec::new();
@@ -1126,7 +1302,9 @@ fn col2im(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 fn top_k(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let k = ints(tensor(inputs, 1)?);
-    let Some(&k) = k.first() else { bail!("TopK: K is empty") };
+    let Some(&k) = k.first() else {
+        bail!("TopK: K is empty")
+    };
     let axis = norm_axis(cx.attr_int("axis", -1), x.rank())?;
     let largest = cx.attr_int("largest", 1) != 0;
     let n = x.shape[axis];
@@ -1176,17 +1354,20 @@ fn unique(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let sorted = cx.attr_int("sorted", 1) != 0;
     // Items compared lexicographically: single elements, or the slices
     // along `axis` (item j, part k is element rest[k] + j * step).
-    let (axis, n_items, rest, step): (Option<usize>, usize, Vec<usize>, usize) = match cx.attr("axis") {
-        None => (None, x.len(), vec![0], 1),
-        Some(_) => {
-            let axis = norm_axis(cx.attr_int("axis", 0), x.rank())?;
-            let mut rest_shape = x.shape.clone();
-            rest_shape[axis] = 1;
-            let st = x.strides();
-            let rest = map_indices(&rest_shape, |o| Ok(o.iter().zip(&st).map(|(a, b)| a * b).sum()))?;
-            (Some(axis), x.shape[axis], rest, st[axis])
-        }
-    };
+    let (axis, n_items, rest, step): (Option<usize>, usize, Vec<usize>, usize) =
+        match cx.attr("axis") {
+            None => (None, x.len(), vec![0], 1),
+            Some(_) => {
+                let axis = norm_axis(cx.attr_int("axis", 0), x.rank())?;
+                let mut rest_shape = x.shape.clone();
+                rest_shape[axis] = 1;
+                let st = x.strides();
+                let rest = map_indices(&rest_shape, |o| {
+                    Ok(o.iter().zip(&st).map(|(a, b)| a * b).sum())
+                })?;
+                (Some(axis), x.shape[axis], rest, st[axis])
+            }
+        };
     let cmp_items = |a: usize, b: usize| {
         rest.iter()
             .map(|&r| cmp_elems(&x.data, r + a * step, r + b * step))
@@ -1228,7 +1409,10 @@ fn unique(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             shape[axis] = firsts.len();
             let st = x.strides();
             let idx = map_indices(&shape, |o| {
-                Ok(o.iter().enumerate().map(|(d, &i)| (if d == axis { firsts[i] } else { i }) * st[d]).sum())
+                Ok(o.iter()
+                    .enumerate()
+                    .map(|(d, &i)| (if d == axis { firsts[i] } else { i }) * st[d])
+                    .sum())
             })?;
             Tensor::new(shape, x.data.gather(&idx))?
         }
@@ -1260,7 +1444,11 @@ mod tests {
         let m = kiln_ir::parse_module(&src).expect("parse");
         Interpreter::new(&m)
             .run(&HashMap::new())
-            .map(|vs| vs.into_iter().map(|v| v.as_tensor().expect("tensor").clone()).collect())
+            .map(|vs| {
+                vs.into_iter()
+                    .map(|v| v.as_tensor().expect("tensor").clone())
+                    .collect()
+            })
             .map_err(|e| e.message)
     }
 
@@ -1272,7 +1460,10 @@ mod tests {
         assert_eq!(out[0].data, Data::I64(vec![2, 3, 4, 3, 2, 1, 2, 3, 4]));
         let out = run("  const %x: string[2] = dense[\"a\", \"b\"]\n  const %p: i64[2] = dense[1, 1]\n  const %v: string[] = dense[\"z\"]\n  %y = Pad(%x, %p, %v) : string[4]\n  return %y")
             .expect("run");
-        assert_eq!(out[0].data, Data::Str(vec!["z".into(), "a".into(), "b".into(), "z".into()]));
+        assert_eq!(
+            out[0].data,
+            Data::Str(vec!["z".into(), "a".into(), "b".into(), "z".into()])
+        );
     }
 
     #[test]
@@ -1325,7 +1516,8 @@ mod tests {
     #[test]
     fn gather_fill_keeps_the_type() {
         let t = Tensor::new(vec![2], Data::Bool(vec![true, false])).expect("t");
-        let d = super::gather_fill(&t.data, &[Some(1), None, Some(0)], &Data::Bool(vec![true])).expect("fill");
+        let d = super::gather_fill(&t.data, &[Some(1), None, Some(0)], &Data::Bool(vec![true]))
+            .expect("fill");
         assert_eq!(d, Data::Bool(vec![false, true, true]));
         let _ = Value::tensor(t);
     }

@@ -53,9 +53,15 @@ fn if_(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 /// empty tensor of the declared type.
 fn stack_scan(ctx: &Ctx, result: usize, items: &[Value], axis: i64) -> KResult<Value> {
     if items.is_empty() {
-        return Ok(Value::tensor(empty_like_type(ctx.output_type(result), Some(0))));
+        return Ok(Value::tensor(empty_like_type(
+            ctx.output_type(result),
+            Some(0),
+        )));
     }
-    let ts = items.iter().map(|v| value_tensor(v, "a scan output")).collect::<KResult<Vec<_>>>()?;
+    let ts = items
+        .iter()
+        .map(|v| value_tensor(v, "a scan output"))
+        .collect::<KResult<Vec<_>>>()?;
     let axis = norm_axis(axis, ts[0].rank() + 1)?;
     Ok(Value::tensor(stack_axis(&ts, axis)?))
 }
@@ -67,11 +73,18 @@ fn loop_(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         Some(t) => truthy(t, "the loop condition")?,
         None => true,
     };
-    let mut carried: Vec<Value> =
-        inputs.iter().skip(2).map(|v| v.clone().unwrap_or(Value::Optional(None))).collect();
+    let mut carried: Vec<Value> = inputs
+        .iter()
+        .skip(2)
+        .map(|v| v.clone().unwrap_or(Value::Optional(None)))
+        .collect();
     let n = carried.len();
     if body.outputs.len() < 1 + n || body.inputs.len() != 2 + n {
-        bail!("the loop body must take {} inputs and give at least {} outputs", 2 + n, 1 + n);
+        bail!(
+            "the loop body must take {} inputs and give at least {} outputs",
+            2 + n,
+            1 + n
+        );
     }
     let k = body.outputs.len() - 1 - n;
     let mut scans: Vec<Vec<Value>> = vec![Vec::new(); k];
@@ -83,7 +96,10 @@ fn loop_(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         args.extend(carried.iter().cloned());
         let mut out = ctx.run_region(body, args)?.into_iter();
         let c = out.next().ok_or("the loop body gave no condition")?;
-        cond = truthy(value_tensor(&c, "the loop body's condition")?, "the loop body's condition")?;
+        cond = truthy(
+            value_tensor(&c, "the loop body's condition")?,
+            "the loop body's condition",
+        )?;
         carried = out.by_ref().take(n).collect();
         for (s, v) in scans.iter_mut().zip(out) {
             s.push(v);
@@ -106,7 +122,10 @@ fn scan(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let m = m as usize;
     let n = inputs.len() - m;
     if body.inputs.len() != n + m || body.outputs.len() < n {
-        bail!("the scan body must take {} inputs and give at least {n} outputs", n + m);
+        bail!(
+            "the scan body must take {} inputs and give at least {n} outputs",
+            n + m
+        );
     }
     let k = body.outputs.len() - n;
     let attr_list = |name: &str, len: usize| -> KResult<Vec<i64>> {
@@ -121,7 +140,9 @@ fn scan(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let out_axes = attr_list("scan_output_axes", k)?;
     let out_dirs = attr_list("scan_output_directions", k)?;
 
-    let mut state: Vec<Value> = (0..n).map(|i| inputs[i].clone().ok_or("a scan state is omitted")).collect::<Result<_, _>>()?;
+    let mut state: Vec<Value> = (0..n)
+        .map(|i| inputs[i].clone().ok_or("a scan state is omitted"))
+        .collect::<Result<_, _>>()?;
     let mut scan_ins = Vec::with_capacity(m);
     let mut len = None;
     for (j, &in_axis) in in_axes.iter().enumerate() {
@@ -133,7 +154,10 @@ fn scan(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         match len {
             None => len = Some(t.shape[axis]),
             Some(l) if l != t.shape[axis] => {
-                bail!("scan inputs disagree on the sequence length ({l} and {})", t.shape[axis])
+                bail!(
+                    "scan inputs disagree on the sequence length ({l} and {})",
+                    t.shape[axis]
+                )
             }
             _ => {}
         }
@@ -144,7 +168,11 @@ fn scan(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     for step in 0..len {
         let mut args = state.clone();
         for (j, (t, axis)) in scan_ins.iter().enumerate() {
-            let i = if in_dirs[j] == 1 { len - 1 - step } else { step };
+            let i = if in_dirs[j] == 1 {
+                len - 1 - step
+            } else {
+                step
+            };
             args.push(Value::tensor(select_axis(t, *axis, i)?));
         }
         let mut out = ctx.run_region(body, args)?.into_iter();
@@ -172,7 +200,10 @@ fn sequence_map(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> 
     for (i, v) in inputs.iter().enumerate() {
         match v {
             Some(Value::Sequence(s)) if s.len() != len => {
-                bail!("sequence operand {i} has {} elements, operand 0 has {len}", s.len())
+                bail!(
+                    "sequence operand {i} has {} elements, operand 0 has {len}",
+                    s.len()
+                )
             }
             None => bail!("operand {i} is omitted"),
             _ => {}

@@ -23,10 +23,18 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
 fn array_feature_extractor(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let idx = tensor(inputs, 1)?.to_i64();
-    let Some(&last) = x.shape.last() else { bail!("X must not be a scalar") };
+    let Some(&last) = x.shape.last() else {
+        bail!("X must not be a scalar")
+    };
     let picks = idx
         .iter()
-        .map(|&i| if i < 0 || i as usize >= last { bail!("index {i} is out of range for {last} features") } else { Ok(i as usize) })
+        .map(|&i| {
+            if i < 0 || i as usize >= last {
+                bail!("index {i} is out of range for {last} features")
+            } else {
+                Ok(i as usize)
+            }
+        })
         .collect::<KResult<Vec<_>>>()?;
     let rows = x.len() / last.max(1);
     let mut gather = Vec::with_capacity(rows * picks.len());
@@ -40,14 +48,25 @@ fn array_feature_extractor(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec
         *s.last_mut().unwrap_or(&mut 0) = picks.len();
         s
     };
-    Ok(vec![Value::tensor(Tensor::new(shape, x.data.gather(&gather))?)])
+    Ok(vec![Value::tensor(Tensor::new(
+        shape,
+        x.data.gather(&gather),
+    )?)])
 }
 
 fn binarizer(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let th = ctx.attr_float("threshold", 0.0) as f64;
-    let v: Vec<f64> = x.to_f64().iter().map(|&a| if a > th { 1.0 } else { 0.0 }).collect();
-    Ok(vec![Value::tensor(from_f64(x.elem(), x.shape.clone(), &v)?)])
+    let v: Vec<f64> = x
+        .to_f64()
+        .iter()
+        .map(|&a| if a > th { 1.0 } else { 0.0 })
+        .collect();
+    Ok(vec![Value::tensor(from_f64(
+        x.elem(),
+        x.shape.clone(),
+        &v,
+    )?)])
 }
 
 /// A lookup key: integers exactly, floats by their f64 bits (NaN made
@@ -70,7 +89,9 @@ fn float_key(f: f64) -> Key {
 fn keys_of(d: &Data) -> Vec<Key> {
     match d {
         Data::Str(v) => v.iter().cloned().map(Key::S).collect(),
-        d if d.elem().is_int() || d.elem() == ElemType::Bool => d.to_i64().into_iter().map(Key::I).collect(),
+        d if d.elem().is_int() || d.elem() == ElemType::Bool => {
+            d.to_i64().into_iter().map(Key::I).collect()
+        }
         d => d.to_f64().into_iter().map(float_key).collect(),
     }
 }
@@ -115,12 +136,21 @@ fn label_encoder(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         };
         (vals_of(&t.data), d)
     } else if let Some(v) = ctx.attr_strings("values_strings") {
-        let d = ctx.attr_str("default_string").unwrap_or("_Unused").to_string();
+        let d = ctx
+            .attr_str("default_string")
+            .unwrap_or("_Unused")
+            .to_string();
         (v.iter().cloned().map(Val::S).collect(), Val::S(d))
     } else if let Some(v) = ctx.attr_ints("values_int64s") {
-        (v.iter().map(|&i| Val::I(i)).collect(), Val::I(ctx.attr_int("default_int64", -1)))
+        (
+            v.iter().map(|&i| Val::I(i)).collect(),
+            Val::I(ctx.attr_int("default_int64", -1)),
+        )
     } else if let Some(v) = ctx.attr_floats("values_floats") {
-        (v.iter().map(|&f| Val::N(f as f64)).collect(), Val::N(ctx.attr_float("default_float", -0.0) as f64))
+        (
+            v.iter().map(|&f| Val::N(f as f64)).collect(),
+            Val::N(ctx.attr_float("default_float", -0.0) as f64),
+        )
     } else {
         bail!("no values_* attribute")
     };
@@ -128,7 +158,10 @@ fn label_encoder(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         bail!("{} keys but {} values", keys.len(), vals.len());
     }
     let map: HashMap<Key, Val> = keys.into_iter().zip(vals).collect();
-    let out: Vec<Val> = keys_of(&x.data).into_iter().map(|k| map.get(&k).unwrap_or(&default).clone()).collect();
+    let out: Vec<Val> = keys_of(&x.data)
+        .into_iter()
+        .map(|k| map.get(&k).unwrap_or(&default).clone())
+        .collect();
     let data = match elem {
         ElemType::String => Data::Str(
             out.into_iter()
@@ -163,8 +196,19 @@ fn label_encoder(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
 }
 
 enum TreeNode {
-    Leaf { weight: f64, target: usize },
-    Split { mode: u8, value: f64, set: Vec<f64>, feature: usize, missing_true: bool, t: Box<TreeNode>, f: Box<TreeNode> },
+    Leaf {
+        weight: f64,
+        target: usize,
+    },
+    Split {
+        mode: u8,
+        value: f64,
+        set: Vec<f64>,
+        feature: usize,
+        missing_true: bool,
+        t: Box<TreeNode>,
+        f: Box<TreeNode>,
+    },
 }
 
 impl TreeNode {
@@ -173,7 +217,15 @@ impl TreeNode {
         loop {
             match n {
                 TreeNode::Leaf { weight, target } => return (*weight, *target),
-                TreeNode::Split { mode, value, set, feature, missing_true, t, f } => {
+                TreeNode::Split {
+                    mode,
+                    value,
+                    set,
+                    feature,
+                    missing_true,
+                    t,
+                    f,
+                } => {
                     let x = row[*feature];
                     let hit = match mode {
                         0 => x <= *value,
@@ -211,19 +263,37 @@ impl Forest {
     /// Build the tree at node (or leaf) `i` as the reference does:
     /// depth-first, true branch first, each MEMBER node taking the next
     /// NaN-terminated set of `members`.
-    fn build(&self, i: i64, leaf: bool, depth: usize, members: &mut dyn Iterator<Item = f64>) -> KResult<TreeNode> {
+    fn build(
+        &self,
+        i: i64,
+        leaf: bool,
+        depth: usize,
+        members: &mut dyn Iterator<Item = f64>,
+    ) -> KResult<TreeNode> {
         if depth > self.modes.len() + 1 {
             bail!("the tree has a cycle");
         }
         if leaf {
-            let li = usize::try_from(i).ok().filter(|&l| l < self.weights.len()).ok_or(format!("leaf {i} is out of range"))?;
+            let li = usize::try_from(i)
+                .ok()
+                .filter(|&l| l < self.weights.len())
+                .ok_or(format!("leaf {i} is out of range"))?;
             let target = self.targetids[li];
             if target < 0 || target as usize >= self.n_targets {
-                bail!("leaf target {target} is out of range for {} targets", self.n_targets);
+                bail!(
+                    "leaf target {target} is out of range for {} targets",
+                    self.n_targets
+                );
             }
-            return Ok(TreeNode::Leaf { weight: self.weights[li], target: target as usize });
+            return Ok(TreeNode::Leaf {
+                weight: self.weights[li],
+                target: target as usize,
+            });
         }
-        let ni = usize::try_from(i).ok().filter(|&n| n < self.modes.len()).ok_or(format!("node {i} is out of range"))?;
+        let ni = usize::try_from(i)
+            .ok()
+            .filter(|&n| n < self.modes.len())
+            .ok_or(format!("node {i} is out of range"))?;
         let mode = self.modes[ni];
         if mode > 6 {
             bail!("unknown node mode {mode}");
@@ -239,10 +309,23 @@ impl Forest {
         }
         let feature = self.featureids[ni];
         if feature < 0 || feature as usize >= self.feats {
-            bail!("feature {feature} is out of range for {} features", self.feats);
+            bail!(
+                "feature {feature} is out of range for {} features",
+                self.feats
+            );
         }
-        let t = self.build(self.truenodes[ni], self.trueleafs[ni] != 0, depth + 1, members)?;
-        let f = self.build(self.falsenodes[ni], self.falseleafs[ni] != 0, depth + 1, members)?;
+        let t = self.build(
+            self.truenodes[ni],
+            self.trueleafs[ni] != 0,
+            depth + 1,
+            members,
+        )?;
+        let f = self.build(
+            self.falsenodes[ni],
+            self.falseleafs[ni] != 0,
+            depth + 1,
+            members,
+        )?;
         Ok(TreeNode::Split {
             mode,
             value: self.splits[ni],
@@ -262,8 +345,14 @@ fn tree_ensemble(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         [f] => (1, f),
         _ => bail!("X must be [N, F], got {:?}", x.shape),
     };
-    let ints = |name: &str| ctx.attr_ints(name).map(<[i64]>::to_vec).ok_or_else(|| format!("attribute `{name}` is required"));
-    let tens = |name: &str| -> KResult<Option<Vec<f64>>> { Ok(ctx.attr_tensor(name)?.map(|t| t.to_f64())) };
+    let ints = |name: &str| {
+        ctx.attr_ints(name)
+            .map(<[i64]>::to_vec)
+            .ok_or_else(|| format!("attribute `{name}` is required"))
+    };
+    let tens = |name: &str| -> KResult<Option<Vec<f64>>> {
+        Ok(ctx.attr_tensor(name)?.map(|t| t.to_f64()))
+    };
     let featureids = ints("nodes_featureids")?;
     let truenodes = ints("nodes_truenodeids")?;
     let falsenodes = ints("nodes_falsenodeids")?;
@@ -277,13 +366,26 @@ fn tree_ensemble(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         Some(t) => t.to_i64().into_iter().map(|m| m as u8).collect(),
         None => bail!("attribute `nodes_modes` is required"),
     };
-    let missing: Vec<i64> = ctx.attr_ints("nodes_missing_value_tracks_true").map(<[i64]>::to_vec).unwrap_or_default();
+    let missing: Vec<i64> = ctx
+        .attr_ints("nodes_missing_value_tracks_true")
+        .map(<[i64]>::to_vec)
+        .unwrap_or_default();
     let members = tens("membership_values")?.unwrap_or_default();
     let n_targets = ctx.attr_int("n_targets", 1).max(0) as usize;
     let agg = ctx.attr_int("aggregate_function", 1);
     let post = ctx.attr_int("post_transform", 0);
     let nn = modes.len();
-    if [featureids.len(), truenodes.len(), falsenodes.len(), trueleafs.len(), falseleafs.len(), splits.len()].iter().any(|&l| l != nn) {
+    if [
+        featureids.len(),
+        truenodes.len(),
+        falsenodes.len(),
+        trueleafs.len(),
+        falseleafs.len(),
+        splits.len(),
+    ]
+    .iter()
+    .any(|&l| l != nn)
+    {
         bail!("the nodes_* attributes disagree in length");
     }
     if targetids.len() != weights.len() {
@@ -306,9 +408,13 @@ fn tree_ensemble(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     let mut member_iter = members.into_iter();
     let mut trees = Vec::with_capacity(roots.len());
     for &root in &roots {
-        let ri = usize::try_from(root).ok().filter(|&r| r < nn).ok_or(format!("tree root {root} is out of range"))?;
+        let ri = usize::try_from(root)
+            .ok()
+            .filter(|&r| r < nn)
+            .ok_or(format!("tree root {root} is out of range"))?;
         let f = &forest;
-        let is_leaf = f.trueleafs[ri] != 0 && f.falseleafs[ri] != 0 && f.truenodes[ri] == f.falsenodes[ri];
+        let is_leaf =
+            f.trueleafs[ri] != 0 && f.falseleafs[ri] != 0 && f.truenodes[ri] == f.falsenodes[ri];
         trees.push(f.build(root, is_leaf, 0, &mut member_iter)?);
     }
     let elem = x.elem();
@@ -341,8 +447,16 @@ fn tree_ensemble(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
             0 => {}
             1 | 3 => {
                 let zero = post == 3;
-                let m = res.iter().copied().filter(|v| !(zero && *v == 0.0)).fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = res.iter().filter(|v| !(zero && **v == 0.0)).map(|v| (v - m).exp()).sum();
+                let m = res
+                    .iter()
+                    .copied()
+                    .filter(|v| !(zero && *v == 0.0))
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = res
+                    .iter()
+                    .filter(|v| !(zero && **v == 0.0))
+                    .map(|v| (v - m).exp())
+                    .sum();
                 for v in res.iter_mut() {
                     if !(zero && *v == 0.0) {
                         *v = (*v - m).exp() / sum;
@@ -353,5 +467,9 @@ fn tree_ensemble(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
             p => bail!("post_transform {p} is not supported"),
         }
     }
-    Ok(vec![Value::tensor(from_f64(elem, vec![rows, n_targets], &out)?)])
+    Ok(vec![Value::tensor(from_f64(
+        elem,
+        vec![rows, n_targets],
+        &out,
+    )?)])
 }

@@ -71,13 +71,21 @@ pub(crate) fn scalar_f64(inputs: &[Option<Value>], i: usize) -> KResult<f64> {
 
 /// (outer, dim, inner) sizes around `axis`.
 fn split_dims(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (numel(&shape[..axis]), shape[axis], numel(&shape[axis + 1..]))
+    (
+        numel(&shape[..axis]),
+        shape[axis],
+        numel(&shape[axis + 1..]),
+    )
 }
 
 /// The slab `start..start+len` of `t` along `axis` (the axis kept).
 pub(crate) fn slice_axis(t: &Tensor, axis: usize, start: usize, len: usize) -> KResult<Tensor> {
     if axis >= t.rank() || start.checked_add(len).is_none_or(|e| e > t.shape[axis]) {
-        bail!("slice {start}..{} of axis {axis} is out of range for shape {:?}", start + len, t.shape);
+        bail!(
+            "slice {start}..{} of axis {axis} is out of range for shape {:?}",
+            start + len,
+            t.shape
+        );
     }
     let (outer, dim, inner) = split_dims(&t.shape, axis);
     let mut idx = Vec::with_capacity(outer * len * inner);
@@ -99,7 +107,9 @@ pub(crate) fn select_axis(t: &Tensor, axis: usize, i: usize) -> KResult<Tensor> 
 
 /// Concatenate tensors of one element type along an existing `axis`.
 pub(crate) fn concat_axis(parts: &[&Tensor], axis: usize) -> KResult<Tensor> {
-    let Some(first) = parts.first() else { bail!("nothing to concatenate") };
+    let Some(first) = parts.first() else {
+        bail!("nothing to concatenate")
+    };
     let rank = first.rank();
     if axis >= rank {
         bail!("axis {axis} is out of range for rank {rank}");
@@ -109,7 +119,11 @@ pub(crate) fn concat_axis(parts: &[&Tensor], axis: usize) -> KResult<Tensor> {
             bail!("cannot concatenate {} with {}", first.elem(), p.elem());
         }
         if p.rank() != rank || (0..rank).any(|d| d != axis && p.shape[d] != first.shape[d]) {
-            bail!("cannot concatenate shapes {:?} and {:?} along axis {axis}", first.shape, p.shape);
+            bail!(
+                "cannot concatenate shapes {:?} and {:?} along axis {axis}",
+                first.shape,
+                p.shape
+            );
         }
     }
     let outer = numel(&first.shape[..axis]);
@@ -138,9 +152,14 @@ pub(crate) fn concat_axis(parts: &[&Tensor], axis: usize) -> KResult<Tensor> {
 
 /// Stack tensors of one shape along a new `axis` (0..=rank).
 pub(crate) fn stack_axis(parts: &[&Tensor], axis: usize) -> KResult<Tensor> {
-    let Some(first) = parts.first() else { bail!("nothing to stack") };
+    let Some(first) = parts.first() else {
+        bail!("nothing to stack")
+    };
     if axis > first.rank() {
-        bail!("axis {axis} is out of range for stacking rank {}", first.rank());
+        bail!(
+            "axis {axis} is out of range for stacking rank {}",
+            first.rank()
+        );
     }
     let mut expanded = Vec::with_capacity(parts.len());
     for p in parts {
@@ -149,7 +168,10 @@ pub(crate) fn stack_axis(parts: &[&Tensor], axis: usize) -> KResult<Tensor> {
         }
         let mut shape = p.shape.clone();
         shape.insert(axis, 1);
-        expanded.push(Tensor { shape, data: p.data.clone() });
+        expanded.push(Tensor {
+            shape,
+            data: p.data.clone(),
+        });
     }
     concat_axis(&expanded.iter().collect::<Vec<_>>(), axis)
 }
@@ -161,7 +183,10 @@ pub(crate) fn empty_like_type(ty: Option<&Type>, lead: Option<usize>) -> Tensor 
         None => (ElemType::F32, None),
     };
     let mut shape: Vec<usize> = match dims {
-        Some(d) => d.iter().map(|x| x.as_known().unwrap_or(0) as usize).collect(),
+        Some(d) => d
+            .iter()
+            .map(|x| x.as_known().unwrap_or(0) as usize)
+            .collect(),
         None => vec![0],
     };
     if let (Some(n), Some(s)) = (lead, shape.first_mut()) {
@@ -184,7 +209,10 @@ mod tests {
         assert_eq!(select_axis(&a, 1, 2).unwrap(), t(&[2], &[2, 5]));
         assert_eq!(slice_axis(&a, 1, 1, 2).unwrap(), t(&[2, 2], &[1, 2, 4, 5]));
         let b = t(&[2, 1], &[9, 8]);
-        assert_eq!(concat_axis(&[&a, &b], 1).unwrap(), t(&[2, 4], &[0, 1, 2, 9, 3, 4, 5, 8]));
+        assert_eq!(
+            concat_axis(&[&a, &b], 1).unwrap(),
+            t(&[2, 4], &[0, 1, 2, 9, 3, 4, 5, 8])
+        );
         let s = stack_axis(&[&t(&[2], &[1, 2]), &t(&[2], &[3, 4])], 1).unwrap();
         assert_eq!(s, t(&[2, 2], &[1, 3, 2, 4]));
         assert!(slice_axis(&a, 1, 2, 2).is_err());
@@ -193,7 +221,10 @@ mod tests {
     fn run(src: &str, inputs: Vec<(&str, Value)>) -> Result<Vec<Value>, crate::InterpError> {
         let m = kiln_ir::parse_module(src).expect("parse");
         let interp = crate::Interpreter::new(&m);
-        let inputs = inputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let inputs = inputs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         interp.run(&inputs)
     }
 
@@ -219,7 +250,14 @@ mod tests {
   return %s, %y
 }
 ";
-        let out = run(src, vec![("init", f32s(&[2], &[7.0, 8.0])), ("x", f32s(&[3, 2], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]))]).unwrap();
+        let out = run(
+            src,
+            vec![
+                ("init", f32s(&[2], &[7.0, 8.0])),
+                ("x", f32s(&[3, 2], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])),
+            ],
+        )
+        .unwrap();
         assert_eq!(out[0], f32s(&[2], &[7.0, 8.0]));
         assert_eq!(out[1], f32s(&[2, 3], &[4.0, 2.0, 0.0, 5.0, 3.0, 1.0]));
     }
@@ -275,10 +313,20 @@ mod tests {
         )
         .unwrap();
         let y = out[0].as_tensor().unwrap().to_f64();
-        let want = [0.5, 0.5, -0.5, -0.5, 0.5, 0.0, -0.5, 0.0, 0.5, 0.0, -0.5, 0.0];
-        assert!(y.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6), "{y:?}");
+        let want = [
+            0.5, 0.5, -0.5, -0.5, 0.5, 0.0, -0.5, 0.0, 0.5, 0.0, -0.5, 0.0,
+        ];
+        assert!(
+            y.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6),
+            "{y:?}"
+        );
         let yh = out[1].as_tensor().unwrap().to_f64();
-        assert!(yh.iter().zip([0.5, 0.5, -0.5, -0.5]).all(|(g, w)| (g - w).abs() < 1e-6), "{yh:?}");
+        assert!(
+            yh.iter()
+                .zip([0.5, 0.5, -0.5, -0.5])
+                .all(|(g, w)| (g - w).abs() < 1e-6),
+            "{yh:?}"
+        );
     }
 
     #[test]
@@ -301,7 +349,18 @@ mod tests {
   return %y
 }
 ";
-        let err = run(src, vec![("x", Value::tensor(Tensor::new(vec![4], Data::U8(vec![0; 4])).unwrap()))]).unwrap_err();
-        assert!(err.message.contains("ImageDecoder is not supported by the interpreter"), "{err}");
+        let err = run(
+            src,
+            vec![(
+                "x",
+                Value::tensor(Tensor::new(vec![4], Data::U8(vec![0; 4])).unwrap()),
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .contains("ImageDecoder is not supported by the interpreter"),
+            "{err}"
+        );
     }
 }

@@ -22,12 +22,27 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
 }
 
 fn shape_attr(ctx: &Ctx) -> KResult<Vec<usize>> {
-    let s = ctx.attr_ints("shape").ok_or("attribute `shape` is required")?;
-    s.iter().map(|&d| if d < 0 { bail!("negative dimension {d} in `shape`") } else { Ok(d as usize) }).collect()
+    let s = ctx
+        .attr_ints("shape")
+        .ok_or("attribute `shape` is required")?;
+    s.iter()
+        .map(|&d| {
+            if d < 0 {
+                bail!("negative dimension {d} in `shape`")
+            } else {
+                Ok(d as usize)
+            }
+        })
+        .collect()
 }
 
 /// `shape` filled by `draw`, of the declared (else `default`) type.
-fn fill(ctx: &Ctx, shape: Vec<usize>, default: ElemType, draw: impl Fn(&mut Rng) -> f64) -> KResult<Vec<Value>> {
+fn fill(
+    ctx: &Ctx,
+    shape: Vec<usize>,
+    default: ElemType,
+    draw: impl Fn(&mut Rng) -> f64,
+) -> KResult<Vec<Value>> {
     let elem = out_elem(ctx, 0, default);
     if !elem.is_float() {
         bail!("random values must be floats, the result is {elem}");
@@ -38,33 +53,47 @@ fn fill(ctx: &Ctx, shape: Vec<usize>, default: ElemType, draw: impl Fn(&mut Rng)
 }
 
 fn normal(ctx: &Ctx) -> (f64, f64) {
-    (ctx.attr_float("mean", 0.0) as f64, ctx.attr_float("scale", 1.0) as f64)
+    (
+        ctx.attr_float("mean", 0.0) as f64,
+        ctx.attr_float("scale", 1.0) as f64,
+    )
 }
 
 fn uniform(ctx: &Ctx) -> (f64, f64) {
-    (ctx.attr_float("low", 0.0) as f64, ctx.attr_float("high", 1.0) as f64)
+    (
+        ctx.attr_float("low", 0.0) as f64,
+        ctx.attr_float("high", 1.0) as f64,
+    )
 }
 
 fn random_normal(ctx: &mut Ctx, _: &[Option<Value>]) -> KResult<Vec<Value>> {
     let (mean, scale) = normal(ctx);
-    fill(ctx, shape_attr(ctx)?, ElemType::F32, |r| mean + scale * r.normal())
+    fill(ctx, shape_attr(ctx)?, ElemType::F32, |r| {
+        mean + scale * r.normal()
+    })
 }
 
 fn random_normal_like(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let (mean, scale) = normal(ctx);
-    fill(ctx, x.shape.clone(), x.elem(), |r| mean + scale * r.normal())
+    fill(ctx, x.shape.clone(), x.elem(), |r| {
+        mean + scale * r.normal()
+    })
 }
 
 fn random_uniform(ctx: &mut Ctx, _: &[Option<Value>]) -> KResult<Vec<Value>> {
     let (low, high) = uniform(ctx);
-    fill(ctx, shape_attr(ctx)?, ElemType::F32, |r| low + (high - low) * r.uniform())
+    fill(ctx, shape_attr(ctx)?, ElemType::F32, |r| {
+        low + (high - low) * r.uniform()
+    })
 }
 
 fn random_uniform_like(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let (low, high) = uniform(ctx);
-    fill(ctx, x.shape.clone(), x.elem(), |r| low + (high - low) * r.uniform())
+    fill(ctx, x.shape.clone(), x.elem(), |r| {
+        low + (high - low) * r.uniform()
+    })
 }
 
 fn bernoulli(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
@@ -75,13 +104,20 @@ fn bernoulli(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     }
     let elem = out_elem(ctx, 0, x.elem());
     let mut rng = ctx.rng();
-    let v: Vec<f64> = p.iter().map(|&q| if rng.uniform() < q { 1.0 } else { 0.0 }).collect();
+    // `u < p` with numpy's uniform stream: how ONNX's seeded test data
+    // was made (its binomial-based reference disagrees with that data).
+    let v: Vec<f64> = p
+        .iter()
+        .map(|&q| if rng.uniform() < q { 1.0 } else { 0.0 })
+        .collect();
     Ok(vec![Value::tensor(from_f64(elem, x.shape.clone(), &v)?)])
 }
 
 fn multinomial(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
-    let [batch, classes] = x.shape[..] else { bail!("input must be [batch, classes], got {:?}", x.shape) };
+    let [batch, classes] = x.shape[..] else {
+        bail!("input must be [batch, classes], got {:?}", x.shape)
+    };
     if classes == 0 {
         bail!("cannot sample from zero classes");
     }
@@ -109,5 +145,8 @@ fn multinomial(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             out.push(cum.iter().position(|&c| u < c).unwrap_or(classes - 1) as i64);
         }
     }
-    Ok(vec![Value::tensor(crate::tensor::Tensor::new(vec![batch, n], crate::tensor::Data::from_i64(elem, &out))?)])
+    Ok(vec![Value::tensor(crate::tensor::Tensor::new(
+        vec![batch, n],
+        crate::tensor::Data::from_i64(elem, &out),
+    )?)])
 }

@@ -69,11 +69,29 @@ impl Act {
             ActKind::Tanh => x.tanh(),
             ActKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             ActKind::Affine => a * x + b,
-            ActKind::LeakyRelu => if x < 0.0 { a * x } else { x },
-            ActKind::ThresholdedRelu => if x > a { x } else { 0.0 },
+            ActKind::LeakyRelu => {
+                if x < 0.0 {
+                    a * x
+                } else {
+                    x
+                }
+            }
+            ActKind::ThresholdedRelu => {
+                if x > a {
+                    x
+                } else {
+                    0.0
+                }
+            }
             ActKind::ScaledTanh => a * (b * x).tanh(),
             ActKind::HardSigmoid => (a * x + b).clamp(0.0, 1.0),
-            ActKind::Elu => if x < 0.0 { a * (x.exp() - 1.0) } else { x },
+            ActKind::Elu => {
+                if x < 0.0 {
+                    a * (x.exp() - 1.0)
+                } else {
+                    x
+                }
+            }
             ActKind::Softsign => x / (1.0 + x.abs()),
             ActKind::Softplus => (1.0 + x.exp()).ln(),
         }
@@ -86,7 +104,9 @@ fn activations(ctx: &Ctx, kind: Kind, dirs: usize) -> KResult<Vec<Act>> {
     let per = kind.default_acts().len();
     let names: Vec<String> = match ctx.attr_strings("activations") {
         Some(v) => v.to_vec(),
-        None => (0..dirs).flat_map(|_| kind.default_acts().iter().map(|s| s.to_string())).collect(),
+        None => (0..dirs)
+            .flat_map(|_| kind.default_acts().iter().map(|s| s.to_string()))
+            .collect(),
     };
     if names.len() != per * dirs {
         bail!("expected {} activations, got {}", per * dirs, names.len());
@@ -124,7 +144,11 @@ fn activations(ctx: &Ctx, kind: Kind, dirs: usize) -> KResult<Vec<Act>> {
                 bi += 1;
             }
         }
-        out.push(Act { kind: k, alpha, beta });
+        out.push(Act {
+            kind: k,
+            alpha,
+            beta,
+        });
     }
     Ok(out)
 }
@@ -144,7 +168,9 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
     let w = tensor(inputs, 1)?;
     let r = tensor(inputs, 2)?;
     let layout = ctx.attr_int("layout", 0);
-    let [a0, a1, isz] = x.shape[..] else { bail!("X must have rank 3, got shape {:?}", x.shape) };
+    let [a0, a1, isz] = x.shape[..] else {
+        bail!("X must have rank 3, got shape {:?}", x.shape)
+    };
     let (seq, batch) = if layout == 0 { (a0, a1) } else { (a1, a0) };
     let dirs = match ctx.attr_str("direction").unwrap_or("forward") {
         "forward" | "reverse" => 1,
@@ -153,9 +179,14 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
     };
     let reverse_only = ctx.attr_str("direction") == Some("reverse");
     let g = kind.gates();
-    let [wd, wg, wi] = w.shape[..] else { bail!("W must have rank 3, got shape {:?}", w.shape) };
+    let [wd, wg, wi] = w.shape[..] else {
+        bail!("W must have rank 3, got shape {:?}", w.shape)
+    };
     if wd != dirs || wi != isz || wg % g != 0 {
-        bail!("W shape {:?} does not fit {dirs} direction(s), {g} gates and input size {isz}", w.shape);
+        bail!(
+            "W shape {:?} does not fit {dirs} direction(s), {g} gates and input size {isz}",
+            w.shape
+        );
     }
     let h = wg / g;
     if let Some(hs) = ctx.attr("hidden_size").and_then(|a| a.as_int()) {
@@ -171,7 +202,11 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
     let rv = r.to_f64();
     let bv = match opt_tensor(inputs, 3)? {
         Some(b) if b.shape == [dirs, 2 * g * h] => b.to_f64(),
-        Some(b) => bail!("B has shape {:?}, expected {:?}", b.shape, [dirs, 2 * g * h]),
+        Some(b) => bail!(
+            "B has shape {:?}, expected {:?}",
+            b.shape,
+            [dirs, 2 * g * h]
+        ),
         None => vec![0.0; dirs * 2 * g * h],
     };
     let lens: Vec<usize> = match opt_tensor(inputs, 4)? {
@@ -187,8 +222,14 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
     // A state operand [dirs, batch, h] (layout 1: [batch, dirs, h]) as
     // [dir][batch][h].
     let state = |i: usize, what: &str| -> KResult<Vec<f64>> {
-        let Some(t) = opt_tensor(inputs, i)? else { return Ok(vec![0.0; dirs * batch * h]) };
-        let want = if layout == 0 { [dirs, batch, h] } else { [batch, dirs, h] };
+        let Some(t) = opt_tensor(inputs, i)? else {
+            return Ok(vec![0.0; dirs * batch * h]);
+        };
+        let want = if layout == 0 {
+            [dirs, batch, h]
+        } else {
+            [batch, dirs, h]
+        };
         if t.shape != want {
             bail!("{what} has shape {:?}, expected {want:?}", t.shape);
         }
@@ -206,14 +247,21 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
         Ok(out)
     };
     let mut hs = state(5, "initial_h")?;
-    let mut cs = if kind == Kind::Lstm { state(6, "initial_c")? } else { Vec::new() };
+    let mut cs = if kind == Kind::Lstm {
+        state(6, "initial_c")?
+    } else {
+        Vec::new()
+    };
     let peep = match (kind, opt_tensor(inputs, 7)?) {
         (Kind::Lstm, Some(p)) if p.shape == [dirs, 3 * h] => p.to_f64(),
         (Kind::Lstm, Some(p)) => bail!("P has shape {:?}, expected {:?}", p.shape, [dirs, 3 * h]),
         _ => vec![0.0; dirs * 3 * h],
     };
     let acts = activations(ctx, kind, dirs)?;
-    let clip = ctx.attr("clip").and_then(|a| a.as_float()).map(|c| c as f64);
+    let clip = ctx
+        .attr("clip")
+        .and_then(|a| a.as_float())
+        .map(|c| c as f64);
     let lbr = ctx.attr_int("linear_before_reset", 0) != 0;
     let couple = ctx.attr_int("input_forget", 0) != 0;
     let per = kind.default_acts().len();
@@ -230,19 +278,36 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
         let reverse = d == 1 || reverse_only;
         let wd = &wv[d * g * h * isz..(d + 1) * g * h * isz];
         let rd = &rv[d * g * h * h..(d + 1) * g * h * h];
-        let (wb, rb) = (&bv[d * 2 * g * h..d * 2 * g * h + g * h], &bv[d * 2 * g * h + g * h..(d + 1) * 2 * g * h]);
+        let (wb, rb) = (
+            &bv[d * 2 * g * h..d * 2 * g * h + g * h],
+            &bv[d * 2 * g * h + g * h..(d + 1) * 2 * g * h],
+        );
         let pd = &peep[d * 3 * h..(d + 1) * 3 * h];
         let a = &acts[d * per..(d + 1) * per];
         for (b, &len) in lens.iter().enumerate() {
             for step in 0..len {
                 let t = if reverse { len - 1 - step } else { step };
-                let xo = if layout == 0 { (t * batch + b) * isz } else { (b * seq + t) * isz };
+                let xo = if layout == 0 {
+                    (t * batch + b) * isz
+                } else {
+                    (b * seq + t) * isz
+                };
                 let xt = &xv[xo..xo + isz];
                 let hb = (d * batch + b) * h;
                 let hprev: Vec<f64> = hs[hb..hb + h].to_vec();
                 for j in 0..g * h {
-                    xw[j] = wb[j] + wd[j * isz..(j + 1) * isz].iter().zip(xt).map(|(p, q)| p * q).sum::<f64>();
-                    hr[j] = rb[j] + rd[j * h..(j + 1) * h].iter().zip(&hprev).map(|(p, q)| p * q).sum::<f64>();
+                    xw[j] = wb[j]
+                        + wd[j * isz..(j + 1) * isz]
+                            .iter()
+                            .zip(xt)
+                            .map(|(p, q)| p * q)
+                            .sum::<f64>();
+                    hr[j] = rb[j]
+                        + rd[j * h..(j + 1) * h]
+                            .iter()
+                            .zip(&hprev)
+                            .map(|(p, q)| p * q)
+                            .sum::<f64>();
                 }
                 match kind {
                     Kind::Rnn => {
@@ -252,7 +317,9 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
                     }
                     Kind::Gru => {
                         let z: Vec<f64> = (0..h).map(|j| a[0].apply(cl(xw[j] + hr[j]))).collect();
-                        let rg: Vec<f64> = (0..h).map(|j| a[0].apply(cl(xw[h + j] + hr[h + j]))).collect();
+                        let rg: Vec<f64> = (0..h)
+                            .map(|j| a[0].apply(cl(xw[h + j] + hr[h + j])))
+                            .collect();
                         let reset: Vec<f64> = rg.iter().zip(&hprev).map(|(p, q)| p * q).collect();
                         for j in 0..h {
                             let pre = if lbr {
@@ -260,7 +327,9 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
                             } else {
                                 // (r ⊙ H) R_h^T + Rb_h
                                 let row = &rd[(2 * h + j) * h..(2 * h + j + 1) * h];
-                                xw[2 * h + j] + row.iter().zip(&reset).map(|(p, q)| p * q).sum::<f64>() + rb[2 * h + j]
+                                xw[2 * h + j]
+                                    + row.iter().zip(&reset).map(|(p, q)| p * q).sum::<f64>()
+                                    + rb[2 * h + j]
                             };
                             let hh = a[1].apply(cl(pre));
                             hs[hb + j] = (1.0 - z[j]) * hh + z[j] * hprev[j];
@@ -273,7 +342,9 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
                             let f = if couple {
                                 1.0 - i
                             } else {
-                                a[0].apply(cl(xw[2 * h + j] + hr[2 * h + j] + pd[2 * h + j] * cprev))
+                                a[0].apply(cl(xw[2 * h + j]
+                                    + hr[2 * h + j]
+                                    + pd[2 * h + j] * cprev))
                             };
                             let c = a[1].apply(cl(xw[3 * h + j] + hr[3 * h + j]));
                             let cn = f * cprev + i * c;
@@ -296,7 +367,10 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
         for t in 0..seq {
             for d in 0..dirs {
                 for b in 0..batch {
-                    let (src, dst) = (((t * dirs + d) * batch + b) * h, ((b * seq + t) * dirs + d) * h);
+                    let (src, dst) = (
+                        ((t * dirs + d) * batch + b) * h,
+                        ((b * seq + t) * dirs + d) * h,
+                    );
                     out[dst..dst + h].copy_from_slice(&y[src..src + h]);
                 }
             }
@@ -316,7 +390,10 @@ fn run(ctx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value
         }
         Ok(Value::tensor(from_f64(elem, vec![batch, dirs, h], &out)?))
     };
-    let mut results = vec![Value::tensor(from_f64(elem, y_shape, &y_data)?), state_out(&hs)?];
+    let mut results = vec![
+        Value::tensor(from_f64(elem, y_shape, &y_data)?),
+        state_out(&hs)?,
+    ];
     if kind == Kind::Lstm {
         results.push(state_out(&cs)?);
     }

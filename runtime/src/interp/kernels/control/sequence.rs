@@ -48,7 +48,9 @@ fn position(p: i64, len: usize, inclusive_end: bool) -> KResult<usize> {
 }
 
 fn construct(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
-    let items = (0..inputs.len()).map(|i| tensor(inputs, i).map(|t| Value::tensor(t.clone()))).collect::<KResult<_>>()?;
+    let items = (0..inputs.len())
+        .map(|i| tensor(inputs, i).map(|t| Value::tensor(t.clone())))
+        .collect::<KResult<_>>()?;
     Ok(vec![Value::Sequence(items)])
 }
 
@@ -92,11 +94,19 @@ fn concat_from_sequence(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<
     let s = sequence(inputs, 0)?;
     let ts = s
         .iter()
-        .map(|v| v.as_tensor().ok_or_else(|| format!("sequence element {} is not a tensor", v.describe()).into()))
+        .map(|v| {
+            v.as_tensor()
+                .ok_or_else(|| format!("sequence element {} is not a tensor", v.describe()).into())
+        })
         .collect::<KResult<Vec<_>>>()?;
-    let Some(first) = ts.first() else { bail!("cannot concatenate an empty sequence") };
+    let Some(first) = ts.first() else {
+        bail!("cannot concatenate an empty sequence")
+    };
     let new_axis = ctx.attr_int("new_axis", 0) != 0;
-    let axis = ctx.attr("axis").and_then(|a| a.as_int()).ok_or("attribute `axis` is required")?;
+    let axis = ctx
+        .attr("axis")
+        .and_then(|a| a.as_int())
+        .ok_or("attribute `axis` is required")?;
     let out = if new_axis {
         stack_axis(&ts, norm_axis(axis, first.rank() + 1)?)?
     } else {
@@ -117,7 +127,11 @@ fn split_to_sequence(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Val
         None => {
             let mut v = Vec::with_capacity(dim);
             for i in 0..dim {
-                let t = if keepdims { slice_axis(x, axis, i, 1)? } else { select_axis(x, axis, i)? };
+                let t = if keepdims {
+                    slice_axis(x, axis, i, 1)?
+                } else {
+                    select_axis(x, axis, i)?
+                };
                 v.push(Value::tensor(t));
             }
             v
@@ -129,7 +143,9 @@ fn split_to_sequence(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Val
                     bail!("split size {chunk} must be positive");
                 }
                 let chunk = chunk as usize;
-                (0..dim.div_ceil(chunk)).map(|i| chunk.min(dim - i * chunk) as i64).collect()
+                (0..dim.div_ceil(chunk))
+                    .map(|i| chunk.min(dim - i * chunk) as i64)
+                    .collect()
             } else {
                 split.to_i64()
             };
@@ -149,7 +165,9 @@ fn split_to_sequence(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Val
 }
 
 fn optional(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
-    Ok(vec![Value::Optional(inputs.first().cloned().flatten().map(Box::new))])
+    Ok(vec![Value::Optional(
+        inputs.first().cloned().flatten().map(Box::new),
+    )])
 }
 
 fn optional_get_element(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
@@ -162,6 +180,9 @@ fn optional_get_element(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Va
 }
 
 fn optional_has_element(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
-    let has = !matches!(inputs.first(), None | Some(None) | Some(Some(Value::Optional(None))));
+    let has = !matches!(
+        inputs.first(),
+        None | Some(None) | Some(Some(Value::Optional(None)))
+    );
     Ok(vec![Value::tensor(Tensor::scalar(Data::Bool(vec![has])))])
 }

@@ -26,7 +26,13 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
 /// One-dimensional DFT of `input` (`n` complex points) to `len` points
 /// (zero-padded or truncated input), forward or inverse (scaled by 1/len).
 /// Direct summation with a twiddle table: O(len * n).
-fn dft_line(input: &[[f64; 2]], len: usize, inverse: bool, twiddle: &[[f64; 2]], out: &mut [[f64; 2]]) {
+fn dft_line(
+    input: &[[f64; 2]],
+    len: usize,
+    inverse: bool,
+    twiddle: &[[f64; 2]],
+    out: &mut [[f64; 2]],
+) {
     let n = input.len().min(len);
     let sign = if inverse { 1.0 } else { -1.0 };
     for (k, o) in out.iter_mut().enumerate() {
@@ -46,10 +52,12 @@ fn dft_line(input: &[[f64; 2]], len: usize, inverse: bool, twiddle: &[[f64; 2]],
 }
 
 fn twiddles(len: usize) -> Vec<[f64; 2]> {
-    (0..len).map(|j| {
-        let a = 2.0 * PI * j as f64 / len as f64;
-        [a.cos(), a.sin()]
-    }).collect()
+    (0..len)
+        .map(|j| {
+            let a = 2.0 * PI * j as f64 / len as f64;
+            [a.cos(), a.sin()]
+        })
+        .collect()
 }
 
 fn complex_points(v: &[f64], last: usize) -> KResult<Vec<[f64; 2]>> {
@@ -64,7 +72,10 @@ fn dft(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let r = x.rank();
     if r < 2 {
-        bail!("the input must have rank 2 or more, got shape {:?}", x.shape);
+        bail!(
+            "the input must have rank 2 or more, got shape {:?}",
+            x.shape
+        );
     }
     let axis = norm_axis(opt_scalar_i64(inputs, 2)?.unwrap_or(-2), r)?;
     if axis == r - 1 {
@@ -108,7 +119,10 @@ fn dft(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 fn stft(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let [batch, length, last] = x.shape[..] else {
-        bail!("the signal must have shape [batch, length, 1 or 2], got {:?}", x.shape)
+        bail!(
+            "the signal must have shape [batch, length, 1 or 2], got {:?}",
+            x.shape
+        )
     };
     let step = opt_scalar_i64(inputs, 1)?.ok_or("operand 1 (frame_step) is required")?;
     if step <= 0 {
@@ -128,7 +142,11 @@ fn stft(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     }
     let onesided = ctx.attr_int("onesided", 1) != 0;
     let frames = 1 + (length - frame_length) / step;
-    let bins = if onesided { frame_length / 2 + 1 } else { frame_length };
+    let bins = if onesided {
+        frame_length / 2 + 1
+    } else {
+        frame_length
+    };
     let pts = complex_points(&x.to_f64(), last)?;
     let tw = twiddles(frame_length);
     let mut out = vec![0.0; batch * frames * bins * 2];
@@ -151,7 +169,11 @@ fn stft(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             }
         }
     }
-    Ok(vec![Value::tensor(from_f64(x.elem(), vec![batch, frames, bins, 2], &out)?)])
+    Ok(vec![Value::tensor(from_f64(
+        x.elem(),
+        vec![batch, frames, bins, 2],
+        &out,
+    )?)])
 }
 
 /// A window of `size` points `f(n, N)` with `N` the period (size, or
@@ -164,7 +186,11 @@ fn window(ctx: &mut Ctx, inputs: &[Option<Value>], f: fn(f64, f64) -> f64) -> KR
     let periodic = ctx.attr_int("periodic", 1) != 0;
     let n = if periodic { size } else { size - 1 } as f64;
     let v: Vec<f64> = (0..size).map(|i| f(i as f64, n)).collect();
-    Ok(vec![Value::tensor(from_f64(out_elem(ctx, 0, ElemType::F32), vec![size as usize], &v)?)])
+    Ok(vec![Value::tensor(from_f64(
+        out_elem(ctx, 0, ElemType::F32),
+        vec![size as usize],
+        &v,
+    )?)])
 }
 
 fn hann(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
@@ -179,7 +205,9 @@ fn hamming(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 }
 
 fn blackman(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
-    window(ctx, inputs, |i, n| 0.42 - 0.5 * (2.0 * PI * i / n).cos() + 0.08 * (4.0 * PI * i / n).cos())
+    window(ctx, inputs, |i, n| {
+        0.42 - 0.5 * (2.0 * PI * i / n).cos() + 0.08 * (4.0 * PI * i / n).cos()
+    })
 }
 
 fn mel_weight_matrix(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
@@ -224,5 +252,9 @@ fn mel_weight_matrix(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Val
             }
         }
     }
-    Ok(vec![Value::tensor(from_f64(out_elem(ctx, 0, ElemType::F32), vec![spec_bins, num_mel], &out)?)])
+    Ok(vec![Value::tensor(from_f64(
+        out_elem(ctx, 0, ElemType::F32),
+        vec![spec_bins, num_mel],
+        &out,
+    )?)])
 }

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use crate::interp::kernels::{bail, broadcast_indices, broadcast_shape, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::{
+    bail, broadcast_indices, broadcast_shape, tensor, Ctx, KResult, KernelFn,
+};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 
@@ -33,7 +35,11 @@ fn string_concat(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let shape = broadcast_shape(&a.shape, &b.shape)?;
     let ia = broadcast_indices(&a.shape, &shape);
     let ib = broadcast_indices(&b.shape, &shape);
-    let out = ia.iter().zip(&ib).map(|(&i, &j)| format!("{}{}", sa[i], sb[j])).collect();
+    let out = ia
+        .iter()
+        .zip(&ib)
+        .map(|(&i, &j)| format!("{}{}", sa[i], sb[j]))
+        .collect();
     Ok(vec![Value::tensor(Tensor::new(shape, Data::Str(out))?)])
 }
 
@@ -66,7 +72,11 @@ fn string_split(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> 
     let x = tensor(inputs, 0)?;
     let xs = strings(x, "X")?;
     let delim = ctx.attr_str("delimiter").unwrap_or("").to_string();
-    let maxsplit = ctx.attr("maxsplit").and_then(|a| a.as_int()).filter(|&m| m >= 0).map(|m| m as usize);
+    let maxsplit = ctx
+        .attr("maxsplit")
+        .and_then(|a| a.as_int())
+        .filter(|&m| m >= 0)
+        .map(|m| m as usize);
     let parts: Vec<Vec<String>> = xs
         .iter()
         .map(|s| {
@@ -96,7 +106,10 @@ fn string_split(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> 
 fn string_normalizer(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let xs = strings(x, "X")?;
-    let action = ctx.attr_str("case_change_action").unwrap_or("NONE").to_string();
+    let action = ctx
+        .attr_str("case_change_action")
+        .unwrap_or("NONE")
+        .to_string();
     let case = |s: &str| -> KResult<String> {
         Ok(match action.as_str() {
             "LOWER" => s.to_lowercase(),
@@ -106,10 +119,19 @@ fn string_normalizer(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Val
         })
     };
     let sensitive = ctx.attr_int("is_case_sensitive", 0) != 0;
-    let raw_stops: Vec<String> = ctx.attr_strings("stopwords").map(<[String]>::to_vec).unwrap_or_default();
-    let stops = raw_stops.iter().map(|w| case(w)).collect::<KResult<Vec<_>>>()?;
+    let raw_stops: Vec<String> = ctx
+        .attr_strings("stopwords")
+        .map(<[String]>::to_vec)
+        .unwrap_or_default();
+    let stops = raw_stops
+        .iter()
+        .map(|w| case(w))
+        .collect::<KResult<Vec<_>>>()?;
     let remove = |s: &str, stops: &[String]| -> String {
-        s.split(' ').filter(|w| !stops.iter().any(|x| x == w)).collect::<Vec<_>>().join(" ")
+        s.split(' ')
+            .filter(|w| !stops.iter().any(|x| x == w))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let mut out = Vec::with_capacity(xs.len());
     for s in xs {
@@ -147,10 +169,15 @@ fn string_normalizer(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Val
 fn regex_full_match(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let xs = strings(x, "X")?;
-    let pattern = ctx.attr_str("pattern").ok_or("attribute `pattern` is required")?;
+    let pattern = ctx
+        .attr_str("pattern")
+        .ok_or("attribute `pattern` is required")?;
     let re = Regex::parse(pattern)?;
     let out = xs.iter().map(|s| re.full_match(s)).collect();
-    Ok(vec![Value::tensor(Tensor::new(x.shape.clone(), Data::Bool(out))?)])
+    Ok(vec![Value::tensor(Tensor::new(
+        x.shape.clone(),
+        Data::Bool(out),
+    )?)])
 }
 
 // ---------------------------------------------------------------------------
@@ -214,7 +241,11 @@ impl Parser<'_> {
             self.i += 1;
             alts.push(self.concat()?);
         }
-        Ok(if alts.len() == 1 { alts.pop().unwrap_or(Re::Concat(vec![])) } else { Re::Alt(alts) })
+        Ok(if alts.len() == 1 {
+            alts.pop().unwrap_or(Re::Concat(vec![]))
+        } else {
+            Re::Alt(alts)
+        })
     }
     fn concat(&mut self) -> KResult<Re> {
         let mut items = Vec::new();
@@ -232,7 +263,11 @@ impl Parser<'_> {
         while self.peek().is_some_and(|c| c.is_ascii_digit()) {
             self.i += 1;
         }
-        self.s[start..self.i].iter().collect::<String>().parse().ok()
+        self.s[start..self.i]
+            .iter()
+            .collect::<String>()
+            .parse()
+            .ok()
     }
     fn quantified(&mut self, atom: Re) -> KResult<Re> {
         let mut atom = atom;
@@ -275,7 +310,9 @@ impl Parser<'_> {
         }
     }
     fn escape(&mut self) -> KResult<Result<char, Re>> {
-        let Some(c) = self.peek() else { return self.err("trailing backslash") };
+        let Some(c) = self.peek() else {
+            return self.err("trailing backslash");
+        };
         self.i += 1;
         Ok(match c {
             'd' | 'D' | 'w' | 'W' | 's' | 'S' => Err(Re::Class(vec![ClassItem::Perl(c)], false)),
@@ -288,12 +325,16 @@ impl Parser<'_> {
             'v' => Ok('\x0b'),
             'A' => Err(Re::Start),
             'z' => Err(Re::End),
-            c if c.is_ascii_alphanumeric() => return self.err(&format!("unsupported escape \\{c}")),
+            c if c.is_ascii_alphanumeric() => {
+                return self.err(&format!("unsupported escape \\{c}"))
+            }
             c => Ok(c),
         })
     }
     fn atom(&mut self) -> KResult<Re> {
-        let Some(c) = self.peek() else { return self.err("unexpected end") };
+        let Some(c) = self.peek() else {
+            return self.err("unexpected end");
+        };
         self.i += 1;
         Ok(match c {
             '.' => Re::Any,
@@ -329,7 +370,9 @@ impl Parser<'_> {
         let mut items = Vec::new();
         let mut first = true;
         loop {
-            let Some(c) = self.peek() else { return self.err("missing `]`") };
+            let Some(c) = self.peek() else {
+                return self.err("missing `]`");
+            };
             self.i += 1;
             if c == ']' && !first {
                 break;
@@ -436,7 +479,10 @@ fn rep(
     // Beyond the minimum an iteration must consume input, so empty
     // matches cannot loop forever.
     let more = |k: &mut dyn FnMut(usize) -> bool| {
-        can_more && m(re, s, i, &mut |j| (count < min || j > i) && rep(re, min, max, greedy, count + 1, s, j, k))
+        can_more
+            && m(re, s, i, &mut |j| {
+                (count < min || j > i) && rep(re, min, max, greedy, count + 1, s, j, k)
+            })
     };
     #[allow(clippy::if_same_then_else)] // the order of the tries differs
     if greedy {
@@ -465,10 +511,23 @@ fn tfidf(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let max_gram = ctx.attr_int("max_gram_length", 1).max(1) as usize;
     let max_skip = ctx.attr_int("max_skip_count", 0).max(0) as usize;
     let mode = ctx.attr_str("mode").unwrap_or("TF").to_string();
-    let counts: Vec<usize> = ctx.attr_ints("ngram_counts").unwrap_or(&[]).iter().map(|&c| c.max(0) as usize).collect();
+    let counts: Vec<usize> = ctx
+        .attr_ints("ngram_counts")
+        .unwrap_or(&[])
+        .iter()
+        .map(|&c| c.max(0) as usize)
+        .collect();
     let indexes: Vec<i64> = ctx.attr_ints("ngram_indexes").unwrap_or(&[]).to_vec();
-    let weights: Vec<f64> = ctx.attr_floats("weights").unwrap_or(&[]).iter().map(|&w| w as f64).collect();
-    let pool: Vec<Key> = match (ctx.attr_ints("pool_int64s"), ctx.attr_strings("pool_strings")) {
+    let weights: Vec<f64> = ctx
+        .attr_floats("weights")
+        .unwrap_or(&[])
+        .iter()
+        .map(|&w| w as f64)
+        .collect();
+    let pool: Vec<Key> = match (
+        ctx.attr_ints("pool_int64s"),
+        ctx.attr_strings("pool_strings"),
+    ) {
         (Some(v), _) if !v.is_empty() => v.iter().map(|&i| Key::Int(i)).collect(),
         (_, Some(v)) => v.iter().cloned().map(Key::Str).collect(),
         _ => Vec::new(),
@@ -485,7 +544,10 @@ fn tfidf(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         let size = g + 1;
         let end = counts.get(g + 1).copied().unwrap_or(pool.len());
         if start > end || end > pool.len() {
-            bail!("ngram_counts {counts:?} do not fit a pool of {}", pool.len());
+            bail!(
+                "ngram_counts {counts:?} do not fit a pool of {}",
+                pool.len()
+            );
         }
         let n = (end - start) / size;
         for j in 0..n {
@@ -524,7 +586,10 @@ fn tfidf(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                     match grams.get(&prefix) {
                         None => break,
                         Some(&gid) if gid != 0 && size >= start_size => {
-                            let oi = *indexes.get(gid - 1).ok_or("ngram_indexes is shorter than the pool")? as usize;
+                            let oi = *indexes
+                                .get(gid - 1)
+                                .ok_or("ngram_indexes is shorter than the pool")?
+                                as usize;
                             freq[r * out_size + oi] += 1.0;
                         }
                         _ => {}
@@ -543,7 +608,11 @@ fn tfidf(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         .iter()
         .enumerate()
         .map(|(p, &f)| {
-            let w = if weights.is_empty() { 1.0 } else { weights.get(p % out_size).copied().unwrap_or(0.0) };
+            let w = if weights.is_empty() {
+                1.0
+            } else {
+                weights.get(p % out_size).copied().unwrap_or(0.0)
+            };
             match mode.as_str() {
                 "IDF" => {
                     if f > 0.0 {
@@ -557,7 +626,10 @@ fn tfidf(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             }
         })
         .collect();
-    Ok(vec![Value::tensor(Tensor::new(out_shape, Data::from_f64(kiln_ir::ElemType::F32, &out))?)])
+    Ok(vec![Value::tensor(Tensor::new(
+        out_shape,
+        Data::from_f64(kiln_ir::ElemType::F32, &out),
+    )?)])
 }
 
 #[cfg(test)]

@@ -26,12 +26,19 @@ fn operands(inputs: &[Option<Value>], groups: usize) -> KResult<(f64, f64, Vec<V
     let t = scalar_f64(inputs, 1)?;
     let rest = inputs.len().saturating_sub(2);
     if rest == 0 || !rest.is_multiple_of(groups) {
-        bail!("expected R, T and {groups} groups of tensors, got {} operands", inputs.len());
+        bail!(
+            "expected R, T and {groups} groups of tensors, got {} operands",
+            inputs.len()
+        );
     }
     let n = rest / groups;
     let mut out = Vec::with_capacity(groups);
     for g in 0..groups {
-        out.push((0..n).map(|i| tensor(inputs, 2 + g * n + i)).collect::<KResult<Vec<_>>>()?);
+        out.push(
+            (0..n)
+                .map(|i| tensor(inputs, 2 + g * n + i))
+                .collect::<KResult<Vec<_>>>()?,
+        );
     }
     for i in 0..n {
         if out.iter().any(|grp| grp[i].shape != out[0][i].shape) {
@@ -58,8 +65,16 @@ fn adagrad(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             xn.push(x[k] - lr * gg / (hh.sqrt() + eps));
             hn.push(hh);
         }
-        xs.push(Value::tensor(from_f64(g[0][i].elem(), g[0][i].shape.clone(), &xn)?));
-        hs.push(Value::tensor(from_f64(g[2][i].elem(), g[2][i].shape.clone(), &hn)?));
+        xs.push(Value::tensor(from_f64(
+            g[0][i].elem(),
+            g[0][i].shape.clone(),
+            &xn,
+        )?));
+        hs.push(Value::tensor(from_f64(
+            g[2][i].elem(),
+            g[2][i].shape.clone(),
+            &hn,
+        )?));
     }
     xs.extend(hs);
     Ok(xs)
@@ -72,10 +87,19 @@ fn adam(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let eps = ctx.attr_float("epsilon", 1e-6) as f64;
     let norm = ctx.attr_float("norm_coefficient", 0.0) as f64;
     let post = ctx.attr_float("norm_coefficient_post", 0.0) as f64;
-    let lr = if t > 0.0 { r * (1.0 - beta.powf(t)).sqrt() / (1.0 - alpha.powf(t)) } else { r };
+    let lr = if t > 0.0 {
+        r * (1.0 - beta.powf(t)).sqrt() / (1.0 - alpha.powf(t))
+    } else {
+        r
+    };
     let (mut xs, mut vs, mut hs) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..g[0].len() {
-        let (x, gr, v, h) = (g[0][i].to_f64(), g[1][i].to_f64(), g[2][i].to_f64(), g[3][i].to_f64());
+        let (x, gr, v, h) = (
+            g[0][i].to_f64(),
+            g[1][i].to_f64(),
+            g[2][i].to_f64(),
+            g[3][i].to_f64(),
+        );
         let (mut xn, mut vn, mut hn) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..x.len() {
             let gg = norm * x[k] + gr[k];
@@ -114,11 +138,23 @@ fn momentum(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         for k in 0..x.len() {
             let gg = norm * x[k] + gr[k];
             let vv = alpha * v[k] + b * gg;
-            xn.push(if nesterov { x[k] - r * (gg + alpha * vv) } else { x[k] - r * vv });
+            xn.push(if nesterov {
+                x[k] - r * (gg + alpha * vv)
+            } else {
+                x[k] - r * vv
+            });
             vn.push(vv);
         }
-        xs.push(Value::tensor(from_f64(g[0][i].elem(), g[0][i].shape.clone(), &xn)?));
-        vs.push(Value::tensor(from_f64(g[2][i].elem(), g[2][i].shape.clone(), &vn)?));
+        xs.push(Value::tensor(from_f64(
+            g[0][i].elem(),
+            g[0][i].shape.clone(),
+            &xn,
+        )?));
+        vs.push(Value::tensor(from_f64(
+            g[2][i].elem(),
+            g[2][i].shape.clone(),
+            &vn,
+        )?));
     }
     xs.extend(vs);
     Ok(xs)

@@ -825,16 +825,8 @@ fn k_dropout(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if !x.elem().is_float() {
         bail!("Dropout is not defined for {} tensors", x.elem());
     }
-    let mask: Vec<bool> = match cx.attr("seed").and_then(kiln_ir::Attr::as_int) {
-        Some(seed) => {
-            let mut mt = special::Mt19937::new(seed as u32);
-            (0..n).map(|_| mt.uniform() >= ratio).collect()
-        }
-        None => {
-            let mut rng = cx.rng();
-            (0..n).map(|_| rng.uniform() >= ratio).collect()
-        }
-    };
+    let mut rng = cx.rng();
+    let mask: Vec<bool> = (0..n).map(|_| rng.uniform() >= ratio).collect();
     let elem = x.elem();
     let scale = round_to(elem, 1.0 / round_to(elem, 1.0 - ratio));
     let y: Vec<f64> = x

@@ -36,9 +36,15 @@ enum Mode {
 pub fn resize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let r = x.rank();
-    let roi_in = opt_tensor(inputs, 1)?.filter(|t| !t.is_empty()).map(|t| t.to_f64());
-    let scales_in = opt_tensor(inputs, 2)?.filter(|t| !t.is_empty()).map(|t| t.to_f64());
-    let sizes_in = opt_tensor(inputs, 3)?.filter(|t| !t.is_empty()).map(|t| t.to_i64());
+    let roi_in = opt_tensor(inputs, 1)?
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_f64());
+    let scales_in = opt_tensor(inputs, 2)?
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_f64());
+    let sizes_in = opt_tensor(inputs, 3)?
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_i64());
     let axes = match cx.attr_ints("axes") {
         Some(a) => norm_axes(a, r)?,
         None => (0..r).collect(),
@@ -49,22 +55,41 @@ pub fn resize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         "cubic" | "bicubic" => Mode::Cubic,
         m => bail!("Resize: unknown mode `{m}`"),
     };
-    let ctm = cx.attr_str("coordinate_transformation_mode").unwrap_or("half_pixel").to_string();
-    let nearest_mode = cx.attr_str("nearest_mode").unwrap_or("round_prefer_floor").to_string();
+    let ctm = cx
+        .attr_str("coordinate_transformation_mode")
+        .unwrap_or("half_pixel")
+        .to_string();
+    let nearest_mode = cx
+        .attr_str("nearest_mode")
+        .unwrap_or("round_prefer_floor")
+        .to_string();
     let cubic_a = cx.attr_float("cubic_coeff_a", -0.75) as f64;
     let exclude_outside = cx.attr_int("exclude_outside", 0) != 0;
     let extrapolation = cx.attr_float("extrapolation_value", 0.0) as f64;
-    let policy = cx.attr_str("keep_aspect_ratio_policy").unwrap_or("stretch").to_string();
+    let policy = cx
+        .attr_str("keep_aspect_ratio_policy")
+        .unwrap_or("stretch")
+        .to_string();
     let antialias = cx.attr_int("antialias", 0) != 0 && mode != Mode::Nearest;
 
     let mut plans: Vec<DimPlan> = x
         .shape
         .iter()
-        .map(|&n| DimPlan { in_size: n, out_size: n, scale: 1.0, out_width: n as f64, roi: (0.0, 1.0) })
+        .map(|&n| DimPlan {
+            in_size: n,
+            out_size: n,
+            scale: 1.0,
+            out_width: n as f64,
+            roi: (0.0, 1.0),
+        })
         .collect();
     if let Some(roi) = &roi_in {
         if roi.len() != 2 * axes.len() {
-            bail!("Resize: roi has {} values for {} axes", roi.len(), axes.len());
+            bail!(
+                "Resize: roi has {} values for {} axes",
+                roi.len(),
+                axes.len()
+            );
         }
         for (i, &a) in axes.iter().enumerate() {
             plans[a].roi = (roi[i], roi[axes.len() + i]);
@@ -133,20 +158,40 @@ pub fn resize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         }
         let t = (0..p.out_size)
             .map(|o| {
-                dim_taps(p, o, mode, &ctm, &nearest_mode, cubic_a, antialias, exclude_outside)
+                dim_taps(
+                    p,
+                    o,
+                    mode,
+                    &ctm,
+                    &nearest_mode,
+                    cubic_a,
+                    antialias,
+                    exclude_outside,
+                )
             })
             .collect::<KResult<Vec<_>>>()?;
         taps.push(t);
     }
     let v = x.to_f64();
     let st = strides(&x.shape);
-    fn eval(d: usize, base: usize, o: &[usize], taps: &[Vec<Taps>], st: &[usize], v: &[f64], ex: f64) -> f64 {
+    fn eval(
+        d: usize,
+        base: usize,
+        o: &[usize],
+        taps: &[Vec<Taps>],
+        st: &[usize],
+        v: &[f64],
+        ex: f64,
+    ) -> f64 {
         if d == taps.len() {
             return v[base];
         }
         match &taps[d][o[d]] {
             None => ex,
-            Some(list) => list.iter().map(|&(i, w)| w * eval(d + 1, base + i * st[d], o, taps, st, v, ex)).sum(),
+            Some(list) => list
+                .iter()
+                .map(|&(i, w)| w * eval(d + 1, base + i * st[d], o, taps, st, v, ex))
+                .sum(),
         }
     }
     let out = map_indices(&shape, |o| Ok(eval(0, 0, o, &taps, &st, &v, extrapolation)))?;
@@ -179,7 +224,11 @@ fn dim_taps(
         "asymmetric" => xf / s,
         "tf_crop_and_resize" => {
             let (r0, r1) = p.roi;
-            let mut xo = if ow == 1.0 { (r1 - r0) * (inw - 1.0) / 2.0 } else { xf * (r1 - r0) * (inw - 1.0) / (ow - 1.0) };
+            let mut xo = if ow == 1.0 {
+                (r1 - r0) * (inw - 1.0) / 2.0
+            } else {
+                xf * (r1 - r0) * (inw - 1.0) / (ow - 1.0)
+            };
             xo += r0 * (inw - 1.0);
             if xo < 0.0 || xo > inw - 1.0 {
                 return Ok(None);
@@ -231,8 +280,9 @@ fn dim_taps(
             if foot > 1 << 20 {
                 bail!("Resize: scale {s} too small for antialiasing");
             }
-            let c: Vec<f64> =
-                (start..start + foot).map(|i| (1.0 - ((i as f64 - ratio) * sc).abs()).clamp(0.0, 1.0)).collect();
+            let c: Vec<f64> = (start..start + foot)
+                .map(|i| (1.0 - ((i as f64 - ratio) * sc).abs()).clamp(0.0, 1.0))
+                .collect();
             let sum: f64 = c.iter().sum();
             c.iter().map(|v| v / sum).collect()
         }
@@ -255,7 +305,9 @@ fn dim_taps(
                     0.0
                 }
             };
-            let c: Vec<f64> = (i_start..i_end).map(|i| f(sc * (i as f64 - ratio))).collect();
+            let c: Vec<f64> = (i_start..i_end)
+                .map(|i| f(sc * (i as f64 - ratio)))
+                .collect();
             let sum: f64 = c.iter().sum();
             c.iter().map(|v| v / sum).collect()
         }
@@ -265,7 +317,9 @@ fn dim_taps(
                 ((a * (r + 1.0) - 5.0 * a) * (r + 1.0) + 8.0 * a) * (r + 1.0) - 4.0 * a,
                 ((a + 2.0) * r - (a + 3.0)) * r * r + 1.0,
                 ((a + 2.0) * (1.0 - r) - (a + 3.0)) * (1.0 - r) * (1.0 - r) + 1.0,
-                ((a * ((1.0 - r) + 1.0) - 5.0 * a) * ((1.0 - r) + 1.0) + 8.0 * a) * ((1.0 - r) + 1.0) - 4.0 * a,
+                ((a * ((1.0 - r) + 1.0) - 5.0 * a) * ((1.0 - r) + 1.0) + 8.0 * a)
+                    * ((1.0 - r) + 1.0)
+                    - 4.0 * a,
             ]
         }
     };
@@ -342,7 +396,11 @@ pub fn grid_sample(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
     let grid = tensor(inputs, 1)?;
     let r = x.rank();
     if r < 3 || grid.rank() != r || grid.shape[0] != x.shape[0] || grid.shape[r - 1] != r - 2 {
-        bail!("GridSample: input {:?} and grid {:?} do not fit", x.shape, grid.shape);
+        bail!(
+            "GridSample: input {:?} and grid {:?} do not fit",
+            x.shape,
+            grid.shape
+        );
     }
     let align = cx.attr_int("align_corners", 0) != 0;
     let mode = match cx.attr_str("mode").unwrap_or("linear") {
@@ -360,7 +418,13 @@ pub fn grid_sample(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
     let k = dims.len();
     let (lo, hi): (Vec<f64>, Vec<f64>) = dims
         .iter()
-        .map(|&d| if align { (0.0, d as f64 - 1.0) } else { (-0.5, d as f64 - 0.5) })
+        .map(|&d| {
+            if align {
+                (0.0, d as f64 - 1.0)
+            } else {
+                (-0.5, d as f64 - 0.5)
+            }
+        })
         .unzip();
     if padding != "zeros" && dims.contains(&0) {
         bail!("GridSample: cannot sample an empty image with {padding} padding");
@@ -402,7 +466,11 @@ pub fn grid_sample(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
             for d in 0..k {
                 let nv = g[(b * npts + p) * k + (k - 1 - d)] as f32;
                 let len = dims[d] as f32;
-                xs[d] = if align { (nv + 1.0) / 2.0 * (len - 1.0) } else { ((nv + 1.0) * len - 1.0) / 2.0 };
+                xs[d] = if align {
+                    (nv + 1.0) / 2.0 * (len - 1.0)
+                } else {
+                    ((nv + 1.0) * len - 1.0) / 2.0
+                };
                 if mode == Mode::Nearest {
                     xs[d] = xs[d].round_ties_even();
                 }
@@ -446,7 +514,8 @@ pub fn grid_sample(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
             })?;
             for ch in 0..c {
                 let base = (b * c + ch) * plane;
-                out[(b * c + ch) * npts + p] = combos.iter().map(|(at, w)| w * pixel(base, at)).sum();
+                out[(b * c + ch) * npts + p] =
+                    combos.iter().map(|(at, w)| w * pixel(base, at)).sum();
             }
         }
     }
@@ -460,15 +529,25 @@ pub fn affine_grid(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
     let size: Vec<i64> = tensor(inputs, 1)?.to_i64();
     let align = cx.attr_int("align_corners", 0) != 0;
     if size.len() != 4 && size.len() != 5 || size.iter().any(|&s| s < 0) {
-        bail!("AffineGrid: size must be [N,C,H,W] or [N,C,D,H,W] with no negative dims, got {size:?}");
+        bail!(
+            "AffineGrid: size must be [N,C,H,W] or [N,C,D,H,W] with no negative dims, got {size:?}"
+        );
     }
     let k = size.len() - 2;
     let n = size[0] as usize;
     if theta.shape != [n, k, k + 1] {
-        bail!("AffineGrid: theta {:?} does not fit size {size:?}", theta.shape);
+        bail!(
+            "AffineGrid: theta {:?} does not fit size {size:?}",
+            theta.shape
+        );
     }
     let dims: Vec<usize> = size[2..].iter().map(|&s| s as usize).collect();
-    if dims.iter().chain([&n, &k]).try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|t| t > 1 << 32) {
+    if dims
+        .iter()
+        .chain([&n, &k])
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .is_none_or(|t| t > 1 << 32)
+    {
         bail!("AffineGrid: size {size:?} is too large");
     }
     let axis_coords: Vec<Vec<f64>> = dims
@@ -476,7 +555,9 @@ pub fn affine_grid(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
         .map(|&d| {
             if align {
                 let step = 2.0 / (d as f64 - 1.0);
-                (0..d).map(|i| if d == 1 { -1.0 } else { -1.0 + i as f64 * step }).collect()
+                (0..d)
+                    .map(|i| if d == 1 { -1.0 } else { -1.0 + i as f64 * step })
+                    .collect()
             } else {
                 let step = 2.0 / d as f64;
                 let start = -1.0 + step / 2.0;
@@ -491,7 +572,9 @@ pub fn affine_grid(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
     for b in 0..n {
         for o in &pts {
             // Homogeneous point: innermost dim first (x, y[, z]), then 1.
-            let mut h: Vec<f64> = (0..k).map(|j| axis_coords[k - 1 - j][o[k - 1 - j]]).collect();
+            let mut h: Vec<f64> = (0..k)
+                .map(|j| axis_coords[k - 1 - j][o[k - 1 - j]])
+                .collect();
             h.push(1.0);
             for row in 0..k {
                 let t = &th[(b * k + row) * (k + 1)..(b * k + row + 1) * (k + 1)];

@@ -53,21 +53,40 @@ pub(crate) fn conv_geo(cx: &Ctx, input: &[usize], kernel: &[usize]) -> KResult<G
             "SAME_UPPER" | "SAME_LOWER" => {
                 let o = (n + s - 1) / s;
                 let total = ((o - 1) * s + ext - n).max(0);
-                pad_begin[i] = if auto_pad == "SAME_UPPER" { total / 2 } else { total - total / 2 };
+                pad_begin[i] = if auto_pad == "SAME_UPPER" {
+                    total / 2
+                } else {
+                    total - total / 2
+                };
                 out[i] = o as usize;
             }
             "VALID" => {
-                out[i] = if n >= ext { ((n - ext) / s + 1) as usize } else { 0 };
+                out[i] = if n >= ext {
+                    ((n - ext) / s + 1) as usize
+                } else {
+                    0
+                };
             }
             "NOTSET" | "" => {
                 let padded = n + pads[i] as i64 + pads[i + nd] as i64;
                 pad_begin[i] = pads[i] as i64;
-                out[i] = if padded >= ext { ((padded - ext) / s + 1) as usize } else { 0 };
+                out[i] = if padded >= ext {
+                    ((padded - ext) / s + 1) as usize
+                } else {
+                    0
+                };
             }
             other => bail!("unknown auto_pad `{other}`"),
         }
     }
-    Ok(Geo { input: input.to_vec(), kernel: kernel.to_vec(), strides, dil, pad_begin, out })
+    Ok(Geo {
+        input: input.to_vec(),
+        kernel: kernel.to_vec(),
+        strides,
+        dil,
+        pad_begin,
+        out,
+    })
 }
 
 /// im2col for one image's channels `x` ([c, input...]): returns
@@ -83,7 +102,11 @@ fn im2col<T: Copy + Default>(x: &[T], c: usize, g: &Geo) -> Vec<T> {
     }
     let last = nd - 1;
     let (ow_n, iw_n) = (g.out[last], g.input[last]);
-    let (sw, dw, pw) = (g.strides[last] as i64, g.dil[last] as i64, g.pad_begin[last]);
+    let (sw, dw, pw) = (
+        g.strides[last] as i64,
+        g.dil[last] as i64,
+        g.pad_begin[last],
+    );
     let in_strides = crate::tensor::strides(&g.input);
     let outer_shape = &g.out[..last];
     let outer_n: usize = outer_shape.iter().product();
@@ -104,7 +127,8 @@ fn im2col<T: Copy + Default>(x: &[T], c: usize, g: &Geo) -> Vec<T> {
             // Input offset of the outer coordinates, if inside.
             let mut base = Some(0usize);
             for d in 0..last {
-                let ic = oidx[d] as i64 * g.strides[d] as i64 - g.pad_begin[d] + kidx[d] as i64 * g.dil[d] as i64;
+                let ic = oidx[d] as i64 * g.strides[d] as i64 - g.pad_begin[d]
+                    + kidx[d] as i64 * g.dil[d] as i64;
                 if ic < 0 || ic >= g.input[d] as i64 {
                     base = None;
                     break;
@@ -157,7 +181,10 @@ fn conv_core<T: Copy + Default + AddAssign>(
     let kk = cg * k_n;
     checked_numel(&[n, m, p_n])?;
     checked_numel(&[cg, k_n, p_n])?;
-    let direct = k_n == 1 && g.strides.iter().all(|&s| s == 1) && g.pad_begin.iter().all(|&p| p == 0) && g.out == g.input;
+    let direct = k_n == 1
+        && g.strides.iter().all(|&s| s == 1)
+        && g.pad_begin.iter().all(|&p| p == 0)
+        && g.out == g.input;
     let mut out = vec![T::default(); n * m * p_n];
     for b in 0..n {
         for gi in 0..group {
@@ -189,7 +216,11 @@ fn kernel_of(cx: &Ctx, w: &Tensor, nd: usize) -> KResult<Vec<usize>> {
 
 fn check_ranks(x: &Tensor, w: &Tensor) -> KResult<usize> {
     if x.rank() < 3 || w.rank() != x.rank() {
-        bail!("Conv needs [N, C, spatial...] input and weights of the same rank, got {:?} and {:?}", x.shape, w.shape);
+        bail!(
+            "Conv needs [N, C, spatial...] input and weights of the same rank, got {:?} and {:?}",
+            x.shape,
+            w.shape
+        );
     }
     Ok(x.rank() - 2)
 }
@@ -213,13 +244,29 @@ fn conv(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     shape.extend(&g.out);
     let p_n: usize = g.out.iter().product();
     let data = if x.elem() == ElemType::F64 {
-        let mut r = conv_core(&x.to_f64(), &x.shape, &w.to_f64(), &w.shape, &g, group, gemm)?;
+        let mut r = conv_core(
+            &x.to_f64(),
+            &x.shape,
+            &w.to_f64(),
+            &w.shape,
+            &g,
+            group,
+            gemm,
+        )?;
         if let Some(b) = bias {
             add_bias(&mut r, &b.to_f64(), p_n);
         }
         Data::F64(r)
     } else {
-        let mut r = conv_core(&to_f32(&x.data), &x.shape, &to_f32(&w.data), &w.shape, &g, group, gemm)?;
+        let mut r = conv_core(
+            &to_f32(&x.data),
+            &x.shape,
+            &to_f32(&w.data),
+            &w.shape,
+            &g,
+            group,
+            gemm,
+        )?;
         if let Some(b) = bias {
             add_bias(&mut r, &to_f32(&b.data), p_n);
         }
@@ -255,7 +302,13 @@ fn int_mm(m: usize, n: usize, k: usize, a: &[i64], b: &[i64], c: &mut [i64]) {
 }
 
 /// Integer convolution of zero-point-adjusted operands: (shape, values).
-fn int_conv(cx: &Ctx, x: &Tensor, xzp: Option<&Tensor>, w: &Tensor, wzp: Option<&Tensor>) -> KResult<(Vec<usize>, Vec<i64>)> {
+fn int_conv(
+    cx: &Ctx,
+    x: &Tensor,
+    xzp: Option<&Tensor>,
+    w: &Tensor,
+    wzp: Option<&Tensor>,
+) -> KResult<(Vec<usize>, Vec<i64>)> {
     let nd = check_ranks(x, w)?;
     let kernel = kernel_of(cx, w, nd)?;
     let g = conv_geo(cx, &x.shape[2..], &kernel)?;
@@ -280,7 +333,10 @@ fn int_conv(cx: &Ctx, x: &Tensor, xzp: Option<&Tensor>, w: &Tensor, wzp: Option<
                 *a -= z[i / per];
             }
         } else {
-            bail!("w_zero_point has {} values for {m} output channels", z.len());
+            bail!(
+                "w_zero_point has {} values for {m} output channels",
+                z.len()
+            );
         }
     }
     let r = conv_core(&xv, &x.shape, &wv, &w.shape, &g, group, int_mm)?;
@@ -345,7 +401,11 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     let group = cx.attr_int("group", 1).max(1) as usize;
     let (n, c) = (x.shape[0], x.shape[1]);
     if w.shape[0] != c || c % group != 0 {
-        bail!("ConvTranspose weights {:?} do not fit input {:?} with group {group}", w.shape, x.shape);
+        bail!(
+            "ConvTranspose weights {:?} do not fit input {:?} with group {group}",
+            w.shape,
+            x.shape
+        );
     }
     let mg = w.shape[1];
     let m = mg * group;
@@ -365,7 +425,12 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         bail!("output_shape has the wrong length");
     }
     let input = &x.shape[2..];
-    let natural = |i: usize| strides[i] as i64 * (input[i] as i64 - 1) + opad[i] as i64 + (kernel[i] as i64 - 1) * dil[i] as i64 + 1;
+    let natural = |i: usize| {
+        strides[i] as i64 * (input[i] as i64 - 1)
+            + opad[i] as i64
+            + (kernel[i] as i64 - 1) * dil[i] as i64
+            + 1
+    };
     let mut pad_begin = vec![0i64; nd];
     let mut out = vec![0usize; nd];
     let explicit_pads = cx.attr_ints("pads").is_some_and(|p| !p.is_empty());
@@ -373,7 +438,11 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         for i in 0..nd {
             let o = out_attr.as_ref().map_or(input[i] * strides[i], |v| v[i]);
             let total = natural(i) - o as i64;
-            pad_begin[i] = if auto_pad == "SAME_UPPER" { total.div_euclid(2) } else { total - total.div_euclid(2) };
+            pad_begin[i] = if auto_pad == "SAME_UPPER" {
+                total.div_euclid(2)
+            } else {
+                total - total.div_euclid(2)
+            };
             out[i] = o;
         }
     } else {
@@ -390,7 +459,11 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     let k_n: usize = kernel.iter().product();
     let o_n = checked_numel(&out)?;
     checked_numel(&[n, m, o_n])?;
-    let xv = if x.elem() == ElemType::F64 { x.to_f64() } else { to_f32(&x.data).into_iter().map(f64::from).collect() };
+    let xv = if x.elem() == ElemType::F64 {
+        x.to_f64()
+    } else {
+        to_f32(&x.data).into_iter().map(f64::from).collect()
+    };
     let wv = w.to_f64();
     let mut res = vec![0.0f64; n * m * o_n];
     let out_strides = crate::tensor::strides(&out);
@@ -417,7 +490,8 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
                         let mut off = 0usize;
                         let mut ok = true;
                         for d in 0..nd {
-                            let o = iidx[d] as i64 * strides[d] as i64 - pad_begin[d] + kidx[d] as i64 * dil[d] as i64;
+                            let o = iidx[d] as i64 * strides[d] as i64 - pad_begin[d]
+                                + kidx[d] as i64 * dil[d] as i64;
                             if o < 0 || o >= out[d] as i64 {
                                 ok = false;
                                 break;
@@ -437,7 +511,10 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     if let Some(bt) = bias {
         let bv = bt.to_f64();
         if bv.len() != m {
-            bail!("ConvTranspose bias has {} values for {m} channels", bv.len());
+            bail!(
+                "ConvTranspose bias has {} values for {m} channels",
+                bv.len()
+            );
         }
         add_bias(&mut res, &bv, o_n);
     }
@@ -454,14 +531,21 @@ fn deform_conv(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let mask = opt_tensor(inputs, 4)?;
     need_float(x, "DeformConv input")?;
     if x.rank() != 4 || w.rank() != 4 || offset.rank() != 4 {
-        bail!("DeformConv supports 2-D convolution only, got {:?}", x.shape);
+        bail!(
+            "DeformConv supports 2-D convolution only, got {:?}",
+            x.shape
+        );
     }
     let (n, c, ih, iw) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let (m, cg, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
     let group = cx.attr_int("group", 1).max(1) as usize;
     let og = cx.attr_int("offset_group", 1).max(1) as usize;
     if cg * group != c || m % group != 0 || c % og != 0 {
-        bail!("DeformConv channels do not fit: {:?}, {:?}, group {group}, offset_group {og}", x.shape, w.shape);
+        bail!(
+            "DeformConv channels do not fit: {:?}, {:?}, group {group}, offset_group {og}",
+            x.shape,
+            w.shape
+        );
     }
     let strides = attr_sizes(cx, "strides", 2, 1)?;
     let dil = attr_sizes(cx, "dilations", 2, 1)?;
@@ -511,8 +595,12 @@ fn deform_conv(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                     for i in 0..oh {
                         for j in 0..ow {
                             let p = i * ow + j;
-                            let y = (i * strides[0]) as f64 - pads[0] as f64 + (ki * dil[0]) as f64 + off_h[p];
-                            let xx = (j * strides[1]) as f64 - pads[1] as f64 + (kj * dil[1]) as f64 + off_w[p];
+                            let y = (i * strides[0]) as f64 - pads[0] as f64
+                                + (ki * dil[0]) as f64
+                                + off_h[p];
+                            let xx = (j * strides[1]) as f64 - pads[1] as f64
+                                + (kj * dil[1]) as f64
+                                + off_w[p];
                             let mut v = sample(plane, y, xx);
                             if let Some(mv) = &mv {
                                 v *= mv[((b * og + gi) * k_n + kk) * p_n + p];
@@ -545,15 +633,33 @@ mod tests {
     use super::*;
 
     fn geo(input: &[usize], kernel: &[usize], s: usize, p: i64) -> Geo {
-        let out = input.iter().zip(kernel).map(|(&i, &k)| ((i as i64 + 2 * p - k as i64) / s as i64 + 1) as usize).collect();
-        Geo { input: input.to_vec(), kernel: kernel.to_vec(), strides: vec![s; input.len()], dil: vec![1; input.len()], pad_begin: vec![p; input.len()], out }
+        let out = input
+            .iter()
+            .zip(kernel)
+            .map(|(&i, &k)| ((i as i64 + 2 * p - k as i64) / s as i64 + 1) as usize)
+            .collect();
+        Geo {
+            input: input.to_vec(),
+            kernel: kernel.to_vec(),
+            strides: vec![s; input.len()],
+            dil: vec![1; input.len()],
+            pad_begin: vec![p; input.len()],
+            out,
+        }
     }
 
     /// Direct definition of convolution, for checking im2col.
     fn naive(x: &[f64], xs: &[usize], w: &[f64], ws: &[usize], g: &Geo, group: usize) -> Vec<f64> {
         let (n, c, m) = (xs[0], xs[1], ws[0]);
         let (cg, mg) = (c / group, m / group);
-        let (ih, iw, kh, kw, oh, ow) = (g.input[0], g.input[1], g.kernel[0], g.kernel[1], g.out[0], g.out[1]);
+        let (ih, iw, kh, kw, oh, ow) = (
+            g.input[0],
+            g.input[1],
+            g.kernel[0],
+            g.kernel[1],
+            g.out[0],
+            g.out[1],
+        );
         let mut out = vec![0.0; n * m * oh * ow];
         for b in 0..n {
             for mo in 0..m {
@@ -564,10 +670,14 @@ mod tests {
                         for ci in 0..cg {
                             for u in 0..kh {
                                 for v in 0..kw {
-                                    let y = (i * g.strides[0]) as i64 - g.pad_begin[0] + (u * g.dil[0]) as i64;
-                                    let xx = (j * g.strides[1]) as i64 - g.pad_begin[1] + (v * g.dil[1]) as i64;
-                                    if y >= 0 && xx >= 0 && (y as usize) < ih && (xx as usize) < iw {
-                                        s += x[((b * c + gi * cg + ci) * ih + y as usize) * iw + xx as usize]
+                                    let y = (i * g.strides[0]) as i64 - g.pad_begin[0]
+                                        + (u * g.dil[0]) as i64;
+                                    let xx = (j * g.strides[1]) as i64 - g.pad_begin[1]
+                                        + (v * g.dil[1]) as i64;
+                                    if y >= 0 && xx >= 0 && (y as usize) < ih && (xx as usize) < iw
+                                    {
+                                        s += x[((b * c + gi * cg + ci) * ih + y as usize) * iw
+                                            + xx as usize]
                                             * w[((mo * cg + ci) * kh + u) * kw + v];
                                     }
                                 }
@@ -583,17 +693,28 @@ mod tests {
 
     #[test]
     fn im2col_conv_matches_direct_definition() {
-        for &(c, m, group, h, k, s, p, d) in
-            &[(3, 4, 1, 7, 3, 1, 1, 1), (4, 6, 2, 9, 3, 2, 0, 1), (4, 4, 4, 8, 3, 2, 1, 2), (2, 5, 1, 6, 1, 1, 0, 1), (2, 3, 1, 5, 2, 3, 2, 1)]
-        {
+        for &(c, m, group, h, k, s, p, d) in &[
+            (3, 4, 1, 7, 3, 1, 1, 1),
+            (4, 6, 2, 9, 3, 2, 0, 1),
+            (4, 4, 4, 8, 3, 2, 1, 2),
+            (2, 5, 1, 6, 1, 1, 0, 1),
+            (2, 3, 1, 5, 2, 3, 2, 1),
+        ] {
             let mut g = geo(&[h, h + 1], &[k, k], s, p);
             g.dil = vec![d, d];
             let ext = (k - 1) * d + 1;
-            g.out = vec![(h + 2 * p as usize - ext) / s + 1, (h + 1 + 2 * p as usize - ext) / s + 1];
+            g.out = vec![
+                (h + 2 * p as usize - ext) / s + 1,
+                (h + 1 + 2 * p as usize - ext) / s + 1,
+            ];
             let xs = [2, c, h, h + 1];
             let ws = [m, c / group, k, k];
-            let x: Vec<f64> = (0..xs.iter().product::<usize>()).map(|i| ((i * 7) % 11) as f64 - 5.0).collect();
-            let w: Vec<f64> = (0..ws.iter().product::<usize>()).map(|i| ((i * 5) % 7) as f64 - 3.0).collect();
+            let x: Vec<f64> = (0..xs.iter().product::<usize>())
+                .map(|i| ((i * 7) % 11) as f64 - 5.0)
+                .collect();
+            let w: Vec<f64> = (0..ws.iter().product::<usize>())
+                .map(|i| ((i * 5) % 7) as f64 - 3.0)
+                .collect();
             let got = conv_core(&x, &xs, &w, &ws, &g, group, gemm).expect("conv");
             assert_eq!(got, naive(&x, &xs, &w, &ws, &g, group));
         }
@@ -604,7 +725,13 @@ mod tests {
     #[test]
     #[ignore]
     fn conv_speed() {
-        for &(c, m, h, k, s, p) in &[(64, 64, 56, 3, 1, 1), (256, 64, 56, 1, 1, 0), (512, 512, 7, 3, 1, 1), (3, 64, 224, 7, 2, 3), (128, 128, 28, 3, 1, 1)] {
+        for &(c, m, h, k, s, p) in &[
+            (64, 64, 56, 3, 1, 1),
+            (256, 64, 56, 1, 1, 0),
+            (512, 512, 7, 3, 1, 1),
+            (3, 64, 224, 7, 2, 3),
+            (128, 128, 28, 3, 1, 1),
+        ] {
             let g = geo(&[h, h], &[k, k], s, p as i64);
             let xs = [1, c, h, h];
             let ws = [m, c, k, k];
@@ -614,7 +741,12 @@ mod tests {
             let r = conv_core(&x, &xs, &w, &ws, &g, 1, gemm).expect("conv");
             let dt = t.elapsed().as_secs_f64();
             let flop = 2.0 * (m * c * k * k * g.out[0] * g.out[1]) as f64;
-            eprintln!("c={c} m={m} h={h} k={k}: {:.1} ms, {:.2} GFLOP/s ({})", dt * 1e3, flop / dt / 1e9, r[0]);
+            eprintln!(
+                "c={c} m={m} h={h} k={k}: {:.1} ms, {:.2} GFLOP/s ({})",
+                dt * 1e3,
+                flop / dt / 1e9,
+                r[0]
+            );
         }
     }
 }

@@ -4,7 +4,9 @@
 use kiln_ir::ElemType;
 
 use super::{from_f32, gemm, need_float, out_f64, out_i64, to_f32, Fl};
-use crate::interp::kernels::{bail, broadcast_indices, broadcast_shape, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::{
+    bail, broadcast_indices, broadcast_shape, opt_tensor, tensor, Ctx, KResult, KernelFn,
+};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 
@@ -34,8 +36,16 @@ fn mat_plan(a: &[usize], b: &[usize]) -> KResult<MatPlan> {
     if a.is_empty() || b.is_empty() {
         bail!("MatMul operands must have rank >= 1, got {a:?} and {b:?}");
     }
-    let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
-    let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
+    let a2: Vec<usize> = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.to_vec()
+    };
+    let b2: Vec<usize> = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.to_vec()
+    };
     let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
     let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
     if k != k2 {
@@ -53,14 +63,29 @@ fn mat_plan(a: &[usize], b: &[usize]) -> KResult<MatPlan> {
     if b.len() > 1 {
         out_shape.push(n);
     }
-    Ok(MatPlan { m, k, n, out_shape, pairs: ia.into_iter().zip(ib).collect() })
+    Ok(MatPlan {
+        m,
+        k,
+        n,
+        out_shape,
+        pairs: ia.into_iter().zip(ib).collect(),
+    })
 }
 
-fn run_plan<T: Copy + Default>(p: &MatPlan, a: &[T], b: &[T], mul: impl Fn(&[T], &[T], &mut [T])) -> Vec<T> {
+fn run_plan<T: Copy + Default>(
+    p: &MatPlan,
+    a: &[T],
+    b: &[T],
+    mul: impl Fn(&[T], &[T], &mut [T]),
+) -> Vec<T> {
     let (ma, mb, mc) = (p.m * p.k, p.k * p.n, p.m * p.n);
     let mut out = vec![T::default(); p.pairs.len() * mc];
     for (bi, &(x, y)) in p.pairs.iter().enumerate() {
-        mul(&a[x * ma..(x + 1) * ma], &b[y * mb..(y + 1) * mb], &mut out[bi * mc..(bi + 1) * mc]);
+        mul(
+            &a[x * ma..(x + 1) * ma],
+            &b[y * mb..(y + 1) * mb],
+            &mut out[bi * mc..(bi + 1) * mc],
+        );
     }
     out
 }
@@ -85,15 +110,21 @@ fn matmul_values(a: &Tensor, b: &Tensor, out: ElemType) -> KResult<Value> {
     let (m, n, k) = (p.m, p.n, p.k);
     let data = match a.elem() {
         ElemType::F64 => {
-            let r = run_plan(&p, &a.to_f64(), &b.to_f64(), |x, y, z| gemm(m, n, k, x, y, z));
+            let r = run_plan(&p, &a.to_f64(), &b.to_f64(), |x, y, z| {
+                gemm(m, n, k, x, y, z)
+            });
             Data::from_f64(out, &r)
         }
         e if e.is_float() => {
-            let r = run_plan(&p, &to_f32(&a.data), &to_f32(&b.data), |x, y, z| gemm(m, n, k, x, y, z));
+            let r = run_plan(&p, &to_f32(&a.data), &to_f32(&b.data), |x, y, z| {
+                gemm(m, n, k, x, y, z)
+            });
             from_f32(out, r)
         }
         e if e.is_int() => {
-            let r = run_plan(&p, &a.to_i64(), &b.to_i64(), |x, y, z| int_gemm(m, n, k, x, y, z));
+            let r = run_plan(&p, &a.to_i64(), &b.to_i64(), |x, y, z| {
+                int_gemm(m, n, k, x, y, z)
+            });
             Data::from_i64(out, &r)
         }
         e => bail!("MatMul does not support {e}"),
@@ -105,7 +136,11 @@ fn matmul(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let a = tensor(inputs, 0)?;
     let b = tensor(inputs, 1)?;
     if a.elem() != b.elem() {
-        bail!("MatMul operands differ in type: {} and {}", a.elem(), b.elem());
+        bail!(
+            "MatMul operands differ in type: {} and {}",
+            a.elem(),
+            b.elem()
+        );
     }
     Ok(vec![matmul_values(a, b, a.elem())?])
 }
@@ -130,7 +165,11 @@ fn sub_zero_point(x: &Tensor, zp: Option<&Tensor>, per_row: bool) -> KResult<Vec
     }
     let shape = broadcast_shape(&x.shape, &zp.shape)?;
     if shape != x.shape {
-        bail!("zero point of shape {:?} does not fit operand {:?}", zp.shape, x.shape);
+        bail!(
+            "zero point of shape {:?} does not fit operand {:?}",
+            zp.shape,
+            x.shape
+        );
     }
     let idx = broadcast_indices(&zp.shape, &x.shape);
     for (a, &i) in v.iter_mut().zip(&idx) {
@@ -139,7 +178,12 @@ fn sub_zero_point(x: &Tensor, zp: Option<&Tensor>, per_row: bool) -> KResult<Vec
     Ok(v)
 }
 
-fn int_product(a: &Tensor, av: Vec<i64>, b: &Tensor, bv: Vec<i64>) -> KResult<(Vec<usize>, Vec<i64>)> {
+fn int_product(
+    a: &Tensor,
+    av: Vec<i64>,
+    b: &Tensor,
+    bv: Vec<i64>,
+) -> KResult<(Vec<usize>, Vec<i64>)> {
     let p = mat_plan(&a.shape, &b.shape)?;
     let (m, n, k) = (p.m, p.n, p.k);
     let r = run_plan(&p, &av, &bv, |x, y, z| int_gemm(m, n, k, x, y, z));
@@ -185,7 +229,11 @@ fn qlinear_matmul(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     // the reference, then broadcast onto the result.
     let s_ab = broadcast_shape(&a_scale.shape, &b_scale.shape)?;
     let s_shape = broadcast_shape(&s_ab, &y_scale.shape)?;
-    let (av_s, bv_s, yv_s) = (to_f32(&a_scale.data), to_f32(&b_scale.data), to_f32(&y_scale.data));
+    let (av_s, bv_s, yv_s) = (
+        to_f32(&a_scale.data),
+        to_f32(&b_scale.data),
+        to_f32(&y_scale.data),
+    );
     let ia = broadcast_indices(&a_scale.shape, &s_shape);
     let ib = broadcast_indices(&b_scale.shape, &s_shape);
     let iy = broadcast_indices(&y_scale.shape, &s_shape);
@@ -199,8 +247,9 @@ fn qlinear_matmul(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
             _ => x,
         }
     };
-    let scale: Vec<f64> =
-        (0..ia.len()).map(|i| round(round(av_s[ia[i]] * bv_s[ib[i]]) / yv_s[iy[i]]) as f64).collect();
+    let scale: Vec<f64> = (0..ia.len())
+        .map(|i| round(round(av_s[ia[i]] * bv_s[ib[i]]) / yv_s[iy[i]]) as f64)
+        .collect();
     let out_shape = broadcast_shape(&shape, &s_shape)?;
     if out_shape != shape {
         bail!("scales of shape {s_shape:?} do not fit the product {shape:?}");
@@ -219,7 +268,11 @@ fn qlinear_matmul(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     // Round half to even, then convert with wrapping: the ONNX reference
     // (`np.rint(D).astype(dtype)`) does not saturate here, and the node
     // tests' expected outputs wrap (e.g. -236 becomes 20 in int8).
-    let r: Vec<f64> = c.iter().enumerate().map(|(i, &x)| (x as f64 * scale[is[i]] + zv[iz[i]]).round_ties_even()).collect();
+    let r: Vec<f64> = c
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x as f64 * scale[is[i]] + zv[iz[i]]).round_ties_even())
+        .collect();
     Ok(vec![out_f64(out_elem, shape, &r)?])
 }
 
@@ -228,25 +281,49 @@ fn gemm_op(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let b = tensor(inputs, 1)?;
     let c = opt_tensor(inputs, 2)?;
     if a.rank() != 2 || b.rank() != 2 {
-        bail!("Gemm operands must be matrices, got {:?} and {:?}", a.shape, b.shape);
+        bail!(
+            "Gemm operands must be matrices, got {:?} and {:?}",
+            a.shape,
+            b.shape
+        );
     }
     let ta = cx.attr_int("transA", 0) != 0;
     let tb = cx.attr_int("transB", 0) != 0;
     let alpha = cx.attr_float("alpha", 1.0) as f64;
     let beta = cx.attr_float("beta", 1.0) as f64;
-    let (m, k) = if ta { (a.shape[1], a.shape[0]) } else { (a.shape[0], a.shape[1]) };
-    let (k2, n) = if tb { (b.shape[1], b.shape[0]) } else { (b.shape[0], b.shape[1]) };
+    let (m, k) = if ta {
+        (a.shape[1], a.shape[0])
+    } else {
+        (a.shape[0], a.shape[1])
+    };
+    let (k2, n) = if tb {
+        (b.shape[1], b.shape[0])
+    } else {
+        (b.shape[0], b.shape[1])
+    };
     if k != k2 {
-        bail!("Gemm inner dimensions differ: {:?} (transA={ta}) x {:?} (transB={tb})", a.shape, b.shape);
+        bail!(
+            "Gemm inner dimensions differ: {:?} (transA={ta}) x {:?} (transB={tb})",
+            a.shape,
+            b.shape
+        );
     }
     let elem = a.elem();
     let cvals: Option<Vec<f64>> = match c {
         Some(c) => {
             if broadcast_shape(&c.shape, &[m, n])? != [m, n] {
-                bail!("Gemm C of shape {:?} does not broadcast to [{m}, {n}]", c.shape);
+                bail!(
+                    "Gemm C of shape {:?} does not broadcast to [{m}, {n}]",
+                    c.shape
+                );
             }
             let cv = c.to_f64();
-            Some(broadcast_indices(&c.shape, &[m, n]).into_iter().map(|i| cv[i]).collect())
+            Some(
+                broadcast_indices(&c.shape, &[m, n])
+                    .into_iter()
+                    .map(|i| cv[i])
+                    .collect(),
+            )
         }
         None => None,
     };
@@ -271,7 +348,10 @@ fn gemm_op(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let prod: Vec<f64> = if elem == ElemType::F64 || elem.is_int() {
         run(a.to_f64(), b.to_f64(), sh, ta, tb)
     } else {
-        run(to_f32(&a.data), to_f32(&b.data), sh, ta, tb).into_iter().map(|x| x as f64).collect()
+        run(to_f32(&a.data), to_f32(&b.data), sh, ta, tb)
+            .into_iter()
+            .map(|x| x as f64)
+            .collect()
     };
     let r: Vec<f64> = prod
         .iter()
@@ -284,15 +364,26 @@ fn gemm_op(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 /// Einsum by direct summation over every label (small operands only in
 /// practice; cost is the product of all label sizes).
 fn einsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
-    let eq: String = cx.attr_str("equation").ok_or("Einsum needs `equation`")?.chars().filter(|c| !c.is_whitespace()).collect();
-    let ops: Vec<&Tensor> = (0..inputs.len()).map(|i| tensor(inputs, i)).collect::<KResult<_>>()?;
+    let eq: String = cx
+        .attr_str("equation")
+        .ok_or("Einsum needs `equation`")?
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let ops: Vec<&Tensor> = (0..inputs.len())
+        .map(|i| tensor(inputs, i))
+        .collect::<KResult<_>>()?;
     let (lhs, rhs) = match eq.split_once("->") {
         Some((l, r)) => (l, Some(r)),
         None => (eq.as_str(), None),
     };
     let terms: Vec<&str> = lhs.split(',').collect();
     if terms.len() != ops.len() {
-        bail!("Einsum equation has {} operands, got {}", terms.len(), ops.len());
+        bail!(
+            "Einsum equation has {} operands, got {}",
+            terms.len(),
+            ops.len()
+        );
     }
     // Labels: letters are their char code; ellipsis dims are 1000 + k,
     // counted from the right.
@@ -302,7 +393,10 @@ fn einsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         let letters = t.replace("...", "").chars().count();
         let has_ell = t.contains("...");
         if !has_ell && letters != x.rank() || has_ell && letters > x.rank() {
-            bail!("Einsum term `{t}` does not fit operand of shape {:?}", x.shape);
+            bail!(
+                "Einsum term `{t}` does not fit operand of shape {:?}",
+                x.shape
+            );
         }
         let er = if has_ell { x.rank() - letters } else { 0 };
         ell_rank = ell_rank.max(er);
@@ -337,10 +431,18 @@ fn einsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         Some(r) => expand(r, ell_rank)?,
         None => {
             let mut o: Vec<usize> = (0..ell_rank).rev().map(|k| 1000 + k).collect();
-            let mut letters: Vec<usize> = parsed.iter().flatten().copied().filter(|&l| l < 1000).collect();
+            let mut letters: Vec<usize> = parsed
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|&l| l < 1000)
+                .collect();
             letters.sort_unstable();
-            let once: Vec<usize> =
-                letters.iter().copied().filter(|l| letters.iter().filter(|x| *x == l).count() == 1).collect();
+            let once: Vec<usize> = letters
+                .iter()
+                .copied()
+                .filter(|l| letters.iter().filter(|x| *x == l).count() == 1)
+                .collect();
             o.extend(once);
             o
         }
@@ -392,7 +494,11 @@ fn einsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let elem = ops.first().map_or(ElemType::F32, |t| t.elem());
     let is_int = elem.is_int();
     let fvals: Vec<Vec<f64>> = ops.iter().map(|t| t.to_f64()).collect();
-    let ivals: Vec<Vec<i64>> = if is_int { ops.iter().map(|t| t.to_i64()).collect() } else { vec![] };
+    let ivals: Vec<Vec<i64>> = if is_int {
+        ops.iter().map(|t| t.to_i64()).collect()
+    } else {
+        vec![]
+    };
     let total = super::checked_numel(&size)?;
     let out_n: usize = out_shape.iter().product();
     let inner_n = total.checked_div(out_n).unwrap_or(0);
@@ -440,7 +546,9 @@ fn det(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         let mut m = v[b * n * n..(b + 1) * n * n].to_vec();
         let mut d = 1.0;
         for c in 0..n {
-            let p = (c..n).max_by(|&i, &j| m[i * n + c].abs().total_cmp(&m[j * n + c].abs())).unwrap_or(c);
+            let p = (c..n)
+                .max_by(|&i, &j| m[i * n + c].abs().total_cmp(&m[j * n + c].abs()))
+                .unwrap_or(c);
             if m[p * n + c] == 0.0 {
                 d = 0.0;
                 break;

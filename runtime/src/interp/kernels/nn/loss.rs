@@ -2,7 +2,7 @@
 //! class weights, ignore_index and none/sum/mean reduction).
 
 use super::softmax::{apply, Kind};
-use super::{need_float, out_f64, out_elem};
+use super::{need_float, out_elem, out_f64};
 use crate::interp::kernels::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
 use crate::tensor::Tensor;
 use crate::value::Value;
@@ -28,7 +28,11 @@ fn loss(cx: &mut Ctx, inputs: &[Option<Value>], softmax: bool) -> KResult<Vec<Va
     let mut want = vec![n];
     want.extend(&x.shape[2..]);
     if target.shape != want {
-        bail!("target of shape {:?} does not fit scores {:?}", target.shape, x.shape);
+        bail!(
+            "target of shape {:?} does not fit scores {:?}",
+            target.shape,
+            x.shape
+        );
     }
     let ignore = cx.attr("ignore_index").and_then(|a| a.as_int());
     let reduction = cx.attr_str("reduction").unwrap_or("mean").to_string();

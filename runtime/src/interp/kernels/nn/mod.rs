@@ -33,7 +33,10 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
 }
 
 /// A float type the blocked matrix product runs in.
-pub(crate) trait Fl: Copy + Default + Add<Output = Self> + Mul<Output = Self> + AddAssign + 'static {}
+pub(crate) trait Fl:
+    Copy + Default + Add<Output = Self> + Mul<Output = Self> + AddAssign + 'static
+{
+}
 impl Fl for f32 {}
 impl Fl for f64 {}
 
@@ -149,7 +152,10 @@ pub(crate) fn attr_sizes(cx: &Ctx, name: &str, n: usize, default: usize) -> KRes
                 bail!("attribute `{name}` has {} values, expected {n}", v.len());
             }
             v.iter()
-                .map(|&x| usize::try_from(x).map_err(|_| format!("attribute `{name}` has negative value {x}").into()))
+                .map(|&x| {
+                    usize::try_from(x)
+                        .map_err(|_| format!("attribute `{name}` has negative value {x}").into())
+                })
                 .collect()
         }
     }

@@ -3,8 +3,10 @@
 //! LayerNormalization (with Mean/InvStdDev results), LRN,
 //! LpNormalization and MeanVarianceNormalization.
 
-use super::{need_float, out_f64, out_elem};
-use crate::interp::kernels::{bail, broadcast_indices, broadcast_shape, norm_axis, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::{need_float, out_elem, out_f64};
+use crate::interp::kernels::{
+    bail, broadcast_indices, broadcast_shape, norm_axis, opt_tensor, tensor, Ctx, KResult, KernelFn,
+};
 use crate::tensor::Tensor;
 use crate::value::Value;
 
@@ -63,12 +65,19 @@ fn batch_norm(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         bm.iter_mut().for_each(|m| *m /= cnt);
         for b in 0..n {
             for ch in 0..c {
-                bv[ch] += v[(b * c + ch) * sp..][..sp].iter().map(|a| (a - bm[ch]).powi(2)).sum::<f64>();
+                bv[ch] += v[(b * c + ch) * sp..][..sp]
+                    .iter()
+                    .map(|a| (a - bm[ch]).powi(2))
+                    .sum::<f64>();
             }
         }
         bv.iter_mut().for_each(|s| *s /= cnt);
-        let rm: Vec<f64> = (0..c).map(|i| mean[i] * momentum + bm[i] * (1.0 - momentum)).collect();
-        let rv: Vec<f64> = (0..c).map(|i| var[i] * momentum + bv[i] * (1.0 - momentum)).collect();
+        let rm: Vec<f64> = (0..c)
+            .map(|i| mean[i] * momentum + bm[i] * (1.0 - momentum))
+            .collect();
+        let rv: Vec<f64> = (0..c)
+            .map(|i| var[i] * momentum + bv[i] * (1.0 - momentum))
+            .collect();
         extra.push(out_f64(out_elem(cx, 1, mean_t.elem()), vec![c], &rm)?);
         extra.push(out_f64(out_elem(cx, 2, var_t.elem()), vec![c], &rv)?);
         mean = bm;
@@ -80,7 +89,11 @@ fn batch_norm(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         *a = scale[ch] * (*a - mean[ch]) / (var[ch] + eps).sqrt() + bias[ch];
     }
     let mut res = vec![out_f64(x.elem(), x.shape.clone(), &y)?];
-    res.extend(extra.into_iter().take(cx.node.outputs.len().saturating_sub(1)));
+    res.extend(
+        extra
+            .into_iter()
+            .take(cx.node.outputs.len().saturating_sub(1)),
+    );
     Ok(res)
 }
 
@@ -137,7 +150,10 @@ fn group_norm(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         } else if v.len() == g {
             Ok((0..c).map(|ch| v[ch / (c / g)]).collect())
         } else {
-            bail!("{what} has {} values for {c} channels in {g} groups", v.len())
+            bail!(
+                "{what} has {} values for {c} channels in {g} groups",
+                v.len()
+            )
         }
     };
     let scale = spread(scale_t, "scale")?;
@@ -166,7 +182,11 @@ fn layer_norm(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     for (t, what) in [(Some(scale), "Scale"), (bias, "B")] {
         let Some(t) = t else { continue };
         if broadcast_shape(&t.shape, &x.shape)? != x.shape {
-            bail!("{what} of shape {:?} does not broadcast to {:?}", t.shape, x.shape);
+            bail!(
+                "{what} of shape {:?} does not broadcast to {:?}",
+                t.shape,
+                x.shape
+            );
         }
         let tv = t.to_f64();
         let idx = broadcast_indices(&t.shape, &x.shape);
@@ -186,7 +206,11 @@ fn layer_norm(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let outs = cx.node.outputs.len();
     if outs > 1 {
         let means: Vec<f64> = stats.iter().map(|s| s.0).collect();
-        res.push(out_f64(out_elem(cx, 1, x.elem()), stat_shape.clone(), &means)?);
+        res.push(out_f64(
+            out_elem(cx, 1, x.elem()),
+            stat_shape.clone(),
+            &means,
+        )?);
     }
     if outs > 2 {
         let invs: Vec<f64> = stats.iter().map(|s| s.1).collect();
@@ -257,10 +281,18 @@ fn mvn(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     need_float(x, "MeanVarianceNormalization input")?;
     let rank = x.rank();
     let axes: Vec<usize> = match cx.attr_ints("axes") {
-        Some(a) => a.iter().map(|&a| norm_axis(a, rank)).collect::<KResult<_>>()?,
+        Some(a) => a
+            .iter()
+            .map(|&a| norm_axis(a, rank))
+            .collect::<KResult<_>>()?,
         None => [0usize, 2, 3].into_iter().filter(|&a| a < rank).collect(),
     };
-    let kept: Vec<usize> = x.shape.iter().enumerate().map(|(d, &n)| if axes.contains(&d) { 1 } else { n }).collect();
+    let kept: Vec<usize> = x
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(d, &n)| if axes.contains(&d) { 1 } else { n })
+        .collect();
     let map = broadcast_indices(&kept, &x.shape);
     let out_n: usize = kept.iter().product();
     let count = (x.len() / out_n.max(1)) as f64;

@@ -45,7 +45,9 @@ fn common(cx: &Ctx, x: &Tensor) -> KResult<Common> {
     }
     let nd = x.rank() - 2;
     let kernel = match cx.attr_ints("kernel_shape") {
-        Some(k) if k.len() == nd && k.iter().all(|&a| a > 0) => k.iter().map(|&a| a as usize).collect(),
+        Some(k) if k.len() == nd && k.iter().all(|&a| a > 0) => {
+            k.iter().map(|&a| a as usize).collect()
+        }
         _ => bail!("kernel_shape must list {nd} positive sizes"),
     };
     let strides = attr_sizes(cx, "strides", nd, 1)?;
@@ -81,7 +83,11 @@ fn max_plan(cx: &Ctx, x: &Tensor) -> KResult<Plan> {
             "SAME_UPPER" | "SAME_LOWER" => {
                 let o = (n + s - 1) / s;
                 let total = ((o - 1) * s + ext - n).max(0);
-                pad_begin[i] = if auto_pad == "SAME_UPPER" { total / 2 } else { total - total / 2 };
+                pad_begin[i] = if auto_pad == "SAME_UPPER" {
+                    total / 2
+                } else {
+                    total - total / 2
+                };
                 o
             }
             "VALID" => floor_or_ceil(n - ext, s, false) + 1,
@@ -98,7 +104,13 @@ fn max_plan(cx: &Ctx, x: &Tensor) -> KResult<Plan> {
         };
         out[i] = o.max(0) as usize;
     }
-    Ok(Plan { kernel, strides, dil, pad_begin, out })
+    Ok(Plan {
+        kernel,
+        strides,
+        dil,
+        pad_begin,
+        out,
+    })
 }
 
 /// AveragePool/LpPool geometry as the reference computes it.
@@ -118,7 +130,11 @@ fn avg_plan(cx: &Ctx, x: &Tensor) -> KResult<Plan> {
             "SAME_UPPER" | "SAME_LOWER" => {
                 let o = (n - 1).div_euclid(s) + 1;
                 let total = (o - 1) * s + k - n;
-                pad_begin[i] = if auto_pad == "SAME_UPPER" { total.div_euclid(2) } else { total - total.div_euclid(2) };
+                pad_begin[i] = if auto_pad == "SAME_UPPER" {
+                    total.div_euclid(2)
+                } else {
+                    total - total.div_euclid(2)
+                };
                 o
             }
             "VALID" => (n - k).div_euclid(s) + 1,
@@ -133,7 +149,13 @@ fn avg_plan(cx: &Ctx, x: &Tensor) -> KResult<Plan> {
         };
         out[i] = o.max(0) as usize;
     }
-    Ok(Plan { kernel, strides, dil, pad_begin, out })
+    Ok(Plan {
+        kernel,
+        strides,
+        dil,
+        pad_begin,
+        out,
+    })
 }
 
 /// Visit every (plane, output position): `f(plane, out_index, taps)` where
@@ -157,7 +179,8 @@ fn windows(x: &Tensor, p: &Plan, mut f: impl FnMut(usize, usize, &[usize])) -> K
                 let mut off = 0usize;
                 let mut ok = true;
                 for d in 0..nd {
-                    let c = oidx[d] as i64 * p.strides[d] as i64 - p.pad_begin[d] + (kidx[d] * p.dil[d]) as i64;
+                    let c = oidx[d] as i64 * p.strides[d] as i64 - p.pad_begin[d]
+                        + (kidx[d] * p.dil[d]) as i64;
                     if c < 0 || c >= input[d] as i64 {
                         ok = false;
                         break;
@@ -249,7 +272,11 @@ fn avg_pool(cx: &mut Ctx, inputs: &[Option<Value>], lp: Option<f64>) -> KResult<
         let r = match lp {
             None => taps.iter().map(|&t| v[base + t]).sum::<f64>() / count as f64,
             // Padding contributes zeros: (sum of |x|^p over the window)^(1/p).
-            Some(pw) => taps.iter().map(|&t| v[base + t].abs().powf(pw)).sum::<f64>().powf(1.0 / pw),
+            Some(pw) => taps
+                .iter()
+                .map(|&t| v[base + t].abs().powf(pw))
+                .sum::<f64>()
+                .powf(1.0 / pw),
         };
         vals.push(r);
     })?;
@@ -276,7 +303,13 @@ fn global(inputs: &[Option<Value>], kind: Global) -> KResult<Vec<Value>> {
             let s = &v[pl * in_n..(pl + 1) * in_n];
             match kind {
                 Global::Avg => s.iter().sum::<f64>() / in_n as f64,
-                Global::Max => s.iter().copied().fold(f64::NEG_INFINITY, |a, b| if b > a || b.is_nan() { b } else { a }),
+                Global::Max => s.iter().copied().fold(f64::NEG_INFINITY, |a, b| {
+                    if b > a || b.is_nan() {
+                        b
+                    } else {
+                        a
+                    }
+                }),
                 Global::Lp(p) => s.iter().map(|a| a.abs().powf(p)).sum::<f64>().powf(1.0 / p),
             }
         })
@@ -293,15 +326,25 @@ fn max_unpool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let ind = tensor(inputs, 1)?;
     let (nd, kernel, strides, _) = common(cx, x)?;
     if ind.shape != x.shape {
-        bail!("indices of shape {:?} do not match input {:?}", ind.shape, x.shape);
+        bail!(
+            "indices of shape {:?} do not match input {:?}",
+            ind.shape,
+            x.shape
+        );
     }
     let shape: Vec<usize> = match opt_tensor(inputs, 2)? {
-        Some(s) => s.to_i64().iter().map(|&d| usize::try_from(d).map_err(|_| format!("bad output_shape {d}"))).collect::<Result<_, _>>()?,
+        Some(s) => s
+            .to_i64()
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| format!("bad output_shape {d}")))
+            .collect::<Result<_, _>>()?,
         None => {
             let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
             let mut s = vec![x.shape[0], x.shape[1]];
             for i in 0..nd {
-                let o = (x.shape[i + 2] as i64 - 1) * strides[i] as i64 + kernel[i] as i64 - pads[i] as i64 - pads[i + nd] as i64;
+                let o = (x.shape[i + 2] as i64 - 1) * strides[i] as i64 + kernel[i] as i64
+                    - pads[i] as i64
+                    - pads[i + nd] as i64;
                 s.push(o.max(0) as usize);
             }
             s
@@ -315,7 +358,9 @@ fn max_unpool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
     let mut inferred = vec![x.shape[0], x.shape[1]];
     for i in 0..nd {
-        let o = (x.shape[i + 2] as i64 - 1) * strides[i] as i64 + kernel[i] as i64 - pads[i] as i64 - pads[i + nd] as i64;
+        let o = (x.shape[i + 2] as i64 - 1) * strides[i] as i64 + kernel[i] as i64
+            - pads[i] as i64
+            - pads[i + nd] as i64;
         inferred.push(o.max(0) as usize);
     }
     if inferred.iter().zip(&shape).any(|(a, b)| a > b) {

@@ -44,8 +44,11 @@ enum Red {
 /// For each input element (row-major), the index of the output element it
 /// reduces into, and the output shape with reduced dims kept as 1.
 fn reduce_map(shape: &[usize], axes: &[usize]) -> (Vec<usize>, Vec<usize>) {
-    let out_shape: Vec<usize> =
-        shape.iter().enumerate().map(|(d, &n)| if axes.contains(&d) { 1 } else { n }).collect();
+    let out_shape: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(d, &n)| if axes.contains(&d) { 1 } else { n })
+        .collect();
     let ost = strides(&out_shape);
     let n: usize = shape.iter().product();
     let mut map = Vec::with_capacity(n);
@@ -107,10 +110,18 @@ fn reduce(cx: &mut Ctx, inputs: &[Option<Value>], op: Red) -> KResult<Vec<Value>
     let out_shape: Vec<usize> = if keepdims {
         kept_shape
     } else {
-        x.shape.iter().enumerate().filter(|(d, _)| !axes.contains(d)).map(|(_, &n)| n).collect()
+        x.shape
+            .iter()
+            .enumerate()
+            .filter(|(d, _)| !axes.contains(d))
+            .map(|(_, &n)| n)
+            .collect()
     };
     let int_exact = (elem.is_int() || elem == ElemType::Bool)
-        && matches!(op, Red::Sum | Red::Mean | Red::Prod | Red::Max | Red::Min | Red::L1 | Red::SumSquare);
+        && matches!(
+            op,
+            Red::Sum | Red::Mean | Red::Prod | Red::Max | Red::Min | Red::L1 | Red::SumSquare
+        );
     if int_exact {
         let v = x.to_i64();
         let (lo, hi) = int_limits(elem);
@@ -162,7 +173,10 @@ fn reduce(cx: &mut Ctx, inputs: &[Option<Value>], op: Red) -> KResult<Vec<Value>
                 acc[o] = xv;
             }
         }
-        let shift: Vec<f64> = acc.iter().map(|&m| if m.is_finite() { m } else { 0.0 }).collect();
+        let shift: Vec<f64> = acc
+            .iter()
+            .map(|&m| if m.is_finite() { m } else { 0.0 })
+            .collect();
         let mut sums = vec![0.0; out_n];
         for (&xv, &o) in v.iter().zip(&map) {
             sums[o] += (xv - shift[o]).exp();
@@ -253,7 +267,11 @@ fn arg(cx: &mut Ctx, inputs: &[Option<Value>], is_max: bool) -> KResult<Vec<Valu
             let at = |k: usize| o * n * inner + k * inner + i;
             let mut best = 0;
             for k in 1..n {
-                let take = if last { !better(at(best), at(k)) } else { better(at(k), at(best)) };
+                let take = if last {
+                    !better(at(best), at(k))
+                } else {
+                    better(at(k), at(best))
+                };
                 if take {
                     best = k;
                 }

@@ -23,8 +23,16 @@ pub(crate) enum Kind {
 fn run(cx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     need_float(x, "input")?;
-    let axis = if x.rank() == 0 { 0 } else { norm_axis(cx.attr_int("axis", -1), x.rank())? };
-    let shape = if x.rank() == 0 { vec![1] } else { x.shape.clone() };
+    let axis = if x.rank() == 0 {
+        0
+    } else {
+        norm_axis(cx.attr_int("axis", -1), x.rank())?
+    };
+    let shape = if x.rank() == 0 {
+        vec![1]
+    } else {
+        x.shape.clone()
+    };
     let mut v = x.to_f64();
     apply(&mut v, &shape, axis, kind);
     Ok(vec![out_f64(x.elem(), x.shape.clone(), &v)?])
@@ -63,7 +71,11 @@ pub(crate) fn apply(v: &mut [f64], shape: &[usize], axis: usize, kind: Kind) {
                     let shift = if mx.is_finite() { mx } else { 0.0 };
                     let sum: f64 = buf.iter().map(|&b| (b - shift).exp()).sum();
                     for b in buf.iter_mut() {
-                        *b = if kind == Kind::Soft { (*b - shift).exp() / sum } else { *b - shift - sum.ln() };
+                        *b = if kind == Kind::Soft {
+                            (*b - shift).exp() / sum
+                        } else {
+                            *b - shift - sum.ln()
+                        };
                     }
                 }
             }

@@ -21,7 +21,12 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let bidx = tensor(inputs, 2)?;
     need_float(x, "RoiAlign input")?;
     if x.rank() != 4 || rois.rank() != 2 || rois.shape[1] != 4 || bidx.len() != rois.shape[0] {
-        bail!("RoiAlign shapes do not fit: X {:?}, rois {:?}, batch_indices {:?}", x.shape, rois.shape, bidx.shape);
+        bail!(
+            "RoiAlign shapes do not fit: X {:?}, rois {:?}, batch_indices {:?}",
+            x.shape,
+            rois.shape,
+            bidx.shape
+        );
     }
     let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     if h == 0 || w == 0 {
@@ -31,8 +36,14 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let ow = cx.attr_int("output_width", 1).max(1) as usize;
     let ratio = cx.attr_int("sampling_ratio", 0);
     let scale = cx.attr_float("spatial_scale", 1.0) as f64;
-    let is_max = cx.attr_str("mode").unwrap_or("avg").eq_ignore_ascii_case("max");
-    let half_pixel = cx.attr_str("coordinate_transformation_mode").unwrap_or("half_pixel").eq_ignore_ascii_case("half_pixel");
+    let is_max = cx
+        .attr_str("mode")
+        .unwrap_or("avg")
+        .eq_ignore_ascii_case("max");
+    let half_pixel = cx
+        .attr_str("coordinate_transformation_mode")
+        .unwrap_or("half_pixel")
+        .eq_ignore_ascii_case("half_pixel");
     let xv = x.to_f64();
     let rv = rois.to_f64();
     let bi = bidx.to_i64();
@@ -53,8 +64,16 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             rh = rh.max(1.0);
         }
         let (bh, bw) = (rh / oh as f64, rw / ow as f64);
-        let gh = if ratio > 0 { ratio as usize } else { (rh / oh as f64).ceil().max(0.0) as usize };
-        let gw = if ratio > 0 { ratio as usize } else { (rw / ow as f64).ceil().max(0.0) as usize };
+        let gh = if ratio > 0 {
+            ratio as usize
+        } else {
+            (rh / oh as f64).ceil().max(0.0) as usize
+        };
+        let gw = if ratio > 0 {
+            ratio as usize
+        } else {
+            (rw / ow as f64).ceil().max(0.0) as usize
+        };
         let count = (gh * gw).max(1) as f64;
         // Sample points: (positions, weights) shared by all channels.
         let mut pre = Vec::with_capacity(oh * ow * gh * gw);
@@ -86,7 +105,10 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                         };
                         let (ly, lx) = (y - yl as f64, xq - xl as f64);
                         let (hy, hx) = (1.0 - ly, 1.0 - lx);
-                        pre.push(([yl * w + xl, yl * w + xh, yh * w + xl, yh * w + xh], [hy * hx, hy * lx, ly * hx, ly * lx]));
+                        pre.push((
+                            [yl * w + xl, yl * w + xh, yh * w + xl, yh * w + xh],
+                            [hy * hx, hy * lx, ly * hx, ly * lx],
+                        ));
                     }
                 }
             }
@@ -102,13 +124,19 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                         let (pos, wt) = &pre[k];
                         k += 1;
                         if is_max {
-                            let v = (0..4).map(|q| wt[q] * plane[pos[q]]).fold(f64::NEG_INFINITY, f64::max);
+                            let v = (0..4)
+                                .map(|q| wt[q] * plane[pos[q]])
+                                .fold(f64::NEG_INFINITY, f64::max);
                             acc = Some(acc.map_or(v, |a: f64| a.max(v)));
                         } else {
                             sum += (0..4).map(|q| wt[q] * plane[pos[q]]).sum::<f64>();
                         }
                     }
-                    out[((r * c + ch) * oh + ph) * ow + pw] = if is_max { acc.unwrap_or(0.0) } else { sum / count };
+                    out[((r * c + ch) * oh + ph) * ow + pw] = if is_max {
+                        acc.unwrap_or(0.0)
+                    } else {
+                        sum / count
+                    };
                 }
             }
         }
@@ -119,12 +147,26 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 fn nms(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let boxes = tensor(inputs, 0)?;
     let scores = tensor(inputs, 1)?;
-    let max_out = opt_tensor(inputs, 2)?.and_then(|t| t.to_i64().first().copied()).unwrap_or(0).max(0) as usize;
-    let iou_th = opt_tensor(inputs, 3)?.and_then(|t| t.to_f64().first().copied()).unwrap_or(0.0);
+    let max_out = opt_tensor(inputs, 2)?
+        .and_then(|t| t.to_i64().first().copied())
+        .unwrap_or(0)
+        .max(0) as usize;
+    let iou_th = opt_tensor(inputs, 3)?
+        .and_then(|t| t.to_f64().first().copied())
+        .unwrap_or(0.0);
     let score_th = opt_tensor(inputs, 4)?.and_then(|t| t.to_f64().first().copied());
     let center = cx.attr_int("center_point_box", 0) != 0;
-    if boxes.rank() != 3 || boxes.shape[2] != 4 || scores.rank() != 3 || scores.shape[0] != boxes.shape[0] || scores.shape[2] != boxes.shape[1] {
-        bail!("NonMaxSuppression shapes do not fit: boxes {:?}, scores {:?}", boxes.shape, scores.shape);
+    if boxes.rank() != 3
+        || boxes.shape[2] != 4
+        || scores.rank() != 3
+        || scores.shape[0] != boxes.shape[0]
+        || scores.shape[2] != boxes.shape[1]
+    {
+        bail!(
+            "NonMaxSuppression shapes do not fit: boxes {:?}, scores {:?}",
+            boxes.shape,
+            scores.shape
+        );
     }
     let (nb, nbox, ncls) = (boxes.shape[0], boxes.shape[1], scores.shape[1]);
     let bv = boxes.to_f64();
@@ -158,7 +200,9 @@ fn nms(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     for b in 0..nb {
         for cl in 0..ncls {
             let s = &sv[(b * ncls + cl) * nbox..][..nbox];
-            let mut cand: Vec<usize> = (0..nbox).filter(|&i| score_th.is_none_or(|t| s[i] > t)).collect();
+            let mut cand: Vec<usize> = (0..nbox)
+                .filter(|&i| score_th.is_none_or(|t| s[i] > t))
+                .collect();
             cand.sort_by(|&i, &j| s[j].total_cmp(&s[i]).then(i.cmp(&j)));
             let mut sel: Vec<usize> = Vec::new();
             for i in cand {
