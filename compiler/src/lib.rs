@@ -17,6 +17,7 @@ pub mod dump;
 pub mod infer;
 pub mod load;
 pub mod onnx;
+pub mod passes;
 pub mod testdata;
 
 pub use load::{load_model, LoadError};

@@ -1,0 +1,184 @@
+//! The pass manager. A pass is a named function from module to
+//! changed/unchanged (XLA's HLO pass shape), one pass per file; pipelines
+//! are lists of passes and fixed-point groups, built per optimization level.
+//!
+//! - `-O0`: nothing (the imported module).
+//! - `-O1`: cleanup to a fixed point: constant folding, simplification,
+//!   CSE, DCE.
+//! - `-O2` (default): cleanup, then fusion, then cleanup again.
+//!
+//! Memory planning is an analysis of the final module, not a rewrite; it
+//! lives in [`memory_plan`] and is run by whoever lowers the module.
+
+pub mod constant_fold;
+pub mod cse;
+pub mod dce;
+pub mod fuse;
+pub mod memory_plan;
+pub mod simplify;
+
+use std::time::{Duration, Instant};
+
+use kiln_ir::Module;
+
+/// What a pass does: rewrite the module, say whether anything changed.
+pub type PassFn = fn(&mut Module) -> Result<bool, String>;
+
+/// A named pass.
+#[derive(Clone, Copy)]
+pub struct Pass {
+    pub name: &'static str,
+    pub run: PassFn,
+    /// One line on what it does (for `--help` texts and docs).
+    pub summary: &'static str,
+}
+
+/// Every pass, by name.
+pub const PASSES: &[Pass] = &[
+    Pass { name: "constant-fold", run: constant_fold::run, summary: "evaluate ops whose operands are all constants (size-capped)" },
+    Pass { name: "simplify", run: simplify::run, summary: "algebraic identities, chain folding, BatchNorm folding, pattern recognition" },
+    Pass { name: "cse", run: cse::run, summary: "merge identical nodes (regions included)" },
+    Pass { name: "dce", run: dce::run, summary: "remove nodes and constants nothing uses" },
+    Pass { name: "fuse", run: fuse::run, summary: "group elementwise chains, reductions and epilogues into fusion regions" },
+];
+
+pub fn pass(name: &str) -> Option<&'static Pass> {
+    PASSES.iter().find(|p| p.name == name)
+}
+
+/// A step of a pipeline.
+#[derive(Clone)]
+pub enum Step {
+    Run(&'static Pass),
+    /// Run the steps again until none changes anything (at most `max` rounds).
+    FixedPoint { steps: Vec<Step>, max: usize },
+}
+
+fn p(name: &str) -> Step {
+    // Names here are the constants above; a typo is a programming error
+    // caught by the pipeline test.
+    Step::Run(pass(name).unwrap_or(&PASSES[0]))
+}
+
+/// The pipeline of an optimization level (0, 1 or 2; above 2 is 2).
+pub fn pipeline(level: u8) -> Vec<Step> {
+    let cleanup = Step::FixedPoint { steps: vec![p("constant-fold"), p("simplify"), p("cse"), p("dce")], max: 8 };
+    match level {
+        0 => vec![],
+        1 => vec![cleanup],
+        _ => vec![cleanup.clone(), p("fuse"), cleanup],
+    }
+}
+
+/// One pass execution, as observers see it.
+pub struct PassEvent<'a> {
+    /// 1-based position of this execution in the run.
+    pub index: usize,
+    pub name: &'static str,
+    pub changed: bool,
+    pub elapsed: Duration,
+    pub module: &'a Module,
+}
+
+/// How to run a pipeline.
+pub struct RunOptions<'a> {
+    /// Verify the module after every pass (always on in debug builds).
+    pub verify_each: bool,
+    /// Called after every pass execution.
+    pub observer: Option<&'a mut dyn FnMut(&PassEvent)>,
+}
+
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        RunOptions { verify_each: cfg!(debug_assertions), observer: None }
+    }
+}
+
+/// A pass failed, or left the module invalid.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("pass `{pass}`: {message}")]
+pub struct PassError {
+    pub pass: &'static str,
+    pub message: String,
+}
+
+/// Run `steps` on `m`; returns whether anything changed.
+pub fn run_pipeline(m: &mut Module, steps: &[Step], opts: &mut RunOptions) -> Result<bool, PassError> {
+    let mut index = 0;
+    run_steps(m, steps, opts, &mut index)
+}
+
+fn run_steps(m: &mut Module, steps: &[Step], opts: &mut RunOptions, index: &mut usize) -> Result<bool, PassError> {
+    let mut any = false;
+    for s in steps {
+        match s {
+            Step::Run(pass) => any |= run_one(m, pass, opts, index)?,
+            Step::FixedPoint { steps, max } => {
+                for _ in 0..*max {
+                    if !run_steps(m, steps, opts, index)? {
+                        break;
+                    }
+                    any = true;
+                }
+            }
+        }
+    }
+    Ok(any)
+}
+
+fn run_one(m: &mut Module, pass: &'static Pass, opts: &mut RunOptions, index: &mut usize) -> Result<bool, PassError> {
+    let start = Instant::now();
+    let changed = (pass.run)(m).map_err(|message| PassError { pass: pass.name, message })?;
+    let elapsed = start.elapsed();
+    if opts.verify_each && changed {
+        kiln_ir::verify::verify(m).map_err(|e| PassError {
+            pass: pass.name,
+            message: format!("left the module invalid: {e}"),
+        })?;
+    }
+    *index += 1;
+    if let Some(obs) = opts.observer.as_mut() {
+        obs(&PassEvent { index: *index, name: pass.name, changed, elapsed, module: m });
+    }
+    Ok(changed)
+}
+
+/// Run one pass by name (tests, `kiln dump --passes`).
+pub fn run_named(m: &mut Module, name: &str) -> Result<bool, String> {
+    let pass = pass(name).ok_or_else(|| format!("unknown pass `{name}`; passes: {}", names().join(", ")))?;
+    let changed = (pass.run)(m)?;
+    kiln_ir::verify::verify(m).map_err(|e| format!("pass `{name}` left the module invalid: {e}"))?;
+    Ok(changed)
+}
+
+pub fn names() -> Vec<&'static str> {
+    PASSES.iter().map(|p| p.name).collect()
+}
+
+/// Optimize at a level with default options.
+pub fn optimize(m: &mut Module, level: u8) -> Result<bool, PassError> {
+    run_pipeline(m, &pipeline(level), &mut RunOptions::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipelines_name_real_passes() {
+        fn check(steps: &[Step]) {
+            for s in steps {
+                match s {
+                    Step::Run(p) => assert!(pass(p.name).is_some()),
+                    Step::FixedPoint { steps, .. } => check(steps),
+                }
+            }
+        }
+        for level in 0..=2 {
+            check(&pipeline(level));
+        }
+        for name in ["constant-fold", "simplify", "cse", "dce", "fuse"] {
+            assert!(pass(name).is_some(), "{name}");
+        }
+    }
+}
