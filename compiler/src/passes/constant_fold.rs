@@ -1,8 +1,318 @@
-//! Pass `constant-fold` (being written).
+//! Pass `constant-fold`: replace nodes whose results are known before the
+//! model runs by constants.
+//!
+//! Why: exported models are full of work that does not depend on the
+//! inputs — shape arithmetic (`Shape` → `Gather` → `Unsqueeze` → `Concat` →
+//! `Reshape`), reshapes and casts of weights, `Constant`-only subgraphs.
+//! Folding them removes nodes, exposes constant operands to `simplify` and
+//! fusion, and lets `dce` drop what fed them.
+//!
+//! A folded node disappears; its result values keep their ids and names and
+//! become constants of the node's region (`Module::set_constant`), with the
+//! type set to the constant's exact static type.
+//!
+//! What folds (the [`RULES`] table, tried in order, one small function
+//! each):
+//! - `Shape` / `Size` of a value whose (selected) dims are statically known,
+//!   even though the value itself is not a constant;
+//! - reshape-like ops of a constant (`Identity`, `Reshape`, `Squeeze`,
+//!   `Unsqueeze`, `Flatten`): the new constant shares the operand's bytes;
+//! - any other node whose operands are all constants, evaluated by the
+//!   reference interpreter on a one-node module (the interpreter is the
+//!   oracle, so folding cannot disagree with it).
+//!
+//! What never folds: random ops (their value is not a constant), nodes with
+//! regions, nodes with sequence/optional/map results, constants whose data
+//! was elided, and results that would bloat the model: no folded constant
+//! is larger than [`MAX_BYTES`], and results larger than [`GROWTH`] times
+//! their constant operands (`Expand`, `Tile`, `ConstantOfShape`, broadcasts)
+//! only fold while they stay under [`SMALL_BYTES`]. A graph output folds
+//! only if its declared type is already the constant's exact type (graph
+//! output types never change).
 
-use kiln_ir::Module;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use kiln_ir::{Module, Node, Payload, Region, TensorData, TensorType, Type, ValueId};
+use kiln_runtime::{Interpreter, Value};
+
+/// No folded constant is larger than this.
+pub const MAX_BYTES: u64 = 1 << 20;
+/// Results may be at most this many times the bytes of the constant
+/// operands ...
+pub const GROWTH: u64 = 4;
+/// ... unless they are this small anyway.
+pub const SMALL_BYTES: u64 = 4096;
+
+/// A folding rule: the data of every result of `node`, or `None` when the
+/// rule does not apply.
+type Rule = fn(&Module, &Node) -> Option<Vec<TensorData>>;
+
+/// The rules, tried in order; the first that applies wins.
+const RULES: &[(&str, Rule)] = &[
+    ("shape-of-static", shape_of_static),
+    ("size-of-static", size_of_static),
+    ("reshape-of-constant", reshape_of_constant),
+    ("evaluate", evaluate),
+];
 
 pub fn run(m: &mut Module) -> Result<bool, String> {
-    let _ = m;
-    Ok(false)
+    let mut body = std::mem::take(&mut m.body);
+    let graph_outputs: HashSet<ValueId> = body.outputs.iter().copied().collect();
+    let changed = fold_region(m, &mut body, &graph_outputs);
+    m.body = body;
+    Ok(changed)
+}
+
+// ---------------------------------------------------------------------------
+// Machinery
+
+fn fold_region(m: &mut Module, r: &mut Region, graph_outputs: &HashSet<ValueId>) -> bool {
+    let mut changed = false;
+    let nodes = std::mem::take(&mut r.nodes);
+    let mut kept = Vec::with_capacity(nodes.len());
+    for mut node in nodes {
+        for sub in node.regions_mut() {
+            changed |= fold_region(m, sub, graph_outputs);
+        }
+        match fold_node(m, &node, graph_outputs) {
+            Some(results) => {
+                for (&o, (ty, data)) in node.outputs.iter().zip(results) {
+                    m.set_ty(o, ty);
+                    m.set_constant(o, Some(Arc::new(data)));
+                    r.constants.push(o);
+                }
+                changed = true;
+            }
+            None => kept.push(node),
+        }
+    }
+    r.nodes = kept;
+    changed
+}
+
+/// The new type and data of every result, when the node folds.
+fn fold_node(m: &Module, node: &Node, graph_outputs: &HashSet<ValueId>) -> Option<Vec<(Type, TensorData)>> {
+    if never_folds(m, node) {
+        return None;
+    }
+    let datas = RULES.iter().find_map(|(_, rule)| rule(m, node))?;
+    if datas.len() != node.outputs.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(datas.len());
+    for (&o, d) in node.outputs.iter().zip(datas) {
+        let old = m.ty(o).as_tensor()?;
+        if old.elem != d.elem || d.is_elided() {
+            return None;
+        }
+        let ty = Type::Tensor(TensorType {
+            quant: old.quant.clone(),
+            ..TensorType::known(d.elem, &d.shape)
+        });
+        if !kiln_ir::types::types_compatible(m.ty(o), &ty) {
+            return None;
+        }
+        if graph_outputs.contains(&o) && *m.ty(o) != ty {
+            return None;
+        }
+        out.push((ty, d));
+    }
+    Some(out)
+}
+
+/// Ops whose results are not constants even with constant operands, and
+/// nodes this pass leaves alone.
+fn never_folds(m: &Module, node: &Node) -> bool {
+    is_random(m, node)
+        || node.regions().next().is_some()
+        || node.outputs.is_empty()
+        || node.outputs.iter().any(|&o| !matches!(m.ty(o), Type::Tensor(_)))
+}
+
+/// Random ops, and `Dropout` unless it is known to be in inference mode.
+/// Shared with `cse` and `dce`.
+pub(crate) fn is_random(m: &Module, node: &Node) -> bool {
+    match node.op.as_str() {
+        "RandomNormal" | "RandomNormalLike" | "RandomUniform" | "RandomUniformLike" | "Bernoulli"
+        | "Multinomial" => true,
+        "Dropout" => match node.input(2) {
+            None => false,
+            Some(t) => match m.constant(t).and_then(|d| d.to_i64_vec()) {
+                Some(v) => v.iter().any(|&x| x != 0),
+                None => true,
+            },
+        },
+        _ => false,
+    }
+}
+
+/// The constant data of every present operand, or `None` if one is not a
+/// constant (or its data was elided).
+fn constant_operands<'a>(m: &'a Module, node: &Node) -> Option<Vec<&'a Arc<TensorData>>> {
+    node.inputs
+        .iter()
+        .flatten()
+        .map(|&v| m.constant(v).filter(|d| !d.is_elided()))
+        .collect()
+}
+
+/// The static shape of result `i`: from its declared type, else inferred.
+fn static_result_shapes(m: &Module, node: &Node) -> Option<Vec<Vec<u64>>> {
+    let declared: Option<Vec<Vec<u64>>> = node
+        .outputs
+        .iter()
+        .map(|&o| m.ty(o).as_tensor()?.static_shape())
+        .collect();
+    if declared.is_some() {
+        return declared;
+    }
+    let inferred = kiln_ir::ops::infer_node(m, node).ok()?;
+    inferred
+        .iter()
+        .take(node.outputs.len())
+        .map(|t| t.as_tensor()?.static_shape())
+        .collect::<Option<Vec<_>>>()
+        .filter(|v| v.len() == node.outputs.len())
+}
+
+/// May results of `out` bytes be made from constant operands of `inp`
+/// bytes?
+fn size_ok(out: u64, inp: u64) -> bool {
+    out <= MAX_BYTES && (out <= SMALL_BYTES || out <= inp.saturating_mul(GROWTH))
+}
+
+fn elem_bytes(ty: &Type, numel: u64) -> Option<u64> {
+    let t = ty.as_tensor()?;
+    match t.elem {
+        kiln_ir::ElemType::String => None,
+        e => e.storage_bytes(numel),
+    }
+}
+
+/// Ops whose result shape depends on operand values inference may not
+/// know; they are evaluated even without a static result shape, as their
+/// results are bounded by their operands.
+const DATA_DEPENDENT: &[&str] = &["NonZero", "Unique", "Compress", "TopK", "StringSplit", "RegexFullMatch", "StringConcat"];
+
+// ---------------------------------------------------------------------------
+// Rules
+
+/// `Shape(x)` where the selected dims of `x` are static.
+fn shape_of_static(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+    if node.op != "Shape" {
+        return None;
+    }
+    let dims = m.ty(node.input(0)?).as_tensor()?.shape.as_ref()?;
+    let r = dims.len() as i64;
+    let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) };
+    let start = clamp(node.attr("start").and_then(|a| a.as_int()).unwrap_or(0)) as usize;
+    let end = clamp(node.attr("end").and_then(|a| a.as_int()).unwrap_or(r)) as usize;
+    let sel = dims.get(start..end.max(start))?;
+    let vals: Vec<i64> = sel
+        .iter()
+        .map(|d| d.as_known().and_then(|k| i64::try_from(k).ok()))
+        .collect::<Option<_>>()?;
+    Some(vec![TensorData::from_i64(vec![vals.len() as u64], &vals).ok()?])
+}
+
+/// `Size(x)` where every dim of `x` is static.
+fn size_of_static(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+    if node.op != "Size" {
+        return None;
+    }
+    let n = m.ty(node.input(0)?).as_tensor()?.num_elements()?;
+    Some(vec![TensorData::from_i64(vec![], &[i64::try_from(n).ok()?]).ok()?])
+}
+
+/// Reshape-like ops of a constant: same bytes, new (inferred) shape; the
+/// payload is shared, not copied, so no size cap applies.
+fn reshape_of_constant(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+    if !matches!(node.op.as_str(), "Identity" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten") {
+        return None;
+    }
+    let ops = constant_operands(m, node)?;
+    let data = ops.first()?;
+    let shape = static_result_shapes(m, node)?.into_iter().next()?;
+    if kiln_ir::tensor::shape_numel(&shape)? != data.numel() {
+        return None;
+    }
+    Some(vec![TensorData {
+        elem: data.elem,
+        shape,
+        payload: data.payload.clone(),
+    }])
+}
+
+/// Any node whose operands are all constants: run it on the interpreter.
+fn evaluate(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+    let ops = constant_operands(m, node)?;
+    let in_bytes: u64 = ops.iter().map(|d| d.byte_size()).sum();
+    if in_bytes > 16 * MAX_BYTES {
+        return None;
+    }
+    // Refuse before computing when the result size is known to be too big;
+    // without a static shape, only ops bounded by their operands run.
+    match static_result_shapes(m, node) {
+        Some(shapes) => {
+            let mut out = 0u64;
+            for (&o, s) in node.outputs.iter().zip(&shapes) {
+                let n = kiln_ir::tensor::shape_numel(s)?;
+                out = out.saturating_add(elem_bytes(m.ty(o), n).unwrap_or(0));
+            }
+            if !size_ok(out, in_bytes) {
+                return None;
+            }
+        }
+        None if DATA_DEPENDENT.contains(&node.op.as_str()) => {}
+        None => return None,
+    }
+    let results = run_one_node(m, node)?;
+    let out: u64 = results.iter().map(|d| d.byte_size()).sum();
+    if !size_ok(out, in_bytes) {
+        return None;
+    }
+    Some(results)
+}
+
+/// Run `node` alone: a module whose constants are its operands and whose
+/// outputs are its results (declared types kept, so the interpreter checks
+/// the kernel's results against them). Kernel errors and panics mean "do
+/// not fold": the node stays and fails at run time as it would have.
+fn run_one_node(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+    let mut t = Module::new("constant-fold");
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    for &v in node.inputs.iter().flatten() {
+        if map.contains_key(&v) {
+            continue;
+        }
+        let id = t.add_value(m.name(v), m.ty(v).clone()).ok()?;
+        t.set_constant(id, m.constant(v).cloned());
+        t.body.constants.push(id);
+        map.insert(v, id);
+    }
+    let mut n = node.clone();
+    n.inputs = node.inputs.iter().map(|v| v.and_then(|v| map.get(&v).copied())).collect();
+    n.outputs = node
+        .outputs
+        .iter()
+        .map(|&o| t.add_value(m.name(o), m.ty(o).clone()).ok())
+        .collect::<Option<_>>()?;
+    t.body.outputs = n.outputs.clone();
+    t.body.nodes.push(n);
+    let values = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Interpreter::new(&t).run(&HashMap::new())
+    }))
+    .ok()?
+    .ok()?;
+    values
+        .iter()
+        .map(|v| match v {
+            Value::Tensor(t) => {
+                let d = t.to_data();
+                matches!(d.payload, Payload::Bytes(_) | Payload::Strings(_)).then_some(d)
+            }
+            _ => None,
+        })
+        .collect()
 }

@@ -1,0 +1,92 @@
+#![allow(dead_code)]
+//! Shared by the `pass_constant_fold`, `pass_dce` and `pass_cse` tests:
+//! run one pass on every `.kir` file of `tests/passes/<pass>/`, check the
+//! result verifies and computes what the input computed, and give back the
+//! before/after text for the caller to snapshot.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use kiln_compiler::conformance::{compare, Tolerance};
+use kiln_ir::text::{print_module, PrintOptions};
+use kiln_ir::{Dim, ElemType, Module, Type};
+use kiln_runtime::{Data, Interpreter, Tensor, Value};
+
+/// The `.kir` files of a pass, sorted.
+pub fn cases(pass: &str) -> Vec<PathBuf> {
+    let dir = kiln_tests::repo_root().join("tests/passes").join(pass);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "kir"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no cases in {}", dir.display());
+    v
+}
+
+/// Parse, verify, run the pass, verify; check outputs agree on seeded
+/// random inputs; the snapshot text `<input>\n--- after <pass> ---\n<output>`.
+pub fn run_case(pass: &str, path: &PathBuf) -> String {
+    let src = std::fs::read_to_string(path).unwrap();
+    let name = path.display().to_string();
+    let before = kiln_ir::parse_module(&src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    kiln_ir::verify::verify(&before).unwrap_or_else(|e| panic!("{name}: input does not verify: {e}"));
+    let mut after = before.clone();
+    kiln_compiler::passes::run_named(&mut after, pass).unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_same_results(&before, &after, &name);
+    let opts = PrintOptions::default();
+    format!("{}\n--- after {pass} ---\n{}", print_module(&before, &opts), print_module(&after, &opts))
+}
+
+/// The interpreter gives the same outputs (rtol 1e-3, atol 1e-6) for both
+/// modules on three seeded random input sets.
+pub fn check_same_results(before: &Module, after: &Module, what: &str) {
+    let ib = Interpreter::new(before);
+    let ia = Interpreter::new(after);
+    for seed in 1..=3u64 {
+        let inputs = random_inputs(before, seed);
+        let want = ib.run(&inputs).unwrap_or_else(|e| panic!("{what}: before: {e}"));
+        let got = ia.run(&inputs).unwrap_or_else(|e| panic!("{what}: after: {e}"));
+        assert_eq!(want.len(), got.len(), "{what}: output count");
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            compare(g, w, Tolerance { rtol: 1e-3, atol: 1e-6 })
+                .unwrap_or_else(|e| panic!("{what}: output {k}: {e}"));
+        }
+    }
+}
+
+/// Inputs from the declared shapes (symbolic and unknown dims are 3): f32
+/// in [-2, 2), integers in [0, 3), bools alternating.
+pub fn random_inputs(m: &Module, seed: u64) -> HashMap<String, Value> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = HashMap::new();
+    for &i in &m.body.inputs {
+        let Type::Tensor(t) = m.ty(i) else { panic!("only tensor inputs") };
+        let shape: Vec<usize> = t
+            .shape
+            .as_ref()
+            .expect("ranked input")
+            .iter()
+            .map(|d| match d {
+                Dim::Known(k) => *k as usize,
+                _ => 3,
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        let data = match t.elem {
+            ElemType::F32 => Data::F32((0..n).map(|_| (next() % 4000) as f32 / 1000.0 - 2.0).collect()),
+            ElemType::I64 => Data::I64((0..n).map(|_| (next() % 3) as i64).collect()),
+            ElemType::Bool => Data::Bool((0..n).map(|_| next() % 2 == 0).collect()),
+            e => panic!("no random inputs of {e}"),
+        };
+        out.insert(m.name(i).to_string(), Value::tensor(Tensor::new(shape, data).unwrap()));
+    }
+    out
+}
