@@ -16,7 +16,12 @@ const PASSES: &[&str] = &["constant-fold", "cse", "dce"];
 
 fn count_consts(m: &Module) -> usize {
     fn go(r: &kiln_ir::Region) -> usize {
-        r.constants.len() + r.nodes.iter().flat_map(|n| n.regions()).map(|(_, s)| go(s)).sum::<usize>()
+        r.constants.len()
+            + r.nodes
+                .iter()
+                .flat_map(|n| n.regions())
+                .map(|(_, s)| go(s))
+                .sum::<usize>()
     }
     go(&m.body)
 }
@@ -29,7 +34,12 @@ fn optimize(m: &mut Module) -> Result<Vec<String>, String> {
         for p in PASSES {
             let t = std::time::Instant::now();
             let changed = run_named(m, p)?;
-            log.push(format!("{p}:{}{}({:.0}ms)", m.body.node_count(), if changed { "*" } else { "" }, t.elapsed().as_secs_f64() * 1e3));
+            log.push(format!(
+                "{p}:{}{}({:.0}ms)",
+                m.body.node_count(),
+                if changed { "*" } else { "" },
+                t.elapsed().as_secs_f64() * 1e3
+            ));
             any |= changed;
         }
         if !any {
@@ -44,7 +54,12 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter_map(|p| {
-                    let n = p.file_stem()?.to_str()?.strip_prefix(prefix)?.parse().ok()?;
+                    let n = p
+                        .file_stem()?
+                        .to_str()?
+                        .strip_prefix(prefix)?
+                        .parse()
+                        .ok()?;
                     Some((n, p))
                 })
                 .collect()
@@ -56,7 +71,8 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
 
 /// Load, optimize, and run every test_data_set against its expected outputs.
 fn run_optimized(dir: &Path, tol: Tolerance) -> Result<(usize, usize), String> {
-    let mut m = kiln_compiler::load_model(&dir.join("model.onnx")).map_err(|e| format!("load: {e}"))?;
+    let mut m =
+        kiln_compiler::load_model(&dir.join("model.onnx")).map_err(|e| format!("load: {e}"))?;
     let before = m.body.node_count();
     optimize(&mut m)?;
     let after = m.body.node_count();
@@ -64,7 +80,12 @@ fn run_optimized(dir: &Path, tol: Tolerance) -> Result<(usize, usize), String> {
     let mut sets: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("test_data_set_")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("test_data_set_"))
+        })
         .collect();
     sets.sort();
     for s in sets {
@@ -73,7 +94,11 @@ fn run_optimized(dir: &Path, tol: Tolerance) -> Result<(usize, usize), String> {
             inputs.insert(m.name(i).to_string(), read_value(f, m.ty(i))?);
         }
         let got = interp.run(&inputs).map_err(|e| e.to_string())?;
-        for (k, (f, &o)) in numbered(&s, "output_").iter().zip(&m.body.outputs).enumerate() {
+        for (k, (f, &o)) in numbered(&s, "output_")
+            .iter()
+            .zip(&m.body.outputs)
+            .enumerate()
+        {
             let want = read_value(f, m.ty(o))?;
             compare(&got[k], &want, tol).map_err(|e| format!("output {k}: {e}"))?;
         }
@@ -99,7 +124,13 @@ fn shared_models_before_after() {
             el.as_secs_f64() * 1e3,
             log.join(" ")
         );
-        let r = run_optimized(&dir, Tolerance { rtol: 1e-3, atol: 1e-5 });
+        let r = run_optimized(
+            &dir,
+            Tolerance {
+                rtol: 1e-3,
+                atol: 1e-5,
+            },
+        );
         eprintln!("  expected outputs: {:?}", r.map(|_| "match"));
     }
 }
@@ -107,11 +138,16 @@ fn shared_models_before_after() {
 #[test]
 #[ignore]
 fn node_suite_with_passes() {
-    let list = std::fs::read_to_string(repo_root().join("tests/conformance/interp-passing.txt")).unwrap();
+    let list =
+        std::fs::read_to_string(repo_root().join("tests/conformance/interp-passing.txt")).unwrap();
     let dir = node_suite_dir();
     let mut fails = vec![];
     let (mut changed, mut total) = (0, 0);
-    for name in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for name in list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let r = std::panic::catch_unwind(|| run_optimized(&dir.join(name), Tolerance::default()))
             .unwrap_or_else(|_| Err("panicked".into()));
         total += 1;
@@ -120,6 +156,20 @@ fn node_suite_with_passes() {
             Err(e) => fails.push(format!("{name}: {e}")),
         }
     }
-    eprintln!("{total} tests, {changed} changed node count, {} failures", fails.len());
+    // Every model of the suite (passing or not) optimizes to a valid module.
+    for dir in kiln_tests::node_tests() {
+        let Ok(mut m) = kiln_compiler::load_model(&dir.join("model.onnx")) else {
+            continue;
+        };
+        let r = std::panic::catch_unwind(move || optimize(&mut m).map(|_| ()))
+            .unwrap_or_else(|_| Err("panicked".into()));
+        if let Err(e) = r {
+            fails.push(format!("{}: {e}", dir.display()));
+        }
+    }
+    eprintln!(
+        "{total} tests, {changed} changed node count, {} failures",
+        fails.len()
+    );
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }

@@ -9,7 +9,11 @@ mod pass_clean_util;
 fn cases() {
     for path in pass_clean_util::cases("cse") {
         let text = pass_clean_util::run_case("cse", &path);
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("case").to_string();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("case")
+            .to_string();
         insta::assert_snapshot!(name, text);
     }
 }

@@ -92,7 +92,11 @@ fn fold_region(m: &mut Module, r: &mut Region, graph_outputs: &HashSet<ValueId>)
 }
 
 /// The new type and data of every result, when the node folds.
-fn fold_node(m: &Module, node: &Node, graph_outputs: &HashSet<ValueId>) -> Option<Vec<(Type, TensorData)>> {
+fn fold_node(
+    m: &Module,
+    node: &Node,
+    graph_outputs: &HashSet<ValueId>,
+) -> Option<Vec<(Type, TensorData)>> {
     if never_folds(m, node) {
         return None;
     }
@@ -127,15 +131,18 @@ fn never_folds(m: &Module, node: &Node) -> bool {
     is_random(m, node)
         || node.regions().next().is_some()
         || node.outputs.is_empty()
-        || node.outputs.iter().any(|&o| !matches!(m.ty(o), Type::Tensor(_)))
+        || node
+            .outputs
+            .iter()
+            .any(|&o| !matches!(m.ty(o), Type::Tensor(_)))
 }
 
 /// Random ops, and `Dropout` unless it is known to be in inference mode.
 /// Shared with `cse` and `dce`.
 pub(crate) fn is_random(m: &Module, node: &Node) -> bool {
     match node.op.as_str() {
-        "RandomNormal" | "RandomNormalLike" | "RandomUniform" | "RandomUniformLike" | "Bernoulli"
-        | "Multinomial" => true,
+        "RandomNormal" | "RandomNormalLike" | "RandomUniform" | "RandomUniformLike"
+        | "Bernoulli" | "Multinomial" => true,
         "Dropout" => match node.input(2) {
             None => false,
             Some(t) => match m.constant(t).and_then(|d| d.to_i64_vec()) {
@@ -193,7 +200,15 @@ fn elem_bytes(ty: &Type, numel: u64) -> Option<u64> {
 /// Ops whose result shape depends on operand values inference may not
 /// know; they are evaluated even without a static result shape, as their
 /// results are bounded by their operands.
-const DATA_DEPENDENT: &[&str] = &["NonZero", "Unique", "Compress", "TopK", "StringSplit", "RegexFullMatch", "StringConcat"];
+const DATA_DEPENDENT: &[&str] = &[
+    "NonZero",
+    "Unique",
+    "Compress",
+    "TopK",
+    "StringSplit",
+    "RegexFullMatch",
+    "StringConcat",
+];
 
 // ---------------------------------------------------------------------------
 // Rules
@@ -213,7 +228,9 @@ fn shape_of_static(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
         .iter()
         .map(|d| d.as_known().and_then(|k| i64::try_from(k).ok()))
         .collect::<Option<_>>()?;
-    Some(vec![TensorData::from_i64(vec![vals.len() as u64], &vals).ok()?])
+    Some(vec![
+        TensorData::from_i64(vec![vals.len() as u64], &vals).ok()?
+    ])
 }
 
 /// `Size(x)` where every dim of `x` is static.
@@ -222,13 +239,20 @@ fn size_of_static(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
         return None;
     }
     let n = m.ty(node.input(0)?).as_tensor()?.num_elements()?;
-    Some(vec![TensorData::from_i64(vec![], &[i64::try_from(n).ok()?]).ok()?])
+    Some(vec![TensorData::from_i64(
+        vec![],
+        &[i64::try_from(n).ok()?],
+    )
+    .ok()?])
 }
 
 /// Reshape-like ops of a constant: same bytes, new (inferred) shape; the
 /// payload is shared, not copied, so no size cap applies.
 fn reshape_of_constant(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
-    if !matches!(node.op.as_str(), "Identity" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten") {
+    if !matches!(
+        node.op.as_str(),
+        "Identity" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
+    ) {
         return None;
     }
     let ops = constant_operands(m, node)?;
@@ -292,7 +316,11 @@ fn run_one_node(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
         map.insert(v, id);
     }
     let mut n = node.clone();
-    n.inputs = node.inputs.iter().map(|v| v.and_then(|v| map.get(&v).copied())).collect();
+    n.inputs = node
+        .inputs
+        .iter()
+        .map(|v| v.and_then(|v| map.get(&v).copied()))
+        .collect();
     n.outputs = node
         .outputs
         .iter()

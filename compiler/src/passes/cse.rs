@@ -29,7 +29,9 @@ use kiln_ir::{Module, Node, Payload, Region, ValueId};
 use super::constant_fold::is_random;
 
 /// When may a node take part in CSE at all? (The rules, each one small.)
-const NEVER_MERGE: &[(&str, fn(&Module, &Node) -> bool)] = &[
+type Guard = fn(&Module, &Node) -> bool;
+
+const NEVER_MERGE: &[(&str, Guard)] = &[
     ("random", is_random),
     ("has-regions", |_, n| n.regions().next().is_some()),
     ("no-results", |_, n| n.outputs.is_empty()),
@@ -127,7 +129,10 @@ impl Cse {
                     changed = true;
                 }
                 _ => {
-                    self.nodes.entry(key.clone()).or_default().push(node.clone());
+                    self.nodes
+                        .entry(key.clone())
+                        .or_default()
+                        .push(node.clone());
                     added_nodes.push(key);
                     kept.push(node);
                 }
@@ -179,5 +184,8 @@ fn same_node(m: &Module, a: &Node, b: &Node) -> bool {
         && a.inputs == b.inputs
         && a.outputs.len() == b.outputs.len()
         && a.attrs == b.attrs
-        && a.outputs.iter().zip(&b.outputs).all(|(&x, &y)| m.ty(x) == m.ty(y))
+        && a.outputs
+            .iter()
+            .zip(&b.outputs)
+            .all(|(&x, &y)| m.ty(x) == m.ty(y))
 }

@@ -19,7 +19,9 @@ use kiln_ir::{Module, Node, Region, ValueId};
 
 /// The liveness rules: is this node kept although no result is used?
 /// (None in ONNX inference; the hook stays for ops that gain effects.)
-const KEEP_UNUSED: &[(&str, fn(&Node) -> bool)] = &[];
+type Keep = fn(&Node) -> bool;
+
+const KEEP_UNUSED: &[(&str, Keep)] = &[];
 
 pub fn run(m: &mut Module) -> Result<bool, String> {
     let mut body = std::mem::take(&mut m.body);

@@ -31,12 +31,17 @@ pub fn run_case(pass: &str, path: &PathBuf) -> String {
     let src = std::fs::read_to_string(path).unwrap();
     let name = path.display().to_string();
     let before = kiln_ir::parse_module(&src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
-    kiln_ir::verify::verify(&before).unwrap_or_else(|e| panic!("{name}: input does not verify: {e}"));
+    kiln_ir::verify::verify(&before)
+        .unwrap_or_else(|e| panic!("{name}: input does not verify: {e}"));
     let mut after = before.clone();
     kiln_compiler::passes::run_named(&mut after, pass).unwrap_or_else(|e| panic!("{name}: {e}"));
     check_same_results(&before, &after, &name);
     let opts = PrintOptions::default();
-    format!("{}\n--- after {pass} ---\n{}", print_module(&before, &opts), print_module(&after, &opts))
+    format!(
+        "{}\n--- after {pass} ---\n{}",
+        print_module(&before, &opts),
+        print_module(&after, &opts)
+    )
 }
 
 /// The interpreter gives the same outputs (rtol 1e-3, atol 1e-6) for both
@@ -46,12 +51,23 @@ pub fn check_same_results(before: &Module, after: &Module, what: &str) {
     let ia = Interpreter::new(after);
     for seed in 1..=3u64 {
         let inputs = random_inputs(before, seed);
-        let want = ib.run(&inputs).unwrap_or_else(|e| panic!("{what}: before: {e}"));
-        let got = ia.run(&inputs).unwrap_or_else(|e| panic!("{what}: after: {e}"));
+        let want = ib
+            .run(&inputs)
+            .unwrap_or_else(|e| panic!("{what}: before: {e}"));
+        let got = ia
+            .run(&inputs)
+            .unwrap_or_else(|e| panic!("{what}: after: {e}"));
         assert_eq!(want.len(), got.len(), "{what}: output count");
         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-            compare(g, w, Tolerance { rtol: 1e-3, atol: 1e-6 })
-                .unwrap_or_else(|e| panic!("{what}: output {k}: {e}"));
+            compare(
+                g,
+                w,
+                Tolerance {
+                    rtol: 1e-3,
+                    atol: 1e-6,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{what}: output {k}: {e}"));
         }
     }
 }
@@ -68,7 +84,9 @@ pub fn random_inputs(m: &Module, seed: u64) -> HashMap<String, Value> {
     };
     let mut out = HashMap::new();
     for &i in &m.body.inputs {
-        let Type::Tensor(t) = m.ty(i) else { panic!("only tensor inputs") };
+        let Type::Tensor(t) = m.ty(i) else {
+            panic!("only tensor inputs")
+        };
         let shape: Vec<usize> = t
             .shape
             .as_ref()
@@ -81,12 +99,19 @@ pub fn random_inputs(m: &Module, seed: u64) -> HashMap<String, Value> {
             .collect();
         let n: usize = shape.iter().product();
         let data = match t.elem {
-            ElemType::F32 => Data::F32((0..n).map(|_| (next() % 4000) as f32 / 1000.0 - 2.0).collect()),
+            ElemType::F32 => Data::F32(
+                (0..n)
+                    .map(|_| (next() % 4000) as f32 / 1000.0 - 2.0)
+                    .collect(),
+            ),
             ElemType::I64 => Data::I64((0..n).map(|_| (next() % 3) as i64).collect()),
             ElemType::Bool => Data::Bool((0..n).map(|_| next() % 2 == 0).collect()),
             e => panic!("no random inputs of {e}"),
         };
-        out.insert(m.name(i).to_string(), Value::tensor(Tensor::new(shape, data).unwrap()));
+        out.insert(
+            m.name(i).to_string(),
+            Value::tensor(Tensor::new(shape, data).unwrap()),
+        );
     }
     out
 }
