@@ -117,6 +117,29 @@ struct DumpArgs {
     /// Print every constant's values in full
     #[arg(long)]
     no_elide: bool,
+    /// Optimization level of the pipeline run before printing: 0 prints
+    /// the imported module, 1 cleans up (folding, simplification, CSE,
+    /// DCE), 2 also fuses
+    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    opt_level: u8,
+    /// Print the IR after every pass that changed it (to stdout, each
+    /// under a `# after N: PASS` header)
+    #[arg(long)]
+    print_after_all: bool,
+    /// Print the IR after these passes (comma-separated names) when they
+    /// change it
+    #[arg(long, value_name = "PASS[,PASS]", value_delimiter = ',')]
+    print_after: Vec<String>,
+    /// Write the IR before the pipeline and after every pass that changed
+    /// it as numbered files in DIR (`0003.after.fuse.kir`)
+    #[arg(long, value_name = "DIR")]
+    dump_dir: Option<PathBuf>,
+    /// Print a table of time per pass to stderr
+    #[arg(long)]
+    time_passes: bool,
+    /// Verify the module after every pass (always on in debug builds)
+    #[arg(long)]
+    verify: bool,
 }
 
 /// A failure to report: parse errors arrive already rendered (source line
@@ -140,13 +163,102 @@ impl From<kiln_compiler::LoadError> for Failure {
     }
 }
 
+/// Run the pipeline of `args.opt_level` with the observers the flags ask
+/// for: printing after passes, numbered dump files, timing.
+fn optimize_for_dump(
+    m: &mut kiln_ir::Module,
+    args: &DumpArgs,
+    popts: &kiln_ir::text::PrintOptions,
+) -> Result<(), Failure> {
+    use kiln_compiler::passes;
+    for name in &args.print_after {
+        if passes::pass(name).is_none() {
+            return Err(format!(
+                "--print-after: unknown pass `{name}`; passes: {}",
+                passes::names().join(", ")
+            )
+            .into());
+        }
+    }
+    if let Some(dir) = &args.dump_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join("0000.input.kir");
+        std::fs::write(&path, kiln_ir::text::print_module(m, popts))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let mut times: Vec<(&'static str, std::time::Duration, usize, usize)> = Vec::new();
+    let mut io_error = None;
+    let mut observer = |ev: &passes::PassEvent| {
+        match times.iter_mut().find(|t| t.0 == ev.name) {
+            Some(t) => {
+                t.1 += ev.elapsed;
+                t.2 += 1;
+                t.3 += ev.changed as usize;
+            }
+            None => times.push((ev.name, ev.elapsed, 1, ev.changed as usize)),
+        }
+        if !ev.changed {
+            return;
+        }
+        if args.print_after_all || args.print_after.iter().any(|p| p == ev.name) {
+            print!(
+                "# after {}: {}\n{}",
+                ev.index,
+                ev.name,
+                kiln_ir::text::print_module(ev.module, popts)
+            );
+        }
+        if let Some(dir) = &args.dump_dir {
+            let path = dir.join(format!("{:04}.after.{}.kir", ev.index, ev.name));
+            if let Err(e) = std::fs::write(&path, kiln_ir::text::print_module(ev.module, popts)) {
+                io_error.get_or_insert(format!("{}: {e}", path.display()));
+            }
+        }
+    };
+    let mut opts = passes::RunOptions {
+        verify_each: args.verify || cfg!(debug_assertions),
+        observer: Some(&mut observer),
+    };
+    passes::run_pipeline(m, &passes::pipeline(args.opt_level), &mut opts)
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = io_error {
+        return Err(e.into());
+    }
+    if args.time_passes {
+        let total: f64 = times.iter().map(|t| t.1.as_secs_f64()).sum();
+        eprintln!(
+            "{:<16} {:>10} {:>6} {:>8} {:>7}",
+            "pass", "ms", "runs", "changed", "share"
+        );
+        for (name, d, runs, changed) in &times {
+            let ms = d.as_secs_f64() * 1e3;
+            let share = if total > 0.0 {
+                100.0 * d.as_secs_f64() / total
+            } else {
+                0.0
+            };
+            eprintln!("{name:<16} {ms:>10.3} {runs:>6} {changed:>8} {share:>6.1}%");
+        }
+        eprintln!("{:<16} {:>10.3}", "total", total * 1e3);
+    }
+    Ok(())
+}
+
 fn dump(args: &DumpArgs) -> Result<(), Failure> {
-    let m = kiln_compiler::load::load_model(&args.model)?;
+    let mut m = kiln_compiler::load::load_model(&args.model)?;
     let threshold = if args.no_elide {
         None
     } else {
         Some(args.elide)
     };
+    let popts = kiln_ir::text::PrintOptions {
+        elide_threshold: threshold,
+    };
+    optimize_for_dump(&mut m, args, &popts)?;
+    if args.print_after_all || !args.print_after.is_empty() {
+        // The pass-by-pass text is the output.
+        return Ok(());
+    }
     let text = match args.format {
         DumpFormat::Text => kiln_ir::text::print_module(
             &m,
