@@ -25,6 +25,35 @@ enum Command {
     /// Run ONNX backend-test folders and compare with their expected
     /// outputs (ONNX's rule: |got - want| <= atol + rtol*|want|).
     Conformance(ConformanceArgs),
+    /// Find miscompiles: interpret the model after every optimization pass
+    /// on the same inputs and name the first pass after which an output
+    /// moves beyond tolerance.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The model: a .onnx file, a .kir file, or a folder with model.onnx
+    model: PathBuf,
+    /// A graph input: NAME=FILE (.pb or .npy). Without any, the folder's
+    /// test_data_set_0 is used, else seeded random inputs
+    #[arg(long = "input", value_name = "NAME=FILE")]
+    inputs: Vec<String>,
+    /// A symbolic dim's size for random inputs: NAME=VALUE (default 1)
+    #[arg(long = "dim", value_name = "NAME=VALUE")]
+    dims: Vec<String>,
+    /// Seed of the random inputs
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Optimization level whose pipeline is checked
+    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    opt_level: u8,
+    /// Relative tolerance
+    #[arg(long, default_value_t = 1e-3)]
+    rtol: f64,
+    /// Absolute tolerance
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -366,6 +395,63 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn check(args: &CheckArgs) -> Result<(), Failure> {
+    use kiln_compiler::check::{
+        check_pipeline, inputs_from_test_folder, random_inputs, CheckOutcome,
+    };
+    let mut m = kiln_compiler::load::load_model(&args.model)?;
+    let inputs = if !args.inputs.is_empty() {
+        let mut given = std::collections::HashMap::new();
+        for spec in &args.inputs {
+            let (name, file) = parse_input(spec)?;
+            let id = m
+                .body
+                .inputs
+                .iter()
+                .copied()
+                .find(|&i| m.name(i) == name)
+                .ok_or_else(|| format!("the model has no input `{name}`"))?;
+            given.insert(name, kiln_compiler::testdata::read_value(&file, m.ty(id))?);
+        }
+        given
+    } else if let Some(found) = inputs_from_test_folder(&m, &args.model)? {
+        found
+    } else {
+        let mut dims = std::collections::HashMap::new();
+        for d in &args.dims {
+            let (k, v) = d
+                .split_once('=')
+                .ok_or_else(|| format!("--dim `{d}`: expected NAME=VALUE"))?;
+            let v: u64 = v
+                .parse()
+                .map_err(|_| format!("--dim `{d}`: `{v}` is not a size"))?;
+            dims.insert(k.to_string(), v);
+        }
+        random_inputs(&m, &dims, args.seed)?
+    };
+    let tol = kiln_compiler::conformance::Tolerance {
+        rtol: args.rtol,
+        atol: args.atol,
+    };
+    let steps = kiln_compiler::passes::pipeline(args.opt_level);
+    match check_pipeline(&mut m, &steps, &inputs, tol)? {
+        CheckOutcome::Ok {
+            passes_run,
+            passes_changed,
+        } => {
+            println!("ok: {passes_run} pass runs ({passes_changed} changed the module), outputs within tolerance after each");
+            Ok(())
+        }
+        CheckOutcome::Miscompile {
+            index,
+            pass,
+            detail,
+        } => Err(Failure(format!(
+            "miscompile: after pass {index} `{pass}`, {detail}"
+        ))),
+    }
+}
+
 fn conformance(args: &ConformanceArgs) -> Result<(), Failure> {
     use kiln_compiler::conformance::{
         collect_tests, report_line, results_json, run_test_at, Outcome, Tolerance,
@@ -459,6 +545,7 @@ fn main() -> ExitCode {
         Command::Dump(a) => dump(a),
         Command::Run(a) => run(a),
         Command::Conformance(a) => conformance(a),
+        Command::Check(a) => check(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
