@@ -195,6 +195,7 @@ fn shared_models_simplify() {
     for dir in shared_models() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let mut m = kiln_compiler::load_model(&dir).expect("load");
+        let imported = m.body.node_count();
         fold_constant_of_shape(&mut m);
         let before = m.clone();
         let n0 = before.body.node_count();
@@ -214,7 +215,7 @@ fn shared_models_simplify() {
             })
             .collect();
         eprintln!(
-            "{name}: {n0} -> {} nodes ({})",
+            "{name}: {n0} -> {} nodes ({}); {imported} as imported",
             m.body.node_count(),
             delta.join(", ")
         );

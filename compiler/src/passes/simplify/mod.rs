@@ -252,34 +252,42 @@ fn simplify_region(m: &mut Module, r: &mut Region) -> Result<bool, String> {
     // Every applied rewrite removes a node or replaces one by a cheaper
     // form; the cap only guards against a rule pair that undoes itself.
     let mut budget = 16 * r.nodes.len() + 64;
-    'outer: while budget > 0 {
-        let (uses, def) = analyze(r);
-        let mut cx = Cx {
-            m: &mut *m,
-            r: &*r,
-            uses,
-            def,
-            new_consts: vec![],
+    while budget > 0 {
+        let Some((j, plan, consts)) = first_rewrite(m, r, start) else {
+            break;
         };
-        for j in start..r.nodes.len() {
-            for (_, rule) in RULES {
-                cx.new_consts.clear();
-                let Some(rw) = rule(&mut cx, j) else { continue };
-                let Some(plan) = check(&cx, j, rw) else {
-                    continue;
-                };
-                let consts = std::mem::take(&mut cx.new_consts);
-                let removed_before = apply(r, j, plan);
-                r.constants.extend(consts);
-                start = j - removed_before;
-                changed = true;
-                budget -= 1;
-                continue 'outer;
-            }
-        }
-        break;
+        let removed_before = apply(r, j, plan);
+        r.constants.extend(consts);
+        // Patterns are rooted at their last node, so a rewrite at `j` can
+        // only enable matches rooted at `j` or later.
+        start = j - removed_before;
+        changed = true;
+        budget -= 1;
     }
     Ok(changed)
+}
+
+/// The first applicable rewrite rooted at or after `start`: root index,
+/// checked plan and the constants it created.
+fn first_rewrite(m: &mut Module, r: &Region, start: usize) -> Option<(usize, Plan, Vec<ValueId>)> {
+    let (uses, def) = analyze(r);
+    let mut cx = Cx {
+        m,
+        r,
+        uses,
+        def,
+        new_consts: vec![],
+    };
+    for j in start..r.nodes.len() {
+        for (_, rule) in RULES {
+            cx.new_consts.clear();
+            let Some(rw) = rule(&mut cx, j) else { continue };
+            if let Some(plan) = check(&cx, j, rw) {
+                return Some((j, plan, std::mem::take(&mut cx.new_consts)));
+            }
+        }
+    }
+    None
 }
 
 /// Use lists of values defined in `r` (uses can only be in `r`'s subtree)
@@ -334,7 +342,7 @@ fn check(cx: &Cx, j: usize, rw: Rewrite) -> Option<Plan> {
     }
     let in_pattern = |u: &Use| matches!(u, Use::Node(i) if *i == j || remove.contains(i));
     for &i in &remove {
-        if !cx.node(i).regions().next().is_none() {
+        if cx.node(i).regions().next().is_some() {
             return None;
         }
         for &o in &cx.node(i).outputs {
@@ -350,7 +358,7 @@ fn check(cx: &Cx, j: usize, rw: Rewrite) -> Option<Plan> {
             if interior(*new) || *new == old {
                 return None;
             }
-            if cx.uses(old).iter().any(|u| *u == Use::Output) {
+            if cx.uses(old).contains(&Use::Output) {
                 return None;
             }
             if root.outputs[1..].iter().any(|&o| !cx.unused(o)) {
