@@ -243,6 +243,11 @@ fn run_data_set(m: &Module, interp: &Interpreter, dir: &Path, tol: Tolerance) ->
 /// Run one test folder: import, verify, then every `test_data_set_*`.
 /// A panic inside a kernel is caught and reported as a failure.
 pub fn run_test(dir: &Path, tol: Tolerance) -> TestResult {
+    run_test_at(dir, tol, 0)
+}
+
+/// [`run_test`] with the module first optimized at `opt_level`.
+pub fn run_test_at(dir: &Path, tol: Tolerance, opt_level: u8) -> TestResult {
     let start = Instant::now();
     let name = dir
         .file_name()
@@ -250,10 +255,19 @@ pub fn run_test(dir: &Path, tol: Tolerance) -> TestResult {
         .unwrap_or("?")
         .to_string();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let m = match crate::load_model(&dir.join("model.onnx")) {
+        let mut m = match crate::load_model(&dir.join("model.onnx")) {
             Ok(m) => m,
             Err(e) => return Outcome::Fail(e.to_string()),
         };
+        let mut opts = crate::passes::RunOptions {
+            verify_each: true,
+            observer: None,
+        };
+        if let Err(e) =
+            crate::passes::run_pipeline(&mut m, &crate::passes::pipeline(opt_level), &mut opts)
+        {
+            return Outcome::Fail(e.to_string());
+        }
         let interp = Interpreter::new(&m);
         let sets = numbered_sets(dir);
         if sets.is_empty() {

@@ -12,6 +12,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod check;
 pub mod conformance;
 pub mod dump;
 pub mod infer;

@@ -25,6 +25,35 @@ enum Command {
     /// Run ONNX backend-test folders and compare with their expected
     /// outputs (ONNX's rule: |got - want| <= atol + rtol*|want|).
     Conformance(ConformanceArgs),
+    /// Find miscompiles: interpret the model after every optimization pass
+    /// on the same inputs and name the first pass after which an output
+    /// moves beyond tolerance.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The model: a .onnx file, a .kir file, or a folder with model.onnx
+    model: PathBuf,
+    /// A graph input: NAME=FILE (.pb or .npy). Without any, the folder's
+    /// test_data_set_0 is used, else seeded random inputs
+    #[arg(long = "input", value_name = "NAME=FILE")]
+    inputs: Vec<String>,
+    /// A symbolic dim's size for random inputs: NAME=VALUE (default 1)
+    #[arg(long = "dim", value_name = "NAME=VALUE")]
+    dims: Vec<String>,
+    /// Seed of the random inputs
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Optimization level whose pipeline is checked
+    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    opt_level: u8,
+    /// Relative tolerance
+    #[arg(long, default_value_t = 1e-3)]
+    rtol: f64,
+    /// Absolute tolerance
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,9 +93,8 @@ struct ConformanceArgs {
     /// Which backend executes the models
     #[arg(long, value_enum, default_value = "interp")]
     backend: Backend,
-    /// Optimization level: 0 runs the imported module; the pass pipelines
-    /// of levels 1 and 2 arrive with the optimizer (until then every level
-    /// runs the imported module unchanged)
+    /// Optimization level: 0 runs the imported module, 1 the cleaned-up
+    /// one (folding, simplification, CSE, DCE), 2 adds fusion
     #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     opt_level: u8,
     /// Relative tolerance
@@ -118,6 +146,29 @@ struct DumpArgs {
     /// Print every constant's values in full
     #[arg(long)]
     no_elide: bool,
+    /// Optimization level of the pipeline run before printing: 0 prints
+    /// the imported module, 1 cleans up (folding, simplification, CSE,
+    /// DCE), 2 also fuses
+    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    opt_level: u8,
+    /// Print the IR after every pass that changed it (to stdout, each
+    /// under a `# after N: PASS` header)
+    #[arg(long)]
+    print_after_all: bool,
+    /// Print the IR after these passes (comma-separated names) when they
+    /// change it
+    #[arg(long, value_name = "PASS[,PASS]", value_delimiter = ',')]
+    print_after: Vec<String>,
+    /// Write the IR before the pipeline and after every pass that changed
+    /// it as numbered files in DIR (`0003.after.fuse.kir`)
+    #[arg(long, value_name = "DIR")]
+    dump_dir: Option<PathBuf>,
+    /// Print a table of time per pass to stderr
+    #[arg(long)]
+    time_passes: bool,
+    /// Verify the module after every pass (always on in debug builds)
+    #[arg(long)]
+    verify: bool,
 }
 
 /// A failure to report: parse errors arrive already rendered (source line
@@ -141,13 +192,102 @@ impl From<kiln_compiler::LoadError> for Failure {
     }
 }
 
+/// Run the pipeline of `args.opt_level` with the observers the flags ask
+/// for: printing after passes, numbered dump files, timing.
+fn optimize_for_dump(
+    m: &mut kiln_ir::Module,
+    args: &DumpArgs,
+    popts: &kiln_ir::text::PrintOptions,
+) -> Result<(), Failure> {
+    use kiln_compiler::passes;
+    for name in &args.print_after {
+        if passes::pass(name).is_none() {
+            return Err(format!(
+                "--print-after: unknown pass `{name}`; passes: {}",
+                passes::names().join(", ")
+            )
+            .into());
+        }
+    }
+    if let Some(dir) = &args.dump_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join("0000.input.kir");
+        std::fs::write(&path, kiln_ir::text::print_module(m, popts))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let mut times: Vec<(&'static str, std::time::Duration, usize, usize)> = Vec::new();
+    let mut io_error = None;
+    let mut observer = |ev: &passes::PassEvent| {
+        match times.iter_mut().find(|t| t.0 == ev.name) {
+            Some(t) => {
+                t.1 += ev.elapsed;
+                t.2 += 1;
+                t.3 += ev.changed as usize;
+            }
+            None => times.push((ev.name, ev.elapsed, 1, ev.changed as usize)),
+        }
+        if !ev.changed {
+            return;
+        }
+        if args.print_after_all || args.print_after.iter().any(|p| p == ev.name) {
+            print!(
+                "# after {}: {}\n{}",
+                ev.index,
+                ev.name,
+                kiln_ir::text::print_module(ev.module, popts)
+            );
+        }
+        if let Some(dir) = &args.dump_dir {
+            let path = dir.join(format!("{:04}.after.{}.kir", ev.index, ev.name));
+            if let Err(e) = std::fs::write(&path, kiln_ir::text::print_module(ev.module, popts)) {
+                io_error.get_or_insert(format!("{}: {e}", path.display()));
+            }
+        }
+    };
+    let mut opts = passes::RunOptions {
+        verify_each: args.verify || cfg!(debug_assertions),
+        observer: Some(&mut observer),
+    };
+    passes::run_pipeline(m, &passes::pipeline(args.opt_level), &mut opts)
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = io_error {
+        return Err(e.into());
+    }
+    if args.time_passes {
+        let total: f64 = times.iter().map(|t| t.1.as_secs_f64()).sum();
+        eprintln!(
+            "{:<16} {:>10} {:>6} {:>8} {:>7}",
+            "pass", "ms", "runs", "changed", "share"
+        );
+        for (name, d, runs, changed) in &times {
+            let ms = d.as_secs_f64() * 1e3;
+            let share = if total > 0.0 {
+                100.0 * d.as_secs_f64() / total
+            } else {
+                0.0
+            };
+            eprintln!("{name:<16} {ms:>10.3} {runs:>6} {changed:>8} {share:>6.1}%");
+        }
+        eprintln!("{:<16} {:>10.3}", "total", total * 1e3);
+    }
+    Ok(())
+}
+
 fn dump(args: &DumpArgs) -> Result<(), Failure> {
-    let m = kiln_compiler::load::load_model(&args.model)?;
+    let mut m = kiln_compiler::load::load_model(&args.model)?;
     let threshold = if args.no_elide {
         None
     } else {
         Some(args.elide)
     };
+    let popts = kiln_ir::text::PrintOptions {
+        elide_threshold: threshold,
+    };
+    optimize_for_dump(&mut m, args, &popts)?;
+    if args.print_after_all || !args.print_after.is_empty() {
+        // The pass-by-pass text is the output.
+        return Ok(());
+    }
     let text = match args.format {
         DumpFormat::Text => kiln_ir::text::print_module(
             &m,
@@ -255,9 +395,66 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn check(args: &CheckArgs) -> Result<(), Failure> {
+    use kiln_compiler::check::{
+        check_pipeline, inputs_from_test_folder, random_inputs, CheckOutcome,
+    };
+    let mut m = kiln_compiler::load::load_model(&args.model)?;
+    let inputs = if !args.inputs.is_empty() {
+        let mut given = std::collections::HashMap::new();
+        for spec in &args.inputs {
+            let (name, file) = parse_input(spec)?;
+            let id = m
+                .body
+                .inputs
+                .iter()
+                .copied()
+                .find(|&i| m.name(i) == name)
+                .ok_or_else(|| format!("the model has no input `{name}`"))?;
+            given.insert(name, kiln_compiler::testdata::read_value(&file, m.ty(id))?);
+        }
+        given
+    } else if let Some(found) = inputs_from_test_folder(&m, &args.model)? {
+        found
+    } else {
+        let mut dims = std::collections::HashMap::new();
+        for d in &args.dims {
+            let (k, v) = d
+                .split_once('=')
+                .ok_or_else(|| format!("--dim `{d}`: expected NAME=VALUE"))?;
+            let v: u64 = v
+                .parse()
+                .map_err(|_| format!("--dim `{d}`: `{v}` is not a size"))?;
+            dims.insert(k.to_string(), v);
+        }
+        random_inputs(&m, &dims, args.seed)?
+    };
+    let tol = kiln_compiler::conformance::Tolerance {
+        rtol: args.rtol,
+        atol: args.atol,
+    };
+    let steps = kiln_compiler::passes::pipeline(args.opt_level);
+    match check_pipeline(&mut m, &steps, &inputs, tol)? {
+        CheckOutcome::Ok {
+            passes_run,
+            passes_changed,
+        } => {
+            println!("ok: {passes_run} pass runs ({passes_changed} changed the module), outputs within tolerance after each");
+            Ok(())
+        }
+        CheckOutcome::Miscompile {
+            index,
+            pass,
+            detail,
+        } => Err(Failure(format!(
+            "miscompile: after pass {index} `{pass}`, {detail}"
+        ))),
+    }
+}
+
 fn conformance(args: &ConformanceArgs) -> Result<(), Failure> {
     use kiln_compiler::conformance::{
-        collect_tests, report_line, results_json, run_test, Outcome, Tolerance,
+        collect_tests, report_line, results_json, run_test_at, Outcome, Tolerance,
     };
     use std::io::IsTerminal;
     let tests = collect_tests(&args.paths)?;
@@ -286,7 +483,7 @@ fn conformance(args: &ConformanceArgs) -> Result<(), Failure> {
                 .unwrap_or("")
                 .to_string(),
         );
-        let r = run_test(t, tol);
+        let r = run_test_at(t, tol, args.opt_level);
         bar.suspend(|| println!("{}", report_line(&r)));
         bar.inc(1);
         results.push(r);
@@ -348,6 +545,7 @@ fn main() -> ExitCode {
         Command::Dump(a) => dump(a),
         Command::Run(a) => run(a),
         Command::Conformance(a) => conformance(a),
+        Command::Check(a) => check(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

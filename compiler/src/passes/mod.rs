@@ -35,11 +35,31 @@ pub struct Pass {
 
 /// Every pass, by name.
 pub const PASSES: &[Pass] = &[
-    Pass { name: "constant-fold", run: constant_fold::run, summary: "evaluate ops whose operands are all constants (size-capped)" },
-    Pass { name: "simplify", run: simplify::run, summary: "algebraic identities, chain folding, BatchNorm folding, pattern recognition" },
-    Pass { name: "cse", run: cse::run, summary: "merge identical nodes (regions included)" },
-    Pass { name: "dce", run: dce::run, summary: "remove nodes and constants nothing uses" },
-    Pass { name: "fuse", run: fuse::run, summary: "group elementwise chains, reductions and epilogues into fusion regions" },
+    Pass {
+        name: "constant-fold",
+        run: constant_fold::run,
+        summary: "evaluate ops whose operands are all constants (size-capped)",
+    },
+    Pass {
+        name: "simplify",
+        run: simplify::run,
+        summary: "algebraic identities, chain folding, BatchNorm folding, pattern recognition",
+    },
+    Pass {
+        name: "cse",
+        run: cse::run,
+        summary: "merge identical nodes (regions included)",
+    },
+    Pass {
+        name: "dce",
+        run: dce::run,
+        summary: "remove nodes and constants nothing uses",
+    },
+    Pass {
+        name: "fuse",
+        run: fuse::run,
+        summary: "group elementwise chains, reductions and epilogues into fusion regions",
+    },
 ];
 
 pub fn pass(name: &str) -> Option<&'static Pass> {
@@ -51,7 +71,10 @@ pub fn pass(name: &str) -> Option<&'static Pass> {
 pub enum Step {
     Run(&'static Pass),
     /// Run the steps again until none changes anything (at most `max` rounds).
-    FixedPoint { steps: Vec<Step>, max: usize },
+    FixedPoint {
+        steps: Vec<Step>,
+        max: usize,
+    },
 }
 
 fn p(name: &str) -> Step {
@@ -62,7 +85,10 @@ fn p(name: &str) -> Step {
 
 /// The pipeline of an optimization level (0, 1 or 2; above 2 is 2).
 pub fn pipeline(level: u8) -> Vec<Step> {
-    let cleanup = Step::FixedPoint { steps: vec![p("constant-fold"), p("simplify"), p("cse"), p("dce")], max: 8 };
+    let cleanup = Step::FixedPoint {
+        steps: vec![p("constant-fold"), p("simplify"), p("cse"), p("dce")],
+        max: 8,
+    };
     match level {
         0 => vec![],
         1 => vec![cleanup],
@@ -90,7 +116,10 @@ pub struct RunOptions<'a> {
 
 impl Default for RunOptions<'_> {
     fn default() -> Self {
-        RunOptions { verify_each: cfg!(debug_assertions), observer: None }
+        RunOptions {
+            verify_each: cfg!(debug_assertions),
+            observer: None,
+        }
     }
 }
 
@@ -103,12 +132,21 @@ pub struct PassError {
 }
 
 /// Run `steps` on `m`; returns whether anything changed.
-pub fn run_pipeline(m: &mut Module, steps: &[Step], opts: &mut RunOptions) -> Result<bool, PassError> {
+pub fn run_pipeline(
+    m: &mut Module,
+    steps: &[Step],
+    opts: &mut RunOptions,
+) -> Result<bool, PassError> {
     let mut index = 0;
     run_steps(m, steps, opts, &mut index)
 }
 
-fn run_steps(m: &mut Module, steps: &[Step], opts: &mut RunOptions, index: &mut usize) -> Result<bool, PassError> {
+fn run_steps(
+    m: &mut Module,
+    steps: &[Step],
+    opts: &mut RunOptions,
+    index: &mut usize,
+) -> Result<bool, PassError> {
     let mut any = false;
     for s in steps {
         match s {
@@ -126,9 +164,17 @@ fn run_steps(m: &mut Module, steps: &[Step], opts: &mut RunOptions, index: &mut 
     Ok(any)
 }
 
-fn run_one(m: &mut Module, pass: &'static Pass, opts: &mut RunOptions, index: &mut usize) -> Result<bool, PassError> {
+fn run_one(
+    m: &mut Module,
+    pass: &'static Pass,
+    opts: &mut RunOptions,
+    index: &mut usize,
+) -> Result<bool, PassError> {
     let start = Instant::now();
-    let changed = (pass.run)(m).map_err(|message| PassError { pass: pass.name, message })?;
+    let changed = (pass.run)(m).map_err(|message| PassError {
+        pass: pass.name,
+        message,
+    })?;
     let elapsed = start.elapsed();
     if opts.verify_each && changed {
         kiln_ir::verify::verify(m).map_err(|e| PassError {
@@ -138,16 +184,24 @@ fn run_one(m: &mut Module, pass: &'static Pass, opts: &mut RunOptions, index: &m
     }
     *index += 1;
     if let Some(obs) = opts.observer.as_mut() {
-        obs(&PassEvent { index: *index, name: pass.name, changed, elapsed, module: m });
+        obs(&PassEvent {
+            index: *index,
+            name: pass.name,
+            changed,
+            elapsed,
+            module: m,
+        });
     }
     Ok(changed)
 }
 
 /// Run one pass by name (tests, `kiln dump --passes`).
 pub fn run_named(m: &mut Module, name: &str) -> Result<bool, String> {
-    let pass = pass(name).ok_or_else(|| format!("unknown pass `{name}`; passes: {}", names().join(", ")))?;
+    let pass = pass(name)
+        .ok_or_else(|| format!("unknown pass `{name}`; passes: {}", names().join(", ")))?;
     let changed = (pass.run)(m)?;
-    kiln_ir::verify::verify(m).map_err(|e| format!("pass `{name}` left the module invalid: {e}"))?;
+    kiln_ir::verify::verify(m)
+        .map_err(|e| format!("pass `{name}` left the module invalid: {e}"))?;
     Ok(changed)
 }
 
