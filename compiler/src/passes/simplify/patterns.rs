@@ -119,14 +119,14 @@ fn float_tensor(cx: &Cx, x: ValueId) -> bool {
     cx.elem(x).is_some_and(ElemType::is_float)
 }
 
-fn single_op(cx: &Cx, i: usize, op: &str, x: ValueId, mut nodes: Vec<usize>) -> Rewrite {
+fn single_op(cx: &Cx, i: usize, op: &str, x: ValueId, mut nodes: Vec<usize>) -> Option<Rewrite> {
     let root = cx.node(i);
     nodes.push(i);
-    let n = node_from(root, op, vec![Some(x)], vec![root.outputs[0]]);
-    Rewrite {
+    let n = node_from(root, op, vec![Some(x)], vec![*root.outputs.first()?]);
+    Some(Rewrite {
         pattern: nodes,
         action: Action::Node(n),
-    }
+    })
 }
 
 /// `0.5 * x * (1 + Erf(x / sqrt(2)))` in any Mul order (`x / sqrt(2)` may be
@@ -152,7 +152,7 @@ pub(super) fn gelu_erf(cx: &mut Cx, i: usize) -> Option<Rewrite> {
         return None;
     }
     nodes.extend(p.nodes.iter().copied().filter(|&k| k != i));
-    let mut rw = single_op(cx, i, "Gelu", x, nodes);
+    let mut rw = single_op(cx, i, "Gelu", x, nodes)?;
     if let Action::Node(n) = &mut rw.action {
         n.attrs
             .insert("approximate".into(), Attr::String("none".into()));
@@ -209,7 +209,7 @@ pub(super) fn gelu_tanh(cx: &mut Cx, i: usize) -> Option<Rewrite> {
         return None;
     }
     nodes.extend(p.nodes.iter().copied().filter(|&k| k != i));
-    let mut rw = single_op(cx, i, "Gelu", x, nodes);
+    let mut rw = single_op(cx, i, "Gelu", x, nodes)?;
     if let Action::Node(n) = &mut rw.action {
         n.attrs
             .insert("approximate".into(), Attr::String("tanh".into()));
@@ -260,7 +260,7 @@ pub(super) fn hardswish(cx: &mut Cx, i: usize) -> Option<Rewrite> {
         return None;
     }
     nodes.extend(p.nodes.iter().copied().filter(|&k| k != i));
-    Some(single_op(cx, i, "HardSwish", x, nodes))
+    single_op(cx, i, "HardSwish", x, nodes)
 }
 
 /// Normalized, sorted axes of a reduction with keepdims=1 and constant axes.
@@ -290,7 +290,7 @@ pub(super) fn layer_norm(cx: &mut Cx, i: usize) -> Option<Rewrite> {
     let ln = match_layer_norm(cx, i)?;
     // A larger match (this result times gamma, plus beta) rooted at the
     // single user wins: leave this one to it.
-    let out = cx.node(i).outputs[0];
+    let out = *cx.node(i).outputs.first()?;
     if let [super::Use::Node(u)] = cx.uses(out) {
         if match_layer_norm(cx, *u).is_some() {
             return None;
@@ -309,7 +309,7 @@ pub(super) fn layer_norm(cx: &mut Cx, i: usize) -> Option<Rewrite> {
         root,
         "LayerNormalization",
         vec![Some(ln.x), Some(gamma), ln.beta],
-        vec![root.outputs[0]],
+        vec![*root.outputs.first()?],
     );
     n.attrs.insert("axis".into(), Attr::Int(-(ln.k as i64)));
     n.attrs.insert("epsilon".into(), Attr::Float(ln.eps as f32));
@@ -447,7 +447,7 @@ pub(super) fn softmax(cx: &mut Cx, i: usize) -> Option<Rewrite> {
     let axes = reduce_axes(cx, sum, cx.rank(x)?)?;
     let [axis] = axes.as_slice() else { return None };
     let root = cx.node(i);
-    let mut sm = node_from(root, "Softmax", vec![Some(x)], vec![root.outputs[0]]);
+    let mut sm = node_from(root, "Softmax", vec![Some(x)], vec![*root.outputs.first()?]);
     sm.attrs.insert("axis".into(), Attr::Int(*axis as i64));
     Some(Rewrite {
         pattern,
