@@ -26,7 +26,10 @@
 //! was elided, and results that would bloat the model: no folded constant
 //! is larger than [`MAX_BYTES`], and results larger than [`GROWTH`] times
 //! their constant operands (`Expand`, `Tile`, `ConstantOfShape`, broadcasts)
-//! only fold while they stay under [`SMALL_BYTES`]. A graph output folds
+//! only fold while they stay under [`SMALL_BYTES`]. Weights (operand 1 of
+//! Conv/ConvTranspose/MatMul/Gemm) are the exception: a backend
+//! materializes them at compile time anyway, so they fold up to
+//! [`WEIGHT_MAX_BYTES`]. A graph output folds
 //! only if its declared type is already the constant's exact type (graph
 //! output types never change).
 
@@ -42,11 +45,37 @@ pub const MAX_BYTES: u64 = 1 << 20;
 /// operands ...
 pub const GROWTH: u64 = 4;
 /// ... unless they are this small anyway.
-pub const SMALL_BYTES: u64 = 4096;
+pub const SMALL_BYTES: u64 = 64 << 10;
 
 /// A folding rule: the data of every result of `node`, or `None` when the
 /// rule does not apply.
-type Rule = fn(&Module, &Node) -> Option<Vec<TensorData>>;
+type Rule = fn(&Module, &Node, &Budget) -> Option<Vec<TensorData>>;
+
+/// How large a node's results may grow.
+struct Budget {
+    /// The results feed a weight operand (Conv/ConvTranspose/MatMul/Gemm
+    /// operand 1): a backend materializes and pre-packs weights at compile
+    /// time anyway, so they fold up to [`WEIGHT_MAX_BYTES`] whatever they
+    /// grew from (ResNet exports build weights with ConstantOfShape).
+    weight: bool,
+}
+
+/// The cap for folded weights.
+pub const WEIGHT_MAX_BYTES: u64 = 64 << 20;
+
+const WEIGHT_CONSUMERS: [&str; 4] = ["Conv", "ConvTranspose", "MatMul", "Gemm"];
+
+/// Values used as weight operands anywhere in the region (nested included).
+fn weight_values(r: &Region, out: &mut HashSet<ValueId>) {
+    for n in &r.nodes {
+        if WEIGHT_CONSUMERS.contains(&n.op.as_str()) {
+            out.extend(n.input(1));
+        }
+        for (_, sub) in n.regions() {
+            weight_values(sub, out);
+        }
+    }
+}
 
 /// The rules, tried in order; the first that applies wins.
 const RULES: &[(&str, Rule)] = &[
@@ -59,7 +88,9 @@ const RULES: &[(&str, Rule)] = &[
 pub fn run(m: &mut Module) -> Result<bool, String> {
     let mut body = std::mem::take(&mut m.body);
     let graph_outputs: HashSet<ValueId> = body.outputs.iter().copied().collect();
-    let changed = fold_region(m, &mut body, &graph_outputs);
+    let mut weights = HashSet::new();
+    weight_values(&body, &mut weights);
+    let changed = fold_region(m, &mut body, &graph_outputs, &weights);
     m.body = body;
     Ok(changed)
 }
@@ -67,15 +98,23 @@ pub fn run(m: &mut Module) -> Result<bool, String> {
 // ---------------------------------------------------------------------------
 // Machinery
 
-fn fold_region(m: &mut Module, r: &mut Region, graph_outputs: &HashSet<ValueId>) -> bool {
+fn fold_region(
+    m: &mut Module,
+    r: &mut Region,
+    graph_outputs: &HashSet<ValueId>,
+    weights: &HashSet<ValueId>,
+) -> bool {
     let mut changed = false;
     let nodes = std::mem::take(&mut r.nodes);
     let mut kept = Vec::with_capacity(nodes.len());
     for mut node in nodes {
         for sub in node.regions_mut() {
-            changed |= fold_region(m, sub, graph_outputs);
+            changed |= fold_region(m, sub, graph_outputs, weights);
         }
-        match fold_node(m, &node, graph_outputs) {
+        let budget = Budget {
+            weight: node.outputs.iter().all(|o| weights.contains(o)),
+        };
+        match fold_node(m, &node, graph_outputs, &budget) {
             Some(results) => {
                 for (&o, (ty, data)) in node.outputs.iter().zip(results) {
                     m.set_ty(o, ty);
@@ -96,11 +135,12 @@ fn fold_node(
     m: &Module,
     node: &Node,
     graph_outputs: &HashSet<ValueId>,
+    budget: &Budget,
 ) -> Option<Vec<(Type, TensorData)>> {
     if never_folds(m, node) {
         return None;
     }
-    let datas = RULES.iter().find_map(|(_, rule)| rule(m, node))?;
+    let datas = RULES.iter().find_map(|(_, rule)| rule(m, node, budget))?;
     if datas.len() != node.outputs.len() {
         return None;
     }
@@ -185,7 +225,10 @@ fn static_result_shapes(m: &Module, node: &Node) -> Option<Vec<Vec<u64>>> {
 
 /// May results of `out` bytes be made from constant operands of `inp`
 /// bytes?
-fn size_ok(out: u64, inp: u64) -> bool {
+fn size_ok(out: u64, inp: u64, budget: &Budget) -> bool {
+    if budget.weight {
+        return out <= WEIGHT_MAX_BYTES;
+    }
     out <= MAX_BYTES && (out <= SMALL_BYTES || out <= inp.saturating_mul(GROWTH))
 }
 
@@ -214,7 +257,7 @@ const DATA_DEPENDENT: &[&str] = &[
 // Rules
 
 /// `Shape(x)` where the selected dims of `x` are static.
-fn shape_of_static(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+fn shape_of_static(m: &Module, node: &Node, _: &Budget) -> Option<Vec<TensorData>> {
     if node.op != "Shape" {
         return None;
     }
@@ -234,7 +277,7 @@ fn shape_of_static(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
 }
 
 /// `Size(x)` where every dim of `x` is static.
-fn size_of_static(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+fn size_of_static(m: &Module, node: &Node, _: &Budget) -> Option<Vec<TensorData>> {
     if node.op != "Size" {
         return None;
     }
@@ -248,7 +291,7 @@ fn size_of_static(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
 
 /// Reshape-like ops of a constant: same bytes, new (inferred) shape; the
 /// payload is shared, not copied, so no size cap applies.
-fn reshape_of_constant(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+fn reshape_of_constant(m: &Module, node: &Node, _: &Budget) -> Option<Vec<TensorData>> {
     if !matches!(
         node.op.as_str(),
         "Identity" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
@@ -269,7 +312,7 @@ fn reshape_of_constant(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
 }
 
 /// Any node whose operands are all constants: run it on the interpreter.
-fn evaluate(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+fn evaluate(m: &Module, node: &Node, budget: &Budget) -> Option<Vec<TensorData>> {
     let ops = constant_operands(m, node)?;
     let in_bytes: u64 = ops.iter().map(|d| d.byte_size()).sum();
     if in_bytes > 16 * MAX_BYTES {
@@ -284,7 +327,7 @@ fn evaluate(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
                 let n = kiln_ir::tensor::shape_numel(s)?;
                 out = out.saturating_add(elem_bytes(m.ty(o), n).unwrap_or(0));
             }
-            if !size_ok(out, in_bytes) {
+            if !size_ok(out, in_bytes, budget) {
                 return None;
             }
         }
@@ -293,7 +336,7 @@ fn evaluate(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
     }
     let results = run_one_node(m, node)?;
     let out: u64 = results.iter().map(|d| d.byte_size()).sum();
-    if !size_ok(out, in_bytes) {
+    if !size_ok(out, in_bytes, budget) {
         return None;
     }
     Some(results)
