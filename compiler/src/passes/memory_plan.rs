@@ -518,7 +518,7 @@ pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, Strin
                 continue;
             }
             let taken = donors.iter().filter_map(|&i| node.input(i)).find(|o| {
-                def.contains_key(o)
+                group_of.contains_key(o)
                     && last.get(o) == Some(&pos)
                     && !donated.contains(o)
                     && size.get(o) == size.get(&r)
@@ -542,8 +542,8 @@ pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, Strin
     // Results of nodes that were skipped above cannot exist (every
     // intermediate is some node's result), but keep the invariant explicit.
     for &v in &order {
-        if !group_of.contains_key(&v) {
-            group_of.insert(v, groups.len());
+        if let std::collections::hash_map::Entry::Vacant(e) = group_of.entry(v) {
+            e.insert(groups.len());
             groups.push(Group { members: vec![v], size: size[&v].0, live: (def[&v], last[&v]) });
         }
     }
