@@ -1,0 +1,295 @@
+//! The memory plan (`kiln_compiler::passes::memory_plan`), specified by:
+//!
+//! - snapshots of `render` for the hand-written modules under
+//!   `tests/passes/memory-plan/*.kir` (what is reused, what runs in place);
+//! - `check` and an independent simulation on the shared models and on
+//!   random DAG modules: the simulation runs the schedule over a tagged
+//!   arena and asserts that every operand still holds its own tag when a
+//!   node reads it;
+//! - exact errors for sizes the plan cannot know.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use kiln_compiler::passes::memory_plan::{check, plan, render, MemoryPlan, ALIGN};
+use kiln_ir::{parse_module, Attr, ElemType, Module, Node, Region, TensorType, Type, ValueId};
+use kiln_tests::{repo_root, shared_models};
+use proptest::prelude::*;
+
+fn dims(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
+    pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Every value a node reads: operands, nested operands, nested outputs.
+fn node_uses(n: &Node, out: &mut Vec<ValueId>) {
+    out.extend(n.inputs.iter().flatten().copied());
+    for (_, r) in n.regions() {
+        region_uses(r, out);
+    }
+}
+
+fn region_uses(r: &Region, out: &mut Vec<ValueId>) {
+    for n in &r.nodes {
+        node_uses(n, out);
+    }
+    out.extend(r.outputs.iter().copied());
+}
+
+/// Run the schedule over an arena of 64-byte chunks: each node first reads
+/// its operands (every chunk must still carry the operand's tag), then
+/// writes its results' tags. Catches any clobbering the plan allows,
+/// independently of `check`.
+fn simulate(m: &Module, p: &MemoryPlan) {
+    let chunks = (p.arena_bytes / ALIGN) as usize;
+    let mut arena: Vec<Option<ValueId>> = vec![None; chunks];
+    let by_value: HashMap<ValueId, (usize, usize)> = p
+        .buffers
+        .iter()
+        .map(|b| {
+            let first = (b.offset / ALIGN) as usize;
+            (b.value, (first, first + b.size.div_ceil(ALIGN) as usize))
+        })
+        .collect();
+    let mut written = std::collections::HashSet::new();
+    for &ni in &p.schedule {
+        let n = &m.body.nodes[ni];
+        let mut uses = vec![];
+        node_uses(n, &mut uses);
+        for v in uses {
+            if let Some(&(a, b)) = by_value.get(&v) {
+                assert!(written.contains(&v), "%{} read before it is written", m.name(v));
+                for (c, tag) in arena[a..b].iter().enumerate() {
+                    assert_eq!(
+                        *tag,
+                        Some(v),
+                        "%{} (chunk {}) was clobbered before {} read it",
+                        m.name(v),
+                        a + c,
+                        n.describe()
+                    );
+                }
+            }
+        }
+        for &r in &n.outputs {
+            if let Some(&(a, b)) = by_value.get(&r) {
+                arena[a..b].fill(Some(r));
+                written.insert(r);
+            }
+        }
+    }
+}
+
+fn plan_and_check(m: &Module, d: &HashMap<String, u64>) -> MemoryPlan {
+    let p = plan(m, d).unwrap_or_else(|e| panic!("plan of {}: {e}", m.name));
+    check(&p).unwrap_or_else(|e| panic!("check of {}: {e}", m.name));
+    simulate(m, &p);
+    assert!(p.arena_bytes <= p.naive_bytes, "{}: arena above naive", m.name);
+    p
+}
+
+fn kir_files() -> Vec<PathBuf> {
+    let dir = repo_root().join("tests/passes/memory-plan");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read tests/passes/memory-plan")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "kir"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `render` of each hand-written module, with N = 2 and seq = 128.
+#[test]
+fn hand_written_plans() {
+    let d = dims(&[("N", 2), ("seq", 128)]);
+    let files = kir_files();
+    assert!(files.len() >= 3);
+    for f in files {
+        let src = std::fs::read_to_string(&f).unwrap();
+        let m = parse_module(&src).unwrap_or_else(|e| panic!("{}: {}", f.display(), e.render("x.kir", &src)));
+        kiln_ir::verify::verify(&m).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let p = plan_and_check(&m, &d);
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        insta::assert_snapshot!(name, format!("{src}\n--- memory plan ---\n{}", render(&m, &p)));
+    }
+}
+
+#[test]
+fn unbound_symbol_is_an_error_naming_the_value() {
+    let src = std::fs::read_to_string(repo_root().join("tests/passes/memory-plan/symbolic.kir")).unwrap();
+    let m = parse_module(&src).unwrap();
+    assert_eq!(
+        plan(&m, &dims(&[("N", 2)])).unwrap_err(),
+        "value %a: dim seq of f32[2,seq] needs a size for seq"
+    );
+}
+
+#[test]
+fn unknown_dim_is_an_error_naming_the_value() {
+    let src = "module @u opset(ai.onnx = 22) {\n  input %x: f32[?,4]\n  %a = Relu(%x) : f32[?,4]\n  %y = Neg(%a) : f32[?,4]\n  return %y\n}\n";
+    let m = parse_module(src).unwrap();
+    assert_eq!(
+        plan(&m, &HashMap::new()).unwrap_err(),
+        "value %a has an unknown dim (f32[?,4]): its byte size is unknown"
+    );
+}
+
+/// The shared models: a valid plan each, and the numbers for the record
+/// (printed; `cargo test -- --nocapture` shows them). minilm's symbols are
+/// batch 1 and sequence 128; ppocr's input has unnamed dims, so the test
+/// gives it the model's usual 1x3x48x192.
+#[test]
+fn shared_models_plan() {
+    let d = dims(&[("batch_size", 1), ("sequence_length", 128)]);
+    for dir in shared_models() {
+        let mut m = kiln_compiler::load_model(&dir.join("model.onnx")).unwrap();
+        if dir.ends_with("ppocr_mobile_v2_cls") {
+            let x = m.body.inputs[0];
+            m.set_ty(x, Type::Tensor(TensorType::known(ElemType::F32, &[1, 3, 48, 192])));
+        }
+        let p = plan_and_check(&m, &d);
+        let in_place = p.buffers.iter().filter(|b| b.in_place_of.is_some()).count();
+        // The lower bound of any placement: the most bytes live at once
+        // (a handed-over operand counted once).
+        let peak = (0..p.schedule.len())
+            .map(|pos| {
+                p.buffers
+                    .iter()
+                    .filter(|b| b.live.0 <= pos && pos <= b.live.1)
+                    .filter(|b| !(b.live.1 == pos && p.buffers.iter().any(|r| r.in_place_of == Some(b.value))))
+                    .map(|b| b.size.div_ceil(ALIGN) * ALIGN)
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(peak <= p.arena_bytes);
+        println!(
+            "{:<22} nodes {:>4}  buffers {:>4}  in-place {:>4}  peak_live {:>10}  arena_bytes {:>10}  naive_bytes {:>10}  ({:.1}%)",
+            dir.file_name().unwrap().to_string_lossy(),
+            m.body.nodes.len(),
+            p.buffers.len(),
+            in_place,
+            peak,
+            p.arena_bytes,
+            p.naive_bytes,
+            100.0 * p.arena_bytes as f64 / p.naive_bytes.max(1) as f64
+        );
+    }
+}
+
+// ------------------------------------------------------------ random DAGs
+
+/// A small deterministic random source (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A random valid module: unary and binary elementwise ops (broadcasting
+/// included), Concat, Transpose, MatMul, and If nodes whose branches read
+/// outer values, over f32 values of assorted 2-D shapes.
+fn random_module(seed: u64, nodes: usize) -> Module {
+    let mut rng = Rng(seed | 1);
+    let mut m = Module::new("random");
+    m.opsets.push((String::new(), 22));
+    let t = |r: u64, c: u64| Type::Tensor(TensorType::known(ElemType::F32, &[r, c]));
+    let shape = |m: &Module, v: ValueId| m.ty(v).as_tensor().and_then(|t| t.static_shape()).unwrap();
+    let cond = m.add_value("cond", Type::Tensor(TensorType::known(ElemType::Bool, &[]))).unwrap();
+    m.body.inputs.push(cond);
+    let mut vals = vec![];
+    for i in 0..2 {
+        let x = m.add_value(&format!("x{i}"), t(1 + rng.below(8) as u64, [1, 16, 32][rng.below(3)])).unwrap();
+        m.body.inputs.push(x);
+        vals.push(x);
+    }
+    for i in 0..nodes {
+        let a = vals[rng.below(vals.len())];
+        let sa = shape(&m, a);
+        let same: Vec<ValueId> = vals.iter().copied().filter(|&v| shape(&m, v) == sa).collect();
+        let name = format!("v{i}");
+        let (node, ty) = match rng.below(7) {
+            0 | 1 => {
+                let op = ["Relu", "Neg", "Sigmoid", "Exp"][rng.below(4)];
+                (Node::new(op, vec![Some(a)], vec![]), t(sa[0], sa[1]))
+            }
+            2 | 3 => {
+                let b = same[rng.below(same.len())];
+                let op = ["Add", "Mul", "Sub"][rng.below(3)];
+                let ops = if rng.below(2) == 0 { vec![Some(a), Some(b)] } else { vec![Some(b), Some(a)] };
+                (Node::new(op, ops, vec![]), t(sa[0], sa[1]))
+            }
+            4 => {
+                let cols: Vec<ValueId> = vals.iter().copied().filter(|&v| shape(&m, v)[1] == sa[1]).collect();
+                let b = cols[rng.below(cols.len())];
+                let rows = sa[0] + shape(&m, b)[0];
+                let mut n = Node::new("Concat", vec![Some(a), Some(b)], vec![]);
+                n.attrs.insert("axis".into(), Attr::Int(0));
+                (n, t(rows, sa[1]))
+            }
+            5 => {
+                // Transpose, or MatMul with something whose rows match.
+                let k: Vec<ValueId> = vals.iter().copied().filter(|&v| shape(&m, v)[0] == sa[1]).collect();
+                if k.is_empty() {
+                    let mut n = Node::new("Transpose", vec![Some(a)], vec![]);
+                    n.attrs.insert("perm".into(), Attr::Ints(vec![1, 0]));
+                    (n, t(sa[1], sa[0]))
+                } else {
+                    let b = k[rng.below(k.len())];
+                    (Node::new("MatMul", vec![Some(a), Some(b)], vec![]), t(sa[0], shape(&m, b)[1]))
+                }
+            }
+            _ => {
+                // If: then returns an outer value as is, else computes from
+                // another outer value of the same shape.
+                let b = same[rng.below(same.len())];
+                let e = m.add_value(&format!("{name}_else"), t(sa[0], sa[1])).unwrap();
+                let then_branch = Region { outputs: vec![a], ..Region::default() };
+                let else_branch =
+                    Region { nodes: vec![Node::new("Neg", vec![Some(b)], vec![e])], outputs: vec![e], ..Region::default() };
+                let mut n = Node::new("If", vec![Some(cond)], vec![]);
+                n.attrs.insert("then_branch".into(), Attr::Graph(then_branch));
+                n.attrs.insert("else_branch".into(), Attr::Graph(else_branch));
+                (n, t(sa[0], sa[1]))
+            }
+        };
+        let v = m.add_value(&name, ty).unwrap();
+        let mut node = node;
+        node.outputs.push(v);
+        m.body.nodes.push(node);
+        vals.push(v);
+    }
+    // One to three outputs, the last value always among them.
+    let last = *vals.last().unwrap();
+    m.body.outputs.push(last);
+    for _ in 0..rng.below(3) {
+        let v = vals[2 + rng.below(vals.len() - 2)];
+        if !m.body.outputs.contains(&v) {
+            m.body.outputs.push(v);
+        }
+    }
+    m
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn random_dags_plan_safely(seed in any::<u64>(), nodes in 1usize..40) {
+        let m = random_module(seed, nodes);
+        kiln_ir::verify::verify(&m).map_err(|e| TestCaseError::fail(format!("generator made an invalid module: {e}")))?;
+        let p = plan_and_check(&m, &HashMap::new());
+        // Every intermediate has a buffer; no input, output or constant does.
+        let outputs: Vec<ValueId> = m.body.outputs.clone();
+        let results: usize = m.body.nodes.iter().flat_map(|n| &n.outputs).filter(|v| !outputs.contains(v)).count();
+        prop_assert_eq!(p.buffers.len(), results);
+        prop_assert!(p.buffers.iter().all(|b| !outputs.contains(&b.value) && !m.body.inputs.contains(&b.value)));
+    }
+}
