@@ -169,6 +169,90 @@ struct DumpArgs {
     /// Verify the module after every pass (always on in debug builds)
     #[arg(long)]
     verify: bool,
+    /// Print one JSON line of statistics instead of the IR: nodes_before,
+    /// nodes_after, kernels, fused_ops, arena_bytes, naive_bytes,
+    /// constants_bytes
+    #[arg(long)]
+    stats: bool,
+    /// After the IR, print the memory plan of its top-level region (offset
+    /// and size per buffer) as `#` comment lines
+    #[arg(long)]
+    memory_plan: bool,
+    /// A symbolic dim's size for memory planning: NAME=VALUE (symbols not
+    /// given are planned at 1)
+    #[arg(long = "dim", value_name = "NAME=VALUE")]
+    dims: Vec<String>,
+}
+
+/// `--dim NAME=VALUE` flags, with every other symbol of the module's
+/// inputs bound to 1.
+fn plan_dims(
+    m: &kiln_ir::Module,
+    flags: &[String],
+) -> Result<std::collections::HashMap<String, u64>, String> {
+    let mut dims = std::collections::HashMap::new();
+    for &i in &m.body.inputs {
+        if let Some(shape) = m.ty(i).as_tensor().and_then(|t| t.shape.as_ref()) {
+            for d in shape {
+                if let kiln_ir::Dim::Sym(e) = d {
+                    for s in e.symbols() {
+                        dims.insert(s.to_string(), 1);
+                    }
+                }
+            }
+        }
+    }
+    for f in flags {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| format!("--dim `{f}`: expected NAME=VALUE"))?;
+        let v: u64 = v
+            .parse()
+            .map_err(|_| format!("--dim `{f}`: `{v}` is not a size"))?;
+        dims.insert(k.to_string(), v);
+    }
+    Ok(dims)
+}
+
+/// The module to plan memory for: when the model folder has a
+/// `test_data_set_0`, a copy whose graph inputs take those inputs' concrete
+/// shapes (models exported with unknown `?` dims get sizes that way), with
+/// types inferred again; else the module itself.
+fn module_for_plan(
+    m: &kiln_ir::Module,
+    model: &std::path::Path,
+) -> Result<kiln_ir::Module, String> {
+    let Some(inputs) = kiln_compiler::check::inputs_from_test_folder(m, model)? else {
+        return Ok(m.clone());
+    };
+    let mut c = m.clone();
+    for &i in &m.body.inputs {
+        if let (Some(kiln_runtime::Value::Tensor(t)), Some(tt)) =
+            (inputs.get(m.name(i)), m.ty(i).as_tensor())
+        {
+            let dims = t
+                .shape
+                .iter()
+                .map(|&d| kiln_ir::Dim::Known(d as u64))
+                .collect();
+            c.set_ty(
+                i,
+                kiln_ir::Type::Tensor(kiln_ir::TensorType::new(tt.elem, dims)),
+            );
+        }
+    }
+    kiln_ir::ops::infer_module_with(&mut c, kiln_ir::ops::DeclaredTypes::Replace)
+        .map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// Ops inside fusion regions (recursively).
+fn fused_ops(r: &kiln_ir::Region) -> usize {
+    r.nodes
+        .iter()
+        .filter(|n| n.op == "kiln.Fusion")
+        .map(|n| n.regions().map(|(_, b)| b.node_count()).sum::<usize>())
+        .sum()
 }
 
 /// A failure to report: parse errors arrive already rendered (source line
@@ -283,7 +367,24 @@ fn dump(args: &DumpArgs) -> Result<(), Failure> {
     let popts = kiln_ir::text::PrintOptions {
         elide_threshold: threshold,
     };
+    let nodes_before = m.body.node_count();
     optimize_for_dump(&mut m, args, &popts)?;
+    if args.stats {
+        use kiln_compiler::passes::memory_plan;
+        let pm = module_for_plan(&m, &args.model)?;
+        let plan = memory_plan::plan(&pm, &plan_dims(&pm, &args.dims)?)?;
+        let stats = serde_json::json!({
+            "nodes_before": nodes_before,
+            "nodes_after": m.body.node_count(),
+            "kernels": m.body.nodes.len(),
+            "fused_ops": fused_ops(&m.body),
+            "arena_bytes": plan.arena_bytes,
+            "naive_bytes": plan.naive_bytes,
+            "constants_bytes": m.constants_bytes(),
+        });
+        println!("{stats}");
+        return Ok(());
+    }
     if args.print_after_all || !args.print_after.is_empty() {
         // The pass-by-pass text is the output.
         return Ok(());
@@ -302,6 +403,18 @@ fn dump(args: &DumpArgs) -> Result<(), Failure> {
             s
         }
         DumpFormat::Dot => kiln_compiler::dump::module_dot(&m),
+    };
+    let text = if args.memory_plan {
+        use kiln_compiler::passes::memory_plan;
+        let pm = module_for_plan(&m, &args.model)?;
+        let plan = memory_plan::plan(&pm, &plan_dims(&pm, &args.dims)?)?;
+        let table: String = memory_plan::render(&pm, &plan)
+            .lines()
+            .map(|l| format!("# {l}\n"))
+            .collect();
+        format!("{text}{table}")
+    } else {
+        text
     };
     match &args.output {
         Some(p) => Ok(std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?),

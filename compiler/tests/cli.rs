@@ -233,3 +233,89 @@ fn run_names_missing_and_unknown_inputs() {
         stderr(&out)
     );
 }
+
+#[test]
+fn dump_o2_stats_is_one_json_line_with_the_documented_keys() {
+    let out = kiln(&["dump", &tiny_cnn(), "-O2", "--stats"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    for key in [
+        "nodes_before",
+        "nodes_after",
+        "kernels",
+        "fused_ops",
+        "arena_bytes",
+        "naive_bytes",
+        "constants_bytes",
+    ] {
+        assert!(v[key].is_u64(), "{key} missing in {text}");
+    }
+    assert!(v["arena_bytes"].as_u64() <= v["naive_bytes"].as_u64());
+}
+
+#[test]
+fn dump_passes_can_be_watched_printed_and_timed() {
+    // A module every cleanup pass has work on.
+    let kir = tmp("passes.kir");
+    std::fs::write(
+        &kir,
+        "module @m opset(ai.onnx = 17) {\n  input %x: f32[2]\n  const %one: f32[] = dense[1.0]\n  %a = Mul(%x, %one) : f32[2]\n  %b = Relu(%a) : f32[2]\n  %c = Relu(%a) : f32[2]\n  %d = Add(%b, %c) : f32[2]\n  %dead = Neg(%x) : f32[2]\n  return %d\n}\n",
+    )
+    .expect("write");
+    let k = kir.to_str().unwrap_or_default();
+    let all = stdout(&kiln(&["dump", k, "-O1", "--print-after-all"]));
+    assert!(all.contains("# after 2: simplify\n"), "{all}");
+    assert!(all.contains(": cse\n") && all.contains(": dce\n"), "{all}");
+    let some = stdout(&kiln(&["dump", k, "-O1", "--print-after", "dce"]));
+    assert!(
+        some.starts_with("# after ") && some.contains(": dce\n") && !some.contains(": cse\n"),
+        "{some}"
+    );
+    let dir = tmp("dumps");
+    let out = kiln(&[
+        "dump",
+        k,
+        "-O1",
+        "--dump-dir",
+        dir.to_str().unwrap_or_default(),
+        "--time-passes",
+        "--verify",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files[0], "0000.input.kir");
+    assert!(
+        files.iter().any(|f| f.ends_with(".after.simplify.kir")),
+        "{files:?}"
+    );
+    let table = stderr(&out);
+    assert!(
+        table.starts_with("pass ") && table.contains("\ntotal "),
+        "{table}"
+    );
+    let unknown = kiln(&["dump", k, "--print-after", "nope"]);
+    assert!(stderr(&unknown).contains("unknown pass `nope`"));
+}
+
+#[test]
+fn dump_memory_plan_lists_buffers_as_comments() {
+    let out = kiln(&["dump", &tiny_cnn(), "-O2", "--memory-plan", "--dim", "N=2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("\n# value "), "{text}");
+    assert!(text.contains("\n# arena_bytes: "), "{text}");
+}
+
+#[test]
+fn check_reports_a_clean_pipeline() {
+    let out = kiln(&["check", &tiny_cnn()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("ok: "));
+}

@@ -57,7 +57,11 @@ fn simulate(m: &Module, p: &MemoryPlan) {
         node_uses(n, &mut uses);
         for v in uses {
             if let Some(&(a, b)) = by_value.get(&v) {
-                assert!(written.contains(&v), "%{} read before it is written", m.name(v));
+                assert!(
+                    written.contains(&v),
+                    "%{} read before it is written",
+                    m.name(v)
+                );
                 for (c, tag) in arena[a..b].iter().enumerate() {
                     assert_eq!(
                         *tag,
@@ -83,7 +87,11 @@ fn plan_and_check(m: &Module, d: &HashMap<String, u64>) -> MemoryPlan {
     let p = plan(m, d).unwrap_or_else(|e| panic!("plan of {}: {e}", m.name));
     check(&p).unwrap_or_else(|e| panic!("check of {}: {e}", m.name));
     simulate(m, &p);
-    assert!(p.arena_bytes <= p.naive_bytes, "{}: arena above naive", m.name);
+    assert!(
+        p.arena_bytes <= p.naive_bytes,
+        "{}: arena above naive",
+        m.name
+    );
     p
 }
 
@@ -106,17 +114,22 @@ fn hand_written_plans() {
     assert!(files.len() >= 3);
     for f in files {
         let src = std::fs::read_to_string(&f).unwrap();
-        let m = parse_module(&src).unwrap_or_else(|e| panic!("{}: {}", f.display(), e.render("x.kir", &src)));
+        let m = parse_module(&src)
+            .unwrap_or_else(|e| panic!("{}: {}", f.display(), e.render("x.kir", &src)));
         kiln_ir::verify::verify(&m).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let p = plan_and_check(&m, &d);
         let name = f.file_stem().unwrap().to_string_lossy().to_string();
-        insta::assert_snapshot!(name, format!("{src}\n--- memory plan ---\n{}", render(&m, &p)));
+        insta::assert_snapshot!(
+            name,
+            format!("{src}\n--- memory plan ---\n{}", render(&m, &p))
+        );
     }
 }
 
 #[test]
 fn unbound_symbol_is_an_error_naming_the_value() {
-    let src = std::fs::read_to_string(repo_root().join("tests/passes/memory-plan/symbolic.kir")).unwrap();
+    let src =
+        std::fs::read_to_string(repo_root().join("tests/passes/memory-plan/symbolic.kir")).unwrap();
     let m = parse_module(&src).unwrap();
     assert_eq!(
         plan(&m, &dims(&[("N", 2)])).unwrap_err(),
@@ -145,7 +158,10 @@ fn shared_models_plan() {
         let mut m = kiln_compiler::load_model(&dir.join("model.onnx")).unwrap();
         if dir.ends_with("ppocr_mobile_v2_cls") {
             let x = m.body.inputs[0];
-            m.set_ty(x, Type::Tensor(TensorType::known(ElemType::F32, &[1, 3, 48, 192])));
+            m.set_ty(
+                x,
+                Type::Tensor(TensorType::known(ElemType::F32, &[1, 3, 48, 192])),
+            );
         }
         let p = plan_and_check(&m, &d);
         let in_place = p.buffers.iter().filter(|b| b.in_place_of.is_some()).count();
@@ -156,7 +172,10 @@ fn shared_models_plan() {
                 p.buffers
                     .iter()
                     .filter(|b| b.live.0 <= pos && pos <= b.live.1)
-                    .filter(|b| !(b.live.1 == pos && p.buffers.iter().any(|r| r.in_place_of == Some(b.value))))
+                    .filter(|b| {
+                        !(b.live.1 == pos
+                            && p.buffers.iter().any(|r| r.in_place_of == Some(b.value)))
+                    })
                     .map(|b| b.size.div_ceil(ALIGN) * ALIGN)
                     .sum::<u64>()
             })
@@ -202,19 +221,31 @@ fn random_module(seed: u64, nodes: usize) -> Module {
     let mut m = Module::new("random");
     m.opsets.push((String::new(), 22));
     let t = |r: u64, c: u64| Type::Tensor(TensorType::known(ElemType::F32, &[r, c]));
-    let shape = |m: &Module, v: ValueId| m.ty(v).as_tensor().and_then(|t| t.static_shape()).unwrap();
-    let cond = m.add_value("cond", Type::Tensor(TensorType::known(ElemType::Bool, &[]))).unwrap();
+    let shape =
+        |m: &Module, v: ValueId| m.ty(v).as_tensor().and_then(|t| t.static_shape()).unwrap();
+    let cond = m
+        .add_value("cond", Type::Tensor(TensorType::known(ElemType::Bool, &[])))
+        .unwrap();
     m.body.inputs.push(cond);
     let mut vals = vec![];
     for i in 0..2 {
-        let x = m.add_value(&format!("x{i}"), t(1 + rng.below(8) as u64, [1, 16, 32][rng.below(3)])).unwrap();
+        let x = m
+            .add_value(
+                &format!("x{i}"),
+                t(1 + rng.below(8) as u64, [1, 16, 32][rng.below(3)]),
+            )
+            .unwrap();
         m.body.inputs.push(x);
         vals.push(x);
     }
     for i in 0..nodes {
         let a = vals[rng.below(vals.len())];
         let sa = shape(&m, a);
-        let same: Vec<ValueId> = vals.iter().copied().filter(|&v| shape(&m, v) == sa).collect();
+        let same: Vec<ValueId> = vals
+            .iter()
+            .copied()
+            .filter(|&v| shape(&m, v) == sa)
+            .collect();
         let name = format!("v{i}");
         let (node, ty) = match rng.below(7) {
             0 | 1 => {
@@ -224,11 +255,19 @@ fn random_module(seed: u64, nodes: usize) -> Module {
             2 | 3 => {
                 let b = same[rng.below(same.len())];
                 let op = ["Add", "Mul", "Sub"][rng.below(3)];
-                let ops = if rng.below(2) == 0 { vec![Some(a), Some(b)] } else { vec![Some(b), Some(a)] };
+                let ops = if rng.below(2) == 0 {
+                    vec![Some(a), Some(b)]
+                } else {
+                    vec![Some(b), Some(a)]
+                };
                 (Node::new(op, ops, vec![]), t(sa[0], sa[1]))
             }
             4 => {
-                let cols: Vec<ValueId> = vals.iter().copied().filter(|&v| shape(&m, v)[1] == sa[1]).collect();
+                let cols: Vec<ValueId> = vals
+                    .iter()
+                    .copied()
+                    .filter(|&v| shape(&m, v)[1] == sa[1])
+                    .collect();
                 let b = cols[rng.below(cols.len())];
                 let rows = sa[0] + shape(&m, b)[0];
                 let mut n = Node::new("Concat", vec![Some(a), Some(b)], vec![]);
@@ -237,27 +276,44 @@ fn random_module(seed: u64, nodes: usize) -> Module {
             }
             5 => {
                 // Transpose, or MatMul with something whose rows match.
-                let k: Vec<ValueId> = vals.iter().copied().filter(|&v| shape(&m, v)[0] == sa[1]).collect();
+                let k: Vec<ValueId> = vals
+                    .iter()
+                    .copied()
+                    .filter(|&v| shape(&m, v)[0] == sa[1])
+                    .collect();
                 if k.is_empty() {
                     let mut n = Node::new("Transpose", vec![Some(a)], vec![]);
                     n.attrs.insert("perm".into(), Attr::Ints(vec![1, 0]));
                     (n, t(sa[1], sa[0]))
                 } else {
                     let b = k[rng.below(k.len())];
-                    (Node::new("MatMul", vec![Some(a), Some(b)], vec![]), t(sa[0], shape(&m, b)[1]))
+                    (
+                        Node::new("MatMul", vec![Some(a), Some(b)], vec![]),
+                        t(sa[0], shape(&m, b)[1]),
+                    )
                 }
             }
             _ => {
                 // If: then returns an outer value as is, else computes from
                 // another outer value of the same shape.
                 let b = same[rng.below(same.len())];
-                let e = m.add_value(&format!("{name}_else"), t(sa[0], sa[1])).unwrap();
-                let then_branch = Region { outputs: vec![a], ..Region::default() };
-                let else_branch =
-                    Region { nodes: vec![Node::new("Neg", vec![Some(b)], vec![e])], outputs: vec![e], ..Region::default() };
+                let e = m
+                    .add_value(&format!("{name}_else"), t(sa[0], sa[1]))
+                    .unwrap();
+                let then_branch = Region {
+                    outputs: vec![a],
+                    ..Region::default()
+                };
+                let else_branch = Region {
+                    nodes: vec![Node::new("Neg", vec![Some(b)], vec![e])],
+                    outputs: vec![e],
+                    ..Region::default()
+                };
                 let mut n = Node::new("If", vec![Some(cond)], vec![]);
-                n.attrs.insert("then_branch".into(), Attr::Graph(then_branch));
-                n.attrs.insert("else_branch".into(), Attr::Graph(else_branch));
+                n.attrs
+                    .insert("then_branch".into(), Attr::Graph(then_branch));
+                n.attrs
+                    .insert("else_branch".into(), Attr::Graph(else_branch));
                 (n, t(sa[0], sa[1]))
             }
         };

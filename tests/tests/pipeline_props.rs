@@ -41,7 +41,7 @@ fn random_module(choices: &[u8]) -> String {
             11 => format!("Add(%{a}, %c)"),
             12 => format!("Neg(%{a})"),
             13 => format!("Identity(%{a})"),
-            14 => format!("Add(%w, %w)"),
+            14 => "Add(%w, %w)".to_string(),
             _ => format!("Abs(%{b})"),
         };
         lines.push(format!("  %{v} = {expr} : f32[3,3]"));

@@ -186,7 +186,10 @@ fn donor_positions(node: &Node) -> Vec<usize> {
             _ => None,
         }
     } else {
-        IN_PLACE.iter().find(|(op, _)| *op == node.op).map(|&(_, d)| d)
+        IN_PLACE
+            .iter()
+            .find(|(op, _)| *op == node.op)
+            .map(|&(_, d)| d)
     };
     match donors {
         None => vec![],
@@ -214,10 +217,12 @@ fn value_size(m: &Module, v: ValueId, dims: &HashMap<String, u64>) -> Result<(u6
             ))
         }
     };
-    let shape = t
-        .shape
-        .as_ref()
-        .ok_or_else(|| format!("value %{name} has unknown rank ({}): its byte size is unknown", print_type(ty)))?;
+    let shape = t.shape.as_ref().ok_or_else(|| {
+        format!(
+            "value %{name} has unknown rank ({}): its byte size is unknown",
+            print_type(ty)
+        )
+    })?;
     let mut elems: u64 = 1;
     for d in shape {
         let n = match d {
@@ -227,9 +232,13 @@ fn value_size(m: &Module, v: ValueId, dims: &HashMap<String, u64>) -> Result<(u6
                 match got.and_then(|x| u64::try_from(x).ok()) {
                     Some(n) => n,
                     None => {
-                        let unbound: Vec<&str> = e.symbols().filter(|s| !dims.contains_key(*s)).collect();
+                        let unbound: Vec<&str> =
+                            e.symbols().filter(|s| !dims.contains_key(*s)).collect();
                         return Err(if unbound.is_empty() {
-                            format!("value %{name}: dim {e} of {} is negative or overflows", print_type(ty))
+                            format!(
+                                "value %{name}: dim {e} of {} is negative or overflows",
+                                print_type(ty)
+                            )
                         } else {
                             format!(
                                 "value %{name}: dim {e} of {} needs a size for {}",
@@ -247,14 +256,19 @@ fn value_size(m: &Module, v: ValueId, dims: &HashMap<String, u64>) -> Result<(u6
                 ))
             }
         };
-        elems = elems
-            .checked_mul(n)
-            .ok_or_else(|| format!("value %{name}: element count of {} overflows", print_type(ty)))?;
+        elems = elems.checked_mul(n).ok_or_else(|| {
+            format!(
+                "value %{name}: element count of {} overflows",
+                print_type(ty)
+            )
+        })?;
     }
-    let bytes = t
-        .elem
-        .storage_bytes(elems)
-        .ok_or_else(|| format!("value %{name} has type {}: no fixed byte size", print_type(ty)))?;
+    let bytes = t.elem.storage_bytes(elems).ok_or_else(|| {
+        format!(
+            "value %{name} has type {}: no fixed byte size",
+            print_type(ty)
+        )
+    })?;
     Ok((bytes, elems))
 }
 
@@ -342,9 +356,14 @@ struct Group {
 /// inference fails, the types as far as they got (sizes still unknown then
 /// fail by name).
 fn specialize(m: &Module, dims: &HashMap<String, u64>) -> Option<Module> {
-    let is_static = |v: ValueId| m.ty(v).as_tensor().is_some_and(|t| t.static_shape().is_some());
+    let is_static = |v: ValueId| {
+        m.ty(v)
+            .as_tensor()
+            .is_some_and(|t| t.static_shape().is_some())
+    };
     let mut all_static = true;
-    m.body.walk(&mut |n| all_static &= n.outputs.iter().all(|&v| is_static(v)));
+    m.body
+        .walk(&mut |n| all_static &= n.outputs.iter().all(|&v| is_static(v)));
     if all_static {
         return None;
     }
@@ -391,11 +410,15 @@ fn fold_shape_values(s: &mut Module) -> usize {
         let node = &s.body.nodes[i];
         let small_int = |v: &ValueId| {
             s.ty(*v).as_tensor().is_some_and(|t| {
-                (t.elem.is_int() || t.elem == kiln_ir::ElemType::Bool) && t.num_elements().is_some_and(|n| n <= MAX_SHAPE_VALUES)
+                (t.elem.is_int() || t.elem == kiln_ir::ElemType::Bool)
+                    && t.num_elements().is_some_and(|n| n <= MAX_SHAPE_VALUES)
             })
         };
         if node.outputs.is_empty()
-            || node.outputs.iter().any(|o| s.constant(*o).is_some() || !small_int(o))
+            || node
+                .outputs
+                .iter()
+                .any(|o| s.constant(*o).is_some() || !small_int(o))
             || node.regions().next().is_some()
             || node.op.starts_with("Random")
             || node.op == "Multinomial"
@@ -404,7 +427,12 @@ fn fold_shape_values(s: &mut Module) -> usize {
         }
         let data = if node.op == "Shape" || node.op == "Size" {
             shape_node_value(s, node)
-        } else if node.inputs.iter().flatten().all(|v| s.constant(*v).is_some()) {
+        } else if node
+            .inputs
+            .iter()
+            .flatten()
+            .all(|v| s.constant(*v).is_some())
+        {
             eval_node(s, node)
         } else {
             None
@@ -427,15 +455,36 @@ fn shape_node_value(s: &Module, node: &Node) -> Option<Vec<kiln_ir::TensorData>>
         vec![i64::try_from(shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?).ok()?]
     } else {
         let r = shape.len() as i64;
-        let clamp = |v: i64| if v < 0 { v.saturating_add(r).max(0) } else { v.min(r) };
+        let clamp = |v: i64| {
+            if v < 0 {
+                v.saturating_add(r).max(0)
+            } else {
+                v.min(r)
+            }
+        };
         let int = |k: &str, d: i64| match node.attr(k) {
             Some(Attr::Int(v)) => *v,
             _ => d,
         };
-        let (a, b) = (clamp(int("start", 0)) as usize, clamp(int("end", r)) as usize);
-        shape.get(a..b.max(a))?.iter().map(|&d| i64::try_from(d).ok()).collect::<Option<_>>()?
+        let (a, b) = (
+            clamp(int("start", 0)) as usize,
+            clamp(int("end", r)) as usize,
+        );
+        shape
+            .get(a..b.max(a))?
+            .iter()
+            .map(|&d| i64::try_from(d).ok())
+            .collect::<Option<_>>()?
     };
-    let t = kiln_runtime::tensor::Tensor::from_i64(if node.op == "Size" { vec![] } else { vec![vals.len()] }, vals).ok()?;
+    let t = kiln_runtime::tensor::Tensor::from_i64(
+        if node.op == "Size" {
+            vec![]
+        } else {
+            vec![vals.len()]
+        },
+        vals,
+    )
+    .ok()?;
     Some(vec![t.to_data()])
 }
 
@@ -455,8 +504,12 @@ fn eval_node(s: &Module, node: &Node) -> Option<Vec<kiln_ir::TensorData>> {
     }
     tiny.body.outputs = n.outputs.clone();
     tiny.body.nodes.push(n);
-    let outs = kiln_runtime::Interpreter::new(&tiny).run(&HashMap::new()).ok()?;
-    outs.iter().map(|v| v.as_tensor().map(|t| t.to_data())).collect()
+    let outs = kiln_runtime::Interpreter::new(&tiny)
+        .run(&HashMap::new())
+        .ok()?;
+    outs.iter()
+        .map(|v| v.as_tensor().map(|t| t.to_data()))
+        .collect()
 }
 
 /// Plan the arena of `m`'s top-level region; `dims` gives symbolic dims
@@ -534,7 +587,11 @@ pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, Strin
                 }
                 None => {
                     group_of.insert(r, groups.len());
-                    groups.push(Group { members: vec![r], size: size[&r].0, live: (pos, last[&r]) });
+                    groups.push(Group {
+                        members: vec![r],
+                        size: size[&r].0,
+                        live: (pos, last[&r]),
+                    });
                 }
             }
         }
@@ -544,7 +601,11 @@ pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, Strin
     for &v in &order {
         if let std::collections::hash_map::Entry::Vacant(e) = group_of.entry(v) {
             e.insert(groups.len());
-            groups.push(Group { members: vec![v], size: size[&v].0, live: (def[&v], last[&v]) });
+            groups.push(Group {
+                members: vec![v],
+                size: size[&v].0,
+                live: (def[&v], last[&v]),
+            });
         }
     }
 
@@ -574,7 +635,12 @@ pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, Strin
             in_place_of: in_place_of.get(&v).copied(),
         })
         .collect();
-    Ok(MemoryPlan { schedule, buffers, arena_bytes, naive_bytes })
+    Ok(MemoryPlan {
+        schedule,
+        buffers,
+        arena_bytes,
+        naive_bytes,
+    })
 }
 
 fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
@@ -618,7 +684,8 @@ fn assign_offsets(groups: &[Group]) -> Result<Vec<u64>, String> {
             prev_end = prev_end.max(end);
         }
         let off = best.map_or(prev_end, |(_, o)| o);
-        off.checked_add(fp).ok_or("memory plan: arena size overflows")?;
+        off.checked_add(fp)
+            .ok_or("memory plan: arena size overflows")?;
         offsets[gi] = off;
         placed.push((off, fp, g.live));
     }
@@ -636,7 +703,11 @@ pub fn check(plan: &MemoryPlan) -> Result<(), String> {
     let id = |v: ValueId| format!("value #{}", v.0);
     for b in &plan.buffers {
         if b.offset % ALIGN != 0 {
-            return Err(format!("{}: offset {} is not {ALIGN}-byte aligned", id(b.value), b.offset));
+            return Err(format!(
+                "{}: offset {} is not {ALIGN}-byte aligned",
+                id(b.value),
+                b.offset
+            ));
         }
         match b.offset.checked_add(b.size) {
             Some(end) if end <= plan.arena_bytes => {}
@@ -654,9 +725,13 @@ pub fn check(plan: &MemoryPlan) -> Result<(), String> {
             return Err(format!("{}: live range {:?} is empty", id(b.value), b.live));
         }
         if let Some(o) = b.in_place_of {
-            let ob = by_value
-                .get(&o)
-                .ok_or_else(|| format!("{}: in place of {}, which has no buffer", id(b.value), id(o)))?;
+            let ob = by_value.get(&o).ok_or_else(|| {
+                format!(
+                    "{}: in place of {}, which has no buffer",
+                    id(b.value),
+                    id(o)
+                )
+            })?;
             if ob.offset != b.offset || ob.size != b.size || ob.live.1 != b.live.0 {
                 return Err(format!(
                     "{}: in place of {}, but the buffers or the handover do not match",
@@ -710,7 +785,9 @@ pub fn render(m: &Module, plan: &MemoryPlan) -> String {
                 b.offset.to_string(),
                 b.size.to_string(),
                 format!("{}..{}", b.live.0, b.live.1),
-                b.in_place_of.map(|o| format!("in place of {}", name(o))).unwrap_or_default(),
+                b.in_place_of
+                    .map(|o| format!("in place of {}", name(o)))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -751,7 +828,8 @@ mod tests {
     use kiln_ir::{ElemType, TensorType};
 
     fn f32v(m: &mut Module, name: &str, shape: &[u64]) -> ValueId {
-        m.add_value(name, Type::Tensor(TensorType::known(ElemType::F32, shape))).unwrap()
+        m.add_value(name, Type::Tensor(TensorType::known(ElemType::F32, shape)))
+            .unwrap()
     }
 
     /// `kiln.Fusion` of kind `elementwise` may write over an operand; other
@@ -780,14 +858,35 @@ mod tests {
 
     #[test]
     fn check_rejects_clobbering() {
-        let b = |v, offset, live| Buffer { value: ValueId(v), offset, size: 100, live, in_place_of: None };
-        let ok = MemoryPlan { schedule: vec![0, 1, 2], buffers: vec![b(0, 0, (0, 1)), b(1, 128, (1, 2))], arena_bytes: 256, naive_bytes: 256 };
+        let b = |v, offset, live| Buffer {
+            value: ValueId(v),
+            offset,
+            size: 100,
+            live,
+            in_place_of: None,
+        };
+        let ok = MemoryPlan {
+            schedule: vec![0, 1, 2],
+            buffers: vec![b(0, 0, (0, 1)), b(1, 128, (1, 2))],
+            arena_bytes: 256,
+            naive_bytes: 256,
+        };
         check(&ok).unwrap();
-        let clash = MemoryPlan { buffers: vec![b(0, 0, (0, 1)), b(1, 64, (1, 2))], ..ok.clone() };
+        let clash = MemoryPlan {
+            buffers: vec![b(0, 0, (0, 1)), b(1, 64, (1, 2))],
+            ..ok.clone()
+        };
         assert!(check(&clash).is_err());
-        let unaligned = MemoryPlan { buffers: vec![b(0, 0, (0, 1)), b(1, 130, (1, 2))], arena_bytes: 300, ..ok.clone() };
+        let unaligned = MemoryPlan {
+            buffers: vec![b(0, 0, (0, 1)), b(1, 130, (1, 2))],
+            arena_bytes: 300,
+            ..ok.clone()
+        };
         assert!(check(&unaligned).is_err());
-        let mut handover = MemoryPlan { buffers: vec![b(0, 0, (0, 1)), b(1, 0, (1, 2))], ..ok.clone() };
+        let mut handover = MemoryPlan {
+            buffers: vec![b(0, 0, (0, 1)), b(1, 0, (1, 2))],
+            ..ok.clone()
+        };
         assert!(check(&handover).is_err());
         handover.buffers[1].in_place_of = Some(ValueId(0));
         check(&handover).unwrap();

@@ -114,6 +114,8 @@ pub struct RunOptions<'a> {
     pub observer: Option<&'a mut dyn FnMut(&PassEvent)>,
 }
 
+// Not derivable: verification defaults on in debug builds only.
+#[allow(clippy::derivable_impls)]
 impl Default for RunOptions<'_> {
     fn default() -> Self {
         RunOptions {
