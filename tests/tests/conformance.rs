@@ -4,8 +4,40 @@
 //! Refresh it with
 //! `kiln conformance ../shared/onnx-backend-node --write-passing tests/conformance/interp-passing.txt`.
 
-use kiln_compiler::conformance::{run_test, Outcome, Tolerance};
+use kiln_compiler::conformance::{run_test, run_test_at, Outcome, Tolerance};
 use kiln_tests::{node_suite_dir, repo_root, shared_models};
+
+fn expected_passing() -> Vec<String> {
+    let list = std::fs::read_to_string(repo_root().join("tests/conformance/interp-passing.txt"))
+        .expect("read the expectation list");
+    list.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
+/// The optimizer loses no conformance: every test that passes on the
+/// imported module passes after the -O1 and -O2 pipelines.
+#[test]
+fn optimized_node_suite_loses_nothing() {
+    let dir = node_suite_dir();
+    for level in [1, 2] {
+        let mut lost = Vec::new();
+        for name in expected_passing() {
+            let r = run_test_at(&dir.join(&name), Tolerance::default(), level);
+            if r.outcome != Outcome::Pass {
+                lost.push(kiln_compiler::conformance::report_line(&r));
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "-O{level} loses {}:\n{}",
+            lost.len(),
+            lost.join("\n")
+        );
+    }
+}
 
 #[test]
 fn node_suite_has_no_regressions() {
@@ -43,9 +75,14 @@ fn shared_models_match_onnxruntime() {
     };
     let mut failures = Vec::new();
     for m in shared_models() {
-        let r = run_test(&m, tol);
-        if r.outcome != Outcome::Pass {
-            failures.push(kiln_compiler::conformance::report_line(&r));
+        for level in [0, 2] {
+            let r = run_test_at(&m, tol, level);
+            if r.outcome != Outcome::Pass {
+                failures.push(format!(
+                    "-O{level} {}",
+                    kiln_compiler::conformance::report_line(&r)
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
