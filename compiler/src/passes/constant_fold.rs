@@ -82,6 +82,7 @@ const RULES: &[(&str, Rule)] = &[
     ("shape-of-static", shape_of_static),
     ("size-of-static", size_of_static),
     ("reshape-of-constant", reshape_of_constant),
+    ("constant-of-shape", constant_of_shape),
     ("evaluate", evaluate),
 ];
 
@@ -287,6 +288,37 @@ fn size_of_static(m: &Module, node: &Node, _: &Budget) -> Option<Vec<TensorData>
         &[i64::try_from(n).ok()?],
     )
     .ok()?])
+}
+
+/// `ConstantOfShape(shape)`: the value's bytes repeated, without a trip
+/// through the interpreter (exports build whole weight tensors this way).
+fn constant_of_shape(m: &Module, node: &Node, budget: &Budget) -> Option<Vec<TensorData>> {
+    if node.op != "ConstantOfShape" {
+        return None;
+    }
+    let shape_data = m.constant(node.input(0)?)?;
+    let shape: Vec<u64> = shape_data
+        .to_i64_vec()?
+        .into_iter()
+        .map(|d| u64::try_from(d).ok())
+        .collect::<Option<_>>()?;
+    let value = match node.attr("value") {
+        Some(kiln_ir::Attr::Tensor(t)) => (**t).clone(),
+        None => TensorData::from_f32(vec![1], &[0.0]).ok()?,
+        _ => return None,
+    };
+    let one = value.bytes()?;
+    if value.numel() != 1 || value.elem.bit_width()? < 8 {
+        return None;
+    }
+    let n = kiln_ir::tensor::shape_numel(&shape)?;
+    let out = (one.len() as u64).checked_mul(n)?;
+    if !size_ok(out, shape_data.byte_size() + one.len() as u64, budget) {
+        return None;
+    }
+    TensorData::from_bytes(value.elem, shape, one.repeat(n as usize))
+        .ok()
+        .map(|d| vec![d])
 }
 
 /// Reshape-like ops of a constant: same bytes, new (inferred) shape; the

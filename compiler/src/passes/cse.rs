@@ -165,6 +165,19 @@ impl Cse {
         d.elem.hash(&mut h);
         d.shape.hash(&mut h);
         match &d.payload {
+            // Large weights: hash a sample (ends and a stride through the
+            // middle), not every byte; equal buckets compare in full, so
+            // the sample only has to separate most distinct constants.
+            Payload::Bytes(b) if b.len() > SAMPLE_ABOVE => {
+                b.len().hash(&mut h);
+                b[..64].hash(&mut h);
+                b[b.len() - 64..].hash(&mut h);
+                let step = b.len() / 1024;
+                (0..1024)
+                    .map(|i| b[i * step])
+                    .collect::<Vec<u8>>()
+                    .hash(&mut h);
+            }
             Payload::Bytes(b) => b.hash(&mut h),
             Payload::Strings(s) => s.hash(&mut h),
             Payload::Elided => return None,
@@ -173,8 +186,15 @@ impl Cse {
     }
 }
 
+/// Constants larger than this are bucketed by a sample of their bytes.
+const SAMPLE_ABOVE: usize = 64 << 10;
+
 fn same_constant(m: &Module, a: ValueId, b: ValueId) -> bool {
-    m.ty(a) == m.ty(b) && m.constant(a) == m.constant(b)
+    m.ty(a) == m.ty(b)
+        && match (m.constant(a), m.constant(b)) {
+            (Some(x), Some(y)) => std::sync::Arc::ptr_eq(x, y) || x == y,
+            _ => false,
+        }
 }
 
 /// Same op, operands, result count, attributes, and result types (so that
