@@ -1114,3 +1114,56 @@ mod tests {
         assert_eq!(errs[1].rule, Rule::UnknownOp);
     }
 }
+
+#[cfg(test)]
+mod fusion_tests {
+    use super::*;
+
+    const OK: &str = "module @f opset(ai.onnx = 17) {
+  input %qk: f32[1,2,4,4]
+  input %mask: f32[1,1,1,4]
+  %p = kiln.Fusion(%qk, %mask) {
+    body = graph {
+      input %qk_in: f32[1,2,4,4]
+      input %mask_in: f32[1,1,1,4]
+      const %scale: f32[] = dense[2.828427]
+      %d = Div(%qk_in, %scale) : f32[1,2,4,4]
+      %am = Add(%d, %mask_in) : f32[1,2,4,4]
+      %p_out = Softmax(%am) {axis = -1} : f32[1,2,4,4]
+      return %p_out
+    },
+    kind = \"reduction\"
+  } : f32[1,2,4,4]
+  return %p
+}
+";
+
+    fn rule(src: &str) -> Rule {
+        let m = crate::parse_module(src).expect("parse");
+        verify(&m).expect_err("invalid").rule
+    }
+
+    #[test]
+    fn spec_example_verifies_and_infers() {
+        let mut m = crate::parse_module(OK).expect("parse");
+        verify(&m).expect("valid");
+        crate::ops::infer_module(&mut m).expect("infer");
+    }
+
+    #[test]
+    fn fusion_body_is_closed() {
+        // The body uses the outer %mask instead of its input.
+        let src = OK.replace("Add(%d, %mask_in)", "Add(%d, %mask)");
+        assert!(matches!(rule(&src), Rule::UseBeforeDef { .. }), "{:?}", rule(&src));
+    }
+
+    #[test]
+    fn fusion_signature() {
+        let src = OK.replace("kiln.Fusion(%qk, %mask)", "kiln.Fusion(%qk, %qk)");
+        assert!(matches!(rule(&src), Rule::RegionSignature(m) if m.contains("body input 1")));
+        let src = OK.replace("kiln.Fusion(%qk, %mask)", "kiln.Fusion(%qk)");
+        assert!(matches!(rule(&src), Rule::RegionSignature(m) if m.contains("1 operands")));
+        let src = OK.replace("\"reduction\"", "\"loop\"");
+        assert!(matches!(rule(&src), Rule::RegionSignature(m) if m.contains("kind `loop`")));
+    }
+}

@@ -176,6 +176,18 @@ fn fused(model: &str) -> Option<(Module, Module)> {
         kernels(&after),
         kernels(&after) - groups
     );
+    let mut hist: HashMap<&str, usize> = HashMap::new();
+    for n in after.body.nodes.iter().filter(|n| n.op != "kiln.Fusion") {
+        *hist.entry(n.op.as_str()).or_default() += 1;
+    }
+    let mut hist: Vec<_> = hist.into_iter().collect();
+    hist.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    eprintln!("  unfused: {hist:?}");
+    let mut kinds: HashMap<&str, usize> = HashMap::new();
+    for n in after.body.nodes.iter().filter(|n| n.op == "kiln.Fusion") {
+        *kinds.entry(kind(n)).or_default() += 1;
+    }
+    eprintln!("  fusions by kind: {kinds:?}");
     Some((before, after))
 }
 
@@ -217,6 +229,8 @@ fn resnet50_every_conv_relu_is_an_epilogue() {
 #[test]
 fn shared_models_fuse_and_verify() {
     for model in ["minilm_l3", "resnet50_light", "squeezenet_rand", "ppocr_mobile_v2_cls"] {
-        let _ = fused(model);
+        if let Some((before, after)) = fused(model) {
+            assert_same(&before, &after, &[7]);
+        }
     }
 }
