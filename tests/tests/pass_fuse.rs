@@ -50,7 +50,7 @@ fn inputs(m: &Module, seed: u64) -> HashMap<String, Value> {
             let n: usize = shape.iter().product();
             let data = match t.elem {
                 ElemType::F32 => Data::F32((0..n).map(|_| r.f32()).collect()),
-                ElemType::Bool => Data::Bool((0..n).map(|_| r.next() % 2 == 0).collect()),
+                ElemType::Bool => Data::Bool((0..n).map(|_| r.next().is_multiple_of(2)).collect()),
                 ElemType::I64 => Data::I64((0..n).map(|_| (r.next() % 2) as i64).collect()),
                 e => panic!("no random {e} inputs"),
             };

@@ -215,7 +215,6 @@ fn copy_into_body(m: &Module, v: ValueId) -> bool {
 /// The `kiln.Fusion` node of a group of `nodes`.
 fn build_fusion(m: &mut Module, nodes: &[Node], g: &Group) -> Result<Node, String> {
     let root = nodes.get(g.root).ok_or("fusion root out of range")?;
-    let members: HashSet<usize> = g.members.iter().copied().collect();
     let mut inside: HashSet<ValueId> = HashSet::new();
     for &i in &g.members {
         inside.extend(&nodes[i].outputs);
@@ -254,7 +253,6 @@ fn build_fusion(m: &mut Module, nodes: &[Node], g: &Group) -> Result<Node, Strin
         map.insert(o, inner);
     }
     for &i in &g.members {
-        debug_assert!(members.contains(&i));
         let mut n = nodes[i].clone();
         for v in n.inputs.iter_mut().flatten() {
             if let Some(&x) = map.get(v) {

@@ -85,7 +85,7 @@ pub fn classify(m: &Module, n: &Node) -> Result<Class, String> {
         return Err(format!("{op} is not elementwise, a reduction or a matmul/conv"));
     };
     let results = match class {
-        Class::Reduction => n.outputs.len() >= 1,
+        Class::Reduction => !n.outputs.is_empty(),
         _ => n.outputs.len() == 1,
     };
     if !results {
