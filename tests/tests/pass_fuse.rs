@@ -234,3 +234,33 @@ fn shared_models_fuse_and_verify() {
         }
     }
 }
+
+/// Fusing every model of the ONNX node suite leaves a valid module (no
+/// error, no panic) that computes exactly what the unfused one does on
+/// the test's first data set (the same kernels run in the same order).
+#[test]
+fn node_suite_models_stay_valid_and_equal() {
+    let (mut fused_models, mut compared) = (0, 0);
+    for dir in kiln_tests::node_tests() {
+        let Ok(m) = kiln_compiler::load_model(&dir.join("model.onnx")) else { continue };
+        let mut after = m.clone();
+        match passes::run_named(&mut after, "fuse") {
+            Ok(true) => fused_models += 1,
+            Ok(false) => continue,
+            Err(e) => panic!("{}: {e}", dir.display()),
+        }
+        let set = dir.join("test_data_set_0");
+        let mut ins = HashMap::new();
+        for (k, &i) in m.body.inputs.iter().enumerate() {
+            let f = set.join(format!("input_{k}.pb"));
+            if let Ok(v) = kiln_compiler::testdata::read_value(&f, m.ty(i)) {
+                ins.insert(m.name(i).to_string(), v);
+            }
+        }
+        let Ok(want) = Interpreter::new(&m).run(&ins) else { continue };
+        let got = Interpreter::new(&after).run(&ins).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        assert_eq!(format!("{want:?}"), format!("{got:?}"), "{}", dir.display());
+        compared += 1;
+    }
+    eprintln!("node suite: fuse changed {fused_models} models, {compared} compared on the interpreter");
+}
