@@ -435,10 +435,16 @@ impl<'a> Verifier<'a> {
         if let Some(msg) = region_signature(node) {
             self.push(path, here, Rule::RegionSignature(msg));
         }
-        // Nested regions see what is visible at this node.
+        if node.op == FUSION {
+            self.fusion_operands(idx, node, path);
+        }
+        // Nested regions see what is visible at this node; a fusion body
+        // sees only its own inputs and constants (no captures).
+        let closed = HashSet::new();
         for (attr, nth, r) in node_regions(node) {
             let p = region_path(path, idx, node, attr, nth);
-            self.region(r, &p, visible);
+            let outer = if node.op == FUSION { &closed } else { visible };
+            self.region(r, &p, outer);
         }
         let mut outs_ok = true;
         for (i, &o) in node.outputs.iter().enumerate() {
@@ -485,6 +491,36 @@ impl<'a> Verifier<'a> {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Kiln's fusion op (its body may not capture outer values).
+pub const FUSION: &str = "kiln.Fusion";
+
+impl Verifier<'_> {
+    /// `kiln.Fusion`: each body input has a type compatible with its operand.
+    fn fusion_operands(&mut self, idx: usize, node: &Node, path: &str) {
+        let Some(body) = node.attr("body").and_then(|a| a.as_graph()) else { return };
+        for (i, (v, &b)) in node.inputs.iter().zip(&body.inputs).enumerate() {
+            let Some(v) = *v else {
+                self.push(path, Some((idx, node)), Rule::RegionSignature(format!("operand {i} is omitted; fusion operands are required")));
+                continue;
+            };
+            if !self.valid(v) || !self.valid(b) {
+                continue;
+            }
+            let (a, t) = (self.m.ty(v), self.m.ty(b));
+            if !types_compatible(a, t) {
+                let msg = format!(
+                    "body input {i} (%{}) is {}, operand %{} is {}",
+                    self.m.name(b),
+                    type_str(t),
+                    self.m.name(v),
+                    type_str(a)
+                );
+                self.push(path, Some((idx, node)), Rule::RegionSignature(msg));
             }
         }
     }
@@ -566,6 +602,23 @@ pub(crate) fn region_signature(node: &Node) -> Option<String> {
                         return Some(format!("`{name}` has {} values, expected {count}", v.len()));
                     }
                 }
+            }
+        }
+        FUSION => {
+            let r = g("body")?;
+            if r.inputs.len() != ni || r.outputs.len() != no {
+                return Some(format!(
+                    "body has {} inputs and {} outputs, the node {ni} operands and {no} results",
+                    r.inputs.len(),
+                    r.outputs.len()
+                ));
+            }
+            let kind = node.attr("kind").and_then(|a| a.as_str()).unwrap_or("");
+            if !crate::ops::kiln::FUSION_KINDS.contains(&kind) {
+                return Some(format!(
+                    "kind `{kind}` is not one of {}",
+                    crate::ops::kiln::FUSION_KINDS.join(", ")
+                ));
             }
         }
         "SequenceMap" => {
@@ -1059,5 +1112,58 @@ mod tests {
             }
         );
         assert_eq!(errs[1].rule, Rule::UnknownOp);
+    }
+}
+
+#[cfg(test)]
+mod fusion_tests {
+    use super::*;
+
+    const OK: &str = "module @f opset(ai.onnx = 17) {
+  input %qk: f32[1,2,4,4]
+  input %mask: f32[1,1,1,4]
+  %p = kiln.Fusion(%qk, %mask) {
+    body = graph {
+      input %qk_in: f32[1,2,4,4]
+      input %mask_in: f32[1,1,1,4]
+      const %scale: f32[] = dense[2.828427]
+      %d = Div(%qk_in, %scale) : f32[1,2,4,4]
+      %am = Add(%d, %mask_in) : f32[1,2,4,4]
+      %p_out = Softmax(%am) {axis = -1} : f32[1,2,4,4]
+      return %p_out
+    },
+    kind = \"reduction\"
+  } : f32[1,2,4,4]
+  return %p
+}
+";
+
+    fn rule(src: &str) -> Rule {
+        let m = crate::parse_module(src).expect("parse");
+        verify(&m).expect_err("invalid").rule
+    }
+
+    #[test]
+    fn spec_example_verifies_and_infers() {
+        let mut m = crate::parse_module(OK).expect("parse");
+        verify(&m).expect("valid");
+        crate::ops::infer_module(&mut m).expect("infer");
+    }
+
+    #[test]
+    fn fusion_body_is_closed() {
+        // The body uses the outer %mask instead of its input.
+        let src = OK.replace("Add(%d, %mask_in)", "Add(%d, %mask)");
+        assert!(matches!(rule(&src), Rule::UseBeforeDef { .. }), "{:?}", rule(&src));
+    }
+
+    #[test]
+    fn fusion_signature() {
+        let src = OK.replace("kiln.Fusion(%qk, %mask)", "kiln.Fusion(%qk, %qk)");
+        assert!(matches!(rule(&src), Rule::RegionSignature(m) if m.contains("body input 1")));
+        let src = OK.replace("kiln.Fusion(%qk, %mask)", "kiln.Fusion(%qk)");
+        assert!(matches!(rule(&src), Rule::RegionSignature(m) if m.contains("1 operands")));
+        let src = OK.replace("\"reduction\"", "\"loop\"");
+        assert!(matches!(rule(&src), Rule::RegionSignature(m) if m.contains("kind `loop`")));
     }
 }

@@ -21,6 +21,7 @@ pub type IntValues = Vec<Option<SymExpr>>;
 
 mod dims;
 mod infer;
+pub mod kiln;
 mod rules;
 #[rustfmt::skip]
 mod schemas;
@@ -131,6 +132,7 @@ fn registry() -> &'static Registry {
     REG.get_or_init(|| {
         let schemas: Vec<OpSchema> = schemas::SCHEMAS
             .iter()
+            .chain(kiln::KILN_SCHEMAS)
             .map(|r| {
                 let rule = rules::rule_for(r.name);
                 OpSchema {

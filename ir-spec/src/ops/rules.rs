@@ -212,6 +212,7 @@ pub(crate) fn rule_for(op: &str) -> Option<super::InferFn> {
         "ai.onnx.preview.training.Adagrad" => adagrad,
         "ai.onnx.preview.training.Adam" => adam,
         "ai.onnx.preview.training.Momentum" => momentum,
+        "kiln.Fusion" => super::kiln::fusion,
         _ => return None,
     })
 }

@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod elementwise;
+pub mod fusion;
 pub mod movement;
 pub mod nn;
 
@@ -57,6 +58,7 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
         .or_else(|| movement::lookup(op))
         .or_else(|| nn::lookup(op))
         .or_else(|| control::lookup(op))
+        .or_else(|| fusion::lookup(op))
 }
 
 /// What a kernel can see: its node (attributes, declared result types) and

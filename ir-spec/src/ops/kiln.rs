@@ -1,0 +1,53 @@
+//! Kiln's own ops (domain `kiln`): hand-written schemas and inference rules,
+//! kept apart from the generated ONNX table (`schemas.rs`) so regenerating
+//! that table cannot lose them. SPEC.md documents them (section 5.4, from
+//! the end of `spec/intro.md`).
+
+use super::{AttrSpec, InferCtx, InferError, ParamOption, RawSchema};
+use crate::attr::AttrKind;
+use crate::types::Type;
+
+/// The `kind`s a `kiln.Fusion` may have.
+pub const FUSION_KINDS: &[&str] = &["elementwise", "reduction", "epilogue"];
+
+pub(super) static KILN_SCHEMAS: &[RawSchema] = &[RawSchema {
+    name: "kiln.Fusion",
+    domain: "kiln",
+    since_version: 1,
+    deprecated: false,
+    min_inputs: 0,
+    max_inputs: usize::MAX,
+    min_outputs: 1,
+    max_outputs: usize::MAX,
+    input_names: &["inputs"],
+    input_options: &[ParamOption::Variadic],
+    output_names: &["outputs"],
+    attrs: &[
+        AttrSpec { name: "body", kind: AttrKind::Graph, required: true },
+        AttrSpec { name: "kind", kind: AttrKind::String, required: true },
+    ],
+    summary: "A group of ops fused into one kernel: runs `body` on the operands and returns its outputs.",
+}];
+
+/// `kiln.Fusion`: the results have the types of the body's outputs.
+pub(super) fn fusion(c: &InferCtx) -> Result<Vec<Type>, InferError> {
+    let Some(outs) = c.region("body") else {
+        return Err(InferError::Invalid("kiln.Fusion needs a `body` graph".into()));
+    };
+    if outs.len() != c.num_outputs {
+        return Err(InferError::Invalid(format!(
+            "body has {} outputs, the node {} results",
+            outs.len(),
+            c.num_outputs
+        )));
+    }
+    if let Some(k) = c.attr_str("kind") {
+        if !FUSION_KINDS.contains(&k) {
+            return Err(InferError::BadAttr {
+                name: "kind".into(),
+                msg: format!("`{k}` is not one of {}", FUSION_KINDS.join(", ")),
+            });
+        }
+    }
+    Ok(outs.to_vec())
+}
