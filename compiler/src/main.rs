@@ -178,6 +178,11 @@ struct DumpArgs {
     /// and size per buffer) as `#` comment lines
     #[arg(long)]
     memory_plan: bool,
+    /// Instead of the IR, print why each producer→consumer pair that
+    /// `fuse` would see (the module after -O1 cleanup) stays in separate
+    /// kernels, one line per pair
+    #[arg(long)]
+    explain_fusion: bool,
     /// A symbolic dim's size for memory planning: NAME=VALUE (symbols not
     /// given are planned at 1)
     #[arg(long = "dim", value_name = "NAME=VALUE")]
@@ -246,12 +251,30 @@ fn module_for_plan(
     Ok(c)
 }
 
-/// Ops inside fusion regions (recursively).
+/// Ops in a region and its nested regions, fusion nodes themselves not
+/// counted (the ops they group are).
+fn op_count(r: &kiln_ir::Region) -> usize {
+    r.nodes
+        .iter()
+        .map(|n| {
+            let inner: usize = n.regions().map(|(_, b)| op_count(b)).sum();
+            inner + usize::from(n.op != "kiln.Fusion")
+        })
+        .sum()
+}
+
+/// Ops inside fusion regions (fusions in nested regions included).
 fn fused_ops(r: &kiln_ir::Region) -> usize {
     r.nodes
         .iter()
-        .filter(|n| n.op == "kiln.Fusion")
-        .map(|n| n.regions().map(|(_, b)| b.node_count()).sum::<usize>())
+        .map(|n| -> usize {
+            let nested = n.regions().map(|(_, b)| b);
+            if n.op == "kiln.Fusion" {
+                nested.map(op_count).sum()
+            } else {
+                nested.map(fused_ops).sum()
+            }
+        })
         .sum()
 }
 
@@ -367,7 +390,17 @@ fn dump(args: &DumpArgs) -> Result<(), Failure> {
     let popts = kiln_ir::text::PrintOptions {
         elide_threshold: threshold,
     };
-    let nodes_before = m.body.node_count();
+    let nodes_before = op_count(&m.body);
+    if args.explain_fusion {
+        // `fuse` runs on the cleaned-up module: explain that one.
+        kiln_compiler::passes::optimize(&mut m, 1).map_err(|e| e.to_string())?;
+        let lines = kiln_compiler::passes::fuse::explain(&m);
+        let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        if lines.is_empty() {
+            text.push_str("# every producer→consumer pair would be fused\n");
+        }
+        return write_output(args, &text);
+    }
     optimize_for_dump(&mut m, args, &popts)?;
     if args.stats {
         use kiln_compiler::passes::memory_plan;
@@ -375,7 +408,7 @@ fn dump(args: &DumpArgs) -> Result<(), Failure> {
         let plan = memory_plan::plan(&pm, &plan_dims(&pm, &args.dims)?)?;
         let stats = serde_json::json!({
             "nodes_before": nodes_before,
-            "nodes_after": m.body.node_count(),
+            "nodes_after": op_count(&m.body),
             "kernels": m.body.nodes.len(),
             "fused_ops": fused_ops(&m.body),
             "arena_bytes": plan.arena_bytes,
@@ -416,6 +449,11 @@ fn dump(args: &DumpArgs) -> Result<(), Failure> {
     } else {
         text
     };
+    write_output(args, &text)
+}
+
+/// Write `text` to `-o FILE` or stdout.
+fn write_output(args: &DumpArgs, text: &str) -> Result<(), Failure> {
     match &args.output {
         Some(p) => Ok(std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?),
         None => {

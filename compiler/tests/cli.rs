@@ -319,3 +319,20 @@ fn check_reports_a_clean_pipeline() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("ok: "));
 }
+
+#[test]
+fn dump_explain_fusion_says_why_neighbours_stay_apart() {
+    let out = kiln(&["dump", &tiny_cnn(), "--explain-fusion"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    // MaxPool is neither elementwise, a reduction nor a matmul/conv: it
+    // separates the Relu before it from the Conv after it.
+    assert!(
+        text.contains("(Relu) -> %p1 (MaxPool): consumer is not fusible"),
+        "{text}"
+    );
+    assert!(
+        text.lines().all(|l| l.contains(" -> ") && l.contains(": ")),
+        "{text}"
+    );
+}

@@ -223,6 +223,12 @@ impl Module {
         self.values[id.index()].constant.as_ref()
     }
 
+    /// A constant's data, to change in place (`Arc::get_mut` succeeds only
+    /// when nothing else shares it).
+    pub fn constant_mut(&mut self, id: ValueId) -> Option<&mut Arc<TensorData>> {
+        self.values[id.index()].constant.as_mut()
+    }
+
     pub fn lookup(&self, name: &str) -> Option<ValueId> {
         self.by_name.get(name).copied()
     }

@@ -53,6 +53,58 @@ pub enum TensorDataError {
     BytesExpected(ElemType),
 }
 
+/// A byte buffer of `len` bytes written by `fill`, allocated once and
+/// shared: big constants are built in place rather than in a `Vec` copied
+/// into an `Arc` (folding a model's weights would otherwise touch every
+/// byte twice).
+pub fn build_bytes(len: usize, fill: impl FnOnce(&mut [u8])) -> Arc<[u8]> {
+    let zeroed = Arc::<[u8]>::new_zeroed_slice(len);
+    // SAFETY: every bit pattern, all-zero included, is a valid `u8`.
+    let mut bytes = unsafe { zeroed.assume_init() };
+    if let Some(b) = Arc::get_mut(&mut bytes) {
+        advise_huge_pages(b);
+        fill(b);
+    }
+    bytes
+}
+
+/// Ask Linux to back the 2 MiB-aligned interior of a fresh, untouched
+/// buffer with huge pages: filling 100 MB of weights then takes 50 page
+/// faults instead of 25,000 (the faults, not the copying, dominated
+/// folding ResNet-50's weights). Advice only: failure changes nothing.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(b: &mut [u8]) {
+    const HUGE: usize = 2 << 20;
+    let start = b.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(HUGE);
+    let end = (start + b.len()) / HUGE * HUGE;
+    if end > first {
+        // SAFETY: the range lies inside `b`, which this function borrows
+        // mutably; MADV_HUGEPAGE does not change its contents.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_: &mut [u8]) {}
+
+/// `unit` repeated to fill `out` (whose length is a multiple of it), by
+/// doubling copies: memcpy speed for a splat of any element size.
+pub fn fill_repeating(out: &mut [u8], unit: &[u8]) {
+    if unit.is_empty() || out.len() < unit.len() {
+        return;
+    }
+    out[..unit.len()].copy_from_slice(unit);
+    let mut filled = unit.len();
+    while filled < out.len() {
+        let n = filled.min(out.len() - filled);
+        out.copy_within(0..n, filled);
+        filled += n;
+    }
+}
+
 /// Number of elements of a static shape, or `None` on overflow.
 pub fn shape_numel(shape: &[u64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d))

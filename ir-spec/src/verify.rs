@@ -502,10 +502,18 @@ pub const FUSION: &str = "kiln.Fusion";
 impl Verifier<'_> {
     /// `kiln.Fusion`: each body input has a type compatible with its operand.
     fn fusion_operands(&mut self, idx: usize, node: &Node, path: &str) {
-        let Some(body) = node.attr("body").and_then(|a| a.as_graph()) else { return };
+        let Some(body) = node.attr("body").and_then(|a| a.as_graph()) else {
+            return;
+        };
         for (i, (v, &b)) in node.inputs.iter().zip(&body.inputs).enumerate() {
             let Some(v) = *v else {
-                self.push(path, Some((idx, node)), Rule::RegionSignature(format!("operand {i} is omitted; fusion operands are required")));
+                self.push(
+                    path,
+                    Some((idx, node)),
+                    Rule::RegionSignature(format!(
+                        "operand {i} is omitted; fusion operands are required"
+                    )),
+                );
                 continue;
             };
             if !self.valid(v) || !self.valid(b) {
@@ -1154,7 +1162,11 @@ mod fusion_tests {
     fn fusion_body_is_closed() {
         // The body uses the outer %mask instead of its input.
         let src = OK.replace("Add(%d, %mask_in)", "Add(%d, %mask)");
-        assert!(matches!(rule(&src), Rule::UseBeforeDef { .. }), "{:?}", rule(&src));
+        assert!(
+            matches!(rule(&src), Rule::UseBeforeDef { .. }),
+            "{:?}",
+            rule(&src)
+        );
     }
 
     #[test]

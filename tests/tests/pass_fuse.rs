@@ -36,7 +36,9 @@ fn inputs(m: &Module, seed: u64) -> HashMap<String, Value> {
         .inputs
         .iter()
         .map(|&i| {
-            let Type::Tensor(t) = m.ty(i) else { panic!("tensor inputs only") };
+            let Type::Tensor(t) = m.ty(i) else {
+                panic!("tensor inputs only")
+            };
             let shape: Vec<usize> = t
                 .shape
                 .as_ref()
@@ -54,7 +56,10 @@ fn inputs(m: &Module, seed: u64) -> HashMap<String, Value> {
                 ElemType::I64 => Data::I64((0..n).map(|_| (r.next() % 2) as i64).collect()),
                 e => panic!("no random {e} inputs"),
             };
-            (m.name(i).to_string(), Value::tensor(Tensor::new(shape, data).expect("tensor")))
+            (
+                m.name(i).to_string(),
+                Value::tensor(Tensor::new(shape, data).expect("tensor")),
+            )
         })
         .collect()
 }
@@ -66,7 +71,10 @@ fn assert_same(before: &Module, after: &Module, seeds: &[u64]) {
         let b = Interpreter::new(after).run(&ins).expect("run after");
         assert_eq!(a.len(), b.len());
         for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-            let (x, y) = (x.as_tensor().expect("tensor"), y.as_tensor().expect("tensor"));
+            let (x, y) = (
+                x.as_tensor().expect("tensor"),
+                y.as_tensor().expect("tensor"),
+            );
             assert_eq!(x.shape, y.shape, "output {k}");
             for (p, q) in x.to_f64().iter().zip(y.to_f64()) {
                 let ok = (p - q).abs() <= 1e-6 + 1e-3 * q.abs() || (p.is_nan() && q.is_nan());
@@ -83,7 +91,11 @@ fn check(file: &str) {
     let mut after = before.clone();
     passes::run_named(&mut after, "fuse").expect("fuse");
     let opts = PrintOptions::default();
-    let text = format!("{}\n--- after fuse ---\n{}", print_module(&before, &opts), print_module(&after, &opts));
+    let text = format!(
+        "{}\n--- after fuse ---\n{}",
+        print_module(&before, &opts),
+        print_module(&after, &opts)
+    );
     insta::assert_snapshot!(file.trim_end_matches(".kir"), text);
     // Text round-trip of the fused module.
     let again = parse_module(&print_module(&after, &opts)).expect("reparse");
@@ -91,7 +103,10 @@ fn check(file: &str) {
     assert_same(&before, &after, &[1, 2, 3]);
     // Idempotent: a second run finds nothing more.
     let mut twice = after.clone();
-    assert!(!passes::run_named(&mut twice, "fuse").expect("fuse again"), "{file}: second run changed");
+    assert!(
+        !passes::run_named(&mut twice, "fuse").expect("fuse again"),
+        "{file}: second run changed"
+    );
 }
 
 macro_rules! cases {
@@ -161,7 +176,10 @@ fn kernels(m: &Module) -> usize {
 }
 
 fn fused(model: &str) -> Option<(Module, Module)> {
-    let path = kiln_tests::repo_root().join("../shared/models").join(model).join("model.onnx");
+    let path = kiln_tests::repo_root()
+        .join("../shared/models")
+        .join(model)
+        .join("model.onnx");
     if !path.exists() {
         eprintln!("skipping {model}: {} not found", path.display());
         return None;
@@ -169,7 +187,12 @@ fn fused(model: &str) -> Option<(Module, Module)> {
     let before = kiln_compiler::load_model(&path).expect("load");
     let mut after = before.clone();
     passes::run_named(&mut after, "fuse").expect("fuse");
-    let groups = after.body.nodes.iter().filter(|n| n.op == "kiln.Fusion").count();
+    let groups = after
+        .body
+        .nodes
+        .iter()
+        .filter(|n| n.op == "kiln.Fusion")
+        .count();
     eprintln!(
         "{model}: {} kernels before, {} after ({groups} fusions, {} unfused ops)",
         kernels(&before),
@@ -192,7 +215,10 @@ fn fused(model: &str) -> Option<(Module, Module)> {
 }
 
 fn body_ops(n: &kiln_ir::Node) -> Vec<&str> {
-    n.attr("body").and_then(|a| a.as_graph()).map(|b| b.nodes.iter().map(|x| x.op.as_str()).collect()).unwrap_or_default()
+    n.attr("body")
+        .and_then(|a| a.as_graph())
+        .map(|b| b.nodes.iter().map(|x| x.op.as_str()).collect())
+        .unwrap_or_default()
 }
 
 fn kind(n: &kiln_ir::Node) -> &str {
@@ -201,9 +227,15 @@ fn kind(n: &kiln_ir::Node) -> &str {
 
 #[test]
 fn minilm_attention_scale_mask_softmax_is_one_kernel() {
-    let Some((_, after)) = fused("minilm_l3") else { return };
-    let softmaxes: Vec<&kiln_ir::Node> =
-        after.body.nodes.iter().filter(|n| body_ops(n).contains(&"Softmax")).collect();
+    let Some((_, after)) = fused("minilm_l3") else {
+        return;
+    };
+    let softmaxes: Vec<&kiln_ir::Node> = after
+        .body
+        .nodes
+        .iter()
+        .filter(|n| body_ops(n).contains(&"Softmax"))
+        .collect();
     assert_eq!(softmaxes.len(), 3, "one fused Softmax per layer");
     for n in softmaxes {
         assert_eq!(kind(n), "reduction");
@@ -214,12 +246,24 @@ fn minilm_attention_scale_mask_softmax_is_one_kernel() {
 
 #[test]
 fn resnet50_every_conv_relu_is_an_epilogue() {
-    let Some((before, after)) = fused("resnet50_light") else { return };
-    assert!(!after.body.nodes.iter().any(|n| n.op == "Relu"), "a Relu was left unfused");
+    let Some((before, after)) = fused("resnet50_light") else {
+        return;
+    };
+    assert!(
+        !after.body.nodes.iter().any(|n| n.op == "Relu"),
+        "a Relu was left unfused"
+    );
     let relus_before = before.body.nodes.iter().filter(|n| n.op == "Relu").count();
-    let epilogues: Vec<_> = after.body.nodes.iter().filter(|n| kind(n) == "epilogue").collect();
-    let relus_after: usize =
-        epilogues.iter().map(|n| body_ops(n).iter().filter(|o| **o == "Relu").count()).sum();
+    let epilogues: Vec<_> = after
+        .body
+        .nodes
+        .iter()
+        .filter(|n| kind(n) == "epilogue")
+        .collect();
+    let relus_after: usize = epilogues
+        .iter()
+        .map(|n| body_ops(n).iter().filter(|o| **o == "Relu").count())
+        .sum();
     assert_eq!(relus_before, relus_after);
     for n in &epilogues {
         assert_eq!(body_ops(n)[0], "Conv");
@@ -228,7 +272,12 @@ fn resnet50_every_conv_relu_is_an_epilogue() {
 
 #[test]
 fn shared_models_fuse_and_verify() {
-    for model in ["minilm_l3", "resnet50_light", "squeezenet_rand", "ppocr_mobile_v2_cls"] {
+    for model in [
+        "minilm_l3",
+        "resnet50_light",
+        "squeezenet_rand",
+        "ppocr_mobile_v2_cls",
+    ] {
         if let Some((before, after)) = fused(model) {
             assert_same(&before, &after, &[7]);
         }
@@ -242,7 +291,9 @@ fn shared_models_fuse_and_verify() {
 fn node_suite_models_stay_valid_and_equal() {
     let (mut fused_models, mut compared) = (0, 0);
     for dir in kiln_tests::node_tests() {
-        let Ok(m) = kiln_compiler::load_model(&dir.join("model.onnx")) else { continue };
+        let Ok(m) = kiln_compiler::load_model(&dir.join("model.onnx")) else {
+            continue;
+        };
         let mut after = m.clone();
         match passes::run_named(&mut after, "fuse") {
             Ok(true) => fused_models += 1,
@@ -257,10 +308,16 @@ fn node_suite_models_stay_valid_and_equal() {
                 ins.insert(m.name(i).to_string(), v);
             }
         }
-        let Ok(want) = Interpreter::new(&m).run(&ins) else { continue };
-        let got = Interpreter::new(&after).run(&ins).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let Ok(want) = Interpreter::new(&m).run(&ins) else {
+            continue;
+        };
+        let got = Interpreter::new(&after)
+            .run(&ins)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert_eq!(format!("{want:?}"), format!("{got:?}"), "{}", dir.display());
         compared += 1;
     }
-    eprintln!("node suite: fuse changed {fused_models} models, {compared} compared on the interpreter");
+    eprintln!(
+        "node suite: fuse changed {fused_models} models, {compared} compared on the interpreter"
+    );
 }

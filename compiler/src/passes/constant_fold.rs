@@ -316,7 +316,10 @@ fn constant_of_shape(m: &Module, node: &Node, budget: &Budget) -> Option<Vec<Ten
     if !size_ok(out, shape_data.byte_size() + one.len() as u64, budget) {
         return None;
     }
-    TensorData::from_bytes(value.elem, shape, one.repeat(n as usize))
+    let bytes = kiln_ir::tensor::build_bytes(usize::try_from(out).ok()?, |b| {
+        kiln_ir::tensor::fill_repeating(b, one)
+    });
+    TensorData::from_bytes(value.elem, shape, bytes)
         .ok()
         .map(|d| vec![d])
 }

@@ -54,6 +54,7 @@ pub fn run(m: &mut Module) -> Result<bool, String> {
 /// on a hit, as `Attr` holds floats and is not hashable).
 type NodeKey = (String, Vec<Option<ValueId>>);
 
+#[derive(Default)]
 struct Cse {
     graph_outputs: HashSet<ValueId>,
     /// Visible nodes by key: (the node, less its regions, for comparing
@@ -108,8 +109,16 @@ impl Cse {
             for i in node.inputs.iter_mut().flatten() {
                 *i = self.map(*i);
             }
+            // A fusion body is closed (it sees only its inputs): it gets a
+            // scope of its own, or an outer value could replace one of its
+            // constants.
+            let closed = node.op == "kiln.Fusion";
             for sub in node.regions_mut() {
-                changed |= self.region(m, sub);
+                if closed {
+                    changed |= Cse::default().region(m, sub);
+                } else {
+                    changed |= self.region(m, sub);
+                }
             }
             if NEVER_MERGE.iter().any(|(_, rule)| rule(m, &node)) {
                 kept.push(node);

@@ -132,6 +132,23 @@ fn infer_region(
             },
             rule,
         };
+        if node.op == "kiln.Fusion" {
+            // A fusion body's inputs are its operands: they take the
+            // operands' (possibly newly refined) types before the body is
+            // inferred.
+            if let Some(crate::Attr::Graph(body)) = node.attrs.get("body") {
+                for (&bi, &op) in body.inputs.iter().zip(node.inputs.iter().flatten()) {
+                    if bi.index() < m.num_values() && op.index() < m.num_values() {
+                        let t = m.ty(op).clone();
+                        let new = match refine(m.ty(bi), &t) {
+                            Some(r) => r,
+                            None => t,
+                        };
+                        m.set_ty(bi, new);
+                    }
+                }
+            }
+        }
         for (attr, nth, sub) in node_regions(node) {
             infer_region(
                 m,

@@ -23,16 +23,27 @@ pub(super) static KILN_SCHEMAS: &[RawSchema] = &[RawSchema {
     input_options: &[ParamOption::Variadic],
     output_names: &["outputs"],
     attrs: &[
-        AttrSpec { name: "body", kind: AttrKind::Graph, required: true },
-        AttrSpec { name: "kind", kind: AttrKind::String, required: true },
+        AttrSpec {
+            name: "body",
+            kind: AttrKind::Graph,
+            required: true,
+        },
+        AttrSpec {
+            name: "kind",
+            kind: AttrKind::String,
+            required: true,
+        },
     ],
-    summary: "A group of ops fused into one kernel: runs `body` on the operands and returns its outputs.",
+    summary:
+        "A group of ops fused into one kernel: runs `body` on the operands and returns its outputs.",
 }];
 
 /// `kiln.Fusion`: the results have the types of the body's outputs.
 pub(super) fn fusion(c: &InferCtx) -> Result<Vec<Type>, InferError> {
     let Some(outs) = c.region("body") else {
-        return Err(InferError::Invalid("kiln.Fusion needs a `body` graph".into()));
+        return Err(InferError::Invalid(
+            "kiln.Fusion needs a `body` graph".into(),
+        ));
     };
     if outs.len() != c.num_outputs {
         return Err(InferError::Invalid(format!(

@@ -107,7 +107,12 @@ impl<'a> Plan<'a> {
             region_outputs: r.outputs.iter().copied().collect(),
             group_of: (0..nodes.len()).collect(),
             groups: (0..nodes.len())
-                .map(|i| Group { members: vec![i], kind: Kind::Elementwise, root: i, anchor: None })
+                .map(|i| Group {
+                    members: vec![i],
+                    kind: Kind::Elementwise,
+                    root: i,
+                    anchor: None,
+                })
                 .collect(),
         };
         for &(_, order, rule) in RULES {
@@ -270,7 +275,8 @@ fn build_fusion(m: &mut Module, nodes: &[Node], g: &Group) -> Result<Node, Strin
     let mut f = Node::new("kiln.Fusion", operands, root.outputs.clone());
     f.name = root.name.clone();
     f.attrs.insert("body".into(), Attr::Graph(body));
-    f.attrs.insert("kind".into(), Attr::String(g.kind.name().into()));
+    f.attrs
+        .insert("kind".into(), Attr::String(g.kind.name().into()));
     Ok(f)
 }
 

@@ -49,22 +49,87 @@ impl Kind {
 
 const ELEMENTWISE: &[&str] = &[
     // unary math
-    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Cos", "Cosh", "Erf", "Exp",
-    "Floor", "IsInf", "IsNaN", "Log", "Neg", "Not", "Reciprocal", "Round", "Sign", "Sin", "Sinh",
-    "Sqrt", "Tan", "Tanh",
+    "Abs",
+    "Acos",
+    "Acosh",
+    "Asin",
+    "Asinh",
+    "Atan",
+    "Atanh",
+    "Ceil",
+    "Cos",
+    "Cosh",
+    "Erf",
+    "Exp",
+    "Floor",
+    "IsInf",
+    "IsNaN",
+    "Log",
+    "Neg",
+    "Not",
+    "Reciprocal",
+    "Round",
+    "Sign",
+    "Sin",
+    "Sinh",
+    "Sqrt",
+    "Tan",
+    "Tanh",
     // activations
-    "Celu", "Elu", "Gelu", "HardSigmoid", "HardSwish", "LeakyRelu", "Mish", "PRelu", "Relu",
-    "Selu", "Sigmoid", "Softplus", "Softsign", "ThresholdedRelu",
+    "Celu",
+    "Elu",
+    "Gelu",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Mish",
+    "PRelu",
+    "Relu",
+    "Selu",
+    "Sigmoid",
+    "Softplus",
+    "Softsign",
+    "ThresholdedRelu",
     // binary and variadic, broadcasting
-    "Add", "And", "Div", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Max",
-    "Mean", "Min", "Mod", "Mul", "Or", "Pow", "Sub", "Sum", "Xor",
+    "Add",
+    "And",
+    "Div",
+    "Equal",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "Max",
+    "Mean",
+    "Min",
+    "Mod",
+    "Mul",
+    "Or",
+    "Pow",
+    "Sub",
+    "Sum",
+    "Xor",
     // others
-    "Cast", "CastLike", "Clip", "Where", "BatchNormalization",
+    "Cast",
+    "CastLike",
+    "Clip",
+    "Where",
+    "BatchNormalization",
 ];
 
 const REDUCTION: &[&str] = &[
-    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
-    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Softmax", "LogSoftmax",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "Softmax",
+    "LogSoftmax",
     "LayerNormalization",
 ];
 
@@ -82,7 +147,9 @@ pub fn classify(m: &Module, n: &Node) -> Result<Class, String> {
     } else if op == "kiln.Fusion" {
         return Err("already a fusion".into());
     } else {
-        return Err(format!("{op} is not elementwise, a reduction or a matmul/conv"));
+        return Err(format!(
+            "{op} is not elementwise, a reduction or a matmul/conv"
+        ));
     };
     let results = match class {
         Class::Reduction => !n.outputs.is_empty(),
@@ -91,7 +158,12 @@ pub fn classify(m: &Module, n: &Node) -> Result<Class, String> {
     if !results {
         return Err(format!("{op} with {} results", n.outputs.len()));
     }
-    if op == "BatchNormalization" && n.attr("training_mode").and_then(|a| a.as_int()).unwrap_or(0) != 0 {
+    if op == "BatchNormalization"
+        && n.attr("training_mode")
+            .and_then(|a| a.as_int())
+            .unwrap_or(0)
+            != 0
+    {
         return Err("training-mode BatchNormalization".into());
     }
     if class == Class::Elementwise {
@@ -101,7 +173,9 @@ pub fn classify(m: &Module, n: &Node) -> Result<Class, String> {
             Type::Tensor(t) => {
                 let int = t.elem.is_int();
                 if int && t.rank().is_some_and(|r| r <= 1) {
-                    return Err(format!("{op} on integer rank<=1 values is shape arithmetic"));
+                    return Err(format!(
+                        "{op} on integer rank<=1 values is shape arithmetic"
+                    ));
                 }
             }
             _ => return Err(format!("{op} on a non-tensor value")),
@@ -133,9 +207,21 @@ pub enum Order {
 
 /// The rules, applied one after the other, each over the whole region.
 pub const RULES: &[(&str, Order, RuleFn)] = &[
-    ("elementwise producer joins its consumers", Order::Backward, elementwise_into_consumers),
-    ("reduction absorbs its elementwise producers", Order::Forward, reduction_absorbs_producers),
-    ("matmul/conv takes an elementwise epilogue", Order::Forward, epilogue),
+    (
+        "elementwise producer joins its consumers",
+        Order::Backward,
+        elementwise_into_consumers,
+    ),
+    (
+        "reduction absorbs its elementwise producers",
+        Order::Forward,
+        reduction_absorbs_producers,
+    ),
+    (
+        "matmul/conv takes an elementwise epilogue",
+        Order::Forward,
+        epilogue,
+    ),
 ];
 
 /// (1) An elementwise node joins the group of its consumers when all of
@@ -147,11 +233,18 @@ fn elementwise_into_consumers(p: &Plan, i: usize) -> Vec<Merge> {
         return vec![];
     }
     let v = p.nodes[i].outputs[0];
-    let Some(g) = p.sole_user_group(v) else { return vec![] };
+    let Some(g) = p.sole_user_group(v) else {
+        return vec![];
+    };
     if !p.is_elementwise_group(g) {
         return vec![];
     }
-    vec![Merge { from: p.group_of[i], into: g, kind: Kind::Elementwise, anchor: None }]
+    vec![Merge {
+        from: p.group_of[i],
+        into: g,
+        kind: Kind::Elementwise,
+        anchor: None,
+    }]
 }
 
 /// (2) A reduction (or Softmax, LogSoftmax, LayerNormalization) absorbs
@@ -169,8 +262,16 @@ fn reduction_absorbs_producers(p: &Plan, i: usize) -> Vec<Merge> {
             continue;
         }
         seen.push(g);
-        if p.is_elementwise_group(g) && p.groups[g].root == d && p.sole_user_group(*v) == Some(p.group_of[i]) {
-            out.push(Merge { from: g, into: p.group_of[i], kind: Kind::Reduction, anchor: None });
+        if p.is_elementwise_group(g)
+            && p.groups[g].root == d
+            && p.sole_user_group(*v) == Some(p.group_of[i])
+        {
+            out.push(Merge {
+                from: g,
+                into: p.group_of[i],
+                kind: Kind::Reduction,
+                anchor: None,
+            });
         }
     }
     out
@@ -187,9 +288,16 @@ fn epilogue(p: &Plan, i: usize) -> Vec<Merge> {
     if p.users_of(v).len() != 1 {
         return vec![];
     }
-    let Some(g) = p.sole_user_group(v) else { return vec![] };
+    let Some(g) = p.sole_user_group(v) else {
+        return vec![];
+    };
     if !p.is_elementwise_group(g) || p.groups[g].anchor.is_some() {
         return vec![];
     }
-    vec![Merge { from: p.group_of[i], into: g, kind: Kind::Epilogue, anchor: Some(i) }]
+    vec![Merge {
+        from: p.group_of[i],
+        into: g,
+        kind: Kind::Epilogue,
+        anchor: Some(i),
+    }]
 }

@@ -225,8 +225,15 @@ pub(crate) fn attr_float(n: &Node, name: &str, default: f32) -> f32 {
 
 /// Build a float constant of element type `elem` (f32/f64/f16/bf16).
 pub(crate) fn float_data(elem: ElemType, shape: Vec<u64>, v: &[f64]) -> Option<TensorData> {
+    if elem == ElemType::F32 {
+        let bytes = kiln_ir::tensor::build_bytes(v.len() * 4, |b| {
+            for (o, &x) in b.chunks_exact_mut(4).zip(v) {
+                o.copy_from_slice(&(x as f32).to_le_bytes());
+            }
+        });
+        return TensorData::from_bytes(elem, shape, bytes).ok();
+    }
     let bytes: Vec<u8> = match elem {
-        ElemType::F32 => v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
         ElemType::F64 => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
         ElemType::F16 => v
             .iter()
