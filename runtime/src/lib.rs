@@ -6,6 +6,7 @@
 //! - [`interp`]: the reference interpreter, the oracle every pass and
 //!   backend is checked against.
 
+pub mod cpu;
 pub mod f8;
 pub mod interp;
 pub mod tensor;

@@ -1,0 +1,1 @@
+//! Hand-written kernels the JIT-compiled code calls: dense matmul and convolution (the `gemm` crate), pooling.

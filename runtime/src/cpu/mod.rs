@@ -1,0 +1,7 @@
+//! The CPU backend's run-time half: the kernel library ([`kernels`]: dense
+//! matmul and convolution on the `gemm` crate, pooling), the Cranelift code
+//! generator for fusion regions ([`jit`]), and the executable that runs a
+//! lowered module.
+
+pub mod jit;
+pub mod kernels;
