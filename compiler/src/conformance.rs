@@ -28,6 +28,24 @@ impl Default for Tolerance {
     }
 }
 
+/// What executes the models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The reference interpreter, on the module optimized at the level.
+    Interp,
+    /// The CPU backend, compiled for each data set's input shapes.
+    Cpu { threads: usize },
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Interp => "interp",
+            Engine::Cpu { .. } => "cpu",
+        }
+    }
+}
+
 /// The outcome of one test folder.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
@@ -197,7 +215,12 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 }
 
 /// Run one data set of a test against a loaded module.
-fn run_data_set(m: &Module, interp: &Interpreter, dir: &Path, tol: Tolerance) -> Outcome {
+fn run_data_set(
+    m: &Module,
+    run: &dyn Fn(&std::collections::HashMap<String, Value>) -> Result<Vec<Value>, String>,
+    dir: &Path,
+    tol: Tolerance,
+) -> Outcome {
     let mut inputs = std::collections::HashMap::new();
     let files = numbered(dir, "input_");
     if files.len() != m.body.inputs.len() {
@@ -215,10 +238,10 @@ fn run_data_set(m: &Module, interp: &Interpreter, dir: &Path, tol: Tolerance) ->
             Err(e) => return Outcome::Fail(e),
         }
     }
-    let got = match interp.run(&inputs) {
+    let got = match run(&inputs) {
         Ok(v) => v,
-        Err(e) if e.message.contains("has no kernel for") => return Outcome::Skip(e.to_string()),
-        Err(e) => return Outcome::Fail(e.to_string()),
+        Err(e) if e.contains("has no kernel for") => return Outcome::Skip(e),
+        Err(e) => return Outcome::Fail(e),
     };
     let outs = numbered(dir, "output_");
     if outs.len() != m.body.outputs.len() {
@@ -248,6 +271,11 @@ pub fn run_test(dir: &Path, tol: Tolerance) -> TestResult {
 
 /// [`run_test`] with the module first optimized at `opt_level`.
 pub fn run_test_at(dir: &Path, tol: Tolerance, opt_level: u8) -> TestResult {
+    run_test_on(dir, tol, opt_level, Engine::Interp)
+}
+
+/// [`run_test_at`] on an engine.
+pub fn run_test_on(dir: &Path, tol: Tolerance, opt_level: u8, engine: Engine) -> TestResult {
     let start = Instant::now();
     let name = dir
         .file_name()
@@ -259,22 +287,57 @@ pub fn run_test_at(dir: &Path, tol: Tolerance, opt_level: u8) -> TestResult {
             Ok(m) => m,
             Err(e) => return Outcome::Fail(e.to_string()),
         };
-        let mut opts = crate::passes::RunOptions {
-            verify_each: true,
-            observer: None,
-        };
-        if let Err(e) =
-            crate::passes::run_pipeline(&mut m, &crate::passes::pipeline(opt_level), &mut opts)
-        {
-            return Outcome::Fail(e.to_string());
+        if engine == Engine::Interp {
+            let mut opts = crate::passes::RunOptions {
+                verify_each: true,
+                observer: None,
+            };
+            if let Err(e) =
+                crate::passes::run_pipeline(&mut m, &crate::passes::pipeline(opt_level), &mut opts)
+            {
+                return Outcome::Fail(e.to_string());
+            }
         }
-        let interp = Interpreter::new(&m);
+        let interp = (engine == Engine::Interp).then(|| Interpreter::new(&m));
+        let interp_run = |inputs: &std::collections::HashMap<String, Value>| match &interp {
+            Some(i) => i.run(inputs).map_err(|e| e.to_string()),
+            None => Err("not the interpreter engine".to_string()),
+        };
+        // The CPU backend compiles per input shapes; data sets of one test
+        // usually share them, so the last executable is kept.
+        let cache: std::cell::RefCell<
+            Option<(Vec<(String, Vec<usize>)>, kiln_runtime::cpu::Executable)>,
+        > = Default::default();
+        let cpu_run = |inputs: &std::collections::HashMap<String, Value>| {
+            let Engine::Cpu { threads } = engine else {
+                return Err("not the cpu engine".to_string());
+            };
+            let shapes = crate::lower::shapes_of(inputs);
+            let mut key: Vec<(String, Vec<usize>)> = shapes.clone().into_iter().collect();
+            key.sort();
+            let mut c = cache.borrow_mut();
+            if c.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
+                let opts = crate::lower::cpu::CpuOptions { opt_level, threads };
+                let exe = crate::lower::cpu::compile(&m, &shapes, &opts)
+                    .map_err(|e| format!("compile: {e}"))?;
+                *c = Some((key, exe));
+            }
+            match c.as_ref() {
+                Some((_, exe)) => exe.run(inputs).map_err(|e| e.to_string()),
+                None => Err("no executable".into()),
+            }
+        };
+        let run: &dyn Fn(&std::collections::HashMap<String, Value>) -> Result<Vec<Value>, String> =
+            match engine {
+                Engine::Interp => &interp_run,
+                Engine::Cpu { .. } => &cpu_run,
+            };
         let sets = numbered_sets(dir);
         if sets.is_empty() {
             return Outcome::Skip("no test_data_set_* folders".into());
         }
         for s in sets {
-            match run_data_set(&m, &interp, &s, tol) {
+            match run_data_set(&m, run, &s, tol) {
                 Outcome::Pass => {}
                 other => {
                     let set = s

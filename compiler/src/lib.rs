@@ -7,6 +7,7 @@
 //! - [`dump`]: JSON and Graphviz forms of a module.
 //! - [`testdata`]: `.pb`/`.npy` values on disk.
 //! - [`conformance`]: running ONNX backend-test folders.
+//! - [`passes`]: the optimizer; [`lower`]: specialization and the CPU backend.
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
@@ -17,6 +18,7 @@ pub mod conformance;
 pub mod dump;
 pub mod infer;
 pub mod load;
+pub mod lower;
 pub mod onnx;
 pub mod passes;
 pub mod testdata;

@@ -29,6 +29,38 @@ enum Command {
     /// on the same inputs and name the first pass after which an output
     /// moves beyond tolerance.
     Check(CheckArgs),
+    /// Compile a model and time it: median, min and p90 of many runs, the
+    /// compile time, and peak memory.
+    Bench(BenchArgs),
+    /// Compile a model, run it several times, and print the time per
+    /// kernel, sorted, with its share of the total and its GFLOP/s and GB/s.
+    Profile(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The model: a .onnx file, a .kir file, or a folder with model.onnx
+    /// (inputs from its test_data_set_0 when there is one)
+    model: PathBuf,
+    /// Which backend executes the model
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    /// Threads the kernels use
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+    /// Timed runs (after warm-up)
+    #[arg(long, value_name = "K", default_value_t = 50)]
+    runs: usize,
+    /// Optimization level
+    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    opt_level: u8,
+    /// A symbolic dim's size for random inputs: NAME=VALUE (default 1)
+    #[arg(long = "dim", value_name = "NAME=VALUE")]
+    dims: Vec<String>,
+    /// Print one JSON line: model, backend, threads, runs, median_ms,
+    /// min_ms, p90_ms, compile_ms, peak_rss_mb
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -58,6 +90,9 @@ struct CheckArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
+    /// native code: the kernel library and Cranelift-compiled fusion
+    /// regions (rare ops on the interpreter's kernels)
+    Cpu,
     /// the reference interpreter
     Interp,
 }
@@ -65,6 +100,7 @@ enum Backend {
 impl Backend {
     fn name(self) -> &'static str {
         match self {
+            Backend::Cpu => "cpu",
             Backend::Interp => "interp",
         }
     }
@@ -81,8 +117,11 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
     /// Which backend executes the model
-    #[arg(long, value_enum, default_value = "interp")]
+    #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
+    /// Threads the cpu backend's kernels use (default: every core)
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -94,9 +133,13 @@ struct ConformanceArgs {
     #[arg(long, value_enum, default_value = "interp")]
     backend: Backend,
     /// Optimization level: 0 runs the imported module, 1 the cleaned-up
-    /// one (folding, simplification, CSE, DCE), 2 adds fusion
-    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
-    opt_level: u8,
+    /// one (folding, simplification, CSE, DCE), 2 adds fusion (default: 0
+    /// on the interpreter, 2 on cpu)
+    #[arg(short = 'O', value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=2))]
+    opt_level: Option<u8>,
+    /// Threads the cpu backend's kernels use
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
     /// Relative tolerance
     #[arg(long, default_value_t = 1e-3)]
     rtol: f64,
@@ -183,6 +226,11 @@ struct DumpArgs {
     /// kernels, one line per pair
     #[arg(long)]
     explain_fusion: bool,
+    /// Instead of the IR, compile for the cpu backend (at -O, default 0
+    /// meaning the level given) and list how each top-level node runs:
+    /// natively (what was generated) or on the interpreter (why)
+    #[arg(long)]
+    backend_report: bool,
     /// A symbolic dim's size for memory planning: NAME=VALUE (symbols not
     /// given are planned at 1)
     #[arg(long = "dim", value_name = "NAME=VALUE")]
@@ -391,6 +439,29 @@ fn dump(args: &DumpArgs) -> Result<(), Failure> {
         elide_threshold: threshold,
     };
     let nodes_before = op_count(&m.body);
+    if args.backend_report {
+        let inputs = match kiln_compiler::check::inputs_from_test_folder(&m, &args.model)? {
+            Some(i) => i,
+            None => {
+                let dims = plan_dims(&m, &args.dims)?;
+                kiln_compiler::check::random_inputs(&m, &dims, 0)?
+            }
+        };
+        let opts = kiln_compiler::lower::cpu::CpuOptions {
+            opt_level: if args.opt_level == 0 {
+                2
+            } else {
+                args.opt_level
+            },
+            ..Default::default()
+        };
+        let exe = kiln_compiler::lower::cpu::compile(
+            &m,
+            &kiln_compiler::lower::shapes_of(&inputs),
+            &opts,
+        )?;
+        return write_output(args, &kiln_compiler::lower::cpu::backend_report(&exe));
+    }
     if args.explain_fusion {
         // `fuse` runs on the cleaned-up module: explain that one.
         kiln_compiler::passes::optimize(&mut m, 1).map_err(|e| e.to_string())?;
@@ -520,6 +591,16 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
         Backend::Interp => kiln_runtime::Interpreter::new(&m)
             .run(&given)
             .map_err(|e| e.to_string())?,
+        Backend::Cpu => {
+            let mut opts = kiln_compiler::lower::cpu::CpuOptions::default();
+            if let Some(t) = args.threads {
+                opts.threads = t;
+            }
+            let shapes = kiln_compiler::lower::shapes_of(&given);
+            kiln_compiler::lower::cpu::compile(&m, &shapes, &opts)?
+                .run(&given)
+                .map_err(|e| e.to_string())?
+        }
     };
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -605,8 +686,18 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
 
 fn conformance(args: &ConformanceArgs) -> Result<(), Failure> {
     use kiln_compiler::conformance::{
-        collect_tests, report_line, results_json, run_test_at, Outcome, Tolerance,
+        collect_tests, report_line, results_json, run_test_on, Engine, Outcome, Tolerance,
     };
+    let engine = match args.backend {
+        Backend::Interp => Engine::Interp,
+        Backend::Cpu => Engine::Cpu {
+            threads: args.threads.max(1),
+        },
+    };
+    let opt_level = args.opt_level.unwrap_or(match args.backend {
+        Backend::Interp => 0,
+        Backend::Cpu => 2,
+    });
     use std::io::IsTerminal;
     let tests = collect_tests(&args.paths)?;
     let tol = Tolerance {
@@ -634,7 +725,7 @@ fn conformance(args: &ConformanceArgs) -> Result<(), Failure> {
                 .unwrap_or("")
                 .to_string(),
         );
-        let r = run_test_at(t, tol, args.opt_level);
+        let r = run_test_on(t, tol, opt_level, engine);
         bar.suspend(|| println!("{}", report_line(&r)));
         bar.inc(1);
         results.push(r);
@@ -648,7 +739,7 @@ fn conformance(args: &ConformanceArgs) -> Result<(), Failure> {
         count(|o| matches!(o, Outcome::Skip(_))),
     );
     if let Some(p) = &args.json {
-        let j = results_json(&results, args.backend.name(), args.opt_level);
+        let j = results_json(&results, args.backend.name(), opt_level);
         std::fs::write(p, format!("{j:#}\n")).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     if let Some(p) = &args.write_passing {
@@ -690,6 +781,195 @@ fn conformance(args: &ConformanceArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A model compiled for `kiln bench`/`kiln profile`, with its inputs.
+struct Prepared {
+    inputs: std::collections::HashMap<String, kiln_runtime::Value>,
+    exe: Option<kiln_runtime::cpu::Executable>,
+    /// The module the interpreter runs (interp backend).
+    module: kiln_ir::Module,
+    compile_ms: f64,
+}
+
+impl Prepared {
+    fn run(&self) -> Result<Vec<kiln_runtime::Value>, String> {
+        match &self.exe {
+            Some(e) => e.run(&self.inputs).map_err(|e| e.to_string()),
+            None => kiln_runtime::Interpreter::new(&self.module)
+                .run(&self.inputs)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Load, pick inputs (the folder's test_data_set_0, else seeded random
+/// ones), compile; compile time counts from the start of the import.
+fn prepare(args: &BenchArgs) -> Result<Prepared, Failure> {
+    let start = std::time::Instant::now();
+    let mut m = kiln_compiler::load::load_model(&args.model)?;
+    let inputs = match kiln_compiler::check::inputs_from_test_folder(&m, &args.model)? {
+        Some(i) => i,
+        None => {
+            let dims = plan_dims(&m, &args.dims)?;
+            kiln_compiler::check::random_inputs(&m, &dims, 0)?
+        }
+    };
+    let exe = match args.backend {
+        Backend::Cpu => {
+            let opts = kiln_compiler::lower::cpu::CpuOptions {
+                opt_level: args.opt_level,
+                threads: args.threads.max(1),
+            };
+            let shapes = kiln_compiler::lower::shapes_of(&inputs);
+            Some(kiln_compiler::lower::cpu::compile(&m, &shapes, &opts)?)
+        }
+        Backend::Interp => {
+            kiln_compiler::passes::optimize(&mut m, args.opt_level).map_err(|e| e.to_string())?;
+            None
+        }
+    };
+    Ok(Prepared {
+        inputs,
+        exe,
+        module: m,
+        compile_ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Warm-up runs before timing: enough to fault in buffers and caches.
+fn warm_up(p: &Prepared, runs: usize) -> Result<(), Failure> {
+    for _ in 0..runs.clamp(1, 5) {
+        p.run()?;
+    }
+    Ok(())
+}
+
+fn bench(args: &BenchArgs) -> Result<(), Failure> {
+    let p = prepare(args)?;
+    warm_up(&p, args.runs / 10)?;
+    let mut ms = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs.max(1) {
+        let t = std::time::Instant::now();
+        p.run()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let (median, min, p90) = (pick(0.5), ms[0], pick(0.9));
+    let model = args.model.display().to_string();
+    if args.json {
+        let j = serde_json::json!({
+            "model": model,
+            "backend": args.backend.name(),
+            "threads": args.threads.max(1),
+            "runs": ms.len(),
+            "median_ms": median,
+            "min_ms": min,
+            "p90_ms": p90,
+            "compile_ms": p.compile_ms,
+            "peak_rss_mb": peak_rss_mb(),
+        });
+        println!("{j}");
+    } else {
+        println!(
+            "{model}: {} backend, {} thread(s), {} runs: median {median:.3} ms, min {min:.3} ms, p90 {p90:.3} ms; compile {:.1} ms; peak RSS {:.1} MiB",
+            args.backend.name(),
+            args.threads.max(1),
+            ms.len(),
+            p.compile_ms,
+            peak_rss_mb()
+        );
+    }
+    Ok(())
+}
+
+fn profile(args: &BenchArgs) -> Result<(), Failure> {
+    use kiln_runtime::cpu::StepKind;
+    let p = prepare(args)?;
+    let Some(exe) = &p.exe else {
+        return Err(Failure::from(
+            "kiln profile times the cpu backend's kernels; use --backend cpu".to_string(),
+        ));
+    };
+    warm_up(&p, 3)?;
+    let runs = args.runs.max(1);
+    let mut total = vec![std::time::Duration::ZERO; exe.steps().len()];
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        exe.run_profiled(&p.inputs, &mut times)
+            .map_err(|e| e.to_string())?;
+        for (t, d) in total.iter_mut().zip(&times) {
+            *t += *d;
+        }
+    }
+    let m = exe.module();
+    let bytes_of = |v: kiln_ir::ValueId| -> f64 {
+        m.ty(v)
+            .as_tensor()
+            .and_then(|t| Some(t.elem.storage_bytes(t.num_elements()?)? as f64))
+            .unwrap_or(0.0)
+    };
+    let mut rows: Vec<(f64, String, String, f64, f64)> = exe
+        .steps()
+        .iter()
+        .zip(&total)
+        .map(|(s, d)| {
+            let n = &m.body.nodes[s.node];
+            let ms = d.as_secs_f64() * 1e3 / runs as f64;
+            let bytes: f64 = n
+                .inputs
+                .iter()
+                .flatten()
+                .chain(&n.outputs)
+                .map(|&v| bytes_of(v))
+                .sum();
+            let (what, flops) = match &s.kind {
+                StepKind::Native { what, flops, .. } => (what.clone(), *flops),
+                StepKind::Interp { .. } => (format!("{} (interpreter)", n.op), 0.0),
+            };
+            let name = n.outputs.first().map(|&o| m.name(o)).unwrap_or("?");
+            (ms, format!("%{name}"), what, flops, bytes)
+        })
+        .collect();
+    let sum: f64 = rows.iter().map(|r| r.0).sum();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!(
+        "{:>9} {:>6} {:>8} {:>7}  kernel",
+        "ms", "share", "GFLOP/s", "GB/s"
+    );
+    for (ms, name, what, flops, bytes) in &rows {
+        let secs = ms / 1e3;
+        let gflops = if *flops > 0.0 && secs > 0.0 {
+            format!("{:.1}", flops / secs / 1e9)
+        } else {
+            "-".into()
+        };
+        let gbs = if secs > 0.0 { bytes / secs / 1e9 } else { 0.0 };
+        println!(
+            "{ms:>9.3} {:>5.1}% {gflops:>8} {gbs:>7.2}  {name}: {what}",
+            100.0 * ms / sum.max(1e-12)
+        );
+    }
+    println!(
+        "{sum:>9.3} total ms per run ({runs} runs, {} thread(s))",
+        exe.threads()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -697,6 +977,8 @@ fn main() -> ExitCode {
         Command::Run(a) => run(a),
         Command::Conformance(a) => conformance(a),
         Command::Check(a) => check(a),
+        Command::Bench(a) => bench(a),
+        Command::Profile(a) => profile(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,10 @@
 //! The CPU backend's run-time half: the kernel library ([`kernels`]: dense
 //! matmul and convolution on the `gemm` crate, pooling), the Cranelift code
 //! generator for fusion regions ([`jit`]), and the executable that runs a
-//! lowered module.
+//! lowered module ([`exec`]).
 
+pub mod exec;
 pub mod jit;
 pub mod kernels;
+
+pub use exec::{Executable, NativeKernel, Step, StepKind, StepTimes};

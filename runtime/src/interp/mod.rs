@@ -40,6 +40,18 @@ pub struct Env {
 }
 
 impl Env {
+    /// An empty environment for a module with `n` values.
+    pub fn new(n: usize) -> Env {
+        Env {
+            values: vec![None; n],
+        }
+    }
+
+    /// Take a value out (the last use of a buffer frees it).
+    pub fn take(&mut self, id: ValueId) -> Option<Value> {
+        self.values.get_mut(id.index()).and_then(|v| v.take())
+    }
+
     pub fn get(&self, id: ValueId) -> Option<&Value> {
         self.values.get(id.index()).and_then(|v| v.as_ref())
     }
@@ -51,15 +63,32 @@ impl Env {
     }
 }
 
+/// Every constant of every region of a module, converted once.
+pub type Constants = HashMap<ValueId, Result<Value, String>>;
+
 /// An interpreter for one module; `run` may be called many times.
 pub struct Interpreter<'m> {
     m: &'m Module,
-    /// Every constant of every region, converted once.
-    consts: HashMap<ValueId, Result<Value, String>>,
+    consts: std::sync::Arc<Constants>,
 }
 
 impl<'m> Interpreter<'m> {
     pub fn new(m: &'m Module) -> Interpreter<'m> {
+        Interpreter {
+            m,
+            consts: std::sync::Arc::new(Self::load_constants(m)),
+        }
+    }
+
+    /// An interpreter over constants already loaded (by
+    /// [`Interpreter::load_constants`] for this module): backends that run
+    /// some nodes on the interpreter build one per run for free.
+    pub fn with_constants(m: &'m Module, consts: std::sync::Arc<Constants>) -> Interpreter<'m> {
+        Interpreter { m, consts }
+    }
+
+    /// The module's constants as run-time values.
+    pub fn load_constants(m: &Module) -> Constants {
         let mut consts = HashMap::new();
         fn collect(m: &Module, r: &Region, out: &mut HashMap<ValueId, Result<Value, String>>) {
             for &c in &r.constants {
@@ -78,19 +107,12 @@ impl<'m> Interpreter<'m> {
             }
         }
         collect(m, &m.body, &mut consts);
-        Interpreter { m, consts }
+        consts
     }
 
-    pub fn module(&self) -> &'m Module {
-        self.m
-    }
-
-    /// Run the module on inputs given by graph-input name; returns the
-    /// graph outputs in order.
-    pub fn run(&self, inputs: &HashMap<String, Value>) -> Result<Vec<Value>, InterpError> {
-        let mut env = Env {
-            values: vec![None; self.m.num_values()],
-        };
+    /// Check graph inputs given by name against the declared types (binding
+    /// symbolic dims) and return them in graph-input order.
+    pub fn graph_inputs(&self, inputs: &HashMap<String, Value>) -> Result<Vec<Value>, InterpError> {
         let mut symbols: HashMap<String, u64> = HashMap::new();
         let mut args = Vec::new();
         for &i in &self.m.body.inputs {
@@ -115,6 +137,18 @@ impl<'m> Interpreter<'m> {
                 "the model has no such input",
             ));
         }
+        Ok(args)
+    }
+
+    pub fn module(&self) -> &'m Module {
+        self.m
+    }
+
+    /// Run the module on inputs given by graph-input name; returns the
+    /// graph outputs in order.
+    pub fn run(&self, inputs: &HashMap<String, Value>) -> Result<Vec<Value>, InterpError> {
+        let args = self.graph_inputs(inputs)?;
+        let mut env = Env::new(self.m.num_values());
         self.run_region(&self.m.body, &mut env, args)
     }
 
@@ -159,7 +193,9 @@ impl<'m> Interpreter<'m> {
             .collect()
     }
 
-    fn run_node(&self, node: &Node, env: &mut Env) -> Result<(), InterpError> {
+    /// Run one node: operands from `env`, results checked against their
+    /// declared types and stored in `env`.
+    pub fn run_node(&self, node: &Node, env: &mut Env) -> Result<(), InterpError> {
         let fail = |msg: String| InterpError::new(node.describe(), msg);
         let kernel = kernels::lookup(&node.op)
             .ok_or_else(|| fail(format!("the interpreter has no kernel for `{}`", node.op)))?;

@@ -1,0 +1,47 @@
+//! Lowering: from an optimized module to something that runs.
+//!
+//! - [`specialize`]: bind graph inputs to concrete shapes and infer again,
+//!   so every shape in the module is static (XLA compiles per shape too).
+//! - [`cpu`]: the CPU backend — each top-level node becomes a native step
+//!   (kernel library, Cranelift-compiled fusion) or an interpreter step.
+
+pub mod cpu;
+
+use std::collections::HashMap;
+
+use kiln_ir::{Dim, Module, TensorType, Type};
+use kiln_runtime::Value;
+
+/// A copy of `m` whose tensor graph inputs named in `shapes` take those
+/// shapes, with types inferred again downstream (dims the model left
+/// symbolic or unknown become known).
+pub fn specialize(m: &Module, shapes: &HashMap<String, Vec<usize>>) -> Result<Module, String> {
+    let mut c = m.clone();
+    for &i in &m.body.inputs {
+        let (Some(shape), Some(tt)) = (shapes.get(m.name(i)), m.ty(i).as_tensor()) else {
+            continue;
+        };
+        if let Some(declared) = &tt.shape {
+            if declared.len() != shape.len() {
+                return Err(format!(
+                    "graph input %{}: declared rank {}, given shape {shape:?}",
+                    m.name(i),
+                    declared.len()
+                ));
+            }
+        }
+        let dims = shape.iter().map(|&d| Dim::Known(d as u64)).collect();
+        c.set_ty(i, Type::Tensor(TensorType::new(tt.elem, dims)));
+    }
+    kiln_ir::ops::infer_module_with(&mut c, kiln_ir::ops::DeclaredTypes::Replace)
+        .map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// The shapes of tensor values given by name.
+pub fn shapes_of(inputs: &HashMap<String, Value>) -> HashMap<String, Vec<usize>> {
+    inputs
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_tensor()?.shape.clone())))
+        .collect()
+}

@@ -1,0 +1,238 @@
+//! The CPU executable: a lowered module run as a sequence of steps (XLA's
+//! thunk sequence), one per top-level node, in the module's order. A step
+//! is a native kernel built at compile time — a planned matmul or
+//! convolution from [`super::kernels`], a Cranelift-compiled fusion region
+//! from [`super::jit`], or both (an epilogue) — or the interpreter's kernel
+//! for the few ops not worth generating (each listed in the backend
+//! report).
+//!
+//! Values flow through the interpreter's environment, so native and
+//! interpreted steps mix freely, and a value's buffer is freed after its
+//! last use. An executable is immutable once built: `run` may be called
+//! from several threads at once; each run gets its own environment and
+//! runs its kernels on the executable's thread pool.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_ir::{Module, ValueId};
+
+use crate::interp::{Constants, Env, InterpError, Interpreter};
+use crate::tensor::Tensor;
+use crate::value::Value;
+
+/// A kernel built for one node with static shapes.
+pub trait NativeKernel: Send + Sync {
+    /// Compute the node's results from its operands (`None`: omitted).
+    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String>;
+}
+
+/// How a step runs.
+pub enum StepKind {
+    Native {
+        kernel: Box<dyn NativeKernel>,
+        /// What was generated, for reports ("conv 3x3 + Add+Relu").
+        what: String,
+        /// Floating-point operations per run (0 when not counted).
+        flops: f64,
+    },
+    /// The interpreter's kernel runs the node; `why` says why it was not
+    /// lowered.
+    Interp { why: String },
+}
+
+/// One step: the top-level node at `node` (an index into the module's
+/// body).
+pub struct Step {
+    pub node: usize,
+    pub kind: StepKind,
+}
+
+/// A compiled module, ready to run many times.
+pub struct Executable {
+    module: Module,
+    consts: Arc<Constants>,
+    steps: Vec<Step>,
+    /// For each step, the values whose last use it is.
+    frees: Vec<Vec<ValueId>>,
+    threads: usize,
+    pool: rayon::ThreadPool,
+}
+
+/// Per-step wall time of one run, by step index.
+pub type StepTimes = Vec<Duration>;
+
+impl Executable {
+    /// Build an executable from a module whose top-level nodes are covered
+    /// by `steps` (in order), running kernels on `threads` threads.
+    pub fn new(module: Module, steps: Vec<Step>, threads: usize) -> Result<Executable, String> {
+        if steps.len() != module.body.nodes.len()
+            || steps.iter().enumerate().any(|(i, s)| s.node != i)
+        {
+            return Err("internal: the steps do not cover the module's nodes in order".into());
+        }
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("kiln-cpu-{i}"))
+            .build()
+            .map_err(|e| format!("thread pool: {e}"))?;
+        let consts = Arc::new(Interpreter::load_constants(&module));
+        let frees = last_uses(&module);
+        Ok(Executable {
+            module,
+            consts,
+            steps,
+            frees,
+            threads,
+            pool,
+        })
+    }
+
+    /// The module as lowered (specialized to its input shapes, optimized).
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Run on inputs given by graph-input name; returns the graph outputs.
+    pub fn run(&self, inputs: &HashMap<String, Value>) -> Result<Vec<Value>, InterpError> {
+        self.run_inner(inputs, None)
+    }
+
+    /// [`Executable::run`], also timing every step.
+    pub fn run_profiled(
+        &self,
+        inputs: &HashMap<String, Value>,
+        times: &mut StepTimes,
+    ) -> Result<Vec<Value>, InterpError> {
+        times.clear();
+        times.resize(self.steps.len(), Duration::ZERO);
+        self.run_inner(inputs, Some(times))
+    }
+
+    fn run_inner(
+        &self,
+        inputs: &HashMap<String, Value>,
+        mut times: Option<&mut StepTimes>,
+    ) -> Result<Vec<Value>, InterpError> {
+        let m = &self.module;
+        let interp = Interpreter::with_constants(m, self.consts.clone());
+        let args = interp.graph_inputs(inputs)?;
+        let mut env = Env::new(m.num_values());
+        for (&i, a) in m.body.inputs.iter().zip(args) {
+            env.set(i, a);
+        }
+        for &c in &m.body.constants {
+            match self.consts.get(&c) {
+                Some(Ok(v)) => env.set(c, v.clone()),
+                Some(Err(e)) => return Err(InterpError::new("constants", e.clone())),
+                None => return Err(InterpError::new("constants", "not loaded")),
+            }
+        }
+        self.pool.install(|| -> Result<(), InterpError> {
+            for (k, step) in self.steps.iter().enumerate() {
+                let node = &m.body.nodes[step.node];
+                let start = times.as_ref().map(|_| Instant::now());
+                match &step.kind {
+                    StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
+                    StepKind::Native { kernel, .. } => {
+                        let fail = |msg: String| InterpError::new(node.describe(), msg);
+                        let results = {
+                            let mut operands: Vec<Option<&Tensor>> = vec![];
+                            for i in &node.inputs {
+                                operands.push(match i {
+                                    None => None,
+                                    Some(v) => {
+                                        Some(env.get(*v).and_then(Value::as_tensor).ok_or_else(
+                                            || {
+                                                fail(format!(
+                                                    "operand %{} has no tensor",
+                                                    m.name(*v)
+                                                ))
+                                            },
+                                        )?)
+                                    }
+                                });
+                            }
+                            kernel.run(&operands, self.threads).map_err(fail)?
+                        };
+                        if results.len() < node.outputs.len() {
+                            return Err(fail(format!(
+                                "kernel gave {} results, the node has {}",
+                                results.len(),
+                                node.outputs.len()
+                            )));
+                        }
+                        for (&o, t) in node.outputs.iter().zip(results) {
+                            env.set(o, Value::tensor(t));
+                        }
+                    }
+                }
+                for &v in &self.frees[k] {
+                    env.take(v);
+                }
+                if let (Some(t), Some(s)) = (times.as_mut(), start) {
+                    t[k] += s.elapsed();
+                }
+            }
+            Ok(())
+        })?;
+        m.body
+            .outputs
+            .iter()
+            .map(|&o| {
+                env.get(o).cloned().ok_or_else(|| {
+                    InterpError::new("graph output", format!("%{} has no value", m.name(o)))
+                })
+            })
+            .collect()
+    }
+}
+
+/// For each top-level node, the values (node results and graph inputs,
+/// not constants or graph outputs) whose last use is that node (uses in
+/// nested regions count as uses by the node holding them).
+fn last_uses(m: &Module) -> Vec<Vec<ValueId>> {
+    fn uses(r: &kiln_ir::Region, out: &mut Vec<ValueId>) {
+        for n in &r.nodes {
+            out.extend(n.inputs.iter().flatten());
+            for (_, sub) in n.regions() {
+                uses(sub, out);
+            }
+        }
+        out.extend(&r.outputs);
+    }
+    let keep: std::collections::HashSet<ValueId> = m
+        .body
+        .outputs
+        .iter()
+        .chain(&m.body.constants)
+        .copied()
+        .collect();
+    let mut last: HashMap<ValueId, usize> = HashMap::new();
+    for (k, n) in m.body.nodes.iter().enumerate() {
+        let mut u: Vec<ValueId> = n.inputs.iter().flatten().copied().collect();
+        for (_, sub) in n.regions() {
+            uses(sub, &mut u);
+        }
+        for v in u {
+            last.insert(v, k);
+        }
+    }
+    let mut frees = vec![vec![]; m.body.nodes.len()];
+    for (v, k) in last {
+        if !keep.contains(&v) {
+            frees[k].push(v);
+        }
+    }
+    frees
+}
