@@ -28,6 +28,13 @@ impl Default for Tolerance {
     }
 }
 
+/// Graph inputs by name.
+type Inputs = std::collections::HashMap<String, Value>;
+/// Runs a model on inputs.
+type RunFn<'a> = &'a dyn Fn(&Inputs) -> Result<Vec<Value>, String>;
+/// The CPU executable compiled for some (sorted) input shapes.
+type Compiled = Option<(Vec<(String, Vec<usize>)>, kiln_runtime::cpu::Executable)>;
+
 /// What executes the models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
@@ -215,12 +222,7 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 }
 
 /// Run one data set of a test against a loaded module.
-fn run_data_set(
-    m: &Module,
-    run: &dyn Fn(&std::collections::HashMap<String, Value>) -> Result<Vec<Value>, String>,
-    dir: &Path,
-    tol: Tolerance,
-) -> Outcome {
+fn run_data_set(m: &Module, run: RunFn, dir: &Path, tol: Tolerance) -> Outcome {
     let mut inputs = std::collections::HashMap::new();
     let files = numbered(dir, "input_");
     if files.len() != m.body.inputs.len() {
@@ -305,9 +307,7 @@ pub fn run_test_on(dir: &Path, tol: Tolerance, opt_level: u8, engine: Engine) ->
         };
         // The CPU backend compiles per input shapes; data sets of one test
         // usually share them, so the last executable is kept.
-        let cache: std::cell::RefCell<
-            Option<(Vec<(String, Vec<usize>)>, kiln_runtime::cpu::Executable)>,
-        > = Default::default();
+        let cache: std::cell::RefCell<Compiled> = Default::default();
         let cpu_run = |inputs: &std::collections::HashMap<String, Value>| {
             let Engine::Cpu { threads } = engine else {
                 return Err("not the cpu engine".to_string());
@@ -327,11 +327,10 @@ pub fn run_test_on(dir: &Path, tol: Tolerance, opt_level: u8, engine: Engine) ->
                 None => Err("no executable".into()),
             }
         };
-        let run: &dyn Fn(&std::collections::HashMap<String, Value>) -> Result<Vec<Value>, String> =
-            match engine {
-                Engine::Interp => &interp_run,
-                Engine::Cpu { .. } => &cpu_run,
-            };
+        let run: RunFn = match engine {
+            Engine::Interp => &interp_run,
+            Engine::Cpu { .. } => &cpu_run,
+        };
         let sets = numbered_sets(dir);
         if sets.is_empty() {
             return Outcome::Skip("no test_data_set_* folders".into());
