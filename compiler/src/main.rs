@@ -231,8 +231,9 @@ struct DumpArgs {
     /// natively (what was generated) or on the interpreter (why)
     #[arg(long)]
     backend_report: bool,
-    /// A symbolic dim's size for memory planning: NAME=VALUE (symbols not
-    /// given are planned at 1)
+    /// Bind a symbolic dim of the graph inputs: NAME=VALUE. The module is
+    /// specialized to those sizes before the pipeline runs (as the cpu
+    /// backend does); memory planning takes other symbols as 1
     #[arg(long = "dim", value_name = "NAME=VALUE")]
     dims: Vec<String>,
 }
@@ -438,6 +439,36 @@ fn dump(args: &DumpArgs) -> Result<(), Failure> {
     let popts = kiln_ir::text::PrintOptions {
         elide_threshold: threshold,
     };
+    if !args.dims.is_empty() {
+        // Bind the named symbols: the pipeline then sees static shapes, as
+        // the cpu backend does.
+        let dims = plan_dims(&m, &args.dims)?;
+        let mut shapes = std::collections::HashMap::new();
+        for &i in &m.body.inputs {
+            let Some(ds) = m.ty(i).as_tensor().and_then(|t| t.shape.as_ref()) else {
+                continue;
+            };
+            let shape: Option<Vec<usize>> = ds
+                .iter()
+                .map(|d| match d {
+                    kiln_ir::Dim::Known(k) => Some(*k as usize),
+                    kiln_ir::Dim::Sym(e) => e
+                        .eval(&|s| dims.get(s).map(|&v| v as i64))
+                        .map(|v| v as usize),
+                    _ => None,
+                })
+                .collect();
+            if let Some(shape) = shape {
+                shapes.insert(m.name(i).to_string(), shape);
+            }
+        }
+        m = kiln_compiler::lower::specialize(&m, &shapes)?;
+        if args.opt_level > 0 {
+            // Fold what the bound shapes make constant before the
+            // pipeline proper runs (see `optimize_static`).
+            kiln_compiler::lower::optimize_static(&mut m, 1)?;
+        }
+    }
     let nodes_before = op_count(&m.body);
     if args.backend_report {
         let inputs = match kiln_compiler::check::inputs_from_test_folder(&m, &args.model)? {

@@ -42,7 +42,7 @@ pub fn compile(
     opts: &CpuOptions,
 ) -> Result<Executable, String> {
     let mut s = super::specialize(m, shapes)?;
-    crate::passes::optimize(&mut s, opts.opt_level).map_err(|e| e.to_string())?;
+    super::optimize_static(&mut s, opts.opt_level)?;
     let steps = s
         .body
         .nodes
@@ -70,12 +70,15 @@ type Lowered = (Box<dyn NativeKernel>, String, f64);
 fn lower_node(m: &Module, n: &Node) -> Result<Lowered, String> {
     match n.op.as_str() {
         "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => reshape(m, n),
+        "Transpose" => transpose(m, n),
+        "Gather" => gather(m, n),
+        "Concat" => concat(m, n),
         op => Err(format!("no native kernel for {op}")),
     }
 }
 
 /// The static shape of a tensor value.
-fn shape(m: &Module, v: ValueId) -> Result<Vec<usize>, String> {
+fn static_shape(m: &Module, v: ValueId) -> Result<Vec<usize>, String> {
     let t = m
         .ty(v)
         .as_tensor()
@@ -116,8 +119,222 @@ fn reshape(m: &Module, n: &Node) -> Result<Lowered, String> {
     if elem_in != elem_out {
         return Err("element types differ".into());
     }
-    let out = shape(m, *out)?;
+    let out = static_shape(m, *out)?;
     Ok((Box::new(Reshape { out }), format!("{} (copy)", n.op), 0.0))
+}
+
+/// Apply a generic movement function to the data of the element types the
+/// movement kernels take (f32, i64, i32); `None` for others.
+macro_rules! movable {
+    ($d:expr, |$v:ident| $body:expr) => {
+        match $d {
+            Data::F32($v) => Some(Data::F32($body)),
+            Data::I64($v) => Some(Data::I64($body)),
+            Data::I32($v) => Some(Data::I32($body)),
+            _ => None,
+        }
+    };
+}
+
+fn movable_elem(m: &Module, v: ValueId) -> Result<(), String> {
+    match m.ty(v).as_tensor().map(|t| t.elem) {
+        Some(kiln_ir::ElemType::F32 | kiln_ir::ElemType::I64 | kiln_ir::ElemType::I32) => Ok(()),
+        Some(e) => Err(format!("no native movement of {e}")),
+        None => Err("not a tensor".into()),
+    }
+}
+
+fn operand<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, String> {
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| format!("operand {i} is missing"))
+}
+
+struct Transpose {
+    shape: Vec<usize>,
+    perm: Vec<usize>,
+    out: Vec<usize>,
+}
+
+impl NativeKernel for Transpose {
+    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+        let x = operand(inputs, 0)?;
+        let d = movable!(&x.data, |v| kiln_runtime::cpu::movement::transpose(
+            v,
+            &self.shape,
+            &self.perm
+        ))
+        .ok_or("unsupported element type")?;
+        Ok(vec![
+            Tensor::new(self.out.clone(), d).map_err(|e| e.to_string())?
+        ])
+    }
+}
+
+fn transpose(m: &Module, n: &Node) -> Result<Lowered, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    movable_elem(m, x)?;
+    let shape = static_shape(m, x)?;
+    let r = shape.len();
+    let perm: Vec<usize> = match n.attrs.get("perm").and_then(kiln_ir::Attr::as_ints) {
+        Some(p) => p
+            .iter()
+            .map(|&a| usize::try_from(a).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
+        None => (0..r).rev().collect(),
+    };
+    let mut seen = vec![false; r];
+    if perm.len() != r
+        || perm
+            .iter()
+            .any(|&a| a >= r || std::mem::replace(&mut seen[a], true))
+    {
+        return Err(format!("perm {perm:?} is not a permutation of {r} axes"));
+    }
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let what = format!("Transpose {perm:?}");
+    Ok((Box::new(Transpose { shape, perm, out }), what, 0.0))
+}
+
+struct Gather {
+    outer: usize,
+    rows: usize,
+    row_len: usize,
+    out: Vec<usize>,
+}
+
+impl NativeKernel for Gather {
+    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+        let x = operand(inputs, 0)?;
+        let idx = operand(inputs, 1)?;
+        let idx: Vec<i64> = match &idx.data {
+            Data::I64(v) => v.clone(),
+            Data::I32(v) => v.iter().map(|&i| i as i64).collect(),
+            _ => return Err("indices must be i64 or i32".into()),
+        };
+        let d = match &x.data {
+            Data::F32(v) => Data::F32(kiln_runtime::cpu::movement::gather(
+                v,
+                self.outer,
+                self.rows,
+                self.row_len,
+                &idx,
+            )?),
+            Data::I64(v) => Data::I64(kiln_runtime::cpu::movement::gather(
+                v,
+                self.outer,
+                self.rows,
+                self.row_len,
+                &idx,
+            )?),
+            Data::I32(v) => Data::I32(kiln_runtime::cpu::movement::gather(
+                v,
+                self.outer,
+                self.rows,
+                self.row_len,
+                &idx,
+            )?),
+            _ => return Err("unsupported element type".into()),
+        };
+        Ok(vec![
+            Tensor::new(self.out.clone(), d).map_err(|e| e.to_string())?
+        ])
+    }
+}
+
+fn gather(m: &Module, n: &Node) -> Result<Lowered, String> {
+    let x = n.input(0).ok_or("no data operand")?;
+    movable_elem(m, x)?;
+    let shape = static_shape(m, x)?;
+    let r = shape.len() as i64;
+    let axis = n
+        .attrs
+        .get("axis")
+        .and_then(kiln_ir::Attr::as_int)
+        .unwrap_or(0);
+    let axis = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&axis) {
+        return Err(format!("axis {axis} out of range"));
+    }
+    let a = axis as usize;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let k = Gather {
+        outer: shape[..a].iter().product(),
+        rows: shape[a],
+        row_len: shape[a + 1..].iter().product(),
+        out,
+    };
+    Ok((Box::new(k), format!("Gather axis {a}"), 0.0))
+}
+
+struct Concat {
+    outer: usize,
+    inner: Vec<usize>,
+    out: Vec<usize>,
+}
+
+impl NativeKernel for Concat {
+    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+        let parts: Vec<&Tensor> = (0..inputs.len())
+            .map(|i| operand(inputs, i))
+            .collect::<Result<_, _>>()?;
+        macro_rules! cat {
+            ($var:ident) => {{
+                let mut v = vec![];
+                for p in &parts {
+                    match &p.data {
+                        Data::$var(d) => v.push(d.as_slice()),
+                        _ => return Err("operands differ in type".into()),
+                    }
+                }
+                Data::$var(kiln_runtime::cpu::movement::concat(
+                    &v,
+                    self.outer,
+                    &self.inner,
+                ))
+            }};
+        }
+        let d = match parts.first().map(|p| &p.data) {
+            Some(Data::F32(_)) => cat!(F32),
+            Some(Data::I64(_)) => cat!(I64),
+            Some(Data::I32(_)) => cat!(I32),
+            _ => return Err("unsupported element type".into()),
+        };
+        Ok(vec![
+            Tensor::new(self.out.clone(), d).map_err(|e| e.to_string())?
+        ])
+    }
+}
+
+fn concat(m: &Module, n: &Node) -> Result<Lowered, String> {
+    let out_v = *n.outputs.first().ok_or("no result")?;
+    movable_elem(m, out_v)?;
+    let out = static_shape(m, out_v)?;
+    let r = out.len() as i64;
+    let axis = n
+        .attrs
+        .get("axis")
+        .and_then(kiln_ir::Attr::as_int)
+        .unwrap_or(0);
+    let axis = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&axis) {
+        return Err(format!("axis {axis} out of range"));
+    }
+    let a = axis as usize;
+    let mut inner = vec![];
+    for v in &n.inputs {
+        let v = v.ok_or("omitted operand")?;
+        let s = static_shape(m, v)?;
+        inner.push(s[a..].iter().product());
+    }
+    let k = Concat {
+        outer: out[..a].iter().product(),
+        inner,
+        out,
+    };
+    Ok((Box::new(k), format!("Concat axis {a}"), 0.0))
 }
 
 /// The f32 data of an operand.

@@ -38,6 +38,22 @@ pub fn specialize(m: &Module, shapes: &HashMap<String, Vec<usize>>) -> Result<Mo
     Ok(c)
 }
 
+/// Optimize a specialized module at `level`, inferring types again after
+/// each round: folding a shape computation (`Expand` to `Where(Equal(
+/// ConstantOfShape(Shape(x)), ..))`) makes its consumers' shapes static
+/// only once inference sees the folded constant, which can then fold more.
+pub fn optimize_static(m: &mut Module, level: u8) -> Result<(), String> {
+    for _ in 0..4 {
+        let changed = crate::passes::optimize(m, level).map_err(|e| e.to_string())?;
+        if !changed || level == 0 {
+            break;
+        }
+        kiln_ir::ops::infer_module_with(m, kiln_ir::ops::DeclaredTypes::Replace)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// The shapes of tensor values given by name.
 pub fn shapes_of(inputs: &HashMap<String, Value>) -> HashMap<String, Vec<usize>> {
     inputs

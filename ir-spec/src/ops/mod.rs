@@ -248,9 +248,19 @@ impl<'a> InferCtx<'a> {
         self.consts.get(i).copied().flatten()
     }
 
-    /// Integer values of a constant operand.
+    /// Integer values of an operand known at compile time: its constant
+    /// data, or values propagated from static shapes (a `Slice` whose end
+    /// is `Shape(x)[1]` with `x`'s dims known).
     pub fn const_ints(&self, i: usize) -> Option<Vec<i64>> {
-        self.konst(i)?.to_i64_vec()
+        if let Some(d) = self.konst(i) {
+            return d.to_i64_vec();
+        }
+        self.values
+            .get(i)?
+            .as_ref()?
+            .iter()
+            .map(|e| e.as_ref()?.as_const())
+            .collect()
     }
 
     /// Element values of a small integer operand: from its constant data,

@@ -1,0 +1,165 @@
+//! Data-movement kernels of the CPU backend: Transpose, Gather along the
+//! first axis (embedding lookups), Concat. Generic over the element type;
+//! each copies the largest contiguous runs it can (memcpy) instead of
+//! computing an index per element.
+
+/// `x` of `shape` with its axes permuted (`out.shape[i] = shape[perm[i]]`).
+pub fn transpose<T: Copy>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+    let r = shape.len();
+    debug_assert_eq!(perm.len(), r);
+    let n: usize = shape.iter().product();
+    if n == 0 {
+        return vec![];
+    }
+    let mut in_strides = vec![1usize; r];
+    for i in (0..r.saturating_sub(1)).rev() {
+        in_strides[i] = in_strides[i + 1] * shape[i + 1];
+    }
+    // Trailing output axes that are also the trailing input axes, in order,
+    // form one contiguous run copied at once.
+    let mut inner = r;
+    while inner > 0 && perm[inner - 1] == inner - 1 {
+        inner -= 1;
+    }
+    let run: usize = shape[inner..].iter().product();
+    let outer_dims: Vec<usize> = perm[..inner].iter().map(|&p| shape[p]).collect();
+    let outer_strides: Vec<usize> = perm[..inner].iter().map(|&p| in_strides[p]).collect();
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; inner];
+    let mut src = 0usize;
+    loop {
+        out.extend_from_slice(&x[src..src + run]);
+        // Odometer over the outer output axes, keeping the source offset.
+        let mut a = inner;
+        loop {
+            if a == 0 {
+                return out;
+            }
+            a -= 1;
+            idx[a] += 1;
+            src += outer_strides[a];
+            if idx[a] < outer_dims[a] {
+                break;
+            }
+            src -= outer_strides[a] * outer_dims[a];
+            idx[a] = 0;
+        }
+    }
+}
+
+/// Rows of `table` (`rows` rows of `row_len` elements, with `outer`
+/// independent tables before them, i.e. Gather on axis `k` with
+/// `outer = prod(shape[..k])`) picked by `indices` (negative counts from
+/// the end).
+pub fn gather<T: Copy>(
+    table: &[T],
+    outer: usize,
+    rows: usize,
+    row_len: usize,
+    indices: &[i64],
+) -> Result<Vec<T>, String> {
+    let mut out = Vec::with_capacity(outer * indices.len() * row_len);
+    for o in 0..outer {
+        let base = o * rows * row_len;
+        for &i in indices {
+            let j = if i < 0 { i + rows as i64 } else { i };
+            if j < 0 || j >= rows as i64 {
+                return Err(format!(
+                    "index {i} is out of range for an axis of size {rows}"
+                ));
+            }
+            let s = base + j as usize * row_len;
+            out.extend_from_slice(&table[s..s + row_len]);
+        }
+    }
+    Ok(out)
+}
+
+/// Concatenate `parts` along an axis: `outer` = product of the dims
+/// before it, `inner[k]` = part k's elements per outer index.
+pub fn concat<T: Copy>(parts: &[&[T]], outer: usize, inner: &[usize]) -> Vec<T> {
+    let total: usize = inner.iter().sum();
+    let mut out = Vec::with_capacity(outer * total);
+    for o in 0..outer {
+        for (p, &len) in parts.iter().zip(inner) {
+            out.extend_from_slice(&p[o * len..(o + 1) * len]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, one index at a time.
+    fn transpose_ref(x: &[i32], shape: &[usize], perm: &[usize]) -> Vec<i32> {
+        let r = shape.len();
+        let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let n: usize = shape.iter().product();
+        let mut out = vec![0; n];
+        for (o, slot) in out.iter_mut().enumerate() {
+            let mut rem = o;
+            let mut oi = vec![0; r];
+            for a in (0..r).rev() {
+                oi[a] = rem % out_shape[a];
+                rem /= out_shape[a];
+            }
+            let mut src = 0;
+            let mut ii = vec![0; r];
+            for a in 0..r {
+                ii[perm[a]] = oi[a];
+            }
+            for a in 0..r {
+                src = src * shape[a] + ii[a];
+            }
+            *slot = x[src];
+        }
+        out
+    }
+
+    #[test]
+    fn transpose_matches_the_definition() {
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[2, 3], &[1, 0]),
+            (&[1, 5, 3, 4], &[0, 2, 1, 3]),
+            (&[2, 3, 4], &[2, 0, 1]),
+            (&[2, 3, 4], &[0, 1, 2]),
+            (&[3, 1, 2, 5], &[3, 2, 1, 0]),
+            (&[4], &[0]),
+            (&[2, 0, 3], &[1, 0, 2]),
+        ];
+        for (shape, perm) in cases {
+            let n: usize = shape.iter().product();
+            let x: Vec<i32> = (0..n as i32).collect();
+            assert_eq!(
+                transpose(&x, shape, perm),
+                transpose_ref(&x, shape, perm),
+                "{shape:?} {perm:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gather_picks_rows_and_rejects_bad_indices() {
+        let t: Vec<i32> = (0..12).collect(); // [3, 4]
+        assert_eq!(
+            gather(&t, 1, 3, 4, &[2, -3]).unwrap_or_default(),
+            vec![8, 9, 10, 11, 0, 1, 2, 3]
+        );
+        // Axis 1 of [2, 3, 2]: outer 2, rows 3, row_len 2.
+        let u: Vec<i32> = (0..12).collect();
+        assert_eq!(
+            gather(&u, 2, 3, 2, &[1]).unwrap_or_default(),
+            vec![2, 3, 8, 9]
+        );
+        assert!(gather(&t, 1, 3, 4, &[3]).is_err());
+    }
+
+    #[test]
+    fn concat_interleaves_per_outer_index() {
+        let a = [1, 2, 3, 4]; // [2, 2]
+        let b = [5, 6]; // [2, 1]
+        assert_eq!(concat(&[&a, &b], 2, &[2, 1]), vec![1, 2, 5, 3, 4, 6]);
+    }
+}
