@@ -336,3 +336,69 @@ fn dump_explain_fusion_says_why_neighbours_stay_apart() {
         "{text}"
     );
 }
+
+#[test]
+fn bench_json_is_one_line_with_the_documented_keys() {
+    let out = kiln(&["bench", &tiny_cnn(), "--runs", "3", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["backend"], "cpu");
+    assert_eq!(v["threads"], 1);
+    assert_eq!(v["runs"], 3);
+    for key in ["median_ms", "min_ms", "p90_ms", "compile_ms", "peak_rss_mb"] {
+        assert!(v[key].as_f64().is_some_and(|x| x >= 0.0), "{key} in {text}");
+    }
+    assert!(v["model"].as_str().is_some_and(|m| m.contains("tiny_cnn")));
+    assert!(v["min_ms"].as_f64() <= v["median_ms"].as_f64());
+    assert!(v["median_ms"].as_f64() <= v["p90_ms"].as_f64());
+}
+
+#[test]
+fn profile_lists_every_kernel_with_its_share() {
+    let out = kiln(&["profile", &tiny_cnn(), "--runs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("share") && first.contains("GFLOP/s"),
+        "{text}"
+    );
+    assert!(text.contains("%r1: "), "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .unwrap_or_default()
+            .contains("total ms per run"),
+        "{text}"
+    );
+}
+
+#[test]
+fn backend_report_says_how_each_node_runs() {
+    let out = kiln(&["dump", &tiny_cnn(), "--backend-report"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.starts_with("native  %") || l.starts_with("interp  %")),
+        "{text}"
+    );
+    assert!(
+        text.lines().last().unwrap_or_default().starts_with("# "),
+        "{text}"
+    );
+}
+
+#[test]
+fn run_on_the_cpu_backend_matches_the_interpreter() {
+    let input = format!("image={}/test_data_set_0/input_0.pb", tiny_cnn());
+    let cpu = kiln(&["run", &tiny_cnn(), "--input", &input]);
+    let interp = kiln(&["run", &tiny_cnn(), "--input", &input, "--backend", "interp"]);
+    assert!(cpu.status.success(), "{}", stderr(&cpu));
+    assert!(interp.status.success(), "{}", stderr(&interp));
+    // The summaries (shape, min/max/mean to 4 digits) agree.
+    assert_eq!(stdout(&cpu), stdout(&interp));
+}

@@ -1,0 +1,219 @@
+//! Differential tests of the CPU backend: random graphs over random shapes
+//! (odd sizes, size 1, every broadcast corner, sizes that are not
+//! multiples of the vector width) compiled at `-O2` and compared with the
+//! reference interpreter on the unoptimized module.
+//!
+//! Tolerance: rtol 1e-3, atol 1e-4. The backend sums in a different order
+//! (blocked matmul, vectorized reductions) and uses polynomial exp/tanh/erf,
+//! so results differ from the interpreter's by a few ulps times the
+//! accumulation length; 1e-4 absolute covers sums of up to a few hundred
+//! O(1) products, as these graphs make.
+
+use std::collections::HashMap;
+
+use kiln_compiler::conformance::{compare, Tolerance};
+use kiln_compiler::lower::cpu::{compile, CpuOptions};
+use kiln_runtime::{Data, Interpreter, Tensor, Value};
+use proptest::prelude::*;
+
+const TOL: Tolerance = Tolerance {
+    rtol: 1e-3,
+    atol: 1e-4,
+};
+
+/// Deterministic values in [-1, 1).
+fn values(seed: u32, n: usize) -> Vec<f32> {
+    let mut rng = kiln_runtime::interp::kernels::Rng::new(seed);
+    (0..n).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect()
+}
+
+fn dense(v: &[f32]) -> String {
+    let items: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
+    format!("dense[{}]", items.join(", "))
+}
+
+fn ty(shape: &[usize]) -> String {
+    let d: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("f32[{}]", d.join(","))
+}
+
+/// Compile at -O2 for the inputs' shapes, run, compare with the
+/// interpreter at -O0.
+fn check(src: &str, inputs: &HashMap<String, Value>, threads: usize) -> Result<(), TestCaseError> {
+    let fail = |e: String| TestCaseError::fail(format!("{e}\n{src}"));
+    let m = kiln_ir::parse_module(src).map_err(|e| fail(e.to_string()))?;
+    kiln_ir::verify::verify(&m).map_err(|e| fail(e.to_string()))?;
+    let want = Interpreter::new(&m)
+        .run(inputs)
+        .map_err(|e| fail(e.to_string()))?;
+    let opts = CpuOptions {
+        opt_level: 2,
+        threads,
+    };
+    let exe = compile(&m, &kiln_compiler::lower::shapes_of(inputs), &opts).map_err(fail)?;
+    let got = exe.run(inputs).map_err(|e| fail(e.to_string()))?;
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        compare(g, w, TOL).map_err(|e| fail(format!("output {k}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn input(shape: &[usize], seed: u32) -> Value {
+    let n = shape.iter().product();
+    Value::tensor(Tensor::new(shape.to_vec(), Data::F32(values(seed, n))).expect("tensor"))
+}
+
+const DIMS: &[usize] = &[1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33];
+
+/// Elementwise DAGs, broadcasts, reductions along the last axis and
+/// matmuls over `x: [a, b]`, `y` broadcastable to it.
+fn elementwise_module(a: usize, b: usize, y_shape: &[usize], choices: &[u8], seed: u32) -> String {
+    let full = ty(&[a, b]);
+    let mut lines = vec![
+        format!("  input %x: {full}"),
+        format!("  input %y: {}", ty(y_shape)),
+        format!(
+            "  const %w: {} = {}",
+            ty(&[b, b]),
+            dense(&values(seed ^ 0x5eed, b * b))
+        ),
+        format!(
+            "  const %g: {} = {}",
+            ty(&[b]),
+            dense(&values(seed ^ 0x9, b))
+        ),
+        "  const %three: f32[] = dense[3.0]".to_string(),
+        "  const %last: i64[1] = dense[-1]".to_string(),
+    ];
+    let mut vals = vec!["x".to_string()];
+    for (k, &c) in choices.iter().enumerate() {
+        let p = vals[(c as usize / 16) % vals.len()].clone();
+        let q = vals[(c as usize / 5) % vals.len()].clone();
+        let v = format!("v{k}");
+        let body = match c % 16 {
+            0 => format!("%{v} = Add(%{p}, %y) : {full}"),
+            1 => format!("%{v} = Mul(%{p}, %{q}) : {full}"),
+            2 => format!("%{v} = Sub(%y, %{p}) : {full}"),
+            3 => format!("%{v} = Div(%{p}, %three) : {full}"),
+            4 => format!("%{v} = Sigmoid(%{p}) : {full}"),
+            5 => format!("%{v} = Tanh(%{p}) : {full}"),
+            6 => format!("%{v} = Relu(%{p}) : {full}"),
+            7 => format!("%{v} = Max(%{p}, %y) : {full}"),
+            8 => format!("%{v} = MatMul(%{p}, %w) : {full}"),
+            9 => format!("%{v} = Softmax(%{p}) {{axis = -1}} : {full}"),
+            10 => format!("%{v} = Erf(%{p}) : {full}"),
+            11 => format!("%{v} = Exp(%{p}) : {full}"),
+            12 => format!(
+                "%{v}_m = ReduceMean(%{p}, %last) : {}\n  %{v} = Sub(%{p}, %{v}_m) : {full}",
+                ty(&[a, 1])
+            ),
+            13 => format!("%{v} = LayerNormalization(%{p}, %g, %g) {{axis = -1}} : {full}"),
+            14 => format!("%{v} = Add(%{p}, %g) : {full}"),
+            _ => format!("%{v} = Min(%{q}, %{p}) : {full}"),
+        };
+        lines.push(format!("  {body}"));
+        vals.push(v);
+    }
+    let last = vals.last().cloned().unwrap_or_default();
+    let mid = vals[vals.len() / 2].clone();
+    format!(
+        "module @random opset(ai.onnx = 18) {{\n{}\n  return %{last}, %{mid}\n}}\n",
+        lines.join("\n")
+    )
+}
+
+fn out_dim(i: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
+    let span = d * (k - 1) + 1;
+    (i + 2 * p >= span).then(|| (i + 2 * p - span) / s + 1)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn elementwise_graphs_match_the_interpreter(
+        a in prop::sample::select(DIMS),
+        b in prop::sample::select(DIMS),
+        y_kind in 0usize..6,
+        choices in proptest::collection::vec(any::<u8>(), 1..12),
+        seed in any::<u32>(),
+        threads in 1usize..3,
+    ) {
+        let y_shape: Vec<usize> = match y_kind {
+            0 => vec![a, b],
+            1 => vec![b],
+            2 => vec![a, 1],
+            3 => vec![1, b],
+            4 => vec![],
+            _ => vec![1, 1],
+        };
+        let src = elementwise_module(a, b, &y_shape, &choices, seed);
+        let inputs = HashMap::from([
+            ("x".to_string(), input(&[a, b], seed)),
+            ("y".to_string(), input(&y_shape, seed.wrapping_add(1))),
+        ]);
+        check(&src, &inputs, threads)?;
+    }
+
+    #[test]
+    fn conv_nets_match_the_interpreter(
+        n in 1usize..3,
+        c in prop::sample::select(&[1usize, 3, 4, 8][..]),
+        m_mult in 1usize..3,
+        h in prop::sample::select(&[1usize, 5, 7, 9, 16][..]),
+        w in prop::sample::select(&[1usize, 4, 7, 9, 16][..]),
+        k in prop::sample::select(&[1usize, 3, 5][..]),
+        stride in 1usize..3,
+        pad in 0usize..3,
+        dil in 1usize..3,
+        depthwise in any::<bool>(),
+        tail in 0usize..4,
+        seed in any::<u32>(),
+        threads in 1usize..3,
+    ) {
+        let (oh, ow) = match (out_dim(h, k, stride, pad, dil), out_dim(w, k, stride, pad, dil)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => return Ok(()),
+        };
+        let (group, m) = if depthwise { (c, c * m_mult) } else { (1, 4 * m_mult) };
+        let wshape = [m, c / group, k, k];
+        let y = [n, m, oh, ow];
+        let mut lines = vec![
+            format!("  input %x: {}", ty(&[n, c, h, w])),
+            format!("  const %w: {} = {}", ty(&wshape), dense(&values(seed ^ 0x77, wshape.iter().product()))),
+            format!("  const %b: {} = {}", ty(&[m]), dense(&values(seed ^ 0x78, m))),
+            format!(
+                "  %c = Conv(%x, %w, %b) {{dilations = [{dil}, {dil}], group = {group}, kernel_shape = [{k}, {k}], pads = [{pad}, {pad}, {pad}, {pad}], strides = [{stride}, {stride}]}} : {}",
+                ty(&y)
+            ),
+            format!("  %r = Relu(%c) : {}", ty(&y)),
+        ];
+        let out = match tail {
+            0 => "r".to_string(),
+            1 => {
+                lines.push(format!("  %s = Add(%r, %c) : {}", ty(&y)));
+                "s".to_string()
+            }
+            2 => {
+                lines.push(format!("  %g = GlobalAveragePool(%r) : {}", ty(&[n, m, 1, 1])));
+                "g".to_string()
+            }
+            _ => match (out_dim(oh, 2, 2, 0, 1), out_dim(ow, 2, 2, 0, 1)) {
+                (Some(ph), Some(pw)) => {
+                    lines.push(format!(
+                        "  %p = MaxPool(%r) {{kernel_shape = [2, 2], strides = [2, 2]}} : {}",
+                        ty(&[n, m, ph, pw])
+                    ));
+                    "p".to_string()
+                }
+                _ => "r".to_string(),
+            },
+        };
+        let src = format!(
+            "module @conv opset(ai.onnx = 18) {{\n{}\n  return %{out}\n}}\n",
+            lines.join("\n")
+        );
+        let inputs = HashMap::from([("x".to_string(), input(&[n, c, h, w], seed))]);
+        check(&src, &inputs, threads)?;
+    }
+}
