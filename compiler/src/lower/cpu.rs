@@ -51,10 +51,11 @@ pub fn compile(
         .map(|(i, n)| Step {
             node: i,
             kind: match lower_node(&s, n) {
-                Ok((kernel, what, flops)) => StepKind::Native {
+                Ok(((kernel, what, flops), captured)) => StepKind::Native {
                     kernel,
                     what,
                     flops,
+                    captured,
                 },
                 Err(why) => StepKind::Interp { why },
             },
@@ -64,21 +65,23 @@ pub fn compile(
 }
 
 /// A lowered node: its kernel, a description, its flops per run.
-type Lowered = (Box<dyn NativeKernel>, String, f64);
+pub(super) type Lowered = (Box<dyn NativeKernel>, String, f64);
 
-/// The lowering table: a native kernel for `n`, or why there is none.
-fn lower_node(m: &Module, n: &Node) -> Result<Lowered, String> {
+/// The lowering table: a native kernel for `n` and the operands it holds
+/// itself, or why there is none.
+fn lower_node(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), String> {
+    let plain = |l: Result<Lowered, String>| l.map(|l| (l, vec![]));
     match n.op.as_str() {
-        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => reshape(m, n),
-        "Transpose" => transpose(m, n),
-        "Gather" => gather(m, n),
-        "Concat" => concat(m, n),
+        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => plain(reshape(m, n)),
+        "Transpose" => plain(transpose(m, n)),
+        "Gather" => plain(gather(m, n)),
+        "Concat" => plain(concat(m, n)),
         op => Err(format!("no native kernel for {op}")),
     }
 }
 
 /// The static shape of a tensor value.
-fn static_shape(m: &Module, v: ValueId) -> Result<Vec<usize>, String> {
+pub(super) fn static_shape(m: &Module, v: ValueId) -> Result<Vec<usize>, String> {
     let t = m
         .ty(v)
         .as_tensor()

@@ -36,6 +36,9 @@ pub enum StepKind {
         what: String,
         /// Floating-point operations per run (0 when not counted).
         flops: f64,
+        /// Operand indices whose data the kernel holds itself (constant
+        /// weights packed at compile time): passed as `None`.
+        captured: Vec<usize>,
     },
     /// The interpreter's kernel runs the node; `why` says why it was not
     /// lowered.
@@ -78,7 +81,10 @@ impl Executable {
             .thread_name(|i| format!("kiln-cpu-{i}"))
             .build()
             .map_err(|e| format!("thread pool: {e}"))?;
-        let consts = Arc::new(Interpreter::load_constants(&module));
+        let needed = needed_constants(&module, &steps);
+        let consts = Arc::new(Interpreter::load_constants_where(&module, |c| {
+            needed.contains(&c)
+        }));
         let frees = last_uses(&module);
         Ok(Executable {
             module,
@@ -135,7 +141,8 @@ impl Executable {
             match self.consts.get(&c) {
                 Some(Ok(v)) => env.set(c, v.clone()),
                 Some(Err(e)) => return Err(InterpError::new("constants", e.clone())),
-                None => return Err(InterpError::new("constants", "not loaded")),
+                // Held by the kernels that use it.
+                None => {}
             }
         }
         self.pool.install(|| -> Result<(), InterpError> {
@@ -144,13 +151,16 @@ impl Executable {
                 let start = times.as_ref().map(|_| Instant::now());
                 match &step.kind {
                     StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
-                    StepKind::Native { kernel, .. } => {
+                    StepKind::Native {
+                        kernel, captured, ..
+                    } => {
                         let fail = |msg: String| InterpError::new(node.describe(), msg);
                         let results = {
                             let mut operands: Vec<Option<&Tensor>> = vec![];
-                            for i in &node.inputs {
+                            for (k, i) in node.inputs.iter().enumerate() {
                                 operands.push(match i {
                                     None => None,
+                                    Some(_) if captured.contains(&k) => None,
                                     Some(v) => {
                                         Some(env.get(*v).and_then(Value::as_tensor).ok_or_else(
                                             || {
@@ -196,6 +206,43 @@ impl Executable {
             })
             .collect()
     }
+}
+
+/// Top-level constants some step reads at run time: operands of
+/// interpreted nodes (nested regions included), operands of native kernels
+/// that did not capture them, graph outputs.
+fn needed_constants(m: &Module, steps: &[Step]) -> std::collections::HashSet<ValueId> {
+    fn all_uses(r: &kiln_ir::Region, out: &mut std::collections::HashSet<ValueId>) {
+        for n in &r.nodes {
+            out.extend(n.inputs.iter().flatten());
+            for (_, sub) in n.regions() {
+                all_uses(sub, out);
+            }
+        }
+        out.extend(&r.outputs);
+    }
+    let mut needed: std::collections::HashSet<ValueId> = m.body.outputs.iter().copied().collect();
+    for s in steps {
+        let Some(n) = m.body.nodes.get(s.node) else {
+            continue;
+        };
+        match &s.kind {
+            StepKind::Interp { .. } => {
+                needed.extend(n.inputs.iter().flatten());
+                for (_, sub) in n.regions() {
+                    all_uses(sub, &mut needed);
+                }
+            }
+            StepKind::Native { captured, .. } => {
+                for (k, v) in n.inputs.iter().enumerate() {
+                    if let (Some(v), false) = (v, captured.contains(&k)) {
+                        needed.insert(*v);
+                    }
+                }
+            }
+        }
+    }
+    needed
 }
 
 /// For each top-level node, the values (node results and graph inputs,

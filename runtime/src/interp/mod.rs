@@ -89,6 +89,14 @@ impl<'m> Interpreter<'m> {
 
     /// The module's constants as run-time values.
     pub fn load_constants(m: &Module) -> Constants {
+        Self::load_constants_where(m, |_| true)
+    }
+
+    /// [`Interpreter::load_constants`], keeping only the top-level
+    /// constants `keep` accepts (those of nested regions are all loaded):
+    /// a backend that packed a weight into its kernel need not hold a
+    /// second copy.
+    pub fn load_constants_where(m: &Module, keep: impl Fn(ValueId) -> bool) -> Constants {
         let mut consts = HashMap::new();
         fn collect(m: &Module, r: &Region, out: &mut HashMap<ValueId, Result<Value, String>>) {
             for &c in &r.constants {
@@ -107,6 +115,7 @@ impl<'m> Interpreter<'m> {
             }
         }
         collect(m, &m.body, &mut consts);
+        consts.retain(|&c, _| keep(c) || !m.body.constants.contains(&c));
         consts
     }
 

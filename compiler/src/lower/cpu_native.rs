@@ -1,0 +1,447 @@
+//! Native steps for the compute-heavy nodes: MatMul, Gemm and Conv on the
+//! kernel library (constant weights packed at compile time), pooling, and
+//! `kiln.Fusion` regions compiled by Cranelift — an epilogue region runs its
+//! matmul/conv first, then the generated loop over the result in place.
+
+use kiln_ir::{Attr, Module, Node, Region, ValueId};
+use kiln_runtime::cpu::jit::{compile_region, JitKernel};
+use kiln_runtime::cpu::kernels::{
+    ConvAttrs, ConvPlan, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
+};
+use kiln_runtime::cpu::NativeKernel;
+use kiln_runtime::{Data, Tensor};
+
+use super::cpu::{static_shape, Lowered};
+
+/// A planned dense op.
+enum Dense {
+    MatMul(MatMulPlan),
+    Gemm(GemmPlan),
+    Conv(ConvPlan),
+}
+
+/// A dense op's plan and the operand indices whose data it holds itself
+/// (constant weights, packed once).
+struct Planned {
+    plan: Dense,
+    captured: Vec<usize>,
+    what: String,
+}
+
+impl Dense {
+    fn out_shape(&self) -> &[usize] {
+        match self {
+            Dense::MatMul(p) => p.out_shape(),
+            Dense::Gemm(p) => p.out_shape(),
+            Dense::Conv(p) => p.out_shape(),
+        }
+    }
+
+    fn flops(&self) -> f64 {
+        match self {
+            Dense::MatMul(p) => p.flops(),
+            Dense::Gemm(p) => p.flops(),
+            Dense::Conv(p) => p.flops(),
+        }
+    }
+
+    /// Run on the op's own operands (`ops[i]` for its operand i; `None`
+    /// where captured or omitted).
+    fn run(&self, ops: &[Option<&Tensor>], out: &mut [f32], threads: usize) -> Result<(), String> {
+        match self {
+            Dense::MatMul(p) => {
+                let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
+                p.run(f32s(ops, 0)?, b, out, threads);
+            }
+            Dense::Gemm(p) => {
+                let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
+                p.run(f32s(ops, 0)?, b, opt_f32s(ops, 2)?, out, threads);
+            }
+            Dense::Conv(p) => {
+                let w = opt_f32s(ops, 1)?.unwrap_or(&[]);
+                p.run(f32s(ops, 0)?, w, opt_f32s(ops, 2)?, out, threads);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn f32s<'a>(ops: &[Option<&'a Tensor>], i: usize) -> Result<&'a [f32], String> {
+    opt_f32s(ops, i)?.ok_or_else(|| format!("operand {i} is missing"))
+}
+
+fn opt_f32s<'a>(ops: &[Option<&'a Tensor>], i: usize) -> Result<Option<&'a [f32]>, String> {
+    match ops.get(i).copied().flatten().map(|t| &t.data) {
+        Some(Data::F32(v)) => Ok(Some(v)),
+        Some(_) => Err(format!("operand {i} is not f32")),
+        None => Ok(None),
+    }
+}
+
+fn is_f32(m: &Module, v: ValueId) -> bool {
+    m.ty(v).as_tensor().map(|t| t.elem) == Some(kiln_ir::ElemType::F32)
+}
+
+/// A constant's f32 values.
+fn const_f32(m: &Module, v: ValueId) -> Option<Vec<f32>> {
+    let d = m.constant(v)?;
+    if d.elem != kiln_ir::ElemType::F32 {
+        return None;
+    }
+    Some(
+        d.bytes()?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+fn ints(n: &Node, name: &str) -> Option<Vec<usize>> {
+    n.attrs
+        .get(name)
+        .and_then(Attr::as_ints)
+        .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
+}
+
+/// Explicit pads (begins then ends) for `auto_pad`, ONNX's rule.
+fn resolve_pads(
+    n: &Node,
+    spatial: &[usize],
+    kernel: &[usize],
+    strides: &[usize],
+    dilations: &[usize],
+) -> Result<Vec<usize>, String> {
+    let r = spatial.len();
+    let auto = n.attrs.get("auto_pad").and_then(Attr::as_str).unwrap_or("NOTSET");
+    match auto {
+        "NOTSET" => Ok(ints(n, "pads").unwrap_or_else(|| vec![0; 2 * r])),
+        "VALID" => Ok(vec![0; 2 * r]),
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut pads = vec![0; 2 * r];
+            for i in 0..r {
+                let out = spatial[i].div_ceil(strides[i]);
+                let span = dilations[i] * (kernel[i] - 1) + 1;
+                let total = ((out - 1) * strides[i] + span).saturating_sub(spatial[i]);
+                let (small, big) = (total / 2, total - total / 2);
+                if auto == "SAME_UPPER" {
+                    pads[i] = small;
+                    pads[i + r] = big;
+                } else {
+                    pads[i] = big;
+                    pads[i + r] = small;
+                }
+            }
+            Ok(pads)
+        }
+        other => Err(format!("auto_pad `{other}`")),
+    }
+}
+
+/// Plan a MatMul/Gemm/Conv whose operands are `inputs` (values of the
+/// outer scope, so constants are visible) and whose result is `out`.
+fn plan_dense(m: &Module, n: &Node, inputs: &[Option<ValueId>]) -> Result<Planned, String> {
+    let shape_of = |i: usize| -> Result<Vec<usize>, String> {
+        let v = inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("operand {i} is missing"))?;
+        if !is_f32(m, v) {
+            return Err(format!("operand {i} is not f32"));
+        }
+        static_shape(m, v)
+    };
+    let konst = |i: usize| inputs.get(i).copied().flatten().and_then(|v| const_f32(m, v));
+    match n.op.as_str() {
+        "MatMul" => {
+            let (a, b) = (shape_of(0)?, shape_of(1)?);
+            let bc = konst(1);
+            let captured = if bc.is_some() { vec![1] } else { vec![] };
+            let p = MatMulPlan::new(&a, &b, bc.as_deref())?;
+            let what = format!("matmul {a:?} x {b:?}{}", if bc.is_some() { " (packed)" } else { "" });
+            Ok(Planned { plan: Dense::MatMul(p), captured, what })
+        }
+        "Gemm" => {
+            let (a, b) = (shape_of(0)?, shape_of(1)?);
+            let c = if inputs.get(2).copied().flatten().is_some() {
+                Some(shape_of(2)?)
+            } else {
+                None
+            };
+            let int = |k: &str| n.attrs.get(k).and_then(Attr::as_int).unwrap_or(0) != 0;
+            let float = |k: &str| n.attrs.get(k).and_then(Attr::as_float).unwrap_or(1.0);
+            let bc = konst(1);
+            let captured = if bc.is_some() { vec![1] } else { vec![] };
+            let p = GemmPlan::new(
+                &a,
+                &b,
+                c.as_deref(),
+                int("transA"),
+                int("transB"),
+                float("alpha"),
+                float("beta"),
+                bc.as_deref(),
+            )?;
+            Ok(Planned {
+                plan: Dense::Gemm(p),
+                captured,
+                what: format!("gemm {a:?} x {b:?}"),
+            })
+        }
+        "Conv" => {
+            let (x, w) = (shape_of(0)?, shape_of(1)?);
+            if x.len() < 3 || w.len() != x.len() {
+                return Err("conv needs N, C and spatial dims".into());
+            }
+            let r = x.len() - 2;
+            let kernel = w[2..].to_vec();
+            let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
+            let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
+            if strides.len() != r || dilations.len() != r {
+                return Err("strides/dilations rank".into());
+            }
+            let pads = resolve_pads(n, &x[2..], &kernel, &strides, &dilations)?;
+            let group = n.attrs.get("group").and_then(Attr::as_int).unwrap_or(1).max(1) as usize;
+            let has_bias = inputs.get(2).copied().flatten().is_some();
+            let wc = konst(1);
+            let captured = if wc.is_some() { vec![1] } else { vec![] };
+            let attrs = ConvAttrs { strides, dilations, pads, group };
+            let p = ConvPlan::new(&x, &w, has_bias, &attrs, wc.as_deref())?;
+            let what = format!(
+                "conv {}x{} {}→{} ch{}",
+                kernel.first().unwrap_or(&1),
+                kernel.get(1).unwrap_or(&1),
+                x[1],
+                w[0],
+                if group > 1 { format!(" group {group}") } else { String::new() }
+            );
+            Ok(Planned { plan: Dense::Conv(p), captured, what })
+        }
+        op => Err(format!("no dense kernel for {op}")),
+    }
+}
+
+struct DenseKernel {
+    plan: Dense,
+}
+
+impl NativeKernel for DenseKernel {
+    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
+        let shape = self.plan.out_shape().to_vec();
+        let mut out = vec![0f32; shape.iter().product()];
+        self.plan.run(inputs, &mut out, threads)?;
+        Ok(vec![Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?])
+    }
+}
+
+/// MatMul, Gemm, Conv.
+pub(super) fn dense(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), String> {
+    let p = plan_dense(m, n, &n.inputs)?;
+    let flops = p.plan.flops();
+    Ok(((Box::new(DenseKernel { plan: p.plan }), p.what, flops), p.captured))
+}
+
+struct Pool {
+    plan: PoolPlan,
+}
+
+impl NativeKernel for Pool {
+    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
+        let shape = self.plan.out_shape().to_vec();
+        let mut out = vec![0f32; shape.iter().product()];
+        self.plan.run(f32s(inputs, 0)?, &mut out, threads);
+        Ok(vec![Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?])
+    }
+}
+
+/// MaxPool (one result), AveragePool, GlobalAveragePool, GlobalMaxPool.
+pub(super) fn pool(m: &Module, n: &Node) -> Result<Lowered, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    if !is_f32(m, x) {
+        return Err("pooling of non-f32".into());
+    }
+    if n.op == "MaxPool" && n.outputs.len() > 1 {
+        return Err("MaxPool with indices".into());
+    }
+    let xs = static_shape(m, x)?;
+    if xs.len() < 3 {
+        return Err("pooling needs spatial dims".into());
+    }
+    let r = xs.len() - 2;
+    let kind = match n.op.as_str() {
+        "MaxPool" => PoolKind::Max,
+        "AveragePool" => PoolKind::Average {
+            count_include_pad: n.attrs.get("count_include_pad").and_then(Attr::as_int).unwrap_or(0) != 0,
+        },
+        "GlobalAveragePool" => PoolKind::GlobalAverage,
+        "GlobalMaxPool" => PoolKind::GlobalMax,
+        op => return Err(format!("no pooling kernel for {op}")),
+    };
+    let global = matches!(kind, PoolKind::GlobalAverage | PoolKind::GlobalMax);
+    let kernel = if global {
+        xs[2..].to_vec()
+    } else {
+        ints(n, "kernel_shape").ok_or("kernel_shape is required")?
+    };
+    let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
+    let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
+    let pads = if global {
+        vec![0; 2 * r]
+    } else {
+        if n.attrs.get("storage_order").and_then(Attr::as_int).unwrap_or(0) != 0 {
+            return Err("storage_order 1".into());
+        }
+        resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?
+    };
+    let attrs = PoolAttrs {
+        kernel,
+        strides,
+        dilations,
+        pads,
+        ceil_mode: n.attrs.get("ceil_mode").and_then(Attr::as_int).unwrap_or(0) != 0,
+    };
+    let plan = PoolPlan::new(kind, &xs, &attrs)?;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    if plan.out_shape() != out.as_slice() {
+        return Err(format!("pool plan gives {:?}, the node {out:?}", plan.out_shape()));
+    }
+    Ok((Box::new(Pool { plan }), format!("{} {:?}", n.op, attrs.kernel), 0.0))
+}
+
+/// A fusion region: optionally a dense anchor, then a generated loop.
+struct Fusion {
+    /// The anchor, with the fusion operand feeding each of its operands.
+    anchor: Option<(Dense, Vec<Option<usize>>)>,
+    jit: JitKernel,
+    /// For each input of the generated loop after the anchor's result
+    /// (or of all of them without an anchor): the fusion operand.
+    jit_operands: Vec<usize>,
+    /// The loop writes its one output over the anchor's result.
+    in_place: bool,
+}
+
+impl NativeKernel for Fusion {
+    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
+        let outs = self.jit.output_shapes().to_vec();
+        let mut ins: Vec<&[f32]> = vec![];
+        let anchor_out = match &self.anchor {
+            Some((plan, map)) => {
+                let ops: Vec<Option<&Tensor>> = map
+                    .iter()
+                    .map(|k| k.and_then(|k| inputs.get(k).copied().flatten()))
+                    .collect();
+                let shape = plan.out_shape().to_vec();
+                let mut buf = vec![0f32; shape.iter().product()];
+                plan.run(&ops, &mut buf, threads)?;
+                Some((shape, buf))
+            }
+            None => None,
+        };
+        for &k in &self.jit_operands {
+            ins.push(f32s(inputs, k)?);
+        }
+        let anchor_out = match (self.in_place, anchor_out) {
+            (true, Some((shape, mut buf))) => {
+                let mut ptrs: Vec<*const f32> = vec![buf.as_ptr()];
+                ptrs.extend(ins.iter().map(|s| s.as_ptr()));
+                // SAFETY: every pointer covers the shape the kernel was
+                // compiled for (operands have their static shapes, the
+                // executable checked the graph inputs; the buffer was sized
+                // above), and the one output aliases input 0 of the same
+                // shape, which the generated loop allows.
+                unsafe { self.jit.run_raw(&ptrs, &[buf.as_mut_ptr()], threads) };
+                return Ok(vec![Tensor::new(shape, Data::F32(buf)).map_err(|e| e.to_string())?]);
+            }
+            (_, a) => a,
+        };
+        let mut bufs: Vec<Vec<f32>> = outs.iter().map(|s| vec![0f32; s.iter().product()]).collect();
+        {
+            let mut all: Vec<&[f32]> = vec![];
+            if let Some((_, b)) = &anchor_out {
+                all.push(b);
+            }
+            all.extend(ins);
+            let mut outs_mut: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            self.jit.run(&all, &mut outs_mut, threads)?;
+        }
+        outs.into_iter()
+            .zip(bufs)
+            .map(|(s, b)| Tensor::new(s, Data::F32(b)).map_err(|e| e.to_string()))
+            .collect()
+    }
+}
+
+/// `kiln.Fusion`: the body compiled by Cranelift; an epilogue's anchor
+/// (its first node, a MatMul/Gemm/Conv) planned on the kernel library.
+pub(super) fn fusion(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), String> {
+    let Some(Attr::Graph(body)) = n.attrs.get("body") else {
+        return Err("fusion without a body".into());
+    };
+    let operand_of = |v: ValueId| body.inputs.iter().position(|&b| b == v);
+    let outer = |v: ValueId| operand_of(v).and_then(|k| n.inputs.get(k).copied().flatten());
+    let first = body.nodes.first().ok_or("empty fusion body")?;
+    let is_anchor = matches!(first.op.as_str(), "MatMul" | "Gemm" | "Conv");
+    let (anchor, tail_nodes, mut captured) = if is_anchor {
+        let outer_inputs: Vec<Option<ValueId>> =
+            first.inputs.iter().map(|v| v.and_then(outer)).collect();
+        if first.inputs.iter().flatten().any(|&v| operand_of(v).is_none()) {
+            return Err("anchor reads a value of its body".into());
+        }
+        let p = plan_dense(m, first, &outer_inputs)?;
+        let map: Vec<Option<usize>> = first.inputs.iter().map(|v| v.and_then(operand_of)).collect();
+        let captured: Vec<usize> = p.captured.iter().filter_map(|&i| map.get(i).copied().flatten()).collect();
+        (Some((p, map)), &body.nodes[1..], captured)
+    } else {
+        (None, &body.nodes[..], vec![])
+    };
+    // The generated loop's region: the anchor's result (if any), then the
+    // body inputs the remaining nodes read.
+    let mut used: Vec<ValueId> = tail_nodes.iter().flat_map(|x| x.inputs.iter().flatten().copied()).collect();
+    used.extend(&body.outputs);
+    let mut inputs = vec![];
+    let mut shapes = vec![];
+    let mut jit_operands = vec![];
+    let anchor_value = if is_anchor { first.outputs.first().copied() } else { None };
+    if let (Some(v), Some((p, _))) = (anchor_value, &anchor) {
+        inputs.push(v);
+        shapes.push(p.plan.out_shape().to_vec());
+    }
+    for (k, &b) in body.inputs.iter().enumerate() {
+        if used.contains(&b) {
+            inputs.push(b);
+            let v = n.inputs.get(k).copied().flatten().ok_or("omitted fusion operand")?;
+            shapes.push(static_shape(m, v)?);
+            jit_operands.push(k);
+        }
+    }
+    captured.retain(|k| !jit_operands.contains(k));
+    if tail_nodes.is_empty() {
+        return Err("fusion of a lone matmul/conv".into());
+    }
+    let region = Region {
+        inputs,
+        constants: body.constants.clone(),
+        nodes: tail_nodes.to_vec(),
+        outputs: body.outputs.clone(),
+    };
+    let jit = compile_region(m, &region, &shapes)?;
+    let in_place = match (anchor_value, &anchor) {
+        (Some(v), Some((p, _))) => {
+            jit.output_shapes().len() == 1
+                && jit.output_shapes()[0].as_slice() == p.plan.out_shape()
+                && !body.outputs.contains(&v)
+        }
+        _ => false,
+    };
+    let (what, flops) = match &anchor {
+        Some((p, _)) => (format!("{} + {}", p.what, jit.describe()), p.plan.flops()),
+        None => (jit.describe().to_string(), 0.0),
+    };
+    let k = Fusion {
+        anchor: anchor.map(|(p, map)| (p.plan, map)),
+        jit,
+        jit_operands,
+        in_place,
+    };
+    Ok(((Box::new(k), what, flops), captured))
+}
