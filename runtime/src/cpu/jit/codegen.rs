@@ -256,7 +256,8 @@ fn widen(f: &mut Fb, s: Value) -> Value {
 pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, String> {
     let mut fl = settings::builder();
     let set = |fl: &mut settings::Builder, k: &str, v: &str| {
-        fl.set(k, v).map_err(|e| format!("cranelift setting {k}: {e}"))
+        fl.set(k, v)
+            .map_err(|e| format!("cranelift setting {k}: {e}"))
     };
     set(&mut fl, "opt_level", "speed")?;
     set(&mut fl, "is_pic", "false")?;
@@ -405,7 +406,14 @@ impl Gen<'_> {
                 });
             }
             Kind::Reduce { x, op } => {
-                let acc = Acc::new(b, if *op == RedOp::Max { f32::NEG_INFINITY } else { 0.0 });
+                let acc = Acc::new(
+                    b,
+                    if *op == RedOp::Max {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    },
+                );
                 run(b, self.ptr, n, &mut |f, ioff| {
                     let mut memo = vec![None; nx];
                     let v = self.eval(f, rows, ioff, &mut memo, *x);

@@ -202,24 +202,17 @@ pub(crate) fn lower(f: &mut Fb, op: &Op, a: &[Value]) -> Value {
             let t = math::tanh(f, s);
             f.mul(x, t)
         }
-        Op::Gelu => {
-            let s = f.mulc(x, std::f32::consts::FRAC_1_SQRT_2);
-            let e = math::erf(f, s);
-            let e = f.addc(e, 1.0);
-            let h = f.mulc(x, 0.5);
-            f.mul(h, e)
-        }
+        Op::Gelu => math::gelu(f, x),
+        // 0.5·x·(1 + tanh u) = x·sigmoid(2u): no cancellation for x < 0.
         Op::GeluTanh => {
             let c = (2.0f32 / std::f32::consts::PI).sqrt();
             let x2 = f.mul(x, x);
             let x3 = f.mul(x2, x);
             let k = f.mulc(x3, 0.044715);
             let inner = f.add(x, k);
-            let inner = f.mulc(inner, c);
-            let t = math::tanh(f, inner);
-            let t = f.addc(t, 1.0);
-            let h = f.mulc(x, 0.5);
-            f.mul(h, t)
+            let u2 = f.mulc(inner, 2.0 * c);
+            let s = math::sigmoid(f, u2);
+            f.mul(x, s)
         }
         Op::Elu(alpha) => {
             let e = math::exp(f, x);

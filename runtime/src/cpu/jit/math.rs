@@ -211,3 +211,64 @@ pub(crate) fn softplus(f: &mut Fb, x: Value) -> Value {
     // NaN in, NaN out (the select above would turn NaN into 0 + …).
     f.sel(FloatCC::Unordered, x, x, x, r)
 }
+
+/// erfc a for a ≥ 0 with full relative precision in the tail, where
+/// 1 - erf(a) would cancel: 1 - erf(a) below 1, else Cephes erfcf's
+/// e^{-a²}/a · P(1/a²) (two polynomials, split at 2; relative error 3e-8
+/// in exact arithmetic).
+fn erfc_pos(f: &mut Fb, a: Value) -> Value {
+    let e = erf(f, a);
+    let one = f.c(1.0);
+    let near = f.sub(one, e);
+    let a2 = f.mul(a, a);
+    let y = f.div(one, a2);
+    let p1 = f.poly(
+        y,
+        &[
+            2.326_82e-2,
+            -1.387_039_4e-1,
+            3.687_424_6e-1,
+            -5.824_733e-1,
+            6.210_004_6e-1,
+            -4.944_515_3e-1,
+            3.404_88e-1,
+            -2.741_127e-1,
+            5.638_259_6e-1,
+        ],
+    );
+    let p2 = f.poly(
+        y,
+        &[
+            -1.047_766_4e1,
+            1.297_72e1,
+            -7.495_518_7,
+            2.921_019,
+            -1.015_265_3,
+            4.218_463_3e-1,
+            -2.820_767_4e-1,
+            5.641_895e-1,
+        ],
+    );
+    let two = f.c(2.0);
+    let p = f.sel(FloatCC::LessThan, a, two, p1, p2);
+    let na2 = f.b.ins().fneg(a2);
+    let ex = exp(f, na2);
+    let q = f.div(ex, a);
+    let far = f.mul(q, p);
+    f.sel(FloatCC::LessThan, a, one, near, far)
+}
+
+/// Gelu (erf form) 0.5·x·(1 + erf(x/√2)); for x < 0 the bracket is
+/// erfc(|x|/√2), computed directly so the negative tail keeps its
+/// relative precision.
+pub(crate) fn gelu(f: &mut Fb, x: Value) -> Value {
+    let z = f.mulc(x, std::f32::consts::FRAC_1_SQRT_2);
+    let a = f.b.ins().fabs(z);
+    let c = erfc_pos(f, a);
+    let two = f.c(2.0);
+    let pos = f.sub(two, c);
+    let zero = f.c(0.0);
+    let bracket = f.sel(FloatCC::LessThan, z, zero, c, pos);
+    let h = f.mulc(x, 0.5);
+    f.mul(h, bracket)
+}

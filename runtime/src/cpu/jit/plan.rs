@@ -142,8 +142,16 @@ fn broadcast(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for (i, o) in out.iter_mut().enumerate() {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         *o = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -211,7 +219,11 @@ impl Builder<'_> {
             return Ok(None);
         };
         if d.elem != ElemType::F32 {
-            return unsupported(format!("constant {} is {}, not f32", self.m.name(v), d.elem));
+            return unsupported(format!(
+                "constant {} is {}, not f32",
+                self.m.name(v),
+                d.elem
+            ));
         }
         let bytes = d
             .bytes()
@@ -233,7 +245,10 @@ impl Builder<'_> {
             return Ok(e.clone());
         }
         let Some((data, shape)) = self.const_f32(v)? else {
-            return Err(format!("value {} is not defined in the region", self.m.name(v)));
+            return Err(format!(
+                "value {} is not defined in the region",
+                self.m.name(v)
+            ));
         };
         let e = if data.len() == 1 {
             self.push(Expr::Imm(data[0]))
@@ -399,7 +414,11 @@ pub(crate) fn plan(m: &Module, body: &Region, input_shapes: &[Vec<usize>]) -> R<
                 Op::HardSigmoid(attr_f(n, "alpha", 0.2)?, attr_f(n, "beta", 0.5)?),
             )?,
             "Gelu" => {
-                let op = match n.attr("approximate").and_then(Attr::as_str).unwrap_or("none") {
+                let op = match n
+                    .attr("approximate")
+                    .and_then(Attr::as_str)
+                    .unwrap_or("none")
+                {
                     "none" => Op::Gelu,
                     "tanh" => Op::GeluTanh,
                     other => return unsupported(format!("Gelu approximate={other}")),
@@ -464,7 +483,9 @@ pub(crate) fn plan(m: &Module, body: &Region, input_shapes: &[Vec<usize>]) -> R<
                             Some(v) => {
                                 let (e, bs) = b.operand(v)?;
                                 if broadcast(&bs, &xs)? != xs {
-                                    return Err(format!("LayerNormalization bias {bs:?} vs {xs:?}"));
+                                    return Err(format!(
+                                        "LayerNormalization bias {bs:?} vs {xs:?}"
+                                    ));
                                 }
                                 Some(e)
                             }

@@ -25,7 +25,10 @@ impl Lcg {
 }
 
 fn dims(s: &[usize]) -> String {
-    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+    s.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Run `src` (a module whose body is the region) through the interpreter
@@ -66,11 +69,14 @@ fn compare_with(src: &str, data: &[Vec<f32>], threads: usize) -> f64 {
         assert_eq!(w.shape, k.output_shapes()[j], "output {j} shape\n{src}");
         for (i, (&g, e)) in outs[j].iter().zip(w.to_f64()).enumerate() {
             let g = g as f64;
-            let ok = (g.is_nan() && e.is_nan())
-                || g == e
-                || (g - e).abs() <= 1e-7 + 1e-3 * e.abs();
-            assert!(ok, "{}: output {j}[{i}] = {g}, want {e}\n{src}", k.describe());
-            if e.is_finite() && g.is_finite() && e != 0.0 {
+            let ok = (g.is_nan() && e.is_nan()) || g == e || (g - e).abs() <= 1e-7 + 1e-3 * e.abs();
+            assert!(
+                ok,
+                "{}: output {j}[{i}] = {g}, want {e}\n{src}",
+                k.describe()
+            );
+            // Relative error where it means something (atol covers the rest).
+            if e.is_finite() && g.is_finite() && e.abs() >= 1e-5 {
                 worst = worst.max((g - e).abs() / e.abs());
             }
         }
@@ -120,8 +126,11 @@ const SIZES: &[usize] = &[1, 3, 5, 17, 33];
 
 #[test]
 fn unary_ops_match_the_interpreter() {
-    // Measured max relative error vs the f64 interpreter over these ranges:
-    // exp/tanh/sigmoid/erf/log/gelu all below 1e-6 (a few f32 ulps).
+    // Measured max relative error vs the f64 interpreter over these ranges
+    // (elements with |want| >= 1e-5): exp 1.1e-7, log 1.2e-7, tanh 1.2e-7,
+    // sigmoid 1.1e-7, erf 2.4e-7, softplus 1.2e-7, mish 1.6e-7, gelu (erf)
+    // 1.0e-6, gelu (tanh) 1.1e-6, elu 7.4e-7, selu 1.6e-6, hardswish 1.3e-6
+    // (the last few include the interpreter's per-op f32 rounding).
     let ops: &[(&str, &str, f32, f32)] = &[
         ("Neg", "", -5.0, 5.0),
         ("Abs", "", -5.0, 5.0),
@@ -497,9 +506,15 @@ fn shape_and_length_checks() {
     assert_eq!(k.describe(), "Add");
     let mut out = vec![0.0; 12];
     assert!(k.run(&[&[1.0; 3], &[1.0; 3]], &mut [&mut out], 1).is_err());
-    assert!(k.run(&[&[1.0; 3], &[1.0; 4]], &mut [&mut out[..11]], 1).is_err());
-    k.run(&[&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0, 40.0]], &mut [&mut out], 1)
-        .unwrap();
+    assert!(k
+        .run(&[&[1.0; 3], &[1.0; 4]], &mut [&mut out[..11]], 1)
+        .is_err());
+    k.run(
+        &[&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0, 40.0]],
+        &mut [&mut out],
+        1,
+    )
+    .unwrap();
     assert_eq!(out[..5], [11.0, 21.0, 31.0, 41.0, 12.0]);
     let e = compile_region(&m, &m.body, &[vec![3, 2], vec![1, 4]]).unwrap_err();
     assert!(e.contains("broadcast"), "{e}");
@@ -553,7 +568,10 @@ fn throughput() {
             *o = ((a + b) * c).tanh();
         }
     });
-    eprintln!("Rust Add+Mul+Tanh (libm tanhf): {:.0} Melem/s", n as f64 / t / 1e6);
+    eprintln!(
+        "Rust Add+Mul+Tanh (libm tanhf): {:.0} Melem/s",
+        n as f64 / t / 1e6
+    );
 
     let (r, c) = (128, 1536);
     let src = format!(
@@ -586,7 +604,10 @@ fn throughput() {
             }
         }
     });
-    eprintln!("Rust Add+Gelu (same f32 erf, inline): {:.0} Melem/s", (r * c) as f64 / t / 1e6);
+    eprintln!(
+        "Rust Add+Gelu (same f32 erf, inline): {:.0} Melem/s",
+        (r * c) as f64 / t / 1e6
+    );
 }
 
 /// The JIT's erf approximation as plain Rust, for the baseline loop.
