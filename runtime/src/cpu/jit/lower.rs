@@ -4,7 +4,7 @@
 //! [`super::math`]; the loops that call this live in [`super::codegen`].
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use super::math;
@@ -30,23 +30,27 @@ impl Fb<'_, '_> {
         }
     }
 
-    /// A float constant at the current width.
+    /// A float constant at the current width. Vector constants live in
+    /// the constant pool, where x64 folds them into the using instruction
+    /// (a splat would be re-run every iteration).
     pub fn c(&mut self, x: f32) -> Value {
-        let s = self.b.ins().f32const(x);
         if self.is_vec() {
-            self.b.ins().splat(types::F32X4, s)
+            let bytes: Vec<u8> = (0..4).flat_map(|_| x.to_le_bytes()).collect();
+            let k = self.b.func.dfg.constants.insert(ConstantData::from(bytes));
+            self.b.ins().vconst(types::F32X4, k)
         } else {
-            s
+            self.b.ins().f32const(x)
         }
     }
 
     /// An i32 constant at the current width.
     pub fn ci(&mut self, x: i32) -> Value {
-        let s = self.b.ins().iconst(types::I32, x as i64);
         if self.is_vec() {
-            self.b.ins().splat(types::I32X4, s)
+            let bytes: Vec<u8> = (0..4).flat_map(|_| x.to_le_bytes()).collect();
+            let k = self.b.func.dfg.constants.insert(ConstantData::from(bytes));
+            self.b.ins().vconst(types::I32X4, k)
         } else {
-            s
+            self.b.ins().iconst(types::I32, x as i64)
         }
     }
 
@@ -93,12 +97,13 @@ impl Fb<'_, '_> {
         let k = self.c(k);
         self.add(a, k)
     }
-    /// NaN-propagating clamp (Cranelift's fmin/fmax propagate NaN).
+    /// NaN-propagating clamp: compare-and-select (a NaN compares false and
+    /// stays), cheaper on x64 than Cranelift's IEEE fmin/fmax sequences.
     pub fn clamp(&mut self, x: Value, lo: f32, hi: f32) -> Value {
         let l = self.c(lo);
         let h = self.c(hi);
-        let x = self.b.ins().fmax(x, l);
-        self.b.ins().fmin(x, h)
+        let x = self.sel(FloatCC::LessThan, x, l, l, x);
+        self.sel(FloatCC::GreaterThan, x, h, h, x)
     }
     /// Horner evaluation of `coef[0]·x^(n-1) + … + coef[n-1]`.
     pub fn poly(&mut self, x: Value, coef: &[f32]) -> Value {
