@@ -365,9 +365,13 @@ pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, Str
     let id = module
         .declare_function("kiln_jit_kernel", Linkage::Local, &ctx.func.signature)
         .map_err(|e| format!("cranelift declare: {e}"))?;
+    ctx.set_disasm(std::env::var_os("KILN_JIT_DISASM").is_some());
     module
         .define_function(id, &mut ctx)
         .map_err(|e| format!("cranelift compile: {e:?}"))?;
+    if let Some(d) = ctx.compiled_code().and_then(|c| c.vcode.as_ref()) {
+        eprintln!("{d}");
+    }
     module.clear_context(&mut ctx);
     module
         .finalize_definitions()

@@ -105,14 +105,41 @@ impl Fb<'_, '_> {
         let x = self.sel(FloatCC::LessThan, x, l, l, x);
         self.sel(FloatCC::GreaterThan, x, h, h, x)
     }
-    /// Horner evaluation of `coef[0]·x^(n-1) + … + coef[n-1]`.
+    /// `coef[0]·x^(n-1) + … + coef[n-1]` by Estrin's scheme: pairs
+    /// `a + b·x`, then pairs of those in x², x⁴, …, so the dependency chain
+    /// is log₂ n multiply-adds deep instead of n (these kernels are
+    /// latency-bound: one long chain per vector).
     pub fn poly(&mut self, x: Value, coef: &[f32]) -> Value {
-        let mut acc = self.c(coef[0]);
-        for &k in &coef[1..] {
-            acc = self.mul(acc, x);
-            acc = self.addc(acc, k);
+        // Ascending order: terms[i] multiplies x^i.
+        let asc: Vec<f32> = coef.iter().rev().copied().collect();
+        let mut terms: Vec<Value> = asc
+            .chunks(2)
+            .map(|p| {
+                let a = self.c(p[0]);
+                match p.get(1) {
+                    Some(&b) => {
+                        let t = self.mulc(x, b);
+                        self.add(t, a)
+                    }
+                    None => a,
+                }
+            })
+            .collect();
+        let mut xp = x;
+        while terms.len() > 1 {
+            xp = self.mul(xp, xp);
+            terms = terms
+                .chunks(2)
+                .map(|p| match p.get(1) {
+                    Some(&hi) => {
+                        let t = self.mul(hi, xp);
+                        self.add(t, p[0])
+                    }
+                    None => p[0],
+                })
+                .collect();
         }
-        acc
+        terms[0]
     }
 }
 
