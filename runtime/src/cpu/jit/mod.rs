@@ -1,1 +1,213 @@
 //! Cranelift code generation for fusion regions: elementwise DAGs, reductions and epilogues as native loops.
+//!
+//! [`compile_region`] takes a closed region (a `kiln.Fusion` body, or an
+//! epilogue body without its leading MatMul/Gemm/Conv) with static input
+//! shapes and returns a [`JitKernel`]: one native function that walks the
+//! output in rows, each row an f32x4 loop plus a scalar tail, every operand
+//! indexed with its own broadcast strides. A trailing Softmax, LogSoftmax,
+//! LayerNormalization or ReduceSum/Mean/Max over the trailing axes runs per
+//! row with its producers evaluated inline. Anything else is
+//! `Err("unsupported: ...")`, and the caller interprets that region.
+//!
+//! - [`plan`]: region → shapes, expression DAG, collapsed iteration space.
+//! - [`lower`]: the IR op → Cranelift instruction table.
+//! - [`math`]: inline exp/log/tanh/sigmoid/erf/softplus polynomials.
+//! - [`codegen`]: the loops, the reductions, the JIT module.
+
+mod codegen;
+mod lower;
+mod math;
+mod plan;
+#[cfg(test)]
+mod tests;
+
+use cranelift_jit::JITModule;
+use rayon::prelude::*;
+
+/// Below this many output elements one thread does the whole kernel.
+const PARALLEL_MIN: usize = 1 << 16;
+
+type EntryFn = unsafe extern "C" fn(*const *const f32, *const *mut f32, usize, usize);
+
+/// A compiled region: its machine code (kept alive by the owned module), the
+/// constants it reads and the shapes it was compiled for.
+pub struct JitKernel {
+    module: Option<JITModule>,
+    entry: EntryFn,
+    /// Constant tensors the code reads through embedded addresses; boxed so
+    /// that the addresses stay put when the kernel moves.
+    _consts: Vec<Box<[f32]>>,
+    input_lens: Vec<usize>,
+    output_shapes: Vec<Vec<usize>>,
+    describe: String,
+    /// Rows (or elements, for a flat kernel) to split across threads.
+    units: usize,
+    flat: bool,
+    total: usize,
+}
+
+// SAFETY: after `finalize_definitions` the module's code and the constants
+// are immutable; `run`/`run_raw` only call the function, which writes to
+// the caller's output buffers, so sharing or sending the kernel between
+// threads is sound.
+unsafe impl Send for JitKernel {}
+unsafe impl Sync for JitKernel {}
+
+impl Drop for JitKernel {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the function pointer is private to this kernel, which
+            // is being dropped, so nothing can call the code any more.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+impl std::fmt::Debug for JitKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JitKernel")
+            .field("describe", &self.describe)
+            .field("output_shapes", &self.output_shapes)
+            .finish()
+    }
+}
+
+/// Compile `body` for inputs of the given static shapes (`input_shapes[i]`
+/// is the shape of `body.inputs[i]`). Every input, output and computed value
+/// must be an f32 tensor; constants are embedded.
+pub fn compile_region(
+    m: &kiln_ir::Module,
+    body: &kiln_ir::Region,
+    input_shapes: &[Vec<usize>],
+) -> Result<JitKernel, String> {
+    let plan = plan::plan(m, body, input_shapes)?;
+    let consts: Vec<Box<[f32]>> = plan
+        .consts
+        .iter()
+        .map(|c| c.clone().into_boxed_slice())
+        .collect();
+    let ptrs: Vec<usize> = consts.iter().map(|c| c.as_ptr() as usize).collect();
+    let compiled = codegen::compile(&plan, &ptrs)?;
+    // SAFETY: the function was built with exactly this signature (four
+    // pointer-sized parameters, no results) in the host calling convention.
+    let entry: EntryFn = unsafe { std::mem::transmute(compiled.entry) };
+    let rows = plan.rows();
+    Ok(JitKernel {
+        module: Some(compiled.module),
+        entry,
+        _consts: consts,
+        input_lens: input_shapes.iter().map(|s| s.iter().product()).collect(),
+        units: if plan.flat { plan.inner } else { rows },
+        flat: plan.flat,
+        total: rows * plan.inner,
+        output_shapes: plan.out_shapes,
+        describe: plan.describe,
+    })
+}
+
+/// Raw pointer arrays, shared read-only by the worker threads.
+struct Args {
+    ins: *const *const f32,
+    outs: *const *mut f32,
+}
+
+// SAFETY: the arrays and the buffers they point to outlive the parallel
+// loop; threads write disjoint rows/element ranges.
+unsafe impl Sync for Args {}
+
+impl JitKernel {
+    pub fn output_shapes(&self) -> &[Vec<usize>] {
+        &self.output_shapes
+    }
+
+    /// Ops it compiled, for reports (e.g. "Add+Mul+Tanh").
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Safe entry: lengths checked against the shapes.
+    pub fn run(
+        &self,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        threads: usize,
+    ) -> Result<(), String> {
+        if inputs.len() != self.input_lens.len() {
+            return Err(format!(
+                "{} inputs given, kernel takes {}",
+                inputs.len(),
+                self.input_lens.len()
+            ));
+        }
+        for (i, (x, &n)) in inputs.iter().zip(&self.input_lens).enumerate() {
+            if x.len() != n {
+                return Err(format!("input {i} has {} elements, expected {n}", x.len()));
+            }
+        }
+        if outputs.len() != self.output_shapes.len() {
+            return Err(format!(
+                "{} outputs given, kernel makes {}",
+                outputs.len(),
+                self.output_shapes.len()
+            ));
+        }
+        for (j, (y, s)) in outputs.iter().zip(&self.output_shapes).enumerate() {
+            let n: usize = s.iter().product();
+            if y.len() != n {
+                return Err(format!("output {j} has {} elements, expected {n}", y.len()));
+            }
+        }
+        let ins: Vec<*const f32> = inputs.iter().map(|x| x.as_ptr()).collect();
+        let outs: Vec<*mut f32> = outputs.iter_mut().map(|y| y.as_mut_ptr()).collect();
+        // SAFETY: lengths checked above; `&`/`&mut` borrows rule out aliasing.
+        unsafe { self.run_raw(&ins, &outs, threads) };
+        Ok(())
+    }
+
+    /// Raw entry for in-place use: an output may alias an input of the same
+    /// shape. Each element reads all its inputs before its output is written
+    /// and no element reads another element's aliased input.
+    ///
+    /// # Safety
+    /// `inputs[i]` must be valid for reads of the input's element count and
+    /// `outputs[j]` for writes of the output's, for the whole call; outputs
+    /// may alias only same-shape inputs, and not each other.
+    pub unsafe fn run_raw(&self, inputs: &[*const f32], outputs: &[*mut f32], threads: usize) {
+        assert_eq!(inputs.len(), self.input_lens.len(), "JitKernel inputs");
+        assert_eq!(outputs.len(), self.output_shapes.len(), "JitKernel outputs");
+        if self.units == 0 || (self.total == 0 && self.flat) {
+            return;
+        }
+        let args = Args {
+            ins: inputs.as_ptr(),
+            outs: outputs.as_ptr(),
+        };
+        let entry = self.entry;
+        let units = self.units;
+        let chunks = threads.min(units);
+        if threads <= 1 || self.total < PARALLEL_MIN || chunks < 2 {
+            // SAFETY: the caller's contract covers the whole range.
+            unsafe { entry(args.ins, args.outs, 0, units) };
+            return;
+        }
+        // Flat kernels split on 16-element boundaries so that every chunk
+        // but the last runs only whole vectors.
+        let align = if self.flat { 16 } else { 1 };
+        let bound = |c: usize| -> usize {
+            if c == chunks {
+                units
+            } else {
+                (units * c / chunks) / align * align
+            }
+        };
+        let args = &args;
+        (0..chunks).into_par_iter().for_each(|c| {
+            let (lo, hi) = (bound(c), bound(c + 1));
+            if lo < hi {
+                // SAFETY: chunks are disjoint row/element ranges of the
+                // buffers the caller vouched for.
+                unsafe { entry(args.ins, args.outs, lo, hi) };
+            }
+        });
+    }
+}

@@ -1,0 +1,531 @@
+//! The loop-building machinery: turns a [`Plan`] into one native function
+//!
+//! ```text
+//! extern "C" fn(inputs: *const *const f32, outputs: *const *mut f32, start: usize, end: usize)
+//! ```
+//!
+//! that computes rows `start..end` (or, for a flat elementwise plan,
+//! elements `start..end`). Each row runs an f32x4 loop and a scalar tail
+//! over the inner run; what an element computes comes from the lowering
+//! table in [`super::lower`].
+//!
+//! In-place use (an output aliasing a same-shape input) is safe by
+//! construction: an iteration evaluates everything it needs, loads
+//! included, before its stores, and touches only its own elements;
+//! one-value-per-row operands are loaded at the start of the row.
+//! Reductions first copy the row's input values into the output row and
+//! then only read the output row.
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+
+use super::lower::{lower, Fb};
+use super::math;
+use super::plan::{Expr, Kind, Plan, RedOp, Src};
+
+/// A finished module and the address of its one function.
+pub(crate) struct Compiled {
+    pub module: JITModule,
+    pub entry: *const u8,
+}
+
+/// A leaf's state for the current row.
+#[derive(Clone, Copy)]
+struct LeafRow {
+    /// Address of the leaf's element at the start of the row.
+    ptr: Value,
+    /// Walks the inner run (else one value per row, loaded up front).
+    contig: bool,
+    scalar: Option<Value>,
+    splat: Option<Value>,
+}
+
+fn flags() -> MemFlagsData {
+    // Unaligned, possibly aliasing: plain flags keep loads and stores ordered.
+    MemFlagsData::new()
+}
+
+struct Gen<'p> {
+    plan: &'p Plan,
+    ptr: Type,
+    used: Vec<bool>,
+}
+
+impl Gen<'_> {
+    /// The value of expression `e` at byte offset `ioff` of the run.
+    fn eval(
+        &self,
+        f: &mut Fb,
+        rows: &[LeafRow],
+        ioff: Value,
+        memo: &mut [Option<Value>],
+        e: usize,
+    ) -> Value {
+        if let Some(v) = memo[e] {
+            return v;
+        }
+        let v = match &self.plan.exprs[e] {
+            Expr::Leaf(k) => {
+                let l = rows[*k];
+                if l.contig {
+                    let a = f.b.ins().iadd(l.ptr, ioff);
+                    let ty = f.ty;
+                    f.b.ins().load(ty, flags(), a, 0)
+                } else if f.is_vec() {
+                    l.splat.unwrap_or(l.ptr)
+                } else {
+                    l.scalar.unwrap_or(l.ptr)
+                }
+            }
+            Expr::Imm(x) => f.c(*x),
+            Expr::Node(op, args) => {
+                let vals: Vec<Value> = args
+                    .iter()
+                    .map(|&a| self.eval(f, rows, ioff, memo, a))
+                    .collect();
+                lower(f, op, &vals)
+            }
+        };
+        memo[e] = Some(v);
+        v
+    }
+
+    /// Leaf row states for a row whose leaves start at element offsets `offs`.
+    fn leaf_rows(&self, b: &mut FunctionBuilder, bases: &[Value], offs: &[Value]) -> Vec<LeafRow> {
+        let mut out = Vec::new();
+        for (k, l) in self.plan.leaves.iter().enumerate() {
+            let off = b.ins().ishl_imm_s(offs[k], 2);
+            let ptr = b.ins().iadd(bases[k], off);
+            let contig = l.inner_stride == 1;
+            let (scalar, splat) = if !contig && self.used[k] {
+                let s = b.ins().load(types::F32, flags(), ptr, 0);
+                (Some(s), Some(b.ins().splat(types::F32X4, s)))
+            } else {
+                (None, None)
+            };
+            out.push(LeafRow {
+                ptr,
+                contig,
+                scalar,
+                splat,
+            });
+        }
+        out
+    }
+
+    /// Element offsets of every leaf at the start of row `r`.
+    fn row_offsets(&self, b: &mut FunctionBuilder, r: Value) -> Vec<Value> {
+        let outer = &self.plan.outer;
+        self.plan
+            .leaves
+            .iter()
+            .map(|l| {
+                let mut off = b.ins().iconst(self.ptr, 0);
+                let mut div: usize = outer.iter().product();
+                for (j, &size) in outer.iter().enumerate() {
+                    div /= size.max(1);
+                    let st = l.outer_strides[j];
+                    if st == 0 {
+                        continue;
+                    }
+                    let mut idx = r;
+                    if div > 1 {
+                        let d = b.ins().iconst(self.ptr, div as i64);
+                        idx = b.ins().udiv(idx, d);
+                    }
+                    if j > 0 {
+                        let s = b.ins().iconst(self.ptr, size as i64);
+                        idx = b.ins().urem(idx, s);
+                    }
+                    let t = b.ins().imul_imm_s(idx, st as i64);
+                    off = b.ins().iadd(off, t);
+                }
+                off
+            })
+            .collect()
+    }
+}
+
+/// `i` from its current value while `i + step <= n`, `body(i)` each time.
+fn counted(
+    b: &mut FunctionBuilder,
+    i_var: Variable,
+    n: Value,
+    step: i64,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value),
+) {
+    let header = b.create_block();
+    let bodyb = b.create_block();
+    let exit = b.create_block();
+    b.ins().jump(header, &[]);
+    b.switch_to_block(header);
+    let i = b.use_var(i_var);
+    let next = b.ins().iadd_imm_s(i, step);
+    let c = b.ins().icmp(IntCC::SignedLessThanOrEqual, next, n);
+    b.ins().brif(c, bodyb, &[], exit, &[]);
+    b.switch_to_block(bodyb);
+    let i = b.use_var(i_var);
+    body(b, i);
+    let i = b.use_var(i_var);
+    let next = b.ins().iadd_imm_s(i, step);
+    b.def_var(i_var, next);
+    b.ins().jump(header, &[]);
+    b.switch_to_block(exit);
+}
+
+/// A run of `n` elements: the f32x4 loop, then the scalar tail; `body`
+/// gets the builder at the loop's width and the byte offset of the element.
+fn run(b: &mut FunctionBuilder, ptr: Type, n: Value, body: &mut dyn FnMut(&mut Fb, Value)) {
+    let i_var = b.declare_var(ptr);
+    let z = b.ins().iconst(ptr, 0);
+    b.def_var(i_var, z);
+    for (ty, step) in [(types::F32X4, 4), (types::F32, 1)] {
+        counted(b, i_var, n, step, &mut |b, i| {
+            let ioff = b.ins().ishl_imm_s(i, 2);
+            let mut f = Fb { b, ty };
+            body(&mut f, ioff);
+        });
+    }
+}
+
+/// An accumulator carried through a run, one variable per width.
+struct Acc {
+    v: Variable,
+    s: Variable,
+}
+
+impl Acc {
+    fn new(b: &mut FunctionBuilder, init: f32) -> Acc {
+        let v = b.declare_var(types::F32X4);
+        let s = b.declare_var(types::F32);
+        let x = b.ins().f32const(init);
+        let xv = b.ins().splat(types::F32X4, x);
+        b.def_var(v, xv);
+        b.def_var(s, x);
+        Acc { v, s }
+    }
+
+    fn var(&self, f: &Fb) -> Variable {
+        if f.is_vec() {
+            self.v
+        } else {
+            self.s
+        }
+    }
+
+    /// Fold `x` into the accumulator of `f`'s width.
+    fn update(&self, f: &mut Fb, x: Value, op: RedOp) {
+        let var = self.var(f);
+        let a = f.b.use_var(var);
+        let r = combine(f.b, a, x, op);
+        f.b.def_var(var, r);
+    }
+
+    /// The vector lanes and the scalar tail folded into one scalar.
+    fn total(&self, b: &mut FunctionBuilder, op: RedOp) -> Value {
+        let v = b.use_var(self.v);
+        let mut acc = b.use_var(self.s);
+        for lane in 0..4u8 {
+            let x = b.ins().extractlane(v, lane);
+            acc = combine(b, acc, x, op);
+        }
+        acc
+    }
+}
+
+fn combine(b: &mut FunctionBuilder, a: Value, x: Value, op: RedOp) -> Value {
+    match op {
+        RedOp::Max => b.ins().fmax(a, x),
+        RedOp::Sum | RedOp::Mean => b.ins().fadd(a, x),
+    }
+}
+
+/// A scalar at the width of `f`.
+fn widen(f: &mut Fb, s: Value) -> Value {
+    if f.is_vec() {
+        f.b.ins().splat(types::F32X4, s)
+    } else {
+        s
+    }
+}
+
+pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, String> {
+    let mut fl = settings::builder();
+    let set = |fl: &mut settings::Builder, k: &str, v: &str| {
+        fl.set(k, v)
+            .map_err(|e| format!("cranelift setting {k}: {e}"))
+    };
+    set(&mut fl, "opt_level", "speed")?;
+    set(&mut fl, "is_pic", "false")?;
+    set(&mut fl, "use_colocated_libcalls", "false")?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| format!("unsupported: host machine: {e}"))?
+        .finish(settings::Flags::new(fl))
+        .map_err(|e| format!("cranelift isa: {e}"))?;
+    let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+    let ptr = module.target_config().pointer_type();
+    let mut ctx = module.make_context();
+    for _ in 0..4 {
+        ctx.func.signature.params.push(AbiParam::new(ptr));
+    }
+    let mut used = vec![false; plan.leaves.len()];
+    for e in &plan.exprs {
+        if let Expr::Leaf(k) = e {
+            used[*k] = true;
+        }
+    }
+    // A leaf is used when an expression reachable from a root reads it.
+    let mut reach = vec![false; plan.exprs.len()];
+    let roots: Vec<usize> = match &plan.kind {
+        Kind::Elementwise { roots } => roots.clone(),
+        Kind::Softmax { x, .. } | Kind::Reduce { x, .. } => vec![*x],
+        Kind::LayerNorm { x, scale, bias, .. } => {
+            let mut r = vec![*x, *scale];
+            r.extend(bias);
+            r
+        }
+    };
+    let mut stack = roots;
+    while let Some(e) = stack.pop() {
+        if std::mem::replace(&mut reach[e], true) {
+            continue;
+        }
+        if let Expr::Node(_, args) = &plan.exprs[e] {
+            stack.extend(args);
+        }
+    }
+    for (e, ex) in plan.exprs.iter().enumerate() {
+        if let Expr::Leaf(k) = ex {
+            used[*k] = reach[e];
+        }
+    }
+    let g = Gen { plan, ptr, used };
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let p = b.block_params(entry).to_vec();
+        let (ins, outs, start, end) = (p[0], p[1], p[2], p[3]);
+        let bases: Vec<Value> = plan
+            .leaves
+            .iter()
+            .map(|l| match l.src {
+                Src::Input(i) => b.ins().load(ptr, flags(), ins, (i * 8) as i32),
+                Src::Const(k) => b.ins().iconst(ptr, const_ptrs[k] as i64),
+            })
+            .collect();
+        let n_out = plan.out_shapes.len();
+        let out_bases: Vec<Value> = (0..n_out)
+            .map(|j| b.ins().load(ptr, flags(), outs, (j * 8) as i32))
+            .collect();
+        if plan.flat {
+            // One run: elements start..end.
+            let n = b.ins().isub(end, start);
+            let offs: Vec<Value> = plan
+                .leaves
+                .iter()
+                .map(|l| {
+                    if l.inner_stride == 1 {
+                        start
+                    } else {
+                        b.ins().iconst(ptr, 0)
+                    }
+                })
+                .collect();
+            let rows = g.leaf_rows(&mut b, &bases, &offs);
+            let soff = b.ins().ishl_imm_s(start, 2);
+            let outs: Vec<Value> = out_bases.iter().map(|&o| b.ins().iadd(o, soff)).collect();
+            g.row_body(&mut b, &rows, &outs, n);
+        } else {
+            let r_var = b.declare_var(ptr);
+            b.def_var(r_var, start);
+            counted(&mut b, r_var, end, 1, &mut |b, r| {
+                let offs = g.row_offsets(b, r);
+                let rows = g.leaf_rows(b, &bases, &offs);
+                let per_row = match plan.kind {
+                    Kind::Reduce { .. } => 1,
+                    _ => plan.inner,
+                };
+                let o = b.ins().imul_imm_s(r, (per_row * 4) as i64);
+                let outs: Vec<Value> = out_bases.iter().map(|&ob| b.ins().iadd(ob, o)).collect();
+                let n = b.ins().iconst(ptr, plan.inner as i64);
+                g.row_body(b, &rows, &outs, n);
+            });
+        }
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(module.target_config());
+    }
+    let id = module
+        .declare_function("kiln_jit_kernel", Linkage::Local, &ctx.func.signature)
+        .map_err(|e| format!("cranelift declare: {e}"))?;
+    ctx.set_disasm(std::env::var_os("KILN_JIT_DISASM").is_some());
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| format!("cranelift compile: {e:?}"))?;
+    if let Some(d) = ctx.compiled_code().and_then(|c| c.vcode.as_ref()) {
+        eprintln!("{d}");
+    }
+    module.clear_context(&mut ctx);
+    module
+        .finalize_definitions()
+        .map_err(|e| format!("cranelift finalize: {e}"))?;
+    let entry = module.get_finalized_function(id);
+    Ok(Compiled { module, entry })
+}
+
+impl Gen<'_> {
+    /// One row (or the flat run) of `n` elements; `outs` point at the
+    /// row's first output element.
+    fn row_body(&self, b: &mut FunctionBuilder, rows: &[LeafRow], outs: &[Value], n: Value) {
+        let nx = self.plan.exprs.len();
+        let store = |f: &mut Fb, v: Value, base: Value, ioff: Value| {
+            let a = f.b.ins().iadd(base, ioff);
+            f.b.ins().store(flags(), v, a, 0);
+        };
+        let load = |f: &mut Fb, base: Value, ioff: Value| {
+            let a = f.b.ins().iadd(base, ioff);
+            let ty = f.ty;
+            f.b.ins().load(ty, flags(), a, 0)
+        };
+        let inv_n = 1.0 / self.plan.inner.max(1) as f32;
+        match &self.plan.kind {
+            Kind::Elementwise { roots } => {
+                run(b, self.ptr, n, &mut |f, ioff| {
+                    let mut memo = vec![None; nx];
+                    // Evaluate (and load) everything before the first store.
+                    let vals: Vec<Value> = roots
+                        .iter()
+                        .map(|&r| self.eval(f, rows, ioff, &mut memo, r))
+                        .collect();
+                    for (v, &o) in vals.into_iter().zip(outs) {
+                        store(f, v, o, ioff);
+                    }
+                });
+            }
+            Kind::Reduce { x, op } => {
+                let acc = Acc::new(
+                    b,
+                    if *op == RedOp::Max {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    },
+                );
+                run(b, self.ptr, n, &mut |f, ioff| {
+                    let mut memo = vec![None; nx];
+                    let v = self.eval(f, rows, ioff, &mut memo, *x);
+                    acc.update(f, v, *op);
+                });
+                let mut t = acc.total(b, *op);
+                if *op == RedOp::Mean {
+                    let k = b.ins().f32const(inv_n);
+                    t = b.ins().fmul(t, k);
+                }
+                b.ins().store(flags(), t, outs[0], 0);
+            }
+            Kind::Softmax { x, log } => {
+                let out = outs[0];
+                let mx = Acc::new(b, f32::NEG_INFINITY);
+                run(b, self.ptr, n, &mut |f, ioff| {
+                    let mut memo = vec![None; nx];
+                    let v = self.eval(f, rows, ioff, &mut memo, *x);
+                    store(f, v, out, ioff);
+                    mx.update(f, v, RedOp::Max);
+                });
+                let m = mx.total(b, RedOp::Max);
+                // Shift by the max only when it is finite (interpreter rule).
+                let d = b.ins().fsub(m, m);
+                let z = b.ins().f32const(0.0);
+                let fin = b.ins().fcmp(FloatCC::Equal, d, z);
+                let shift = b.ins().select(fin, m, z);
+                let sum = Acc::new(b, 0.0);
+                let log = *log;
+                run(b, self.ptr, n, &mut |f, ioff| {
+                    let v = load(f, out, ioff);
+                    let s = widen(f, shift);
+                    let d = f.sub(v, s);
+                    let e = math::exp(f, d);
+                    if !log {
+                        store(f, e, out, ioff);
+                    }
+                    sum.update(f, e, RedOp::Sum);
+                });
+                let s = sum.total(b, RedOp::Sum);
+                let k = if log {
+                    let mut f = Fb { b, ty: types::F32 };
+                    math::log(&mut f, s)
+                } else {
+                    let one = b.ins().f32const(1.0);
+                    b.ins().fdiv(one, s)
+                };
+                run(b, self.ptr, n, &mut |f, ioff| {
+                    let v = load(f, out, ioff);
+                    let kk = widen(f, k);
+                    let y = if log {
+                        let s = widen(f, shift);
+                        let d = f.sub(v, s);
+                        f.sub(d, kk)
+                    } else {
+                        f.mul(v, kk)
+                    };
+                    store(f, y, out, ioff);
+                });
+            }
+            Kind::LayerNorm {
+                x,
+                scale,
+                bias,
+                eps,
+            } => {
+                let out = outs[0];
+                let sum = Acc::new(b, 0.0);
+                run(b, self.ptr, n, &mut |f, ioff| {
+                    let mut memo = vec![None; nx];
+                    let v = self.eval(f, rows, ioff, &mut memo, *x);
+                    store(f, v, out, ioff);
+                    sum.update(f, v, RedOp::Sum);
+                });
+                let s = sum.total(b, RedOp::Sum);
+                let k = b.ins().f32const(inv_n);
+                let mean = b.ins().fmul(s, k);
+                let sq = Acc::new(b, 0.0);
+                run(b, self.ptr, n, &mut |f, ioff| {
+                    let v = load(f, out, ioff);
+                    let m = widen(f, mean);
+                    let d = f.sub(v, m);
+                    let d2 = f.mul(d, d);
+                    sq.update(f, d2, RedOp::Sum);
+                });
+                let s2 = sq.total(b, RedOp::Sum);
+                let var = b.ins().fmul(s2, k);
+                let e = b.ins().f32const(*eps);
+                let ve = b.ins().fadd(var, e);
+                let sd = b.ins().sqrt(ve);
+                let one = b.ins().f32const(1.0);
+                let inv = b.ins().fdiv(one, sd);
+                run(b, self.ptr, n, &mut |f, ioff| {
+                    let mut memo = vec![None; nx];
+                    let v = load(f, out, ioff);
+                    let m = widen(f, mean);
+                    let iv = widen(f, inv);
+                    let d = f.sub(v, m);
+                    let y = f.mul(d, iv);
+                    let sc = self.eval(f, rows, ioff, &mut memo, *scale);
+                    let mut y = f.mul(y, sc);
+                    if let Some(bi) = bias {
+                        let bv = self.eval(f, rows, ioff, &mut memo, *bi);
+                        y = f.add(y, bv);
+                    }
+                    store(f, y, out, ioff);
+                });
+            }
+        }
+    }
+}

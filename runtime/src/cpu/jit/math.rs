@@ -1,0 +1,255 @@
+//! Inline transcendental functions for the generated code, at either width:
+//! Cephes-style range reduction plus minimax polynomials (exp, log, tanh)
+//! and a rational approximation (erf). Calling libm per element would cost a
+//! call per lane and rule out the f32x4 body, so these are emitted inline.
+//! Special values follow the interpreter: NaN in gives NaN out, overflow
+//! gives ±inf, saturating functions reach exactly ±1 / 0.
+
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{InstBuilder, Value};
+
+use super::lower::Fb;
+
+/// e^x: x = n·ln2 + r with |r| ≤ ln2/2, a degree-7 polynomial for e^r, and
+/// 2^n built in the exponent bits, split in two halves so that n from -150
+/// (denormal results) to 128 (overflow to inf) stays representable.
+pub(crate) fn exp(f: &mut Fb, x: Value) -> Value {
+    let x = f.clamp(x, -104.0, 88.8);
+    let t = f.mulc(x, std::f32::consts::LOG2_E);
+    let n = f.b.ins().nearest(t);
+    // ln2 in two parts (Cody–Waite) so that x - n·ln2 is exact enough.
+    let a = f.mulc(n, 0.693_359_4);
+    let r = f.sub(x, a);
+    let a = f.mulc(n, -2.121_944_4e-4);
+    let r = f.sub(r, a);
+    let p = f.poly(
+        r,
+        &[
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ],
+    );
+    let r2 = f.mul(r, r);
+    let p = f.mul(p, r2);
+    let p = f.add(p, r);
+    let p = f.addc(p, 1.0);
+    let ity = f.ity();
+    let ni = f.b.ins().fcvt_to_sint_sat(ity, n);
+    let h = f.b.ins().sshr_imm_s(ni, 1);
+    let l = f.b.ins().isub(ni, h);
+    let bias = f.ci(127);
+    let h = f.b.ins().iadd(h, bias);
+    let h = f.b.ins().ishl_imm_s(h, 23);
+    let l = f.b.ins().iadd(l, bias);
+    let l = f.b.ins().ishl_imm_s(l, 23);
+    let sh = f.to_float(h);
+    let sl = f.to_float(l);
+    let p = f.mul(p, sh);
+    f.mul(p, sl)
+}
+
+/// ln x (Cephes logf): x = m·2^e with m in [√½, √2), a degree-8 polynomial
+/// for ln(m); denormals are scaled up first. ln 0 = -inf, ln(x<0) = NaN,
+/// ln inf = inf.
+pub(crate) fn log(f: &mut Fb, x0: Value) -> Value {
+    let min_normal = f.c(f32::MIN_POSITIVE);
+    let scaled = f.mulc(x0, 8_388_608.0); // 2^23
+    let x = f.sel(FloatCC::LessThan, x0, min_normal, scaled, x0);
+    let z = f.c(0.0);
+    let k23 = f.c(23.0);
+    let eadj = f.sel(FloatCC::LessThan, x0, min_normal, k23, z);
+    let bits = f.to_int(x);
+    let e = f.b.ins().sshr_imm_s(bits, 23);
+    let k126 = f.ci(126);
+    let e = f.b.ins().isub(e, k126);
+    let mant_mask = f.ci(0x807f_ffffu32 as i32);
+    let half = f.ci(0x3f00_0000);
+    let mb = f.b.ins().band(bits, mant_mask);
+    let mb = f.b.ins().bor(mb, half);
+    let m = f.to_float(mb);
+    let fty = f.ty;
+    let e = f.b.ins().fcvt_from_sint(fty, e);
+    let e = f.sub(e, eadj);
+    // m in [0.5, 1): below √½ use 2m - 1 and e - 1, else m - 1.
+    let sqrthf = f.c(std::f32::consts::FRAC_1_SQRT_2);
+    let one = f.c(1.0);
+    let m_or_0 = f.sel(FloatCC::LessThan, m, sqrthf, m, z);
+    let e_dec = f.sel(FloatCC::LessThan, m, sqrthf, one, z);
+    let e = f.sub(e, e_dec);
+    let xm = f.add(m, m_or_0);
+    let xm = f.sub(xm, one);
+    let zz = f.mul(xm, xm);
+    let p = f.poly(
+        xm,
+        &[
+            7.037_683_6e-2,
+            -1.151_461e-1,
+            1.167_699_9e-1,
+            -1.242_014_1e-1,
+            1.424_932_3e-1,
+            -1.666_805_8e-1,
+            2.000_071_4e-1,
+            -2.499_999_4e-1,
+            3.333_333e-1,
+        ],
+    );
+    let p = f.mul(p, xm);
+    let y = f.mul(p, zz);
+    let t = f.mulc(e, -2.121_944_4e-4);
+    let y = f.add(y, t);
+    let t = f.mulc(zz, 0.5);
+    let y = f.sub(y, t);
+    let r = f.add(xm, y);
+    let t = f.mulc(e, 0.693_359_4);
+    let r = f.add(r, t);
+    // Special values.
+    let ninf = f.c(f32::NEG_INFINITY);
+    let pinf = f.c(f32::INFINITY);
+    let nan = f.c(f32::NAN);
+    let r = f.sel(FloatCC::Equal, x0, z, ninf, r);
+    let r = f.sel(FloatCC::Equal, x0, pinf, pinf, r);
+    f.sel(FloatCC::UnorderedOrLessThan, x0, z, nan, r)
+}
+
+/// tanh x: an odd polynomial for |x| < 0.625 (Cephes tanhf), else
+/// sign(x)·(1 - 2/(e^{2|x|} + 1)), which saturates to exactly ±1.
+pub(crate) fn tanh(f: &mut Fb, x: Value) -> Value {
+    let ax = f.b.ins().fabs(x);
+    let z2 = f.mul(x, x);
+    let p = f.poly(
+        z2,
+        &[
+            -5.704_988_7e-3,
+            2.063_908_9e-2,
+            -5.373_971_6e-2,
+            1.333_144_2e-1,
+            -3.333_328_2e-1,
+        ],
+    );
+    let p = f.mul(p, z2);
+    let p = f.mul(p, x);
+    let small = f.add(p, x);
+    let a2 = f.add(ax, ax);
+    let e = exp(f, a2);
+    let e = f.addc(e, 1.0);
+    let two = f.c(2.0);
+    let q = f.div(two, e);
+    let one = f.c(1.0);
+    let big = f.sub(one, q);
+    let nbig = f.b.ins().fneg(big);
+    let z = f.c(0.0);
+    let big = f.sel(FloatCC::LessThan, x, z, nbig, big);
+    let lim = f.c(0.625);
+    f.sel(FloatCC::LessThan, ax, lim, small, big)
+}
+
+/// 1 / (1 + e^{-x}): saturates to 0 and 1 without NaN.
+pub(crate) fn sigmoid(f: &mut Fb, x: Value) -> Value {
+    let nx = f.b.ins().fneg(x);
+    let e = exp(f, nx);
+    let d = f.addc(e, 1.0);
+    let one = f.c(1.0);
+    f.div(one, d)
+}
+
+/// erf x = x·P(x²)/Q(x²) on x clamped to [-4, 4] (erf(±4) rounds to ±1 in
+/// f32); the rational approximation used by Eigen and XLA for f32.
+pub(crate) fn erf(f: &mut Fb, x: Value) -> Value {
+    let x = f.clamp(x, -4.0, 4.0);
+    let x2 = f.mul(x, x);
+    let p = f.poly(
+        x2,
+        &[
+            -2.726_142_2e-10,
+            2.770_681_4e-8,
+            -2.101_024e-6,
+            -5.692_506_4e-5,
+            -7.349_906_3e-4,
+            -2.954_600_1e-3,
+            -1.609_603_3e-2,
+        ],
+    );
+    let q = f.poly(
+        x2,
+        &[
+            -1.456_607_2e-5,
+            -2.133_740_6e-4,
+            -1.682_827e-3,
+            -7.373_329e-3,
+            -1.426_473_9e-2,
+        ],
+    );
+    let p = f.mul(p, x);
+    let r = f.div(p, q);
+    // The rational form can overshoot 1 by an ulp near the clamp.
+    f.clamp(r, -1.0, 1.0)
+}
+
+/// softplus x = max(x, 0) + log1p(e^{-|x|}), with log1p(u) computed as
+/// ln(1+u)·u/((1+u)-1) so that small u keep their precision.
+pub(crate) fn softplus(f: &mut Fb, x: Value) -> Value {
+    let ax = f.b.ins().fabs(x);
+    let nax = f.b.ins().fneg(ax);
+    let u = exp(f, nax);
+    let w = f.addc(u, 1.0);
+    let l = log(f, w);
+    let one = f.c(1.0);
+    let wm1 = f.sub(w, one);
+    let lu = f.mul(l, u);
+    let corr = f.div(lu, wm1);
+    let l1p = f.sel(FloatCC::Equal, w, one, u, corr);
+    let z = f.c(0.0);
+    let mx = f.sel(FloatCC::GreaterThan, x, z, x, z);
+    let r = f.add(mx, l1p);
+    // NaN in, NaN out (the select above would turn NaN into 0 + …).
+    f.sel(FloatCC::Unordered, x, x, x, r)
+}
+
+/// erfc a for a ≥ 0 with full relative precision in the tail (where
+/// 1 - erf(a) would cancel): the Chebyshev fit t·e^{-a² + P(t)},
+/// t = 1/(1 + a/2), of Numerical Recipes' erfcc (relative error 1.1e-7 in
+/// exact arithmetic, everywhere): one division, one exp.
+fn erfc_pos(f: &mut Fb, a: Value) -> Value {
+    let h = f.mulc(a, 0.5);
+    let d = f.addc(h, 1.0);
+    let one = f.c(1.0);
+    let t = f.div(one, d);
+    let p = f.poly(
+        t,
+        &[
+            0.170_872_77,
+            -0.822_152_23,
+            1.488_515_9,
+            -1.135_203_9,
+            0.278_868_07,
+            -0.186_288_06,
+            0.096_784_18,
+            0.374_091_96,
+            1.000_023_7,
+            -1.265_512_2,
+        ],
+    );
+    let a2 = f.mul(a, a);
+    let arg = f.sub(p, a2);
+    let e = exp(f, arg);
+    f.mul(t, e)
+}
+
+/// Gelu (erf form) 0.5·x·(1 + erf(x/√2)); the bracket is erfc(-x/√2),
+/// computed directly so that the negative tail keeps its relative
+/// precision (1 + erf would cancel to nothing below x ≈ -4).
+pub(crate) fn gelu(f: &mut Fb, x: Value) -> Value {
+    let z = f.mulc(x, std::f32::consts::FRAC_1_SQRT_2);
+    let a = f.b.ins().fabs(z);
+    let c = erfc_pos(f, a);
+    let two = f.c(2.0);
+    let pos = f.sub(two, c);
+    let zero = f.c(0.0);
+    let bracket = f.sel(FloatCC::LessThan, z, zero, c, pos);
+    let h = f.mulc(x, 0.5);
+    f.mul(h, bracket)
+}
