@@ -54,12 +54,12 @@ impl Fb<'_, '_> {
         }
     }
 
-    pub fn to_int(&mut self, v: Value) -> Value {
+    pub fn bits_as_int(&mut self, v: Value) -> Value {
         let t = self.ity();
         self.b.ins().bitcast(t, MemFlagsData::new(), v)
     }
 
-    pub fn to_float(&mut self, v: Value) -> Value {
+    pub fn bits_as_float(&mut self, v: Value) -> Value {
         let t = self.ty;
         self.b.ins().bitcast(t, MemFlagsData::new(), v)
     }
