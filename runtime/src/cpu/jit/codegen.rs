@@ -272,37 +272,7 @@ pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, Str
     for _ in 0..4 {
         ctx.func.signature.params.push(AbiParam::new(ptr));
     }
-    let mut used = vec![false; plan.leaves.len()];
-    for e in &plan.exprs {
-        if let Expr::Leaf(k) = e {
-            used[*k] = true;
-        }
-    }
-    // A leaf is used when an expression reachable from a root reads it.
-    let mut reach = vec![false; plan.exprs.len()];
-    let roots: Vec<usize> = match &plan.kind {
-        Kind::Elementwise { roots } => roots.clone(),
-        Kind::Softmax { x, .. } | Kind::Reduce { x, .. } => vec![*x],
-        Kind::LayerNorm { x, scale, bias, .. } => {
-            let mut r = vec![*x, *scale];
-            r.extend(bias);
-            r
-        }
-    };
-    let mut stack = roots;
-    while let Some(e) = stack.pop() {
-        if std::mem::replace(&mut reach[e], true) {
-            continue;
-        }
-        if let Expr::Node(_, args) = &plan.exprs[e] {
-            stack.extend(args);
-        }
-    }
-    for (e, ex) in plan.exprs.iter().enumerate() {
-        if let Expr::Leaf(k) = ex {
-            used[*k] = reach[e];
-        }
-    }
+    let used = plan.leaves.iter().map(|l| l.used).collect();
     let g = Gen { plan, ptr, used };
     let mut fctx = FunctionBuilderContext::new();
     {

@@ -491,6 +491,23 @@ fn in_place_and_threads() {
     }
 }
 
+#[test]
+fn epilogue_region_with_unused_inputs() {
+    // As the backend hands over an epilogue: the MatMul's operands stay
+    // region inputs (unused, any shape), its result is a new input.
+    let src = "module @t opset(ai.onnx = 17) {
+  input %x: f32[2,4]
+  input %w: f32[4,3]
+  input %bias: f32[3]
+  input %mm: f32[2,3]
+  %h = Add(%mm, %bias) : f32[2,3]
+  %y = Relu(%h) : f32[2,3]
+  return %y
+}
+";
+    compare(src, -1.0, 1.0);
+}
+
 fn m_shape(m: &kiln_ir::Module, i: usize) -> Vec<usize> {
     let t = m.ty(m.body.inputs[i]).as_tensor().unwrap();
     t.static_shape()
@@ -638,4 +655,77 @@ fn erf(x: f32) -> f32 {
     .iter()
     .fold(0.0f32, |a, &k| a * x2 + k);
     (x * p / q).clamp(-1.0, 1.0)
+}
+
+/// Compile (and run on random data) every fusion body of the `.kir` dumps
+/// listed in `KILN_JIT_KIR` (colon-separated, e.g. from `kiln dump -O2`),
+/// with unknown or symbolic dims set to 4 and an epilogue's leading
+/// MatMul/Gemm/Conv cut off (its result becomes a region input), as the
+/// backend will do. Prints what compiled and why the rest did not.
+#[test]
+#[ignore]
+fn real_model_bodies() {
+    use kiln_ir::{Attr, Dim, Region};
+    let Some(paths) = std::env::var_os("KILN_JIT_KIR") else {
+        return;
+    };
+    for path in std::env::split_paths(&paths) {
+        let src = std::fs::read_to_string(&path).unwrap();
+        let m = kiln_ir::parse_module(&src).unwrap();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for n in m.body.nodes.iter().filter(|n| n.op == "kiln.Fusion") {
+            let Some(body) = n.attr("body").and_then(Attr::as_graph) else {
+                continue;
+            };
+            let mut region: Region = body.clone();
+            if n.attr("kind").and_then(Attr::as_str) == Some("epilogue") {
+                let first = region.nodes.remove(0);
+                region.inputs.insert(0, first.outputs[0]);
+            }
+            let shapes: Vec<Vec<usize>> = region
+                .inputs
+                .iter()
+                .map(|&v| {
+                    let t = m.ty(v).as_tensor().unwrap();
+                    t.shape
+                        .as_ref()
+                        .map(|s| {
+                            s.iter()
+                                .map(|d| match d {
+                                    Dim::Known(k) => *k as usize,
+                                    _ => 4,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect();
+            let key = match compile_region(&m, &region, &shapes) {
+                Ok(k) => {
+                    let data: Vec<Vec<f32>> = shapes
+                        .iter()
+                        .map(|s| vec![0.5; s.iter().product()])
+                        .collect();
+                    let ins: Vec<&[f32]> = data.iter().map(|d| d.as_slice()).collect();
+                    let mut outs: Vec<Vec<f32>> = k
+                        .output_shapes()
+                        .iter()
+                        .map(|s| vec![0.0; s.iter().product()])
+                        .collect();
+                    let mut o: Vec<&mut [f32]> =
+                        outs.iter_mut().map(|x| x.as_mut_slice()).collect();
+                    k.run(&ins, &mut o, 2).unwrap();
+                    format!("ok   {}", k.describe())
+                }
+                Err(e) => format!("err  {e}"),
+            };
+            *seen.entry(key).or_default() += 1;
+        }
+        eprintln!("{}:", path.display());
+        let mut v: Vec<_> = seen.into_iter().collect();
+        v.sort();
+        for (k, c) in v {
+            eprintln!("  {c:3} {k}");
+        }
+    }
 }
