@@ -347,6 +347,8 @@ pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, Str
     let id = module
         .declare_function("kiln_jit_kernel", Linkage::Local, &ctx.func.signature)
         .map_err(|e| format!("cranelift declare: {e}"))?;
+    // KILN_JIT_DISASM=1 prints each kernel's machine code to stderr: the
+    // way to see what the lowering table turned into.
     ctx.set_disasm(std::env::var_os("KILN_JIT_DISASM").is_some());
     module
         .define_function(id, &mut ctx)

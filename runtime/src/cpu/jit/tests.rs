@@ -570,7 +570,13 @@ fn throughput() {
     );
     let m = kiln_ir::parse_module(&src).unwrap();
     let d = random_data(&src, -2.0, 2.0, 1);
+    let t0 = Instant::now();
     let k = compile_region(&m, &m.body, &[vec![n], vec![n], vec![n]]).unwrap();
+    eprintln!(
+        "compile {}: {:.2} ms",
+        k.describe(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     let mut out = vec![0.0f32; n];
     for threads in [1, 2] {
         let t = time(|| {
@@ -606,7 +612,13 @@ fn throughput() {
     );
     let m = kiln_ir::parse_module(&src).unwrap();
     let d = random_data(&src, -4.0, 4.0, 2);
+    let t0 = Instant::now();
     let k = compile_region(&m, &m.body, &[vec![r, c], vec![c]]).unwrap();
+    eprintln!(
+        "compile {}: {:.2} ms",
+        k.describe(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     let mut out = vec![0.0f32; r * c];
     for threads in [1, 2] {
         let t = time(|| k.run(&[&d[0], &d[1]], &mut [&mut out], threads).unwrap());
@@ -626,6 +638,51 @@ fn throughput() {
     });
     eprintln!(
         "Rust Add+Gelu (same f32 erf, inline): {:.0} Melem/s",
+        (r * c) as f64 / t / 1e6
+    );
+
+    // Attention scores: scale, mask, Softmax over rows of 128.
+    let (r, c) = (1536, 128);
+    let src = format!(
+        "module @t opset(ai.onnx = 17) {{
+  input %x: f32[{r},{c}]
+  input %mask: f32[{c}]
+  const %s: f32[] = dense[5.656854]
+  %d = Div(%x, %s) : f32[{r},{c}]
+  %a = Add(%d, %mask) : f32[{r},{c}]
+  %y = Softmax(%a) {{axis = -1}} : f32[{r},{c}]
+  return %y
+}}
+"
+    );
+    let m = kiln_ir::parse_module(&src).unwrap();
+    let d = random_data(&src, -4.0, 4.0, 3);
+    let k = compile_region(&m, &m.body, &[vec![r, c], vec![c]]).unwrap();
+    let t = time(|| k.run(&[&d[0], &d[1]], &mut [&mut out[..r * c]], 1).unwrap());
+    eprintln!(
+        "JIT  {} [{r},{c}]: {:.0} Melem/s (1 thread)",
+        k.describe(),
+        (r * c) as f64 / t / 1e6
+    );
+    let t = time(|| {
+        for (row, orow) in d[0].chunks(c).zip(out.chunks_mut(c)) {
+            let mut mx = f32::NEG_INFINITY;
+            for ((o, &x), &mk) in orow.iter_mut().zip(row).zip(&d[1]) {
+                *o = x / 5.656854 + mk;
+                mx = mx.max(*o);
+            }
+            let mut sum = 0.0;
+            for o in orow.iter_mut() {
+                *o = (*o - mx).exp();
+                sum += *o;
+            }
+            for o in orow.iter_mut() {
+                *o /= sum;
+            }
+        }
+    });
+    eprintln!(
+        "Rust Div+Add+Softmax (libm expf): {:.0} Melem/s",
         (r * c) as f64 / t / 1e6
     );
 }
