@@ -786,3 +786,9 @@ fn real_model_bodies() {
         }
     }
 }
+
+#[test]
+fn kernels_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<super::JitKernel>();
+}
