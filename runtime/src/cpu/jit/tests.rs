@@ -473,7 +473,15 @@ fn in_place_and_threads() {
   return %y
 }
 ";
-    for src in [src, ln, flat] {
+    let softmax = "module @t opset(ai.onnx = 17) {
+  input %x: f32[300,257]
+  input %b: f32[257]
+  %a = Add(%x, %b) : f32[300,257]
+  %y = Softmax(%a) {axis = -1} : f32[300,257]
+  return %y
+}
+";
+    for src in [src, ln, flat, softmax] {
         let m = kiln_ir::parse_module(src).unwrap();
         let data = random_data(src, -2.0, 2.0, 3);
         let shapes = vec![vec![300, 257], m_shape(&m, 1)];
