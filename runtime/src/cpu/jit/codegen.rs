@@ -23,7 +23,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
-use super::lower::{lower, Fb};
+use super::lower::{host_has_fma, lower, Fb};
 use super::math;
 use super::plan::{Expr, Kind, Plan, RedOp, Src};
 
@@ -51,6 +51,7 @@ fn flags() -> MemFlagsData {
 
 struct Gen<'p> {
     plan: &'p Plan,
+    fma: bool,
     ptr: Type,
     used: Vec<bool>,
 }
@@ -179,14 +180,20 @@ fn counted(
 
 /// A run of `n` elements: the f32x4 loop, then the scalar tail; `body`
 /// gets the builder at the loop's width and the byte offset of the element.
-fn run(b: &mut FunctionBuilder, ptr: Type, n: Value, body: &mut dyn FnMut(&mut Fb, Value)) {
+fn run(
+    b: &mut FunctionBuilder,
+    ptr: Type,
+    fma: bool,
+    n: Value,
+    body: &mut dyn FnMut(&mut Fb, Value),
+) {
     let i_var = b.declare_var(ptr);
     let z = b.ins().iconst(ptr, 0);
     b.def_var(i_var, z);
     for (ty, step) in [(types::F32X4, 4), (types::F32, 1)] {
         counted(b, i_var, n, step, &mut |b, i| {
             let ioff = b.ins().ishl_imm_s(i, 2);
-            let mut f = Fb { b, ty };
+            let mut f = Fb { b, ty, fma };
             body(&mut f, ioff);
         });
     }
@@ -272,38 +279,13 @@ pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, Str
     for _ in 0..4 {
         ctx.func.signature.params.push(AbiParam::new(ptr));
     }
-    let mut used = vec![false; plan.leaves.len()];
-    for e in &plan.exprs {
-        if let Expr::Leaf(k) = e {
-            used[*k] = true;
-        }
-    }
-    // A leaf is used when an expression reachable from a root reads it.
-    let mut reach = vec![false; plan.exprs.len()];
-    let roots: Vec<usize> = match &plan.kind {
-        Kind::Elementwise { roots } => roots.clone(),
-        Kind::Softmax { x, .. } | Kind::Reduce { x, .. } => vec![*x],
-        Kind::LayerNorm { x, scale, bias, .. } => {
-            let mut r = vec![*x, *scale];
-            r.extend(bias);
-            r
-        }
+    let used = plan.leaves.iter().map(|l| l.used).collect();
+    let g = Gen {
+        plan,
+        ptr,
+        used,
+        fma: host_has_fma(),
     };
-    let mut stack = roots;
-    while let Some(e) = stack.pop() {
-        if std::mem::replace(&mut reach[e], true) {
-            continue;
-        }
-        if let Expr::Node(_, args) = &plan.exprs[e] {
-            stack.extend(args);
-        }
-    }
-    for (e, ex) in plan.exprs.iter().enumerate() {
-        if let Expr::Leaf(k) = ex {
-            used[*k] = reach[e];
-        }
-    }
-    let g = Gen { plan, ptr, used };
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
@@ -365,6 +347,8 @@ pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, Str
     let id = module
         .declare_function("kiln_jit_kernel", Linkage::Local, &ctx.func.signature)
         .map_err(|e| format!("cranelift declare: {e}"))?;
+    // KILN_JIT_DISASM=1 prints each kernel's machine code to stderr: the
+    // way to see what the lowering table turned into.
     ctx.set_disasm(std::env::var_os("KILN_JIT_DISASM").is_some());
     module
         .define_function(id, &mut ctx)
@@ -397,7 +381,7 @@ impl Gen<'_> {
         let inv_n = 1.0 / self.plan.inner.max(1) as f32;
         match &self.plan.kind {
             Kind::Elementwise { roots } => {
-                run(b, self.ptr, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let mut memo = vec![None; nx];
                     // Evaluate (and load) everything before the first store.
                     let vals: Vec<Value> = roots
@@ -418,7 +402,7 @@ impl Gen<'_> {
                         0.0
                     },
                 );
-                run(b, self.ptr, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let mut memo = vec![None; nx];
                     let v = self.eval(f, rows, ioff, &mut memo, *x);
                     acc.update(f, v, *op);
@@ -433,7 +417,7 @@ impl Gen<'_> {
             Kind::Softmax { x, log } => {
                 let out = outs[0];
                 let mx = Acc::new(b, f32::NEG_INFINITY);
-                run(b, self.ptr, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let mut memo = vec![None; nx];
                     let v = self.eval(f, rows, ioff, &mut memo, *x);
                     store(f, v, out, ioff);
@@ -447,7 +431,7 @@ impl Gen<'_> {
                 let shift = b.ins().select(fin, m, z);
                 let sum = Acc::new(b, 0.0);
                 let log = *log;
-                run(b, self.ptr, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let v = load(f, out, ioff);
                     let s = widen(f, shift);
                     let d = f.sub(v, s);
@@ -459,13 +443,17 @@ impl Gen<'_> {
                 });
                 let s = sum.total(b, RedOp::Sum);
                 let k = if log {
-                    let mut f = Fb { b, ty: types::F32 };
+                    let mut f = Fb {
+                        b,
+                        ty: types::F32,
+                        fma: self.fma,
+                    };
                     math::log(&mut f, s)
                 } else {
                     let one = b.ins().f32const(1.0);
                     b.ins().fdiv(one, s)
                 };
-                run(b, self.ptr, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let v = load(f, out, ioff);
                     let kk = widen(f, k);
                     let y = if log {
@@ -486,7 +474,7 @@ impl Gen<'_> {
             } => {
                 let out = outs[0];
                 let sum = Acc::new(b, 0.0);
-                run(b, self.ptr, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let mut memo = vec![None; nx];
                     let v = self.eval(f, rows, ioff, &mut memo, *x);
                     store(f, v, out, ioff);
@@ -496,7 +484,7 @@ impl Gen<'_> {
                 let k = b.ins().f32const(inv_n);
                 let mean = b.ins().fmul(s, k);
                 let sq = Acc::new(b, 0.0);
-                run(b, self.ptr, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let v = load(f, out, ioff);
                     let m = widen(f, mean);
                     let d = f.sub(v, m);
@@ -510,7 +498,7 @@ impl Gen<'_> {
                 let sd = b.ins().sqrt(ve);
                 let one = b.ins().f32const(1.0);
                 let inv = b.ins().fdiv(one, sd);
-                run(b, self.ptr, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let mut memo = vec![None; nx];
                     let v = load(f, out, ioff);
                     let m = widen(f, mean);

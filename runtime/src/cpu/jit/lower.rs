@@ -14,6 +14,24 @@ use super::plan::Op;
 pub(crate) struct Fb<'a, 'b> {
     pub b: &'a mut FunctionBuilder<'b>,
     pub ty: Type,
+    /// The host has fused multiply-add (x86 FMA3; always on aarch64).
+    pub fma: bool,
+}
+
+/// Whether the host (which the JIT targets) has fused multiply-add.
+pub(crate) fn host_has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }
 
 impl Fb<'_, '_> {
@@ -54,12 +72,12 @@ impl Fb<'_, '_> {
         }
     }
 
-    pub fn to_int(&mut self, v: Value) -> Value {
+    pub fn bits_as_int(&mut self, v: Value) -> Value {
         let t = self.ity();
         self.b.ins().bitcast(t, MemFlagsData::new(), v)
     }
 
-    pub fn to_float(&mut self, v: Value) -> Value {
+    pub fn bits_as_float(&mut self, v: Value) -> Value {
         let t = self.ty;
         self.b.ins().bitcast(t, MemFlagsData::new(), v)
     }
@@ -88,6 +106,15 @@ impl Fb<'_, '_> {
     }
     pub fn div(&mut self, a: Value, b: Value) -> Value {
         self.b.ins().fdiv(a, b)
+    }
+    /// `a·b + c`, fused when the host can (shorter dependency chains).
+    pub fn mul_add(&mut self, a: Value, b: Value, c: Value) -> Value {
+        if self.fma {
+            self.b.ins().fma(a, b, c)
+        } else {
+            let t = self.mul(a, b);
+            self.add(t, c)
+        }
     }
     pub fn mulc(&mut self, a: Value, k: f32) -> Value {
         let k = self.c(k);
@@ -118,8 +145,8 @@ impl Fb<'_, '_> {
                 let a = self.c(p[0]);
                 match p.get(1) {
                     Some(&b) => {
-                        let t = self.mulc(x, b);
-                        self.add(t, a)
+                        let b = self.c(b);
+                        self.mul_add(x, b, a)
                     }
                     None => a,
                 }
@@ -131,10 +158,7 @@ impl Fb<'_, '_> {
             terms = terms
                 .chunks(2)
                 .map(|p| match p.get(1) {
-                    Some(&hi) => {
-                        let t = self.mul(hi, xp);
-                        self.add(t, p[0])
-                    }
+                    Some(&hi) => self.mul_add(hi, xp, p[0]),
                     None => p[0],
                 })
                 .collect();

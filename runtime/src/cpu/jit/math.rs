@@ -5,6 +5,9 @@
 //! Special values follow the interpreter: NaN in gives NaN out, overflow
 //! gives ±inf, saturating functions reach exactly ±1 / 0.
 
+// Coefficients are quoted as published (more digits than f32 keeps).
+#![allow(clippy::excessive_precision)]
+
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
@@ -46,8 +49,8 @@ pub(crate) fn exp(f: &mut Fb, x: Value) -> Value {
     let h = f.b.ins().ishl_imm_s(h, 23);
     let l = f.b.ins().iadd(l, bias);
     let l = f.b.ins().ishl_imm_s(l, 23);
-    let sh = f.to_float(h);
-    let sl = f.to_float(l);
+    let sh = f.bits_as_float(h);
+    let sl = f.bits_as_float(l);
     let p = f.mul(p, sh);
     f.mul(p, sl)
 }
@@ -62,7 +65,7 @@ pub(crate) fn log(f: &mut Fb, x0: Value) -> Value {
     let z = f.c(0.0);
     let k23 = f.c(23.0);
     let eadj = f.sel(FloatCC::LessThan, x0, min_normal, k23, z);
-    let bits = f.to_int(x);
+    let bits = f.bits_as_int(x);
     let e = f.b.ins().sshr_imm_s(bits, 23);
     let k126 = f.ci(126);
     let e = f.b.ins().isub(e, k126);
@@ -70,7 +73,7 @@ pub(crate) fn log(f: &mut Fb, x0: Value) -> Value {
     let half = f.ci(0x3f00_0000);
     let mb = f.b.ins().band(bits, mant_mask);
     let mb = f.b.ins().bor(mb, half);
-    let m = f.to_float(mb);
+    let m = f.bits_as_float(mb);
     let fty = f.ty;
     let e = f.b.ins().fcvt_from_sint(fty, e);
     let e = f.sub(e, eadj);

@@ -92,12 +92,20 @@ pub fn compile_region(
     // pointer-sized parameters, no results) in the host calling convention.
     let entry: EntryFn = unsafe { std::mem::transmute(compiled.entry) };
     let rows = plan.rows();
+    // Nothing to compute without elements, except a reduction's empty-row
+    // results (sum 0, max -inf).
+    let reduce = matches!(plan.kind, plan::Kind::Reduce { .. });
+    let units = match (rows * plan.inner == 0 && !reduce, plan.flat) {
+        (true, _) => 0,
+        (false, true) => plan.inner,
+        (false, false) => rows,
+    };
     Ok(JitKernel {
         module: Some(compiled.module),
         entry,
         _consts: consts,
         input_lens: input_shapes.iter().map(|s| s.iter().product()).collect(),
-        units: if plan.flat { plan.inner } else { rows },
+        units,
         flat: plan.flat,
         total: rows * plan.inner,
         output_shapes: plan.out_shapes,
@@ -175,7 +183,7 @@ impl JitKernel {
     pub unsafe fn run_raw(&self, inputs: &[*const f32], outputs: &[*mut f32], threads: usize) {
         assert_eq!(inputs.len(), self.input_lens.len(), "JitKernel inputs");
         assert_eq!(outputs.len(), self.output_shapes.len(), "JitKernel outputs");
-        if self.units == 0 || (self.total == 0 && self.flat) {
+        if self.units == 0 {
             return;
         }
         let args = Args {

@@ -77,6 +77,9 @@ pub(crate) enum Src {
 #[derive(Clone, Debug)]
 pub(crate) struct Leaf {
     pub src: Src,
+    /// Read by some output (an epilogue region keeps the inputs of the op
+    /// cut from it; those are never touched).
+    pub used: bool,
     pub outer_strides: Vec<usize>,
     /// 1 (walks the inner run) or 0 (one value per row).
     pub inner_stride: usize,
@@ -589,7 +592,8 @@ pub(crate) fn plan(m: &Module, body: &Region, input_shapes: &[Vec<usize>]) -> R<
         }
     };
     let elementwise = matches!(kind, Kind::Elementwise { .. });
-    let (outer, inner, leaves) = layout(&shape, split, elementwise, &b.leaves)?;
+    let used = used_leaves(&b.exprs, &kind, b.leaves.len());
+    let (outer, inner, leaves) = layout(&shape, split, elementwise, &b.leaves, &used)?;
     Ok(Plan {
         flat: elementwise && outer.is_empty(),
         outer,
@@ -601,6 +605,32 @@ pub(crate) fn plan(m: &Module, body: &Region, input_shapes: &[Vec<usize>]) -> R<
         out_shapes,
         describe,
     })
+}
+
+/// Which leaves the roots of `kind` read.
+fn used_leaves(exprs: &[Expr], kind: &Kind, n: usize) -> Vec<bool> {
+    let mut stack: Vec<usize> = match kind {
+        Kind::Elementwise { roots } => roots.clone(),
+        Kind::Softmax { x, .. } | Kind::Reduce { x, .. } => vec![*x],
+        Kind::LayerNorm { x, scale, bias, .. } => {
+            let mut r = vec![*x, *scale];
+            r.extend(bias);
+            r
+        }
+    };
+    let mut seen = vec![false; exprs.len()];
+    let mut used = vec![false; n];
+    while let Some(e) = stack.pop() {
+        if std::mem::replace(&mut seen[e], true) {
+            continue;
+        }
+        match &exprs[e] {
+            Expr::Leaf(k) => used[*k] = true,
+            Expr::Node(_, args) => stack.extend(args),
+            Expr::Imm(_) => {}
+        }
+    }
+    used
 }
 
 /// Element strides of a leaf of shape `l` broadcast to `s` (right-aligned).
@@ -630,11 +660,18 @@ fn bstrides(l: &[usize], s: &[usize]) -> R<Vec<usize>> {
 /// over the rows, which the same test covers).
 type Layout = (Vec<usize>, usize, Vec<Leaf>);
 
-fn layout(s: &[usize], split: usize, elementwise: bool, leaves: &[(Src, Vec<usize>)]) -> R<Layout> {
+fn layout(
+    s: &[usize],
+    split: usize,
+    elementwise: bool,
+    leaves: &[(Src, Vec<usize>)],
+    used: &[bool],
+) -> R<Layout> {
     let contiguous = bstrides(s, s)?;
     let mut arrays = vec![contiguous];
-    for (_, l) in leaves {
-        arrays.push(bstrides(l, s)?);
+    for ((_, l), &u) in leaves.iter().zip(used) {
+        // Unused leaves get all-zero strides: never read, no constraint.
+        arrays.push(if u { bstrides(l, s)? } else { vec![0; s.len()] });
     }
     // (size, is_outer, strides per array)
     let mut dims: Vec<(usize, bool, Vec<usize>)> = (0..s.len())
@@ -685,6 +722,7 @@ fn layout(s: &[usize], split: usize, elementwise: bool, leaves: &[(Src, Vec<usiz
         }
         out.push(Leaf {
             src: *src,
+            used: used[k],
             outer_strides: merged.iter().filter(|d| d.1).map(|d| d.2[a]).collect(),
             inner_stride,
         });

@@ -2,6 +2,9 @@
 //! op, odd sizes, every broadcast pattern, special values, in-place use and
 //! threading; plus an ignored throughput comparison with plain Rust loops.
 
+// Coefficients are quoted as published (more digits than f32 keeps).
+#![allow(clippy::excessive_precision)]
+
 use std::collections::HashMap;
 
 use super::compile_region;
@@ -356,10 +359,10 @@ fn reductions() {
             compare(&ln, -3.0, 3.0);
         }
         for (op, keep, out) in [
-            ("ReduceSum", 0, format!("3,5")),
-            ("ReduceMean", 1, format!("3,5,1")),
-            ("ReduceMax", 1, format!("3,5,1")),
-            ("ReduceMax", 0, format!("3,5")),
+            ("ReduceSum", 0, "3,5"),
+            ("ReduceMean", 1, "3,5,1"),
+            ("ReduceMax", 1, "3,5,1"),
+            ("ReduceMax", 0, "3,5"),
         ] {
             let r = format!(
                 "module @t opset(ai.onnx = 18) {{
@@ -470,7 +473,15 @@ fn in_place_and_threads() {
   return %y
 }
 ";
-    for src in [src, ln, flat] {
+    let softmax = "module @t opset(ai.onnx = 17) {
+  input %x: f32[300,257]
+  input %b: f32[257]
+  %a = Add(%x, %b) : f32[300,257]
+  %y = Softmax(%a) {axis = -1} : f32[300,257]
+  return %y
+}
+";
+    for src in [src, ln, flat, softmax] {
         let m = kiln_ir::parse_module(src).unwrap();
         let data = random_data(src, -2.0, 2.0, 3);
         let shapes = vec![vec![300, 257], m_shape(&m, 1)];
@@ -486,6 +497,23 @@ fn in_place_and_threads() {
             assert_eq!(buf, want, "{} in place, {threads} threads", k.describe());
         }
     }
+}
+
+#[test]
+fn epilogue_region_with_unused_inputs() {
+    // As the backend hands over an epilogue: the MatMul's operands stay
+    // region inputs (unused, any shape), its result is a new input.
+    let src = "module @t opset(ai.onnx = 17) {
+  input %x: f32[2,4]
+  input %w: f32[4,3]
+  input %bias: f32[3]
+  input %mm: f32[2,3]
+  %h = Add(%mm, %bias) : f32[2,3]
+  %y = Relu(%h) : f32[2,3]
+  return %y
+}
+";
+    compare(src, -1.0, 1.0);
 }
 
 fn m_shape(m: &kiln_ir::Module, i: usize) -> Vec<usize> {
@@ -550,7 +578,13 @@ fn throughput() {
     );
     let m = kiln_ir::parse_module(&src).unwrap();
     let d = random_data(&src, -2.0, 2.0, 1);
+    let t0 = Instant::now();
     let k = compile_region(&m, &m.body, &[vec![n], vec![n], vec![n]]).unwrap();
+    eprintln!(
+        "compile {}: {:.2} ms",
+        k.describe(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     let mut out = vec![0.0f32; n];
     for threads in [1, 2] {
         let t = time(|| {
@@ -586,7 +620,13 @@ fn throughput() {
     );
     let m = kiln_ir::parse_module(&src).unwrap();
     let d = random_data(&src, -4.0, 4.0, 2);
+    let t0 = Instant::now();
     let k = compile_region(&m, &m.body, &[vec![r, c], vec![c]]).unwrap();
+    eprintln!(
+        "compile {}: {:.2} ms",
+        k.describe(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     let mut out = vec![0.0f32; r * c];
     for threads in [1, 2] {
         let t = time(|| k.run(&[&d[0], &d[1]], &mut [&mut out], threads).unwrap());
@@ -606,6 +646,51 @@ fn throughput() {
     });
     eprintln!(
         "Rust Add+Gelu (same f32 erf, inline): {:.0} Melem/s",
+        (r * c) as f64 / t / 1e6
+    );
+
+    // Attention scores: scale, mask, Softmax over rows of 128.
+    let (r, c) = (1536, 128);
+    let src = format!(
+        "module @t opset(ai.onnx = 17) {{
+  input %x: f32[{r},{c}]
+  input %mask: f32[{c}]
+  const %s: f32[] = dense[5.656854]
+  %d = Div(%x, %s) : f32[{r},{c}]
+  %a = Add(%d, %mask) : f32[{r},{c}]
+  %y = Softmax(%a) {{axis = -1}} : f32[{r},{c}]
+  return %y
+}}
+"
+    );
+    let m = kiln_ir::parse_module(&src).unwrap();
+    let d = random_data(&src, -4.0, 4.0, 3);
+    let k = compile_region(&m, &m.body, &[vec![r, c], vec![c]]).unwrap();
+    let t = time(|| k.run(&[&d[0], &d[1]], &mut [&mut out[..r * c]], 1).unwrap());
+    eprintln!(
+        "JIT  {} [{r},{c}]: {:.0} Melem/s (1 thread)",
+        k.describe(),
+        (r * c) as f64 / t / 1e6
+    );
+    let t = time(|| {
+        for (row, orow) in d[0].chunks(c).zip(out.chunks_mut(c)) {
+            let mut mx = f32::NEG_INFINITY;
+            for ((o, &x), &mk) in orow.iter_mut().zip(row).zip(&d[1]) {
+                *o = x / 5.656854 + mk;
+                mx = mx.max(*o);
+            }
+            let mut sum = 0.0;
+            for o in orow.iter_mut() {
+                *o = (*o - mx).exp();
+                sum += *o;
+            }
+            for o in orow.iter_mut() {
+                *o /= sum;
+            }
+        }
+    });
+    eprintln!(
+        "Rust Div+Add+Softmax (libm expf): {:.0} Melem/s",
         (r * c) as f64 / t / 1e6
     );
 }
@@ -635,4 +720,83 @@ fn erf(x: f32) -> f32 {
     .iter()
     .fold(0.0f32, |a, &k| a * x2 + k);
     (x * p / q).clamp(-1.0, 1.0)
+}
+
+/// Compile (and run on random data) every fusion body of the `.kir` dumps
+/// listed in `KILN_JIT_KIR` (colon-separated, e.g. from `kiln dump -O2`),
+/// with unknown or symbolic dims set to 4 and an epilogue's leading
+/// MatMul/Gemm/Conv cut off (its result becomes a region input), as the
+/// backend will do. Prints what compiled and why the rest did not.
+#[test]
+#[ignore]
+fn real_model_bodies() {
+    use kiln_ir::{Attr, Dim, Region};
+    let Some(paths) = std::env::var_os("KILN_JIT_KIR") else {
+        return;
+    };
+    for path in std::env::split_paths(&paths) {
+        let src = std::fs::read_to_string(&path).unwrap();
+        let m = kiln_ir::parse_module(&src).unwrap();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for n in m.body.nodes.iter().filter(|n| n.op == "kiln.Fusion") {
+            let Some(body) = n.attr("body").and_then(Attr::as_graph) else {
+                continue;
+            };
+            let mut region: Region = body.clone();
+            if n.attr("kind").and_then(Attr::as_str) == Some("epilogue") {
+                let first = region.nodes.remove(0);
+                region.inputs.insert(0, first.outputs[0]);
+            }
+            let shapes: Vec<Vec<usize>> = region
+                .inputs
+                .iter()
+                .map(|&v| {
+                    let t = m.ty(v).as_tensor().unwrap();
+                    t.shape
+                        .as_ref()
+                        .map(|s| {
+                            s.iter()
+                                .map(|d| match d {
+                                    Dim::Known(k) => *k as usize,
+                                    _ => 4,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect();
+            let key = match compile_region(&m, &region, &shapes) {
+                Ok(k) => {
+                    let data: Vec<Vec<f32>> = shapes
+                        .iter()
+                        .map(|s| vec![0.5; s.iter().product()])
+                        .collect();
+                    let ins: Vec<&[f32]> = data.iter().map(|d| d.as_slice()).collect();
+                    let mut outs: Vec<Vec<f32>> = k
+                        .output_shapes()
+                        .iter()
+                        .map(|s| vec![0.0; s.iter().product()])
+                        .collect();
+                    let mut o: Vec<&mut [f32]> =
+                        outs.iter_mut().map(|x| x.as_mut_slice()).collect();
+                    k.run(&ins, &mut o, 2).unwrap();
+                    format!("ok   {}", k.describe())
+                }
+                Err(e) => format!("err  {e}"),
+            };
+            *seen.entry(key).or_default() += 1;
+        }
+        eprintln!("{}:", path.display());
+        let mut v: Vec<_> = seen.into_iter().collect();
+        v.sort();
+        for (k, c) in v {
+            eprintln!("  {c:3} {k}");
+        }
+    }
+}
+
+#[test]
+fn kernels_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<super::JitKernel>();
 }
