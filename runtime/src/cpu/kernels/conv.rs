@@ -1,0 +1,549 @@
+//! ONNX `Conv` (1-D, 2-D and 3-D spatial, NC + spatial layout, groups,
+//! strides, dilations, asymmetric pads, optional bias), planned once for
+//! static shapes.
+//!
+//! Every conv is normalised to 3 spatial dims (missing leading dims become
+//! size 1 with kernel 1), so one code path serves all ranks. Three
+//! strategies, picked at plan time:
+//! - pointwise (1x1, stride 1, no pad): one gemm per image and group,
+//!   `W[M,C] x X[C,HW]`, reading the input in place;
+//! - depthwise (one input channel per group): a direct loop whose inner loop
+//!   runs along the output row so it vectorizes; a gemm with K = 9 would
+//!   mostly pack;
+//! - general: im2col into scratch, then a gemm per image and group.
+//!
+//! The bias is written into the output first and the gemm accumulates onto
+//! it, so it costs no separate pass over the result.
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::matmul::{parallelism, sgemm, Strides};
+
+/// Convolution attributes, pads in ONNX order (all begins, then all ends).
+/// Empty `strides` / `dilations` / `pads` mean the ONNX defaults (1, 1, 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvAttrs {
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads: Vec<usize>,
+    pub group: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    Pointwise,
+    Depthwise,
+    Im2col,
+}
+
+/// One spatial axis, after normalisation to 3 axes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Axis {
+    pub input: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub pad_begin: usize,
+    pub output: usize,
+}
+
+impl Axis {
+    const UNIT: Axis = Axis {
+        input: 1,
+        kernel: 1,
+        stride: 1,
+        dilation: 1,
+        pad_begin: 0,
+        output: 1,
+    };
+
+    /// Output positions `[lo, hi)` whose input index `o*stride + off` lies
+    /// in `[0, input)`, where `off = k*dilation - pad_begin` for tap `k`.
+    #[inline]
+    pub(crate) fn valid_range(&self, k: usize) -> (usize, usize, isize) {
+        let off = (k * self.dilation) as isize - self.pad_begin as isize;
+        let s = self.stride as isize;
+        let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+        let room = self.input as isize - off;
+        let hi = if room <= 0 { 0 } else { (room + s - 1) / s };
+        let hi = (hi as usize).min(self.output);
+        let lo = (lo as usize).min(hi);
+        (lo, hi, off)
+    }
+
+    /// Input index of output `o`, tap `k`, or None when it lands in padding.
+    #[inline]
+    fn input_index(&self, o: usize, k: usize) -> Option<usize> {
+        let i = (o * self.stride + k * self.dilation).checked_sub(self.pad_begin)?;
+        (i < self.input).then_some(i)
+    }
+}
+
+/// ONNX Conv for 1-D, 2-D and 3-D spatial dims (NC + spatial). auto_pad is
+/// resolved by the caller into explicit pads.
+#[derive(Debug, Clone)]
+pub struct ConvPlan {
+    batch: usize,
+    c: usize,
+    m: usize,
+    group: usize,
+    /// Axes D, H, W (leading ones size 1 for 1-D and 2-D convs).
+    axes: [Axis; 3],
+    out_shape: Vec<usize>,
+    has_bias: bool,
+    strategy: Strategy,
+    w_const: Option<Vec<f32>>,
+}
+
+impl ConvPlan {
+    /// `w_const`: the weights when they are constant; copied into the plan
+    /// (their [M, C/group, k...] layout is already the row-major gemm lhs),
+    /// and `run` then ignores its `w` argument.
+    pub fn new(
+        x_shape: &[usize],
+        w_shape: &[usize],
+        has_bias: bool,
+        attrs: &ConvAttrs,
+        w_const: Option<&[f32]>,
+    ) -> Result<ConvPlan, String> {
+        let err = |why: &str| Err(format!("Conv: {why} (x {x_shape:?}, w {w_shape:?}, {attrs:?})"));
+        let sd = x_shape.len().wrapping_sub(2);
+        if !(1..=3).contains(&sd) || w_shape.len() != x_shape.len() {
+            return err("need 1 to 3 spatial dims and matching ranks");
+        }
+        let pick = |v: &[usize], i: usize, dflt: usize| if v.is_empty() { dflt } else { v[i] };
+        if !(attrs.strides.is_empty() || attrs.strides.len() == sd)
+            || !(attrs.dilations.is_empty() || attrs.dilations.len() == sd)
+            || !(attrs.pads.is_empty() || attrs.pads.len() == 2 * sd)
+        {
+            return err("attribute lengths do not match the spatial rank");
+        }
+        let (batch, c, m, group) = (x_shape[0], x_shape[1], w_shape[0], attrs.group);
+        if group == 0 || c % group != 0 || m % group != 0 || w_shape[1] * group != c {
+            return err("channels do not divide into groups");
+        }
+        let mut axes = [Axis::UNIT; 3];
+        for i in 0..sd {
+            let ax = Axis {
+                input: x_shape[2 + i],
+                kernel: w_shape[2 + i],
+                stride: pick(&attrs.strides, i, 1),
+                dilation: pick(&attrs.dilations, i, 1),
+                pad_begin: pick(&attrs.pads, i, 0),
+                output: 0,
+            };
+            let pad_end = pick(&attrs.pads, sd + i, 0);
+            if ax.kernel == 0 || ax.stride == 0 || ax.dilation == 0 {
+                return err("zero kernel, stride or dilation");
+            }
+            let span = ax.dilation * (ax.kernel - 1) + 1;
+            let padded = ax.input + ax.pad_begin + pad_end;
+            if padded < span {
+                return err("kernel larger than the padded input");
+            }
+            axes[3 - sd + i] = Axis {
+                output: (padded - span) / ax.stride + 1,
+                ..ax
+            };
+        }
+        let kvol: usize = axes.iter().map(|a| a.kernel).product();
+        if let Some(w) = w_const {
+            if w.len() != m * (c / group) * kvol {
+                return err("constant weight length does not match its shape");
+            }
+        }
+        let mut out_shape = vec![batch, m];
+        out_shape.extend(axes[3 - sd..].iter().map(|a| a.output));
+        let strategy = if axes
+            .iter()
+            .all(|a| a.kernel == 1 && a.stride == 1 && a.pad_begin == 0 && a.output == a.input)
+        {
+            Strategy::Pointwise
+        } else if c / group == 1 && group > 1 {
+            Strategy::Depthwise
+        } else {
+            Strategy::Im2col
+        };
+        Ok(ConvPlan {
+            batch,
+            c,
+            m,
+            group,
+            axes,
+            out_shape,
+            has_bias,
+            strategy,
+            w_const: w_const.map(<[f32]>::to_vec),
+        })
+    }
+
+    pub fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    /// 2 * N * M * output positions * (C/group) * kernel volume.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.out_vol() * (self.c / self.group) * self.kvol()) as f64
+    }
+
+    fn in_vol(&self) -> usize {
+        self.axes.iter().map(|a| a.input).product()
+    }
+    fn out_vol(&self) -> usize {
+        self.axes.iter().map(|a| a.output).product()
+    }
+    fn kvol(&self) -> usize {
+        self.axes.iter().map(|a| a.kernel).product()
+    }
+
+    /// `x`, `w`, `bias` and `out` must have the planned lengths
+    /// (debug-asserted); `bias` is used iff the plan has one; `w` is ignored
+    /// when the weights were constant. `out` is fully overwritten.
+    pub fn run(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], threads: usize) {
+        let w = self.w_const.as_deref().unwrap_or(w);
+        let bias = if self.has_bias { bias } else { None };
+        let (cg, mg) = (self.c / self.group, self.m / self.group);
+        let (ivol, ovol, kvol) = (self.in_vol(), self.out_vol(), self.kvol());
+        debug_assert_eq!(x.len(), self.batch * self.c * ivol);
+        debug_assert_eq!(w.len(), self.m * cg * kvol);
+        debug_assert_eq!(out.len(), self.batch * self.m * ovol);
+        debug_assert_eq!(bias.is_some(), self.has_bias);
+        debug_assert!(bias.is_none_or(|b| b.len() == self.m));
+        if out.is_empty() {
+            return;
+        }
+        if self.strategy == Strategy::Depthwise {
+            let plane = |(p, o): (usize, &mut [f32])| {
+                let oc = p % self.m;
+                let ic = (p / self.m) * self.c + oc / mg;
+                let b = bias.map_or(0.0, |b| b[oc]);
+                depthwise_plane(&self.axes, &x[ic * ivol..][..ivol], &w[oc * kvol..][..kvol], b, o);
+            };
+            if threads > 1 {
+                out.par_chunks_mut(ovol).enumerate().for_each(plane);
+            } else {
+                out.chunks_mut(ovol).enumerate().for_each(plane);
+            }
+            return;
+        }
+
+        // Gemm strategies: one product per (image, group) writing rows
+        // [g*mg, (g+1)*mg) of image n's [M, out_vol] output.
+        let kdim = cg * kvol;
+        let items = self.batch * self.group;
+        let item = |i: usize, o: &mut [f32], t: usize| {
+            let (n, g) = (i / self.group, i % self.group);
+            let xg = &x[(n * self.c + g * cg) * ivol..][..cg * ivol];
+            let wg = &w[g * mg * kdim..][..mg * kdim];
+            let accumulate = match bias {
+                Some(b) => {
+                    for (row, &bv) in o.chunks_mut(ovol).zip(&b[g * mg..(g + 1) * mg]) {
+                        row.fill(bv);
+                    }
+                    true
+                }
+                None => false,
+            };
+            let par = parallelism(t, 2.0 * (mg * ovol * kdim) as f64);
+            let gemm = |rhs: &[f32], o: &mut [f32]| {
+                sgemm(
+                    mg,
+                    ovol,
+                    kdim,
+                    o,
+                    Strides::row_major(ovol),
+                    accumulate,
+                    wg,
+                    Strides::row_major(kdim),
+                    rhs,
+                    Strides::row_major(ovol),
+                    1.0,
+                    par,
+                );
+            };
+            match self.strategy {
+                Strategy::Pointwise => gemm(xg, o),
+                _ => with_scratch(kdim * ovol, |col| {
+                    im2col(&self.axes, xg, col, t);
+                    gemm(col, o);
+                }),
+            }
+        };
+        // Enough independent products to keep every thread busy: run them
+        // side by side single-threaded; otherwise thread inside each one.
+        if threads > 1 && items >= threads {
+            out.par_chunks_mut(mg * ovol)
+                .enumerate()
+                .for_each(|(i, o)| item(i, o, 1));
+        } else {
+            for (i, o) in out.chunks_mut(mg * ovol).enumerate() {
+                item(i, o, threads);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread im2col buffer, reused across calls so a steady-state run
+    /// does not allocate (it keeps the largest size seen on that thread).
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's scratch. The buffer is taken
+/// out of the thread-local for the duration, so a re-entrant call (rayon can
+/// run another task on this thread while a threaded gemm waits) simply
+/// allocates its own instead of aliasing ours.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(Cell::take);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    SCRATCH.with(|s| s.set(buf));
+    r
+}
+
+/// Unfolds `x` ([cg, D, H, W]) into `col` ([cg * kvol, out_vol]): row
+/// (c, kd, kh, kw) holds, for each output position, the input value that tap
+/// multiplies (0 in padding). Threads over channels when `threads > 1`.
+fn im2col(axes: &[Axis; 3], x: &[f32], col: &mut [f32], threads: usize) {
+    let [ad, ah, aw] = axes;
+    let ivol = ad.input * ah.input * aw.input;
+    let ovol = ad.output * ah.output * aw.output;
+    let kvol = ad.kernel * ah.kernel * aw.kernel;
+    let channel = |(c, rows): (usize, &mut [f32])| {
+        let xc = &x[c * ivol..][..ivol];
+        let mut rows = rows.chunks_mut(ovol);
+        for kd in 0..ad.kernel {
+            for kh in 0..ah.kernel {
+                for kw in 0..aw.kernel {
+                    let Some(row) = rows.next() else { return };
+                    let (lo, hi, off) = aw.valid_range(kw);
+                    for (p, seg) in row.chunks_mut(aw.output).enumerate() {
+                        let (od, oh) = (p / ah.output, p % ah.output);
+                        let (Some(id), Some(ih)) = (ad.input_index(od, kd), ah.input_index(oh, kh))
+                        else {
+                            seg.fill(0.0);
+                            continue;
+                        };
+                        let xrow = &xc[(id * ah.input + ih) * aw.input..][..aw.input];
+                        seg[..lo].fill(0.0);
+                        seg[hi..].fill(0.0);
+                        // lo..hi are exactly the in-bounds taps, so
+                        // o*stride + off is in [0, input) here.
+                        if aw.stride == 1 {
+                            let start = (lo as isize + off) as usize;
+                            seg[lo..hi].copy_from_slice(&xrow[start..start + (hi - lo)]);
+                        } else {
+                            for (o, v) in seg[lo..hi].iter_mut().enumerate() {
+                                *v = xrow[((lo + o) as isize * aw.stride as isize + off) as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if threads > 1 {
+        col.par_chunks_mut(kvol * ovol).enumerate().for_each(channel);
+    } else {
+        col.chunks_mut(kvol * ovol).enumerate().for_each(channel);
+    }
+}
+
+/// One output plane of a depthwise conv: `x` is the input channel's
+/// [D, H, W] plane, `w` its kernel, `out` the [OD, OH, OW] plane.
+fn depthwise_plane(axes: &[Axis; 3], x: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
+    let [ad, ah, aw] = axes;
+    out.fill(bias);
+    for (p, orow) in out.chunks_mut(aw.output).enumerate() {
+        let (od, oh) = (p / ah.output, p % ah.output);
+        for kd in 0..ad.kernel {
+            let Some(id) = ad.input_index(od, kd) else { continue };
+            for kh in 0..ah.kernel {
+                let Some(ih) = ah.input_index(oh, kh) else { continue };
+                let xrow = &x[(id * ah.input + ih) * aw.input..][..aw.input];
+                let wrow = &w[(kd * ah.kernel + kh) * aw.kernel..][..aw.kernel];
+                for (kw, &wv) in wrow.iter().enumerate() {
+                    let (lo, hi, off) = aw.valid_range(kw);
+                    if aw.stride == 1 {
+                        let start = (lo as isize + off) as usize;
+                        let xs = &xrow[start..start + (hi - lo)];
+                        for (o, &xv) in orow[lo..hi].iter_mut().zip(xs) {
+                            *o += wv * xv;
+                        }
+                    } else {
+                        let s = aw.stride as isize;
+                        for (o, v) in orow[lo..hi].iter_mut().enumerate() {
+                            *v += wv * xrow[((lo + o) as isize * s + off) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Plans against a naive direct convolution on LCG data. Tolerance:
+    //! relative 1e-4 of the sum of |terms| of each output's accumulation.
+    use super::super::matmul::tests::{check, lcg};
+    use super::*;
+
+    /// Naive N-D conv: returns (values, sum of |terms|).
+    fn reference(
+        xs: &[usize],
+        ws: &[usize],
+        a: &ConvAttrs,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+    ) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+        let sd = xs.len() - 2;
+        let (n, c, m, g) = (xs[0], xs[1], ws[0], a.group);
+        let (cg, mg) = (c / g, m / g);
+        let osz: Vec<usize> = (0..sd)
+            .map(|i| (xs[2 + i] + a.pads[i] + a.pads[sd + i] - a.dilations[i] * (ws[2 + i] - 1) - 1) / a.strides[i] + 1)
+            .collect();
+        let ovol: usize = osz.iter().product();
+        let ivol: usize = xs[2..].iter().product();
+        let kvol: usize = ws[2..].iter().product();
+        let mut shape = vec![n, m];
+        shape.extend(&osz);
+        let (mut out, mut sc) = (vec![0.0; n * m * ovol], vec![0.0; n * m * ovol]);
+        for ni in 0..n {
+            for oc in 0..m {
+                let gi = oc / mg;
+                for op in 0..ovol {
+                    // Unravel the output position.
+                    let mut o = vec![0; sd];
+                    let mut r = op;
+                    for d in (0..sd).rev() {
+                        o[d] = r % osz[d];
+                        r /= osz[d];
+                    }
+                    let b = bias.map_or(0.0, |b| b[oc] as f64);
+                    let (mut s, mut t) = (b, b.abs());
+                    for ci in 0..cg {
+                        'tap: for kp in 0..kvol {
+                            let mut kk = vec![0; sd];
+                            let mut r = kp;
+                            for d in (0..sd).rev() {
+                                kk[d] = r % ws[2 + d];
+                                r /= ws[2 + d];
+                            }
+                            let mut ii = 0;
+                            for d in 0..sd {
+                                let i = (o[d] * a.strides[d] + kk[d] * a.dilations[d]) as isize - a.pads[d] as isize;
+                                if i < 0 || i >= xs[2 + d] as isize {
+                                    continue 'tap;
+                                }
+                                ii = ii * xs[2 + d] + i as usize;
+                            }
+                            let xv = x[((ni * c) + gi * cg + ci) * ivol + ii] as f64;
+                            let wv = w[(oc * cg + ci) * kvol + kp] as f64;
+                            s += xv * wv;
+                            t += (xv * wv).abs();
+                        }
+                    }
+                    out[(ni * m + oc) * ovol + op] = s as f32;
+                    sc[(ni * m + oc) * ovol + op] = t as f32;
+                }
+            }
+        }
+        (shape, out, sc)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn case(
+        xs: &[usize],
+        ws: &[usize],
+        strides: &[usize],
+        dil: &[usize],
+        pads: &[usize],
+        group: usize,
+        with_bias: bool,
+        want_strategy: Strategy,
+    ) {
+        let attrs = ConvAttrs {
+            strides: strides.to_vec(),
+            dilations: dil.to_vec(),
+            pads: pads.to_vec(),
+            group,
+        };
+        let x = lcg(11, xs.iter().product());
+        let w = lcg(12, ws.iter().product());
+        let b = lcg(13, ws[0]);
+        let bias = with_bias.then_some(&b[..]);
+        let (shape, want, sc) = reference(xs, ws, &attrs, &x, &w, bias);
+        for konst in [false, true] {
+            let plan = ConvPlan::new(xs, ws, with_bias, &attrs, konst.then_some(&w[..])).unwrap();
+            assert_eq!(plan.out_shape(), &shape[..]);
+            assert_eq!(plan.strategy, want_strategy, "{xs:?} {ws:?} {attrs:?}");
+            for threads in [1, 2] {
+                let mut out = vec![f32::NAN; want.len()];
+                let w_arg: &[f32] = if konst { &[] } else { &w };
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| plan.run(&x, w_arg, bias, &mut out, threads));
+                check(&out, &want, &sc, &format!("conv x{xs:?} w{ws:?} {attrs:?} t{threads} c{konst}"));
+            }
+        }
+    }
+
+    use Strategy::*;
+
+    #[test]
+    fn conv_2d() {
+        case(&[1, 3, 7, 9], &[4, 3, 3, 3], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, false, Im2col);
+        case(&[2, 3, 7, 9], &[5, 3, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 1, true, Im2col);
+        case(&[1, 4, 11, 10], &[6, 4, 3, 2], &[2, 3], &[1, 1], &[1, 0, 2, 1], 1, true, Im2col);
+        case(&[2, 4, 12, 13], &[6, 2, 3, 3], &[1, 2], &[2, 1], &[2, 1, 0, 3], 2, true, Im2col);
+        case(&[1, 6, 9, 9], &[3, 2, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 3, true, Pointwise);
+        case(&[3, 5, 4, 6], &[7, 5, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, false, Pointwise);
+        case(&[1, 5, 8, 6], &[7, 5, 1, 1], &[2, 2], &[1, 1], &[0, 0, 0, 0], 1, true, Im2col);
+        case(&[1, 5, 8, 6], &[7, 5, 1, 1], &[1, 1], &[1, 1], &[1, 0, 0, 1], 1, true, Im2col);
+        case(&[1, 1, 1, 1], &[1, 1, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, true, Pointwise);
+        case(&[1, 2, 1, 5], &[3, 2, 1, 3], &[1, 1], &[1, 1], &[0, 1, 0, 1], 1, false, Im2col);
+        // Kernel bigger than the input, covered by padding.
+        case(&[1, 2, 2, 2], &[3, 2, 5, 5], &[1, 1], &[1, 1], &[2, 2, 2, 2], 1, true, Im2col);
+        // Big enough for threaded gemm and threaded im2col at batch 1.
+        case(&[1, 16, 20, 20], &[32, 16, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 1, true, Im2col);
+        case(&[1, 64, 20, 20], &[64, 64, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, true, Pointwise);
+    }
+
+    #[test]
+    fn conv_depthwise() {
+        case(&[1, 8, 9, 11], &[8, 1, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 8, true, Depthwise);
+        case(&[2, 4, 10, 9], &[4, 1, 3, 5], &[2, 2], &[1, 2], &[0, 2, 1, 3], 4, false, Depthwise);
+        case(&[1, 3, 7, 7], &[6, 1, 3, 3], &[1, 3], &[2, 1], &[2, 0, 1, 1], 3, true, Depthwise);
+        case(&[1, 5, 12], &[5, 1, 4], &[3], &[1], &[2, 1], 5, true, Depthwise);
+        case(&[1, 3, 4, 5, 6], &[3, 1, 2, 3, 2], &[1, 2, 1], &[2, 1, 1], &[1, 0, 1, 0, 1, 1], 3, true, Depthwise);
+        case(&[1, 32, 17, 17], &[32, 1, 3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], 32, true, Depthwise);
+    }
+
+    #[test]
+    fn conv_1d_3d() {
+        case(&[2, 3, 17], &[4, 3, 3], &[2], &[2], &[1, 3], 1, true, Im2col);
+        case(&[1, 4, 9], &[6, 2, 1], &[1], &[1], &[0, 0], 2, false, Pointwise);
+        case(&[1, 2, 5, 6, 7], &[3, 2, 3, 2, 3], &[1, 2, 1], &[1, 1, 2], &[1, 0, 2, 0, 1, 1], 1, true, Im2col);
+        case(&[2, 4, 3, 4, 5], &[4, 2, 2, 2, 2], &[2, 1, 2], &[1, 2, 1], &[0, 1, 1, 1, 0, 0], 2, false, Im2col);
+        case(&[1, 3, 2, 3, 4], &[5, 3, 1, 1, 1], &[1, 1, 1], &[1, 1, 1], &[0, 0, 0, 0, 0, 0], 1, true, Pointwise);
+    }
+
+    #[test]
+    fn conv_errors() {
+        let a = ConvAttrs { group: 1, ..Default::default() };
+        assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 2, 3, 3], false, &a, None).is_err());
+        assert!(ConvPlan::new(&[1, 3, 2, 2], &[4, 3, 3, 3], false, &a, None).is_err());
+        assert!(ConvPlan::new(&[1, 3], &[4, 3], false, &a, None).is_err());
+        assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], false, &a, Some(&[0.0; 5])).is_err());
+        let g0 = ConvAttrs { group: 0, ..Default::default() };
+        assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], false, &g0, None).is_err());
+        let bad = ConvAttrs { strides: vec![1], group: 1, ..Default::default() };
+        assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], false, &bad, None).is_err());
+        assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], true, &a, None).is_ok());
+    }
+}

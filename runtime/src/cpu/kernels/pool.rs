@@ -1,0 +1,412 @@
+//! ONNX pooling: `MaxPool`, `AveragePool` (1-D to 3-D, strides, dilations,
+//! asymmetric pads, `ceil_mode`, `count_include_pad`) and `GlobalAveragePool`
+//! / `GlobalMaxPool`, planned once for static shapes.
+//!
+//! Window validity is separable per axis, so the plan precomputes, for each
+//! axis and output index, the range of in-bounds taps and the number of taps
+//! inside the padded extent; a window's divisor is the product over axes.
+
+use rayon::prelude::*;
+
+/// Which pooling op. `count_include_pad` counts the explicit pads in the
+/// average's divisor (never the cells past them that `ceil_mode` adds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Average { count_include_pad: bool },
+    GlobalAverage,
+    GlobalMax,
+}
+
+/// Pooling attributes, pads in ONNX order (begins, then ends). Empty
+/// `strides` / `dilations` / `pads` mean the ONNX defaults (1, 1, 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolAttrs {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads: Vec<usize>,
+    pub ceil_mode: bool,
+}
+
+/// Per-output-index facts of one axis.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    /// First input index of tap `k_lo`.
+    start: usize,
+    /// In-bounds taps are `k_lo..k_hi`.
+    k_lo: usize,
+    k_hi: usize,
+    /// Taps inside [-pad_begin, input + pad_end).
+    padded_count: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Axis {
+    input: usize,
+    dilation: usize,
+    windows: Vec<Window>,
+}
+
+impl Axis {
+    fn unit() -> Axis {
+        Axis {
+            input: 1,
+            dilation: 1,
+            windows: vec![Window {
+                start: 0,
+                k_lo: 0,
+                k_hi: 1,
+                padded_count: 1,
+            }],
+        }
+    }
+}
+
+/// Below this many input elements pooling runs on one thread.
+const PAR_ELEMS: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PoolPlan {
+    kind: PoolKind,
+    /// N * C.
+    planes: usize,
+    /// Spatial axes D, H, W (leading ones unit for 1-D / 2-D); unused for
+    /// the global kinds.
+    axes: [Axis; 3],
+    in_vol: usize,
+    out_shape: Vec<usize>,
+}
+
+impl PoolPlan {
+    /// `attrs` is ignored for the global kinds.
+    pub fn new(kind: PoolKind, x_shape: &[usize], attrs: &PoolAttrs) -> Result<PoolPlan, String> {
+        let err = |why: &str| Err(format!("{kind:?}: {why} (x {x_shape:?}, {attrs:?})"));
+        if x_shape.len() < 3 {
+            return err("need N, C and at least one spatial dim");
+        }
+        let sd = x_shape.len() - 2;
+        let planes = x_shape[0] * x_shape[1];
+        let in_vol: usize = x_shape[2..].iter().product();
+        let mut axes = [Axis::unit(), Axis::unit(), Axis::unit()];
+        if matches!(kind, PoolKind::GlobalAverage | PoolKind::GlobalMax) {
+            let mut out_shape = x_shape[..2].to_vec();
+            out_shape.extend(std::iter::repeat_n(1, sd));
+            return Ok(PoolPlan {
+                kind,
+                planes,
+                axes,
+                in_vol,
+                out_shape,
+            });
+        }
+        if sd > 3 {
+            return err("more than 3 spatial dims");
+        }
+        let pick = |v: &[usize], i: usize, dflt: usize| if v.is_empty() { dflt } else { v[i] };
+        if attrs.kernel.len() != sd
+            || !(attrs.strides.is_empty() || attrs.strides.len() == sd)
+            || !(attrs.dilations.is_empty() || attrs.dilations.len() == sd)
+            || !(attrs.pads.is_empty() || attrs.pads.len() == 2 * sd)
+        {
+            return err("attribute lengths do not match the spatial rank");
+        }
+        let mut out_shape = x_shape[..2].to_vec();
+        for i in 0..sd {
+            let input = x_shape[2 + i];
+            let kernel = attrs.kernel[i];
+            let stride = pick(&attrs.strides, i, 1);
+            let dilation = pick(&attrs.dilations, i, 1);
+            let (pb, pe) = (pick(&attrs.pads, i, 0), pick(&attrs.pads, sd + i, 0));
+            if kernel == 0 || stride == 0 || dilation == 0 {
+                return err("zero kernel, stride or dilation");
+            }
+            let span = dilation * (kernel - 1) + 1;
+            let padded = input + pb + pe;
+            if padded < span {
+                return err("kernel larger than the padded input");
+            }
+            let mut output = if attrs.ceil_mode {
+                (padded - span).div_ceil(stride) + 1
+            } else {
+                (padded - span) / stride + 1
+            };
+            // ONNX (like PyTorch) drops a ceil-mode window that would start
+            // inside the end padding.
+            if attrs.ceil_mode && (output - 1) * stride >= input + pb {
+                output -= 1;
+            }
+            let windows = (0..output)
+                .map(|o| {
+                    // Window tap k reads padded index o*stride + k*dilation,
+                    // input index that minus pb.
+                    let base = o * stride;
+                    let k_lo = pb.saturating_sub(base).div_ceil(dilation).min(kernel);
+                    let taps_below = |limit: usize| {
+                        // Number of k in [0, kernel) with base + k*d < limit.
+                        if limit <= base {
+                            0
+                        } else {
+                            (limit - base).div_ceil(dilation).min(kernel)
+                        }
+                    };
+                    let k_hi = taps_below(input + pb).max(k_lo);
+                    Window {
+                        start: (base + k_lo * dilation).saturating_sub(pb),
+                        k_lo,
+                        k_hi,
+                        padded_count: taps_below(padded),
+                    }
+                })
+                .collect();
+            axes[3 - sd + i] = Axis {
+                input,
+                dilation,
+                windows,
+            };
+            out_shape.push(output);
+        }
+        Ok(PoolPlan {
+            kind,
+            planes,
+            axes,
+            in_vol,
+            out_shape,
+        })
+    }
+
+    pub fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    /// `x` and `out` must have the planned lengths (debug-asserted); `out` is
+    /// fully overwritten. NaNs propagate through max as in numpy.
+    pub fn run(&self, x: &[f32], out: &mut [f32], threads: usize) {
+        let out_vol: usize = self.out_shape[2..].iter().product();
+        debug_assert_eq!(x.len(), self.planes * self.in_vol);
+        debug_assert_eq!(out.len(), self.planes * out_vol);
+        if out.is_empty() {
+            return;
+        }
+        let plane = |(p, o): (usize, &mut [f32])| {
+            let xp = &x[p * self.in_vol..][..self.in_vol];
+            match self.kind {
+                PoolKind::GlobalAverage => {
+                    o[0] = xp.iter().sum::<f32>() / self.in_vol as f32;
+                }
+                PoolKind::GlobalMax => o[0] = xp.iter().copied().fold(f32::NEG_INFINITY, nan_max),
+                PoolKind::Max => self.window_plane(xp, o, None),
+                PoolKind::Average { count_include_pad } => {
+                    self.window_plane(xp, o, Some(count_include_pad))
+                }
+            }
+        };
+        if threads > 1 && x.len() >= PAR_ELEMS {
+            out.par_chunks_mut(out_vol).enumerate().for_each(plane);
+        } else {
+            out.chunks_mut(out_vol).enumerate().for_each(plane);
+        }
+    }
+
+    /// One [C-plane] of a windowed pool; `avg` is None for max, else
+    /// `count_include_pad`.
+    fn window_plane(&self, x: &[f32], out: &mut [f32], avg: Option<bool>) {
+        let [ad, ah, aw] = &self.axes;
+        let mut o = out.iter_mut();
+        for wd in &ad.windows {
+            for wh in &ah.windows {
+                for ww in &aw.windows {
+                    let Some(dst) = o.next() else { return };
+                    let mut acc = if avg.is_some() { 0.0 } else { f32::NEG_INFINITY };
+                    for id in taps(*wd, ad) {
+                        for ih in taps(*wh, ah) {
+                            let row = &x[(id * ah.input + ih) * aw.input..][..aw.input];
+                            for iw in taps(*ww, aw) {
+                                let v = row[iw];
+                                acc = if avg.is_some() { acc + v } else { nan_max(acc, v) };
+                            }
+                        }
+                    }
+                    *dst = match avg {
+                        None => acc,
+                        Some(include_pad) => {
+                            let count = if include_pad {
+                                wd.padded_count * wh.padded_count * ww.padded_count
+                            } else {
+                                (wd.k_hi - wd.k_lo) * (wh.k_hi - wh.k_lo) * (ww.k_hi - ww.k_lo)
+                            };
+                            // 0/0 = NaN for an all-padding window, as numpy.
+                            acc / count as f32
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Input indices of the in-bounds taps of window `w` along `a`.
+fn taps(w: Window, a: &Axis) -> impl Iterator<Item = usize> {
+    let (start, d) = (w.start, a.dilation);
+    (0..w.k_hi - w.k_lo).map(move |t| start + t * d)
+}
+
+/// Max that propagates NaN (f32::max would drop it).
+#[inline]
+fn nan_max(acc: f32, v: f32) -> f32 {
+    if v > acc || v.is_nan() {
+        v
+    } else {
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Plans against a naive per-tap pooling on LCG data, written straight
+    //! from the ONNX definitions. Tolerance: relative 1e-4 of the sum of
+    //! |terms| (averages); max must match exactly.
+    use super::super::matmul::tests::{check, lcg};
+    use super::*;
+
+    fn reference(kind: PoolKind, xs: &[usize], a: &PoolAttrs, x: &[f32]) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+        let sd = xs.len() - 2;
+        let planes = xs[0] * xs[1];
+        let ivol: usize = xs[2..].iter().product();
+        let (kernel, strides, dil, pads) = match kind {
+            PoolKind::GlobalAverage | PoolKind::GlobalMax => (xs[2..].to_vec(), vec![1; sd], vec![1; sd], vec![0; 2 * sd]),
+            _ => (a.kernel.clone(), a.strides.clone(), a.dilations.clone(), a.pads.clone()),
+        };
+        let osz: Vec<usize> = (0..sd)
+            .map(|i| {
+                let num = (xs[2 + i] + pads[i] + pads[sd + i]) as f64 - (dil[i] * (kernel[i] - 1) + 1) as f64;
+                let mut o = if a.ceil_mode { (num / strides[i] as f64).ceil() } else { (num / strides[i] as f64).floor() } as usize + 1;
+                if a.ceil_mode && (o - 1) * strides[i] >= xs[2 + i] + pads[i] {
+                    o -= 1;
+                }
+                o
+            })
+            .collect();
+        let ovol: usize = osz.iter().product();
+        let kvol: usize = kernel.iter().product();
+        let mut shape = xs[..2].to_vec();
+        shape.extend(&osz);
+        let (mut out, mut sc) = (vec![0.0; planes * ovol], vec![0.0; planes * ovol]);
+        for p in 0..planes {
+            for op in 0..ovol {
+                let mut o = vec![0; sd];
+                let mut r = op;
+                for d in (0..sd).rev() {
+                    o[d] = r % osz[d];
+                    r /= osz[d];
+                }
+                let (mut vals, mut padded_cells) = (Vec::new(), 0usize);
+                'tap: for kp in 0..kvol {
+                    let mut kk = vec![0; sd];
+                    let mut r = kp;
+                    for d in (0..sd).rev() {
+                        kk[d] = r % kernel[d];
+                        r /= kernel[d];
+                    }
+                    let mut ii = 0;
+                    let mut inside = true;
+                    for d in 0..sd {
+                        let pi = o[d] * strides[d] + kk[d] * dil[d];
+                        if pi >= xs[2 + d] + pads[d] + pads[sd + d] {
+                            continue 'tap; // past the end pad (ceil mode)
+                        }
+                        let i = pi as isize - pads[d] as isize;
+                        if i < 0 || i >= xs[2 + d] as isize {
+                            inside = false;
+                        } else {
+                            ii = ii * xs[2 + d] + i as usize;
+                        }
+                    }
+                    padded_cells += 1;
+                    if inside {
+                        vals.push(x[p * ivol + ii] as f64);
+                    }
+                }
+                let (v, s) = match kind {
+                    PoolKind::Max | PoolKind::GlobalMax => (vals.iter().copied().fold(f64::NEG_INFINITY, f64::max), 0.0),
+                    PoolKind::GlobalAverage => (vals.iter().sum::<f64>() / vals.len() as f64, vals.iter().map(|v| v.abs()).sum::<f64>() / vals.len() as f64),
+                    PoolKind::Average { count_include_pad } => {
+                        let n = if count_include_pad { padded_cells } else { vals.len() } as f64;
+                        (vals.iter().sum::<f64>() / n, vals.iter().map(|v| v.abs()).sum::<f64>() / n)
+                    }
+                };
+                out[p * ovol + op] = v as f32;
+                sc[p * ovol + op] = s as f32;
+            }
+        }
+        (shape, out, sc)
+    }
+
+    fn case(xs: &[usize], kernel: &[usize], strides: &[usize], dil: &[usize], pads: &[usize], ceil: bool) {
+        let attrs = PoolAttrs {
+            kernel: kernel.to_vec(),
+            strides: strides.to_vec(),
+            dilations: dil.to_vec(),
+            pads: pads.to_vec(),
+            ceil_mode: ceil,
+        };
+        let x = lcg(21, xs.iter().product());
+        for kind in [
+            PoolKind::Max,
+            PoolKind::Average { count_include_pad: false },
+            PoolKind::Average { count_include_pad: true },
+            PoolKind::GlobalAverage,
+            PoolKind::GlobalMax,
+        ] {
+            let (shape, want, sc) = reference(kind, xs, &attrs, &x);
+            let plan = PoolPlan::new(kind, xs, &attrs).unwrap();
+            assert_eq!(plan.out_shape(), &shape[..], "{kind:?} {xs:?} {attrs:?}");
+            for threads in [1, 2] {
+                let mut out = vec![f32::NAN; want.len()];
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| plan.run(&x, &mut out, threads));
+                check(&out, &want, &sc, &format!("{kind:?} x{xs:?} {attrs:?} t{threads}"));
+            }
+        }
+    }
+
+    #[test]
+    fn pool_2d() {
+        case(&[1, 3, 7, 7], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], false);
+        case(&[2, 2, 7, 8], &[3, 2], &[2, 3], &[1, 1], &[1, 0, 1, 1], true);
+        case(&[1, 2, 5, 5], &[2, 2], &[2, 2], &[1, 1], &[0, 0, 0, 0], true);
+        case(&[1, 2, 6, 6], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], true);
+        case(&[1, 1, 9, 10], &[2, 3], &[3, 2], &[2, 2], &[1, 2, 1, 0], true);
+        case(&[1, 1, 9, 10], &[2, 3], &[1, 1], &[3, 2], &[0, 1, 1, 2], false);
+        case(&[1, 1, 1, 1], &[1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], false);
+        case(&[2, 3, 4, 4], &[4, 4], &[1, 1], &[1, 1], &[0, 0, 0, 0], false);
+        case(&[1, 64, 40, 40], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], false);
+    }
+
+    #[test]
+    fn pool_1d_3d() {
+        case(&[2, 3, 11], &[3], &[2], &[1], &[1, 1], true);
+        case(&[1, 2, 10], &[2], &[3], &[2], &[0, 2], true);
+        // Ceil mode would add a window starting in the end pad: dropped.
+        case(&[1, 1, 4], &[2], &[3], &[1], &[0, 2], true);
+        case(&[1, 1, 5], &[1], &[2], &[1], &[0, 1], true);
+        case(&[1, 2, 5, 6, 7], &[2, 3, 2], &[2, 1, 2], &[1, 1, 2], &[1, 0, 1, 0, 1, 1], true);
+        case(&[1, 2, 4, 4, 4], &[2, 2, 2], &[2, 2, 2], &[1, 1, 1], &[0, 0, 0, 0, 0, 0], false);
+    }
+
+    #[test]
+    fn pool_defaults_and_errors() {
+        let a = PoolAttrs { kernel: vec![2, 2], ..Default::default() };
+        let p = PoolPlan::new(PoolKind::Max, &[1, 1, 4, 5], &a).unwrap();
+        assert_eq!(p.out_shape(), &[1, 1, 3, 4]);
+        let g = PoolPlan::new(PoolKind::GlobalAverage, &[2, 3, 4, 5, 6, 7], &a).unwrap();
+        assert_eq!(g.out_shape(), &[2, 3, 1, 1, 1, 1]);
+        assert!(PoolPlan::new(PoolKind::Max, &[1, 1, 4], &a).is_err());
+        assert!(PoolPlan::new(PoolKind::Max, &[1, 1, 1, 1], &a).is_err());
+        assert!(PoolPlan::new(PoolKind::GlobalMax, &[1, 1], &a).is_err());
+        let nan = PoolPlan::new(PoolKind::Max, &[1, 1, 2, 2], &a).unwrap();
+        let mut out = [0.0];
+        nan.run(&[1.0, f32::NAN, 3.0, 2.0], &mut out, 1);
+        assert!(out[0].is_nan());
+    }
+}
