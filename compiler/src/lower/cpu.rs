@@ -76,7 +76,11 @@ fn lower_node(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), String> {
         "Transpose" => plain(transpose(m, n)),
         "Gather" => plain(gather(m, n)),
         "Concat" => plain(concat(m, n)),
-        "kiln.Fusion" => plain(fusion_loop(m, n)),
+        "kiln.Fusion" => super::cpu_native::fusion(m, n),
+        "MatMul" | "Gemm" | "Conv" => super::cpu_native::dense(m, n),
+        "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => {
+            plain(super::cpu_native::pool(m, n))
+        }
         op => Err(format!("no native kernel for {op}")),
     }
 }
@@ -341,56 +345,6 @@ fn concat(m: &Module, n: &Node) -> Result<Lowered, String> {
     Ok((Box::new(k), format!("Concat axis {a}"), 0.0))
 }
 
-/// A fusion region without a matmul/conv: the whole body as one
-/// generated loop.
-struct FusionLoop {
-    jit: kiln_runtime::cpu::jit::JitKernel,
-}
-
-impl NativeKernel for FusionLoop {
-    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
-        let ins: Vec<&[f32]> = (0..inputs.len())
-            .map(|i| f32s(inputs, i))
-            .collect::<Result<_, _>>()?;
-        let shapes = self.jit.output_shapes();
-        let mut bufs: Vec<Vec<f32>> = shapes
-            .iter()
-            .map(|s| vec![0f32; s.iter().product()])
-            .collect();
-        {
-            let mut outs: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-            self.jit.run(&ins, &mut outs, threads)?;
-        }
-        shapes
-            .iter()
-            .zip(bufs)
-            .map(|(s, b)| Tensor::new(s.clone(), Data::F32(b)).map_err(|e| e.to_string()))
-            .collect()
-    }
-}
-
-fn fusion_loop(m: &Module, n: &Node) -> Result<Lowered, String> {
-    let Some(kiln_ir::Attr::Graph(body)) = n.attrs.get("body") else {
-        return Err("fusion without a body".into());
-    };
-    let shapes: Vec<Vec<usize>> = n
-        .inputs
-        .iter()
-        .map(|v| static_shape(m, v.ok_or("omitted operand")?))
-        .collect::<Result<_, _>>()?;
-    let jit = kiln_runtime::cpu::jit::compile_region(m, body, &shapes)?;
-    let what = jit.describe().to_string();
-    Ok((Box::new(FusionLoop { jit }), what, 0.0))
-}
-
-/// The f32 data of an operand.
-fn f32s<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a [f32], String> {
-    match inputs.get(i).copied().flatten().map(|t| &t.data) {
-        Some(Data::F32(v)) => Ok(v),
-        Some(_) => Err(format!("operand {i} is not f32")),
-        None => Err(format!("operand {i} is missing")),
-    }
-}
 
 /// One line per top-level node: `native` or `interp`, the node, and what
 /// was generated or why not; then the fallback count by op.

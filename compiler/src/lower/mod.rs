@@ -6,6 +6,7 @@
 //!   (kernel library, Cranelift-compiled fusion) or an interpreter step.
 
 pub mod cpu;
+mod cpu_native;
 
 use std::collections::HashMap;
 
