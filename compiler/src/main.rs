@@ -1001,7 +1001,19 @@ fn profile(args: &BenchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Die quietly on a closed pipe (`kiln profile m | head`), as Unix tools
+/// do, instead of panicking in `println!`.
+fn reset_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up,
+    // before any thread exists, has no memory-safety effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    reset_sigpipe();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Dump(a) => dump(a),
