@@ -76,12 +76,23 @@ fn lower_node(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), String> {
         "Transpose" => plain(transpose(m, n)),
         "Gather" => plain(gather(m, n)),
         "Concat" => plain(concat(m, n)),
+        "Cast" => plain(cast(m, n)),
+        "Expand" => plain(expand(m, n)),
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {
+            // The generated loop covers trailing axes (with producers
+            // fused); any axes at all fall back to the odometer kernel.
+            super::cpu_native::single_node_loop(m, n)
+                .or_else(|_| reduce(m, n))
+                .map(|l| (l, vec![]))
+        }
         "kiln.Fusion" => super::cpu_native::fusion(m, n),
         "MatMul" | "Gemm" | "Conv" => super::cpu_native::dense(m, n),
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => {
             plain(super::cpu_native::pool(m, n))
         }
-        op => Err(format!("no native kernel for {op}")),
+        op => super::cpu_native::single_node_loop(m, n)
+            .map(|l| (l, vec![]))
+            .map_err(|e| format!("no native kernel for {op} ({e})")),
     }
 }
 
@@ -345,6 +356,157 @@ fn concat(m: &Module, n: &Node) -> Result<Lowered, String> {
     Ok((Box::new(k), format!("Concat axis {a}"), 0.0))
 }
 
+/// Cast to f32 from the integer and bool types (exact or rounded to
+/// nearest, as `as` does), or f32 to f32.
+struct CastToF32 {
+    out: Vec<usize>,
+}
+
+impl NativeKernel for CastToF32 {
+    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+        let x = operand(inputs, 0)?;
+        let v: Vec<f32> = match &x.data {
+            Data::F32(v) => v.clone(),
+            Data::I64(v) => v.iter().map(|&a| a as f32).collect(),
+            Data::I32(v) => v.iter().map(|&a| a as f32).collect(),
+            Data::Bool(v) => v.iter().map(|&a| a as u8 as f32).collect(),
+            _ => return Err("unsupported cast".into()),
+        };
+        Ok(vec![
+            Tensor::new(self.out.clone(), Data::F32(v)).map_err(|e| e.to_string())?
+        ])
+    }
+}
+
+fn cast(m: &Module, n: &Node) -> Result<Lowered, String> {
+    use kiln_ir::ElemType as E;
+    let x = n.input(0).ok_or("no operand")?;
+    let out_v = *n.outputs.first().ok_or("no result")?;
+    let from = m.ty(x).as_tensor().map(|t| t.elem);
+    let to = m.ty(out_v).as_tensor().map(|t| t.elem);
+    match (from, to) {
+        (Some(E::F32 | E::I64 | E::I32 | E::Bool), Some(E::F32)) => {}
+        (f, t) => return Err(format!("no native cast {f:?} -> {t:?}")),
+    }
+    let out = static_shape(m, out_v)?;
+    Ok((Box::new(CastToF32 { out }), "Cast to f32".into(), 0.0))
+}
+
+struct Expand {
+    in_shape: Vec<usize>,
+    out: Vec<usize>,
+}
+
+impl NativeKernel for Expand {
+    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+        use kiln_runtime::cpu::reduce::broadcast;
+        let x = operand(inputs, 0)?;
+        let d = match &x.data {
+            Data::Bool(v) => Data::Bool(broadcast(v, &self.in_shape, &self.out)),
+            d => movable!(d, |v| broadcast(v, &self.in_shape, &self.out))
+                .ok_or("unsupported element type")?,
+        };
+        Ok(vec![
+            Tensor::new(self.out.clone(), d).map_err(|e| e.to_string())?
+        ])
+    }
+}
+
+fn expand(m: &Module, n: &Node) -> Result<Lowered, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::Bool) {
+        movable_elem(m, x)?;
+    }
+    let in_shape = static_shape(m, x)?;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    if in_shape.len() > out.len() {
+        return Err("expand to a lower rank".into());
+    }
+    Ok((Box::new(Expand { in_shape, out }), "Expand".into(), 0.0))
+}
+
+struct Reduce {
+    shape: Vec<usize>,
+    axes: Vec<usize>,
+    op: kiln_runtime::cpu::reduce::ReduceOp,
+    out: Vec<usize>,
+}
+
+impl NativeKernel for Reduce {
+    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+        let x = operand(inputs, 0)?;
+        let Data::F32(v) = &x.data else {
+            return Err("reduction of non-f32".into());
+        };
+        let r = kiln_runtime::cpu::reduce::reduce(v, &self.shape, &self.axes, self.op);
+        Ok(vec![
+            Tensor::new(self.out.clone(), Data::F32(r)).map_err(|e| e.to_string())?
+        ])
+    }
+}
+
+fn reduce(m: &Module, n: &Node) -> Result<Lowered, String> {
+    use kiln_runtime::cpu::reduce::ReduceOp;
+    let x = n.input(0).ok_or("no operand")?;
+    if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::F32) {
+        return Err("reduction of non-f32".into());
+    }
+    let shape = static_shape(m, x)?;
+    let r = shape.len() as i64;
+    let axes: Option<Vec<i64>> = match n.input(1) {
+        Some(a) => Some(
+            m.constant(a)
+                .and_then(|d| d.to_i64_vec())
+                .ok_or("axes are not constant")?,
+        ),
+        None => n
+            .attrs
+            .get("axes")
+            .and_then(kiln_ir::Attr::as_ints)
+            .map(<[i64]>::to_vec),
+    };
+    let noop = n
+        .attrs
+        .get("noop_with_empty_axes")
+        .and_then(kiln_ir::Attr::as_int)
+        .unwrap_or(0)
+        != 0;
+    let axes: Vec<usize> = match axes {
+        Some(a) if !a.is_empty() => {
+            let mut v = vec![];
+            for x in a {
+                let x = if x < 0 { x + r } else { x };
+                if !(0..r).contains(&x) {
+                    return Err(format!("axis {x} out of range"));
+                }
+                if !v.contains(&(x as usize)) {
+                    v.push(x as usize);
+                }
+            }
+            v
+        }
+        _ if noop => return Err("noop reduction".into()),
+        _ => (0..shape.len()).collect(),
+    };
+    let op = match n.op.as_str() {
+        "ReduceSum" => ReduceOp::Sum,
+        "ReduceMean" => ReduceOp::Mean,
+        "ReduceMax" => ReduceOp::Max,
+        _ => ReduceOp::Min,
+    };
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let what = format!("{} over axes {axes:?}", n.op);
+    Ok((
+        Box::new(Reduce {
+            shape,
+            axes,
+            op,
+            out,
+        }),
+        what,
+        0.0,
+    ))
+}
 
 /// One line per top-level node: `native` or `interp`, the node, and what
 /// was generated or why not; then the fallback count by op.

@@ -112,7 +112,11 @@ fn resolve_pads(
     dilations: &[usize],
 ) -> Result<Vec<usize>, String> {
     let r = spatial.len();
-    let auto = n.attrs.get("auto_pad").and_then(Attr::as_str).unwrap_or("NOTSET");
+    let auto = n
+        .attrs
+        .get("auto_pad")
+        .and_then(Attr::as_str)
+        .unwrap_or("NOTSET");
     match auto {
         "NOTSET" => Ok(ints(n, "pads").unwrap_or_else(|| vec![0; 2 * r])),
         "VALID" => Ok(vec![0; 2 * r]),
@@ -151,15 +155,28 @@ fn plan_dense(m: &Module, n: &Node, inputs: &[Option<ValueId>]) -> Result<Planne
         }
         static_shape(m, v)
     };
-    let konst = |i: usize| inputs.get(i).copied().flatten().and_then(|v| const_f32(m, v));
+    let konst = |i: usize| {
+        inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|v| const_f32(m, v))
+    };
     match n.op.as_str() {
         "MatMul" => {
             let (a, b) = (shape_of(0)?, shape_of(1)?);
             let bc = konst(1);
             let captured = if bc.is_some() { vec![1] } else { vec![] };
             let p = MatMulPlan::new(&a, &b, bc.as_deref())?;
-            let what = format!("matmul {a:?} x {b:?}{}", if bc.is_some() { " (packed)" } else { "" });
-            Ok(Planned { plan: Dense::MatMul(p), captured, what })
+            let what = format!(
+                "matmul {a:?} x {b:?}{}",
+                if bc.is_some() { " (packed)" } else { "" }
+            );
+            Ok(Planned {
+                plan: Dense::MatMul(p),
+                captured,
+                what,
+            })
         }
         "Gemm" => {
             let (a, b) = (shape_of(0)?, shape_of(1)?);
@@ -201,11 +218,21 @@ fn plan_dense(m: &Module, n: &Node, inputs: &[Option<ValueId>]) -> Result<Planne
                 return Err("strides/dilations rank".into());
             }
             let pads = resolve_pads(n, &x[2..], &kernel, &strides, &dilations)?;
-            let group = n.attrs.get("group").and_then(Attr::as_int).unwrap_or(1).max(1) as usize;
+            let group = n
+                .attrs
+                .get("group")
+                .and_then(Attr::as_int)
+                .unwrap_or(1)
+                .max(1) as usize;
             let has_bias = inputs.get(2).copied().flatten().is_some();
             let wc = konst(1);
             let captured = if wc.is_some() { vec![1] } else { vec![] };
-            let attrs = ConvAttrs { strides, dilations, pads, group };
+            let attrs = ConvAttrs {
+                strides,
+                dilations,
+                pads,
+                group,
+            };
             let p = ConvPlan::new(&x, &w, has_bias, &attrs, wc.as_deref())?;
             let what = format!(
                 "conv {}x{} {}→{} ch{}",
@@ -213,9 +240,17 @@ fn plan_dense(m: &Module, n: &Node, inputs: &[Option<ValueId>]) -> Result<Planne
                 kernel.get(1).unwrap_or(&1),
                 x[1],
                 w[0],
-                if group > 1 { format!(" group {group}") } else { String::new() }
+                if group > 1 {
+                    format!(" group {group}")
+                } else {
+                    String::new()
+                }
             );
-            Ok(Planned { plan: Dense::Conv(p), captured, what })
+            Ok(Planned {
+                plan: Dense::Conv(p),
+                captured,
+                what,
+            })
         }
         op => Err(format!("no dense kernel for {op}")),
     }
@@ -230,7 +265,9 @@ impl NativeKernel for DenseKernel {
         let shape = self.plan.out_shape().to_vec();
         let mut out = vec![0f32; shape.iter().product()];
         self.plan.run(inputs, &mut out, threads)?;
-        Ok(vec![Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?])
+        Ok(vec![
+            Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?
+        ])
     }
 }
 
@@ -238,7 +275,10 @@ impl NativeKernel for DenseKernel {
 pub(super) fn dense(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), String> {
     let p = plan_dense(m, n, &n.inputs)?;
     let flops = p.plan.flops();
-    Ok(((Box::new(DenseKernel { plan: p.plan }), p.what, flops), p.captured))
+    Ok((
+        (Box::new(DenseKernel { plan: p.plan }), p.what, flops),
+        p.captured,
+    ))
 }
 
 struct Pool {
@@ -250,7 +290,9 @@ impl NativeKernel for Pool {
         let shape = self.plan.out_shape().to_vec();
         let mut out = vec![0f32; shape.iter().product()];
         self.plan.run(f32s(inputs, 0)?, &mut out, threads);
-        Ok(vec![Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?])
+        Ok(vec![
+            Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?
+        ])
     }
 }
 
@@ -271,7 +313,12 @@ pub(super) fn pool(m: &Module, n: &Node) -> Result<Lowered, String> {
     let kind = match n.op.as_str() {
         "MaxPool" => PoolKind::Max,
         "AveragePool" => PoolKind::Average {
-            count_include_pad: n.attrs.get("count_include_pad").and_then(Attr::as_int).unwrap_or(0) != 0,
+            count_include_pad: n
+                .attrs
+                .get("count_include_pad")
+                .and_then(Attr::as_int)
+                .unwrap_or(0)
+                != 0,
         },
         "GlobalAveragePool" => PoolKind::GlobalAverage,
         "GlobalMaxPool" => PoolKind::GlobalMax,
@@ -288,7 +335,12 @@ pub(super) fn pool(m: &Module, n: &Node) -> Result<Lowered, String> {
     let pads = if global {
         vec![0; 2 * r]
     } else {
-        if n.attrs.get("storage_order").and_then(Attr::as_int).unwrap_or(0) != 0 {
+        if n.attrs
+            .get("storage_order")
+            .and_then(Attr::as_int)
+            .unwrap_or(0)
+            != 0
+        {
             return Err("storage_order 1".into());
         }
         resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?
@@ -303,9 +355,16 @@ pub(super) fn pool(m: &Module, n: &Node) -> Result<Lowered, String> {
     let plan = PoolPlan::new(kind, &xs, &attrs)?;
     let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
     if plan.out_shape() != out.as_slice() {
-        return Err(format!("pool plan gives {:?}, the node {out:?}", plan.out_shape()));
+        return Err(format!(
+            "pool plan gives {:?}, the node {out:?}",
+            plan.out_shape()
+        ));
     }
-    Ok((Box::new(Pool { plan }), format!("{} {:?}", n.op, attrs.kernel), 0.0))
+    Ok((
+        Box::new(Pool { plan }),
+        format!("{} {:?}", n.op, attrs.kernel),
+        0.0,
+    ))
 }
 
 /// A fusion region: optionally a dense anchor, then a generated loop.
@@ -350,11 +409,16 @@ impl NativeKernel for Fusion {
                 // above), and the one output aliases input 0 of the same
                 // shape, which the generated loop allows.
                 unsafe { self.jit.run_raw(&ptrs, &[buf.as_mut_ptr()], threads) };
-                return Ok(vec![Tensor::new(shape, Data::F32(buf)).map_err(|e| e.to_string())?]);
+                return Ok(vec![
+                    Tensor::new(shape, Data::F32(buf)).map_err(|e| e.to_string())?
+                ]);
             }
             (_, a) => a,
         };
-        let mut bufs: Vec<Vec<f32>> = outs.iter().map(|s| vec![0f32; s.iter().product()]).collect();
+        let mut bufs: Vec<Vec<f32>> = outs
+            .iter()
+            .map(|s| vec![0f32; s.iter().product()])
+            .collect();
         {
             let mut all: Vec<&[f32]> = vec![];
             if let Some((_, b)) = &anchor_out {
@@ -384,24 +448,44 @@ pub(super) fn fusion(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), Stri
     let (anchor, tail_nodes, mut captured) = if is_anchor {
         let outer_inputs: Vec<Option<ValueId>> =
             first.inputs.iter().map(|v| v.and_then(outer)).collect();
-        if first.inputs.iter().flatten().any(|&v| operand_of(v).is_none()) {
+        if first
+            .inputs
+            .iter()
+            .flatten()
+            .any(|&v| operand_of(v).is_none())
+        {
             return Err("anchor reads a value of its body".into());
         }
         let p = plan_dense(m, first, &outer_inputs)?;
-        let map: Vec<Option<usize>> = first.inputs.iter().map(|v| v.and_then(operand_of)).collect();
-        let captured: Vec<usize> = p.captured.iter().filter_map(|&i| map.get(i).copied().flatten()).collect();
+        let map: Vec<Option<usize>> = first
+            .inputs
+            .iter()
+            .map(|v| v.and_then(operand_of))
+            .collect();
+        let captured: Vec<usize> = p
+            .captured
+            .iter()
+            .filter_map(|&i| map.get(i).copied().flatten())
+            .collect();
         (Some((p, map)), &body.nodes[1..], captured)
     } else {
         (None, &body.nodes[..], vec![])
     };
     // The generated loop's region: the anchor's result (if any), then the
     // body inputs the remaining nodes read.
-    let mut used: Vec<ValueId> = tail_nodes.iter().flat_map(|x| x.inputs.iter().flatten().copied()).collect();
+    let mut used: Vec<ValueId> = tail_nodes
+        .iter()
+        .flat_map(|x| x.inputs.iter().flatten().copied())
+        .collect();
     used.extend(&body.outputs);
     let mut inputs = vec![];
     let mut shapes = vec![];
     let mut jit_operands = vec![];
-    let anchor_value = if is_anchor { first.outputs.first().copied() } else { None };
+    let anchor_value = if is_anchor {
+        first.outputs.first().copied()
+    } else {
+        None
+    };
     if let (Some(v), Some((p, _))) = (anchor_value, &anchor) {
         inputs.push(v);
         shapes.push(p.plan.out_shape().to_vec());
@@ -409,7 +493,12 @@ pub(super) fn fusion(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), Stri
     for (k, &b) in body.inputs.iter().enumerate() {
         if used.contains(&b) {
             inputs.push(b);
-            let v = n.inputs.get(k).copied().flatten().ok_or("omitted fusion operand")?;
+            let v = n
+                .inputs
+                .get(k)
+                .copied()
+                .flatten()
+                .ok_or("omitted fusion operand")?;
             shapes.push(static_shape(m, v)?);
             jit_operands.push(k);
         }
@@ -444,4 +533,44 @@ pub(super) fn fusion(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), Stri
         in_place,
     };
     Ok(((Box::new(k), what, flops), captured))
+}
+
+/// Any other node the generated loops can express (a lone Softmax, Relu,
+/// ...): compiled as a one-node region.
+pub(super) fn single_node_loop(m: &Module, n: &Node) -> Result<Lowered, String> {
+    if n.regions().next().is_some() {
+        return Err("node with regions".into());
+    }
+    let mut inputs = vec![];
+    let mut shapes = vec![];
+    let mut operands = vec![];
+    let mut constants = vec![];
+    for (k, v) in n.inputs.iter().enumerate() {
+        let Some(v) = *v else { continue };
+        if m.constant(v).is_some() {
+            // Axes, bounds, exponents: the generator reads them as data.
+            if !constants.contains(&v) {
+                constants.push(v);
+            }
+        } else if !inputs.contains(&v) {
+            inputs.push(v);
+            shapes.push(static_shape(m, v)?);
+            operands.push(k);
+        }
+    }
+    let region = Region {
+        inputs,
+        constants,
+        nodes: vec![n.clone()],
+        outputs: n.outputs.clone(),
+    };
+    let jit = compile_region(m, &region, &shapes)?;
+    let what = jit.describe().to_string();
+    let k = Fusion {
+        anchor: None,
+        jit,
+        jit_operands: operands,
+        in_place: false,
+    };
+    Ok((Box::new(k), what, 0.0))
 }

@@ -108,7 +108,11 @@ impl ConvPlan {
         attrs: &ConvAttrs,
         w_const: Option<&[f32]>,
     ) -> Result<ConvPlan, String> {
-        let err = |why: &str| Err(format!("Conv: {why} (x {x_shape:?}, w {w_shape:?}, {attrs:?})"));
+        let err = |why: &str| {
+            Err(format!(
+                "Conv: {why} (x {x_shape:?}, w {w_shape:?}, {attrs:?})"
+            ))
+        };
         let sd = x_shape.len().wrapping_sub(2);
         if !(1..=3).contains(&sd) || w_shape.len() != x_shape.len() {
             return err("need 1 to 3 spatial dims and matching ranks");
@@ -219,7 +223,13 @@ impl ConvPlan {
                 let oc = p % self.m;
                 let ic = (p / self.m) * self.c + oc / mg;
                 let b = bias.map_or(0.0, |b| b[oc]);
-                depthwise_plane(&self.axes, &x[ic * ivol..][..ivol], &w[oc * kvol..][..kvol], b, o);
+                depthwise_plane(
+                    &self.axes,
+                    &x[ic * ivol..][..ivol],
+                    &w[oc * kvol..][..kvol],
+                    b,
+                    o,
+                );
             };
             if threads > 1 {
                 out.par_chunks_mut(ovol).enumerate().for_each(plane);
@@ -347,7 +357,9 @@ fn im2col(axes: &[Axis; 3], x: &[f32], col: &mut [f32], threads: usize) {
         }
     };
     if threads > 1 {
-        col.par_chunks_mut(kvol * ovol).enumerate().for_each(channel);
+        col.par_chunks_mut(kvol * ovol)
+            .enumerate()
+            .for_each(channel);
     } else {
         col.chunks_mut(kvol * ovol).enumerate().for_each(channel);
     }
@@ -361,9 +373,13 @@ fn depthwise_plane(axes: &[Axis; 3], x: &[f32], w: &[f32], bias: f32, out: &mut 
     for (p, orow) in out.chunks_mut(aw.output).enumerate() {
         let (od, oh) = (p / ah.output, p % ah.output);
         for kd in 0..ad.kernel {
-            let Some(id) = ad.input_index(od, kd) else { continue };
+            let Some(id) = ad.input_index(od, kd) else {
+                continue;
+            };
             for kh in 0..ah.kernel {
-                let Some(ih) = ah.input_index(oh, kh) else { continue };
+                let Some(ih) = ah.input_index(oh, kh) else {
+                    continue;
+                };
                 let xrow = &x[(id * ah.input + ih) * aw.input..][..aw.input];
                 let wrow = &w[(kd * ah.kernel + kh) * aw.kernel..][..aw.kernel];
                 for (kw, &wv) in wrow.iter().enumerate() {
@@ -406,7 +422,11 @@ mod tests {
         let (n, c, m, g) = (xs[0], xs[1], ws[0], a.group);
         let (cg, mg) = (c / g, m / g);
         let osz: Vec<usize> = (0..sd)
-            .map(|i| (xs[2 + i] + a.pads[i] + a.pads[sd + i] - a.dilations[i] * (ws[2 + i] - 1) - 1) / a.strides[i] + 1)
+            .map(|i| {
+                (xs[2 + i] + a.pads[i] + a.pads[sd + i] - a.dilations[i] * (ws[2 + i] - 1) - 1)
+                    / a.strides[i]
+                    + 1
+            })
             .collect();
         let ovol: usize = osz.iter().product();
         let ivol: usize = xs[2..].iter().product();
@@ -437,7 +457,8 @@ mod tests {
                             }
                             let mut ii = 0;
                             for d in 0..sd {
-                                let i = (o[d] * a.strides[d] + kk[d] * a.dilations[d]) as isize - a.pads[d] as isize;
+                                let i = (o[d] * a.strides[d] + kk[d] * a.dilations[d]) as isize
+                                    - a.pads[d] as isize;
                                 if i < 0 || i >= xs[2 + d] as isize {
                                     continue 'tap;
                                 }
@@ -486,9 +507,17 @@ mod tests {
             for threads in [1, 2] {
                 let mut out = vec![f32::NAN; want.len()];
                 let w_arg: &[f32] = if konst { &[] } else { &w };
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 pool.install(|| plan.run(&x, w_arg, bias, &mut out, threads));
-                check(&out, &want, &sc, &format!("conv x{xs:?} w{ws:?} {attrs:?} t{threads} c{konst}"));
+                check(
+                    &out,
+                    &want,
+                    &sc,
+                    &format!("conv x{xs:?} w{ws:?} {attrs:?} t{threads} c{konst}"),
+                );
             }
         }
     }
@@ -497,52 +526,278 @@ mod tests {
 
     #[test]
     fn conv_2d() {
-        case(&[1, 3, 7, 9], &[4, 3, 3, 3], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, false, Im2col);
-        case(&[2, 3, 7, 9], &[5, 3, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 1, true, Im2col);
-        case(&[1, 4, 11, 10], &[6, 4, 3, 2], &[2, 3], &[1, 1], &[1, 0, 2, 1], 1, true, Im2col);
-        case(&[2, 4, 12, 13], &[6, 2, 3, 3], &[1, 2], &[2, 1], &[2, 1, 0, 3], 2, true, Im2col);
-        case(&[1, 6, 9, 9], &[3, 2, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 3, true, Pointwise);
-        case(&[3, 5, 4, 6], &[7, 5, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, false, Pointwise);
-        case(&[1, 5, 8, 6], &[7, 5, 1, 1], &[2, 2], &[1, 1], &[0, 0, 0, 0], 1, true, Im2col);
-        case(&[1, 5, 8, 6], &[7, 5, 1, 1], &[1, 1], &[1, 1], &[1, 0, 0, 1], 1, true, Im2col);
-        case(&[1, 1, 1, 1], &[1, 1, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, true, Pointwise);
-        case(&[1, 2, 1, 5], &[3, 2, 1, 3], &[1, 1], &[1, 1], &[0, 1, 0, 1], 1, false, Im2col);
+        case(
+            &[1, 3, 7, 9],
+            &[4, 3, 3, 3],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            false,
+            Im2col,
+        );
+        case(
+            &[2, 3, 7, 9],
+            &[5, 3, 3, 3],
+            &[1, 1],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 4, 11, 10],
+            &[6, 4, 3, 2],
+            &[2, 3],
+            &[1, 1],
+            &[1, 0, 2, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[2, 4, 12, 13],
+            &[6, 2, 3, 3],
+            &[1, 2],
+            &[2, 1],
+            &[2, 1, 0, 3],
+            2,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 6, 9, 9],
+            &[3, 2, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            3,
+            true,
+            Pointwise,
+        );
+        case(
+            &[3, 5, 4, 6],
+            &[7, 5, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            false,
+            Pointwise,
+        );
+        case(
+            &[1, 5, 8, 6],
+            &[7, 5, 1, 1],
+            &[2, 2],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 5, 8, 6],
+            &[7, 5, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[1, 0, 0, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 1, 1, 1],
+            &[1, 1, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            true,
+            Pointwise,
+        );
+        case(
+            &[1, 2, 1, 5],
+            &[3, 2, 1, 3],
+            &[1, 1],
+            &[1, 1],
+            &[0, 1, 0, 1],
+            1,
+            false,
+            Im2col,
+        );
         // Kernel bigger than the input, covered by padding.
-        case(&[1, 2, 2, 2], &[3, 2, 5, 5], &[1, 1], &[1, 1], &[2, 2, 2, 2], 1, true, Im2col);
+        case(
+            &[1, 2, 2, 2],
+            &[3, 2, 5, 5],
+            &[1, 1],
+            &[1, 1],
+            &[2, 2, 2, 2],
+            1,
+            true,
+            Im2col,
+        );
         // Big enough for threaded gemm and threaded im2col at batch 1.
-        case(&[1, 16, 20, 20], &[32, 16, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 1, true, Im2col);
-        case(&[1, 64, 20, 20], &[64, 64, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, true, Pointwise);
+        case(
+            &[1, 16, 20, 20],
+            &[32, 16, 3, 3],
+            &[1, 1],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 64, 20, 20],
+            &[64, 64, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            true,
+            Pointwise,
+        );
     }
 
     #[test]
     fn conv_depthwise() {
-        case(&[1, 8, 9, 11], &[8, 1, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 8, true, Depthwise);
-        case(&[2, 4, 10, 9], &[4, 1, 3, 5], &[2, 2], &[1, 2], &[0, 2, 1, 3], 4, false, Depthwise);
-        case(&[1, 3, 7, 7], &[6, 1, 3, 3], &[1, 3], &[2, 1], &[2, 0, 1, 1], 3, true, Depthwise);
-        case(&[1, 5, 12], &[5, 1, 4], &[3], &[1], &[2, 1], 5, true, Depthwise);
-        case(&[1, 3, 4, 5, 6], &[3, 1, 2, 3, 2], &[1, 2, 1], &[2, 1, 1], &[1, 0, 1, 0, 1, 1], 3, true, Depthwise);
-        case(&[1, 32, 17, 17], &[32, 1, 3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], 32, true, Depthwise);
+        case(
+            &[1, 8, 9, 11],
+            &[8, 1, 3, 3],
+            &[1, 1],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            8,
+            true,
+            Depthwise,
+        );
+        case(
+            &[2, 4, 10, 9],
+            &[4, 1, 3, 5],
+            &[2, 2],
+            &[1, 2],
+            &[0, 2, 1, 3],
+            4,
+            false,
+            Depthwise,
+        );
+        case(
+            &[1, 3, 7, 7],
+            &[6, 1, 3, 3],
+            &[1, 3],
+            &[2, 1],
+            &[2, 0, 1, 1],
+            3,
+            true,
+            Depthwise,
+        );
+        case(
+            &[1, 5, 12],
+            &[5, 1, 4],
+            &[3],
+            &[1],
+            &[2, 1],
+            5,
+            true,
+            Depthwise,
+        );
+        case(
+            &[1, 3, 4, 5, 6],
+            &[3, 1, 2, 3, 2],
+            &[1, 2, 1],
+            &[2, 1, 1],
+            &[1, 0, 1, 0, 1, 1],
+            3,
+            true,
+            Depthwise,
+        );
+        case(
+            &[1, 32, 17, 17],
+            &[32, 1, 3, 3],
+            &[2, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            32,
+            true,
+            Depthwise,
+        );
     }
 
     #[test]
     fn conv_1d_3d() {
-        case(&[2, 3, 17], &[4, 3, 3], &[2], &[2], &[1, 3], 1, true, Im2col);
-        case(&[1, 4, 9], &[6, 2, 1], &[1], &[1], &[0, 0], 2, false, Pointwise);
-        case(&[1, 2, 5, 6, 7], &[3, 2, 3, 2, 3], &[1, 2, 1], &[1, 1, 2], &[1, 0, 2, 0, 1, 1], 1, true, Im2col);
-        case(&[2, 4, 3, 4, 5], &[4, 2, 2, 2, 2], &[2, 1, 2], &[1, 2, 1], &[0, 1, 1, 1, 0, 0], 2, false, Im2col);
-        case(&[1, 3, 2, 3, 4], &[5, 3, 1, 1, 1], &[1, 1, 1], &[1, 1, 1], &[0, 0, 0, 0, 0, 0], 1, true, Pointwise);
+        case(
+            &[2, 3, 17],
+            &[4, 3, 3],
+            &[2],
+            &[2],
+            &[1, 3],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 4, 9],
+            &[6, 2, 1],
+            &[1],
+            &[1],
+            &[0, 0],
+            2,
+            false,
+            Pointwise,
+        );
+        case(
+            &[1, 2, 5, 6, 7],
+            &[3, 2, 3, 2, 3],
+            &[1, 2, 1],
+            &[1, 1, 2],
+            &[1, 0, 2, 0, 1, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[2, 4, 3, 4, 5],
+            &[4, 2, 2, 2, 2],
+            &[2, 1, 2],
+            &[1, 2, 1],
+            &[0, 1, 1, 1, 0, 0],
+            2,
+            false,
+            Im2col,
+        );
+        case(
+            &[1, 3, 2, 3, 4],
+            &[5, 3, 1, 1, 1],
+            &[1, 1, 1],
+            &[1, 1, 1],
+            &[0, 0, 0, 0, 0, 0],
+            1,
+            true,
+            Pointwise,
+        );
     }
 
     #[test]
     fn conv_errors() {
-        let a = ConvAttrs { group: 1, ..Default::default() };
+        let a = ConvAttrs {
+            group: 1,
+            ..Default::default()
+        };
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 2, 3, 3], false, &a, None).is_err());
         assert!(ConvPlan::new(&[1, 3, 2, 2], &[4, 3, 3, 3], false, &a, None).is_err());
         assert!(ConvPlan::new(&[1, 3], &[4, 3], false, &a, None).is_err());
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], false, &a, Some(&[0.0; 5])).is_err());
-        let g0 = ConvAttrs { group: 0, ..Default::default() };
+        let g0 = ConvAttrs {
+            group: 0,
+            ..Default::default()
+        };
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], false, &g0, None).is_err());
-        let bad = ConvAttrs { strides: vec![1], group: 1, ..Default::default() };
+        let bad = ConvAttrs {
+            strides: vec![1],
+            group: 1,
+            ..Default::default()
+        };
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], false, &bad, None).is_err());
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], true, &a, None).is_ok());
     }

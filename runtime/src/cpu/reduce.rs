@@ -1,0 +1,140 @@
+//! Reductions over any axes and broadcasting copies, for the shapes the
+//! generated loops do not cover (a ReduceSum over a middle axis, an Expand
+//! of an integer mask). Index arithmetic is incremental (an odometer), so
+//! each element costs an add, not a division.
+
+/// Row-major strides of `shape`.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Visit every index of `shape` in row-major order, passing the offset
+/// into a tensor with strides `st` (0 on broadcast axes).
+fn odometer(shape: &[usize], st: &[usize], mut f: impl FnMut(usize)) {
+    if shape.contains(&0) {
+        return;
+    }
+    let r = shape.len();
+    let mut idx = vec![0usize; r];
+    let mut off = 0usize;
+    loop {
+        f(off);
+        let mut a = r;
+        loop {
+            if a == 0 {
+                return;
+            }
+            a -= 1;
+            idx[a] += 1;
+            off += st[a];
+            if idx[a] < shape[a] {
+                break;
+            }
+            off -= st[a] * shape[a];
+            idx[a] = 0;
+        }
+    }
+}
+
+/// How to combine elements of a reduction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+    Min,
+}
+
+/// Reduce `x` of `shape` over `axes` (sorted or not, no repeats); the
+/// result has the kept dims in order (keepdims only changes its shape).
+pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp) -> Vec<f32> {
+    let kept: Vec<usize> = (0..shape.len())
+        .map(|a| if axes.contains(&a) { 1 } else { shape[a] })
+        .collect();
+    let n_out: usize = kept.iter().product();
+    let count: usize = axes.iter().map(|&a| shape[a]).product();
+    let init = match op {
+        ReduceOp::Sum | ReduceOp::Mean => 0.0,
+        ReduceOp::Max => f32::NEG_INFINITY,
+        ReduceOp::Min => f32::INFINITY,
+    };
+    let mut out = vec![init; n_out];
+    // Output offset of each input element: kept axes stride, reduced 0.
+    let ks = strides(&kept);
+    let st: Vec<usize> = (0..shape.len())
+        .map(|a| if axes.contains(&a) { 0 } else { ks[a] })
+        .collect();
+    let mut i = 0;
+    odometer(shape, &st, |o| {
+        let v = x[i];
+        i += 1;
+        let acc = &mut out[o];
+        *acc = match op {
+            ReduceOp::Sum | ReduceOp::Mean => *acc + v,
+            // NaN wins, as in the interpreter.
+            ReduceOp::Max if v.is_nan() || *acc < v => v,
+            ReduceOp::Min if v.is_nan() || *acc > v => v,
+            _ => *acc,
+        };
+    });
+    if op == ReduceOp::Mean && count > 0 {
+        let inv = 1.0 / count as f32;
+        out.iter_mut().for_each(|v| *v *= inv);
+    }
+    out
+}
+
+/// `x` of `in_shape` broadcast to `out_shape` (numpy rules; `in_shape`
+/// right-aligned, its dims 1 or equal).
+pub fn broadcast<T: Copy>(x: &[T], in_shape: &[usize], out_shape: &[usize]) -> Vec<T> {
+    let r = out_shape.len();
+    let pad = r - in_shape.len();
+    let is = strides(in_shape);
+    let st: Vec<usize> = (0..r)
+        .map(|a| {
+            if a < pad || in_shape[a - pad] == 1 {
+                0
+            } else {
+                is[a - pad]
+            }
+        })
+        .collect();
+    let mut out = Vec::with_capacity(out_shape.iter().product());
+    odometer(out_shape, &st, |o| out.push(x[o]));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduce_middle_axis() {
+        // [2, 3, 2]: sum over axis 1.
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        assert_eq!(
+            reduce(&x, &[2, 3, 2], &[1], ReduceOp::Sum),
+            vec![6.0, 9.0, 24.0, 27.0]
+        );
+        assert_eq!(
+            reduce(&x, &[2, 3, 2], &[0, 2], ReduceOp::Max),
+            vec![7.0, 9.0, 11.0]
+        );
+        assert_eq!(
+            reduce(&x, &[2, 3, 2], &[0, 1, 2], ReduceOp::Mean),
+            vec![5.5]
+        );
+        assert!(reduce(&[1.0, f32::NAN], &[2], &[0], ReduceOp::Min)[0].is_nan());
+    }
+
+    #[test]
+    fn broadcast_rows_columns_and_scalars() {
+        assert_eq!(broadcast(&[1, 2], &[2, 1], &[2, 3]), vec![1, 1, 1, 2, 2, 2]);
+        assert_eq!(broadcast(&[1, 2, 3], &[3], &[2, 3]), vec![1, 2, 3, 1, 2, 3]);
+        assert_eq!(broadcast(&[7], &[], &[2, 2]), vec![7; 4]);
+    }
+}
