@@ -21,7 +21,6 @@ use rayon::prelude::*;
 
 use gemm::Parallelism;
 
-
 /// Convolution attributes, pads in ONNX order (all begins, then all ends).
 /// Empty `strides` / `dilations` / `pads` mean the ONNX defaults (1, 1, 0).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,7 +111,11 @@ impl ConvPlan {
         attrs: &ConvAttrs,
         w_const: Option<&[f32]>,
     ) -> Result<ConvPlan, String> {
-        let err = |why: &str| Err(format!("Conv: {why} (x {x_shape:?}, w {w_shape:?}, {attrs:?})"));
+        let err = |why: &str| {
+            Err(format!(
+                "Conv: {why} (x {x_shape:?}, w {w_shape:?}, {attrs:?})"
+            ))
+        };
         let sd = x_shape.len().wrapping_sub(2);
         if !(1..=3).contains(&sd) || w_shape.len() != x_shape.len() {
             return err("need 1 to 3 spatial dims and matching ranks");
@@ -224,7 +227,13 @@ impl ConvPlan {
                 let oc = p % self.m;
                 let ic = (p / self.m) * self.c + oc / mg;
                 let b = bias.map_or(0.0, |b| b[oc]);
-                depthwise_plane(&self.axes, &x[ic * ivol..][..ivol], &w[oc * kvol..][..kvol], b, o);
+                depthwise_plane(
+                    &self.axes,
+                    &x[ic * ivol..][..ivol],
+                    &w[oc * kvol..][..kvol],
+                    b,
+                    o,
+                );
             };
             if threads > 1 {
                 out.par_chunks_mut(ovol).enumerate().for_each(plane);
@@ -324,19 +333,28 @@ impl ConvPlan {
         } else {
             self.block_floats / kdim.max(1)
         };
-        let per_thread = if items >= threads { ovol } else { ovol.div_ceil(threads.div_ceil(items)) };
+        let per_thread = if items >= threads {
+            ovol
+        } else {
+            ovol.div_ceil(threads.div_ceil(items))
+        };
         let blk = budget.min(per_thread);
-        let blk = if blk >= 48 { blk.div_ceil(48) * 48 } else { blk };
+        let blk = if blk >= 48 {
+            blk.div_ceil(48) * 48
+        } else {
+            blk
+        };
         blk.clamp(1, ovol.max(1))
     }
 }
 
-/// Largest im2col block (floats, 4 MiB). Measured on Zen 4 (ResNet-50 3x3,
-/// 64 channels at 56x56): L2-sized blocks (128K-256K floats) were 5-10%
-/// slower on one thread than whole-image unfolds, since gemm blocks for the
-/// cache itself and small blocks re-pack the weights per block; this cap only
-/// bounds the scratch memory of very large convs.
-const IM2COL_BLOCK_FLOATS: usize = 1 << 20;
+/// Largest im2col block (floats; 16 MiB), which bounds the per-thread
+/// scratch of very large convs. Measured on Zen 4 (ResNet-50 3x3, 64
+/// channels at 56x56): L2-sized blocks (128K-256K floats) were 5-10% slower
+/// on one thread than a whole-image unfold, since gemm already blocks for
+/// the caches and small blocks re-pack the weights per block; every
+/// ResNet-50 conv (at most 1.8M floats unfolded) fits in one block.
+const IM2COL_BLOCK_FLOATS: usize = 1 << 22;
 
 thread_local! {
     /// Per-thread im2col buffer, reused across calls so a steady-state run
@@ -418,9 +436,13 @@ fn depthwise_plane(axes: &[Axis; 3], x: &[f32], w: &[f32], bias: f32, out: &mut 
     for (p, orow) in out.chunks_mut(aw.output).enumerate() {
         let (od, oh) = (p / ah.output, p % ah.output);
         for kd in 0..ad.kernel {
-            let Some(id) = ad.input_index(od, kd) else { continue };
+            let Some(id) = ad.input_index(od, kd) else {
+                continue;
+            };
             for kh in 0..ah.kernel {
-                let Some(ih) = ah.input_index(oh, kh) else { continue };
+                let Some(ih) = ah.input_index(oh, kh) else {
+                    continue;
+                };
                 let xrow = &x[(id * ah.input + ih) * aw.input..][..aw.input];
                 let wrow = &w[(kd * ah.kernel + kh) * aw.kernel..][..aw.kernel];
                 for (kw, &wv) in wrow.iter().enumerate() {
@@ -466,7 +488,11 @@ mod tests {
         let (n, c, m, g) = (xs[0], xs[1], ws[0], a.group);
         let (cg, mg) = (c / g, m / g);
         let osz: Vec<usize> = (0..sd)
-            .map(|i| (xs[2 + i] + a.pads[i] + a.pads[sd + i] - a.dilations[i] * (ws[2 + i] - 1) - 1) / a.strides[i] + 1)
+            .map(|i| {
+                (xs[2 + i] + a.pads[i] + a.pads[sd + i] - a.dilations[i] * (ws[2 + i] - 1) - 1)
+                    / a.strides[i]
+                    + 1
+            })
             .collect();
         let ovol: usize = osz.iter().product();
         let ivol: usize = xs[2..].iter().product();
@@ -497,7 +523,8 @@ mod tests {
                             }
                             let mut ii = 0;
                             for d in 0..sd {
-                                let i = (o[d] * a.strides[d] + kk[d] * a.dilations[d]) as isize - a.pads[d] as isize;
+                                let i = (o[d] * a.strides[d] + kk[d] * a.dilations[d]) as isize
+                                    - a.pads[d] as isize;
                                 if i < 0 || i >= xs[2 + d] as isize {
                                     continue 'tap;
                                 }
@@ -539,8 +566,14 @@ mod tests {
         let b = lcg(13, ws[0]);
         let bias = with_bias.then_some(&b[..]);
         let (shape, want, sc) = reference(xs, ws, &attrs, &x, &w, bias);
-        for (konst, block_floats) in [(false, IM2COL_BLOCK_FLOATS), (true, IM2COL_BLOCK_FLOATS), (false, 1), (true, 7 * ws[1..].iter().product::<usize>())] {
-            let mut plan = ConvPlan::new(xs, ws, with_bias, &attrs, konst.then_some(&w[..])).unwrap();
+        for (konst, block_floats) in [
+            (false, IM2COL_BLOCK_FLOATS),
+            (true, IM2COL_BLOCK_FLOATS),
+            (false, 1),
+            (true, 7 * ws[1..].iter().product::<usize>()),
+        ] {
+            let mut plan =
+                ConvPlan::new(xs, ws, with_bias, &attrs, konst.then_some(&w[..])).unwrap();
             // Tiny blocks: one output position, or 7 positions that straddle
             // output rows.
             plan.block_floats = block_floats.min(IM2COL_BLOCK_FLOATS);
@@ -549,9 +582,17 @@ mod tests {
             for threads in [1, 2] {
                 let mut out = vec![f32::NAN; want.len()];
                 let w_arg: &[f32] = if konst { &[] } else { &w };
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 pool.install(|| plan.run(&x, w_arg, bias, &mut out, threads));
-                check(&out, &want, &sc, &format!("conv x{xs:?} w{ws:?} {attrs:?} t{threads} c{konst}"));
+                check(
+                    &out,
+                    &want,
+                    &sc,
+                    &format!("conv x{xs:?} w{ws:?} {attrs:?} t{threads} c{konst}"),
+                );
             }
         }
     }
@@ -560,57 +601,319 @@ mod tests {
 
     #[test]
     fn conv_2d() {
-        case(&[1, 3, 7, 9], &[4, 3, 3, 3], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, false, Im2col);
-        case(&[2, 3, 7, 9], &[5, 3, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 1, true, Im2col);
-        case(&[1, 4, 11, 10], &[6, 4, 3, 2], &[2, 3], &[1, 1], &[1, 0, 2, 1], 1, true, Im2col);
-        case(&[2, 4, 12, 13], &[6, 2, 3, 3], &[1, 2], &[2, 1], &[2, 1, 0, 3], 2, true, Im2col);
-        case(&[1, 6, 9, 9], &[3, 2, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 3, true, Pointwise);
-        case(&[3, 5, 4, 6], &[7, 5, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, false, Pointwise);
-        case(&[1, 5, 8, 6], &[7, 5, 1, 1], &[2, 2], &[1, 1], &[0, 0, 0, 0], 1, true, Im2col);
-        case(&[1, 5, 8, 6], &[7, 5, 1, 1], &[1, 1], &[1, 1], &[1, 0, 0, 1], 1, true, Im2col);
-        case(&[1, 1, 1, 1], &[1, 1, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, true, Pointwise);
-        case(&[1, 2, 1, 5], &[3, 2, 1, 3], &[1, 1], &[1, 1], &[0, 1, 0, 1], 1, false, Im2col);
+        case(
+            &[1, 3, 7, 9],
+            &[4, 3, 3, 3],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            false,
+            Im2col,
+        );
+        case(
+            &[2, 3, 7, 9],
+            &[5, 3, 3, 3],
+            &[1, 1],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 4, 11, 10],
+            &[6, 4, 3, 2],
+            &[2, 3],
+            &[1, 1],
+            &[1, 0, 2, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[2, 4, 12, 13],
+            &[6, 2, 3, 3],
+            &[1, 2],
+            &[2, 1],
+            &[2, 1, 0, 3],
+            2,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 6, 9, 9],
+            &[3, 2, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            3,
+            true,
+            Pointwise,
+        );
+        case(
+            &[3, 5, 4, 6],
+            &[7, 5, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            false,
+            Pointwise,
+        );
+        case(
+            &[1, 5, 8, 6],
+            &[7, 5, 1, 1],
+            &[2, 2],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 5, 8, 6],
+            &[7, 5, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[1, 0, 0, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 1, 1, 1],
+            &[1, 1, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            true,
+            Pointwise,
+        );
+        case(
+            &[1, 2, 1, 5],
+            &[3, 2, 1, 3],
+            &[1, 1],
+            &[1, 1],
+            &[0, 1, 0, 1],
+            1,
+            false,
+            Im2col,
+        );
         // Kernel bigger than the input, covered by padding.
-        case(&[1, 2, 2, 2], &[3, 2, 5, 5], &[1, 1], &[1, 1], &[2, 2, 2, 2], 1, true, Im2col);
+        case(
+            &[1, 2, 2, 2],
+            &[3, 2, 5, 5],
+            &[1, 1],
+            &[1, 1],
+            &[2, 2, 2, 2],
+            1,
+            true,
+            Im2col,
+        );
         // Big enough for threaded gemm and threaded im2col at batch 1.
-        case(&[1, 16, 20, 20], &[32, 16, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 1, true, Im2col);
-        case(&[1, 64, 20, 20], &[64, 64, 1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1, true, Pointwise);
+        case(
+            &[1, 16, 20, 20],
+            &[32, 16, 3, 3],
+            &[1, 1],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 64, 20, 20],
+            &[64, 64, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            true,
+            Pointwise,
+        );
     }
 
     #[test]
     fn conv_depthwise() {
-        case(&[1, 8, 9, 11], &[8, 1, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 8, true, Depthwise);
-        case(&[2, 4, 10, 9], &[4, 1, 3, 5], &[2, 2], &[1, 2], &[0, 2, 1, 3], 4, false, Depthwise);
-        case(&[1, 3, 7, 7], &[6, 1, 3, 3], &[1, 3], &[2, 1], &[2, 0, 1, 1], 3, true, Depthwise);
-        case(&[1, 5, 12], &[5, 1, 4], &[3], &[1], &[2, 1], 5, true, Depthwise);
-        case(&[1, 3, 4, 5, 6], &[3, 1, 2, 3, 2], &[1, 2, 1], &[2, 1, 1], &[1, 0, 1, 0, 1, 1], 3, true, Depthwise);
+        case(
+            &[1, 8, 9, 11],
+            &[8, 1, 3, 3],
+            &[1, 1],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            8,
+            true,
+            Depthwise,
+        );
+        case(
+            &[2, 4, 10, 9],
+            &[4, 1, 3, 5],
+            &[2, 2],
+            &[1, 2],
+            &[0, 2, 1, 3],
+            4,
+            false,
+            Depthwise,
+        );
+        case(
+            &[1, 3, 7, 7],
+            &[6, 1, 3, 3],
+            &[1, 3],
+            &[2, 1],
+            &[2, 0, 1, 1],
+            3,
+            true,
+            Depthwise,
+        );
+        case(
+            &[1, 5, 12],
+            &[5, 1, 4],
+            &[3],
+            &[1],
+            &[2, 1],
+            5,
+            true,
+            Depthwise,
+        );
+        case(
+            &[1, 3, 4, 5, 6],
+            &[3, 1, 2, 3, 2],
+            &[1, 2, 1],
+            &[2, 1, 1],
+            &[1, 0, 1, 0, 1, 1],
+            3,
+            true,
+            Depthwise,
+        );
         // Taps that never land in the input (all padding).
-        case(&[1, 2, 3, 2], &[2, 1, 1, 4], &[1, 1], &[1, 1], &[0, 0, 0, 2], 2, true, Depthwise);
-        case(&[1, 2, 3, 2], &[2, 1, 3, 3], &[1, 1], &[1, 3], &[0, 4, 0, 4], 2, true, Depthwise);
-        case(&[1, 2, 3, 2], &[3, 2, 1, 4], &[1, 1], &[1, 1], &[0, 0, 0, 2], 1, true, Im2col);
-        case(&[1, 2, 3, 2], &[3, 2, 3, 3], &[1, 2], &[1, 3], &[1, 4, 0, 4], 1, true, Im2col);
-        case(&[1, 32, 17, 17], &[32, 1, 3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], 32, true, Depthwise);
+        case(
+            &[1, 2, 3, 2],
+            &[2, 1, 1, 4],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 2],
+            2,
+            true,
+            Depthwise,
+        );
+        case(
+            &[1, 2, 3, 2],
+            &[2, 1, 3, 3],
+            &[1, 1],
+            &[1, 3],
+            &[0, 4, 0, 4],
+            2,
+            true,
+            Depthwise,
+        );
+        case(
+            &[1, 2, 3, 2],
+            &[3, 2, 1, 4],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 2],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 2, 3, 2],
+            &[3, 2, 3, 3],
+            &[1, 2],
+            &[1, 3],
+            &[1, 4, 0, 4],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 32, 17, 17],
+            &[32, 1, 3, 3],
+            &[2, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            32,
+            true,
+            Depthwise,
+        );
     }
 
     #[test]
     fn conv_1d_3d() {
-        case(&[2, 3, 17], &[4, 3, 3], &[2], &[2], &[1, 3], 1, true, Im2col);
-        case(&[1, 4, 9], &[6, 2, 1], &[1], &[1], &[0, 0], 2, false, Pointwise);
-        case(&[1, 2, 5, 6, 7], &[3, 2, 3, 2, 3], &[1, 2, 1], &[1, 1, 2], &[1, 0, 2, 0, 1, 1], 1, true, Im2col);
-        case(&[2, 4, 3, 4, 5], &[4, 2, 2, 2, 2], &[2, 1, 2], &[1, 2, 1], &[0, 1, 1, 1, 0, 0], 2, false, Im2col);
-        case(&[1, 3, 2, 3, 4], &[5, 3, 1, 1, 1], &[1, 1, 1], &[1, 1, 1], &[0, 0, 0, 0, 0, 0], 1, true, Pointwise);
+        case(
+            &[2, 3, 17],
+            &[4, 3, 3],
+            &[2],
+            &[2],
+            &[1, 3],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[1, 4, 9],
+            &[6, 2, 1],
+            &[1],
+            &[1],
+            &[0, 0],
+            2,
+            false,
+            Pointwise,
+        );
+        case(
+            &[1, 2, 5, 6, 7],
+            &[3, 2, 3, 2, 3],
+            &[1, 2, 1],
+            &[1, 1, 2],
+            &[1, 0, 2, 0, 1, 1],
+            1,
+            true,
+            Im2col,
+        );
+        case(
+            &[2, 4, 3, 4, 5],
+            &[4, 2, 2, 2, 2],
+            &[2, 1, 2],
+            &[1, 2, 1],
+            &[0, 1, 1, 1, 0, 0],
+            2,
+            false,
+            Im2col,
+        );
+        case(
+            &[1, 3, 2, 3, 4],
+            &[5, 3, 1, 1, 1],
+            &[1, 1, 1],
+            &[1, 1, 1],
+            &[0, 0, 0, 0, 0, 0],
+            1,
+            true,
+            Pointwise,
+        );
     }
 
     #[test]
     fn conv_errors() {
-        let a = ConvAttrs { group: 1, ..Default::default() };
+        let a = ConvAttrs {
+            group: 1,
+            ..Default::default()
+        };
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 2, 3, 3], false, &a, None).is_err());
         assert!(ConvPlan::new(&[1, 3, 2, 2], &[4, 3, 3, 3], false, &a, None).is_err());
         assert!(ConvPlan::new(&[1, 3], &[4, 3], false, &a, None).is_err());
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], false, &a, Some(&[0.0; 5])).is_err());
-        let g0 = ConvAttrs { group: 0, ..Default::default() };
+        let g0 = ConvAttrs {
+            group: 0,
+            ..Default::default()
+        };
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], false, &g0, None).is_err());
-        let bad = ConvAttrs { strides: vec![1], group: 1, ..Default::default() };
+        let bad = ConvAttrs {
+            strides: vec![1],
+            group: 1,
+            ..Default::default()
+        };
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], false, &bad, None).is_err());
         assert!(ConvPlan::new(&[1, 3, 5, 5], &[4, 3, 3, 3], true, &a, None).is_ok());
     }

@@ -70,7 +70,10 @@ pub(crate) fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(ds.extent(m, n) <= dst.len(), "sgemm: dst view out of bounds");
+    assert!(
+        ds.extent(m, n) <= dst.len(),
+        "sgemm: dst view out of bounds"
+    );
     assert!(as_.extent(m, k) <= a.len(), "sgemm: lhs view out of bounds");
     assert!(bs.extent(k, n) <= b.len(), "sgemm: rhs view out of bounds");
     // Two distinct dst elements must not alias, or threads would race.
@@ -130,23 +133,26 @@ pub(crate) fn product(
         // Chunks of a multiple of 16 columns keep each thread's stores on
         // whole cache lines.
         let chunk = n.div_ceil(threads).div_ceil(16) * 16;
-        out[..n].par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
-            let j0 = i * chunk;
-            sgemm(
-                1,
-                o.len(),
-                k,
-                o,
-                Strides::row_major(o.len()),
-                accumulate,
-                a,
-                as_,
-                &b[j0 * bs.cs..],
-                bs,
-                scale,
-                Parallelism::None,
-            );
-        });
+        out[..n]
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let j0 = i * chunk;
+                sgemm(
+                    1,
+                    o.len(),
+                    k,
+                    o,
+                    Strides::row_major(o.len()),
+                    accumulate,
+                    a,
+                    as_,
+                    &b[j0 * bs.cs..],
+                    bs,
+                    scale,
+                    Parallelism::None,
+                );
+            });
         return;
     }
     sgemm(
@@ -503,10 +509,14 @@ pub(crate) mod tests {
 
     /// Deterministic data in [-1, 1).
     pub(crate) fn lcg(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..len)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -531,9 +541,22 @@ pub(crate) mod tests {
     }
 
     /// Naive numpy matmul; returns (values, sum of |terms|).
-    fn ref_matmul(a_shape: &[usize], b_shape: &[usize], a: &[f32], b: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let a2 = if a_shape.len() == 1 { vec![1, a_shape[0]] } else { a_shape.to_vec() };
-        let b2 = if b_shape.len() == 1 { vec![b_shape[0], 1] } else { b_shape.to_vec() };
+    fn ref_matmul(
+        a_shape: &[usize],
+        b_shape: &[usize],
+        a: &[f32],
+        b: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let a2 = if a_shape.len() == 1 {
+            vec![1, a_shape[0]]
+        } else {
+            a_shape.to_vec()
+        };
+        let b2 = if b_shape.len() == 1 {
+            vec![b_shape[0], 1]
+        } else {
+            b_shape.to_vec()
+        };
         let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
         let n = b2[b2.len() - 1];
         let rank = a2.len().max(b2.len()) - 2;
@@ -587,9 +610,17 @@ pub(crate) mod tests {
             for threads in [1, 2] {
                 let mut out = vec![f32::NAN; want.len()];
                 let b_arg: &[f32] = if konst { &[] } else { &b };
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 pool.install(|| plan.run(&a, b_arg, &mut out, threads));
-                check(&out, &want, &sc, &format!("matmul {a_shape:?}x{b_shape:?} t{threads} c{konst}"));
+                check(
+                    &out,
+                    &want,
+                    &sc,
+                    &format!("matmul {a_shape:?}x{b_shape:?} t{threads} c{konst}"),
+                );
             }
         }
     }
@@ -644,8 +675,11 @@ pub(crate) mod tests {
                 }
                 if let (Some(c), Some(cs)) = (&c, c_shape) {
                     // Broadcast by right-aligned dims.
-                    let full: Vec<usize> = std::iter::repeat_n(1, 2 - cs.len()).chain(cs.iter().copied()).collect();
-                    let ci = if full[0] == 1 { 0 } else { i } * full[1] + if full[1] == 1 { 0 } else { j };
+                    let full: Vec<usize> = std::iter::repeat_n(1, 2 - cs.len())
+                        .chain(cs.iter().copied())
+                        .collect();
+                    let ci = if full[0] == 1 { 0 } else { i } * full[1]
+                        + if full[1] == 1 { 0 } else { j };
                     let x = beta as f64 * c[ci] as f64;
                     s += x;
                     t += x.abs();
@@ -655,20 +689,44 @@ pub(crate) mod tests {
             }
         }
         for konst in [false, true] {
-            let plan = GemmPlan::new(&a_shape, &b_shape, c_shape, ta, tb, alpha, beta, konst.then_some(&b[..])).unwrap();
+            let plan = GemmPlan::new(
+                &a_shape,
+                &b_shape,
+                c_shape,
+                ta,
+                tb,
+                alpha,
+                beta,
+                konst.then_some(&b[..]),
+            )
+            .unwrap();
             assert_eq!(plan.out_shape(), &[m, n]);
             for threads in [1, 2] {
                 let mut out = vec![f32::NAN; m * n];
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 pool.install(|| plan.run(&a, &b, c.as_deref(), &mut out, threads));
-                check(&out, &want, &sc, &format!("gemm {m}x{n}x{k} c{c_shape:?} ta{ta} tb{tb} t{threads}"));
+                check(
+                    &out,
+                    &want,
+                    &sc,
+                    &format!("gemm {m}x{n}x{k} c{c_shape:?} ta{ta} tb{tb} t{threads}"),
+                );
             }
         }
     }
 
     #[test]
     fn gemm_broadcasts_and_transposes() {
-        for &(m, n, k) in &[(3, 5, 7), (1, 9, 4), (1, 600, 130), (70, 130, 90), (4, 1, 3)] {
+        for &(m, n, k) in &[
+            (3, 5, 7),
+            (1, 9, 4),
+            (1, 600, 130),
+            (70, 130, 90),
+            (4, 1, 3),
+        ] {
             let c_shapes: Vec<Option<Vec<usize>>> = vec![
                 None,
                 Some(vec![]),
@@ -692,8 +750,28 @@ pub(crate) mod tests {
     #[test]
     fn gemm_errors() {
         assert!(GemmPlan::new(&[3, 4], &[5, 6], None, false, false, 1.0, 1.0, None).is_err());
-        assert!(GemmPlan::new(&[3, 4], &[4, 6], Some(&[3, 4]), false, false, 1.0, 1.0, None).is_err());
-        assert!(GemmPlan::new(&[3, 4], &[4, 6], Some(&[2, 3, 6]), false, false, 1.0, 1.0, None).is_err());
+        assert!(GemmPlan::new(
+            &[3, 4],
+            &[4, 6],
+            Some(&[3, 4]),
+            false,
+            false,
+            1.0,
+            1.0,
+            None
+        )
+        .is_err());
+        assert!(GemmPlan::new(
+            &[3, 4],
+            &[4, 6],
+            Some(&[2, 3, 6]),
+            false,
+            false,
+            1.0,
+            1.0,
+            None
+        )
+        .is_err());
         assert!(GemmPlan::new(&[3, 4, 1], &[4, 6], None, false, false, 1.0, 1.0, None).is_err());
         assert!(GemmPlan::new(&[4, 3], &[6, 4], None, true, true, 1.0, 1.0, None).is_ok());
     }

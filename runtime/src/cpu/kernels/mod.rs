@@ -24,7 +24,10 @@ mod bench {
 
     /// Best-of GFLOP/s of `f` (each call does `flops`) on a `threads` pool.
     fn gflops(flops: f64, threads: usize, f: &(dyn Fn(usize) + Sync)) -> f64 {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             f(threads); // warm-up: scratch, page faults, gemm's caches
             let mut best = f64::INFINITY;
@@ -63,17 +66,40 @@ mod bench {
     #[test]
     #[ignore]
     fn throughput() {
-        conv("conv 3x3 x[1,64,56,56] w[64,64,3,3] p1", &[1, 64, 56, 56], &[64, 64, 3, 3], 1, 1);
-        conv("conv 1x1 x[1,256,56,56] w[64,256,1,1]", &[1, 256, 56, 56], &[64, 256, 1, 1], 0, 1);
-        conv("depthwise 3x3 x[1,144,56,56] p1", &[1, 144, 56, 56], &[144, 1, 3, 3], 1, 144);
-        for (name, m) in [("matmul [128,384]x[384,1536]", 128), ("matmul [1,384]x[384,1536]", 1)] {
+        conv(
+            "conv 3x3 x[1,64,56,56] w[64,64,3,3] p1",
+            &[1, 64, 56, 56],
+            &[64, 64, 3, 3],
+            1,
+            1,
+        );
+        conv(
+            "conv 1x1 x[1,256,56,56] w[64,256,1,1]",
+            &[1, 256, 56, 56],
+            &[64, 256, 1, 1],
+            0,
+            1,
+        );
+        conv(
+            "depthwise 3x3 x[1,144,56,56] p1",
+            &[1, 144, 56, 56],
+            &[144, 1, 3, 3],
+            1,
+            144,
+        );
+        for (name, m) in [
+            ("matmul [128,384]x[384,1536]", 128),
+            ("matmul [1,384]x[384,1536]", 1),
+        ] {
             let a = lcg(4, m * 384);
             let b = lcg(5, 384 * 1536);
             let plan = MatMulPlan::new(&[m, 384], &[384, 1536], Some(&b)).unwrap();
             let mut out = vec![0.0; m * 1536];
             let out = std::sync::Mutex::new(&mut out[..]);
             for t in [1, 2] {
-                let g = gflops(plan.flops(), t, &|t| plan.run(&a, &[], &mut out.lock().unwrap(), t));
+                let g = gflops(plan.flops(), t, &|t| {
+                    plan.run(&a, &[], &mut out.lock().unwrap(), t)
+                });
                 println!("{name:40} threads {t}: {g:7.1} GFLOP/s");
             }
         }

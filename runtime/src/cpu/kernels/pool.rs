@@ -217,13 +217,21 @@ impl PoolPlan {
             for wh in &ah.windows {
                 for ww in &aw.windows {
                     let Some(dst) = o.next() else { return };
-                    let mut acc = if avg.is_some() { 0.0 } else { f32::NEG_INFINITY };
+                    let mut acc = if avg.is_some() {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    };
                     for id in taps(*wd, ad) {
                         for ih in taps(*wh, ah) {
                             let row = &x[(id * ah.input + ih) * aw.input..][..aw.input];
                             for iw in taps(*ww, aw) {
                                 let v = row[iw];
-                                acc = if avg.is_some() { acc + v } else { nan_max(acc, v) };
+                                acc = if avg.is_some() {
+                                    acc + v
+                                } else {
+                                    nan_max(acc, v)
+                                };
                             }
                         }
                     }
@@ -269,18 +277,36 @@ mod tests {
     use super::super::matmul::tests::{check, lcg};
     use super::*;
 
-    fn reference(kind: PoolKind, xs: &[usize], a: &PoolAttrs, x: &[f32]) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+    fn reference(
+        kind: PoolKind,
+        xs: &[usize],
+        a: &PoolAttrs,
+        x: &[f32],
+    ) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
         let sd = xs.len() - 2;
         let planes = xs[0] * xs[1];
         let ivol: usize = xs[2..].iter().product();
         let (kernel, strides, dil, pads) = match kind {
-            PoolKind::GlobalAverage | PoolKind::GlobalMax => (xs[2..].to_vec(), vec![1; sd], vec![1; sd], vec![0; 2 * sd]),
-            _ => (a.kernel.clone(), a.strides.clone(), a.dilations.clone(), a.pads.clone()),
+            PoolKind::GlobalAverage | PoolKind::GlobalMax => {
+                (xs[2..].to_vec(), vec![1; sd], vec![1; sd], vec![0; 2 * sd])
+            }
+            _ => (
+                a.kernel.clone(),
+                a.strides.clone(),
+                a.dilations.clone(),
+                a.pads.clone(),
+            ),
         };
         let osz: Vec<usize> = (0..sd)
             .map(|i| {
-                let num = (xs[2 + i] + pads[i] + pads[sd + i]) as f64 - (dil[i] * (kernel[i] - 1) + 1) as f64;
-                let mut o = if a.ceil_mode { (num / strides[i] as f64).ceil() } else { (num / strides[i] as f64).floor() } as usize + 1;
+                let num = (xs[2 + i] + pads[i] + pads[sd + i]) as f64
+                    - (dil[i] * (kernel[i] - 1) + 1) as f64;
+                let mut o = if a.ceil_mode {
+                    (num / strides[i] as f64).ceil()
+                } else {
+                    (num / strides[i] as f64).floor()
+                } as usize
+                    + 1;
                 if a.ceil_mode && (o - 1) * strides[i] >= xs[2 + i] + pads[i] {
                     o -= 1;
                 }
@@ -328,11 +354,23 @@ mod tests {
                     }
                 }
                 let (v, s) = match kind {
-                    PoolKind::Max | PoolKind::GlobalMax => (vals.iter().copied().fold(f64::NEG_INFINITY, f64::max), 0.0),
-                    PoolKind::GlobalAverage => (vals.iter().sum::<f64>() / vals.len() as f64, vals.iter().map(|v| v.abs()).sum::<f64>() / vals.len() as f64),
+                    PoolKind::Max | PoolKind::GlobalMax => {
+                        (vals.iter().copied().fold(f64::NEG_INFINITY, f64::max), 0.0)
+                    }
+                    PoolKind::GlobalAverage => (
+                        vals.iter().sum::<f64>() / vals.len() as f64,
+                        vals.iter().map(|v| v.abs()).sum::<f64>() / vals.len() as f64,
+                    ),
                     PoolKind::Average { count_include_pad } => {
-                        let n = if count_include_pad { padded_cells } else { vals.len() } as f64;
-                        (vals.iter().sum::<f64>() / n, vals.iter().map(|v| v.abs()).sum::<f64>() / n)
+                        let n = if count_include_pad {
+                            padded_cells
+                        } else {
+                            vals.len()
+                        } as f64;
+                        (
+                            vals.iter().sum::<f64>() / n,
+                            vals.iter().map(|v| v.abs()).sum::<f64>() / n,
+                        )
                     }
                 };
                 out[p * ovol + op] = v as f32;
@@ -342,7 +380,14 @@ mod tests {
         (shape, out, sc)
     }
 
-    fn case(xs: &[usize], kernel: &[usize], strides: &[usize], dil: &[usize], pads: &[usize], ceil: bool) {
+    fn case(
+        xs: &[usize],
+        kernel: &[usize],
+        strides: &[usize],
+        dil: &[usize],
+        pads: &[usize],
+        ceil: bool,
+    ) {
         let attrs = PoolAttrs {
             kernel: kernel.to_vec(),
             strides: strides.to_vec(),
@@ -353,8 +398,12 @@ mod tests {
         let x = lcg(21, xs.iter().product());
         for kind in [
             PoolKind::Max,
-            PoolKind::Average { count_include_pad: false },
-            PoolKind::Average { count_include_pad: true },
+            PoolKind::Average {
+                count_include_pad: false,
+            },
+            PoolKind::Average {
+                count_include_pad: true,
+            },
             PoolKind::GlobalAverage,
             PoolKind::GlobalMax,
         ] {
@@ -363,24 +412,95 @@ mod tests {
             assert_eq!(plan.out_shape(), &shape[..], "{kind:?} {xs:?} {attrs:?}");
             for threads in [1, 2] {
                 let mut out = vec![f32::NAN; want.len()];
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 pool.install(|| plan.run(&x, &mut out, threads));
-                check(&out, &want, &sc, &format!("{kind:?} x{xs:?} {attrs:?} t{threads}"));
+                check(
+                    &out,
+                    &want,
+                    &sc,
+                    &format!("{kind:?} x{xs:?} {attrs:?} t{threads}"),
+                );
             }
         }
     }
 
     #[test]
     fn pool_2d() {
-        case(&[1, 3, 7, 7], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], false);
-        case(&[2, 2, 7, 8], &[3, 2], &[2, 3], &[1, 1], &[1, 0, 1, 1], true);
-        case(&[1, 2, 5, 5], &[2, 2], &[2, 2], &[1, 1], &[0, 0, 0, 0], true);
-        case(&[1, 2, 6, 6], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], true);
-        case(&[1, 1, 9, 10], &[2, 3], &[3, 2], &[2, 2], &[1, 2, 1, 0], true);
-        case(&[1, 1, 9, 10], &[2, 3], &[1, 1], &[3, 2], &[0, 1, 1, 2], false);
-        case(&[1, 1, 1, 1], &[1, 1], &[1, 1], &[1, 1], &[0, 0, 0, 0], false);
-        case(&[2, 3, 4, 4], &[4, 4], &[1, 1], &[1, 1], &[0, 0, 0, 0], false);
-        case(&[1, 64, 40, 40], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], false);
+        case(
+            &[1, 3, 7, 7],
+            &[3, 3],
+            &[2, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            false,
+        );
+        case(
+            &[2, 2, 7, 8],
+            &[3, 2],
+            &[2, 3],
+            &[1, 1],
+            &[1, 0, 1, 1],
+            true,
+        );
+        case(
+            &[1, 2, 5, 5],
+            &[2, 2],
+            &[2, 2],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            true,
+        );
+        case(
+            &[1, 2, 6, 6],
+            &[3, 3],
+            &[2, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            true,
+        );
+        case(
+            &[1, 1, 9, 10],
+            &[2, 3],
+            &[3, 2],
+            &[2, 2],
+            &[1, 2, 1, 0],
+            true,
+        );
+        case(
+            &[1, 1, 9, 10],
+            &[2, 3],
+            &[1, 1],
+            &[3, 2],
+            &[0, 1, 1, 2],
+            false,
+        );
+        case(
+            &[1, 1, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            false,
+        );
+        case(
+            &[2, 3, 4, 4],
+            &[4, 4],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            false,
+        );
+        case(
+            &[1, 64, 40, 40],
+            &[3, 3],
+            &[2, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            false,
+        );
     }
 
     #[test]
@@ -390,13 +510,30 @@ mod tests {
         // Ceil mode would add a window starting in the end pad: dropped.
         case(&[1, 1, 4], &[2], &[3], &[1], &[0, 2], true);
         case(&[1, 1, 5], &[1], &[2], &[1], &[0, 1], true);
-        case(&[1, 2, 5, 6, 7], &[2, 3, 2], &[2, 1, 2], &[1, 1, 2], &[1, 0, 1, 0, 1, 1], true);
-        case(&[1, 2, 4, 4, 4], &[2, 2, 2], &[2, 2, 2], &[1, 1, 1], &[0, 0, 0, 0, 0, 0], false);
+        case(
+            &[1, 2, 5, 6, 7],
+            &[2, 3, 2],
+            &[2, 1, 2],
+            &[1, 1, 2],
+            &[1, 0, 1, 0, 1, 1],
+            true,
+        );
+        case(
+            &[1, 2, 4, 4, 4],
+            &[2, 2, 2],
+            &[2, 2, 2],
+            &[1, 1, 1],
+            &[0, 0, 0, 0, 0, 0],
+            false,
+        );
     }
 
     #[test]
     fn pool_defaults_and_errors() {
-        let a = PoolAttrs { kernel: vec![2, 2], ..Default::default() };
+        let a = PoolAttrs {
+            kernel: vec![2, 2],
+            ..Default::default()
+        };
         let p = PoolPlan::new(PoolKind::Max, &[1, 1, 4, 5], &a).unwrap();
         assert_eq!(p.out_shape(), &[1, 1, 3, 4]);
         let g = PoolPlan::new(PoolKind::GlobalAverage, &[2, 3, 4, 5, 6, 7], &a).unwrap();
