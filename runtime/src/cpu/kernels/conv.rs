@@ -21,6 +21,8 @@ use rayon::prelude::*;
 
 use gemm::Parallelism;
 
+use super::matmul::PAR_FLOPS;
+
 /// Convolution attributes, pads in ONNX order (all begins, then all ends).
 /// Empty `strides` / `dilations` / `pads` mean the ONNX defaults (1, 1, 0).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -235,7 +237,8 @@ impl ConvPlan {
                     o,
                 );
             };
-            if threads > 1 {
+            // Small convs stay on one thread: forking costs microseconds.
+            if threads > 1 && self.flops() >= PAR_FLOPS {
                 out.par_chunks_mut(ovol).enumerate().for_each(plane);
             } else {
                 out.chunks_mut(ovol).enumerate().for_each(plane);
@@ -263,6 +266,13 @@ impl ConvPlan {
             }
             None => false,
         };
+        if kdim == 0 {
+            // No input channels: the output is just the bias (or zeros).
+            if !accumulate {
+                out.fill(0.0);
+            }
+            return;
+        }
         let out_len = out.len();
         let out_addr = out.as_mut_ptr().expose_provenance();
         let unit = |u: usize| {
@@ -315,7 +325,7 @@ impl ConvPlan {
             }
         };
         let units = items * nblk;
-        if threads > 1 && units > 1 {
+        if threads > 1 && units > 1 && self.flops() >= PAR_FLOPS {
             (0..units).into_par_iter().for_each(unit);
         } else {
             (0..units).for_each(unit);
@@ -892,6 +902,18 @@ mod tests {
             true,
             Pointwise,
         );
+    }
+
+    #[test]
+    fn conv_no_input_channels() {
+        let a = ConvAttrs {
+            group: 1,
+            ..Default::default()
+        };
+        let plan = ConvPlan::new(&[1, 0, 3, 3], &[2, 0, 2, 2], true, &a, None).unwrap();
+        let mut out = vec![f32::NAN; 8];
+        plan.run(&[], &[], Some(&[1.5, -2.0]), &mut out, 2);
+        assert_eq!(out, [1.5, 1.5, 1.5, 1.5, -2.0, -2.0, -2.0, -2.0]);
     }
 
     #[test]

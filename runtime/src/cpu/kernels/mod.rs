@@ -14,6 +14,21 @@ pub use matmul::{GemmPlan, MatMulPlan};
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plans are shared by concurrent runs.
+    #[test]
+    fn plans_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<MatMulPlan>();
+        check::<GemmPlan>();
+        check::<ConvPlan>();
+        check::<PoolPlan>();
+    }
+}
+
+#[cfg(test)]
 mod bench {
     //! Throughput check on ResNet-50 / transformer shapes; run with
     //! `cargo test --release -p kiln-runtime cpu::kernels::bench -- --ignored --nocapture`.
