@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 /// Below this many flops a product runs single-threaded: forking rayon
 /// tasks costs a few microseconds, which is all a small product takes.
-const PAR_FLOPS: f64 = 2.0e6;
+pub(crate) const PAR_FLOPS: f64 = 2.0e6;
 
 /// Below this many `B` elements a matrix-vector product is not split across
 /// threads: it is memory bound and small enough to sit in cache.
