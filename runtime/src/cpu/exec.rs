@@ -173,7 +173,20 @@ impl Executable {
                                     }
                                 });
                             }
-                            kernel.run(&operands, self.threads).map_err(fail)?
+                            // A kernel bug must not take the caller down: a
+                            // panic becomes this node's error.
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                kernel.run(&operands, self.threads)
+                            }))
+                            .unwrap_or_else(|p| {
+                                let msg = p
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                    .unwrap_or_default();
+                                Err(format!("kernel panicked: {msg}"))
+                            })
+                            .map_err(fail)?
                         };
                         if results.len() < node.outputs.len() {
                             return Err(fail(format!(
