@@ -10,7 +10,13 @@
 //! - depthwise (one input channel per group): a direct loop whose inner loop
 //!   runs along the output row so it vectorizes; a gemm with K = 9 would
 //!   mostly pack;
-//! - general: im2col into scratch, then a gemm per image and group.
+//! - general: im2col into per-thread scratch, then a gemm per image and
+//!   group.
+//!
+//! Threading: gemm work is cut into (image, group, block of output
+//! positions) units run side by side single-threaded, so a batch-1 conv
+//! splits its positions across threads rather than relying on gemm's
+//! internal threading; depthwise splits output planes.
 //!
 //! The bias is written into the output first and the gemm accumulates onto
 //! it, so it costs no separate pass over the result.

@@ -66,6 +66,7 @@ impl Axis {
 /// Below this many input elements pooling runs on one thread.
 const PAR_ELEMS: usize = 64 * 1024;
 
+/// An ONNX pooling op planned for a static input shape.
 #[derive(Debug, Clone)]
 pub struct PoolPlan {
     kind: PoolKind,
