@@ -324,6 +324,22 @@ pub(super) fn pool(m: &Module, n: &Node) -> Result<Lowered, String> {
         "GlobalMaxPool" => PoolKind::GlobalMax,
         op => return Err(format!("no pooling kernel for {op}")),
     };
+    let ceil_mode = n.attrs.get("ceil_mode").and_then(Attr::as_int).unwrap_or(0) != 0;
+    if ceil_mode
+        && matches!(
+            kind,
+            PoolKind::Average {
+                count_include_pad: true
+            }
+        )
+    {
+        // ONNX's reference (and its tests) spread ceil mode's extra cells
+        // into the padding count; the interpreter follows it, the kernel
+        // follows onnxruntime/PyTorch. Take the reference's answer.
+        return Err(
+            "AveragePool with ceil_mode and count_include_pad follows ONNX's reference".into(),
+        );
+    }
     let global = matches!(kind, PoolKind::GlobalAverage | PoolKind::GlobalMax);
     let kernel = if global {
         xs[2..].to_vec()
@@ -350,7 +366,7 @@ pub(super) fn pool(m: &Module, n: &Node) -> Result<Lowered, String> {
         strides,
         dilations,
         pads,
-        ceil_mode: n.attrs.get("ceil_mode").and_then(Attr::as_int).unwrap_or(0) != 0,
+        ceil_mode,
     };
     let plan = PoolPlan::new(kind, &xs, &attrs)?;
     let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
