@@ -317,7 +317,11 @@ pub fn run_test_on(dir: &Path, tol: Tolerance, opt_level: u8, engine: Engine) ->
             key.sort();
             let mut c = cache.borrow_mut();
             if c.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
-                let opts = crate::lower::cpu::CpuOptions { opt_level, threads };
+                let opts = crate::lower::cpu::CpuOptions {
+                    opt_level,
+                    threads,
+                    ..Default::default()
+                };
                 let exe = crate::lower::cpu::compile(&m, &shapes, &opts)
                     .map_err(|e| format!("compile: {e}"))?;
                 *c = Some((key, exe));

@@ -57,6 +57,9 @@ struct BenchArgs {
     /// A symbolic dim's size for random inputs: NAME=VALUE (default 1)
     #[arg(long = "dim", value_name = "NAME=VALUE")]
     dims: Vec<String>,
+    /// Instruction set of the generated code
+    #[arg(long, value_enum, default_value = "native")]
+    target_cpu: TargetCpuArg,
     /// Print one JSON line: model, backend, threads, runs, median_ms,
     /// min_ms, p90_ms, compile_ms, peak_rss_mb
     #[arg(long)]
@@ -122,6 +125,26 @@ struct RunArgs {
     /// Threads the cpu backend's kernels use (default: every core)
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Instruction set of the cpu backend's generated code
+    #[arg(long, value_enum, default_value = "native")]
+    target_cpu: TargetCpuArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TargetCpuArg {
+    /// every feature of this machine
+    Native,
+    /// the architecture's baseline (x86-64: SSE2): runs anywhere
+    Baseline,
+}
+
+impl From<TargetCpuArg> for kiln_runtime::cpu::jit::TargetCpu {
+    fn from(t: TargetCpuArg) -> Self {
+        match t {
+            TargetCpuArg::Native => Self::Native,
+            TargetCpuArg::Baseline => Self::Baseline,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -627,6 +650,7 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
             if let Some(t) = args.threads {
                 opts.threads = t;
             }
+            opts.target_cpu = args.target_cpu.into();
             let shapes = kiln_compiler::lower::shapes_of(&given);
             kiln_compiler::lower::cpu::compile(&m, &shapes, &opts)?
                 .run(&given)
@@ -849,6 +873,7 @@ fn prepare(args: &BenchArgs) -> Result<Prepared, Failure> {
             let opts = kiln_compiler::lower::cpu::CpuOptions {
                 opt_level: args.opt_level,
                 threads: args.threads.max(1),
+                target_cpu: args.target_cpu.into(),
             };
             let shapes = kiln_compiler::lower::shapes_of(&inputs);
             Some(kiln_compiler::lower::cpu::compile(&m, &shapes, &opts)?)

@@ -39,7 +39,12 @@ fn ty(shape: &[usize]) -> String {
 
 /// Compile at -O2 for the inputs' shapes, run, compare with the
 /// interpreter at -O0.
-fn check(src: &str, inputs: &HashMap<String, Value>, threads: usize) -> Result<(), TestCaseError> {
+fn check(
+    src: &str,
+    inputs: &HashMap<String, Value>,
+    threads: usize,
+    baseline: bool,
+) -> Result<(), TestCaseError> {
     let fail = |e: String| TestCaseError::fail(format!("{e}\n{src}"));
     let m = kiln_ir::parse_module(src).map_err(|e| fail(e.to_string()))?;
     kiln_ir::verify::verify(&m).map_err(|e| fail(e.to_string()))?;
@@ -138,6 +143,7 @@ proptest! {
         choices in proptest::collection::vec(any::<u8>(), 1..12),
         seed in any::<u32>(),
         threads in 1usize..3,
+        baseline in any::<bool>(),
     ) {
         let y_shape: Vec<usize> = match y_kind {
             0 => vec![a, b],
@@ -152,7 +158,7 @@ proptest! {
             ("x".to_string(), input(&[a, b], seed)),
             ("y".to_string(), input(&y_shape, seed.wrapping_add(1))),
         ]);
-        check(&src, &inputs, threads)?;
+        check(&src, &inputs, threads, baseline)?;
     }
 
     #[test]
@@ -214,6 +220,6 @@ proptest! {
             lines.join("\n")
         );
         let inputs = HashMap::from([("x".to_string(), input(&[n, c, h, w], seed))]);
-        check(&src, &inputs, threads)?;
+        check(&src, &inputs, threads, false)?;
     }
 }

@@ -22,6 +22,8 @@ pub struct CpuOptions {
     pub opt_level: u8,
     /// Threads kernels may use.
     pub threads: usize,
+    /// The instruction set of generated code.
+    pub target_cpu: kiln_runtime::cpu::jit::TargetCpu,
 }
 
 impl Default for CpuOptions {
@@ -31,6 +33,7 @@ impl Default for CpuOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            target_cpu: Default::default(),
         }
     }
 }
@@ -50,7 +53,7 @@ pub fn compile(
         .enumerate()
         .map(|(i, n)| Step {
             node: i,
-            kind: match lower_node(&s, n) {
+            kind: match lower_node(&s, n, opts.target_cpu) {
                 Ok(((kernel, what, flops), captured)) => StepKind::Native {
                     kernel,
                     what,
@@ -69,7 +72,11 @@ pub(super) type Lowered = (Box<dyn NativeKernel>, String, f64);
 
 /// The lowering table: a native kernel for `n` and the operands it holds
 /// itself, or why there is none.
-fn lower_node(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), String> {
+fn lower_node(
+    m: &Module,
+    n: &Node,
+    target: kiln_runtime::cpu::jit::TargetCpu,
+) -> Result<(Lowered, Vec<usize>), String> {
     let plain = |l: Result<Lowered, String>| l.map(|l| (l, vec![]));
     match n.op.as_str() {
         "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => plain(reshape(m, n)),
@@ -81,16 +88,16 @@ fn lower_node(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), String> {
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {
             // The generated loop covers trailing axes (with producers
             // fused); any axes at all fall back to the odometer kernel.
-            super::cpu_native::single_node_loop(m, n)
+            super::cpu_native::single_node_loop(m, n, target)
                 .or_else(|_| reduce(m, n))
                 .map(|l| (l, vec![]))
         }
-        "kiln.Fusion" => super::cpu_native::fusion(m, n),
+        "kiln.Fusion" => super::cpu_native::fusion(m, n, target),
         "MatMul" | "Gemm" | "Conv" => super::cpu_native::dense(m, n),
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => {
             plain(super::cpu_native::pool(m, n))
         }
-        op => super::cpu_native::single_node_loop(m, n)
+        op => super::cpu_native::single_node_loop(m, n, target)
             .map(|l| (l, vec![]))
             .map_err(|e| format!("no native kernel for {op} ({e})")),
     }

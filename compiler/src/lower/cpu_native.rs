@@ -4,7 +4,7 @@
 //! matmul/conv first, then the generated loop over the result in place.
 
 use kiln_ir::{Attr, Module, Node, Region, ValueId};
-use kiln_runtime::cpu::jit::{compile_region, JitKernel};
+use kiln_runtime::cpu::jit::{compile_region_for, JitKernel, TargetCpu};
 use kiln_runtime::cpu::kernels::{
     ConvAttrs, ConvPlan, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
 };
@@ -453,7 +453,11 @@ impl NativeKernel for Fusion {
 
 /// `kiln.Fusion`: the body compiled by Cranelift; an epilogue's anchor
 /// (its first node, a MatMul/Gemm/Conv) planned on the kernel library.
-pub(super) fn fusion(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), String> {
+pub(super) fn fusion(
+    m: &Module,
+    n: &Node,
+    target: TargetCpu,
+) -> Result<(Lowered, Vec<usize>), String> {
     let Some(Attr::Graph(body)) = n.attrs.get("body") else {
         return Err("fusion without a body".into());
     };
@@ -529,7 +533,7 @@ pub(super) fn fusion(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), Stri
         nodes: tail_nodes.to_vec(),
         outputs: body.outputs.clone(),
     };
-    let jit = compile_region(m, &region, &shapes)?;
+    let jit = compile_region_for(m, &region, &shapes, target)?;
     let in_place = match (anchor_value, &anchor) {
         (Some(v), Some((p, _))) => {
             jit.output_shapes().len() == 1
@@ -553,7 +557,7 @@ pub(super) fn fusion(m: &Module, n: &Node) -> Result<(Lowered, Vec<usize>), Stri
 
 /// Any other node the generated loops can express (a lone Softmax, Relu,
 /// ...): compiled as a one-node region.
-pub(super) fn single_node_loop(m: &Module, n: &Node) -> Result<Lowered, String> {
+pub(super) fn single_node_loop(m: &Module, n: &Node, target: TargetCpu) -> Result<Lowered, String> {
     if n.regions().next().is_some() {
         return Err("node with regions".into());
     }
@@ -580,7 +584,7 @@ pub(super) fn single_node_loop(m: &Module, n: &Node) -> Result<Lowered, String> 
         nodes: vec![n.clone()],
         outputs: n.outputs.clone(),
     };
-    let jit = compile_region(m, &region, &shapes)?;
+    let jit = compile_region_for(m, &region, &shapes, target)?;
     let what = jit.describe().to_string();
     let k = Fusion {
         anchor: None,

@@ -260,7 +260,12 @@ fn widen(f: &mut Fb, s: Value) -> Value {
     }
 }
 
-pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, String> {
+pub(crate) fn compile(
+    plan: &Plan,
+    const_ptrs: &[usize],
+    target: super::TargetCpu,
+) -> Result<Compiled, String> {
+    let native = target == super::TargetCpu::Native;
     let mut fl = settings::builder();
     let set = |fl: &mut settings::Builder, k: &str, v: &str| {
         fl.set(k, v)
@@ -269,7 +274,7 @@ pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, Str
     set(&mut fl, "opt_level", "speed")?;
     set(&mut fl, "is_pic", "false")?;
     set(&mut fl, "use_colocated_libcalls", "false")?;
-    let isa = cranelift_native::builder()
+    let isa = cranelift_native::builder_with_options(native)
         .map_err(|e| format!("unsupported: host machine: {e}"))?
         .finish(settings::Flags::new(fl))
         .map_err(|e| format!("cranelift isa: {e}"))?;
@@ -284,7 +289,7 @@ pub(crate) fn compile(plan: &Plan, const_ptrs: &[usize]) -> Result<Compiled, Str
         plan,
         ptr,
         used,
-        fma: host_has_fma(),
+        fma: native && host_has_fma(),
     };
     let mut fctx = FunctionBuilderContext::new();
     {

@@ -72,6 +72,17 @@ impl std::fmt::Debug for JitKernel {
     }
 }
 
+/// Which instruction set the generated code may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TargetCpu {
+    /// Every feature of the machine compiling (FMA, SSE4.1, ...).
+    #[default]
+    Native,
+    /// The architecture's baseline (x86-64: SSE2, no FMA): code that runs
+    /// on any machine of the architecture.
+    Baseline,
+}
+
 /// Compile `body` for inputs of the given static shapes (`input_shapes[i]`
 /// is the shape of `body.inputs[i]`). Every input, output and computed value
 /// must be an f32 tensor; constants are embedded.
@@ -80,6 +91,16 @@ pub fn compile_region(
     body: &kiln_ir::Region,
     input_shapes: &[Vec<usize>],
 ) -> Result<JitKernel, String> {
+    compile_region_for(m, body, input_shapes, TargetCpu::Native)
+}
+
+/// [`compile_region`] for a chosen instruction set.
+pub fn compile_region_for(
+    m: &kiln_ir::Module,
+    body: &kiln_ir::Region,
+    input_shapes: &[Vec<usize>],
+    target: TargetCpu,
+) -> Result<JitKernel, String> {
     let plan = plan::plan(m, body, input_shapes)?;
     let consts: Vec<Box<[f32]>> = plan
         .consts
@@ -87,7 +108,7 @@ pub fn compile_region(
         .map(|c| c.clone().into_boxed_slice())
         .collect();
     let ptrs: Vec<usize> = consts.iter().map(|c| c.as_ptr() as usize).collect();
-    let compiled = codegen::compile(&plan, &ptrs)?;
+    let compiled = codegen::compile(&plan, &ptrs, target)?;
     // SAFETY: the function was built with exactly this signature (four
     // pointer-sized parameters, no results) in the host calling convention.
     let entry: EntryFn = unsafe { std::mem::transmute(compiled.entry) };
