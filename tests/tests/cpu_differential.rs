@@ -54,6 +54,11 @@ fn check(
     let opts = CpuOptions {
         opt_level: 2,
         threads,
+        target_cpu: if baseline {
+            kiln_runtime::cpu::jit::TargetCpu::Baseline
+        } else {
+            kiln_runtime::cpu::jit::TargetCpu::Native
+        },
     };
     let exe = compile(&m, &kiln_compiler::lower::shapes_of(inputs), &opts).map_err(fail)?;
     let got = exe.run(inputs).map_err(|e| fail(e.to_string()))?;
