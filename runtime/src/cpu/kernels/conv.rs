@@ -7,9 +7,9 @@
 //! strategies, picked at plan time:
 //! - pointwise (1x1, stride 1, no pad): one gemm per image and group,
 //!   `W[M,C] x X[C,HW]`, reading the input in place;
-//! - depthwise (one input channel per group): a direct loop whose inner loop
-//!   runs along the output row so it vectorizes; a gemm with K = 9 would
-//!   mostly pack;
+//! - depthwise (one input channel per group): a direct loop over output
+//!   rows with the W taps fused into vectorized row passes (`rows.rs`, with
+//!   AVX2/FMA dispatch); a gemm with K = 9 would mostly pack;
 //! - general: im2col into per-thread scratch, then a gemm per image and
 //!   group.
 //!
@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use gemm::Parallelism;
 
 use super::matmul::PAR_FLOPS;
+use super::rows::{self, Isa, MulAdd, RowGeom};
 
 /// Convolution attributes, pads in ONNX order (all begins, then all ends).
 /// Empty `strides` / `dilations` / `pads` mean the ONNX defaults (1, 1, 0).
@@ -106,6 +107,9 @@ pub struct ConvPlan {
     /// block edges).
     block_floats: usize,
     w_const: Option<Vec<f32>>,
+    /// Depthwise: the W axis's row geometry and the detected row ISA.
+    row_geom: RowGeom,
+    isa: Isa,
 }
 
 impl ConvPlan {
@@ -192,6 +196,15 @@ impl ConvPlan {
             strategy,
             block_floats: IM2COL_BLOCK_FLOATS,
             w_const: w_const.map(<[f32]>::to_vec),
+            row_geom: RowGeom::new(
+                axes[2].input,
+                axes[2].output,
+                axes[2].kernel,
+                axes[2].stride,
+                axes[2].dilation,
+                axes[2].pad_begin,
+            ),
+            isa: Isa::detect(),
         })
     }
 
@@ -236,7 +249,9 @@ impl ConvPlan {
                 let ic = (p / self.m) * self.c + oc / mg;
                 let b = bias.map_or(0.0, |b| b[oc]);
                 depthwise_plane(
+                    self.isa,
                     &self.axes,
+                    &self.row_geom,
                     &x[ic * ivol..][..ivol],
                     &w[oc * kvol..][..kvol],
                     b,
@@ -382,7 +397,7 @@ thread_local! {
 /// out of the thread-local for the duration, so a re-entrant call (rayon can
 /// run another task on this thread while a threaded gemm waits) simply
 /// allocates its own instead of aliasing ours.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buf = SCRATCH.with(Cell::take);
     if buf.len() < len {
         buf.resize(len, 0.0);
@@ -446,10 +461,67 @@ fn im2col(axes: &[Axis; 3], x: &[f32], col: &mut [f32], p0: usize, p1: usize) {
 
 /// One output plane of a depthwise conv: `x` is the input channel's
 /// [D, H, W] plane, `w` its kernel, `out` the [OD, OH, OW] plane.
-fn depthwise_plane(axes: &[Axis; 3], x: &[f32], w: &[f32], bias: f32, out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn depthwise_plane(
+    isa: Isa,
+    axes: &[Axis; 3],
+    g: &RowGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: f32,
+    out: &mut [f32],
+) {
+    // Phase-split copy of the plane for strided convs (none for stride 1).
+    let split = if g.stride > 1 {
+        axes[0].input * axes[1].input * g.split_len()
+    } else {
+        0
+    };
+    with_scratch(split, |ph| match isa {
+        Isa::Portable => depthwise_body::<false>(axes, g, x, w, bias, out, ph),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma were
+        // detected on this CPU.
+        Isa::Avx2Fma => unsafe { depthwise_avx2(axes, g, x, w, bias, out, ph) },
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn depthwise_avx2(
+    axes: &[Axis; 3],
+    g: &RowGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: f32,
+    out: &mut [f32],
+    ph: &mut [f32],
+) {
+    depthwise_body::<true>(axes, g, x, w, bias, out, ph)
+}
+
+/// The depthwise plane, generic so it is compiled once per ISA (`FMA`
+/// only where the CPU has it). `ph` holds the phase split when strided.
+#[inline(always)]
+fn depthwise_body<const FMA: bool>(
+    axes: &[Axis; 3],
+    g: &RowGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: f32,
+    out: &mut [f32],
+    ph: &mut [f32],
+) {
     let [ad, ah, aw] = axes;
+    let src: &[f32] = if g.stride > 1 {
+        rows::split_phases(g, x, ph);
+        ph
+    } else {
+        x
+    };
+    let rl = g.split_len();
     out.fill(bias);
-    for (p, orow) in out.chunks_mut(aw.output).enumerate() {
+    for (p, orow) in out.chunks_exact_mut(aw.output).enumerate() {
         let (od, oh) = (p / ah.output, p % ah.output);
         for kd in 0..ad.kernel {
             let Some(id) = ad.input_index(od, kd) else {
@@ -459,26 +531,9 @@ fn depthwise_plane(axes: &[Axis; 3], x: &[f32], w: &[f32], bias: f32, out: &mut 
                 let Some(ih) = ah.input_index(oh, kh) else {
                     continue;
                 };
-                let xrow = &x[(id * ah.input + ih) * aw.input..][..aw.input];
+                let xrow = &src[(id * ah.input + ih) * rl..][..rl];
                 let wrow = &w[(kd * ah.kernel + kh) * aw.kernel..][..aw.kernel];
-                for (kw, &wv) in wrow.iter().enumerate() {
-                    let (lo, hi, off) = aw.valid_range(kw);
-                    if lo == hi {
-                        // No in-bounds output for this tap (lo + off may be
-                        // negative).
-                    } else if aw.stride == 1 {
-                        let start = (lo as isize + off) as usize;
-                        let xs = &xrow[start..start + (hi - lo)];
-                        for (o, &xv) in orow[lo..hi].iter_mut().zip(xs) {
-                            *o += wv * xv;
-                        }
-                    } else {
-                        let s = aw.stride as isize;
-                        for (o, v) in orow[lo..hi].iter_mut().enumerate() {
-                            *v += wv * xrow[((lo + o) as isize * s + off) as usize];
-                        }
-                    }
-                }
+                rows::row::<MulAdd<FMA>>(g, xrow, wrow, orow);
             }
         }
     }

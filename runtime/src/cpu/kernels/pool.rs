@@ -5,8 +5,14 @@
 //! Window validity is separable per axis, so the plan precomputes, for each
 //! axis and output index, the range of in-bounds taps and the number of taps
 //! inside the padded extent; a window's divisor is the product over axes.
+//! Windowed pools run one output row at a time, reducing each contributing
+//! input row with all W taps fused (`rows.rs`, with AVX2 dispatch); the
+//! global pools reduce in 16 lanes so they vectorize.
 
 use rayon::prelude::*;
+
+use super::conv::with_scratch;
+use super::rows::{self, Add, Isa, Max, Op, RowGeom};
 
 /// Which pooling op. `count_include_pad` counts the explicit pads in the
 /// average's divisor (never the cells past them that `ceil_mode` adds).
@@ -77,6 +83,11 @@ pub struct PoolPlan {
     axes: [Axis; 3],
     in_vol: usize,
     out_shape: Vec<usize>,
+    /// The W axis's row geometry, and a unit weight per W tap (the row
+    /// kernels take weights; max and sum ignore them).
+    row_geom: RowGeom,
+    ones: Vec<f32>,
+    isa: Isa,
 }
 
 impl PoolPlan {
@@ -99,6 +110,9 @@ impl PoolPlan {
                 axes,
                 in_vol,
                 out_shape,
+                row_geom: RowGeom::new(1, 1, 1, 1, 1, 0),
+                ones: vec![1.0],
+                isa: Isa::detect(),
             });
         }
         if sd > 3 {
@@ -113,6 +127,7 @@ impl PoolPlan {
             return err("attribute lengths do not match the spatial rank");
         }
         let mut out_shape = x_shape[..2].to_vec();
+        let mut row_geom = RowGeom::new(1, 1, 1, 1, 1, 0);
         for i in 0..sd {
             let input = x_shape[2 + i];
             let kernel = attrs.kernel[i];
@@ -160,6 +175,9 @@ impl PoolPlan {
                     }
                 })
                 .collect();
+            if i == sd - 1 {
+                row_geom = RowGeom::new(input, output, kernel, stride, dilation, pb);
+            }
             axes[3 - sd + i] = Axis {
                 input,
                 dilation,
@@ -167,12 +185,16 @@ impl PoolPlan {
             };
             out_shape.push(output);
         }
+        let ones = vec![1.0; attrs.kernel[sd - 1]];
         Ok(PoolPlan {
             kind,
             planes,
             axes,
             in_vol,
             out_shape,
+            row_geom,
+            ones,
+            isa: Isa::detect(),
         })
     }
 
@@ -191,16 +213,7 @@ impl PoolPlan {
         }
         let plane = |(p, o): (usize, &mut [f32])| {
             let xp = &x[p * self.in_vol..][..self.in_vol];
-            match self.kind {
-                PoolKind::GlobalAverage => {
-                    o[0] = xp.iter().sum::<f32>() / self.in_vol as f32;
-                }
-                PoolKind::GlobalMax => o[0] = xp.iter().copied().fold(f32::NEG_INFINITY, nan_max),
-                PoolKind::Max => self.window_plane(xp, o, None),
-                PoolKind::Average { count_include_pad } => {
-                    self.window_plane(xp, o, Some(count_include_pad))
-                }
-            }
+            self.plane(xp, o);
         };
         if threads > 1 && x.len() >= PAR_ELEMS {
             out.par_chunks_mut(out_vol).enumerate().for_each(plane);
@@ -209,45 +222,85 @@ impl PoolPlan {
         }
     }
 
-    /// One [C-plane] of a windowed pool; `avg` is None for max, else
-    /// `count_include_pad`.
-    fn window_plane(&self, x: &[f32], out: &mut [f32], avg: Option<bool>) {
+    /// One plane: dispatches on the detected ISA, with a phase-split copy
+    /// of the plane in scratch for strided windowed pools.
+    fn plane(&self, x: &[f32], out: &mut [f32]) {
+        let split = match self.kind {
+            PoolKind::Max | PoolKind::Average { .. } if self.row_geom.stride > 1 => {
+                self.axes[0].input * self.axes[1].input * self.row_geom.split_len()
+            }
+            _ => 0,
+        };
+        with_scratch(split, |ph| match self.isa {
+            Isa::Portable => self.plane_body(x, out, ph),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma were
+            // detected on this CPU.
+            Isa::Avx2Fma => unsafe { self.plane_avx2(x, out, ph) },
+        });
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn plane_avx2(&self, x: &[f32], out: &mut [f32], ph: &mut [f32]) {
+        self.plane_body(x, out, ph)
+    }
+
+    /// The plane, compiled once per ISA.
+    #[inline(always)]
+    fn plane_body(&self, x: &[f32], out: &mut [f32], ph: &mut [f32]) {
+        match self.kind {
+            PoolKind::GlobalAverage => out[0] = rows::sum(x) / self.in_vol as f32,
+            PoolKind::GlobalMax => out[0] = rows::max(x),
+            PoolKind::Max => self.window_plane::<Max>(x, out, None, ph),
+            PoolKind::Average { count_include_pad } => {
+                self.window_plane::<Add>(x, out, Some(count_include_pad), ph)
+            }
+        }
+    }
+
+    /// One [C-plane] of a windowed pool, an output row at a time; `avg` is
+    /// None for max, else `count_include_pad`.
+    #[inline(always)]
+    fn window_plane<O: Op>(&self, x: &[f32], out: &mut [f32], avg: Option<bool>, ph: &mut [f32]) {
         let [ad, ah, aw] = &self.axes;
-        let mut o = out.iter_mut();
+        let g = &self.row_geom;
+        let src: &[f32] = if g.stride > 1 {
+            rows::split_phases(g, x, ph);
+            ph
+        } else {
+            x
+        };
+        let rl = g.split_len();
+        let init = if avg.is_some() {
+            0.0
+        } else {
+            f32::NEG_INFINITY
+        };
+        let mut orows = out.chunks_exact_mut(aw.windows.len());
         for wd in &ad.windows {
             for wh in &ah.windows {
-                for ww in &aw.windows {
-                    let Some(dst) = o.next() else { return };
-                    let mut acc = if avg.is_some() {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                    for id in taps(*wd, ad) {
-                        for ih in taps(*wh, ah) {
-                            let row = &x[(id * ah.input + ih) * aw.input..][..aw.input];
-                            for iw in taps(*ww, aw) {
-                                let v = row[iw];
-                                acc = if avg.is_some() {
-                                    acc + v
-                                } else {
-                                    nan_max(acc, v)
-                                };
-                            }
-                        }
+                let Some(orow) = orows.next() else { return };
+                orow.fill(init);
+                for id in taps(*wd, ad) {
+                    for ih in taps(*wh, ah) {
+                        let xrow = &src[(id * ah.input + ih) * rl..][..rl];
+                        rows::row::<O>(g, xrow, &self.ones, orow);
                     }
-                    *dst = match avg {
-                        None => acc,
-                        Some(include_pad) => {
-                            let count = if include_pad {
-                                wd.padded_count * wh.padded_count * ww.padded_count
-                            } else {
-                                (wd.k_hi - wd.k_lo) * (wh.k_hi - wh.k_lo) * (ww.k_hi - ww.k_lo)
-                            };
-                            // 0/0 = NaN for an all-padding window, as numpy.
-                            acc / count as f32
+                }
+                if let Some(include_pad) = avg {
+                    let count = |w: &Window| {
+                        if include_pad {
+                            w.padded_count
+                        } else {
+                            w.k_hi - w.k_lo
                         }
                     };
+                    let cdh = count(wd) * count(wh);
+                    for (v, ww) in orow.iter_mut().zip(&aw.windows) {
+                        // 0/0 = NaN for an all-padding window, as numpy.
+                        *v /= (cdh * count(ww)) as f32;
+                    }
                 }
             }
         }
@@ -258,16 +311,6 @@ impl PoolPlan {
 fn taps(w: Window, a: &Axis) -> impl Iterator<Item = usize> {
     let (start, d) = (w.start, a.dilation);
     (0..w.k_hi - w.k_lo).map(move |t| start + t * d)
-}
-
-/// Max that propagates NaN (f32::max would drop it).
-#[inline]
-fn nan_max(acc: f32, v: f32) -> f32 {
-    if v > acc || v.is_nan() {
-        v
-    } else {
-        acc
-    }
 }
 
 #[cfg(test)]
