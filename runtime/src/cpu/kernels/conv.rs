@@ -648,6 +648,11 @@ mod tests {
             // Tiny blocks: one output position, or 7 positions that straddle
             // output rows.
             plan.block_floats = block_floats.min(IM2COL_BLOCK_FLOATS);
+            // Half the runs take the portable row kernels, half the
+            // detected ISA's.
+            if !konst {
+                plan.isa = Isa::Portable;
+            }
             assert_eq!(plan.out_shape(), &shape[..]);
             assert_eq!(plan.strategy, want_strategy, "{xs:?} {ws:?} {attrs:?}");
             for threads in [1, 2] {
@@ -909,6 +914,31 @@ mod tests {
             true,
             Depthwise,
         );
+    }
+
+    /// The row kernels' fast paths: vector bodies plus remainders (widths
+    /// not a multiple of 8 or 16), every fused tap count and the unfused
+    /// fallback (9 taps), strides 2 and 3 (phase split), dilation 2,
+    /// asymmetric pads, channel multipliers, and a plane set big enough to
+    /// thread.
+    #[test]
+    fn conv_depthwise_rows() {
+        #[rustfmt::skip]
+        let cases: &[(&[usize], &[usize], &[usize], &[usize], &[usize], usize)] = &[
+            (&[1, 4, 9, 37], &[4, 1, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 4),
+            (&[2, 3, 11, 53], &[3, 1, 5, 5], &[2, 2], &[1, 1], &[2, 2, 2, 2], 3),
+            (&[1, 2, 8, 41], &[2, 1, 3, 7], &[2, 2], &[1, 2], &[1, 3, 0, 5], 2),
+            (&[1, 3, 6, 35], &[6, 1, 2, 9], &[1, 3], &[1, 1], &[0, 4, 1, 4], 3),
+            (&[1, 2, 5, 19], &[2, 1, 1, 4], &[1, 1], &[1, 2], &[0, 2, 0, 1], 2),
+            (&[1, 2, 4, 17], &[2, 1, 2, 2], &[2, 2], &[2, 1], &[1, 0, 1, 1], 2),
+            (&[1, 2, 3, 16], &[2, 1, 3, 1], &[1, 2], &[1, 1], &[1, 0, 1, 0], 2),
+            (&[6, 5, 3, 12], &[5, 1, 5, 5], &[1, 1], &[1, 1], &[2, 2, 2, 2], 5),
+            (&[1, 64, 40, 41], &[64, 1, 5, 5], &[1, 1], &[1, 1], &[2, 2, 2, 2], 64),
+            (&[1, 64, 40, 41], &[64, 1, 3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], 64),
+        ];
+        for &(xs, ws, st, dil, pads, g) in cases {
+            case(xs, ws, st, dil, pads, g, true, Depthwise);
+        }
     }
 
     #[test]

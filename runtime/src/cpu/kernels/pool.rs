@@ -452,9 +452,15 @@ mod tests {
             PoolKind::GlobalMax,
         ] {
             let (shape, want, sc) = reference(kind, xs, &attrs, &x);
-            let plan = PoolPlan::new(kind, xs, &attrs).unwrap();
+            let mut plan = PoolPlan::new(kind, xs, &attrs).unwrap();
             assert_eq!(plan.out_shape(), &shape[..], "{kind:?} {xs:?} {attrs:?}");
-            for threads in [1, 2] {
+            for (threads, isa) in [
+                (1, Isa::Portable),
+                (1, Isa::detect()),
+                (2, Isa::Portable),
+                (2, Isa::detect()),
+            ] {
+                plan.isa = isa;
                 let mut out = vec![f32::NAN; want.len()];
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -465,7 +471,7 @@ mod tests {
                     &out,
                     &want,
                     &sc,
-                    &format!("{kind:?} x{xs:?} {attrs:?} t{threads}"),
+                    &format!("{kind:?} x{xs:?} {attrs:?} t{threads} {isa:?}"),
                 );
             }
         }
@@ -545,6 +551,120 @@ mod tests {
             &[1, 1, 1, 1],
             false,
         );
+    }
+
+    /// The row kernels' fast paths: odd widths and widths not a multiple
+    /// of 8 or 16, strides 2 and 3 (phase split), dilation 2, pads, ceil
+    /// mode, the unfused 9-tap fallback, and a plane set big enough to
+    /// thread.
+    #[test]
+    fn pool_rows() {
+        case(
+            &[1, 3, 13, 37],
+            &[3, 3],
+            &[2, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            true,
+        );
+        case(
+            &[2, 2, 9, 53],
+            &[2, 2],
+            &[2, 2],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            false,
+        );
+        case(
+            &[1, 2, 7, 45],
+            &[3, 5],
+            &[1, 2],
+            &[2, 2],
+            &[1, 2, 0, 3],
+            true,
+        );
+        case(
+            &[1, 1, 5, 33],
+            &[1, 9],
+            &[1, 1],
+            &[1, 1],
+            &[0, 4, 0, 4],
+            false,
+        );
+        case(
+            &[1, 4, 17, 70],
+            &[3, 3],
+            &[3, 3],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            true,
+        );
+        case(
+            &[1, 2, 6, 17],
+            &[2, 4],
+            &[1, 1],
+            &[1, 1],
+            &[1, 1, 0, 2],
+            false,
+        );
+        case(
+            &[1, 16, 64, 71],
+            &[3, 3],
+            &[2, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            false,
+        );
+        case(
+            &[1, 8, 3, 300],
+            &[1, 7],
+            &[1, 1],
+            &[1, 1],
+            &[0, 3, 0, 3],
+            false,
+        );
+    }
+
+    /// NaN in the vector interior and at borders propagates to exactly the
+    /// windows that cover it, for windowed and global max.
+    #[test]
+    fn max_nan_rows() {
+        let (h, w) = (5, 37);
+        let mut x = lcg(3, h * w);
+        for &i in &[0, 17, 2 * w + 20, 3 * w + 36, 4 * w + 9] {
+            x[i] = f32::NAN;
+        }
+        let attrs = PoolAttrs {
+            kernel: vec![3, 3],
+            strides: vec![2, 1],
+            pads: vec![1, 1, 1, 1],
+            ceil_mode: true,
+            ..Default::default()
+        };
+        let plan = PoolPlan::new(PoolKind::Max, &[1, 1, h, w], &attrs).unwrap();
+        let (oh, ow) = (plan.out_shape()[2], plan.out_shape()[3]);
+        let mut out = vec![0.0; oh * ow];
+        plan.run(&x, &mut out, 1);
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut want_nan = false;
+                for di in 0..3 {
+                    for dj in 0..3 {
+                        let (r, c) = ((i * 2 + di) as isize - 1, (j + dj) as isize - 1);
+                        if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
+                            want_nan |= x[r as usize * w + c as usize].is_nan();
+                        }
+                    }
+                }
+                assert_eq!(out[i * ow + j].is_nan(), want_nan, "at {i},{j}");
+            }
+        }
+        let g = PoolPlan::new(PoolKind::GlobalMax, &[1, 1, h, w], &attrs).unwrap();
+        let mut o = [0.0];
+        g.run(&x, &mut o, 1);
+        assert!(o[0].is_nan());
+        g.run(&lcg(3, h * w), &mut o, 1);
+        assert!(!o[0].is_nan());
     }
 
     #[test]
