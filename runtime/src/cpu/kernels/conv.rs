@@ -471,23 +471,23 @@ fn depthwise_plane(
     bias: f32,
     out: &mut [f32],
 ) {
-    // Phase-split copy of the plane for strided convs (none for stride 1).
-    let split = if g.stride > 1 {
-        axes[0].input * axes[1].input * g.split_len()
-    } else {
-        0
-    };
-    with_scratch(split, |ph| match isa {
-        Isa::Portable => depthwise_body::<false>(axes, g, x, w, bias, out, ph),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma were
-        // detected on this CPU.
-        Isa::Avx2Fma => unsafe { depthwise_avx2(axes, g, x, w, bias, out, ph) },
+    // Scratch: the padded, phase-split plane, then one output row.
+    let split = axes[0].input * axes[1].input * g.split_len();
+    with_scratch(split + g.padded_out, |buf| {
+        let (ph, acc) = buf.split_at_mut(split);
+        match isa {
+            Isa::Portable => depthwise_body::<false>(axes, g, x, w, bias, out, ph, acc),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma were
+            // detected on this CPU.
+            Isa::Avx2Fma => unsafe { depthwise_avx2(axes, g, x, w, bias, out, ph, acc) },
+        }
     });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 fn depthwise_avx2(
     axes: &[Axis; 3],
     g: &RowGeom,
@@ -496,13 +496,16 @@ fn depthwise_avx2(
     bias: f32,
     out: &mut [f32],
     ph: &mut [f32],
+    acc: &mut [f32],
 ) {
-    depthwise_body::<true>(axes, g, x, w, bias, out, ph)
+    depthwise_body::<true>(axes, g, x, w, bias, out, ph, acc)
 }
 
 /// The depthwise plane, generic so it is compiled once per ISA (`FMA`
-/// only where the CPU has it). `ph` holds the phase split when strided.
+/// only where the CPU has it). `ph` receives the padded, phase-split
+/// plane, `acc` (`g.padded_out` long) accumulates one output row.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn depthwise_body<const FMA: bool>(
     axes: &[Axis; 3],
     g: &RowGeom,
@@ -511,18 +514,14 @@ fn depthwise_body<const FMA: bool>(
     bias: f32,
     out: &mut [f32],
     ph: &mut [f32],
+    acc: &mut [f32],
 ) {
     let [ad, ah, aw] = axes;
-    let src: &[f32] = if g.stride > 1 {
-        rows::split_phases(g, x, ph);
-        ph
-    } else {
-        x
-    };
+    rows::pad_split(g, x, 0.0, ph);
     let rl = g.split_len();
-    out.fill(bias);
     for (p, orow) in out.chunks_exact_mut(aw.output).enumerate() {
         let (od, oh) = (p / ah.output, p % ah.output);
+        acc.fill(bias);
         for kd in 0..ad.kernel {
             let Some(id) = ad.input_index(od, kd) else {
                 continue;
@@ -531,11 +530,12 @@ fn depthwise_body<const FMA: bool>(
                 let Some(ih) = ah.input_index(oh, kh) else {
                     continue;
                 };
-                let xrow = &src[(id * ah.input + ih) * rl..][..rl];
+                let src = &ph[(id * ah.input + ih) * rl..][..rl];
                 let wrow = &w[(kd * ah.kernel + kh) * aw.kernel..][..aw.kernel];
-                rows::row::<MulAdd<FMA>>(g, xrow, wrow, orow);
+                rows::row::<MulAdd<FMA>>(g, src, wrow, acc);
             }
         }
+        orow.copy_from_slice(&acc[..aw.output]);
     }
 }
 

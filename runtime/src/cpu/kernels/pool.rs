@@ -222,84 +222,86 @@ impl PoolPlan {
         }
     }
 
-    /// One plane: dispatches on the detected ISA, with a phase-split copy
-    /// of the plane in scratch for strided windowed pools.
+    /// One plane: dispatches on the detected ISA, with the padded,
+    /// phase-split plane and an output row in scratch for windowed pools.
     fn plane(&self, x: &[f32], out: &mut [f32]) {
         let split = match self.kind {
-            PoolKind::Max | PoolKind::Average { .. } if self.row_geom.stride > 1 => {
+            PoolKind::Max | PoolKind::Average { .. } => {
                 self.axes[0].input * self.axes[1].input * self.row_geom.split_len()
+                    + self.row_geom.padded_out
             }
             _ => 0,
         };
-        with_scratch(split, |ph| match self.isa {
-            Isa::Portable => self.plane_body(x, out, ph),
+        with_scratch(split, |buf| match self.isa {
+            Isa::Portable => self.plane_body(x, out, buf),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma were
             // detected on this CPU.
-            Isa::Avx2Fma => unsafe { self.plane_avx2(x, out, ph) },
+            Isa::Avx2Fma => unsafe { self.plane_avx2(x, out, buf) },
         });
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn plane_avx2(&self, x: &[f32], out: &mut [f32], ph: &mut [f32]) {
-        self.plane_body(x, out, ph)
+    fn plane_avx2(&self, x: &[f32], out: &mut [f32], buf: &mut [f32]) {
+        self.plane_body(x, out, buf)
     }
 
     /// The plane, compiled once per ISA.
     #[inline(always)]
-    fn plane_body(&self, x: &[f32], out: &mut [f32], ph: &mut [f32]) {
+    fn plane_body(&self, x: &[f32], out: &mut [f32], buf: &mut [f32]) {
         match self.kind {
             PoolKind::GlobalAverage => out[0] = rows::sum(x) / self.in_vol as f32,
             PoolKind::GlobalMax => out[0] = rows::max(x),
-            PoolKind::Max => self.window_plane::<Max>(x, out, None, ph),
+            PoolKind::Max => self.window_plane::<Max>(x, out, None, buf),
             PoolKind::Average { count_include_pad } => {
-                self.window_plane::<Add>(x, out, Some(count_include_pad), ph)
+                self.window_plane::<Add>(x, out, Some(count_include_pad), buf)
             }
         }
     }
 
     /// One [C-plane] of a windowed pool, an output row at a time; `avg` is
-    /// None for max, else `count_include_pad`.
+    /// None for max, else `count_include_pad`. `buf` holds the padded,
+    /// phase-split plane, then the output row being accumulated.
     #[inline(always)]
-    fn window_plane<O: Op>(&self, x: &[f32], out: &mut [f32], avg: Option<bool>, ph: &mut [f32]) {
+    fn window_plane<O: Op>(&self, x: &[f32], out: &mut [f32], avg: Option<bool>, buf: &mut [f32]) {
         let [ad, ah, aw] = &self.axes;
         let g = &self.row_geom;
-        let src: &[f32] = if g.stride > 1 {
-            rows::split_phases(g, x, ph);
-            ph
-        } else {
-            x
-        };
         let rl = g.split_len();
+        let (ph, acc) = buf.split_at_mut(ad.input * ah.input * rl);
+        // Pad with the op's identity, so padding never changes a result.
         let init = if avg.is_some() {
             0.0
         } else {
             f32::NEG_INFINITY
         };
+        rows::pad_split(g, x, init, ph);
         let mut orows = out.chunks_exact_mut(aw.windows.len());
         for wd in &ad.windows {
             for wh in &ah.windows {
                 let Some(orow) = orows.next() else { return };
-                orow.fill(init);
+                acc.fill(init);
                 for id in taps(*wd, ad) {
                     for ih in taps(*wh, ah) {
-                        let xrow = &src[(id * ah.input + ih) * rl..][..rl];
-                        rows::row::<O>(g, xrow, &self.ones, orow);
+                        let src = &ph[(id * ah.input + ih) * rl..][..rl];
+                        rows::row::<O>(g, src, &self.ones, acc);
                     }
                 }
-                if let Some(include_pad) = avg {
-                    let count = |w: &Window| {
-                        if include_pad {
-                            w.padded_count
-                        } else {
-                            w.k_hi - w.k_lo
+                match avg {
+                    None => orow.copy_from_slice(&acc[..orow.len()]),
+                    Some(include_pad) => {
+                        let count = |w: &Window| {
+                            if include_pad {
+                                w.padded_count
+                            } else {
+                                w.k_hi - w.k_lo
+                            }
+                        };
+                        let cdh = count(wd) * count(wh);
+                        for ((v, &a), ww) in orow.iter_mut().zip(acc.iter()).zip(&aw.windows) {
+                            // 0/0 = NaN for an all-padding window, as numpy.
+                            *v = a / (cdh * count(ww)) as f32;
                         }
-                    };
-                    let cdh = count(wd) * count(wh);
-                    for (v, ww) in orow.iter_mut().zip(&aw.windows) {
-                        // 0/0 = NaN for an all-padding window, as numpy.
-                        *v /= (cdh * count(ww)) as f32;
                     }
                 }
             }
