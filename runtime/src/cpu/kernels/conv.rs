@@ -82,6 +82,27 @@ impl Axis {
         (lo, hi, off)
     }
 
+    /// Taps `[lo, hi)` of output `o` that land in `[0, input)`; tap `k`
+    /// reads input `off + k*dilation` (`off` may be negative).
+    #[inline]
+    fn valid_range_of(&self, o: usize) -> (usize, usize, isize) {
+        let off = (o * self.stride) as isize - self.pad_begin as isize;
+        let d = self.dilation as isize;
+        let lo = if off >= 0 {
+            0
+        } else {
+            ((-off + d - 1) / d) as usize
+        };
+        let room = self.input as isize - off;
+        let hi = if room <= 0 {
+            0
+        } else {
+            ((room + d - 1) / d) as usize
+        };
+        let hi = hi.min(self.kernel);
+        (lo.min(hi), hi, off)
+    }
+
     /// Input index of output `o`, tap `k`, or None when it lands in padding.
     #[inline]
     fn input_index(&self, o: usize, k: usize) -> Option<usize> {
@@ -459,6 +480,9 @@ fn im2col(axes: &[Axis; 3], x: &[f32], col: &mut [f32], p0: usize, p1: usize) {
     }
 }
 
+/// Input rows per row-kernel call (a 5x5 kernel's H taps in one go).
+const MAX_ROWS: usize = 5;
+
 /// One output plane of a depthwise conv: `x` is the input channel's
 /// [D, H, W] plane, `w` its kernel, `out` the [OD, OH, OW] plane.
 #[allow(clippy::too_many_arguments)]
@@ -522,17 +546,26 @@ fn depthwise_body<const FMA: bool>(
     for (p, orow) in out.chunks_exact_mut(aw.output).enumerate() {
         let (od, oh) = (p / ah.output, p % ah.output);
         acc.fill(bias);
+        // The in-bounds H taps form a range, so their weights are
+        // contiguous and all their rows go to the row kernel at once.
+        let (kh0, kh1, off) = ah.valid_range_of(oh);
         for kd in 0..ad.kernel {
             let Some(id) = ad.input_index(od, kd) else {
                 continue;
             };
-            for kh in 0..ah.kernel {
-                let Some(ih) = ah.input_index(oh, kh) else {
-                    continue;
-                };
-                let src = &ph[(id * ah.input + ih) * rl..][..rl];
-                let wrow = &w[(kd * ah.kernel + kh) * aw.kernel..][..aw.kernel];
-                rows::row::<MulAdd<FMA>>(g, src, wrow, acc);
+            let wk = &w[kd * ah.kernel * aw.kernel..][..ah.kernel * aw.kernel];
+            // A few rows per call keep the source list on the stack.
+            let mut kh = kh0;
+            while kh < kh1 {
+                let cnt = (kh1 - kh).min(MAX_ROWS);
+                let mut srcs: [&[f32]; MAX_ROWS] = [&[]; MAX_ROWS];
+                for (t, s) in srcs[..cnt].iter_mut().enumerate() {
+                    let ih = (off + ((kh + t) * ah.dilation) as isize) as usize;
+                    *s = &ph[(id * ah.input + ih) * rl..][..rl];
+                }
+                let wr = &wk[kh * aw.kernel..(kh + cnt) * aw.kernel];
+                rows::rows::<MulAdd<FMA>>(g, &srcs[..cnt], wr, acc);
+                kh += cnt;
             }
         }
         orow.copy_from_slice(&acc[..aw.output]);

@@ -69,6 +69,9 @@ impl Axis {
     }
 }
 
+/// Input rows per row-kernel call (a 3x3 window's in one go).
+const MAX_ROWS: usize = 5;
+
 /// Below this many input elements pooling runs on one thread.
 const PAR_ELEMS: usize = 64 * 1024;
 
@@ -87,6 +90,8 @@ pub struct PoolPlan {
     /// kernels take weights; max and sum ignore them).
     row_geom: RowGeom,
     ones: Vec<f32>,
+    /// W taps per row in `ones`.
+    ones_w: usize,
     isa: Isa,
 }
 
@@ -112,6 +117,7 @@ impl PoolPlan {
                 out_shape,
                 row_geom: RowGeom::new(1, 1, 1, 1, 1, 0),
                 ones: vec![1.0],
+                ones_w: 1,
                 isa: Isa::detect(),
             });
         }
@@ -185,7 +191,8 @@ impl PoolPlan {
             };
             out_shape.push(output);
         }
-        let ones = vec![1.0; attrs.kernel[sd - 1]];
+        let ones_w = attrs.kernel[sd - 1];
+        let ones = vec![1.0; ones_w * MAX_ROWS];
         Ok(PoolPlan {
             kind,
             planes,
@@ -194,6 +201,7 @@ impl PoolPlan {
             out_shape,
             row_geom,
             ones,
+            ones_w,
             isa: Isa::detect(),
         })
     }
@@ -282,9 +290,18 @@ impl PoolPlan {
                 let Some(orow) = orows.next() else { return };
                 acc.fill(init);
                 for id in taps(*wd, ad) {
-                    for ih in taps(*wh, ah) {
-                        let src = &ph[(id * ah.input + ih) * rl..][..rl];
-                        rows::row::<O>(g, src, &self.ones, acc);
+                    // All of the window's H rows go to the row kernel at
+                    // once, a few per call to keep the list on the stack.
+                    let mut ihs = taps(*wh, ah).peekable();
+                    while ihs.peek().is_some() {
+                        let mut srcs: [&[f32]; MAX_ROWS] = [&[]; MAX_ROWS];
+                        let mut cnt = 0;
+                        for (s, ih) in srcs.iter_mut().zip(ihs.by_ref().take(MAX_ROWS)) {
+                            *s = &ph[(id * ah.input + ih) * rl..][..rl];
+                            cnt += 1;
+                        }
+                        let w = &self.ones[..cnt * self.ones_w];
+                        rows::rows::<O>(g, &srcs[..cnt], w, acc);
                     }
                 }
                 match avg {

@@ -153,6 +153,31 @@ pub(crate) fn pad_split(g: &RowGeom, x: &[f32], fill: f32, dst: &mut [f32]) {
             drow[pb + g.input..].fill(fill);
             continue;
         }
+        if s == 2 {
+            // The common stride, as a pair loop the compiler vectorizes
+            // (a strided copy per phase stays scalar).
+            drow.fill(fill);
+            let (p0, p1) = drow.split_at_mut(pl);
+            // Input 2m sits at padded pb + 2m: phase pb % 2, index
+            // pb/2 + m; input 2m+1 in the other phase, at pb/2 + m when pb
+            // is even, else pb/2 + 1 + m.
+            let (ev, od, ob) = if pb % 2 == 0 {
+                (p0, p1, pb / 2)
+            } else {
+                (p1, p0, pb / 2 + 1)
+            };
+            let half = g.input / 2;
+            let pairs = xrow.chunks_exact(2);
+            if let Some(&v) = pairs.remainder().first() {
+                ev[pb / 2 + half] = v;
+            }
+            let evs = &mut ev[pb / 2..][..half];
+            for ((e, o), pr) in evs.iter_mut().zip(&mut od[ob..][..half]).zip(pairs) {
+                *e = pr[0];
+                *o = pr[1];
+            }
+            continue;
+        }
         for (p, dph) in drow.chunks_exact_mut(pl).enumerate() {
             // Phase p holds padded q = p + j*s; input index q - pb lies in
             // [0, input) for j in [j0, j1).
@@ -168,33 +193,60 @@ pub(crate) fn pad_split(g: &RowGeom, x: &[f32], fill: f32, dst: &mut [f32]) {
     }
 }
 
-/// Combines one padded, split input row `src` into the scratch output row
-/// `acc` (`g.padded_out` long) for all W taps, weights `w` (one per tap).
+/// Combines padded, split input rows `srcs` into the scratch output row
+/// `acc` (`g.padded_out` long) for all their W taps at once, weights `w`
+/// (row-major, `srcs.len()` x W taps): with the H taps fused too, `acc`
+/// stays in registers across a whole 3x3 or 5x5 window.
 #[inline(always)]
-pub(crate) fn row<O: Op>(g: &RowGeom, src: &[f32], w: &[f32], acc: &mut [f32]) {
+pub(crate) fn rows<O: Op>(g: &RowGeom, srcs: &[&[f32]], w: &[f32], acc: &mut [f32]) {
     let n = g.padded_out;
     let acc = &mut acc[..n];
-    let tap = |k: usize| -> &[f32] { &src[g.tap_starts[k]..][..n] };
+    let kw = g.tap_starts.len();
     macro_rules! fused {
-        ($k:literal) => {{
-            let xs: [&[f32]; $k] = std::array::from_fn(|k| tap(k));
-            let ws: [f32; $k] = std::array::from_fn(|k| w[k]);
-            fused::<O, $k>(acc, xs, ws)
-        }};
+        ($($k:literal)*) => {
+            match srcs.len() * kw {
+                $($k => {
+                    // Nested loops, not from_fn(t / kw, t % kw): divisions
+                    // per tap cost more than a narrow row's arithmetic.
+                    let mut xs: [&[f32]; $k] = [&[]; $k];
+                    let mut slots = xs.iter_mut();
+                    for src in srcs {
+                        // tap_starts first: zip polls it first, so the
+                        // row's end does not consume a slot.
+                        for (&st, x) in g.tap_starts.iter().zip(slots.by_ref()) {
+                            *x = &src[st..][..n];
+                        }
+                    }
+                    let mut ws = [0.0f32; $k];
+                    ws.copy_from_slice(&w[..$k]);
+                    return fused::<O, $k>(acc, xs, ws);
+                })*
+                _ => {}
+            }
+        };
     }
-    match g.tap_starts.len() {
-        1 => fused!(1),
-        2 => fused!(2),
-        3 => fused!(3),
-        4 => fused!(4),
-        5 => fused!(5),
-        6 => fused!(6),
-        7 => fused!(7),
-        _ => {
-            for (k, &wv) in w.iter().enumerate() {
-                for (a, &x) in acc.iter_mut().zip(tap(k)) {
-                    *a = O::step(*a, wv, x);
+    fused!(1 2 3 4 5 6 7 8 9 10 12 14 15 16 20 21 25);
+    // Other shapes: one W row at a time (fused 1..=7), else tap by tap.
+    for (r, src) in srcs.iter().enumerate() {
+        let wr = &w[r * kw..][..kw];
+        let tap = |k: usize| -> &[f32] { &src[g.tap_starts[k]..][..n] };
+        macro_rules! fused_row {
+            ($($k:literal)*) => {
+                match kw {
+                    $($k => {
+                        let xs: [&[f32]; $k] = std::array::from_fn(|k| tap(k));
+                        let ws: [f32; $k] = std::array::from_fn(|k| wr[k]);
+                        fused::<O, $k>(acc, xs, ws);
+                        continue;
+                    })*
+                    _ => {}
                 }
+            };
+        }
+        fused_row!(1 2 3 4 5 6 7);
+        for (k, &wv) in wr.iter().enumerate() {
+            for (a, &x) in acc.iter_mut().zip(tap(k)) {
+                *a = O::step(*a, wv, x);
             }
         }
     }
