@@ -8,6 +8,7 @@
 mod conv;
 mod matmul;
 mod pool;
+mod rows;
 
 pub use conv::{ConvAttrs, ConvPlan};
 pub use matmul::{GemmPlan, MatMulPlan};
@@ -57,9 +58,13 @@ mod bench {
     }
 
     fn conv(name: &str, xs: &[usize], ws: &[usize], pads: usize, group: usize) {
+        conv_s(name, xs, ws, pads, group, 1);
+    }
+
+    fn conv_s(name: &str, xs: &[usize], ws: &[usize], pads: usize, group: usize, stride: usize) {
         let sd = xs.len() - 2;
         let attrs = ConvAttrs {
-            strides: vec![1; sd],
+            strides: vec![stride; sd],
             dilations: vec![1; sd],
             pads: vec![pads; 2 * sd],
             group,
@@ -76,6 +81,121 @@ mod bench {
             });
             println!("{name:40} threads {t}: {g:7.1} GFLOP/s");
         }
+    }
+
+    /// Pooling time in microseconds (best of), and the input's GB/s.
+    fn pool(name: &str, kind: PoolKind, xs: &[usize], attrs: &PoolAttrs) {
+        let x = lcg(6, xs.iter().product());
+        let plan = PoolPlan::new(kind, xs, attrs).unwrap();
+        let mut out = vec![0.0; plan.out_shape().iter().product()];
+        let out = std::sync::Mutex::new(&mut out[..]);
+        for t in [1, 2] {
+            // "flops" = input bytes, so the figure reads as GB/s.
+            let bytes = 4.0 * x.len() as f64;
+            let g = gflops(bytes, t, &|t| plan.run(&x, &mut out.lock().unwrap(), t));
+            println!(
+                "{name:40} threads {t}: {:8.1} us {g:6.1} GB/s",
+                bytes / g / 1e3
+            );
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn small_kernels() {
+        conv(
+            "depthwise 5x5 x[6,200,3,12] p2",
+            &[6, 200, 3, 12],
+            &[200, 1, 5, 5],
+            2,
+            200,
+        );
+        conv(
+            "depthwise 5x5 x[6,88,6,24] p2",
+            &[6, 88, 6, 24],
+            &[88, 1, 5, 5],
+            2,
+            88,
+        );
+        conv(
+            "depthwise 3x3 x[1,144,56,56] p1",
+            &[1, 144, 56, 56],
+            &[144, 1, 3, 3],
+            1,
+            144,
+        );
+        conv_s(
+            "depthwise 3x3 s2 x[1,144,56,56] p1",
+            &[1, 144, 56, 56],
+            &[144, 1, 3, 3],
+            1,
+            144,
+            2,
+        );
+        conv_s(
+            "first conv x[6,3,48,192] w[8,3,3,3] s2",
+            &[6, 3, 48, 192],
+            &[8, 3, 3, 3],
+            1,
+            1,
+            2,
+        );
+        conv_s(
+            "first conv x[1,3,224,224] w[64,3,7,7] s2",
+            &[1, 3, 224, 224],
+            &[64, 3, 7, 7],
+            3,
+            1,
+            2,
+        );
+        let max3 = PoolAttrs {
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            ..Default::default()
+        };
+        pool(
+            "maxpool 3x3 s2 x[1,96,109,109]",
+            PoolKind::Max,
+            &[1, 96, 109, 109],
+            &max3,
+        );
+        let max2 = PoolAttrs {
+            kernel: vec![2, 2],
+            strides: vec![2, 2],
+            ..Default::default()
+        };
+        pool(
+            "maxpool 2x2 s2 x[6,64,24,96]",
+            PoolKind::Max,
+            &[6, 64, 24, 96],
+            &max2,
+        );
+        let avg3 = PoolAttrs {
+            kernel: vec![3, 3],
+            strides: vec![1, 1],
+            pads: vec![1; 4],
+            ..Default::default()
+        };
+        pool(
+            "avgpool 3x3 s1 p1 x[1,64,56,56]",
+            PoolKind::Average {
+                count_include_pad: false,
+            },
+            &[1, 64, 56, 56],
+            &avg3,
+        );
+        pool(
+            "globalavg x[1,1000,13,13]",
+            PoolKind::GlobalAverage,
+            &[1, 1000, 13, 13],
+            &max2,
+        );
+        pool(
+            "globalavg x[1,2048,7,7]",
+            PoolKind::GlobalAverage,
+            &[1, 2048, 7, 7],
+            &max2,
+        );
     }
 
     #[test]
