@@ -952,15 +952,17 @@ mod tests {
         );
     }
 
-    /// The row kernels' fast paths: vector bodies plus remainders (widths
-    /// not a multiple of 8 or 16), every fused tap count and the unfused
-    /// fallback (9 taps), strides 2 and 3 (phase split), dilation 2,
+    /// The row kernels' fast paths: widths not a multiple of the 8-float
+    /// chunk, fused tap counts and the tap-by-tap fallback (11 taps),
+    /// strides 2 and 3 (phase split, odd and even pads), dilation 2,
     /// asymmetric pads, channel multipliers, and a plane set big enough to
     /// thread.
     #[test]
     fn conv_depthwise_rows() {
+        type S = &'static [usize];
         #[rustfmt::skip]
-        let cases: &[(&[usize], &[usize], &[usize], &[usize], &[usize], usize)] = &[
+        let cases: &[(S, S, S, S, S, usize)] = &[
+            (&[1, 2, 5, 29], &[2, 1, 2, 11], &[1, 2], &[1, 1], &[1, 5, 0, 6], 2),
             (&[1, 4, 9, 37], &[4, 1, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 4),
             (&[2, 3, 11, 53], &[3, 1, 5, 5], &[2, 2], &[1, 1], &[2, 2, 2, 2], 3),
             (&[1, 2, 8, 41], &[2, 1, 3, 7], &[2, 2], &[1, 2], &[1, 3, 0, 5], 2),

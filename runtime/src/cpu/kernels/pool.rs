@@ -592,75 +592,27 @@ mod tests {
     }
 
     /// The row kernels' fast paths: odd widths and widths not a multiple
-    /// of 8 or 16, strides 2 and 3 (phase split), dilation 2, pads, ceil
-    /// mode, the unfused 9-tap fallback, and a plane set big enough to
-    /// thread.
+    /// of 8, strides 2 and 3 (phase split, odd and even pads), dilation 2,
+    /// ceil mode, fused tap counts and the tap-by-tap fallback (11 taps),
+    /// and a plane set big enough to thread.
     #[test]
     fn pool_rows() {
-        case(
-            &[1, 3, 13, 37],
-            &[3, 3],
-            &[2, 2],
-            &[1, 1],
-            &[1, 1, 1, 1],
-            true,
-        );
-        case(
-            &[2, 2, 9, 53],
-            &[2, 2],
-            &[2, 2],
-            &[1, 1],
-            &[0, 0, 0, 0],
-            false,
-        );
-        case(
-            &[1, 2, 7, 45],
-            &[3, 5],
-            &[1, 2],
-            &[2, 2],
-            &[1, 2, 0, 3],
-            true,
-        );
-        case(
-            &[1, 1, 5, 33],
-            &[1, 9],
-            &[1, 1],
-            &[1, 1],
-            &[0, 4, 0, 4],
-            false,
-        );
-        case(
-            &[1, 4, 17, 70],
-            &[3, 3],
-            &[3, 3],
-            &[1, 1],
-            &[0, 0, 0, 0],
-            true,
-        );
-        case(
-            &[1, 2, 6, 17],
-            &[2, 4],
-            &[1, 1],
-            &[1, 1],
-            &[1, 1, 0, 2],
-            false,
-        );
-        case(
-            &[1, 16, 64, 71],
-            &[3, 3],
-            &[2, 2],
-            &[1, 1],
-            &[1, 1, 1, 1],
-            false,
-        );
-        case(
-            &[1, 8, 3, 300],
-            &[1, 7],
-            &[1, 1],
-            &[1, 1],
-            &[0, 3, 0, 3],
-            false,
-        );
+        type S = &'static [usize];
+        #[rustfmt::skip]
+        let cases: &[(S, S, S, S, S, bool)] = &[
+            (&[1, 3, 13, 37], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], true),
+            (&[2, 2, 9, 53], &[2, 2], &[2, 2], &[1, 1], &[0, 0, 0, 0], false),
+            (&[1, 2, 7, 45], &[3, 5], &[1, 2], &[2, 2], &[1, 2, 0, 3], true),
+            (&[1, 1, 5, 33], &[1, 9], &[1, 1], &[1, 1], &[0, 4, 0, 4], false),
+            (&[1, 2, 4, 30], &[2, 11], &[1, 2], &[1, 1], &[0, 5, 1, 5], true),
+            (&[1, 4, 17, 70], &[3, 3], &[3, 3], &[1, 1], &[0, 0, 0, 0], true),
+            (&[1, 2, 6, 17], &[2, 4], &[1, 1], &[1, 1], &[1, 1, 0, 2], false),
+            (&[1, 16, 64, 71], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], false),
+            (&[1, 8, 3, 300], &[1, 7], &[1, 1], &[1, 1], &[0, 3, 0, 3], false),
+        ];
+        for &(xs, k, st, dil, pads, ceil) in cases {
+            case(xs, k, st, dil, pads, ceil);
+        }
     }
 
     /// NaN in the vector interior and at borders propagates to exactly the
