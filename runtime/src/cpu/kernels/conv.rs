@@ -260,6 +260,7 @@ impl ConvPlan {
                 let (n, g) = (u / self.group, u % self.group);
                 direct_unit(
                     self.isa,
+                    cg,
                     &self.axes,
                     &self.row_geom,
                     &x[(n * self.c + g * cg) * ivol..][..cg * ivol],
@@ -472,8 +473,10 @@ fn im2col(axes: &[Axis; 3], x: &[f32], col: &mut [f32], p0: usize, p1: usize) {
 /// One unit of a depthwise or direct conv: `x` holds the group's cg input
 /// planes [cg, D, H, W], `w` its kernels [mg, cg, kvol], `out` its mg
 /// output planes [mg, OD, OH, OW].
+#[allow(clippy::too_many_arguments)]
 fn direct_unit(
     isa: Isa,
+    cg: usize,
     axes: &[Axis; 3],
     g: &RowGeom,
     x: &[f32],
@@ -482,15 +485,15 @@ fn direct_unit(
     out: &mut [f32],
 ) {
     // Scratch: the padded, phase-split planes, then one output row.
-    let split = x.len() / axes[2].input * g.split_len();
+    let split = cg * axes[0].input * axes[1].input * g.split_len();
     with_scratch(split + g.padded_out, |buf| {
         let (ph, acc) = buf.split_at_mut(split);
         match isa {
-            Isa::Portable => direct_body::<false>(axes, g, x, w, bias, out, ph, acc),
+            Isa::Portable => direct_body::<false>(axes, cg, g, x, w, bias, out, ph, acc),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma were
             // detected on this CPU.
-            Isa::Avx2Fma => unsafe { direct_avx2(axes, g, x, w, bias, out, ph, acc) },
+            Isa::Avx2Fma => unsafe { direct_avx2(axes, cg, g, x, w, bias, out, ph, acc) },
         }
     });
 }
@@ -500,6 +503,7 @@ fn direct_unit(
 #[allow(clippy::too_many_arguments)]
 fn direct_avx2(
     axes: &[Axis; 3],
+    cg: usize,
     g: &RowGeom,
     x: &[f32],
     w: &[f32],
@@ -508,7 +512,7 @@ fn direct_avx2(
     ph: &mut [f32],
     acc: &mut [f32],
 ) {
-    direct_body::<true>(axes, g, x, w, bias, out, ph, acc)
+    direct_body::<true>(axes, cg, g, x, w, bias, out, ph, acc)
 }
 
 /// The unit, generic so it is compiled once per ISA (`FMA` only where the
@@ -518,6 +522,7 @@ fn direct_avx2(
 #[allow(clippy::too_many_arguments)]
 fn direct_body<const FMA: bool>(
     axes: &[Axis; 3],
+    cg: usize,
     g: &RowGeom,
     x: &[f32],
     w: &[f32],
@@ -531,7 +536,6 @@ fn direct_body<const FMA: bool>(
     let rl = g.split_len();
     let (ivol, ovol) = (ad.input * ah.input * rl, ad.output * ah.output * aw.output);
     let kvol = ad.kernel * ah.kernel * aw.kernel;
-    let cg = x.len() / (ad.input * ah.input * aw.input).max(1);
     for (j, oplane) in out.chunks_exact_mut(ovol).enumerate() {
         let b = bias.map_or(0.0, |b| b[j]);
         for (p, orow) in oplane.chunks_exact_mut(aw.output).enumerate() {
@@ -987,6 +991,27 @@ mod tests {
         for &(xs, ws, st, dil, pads) in cases {
             case(xs, ws, st, dil, pads, 1, true, Direct);
         }
+        // Zero-width input, all padding: rows exist but hold no data.
+        case(
+            &[2, 3, 3, 0],
+            &[4, 3, 2, 2],
+            &[1, 1],
+            &[1, 1],
+            &[0, 1, 0, 1],
+            1,
+            true,
+            Direct,
+        );
+        case(
+            &[1, 2, 3, 0],
+            &[2, 1, 1, 2],
+            &[1, 2],
+            &[1, 1],
+            &[0, 1, 0, 1],
+            2,
+            true,
+            Depthwise,
+        );
     }
 
     #[test]

@@ -657,6 +657,22 @@ mod tests {
         assert!(!o[0].is_nan());
     }
 
+    /// Zero-width input, all padding: every window is empty.
+    #[test]
+    fn pool_zero_width() {
+        let attrs = PoolAttrs {
+            kernel: vec![1, 2],
+            strides: vec![1, 2],
+            pads: vec![0, 1, 0, 1],
+            ..Default::default()
+        };
+        let plan = PoolPlan::new(PoolKind::Max, &[1, 2, 3, 0], &attrs).unwrap();
+        assert_eq!(plan.out_shape(), &[1, 2, 3, 1]);
+        let mut out = vec![0.0; 6];
+        plan.run(&[], &mut out, 1);
+        assert!(out.iter().all(|&v| v == f32::NEG_INFINITY));
+    }
+
     #[test]
     fn pool_1d_3d() {
         case(&[2, 3, 11], &[3], &[2], &[1], &[1, 1], true);
