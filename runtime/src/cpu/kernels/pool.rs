@@ -256,13 +256,20 @@ impl PoolPlan {
             }
             _ => 0,
         };
-        with_scratch(split, |buf| match self.isa {
+        let mut body = |buf: &mut [f32]| match self.isa {
             Isa::Portable => self.plane_body(x, out, buf),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma were
             // detected on this CPU.
             Isa::Avx2Fma => unsafe { self.plane_avx2(x, out, buf) },
-        });
+        };
+        // Global pools need no scratch: skip the thread-local round trip,
+        // which is a visible share of a 7x7 plane.
+        if split == 0 {
+            body(&mut [])
+        } else {
+            with_scratch(split, body)
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
