@@ -3,20 +3,23 @@
 //! static shapes.
 //!
 //! Every conv is normalised to 3 spatial dims (missing leading dims become
-//! size 1 with kernel 1), so one code path serves all ranks. Three
+//! size 1 with kernel 1), so one code path serves all ranks. Four
 //! strategies, picked at plan time:
 //! - pointwise (1x1, stride 1, no pad): one gemm per image and group,
 //!   `W[M,C] x X[C,HW]`, reading the input in place;
 //! - depthwise (one input channel per group): a direct loop over output
 //!   rows with the W taps fused into vectorized row passes (`rows.rs`, with
 //!   AVX2/FMA dispatch); a gemm with K = 9 would mostly pack;
+//! - direct (group 1, at most 4 input and 16 output channels, batch >= 2:
+//!   first convs on RGB): the depthwise row loop summed over input
+//!   channels, one unit per image;
 //! - general: im2col into per-thread scratch, then a gemm per image and
 //!   group.
 //!
 //! Threading: gemm work is cut into (image, group, block of output
 //! positions) units run side by side single-threaded, so a batch-1 conv
 //! splits its positions across threads rather than relying on gemm's
-//! internal threading; depthwise splits output planes.
+//! internal threading; depthwise and direct split (image, group) units.
 //!
 //! The bias is written into the output first and the gemm accumulates onto
 //! it, so it costs no separate pass over the result.
@@ -44,6 +47,10 @@ pub struct ConvAttrs {
 enum Strategy {
     Pointwise,
     Depthwise,
+    /// Few input and output channels (first convs on RGB): the depthwise
+    /// row loop summed over input channels; gemm with M <= 16 and K <= 36
+    /// spends its time packing and the im2col pass.
+    Direct,
     Im2col,
 }
 
@@ -80,27 +87,6 @@ impl Axis {
         let hi = (hi as usize).min(self.output);
         let lo = (lo as usize).min(hi);
         (lo, hi, off)
-    }
-
-    /// Taps `[lo, hi)` of output `o` that land in `[0, input)`; tap `k`
-    /// reads input `off + k*dilation` (`off` may be negative).
-    #[inline]
-    fn valid_range_of(&self, o: usize) -> (usize, usize, isize) {
-        let off = (o * self.stride) as isize - self.pad_begin as isize;
-        let d = self.dilation as isize;
-        let lo = if off >= 0 {
-            0
-        } else {
-            ((-off + d - 1) / d) as usize
-        };
-        let room = self.input as isize - off;
-        let hi = if room <= 0 {
-            0
-        } else {
-            ((room + d - 1) / d) as usize
-        };
-        let hi = hi.min(self.kernel);
-        (lo.min(hi), hi, off)
     }
 
     /// Input index of output `o`, tap `k`, or None when it lands in padding.
@@ -203,6 +189,9 @@ impl ConvPlan {
             Strategy::Pointwise
         } else if c / group == 1 && group > 1 {
             Strategy::Depthwise
+        } else if group == 1 && c <= 4 && m <= 16 && batch >= 2 {
+            // Batch >= 2 so that images give threads independent work.
+            Strategy::Direct
         } else {
             Strategy::Im2col
         };
@@ -264,26 +253,27 @@ impl ConvPlan {
         if out.is_empty() {
             return;
         }
-        if self.strategy == Strategy::Depthwise {
-            let plane = |(p, o): (usize, &mut [f32])| {
-                let oc = p % self.m;
-                let ic = (p / self.m) * self.c + oc / mg;
-                let b = bias.map_or(0.0, |b| b[oc]);
-                depthwise_plane(
+        if matches!(self.strategy, Strategy::Depthwise | Strategy::Direct) {
+            // One unit per (image, group): its mg output planes from its cg
+            // input planes.
+            let unit = |(u, o): (usize, &mut [f32])| {
+                let (n, g) = (u / self.group, u % self.group);
+                direct_unit(
                     self.isa,
+                    cg,
                     &self.axes,
                     &self.row_geom,
-                    &x[ic * ivol..][..ivol],
-                    &w[oc * kvol..][..kvol],
-                    b,
+                    &x[(n * self.c + g * cg) * ivol..][..cg * ivol],
+                    &w[g * mg * cg * kvol..][..mg * cg * kvol],
+                    bias.map(|b| &b[g * mg..][..mg]),
                     o,
                 );
             };
             // Small convs stay on one thread: forking costs microseconds.
             if threads > 1 && self.flops() >= PAR_FLOPS {
-                out.par_chunks_mut(ovol).enumerate().for_each(plane);
+                out.par_chunks_mut(mg * ovol).enumerate().for_each(unit);
             } else {
-                out.chunks_mut(ovol).enumerate().for_each(plane);
+                out.chunks_mut(mg * ovol).enumerate().for_each(unit);
             }
             return;
         }
@@ -480,34 +470,30 @@ fn im2col(axes: &[Axis; 3], x: &[f32], col: &mut [f32], p0: usize, p1: usize) {
     }
 }
 
-/// Input rows per row-kernel call. The kernel takes several (fusing H
-/// taps too), but on Zen 4 one row per call measured fastest (3x3 56x56
-/// depthwise 15.5 vs 10.7 GFLOP/s with 5): the tap pointers of a 9- or
-/// 25-tap fusion spill, while a row's W taps stay in registers.
-const MAX_ROWS: usize = 1;
-
-/// One output plane of a depthwise conv: `x` is the input channel's
-/// [D, H, W] plane, `w` its kernel, `out` the [OD, OH, OW] plane.
+/// One unit of a depthwise or direct conv: `x` holds the group's cg input
+/// planes [cg, D, H, W], `w` its kernels [mg, cg, kvol], `out` its mg
+/// output planes [mg, OD, OH, OW].
 #[allow(clippy::too_many_arguments)]
-fn depthwise_plane(
+fn direct_unit(
     isa: Isa,
+    cg: usize,
     axes: &[Axis; 3],
     g: &RowGeom,
     x: &[f32],
     w: &[f32],
-    bias: f32,
+    bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    // Scratch: the padded, phase-split plane, then one output row.
-    let split = axes[0].input * axes[1].input * g.split_len();
+    // Scratch: the padded, phase-split planes, then one output row.
+    let split = cg * axes[0].input * axes[1].input * g.split_len();
     with_scratch(split + g.padded_out, |buf| {
         let (ph, acc) = buf.split_at_mut(split);
         match isa {
-            Isa::Portable => depthwise_body::<false>(axes, g, x, w, bias, out, ph, acc),
+            Isa::Portable => direct_body::<false>(axes, cg, g, x, w, bias, out, ph, acc),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma were
             // detected on this CPU.
-            Isa::Avx2Fma => unsafe { depthwise_avx2(axes, g, x, w, bias, out, ph, acc) },
+            Isa::Avx2Fma => unsafe { direct_avx2(axes, cg, g, x, w, bias, out, ph, acc) },
         }
     });
 }
@@ -515,30 +501,32 @@ fn depthwise_plane(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-fn depthwise_avx2(
+fn direct_avx2(
     axes: &[Axis; 3],
+    cg: usize,
     g: &RowGeom,
     x: &[f32],
     w: &[f32],
-    bias: f32,
+    bias: Option<&[f32]>,
     out: &mut [f32],
     ph: &mut [f32],
     acc: &mut [f32],
 ) {
-    depthwise_body::<true>(axes, g, x, w, bias, out, ph, acc)
+    direct_body::<true>(axes, cg, g, x, w, bias, out, ph, acc)
 }
 
-/// The depthwise plane, generic so it is compiled once per ISA (`FMA`
-/// only where the CPU has it). `ph` receives the padded, phase-split
-/// plane, `acc` (`g.padded_out` long) accumulates one output row.
+/// The unit, generic so it is compiled once per ISA (`FMA` only where the
+/// CPU has it). `ph` receives the padded, phase-split planes, `acc`
+/// (`g.padded_out` long) accumulates one output row.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn depthwise_body<const FMA: bool>(
+fn direct_body<const FMA: bool>(
     axes: &[Axis; 3],
+    cg: usize,
     g: &RowGeom,
     x: &[f32],
     w: &[f32],
-    bias: f32,
+    bias: Option<&[f32]>,
     out: &mut [f32],
     ph: &mut [f32],
     acc: &mut [f32],
@@ -546,32 +534,34 @@ fn depthwise_body<const FMA: bool>(
     let [ad, ah, aw] = axes;
     rows::pad_split(g, x, 0.0, ph);
     let rl = g.split_len();
-    for (p, orow) in out.chunks_exact_mut(aw.output).enumerate() {
-        let (od, oh) = (p / ah.output, p % ah.output);
-        acc.fill(bias);
-        // The in-bounds H taps form a range, so their weights are
-        // contiguous and all their rows go to the row kernel at once.
-        let (kh0, kh1, off) = ah.valid_range_of(oh);
-        for kd in 0..ad.kernel {
-            let Some(id) = ad.input_index(od, kd) else {
-                continue;
-            };
-            let wk = &w[kd * ah.kernel * aw.kernel..][..ah.kernel * aw.kernel];
-            // A few rows per call keep the source list on the stack.
-            let mut kh = kh0;
-            while kh < kh1 {
-                let cnt = (kh1 - kh).min(MAX_ROWS);
-                let mut srcs: [&[f32]; MAX_ROWS] = [&[]; MAX_ROWS];
-                for (t, s) in srcs[..cnt].iter_mut().enumerate() {
-                    let ih = (off + ((kh + t) * ah.dilation) as isize) as usize;
-                    *s = &ph[(id * ah.input + ih) * rl..][..rl];
+    let (ivol, ovol) = (ad.input * ah.input * rl, ad.output * ah.output * aw.output);
+    let kvol = ad.kernel * ah.kernel * aw.kernel;
+    for (j, oplane) in out.chunks_exact_mut(ovol).enumerate() {
+        let b = bias.map_or(0.0, |b| b[j]);
+        for (p, orow) in oplane.chunks_exact_mut(aw.output).enumerate() {
+            let (od, oh) = (p / ah.output, p % ah.output);
+            acc.fill(b);
+            for c in 0..cg {
+                let wc = &w[(j * cg + c) * kvol..][..kvol];
+                let pc = &ph[c * ivol..][..ivol];
+                for kd in 0..ad.kernel {
+                    let Some(id) = ad.input_index(od, kd) else {
+                        continue;
+                    };
+                    for kh in 0..ah.kernel {
+                        let Some(ih) = ah.input_index(oh, kh) else {
+                            continue;
+                        };
+                        // One row per call: fusing the H taps too measured
+                        // slower on Zen 4 (the 9 or 25 tap pointers spill).
+                        let src = &pc[(id * ah.input + ih) * rl..][..rl];
+                        let wr = &wc[(kd * ah.kernel + kh) * aw.kernel..][..aw.kernel];
+                        rows::rows::<MulAdd<FMA>>(g, &[src], wr, acc);
+                    }
                 }
-                let wr = &wk[kh * aw.kernel..(kh + cnt) * aw.kernel];
-                rows::rows::<MulAdd<FMA>>(g, &srcs[..cnt], wr, acc);
-                kh += cnt;
             }
+            orow.copy_from_slice(&acc[..aw.output]);
         }
-        orow.copy_from_slice(&acc[..aw.output]);
     }
 }
 
@@ -690,21 +680,29 @@ mod tests {
                 plan.isa = Isa::Portable;
             }
             assert_eq!(plan.out_shape(), &shape[..]);
-            assert_eq!(plan.strategy, want_strategy, "{xs:?} {ws:?} {attrs:?}");
-            for threads in [1, 2] {
-                let mut out = vec![f32::NAN; want.len()];
-                let w_arg: &[f32] = if konst { &[] } else { &w };
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| plan.run(&x, w_arg, bias, &mut out, threads));
-                check(
-                    &out,
-                    &want,
-                    &sc,
-                    &format!("conv x{xs:?} w{ws:?} {attrs:?} t{threads} c{konst}"),
-                );
+            // Small-channel shapes expected as Im2col may plan Direct; both
+            // strategies are then checked.
+            let chosen = plan.strategy;
+            if !(want_strategy == Im2col && chosen == Direct) {
+                assert_eq!(chosen, want_strategy, "{xs:?} {ws:?} {attrs:?}");
+            }
+            for strategy in [chosen, want_strategy] {
+                plan.strategy = strategy;
+                for threads in [1, 2] {
+                    let mut out = vec![f32::NAN; want.len()];
+                    let w_arg: &[f32] = if konst { &[] } else { &w };
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| plan.run(&x, w_arg, bias, &mut out, threads));
+                    check(
+                        &out,
+                        &want,
+                        &sc,
+                        &format!("conv x{xs:?} w{ws:?} {attrs:?} t{threads} c{konst} {strategy:?}"),
+                    );
+                }
             }
         }
     }
@@ -952,15 +950,17 @@ mod tests {
         );
     }
 
-    /// The row kernels' fast paths: vector bodies plus remainders (widths
-    /// not a multiple of 8 or 16), every fused tap count and the unfused
-    /// fallback (9 taps), strides 2 and 3 (phase split), dilation 2,
+    /// The row kernels' fast paths: widths not a multiple of the 8-float
+    /// chunk, fused tap counts and the tap-by-tap fallback (11 taps),
+    /// strides 2 and 3 (phase split, odd and even pads), dilation 2,
     /// asymmetric pads, channel multipliers, and a plane set big enough to
     /// thread.
     #[test]
     fn conv_depthwise_rows() {
+        type S = &'static [usize];
         #[rustfmt::skip]
-        let cases: &[(&[usize], &[usize], &[usize], &[usize], &[usize], usize)] = &[
+        let cases: &[(S, S, S, S, S, usize)] = &[
+            (&[1, 2, 5, 29], &[2, 1, 2, 11], &[1, 2], &[1, 1], &[1, 5, 0, 6], 2),
             (&[1, 4, 9, 37], &[4, 1, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 4),
             (&[2, 3, 11, 53], &[3, 1, 5, 5], &[2, 2], &[1, 1], &[2, 2, 2, 2], 3),
             (&[1, 2, 8, 41], &[2, 1, 3, 7], &[2, 2], &[1, 2], &[1, 3, 0, 5], 2),
@@ -975,6 +975,43 @@ mod tests {
         for &(xs, ws, st, dil, pads, g) in cases {
             case(xs, ws, st, dil, pads, g, true, Depthwise);
         }
+    }
+
+    /// Small-channel convs (first convs on RGB) take the direct row loop.
+    #[test]
+    fn conv_direct() {
+        type S = &'static [usize];
+        #[rustfmt::skip]
+        let cases: &[(S, S, S, S, S)] = &[
+            (&[6, 3, 48, 37], &[8, 3, 3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1]),
+            (&[2, 3, 30, 29], &[16, 3, 7, 7], &[2, 2], &[1, 1], &[3, 3, 3, 3]),
+            (&[2, 4, 9, 21], &[5, 4, 3, 2], &[1, 3], &[2, 2], &[2, 0, 1, 1]),
+            (&[3, 2, 11], &[3, 2, 5], &[2], &[1], &[2, 1]),
+        ];
+        for &(xs, ws, st, dil, pads) in cases {
+            case(xs, ws, st, dil, pads, 1, true, Direct);
+        }
+        // Zero-width input, all padding: rows exist but hold no data.
+        case(
+            &[2, 3, 3, 0],
+            &[4, 3, 2, 2],
+            &[1, 1],
+            &[1, 1],
+            &[0, 1, 0, 1],
+            1,
+            true,
+            Direct,
+        );
+        case(
+            &[1, 2, 3, 0],
+            &[2, 1, 1, 2],
+            &[1, 2],
+            &[1, 1],
+            &[0, 1, 0, 1],
+            2,
+            true,
+            Depthwise,
+        );
     }
 
     #[test]

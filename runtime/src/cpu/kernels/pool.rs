@@ -256,13 +256,20 @@ impl PoolPlan {
             }
             _ => 0,
         };
-        with_scratch(split, |buf| match self.isa {
+        let mut body = |buf: &mut [f32]| match self.isa {
             Isa::Portable => self.plane_body(x, out, buf),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma were
             // detected on this CPU.
             Isa::Avx2Fma => unsafe { self.plane_avx2(x, out, buf) },
-        });
+        };
+        // Global pools need no scratch: skip the thread-local round trip,
+        // which is a visible share of a 7x7 plane.
+        if split == 0 {
+            body(&mut [])
+        } else {
+            with_scratch(split, body)
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -592,75 +599,28 @@ mod tests {
     }
 
     /// The row kernels' fast paths: odd widths and widths not a multiple
-    /// of 8 or 16, strides 2 and 3 (phase split), dilation 2, pads, ceil
-    /// mode, the unfused 9-tap fallback, and a plane set big enough to
-    /// thread.
+    /// of 8, strides 2 and 3 (phase split, odd and even pads), dilation 2,
+    /// ceil mode, fused tap counts and the tap-by-tap fallback (11 taps),
+    /// and a plane set big enough to thread.
     #[test]
     fn pool_rows() {
-        case(
-            &[1, 3, 13, 37],
-            &[3, 3],
-            &[2, 2],
-            &[1, 1],
-            &[1, 1, 1, 1],
-            true,
-        );
-        case(
-            &[2, 2, 9, 53],
-            &[2, 2],
-            &[2, 2],
-            &[1, 1],
-            &[0, 0, 0, 0],
-            false,
-        );
-        case(
-            &[1, 2, 7, 45],
-            &[3, 5],
-            &[1, 2],
-            &[2, 2],
-            &[1, 2, 0, 3],
-            true,
-        );
-        case(
-            &[1, 1, 5, 33],
-            &[1, 9],
-            &[1, 1],
-            &[1, 1],
-            &[0, 4, 0, 4],
-            false,
-        );
-        case(
-            &[1, 4, 17, 70],
-            &[3, 3],
-            &[3, 3],
-            &[1, 1],
-            &[0, 0, 0, 0],
-            true,
-        );
-        case(
-            &[1, 2, 6, 17],
-            &[2, 4],
-            &[1, 1],
-            &[1, 1],
-            &[1, 1, 0, 2],
-            false,
-        );
-        case(
-            &[1, 16, 64, 71],
-            &[3, 3],
-            &[2, 2],
-            &[1, 1],
-            &[1, 1, 1, 1],
-            false,
-        );
-        case(
-            &[1, 8, 3, 300],
-            &[1, 7],
-            &[1, 1],
-            &[1, 1],
-            &[0, 3, 0, 3],
-            false,
-        );
+        type S = &'static [usize];
+        #[rustfmt::skip]
+        let cases: &[(S, S, S, S, S, bool)] = &[
+            (&[1, 3, 13, 37], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], true),
+            (&[2, 2, 9, 53], &[2, 2], &[2, 2], &[1, 1], &[0, 0, 0, 0], false),
+            (&[1, 2, 7, 45], &[3, 5], &[1, 2], &[2, 2], &[1, 2, 0, 3], true),
+            (&[1, 1, 5, 33], &[1, 9], &[1, 1], &[1, 1], &[0, 4, 0, 4], false),
+            (&[1, 2, 4, 30], &[2, 11], &[1, 2], &[1, 1], &[0, 5, 1, 5], true),
+            (&[1, 4, 17, 70], &[3, 3], &[3, 3], &[1, 1], &[0, 0, 0, 0], true),
+            (&[1, 2, 6, 17], &[2, 4], &[1, 1], &[1, 1], &[1, 1, 0, 2], false),
+            (&[1, 16, 64, 71], &[3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], false),
+            (&[1, 8, 3, 300], &[1, 7], &[1, 1], &[1, 1], &[0, 3, 0, 3], false),
+            (&[1, 1, 32, 32, 32], &[5, 5, 5], &[3, 3, 3], &[2, 2, 2], &[0; 6], true),
+        ];
+        for &(xs, k, st, dil, pads, ceil) in cases {
+            case(xs, k, st, dil, pads, ceil);
+        }
     }
 
     /// NaN in the vector interior and at borders propagates to exactly the
@@ -703,6 +663,22 @@ mod tests {
         assert!(o[0].is_nan());
         g.run(&lcg(3, h * w), &mut o, 1);
         assert!(!o[0].is_nan());
+    }
+
+    /// Zero-width input, all padding: every window is empty.
+    #[test]
+    fn pool_zero_width() {
+        let attrs = PoolAttrs {
+            kernel: vec![1, 2],
+            strides: vec![1, 2],
+            pads: vec![0, 1, 0, 1],
+            ..Default::default()
+        };
+        let plan = PoolPlan::new(PoolKind::Max, &[1, 2, 3, 0], &attrs).unwrap();
+        assert_eq!(plan.out_shape(), &[1, 2, 3, 1]);
+        let mut out = vec![0.0; 6];
+        plan.run(&[], &mut out, 1);
+        assert!(out.iter().all(|&v| v == f32::NEG_INFINITY));
     }
 
     #[test]

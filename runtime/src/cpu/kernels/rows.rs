@@ -139,14 +139,18 @@ impl RowGeom {
     }
 }
 
-/// Copies the rows of `x` (each `input` long) into `dst`, one padded,
+/// Copies the rows of `x` (each `input` long) into `dst` (a whole number of
+/// rows), one padded,
 /// phase-split row (`g.split_len()` long) each: padded element
 /// `q = pad_begin + i` holds `x[r][i]`, every other one `fill`, and padded
 /// element `q` sits at `(q % stride) * phase_len + q / stride`.
 #[inline(always)]
 pub(crate) fn pad_split(g: &RowGeom, x: &[f32], fill: f32, dst: &mut [f32]) {
     let (s, pl, pb) = (g.stride, g.phase_len, g.pad_begin);
-    for (xrow, drow) in x.chunks_exact(g.input).zip(dst.chunks_exact_mut(s * pl)) {
+    // Rows are counted from `dst`: a zero-width input still has rows (all
+    // padding) that the other axes' taps may read.
+    for (r, drow) in dst.chunks_exact_mut(s * pl).enumerate() {
+        let xrow = &x[r * g.input..][..g.input];
         if s == 1 {
             drow[..pb].fill(fill);
             drow[pb..pb + g.input].copy_from_slice(xrow);
@@ -185,6 +189,9 @@ pub(crate) fn pad_split(g: &RowGeom, x: &[f32], fill: f32, dst: &mut [f32]) {
             let j1 = (pb + g.input).saturating_sub(p).div_ceil(s).max(j0);
             dph[..j0].fill(fill);
             dph[j1..].fill(fill);
+            if j0 == j1 {
+                continue;
+            }
             let first = p + j0 * s - pb;
             for (d, &v) in dph[j0..j1].iter_mut().zip(xrow[first..].iter().step_by(s)) {
                 *d = v;
