@@ -357,14 +357,7 @@ pub fn run_test_on(dir: &Path, tol: Tolerance, opt_level: u8, engine: Engine) ->
         }
         Outcome::Pass
     }))
-    .unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        Outcome::Fail(format!("panicked: {msg}"))
-    });
+    .unwrap_or_else(|p| Outcome::Fail(format!("panicked: {}", kiln_runtime::panic_message(&*p))));
     TestResult {
         name,
         outcome,

@@ -15,3 +15,11 @@ pub mod value;
 pub use interp::{InterpError, Interpreter};
 pub use tensor::{Data, Tensor};
 pub use value::Value;
+
+/// The message of a caught panic (`String` or `&str` payloads).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}

@@ -270,11 +270,8 @@ impl NativeKernel for Gather {
     }
 }
 
-fn gather(m: &Module, n: &Node) -> Result<Lowered, String> {
-    let x = n.input(0).ok_or("no data operand")?;
-    movable_elem(m, x)?;
-    let shape = static_shape(m, x)?;
-    let r = shape.len() as i64;
+/// The node's `axis` attribute (default 0), made non-negative for rank `r`.
+fn axis_attr(n: &Node, r: i64) -> Result<usize, String> {
     let axis = n
         .attrs
         .get("axis")
@@ -284,7 +281,15 @@ fn gather(m: &Module, n: &Node) -> Result<Lowered, String> {
     if !(0..r).contains(&axis) {
         return Err(format!("axis {axis} out of range"));
     }
-    let a = axis as usize;
+    Ok(axis as usize)
+}
+
+fn gather(m: &Module, n: &Node) -> Result<Lowered, String> {
+    let x = n.input(0).ok_or("no data operand")?;
+    movable_elem(m, x)?;
+    let shape = static_shape(m, x)?;
+    let r = shape.len() as i64;
+    let a = axis_attr(n, r)?;
     let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
     let k = Gather {
         outer: shape[..a].iter().product(),
@@ -339,16 +344,7 @@ fn concat(m: &Module, n: &Node) -> Result<Lowered, String> {
     movable_elem(m, out_v)?;
     let out = static_shape(m, out_v)?;
     let r = out.len() as i64;
-    let axis = n
-        .attrs
-        .get("axis")
-        .and_then(kiln_ir::Attr::as_int)
-        .unwrap_or(0);
-    let axis = if axis < 0 { axis + r } else { axis };
-    if !(0..r).contains(&axis) {
-        return Err(format!("axis {axis} out of range"));
-    }
-    let a = axis as usize;
+    let a = axis_attr(n, r)?;
     let mut inner = vec![];
     for v in &n.inputs {
         let v = v.ok_or("omitted operand")?;

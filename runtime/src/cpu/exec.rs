@@ -179,12 +179,7 @@ impl Executable {
                                 kernel.run(&operands, self.threads)
                             }))
                             .unwrap_or_else(|p| {
-                                let msg = p
-                                    .downcast_ref::<String>()
-                                    .cloned()
-                                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                    .unwrap_or_default();
-                                Err(format!("kernel panicked: {msg}"))
+                                Err(format!("kernel panicked: {}", crate::panic_message(&*p)))
                             })
                             .map_err(fail)?
                         };

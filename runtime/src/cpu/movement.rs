@@ -11,10 +11,7 @@ pub fn transpose<T: Copy>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
     if n == 0 {
         return vec![];
     }
-    let mut in_strides = vec![1usize; r];
-    for i in (0..r.saturating_sub(1)).rev() {
-        in_strides[i] = in_strides[i + 1] * shape[i + 1];
-    }
+    let in_strides = strides(shape);
     // Trailing output axes that are also the trailing input axes, in order,
     // form one contiguous run copied at once.
     let mut inner = r;
@@ -25,23 +22,45 @@ pub fn transpose<T: Copy>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
     let outer_dims: Vec<usize> = perm[..inner].iter().map(|&p| shape[p]).collect();
     let outer_strides: Vec<usize> = perm[..inner].iter().map(|&p| in_strides[p]).collect();
     let mut out = Vec::with_capacity(n);
-    let mut idx = vec![0usize; inner];
-    let mut src = 0usize;
+    odometer(&outer_dims, &outer_strides, |src| {
+        out.extend_from_slice(&x[src..src + run])
+    });
+    out
+}
+
+/// Row-major strides of `shape`.
+pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Visit every index of `shape` in row-major order, passing the offset
+/// into a tensor with strides `st` (0 on broadcast axes): an odometer, so
+/// each step costs an add, not a division.
+pub(crate) fn odometer(shape: &[usize], st: &[usize], mut f: impl FnMut(usize)) {
+    if shape.contains(&0) {
+        return;
+    }
+    let r = shape.len();
+    let mut idx = vec![0usize; r];
+    let mut off = 0usize;
     loop {
-        out.extend_from_slice(&x[src..src + run]);
-        // Odometer over the outer output axes, keeping the source offset.
-        let mut a = inner;
+        f(off);
+        let mut a = r;
         loop {
             if a == 0 {
-                return out;
+                return;
             }
             a -= 1;
             idx[a] += 1;
-            src += outer_strides[a];
-            if idx[a] < outer_dims[a] {
+            off += st[a];
+            if idx[a] < shape[a] {
                 break;
             }
-            src -= outer_strides[a] * outer_dims[a];
+            off -= st[a] * shape[a];
             idx[a] = 0;
         }
     }

@@ -3,42 +3,7 @@
 //! of an integer mask). Index arithmetic is incremental (an odometer), so
 //! each element costs an add, not a division.
 
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1usize; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
-
-/// Visit every index of `shape` in row-major order, passing the offset
-/// into a tensor with strides `st` (0 on broadcast axes).
-fn odometer(shape: &[usize], st: &[usize], mut f: impl FnMut(usize)) {
-    if shape.contains(&0) {
-        return;
-    }
-    let r = shape.len();
-    let mut idx = vec![0usize; r];
-    let mut off = 0usize;
-    loop {
-        f(off);
-        let mut a = r;
-        loop {
-            if a == 0 {
-                return;
-            }
-            a -= 1;
-            idx[a] += 1;
-            off += st[a];
-            if idx[a] < shape[a] {
-                break;
-            }
-            off -= st[a] * shape[a];
-            idx[a] = 0;
-        }
-    }
-}
+use super::movement::{odometer, strides};
 
 /// How to combine elements of a reduction.
 #[derive(Clone, Copy, Debug, PartialEq)]
