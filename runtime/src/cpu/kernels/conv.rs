@@ -32,6 +32,7 @@ use gemm::Parallelism;
 
 use super::matmul::PAR_FLOPS;
 use super::rows::{self, Isa, MulAdd, RowGeom};
+use super::smallk;
 
 /// Convolution attributes, pads in ONNX order (all begins, then all ends).
 /// Empty `strides` / `dilations` / `pads` mean the ONNX defaults (1, 1, 0).
@@ -114,6 +115,10 @@ pub struct ConvPlan {
     /// block edges).
     block_floats: usize,
     w_const: Option<Vec<f32>>,
+    /// Gemm strategies with a short reduction (`C/group · kernel volume`
+    /// at most `smallk::MAX_K`) on an AVX2/FMA host use the unpacked
+    /// small-k kernel instead of the `gemm` crate.
+    small_k: bool,
     /// Depthwise: the W axis's row geometry and the detected row ISA.
     row_geom: RowGeom,
     isa: Isa,
@@ -206,6 +211,9 @@ impl ConvPlan {
             strategy,
             block_floats: IM2COL_BLOCK_FLOATS,
             w_const: w_const.map(<[f32]>::to_vec),
+            small_k: matches!(strategy, Strategy::Pointwise | Strategy::Im2col)
+                && (c / group) * kvol <= smallk::MAX_K
+                && smallk::available(),
             row_geom: RowGeom::new(
                 axes[2].input,
                 axes[2].output,
@@ -220,6 +228,13 @@ impl ConvPlan {
 
     pub fn out_shape(&self) -> &[usize] {
         &self.out_shape
+    }
+
+    /// Turns the small-k kernel off, for benchmarks against the `gemm` path.
+    #[cfg(test)]
+    pub(super) fn without_small_k(mut self) -> ConvPlan {
+        self.small_k = false;
+        self
     }
 
     /// 2 * N * M * output positions * (C/group) * kernel volume.
@@ -288,8 +303,10 @@ impl ConvPlan {
         let items = self.batch * self.group;
         let blk = self.block_len(kdim, ovol, items, threads);
         let nblk = ovol.div_ceil(blk);
-        // The bias goes into out first; gemm then accumulates onto it.
+        // The bias goes into out first; gemm then accumulates onto it (the
+        // small-k kernel starts its tiles from the bias instead).
         let accumulate = match bias {
+            Some(_) if self.small_k && kdim > 0 => false,
             Some(b) => {
                 for (r, row) in out.chunks_mut(ovol).enumerate() {
                     row.fill(b[r % self.m]);
@@ -316,6 +333,26 @@ impl ConvPlan {
             let dst_off = (n * self.m + g * mg) * ovol + p0;
             let gemm = |rhs: &[f32], rhs_rs: usize| {
                 let blen = p1 - p0;
+                if self.small_k {
+                    assert!(dst_off + (mg - 1) * ovol + blen <= out_len);
+                    // SAFETY: the assert keeps the mg x blen destination
+                    // view inside `out`; disjointness across units as for
+                    // the gemm call below.
+                    unsafe {
+                        smallk::gemm_small_k_raw(
+                            mg,
+                            blen,
+                            kdim,
+                            wg,
+                            rhs,
+                            rhs_rs,
+                            std::ptr::with_exposed_provenance_mut::<f32>(out_addr).add(dst_off),
+                            ovol,
+                            bias.map(|b| &b[g * mg..][..mg]),
+                        );
+                    }
+                    return;
+                }
                 assert!(dst_off + (mg - 1) * ovol + blen <= out_len);
                 assert!((kdim - 1) * rhs_rs + blen <= rhs.len());
                 // SAFETY: the asserts keep the mg x blen destination view
@@ -674,10 +711,12 @@ mod tests {
             // Tiny blocks: one output position, or 7 positions that straddle
             // output rows.
             plan.block_floats = block_floats.min(IM2COL_BLOCK_FLOATS);
-            // Half the runs take the portable row kernels, half the
-            // detected ISA's.
+            // Half the runs take the portable row kernels and the `gemm`
+            // crate, half the detected ISA's row kernels and the
+            // small-k kernel where eligible, the `gemm` crate otherwise.
             if !konst {
                 plan.isa = Isa::Portable;
+                plan.small_k = false;
             }
             assert_eq!(plan.out_shape(), &shape[..]);
             // Small-channel shapes expected as Im2col may plan Direct; both
