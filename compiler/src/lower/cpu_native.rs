@@ -6,7 +6,7 @@
 use kiln_ir::{Attr, Module, Node, Region, ValueId};
 use kiln_runtime::cpu::jit::{compile_region_for, JitKernel, TargetCpu};
 use kiln_runtime::cpu::kernels::{
-    ConvAttrs, ConvPlan, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
+    ConvAttrs, ConvPlan, Epilogue, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
 };
 use kiln_runtime::cpu::NativeKernel;
 use kiln_runtime::{Data, Tensor};
@@ -48,6 +48,23 @@ impl Dense {
     /// Run on the op's own operands (`ops[i]` for its operand i; `None`
     /// where captured or omitted).
     fn run(&self, ops: &[Option<&Tensor>], out: &mut [f32], threads: usize) -> Result<(), String> {
+        self.run_with_epilogue(ops, out, threads, None)
+    }
+
+    /// [`Dense::run`], applying `epilogue` to ranges of `out` as they are
+    /// finished: tile by tile for convs, over the whole result otherwise.
+    fn run_with_epilogue(
+        &self,
+        ops: &[Option<&Tensor>],
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<&Epilogue>,
+    ) -> Result<(), String> {
+        if let Dense::Conv(p) = self {
+            let w = opt_f32s(ops, 1)?.unwrap_or(&[]);
+            p.run_with_epilogue(f32s(ops, 0)?, w, opt_f32s(ops, 2)?, out, threads, epilogue);
+            return Ok(());
+        }
         match self {
             Dense::MatMul(p) => {
                 let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
@@ -57,10 +74,10 @@ impl Dense {
                 let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
                 p.run(f32s(ops, 0)?, b, opt_f32s(ops, 2)?, out, threads);
             }
-            Dense::Conv(p) => {
-                let w = opt_f32s(ops, 1)?.unwrap_or(&[]);
-                p.run(f32s(ops, 0)?, w, opt_f32s(ops, 2)?, out, threads);
-            }
+            Dense::Conv(_) => unreachable!("handled above"),
+        }
+        if let Some(e) = epilogue {
+            e(out.as_mut_ptr(), 0, out.len());
         }
         Ok(())
     }
@@ -399,6 +416,9 @@ impl NativeKernel for Fusion {
     fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
         let outs = self.jit.output_shapes().to_vec();
         let mut ins: Vec<&[f32]> = vec![];
+        if let (true, true, Some((plan, map))) = (self.in_place, self.jit.is_flat(), &self.anchor) {
+            return self.run_tiled(plan, map, inputs, threads);
+        }
         let anchor_out = match &self.anchor {
             Some((plan, map)) => {
                 let ops: Vec<Option<&Tensor>> = map
@@ -448,6 +468,45 @@ impl NativeKernel for Fusion {
             .zip(bufs)
             .map(|(s, b)| Tensor::new(s, Data::F32(b)).map_err(|e| e.to_string()))
             .collect()
+    }
+}
+
+impl Fusion {
+    /// An in-place elementwise epilogue, applied to each tile of the
+    /// anchor's result by the thread that computed it, while it is in
+    /// cache (one pass over memory instead of two).
+    fn run_tiled(
+        &self,
+        plan: &Dense,
+        map: &[Option<usize>],
+        inputs: &[Option<&Tensor>],
+        threads: usize,
+    ) -> Result<Vec<Tensor>, String> {
+        let ops: Vec<Option<&Tensor>> = map
+            .iter()
+            .map(|k| k.and_then(|k| inputs.get(k).copied().flatten()))
+            .collect();
+        let shape = plan.out_shape().to_vec();
+        let mut buf = vec![0f32; shape.iter().product()];
+        let mut operands: Vec<usize> = vec![];
+        for &k in &self.jit_operands {
+            operands.push(f32s(inputs, k)?.as_ptr() as usize);
+        }
+        let epilogue = |out: *mut f32, lo: usize, hi: usize| {
+            let mut ins: Vec<*const f32> = vec![out];
+            ins.extend(operands.iter().map(|&p| p as *const f32));
+            // SAFETY: every pointer covers the shape the kernel was compiled
+            // for (operands have their static shapes, the executable checked
+            // the graph inputs; `out` is the anchor's result); the output
+            // aliases input 0 of the same shape, which the generated loop
+            // allows; the anchor hands each range over once, finished, to
+            // the one thread that touches it.
+            unsafe { self.jit.run_range_raw(&ins, &[out], lo, hi) };
+        };
+        plan.run_with_epilogue(&ops, &mut buf, threads, Some(&epilogue))?;
+        Ok(vec![
+            Tensor::new(shape, Data::F32(buf)).map_err(|e| e.to_string())?
+        ])
     }
 }
 

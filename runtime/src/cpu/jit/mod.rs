@@ -193,6 +193,42 @@ impl JitKernel {
         Ok(())
     }
 
+    /// Whether the kernel is elementwise over flat indices (no
+    /// broadcast, no reduction), so that any element range can run on its
+    /// own: see [`JitKernel::run_range_raw`].
+    pub fn is_flat(&self) -> bool {
+        self.flat
+    }
+
+    /// Runs elements `lo..hi` of a flat kernel on the calling thread: the
+    /// hook that applies an epilogue to one tile of a matmul/conv result
+    /// while the tile is still in cache.
+    ///
+    /// Panics if the kernel is not flat or the range is out of bounds.
+    ///
+    /// # Safety
+    /// As for [`JitKernel::run_raw`], for elements `lo..hi`; no other
+    /// thread writes those elements of the outputs meanwhile.
+    pub unsafe fn run_range_raw(
+        &self,
+        inputs: &[*const f32],
+        outputs: &[*mut f32],
+        lo: usize,
+        hi: usize,
+    ) {
+        assert!(self.flat, "run_range_raw on a non-flat kernel");
+        assert!(
+            lo <= hi && hi <= self.units,
+            "run_range_raw: range out of bounds"
+        );
+        assert_eq!(inputs.len(), self.input_lens.len(), "JitKernel inputs");
+        assert_eq!(outputs.len(), self.output_shapes.len(), "JitKernel outputs");
+        if lo < hi {
+            // SAFETY: the caller's contract covers lo..hi.
+            unsafe { (self.entry)(inputs.as_ptr(), outputs.as_ptr(), lo, hi) };
+        }
+    }
+
     /// Raw entry for in-place use: an output may alias an input of the same
     /// shape. Each element reads all its inputs before its output is written
     /// and no element reads another element's aliased input.

@@ -256,6 +256,35 @@ impl ConvPlan {
     /// (debug-asserted); `bias` is used iff the plan has one; `w` is ignored
     /// when the weights were constant. `out` is fully overwritten.
     pub fn run(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], threads: usize) {
+        self.run_with_epilogue(x, w, bias, out, threads, None);
+    }
+
+    /// [`ConvPlan::run`], calling `epilogue(out, lo, hi)` on flat ranges of
+    /// `out` as soon as they are final, on the thread that computed them,
+    /// while they are still in cache. The ranges cover `out` exactly once;
+    /// calls for different ranges may run concurrently.
+    pub fn run_with_epilogue(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<&Epilogue>,
+    ) {
+        // Epilogues get `out`'s base pointer re-derived from this borrow
+        // (units write through it too), so their writes are as valid as
+        // the kernel's own.
+        let out_addr = out.as_mut_ptr().expose_provenance();
+        let epi = |lo: usize, hi: usize| {
+            if let Some(e) = epilogue {
+                e(
+                    std::ptr::with_exposed_provenance_mut::<f32>(out_addr),
+                    lo,
+                    hi,
+                )
+            }
+        };
         let w = self.w_const.as_deref().unwrap_or(w);
         let bias = if self.has_bias { bias } else { None };
         let (cg, mg) = (self.c / self.group, self.m / self.group);
@@ -273,6 +302,7 @@ impl ConvPlan {
             // input planes.
             let unit = |(u, o): (usize, &mut [f32])| {
                 let (n, g) = (u / self.group, u % self.group);
+                let span = (u * o.len(), (u + 1) * o.len());
                 direct_unit(
                     self.isa,
                     cg,
@@ -283,6 +313,7 @@ impl ConvPlan {
                     bias.map(|b| &b[g * mg..][..mg]),
                     o,
                 );
+                epi(span.0, span.1);
             };
             // Small convs stay on one thread: forking costs microseconds.
             if threads > 1 && self.flops() >= PAR_FLOPS {
@@ -320,10 +351,10 @@ impl ConvPlan {
             if !accumulate {
                 out.fill(0.0);
             }
+            epi(0, out.len());
             return;
         }
         let out_len = out.len();
-        let out_addr = out.as_mut_ptr().expose_provenance();
         let unit = |u: usize| {
             let (i, b) = (u / nblk, u % nblk);
             let (n, g) = (i / self.group, i % self.group);
@@ -392,6 +423,12 @@ impl ConvPlan {
                     gemm(col, p1 - p0);
                 }),
             }
+            if epilogue.is_some() {
+                for r in 0..mg {
+                    let lo = dst_off + r * ovol;
+                    epi(lo, lo + (p1 - p0));
+                }
+            }
         };
         let units = items * nblk;
         if threads > 1 && units > 1 && self.flops() >= PAR_FLOPS {
@@ -417,7 +454,12 @@ impl ConvPlan {
         } else {
             ovol.div_ceil(threads.div_ceil(items))
         };
-        let blk = budget.min(per_thread);
+        let mut blk = budget.min(per_thread);
+        if self.small_k {
+            // Nothing is packed per unit, so small units cost nothing and
+            // keep each unit's result (mg x blk) in L2 for the epilogue.
+            blk = blk.min((UNIT_OUT_FLOATS / (self.m / self.group).max(1)).max(16));
+        }
         let blk = if blk >= 48 {
             blk.div_ceil(48) * 48
         } else {
@@ -426,6 +468,14 @@ impl ConvPlan {
         blk.clamp(1, ovol.max(1))
     }
 }
+
+/// Output floats per work unit of the small-k path (256 KiB): a quarter of
+/// Zen 4's L2, so the unit's result is still there when the epilogue runs.
+const UNIT_OUT_FLOATS: usize = 1 << 16;
+
+/// A fused epilogue: `(out, lo, hi)` with `out` the base of the kernel's
+/// output (valid for all of it) and `lo..hi` the flat range just finished.
+pub type Epilogue<'a> = dyn Fn(*mut f32, usize, usize) + Sync + 'a;
 
 /// Largest im2col block (floats; 16 MiB), which bounds the per-thread
 /// scratch of very large convs. Measured on Zen 4 (ResNet-50 3x3, 64
@@ -735,17 +785,36 @@ mod tests {
                         .build()
                         .unwrap();
                     pool.install(|| plan.run(&x, w_arg, bias, &mut out, threads));
-                    check(
-                        &out,
-                        &want,
-                        &sc,
-                        &format!("conv x{xs:?} w{ws:?} {attrs:?} t{threads} c{konst} {strategy:?}"),
+                    let what =
+                        format!("conv x{xs:?} w{ws:?} {attrs:?} t{threads} c{konst} {strategy:?}");
+                    check(&out, &want, &sc, &what);
+                    // An epilogue sees every element exactly once, finished.
+                    let seen: Vec<AtomicU32> = (0..want.len()).map(|_| AtomicU32::new(0)).collect();
+                    let epilogue = |o: *mut f32, lo: usize, hi: usize| {
+                        for (i, s) in seen.iter().enumerate().take(hi).skip(lo) {
+                            s.fetch_add(1, Ordering::Relaxed);
+                            // SAFETY: o is valid for the whole output; the
+                            // range is this call's alone.
+                            unsafe { *o.add(i) = 2.0 * *o.add(i) };
+                        }
+                    };
+                    let mut out = vec![f32::NAN; want.len()];
+                    pool.install(|| {
+                        plan.run_with_epilogue(&x, w_arg, bias, &mut out, threads, Some(&epilogue))
+                    });
+                    assert!(
+                        seen.iter().all(|s| s.load(Ordering::Relaxed) == 1),
+                        "{what}"
                     );
+                    let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+                    let sc2: Vec<f32> = sc.iter().map(|v| 2.0 * v).collect();
+                    check(&out, &twice, &sc2, &format!("{what} with epilogue"));
                 }
             }
         }
     }
 
+    use std::sync::atomic::{AtomicU32, Ordering};
     use Strategy::*;
 
     #[test]

@@ -11,7 +11,7 @@ mod pool;
 mod rows;
 mod smallk;
 
-pub use conv::{ConvAttrs, ConvPlan};
+pub use conv::{ConvAttrs, ConvPlan, Epilogue};
 pub use matmul::{GemmPlan, MatMulPlan};
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};
 
