@@ -75,7 +75,7 @@ fn input(shape: &[usize], seed: u32) -> Value {
 
 const DIMS: &[usize] = &[1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33];
 
-/// Elementwise DAGs, broadcasts, reductions along the last axis and
+/// Elementwise DAGs, broadcasts, reductions along the last and first axes and
 /// matmuls over `x: [a, b]`, `y` broadcastable to it.
 fn elementwise_module(a: usize, b: usize, y_shape: &[usize], choices: &[u8], seed: u32) -> String {
     let full = ty(&[a, b]);
@@ -94,13 +94,14 @@ fn elementwise_module(a: usize, b: usize, y_shape: &[usize], choices: &[u8], see
         ),
         "  const %three: f32[] = dense[3.0]".to_string(),
         "  const %last: i64[1] = dense[-1]".to_string(),
+        "  const %first: i64[1] = dense[0]".to_string(),
     ];
     let mut vals = vec!["x".to_string()];
     for (k, &c) in choices.iter().enumerate() {
         let p = vals[(c as usize / 16) % vals.len()].clone();
         let q = vals[(c as usize / 5) % vals.len()].clone();
         let v = format!("v{k}");
-        let body = match c % 16 {
+        let body = match c % 17 {
             0 => format!("%{v} = Add(%{p}, %y) : {full}"),
             1 => format!("%{v} = Mul(%{p}, %{q}) : {full}"),
             2 => format!("%{v} = Sub(%y, %{p}) : {full}"),
@@ -119,6 +120,12 @@ fn elementwise_module(a: usize, b: usize, y_shape: &[usize], choices: &[u8], see
             ),
             13 => format!("%{v} = LayerNormalization(%{p}, %g, %g) {{axis = -1}} : {full}"),
             14 => format!("%{v} = Add(%{p}, %g) : {full}"),
+            // A reduction over the leading axis with a fused producer:
+            // producers generated, the sum on the odometer kernel.
+            15 => format!(
+                "%{v}_p = Mul(%{p}, %{q}) : {full}\n  %{v}_s = ReduceSum(%{v}_p, %first) : {}\n  %{v} = Add(%{p}, %{v}_s) : {full}",
+                ty(&[1, b])
+            ),
             _ => format!("%{v} = Min(%{q}, %{p}) : {full}"),
         };
         lines.push(format!("  {body}"));

@@ -449,12 +449,25 @@ impl NativeKernel for Reduce {
 }
 
 fn reduce(m: &Module, n: &Node) -> Result<Lowered, String> {
-    use kiln_runtime::cpu::reduce::ReduceOp;
     let x = n.input(0).ok_or("no operand")?;
     if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::F32) {
         return Err("reduction of non-f32".into());
     }
     let shape = static_shape(m, x)?;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    reduce_of_shape(m, n, shape, out)
+}
+
+/// The odometer reduction of node `n` over an f32 operand of `shape` (static,
+/// given by the caller: inside a fusion body the node's own types may be
+/// symbolic), giving `out`.
+pub(super) fn reduce_of_shape(
+    m: &Module,
+    n: &Node,
+    shape: Vec<usize>,
+    out: Vec<usize>,
+) -> Result<Lowered, String> {
+    use kiln_runtime::cpu::reduce::ReduceOp;
     let r = shape.len() as i64;
     let axes: Option<Vec<i64>> = match n.input(1) {
         Some(a) => Some(
@@ -495,9 +508,18 @@ fn reduce(m: &Module, n: &Node) -> Result<Lowered, String> {
         "ReduceSum" => ReduceOp::Sum,
         "ReduceMean" => ReduceOp::Mean,
         "ReduceMax" => ReduceOp::Max,
-        _ => ReduceOp::Min,
+        "ReduceMin" => ReduceOp::Min,
+        op => return Err(format!("{op} is not a reduction")),
     };
-    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let kept: usize = (0..shape.len())
+        .filter(|a| !axes.contains(a))
+        .map(|a| shape[a])
+        .product();
+    if out.iter().product::<usize>() != kept {
+        return Err(format!(
+            "reduction of {shape:?} over {axes:?} cannot give {out:?}"
+        ));
+    }
     let what = format!("{} over axes {axes:?}", n.op);
     Ok((
         Box::new(Reduce {

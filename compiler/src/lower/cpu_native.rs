@@ -592,7 +592,15 @@ pub(super) fn fusion(
         nodes: tail_nodes.to_vec(),
         outputs: body.outputs.clone(),
     };
-    let jit = compile_region_for(m, &region, &shapes, target)?;
+    let jit = match compile_region_for(m, &region, &shapes, target) {
+        Ok(j) => j,
+        Err(why) if anchor.is_none() => {
+            return split_reduction(m, n, &region, &shapes, &jit_operands, target)
+                .map(|l| (l, captured))
+                .map_err(|_| why)
+        }
+        Err(why) => return Err(why),
+    };
     let in_place = match (anchor_value, &anchor) {
         (Some(v), Some((p, _))) => {
             jit.output_shapes().len() == 1
@@ -612,6 +620,61 @@ pub(super) fn fusion(
         in_place,
     };
     Ok(((Box::new(k), what, flops), captured))
+}
+
+/// A reduction fusion whose reduction the generated loops cannot express
+/// (a sum over a middle axis: mean pooling over a sequence): the
+/// elementwise producers still run as one generated loop, and the
+/// reduction on the odometer kernel, instead of the whole region on the
+/// interpreter.
+fn split_reduction(
+    m: &Module,
+    n: &Node,
+    region: &Region,
+    shapes: &[Vec<usize>],
+    jit_operands: &[usize],
+    target: TargetCpu,
+) -> Result<Lowered, String> {
+    let (last, producers) = region.nodes.split_last().ok_or("empty body")?;
+    let x = last.input(0).ok_or("reduction without operand")?;
+    if producers.is_empty()
+        || !last.op.starts_with("Reduce")
+        || region.outputs != last.outputs
+        || region.inputs.contains(&x)
+    {
+        return Err("not a producers + reduction region".into());
+    }
+    let prefix = Region {
+        inputs: region.inputs.clone(),
+        constants: region.constants.clone(),
+        nodes: producers.to_vec(),
+        outputs: vec![x],
+    };
+    let jit = compile_region_for(m, &prefix, shapes, target)?;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let (reduce, what, _) =
+        super::cpu::reduce_of_shape(m, last, jit.output_shapes()[0].clone(), out)?;
+    let what = format!("{} then {what}", jit.describe());
+    let producers = Fusion {
+        anchor: None,
+        jit,
+        jit_operands: jit_operands.to_vec(),
+        in_place: false,
+    };
+    Ok((Box::new(SplitReduction { producers, reduce }), what, 0.0))
+}
+
+/// See [`split_reduction`].
+struct SplitReduction {
+    producers: Fusion,
+    reduce: Box<dyn NativeKernel>,
+}
+
+impl NativeKernel for SplitReduction {
+    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
+        let x = self.producers.run(inputs, threads)?;
+        self.reduce.run(&[x.first()], threads)
+    }
 }
 
 /// Any other node the generated loops can express (a lone Softmax, Relu,
