@@ -235,3 +235,41 @@ proptest! {
         check(&src, &inputs, threads, false)?;
     }
 }
+
+/// An attention-mask fusion: an i64 input whose only use is a Cast to f32
+/// is converted outside the region, so the whole region is generated code.
+#[test]
+fn integer_mask_fusion_is_native() {
+    let src = "module @mask opset(ai.onnx = 18) {
+  input %mask: i64[2,1,1,9]
+  input %s: f32[2,3,9,9]
+  const %one: f32[] = dense[1.0]
+  const %big: f32[] = dense[-10000.0]
+  %f = Cast(%mask) {to = 1} : f32[2,1,1,9]
+  %d = Sub(%one, %f) : f32[2,1,1,9]
+  %b = Mul(%d, %big) : f32[2,1,1,9]
+  %y = Add(%s, %b) : f32[2,3,9,9]
+  return %y, %b
+}
+";
+    let mask: Vec<i64> = (0..18).map(|i| (i % 3 != 0) as i64).collect();
+    let inputs = HashMap::from([
+        (
+            "mask".to_string(),
+            Value::tensor(Tensor::new(vec![2, 1, 1, 9], Data::I64(mask)).expect("tensor")),
+        ),
+        ("s".to_string(), input(&[2, 3, 9, 9], 7)),
+    ]);
+    for threads in [1, 2] {
+        check(src, &inputs, threads, false).expect("matches the interpreter");
+    }
+    let m = kiln_ir::parse_module(src).expect("parses");
+    let opts = CpuOptions {
+        opt_level: 2,
+        threads: 1,
+        target_cpu: kiln_runtime::cpu::jit::TargetCpu::Native,
+    };
+    let exe = compile(&m, &kiln_compiler::lower::shapes_of(&inputs), &opts).expect("compiles");
+    let report = kiln_compiler::lower::cpu::backend_report(&exe);
+    assert!(report.contains(", 0 on the interpreter"), "{report}");
+}

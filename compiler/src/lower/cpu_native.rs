@@ -410,10 +410,81 @@ struct Fusion {
     jit_operands: Vec<usize>,
     /// The loop writes its one output over the anchor's result.
     in_place: bool,
+    /// Fusion operands (integer or bool) converted to f32 before the
+    /// kernel runs: see [`precast`].
+    cast_operands: Vec<usize>,
 }
 
 impl NativeKernel for Fusion {
     fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
+        if !self.cast_operands.is_empty() {
+            let converted: Vec<(usize, Tensor)> = self
+                .cast_operands
+                .iter()
+                .map(|&k| {
+                    Ok((
+                        k,
+                        to_f32(inputs.get(k).copied().flatten().ok_or("missing operand")?)?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?;
+            let mut patched = inputs.to_vec();
+            for (k, t) in &converted {
+                patched[*k] = Some(t);
+            }
+            return self.run_f32(&patched, threads);
+        }
+        self.run_f32(inputs, threads)
+    }
+}
+
+/// An integer or bool tensor converted as ONNX Cast to f32 does.
+fn to_f32(t: &Tensor) -> Result<Tensor, String> {
+    let v: Vec<f32> = match &t.data {
+        Data::I64(v) => v.iter().map(|&a| a as f32).collect(),
+        Data::I32(v) => v.iter().map(|&a| a as f32).collect(),
+        Data::Bool(v) => v.iter().map(|&a| a as u8 as f32).collect(),
+        _ => return Err("operand cast: unsupported element type".into()),
+    };
+    Tensor::new(t.shape.clone(), Data::F32(v)).map_err(|e| e.to_string())
+}
+
+/// A fusion body with its integer/bool inputs cast to f32 outside it: an
+/// input of i64, i32 or bool whose only use is one `Cast(to = f32)` is
+/// replaced by that Cast's result, and the Cast dropped, so the rest is
+/// all f32 and can be generated (MiniLM's attention mask, `(1 - mask) *
+/// -big`). Returns the new body and the inputs to convert.
+fn precast(m: &Module, body: &Region) -> (Region, Vec<usize>) {
+    use kiln_ir::ElemType as E;
+    let mut body = body.clone();
+    let mut converted = vec![];
+    for k in 0..body.inputs.len() {
+        let v = body.inputs[k];
+        if !matches!(
+            m.ty(v).as_tensor().map(|t| t.elem),
+            Some(E::I64 | E::I32 | E::Bool)
+        ) {
+            continue;
+        }
+        let users: Vec<usize> = (0..body.nodes.len())
+            .filter(|&i| body.nodes[i].inputs.iter().flatten().any(|&x| x == v))
+            .collect();
+        let [i] = users[..] else { continue };
+        let c = &body.nodes[i];
+        let out = c.outputs.first().copied();
+        let to_f32 = out.and_then(|o| m.ty(o).as_tensor().map(|t| t.elem)) == Some(E::F32);
+        if c.op != "Cast" || c.inputs.len() != 1 || !to_f32 || body.outputs.contains(&v) {
+            continue;
+        }
+        body.inputs[k] = out.expect("checked above");
+        body.nodes.remove(i);
+        converted.push(k);
+    }
+    (body, converted)
+}
+
+impl Fusion {
+    fn run_f32(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
         let outs = self.jit.output_shapes().to_vec();
         let mut ins: Vec<&[f32]> = vec![];
         if let (true, true, Some((plan, map))) = (self.in_place, self.jit.is_flat(), &self.anchor) {
@@ -520,6 +591,8 @@ pub(super) fn fusion(
     let Some(Attr::Graph(body)) = n.attrs.get("body") else {
         return Err("fusion without a body".into());
     };
+    let (body, cast_operands) = precast(m, body);
+    let body = &body;
     let operand_of = |v: ValueId| body.inputs.iter().position(|&b| b == v);
     let outer = |v: ValueId| operand_of(v).and_then(|k| n.inputs.get(k).copied().flatten());
     let first = body.nodes.first().ok_or("empty fusion body")?;
@@ -595,9 +668,17 @@ pub(super) fn fusion(
     let jit = match compile_region_for(m, &region, &shapes, target) {
         Ok(j) => j,
         Err(why) if anchor.is_none() => {
-            return split_reduction(m, n, &region, &shapes, &jit_operands, target)
-                .map(|l| (l, captured))
-                .map_err(|_| why)
+            return split_reduction(
+                m,
+                n,
+                &region,
+                &shapes,
+                &jit_operands,
+                &cast_operands,
+                target,
+            )
+            .map(|l| (l, captured))
+            .map_err(|_| why)
         }
         Err(why) => return Err(why),
     };
@@ -618,6 +699,7 @@ pub(super) fn fusion(
         jit,
         jit_operands,
         in_place,
+        cast_operands,
     };
     Ok(((Box::new(k), what, flops), captured))
 }
@@ -633,6 +715,7 @@ fn split_reduction(
     region: &Region,
     shapes: &[Vec<usize>],
     jit_operands: &[usize],
+    cast_operands: &[usize],
     target: TargetCpu,
 ) -> Result<Lowered, String> {
     let (last, producers) = region.nodes.split_last().ok_or("empty body")?;
@@ -660,6 +743,7 @@ fn split_reduction(
         jit,
         jit_operands: jit_operands.to_vec(),
         in_place: false,
+        cast_operands: cast_operands.to_vec(),
     };
     Ok((Box::new(SplitReduction { producers, reduce }), what, 0.0))
 }
@@ -713,6 +797,7 @@ pub(super) fn single_node_loop(m: &Module, n: &Node, target: TargetCpu) -> Resul
         jit,
         jit_operands: operands,
         in_place: false,
+        cast_operands: vec![],
     };
     Ok((Box::new(k), what, 0.0))
 }

@@ -208,6 +208,9 @@ pub(crate) fn lower(f: &mut Fb, op: &Op, a: &[Value]) -> Value {
         Op::Max => f.b.ins().fmax(x, a[1]),
         Op::Neg => f.b.ins().fneg(x),
         Op::Abs => f.b.ins().fabs(x),
+        Op::Round => f.b.ins().nearest(x),
+        Op::Floor => f.b.ins().floor(x),
+        Op::Ceil => f.b.ins().ceil(x),
         Op::Sqrt => f.b.ins().sqrt(x),
         Op::Reciprocal => {
             let one = f.c(1.0);

@@ -26,6 +26,10 @@ pub(crate) enum Op {
     Max,
     Neg,
     Abs,
+    /// Round half to even, as ONNX Round.
+    Round,
+    Floor,
+    Ceil,
     Relu,
     LeakyRelu(f32),
     Sigmoid,
@@ -389,7 +393,12 @@ pub(crate) fn plan(m: &Module, body: &Region, input_shapes: &[Vec<usize>]) -> R<
                 }
                 (acc, s)
             }
-            "Identity" => arg(&mut b, 0)?,
+            // Every value here is f32 (checked above), so a Cast or
+            // CastLike left in a body is f32 -> f32: the identity.
+            "Identity" | "Cast" | "CastLike" => arg(&mut b, 0)?,
+            "Round" => unary(&mut b, Op::Round)?,
+            "Floor" => unary(&mut b, Op::Floor)?,
+            "Ceil" => unary(&mut b, Op::Ceil)?,
             "Neg" => unary(&mut b, Op::Neg)?,
             "Abs" => unary(&mut b, Op::Abs)?,
             "Relu" => unary(&mut b, Op::Relu)?,

@@ -159,6 +159,10 @@ fn unary_ops_match_the_interpreter() {
         ("Selu", "", -5.0, 5.0),
         ("Mish", "", -10.0, 10.0),
         ("Identity", "", -5.0, 5.0),
+        ("Cast", " {to = 1}", -5.0, 5.0),
+        ("Round", "", -9.0, 9.0),
+        ("Floor", "", -9.0, 9.0),
+        ("Ceil", "", -9.0, 9.0),
     ];
     let mut report = Vec::new();
     for &(op, attrs, lo, hi) in ops {
@@ -195,9 +199,16 @@ fn special_values() {
         4.1,
         -3.9,
         1.0,
+        // Round: halves go to even.
+        0.5,
+        1.5,
+        2.5,
+        -2.5,
+        -0.5,
     ];
     for op in [
-        "Exp", "Tanh", "Sigmoid", "Erf", "Relu", "Gelu", "Abs", "Neg", "Softplus",
+        "Exp", "Tanh", "Sigmoid", "Erf", "Relu", "Gelu", "Abs", "Neg", "Softplus", "Round",
+        "Floor", "Ceil",
     ] {
         let src = unary(op, "", &[specials.len()]);
         compare_with(&src, &[specials.to_vec()], 1);
