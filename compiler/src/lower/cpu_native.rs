@@ -564,15 +564,26 @@ impl Fusion {
             operands.push(f32s(inputs, k)?.as_ptr() as usize);
         }
         let epilogue = |out: *mut f32, lo: usize, hi: usize| {
-            let mut ins: Vec<*const f32> = vec![out];
-            ins.extend(operands.iter().map(|&p| p as *const f32));
+            // On the stack: this runs once per tile row.
+            let mut buf = [std::ptr::null::<f32>(); 8];
+            let mut heap = vec![];
+            let ins: &mut [*const f32] = if operands.len() < buf.len() {
+                &mut buf[..operands.len() + 1]
+            } else {
+                heap.resize(operands.len() + 1, std::ptr::null());
+                &mut heap
+            };
+            ins[0] = out;
+            for (d, &p) in ins[1..].iter_mut().zip(&operands) {
+                *d = p as *const f32;
+            }
             // SAFETY: every pointer covers the shape the kernel was compiled
             // for (operands have their static shapes, the executable checked
             // the graph inputs; `out` is the anchor's result); the output
             // aliases input 0 of the same shape, which the generated loop
             // allows; the anchor hands each range over once, finished, to
             // the one thread that touches it.
-            unsafe { self.jit.run_range_raw(&ins, &[out], lo, hi) };
+            unsafe { self.jit.run_range_raw(ins, &[out], lo, hi) };
         };
         plan.run_with_epilogue(&ops, &mut buf, threads, Some(&epilogue))?;
         Ok(vec![

@@ -424,9 +424,14 @@ impl ConvPlan {
                 }),
             }
             if epilogue.is_some() {
-                for r in 0..mg {
-                    let lo = dst_off + r * ovol;
-                    epi(lo, lo + (p1 - p0));
+                if p1 - p0 == ovol {
+                    // Whole rows: one contiguous range.
+                    epi(dst_off, dst_off + mg * ovol);
+                } else {
+                    for r in 0..mg {
+                        let lo = dst_off + r * ovol;
+                        epi(lo, lo + (p1 - p0));
+                    }
                 }
             }
         };
@@ -458,7 +463,9 @@ impl ConvPlan {
         if self.small_k {
             // Nothing is packed per unit, so small units cost nothing and
             // keep each unit's result (mg x blk) in L2 for the epilogue.
-            blk = blk.min((UNIT_OUT_FLOATS / (self.m / self.group).max(1)).max(16));
+            // At least 256 positions, so the per-row epilogue calls of a
+            // wide layer (1000 channels) stay long.
+            blk = blk.min((UNIT_OUT_FLOATS / (self.m / self.group).max(1)).max(256));
         }
         let blk = if blk >= 48 {
             blk.div_ceil(48) * 48
@@ -546,9 +553,19 @@ fn im2col(axes: &[Axis; 3], x: &[f32], col: &mut [f32], p0: usize, p1: usize) {
                             let start = (a as isize + off) as usize;
                             dst.copy_from_slice(&xrow[start..start + (b - a)]);
                         } else {
-                            for (o, v) in dst.iter_mut().enumerate() {
-                                *v = xrow[((a + o) as isize * aw.stride as isize + off) as usize];
+                            // A strided walk without per-element index
+                            // arithmetic or bounds checks (this loop was a
+                            // quarter of a stride-2 first conv).
+                            // Whole stride-sized chunks let LLVM vectorize
+                            // the walk as an interleaved load.
+                            let st = aw.stride;
+                            let start = (a as isize * st as isize + off) as usize;
+                            let (last, body) = dst.split_last_mut().expect("a < b");
+                            let src = &xrow[start..start + body.len() * st];
+                            for (v, c) in body.iter_mut().zip(src.chunks_exact(st)) {
+                                *v = c[0];
                             }
+                            *last = xrow[start + body.len() * st];
                         }
                     }
                 }
