@@ -190,11 +190,18 @@ fn run(
     let i_var = b.declare_var(ptr);
     let z = b.ins().iconst(ptr, 0);
     b.def_var(i_var, z);
-    for (ty, step) in [(types::F32X4, 4), (types::F32, 1)] {
+    for (ty, step, copies) in [
+        (types::F32X4, 8, 2),
+        (types::F32X4, 4, 1),
+        (types::F32, 1, 1),
+    ] {
         counted(b, i_var, n, step, &mut |b, i| {
             let ioff = b.ins().ishl_imm_s(i, 2);
             let mut f = Fb { b, ty, fma };
-            body(&mut f, ioff);
+            for c in 0..copies {
+                let o = f.b.ins().iadd_imm_s(ioff, 16 * c);
+                body(&mut f, o);
+            }
         });
     }
 }
