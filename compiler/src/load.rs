@@ -56,15 +56,13 @@ pub fn load_model(path: &Path) -> Result<Module, LoadError> {
     let shown = path.display().to_string();
     let m = match format_of(&path) {
         Some(ModelFormat::Onnx) => {
-            let bytes = std::fs::read(&path).map_err(|err| LoadError::Io {
+            if let Err(err) = std::fs::metadata(&path) {
+                return Err(LoadError::Io { path: shown, err });
+            }
+            // From the file, so the raw bytes are freed once decoded.
+            crate::onnx::import_model_file(&path).map_err(|err| LoadError::Import {
                 path: shown.clone(),
                 err,
-            })?;
-            crate::onnx::import_model_bytes(&bytes, path.parent()).map_err(|err| {
-                LoadError::Import {
-                    path: shown.clone(),
-                    err,
-                }
             })?
         }
         Some(ModelFormat::Text) => {

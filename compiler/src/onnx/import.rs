@@ -48,7 +48,13 @@ pub fn import_model_file(path: &Path) -> Result<Module, ImportError> {
     let bytes = std::fs::read(path).map_err(|e| {
         ImportError::new(format!("{}", path.display()), format!("cannot read: {e}"))
     })?;
-    import_model_bytes(&bytes, path.parent())
+    let model = proto::ModelProto::decode(&bytes[..])
+        .map_err(|e| ImportError::new("model", format!("not a valid ONNX protobuf: {e}")))?;
+    // The file's bytes are decoded (weights copied into the message): free
+    // them before the weights are copied once more into the IR, so a
+    // model's peak memory is two copies of its weights, not three.
+    drop(bytes);
+    import_model(&model, path.parent())
 }
 
 /// Import a serialized ModelProto. `dir` is where external data may live.
