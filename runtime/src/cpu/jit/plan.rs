@@ -694,10 +694,13 @@ fn layout(
     if elementwise && dims.is_empty() {
         dims.push((1, false, vec![0; arrays.len()]));
     }
+    // Elementwise: every dim may join the inner run (merged below while
+    // the strides allow); the run is the last merged dim, the rest are
+    // rows. A Relu over [64, 111, 111] is then one flat run of 788,544
+    // elements, not 7,104 rows of 111 with a scalar tail each.
     if elementwise {
-        let last = dims.len() - 1;
-        for (i, d) in dims.iter_mut().enumerate() {
-            d.1 = i != last;
+        for d in dims.iter_mut() {
+            d.1 = false;
         }
     }
     let mut merged: Vec<(usize, bool, Vec<usize>)> = Vec::new();
@@ -716,6 +719,12 @@ fn layout(
         merged.push(d);
     }
     merged.reverse();
+    if elementwise {
+        let last = merged.len() - 1;
+        for (i, d) in merged.iter_mut().enumerate() {
+            d.1 = i != last;
+        }
+    }
     let inner_dims: Vec<_> = merged.iter().filter(|d| !d.1).collect();
     if inner_dims.len() != 1 {
         return unsupported("a reduction over dims that do not merge into one run");
