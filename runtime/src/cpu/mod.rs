@@ -10,3 +10,9 @@ pub mod movement;
 pub mod reduce;
 
 pub use exec::{Executable, NativeKernel, Step, StepKind, StepTimes};
+
+/// Work units per thread when a kernel splits its work: a few each, so
+/// that rayon's work stealing evens out a thread that is slowed down (a
+/// busy sibling core, a descheduled vCPU) instead of every step waiting
+/// for its slowest of exactly `threads` equal parts.
+pub(crate) const UNITS_PER_THREAD: usize = 4;

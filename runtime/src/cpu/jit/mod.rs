@@ -249,7 +249,7 @@ impl JitKernel {
         };
         let entry = self.entry;
         let units = self.units;
-        let chunks = threads.min(units);
+        let chunks = (threads * crate::cpu::UNITS_PER_THREAD).min(units);
         if threads <= 1 || self.total < PARALLEL_MIN || chunks < 2 {
             // SAFETY: the caller's contract covers the whole range.
             unsafe { entry(args.ins, args.outs, 0, units) };

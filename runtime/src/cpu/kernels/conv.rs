@@ -454,10 +454,21 @@ impl ConvPlan {
         } else {
             self.block_floats / kdim.max(1)
         };
-        let per_thread = if items >= threads {
-            ovol
+        // A few units per thread for load balance, but not below one
+        // 48-position gemm tile each: small images (7x7) with big weights
+        // would re-pack the weights per unit for nothing.
+        let split = |parts: usize| {
+            if items >= parts {
+                ovol
+            } else {
+                ovol.div_ceil(parts.div_ceil(items))
+            }
+        };
+        let fine = split(threads * crate::cpu::UNITS_PER_THREAD);
+        let per_thread = if threads > 1 && fine >= 48 {
+            fine
         } else {
-            ovol.div_ceil(threads.div_ceil(items))
+            split(threads)
         };
         let mut blk = budget.min(per_thread);
         if self.small_k {
