@@ -332,7 +332,27 @@ impl ConvPlan {
         // independent work without gemm's internal synchronisation.
         let kdim = cg * kvol;
         let items = self.batch * self.group;
-        let blk = self.block_len(kdim, ovol, items, threads);
+        // 1x1 convs on small images with many channels (ResNet's 14x14 and
+        // 7x7 stages) split output channels across threads instead of
+        // positions: a position split has every thread stream all the
+        // weights (up to 8 MB) for a few dozen positions. (Not im2col
+        // convs: every channel block would unfold the image again;
+        // measured slower.)
+        let msplit = if self.strategy == Strategy::Pointwise
+            && threads > 1
+            && items < threads
+            && ovol < 256
+            && mg >= 32
+        {
+            (threads * crate::cpu::UNITS_PER_THREAD).min(mg / 16)
+        } else {
+            1
+        };
+        let blk = if msplit > 1 {
+            ovol
+        } else {
+            self.block_len(kdim, ovol, items, threads)
+        };
         let nblk = ovol.div_ceil(blk);
         // The bias goes into out first; gemm then accumulates onto it (the
         // small-k kernel starts its tiles from the bias instead).
@@ -355,13 +375,18 @@ impl ConvPlan {
             return;
         }
         let out_len = out.len();
+        let mg_all = mg;
         let unit = |u: usize| {
-            let (i, b) = (u / nblk, u % nblk);
+            let (i, r) = (u / (nblk * msplit), u % (nblk * msplit));
+            let (b, mb) = (r / msplit, r % msplit);
             let (n, g) = (i / self.group, i % self.group);
             let (p0, p1) = (b * blk, ((b + 1) * blk).min(ovol));
+            // This unit's output channels of the group: m0..m0 + mg.
+            let m0 = mb * mg_all / msplit;
+            let mg = (mb + 1) * mg_all / msplit - m0;
             let xg = &x[(n * self.c + g * cg) * ivol..][..cg * ivol];
-            let wg = &w[g * mg * kdim..][..mg * kdim];
-            let dst_off = (n * self.m + g * mg) * ovol + p0;
+            let wg = &w[(g * mg_all + m0) * kdim..][..mg * kdim];
+            let dst_off = (n * self.m + g * mg_all + m0) * ovol + p0;
             let gemm = |rhs: &[f32], rhs_rs: usize| {
                 let blen = p1 - p0;
                 if self.small_k {
@@ -379,7 +404,7 @@ impl ConvPlan {
                             rhs_rs,
                             std::ptr::with_exposed_provenance_mut::<f32>(out_addr).add(dst_off),
                             ovol,
-                            bias.map(|b| &b[g * mg..][..mg]),
+                            bias.map(|b| &b[g * mg_all + m0..][..mg]),
                         );
                     }
                     return;
@@ -435,7 +460,7 @@ impl ConvPlan {
                 }
             }
         };
-        let units = items * nblk;
+        let units = items * nblk * msplit;
         if threads > 1 && units > 1 && self.flops() >= PAR_FLOPS {
             (0..units).into_par_iter().for_each(unit);
         } else {
@@ -844,6 +869,42 @@ mod tests {
 
     use std::sync::atomic::{AtomicU32, Ordering};
     use Strategy::*;
+
+    /// Batch 1, small image, many output channels: at 2 threads the
+    /// units split output channels (uneven blocks: 40 = 13 + 13 + 14).
+    #[test]
+    fn conv_channel_split() {
+        case(
+            &[1, 40, 5, 6],
+            &[40, 40, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            true,
+            Pointwise,
+        );
+        case(
+            &[1, 16, 4, 4],
+            &[48, 16, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            false,
+            Pointwise,
+        );
+        case(
+            &[1, 600, 7, 7],
+            &[64, 600, 1, 1],
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            1,
+            true,
+            Pointwise,
+        );
+    }
 
     #[test]
     fn conv_2d() {
