@@ -8,7 +8,7 @@ use kiln_runtime::cpu::jit::{compile_region_for, JitKernel, TargetCpu};
 use kiln_runtime::cpu::kernels::{
     ConvAttrs, ConvPlan, Epilogue, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
 };
-use kiln_runtime::cpu::NativeKernel;
+use kiln_runtime::cpu::{buffers, NativeKernel};
 use kiln_runtime::{Data, Tensor};
 
 use super::cpu::{static_shape, Lowered};
@@ -29,6 +29,16 @@ struct Planned {
 }
 
 impl Dense {
+    /// A buffer for this op's result: recycled for convs (they write every
+    /// element, whatever the path), zeroed for the gemm-crate products.
+    fn out_buffer(&self) -> Vec<f32> {
+        let n = self.out_shape().iter().product();
+        match self {
+            Dense::Conv(_) => buffers::output(n),
+            _ => vec![0f32; n],
+        }
+    }
+
     fn out_shape(&self) -> &[usize] {
         match self {
             Dense::MatMul(p) => p.out_shape(),
@@ -280,7 +290,7 @@ struct DenseKernel {
 impl NativeKernel for DenseKernel {
     fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
         let shape = self.plan.out_shape().to_vec();
-        let mut out = vec![0f32; shape.iter().product()];
+        let mut out = self.plan.out_buffer();
         self.plan.run(inputs, &mut out, threads)?;
         Ok(vec![
             Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?
@@ -305,7 +315,8 @@ struct Pool {
 impl NativeKernel for Pool {
     fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
         let shape = self.plan.out_shape().to_vec();
-        let mut out = vec![0f32; shape.iter().product()];
+        // Pools write every output element.
+        let mut out = buffers::output(shape.iter().product());
         self.plan.run(f32s(inputs, 0)?, &mut out, threads);
         Ok(vec![
             Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?
@@ -497,7 +508,7 @@ impl Fusion {
                     .map(|k| k.and_then(|k| inputs.get(k).copied().flatten()))
                     .collect();
                 let shape = plan.out_shape().to_vec();
-                let mut buf = vec![0f32; shape.iter().product()];
+                let mut buf = plan.out_buffer();
                 plan.run(&ops, &mut buf, threads)?;
                 Some((shape, buf))
             }
@@ -522,9 +533,10 @@ impl Fusion {
             }
             (_, a) => a,
         };
+        // Generated loops write every element of every output.
         let mut bufs: Vec<Vec<f32>> = outs
             .iter()
-            .map(|s| vec![0f32; s.iter().product()])
+            .map(|s| buffers::output(s.iter().product()))
             .collect();
         {
             let mut all: Vec<&[f32]> = vec![];
@@ -558,7 +570,7 @@ impl Fusion {
             .map(|k| k.and_then(|k| inputs.get(k).copied().flatten()))
             .collect();
         let shape = plan.out_shape().to_vec();
-        let mut buf = vec![0f32; shape.iter().product()];
+        let mut buf = plan.out_buffer();
         let mut operands: Vec<usize> = vec![];
         for &k in &self.jit_operands {
             operands.push(f32s(inputs, k)?.as_ptr() as usize);

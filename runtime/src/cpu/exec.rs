@@ -196,7 +196,9 @@ impl Executable {
                     }
                 }
                 for &v in &self.frees[k] {
-                    env.take(v);
+                    if let Some(val) = env.take(v) {
+                        super::buffers::recycle(val);
+                    }
                 }
                 if let (Some(t), Some(s)) = (times.as_mut(), start) {
                     t[k] += s.elapsed();

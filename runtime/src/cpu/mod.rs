@@ -3,6 +3,7 @@
 //! generator for fusion regions ([`jit`]), data movement ([`movement`]), reductions and broadcasts over any axes ([`reduce`]), and the executable that runs a
 //! lowered module ([`exec`]).
 
+pub mod buffers;
 pub mod exec;
 pub mod jit;
 pub mod kernels;
