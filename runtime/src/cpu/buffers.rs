@@ -8,7 +8,7 @@
 //! A recycled buffer holds stale values: only kernels that write every
 //! element of their result may take one ([`output`]'s contract).
 //! Buffers are kept per thread (an executable runs its steps on one pool
-//! thread), the most recent [`MAX_KEPT`] of them within [`MAX_KEPT_BYTES`].
+//! thread), the most recent 16 of them within 16 MB.
 
 use std::cell::RefCell;
 use std::sync::Arc;

@@ -1,27 +1,30 @@
-//! Products with a short inner dimension, `out[m, p] (+)= Σ_k a[m, k]·b[k, p]`
-//! for k up to a few hundred, computed straight from the operands with no
-//! packing: the shape of first convolutions (3 input channels: k = 27 or
-//! 147 after im2col) and of the narrow 1x1 convs of small CNNs (k = 16-64).
+//! Products with a short inner dimension, `out[m, p] = bias[m] + Σ_k
+//! a[m, k]·b[k, p]` for k up to 512: the shape of first convolutions (3
+//! input channels: k = 27 or 147 after im2col) and of the narrow convs of
+//! small CNNs (k = 16-432).
 //!
-//! For such k the `gemm` crate spends much of its time packing and
-//! writing back tiles (30-45 GFLOP/s measured on Zen 4, against 80+ for
-//! large k). Here `b` is already row-major with the positions `p`
-//! contiguous (an im2col block, or the input planes of a 1x1 conv), so a
-//! 16-position column strip of it, copied into a dense panel, is k·64
-//! bytes, L1-resident while every 6-row block of `a` sweeps over it: a
-//! 6x16 register tile (12 ymm accumulators), two loads and six broadcasts
-//! per 12 FMAs. Column tails are zero-padded in the panel and stored
-//! masked, so no position needs a scalar loop.
+//! For such k the `gemm` crate spends much of its time packing both
+//! operands, and a conv bias costs it a prefill pass over the output it
+//! then re-reads (measured on Zen 4, 1 thread: 46-71 GFLOP/s on these
+//! shapes, 53-88 here). Here `a` (the weights) is read in place, and `b`,
+//! row-major with the positions `p` contiguous (an im2col block, or the
+//! input planes of a 1x1 conv), is copied one 16-position strip at a time
+//! into a dense k x 16 panel that stays in L1 while every 6-row block of
+//! `a` sweeps over it: a 6x16 register tile (12 ymm accumulators, started
+//! from the bias), two loads and six broadcasts per 12 FMAs. A column tail
+//! computes all 16 lanes and stores only its own, masked, so no position
+//! needs a scalar loop.
 //!
 //! AVX2 + FMA only; [`available`] says whether the host has them and the
 //! caller keeps the `gemm` crate path otherwise.
 
-/// Largest inner dimension this kernel is used for: beyond it `a`'s six
-/// rows (6·k floats) and `b`'s strip stop fitting L1 together, and the
-/// packed `gemm` path wins (measured: k = 147 is still ahead, k = 576 not).
+/// Largest inner dimension this kernel is used for: up to here it measured
+/// ahead of the `gemm` crate or even with it; beyond, the two were even
+/// within noise (k = 576-4608), and the crate, which blocks k for the
+/// caches, is kept.
 pub(crate) const MAX_K: usize = 512;
 
-/// Whether the host can run [`gemm_small_k`].
+/// Whether the host can run [`gemm_small_k_raw`].
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -66,8 +69,9 @@ pub(crate) fn gemm_small_k(
     unsafe { gemm_small_k_raw(m, n, k, a, b, ldb, out.as_mut_ptr(), ldo, bias) }
 }
 
-/// [`gemm_small_k`] writing through a raw pointer, for callers whose
-/// threads write disjoint tiles of one buffer.
+/// `out[i·ldo + j] = bias[i] + Σ_k a[i·k + kk]·b[kk·ldb + j]` for `i < m`,
+/// `j < n`, written through a raw pointer for callers whose threads write
+/// disjoint tiles of one buffer (`gemm_small_k` is the safe form tests use).
 ///
 /// Panics if an input view does not fit its slice or the host lacks
 /// AVX2/FMA.
@@ -140,10 +144,11 @@ mod avx2 {
 
     /// Loops over 16-column strips, and within a strip over 6-row blocks,
     /// so the strip of `b` stays in L1 while all of `a` passes over it.
-    /// Each strip is first copied into a dense k x 16 panel (zero-padded
-    /// past a tail): `b`'s rows are often a page or more apart (im2col rows
-    /// of a 224x224 image), and k separate pages per strip would thrash the
-    /// TLB and defeat the prefetchers.
+    /// Each strip is first copied into a dense k x 16 panel (past a tail,
+    /// lanes hold stale values whose results are never stored): `b`'s rows
+    /// are often a page or more apart (im2col rows of a 224x224 image), and
+    /// k separate pages per strip would thrash the TLB and defeat the
+    /// prefetchers.
     ///
     /// # Safety
     /// AVX2 and FMA available; the views described by (m, n, k, ldb, ldo)
