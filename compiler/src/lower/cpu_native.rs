@@ -70,11 +70,6 @@ impl Dense {
         threads: usize,
         epilogue: Option<&Epilogue>,
     ) -> Result<(), String> {
-        if let Dense::Conv(p) = self {
-            let w = opt_f32s(ops, 1)?.unwrap_or(&[]);
-            p.run_with_epilogue(f32s(ops, 0)?, w, opt_f32s(ops, 2)?, out, threads, epilogue);
-            return Ok(());
-        }
         match self {
             Dense::MatMul(p) => {
                 let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
@@ -84,7 +79,12 @@ impl Dense {
                 let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
                 p.run(f32s(ops, 0)?, b, opt_f32s(ops, 2)?, out, threads);
             }
-            Dense::Conv(_) => unreachable!("handled above"),
+            Dense::Conv(p) => {
+                let w = opt_f32s(ops, 1)?.unwrap_or(&[]);
+                p.run_with_epilogue(f32s(ops, 0)?, w, opt_f32s(ops, 2)?, out, threads, epilogue);
+                // The conv applied the epilogue tile by tile.
+                return Ok(());
+            }
         }
         if let Some(e) = epilogue {
             e(out.as_mut_ptr(), 0, out.len());
@@ -577,10 +577,10 @@ impl Fusion {
         }
         let epilogue = |out: *mut f32, lo: usize, hi: usize| {
             // On the stack: this runs once per tile row.
-            let mut buf = [std::ptr::null::<f32>(); 8];
+            let mut stack = [std::ptr::null::<f32>(); 8];
             let mut heap = vec![];
-            let ins: &mut [*const f32] = if operands.len() < buf.len() {
-                &mut buf[..operands.len() + 1]
+            let ins: &mut [*const f32] = if operands.len() < stack.len() {
+                &mut stack[..operands.len() + 1]
             } else {
                 heap.resize(operands.len() + 1, std::ptr::null());
                 &mut heap
