@@ -449,6 +449,16 @@ impl NativeKernel for Fusion {
     }
 }
 
+/// The anchor's own operands, picked from the fusion's by `map`.
+fn anchor_operands<'a>(
+    map: &[Option<usize>],
+    inputs: &[Option<&'a Tensor>],
+) -> Vec<Option<&'a Tensor>> {
+    map.iter()
+        .map(|k| k.and_then(|k| inputs.get(k).copied().flatten()))
+        .collect()
+}
+
 /// An integer or bool tensor converted as ONNX Cast to f32 does.
 fn to_f32(t: &Tensor) -> Result<Tensor, String> {
     let v: Vec<f32> = match &t.data {
@@ -503,10 +513,7 @@ impl Fusion {
         }
         let anchor_out = match &self.anchor {
             Some((plan, map)) => {
-                let ops: Vec<Option<&Tensor>> = map
-                    .iter()
-                    .map(|k| k.and_then(|k| inputs.get(k).copied().flatten()))
-                    .collect();
+                let ops = anchor_operands(map, inputs);
                 let shape = plan.out_shape().to_vec();
                 let mut buf = plan.out_buffer();
                 plan.run(&ops, &mut buf, threads)?;
@@ -565,10 +572,7 @@ impl Fusion {
         inputs: &[Option<&Tensor>],
         threads: usize,
     ) -> Result<Vec<Tensor>, String> {
-        let ops: Vec<Option<&Tensor>> = map
-            .iter()
-            .map(|k| k.and_then(|k| inputs.get(k).copied().flatten()))
-            .collect();
+        let ops = anchor_operands(map, inputs);
         let shape = plan.out_shape().to_vec();
         let mut buf = plan.out_buffer();
         let mut operands: Vec<usize> = vec![];
