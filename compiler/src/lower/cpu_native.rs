@@ -62,7 +62,8 @@ impl Dense {
     }
 
     /// [`Dense::run`], applying `epilogue` to ranges of `out` as they are
-    /// finished: tile by tile for convs, over the whole result otherwise.
+    /// finished: tile by tile for convs and packed matmuls, over the whole
+    /// result otherwise.
     fn run_with_epilogue(
         &self,
         ops: &[Option<&Tensor>],
@@ -73,7 +74,9 @@ impl Dense {
         match self {
             Dense::MatMul(p) => {
                 let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
-                p.run(f32s(ops, 0)?, b, out, threads);
+                p.run_with_epilogue(f32s(ops, 0)?, b, out, threads, epilogue);
+                // The product applied the epilogue.
+                return Ok(());
             }
             Dense::Gemm(p) => {
                 let b = opt_f32s(ops, 1)?.unwrap_or(&[]);

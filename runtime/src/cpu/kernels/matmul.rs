@@ -7,6 +7,9 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::conv::Epilogue;
+use super::packed::PackedB;
+
 /// Below this many flops a product runs single-threaded: forking rayon
 /// tasks costs a few microseconds, which is all a small product takes.
 pub(crate) const PAR_FLOPS: f64 = 2.0e6;
@@ -196,15 +199,18 @@ pub struct MatMulPlan {
     offsets: Vec<(usize, usize)>,
     /// B owned by the plan when it is a constant.
     b_const: Option<Vec<f32>>,
+    /// A constant B shared by every batch, packed for the AVX2 kernel
+    /// (then `b_const` is `None`).
+    packed: Option<PackedB>,
     a_len: usize,
     b_len: usize,
 }
 
 impl MatMulPlan {
     /// `b_const`: B's data when B is a constant — it is copied once into the
-    /// plan, and `run` then ignores its `b` argument. (No re-layout: `gemm`
-    /// packs its operands itself, and row-major B is already the layout its
-    /// matrix-vector path streams best.)
+    /// plan (packed into panels for [`PackedB`] when one B serves every
+    /// batch and the host has AVX2/FMA), and `run` then ignores its `b`
+    /// argument.
     pub fn new(
         a_shape: &[usize],
         b_shape: &[usize],
@@ -295,6 +301,7 @@ impl MatMulPlan {
             out_shape,
             offsets,
             b_const: b_const.map(<[f32]>::to_vec),
+            packed: None,
             a_len,
             b_len,
         };
@@ -303,6 +310,13 @@ impl MatMulPlan {
         if nbatch > 1 && bb.iter().all(|&d| d == 1) && ab == batch {
             plan.m = nbatch * m;
             plan.offsets = vec![(0, 0)];
+        }
+        // Fewer rows than the micro-kernel's 6 are matrix-vector work,
+        // bound by streaming B, where the split below over columns wins.
+        if plan.offsets.len() == 1 && plan.m >= 6 && PackedB::available() {
+            if let Some(bc) = plan.b_const.take() {
+                plan.packed = Some(PackedB::new(k, n, &bc, n, 1));
+            }
         }
         Ok(plan)
     }
@@ -319,6 +333,32 @@ impl MatMulPlan {
     /// `a`, `b` and `out` must have the planned lengths (debug-asserted);
     /// `b` is ignored when B was constant. `out` is fully overwritten.
     pub fn run(&self, a: &[f32], b: &[f32], out: &mut [f32], threads: usize) {
+        self.run_with_epilogue(a, b, out, threads, None);
+    }
+
+    /// [`MatMulPlan::run`], handing `epilogue` each finished range of
+    /// `out` (tile by tile on the thread that computed it when B is packed,
+    /// else all of it at the end).
+    pub fn run_with_epilogue(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<&Epilogue>,
+    ) {
+        if let Some(p) = &self.packed {
+            debug_assert_eq!(a.len(), self.a_len);
+            p.product(self.m, a, self.k, out, threads, epilogue);
+            return;
+        }
+        self.run_unpacked(a, b, out, threads);
+        if let Some(e) = epilogue {
+            e(out.as_mut_ptr(), 0, out.len());
+        }
+    }
+
+    fn run_unpacked(&self, a: &[f32], b: &[f32], out: &mut [f32], threads: usize) {
         let b = self.b_const.as_deref().unwrap_or(b);
         debug_assert_eq!(a.len(), self.a_len);
         debug_assert_eq!(b.len(), self.b_len);

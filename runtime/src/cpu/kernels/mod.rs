@@ -7,6 +7,7 @@
 
 mod conv;
 mod matmul;
+mod packed;
 mod pool;
 mod rows;
 mod smallk;
@@ -361,20 +362,26 @@ mod bench {
             1,
             144,
         );
-        for (name, m) in [
-            ("matmul [128,384]x[384,1536]", 128),
-            ("matmul [1,384]x[384,1536]", 1),
+        for (m, k, n) in [
+            (128, 384, 1536),
+            (128, 1536, 384),
+            (128, 384, 384),
+            (1, 384, 1536),
         ] {
-            let a = lcg(4, m * 384);
-            let b = lcg(5, 384 * 1536);
-            let plan = MatMulPlan::new(&[m, 384], &[384, 1536], Some(&b)).unwrap();
-            let mut out = vec![0.0; m * 1536];
+            let a = lcg(4, m * k);
+            let b = lcg(5, k * n);
+            let packed = MatMulPlan::new(&[m, k], &[k, n], Some(&b)).unwrap();
+            let unpacked = MatMulPlan::new(&[m, k], &[k, n], None).unwrap();
+            let mut out = vec![0.0; m * n];
             let out = std::sync::Mutex::new(&mut out[..]);
-            for t in [1, 2] {
-                let g = gflops(plan.flops(), t, &|t| {
-                    plan.run(&a, &[], &mut out.lock().unwrap(), t)
-                });
-                println!("{name:40} threads {t}: {g:7.1} GFLOP/s");
+            let name = format!("matmul [{m},{k}]x[{k},{n}]");
+            for (path, plan) in [("constant B", &packed), ("gemm crate", &unpacked)] {
+                for t in [1, 2] {
+                    let g = gflops(plan.flops(), t, &|t| {
+                        plan.run(&a, &b, &mut out.lock().unwrap(), t)
+                    });
+                    println!("{name:40} threads {t}: {g:7.1} GFLOP/s ({path})");
+                }
             }
         }
     }

@@ -127,15 +127,15 @@ pub(crate) unsafe fn gemm_small_k_raw(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
-    const MR: usize = 6;
-    const NR: usize = 16;
+    pub(in crate::cpu::kernels) const MR: usize = 6;
+    pub(in crate::cpu::kernels) const NR: usize = 16;
 
     /// Lane masks for a tail of `len` < 16 columns: (first 8, next 8).
     #[target_feature(enable = "avx2,fma")]
-    fn tail_masks(len: usize) -> (__m256i, __m256i) {
+    pub(in crate::cpu::kernels) fn tail_masks(len: usize) -> (__m256i, __m256i) {
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let lo = _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), lanes);
         let hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32 - 8), lanes);
@@ -191,57 +191,108 @@ mod avx2 {
             while i < m {
                 let rows = (m - i).min(MR);
                 let (ap, op) = (a.add(i * k), out.add(i * ldo + j));
-                let bi = bias.map(|b| b.add(i));
+                let init = bias.map_or(Init::Zero, |b| Init::Bias(b.add(i)));
                 // SAFETY: as for `run`; rows i..i+rows and columns
                 // j..j+len are inside the views.
-                unsafe {
-                    match rows {
-                        6 => tile::<6>(k, ap, pp, op, ldo, bi, masks),
-                        5 => tile::<5>(k, ap, pp, op, ldo, bi, masks),
-                        4 => tile::<4>(k, ap, pp, op, ldo, bi, masks),
-                        3 => tile::<3>(k, ap, pp, op, ldo, bi, masks),
-                        2 => tile::<2>(k, ap, pp, op, ldo, bi, masks),
-                        _ => tile::<1>(k, ap, pp, op, ldo, bi, masks),
-                    }
-                }
+                unsafe { tile_rows(rows, k, ap, k, pp, op, ldo, init, masks) };
                 i += rows;
             }
             j += len;
         }
     }
 
-    /// One `R x 16` output tile from a k x 16 panel; stores are masked to
-    /// the tail's columns when `masks` is given.
+    /// What an output tile starts from before the products are added.
+    #[derive(Clone, Copy)]
+    pub(in crate::cpu::kernels) enum Init {
+        Zero,
+        /// `bias[r]` for the tile's row r.
+        Bias(*const f32),
+        /// The tile's current contents (a later block of k).
+        Load,
+    }
+
+    /// [`tile`] for `rows` (1..=6) rows.
     ///
     /// # Safety
-    /// As for [`run`], for rows `0..R` of `a`/`out` and the tile's columns;
-    /// `panel` holds k x 16 floats.
+    /// As for [`tile`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(in crate::cpu::kernels) unsafe fn tile_rows(
+        rows: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        panel: *const f32,
+        out: *mut f32,
+        ldo: usize,
+        init: Init,
+        masks: Option<(__m256i, __m256i)>,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match rows {
+                6 => tile::<6>(k, a, lda, panel, out, ldo, init, masks),
+                5 => tile::<5>(k, a, lda, panel, out, ldo, init, masks),
+                4 => tile::<4>(k, a, lda, panel, out, ldo, init, masks),
+                3 => tile::<3>(k, a, lda, panel, out, ldo, init, masks),
+                2 => tile::<2>(k, a, lda, panel, out, ldo, init, masks),
+                _ => tile::<1>(k, a, lda, panel, out, ldo, init, masks),
+            }
+        }
+    }
+
+    /// One `R x 16` output tile, `out[r][j] = init + Σ_kk a[r·lda + kk] ·
+    /// panel[kk·16 + j]`, from a dense k x 16 panel; loads and stores are
+    /// masked to the tail's columns when `masks` is given.
+    ///
+    /// # Safety
+    /// Rows `0..R` of `a` (k floats each, stride `lda`) and of `out` (the
+    /// tile's columns, stride `ldo`) are valid, `out` for writes and
+    /// overlapping neither input; `panel` holds k x 16 floats; `Init::Bias`
+    /// points at R floats.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize>(
         k: usize,
         a: *const f32,
+        lda: usize,
         panel: *const f32,
         out: *mut f32,
         ldo: usize,
-        bias: Option<*const f32>,
+        init: Init,
         masks: Option<(__m256i, __m256i)>,
     ) {
         // SAFETY (whole body): every pointer offset stays inside the
         // views the caller vouches for; masked lanes are not accessed.
         unsafe {
             let mut c = [[_mm256_setzero_ps(); 2]; R];
-            if let Some(bias) = bias {
-                for (r, cr) in c.iter_mut().enumerate() {
-                    let v = _mm256_broadcast_ss(&*bias.add(r));
-                    *cr = [v, v];
+            match init {
+                Init::Zero => {}
+                Init::Bias(bias) => {
+                    for (r, cr) in c.iter_mut().enumerate() {
+                        let v = _mm256_broadcast_ss(&*bias.add(r));
+                        *cr = [v, v];
+                    }
+                }
+                Init::Load => {
+                    for (r, cr) in c.iter_mut().enumerate() {
+                        let p = out.add(r * ldo);
+                        *cr = match masks {
+                            Some((ml, mh)) => {
+                                [_mm256_maskload_ps(p, ml), _mm256_maskload_ps(p.add(8), mh)]
+                            }
+                            None => [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))],
+                        };
+                    }
                 }
             }
             for kk in 0..k {
                 let b0 = _mm256_loadu_ps(panel.add(kk * NR));
                 let b1 = _mm256_loadu_ps(panel.add(kk * NR + 8));
                 for (r, cr) in c.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*a.add(r * k + kk));
+                    let av = _mm256_broadcast_ss(&*a.add(r * lda + kk));
                     cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
                     cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
                 }

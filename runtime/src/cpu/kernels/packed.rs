@@ -1,0 +1,274 @@
+//! Products `out[M, N] = A[M, K] · B[K, N]` whose B is a constant (a
+//! layer's weights), the shape of every dense layer in a transformer.
+//!
+//! B is packed once, when the plan is built, into 16-column panels (`K x
+//! 16` floats each, the last zero-padded), which is exactly what the
+//! small-k micro-kernel ([`super::smallk`]) sweeps its 6 x 16 register
+//! tile over; A is read in place, one broadcast per row and k. The `gemm`
+//! crate instead packs both operands on every call: on MiniLM's layers
+//! (M = 128, K and N 384-1536) that packing and its dispatch were a fifth
+//! of the matmul time (measured on Zen 4, 1 thread: 45-68 GFLOP/s there).
+//!
+//! Loops: k in blocks of at most [`KC`] (a 16 KiB panel block stays in L1
+//! while every 6-row block of A passes over it; later blocks add onto the
+//! tile), then strips, then row blocks. Work is cut into units of (row
+//! chunk, strip chunk) whose output (at most [`UNIT_OUT_FLOATS`]) is still
+//! in L2 when the unit hands it to the fused epilogue.
+//!
+//! AVX2 + FMA only ([`super::smallk::available`]); plans keep the `gemm`
+//! crate path otherwise.
+
+use rayon::prelude::*;
+
+use super::conv::Epilogue;
+use super::matmul::PAR_FLOPS;
+
+/// Largest block of k per pass over the panels: 256 x 16 floats = 16 KiB,
+/// half of Zen 4's L1 data cache, leaving room for A's rows.
+const KC: usize = 256;
+
+/// Output floats per work unit (256 KiB): a quarter of Zen 4's L2.
+const UNIT_OUT_FLOATS: usize = 1 << 16;
+
+/// Columns per panel (the micro-kernel's tile width).
+const NR: usize = 16;
+
+/// A constant `K x N` right operand in 16-column panels.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedB {
+    k: usize,
+    n: usize,
+    /// `[n.div_ceil(16)][k][16]`, zero past column n.
+    panels: Vec<f32>,
+}
+
+impl PackedB {
+    /// Packs the `k x n` matrix `b[i·rs + j·cs]`.
+    ///
+    /// Panics if the view does not fit `b`.
+    pub(crate) fn new(k: usize, n: usize, b: &[f32], rs: usize, cs: usize) -> PackedB {
+        assert!(
+            k == 0 || n == 0 || (k - 1) * rs + (n - 1) * cs < b.len(),
+            "PackedB: view out of bounds"
+        );
+        let strips = n.div_ceil(NR);
+        let mut panels = vec![0.0f32; strips * k * NR];
+        for (s, panel) in panels.chunks_exact_mut((k * NR).max(1)).enumerate() {
+            for (i, row) in panel.chunks_exact_mut(NR).enumerate() {
+                for (jj, v) in row.iter_mut().enumerate() {
+                    let j = s * NR + jj;
+                    if j < n {
+                        *v = b[i * rs + j * cs];
+                    }
+                }
+            }
+        }
+        PackedB { k, n, panels }
+    }
+
+    /// Whether the host can run [`PackedB::product`].
+    pub(crate) fn available() -> bool {
+        super::smallk::available()
+    }
+
+    /// `out[i·n + j] = Σ_kk a[i·lda + kk]·B[kk, j]` for `i < m`, `j < n`
+    /// (out dense row-major), threaded over `threads` workers of the
+    /// current pool; `epilogue` gets each finished range of `out`, once, on
+    /// the thread that wrote it.
+    ///
+    /// Panics if a view does not fit its slice or the host lacks AVX2/FMA.
+    pub(crate) fn product(
+        &self,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<&Epilogue>,
+    ) {
+        let (n, k) = (self.n, self.k);
+        assert!(Self::available(), "PackedB: host lacks AVX2/FMA");
+        assert!(out.len() >= m * n, "PackedB: out too short");
+        assert!(
+            m == 0 || k == 0 || (m - 1) * lda + k <= a.len(),
+            "PackedB: a out of bounds"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        let strips = n.div_ceil(NR);
+        // Rows per unit: a multiple of 6 whose output fits the unit budget,
+        // spread evenly over the chunks.
+        let row_target = (UNIT_OUT_FLOATS / (strips * NR)).max(6);
+        let row_chunks = m.div_ceil(row_target);
+        let rows_per = m.div_ceil(row_chunks).div_ceil(6) * 6;
+        let row_chunks = m.div_ceil(rows_per);
+        let flops = 2.0 * (m * n * k) as f64;
+        let parallel = threads > 1 && flops >= PAR_FLOPS;
+        let want = if parallel {
+            threads * crate::cpu::UNITS_PER_THREAD
+        } else {
+            1
+        };
+        let strip_chunks = want.div_ceil(row_chunks).clamp(1, strips);
+        let out_addr = out.as_mut_ptr().expose_provenance();
+        let unit = |u: usize| {
+            let (rc, sc) = (u / strip_chunks, u % strip_chunks);
+            let (r0, r1) = (rc * rows_per, ((rc + 1) * rows_per).min(m));
+            let (s0, s1) = (sc * strips / strip_chunks, (sc + 1) * strips / strip_chunks);
+            let out = std::ptr::with_exposed_provenance_mut::<f32>(out_addr);
+            // SAFETY: rows r0..r1 of `a` (asserted to fit) and the packed
+            // panels s0..s1 are in bounds; the unit writes only rows r0..r1
+            // x columns of strips s0..s1 of `out` (asserted to fit), which
+            // no other unit touches, and `out` is mutably borrowed by this
+            // call, so it overlaps neither input.
+            unsafe { self.unit(r0, r1, s0, s1, a.as_ptr(), lda, out) };
+            if let Some(epi) = epilogue {
+                let (c0, c1) = (s0 * NR, (s1 * NR).min(n));
+                if c0 == 0 && c1 == n {
+                    epi(out, r0 * n, r1 * n);
+                } else {
+                    for r in r0..r1 {
+                        epi(out, r * n + c0, r * n + c1);
+                    }
+                }
+            }
+        };
+        let units = row_chunks * strip_chunks;
+        if parallel && units > 1 {
+            (0..units).into_par_iter().for_each(unit);
+        } else {
+            (0..units).for_each(unit);
+        }
+    }
+
+    /// Rows `r0..r1` x strips `s0..s1` of the product.
+    ///
+    /// # Safety
+    /// AVX2/FMA present; rows r0..r1 of `a` hold k floats at stride `lda`;
+    /// `out` is valid for the dense `m x n` result and this view of it is
+    /// not accessed by anyone else during the call.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn unit(
+        &self,
+        r0: usize,
+        r1: usize,
+        s0: usize,
+        s1: usize,
+        a: *const f32,
+        lda: usize,
+        out: *mut f32,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::smallk::avx2::{tail_masks, tile_rows, Init, MR};
+            let (n, k) = (self.n, self.k);
+            let blocks = k.div_ceil(KC).max(1);
+            let kc_even = k.div_ceil(blocks);
+            let panels = self.panels.as_ptr();
+            for blk in 0..blocks {
+                let k0 = blk * kc_even;
+                let kc = kc_even.min(k - k0.min(k));
+                let init = if blk == 0 { Init::Zero } else { Init::Load };
+                for s in s0..s1 {
+                    let len = (n - s * NR).min(NR);
+                    // SAFETY (block): the caller's contract; panel s holds
+                    // k x 16 floats, of which rows k0..k0 + kc are read;
+                    // row blocks stay in r0..r1 and columns in the strip.
+                    unsafe {
+                        let masks = (len < NR).then(|| tail_masks(len));
+                        let panel = panels.add((s * k + k0) * NR);
+                        let mut i = r0;
+                        while i < r1 {
+                            let rows = (r1 - i).min(MR);
+                            tile_rows(
+                                rows,
+                                kc,
+                                a.add(i * lda + k0),
+                                lda,
+                                panel,
+                                out.add(i * n + s * NR),
+                                n,
+                                init,
+                                masks,
+                            );
+                            i += rows;
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (r0, r1, s0, s1, a, lda, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::kernels::matmul::tests::{check, lcg};
+    use std::sync::Mutex;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32]) -> Vec<f32> {
+        let mut want = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for kk in 0..k {
+                    s += a[i * lda + kk] as f64 * b[kk * n + j] as f64;
+                }
+                want[i * n + j] = s as f32;
+            }
+        }
+        want
+    }
+
+    /// Odd sizes, column tails, several k blocks (k > KC), strided A, one
+    /// and two threads; the epilogue sees every element once, finished.
+    #[test]
+    fn matches_naive_product_and_hands_over_each_element_once() {
+        if !PackedB::available() {
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 40, 300),
+            (6, 16, 3),
+            (7, 17, 5),
+            (13, 33, 0),
+            (128, 384, 384),
+            (50, 1000, 600),
+            (300, 70, 513),
+        ] {
+            for threads in [1, 2] {
+                let lda = k + 3;
+                let a = lcg(1, m * lda);
+                let b = lcg(2, k * n);
+                let packed = PackedB::new(k, n, &b, n, 1);
+                let want = naive(m, n, k, &a, lda, &b);
+                let mut out = vec![f32::NAN; m * n];
+                // What the epilogue saw at hand-over, and how often.
+                let seen = Mutex::new(vec![(0u8, f32::NAN); m * n]);
+                let epi = |base: *mut f32, lo: usize, hi: usize| {
+                    let mut seen = seen.lock().unwrap();
+                    for (i, s) in seen[lo..hi].iter_mut().enumerate() {
+                        // SAFETY: the product hands over in-bounds ranges.
+                        *s = (s.0 + 1, unsafe { *base.add(lo + i) });
+                    }
+                };
+                pool.install(|| packed.product(m, &a, lda, &mut out, threads, Some(&epi)));
+                let scale = vec![k as f32; m * n];
+                let what = format!("m{m} n{n} k{k} t{threads}");
+                check(&out, &want, &scale, &what);
+                for (i, &(count, v)) in seen.into_inner().unwrap().iter().enumerate() {
+                    assert_eq!(count, 1, "{what}: element {i} handed over {count} times");
+                    assert_eq!(v, out[i], "{what}: element {i} handed over unfinished");
+                }
+            }
+        }
+    }
+}
