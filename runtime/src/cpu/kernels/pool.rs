@@ -5,8 +5,9 @@
 //! Window validity is separable per axis, so the plan precomputes, for each
 //! axis and output index, the range of in-bounds taps and the number of taps
 //! inside the padded extent; a window's divisor is the product over axes.
-//! Windowed pools run one output row at a time, reducing each contributing
-//! input row with all W taps fused (`rows.rs`, with AVX2 dispatch); the
+//! Windowed pools run one output row at a time: the window's input rows
+//! are combined elementwise first (max and sum are separable), then that
+//! one row is reduced over its W taps (`rows.rs`, with AVX2 dispatch); the
 //! global pools reduce in 16 lanes so they vectorize.
 
 use rayon::prelude::*;
@@ -68,12 +69,6 @@ impl Axis {
         }
     }
 }
-
-/// Input rows per row-kernel call. The kernel takes several (fusing H
-/// taps too), but on Zen 4 one row per call measured fastest (3x3 56x56
-/// depthwise 15.5 vs 10.7 GFLOP/s with 5): the tap pointers of a 9- or
-/// 25-tap fusion spill, while a row's W taps stay in registers.
-const MAX_ROWS: usize = 1;
 
 /// Below this many input elements pooling runs on one thread.
 const PAR_ELEMS: usize = 64 * 1024;
@@ -199,7 +194,7 @@ impl PoolPlan {
             out_shape.push(output);
         }
         let ones_w = attrs.kernel[sd - 1];
-        let ones = vec![1.0; ones_w * MAX_ROWS];
+        let ones = vec![1.0; ones_w];
         let w_counts = match kind {
             PoolKind::Average { count_include_pad } => axes[2]
                 .windows
@@ -251,8 +246,7 @@ impl PoolPlan {
     fn plane(&self, x: &[f32], out: &mut [f32]) {
         let split = match self.kind {
             PoolKind::Max | PoolKind::Average { .. } => {
-                self.axes[0].input * self.axes[1].input * self.row_geom.split_len()
-                    + self.row_geom.padded_out
+                2 * self.axes[2].input + self.row_geom.split_len() + self.row_geom.padded_out
             }
             _ => 0,
         };
@@ -292,41 +286,49 @@ impl PoolPlan {
     }
 
     /// One [C-plane] of a windowed pool, an output row at a time; `avg` is
-    /// None for max, else `count_include_pad`. `buf` holds the padded,
-    /// phase-split plane, then the output row being accumulated.
+    /// None for max, else `count_include_pad`. Max and sum are separable:
+    /// the window's in-bounds D/H input rows are first combined
+    /// elementwise into one row (contiguous, vectorized), and only that
+    /// row is padded, phase-split and reduced over the W taps. Combining
+    /// first does the W-tap work once per output row instead of once per
+    /// input row of the window, and pads one row instead of the plane.
     #[inline(always)]
     fn window_plane<O: Op>(&self, x: &[f32], out: &mut [f32], avg: Option<bool>, buf: &mut [f32]) {
         let [ad, ah, aw] = &self.axes;
         let g = &self.row_geom;
-        let rl = g.split_len();
-        let (ph, acc) = buf.split_at_mut(ad.input * ah.input * rl);
+        let width = aw.input;
+        let (vrows, rest) = buf.split_at_mut(2 * width);
+        let (split, acc) = rest.split_at_mut(g.split_len());
         // Pad with the op's identity, so padding never changes a result.
         let init = if avg.is_some() {
             0.0
         } else {
             f32::NEG_INFINITY
         };
-        rows::pad_split(g, x, init, ph);
+        let ones = &self.ones[..self.ones_w];
         let mut orows = out.chunks_exact_mut(aw.windows.len());
         for wd in &ad.windows {
             for wh in &ah.windows {
                 let Some(orow) = orows.next() else { return };
-                acc.fill(init);
-                for id in taps(*wd, ad) {
-                    // All of the window's H rows go to the row kernel at
-                    // once, a few per call to keep the list on the stack.
-                    let mut ihs = taps(*wh, ah).peekable();
-                    while ihs.peek().is_some() {
-                        let mut srcs: [&[f32]; MAX_ROWS] = [&[]; MAX_ROWS];
-                        let mut cnt = 0;
-                        for (s, ih) in srcs.iter_mut().zip(ihs.by_ref().take(MAX_ROWS)) {
-                            *s = &ph[(id * ah.input + ih) * rl..][..rl];
-                            cnt += 1;
+                let mut starts = taps(*wd, ad)
+                    .flat_map(|id| taps(*wh, ah).map(move |ih| (id * ah.input + ih) * width));
+                let row = |st: usize| &x[st..][..width];
+                // Ping-pong between two rows (see rows::combine).
+                let (mut vrow, mut spare) = vrows.split_at_mut(width);
+                match (starts.next(), starts.next()) {
+                    (None, _) => vrow.fill(init),
+                    (Some(r0), None) => vrow.copy_from_slice(row(r0)),
+                    (Some(r0), Some(r1)) => {
+                        rows::combine::<O>(vrow, row(r0), row(r1));
+                        for st in starts {
+                            rows::combine::<O>(spare, vrow, row(st));
+                            std::mem::swap(&mut vrow, &mut spare);
                         }
-                        let w = &self.ones[..cnt * self.ones_w];
-                        rows::rows::<O>(g, &srcs[..cnt], w, acc);
                     }
                 }
+                rows::pad_split(g, vrow, init, split);
+                acc.fill(init);
+                rows::rows::<O>(g, &[&*split], ones, acc);
                 match avg {
                     None => orow.copy_from_slice(&acc[..orow.len()]),
                     Some(include_pad) => {

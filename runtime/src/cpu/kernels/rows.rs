@@ -277,6 +277,16 @@ fn fused<O: Op, const K: usize>(acc: &mut [f32], xs: [&[f32]; K], w: [f32; K]) {
     }
 }
 
+/// `dst[i] = step(a[i], 1, b[i])`. Out of place on purpose: written in
+/// place, LLVM turns a max's "keep acc" branch into masked stores, which
+/// are microcoded and several times slower on AMD cores.
+#[inline(always)]
+pub(crate) fn combine<O: Op>(dst: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = O::step(x, 1.0, y);
+    }
+}
+
 /// Sum of `x` in 16 independent lanes (vectorizes, unlike a sequential f32
 /// sum, and rounds less).
 #[inline(always)]
