@@ -627,6 +627,9 @@ pub(super) fn fusion(
     let outer = |v: ValueId| operand_of(v).and_then(|k| n.inputs.get(k).copied().flatten());
     let first = body.nodes.first().ok_or("empty fusion body")?;
     let is_anchor = matches!(first.op.as_str(), "MatMul" | "Gemm" | "Conv");
+    // The Relu folded into the anchor, if any: its result is then the
+    // anchor's.
+    let mut folded = None;
     let (anchor, tail_nodes, mut captured) = if is_anchor {
         let outer_inputs: Vec<Option<ValueId>> =
             first.inputs.iter().map(|v| v.and_then(outer)).collect();
@@ -638,7 +641,7 @@ pub(super) fn fusion(
         {
             return Err("anchor reads a value of its body".into());
         }
-        let p = plan_dense(m, first, &outer_inputs)?;
+        let mut p = plan_dense(m, first, &outer_inputs)?;
         let map: Vec<Option<usize>> = first
             .inputs
             .iter()
@@ -649,7 +652,12 @@ pub(super) fn fusion(
             .iter()
             .filter_map(|&i| map.get(i).copied().flatten())
             .collect();
-        (Some((p, map)), &body.nodes[1..], captured)
+        let mut tail = &body.nodes[1..];
+        if let Some(v) = fold_relu(first, tail, &body.outputs, &mut p) {
+            folded = Some(v);
+            tail = &tail[1..];
+        }
+        (Some((p, map)), tail, captured)
     } else {
         (None, &body.nodes[..], vec![])
     };
@@ -664,10 +672,19 @@ pub(super) fn fusion(
     let mut shapes = vec![];
     let mut jit_operands = vec![];
     let anchor_value = if is_anchor {
-        first.outputs.first().copied()
+        folded.or(first.outputs.first().copied())
     } else {
         None
     };
+    if tail_nodes.is_empty() && folded.is_some() {
+        if let Some((p, map)) = anchor {
+            // Conv + Relu and nothing else: the conv alone.
+            let flops = p.plan.flops();
+            let what = format!("{} + Relu", p.what);
+            let k = AnchorOnly { plan: p.plan, map };
+            return Ok(((Box::new(k), what, flops), captured));
+        }
+    }
     if let (Some(v), Some((p, _))) = (anchor_value, &anchor) {
         inputs.push(v);
         shapes.push(p.plan.out_shape().to_vec());
@@ -720,8 +737,12 @@ pub(super) fn fusion(
         }
         _ => false,
     };
+    let relu = if folded.is_some() { " + Relu" } else { "" };
     let (what, flops) = match &anchor {
-        Some((p, _)) => (format!("{} + {}", p.what, jit.describe()), p.plan.flops()),
+        Some((p, _)) => (
+            format!("{}{relu} + {}", p.what, jit.describe()),
+            p.plan.flops(),
+        ),
         None => (jit.describe().to_string(), 0.0),
     };
     let k = Fusion {
@@ -732,6 +753,57 @@ pub(super) fn fusion(
         cast_operands,
     };
     Ok(((Box::new(k), what, flops), captured))
+}
+
+/// Folds the anchor's Relu into the anchor when `tail` starts with a Relu
+/// of the anchor's result that nothing else reads and the anchor can
+/// clamp in its kernel (a small-k conv: the clamp rides on the tile store
+/// instead of another pass over the output). Returns the Relu's result,
+/// which the anchor now produces.
+fn fold_relu(
+    anchor: &Node,
+    tail: &[Node],
+    outputs: &[ValueId],
+    p: &mut Planned,
+) -> Option<ValueId> {
+    let v = anchor.outputs.first().copied()?;
+    let (relu, rest) = tail.split_first()?;
+    let reads_v = |n: &Node| n.inputs.iter().flatten().any(|&x| x == v);
+    if relu.op != "Relu" || relu.input(0) != Some(v) || relu.inputs.len() != 1 {
+        return None;
+    }
+    if rest.iter().any(reads_v) || outputs.contains(&v) {
+        return None;
+    }
+    let out = relu.outputs.first().copied()?;
+    // With more of the tail left, the Relu's result becomes the generated
+    // loop's input; it must not also be a result of the fusion.
+    if !rest.is_empty() && outputs.contains(&out) {
+        return None;
+    }
+    let Dense::Conv(c) = &mut p.plan else {
+        return None;
+    };
+    c.fuse_clamp(0.0, f32::INFINITY).then_some(out)
+}
+
+/// A fusion whose tail was folded into its anchor entirely (Conv + Relu):
+/// the anchor alone, on the fusion's operands.
+struct AnchorOnly {
+    plan: Dense,
+    map: Vec<Option<usize>>,
+}
+
+impl NativeKernel for AnchorOnly {
+    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
+        let ops = anchor_operands(&self.map, inputs);
+        let shape = self.plan.out_shape().to_vec();
+        let mut out = self.plan.out_buffer();
+        self.plan.run(&ops, &mut out, threads)?;
+        Ok(vec![
+            Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?
+        ])
+    }
 }
 
 /// A reduction fusion whose reduction the generated loops cannot express

@@ -119,6 +119,9 @@ pub struct ConvPlan {
     /// at most `smallk::MAX_K`) on an AVX2/FMA host use the unpacked
     /// small-k kernel instead of the `gemm` crate.
     small_k: bool,
+    /// Bounds the small-k kernel clamps each output to as it stores it (a
+    /// fused Relu): see [`ConvPlan::fuse_clamp`].
+    clamp: Option<smallk::Clamp>,
     /// Depthwise: the W axis's row geometry and the detected row ISA.
     row_geom: RowGeom,
     isa: Isa,
@@ -214,6 +217,7 @@ impl ConvPlan {
             small_k: matches!(strategy, Strategy::Pointwise | Strategy::Im2col)
                 && (c / group) * kvol <= smallk::MAX_K
                 && smallk::available(),
+            clamp: None,
             row_geom: RowGeom::new(
                 axes[2].input,
                 axes[2].output,
@@ -233,8 +237,25 @@ impl ConvPlan {
     /// Turns the small-k kernel off, for benchmarks against the `gemm` path.
     #[cfg(test)]
     pub(super) fn without_small_k(mut self) -> ConvPlan {
+        assert!(
+            self.clamp.is_none(),
+            "the clamp lives in the small-k kernel"
+        );
         self.small_k = false;
         self
+    }
+
+    /// Makes every output `min(hi, max(lo, v))` (NaN kept): a Relu
+    /// (`0, inf`) or Clip folded into the conv. Only where the clamp costs
+    /// nothing, inside the small-k kernel's tile store; returns whether it
+    /// was taken (otherwise the plan is unchanged and the caller keeps the
+    /// op as an epilogue).
+    pub fn fuse_clamp(&mut self, lo: f32, hi: f32) -> bool {
+        if !self.small_k || self.clamp.is_some() || lo.is_nan() || hi.is_nan() || lo > hi {
+            return false;
+        }
+        self.clamp = Some(smallk::Clamp { lo, hi });
+        true
     }
 
     /// 2 * N * M * output positions * (C/group) * kernel volume.
@@ -371,6 +392,11 @@ impl ConvPlan {
             if !accumulate {
                 out.fill(0.0);
             }
+            if let Some(c) = self.clamp {
+                for v in out.iter_mut() {
+                    *v = v.clamp(c.lo, c.hi);
+                }
+            }
             epi(0, out.len());
             return;
         }
@@ -405,6 +431,7 @@ impl ConvPlan {
                             std::ptr::with_exposed_provenance_mut::<f32>(out_addr).add(dst_off),
                             ovol,
                             bias.map(|b| &b[g * mg_all + m0..][..mg]),
+                            self.clamp,
                         );
                     }
                     return;

@@ -191,6 +191,7 @@ impl PackedB {
                                 n,
                                 init,
                                 masks,
+                                None,
                             );
                             i += rows;
                         }

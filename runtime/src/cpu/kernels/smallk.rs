@@ -24,6 +24,15 @@
 /// caches, is kept.
 pub(crate) const MAX_K: usize = 512;
 
+/// Bounds applied to each output element as it is stored (a fused Relu is
+/// `[0, inf)`): `min(hi, max(lo, v))`, NaN kept. Clamping in the tile
+/// saves the separate pass over the output a Relu epilogue would make.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Clamp {
+    pub lo: f32,
+    pub hi: f32,
+}
+
 /// Whether the host can run [`gemm_small_k_raw`].
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -55,6 +64,7 @@ pub(crate) fn gemm_small_k(
     out: &mut [f32],
     ldo: usize,
     bias: Option<&[f32]>,
+    clamp: Option<Clamp>,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -66,12 +76,13 @@ pub(crate) fn gemm_small_k(
     assert!(m == 1 || ldo >= n, "gemm_small_k: aliasing out rows");
     // SAFETY: the view fits `out` (asserted), whose mutable borrow rules
     // out overlap with the inputs.
-    unsafe { gemm_small_k_raw(m, n, k, a, b, ldb, out.as_mut_ptr(), ldo, bias) }
+    unsafe { gemm_small_k_raw(m, n, k, a, b, ldb, out.as_mut_ptr(), ldo, bias, clamp) }
 }
 
 /// `out[i·ldo + j] = bias[i] + Σ_k a[i·k + kk]·b[kk·ldb + j]` for `i < m`,
-/// `j < n`, written through a raw pointer for callers whose threads write
-/// disjoint tiles of one buffer (`gemm_small_k` is the safe form tests use).
+/// `j < n`, then clamped when `clamp` is given, written through a raw
+/// pointer for callers whose threads write disjoint tiles of one buffer
+/// (`gemm_small_k` is the safe form tests use).
 ///
 /// Panics if an input view does not fit its slice or the host lacks
 /// AVX2/FMA.
@@ -91,6 +102,7 @@ pub(crate) unsafe fn gemm_small_k_raw(
     out: *mut f32,
     ldo: usize,
     bias: Option<&[f32]>,
+    clamp: Option<Clamp>,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -120,15 +132,18 @@ pub(crate) unsafe fn gemm_small_k_raw(
             out,
             ldo,
             bias.map(<[f32]>::as_ptr),
+            clamp,
         )
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (ldb, out, ldo, bias);
+    let _ = (ldb, out, ldo, bias, clamp);
 }
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
     use std::arch::x86_64::*;
+
+    use super::Clamp;
 
     pub(in crate::cpu::kernels) const MR: usize = 6;
     pub(in crate::cpu::kernels) const NR: usize = 16;
@@ -166,6 +181,7 @@ pub(super) mod avx2 {
         out: *mut f32,
         ldo: usize,
         bias: Option<*const f32>,
+        clamp: Option<Clamp>,
     ) {
         let mut panel = vec![0.0f32; k * NR];
         let pp = panel.as_mut_ptr();
@@ -194,7 +210,7 @@ pub(super) mod avx2 {
                 let init = bias.map_or(Init::Zero, |b| Init::Bias(b.add(i)));
                 // SAFETY: as for `run`; rows i..i+rows and columns
                 // j..j+len are inside the views.
-                unsafe { tile_rows(rows, k, ap, k, pp, op, ldo, init, masks) };
+                unsafe { tile_rows(rows, k, ap, k, pp, op, ldo, init, masks, clamp) };
                 i += rows;
             }
             j += len;
@@ -228,23 +244,25 @@ pub(super) mod avx2 {
         ldo: usize,
         init: Init,
         masks: Option<(__m256i, __m256i)>,
+        clamp: Option<Clamp>,
     ) {
         // SAFETY: forwarded contract.
         unsafe {
             match rows {
-                6 => tile::<6>(k, a, lda, panel, out, ldo, init, masks),
-                5 => tile::<5>(k, a, lda, panel, out, ldo, init, masks),
-                4 => tile::<4>(k, a, lda, panel, out, ldo, init, masks),
-                3 => tile::<3>(k, a, lda, panel, out, ldo, init, masks),
-                2 => tile::<2>(k, a, lda, panel, out, ldo, init, masks),
-                _ => tile::<1>(k, a, lda, panel, out, ldo, init, masks),
+                6 => tile::<6>(k, a, lda, panel, out, ldo, init, masks, clamp),
+                5 => tile::<5>(k, a, lda, panel, out, ldo, init, masks, clamp),
+                4 => tile::<4>(k, a, lda, panel, out, ldo, init, masks, clamp),
+                3 => tile::<3>(k, a, lda, panel, out, ldo, init, masks, clamp),
+                2 => tile::<2>(k, a, lda, panel, out, ldo, init, masks, clamp),
+                _ => tile::<1>(k, a, lda, panel, out, ldo, init, masks, clamp),
             }
         }
     }
 
     /// One `R x 16` output tile, `out[r][j] = init + Σ_kk a[r·lda + kk] ·
-    /// panel[kk·16 + j]`, from a dense k x 16 panel; loads and stores are
-    /// masked to the tail's columns when `masks` is given.
+    /// panel[kk·16 + j]`, from a dense k x 16 panel, clamped on the way
+    /// out when `clamp` is given; loads and stores are masked to the
+    /// tail's columns when `masks` is given.
     ///
     /// # Safety
     /// Rows `0..R` of `a` (k floats each, stride `lda`) and of `out` (the
@@ -263,6 +281,7 @@ pub(super) mod avx2 {
         ldo: usize,
         init: Init,
         masks: Option<(__m256i, __m256i)>,
+        clamp: Option<Clamp>,
     ) {
         // SAFETY (whole body): every pointer offset stays inside the
         // views the caller vouches for; masked lanes are not accessed.
@@ -297,6 +316,15 @@ pub(super) mod avx2 {
                     cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
                 }
             }
+            if let Some(Clamp { lo, hi }) = clamp {
+                // max(lo, v) and min(hi, v) return v when it is NaN.
+                let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+                for cr in c.iter_mut() {
+                    for v in cr.iter_mut() {
+                        *v = _mm256_min_ps(hi, _mm256_max_ps(lo, *v));
+                    }
+                }
+            }
             for (r, cr) in c.iter().enumerate() {
                 let p = out.add(r * ldo);
                 match masks {
@@ -320,7 +348,8 @@ mod tests {
     use crate::cpu::kernels::matmul::tests::lcg;
 
     /// Every tile shape: full and partial row blocks, full and masked
-    /// column strips, k = 0 and 1, strided b and out, with and without bias.
+    /// column strips, k = 0 and 1, strided b and out, with and without bias
+    /// and clamp (a NaN in `a` checks that the clamp keeps it).
     #[test]
     fn matches_naive_product() {
         if !available() {
@@ -335,9 +364,23 @@ mod tests {
             (64, 100, 27),
             (12, 33, 147),
         ] {
-            for with_bias in [false, true] {
+            let clamps = [
+                None,
+                Some(Clamp {
+                    lo: 0.0,
+                    hi: f32::INFINITY,
+                }),
+                Some(Clamp { lo: -0.1, hi: 0.2 }),
+            ];
+            for (with_bias, clamp) in [false, true]
+                .into_iter()
+                .flat_map(|b| clamps.map(|c| (b, c)))
+            {
                 let (ldb, ldo) = (n + 3, n + 5);
-                let a = lcg(1, m * k);
+                let mut a = lcg(1, m * k);
+                if k > 0 && clamp.is_some() {
+                    a[0] = f32::NAN;
+                }
                 let b = lcg(2, k.max(1) * ldb);
                 let init = lcg(3, m * ldo);
                 let bias = lcg(4, m);
@@ -352,6 +395,7 @@ mod tests {
                     &mut out,
                     ldo,
                     with_bias.then_some(&bias[..]),
+                    clamp,
                 );
                 for i in 0..m {
                     for j in 0..ldo {
@@ -364,9 +408,16 @@ mod tests {
                         for kk in 0..k {
                             want += a[i * k + kk] as f64 * b[kk * ldb + j] as f64;
                         }
+                        if let Some(c) = clamp {
+                            want = want.max(c.lo as f64).min(c.hi as f64);
+                        }
+                        if i == 0 && k > 0 && clamp.is_some() {
+                            assert!(got.is_nan(), "m{m} n{n} k{k} ({i},{j}): NaN lost");
+                            continue;
+                        }
                         assert!(
                             (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "m{m} n{n} k{k} bias {with_bias} at ({i},{j}): {got} vs {want}"
+                            "m{m} n{n} k{k} bias {with_bias} {clamp:?} at ({i},{j}): {got} vs {want}"
                         );
                     }
                 }
