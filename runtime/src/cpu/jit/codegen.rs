@@ -17,7 +17,10 @@
 //! then only read the output row.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, InstBuilder, MemFlagsData, StackSlot, StackSlotData, StackSlotKind, Type,
+    Value,
+};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -258,12 +261,34 @@ fn combine(b: &mut FunctionBuilder, a: Value, x: Value, op: RedOp) -> Value {
     }
 }
 
-/// A scalar at the width of `f`.
-fn widen(f: &mut Fb, s: Value) -> Value {
-    if f.is_vec() {
-        f.b.ins().splat(types::F32X4, s)
-    } else {
-        s
+/// A per-row scalar (a softmax's max and 1/sum, a layer norm's mean and
+/// 1/sd) that the row's later loops read, parked in a stack slot, alone
+/// and splatted, and loaded back at each use. Left as a pure value,
+/// Cranelift's egraph elaboration rebuilt it inside every iteration of
+/// the loops that use it (the horizontal reduction, the finiteness test,
+/// even the division): a third of a 128-wide softmax row's time.
+struct RowScalar {
+    slot: StackSlot,
+    ptr: Type,
+}
+
+impl RowScalar {
+    fn park(b: &mut FunctionBuilder, ptr: Type, s: Value) -> RowScalar {
+        let data = StackSlotData::new(StackSlotKind::ExplicitSlot, 32, 4);
+        let slot = b.create_sized_stack_slot(data);
+        b.ins().stack_store(ptr, s, slot, 0);
+        let v = b.ins().splat(types::F32X4, s);
+        b.ins().stack_store(ptr, v, slot, 16);
+        RowScalar { slot, ptr }
+    }
+
+    /// The scalar at the width of `f`.
+    fn get(&self, f: &mut Fb) -> Value {
+        if f.is_vec() {
+            f.b.ins().stack_load(self.ptr, types::F32X4, self.slot, 16)
+        } else {
+            f.b.ins().stack_load(self.ptr, types::F32, self.slot, 0)
+        }
     }
 }
 
@@ -441,11 +466,12 @@ impl Gen<'_> {
                 let z = b.ins().f32const(0.0);
                 let fin = b.ins().fcmp(FloatCC::Equal, d, z);
                 let shift = b.ins().select(fin, m, z);
+                let shift = RowScalar::park(b, self.ptr, shift);
                 let sum = Acc::new(b, 0.0);
                 let log = *log;
                 run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let v = load(f, out, ioff);
-                    let s = widen(f, shift);
+                    let s = shift.get(f);
                     let d = f.sub(v, s);
                     let e = math::exp(f, d);
                     if !log {
@@ -465,11 +491,12 @@ impl Gen<'_> {
                     let one = b.ins().f32const(1.0);
                     b.ins().fdiv(one, s)
                 };
+                let k = RowScalar::park(b, self.ptr, k);
                 run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let v = load(f, out, ioff);
-                    let kk = widen(f, k);
+                    let kk = k.get(f);
                     let y = if log {
-                        let s = widen(f, shift);
+                        let s = shift.get(f);
                         let d = f.sub(v, s);
                         f.sub(d, kk)
                     } else {
@@ -495,10 +522,11 @@ impl Gen<'_> {
                 let s = sum.total(b, RedOp::Sum);
                 let k = b.ins().f32const(inv_n);
                 let mean = b.ins().fmul(s, k);
+                let mean_row = RowScalar::park(b, self.ptr, mean);
                 let sq = Acc::new(b, 0.0);
                 run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let v = load(f, out, ioff);
-                    let m = widen(f, mean);
+                    let m = mean_row.get(f);
                     let d = f.sub(v, m);
                     let d2 = f.mul(d, d);
                     sq.update(f, d2, RedOp::Sum);
@@ -510,11 +538,12 @@ impl Gen<'_> {
                 let sd = b.ins().sqrt(ve);
                 let one = b.ins().f32const(1.0);
                 let inv = b.ins().fdiv(one, sd);
+                let inv = RowScalar::park(b, self.ptr, inv);
                 run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let mut memo = vec![None; nx];
                     let v = load(f, out, ioff);
-                    let m = widen(f, mean);
-                    let iv = widen(f, inv);
+                    let m = mean_row.get(f);
+                    let iv = inv.get(f);
                     let d = f.sub(v, m);
                     let y = f.mul(d, iv);
                     let sc = self.eval(f, rows, ioff, &mut memo, *scale);
