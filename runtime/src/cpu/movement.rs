@@ -19,12 +19,58 @@ pub fn transpose<T: Copy>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
         inner -= 1;
     }
     let run: usize = shape[inner..].iter().product();
+    if run == 1 && r >= 2 {
+        return transpose_tiled(x, shape, perm, &in_strides);
+    }
     let outer_dims: Vec<usize> = perm[..inner].iter().map(|&p| shape[p]).collect();
     let outer_strides: Vec<usize> = perm[..inner].iter().map(|&p| in_strides[p]).collect();
     let mut out = Vec::with_capacity(n);
     odometer(&outer_dims, &outer_strides, |src| {
         out.extend_from_slice(&x[src..src + run])
     });
+    out
+}
+
+/// [`transpose`] when the input's last axis moves (no contiguous run
+/// survives): a batch of 2-D transposes between the output axis `a` that
+/// holds the input's last axis and the output's last axis `b`, done in
+/// square tiles so that both the reads along `a` and the writes along `b`
+/// stay within a few cache lines (an element-by-element odometer was 0.3
+/// ms for a 128 x 384 attention-head transpose).
+fn transpose_tiled<T: Copy>(x: &[T], shape: &[usize], perm: &[usize], in_st: &[usize]) -> Vec<T> {
+    const TILE: usize = 16;
+    let r = shape.len();
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let out_st = strides(&out_shape);
+    let a = perm
+        .iter()
+        .position(|&p| p == r - 1)
+        .expect("perm is a permutation");
+    let b = r - 1;
+    let (na, nb) = (out_shape[a], out_shape[b]);
+    let (oa, sb) = (out_st[a], in_st[perm[b]]);
+    // The other output axes, as an odometer over (input, output) offsets.
+    let rest: Vec<usize> = (0..r).filter(|&i| i != a && i != b).collect();
+    let dims: Vec<usize> = rest.iter().map(|&i| out_shape[i]).collect();
+    let st_in: Vec<usize> = rest.iter().map(|&i| in_st[perm[i]]).collect();
+    let st_out: Vec<usize> = rest.iter().map(|&i| out_st[i]).collect();
+    let mut out = vec![x[0]; x.len()];
+    let mut pairs = vec![];
+    odometer(&dims, &st_in, |src| pairs.push(src));
+    let mut dsts = vec![];
+    odometer(&dims, &st_out, |dst| dsts.push(dst));
+    for (&src0, &dst0) in pairs.iter().zip(&dsts) {
+        for a0 in (0..na).step_by(TILE) {
+            for b0 in (0..nb).step_by(TILE) {
+                for ia in a0..(a0 + TILE).min(na) {
+                    let row = &mut out[dst0 + ia * oa + b0..][..(nb - b0).min(TILE)];
+                    for (k, v) in row.iter_mut().enumerate() {
+                        *v = x[src0 + ia + (b0 + k) * sb];
+                    }
+                }
+            }
+        }
+    }
     out
 }
 
@@ -147,6 +193,11 @@ mod tests {
             (&[3, 1, 2, 5], &[3, 2, 1, 0]),
             (&[4], &[0]),
             (&[2, 0, 3], &[1, 0, 2]),
+            // Last axis moved: the tiled path, tiles with and without
+            // tails.
+            (&[1, 37, 3, 20], &[0, 2, 3, 1]),
+            (&[5, 17], &[1, 0]),
+            (&[2, 3, 4, 5], &[3, 1, 0, 2]),
         ];
         for (shape, perm) in cases {
             let n: usize = shape.iter().product();
