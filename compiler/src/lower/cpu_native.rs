@@ -29,12 +29,14 @@ struct Planned {
 }
 
 impl Dense {
-    /// A buffer for this op's result: recycled for convs (they write every
-    /// element, whatever the path), zeroed for the gemm-crate products.
+    /// A buffer for this op's result: recycled for convs and packed
+    /// matmuls (they write every element, whatever the path), zeroed for
+    /// the gemm-crate products.
     fn out_buffer(&self) -> Vec<f32> {
         let n = self.out_shape().iter().product();
         match self {
             Dense::Conv(_) => buffers::output(n),
+            Dense::MatMul(p) if p.overwrites_output() => buffers::output(n),
             _ => vec![0f32; n],
         }
     }

@@ -336,6 +336,12 @@ impl MatMulPlan {
         self.run_with_epilogue(a, b, out, threads, None);
     }
 
+    /// Whether a run writes every element of `out` without reading it
+    /// (the packed path), so `out` may start with stale values.
+    pub fn overwrites_output(&self) -> bool {
+        self.packed.is_some()
+    }
+
     /// [`MatMulPlan::run`], handing `epilogue` each finished range of
     /// `out` (tile by tile on the thread that computed it when B is packed,
     /// else all of it at the end).
