@@ -682,9 +682,8 @@ pub(super) fn fusion(
         if let Some((p, map)) = anchor {
             // Conv + Relu and nothing else: the conv alone.
             let flops = p.plan.flops();
-            let what = format!("{} + Relu", p.what);
             let k = AnchorOnly { plan: p.plan, map };
-            return Ok(((Box::new(k), what, flops), captured));
+            return Ok(((Box::new(k), p.what, flops), captured));
         }
     }
     if let (Some(v), Some((p, _))) = (anchor_value, &anchor) {
@@ -739,12 +738,8 @@ pub(super) fn fusion(
         }
         _ => false,
     };
-    let relu = if folded.is_some() { " + Relu" } else { "" };
     let (what, flops) = match &anchor {
-        Some((p, _)) => (
-            format!("{}{relu} + {}", p.what, jit.describe()),
-            p.plan.flops(),
-        ),
+        Some((p, _)) => (format!("{} + {}", p.what, jit.describe()), p.plan.flops()),
         None => (jit.describe().to_string(), 0.0),
     };
     let k = Fusion {
@@ -786,7 +781,11 @@ fn fold_relu(
     let Dense::Conv(c) = &mut p.plan else {
         return None;
     };
-    c.fuse_clamp(0.0, f32::INFINITY).then_some(out)
+    if !c.fuse_clamp(0.0, f32::INFINITY) {
+        return None;
+    }
+    p.what.push_str(" + Relu");
+    Some(out)
 }
 
 /// A fusion whose tail was folded into its anchor entirely (Conv + Relu):
