@@ -682,7 +682,10 @@ pub(super) fn fusion(
         if let Some((p, map)) = anchor {
             // Conv + Relu and nothing else: the conv alone.
             let flops = p.plan.flops();
-            let k = AnchorOnly { plan: p.plan, map };
+            let k = AnchorOnly {
+                anchor: DenseKernel { plan: p.plan },
+                map,
+            };
             return Ok(((Box::new(k), p.what, flops), captured));
         }
     }
@@ -791,19 +794,14 @@ fn fold_relu(
 /// A fusion whose tail was folded into its anchor entirely (Conv + Relu):
 /// the anchor alone, on the fusion's operands.
 struct AnchorOnly {
-    plan: Dense,
+    anchor: DenseKernel,
     map: Vec<Option<usize>>,
 }
 
 impl NativeKernel for AnchorOnly {
     fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
-        let ops = anchor_operands(&self.map, inputs);
-        let shape = self.plan.out_shape().to_vec();
-        let mut out = self.plan.out_buffer();
-        self.plan.run(&ops, &mut out, threads)?;
-        Ok(vec![
-            Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?
-        ])
+        self.anchor
+            .run(&anchor_operands(&self.map, inputs), threads)
     }
 }
 

@@ -522,11 +522,11 @@ impl Gen<'_> {
                 let s = sum.total(b, RedOp::Sum);
                 let k = b.ins().f32const(inv_n);
                 let mean = b.ins().fmul(s, k);
-                let mean_row = RowScalar::park(b, self.ptr, mean);
+                let mean = RowScalar::park(b, self.ptr, mean);
                 let sq = Acc::new(b, 0.0);
                 run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let v = load(f, out, ioff);
-                    let m = mean_row.get(f);
+                    let m = mean.get(f);
                     let d = f.sub(v, m);
                     let d2 = f.mul(d, d);
                     sq.update(f, d2, RedOp::Sum);
@@ -542,7 +542,7 @@ impl Gen<'_> {
                 run(b, self.ptr, self.fma, n, &mut |f, ioff| {
                     let mut memo = vec![None; nx];
                     let v = load(f, out, ioff);
-                    let m = mean_row.get(f);
+                    let m = mean.get(f);
                     let iv = inv.get(f);
                     let d = f.sub(v, m);
                     let y = f.mul(d, iv);

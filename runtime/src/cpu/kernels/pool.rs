@@ -88,8 +88,6 @@ pub struct PoolPlan {
     /// kernels take weights; max and sum ignore them).
     row_geom: RowGeom,
     ones: Vec<f32>,
-    /// W taps per row in `ones`.
-    ones_w: usize,
     /// Average: each W window's divisor share, as f32 so a row's division
     /// vectorizes (counts are small integers, exact in f32).
     w_counts: Vec<f32>,
@@ -118,7 +116,6 @@ impl PoolPlan {
                 out_shape,
                 row_geom: RowGeom::new(1, 1, 1, 1, 1, 0),
                 ones: vec![1.0],
-                ones_w: 1,
                 w_counts: Vec::new(),
                 isa: Isa::detect(),
             });
@@ -193,8 +190,7 @@ impl PoolPlan {
             };
             out_shape.push(output);
         }
-        let ones_w = attrs.kernel[sd - 1];
-        let ones = vec![1.0; ones_w];
+        let ones = vec![1.0; attrs.kernel[sd - 1]];
         let w_counts = match kind {
             PoolKind::Average { count_include_pad } => axes[2]
                 .windows
@@ -211,7 +207,6 @@ impl PoolPlan {
             out_shape,
             row_geom,
             ones,
-            ones_w,
             w_counts,
             isa: Isa::detect(),
         })
@@ -305,7 +300,6 @@ impl PoolPlan {
         } else {
             f32::NEG_INFINITY
         };
-        let ones = &self.ones[..self.ones_w];
         let mut orows = out.chunks_exact_mut(aw.windows.len());
         for wd in &ad.windows {
             for wh in &ah.windows {
@@ -328,7 +322,7 @@ impl PoolPlan {
                 }
                 rows::pad_split(g, vrow, init, split);
                 acc.fill(init);
-                rows::rows::<O>(g, &[&*split], ones, acc);
+                rows::rows::<O>(g, &[&*split], &self.ones, acc);
                 match avg {
                     None => orow.copy_from_slice(&acc[..orow.len()]),
                     Some(include_pad) => {
