@@ -6,6 +6,7 @@
 //! how many workers of the current rayon pool it may use.
 
 mod conv;
+mod implicit;
 mod matmul;
 mod packed;
 mod pool;
@@ -13,6 +14,17 @@ mod rows;
 mod smallk;
 
 pub use conv::{ConvAttrs, ConvPlan, Epilogue};
+
+/// Runs `unit(0..units)`: on the current rayon pool when `parallel` and
+/// there is more than one, else in order on this thread.
+fn for_each_unit(parallel: bool, units: usize, unit: impl Fn(usize) + Sync + Send) {
+    use rayon::prelude::*;
+    if parallel && units > 1 {
+        (0..units).into_par_iter().for_each(unit);
+    } else {
+        (0..units).for_each(unit);
+    }
+}
 pub use matmul::{GemmPlan, MatMulPlan};
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};
 
@@ -79,7 +91,8 @@ mod bench {
         let out = std::sync::Mutex::new(&mut out[..]);
         for (path, plan) in [
             ("", plan.clone()),
-            (" (gemm crate)", plan.without_small_k()),
+            (" (im2col + small-k)", plan.clone().without_shifted()),
+            (" (im2col + gemm crate)", plan.without_small_k()),
         ] {
             for t in [1, 2] {
                 let g = gflops(plan.flops(), t, &|t| {

@@ -20,8 +20,6 @@
 //! AVX2 + FMA only ([`super::smallk::available`]); plans keep the `gemm`
 //! crate path otherwise.
 
-use rayon::prelude::*;
-
 use super::conv::Epilogue;
 use super::matmul::PAR_FLOPS;
 
@@ -137,11 +135,7 @@ impl PackedB {
             }
         };
         let units = row_chunks * strip_chunks;
-        if parallel && units > 1 {
-            (0..units).into_par_iter().for_each(unit);
-        } else {
-            (0..units).for_each(unit);
-        }
+        super::for_each_unit(parallel, units, unit);
     }
 
     /// Rows `r0..r1` x strips `s0..s1` of the product.
@@ -163,7 +157,7 @@ impl PackedB {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            use super::smallk::avx2::{tail_masks, tile_rows, Init, MR};
+            use super::smallk::avx2::{sweep, tail_masks, Init};
             let (n, k) = (self.n, self.k);
             let blocks = k.div_ceil(KC).max(1);
             let kc_even = k.div_ceil(blocks);
@@ -180,23 +174,18 @@ impl PackedB {
                     unsafe {
                         let masks = (len < NR).then(|| tail_masks(len));
                         let panel = panels.add((s * k + k0) * NR);
-                        let mut i = r0;
-                        while i < r1 {
-                            let rows = (r1 - i).min(MR);
-                            tile_rows(
-                                rows,
-                                kc,
-                                a.add(i * lda + k0),
-                                lda,
-                                panel,
-                                out.add(i * n + s * NR),
-                                n,
-                                init,
-                                masks,
-                                None,
-                            );
-                            i += rows;
-                        }
+                        sweep(
+                            r1 - r0,
+                            kc,
+                            a.add(r0 * lda + k0),
+                            lda,
+                            panel,
+                            out.add(r0 * n + s * NR),
+                            n,
+                            init,
+                            masks,
+                            None,
+                        );
                     }
                 }
             }

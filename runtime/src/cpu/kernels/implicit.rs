@@ -1,0 +1,533 @@
+//! Convolution as an implicit GEMM over padded, phase-split input planes:
+//! no im2col buffer, and the weights read in place.
+//!
+//! A 1-D or 2-D conv with stride `(sh, sw)` reads input pixel `(oh·sh +
+//! kh·dh − pad_t, ow·sw + kw·dw − pad_l)` for output `(oh, ow)` and tap
+//! `(kh, kw)`. Split the zero-padded input into `sh x sw` phase planes
+//! (plane `(ph, pw)` holds padded rows `i·sh + ph` and columns `j·sw + pw`),
+//! each `hq x wq` with `wq = OW + (KW−1)·dw / sw`; then tap `(kh, kw)`
+//! reads plane `(kh·dh % sh, kw·dw % sw)` at row `oh + kh·dh / sh`, column
+//! `ow + kw·dw / sw`. Number output positions over the plane's width, `q =
+//! oh·wq + ow` (the `wq − OW` positions past each row's end are computed
+//! and dropped), and the whole conv is one shifted product
+//!
+//! ```text
+//! out[m, q] = bias[m] + Σ_k w[m, k] · src[koff[k] + q]
+//! ```
+//!
+//! with `k = (c, kh, kw)` the weights' own row-major reduction index and
+//! `koff[k]` the offset of that channel's tap plane. Stride-1 convs without
+//! padding need no planes at all (`src` is the input, `wq = W`); pointwise
+//! convs are the special case `koff[c] = c·H·W`.
+//!
+//! The product runs the small-k kernel's 6x16 register tile
+//! ([`super::smallk::avx2`]) over k blocks of at most [`KC`]: a block's 16
+//! positions are copied from `src` into a dense panel that stays in L1
+//! while every 6-row block of weights passes over it, and a block of
+//! weights (at most [`MC`] rows) stays in L2 while the panels pass. This is
+//! what onnxruntime's NCHWc direct convolutions buy over im2col: the input
+//! is read once per tap from the (L2-resident) planes instead of being
+//! unfolded nine-fold through memory, and nothing packs the weights per
+//! call (the `gemm` crate repacks them for every call, 100 MB a ResNet-50
+//! run). Positions of the dropped columns go to a per-thread scratch that
+//! is then compacted into the output; convs whose `wq == OW` write the
+//! output directly.
+//!
+//! AVX2 + FMA only ([`super::smallk::available`]).
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::conv::{with_scratch, Axis};
+use super::matmul::PAR_FLOPS;
+use super::smallk::Clamp;
+
+/// Largest block of the reduction per pass: a 256 x 16 panel is 16 KiB,
+/// half of L1.
+pub(super) const KC: usize = 1152;
+
+/// Output floats per work unit (256 KiB), so a unit's result is still in
+/// L2 when the next k block adds onto it and when the epilogue reads it.
+const UNIT_OUT_FLOATS: usize = 1 << 16;
+
+/// Floats past the planes that a panel copy may read (16-wide copies of a
+/// strip's last positions).
+const SLACK: usize = 16;
+
+/// A conv's geometry as a shifted product (see the module comment).
+#[derive(Debug, Clone)]
+pub(super) struct Shifted {
+    ih: usize,
+    iw: usize,
+    oh: usize,
+    ow: usize,
+    sh: usize,
+    sw: usize,
+    pad_t: usize,
+    pad_l: usize,
+    hq: usize,
+    wq: usize,
+    /// The (row, column) phases some tap reads, in plane order; empty when
+    /// `src` is the input itself (stride 1, no padding).
+    phases: Vec<(usize, usize)>,
+    /// Source floats per input channel.
+    chan: usize,
+    /// Source offset of reduction index k = (c, kh, kw).
+    koff: Vec<usize>,
+    /// The largest of `koff`.
+    kmax: usize,
+    /// Reduction block (tests shrink it to cover block edges).
+    pub(super) kc: usize,
+    /// Strips per work unit, when set (tests: units that split rows).
+    pub(super) unit_strips: Option<usize>,
+}
+
+impl Shifted {
+    /// The geometry for a conv over `cg` channels per group, or None for 3-D
+    /// convs (the leading normalised axis is not a unit).
+    pub(super) fn new(axes: &[Axis; 3], cg: usize) -> Option<Shifted> {
+        let [ad, ah, aw] = axes;
+        if (ad.input, ad.kernel, ad.output, ad.pad_begin) != (1, 1, 1, 0) {
+            return None;
+        }
+        let (rh, rw) = (ah.dilation * (ah.kernel - 1), aw.dilation * (aw.kernel - 1));
+        let (sh, sw) = (ah.stride, aw.stride);
+        let direct = sh == 1 && sw == 1 && ah.output + rh == ah.input && aw.output + rw == aw.input;
+        let direct = direct && ah.pad_begin == 0 && aw.pad_begin == 0;
+        let (hq, wq) = (ah.output + rh / sh, aw.output + rw / sw);
+        let mut phases = Vec::new();
+        if !direct {
+            for kh in 0..ah.kernel {
+                for kw in 0..aw.kernel {
+                    let p = ((kh * ah.dilation) % sh, (kw * aw.dilation) % sw);
+                    if !phases.contains(&p) {
+                        phases.push(p);
+                    }
+                }
+            }
+            phases.sort_unstable();
+        }
+        let plane = hq * wq;
+        let chan = if direct { plane } else { phases.len() * plane };
+        let mut koff = Vec::with_capacity(cg * ah.kernel * aw.kernel);
+        for c in 0..cg {
+            for kh in 0..ah.kernel {
+                for kw in 0..aw.kernel {
+                    let (r, s) = (kh * ah.dilation, kw * aw.dilation);
+                    let p = phases.iter().position(|&p| p == (r % sh, s % sw));
+                    koff.push(c * chan + p.unwrap_or(0) * plane + (r / sh) * wq + s / sw);
+                }
+            }
+        }
+        Some(Shifted {
+            kmax: koff.iter().copied().max().unwrap_or(0),
+            ih: ah.input,
+            iw: aw.input,
+            oh: ah.output,
+            ow: aw.output,
+            sh,
+            sw,
+            pad_t: ah.pad_begin,
+            pad_l: aw.pad_begin,
+            hq,
+            wq,
+            phases,
+            chan,
+            koff,
+            kc: KC,
+            unit_strips: None,
+        })
+    }
+
+    /// Output positions before q-space position `q` (the first `ow` of
+    /// each `wq` are real).
+    fn out_index(&self, q: usize) -> usize {
+        (q / self.wq) * self.ow + (q % self.wq).min(self.ow)
+    }
+
+    /// Writes the phase planes of `x` (`[cg, ih, iw]`) into `dst`
+    /// (`cg · chan` floats).
+    fn fill_planes(&self, x: &[f32], dst: &mut [f32]) {
+        let plane = self.hq * self.wq;
+        for (xc, dc) in x
+            .chunks_exact(self.ih * self.iw)
+            .zip(dst.chunks_exact_mut(self.chan))
+        {
+            for (&(ph, pw), dp) in self.phases.iter().zip(dc.chunks_exact_mut(plane)) {
+                for (i, row) in dp.chunks_exact_mut(self.wq).enumerate() {
+                    let r = (i * self.sh + ph).checked_sub(self.pad_t);
+                    match r.filter(|&r| r < self.ih) {
+                        Some(r) => {
+                            let off = pw as isize - self.pad_l as isize;
+                            gather_row(row, &xc[r * self.iw..][..self.iw], self.sw, off);
+                        }
+                        None => row.fill(0.0),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[n, g·mg + m, p]` for every image n and group g: `x` is
+    /// `[batch, group·cg, ih, iw]`, `w` `[group·mg, cg·kh·kw]`, and
+    /// `out_addr` the exposed address of the `[batch, group·mg, oh, ow]`
+    /// output (`out_len` floats), which the caller holds mutably borrowed.
+    /// `epi(lo, hi)` is called once per finished flat range of the output.
+    ///
+    /// Panics if the host lacks AVX2/FMA or a slice is shorter than its
+    /// shape.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run(
+        &self,
+        (batch, group, cg, mg): (usize, usize, usize, usize),
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        out_addr: usize,
+        out_len: usize,
+        threads: usize,
+        clamp: Option<Clamp>,
+        epi: &(dyn Fn(usize, usize) + Sync),
+    ) {
+        assert!(
+            super::smallk::available(),
+            "implicit conv: host lacks AVX2/FMA"
+        );
+        let (ivol, ovol, kdim) = (self.ih * self.iw, self.oh * self.ow, self.koff.len());
+        let items = batch * group;
+        assert!(x.len() >= items * cg * ivol && w.len() >= group * mg * kdim);
+        assert!(out_len >= items * mg * ovol && bias.is_none_or(|b| b.len() >= group * mg));
+        if items == 0 || mg == 0 || ovol == 0 {
+            return;
+        }
+        let flops = 2.0 * (items * mg * ovol * kdim) as f64;
+        let parallel = threads > 1 && flops >= PAR_FLOPS;
+
+        // Units: (item, run of 16-position strips, block of weight rows).
+        // Strip-aligned, so only the last strip of q can be partial.
+        let nq = (self.oh - 1) * self.wq + self.ow;
+        let strips = nq.div_ceil(16);
+        let target = if parallel {
+            threads * crate::cpu::UNITS_PER_THREAD
+        } else {
+            1
+        };
+        let mut msplit = 1;
+        let mut per_unit = self
+            .unit_strips
+            .unwrap_or(UNIT_OUT_FLOATS / (16 * mg))
+            .clamp(1, strips);
+        if items * strips.div_ceil(per_unit) < target {
+            if ovol < 256 && mg >= 32 {
+                // Small images with many channels: split the weights, so
+                // that no thread streams all of them for a few positions.
+                msplit = target.div_ceil(items).min(mg.div_ceil(16));
+            } else {
+                per_unit = per_unit.min(strips.div_ceil(target.div_ceil(items)));
+            }
+        }
+        let nsb = strips.div_ceil(per_unit);
+        // Weight-row blocks in whole 6-row tiles where possible.
+        let mchunk = mg.div_ceil(msplit).next_multiple_of(6).min(mg);
+        let msplit = mg.div_ceil(mchunk);
+
+        let planes_len = if self.phases.is_empty() {
+            0
+        } else {
+            items * cg * self.chan + SLACK
+        };
+        with_planes(planes_len, |planes| {
+            let src: &[f32] = if self.phases.is_empty() {
+                x
+            } else {
+                let per_item = cg * self.chan;
+                let (body, slack) = planes.split_at_mut(items * per_item);
+                slack.fill(0.0);
+                let fill = |(i, dst): (usize, &mut [f32])| {
+                    self.fill_planes(&x[i * cg * ivol..][..cg * ivol], dst)
+                };
+                if parallel && items * cg > 1 {
+                    // One chunk per (item, channel).
+                    body.par_chunks_mut(self.chan)
+                        .enumerate()
+                        .for_each(|(ic, d)| {
+                            let (i, c) = (ic / cg, ic % cg);
+                            self.fill_planes(&x[(i * cg + c) * ivol..][..ivol], d)
+                        });
+                } else {
+                    body.chunks_mut(per_item).enumerate().for_each(fill);
+                }
+                planes
+            };
+            let item_src = if self.phases.is_empty() {
+                cg * ivol
+            } else {
+                cg * self.chan
+            };
+            let unit = |u: usize| {
+                let (item, rest) = (u / (nsb * msplit), u % (nsb * msplit));
+                let (sb, mb) = (rest / msplit, rest % msplit);
+                let g = item % group;
+                let (qa, qb) = (sb * per_unit * 16, ((sb + 1) * per_unit * 16).min(nq));
+                let (m0, m1) = (mb * mchunk, ((mb + 1) * mchunk).min(mg));
+                let out_base = (item * mg + m0) * ovol;
+                let w_rows = &w[(g * mg + m0) * kdim..][..(m1 - m0) * kdim];
+                let b_rows = bias.map(|b| &b[g * mg + m0..g * mg + m1]);
+                // SAFETY: units write pairwise disjoint (item, rows m0..m1,
+                // positions of qa..qb) regions of the output, which the
+                // caller holds mutably borrowed for the whole run.
+                unsafe {
+                    self.unit(
+                        &src[item * item_src..],
+                        w_rows,
+                        b_rows,
+                        (qa, qb),
+                        m1 - m0,
+                        std::ptr::with_exposed_provenance_mut::<f32>(out_addr).add(out_base),
+                        clamp,
+                    );
+                }
+                let (lo, hi) = (self.out_index(qa), self.out_index(qb));
+                if (lo, hi) == (0, ovol) {
+                    epi(out_base, out_base + (m1 - m0) * ovol);
+                } else {
+                    for m in 0..m1 - m0 {
+                        epi(out_base + m * ovol + lo, out_base + m * ovol + hi);
+                    }
+                }
+            };
+            let units = items * nsb * msplit;
+            super::for_each_unit(parallel, units, unit);
+        });
+    }
+
+    /// Output positions of `qa..qb` for `mrows` channels: `src` starts at
+    /// the item's planes (or input channels), `w` holds the channels'
+    /// weight rows, `out` points at the first channel's output plane.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `mrows` planes of `oh·ow` floats, and
+    /// nothing else accesses the positions of `qa..qb` in them during the
+    /// call.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn unit(
+        &self,
+        src: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        (q0, q1): (usize, usize),
+        mrows: usize,
+        out: *mut f32,
+        clamp: Option<Clamp>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::smallk::avx2::{sweep, Init, NR};
+            let nq = q1 - q0;
+            let kdim = self.koff.len();
+            let compact = self.wq != self.ow;
+            let ldq = nq.next_multiple_of(NR);
+            // Direct output with a partial last strip: that strip's tiles
+            // go to a 16-column side buffer, copied out at the end (masked
+            // loads and stores are microcoded on AMD).
+            let tail = if compact { 0 } else { nq % NR };
+            let scratch_len = if compact { mrows * ldq } else { mrows * NR };
+            let blocks = kdim.div_ceil(self.kc).max(1);
+            let kc_even = kdim.div_ceil(blocks);
+            with_scratch(KC * NR + scratch_len, |buf| {
+                let (panel, scratch) = buf.split_at_mut(KC * NR);
+                let ovol = self.oh * self.ow;
+                // Where the tiles go: the scratch in q order, or the output.
+                let (dst, ldo) = if compact {
+                    (scratch.as_mut_ptr(), ldq)
+                } else {
+                    // SAFETY: position q0 of the first plane is in the view.
+                    (unsafe { out.add(q0) }, ovol)
+                };
+                for blk in 0..blocks {
+                    let k0 = blk * kc_even;
+                    let kc = kc_even.min(kdim - k0.min(kdim));
+                    let last = blk + 1 == blocks;
+                    let mut j = 0;
+                    while j < nq {
+                        let len = (nq - j).min(NR);
+                        let offs = &self.koff[k0..k0 + kc];
+                        if self.kmax + q0 + j + NR <= src.len() {
+                            // SAFETY: AVX2 asserted by `run`; every read
+                            // ends at or before kmax + q0 + j + 16, inside
+                            // `src` (checked), and the panel holds KC rows.
+                            unsafe { copy_panel(offs, src.as_ptr().add(q0 + j), panel) };
+                        } else {
+                            for (row, &o) in panel.chunks_exact_mut(NR).zip(offs) {
+                                let s = o + q0 + j;
+                                let n = NR.min(src.len() - s);
+                                // The input's last positions (no slack).
+                                row[..n].copy_from_slice(&src[s..s + n]);
+                            }
+                        }
+                        // SAFETY: AVX2/FMA asserted by `run`; tiles read
+                        // rows i..i+rows of `w` (k0..k0+kc) and the panel's
+                        // kc x 16 floats, and write columns j..j+len of
+                        // `dst` rows (masked on a direct tail; the scratch
+                        // has ldq >= j + 16 columns).
+                        unsafe {
+                            let (to, ld) = if len < NR && tail > 0 {
+                                (scratch.as_mut_ptr(), NR)
+                            } else {
+                                (dst.add(j), ldo)
+                            };
+                            let init = match (blk, bias) {
+                                (0, Some(b)) => Init::Bias(b.as_ptr()),
+                                (0, None) => Init::Zero,
+                                _ => Init::Load,
+                            };
+                            sweep(
+                                mrows,
+                                kc,
+                                w.as_ptr().add(k0),
+                                kdim,
+                                panel.as_ptr(),
+                                to,
+                                ld,
+                                init,
+                                None,
+                                if last { clamp } else { None },
+                            );
+                        }
+                        j += len;
+                    }
+                }
+                if tail > 0 {
+                    for (m, srow) in scratch.chunks_exact(NR).enumerate() {
+                        // SAFETY: the strip's `tail` positions of row m
+                        // are in this unit's view.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                srow.as_ptr(),
+                                dst.add(m * ldo + nq - tail),
+                                tail,
+                            )
+                        };
+                    }
+                }
+                if compact {
+                    // Rows of q that meet q0..q1, each cut to its
+                    // output columns.
+                    for (m, srow) in scratch.chunks_exact(ldq).enumerate() {
+                        for r in q0 / self.wq..=(q1 - 1) / self.wq {
+                            let (a, b) = ((r * self.wq).max(q0), (r * self.wq + self.ow).min(q1));
+                            if a >= b {
+                                continue;
+                            }
+                            // SAFETY: positions r·ow + (a..b) − r·wq of
+                            // row m are in this unit's view.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    srow[a - q0..].as_ptr(),
+                                    out.add(m * ovol + r * self.ow + a - r * self.wq),
+                                    b - a,
+                                )
+                            };
+                        }
+                    }
+                }
+            });
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (src, w, bias, q0, q1, mrows, out, clamp);
+    }
+}
+
+/// Panel row r = the 16 floats at `src + offs[r]`.
+///
+/// # Safety
+/// AVX2 present; each `src + offs[r]` is valid for 16 reads; the panel
+/// holds `16 · offs.len()` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_panel(offs: &[usize], src: *const f32, panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(panel.len() >= 16 * offs.len());
+    let dst = panel.as_mut_ptr();
+    for (r, &o) in offs.iter().enumerate() {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let s = src.add(o);
+            let d = dst.add(r * 16);
+            _mm256_storeu_ps(d, _mm256_loadu_ps(s));
+            _mm256_storeu_ps(d.add(8), _mm256_loadu_ps(s.add(8)));
+        }
+    }
+}
+
+/// `dst[j] = row[j·stride + off]`, 0 where that index is outside `row`.
+fn gather_row(dst: &mut [f32], row: &[f32], stride: usize, off: isize) {
+    let n = row.len() as isize;
+    let s = stride as isize;
+    // Valid j: 0 <= j·s + off < n.
+    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+    let hi = if n - off <= 0 {
+        0
+    } else {
+        (n - off + s - 1) / s
+    };
+    let (lo, hi) = (
+        lo.min(dst.len() as isize) as usize,
+        hi.min(dst.len() as isize) as usize,
+    );
+    let hi = hi.max(lo);
+    dst[..lo].fill(0.0);
+    dst[hi..].fill(0.0);
+    if lo == hi {
+        return;
+    }
+    let start = (lo as isize * s + off) as usize;
+    let body = &mut dst[lo..hi];
+    if stride == 1 {
+        body.copy_from_slice(&row[start..start + body.len()]);
+    } else {
+        let (last, init) = body.split_last_mut().expect("lo < hi");
+        let src = &row[start..start + init.len() * stride];
+        for (v, c) in init.iter_mut().zip(src.chunks_exact(stride)) {
+            *v = c[0];
+        }
+        *last = row[start + init.len() * stride];
+    }
+}
+
+thread_local! {
+    /// Per-thread plane buffer (kept at the largest size seen), apart from
+    /// the units' scratch: units that run on the calling thread while the
+    /// planes are out take their own.
+    static PLANES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+fn with_planes<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = PLANES.with(Cell::take);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    PLANES.with(|s| s.set(buf));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_row_pads_with_zeros() {
+        let row = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let mut d = [9.0; 5];
+        gather_row(&mut d, &row, 2, -1);
+        assert_eq!(d, [0.0, 2.0, 4.0, 0.0, 0.0]);
+        gather_row(&mut d, &row, 1, 2);
+        assert_eq!(d, [3.0, 4.0, 5.0, 0.0, 0.0]);
+        gather_row(&mut d, &row, 3, -7);
+        assert_eq!(d, [0.0, 0.0, 0.0, 3.0, 0.0]);
+        gather_row(&mut d, &row, 1, 9);
+        assert_eq!(d, [0.0; 5]);
+    }
+}
