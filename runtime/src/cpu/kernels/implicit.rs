@@ -7,12 +7,11 @@
 //! (plane `(ph, pw)` holds padded rows `i·sh + ph` and columns `j·sw + pw`),
 //! each `hq x wq` with `wq = OW + (KW−1)·dw / sw`; then tap `(kh, kw)`
 //! reads plane `(kh·dh % sh, kw·dw % sw)` at row `oh + kh·dh / sh`, column
-//! `ow + kw·dw / sw`. Number output positions over the plane's width, `q =
-//! oh·wq + ow` (the `wq − OW` positions past each row's end are computed
-//! and dropped), and the whole conv is one shifted product
+//! `ow + kw·dw / sw`. With `q(oh, ow) = oh·wq + ow` the whole conv is one
+//! shifted product
 //!
 //! ```text
-//! out[m, q] = bias[m] + Σ_k w[m, k] · src[koff[k] + q]
+//! out[m, (oh, ow)] = bias[m] + Σ_k w[m, k] · src[koff[k] + q(oh, ow)]
 //! ```
 //!
 //! with `k = (c, kh, kw)` the weights' own row-major reduction index and
@@ -21,17 +20,17 @@
 //! convs are the special case `koff[c] = c·H·W`.
 //!
 //! The product runs the small-k kernel's 6x16 register tile
-//! ([`super::smallk::avx2`]) over k blocks of at most [`KC`]: a block's 16
-//! positions are copied from `src` into a dense panel that stays in L1
-//! while every 6-row block of weights passes over it, and a block of
-//! weights (at most [`MC`] rows) stays in L2 while the panels pass. This is
+//! ([`super::smallk::avx2`]) over k blocks of at most [`KC`]: 16
+//! consecutive output positions (one copy per output row they touch) are
+//! gathered from `src` into a dense panel that every 6-row block of
+//! weights passes over, and the tile writes the output in place. This is
 //! what onnxruntime's NCHWc direct convolutions buy over im2col: the input
-//! is read once per tap from the (L2-resident) planes instead of being
+//! is read once per tap from the (cache-resident) planes instead of being
 //! unfolded nine-fold through memory, and nothing packs the weights per
 //! call (the `gemm` crate repacks them for every call, 100 MB a ResNet-50
-//! run). Positions of the dropped columns go to a per-thread scratch that
-//! is then compacted into the output; convs whose `wq == OW` write the
-//! output directly.
+//! run). Strips follow output positions, not q, so no lane is spent on
+//! the `wq − OW` columns past a row (they were 10-20 % of the lanes on
+//! 13x13 and 14x14 maps).
 //!
 //! AVX2 + FMA only ([`super::smallk::available`]).
 
@@ -43,8 +42,11 @@ use super::conv::{with_scratch, Axis};
 use super::matmul::PAR_FLOPS;
 use super::smallk::Clamp;
 
-/// Largest block of the reduction per pass: a 256 x 16 panel is 16 KiB,
-/// half of L1.
+/// Largest block of the reduction per pass (72 KiB of panel, in L2).
+/// Measured against 256 (a panel in L1) and 576 on 3x3 convs over 64-512
+/// channels: blocks of 256 were 5-10 % slower (each block reloads and
+/// stores the output tile), 576 and 1152 even, no blocking (4608) no
+/// better.
 pub(super) const KC: usize = 1152;
 
 /// Output floats per work unit (256 KiB), so a unit's result is still in
@@ -140,12 +142,6 @@ impl Shifted {
         })
     }
 
-    /// Output positions before q-space position `q` (the first `ow` of
-    /// each `wq` are real).
-    fn out_index(&self, q: usize) -> usize {
-        (q / self.wq) * self.ow + (q % self.wq).min(self.ow)
-    }
-
     /// Writes the phase planes of `x` (`[cg, ih, iw]`) into `dst`
     /// (`cg · chan` floats).
     fn fill_planes(&self, x: &[f32], dst: &mut [f32]) {
@@ -205,9 +201,8 @@ impl Shifted {
         let parallel = threads > 1 && flops >= PAR_FLOPS;
 
         // Units: (item, run of 16-position strips, block of weight rows).
-        // Strip-aligned, so only the last strip of q can be partial.
-        let nq = (self.oh - 1) * self.wq + self.ow;
-        let strips = nq.div_ceil(16);
+        // Strip-aligned, so only the last strip can be partial.
+        let strips = ovol.div_ceil(16);
         let target = if parallel {
             threads * crate::cpu::UNITS_PER_THREAD
         } else {
@@ -269,31 +264,30 @@ impl Shifted {
                 let (item, rest) = (u / (nsb * msplit), u % (nsb * msplit));
                 let (sb, mb) = (rest / msplit, rest % msplit);
                 let g = item % group;
-                let (qa, qb) = (sb * per_unit * 16, ((sb + 1) * per_unit * 16).min(nq));
+                let (pa, pb) = (sb * per_unit * 16, ((sb + 1) * per_unit * 16).min(ovol));
                 let (m0, m1) = (mb * mchunk, ((mb + 1) * mchunk).min(mg));
                 let out_base = (item * mg + m0) * ovol;
                 let w_rows = &w[(g * mg + m0) * kdim..][..(m1 - m0) * kdim];
                 let b_rows = bias.map(|b| &b[g * mg + m0..g * mg + m1]);
                 // SAFETY: units write pairwise disjoint (item, rows m0..m1,
-                // positions of qa..qb) regions of the output, which the
+                // positions pa..pb) regions of the output, which the
                 // caller holds mutably borrowed for the whole run.
                 unsafe {
                     self.unit(
                         &src[item * item_src..],
                         w_rows,
                         b_rows,
-                        (qa, qb),
+                        (pa, pb),
                         m1 - m0,
                         std::ptr::with_exposed_provenance_mut::<f32>(out_addr).add(out_base),
                         clamp,
                     );
                 }
-                let (lo, hi) = (self.out_index(qa), self.out_index(qb));
-                if (lo, hi) == (0, ovol) {
+                if (pa, pb) == (0, ovol) {
                     epi(out_base, out_base + (m1 - m0) * ovol);
                 } else {
                     for m in 0..m1 - m0 {
-                        epi(out_base + m * ovol + lo, out_base + m * ovol + hi);
+                        epi(out_base + m * ovol + pa, out_base + m * ovol + pb);
                     }
                 }
             };
@@ -302,21 +296,21 @@ impl Shifted {
         });
     }
 
-    /// Output positions of `qa..qb` for `mrows` channels: `src` starts at
-    /// the item's planes (or input channels), `w` holds the channels'
-    /// weight rows, `out` points at the first channel's output plane.
+    /// Output positions `p0..p1` (a whole number of 16-position strips,
+    /// but for the last) for `mrows` channels: `src` starts at the item's
+    /// planes (or input channels), `w` holds the channels' weight rows,
+    /// `out` points at the first channel's output plane.
     ///
     /// # Safety
     /// `out` is valid for writes of `mrows` planes of `oh·ow` floats, and
-    /// nothing else accesses the positions of `qa..qb` in them during the
-    /// call.
+    /// nothing else accesses their positions `p0..p1` during the call.
     #[allow(clippy::too_many_arguments)]
     unsafe fn unit(
         &self,
         src: &[f32],
         w: &[f32],
         bias: Option<&[f32]>,
-        (q0, q1): (usize, usize),
+        (p0, p1): (usize, usize),
         mrows: usize,
         out: *mut f32,
         clamp: Option<Clamp>,
@@ -324,58 +318,38 @@ impl Shifted {
         #[cfg(target_arch = "x86_64")]
         {
             use super::smallk::avx2::{sweep, Init, NR};
-            let nq = q1 - q0;
+            let np = p1 - p0;
             let kdim = self.koff.len();
-            let compact = self.wq != self.ow;
-            let ldq = nq.next_multiple_of(NR);
-            // Direct output with a partial last strip: that strip's tiles
-            // go to a 16-column side buffer, copied out at the end (masked
-            // loads and stores are microcoded on AMD).
-            let tail = if compact { 0 } else { nq % NR };
-            let scratch_len = if compact { mrows * ldq } else { mrows * NR };
+            let ovol = self.oh * self.ow;
+            // A partial last strip's tiles go to a 16-column side buffer,
+            // copied out at the end (masked loads and stores are
+            // microcoded on AMD).
+            let tail = np % NR;
             let blocks = kdim.div_ceil(self.kc).max(1);
             let kc_even = kdim.div_ceil(blocks);
-            with_scratch(KC * NR + scratch_len, |buf| {
-                let (panel, scratch) = buf.split_at_mut(KC * NR);
-                let ovol = self.oh * self.ow;
-                // Where the tiles go: the scratch in q order, or the output.
-                let (dst, ldo) = if compact {
-                    (scratch.as_mut_ptr(), ldq)
-                } else {
-                    // SAFETY: position q0 of the first plane is in the view.
-                    (unsafe { out.add(q0) }, ovol)
-                };
+            // The panel, 16 floats of slack for segment copies that run
+            // past a row, then the side buffer.
+            with_scratch(KC * NR + NR + mrows * NR, |buf| {
+                let (panel, side) = buf.split_at_mut(KC * NR + NR);
                 for blk in 0..blocks {
                     let k0 = blk * kc_even;
                     let kc = kc_even.min(kdim - k0.min(kdim));
                     let last = blk + 1 == blocks;
+                    let offs = &self.koff[k0..k0 + kc];
                     let mut j = 0;
-                    while j < nq {
-                        let len = (nq - j).min(NR);
-                        let offs = &self.koff[k0..k0 + kc];
-                        if self.kmax + q0 + j + NR <= src.len() {
-                            // SAFETY: AVX2 asserted by `run`; every read
-                            // ends at or before kmax + q0 + j + 16, inside
-                            // `src` (checked), and the panel holds KC rows.
-                            unsafe { copy_panel(offs, src.as_ptr().add(q0 + j), panel) };
-                        } else {
-                            for (row, &o) in panel.chunks_exact_mut(NR).zip(offs) {
-                                let s = o + q0 + j;
-                                let n = NR.min(src.len() - s);
-                                // The input's last positions (no slack).
-                                row[..n].copy_from_slice(&src[s..s + n]);
-                            }
-                        }
+                    while j < np {
+                        let len = (np - j).min(NR);
+                        self.fill_panel(src, offs, p0 + j, len, panel);
                         // SAFETY: AVX2/FMA asserted by `run`; tiles read
-                        // rows i..i+rows of `w` (k0..k0+kc) and the panel's
-                        // kc x 16 floats, and write columns j..j+len of
-                        // `dst` rows (masked on a direct tail; the scratch
-                        // has ldq >= j + 16 columns).
+                        // rows 0..mrows of `w` (k0..k0+kc) and the panel's
+                        // kc x 16 floats, and write 16 columns at position
+                        // p0 + j of the output rows (a whole strip) or of
+                        // the side buffer.
                         unsafe {
-                            let (to, ld) = if len < NR && tail > 0 {
-                                (scratch.as_mut_ptr(), NR)
+                            let (to, ld) = if len < NR {
+                                (side.as_mut_ptr(), NR)
                             } else {
-                                (dst.add(j), ldo)
+                                (out.add(p0 + j), ovol)
                             };
                             let init = match (blk, bias) {
                                 (0, Some(b)) => Init::Bias(b.as_ptr()),
@@ -399,64 +373,82 @@ impl Shifted {
                     }
                 }
                 if tail > 0 {
-                    for (m, srow) in scratch.chunks_exact(NR).enumerate() {
+                    for (m, srow) in side.chunks_exact(NR).enumerate() {
                         // SAFETY: the strip's `tail` positions of row m
                         // are in this unit's view.
                         unsafe {
                             std::ptr::copy_nonoverlapping(
                                 srow.as_ptr(),
-                                dst.add(m * ldo + nq - tail),
+                                out.add(m * ovol + p1 - tail),
                                 tail,
                             )
                         };
                     }
                 }
-                if compact {
-                    // Rows of q that meet q0..q1, each cut to its
-                    // output columns.
-                    for (m, srow) in scratch.chunks_exact(ldq).enumerate() {
-                        for r in q0 / self.wq..=(q1 - 1) / self.wq {
-                            let (a, b) = ((r * self.wq).max(q0), (r * self.wq + self.ow).min(q1));
-                            if a >= b {
-                                continue;
-                            }
-                            // SAFETY: positions r·ow + (a..b) − r·wq of
-                            // row m are in this unit's view.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    srow[a - q0..].as_ptr(),
-                                    out.add(m * ovol + r * self.ow + a - r * self.wq),
-                                    b - a,
-                                )
-                            };
-                        }
-                    }
-                }
             });
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (src, w, bias, q0, q1, mrows, out, clamp);
+        let _ = (src, w, bias, p0, p1, mrows, out, clamp);
+    }
+
+    /// Panel row r = the `len` source values of output positions `p ..
+    /// p + len` for reduction index `offs[r]`: one 16-wide copy per row of
+    /// the output the strip touches (position (oh, ow) is q-space `oh·wq +
+    /// ow`; a copy that runs past its row's end is overwritten by the next
+    /// segment's, or is past `len`). The panel has 16 floats of slack.
+    #[cfg(target_arch = "x86_64")]
+    fn fill_panel(&self, src: &[f32], offs: &[usize], p: usize, len: usize, panel: &mut [f32]) {
+        // (lane, q) of each segment.
+        let mut segs = [(0usize, 0usize); 16];
+        let mut n = 0;
+        let mut lane = 0;
+        while lane < len {
+            let (r, c) = ((p + lane) / self.ow, (p + lane) % self.ow);
+            segs[n] = (lane, r * self.wq + c);
+            n += 1;
+            lane += (self.ow - c).min(len - lane);
+        }
+        let segs = &segs[..n];
+        let qmax = segs[n - 1].1;
+        assert!(panel.len() >= 16 * offs.len() + 16);
+        if self.kmax + qmax + 16 <= src.len() {
+            // SAFETY: AVX2 asserted by `run`; every read ends at or before
+            // kmax + qmax + 16, inside `src` (checked); every write at or
+            // before 16·offs.len() + 16, inside the panel (asserted).
+            unsafe { copy_panel(offs, segs, src.as_ptr(), panel.as_mut_ptr()) };
+        } else {
+            // The input's last positions (no slack): exact copies.
+            for (row, &o) in panel.chunks_exact_mut(16).zip(offs) {
+                for (i, &(lane, q)) in segs.iter().enumerate() {
+                    let end = segs.get(i + 1).map_or(len, |s| s.0);
+                    let s = o + q;
+                    row[lane..end].copy_from_slice(&src[s..s + end - lane]);
+                }
+            }
+        }
     }
 }
 
-/// Panel row r = the 16 floats at `src + offs[r]`.
+/// Panel row r, from each segment's lane on: the 16 floats at
+/// `src + offs[r] + q`, segments in lane order (a later one overwrites
+/// what an earlier one wrote past its end).
 ///
 /// # Safety
-/// AVX2 present; each `src + offs[r]` is valid for 16 reads; the panel
-/// holds `16 · offs.len()` floats.
+/// AVX2 present; each `src + offs[r] + q` is valid for 16 reads and
+/// `panel` for `16 · offs.len() + 16` writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn copy_panel(offs: &[usize], src: *const f32, panel: &mut [f32]) {
+unsafe fn copy_panel(offs: &[usize], segs: &[(usize, usize)], src: *const f32, panel: *mut f32) {
     use std::arch::x86_64::*;
-    assert!(panel.len() >= 16 * offs.len());
-    let dst = panel.as_mut_ptr();
     for (r, &o) in offs.iter().enumerate() {
-        // SAFETY: the caller's contract.
-        unsafe {
-            let s = src.add(o);
-            let d = dst.add(r * 16);
-            _mm256_storeu_ps(d, _mm256_loadu_ps(s));
-            _mm256_storeu_ps(d.add(8), _mm256_loadu_ps(s.add(8)));
+        for &(lane, q) in segs {
+            // SAFETY: the caller's contract.
+            unsafe {
+                let s = src.add(o + q);
+                let d = panel.add(r * 16 + lane);
+                _mm256_storeu_ps(d, _mm256_loadu_ps(s));
+                _mm256_storeu_ps(d.add(8), _mm256_loadu_ps(s.add(8)));
+            }
         }
     }
 }
