@@ -215,17 +215,27 @@ impl Shifted {
             .clamp(1, strips);
         if items * strips.div_ceil(per_unit) < target {
             if ovol < 256 && mg >= 32 {
-                // Small images with many channels: split the weights, so
-                // that no thread streams all of them for a few positions.
-                msplit = target.div_ceil(items).min(mg.div_ceil(16));
+                // Small images with many channels: split the weights too,
+                // so that no thread streams all of them for a few
+                // positions, but only per thread: every weight block
+                // gathers its own panels (a split 8 ways spent a quarter
+                // of a 14x14 1x1 conv gathering).
+                msplit = threads.min(mg.div_ceil(16));
+                per_unit = per_unit.min(strips.div_ceil(target.div_ceil(items * msplit)));
             } else {
                 per_unit = per_unit.min(strips.div_ceil(target.div_ceil(items)));
             }
         }
         let nsb = strips.div_ceil(per_unit);
-        // Weight-row blocks in whole 6-row tiles where possible.
-        let mchunk = mg.div_ceil(msplit).next_multiple_of(6).min(mg);
-        let msplit = mg.div_ceil(mchunk);
+        // Weight-row blocks: whole 6-row tiles, as even as they come.
+        let tiles = mg.div_ceil(6);
+        let msplit = msplit.min(tiles);
+        let m_range = |mb: usize| {
+            (
+                (mb * tiles / msplit * 6).min(mg),
+                ((mb + 1) * tiles / msplit * 6).min(mg),
+            )
+        };
 
         let planes_len = if self.phases.is_empty() {
             0
@@ -265,7 +275,7 @@ impl Shifted {
                 let (sb, mb) = (rest / msplit, rest % msplit);
                 let g = item % group;
                 let (pa, pb) = (sb * per_unit * 16, ((sb + 1) * per_unit * 16).min(ovol));
-                let (m0, m1) = (mb * mchunk, ((mb + 1) * mchunk).min(mg));
+                let (m0, m1) = m_range(mb);
                 let out_base = (item * mg + m0) * ovol;
                 let w_rows = &w[(g * mg + m0) * kdim..][..(m1 - m0) * kdim];
                 let b_rows = bias.map(|b| &b[g * mg + m0..g * mg + m1]);
@@ -487,7 +497,10 @@ fn gather_row(dst: &mut [f32], row: &[f32], stride: usize, off: isize) {
             // SAFETY: AVX2 detected.
             done = unsafe { evens_avx2(init, src) };
         }
-        for (v, c) in init[done..].iter_mut().zip(src[done * stride..].chunks_exact(stride)) {
+        for (v, c) in init[done..]
+            .iter_mut()
+            .zip(src[done * stride..].chunks_exact(stride))
+        {
             *v = c[0];
         }
         *last = row[start + init.len() * stride];
@@ -505,9 +518,15 @@ fn evens_avx2(dst: &mut [f32], src: &[f32]) -> usize {
     for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(16)).take(n) {
         // SAFETY: d holds 8 floats, s 16.
         unsafe {
-            let (a, b) = (_mm256_loadu_ps(s.as_ptr()), _mm256_loadu_ps(s.as_ptr().add(8)));
+            let (a, b) = (
+                _mm256_loadu_ps(s.as_ptr()),
+                _mm256_loadu_ps(s.as_ptr().add(8)),
+            );
             let e = _mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b));
-            _mm256_storeu_ps(d.as_mut_ptr(), _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(e)));
+            _mm256_storeu_ps(
+                d.as_mut_ptr(),
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(e)),
+            );
         }
     }
     n * 8
