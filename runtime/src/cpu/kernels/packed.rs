@@ -157,7 +157,7 @@ impl PackedB {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            use super::smallk::avx2::{sweep, tail_masks, Init};
+            use super::smallk::avx2::{sweep, tail_masks, Dest, Init};
             let (n, k) = (self.n, self.k);
             let blocks = k.div_ceil(KC).max(1);
             let kc_even = k.div_ceil(blocks);
@@ -174,16 +174,19 @@ impl PackedB {
                     unsafe {
                         let masks = (len < NR).then(|| tail_masks(len));
                         let panel = panels.add((s * k + k0) * NR);
+                        let dest = Dest {
+                            out: out.add(r0 * n + s * NR),
+                            ld: n,
+                            masks,
+                        };
                         sweep(
                             r1 - r0,
                             kc,
                             a.add(r0 * lda + k0),
                             lda,
-                            panel,
-                            out.add(r0 * n + s * NR),
-                            n,
+                            (panel, 0),
+                            &[dest],
                             init,
-                            masks,
                             None,
                         );
                     }

@@ -230,15 +230,26 @@ pub(super) mod avx2 {
         Load,
     }
 
-    /// Rows `0..m` over one panel, 6-row tile by tile: `out[r·ldo + j] =
-    /// init + Σ_kk a[r·lda + kk] · panel[kk·16 + j]`. A function of its
-    /// own with the tile inlined: callers without AVX2 enabled would
-    /// otherwise call the tile out of line, with its arguments in memory
-    /// (5-8 % of a k = 64 product).
+    /// Where [`sweep`] puts one strip's tiles: the first row's 16 columns,
+    /// the row stride, and lane masks for a partial strip.
+    #[derive(Clone, Copy)]
+    pub(in crate::cpu::kernels) struct Dest {
+        pub out: *mut f32,
+        pub ld: usize,
+        pub masks: Option<(__m256i, __m256i)>,
+    }
+
+    /// Rows `0..m` over the panels of one or more strips, 6-row tile by
+    /// tile, strips inner (a block's k floats per row stay in L1 across
+    /// the strips): strip s's panel is at `panels.0 + s · panels.1`, its
+    /// tile goes to `dests[s]`, `out[r·ld + j] = init + Σ_kk a[r·lda + kk]
+    /// · panel[kk·16 + j]`. A function of its own with the tile inlined:
+    /// callers without AVX2 enabled would otherwise call the tile out of
+    /// line, with its arguments in memory (5-8 % of a k = 64 product).
     ///
     /// # Safety
-    /// As for [`tile`], for each 6-row block (`Init::Bias` points at m
-    /// floats).
+    /// As for [`tile`], for each 6-row block and strip (`Init::Bias`
+    /// points at m floats).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub(in crate::cpu::kernels) unsafe fn sweep(
@@ -246,11 +257,9 @@ pub(super) mod avx2 {
         k: usize,
         a: *const f32,
         lda: usize,
-        panel: *const f32,
-        out: *mut f32,
-        ldo: usize,
+        panels: (*const f32, usize),
+        dests: &[Dest],
         init: Init,
-        masks: Option<(__m256i, __m256i)>,
         clamp: Option<Clamp>,
     ) {
         let mut i = 0;
@@ -261,21 +270,23 @@ pub(super) mod avx2 {
                 Init::Bias(b) => Init::Bias(unsafe { b.add(i) }),
                 other => other,
             };
-            // SAFETY: forwarded contract, rows i..i+rows.
-            unsafe {
-                tile_rows(
-                    rows,
-                    k,
-                    a.add(i * lda),
-                    lda,
-                    panel,
-                    out.add(i * ldo),
-                    ldo,
-                    init,
-                    masks,
-                    clamp,
-                )
-            };
+            for (s, d) in dests.iter().enumerate() {
+                // SAFETY: forwarded contract, rows i..i+rows of strip s.
+                unsafe {
+                    tile_rows(
+                        rows,
+                        k,
+                        a.add(i * lda),
+                        lda,
+                        panels.0.add(s * panels.1),
+                        d.out.add(i * d.ld),
+                        d.ld,
+                        init,
+                        d.masks,
+                        clamp,
+                    )
+                };
+            }
             i += rows;
         }
     }
