@@ -145,66 +145,68 @@ impl Executable {
                 None => {}
             }
         }
-        self.pool.install(|| -> Result<(), InterpError> {
-            for (k, step) in self.steps.iter().enumerate() {
-                let node = &m.body.nodes[step.node];
-                let start = times.as_ref().map(|_| Instant::now());
-                match &step.kind {
-                    StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
-                    StepKind::Native {
-                        kernel, captured, ..
-                    } => {
-                        let fail = |msg: String| InterpError::new(node.describe(), msg);
-                        let results = {
-                            let mut operands: Vec<Option<&Tensor>> = vec![];
-                            for (k, i) in node.inputs.iter().enumerate() {
-                                operands.push(match i {
-                                    None => None,
-                                    Some(_) if captured.contains(&k) => None,
-                                    Some(v) => {
-                                        Some(env.get(*v).and_then(Value::as_tensor).ok_or_else(
-                                            || {
-                                                fail(format!(
-                                                    "operand %{} has no tensor",
-                                                    m.name(*v)
-                                                ))
-                                            },
-                                        )?)
-                                    }
-                                });
+        self.pool.install(|| {
+            with_workers_awake(self.threads, || -> Result<(), InterpError> {
+                for (k, step) in self.steps.iter().enumerate() {
+                    let node = &m.body.nodes[step.node];
+                    let start = times.as_ref().map(|_| Instant::now());
+                    match &step.kind {
+                        StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
+                        StepKind::Native {
+                            kernel, captured, ..
+                        } => {
+                            let fail = |msg: String| InterpError::new(node.describe(), msg);
+                            let results = {
+                                let mut operands: Vec<Option<&Tensor>> = vec![];
+                                for (k, i) in node.inputs.iter().enumerate() {
+                                    operands.push(match i {
+                                        None => None,
+                                        Some(_) if captured.contains(&k) => None,
+                                        Some(v) => Some(
+                                            env.get(*v).and_then(Value::as_tensor).ok_or_else(
+                                                || {
+                                                    fail(format!(
+                                                        "operand %{} has no tensor",
+                                                        m.name(*v)
+                                                    ))
+                                                },
+                                            )?,
+                                        ),
+                                    });
+                                }
+                                // A kernel bug must not take the caller down: a
+                                // panic becomes this node's error.
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    kernel.run(&operands, self.threads)
+                                }))
+                                .unwrap_or_else(|p| {
+                                    Err(format!("kernel panicked: {}", crate::panic_message(&*p)))
+                                })
+                                .map_err(fail)?
+                            };
+                            if results.len() < node.outputs.len() {
+                                return Err(fail(format!(
+                                    "kernel gave {} results, the node has {}",
+                                    results.len(),
+                                    node.outputs.len()
+                                )));
                             }
-                            // A kernel bug must not take the caller down: a
-                            // panic becomes this node's error.
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                kernel.run(&operands, self.threads)
-                            }))
-                            .unwrap_or_else(|p| {
-                                Err(format!("kernel panicked: {}", crate::panic_message(&*p)))
-                            })
-                            .map_err(fail)?
-                        };
-                        if results.len() < node.outputs.len() {
-                            return Err(fail(format!(
-                                "kernel gave {} results, the node has {}",
-                                results.len(),
-                                node.outputs.len()
-                            )));
-                        }
-                        for (&o, t) in node.outputs.iter().zip(results) {
-                            env.set(o, Value::tensor(t));
+                            for (&o, t) in node.outputs.iter().zip(results) {
+                                env.set(o, Value::tensor(t));
+                            }
                         }
                     }
-                }
-                for &v in &self.frees[k] {
-                    if let Some(val) = env.take(v) {
-                        super::buffers::recycle(val);
+                    for &v in &self.frees[k] {
+                        if let Some(val) = env.take(v) {
+                            super::buffers::recycle(val);
+                        }
+                    }
+                    if let (Some(t), Some(s)) = (times.as_mut(), start) {
+                        t[k] += s.elapsed();
                     }
                 }
-                if let (Some(t), Some(s)) = (times.as_mut(), start) {
-                    t[k] += s.elapsed();
-                }
-            }
-            Ok(())
+                Ok(())
+            })
         })?;
         m.body
             .outputs
@@ -216,6 +218,35 @@ impl Executable {
             })
             .collect()
     }
+}
+
+/// Runs `f` on this pool thread while the pool's other workers poll for
+/// work instead of going to sleep between kernels. A run hands its
+/// workers dozens of kernels 0.05-2 ms long; a sleeping worker takes tens
+/// of microseconds to wake on this VM (an IPI to an idle vCPU), a fifth of
+/// a small kernel (onnxruntime's intra-op threads spin the same way). The
+/// pollers run any pending work of the pool (`rayon::yield_now`) and stop
+/// when `f` returns.
+fn with_workers_awake<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if threads <= 1 {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| {
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let r = f();
+        done.store(true, Ordering::Release);
+        r
+    })
 }
 
 /// Top-level constants some step reads at run time: operands of
