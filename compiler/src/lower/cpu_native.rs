@@ -757,9 +757,9 @@ pub(super) fn fusion(
 
 /// Folds the anchor's Relu into the anchor when `tail` starts with a Relu
 /// of the anchor's result that nothing else reads and the anchor can
-/// clamp in its kernel (an implicit-GEMM or small-k conv: the clamp rides on the tile store
-/// instead of another pass over the output). Returns the Relu's result,
-/// which the anchor now produces.
+/// clamp in its kernel (an implicit-GEMM or small-k conv: the clamp rides
+/// on the tile store instead of another pass over the output). Returns
+/// the Relu's result, which the anchor now produces.
 fn fold_relu(
     anchor: &Node,
     tail: &[Node],
