@@ -231,7 +231,9 @@ impl Shifted {
                 // positions, but only per thread: every weight block
                 // gathers its own panels (a split 8 ways spent a quarter
                 // of a 14x14 1x1 conv gathering).
-                msplit = threads.min(mg.div_ceil(16));
+                // With a short reduction gathering is cheap: whole maps
+                // per unit, so a fused epilogue gets whole planes.
+                msplit = if kdim <= 512 { target } else { threads }.min(mg.div_ceil(16));
                 per_unit = per_unit.min(strips.div_ceil(target.div_ceil(items * msplit)));
             } else {
                 per_unit = per_unit.min(strips.div_ceil(target.div_ceil(items)));
