@@ -19,11 +19,12 @@
 //! padding need no planes at all (`src` is the input, `wq = W`); pointwise
 //! convs are the special case `koff[c] = c·H·W`.
 //!
-//! The product runs the small-k kernel's 6x16 register tile
-//! ([`super::smallk::avx2`]) over k blocks of at most [`KC`]: 16
-//! consecutive output positions (one copy per output row they touch) are
-//! gathered from `src` into a dense panel that every 6-row block of
-//! weights passes over, and the tile writes the output in place. This is
+//! The product runs the small-k kernel's register tiles
+//! ([`super::smallk::sweep`]: 6x16 on AVX2, 12x16 on AVX-512) over k
+//! blocks of at most [`KC`]: 16 consecutive output positions (one copy per
+//! output row they touch) are gathered from `src` into a dense panel that
+//! every row block of weights passes over, and the tile writes the output
+//! in place. This is
 //! what onnxruntime's NCHWc direct convolutions buy over im2col: the input
 //! is read once per tap from the (cache-resident) planes instead of being
 //! unfolded nine-fold through memory, and nothing packs the weights per
@@ -340,7 +341,8 @@ impl Shifted {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            use super::smallk::avx2::{sweep, Dest, Init, NR};
+            use super::smallk::avx2::{Dest, Init, NR};
+            use super::smallk::sweep;
             let np = p1 - p0;
             let kdim = self.koff.len();
             let ovol = self.oh * self.ow;
@@ -351,10 +353,10 @@ impl Shifted {
             let blocks = kdim.div_ceil(self.kc).max(1);
             let kc_even = kdim.div_ceil(blocks);
             // Strips per group: the group's panels stay in L2 while each
-            // 6-row block of weights (in L1) sweeps all of them, so the
+            // row block of weights (in L1) sweeps all of them, so the
             // weights stream from memory once per group, not per strip.
             // Groups also help short reductions whatever their weights'
-            // size: each 6-row block then writes runs of up to 256
+            // size: each row block then writes runs of up to 256
             // positions per output row instead of 16, and the output
             // streams (one per row, often 64+) stall less when memory is
             // busy (SqueezeNet's first conv and squeeze convs 10 % faster,
@@ -423,6 +425,7 @@ impl Shifted {
                                 &dests[..n],
                                 init,
                                 if last { clamp } else { None },
+                                None,
                             )
                         };
                     }
