@@ -103,12 +103,6 @@ impl PackedB {
             return;
         }
         let strips = n.div_ceil(NR);
-        // Rows per unit: a multiple of 6 whose output fits the unit budget,
-        // spread evenly over the chunks.
-        let row_target = (UNIT_OUT_FLOATS / (strips * NR)).max(6);
-        let row_chunks = m.div_ceil(row_target);
-        let rows_per = m.div_ceil(row_chunks).div_ceil(6) * 6;
-        let row_chunks = m.div_ceil(rows_per);
         let flops = 2.0 * (m * n * k) as f64;
         let parallel = threads > 1 && flops >= PAR_FLOPS;
         let want = if parallel {
@@ -116,7 +110,27 @@ impl PackedB {
         } else {
             1
         };
-        let strip_chunks = want.div_ceil(row_chunks).clamp(1, strips);
+        let (row_chunks, rows_per, strip_chunks) = if m >= 64 || m > n {
+            // Rows per unit: a multiple of 6 whose output fits the unit
+            // budget, spread evenly over the chunks.
+            let row_target = (UNIT_OUT_FLOATS / (strips * NR)).max(6);
+            let row_chunks = m.div_ceil(row_target);
+            let rows_per = m.div_ceil(row_chunks).div_ceil(6) * 6;
+            let row_chunks = m.div_ceil(rows_per);
+            (
+                row_chunks,
+                rows_per,
+                want.div_ceil(row_chunks).clamp(1, strips),
+            )
+        } else {
+            // A few rows (a small conv map's positions) and many
+            // columns: every unit takes all rows, so each panel of B (up
+            // to 8 MB of weights, from memory) is read once, not once per
+            // row chunk; chunks of strips keep the budget. (MiniLM's
+            // M = 128 products ran 8 % slower cut this way.)
+            let chunks = (m * n).div_ceil(UNIT_OUT_FLOATS).max(want);
+            (1, m, chunks.clamp(1, strips))
+        };
         let out_addr = out.as_mut_ptr().expose_provenance();
         let unit = |u: usize| {
             let (rc, sc) = (u / strip_chunks, u % strip_chunks);
