@@ -204,7 +204,7 @@ proptest! {
         pad in 0usize..3,
         dil in 1usize..3,
         depthwise in any::<bool>(),
-        tail in 0usize..4,
+        tail in 0usize..5,
         seed in any::<u32>(),
         threads in 1usize..3,
     ) {
@@ -235,6 +235,13 @@ proptest! {
                 lines.push(format!("  %g = GlobalAveragePool(%r) : {}", ty(&[n, m, 1, 1])));
                 "g".to_string()
             }
+            3 => {
+                // A residual block's end: the skip input added, then Relu.
+                lines.insert(0, format!("  input %z: {}", ty(&y)));
+                lines.push(format!("  %s = Add(%c, %z) : {}", ty(&y)));
+                lines.push(format!("  %t = Relu(%s) : {}", ty(&y)));
+                "t".to_string()
+            }
             _ => match (out_dim(oh, 2, 2, 0, 1), out_dim(ow, 2, 2, 0, 1)) {
                 (Some(ph), Some(pw)) => {
                     lines.push(format!(
@@ -250,9 +257,55 @@ proptest! {
             "module @conv opset(ai.onnx = 18) {{\n{}\n  return %{out}\n}}\n",
             lines.join("\n")
         );
-        let inputs = HashMap::from([("x".to_string(), input(&[n, c, h, w], seed))]);
+        let mut inputs = HashMap::from([("x".to_string(), input(&[n, c, h, w], seed))]);
+        if tail == 3 {
+            inputs.insert("z".to_string(), input(&y, seed ^ 0x79));
+        }
         check(&src, &inputs, threads, false)?;
     }
+}
+
+/// A residual block's end, `Relu(Conv(x) + z)`: the Add and the Relu fold
+/// into the conv (it starts its tiles from bias + z, clamps as it stores),
+/// and the result matches the interpreter.
+#[test]
+fn residual_add_folds_into_the_conv() {
+    let w = values(5, 32 * 8 * 9);
+    let b = values(6, 32);
+    let src = format!(
+        "module @res opset(ai.onnx = 18) {{
+  input %x: f32[1,8,9,11]
+  input %z: f32[1,32,9,11]
+  const %w: f32[32,8,3,3] = {}
+  const %b: f32[32] = {}
+  %c = Conv(%x, %w, %b) {{kernel_shape = [3, 3], pads = [1, 1, 1, 1]}} : f32[1,32,9,11]
+  %s = Add(%z, %c) : f32[1,32,9,11]
+  %y = Relu(%s) : f32[1,32,9,11]
+  return %y
+}}
+",
+        dense(&w),
+        dense(&b)
+    );
+    let inputs = HashMap::from([
+        ("x".to_string(), input(&[1, 8, 9, 11], 1)),
+        ("z".to_string(), input(&[1, 32, 9, 11], 2)),
+    ]);
+    for threads in [1, 2] {
+        check(&src, &inputs, threads, false).expect("matches the interpreter");
+    }
+    if !is_x86_feature_detected!("avx2") || !is_x86_feature_detected!("fma") {
+        return; // No implicit GEMM: the Add stays an epilogue.
+    }
+    let m = kiln_ir::parse_module(&src).expect("parses");
+    let opts = CpuOptions {
+        opt_level: 2,
+        threads: 1,
+        target_cpu: kiln_runtime::cpu::jit::TargetCpu::Native,
+    };
+    let exe = compile(&m, &kiln_compiler::lower::shapes_of(&inputs), &opts).expect("compiles");
+    let report = kiln_compiler::lower::cpu::backend_report(&exe);
+    assert!(report.contains("+ Add + Relu\n# 1 steps"), "{report}");
 }
 
 /// An attention-mask fusion: an i64 input whose only use is a Cast to f32

@@ -86,7 +86,18 @@ impl Dense {
             }
             Dense::Conv(p) => {
                 let w = opt_f32s(ops, 1)?.unwrap_or(&[]);
-                p.run_with_epilogue(f32s(ops, 0)?, w, opt_f32s(ops, 2)?, out, threads, epilogue);
+                // A fused residual rides as operand 3 (see `fold_residual`).
+                let residual = if p.has_residual() {
+                    let r = f32s(ops, RESIDUAL)?;
+                    if r.len() != out.len() {
+                        return Err("Conv: residual shape differs from the output".into());
+                    }
+                    Some(r)
+                } else {
+                    None
+                };
+                let (x, bias) = (f32s(ops, 0)?, opt_f32s(ops, 2)?);
+                p.run_fused(x, w, bias, residual, out, threads, epilogue);
                 // The conv applied the epilogue tile by tile.
                 return Ok(());
             }
@@ -654,8 +665,17 @@ pub(super) fn fusion(
             .iter()
             .filter_map(|&i| map.get(i).copied().flatten())
             .collect();
+        let mut map = map;
         let mut tail = &body.nodes[1..];
-        if let Some(v) = fold_relu(first, tail, &body.outputs, &mut p) {
+        let mut result = first.outputs.first().copied();
+        if let Some((v, k)) = fold_residual(m, result, tail, &body.outputs, &mut p, operand_of) {
+            map.resize(RESIDUAL, None);
+            map.push(Some(k));
+            folded = Some(v);
+            result = Some(v);
+            tail = &tail[1..];
+        }
+        if let Some(v) = fold_relu(result, tail, &body.outputs, &mut p) {
             folded = Some(v);
             tail = &tail[1..];
         }
@@ -755,18 +775,61 @@ pub(super) fn fusion(
     Ok(((Box::new(k), what, flops), captured))
 }
 
+/// The conv anchor's operand index of a folded residual.
+const RESIDUAL: usize = 3;
+
+/// Folds a residual Add into the conv anchor when `tail` starts with
+/// `Add(v, r)` or `Sum(v, r)` (either order) of the anchor's result `v`, which nothing
+/// else reads, and a fusion operand `r` of exactly the result's shape,
+/// and the conv can add it as its tiles start ([`ConvPlan::fuse_residual`]).
+/// Returns the Add's result, which the anchor now produces, and `r`'s
+/// fusion operand index.
+fn fold_residual(
+    m: &Module,
+    v: Option<ValueId>,
+    tail: &[Node],
+    outputs: &[ValueId],
+    p: &mut Planned,
+    operand_of: impl Fn(ValueId) -> Option<usize>,
+) -> Option<(ValueId, usize)> {
+    let v = v?;
+    let (add, rest) = tail.split_first()?;
+    let is_add = add.op == "Add" || add.op == "Sum";
+    if !is_add || add.inputs.len() != 2 || outputs.contains(&v) {
+        return None;
+    }
+    let r = match (add.input(0), add.input(1)) {
+        (Some(a), Some(b)) if a == v && b != v => b,
+        (Some(a), Some(b)) if b == v && a != v => a,
+        _ => return None,
+    };
+    let reads_v = |n: &Node| n.inputs.iter().flatten().any(|&x| x == v);
+    if rest.iter().any(reads_v) || !is_f32(m, r) {
+        return None;
+    }
+    let k = operand_of(r)?;
+    let Dense::Conv(c) = &mut p.plan else {
+        return None;
+    };
+    if static_shape(m, r).ok()?.as_slice() != c.out_shape() || !c.fuse_residual() {
+        return None;
+    }
+    p.what.push_str(&format!(" + {}", add.op));
+    Some((*add.outputs.first()?, k))
+}
+
 /// Folds the anchor's Relu into the anchor when `tail` starts with a Relu
-/// of the anchor's result that nothing else reads and the anchor can
+/// of the anchor's result `v` that nothing else reads and the anchor can
 /// clamp in its kernel (an implicit-GEMM or small-k conv: the clamp rides
 /// on the tile store instead of another pass over the output). Returns
 /// the Relu's result, which the anchor now produces.
 fn fold_relu(
-    anchor: &Node,
+    v: Option<ValueId>,
     tail: &[Node],
     outputs: &[ValueId],
     p: &mut Planned,
 ) -> Option<ValueId> {
-    let v = anchor.outputs.first().copied()?;
+    let v = v?;
     let (relu, rest) = tail.split_first()?;
     let reads_v = |n: &Node| n.inputs.iter().flatten().any(|&x| x == v);
     if relu.op != "Relu" || relu.input(0) != Some(v) || relu.inputs.len() != 1 {

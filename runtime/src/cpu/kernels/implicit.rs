@@ -188,6 +188,7 @@ impl Shifted {
         x: &[f32],
         w: &[f32],
         bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
         out_addr: usize,
         out_len: usize,
         threads: usize,
@@ -202,6 +203,7 @@ impl Shifted {
         let items = batch * group;
         assert!(x.len() >= items * cg * ivol && w.len() >= group * mg * kdim);
         assert!(out_len >= items * mg * ovol && bias.is_none_or(|b| b.len() >= group * mg));
+        assert!(residual.is_none_or(|r| r.len() >= items * mg * ovol));
         if items == 0 || mg == 0 || ovol == 0 {
             return;
         }
@@ -304,6 +306,7 @@ impl Shifted {
                         (pa, pb),
                         m1 - m0,
                         std::ptr::with_exposed_provenance_mut::<f32>(out_addr).add(out_base),
+                        residual.map(|r| r[out_base..].as_ptr()),
                         clamp,
                     );
                 }
@@ -323,11 +326,14 @@ impl Shifted {
     /// Output positions `p0..p1` (a whole number of 16-position strips,
     /// but for the last) for `mrows` channels: `src` starts at the item's
     /// planes (or input channels), `w` holds the channels' weight rows,
-    /// `out` points at the first channel's output plane.
+    /// `out` points at the first channel's output plane, `residual` (added
+    /// to the result before the clamp) at the same place of a tensor laid
+    /// out like the output.
     ///
     /// # Safety
     /// `out` is valid for writes of `mrows` planes of `oh·ow` floats, and
-    /// nothing else accesses their positions `p0..p1` during the call.
+    /// nothing else accesses their positions `p0..p1` during the call;
+    /// `residual` is valid for reads of as many.
     #[allow(clippy::too_many_arguments)]
     unsafe fn unit(
         &self,
@@ -337,11 +343,12 @@ impl Shifted {
         (p0, p1): (usize, usize),
         mrows: usize,
         out: *mut f32,
+        residual: Option<*const f32>,
         clamp: Option<Clamp>,
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            use super::smallk::avx2::{Dest, Init, NR};
+            use super::smallk::avx2::{tail_masks, Addend, Dest, Init, NR};
             use super::smallk::sweep;
             let np = p1 - p0;
             let kdim = self.koff.len();
@@ -391,6 +398,7 @@ impl Shifted {
                             out: std::ptr::null_mut(),
                             ld: 0,
                             masks: None,
+                            add: None,
                         }; MAX_GROUP];
                         let mut n = 0;
                         while n < group && j < np {
@@ -402,10 +410,20 @@ impl Shifted {
                                 // SAFETY: position p0 + j is in the view.
                                 (unsafe { out.add(p0 + j) }, ovol)
                             };
+                            // The residual joins the first block of k: the
+                            // strip's own positions, masked in a partial
+                            // strip (the rest may lie past the tensor).
+                            let add = residual.filter(|_| blk == 0).map(|r| Addend {
+                                src: r.wrapping_add(p0 + j),
+                                ld: ovol,
+                                // SAFETY: AVX2 asserted by `run`.
+                                masks: (len < NR).then(|| unsafe { tail_masks(len) }),
+                            });
                             dests[n] = Dest {
                                 out: to,
                                 ld,
                                 masks: None,
+                                add,
                             };
                             n += 1;
                             j += len;

@@ -199,6 +199,7 @@ impl PackedB {
                             out: out.add(r0 * n + s * NR),
                             ld: n,
                             masks,
+                            add: None,
                         };
                         // The panel after this one: the next strip's, or
                         // the first strip's in the next block of k.

@@ -187,6 +187,7 @@ struct TileJob {
     ld: usize,
     masks: Option<(std::arch::x86_64::__m256i, std::arch::x86_64::__m256i)>,
     init: avx2::Init,
+    add: Option<avx2::Addend>,
     next: Option<*const f32>,
 }
 
@@ -224,6 +225,10 @@ fn for_each_tile(
                 ld: d.ld,
                 masks: d.masks,
                 init,
+                add: d.add.map(|a| avx2::Addend {
+                    src: a.src.wrapping_add(i * a.ld),
+                    ..a
+                }),
                 next: if i == 0 && s == 0 { next } else { None },
             });
         }
@@ -239,6 +244,23 @@ pub(super) mod avx2 {
 
     pub(in crate::cpu::kernels) const MR: usize = 6;
     pub(in crate::cpu::kernels) const NR: usize = 16;
+
+    /// The 16 floats at `p`, only the lanes `masks` sets when given (the
+    /// others 0).
+    ///
+    /// # Safety
+    /// AVX2 present; the read lanes are valid.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load16(p: *const f32, masks: Option<(__m256i, __m256i)>) -> [__m256; 2] {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match masks {
+                Some((ml, mh)) => [_mm256_maskload_ps(p, ml), _mm256_maskload_ps(p.add(8), mh)],
+                None => [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))],
+            }
+        }
+    }
 
     /// Lane masks for a tail of `len` < 16 columns: (first 8, next 8).
     #[target_feature(enable = "avx2,fma")]
@@ -302,7 +324,7 @@ pub(super) mod avx2 {
                 let init = bias.map_or(Init::Zero, |b| Init::Bias(b.add(i)));
                 // SAFETY: as for `run`; rows i..i+rows and columns
                 // j..j+len are inside the views.
-                unsafe { tile_rows(rows, k, ap, k, pp, op, ldo, init, masks, clamp, None) };
+                unsafe { tile_rows(rows, k, ap, k, pp, op, ldo, init, None, masks, clamp, None) };
                 i += rows;
             }
             j += len;
@@ -324,6 +346,18 @@ pub(super) mod avx2 {
     #[derive(Clone, Copy)]
     pub(in crate::cpu::kernels) struct Dest {
         pub out: *mut f32,
+        pub ld: usize,
+        pub masks: Option<(__m256i, __m256i)>,
+        /// Added to the tile as it starts (a fused residual).
+        pub add: Option<Addend>,
+    }
+
+    /// A matrix added to a tile when it starts: its first row's 16
+    /// columns, its row stride, and lane masks for a partial strip (only
+    /// those lanes are read).
+    #[derive(Clone, Copy)]
+    pub(in crate::cpu::kernels) struct Addend {
+        pub src: *const f32,
         pub ld: usize,
         pub masks: Option<(__m256i, __m256i)>,
     }
@@ -363,7 +397,8 @@ pub(super) mod avx2 {
             // SAFETY: forwarded contract, one tile of the sweep.
             unsafe {
                 tile_rows(
-                    t.rows, k, t.a, lda, t.panel, t.out, t.ld, t.init, t.masks, clamp, t.next,
+                    t.rows, k, t.a, lda, t.panel, t.out, t.ld, t.init, t.add, t.masks, clamp,
+                    t.next,
                 )
             }
         });
@@ -385,6 +420,7 @@ pub(super) mod avx2 {
         out: *mut f32,
         ldo: usize,
         init: Init,
+        add: Option<Addend>,
         masks: Option<(__m256i, __m256i)>,
         clamp: Option<Clamp>,
         next: Option<*const f32>,
@@ -392,10 +428,12 @@ pub(super) mod avx2 {
         macro_rules! go {
             ($r:literal) => {
                 match next {
-                    None => {
-                        tile::<$r, false>(k, a, lda, panel, out, ldo, init, masks, clamp, panel)
+                    None => tile::<$r, false>(
+                        k, a, lda, panel, out, ldo, init, add, masks, clamp, panel,
+                    ),
+                    Some(p) => {
+                        tile::<$r, true>(k, a, lda, panel, out, ldo, init, add, masks, clamp, p)
                     }
-                    Some(p) => tile::<$r, true>(k, a, lda, panel, out, ldo, init, masks, clamp, p),
                 }
             };
         }
@@ -434,6 +472,7 @@ pub(super) mod avx2 {
         out: *mut f32,
         ldo: usize,
         init: Init,
+        add: Option<Addend>,
         masks: Option<(__m256i, __m256i)>,
         clamp: Option<Clamp>,
         pf: *const f32,
@@ -453,13 +492,14 @@ pub(super) mod avx2 {
                 Init::Load => {
                     for (r, cr) in c.iter_mut().enumerate() {
                         let p = out.add(r * ldo);
-                        *cr = match masks {
-                            Some((ml, mh)) => {
-                                [_mm256_maskload_ps(p, ml), _mm256_maskload_ps(p.add(8), mh)]
-                            }
-                            None => [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))],
-                        };
+                        *cr = load16(p, masks);
                     }
+                }
+            }
+            if let Some(add) = add {
+                for (r, cr) in c.iter_mut().enumerate() {
+                    let v = load16(add.src.add(r * add.ld), add.masks);
+                    *cr = [_mm256_add_ps(cr[0], v[0]), _mm256_add_ps(cr[1], v[1])];
                 }
             }
             for kk in 0..k {
@@ -539,23 +579,17 @@ pub(super) mod avx512 {
         next: Option<*const f32>,
     ) {
         super::for_each_tile(MR, m, a, lda, panels, dests, init, next, |t| {
-            let mask = match t.masks {
-                None => u16::MAX,
-                Some((lo, hi)) => {
-                    let lo = _mm256_movemask_ps(_mm256_castsi256_ps(lo)) as u16;
-                    let hi = _mm256_movemask_ps(_mm256_castsi256_ps(hi)) as u16;
-                    lo | (hi << 8)
-                }
-            };
+            let mask = mask16(t.masks);
+            let add = t.add.map(|a| (a.src, a.ld, mask16(a.masks)));
             let (a, panel, out, ld, init) = (t.a, t.panel, t.out, t.ld, t.init);
             macro_rules! go {
                 ($r:literal) => {
                     match t.next {
-                        None => {
-                            tile::<$r, false>(k, a, lda, panel, out, ld, init, mask, clamp, panel)
-                        }
+                        None => tile::<$r, false>(
+                            k, a, lda, panel, out, ld, init, add, mask, clamp, panel,
+                        ),
                         Some(p) => {
-                            tile::<$r, true>(k, a, lda, panel, out, ld, init, mask, clamp, p)
+                            tile::<$r, true>(k, a, lda, panel, out, ld, init, add, mask, clamp, p)
                         }
                     }
                 };
@@ -580,8 +614,22 @@ pub(super) mod avx512 {
         });
     }
 
+    /// Lane mask (bit j: column j) of an AVX2 mask pair; all 16 without.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn mask16(masks: Option<(__m256i, __m256i)>) -> u16 {
+        match masks {
+            None => u16::MAX,
+            Some((lo, hi)) => {
+                let lo = _mm256_movemask_ps(_mm256_castsi256_ps(lo)) as u16;
+                let hi = _mm256_movemask_ps(_mm256_castsi256_ps(hi)) as u16;
+                lo | (hi << 8)
+            }
+        }
+    }
+
     /// One `R x 16` tile, as [`super::avx2`]'s, with the columns past a
-    /// tail masked by `mask` (bit j: column j).
+    /// tail masked by `mask` (bit j: column j); `add` is (first row, row
+    /// stride, lane mask).
     ///
     /// # Safety
     /// As for the AVX2 tile, with AVX-512F present.
@@ -596,6 +644,7 @@ pub(super) mod avx512 {
         out: *mut f32,
         ldo: usize,
         init: Init,
+        add: Option<(*const f32, usize, u16)>,
         mask: u16,
         clamp: Option<Clamp>,
         pf: *const f32,
@@ -615,6 +664,11 @@ pub(super) mod avx512 {
                     for (r, cr) in c.iter_mut().enumerate() {
                         *cr = _mm512_maskz_loadu_ps(mask, out.add(r * ldo));
                     }
+                }
+            }
+            if let Some((src, ld, lanes)) = add {
+                for (r, cr) in c.iter_mut().enumerate() {
+                    *cr = _mm512_add_ps(*cr, _mm512_maskz_loadu_ps(lanes, src.add(r * ld)));
                 }
             }
             for kk in 0..k {
@@ -711,6 +765,7 @@ mod tests {
                                 ld,
                                 // SAFETY: AVX2 is present (checked above).
                                 masks: (len < 16).then(|| unsafe { tail_masks(len) }),
+                                add: None,
                             })
                             .collect();
                         let start_with = match start {
