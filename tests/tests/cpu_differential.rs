@@ -297,14 +297,7 @@ fn residual_add_folds_into_the_conv() {
     if !is_x86_feature_detected!("avx2") || !is_x86_feature_detected!("fma") {
         return; // No implicit GEMM: the Add stays an epilogue.
     }
-    let m = kiln_ir::parse_module(&src).expect("parses");
-    let opts = CpuOptions {
-        opt_level: 2,
-        threads: 1,
-        target_cpu: kiln_runtime::cpu::jit::TargetCpu::Native,
-    };
-    let exe = compile(&m, &kiln_compiler::lower::shapes_of(&inputs), &opts).expect("compiles");
-    let report = kiln_compiler::lower::cpu::backend_report(&exe);
+    let report = backend_report(&src, &inputs);
     assert!(report.contains("+ Add + Relu\n# 1 steps"), "{report}");
 }
 
@@ -335,13 +328,18 @@ fn integer_mask_fusion_is_native() {
     for threads in [1, 2] {
         check(src, &inputs, threads, false).expect("matches the interpreter");
     }
+    let report = backend_report(src, &inputs);
+    assert!(report.contains(", 0 on the interpreter"), "{report}");
+}
+
+/// `kiln dump --backend-report`'s listing for `src` compiled at -O2.
+fn backend_report(src: &str, inputs: &HashMap<String, Value>) -> String {
     let m = kiln_ir::parse_module(src).expect("parses");
     let opts = CpuOptions {
         opt_level: 2,
         threads: 1,
         target_cpu: kiln_runtime::cpu::jit::TargetCpu::Native,
     };
-    let exe = compile(&m, &kiln_compiler::lower::shapes_of(&inputs), &opts).expect("compiles");
-    let report = kiln_compiler::lower::cpu::backend_report(&exe);
-    assert!(report.contains(", 0 on the interpreter"), "{report}");
+    let exe = compile(&m, &kiln_compiler::lower::shapes_of(inputs), &opts).expect("compiles");
+    kiln_compiler::lower::cpu::backend_report(&exe)
 }
