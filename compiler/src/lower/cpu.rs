@@ -328,7 +328,18 @@ impl NativeKernel for Concat {
             }};
         }
         let d = match parts.first().map(|p| &p.data) {
-            Some(Data::F32(_)) => cat!(F32),
+            Some(Data::F32(_)) => {
+                let mut v = vec![];
+                for p in &parts {
+                    match &p.data {
+                        Data::F32(d) => v.push(d.as_slice()),
+                        _ => return Err("operands differ in type".into()),
+                    }
+                }
+                let mut out = kiln_runtime::cpu::buffers::output(self.out.iter().product());
+                kiln_runtime::cpu::movement::concat_into(&v, self.outer, &self.inner, &mut out);
+                Data::F32(out)
+            }
             Some(Data::I64(_)) => cat!(I64),
             Some(Data::I32(_)) => cat!(I32),
             _ => return Err("unsupported element type".into()),

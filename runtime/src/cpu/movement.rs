@@ -153,6 +153,26 @@ pub fn concat<T: Copy>(parts: &[&[T]], outer: usize, inner: &[usize]) -> Vec<T> 
     out
 }
 
+/// [`concat`] into `out` (exactly `outer · Σ inner` elements, every one
+/// written), for a recycled buffer: a fresh megabyte-sized allocation
+/// costs its page faults on every run (SqueezeNet's concats ran 2x
+/// onnxruntime's time that way).
+///
+/// Panics if `out` has the wrong length or a part is short.
+pub fn concat_into<T: Copy>(parts: &[&[T]], outer: usize, inner: &[usize], out: &mut [T]) {
+    let total: usize = inner.iter().sum();
+    assert_eq!(out.len(), outer * total, "concat: output length");
+    let mut rows = out.chunks_exact_mut(total.max(1));
+    for o in 0..outer {
+        let Some(row) = rows.next() else { break };
+        let mut at = 0;
+        for (p, &len) in parts.iter().zip(inner) {
+            row[at..at + len].copy_from_slice(&p[o * len..(o + 1) * len]);
+            at += len;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +251,8 @@ mod tests {
         let a = [1, 2, 3, 4]; // [2, 2]
         let b = [5, 6]; // [2, 1]
         assert_eq!(concat(&[&a, &b], 2, &[2, 1]), vec![1, 2, 5, 3, 4, 6]);
+        let mut out = [0; 6];
+        concat_into(&[&a, &b], 2, &[2, 1], &mut out);
+        assert_eq!(out, [1, 2, 5, 3, 4, 6]);
     }
 }
