@@ -204,6 +204,7 @@ proptest! {
         pad in 0usize..3,
         dil in 1usize..3,
         depthwise in any::<bool>(),
+        wide in any::<bool>(),
         tail in 0usize..5,
         seed in any::<u32>(),
         threads in 1usize..3,
@@ -212,7 +213,14 @@ proptest! {
             (Some(a), Some(b)) => (a, b),
             _ => return Ok(()),
         };
-        let (group, m) = if depthwise { (c, c * m_mult) } else { (1, 4 * m_mult) };
+        // Wide convs (32+ channels) on maps under 64 positions take the
+        // transposed product (channels in the lanes), 33 and 41 a partial
+        // 16-channel panel.
+        let (group, m) = match (depthwise, wide) {
+            (true, _) => (c, c * m_mult),
+            (false, false) => (1, 4 * m_mult),
+            (false, true) => (1, 25 + 8 * m_mult),
+        };
         let wshape = [m, c / group, k, k];
         let y = [n, m, oh, ow];
         let mut lines = vec![
