@@ -229,20 +229,22 @@ impl Shifted {
             .clamp(1, strips);
         if items * strips.div_ceil(per_unit) < target {
             if ovol < 256 && mg >= 32 {
-                // Small images with many channels: split the weights too,
-                // so that no thread streams all of them for a few
-                // positions, but only per thread: every weight block
-                // gathers its own panels (a split 8 ways spent a quarter
-                // of a 14x14 1x1 conv gathering).
-                // With a short reduction gathering is cheap: whole maps
-                // per unit, so a fused epilogue gets whole planes. With a
-                // long one each thread's weight block is large (1-2.4 MB
-                // on ResNet-50's 14x14 stage) and streams from L3 once per
-                // strip group: whole maps per unit too, since cutting the
-                // map into strip chunks for load balance re-streamed it
-                // per chunk (that stage scaled 1.56x on 2 threads, 1.77x
-                // with whole maps; the model 5 % faster).
-                msplit = if kdim <= 512 { target } else { threads }.min(mg.div_ceil(16));
+                // Small images with many channels: split the weights
+                // (output channels) across threads too, so that no thread
+                // streams all of them for a few positions. Every weight
+                // block gathers its own panels, so blocks stay large: a
+                // short reduction (cheap to gather) splits into blocks of
+                // at least 128 channels, up to the unit target (48-64
+                // channel convs split 3-4 ways ran no faster on 2 threads
+                // than on 1, as halves in 10 % less time); a long one
+                // only per thread (a split 8 ways spent a quarter of a
+                // 14x14 1x1 conv gathering) and with whole maps per unit:
+                // each thread's weight block (1-2.4 MB on ResNet-50's
+                // 14x14 stage) then streams from L3 once per strip group
+                // instead of once per strip chunk (that stage scaled 1.56x
+                // on 2 threads with chunks, 1.77x without).
+                let fine = target.min(mg / 128).max(threads);
+                msplit = if kdim <= 512 { fine } else { threads }.min(mg.div_ceil(16));
                 if kdim <= 512 {
                     per_unit = per_unit.min(strips.div_ceil(target.div_ceil(items * msplit)));
                 }
@@ -308,7 +310,10 @@ impl Shifted {
                 let (sb, mb) = (rest / msplit, rest % msplit);
                 let g = item % group;
                 // Strip-aligned, as even as they come.
-                let (pa, pb) = (sb * strips / nsb * 16, ((sb + 1) * strips / nsb * 16).min(ovol));
+                let (pa, pb) = (
+                    sb * strips / nsb * 16,
+                    ((sb + 1) * strips / nsb * 16).min(ovol),
+                );
                 let (m0, m1) = m_range(mb);
                 let out_base = (item * mg + m0) * ovol;
                 let w_rows = &w[(g * mg + m0) * kdim..][..(m1 - m0) * kdim];
