@@ -110,18 +110,14 @@ impl PackedB {
         } else {
             1
         };
-        let (row_chunks, rows_per, strip_chunks) = if m >= 64 || m > n {
-            // Rows per unit: a multiple of 6 whose output fits the unit
-            // budget, spread evenly over the chunks.
+        let (row_chunks, strip_chunks) = if m >= 64 || m > n {
+            // Row chunks whose output fits the unit budget, rows split
+            // evenly among them (chunks of 36, 36, 36 and 20 rows, whole
+            // 6-row tiles, left one of two threads 16 rows behind on
+            // MiniLM's 1536-wide layers).
             let row_target = (UNIT_OUT_FLOATS / (strips * NR)).max(6);
             let row_chunks = m.div_ceil(row_target);
-            let rows_per = m.div_ceil(row_chunks).div_ceil(6) * 6;
-            let row_chunks = m.div_ceil(rows_per);
-            (
-                row_chunks,
-                rows_per,
-                want.div_ceil(row_chunks).clamp(1, strips),
-            )
+            (row_chunks, want.div_ceil(row_chunks).clamp(1, strips))
         } else {
             // A few rows (a small conv map's positions) and many
             // columns: every unit takes all rows, so each panel of B (up
@@ -129,12 +125,12 @@ impl PackedB {
             // row chunk; chunks of strips keep the budget. (MiniLM's
             // M = 128 products ran 8 % slower cut this way.)
             let chunks = (m * n).div_ceil(UNIT_OUT_FLOATS).max(want);
-            (1, m, chunks.clamp(1, strips))
+            (1, chunks.clamp(1, strips))
         };
         let out_addr = out.as_mut_ptr().expose_provenance();
         let unit = |u: usize| {
             let (rc, sc) = (u / strip_chunks, u % strip_chunks);
-            let (r0, r1) = (rc * rows_per, ((rc + 1) * rows_per).min(m));
+            let (r0, r1) = (rc * m / row_chunks, (rc + 1) * m / row_chunks);
             let (s0, s1) = (sc * strips / strip_chunks, (sc + 1) * strips / strip_chunks);
             let out = std::ptr::with_exposed_provenance_mut::<f32>(out_addr);
             // SAFETY: rows r0..r1 of `a` (asserted to fit) and the packed
