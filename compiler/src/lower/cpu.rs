@@ -129,6 +129,15 @@ struct Reshape {
 impl NativeKernel for Reshape {
     fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
         let x = inputs.first().copied().flatten().ok_or("missing operand")?;
+        if let Data::F32(v) = &x.data {
+            // Into a recycled buffer: a fresh one pays its page faults on
+            // every run (MiniLM's 196 KB head reshapes: 0.21 -> 0.14 ms a
+            // run in all).
+            let mut out = kiln_runtime::cpu::buffers::output(v.len());
+            out.copy_from_slice(v);
+            let t = Tensor::new(self.out.clone(), Data::F32(out));
+            return Ok(vec![t.map_err(|e| e.to_string())?]);
+        }
         Ok(vec![x
             .reshaped(self.out.clone())
             .map_err(|e| e.to_string())?])
