@@ -307,6 +307,15 @@ fn residual_add_folds_into_the_conv() {
     }
     let report = backend_report(&src, &inputs);
     assert!(report.contains("+ Add + Relu\n# 1 steps"), "{report}");
+    // The sum also a result, with more of the tail after it: it stays in
+    // the generated loop (a loop input cannot also be its result).
+    let both = src.replace(
+        "  return %y",
+        "  %n = Neg(%s) : f32[1,32,9,11]\n  return %y, %s, %n",
+    );
+    for threads in [1, 2] {
+        check(&both, &inputs, threads, false).expect("matches the interpreter");
+    }
 }
 
 /// An attention-mask fusion: an i64 input whose only use is a Cast to f32

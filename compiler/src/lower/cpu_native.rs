@@ -779,9 +779,10 @@ pub(super) fn fusion(
 const RESIDUAL: usize = 3;
 
 /// Folds a residual Add into the conv anchor when `tail` starts with
-/// `Add(v, r)` or `Sum(v, r)` (either order) of the anchor's result `v`, which nothing
-/// else reads, and a fusion operand `r` of exactly the result's shape,
-/// and the conv can add it as its tiles start ([`ConvPlan::fuse_residual`]).
+/// `Add(v, r)` or `Sum(v, r)` (either order) of the anchor's result `v`,
+/// which nothing else reads, and a fusion operand `r` of exactly the
+/// result's shape, and the conv can add it as its tiles start
+/// ([`ConvPlan::fuse_residual`]).
 /// Returns the Add's result, which the anchor now produces, and `r`'s
 /// fusion operand index.
 fn fold_residual(
@@ -807,6 +808,12 @@ fn fold_residual(
     if rest.iter().any(reads_v) || !is_f32(m, r) {
         return None;
     }
+    let out = *add.outputs.first()?;
+    // With more of the tail left, the sum becomes the generated loop's
+    // input; it must not also be a result of the fusion (as for a Relu).
+    if !rest.is_empty() && outputs.contains(&out) {
+        return None;
+    }
     let k = operand_of(r)?;
     let Dense::Conv(c) = &mut p.plan else {
         return None;
@@ -815,7 +822,7 @@ fn fold_residual(
         return None;
     }
     p.what.push_str(&format!(" + {}", add.op));
-    Some((*add.outputs.first()?, k))
+    Some((out, k))
 }
 
 /// Folds the anchor's Relu into the anchor when `tail` starts with a Relu
