@@ -177,7 +177,8 @@ pub(super) unsafe fn sweep(
 }
 
 /// One tile of a sweep: its rows of `a`, its strip's panel, where its
-/// first output row goes, how it starts, and the panel to prefetch.
+/// first output row goes, how it starts (and what it adds then: a fused
+/// residual), and the panel to prefetch.
 #[cfg(target_arch = "x86_64")]
 struct TileJob {
     rows: usize,
