@@ -320,8 +320,10 @@ impl NativeKernel for Concat {
         let parts: Vec<&Tensor> = (0..inputs.len())
             .map(|i| operand(inputs, i))
             .collect::<Result<_, _>>()?;
+        let n = self.out.iter().product();
+        // Every element is written: f32 results take a recycled buffer.
         macro_rules! cat {
-            ($var:ident) => {{
+            ($var:ident, $out:expr) => {{
                 let mut v = vec![];
                 for p in &parts {
                     match &p.data {
@@ -329,28 +331,15 @@ impl NativeKernel for Concat {
                         _ => return Err("operands differ in type".into()),
                     }
                 }
-                Data::$var(kiln_runtime::cpu::movement::concat(
-                    &v,
-                    self.outer,
-                    &self.inner,
-                ))
+                let mut out = $out;
+                kiln_runtime::cpu::movement::concat(&v, self.outer, &self.inner, &mut out);
+                Data::$var(out)
             }};
         }
         let d = match parts.first().map(|p| &p.data) {
-            Some(Data::F32(_)) => {
-                let mut v = vec![];
-                for p in &parts {
-                    match &p.data {
-                        Data::F32(d) => v.push(d.as_slice()),
-                        _ => return Err("operands differ in type".into()),
-                    }
-                }
-                let mut out = kiln_runtime::cpu::buffers::output(self.out.iter().product());
-                kiln_runtime::cpu::movement::concat_into(&v, self.outer, &self.inner, &mut out);
-                Data::F32(out)
-            }
-            Some(Data::I64(_)) => cat!(I64),
-            Some(Data::I32(_)) => cat!(I32),
+            Some(Data::F32(_)) => cat!(F32, kiln_runtime::cpu::buffers::output(n)),
+            Some(Data::I64(_)) => cat!(I64, vec![0; n]),
+            Some(Data::I32(_)) => cat!(I32, vec![0; n]),
             _ => return Err("unsupported element type".into()),
         };
         Ok(vec![

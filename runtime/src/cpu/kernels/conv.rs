@@ -528,6 +528,12 @@ impl ConvPlan {
         epilogue: Option<&Epilogue>,
     ) {
         assert_eq!(residual.is_some(), self.residual, "Conv: residual operand");
+        // Only the tile strategies add it (tests may switch strategies).
+        assert!(
+            residual.is_none()
+                || matches!(self.strategy, Strategy::Shifted | Strategy::Transposed),
+            "Conv: residual on a strategy that cannot add it"
+        );
         assert!(
             residual.is_none_or(|r| r.len() >= out.len()),
             "Conv: short residual"
