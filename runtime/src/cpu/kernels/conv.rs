@@ -33,14 +33,12 @@
 //! the output first for the `gemm` crate to accumulate onto, so it costs
 //! no separate pass over the result.
 
-use std::cell::Cell;
-
 use rayon::prelude::*;
 
 use gemm::Parallelism;
 
+use super::common::{for_each_unit, with_scratch, Axis, Epilogue, PAR_FLOPS};
 use super::implicit::Shifted;
-use super::matmul::PAR_FLOPS;
 use super::packed::PackedB;
 use super::rows::{self, Isa, MulAdd, RowGeom};
 use super::smallk;
@@ -190,51 +188,8 @@ impl Transposed {
                 }
                 epi((n * m + j0) * ovol, (n * m + j1) * ovol);
             };
-            super::for_each_unit(threads > 1, batch * blocks, unit);
+            for_each_unit(threads > 1, batch * blocks, unit);
         });
-    }
-}
-
-/// One spatial axis, after normalisation to 3 axes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Axis {
-    pub input: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    pub dilation: usize,
-    pub pad_begin: usize,
-    pub output: usize,
-}
-
-impl Axis {
-    const UNIT: Axis = Axis {
-        input: 1,
-        kernel: 1,
-        stride: 1,
-        dilation: 1,
-        pad_begin: 0,
-        output: 1,
-    };
-
-    /// Output positions `[lo, hi)` whose input index `o*stride + off` lies
-    /// in `[0, input)`, where `off = k*dilation - pad_begin` for tap `k`.
-    #[inline]
-    pub(crate) fn valid_range(&self, k: usize) -> (usize, usize, isize) {
-        let off = (k * self.dilation) as isize - self.pad_begin as isize;
-        let s = self.stride as isize;
-        let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
-        let room = self.input as isize - off;
-        let hi = if room <= 0 { 0 } else { (room + s - 1) / s };
-        let hi = (hi as usize).min(self.output);
-        let lo = (lo as usize).min(hi);
-        (lo, hi, off)
-    }
-
-    /// Input index of output `o`, tap `k`, or None when it lands in padding.
-    #[inline]
-    fn input_index(&self, o: usize, k: usize) -> Option<usize> {
-        let i = (o * self.stride + k * self.dilation).checked_sub(self.pad_begin)?;
-        (i < self.input).then_some(i)
     }
 }
 
@@ -765,7 +720,7 @@ impl ConvPlan {
             }
         };
         let units = items * nblk * msplit;
-        super::for_each_unit(threads > 1 && self.flops() >= PAR_FLOPS, units, unit);
+        for_each_unit(threads > 1 && self.flops() >= PAR_FLOPS, units, unit);
     }
 
     /// Output positions per work unit: an im2col block of at most
@@ -816,10 +771,6 @@ impl ConvPlan {
 /// Zen 4's L2, so the unit's result is still there when the epilogue runs.
 const UNIT_OUT_FLOATS: usize = 1 << 16;
 
-/// A fused epilogue: `(out, lo, hi)` with `out` the base of the kernel's
-/// output (valid for all of it) and `lo..hi` the flat range just finished.
-pub type Epilogue<'a> = dyn Fn(*mut f32, usize, usize) + Sync + 'a;
-
 /// Largest im2col block (floats; 16 MiB), which bounds the per-thread
 /// scratch of very large convs. Measured on Zen 4 (ResNet-50 3x3, 64
 /// channels at 56x56): L2-sized blocks (128K-256K floats) were 5-10% slower
@@ -827,26 +778,6 @@ pub type Epilogue<'a> = dyn Fn(*mut f32, usize, usize) + Sync + 'a;
 /// the caches and small blocks re-pack the weights per block; every
 /// ResNet-50 conv (at most 1.8M floats unfolded) fits in one block.
 const IM2COL_BLOCK_FLOATS: usize = 1 << 22;
-
-thread_local! {
-    /// Per-thread im2col buffer, reused across calls so a steady-state run
-    /// does not allocate (it keeps the largest size seen on that thread).
-    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-}
-
-/// Runs `f` on `len` floats of this thread's scratch. The buffer is taken
-/// out of the thread-local for the duration, so a re-entrant call (rayon can
-/// run another task on this thread while a threaded gemm waits) simply
-/// allocates its own instead of aliasing ours.
-pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buf = SCRATCH.with(Cell::take);
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    let r = f(&mut buf[..len]);
-    SCRATCH.with(|s| s.set(buf));
-    r
-}
 
 /// Unfolds output positions `p0..p1` of `x` ([cg, D, H, W]) into `col`
 /// ([cg * kvol, p1 - p0]): row (c, kd, kh, kw) holds, for each of those
@@ -1009,7 +940,7 @@ fn direct_body<const FMA: bool>(
 mod tests {
     //! Plans against a naive direct convolution on LCG data. Tolerance:
     //! relative 1e-4 of the sum of |terms| of each output's accumulation.
-    use super::super::matmul::tests::{check, lcg};
+    use super::super::common::testing::{check, lcg};
     use super::*;
 
     /// Naive N-D conv: returns (values, sum of |terms|).

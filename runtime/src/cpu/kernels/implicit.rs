@@ -39,8 +39,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use super::conv::{with_scratch, Axis};
-use super::matmul::PAR_FLOPS;
+use super::common::{for_each_unit, with_scratch, Axis, PAR_FLOPS};
 use super::smallk::Clamp;
 
 /// Largest block of the reduction per pass (72 KiB of panel, in L2).
@@ -342,7 +341,7 @@ impl Shifted {
                 }
             };
             let units = items * nsb * msplit;
-            super::for_each_unit(parallel, units, unit);
+            for_each_unit(parallel, units, unit);
         });
     }
 

@@ -1,31 +1,19 @@
 //! Dense matrix products: ONNX `MatMul` (numpy semantics, broadcast batch
 //! dims) and ONNX `Gemm`, planned once for static shapes and run many times.
 //!
-//! Also holds the one safe wrapper around `gemm::gemm` ([`sgemm`]) and the
-//! threading heuristics the convolution kernels share.
+//! Also holds the one safe wrapper around `gemm::gemm` ([`sgemm`]); the
+//! threading heuristics it shares with the convolution kernels are in
+//! `common.rs`.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::conv::Epilogue;
+use super::common::{parallelism, Epilogue, PAR_FLOPS};
 use super::packed::PackedB;
-
-/// Below this many flops a product runs single-threaded: forking rayon
-/// tasks costs a few microseconds, which is all a small product takes.
-pub(crate) const PAR_FLOPS: f64 = 2.0e6;
 
 /// Below this many `B` elements a matrix-vector product is not split across
 /// threads: it is memory bound and small enough to sit in cache.
 const GEMV_SPLIT_ELEMS: usize = 32 * 1024;
-
-/// How to thread one gemm call of `flops` work given `threads` workers.
-pub(crate) fn parallelism(threads: usize, flops: f64) -> Parallelism {
-    if threads > 1 && flops >= PAR_FLOPS {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    }
-}
 
 /// Row/column strides (in elements) of a matrix view inside a slice.
 #[derive(Clone, Copy, Debug)]
@@ -547,44 +535,12 @@ impl GemmPlan {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     //! Plans against naive triple loops on LCG data. Tolerance: relative 1e-4
     //! of the sum of |terms| of each accumulation (the f32 rounding of a
     //! reordered sum is bounded by that, times a small constant).
+    use super::super::common::testing::{check, lcg};
     use super::*;
-
-    /// Deterministic data in [-1, 1).
-    pub(crate) fn lcg(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    /// Checks `got` against `want`, where `scale[i]` is the sum of |terms|
-    /// that made up `want[i]`.
-    pub(crate) fn check(got: &[f32], want: &[f32], scale: &[f32], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        for i in 0..got.len() {
-            let tol = 1e-4 * scale[i].max(1e-6);
-            // Equal infinities (all-padding max windows) and NaNs (0/0
-            // averages) match exactly; everything else within tolerance.
-            let same = got[i] == want[i] || (got[i].is_nan() && want[i].is_nan());
-            assert!(
-                same || (got[i] - want[i]).abs() <= tol,
-                "{what}: at {i}: got {} want {} (tol {tol})",
-                got[i],
-                want[i]
-            );
-        }
-    }
 
     /// Naive numpy matmul; returns (values, sum of |terms|).
     fn ref_matmul(

@@ -5,6 +5,7 @@
 //! `Sync`, and may run from several threads at once. `threads` tells a run
 //! how many workers of the current rayon pool it may use.
 
+mod common;
 mod conv;
 mod implicit;
 mod matmul;
@@ -13,18 +14,8 @@ mod pool;
 mod rows;
 mod smallk;
 
-pub use conv::{ConvAttrs, ConvPlan, Epilogue};
-
-/// Runs `unit(0..units)`: on the current rayon pool when `parallel` and
-/// there is more than one, else in order on this thread.
-fn for_each_unit(parallel: bool, units: usize, unit: impl Fn(usize) + Sync + Send) {
-    use rayon::prelude::*;
-    if parallel && units > 1 {
-        (0..units).into_par_iter().for_each(unit);
-    } else {
-        (0..units).for_each(unit);
-    }
-}
+pub use common::Epilogue;
+pub use conv::{ConvAttrs, ConvPlan};
 pub use matmul::{GemmPlan, MatMulPlan};
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};
 
@@ -49,7 +40,7 @@ mod bench {
     //! `cargo test --release -p kiln-runtime cpu::kernels::bench -- --ignored --nocapture`.
     use std::time::Instant;
 
-    use super::matmul::tests::lcg;
+    use super::common::testing::lcg;
     use super::*;
 
     /// Best-of GFLOP/s of `f` (each call does `flops`) on a `threads` pool.

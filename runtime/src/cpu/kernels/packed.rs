@@ -26,8 +26,7 @@
 //! AVX2 + FMA only ([`super::smallk::available`]); plans keep the `gemm`
 //! crate path otherwise.
 
-use super::conv::Epilogue;
-use super::matmul::PAR_FLOPS;
+use super::common::{for_each_unit, Epilogue, PAR_FLOPS};
 
 /// Largest block of k per pass over the panels: 256 x 16 floats = 16 KiB,
 /// half of a 32 KiB L1 data cache, leaving room for A's rows.
@@ -151,7 +150,7 @@ impl PackedB {
             }
         };
         let units = row_chunks * strip_chunks;
-        super::for_each_unit(parallel, units, unit);
+        for_each_unit(parallel, units, unit);
     }
 
     /// Rows `r0..r1` x strips `s0..s1` of the product.
@@ -229,7 +228,7 @@ impl PackedB {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::kernels::matmul::tests::{check, lcg};
+    use crate::cpu::kernels::common::testing::{check, lcg};
     use std::sync::Mutex;
 
     fn naive(m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32]) -> Vec<f32> {

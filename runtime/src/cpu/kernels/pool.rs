@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::with_scratch;
+use super::common::with_scratch;
 use super::rows::{self, Add, Isa, Max, Op, RowGeom};
 
 /// Which pooling op. `count_include_pad` counts the explicit pads in the
@@ -600,7 +600,7 @@ mod tests {
     //! Plans against a naive per-tap pooling on LCG data, written straight
     //! from the ONNX definitions. Tolerance: relative 1e-4 of the sum of
     //! |terms| (averages); max must match exactly.
-    use super::super::matmul::tests::{check, lcg};
+    use super::super::common::testing::{check, lcg};
     use super::*;
 
     fn reference(

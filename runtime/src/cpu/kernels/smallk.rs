@@ -699,7 +699,7 @@ pub(super) mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::kernels::matmul::tests::lcg;
+    use crate::cpu::kernels::common::testing::lcg;
 
     /// Both sweeps (6-row AVX2, 12-row AVX-512) over one to three strips
     /// of panels: every row count up to 2 tiles and a remainder, full and
