@@ -46,11 +46,15 @@ pub struct JitKernel {
     total: usize,
 }
 
-// SAFETY: after `finalize_definitions` the module's code and the constants
-// are immutable; `run`/`run_raw` only call the function, which writes to
-// the caller's output buffers, so sharing or sending the kernel between
-// threads is sound.
+// SAFETY: (not auto-derived because of the module's and the entry's raw
+// pointers) the kernel owns its module and constants outright, and neither
+// is tied to the thread that built them: the code is plain executable
+// memory, freed in `drop` by whichever thread drops the kernel.
 unsafe impl Send for JitKernel {}
+// SAFETY: after `finalize_definitions` the module's code and the constants
+// are immutable; `&self` methods only read them and call the function,
+// which writes only to the caller's output buffers (whose exclusivity the
+// callers' contracts cover), so concurrent shared use is sound.
 unsafe impl Sync for JitKernel {}
 
 impl Drop for JitKernel {
@@ -140,8 +144,10 @@ struct Args {
     outs: *const *mut f32,
 }
 
-// SAFETY: the arrays and the buffers they point to outlive the parallel
-// loop; threads write disjoint rows/element ranges.
+// SAFETY: `Args` only hands `run_raw`'s two pointer arrays to its workers:
+// the arrays (borrowed by `run_raw`) and the buffers they point to outlive
+// the parallel loop, the arrays are only read, and the workers write
+// disjoint row/element ranges of the outputs.
 unsafe impl Sync for Args {}
 
 impl JitKernel {
@@ -224,7 +230,10 @@ impl JitKernel {
         assert_eq!(inputs.len(), self.input_lens.len(), "JitKernel inputs");
         assert_eq!(outputs.len(), self.output_shapes.len(), "JitKernel outputs");
         if lo < hi {
-            // SAFETY: the caller's contract covers lo..hi.
+            // SAFETY: the asserts check the pointer counts and that lo..hi
+            // lies within the kernel's elements; the caller vouches that
+            // the pointers are valid for those elements and that no other
+            // thread writes them meanwhile.
             unsafe { (self.entry)(inputs.as_ptr(), outputs.as_ptr(), lo, hi) };
         }
     }
@@ -251,7 +260,10 @@ impl JitKernel {
         let units = self.units;
         let chunks = (threads * crate::cpu::UNITS_PER_THREAD).min(units);
         if threads <= 1 || self.total < PARALLEL_MIN || chunks < 2 {
-            // SAFETY: the caller's contract covers the whole range.
+            // SAFETY: the asserts check the pointer counts; 0..units is
+            // every element, and the caller vouches that each pointer is
+            // valid for its whole tensor during the call, outputs
+            // aliasing only same-shape inputs.
             unsafe { entry(args.ins, args.outs, 0, units) };
             return;
         }
@@ -269,8 +281,9 @@ impl JitKernel {
         (0..chunks).into_par_iter().for_each(|c| {
             let (lo, hi) = (bound(c), bound(c + 1));
             if lo < hi {
-                // SAFETY: chunks are disjoint row/element ranges of the
-                // buffers the caller vouched for.
+                // SAFETY: as for the single-threaded call, and the chunks'
+                // lo..hi are disjoint row/element ranges, so no two threads
+                // write the same output element.
                 unsafe { entry(args.ins, args.outs, lo, hi) };
             }
         });

@@ -317,9 +317,12 @@ impl Shifted {
                 let out_base = (item * mg + m0) * ovol;
                 let w_rows = &w[(g * mg + m0) * kdim..][..(m1 - m0) * kdim];
                 let b_rows = bias.map(|b| &b[g * mg + m0..g * mg + m1]);
-                // SAFETY: units write pairwise disjoint (item, rows m0..m1,
-                // positions pa..pb) regions of the output, which the
-                // caller holds mutably borrowed for the whole run.
+                // SAFETY: rows m0..m1 of item `item` are inside the output
+                // (out_len >= items·mg·ovol, asserted) and of the residual
+                // (asserted as long); units write pairwise disjoint (item,
+                // rows m0..m1, positions pa..pb) regions of the output,
+                // which the caller holds mutably borrowed for the whole
+                // run; AVX2/FMA are asserted above.
                 unsafe {
                     self.unit(
                         &src[item * item_src..],
@@ -429,7 +432,9 @@ impl Shifted {
                             let (to, ld) = if len < NR {
                                 (side.as_mut_ptr(), NR)
                             } else {
-                                // SAFETY: position p0 + j is in the view.
+                                // SAFETY: p0 + j < p1 <= oh·ow: a position
+                                // of the first output plane `out` is valid
+                                // for (the caller's contract).
                                 (unsafe { out.add(p0 + j) }, ovol)
                             };
                             // The residual joins the first block of k: the
@@ -438,7 +443,8 @@ impl Shifted {
                             let add = residual.filter(|_| blk == 0).map(|r| Addend {
                                 src: r.wrapping_add(p0 + j),
                                 ld: ovol,
-                                // SAFETY: AVX2 asserted by `run`.
+                                // SAFETY: `run`, this function's only
+                                // caller, asserts AVX2/FMA first.
                                 masks: (len < NR).then(|| unsafe { tail_masks(len) }),
                             });
                             dests[n] = Dest {
@@ -451,10 +457,15 @@ impl Shifted {
                             j += len;
                         }
                         // SAFETY: AVX2/FMA asserted by `run`; tiles read
-                        // rows 0..mrows of `w` (k0..k0+kc) and each
-                        // panel's kc x 16 floats, and write 16 columns of
-                        // the output rows (a whole strip) or of the side
-                        // buffer.
+                        // rows 0..mrows of `w` (k0..k0 + kc of kdim each,
+                        // inside `w`'s mrows x kdim), each panel's kc x 16
+                        // floats (inside `panels`), and in the first block
+                        // the residual at the strip's own positions
+                        // (masked in a partial strip; valid by the
+                        // caller's contract), and write 16 columns of the
+                        // output rows (a whole strip of this unit's
+                        // positions) or of the side buffer (mrows x 16,
+                        // scratch apart from the output).
                         unsafe {
                             sweep(
                                 mrows,
@@ -472,8 +483,9 @@ impl Shifted {
                 }
                 if tail > 0 {
                     for (m, srow) in side.chunks_exact(NR).enumerate() {
-                        // SAFETY: the strip's `tail` positions of row m
-                        // are in this unit's view.
+                        // SAFETY: positions p1 - tail..p1 of row m <
+                        // mrows are this unit's (the caller's contract);
+                        // `side` is scratch, apart from the output.
                         unsafe {
                             std::ptr::copy_nonoverlapping(
                                 srow.as_ptr(),
@@ -540,7 +552,10 @@ unsafe fn copy_panel(offs: &[usize], segs: &[(usize, usize)], src: *const f32, p
     use std::arch::x86_64::*;
     for (r, &o) in offs.iter().enumerate() {
         for &(lane, q) in segs {
-            // SAFETY: the caller's contract.
+            // SAFETY: AVX2 is enabled on this function; the caller vouches
+            // that src + o + q is valid for 16 reads, and r < offs.len(),
+            // lane < 16 keep the 16 writes at panel + r·16 + lane inside
+            // the panel's 16·offs.len() + 16 floats.
             unsafe {
                 let s = src.add(o + q);
                 let d = panel.add(r * 16 + lane);
@@ -604,7 +619,8 @@ fn evens_avx2(dst: &mut [f32], src: &[f32]) -> usize {
     use std::arch::x86_64::*;
     let n = (dst.len() / 8).min(src.len() / 16);
     for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(16)).take(n) {
-        // SAFETY: d holds 8 floats, s 16.
+        // SAFETY: d holds 8 floats and s 16, all the store and the two
+        // loads touch; AVX2 is enabled on this function.
         unsafe {
             let (a, b) = (
                 _mm256_loadu_ps(s.as_ptr()),

@@ -184,9 +184,16 @@ impl PackedB {
                 let init = if blk == 0 { Init::Zero } else { Init::Load };
                 for s in s0..s1 {
                     let len = (n - s * NR).min(NR);
-                    // SAFETY (block): the caller's contract; panel s holds
-                    // k x 16 floats, of which rows k0..k0 + kc are read;
-                    // row blocks stay in r0..r1 and columns in the strip.
+                    // SAFETY: AVX2/FMA are present (the caller's contract;
+                    // `product` asserts it). Panel s (s < strips) holds k x
+                    // 16 floats at (s·k)·16 in `panels`, of which rows
+                    // k0..k0 + kc are read, so `panel` and `next` (another
+                    // strip's or the next block's, and only prefetched)
+                    // are inside it; rows r0..r1 of `a` hold k floats at
+                    // stride lda (contract), of which k0..k0 + kc are read;
+                    // the sweep writes rows r0..r1 x strip s's columns
+                    // (masked past n) of the dense m x n `out`, which only
+                    // this call touches and which overlaps neither input.
                     unsafe {
                         let masks = (len < NR).then(|| tail_masks(len));
                         let panel = panels.add((s * k + k0) * NR);

@@ -166,7 +166,9 @@ pub(super) unsafe fn sweep(
     clamp: Option<Clamp>,
     next: Option<*const f32>,
 ) {
-    // SAFETY: forwarded contract; each path's features are present.
+    // SAFETY: both paths need what the caller vouches for (`avx2::sweep`'s
+    // contract: AVX2/FMA, every view in bounds); the AVX-512 path also
+    // needs AVX-512F, which `avx512::available` has just detected.
     unsafe {
         if !lda.is_multiple_of(1024) && avx512::available() {
             avx512::sweep(m, k, a, lda, panels, dests, init, clamp, next)
@@ -254,7 +256,10 @@ pub(super) mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn load16(p: *const f32, masks: Option<(__m256i, __m256i)>) -> [__m256; 2] {
-        // SAFETY: the caller's contract.
+        // SAFETY: AVX2 is enabled on this function, and the caller vouches
+        // that the lanes read are valid: all 16 floats at `p` (so `p + 8`
+        // is inside them), or only those `masks` selects (`maskload`
+        // touches no other lane).
         unsafe {
             match masks {
                 Some((ml, mh)) => [_mm256_maskload_ps(p, ml), _mm256_maskload_ps(p.add(8), mh)],
@@ -303,8 +308,11 @@ pub(super) mod avx2 {
         let mut j = 0;
         while j < n {
             let len = (n - j).min(NR);
-            // SAFETY: row kk of the strip is b[kk*ldb + j .. + len], inside
-            // the view; the panel holds k*NR floats.
+            // SAFETY: kk < k and j + len <= n, so row kk of the strip,
+            // b[kk·ldb + j..][..len], lies in the k x n view of `b` the caller
+            // vouches for (all 16 floats are read only when len == NR);
+            // `panel` is this call's own k·NR floats, so pp[kk·NR..][..16]
+            // is inside it and overlaps nothing else. AVX2 is enabled here.
             unsafe {
                 for kk in 0..k {
                     let src = b.add(kk * ldb + j);
@@ -321,10 +329,23 @@ pub(super) mod avx2 {
             let mut i = 0;
             while i < m {
                 let rows = (m - i).min(MR);
-                let (ap, op) = (a.add(i * k), out.add(i * ldo + j));
-                let init = bias.map_or(Init::Zero, |b| Init::Bias(b.add(i)));
-                // SAFETY: as for `run`; rows i..i+rows and columns
-                // j..j+len are inside the views.
+                // SAFETY: i < m and j < n: row i of the dense m x k `a`,
+                // element (i, j) of the m x n `out` view and bias[i] are
+                // inside the views the caller vouches for.
+                let (ap, op, init) = unsafe {
+                    (
+                        a.add(i * k),
+                        out.add(i * ldo + j),
+                        bias.map_or(Init::Zero, |b| Init::Bias(b.add(i))),
+                    )
+                };
+                // SAFETY: AVX2/FMA are enabled here, as `tile_rows` needs;
+                // rows i..i + rows (i + rows <= m) of `a` (k floats each),
+                // of `out` (columns j..j + len, the rest masked off when
+                // len < NR; stride ldo) and of the bias are inside the
+                // caller's views; the panel holds k x 16 floats; `out`
+                // overlaps neither input (caller's contract) nor the panel
+                // (this call's own).
                 unsafe { tile_rows(rows, k, ap, k, pp, op, ldo, init, None, masks, clamp, None) };
                 i += rows;
             }
@@ -395,7 +416,12 @@ pub(super) mod avx2 {
         next: Option<*const f32>,
     ) {
         super::for_each_tile(MR, m, a, lda, panels, dests, init, next, |t| {
-            // SAFETY: forwarded contract, one tile of the sweep.
+            // SAFETY: AVX2/FMA are enabled here, as `tile_rows` needs.
+            // `for_each_tile` hands each tile rows i..i + t.rows (t.rows <=
+            // MR, i + t.rows <= m) of `a`, of strip s's destination and of
+            // its addend, strip s's panel and the bias from row i: all
+            // inside the views this function's caller vouches for; `next`
+            // is only prefetched, which never faults.
             unsafe {
                 tile_rows(
                     t.rows, k, t.a, lda, t.panel, t.out, t.ld, t.init, t.add, t.masks, clamp,
@@ -438,7 +464,10 @@ pub(super) mod avx2 {
                 }
             };
         }
-        // SAFETY: forwarded contract.
+        // SAFETY: AVX2/FMA are enabled here as on `tile`; `rows` is in
+        // 1..=6 (this function's documented range) and each arm runs
+        // `tile::<R>` with R == rows, so the rows it touches are the rows
+        // this function's caller vouches for under `tile`'s contract.
         unsafe {
             match rows {
                 6 => go!(6),
@@ -459,9 +488,11 @@ pub(super) mod avx2 {
     ///
     /// # Safety
     /// Rows `0..R` of `a` (k floats each, stride `lda`) and of `out` (the
-    /// tile's columns, stride `ldo`) are valid, `out` for writes and
-    /// overlapping neither input; `panel` holds k x 16 floats; `Init::Bias`
-    /// points at R floats.
+    /// tile's columns, stride `ldo`; only the lanes `masks` selects when
+    /// given) are valid, `out` for reads and writes and overlapping
+    /// neither input; `panel` holds k x 16 floats; `Init::Bias` points at
+    /// R floats; `add`, when given, is valid for reads of rows `0..R`
+    /// (stride `add.ld`) in the lanes its masks select.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -478,54 +509,68 @@ pub(super) mod avx2 {
         clamp: Option<Clamp>,
         pf: *const f32,
     ) {
-        // SAFETY (whole body): every pointer offset stays inside the
-        // views the caller vouches for; masked lanes are not accessed.
-        unsafe {
-            let mut c = [[_mm256_setzero_ps(); 2]; R];
-            match init {
-                Init::Zero => {}
-                Init::Bias(bias) => {
-                    for (r, cr) in c.iter_mut().enumerate() {
-                        let v = _mm256_broadcast_ss(&*bias.add(r));
-                        *cr = [v, v];
-                    }
-                }
-                Init::Load => {
-                    for (r, cr) in c.iter_mut().enumerate() {
-                        let p = out.add(r * ldo);
-                        *cr = load16(p, masks);
-                    }
-                }
-            }
-            if let Some(add) = add {
+        let mut c = [[_mm256_setzero_ps(); 2]; R];
+        match init {
+            Init::Zero => {}
+            Init::Bias(bias) => {
                 for (r, cr) in c.iter_mut().enumerate() {
-                    let v = load16(add.src.add(r * add.ld), add.masks);
-                    *cr = [_mm256_add_ps(cr[0], v[0]), _mm256_add_ps(cr[1], v[1])];
+                    // SAFETY: `Init::Bias` points at R floats, and r < R.
+                    let v = _mm256_broadcast_ss(unsafe { &*bias.add(r) });
+                    *cr = [v, v];
                 }
             }
-            for kk in 0..k {
-                if PF {
-                    // wrapping_add: a prefetch address need not be in bounds.
-                    _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(kk * NR).cast());
-                }
-                let b0 = _mm256_loadu_ps(panel.add(kk * NR));
-                let b1 = _mm256_loadu_ps(panel.add(kk * NR + 8));
+            Init::Load => {
                 for (r, cr) in c.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*a.add(r * lda + kk));
-                    cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
-                    cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
+                    // SAFETY: row r < R of the tile is valid for reads in
+                    // the lanes `load16` reads (all 16, or those `masks`
+                    // selects); AVX2 is enabled here.
+                    *cr = unsafe { load16(out.add(r * ldo), masks) };
                 }
             }
-            if let Some(Clamp { lo, hi }) = clamp {
-                // max(lo, v) and min(hi, v) return v when it is NaN.
-                let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-                for cr in c.iter_mut() {
-                    for v in cr.iter_mut() {
-                        *v = _mm256_min_ps(hi, _mm256_max_ps(lo, *v));
-                    }
+        }
+        if let Some(add) = add {
+            for (r, cr) in c.iter_mut().enumerate() {
+                // SAFETY: row r < R of the addend is valid for reads in the
+                // lanes its masks select, which are all `load16` reads.
+                let v = unsafe { load16(add.src.add(r * add.ld), add.masks) };
+                *cr = [_mm256_add_ps(cr[0], v[0]), _mm256_add_ps(cr[1], v[1])];
+            }
+        }
+        for kk in 0..k {
+            if PF {
+                // wrapping_add: a prefetch address need not be in bounds.
+                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(kk * NR).cast());
+            }
+            // SAFETY: kk < k, and the panel holds k x 16 floats.
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_loadu_ps(panel.add(kk * NR)),
+                    _mm256_loadu_ps(panel.add(kk * NR + 8)),
+                )
+            };
+            for (r, cr) in c.iter_mut().enumerate() {
+                // SAFETY: row r < R of `a` holds k floats at stride lda,
+                // and kk < k.
+                let av = _mm256_broadcast_ss(unsafe { &*a.add(r * lda + kk) });
+                cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
+                cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
+            }
+        }
+        if let Some(Clamp { lo, hi }) = clamp {
+            // max(lo, v) and min(hi, v) return v when it is NaN.
+            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            for cr in c.iter_mut() {
+                for v in cr.iter_mut() {
+                    *v = _mm256_min_ps(hi, _mm256_max_ps(lo, *v));
                 }
             }
-            for (r, cr) in c.iter().enumerate() {
+        }
+        for (r, cr) in c.iter().enumerate() {
+            // SAFETY: row r < R of the tile is valid for writes: its 16
+            // columns (so `p + 8` is inside them), or only the lanes
+            // `masks` selects (`maskstore` writes no other lane); it
+            // overlaps neither input, which this function only reads.
+            unsafe {
                 let p = out.add(r * ldo);
                 match masks {
                     Some((ml, mh)) => {
@@ -595,7 +640,12 @@ pub(super) mod avx512 {
                     }
                 };
             }
-            // SAFETY: forwarded contract, one tile of the sweep.
+            // SAFETY: AVX-512F/AVX2/FMA are enabled here, as `tile` needs.
+            // `for_each_tile` hands each tile rows i..i + t.rows (t.rows <=
+            // MR, i + t.rows <= m) of `a`, of strip s's destination and of
+            // its addend, strip s's panel and the bias from row i: all
+            // inside the views this function's caller vouches for; each arm
+            // runs `tile::<R>` with R == t.rows; `next` is only prefetched.
             unsafe {
                 match t.rows {
                     12 => go!(12),
@@ -650,48 +700,56 @@ pub(super) mod avx512 {
         clamp: Option<Clamp>,
         pf: *const f32,
     ) {
-        // SAFETY (whole body): every pointer offset stays inside the
-        // views the caller vouches for; masked lanes are not accessed.
-        unsafe {
-            let mut c = [_mm512_setzero_ps(); R];
-            match init {
-                Init::Zero => {}
-                Init::Bias(bias) => {
-                    for (r, cr) in c.iter_mut().enumerate() {
-                        *cr = _mm512_set1_ps(*bias.add(r));
-                    }
-                }
-                Init::Load => {
-                    for (r, cr) in c.iter_mut().enumerate() {
-                        *cr = _mm512_maskz_loadu_ps(mask, out.add(r * ldo));
-                    }
-                }
-            }
-            if let Some((src, ld, lanes)) = add {
+        let mut c = [_mm512_setzero_ps(); R];
+        match init {
+            Init::Zero => {}
+            Init::Bias(bias) => {
                 for (r, cr) in c.iter_mut().enumerate() {
-                    *cr = _mm512_add_ps(*cr, _mm512_maskz_loadu_ps(lanes, src.add(r * ld)));
+                    // SAFETY: `Init::Bias` points at R floats, and r < R.
+                    *cr = _mm512_set1_ps(unsafe { *bias.add(r) });
                 }
             }
-            for kk in 0..k {
-                if PF {
-                    _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(kk * 16).cast());
-                }
-                let b = _mm512_loadu_ps(panel.add(kk * 16));
+            Init::Load => {
                 for (r, cr) in c.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(r * lda + kk));
-                    *cr = _mm512_fmadd_ps(av, b, *cr);
+                    // SAFETY: row r < R of the tile is valid for reads in
+                    // the lanes `mask` selects, the only ones loaded.
+                    *cr = unsafe { _mm512_maskz_loadu_ps(mask, out.add(r * ldo)) };
                 }
             }
-            if let Some(Clamp { lo, hi }) = clamp {
-                // max(lo, v) and min(hi, v) return v when it is NaN.
-                let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-                for cr in c.iter_mut() {
-                    *cr = _mm512_min_ps(hi, _mm512_max_ps(lo, *cr));
-                }
+        }
+        if let Some((src, ld, lanes)) = add {
+            for (r, cr) in c.iter_mut().enumerate() {
+                // SAFETY: row r < R of the addend is valid for reads in the
+                // lanes `lanes` selects, the only ones loaded.
+                let v = unsafe { _mm512_maskz_loadu_ps(lanes, src.add(r * ld)) };
+                *cr = _mm512_add_ps(*cr, v);
             }
-            for (r, cr) in c.iter().enumerate() {
-                _mm512_mask_storeu_ps(out.add(r * ldo), mask, *cr);
+        }
+        for kk in 0..k {
+            if PF {
+                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(kk * 16).cast());
             }
+            // SAFETY: kk < k, and the panel holds k x 16 floats.
+            let b = unsafe { _mm512_loadu_ps(panel.add(kk * 16)) };
+            for (r, cr) in c.iter_mut().enumerate() {
+                // SAFETY: row r < R of `a` holds k floats at stride lda,
+                // and kk < k.
+                let av = _mm512_set1_ps(unsafe { *a.add(r * lda + kk) });
+                *cr = _mm512_fmadd_ps(av, b, *cr);
+            }
+        }
+        if let Some(Clamp { lo, hi }) = clamp {
+            // max(lo, v) and min(hi, v) return v when it is NaN.
+            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+            for cr in c.iter_mut() {
+                *cr = _mm512_min_ps(hi, _mm512_max_ps(lo, *cr));
+            }
+        }
+        for (r, cr) in c.iter().enumerate() {
+            // SAFETY: row r < R of the tile is valid for writes in the lanes
+            // `mask` selects (the only ones stored) and overlaps neither
+            // input.
+            unsafe { _mm512_mask_storeu_ps(out.add(r * ldo), mask, *cr) };
         }
     }
 }
