@@ -93,13 +93,20 @@ pub(super) struct Shifted {
 }
 
 impl Shifted {
-    /// The geometry for a conv over `cg` channels per group, or None for 3-D
-    /// convs (the leading normalised axis is not a unit).
+    /// Whether a conv with these normalised axes has a shifted form: not
+    /// for 3-D convs (the leading axis is not a unit).
+    pub(super) fn fits(axes: &[Axis; 3]) -> bool {
+        let ad = &axes[0];
+        (ad.input, ad.kernel, ad.output, ad.pad_begin) == (1, 1, 1, 0)
+    }
+
+    /// The geometry for a conv over `cg` channels per group, or None where
+    /// it does not [`fit`](Shifted::fits).
     pub(super) fn new(axes: &[Axis; 3], cg: usize) -> Option<Shifted> {
-        let [ad, ah, aw] = axes;
-        if (ad.input, ad.kernel, ad.output, ad.pad_begin) != (1, 1, 1, 0) {
+        if !Self::fits(axes) {
             return None;
         }
+        let [_, ah, aw] = axes;
         let (rh, rw) = (ah.dilation * (ah.kernel - 1), aw.dilation * (aw.kernel - 1));
         let (sh, sw) = (ah.stride, aw.stride);
         let direct = sh == 1 && sw == 1 && ah.output + rh == ah.input && aw.output + rw == aw.input;

@@ -1,0 +1,492 @@
+//! ONNX `Conv` (1-D, 2-D and 3-D spatial, NC + spatial layout, groups,
+//! strides, dilations, asymmetric pads, optional bias), planned once for
+//! static shapes.
+//!
+//! Every conv is normalised to 3 spatial dims (missing leading dims become
+//! size 1 with kernel 1), so one code path serves all ranks. Strategies,
+//! picked at plan time:
+//! - shifted (1-D and 2-D convs that are not depthwise, on an AVX2/FMA
+//!   host): an implicit GEMM over padded, phase-split input planes
+//!   (`implicit.rs`), with no im2col buffer and no per-call weight
+//!   packing. Measured on this project's AVX2 EPYC VM, 1 thread, against
+//!   im2col + small-k / `gemm` crate: ResNet-50's 3x3 64->64 at 56x56 3.2 ->
+//!   2.8 ms, 3x3 512->512 at 7x7 3.5 -> 3.2 ms, SqueezeNet's stride-2 first
+//!   conv 1.16 -> 0.86 ms; pointwise convs even;
+//! - depthwise (one input channel per group): a direct loop over output
+//!   rows with the W taps fused into vectorized row passes (`rows.rs`, with
+//!   AVX2/FMA dispatch); a gemm with K = 9 would mostly pack;
+//! - direct (group 1, at most 4 input and 16 output channels, batch >= 2:
+//!   first convs on RGB): the depthwise row loop summed over input
+//!   channels, one unit per image;
+//! - pointwise (1x1, stride 1, no pad) and im2col, where shifted does not
+//!   apply (3-D convs, hosts without AVX2): a gemm per image and group,
+//!   `W[M,C] x X[C,HW]`, reading the input in place or an im2col block
+//!   unfolded into per-thread scratch; the small-k kernel for short
+//!   reductions, the `gemm` crate otherwise.
+//!
+//! Threading: gemm work is cut into (image, group, block of output
+//! positions) units run side by side single-threaded, so a batch-1 conv
+//! splits its positions across threads rather than relying on gemm's
+//! internal threading; depthwise and direct split (image, group) units.
+//!
+//! The bias starts each output tile (small-k, shifted) or is written into
+//! the output first for the `gemm` crate to accumulate onto, so it costs
+//! no separate pass over the result.
+//!
+//! Files: this one holds the plan, its attributes and the strategy choice
+//! ([`choose_strategy`], a pure function of shapes, attributes and host
+//! features); each strategy's run has a file of its own (`direct.rs`:
+//! depthwise and direct; `im2col.rs`: pointwise and im2col through a
+//! gemm; `shifted.rs`: the implicit GEMM's glue; `transposed.rs`), and
+//! the tests are in `tests.rs`.
+
+mod direct;
+mod im2col;
+mod shifted;
+#[cfg(test)]
+mod tests;
+mod transposed;
+
+use super::common::{Axis, Epilogue};
+use super::implicit::Shifted;
+use super::packed::PackedB;
+use super::rows::{Isa, RowGeom};
+use super::smallk;
+use im2col::IM2COL_BLOCK_FLOATS;
+use transposed::Transposed;
+
+/// Convolution attributes, pads in ONNX order (all begins, then all ends).
+/// Empty `strides` / `dilations` / `pads` mean the ONNX defaults (1, 1, 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvAttrs {
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads: Vec<usize>,
+    pub group: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    Pointwise,
+    Depthwise,
+    /// Few input and output channels (first convs on RGB): the depthwise
+    /// row loop summed over input channels; gemm with M <= 16 and K <= 36
+    /// spends its time packing and the im2col pass.
+    Direct,
+    Im2col,
+    /// Pointwise or im2col convs of 1-D and 2-D on an AVX2/FMA host: the
+    /// implicit GEMM over phase planes (`implicit.rs`).
+    Shifted,
+    /// Small maps with constant weights: output channels in the tile's
+    /// lanes instead of positions (see [`Transposed`]).
+    Transposed,
+}
+
+/// Checks a conv's shapes and attributes and normalises its spatial axes
+/// to 3 (D, H, W; missing leading ones size 1 with kernel 1), with their
+/// output sizes; `Err` says what is wrong.
+fn normalise(
+    x_shape: &[usize],
+    w_shape: &[usize],
+    attrs: &ConvAttrs,
+    w_const: Option<&[f32]>,
+) -> Result<[Axis; 3], &'static str> {
+    let sd = x_shape.len().wrapping_sub(2);
+    if !(1..=3).contains(&sd) || w_shape.len() != x_shape.len() {
+        return Err("need 1 to 3 spatial dims and matching ranks");
+    }
+    let pick = |v: &[usize], i: usize, dflt: usize| if v.is_empty() { dflt } else { v[i] };
+    if !(attrs.strides.is_empty() || attrs.strides.len() == sd)
+        || !(attrs.dilations.is_empty() || attrs.dilations.len() == sd)
+        || !(attrs.pads.is_empty() || attrs.pads.len() == 2 * sd)
+    {
+        return Err("attribute lengths do not match the spatial rank");
+    }
+    let (c, m, group) = (x_shape[1], w_shape[0], attrs.group);
+    if group == 0 || c % group != 0 || m % group != 0 || w_shape[1] * group != c {
+        return Err("channels do not divide into groups");
+    }
+    let mut axes = [Axis::UNIT; 3];
+    for i in 0..sd {
+        let ax = Axis {
+            input: x_shape[2 + i],
+            kernel: w_shape[2 + i],
+            stride: pick(&attrs.strides, i, 1),
+            dilation: pick(&attrs.dilations, i, 1),
+            pad_begin: pick(&attrs.pads, i, 0),
+            output: 0,
+        };
+        let pad_end = pick(&attrs.pads, sd + i, 0);
+        if ax.kernel == 0 || ax.stride == 0 || ax.dilation == 0 {
+            return Err("zero kernel, stride or dilation");
+        }
+        let span = ax.dilation * (ax.kernel - 1) + 1;
+        let padded = ax.input + ax.pad_begin + pad_end;
+        if padded < span {
+            return Err("kernel larger than the padded input");
+        }
+        axes[3 - sd + i] = Axis {
+            output: (padded - span) / ax.stride + 1,
+            ..ax
+        };
+    }
+    let kvol: usize = axes.iter().map(|a| a.kernel).product();
+    if let Some(w) = w_const {
+        if w.len() != m * (c / group) * kvol {
+            return Err("constant weight length does not match its shape");
+        }
+    }
+    Ok(axes)
+}
+
+/// The host features the strategy choice depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Host {
+    /// The small-k kernel and the implicit GEMM run
+    /// ([`smallk::available`]).
+    small_k: bool,
+    /// Products with packed weights run ([`PackedB::available`]).
+    packed_b: bool,
+}
+
+impl Host {
+    fn detect() -> Host {
+        Host {
+            small_k: smallk::available(),
+            packed_b: PackedB::available(),
+        }
+    }
+}
+
+/// The strategy a conv's shape alone calls for (normalised `axes`; `c`
+/// input and `m` output channels in `group` groups), before a tile
+/// kernel stands in for it: what a plan falls back to.
+fn base_strategy(batch: usize, c: usize, m: usize, group: usize, axes: &[Axis; 3]) -> Strategy {
+    if axes
+        .iter()
+        .all(|a| a.kernel == 1 && a.stride == 1 && a.pad_begin == 0 && a.output == a.input)
+    {
+        Strategy::Pointwise
+    } else if c / group == 1 && group > 1 {
+        Strategy::Depthwise
+    } else if group == 1 && c <= 4 && m <= 16 && batch >= 2 {
+        // Batch >= 2 so that images give threads independent work.
+        Strategy::Direct
+    } else {
+        Strategy::Im2col
+    }
+}
+
+/// The strategy a conv runs with: [`base_strategy`], except that a
+/// pointwise or im2col conv takes the transposed product (small maps,
+/// constant weights, on a host with packed-B products) or else the
+/// implicit GEMM (1-D and 2-D convs on an AVX2/FMA host) where they
+/// apply. A pure function of the shapes, attributes (as normalised
+/// `axes`), whether the weights are constant, and the host's features;
+/// building the plan is [`ConvPlan::new`]'s.
+fn choose_strategy(
+    batch: usize,
+    c: usize,
+    m: usize,
+    group: usize,
+    axes: &[Axis; 3],
+    const_weights: bool,
+    host: Host,
+) -> Strategy {
+    let base = base_strategy(batch, c, m, group, axes);
+    if !matches!(base, Strategy::Pointwise | Strategy::Im2col) {
+        return base;
+    }
+    let ovol: usize = axes.iter().map(|a| a.output).product();
+    if const_weights
+        && group == 1
+        && c > 0
+        && m >= 32
+        && ovol < Transposed::MAX_POSITIONS
+        && !ovol.is_multiple_of(16)
+        && host.packed_b
+    {
+        Strategy::Transposed
+    } else if Shifted::fits(axes) && host.small_k {
+        Strategy::Shifted
+    } else {
+        base
+    }
+}
+
+/// ONNX Conv for 1-D, 2-D and 3-D spatial dims (NC + spatial). auto_pad is
+/// resolved by the caller into explicit pads.
+#[derive(Debug, Clone)]
+pub struct ConvPlan {
+    batch: usize,
+    c: usize,
+    m: usize,
+    group: usize,
+    /// Axes D, H, W (leading ones size 1 for 1-D and 2-D convs).
+    axes: [Axis; 3],
+    out_shape: Vec<usize>,
+    has_bias: bool,
+    strategy: Strategy,
+    /// Im2col block cap, `IM2COL_BLOCK_FLOATS` (tests shrink it to cover
+    /// block edges).
+    block_floats: usize,
+    w_const: Option<Vec<f32>>,
+    /// Gemm strategies with a short reduction (`C/group · kernel volume`
+    /// at most `smallk::MAX_K`) on an AVX2/FMA host use the unpacked
+    /// small-k kernel instead of the `gemm` crate.
+    small_k: bool,
+    /// Bounds the small-k kernel clamps each output to as it stores it (a
+    /// fused Relu): see [`ConvPlan::fuse_clamp`].
+    clamp: Option<smallk::Clamp>,
+    /// Whether runs take a residual added before the clamp: see
+    /// [`ConvPlan::fuse_residual`].
+    residual: bool,
+    /// The implicit-GEMM geometry, for the Shifted strategy.
+    shifted: Option<Box<Shifted>>,
+    /// Packed weights and tap offsets, for the Transposed strategy.
+    transposed: Option<Box<Transposed>>,
+    /// The strategy Shifted stands in for (Pointwise or Im2col), which
+    /// tests and benchmarks can switch back to.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fallback: Strategy,
+    /// Depthwise: the W axis's row geometry and the detected row ISA.
+    row_geom: RowGeom,
+    isa: Isa,
+}
+
+impl ConvPlan {
+    /// `w_const`: the weights when they are constant; copied into the plan
+    /// (their [M, C/group, k...] layout is already the row-major gemm lhs),
+    /// and `run` then ignores its `w` argument.
+    pub fn new(
+        x_shape: &[usize],
+        w_shape: &[usize],
+        has_bias: bool,
+        attrs: &ConvAttrs,
+        w_const: Option<&[f32]>,
+    ) -> Result<ConvPlan, String> {
+        let axes = normalise(x_shape, w_shape, attrs, w_const)
+            .map_err(|why| format!("Conv: {why} (x {x_shape:?}, w {w_shape:?}, {attrs:?})"))?;
+        let (batch, c, m, group) = (x_shape[0], x_shape[1], w_shape[0], attrs.group);
+        let sd = x_shape.len() - 2;
+        let kvol: usize = axes.iter().map(|a| a.kernel).product();
+        let mut out_shape = vec![batch, m];
+        out_shape.extend(axes[3 - sd..].iter().map(|a| a.output));
+        let fallback = base_strategy(batch, c, m, group, &axes);
+        let strategy =
+            choose_strategy(batch, c, m, group, &axes, w_const.is_some(), Host::detect());
+        let transposed = match (strategy, w_const) {
+            (Strategy::Transposed, Some(w)) => {
+                Some(Box::new(Transposed::new(&axes, m, c * kvol, w)))
+            }
+            _ => None,
+        };
+        let shifted = (strategy == Strategy::Shifted)
+            .then(|| Shifted::new(&axes, c / group).map(Box::new))
+            .flatten();
+        Ok(ConvPlan {
+            batch,
+            c,
+            m,
+            group,
+            axes,
+            out_shape,
+            has_bias,
+            strategy,
+            fallback,
+            shifted,
+            block_floats: IM2COL_BLOCK_FLOATS,
+            // The transposed plan keeps only its packed copy.
+            w_const: w_const
+                .filter(|_| transposed.is_none())
+                .map(<[f32]>::to_vec),
+            transposed,
+            small_k: matches!(fallback, Strategy::Pointwise | Strategy::Im2col)
+                && (c / group) * kvol <= smallk::MAX_K
+                && smallk::available(),
+            clamp: None,
+            residual: false,
+            row_geom: RowGeom::new(
+                axes[2].input,
+                axes[2].output,
+                axes[2].kernel,
+                axes[2].stride,
+                axes[2].dilation,
+                axes[2].pad_begin,
+            ),
+            isa: Isa::detect(),
+        })
+    }
+
+    pub fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    /// Turns the small-k kernel off, for benchmarks against the `gemm` path.
+    #[cfg(test)]
+    pub(super) fn without_small_k(mut self) -> ConvPlan {
+        assert!(
+            self.clamp.is_none(),
+            "the clamp lives in the small-k kernel"
+        );
+        self.small_k = false;
+        self.strategy = self.fallback;
+        self
+    }
+
+    /// Turns the implicit GEMM off (keeping the small-k kernel where it
+    /// applies), for benchmarks.
+    #[cfg(test)]
+    pub(super) fn without_shifted(mut self) -> ConvPlan {
+        self.strategy = self.fallback;
+        self
+    }
+
+    /// Makes every output `min(hi, max(lo, v))` (NaN kept): a Relu
+    /// (`0, inf`) or Clip folded into the conv. Only where the clamp costs
+    /// nothing, inside the small-k kernel's tile store; returns whether it
+    /// was taken (otherwise the plan is unchanged and the caller keeps the
+    /// op as an epilogue).
+    pub fn fuse_clamp(&mut self, lo: f32, hi: f32) -> bool {
+        let in_tile =
+            self.small_k || matches!(self.strategy, Strategy::Shifted | Strategy::Transposed);
+        if !in_tile || self.clamp.is_some() || lo.is_nan() || hi.is_nan() || lo > hi {
+            return false;
+        }
+        self.clamp = Some(smallk::Clamp { lo, hi });
+        true
+    }
+
+    /// Makes every output `conv + residual` (before any clamp): the skip
+    /// connection of a residual block, added as each tile starts instead
+    /// of in a pass over the output after it (which read the residual and
+    /// the output back from memory: 15-30 % of ResNet-50's residual
+    /// convs). Only for the implicit-GEMM and transposed strategies, and
+    /// before a clamp is fused; returns whether it was taken. Runs then
+    /// need the residual ([`ConvPlan::run_fused`]).
+    pub fn fuse_residual(&mut self) -> bool {
+        let in_tile = matches!(self.strategy, Strategy::Shifted | Strategy::Transposed);
+        if !in_tile || self.clamp.is_some() || self.residual || self.c == 0 {
+            return false;
+        }
+        self.residual = true;
+        true
+    }
+
+    /// Whether runs need a residual ([`ConvPlan::fuse_residual`]).
+    pub fn has_residual(&self) -> bool {
+        self.residual
+    }
+
+    /// 2 * N * M * output positions * (C/group) * kernel volume.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.out_vol() * (self.c / self.group) * self.kvol()) as f64
+    }
+
+    fn in_vol(&self) -> usize {
+        self.axes.iter().map(|a| a.input).product()
+    }
+    fn out_vol(&self) -> usize {
+        self.axes.iter().map(|a| a.output).product()
+    }
+    fn kvol(&self) -> usize {
+        self.axes.iter().map(|a| a.kernel).product()
+    }
+
+    /// `x`, `w`, `bias` and `out` must have the planned lengths
+    /// (debug-asserted); `bias` is used iff the plan has one; `w` is ignored
+    /// when the weights were constant. `out` is fully overwritten.
+    pub fn run(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], threads: usize) {
+        self.run_with_epilogue(x, w, bias, out, threads, None);
+    }
+
+    /// [`ConvPlan::run`], calling `epilogue(out, lo, hi)` on flat ranges of
+    /// `out` as soon as they are final, on the thread that computed them,
+    /// while they are still in cache. The ranges cover `out` exactly once;
+    /// calls for different ranges may run concurrently.
+    pub fn run_with_epilogue(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<&Epilogue>,
+    ) {
+        self.run_fused(x, w, bias, None, out, threads, epilogue);
+    }
+
+    /// [`ConvPlan::run_with_epilogue`] with the residual of a plan that
+    /// fused one (laid out like `out`).
+    ///
+    /// Panics if `residual` is given to a plan without one or missing from
+    /// a plan with one, or is shorter than `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_fused(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epilogue: Option<&Epilogue>,
+    ) {
+        assert_eq!(residual.is_some(), self.residual, "Conv: residual operand");
+        // Only the tile strategies add it (tests may switch strategies).
+        assert!(
+            residual.is_none() || matches!(self.strategy, Strategy::Shifted | Strategy::Transposed),
+            "Conv: residual on a strategy that cannot add it"
+        );
+        assert!(
+            residual.is_none_or(|r| r.len() >= out.len()),
+            "Conv: short residual"
+        );
+        // Epilogues get `out`'s base pointer re-derived from this borrow
+        // (units write through it too), so their writes are as valid as
+        // the kernel's own.
+        let out_addr = out.as_mut_ptr().expose_provenance();
+        let epi = |lo: usize, hi: usize| {
+            if let Some(e) = epilogue {
+                e(
+                    std::ptr::with_exposed_provenance_mut::<f32>(out_addr),
+                    lo,
+                    hi,
+                )
+            }
+        };
+        let w = self.w_const.as_deref().unwrap_or(w);
+        let bias = if self.has_bias { bias } else { None };
+        let cg = self.c / self.group;
+        let (ivol, ovol, kvol) = (self.in_vol(), self.out_vol(), self.kvol());
+        debug_assert_eq!(x.len(), self.batch * self.c * ivol);
+        debug_assert!(self.transposed.is_some() || w.len() == self.m * cg * kvol);
+        debug_assert_eq!(out.len(), self.batch * self.m * ovol);
+        debug_assert_eq!(bias.is_some(), self.has_bias);
+        debug_assert!(bias.is_none_or(|b| b.len() == self.m));
+        if out.is_empty() {
+            return;
+        }
+        if matches!(self.strategy, Strategy::Depthwise | Strategy::Direct) {
+            self.run_direct(x, w, bias, out, threads, &epi);
+        } else if let (Strategy::Transposed, Some(t)) = (self.strategy, &self.transposed) {
+            t.run(
+                (self.batch, self.c, self.m),
+                (ivol, ovol, kvol),
+                x,
+                bias,
+                residual,
+                out,
+                self.clamp,
+                threads,
+                &epi,
+            );
+        } else if let (Strategy::Shifted, Some(sh), true) =
+            (self.strategy, &self.shifted, cg * kvol > 0)
+        {
+            self.run_shifted(sh, x, w, bias, residual, out_addr, out.len(), threads, &epi);
+        } else {
+            self.run_gemm(x, w, bias, out, out_addr, threads, epilogue.is_some(), &epi);
+        }
+    }
+}
