@@ -9,10 +9,10 @@
 //! row with its producers evaluated inline. Anything else is
 //! `Err("unsupported: ...")`, and the caller interprets that region.
 //!
-//! - [`plan`]: region → shapes, expression DAG, collapsed iteration space.
-//! - [`lower`]: the IR op → Cranelift instruction table.
-//! - [`math`]: inline exp/log/tanh/sigmoid/erf/softplus polynomials.
-//! - [`codegen`]: the loops, the reductions, the JIT module.
+//! - `plan.rs`: region → shapes, expression DAG, collapsed iteration space.
+//! - `lower.rs`: the IR op → Cranelift instruction table.
+//! - `math.rs`: inline exp/log/tanh/sigmoid/erf/softplus polynomials.
+//! - `codegen.rs`: the loops, the reductions, the JIT module.
 
 mod codegen;
 mod lower;

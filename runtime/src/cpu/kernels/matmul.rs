@@ -196,7 +196,7 @@ pub struct MatMulPlan {
 
 impl MatMulPlan {
     /// `b_const`: B's data when B is a constant — it is copied once into the
-    /// plan (packed into panels for [`PackedB`] when one B serves every
+    /// plan (packed into panels for `PackedB` when one B serves every
     /// batch and the host has AVX2/FMA), and `run` then ignores its `b`
     /// argument.
     pub fn new(
@@ -381,8 +381,8 @@ impl MatMulPlan {
 }
 
 /// ONNX Gemm: `Y = alpha * op(A) * op(B) + beta * C`, A and B 2-D, C optional
-/// and unidirectionally broadcastable to [M, N] (shapes [], [N], [1,N],
-/// [M,1], [M,N], [1]).
+/// and unidirectionally broadcastable to `[M, N]` (shapes `[]`, `[N]`,
+/// `[1,N]`, `[M,1]`, `[M,N]`, `[1]`).
 #[derive(Debug, Clone)]
 pub struct GemmPlan {
     m: usize,
