@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln_ir::Module;
-use kiln_runtime::{Data, Interpreter, Tensor, Value};
+use kiln_runtime::{Data, Executable, Tensor, Value};
+
+pub use crate::compile::Target;
 
 use crate::testdata::read_value;
 
@@ -32,26 +34,8 @@ impl Default for Tolerance {
 type Inputs = std::collections::HashMap<String, Value>;
 /// Runs a model on inputs.
 type RunFn<'a> = &'a dyn Fn(&Inputs) -> Result<Vec<Value>, String>;
-/// The CPU executable compiled for some (sorted) input shapes.
-type Compiled = Option<(Vec<(String, Vec<usize>)>, kiln_runtime::cpu::Executable)>;
-
-/// What executes the models.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Engine {
-    /// The reference interpreter, on the module optimized at the level.
-    Interp,
-    /// The CPU backend, compiled for each data set's input shapes.
-    Cpu { threads: usize },
-}
-
-impl Engine {
-    pub fn name(self) -> &'static str {
-        match self {
-            Engine::Interp => "interp",
-            Engine::Cpu { .. } => "cpu",
-        }
-    }
-}
+/// An executable compiled for some (sorted) input shapes.
+type Compiled = Option<(Vec<(String, Vec<usize>)>, Box<dyn Executable>)>;
 
 /// The outcome of one test folder.
 #[derive(Clone, Debug, PartialEq)]
@@ -273,11 +257,17 @@ pub fn run_test(dir: &Path, tol: Tolerance) -> TestResult {
 
 /// [`run_test`] with the module first optimized at `opt_level`.
 pub fn run_test_at(dir: &Path, tol: Tolerance, opt_level: u8) -> TestResult {
-    run_test_on(dir, tol, opt_level, Engine::Interp)
+    let target = Target::Interp(crate::compile::InterpOptions {
+        opt_level,
+        verify_each: true,
+    });
+    run_test_on(dir, tol, &target)
 }
 
-/// [`run_test_at`] on an engine.
-pub fn run_test_on(dir: &Path, tol: Tolerance, opt_level: u8, engine: Engine) -> TestResult {
+/// [`run_test_at`] on any target, compiled for each data set's input
+/// shapes (data sets of one test usually share them, so the last
+/// executable is kept).
+pub fn run_test_on(dir: &Path, tol: Tolerance, target: &Target) -> TestResult {
     let start = Instant::now();
     let name = dir
         .file_name()
@@ -285,45 +275,24 @@ pub fn run_test_on(dir: &Path, tol: Tolerance, opt_level: u8, engine: Engine) ->
         .unwrap_or("?")
         .to_string();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut m = match crate::load_model(&dir.join("model.onnx")) {
+        let m = match crate::load_model(&dir.join("model.onnx")) {
             Ok(m) => m,
             Err(e) => return Outcome::Fail(e.to_string()),
         };
-        if engine == Engine::Interp {
-            let mut opts = crate::passes::RunOptions {
-                verify_each: true,
-                observer: None,
-            };
-            if let Err(e) =
-                crate::passes::run_pipeline(&mut m, &crate::passes::pipeline(opt_level), &mut opts)
-            {
-                return Outcome::Fail(e.to_string());
-            }
-        }
-        let interp = (engine == Engine::Interp).then(|| Interpreter::new(&m));
-        let interp_run = |inputs: &std::collections::HashMap<String, Value>| match &interp {
-            Some(i) => i.run(inputs).map_err(|e| e.to_string()),
-            None => Err("not the interpreter engine".to_string()),
-        };
-        // The CPU backend compiles per input shapes; data sets of one test
-        // usually share them, so the last executable is kept.
         let cache: std::cell::RefCell<Compiled> = Default::default();
-        let cpu_run = |inputs: &std::collections::HashMap<String, Value>| {
-            let Engine::Cpu { threads } = engine else {
-                return Err("not the cpu engine".to_string());
-            };
+        let run = |inputs: &Inputs| {
             let shapes = crate::lower::shapes_of(inputs);
             let mut key: Vec<(String, Vec<usize>)> = shapes.clone().into_iter().collect();
             key.sort();
             let mut c = cache.borrow_mut();
             if c.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
-                let opts = crate::lower::cpu::CpuOptions {
-                    opt_level,
-                    threads,
-                    ..Default::default()
-                };
-                let exe = crate::lower::cpu::compile(&m, &shapes, &opts)
-                    .map_err(|e| format!("compile: {e}"))?;
+                let exe = crate::compile::compile(&m, target, &shapes).map_err(|e| {
+                    match target {
+                        // The interpreter's compile is the pass pipeline.
+                        Target::Interp(_) => e,
+                        _ => format!("compile: {e}"),
+                    }
+                })?;
                 *c = Some((key, exe));
             }
             match c.as_ref() {
@@ -331,10 +300,7 @@ pub fn run_test_on(dir: &Path, tol: Tolerance, opt_level: u8, engine: Engine) ->
                 None => Err("no executable".into()),
             }
         };
-        let run: RunFn = match engine {
-            Engine::Interp => &interp_run,
-            Engine::Cpu { .. } => &cpu_run,
-        };
+        let run: RunFn = &run;
         let sets = numbered_sets(dir);
         if sets.is_empty() {
             return Outcome::Skip("no test_data_set_* folders".into());

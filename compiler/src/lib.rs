@@ -1,5 +1,6 @@
-//! The Kiln compiler: importers (ONNX, text IR), and soon passes and
-//! lowering. The `kiln` binary (`src/main.rs`) is its command line.
+//! The Kiln compiler: importers (ONNX, text IR), passes, lowering, and the
+//! one compile entry point. The `kiln` binary (`src/bin/kiln/`) is its
+//! command line.
 //!
 //! - [`onnx`]: ONNX protobuf to IR, with op-version canonicalization.
 //! - [`load`]: read any model format from disk, verified.
@@ -7,13 +8,17 @@
 //! - [`dump`]: JSON and Graphviz forms of a module.
 //! - [`testdata`]: `.pb`/`.npy` values on disk.
 //! - [`conformance`]: running ONNX backend-test folders.
-//! - [`passes`]: the optimizer; [`lower`]: specialization and the CPU backend.
+//! - [`passes`]: the optimizer and the targets' lowering passes.
+//! - [`compile`]: module + [`Target`] + shapes → an executable; the only
+//!   place a backend is chosen.
+//! - [`lower`]: specialization and the CPU backend's lowering table.
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
 pub mod check;
+pub mod compile;
 pub mod conformance;
 pub mod dump;
 pub mod infer;
@@ -23,4 +28,5 @@ pub mod onnx;
 pub mod passes;
 pub mod testdata;
 
+pub use compile::{compile, Target};
 pub use load::{load_model, LoadError};

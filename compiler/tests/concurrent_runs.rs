@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 
-use kiln_compiler::lower::cpu::{compile, CpuOptions};
+use kiln_compiler::lower::cpu::CpuOptions;
+use kiln_compiler::{compile, Target};
 
 /// Big enough that its convs and pool split across threads.
 const NET: &str = "module @net opset(ai.onnx = 18) {
@@ -32,7 +33,7 @@ fn concurrent_runs_match_a_single_threaded_run() {
             threads,
             ..CpuOptions::default()
         };
-        compile(&m, &shapes, &opts).expect("compiles")
+        compile(&m, &Target::Cpu(opts), &shapes).expect("compiles")
     };
     let want = exe(1).run(&inputs).expect("runs");
     let shared = exe(2);

@@ -3,16 +3,22 @@
 //! - [`tensor`]: typed host tensors and their conversion from IR constants.
 //! - [`value`]: run-time values (tensors, sequences, optionals).
 //! - [`f8`]: the float8 formats.
+//! - [`executable`]: the [`Executable`] trait every backend's compiled
+//!   module implements.
 //! - [`interp`]: the reference interpreter, the oracle every pass and
-//!   backend is checked against.
+//!   backend is checked against (and itself a backend).
+//! - [`cpu`]: the CPU backend's run-time half: executable, steps, kernel
+//!   library, Cranelift code generation.
 
 pub mod cpu;
+pub mod executable;
 pub mod f8;
 pub mod interp;
 pub mod tensor;
 pub mod value;
 
-pub use interp::{InterpError, Interpreter};
+pub use executable::{Executable, Placement, StepInfo, StepTimes};
+pub use interp::{InterpError, InterpExecutable, Interpreter};
 pub use tensor::{Data, Tensor};
 pub use value::Value;
 

@@ -4,7 +4,9 @@
 //! reason in `tests/conformance/cpu-known-failures.txt`, and all four
 //! shared models.
 
-use kiln_compiler::conformance::{report_line, run_test_on, Engine, Outcome, Tolerance};
+use kiln_compiler::conformance::{report_line, run_test_on, Outcome, Tolerance};
+use kiln_compiler::lower::cpu::CpuOptions;
+use kiln_compiler::Target;
 use kiln_tests::{node_suite_dir, repo_root, shared_models};
 
 fn names(file: &str) -> Vec<String> {
@@ -14,6 +16,15 @@ fn names(file: &str) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect()
+}
+
+/// The cpu target at -O2 on `threads` threads.
+fn cpu(threads: usize) -> Target {
+    Target::Cpu(CpuOptions {
+        opt_level: 2,
+        threads,
+        ..Default::default()
+    })
 }
 
 #[test]
@@ -28,12 +39,7 @@ fn cpu_passes_what_the_interpreter_passes() {
             continue;
         }
         for threads in [1, 2] {
-            let r = run_test_on(
-                &dir.join(&name),
-                Tolerance::default(),
-                2,
-                Engine::Cpu { threads },
-            );
+            let r = run_test_on(&dir.join(&name), Tolerance::default(), &cpu(threads));
             if r.outcome != Outcome::Pass {
                 lost.push(format!("{threads} thread(s): {}", report_line(&r)));
             }
@@ -58,7 +64,7 @@ fn cpu_runs_the_shared_models() {
     let mut failures = Vec::new();
     for m in shared_models() {
         for threads in [1, 2] {
-            let r = run_test_on(&m, tol, 2, Engine::Cpu { threads });
+            let r = run_test_on(&m, tol, &cpu(threads));
             if r.outcome != Outcome::Pass {
                 failures.push(format!("{threads} thread(s): {}", report_line(&r)));
             }

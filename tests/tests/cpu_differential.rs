@@ -12,7 +12,8 @@
 use std::collections::HashMap;
 
 use kiln_compiler::conformance::{compare, Tolerance};
-use kiln_compiler::lower::cpu::{compile, CpuOptions};
+use kiln_compiler::lower::cpu::CpuOptions;
+use kiln_compiler::{compile, Target};
 use kiln_runtime::{Data, Interpreter, Tensor, Value};
 use proptest::prelude::*;
 
@@ -60,7 +61,12 @@ fn check(
             kiln_runtime::cpu::jit::TargetCpu::Native
         },
     };
-    let exe = compile(&m, &kiln_compiler::lower::shapes_of(inputs), &opts).map_err(fail)?;
+    let exe = compile(
+        &m,
+        &Target::Cpu(opts),
+        &kiln_compiler::lower::shapes_of(inputs),
+    )
+    .map_err(fail)?;
     // A first run on other data: the second reuses its freed buffers, so a
     // kernel that leaves part of its result unwritten shows stale values.
     let other: HashMap<String, Value> = inputs
@@ -357,6 +363,11 @@ fn backend_report(src: &str, inputs: &HashMap<String, Value>) -> String {
         threads: 1,
         target_cpu: kiln_runtime::cpu::jit::TargetCpu::Native,
     };
-    let exe = compile(&m, &kiln_compiler::lower::shapes_of(inputs), &opts).expect("compiles");
-    kiln_compiler::lower::cpu::backend_report(&exe)
+    let exe = compile(
+        &m,
+        &Target::Cpu(opts),
+        &kiln_compiler::lower::shapes_of(inputs),
+    )
+    .expect("compiles");
+    exe.report()
 }

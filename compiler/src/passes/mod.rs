@@ -7,6 +7,11 @@
 //!   CSE, DCE.
 //! - `-O2` (default): cleanup, then fusion, then cleanup again.
 //!
+//! A target adds its lowering passes after the level's pipeline: rewrites
+//! its code generator needs, done as IR passes so that dumps show the graph
+//! that runs ([`lowering_pipeline`], [`target_pipeline`]). `kiln dump
+//! --pipeline cpu|gpu` prints them; `--passes a,b` runs an explicit list.
+//!
 //! Memory planning is an analysis of the final module, not a rewrite; it
 //! lives in [`memory_plan`] and is run by whoever lowers the module.
 
@@ -14,6 +19,7 @@ pub mod constant_fold;
 pub mod cse;
 pub mod dce;
 pub mod fuse;
+pub mod hoist_casts;
 pub mod memory_plan;
 pub mod simplify;
 
@@ -60,6 +66,11 @@ pub const PASSES: &[Pass] = &[
         run: fuse::run,
         summary: "group elementwise chains, reductions and epilogues into fusion regions",
     },
+    Pass {
+        name: "hoist-casts",
+        run: hoist_casts::run,
+        summary: "move integer-to-f32 Casts out of fusion bodies (lowering: one element type per body)",
+    },
 ];
 
 pub fn pass(name: &str) -> Option<&'static Pass> {
@@ -94,6 +105,43 @@ pub fn pipeline(level: u8) -> Vec<Step> {
         1 => vec![cleanup],
         _ => vec![cleanup.clone(), p("fuse"), cleanup],
     }
+}
+
+/// The targets that have a named pipeline.
+pub const TARGETS: &[&str] = &["cpu", "gpu"];
+
+/// The lowering passes a target runs after its optimization pipeline.
+pub fn lowering_pipeline(target: &str) -> Result<Vec<Step>, String> {
+    match target {
+        // Both code generators emit one element type per fusion body.
+        "cpu" | "gpu" => Ok(vec![p("hoist-casts")]),
+        other => Err(format!(
+            "unknown pipeline `{other}`; pipelines: {}",
+            TARGETS.join(", ")
+        )),
+    }
+}
+
+/// A target's whole pipeline at `level`: the level's optimization, then
+/// the target's lowering passes (what `kiln dump --pipeline` runs; the
+/// backends run the same passes, re-inferring shapes between optimization
+/// rounds).
+pub fn target_pipeline(target: &str, level: u8) -> Result<Vec<Step>, String> {
+    let mut steps = pipeline(level);
+    steps.extend(lowering_pipeline(target)?);
+    Ok(steps)
+}
+
+/// An explicit list of passes by name (`kiln dump --passes a,b,c`).
+pub fn explicit_pipeline(names: &[String]) -> Result<Vec<Step>, String> {
+    names
+        .iter()
+        .map(|n| {
+            pass(n).map(Step::Run).ok_or_else(|| {
+                format!("unknown pass `{n}`; passes: {}", self::names().join(", "))
+            })
+        })
+        .collect()
 }
 
 /// One pass execution, as observers see it.
@@ -232,8 +280,13 @@ mod tests {
         }
         for level in 0..=2 {
             check(&pipeline(level));
+            for t in TARGETS {
+                check(&target_pipeline(t, level).unwrap());
+            }
         }
-        for name in ["constant-fold", "simplify", "cse", "dce", "fuse"] {
+        assert!(target_pipeline("tpu", 2).is_err());
+        assert!(explicit_pipeline(&["fuse".into(), "nope".into()]).is_err());
+        for name in ["constant-fold", "simplify", "cse", "dce", "fuse", "hoist-casts"] {
             assert!(pass(name).is_some(), "{name}");
         }
     }

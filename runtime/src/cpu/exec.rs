@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use kiln_ir::{Module, ValueId};
 
-use crate::interp::{Constants, Env, InterpError, Interpreter};
+use crate::executable::{native_interp_report, Executable, Placement, StepInfo, StepTimes};
+use crate::interp::{Constants, InterpError, Interpreter};
 use crate::tensor::Tensor;
 use crate::value::Value;
 
@@ -28,21 +29,38 @@ pub trait NativeKernel: Send + Sync {
     fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String>;
 }
 
+/// A native step as the lowering built it.
+pub struct NativeStep {
+    pub kernel: Box<dyn NativeKernel>,
+    /// What was generated, for reports ("conv 3x3 + Add+Relu").
+    pub what: String,
+    /// Floating-point operations per run (0 when not counted).
+    pub flops: f64,
+    /// Operand indices whose data the kernel holds itself (constant
+    /// weights packed at compile time): passed as `None`.
+    pub captured: Vec<usize>,
+}
+
+impl NativeStep {
+    /// A step that holds no operand itself.
+    pub fn new(kernel: Box<dyn NativeKernel>, what: impl Into<String>, flops: f64) -> NativeStep {
+        NativeStep {
+            kernel,
+            what: what.into(),
+            flops,
+            captured: vec![],
+        }
+    }
+}
+
 /// How a step runs.
 pub enum StepKind {
-    Native {
-        kernel: Box<dyn NativeKernel>,
-        /// What was generated, for reports ("conv 3x3 + Add+Relu").
-        what: String,
-        /// Floating-point operations per run (0 when not counted).
-        flops: f64,
-        /// Operand indices whose data the kernel holds itself (constant
-        /// weights packed at compile time): passed as `None`.
-        captured: Vec<usize>,
-    },
+    Native(NativeStep),
     /// The interpreter's kernel runs the node; `why` says why it was not
     /// lowered.
-    Interp { why: String },
+    Interp {
+        why: String,
+    },
 }
 
 /// One step: the top-level node at `node` (an index into the module's
@@ -52,8 +70,8 @@ pub struct Step {
     pub kind: StepKind,
 }
 
-/// A compiled module, ready to run many times.
-pub struct Executable {
+/// A module compiled for the CPU, ready to run many times.
+pub struct CpuExecutable {
     module: Module,
     consts: Arc<Constants>,
     steps: Vec<Step>,
@@ -63,13 +81,10 @@ pub struct Executable {
     pool: rayon::ThreadPool,
 }
 
-/// Per-step wall time of one run, by step index.
-pub type StepTimes = Vec<Duration>;
-
-impl Executable {
+impl CpuExecutable {
     /// Build an executable from a module whose top-level nodes are covered
     /// by `steps` (in order), running kernels on `threads` threads.
-    pub fn new(module: Module, steps: Vec<Step>, threads: usize) -> Result<Executable, String> {
+    pub fn new(module: Module, steps: Vec<Step>, threads: usize) -> Result<CpuExecutable, String> {
         if steps.len() != module.body.nodes.len()
             || steps.iter().enumerate().any(|(i, s)| s.node != i)
         {
@@ -86,7 +101,7 @@ impl Executable {
             needed.contains(&c)
         }));
         let frees = last_uses(&module);
-        Ok(Executable {
+        Ok(CpuExecutable {
             module,
             consts,
             steps,
@@ -96,33 +111,9 @@ impl Executable {
         })
     }
 
-    /// The module as lowered (specialized to its input shapes, optimized).
-    pub fn module(&self) -> &Module {
-        &self.module
-    }
-
-    pub fn steps(&self) -> &[Step] {
+    /// The steps, with their kernels.
+    pub fn step_kinds(&self) -> &[Step] {
         &self.steps
-    }
-
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
-    /// Run on inputs given by graph-input name; returns the graph outputs.
-    pub fn run(&self, inputs: &HashMap<String, Value>) -> Result<Vec<Value>, InterpError> {
-        self.run_inner(inputs, None)
-    }
-
-    /// [`Executable::run`], also timing every step.
-    pub fn run_profiled(
-        &self,
-        inputs: &HashMap<String, Value>,
-        times: &mut StepTimes,
-    ) -> Result<Vec<Value>, InterpError> {
-        times.clear();
-        times.resize(self.steps.len(), Duration::ZERO);
-        self.run_inner(inputs, Some(times))
     }
 
     fn run_inner(
@@ -132,19 +123,9 @@ impl Executable {
     ) -> Result<Vec<Value>, InterpError> {
         let m = &self.module;
         let interp = Interpreter::with_constants(m, self.consts.clone());
-        let args = interp.graph_inputs(inputs)?;
-        let mut env = Env::new(m.num_values());
-        for (&i, a) in m.body.inputs.iter().zip(args) {
-            env.set(i, a);
-        }
-        for &c in &m.body.constants {
-            match self.consts.get(&c) {
-                Some(Ok(v)) => env.set(c, v.clone()),
-                Some(Err(e)) => return Err(InterpError::new("constants", e.clone())),
-                // Held by the kernels that use it.
-                None => {}
-            }
-        }
+        // Constants a kernel holds itself were not loaded: they stay
+        // unbound.
+        let mut env = interp.bind_body(inputs)?;
         self.pool.install(|| {
             with_workers_awake(self.threads, || -> Result<(), InterpError> {
                 for (k, step) in self.steps.iter().enumerate() {
@@ -152,9 +133,9 @@ impl Executable {
                     let start = times.as_ref().map(|_| Instant::now());
                     match &step.kind {
                         StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
-                        StepKind::Native {
+                        StepKind::Native(NativeStep {
                             kernel, captured, ..
-                        } => {
+                        }) => {
                             let fail = |msg: String| InterpError::new(node.describe(), msg);
                             let results = {
                                 let mut operands: Vec<Option<&Tensor>> = vec![];
@@ -208,15 +189,59 @@ impl Executable {
                 Ok(())
             })
         })?;
-        m.body
-            .outputs
+        interp.body_outputs(&env)
+    }
+}
+
+impl Executable for CpuExecutable {
+    fn backend(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn module(&self) -> &Module {
+        &self.module
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn run(&self, inputs: &HashMap<String, Value>) -> Result<Vec<Value>, InterpError> {
+        self.run_inner(inputs, None)
+    }
+
+    fn run_profiled(
+        &self,
+        inputs: &HashMap<String, Value>,
+        times: &mut StepTimes,
+    ) -> Result<Vec<Value>, InterpError> {
+        times.clear();
+        times.resize(self.steps.len(), Duration::ZERO);
+        self.run_inner(inputs, Some(times))
+    }
+
+    fn steps(&self) -> Vec<StepInfo> {
+        self.steps
             .iter()
-            .map(|&o| {
-                env.get(o).cloned().ok_or_else(|| {
-                    InterpError::new("graph output", format!("%{} has no value", m.name(o)))
-                })
+            .map(|s| match &s.kind {
+                StepKind::Native(NativeStep { what, flops, .. }) => StepInfo {
+                    node: s.node,
+                    placement: Placement::Native,
+                    what: what.clone(),
+                    flops: *flops,
+                },
+                StepKind::Interp { why } => StepInfo {
+                    node: s.node,
+                    placement: Placement::Interp,
+                    what: why.clone(),
+                    flops: 0.0,
+                },
             })
             .collect()
+    }
+
+    fn report(&self) -> String {
+        native_interp_report(&self.module, &Executable::steps(self))
     }
 }
 
@@ -274,7 +299,7 @@ fn needed_constants(m: &Module, steps: &[Step]) -> std::collections::HashSet<Val
                     all_uses(sub, &mut needed);
                 }
             }
-            StepKind::Native { captured, .. } => {
+            StepKind::Native(NativeStep { captured, .. }) => {
                 for (k, v) in n.inputs.iter().enumerate() {
                     if let (Some(v), false) = (v, captured.contains(&k)) {
                         needed.insert(*v);

@@ -9,8 +9,9 @@ pub mod jit;
 pub mod kernels;
 pub mod movement;
 pub mod reduce;
+pub mod steps;
 
-pub use exec::{Executable, NativeKernel, Step, StepKind, StepTimes};
+pub use exec::{CpuExecutable, NativeKernel, NativeStep, Step, StepKind};
 
 /// Work units per thread when a kernel splits its work: a few each, so
 /// that rayon's work stealing evens out a thread that is slowed down (a

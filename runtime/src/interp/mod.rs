@@ -8,7 +8,10 @@
 //! checked against the declared result types, so a kernel bug surfaces at
 //! the node that has it.
 
+mod executable;
 pub mod kernels;
+
+pub use executable::InterpExecutable;
 
 use kiln_ir::{Dim, Module, Node, Region, Type, ValueId};
 use std::collections::HashMap;
@@ -147,6 +150,39 @@ impl<'m> Interpreter<'m> {
             ));
         }
         Ok(args)
+    }
+
+    /// A fresh environment for a run of the module's body: the checked
+    /// graph inputs and the loaded top-level constants bound. Constants
+    /// that were not loaded (a backend's kernel holds them) stay unbound.
+    pub fn bind_body(&self, inputs: &HashMap<String, Value>) -> Result<Env, InterpError> {
+        let args = self.graph_inputs(inputs)?;
+        let mut env = Env::new(self.m.num_values());
+        for (&i, a) in self.m.body.inputs.iter().zip(args) {
+            env.set(i, a);
+        }
+        for &c in &self.m.body.constants {
+            match self.consts.get(&c) {
+                Some(Ok(v)) => env.set(c, v.clone()),
+                Some(Err(e)) => return Err(InterpError::new("constants", e.clone())),
+                None => {}
+            }
+        }
+        Ok(env)
+    }
+
+    /// The graph outputs' values after a run of the body in `env`.
+    pub fn body_outputs(&self, env: &Env) -> Result<Vec<Value>, InterpError> {
+        self.m
+            .body
+            .outputs
+            .iter()
+            .map(|&o| {
+                env.get(o).cloned().ok_or_else(|| {
+                    InterpError::new("graph output", format!("%{} has no value", self.m.name(o)))
+                })
+            })
+            .collect()
     }
 
     pub fn module(&self) -> &'m Module {

@@ -105,6 +105,7 @@ pub fn random_inputs(m: &Module, seed: u64) -> HashMap<String, Value> {
                     .collect(),
             ),
             ElemType::I64 => Data::I64((0..n).map(|_| (next() % 3) as i64).collect()),
+            ElemType::I32 => Data::I32((0..n).map(|_| (next() % 3) as i32).collect()),
             ElemType::Bool => Data::Bool((0..n).map(|_| next() % 2 == 0).collect()),
             e => panic!("no random inputs of {e}"),
         };

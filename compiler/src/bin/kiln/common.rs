@@ -1,0 +1,184 @@
+//! What every command shares: the error type that `main` prints, the
+//! backend and instruction-set flags and how they become a
+//! [`kiln_compiler::Target`], `--input`/`--dim` parsing, picking a model's
+//! inputs, and writing output that survives a closed pipe.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::ValueEnum;
+use kiln_compiler::compile::InterpOptions;
+use kiln_compiler::lower::cpu::CpuOptions;
+use kiln_compiler::Target;
+
+/// A failure to report: parse errors arrive already rendered (source line
+/// and caret); everything else is one paragraph after `error: `.
+pub struct Failure(pub String);
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure(format!("error: {}", s.trim_end()))
+    }
+}
+
+impl From<kiln_compiler::LoadError> for Failure {
+    fn from(e: kiln_compiler::LoadError) -> Failure {
+        match e {
+            kiln_compiler::LoadError::Parse { rendered, .. } => {
+                Failure(rendered.trim_end().to_string())
+            }
+            other => Failure::from(other.to_string()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Backend {
+    /// native code: the kernel library and Cranelift-compiled fusion
+    /// regions (rare ops on the interpreter's kernels)
+    Cpu,
+    /// the reference interpreter
+    Interp,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Interp => "interp",
+        }
+    }
+
+    /// The compile target for this backend at `opt_level`.
+    pub fn target(self, opt_level: u8, threads: usize, target_cpu: TargetCpuArg) -> Target {
+        match self {
+            Backend::Cpu => Target::Cpu(CpuOptions {
+                opt_level,
+                threads: threads.max(1),
+                target_cpu: target_cpu.into(),
+            }),
+            Backend::Interp => Target::Interp(InterpOptions {
+                opt_level,
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TargetCpuArg {
+    /// every feature of this machine
+    Native,
+    /// the architecture's baseline (x86-64: SSE2): runs anywhere
+    Baseline,
+}
+
+impl From<TargetCpuArg> for kiln_runtime::cpu::jit::TargetCpu {
+    fn from(t: TargetCpuArg) -> Self {
+        match t {
+            TargetCpuArg::Native => Self::Native,
+            TargetCpuArg::Baseline => Self::Baseline,
+        }
+    }
+}
+
+/// `--dim NAME=VALUE` flags, with every other symbol of the module's
+/// inputs bound to 1.
+pub fn plan_dims(
+    m: &kiln_ir::Module,
+    flags: &[String],
+) -> Result<std::collections::HashMap<String, u64>, String> {
+    let mut dims = std::collections::HashMap::new();
+    for &i in &m.body.inputs {
+        if let Some(shape) = m.ty(i).as_tensor().and_then(|t| t.shape.as_ref()) {
+            for d in shape {
+                if let kiln_ir::Dim::Sym(e) = d {
+                    for s in e.symbols() {
+                        dims.insert(s.to_string(), 1);
+                    }
+                }
+            }
+        }
+    }
+    for f in flags {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| format!("--dim `{f}`: expected NAME=VALUE"))?;
+        let v: u64 = v
+            .parse()
+            .map_err(|_| format!("--dim `{f}`: `{v}` is not a size"))?;
+        dims.insert(k.to_string(), v);
+    }
+    Ok(dims)
+}
+
+/// The inputs a model runs on when none are given: its folder's
+/// `test_data_set_0`, else seeded random values of the declared types
+/// (symbolic dims from `--dim`, others 1).
+pub fn default_inputs(
+    m: &kiln_ir::Module,
+    model: &Path,
+    dims: &[String],
+) -> Result<HashMap<String, kiln_runtime::Value>, String> {
+    match kiln_compiler::check::inputs_from_test_folder(m, model)? {
+        Some(i) => Ok(i),
+        None => kiln_compiler::check::random_inputs(m, &plan_dims(m, dims)?, 0),
+    }
+}
+
+/// Write `text` to `path`, or stdout when there is none.
+pub fn write_output(path: Option<&Path>, text: &str) -> Result<(), Failure> {
+    match path {
+        Some(p) => Ok(std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => {
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`kiln dump m | head`) is not an error worth a message.
+            match out.write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(format!("stdout: {e}").into())
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+fn parse_input(spec: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--input `{spec}`: expected NAME=FILE"))?;
+    Ok((name.to_string(), PathBuf::from(file)))
+}
+
+/// The values of `--input NAME=FILE` flags, each read as its graph input's
+/// declared type.
+pub fn read_inputs(
+    m: &kiln_ir::Module,
+    specs: &[String],
+) -> Result<HashMap<String, kiln_runtime::Value>, String> {
+    let mut given = HashMap::new();
+    for spec in specs {
+        let (name, file) = parse_input(spec)?;
+        let id = m
+            .body
+            .inputs
+            .iter()
+            .copied()
+            .find(|&i| m.name(i) == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = m
+                    .body
+                    .inputs
+                    .iter()
+                    .map(|&i| format!("{}: {}", m.name(i), kiln_ir::print_type(m.ty(i))))
+                    .collect();
+                format!(
+                    "the model has no input `{name}`; its inputs are {}",
+                    names.join(", ")
+                )
+            })?;
+        given.insert(name, kiln_compiler::testdata::read_value(&file, m.ty(id))?);
+    }
+    Ok(given)
+}

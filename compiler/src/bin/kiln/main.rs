@@ -1,0 +1,85 @@
+//! The `kiln` command line: one module per command, what they share in
+//! [`common`]. Every command that runs a model compiles it through
+//! `kiln_compiler::compile` with the target its flags name.
+
+mod bench;
+mod check;
+mod common;
+mod conformance;
+mod dump;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use bench::BenchArgs;
+use check::CheckArgs;
+use common::Failure;
+use conformance::ConformanceArgs;
+use dump::DumpArgs;
+use run::RunArgs;
+
+/// Kiln, a deep-learning graph compiler: import ONNX or Kiln IR, optimize,
+/// lower to native code, and inspect every step.
+#[derive(Parser)]
+#[command(name = "kiln", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import a model (.onnx, .kir, or a folder holding model.onnx),
+    /// verify it, and print its IR.
+    Dump(DumpArgs),
+    /// Run a model on given inputs and write its outputs.
+    Run(RunArgs),
+    /// Run ONNX backend-test folders and compare with their expected
+    /// outputs (ONNX's rule: |got - want| <= atol + rtol*|want|).
+    Conformance(ConformanceArgs),
+    /// Find miscompiles: interpret the model after every optimization pass
+    /// on the same inputs and name the first pass after which an output
+    /// moves beyond tolerance.
+    Check(CheckArgs),
+    /// Compile a model and time it: median, min and p90 of many runs, the
+    /// compile time, and peak memory.
+    Bench(BenchArgs),
+    /// Compile a model, run it several times, and print the time per
+    /// kernel, sorted, with its share of the total and its GFLOP/s and GB/s.
+    Profile(BenchArgs),
+}
+
+/// Die quietly on a closed pipe (`kiln profile m | head`), as Unix tools
+/// do, instead of panicking in `println!`.
+fn reset_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up,
+    // before any thread exists, has no memory-safety effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn main() -> ExitCode {
+    reset_sigpipe();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Dump(a) => dump::dump(a),
+        Command::Run(a) => run::run(a),
+        Command::Conformance(a) => conformance::conformance(a),
+        Command::Check(a) => check::check(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::Profile(a) => bench::profile(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            if !msg.is_empty() {
+                eprintln!("{msg}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

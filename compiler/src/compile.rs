@@ -1,0 +1,124 @@
+//! The one compile entry point: a module, a [`Target`], the input shapes
+//! → a [`kiln_runtime::Executable`]. Every command of the `kiln` binary
+//! and the conformance runner choose their backend here and nowhere else;
+//! a new backend is a new `Target` variant and one arm of [`compile`].
+//!
+//! What a compile does for a native target (XLA's shape):
+//! 1. specialize the module to the given input shapes ([`crate::lower::specialize`]);
+//! 2. run the level's optimization pipeline, inferring shapes again
+//!    between rounds ([`crate::lower::optimize_static`]);
+//! 3. run the target's lowering passes
+//!    ([`crate::passes::lowering_pipeline`]), IR rewrites that dumps show;
+//! 4. build the executable: the backend's lowering table turns each
+//!    top-level node into a step.
+
+use std::collections::HashMap;
+
+use kiln_ir::Module;
+use kiln_runtime::{Executable, InterpExecutable};
+
+use crate::lower::cpu::CpuOptions;
+use crate::passes;
+
+/// How to run the reference interpreter as a backend.
+#[derive(Clone, Debug)]
+pub struct InterpOptions {
+    /// The optimization level whose pipeline runs first (0: none).
+    pub opt_level: u8,
+    /// Verify after every pass (catches a pass that breaks the IR).
+    pub verify_each: bool,
+}
+
+impl Default for InterpOptions {
+    fn default() -> InterpOptions {
+        InterpOptions {
+            opt_level: 0,
+            verify_each: cfg!(debug_assertions),
+        }
+    }
+}
+
+/// What to compile for.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The reference interpreter on the (optionally optimized) module, at
+    /// any input shapes.
+    Interp(InterpOptions),
+    /// Native CPU code: the kernel library plus Cranelift-generated loops,
+    /// specialized to the input shapes.
+    Cpu(CpuOptions),
+}
+
+impl Target {
+    /// The backend's name as the command line spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Interp(_) => "interp",
+            Target::Cpu(_) => "cpu",
+        }
+    }
+
+    /// The optimization level of the target's pipeline.
+    pub fn opt_level(&self) -> u8 {
+        match self {
+            Target::Interp(o) => o.opt_level,
+            Target::Cpu(o) => o.opt_level,
+        }
+    }
+
+    /// Alignment in bytes of buffers in the target's arena: a cache line
+    /// (and an AVX-512 vector) on the CPU; GPU storage-buffer offsets will
+    /// need 256.
+    pub fn buffer_alignment(&self) -> u64 {
+        match self {
+            Target::Interp(_) | Target::Cpu(_) => 64,
+        }
+    }
+}
+
+/// Compile `m` for `target`, for inputs of the given shapes (by graph-input
+/// name; the interpreter ignores them and runs any shapes).
+pub fn compile(
+    m: &Module,
+    target: &Target,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<Box<dyn Executable>, String> {
+    match target {
+        Target::Interp(o) => {
+            let mut m = m.clone();
+            let mut opts = passes::RunOptions {
+                verify_each: o.verify_each,
+                observer: None,
+            };
+            passes::run_pipeline(&mut m, &passes::pipeline(o.opt_level), &mut opts)
+                .map_err(|e| e.to_string())?;
+            Ok(Box::new(InterpExecutable::new(m)))
+        }
+        Target::Cpu(o) => {
+            let s = prepare(m, target, shapes)?;
+            Ok(Box::new(crate::lower::cpu::build(s, o)?))
+        }
+    }
+}
+
+/// Steps 1-3 of a native compile: the module exactly as the target's
+/// lowering table sees it (what `kiln dump --pipeline` prints for the
+/// same shapes).
+pub fn prepare(
+    m: &Module,
+    target: &Target,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<Module, String> {
+    let mut s = crate::lower::specialize(m, shapes)?;
+    crate::lower::optimize_static(&mut s, target.opt_level())?;
+    if let Target::Interp(_) = target {
+        return Ok(s);
+    }
+    passes::run_pipeline(
+        &mut s,
+        &passes::lowering_pipeline(target.name())?,
+        &mut passes::RunOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(s)
+}

@@ -1,0 +1,298 @@
+//! Planning the kernel-library steps: MatMul, Gemm and Conv (constant
+//! weights packed once, at compile time) and pooling. The plans come from
+//! [`kiln_runtime::cpu::kernels`]; the steps that run them from
+//! [`kiln_runtime::cpu::steps::dense`].
+
+use kiln_ir::{Attr, Module, Node, ValueId};
+use kiln_runtime::cpu::kernels::{
+    ConvAttrs, ConvPlan, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
+};
+use kiln_runtime::cpu::steps::dense::{Dense, DenseKernel, Pool};
+use kiln_runtime::cpu::NativeStep;
+
+use crate::lower::static_shape;
+
+/// A dense op's plan and the operand indices whose data it holds itself
+/// (constant weights, packed once).
+pub(super) struct Planned {
+    pub plan: Dense,
+    pub captured: Vec<usize>,
+    pub what: String,
+}
+
+pub(super) fn is_f32(m: &Module, v: ValueId) -> bool {
+    m.ty(v).as_tensor().map(|t| t.elem) == Some(kiln_ir::ElemType::F32)
+}
+
+/// A constant's f32 values.
+fn const_f32(m: &Module, v: ValueId) -> Option<Vec<f32>> {
+    let d = m.constant(v)?;
+    if d.elem != kiln_ir::ElemType::F32 {
+        return None;
+    }
+    Some(
+        d.bytes()?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+fn ints(n: &Node, name: &str) -> Option<Vec<usize>> {
+    n.attrs
+        .get(name)
+        .and_then(Attr::as_ints)
+        .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
+}
+
+/// Explicit pads (begins then ends) for `auto_pad`, ONNX's rule.
+fn resolve_pads(
+    n: &Node,
+    spatial: &[usize],
+    kernel: &[usize],
+    strides: &[usize],
+    dilations: &[usize],
+) -> Result<Vec<usize>, String> {
+    let r = spatial.len();
+    let auto = n
+        .attrs
+        .get("auto_pad")
+        .and_then(Attr::as_str)
+        .unwrap_or("NOTSET");
+    match auto {
+        "NOTSET" => Ok(ints(n, "pads").unwrap_or_else(|| vec![0; 2 * r])),
+        "VALID" => Ok(vec![0; 2 * r]),
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut pads = vec![0; 2 * r];
+            for i in 0..r {
+                let out = spatial[i].div_ceil(strides[i]);
+                let span = dilations[i] * (kernel[i] - 1) + 1;
+                let total = ((out - 1) * strides[i] + span).saturating_sub(spatial[i]);
+                let (small, big) = (total / 2, total - total / 2);
+                if auto == "SAME_UPPER" {
+                    pads[i] = small;
+                    pads[i + r] = big;
+                } else {
+                    pads[i] = big;
+                    pads[i + r] = small;
+                }
+            }
+            Ok(pads)
+        }
+        other => Err(format!("auto_pad `{other}`")),
+    }
+}
+
+/// Plan a MatMul/Gemm/Conv whose operands are `inputs` (values of the
+/// outer scope, so constants are visible) and whose result is `out`.
+pub(super) fn plan_dense(
+    m: &Module,
+    n: &Node,
+    inputs: &[Option<ValueId>],
+) -> Result<Planned, String> {
+    let shape_of = |i: usize| -> Result<Vec<usize>, String> {
+        let v = inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("operand {i} is missing"))?;
+        if !is_f32(m, v) {
+            return Err(format!("operand {i} is not f32"));
+        }
+        static_shape(m, v)
+    };
+    let konst = |i: usize| {
+        inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|v| const_f32(m, v))
+    };
+    match n.op.as_str() {
+        "MatMul" => {
+            let (a, b) = (shape_of(0)?, shape_of(1)?);
+            let bc = konst(1);
+            let captured = if bc.is_some() { vec![1] } else { vec![] };
+            let p = MatMulPlan::new(&a, &b, bc.as_deref())?;
+            let what = format!(
+                "matmul {a:?} x {b:?}{}",
+                if bc.is_some() { " (packed)" } else { "" }
+            );
+            Ok(Planned {
+                plan: Dense::MatMul(p),
+                captured,
+                what,
+            })
+        }
+        "Gemm" => {
+            let (a, b) = (shape_of(0)?, shape_of(1)?);
+            let c = if inputs.get(2).copied().flatten().is_some() {
+                Some(shape_of(2)?)
+            } else {
+                None
+            };
+            let int = |k: &str| n.attrs.get(k).and_then(Attr::as_int).unwrap_or(0) != 0;
+            let float = |k: &str| n.attrs.get(k).and_then(Attr::as_float).unwrap_or(1.0);
+            let bc = konst(1);
+            let captured = if bc.is_some() { vec![1] } else { vec![] };
+            let p = GemmPlan::new(
+                &a,
+                &b,
+                c.as_deref(),
+                int("transA"),
+                int("transB"),
+                float("alpha"),
+                float("beta"),
+                bc.as_deref(),
+            )?;
+            Ok(Planned {
+                plan: Dense::Gemm(p),
+                captured,
+                what: format!("gemm {a:?} x {b:?}"),
+            })
+        }
+        "Conv" => {
+            let (x, w) = (shape_of(0)?, shape_of(1)?);
+            if x.len() < 3 || w.len() != x.len() {
+                return Err("conv needs N, C and spatial dims".into());
+            }
+            let r = x.len() - 2;
+            let kernel = w[2..].to_vec();
+            let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
+            let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
+            if strides.len() != r || dilations.len() != r {
+                return Err("strides/dilations rank".into());
+            }
+            let pads = resolve_pads(n, &x[2..], &kernel, &strides, &dilations)?;
+            let group = n
+                .attrs
+                .get("group")
+                .and_then(Attr::as_int)
+                .unwrap_or(1)
+                .max(1) as usize;
+            let has_bias = inputs.get(2).copied().flatten().is_some();
+            let wc = konst(1);
+            let captured = if wc.is_some() { vec![1] } else { vec![] };
+            let attrs = ConvAttrs {
+                strides,
+                dilations,
+                pads,
+                group,
+            };
+            let p = ConvPlan::new(&x, &w, has_bias, &attrs, wc.as_deref())?;
+            let what = format!(
+                "conv {}x{} {}→{} ch{}",
+                kernel.first().unwrap_or(&1),
+                kernel.get(1).unwrap_or(&1),
+                x[1],
+                w[0],
+                if group > 1 {
+                    format!(" group {group}")
+                } else {
+                    String::new()
+                }
+            );
+            Ok(Planned {
+                plan: Dense::Conv(p),
+                captured,
+                what,
+            })
+        }
+        op => Err(format!("no dense kernel for {op}")),
+    }
+}
+
+/// MatMul, Gemm, Conv.
+pub(super) fn dense(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let p = plan_dense(m, n, &n.inputs)?;
+    Ok(NativeStep {
+        flops: p.plan.flops(),
+        kernel: Box::new(DenseKernel { plan: p.plan }),
+        what: p.what,
+        captured: p.captured,
+    })
+}
+
+/// MaxPool (one result), AveragePool, GlobalAveragePool, GlobalMaxPool.
+pub(super) fn pool(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    if !is_f32(m, x) {
+        return Err("pooling of non-f32".into());
+    }
+    if n.op == "MaxPool" && n.outputs.len() > 1 {
+        return Err("MaxPool with indices".into());
+    }
+    let xs = static_shape(m, x)?;
+    if xs.len() < 3 {
+        return Err("pooling needs spatial dims".into());
+    }
+    let r = xs.len() - 2;
+    let kind = match n.op.as_str() {
+        "MaxPool" => PoolKind::Max,
+        "AveragePool" => PoolKind::Average {
+            count_include_pad: n
+                .attrs
+                .get("count_include_pad")
+                .and_then(Attr::as_int)
+                .unwrap_or(0)
+                != 0,
+        },
+        "GlobalAveragePool" => PoolKind::GlobalAverage,
+        "GlobalMaxPool" => PoolKind::GlobalMax,
+        op => return Err(format!("no pooling kernel for {op}")),
+    };
+    let ceil_mode = n.attrs.get("ceil_mode").and_then(Attr::as_int).unwrap_or(0) != 0;
+    if ceil_mode
+        && matches!(
+            kind,
+            PoolKind::Average {
+                count_include_pad: true
+            }
+        )
+    {
+        // ONNX's reference (and its tests) spread ceil mode's extra cells
+        // into the padding count; the interpreter follows it, the kernel
+        // follows onnxruntime/PyTorch. Take the reference's answer.
+        return Err(
+            "AveragePool with ceil_mode and count_include_pad follows ONNX's reference".into(),
+        );
+    }
+    let global = matches!(kind, PoolKind::GlobalAverage | PoolKind::GlobalMax);
+    let kernel = if global {
+        xs[2..].to_vec()
+    } else {
+        ints(n, "kernel_shape").ok_or("kernel_shape is required")?
+    };
+    let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
+    let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
+    let pads = if global {
+        vec![0; 2 * r]
+    } else {
+        if n.attrs
+            .get("storage_order")
+            .and_then(Attr::as_int)
+            .unwrap_or(0)
+            != 0
+        {
+            return Err("storage_order 1".into());
+        }
+        resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?
+    };
+    let attrs = PoolAttrs {
+        kernel,
+        strides,
+        dilations,
+        pads,
+        ceil_mode,
+    };
+    let plan = PoolPlan::new(kind, &xs, &attrs)?;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    if plan.out_shape() != out.as_slice() {
+        return Err(format!(
+            "pool plan gives {:?}, the node {out:?}",
+            plan.out_shape()
+        ));
+    }
+    let what = format!("{} {:?}", n.op, attrs.kernel);
+    Ok(NativeStep::new(Box::new(Pool { plan }), what, 0.0))
+}

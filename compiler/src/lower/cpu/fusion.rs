@@ -1,0 +1,331 @@
+//! Planning `kiln.Fusion` steps: the anchor (a MatMul/Gemm/Conv first in
+//! the body) on the kernel library, a residual Add and a Relu right after
+//! it folded into its tiles where the conv can, and the rest of the body
+//! compiled by Cranelift into one loop; a region the loops cannot express
+//! whole splits into producers plus an odometer reduction. Single nodes
+//! the loops can express compile as one-node regions.
+
+use kiln_ir::{Attr, Module, Node, Region, ValueId};
+use kiln_runtime::cpu::jit::{compile_region_for, TargetCpu};
+use kiln_runtime::cpu::steps::dense::{AnchorOnly, Dense, DenseKernel, RESIDUAL};
+use kiln_runtime::cpu::steps::fusion::{Fusion, SplitReduction};
+use kiln_runtime::cpu::NativeStep;
+
+use super::dense::{is_f32, plan_dense, Planned};
+use crate::lower::static_shape;
+
+/// `kiln.Fusion`: the body compiled by Cranelift; an epilogue's anchor
+/// (its first node, a MatMul/Gemm/Conv) planned on the kernel library.
+pub(super) fn fusion(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeStep, String> {
+    let Some(Attr::Graph(body)) = n.attrs.get("body") else {
+        return Err("fusion without a body".into());
+    };
+    let operand_of = |v: ValueId| body.inputs.iter().position(|&b| b == v);
+    let outer = |v: ValueId| operand_of(v).and_then(|k| n.inputs.get(k).copied().flatten());
+    let first = body.nodes.first().ok_or("empty fusion body")?;
+    let is_anchor = matches!(first.op.as_str(), "MatMul" | "Gemm" | "Conv");
+    // The Relu folded into the anchor, if any: its result is then the
+    // anchor's.
+    let mut folded = None;
+    let (anchor, tail_nodes, mut captured) = if is_anchor {
+        let outer_inputs: Vec<Option<ValueId>> =
+            first.inputs.iter().map(|v| v.and_then(outer)).collect();
+        if first
+            .inputs
+            .iter()
+            .flatten()
+            .any(|&v| operand_of(v).is_none())
+        {
+            return Err("anchor reads a value of its body".into());
+        }
+        let mut p = plan_dense(m, first, &outer_inputs)?;
+        let map: Vec<Option<usize>> = first
+            .inputs
+            .iter()
+            .map(|v| v.and_then(operand_of))
+            .collect();
+        let captured: Vec<usize> = p
+            .captured
+            .iter()
+            .filter_map(|&i| map.get(i).copied().flatten())
+            .collect();
+        let mut map = map;
+        let mut tail = &body.nodes[1..];
+        let mut result = first.outputs.first().copied();
+        if let Some((v, k)) = fold_residual(m, result, tail, &body.outputs, &mut p, operand_of) {
+            map.resize(RESIDUAL, None);
+            map.push(Some(k));
+            folded = Some(v);
+            result = Some(v);
+            tail = &tail[1..];
+        }
+        if let Some(v) = fold_relu(result, tail, &body.outputs, &mut p) {
+            folded = Some(v);
+            tail = &tail[1..];
+        }
+        (Some((p, map)), tail, captured)
+    } else {
+        (None, &body.nodes[..], vec![])
+    };
+    // The generated loop's region: the anchor's result (if any), then the
+    // body inputs the remaining nodes read.
+    let mut used: Vec<ValueId> = tail_nodes
+        .iter()
+        .flat_map(|x| x.inputs.iter().flatten().copied())
+        .collect();
+    used.extend(&body.outputs);
+    let mut inputs = vec![];
+    let mut shapes = vec![];
+    let mut jit_operands = vec![];
+    let anchor_value = if is_anchor {
+        folded.or(first.outputs.first().copied())
+    } else {
+        None
+    };
+    if tail_nodes.is_empty() && folded.is_some() {
+        if let Some((p, map)) = anchor {
+            // Conv + Relu and nothing else: the conv alone.
+            let flops = p.plan.flops();
+            let k = AnchorOnly {
+                anchor: DenseKernel { plan: p.plan },
+                map,
+            };
+            return Ok(NativeStep {
+                kernel: Box::new(k),
+                what: p.what,
+                flops,
+                captured,
+            });
+        }
+    }
+    if let (Some(v), Some((p, _))) = (anchor_value, &anchor) {
+        inputs.push(v);
+        shapes.push(p.plan.out_shape().to_vec());
+    }
+    for (k, &b) in body.inputs.iter().enumerate() {
+        if used.contains(&b) {
+            inputs.push(b);
+            let v = n
+                .inputs
+                .get(k)
+                .copied()
+                .flatten()
+                .ok_or("omitted fusion operand")?;
+            shapes.push(static_shape(m, v)?);
+            jit_operands.push(k);
+        }
+    }
+    captured.retain(|k| !jit_operands.contains(k));
+    if tail_nodes.is_empty() {
+        return Err("fusion of a lone matmul/conv".into());
+    }
+    let region = Region {
+        inputs,
+        constants: body.constants.clone(),
+        nodes: tail_nodes.to_vec(),
+        outputs: body.outputs.clone(),
+    };
+    let jit = match compile_region_for(m, &region, &shapes, target) {
+        Ok(j) => j,
+        Err(why) if anchor.is_none() => {
+            return split_reduction(m, n, &region, &shapes, &jit_operands, target).map_err(|_| why)
+        }
+        Err(why) => return Err(why),
+    };
+    let in_place = match (anchor_value, &anchor) {
+        (Some(v), Some((p, _))) => {
+            jit.output_shapes().len() == 1
+                && jit.output_shapes()[0].as_slice() == p.plan.out_shape()
+                && !body.outputs.contains(&v)
+        }
+        _ => false,
+    };
+    let (what, flops) = match &anchor {
+        Some((p, _)) => (format!("{} + {}", p.what, jit.describe()), p.plan.flops()),
+        None => (jit.describe().to_string(), 0.0),
+    };
+    let k = Fusion {
+        anchor: anchor.map(|(p, map)| (p.plan, map)),
+        jit,
+        jit_operands,
+        in_place,
+    };
+    Ok(NativeStep {
+        kernel: Box::new(k),
+        what,
+        flops,
+        captured,
+    })
+}
+
+/// Folds a residual Add into the conv anchor when `tail` starts with
+/// `Add(v, r)` or `Sum(v, r)` (either order) of the anchor's result `v`,
+/// which nothing else reads, and a fusion operand `r` of exactly the
+/// result's shape, and the conv can add it as its tiles start
+/// ([`ConvPlan::fuse_residual`]).
+/// Returns the Add's result, which the anchor now produces, and `r`'s
+/// fusion operand index.
+fn fold_residual(
+    m: &Module,
+    v: Option<ValueId>,
+    tail: &[Node],
+    outputs: &[ValueId],
+    p: &mut Planned,
+    operand_of: impl Fn(ValueId) -> Option<usize>,
+) -> Option<(ValueId, usize)> {
+    let v = v?;
+    let (add, rest) = tail.split_first()?;
+    let is_add = add.op == "Add" || add.op == "Sum";
+    if !is_add || add.inputs.len() != 2 || outputs.contains(&v) {
+        return None;
+    }
+    let r = match (add.input(0), add.input(1)) {
+        (Some(a), Some(b)) if a == v && b != v => b,
+        (Some(a), Some(b)) if b == v && a != v => a,
+        _ => return None,
+    };
+    let reads_v = |n: &Node| n.inputs.iter().flatten().any(|&x| x == v);
+    if rest.iter().any(reads_v) || !is_f32(m, r) {
+        return None;
+    }
+    let out = *add.outputs.first()?;
+    // With more of the tail left, the sum becomes the generated loop's
+    // input; it must not also be a result of the fusion (as for a Relu).
+    if !rest.is_empty() && outputs.contains(&out) {
+        return None;
+    }
+    let k = operand_of(r)?;
+    let Dense::Conv(c) = &mut p.plan else {
+        return None;
+    };
+    if static_shape(m, r).ok()?.as_slice() != c.out_shape() || !c.fuse_residual() {
+        return None;
+    }
+    p.what.push_str(&format!(" + {}", add.op));
+    Some((out, k))
+}
+
+/// Folds the anchor's Relu into the anchor when `tail` starts with a Relu
+/// of the anchor's result `v` that nothing else reads and the anchor can
+/// clamp in its kernel (an implicit-GEMM or small-k conv: the clamp rides
+/// on the tile store instead of another pass over the output). Returns
+/// the Relu's result, which the anchor now produces.
+fn fold_relu(
+    v: Option<ValueId>,
+    tail: &[Node],
+    outputs: &[ValueId],
+    p: &mut Planned,
+) -> Option<ValueId> {
+    let v = v?;
+    let (relu, rest) = tail.split_first()?;
+    let reads_v = |n: &Node| n.inputs.iter().flatten().any(|&x| x == v);
+    if relu.op != "Relu" || relu.input(0) != Some(v) || relu.inputs.len() != 1 {
+        return None;
+    }
+    if rest.iter().any(reads_v) || outputs.contains(&v) {
+        return None;
+    }
+    let out = relu.outputs.first().copied()?;
+    // With more of the tail left, the Relu's result becomes the generated
+    // loop's input; it must not also be a result of the fusion.
+    if !rest.is_empty() && outputs.contains(&out) {
+        return None;
+    }
+    let Dense::Conv(c) = &mut p.plan else {
+        return None;
+    };
+    if !c.fuse_clamp(0.0, f32::INFINITY) {
+        return None;
+    }
+    p.what.push_str(" + Relu");
+    Some(out)
+}
+
+/// A reduction fusion whose reduction the generated loops cannot express
+/// (a sum over a middle axis: mean pooling over a sequence): the
+/// elementwise producers still run as one generated loop, and the
+/// reduction on the odometer kernel, instead of the whole region on the
+/// interpreter.
+fn split_reduction(
+    m: &Module,
+    n: &Node,
+    region: &Region,
+    shapes: &[Vec<usize>],
+    jit_operands: &[usize],
+    target: TargetCpu,
+) -> Result<NativeStep, String> {
+    let (last, producers) = region.nodes.split_last().ok_or("empty body")?;
+    let x = last.input(0).ok_or("reduction without operand")?;
+    if producers.is_empty()
+        || !last.op.starts_with("Reduce")
+        || region.outputs != last.outputs
+        || region.inputs.contains(&x)
+    {
+        return Err("not a producers + reduction region".into());
+    }
+    let prefix = Region {
+        inputs: region.inputs.clone(),
+        constants: region.constants.clone(),
+        nodes: producers.to_vec(),
+        outputs: vec![x],
+    };
+    let jit = compile_region_for(m, &prefix, shapes, target)?;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let reduce = super::movement::reduce_of_shape(m, last, jit.output_shapes()[0].clone(), out)?;
+    let what = format!("{} then {}", jit.describe(), reduce.what);
+    let producers = Fusion {
+        anchor: None,
+        jit,
+        jit_operands: jit_operands.to_vec(),
+        in_place: false,
+    };
+    let k = SplitReduction {
+        producers,
+        reduce: reduce.kernel,
+    };
+    Ok(NativeStep::new(Box::new(k), what, 0.0))
+}
+
+/// Any other node the generated loops can express (a lone Softmax, Relu,
+/// ...): compiled as a one-node region.
+pub(super) fn single_node_loop(
+    m: &Module,
+    n: &Node,
+    target: TargetCpu,
+) -> Result<NativeStep, String> {
+    if n.regions().next().is_some() {
+        return Err("node with regions".into());
+    }
+    let mut inputs = vec![];
+    let mut shapes = vec![];
+    let mut operands = vec![];
+    let mut constants = vec![];
+    for (k, v) in n.inputs.iter().enumerate() {
+        let Some(v) = *v else { continue };
+        if m.constant(v).is_some() {
+            // Axes, bounds, exponents: the generator reads them as data.
+            if !constants.contains(&v) {
+                constants.push(v);
+            }
+        } else if !inputs.contains(&v) {
+            inputs.push(v);
+            shapes.push(static_shape(m, v)?);
+            operands.push(k);
+        }
+    }
+    let region = Region {
+        inputs,
+        constants,
+        nodes: vec![n.clone()],
+        outputs: n.outputs.clone(),
+    };
+    let jit = compile_region_for(m, &region, &shapes, target)?;
+    let what = jit.describe().to_string();
+    let k = Fusion {
+        anchor: None,
+        jit,
+        jit_operands: operands,
+        in_place: false,
+    };
+    Ok(NativeStep::new(Box::new(k), what, 0.0))
+}

@@ -1,0 +1,84 @@
+//! The CPU backend's lowering: from a specialized module that went through
+//! the cpu pipeline (optimization plus the cpu lowering passes, so every
+//! rewrite shows in `--print-after-all`), one step per top-level node of a
+//! [`CpuExecutable`]. This module plans; the runtime executes.
+//!
+//! The lowering table lives in [`lower_node`]: dense MatMul/Gemm/Conv and
+//! pooling go to the kernel library (constant weights packed here, once;
+//! [`dense`]), fusion regions to Cranelift (an epilogue region runs its
+//! matmul/conv in the kernel library, then the generated loop over the
+//! result in place; [`fusion`]), shape-only ops share or copy their
+//! operand's data ([`movement`]). Everything else runs the interpreter's
+//! kernel, and the executable's report lists those nodes and why.
+
+mod dense;
+mod fusion;
+mod movement;
+
+use kiln_ir::{Module, Node};
+use kiln_runtime::cpu::jit::TargetCpu;
+use kiln_runtime::cpu::{CpuExecutable, NativeStep, Step, StepKind};
+
+/// How to compile for the CPU.
+#[derive(Clone, Debug)]
+pub struct CpuOptions {
+    /// The pass pipeline's level (0, 1 or 2).
+    pub opt_level: u8,
+    /// Threads kernels may use.
+    pub threads: usize,
+    /// The instruction set of generated code.
+    pub target_cpu: TargetCpu,
+}
+
+impl Default for CpuOptions {
+    fn default() -> CpuOptions {
+        CpuOptions {
+            opt_level: 2,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            target_cpu: Default::default(),
+        }
+    }
+}
+
+/// Build the executable of a module that is already specialized to static
+/// shapes and has been through the cpu pipeline.
+pub fn build(s: Module, opts: &CpuOptions) -> Result<CpuExecutable, String> {
+    let steps = s
+        .body
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Step {
+            node: i,
+            kind: match lower_node(&s, n, opts.target_cpu) {
+                Ok(native) => StepKind::Native(native),
+                Err(why) => StepKind::Interp { why },
+            },
+        })
+        .collect();
+    CpuExecutable::new(s, steps, opts.threads)
+}
+
+/// The lowering table: a native step for `n`, or why there is none.
+fn lower_node(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeStep, String> {
+    match n.op.as_str() {
+        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => movement::reshape(m, n),
+        "Transpose" => movement::transpose(m, n),
+        "Gather" => movement::gather(m, n),
+        "Concat" => movement::concat(m, n),
+        "Cast" => movement::cast(m, n),
+        "Expand" => movement::expand(m, n),
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {
+            // The generated loop covers trailing axes (with producers
+            // fused); any axes at all fall back to the odometer kernel.
+            fusion::single_node_loop(m, n, target).or_else(|_| movement::reduce(m, n))
+        }
+        "kiln.Fusion" => fusion::fusion(m, n, target),
+        "MatMul" | "Gemm" | "Conv" => dense::dense(m, n),
+        "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => dense::pool(m, n),
+        op => fusion::single_node_loop(m, n, target)
+            .map_err(|e| format!("no native kernel for {op} ({e})")),
+    }
+}

@@ -1,0 +1,241 @@
+//! Planning the data-movement and reduction steps: check the node's
+//! element types and attributes, compute the static shapes, and build the
+//! runtime's step ([`kiln_runtime::cpu::steps::movement`]).
+
+use kiln_ir::{Module, Node, ValueId};
+use kiln_runtime::cpu::steps::movement::{
+    CastToF32, Concat, Expand, Gather, Reduce, Reshape, Transpose,
+};
+use kiln_runtime::cpu::NativeStep;
+
+use crate::lower::static_shape;
+
+pub(super) fn reshape(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let out = n.outputs.first().ok_or("no result")?;
+    let x = n.input(0).ok_or("no operand")?;
+    let (elem_in, elem_out) = (
+        m.ty(x).as_tensor().map(|t| t.elem),
+        m.ty(*out).as_tensor().map(|t| t.elem),
+    );
+    if elem_in != elem_out {
+        return Err("element types differ".into());
+    }
+    let out = static_shape(m, *out)?;
+    Ok(NativeStep::new(
+        Box::new(Reshape { out }),
+        format!("{} (copy)", n.op),
+        0.0,
+    ))
+}
+
+fn movable_elem(m: &Module, v: ValueId) -> Result<(), String> {
+    match m.ty(v).as_tensor().map(|t| t.elem) {
+        Some(kiln_ir::ElemType::F32 | kiln_ir::ElemType::I64 | kiln_ir::ElemType::I32) => Ok(()),
+        Some(e) => Err(format!("no native movement of {e}")),
+        None => Err("not a tensor".into()),
+    }
+}
+
+pub(super) fn transpose(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    movable_elem(m, x)?;
+    let shape = static_shape(m, x)?;
+    let r = shape.len();
+    let perm: Vec<usize> = match n.attrs.get("perm").and_then(kiln_ir::Attr::as_ints) {
+        Some(p) => p
+            .iter()
+            .map(|&a| usize::try_from(a).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
+        None => (0..r).rev().collect(),
+    };
+    let mut seen = vec![false; r];
+    if perm.len() != r
+        || perm
+            .iter()
+            .any(|&a| a >= r || std::mem::replace(&mut seen[a], true))
+    {
+        return Err(format!("perm {perm:?} is not a permutation of {r} axes"));
+    }
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let what = format!("Transpose {perm:?}");
+    Ok(NativeStep::new(
+        Box::new(Transpose { shape, perm, out }),
+        what,
+        0.0,
+    ))
+}
+
+/// The node's `axis` attribute (default 0), made non-negative for rank `r`.
+fn axis_attr(n: &Node, r: i64) -> Result<usize, String> {
+    let axis = n
+        .attrs
+        .get("axis")
+        .and_then(kiln_ir::Attr::as_int)
+        .unwrap_or(0);
+    let axis = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&axis) {
+        return Err(format!("axis {axis} out of range"));
+    }
+    Ok(axis as usize)
+}
+
+pub(super) fn gather(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no data operand")?;
+    movable_elem(m, x)?;
+    let shape = static_shape(m, x)?;
+    let r = shape.len() as i64;
+    let a = axis_attr(n, r)?;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let k = Gather {
+        outer: shape[..a].iter().product(),
+        rows: shape[a],
+        row_len: shape[a + 1..].iter().product(),
+        out,
+    };
+    Ok(NativeStep::new(
+        Box::new(k),
+        format!("Gather axis {a}"),
+        0.0,
+    ))
+}
+
+pub(super) fn concat(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let out_v = *n.outputs.first().ok_or("no result")?;
+    movable_elem(m, out_v)?;
+    let out = static_shape(m, out_v)?;
+    let r = out.len() as i64;
+    let a = axis_attr(n, r)?;
+    let mut inner = vec![];
+    for v in &n.inputs {
+        let v = v.ok_or("omitted operand")?;
+        let s = static_shape(m, v)?;
+        inner.push(s[a..].iter().product());
+    }
+    let k = Concat {
+        outer: out[..a].iter().product(),
+        inner,
+        out,
+    };
+    Ok(NativeStep::new(
+        Box::new(k),
+        format!("Concat axis {a}"),
+        0.0,
+    ))
+}
+
+pub(super) fn cast(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    use kiln_ir::ElemType as E;
+    let x = n.input(0).ok_or("no operand")?;
+    let out_v = *n.outputs.first().ok_or("no result")?;
+    let from = m.ty(x).as_tensor().map(|t| t.elem);
+    let to = m.ty(out_v).as_tensor().map(|t| t.elem);
+    match (from, to) {
+        (Some(E::F32 | E::I64 | E::I32 | E::Bool), Some(E::F32)) => {}
+        (f, t) => return Err(format!("no native cast {f:?} -> {t:?}")),
+    }
+    let out = static_shape(m, out_v)?;
+    Ok(NativeStep::new(
+        Box::new(CastToF32 { out }),
+        "Cast to f32",
+        0.0,
+    ))
+}
+
+pub(super) fn expand(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::Bool) {
+        movable_elem(m, x)?;
+    }
+    let in_shape = static_shape(m, x)?;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    if in_shape.len() > out.len() {
+        return Err("expand to a lower rank".into());
+    }
+    Ok(NativeStep::new(
+        Box::new(Expand { in_shape, out }),
+        "Expand",
+        0.0,
+    ))
+}
+
+pub(super) fn reduce(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::F32) {
+        return Err("reduction of non-f32".into());
+    }
+    let shape = static_shape(m, x)?;
+    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    reduce_of_shape(m, n, shape, out)
+}
+
+/// The odometer reduction of node `n` over an f32 operand of `shape` (static,
+/// given by the caller: inside a fusion body the node's own types may be
+/// symbolic), giving `out`.
+pub(super) fn reduce_of_shape(
+    m: &Module,
+    n: &Node,
+    shape: Vec<usize>,
+    out: Vec<usize>,
+) -> Result<NativeStep, String> {
+    use kiln_runtime::cpu::reduce::ReduceOp;
+    let r = shape.len() as i64;
+    let axes: Option<Vec<i64>> = match n.input(1) {
+        Some(a) => Some(
+            m.constant(a)
+                .and_then(|d| d.to_i64_vec())
+                .ok_or("axes are not constant")?,
+        ),
+        None => n
+            .attrs
+            .get("axes")
+            .and_then(kiln_ir::Attr::as_ints)
+            .map(<[i64]>::to_vec),
+    };
+    let noop = n
+        .attrs
+        .get("noop_with_empty_axes")
+        .and_then(kiln_ir::Attr::as_int)
+        .unwrap_or(0)
+        != 0;
+    let axes: Vec<usize> = match axes {
+        Some(a) if !a.is_empty() => {
+            let mut v = vec![];
+            for x in a {
+                let x = if x < 0 { x + r } else { x };
+                if !(0..r).contains(&x) {
+                    return Err(format!("axis {x} out of range"));
+                }
+                if !v.contains(&(x as usize)) {
+                    v.push(x as usize);
+                }
+            }
+            v
+        }
+        _ if noop => return Err("noop reduction".into()),
+        _ => (0..shape.len()).collect(),
+    };
+    let op = match n.op.as_str() {
+        "ReduceSum" => ReduceOp::Sum,
+        "ReduceMean" => ReduceOp::Mean,
+        "ReduceMax" => ReduceOp::Max,
+        "ReduceMin" => ReduceOp::Min,
+        op => return Err(format!("{op} is not a reduction")),
+    };
+    let kept: usize = (0..shape.len())
+        .filter(|a| !axes.contains(a))
+        .map(|a| shape[a])
+        .product();
+    if out.iter().product::<usize>() != kept {
+        return Err(format!(
+            "reduction of {shape:?} over {axes:?} cannot give {out:?}"
+        ));
+    }
+    let what = format!("{} over axes {axes:?}", n.op);
+    let k = Reduce {
+        shape,
+        axes,
+        op,
+        out,
+    };
+    Ok(NativeStep::new(Box::new(k), what, 0.0))
+}
