@@ -5,7 +5,10 @@
 //! The static part of the table is generated ([`schemas.rs`], by
 //! `gen_schemas.py`); inference rules are hand-written in `rules.rs` and
 //! linked by op name when the registry is first used. Module-wide inference
-//! ([`infer_module`]) lives in `infer.rs`.
+//! ([`infer_module`]) lives in `infer.rs`. The facts passes and backends ask
+//! about an op (pointwise, in-place operands, random, weights, ...) are one
+//! table in `traits.rs` ([`OpTraits`]); the conv/pool window arithmetic
+//! (`auto_pad`, dilations, `ceil_mode`) is `geometry.rs`.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -20,11 +23,13 @@ use crate::types::{SymExpr, Type};
 pub type IntValues = Vec<Option<SymExpr>>;
 
 mod dims;
+pub mod geometry;
 mod infer;
 pub mod kiln;
 mod rules;
 #[rustfmt::skip]
 mod schemas;
+pub mod traits;
 mod values;
 
 pub(crate) use dims::norm_axis as norm_axis_pub;
@@ -35,6 +40,7 @@ pub use infer::{
 pub(crate) use infer::{node_ctx, Known};
 pub use rules::elem_from_onnx;
 pub use schemas::CATALOG;
+pub use traits::{OpTraits, Pointwise, Random, Reduction};
 
 /// One attribute an op accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +108,8 @@ pub struct OpSchema {
     pub infer: InferFn,
     /// Whether `infer` is a hand-written rule for this op.
     pub has_rule: bool,
+    /// What passes and backends may assume about the op (`traits.rs`).
+    pub traits: OpTraits,
     summary: &'static str,
 }
 
@@ -150,6 +158,7 @@ fn registry() -> &'static Registry {
                     attrs: r.attrs,
                     infer: rule.unwrap_or(rules::fallback),
                     has_rule: rule.is_some(),
+                    traits: traits::table_entry(r.name),
                     summary: r.summary,
                 }
             })
@@ -167,6 +176,12 @@ fn registry() -> &'static Registry {
 pub fn lookup(op: &str) -> Option<&'static OpSchema> {
     let r = registry();
     r.by_name.get(op).map(|&i| &r.schemas[i])
+}
+
+/// The traits of an op by canonical name ([`OpTraits::NONE`] for an op the
+/// registry does not know).
+pub fn traits(op: &str) -> OpTraits {
+    lookup(op).map_or(OpTraits::NONE, |s| s.traits)
 }
 
 /// Every op of the registry, sorted by name.

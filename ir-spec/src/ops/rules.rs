@@ -3,6 +3,7 @@
 //! `Dim::Unknown` or an unranked tensor.
 
 use super::dims::*;
+use super::geometry::{self, AutoPad};
 use super::{InferCtx, InferError};
 use crate::attr::Attr;
 use crate::types::{dims_product, Dim, ElemType, TensorType, Type};
@@ -1544,7 +1545,13 @@ struct Window {
     strides: Vec<u64>,
     dilations: Vec<u64>,
     pads: Vec<i64>,
-    auto_pad: String,
+    auto_pad: AutoPad,
+}
+
+impl Window {
+    fn axis(&self, i: usize) -> geometry::Window {
+        geometry::Window::new(self.kernel[i], self.strides[i], self.dilations[i])
+    }
 }
 
 fn ints_u64(c: &InferCtx, name: &str, n: usize, default: u64) -> Result<Vec<u64>, InferError> {
@@ -1602,49 +1609,21 @@ fn window(
         strides: ints_u64(c, "strides", spatial, 1)?,
         dilations: ints_u64(c, "dilations", spatial, 1)?,
         pads,
-        auto_pad: c.attr_str("auto_pad").unwrap_or("NOTSET").to_string(),
+        auto_pad: AutoPad::parse(c.attr_str("auto_pad")).map_err(|e| bad_attr("auto_pad", e))?,
     }))
 }
 
+/// Output dim `i` of a forward window over input dim `d` (`geometry.rs`).
 fn window_out(w: &Window, i: usize, d: &Dim, ceil_mode: bool) -> Result<Dim, InferError> {
-    let s = w.strides[i];
-    match w.auto_pad.as_str() {
-        "SAME_UPPER" | "SAME_LOWER" => return Ok(div_ceil(d, s)),
-        "NOTSET" | "VALID" => {}
-        other => return Err(bad_attr("auto_pad", format!("unknown value `{other}`"))),
-    }
     let n = w.pads.len() / 2;
-    let pads = if w.auto_pad == "VALID" {
-        0
-    } else {
-        w.pads[i].saturating_add(w.pads[i + n])
-    };
-    let eff = w.dilations[i]
-        .checked_mul(w.kernel[i] - 1)
-        .and_then(|x| x.checked_add(1))
-        .and_then(|x| i64::try_from(x).ok())
-        .ok_or_else(|| err("kernel size overflow"))?;
-    let span = add_const(d, pads.saturating_sub(eff));
-    if let Dim::Unknown = span {
-        if let Dim::Known(_) = d {
-            return Err(err(format!(
-                "window of size {eff} larger than the padded input"
-            )));
-        }
-        return Ok(Dim::Unknown);
-    }
-    if ceil_mode {
-        let mut out = add_const(&div_ceil(&span, s), 1);
-        // The last window must start inside the input or the left padding.
-        if let (Dim::Known(o), Dim::Known(inp)) = (&out, d) {
-            if (o - 1).saturating_mul(s) >= inp.saturating_add(w.pads[i].max(0) as u64) {
-                out = k(o - 1);
-            }
-        }
-        Ok(out)
-    } else {
-        Ok(add_const(&span.div_floor(s), 1))
-    }
+    geometry::output_dim(
+        w.auto_pad,
+        d,
+        w.axis(i),
+        [w.pads[i], w.pads[i + n]],
+        ceil_mode,
+    )
+    .map_err(err)
 }
 
 fn conv_shape(
@@ -1732,27 +1711,17 @@ fn conv_transpose(c: &InferCtx) -> R {
         Some(p) if p.len() == sp => p.to_vec(),
         Some(_) => return Err(bad_attr("output_padding", "wrong length")),
     };
+    let pads = c.attr_ints("pads").is_some_and(|p| !p.is_empty());
     for i in 0..sp {
-        let d = &xs[2 + i];
-        let s = w.strides[i];
-        out.push(match w.auto_pad.as_str() {
-            "SAME_UPPER" | "SAME_LOWER" => mul_const(d, s),
-            _ => {
-                let pads = if w.auto_pad == "VALID" {
-                    0
-                } else {
-                    w.pads[i].saturating_add(w.pads[i + sp])
-                };
-                let eff = (w.dilations[i]
-                    .saturating_mul(w.kernel[i] - 1)
-                    .saturating_add(1)) as i64;
-                // stride*(in-1) + output_padding + eff - pads
-                add_const(
-                    &mul_const(&add_const(d, -1), s),
-                    opad[i].saturating_add(eff).saturating_sub(pads),
-                )
-            }
-        });
+        let axis = geometry::Transposed {
+            auto_pad: w.auto_pad,
+            window: w.axis(i),
+            pads: pads.then(|| [w.pads[i], w.pads[i + sp]]),
+            output_padding: u64::try_from(opad[i])
+                .map_err(|_| bad_attr("output_padding", "negative"))?,
+            output_shape: None,
+        };
+        out.push(axis.output_dim(&xs[2 + i]));
     }
     Ok(vec![t(e, out)])
 }

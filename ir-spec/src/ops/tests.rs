@@ -293,6 +293,53 @@ fn conv_and_pool() {
     );
 }
 
+/// Pads and output sizes come from `geometry.rs`, the rule the
+/// interpreter's kernels use too.
+#[test]
+fn window_geometry_is_shared_with_the_kernels() {
+    let k3s2 = |extra: Vec<(&'static str, Attr)>| {
+        let mut a = vec![
+            ("kernel_shape", ints_attr(&[3])),
+            ("strides", ints_attr(&[2])),
+        ];
+        a.extend(extra);
+        a
+    };
+    // VALID ignores ceil_mode: floor((6 - 3) / 2) + 1 = 2 (was 3).
+    let valid_ceil = k3s2(vec![
+        ("auto_pad", Attr::String("VALID".into())),
+        ("ceil_mode", Attr::Int(1)),
+    ]);
+    assert_eq!(run("MaxPool", vec![T(f("1,1,6"))], valid_ceil), f("1,1,2"));
+    // With a symbolic size, ceil_mode drops a last window that would start
+    // in the end padding: (2N + 3 - 3) / 2 = N, not N + 1.
+    let ceil = vec![
+        ("kernel_shape", ints_attr(&[3])),
+        ("strides", ints_attr(&[2])),
+        ("pads", ints_attr(&[0, 3])),
+        ("ceil_mode", Attr::Int(1)),
+    ];
+    assert_eq!(
+        run("AveragePool", vec![T(f("1,1,2*N"))], ceil.clone()),
+        f("1,1,N")
+    );
+    assert_eq!(run("AveragePool", vec![T(f("1,1,8"))], ceil), f("1,1,4"));
+    // ConvTranspose: explicit pads win over auto_pad, as in the reference
+    // and the interpreter: 2 * (4 - 1) + 3 - 2 = 7 (SAME alone: 8).
+    let ct = |pads: bool| {
+        let mut a = vec![
+            ("strides", ints_attr(&[2])),
+            ("auto_pad", Attr::String("SAME_UPPER".into())),
+        ];
+        if pads {
+            a.push(("pads", ints_attr(&[1, 1])));
+        }
+        run("ConvTranspose", vec![T(f("1,2,4")), T(f("2,1,3"))], a)
+    };
+    assert_eq!(ct(true), f("1,1,7"));
+    assert_eq!(ct(false), f("1,1,8"));
+}
+
 #[test]
 fn matmul_batching() {
     assert_eq!(

@@ -1,0 +1,409 @@
+//! Window geometry of Conv, ConvTranspose and the pools: ONNX's rule for
+//! `auto_pad` (NOTSET, VALID, SAME_UPPER, SAME_LOWER), dilations and
+//! `ceil_mode`, per spatial axis, in one place. Shape inference
+//! (`rules.rs`), the interpreter's kernels and the CPU lowering all resolve
+//! pads and output sizes here, so they cannot disagree.
+//!
+//! Forward windows (Conv, pools), for input size `n`, stride `s` and
+//! extent `e = (kernel - 1) * dilation + 1`:
+//! - NOTSET: pads as given; `out = floor((n + pb + pe - e) / s) + 1`, or with
+//!   `ceil_mode` the ceiling, less one when that last window would start
+//!   in the end padding (`(out - 1) * s >= n + pb`: it would see no input);
+//! - VALID: no pads; `out = floor((n - e) / s) + 1` (`ceil_mode` ignored);
+//! - SAME_UPPER / SAME_LOWER: `out = ceil(n / s)` (`ceil_mode` ignored);
+//!   the total padding `max(0, (out - 1) * s + e - n)` is split in half,
+//!   the odd one at the end (UPPER) or at the beginning (LOWER).
+//!
+//! A window larger than the padded input has no output size (`None`).
+//!
+//! ConvTranspose ([`Transposed`]) follows ONNX's reference: explicit
+//! `pads` win; without them, SAME gives `out = n * s` (or `output_shape`)
+//! and splits the total padding `s * (n - 1) + output_padding + e - out`
+//! as above.
+
+use super::dims::{add_const, div_ceil, mul_const};
+use crate::types::Dim;
+
+/// The `auto_pad` attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoPad {
+    NotSet,
+    Valid,
+    SameUpper,
+    SameLower,
+}
+
+impl AutoPad {
+    /// The attribute's value; absent or empty means NOTSET.
+    pub fn parse(s: Option<&str>) -> Result<AutoPad, String> {
+        Ok(match s.unwrap_or("NOTSET") {
+            "NOTSET" | "" => AutoPad::NotSet,
+            "VALID" => AutoPad::Valid,
+            "SAME_UPPER" => AutoPad::SameUpper,
+            "SAME_LOWER" => AutoPad::SameLower,
+            other => return Err(format!("unknown auto_pad `{other}`")),
+        })
+    }
+
+    pub fn is_same(self) -> bool {
+        matches!(self, AutoPad::SameUpper | AutoPad::SameLower)
+    }
+
+    /// A total padding split into [begin, end]: the odd one at the end
+    /// for SAME_UPPER, at the beginning otherwise.
+    fn split(self, total: i64) -> [i64; 2] {
+        let half = total.div_euclid(2);
+        match self {
+            AutoPad::SameUpper => [half, total - half],
+            _ => [total - half, half],
+        }
+    }
+}
+
+/// One spatial axis of a sliding window. Kernel, stride and dilation are
+/// positive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub kernel: u64,
+    pub stride: u64,
+    pub dilation: u64,
+}
+
+impl Window {
+    pub fn new(kernel: u64, stride: u64, dilation: u64) -> Window {
+        Window {
+            kernel,
+            stride,
+            dilation,
+        }
+    }
+
+    /// The input span one window covers, `(kernel - 1) * dilation + 1`
+    /// (saturating).
+    pub fn extent(&self) -> u64 {
+        self.kernel
+            .saturating_sub(1)
+            .saturating_mul(self.dilation)
+            .saturating_add(1)
+    }
+}
+
+fn to_i64(x: u64) -> i64 {
+    i64::try_from(x).unwrap_or(i64::MAX)
+}
+
+/// The explicit pads [begin, end] of one axis of a forward window (Conv,
+/// pools) over an input of size `input`; `pads` are the `pads`
+/// attribute's values for this axis (used by NOTSET only).
+pub fn resolve_pads(auto_pad: AutoPad, input: u64, w: Window, pads: [i64; 2]) -> [i64; 2] {
+    match auto_pad {
+        AutoPad::NotSet => pads,
+        AutoPad::Valid => [0, 0],
+        AutoPad::SameUpper | AutoPad::SameLower => {
+            let out = to_i64(input.div_ceil(w.stride.max(1)));
+            let total = (out - 1)
+                .saturating_mul(to_i64(w.stride))
+                .saturating_add(to_i64(w.extent()))
+                .saturating_sub(to_i64(input))
+                .max(0);
+            auto_pad.split(total)
+        }
+    }
+}
+
+/// The output size of one axis of a forward window (Conv, pools); `None`
+/// when the window does not fit in the (padded) input.
+pub fn output_size(
+    auto_pad: AutoPad,
+    input: u64,
+    w: Window,
+    pads: [i64; 2],
+    ceil_mode: bool,
+) -> Option<u64> {
+    let s = w.stride.max(1);
+    let ext = w.extent();
+    match auto_pad {
+        AutoPad::SameUpper | AutoPad::SameLower => Some(input.div_ceil(s)),
+        AutoPad::Valid => input.checked_sub(ext).map(|span| span / s + 1),
+        AutoPad::NotSet => {
+            let (n, s) = (i128::from(input), i128::from(s));
+            let padded = n + i128::from(pads[0]) + i128::from(pads[1]);
+            let span = padded - i128::from(ext);
+            if span < 0 {
+                return None;
+            }
+            let mut out = if ceil_mode {
+                (span + s - 1) / s + 1
+            } else {
+                span / s + 1
+            };
+            if ceil_mode && (out - 1) * s >= n + i128::from(pads[0]) {
+                out -= 1;
+            }
+            u64::try_from(out).ok()
+        }
+    }
+}
+
+/// [`output_size`] for a dim that may be symbolic: exact where the
+/// arithmetic is (known sizes, exact divisions), `Unknown` otherwise.
+/// `Err` when a known input is smaller than the window.
+pub fn output_dim(
+    auto_pad: AutoPad,
+    input: &Dim,
+    w: Window,
+    pads: [i64; 2],
+    ceil_mode: bool,
+) -> Result<Dim, String> {
+    if let Dim::Known(n) = input {
+        return output_size(auto_pad, *n, w, pads, ceil_mode)
+            .map(Dim::Known)
+            .ok_or_else(|| format!("window of size {} larger than the padded input", w.extent()));
+    }
+    let s = w.stride.max(1);
+    let ext = to_i64(w.extent());
+    Ok(match auto_pad {
+        AutoPad::SameUpper | AutoPad::SameLower => div_ceil(input, s),
+        AutoPad::Valid => add_const(&add_const(input, -ext).div_floor(s), 1),
+        AutoPad::NotSet => {
+            let span = add_const(input, pads[0].saturating_add(pads[1]).saturating_sub(ext));
+            // Symbolic division is exact or unknown, so ceil == floor here;
+            // then the last window starts at `n + pb + pe - e`, in the end
+            // padding exactly when `pe >= e`.
+            let q = span.div_floor(s);
+            if ceil_mode && pads[1] >= ext {
+                q
+            } else {
+                add_const(&q, 1)
+            }
+        }
+    })
+}
+
+/// One spatial axis of a ConvTranspose: its attributes for that axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transposed {
+    pub auto_pad: AutoPad,
+    pub window: Window,
+    /// The `pads` attribute's [begin, end]; `None` when it is absent.
+    pub pads: Option<[i64; 2]>,
+    pub output_padding: u64,
+    /// The `output_shape` attribute's value for this axis (it wins).
+    pub output_shape: Option<u64>,
+}
+
+impl Transposed {
+    /// The output size before any padding is removed:
+    /// `stride * (input - 1) + output_padding + extent`.
+    fn full(&self, input: u64) -> i64 {
+        to_i64(self.window.stride)
+            .saturating_mul(to_i64(input) - 1)
+            .saturating_add(to_i64(self.output_padding))
+            .saturating_add(to_i64(self.window.extent()))
+    }
+
+    /// The output size over an input of size `input`.
+    pub fn output_size(&self, input: u64) -> u64 {
+        if let Some(o) = self.output_shape {
+            return o;
+        }
+        let out = match self.pads {
+            Some([pb, pe]) => self.full(input).saturating_sub(pb).saturating_sub(pe),
+            None if self.auto_pad.is_same() => return input.saturating_mul(self.window.stride),
+            None => self.full(input),
+        };
+        u64::try_from(out).unwrap_or(0)
+    }
+
+    /// The pads [begin, end]: the output positions cut from each end of
+    /// the full result.
+    pub fn resolve_pads(&self, input: u64) -> [i64; 2] {
+        match self.pads {
+            Some(p) => p,
+            None if self.auto_pad.is_same() => {
+                let cut = self
+                    .full(input)
+                    .saturating_sub(to_i64(self.output_size(input)));
+                self.auto_pad.split(cut)
+            }
+            None => [0, 0],
+        }
+    }
+
+    /// [`Transposed::output_size`] for a dim that may be symbolic.
+    pub fn output_dim(&self, input: &Dim) -> Dim {
+        if let Some(o) = self.output_shape {
+            return Dim::Known(o);
+        }
+        if let Dim::Known(n) = input {
+            return Dim::Known(self.output_size(*n));
+        }
+        let cut = match self.pads {
+            Some([pb, pe]) => pb.saturating_add(pe),
+            None if self.auto_pad.is_same() => return mul_const(input, self.window.stride),
+            None => 0,
+        };
+        add_const(
+            &mul_const(&add_const(input, -1), self.window.stride),
+            to_i64(self.output_padding)
+                .saturating_add(to_i64(self.window.extent()))
+                .saturating_sub(cut),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOTSET: AutoPad = AutoPad::NotSet;
+
+    fn w(kernel: u64, stride: u64, dilation: u64) -> Window {
+        Window::new(kernel, stride, dilation)
+    }
+
+    #[test]
+    fn auto_pad_parses_onnx_values() {
+        assert_eq!(AutoPad::parse(None), Ok(AutoPad::NotSet));
+        assert_eq!(AutoPad::parse(Some("")), Ok(AutoPad::NotSet));
+        assert_eq!(AutoPad::parse(Some("SAME_LOWER")), Ok(AutoPad::SameLower));
+        assert!(AutoPad::parse(Some("same")).is_err());
+    }
+
+    #[test]
+    fn same_pads_put_the_odd_one_at_the_end_for_upper() {
+        // n=5, k=3, s=2: out 3, total (3-1)*2+3-5 = 2.
+        assert_eq!(
+            resolve_pads(AutoPad::SameUpper, 5, w(3, 2, 1), [0, 0]),
+            [1, 1]
+        );
+        // n=4, k=3, s=2: out 2, total 1.
+        assert_eq!(
+            resolve_pads(AutoPad::SameUpper, 4, w(3, 2, 1), [9, 9]),
+            [0, 1]
+        );
+        assert_eq!(
+            resolve_pads(AutoPad::SameLower, 4, w(3, 2, 1), [9, 9]),
+            [1, 0]
+        );
+        // Dilation 2 makes the extent 5: total (2-1)*2+5-4 = 3.
+        assert_eq!(
+            resolve_pads(AutoPad::SameLower, 4, w(3, 2, 2), [0, 0]),
+            [2, 1]
+        );
+        // A kernel smaller than the stride needs no padding (never negative).
+        assert_eq!(
+            resolve_pads(AutoPad::SameUpper, 5, w(1, 3, 1), [0, 0]),
+            [0, 0]
+        );
+        assert_eq!(
+            output_size(AutoPad::SameUpper, 5, w(1, 3, 1), [0, 0], true),
+            Some(2)
+        );
+        assert_eq!(resolve_pads(AutoPad::Valid, 5, w(3, 1, 1), [2, 2]), [0, 0]);
+        assert_eq!(resolve_pads(NOTSET, 5, w(3, 1, 1), [2, 1]), [2, 1]);
+    }
+
+    #[test]
+    fn output_sizes_follow_onnx() {
+        assert_eq!(output_size(NOTSET, 5, w(3, 1, 1), [1, 1], false), Some(5));
+        assert_eq!(output_size(NOTSET, 7, w(3, 2, 1), [1, 1], false), Some(4));
+        assert_eq!(output_size(NOTSET, 6, w(3, 2, 1), [0, 0], false), Some(2));
+        assert_eq!(output_size(NOTSET, 6, w(3, 2, 1), [0, 0], true), Some(3));
+        // maxpool_2d_ceil_output_size_reduce_by_one: n=2, k=1, s=2, ceil:
+        // ceil(1/2)+1 = 2, but the second window would start at 2 >= 2.
+        assert_eq!(output_size(NOTSET, 2, w(1, 2, 1), [0, 0], true), Some(1));
+        assert_eq!(output_size(NOTSET, 4, w(1, 2, 1), [0, 1], true), Some(2));
+        // Dilations widen the window.
+        assert_eq!(output_size(NOTSET, 7, w(3, 1, 2), [0, 0], false), Some(3));
+        assert_eq!(output_size(NOTSET, 2, w(3, 1, 1), [0, 0], false), None);
+        assert_eq!(
+            output_size(AutoPad::Valid, 6, w(3, 2, 1), [5, 5], true),
+            Some(2)
+        );
+        assert_eq!(
+            output_size(AutoPad::Valid, 2, w(3, 1, 1), [0, 0], false),
+            None
+        );
+        assert_eq!(
+            output_size(AutoPad::SameLower, 7, w(3, 2, 1), [0, 0], false),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn symbolic_dims_agree_with_known_ones() {
+        let cases = [
+            (NOTSET, w(3, 1, 1), [1, 1], false),
+            (NOTSET, w(3, 2, 1), [1, 1], false),
+            (NOTSET, w(2, 2, 1), [0, 0], true),
+            (NOTSET, w(1, 2, 1), [0, 1], true),
+            (AutoPad::Valid, w(3, 1, 2), [0, 0], false),
+            (AutoPad::SameUpper, w(3, 2, 1), [0, 0], true),
+        ];
+        for (ap, win, pads, ceil) in cases {
+            // 2*N: divisions by 2 are exact, by 1 trivially.
+            let sym = Dim::sym("N").mul(&Dim::Known(2));
+            let d = output_dim(ap, &sym, win, pads, ceil).unwrap();
+            for n in [3u64, 4, 8] {
+                let got = d
+                    .to_expr()
+                    .and_then(|e| e.eval(&|_| Some(n as i64)))
+                    .map(|v| v as u64);
+                if got.is_some() {
+                    assert_eq!(
+                        got,
+                        output_size(ap, 2 * n, win, pads, ceil),
+                        "{ap:?} {win:?} {pads:?} ceil={ceil} n={}",
+                        2 * n
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conv_transpose_geometry_follows_the_reference() {
+        let t = |auto_pad, window, pads, output_padding, output_shape| Transposed {
+            auto_pad,
+            window,
+            pads,
+            output_padding,
+            output_shape,
+        };
+        // convtranspose_autopad_same: n=3, k=3, s=2, SAME_UPPER: out 6,
+        // total 2*2+3-6 = 1, the odd one at the end.
+        let same = t(AutoPad::SameUpper, w(3, 2, 1), None, 0, None);
+        assert_eq!(same.output_size(3), 6);
+        assert_eq!(same.resolve_pads(3), [0, 1]);
+        let lower = Transposed {
+            auto_pad: AutoPad::SameLower,
+            ..same
+        };
+        assert_eq!(lower.resolve_pads(3), [1, 0]);
+        // Explicit pads win over SAME, as in the reference.
+        let explicit = Transposed {
+            pads: Some([1, 1]),
+            ..same
+        };
+        assert_eq!(explicit.resolve_pads(3), [1, 1]);
+        assert_eq!(explicit.output_size(3), 5);
+        // NOTSET: s*(n-1) + output_padding + e - pads.
+        assert_eq!(
+            t(NOTSET, w(3, 3, 1), Some([1, 2]), 1, None).output_size(3),
+            7
+        );
+        assert_eq!(t(NOTSET, w(3, 1, 2), None, 0, None).output_size(3), 7);
+        // output_shape wins; SAME then splits what it cuts.
+        assert_eq!(t(NOTSET, w(3, 3, 1), None, 0, Some(10)).output_size(3), 10);
+        let shaped = t(AutoPad::SameUpper, w(3, 3, 1), None, 0, Some(8));
+        assert_eq!(shaped.resolve_pads(3), [0, 1]);
+        let n = Dim::sym("N");
+        assert_eq!(same.output_dim(&n), mul_const(&n, 2));
+        let padded = t(NOTSET, w(3, 3, 1), Some([1, 2]), 1, None);
+        assert_eq!(padded.output_dim(&Dim::Known(3)), Dim::Known(7));
+        // 3*(N-1) + 1 + 3 - 3 at N = 3 is 7.
+        let sym = padded.output_dim(&n).to_expr().unwrap();
+        assert_eq!(sym.eval(&|_| Some(3)), Some(7));
+    }
+}
