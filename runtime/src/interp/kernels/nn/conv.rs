@@ -4,6 +4,7 @@
 
 use std::ops::AddAssign;
 
+use kiln_ir::ops::geometry::{self, AutoPad, Transposed, Window};
 use kiln_ir::ElemType;
 
 use super::linalg::quantize;
@@ -34,7 +35,9 @@ pub(crate) struct Geo {
 }
 
 /// Read strides/dilations/pads/auto_pad and compute the output size of a
-/// forward convolution over `input` with `kernel`.
+/// forward convolution over `input` with `kernel` (ONNX's rule, from
+/// `kiln_ir::ops::geometry`). A window larger than the padded input gives
+/// an empty output.
 pub(crate) fn conv_geo(cx: &Ctx, input: &[usize], kernel: &[usize]) -> KResult<Geo> {
     let nd = input.len();
     let strides = attr_sizes(cx, "strides", nd, 1)?;
@@ -42,42 +45,16 @@ pub(crate) fn conv_geo(cx: &Ctx, input: &[usize], kernel: &[usize]) -> KResult<G
     if strides.contains(&0) || dil.contains(&0) {
         bail!("strides and dilations must be positive");
     }
-    let auto_pad = cx.attr_str("auto_pad").unwrap_or("NOTSET");
+    let auto_pad = AutoPad::parse(cx.attr_str("auto_pad"))?;
     let mut pad_begin = vec![0i64; nd];
     let mut out = vec![0usize; nd];
     let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
     for i in 0..nd {
-        let ext = (kernel[i] as i64 - 1) * dil[i] as i64 + 1;
-        let (n, s) = (input[i] as i64, strides[i] as i64);
-        match auto_pad {
-            "SAME_UPPER" | "SAME_LOWER" => {
-                let o = (n + s - 1) / s;
-                let total = ((o - 1) * s + ext - n).max(0);
-                pad_begin[i] = if auto_pad == "SAME_UPPER" {
-                    total / 2
-                } else {
-                    total - total / 2
-                };
-                out[i] = o as usize;
-            }
-            "VALID" => {
-                out[i] = if n >= ext {
-                    ((n - ext) / s + 1) as usize
-                } else {
-                    0
-                };
-            }
-            "NOTSET" | "" => {
-                let padded = n + pads[i] as i64 + pads[i + nd] as i64;
-                pad_begin[i] = pads[i] as i64;
-                out[i] = if padded >= ext {
-                    ((padded - ext) / s + 1) as usize
-                } else {
-                    0
-                };
-            }
-            other => bail!("unknown auto_pad `{other}`"),
-        }
+        let w = Window::new(kernel[i] as u64, strides[i] as u64, dil[i] as u64);
+        let given = [pads[i] as i64, pads[i + nd] as i64];
+        let n = input[i] as u64;
+        pad_begin[i] = geometry::resolve_pads(auto_pad, n, w, given)[0];
+        out[i] = geometry::output_size(auto_pad, n, w, given, false).unwrap_or(0) as usize;
     }
     Ok(Geo {
         input: input.to_vec(),
@@ -416,7 +393,7 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         bail!("strides and dilations must be positive");
     }
     let opad = attr_sizes(cx, "output_padding", nd, 0)?;
-    let auto_pad = cx.attr_str("auto_pad").unwrap_or("NOTSET");
+    let auto_pad = AutoPad::parse(cx.attr_str("auto_pad"))?;
     let out_attr: Option<Vec<usize>> = cx.attr_ints("output_shape").map(|v| {
         let v = if v.len() > nd { &v[v.len() - nd..] } else { v };
         v.iter().map(|&a| a.max(0) as usize).collect()
@@ -425,35 +402,23 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         bail!("output_shape has the wrong length");
     }
     let input = &x.shape[2..];
-    let natural = |i: usize| {
-        strides[i] as i64 * (input[i] as i64 - 1)
-            + opad[i] as i64
-            + (kernel[i] as i64 - 1) * dil[i] as i64
-            + 1
-    };
+    let pads = cx
+        .attr_ints("pads")
+        .is_some_and(|p| !p.is_empty())
+        .then(|| attr_sizes(cx, "pads", 2 * nd, 0))
+        .transpose()?;
     let mut pad_begin = vec![0i64; nd];
     let mut out = vec![0usize; nd];
-    let explicit_pads = cx.attr_ints("pads").is_some_and(|p| !p.is_empty());
-    if !explicit_pads && (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
-        for i in 0..nd {
-            let o = out_attr.as_ref().map_or(input[i] * strides[i], |v| v[i]);
-            let total = natural(i) - o as i64;
-            pad_begin[i] = if auto_pad == "SAME_UPPER" {
-                total.div_euclid(2)
-            } else {
-                total - total.div_euclid(2)
-            };
-            out[i] = o;
-        }
-    } else {
-        let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
-        for i in 0..nd {
-            pad_begin[i] = pads[i] as i64;
-            out[i] = match &out_attr {
-                Some(v) => v[i],
-                None => (natural(i) - pads[i] as i64 - pads[i + nd] as i64).max(0) as usize,
-            };
-        }
+    for i in 0..nd {
+        let axis = Transposed {
+            auto_pad,
+            window: Window::new(kernel[i] as u64, strides[i] as u64, dil[i] as u64),
+            pads: pads.as_ref().map(|p| [p[i] as i64, p[i + nd] as i64]),
+            output_padding: opad[i] as u64,
+            output_shape: out_attr.as_ref().map(|v| v[i] as u64),
+        };
+        pad_begin[i] = axis.resolve_pads(input[i] as u64)[0];
+        out[i] = axis.output_size(input[i] as u64) as usize;
     }
     let in_n: usize = input.iter().product();
     let k_n: usize = kernel.iter().product();

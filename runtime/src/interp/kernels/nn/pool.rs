@@ -2,6 +2,7 @@
 //! Global forms, and MaxUnpool. Output sizes and padding follow the ONNX
 //! reference implementation, including its ceil_mode rules.
 
+use kiln_ir::ops::geometry::{self, AutoPad, Window};
 use kiln_ir::ElemType;
 
 use super::{attr_sizes, checked_numel, out_f64, out_i64};
@@ -58,104 +59,58 @@ fn common(cx: &Ctx, x: &Tensor) -> KResult<Common> {
     Ok((nd, kernel, strides, dil))
 }
 
-fn floor_or_ceil(num: i64, den: i64, ceil: bool) -> i64 {
-    if ceil {
-        num.div_euclid(den) + i64::from(num.rem_euclid(den) != 0)
-    } else {
-        num.div_euclid(den)
+/// Pool geometry: pads resolved and output sizes computed by ONNX's rule
+/// (`kiln_ir::ops::geometry`: auto_pad, dilations, and ceil_mode, whose
+/// last window is dropped when it would start in the end padding). A
+/// window larger than the padded input gives an empty output.
+fn plan(cx: &Ctx, x: &Tensor) -> KResult<Plan> {
+    let (nd, kernel, strides, dil) = common(cx, x)?;
+    let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
+    let ceil = cx.attr_int("ceil_mode", 0) != 0;
+    let auto_pad = AutoPad::parse(cx.attr_str("auto_pad"))?;
+    let mut pad_begin = vec![0i64; nd];
+    let mut out = vec![0usize; nd];
+    for i in 0..nd {
+        let w = Window::new(kernel[i] as u64, strides[i] as u64, dil[i] as u64);
+        let n = x.shape[i + 2] as u64;
+        let given = [pads[i] as i64, pads[i + nd] as i64];
+        pad_begin[i] = geometry::resolve_pads(auto_pad, n, w, given)[0];
+        out[i] = geometry::output_size(auto_pad, n, w, given, ceil).unwrap_or(0) as usize;
     }
+    Ok(Plan {
+        kernel,
+        strides,
+        dil,
+        pad_begin,
+        out,
+    })
 }
 
-/// MaxPool geometry (standard, with the reference's ceil_mode rule that
-/// drops a last window starting in the right padding).
+/// MaxPool geometry: [`plan`].
 fn max_plan(cx: &Ctx, x: &Tensor) -> KResult<Plan> {
-    let (nd, kernel, strides, dil) = common(cx, x)?;
-    let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
-    let ceil = cx.attr_int("ceil_mode", 0) != 0;
-    let auto_pad = cx.attr_str("auto_pad").unwrap_or("NOTSET");
-    let mut pad_begin = vec![0i64; nd];
-    let mut out = vec![0usize; nd];
-    for i in 0..nd {
-        let n = x.shape[i + 2] as i64;
-        let s = strides[i] as i64;
-        let ext = (kernel[i] as i64 - 1) * dil[i] as i64 + 1;
-        let o = match auto_pad {
-            "SAME_UPPER" | "SAME_LOWER" => {
-                let o = (n + s - 1) / s;
-                let total = ((o - 1) * s + ext - n).max(0);
-                pad_begin[i] = if auto_pad == "SAME_UPPER" {
-                    total / 2
-                } else {
-                    total - total / 2
-                };
-                o
-            }
-            "VALID" => floor_or_ceil(n - ext, s, false) + 1,
-            "NOTSET" | "" => {
-                pad_begin[i] = pads[i] as i64;
-                let total = n + pads[i] as i64 + pads[i + nd] as i64;
-                let mut o = floor_or_ceil(total - ext, s, ceil) + 1;
-                if ceil && (o - 1) * s >= n + pads[i] as i64 {
-                    o -= 1;
-                }
-                o
-            }
-            other => bail!("unknown auto_pad `{other}`"),
-        };
-        out[i] = o.max(0) as usize;
-    }
-    Ok(Plan {
-        kernel,
-        strides,
-        dil,
-        pad_begin,
-        out,
-    })
+    plan(cx, x)
 }
 
-/// AveragePool/LpPool geometry as the reference computes it.
+/// AveragePool/LpPool geometry: [`plan`], with the reference's placement
+/// of a ceil_mode overhang: when the last window reaches past the end
+/// padding, half of the overhang is taken from the beginning (the windows
+/// shift left by it).
 fn avg_plan(cx: &Ctx, x: &Tensor) -> KResult<Plan> {
-    let (nd, kernel, strides, dil) = common(cx, x)?;
-    let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
-    let ceil = cx.attr_int("ceil_mode", 0) != 0;
-    let auto_pad = cx.attr_str("auto_pad").unwrap_or("NOTSET");
-    let mut pad_begin = vec![0i64; nd];
-    let mut out = vec![0usize; nd];
-    for i in 0..nd {
-        let n = x.shape[i + 2] as i64;
-        let s = strides[i] as i64;
-        let k = kernel[i] as i64;
-        let ext = (k - 1) * dil[i] as i64 + 1;
-        let o = match auto_pad {
-            "SAME_UPPER" | "SAME_LOWER" => {
-                let o = (n - 1).div_euclid(s) + 1;
-                let total = (o - 1) * s + k - n;
-                pad_begin[i] = if auto_pad == "SAME_UPPER" {
-                    total.div_euclid(2)
-                } else {
-                    total - total.div_euclid(2)
-                };
-                o
-            }
-            "VALID" => (n - k).div_euclid(s) + 1,
-            "NOTSET" | "" => {
-                let (pb, pe) = (pads[i] as i64, pads[i + nd] as i64);
-                let o = floor_or_ceil(n + pb + pe - ext, s, ceil) + 1;
-                let extra = (o - 1) * s + ext - n - pb - pe;
-                pad_begin[i] = pb + if extra > 0 { extra / 2 } else { 0 };
-                o
-            }
-            other => bail!("unknown auto_pad `{other}`"),
-        };
-        out[i] = o.max(0) as usize;
+    let mut p = plan(cx, x)?;
+    if AutoPad::parse(cx.attr_str("auto_pad"))? != AutoPad::NotSet {
+        return Ok(p);
     }
-    Ok(Plan {
-        kernel,
-        strides,
-        dil,
-        pad_begin,
-        out,
-    })
+    let nd = p.kernel.len();
+    let pads = attr_sizes(cx, "pads", 2 * nd, 0)?;
+    for i in 0..nd {
+        let (n, s, o) = (x.shape[i + 2] as i64, p.strides[i] as i64, p.out[i] as i64);
+        let ext = (p.kernel[i] as i64 - 1) * p.dil[i] as i64 + 1;
+        let extra = (o - 1) * s + ext - n - pads[i] as i64 - pads[i + nd] as i64;
+        if o > 0 && extra > 0 {
+            p.pad_begin[i] += extra / 2;
+        }
+    }
+    Ok(p)
 }
 
 /// Visit every (plane, output position): `f(plane, out_index, taps)` where
@@ -384,4 +339,62 @@ fn max_unpool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         super::next_index(&mut idx, &inferred);
     }
     Ok(vec![out_f64(x.elem(), shape, &out)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::interp::Interpreter;
+    use crate::tensor::Tensor;
+    use crate::value::Value;
+
+    /// Run one pool node over `x` (shape [1, 1, len]); the result's values.
+    fn pool1d(op_and_attrs: &str, x: &[f32], out: usize) -> Vec<f64> {
+        let text = format!(
+            "module @p opset(ai.onnx = 22) {{\n  input %x: f32[1,1,{}]\n  \
+             %y = {op_and_attrs} : f32[1,1,{out}]\n  return %y\n}}",
+            x.len()
+        );
+        let m = kiln_ir::parse_module(&text).expect("parse");
+        let t = Tensor::from_f32(vec![1, 1, x.len()], x.to_vec()).expect("tensor");
+        let ins = HashMap::from([("x".to_string(), Value::tensor(t))]);
+        let got = Interpreter::new(&m).run(&ins).expect("run");
+        let y = got[0].as_tensor().expect("tensor");
+        assert_eq!(y.shape, vec![1, 1, out], "{op_and_attrs}");
+        y.to_f64()
+    }
+
+    /// ceil_mode drops a last window that would start in the end padding
+    /// for AveragePool as for MaxPool (and shape inference): it would see
+    /// no input (a 0/0 without count_include_pad).
+    #[test]
+    fn ceil_mode_drops_a_window_in_the_end_padding() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let attrs = "{ceil_mode = 1, kernel_shape = [1], pads = [0, 1], strides = [2]}";
+        assert_eq!(
+            pool1d(&format!("AveragePool(%x) {attrs}"), &x, 2),
+            [1.0, 3.0]
+        );
+        assert_eq!(pool1d(&format!("MaxPool(%x) {attrs}"), &x, 2), [1.0, 3.0]);
+    }
+
+    /// SAME padding covers the dilated window: k=2, d=3 spans 4 inputs,
+    /// so n=4, s=1 pads 3 in all, 2 before with SAME_LOWER (the extent
+    /// without dilation, 2, would pad 1 in all and let the last window
+    /// reach past the padding).
+    #[test]
+    fn same_padding_uses_the_dilated_extent() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let attrs = "{auto_pad = \"SAME_LOWER\", dilations = [3], kernel_shape = [2]}";
+        // Windows over positions (-2, 1), (-1, 2), (0, 3), (1, 4).
+        assert_eq!(
+            pool1d(&format!("AveragePool(%x) {attrs}"), &x, 4),
+            [2.0, 3.0, 2.5, 2.0]
+        );
+        assert_eq!(
+            pool1d(&format!("MaxPool(%x) {attrs}"), &x, 4),
+            [2.0, 3.0, 4.0, 2.0]
+        );
+    }
 }
