@@ -29,6 +29,8 @@ pub struct InterpOptions {
     pub verify_each: bool,
 }
 
+// Not derivable: verification defaults on in debug builds only.
+#[allow(clippy::derivable_impls)]
 impl Default for InterpOptions {
     fn default() -> InterpOptions {
         InterpOptions {

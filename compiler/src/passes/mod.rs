@@ -69,7 +69,8 @@ pub const PASSES: &[Pass] = &[
     Pass {
         name: "hoist-casts",
         run: hoist_casts::run,
-        summary: "move integer-to-f32 Casts out of fusion bodies (lowering: one element type per body)",
+        summary:
+            "move integer-to-f32 Casts out of fusion bodies (lowering: one element type per body)",
     },
 ];
 
@@ -137,9 +138,9 @@ pub fn explicit_pipeline(names: &[String]) -> Result<Vec<Step>, String> {
     names
         .iter()
         .map(|n| {
-            pass(n).map(Step::Run).ok_or_else(|| {
-                format!("unknown pass `{n}`; passes: {}", self::names().join(", "))
-            })
+            pass(n)
+                .map(Step::Run)
+                .ok_or_else(|| format!("unknown pass `{n}`; passes: {}", self::names().join(", ")))
         })
         .collect()
 }
@@ -286,7 +287,14 @@ mod tests {
         }
         assert!(target_pipeline("tpu", 2).is_err());
         assert!(explicit_pipeline(&["fuse".into(), "nope".into()]).is_err());
-        for name in ["constant-fold", "simplify", "cse", "dce", "fuse", "hoist-casts"] {
+        for name in [
+            "constant-fold",
+            "simplify",
+            "cse",
+            "dce",
+            "fuse",
+            "hoist-casts",
+        ] {
             assert!(pass(name).is_some(), "{name}");
         }
     }
