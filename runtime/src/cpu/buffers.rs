@@ -60,6 +60,11 @@ pub fn recycle(v: Value) {
     let Value::Tensor(t) = v else { return };
     let Ok(t) = Arc::try_unwrap(t) else { return };
     let Data::F32(b) = t.data else { return };
+    give_back(b);
+}
+
+/// Keeps a scratch buffer for [`output`] (if it is worth keeping).
+pub fn give_back(b: Vec<f32>) {
     if b.capacity() < 1024 {
         return;
     }

@@ -1,33 +1,91 @@
 //! The CPU executable: a lowered module run as a sequence of steps (XLA's
-//! thunk sequence), one per top-level node, in the module's order. A step
-//! is a native kernel built at compile time — a planned matmul or
+//! thunk sequence), one per top-level node, in the memory plan's order. A
+//! step is a native kernel built at compile time — a planned matmul or
 //! convolution from [`super::kernels`], a Cranelift-compiled fusion region
 //! from [`super::jit`], or both (an epilogue) — or the interpreter's kernel
 //! for the few ops not worth generating (each listed in the backend
 //! report).
 //!
-//! Values flow through the interpreter's environment, so native and
-//! interpreted steps mix freely, and a value's buffer is freed after its
-//! last use. An executable is immutable once built: `run` may be called
-//! from several threads at once; each run gets its own environment and
+//! Intermediates live where the compiler's memory plan put them
+//! ([`Layout`]): slices of one arena, reused across values whose lives do
+//! not overlap, a pointwise result over its operand where the plan says
+//! so. Native kernels read and write those slices through views
+//! ([`super::view`]); an interpreted step gets its arena operands as
+//! tensors and its results copied into their slots. Graph inputs,
+//! constants, graph outputs and values the plan does not place (sequences,
+//! strings) live in the interpreter's environment as before.
+//!
+//! An executable is immutable once built: `run` may be called from several
+//! threads at once; each run takes an arena of its own from a pool (so a
+//! steady stream of runs reuses one, its pages already faulted in) and
 //! runs its kernels on the executable's thread pool.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_ir::{Module, ValueId};
+use kiln_ir::{ElemType, Module, Region, ValueId};
 
 use crate::executable::{native_interp_report, Executable, Placement, StepInfo, StepTimes};
 use crate::interp::{Constants, InterpError, Interpreter};
-use crate::tensor::Tensor;
+use crate::tensor::{Data, Tensor};
 use crate::value::Value;
+
+use super::view::{In, Out};
 
 /// A kernel built for one node with static shapes.
 pub trait NativeKernel: Send + Sync {
-    /// Compute the node's results from its operands (`None`: omitted).
-    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String>;
+    /// Compute the node's results into `outputs` (typed and shaped as the
+    /// node's results; their contents are stale: write every element) from
+    /// `inputs` (`None`: omitted, or captured by the kernel).
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], threads: usize)
+        -> Result<(), String>;
+
+    /// Whether a result may be the very memory of an operand of the same
+    /// size (the memory plan's in-place steps): the kernel then reads
+    /// element i of every operand before it writes element i, through raw
+    /// pointers. Kernels that say no never get aliased views.
+    fn in_place(&self) -> bool {
+        false
+    }
 }
+
+/// Where the intermediates of a run live: the memory plan as the
+/// executable runs it.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    /// The order the steps run in: indices into the module's body nodes,
+    /// each once.
+    pub schedule: Vec<usize>,
+    /// Byte offset in the arena of each value the plan placed.
+    pub offsets: HashMap<ValueId, u64>,
+    /// Bytes the arena needs.
+    pub arena_bytes: u64,
+}
+
+impl Layout {
+    /// No arena: every value in the environment, the module's order.
+    pub fn none(m: &Module) -> Layout {
+        Layout {
+            schedule: (0..m.body.nodes.len()).collect(),
+            offsets: HashMap::new(),
+            arena_bytes: 0,
+        }
+    }
+}
+
+/// A value's place in the arena.
+struct Slot {
+    offset: usize,
+    elem: ElemType,
+    shape: Vec<usize>,
+}
+
+/// The arena's unit: 64 bytes, 64-byte aligned, so every slot whose offset
+/// is a multiple of 64 is aligned for any element type and a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
 
 /// A native step as the lowering built it.
 pub struct NativeStep {
@@ -75,20 +133,70 @@ pub struct CpuExecutable {
     module: Module,
     consts: Arc<Constants>,
     steps: Vec<Step>,
-    /// For each step, the values whose last use it is.
+    /// Node indices in run order.
+    schedule: Vec<usize>,
+    /// For each position of the schedule, the environment values whose
+    /// last use it is.
     frees: Vec<Vec<ValueId>>,
+    /// Arena slots by value.
+    slots: HashMap<ValueId, Slot>,
+    arena_bytes: usize,
+    /// For each node that runs on the interpreter, the arena values it
+    /// reads (nested regions included): materialized as tensors for it.
+    interp_reads: HashMap<usize, Vec<ValueId>>,
+    /// For each native step's node, its results' types: (element type,
+    /// static shape), for results that are not in the arena.
+    result_types: HashMap<usize, Vec<(ElemType, Vec<usize>)>>,
+    /// Arenas of finished runs, for the next ones.
+    arenas: Mutex<Vec<Vec<Line>>>,
     threads: usize,
     pool: rayon::ThreadPool,
 }
 
 impl CpuExecutable {
     /// Build an executable from a module whose top-level nodes are covered
-    /// by `steps` (in order), running kernels on `threads` threads.
-    pub fn new(module: Module, steps: Vec<Step>, threads: usize) -> Result<CpuExecutable, String> {
+    /// by `steps` (in order), running kernels on `threads` threads, with
+    /// intermediates where `layout` puts them.
+    pub fn new(
+        module: Module,
+        steps: Vec<Step>,
+        threads: usize,
+        layout: Layout,
+    ) -> Result<CpuExecutable, String> {
         if steps.len() != module.body.nodes.len()
             || steps.iter().enumerate().any(|(i, s)| s.node != i)
         {
             return Err("internal: the steps do not cover the module's nodes in order".into());
+        }
+        let mut sorted = layout.schedule.clone();
+        sorted.sort_unstable();
+        if sorted != (0..steps.len()).collect::<Vec<_>>() {
+            return Err("internal: the schedule is not an order of the module's nodes".into());
+        }
+        let slots = slots_of(&module, &layout)?;
+        let interp_reads = steps
+            .iter()
+            .filter(|s| matches!(s.kind, StepKind::Interp { .. }))
+            .map(|s| {
+                let mut used = vec![];
+                uses_of(&module.body.nodes[s.node], &mut used);
+                used.retain(|v| slots.contains_key(v));
+                used.sort_unstable_by_key(|v| v.index());
+                used.dedup();
+                (s.node, used)
+            })
+            .collect();
+        let mut result_types = HashMap::new();
+        for s in &steps {
+            if let StepKind::Native(_) = s.kind {
+                let n = &module.body.nodes[s.node];
+                let types = n
+                    .outputs
+                    .iter()
+                    .map(|&o| static_type(&module, o))
+                    .collect::<Result<Vec<_>, _>>()?;
+                result_types.insert(s.node, types);
+            }
         }
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -100,12 +208,18 @@ impl CpuExecutable {
         let consts = Arc::new(Interpreter::load_constants_where(&module, |c| {
             needed.contains(&c)
         }));
-        let frees = last_uses(&module);
+        let frees = last_uses(&module, &layout.schedule, &slots);
         Ok(CpuExecutable {
             module,
             consts,
             steps,
+            schedule: layout.schedule,
             frees,
+            slots,
+            arena_bytes: layout.arena_bytes as usize,
+            interp_reads,
+            result_types,
+            arenas: Mutex::new(vec![]),
             threads,
             pool,
         })
@@ -114,6 +228,16 @@ impl CpuExecutable {
     /// The steps, with their kernels.
     pub fn step_kinds(&self) -> &[Step] {
         &self.steps
+    }
+
+    /// Bytes of the arena each run uses (the memory plan's size).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_bytes
+    }
+
+    /// Values that live in the arena.
+    pub fn arena_values(&self) -> usize {
+        self.slots.len()
     }
 
     fn run_inner(
@@ -126,58 +250,23 @@ impl CpuExecutable {
         // Constants a kernel holds itself were not loaded: they stay
         // unbound.
         let mut env = interp.bind_body(inputs)?;
-        self.pool.install(|| {
+        let mut arena = self.take_arena();
+        let base = arena.as_mut_ptr() as usize;
+        let result = self.pool.install(|| {
             with_workers_awake(self.threads, || -> Result<(), InterpError> {
-                for (k, step) in self.steps.iter().enumerate() {
+                for (pos, &k) in self.schedule.iter().enumerate() {
+                    let step = &self.steps[k];
                     let node = &m.body.nodes[step.node];
                     let start = times.as_ref().map(|_| Instant::now());
                     match &step.kind {
-                        StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
-                        StepKind::Native(NativeStep {
-                            kernel, captured, ..
-                        }) => {
-                            let fail = |msg: String| InterpError::new(node.describe(), msg);
-                            let results = {
-                                let mut operands: Vec<Option<&Tensor>> = vec![];
-                                for (k, i) in node.inputs.iter().enumerate() {
-                                    operands.push(match i {
-                                        None => None,
-                                        Some(_) if captured.contains(&k) => None,
-                                        Some(v) => Some(
-                                            env.get(*v).and_then(Value::as_tensor).ok_or_else(
-                                                || {
-                                                    fail(format!(
-                                                        "operand %{} has no tensor",
-                                                        m.name(*v)
-                                                    ))
-                                                },
-                                            )?,
-                                        ),
-                                    });
-                                }
-                                // A kernel bug must not take the caller down: a
-                                // panic becomes this node's error.
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    kernel.run(&operands, self.threads)
-                                }))
-                                .unwrap_or_else(|p| {
-                                    Err(format!("kernel panicked: {}", crate::panic_message(&*p)))
-                                })
-                                .map_err(fail)?
-                            };
-                            if results.len() < node.outputs.len() {
-                                return Err(fail(format!(
-                                    "kernel gave {} results, the node has {}",
-                                    results.len(),
-                                    node.outputs.len()
-                                )));
-                            }
-                            for (&o, t) in node.outputs.iter().zip(results) {
-                                env.set(o, Value::tensor(t));
-                            }
+                        StepKind::Interp { .. } => {
+                            self.run_interpreted(&interp, k, base as *mut u8, &mut env)?
                         }
+                        StepKind::Native(native) => self
+                            .run_native(native, k, base as *mut u8, &mut env)
+                            .map_err(|msg| InterpError::new(node.describe(), msg))?,
                     }
-                    for &v in &self.frees[k] {
+                    for &v in &self.frees[pos] {
                         if let Some(val) = env.take(v) {
                             super::buffers::recycle(val);
                         }
@@ -188,8 +277,236 @@ impl CpuExecutable {
                 }
                 Ok(())
             })
-        })?;
+        });
+        self.give_back_arena(arena);
+        result?;
         interp.body_outputs(&env)
+    }
+
+    /// A native step: operands and results as views of the arena (or of
+    /// the environment's tensors), results outside the arena allocated
+    /// here and stored in the environment.
+    fn run_native(
+        &self,
+        step: &NativeStep,
+        k: usize,
+        base: *mut u8,
+        env: &mut crate::interp::Env,
+    ) -> Result<(), String> {
+        let m = &self.module;
+        let node = &m.body.nodes[k];
+        // Results outside the arena: graph outputs, unplanned values.
+        let types = self
+            .result_types
+            .get(&k)
+            .ok_or("internal: no result types")?;
+        let mut owned: Vec<(usize, Tensor)> = vec![];
+        for (j, &o) in node.outputs.iter().enumerate() {
+            if !self.slots.contains_key(&o) {
+                let (elem, shape) = &types[j];
+                let n = shape.iter().product();
+                let data = match elem {
+                    // Written in full: a recycled buffer will do.
+                    ElemType::F32 => Data::F32(super::buffers::output(n)),
+                    e => Data::zeros(*e, n),
+                };
+                let t = Tensor::new(shape.clone(), data).map_err(|e| e.to_string())?;
+                owned.push((j, t));
+            }
+        }
+        {
+            let mut operands: Vec<Option<In>> = Vec::with_capacity(node.inputs.len());
+            for (i, v) in node.inputs.iter().enumerate() {
+                operands.push(match v {
+                    None => None,
+                    Some(_) if step.captured.contains(&i) => None,
+                    Some(v) => Some(match self.slots.get(v) {
+                        // SAFETY: the slot lies within the arena (checked
+                        // when the executable was built) and holds this
+                        // value, written by its producer earlier in the
+                        // schedule; the plan keeps it from being reused
+                        // until its last use.
+                        Some(s) => unsafe { In::from_raw(base.add(s.offset), s.elem, &s.shape) },
+                        None => {
+                            let t = env
+                                .get(*v)
+                                .and_then(Value::as_tensor)
+                                .ok_or_else(|| format!("operand %{} has no tensor", m.name(*v)))?;
+                            In::of(t, t.elem()).ok_or_else(|| {
+                                format!("operand %{} has no native layout", m.name(*v))
+                            })?
+                        }
+                    }),
+                });
+            }
+            let mut outputs: Vec<Out> = Vec::with_capacity(node.outputs.len());
+            let mut owned_iter = owned.iter_mut().peekable();
+            for (j, o) in node.outputs.iter().enumerate() {
+                outputs.push(match self.slots.get(o) {
+                    // SAFETY: as above; the plan gives no other live value
+                    // this memory, except an operand of an in-place step,
+                    // whose kernel says it may alias (`in_place`).
+                    Some(s) => unsafe { Out::from_raw(base.add(s.offset), s.elem, &s.shape) },
+                    None => {
+                        let e = owned_iter
+                            .next_if(|e| e.0 == j)
+                            .ok_or("internal: result buffer")?;
+                        Out::of(&mut e.1).ok_or("internal: result layout")?
+                    }
+                });
+            }
+            // A kernel bug must not take the caller down: a panic becomes
+            // this node's error.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                step.kernel.run(&operands, &mut outputs, self.threads)
+            }))
+            .unwrap_or_else(|p| Err(format!("kernel panicked: {}", crate::panic_message(&*p))))?;
+        }
+        for (j, t) in owned {
+            env.set(node.outputs[j], Value::tensor(t));
+        }
+        Ok(())
+    }
+
+    /// An interpreted step: its arena operands as tensors in the
+    /// environment for the step's length, its arena results copied into
+    /// their slots.
+    fn run_interpreted(
+        &self,
+        interp: &Interpreter,
+        k: usize,
+        base: *mut u8,
+        env: &mut crate::interp::Env,
+    ) -> Result<(), InterpError> {
+        let m = &self.module;
+        let node = &m.body.nodes[k];
+        let fail = |msg: String| InterpError::new(node.describe(), msg);
+        let reads = self.interp_reads.get(&k).map(Vec::as_slice).unwrap_or(&[]);
+        for v in reads {
+            let s = &self.slots[v];
+            let bytes = s
+                .elem
+                .storage_bytes(s.shape.iter().product::<usize>() as u64)
+                .unwrap_or(0) as usize;
+            // SAFETY: the slot lies within the arena and holds the value
+            // (see `run_native`); nothing writes the arena during this copy.
+            let raw = unsafe { std::slice::from_raw_parts(base.add(s.offset), bytes) };
+            let shape = s.shape.iter().map(|&d| d as u64).collect();
+            let data = kiln_ir::TensorData::from_bytes(s.elem, shape, raw.to_vec())
+                .map_err(|e| fail(e.to_string()))?;
+            let t = Tensor::from_data(&data).map_err(|e| fail(e.to_string()))?;
+            env.set(*v, Value::tensor(t));
+        }
+        interp.run_node(node, env)?;
+        for v in reads {
+            env.take(*v);
+        }
+        for o in &node.outputs {
+            let Some(s) = self.slots.get(o) else { continue };
+            let Some(Value::Tensor(t)) = env.take(*o) else {
+                return Err(fail(format!("result %{} is not a tensor", m.name(*o))));
+            };
+            let data = t.to_data();
+            let bytes = data
+                .bytes()
+                .ok_or_else(|| fail("result has no bytes".into()))?;
+            let want = s
+                .elem
+                .storage_bytes(s.shape.iter().product::<usize>() as u64)
+                .unwrap_or(0) as usize;
+            if bytes.len() != want || t.shape != s.shape {
+                return Err(fail(format!(
+                    "result %{} has shape {:?}, planned {:?}",
+                    m.name(*o),
+                    t.shape,
+                    s.shape
+                )));
+            }
+            // SAFETY: the slot lies within the arena and is this result's
+            // (see `run_native`); `bytes` is a separate allocation.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(s.offset), want) };
+        }
+        Ok(())
+    }
+
+    /// An arena for one run: a finished run's, or a new one.
+    fn take_arena(&self) -> Vec<Line> {
+        let lines = self.arena_bytes.div_ceil(64);
+        let kept = self.arenas.lock().ok().and_then(|mut a| a.pop());
+        kept.filter(|a| a.len() == lines)
+            .unwrap_or_else(|| vec![Line([0; 64]); lines])
+    }
+
+    fn give_back_arena(&self, arena: Vec<Line>) {
+        if let Ok(mut a) = self.arenas.lock() {
+            // One per thread that runs at once is enough; keep a few.
+            if a.len() < 4 {
+                a.push(arena);
+            }
+        }
+    }
+}
+
+/// The arena slots of `layout`, checked: inside the arena, aligned, of
+/// tensors with static shapes and fixed-size elements.
+fn slots_of(m: &Module, layout: &Layout) -> Result<HashMap<ValueId, Slot>, String> {
+    let mut slots = HashMap::new();
+    for (&v, &offset) in &layout.offsets {
+        let (elem, shape) = static_type(m, v)?;
+        let bytes = elem
+            .storage_bytes(shape.iter().product::<usize>() as u64)
+            .ok_or_else(|| format!("internal: %{} has no fixed size", m.name(v)))?;
+        if offset % 64 != 0 || offset + bytes > layout.arena_bytes {
+            return Err(format!(
+                "internal: %{}'s slot ({bytes} bytes at {offset}) is outside the {}-byte arena or unaligned",
+                m.name(v),
+                layout.arena_bytes
+            ));
+        }
+        let offset = usize::try_from(offset).map_err(|e| e.to_string())?;
+        slots.insert(
+            v,
+            Slot {
+                offset,
+                elem,
+                shape,
+            },
+        );
+    }
+    Ok(slots)
+}
+
+/// A tensor value's element type and static shape.
+fn static_type(m: &Module, v: ValueId) -> Result<(ElemType, Vec<usize>), String> {
+    let t = m
+        .ty(v)
+        .as_tensor()
+        .ok_or_else(|| format!("%{} is not a tensor", m.name(v)))?;
+    let dims = t
+        .shape
+        .as_ref()
+        .ok_or_else(|| format!("%{} has an unknown rank", m.name(v)))?;
+    let shape = dims
+        .iter()
+        .map(|d| match d {
+            kiln_ir::Dim::Known(k) => usize::try_from(*k).map_err(|e| e.to_string()),
+            _ => Err(format!("%{} has a dynamic shape", m.name(v))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((t.elem, shape))
+}
+
+/// Every value a node reads: its operands and what its nested regions use.
+fn uses_of(n: &kiln_ir::Node, out: &mut Vec<ValueId>) {
+    fn region(r: &Region, out: &mut Vec<ValueId>) {
+        for n in &r.nodes {
+            uses_of(n, out);
+        }
+        out.extend(&r.outputs);
+    }
+    out.extend(n.inputs.iter().flatten());
+    for (_, sub) in n.regions() {
+        region(sub, out);
     }
 }
 
@@ -311,20 +628,12 @@ fn needed_constants(m: &Module, steps: &[Step]) -> std::collections::HashSet<Val
     needed
 }
 
-/// For each top-level node, the values (node results and graph inputs,
-/// not constants or graph outputs) whose last use is that node (uses in
-/// nested regions count as uses by the node holding them).
-fn last_uses(m: &Module) -> Vec<Vec<ValueId>> {
-    fn uses(r: &kiln_ir::Region, out: &mut Vec<ValueId>) {
-        for n in &r.nodes {
-            out.extend(n.inputs.iter().flatten());
-            for (_, sub) in n.regions() {
-                uses(sub, out);
-            }
-        }
-        out.extend(&r.outputs);
-    }
-    let keep: std::collections::HashSet<ValueId> = m
+/// For each position of `schedule`, the environment values (node results
+/// and graph inputs, not constants, graph outputs or arena values) whose
+/// last use is the node there (uses in nested regions count as uses by the
+/// node holding them).
+fn last_uses(m: &Module, schedule: &[usize], slots: &HashMap<ValueId, Slot>) -> Vec<Vec<ValueId>> {
+    let keep: HashSet<ValueId> = m
         .body
         .outputs
         .iter()
@@ -332,19 +641,17 @@ fn last_uses(m: &Module) -> Vec<Vec<ValueId>> {
         .copied()
         .collect();
     let mut last: HashMap<ValueId, usize> = HashMap::new();
-    for (k, n) in m.body.nodes.iter().enumerate() {
-        let mut u: Vec<ValueId> = n.inputs.iter().flatten().copied().collect();
-        for (_, sub) in n.regions() {
-            uses(sub, &mut u);
-        }
+    for (pos, &k) in schedule.iter().enumerate() {
+        let mut u = vec![];
+        uses_of(&m.body.nodes[k], &mut u);
         for v in u {
-            last.insert(v, k);
+            last.insert(v, pos);
         }
     }
-    let mut frees = vec![vec![]; m.body.nodes.len()];
-    for (v, k) in last {
-        if !keep.contains(&v) {
-            frees[k].push(v);
+    let mut frees = vec![vec![]; schedule.len()];
+    for (v, pos) in last {
+        if !keep.contains(&v) && !slots.contains_key(&v) {
+            frees[pos].push(v);
         }
     }
     frees

@@ -10,8 +10,9 @@ pub mod kernels;
 pub mod movement;
 pub mod reduce;
 pub mod steps;
+pub mod view;
 
-pub use exec::{CpuExecutable, NativeKernel, NativeStep, Step, StepKind};
+pub use exec::{CpuExecutable, Layout, NativeKernel, NativeStep, Step, StepKind};
 
 /// Work units per thread when a kernel splits its work: a few each, so
 /// that rayon's work stealing evens out a thread that is slowed down (a

@@ -3,13 +3,15 @@
 //! each copies the largest contiguous runs it can (memcpy) instead of
 //! computing an index per element.
 
-/// `x` of `shape` with its axes permuted (`out.shape[i] = shape[perm[i]]`).
-pub fn transpose<T: Copy>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+/// `x` of `shape` with its axes permuted (`out.shape[i] = shape[perm[i]]`),
+/// written over all of `out` (as long as `x`).
+pub fn transpose<T: Copy>(x: &[T], shape: &[usize], perm: &[usize], out: &mut [T]) {
     let r = shape.len();
     debug_assert_eq!(perm.len(), r);
     let n: usize = shape.iter().product();
+    assert_eq!(out.len(), n, "transpose: output length");
     if n == 0 {
-        return vec![];
+        return;
     }
     let in_strides = strides(shape);
     // Trailing output axes that are also the trailing input axes, in order,
@@ -20,15 +22,15 @@ pub fn transpose<T: Copy>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
     }
     let run: usize = shape[inner..].iter().product();
     if run == 1 && r >= 2 {
-        return transpose_tiled(x, shape, perm, &in_strides);
+        return transpose_tiled(x, shape, perm, &in_strides, out);
     }
     let outer_dims: Vec<usize> = perm[..inner].iter().map(|&p| shape[p]).collect();
     let outer_strides: Vec<usize> = perm[..inner].iter().map(|&p| in_strides[p]).collect();
-    let mut out = Vec::with_capacity(n);
+    let mut at = 0;
     odometer(&outer_dims, &outer_strides, |src| {
-        out.extend_from_slice(&x[src..src + run])
+        out[at..at + run].copy_from_slice(&x[src..src + run]);
+        at += run;
     });
-    out
 }
 
 /// [`transpose`] when the input's last axis moves (no contiguous run
@@ -37,7 +39,13 @@ pub fn transpose<T: Copy>(x: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
 /// square tiles so that both the reads along `a` and the writes along `b`
 /// stay within a few cache lines (an element-by-element odometer was 0.3
 /// ms for a 128 x 384 attention-head transpose).
-fn transpose_tiled<T: Copy>(x: &[T], shape: &[usize], perm: &[usize], in_st: &[usize]) -> Vec<T> {
+fn transpose_tiled<T: Copy>(
+    x: &[T],
+    shape: &[usize],
+    perm: &[usize],
+    in_st: &[usize],
+    out: &mut [T],
+) {
     const TILE: usize = 16;
     let r = shape.len();
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
@@ -54,7 +62,6 @@ fn transpose_tiled<T: Copy>(x: &[T], shape: &[usize], perm: &[usize], in_st: &[u
     let dims: Vec<usize> = rest.iter().map(|&i| out_shape[i]).collect();
     let st_in: Vec<usize> = rest.iter().map(|&i| in_st[perm[i]]).collect();
     let st_out: Vec<usize> = rest.iter().map(|&i| out_st[i]).collect();
-    let mut out = vec![x[0]; x.len()];
     let mut pairs = vec![];
     odometer(&dims, &st_in, |src| pairs.push(src));
     let mut dsts = vec![];
@@ -71,7 +78,6 @@ fn transpose_tiled<T: Copy>(x: &[T], shape: &[usize], perm: &[usize], in_st: &[u
             }
         }
     }
-    out
 }
 
 /// Row-major strides of `shape`.
@@ -115,15 +121,19 @@ pub(crate) fn odometer(shape: &[usize], st: &[usize], mut f: impl FnMut(usize)) 
 /// Rows of `table` (`rows` rows of `row_len` elements, with `outer`
 /// independent tables before them, i.e. Gather on axis `k` with
 /// `outer = prod(shape[..k])`) picked by `indices` (negative counts from
-/// the end).
+/// the end), written over all of `out` (`outer * indices * row_len`).
 pub fn gather<T: Copy>(
     table: &[T],
     outer: usize,
     rows: usize,
     row_len: usize,
     indices: &[i64],
-) -> Result<Vec<T>, String> {
-    let mut out = Vec::with_capacity(outer * indices.len() * row_len);
+    out: &mut [T],
+) -> Result<(), String> {
+    if out.len() != outer * indices.len() * row_len {
+        return Err("gather: output length".into());
+    }
+    let mut at = 0;
     for o in 0..outer {
         let base = o * rows * row_len;
         for &i in indices {
@@ -134,10 +144,11 @@ pub fn gather<T: Copy>(
                 ));
             }
             let s = base + j as usize * row_len;
-            out.extend_from_slice(&table[s..s + row_len]);
+            out[at..at + row_len].copy_from_slice(&table[s..s + row_len]);
+            at += row_len;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Concatenate `parts` along an axis into `out`: `outer` = product of the
@@ -211,16 +222,24 @@ mod tests {
         for (shape, perm) in cases {
             let n: usize = shape.iter().product();
             let x: Vec<i32> = (0..n as i32).collect();
-            assert_eq!(
-                transpose(&x, shape, perm),
-                transpose_ref(&x, shape, perm),
-                "{shape:?} {perm:?}"
-            );
+            let mut got = vec![-1; n];
+            transpose(&x, shape, perm, &mut got);
+            assert_eq!(got, transpose_ref(&x, shape, perm), "{shape:?} {perm:?}");
         }
     }
 
     #[test]
     fn gather_picks_rows_and_rejects_bad_indices() {
+        fn gather(
+            t: &[i32],
+            outer: usize,
+            rows: usize,
+            row_len: usize,
+            idx: &[i64],
+        ) -> Result<Vec<i32>, String> {
+            let mut out = vec![-1; outer * idx.len() * row_len];
+            super::gather(t, outer, rows, row_len, idx, &mut out).map(|()| out)
+        }
         let t: Vec<i32> = (0..12).collect(); // [3, 4]
         assert_eq!(
             gather(&t, 1, 3, 4, &[2, -3]).unwrap_or_default(),

@@ -15,8 +15,9 @@ pub enum ReduceOp {
 }
 
 /// Reduce `x` of `shape` over `axes` (sorted or not, no repeats); the
-/// result has the kept dims in order (keepdims only changes its shape).
-pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp) -> Vec<f32> {
+/// result has the kept dims in order (keepdims only changes its shape) and
+/// is written over all of `out`.
+pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp, out: &mut [f32]) {
     let kept: Vec<usize> = (0..shape.len())
         .map(|a| if axes.contains(&a) { 1 } else { shape[a] })
         .collect();
@@ -27,7 +28,8 @@ pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp) -> Vec<f
         ReduceOp::Max => f32::NEG_INFINITY,
         ReduceOp::Min => f32::INFINITY,
     };
-    let mut out = vec![init; n_out];
+    assert_eq!(out.len(), n_out, "reduce: output length");
+    out.fill(init);
     // Output offset of each input element: kept axes stride, reduced 0.
     let ks = strides(&kept);
     let st: Vec<usize> = (0..shape.len())
@@ -50,12 +52,11 @@ pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp) -> Vec<f
         let inv = 1.0 / count as f32;
         out.iter_mut().for_each(|v| *v *= inv);
     }
-    out
 }
 
 /// `x` of `in_shape` broadcast to `out_shape` (numpy rules; `in_shape`
-/// right-aligned, its dims 1 or equal).
-pub fn broadcast<T: Copy>(x: &[T], in_shape: &[usize], out_shape: &[usize]) -> Vec<T> {
+/// right-aligned, its dims 1 or equal), written over all of `out`.
+pub fn broadcast<T: Copy>(x: &[T], in_shape: &[usize], out_shape: &[usize], out: &mut [T]) {
     let r = out_shape.len();
     let pad = r - in_shape.len();
     let is = strides(in_shape);
@@ -68,14 +69,37 @@ pub fn broadcast<T: Copy>(x: &[T], in_shape: &[usize], out_shape: &[usize]) -> V
             }
         })
         .collect();
-    let mut out = Vec::with_capacity(out_shape.iter().product());
-    odometer(out_shape, &st, |o| out.push(x[o]));
-    out
+    assert_eq!(
+        out.len(),
+        out_shape.iter().product::<usize>(),
+        "broadcast: output length"
+    );
+    let mut at = 0;
+    odometer(out_shape, &st, |o| {
+        out[at] = x[o];
+        at += 1;
+    });
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::ReduceOp;
+
+    fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp) -> Vec<f32> {
+        let n = (0..shape.len())
+            .filter(|a| !axes.contains(a))
+            .map(|a| shape[a])
+            .product();
+        let mut out = vec![f32::NAN; n];
+        super::reduce(x, shape, axes, op, &mut out);
+        out
+    }
+
+    fn broadcast(x: &[i32], in_shape: &[usize], out_shape: &[usize]) -> Vec<i32> {
+        let mut out = vec![-1; out_shape.iter().product()];
+        super::broadcast(x, in_shape, out_shape, &mut out);
+        out
+    }
 
     #[test]
     fn reduce_middle_axis() {

@@ -17,7 +17,7 @@ mod movement;
 
 use kiln_ir::{Module, Node};
 use kiln_runtime::cpu::jit::TargetCpu;
-use kiln_runtime::cpu::{CpuExecutable, NativeStep, Step, StepKind};
+use kiln_runtime::cpu::{CpuExecutable, Layout, NativeStep, Step, StepKind};
 
 /// How to compile for the CPU.
 #[derive(Clone, Debug)]
@@ -58,7 +58,8 @@ pub fn build(s: Module, opts: &CpuOptions) -> Result<CpuExecutable, String> {
             },
         })
         .collect();
-    CpuExecutable::new(s, steps, opts.threads)
+    let layout = Layout::none(&s);
+    CpuExecutable::new(s, steps, opts.threads, layout)
 }
 
 /// The lowering table: a native step for `n`, or why there is none.

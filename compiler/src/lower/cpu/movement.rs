@@ -20,9 +20,13 @@ pub(super) fn reshape(m: &Module, n: &Node) -> Result<NativeStep, String> {
     if elem_in != elem_out {
         return Err("element types differ".into());
     }
-    let out = static_shape(m, *out)?;
+    match elem_out {
+        Some(e) if kiln_runtime::cpu::view::is_viewable(e) => {}
+        _ => return Err(format!("no native copy of {elem_out:?}")),
+    }
+    static_shape(m, *out)?;
     Ok(NativeStep::new(
-        Box::new(Reshape { out }),
+        Box::new(Reshape),
         format!("{} (copy)", n.op),
         0.0,
     ))
@@ -56,10 +60,10 @@ pub(super) fn transpose(m: &Module, n: &Node) -> Result<NativeStep, String> {
     {
         return Err(format!("perm {perm:?} is not a permutation of {r} axes"));
     }
-    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    static_shape(m, *n.outputs.first().ok_or("no result")?)?;
     let what = format!("Transpose {perm:?}");
     Ok(NativeStep::new(
-        Box::new(Transpose { shape, perm, out }),
+        Box::new(Transpose { shape, perm }),
         what,
         0.0,
     ))
@@ -85,12 +89,11 @@ pub(super) fn gather(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let shape = static_shape(m, x)?;
     let r = shape.len() as i64;
     let a = axis_attr(n, r)?;
-    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    static_shape(m, *n.outputs.first().ok_or("no result")?)?;
     let k = Gather {
         outer: shape[..a].iter().product(),
         rows: shape[a],
         row_len: shape[a + 1..].iter().product(),
-        out,
     };
     Ok(NativeStep::new(
         Box::new(k),
@@ -114,7 +117,6 @@ pub(super) fn concat(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let k = Concat {
         outer: out[..a].iter().product(),
         inner,
-        out,
     };
     Ok(NativeStep::new(
         Box::new(k),
@@ -133,12 +135,8 @@ pub(super) fn cast(m: &Module, n: &Node) -> Result<NativeStep, String> {
         (Some(E::F32 | E::I64 | E::I32 | E::Bool), Some(E::F32)) => {}
         (f, t) => return Err(format!("no native cast {f:?} -> {t:?}")),
     }
-    let out = static_shape(m, out_v)?;
-    Ok(NativeStep::new(
-        Box::new(CastToF32 { out }),
-        "Cast to f32",
-        0.0,
-    ))
+    static_shape(m, out_v)?;
+    Ok(NativeStep::new(Box::new(CastToF32), "Cast to f32", 0.0))
 }
 
 pub(super) fn expand(m: &Module, n: &Node) -> Result<NativeStep, String> {
@@ -231,11 +229,6 @@ pub(super) fn reduce_of_shape(
         ));
     }
     let what = format!("{} over axes {axes:?}", n.op);
-    let k = Reduce {
-        shape,
-        axes,
-        op,
-        out,
-    };
+    let k = Reduce { shape, axes, op };
     Ok(NativeStep::new(Box::new(k), what, 0.0))
 }

@@ -155,6 +155,11 @@ impl JitKernel {
         &self.output_shapes
     }
 
+    /// Element counts of the inputs, in order.
+    pub fn input_lens(&self) -> &[usize] {
+        &self.input_lens
+    }
+
     /// Ops it compiled, for reports (e.g. "Add+Mul+Tanh").
     pub fn describe(&self) -> &str {
         &self.describe

@@ -3,12 +3,11 @@
 //! whole tail it absorbed. The compiler plans them (shapes, packed
 //! weights, folded residual and clamp); these run them.
 
-use crate::cpu::buffers;
 use crate::cpu::kernels::{ConvPlan, Epilogue, GemmPlan, MatMulPlan, PoolPlan};
+use crate::cpu::view::{In, Out};
 use crate::cpu::NativeKernel;
-use crate::{Data, Tensor};
 
-use super::{anchor_operands, f32s, opt_f32s};
+use super::{anchor_operands, f32s, opt_f32s, result};
 
 /// A planned dense op.
 pub enum Dense {
@@ -18,15 +17,14 @@ pub enum Dense {
 }
 
 impl Dense {
-    /// A buffer for this op's result: recycled for convs and packed
-    /// matmuls (they write every element, whatever the path), zeroed for
-    /// the gemm-crate products.
-    pub fn out_buffer(&self) -> Vec<f32> {
-        let n = self.out_shape().iter().product();
+    /// Whether the product writes every element of its result whatever
+    /// it held (convs and packed matmuls); the gemm-crate products
+    /// accumulate into it, so their result must start zeroed.
+    pub fn overwrites_output(&self) -> bool {
         match self {
-            Dense::Conv(_) => buffers::output(n),
-            Dense::MatMul(p) if p.overwrites_output() => buffers::output(n),
-            _ => vec![0f32; n],
+            Dense::Conv(_) => true,
+            Dense::MatMul(p) => p.overwrites_output(),
+            Dense::Gemm(_) => false,
         }
     }
 
@@ -48,25 +46,23 @@ impl Dense {
 
     /// Run on the op's own operands (`ops[i]` for its operand i; `None`
     /// where captured or omitted).
-    pub fn run(
-        &self,
-        ops: &[Option<&Tensor>],
-        out: &mut [f32],
-        threads: usize,
-    ) -> Result<(), String> {
+    pub fn run(&self, ops: &[Option<In>], out: &mut [f32], threads: usize) -> Result<(), String> {
         self.run_with_epilogue(ops, out, threads, None)
     }
 
     /// [`Dense::run`], applying `epilogue` to ranges of `out` as they are
     /// finished: tile by tile for convs and packed matmuls, over the whole
-    /// result otherwise.
+    /// result otherwise. `out`'s old contents do not matter.
     pub fn run_with_epilogue(
         &self,
-        ops: &[Option<&Tensor>],
+        ops: &[Option<In>],
         out: &mut [f32],
         threads: usize,
         epilogue: Option<&Epilogue>,
     ) -> Result<(), String> {
+        if !self.overwrites_output() {
+            out.fill(0.0);
+        }
         match self {
             Dense::MatMul(p) => {
                 let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
@@ -109,13 +105,14 @@ pub struct DenseKernel {
 }
 
 impl NativeKernel for DenseKernel {
-    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
-        let shape = self.plan.out_shape().to_vec();
-        let mut out = self.plan.out_buffer();
-        self.plan.run(inputs, &mut out, threads)?;
-        Ok(vec![
-            Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?
-        ])
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        let out = result(outputs, 0)?.f32s()?;
+        self.plan.run(inputs, out, threads)
     }
 }
 
@@ -125,14 +122,16 @@ pub struct Pool {
 }
 
 impl NativeKernel for Pool {
-    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
-        let shape = self.plan.out_shape().to_vec();
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
         // Pools write every output element.
-        let mut out = buffers::output(shape.iter().product());
-        self.plan.run(f32s(inputs, 0)?, &mut out, threads);
-        Ok(vec![
-            Tensor::new(shape, Data::F32(out)).map_err(|e| e.to_string())?
-        ])
+        let out = result(outputs, 0)?.f32s()?;
+        self.plan.run(f32s(inputs, 0)?, out, threads);
+        Ok(())
     }
 }
 
@@ -147,8 +146,13 @@ pub struct AnchorOnly {
 }
 
 impl NativeKernel for AnchorOnly {
-    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
         self.anchor
-            .run(&anchor_operands(&self.map, inputs), threads)
+            .run(&anchor_operands(&self.map, inputs), outputs, threads)
     }
 }

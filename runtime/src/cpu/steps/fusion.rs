@@ -3,12 +3,14 @@
 //! the loop allows); and a producers loop followed by an odometer
 //! reduction.
 
+use kiln_ir::ElemType;
+
 use crate::cpu::jit::JitKernel;
+use crate::cpu::view::{In, Out};
 use crate::cpu::{buffers, NativeKernel};
-use crate::{Data, Tensor};
 
 use super::dense::Dense;
-use super::{anchor_operands, f32s};
+use super::{anchor_operands, operand, result};
 
 /// A fusion region: optionally a dense anchor, then a generated loop.
 pub struct Fusion {
@@ -24,59 +26,71 @@ pub struct Fusion {
 }
 
 impl NativeKernel for Fusion {
-    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
-        let outs = self.jit.output_shapes().to_vec();
-        let mut ins: Vec<&[f32]> = vec![];
-        if let (true, true, Some((plan, map))) = (self.in_place, self.jit.is_flat(), &self.anchor) {
-            return self.run_tiled(plan, map, inputs, threads);
-        }
-        let anchor_out = match &self.anchor {
-            Some((plan, map)) => {
-                let ops = anchor_operands(map, inputs);
-                let shape = plan.out_shape().to_vec();
-                let mut buf = plan.out_buffer();
-                plan.run(&ops, &mut buf, threads)?;
-                Some((shape, buf))
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        // The loop's inputs after the anchor's result (if any): operands
+        // of exactly the sizes it was compiled for.
+        let first = usize::from(self.anchor.is_some());
+        let mut ins: Vec<*const f32> = vec![];
+        for (i, &k) in self.jit_operands.iter().enumerate() {
+            let x = operand(inputs, k)?;
+            if self.jit.input_lens().get(first + i) != Some(&x.len()) {
+                return Err(format!("operand {k} has the wrong size"));
             }
-            None => None,
+            ins.push(x.f32_ptr()?);
+        }
+        let mut outs: Vec<*mut f32> = vec![];
+        for (j, s) in self.jit.output_shapes().iter().enumerate() {
+            let o = result(outputs, j)?;
+            if o.len() != s.iter().product::<usize>() {
+                return Err(format!("result {j} has the wrong size"));
+            }
+            outs.push(o.f32_ptr()?);
+        }
+        let Some((plan, map)) = &self.anchor else {
+            // SAFETY: every pointer covers the element count the kernel
+            // was compiled for (checked above); an output may alias a
+            // same-size operand (the memory plan's in-place steps), which
+            // the generated loop allows (`run_raw`'s contract).
+            unsafe { self.jit.run_raw(&ins, &outs, threads) };
+            return Ok(());
         };
-        for &k in &self.jit_operands {
-            ins.push(f32s(inputs, k)?);
-        }
-        let anchor_out = match (self.in_place, anchor_out) {
-            (true, Some((shape, mut buf))) => {
-                let mut ptrs: Vec<*const f32> = vec![buf.as_ptr()];
-                ptrs.extend(ins.iter().map(|s| s.as_ptr()));
-                // SAFETY: every pointer covers the shape the kernel was
-                // compiled for (operands have their static shapes, the
-                // executable checked the graph inputs; the buffer was sized
-                // above), and the one output aliases input 0 of the same
-                // shape, which the generated loop allows.
-                unsafe { self.jit.run_raw(&ptrs, &[buf.as_mut_ptr()], threads) };
-                return Ok(vec![
-                    Tensor::new(shape, Data::F32(buf)).map_err(|e| e.to_string())?
-                ]);
+        let ops = anchor_operands(map, inputs);
+        if self.in_place {
+            // The anchor writes the fusion's one result, the loop then
+            // rewrites it in place: tile by tile where the loop allows.
+            let out = result(outputs, 0)?.f32s()?;
+            if self.jit.is_flat() {
+                return self.run_tiled(plan, &ops, &ins, out, threads);
             }
-            (_, a) => a,
-        };
-        // Generated loops write every element of every output.
-        let mut bufs: Vec<Vec<f32>> = outs
-            .iter()
-            .map(|s| buffers::output(s.iter().product()))
-            .collect();
-        {
-            let mut all: Vec<&[f32]> = vec![];
-            if let Some((_, b)) = &anchor_out {
-                all.push(b);
-            }
-            all.extend(ins);
-            let mut outs_mut: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-            self.jit.run(&all, &mut outs_mut, threads)?;
+            plan.run(&ops, out, threads)?;
+            let mut all = vec![out.as_ptr()];
+            all.extend(&ins);
+            // SAFETY: as above; the one output aliases input 0 (the
+            // anchor's result) of the same shape, which the loop allows.
+            unsafe { self.jit.run_raw(&all, &[out.as_mut_ptr()], threads) };
+            return Ok(());
         }
-        outs.into_iter()
-            .zip(bufs)
-            .map(|(s, b)| Tensor::new(s, Data::F32(b)).map_err(|e| e.to_string()))
-            .collect()
+        // The anchor's result is the loop's input 0, in a scratch buffer.
+        let mut scratch = buffers::output(plan.out_shape().iter().product());
+        plan.run(&ops, &mut scratch, threads)?;
+        let mut all = vec![scratch.as_ptr()];
+        all.extend(&ins);
+        // SAFETY: as above; the scratch buffer has the anchor's shape,
+        // which the loop was compiled for, and aliases nothing.
+        unsafe { self.jit.run_raw(&all, &outs, threads) };
+        buffers::give_back(scratch);
+        Ok(())
+    }
+
+    fn in_place(&self) -> bool {
+        // An elementwise loop reads element i of every operand before it
+        // writes element i; an anchored product reads whole rows.
+        self.anchor.is_none()
     }
 }
 
@@ -84,20 +98,15 @@ impl Fusion {
     /// An in-place elementwise epilogue, applied to each tile of the
     /// anchor's result by the thread that computed it, while it is in
     /// cache (one pass over memory instead of two).
-    pub fn run_tiled(
+    fn run_tiled(
         &self,
         plan: &Dense,
-        map: &[Option<usize>],
-        inputs: &[Option<&Tensor>],
+        ops: &[Option<In>],
+        operands: &[*const f32],
+        out: &mut [f32],
         threads: usize,
-    ) -> Result<Vec<Tensor>, String> {
-        let ops = anchor_operands(map, inputs);
-        let shape = plan.out_shape().to_vec();
-        let mut buf = plan.out_buffer();
-        let mut operands: Vec<usize> = vec![];
-        for &k in &self.jit_operands {
-            operands.push(f32s(inputs, k)?.as_ptr() as usize);
-        }
+    ) -> Result<(), String> {
+        let operands: Vec<usize> = operands.iter().map(|&p| p as usize).collect();
         let epilogue = |out: *mut f32, lo: usize, hi: usize| {
             // On the stack: this runs once per tile row.
             let mut stack = [std::ptr::null::<f32>(); 8];
@@ -120,10 +129,7 @@ impl Fusion {
             // the one thread that touches it.
             unsafe { self.jit.run_range_raw(ins, &[out], lo, hi) };
         };
-        plan.run_with_epilogue(&ops, &mut buf, threads, Some(&epilogue))?;
-        Ok(vec![
-            Tensor::new(shape, Data::F32(buf)).map_err(|e| e.to_string())?
-        ])
+        plan.run_with_epilogue(ops, out, threads, Some(&epilogue))
     }
 }
 
@@ -137,8 +143,29 @@ pub struct SplitReduction {
 }
 
 impl NativeKernel for SplitReduction {
-    fn run(&self, inputs: &[Option<&Tensor>], threads: usize) -> Result<Vec<Tensor>, String> {
-        let x = self.producers.run(inputs, threads)?;
-        self.reduce.run(&[x.first()], threads)
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        let shape = self
+            .producers
+            .jit
+            .output_shapes()
+            .first()
+            .ok_or("producers without a result")?;
+        let mut x = buffers::output(shape.iter().product());
+        {
+            // SAFETY: `x` holds the producers' result's element count of
+            // f32 and lives to the end of this block.
+            let mut xo = [unsafe { Out::from_raw(x.as_mut_ptr().cast(), ElemType::F32, shape) }];
+            self.producers.run(inputs, &mut xo, threads)?;
+            // SAFETY: as above; `xo` is no longer written.
+            let xi = unsafe { In::from_raw(x.as_ptr().cast(), ElemType::F32, shape) };
+            self.reduce.run(&[Some(xi)], outputs, threads)?;
+        }
+        buffers::give_back(x);
+        Ok(())
     }
 }

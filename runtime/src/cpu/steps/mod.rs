@@ -13,10 +13,10 @@ pub mod dense;
 pub mod fusion;
 pub mod movement;
 
-use crate::{Data, Tensor};
+use crate::cpu::view::{In, Out};
 
 /// Operand `i`, which must be present.
-fn operand<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, String> {
+fn operand<'a>(inputs: &[Option<In<'a>>], i: usize) -> Result<In<'a>, String> {
     inputs
         .get(i)
         .copied()
@@ -24,25 +24,25 @@ fn operand<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, St
         .ok_or_else(|| format!("operand {i} is missing"))
 }
 
+/// Result `i`.
+fn result<'o, 'a>(outputs: &'o mut [Out<'a>], i: usize) -> Result<&'o mut Out<'a>, String> {
+    outputs
+        .get_mut(i)
+        .ok_or_else(|| format!("result {i} is missing"))
+}
+
 /// Operand `i`'s f32 data, which must be present.
-fn f32s<'a>(ops: &[Option<&'a Tensor>], i: usize) -> Result<&'a [f32], String> {
+fn f32s<'a>(ops: &[Option<In<'a>>], i: usize) -> Result<&'a [f32], String> {
     opt_f32s(ops, i)?.ok_or_else(|| format!("operand {i} is missing"))
 }
 
 /// Operand `i`'s f32 data, `None` where omitted or captured.
-fn opt_f32s<'a>(ops: &[Option<&'a Tensor>], i: usize) -> Result<Option<&'a [f32]>, String> {
-    match ops.get(i).copied().flatten().map(|t| &t.data) {
-        Some(Data::F32(v)) => Ok(Some(v)),
-        Some(_) => Err(format!("operand {i} is not f32")),
-        None => Ok(None),
-    }
+fn opt_f32s<'a>(ops: &[Option<In<'a>>], i: usize) -> Result<Option<&'a [f32]>, String> {
+    ops.get(i).copied().flatten().map(|x| x.f32s()).transpose()
 }
 
 /// A dense anchor's own operands, picked from its fusion's by `map`.
-fn anchor_operands<'a>(
-    map: &[Option<usize>],
-    inputs: &[Option<&'a Tensor>],
-) -> Vec<Option<&'a Tensor>> {
+fn anchor_operands<'a>(map: &[Option<usize>], inputs: &[Option<In<'a>>]) -> Vec<Option<In<'a>>> {
     map.iter()
         .map(|k| k.and_then(|k| inputs.get(k).copied().flatten()))
         .collect()

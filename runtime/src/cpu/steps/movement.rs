@@ -1,68 +1,79 @@
 //! Steps for data movement and reductions: the operand's elements
 //! rearranged (reshape, transpose, gather, concat, expand), converted
 //! (cast to f32) or reduced over any axes. The compiler plans each one
-//! (shapes, permutation, axes) from its node; these run it.
+//! (shapes, permutation, axes) from its node; these run it, writing every
+//! element of their result.
 
+use crate::cpu::movement;
+use crate::cpu::reduce::{broadcast, reduce, ReduceOp};
+use crate::cpu::view::{In, Out};
 use crate::cpu::NativeKernel;
-use crate::{Data, Tensor};
 
-use super::operand;
+use super::{operand, result};
 
-/// Reshape-like ops: the operand's data under the result's static shape.
-pub struct Reshape {
-    pub out: Vec<usize>,
+/// Apply a generic movement function to the element types the movement
+/// kernels take (f32, i64, i32): `|x, out| body` with `x` the operand's
+/// and `out` the result's slice of one type.
+macro_rules! movable {
+    ($x:expr, $out:expr, |$v:ident, $o:ident| $body:expr) => {{
+        let (x, out) = ($x, $out);
+        match x.elem() {
+            kiln_ir::ElemType::F32 => {
+                let ($v, $o) = (x.f32s()?, out.f32s()?);
+                $body
+            }
+            kiln_ir::ElemType::I64 => {
+                let ($v, $o) = (x.i64s()?, out.i64s()?);
+                $body
+            }
+            kiln_ir::ElemType::I32 => {
+                let ($v, $o) = (x.i32s()?, out.i32s()?);
+                $body
+            }
+            e => return Err(format!("no native movement of {e}")),
+        }
+    }};
 }
+
+/// Reshape-like ops (and Identity): the operand's bytes under the result's
+/// shape. May run in place (then there is nothing to do).
+pub struct Reshape;
 
 impl NativeKernel for Reshape {
-    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
-        let x = inputs.first().copied().flatten().ok_or("missing operand")?;
-        if let Data::F32(v) = &x.data {
-            // Into a recycled buffer: a fresh one pays its page faults on
-            // every run (MiniLM's 196 KB head reshapes: 0.21 -> 0.14 ms a
-            // run in all).
-            let mut out = crate::cpu::buffers::output(v.len());
-            out.copy_from_slice(v);
-            let t = Tensor::new(self.out.clone(), Data::F32(out));
-            return Ok(vec![t.map_err(|e| e.to_string())?]);
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let out = result(outputs, 0)?;
+        if x.byte_len() != out.byte_len() || x.elem() != out.elem() {
+            return Err("reshape changes the size or type".into());
         }
-        Ok(vec![x
-            .reshaped(self.out.clone())
-            .map_err(|e| e.to_string())?])
+        // SAFETY: both views cover `byte_len` bytes (checked above); they
+        // may be the same memory (in place), which `copy` allows.
+        unsafe { std::ptr::copy(x.bytes_ptr(), out.bytes_ptr(), x.byte_len()) };
+        Ok(())
     }
-}
 
-/// Apply a generic movement function to the data of the element types the
-/// movement kernels take (f32, i64, i32); `None` for others.
-macro_rules! movable {
-    ($d:expr, |$v:ident| $body:expr) => {
-        match $d {
-            Data::F32($v) => Some(Data::F32($body)),
-            Data::I64($v) => Some(Data::I64($body)),
-            Data::I32($v) => Some(Data::I32($body)),
-            _ => None,
-        }
-    };
+    fn in_place(&self) -> bool {
+        true
+    }
 }
 
 /// Transpose by `perm` of an operand of `shape`.
 pub struct Transpose {
     pub shape: Vec<usize>,
     pub perm: Vec<usize>,
-    pub out: Vec<usize>,
 }
 
 impl NativeKernel for Transpose {
-    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
         let x = operand(inputs, 0)?;
-        let d = movable!(&x.data, |v| crate::cpu::movement::transpose(
+        let out = result(outputs, 0)?;
+        movable!(x, out, |v, o| movement::transpose(
             v,
             &self.shape,
-            &self.perm
-        ))
-        .ok_or("unsupported element type")?;
-        Ok(vec![
-            Tensor::new(self.out.clone(), d).map_err(|e| e.to_string())?
-        ])
+            &self.perm,
+            o
+        ));
+        Ok(())
     }
 }
 
@@ -71,107 +82,98 @@ pub struct Gather {
     pub outer: usize,
     pub rows: usize,
     pub row_len: usize,
-    pub out: Vec<usize>,
 }
 
 impl NativeKernel for Gather {
-    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
         let x = operand(inputs, 0)?;
         let idx = operand(inputs, 1)?;
-        let idx: Vec<i64> = match &idx.data {
-            Data::I64(v) => v.clone(),
-            Data::I32(v) => v.iter().map(|&i| i as i64).collect(),
+        let idx: Vec<i64> = match idx.elem() {
+            kiln_ir::ElemType::I64 => idx.i64s()?.to_vec(),
+            kiln_ir::ElemType::I32 => idx.i32s()?.iter().map(|&i| i as i64).collect(),
             _ => return Err("indices must be i64 or i32".into()),
         };
-        let d = match &x.data {
-            Data::F32(v) => Data::F32(crate::cpu::movement::gather(
-                v,
-                self.outer,
-                self.rows,
-                self.row_len,
-                &idx,
-            )?),
-            Data::I64(v) => Data::I64(crate::cpu::movement::gather(
-                v,
-                self.outer,
-                self.rows,
-                self.row_len,
-                &idx,
-            )?),
-            Data::I32(v) => Data::I32(crate::cpu::movement::gather(
-                v,
-                self.outer,
-                self.rows,
-                self.row_len,
-                &idx,
-            )?),
-            _ => return Err("unsupported element type".into()),
-        };
-        Ok(vec![
-            Tensor::new(self.out.clone(), d).map_err(|e| e.to_string())?
-        ])
+        let out = result(outputs, 0)?;
+        let (outer, rows, row_len) = (self.outer, self.rows, self.row_len);
+        movable!(x, out, |v, o| movement::gather(
+            v, outer, rows, row_len, &idx, o
+        )?);
+        Ok(())
     }
 }
 
-/// Concat along one axis: `outer` blocks, each part contributing `inner[i]` elements.
+/// Concat along one axis: `outer` blocks, each part contributing
+/// `inner[i]` elements.
 pub struct Concat {
     pub outer: usize,
     pub inner: Vec<usize>,
-    pub out: Vec<usize>,
 }
 
 impl NativeKernel for Concat {
-    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
-        let parts: Vec<&Tensor> = (0..inputs.len())
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let parts: Vec<In> = (0..inputs.len())
             .map(|i| operand(inputs, i))
             .collect::<Result<_, _>>()?;
-        let n = self.out.iter().product();
-        // Every element is written: f32 results take a recycled buffer.
+        let out = result(outputs, 0)?;
         macro_rules! cat {
-            ($var:ident, $out:expr) => {{
-                let mut v = vec![];
-                for p in &parts {
-                    match &p.data {
-                        Data::$var(d) => v.push(d.as_slice()),
-                        _ => return Err("operands differ in type".into()),
-                    }
-                }
-                let mut out = $out;
-                crate::cpu::movement::concat(&v, self.outer, &self.inner, &mut out);
-                Data::$var(out)
+            ($get:ident, $get_out:ident) => {{
+                let v = parts
+                    .iter()
+                    .map(|p| p.$get())
+                    .collect::<Result<Vec<_>, _>>()?;
+                movement::concat(&v, self.outer, &self.inner, out.$get_out()?);
             }};
         }
-        let d = match parts.first().map(|p| &p.data) {
-            Some(Data::F32(_)) => cat!(F32, crate::cpu::buffers::output(n)),
-            Some(Data::I64(_)) => cat!(I64, vec![0; n]),
-            Some(Data::I32(_)) => cat!(I32, vec![0; n]),
-            _ => return Err("unsupported element type".into()),
-        };
-        Ok(vec![
-            Tensor::new(self.out.clone(), d).map_err(|e| e.to_string())?
-        ])
+        match out.elem() {
+            kiln_ir::ElemType::F32 => cat!(f32s, f32s),
+            kiln_ir::ElemType::I64 => cat!(i64s, i64s),
+            kiln_ir::ElemType::I32 => cat!(i32s, i32s),
+            e => return Err(format!("no native concat of {e}")),
+        }
+        Ok(())
     }
 }
 
 /// Cast to f32 from the integer and bool types (exact or rounded to
-/// nearest, as `as` does), or f32 to f32.
-pub struct CastToF32 {
-    pub out: Vec<usize>,
-}
+/// nearest, as `as` does), or f32 to f32. May run in place (an i32 or f32
+/// operand of the result's size): element i is read before it is written.
+pub struct CastToF32;
 
 impl NativeKernel for CastToF32 {
-    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
         let x = operand(inputs, 0)?;
-        let v: Vec<f32> = match &x.data {
-            Data::F32(v) => v.clone(),
-            Data::I64(v) => v.iter().map(|&a| a as f32).collect(),
-            Data::I32(v) => v.iter().map(|&a| a as f32).collect(),
-            Data::Bool(v) => v.iter().map(|&a| a as u8 as f32).collect(),
-            _ => return Err("unsupported cast".into()),
-        };
-        Ok(vec![
-            Tensor::new(self.out.clone(), Data::F32(v)).map_err(|e| e.to_string())?
-        ])
+        let out = result(outputs, 0)?;
+        let n = out.len();
+        if x.len() != n {
+            return Err("cast changes the element count".into());
+        }
+        let dst = out.f32_ptr()?;
+        macro_rules! convert {
+            ($src:expr, |$a:ident| $conv:expr) => {{
+                let src = $src;
+                for i in 0..n {
+                    // SAFETY: both views hold `n` elements of their types;
+                    // element i is read before element i is written, so an
+                    // operand aliasing the result (in place) is read intact.
+                    unsafe {
+                        let $a = src.add(i).read();
+                        dst.add(i).write($conv);
+                    }
+                }
+            }};
+        }
+        match x.elem() {
+            kiln_ir::ElemType::F32 => convert!(x.f32_ptr()?, |a| a),
+            kiln_ir::ElemType::I64 => convert!(x.i64_ptr()?, |a| a as f32),
+            kiln_ir::ElemType::I32 => convert!(x.i32_ptr()?, |a| a as f32),
+            kiln_ir::ElemType::Bool => convert!(x.bool_ptr()?, |a| a as u8 as f32),
+            e => return Err(format!("no native cast of {e}")),
+        }
+        Ok(())
+    }
+
+    fn in_place(&self) -> bool {
+        true
     }
 }
 
@@ -182,17 +184,15 @@ pub struct Expand {
 }
 
 impl NativeKernel for Expand {
-    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
-        use crate::cpu::reduce::broadcast;
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
         let x = operand(inputs, 0)?;
-        let d = match &x.data {
-            Data::Bool(v) => Data::Bool(broadcast(v, &self.in_shape, &self.out)),
-            d => movable!(d, |v| broadcast(v, &self.in_shape, &self.out))
-                .ok_or("unsupported element type")?,
-        };
-        Ok(vec![
-            Tensor::new(self.out.clone(), d).map_err(|e| e.to_string())?
-        ])
+        let out = result(outputs, 0)?;
+        if x.elem() == kiln_ir::ElemType::Bool {
+            broadcast(x.bools()?, &self.in_shape, &self.out, out.bools()?);
+            return Ok(());
+        }
+        movable!(x, out, |v, o| broadcast(v, &self.in_shape, &self.out, o));
+        Ok(())
     }
 }
 
@@ -200,19 +200,14 @@ impl NativeKernel for Expand {
 pub struct Reduce {
     pub shape: Vec<usize>,
     pub axes: Vec<usize>,
-    pub op: crate::cpu::reduce::ReduceOp,
-    pub out: Vec<usize>,
+    pub op: ReduceOp,
 }
 
 impl NativeKernel for Reduce {
-    fn run(&self, inputs: &[Option<&Tensor>], _: usize) -> Result<Vec<Tensor>, String> {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
         let x = operand(inputs, 0)?;
-        let Data::F32(v) = &x.data else {
-            return Err("reduction of non-f32".into());
-        };
-        let r = crate::cpu::reduce::reduce(v, &self.shape, &self.axes, self.op);
-        Ok(vec![
-            Tensor::new(self.out.clone(), Data::F32(r)).map_err(|e| e.to_string())?
-        ])
+        let out = result(outputs, 0)?;
+        reduce(x.f32s()?, &self.shape, &self.axes, self.op, out.f32s()?);
+        Ok(())
     }
 }
