@@ -26,12 +26,15 @@
 //! was elided, and results that would bloat the model: no folded constant
 //! is larger than [`MAX_BYTES`], and results larger than [`GROWTH`] times
 //! their constant operands (`Expand`, `Tile`, `ConstantOfShape`, broadcasts)
-//! only fold while they stay under [`SMALL_BYTES`]. Weights (operand 1 of
-//! Conv/ConvTranspose/MatMul/Gemm) are the exception: a backend
-//! materializes them at compile time anyway, so they fold up to
-//! [`WEIGHT_MAX_BYTES`]. A graph output folds
-//! only if its declared type is already the constant's exact type (graph
-//! output types never change).
+//! only fold while they stay under [`SMALL_BYTES`]. Weights (the op
+//! traits' weight operands: operand 1 of Conv/ConvTranspose/MatMul/Gemm,
+//! the filters of the integer and quantized forms, the matrices of
+//! RNN/GRU/LSTM) are the exception: a backend materializes them at compile
+//! time anyway, so they fold up to [`WEIGHT_MAX_BYTES`]. Which ops are
+//! random, reshape-like or have data-dependent shapes also comes from the
+//! op traits (`kiln_ir::ops::traits`), not from lists here. A graph output
+//! folds only if its declared type is already the constant's exact type
+//! (graph output types never change).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -53,23 +56,24 @@ type Rule = fn(&Module, &Node, &Budget) -> Option<Vec<TensorData>>;
 
 /// How large a node's results may grow.
 struct Budget {
-    /// The results feed a weight operand (Conv/ConvTranspose/MatMul/Gemm
-    /// operand 1): a backend materializes and pre-packs weights at compile
-    /// time anyway, so they fold up to [`WEIGHT_MAX_BYTES`] whatever they
-    /// grew from (ResNet exports build weights with ConstantOfShape).
+    /// The results feed a weight operand (the op traits' `weights`: operand
+    /// 1 of Conv/ConvTranspose/MatMul/Gemm, ...): a backend materializes and
+    /// pre-packs weights at compile time anyway, so they fold up to
+    /// [`WEIGHT_MAX_BYTES`] whatever they grew from (ResNet exports build
+    /// weights with ConstantOfShape).
     weight: bool,
 }
 
 /// The cap for folded weights.
 pub const WEIGHT_MAX_BYTES: u64 = 64 << 20;
 
-const WEIGHT_CONSUMERS: [&str; 4] = ["Conv", "ConvTranspose", "MatMul", "Gemm"];
-
-/// Values used as weight operands anywhere in the region (nested included).
+/// Values used as weight operands (the op traits' `weights`: the
+/// right-hand matrix, the filters, recurrent matrices) anywhere in the
+/// region (nested included).
 fn weight_values(r: &Region, out: &mut HashSet<ValueId>) {
     for n in &r.nodes {
-        if WEIGHT_CONSUMERS.contains(&n.op.as_str()) {
-            out.extend(n.input(1));
+        for &k in kiln_ir::ops::traits(&n.op).weights {
+            out.extend(n.input(k));
         }
         for (_, sub) in n.regions() {
             weight_values(sub, out);
@@ -178,21 +182,11 @@ fn never_folds(m: &Module, node: &Node) -> bool {
             .any(|&o| !matches!(m.ty(o), Type::Tensor(_)))
 }
 
-/// Random ops, and `Dropout` unless it is known to be in inference mode.
-/// Shared with `cse` and `dce`.
+/// Random ops, and `Dropout` unless it is known to be in inference mode
+/// (the op traits' `random`, resolved for this node by `kiln_ir`). Shared
+/// with `cse`.
 pub(crate) fn is_random(m: &Module, node: &Node) -> bool {
-    match node.op.as_str() {
-        "RandomNormal" | "RandomNormalLike" | "RandomUniform" | "RandomUniformLike"
-        | "Bernoulli" | "Multinomial" => true,
-        "Dropout" => match node.input(2) {
-            None => false,
-            Some(t) => match m.constant(t).and_then(|d| d.to_i64_vec()) {
-                Some(v) => v.iter().any(|&x| x != 0),
-                None => true,
-            },
-        },
-        _ => false,
-    }
+    kiln_ir::ops::traits::is_random(m, node)
 }
 
 /// The constant data of every present operand, or `None` if one is not a
@@ -240,19 +234,6 @@ fn elem_bytes(ty: &Type, numel: u64) -> Option<u64> {
         e => e.storage_bytes(numel),
     }
 }
-
-/// Ops whose result shape depends on operand values inference may not
-/// know; they are evaluated even without a static result shape, as their
-/// results are bounded by their operands.
-const DATA_DEPENDENT: &[&str] = &[
-    "NonZero",
-    "Unique",
-    "Compress",
-    "TopK",
-    "StringSplit",
-    "RegexFullMatch",
-    "StringConcat",
-];
 
 // ---------------------------------------------------------------------------
 // Rules
@@ -327,10 +308,7 @@ fn constant_of_shape(m: &Module, node: &Node, budget: &Budget) -> Option<Vec<Ten
 /// Reshape-like ops of a constant: same bytes, new (inferred) shape; the
 /// payload is shared, not copied, so no size cap applies.
 fn reshape_of_constant(m: &Module, node: &Node, _: &Budget) -> Option<Vec<TensorData>> {
-    if !matches!(
-        node.op.as_str(),
-        "Identity" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
-    ) {
+    if !kiln_ir::ops::traits(&node.op).view {
         return None;
     }
     let ops = constant_operands(m, node)?;
@@ -366,7 +344,10 @@ fn evaluate(m: &Module, node: &Node, budget: &Budget) -> Option<Vec<TensorData>>
                 return None;
             }
         }
-        None if DATA_DEPENDENT.contains(&node.op.as_str()) => {}
+        // Ops whose result shape depends on operand values (the op traits'
+        // `data_dependent_shape`: NonZero, Unique, ...) run without one, as
+        // their results are bounded by their operands.
+        None if kiln_ir::ops::traits(&node.op).data_dependent_shape => {}
         None => return None,
     }
     let results = run_one_node(m, node)?;
@@ -421,4 +402,39 @@ fn run_one_node(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Weight operands come from the op traits: the recurrent matrices of
+    /// an LSTM (operands 1 and 2) and the filters of a ConvInteger fold past
+    /// the growth cap like a Conv's (the list here named only
+    /// Conv/ConvTranspose/MatMul/Gemm); the LSTM's input does not.
+    #[test]
+    fn weights_of_every_op_with_weights_fold_past_the_growth_cap() {
+        let mut m = kiln_ir::parse_module(
+            r#"module @w opset(ai.onnx = 22) {
+  input %x: f32[2,1,64]
+  input %q: u8[1,64,8,8]
+  const %wshape: i64[3] = dense[1, 512, 64]
+  const %rshape: i64[3] = dense[1, 512, 128]
+  const %xshape: i64[3] = dense[512, 1, 64]
+  const %cshape: i64[4] = dense[256, 64, 3, 3]
+  %w = ConstantOfShape(%wshape) {value = tensor<f32[1]> dense[0.01]} : f32[1,512,64]
+  %r = ConstantOfShape(%rshape) {value = tensor<f32[1]> dense[0.02]} : f32[1,512,128]
+  %big = ConstantOfShape(%xshape) {value = tensor<f32[1]> dense[1.0]} : f32[512,1,64]
+  %cw = ConstantOfShape(%cshape) {value = tensor<u8[1]> dense[1]} : u8[256,64,3,3]
+  %y = LSTM(%big, %w, %r) {hidden_size = 128} : f32[512,1,1,128]
+  %c = ConvInteger(%q, %cw) : i32[1,256,6,6]
+  return %y, %c
+}"#,
+        )
+        .expect("parse");
+        assert!(super::run(&mut m).unwrap());
+        let constants: Vec<&str> = m.body.constants.iter().map(|&v| m.name(v)).collect();
+        for v in ["w", "r", "cw"] {
+            assert!(constants.contains(&v), "{v} folds: {constants:?}");
+        }
+        assert!(!constants.contains(&"big"), "{constants:?}");
+    }
 }

@@ -26,9 +26,10 @@
 //!    `?` dims downstream of symbolic inputs become concrete. A size that is
 //!    still unknown (unknown dim, unbound symbol, unranked,
 //!    string or non-tensor type) is an error naming the value.
-//! 4. **In place.** An elementwise node (the table [`IN_PLACE`]: unary and
-//!    broadcasting binary/variadic ops, plus `kiln.Fusion` nodes whose
-//!    `kind` attribute is `elementwise`) may write a result over an operand
+//! 4. **In place.** A pointwise node (by the op traits of `kiln_ir`: unary
+//!    ops over operand 0, broadcasting binary/variadic ops over any
+//!    operand, plus `kiln.Fusion` nodes whose `kind` is `elementwise`) may
+//!    write a result over an operand
 //!    when the operand is an intermediate whose last use is this node, has
 //!    the same byte size *and* the same element count as the result (so it
 //!    is not broadcast: element i is read before element i is written, and
@@ -86,116 +87,16 @@ pub struct MemoryPlan {
 
 // ------------------------------------------------------------------ rules
 
-/// Which operands of an elementwise op its result may overwrite.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Donors {
-    /// Only operand 0 (the others are parameters: Clip's bounds, CastLike's
-    /// type witness).
-    First,
-    /// Any operand (broadcasting binary and variadic ops, Where).
-    Any,
-}
-
-/// Ops that compute element i of the result from element i of each
-/// (broadcast) operand and nothing else: a kernel may write its result over
-/// an operand of the same size. Softmax, CumSum, LRN and Hardmax are not
-/// here: they read other elements.
-const IN_PLACE: &[(&str, Donors)] = &[
-    ("Abs", Donors::First),
-    ("Acos", Donors::First),
-    ("Acosh", Donors::First),
-    ("Asin", Donors::First),
-    ("Asinh", Donors::First),
-    ("Atan", Donors::First),
-    ("Atanh", Donors::First),
-    ("BitwiseNot", Donors::First),
-    ("Cast", Donors::First),
-    ("CastLike", Donors::First),
-    ("Ceil", Donors::First),
-    ("Celu", Donors::First),
-    ("Clip", Donors::First),
-    ("Cos", Donors::First),
-    ("Cosh", Donors::First),
-    ("Elu", Donors::First),
-    ("Erf", Donors::First),
-    ("Exp", Donors::First),
-    ("Floor", Donors::First),
-    ("Gelu", Donors::First),
-    ("HardSigmoid", Donors::First),
-    ("HardSwish", Donors::First),
-    ("Identity", Donors::First),
-    ("IsInf", Donors::First),
-    ("IsNaN", Donors::First),
-    ("LeakyRelu", Donors::First),
-    ("Log", Donors::First),
-    ("Mish", Donors::First),
-    ("Neg", Donors::First),
-    ("Not", Donors::First),
-    ("Reciprocal", Donors::First),
-    ("Relu", Donors::First),
-    ("Round", Donors::First),
-    ("Selu", Donors::First),
-    ("Shrink", Donors::First),
-    ("Sigmoid", Donors::First),
-    ("Sign", Donors::First),
-    ("Sin", Donors::First),
-    ("Sinh", Donors::First),
-    ("Softplus", Donors::First),
-    ("Softsign", Donors::First),
-    ("Sqrt", Donors::First),
-    ("Tan", Donors::First),
-    ("Tanh", Donors::First),
-    ("ThresholdedRelu", Donors::First),
-    ("Add", Donors::Any),
-    ("And", Donors::Any),
-    ("BitShift", Donors::Any),
-    ("BitwiseAnd", Donors::Any),
-    ("BitwiseOr", Donors::Any),
-    ("BitwiseXor", Donors::Any),
-    ("Div", Donors::Any),
-    ("Equal", Donors::Any),
-    ("Greater", Donors::Any),
-    ("GreaterOrEqual", Donors::Any),
-    ("Less", Donors::Any),
-    ("LessOrEqual", Donors::Any),
-    ("Max", Donors::Any),
-    ("Mean", Donors::Any),
-    ("Min", Donors::Any),
-    ("Mod", Donors::Any),
-    ("Mul", Donors::Any),
-    ("Or", Donors::Any),
-    ("Pow", Donors::Any),
-    ("PRelu", Donors::Any),
-    ("Sub", Donors::Any),
-    ("Sum", Donors::Any),
-    ("Where", Donors::Any),
-    ("Xor", Donors::Any),
-];
-
-/// The fusion op of the `fuse` pass, and the `kind` that makes it
-/// elementwise.
-const FUSION_OP: &str = "kiln.Fusion";
-const FUSION_ELEMENTWISE: &str = "elementwise";
-
-/// The operand positions whose buffers this node's results may take over;
-/// empty when the node is not elementwise.
+/// The operand positions whose buffers this node's results may take over:
+/// those of a pointwise op (operand 0 of a unary one, any operand of a
+/// broadcasting one, an elementwise `kiln.Fusion`'s operands), from the op
+/// traits (`kiln_ir::ops::traits::of_node`); empty for other nodes.
+/// Softmax, CumSum, LRN and Hardmax read other elements and are not
+/// pointwise; BatchNormalization reads its whole input in training mode.
 fn donor_positions(node: &Node) -> Vec<usize> {
-    let donors = if node.op == FUSION_OP {
-        match node.attr("kind") {
-            Some(Attr::String(k)) if k == FUSION_ELEMENTWISE => Some(Donors::Any),
-            _ => None,
-        }
-    } else {
-        IN_PLACE
-            .iter()
-            .find(|(op, _)| *op == node.op)
-            .map(|&(_, d)| d)
-    };
-    match donors {
-        None => vec![],
-        Some(Donors::First) => vec![0],
-        Some(Donors::Any) => (0..node.inputs.len()).collect(),
-    }
+    kiln_ir::ops::traits::of_node(node)
+        .in_place_operands(node.inputs.len())
+        .collect()
 }
 
 // -------------------------------------------------------------- machinery
@@ -420,12 +321,11 @@ fn fold_shape_values(s: &mut Module) -> usize {
                 .iter()
                 .any(|o| s.constant(*o).is_some() || !small_int(o))
             || node.regions().next().is_some()
-            || node.op.starts_with("Random")
-            || node.op == "Multinomial"
+            || kiln_ir::ops::traits::is_random(s, node)
         {
             continue;
         }
-        let data = if node.op == "Shape" || node.op == "Size" {
+        let data = if kiln_ir::ops::traits(&node.op).shape_only {
             shape_node_value(s, node)
         } else if node
             .inputs
@@ -845,7 +745,7 @@ mod tests {
             let y = f32v(&mut m, "y", &[16]);
             m.body.inputs.push(x);
             m.body.nodes.push(Node::new("Relu", vec![Some(x)], vec![a]));
-            let mut f = Node::new(FUSION_OP, vec![Some(x), Some(a)], vec![b]);
+            let mut f = Node::new("kiln.Fusion", vec![Some(x), Some(a)], vec![b]);
             f.attrs.insert("kind".into(), Attr::String(kind.into()));
             m.body.nodes.push(f);
             m.body.nodes.push(Node::new("Neg", vec![Some(b)], vec![y]));
@@ -854,6 +754,47 @@ mod tests {
             check(&p).unwrap();
             assert_eq!(p.buffers[1].in_place_of.is_some(), expect, "{kind}");
         }
+    }
+
+    /// Random draws are not shape arithmetic: Bernoulli, like the
+    /// `Random*` ops and Multinomial, is never evaluated on the copy (it
+    /// used to be: the list here missed it).
+    #[test]
+    fn random_nodes_are_not_evaluated_for_shapes() {
+        let mut m = kiln_ir::parse_module(
+            r#"module @r opset(ai.onnx = 22) {
+  const %p: f32[4] = dense[0.5, 0.5, 0.5, 0.5]
+  %r = Bernoulli(%p) {dtype = 7} : i64[4]
+  %u = RandomUniformLike(%p) {dtype = 7} : i64[4]
+  %n = Neg(%r) : i64[4]
+  return %n, %u
+}"#,
+        )
+        .unwrap();
+        assert_eq!(fold_shape_values(&mut m), 0);
+        let r = m.body.nodes[0].outputs[0];
+        assert!(m.constant(r).is_none());
+    }
+
+    /// Which operands a result may take over comes from the op traits:
+    /// operand 0 of a unary pointwise op, any operand of a broadcasting
+    /// one, none for the rest.
+    #[test]
+    fn donors_follow_the_op_traits() {
+        let n = |op: &str, k: usize| {
+            Node::new(
+                op,
+                (0..k).map(|i| Some(ValueId(i as u32))).collect(),
+                vec![],
+            )
+        };
+        assert_eq!(donor_positions(&n("Shrink", 1)), [0]);
+        assert_eq!(donor_positions(&n("Clip", 3)), [0]);
+        assert_eq!(donor_positions(&n("BitShift", 2)), [0, 1]);
+        assert_eq!(donor_positions(&n("Where", 3)), [0, 1, 2]);
+        assert_eq!(donor_positions(&n("ai.onnx.ml.Binarizer", 1)), [0]);
+        assert!(donor_positions(&n("Softmax", 1)).is_empty());
+        assert!(donor_positions(&n("BatchNormalization", 5)).is_empty());
     }
 
     #[test]

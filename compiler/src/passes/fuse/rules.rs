@@ -8,6 +8,7 @@
 //! cannot create a cycle, and nothing is recomputed: a value with users in
 //! several groups is a group output.
 
+use kiln_ir::ops::Reduction;
 use kiln_ir::{Module, Node, Type};
 
 use super::Plan;
@@ -15,15 +16,18 @@ use super::Plan;
 /// How the pass sees an op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
-    /// Pointwise (with broadcasting): unary math, binary arithmetic and
-    /// comparisons, Where, Clip, activations, Cast, inference-mode
-    /// BatchNormalization (a per-channel affine map).
+    /// Pointwise ops (with broadcasting: unary math and activations, binary
+    /// arithmetic, comparisons and bitwise ops, Where, Clip, Cast) and
+    /// channelwise ones (inference-mode BatchNormalization, a per-channel
+    /// affine map).
     Elementwise,
-    /// Reductions and Softmax / LogSoftmax / LayerNormalization: may absorb
-    /// their elementwise producers, and end their group.
+    /// Reductions (`Reduce*`) and normalizations along an axis (Softmax,
+    /// LogSoftmax, LpNormalization, LayerNormalization): may absorb their
+    /// elementwise producers, and end their group.
     Reduction,
-    /// MatMul / Gemm / Conv / ConvTranspose: may take an elementwise
-    /// epilogue (bias, activation, residual) on their output.
+    /// Contractions (MatMul, Gemm, Conv, ConvTranspose, DeformConv): may
+    /// take an elementwise epilogue (bias, activation, residual) on their
+    /// output.
     Anchor,
     /// Anything else (not fused).
     Other,
@@ -47,105 +51,25 @@ impl Kind {
     }
 }
 
-const ELEMENTWISE: &[&str] = &[
-    // unary math
-    "Abs",
-    "Acos",
-    "Acosh",
-    "Asin",
-    "Asinh",
-    "Atan",
-    "Atanh",
-    "Ceil",
-    "Cos",
-    "Cosh",
-    "Erf",
-    "Exp",
-    "Floor",
-    "IsInf",
-    "IsNaN",
-    "Log",
-    "Neg",
-    "Not",
-    "Reciprocal",
-    "Round",
-    "Sign",
-    "Sin",
-    "Sinh",
-    "Sqrt",
-    "Tan",
-    "Tanh",
-    // activations
-    "Celu",
-    "Elu",
-    "Gelu",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Mish",
-    "PRelu",
-    "Relu",
-    "Selu",
-    "Sigmoid",
-    "Softplus",
-    "Softsign",
-    "ThresholdedRelu",
-    // binary and variadic, broadcasting
-    "Add",
-    "And",
-    "Div",
-    "Equal",
-    "Greater",
-    "GreaterOrEqual",
-    "Less",
-    "LessOrEqual",
-    "Max",
-    "Mean",
-    "Min",
-    "Mod",
-    "Mul",
-    "Or",
-    "Pow",
-    "Sub",
-    "Sum",
-    "Xor",
-    // others
-    "Cast",
-    "CastLike",
-    "Clip",
-    "Where",
-    "BatchNormalization",
-];
-
-const REDUCTION: &[&str] = &[
-    "ReduceL1",
-    "ReduceL2",
-    "ReduceLogSum",
-    "ReduceLogSumExp",
-    "ReduceMax",
-    "ReduceMean",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceSum",
-    "ReduceSumSquare",
-    "Softmax",
-    "LogSoftmax",
-    "LayerNormalization",
-];
-
-const ANCHOR: &[&str] = &["MatMul", "Gemm", "Conv", "ConvTranspose"];
-
-/// The class of a node, or why it is not fusible.
+/// The class of a node, or why it is not fusible. The class comes from
+/// the op's traits (`kiln_ir::ops::traits`), not from a list here: any
+/// pointwise or channelwise op is elementwise, any reduction or
+/// normalization a reduction, any contraction an anchor. Whether a backend
+/// can compile the resulting group is the backend's business: the CPU
+/// backend generates code for some bodies and runs the others on the
+/// interpreter, so fusion needs no list of what a backend supports.
 pub fn classify(m: &Module, n: &Node) -> Result<Class, String> {
     let op = n.op.as_str();
-    let class = if ELEMENTWISE.contains(&op) {
-        Class::Elementwise
-    } else if REDUCTION.contains(&op) {
-        Class::Reduction
-    } else if ANCHOR.contains(&op) {
-        Class::Anchor
-    } else if op == "kiln.Fusion" {
+    if op == "kiln.Fusion" {
         return Err("already a fusion".into());
+    }
+    let t = kiln_ir::ops::traits(op);
+    let class = if t.is_pointwise() || t.channelwise {
+        Class::Elementwise
+    } else if t.reduction != Reduction::No {
+        Class::Reduction
+    } else if t.contraction {
+        Class::Anchor
     } else {
         return Err(format!(
             "{op} is not elementwise, a reduction or a matmul/conv"
@@ -158,13 +82,14 @@ pub fn classify(m: &Module, n: &Node) -> Result<Class, String> {
     if !results {
         return Err(format!("{op} with {} results", n.outputs.len()));
     }
-    if op == "BatchNormalization"
+    // Channelwise ops are per-channel maps in inference mode only.
+    if t.channelwise
         && n.attr("training_mode")
             .and_then(|a| a.as_int())
             .unwrap_or(0)
             != 0
     {
-        return Err("training-mode BatchNormalization".into());
+        return Err(format!("training-mode {op}"));
     }
     if class == Class::Elementwise {
         // Integer scalars and vectors are shape arithmetic: keep them as
@@ -300,4 +225,87 @@ fn epilogue(p: &Plan, i: usize) -> Vec<Merge> {
         kind: Kind::Epilogue,
         anchor: Some(i),
     }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes(text: &str) -> Vec<(String, Result<Class, String>)> {
+        let m = kiln_ir::parse_module(text).expect("parse");
+        m.body
+            .nodes
+            .iter()
+            .map(|n| (n.op.clone(), classify(&m, n)))
+            .collect()
+    }
+
+    /// The classes come from the op traits. Shrink, BitShift and the
+    /// Bitwise ops are pointwise (the memory plan always said so; fusion's
+    /// own list left them out), and so are Identity, Binarizer and the
+    /// string ops; LpNormalization is a normalization like Softmax,
+    /// DeformConv a contraction like Conv.
+    #[test]
+    fn classes_follow_the_op_traits() {
+        let got = classes(
+            r#"module @c opset(ai.onnx = 22, ai.onnx.ml = 5) {
+  input %x: f32[2,3,4,4]
+  input %u: u32[2,3]
+  input %i: i32[2,3]
+  input %w: f32[5,3,3,3]
+  input %off: f32[2,18,2,2]
+  input %s: string[2,3]
+  %a = Shrink(%x) : f32[2,3,4,4]
+  %b = BitShift(%u, %u) {direction = "LEFT"} : u32[2,3]
+  %c = BitwiseAnd(%i, %i) : i32[2,3]
+  %d = BitwiseNot(%i) : i32[2,3]
+  %e = Identity(%x) : f32[2,3,4,4]
+  %f = ai.onnx.ml.Binarizer(%x) : f32[2,3,4,4]
+  %g = StringConcat(%s, %s) : string[2,3]
+  %h = LpNormalization(%x) : f32[2,3,4,4]
+  %k = Softmax(%x) : f32[2,3,4,4]
+  %l = DeformConv(%x, %w, %off) : f32[2,5,2,2]
+  %n = Conv(%x, %w) : f32[2,5,2,2]
+  %t = Transpose(%x) : f32[4,4,3,2]
+  %v = BitwiseAnd(%u, %u) : u32[2,3]
+  return %a, %b, %c, %d, %e, %f, %g, %h, %k, %l, %n, %t, %v
+}"#,
+        );
+        let want = [
+            ("Shrink", Ok(Class::Elementwise)),
+            ("BitShift", Ok(Class::Elementwise)),
+            ("BitwiseAnd", Ok(Class::Elementwise)),
+            ("BitwiseNot", Ok(Class::Elementwise)),
+            ("Identity", Ok(Class::Elementwise)),
+            ("ai.onnx.ml.Binarizer", Ok(Class::Elementwise)),
+            ("StringConcat", Ok(Class::Elementwise)),
+            ("LpNormalization", Ok(Class::Reduction)),
+            ("Softmax", Ok(Class::Reduction)),
+            ("DeformConv", Ok(Class::Anchor)),
+            ("Conv", Ok(Class::Anchor)),
+            (
+                "Transpose",
+                Err("Transpose is not elementwise, a reduction or a matmul/conv".to_string()),
+            ),
+            ("BitwiseAnd", Ok(Class::Elementwise)),
+        ];
+        let want: Vec<(String, Result<Class, String>)> =
+            want.into_iter().map(|(o, c)| (o.to_string(), c)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn channelwise_ops_fuse_in_inference_mode_only() {
+        let got = classes(
+            r#"module @bn opset(ai.onnx = 22) {
+  input %x: f32[2,3,4]
+  input %p: f32[3]
+  %a = BatchNormalization(%x, %p, %p, %p, %p) : f32[2,3,4]
+  %b = BatchNormalization(%x, %p, %p, %p, %p) {training_mode = 1} : f32[2,3,4]
+  return %a, %b
+}"#,
+        );
+        assert_eq!(got[0].1, Ok(Class::Elementwise));
+        assert_eq!(got[1].1, Err("training-mode BatchNormalization".into()));
+    }
 }

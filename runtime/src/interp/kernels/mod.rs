@@ -324,6 +324,19 @@ mod tests {
         assert_eq!(broadcast_indices(&[2], &[2, 2]), vec![0, 1, 0, 1]);
     }
 
+    /// Every op the traits table says something about has a kernel, so the
+    /// interpreter can run anything a pass derives from a trait (a fused
+    /// body of pointwise ops, a folded weight).
+    #[test]
+    fn ops_with_traits_have_kernels() {
+        let missing: Vec<&str> = kiln_ir::ops::all()
+            .filter(|s| s.traits != kiln_ir::ops::OpTraits::NONE)
+            .filter(|s| lookup(s.name).is_none())
+            .map(|s| s.name)
+            .collect();
+        assert!(missing.is_empty(), "no kernel for {missing:?}");
+    }
+
     #[test]
     fn axes_normalize_or_fail() {
         assert_eq!(norm_axis(-1, 3).ok(), Some(2));
