@@ -98,7 +98,8 @@ pub fn compile(
         }
         Target::Cpu(o) => {
             let s = prepare(m, target, shapes)?;
-            Ok(Box::new(crate::lower::cpu::build(s, o)?))
+            let align = target.buffer_alignment();
+            Ok(Box::new(crate::lower::cpu::build(s, o, align)?))
         }
     }
 }

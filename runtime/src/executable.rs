@@ -65,6 +65,25 @@ pub trait Executable: Send + Sync {
     /// tools read (`# N steps: A native, B on the interpreter` on the
     /// cpu backend).
     fn report(&self) -> String;
+
+    /// Where a run's intermediates live.
+    fn memory(&self) -> MemoryUse {
+        MemoryUse::default()
+    }
+}
+
+/// Where an executable keeps a run's intermediates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Bytes of the arena every run uses (the memory plan's size; 0 where
+    /// the backend allocates each result on its own).
+    pub arena_bytes: usize,
+    /// Intermediates placed in the arena.
+    pub arena_values: usize,
+    /// Intermediates a run allocates outside the arena (by name): values
+    /// the plan could not place (sequences, strings). Graph outputs are
+    /// not intermediates.
+    pub unplanned: Vec<String>,
 }
 
 /// The step lines of a report: `native  %name (Op): what` or

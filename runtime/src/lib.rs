@@ -17,7 +17,7 @@ pub mod interp;
 pub mod tensor;
 pub mod value;
 
-pub use executable::{Executable, Placement, StepInfo, StepTimes};
+pub use executable::{Executable, MemoryUse, Placement, StepInfo, StepTimes};
 pub use interp::{InterpError, InterpExecutable, Interpreter};
 pub use tensor::{Data, Tensor};
 pub use value::Value;

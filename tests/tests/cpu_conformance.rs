@@ -72,3 +72,49 @@ fn cpu_runs_the_shared_models() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The memory plan is what runs: on every shared model, the cpu
+/// executable keeps every intermediate in the arena, and the arena is the
+/// size the plan (made on the same lowered module with the cpu target's
+/// options) says.
+#[test]
+fn cpu_runs_the_memory_plan() {
+    use kiln_compiler::passes::memory_plan::{plan_with, PlanOptions};
+    for dir in shared_models() {
+        let m = kiln_compiler::load_model(&dir).expect("loads");
+        let inputs = kiln_compiler::check::inputs_from_test_folder(&m, &dir)
+            .expect("reads inputs")
+            .expect("has test data");
+        let shapes = kiln_compiler::lower::shapes_of(&inputs);
+        let target = cpu(1);
+        let exe = kiln_compiler::compile(&m, &target, &shapes).expect("compiles");
+        let mem = exe.memory();
+        assert!(
+            mem.unplanned.is_empty(),
+            "{}: intermediates outside the arena: {:?}",
+            dir.display(),
+            mem.unplanned
+        );
+        let lowered = kiln_compiler::compile::prepare(&m, &target, &shapes).expect("lowers");
+        let opts = PlanOptions {
+            align: target.buffer_alignment(),
+            skip_unsized: true,
+            ..Default::default()
+        };
+        let plan = plan_with(&lowered, &Default::default(), &opts).expect("plans");
+        // Every pointwise kernel of these models may run in place, so the
+        // plan without a kernel predicate is the one that runs.
+        assert_eq!(
+            mem.arena_bytes as u64,
+            plan.arena_bytes,
+            "{}: arena",
+            dir.display()
+        );
+        assert_eq!(mem.arena_values, plan.buffers.len(), "{}", dir.display());
+        assert!(
+            plan.arena_bytes < plan.naive_bytes,
+            "{}: no reuse",
+            dir.display()
+        );
+    }
+}

@@ -41,8 +41,15 @@
 //!    placed largest first (ties: earlier start, then lower value id); each
 //!    goes into the smallest gap, among the already-placed buffers whose live
 //!    ranges overlap its own, that holds it, or above all of them when none
-//!    does. Every offset is a multiple of [`ALIGN`] (64) bytes; each buffer
-//!    takes its size rounded up to 64.
+//!    does. Every offset is a multiple of the target's alignment
+//!    ([`PlanOptions::align`]: [`ALIGN`], 64 bytes, by default; GPU
+//!    storage-buffer offsets need 256); each buffer takes its size rounded
+//!    up to it.
+//!
+//! A backend that runs the plan ([`plan_with`]) also says which nodes'
+//! kernels may write a result over an operand (`in_place`), and may leave
+//! values with no fixed size (sequences, strings) out of the arena
+//! (`skip_unsized`) instead of failing.
 //!
 //! `naive_bytes` is the arena without any reuse: the sum of every
 //! intermediate's size, each rounded up to 64 as the arena would have to.
@@ -53,8 +60,33 @@ use std::collections::{HashMap, HashSet};
 
 use kiln_ir::{print_type, Attr, Dim, Module, Node, Region, Type, ValueId};
 
-/// Every buffer offset is a multiple of this many bytes.
+/// The default alignment of buffer offsets (a cache line; the CPU
+/// target's).
 pub const ALIGN: u64 = 64;
+
+/// How to plan.
+#[derive(Clone, Copy)]
+pub struct PlanOptions<'a> {
+    /// Every offset is a multiple of this many bytes (a power of two).
+    pub align: u64,
+    /// Whether the node at this index of the body may write a result over
+    /// an operand (its kernel allows aliasing); `None`: every pointwise
+    /// node may.
+    pub in_place: Option<&'a dyn Fn(usize) -> bool>,
+    /// Leave values without a static byte size out of the arena instead
+    /// of failing.
+    pub skip_unsized: bool,
+}
+
+impl Default for PlanOptions<'_> {
+    fn default() -> Self {
+        PlanOptions {
+            align: ALIGN,
+            in_place: None,
+            skip_unsized: false,
+        }
+    }
+}
 
 /// Where one intermediate lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,8 +113,10 @@ pub struct MemoryPlan {
     /// Bytes the arena needs (a multiple of [`ALIGN`]).
     pub arena_bytes: u64,
     /// Bytes without any reuse: every intermediate's size rounded up to
-    /// [`ALIGN`], summed.
+    /// the alignment, summed.
     pub naive_bytes: u64,
+    /// The alignment of every offset.
+    pub align: u64,
 }
 
 // ------------------------------------------------------------------ rules
@@ -101,8 +135,8 @@ fn donor_positions(node: &Node) -> Vec<usize> {
 
 // -------------------------------------------------------------- machinery
 
-fn align_up(n: u64) -> Option<u64> {
-    n.checked_add(ALIGN - 1).map(|x| x / ALIGN * ALIGN)
+fn align_up(n: u64, align: u64) -> Option<u64> {
+    n.checked_add(align - 1).map(|x| x / align * align)
 }
 
 /// Byte size and element count of a value, with symbols bound by `dims`.
@@ -417,6 +451,21 @@ fn eval_node(s: &Module, node: &Node) -> Option<Vec<kiln_ir::TensorData>> {
 /// on a copy of `m` with the symbols bound and types inferred again (value
 /// ids are the same).
 pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, String> {
+    plan_with(m, dims, &PlanOptions::default())
+}
+
+/// [`plan`] with a target's options.
+pub fn plan_with(
+    m: &Module,
+    dims: &HashMap<String, u64>,
+    opts: &PlanOptions,
+) -> Result<MemoryPlan, String> {
+    let align = opts.align;
+    if !align.is_power_of_two() {
+        return Err(format!(
+            "memory plan: alignment {align} is not a power of two"
+        ));
+    }
     let specialized = specialize(m, dims);
     let m = specialized.as_ref().unwrap_or(m);
     let body = &m.body;
@@ -455,8 +504,17 @@ pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, Strin
     // Sizes.
     let mut size: HashMap<ValueId, (u64, u64)> = HashMap::new();
     for &v in &order {
-        size.insert(v, value_size(m, v, dims)?);
+        match value_size(m, v, dims) {
+            Ok(s) => {
+                size.insert(v, s);
+            }
+            Err(_) if opts.skip_unsized => {}
+            Err(e) => return Err(e),
+        }
     }
+    // Unsized values (when skipped) are not intermediates of the arena.
+    order.retain(|v| size.contains_key(v));
+    def.retain(|v, _| size.contains_key(v));
 
     // Groups: one per value, merged along in-place handovers.
     let mut groups: Vec<Group> = vec![];
@@ -465,7 +523,10 @@ pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, Strin
     let mut donated: HashSet<ValueId> = HashSet::new();
     for (pos, &ni) in schedule.iter().enumerate() {
         let node = &body.nodes[ni];
-        let donors = donor_positions(node);
+        let donors = match opts.in_place {
+            Some(may) if !may(ni) => vec![],
+            _ => donor_positions(node),
+        };
         for &r in &node.outputs {
             if !def.contains_key(&r) || group_of.contains_key(&r) {
                 continue;
@@ -509,18 +570,18 @@ pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, Strin
         }
     }
 
-    let offsets = assign_offsets(&groups)?;
+    let offsets = assign_offsets(&groups, align)?;
 
     let mut arena_bytes: u64 = 0;
     for (g, &off) in groups.iter().zip(&offsets) {
-        let end = align_up(g.size)
+        let end = align_up(g.size, align)
             .and_then(|s| off.checked_add(s))
             .ok_or("memory plan: arena size overflows")?;
         arena_bytes = arena_bytes.max(end);
     }
     let mut naive_bytes: u64 = 0;
     for &v in &order {
-        naive_bytes = align_up(size[&v].0)
+        naive_bytes = align_up(size[&v].0, align)
             .and_then(|s| naive_bytes.checked_add(s))
             .ok_or("memory plan: naive size overflows")?;
     }
@@ -540,6 +601,7 @@ pub fn plan(m: &Module, dims: &HashMap<String, u64>) -> Result<MemoryPlan, Strin
         buffers,
         arena_bytes,
         naive_bytes,
+        align,
     })
 }
 
@@ -548,7 +610,7 @@ fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
 }
 
 /// Greedy by size, best fit: offsets for every group, in group order.
-fn assign_offsets(groups: &[Group]) -> Result<Vec<u64>, String> {
+fn assign_offsets(groups: &[Group], align: u64) -> Result<Vec<u64>, String> {
     let mut by_size: Vec<usize> = (0..groups.len()).collect();
     by_size.sort_by(|&a, &b| {
         let (ga, gb) = (&groups[a], &groups[b]);
@@ -562,7 +624,7 @@ fn assign_offsets(groups: &[Group]) -> Result<Vec<u64>, String> {
     let mut placed: Vec<(u64, u64, (usize, usize))> = vec![];
     for gi in by_size {
         let g = &groups[gi];
-        let fp = align_up(g.size).ok_or("memory plan: buffer size overflows")?;
+        let fp = align_up(g.size, align).ok_or("memory plan: buffer size overflows")?;
         if fp == 0 {
             continue; // empty tensors take no bytes; offset 0
         }
@@ -602,7 +664,7 @@ pub fn check(plan: &MemoryPlan) -> Result<(), String> {
     }
     let id = |v: ValueId| format!("value #{}", v.0);
     for b in &plan.buffers {
-        if b.offset % ALIGN != 0 {
+        if b.offset % plan.align != 0 {
             return Err(format!(
                 "{}: offset {} is not {ALIGN}-byte aligned",
                 id(b.value),
@@ -811,6 +873,7 @@ mod tests {
             buffers: vec![b(0, 0, (0, 1)), b(1, 128, (1, 2))],
             arena_bytes: 256,
             naive_bytes: 256,
+            align: ALIGN,
         };
         check(&ok).unwrap();
         let clash = MemoryPlan {

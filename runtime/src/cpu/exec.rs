@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use kiln_ir::{ElemType, Module, Region, ValueId};
 
-use crate::executable::{native_interp_report, Executable, Placement, StepInfo, StepTimes};
+use crate::executable::{
+    native_interp_report, Executable, MemoryUse, Placement, StepInfo, StepTimes,
+};
 use crate::interp::{Constants, InterpError, Interpreter};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
@@ -228,16 +230,6 @@ impl CpuExecutable {
     /// The steps, with their kernels.
     pub fn step_kinds(&self) -> &[Step] {
         &self.steps
-    }
-
-    /// Bytes of the arena each run uses (the memory plan's size).
-    pub fn arena_bytes(&self) -> usize {
-        self.arena_bytes
-    }
-
-    /// Values that live in the arena.
-    pub fn arena_values(&self) -> usize {
-        self.slots.len()
     }
 
     fn run_inner(
@@ -559,6 +551,24 @@ impl Executable for CpuExecutable {
 
     fn report(&self) -> String {
         native_interp_report(&self.module, &Executable::steps(self))
+    }
+
+    fn memory(&self) -> MemoryUse {
+        let m = &self.module;
+        let outputs: HashSet<ValueId> = m.body.outputs.iter().copied().collect();
+        let unplanned = m
+            .body
+            .nodes
+            .iter()
+            .flat_map(|n| &n.outputs)
+            .filter(|v| !outputs.contains(v) && !self.slots.contains_key(v))
+            .map(|&v| m.name(v).to_string())
+            .collect();
+        MemoryUse {
+            arena_bytes: self.arena_bytes,
+            arena_values: self.slots.len(),
+            unplanned,
+        }
     }
 }
 

@@ -113,6 +113,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
             "p90_ms": p90,
             "compile_ms": p.compile_ms,
             "peak_rss_mb": peak_rss_mb(),
+            "arena_mb": p.exe.memory().arena_bytes as f64 / (1024.0 * 1024.0),
         });
         println!("{j}");
     } else {

@@ -19,6 +19,8 @@ use kiln_ir::{Module, Node};
 use kiln_runtime::cpu::jit::TargetCpu;
 use kiln_runtime::cpu::{CpuExecutable, Layout, NativeStep, Step, StepKind};
 
+use crate::passes::memory_plan;
+
 /// How to compile for the CPU.
 #[derive(Clone, Debug)]
 pub struct CpuOptions {
@@ -43,9 +45,10 @@ impl Default for CpuOptions {
 }
 
 /// Build the executable of a module that is already specialized to static
-/// shapes and has been through the cpu pipeline.
-pub fn build(s: Module, opts: &CpuOptions) -> Result<CpuExecutable, String> {
-    let steps = s
+/// shapes and has been through the cpu pipeline; intermediates go where
+/// the memory plan puts them, offsets multiples of `align`.
+pub fn build(s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutable, String> {
+    let steps: Vec<Step> = s
         .body
         .nodes
         .iter()
@@ -58,8 +61,32 @@ pub fn build(s: Module, opts: &CpuOptions) -> Result<CpuExecutable, String> {
             },
         })
         .collect();
-    let layout = Layout::none(&s);
+    let layout = layout(&s, &steps, align)?;
     CpuExecutable::new(s, steps, opts.threads, layout)
+}
+
+/// The memory plan of the lowered module as the executable runs it. A
+/// node may write a result over an operand when its kernel allows aliasing
+/// (interpreted steps always do: they work on copies); values with no
+/// fixed size (sequences, strings) stay out of the arena.
+fn layout(s: &Module, steps: &[Step], align: u64) -> Result<Layout, String> {
+    let may_alias = |ni: usize| match steps.get(ni).map(|st| &st.kind) {
+        Some(StepKind::Native(n)) => n.kernel.in_place(),
+        Some(StepKind::Interp { .. }) => true,
+        None => false,
+    };
+    let opts = memory_plan::PlanOptions {
+        align,
+        in_place: Some(&may_alias),
+        skip_unsized: true,
+    };
+    let plan = memory_plan::plan_with(s, &Default::default(), &opts)
+        .map_err(|e| format!("memory plan: {e}"))?;
+    Ok(Layout {
+        schedule: plan.schedule,
+        offsets: plan.buffers.iter().map(|b| (b.value, b.offset)).collect(),
+        arena_bytes: plan.arena_bytes,
+    })
 }
 
 /// The lowering table: a native step for `n`, or why there is none.
