@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use kiln_interp::interp::kernels::Rng;
+use kiln_interp::{Data, Interpreter, Tensor, Value};
 use kiln_ir::{Dim, ElemType, Module, Type};
-use kiln_runtime::interp::kernels::Rng;
-use kiln_runtime::{Data, Interpreter, Tensor, Value};
 
 use crate::conformance::{compare, Tolerance};
 use crate::passes::{run_pipeline, PassEvent, RunOptions, Step};

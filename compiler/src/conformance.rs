@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kiln_interp::{Data, Executable, Tensor, Value};
 use kiln_ir::Module;
-use kiln_runtime::{Data, Executable, Tensor, Value};
 
 pub use crate::compile::Target;
 
@@ -323,7 +323,7 @@ pub fn run_test_on(dir: &Path, tol: Tolerance, target: &Target) -> TestResult {
         }
         Outcome::Pass
     }))
-    .unwrap_or_else(|p| Outcome::Fail(format!("panicked: {}", kiln_runtime::panic_message(&*p))));
+    .unwrap_or_else(|p| Outcome::Fail(format!("panicked: {}", kiln_interp::panic_message(&*p))));
     TestResult {
         name,
         outcome,

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use kiln_interp::{Data, Tensor, Value};
 use kiln_ir::{ElemType, Type};
-use kiln_runtime::{Data, Tensor, Value};
 use prost::Message;
 
 use crate::onnx::proto;

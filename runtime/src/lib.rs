@@ -1,5 +1,10 @@
 //! The Kiln runtime: what executes modules.
 //!
+//! The reference interpreter and everything it shares with the backends
+//! (tensors, values, the [`Executable`] trait) live in the `kiln-interp`
+//! crate; they are re-exported here under their old paths
+//! (`kiln_runtime::tensor`, `kiln_runtime::Interpreter`, ...).
+//!
 //! - [`tensor`]: typed host tensors and their conversion from IR constants.
 //! - [`value`]: run-time values (tensors, sequences, optionals).
 //! - [`f8`]: the float8 formats.
@@ -11,21 +16,9 @@
 //!   library, Cranelift code generation.
 
 pub mod cpu;
-pub mod executable;
-pub mod f8;
-pub mod interp;
-pub mod tensor;
-pub mod value;
 
-pub use executable::{Executable, MemoryUse, Placement, StepInfo, StepTimes};
-pub use interp::{InterpError, InterpExecutable, Interpreter};
-pub use tensor::{Data, Tensor};
-pub use value::Value;
-
-/// The message of a caught panic (`String` or `&str` payloads).
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
+pub use kiln_interp::{executable, f8, interp, panic_message, tensor, value};
+pub use kiln_interp::{
+    Data, Executable, InterpError, InterpExecutable, Interpreter, MemoryUse, Placement, StepInfo,
+    StepTimes, Tensor, Value,
+};

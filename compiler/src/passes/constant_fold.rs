@@ -39,8 +39,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use kiln_interp::{Interpreter, Value};
 use kiln_ir::{Module, Node, Payload, Region, TensorData, TensorType, Type, ValueId};
-use kiln_runtime::{Interpreter, Value};
 
 /// No folded constant is larger than this.
 pub const MAX_BYTES: u64 = 1 << 20;

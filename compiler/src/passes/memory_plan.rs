@@ -410,7 +410,7 @@ fn shape_node_value(s: &Module, node: &Node) -> Option<Vec<kiln_ir::TensorData>>
             .map(|&d| i64::try_from(d).ok())
             .collect::<Option<_>>()?
     };
-    let t = kiln_runtime::tensor::Tensor::from_i64(
+    let t = kiln_interp::tensor::Tensor::from_i64(
         if node.op == "Size" {
             vec![]
         } else {
@@ -438,7 +438,7 @@ fn eval_node(s: &Module, node: &Node) -> Option<Vec<kiln_ir::TensorData>> {
     }
     tiny.body.outputs = n.outputs.clone();
     tiny.body.nodes.push(n);
-    let outs = kiln_runtime::Interpreter::new(&tiny)
+    let outs = kiln_interp::Interpreter::new(&tiny)
         .run(&HashMap::new())
         .ok()?;
     outs.iter()
