@@ -5,7 +5,7 @@ Kiln's ops are the ONNX ops in the form of their newest version in onnx 1.17
 (default domain up to opset 22, ai.onnx.ml, ai.onnx.preview.training). For
 every such op this writes name, domain, version, arity, attribute names /
 kinds / required flags, input/output names and a one-line summary (the first
-sentence of the ONNX doc). Inference rules are hand-written in `rules.rs` and
+sentence of the ONNX doc). Inference rules are hand-written in `rules/` and
 linked by op name at run time.
 
 It also embeds the op catalog (the ops used by the ONNX node tests and the

@@ -1,7 +1,7 @@
 //! Window geometry of Conv, ConvTranspose and the pools: ONNX's rule for
 //! `auto_pad` (NOTSET, VALID, SAME_UPPER, SAME_LOWER), dilations and
 //! `ceil_mode`, per spatial axis, in one place. Shape inference
-//! (`rules.rs`), the interpreter's kernels and the CPU lowering all resolve
+//! (`rules/nn.rs`), the interpreter's kernels and the CPU lowering all resolve
 //! pads and output sizes here, so they cannot disagree.
 //!
 //! Forward windows (Conv, pools), for input size `n`, stride `s` and

@@ -3,12 +3,13 @@
 //! and a shape/type inference rule.
 //!
 //! The static part of the table is generated ([`schemas.rs`], by
-//! `gen_schemas.py`); inference rules are hand-written in `rules.rs` and
-//! linked by op name when the registry is first used. Module-wide inference
-//! ([`infer_module`]) lives in `infer.rs`. The facts passes and backends ask
-//! about an op (pointwise, in-place operands, random, weights, ...) are one
-//! table in `traits.rs` ([`OpTraits`]); the conv/pool window arithmetic
-//! (`auto_pad`, dilations, `ceil_mode`) is `geometry.rs`.
+//! `gen_schemas.py`); inference rules are hand-written in `rules/`, one
+//! module per op family, and linked by op name (`rules/mod.rs`) when the
+//! registry is first used. Module-wide inference ([`infer_module`]) lives
+//! in `infer.rs`. The facts passes and backends ask about an op (pointwise,
+//! in-place operands, random, weights, ...) are one table in `traits.rs`
+//! ([`OpTraits`]); the conv/pool window arithmetic (`auto_pad`, dilations,
+//! `ceil_mode`) is `geometry.rs`.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
