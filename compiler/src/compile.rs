@@ -85,9 +85,21 @@ pub fn compile(
     target: &Target,
     shapes: &HashMap<String, Vec<usize>>,
 ) -> Result<Box<dyn Executable>, String> {
+    // A clone shares the constants (`Arc`s): cheap.
+    compile_owned(m.clone(), target, shapes)
+}
+
+/// [`compile`], taking the module: constants that kernels take over (packed
+/// weights) are then freed as they are packed, instead of staying alive in
+/// the caller's copy. The command line compiles this way.
+pub fn compile_owned(
+    m: Module,
+    target: &Target,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<Box<dyn Executable>, String> {
     match target {
         Target::Interp(o) => {
-            let mut m = m.clone();
+            let mut m = m;
             let mut opts = passes::RunOptions {
                 verify_each: o.verify_each,
                 observer: None,
@@ -97,7 +109,7 @@ pub fn compile(
             Ok(Box::new(InterpExecutable::new(m)))
         }
         Target::Cpu(o) => {
-            let s = prepare(m, target, shapes)?;
+            let s = prepare_owned(m, target, shapes)?;
             let align = target.buffer_alignment();
             Ok(Box::new(crate::lower::cpu::build(s, o, align)?))
         }
@@ -112,7 +124,17 @@ pub fn prepare(
     target: &Target,
     shapes: &HashMap<String, Vec<usize>>,
 ) -> Result<Module, String> {
-    let mut s = crate::lower::specialize(m, shapes)?;
+    prepare_owned(m.clone(), target, shapes)
+}
+
+fn prepare_owned(
+    m: Module,
+    target: &Target,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<Module, String> {
+    let mut s = crate::lower::specialize(&m, shapes)?;
+    // The specialized copy shares what it still needs.
+    drop(m);
     crate::lower::optimize_static(&mut s, target.opt_level())?;
     if let Target::Interp(_) = target {
         return Ok(s);

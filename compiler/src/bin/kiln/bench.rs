@@ -59,7 +59,8 @@ fn prepare(args: &BenchArgs) -> Result<Prepared, Failure> {
     let target = args
         .backend
         .target(args.opt_level, args.threads, args.target_cpu);
-    let exe = kiln_compiler::compile(&m, &target, &kiln_compiler::lower::shapes_of(&inputs))?;
+    let shapes = kiln_compiler::lower::shapes_of(&inputs);
+    let exe = kiln_compiler::compile::compile_owned(m, &target, &shapes)?;
     Ok(Prepared {
         inputs,
         exe,

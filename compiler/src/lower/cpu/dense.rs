@@ -45,7 +45,8 @@ fn ints(n: &Node, name: &str) -> Option<Vec<usize>> {
         .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
 }
 
-/// Explicit pads (begins then ends) for `auto_pad`, ONNX's rule.
+/// Explicit pads (begins then ends), `auto_pad` resolved by ONNX's rule
+/// ([`kiln_ir::ops::geometry`], the one place that knows it).
 fn resolve_pads(
     n: &Node,
     spatial: &[usize],
@@ -53,34 +54,24 @@ fn resolve_pads(
     strides: &[usize],
     dilations: &[usize],
 ) -> Result<Vec<usize>, String> {
+    use kiln_ir::ops::geometry::{self, AutoPad, Window};
     let r = spatial.len();
-    let auto = n
-        .attrs
-        .get("auto_pad")
-        .and_then(Attr::as_str)
-        .unwrap_or("NOTSET");
-    match auto {
-        "NOTSET" => Ok(ints(n, "pads").unwrap_or_else(|| vec![0; 2 * r])),
-        "VALID" => Ok(vec![0; 2 * r]),
-        "SAME_UPPER" | "SAME_LOWER" => {
-            let mut pads = vec![0; 2 * r];
-            for i in 0..r {
-                let out = spatial[i].div_ceil(strides[i]);
-                let span = dilations[i] * (kernel[i] - 1) + 1;
-                let total = ((out - 1) * strides[i] + span).saturating_sub(spatial[i]);
-                let (small, big) = (total / 2, total - total / 2);
-                if auto == "SAME_UPPER" {
-                    pads[i] = small;
-                    pads[i + r] = big;
-                } else {
-                    pads[i] = big;
-                    pads[i + r] = small;
-                }
-            }
-            Ok(pads)
+    let auto = AutoPad::parse(n.attrs.get("auto_pad").and_then(Attr::as_str))?;
+    let given: Vec<i64> = match n.attrs.get("pads").and_then(Attr::as_ints) {
+        Some(p) if p.len() == 2 * r => p.to_vec(),
+        Some(p) => return Err(format!("pads {p:?} for {r} spatial axes")),
+        None => vec![0; 2 * r],
+    };
+    let mut pads = vec![0; 2 * r];
+    for i in 0..r {
+        let w = Window::new(kernel[i] as u64, strides[i] as u64, dilations[i] as u64);
+        let [b, e] = geometry::resolve_pads(auto, spatial[i] as u64, w, [given[i], given[i + r]]);
+        if b < 0 || e < 0 {
+            return Err(format!("negative pads {given:?}"));
         }
-        other => Err(format!("auto_pad `{other}`")),
+        (pads[i], pads[i + r]) = (b as usize, e as usize);
     }
+    Ok(pads)
 }
 
 /// Plan a MatMul/Gemm/Conv whose operands are `inputs` (values of the

@@ -15,7 +15,9 @@ mod dense;
 mod fusion;
 mod movement;
 
-use kiln_ir::{Module, Node};
+use std::collections::{HashMap, HashSet};
+
+use kiln_ir::{Module, Node, ValueId};
 use kiln_runtime::cpu::jit::TargetCpu;
 use kiln_runtime::cpu::{CpuExecutable, Layout, NativeStep, Step, StepKind};
 
@@ -47,22 +49,84 @@ impl Default for CpuOptions {
 /// Build the executable of a module that is already specialized to static
 /// shapes and has been through the cpu pipeline; intermediates go where
 /// the memory plan puts them, offsets multiples of `align`.
-pub fn build(s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutable, String> {
-    let steps: Vec<Step> = s
-        .body
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Step {
-            node: i,
-            kind: match lower_node(&s, n, opts.target_cpu) {
-                Ok(native) => StepKind::Native(native),
-                Err(why) => StepKind::Interp { why },
-            },
-        })
-        .collect();
+///
+/// Weights are held once: a constant that every reader's kernel captured
+/// (packed into its plan) leaves the module as soon as its last reader is
+/// lowered, so the packed copy replaces the original instead of joining it
+/// (ResNet-50's peak memory was twice its weights). The module keeps the
+/// constant's type, with its data elided.
+pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutable, String> {
+    let droppable = droppable_constants(&s);
+    let mut last_reader: HashMap<ValueId, usize> = HashMap::new();
+    for (i, n) in s.body.nodes.iter().enumerate() {
+        for &v in n.inputs.iter().flatten() {
+            if droppable.contains(&v) {
+                last_reader.insert(v, i);
+            }
+        }
+    }
+    // Constants some reader did not capture: they stay.
+    let mut kept: HashSet<ValueId> = HashSet::new();
+    let mut steps: Vec<Step> = Vec::with_capacity(s.body.nodes.len());
+    for i in 0..s.body.nodes.len() {
+        let n = &s.body.nodes[i];
+        let kind = match lower_node(&s, n, opts.target_cpu) {
+            Ok(native) => StepKind::Native(native),
+            Err(why) => StepKind::Interp { why },
+        };
+        let mut done = vec![];
+        for (k, v) in n.inputs.iter().enumerate() {
+            let Some(v) = *v else { continue };
+            let captured = matches!(&kind, StepKind::Native(st) if st.captured.contains(&k));
+            if !captured {
+                kept.insert(v);
+            }
+            if last_reader.get(&v) == Some(&i) && !kept.contains(&v) {
+                done.push(v);
+            }
+        }
+        steps.push(Step { node: i, kind });
+        for v in done {
+            if let Some(d) = s.constant(v) {
+                let elided = kiln_ir::TensorData::elided(d.elem, d.shape.clone());
+                s.set_constant(v, Some(std::sync::Arc::new(elided)));
+            }
+        }
+    }
     let layout = layout(&s, &steps, align)?;
     CpuExecutable::new(s, steps, opts.threads, layout)
+}
+
+/// Top-level constants only top-level nodes read (not graph outputs, not
+/// used inside nested regions): those a kernel may take over.
+fn droppable_constants(s: &Module) -> HashSet<ValueId> {
+    let mut out: HashSet<ValueId> = s.body.constants.iter().copied().collect();
+    for o in &s.body.outputs {
+        out.remove(o);
+    }
+    fn nested(r: &kiln_ir::Region, out: &mut HashSet<ValueId>) {
+        for n in &r.nodes {
+            for v in n.inputs.iter().flatten() {
+                out.remove(v);
+            }
+            for (_, sub) in n.regions() {
+                nested(sub, out);
+            }
+        }
+        for v in &r.outputs {
+            out.remove(v);
+        }
+    }
+    for n in &s.body.nodes {
+        if n.op == "kiln.Fusion" {
+            // A fusion body is closed: it reads only its own operands.
+            continue;
+        }
+        for (_, sub) in n.regions() {
+            nested(sub, &mut out);
+        }
+    }
+    out
 }
 
 /// The memory plan of the lowered module as the executable runs it. A
@@ -91,8 +155,12 @@ fn layout(s: &Module, steps: &[Step], align: u64) -> Result<Layout, String> {
 
 /// The lowering table: a native step for `n`, or why there is none.
 fn lower_node(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeStep, String> {
+    // Views (Reshape, Flatten, Squeeze, Unsqueeze, Identity): a copy of
+    // the operand's bytes under the result's shape.
+    if kiln_ir::ops::traits(&n.op).view {
+        return movement::reshape(m, n);
+    }
     match n.op.as_str() {
-        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => movement::reshape(m, n),
         "Transpose" => movement::transpose(m, n),
         "Gather" => movement::gather(m, n),
         "Concat" => movement::concat(m, n),
