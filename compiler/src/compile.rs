@@ -18,7 +18,7 @@ use kiln_ir::Module;
 use kiln_runtime::{Executable, InterpExecutable};
 
 use crate::lower::cpu::CpuOptions;
-use crate::passes;
+use crate::passes::{self, Pass, Step};
 
 /// How to run the reference interpreter as a backend.
 #[derive(Clone, Debug)]
@@ -76,6 +76,80 @@ impl Target {
             Target::Interp(_) | Target::Cpu(_) => 64,
         }
     }
+}
+
+/// The targets that have a named pipeline.
+pub const PIPELINES: &[&str] = &["cpu", "gpu"];
+
+/// Passes that belong to a target's lowering, by name.
+const TARGET_PASSES: &[Pass] = &[Pass {
+    name: "conv-epilogue",
+    run: crate::lower::cpu::epilogue::run,
+    summary: "cpu: a fusion's Conv takes the residual Add and Relu its kernel applies in its tiles (kiln.FusedConv)",
+}];
+
+/// Any pass by name: the optimizer's and the targets' lowering passes.
+pub fn pass(name: &str) -> Option<&'static Pass> {
+    passes::pass(name).or_else(|| TARGET_PASSES.iter().find(|p| p.name == name))
+}
+
+/// Every pass's name.
+pub fn pass_names() -> Vec<&'static str> {
+    let mut names = passes::names();
+    names.extend(TARGET_PASSES.iter().map(|p| p.name));
+    names
+}
+
+/// The lowering passes a target runs after its optimization pipeline:
+/// rewrites its code generator needs, as IR passes that dumps show.
+pub fn lowering_pipeline(target: &str) -> Result<Vec<Step>, String> {
+    let run = |name: &str| {
+        pass(name)
+            .map(Step::Run)
+            .ok_or_else(|| format!("internal: no pass `{name}`"))
+    };
+    match target {
+        // The cpu code generator emits one element type per fusion body;
+        // its convs take a residual and a Relu in their tiles.
+        "cpu" => Ok(vec![run("hoist-casts")?, run("conv-epilogue")?]),
+        // The same for WGSL bodies; the GPU's own passes land with it.
+        "gpu" => Ok(vec![run("hoist-casts")?]),
+        other => Err(format!(
+            "unknown pipeline `{other}`; pipelines: {}",
+            PIPELINES.join(", ")
+        )),
+    }
+}
+
+/// A target's whole pipeline at `level`: the level's optimization, then
+/// its lowering passes (what `kiln dump --pipeline` runs; `compile` runs
+/// the same passes, re-inferring shapes between optimization rounds).
+pub fn target_pipeline(target: &str, level: u8) -> Result<Vec<Step>, String> {
+    let mut steps = passes::pipeline(level);
+    steps.extend(lowering_pipeline(target)?);
+    Ok(steps)
+}
+
+/// Run one pass of any kind by name and verify the result (tests, tools).
+pub fn run_named(m: &mut Module, name: &str) -> Result<bool, String> {
+    let p = pass(name)
+        .ok_or_else(|| format!("unknown pass `{name}`; passes: {}", pass_names().join(", ")))?;
+    let changed = (p.run)(m)?;
+    kiln_ir::verify::verify(m)
+        .map_err(|e| format!("pass `{name}` left the module invalid: {e}"))?;
+    Ok(changed)
+}
+
+/// An explicit list of passes by name (`kiln dump --passes a,b,c`).
+pub fn explicit_pipeline(names: &[String]) -> Result<Vec<Step>, String> {
+    names
+        .iter()
+        .map(|n| {
+            pass(n)
+                .map(Step::Run)
+                .ok_or_else(|| format!("unknown pass `{n}`; passes: {}", pass_names().join(", ")))
+        })
+        .collect()
 }
 
 /// Compile `m` for `target`, for inputs of the given shapes (by graph-input
@@ -141,9 +215,29 @@ fn prepare_owned(
     }
     passes::run_pipeline(
         &mut s,
-        &passes::lowering_pipeline(target.name())?,
+        &lowering_pipeline(target.name())?,
         &mut passes::RunOptions::default(),
     )
     .map_err(|e| e.to_string())?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_pipelines_name_real_passes() {
+        for t in PIPELINES {
+            for level in 0..=2 {
+                assert!(target_pipeline(t, level).is_ok(), "{t} -O{level}");
+            }
+        }
+        assert!(target_pipeline("tpu", 2).is_err());
+        assert!(explicit_pipeline(&["fuse".into(), "conv-epilogue".into()]).is_ok());
+        assert!(explicit_pipeline(&["fuse".into(), "nope".into()]).is_err());
+        for name in pass_names() {
+            assert!(pass(name).is_some(), "{name}");
+        }
+    }
 }

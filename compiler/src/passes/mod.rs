@@ -9,8 +9,10 @@
 //!
 //! A target adds its lowering passes after the level's pipeline: rewrites
 //! its code generator needs, done as IR passes so that dumps show the graph
-//! that runs ([`lowering_pipeline`], [`target_pipeline`]). `kiln dump
-//! --pipeline cpu|gpu` prints them; `--passes a,b` runs an explicit list.
+//! that runs. Target-independent ones (`hoist-casts`) are here; the rest
+//! live with their target (`lower/cpu/epilogue.rs`), and
+//! `crate::compile` assembles each target's pipeline (`kiln dump
+//! --pipeline cpu|gpu`) and looks passes up by name (`--passes a,b`).
 //!
 //! Memory planning is an analysis of the final module, not a rewrite; it
 //! lives in [`memory_plan`] and is run by whoever lowers the module.
@@ -106,43 +108,6 @@ pub fn pipeline(level: u8) -> Vec<Step> {
         1 => vec![cleanup],
         _ => vec![cleanup.clone(), p("fuse"), cleanup],
     }
-}
-
-/// The targets that have a named pipeline.
-pub const TARGETS: &[&str] = &["cpu", "gpu"];
-
-/// The lowering passes a target runs after its optimization pipeline.
-pub fn lowering_pipeline(target: &str) -> Result<Vec<Step>, String> {
-    match target {
-        // Both code generators emit one element type per fusion body.
-        "cpu" | "gpu" => Ok(vec![p("hoist-casts")]),
-        other => Err(format!(
-            "unknown pipeline `{other}`; pipelines: {}",
-            TARGETS.join(", ")
-        )),
-    }
-}
-
-/// A target's whole pipeline at `level`: the level's optimization, then
-/// the target's lowering passes (what `kiln dump --pipeline` runs; the
-/// backends run the same passes, re-inferring shapes between optimization
-/// rounds).
-pub fn target_pipeline(target: &str, level: u8) -> Result<Vec<Step>, String> {
-    let mut steps = pipeline(level);
-    steps.extend(lowering_pipeline(target)?);
-    Ok(steps)
-}
-
-/// An explicit list of passes by name (`kiln dump --passes a,b,c`).
-pub fn explicit_pipeline(names: &[String]) -> Result<Vec<Step>, String> {
-    names
-        .iter()
-        .map(|n| {
-            pass(n)
-                .map(Step::Run)
-                .ok_or_else(|| format!("unknown pass `{n}`; passes: {}", self::names().join(", ")))
-        })
-        .collect()
 }
 
 /// One pass execution, as observers see it.
@@ -246,13 +211,19 @@ fn run_one(
     Ok(changed)
 }
 
-/// Run one pass by name (tests, `kiln dump --passes`).
+/// Run one of the optimizer's passes by name and verify the result
+/// (tests; `crate::compile::run_named` also knows the targets' passes).
 pub fn run_named(m: &mut Module, name: &str) -> Result<bool, String> {
     let pass = pass(name)
         .ok_or_else(|| format!("unknown pass `{name}`; passes: {}", names().join(", ")))?;
+    run_verified(m, pass)
+}
+
+/// Run `pass` once and verify the result.
+pub fn run_verified(m: &mut Module, pass: &Pass) -> Result<bool, String> {
     let changed = (pass.run)(m)?;
     kiln_ir::verify::verify(m)
-        .map_err(|e| format!("pass `{name}` left the module invalid: {e}"))?;
+        .map_err(|e| format!("pass `{}` left the module invalid: {e}", pass.name))?;
     Ok(changed)
 }
 
@@ -281,12 +252,7 @@ mod tests {
         }
         for level in 0..=2 {
             check(&pipeline(level));
-            for t in TARGETS {
-                check(&target_pipeline(t, level).unwrap());
-            }
         }
-        assert!(target_pipeline("tpu", 2).is_err());
-        assert!(explicit_pipeline(&["fuse".into(), "nope".into()]).is_err());
         for name in [
             "constant-fold",
             "simplify",

@@ -7,10 +7,14 @@ use super::{AttrSpec, InferCtx, InferError, ParamOption, RawSchema};
 use crate::attr::AttrKind;
 use crate::types::Type;
 
+/// The activations a `kiln.FusedConv` may apply to its result.
+pub const FUSED_CONV_ACTIVATIONS: &[&str] = &["Relu"];
+
 /// The `kind`s a `kiln.Fusion` may have.
 pub const FUSION_KINDS: &[&str] = &["elementwise", "reduction", "epilogue"];
 
-pub(super) static KILN_SCHEMAS: &[RawSchema] = &[RawSchema {
+pub(super) static KILN_SCHEMAS: &[RawSchema] = &[
+    RawSchema {
     name: "kiln.Fusion",
     domain: "kiln",
     since_version: 1,
@@ -36,7 +40,64 @@ pub(super) static KILN_SCHEMAS: &[RawSchema] = &[RawSchema {
     ],
     summary:
         "A group of ops fused into one kernel: runs `body` on the operands and returns its outputs.",
-}];
+    },
+    RawSchema {
+        name: "kiln.FusedConv",
+        domain: "kiln",
+        since_version: 1,
+        deprecated: false,
+        min_inputs: 2,
+        max_inputs: 4,
+        min_outputs: 1,
+        max_outputs: 1,
+        input_names: &["X", "W", "B", "Z"],
+        input_options: &[
+            ParamOption::Single,
+            ParamOption::Single,
+            ParamOption::Optional,
+            ParamOption::Optional,
+        ],
+        output_names: &["Y"],
+        attrs: &[
+            AttrSpec {
+                name: "activation",
+                kind: AttrKind::String,
+                required: false,
+            },
+            AttrSpec {
+                name: "auto_pad",
+                kind: AttrKind::String,
+                required: false,
+            },
+            AttrSpec {
+                name: "dilations",
+                kind: AttrKind::Ints,
+                required: false,
+            },
+            AttrSpec {
+                name: "group",
+                kind: AttrKind::Int,
+                required: false,
+            },
+            AttrSpec {
+                name: "kernel_shape",
+                kind: AttrKind::Ints,
+                required: false,
+            },
+            AttrSpec {
+                name: "pads",
+                kind: AttrKind::Ints,
+                required: false,
+            },
+            AttrSpec {
+                name: "strides",
+                kind: AttrKind::Ints,
+                required: false,
+            },
+        ],
+        summary: "A Conv whose epilogue rides on its tiles: Y = activation(Conv(X, W, B) + Z), Z (the residual) optional, activation `Relu` or none.",
+    },
+];
 
 /// `kiln.Fusion`: the results have the types of the body's outputs.
 pub(super) fn fusion(c: &InferCtx) -> Result<Vec<Type>, InferError> {

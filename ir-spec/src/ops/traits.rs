@@ -330,6 +330,7 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("Where", BROADCAST),
     ("Xor", BROADCAST),
     ("ai.onnx.ml.Binarizer", UNARY),
+    ("kiln.FusedConv", CONTRACTION),
 ];
 
 /// The table's entry for `op` (binary search: the table is sorted).

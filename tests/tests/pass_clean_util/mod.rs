@@ -34,7 +34,7 @@ pub fn run_case(pass: &str, path: &PathBuf) -> String {
     kiln_ir::verify::verify(&before)
         .unwrap_or_else(|e| panic!("{name}: input does not verify: {e}"));
     let mut after = before.clone();
-    kiln_compiler::passes::run_named(&mut after, pass).unwrap_or_else(|e| panic!("{name}: {e}"));
+    kiln_compiler::compile::run_named(&mut after, pass).unwrap_or_else(|e| panic!("{name}: {e}"));
     check_same_results(&before, &after, &name);
     let opts = PrintOptions::default();
     format!(

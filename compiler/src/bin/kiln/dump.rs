@@ -142,17 +142,17 @@ fn optimize_for_dump(
     popts: &kiln_ir::text::PrintOptions,
 ) -> Result<(), Failure> {
     let steps = if !args.passes.is_empty() {
-        passes::explicit_pipeline(&args.passes)?
+        kiln_compiler::compile::explicit_pipeline(&args.passes)?
     } else if let Some(target) = &args.pipeline {
-        passes::target_pipeline(target, args.opt_level.unwrap_or(2))?
+        kiln_compiler::compile::target_pipeline(target, args.opt_level.unwrap_or(2))?
     } else {
         passes::pipeline(args.opt_level.unwrap_or(0))
     };
     for name in &args.print_after {
-        if passes::pass(name).is_none() {
+        if kiln_compiler::compile::pass(name).is_none() {
             return Err(format!(
                 "--print-after: unknown pass `{name}`; passes: {}",
-                passes::names().join(", ")
+                kiln_compiler::compile::pass_names().join(", ")
             )
             .into());
         }

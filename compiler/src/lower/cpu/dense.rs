@@ -7,7 +7,7 @@ use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::kernels::{
     ConvAttrs, ConvPlan, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
 };
-use kiln_runtime::cpu::steps::dense::{Dense, DenseKernel, Pool};
+use kiln_runtime::cpu::steps::dense::{Dense, DenseKernel, Pool, RESIDUAL};
 use kiln_runtime::cpu::NativeStep;
 
 use crate::lower::static_shape;
@@ -72,6 +72,34 @@ fn resolve_pads(
         (pads[i], pads[i + r]) = (b as usize, e as usize);
     }
     Ok(pads)
+}
+
+/// A Conv's (or FusedConv's) attributes for the kernel library, pads
+/// resolved, for an input of shape `x` and weights of shape `w`.
+pub(super) fn conv_attrs(n: &Node, x: &[usize], w: &[usize]) -> Result<ConvAttrs, String> {
+    if x.len() < 3 || w.len() != x.len() {
+        return Err("conv needs N, C and spatial dims".into());
+    }
+    let r = x.len() - 2;
+    let kernel = &w[2..];
+    let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
+    let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
+    if strides.len() != r || dilations.len() != r {
+        return Err("strides/dilations rank".into());
+    }
+    let pads = resolve_pads(n, &x[2..], kernel, &strides, &dilations)?;
+    let group = n
+        .attrs
+        .get("group")
+        .and_then(Attr::as_int)
+        .unwrap_or(1)
+        .max(1) as usize;
+    Ok(ConvAttrs {
+        strides,
+        dilations,
+        pads,
+        group,
+    })
 }
 
 /// Plan a MatMul/Gemm/Conv whose operands are `inputs` (values of the
@@ -142,47 +170,39 @@ pub(super) fn plan_dense(
                 what: format!("gemm {a:?} x {b:?}"),
             })
         }
-        "Conv" => {
+        "Conv" | "kiln.FusedConv" => {
             let (x, w) = (shape_of(0)?, shape_of(1)?);
-            if x.len() < 3 || w.len() != x.len() {
-                return Err("conv needs N, C and spatial dims".into());
-            }
-            let r = x.len() - 2;
-            let kernel = w[2..].to_vec();
-            let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
-            let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
-            if strides.len() != r || dilations.len() != r {
-                return Err("strides/dilations rank".into());
-            }
-            let pads = resolve_pads(n, &x[2..], &kernel, &strides, &dilations)?;
-            let group = n
-                .attrs
-                .get("group")
-                .and_then(Attr::as_int)
-                .unwrap_or(1)
-                .max(1) as usize;
+            let attrs = conv_attrs(n, &x, &w)?;
             let has_bias = inputs.get(2).copied().flatten().is_some();
             let wc = konst(1);
             let captured = if wc.is_some() { vec![1] } else { vec![] };
-            let attrs = ConvAttrs {
-                strides,
-                dilations,
-                pads,
-                group,
-            };
-            let p = ConvPlan::new(&x, &w, has_bias, &attrs, wc.as_deref())?;
-            let what = format!(
+            let mut p = ConvPlan::new(&x, &w, has_bias, &attrs, wc.as_deref())?;
+            let kernel = &w[2..];
+            let mut what = format!(
                 "conv {}x{} {}→{} ch{}",
                 kernel.first().unwrap_or(&1),
                 kernel.get(1).unwrap_or(&1),
                 x[1],
                 w[0],
-                if group > 1 {
-                    format!(" group {group}")
+                if attrs.group > 1 {
+                    format!(" group {}", attrs.group)
                 } else {
                     String::new()
                 }
             );
+            // The epilogue pass made a FusedConv only where the plan takes
+            // its residual and activation into its tiles.
+            if inputs.get(RESIDUAL).copied().flatten().is_some() {
+                if shape_of(RESIDUAL)?.as_slice() != p.out_shape() || !p.fuse_residual() {
+                    return Err("the conv cannot add this residual in its tiles".into());
+                }
+                what.push_str(" + Add");
+            }
+            match n.attrs.get("activation").and_then(Attr::as_str) {
+                None => {}
+                Some("Relu") if p.fuse_clamp(0.0, f32::INFINITY) => what.push_str(" + Relu"),
+                Some(a) => return Err(format!("the conv cannot apply {a} in its tiles")),
+            }
             Ok(Planned {
                 plan: Dense::Conv(p),
                 captured,
@@ -193,7 +213,7 @@ pub(super) fn plan_dense(
     }
 }
 
-/// MatMul, Gemm, Conv.
+/// MatMul, Gemm, Conv, FusedConv.
 pub(super) fn dense(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let p = plan_dense(m, n, &n.inputs)?;
     Ok(NativeStep {

@@ -1,17 +1,18 @@
-//! Planning `kiln.Fusion` steps: the anchor (a MatMul/Gemm/Conv first in
-//! the body) on the kernel library, a residual Add and a Relu right after
-//! it folded into its tiles where the conv can, and the rest of the body
+//! Planning `kiln.Fusion` steps: the anchor (a MatMul/Gemm/Conv/FusedConv
+//! first in the body) on the kernel library and the rest of the body
 //! compiled by Cranelift into one loop; a region the loops cannot express
 //! whole splits into producers plus an odometer reduction. Single nodes
-//! the loops can express compile as one-node regions.
+//! the loops can express compile as one-node regions. (A residual Add and a
+//! Relu that ride on a conv's tiles were made part of the conv by the
+//! `conv-epilogue` pass: see `epilogue.rs`.)
 
 use kiln_ir::{Attr, Module, Node, Region, ValueId};
 use kiln_runtime::cpu::jit::{compile_region_for, TargetCpu};
-use kiln_runtime::cpu::steps::dense::{AnchorOnly, Dense, DenseKernel, RESIDUAL};
+use kiln_runtime::cpu::steps::dense::{AnchorOnly, DenseKernel};
 use kiln_runtime::cpu::steps::fusion::{Fusion, SplitReduction};
 use kiln_runtime::cpu::NativeStep;
 
-use super::dense::{is_f32, plan_dense, Planned};
+use super::dense::plan_dense;
 use crate::lower::static_shape;
 
 /// `kiln.Fusion`: the body compiled by Cranelift; an epilogue's anchor
@@ -23,10 +24,10 @@ pub(super) fn fusion(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeSt
     let operand_of = |v: ValueId| body.inputs.iter().position(|&b| b == v);
     let outer = |v: ValueId| operand_of(v).and_then(|k| n.inputs.get(k).copied().flatten());
     let first = body.nodes.first().ok_or("empty fusion body")?;
-    let is_anchor = matches!(first.op.as_str(), "MatMul" | "Gemm" | "Conv");
-    // The Relu folded into the anchor, if any: its result is then the
-    // anchor's.
-    let mut folded = None;
+    let is_anchor = matches!(
+        first.op.as_str(),
+        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv"
+    );
     let (anchor, tail_nodes, mut captured) = if is_anchor {
         let outer_inputs: Vec<Option<ValueId>> =
             first.inputs.iter().map(|v| v.and_then(outer)).collect();
@@ -38,7 +39,7 @@ pub(super) fn fusion(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeSt
         {
             return Err("anchor reads a value of its body".into());
         }
-        let mut p = plan_dense(m, first, &outer_inputs)?;
+        let p = plan_dense(m, first, &outer_inputs)?;
         let map: Vec<Option<usize>> = first
             .inputs
             .iter()
@@ -49,21 +50,7 @@ pub(super) fn fusion(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeSt
             .iter()
             .filter_map(|&i| map.get(i).copied().flatten())
             .collect();
-        let mut map = map;
-        let mut tail = &body.nodes[1..];
-        let mut result = first.outputs.first().copied();
-        if let Some((v, k)) = fold_residual(m, result, tail, &body.outputs, &mut p, operand_of) {
-            map.resize(RESIDUAL, None);
-            map.push(Some(k));
-            folded = Some(v);
-            result = Some(v);
-            tail = &tail[1..];
-        }
-        if let Some(v) = fold_relu(result, tail, &body.outputs, &mut p) {
-            folded = Some(v);
-            tail = &tail[1..];
-        }
-        (Some((p, map)), tail, captured)
+        (Some((p, map)), &body.nodes[1..], captured)
     } else {
         (None, &body.nodes[..], vec![])
     };
@@ -78,13 +65,14 @@ pub(super) fn fusion(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeSt
     let mut shapes = vec![];
     let mut jit_operands = vec![];
     let anchor_value = if is_anchor {
-        folded.or(first.outputs.first().copied())
+        first.outputs.first().copied()
     } else {
         None
     };
-    if tail_nodes.is_empty() && folded.is_some() {
+    if tail_nodes.is_empty() {
         if let Some((p, map)) = anchor {
-            // Conv + Relu and nothing else: the conv alone.
+            // The anchor alone (the epilogue pass unwraps such fusions;
+            // this keeps any other producer of one correct).
             let flops = p.plan.flops();
             let k = AnchorOnly {
                 anchor: DenseKernel { plan: p.plan },
@@ -156,89 +144,6 @@ pub(super) fn fusion(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeSt
         flops,
         captured,
     })
-}
-
-/// Folds a residual Add into the conv anchor when `tail` starts with
-/// `Add(v, r)` or `Sum(v, r)` (either order) of the anchor's result `v`,
-/// which nothing else reads, and a fusion operand `r` of exactly the
-/// result's shape, and the conv can add it as its tiles start
-/// ([`ConvPlan::fuse_residual`]).
-/// Returns the Add's result, which the anchor now produces, and `r`'s
-/// fusion operand index.
-fn fold_residual(
-    m: &Module,
-    v: Option<ValueId>,
-    tail: &[Node],
-    outputs: &[ValueId],
-    p: &mut Planned,
-    operand_of: impl Fn(ValueId) -> Option<usize>,
-) -> Option<(ValueId, usize)> {
-    let v = v?;
-    let (add, rest) = tail.split_first()?;
-    let is_add = add.op == "Add" || add.op == "Sum";
-    if !is_add || add.inputs.len() != 2 || outputs.contains(&v) {
-        return None;
-    }
-    let r = match (add.input(0), add.input(1)) {
-        (Some(a), Some(b)) if a == v && b != v => b,
-        (Some(a), Some(b)) if b == v && a != v => a,
-        _ => return None,
-    };
-    let reads_v = |n: &Node| n.inputs.iter().flatten().any(|&x| x == v);
-    if rest.iter().any(reads_v) || !is_f32(m, r) {
-        return None;
-    }
-    let out = *add.outputs.first()?;
-    // With more of the tail left, the sum becomes the generated loop's
-    // input; it must not also be a result of the fusion (as for a Relu).
-    if !rest.is_empty() && outputs.contains(&out) {
-        return None;
-    }
-    let k = operand_of(r)?;
-    let Dense::Conv(c) = &mut p.plan else {
-        return None;
-    };
-    if static_shape(m, r).ok()?.as_slice() != c.out_shape() || !c.fuse_residual() {
-        return None;
-    }
-    p.what.push_str(&format!(" + {}", add.op));
-    Some((out, k))
-}
-
-/// Folds the anchor's Relu into the anchor when `tail` starts with a Relu
-/// of the anchor's result `v` that nothing else reads and the anchor can
-/// clamp in its kernel (an implicit-GEMM or small-k conv: the clamp rides
-/// on the tile store instead of another pass over the output). Returns
-/// the Relu's result, which the anchor now produces.
-fn fold_relu(
-    v: Option<ValueId>,
-    tail: &[Node],
-    outputs: &[ValueId],
-    p: &mut Planned,
-) -> Option<ValueId> {
-    let v = v?;
-    let (relu, rest) = tail.split_first()?;
-    let reads_v = |n: &Node| n.inputs.iter().flatten().any(|&x| x == v);
-    if relu.op != "Relu" || relu.input(0) != Some(v) || relu.inputs.len() != 1 {
-        return None;
-    }
-    if rest.iter().any(reads_v) || outputs.contains(&v) {
-        return None;
-    }
-    let out = relu.outputs.first().copied()?;
-    // With more of the tail left, the Relu's result becomes the generated
-    // loop's input; it must not also be a result of the fusion.
-    if !rest.is_empty() && outputs.contains(&out) {
-        return None;
-    }
-    let Dense::Conv(c) = &mut p.plan else {
-        return None;
-    };
-    if !c.fuse_clamp(0.0, f32::INFINITY) {
-        return None;
-    }
-    p.what.push_str(" + Relu");
-    Some(out)
 }
 
 /// A reduction fusion whose reduction the generated loops cannot express

@@ -12,6 +12,7 @@
 //! kernel, and the executable's report lists those nodes and why.
 
 mod dense;
+pub mod epilogue;
 mod fusion;
 mod movement;
 
@@ -172,7 +173,7 @@ fn lower_node(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeStep, Str
             fusion::single_node_loop(m, n, target).or_else(|_| movement::reduce(m, n))
         }
         "kiln.Fusion" => fusion::fusion(m, n, target),
-        "MatMul" | "Gemm" | "Conv" => dense::dense(m, n),
+        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" => dense::dense(m, n),
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => dense::pool(m, n),
         op => fusion::single_node_loop(m, n, target)
             .map_err(|e| format!("no native kernel for {op} ({e})")),

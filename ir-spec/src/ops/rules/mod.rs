@@ -66,7 +66,7 @@ use movement::{
     size, slice, space_to_depth, split, squeeze, tile, topk, transpose, unique, unsqueeze,
 };
 use nn::{
-    batch_norm, conv, conv_integer, conv_transpose, global_pool, layer_norm, max_pool,
+    batch_norm, conv, conv_integer, conv_transpose, fused_conv, global_pool, layer_norm, max_pool,
     max_roi_pool, max_unpool, nll_loss, nms, pool, qlinear_conv, rnn, roi_align, sce_loss,
 };
 use quant::{dequantize_linear, dynamic_quantize_linear, quantize_linear};
@@ -252,6 +252,7 @@ pub(crate) fn rule_for(op: &str) -> Option<super::InferFn> {
         "ai.onnx.preview.training.Adam" => adam,
         "ai.onnx.preview.training.Momentum" => momentum,
         "kiln.Fusion" => super::kiln::fusion,
+        "kiln.FusedConv" => fused_conv,
         _ => return None,
     })
 }

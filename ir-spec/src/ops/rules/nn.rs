@@ -142,6 +142,40 @@ pub(super) fn conv(c: &InferCtx) -> R {
     Ok(vec![t_opt(e, conv_shape(c, 0, 1, false)?)])
 }
 
+/// `kiln.FusedConv`: Conv's result; the residual Z, when given, has the
+/// result's element type and shape (it is added element by element, no
+/// broadcast), and the activation is one the op knows.
+pub(super) fn fused_conv(c: &InferCtx) -> R {
+    let out = conv(c)?;
+    if let (Some(z), Some(Type::Tensor(y))) = (c.input(3), out.first()) {
+        let Type::Tensor(zt) = z else {
+            return Err(err("the residual Z must be a tensor"));
+        };
+        if zt.elem != y.elem {
+            return Err(err(format!(
+                "the residual Z is {}, the result {}",
+                zt.elem, y.elem
+            )));
+        }
+        if let (Some(zs), Some(ys)) = (&zt.shape, &y.shape) {
+            let differ = zs.len() != ys.len()
+                || zs
+                    .iter()
+                    .zip(ys)
+                    .any(|(a, b)| matches!((a, b), (Dim::Known(p), Dim::Known(q)) if p != q));
+            if differ {
+                return Err(err("the residual Z must have the result's shape"));
+            }
+        }
+    }
+    if let Some(a) = c.attr_str("activation") {
+        if !crate::ops::kiln::FUSED_CONV_ACTIVATIONS.contains(&a) {
+            return Err(bad_attr("activation", format!("`{a}` is not one of Relu")));
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn conv_integer(c: &InferCtx) -> R {
     Ok(vec![t_opt(ElemType::I32, conv_shape(c, 0, 1, false)?)])
 }

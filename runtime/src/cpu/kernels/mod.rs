@@ -15,7 +15,7 @@ mod rows;
 mod smallk;
 
 pub use common::Epilogue;
-pub use conv::{ConvAttrs, ConvPlan};
+pub use conv::{ConvAttrs, ConvEpilogues, ConvPlan};
 pub use matmul::{GemmPlan, MatMulPlan};
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};
 

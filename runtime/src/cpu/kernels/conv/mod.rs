@@ -254,6 +254,37 @@ pub struct ConvPlan {
     isa: Isa,
 }
 
+/// Which epilogues a conv takes into its own tiles: see
+/// [`ConvPlan::epilogues`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvEpilogues {
+    /// A residual added as each tile starts ([`ConvPlan::fuse_residual`]).
+    pub residual: bool,
+    /// A clamp (Relu) as each tile is stored ([`ConvPlan::fuse_clamp`]).
+    pub clamp: bool,
+}
+
+/// Whether a conv of this strategy adds a residual in its tiles: the
+/// implicit-GEMM and transposed strategies start their tiles from an
+/// addend.
+fn takes_residual(strategy: Strategy, c: usize) -> bool {
+    matches!(strategy, Strategy::Shifted | Strategy::Transposed) && c > 0
+}
+
+/// Whether a conv clamps in its tile store: the small-k kernel, the
+/// implicit-GEMM and the transposed strategies.
+fn takes_clamp(strategy: Strategy, small_k: bool) -> bool {
+    small_k || matches!(strategy, Strategy::Shifted | Strategy::Transposed)
+}
+
+/// Whether a pointwise or im2col conv with reduction length `k` runs on
+/// the small-k kernel.
+fn runs_small_k(fallback: Strategy, k: usize) -> bool {
+    matches!(fallback, Strategy::Pointwise | Strategy::Im2col)
+        && k <= smallk::MAX_K
+        && smallk::available()
+}
+
 impl ConvPlan {
     /// `w_const`: the weights when they are constant; copied into the plan
     /// (their [M, C/group, k...] layout is already the row-major gemm lhs),
@@ -301,9 +332,7 @@ impl ConvPlan {
                 .filter(|_| transposed.is_none())
                 .map(<[f32]>::to_vec),
             transposed,
-            small_k: matches!(fallback, Strategy::Pointwise | Strategy::Im2col)
-                && (c / group) * kvol <= smallk::MAX_K
-                && smallk::available(),
+            small_k: runs_small_k(fallback, c / group * kvol),
             clamp: None,
             residual: false,
             row_geom: RowGeom::new(
@@ -315,6 +344,30 @@ impl ConvPlan {
                 axes[2].pad_begin,
             ),
             isa: Isa::detect(),
+        })
+    }
+
+    /// Which epilogues a conv of these shapes and attributes would take
+    /// into its tiles on this host (`const_weights`: its weights are a
+    /// constant), without building the plan: the compiler's lowering
+    /// passes ask before they rewrite a Conv and its Add/Relu into one
+    /// `kiln.FusedConv`. A plan built for the same conv accepts exactly
+    /// these in [`ConvPlan::fuse_residual`] and [`ConvPlan::fuse_clamp`].
+    pub fn epilogues(
+        x_shape: &[usize],
+        w_shape: &[usize],
+        attrs: &ConvAttrs,
+        const_weights: bool,
+    ) -> Result<ConvEpilogues, String> {
+        let axes = normalise(x_shape, w_shape, attrs, None)
+            .map_err(|why| format!("Conv: {why} (x {x_shape:?}, w {w_shape:?}, {attrs:?})"))?;
+        let (batch, c, m, group) = (x_shape[0], x_shape[1], w_shape[0], attrs.group);
+        let kvol: usize = axes.iter().map(|a| a.kernel).product();
+        let fallback = base_strategy(batch, c, m, group, &axes);
+        let strategy = choose_strategy(batch, c, m, group, &axes, const_weights, Host::detect());
+        Ok(ConvEpilogues {
+            residual: takes_residual(strategy, c),
+            clamp: takes_clamp(strategy, runs_small_k(fallback, c / group * kvol)),
         })
     }
 
@@ -348,8 +401,7 @@ impl ConvPlan {
     /// was taken (otherwise the plan is unchanged and the caller keeps the
     /// op as an epilogue).
     pub fn fuse_clamp(&mut self, lo: f32, hi: f32) -> bool {
-        let in_tile =
-            self.small_k || matches!(self.strategy, Strategy::Shifted | Strategy::Transposed);
+        let in_tile = takes_clamp(self.strategy, self.small_k);
         if !in_tile || self.clamp.is_some() || lo.is_nan() || hi.is_nan() || lo > hi {
             return false;
         }
@@ -365,8 +417,7 @@ impl ConvPlan {
     /// before a clamp is fused; returns whether it was taken. Runs then
     /// need the residual ([`ConvPlan::run_fused`]).
     pub fn fuse_residual(&mut self) -> bool {
-        let in_tile = matches!(self.strategy, Strategy::Shifted | Strategy::Transposed);
-        if !in_tile || self.clamp.is_some() || self.residual || self.c == 0 {
+        if !takes_residual(self.strategy, self.c) || self.clamp.is_some() || self.residual {
             return false;
         }
         self.residual = true;

@@ -775,3 +775,50 @@ fn strategy_choice() {
     let (xr, wr) = (&[2, 3, 48, 48][..], &[8, 3, 3, 3][..]);
     assert_eq!(choose(xr, wr, 1, true, all), Direct);
 }
+
+/// `ConvPlan::epilogues` (asked before a plan exists) agrees with what a
+/// plan built for the same conv accepts.
+#[test]
+fn epilogues_match_the_plan() {
+    type Case<'a> = (&'a [usize], &'a [usize], usize, usize, usize);
+    let cases: &[Case] = &[
+        // (x, w, stride, pad, group)
+        (&[1, 64, 56, 56], &[64, 64, 3, 3], 1, 1, 1),
+        (&[1, 256, 14, 14], &[512, 256, 1, 1], 2, 0, 1),
+        (&[1, 512, 7, 7], &[512, 512, 3, 3], 1, 1, 1),
+        (&[1, 32, 28, 28], &[32, 1, 3, 3], 1, 1, 32),
+        (&[1, 3, 224, 224], &[64, 3, 7, 7], 2, 3, 1),
+        (&[2, 16, 10], &[8, 16, 3], 1, 1, 1),
+        (&[1, 8, 4, 4, 4], &[8, 8, 3, 3, 3], 1, 1, 1),
+    ];
+    for &(x, w, stride, pad, group) in cases {
+        let sd = x.len() - 2;
+        let attrs = ConvAttrs {
+            strides: vec![stride; sd],
+            dilations: vec![1; sd],
+            pads: vec![pad; 2 * sd],
+            group,
+        };
+        let weights = lcg(3, w.iter().product());
+        for konst in [false, true] {
+            let e = ConvPlan::epilogues(x, w, &attrs, konst).unwrap();
+            let wc = konst.then_some(weights.as_slice());
+            let mut p = ConvPlan::new(x, w, true, &attrs, wc).unwrap();
+            assert_eq!(
+                p.fuse_residual(),
+                e.residual,
+                "residual {x:?} {w:?} {konst}"
+            );
+            let mut q = ConvPlan::new(x, w, true, &attrs, wc).unwrap();
+            assert_eq!(
+                q.fuse_clamp(0.0, f32::INFINITY),
+                e.clamp,
+                "clamp {x:?} {w:?} {konst}"
+            );
+            // After a residual, a clamp still rides on the tiles.
+            if e.residual {
+                assert_eq!(p.fuse_clamp(0.0, f32::INFINITY), e.clamp);
+            }
+        }
+    }
+}
