@@ -1,6 +1,6 @@
 //! Chain rules: two data-movement ops in a row become one (or none).
 
-use super::{node_from, same_shape, Action, Cx, Rewrite};
+use super::cx::{attr_int, node_from, same_shape, Action, Cx, Rewrite, Use};
 use kiln_ir::{Attr, TensorData};
 
 /// `Transpose(Transpose(x, p1), p2)` → `Transpose(x, q)` with
@@ -75,7 +75,7 @@ pub(super) fn reshape_chain(cx: &mut Cx, i: usize) -> Option<Rewrite> {
     }
     let x = inner.input(0)?;
     let out = *n.outputs.first()?;
-    if same_shape(cx.m.ty(x), cx.m.ty(out)) && !cx.uses(out).contains(&super::Use::Output) {
+    if same_shape(cx.m.ty(x), cx.m.ty(out)) && !cx.uses(out).contains(&Use::Output) {
         let pattern = if cx.single_use_by(y, i) {
             vec![p, i]
         } else {
@@ -102,7 +102,7 @@ pub(super) fn reshape_chain(cx: &mut Cx, i: usize) -> Option<Rewrite> {
     } else if n.op == "Reshape" {
         let s = n.input(1)?;
         let dims = cx.const_i64(s)?;
-        let allowzero = super::attr_int(n, "allowzero", 0) != 0;
+        let allowzero = attr_int(n, "allowzero", 0) != 0;
         if dims.contains(&0) && !allowzero {
             return None;
         }

@@ -4,7 +4,9 @@
 //! channel) or Gemm/MatMul (channel = output feature). And a 2-D MatMul
 //! followed by a bias Add is one Gemm.
 
-use super::{attr_float, attr_int, float_data, node_from, Action, Cx, Rewrite};
+use super::cx::{
+    attr_float, attr_int, broadcasts_into, float_data, node_from, Action, Cx, Rewrite, Use,
+};
 use kiln_ir::{Attr, ElemType, Node, TensorData};
 
 /// A BatchNormalization in inference mode over constant statistics:
@@ -71,7 +73,7 @@ pub(super) fn bn_into_conv(cx: &mut Cx, i: usize) -> Option<Rewrite> {
     // so the rewrite returned below always applies: a weight this Conv
     // alone uses, whose bytes nothing else shares, is scaled where it lies
     // instead of copied.
-    let wc = if cx.uses(w) == [super::Use::Node(p)] && cx.r.constants.contains(&w) {
+    let wc = if cx.uses(w) == [Use::Node(p)] && cx.r.constants.contains(&w) {
         scale_rows_in_place(cx.m, w, &aff.s).then_some(w)
     } else {
         None
@@ -244,7 +246,7 @@ pub(super) fn matmul_add_to_gemm(cx: &mut Cx, i: usize) -> Option<Rewrite> {
     }
     let mm = cx.node(p);
     let (a, b) = (mm.input(0)?, mm.input(1)?);
-    if cx.rank(a)? != 2 || cx.rank(b)? != 2 || !super::broadcasts_into(cx, c, y) {
+    if cx.rank(a)? != 2 || cx.rank(b)? != 2 || !broadcasts_into(cx, c, y) {
         return None;
     }
     let gemm = node_from(

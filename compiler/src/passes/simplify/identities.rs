@@ -2,7 +2,7 @@
 //! Each proposes `Action::Replace`; the engine refuses when the result is a
 //! region output (interfaces keep their names).
 
-use super::{broadcasts_into, same_shape, Action, Cx, Rewrite};
+use super::cx::{broadcasts_into, same_shape, Action, Cx, Rewrite};
 use kiln_ir::Attr;
 
 fn replace(root: usize, with: kiln_ir::ValueId) -> Option<Rewrite> {

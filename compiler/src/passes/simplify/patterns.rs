@@ -6,7 +6,9 @@
 //! non-constant factors and one constant scale, so `x*0.5*(1+erf)`,
 //! `0.5*(x*(1+erf))` and `(x*(1+erf))/2` are one pattern.
 
-use super::{approx, attr_int, float_data, node_from, Action, Cx, Rewrite};
+use super::cx::{
+    approx, attr_float, attr_int, broadcasts_into, float_data, node_from, Action, Cx, Rewrite, Use,
+};
 use kiln_ir::{Attr, ElemType, ValueId};
 
 /// A flattened product: `scale * leaves[0] * leaves[1] * ...`.
@@ -226,8 +228,8 @@ pub(super) fn hardswish(cx: &mut Cx, i: usize) -> Option<Rewrite> {
         if let Some(k) = cx.producer(g, "HardSigmoid") {
             let n = cx.node(k);
             let (a, b) = (
-                super::attr_float(n, "alpha", 0.2) as f64,
-                super::attr_float(n, "beta", 0.5) as f64,
+                attr_float(n, "alpha", 0.2) as f64,
+                attr_float(n, "beta", 0.5) as f64,
             );
             let ok = approx(scale, 1.0, 1e-5) && approx(a, 1.0 / 6.0, 1e-4) && approx(b, 0.5, 1e-5);
             return if ok {
@@ -291,7 +293,7 @@ pub(super) fn layer_norm(cx: &mut Cx, i: usize) -> Option<Rewrite> {
     // A larger match (this result times gamma, plus beta) rooted at the
     // single user wins: leave this one to it.
     let out = *cx.node(i).outputs.first()?;
-    if let [super::Use::Node(u)] = cx.uses(out) {
+    if let [Use::Node(u)] = cx.uses(out) {
         if match_layer_norm(cx, *u).is_some() {
             return None;
         }
@@ -396,7 +398,7 @@ fn match_layer_norm(cx: &Cx, i: usize) -> Option<LayerNormMatch> {
     }
     // Scale and bias broadcast over the normalized axes only.
     let fits = |c: ValueId| {
-        cx.m.constant(c).is_some_and(|d| d.shape.len() <= k) && super::broadcasts_into(cx, c, x)
+        cx.m.constant(c).is_some_and(|d| d.shape.len() <= k) && broadcasts_into(cx, c, x)
     };
     if !gamma.is_none_or(fits) || !beta.is_none_or(fits) {
         return None;
