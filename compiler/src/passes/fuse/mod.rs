@@ -16,14 +16,21 @@
 //! regions of If/Loop/Scan included; fusion bodies are left alone.
 //!
 //! [`explain`] says, for every producer→consumer pair left unfused, why.
+//!
+//! Files: `plan.rs` the plan (groups, classes, merges) that `rules.rs`
+//! reads and this file builds; `rules.rs` the rules; this file the
+//! machinery that applies them and rewrites the module.
 
+mod plan;
 pub mod rules;
 
 use std::collections::{HashMap, HashSet};
 
 use kiln_ir::{Attr, Module, Node, Region, ValueId};
 
-use rules::{classify, Class, Kind, Order, RULES};
+use plan::{Class, Kind};
+pub use plan::{Group, Plan};
+use rules::{classify, Order, RULES};
 
 pub fn run(m: &mut Module) -> Result<bool, String> {
     let mut body = std::mem::take(&mut m.body);
@@ -40,81 +47,11 @@ pub fn explain(m: &Module) -> Vec<String> {
     out
 }
 
-/// A group of nodes of one region.
-#[derive(Clone, Debug)]
-pub struct Group {
-    /// Node indices, ascending.
-    pub members: Vec<usize>,
-    pub kind: Kind,
-    /// The last member; only its results are used outside the group.
-    pub root: usize,
-    /// The MatMul/Conv of an epilogue.
-    pub anchor: Option<usize>,
-}
-
-/// The grouping of one region's nodes.
-pub struct Plan<'a> {
-    pub m: &'a Module,
-    pub nodes: &'a [Node],
-    pub class: Vec<Result<Class, String>>,
-    /// Node defining each value defined by a node of this region.
-    pub def: HashMap<ValueId, usize>,
-    /// Nodes using each value (uses inside their nested regions count),
-    /// ascending, without repeats.
-    pub users: HashMap<ValueId, Vec<usize>>,
-    /// Values the region returns.
-    pub region_outputs: HashSet<ValueId>,
-    pub group_of: Vec<usize>,
-    /// By group id (initially one per node; merged-away groups are empty).
-    pub groups: Vec<Group>,
-}
-
-/// Every value a node uses, its nested regions included.
-fn node_uses(n: &Node, out: &mut Vec<ValueId>) {
-    out.extend(n.inputs.iter().flatten());
-    for (_, r) in n.regions() {
-        out.extend(&r.outputs);
-        for x in &r.nodes {
-            node_uses(x, out);
-        }
-    }
-}
-
 impl<'a> Plan<'a> {
     pub fn new(m: &'a Module, r: &'a Region) -> Plan<'a> {
         let nodes = &r.nodes[..];
-        let mut def = HashMap::new();
-        let mut users: HashMap<ValueId, Vec<usize>> = HashMap::new();
-        for (i, n) in nodes.iter().enumerate() {
-            let mut uses = vec![];
-            node_uses(n, &mut uses);
-            for v in uses {
-                let u = users.entry(v).or_default();
-                if u.last() != Some(&i) && !u.contains(&i) {
-                    u.push(i);
-                }
-            }
-            for &o in &n.outputs {
-                def.insert(o, i);
-            }
-        }
-        let mut p = Plan {
-            m,
-            nodes,
-            class: nodes.iter().map(|n| classify(m, n)).collect(),
-            def,
-            users,
-            region_outputs: r.outputs.iter().copied().collect(),
-            group_of: (0..nodes.len()).collect(),
-            groups: (0..nodes.len())
-                .map(|i| Group {
-                    members: vec![i],
-                    kind: Kind::Elementwise,
-                    root: i,
-                    anchor: None,
-                })
-                .collect(),
-        };
+        let class = nodes.iter().map(|n| classify(m, n)).collect();
+        let mut p = Plan::ungrouped(m, r, class);
         for &(_, order, rule) in RULES {
             let idx: Vec<usize> = match order {
                 Order::Backward => (0..nodes.len()).rev().collect(),
@@ -127,51 +64,6 @@ impl<'a> Plan<'a> {
             }
         }
         p
-    }
-
-    pub fn users_of(&self, v: ValueId) -> &[usize] {
-        self.users.get(&v).map(|u| &u[..]).unwrap_or(&[])
-    }
-
-    /// The one group all users of `v` are in, when `v` is not a region
-    /// output and has at least one user.
-    pub fn sole_user_group(&self, v: ValueId) -> Option<usize> {
-        if self.region_outputs.contains(&v) {
-            return None;
-        }
-        let users = self.users_of(v);
-        let g = self.group_of[*users.first()?];
-        users.iter().all(|&u| self.group_of[u] == g).then_some(g)
-    }
-
-    /// Is group `g` an elementwise group (no anchor, no reduction; a
-    /// single node counts when it is elementwise)?
-    pub fn is_elementwise_group(&self, g: usize) -> bool {
-        let grp = &self.groups[g];
-        grp.kind == Kind::Elementwise && self.class[grp.root] == Ok(Class::Elementwise)
-    }
-
-    fn merge(&mut self, mg: rules::Merge) {
-        if mg.from == mg.into {
-            return;
-        }
-        let from = std::mem::take(&mut self.groups[mg.from].members);
-        for &i in &from {
-            self.group_of[i] = mg.into;
-        }
-        let into = &mut self.groups[mg.into];
-        into.members.extend(from);
-        into.members.sort_unstable();
-        into.root = *into.members.last().unwrap_or(&into.root);
-        into.kind = mg.kind;
-        if mg.anchor.is_some() {
-            into.anchor = mg.anchor;
-        }
-    }
-
-    /// Groups of two or more nodes.
-    pub fn fused_groups(&self) -> impl Iterator<Item = &Group> {
-        self.groups.iter().filter(|g| g.members.len() >= 2)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The fusion rules of pass `fuse`: which ops are fusible (their class) and
-//! the table of grouping rules, one small function each. The machinery
-//! that applies them and rewrites the module is in `mod.rs`.
+//! the table of grouping rules, one small function each. The plan they
+//! read (and its terms: `Class`, `Kind`, `Merge`) is in `plan.rs`; the
+//! machinery that applies them and rewrites the module is in `mod.rs`.
 //!
 //! Every rule keeps one invariant of a group: only its root's results are
 //! used outside it (every other member has all its users inside). With
@@ -11,45 +12,9 @@
 use kiln_ir::ops::Reduction;
 use kiln_ir::{Module, Node, Type};
 
-use super::Plan;
-
-/// How the pass sees an op.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    /// Pointwise ops (with broadcasting: unary math and activations, binary
-    /// arithmetic, comparisons and bitwise ops, Where, Clip, Cast) and
-    /// channelwise ones (inference-mode BatchNormalization, a per-channel
-    /// affine map).
-    Elementwise,
-    /// Reductions (`Reduce*`) and normalizations along an axis (Softmax,
-    /// LogSoftmax, LpNormalization, LayerNormalization): may absorb their
-    /// elementwise producers, and end their group.
-    Reduction,
-    /// Contractions (MatMul, Gemm, Conv, ConvTranspose, DeformConv): may
-    /// take an elementwise epilogue (bias, activation, residual) on their
-    /// output.
-    Anchor,
-    /// Anything else (not fused).
-    Other,
-}
-
-/// The kind a group has (the `kind` attribute of its `kiln.Fusion`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Elementwise,
-    Reduction,
-    Epilogue,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Elementwise => "elementwise",
-            Kind::Reduction => "reduction",
-            Kind::Epilogue => "epilogue",
-        }
-    }
-}
+use super::plan::Plan;
+// The plan's terms, at the paths they have always had.
+pub use super::plan::{Class, Kind, Merge};
 
 /// The class of a node, or why it is not fusible. The class comes from
 /// the op's traits (`kiln_ir::ops::traits`), not from a list here: any
@@ -107,15 +72,6 @@ pub fn classify(m: &Module, n: &Node) -> Result<Class, String> {
         }
     }
     Ok(class)
-}
-
-/// What a rule decides for one node: merge group `from` into group `into`,
-/// the merged group having `kind` (and, for epilogues, the anchor node).
-pub struct Merge {
-    pub from: usize,
-    pub into: usize,
-    pub kind: Kind,
-    pub anchor: Option<usize>,
 }
 
 /// A grouping rule: looks at node `i` of the plan's region.
