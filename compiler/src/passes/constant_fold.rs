@@ -171,22 +171,17 @@ fn fold_node(
 }
 
 /// Ops whose results are not constants even with constant operands, and
-/// nodes this pass leaves alone.
+/// nodes this pass leaves alone. Random ops include `Dropout` unless it is
+/// known to be in inference mode (the op traits' `random`, resolved for
+/// this node by `kiln_ir`).
 fn never_folds(m: &Module, node: &Node) -> bool {
-    is_random(m, node)
+    kiln_ir::ops::traits::is_random(m, node)
         || node.regions().next().is_some()
         || node.outputs.is_empty()
         || node
             .outputs
             .iter()
             .any(|&o| !matches!(m.ty(o), Type::Tensor(_)))
-}
-
-/// Random ops, and `Dropout` unless it is known to be in inference mode
-/// (the op traits' `random`, resolved for this node by `kiln_ir`). Shared
-/// with `cse`.
-pub(crate) fn is_random(m: &Module, node: &Node) -> bool {
-    kiln_ir::ops::traits::is_random(m, node)
 }
 
 /// The constant data of every present operand, or `None` if one is not a

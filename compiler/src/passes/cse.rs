@@ -24,9 +24,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
+use kiln_ir::ops::traits::is_random;
 use kiln_ir::{Module, Node, Payload, Region, ValueId};
-
-use super::constant_fold::is_random;
 
 /// When may a node take part in CSE at all? (The rules, each one small.)
 type Guard = fn(&Module, &Node) -> bool;
