@@ -26,9 +26,11 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
-use super::lower::{host_has_fma, lower, Fb};
+use super::fb::{host_has_fma, Fb};
+use super::lower::lower;
 use super::math;
 use super::plan::{Expr, Kind, Plan, RedOp, Src};
+use super::target::TargetCpu;
 
 /// A finished module and the address of its one function.
 pub(crate) struct Compiled {
@@ -295,9 +297,9 @@ impl RowScalar {
 pub(crate) fn compile(
     plan: &Plan,
     const_ptrs: &[usize],
-    target: super::TargetCpu,
+    target: TargetCpu,
 ) -> Result<Compiled, String> {
-    let native = target == super::TargetCpu::Native;
+    let native = target == TargetCpu::Native;
     let mut fl = settings::builder();
     let set = |fl: &mut settings::Builder, k: &str, v: &str| {
         fl.set(k, v)

@@ -11,7 +11,7 @@
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::lower::Fb;
+use super::fb::Fb;
 
 /// e^x: x = n·ln2 + r with |r| ≤ ln2/2, a degree-7 polynomial for e^r, and
 /// 2^n built in the exponent bits, split in two halves so that n from -150

@@ -10,19 +10,29 @@
 //! `Err("unsupported: ...")`, and the caller interprets that region.
 //!
 //! - `plan.rs`: region → shapes, expression DAG, collapsed iteration space.
+//! - `fb.rs`: the function builder at one width (`Fb`) and its helpers.
 //! - `lower.rs`: the IR op → Cranelift instruction table.
 //! - `math.rs`: inline exp/log/tanh/sigmoid/erf/softplus polynomials.
 //! - `codegen.rs`: the loops, the reductions, the JIT module.
+//! - `target.rs`: [`TargetCpu`], the instruction set to generate for.
+//!
+//! They form a chain: `plan`, `fb` and `target` import no sibling; `math`
+//! imports `fb`; `lower` imports `fb`, `math` and `plan`; `codegen` all of
+//! those; this file `plan`, `codegen` and `target`.
 
 mod codegen;
+mod fb;
 mod lower;
 mod math;
 mod plan;
+mod target;
 #[cfg(test)]
 mod tests;
 
 use cranelift_jit::JITModule;
 use rayon::prelude::*;
+
+pub use target::TargetCpu;
 
 /// Below this many output elements one thread does the whole kernel.
 const PARALLEL_MIN: usize = 1 << 16;
@@ -74,17 +84,6 @@ impl std::fmt::Debug for JitKernel {
             .field("output_shapes", &self.output_shapes)
             .finish()
     }
-}
-
-/// Which instruction set the generated code may use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TargetCpu {
-    /// Every feature of the machine compiling (FMA, SSE4.1, ...).
-    #[default]
-    Native,
-    /// The architecture's baseline (x86-64: SSE2, no FMA): code that runs
-    /// on any machine of the architecture.
-    Baseline,
 }
 
 /// Compile `body` for inputs of the given static shapes (`input_shapes[i]`
