@@ -71,7 +71,23 @@ pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutab
     let mut steps: Vec<Step> = Vec::with_capacity(s.body.nodes.len());
     for i in 0..s.body.nodes.len() {
         let n = &s.body.nodes[i];
-        let kind = match lower_node(&s, n, opts.target_cpu) {
+        let kind = match lower_node(&s, n, opts.target_cpu).and_then(|native| {
+            // The executable gives every native result a buffer of its
+            // static type (in the arena or not); a result inference left
+            // dynamic (-O0 keeps shape arithmetic unfolded) runs on the
+            // interpreter, which sizes results as it goes.
+            for &o in &n.outputs {
+                let viewable = s
+                    .ty(o)
+                    .as_tensor()
+                    .is_some_and(|t| kiln_runtime::cpu::view::is_viewable(t.elem));
+                if !viewable {
+                    return Err(format!("result %{} has no native layout", s.name(o)));
+                }
+                crate::lower::static_shape(&s, o)?;
+            }
+            Ok(native)
+        }) {
             Ok(native) => StepKind::Native(native),
             Err(why) => StepKind::Interp { why },
         };
@@ -147,9 +163,17 @@ fn layout(s: &Module, steps: &[Step], align: u64) -> Result<Layout, String> {
     };
     let plan = memory_plan::plan_with(s, &Default::default(), &opts)
         .map_err(|e| format!("memory plan: {e}"))?;
+    // The plan sizes values whose shapes it could evaluate itself (shape
+    // arithmetic left unfolded at -O0); the executable places only values
+    // whose type in the module is static, the rest live outside the arena.
     Ok(Layout {
         schedule: plan.schedule,
-        offsets: plan.buffers.iter().map(|b| (b.value, b.offset)).collect(),
+        offsets: plan
+            .buffers
+            .iter()
+            .filter(|b| crate::lower::static_shape(s, b.value).is_ok())
+            .map(|b| (b.value, b.offset))
+            .collect(),
         arena_bytes: plan.arena_bytes,
     })
 }
