@@ -109,11 +109,16 @@ pub fn lowering_pipeline(target: &str) -> Result<Vec<Step>, String> {
             .ok_or_else(|| format!("internal: no pass `{name}`"))
     };
     match target {
-        // The cpu code generator emits one element type per fusion body;
-        // its convs take a residual and a Relu in their tiles.
-        "cpu" => Ok(vec![run("hoist-casts")?, run("conv-epilogue")?]),
+        // Backends see explicit pads; the cpu code generator emits one
+        // element type per fusion body; its convs take a residual and a
+        // Relu in their tiles.
+        "cpu" => Ok(vec![
+            run("resolve-pads")?,
+            run("hoist-casts")?,
+            run("conv-epilogue")?,
+        ]),
         // The same for WGSL bodies; the GPU's own passes land with it.
-        "gpu" => Ok(vec![run("hoist-casts")?]),
+        "gpu" => Ok(vec![run("resolve-pads")?, run("hoist-casts")?]),
         other => Err(format!(
             "unknown pipeline `{other}`; pipelines: {}",
             PIPELINES.join(", ")

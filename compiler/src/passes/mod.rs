@@ -23,6 +23,7 @@ pub mod dce;
 pub mod fuse;
 pub mod hoist_casts;
 pub mod memory_plan;
+pub mod resolve_pads;
 pub mod simplify;
 
 use std::time::{Duration, Instant};
@@ -73,6 +74,12 @@ pub const PASSES: &[Pass] = &[
         run: hoist_casts::run,
         summary:
             "move integer-to-f32 Casts out of fusion bodies (lowering: one element type per body)",
+    },
+    Pass {
+        name: "resolve-pads",
+        run: resolve_pads::run,
+        summary:
+            "auto_pad of convs and pools to explicit pads once input sizes are static (lowering)",
     },
 ];
 
