@@ -47,14 +47,21 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let target = args.backend.target(2, threads, args.target_cpu);
     let shapes = kiln_compiler::lower::shapes_of(&given);
-    let outputs = kiln_compiler::compile(&m, &target, &shapes)?
+    let names: Vec<String> = m
+        .body
+        .outputs
+        .iter()
+        .map(|&o| m.name(o).to_string())
+        .collect();
+    // Handing the module over lets weights be freed as kernels pack them.
+    let outputs = kiln_compiler::compile::compile_owned(m, &target, &shapes)?
         .run(&given)
         .map_err(|e| e.to_string())?;
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    for (&o, v) in m.body.outputs.iter().zip(&outputs) {
-        let name = m.name(o);
+    for (name, v) in names.iter().zip(&outputs) {
+        let name = name.as_str();
         println!("{name}: {}", kiln_compiler::testdata::summarize(v));
         if let Some(dir) = &args.output_dir {
             let file: String = name
