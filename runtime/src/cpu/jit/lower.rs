@@ -94,6 +94,24 @@ pub(crate) fn lower(f: &mut Fb, op: &Op, a: &[Value]) -> Value {
             }
             y
         }
+        // As ONNX's reference (and the interpreter): a NaN compares false
+        // both ways and gives 0.
+        Op::Shrink(lambd, bias) => {
+            let z = f.c(0.0);
+            let (lo, hi) = (f.c(-lambd), f.c(lambd));
+            let up = f.addc(x, bias);
+            let down = f.addc(x, -bias);
+            let inner = f.sel(FloatCC::GreaterThan, x, hi, down, z);
+            f.sel(FloatCC::LessThan, x, lo, up, inner)
+        }
+        Op::ThresholdedRelu(alpha) => {
+            let (a, z) = (f.c(alpha), f.c(0.0));
+            f.sel(FloatCC::GreaterThan, x, a, x, z)
+        }
+        Op::Binarizer(threshold) => {
+            let (t, one, z) = (f.c(threshold), f.c(1.0), f.c(0.0));
+            f.sel(FloatCC::GreaterThan, x, t, one, z)
+        }
         Op::Exp => math::exp(f, x),
         Op::Log => math::log(f, x),
         Op::Tanh => math::tanh(f, x),

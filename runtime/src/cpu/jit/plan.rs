@@ -50,6 +50,12 @@ pub(crate) enum Op {
     /// `x^p` for any other constant exponent: exp(p·log x).
     Powf(f32),
     Clip(Option<f32>, Option<f32>),
+    /// Shrink(lambd, bias): `x < -lambd ? x + bias : x > lambd ? x - bias : 0`.
+    Shrink(f32, f32),
+    /// ThresholdedRelu(alpha): `x > alpha ? x : 0`.
+    ThresholdedRelu(f32),
+    /// ai.onnx.ml Binarizer(threshold): `x > threshold ? 1 : 0`.
+    Binarizer(f32),
     Softplus,
     Elu(f32),
     /// Selu(alpha, gamma).
@@ -413,6 +419,12 @@ pub(crate) fn plan(m: &Module, body: &Region, input_shapes: &[Vec<usize>]) -> R<
             "Softplus" => unary(&mut b, Op::Softplus)?,
             "Mish" => unary(&mut b, Op::Mish)?,
             "LeakyRelu" => unary(&mut b, Op::LeakyRelu(attr_f(n, "alpha", 0.01)?))?,
+            "Shrink" => unary(
+                &mut b,
+                Op::Shrink(attr_f(n, "lambd", 0.5)?, attr_f(n, "bias", 0.0)?),
+            )?,
+            "ThresholdedRelu" => unary(&mut b, Op::ThresholdedRelu(attr_f(n, "alpha", 1.0)?))?,
+            "ai.onnx.ml.Binarizer" => unary(&mut b, Op::Binarizer(attr_f(n, "threshold", 0.0)?))?,
             "Elu" => unary(&mut b, Op::Elu(attr_f(n, "alpha", 1.0)?))?,
             "Selu" => unary(
                 &mut b,

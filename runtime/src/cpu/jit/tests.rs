@@ -161,6 +161,9 @@ fn unary_ops_match_the_interpreter() {
         ("Elu", " {alpha = 1.5}", -5.0, 5.0),
         ("Selu", "", -5.0, 5.0),
         ("Mish", "", -10.0, 10.0),
+        ("Shrink", " {bias = 0.25, lambd = 0.75}", -5.0, 5.0),
+        ("Shrink", "", -2.0, 2.0),
+        ("ThresholdedRelu", " {alpha = 0.5}", -5.0, 5.0),
         ("Identity", "", -5.0, 5.0),
         ("Cast", " {to = 1}", -5.0, 5.0),
         ("Round", "", -9.0, 9.0),
@@ -210,8 +213,20 @@ fn special_values() {
         -0.5,
     ];
     for op in [
-        "Exp", "Tanh", "Sigmoid", "Erf", "Relu", "Gelu", "Abs", "Neg", "Softplus", "Round",
-        "Floor", "Ceil",
+        "Exp",
+        "Tanh",
+        "Sigmoid",
+        "Erf",
+        "Relu",
+        "Gelu",
+        "Abs",
+        "Neg",
+        "Softplus",
+        "Round",
+        "Floor",
+        "Ceil",
+        "Shrink",
+        "ThresholdedRelu",
     ] {
         let src = unary(op, "", &[specials.len()]);
         compare_with(&src, &[specials.to_vec()], 1);
