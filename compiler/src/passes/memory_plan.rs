@@ -76,6 +76,8 @@ pub struct PlanOptions<'a> {
     /// Leave values without a static byte size out of the arena instead
     /// of failing.
     pub skip_unsized: bool,
+    /// Values the backend keeps outside the arena (`None`: none).
+    pub keep_out: Option<&'a dyn Fn(ValueId) -> bool>,
 }
 
 impl Default for PlanOptions<'_> {
@@ -84,6 +86,7 @@ impl Default for PlanOptions<'_> {
             align: ALIGN,
             in_place: None,
             skip_unsized: false,
+            keep_out: None,
         }
     }
 }
@@ -504,6 +507,9 @@ pub fn plan_with(
     // Sizes.
     let mut size: HashMap<ValueId, (u64, u64)> = HashMap::new();
     for &v in &order {
+        if opts.keep_out.is_some_and(|out| out(v)) {
+            continue;
+        }
         match value_size(m, v, dims) {
             Ok(s) => {
                 size.insert(v, s);
@@ -512,7 +518,8 @@ pub fn plan_with(
             Err(e) => return Err(e),
         }
     }
-    // Unsized values (when skipped) are not intermediates of the arena.
+    // Unsized values (when skipped) and values the backend keeps out are
+    // not intermediates of the arena.
     order.retain(|v| size.contains_key(v));
     def.retain(|v, _| size.contains_key(v));
 
