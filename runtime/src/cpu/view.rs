@@ -87,6 +87,34 @@ fn raw_parts(t: &Tensor) -> Option<(*const u8, usize)> {
     }
 }
 
+/// What both views answer: element type, count, bytes.
+macro_rules! accessors {
+    ($ptr:ty) => {
+        pub fn elem(&self) -> ElemType {
+            self.elem
+        }
+
+        /// Element count.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        /// Byte address of the first element.
+        pub fn bytes_ptr(&self) -> $ptr {
+            self.ptr
+        }
+
+        /// Size in bytes.
+        pub fn byte_len(&self) -> usize {
+            self.elem.storage_bytes(self.len as u64).unwrap_or(0) as usize
+        }
+    };
+}
+
 macro_rules! typed {
     ($name:ident, $ptr_name:ident, $t:ty, $e:path) => {
         /// The elements, if the view holds this type.
@@ -159,28 +187,7 @@ impl<'a> In<'a> {
         }
     }
 
-    pub fn elem(&self) -> ElemType {
-        self.elem
-    }
-
-    /// Element count.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Byte address of the first element.
-    pub fn bytes_ptr(&self) -> *const u8 {
-        self.ptr
-    }
-
-    /// Size in bytes.
-    pub fn byte_len(&self) -> usize {
-        self.elem.storage_bytes(self.len as u64).unwrap_or(0) as usize
-    }
+    accessors!(*const u8);
 
     typed!(f32s, f32_ptr, f32, ElemType::F32);
     typed!(i64s, i64_ptr, i64, ElemType::I64);
@@ -223,28 +230,7 @@ impl<'a> Out<'a> {
         }
     }
 
-    pub fn elem(&self) -> ElemType {
-        self.elem
-    }
-
-    /// Element count.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Byte address of the first element.
-    pub fn bytes_ptr(&self) -> *mut u8 {
-        self.ptr
-    }
-
-    /// Size in bytes.
-    pub fn byte_len(&self) -> usize {
-        self.elem.storage_bytes(self.len as u64).unwrap_or(0) as usize
-    }
+    accessors!(*mut u8);
 
     typed_mut!(f32s, f32_ptr, f32, ElemType::F32);
     typed_mut!(i64s, i64_ptr, i64, ElemType::I64);
