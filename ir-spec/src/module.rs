@@ -248,6 +248,25 @@ impl Module {
         Ok(())
     }
 
+    /// The shape of tensor value `v` when every dim is known (backends
+    /// compile per shape); an error naming the value otherwise.
+    pub fn static_shape(&self, v: ValueId) -> Result<Vec<usize>, String> {
+        let t = self
+            .ty(v)
+            .as_tensor()
+            .ok_or_else(|| format!("%{} is not a tensor", self.name(v)))?;
+        let dims = t
+            .shape
+            .as_ref()
+            .ok_or_else(|| format!("%{} has an unknown rank", self.name(v)))?;
+        dims.iter()
+            .map(|d| match d {
+                crate::types::Dim::Known(k) => usize::try_from(*k).map_err(|e| e.to_string()),
+                _ => Err(format!("%{} has a dynamic shape", self.name(v))),
+            })
+            .collect()
+    }
+
     /// Total bytes of constant data reachable from the body.
     pub fn constants_bytes(&self) -> u64 {
         fn region_bytes(m: &Module, r: &Region) -> u64 {

@@ -210,3 +210,31 @@ mod fuzz {
         }
     }
 }
+
+/// `kiln.FusedConv` in text IR: an unknown activation and a residual of
+/// the wrong shape are verifier errors naming the node, not panics.
+#[test]
+fn fused_conv_bad_activation_and_residual() {
+    let src = |act: &str, z: &str| {
+        format!(
+            "module @m opset(ai.onnx = 22) {{
+  input %x: f32[1,2,4,4]
+  input %w: f32[3,2,1,1]
+  input %z: f32[{z}]
+  %y = kiln.FusedConv(%x, %w, none, %z) {{activation = \"{act}\"}} : f32[1,3,4,4]
+  return %y
+}}
+"
+        )
+    };
+    let act = text_error(&src("Tanh", "1,3,4,4"));
+    assert!(act.contains("activation") && act.contains("Tanh"), "{act}");
+    let shape = text_error(&src("Relu", "1,3,2,2"));
+    assert!(
+        shape.contains("residual Z must have the result's shape"),
+        "{shape}"
+    );
+    // The well-formed node verifies.
+    let ok = parse_text(&src("Relu", "1,3,4,4"), "ok.kir").expect("parses");
+    kiln_ir::verify::verify(&ok).expect("verifies");
+}

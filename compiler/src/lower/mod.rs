@@ -61,21 +61,3 @@ pub fn shapes_of(inputs: &HashMap<String, Value>) -> HashMap<String, Vec<usize>>
         .filter_map(|(k, v)| Some((k.clone(), v.as_tensor()?.shape.clone())))
         .collect()
 }
-
-/// The static shape of a tensor value (every dim known).
-pub fn static_shape(m: &Module, v: kiln_ir::ValueId) -> Result<Vec<usize>, String> {
-    let t = m
-        .ty(v)
-        .as_tensor()
-        .ok_or_else(|| format!("%{} is not a tensor", m.name(v)))?;
-    let dims = t
-        .shape
-        .as_ref()
-        .ok_or_else(|| format!("%{} has an unknown rank", m.name(v)))?;
-    dims.iter()
-        .map(|d| match d {
-            Dim::Known(k) => usize::try_from(*k).map_err(|e| e.to_string()),
-            _ => Err(format!("%{} has a dynamic shape", m.name(v))),
-        })
-        .collect()
-}

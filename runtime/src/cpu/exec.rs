@@ -10,10 +10,9 @@
 //! ([`Layout`]): slices of one arena, reused across values whose lives do
 //! not overlap, a pointwise result over its operand where the plan says
 //! so. Native kernels read and write those slices through views
-//! ([`super::view`]); an interpreted step gets its arena operands as
-//! tensors and its results copied into their slots. Graph inputs,
-//! constants, graph outputs and values the plan does not place (sequences,
-//! strings) live in the interpreter's environment as before.
+//! ([`super::view`]). Graph inputs, constants, graph outputs, the values
+//! interpreted steps make or read, and values the plan does not place
+//! (sequences, strings) live in the interpreter's environment as before.
 //!
 //! An executable is immutable once built: `run` may be called from several
 //! threads at once; each run takes an arena of its own from a pool (so a
@@ -63,17 +62,6 @@ pub struct Layout {
     pub offsets: HashMap<ValueId, u64>,
     /// Bytes the arena needs.
     pub arena_bytes: u64,
-}
-
-impl Layout {
-    /// No arena: every value in the environment, the module's order.
-    pub fn none(m: &Module) -> Layout {
-        Layout {
-            schedule: (0..m.body.nodes.len()).collect(),
-            offsets: HashMap::new(),
-            arena_bytes: 0,
-        }
-    }
 }
 
 /// A value's place in the arena.
@@ -143,9 +131,6 @@ pub struct CpuExecutable {
     /// Arena slots by value.
     slots: HashMap<ValueId, Slot>,
     arena_bytes: usize,
-    /// For each node that runs on the interpreter, the arena values it
-    /// reads (nested regions included): materialized as tensors for it.
-    interp_reads: HashMap<usize, Vec<ValueId>>,
     /// For each native step's node, its results' types: (element type,
     /// static shape), for results that are not in the arena.
     result_types: HashMap<usize, Vec<(ElemType, Vec<usize>)>>,
@@ -176,18 +161,23 @@ impl CpuExecutable {
             return Err("internal: the schedule is not an order of the module's nodes".into());
         }
         let slots = slots_of(&module, &layout)?;
-        let interp_reads = steps
+        // Interpreted steps work on tensors in the environment: the layout
+        // must keep every value they make or read out of the arena.
+        for st in steps
             .iter()
             .filter(|s| matches!(s.kind, StepKind::Interp { .. }))
-            .map(|s| {
-                let mut used = vec![];
-                uses_of(&module.body.nodes[s.node], &mut used);
-                used.retain(|v| slots.contains_key(v));
-                used.sort_unstable_by_key(|v| v.index());
-                used.dedup();
-                (s.node, used)
-            })
-            .collect();
+        {
+            let n = &module.body.nodes[st.node];
+            let mut touched = n.outputs.clone();
+            uses_of(n, &mut touched);
+            if let Some(v) = touched.iter().find(|v| slots.contains_key(v)) {
+                return Err(format!(
+                    "internal: %{} is in the arena but {} runs on the interpreter",
+                    module.name(*v),
+                    n.describe()
+                ));
+            }
+        }
         let mut result_types = HashMap::new();
         for s in &steps {
             if let StepKind::Native(_) = s.kind {
@@ -219,7 +209,6 @@ impl CpuExecutable {
             frees,
             slots,
             arena_bytes: layout.arena_bytes as usize,
-            interp_reads,
             result_types,
             arenas: Mutex::new(vec![]),
             threads,
@@ -251,9 +240,9 @@ impl CpuExecutable {
                     let node = &m.body.nodes[step.node];
                     let start = times.as_ref().map(|_| Instant::now());
                     match &step.kind {
-                        StepKind::Interp { .. } => {
-                            self.run_interpreted(&interp, k, base as *mut u8, &mut env)?
-                        }
+                        // Its operands and results are all in the
+                        // environment (checked when the executable was built).
+                        StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
                         StepKind::Native(native) => self
                             .run_native(native, k, base as *mut u8, &mut env)
                             .map_err(|msg| InterpError::new(node.describe(), msg))?,
@@ -360,67 +349,6 @@ impl CpuExecutable {
         Ok(())
     }
 
-    /// An interpreted step: its arena operands as tensors in the
-    /// environment for the step's length, its arena results copied into
-    /// their slots.
-    fn run_interpreted(
-        &self,
-        interp: &Interpreter,
-        k: usize,
-        base: *mut u8,
-        env: &mut crate::interp::Env,
-    ) -> Result<(), InterpError> {
-        let m = &self.module;
-        let node = &m.body.nodes[k];
-        let fail = |msg: String| InterpError::new(node.describe(), msg);
-        let reads = self.interp_reads.get(&k).map(Vec::as_slice).unwrap_or(&[]);
-        for v in reads {
-            let s = &self.slots[v];
-            let bytes = s
-                .elem
-                .storage_bytes(s.shape.iter().product::<usize>() as u64)
-                .unwrap_or(0) as usize;
-            // SAFETY: the slot lies within the arena and holds the value
-            // (see `run_native`); nothing writes the arena during this copy.
-            let raw = unsafe { std::slice::from_raw_parts(base.add(s.offset), bytes) };
-            let shape = s.shape.iter().map(|&d| d as u64).collect();
-            let data = kiln_ir::TensorData::from_bytes(s.elem, shape, raw.to_vec())
-                .map_err(|e| fail(e.to_string()))?;
-            let t = Tensor::from_data(&data).map_err(|e| fail(e.to_string()))?;
-            env.set(*v, Value::tensor(t));
-        }
-        interp.run_node(node, env)?;
-        for v in reads {
-            env.take(*v);
-        }
-        for o in &node.outputs {
-            let Some(s) = self.slots.get(o) else { continue };
-            let Some(Value::Tensor(t)) = env.take(*o) else {
-                return Err(fail(format!("result %{} is not a tensor", m.name(*o))));
-            };
-            let data = t.to_data();
-            let bytes = data
-                .bytes()
-                .ok_or_else(|| fail("result has no bytes".into()))?;
-            let want = s
-                .elem
-                .storage_bytes(s.shape.iter().product::<usize>() as u64)
-                .unwrap_or(0) as usize;
-            if bytes.len() != want || t.shape != s.shape {
-                return Err(fail(format!(
-                    "result %{} has shape {:?}, planned {:?}",
-                    m.name(*o),
-                    t.shape,
-                    s.shape
-                )));
-            }
-            // SAFETY: the slot lies within the arena and is this result's
-            // (see `run_native`); `bytes` is a separate allocation.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(s.offset), want) };
-        }
-        Ok(())
-    }
-
     /// An arena for one run: a finished run's, or a new one.
     fn take_arena(&self) -> Vec<Line> {
         let lines = self.arena_bytes.div_ceil(64);
@@ -470,22 +398,12 @@ fn slots_of(m: &Module, layout: &Layout) -> Result<HashMap<ValueId, Slot>, Strin
 
 /// A tensor value's element type and static shape.
 fn static_type(m: &Module, v: ValueId) -> Result<(ElemType, Vec<usize>), String> {
-    let t = m
+    let elem = m
         .ty(v)
         .as_tensor()
-        .ok_or_else(|| format!("%{} is not a tensor", m.name(v)))?;
-    let dims = t
-        .shape
-        .as_ref()
-        .ok_or_else(|| format!("%{} has an unknown rank", m.name(v)))?;
-    let shape = dims
-        .iter()
-        .map(|d| match d {
-            kiln_ir::Dim::Known(k) => usize::try_from(*k).map_err(|e| e.to_string()),
-            _ => Err(format!("%{} has a dynamic shape", m.name(v))),
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((t.elem, shape))
+        .ok_or_else(|| format!("%{} is not a tensor", m.name(v)))?
+        .elem;
+    Ok((elem, m.static_shape(v)?))
 }
 
 /// Every value a node reads: its operands and what its nested regions use.

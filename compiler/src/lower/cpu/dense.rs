@@ -10,8 +10,6 @@ use kiln_runtime::cpu::kernels::{
 use kiln_runtime::cpu::steps::dense::{Dense, DenseKernel, Pool, RESIDUAL};
 use kiln_runtime::cpu::NativeStep;
 
-use crate::lower::static_shape;
-
 /// A dense op's plan and the operand indices whose data it holds itself
 /// (constant weights, packed once).
 pub(super) struct Planned {
@@ -118,7 +116,7 @@ pub(super) fn plan_dense(
         if !is_f32(m, v) {
             return Err(format!("operand {i} is not f32"));
         }
-        static_shape(m, v)
+        m.static_shape(v)
     };
     let konst = |i: usize| {
         inputs
@@ -233,7 +231,7 @@ pub(super) fn pool(m: &Module, n: &Node) -> Result<NativeStep, String> {
     if n.op == "MaxPool" && n.outputs.len() > 1 {
         return Err("MaxPool with indices".into());
     }
-    let xs = static_shape(m, x)?;
+    let xs = m.static_shape(x)?;
     if xs.len() < 3 {
         return Err("pooling needs spatial dims".into());
     }
@@ -297,7 +295,7 @@ pub(super) fn pool(m: &Module, n: &Node) -> Result<NativeStep, String> {
         ceil_mode,
     };
     let plan = PoolPlan::new(kind, &xs, &attrs)?;
-    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
     if plan.out_shape() != out.as_slice() {
         return Err(format!(
             "pool plan gives {:?}, the node {out:?}",

@@ -27,7 +27,6 @@ use kiln_ir::{Attr, ElemType, Module, Node, Region, ValueId};
 use kiln_runtime::cpu::kernels::ConvPlan;
 
 use super::dense::conv_attrs;
-use crate::lower::static_shape;
 
 pub fn run(m: &mut Module) -> Result<bool, String> {
     let mut changed = false;
@@ -69,7 +68,7 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
     if !f32_of(x) || !f32_of(w) {
         return None;
     }
-    let (xs, ws) = (static_shape(m, x).ok()?, static_shape(m, w).ok()?);
+    let (xs, ws) = (m.static_shape(x).ok()?, m.static_shape(w).ok()?);
     let attrs = conv_attrs(conv, &xs, &ws).ok()?;
     let const_w = m.constant(w).is_some();
     let can = ConvPlan::epilogues(&xs, &ws, &attrs, const_w).ok()?;
@@ -101,7 +100,7 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
             let shape_ok = r.is_some_and(|r| {
                 operand_of(r).is_some()
                     && f32_of(r)
-                    && static_shape(m, r).ok() == static_shape(m, v).ok()
+                    && m.static_shape(r).ok() == m.static_shape(v).ok()
             });
             if let (true, true, Some(r)) = (ok, shape_ok, r) {
                 fused.inputs.resize(3, None);

@@ -13,7 +13,6 @@ use kiln_runtime::cpu::steps::fusion::{Fusion, SplitReduction};
 use kiln_runtime::cpu::NativeStep;
 
 use super::dense::plan_dense;
-use crate::lower::static_shape;
 
 /// `kiln.Fusion`: the body compiled by Cranelift; an epilogue's anchor
 /// (its first node, a MatMul/Gemm/Conv) planned on the kernel library.
@@ -99,7 +98,7 @@ pub(super) fn fusion(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeSt
                 .copied()
                 .flatten()
                 .ok_or("omitted fusion operand")?;
-            shapes.push(static_shape(m, v)?);
+            shapes.push(m.static_shape(v)?);
             jit_operands.push(k);
         }
     }
@@ -175,7 +174,7 @@ fn split_reduction(
         outputs: vec![x],
     };
     let jit = compile_region_for(m, &prefix, shapes, target)?;
-    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
     let reduce = super::movement::reduce_of_shape(m, last, jit.output_shapes()[0].clone(), out)?;
     let what = format!("{} then {}", jit.describe(), reduce.what);
     let producers = Fusion {
@@ -214,7 +213,7 @@ pub(super) fn single_node_loop(
             }
         } else if !inputs.contains(&v) {
             inputs.push(v);
-            shapes.push(static_shape(m, v)?);
+            shapes.push(m.static_shape(v)?);
             operands.push(k);
         }
     }

@@ -84,7 +84,7 @@ pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutab
                 if !viewable {
                     return Err(format!("result %{} has no native layout", s.name(o)));
                 }
-                crate::lower::static_shape(&s, o)?;
+                s.static_shape(o)?;
             }
             Ok(native)
         }) {
@@ -160,7 +160,7 @@ fn droppable_constants(s: &Module) -> HashSet<ValueId> {
 
 /// The memory plan of the lowered module as the executable runs it. A
 /// node may write a result over an operand when its kernel allows aliasing
-/// (interpreted steps always do: they work on copies); values with no
+/// (an interpreted step touches no arena value at all); values with no
 /// fixed size (sequences, strings) stay out of the arena, and so do values
 /// an interpreted step makes or reads (nested regions included): the
 /// interpreter works on tensors, and copying them in and out of the arena
@@ -199,7 +199,7 @@ fn layout(s: &Module, steps: &[Step], align: u64) -> Result<Layout, String> {
         offsets: plan
             .buffers
             .iter()
-            .filter(|b| crate::lower::static_shape(s, b.value).is_ok())
+            .filter(|b| s.static_shape(b.value).is_ok())
             .map(|b| (b.value, b.offset))
             .collect(),
         arena_bytes: plan.arena_bytes,

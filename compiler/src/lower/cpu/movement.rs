@@ -8,8 +8,6 @@ use kiln_runtime::cpu::steps::movement::{
 };
 use kiln_runtime::cpu::NativeStep;
 
-use crate::lower::static_shape;
-
 pub(super) fn reshape(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let out = n.outputs.first().ok_or("no result")?;
     let x = n.input(0).ok_or("no operand")?;
@@ -24,7 +22,7 @@ pub(super) fn reshape(m: &Module, n: &Node) -> Result<NativeStep, String> {
         Some(e) if kiln_runtime::cpu::view::is_viewable(e) => {}
         _ => return Err(format!("no native copy of {elem_out:?}")),
     }
-    static_shape(m, *out)?;
+    m.static_shape(*out)?;
     Ok(NativeStep::new(
         Box::new(Reshape),
         format!("{} (copy)", n.op),
@@ -43,7 +41,7 @@ fn movable_elem(m: &Module, v: ValueId) -> Result<(), String> {
 pub(super) fn transpose(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let x = n.input(0).ok_or("no operand")?;
     movable_elem(m, x)?;
-    let shape = static_shape(m, x)?;
+    let shape = m.static_shape(x)?;
     let r = shape.len();
     let perm: Vec<usize> = match n.attrs.get("perm").and_then(kiln_ir::Attr::as_ints) {
         Some(p) => p
@@ -60,7 +58,7 @@ pub(super) fn transpose(m: &Module, n: &Node) -> Result<NativeStep, String> {
     {
         return Err(format!("perm {perm:?} is not a permutation of {r} axes"));
     }
-    static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    m.static_shape(*n.outputs.first().ok_or("no result")?)?;
     let what = format!("Transpose {perm:?}");
     Ok(NativeStep::new(
         Box::new(Transpose { shape, perm }),
@@ -86,10 +84,10 @@ fn axis_attr(n: &Node, r: i64) -> Result<usize, String> {
 pub(super) fn gather(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let x = n.input(0).ok_or("no data operand")?;
     movable_elem(m, x)?;
-    let shape = static_shape(m, x)?;
+    let shape = m.static_shape(x)?;
     let r = shape.len() as i64;
     let a = axis_attr(n, r)?;
-    static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    m.static_shape(*n.outputs.first().ok_or("no result")?)?;
     let k = Gather {
         outer: shape[..a].iter().product(),
         rows: shape[a],
@@ -105,13 +103,13 @@ pub(super) fn gather(m: &Module, n: &Node) -> Result<NativeStep, String> {
 pub(super) fn concat(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let out_v = *n.outputs.first().ok_or("no result")?;
     movable_elem(m, out_v)?;
-    let out = static_shape(m, out_v)?;
+    let out = m.static_shape(out_v)?;
     let r = out.len() as i64;
     let a = axis_attr(n, r)?;
     let mut inner = vec![];
     for v in &n.inputs {
         let v = v.ok_or("omitted operand")?;
-        let s = static_shape(m, v)?;
+        let s = m.static_shape(v)?;
         inner.push(s[a..].iter().product());
     }
     let k = Concat {
@@ -135,7 +133,7 @@ pub(super) fn cast(m: &Module, n: &Node) -> Result<NativeStep, String> {
         (Some(E::F32 | E::I64 | E::I32 | E::Bool), Some(E::F32)) => {}
         (f, t) => return Err(format!("no native cast {f:?} -> {t:?}")),
     }
-    static_shape(m, out_v)?;
+    m.static_shape(out_v)?;
     Ok(NativeStep::new(Box::new(CastToF32), "Cast to f32", 0.0))
 }
 
@@ -144,8 +142,8 @@ pub(super) fn expand(m: &Module, n: &Node) -> Result<NativeStep, String> {
     if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::Bool) {
         movable_elem(m, x)?;
     }
-    let in_shape = static_shape(m, x)?;
-    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let in_shape = m.static_shape(x)?;
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
     if in_shape.len() > out.len() {
         return Err("expand to a lower rank".into());
     }
@@ -161,8 +159,8 @@ pub(super) fn reduce(m: &Module, n: &Node) -> Result<NativeStep, String> {
     if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::F32) {
         return Err("reduction of non-f32".into());
     }
-    let shape = static_shape(m, x)?;
-    let out = static_shape(m, *n.outputs.first().ok_or("no result")?)?;
+    let shape = m.static_shape(x)?;
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
     reduce_of_shape(m, n, shape, out)
 }
 
