@@ -1,9 +1,11 @@
-//! Recycled f32 result buffers. Every run of an executable allocates its
-//! intermediate results afresh; a fresh zeroed allocation costs a memset
-//! (or page faults) over the whole result, 4-8 % of a CNN run. The
-//! executable hands each freed f32 tensor's buffer back here and kernel
-//! outputs take one of a fitting size, so a steady-state run reuses the
-//! memory the previous one used.
+//! Recycled f32 buffers for what lives outside the arena: kernel scratch
+//! (a fusion anchor's result before its loop, a split reduction's
+//! producers) and results the memory plan does not place (values
+//! interpreted steps touch, graph outputs). A fresh zeroed allocation
+//! costs a memset (or page faults) over the whole buffer; the executable
+//! hands each freed f32 tensor's buffer back here and scratch takes one of
+//! a fitting size, so a steady-state run reuses the memory the previous
+//! one used.
 //!
 //! A recycled buffer holds stale values: only kernels that write every
 //! element of their result may take one ([`output`]'s contract).
