@@ -9,10 +9,10 @@ use kiln_ir::{ElemType, Type};
 use prost::Message;
 
 use crate::onnx::proto;
-use crate::onnx::tensor::{elem_to_onnx, tensor_from_proto, ExternalDataRoot};
+use crate::onnx::tensor::{elem_to_onnx, tensor_from_proto, DataSource};
 
 fn tensor_value(t: &proto::TensorProto) -> Result<Value, String> {
-    let d = tensor_from_proto(t, &ExternalDataRoot(None)).map_err(|e| e.to_string())?;
+    let d = tensor_from_proto(t, &DataSource::default()).map_err(|e| e.to_string())?;
     Ok(Value::tensor(
         Tensor::from_data(&d).map_err(|e| e.to_string())?,
     ))
@@ -114,7 +114,7 @@ pub fn tensor_proto(t: &Tensor, name: &str) -> proto::TensorProto {
     };
     match &d.payload {
         kiln_ir::Payload::Strings(s) => p.string_data = s.to_vec(),
-        kiln_ir::Payload::Bytes(b) => p.raw_data = Some(b.to_vec()),
+        kiln_ir::Payload::Bytes(b) => p.raw_data = Some(prost::bytes::Bytes::copy_from_slice(b)),
         kiln_ir::Payload::Elided => {}
     }
     p

@@ -99,7 +99,7 @@ fn absurd_tensor_size_fails_without_allocating() {
         name: Some("huge".into()),
         dims: vec![1 << 20, 1 << 20, 1 << 20],
         data_type: Some(F32),
-        raw_data: Some(vec![0; 4]),
+        raw_data: Some(vec![0; 4].into()),
         ..Default::default()
     };
     let b = small_model().initializer(t);

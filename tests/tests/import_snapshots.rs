@@ -277,7 +277,7 @@ fn model_local_functions_are_inlined() {
         domain: Some("local".into()),
         version: Some(1),
     });
-    let mk = kiln_compiler::onnx::import::import_model(&m, None).expect("import");
+    let mk = kiln_compiler::onnx::import::import_model(&m, Default::default()).expect("import");
     kiln_ir::verify::verify(&mk).expect("verify");
     insta::assert_snapshot!(print_module(&mk, &PrintOptions::default()));
 }

@@ -29,6 +29,10 @@ fn main() {
     std::fs::create_dir_all(&tmp).expect("create temp dir");
     prost_build::Config::new()
         .out_dir(&tmp)
+        // Tensor bytes decode as slices of the (memory-mapped) model file
+        // instead of copies: the importer copies each into its aligned
+        // buffer once and releases the file's pages behind it.
+        .bytes([".onnx.TensorProto.raw_data"])
         .compile_fds(fds)
         .expect("prost-build code generation failed");
 

@@ -12,11 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_ir::{Attr, Attrs, ElemType, Module, Node, Region, TensorData, TensorType, Type, ValueId};
+use prost::bytes::Bytes;
 use prost::Message;
 
 use super::canon;
+use super::mapped::MappedModel;
 use super::proto::{self, attribute_proto::AttributeType};
-use super::tensor::{self, ExternalDataRoot, TensorError};
+use super::tensor::{self, DataSource, TensorError};
 
 /// An import failure: where (node, op type, opset or initializer) and what.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,26 +47,37 @@ impl ImportError {
 
 /// Import an `.onnx` file; external data is read from its folder.
 pub fn import_model_file(path: &Path) -> Result<Module, ImportError> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let cannot_read = |e: std::io::Error| {
         ImportError::new(format!("{}", path.display()), format!("cannot read: {e}"))
-    })?;
-    let model = proto::ModelProto::decode(&bytes[..])
+    };
+    let mapped = MappedModel::open(path).map_err(cannot_read)?;
+    let bytes = match &mapped {
+        Some(m) => m.bytes(),
+        None => Bytes::from(std::fs::read(path).map_err(cannot_read)?),
+    };
+    // Tensor bytes stay in the file (slices of `bytes`) until each is
+    // copied into the IR.
+    let model = proto::ModelProto::decode(bytes)
         .map_err(|e| ImportError::new("model", format!("not a valid ONNX protobuf: {e}")))?;
-    // The file's bytes are decoded (weights copied into the message): free
-    // them before the weights are copied once more into the IR, so a
-    // model's peak memory is two copies of its weights, not three.
-    drop(bytes);
-    import_model(&model, path.parent())
+    let source = DataSource {
+        dir: path.parent(),
+        file: mapped.as_ref(),
+    };
+    import_model(&model, source)
 }
 
 /// Import a serialized ModelProto. `dir` is where external data may live.
 pub fn import_model_bytes(bytes: &[u8], dir: Option<&Path>) -> Result<Module, ImportError> {
     let model = proto::ModelProto::decode(bytes)
         .map_err(|e| ImportError::new("model", format!("not a valid ONNX protobuf: {e}")))?;
-    import_model(&model, dir)
+    import_model(&model, DataSource { dir, file: None })
 }
 
-pub fn import_model(model: &proto::ModelProto, dir: Option<&Path>) -> Result<Module, ImportError> {
+/// Import a decoded ModelProto whose tensor bytes come from `source`.
+pub fn import_model(
+    model: &proto::ModelProto,
+    source: DataSource<'_>,
+) -> Result<Module, ImportError> {
     let graph = model
         .graph
         .as_ref()
@@ -89,7 +102,7 @@ pub fn import_model(model: &proto::ModelProto, dir: Option<&Path>) -> Result<Mod
         m: Module::new(graph.name()),
         opsets: opsets.iter().cloned().collect(),
         functions,
-        root: ExternalDataRoot(dir),
+        root: source,
         scopes: Vec::new(),
         inline_depth: 0,
         input_hints: None,
@@ -139,7 +152,7 @@ pub(crate) struct Importer<'a> {
     pub(crate) m: Module,
     opsets: HashMap<String, i64>,
     functions: HashMap<(String, String), &'a proto::FunctionProto>,
-    root: ExternalDataRoot<'a>,
+    root: DataSource<'a>,
     scopes: Vec<Scope>,
     inline_depth: usize,
     /// Types for the inputs of the next subgraph, for inputs the model
@@ -579,5 +592,5 @@ fn guess_attr_type(a: &proto::AttributeProto) -> AttributeType {
 
 /// Data of a constant given as raw `TensorData` (used by tests).
 pub fn constant_data(t: &proto::TensorProto) -> Result<TensorData, TensorError> {
-    tensor::tensor_from_proto(t, &ExternalDataRoot(None))
+    tensor::tensor_from_proto(t, &DataSource::default())
 }

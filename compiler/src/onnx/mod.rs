@@ -3,10 +3,13 @@
 //! - [`proto`]: generated message types (see `compiler/proto/regen.sh`).
 //! - [`tensor`]: TensorProto/TypeProto/SequenceProto to IR types and data.
 //! - [`import`]: graphs, scopes, functions, subgraphs.
+//! - [`mapped`]: the model file mapped into memory, tensor bytes copied
+//!   out of it once.
 //! - [`canon`]: rewriting older op versions into the canonical IR op forms.
 
 pub mod canon;
 pub mod import;
+pub mod mapped;
 pub mod proto;
 pub mod tensor;
 

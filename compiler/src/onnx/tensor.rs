@@ -117,13 +117,20 @@ fn dims_u64(dims: &[i64]) -> Result<Vec<u64>, TensorError> {
         .collect()
 }
 
-/// Where a model's external data may be read from: the model's folder.
-pub struct ExternalDataRoot<'a>(pub Option<&'a Path>);
+/// Where a model's tensor bytes come from: the folder its external data
+/// is read from, and the mapped model file that `raw_data` fields point
+/// into (whose pages are released as each tensor is copied out, so a
+/// model's weights are resident once while it is imported, not twice).
+#[derive(Clone, Copy, Default)]
+pub struct DataSource<'a> {
+    pub dir: Option<&'a Path>,
+    pub file: Option<&'a super::mapped::MappedModel>,
+}
 
 /// Convert a TensorProto to constant data.
 pub fn tensor_from_proto(
     t: &proto::TensorProto,
-    root: &ExternalDataRoot<'_>,
+    root: &DataSource<'_>,
 ) -> Result<TensorData, TensorError> {
     if t.segment.is_some() {
         return Err(TensorError::Segment);
@@ -145,7 +152,15 @@ pub fn tensor_from_proto(
         return Ok(TensorData::from_bytes(elem, shape, bytes)?);
     }
     if let Some(raw) = &t.raw_data {
-        return Ok(TensorData::from_bytes(elem, shape, raw.as_slice())?);
+        if raw.len() as u64 != nbytes {
+            // from_bytes words the error.
+            return Ok(TensorData::from_bytes(elem, shape, &raw[..])?);
+        }
+        let bytes = kiln_ir::tensor::build_bytes(raw.len(), |b| b.copy_from_slice(raw));
+        if let Some(file) = root.file {
+            file.release(raw);
+        }
+        return Ok(TensorData::from_bytes(elem, shape, bytes)?);
     }
     let bytes: Vec<u8> = match elem {
         ElemType::F32 => {
@@ -218,7 +233,7 @@ fn check_count(
 
 fn read_external(
     t: &proto::TensorProto,
-    root: &ExternalDataRoot<'_>,
+    root: &DataSource<'_>,
     nbytes: u64,
 ) -> Result<Vec<u8>, TensorError> {
     use std::io::{Read, Seek, SeekFrom};
@@ -256,7 +271,7 @@ fn read_external(
             "location `{location}` leaves the model's folder"
         )));
     }
-    let dir = root.0.ok_or_else(|| {
+    let dir = root.dir.ok_or_else(|| {
         ext(format!(
             "`{location}`: the model was not loaded from a file, so external data has no folder"
         ))
@@ -299,7 +314,7 @@ fn read_external(
 /// Convert a sparse tensor to a dense constant.
 pub fn sparse_to_dense(
     s: &proto::SparseTensorProto,
-    root: &ExternalDataRoot<'_>,
+    root: &DataSource<'_>,
 ) -> Result<TensorData, TensorError> {
     let values = s.values.as_ref().ok_or(TensorError::EmptyType)?;
     let values = tensor_from_proto(values, root)?;
@@ -407,7 +422,7 @@ pub fn type_from_proto(t: &proto::TypeProto) -> Result<Type, TensorError> {
 /// Shared constant data from a TensorProto.
 pub fn shared_tensor(
     t: &proto::TensorProto,
-    root: &ExternalDataRoot<'_>,
+    root: &DataSource<'_>,
 ) -> Result<Arc<TensorData>, TensorError> {
     tensor_from_proto(t, root).map(Arc::new)
 }
