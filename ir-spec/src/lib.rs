@@ -9,6 +9,7 @@
 //! - [`text`]: the textual format (printer and parser); see `SPEC.md`.
 
 pub mod attr;
+pub mod constant_pool;
 pub mod module;
 pub mod ops;
 pub mod tensor;
@@ -17,6 +18,7 @@ pub mod types;
 pub mod verify;
 
 pub use attr::{Attr, AttrKind, Attrs};
+pub use constant_pool::ConstantPool;
 pub use module::{Module, Node, Region, ValueData, ValueId};
 pub use tensor::{Payload, TensorData};
 pub use text::{parse_module, print_module, print_type, ParseError, PrintOptions};

@@ -237,6 +237,45 @@ impl Module {
         self.values.len()
     }
 
+    /// Drop constant `v`'s data, keeping its element type and shape (the
+    /// data is gone once nothing else shares it): for backends that took
+    /// the values over, and passes that stopped using them.
+    pub fn elide_constant(&mut self, v: ValueId) {
+        let slot = &mut self.values[v.index()].constant;
+        if let Some(d) = slot.as_ref().filter(|d| !d.is_elided()) {
+            *slot = Some(Arc::new(TensorData::elided(d.elem, d.shape.clone())));
+        }
+    }
+
+    /// Free the data of constants no region lists any more. Value ids are
+    /// never reused, so a constant a pass removed (DCE, CSE merging equal
+    /// constants, a folded BatchNormalization's old filter, a rule's
+    /// constant whose rewrite was not applied) keeps its slot in the value
+    /// table; its data, elided here, would otherwise live as long as the
+    /// module. The pass manager runs this after every pass that changed
+    /// the module.
+    pub fn release_unlisted_constants(&mut self) {
+        fn listed(r: &Region, out: &mut Vec<bool>) {
+            for c in &r.constants {
+                if let Some(x) = out.get_mut(c.index()) {
+                    *x = true;
+                }
+            }
+            for n in &r.nodes {
+                for (_, sub) in n.regions() {
+                    listed(sub, out);
+                }
+            }
+        }
+        let mut keep = vec![false; self.values.len()];
+        listed(&self.body, &mut keep);
+        for (i, keep) in keep.into_iter().enumerate() {
+            if !keep {
+                self.elide_constant(ValueId(i as u32));
+            }
+        }
+    }
+
     /// Rename a value; fails if the new name is taken.
     pub fn rename(&mut self, id: ValueId, name: &str) -> Result<(), DuplicateName> {
         if self.by_name.get(name).is_some_and(|&v| v != id) {

@@ -9,7 +9,8 @@
 //!
 //! A folded node disappears; its result values keep their ids and names and
 //! become constants of the node's region (`Module::set_constant`), with the
-//! type set to the constant's exact static type.
+//! type set to the constant's exact static type. A result equal to a
+//! constant the module already has shares its buffer ([`ConstantPool`]).
 //!
 //! What folds (the [`RULES`] table, tried in order, one small function
 //! each):
@@ -40,7 +41,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kiln_interp::{Interpreter, Value};
-use kiln_ir::{Module, Node, Payload, Region, TensorData, TensorType, Type, ValueId};
+use kiln_ir::{ConstantPool, Module, Node, Payload, Region, TensorData, TensorType, Type, ValueId};
 
 /// No folded constant is larger than this.
 pub const MAX_BYTES: u64 = 1 << 20;
@@ -95,7 +96,8 @@ pub fn run(m: &mut Module) -> Result<bool, String> {
     let graph_outputs: HashSet<ValueId> = body.outputs.iter().copied().collect();
     let mut weights = HashSet::new();
     weight_values(&body, &mut weights);
-    let changed = fold_region(m, &mut body, &graph_outputs, &weights);
+    let mut pool = ConstantPool::of_module(m);
+    let changed = fold_region(m, &mut body, &graph_outputs, &weights, &mut pool);
     m.body = body;
     Ok(changed)
 }
@@ -108,13 +110,14 @@ fn fold_region(
     r: &mut Region,
     graph_outputs: &HashSet<ValueId>,
     weights: &HashSet<ValueId>,
+    pool: &mut ConstantPool,
 ) -> bool {
     let mut changed = false;
     let nodes = std::mem::take(&mut r.nodes);
     let mut kept = Vec::with_capacity(nodes.len());
     for mut node in nodes {
         for sub in node.regions_mut() {
-            changed |= fold_region(m, sub, graph_outputs, weights);
+            changed |= fold_region(m, sub, graph_outputs, weights, pool);
         }
         let budget = Budget {
             weight: node.outputs.iter().all(|o| weights.contains(o)),
@@ -123,7 +126,7 @@ fn fold_region(
             Some(results) => {
                 for (&o, (ty, data)) in node.outputs.iter().zip(results) {
                     m.set_ty(o, ty);
-                    m.set_constant(o, Some(Arc::new(data)));
+                    pool.set_constant(m, o, data);
                     r.constants.push(o);
                 }
                 changed = true;

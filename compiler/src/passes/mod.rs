@@ -198,6 +198,9 @@ fn run_one(
         pass: pass.name,
         message,
     })?;
+    if changed {
+        m.release_unlisted_constants();
+    }
     let elapsed = start.elapsed();
     if opts.verify_each && changed {
         kiln_ir::verify::verify(m).map_err(|e| PassError {

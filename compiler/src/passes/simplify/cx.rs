@@ -8,7 +8,6 @@
 //! any rule or about how a proposal is checked and applied.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use kiln_ir::{Attr, ElemType, Module, Node, Region, TensorData, Type, ValueId};
 
@@ -50,6 +49,9 @@ pub(crate) struct Cx<'a> {
     pub def: HashMap<ValueId, usize>,
     /// Constants a rule created (listed in the region if the rewrite is applied).
     pub new_consts: Vec<ValueId>,
+    /// New constants equal to existing ones share their buffers (BN folded
+    /// into equal filters makes equal filters).
+    pub pool: &'a mut kiln_ir::ConstantPool,
 }
 
 impl Cx<'_> {
@@ -122,7 +124,7 @@ impl Cx<'_> {
 
     /// Add a constant; it is listed in the region if the rewrite applies.
     pub fn new_const(&mut self, hint: &str, data: TensorData) -> ValueId {
-        let id = self.m.add_constant_unique(hint, Arc::new(data));
+        let id = self.pool.add_constant(self.m, hint, data);
         self.new_consts.push(id);
         id
     }

@@ -33,6 +33,12 @@
 //! - new nodes take the root's position and use only values defined before
 //!   the pattern, so definition-before-use holds.
 //!
+//! Memory: a constant that only the pattern read leaves the region (and its
+//! data is freed) as the rewrite is applied, and constants the rules make
+//! share the data of equal ones ([`kiln_ir::ConstantPool`]): folding
+//! BatchNormalization into every conv of a model would otherwise hold the
+//! old and the new filters side by side until the pass ends.
+//!
 //! Nested regions (If/Loop/Scan bodies) are simplified too, innermost first.
 //! A value defined in a region is only visible in that region and the
 //! regions nested in it, so use counts are computed per region subtree.
@@ -78,17 +84,22 @@ pub(crate) const RULES: &[(&str, Rule)] = &[
 ];
 
 pub fn run(m: &mut Module) -> Result<bool, String> {
+    let mut pool = kiln_ir::ConstantPool::of_module(m);
     let mut body = std::mem::take(&mut m.body);
-    let r = simplify_region(m, &mut body);
+    let r = simplify_region(m, &mut body, &mut pool);
     m.body = body;
     r
 }
 
-fn simplify_region(m: &mut Module, r: &mut Region) -> Result<bool, String> {
+fn simplify_region(
+    m: &mut Module,
+    r: &mut Region,
+    pool: &mut kiln_ir::ConstantPool,
+) -> Result<bool, String> {
     let mut changed = false;
     for n in &mut r.nodes {
         for sub in n.regions_mut() {
-            changed |= simplify_region(m, sub)?;
+            changed |= simplify_region(m, sub, pool)?;
         }
     }
     let mut start = 0usize;
@@ -96,11 +107,12 @@ fn simplify_region(m: &mut Module, r: &mut Region) -> Result<bool, String> {
     // form; the cap only guards against a rule pair that undoes itself.
     let mut budget = 16 * r.nodes.len() + 64;
     while budget > 0 {
-        let Some((j, plan, consts)) = first_rewrite(m, r, start) else {
+        let Some((j, plan, consts, dead)) = first_rewrite(m, r, start, pool) else {
             break;
         };
         let removed_before = apply(r, j, plan);
         r.constants.extend(consts);
+        release(m, r, &dead);
         // Patterns are rooted at their last node, so a rewrite at `j` can
         // only enable matches rooted at `j` or later.
         start = j - removed_before;
@@ -110,9 +122,61 @@ fn simplify_region(m: &mut Module, r: &mut Region) -> Result<bool, String> {
     Ok(changed)
 }
 
-/// The first applicable rewrite rooted at or after `start`: root index,
-/// checked plan and the constants it created.
-fn first_rewrite(m: &mut Module, r: &Region, start: usize) -> Option<(usize, Plan, Vec<ValueId>)> {
+/// Unlist the constants `dead` from `r` and free their data now rather
+/// than after the pass: folding a BatchNormalization into a conv makes a
+/// new filter, and the old one should not stay until every conv of the
+/// model has been rewritten (ResNet-50's peak memory held both).
+fn release(m: &mut Module, r: &mut Region, dead: &[ValueId]) {
+    if dead.is_empty() {
+        return;
+    }
+    r.constants.retain(|c| !dead.contains(c));
+    for &c in dead {
+        m.elide_constant(c);
+    }
+}
+
+/// Constants of the region that the pattern's nodes read and nothing
+/// reads once `plan` is applied (the root's replacement does not either).
+fn dead_after(cx: &Cx, j: usize, plan: &Plan) -> Vec<ValueId> {
+    let in_pattern = |i: usize| i == j || plan.remove.contains(&i);
+    let still_read: Vec<ValueId> = match &plan.action {
+        Action::Replace(v) => vec![*v],
+        // A replacement with regions could read anything: keep all.
+        Action::Node(n) if n.regions().next().is_some() => return vec![],
+        Action::Node(n) => n.inputs.iter().flatten().copied().collect(),
+    };
+    let mut dead: Vec<ValueId> = vec![];
+    for i in plan.remove.iter().copied().chain([j]) {
+        for &v in cx.node(i).inputs.iter().flatten() {
+            let only_pattern = cx
+                .uses(v)
+                .iter()
+                .all(|u| matches!(u, Use::Node(k) if in_pattern(*k)));
+            if cx.m.constant(v).is_some()
+                && only_pattern
+                && !still_read.contains(&v)
+                && !dead.contains(&v)
+                && cx.r.constants.contains(&v)
+            {
+                dead.push(v);
+            }
+        }
+    }
+    dead
+}
+
+/// A rewrite to apply: root index, checked plan, the constants it created
+/// and those it leaves unused.
+type Found = (usize, Plan, Vec<ValueId>, Vec<ValueId>);
+
+/// The first applicable rewrite rooted at or after `start`.
+fn first_rewrite(
+    m: &mut Module,
+    r: &Region,
+    start: usize,
+    pool: &mut kiln_ir::ConstantPool,
+) -> Option<Found> {
     let (uses, def) = analyze(r);
     let mut cx = Cx {
         m,
@@ -120,13 +184,15 @@ fn first_rewrite(m: &mut Module, r: &Region, start: usize) -> Option<(usize, Pla
         uses,
         def,
         new_consts: vec![],
+        pool,
     };
     for j in start..r.nodes.len() {
         for (_, rule) in RULES {
             cx.new_consts.clear();
             let Some(rw) = rule(&mut cx, j) else { continue };
             if let Some(plan) = check(&cx, j, rw) {
-                return Some((j, plan, std::mem::take(&mut cx.new_consts)));
+                let dead = dead_after(&cx, j, &plan);
+                return Some((j, plan, std::mem::take(&mut cx.new_consts), dead));
             }
         }
     }
