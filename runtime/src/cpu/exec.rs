@@ -130,6 +130,10 @@ pub struct CpuExecutable {
     frees: Vec<Vec<ValueId>>,
     /// Arena slots by value.
     slots: HashMap<ValueId, Slot>,
+    /// Constants only native steps read, viewed in place in the module's
+    /// bytes (never converted to run-time tensors: a 47 MB embedding
+    /// table is held once), with their shapes.
+    in_place_consts: HashMap<ValueId, Vec<usize>>,
     arena_bytes: usize,
     /// For each native step's node, its results' types: (element type,
     /// static shape), for results that are not in the arena.
@@ -145,7 +149,7 @@ impl CpuExecutable {
     /// by `steps` (in order), running kernels on `threads` threads, with
     /// intermediates where `layout` puts them.
     pub fn new(
-        module: Module,
+        mut module: Module,
         steps: Vec<Step>,
         threads: usize,
         layout: Layout,
@@ -196,9 +200,10 @@ impl CpuExecutable {
             .thread_name(|i| format!("kiln-cpu-{i}"))
             .build()
             .map_err(|e| format!("thread pool: {e}"))?;
-        let needed = needed_constants(&module, &steps);
-        let consts = Arc::new(Interpreter::load_constants_where(&module, |c| {
-            needed.contains(&c)
+        let (needed, native_only) = needed_constants(&module, &steps);
+        let in_place_consts = viewable_constants(&module, &native_only);
+        let consts = Arc::new(Interpreter::take_constants_where(&mut module, |c| {
+            needed.contains(&c) && !in_place_consts.contains_key(&c)
         }));
         let frees = last_uses(&module, &layout.schedule, &slots);
         Ok(CpuExecutable {
@@ -208,6 +213,7 @@ impl CpuExecutable {
             schedule: layout.schedule,
             frees,
             slots,
+            in_place_consts,
             arena_bytes: layout.arena_bytes as usize,
             result_types,
             arenas: Mutex::new(vec![]),
@@ -308,15 +314,25 @@ impl CpuExecutable {
                         // schedule; the plan keeps it from being reused
                         // until its last use.
                         Some(s) => unsafe { In::from_raw(base.add(s.offset), s.elem, &s.shape) },
-                        None => {
-                            let t = env
-                                .get(*v)
-                                .and_then(Value::as_tensor)
-                                .ok_or_else(|| format!("operand %{} has no tensor", m.name(*v)))?;
-                            In::of(t, t.elem()).ok_or_else(|| {
-                                format!("operand %{} has no native layout", m.name(*v))
-                            })?
-                        }
+                        None => match (self.in_place_consts.get(v), m.constant(*v)) {
+                            (Some(shape), Some(d)) => {
+                                let bytes = d.bytes().ok_or("internal: constant data")?;
+                                // SAFETY: `viewable_constants` checked that
+                                // the bytes hold `shape` of `d.elem` in the
+                                // runtime's layout, aligned; the module,
+                                // borrowed for the step, keeps them alive.
+                                unsafe { In::from_raw(bytes.as_ptr(), d.elem, shape) }
+                            }
+                            _ => {
+                                let t =
+                                    env.get(*v).and_then(Value::as_tensor).ok_or_else(|| {
+                                        format!("operand %{} has no tensor", m.name(*v))
+                                    })?;
+                                In::of(t, t.elem()).ok_or_else(|| {
+                                    format!("operand %{} has no native layout", m.name(*v))
+                                })?
+                            }
+                        },
                     }),
                 });
             }
@@ -519,10 +535,56 @@ fn with_workers_awake<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> 
     })
 }
 
-/// Top-level constants some step reads at run time: operands of
-/// interpreted nodes (nested regions included), operands of native kernels
-/// that did not capture them, graph outputs.
-fn needed_constants(m: &Module, steps: &[Step]) -> std::collections::HashSet<ValueId> {
+/// Of `candidates` (constants only native steps read), those a view can
+/// read in place in the module's bytes, with their shapes: a viewable
+/// element type stored as the runtime stores it (little-endian, one byte
+/// per bool), aligned for it. The rest are loaded as tensors.
+fn viewable_constants(
+    m: &Module,
+    candidates: &std::collections::HashSet<ValueId>,
+) -> HashMap<ValueId, Vec<usize>> {
+    let mut out = HashMap::new();
+    if cfg!(target_endian = "big") {
+        return out;
+    }
+    for &c in candidates {
+        let Some(d) = m.constant(c) else { continue };
+        let Some(bytes) = d.bytes() else { continue };
+        let shape: Vec<usize> = d.shape.iter().map(|&x| x as usize).collect();
+        let n = shape.iter().product::<usize>() as u64;
+        let fits = super::view::is_viewable(d.elem)
+            && d.elem.storage_bytes(n) == Some(bytes.len() as u64)
+            && (bytes.as_ptr() as usize).is_multiple_of(elem_align(d.elem))
+            // A Rust bool must be 0 or 1.
+            && (d.elem != ElemType::Bool || bytes.iter().all(|&b| b <= 1));
+        if fits {
+            out.insert(c, shape);
+        }
+    }
+    out
+}
+
+/// The alignment the runtime's storage of `elem` has.
+fn elem_align(elem: ElemType) -> usize {
+    match elem.bit_width() {
+        // Complex numbers align as their parts.
+        Some(b) if matches!(elem, ElemType::C64 | ElemType::C128) => (b / 16).max(1) as usize,
+        Some(b) => (b / 8).max(1) as usize,
+        None => 1,
+    }
+}
+
+/// Top-level constants some step reads at run time, and of them those
+/// only native steps read. Read at run time: operands of interpreted
+/// nodes (nested regions included), operands of native kernels that did
+/// not capture them, graph outputs.
+fn needed_constants(
+    m: &Module,
+    steps: &[Step],
+) -> (
+    std::collections::HashSet<ValueId>,
+    std::collections::HashSet<ValueId>,
+) {
     fn all_uses(r: &kiln_ir::Region, out: &mut std::collections::HashSet<ValueId>) {
         for n in &r.nodes {
             out.extend(n.inputs.iter().flatten());
@@ -532,28 +594,37 @@ fn needed_constants(m: &Module, steps: &[Step]) -> std::collections::HashSet<Val
         }
         out.extend(&r.outputs);
     }
-    let mut needed: std::collections::HashSet<ValueId> = m.body.outputs.iter().copied().collect();
+    // Values the interpreter (or the caller, for outputs) reads as tensors.
+    let mut as_tensors: std::collections::HashSet<ValueId> =
+        m.body.outputs.iter().copied().collect();
+    let mut native = std::collections::HashSet::new();
     for s in steps {
         let Some(n) = m.body.nodes.get(s.node) else {
             continue;
         };
         match &s.kind {
             StepKind::Interp { .. } => {
-                needed.extend(n.inputs.iter().flatten());
+                as_tensors.extend(n.inputs.iter().flatten());
                 for (_, sub) in n.regions() {
-                    all_uses(sub, &mut needed);
+                    all_uses(sub, &mut as_tensors);
                 }
             }
             StepKind::Native(NativeStep { captured, .. }) => {
                 for (k, v) in n.inputs.iter().enumerate() {
                     if let (Some(v), false) = (v, captured.contains(&k)) {
-                        needed.insert(*v);
+                        native.insert(*v);
                     }
                 }
             }
         }
     }
-    needed
+    let top: std::collections::HashSet<ValueId> = m.body.constants.iter().copied().collect();
+    let native_only = native
+        .difference(&as_tensors)
+        .filter(|v| top.contains(v))
+        .copied()
+        .collect();
+    (as_tensors.union(&native).copied().collect(), native_only)
 }
 
 /// For each position of `schedule`, the environment values (node results

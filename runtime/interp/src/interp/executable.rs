@@ -21,8 +21,8 @@ pub struct InterpExecutable {
 
 impl InterpExecutable {
     /// Load the module's constants once; runs share them.
-    pub fn new(module: Module) -> InterpExecutable {
-        let consts = Arc::new(Interpreter::load_constants(&module));
+    pub fn new(mut module: Module) -> InterpExecutable {
+        let consts = Arc::new(Interpreter::take_constants_where(&mut module, |_| true));
         InterpExecutable { module, consts }
     }
 

@@ -101,8 +101,16 @@ impl<'m> Interpreter<'m> {
     /// second copy.
     pub fn load_constants_where(m: &Module, keep: impl Fn(ValueId) -> bool) -> Constants {
         let mut consts = HashMap::new();
-        fn collect(m: &Module, r: &Region, out: &mut HashMap<ValueId, Result<Value, String>>) {
-            for &c in &r.constants {
+        // Filtered before converting: a dropped constant is never copied.
+        let top: std::collections::HashSet<ValueId> = m.body.constants.iter().copied().collect();
+        let wanted = |c: ValueId| !top.contains(&c) || keep(c);
+        fn collect(
+            m: &Module,
+            r: &Region,
+            wanted: &dyn Fn(ValueId) -> bool,
+            out: &mut HashMap<ValueId, Result<Value, String>>,
+        ) {
+            for &c in r.constants.iter().filter(|&&c| wanted(c)) {
                 let v = match m.constant(c) {
                     Some(d) => Tensor::from_data(d)
                         .map(Value::tensor)
@@ -113,12 +121,26 @@ impl<'m> Interpreter<'m> {
             }
             for n in &r.nodes {
                 for (_, sub) in n.regions() {
-                    collect(m, sub, out);
+                    collect(m, sub, wanted, out);
                 }
             }
         }
-        collect(m, &m.body, &mut consts);
-        consts.retain(|&c, _| keep(c) || !m.body.constants.contains(&c));
+        collect(m, &m.body, &wanted, &mut consts);
+        consts
+    }
+
+    /// [`Interpreter::load_constants_where`] for an executable that owns
+    /// `m`: every constant loaded as a run-time value leaves the module
+    /// (its type stays, its data is elided), so the weights are held once,
+    /// not as IR bytes and tensor values side by side.
+    pub fn take_constants_where(m: &mut Module, keep: impl Fn(ValueId) -> bool) -> Constants {
+        let consts = Self::load_constants_where(m, keep);
+        for (&c, v) in &consts {
+            if v.is_err() {
+                continue;
+            }
+            m.elide_constant(c);
+        }
         consts
     }
 
