@@ -3,9 +3,12 @@
 //! [`kiln_runtime::cpu::kernels`]; the steps that run them from
 //! [`kiln_runtime::cpu::steps::dense`].
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::kernels::{
-    ConvAttrs, ConvPlan, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
+    ConstWeights, ConvAttrs, ConvPlan, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
 };
 use kiln_runtime::cpu::steps::dense::{Dense, DenseKernel, Pool, RESIDUAL};
 use kiln_runtime::cpu::NativeStep;
@@ -22,18 +25,40 @@ pub(super) fn is_f32(m: &Module, v: ValueId) -> bool {
     m.ty(v).as_tensor().map(|t| t.elem) == Some(kiln_ir::ElemType::F32)
 }
 
-/// A constant's f32 values.
-fn const_f32(m: &Module, v: ValueId) -> Option<Vec<f32>> {
-    let d = m.constant(v)?;
-    if d.elem != kiln_ir::ElemType::F32 {
-        return None;
+/// Constant f32 weights as plans hold them, converted once per constant
+/// buffer and shared by every plan that reads it (equal constants share a
+/// buffer: [`kiln_ir::ConstantPool`]), packings included.
+#[derive(Default)]
+pub(super) struct Weights {
+    /// By the address of the constant's data, which the module keeps
+    /// alive until [`Weights::forget`].
+    by_buffer: HashMap<usize, ConstWeights>,
+}
+
+impl Weights {
+    /// The f32 constant `v`'s values, shared.
+    fn get(&mut self, m: &Module, v: ValueId) -> Option<ConstWeights> {
+        let d = m.constant(v)?;
+        if d.elem != kiln_ir::ElemType::F32 {
+            return None;
+        }
+        let key = Arc::as_ptr(d) as usize;
+        if let Some(w) = self.by_buffer.get(&key) {
+            return Some(w.clone());
+        }
+        let kiln_ir::Payload::Bytes(bytes) = &d.payload else {
+            return None;
+        };
+        let w = ConstWeights::from_le_bytes(bytes.clone());
+        self.by_buffer.insert(key, w.clone());
+        Some(w)
     }
-    Some(
-        d.bytes()?
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
+
+    /// The constant `d` is about to leave the module: plans hold what they
+    /// need of it, and its address may be reused.
+    pub fn forget(&mut self, d: &Arc<kiln_ir::TensorData>) {
+        self.by_buffer.remove(&(Arc::as_ptr(d) as usize));
+    }
 }
 
 fn ints(n: &Node, name: &str) -> Option<Vec<usize>> {
@@ -106,6 +131,7 @@ pub(super) fn plan_dense(
     m: &Module,
     n: &Node,
     inputs: &[Option<ValueId>],
+    weights: &mut Weights,
 ) -> Result<Planned, String> {
     let shape_of = |i: usize| -> Result<Vec<usize>, String> {
         let v = inputs
@@ -118,22 +144,23 @@ pub(super) fn plan_dense(
         }
         m.static_shape(v)
     };
-    let konst = |i: usize| {
+    let mut konst = |i: usize| {
         inputs
             .get(i)
             .copied()
             .flatten()
-            .and_then(|v| const_f32(m, v))
+            .and_then(|v| weights.get(m, v))
     };
     match n.op.as_str() {
         "MatMul" => {
             let (a, b) = (shape_of(0)?, shape_of(1)?);
             let bc = konst(1);
             let captured = if bc.is_some() { vec![1] } else { vec![] };
-            let p = MatMulPlan::new(&a, &b, bc.as_deref())?;
+            let packed = bc.is_some();
+            let p = MatMulPlan::new_shared(&a, &b, bc)?;
             let what = format!(
                 "matmul {a:?} x {b:?}{}",
-                if bc.is_some() { " (packed)" } else { "" }
+                if packed { " (packed)" } else { "" }
             );
             Ok(Planned {
                 plan: Dense::MatMul(p),
@@ -152,7 +179,7 @@ pub(super) fn plan_dense(
             let float = |k: &str| n.attrs.get(k).and_then(Attr::as_float).unwrap_or(1.0);
             let bc = konst(1);
             let captured = if bc.is_some() { vec![1] } else { vec![] };
-            let p = GemmPlan::new(
+            let p = GemmPlan::new_shared(
                 &a,
                 &b,
                 c.as_deref(),
@@ -160,7 +187,7 @@ pub(super) fn plan_dense(
                 int("transB"),
                 float("alpha"),
                 float("beta"),
-                bc.as_deref(),
+                bc,
             )?;
             Ok(Planned {
                 plan: Dense::Gemm(p),
@@ -174,7 +201,7 @@ pub(super) fn plan_dense(
             let has_bias = inputs.get(2).copied().flatten().is_some();
             let wc = konst(1);
             let captured = if wc.is_some() { vec![1] } else { vec![] };
-            let mut p = ConvPlan::new(&x, &w, has_bias, &attrs, wc.as_deref())?;
+            let mut p = ConvPlan::new_shared(&x, &w, has_bias, &attrs, wc)?;
             let kernel = &w[2..];
             let mut what = format!(
                 "conv {}x{} {}→{} ch{}",
@@ -212,8 +239,8 @@ pub(super) fn plan_dense(
 }
 
 /// MatMul, Gemm, Conv, FusedConv.
-pub(super) fn dense(m: &Module, n: &Node) -> Result<NativeStep, String> {
-    let p = plan_dense(m, n, &n.inputs)?;
+pub(super) fn dense(m: &Module, n: &Node, weights: &mut Weights) -> Result<NativeStep, String> {
+    let p = plan_dense(m, n, &n.inputs, weights)?;
     Ok(NativeStep {
         flops: p.plan.flops(),
         kernel: Box::new(DenseKernel { plan: p.plan }),

@@ -12,11 +12,16 @@ use kiln_runtime::cpu::steps::dense::{AnchorOnly, DenseKernel};
 use kiln_runtime::cpu::steps::fusion::{Fusion, SplitReduction};
 use kiln_runtime::cpu::NativeStep;
 
-use super::dense::plan_dense;
+use super::dense::{plan_dense, Weights};
 
 /// `kiln.Fusion`: the body compiled by Cranelift; an epilogue's anchor
 /// (its first node, a MatMul/Gemm/Conv) planned on the kernel library.
-pub(super) fn fusion(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeStep, String> {
+pub(super) fn fusion(
+    m: &Module,
+    n: &Node,
+    target: TargetCpu,
+    weights: &mut Weights,
+) -> Result<NativeStep, String> {
     let Some(Attr::Graph(body)) = n.attrs.get("body") else {
         return Err("fusion without a body".into());
     };
@@ -38,7 +43,7 @@ pub(super) fn fusion(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeSt
         {
             return Err("anchor reads a value of its body".into());
         }
-        let p = plan_dense(m, first, &outer_inputs)?;
+        let p = plan_dense(m, first, &outer_inputs, weights)?;
         let map: Vec<Option<usize>> = first
             .inputs
             .iter()

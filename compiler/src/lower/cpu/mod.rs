@@ -69,9 +69,10 @@ pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutab
     // Constants some reader did not capture: they stay.
     let mut kept: HashSet<ValueId> = HashSet::new();
     let mut steps: Vec<Step> = Vec::with_capacity(s.body.nodes.len());
+    let mut weights = dense::Weights::default();
     for i in 0..s.body.nodes.len() {
         let n = &s.body.nodes[i];
-        let kind = match lower_node(&s, n, opts.target_cpu).and_then(|native| {
+        let kind = match lower_node(&s, n, opts.target_cpu, &mut weights).and_then(|native| {
             // The executable gives every native result a buffer of its
             // static type (in the arena or not); a result inference left
             // dynamic (-O0 keeps shape arithmetic unfolded) runs on the
@@ -105,9 +106,12 @@ pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutab
         steps.push(Step { node: i, kind });
         for v in done {
             if let Some(d) = s.constant(v) {
-                let elided = kiln_ir::TensorData::elided(d.elem, d.shape.clone());
-                s.set_constant(v, Some(std::sync::Arc::new(elided)));
+                if std::sync::Arc::strong_count(d) == 1 {
+                    // No other value shares the buffer: it goes now.
+                    weights.forget(d);
+                }
             }
+            s.elide_constant(v);
         }
     }
     let layout = layout(&s, &steps, align)?;
@@ -207,7 +211,12 @@ fn layout(s: &Module, steps: &[Step], align: u64) -> Result<Layout, String> {
 }
 
 /// The lowering table: a native step for `n`, or why there is none.
-fn lower_node(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeStep, String> {
+fn lower_node(
+    m: &Module,
+    n: &Node,
+    target: TargetCpu,
+    weights: &mut dense::Weights,
+) -> Result<NativeStep, String> {
     // Views (Reshape, Flatten, Squeeze, Unsqueeze, Identity): a copy of
     // the operand's bytes under the result's shape.
     if kiln_ir::ops::traits(&n.op).view {
@@ -224,8 +233,8 @@ fn lower_node(m: &Module, n: &Node, target: TargetCpu) -> Result<NativeStep, Str
             // fused); any axes at all fall back to the odometer kernel.
             fusion::single_node_loop(m, n, target).or_else(|_| movement::reduce(m, n))
         }
-        "kiln.Fusion" => fusion::fusion(m, n, target),
-        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" => dense::dense(m, n),
+        "kiln.Fusion" => fusion::fusion(m, n, target, weights),
+        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" => dense::dense(m, n, weights),
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => dense::pool(m, n),
         op => fusion::single_node_loop(m, n, target)
             .map_err(|e| format!("no native kernel for {op} ({e})")),

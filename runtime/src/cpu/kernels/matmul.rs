@@ -10,6 +10,8 @@ use rayon::prelude::*;
 
 use super::common::{parallelism, Epilogue, PAR_FLOPS};
 use super::packed::PackedB;
+use super::weights::ConstWeights;
+use std::sync::Arc;
 
 /// Below this many `B` elements a matrix-vector product is not split across
 /// threads: it is memory bound and small enough to sit in cache.
@@ -185,11 +187,11 @@ pub struct MatMulPlan {
     out_shape: Vec<usize>,
     /// Element offsets of each output batch's A and B matrices.
     offsets: Vec<(usize, usize)>,
-    /// B owned by the plan when it is a constant.
-    b_const: Option<Vec<f32>>,
+    /// B held by the plan when it is a constant.
+    b_const: Option<ConstWeights>,
     /// A constant B shared by every batch, packed for the AVX2 kernel
     /// (then `b_const` is `None`).
-    packed: Option<PackedB>,
+    packed: Option<Arc<PackedB>>,
     a_len: usize,
     b_len: usize,
 }
@@ -203,6 +205,16 @@ impl MatMulPlan {
         a_shape: &[usize],
         b_shape: &[usize],
         b_const: Option<&[f32]>,
+    ) -> Result<MatMulPlan, String> {
+        Self::new_shared(a_shape, b_shape, b_const.map(ConstWeights::from_slice))
+    }
+
+    /// [`MatMulPlan::new`] with B's values (and their packing) shared
+    /// with every other plan that reads the same constant.
+    pub fn new_shared(
+        a_shape: &[usize],
+        b_shape: &[usize],
+        b_const: Option<ConstWeights>,
     ) -> Result<MatMulPlan, String> {
         if a_shape.is_empty() || b_shape.is_empty() {
             return Err(shape_err("MatMul: scalar operand", a_shape, b_shape));
@@ -249,7 +261,7 @@ impl MatMulPlan {
         }
         let a_len = ab.iter().product::<usize>() * m * k;
         let b_len = bb.iter().product::<usize>() * k * n;
-        if let Some(bc) = b_const {
+        if let Some(bc) = &b_const {
             if bc.len() != b_len {
                 return Err(format!(
                     "MatMul: constant B has {} elements, shape {b_shape:?} needs {b_len}",
@@ -288,7 +300,7 @@ impl MatMulPlan {
             k,
             out_shape,
             offsets,
-            b_const: b_const.map(<[f32]>::to_vec),
+            b_const,
             packed: None,
             a_len,
             b_len,
@@ -303,7 +315,7 @@ impl MatMulPlan {
         // bound by streaming B, where the split below over columns wins.
         if plan.offsets.len() == 1 && plan.m >= 6 && PackedB::available() {
             if let Some(bc) = plan.b_const.take() {
-                plan.packed = Some(PackedB::new(k, n, &bc, n, 1));
+                plan.packed = Some(bc.packed(k, n, n, 1));
             }
         }
         Ok(plan)
@@ -396,7 +408,7 @@ pub struct GemmPlan {
     c_len: usize,
     alpha: f32,
     beta: f32,
-    b_const: Option<Vec<f32>>,
+    b_const: Option<ConstWeights>,
 }
 
 impl GemmPlan {
@@ -412,6 +424,25 @@ impl GemmPlan {
         alpha: f32,
         beta: f32,
         b_const: Option<&[f32]>,
+    ) -> Result<GemmPlan, String> {
+        let b_const = b_const.map(ConstWeights::from_slice);
+        Self::new_shared(
+            a_shape, b_shape, c_shape, trans_a, trans_b, alpha, beta, b_const,
+        )
+    }
+
+    /// [`GemmPlan::new`] with B's values shared with every other plan
+    /// that reads the same constant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_shared(
+        a_shape: &[usize],
+        b_shape: &[usize],
+        c_shape: Option<&[usize]>,
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        beta: f32,
+        b_const: Option<ConstWeights>,
     ) -> Result<GemmPlan, String> {
         if a_shape.len() != 2 || b_shape.len() != 2 {
             return Err(shape_err("Gemm: A and B must be 2-D", a_shape, b_shape));
@@ -459,7 +490,7 @@ impl GemmPlan {
                 (Some(Strides { rs, cs: cs_ }), full[0] * full[1])
             }
         };
-        if let Some(bc) = b_const {
+        if let Some(bc) = &b_const {
             if bc.len() != k * n {
                 return Err(format!(
                     "Gemm: constant B has {} elements, shape {b_shape:?} needs {}",
@@ -479,7 +510,7 @@ impl GemmPlan {
             c_len,
             alpha,
             beta,
-            b_const: b_const.map(<[f32]>::to_vec),
+            b_const,
         })
     }
 

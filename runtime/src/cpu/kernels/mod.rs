@@ -13,11 +13,13 @@ mod packed;
 mod pool;
 mod rows;
 mod smallk;
+mod weights;
 
 pub use common::Epilogue;
 pub use conv::{ConvAttrs, ConvEpilogues, ConvPlan};
 pub use matmul::{GemmPlan, MatMulPlan};
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};
+pub use weights::ConstWeights;
 
 #[cfg(test)]
 mod tests {

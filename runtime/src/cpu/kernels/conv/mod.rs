@@ -52,6 +52,7 @@ use super::implicit::Shifted;
 use super::packed::PackedB;
 use super::rows::{Isa, RowGeom};
 use super::smallk;
+use super::weights::ConstWeights;
 use im2col::IM2COL_BLOCK_FLOATS;
 use transposed::Transposed;
 
@@ -230,7 +231,7 @@ pub struct ConvPlan {
     /// Im2col block cap, `IM2COL_BLOCK_FLOATS` (tests shrink it to cover
     /// block edges).
     block_floats: usize,
-    w_const: Option<Vec<f32>>,
+    w_const: Option<ConstWeights>,
     /// Gemm strategies with a short reduction (`C/group · kernel volume`
     /// at most `smallk::MAX_K`) on an AVX2/FMA host use the unpacked
     /// small-k kernel instead of the `gemm` crate.
@@ -296,7 +297,20 @@ impl ConvPlan {
         attrs: &ConvAttrs,
         w_const: Option<&[f32]>,
     ) -> Result<ConvPlan, String> {
-        let axes = normalise(x_shape, w_shape, attrs, w_const)
+        let w_const = w_const.map(ConstWeights::from_slice);
+        Self::new_shared(x_shape, w_shape, has_bias, attrs, w_const)
+    }
+
+    /// [`ConvPlan::new`] with the weights (and their packing) shared with
+    /// every other plan that reads the same constant.
+    pub fn new_shared(
+        x_shape: &[usize],
+        w_shape: &[usize],
+        has_bias: bool,
+        attrs: &ConvAttrs,
+        w_const: Option<ConstWeights>,
+    ) -> Result<ConvPlan, String> {
+        let axes = normalise(x_shape, w_shape, attrs, w_const.as_deref())
             .map_err(|why| format!("Conv: {why} (x {x_shape:?}, w {w_shape:?}, {attrs:?})"))?;
         let (batch, c, m, group) = (x_shape[0], x_shape[1], w_shape[0], attrs.group);
         let sd = x_shape.len() - 2;
@@ -306,7 +320,7 @@ impl ConvPlan {
         let fallback = base_strategy(batch, c, m, group, &axes);
         let strategy =
             choose_strategy(batch, c, m, group, &axes, w_const.is_some(), Host::detect());
-        let transposed = match (strategy, w_const) {
+        let transposed = match (strategy, &w_const) {
             (Strategy::Transposed, Some(w)) => {
                 Some(Box::new(Transposed::new(&axes, m, c * kvol, w)))
             }
@@ -328,9 +342,7 @@ impl ConvPlan {
             shifted,
             block_floats: IM2COL_BLOCK_FLOATS,
             // The transposed plan keeps only its packed copy.
-            w_const: w_const
-                .filter(|_| transposed.is_none())
-                .map(<[f32]>::to_vec),
+            w_const: w_const.filter(|_| transposed.is_none()),
             transposed,
             small_k: runs_small_k(fallback, c / group * kvol),
             clamp: None,

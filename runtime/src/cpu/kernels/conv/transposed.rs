@@ -5,6 +5,8 @@
 use super::super::common::{for_each_unit, with_scratch, Axis};
 use super::super::packed::PackedB;
 use super::super::smallk;
+use super::super::weights::ConstWeights;
+use std::sync::Arc;
 
 /// Convs whose maps are too small to fill 16-position strips (a 7x7 map
 /// is 49 positions: four strips, a quarter of the lanes idle), run with
@@ -18,7 +20,7 @@ use super::super::smallk;
 /// the idle lanes did).
 #[derive(Debug, Clone)]
 pub(super) struct Transposed {
-    weights: PackedB,
+    weights: Arc<PackedB>,
     /// Per output position, the flat input offset of each tap (kernel
     /// volume entries, `usize::MAX` in padding) within one channel.
     taps: Vec<usize>,
@@ -29,7 +31,7 @@ impl Transposed {
     /// take the transposed product.
     pub(super) const MAX_POSITIONS: usize = 64;
 
-    pub(super) fn new(axes: &[Axis; 3], m: usize, kdim: usize, w: &[f32]) -> Transposed {
+    pub(super) fn new(axes: &[Axis; 3], m: usize, kdim: usize, w: &ConstWeights) -> Transposed {
         let [ad, ah, aw] = axes;
         let mut taps = vec![];
         for od in 0..ad.output {
@@ -56,7 +58,7 @@ impl Transposed {
             }
         }
         Transposed {
-            weights: PackedB::new(kdim, m, w, 1, kdim),
+            weights: w.packed(kdim, m, 1, kdim),
             taps,
         }
     }
