@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kiln_ir::Module;
 
-use crate::interp::InterpError;
+use crate::interp::error::InterpError;
 use crate::value::Value;
 
 /// Per-step wall time of one run, by step index.

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use kiln_ir::Module;
 
-use super::{Constants, InterpError, Interpreter};
+use super::error::InterpError;
+use super::interpreter::{Constants, Interpreter};
 use crate::executable::{native_interp_report, Executable, Placement, StepInfo, StepTimes};
 use crate::value::Value;
 

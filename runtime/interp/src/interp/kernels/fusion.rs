@@ -3,11 +3,13 @@
 //! `activation(Conv(X, W, B) + Z)`. The interpreter executes the fused ops
 //! one by one with the kernels of the ops they stand for, exactly as before
 //! fusion, so a fused module gives the same results as the unfused one;
-//! native backends lower each as one kernel.
+//! native backends lower each as one kernel. Those kernels are looked up
+//! through the [`KernelHost`](super::ctx::KernelHost), not with
+//! `kernels::lookup`, which asks this file's table in turn.
 
 use kiln_ir::{Attr, Node};
 
-use super::{bail, Ctx, KResult, KernelFn};
+use super::ctx::{bail, Ctx, KResult, KernelFn};
 use crate::value::Value;
 
 pub fn lookup(op: &str) -> Option<KernelFn> {
@@ -40,7 +42,7 @@ fn fusion(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let node = ctx.node;
     let step = |ctx: &mut Ctx, op: &str, attrs: bool, operands: &[Option<Value>]| {
-        let Some(kernel) = super::lookup(op) else {
+        let Some(kernel) = ctx.host.kernel(op) else {
             bail!("no kernel for {op}")
         };
         let mut n = Node::new(op, vec![], node.outputs.clone());
@@ -50,7 +52,7 @@ fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             n.attrs.remove("activation");
         }
         let mut sub = Ctx {
-            interp: ctx.interp,
+            host: ctx.host,
             env: ctx.env,
             node: &n,
         };

@@ -8,15 +8,21 @@
 //! from the input with one extra element appended (see [`gather_fill`]).
 //! Only the ops that compute values (CumSum, scatter reductions, Col2Im,
 //! Resize, GridSample, AffineGrid) convert to f64/i64 and back.
+//!
+//! The resampling kernels are in `movement/resample.rs`; the axis and
+//! index helpers it shares with this file are in `movement/axes.rs`.
 
 use std::cmp::Ordering;
 
 use kiln_ir::ElemType;
 
-use super::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::ctx::{bail, one, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::shape::{broadcast_indices, broadcast_shape};
 use crate::tensor::{numel, strides, Data, Tensor};
 use crate::value::Value;
+use axes::{map_indices, norm_axes, norm_axis};
 
+mod axes;
 mod resample;
 
 pub fn lookup(op: &str) -> Option<KernelFn> {
@@ -63,31 +69,6 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
 
 // ---------------------------------------------------------------- helpers
 
-fn one(t: Tensor) -> KResult<Vec<Value>> {
-    Ok(vec![Value::tensor(t)])
-}
-
-/// Calls `f` with each multi-index of `shape` in row-major order.
-pub(super) fn map_indices<T>(
-    shape: &[usize],
-    mut f: impl FnMut(&[usize]) -> KResult<T>,
-) -> KResult<Vec<T>> {
-    let n = numel(shape);
-    let mut idx = vec![0usize; shape.len()];
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(f(&idx)?);
-        for d in (0..shape.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < shape[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    Ok(out)
-}
-
 /// Gather where `None` positions take the single value of `fill`.
 fn gather_fill(data: &Data, idx: &[Option<usize>], fill: &Data) -> KResult<Data> {
     if fill.len() != 1 {
@@ -121,28 +102,6 @@ fn wrap_index(i: i64, n: usize, what: &str) -> KResult<usize> {
         bail!("{what} index {i} is out of range for a dim of size {n}");
     }
     Ok(j as usize)
-}
-
-/// An axis of a tensor of rank `rank` (>= 1: every op here indexes a dim
-/// by it), negative counting from the end.
-fn norm_axis(axis: i64, rank: usize) -> KResult<usize> {
-    if rank == 0 {
-        bail!("axis {axis} given for a scalar (rank 0) input");
-    }
-    super::norm_axis(axis, rank)
-}
-
-/// Axes of an operand or attribute, normalized and checked distinct.
-fn norm_axes(axes: &[i64], rank: usize) -> KResult<Vec<usize>> {
-    let mut out = Vec::with_capacity(axes.len());
-    for &a in axes {
-        let n = norm_axis(a, rank)?;
-        if out.contains(&n) {
-            bail!("axis {a} is repeated");
-        }
-        out.push(n);
-    }
-    Ok(out)
 }
 
 fn checked_numel(shape: &[usize]) -> KResult<usize> {
@@ -584,9 +543,9 @@ fn expand(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         .iter()
         .map(|&d| dim_of(d, "Expand dim"))
         .collect::<KResult<Vec<_>>>()?;
-    let shape = super::broadcast_shape(&x.shape, &s)?;
+    let shape = broadcast_shape(&x.shape, &s)?;
     checked_numel(&shape)?;
-    let idx = super::broadcast_indices(&x.shape, &shape);
+    let idx = broadcast_indices(&x.shape, &shape);
     one(Tensor::new(shape, x.data.gather(&idx))?)
 }
 

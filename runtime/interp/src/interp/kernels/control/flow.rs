@@ -3,8 +3,9 @@
 
 use kiln_ir::{Attr, Region};
 
-use super::{empty_like_type, opt_scalar_i64, select_axis, stack_axis};
-use crate::interp::kernels::{bail, norm_axis, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::common::{empty_like_type, opt_scalar_i64, select_axis, stack_axis};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::shape::norm_axis;
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 
@@ -20,7 +21,7 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
 
 /// A graph attribute, borrowed from the node (not from `ctx`, so the
 /// region can be run while it is held).
-fn region<'a>(ctx: &Ctx<'a, '_>, name: &str) -> KResult<&'a Region> {
+fn region<'a>(ctx: &Ctx<'a>, name: &str) -> KResult<&'a Region> {
     let node = ctx.node;
     match node.attr(name).and_then(Attr::as_graph) {
         Some(r) => Ok(r),

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use kiln_ir::ElemType;
 
-use super::{from_f64, out_elem};
-use crate::interp::kernels::{bail, tensor, Ctx, KResult, KernelFn};
+use super::common::{from_f64, out_elem};
+use crate::interp::kernels::ctx::{bail, tensor, Ctx, KResult, KernelFn};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 

@@ -4,8 +4,9 @@
 
 use kiln_ir::ElemType;
 
-use super::{from_f64, out_elem};
-use crate::interp::kernels::{bail, tensor, Ctx, KResult, KernelFn, Rng};
+use super::common::{from_f64, out_elem};
+use crate::interp::kernels::ctx::{bail, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::rng::Rng;
 use crate::tensor::numel;
 use crate::value::Value;
 

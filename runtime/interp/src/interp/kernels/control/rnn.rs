@@ -2,8 +2,8 @@
 //! directions, sequence lengths, initial states, clipping) around a
 //! per-kind cell. Computed in f64, rounded to the input's element type.
 
-use super::from_f64;
-use crate::interp::kernels::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::common::from_f64;
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
 use crate::value::Value;
 
 pub fn lookup(op: &str) -> Option<KernelFn> {

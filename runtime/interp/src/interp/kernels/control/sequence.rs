@@ -2,8 +2,9 @@
 //! concatenation and splitting of tensor sequences, and the optional
 //! wrapper ops.
 
-use super::{concat_axis, opt_scalar_i64, select_axis, slice_axis, stack_axis};
-use crate::interp::kernels::{bail, norm_axis, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::common::{concat_axis, opt_scalar_i64, select_axis, slice_axis, stack_axis};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::shape::norm_axis;
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 

@@ -6,8 +6,9 @@ use std::f64::consts::PI;
 
 use kiln_ir::ElemType;
 
-use super::{from_f64, opt_scalar_i64, out_elem, scalar_f64};
-use crate::interp::kernels::{bail, norm_axis, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::common::{from_f64, opt_scalar_i64, out_elem, scalar_f64};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::shape::norm_axis;
 use crate::tensor::numel;
 use crate::value::Value;
 

@@ -5,9 +5,8 @@
 
 use std::collections::HashMap;
 
-use crate::interp::kernels::{
-    bail, broadcast_indices, broadcast_shape, tensor, Ctx, KResult, KernelFn,
-};
+use crate::interp::kernels::ctx::{bail, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::shape::{broadcast_indices, broadcast_shape};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 

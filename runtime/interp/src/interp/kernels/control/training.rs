@@ -5,8 +5,8 @@
 // Update `i` reads entry `i` of every group, so loops index the groups.
 #![allow(clippy::needless_range_loop)]
 
-use super::{from_f64, scalar_f64};
-use crate::interp::kernels::{bail, tensor, Ctx, KResult, KernelFn};
+use super::common::{from_f64, scalar_f64};
+use crate::interp::kernels::ctx::{bail, tensor, Ctx, KResult, KernelFn};
 use crate::tensor::Tensor;
 use crate::value::Value;
 

@@ -7,9 +7,9 @@
 use half::{bf16, f16};
 use kiln_ir::ElemType;
 
-use super::{from_ints, ints, one};
+use super::exact::{from_ints, ints};
 use crate::f8;
-use crate::interp::kernels::{bail, tensor, Ctx, KResult};
+use crate::interp::kernels::ctx::{bail, one, tensor, Ctx, KResult};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 

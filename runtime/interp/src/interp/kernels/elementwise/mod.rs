@@ -4,22 +4,23 @@
 //! the quantization ops in [`quant`], erf and numpy's Mersenne Twister in
 //! [`special`].
 //!
-//! Values are computed in an exact common form ([`Num`]): every float type
-//! as f64 (rounded back to the operand's type, per step where numpy would
-//! round per step), every integer type as i128 (exact for u64 too, wrapped
-//! back to its width like numpy).
+//! Values are computed in an exact common form ([`Num`], in `exact.rs`):
+//! every float type as f64 (rounded back to the operand's type, per step
+//! where numpy would round per step), every integer type as i128 (exact
+//! for u64 too, wrapped back to its width like numpy).
 
 mod cast;
+mod exact;
 mod quant;
 mod special;
 
-use half::{bf16, f16};
 use kiln_ir::ElemType;
 
-use super::{bail, broadcast_indices, broadcast_shape, opt_tensor, tensor, Ctx, KResult, KernelFn};
-use crate::f8;
+use super::ctx::{bail, one, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::shape::{broadcast_indices, broadcast_shape};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
+use exact::{ints, make, num, round_to, Num};
 
 pub fn lookup(op: &str) -> Option<KernelFn> {
     if UNARY.iter().any(|u| u.0 == op) {
@@ -60,60 +61,6 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
 
 // ---------------------------------------------------------------------------
 // Shared helpers
-
-/// Tensor values in an exact common form.
-enum Num {
-    F(Vec<f64>),
-    I(Vec<i128>),
-}
-
-/// Integer (and bool) values as i128, exact for every width.
-fn ints(d: &Data) -> Vec<i128> {
-    match d {
-        Data::U64(v) => v.iter().map(|&x| x as i128).collect(),
-        other => other.to_i64().into_iter().map(i128::from).collect(),
-    }
-}
-
-/// Integers back to `elem`, wrapping to its width.
-fn from_ints(elem: ElemType, v: &[i128]) -> Data {
-    Data::from_i64(elem, &v.iter().map(|&x| x as i64).collect::<Vec<_>>())
-}
-
-/// `x` rounded to the precision of float type `elem` (identity for f64 and
-/// non-float types).
-fn round_to(elem: ElemType, x: f64) -> f64 {
-    match elem {
-        ElemType::F32 => x as f32 as f64,
-        ElemType::F16 => f16::from_f64(x).to_f64(),
-        ElemType::BF16 => bf16::from_f64(x).to_f64(),
-        k if k.is_float8() => f8::decode(k, f8::encode(k, x as f32, true)) as f64,
-        _ => x,
-    }
-}
-
-fn num(t: &Tensor, op: &str) -> KResult<Num> {
-    let e = t.elem();
-    if e.is_float() {
-        Ok(Num::F(t.to_f64()))
-    } else if e.is_int() || e == ElemType::Bool {
-        Ok(Num::I(ints(&t.data)))
-    } else {
-        bail!("{op} is not defined for {e} tensors")
-    }
-}
-
-fn make(elem: ElemType, shape: Vec<usize>, n: Num) -> KResult<Tensor> {
-    let data = match n {
-        Num::F(v) => Data::from_f64(elem, &v),
-        Num::I(v) => from_ints(elem, &v),
-    };
-    Ok(Tensor::new(shape, data)?)
-}
-
-fn one(t: Tensor) -> KResult<Vec<Value>> {
-    Ok(vec![Value::tensor(t)])
-}
 
 /// A numpy broadcast of two shapes: the result shape and, per result
 /// element, the element index in each operand.

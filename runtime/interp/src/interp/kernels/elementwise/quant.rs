@@ -6,9 +6,10 @@
 
 use kiln_ir::ElemType;
 
-use super::{ints, one, round_to};
+use super::exact::{ints, round_to};
 use crate::f8;
-use crate::interp::kernels::{bail, norm_axis, opt_tensor, tensor, Ctx, KResult};
+use crate::interp::kernels::ctx::{bail, one, opt_tensor, tensor, Ctx, KResult};
+use crate::interp::kernels::shape::norm_axis;
 use crate::tensor::{strides, Data, Tensor};
 use crate::value::Value;
 

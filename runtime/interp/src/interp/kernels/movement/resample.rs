@@ -8,7 +8,8 @@
 //! nested weighted sum over the dims' taps, outermost dim first, exactly
 //! as the reference nests its 1-D interpolations.
 
-use super::{bail, map_indices, norm_axes, one, opt_tensor, tensor, Ctx, KResult};
+use super::axes::{map_indices, norm_axes};
+use crate::interp::kernels::ctx::{bail, one, opt_tensor, tensor, Ctx, KResult};
 use crate::tensor::{strides, Data, Tensor};
 use crate::value::Value;
 

@@ -7,9 +7,12 @@ use std::ops::AddAssign;
 use kiln_ir::ops::geometry::{self, AutoPad, Transposed, Window};
 use kiln_ir::ElemType;
 
+use super::common::{
+    attr_sizes, checked_numel, from_f32, need_float, next_index, out_elem, out_f64, out_i64, to_f32,
+};
+use super::gemm::gemm;
 use super::linalg::quantize;
-use super::{attr_sizes, checked_numel, from_f32, gemm, need_float, out_f64, out_i64, to_f32};
-use crate::interp::kernels::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 
@@ -127,10 +130,10 @@ fn im2col<T: Copy + Default>(x: &[T], c: usize, g: &Geo) -> Vec<T> {
                 }
             }
             if last > 0 {
-                super::next_index(&mut oidx, outer_shape);
+                next_index(&mut oidx, outer_shape);
             }
         }
-        super::next_index(&mut kidx, &g.kernel);
+        next_index(&mut kidx, &g.kernel);
     }
     cols
 }
@@ -354,7 +357,7 @@ fn qlinear_conv(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if xs.len() != 1 || ys.len() != 1 || (ws.len() != 1 && ws.len() != m) {
         bail!("QLinearConv scales must be scalars (w_scale may be per output channel)");
     }
-    let out_elem = super::out_elem(cx, 0, y_zp.map_or(x.elem(), |t| t.elem()));
+    let out_elem = out_elem(cx, 0, y_zp.map_or(x.elem(), |t| t.elem()));
     let zp = y_zp.map_or(0.0, |z| z.to_f64().first().copied().unwrap_or(0.0));
     let out: Vec<f64> = r
         .iter()
@@ -466,9 +469,9 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
                         if ok {
                             dst[off] += v;
                         }
-                        super::next_index(&mut iidx, input);
+                        next_index(&mut iidx, input);
                     }
-                    super::next_index(&mut kidx, &kernel);
+                    next_index(&mut kidx, &kernel);
                 }
             }
         }

@@ -3,10 +3,12 @@
 
 use kiln_ir::ElemType;
 
-use super::{from_f32, gemm, need_float, out_f64, out_i64, to_f32, Fl};
-use crate::interp::kernels::{
-    bail, broadcast_indices, broadcast_shape, opt_tensor, tensor, Ctx, KResult, KernelFn,
+use super::common::{
+    checked_numel, from_f32, need_float, next_index, out_elem, out_f64, out_i64, to_f32,
 };
+use super::gemm::{gemm, Fl};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::shape::{broadcast_indices, broadcast_shape};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 
@@ -255,7 +257,7 @@ fn qlinear_matmul(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
         bail!("scales of shape {s_shape:?} do not fit the product {shape:?}");
     }
     let is = broadcast_indices(&s_shape, &shape);
-    let out_elem = super::out_elem(cx, 0, y_zp.map_or(a.elem(), |t| t.elem()));
+    let out_elem = out_elem(cx, 0, y_zp.map_or(a.elem(), |t| t.elem()));
     let (zv, iz) = match y_zp {
         Some(z) => {
             if broadcast_shape(&shape, &z.shape)? != shape {
@@ -499,7 +501,7 @@ fn einsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     } else {
         vec![]
     };
-    let total = super::checked_numel(&size)?;
+    let total = checked_numel(&size)?;
     let out_n: usize = out_shape.iter().product();
     let inner_n = total.checked_div(out_n).unwrap_or(0);
     let mut fout = vec![0.0f64; out_n];
@@ -520,7 +522,7 @@ fn einsum(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                 }
                 fout[o] += fp;
                 iout[o] = iout[o].wrapping_add(ip);
-                super::next_index(&mut idx, &size);
+                next_index(&mut idx, &size);
             }
         }
     }

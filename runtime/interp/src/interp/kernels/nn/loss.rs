@@ -1,9 +1,9 @@
 //! Losses: NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss (with
 //! class weights, ignore_index and none/sum/mean reduction).
 
+use super::common::{need_float, out_elem, out_f64};
 use super::softmax::{apply, Kind};
-use super::{need_float, out_elem, out_f64};
-use crate::interp::kernels::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
 use crate::tensor::Tensor;
 use crate::value::Value;
 

@@ -3,10 +3,9 @@
 //! LayerNormalization (with Mean/InvStdDev results), LRN,
 //! LpNormalization and MeanVarianceNormalization.
 
-use super::{need_float, out_elem, out_f64};
-use crate::interp::kernels::{
-    bail, broadcast_indices, broadcast_shape, norm_axis, opt_tensor, tensor, Ctx, KResult, KernelFn,
-};
+use super::common::{need_float, out_elem, out_f64};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::shape::{broadcast_indices, broadcast_shape, norm_axis};
 use crate::tensor::Tensor;
 use crate::value::Value;
 

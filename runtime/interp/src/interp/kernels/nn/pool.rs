@@ -5,8 +5,8 @@
 use kiln_ir::ops::geometry::{self, AutoPad, Window};
 use kiln_ir::ElemType;
 
-use super::{attr_sizes, checked_numel, out_f64, out_i64};
-use crate::interp::kernels::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::common::{attr_sizes, checked_numel, need_float, next_index, out_f64, out_i64};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
 use crate::tensor::Tensor;
 use crate::value::Value;
 
@@ -145,10 +145,10 @@ fn windows(x: &Tensor, p: &Plan, mut f: impl FnMut(usize, usize, &[usize])) -> K
                 if ok {
                     taps.push(off);
                 }
-                super::next_index(&mut kidx, &p.kernel);
+                next_index(&mut kidx, &p.kernel);
             }
             f(plane, o, &taps);
-            super::next_index(&mut oidx, &p.out);
+            next_index(&mut oidx, &p.out);
         }
     }
     Ok(out_n)
@@ -214,7 +214,7 @@ fn max_pool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 /// AveragePool, or LpPool when `lp` is Some(p).
 fn avg_pool(cx: &mut Ctx, inputs: &[Option<Value>], lp: Option<f64>) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
-    super::need_float(x, "pooling input")?;
+    need_float(x, "pooling input")?;
     let p = avg_plan(cx, x)?;
     let include_pad = cx.attr_int("count_include_pad", 0) != 0;
     let in_n: usize = x.shape[2..].iter().product();
@@ -246,7 +246,7 @@ enum Global {
 
 fn global(inputs: &[Option<Value>], kind: Global) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
-    super::need_float(x, "pooling input")?;
+    need_float(x, "pooling input")?;
     if x.rank() < 2 {
         bail!("global pooling needs [N, C, ...] input, got {:?}", x.shape);
     }
@@ -336,7 +336,7 @@ fn max_unpool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let mut idx = vec![0usize; inferred.len()];
     for &val in &block {
         out[idx.iter().zip(&ost).map(|(a, b)| a * b).sum::<usize>()] = val;
-        super::next_index(&mut idx, &inferred);
+        next_index(&mut idx, &inferred);
     }
     Ok(vec![out_f64(x.elem(), shape, &out)?])
 }

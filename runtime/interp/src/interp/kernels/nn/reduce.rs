@@ -4,8 +4,9 @@
 
 use kiln_ir::ElemType;
 
-use super::{axes_operand, out_f64, out_i64};
-use crate::interp::kernels::{bail, norm_axis, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::common::{axes_operand, next_index, out_f64, out_i64};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::shape::norm_axis;
 use crate::tensor::{strides, Tensor};
 use crate::value::Value;
 
@@ -61,7 +62,7 @@ fn reduce_map(shape: &[usize], axes: &[usize]) -> (Vec<usize>, Vec<usize>) {
             }
         }
         map.push(o);
-        super::next_index(&mut idx, shape);
+        next_index(&mut idx, shape);
     }
     (map, out_shape)
 }

@@ -1,7 +1,8 @@
 //! Softmax, LogSoftmax (both max-subtracting) and Hardmax along one axis.
 
-use super::{need_float, out_f64};
-use crate::interp::kernels::{norm_axis, tensor, Ctx, KResult, KernelFn};
+use super::common::{need_float, out_f64};
+use crate::interp::kernels::ctx::{tensor, Ctx, KResult, KernelFn};
+use crate::interp::kernels::shape::norm_axis;
 use crate::value::Value;
 
 pub fn lookup(op: &str) -> Option<KernelFn> {

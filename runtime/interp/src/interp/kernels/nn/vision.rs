@@ -3,8 +3,8 @@
 
 use kiln_ir::ElemType;
 
-use super::{need_float, out_f64, out_i64};
-use crate::interp::kernels::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
+use super::common::{need_float, out_f64, out_i64};
+use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
 use crate::value::Value;
 
 pub fn lookup(op: &str) -> Option<KernelFn> {
