@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{lookup, values, InferCtx, InferError, IntValues};
+use super::registry::lookup;
+use super::schema::{InferCtx, InferError, IntValues};
+use super::values;
 use crate::module::{Module, Node, Region, ValueId};
 use crate::tensor::TensorData;
 use crate::types::{Dim, TensorType, Type};

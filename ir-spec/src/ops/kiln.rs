@@ -3,7 +3,7 @@
 //! that table cannot lose them. SPEC.md documents them (section 5.4, from
 //! the end of `spec/intro.md`).
 
-use super::{AttrSpec, InferCtx, InferError, ParamOption, RawSchema};
+use super::schema::{AttrSpec, InferCtx, InferError, ParamOption, RawSchema};
 use crate::attr::AttrKind;
 use crate::types::Type;
 

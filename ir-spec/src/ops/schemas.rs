@@ -4,7 +4,7 @@
 //! ai.onnx (opset <= 22), ai.onnx.ml and ai.onnx.preview.training domains
 //! at its newest version, and the op catalog the tests check.
 
-use super::{AttrSpec, ParamOption, RawSchema};
+use super::schema::{AttrSpec, ParamOption, RawSchema};
 use crate::attr::AttrKind;
 
 pub(super) static SCHEMAS: &[RawSchema] = &[

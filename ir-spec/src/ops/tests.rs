@@ -1,7 +1,8 @@
 //! Unit tests of the registry and the inference rules.
 
 use super::*;
-use crate::attr::Attr;
+use crate::attr::{Attr, AttrKind, Attrs};
+use crate::tensor::TensorData;
 use crate::types::{Dim, ElemType, TensorType, Type};
 use std::sync::Arc;
 

@@ -333,7 +333,10 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("kiln.FusedConv", CONTRACTION),
 ];
 
-/// The table's entry for `op` (binary search: the table is sorted).
+/// The table's entry for `op` (binary search: the table is sorted). The
+/// registry attaches it to `op`'s schema, so it is also
+/// [`super::traits`]`(op)`; this module reads the table directly, below
+/// the registry.
 pub(super) fn table_entry(op: &str) -> OpTraits {
     TABLE
         .binary_search_by(|(name, _)| (*name).cmp(op))
@@ -354,14 +357,14 @@ pub fn of_node(node: &Node) -> OpTraits {
             _ => OpTraits::NONE,
         };
     }
-    super::traits(&node.op)
+    table_entry(&node.op)
 }
 
 /// Whether `node`'s results are random draws: its op is random, or random
 /// unless an operand says otherwise and that operand is not a constant of
 /// zeros (`Dropout` with `training_mode` absent or constant false is not).
 pub fn is_random(m: &Module, node: &Node) -> bool {
-    match super::traits(&node.op).random {
+    match table_entry(&node.op).random {
         Random::Never => false,
         Random::Always => true,
         Random::WhenOperandSet(k) => match node.input(k) {

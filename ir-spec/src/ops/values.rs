@@ -3,11 +3,9 @@
 //! so that `Reshape`/`Expand`/`ConstantOfShape` operands built from other
 //! tensors' shapes still give symbolic result shapes.
 
-use super::{norm_axis_pub as norm_axis, InferCtx, IntValues};
+use super::dims::norm_axis;
+use super::schema::{InferCtx, IntValues, MAX_VALUES};
 use crate::types::{Dim, ElemType, SymExpr, Type};
-
-/// Tensors with more elements than this are not tracked.
-pub(crate) const MAX_VALUES: u64 = 64;
 
 fn dim_value(d: &Dim) -> Option<SymExpr> {
     d.to_expr()

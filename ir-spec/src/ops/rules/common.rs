@@ -7,7 +7,7 @@
 
 use crate::attr::Attr;
 use crate::ops::dims::norm_axis;
-use crate::ops::{InferCtx, InferError};
+use crate::ops::schema::{InferCtx, InferError};
 use crate::types::{Dim, ElemType, TensorType, Type};
 
 pub(super) type R = Result<Vec<Type>, InferError>;

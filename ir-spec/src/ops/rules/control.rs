@@ -11,7 +11,7 @@ use super::common::{
 };
 use crate::attr::Attr;
 use crate::ops::dims::{join_dim, norm_axis};
-use crate::ops::{InferCtx, InferError};
+use crate::ops::schema::{InferCtx, InferError};
 use crate::types::{Dim, ElemType, TensorType, Type};
 
 /// The type both of two alternatives satisfy.

@@ -7,7 +7,7 @@
 
 use super::common::{bad_attr, dtype_attr, elem, err, fill, shape_of, t_opt, tensor, ty, R};
 use crate::ops::dims::broadcast_shapes;
-use crate::ops::{InferCtx, InferError};
+use crate::ops::schema::{InferCtx, InferError};
 use crate::types::{Dim, ElemType, Type};
 
 pub(super) fn same_as_input0(c: &InferCtx) -> R {

@@ -3,7 +3,7 @@
 
 use super::common::{bad_attr, elem, err, k, shape_of, t, unknown_dims, unranked, R};
 use crate::ops::dims::{broadcast_dims, broadcast_shapes, merge_dim};
-use crate::ops::{InferCtx, InferError};
+use crate::ops::schema::{InferCtx, InferError};
 use crate::types::{Dim, ElemType};
 
 pub(super) fn einsum(c: &InferCtx) -> R {

@@ -4,7 +4,7 @@
 
 use super::common::{elem, err, fill, k, known_u64, shape_of, t, t_opt, unranked, R};
 use crate::attr::Attr;
-use crate::ops::{InferCtx, InferError};
+use crate::ops::schema::{InferCtx, InferError};
 use crate::types::{dims_product, Dim, ElemType, Type};
 
 pub(super) fn array_feature_extractor(c: &InferCtx) -> R {

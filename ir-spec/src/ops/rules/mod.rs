@@ -42,7 +42,7 @@ mod signal;
 mod strings;
 mod training;
 
-use super::{InferCtx, InferError};
+use super::schema::{InferCtx, InferError, InferFn};
 pub use common::elem_from_onnx;
 use common::R;
 use control::{
@@ -78,7 +78,7 @@ use strings::{string_normalizer, string_split, tfidf};
 use training::{adagrad, adam, momentum};
 
 /// The hand-written rule of an op, if any.
-pub(crate) fn rule_for(op: &str) -> Option<super::InferFn> {
+pub(crate) fn rule_for(op: &str) -> Option<InferFn> {
     Some(match op {
         // Unary, result type = operand 0 type.
         "Abs"

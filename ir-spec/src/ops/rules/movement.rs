@@ -11,7 +11,7 @@ use super::common::{
 };
 use crate::attr::Attr;
 use crate::ops::dims::{add_const, broadcast_shapes, div_exact, merge_dim, mul_const};
-use crate::ops::{InferCtx, InferError};
+use crate::ops::schema::{InferCtx, InferError};
 use crate::types::{dims_product, Dim, ElemType, TensorType, Type};
 
 pub(super) fn constant(c: &InferCtx) -> R {

@@ -11,7 +11,7 @@ use super::common::{
 use crate::attr::Attr;
 use crate::ops::dims::{add_const, mul_const};
 use crate::ops::geometry::{self, AutoPad};
-use crate::ops::{InferCtx, InferError};
+use crate::ops::schema::{InferCtx, InferError};
 use crate::types::{Dim, ElemType, Type};
 
 struct Window {

@@ -3,7 +3,7 @@
 //! share their float forms' shape rules, in `linalg` and `nn`.)
 
 use super::common::{bad_attr, dtype_attr, elem, t, t_opt, tensor, R};
-use crate::ops::InferCtx;
+use crate::ops::schema::InferCtx;
 use crate::types::{ElemType, Type};
 
 pub(super) fn quantize_linear(c: &InferCtx) -> R {

@@ -3,7 +3,7 @@
 //! Bernoulli keep operand 0's shape: `elementwise`.)
 
 use super::common::{bad_attr, dtype_attr, known_u64, shape_of, t, R};
-use crate::ops::InferCtx;
+use crate::ops::schema::InferCtx;
 use crate::types::{Dim, ElemType};
 
 pub(super) fn random(c: &InferCtx) -> R {

@@ -2,7 +2,7 @@
 //! operand, or the older attribute form) and ArgMax/ArgMin.
 
 use super::common::{axis_of, elem, k, norm_axes, shape_of, t, t_opt, unknown_dims, unranked, R};
-use crate::ops::InferCtx;
+use crate::ops::schema::InferCtx;
 use crate::types::{Dim, ElemType};
 
 fn reduce_shape(s: &[Dim], axes: &[usize], keep: bool) -> Vec<Dim> {

@@ -5,7 +5,7 @@ use super::common::{
     elem, err, k, known_u64, norm_axes, shape_len, shape_of, t, t_opt, unknown_dims, unranked, R,
 };
 use crate::ops::dims::{merge_dim, mul_const};
-use crate::ops::{InferCtx, InferError};
+use crate::ops::schema::{InferCtx, InferError};
 use crate::types::Dim;
 
 /// `floor(d * scale)` when it is knowable.

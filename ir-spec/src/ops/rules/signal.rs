@@ -5,7 +5,7 @@ use super::common::{
     const_scalar, dtype_attr, elem, err, k, known_u64, shape_of, t, unknown_dims, unranked, R,
 };
 use crate::ops::dims::{add_const, norm_axis};
-use crate::ops::InferCtx;
+use crate::ops::schema::InferCtx;
 use crate::types::{Dim, ElemType};
 
 pub(super) fn window_fn(c: &InferCtx) -> R {

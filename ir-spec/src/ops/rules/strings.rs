@@ -3,7 +3,7 @@
 //! elementwise.)
 
 use super::common::{known_u64, shape_of, t, t_opt, unranked, R};
-use crate::ops::InferCtx;
+use crate::ops::schema::InferCtx;
 use crate::types::{Dim, ElemType};
 
 pub(super) fn string_normalizer(c: &InferCtx) -> R {

@@ -2,7 +2,7 @@
 //! Momentum, whose results repeat the types of some operand groups.
 
 use super::common::{err, ty, R};
-use crate::ops::InferCtx;
+use crate::ops::schema::InferCtx;
 
 fn optimizer(c: &InferCtx, groups_in: usize, outs: &[usize]) -> R {
     let rest = c.inputs.len().saturating_sub(2);
