@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use super::ParseError;
+use super::error::ParseError;
 
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Tok {

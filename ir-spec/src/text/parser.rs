@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::error::ParseError;
 use super::lexer::{Lexer, Tok, Token};
-use super::ParseError;
 use crate::tensor::shape_numel;
 use crate::{
     Attr, Attrs, Dim, ElemType, Module, Node, QuantParams, Region, SymExpr, TensorData, TensorType,
@@ -705,7 +705,7 @@ impl Parser<'_> {
     /// `elided`, `dense[...]` or `hex"..."` for a tensor of this type.
     fn data(&mut self, elem: ElemType, shape: Vec<u64>) -> PResult<TensorData> {
         let t = self.bump()?;
-        let ty_text = || super::print_type(&Type::Tensor(TensorType::known(elem, &shape)));
+        let ty_text = || super::printer::print_type(&Type::Tensor(TensorType::known(elem, &shape)));
         match &t.tok {
             Tok::Ident(s) if s == "elided" => Ok(TensorData::elided(elem, shape)),
             Tok::Hex(bytes) => {

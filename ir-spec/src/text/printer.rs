@@ -7,8 +7,29 @@
 
 use std::fmt::Write;
 
-use super::PrintOptions;
 use crate::{Attr, Dim, ElemType, Module, Payload, Region, SymExpr, TensorData, TensorType, Type};
+
+/// Printer settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrintOptions {
+    /// Constants with more elements than this print as `elided`; `None`
+    /// prints every constant in full.
+    pub elide_threshold: Option<u64>,
+}
+
+impl Default for PrintOptions {
+    fn default() -> Self {
+        PrintOptions {
+            elide_threshold: Some(16),
+        }
+    }
+}
+
+impl std::fmt::Display for crate::Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&print_module(self, &PrintOptions::default()))
+    }
+}
 
 /// Print a whole module.
 pub fn print_module(m: &Module, opts: &PrintOptions) -> String {
