@@ -1,30 +1,17 @@
-//! Node attributes: the ONNX attribute kinds, with subgraphs as nested regions.
+//! Node attributes: the ONNX attribute kinds ([`AttrKind`]) and what one
+//! can ask of an attribute value ([`Attr::kind`], `as_int`, ...).
+//!
+//! [`Attr`] and [`Attrs`] are defined in `module.rs`, beside
+//! [`Node`](crate::Node) and [`Region`](crate::Region) (a graph attribute
+//! holds regions, whose nodes hold attributes: one recursive structure),
+//! and re-exported here, so this module sits above `module.rs`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::module::Region;
 use crate::tensor::TensorData;
-use crate::types::Type;
 
-/// An attribute value. Graph-valued attributes (If's branches, Loop's and
-/// Scan's bodies) hold nested [`Region`]s that may use values of the
-/// enclosing regions.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Attr {
-    Int(i64),
-    Float(f32),
-    String(String),
-    Tensor(Arc<TensorData>),
-    Graph(Region),
-    Type(Type),
-    Ints(Vec<i64>),
-    Floats(Vec<f32>),
-    Strings(Vec<String>),
-    Tensors(Vec<Arc<TensorData>>),
-    Graphs(Vec<Region>),
-    Types(Vec<Type>),
-}
+pub use crate::module::{Attr, Attrs};
 
 /// The kind of an attribute, for schemas and error messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,6 +116,3 @@ impl Attr {
         }
     }
 }
-
-/// Attributes of a node, sorted by name so printing is canonical.
-pub type Attrs = BTreeMap<String, Attr>;

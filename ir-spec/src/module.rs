@@ -7,11 +7,15 @@
 //! subgraphs capture outer values by name; here the capture is an ordinary
 //! operand). Value names are unique across the whole module: they are the
 //! SSA names of the text format.
+//!
+//! A node's attributes ([`Attr`]) are defined here too, since graph
+//! attributes hold regions: the three types are one recursive structure.
+//! What one asks of an attribute (its kind, its value as an int, ...) is
+//! in `attr.rs`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::attr::{Attr, Attrs};
 use crate::tensor::TensorData;
 use crate::types::Type;
 
@@ -35,6 +39,28 @@ pub struct ValueData {
     /// `constants`). Shared, never copied.
     pub constant: Option<Arc<TensorData>>,
 }
+
+/// An attribute value. Graph-valued attributes (If's branches, Loop's and
+/// Scan's bodies) hold nested [`Region`]s that may use values of the
+/// enclosing regions.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attr {
+    Int(i64),
+    Float(f32),
+    String(String),
+    Tensor(Arc<TensorData>),
+    Graph(Region),
+    Type(Type),
+    Ints(Vec<i64>),
+    Floats(Vec<f32>),
+    Strings(Vec<String>),
+    Tensors(Vec<Arc<TensorData>>),
+    Graphs(Vec<Region>),
+    Types(Vec<Type>),
+}
+
+/// Attributes of a node, sorted by name so printing is canonical.
+pub type Attrs = BTreeMap<String, Attr>;
 
 /// One operation.
 #[derive(Clone, Debug, PartialEq)]
