@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::super::common::{with_scratch, Axis, PAR_FLOPS};
 use super::super::rows::{self, Isa, MulAdd, RowGeom};
-use super::ConvPlan;
+use super::plan::ConvPlan;
 
 impl ConvPlan {
     /// The Depthwise and Direct strategies' run: `out` from `x` and the

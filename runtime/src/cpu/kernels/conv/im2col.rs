@@ -10,19 +10,11 @@ use gemm::Parallelism;
 
 use super::super::common::{for_each_unit, with_scratch, Axis, PAR_FLOPS};
 use super::super::smallk;
-use super::{ConvPlan, Strategy};
+use super::plan::{ConvPlan, Strategy};
 
 /// Output floats per work unit of the small-k path (256 KiB): a quarter of
 /// Zen 4's L2, so the unit's result is still there when the epilogue runs.
 const UNIT_OUT_FLOATS: usize = 1 << 16;
-
-/// Largest im2col block (floats; 16 MiB), which bounds the per-thread
-/// scratch of very large convs. Measured on Zen 4 (ResNet-50 3x3, 64
-/// channels at 56x56): L2-sized blocks (128K-256K floats) were 5-10% slower
-/// on one thread than a whole-image unfold, since gemm already blocks for
-/// the caches and small blocks re-pack the weights per block; every
-/// ResNet-50 conv (at most 1.8M floats unfolded) fits in one block.
-pub(super) const IM2COL_BLOCK_FLOATS: usize = 1 << 22;
 
 impl ConvPlan {
     /// The gemm strategies' run: `out` from `x` and the weights `w`.

@@ -3,7 +3,7 @@
 //! input planes, is `kernels/implicit.rs`).
 
 use super::super::implicit::Shifted;
-use super::ConvPlan;
+use super::plan::ConvPlan;
 
 impl ConvPlan {
     /// The Shifted strategy's run, for a plan with a reduction (`C/group ·

@@ -2,8 +2,10 @@
 //! LCG data (tolerance: relative 1e-4 of the sum of |terms| of each
 //! output's accumulation), and the strategy choice on its own.
 use super::super::common::testing::{check, lcg};
-use super::im2col::IM2COL_BLOCK_FLOATS;
-use super::*;
+use super::super::packed::PackedB;
+use super::super::rows::Isa;
+use super::super::smallk;
+use super::plan::*;
 
 /// Naive N-D conv: returns (values, sum of |terms|).
 fn reference(
