@@ -38,9 +38,28 @@ if [ -f "$stamp" ]; then
   exit 0
 fi
 
+# Test processes start this script many at a time (nextest runs every test
+# in its own process). One fetches; the others wait for it and then find
+# the completed cache. Without the lock, a late fetcher's `rm -rf` pulled
+# the folder from under tests that were already reading it.
 mkdir -p "$cache_root"
+lock="$cache_root/.fetch-node-suite.lock"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$lock"
+  flock 9
+else
+  # No flock (macOS): a directory is created atomically, so it is a lock.
+  until mkdir "$lock.d" 2>/dev/null; do sleep 1; done
+  trap 'rmdir "$lock.d" 2>/dev/null || true' EXIT
+fi
+if [ -f "$stamp" ]; then
+  echo "fetch-node-suite: using $dest, fetched meanwhile" >&2
+  echo "$dest"
+  exit 0
+fi
+
 work="$(mktemp -d "$cache_root/.fetch-node-suite.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work"; rmdir "$lock.d" 2>/dev/null || true' EXIT
 
 echo "fetch-node-suite: downloading the onnx $ONNX_VERSION wheel from PyPI ..." >&2
 # Any platform's wheel carries the same test data; pin one so that pip picks
@@ -79,7 +98,8 @@ print(f"fetch-node-suite: extracted {len(tests)} node test folders", file=sys.st
 PY
 
 touch "$work/node/.kiln-fetched-onnx-$ONNX_VERSION"
-# Replace any partial or older copy, then move the complete one into place.
+# Replace any partial or older copy (no reader uses one: readers wait for
+# the lock or found the stamp), then move the complete one into place.
 rm -rf "$dest"
 mv "$work/node" "$dest"
 echo "$dest"
