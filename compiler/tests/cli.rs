@@ -402,3 +402,41 @@ fn run_on_the_cpu_backend_matches_the_interpreter() {
     // The summaries (shape, min/max/mean to 4 digits) agree.
     assert_eq!(stdout(&cpu), stdout(&interp));
 }
+
+/// The memory contract of the architecture issue: a compiled shared model
+/// holds its weights once (packed copies replace the originals; import
+/// and folding never hold two copies at once) and its intermediates in
+/// the arena, so peak RSS stays within `constants_bytes` (from `dump
+/// --stats`) + the arena + 40 MB for the binary, the JIT and allocator
+/// slack.
+#[test]
+fn shared_models_peak_memory_is_weights_once_plus_the_arena() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("skipping: no shared models at {}", dir.display());
+        return;
+    };
+    let mut models: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("model.onnx").is_file())
+        .collect();
+    models.sort();
+    for m in &models {
+        let m = m.display().to_string();
+        let stats = kiln(&["dump", &m, "-O2", "--stats"]);
+        assert!(stats.status.success(), "{}", stderr(&stats));
+        let stats: serde_json::Value = serde_json::from_str(stdout(&stats).trim()).expect("json");
+        let bench = kiln(&["bench", &m, "--runs", "1", "--json"]);
+        assert!(bench.status.success(), "{}", stderr(&bench));
+        let bench: serde_json::Value = serde_json::from_str(stdout(&bench).trim()).expect("json");
+        let mib = |x: f64| x / (1024.0 * 1024.0);
+        let constants = mib(stats["constants_bytes"].as_f64().expect("constants_bytes"));
+        let arena = bench["arena_mb"].as_f64().expect("arena_mb");
+        let peak = bench["peak_rss_mb"].as_f64().expect("peak_rss_mb");
+        assert!(
+            peak <= constants + arena + 40.0,
+            "{m}: peak RSS {peak:.1} MiB > constants {constants:.1} + arena {arena:.1} + 40"
+        );
+    }
+}
