@@ -3,7 +3,7 @@ fn main() {
     let mut bad = 0;
     for arg in std::env::args().skip(1) {
         let p = std::path::Path::new(&arg).join("model.onnx");
-        match kiln_compiler::onnx::import_model_file(&p) {
+        match kiln_compiler::onnx::import_model_file(&p, &Default::default()) {
             Ok(m) => {
                 ok += 1;
                 let _ = m;

@@ -48,6 +48,12 @@ pub fn format_of(path: &Path) -> Option<ModelFormat> {
 /// Load and verify a model; a directory is taken to hold `model.onnx`
 /// (the layout of ONNX backend tests and `../shared/models`).
 pub fn load_model(path: &Path) -> Result<Module, LoadError> {
+    load_model_with(path, &kiln_ir::Limits::default())
+}
+
+/// [`load_model`] within `limits` (tensor sizes, constant bytes, node
+/// count and nesting).
+pub fn load_model_with(path: &Path, limits: &kiln_ir::Limits) -> Result<Module, LoadError> {
     let path = if path.is_dir() {
         path.join("model.onnx")
     } else {
@@ -60,7 +66,7 @@ pub fn load_model(path: &Path) -> Result<Module, LoadError> {
                 return Err(LoadError::Io { path: shown, err });
             }
             // From the file, so the raw bytes are freed once decoded.
-            crate::onnx::import_model_file(&path).map_err(|err| LoadError::Import {
+            crate::onnx::import_model_file(&path, limits).map_err(|err| LoadError::Import {
                 path: shown.clone(),
                 err,
             })?
@@ -92,10 +98,12 @@ pub fn parse_text(src: &str, filename: &str) -> Result<Module, LoadError> {
 /// Import and verify a serialized ONNX model held in memory; `name` is
 /// how the model is called in errors.
 pub fn load_onnx_bytes(bytes: &[u8], name: &str) -> Result<Module, LoadError> {
-    let m = crate::onnx::import_model_bytes(bytes, None).map_err(|err| LoadError::Import {
-        path: name.to_string(),
-        err,
-    })?;
+    let m = crate::onnx::import_model_bytes(bytes, None, &kiln_ir::Limits::default()).map_err(
+        |err| LoadError::Import {
+            path: name.to_string(),
+            err,
+        },
+    )?;
     kiln_ir::verify::verify(&m).map_err(|err| LoadError::Verify {
         path: name.to_string(),
         err: Box::new(err),

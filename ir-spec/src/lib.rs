@@ -10,6 +10,7 @@
 
 pub mod attr;
 pub mod constant_pool;
+pub mod limits;
 pub mod module;
 pub mod ops;
 pub mod tensor;
@@ -19,6 +20,7 @@ pub mod verify;
 
 pub use attr::{Attr, AttrKind, Attrs};
 pub use constant_pool::ConstantPool;
+pub use limits::{LimitError, Limits};
 pub use module::{Module, Node, Region, ValueData, ValueId};
 pub use tensor::{Payload, TensorData};
 pub use text::{parse_module, print_module, print_type, ParseError, PrintOptions};

@@ -170,6 +170,21 @@ pub struct Module {
     pub body: Region,
     values: Vec<ValueData>,
     by_name: HashMap<String, ValueId>,
+    next_suffix: NextSuffix,
+}
+
+/// For each name hint, the suffix [`Module::add_value_unique`] tries
+/// next: without it, the n-th value named after one hint (an inlined
+/// function's `x`, thousands of times over) scanned `x_1` ... `x_n`, and
+/// import was quadratic. A cache, not part of what a module is: it takes
+/// no part in equality.
+#[derive(Clone, Debug, Default)]
+struct NextSuffix(HashMap<String, usize>);
+
+impl PartialEq for NextSuffix {
+    fn eq(&self, _: &NextSuffix) -> bool {
+        true
+    }
 }
 
 /// Adding a value whose name is taken.
@@ -207,10 +222,11 @@ impl Module {
         if !self.by_name.contains_key(base) {
             return self.add_value(base, ty).unwrap_or(ValueId(0));
         }
-        let mut i = 1usize;
+        let mut i = self.next_suffix.0.get(base).copied().unwrap_or(1);
         loop {
             let name = format!("{base}_{i}");
             if !self.by_name.contains_key(&name) {
+                self.next_suffix.0.insert(base.to_string(), i + 1);
                 return self.add_value(&name, ty).unwrap_or(ValueId(0));
             }
             i += 1;

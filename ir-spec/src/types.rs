@@ -243,18 +243,29 @@ impl SymExpr {
         self.add(&other.scale(-1))
     }
 
+    /// More terms than this, or more factors in one term, and a dim holding
+    /// the expression becomes unknown ([`Dim::from_expr`]).
+    pub const MAX_TERMS: usize = 64;
+    pub const MAX_DEGREE: usize = 16;
+
+    /// Whether the expression is past [`SymExpr::MAX_TERMS`] or
+    /// [`SymExpr::MAX_DEGREE`].
+    pub fn is_too_large(&self) -> bool {
+        self.terms.len() > Self::MAX_TERMS || self.terms.keys().any(|m| m.len() > Self::MAX_DEGREE)
+    }
+
     pub fn mul(&self, other: &SymExpr) -> SymExpr {
-        let mut out = SymExpr::constant(0);
+        let mut terms: BTreeMap<Vec<Arc<str>>, i64> = BTreeMap::new();
         for (ma, ca) in &self.terms {
             for (mb, cb) in &other.terms {
                 let mut m: Vec<Arc<str>> = ma.iter().chain(mb.iter()).cloned().collect();
                 m.sort();
-                let mut t = BTreeMap::new();
-                t.insert(m, ca.saturating_mul(*cb));
-                out = out.add(&SymExpr { terms: t });
+                let e = terms.entry(m).or_insert(0);
+                *e = e.saturating_add(ca.saturating_mul(*cb));
             }
         }
-        out
+        terms.retain(|_, c| *c != 0);
+        SymExpr { terms }
     }
 
     /// Exact division by a constant: `Some` only when every coefficient
@@ -340,11 +351,16 @@ impl Dim {
     }
 
     /// Normalizing constructor: constant expressions become `Known`, negative
-    /// constants (impossible sizes) become `Unknown`.
+    /// constants (impossible sizes) become `Unknown`, and so do expressions
+    /// past [`SymExpr::MAX_TERMS`] terms or [`SymExpr::MAX_DEGREE`] factors
+    /// in a term: a hostile model multiplying symbolic dims in a chain
+    /// would otherwise grow them without bound, and no real model's dims
+    /// come near.
     pub fn from_expr(e: SymExpr) -> Dim {
         match e.as_const() {
             Some(c) if c >= 0 => Dim::Known(c as u64),
             Some(_) => Dim::Unknown,
+            None if e.is_too_large() => Dim::Unknown,
             None => Dim::Sym(e),
         }
     }
@@ -562,5 +578,25 @@ mod tests {
         }
         assert_eq!(ElemType::I4.storage_bytes(3), Some(2));
         assert_eq!(ElemType::String.storage_bytes(3), None);
+    }
+
+    #[test]
+    fn dims_whose_expressions_grow_without_bound_become_unknown() {
+        // (N+M)^k, a hostile chain of products: terms of degree k.
+        let sum = SymExpr::symbol("N").add(&SymExpr::symbol("M"));
+        let mut e = sum.clone();
+        let mut dims = vec![];
+        for _ in 0..20 {
+            e = e.mul(&sum);
+            dims.push(Dim::from_expr(e.clone()));
+        }
+        assert!(matches!(dims[0], Dim::Sym(_)));
+        assert_eq!(dims.last(), Some(&Dim::Unknown));
+        // N^20: one term, but past the degree cap.
+        let mut p = SymExpr::symbol("N");
+        for _ in 0..19 {
+            p = p.mul(&SymExpr::symbol("N"));
+        }
+        assert_eq!(Dim::from_expr(p), Dim::Unknown);
     }
 }

@@ -7,7 +7,7 @@ use kiln_ir::text::{print_module, PrintOptions};
 use kiln_tests::*;
 
 fn ir(b: OnnxBuilder) -> String {
-    let m = import_model_bytes(&b.bytes(), None).expect("import");
+    let m = import_model_bytes(&b.bytes(), None, &Default::default()).expect("import");
     kiln_ir::verify::verify(&m).expect("verify");
     print_module(&m, &PrintOptions::default())
 }

@@ -283,7 +283,7 @@ fn legacy_broadcast(cx: &mut CanonCtx, node: &mut Node) -> Result<(), String> {
             vec![node.input(1), Some(axes_c)],
             vec![b],
         ))?;
-        node.inputs[1] = Some(b);
+        set_input(node, 1, Some(b));
     }
     Ok(())
 }
@@ -344,7 +344,7 @@ fn coerced_2d_softmax(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
     cx.push(fl)?;
     let shape = cx.fresh(&hint(&node, "shape"));
     cx.push(Node::new("Shape", vec![x], vec![shape]))?;
-    let y = node.outputs[0];
+    let y = *node.outputs.first().ok_or("the node has no result")?;
     let y2 = cx.fresh(&hint(&node, "2d"));
     node.inputs = vec![Some(flat)];
     node.outputs = vec![y2];
@@ -380,7 +380,7 @@ fn group_norm_per_channel(cx: &mut CanonCtx, mut node: Node) -> Result<(), Strin
         cx.push(Node::new("Expand", vec![Some(u), Some(expand)], vec![e]))?;
         let r = cx.fresh(&hint(&node, "per_channel"));
         cx.push(Node::new("Reshape", vec![Some(e), Some(flat)], vec![r]))?;
-        node.inputs[pos] = Some(r);
+        set_input(&mut node, pos, Some(r));
     }
     cx.push(node)
 }
@@ -393,7 +393,7 @@ fn scan8_to_scan9(cx: &mut CanonCtx, mut node: Node) -> Result<(), String> {
     if node.input(0).is_some() {
         return Err("Scan-8 with `sequence_lens` is not supported".into());
     }
-    let operands: Vec<Option<ValueId>> = node.inputs[1..].to_vec();
+    let operands: Vec<Option<ValueId>> = node.inputs.iter().skip(1).copied().collect();
     for v in &operands {
         if cx.dim(*v, 0).and_then(|d| d.as_known()) != Some(1) {
             return Err("Scan-8 is supported for batch size 1 (a known leading dim of 1)".into());

@@ -46,7 +46,7 @@ impl ImportError {
 }
 
 /// Import an `.onnx` file; external data is read from its folder.
-pub fn import_model_file(path: &Path) -> Result<Module, ImportError> {
+pub fn import_model_file(path: &Path, limits: &kiln_ir::Limits) -> Result<Module, ImportError> {
     let cannot_read = |e: std::io::Error| {
         ImportError::new(format!("{}", path.display()), format!("cannot read: {e}"))
     };
@@ -62,15 +62,25 @@ pub fn import_model_file(path: &Path) -> Result<Module, ImportError> {
     let source = DataSource {
         dir: path.parent(),
         file: mapped.as_ref(),
+        limits: *limits,
     };
     import_model(&model, source)
 }
 
 /// Import a serialized ModelProto. `dir` is where external data may live.
-pub fn import_model_bytes(bytes: &[u8], dir: Option<&Path>) -> Result<Module, ImportError> {
+pub fn import_model_bytes(
+    bytes: &[u8],
+    dir: Option<&Path>,
+    limits: &kiln_ir::Limits,
+) -> Result<Module, ImportError> {
     let model = proto::ModelProto::decode(bytes)
         .map_err(|e| ImportError::new("model", format!("not a valid ONNX protobuf: {e}")))?;
-    import_model(&model, DataSource { dir, file: None })
+    let source = DataSource {
+        dir,
+        file: None,
+        limits: *limits,
+    };
+    import_model(&model, source)
 }
 
 /// Import a decoded ModelProto whose tensor bytes come from `source`.
@@ -105,6 +115,8 @@ pub fn import_model(
         root: source,
         scopes: Vec::new(),
         inline_depth: 0,
+        nodes: 0,
+        constant_bytes: 0,
         input_hints: None,
     };
     imp.m.opsets = opsets;
@@ -155,10 +167,28 @@ pub(crate) struct Importer<'a> {
     root: DataSource<'a>,
     scopes: Vec<Scope>,
     inline_depth: usize,
+    /// Nodes and constant bytes imported so far, against `root.limits`.
+    nodes: u64,
+    constant_bytes: u64,
     /// Types for the inputs of the next subgraph, for inputs the model
     /// leaves untyped (a Loop body's carried values take their types from
     /// the Loop's operands).
     input_hints: Option<Vec<Option<Type>>>,
+}
+
+impl Importer<'_> {
+    /// Count a constant's bytes against the model's memory limit.
+    fn count_constant(
+        &mut self,
+        ctx: impl Fn() -> String,
+        data: &TensorData,
+    ) -> Result<(), ImportError> {
+        self.constant_bytes = self.constant_bytes.saturating_add(data.byte_size());
+        self.root
+            .limits
+            .total(|| "the model's constants".to_string(), self.constant_bytes)
+            .map_err(|e| ImportError::new(ctx(), e))
+    }
 }
 
 /// Where a node is, for error messages.
@@ -196,6 +226,12 @@ impl<'a> Importer<'a> {
         g: &proto::GraphProto,
         is_main: bool,
     ) -> Result<Region, ImportError> {
+        // Every graph and every inlined call opens a scope.
+        let depth = self.scopes.len();
+        self.root
+            .limits
+            .nesting(|| format!("graph \"{}\"", g.name()), depth)
+            .map_err(|e| ImportError::new("model", e))?;
         let mut declared = HashMap::new();
         for vi in g.value_info.iter().chain(&g.output) {
             if let Some(t) = &vi.r#type {
@@ -224,6 +260,7 @@ impl<'a> Importer<'a> {
             let ctx = || format!("initializer \"{}\"", t.name());
             let data =
                 tensor::shared_tensor(t, &self.root).map_err(|e| ImportError::new(ctx(), e))?;
+            self.count_constant(ctx, &data)?;
             let id = self.m.add_constant_unique(t.name(), data);
             self.bind(t.name(), id);
             region.constants.push(id);
@@ -233,6 +270,7 @@ impl<'a> Importer<'a> {
             let ctx = || format!("sparse initializer \"{name}\"");
             let data =
                 tensor::sparse_to_dense(s, &self.root).map_err(|e| ImportError::new(ctx(), e))?;
+            self.count_constant(ctx, &data)?;
             let id = self.m.add_constant_unique(name, Arc::new(data));
             self.bind(name, id);
             region.constants.push(id);
@@ -293,6 +331,12 @@ impl<'a> Importer<'a> {
         if let Some(f) = self.functions.get(&key).copied() {
             return self.inline_function(n, f, region);
         }
+        // Counted after inlining: nested function calls can multiply.
+        self.nodes += 1;
+        self.root
+            .limits
+            .node_count(|| "the model".to_string(), self.nodes)
+            .map_err(|e| ImportError::new(ctx(), e))?;
         let mut inputs = Vec::with_capacity(n.input.len());
         for name in &n.input {
             if name.is_empty() {
@@ -317,6 +361,7 @@ impl<'a> Importer<'a> {
         if op == "Constant" {
             let data =
                 canon::constant_node_value(&attrs).map_err(|e| ImportError::new(ctx(), e))?;
+            self.count_constant(ctx, &data)?;
             let out = n.output.first().map(String::as_str).unwrap_or_default();
             let id = self.m.add_constant_unique(out, Arc::new(data));
             self.bind(out, id);
@@ -330,6 +375,10 @@ impl<'a> Importer<'a> {
             .iter()
             .rposition(|s| !s.is_empty())
             .map_or(0, |i| i + 1);
+        if n_out == 0 {
+            // Every ONNX op has a result; rewrites below may rely on one.
+            return Err(ImportError::new(ctx(), "the node has no results"));
+        }
         let mut outputs = Vec::with_capacity(n_out);
         for name in &n.output[..n_out] {
             let hint = if name.is_empty() {
@@ -486,12 +535,12 @@ impl<'a> Importer<'a> {
     ) -> Result<(), ImportError> {
         let call_opset = self.opset_of(call.domain());
         let ctx = || node_context(call, call_opset);
-        if self.inline_depth > 32 {
-            return Err(ImportError::new(
-                ctx(),
-                "function calls nest too deeply (recursive function?)",
-            ));
-        }
+        // Every graph and every inlined call opens a scope.
+        let depth = self.scopes.len();
+        self.root
+            .limits
+            .nesting(|| format!("function `{}`", f.name()), depth)
+            .map_err(|e| ImportError::new(ctx(), format!("{e} (a recursive function?)")))?;
         let mut names = HashMap::new();
         for (i, formal) in f.input.iter().enumerate() {
             if let Some(actual) = call.input.get(i).filter(|s| !s.is_empty()) {

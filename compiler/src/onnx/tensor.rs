@@ -12,11 +12,6 @@ use kiln_ir::{ElemType, TensorData, TensorType, Type};
 
 use super::proto::{self, tensor_proto::DataType, type_proto};
 
-/// Largest tensor (in bytes) import will materialize: far beyond any real
-/// model's single tensor, small enough that a malicious header cannot make
-/// us allocate the machine away.
-pub const MAX_TENSOR_BYTES: u64 = 16 << 30;
-
 /// An error converting a tensor or type; the importer adds which node or
 /// initializer it came from.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +20,8 @@ pub enum TensorError {
     DataType(i32),
     #[error("negative dimension {0}")]
     NegativeDim(i64),
-    #[error("shape {0:?} is too large: {size} (the limit is {MAX_TENSOR_BYTES} bytes)", size = describe_bytes(*.1))]
-    TooLarge(Vec<u64>, u64),
+    #[error(transparent)]
+    Limit(#[from] kiln_ir::LimitError),
     #[error("{0}")]
     Data(#[from] kiln_ir::tensor::TensorDataError),
     #[error("{field} holds {got} values, shape {shape:?} needs {expected}")]
@@ -44,14 +39,6 @@ pub enum TensorError {
     EmptyType,
     #[error("{0} types are not supported")]
     UnsupportedType(&'static str),
-}
-
-fn describe_bytes(n: u64) -> String {
-    if n == u64::MAX {
-        "its size overflows 64 bits".to_string()
-    } else {
-        format!("{n} bytes")
-    }
 }
 
 pub fn elem_from_onnx(code: i32) -> Result<ElemType, TensorError> {
@@ -120,11 +107,13 @@ fn dims_u64(dims: &[i64]) -> Result<Vec<u64>, TensorError> {
 /// Where a model's tensor bytes come from: the folder its external data
 /// is read from, and the mapped model file that `raw_data` fields point
 /// into (whose pages are released as each tensor is copied out, so a
-/// model's weights are resident once while it is imported, not twice).
+/// model's weights are resident once while it is imported, not twice);
+/// and how large a tensor may be.
 #[derive(Clone, Copy, Default)]
 pub struct DataSource<'a> {
     pub dir: Option<&'a Path>,
     pub file: Option<&'a super::mapped::MappedModel>,
+    pub limits: kiln_ir::Limits,
 }
 
 /// Convert a TensorProto to constant data.
@@ -137,16 +126,18 @@ pub fn tensor_from_proto(
     }
     let elem = elem_from_onnx(t.data_type())?;
     let shape = dims_u64(&t.dims)?;
-    let n = kiln_ir::tensor::shape_numel(&shape)
-        .ok_or_else(|| TensorError::TooLarge(shape.clone(), u64::MAX))?;
+    let what = || format!("tensor of shape {shape:?}");
+    let n = match kiln_ir::tensor::shape_numel(&shape) {
+        Some(n) => n,
+        None => return Err(root.limits.bytes(what, u64::MAX).unwrap_err().into()),
+    };
     if elem == ElemType::String {
         check_count("string_data", t.string_data.len(), n, &shape)?;
         return Ok(TensorData::from_strings(shape, t.string_data.clone())?);
     }
-    let nbytes = elem.storage_bytes(n).unwrap_or(u64::MAX);
-    if nbytes > MAX_TENSOR_BYTES {
-        return Err(TensorError::TooLarge(shape, nbytes));
-    }
+    let nbytes = root
+        .limits
+        .bytes(what, elem.storage_bytes(n).unwrap_or(u64::MAX))?;
     if t.data_location() == proto::tensor_proto::DataLocation::External {
         let bytes = read_external(t, root, nbytes)?;
         return Ok(TensorData::from_bytes(elem, shape, bytes)?);
@@ -320,8 +311,15 @@ pub fn sparse_to_dense(
     let values = tensor_from_proto(values, root)?;
     let elem = values.elem;
     let shape = dims_u64(&s.dims)?;
-    let n = kiln_ir::tensor::shape_numel(&shape)
-        .ok_or_else(|| TensorError::TooLarge(shape.clone(), u64::MAX))?;
+    let what = || format!("sparse tensor of dense shape {shape:?}");
+    let n = match kiln_ir::tensor::shape_numel(&shape) {
+        Some(n) => n,
+        None => return Err(root.limits.bytes(what, u64::MAX).unwrap_err().into()),
+    };
+    // Checked before anything is built from the indices.
+    let nbytes = root
+        .limits
+        .bytes(what, elem.storage_bytes(n).unwrap_or(u64::MAX))?;
     let nnz = values.numel();
     let idx = match &s.indices {
         Some(i) => tensor_from_proto(i, root)?
@@ -360,15 +358,21 @@ pub fn sparse_to_dense(
         Some(b) if b % 8 == 0 => (b / 8) as usize,
         _ => return Err(TensorError::UnsupportedType("sub-byte or string sparse")),
     };
-    let nbytes = elem.storage_bytes(n).unwrap_or(u64::MAX);
-    if nbytes > MAX_TENSOR_BYTES {
-        return Err(TensorError::TooLarge(shape, nbytes));
-    }
     let src = values.bytes().unwrap_or(&[]);
-    let mut dense = vec![0u8; nbytes as usize];
-    for (k, &i) in linear.iter().enumerate() {
-        let i = i as usize;
-        dense[i * w..(i + 1) * w].copy_from_slice(&src[k * w..(k + 1) * w]);
+    if src.len() < linear.len() * w {
+        return Err(TensorError::External(
+            "sparse values shorter than the indices".into(),
+        ));
+    }
+    // Zeroed lazily by the allocator (no huge pages asked for): only the
+    // pages holding nonzeros become resident.
+    // SAFETY: every bit pattern, all-zero included, is a valid `u8`.
+    let mut dense = unsafe { Arc::<[u8]>::new_zeroed_slice(nbytes as usize).assume_init() };
+    if let Some(out) = Arc::get_mut(&mut dense) {
+        for (k, &i) in linear.iter().enumerate() {
+            let i = i as usize;
+            out[i * w..(i + 1) * w].copy_from_slice(&src[k * w..(k + 1) * w]);
+        }
     }
     Ok(TensorData::from_bytes(elem, shape, dense)?)
 }

@@ -54,7 +54,7 @@ impl Prepared {
 /// ones), compile; compile time counts from the start of the import.
 fn prepare(args: &BenchArgs) -> Result<Prepared, Failure> {
     let start = std::time::Instant::now();
-    let m = kiln_compiler::load::load_model(&args.model)?;
+    let m = crate::common::load_model(&args.model)?;
     let inputs = default_inputs(&m, &args.model, &args.dims)?;
     let target = args
         .backend

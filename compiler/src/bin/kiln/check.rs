@@ -34,7 +34,7 @@ pub fn check(args: &CheckArgs) -> Result<(), Failure> {
     use kiln_compiler::check::{
         check_pipeline, inputs_from_test_folder, random_inputs, CheckOutcome,
     };
-    let mut m = kiln_compiler::load::load_model(&args.model)?;
+    let mut m = crate::common::load_model(&args.model)?;
     let inputs = if !args.inputs.is_empty() {
         read_inputs(&m, &args.inputs)?
     } else if let Some(found) = inputs_from_test_folder(&m, &args.model)? {

@@ -12,6 +12,23 @@ use kiln_compiler::compile::InterpOptions;
 use kiln_compiler::lower::cpu::CpuOptions;
 use kiln_compiler::Target;
 
+/// The limits the command line set (`--max-memory`, `--max-nodes`), once,
+/// before any command runs.
+static LIMITS: std::sync::OnceLock<kiln_ir::Limits> = std::sync::OnceLock::new();
+
+pub fn set_limits(limits: kiln_ir::Limits) {
+    let _ = LIMITS.set(limits);
+}
+
+pub fn limits() -> kiln_ir::Limits {
+    LIMITS.get().copied().unwrap_or_default()
+}
+
+/// Load a model within the command line's limits.
+pub fn load_model(path: &Path) -> Result<kiln_ir::Module, Failure> {
+    Ok(kiln_compiler::load::load_model_with(path, &limits())?)
+}
+
 /// A failure to report: parse errors arrive already rendered (source line
 /// and caret); everything else is one paragraph after `error: `.
 pub struct Failure(pub String);

@@ -221,7 +221,7 @@ fn optimize_for_dump(
 }
 
 pub fn dump(args: &DumpArgs) -> Result<(), Failure> {
-    let mut m = kiln_compiler::load::load_model(&args.model)?;
+    let mut m = crate::common::load_model(&args.model)?;
     let threshold = if args.no_elide {
         None
     } else {

@@ -25,6 +25,15 @@ use run::RunArgs;
 #[derive(Parser)]
 #[command(name = "kiln", version)]
 struct Cli {
+    /// The most memory a model may ask for: any one tensor (imported,
+    /// folded or made at run time) and all of its constants together
+    /// (512M, 8G, 4096; default: 4G per tensor, 32G in all)
+    #[arg(long, global = true, value_name = "SIZE", value_parser = kiln_ir::limits::parse_bytes)]
+    max_memory: Option<u64>,
+    /// The most nodes a model may have once its functions are inlined
+    /// (default: 262144)
+    #[arg(long, global = true, value_name = "N")]
+    max_nodes: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,6 +74,15 @@ fn reset_sigpipe() {
 fn main() -> ExitCode {
     reset_sigpipe();
     let cli = Cli::parse();
+    let mut limits = kiln_ir::Limits::default();
+    if let Some(bytes) = cli.max_memory {
+        limits.tensor_bytes = bytes;
+        limits.memory_bytes = bytes;
+    }
+    if let Some(n) = cli.max_nodes {
+        limits.nodes = n;
+    }
+    common::set_limits(limits);
     let result = match &cli.command {
         Command::Dump(a) => dump::dump(a),
         Command::Run(a) => run::run(a),

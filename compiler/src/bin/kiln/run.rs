@@ -26,7 +26,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> Result<(), Failure> {
-    let m = kiln_compiler::load::load_model(&args.model)?;
+    let m = crate::common::load_model(&args.model)?;
     let given = read_inputs(&m, &args.inputs)?;
     let missing: Vec<String> = m
         .body
