@@ -27,6 +27,8 @@ pub struct InterpOptions {
     pub opt_level: u8,
     /// Verify after every pass (catches a pass that breaks the IR).
     pub verify_each: bool,
+    /// What runs may allocate and loop.
+    pub limits: kiln_ir::Limits,
 }
 
 // Not derivable: verification defaults on in debug builds only.
@@ -36,6 +38,7 @@ impl Default for InterpOptions {
         InterpOptions {
             opt_level: 0,
             verify_each: cfg!(debug_assertions),
+            limits: Default::default(),
         }
     }
 }
@@ -185,12 +188,13 @@ pub fn compile_owned(
             };
             passes::run_pipeline(&mut m, &passes::pipeline(o.opt_level), &mut opts)
                 .map_err(|e| e.to_string())?;
-            Ok(Box::new(InterpExecutable::new(m)))
+            Ok(Box::new(InterpExecutable::new(m).with_limits(o.limits)))
         }
         Target::Cpu(o) => {
             let s = prepare_owned(m, target, shapes)?;
             let align = target.buffer_alignment();
-            Ok(Box::new(crate::lower::cpu::build(s, o, align)?))
+            let exe = crate::lower::cpu::build(s, o, align)?;
+            Ok(Box::new(exe.with_limits(o.limits)))
         }
     }
 }

@@ -260,6 +260,7 @@ pub fn run_test_at(dir: &Path, tol: Tolerance, opt_level: u8) -> TestResult {
     let target = Target::Interp(crate::compile::InterpOptions {
         opt_level,
         verify_each: true,
+        ..Default::default()
     });
     run_test_on(dir, tol, &target)
 }

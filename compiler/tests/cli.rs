@@ -440,3 +440,31 @@ fn shared_models_peak_memory_is_weights_once_plus_the_arena() {
         );
     }
 }
+
+#[test]
+fn max_memory_and_max_nodes_bound_what_a_model_may_ask_for() {
+    // tiny_cnn's first filter is 288 bytes.
+    let out = kiln(&["dump", &tiny_cnn(), "--max-memory", "100"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("initializer \"conv1.w\"") && err.contains("288 bytes; the limit is 100"),
+        "{err}"
+    );
+    let out = kiln(&["run", &tiny_cnn(), "--max-nodes", "2", "--input", "image=x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("more than 2 nodes"),
+        "{}",
+        stderr(&out)
+    );
+    let out = kiln(&["bench", &tiny_cnn(), "--max-memory", "64K", "--runs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = kiln(&["dump", &tiny_cnn(), "--max-memory", "lots"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("use K, M, G or T"),
+        "{}",
+        stderr(&out)
+    );
+}

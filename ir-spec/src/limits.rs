@@ -57,7 +57,8 @@ pub struct LimitError {
 
 impl Limits {
     /// The byte size of a tensor of `elem` and `shape` (sub-byte types
-    /// packed), checked against [`Limits::tensor_bytes`] and
+    /// packed; strings, whose size is their data's, at least a byte per
+    /// element), checked against [`Limits::tensor_bytes`] and
     /// [`Limits::memory_bytes`]; overflow counts as too large.
     pub fn tensor(
         &self,
@@ -66,7 +67,7 @@ impl Limits {
         shape: &[u64],
     ) -> Result<u64, LimitError> {
         let bytes = crate::tensor::shape_numel(shape)
-            .and_then(|n| elem.storage_bytes(n))
+            .and_then(|n| elem.storage_bytes(n).or(Some(n)))
             .unwrap_or(u64::MAX);
         self.bytes(what, bytes)
     }

@@ -60,6 +60,7 @@ fn check(
         } else {
             kiln_runtime::cpu::jit::TargetCpu::Native
         },
+        ..Default::default()
     };
     let exe = compile(
         &m,
@@ -362,6 +363,7 @@ fn backend_report(src: &str, inputs: &HashMap<String, Value>) -> String {
         opt_level: 2,
         threads: 1,
         target_cpu: kiln_runtime::cpu::jit::TargetCpu::Native,
+        ..Default::default()
     };
     let exe = compile(
         &m,

@@ -154,3 +154,121 @@ fn load_errors_name_the_model() {
     };
     assert!(e.contains("hostile.onnx"), "{e}");
 }
+
+/// Compile `bytes` for `target` and run it on `inputs`: the first error,
+/// which must come within `secs`.
+fn run_error(
+    bytes: &[u8],
+    target: &kiln_compiler::Target,
+    inputs: &[(&str, kiln_runtime::Value)],
+    secs: u64,
+) -> String {
+    let start = Instant::now();
+    let m = load_onnx_bytes(bytes, "hostile.onnx").expect("imports");
+    let inputs: std::collections::HashMap<String, kiln_runtime::Value> = inputs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let shapes = kiln_compiler::lower::shapes_of(&inputs);
+    let r = kiln_compiler::compile(&m, target, &shapes)
+        .and_then(|exe| exe.run(&inputs).map(|_| ()).map_err(|e| e.to_string()));
+    assert!(
+        start.elapsed() < Duration::from_secs(secs),
+        "took {:?}",
+        start.elapsed()
+    );
+    match r {
+        Ok(()) => panic!("expected an error"),
+        Err(e) => e,
+    }
+}
+
+fn interp(limits: kiln_ir::Limits) -> kiln_compiler::Target {
+    kiln_compiler::Target::Interp(kiln_compiler::compile::InterpOptions {
+        limits,
+        ..Default::default()
+    })
+}
+
+fn cpu(limits: kiln_ir::Limits) -> kiln_compiler::Target {
+    kiln_compiler::Target::Cpu(kiln_compiler::lower::cpu::CpuOptions {
+        threads: 1,
+        limits,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn constant_of_shape_asking_for_terabytes_is_an_error_not_an_abort() {
+    // An 80-byte model: ConstantOfShape([2^20, 2^20]) of f32, 4 TiB.
+    let b = OnnxBuilder::new("cos", 17)
+        .initializer(i64_tensor("shape", &[2], &[1 << 20, 1 << 20]))
+        .node("ConstantOfShape", &["shape"], &["y"])
+        .output("y", tensor_type(F32, &["1048576", "1048576"]));
+    let bytes = b.bytes();
+    for target in [interp(Default::default()), cpu(Default::default())] {
+        let e = run_error(&bytes, &target, &[], 2);
+        assert!(
+            e.contains("4398046511104 bytes") && e.contains("limit"),
+            "{e}"
+        );
+    }
+}
+
+fn bool_scalar(name: &str, v: bool) -> proto::TensorProto {
+    proto::TensorProto {
+        name: Some(name.into()),
+        data_type: Some(9),
+        int32_data: vec![v as i32],
+        ..Default::default()
+    }
+}
+
+/// `while true` with a trip count of 2^62: a Loop that never ends unless
+/// iterations are counted.
+fn endless_loop() -> Vec<u8> {
+    let body = OnnxBuilder::new("body", 17)
+        .input("i", tensor_type(I64, &[]))
+        .input("c", tensor_type(BOOL, &[]))
+        .input("x", tensor_type(F32, &["1"]))
+        .node("Identity", &["c"], &["c_out"])
+        .node("Identity", &["x"], &["x_out"])
+        .output("c_out", tensor_type(BOOL, &[]))
+        .output("x_out", tensor_type(F32, &["1"]))
+        .graph();
+    OnnxBuilder::new("endless", 17)
+        .input("x", tensor_type(F32, &["1"]))
+        .initializer(i64_tensor("trips", &[], &[1 << 62]))
+        .initializer(bool_scalar("go", true))
+        .node_with(
+            "Loop",
+            &["trips", "go", "x"],
+            &["y"],
+            vec![attr_graph("body", body)],
+        )
+        .output("y", tensor_type(F32, &["1"]))
+        .bytes()
+}
+
+#[test]
+fn an_endless_loop_stops_at_the_iteration_limit() {
+    let x = kiln_runtime::Value::tensor(
+        kiln_runtime::Tensor::new(vec![1], kiln_runtime::Data::F32(vec![1.0])).expect("tensor"),
+    );
+    let limits = kiln_ir::Limits {
+        loop_iterations: 1000,
+        ..Default::default()
+    };
+    for target in [interp(limits), cpu(limits)] {
+        let e = run_error(&endless_loop(), &target, &[("x", x.clone())], 2);
+        assert!(e.contains("runs more than 1000 iterations"), "{e}");
+    }
+    // The default limit stops it too, within seconds.
+    let e = run_error(
+        &endless_loop(),
+        &interp(Default::default()),
+        &[("x", x)],
+        10,
+    );
+    assert!(e.contains("iterations"), "{e}");
+}

@@ -14,10 +14,13 @@
 //!   module implements.
 //! - [`interp`]: the interpreter, its kernels, and [`InterpExecutable`]
 //!   (the interpreter as a backend).
+//! - [`limits`]: the resource limits of the run in progress, which kernels
+//!   check before they allocate.
 
 pub mod executable;
 pub mod f8;
 pub mod interp;
+pub mod limits;
 pub mod tensor;
 pub mod value;
 

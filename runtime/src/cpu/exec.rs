@@ -142,6 +142,8 @@ pub struct CpuExecutable {
     arenas: Mutex<Vec<Vec<Line>>>,
     threads: usize,
     pool: rayon::ThreadPool,
+    /// What interpreted steps may allocate and loop.
+    limits: kiln_ir::Limits,
 }
 
 impl CpuExecutable {
@@ -219,7 +221,15 @@ impl CpuExecutable {
             arenas: Mutex::new(vec![]),
             threads,
             pool,
+            limits: kiln_ir::Limits::default(),
         })
+    }
+
+    /// Interpreted steps work within `limits` (allocations, loop
+    /// iterations); native steps' sizes are fixed when they are compiled.
+    pub fn with_limits(mut self, limits: kiln_ir::Limits) -> CpuExecutable {
+        self.limits = limits;
+        self
     }
 
     /// The steps, with their kernels.
@@ -233,7 +243,7 @@ impl CpuExecutable {
         mut times: Option<&mut StepTimes>,
     ) -> Result<Vec<Value>, InterpError> {
         let m = &self.module;
-        let interp = Interpreter::with_constants(m, self.consts.clone());
+        let interp = Interpreter::with_constants(m, self.consts.clone()).with_limits(self.limits);
         // Constants a kernel holds itself were not loaded: they stay
         // unbound.
         let mut env = interp.bind_body(inputs)?;

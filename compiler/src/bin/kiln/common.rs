@@ -74,9 +74,11 @@ impl Backend {
                 opt_level,
                 threads: threads.max(1),
                 target_cpu: target_cpu.into(),
+                limits: limits(),
             }),
             Backend::Interp => Target::Interp(InterpOptions {
                 opt_level,
+                limits: limits(),
                 ..Default::default()
             }),
         }

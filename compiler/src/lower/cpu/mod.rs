@@ -33,6 +33,9 @@ pub struct CpuOptions {
     pub threads: usize,
     /// The instruction set of generated code.
     pub target_cpu: TargetCpu,
+    /// The largest value and arena the executable may have, and what its
+    /// interpreted steps may allocate and loop.
+    pub limits: kiln_ir::Limits,
 }
 
 impl Default for CpuOptions {
@@ -43,6 +46,7 @@ impl Default for CpuOptions {
                 .map(|n| n.get())
                 .unwrap_or(1),
             target_cpu: Default::default(),
+            limits: Default::default(),
         }
     }
 }
@@ -57,6 +61,19 @@ impl Default for CpuOptions {
 /// (ResNet-50's peak memory was twice its weights). The module keeps the
 /// constant's type, with its data elided.
 pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutable, String> {
+    // Sizes are static here: a value past the limits is an error now, not
+    // an allocation failure (an abort) when it runs.
+    for n in &s.body.nodes {
+        for &o in &n.outputs {
+            let (Some(t), Ok(shape)) = (s.ty(o).as_tensor(), s.static_shape(o)) else {
+                continue;
+            };
+            let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            opts.limits
+                .tensor(|| format!("%{} ({})", s.name(o), n.op), t.elem, &dims)
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let droppable = droppable_constants(&s);
     let mut last_reader: HashMap<ValueId, usize> = HashMap::new();
     for (i, n) in s.body.nodes.iter().enumerate() {
@@ -115,6 +132,9 @@ pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutab
         }
     }
     let layout = layout(&s, &steps, align)?;
+    opts.limits
+        .total(|| "the executable's arena".to_string(), layout.arena_bytes)
+        .map_err(|e| e.to_string())?;
     CpuExecutable::new(s, steps, opts.threads, layout)
 }
 

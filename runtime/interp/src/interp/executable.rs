@@ -18,17 +18,28 @@ use crate::value::Value;
 pub struct InterpExecutable {
     module: Module,
     consts: Arc<Constants>,
+    limits: kiln_ir::Limits,
 }
 
 impl InterpExecutable {
     /// Load the module's constants once; runs share them.
     pub fn new(mut module: Module) -> InterpExecutable {
         let consts = Arc::new(Interpreter::take_constants_where(&mut module, |_| true));
-        InterpExecutable { module, consts }
+        InterpExecutable {
+            module,
+            consts,
+            limits: kiln_ir::Limits::default(),
+        }
+    }
+
+    /// Runs work within `limits` (allocations, loop iterations).
+    pub fn with_limits(mut self, limits: kiln_ir::Limits) -> InterpExecutable {
+        self.limits = limits;
+        self
     }
 
     fn interpreter(&self) -> Interpreter<'_> {
-        Interpreter::with_constants(&self.module, self.consts.clone())
+        Interpreter::with_constants(&self.module, self.consts.clone()).with_limits(self.limits)
     }
 }
 

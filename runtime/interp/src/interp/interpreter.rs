@@ -29,6 +29,7 @@ pub type Constants = HashMap<ValueId, Result<Value, String>>;
 pub struct Interpreter<'m> {
     m: &'m Module,
     consts: std::sync::Arc<Constants>,
+    limits: kiln_ir::Limits,
 }
 
 impl<'m> Interpreter<'m> {
@@ -36,14 +37,26 @@ impl<'m> Interpreter<'m> {
         Interpreter {
             m,
             consts: std::sync::Arc::new(Self::load_constants(m)),
+            limits: kiln_ir::Limits::default(),
         }
+    }
+
+    /// Runs check allocations and loop iterations against `limits`
+    /// (default: [`kiln_ir::Limits::default`]).
+    pub fn with_limits(mut self, limits: kiln_ir::Limits) -> Interpreter<'m> {
+        self.limits = limits;
+        self
     }
 
     /// An interpreter over constants already loaded (by
     /// [`Interpreter::load_constants`] for this module): backends that run
     /// some nodes on the interpreter build one per run for free.
     pub fn with_constants(m: &'m Module, consts: std::sync::Arc<Constants>) -> Interpreter<'m> {
-        Interpreter { m, consts }
+        Interpreter {
+            m,
+            consts,
+            limits: kiln_ir::Limits::default(),
+        }
     }
 
     /// The module's constants as run-time values.
@@ -182,6 +195,15 @@ impl<'m> Interpreter<'m> {
         env: &mut Env,
         args: Vec<Value>,
     ) -> Result<Vec<Value>, InterpError> {
+        crate::limits::scoped(self.limits, || self.run_region_inner(r, env, args))
+    }
+
+    fn run_region_inner(
+        &self,
+        r: &Region,
+        env: &mut Env,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, InterpError> {
         if args.len() != r.inputs.len() {
             return Err(InterpError::new(
                 "region",
@@ -204,7 +226,7 @@ impl<'m> Interpreter<'m> {
             }
         }
         for node in &r.nodes {
-            self.run_node(node, env)?;
+            self.run_node_inner(node, env)?;
         }
         r.outputs
             .iter()
@@ -219,6 +241,10 @@ impl<'m> Interpreter<'m> {
     /// Run one node: operands from `env`, results checked against their
     /// declared types and stored in `env`.
     pub fn run_node(&self, node: &Node, env: &mut Env) -> Result<(), InterpError> {
+        crate::limits::scoped(self.limits, || self.run_node_inner(node, env))
+    }
+
+    fn run_node_inner(&self, node: &Node, env: &mut Env) -> Result<(), InterpError> {
         let fail = |msg: String| InterpError::new(node.describe(), msg);
         let kernel = kernels::lookup(&node.op)
             .ok_or_else(|| fail(format!("the interpreter has no kernel for `{}`", node.op)))?;
@@ -361,7 +387,8 @@ impl KernelHost for Interpreter<'_> {
         env: &mut Env,
         args: Vec<Value>,
     ) -> Result<Vec<Value>, InterpError> {
-        Interpreter::run_region(self, r, env, args)
+        // Already within this interpreter's limits.
+        self.run_region_inner(r, env, args)
     }
 }
 

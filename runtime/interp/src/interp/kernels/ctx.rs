@@ -36,6 +36,12 @@ impl From<&str> for KernelError {
     }
 }
 
+impl From<kiln_ir::LimitError> for KernelError {
+    fn from(e: kiln_ir::LimitError) -> KernelError {
+        KernelError::Msg(e.to_string())
+    }
+}
+
 impl From<crate::tensor::TensorError> for KernelError {
     fn from(e: crate::tensor::TensorError) -> KernelError {
         KernelError::Msg(e.to_string())

@@ -17,7 +17,7 @@ use std::cmp::Ordering;
 use kiln_ir::ElemType;
 
 use super::ctx::{bail, one, opt_tensor, tensor, Ctx, KResult, KernelFn};
-use super::shape::{broadcast_indices, broadcast_shape};
+use super::shape::{broadcast_indices, broadcast_shape, checked_numel};
 use crate::tensor::{numel, strides, Data, Tensor};
 use crate::value::Value;
 use axes::{map_indices, norm_axes, norm_axis};
@@ -102,13 +102,6 @@ fn wrap_index(i: i64, n: usize, what: &str) -> KResult<usize> {
         bail!("{what} index {i} is out of range for a dim of size {n}");
     }
     Ok(j as usize)
-}
-
-fn checked_numel(shape: &[usize]) -> KResult<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| format!("shape {shape:?} is too large").into())
 }
 
 /// Compare elements `i` and `j` of `d` (numpy order: NaN last).
@@ -293,7 +286,6 @@ fn constant_of_shape(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Valu
         .iter()
         .map(|&d| dim_of(d, "ConstantOfShape dim"))
         .collect::<KResult<Vec<_>>>()?;
-    let n = checked_numel(&shape)?;
     let value = match cx.attr_tensor("value")? {
         Some(v) => v.data,
         None => Data::F32(vec![0.0]),
@@ -301,6 +293,11 @@ fn constant_of_shape(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Valu
     if value.len() != 1 {
         bail!("ConstantOfShape: value must hold one element");
     }
+    let n = crate::limits::alloc(
+        || format!("the result of shape {shape:?}"),
+        value.elem(),
+        &shape,
+    )?;
     one(Tensor::new(shape, value.gather(&vec![0; n]))?)
 }
 
@@ -333,9 +330,11 @@ fn range(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             bail!("Range: delta is zero");
         }
         let n = ((l - s) / d).ceil().max(0.0);
-        if n > 1e9 {
-            bail!("Range: {n} elements is too many");
+        if n.is_nan() {
+            bail!("Range: its length is not a number");
         }
+        // Saturating: an infinite or huge count fails the limit.
+        crate::limits::alloc(|| format!("a result of {n} elements"), elem, &[n as usize])?;
         let v: Vec<f64> = (0..n as usize).map(|i| s + i as f64 * d).collect();
         one(Tensor::new(vec![v.len()], Data::from_f64(elem, &v))?)
     } else {
@@ -350,9 +349,8 @@ fn range(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         } else {
             0
         };
-        if n > 1_000_000_000 {
-            bail!("Range: {n} elements is too many");
-        }
+        let len = usize::try_from(n).unwrap_or(usize::MAX);
+        crate::limits::alloc(|| format!("a result of {n} elements"), elem, &[len])?;
         let v: Vec<i64> = (0..n as i64)
             .map(|i| s.wrapping_add(i.wrapping_mul(d)))
             .collect();
@@ -544,7 +542,11 @@ fn expand(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         .map(|&d| dim_of(d, "Expand dim"))
         .collect::<KResult<Vec<_>>>()?;
     let shape = broadcast_shape(&x.shape, &s)?;
-    checked_numel(&shape)?;
+    crate::limits::alloc(
+        || format!("the result of shape {shape:?}"),
+        x.elem(),
+        &shape,
+    )?;
     let idx = broadcast_indices(&x.shape, &shape);
     one(Tensor::new(shape, x.data.gather(&idx))?)
 }
@@ -562,7 +564,11 @@ fn tile(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                 .ok_or("Tile: too large")?,
         );
     }
-    checked_numel(&shape)?;
+    crate::limits::alloc(
+        || format!("the result of shape {shape:?}"),
+        x.elem(),
+        &shape,
+    )?;
     let st = x.strides();
     let idx = map_indices(&shape, |o| {
         Ok(o.iter()

@@ -13,7 +13,24 @@ pub fn norm_axis(axis: i64, rank: usize) -> KResult<usize> {
     Ok(a as usize)
 }
 
-/// Numpy broadcasting of two shapes.
+/// The element count of `shape`, overflow and the current limits checked
+/// (at one byte per element: callers that know the element type of what
+/// they allocate use [`crate::limits::alloc`]).
+pub fn checked_numel(shape: &[usize]) -> KResult<usize> {
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+    crate::limits::alloc(
+        || format!("a result of shape {shape:?}"),
+        kiln_ir::ElemType::U8,
+        shape,
+    )?;
+    Ok(n)
+}
+
+/// Numpy broadcasting of two shapes (the result's size checked against the
+/// current limits: broadcasting [n, 1] with [1, n] asks for n^2).
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> KResult<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
@@ -35,6 +52,7 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> KResult<Vec<usize>> {
             _ => bail!("shapes {a:?} and {b:?} do not broadcast"),
         };
     }
+    checked_numel(&out)?;
     Ok(out)
 }
 

@@ -90,7 +90,11 @@ fn loop_(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let k = body.outputs.len() - 1 - n;
     let mut scans: Vec<Vec<Value>> = vec![Vec::new(); k];
     let mut i: i64 = 0;
+    // Counted as they run: exporters write `while` loops as the largest
+    // trip count and a condition, so the declared count says nothing.
+    let limits = crate::limits::current();
     while cond && max_trips.is_none_or(|m| i < m) {
+        limits.iterations(|| "the Loop".to_string(), i as u64 + 1)?;
         let mut args = Vec::with_capacity(2 + n);
         args.push(Value::tensor(Tensor::scalar(Data::I64(vec![i]))));
         args.push(Value::tensor(Tensor::scalar(Data::Bool(vec![cond]))));

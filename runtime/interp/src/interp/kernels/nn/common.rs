@@ -103,10 +103,4 @@ pub(crate) fn axes_operand(t: Option<&Tensor>, rank: usize) -> KResult<Option<Ve
     Ok(Some(out))
 }
 
-/// Product of sizes with overflow checking.
-pub(crate) fn checked_numel(shape: &[usize]) -> KResult<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |a, &b| a.checked_mul(b))
-        .ok_or_else(|| format!("shape {shape:?} is too large").into())
-}
+pub(crate) use crate::interp::kernels::shape::checked_numel;
