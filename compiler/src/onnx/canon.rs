@@ -84,7 +84,7 @@ impl CanonCtx<'_> {
 
     fn fresh(&mut self, hint: &str) -> ValueId {
         self.m
-            .add_value_unique(hint, crate::onnx::import::placeholder_type())
+            .add_value_unique(hint, super::tensor::placeholder_type())
     }
 
     fn rank(&self, v: Option<ValueId>) -> Option<usize> {

@@ -11,13 +11,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_ir::{Attr, Attrs, ElemType, Module, Node, Region, TensorData, TensorType, Type, ValueId};
+use kiln_ir::{Attr, Attrs, ElemType, Module, Node, Region, TensorData, Type, ValueId};
 use prost::bytes::Bytes;
 use prost::Message;
 
 use super::canon;
 use super::mapped::MappedModel;
 use super::proto::{self, attribute_proto::AttributeType};
+pub use super::tensor::placeholder_type;
 use super::tensor::{self, DataSource, TensorError};
 
 /// An import failure: where (node, op type, opset or initializer) and what.
@@ -146,12 +147,6 @@ pub fn ir_op_name(domain: &str, op_type: &str) -> String {
     } else {
         format!("{d}.{op_type}")
     }
-}
-
-/// A type whose element type and shape are not known yet; inference
-/// replaces it.
-pub fn placeholder_type() -> Type {
-    Type::Tensor(TensorType::unranked(ElemType::F32))
 }
 
 struct Scope {

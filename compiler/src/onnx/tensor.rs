@@ -104,6 +104,12 @@ fn dims_u64(dims: &[i64]) -> Result<Vec<u64>, TensorError> {
         .collect()
 }
 
+/// A type whose element type and shape are not known yet; inference
+/// replaces it.
+pub fn placeholder_type() -> Type {
+    Type::Tensor(TensorType::unranked(ElemType::F32))
+}
+
 /// Where a model's tensor bytes come from: the folder its external data
 /// is read from, and the mapped model file that `raw_data` fields point
 /// into (whose pages are released as each tensor is copied out, so a
