@@ -11,7 +11,7 @@ use super::values;
 use crate::module::{Module, Node, Region, ValueId};
 use crate::tensor::TensorData;
 use crate::types::{Dim, TensorType, Type};
-use crate::verify::{
+use crate::verify::error::{
     constant_node_data, node_regions, region_path, type_str, Location, Rule, VerifyError,
 };
 

@@ -21,7 +21,7 @@ mod infer;
 pub mod kiln;
 mod registry;
 mod rules;
-mod schema;
+pub(crate) mod schema;
 #[rustfmt::skip]
 mod schemas;
 pub mod traits;

@@ -117,7 +117,7 @@ pub(crate) fn propagate(c: &InferCtx, result: &Type) -> Option<IntValues> {
                 .collect()
         }
         "Constant" => {
-            let d = crate::verify::constant_node_data_attrs(c.attrs)?;
+            let d = crate::verify::error::constant_node_data_attrs(c.attrs)?;
             if d.shape.len() > 1 || d.numel() > MAX_VALUES {
                 return None;
             }
