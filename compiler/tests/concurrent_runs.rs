@@ -1,7 +1,8 @@
-//! One compiled executable run from several threads at once (the library
-//! API's promise), with kernels split across 2 threads: every run gives
-//! the single-threaded result. Runs overlap, so the pool's workers are
-//! shared between runs whose idle workers poll for work.
+//! One compiled executable run from 8 threads at once, 2,000 runs in all
+//! (the library API's promise), with kernels split across 2 threads:
+//! every run gives the single-threaded result, bit for bit. Runs overlap,
+//! so the pool's workers are shared between runs whose idle workers poll
+//! for work, and the arena pool hands arenas between threads.
 
 use std::collections::HashMap;
 
@@ -38,18 +39,22 @@ fn concurrent_runs_match_a_single_threaded_run() {
     let want = exe(1).run(&inputs).expect("runs");
     let shared = exe(2);
     let check = |inputs: &HashMap<_, _>| {
-        for _ in 0..20 {
+        for _ in 0..250 {
             let got = shared.run(inputs).expect("runs");
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(&want) {
                 let (g, w) = (g.as_tensor().unwrap(), w.as_tensor().unwrap());
                 assert_eq!(g.shape, w.shape);
-                assert_eq!(format!("{:?}", g.data), format!("{:?}", w.data));
+                let bits = |d: &kiln_runtime::Data| match d {
+                    kiln_runtime::Data::F32(v) => v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    other => panic!("f32 expected, got {:?}", other.elem()),
+                };
+                assert_eq!(bits(&g.data), bits(&w.data));
             }
         }
     };
     std::thread::scope(|s| {
-        for _ in 0..4 {
+        for _ in 0..8 {
             s.spawn(|| check(&inputs));
         }
     });
