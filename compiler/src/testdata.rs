@@ -242,11 +242,11 @@ pub fn read_npy(bytes: &[u8]) -> Result<Tensor, String> {
         .ok_or("shape overflows")?;
     let body = &bytes[start + hlen..];
     let width = elem.bit_width().unwrap_or(8) as usize / 8;
-    if body.len() != n * width {
+    let needed = n.checked_mul(width).ok_or("shape overflows")?;
+    if body.len() != needed {
         return Err(format!(
-            "data holds {} bytes, shape {shape:?} of {elem} needs {}",
+            "data holds {} bytes, shape {shape:?} of {elem} needs {needed}",
             body.len(),
-            n * width
         ));
     }
     let d = kiln_ir::TensorData::from_bytes(

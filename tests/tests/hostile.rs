@@ -272,3 +272,60 @@ fn an_endless_loop_stops_at_the_iteration_limit() {
     );
     assert!(e.contains("iterations"), "{e}");
 }
+
+#[test]
+fn npy_shapes_whose_byte_size_overflows_are_an_error() {
+    // 2^62 x 2 elements fit a usize; times 8 bytes they do not.
+    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904, 2), }";
+    let mut h = header.to_string();
+    while !(10 + h.len() + 1).is_multiple_of(64) {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((h.len() as u16).to_le_bytes());
+    bytes.extend(h.as_bytes());
+    bytes.extend([0u8; 16]);
+    let e = kiln_compiler::testdata::read_npy(&bytes).unwrap_err();
+    assert!(e.contains("overflow"), "{e}");
+}
+
+#[test]
+fn data_sized_results_of_other_ops_are_checked_before_they_are_made() {
+    // RandomNormal of an attribute shape, Pad by 2^40, OneHot of depth
+    // 2^40: each asks for terabytes.
+    let random = OnnxBuilder::new("random", 17)
+        .node_with(
+            "RandomNormal",
+            &[],
+            &["y"],
+            vec![attr_ints("shape", &[1 << 20, 1 << 20])],
+        )
+        .output("y", tensor_type(F32, &["1048576", "1048576"]));
+    let pad = OnnxBuilder::new("pad", 17)
+        .input("x", tensor_type(F32, &["2"]))
+        .initializer(i64_tensor("pads", &[2], &[1 << 40, 0]))
+        .node("Pad", &["x", "pads"], &["y"])
+        .output("y", tensor_type(F32, &["?"]));
+    let one_hot = OnnxBuilder::new("onehot", 17)
+        .input("x", tensor_type(F32, &["2"]))
+        .initializer(i64_tensor("depth", &[], &[1 << 40]))
+        .initializer(f32_tensor("values", &[2], &[0.0, 1.0]))
+        .node("OneHot", &["x", "depth", "values"], &["y"])
+        .output("y", tensor_type(F32, &["?", "?"]));
+    let x = kiln_runtime::Value::tensor(
+        kiln_runtime::Tensor::new(vec![2], kiln_runtime::Data::F32(vec![0.0, 1.0]))
+            .expect("tensor"),
+    );
+    for (b, inputs) in [
+        (random, vec![]),
+        (pad, vec![("x", x.clone())]),
+        (one_hot, vec![("x", x)]),
+    ] {
+        let bytes = b.bytes();
+        for target in [interp(Default::default()), cpu(Default::default())] {
+            let e = run_error(&bytes, &target, &inputs, 2);
+            assert!(e.contains("limit"), "{e}");
+        }
+    }
+}

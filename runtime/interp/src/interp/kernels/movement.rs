@@ -678,14 +678,21 @@ fn pad(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let mut shape = x.shape.clone();
     for (k, &a) in axes.iter().enumerate() {
         let (b, e) = (pads[k], pads[k + axes.len()]);
-        let n = x.shape[a] as i64 + b + e;
+        let n = (x.shape[a] as i64)
+            .checked_add(b)
+            .and_then(|n| n.checked_add(e))
+            .ok_or_else(|| format!("Pad: pads {b},{e} overflow"))?;
         if n < 0 {
             bail!("Pad: pads {b},{e} remove more than dim {a} holds");
         }
         begin[a] = b;
         shape[a] = n as usize;
     }
-    checked_numel(&shape)?;
+    crate::limits::alloc(
+        || format!("the result of shape {shape:?}"),
+        x.elem(),
+        &shape,
+    )?;
     if mode != "constant" && x.shape.iter().zip(&shape).any(|(&i, &o)| i == 0 && o > 0) {
         bail!("Pad: cannot pad an empty dim in {mode} mode");
     }
@@ -1001,7 +1008,11 @@ fn one_hot(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let axis = norm_axis(cx.attr_int("axis", -1), r)?;
     let mut shape = ind.shape.clone();
     shape.insert(axis, depth as usize);
-    checked_numel(&shape)?;
+    crate::limits::alloc(
+        || format!("the result of shape {shape:?}"),
+        values.elem(),
+        &shape,
+    )?;
     let iv: Vec<i64> = ind.to_f64().iter().map(|&v| v as i64).collect();
     let ist = ind.strides();
     let idx = map_indices(&shape, |o| {

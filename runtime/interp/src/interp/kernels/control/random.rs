@@ -7,7 +7,6 @@ use kiln_ir::ElemType;
 use super::common::{from_f64, out_elem};
 use crate::interp::kernels::ctx::{bail, tensor, Ctx, KResult, KernelFn};
 use crate::interp::kernels::rng::Rng;
-use crate::tensor::numel;
 use crate::value::Value;
 
 pub fn lookup(op: &str) -> Option<KernelFn> {
@@ -48,8 +47,14 @@ fn fill(
     if !elem.is_float() {
         bail!("random values must be floats, the result is {elem}");
     }
+    // Drawn as f64 first: checked at 8 bytes an element.
+    let n = crate::limits::alloc(
+        || format!("random values of shape {shape:?}"),
+        ElemType::F64,
+        &shape,
+    )?;
     let mut rng = ctx.rng();
-    let v: Vec<f64> = (0..numel(&shape)).map(|_| draw(&mut rng)).collect();
+    let v: Vec<f64> = (0..n).map(|_| draw(&mut rng)).collect();
     Ok(vec![Value::tensor(from_f64(elem, shape, &v)?)])
 }
 
