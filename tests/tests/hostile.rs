@@ -329,3 +329,21 @@ fn data_sized_results_of_other_ops_are_checked_before_they_are_made() {
         }
     }
 }
+
+#[test]
+fn resize_by_a_million_is_checked_before_it_is_made() {
+    let b = OnnxBuilder::new("resize", 17)
+        .input("x", tensor_type(F32, &["1", "1", "2", "2"]))
+        .initializer(f32_tensor("scales", &[4], &[1.0, 1.0, 1e6, 1e6]))
+        .node("Resize", &["x", "", "scales"], &["y"])
+        .output("y", tensor_type(F32, &["?", "?", "?", "?"]));
+    let x = kiln_runtime::Value::tensor(
+        kiln_runtime::Tensor::new(vec![1, 1, 2, 2], kiln_runtime::Data::F32(vec![0.0; 4]))
+            .expect("tensor"),
+    );
+    let bytes = b.bytes();
+    for target in [interp(Default::default()), cpu(Default::default())] {
+        let e = run_error(&bytes, &target, &[("x", x.clone())], 2);
+        assert!(e.contains("limit"), "{e}");
+    }
+}

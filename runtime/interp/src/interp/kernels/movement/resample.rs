@@ -152,6 +152,12 @@ pub fn resize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     }
 
     let shape: Vec<usize> = plans.iter().map(|p| p.out_size).collect();
+    // Scales or sizes come from data; the result is computed in f64.
+    crate::limits::alloc(
+        || format!("the result of shape {shape:?}"),
+        kiln_ir::ElemType::F64,
+        &shape,
+    )?;
     let mut taps: Vec<Vec<Taps>> = Vec::with_capacity(r);
     for p in &plans {
         if p.in_size == 0 && p.out_size > 0 {
