@@ -51,14 +51,25 @@ seed() {
 }
 
 cd "$here"
+failed=0
 for t in "${targets[@]}"; do
   seed "$t"
   mkdir -p "$here/artifacts/$t"
   echo "== $t for ${secs}s" >&2
   # -rss_limit_mb: a model that asks for too much must fail by Kiln's
   # limits, not by exhausting memory; -timeout: no input may take 10 s.
+  set +e
   cargo fuzz run --fuzz-dir "$here" --release "$t" "$here/corpus/$t" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
     -artifact_prefix="$here/artifacts/$t/" -print_final_stats=1 2>&1 |
-    tee "$here/artifacts/$t/last-run.log" | grep -E "^(#[0-9]+.*DONE|stat::|==.*ERROR|SUMMARY|Done)" || true
+    tee "$here/artifacts/$t/last-run.log" | grep -E "^(#[0-9]+.*DONE|stat::|==.*ERROR|SUMMARY|Done)"
+  status=${PIPESTATUS[0]}
+  set -e
+  # A crash, leak, timeout or memory blow-up: libFuzzer exits non-zero
+  # and leaves the input in artifacts/; the script fails too.
+  if [ "$status" -ne 0 ]; then
+    echo "== $t: cargo fuzz exited $status; the input is in $here/artifacts/$t/" >&2
+    failed=1
+  fi
 done
+exit "$failed"
