@@ -8,7 +8,9 @@
 //! that knows ONNX's rule), backends see explicit pads only, and dumps show
 //! the pads that run. The output size is unchanged: SAME pads make the
 //! explicit-pads formula give exactly `ceil(n / stride)`, with or without
-//! `ceil_mode` (the division is exact).
+//! `ceil_mode` (the division is exact). `ceil_mode` itself goes: ONNX
+//! ignores it under `auto_pad`, and VALID's zero pads with it would round
+//! up where VALID rounds down.
 //!
 //! Rewritten: Conv, kiln.FusedConv, ConvInteger, MaxPool, AveragePool and
 //! LpPool whose `auto_pad` is not NOTSET, whose input has a static spatial
@@ -89,6 +91,9 @@ fn resolve_region(m: &Module, r: &mut Region) -> bool {
             (pads[i], pads[i + r]) = (b, e);
         }
         node.attrs.remove("auto_pad");
+        // `ceil_mode` only applies to explicit pads (auto_pad ignores it):
+        // kept, it would add a window to VALID's `floor((n - e) / s) + 1`.
+        node.attrs.remove("ceil_mode");
         node.attrs.insert("pads".into(), Attr::Ints(pads));
         changed = true;
     }

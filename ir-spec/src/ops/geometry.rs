@@ -16,6 +16,10 @@
 //!
 //! A window larger than the padded input has no output size (`None`).
 //!
+//! Slice ([`slice_range`]): negative bounds count from the end; forward
+//! steps clamp both to `[0, n]`, backward ones to `[-1, n - 1]`; the count
+//! is computed in u64, so steps and bounds at i64's ends cannot overflow.
+//!
 //! ConvTranspose ([`Transposed`]) follows ONNX's reference: explicit
 //! `pads` win; without them, SAME gives `out = n * s` (or `output_shape`)
 //! and splits the total padding `s * (n - 1) + output_padding + e - out`
@@ -252,6 +256,26 @@ impl Transposed {
     }
 }
 
+/// The first index and the element count of ONNX `Slice` along an axis of
+/// size `n` (`step` non-zero).
+pub fn slice_range(start: i64, end: i64, step: i64, n: u64) -> (i64, u64) {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let norm = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
+    let (b, e) = if step > 0 {
+        (norm(start).clamp(0, n), norm(end).clamp(0, n))
+    } else {
+        (norm(start).clamp(-1, n - 1), norm(end).clamp(-1, n - 1))
+    };
+    // |e - b| fits in u64: both lie in [-1, n].
+    let span = if step > 0 { e - b } else { b - e };
+    let len = if span > 0 {
+        (span as u64 - 1) / step.unsigned_abs() + 1
+    } else {
+        0
+    };
+    (b, len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,5 +429,17 @@ mod tests {
         // 3*(N-1) + 1 + 3 - 3 at N = 3 is 7.
         let sym = padded.output_dim(&n).to_expr().unwrap();
         assert_eq!(sym.eval(&|_| Some(3)), Some(7));
+    }
+
+    #[test]
+    fn slice_range_clamps_and_never_overflows() {
+        assert_eq!(slice_range(1, 4, 1, 5), (1, 3));
+        assert_eq!(slice_range(-1, i64::MIN, -1, 5), (4, 5));
+        assert_eq!(slice_range(i64::MAX, i64::MIN, -2, 5), (4, 3));
+        // Steps at i64's ends take one element (or none).
+        assert_eq!(slice_range(1, i64::MIN, i64::MIN, 3), (1, 1));
+        assert_eq!(slice_range(0, i64::MAX, i64::MAX, 3), (0, 1));
+        assert_eq!(slice_range(2, 2, 1, 3).1, 0);
+        assert_eq!(slice_range(0, 9, 1, 0), (0, 0));
     }
 }

@@ -62,27 +62,12 @@ pub(crate) fn propagate(c: &InferCtx, result: &Type) -> Option<IntValues> {
             if st.len() != 1 || en.len() != 1 || step.len() != 1 || step[0] == 0 {
                 return None;
             }
-            let n = data.len() as i64;
-            let norm = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
-            let (mut i, step) = (norm(st[0]), step[0]);
-            let end = norm(en[0]);
-            let mut out = vec![];
-            if step > 0 {
-                i = i.clamp(0, n);
-                let end = end.clamp(0, n);
-                while i < end {
-                    out.push(data[i as usize].clone());
-                    i = i.saturating_add(step);
-                }
-            } else {
-                i = i.clamp(-1, n - 1);
-                let end = end.clamp(-1, n - 1);
-                while i > end {
-                    out.push(data[i as usize].clone());
-                    i = i.saturating_add(step);
-                }
-            }
-            out
+            let (first, len) =
+                super::geometry::slice_range(st[0], en[0], step[0], data.len() as u64);
+            // Two or more elements: |step| < len, so no product overflows.
+            (0..len as i64)
+                .map(|j| data[(first + j * step[0]) as usize].clone())
+                .collect()
         }
         "Concat" => {
             let mut out = vec![];

@@ -117,7 +117,7 @@ pub(crate) fn constant_node_data(node: &Node) -> Option<Arc<TensorData>> {
 }
 
 /// The data a `Constant` node with these attributes produces.
-pub(crate) fn constant_node_data_attrs(attrs: &crate::attr::Attrs) -> Option<Arc<TensorData>> {
+pub fn constant_node_data_attrs(attrs: &crate::attr::Attrs) -> Option<Arc<TensorData>> {
     use crate::attr::Attr;
     attrs.iter().find_map(|(k, a)| match (k.as_str(), a) {
         ("value", Attr::Tensor(d)) => Some(d.clone()),

@@ -13,6 +13,7 @@ use crate::tensor::Payload;
 use crate::types::types_compatible;
 
 pub(crate) mod error;
+pub use error::constant_node_data_attrs;
 
 pub(crate) use error::{constant_node_data, node_regions, region_path};
 pub use error::{type_str, Location, Rule, VerifyError};

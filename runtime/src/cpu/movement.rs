@@ -133,16 +133,21 @@ pub fn gather<T: Copy>(
     if out.len() != outer * indices.len() * row_len {
         return Err("gather: output length".into());
     }
+    // Checked up front: with no outer table (a zero-size dim before the
+    // axis) an out-of-range index is still an error, as the interpreter's.
+    if let Some(i) = indices
+        .iter()
+        .find(|&&i| !(-(rows as i64)..rows as i64).contains(&i))
+    {
+        return Err(format!(
+            "index {i} is out of range for an axis of size {rows}"
+        ));
+    }
     let mut at = 0;
     for o in 0..outer {
         let base = o * rows * row_len;
         for &i in indices {
             let j = if i < 0 { i + rows as i64 } else { i };
-            if j < 0 || j >= rows as i64 {
-                return Err(format!(
-                    "index {i} is out of range for an axis of size {rows}"
-                ));
-            }
             let s = base + j as usize * row_len;
             out[at..at + row_len].copy_from_slice(&table[s..s + row_len]);
             at += row_len;

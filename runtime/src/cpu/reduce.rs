@@ -48,7 +48,8 @@ pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp, out: &mu
             _ => *acc,
         };
     });
-    if op == ReduceOp::Mean && count > 0 {
+    if op == ReduceOp::Mean {
+        // An empty reduction's mean is 0 · inf = NaN: numpy's 0/0.
         let inv = 1.0 / count as f32;
         out.iter_mut().for_each(|v| *v *= inv);
     }

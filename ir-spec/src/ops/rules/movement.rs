@@ -379,8 +379,6 @@ pub(super) fn split(c: &InferCtx) -> R {
         .collect())
 }
 
-const HUGE: i64 = 1 << 62;
-
 pub(super) fn slice(c: &InferCtx) -> R {
     let e = elem(c, 0)?;
     let Some(s) = shape_of(c, 0)? else {
@@ -421,26 +419,7 @@ pub(super) fn slice(c: &InferCtx) -> R {
         }
         out[a] = match &s[a] {
             Dim::Known(d) => {
-                let d = i64::try_from(*d).unwrap_or(HUGE);
-                let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
-                let (st, en) = (norm(st), norm(en));
-                let (st, en) = if step > 0 {
-                    (st.clamp(0, d), en.clamp(0, d))
-                } else {
-                    (st.clamp(-1, d - 1), en.clamp(-1, d - 1))
-                };
-                let mag = step.unsigned_abs();
-                let len = if step > 0 {
-                    if en > st {
-                        (en - st - 1) as u64 / mag + 1
-                    } else {
-                        0
-                    }
-                } else if st > en {
-                    (st - en - 1) as u64 / mag + 1
-                } else {
-                    0
-                };
+                let (_, len) = crate::ops::geometry::slice_range(st, en, step, *d);
                 k(len)
             }
             d => {

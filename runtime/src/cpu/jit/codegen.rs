@@ -417,7 +417,8 @@ impl Gen<'_> {
             let ty = f.ty;
             f.b.ins().load(ty, flags(), a, 0)
         };
-        let inv_n = 1.0 / self.plan.inner.max(1) as f32;
+        // An empty row's mean is 0 · inf = NaN, as numpy's (and the interpreter's) 0/0.
+        let inv_n = 1.0 / self.plan.inner as f32;
         match &self.plan.kind {
             Kind::Elementwise { roots } => {
                 run(b, self.ptr, self.fma, n, &mut |f, ioff| {

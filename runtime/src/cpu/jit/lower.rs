@@ -83,6 +83,10 @@ pub(crate) fn lower(f: &mut Fb, op: &Op, a: &[Value]) -> Value {
         }
         Op::Clip(lo, hi) => {
             // Interpreter order: raise to lo, then lower to hi; NaN stays.
+            // A NaN bound makes every result NaN, as numpy's clip.
+            if lo.is_some_and(f32::is_nan) || hi.is_some_and(f32::is_nan) {
+                return f.c(f32::NAN);
+            }
             let mut y = x;
             if let Some(l) = lo {
                 let l = f.c(l);

@@ -160,6 +160,11 @@ impl Shifted {
     /// (`cg · chan` floats).
     fn fill_planes(&self, x: &[f32], dst: &mut [f32]) {
         let plane = self.hq * self.wq;
+        if self.ih * self.iw == 0 || plane == 0 || self.chan == 0 {
+            // An empty input (its pads make the outputs): all padding.
+            dst.fill(0.0);
+            return;
+        }
         for (xc, dc) in x
             .chunks_exact(self.ih * self.iw)
             .zip(dst.chunks_exact_mut(self.chan))

@@ -329,9 +329,34 @@ impl PoolPlan {
         match self.kind {
             PoolKind::GlobalAverage => out[0] = rows::sum(x) / self.in_vol as f32,
             PoolKind::GlobalMax => out[0] = rows::max(x),
-            PoolKind::Max => self.window_plane::<Max>(x, out, None, buf),
+            PoolKind::Max => {
+                self.window_plane::<Max>(x, out, None, buf);
+                self.nan_empty_windows(out);
+            }
             PoolKind::Average { count_include_pad } => {
                 self.window_plane::<Add>(x, out, Some(count_include_pad), buf)
+            }
+        }
+    }
+
+    /// A max window with no input tap (pads at least the kernel's
+    /// extent) is NaN, as in the ONNX reference and as an all-padding
+    /// average is (0/0); the row kernels leave -inf there.
+    fn nan_empty_windows(&self, out: &mut [f32]) {
+        let [ad, ah, aw] = &self.axes;
+        let empty = |w: &Window| w.k_hi == w.k_lo;
+        if !self.axes.iter().any(|a| a.windows.iter().any(empty)) {
+            return;
+        }
+        let mut i = 0;
+        for wd in &ad.windows {
+            for wh in &ah.windows {
+                for ww in &aw.windows {
+                    if empty(wd) || empty(wh) || empty(ww) {
+                        out[i] = f32::NAN;
+                    }
+                    i += 1;
+                }
             }
         }
     }
@@ -681,7 +706,11 @@ mod tests {
                 }
                 let (v, s) = match kind {
                     PoolKind::Max | PoolKind::GlobalMax => {
-                        (vals.iter().copied().fold(f64::NEG_INFINITY, f64::max), 0.0)
+                        match vals.is_empty() {
+                            // No input tap: NaN, as the ONNX reference.
+                            true => (f64::NAN, 0.0),
+                            false => (vals.iter().copied().fold(f64::NEG_INFINITY, f64::max), 0.0),
+                        }
                     }
                     PoolKind::GlobalAverage => (
                         vals.iter().sum::<f64>() / vals.len() as f64,
@@ -930,7 +959,8 @@ mod tests {
         assert_eq!(plan.out_shape(), &[1, 2, 3, 1]);
         let mut out = vec![0.0; 6];
         plan.run(&[], &mut out, 1);
-        assert!(out.iter().all(|&v| v == f32::NEG_INFINITY));
+        // Windows of padding only: NaN, as the ONNX reference.
+        assert!(out.iter().all(|v| v.is_nan()));
     }
 
     #[test]

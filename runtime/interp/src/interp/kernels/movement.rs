@@ -28,6 +28,7 @@ mod resample;
 pub fn lookup(op: &str) -> Option<KernelFn> {
     Some(match op {
         "Concat" => concat,
+        "Constant" => constant,
         "ConstantOfShape" => constant_of_shape,
         "Compress" => compress,
         "CenterCropPad" => center_crop_pad,
@@ -280,6 +281,15 @@ fn size(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     one(Tensor::scalar(Data::I64(vec![x.len() as i64])))
 }
 
+/// A `Constant` node (the ONNX importer makes these region constants;
+/// text IR and passes may keep them as nodes).
+fn constant(cx: &mut Ctx, _: &[Option<Value>]) -> KResult<Vec<Value>> {
+    match kiln_ir::verify::constant_node_data_attrs(&cx.node.attrs) {
+        Some(d) => one(Tensor::from_data(&d)?),
+        None => bail!("Constant: no value attribute"),
+    }
+}
+
 fn constant_of_shape(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let s = ints(tensor(inputs, 0)?);
     let shape = s
@@ -495,31 +505,12 @@ fn slice(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let mut shape = x.shape.clone();
     for k in 0..starts.len() {
         let a = axes[k];
-        let n = x.shape[a] as i64;
+        let n = x.shape[a] as u64;
         let s = steps[k];
         if s == 0 {
             bail!("Slice: step is zero");
         }
-        let norm = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
-        let (b, e) = if s > 0 {
-            (norm(starts[k]).clamp(0, n), norm(ends[k]).clamp(0, n))
-        } else {
-            (
-                norm(starts[k]).clamp(-1, n - 1),
-                norm(ends[k]).clamp(-1, n - 1),
-            )
-        };
-        let len = if s > 0 {
-            if e > b {
-                (e - b + s - 1) / s
-            } else {
-                0
-            }
-        } else if b > e {
-            (b - e + (-s) - 1) / (-s)
-        } else {
-            0
-        };
+        let (b, len) = kiln_ir::ops::geometry::slice_range(starts[k], ends[k], s, n);
         first[a] = b;
         step[a] = s;
         shape[a] = len as usize;

@@ -176,7 +176,10 @@ fn max_pool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         let mut best: Option<(f64, usize)> = None;
         for &t in taps {
             let xv = v[base + t];
-            if best.is_none_or(|(b, _)| xv > b) {
+            // NaN propagates, as numpy's and PyTorch's max does (the ONNX
+            // reference keeps a NaN only when it is the window's first
+            // tap: an accident of its loop, not a stated rule).
+            if best.is_none_or(|(b, _)| xv > b || (xv.is_nan() && !b.is_nan())) {
                 best = Some((xv, t));
             }
         }
