@@ -347,3 +347,63 @@ fn resize_by_a_million_is_checked_before_it_is_made() {
         assert!(e.contains("limit"), "{e}");
     }
 }
+
+#[test]
+fn window_ops_sized_by_attributes_are_checked_before_they_are_made() {
+    // MaxUnpool to an output_shape of 2^40 cells, ConvTranspose to one of
+    // 2^20 x 2^20, Col2Im into an image of 2^40 x 2^40 (whose size
+    // overflows usize): errors naming the limit, never an abort.
+    let x = |shape: &[usize]| {
+        let n = shape.iter().product();
+        kiln_runtime::Value::tensor(
+            kiln_runtime::Tensor::new(shape.to_vec(), kiln_runtime::Data::F32(vec![1.0; n]))
+                .expect("tensor"),
+        )
+    };
+    let unpool = OnnxBuilder::new("unpool", 17)
+        .input("x", tensor_type(F32, &["1", "1", "1", "1"]))
+        .initializer(i64_tensor("i", &[1, 1, 1, 1], &[0]))
+        .initializer(i64_tensor("shape", &[4], &[1, 1, 1 << 20, 1 << 20]))
+        .node_with(
+            "MaxUnpool",
+            &["x", "i", "shape"],
+            &["y"],
+            vec![attr_ints("kernel_shape", &[1, 1])],
+        )
+        .output("y", tensor_type(F32, &["?", "?", "?", "?"]));
+    let transpose = OnnxBuilder::new("convt", 17)
+        .input("x", tensor_type(F32, &["1", "1", "1", "1"]))
+        .initializer(f32_tensor("w", &[1, 1, 1, 1], &[1.0]))
+        .node_with(
+            "ConvTranspose",
+            &["x", "w"],
+            &["y"],
+            vec![
+                attr_ints("output_shape", &[1 << 20, 1 << 20]),
+                attr_ints("strides", &[1 << 20, 1 << 20]),
+            ],
+        )
+        .output("y", tensor_type(F32, &["?", "?", "?", "?"]));
+    let col2im = OnnxBuilder::new("col2im", 18)
+        .input("x", tensor_type(F32, &["1", "1", "1"]))
+        .initializer(i64_tensor("image", &[2], &[1 << 40, 1 << 40]))
+        .initializer(i64_tensor("block", &[2], &[1, 1]))
+        .node_with(
+            "Col2Im",
+            &["x", "image", "block"],
+            &["y"],
+            vec![attr_ints("strides", &[1 << 40, 1 << 40])],
+        )
+        .output("y", tensor_type(F32, &["?", "?", "?", "?"]));
+    for (b, shape) in [
+        (unpool, &[1usize, 1, 1, 1][..]),
+        (transpose, &[1, 1, 1, 1][..]),
+        (col2im, &[1, 1, 1][..]),
+    ] {
+        let bytes = b.bytes();
+        for target in [interp(Default::default()), cpu(Default::default())] {
+            let e = run_error(&bytes, &target, &[("x", x(shape))], 2);
+            assert!(e.contains("limit"), "{e}");
+        }
+    }
+}

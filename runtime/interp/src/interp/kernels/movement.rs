@@ -1211,7 +1211,10 @@ fn col2im(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if dil.len() != nd || strd.len() != nd || pads.len() != 2 * nd || strd.iter().any(|&s| s <= 0) {
         bail!("Col2Im: bad dilations/strides/pads");
     }
-    let bl: usize = block.iter().product();
+    let bl = block
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .unwrap_or(0);
     if bl == 0 || x.shape[1] % bl != 0 {
         bail!(
             "Col2Im: dim 1 ({}) not divisible by the block size {bl}",
@@ -1221,20 +1224,28 @@ fn col2im(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let c = x.shape[1] / bl;
     let mut cols = Vec::new();
     for i in 0..nd {
-        let span = image[i] as i64 + pads[i] + pads[i + nd] - dil[i] * (block[i] as i64 - 1) - 1;
+        // In i128: pads, dilations and sizes come from the model.
+        let span = image[i] as i128 + pads[i] as i128 + pads[i + nd] as i128
+            - dil[i] as i128 * (block[i] as i128 - 1)
+            - 1;
         if span < 0 {
             bail!("Col2Im: block does not fit the image");
         }
-        cols.push((span / strd[i] + 1) as usize);
+        cols.push(usize::try_from(span / strd[i] as i128 + 1).unwrap_or(usize::MAX));
     }
-    let l: usize = cols.iter().product();
+    let l = cols
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .unwrap_or(usize::MAX);
     if x.shape[2] != l {
         bail!("Col2Im: {} blocks given, {l} expected", x.shape[2]);
     }
     let n = x.shape[0];
+    let mut dims = vec![n, c];
+    dims.extend(&image);
+    let mut out = super::shape::buffer::<f64>("the Col2Im result", &dims)?;
     let img_n: usize = image.iter().product();
     let v = x.to_f64();
-    let mut out = vec![0.0; n * c * img_n];
     let ist = strides(&image);
     let kcoords = map_indices(&block, |o| Ok(o.to_vec()))?;
     let ccoords = map_indices(&cols, |o| Ok(o.to_vec()))?;

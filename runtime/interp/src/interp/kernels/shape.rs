@@ -29,6 +29,29 @@ pub fn checked_numel(shape: &[usize]) -> KResult<usize> {
     Ok(n)
 }
 
+/// The element count of a buffer of `dims` elements of `T` (a result or
+/// the f64 scratch many kernels compute in), its bytes checked against the
+/// current limits before anything is allocated.
+pub fn check_buffer<T>(what: &str, dims: &[usize]) -> KResult<usize> {
+    let elem = match std::mem::size_of::<T>() {
+        8 => kiln_ir::ElemType::F64,
+        4 => kiln_ir::ElemType::F32,
+        2 => kiln_ir::ElemType::F16,
+        _ => kiln_ir::ElemType::U8,
+    };
+    Ok(crate::limits::alloc(
+        || format!("{what} of shape {dims:?}"),
+        elem,
+        dims,
+    )?)
+}
+
+/// A zeroed buffer of `dims` elements, checked as [`check_buffer`].
+pub fn buffer<T: Clone + Default>(what: &str, dims: &[usize]) -> KResult<Vec<T>> {
+    let n = check_buffer::<T>(what, dims)?;
+    Ok(vec![T::default(); n])
+}
+
 /// Numpy broadcasting of two shapes (the result's size checked against the
 /// current limits: broadcasting [n, 1] with [1, n] asks for n^2).
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> KResult<Vec<usize>> {

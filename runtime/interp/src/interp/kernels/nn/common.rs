@@ -103,4 +103,4 @@ pub(crate) fn axes_operand(t: Option<&Tensor>, rank: usize) -> KResult<Option<Ve
     Ok(Some(out))
 }
 
-pub(crate) use crate::interp::kernels::shape::checked_numel;
+pub(crate) use crate::interp::kernels::shape::{buffer, check_buffer, checked_numel};

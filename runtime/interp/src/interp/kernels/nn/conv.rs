@@ -8,7 +8,8 @@ use kiln_ir::ops::geometry::{self, AutoPad, Transposed, Window};
 use kiln_ir::ElemType;
 
 use super::common::{
-    attr_sizes, checked_numel, from_f32, need_float, next_index, out_elem, out_f64, out_i64, to_f32,
+    attr_sizes, buffer, check_buffer, checked_numel, from_f32, need_float, next_index, out_elem,
+    out_f64, out_i64, to_f32,
 };
 use super::gemm::gemm;
 use super::linalg::quantize;
@@ -159,13 +160,12 @@ fn conv_core<T: Copy + Default + AddAssign>(
     let k_n: usize = g.kernel.iter().product();
     let p_n = checked_numel(&g.out)?;
     let kk = cg * k_n;
-    checked_numel(&[n, m, p_n])?;
-    checked_numel(&[cg, k_n, p_n])?;
+    check_buffer::<T>("the Conv patches", &[cg, k_n, p_n])?;
     let direct = k_n == 1
         && g.strides.iter().all(|&s| s == 1)
         && g.pad_begin.iter().all(|&p| p == 0)
         && g.out == g.input;
-    let mut out = vec![T::default(); n * m * p_n];
+    let mut out = buffer::<T>("the Conv result", &[n, m, p_n])?;
     for b in 0..n {
         for gi in 0..group {
             let xg = &x[(b * c + gi * cg) * in_n..(b * c + (gi + 1) * cg) * in_n];
@@ -426,14 +426,14 @@ fn conv_transpose(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>>
     let in_n: usize = input.iter().product();
     let k_n: usize = kernel.iter().product();
     let o_n = checked_numel(&out)?;
-    checked_numel(&[n, m, o_n])?;
+    check_buffer::<f64>("the ConvTranspose columns", &[mg, k_n, in_n])?;
     let xv = if x.elem() == ElemType::F64 {
         x.to_f64()
     } else {
         to_f32(&x.data).into_iter().map(f64::from).collect()
     };
     let wv = w.to_f64();
-    let mut res = vec![0.0f64; n * m * o_n];
+    let mut res = buffer::<f64>("the ConvTranspose result", &[n, m, o_n])?;
     let out_strides = crate::tensor::strides(&out);
     // cols[(mo, kk), p] = sum_c w[c, mo, kk] * x[c, p]; then scatter.
     for b in 0..n {
@@ -535,7 +535,8 @@ fn deform_conv(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let mg = m / group;
     let cpo = c / og;
     let p_n = oh * ow;
-    let mut res = vec![0.0; n * m * p_n];
+    let mut res = buffer::<f64>("the DeformConv result", &[n, m, p_n])?;
+    check_buffer::<f64>("the DeformConv samples", &[c, k_n, p_n])?;
     // Sample each input channel at each kernel tap: cols[(ci, kk), p].
     let sample = |plane: &[f64], y: f64, xx: f64| -> f64 {
         let (y0, x0) = (y.floor(), xx.floor());

@@ -5,7 +5,7 @@
 use kiln_ir::ops::geometry::{self, AutoPad, Window};
 use kiln_ir::ElemType;
 
-use super::common::{attr_sizes, checked_numel, need_float, next_index, out_f64, out_i64};
+use super::common::{attr_sizes, buffer, checked_numel, need_float, next_index, out_f64, out_i64};
 use crate::interp::kernels::ctx::{bail, opt_tensor, tensor, Ctx, KResult, KernelFn};
 use crate::tensor::Tensor;
 use crate::value::Value;
@@ -324,17 +324,16 @@ fn max_unpool(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if inferred.iter().zip(&shape).any(|(a, b)| a > b) {
         bail!("output_shape {shape:?} is smaller than the unpooled shape {inferred:?}");
     }
-    let n_inf = checked_numel(&inferred)?;
+    let mut block = buffer::<f64>("the MaxUnpool block", &inferred)?;
+    let n_inf = block.len();
     let v = x.to_f64();
-    let mut block = vec![0.0; n_inf];
     for (&i, &val) in ind.to_i64().iter().zip(&v) {
         if i < 0 || i as usize >= n_inf {
             bail!("MaxUnpool index {i} is out of range for shape {inferred:?}");
         }
         block[i as usize] = val;
     }
-    let n = checked_numel(&shape)?;
-    let mut out = vec![0.0; n];
+    let mut out = buffer::<f64>("the MaxUnpool result", &shape)?;
     let ost = crate::tensor::strides(&shape);
     let mut idx = vec![0usize; inferred.len()];
     for &val in &block {
