@@ -407,3 +407,61 @@ fn window_ops_sized_by_attributes_are_checked_before_they_are_made() {
         }
     }
 }
+
+/// `memory_bytes` bounds what a run holds at once, not only each tensor:
+/// 20 fresh 256 KiB results exceed 4 MiB; Identity (which shares its
+/// operand's data) and a loop's iterations (each replaces the last) do
+/// not add up.
+#[test]
+fn a_run_holds_at_most_memory_bytes_of_values() {
+    let limits = kiln_ir::Limits {
+        tensor_bytes: 1 << 20,
+        memory_bytes: 4 << 20,
+        ..Default::default()
+    };
+    let chain = |n: usize, op: &str| {
+        let mut s = String::from("module @chain opset(ai.onnx = 18) {\n  input %x: f32[256,256]\n");
+        let mut prev = "x".to_string();
+        for i in 0..n {
+            s += &format!("  %v{i} = {op}(%{prev}) : f32[256,256]\n");
+            prev = format!("v{i}");
+        }
+        s + &format!("  return %{prev}\n}}\n")
+    };
+    let x = kiln_runtime::Value::tensor(
+        kiln_runtime::Tensor::new(vec![256, 256], kiln_runtime::Data::F32(vec![0.5; 1 << 16]))
+            .expect("tensor"),
+    );
+    let inputs = std::collections::HashMap::from([("x".to_string(), x)]);
+    let run = |src: &str| {
+        let m = kiln_ir::parse_module(src).expect("parses");
+        kiln_runtime::Interpreter::new(&m)
+            .with_limits(limits)
+            .run(&inputs)
+            .map_err(|e| e.to_string())
+    };
+    let e = run(&chain(20, "Neg")).expect_err("20 x 256 KiB is past 4 MiB");
+    assert!(
+        e.contains("the values this run holds") && e.contains("limit is 4194304"),
+        "{e}"
+    );
+    assert!(run(&chain(12, "Neg")).is_ok());
+    assert!(run(&chain(40, "Identity")).is_ok());
+    let looped = "module @l opset(ai.onnx = 18) {
+  input %x: f32[256,256]
+  const %n: i64[] = dense[100]
+  %y = Loop(%n, none, %x) {
+    body = graph {
+      input %i: i64[]
+      input %c: bool[]
+      input %v: f32[256,256]
+      %w = Neg(%v) : f32[256,256]
+      %c_out = Identity(%c) : bool[]
+      return %c_out, %w
+    }
+  } : f32[256,256]
+  return %y
+}
+";
+    assert!(run(looped).is_ok());
+}

@@ -26,6 +26,22 @@ impl Value {
         }
     }
 
+    /// Bytes of this value that nothing else holds: a tensor whose `Arc`
+    /// has other owners (an operand passed through by Identity, Reshape,
+    /// a sequence op) was not allocated by the step that returned it.
+    /// Strings count a byte per element.
+    pub fn fresh_bytes(&self) -> u64 {
+        match self {
+            Value::Tensor(t) if Arc::strong_count(t) == 1 => {
+                let n = t.len() as u64;
+                t.elem().storage_bytes(n).unwrap_or(n)
+            }
+            Value::Tensor(_) | Value::Optional(None) => 0,
+            Value::Sequence(v) => v.iter().map(Value::fresh_bytes).sum(),
+            Value::Optional(Some(v)) => v.fresh_bytes(),
+        }
+    }
+
     /// What kind of value this is, for messages.
     pub fn describe(&self) -> String {
         match self {

@@ -282,7 +282,10 @@ impl<'m> Interpreter<'m> {
             let mut no_symbols = HashMap::new();
             check_type(self.m.ty(o), &v, &mut no_symbols)
                 .map_err(|e| fail(format!("result %{}: {e}", self.m.name(o))))?;
-            env.set(o, v);
+            let held = env.set_result(o, v);
+            self.limits
+                .total(|| "the values this run holds".to_string(), held)
+                .map_err(|e| fail(e.to_string()))?;
         }
         Ok(())
     }
