@@ -561,32 +561,52 @@ impl<'a> Importer<'a> {
             declared: HashMap::new(),
         });
         // The function's opset imports apply inside its body.
-        let saved = self.opsets.clone();
-        for o in &f.opset_import {
-            self.opsets.insert(canon_domain(o.domain()), o.version());
-        }
+        // (Only the entries it changes are saved: a model whose functions
+        // call each other a million times must not copy the table as often.)
+        let saved: Vec<(String, Option<i64>)> = f
+            .opset_import
+            .iter()
+            .map(|o| {
+                let d = canon_domain(o.domain());
+                let before = self.opsets.insert(d.clone(), o.version());
+                (d, before)
+            })
+            .collect();
         self.inline_depth += 1;
         let mut result = Ok(());
         for inner in &f.node {
-            let mut inner = inner.clone();
-            let mut attrs = Vec::new();
-            for a in inner.attribute.drain(..) {
-                if a.ref_attr_name().is_empty() {
-                    attrs.push(a);
-                } else if let Some(b) = bound.get(a.ref_attr_name()) {
-                    let mut b = (*b).clone();
-                    b.name = a.name.clone();
-                    attrs.push(b);
+            // A copy only of nodes whose attributes refer to the call's.
+            let substituted;
+            let node = if inner.attribute.iter().all(|a| a.ref_attr_name().is_empty()) {
+                inner
+            } else {
+                let mut copy = inner.clone();
+                let mut attrs = Vec::new();
+                for a in copy.attribute.drain(..) {
+                    if a.ref_attr_name().is_empty() {
+                        attrs.push(a);
+                    } else if let Some(b) = bound.get(a.ref_attr_name()) {
+                        let mut b = (*b).clone();
+                        b.name = a.name.clone();
+                        attrs.push(b);
+                    }
                 }
-            }
-            inner.attribute = attrs;
-            if let Err(e) = self.import_node(&inner, region) {
+                copy.attribute = attrs;
+                substituted = copy;
+                &substituted
+            };
+            if let Err(e) = self.import_node(node, region) {
                 result = Err(e);
                 break;
             }
         }
         self.inline_depth -= 1;
-        self.opsets = saved;
+        for (d, before) in saved.into_iter().rev() {
+            match before {
+                Some(v) => self.opsets.insert(d, v),
+                None => self.opsets.remove(&d),
+            };
+        }
         let outs: Vec<Option<ValueId>> = f.output.iter().map(|o| self.resolve(o)).collect();
         self.scopes.pop();
         result?;
