@@ -1,5 +1,5 @@
 //! Data-movement kernels of the CPU backend: Transpose, Gather along the
-//! first axis (embedding lookups), Concat. Generic over the element type;
+//! first axis (embedding lookups), Concat, Slice. Generic over the element type;
 //! each copies the largest contiguous runs it can (memcpy) instead of
 //! computing an index per element.
 
@@ -178,9 +178,118 @@ pub fn concat<T: Copy>(parts: &[&[T]], outer: usize, inner: &[usize], out: &mut 
     }
 }
 
+/// A strided window of `x` (`shape`): result index `i` along axis `d`
+/// reads input index `first[d] + i * step[d]`, for `out_shape`, written
+/// over all of `out`. Trailing axes taken whole merge with the last
+/// sliced axis when its step is 1, so a channel split of NCHW data is one
+/// memcpy per batch item, not one per row.
+///
+/// `first`/`step` must keep every read inside `x` (the planner derives
+/// them from ONNX's clamping rule; a step only matters for axes of two or
+/// more results, where `|step| < shape[d]`).
+pub fn slice<T: Copy>(
+    x: &[T],
+    shape: &[usize],
+    first: &[usize],
+    step: &[isize],
+    out_shape: &[usize],
+    out: &mut [T],
+) {
+    let n: usize = out_shape.iter().product();
+    assert_eq!(out.len(), n, "slice: output length");
+    if n == 0 {
+        return;
+    }
+    let st = strides(shape);
+    // Trailing axes taken whole, and the axis before them if its step is
+    // 1: one contiguous run per remaining index.
+    let mut cut = shape.len();
+    while cut > 0
+        && first[cut - 1] == 0
+        && step[cut - 1] == 1
+        && out_shape[cut - 1] == shape[cut - 1]
+    {
+        cut -= 1;
+    }
+    let mut run: usize = shape[cut..].iter().product();
+    let mut outer = cut;
+    if cut > 0 && step[cut - 1] == 1 {
+        run *= out_shape[cut - 1];
+        outer = cut - 1;
+    }
+    let base: usize = (0..shape.len()).map(|d| first[d] * st[d]).sum();
+    let sst: Vec<isize> = (0..outer).map(|d| step[d] * st[d] as isize).collect();
+    let mut idx = vec![0usize; outer];
+    let mut src = base as isize;
+    for chunk in out.chunks_exact_mut(run) {
+        chunk.copy_from_slice(&x[src as usize..][..run]);
+        for d in (0..outer).rev() {
+            idx[d] += 1;
+            src += sst[d];
+            if idx[d] < out_shape[d] {
+                break;
+            }
+            src -= sst[d] * out_shape[d] as isize;
+            idx[d] = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Slice by the definition, one element at a time.
+    fn slice_ref(
+        x: &[i32],
+        shape: &[usize],
+        first: &[usize],
+        step: &[isize],
+        out_shape: &[usize],
+    ) -> Vec<i32> {
+        let st = strides(shape);
+        let n: usize = out_shape.iter().product();
+        (0..n)
+            .map(|o| {
+                let (mut rem, mut src) = (o, 0isize);
+                for d in (0..shape.len()).rev() {
+                    let i = rem % out_shape[d];
+                    rem /= out_shape[d];
+                    src += (first[d] as isize + i as isize * step[d]) * st[d] as isize;
+                }
+                x[src as usize]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slice_matches_the_definition() {
+        let shape = [2, 5, 3, 4];
+        let x: Vec<i32> = (0..120).collect();
+        // (first, step, out_shape): channel split, reversed and strided
+        // axes, a middle axis, a scalar-like single element.
+        let cases: &[([usize; 4], [isize; 4], [usize; 4])] = &[
+            ([0, 2, 0, 0], [1, 1, 1, 1], [2, 3, 3, 4]),
+            ([1, 0, 0, 0], [1, 1, 1, 1], [1, 5, 3, 4]),
+            ([0, 4, 2, 3], [1, -2, -1, -1], [2, 3, 3, 4]),
+            ([0, 0, 1, 1], [1, 1, 1, 2], [2, 5, 2, 2]),
+            ([1, 3, 2, 0], [1, 1, 1, 1], [1, 1, 1, 4]),
+            ([0, 0, 0, 3], [1, 1, 1, -1], [2, 5, 3, 1]),
+            ([0, 1, 0, 0], [1, 3, 1, 1], [2, 2, 3, 4]),
+        ];
+        for (first, step, out_shape) in cases {
+            let n: usize = out_shape.iter().product();
+            let mut out = vec![-1; n];
+            slice(&x, &shape, first, step, out_shape, &mut out);
+            assert_eq!(
+                out,
+                slice_ref(&x, &shape, first, step, out_shape),
+                "{first:?} {step:?}"
+            );
+        }
+        let mut empty: Vec<i32> = vec![];
+        slice(&x, &shape, &[0; 4], &[1; 4], &[2, 0, 3, 4], &mut empty);
+    }
 
     /// The definition, one index at a time.
     fn transpose_ref(x: &[i32], shape: &[usize], perm: &[usize]) -> Vec<i32> {

@@ -246,6 +246,7 @@ fn lower_node(
         "Transpose" => movement::transpose(m, n),
         "Gather" => movement::gather(m, n),
         "Concat" => movement::concat(m, n),
+        "Slice" => movement::slice(m, n),
         "Cast" => movement::cast(m, n),
         "Expand" => movement::expand(m, n),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {

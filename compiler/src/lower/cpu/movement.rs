@@ -4,7 +4,7 @@
 
 use kiln_ir::{Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
-    CastToF32, Concat, Expand, Gather, Reduce, Reshape, Transpose,
+    CastToF32, Concat, Expand, Gather, Reduce, Reshape, Slice, Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -96,6 +96,70 @@ pub(super) fn gather(m: &Module, n: &Node) -> Result<NativeStep, String> {
     Ok(NativeStep::new(
         Box::new(k),
         format!("Gather axis {a}"),
+        0.0,
+    ))
+}
+
+/// Slice with constant starts, ends, axes and steps: per axis the first
+/// index and step by ONNX's clamping rule
+/// ([`kiln_ir::ops::geometry::slice_range`], as inference and the
+/// interpreter), then a strided copy.
+pub(super) fn slice(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let ints = |i: usize| -> Result<Option<Vec<i64>>, String> {
+        n.input(i)
+            .map(|v| {
+                m.constant(v)
+                    .and_then(|d| d.to_i64_vec())
+                    .ok_or_else(|| format!("operand {i} is not constant"))
+            })
+            .transpose()
+    };
+    let starts = ints(1)?.ok_or("no starts")?;
+    let ends = ints(2)?.ok_or("no ends")?;
+    let k = starts.len();
+    let axes = ints(3)?.unwrap_or_else(|| (0..k as i64).collect());
+    let steps = ints(4)?.unwrap_or_else(|| vec![1; k]);
+    if ends.len() != k || axes.len() != k || steps.len() != k {
+        return Err("starts, ends, axes and steps differ in length".into());
+    }
+    let r = shape.len();
+    let (mut first, mut step, mut got) = (vec![0usize; r], vec![1isize; r], shape.clone());
+    for j in 0..k {
+        let a = if axes[j] < 0 {
+            axes[j] + r as i64
+        } else {
+            axes[j]
+        };
+        let a = usize::try_from(a)
+            .ok()
+            .filter(|&a| a < r)
+            .ok_or_else(|| format!("axis {} out of range", axes[j]))?;
+        if steps[j] == 0 {
+            return Err("step 0".into());
+        }
+        let (b, len) =
+            kiln_ir::ops::geometry::slice_range(starts[j], ends[j], steps[j], shape[a] as u64);
+        got[a] = len as usize;
+        // With fewer than two results the step is never applied (and may
+        // be i64::MIN); with two or more, |step| < the axis size.
+        step[a] = if len >= 2 { steps[j] as isize } else { 1 };
+        first[a] = if len == 0 { 0 } else { b as usize };
+    }
+    if got != out {
+        return Err(format!("slices to {got:?}, the result is {out:?}"));
+    }
+    Ok(NativeStep::new(
+        Box::new(Slice {
+            shape,
+            first,
+            step,
+            out,
+        }),
+        "Slice",
         0.0,
     ))
 }

@@ -77,6 +77,33 @@ impl NativeKernel for Transpose {
     }
 }
 
+/// Slice with constant bounds, planned: see [`movement::slice`].
+pub struct Slice {
+    pub shape: Vec<usize>,
+    pub first: Vec<usize>,
+    pub step: Vec<isize>,
+    pub out: Vec<usize>,
+}
+
+impl NativeKernel for Slice {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let out = result(outputs, 0)?;
+        if x.len() != self.shape.iter().product::<usize>() {
+            return Err("slice: operand of another shape".into());
+        }
+        movable!(x, out, |v, o| movement::slice(
+            v,
+            &self.shape,
+            &self.first,
+            &self.step,
+            &self.out,
+            o
+        ));
+        Ok(())
+    }
+}
+
 /// Gather along one axis: `outer` blocks of `rows` rows of `row_len`.
 pub struct Gather {
     pub outer: usize,
