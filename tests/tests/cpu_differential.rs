@@ -373,3 +373,113 @@ fn backend_report(src: &str, inputs: &HashMap<String, Value>) -> String {
     .expect("compiles");
     exe.report()
 }
+
+/// Resize with constant scales or sizes runs natively on the interpreter's
+/// plan: every mode, coordinate rule, nearest rounding, antialias, roi
+/// with extrapolation, aspect-ratio policy and `axes`, down and up, checked
+/// against the interpreter.
+#[test]
+fn resize_matches_the_interpreter_in_every_mode() {
+    let x_shape = [1usize, 2, 5, 7];
+    let inputs = HashMap::from([("x".to_string(), input(&x_shape, 11))]);
+    let modes = [
+        ("nearest", "round_prefer_floor"),
+        ("nearest", "round_prefer_ceil"),
+        ("nearest", "floor"),
+        ("nearest", "ceil"),
+        ("linear", ""),
+        ("cubic", ""),
+    ];
+    let ctms = [
+        "half_pixel",
+        "pytorch_half_pixel",
+        "align_corners",
+        "asymmetric",
+        "half_pixel_symmetric",
+        "tf_crop_and_resize",
+    ];
+    let mut native = 0;
+    for (mode, nearest) in modes {
+        for ctm in ctms {
+            for (k, (scales, sizes)) in [
+                (Some([1.0f32, 1.0, 2.0, 1.5]), None),
+                (Some([1.0, 1.0, 0.6, 0.5]), None),
+                (None, Some([1i64, 2, 3, 9])),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let antialias = k == 1 && mode != "nearest";
+                let roi = if ctm == "tf_crop_and_resize" {
+                    "dense[0.0, 0.0, 0.1, -0.2, 1.0, 1.0, 0.8, 1.3]"
+                } else {
+                    "dense[]"
+                };
+                let roi_ty = if ctm == "tf_crop_and_resize" {
+                    "f32[8]"
+                } else {
+                    "f32[0]"
+                };
+                let (operands, consts, out) = match (scales, sizes) {
+                    (Some(s), _) => (
+                        "%x, %roi, %scales",
+                        format!("  const %scales: f32[4] = {}\n", dense(&s)),
+                        x_shape
+                            .iter()
+                            .zip(s)
+                            .map(|(&d, s)| (d as f32 * s).floor() as usize)
+                            .collect::<Vec<_>>(),
+                    ),
+                    (None, Some(z)) => (
+                        "%x, %roi, none, %sizes",
+                        format!(
+                            "  const %sizes: i64[4] = dense[{}, {}, {}, {}]\n",
+                            z[0], z[1], z[2], z[3]
+                        ),
+                        z.iter().map(|&d| d as usize).collect(),
+                    ),
+                    _ => unreachable!(),
+                };
+                let mut attrs = format!(
+                    "coordinate_transformation_mode = \"{ctm}\", mode = \"{mode}\", extrapolation_value = -3.0"
+                );
+                if !nearest.is_empty() {
+                    attrs += &format!(", nearest_mode = \"{nearest}\"");
+                }
+                if antialias {
+                    attrs += ", antialias = 1";
+                }
+                if mode == "cubic" && k == 2 {
+                    attrs += ", exclude_outside = 1";
+                }
+                let src = format!(
+                    "module @resize opset(ai.onnx = 19) {{
+  input %x: {}
+  const %roi: {roi_ty} = {roi}
+{consts}  %y = Resize({operands}) {{{attrs}}} : {}
+  return %y
+}}
+",
+                    ty(&x_shape),
+                    ty(&out)
+                );
+                check(&src, &inputs, 2, false).unwrap_or_else(|e| panic!("{e}"));
+                native += backend_report(&src, &inputs).contains("1 native") as usize;
+            }
+        }
+    }
+    assert_eq!(native, modes.len() * ctms.len() * 3, "every case native");
+    // `axes` and a size policy: only H and W named, the aspect kept.
+    let src = format!(
+        "module @resize opset(ai.onnx = 19) {{
+  input %x: {}
+  const %sizes: i64[2] = dense[10, 10]
+  %y = Resize(%x, none, none, %sizes) {{axes = [2, 3], keep_aspect_ratio_policy = \"not_larger\", mode = \"linear\"}} : f32[1,2,7,10]
+  return %y
+}}
+",
+        ty(&x_shape)
+    );
+    check(&src, &inputs, 1, false).unwrap_or_else(|e| panic!("{e}"));
+    assert!(backend_report(&src, &inputs).contains(", 0 on the interpreter"));
+}

@@ -9,6 +9,7 @@ pub mod jit;
 pub mod kernels;
 pub mod movement;
 pub mod reduce;
+pub mod resize;
 pub mod steps;
 pub mod view;
 

@@ -247,6 +247,7 @@ fn lower_node(
         "Gather" => movement::gather(m, n),
         "Concat" => movement::concat(m, n),
         "Slice" => movement::slice(m, n),
+        "Resize" => movement::resize(m, n),
         "Cast" => movement::cast(m, n),
         "Expand" => movement::expand(m, n),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {

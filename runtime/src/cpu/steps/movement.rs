@@ -77,6 +77,22 @@ impl NativeKernel for Transpose {
     }
 }
 
+/// Resize of f32 data, planned: see [`crate::cpu::resize`].
+pub struct Resize(pub crate::cpu::resize::Resize);
+
+impl NativeKernel for Resize {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let out = result(outputs, 0)?;
+        self.0.run(x.f32s()?, out.f32s()?, threads)
+    }
+}
+
 /// Slice with constant bounds, planned: see [`movement::slice`].
 pub struct Slice {
     pub shape: Vec<usize>,

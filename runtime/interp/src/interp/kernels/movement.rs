@@ -23,7 +23,7 @@ use crate::value::Value;
 use axes::{map_indices, norm_axes, norm_axis};
 
 mod axes;
-mod resample;
+pub mod resample;
 
 pub fn lookup(op: &str) -> Option<KernelFn> {
     Some(match op {

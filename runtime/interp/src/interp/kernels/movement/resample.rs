@@ -12,10 +12,11 @@ use super::axes::{map_indices, norm_axes};
 use crate::interp::kernels::ctx::{bail, one, opt_tensor, tensor, Ctx, KResult};
 use crate::tensor::{strides, Data, Tensor};
 use crate::value::Value;
+use kiln_ir::Attr;
 
 /// Taps of one output coordinate along one dim: `None` means the
 /// extrapolation value.
-type Taps = Option<Vec<(usize, f64)>>;
+pub type Taps = Option<Vec<(usize, f64)>>;
 
 struct DimPlan {
     in_size: usize,
@@ -34,47 +35,55 @@ enum Mode {
     Cubic,
 }
 
-pub fn resize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
-    let x = tensor(inputs, 0)?;
-    let r = x.rank();
-    let roi_in = opt_tensor(inputs, 1)?
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_f64());
-    let scales_in = opt_tensor(inputs, 2)?
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_f64());
-    let sizes_in = opt_tensor(inputs, 3)?
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_i64());
-    let axes = match cx.attr_ints("axes") {
+/// A Resize planned for an input shape: the result's shape and, per dim
+/// and output coordinate, the taps (source index, weight), or `None` for
+/// the extrapolation value. The interpreter and the cpu backend's native
+/// Resize both evaluate this plan, so they share every rule above.
+pub struct ResizePlan {
+    pub shape: Vec<usize>,
+    pub taps: Vec<Vec<Taps>>,
+    pub extrapolation: f64,
+}
+
+/// Plan a Resize node for an input of `x_shape` and its `roi`, `scales`
+/// and `sizes` operands (empty ones as `None`).
+pub fn resize_plan(
+    node: &kiln_ir::Node,
+    x_shape: &[usize],
+    roi_in: Option<Vec<f64>>,
+    scales_in: Option<Vec<f64>>,
+    sizes_in: Option<Vec<i64>>,
+) -> KResult<ResizePlan> {
+    let attr = |name: &str| node.attrs.get(name);
+    let attr_str = |name: &str| attr(name).and_then(Attr::as_str);
+    let attr_int = |name: &str, d: i64| attr(name).and_then(Attr::as_int).unwrap_or(d);
+    let attr_float = |name: &str, d: f32| attr(name).and_then(Attr::as_float).unwrap_or(d);
+    let r = x_shape.len();
+    let axes = match attr("axes").and_then(Attr::as_ints) {
         Some(a) => norm_axes(a, r)?,
         None => (0..r).collect(),
     };
-    let mode = match cx.attr_str("mode").unwrap_or("nearest") {
+    let mode = match attr_str("mode").unwrap_or("nearest") {
         "nearest" => Mode::Nearest,
         "linear" | "bilinear" | "trilinear" => Mode::Linear,
         "cubic" | "bicubic" => Mode::Cubic,
         m => bail!("Resize: unknown mode `{m}`"),
     };
-    let ctm = cx
-        .attr_str("coordinate_transformation_mode")
+    let ctm = attr_str("coordinate_transformation_mode")
         .unwrap_or("half_pixel")
         .to_string();
-    let nearest_mode = cx
-        .attr_str("nearest_mode")
+    let nearest_mode = attr_str("nearest_mode")
         .unwrap_or("round_prefer_floor")
         .to_string();
-    let cubic_a = cx.attr_float("cubic_coeff_a", -0.75) as f64;
-    let exclude_outside = cx.attr_int("exclude_outside", 0) != 0;
-    let extrapolation = cx.attr_float("extrapolation_value", 0.0) as f64;
-    let policy = cx
-        .attr_str("keep_aspect_ratio_policy")
+    let cubic_a = attr_float("cubic_coeff_a", -0.75) as f64;
+    let exclude_outside = attr_int("exclude_outside", 0) != 0;
+    let extrapolation = attr_float("extrapolation_value", 0.0) as f64;
+    let policy = attr_str("keep_aspect_ratio_policy")
         .unwrap_or("stretch")
         .to_string();
-    let antialias = cx.attr_int("antialias", 0) != 0 && mode != Mode::Nearest;
+    let antialias = attr_int("antialias", 0) != 0 && mode != Mode::Nearest;
 
-    let mut plans: Vec<DimPlan> = x
-        .shape
+    let mut plans: Vec<DimPlan> = x_shape
         .iter()
         .map(|&n| DimPlan {
             in_size: n,
@@ -179,6 +188,26 @@ pub fn resize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             .collect::<KResult<Vec<_>>>()?;
         taps.push(t);
     }
+    Ok(ResizePlan {
+        shape,
+        taps,
+        extrapolation,
+    })
+}
+
+pub fn resize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    let roi_in = opt_tensor(inputs, 1)?
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_f64());
+    let scales_in = opt_tensor(inputs, 2)?
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_f64());
+    let sizes_in = opt_tensor(inputs, 3)?
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_i64());
+    let plan = resize_plan(cx.node, &x.shape, roi_in, scales_in, sizes_in)?;
+    let (shape, taps, extrapolation) = (plan.shape, plan.taps, plan.extrapolation);
     let v = x.to_f64();
     let st = strides(&x.shape);
     fn eval(
