@@ -483,3 +483,28 @@ fn resize_matches_the_interpreter_in_every_mode() {
     check(&src, &inputs, 1, false).unwrap_or_else(|e| panic!("{e}"));
     assert!(backend_report(&src, &inputs).contains(", 0 on the interpreter"));
 }
+
+/// Softmax and LogSoftmax over a leading or middle axis (yolov8's DFL head
+/// takes axis 1) run natively and match the interpreter, ±Inf and NaN in
+/// the data included.
+#[test]
+fn softmax_over_any_axis_matches_the_interpreter() {
+    let shape = [3usize, 5, 7];
+    let mut x = values(21, 105);
+    x[3] = f32::INFINITY;
+    x[40] = f32::NAN;
+    x[77] = f32::NEG_INFINITY;
+    let inputs = HashMap::from([(
+        "x".to_string(),
+        Value::tensor(Tensor::new(shape.to_vec(), Data::F32(x)).expect("tensor")),
+    )]);
+    for op in ["Softmax", "LogSoftmax"] {
+        for axis in [0, 1, -2, -3] {
+            let src = format!(
+                "module @s opset(ai.onnx = 18) {{\n  input %x: f32[3,5,7]\n  %y = {op}(%x) {{axis = {axis}}} : f32[3,5,7]\n  return %y\n}}\n"
+            );
+            check(&src, &inputs, 1, false).unwrap_or_else(|e| panic!("{e}"));
+            assert!(backend_report(&src, &inputs).contains(", 0 on the interpreter"));
+        }
+    }
+}

@@ -55,6 +55,56 @@ pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp, out: &mu
     }
 }
 
+/// Softmax (or log-softmax) of `x` viewed as `[outer, n, inner]` along its
+/// middle dim, written over all of `out`: the axis the generated loops do
+/// not cover (they take the last). Columns of `inner` are independent, so
+/// every pass runs along contiguous rows. As the interpreter: the shift is
+/// the column's largest value when that is finite, else 0 (an Inf gives
+/// NaN and 0s, a NaN gives NaNs).
+pub fn softmax_axis(x: &[f32], outer: usize, n: usize, inner: usize, log: bool, out: &mut [f32]) {
+    assert_eq!(x.len(), outer * n * inner, "softmax: operand length");
+    assert_eq!(out.len(), x.len(), "softmax: result length");
+    if x.is_empty() {
+        return;
+    }
+    let (mut shift, mut sum) = (vec![0f32; inner], vec![0f32; inner]);
+    for (xs, os) in x
+        .chunks_exact(n * inner)
+        .zip(out.chunks_exact_mut(n * inner))
+    {
+        shift.fill(f32::NEG_INFINITY);
+        for row in xs.chunks_exact(inner) {
+            for (m, &v) in shift.iter_mut().zip(row) {
+                if v > *m {
+                    *m = v;
+                }
+            }
+        }
+        for m in &mut shift {
+            if !m.is_finite() {
+                *m = 0.0;
+            }
+        }
+        sum.fill(0.0);
+        for (row, orow) in xs.chunks_exact(inner).zip(os.chunks_exact_mut(inner)) {
+            for i in 0..inner {
+                let e = (row[i] - shift[i]).exp();
+                orow[i] = e;
+                sum[i] += e;
+            }
+        }
+        for (row, orow) in xs.chunks_exact(inner).zip(os.chunks_exact_mut(inner)) {
+            for i in 0..inner {
+                orow[i] = if log {
+                    row[i] - shift[i] - sum[i].ln()
+                } else {
+                    orow[i] / sum[i]
+                };
+            }
+        }
+    }
+}
+
 /// `x` of `in_shape` broadcast to `out_shape` (numpy rules; `in_shape`
 /// right-aligned, its dims 1 or equal), written over all of `out`.
 pub fn broadcast<T: Copy>(x: &[T], in_shape: &[usize], out_shape: &[usize], out: &mut [T]) {

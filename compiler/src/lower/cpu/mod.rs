@@ -255,6 +255,9 @@ fn lower_node(
             // fused); any axes at all fall back to the odometer kernel.
             fusion::single_node_loop(m, n, target).or_else(|_| movement::reduce(m, n))
         }
+        "Softmax" | "LogSoftmax" => {
+            fusion::single_node_loop(m, n, target).or_else(|_| movement::softmax_axis(m, n))
+        }
         "kiln.Fusion" => fusion::fusion(m, n, target, weights),
         "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" => dense::dense(m, n, weights),
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => dense::pool(m, n),

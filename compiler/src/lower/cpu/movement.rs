@@ -4,7 +4,7 @@
 
 use kiln_ir::{Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
-    CastToF32, Concat, Expand, Gather, Reduce, Reshape, Resize, Slice, Transpose,
+    CastToF32, Concat, Expand, Gather, Reduce, Reshape, Resize, Slice, SoftmaxAxis, Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -208,6 +208,37 @@ pub(super) fn resize(m: &Module, n: &Node) -> Result<NativeStep, String> {
     }
     let k = kiln_runtime::cpu::resize::Resize::new(&shape, &plan)?;
     Ok(NativeStep::new(Box::new(Resize(k)), "Resize", 0.0))
+}
+
+/// Softmax or LogSoftmax over any axis of f32 data (the generated loops
+/// take the last one; this the others, as in yolov8's DFL head).
+pub(super) fn softmax_axis(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::F32) {
+        return Err("softmax of non-f32".into());
+    }
+    let shape = m.static_shape(x)?;
+    let r = shape.len() as i64;
+    let axis = n
+        .attrs
+        .get("axis")
+        .and_then(kiln_ir::Attr::as_int)
+        .unwrap_or(-1);
+    let a = usize::try_from(if axis < 0 { axis + r } else { axis })
+        .ok()
+        .filter(|&a| a < shape.len())
+        .ok_or_else(|| format!("axis {axis} out of range"))?;
+    let k = SoftmaxAxis {
+        outer: shape[..a].iter().product(),
+        n: shape[a],
+        inner: shape[a + 1..].iter().product(),
+        log: n.op == "LogSoftmax",
+    };
+    Ok(NativeStep::new(
+        Box::new(k),
+        format!("{} axis {a}", n.op),
+        0.0,
+    ))
 }
 
 pub(super) fn concat(m: &Module, n: &Node) -> Result<NativeStep, String> {

@@ -240,6 +240,31 @@ impl NativeKernel for Expand {
 }
 
 /// A reduction of an f32 operand of `shape` over `axes` (any of them).
+/// Softmax or LogSoftmax along a non-last axis of `[outer, n, inner]`
+/// data: see [`crate::cpu::reduce::softmax_axis`].
+pub struct SoftmaxAxis {
+    pub outer: usize,
+    pub n: usize,
+    pub inner: usize,
+    pub log: bool,
+}
+
+impl NativeKernel for SoftmaxAxis {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let out = result(outputs, 0)?;
+        crate::cpu::reduce::softmax_axis(
+            x.f32s()?,
+            self.outer,
+            self.n,
+            self.inner,
+            self.log,
+            out.f32s()?,
+        );
+        Ok(())
+    }
+}
+
 pub struct Reduce {
     pub shape: Vec<usize>,
     pub axes: Vec<usize>,
