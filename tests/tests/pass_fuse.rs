@@ -126,6 +126,7 @@ macro_rules! cases {
 cases!(
     elementwise_chain,
     dag_silu,
+    conv_silu_epilogue,
     multi_use_output,
     attention_softmax,
     reduce_sum_square,

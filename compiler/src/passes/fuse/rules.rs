@@ -158,17 +158,15 @@ fn reduction_absorbs_producers(p: &Plan, i: usize) -> Vec<Merge> {
     out
 }
 
-/// (3) A MatMul/Gemm/Conv/ConvTranspose whose result has one user, in an
-/// elementwise group, becomes that group's root op: bias Add, activation
-/// and residual Add applied to its output in the same kernel.
+/// (3) A MatMul/Gemm/Conv/ConvTranspose whose users are all in one
+/// elementwise group becomes that group's root op: bias Add, activation
+/// and residual Add applied to its output in the same kernel. The users
+/// may be several: SiLU, `x * Sigmoid(x)`, reads the conv's result twice.
 fn epilogue(p: &Plan, i: usize) -> Vec<Merge> {
     if p.class[i] != Ok(Class::Anchor) {
         return vec![];
     }
     let v = p.nodes[i].outputs[0];
-    if p.users_of(v).len() != 1 {
-        return vec![];
-    }
     let Some(g) = p.sole_user_group(v) else {
         return vec![];
     };
