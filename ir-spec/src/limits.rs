@@ -16,8 +16,8 @@ pub struct Limits {
     /// Bytes of any one tensor: a constant, a folded result, a value made
     /// at run time.
     pub tensor_bytes: u64,
-    /// Bytes of a model's constants together, and of one run's
-    /// allocations together.
+    /// Bytes of a model's constants together, of the cpu backend's arena,
+    /// and of the values one interpreter run holds at once.
     pub memory_bytes: u64,
     /// Nodes of a model after its functions are inlined (nested regions
     /// included).
