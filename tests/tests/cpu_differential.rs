@@ -508,3 +508,49 @@ fn softmax_over_any_axis_matches_the_interpreter() {
         }
     }
 }
+
+/// Depthwise convs on small maps with many channels (mobile nets' late
+/// stages) take the channels-in-lanes path: slabs of 64 channels and a
+/// partial last slab, strides, pads, dilation, batches, bias or none, one
+/// and two threads, against the interpreter.
+#[test]
+fn depthwise_on_small_maps_matches_the_interpreter() {
+    let mut cases = 0;
+    for (c, hw, k, stride, pad, dil, n, bias) in [
+        (72, 7, 5, 1, 2, 1, 1, true),
+        (96, 14, 3, 2, 1, 1, 2, false),
+        (40, 9, 3, 1, 2, 2, 1, true),
+        (130, 5, 5, 2, 0, 1, 2, true),
+        (64, 16, 3, 1, 1, 1, 1, false),
+    ] {
+        let oh = out_dim(hw, k, stride, pad, dil).expect("fits");
+        let w = values(c as u32, c * k * k);
+        let b = values(7, c);
+        let operands = if bias { "%x, %w, %b" } else { "%x, %w" };
+        let src = format!(
+            "module @dw opset(ai.onnx = 18) {{
+  input %x: {}
+  const %w: {} = {}
+  const %b: {} = {}
+  %y = Conv({operands}) {{dilations = [{dil}, {dil}], group = {c}, kernel_shape = [{k}, {k}], pads = [{pad}, {pad}, {pad}, {pad}], strides = [{stride}, {stride}]}} : {}
+  %z = Relu(%y) : {}
+  return %z
+}}
+",
+            ty(&[n, c, hw, hw]),
+            ty(&[c, 1, k, k]),
+            dense(&w),
+            ty(&[c]),
+            dense(&b),
+            ty(&[n, c, oh, oh]),
+            ty(&[n, c, oh, oh]),
+        );
+        let inputs = HashMap::from([("x".to_string(), input(&[n, c, hw, hw], c as u32))]);
+        for threads in [1, 2] {
+            check(&src, &inputs, threads, false).unwrap_or_else(|e| panic!("{e}"));
+            check(&src, &inputs, threads, true).unwrap_or_else(|e| panic!("{e}"));
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 10);
+}

@@ -3,6 +3,13 @@
 //! row passes (`rows.rs`, with AVX2/FMA dispatch), summed over the group's
 //! input channels (one for depthwise; up to 4 for direct, the first convs
 //! on RGB).
+//!
+//! Depthwise convs on small maps (the late stages of mobile nets: 5x5
+//! taps over 7x7 or 14x14 planes) go channels-in-the-lanes instead: a
+//! plane's rows are too short to fill a vector and the per-row calls
+//! dominate. A slab of channels is transposed to [H*W, channels], each
+//! output position sums its taps as whole channel vectors, and the result
+//! is transposed back.
 
 use rayon::prelude::*;
 
@@ -25,6 +32,15 @@ impl ConvPlan {
     ) {
         let (cg, mg) = (self.c / self.group, self.m / self.group);
         let (ivol, ovol, kvol) = (self.in_vol(), self.out_vol(), self.kvol());
+        if cg == 1
+            && mg == 1
+            && self.axes[0].kernel == 1
+            && self.axes[0].input == 1
+            && ovol <= LANES_MAX_MAP
+            && self.group >= LANES_SLAB / 2
+        {
+            return self.run_depthwise_lanes(x, w, bias, out, threads, epi);
+        }
         // One unit per (image, group): its mg output planes from its cg
         // input planes.
         let unit = |(u, o): (usize, &mut [f32])| {
@@ -47,6 +63,174 @@ impl ConvPlan {
             out.par_chunks_mut(mg * ovol).enumerate().for_each(unit);
         } else {
             out.chunks_mut(mg * ovol).enumerate().for_each(unit);
+        }
+    }
+}
+
+/// Output maps up to this many positions take the channels-in-lanes path.
+const LANES_MAX_MAP: usize = 256;
+/// Channels per slab: a few vectors wide, and a unit of threading.
+const LANES_SLAB: usize = 64;
+
+impl ConvPlan {
+    /// Depthwise on a small 2-D map, channels in the lanes (module doc).
+    fn run_depthwise_lanes(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        epi: &(impl Fn(usize, usize) + Sync),
+    ) {
+        let c = self.c;
+        let (ivol, ovol, kvol) = (self.in_vol(), self.out_vol(), self.kvol());
+        let slabs = c.div_ceil(LANES_SLAB);
+        // One unit per (image, slab of channels): its output planes are
+        // contiguous, so the epilogue sees them as one finished range.
+        let unit = |u: usize, o: &mut [f32]| {
+            let (n, s) = (u / slabs, u % slabs);
+            let c0 = s * LANES_SLAB;
+            let cs = LANES_SLAB.min(c - c0);
+            let xs = &x[(n * c + c0) * ivol..][..cs * ivol];
+            let ws = &w[c0 * kvol..][..cs * kvol];
+            let bs = bias.map(|b| &b[c0..][..cs]);
+            with_scratch((ivol + ovol + kvol) * LANES_SLAB, |buf| {
+                let (xt, rest) = buf.split_at_mut(ivol * LANES_SLAB);
+                let (ot, wt) = rest.split_at_mut(ovol * LANES_SLAB);
+                match self.isa {
+                    Isa::Portable => lanes_body::<false>(&self.axes, cs, xs, ws, bs, o, xt, ot, wt),
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma
+                    // were detected on this CPU.
+                    Isa::Avx2Fma => unsafe {
+                        lanes_avx2(&self.axes, cs, xs, ws, bs, o, xt, ot, wt)
+                    },
+                }
+            });
+            let lo = (n * c + c0) * ovol;
+            epi(lo, lo + cs * ovol);
+        };
+        // Units own disjoint output ranges: split `out` by them.
+        let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(self.batch * slabs);
+        let mut rest = out;
+        for u in 0..self.batch * slabs {
+            let cs = LANES_SLAB.min(c - (u % slabs) * LANES_SLAB);
+            let (head, tail) = rest.split_at_mut(cs * ovol);
+            parts.push((u, head));
+            rest = tail;
+        }
+        if threads > 1 && self.flops() >= PAR_FLOPS && parts.len() > 1 {
+            parts.into_par_iter().for_each(|(u, o)| unit(u, o));
+        } else {
+            parts.into_iter().for_each(|(u, o)| unit(u, o));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn lanes_avx2(
+    axes: &[Axis; 3],
+    cs: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    xt: &mut [f32],
+    ot: &mut [f32],
+    wt: &mut [f32],
+) {
+    lanes_body::<true>(axes, cs, x, w, bias, out, xt, ot, wt)
+}
+
+/// One slab of `cs` channels: `x` [cs, H, W], `w` [cs, KH, KW], `out`
+/// [cs, OH, OW]; `xt`, `ot`, `wt` the transposed scratch, each row
+/// `LANES_SLAB` wide.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lanes_body<const FMA: bool>(
+    axes: &[Axis; 3],
+    cs: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    xt: &mut [f32],
+    ot: &mut [f32],
+    wt: &mut [f32],
+) {
+    let [_, ah, aw] = axes;
+    let (ivol, ovol) = (ah.input * aw.input, ah.output * aw.output);
+    let kvol = ah.kernel * aw.kernel;
+    // Rows of a whole slab (LANES_SLAB lanes); a partial slab's missing
+    // channels are zeros, computed and dropped. (The tiled transpose of
+    // movement.rs measured slower at these sizes: everything is in L1.)
+    const L: usize = LANES_SLAB;
+    xt.fill(0.0);
+    wt.fill(0.0);
+    for c in 0..cs {
+        for p in 0..ivol {
+            xt[p * L + c] = x[c * ivol + p];
+        }
+        for t in 0..kvol {
+            wt[t * L + c] = w[c * kvol + t];
+        }
+    }
+    // The accumulators are a fixed-size array, which the compiler keeps
+    // in vector registers across the taps.
+    for oh in 0..ah.output {
+        for ow in 0..aw.output {
+            let mut acc = [0f32; L];
+            if let Some(b) = bias {
+                acc[..cs].copy_from_slice(b);
+            }
+            lanes_taps::<FMA, L>(ah, aw, oh, ow, xt, wt, &mut acc);
+            ot[(oh * aw.output + ow) * L..][..L].copy_from_slice(&acc);
+        }
+    }
+    for c in 0..cs {
+        for p in 0..ovol {
+            out[c * ovol + p] = ot[p * L + c];
+        }
+    }
+}
+
+/// The taps of output (oh, ow) for a full slab of `CS` channels, added to
+/// `acc`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lanes_taps<const FMA: bool, const CS: usize>(
+    ah: &Axis,
+    aw: &Axis,
+    oh: usize,
+    ow: usize,
+    xt: &[f32],
+    wt: &[f32],
+    acc: &mut [f32; CS],
+) {
+    for kh in 0..ah.kernel {
+        let Some(ih) = ah.input_index(oh, kh) else {
+            continue;
+        };
+        for kw in 0..aw.kernel {
+            let Some(iw) = aw.input_index(ow, kw) else {
+                continue;
+            };
+            let xr: &[f32; CS] = xt[(ih * aw.input + iw) * CS..][..CS]
+                .try_into()
+                .expect("a slab");
+            let wr: &[f32; CS] = wt[(kh * aw.kernel + kw) * CS..][..CS]
+                .try_into()
+                .expect("a slab");
+            for c in 0..CS {
+                acc[c] = if FMA {
+                    xr[c].mul_add(wr[c], acc[c])
+                } else {
+                    acc[c] + xr[c] * wr[c]
+                };
+            }
         }
     }
 }
