@@ -554,3 +554,54 @@ fn depthwise_on_small_maps_matches_the_interpreter() {
     }
     assert_eq!(cases, 10);
 }
+
+/// A BatchNormalization that cannot fold into a conv (after a Concat, as
+/// in DenseNet; on 2-D and 3-D data) runs in the generated loop as a
+/// per-channel scale and shift, and matches the interpreter.
+#[test]
+fn batch_norm_after_concat_is_generated_code() {
+    for (a, b, rest) in [
+        (8usize, 4usize, vec![6usize, 5]),
+        (3, 2, vec![]),
+        (5, 7, vec![9]),
+    ] {
+        let c = a + b;
+        let shape = |ch: usize| [vec![2, ch], rest.clone()].concat();
+        let stat = |seed: u32, lo: f32| {
+            let v: Vec<f32> = values(seed, c).iter().map(|x| x.abs() + lo).collect();
+            dense(&v)
+        };
+        let src = format!(
+            "module @bn opset(ai.onnx = 17) {{
+  input %a: {}
+  input %b: {}
+  const %s: f32[{c}] = {}
+  const %t: f32[{c}] = {}
+  const %m: f32[{c}] = {}
+  const %v: f32[{c}] = {}
+  %x = Concat(%a, %b) {{axis = 1}} : {}
+  %n = BatchNormalization(%x, %s, %t, %m, %v) {{epsilon = 0.001}} : {}
+  %y = Relu(%n) : {}
+  return %y
+}}
+",
+            ty(&shape(a)),
+            ty(&shape(b)),
+            stat(1, 0.5),
+            dense(&values(2, c)),
+            dense(&values(3, c)),
+            stat(4, 0.1),
+            ty(&shape(c)),
+            ty(&shape(c)),
+            ty(&shape(c)),
+        );
+        let inputs = HashMap::from([
+            ("a".to_string(), input(&shape(a), 5)),
+            ("b".to_string(), input(&shape(b), 6)),
+        ]);
+        for threads in [1, 2] {
+            check(&src, &inputs, threads, false).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(backend_report(&src, &inputs).contains(", 0 on the interpreter"));
+    }
+}

@@ -58,6 +58,23 @@ pub(super) fn fusion(
     } else {
         (None, &body.nodes[..], vec![])
     };
+    // A BatchNormalization's statistics are read as the outer constants
+    // themselves: the generated loop folds them into a per-channel scale
+    // and shift at compile time.
+    let tail_nodes: Vec<Node> = tail_nodes
+        .iter()
+        .map(|x| {
+            let mut x = x.clone();
+            if x.op == "BatchNormalization" {
+                for v in x.inputs.iter_mut().skip(1).flatten() {
+                    if let Some(c) = outer(*v).filter(|&c| m.constant(c).is_some()) {
+                        *v = c;
+                    }
+                }
+            }
+            x
+        })
+        .collect();
     // The generated loop's region: the anchor's result (if any), then the
     // body inputs the remaining nodes read.
     let mut used: Vec<ValueId> = tail_nodes
@@ -114,7 +131,7 @@ pub(super) fn fusion(
     let region = Region {
         inputs,
         constants: body.constants.clone(),
-        nodes: tail_nodes.to_vec(),
+        nodes: tail_nodes,
         outputs: body.outputs.clone(),
     };
     let jit = match compile_region_for(m, &region, &shapes, target) {

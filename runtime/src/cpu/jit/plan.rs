@@ -276,6 +276,16 @@ impl Builder<'_> {
     fn node(&mut self, op: Op, args: Vec<usize>) -> usize {
         self.push(Expr::Node(op, args))
     }
+
+    /// Data computed at plan time, of `shape`, as an operand.
+    fn embed(&mut self, data: Vec<f32>, shape: Vec<usize>) -> usize {
+        if data.len() == 1 {
+            self.push(Expr::Imm(data[0]))
+        } else {
+            self.consts.push(data);
+            self.leaf(Src::Const(self.consts.len() - 1), shape)
+        }
+    }
 }
 
 /// A constant scalar parameter (Pow exponent, Clip bound) as f64; `None`
@@ -437,6 +447,42 @@ pub(crate) fn plan(m: &Module, body: &Region, input_shapes: &[Vec<usize>]) -> R<
                 &mut b,
                 Op::HardSigmoid(attr_f(n, "alpha", 0.2)?, attr_f(n, "beta", 0.5)?),
             )?,
+            // Inference over constant statistics: `x * s + t` per channel
+            // (s = scale / sqrt(var + eps), t = bias - mean * s), s and t
+            // embedded as [C, 1, ...] operands. A BatchNormalization that
+            // could not fold into a conv (after a Concat, DenseNet-style)
+            // is then one more step of the loop.
+            "BatchNormalization" => {
+                if n.attr("training_mode").and_then(Attr::as_int).unwrap_or(0) != 0 {
+                    return unsupported("training-mode BatchNormalization".to_string());
+                }
+                let (x, sx) = arg(&mut b, 0)?;
+                if sx.len() < 2 {
+                    return unsupported(format!("BatchNormalization of rank {}", sx.len()));
+                }
+                let c = sx[1];
+                let param = |i: usize| -> R<Vec<f64>> {
+                    let d = n.input(i).and_then(|v| m.constant(v));
+                    match d.and_then(|d| d.to_f64_vec()) {
+                        Some(v) if v.len() == c => Ok(v),
+                        _ => unsupported(format!(
+                            "{}: operand {i} is not a constant of {c} values",
+                            n.describe()
+                        )),
+                    }
+                };
+                let (scale, bias, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
+                let eps = attr_f(n, "epsilon", 1e-5)? as f64;
+                let s: Vec<f64> = (0..c).map(|k| scale[k] / (var[k] + eps).sqrt()).collect();
+                let t: Vec<f32> = (0..c).map(|k| (bias[k] - mean[k] * s[k]) as f32).collect();
+                let shape: Vec<usize> = std::iter::once(c)
+                    .chain(std::iter::repeat_n(1, sx.len() - 2))
+                    .collect();
+                let sl = b.embed(s.iter().map(|&v| v as f32).collect(), shape.clone());
+                let tl = b.embed(t, shape);
+                let y = b.node(Op::Mul, vec![x, sl]);
+                (b.node(Op::Add, vec![y, tl]), sx)
+            }
             "Gelu" => {
                 let op = match n
                     .attr("approximate")
