@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod movement;
 pub mod reduce;
 pub mod resize;
+pub mod rnn;
 pub mod steps;
 pub mod view;
 

@@ -15,6 +15,7 @@ mod dense;
 pub mod epilogue;
 mod fusion;
 mod movement;
+mod recurrent;
 
 use std::collections::{HashMap, HashSet};
 
@@ -248,6 +249,7 @@ fn lower_node(
         "Concat" => movement::concat(m, n),
         "Slice" => movement::slice(m, n),
         "Resize" => movement::resize(m, n),
+        "RNN" | "GRU" | "LSTM" => recurrent::recurrent(m, n),
         "Cast" => movement::cast(m, n),
         "Expand" => movement::expand(m, n),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {

@@ -8,7 +8,7 @@
 mod common;
 mod conv;
 mod implicit;
-mod matmul;
+pub(crate) mod matmul;
 mod packed;
 mod pool;
 mod rows;

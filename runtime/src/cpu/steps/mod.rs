@@ -12,6 +12,7 @@
 pub mod dense;
 pub mod fusion;
 pub mod movement;
+pub mod recurrent;
 
 use crate::cpu::view::{In, Out};
 
