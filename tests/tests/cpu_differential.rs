@@ -692,3 +692,24 @@ fn recurrent_layers_match_the_interpreter() {
     }
     assert_eq!(native, 3 * 3 * 2 * 2);
 }
+
+/// Split runs natively (each part a strided copy): sizes given, uneven
+/// `num_outputs`, a negative axis and a zero-size part.
+#[test]
+fn split_matches_the_interpreter() {
+    let x = [2usize, 7, 3];
+    let inputs = HashMap::from([("x".to_string(), input(&x, 4))]);
+    for body in [
+        "  const %s: i64[3] = dense[2, 0, 5]\n  %a, %b, %c = Split(%x, %s) {axis = 1} : f32[2,2,3], f32[2,0,3], f32[2,5,3]\n  return %a, %b, %c",
+        "  %a, %b, %c = Split(%x) {axis = -2, num_outputs = 3} : f32[2,3,3], f32[2,3,3], f32[2,1,3]\n  return %c, %a, %b",
+        "  %a, %b = Split(%x) {axis = 0, num_outputs = 2} : f32[1,7,3], f32[1,7,3]\n  return %b, %a",
+        "  const %s: i64[2] = dense[1, 2]\n  %a, %b = Split(%x, %s) {axis = 2} : f32[2,7,1], f32[2,7,2]\n  return %a, %b",
+    ] {
+        let src = format!(
+            "module @split opset(ai.onnx = 18) {{\n  input %x: {}\n{body}\n}}\n",
+            ty(&x)
+        );
+        check(&src, &inputs, 1, false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(backend_report(&src, &inputs).contains(", 0 on the interpreter"), "{src}");
+    }
+}

@@ -4,7 +4,8 @@
 
 use kiln_ir::{Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
-    CastToF32, Concat, Expand, Gather, Reduce, Reshape, Resize, Slice, SoftmaxAxis, Transpose,
+    CastToF32, Concat, Expand, Gather, Reduce, Reshape, Resize, Slice, SoftmaxAxis, Split,
+    Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -160,6 +161,37 @@ pub(super) fn slice(m: &Module, n: &Node) -> Result<NativeStep, String> {
             out,
         }),
         "Slice",
+        0.0,
+    ))
+}
+
+/// Split: the results' static shapes give each part's size along the
+/// axis (inference applied the split sizes or `num_outputs`).
+pub(super) fn split(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    let a = axis_attr(n, shape.len() as i64)?;
+    let mut sizes = vec![];
+    for &o in &n.outputs {
+        let s = m.static_shape(o)?;
+        let others_match =
+            s.len() == shape.len() && (0..s.len()).all(|d| d == a || s[d] == shape[d]);
+        if !others_match {
+            return Err(format!("result of shape {s:?} from {shape:?}"));
+        }
+        sizes.push(s[a]);
+    }
+    if sizes.iter().sum::<usize>() != shape[a] {
+        return Err(format!("sizes {sizes:?} do not add up to {}", shape[a]));
+    }
+    Ok(NativeStep::new(
+        Box::new(Split {
+            shape,
+            axis: a,
+            sizes,
+        }),
+        format!("Split axis {a}"),
         0.0,
     ))
 }

@@ -93,6 +93,40 @@ impl NativeKernel for Resize {
     }
 }
 
+/// Split along `axis` of an operand of `shape` into results of `sizes`
+/// along it: each a [`movement::slice`].
+pub struct Split {
+    pub shape: Vec<usize>,
+    pub axis: usize,
+    pub sizes: Vec<usize>,
+}
+
+impl NativeKernel for Split {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        if outputs.len() != self.sizes.len() {
+            return Err("split: result count".into());
+        }
+        let r = self.shape.len();
+        let mut first = vec![0usize; r];
+        for (out, &size) in outputs.iter_mut().zip(&self.sizes) {
+            let mut out_shape = self.shape.clone();
+            out_shape[self.axis] = size;
+            let step = vec![1isize; r];
+            movable!(x, out, |v, o| movement::slice(
+                v,
+                &self.shape,
+                &first,
+                &step,
+                &out_shape,
+                o
+            ));
+            first[self.axis] += size;
+        }
+        Ok(())
+    }
+}
+
 /// Slice with constant bounds, planned: see [`movement::slice`].
 pub struct Slice {
     pub shape: Vec<usize>,
