@@ -8,6 +8,7 @@
 //! recurrence weights followed by the gates' elementwise math.
 
 use super::kernels::matmul::{sgemm, Strides};
+use super::kernels::parallelism;
 use gemm::Parallelism;
 
 /// Which cell.
@@ -106,11 +107,15 @@ impl Recurrent {
         if !sizes_ok {
             return Err("recurrent layer: operands of other sizes".into());
         }
-        let par = if threads > 1 && (seq * batch * isz * gh) as f64 * 2.0 >= 2.0e6 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
+        let par = parallelism(threads, 2.0 * (seq * batch * isz * gh) as f64);
+        // GRU with the reset before the product takes the candidate gate's
+        // recurrence from its own product (below), not from H · R_dᵀ.
+        let reset_first = self.cell
+            == Cell::Gru {
+                linear_before_reset: false,
+            };
+        let hr_cols = if reset_first { 2 * h } else { gh };
+        let zeros = vec![0f32; 2 * gh];
         let mut xw = vec![0f32; seq * batch * gh];
         let mut hr = vec![0f32; batch * gh];
         let mut rh = vec![0f32; batch * h];
@@ -119,7 +124,6 @@ impl Recurrent {
         for d in 0..dirs {
             let wd = &ops.w[d * gh * isz..][..gh * isz];
             let rd = &ops.r[d * gh * h..][..gh * h];
-            let zeros = vec![0f32; 2 * gh];
             let bd = ops.b.map_or(&zeros[..], |b| &b[d * 2 * gh..][..2 * gh]);
             let (wb, rb) = bd.split_at(gh);
             // The whole sequence's input projection: X · W_dᵀ (rows in X's
@@ -153,10 +157,10 @@ impl Recurrent {
             let reverse = d == 1 || self.reverse;
             for step in 0..seq {
                 let t = if reverse { seq - 1 - step } else { step };
-                // H · R_dᵀ for the whole batch.
+                // H · R_dᵀ for the whole batch (the gates that use it).
                 sgemm(
                     batch,
-                    gh,
+                    hr_cols,
                     h,
                     &mut hr,
                     Strides::row_major(gh),
@@ -168,10 +172,7 @@ impl Recurrent {
                     1.0,
                     Parallelism::None,
                 );
-                if let Cell::Gru {
-                    linear_before_reset: false,
-                } = self.cell
-                {
+                if reset_first {
                     // (r ⊙ H) · R_hᵀ: the reset gate before the product.
                     for b in 0..batch {
                         let row = &hr[b * gh..][..gh];

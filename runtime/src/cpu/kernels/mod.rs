@@ -15,6 +15,7 @@ mod rows;
 mod smallk;
 mod weights;
 
+pub(crate) use common::parallelism;
 pub use common::Epilogue;
 pub use conv::{ConvAttrs, ConvEpilogues, ConvPlan};
 pub use matmul::{GemmPlan, MatMulPlan};
