@@ -18,6 +18,7 @@ use kiln_ir::Module;
 use kiln_runtime::{Executable, InterpExecutable};
 
 use crate::lower::cpu::CpuOptions;
+use crate::lower::gpu::GpuOptions;
 use crate::passes::{self, Pass, Step};
 
 /// How to run the reference interpreter as a backend.
@@ -52,6 +53,10 @@ pub enum Target {
     /// Native CPU code: the kernel library plus Cranelift-generated loops,
     /// specialized to the input shapes.
     Cpu(CpuOptions),
+    /// Generated WGSL compute shaders on a wgpu device (CPU steps with
+    /// transfers for what they do not cover), specialized to the input
+    /// shapes.
+    Gpu(GpuOptions),
 }
 
 impl Target {
@@ -60,6 +65,7 @@ impl Target {
         match self {
             Target::Interp(_) => "interp",
             Target::Cpu(_) => "cpu",
+            Target::Gpu(_) => "gpu",
         }
     }
 
@@ -68,15 +74,17 @@ impl Target {
         match self {
             Target::Interp(o) => o.opt_level,
             Target::Cpu(o) => o.opt_level,
+            Target::Gpu(o) => o.opt_level,
         }
     }
 
     /// Alignment in bytes of buffers in the target's arena: a cache line
-    /// (and an AVX-512 vector) on the CPU; GPU storage-buffer offsets will
-    /// need 256.
+    /// (and an AVX-512 vector) on the CPU; 256 for GPU storage-buffer
+    /// offsets (WebGPU's default `minStorageBufferOffsetAlignment`).
     pub fn buffer_alignment(&self) -> u64 {
         match self {
             Target::Interp(_) | Target::Cpu(_) => 64,
+            Target::Gpu(_) => 256,
         }
     }
 }
@@ -120,7 +128,8 @@ pub fn lowering_pipeline(target: &str) -> Result<Vec<Step>, String> {
             run("hoist-casts")?,
             run("conv-epilogue")?,
         ]),
-        // The same for WGSL bodies; the GPU's own passes land with it.
+        // The same for WGSL bodies (the GEMM shader applies a fusion's
+        // epilogue itself, so no conv-epilogue rewrite).
         "gpu" => Ok(vec![run("resolve-pads")?, run("hoist-casts")?]),
         other => Err(format!(
             "unknown pipeline `{other}`; pipelines: {}",
@@ -195,6 +204,11 @@ pub fn compile_owned(
             let align = target.buffer_alignment();
             let exe = crate::lower::cpu::build(s, o, align)?;
             Ok(Box::new(exe.with_limits(o.limits)))
+        }
+        Target::Gpu(o) => {
+            let s = prepare_owned(m, target, shapes)?;
+            let exe = crate::lower::gpu::build(s, o, target.buffer_alignment())?;
+            Ok(Box::new(exe))
         }
     }
 }

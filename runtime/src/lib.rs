@@ -16,6 +16,8 @@
 //!   library, Cranelift code generation.
 
 pub mod cpu;
+mod fusion_plan;
+pub mod gpu;
 
 pub use kiln_interp::{executable, f8, interp, panic_message, tensor, value};
 pub use kiln_interp::{

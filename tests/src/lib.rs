@@ -51,10 +51,9 @@ pub fn node_tests() -> Vec<PathBuf> {
     v
 }
 
-/// The shared real models (`../shared/models/*`), sorted; empty when the
-/// shared folder is absent.
-pub fn shared_models() -> Vec<PathBuf> {
-    let dir = repo_root().join("../shared/models");
+/// The model folders (holding `model.onnx`) under `dir`, sorted; empty
+/// when it is absent.
+fn model_folders(dir: PathBuf) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
@@ -64,6 +63,29 @@ pub fn shared_models() -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// The shared real models (`../shared/models/*`), sorted; empty when the
+/// shared folder is absent.
+pub fn shared_models() -> Vec<PathBuf> {
+    model_folders(repo_root().join("../shared/models"))
+}
+
+/// The zoo's prebuilt models (`../shared/zoo/models/*`), sorted; empty
+/// when the shared folder is absent.
+pub fn zoo_models() -> Vec<PathBuf> {
+    model_folders(repo_root().join("../shared/zoo/models"))
+}
+
+/// The names a list file of the repository holds (`tests/conformance/
+/// *.txt`): one per line, `#` starts a comment.
+pub fn listed(file: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join(file)).expect("read list");
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Builds small ONNX models in tests.

@@ -7,16 +7,7 @@
 use kiln_compiler::conformance::{report_line, run_test_on, Outcome, Tolerance};
 use kiln_compiler::lower::cpu::CpuOptions;
 use kiln_compiler::Target;
-use kiln_tests::{node_suite_dir, repo_root, shared_models};
-
-fn names(file: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(repo_root().join(file)).expect("read list");
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
+use kiln_tests::{listed, node_suite_dir, shared_models};
 
 /// The cpu target at -O2 on `threads` threads.
 fn cpu(threads: usize) -> Target {
@@ -29,12 +20,12 @@ fn cpu(threads: usize) -> Target {
 
 #[test]
 fn cpu_passes_what_the_interpreter_passes() {
-    let known = names("tests/conformance/cpu-known-failures.txt");
+    let known = listed("tests/conformance/cpu-known-failures.txt");
     assert!(known.len() <= 10, "at most 10 known cpu failures");
     let dir = node_suite_dir();
     let mut lost = Vec::new();
     let mut ran = 0;
-    for name in names("tests/conformance/interp-passing.txt") {
+    for name in listed("tests/conformance/interp-passing.txt") {
         if known.contains(&name) {
             continue;
         }

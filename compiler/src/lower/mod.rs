@@ -4,8 +4,14 @@
 //!   so every shape in the module is static (XLA compiles per shape too).
 //! - [`cpu`]: the CPU backend — each top-level node becomes a native step
 //!   (kernel library, Cranelift-compiled fusion) or an interpreter step.
+//! - [`gpu`]: the GPU backend — each top-level node becomes generated WGSL
+//!   shaders, or a CPU step with transfers.
+//! - `common`: what both lowerings read the same way (pads, conv and pool
+//!   geometry, one-node regions).
 
+mod common;
 pub mod cpu;
+pub mod gpu;
 
 use std::collections::HashMap;
 

@@ -70,6 +70,17 @@ pub trait Executable: Send + Sync {
     fn memory(&self) -> MemoryUse {
         MemoryUse::default()
     }
+
+    /// The device adapter a GPU executable runs on (`None` on the host).
+    fn adapter(&self) -> Option<String> {
+        None
+    }
+
+    /// Transfers between host and device in one run, graph inputs and
+    /// outputs included (`None` on the host).
+    fn transfers(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Where an executable keeps a run's intermediates.

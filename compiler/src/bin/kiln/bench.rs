@@ -104,7 +104,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
     let (median, min, p90) = (pick(0.5), ms[0], pick(0.9));
     let model = args.model.display().to_string();
     if args.json {
-        let j = serde_json::json!({
+        let mut j = serde_json::json!({
             "model": model,
             "backend": args.backend.name(),
             "threads": args.threads.max(1),
@@ -116,6 +116,13 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
             "peak_rss_mb": peak_rss_mb(),
             "arena_mb": p.exe.memory().arena_bytes as f64 / (1024.0 * 1024.0),
         });
+        // A GPU executable says which adapter ran and how many transfers a
+        // run makes.
+        if let (Some(a), Some(t), Some(o)) = (p.exe.adapter(), p.exe.transfers(), j.as_object_mut())
+        {
+            o.insert("adapter".into(), a.into());
+            o.insert("transfers".into(), t.into());
+        }
         println!("{j}");
     } else {
         println!(

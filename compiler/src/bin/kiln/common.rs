@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 use kiln_compiler::compile::InterpOptions;
 use kiln_compiler::lower::cpu::CpuOptions;
+use kiln_compiler::lower::gpu::GpuOptions;
 use kiln_compiler::Target;
 
 /// The limits the command line set (`--max-memory`, `--max-nodes`), once,
@@ -55,6 +56,9 @@ pub enum Backend {
     /// native code: the kernel library and Cranelift-compiled fusion
     /// regions (rare ops on the interpreter's kernels)
     Cpu,
+    /// generated WGSL compute shaders on a wgpu device (WGPU_BACKEND picks
+    /// the API: vulkan, metal, dx12); what they do not cover runs on the cpu
+    Gpu,
     /// the reference interpreter
     Interp,
 }
@@ -63,6 +67,7 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Cpu => "cpu",
+            Backend::Gpu => "gpu",
             Backend::Interp => "interp",
         }
     }
@@ -74,6 +79,10 @@ impl Backend {
                 opt_level,
                 threads: threads.max(1),
                 target_cpu: target_cpu.into(),
+                limits: limits(),
+            }),
+            Backend::Gpu => Target::Gpu(GpuOptions {
+                opt_level,
                 limits: limits(),
             }),
             Backend::Interp => Target::Interp(InterpOptions {

@@ -46,7 +46,7 @@ pub fn conformance(args: &ConformanceArgs) -> Result<(), Failure> {
     };
     let opt_level = args.opt_level.unwrap_or(match args.backend {
         Backend::Interp => 0,
-        Backend::Cpu => 2,
+        Backend::Cpu | Backend::Gpu => 2,
     });
     let mut target = args
         .backend

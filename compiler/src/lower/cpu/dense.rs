@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_ir::{Attr, Module, Node, ValueId};
-use kiln_runtime::cpu::kernels::{
-    ConstWeights, ConvAttrs, ConvPlan, GemmPlan, MatMulPlan, PoolAttrs, PoolKind, PoolPlan,
-};
+
+use crate::lower::common::{conv_attrs, pool_attrs};
+use kiln_runtime::cpu::kernels::{ConstWeights, ConvPlan, GemmPlan, MatMulPlan, PoolPlan};
 use kiln_runtime::cpu::steps::dense::{Dense, DenseKernel, Pool, RESIDUAL};
 use kiln_runtime::cpu::NativeStep;
 
@@ -59,70 +59,6 @@ impl Weights {
     pub fn forget(&mut self, d: &Arc<kiln_ir::TensorData>) {
         self.by_buffer.remove(&(Arc::as_ptr(d) as usize));
     }
-}
-
-fn ints(n: &Node, name: &str) -> Option<Vec<usize>> {
-    n.attrs
-        .get(name)
-        .and_then(Attr::as_ints)
-        .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
-}
-
-/// Explicit pads (begins then ends), `auto_pad` resolved by ONNX's rule
-/// ([`kiln_ir::ops::geometry`], the one place that knows it).
-fn resolve_pads(
-    n: &Node,
-    spatial: &[usize],
-    kernel: &[usize],
-    strides: &[usize],
-    dilations: &[usize],
-) -> Result<Vec<usize>, String> {
-    use kiln_ir::ops::geometry::{self, AutoPad, Window};
-    let r = spatial.len();
-    let auto = AutoPad::parse(n.attrs.get("auto_pad").and_then(Attr::as_str))?;
-    let given: Vec<i64> = match n.attrs.get("pads").and_then(Attr::as_ints) {
-        Some(p) if p.len() == 2 * r => p.to_vec(),
-        Some(p) => return Err(format!("pads {p:?} for {r} spatial axes")),
-        None => vec![0; 2 * r],
-    };
-    let mut pads = vec![0; 2 * r];
-    for i in 0..r {
-        let w = Window::new(kernel[i] as u64, strides[i] as u64, dilations[i] as u64);
-        let [b, e] = geometry::resolve_pads(auto, spatial[i] as u64, w, [given[i], given[i + r]]);
-        if b < 0 || e < 0 {
-            return Err(format!("negative pads {given:?}"));
-        }
-        (pads[i], pads[i + r]) = (b as usize, e as usize);
-    }
-    Ok(pads)
-}
-
-/// A Conv's (or FusedConv's) attributes for the kernel library, pads
-/// resolved, for an input of shape `x` and weights of shape `w`.
-pub(super) fn conv_attrs(n: &Node, x: &[usize], w: &[usize]) -> Result<ConvAttrs, String> {
-    if x.len() < 3 || w.len() != x.len() {
-        return Err("conv needs N, C and spatial dims".into());
-    }
-    let r = x.len() - 2;
-    let kernel = &w[2..];
-    let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
-    let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
-    if strides.len() != r || dilations.len() != r {
-        return Err("strides/dilations rank".into());
-    }
-    let pads = resolve_pads(n, &x[2..], kernel, &strides, &dilations)?;
-    let group = n
-        .attrs
-        .get("group")
-        .and_then(Attr::as_int)
-        .unwrap_or(1)
-        .max(1) as usize;
-    Ok(ConvAttrs {
-        strides,
-        dilations,
-        pads,
-        group,
-    })
 }
 
 /// Plan a MatMul/Gemm/Conv whose operands are `inputs` (values of the
@@ -262,65 +198,7 @@ pub(super) fn pool(m: &Module, n: &Node) -> Result<NativeStep, String> {
     if xs.len() < 3 {
         return Err("pooling needs spatial dims".into());
     }
-    let r = xs.len() - 2;
-    let kind = match n.op.as_str() {
-        "MaxPool" => PoolKind::Max,
-        "AveragePool" => PoolKind::Average {
-            count_include_pad: n
-                .attrs
-                .get("count_include_pad")
-                .and_then(Attr::as_int)
-                .unwrap_or(0)
-                != 0,
-        },
-        "GlobalAveragePool" => PoolKind::GlobalAverage,
-        "GlobalMaxPool" => PoolKind::GlobalMax,
-        op => return Err(format!("no pooling kernel for {op}")),
-    };
-    let ceil_mode = n.attrs.get("ceil_mode").and_then(Attr::as_int).unwrap_or(0) != 0;
-    if ceil_mode
-        && matches!(
-            kind,
-            PoolKind::Average {
-                count_include_pad: true
-            }
-        )
-    {
-        // ONNX's reference (and its tests) spread ceil mode's extra cells
-        // into the padding count; the interpreter follows it, the kernel
-        // follows onnxruntime/PyTorch. Take the reference's answer.
-        return Err(
-            "AveragePool with ceil_mode and count_include_pad follows ONNX's reference".into(),
-        );
-    }
-    let global = matches!(kind, PoolKind::GlobalAverage | PoolKind::GlobalMax);
-    let kernel = if global {
-        xs[2..].to_vec()
-    } else {
-        ints(n, "kernel_shape").ok_or("kernel_shape is required")?
-    };
-    let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
-    let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
-    let pads = if global {
-        vec![0; 2 * r]
-    } else {
-        if n.attrs
-            .get("storage_order")
-            .and_then(Attr::as_int)
-            .unwrap_or(0)
-            != 0
-        {
-            return Err("storage_order 1".into());
-        }
-        resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?
-    };
-    let attrs = PoolAttrs {
-        kernel,
-        strides,
-        dilations,
-        pads,
-        ceil_mode,
-    };
+    let (kind, attrs) = pool_attrs(n, &xs)?;
     let plan = PoolPlan::new(kind, &xs, &attrs)?;
     let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
     if plan.out_shape() != out.as_slice() {

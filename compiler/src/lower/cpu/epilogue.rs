@@ -26,7 +26,7 @@
 use kiln_ir::{Attr, ElemType, Module, Node, Region, ValueId};
 use kiln_runtime::cpu::kernels::ConvPlan;
 
-use super::dense::conv_attrs;
+use crate::lower::common::conv_attrs;
 
 pub fn run(m: &mut Module) -> Result<bool, String> {
     let mut changed = false;

@@ -219,32 +219,11 @@ pub(super) fn single_node_loop(
     n: &Node,
     target: TargetCpu,
 ) -> Result<NativeStep, String> {
-    if n.regions().next().is_some() {
-        return Err("node with regions".into());
-    }
-    let mut inputs = vec![];
-    let mut shapes = vec![];
-    let mut operands = vec![];
-    let mut constants = vec![];
-    for (k, v) in n.inputs.iter().enumerate() {
-        let Some(v) = *v else { continue };
-        if m.constant(v).is_some() {
-            // Axes, bounds, exponents: the generator reads them as data.
-            if !constants.contains(&v) {
-                constants.push(v);
-            }
-        } else if !inputs.contains(&v) {
-            inputs.push(v);
-            shapes.push(m.static_shape(v)?);
-            operands.push(k);
-        }
-    }
-    let region = Region {
-        inputs,
-        constants,
-        nodes: vec![n.clone()],
-        outputs: n.outputs.clone(),
-    };
+    let crate::lower::common::OneNode {
+        region,
+        shapes,
+        operands,
+    } = crate::lower::common::one_node_region(m, n)?;
     let jit = compile_region_for(m, &region, &shapes, target)?;
     let what = jit.describe().to_string();
     let k = Fusion {

@@ -29,8 +29,8 @@ use cranelift_module::{default_libcall_names, Linkage, Module};
 use super::fb::{host_has_fma, Fb};
 use super::lower::lower;
 use super::math;
-use super::plan::{Expr, Kind, Plan, RedOp, Src};
 use super::target::TargetCpu;
+use crate::fusion_plan::{Expr, Kind, Plan, RedOp, Src};
 
 /// A finished module and the address of its one function.
 pub(crate) struct Compiled {

@@ -9,7 +9,7 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::fb::Fb;
 use super::math;
-use super::plan::Op;
+use crate::fusion_plan::Op;
 
 /// `x^n` by repeated squaring (n may be negative).
 fn powi(f: &mut Fb, x: Value, n: i32) -> Value {

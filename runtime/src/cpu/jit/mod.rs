@@ -9,22 +9,22 @@
 //! row with its producers evaluated inline. Anything else is
 //! `Err("unsupported: ...")`, and the caller interprets that region.
 //!
-//! - `plan.rs`: region → shapes, expression DAG, collapsed iteration space.
+//! - `crate::fusion_plan` (shared with the GPU's WGSL generator): region →
+//!   shapes, expression DAG, collapsed iteration space.
 //! - `fb.rs`: the function builder at one width (`Fb`) and its helpers.
 //! - `lower.rs`: the IR op → Cranelift instruction table.
 //! - `math.rs`: inline exp/log/tanh/sigmoid/erf/softplus polynomials.
 //! - `codegen.rs`: the loops, the reductions, the JIT module.
 //! - `target.rs`: [`TargetCpu`], the instruction set to generate for.
 //!
-//! They form a chain: `plan`, `fb` and `target` import no sibling; `math`
-//! imports `fb`; `lower` imports `fb`, `math` and `plan`; `codegen` all of
-//! those; this file `plan`, `codegen` and `target`.
+//! They form a chain: `fb` and `target` import no sibling; `math`
+//! imports `fb`; `lower` imports `fb`, `math` and the plan; `codegen` all of
+//! those; this file the plan, `codegen` and `target`.
 
 mod codegen;
 mod fb;
 mod lower;
 mod math;
-mod plan;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -104,7 +104,7 @@ pub fn compile_region_for(
     input_shapes: &[Vec<usize>],
     target: TargetCpu,
 ) -> Result<JitKernel, String> {
-    let plan = plan::plan(m, body, input_shapes)?;
+    let plan = crate::fusion_plan::plan(m, body, input_shapes)?;
     let consts: Vec<Box<[f32]>> = plan
         .consts
         .iter()
@@ -118,7 +118,7 @@ pub fn compile_region_for(
     let rows = plan.rows();
     // Nothing to compute without elements, except a reduction's empty-row
     // results (sum 0, max -inf).
-    let reduce = matches!(plan.kind, plan::Kind::Reduce { .. });
+    let reduce = matches!(plan.kind, crate::fusion_plan::Kind::Reduce { .. });
     let units = match (rows * plan.inner == 0 && !reduce, plan.flat) {
         (true, _) => 0,
         (false, true) => plan.inner,

@@ -7,8 +7,9 @@
 //! merged, so that the common cases (same shape, scalar, per-channel, per-row)
 //! become one flat run or a few long rows.
 //!
-//! Nothing here knows about Cranelift: [`super::lower`] maps each [`Op`] to
-//! instructions and [`super::codegen`] builds the loops.
+//! Nothing here knows about a target: the CPU's Cranelift generator
+//! (`cpu::jit`) and the GPU's WGSL generator (`gpu::wgsl`) both read a
+//! plan, so an op means the same on every backend.
 
 use std::collections::HashMap;
 

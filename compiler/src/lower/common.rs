@@ -1,0 +1,184 @@
+//! What every backend's lowering reads the same way: integer lists,
+//! explicit pads (`auto_pad` resolved by `kiln_ir::ops::geometry`), a
+//! convolution's and a pooling window's geometry, and a lone node as a
+//! closed one-node region for the fusion code generators.
+
+use kiln_ir::{Attr, Module, Node, Region};
+use kiln_runtime::cpu::kernels::{ConvAttrs, PoolAttrs, PoolKind};
+
+pub(crate) fn ints(n: &Node, name: &str) -> Option<Vec<usize>> {
+    n.attrs
+        .get(name)
+        .and_then(Attr::as_ints)
+        .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
+}
+
+/// Explicit pads (begins then ends), `auto_pad` resolved by ONNX's rule
+/// ([`kiln_ir::ops::geometry`], the one place that knows it).
+pub(crate) fn resolve_pads(
+    n: &Node,
+    spatial: &[usize],
+    kernel: &[usize],
+    strides: &[usize],
+    dilations: &[usize],
+) -> Result<Vec<usize>, String> {
+    use kiln_ir::ops::geometry::{self, AutoPad, Window};
+    let r = spatial.len();
+    let auto = AutoPad::parse(n.attrs.get("auto_pad").and_then(Attr::as_str))?;
+    let given: Vec<i64> = match n.attrs.get("pads").and_then(Attr::as_ints) {
+        Some(p) if p.len() == 2 * r => p.to_vec(),
+        Some(p) => return Err(format!("pads {p:?} for {r} spatial axes")),
+        None => vec![0; 2 * r],
+    };
+    let mut pads = vec![0; 2 * r];
+    for i in 0..r {
+        let w = Window::new(kernel[i] as u64, strides[i] as u64, dilations[i] as u64);
+        let [b, e] = geometry::resolve_pads(auto, spatial[i] as u64, w, [given[i], given[i + r]]);
+        if b < 0 || e < 0 {
+            return Err(format!("negative pads {given:?}"));
+        }
+        (pads[i], pads[i + r]) = (b as usize, e as usize);
+    }
+    Ok(pads)
+}
+
+/// A Conv's (or FusedConv's) attributes for the kernel library, pads
+/// resolved, for an input of shape `x` and weights of shape `w`.
+pub(crate) fn conv_attrs(n: &Node, x: &[usize], w: &[usize]) -> Result<ConvAttrs, String> {
+    if x.len() < 3 || w.len() != x.len() {
+        return Err("conv needs N, C and spatial dims".into());
+    }
+    let r = x.len() - 2;
+    let kernel = &w[2..];
+    let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
+    let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
+    if strides.len() != r || dilations.len() != r {
+        return Err("strides/dilations rank".into());
+    }
+    let pads = resolve_pads(n, &x[2..], kernel, &strides, &dilations)?;
+    let group = n
+        .attrs
+        .get("group")
+        .and_then(Attr::as_int)
+        .unwrap_or(1)
+        .max(1) as usize;
+    Ok(ConvAttrs {
+        strides,
+        dilations,
+        pads,
+        group,
+    })
+}
+
+/// A pooling node's kind and window (pads resolved), for an input of
+/// shape `xs` (N, C, spatial...); the forms no kernel follows are refused.
+pub(crate) fn pool_attrs(n: &Node, xs: &[usize]) -> Result<(PoolKind, PoolAttrs), String> {
+    if xs.len() < 3 {
+        return Err("pooling needs spatial dims".into());
+    }
+    let r = xs.len() - 2;
+    let kind = match n.op.as_str() {
+        "MaxPool" => PoolKind::Max,
+        "AveragePool" => PoolKind::Average {
+            count_include_pad: n
+                .attrs
+                .get("count_include_pad")
+                .and_then(Attr::as_int)
+                .unwrap_or(0)
+                != 0,
+        },
+        "GlobalAveragePool" => PoolKind::GlobalAverage,
+        "GlobalMaxPool" => PoolKind::GlobalMax,
+        op => return Err(format!("no pooling kernel for {op}")),
+    };
+    let ceil_mode = n.attrs.get("ceil_mode").and_then(Attr::as_int).unwrap_or(0) != 0;
+    if ceil_mode
+        && matches!(
+            kind,
+            PoolKind::Average {
+                count_include_pad: true
+            }
+        )
+    {
+        // ONNX's reference (and its tests) spread ceil mode's extra cells
+        // into the padding count; the interpreter follows it, the kernel
+        // follows onnxruntime/PyTorch. Take the reference's answer.
+        return Err(
+            "AveragePool with ceil_mode and count_include_pad follows ONNX's reference".into(),
+        );
+    }
+    let global = matches!(kind, PoolKind::GlobalAverage | PoolKind::GlobalMax);
+    let kernel = if global {
+        xs[2..].to_vec()
+    } else {
+        ints(n, "kernel_shape").ok_or("kernel_shape is required")?
+    };
+    let strides = ints(n, "strides").unwrap_or_else(|| vec![1; r]);
+    let dilations = ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
+    let pads = if global {
+        vec![0; 2 * r]
+    } else {
+        if n.attrs
+            .get("storage_order")
+            .and_then(Attr::as_int)
+            .unwrap_or(0)
+            != 0
+        {
+            return Err("storage_order 1".into());
+        }
+        resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?
+    };
+    let attrs = PoolAttrs {
+        kernel,
+        strides,
+        dilations,
+        pads,
+        ceil_mode,
+    };
+    Ok((kind, attrs))
+}
+
+/// A lone node as a closed region the fusion code generators compile: its
+/// non-constant operands become the region's inputs (each once), its
+/// constant operands (bounds, exponents, axes, constant tensors) stay
+/// constants the plan embeds.
+pub(crate) fn one_node_region(m: &Module, n: &Node) -> Result<OneNode, String> {
+    if n.regions().next().is_some() {
+        return Err("node with regions".into());
+    }
+    let mut inputs = vec![];
+    let mut shapes = vec![];
+    let mut operands = vec![];
+    let mut constants = vec![];
+    for (k, v) in n.inputs.iter().enumerate() {
+        let Some(v) = *v else { continue };
+        if m.constant(v).is_some() {
+            if !constants.contains(&v) {
+                constants.push(v);
+            }
+        } else if !inputs.contains(&v) {
+            inputs.push(v);
+            shapes.push(m.static_shape(v)?);
+            operands.push(k);
+        }
+    }
+    let region = Region {
+        inputs,
+        constants,
+        nodes: vec![n.clone()],
+        outputs: n.outputs.clone(),
+    };
+    Ok(OneNode {
+        region,
+        shapes,
+        operands,
+    })
+}
+
+/// A lone node as a region: the region, its input shapes, and the node
+/// operand behind each region input.
+pub(crate) struct OneNode {
+    pub region: Region,
+    pub shapes: Vec<Vec<usize>>,
+    pub operands: Vec<usize>,
+}

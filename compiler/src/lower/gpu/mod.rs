@@ -1,0 +1,657 @@
+//! The GPU backend's lowering: from a specialized module that went through
+//! the gpu pipeline, one step per top-level node of a [`GpuExecutable`]:
+//! generated WGSL shaders (every one validated by naga here, before a
+//! device sees it) or, for what the generators do not cover, a CPU step
+//! (the interpreter's kernel) with the transfers it needs. This module
+//! plans; the runtime executes.
+//!
+//! The lowering table is [`lower_node`]: fusion regions and lone pointwise,
+//! reduction and softmax nodes through the shared fusion plan; MatMul,
+//! Gemm and Conv (with a fusion's epilogue applied in their store) on the
+//! tiled GEMM; pooling; data movement as strided copies; Gather; Cast.
+
+use std::collections::HashSet;
+
+use kiln_ir::{Attr, ElemType, Module, Node, Region, ValueId};
+use kiln_runtime::gpu::kernels::dense::{self, ConvGeom, Epilogue, PoolOp};
+use kiln_runtime::gpu::kernels::{fusion, movement};
+use kiln_runtime::gpu::wgsl::{self, Bind, GpuKernel};
+use kiln_runtime::gpu::{Gpu, GpuExecutable, GpuLayout, GpuStep, GpuStepKind};
+
+use kiln_runtime::cpu::kernels::PoolKind;
+
+use crate::lower::common::{conv_attrs, one_node_region, pool_attrs, OneNode};
+use crate::passes::memory_plan;
+
+/// How to compile for the GPU.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// The pass pipeline's level (0, 1 or 2).
+    pub opt_level: u8,
+    /// What CPU steps may allocate and loop.
+    pub limits: kiln_ir::Limits,
+}
+
+impl Default for GpuOptions {
+    fn default() -> GpuOptions {
+        GpuOptions {
+            opt_level: 2,
+            limits: Default::default(),
+        }
+    }
+}
+
+/// Build the executable of a module already specialized to static shapes
+/// and through the gpu pipeline, on a device of its own.
+pub fn build(s: Module, opts: &GpuOptions, align: u64) -> Result<GpuExecutable, String> {
+    let gpu = Gpu::open()?;
+    let max_bindings = gpu.limits.max_storage_buffers_per_shader_stage as usize;
+    let max_binding_bytes = gpu.limits.max_storage_buffer_binding_size;
+    let mut steps = Vec::with_capacity(s.body.nodes.len());
+    for (i, n) in s.body.nodes.iter().enumerate() {
+        let kind = match lower_checked(&s, n, max_bindings, max_binding_bytes) {
+            Ok(k) => GpuStepKind::Gpu(k),
+            Err(why) => GpuStepKind::Cpu { why },
+        };
+        steps.push(GpuStep { node: i, kind });
+    }
+    let layout = layout(
+        &s,
+        &steps,
+        align.max(gpu.limits.min_storage_buffer_offset_alignment as u64),
+    )?;
+    opts.limits
+        .total(|| "the executable's arena".to_string(), layout.arena_bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(GpuExecutable::new(gpu, s, steps, layout)?.with_limits(opts.limits))
+}
+
+/// The lowering table, then the checks every GPU step must pass: static
+/// shapes, a naga-valid shader, within the device's binding limits.
+fn lower_checked(
+    m: &Module,
+    n: &Node,
+    max_bindings: usize,
+    max_bytes: u64,
+) -> Result<GpuKernel, String> {
+    for v in n.inputs.iter().flatten().chain(&n.outputs) {
+        let t = m
+            .ty(*v)
+            .as_tensor()
+            .ok_or_else(|| format!("%{} is not a tensor", m.name(*v)))?;
+        let shape = m.static_shape(*v)?;
+        let n_el: u64 = shape.iter().map(|&d| d as u64).product();
+        let bytes = t
+            .elem
+            .storage_bytes(n_el)
+            .ok_or_else(|| format!("%{} has no fixed size", m.name(*v)))?;
+        if bytes > max_bytes {
+            return Err(format!(
+                "%{} ({bytes} bytes) exceeds the device's binding size",
+                m.name(*v)
+            ));
+        }
+    }
+    let k = kernel_for(m, n)?;
+    for d in &k.dispatches {
+        if d.bindings.len() > max_bindings {
+            return Err(format!(
+                "{} bindings, the device allows {max_bindings}",
+                d.bindings.len()
+            ));
+        }
+        wgsl::validate(&d.wgsl).map_err(|e| format!("internal: generated WGSL is invalid: {e}"))?;
+    }
+    Ok(k)
+}
+
+/// The kernel of `n`: nothing for results with no elements (their
+/// generated index arithmetic would divide by a zero extent), else the
+/// lowering table's.
+fn kernel_for(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let empty = n.outputs.iter().all(|&o| {
+        m.static_shape(o)
+            .is_ok_and(|s| s.iter().product::<usize>() == 0)
+    });
+    if empty && n.regions().next().is_none() {
+        return Ok(GpuKernel {
+            describe: "nothing (empty result)".into(),
+            ..Default::default()
+        });
+    }
+    lower_node(m, n)
+}
+
+/// The memory plan as the executable runs it: intermediates that a GPU
+/// step reads or writes live in the arena; values only CPU steps touch
+/// stay on the host. No result overwrites an operand: a shader binding the
+/// same bytes twice, one of them writable, is not allowed.
+fn layout(s: &Module, steps: &[GpuStep], align: u64) -> Result<GpuLayout, String> {
+    let mut on_device: HashSet<ValueId> = HashSet::new();
+    for st in steps {
+        if let GpuStepKind::Gpu(_) = st.kind {
+            let n = &s.body.nodes[st.node];
+            on_device.extend(n.inputs.iter().flatten());
+            on_device.extend(&n.outputs);
+        }
+    }
+    let keep_out = |v: ValueId| !on_device.contains(&v);
+    let never = |_: usize| false;
+    let opts = memory_plan::PlanOptions {
+        align,
+        in_place: Some(&never),
+        skip_unsized: true,
+        keep_out: Some(&keep_out),
+    };
+    let plan = memory_plan::plan_with(s, &Default::default(), &opts)
+        .map_err(|e| format!("memory plan: {e}"))?;
+    Ok(GpuLayout {
+        schedule: plan.schedule,
+        offsets: plan
+            .buffers
+            .iter()
+            .filter(|b| s.static_shape(b.value).is_ok())
+            .map(|b| (b.value, b.offset))
+            .collect(),
+        arena_bytes: plan.arena_bytes,
+    })
+}
+
+fn elem(m: &Module, v: ValueId) -> Result<ElemType, String> {
+    m.ty(v)
+        .as_tensor()
+        .map(|t| t.elem)
+        .ok_or_else(|| format!("%{} is not a tensor", m.name(v)))
+}
+
+fn operand(n: &Node, i: usize) -> Result<ValueId, String> {
+    n.input(i)
+        .ok_or_else(|| format!("{}: operand {i} is missing", n.describe()))
+}
+
+fn result(n: &Node) -> Result<ValueId, String> {
+    n.outputs
+        .first()
+        .copied()
+        .ok_or_else(|| "no result".to_string())
+}
+
+fn const_ints(m: &Module, n: &Node, i: usize) -> Result<Option<Vec<i64>>, String> {
+    let Some(v) = n.input(i) else { return Ok(None) };
+    let d = m
+        .constant(v)
+        .ok_or_else(|| format!("operand {i} is not a constant"))?;
+    d.to_i64_vec()
+        .map(Some)
+        .ok_or_else(|| format!("operand {i} is not integers"))
+}
+
+fn norm_axis(a: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    let v = if a < 0 { a + r } else { a };
+    if v < 0 || v >= r.max(1) {
+        return Err(format!("axis {a} for rank {rank}"));
+    }
+    Ok(v as usize)
+}
+
+/// The lowering table: the kernel of `n`, or why there is none.
+fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    if kiln_ir::ops::traits(&n.op).view || matches!(n.op.as_str(), "Identity") {
+        return view(m, n);
+    }
+    match n.op.as_str() {
+        "Transpose" => transpose(m, n),
+        "Slice" => slice(m, n),
+        "Expand" => expand(m, n),
+        "Concat" => concat(m, n),
+        "Split" => split(m, n),
+        "Gather" => gather(m, n),
+        "Cast" => {
+            let (from, to) = (elem(m, operand(n, 0)?)?, elem(m, result(n)?)?);
+            let total: usize = m.static_shape(result(n)?)?.iter().product();
+            if from == to {
+                return view(m, n);
+            }
+            movement::cast(n, from, to, total)
+        }
+        "kiln.Fusion" => fusion_node(m, n),
+        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" => {
+            let binds: Vec<Option<Bind>> = (0..n.inputs.len())
+                .map(|i| n.input(i).map(|_| Bind::Operand(i)))
+                .collect();
+            anchor(m, n, &binds, None)
+        }
+        "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => pool(m, n),
+        _ => single_node(m, n).map_err(|e| format!("no gpu kernel for {} ({e})", n.op)),
+    }
+}
+
+fn words_of(m: &Module, v: ValueId) -> Result<usize, String> {
+    let e = elem(m, v)?;
+    movement::words(e).ok_or_else(|| format!("{e} data does not move on the gpu"))
+}
+
+/// Reshape, Flatten, Squeeze, Unsqueeze, Identity, a Cast to the same
+/// type: the bytes copied under the result's shape.
+fn view(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    let y = result(n)?;
+    let w = words_of(m, x)?;
+    let total: usize = m.static_shape(y)?.iter().product();
+    let side = |bind| movement::Side {
+        bind,
+        base: 0,
+        strides: vec![1],
+    };
+    let d = movement::strided_copy(
+        n,
+        w,
+        &[total],
+        &side(Bind::Operand(0)),
+        &side(Bind::Result(0)),
+    )?;
+    Ok(movement::copies(vec![d], "copy".into()))
+}
+
+/// The result, contiguous, walked in order with `src` read at each
+/// element.
+fn walk_into_result(
+    m: &Module,
+    n: &Node,
+    ys: &[usize],
+    src: &movement::Side,
+    what: String,
+) -> Result<GpuKernel, String> {
+    let dst = movement::Side {
+        bind: Bind::Result(0),
+        base: 0,
+        strides: movement::strides_of(ys),
+    };
+    let d = movement::strided_copy(n, words_of(m, operand(n, 0)?)?, ys, src, &dst)?;
+    Ok(movement::copies(vec![d], what))
+}
+
+fn transpose(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    let xs = m.static_shape(x)?;
+    let ys = m.static_shape(result(n)?)?;
+    let r = xs.len();
+    let perm: Vec<usize> = match n.attrs.get("perm").and_then(Attr::as_ints) {
+        Some(p) => p
+            .iter()
+            .map(|&a| norm_axis(a, r))
+            .collect::<Result<_, _>>()?,
+        None => (0..r).rev().collect(),
+    };
+    let xst = movement::strides_of(&xs);
+    let src = movement::Side {
+        bind: Bind::Operand(0),
+        base: 0,
+        strides: perm.iter().map(|&p| xst[p]).collect(),
+    };
+    walk_into_result(m, n, &ys, &src, format!("transpose {perm:?}"))
+}
+
+fn slice(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    let xs = m.static_shape(x)?;
+    let ys = m.static_shape(result(n)?)?;
+    let r = xs.len();
+    let starts = const_ints(m, n, 1)?.ok_or("no starts")?;
+    let ends = const_ints(m, n, 2)?.ok_or("no ends")?;
+    let axes = const_ints(m, n, 3)?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    let steps = const_ints(m, n, 4)?.unwrap_or_else(|| vec![1; starts.len()]);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        return Err("starts, ends, axes and steps of different lengths".into());
+    }
+    let xst = movement::strides_of(&xs);
+    let mut base = 0i64;
+    let mut strides = xst.clone();
+    for k in 0..starts.len() {
+        let a = norm_axis(axes[k], r)?;
+        let (first, count) =
+            kiln_ir::ops::geometry::slice_range(starts[k], ends[k], steps[k], xs[a] as u64);
+        if count as usize != ys[a] {
+            return Err("slice extent differs from the result's".into());
+        }
+        base += first * xst[a];
+        strides[a] = steps[k] * xst[a];
+    }
+    let src = movement::Side {
+        bind: Bind::Operand(0),
+        base,
+        strides,
+    };
+    walk_into_result(m, n, &ys, &src, "slice".into())
+}
+
+fn expand(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    let xs = m.static_shape(x)?;
+    let ys = m.static_shape(result(n)?)?;
+    if xs.len() > ys.len() {
+        return Err("Expand to a lower rank".into());
+    }
+    let off = ys.len() - xs.len();
+    let xst = movement::strides_of(&xs);
+    let strides: Vec<i64> = (0..ys.len())
+        .map(|d| {
+            if d < off || xs[d - off] == 1 {
+                0
+            } else {
+                xst[d - off]
+            }
+        })
+        .collect();
+    let src = movement::Side {
+        bind: Bind::Operand(0),
+        base: 0,
+        strides,
+    };
+    walk_into_result(m, n, &ys, &src, "expand".into())
+}
+
+fn concat(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let y = result(n)?;
+    let ys = m.static_shape(y)?;
+    let axis = norm_axis(
+        n.attrs
+            .get("axis")
+            .and_then(Attr::as_int)
+            .ok_or("no axis")?,
+        ys.len(),
+    )?;
+    let yst = movement::strides_of(&ys);
+    let w = words_of(m, y)?;
+    let mut at = 0i64;
+    let mut ds = vec![];
+    for i in 0..n.inputs.len() {
+        let x = operand(n, i)?;
+        let xs = m.static_shape(x)?;
+        let src = movement::Side {
+            bind: Bind::Operand(i),
+            base: 0,
+            strides: movement::strides_of(&xs),
+        };
+        let dst = movement::Side {
+            bind: Bind::Result(0),
+            base: at * yst[axis],
+            strides: yst.clone(),
+        };
+        if xs.iter().product::<usize>() > 0 {
+            ds.push(movement::strided_copy(n, w, &xs, &src, &dst)?);
+        }
+        at += xs[axis] as i64;
+    }
+    Ok(movement::copies(
+        ds,
+        format!("concat of {} on axis {axis}", n.inputs.len()),
+    ))
+}
+
+fn split(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    let xs = m.static_shape(x)?;
+    let axis = norm_axis(
+        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(0),
+        xs.len(),
+    )?;
+    let xst = movement::strides_of(&xs);
+    let w = words_of(m, x)?;
+    let mut at = 0i64;
+    let mut ds = vec![];
+    for (j, &o) in n.outputs.iter().enumerate() {
+        let os = m.static_shape(o)?;
+        let src = movement::Side {
+            bind: Bind::Operand(0),
+            base: at * xst[axis],
+            strides: xst.clone(),
+        };
+        let dst = movement::Side {
+            bind: Bind::Result(j),
+            base: 0,
+            strides: movement::strides_of(&os),
+        };
+        if os.iter().product::<usize>() > 0 {
+            ds.push(movement::strided_copy(n, w, &os, &src, &dst)?);
+        }
+        at += os[axis] as i64;
+    }
+    if at as usize != xs[axis] {
+        return Err("split parts do not cover the axis".into());
+    }
+    Ok(movement::copies(
+        ds,
+        format!("split in {} on axis {axis}", n.outputs.len()),
+    ))
+}
+
+fn gather(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    let ix = operand(n, 1)?;
+    let xs = m.static_shape(x)?;
+    if xs.is_empty() {
+        return Err("Gather from a scalar".into());
+    }
+    let axis = norm_axis(
+        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(0),
+        xs.len(),
+    )?;
+    let ni: usize = m.static_shape(ix)?.iter().product();
+    let iw = match elem(m, ix)? {
+        ElemType::I32 => 1,
+        ElemType::I64 => 2,
+        e => return Err(format!("Gather indices of {e}")),
+    };
+    // Constant indices are checked now: out of range is an error of the
+    // model, which the interpreter reports.
+    if let Some(d) = m.constant(ix) {
+        let a = xs[axis] as i64;
+        if d.to_i64_vec()
+            .is_some_and(|v| v.iter().any(|&q| q < -a || q >= a))
+        {
+            return Err("constant index out of range".into());
+        }
+    }
+    movement::gather(n, words_of(m, x)?, &xs, axis, ni, iw)
+}
+
+fn pool(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    if elem(m, x)? != ElemType::F32 {
+        return Err("pooling of non-f32".into());
+    }
+    if n.outputs.len() > 1 {
+        return Err("MaxPool with indices".into());
+    }
+    let xs = m.static_shape(x)?;
+    let ys = m.static_shape(result(n)?)?;
+    let (kind, a) = pool_attrs(n, &xs)?;
+    let op = match kind {
+        PoolKind::Max | PoolKind::GlobalMax => PoolOp::Max,
+        PoolKind::Average { count_include_pad } => PoolOp::Average { count_include_pad },
+        PoolKind::GlobalAverage => PoolOp::Average {
+            count_include_pad: false,
+        },
+    };
+    dense::pool(
+        n,
+        op,
+        &xs,
+        &ys,
+        &a.kernel,
+        &a.strides,
+        &a.dilations,
+        &a.pads,
+    )
+}
+
+/// MatMul, Gemm, Conv or FusedConv `a` reading the given bindings for its
+/// operands, with an optional epilogue.
+fn anchor(
+    m: &Module,
+    a: &Node,
+    binds: &[Option<Bind>],
+    epi: Option<&Epilogue>,
+) -> Result<GpuKernel, String> {
+    for v in a.inputs.iter().flatten().chain(&a.outputs) {
+        if elem(m, *v)? != ElemType::F32 {
+            return Err(format!("{} of non-f32 data", a.op));
+        }
+    }
+    let shape = |i: usize| m.static_shape(operand(a, i)?);
+    let b = |i: usize| binds.get(i).copied().flatten();
+    let ys = m.static_shape(result(a)?)?;
+    match a.op.as_str() {
+        "MatMul" => dense::matmul(
+            a,
+            &shape(0)?,
+            &shape(1)?,
+            &ys,
+            [b(0).ok_or("no A")?, b(1).ok_or("no B")?],
+            epi,
+        ),
+        "Gemm" => {
+            let f = |k: &str, d: f32| a.attrs.get(k).and_then(Attr::as_float).unwrap_or(d);
+            let t = |k: &str| a.attrs.get(k).and_then(Attr::as_int).unwrap_or(0) != 0;
+            let cs = match a.input(2) {
+                Some(c) => Some(m.static_shape(c)?),
+                None => None,
+            };
+            dense::gemm(
+                a,
+                &shape(0)?,
+                &shape(1)?,
+                cs.as_deref(),
+                [b(0), b(1), b(2)],
+                (t("transA"), t("transB")),
+                f("alpha", 1.0),
+                f("beta", 1.0),
+                epi,
+            )
+        }
+        _ => {
+            let xs = shape(0)?;
+            let ws = shape(1)?;
+            let c = conv_attrs(a, &xs, &ws)?;
+            let relu = match a.attrs.get("activation").and_then(Attr::as_str) {
+                None | Some("") => false,
+                Some("Relu") => true,
+                Some(other) => return Err(format!("activation {other}")),
+            };
+            let g = ConvGeom {
+                x: xs,
+                w: ws,
+                y: ys,
+                strides: c.strides,
+                dilations: c.dilations,
+                pads: c.pads,
+                group: c.group,
+            };
+            dense::conv(a, &g, [b(0), b(1), b(2), b(3)], relu, epi)
+        }
+    }
+}
+
+/// `kiln.Fusion`: an anchor with its epilogue in the store, or the body as
+/// one region kernel.
+fn fusion_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let Some(Attr::Graph(body)) = n.attrs.get("body") else {
+        return Err("fusion without a body".into());
+    };
+    let operand_of = |v: ValueId| body.inputs.iter().position(|&b| b == v);
+    let first = body.nodes.first().ok_or("empty fusion body")?;
+    let shapes: Vec<Vec<usize>> = n
+        .inputs
+        .iter()
+        .map(|v| m.static_shape(v.ok_or("omitted fusion operand")?))
+        .collect::<Result<_, _>>()?;
+    if !matches!(
+        first.op.as_str(),
+        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv"
+    ) {
+        let binds: Vec<Bind> = (0..body.inputs.len()).map(Bind::Operand).collect();
+        return fusion::region_kernel(m, n, body, &shapes, &binds);
+    }
+    // The anchor reads body inputs only; its kernel binds the node's
+    // operands behind them.
+    let anchor_binds: Vec<Option<Bind>> = first
+        .inputs
+        .iter()
+        .map(|v| {
+            v.map(|v| {
+                operand_of(v)
+                    .map(Bind::Operand)
+                    .ok_or("anchor reads a value of its body")
+            })
+            .transpose()
+        })
+        .collect::<Result<_, _>>()?;
+    // The anchor as a node of the outer module (its operands the node's).
+    let mut outer = first.clone();
+    for v in outer.inputs.iter_mut().flatten() {
+        *v = n.inputs[operand_of(*v).unwrap_or(0)].ok_or("omitted fusion operand")?;
+    }
+    let anchor_out = result(first)?;
+    let tail = &body.nodes[1..];
+    if tail.is_empty() {
+        let mut k = anchor(m, &outer, &anchor_binds, None)?;
+        k.describe.push_str(" (alone)");
+        return Ok(k);
+    }
+    // The epilogue region: the anchor's result, then the body inputs the
+    // tail reads.
+    let mut used: Vec<ValueId> = tail
+        .iter()
+        .flat_map(|x| x.inputs.iter().flatten().copied())
+        .collect();
+    used.extend(&body.outputs);
+    let mut inputs = vec![anchor_out];
+    let mut in_shapes = vec![m.static_shape(anchor_out)?];
+    let mut binds = vec![Bind::Result(0)];
+    for (k, &bv) in body.inputs.iter().enumerate() {
+        if used.contains(&bv) {
+            inputs.push(bv);
+            in_shapes.push(shapes[k].clone());
+            binds.push(Bind::Operand(k));
+        }
+    }
+    let region = Region {
+        inputs,
+        constants: body.constants.clone(),
+        nodes: tail.to_vec(),
+        outputs: body.outputs.clone(),
+    };
+    let epi = Epilogue {
+        m,
+        region: &region,
+        shapes: &in_shapes,
+        binds: &binds,
+        anchor_input: 0,
+    };
+    anchor(m, &outer, &anchor_binds, Some(&epi))
+}
+
+/// A lone node the fusion plan can express (Relu, Softmax, ReduceSum,
+/// ...), as a one-node region.
+fn single_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let OneNode {
+        region,
+        shapes,
+        operands,
+    } = one_node_region(m, n)?;
+    let binds: Vec<Bind> = operands.into_iter().map(Bind::Operand).collect();
+    fusion::region_kernel(m, n, &region, &shapes, &binds)
+}
+
+/// Every shader the gpu lowering makes for `m` (specialized, through the
+/// gpu pipeline), without a device: what the naga tests validate.
+pub fn shaders(m: &Module) -> Vec<(String, Result<Vec<String>, String>)> {
+    let mut out = vec![];
+    for n in &m.body.nodes {
+        let r = kernel_for(m, n).map(|k| k.dispatches.into_iter().map(|d| d.wgsl).collect());
+        out.push((n.describe(), r));
+    }
+    out
+}

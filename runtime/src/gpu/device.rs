@@ -1,0 +1,100 @@
+//! The device an executable runs on: one wgpu instance, adapter, device and
+//! queue, chosen from `WGPU_BACKEND` (e.g. `vulkan`) when it is set, with
+//! the adapter's own limits. Errors wgpu would report asynchronously (and
+//! by default panic on) are collected and returned as `Result`s.
+
+use std::sync::{Arc, Mutex};
+
+/// A device and its queue.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.adapter())
+    }
+}
+
+impl Gpu {
+    /// Open the first adapter of the backends `WGPU_BACKEND` names (all
+    /// the build has, if unset), preferring a discrete GPU.
+    pub fn open() -> Result<Gpu, String> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let instance = wgpu::Instance::new(desc);
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            ..Default::default()
+        }))
+        .map_err(|e| {
+            format!(
+                "no GPU adapter ({e}); on Linux without a GPU, install Mesa's software Vulkan driver (mesa-vulkan-drivers) and set WGPU_BACKEND=vulkan"
+            )
+        })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| format!("GPU device on {}: {e}", info.name))?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            errors,
+        })
+    }
+
+    /// The adapter as reports show it: `name (backend, driver)`.
+    pub fn adapter(&self) -> String {
+        format!(
+            "{} ({:?}, {})",
+            self.info.name,
+            self.info.backend,
+            if self.info.driver.is_empty() {
+                "no driver name"
+            } else {
+                &self.info.driver
+            }
+        )
+    }
+
+    /// Errors the device reported since the last call, as one `Err`.
+    pub fn check(&self, what: &str) -> Result<(), String> {
+        let errs: Vec<String> = match self.errors.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(_) => vec!["error log poisoned".into()],
+        };
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{what}: {}", errs.join("; ")))
+        }
+    }
+
+    /// Wait until the queue is idle.
+    pub fn wait(&self) -> Result<(), String> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| format!("GPU wait: {e}"))
+    }
+}

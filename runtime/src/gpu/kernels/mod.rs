@@ -1,0 +1,8 @@
+//! The WGSL kernel generators, one file per family: fusion regions
+//! (`fusion.rs`, from the shared fusion plan), the tiled GEMM behind
+//! matmul, Gemm and convolution, and pooling (`dense.rs`, which uses
+//! `fusion.rs` for epilogues), and data movement (`movement.rs`).
+
+pub mod dense;
+pub mod fusion;
+pub mod movement;
