@@ -182,3 +182,58 @@ pub(crate) struct OneNode {
     pub shapes: Vec<Vec<usize>>,
     pub operands: Vec<usize>,
 }
+
+/// A Resize of f32 data planned by the interpreter's rules (constant
+/// roi/scales/sizes): the input shape and the plan, checked against the
+/// result's shape.
+pub(crate) fn resize_plan_of(
+    m: &Module,
+    n: &Node,
+) -> Result<
+    (
+        Vec<usize>,
+        kiln_runtime::interp::kernels::movement::resample::ResizePlan,
+    ),
+    String,
+> {
+    use kiln_runtime::interp::kernels::movement::resample::resize_plan;
+    use kiln_runtime::interp::kernels::KernelError;
+    let x = n.input(0).ok_or("no operand")?;
+    if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::F32) {
+        return Err("resize of non-f32".into());
+    }
+    let shape = m.static_shape(x)?;
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let operand = |i: usize| -> Result<Option<std::sync::Arc<kiln_ir::TensorData>>, String> {
+        match n.input(i) {
+            None => Ok(None),
+            Some(v) => match m.constant(v) {
+                Some(d) if d.numel() == 0 => Ok(None),
+                Some(d) => Ok(Some(d.clone())),
+                None => Err(format!("operand {i} is not constant")),
+            },
+        }
+    };
+    let f64s = |i| -> Result<Option<Vec<f64>>, String> {
+        operand(i)?
+            .map(|d| {
+                d.to_f64_vec()
+                    .ok_or_else(|| format!("operand {i} is not numeric"))
+            })
+            .transpose()
+    };
+    let sizes = operand(3)?
+        .map(|d| d.to_i64_vec().ok_or("sizes are not integers"))
+        .transpose()?;
+    let plan = resize_plan(n, &shape, f64s(1)?, f64s(2)?, sizes).map_err(|e| match e {
+        KernelError::Msg(m) => m,
+        KernelError::Nested(e) => e.to_string(),
+    })?;
+    if plan.shape != out {
+        return Err(format!(
+            "resizes to {:?}, the result is {out:?}",
+            plan.shape
+        ));
+    }
+    Ok((shape, plan))
+}

@@ -299,6 +299,18 @@ impl GpuExecutable {
                         create_init(&gpu, &d, usage)
                     })
                     .collect();
+                let scratch: Vec<wgpu::Buffer> = kernel
+                    .scratch
+                    .iter()
+                    .map(|&b| {
+                        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("scratch"),
+                            size: pad4(b),
+                            usage,
+                            mapped_at_creation: false,
+                        })
+                    })
+                    .collect();
                 for d in &kernel.dispatches {
                     let count = d.bindings.len();
                     let bgl = layouts
@@ -320,11 +332,16 @@ impl GpuExecutable {
                                 let buf = data.get(*k).ok_or("internal: kernel data index")?;
                                 (buf, 0, buf.size())
                             }
+                            Bind::Scratch(k) => {
+                                let buf =
+                                    scratch.get(*k).ok_or("internal: kernel scratch index")?;
+                                (buf, 0, buf.size())
+                            }
                             Bind::Operand(_) | Bind::Result(_) => {
                                 let v = match b {
                                     Bind::Operand(i) => n.input(*i),
                                     Bind::Result(j) => n.outputs.get(*j).copied(),
-                                    Bind::Data(_) => None,
+                                    Bind::Data(_) | Bind::Scratch(_) => None,
                                 }
                                 .ok_or("internal: binding of a missing value")?;
                                 let (l, bytes) = *loc

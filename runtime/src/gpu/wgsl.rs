@@ -24,6 +24,9 @@ pub enum Bind {
     Result(usize),
     /// Data the kernel made at compile time (its `data[i]`).
     Data(usize),
+    /// Scratch the kernel's shaders pass values through (its
+    /// `scratch[i]` bytes, the executable's own: runs do not overlap).
+    Scratch(usize),
 }
 
 /// One compute shader and what its bindings are.
@@ -42,6 +45,8 @@ pub struct Dispatch {
 pub struct GpuKernel {
     pub dispatches: Vec<Dispatch>,
     pub data: Vec<Vec<u8>>,
+    /// Bytes of each scratch buffer.
+    pub scratch: Vec<u64>,
     pub describe: String,
     pub flops: f64,
 }
@@ -89,7 +94,7 @@ impl Shader {
         let value = match b {
             Bind::Operand(i) => self.inputs.get(i).copied().flatten(),
             Bind::Result(j) => self.outputs.get(j).copied(),
-            Bind::Data(_) => None,
+            Bind::Data(_) | Bind::Scratch(_) => None,
         };
         let key = match value {
             Some(v) => Key::Value(v),

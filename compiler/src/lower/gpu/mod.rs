@@ -13,14 +13,15 @@
 use std::collections::HashSet;
 
 use kiln_ir::{Attr, ElemType, Module, Node, Region, ValueId};
-use kiln_runtime::gpu::kernels::dense::{self, ConvGeom, Epilogue, PoolOp};
+use kiln_runtime::gpu::kernels::dense::{self, ConvGeom, Epilogue, PoolOp, Store};
+use kiln_runtime::gpu::kernels::reduce::{self, ReduceOp};
 use kiln_runtime::gpu::kernels::{fusion, movement};
 use kiln_runtime::gpu::wgsl::{self, Bind, GpuKernel};
 use kiln_runtime::gpu::{Gpu, GpuExecutable, GpuLayout, GpuStep, GpuStepKind};
 
 use kiln_runtime::cpu::kernels::PoolKind;
 
-use crate::lower::common::{conv_attrs, one_node_region, pool_attrs, OneNode};
+use crate::lower::common::{conv_attrs, one_node_region, pool_attrs, resize_plan_of, OneNode};
 use crate::passes::memory_plan;
 
 /// How to compile for the GPU.
@@ -207,6 +208,12 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "Concat" => concat(m, n),
         "Split" => split(m, n),
         "Gather" => gather(m, n),
+        "Resize" => resize(m, n),
+        "Softmax" | "LogSoftmax" => single_node(m, n).or_else(|_| softmax(m, n)),
+        "ArgMax" | "ArgMin" => arg_extreme(m, n),
+        op if ReduceOp::of(op).is_some() => {
+            single_node(m, n).or_else(|_| reduce_node(m, n, Bind::Operand(0)))
+        }
         "Cast" => {
             let (from, to) = (elem(m, operand(n, 0)?)?, elem(m, result(n)?)?);
             let total: usize = m.static_shape(result(n)?)?.iter().product();
@@ -220,7 +227,7 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
             let binds: Vec<Option<Bind>> = (0..n.inputs.len())
                 .map(|i| n.input(i).map(|_| Bind::Operand(i)))
                 .collect();
-            anchor(m, n, &binds, None)
+            anchor(m, n, &binds, Store::To(Bind::Result(0)))
         }
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => pool(m, n),
         _ => single_node(m, n).map_err(|e| format!("no gpu kernel for {} ({e})", n.op)),
@@ -457,6 +464,33 @@ fn gather(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     movement::gather(n, words_of(m, x)?, &xs, axis, ni, iw)
 }
 
+/// Resize: the interpreter's plan, tabulated per dim (identity dims
+/// read straight through).
+fn resize(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let (shape, plan) = resize_plan_of(m, n)?;
+    let dims: Vec<movement::ResizeDim> =
+        plan.taps
+            .iter()
+            .enumerate()
+            .map(|(d, coords)| {
+                let identity = plan.shape[d] == shape[d]
+                    && coords.iter().enumerate().all(
+                        |(o, c)| matches!(c.as_deref(), Some([(i, w)]) if *i == o && *w == 1.0),
+                    );
+                (!identity).then(|| {
+                    coords
+                        .iter()
+                        .map(|c| {
+                            c.as_ref()
+                                .map(|t| t.iter().map(|&(i, w)| (i, w as f32)).collect())
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+    movement::resize(n, &shape, &plan.shape, &dims, plan.extrapolation as f32)
+}
+
 fn pool(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     let x = operand(n, 0)?;
     if elem(m, x)? != ElemType::F32 {
@@ -488,13 +522,8 @@ fn pool(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 }
 
 /// MatMul, Gemm, Conv or FusedConv `a` reading the given bindings for its
-/// operands, with an optional epilogue.
-fn anchor(
-    m: &Module,
-    a: &Node,
-    binds: &[Option<Bind>],
-    epi: Option<&Epilogue>,
-) -> Result<GpuKernel, String> {
+/// operands, storing its result as `store` says.
+fn anchor(m: &Module, a: &Node, binds: &[Option<Bind>], store: Store) -> Result<GpuKernel, String> {
     for v in a.inputs.iter().flatten().chain(&a.outputs) {
         if elem(m, *v)? != ElemType::F32 {
             return Err(format!("{} of non-f32 data", a.op));
@@ -510,7 +539,7 @@ fn anchor(
             &shape(1)?,
             &ys,
             [b(0).ok_or("no A")?, b(1).ok_or("no B")?],
-            epi,
+            store,
         ),
         "Gemm" => {
             let f = |k: &str, d: f32| a.attrs.get(k).and_then(Attr::as_float).unwrap_or(d);
@@ -528,7 +557,7 @@ fn anchor(
                 (t("transA"), t("transB")),
                 f("alpha", 1.0),
                 f("beta", 1.0),
-                epi,
+                store,
             )
         }
         _ => {
@@ -549,7 +578,7 @@ fn anchor(
                 pads: c.pads,
                 group: c.group,
             };
-            dense::conv(a, &g, [b(0), b(1), b(2), b(3)], relu, epi)
+            dense::conv(a, &g, [b(0), b(1), b(2), b(3)], relu, store)
         }
     }
 }
@@ -572,7 +601,8 @@ fn fusion_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv"
     ) {
         let binds: Vec<Bind> = (0..body.inputs.len()).map(Bind::Operand).collect();
-        return fusion::region_kernel(m, n, body, &shapes, &binds);
+        return fusion::region_kernel(m, n, body, &shapes, &binds)
+            .or_else(|why| split_reduction(m, n, body, &shapes).map_err(|_| why));
     }
     // The anchor reads body inputs only; its kernel binds the node's
     // operands behind them.
@@ -596,7 +626,7 @@ fn fusion_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     let anchor_out = result(first)?;
     let tail = &body.nodes[1..];
     if tail.is_empty() {
-        let mut k = anchor(m, &outer, &anchor_binds, None)?;
+        let mut k = anchor(m, &outer, &anchor_binds, Store::To(Bind::Result(0)))?;
         k.describe.push_str(" (alone)");
         return Ok(k);
     }
@@ -630,7 +660,156 @@ fn fusion_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         binds: &binds,
         anchor_input: 0,
     };
-    anchor(m, &outer, &anchor_binds, Some(&epi))
+    match anchor(m, &outer, &anchor_binds, Store::Epilogue(&epi)) {
+        Ok(k) => Ok(k),
+        // An epilogue that broadcasts the anchor's result to a larger
+        // shape (a squeeze-excite scale times its feature map) or makes
+        // several results: the anchor into scratch, then the region as a
+        // second shader reading it.
+        Err(e) if e.starts_with("unsupported: an epilogue") => {
+            let mut first = anchor(m, &outer, &anchor_binds, Store::To(Bind::Scratch(0)))?;
+            let mut binds = binds.clone();
+            binds[0] = Bind::Scratch(0);
+            let second = fusion::region_kernel(m, n, &region, &in_shapes, &binds)?;
+            first
+                .scratch
+                .push(4 * in_shapes[0].iter().product::<usize>() as u64);
+            Ok(then(first, second))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `a` then `b`, one step: `b`'s own data renumbered after `a`'s; its
+/// scratch bindings name `a`'s scratch (the buffers `a` fills for it).
+fn then(mut a: GpuKernel, b: GpuKernel) -> GpuKernel {
+    let shift = a.data.len();
+    a.describe = format!("{} then {}", a.describe, b.describe);
+    a.dispatches.extend(b.dispatches.into_iter().map(|mut d| {
+        for bind in &mut d.bindings {
+            if let Bind::Data(k) = bind {
+                *k += shift;
+            }
+        }
+        d
+    }));
+    a.data.extend(b.data);
+    a.flops += b.flops;
+    a
+}
+
+/// A reduction fusion the row kernels cannot express (a sum over a middle
+/// axis: mean pooling over a sequence): its elementwise producers as one
+/// shader into scratch, then the reduction over any axes reading it.
+fn split_reduction(
+    m: &Module,
+    n: &Node,
+    body: &Region,
+    shapes: &[Vec<usize>],
+) -> Result<GpuKernel, String> {
+    let (last, producers) = body.nodes.split_last().ok_or("empty body")?;
+    let x = operand(last, 0)?;
+    if producers.is_empty()
+        || ReduceOp::of(&last.op).is_none()
+        || body.outputs != last.outputs
+        || body.inputs.contains(&x)
+    {
+        return Err("not a producers + reduction region".into());
+    }
+    let prefix = Region {
+        inputs: body.inputs.clone(),
+        constants: body.constants.clone(),
+        nodes: producers.to_vec(),
+        outputs: vec![x],
+    };
+    let binds: Vec<Bind> = (0..body.inputs.len()).map(Bind::Operand).collect();
+    let mut first = fusion::region_kernel_to(m, n, &prefix, shapes, &binds, &[Bind::Scratch(0)])?;
+    let xs = m.static_shape(x)?;
+    first.scratch.push(4 * xs.iter().product::<usize>() as u64);
+    let second = reduce_node(m, last, Bind::Scratch(0))?;
+    Ok(then(first, second))
+}
+
+/// The reduced dims of a Reduce node over `rank` dims (constant axes,
+/// from its operand or attribute; none means all, or the identity with
+/// `noop_with_empty_axes`, then `None`).
+fn reduced_dims(m: &Module, n: &Node, rank: usize) -> Result<Option<Vec<bool>>, String> {
+    let axes = match const_ints(m, n, 1)? {
+        Some(a) => a,
+        None => n
+            .attrs
+            .get("axes")
+            .and_then(Attr::as_ints)
+            .map(|a| a.to_vec())
+            .unwrap_or_default(),
+    };
+    let mut dims = vec![axes.is_empty(); rank];
+    if axes.is_empty()
+        && n.attrs
+            .get("noop_with_empty_axes")
+            .and_then(Attr::as_int)
+            .unwrap_or(0)
+            != 0
+    {
+        return Ok(None);
+    }
+    for a in axes {
+        dims[norm_axis(a, rank)?] = true;
+    }
+    Ok(Some(dims))
+}
+
+/// A Reduce node over any constant axes of f32 data read from `src`.
+fn reduce_node(m: &Module, n: &Node, src: Bind) -> Result<GpuKernel, String> {
+    let op = ReduceOp::of(&n.op).ok_or("not a reduction")?;
+    let x = operand(n, 0)?;
+    if elem(m, x)? != ElemType::F32 || elem(m, result(n)?)? != ElemType::F32 {
+        return Err(format!("{} of non-f32 data", n.op));
+    }
+    let xs = m.static_shape(x)?;
+    match reduced_dims(m, n, xs.len())? {
+        Some(dims) => reduce::reduce(n, op, &xs, &dims, src),
+        None if src == Bind::Operand(0) => view(m, n),
+        None => Err("an identity reduction of scratch".into()),
+    }
+}
+
+fn softmax(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    if elem(m, x)? != ElemType::F32 {
+        return Err("softmax of non-f32".into());
+    }
+    let xs = m.static_shape(x)?;
+    if xs.is_empty() {
+        return Err("softmax of a scalar".into());
+    }
+    let axis = norm_axis(
+        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1),
+        xs.len(),
+    )?;
+    reduce::softmax_axis(n, &xs, axis, n.op == "LogSoftmax")
+}
+
+fn arg_extreme(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    if elem(m, x)? != ElemType::F32 {
+        return Err(format!("{} of non-f32 data", n.op));
+    }
+    let xs = m.static_shape(x)?;
+    if xs.is_empty() || xs.contains(&0) {
+        return Err(format!("{} of an empty or scalar tensor", n.op));
+    }
+    let axis = norm_axis(
+        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(0),
+        xs.len(),
+    )?;
+    let last = n
+        .attrs
+        .get("select_last_index")
+        .and_then(Attr::as_int)
+        .unwrap_or(0)
+        != 0;
+    reduce::arg_extreme(n, &xs, axis, n.op == "ArgMax", last)
 }
 
 /// A lone node the fusion plan can express (Relu, Softmax, ReduceSum,

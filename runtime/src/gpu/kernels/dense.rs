@@ -27,20 +27,29 @@ const BK: usize = 16;
 /// value of element `e` of the result.
 fn finish_store(
     sh: &mut Shader,
-    epi: Option<&Epilogue>,
+    store: Store,
     out_shape: &[usize],
     data: &mut Vec<Vec<u8>>,
 ) -> Result<(String, String), String> {
-    let out = sh.bind(Bind::Result(0), "f32");
-    let mut what = String::new();
-    let apply = match epi {
-        Some(e) => {
-            what = epilogue_fn(sh, e, out_shape, data)?;
-            "epi(e, v)"
+    let (out, apply, what) = match store {
+        Store::To(b) => (sh.bind(b, "f32"), "v", String::new()),
+        Store::Epilogue(e) => {
+            let out = sh.bind(Bind::Result(0), "f32");
+            let what = epilogue_fn(sh, e, out_shape, data)?;
+            (out, "epi(e, v)", what)
         }
-        None => "v",
     };
     Ok((format!("{out}[e] = {apply};"), what))
+}
+
+/// Where a matmul or conv puts its finished elements.
+#[derive(Clone, Copy)]
+pub enum Store<'a> {
+    /// As they are, into this binding (the result, or a scratch buffer a
+    /// later shader of the step reads).
+    To(Bind),
+    /// Through a fused epilogue, into the result.
+    Epilogue(&'a Epilogue<'a>),
 }
 
 /// The tiled GEMM over `z` batches of an M×K by K×N product; `fns` defines
@@ -136,7 +145,7 @@ pub fn matmul(
     b_shape: &[usize],
     out_shape: &[usize],
     binds: [Bind; 2],
-    epi: Option<&Epilogue>,
+    store: Store,
 ) -> Result<GpuKernel, String> {
     if a_shape.is_empty() || b_shape.is_empty() {
         return Err("MatMul of a scalar".into());
@@ -179,7 +188,7 @@ pub fn matmul(
     let mut data = vec![];
     let a = sh.bind(binds[0], "f32");
     let b = sh.bind(binds[1], "f32");
-    let (store, what) = finish_store(&mut sh, epi, out_shape, &mut data)?;
+    let (store, what) = finish_store(&mut sh, store, out_shape, &mut data)?;
     let _ = write!(
         sh.fns,
         "fn load_a(z: u32, m: u32, k: u32) -> f32 {{ return {a}[{ao} + m * {k}u + k]; }}\n\
@@ -192,6 +201,7 @@ pub fn matmul(
     Ok(GpuKernel {
         dispatches: vec![d],
         data,
+        scratch: vec![],
         describe: join_what(
             format!(
                 "matmul {m}x{k}x{nn}{}",
@@ -226,7 +236,7 @@ pub fn gemm(
     trans: (bool, bool),
     alpha: f32,
     beta: f32,
-    epi: Option<&Epilogue>,
+    store: Store,
 ) -> Result<GpuKernel, String> {
     if a_shape.len() != 2 || b_shape.len() != 2 {
         return Err("Gemm of operands that are not matrices".into());
@@ -248,7 +258,7 @@ pub fn gemm(
     let mut data = vec![];
     let a = sh.bind(binds[0].ok_or("Gemm without A")?, "f32");
     let b = sh.bind(binds[1].ok_or("Gemm without B")?, "f32");
-    let (store, what) = finish_store(&mut sh, epi, &[m, nn], &mut data)?;
+    let (store, what) = finish_store(&mut sh, store, &[m, nn], &mut data)?;
     let a_at = if trans.0 {
         format!("k * {m}u + m")
     } else {
@@ -289,6 +299,7 @@ pub fn gemm(
     Ok(GpuKernel {
         dispatches: vec![d],
         data,
+        scratch: vec![],
         describe: join_what(format!("gemm {m}x{k}x{nn}"), &what),
         flops: 2.0 * (m * nn * k) as f64,
     })
@@ -314,7 +325,7 @@ pub fn conv(
     g: &ConvGeom,
     binds: [Option<Bind>; 4],
     relu: bool,
-    epi: Option<&Epilogue>,
+    store: Store,
 ) -> Result<GpuKernel, String> {
     let r =
         g.x.len()
@@ -347,7 +358,7 @@ pub fn conv(
     let mut data = vec![];
     let x = sh.bind(binds[0].ok_or("conv without X")?, "f32");
     let w = sh.bind(binds[1].ok_or("conv without W")?, "f32");
-    let (store, what) = finish_store(&mut sh, epi, &g.y, &mut data)?;
+    let (store, what) = finish_store(&mut sh, store, &g.y, &mut data)?;
     let mut extra = String::new();
     if let Some(b) = binds[2] {
         let b = sh.bind(b, "f32");
@@ -407,6 +418,7 @@ pub fn conv(
         return Ok(GpuKernel {
             dispatches: vec![d],
             data,
+            scratch: vec![],
             describe,
             flops,
         });
@@ -425,6 +437,7 @@ pub fn conv(
     Ok(GpuKernel {
         dispatches: vec![d],
         data,
+        scratch: vec![],
         describe,
         flops,
     })
@@ -536,6 +549,7 @@ pub fn pool(
     Ok(GpuKernel {
         dispatches: vec![d],
         data: vec![],
+        scratch: vec![],
         describe: format!("{} {kernel:?}", n.op),
         flops: 0.0,
     })

@@ -137,6 +137,19 @@ pub fn region_kernel(
     shapes: &[Vec<usize>],
     region_binds: &[Bind],
 ) -> Result<GpuKernel, String> {
+    let outs: Vec<Bind> = (0..region.outputs.len()).map(Bind::Result).collect();
+    region_kernel_to(m, n, region, shapes, region_binds, &outs)
+}
+
+/// [`region_kernel`] writing region output `j` to `outs[j]`.
+pub fn region_kernel_to(
+    m: &Module,
+    n: &Node,
+    region: &Region,
+    shapes: &[Vec<usize>],
+    region_binds: &[Bind],
+    outs: &[Bind],
+) -> Result<GpuKernel, String> {
     let plan = fusion_plan::plan(m, region, shapes)?;
     let mut sh = Shader::new(n);
     let mut data = vec![];
@@ -151,13 +164,23 @@ pub fn region_kernel(
                 "if (gid >= {total}u) {{ return; }}\nlet r = gid / {inner}u;\nlet i = gid % {inner}u;\n{stmts}"
             );
             for (j, v) in vals.iter().enumerate() {
-                let out = sh.bind(Bind::Result(j), "f32");
+                let out = sh.bind(
+                    *outs
+                        .get(j)
+                        .ok_or("internal: region output without a binding")?,
+                    "f32",
+                );
                 let _ = writeln!(body, "{out}[gid] = {v};");
             }
             sh.finish(WG, &body, grid_for(total)?)
         }
         kind => {
-            let out = sh.bind(Bind::Result(0), "f32");
+            let out = sh.bind(
+                *outs
+                    .first()
+                    .ok_or("internal: region output without a binding")?,
+                "f32",
+            );
             row_kernel(&mut sh, &plan, &leaves, kind, &out)?;
             let body = "row_main(wgi, li);".to_string();
             sh.finish(ROW_WG, &body, grid(rows)?)
@@ -166,6 +189,7 @@ pub fn region_kernel(
     Ok(GpuKernel {
         dispatches: vec![dispatch],
         data,
+        scratch: vec![],
         describe: plan.describe.clone(),
         flops: 0.0,
     })

@@ -1,8 +1,11 @@
 //! The WGSL kernel generators, one file per family: fusion regions
 //! (`fusion.rs`, from the shared fusion plan), the tiled GEMM behind
 //! matmul, Gemm and convolution, and pooling (`dense.rs`, which uses
-//! `fusion.rs` for epilogues), and data movement (`movement.rs`).
+//! `fusion.rs` for epilogues), data movement (`movement.rs`), and
+//! reductions over any axes, softmax over any axis, ArgMax/ArgMin
+//! (`reduce.rs`).
 
 pub mod dense;
 pub mod fusion;
 pub mod movement;
+pub mod reduce;

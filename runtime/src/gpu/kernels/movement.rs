@@ -83,6 +83,7 @@ pub fn copies(dispatches: Vec<Dispatch>, describe: String) -> GpuKernel {
     GpuKernel {
         dispatches,
         data: vec![],
+        scratch: vec![],
         describe,
         flops: 0.0,
     }
@@ -135,8 +136,9 @@ pub fn gather(
     Ok(copies(vec![d], format!("gather axis {axis}")))
 }
 
-/// Cast between f32 and i32 (f32 → i32 truncates toward zero, saturating
-/// as WGSL does; out-of-range casts are undefined in ONNX).
+/// Cast between f32 and i32, and from i64 (f32 → i32 truncates toward
+/// zero, saturating as WGSL does; i64 → i32 wraps as numpy does;
+/// out-of-range float casts are undefined in ONNX).
 pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuKernel, String> {
     let mut sh = Shader::new(n);
     let x = sh.bind(Bind::Operand(0), "u32");
@@ -144,7 +146,11 @@ pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuK
     let read = match from {
         ElemType::F32 => format!("bitcast<f32>({x}[gid])"),
         ElemType::I32 => format!("f32(bitcast<i32>({x}[gid]))"),
-        ElemType::I64 => format!("f32(bitcast<i32>({x}[gid * 2u]))"),
+        // hi·2³² + lo: exact below 2²⁴, and within an ulp (two roundings)
+        // beyond.
+        ElemType::I64 => {
+            format!("(f32(bitcast<i32>({x}[gid * 2u + 1u])) * 4294967296.0 + f32({x}[gid * 2u]))")
+        }
         e => return Err(format!("Cast from {e} on the gpu")),
     };
     let int_read = match from {
@@ -153,10 +159,6 @@ pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuK
         ElemType::I64 => format!("bitcast<i32>({x}[gid * 2u])"),
         _ => unreachable!(),
     };
-    if from == ElemType::I64 {
-        // Only values in i32's range survive the low word.
-        return Err("Cast from i64 on the gpu".into());
-    }
     let body = match to {
         ElemType::F32 => format!("{y}[gid] = bitcast<u32>({read});"),
         ElemType::I32 => format!("{y}[gid] = bitcast<u32>({int_read});"),
@@ -165,4 +167,113 @@ pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuK
     let body = format!("if (gid >= {total}u) {{ return; }}\n{body}");
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
     Ok(copies(vec![d], format!("cast {from} → {to}")))
+}
+
+/// One dim of a Resize: per output coordinate, `taps` entries of (source
+/// index, weight), or `None` for the extrapolation value; `None` for the
+/// whole dim when it is the identity.
+pub type ResizeDim = Option<Vec<Option<Vec<(usize, f32)>>>>;
+
+/// Resize of f32 data as a weighted sum over each dim's taps (the
+/// interpreter's plan, tabulated): an element is Σ over tap combinations
+/// of the weights' product times the source element, or the extrapolation
+/// value where a dim has none.
+pub fn resize(
+    n: &Node,
+    x: &[usize],
+    y: &[usize],
+    dims: &[ResizeDim],
+    extrapolation: f32,
+) -> Result<GpuKernel, String> {
+    let r = x.len();
+    if y.len() != r || dims.len() != r {
+        return Err("resize plan of another rank".into());
+    }
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    // The tables, one buffer: per dim, per output coordinate, `t` entries
+    // of (index, weight bits); index u32::MAX marks the extrapolation.
+    let mut table: Vec<u32> = vec![];
+    let mut body = String::new();
+    let total: usize = y.iter().product();
+    let _ = writeln!(body, "if (gid >= {total}u) {{ return; }}\nvar acc = 0.0;");
+    let mut inner = 1usize;
+    let mut coord = vec![String::new(); r];
+    for d in (0..r).rev() {
+        coord[d] = format!("((gid / {inner}u) % {}u)", y[d]);
+        inner *= y[d];
+    }
+    let xs = strides_of(x);
+    let mut loops = String::new();
+    let mut close = String::new();
+    let mut weight = vec!["1.0".to_string()];
+    let mut offset = vec!["0u".to_string()];
+    let mut tb = None;
+    let mut outside = vec!["false".to_string()];
+    for d in 0..r {
+        match &dims[d] {
+            None => offset.push(format!("{} * {}u", coord[d], xs[d])),
+            Some(coords) => {
+                let t = coords
+                    .iter()
+                    .map(|c| c.as_ref().map_or(1, Vec::len))
+                    .max()
+                    .unwrap_or(1)
+                    .max(1);
+                let base = table.len();
+                for c in coords {
+                    for k in 0..t {
+                        match c {
+                            None => table.extend([
+                                if k == 0 { u32::MAX } else { 0 },
+                                if k == 0 { 1f32.to_bits() } else { 0 },
+                            ]),
+                            Some(taps) => match taps.get(k) {
+                                Some(&(i, w)) => table.extend([i as u32, w.to_bits()]),
+                                None => table.extend([0, 0]),
+                            },
+                        }
+                    }
+                }
+                if tb.is_none() {
+                    tb = Some(sh.bind(Bind::Data(0), "u32"));
+                }
+                let tbn = tb.clone().unwrap_or_default();
+                let _ = writeln!(
+                    loops,
+                    "for (var t{d} = 0u; t{d} < {t}u; t{d} = t{d} + 1u) {{\n let e{d} = {base}u + ({} * {t}u + t{d}) * 2u;\n let i{d} = {tbn}[e{d}]; let w{d} = bitcast<f32>({tbn}[e{d} + 1u]);",
+                    coord[d]
+                );
+                close.push_str("}\n");
+                weight.push(format!("w{d}"));
+                outside.push(format!("i{d} == 0xffffffffu"));
+                offset.push(format!(
+                    "select(i{d}, 0u, i{d} == 0xffffffffu) * {}u",
+                    xs[d]
+                ));
+            }
+        }
+    }
+    let _ = write!(
+        body,
+        "{loops}let w = {};\nif (w != 0.0) {{ if ({}) {{ acc = acc + w * {}; }} else {{ acc = acc + w * {xb}[{}]; }} }}\n{close}{yb}[gid] = acc;",
+        weight.join(" * "),
+        outside.join(" || "),
+        crate::gpu::wgsl::lit(extrapolation),
+        offset.join(" + ")
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    let data = if table.is_empty() {
+        vec![]
+    } else {
+        vec![table.iter().flat_map(|v| v.to_le_bytes()).collect()]
+    };
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data,
+        scratch: vec![],
+        describe: "resize".into(),
+        flops: 0.0,
+    })
 }

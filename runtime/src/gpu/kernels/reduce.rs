@@ -1,0 +1,228 @@
+//! Reductions over any axes, softmax over any axis, and ArgMax/ArgMin:
+//! one thread per output element walking its reduced elements (the
+//! fusion plan's row kernels take trailing axes in a workgroup each;
+//! these take the rest, as in mean pooling over a sequence or a DFL
+//! softmax over channels).
+
+use std::fmt::Write;
+
+use kiln_ir::Node;
+
+use crate::gpu::wgsl::{grid_for, lit, Bind, GpuKernel, Shader, WG};
+
+/// What a reduction computes (ONNX's Reduce* family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    Prod,
+    L1,
+    L2,
+    SumSquare,
+    LogSum,
+    LogSumExp,
+}
+
+impl ReduceOp {
+    pub fn of(op: &str) -> Option<ReduceOp> {
+        Some(match op {
+            "ReduceSum" => ReduceOp::Sum,
+            "ReduceMean" => ReduceOp::Mean,
+            "ReduceMax" => ReduceOp::Max,
+            "ReduceMin" => ReduceOp::Min,
+            "ReduceProd" => ReduceOp::Prod,
+            "ReduceL1" => ReduceOp::L1,
+            "ReduceL2" => ReduceOp::L2,
+            "ReduceSumSquare" => ReduceOp::SumSquare,
+            "ReduceLogSum" => ReduceOp::LogSum,
+            "ReduceLogSumExp" => ReduceOp::LogSumExp,
+            _ => return None,
+        })
+    }
+}
+
+/// The statements that place output element `gid` (over the kept dims of
+/// `x`) at its first input element `base`, and the offsets and extents
+/// of the reduced dims.
+fn split_dims(x: &[usize], reduced: &[bool]) -> (String, Vec<(usize, usize)>) {
+    let mut s = "var base = 0u;\n".to_string();
+    let mut inner = 1usize;
+    let mut stride = 1usize;
+    let mut red = vec![];
+    for d in (0..x.len()).rev() {
+        if reduced[d] {
+            red.push((x[d], stride));
+        } else {
+            let _ = writeln!(
+                s,
+                "base = base + ((gid / {inner}u) % {}u) * {stride}u;",
+                x[d]
+            );
+            inner *= x[d];
+        }
+        stride *= x[d];
+    }
+    (s, red)
+}
+
+/// A nested loop over the reduced dims running `body` with `at` the
+/// element's offset.
+fn walk(red: &[(usize, usize)], body: &str) -> String {
+    let mut s = String::new();
+    let mut at = vec!["base".to_string()];
+    for (k, (n, st)) in red.iter().enumerate() {
+        let _ = writeln!(s, "for (var r{k} = 0u; r{k} < {n}u; r{k} = r{k} + 1u) {{");
+        at.push(format!("r{k} * {st}u"));
+    }
+    let _ = writeln!(s, "let at = {};\n{body}", at.join(" + "));
+    s.push_str(&"}\n".repeat(red.len()));
+    s
+}
+
+/// `op` over the dims of `x` marked in `reduced`; the result has the kept
+/// dims' elements in order (keepdims only changes its shape).
+pub fn reduce(
+    n: &Node,
+    op: ReduceOp,
+    x: &[usize],
+    reduced: &[bool],
+    src: Bind,
+) -> Result<GpuKernel, String> {
+    let total: usize = x
+        .iter()
+        .zip(reduced)
+        .filter(|(_, &r)| !r)
+        .map(|(d, _)| d)
+        .product();
+    let count: usize = x
+        .iter()
+        .zip(reduced)
+        .filter(|(_, &r)| r)
+        .map(|(d, _)| d)
+        .product();
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(src, "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let (place, red) = split_dims(x, reduced);
+    let nan_max = "if (v != v || a != a) { a = a + v; } else { a = max(a, v); }";
+    let nan_min = "if (v != v || a != a) { a = a + v; } else { a = min(a, v); }";
+    let (init, step, fin) = match op {
+        ReduceOp::Sum => ("0.0".into(), "a = a + v;", "a".to_string()),
+        ReduceOp::Mean => (
+            "0.0".into(),
+            "a = a + v;",
+            format!("a / {}", lit(count as f32)),
+        ),
+        ReduceOp::Max => (lit(f32::NEG_INFINITY), nan_max, "a".into()),
+        ReduceOp::Min => (lit(f32::INFINITY), nan_min, "a".into()),
+        ReduceOp::Prod => ("1.0".into(), "a = a * v;", "a".into()),
+        ReduceOp::L1 => ("0.0".into(), "a = a + abs(v);", "a".into()),
+        ReduceOp::L2 => ("0.0".into(), "a = a + v * v;", "sqrt(a)".into()),
+        ReduceOp::SumSquare => ("0.0".into(), "a = a + v * v;", "a".into()),
+        ReduceOp::LogSum => ("0.0".into(), "a = a + v;", "log(a)".into()),
+        ReduceOp::LogSumExp => ("0.0".into(), "a = a + exp(v - m);", "m + log(a)".into()),
+    };
+    let mut body = format!("if (gid >= {total}u) {{ return; }}\n{place}");
+    if op == ReduceOp::LogSumExp {
+        // Shift by the maximum so that exp cannot overflow.
+        let _ = write!(
+            body,
+            "var m = {};\n{}if (m == {} || m != m) {{ m = 0.0; }}\n",
+            lit(f32::NEG_INFINITY),
+            walk(&red, &format!("let v = {xb}[at]; m = max(m, v);")),
+            lit(f32::NEG_INFINITY)
+        );
+    }
+    let _ = write!(
+        body,
+        "var a = {init};\n{}{yb}[gid] = {fin};",
+        walk(&red, &format!("let v = {xb}[at]; {step}"))
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!("{op:?} over {} of {x:?}", count),
+        flops: 0.0,
+    })
+}
+
+/// (Log)Softmax or Hardmax-free softmax over `axis` of `x`: one thread
+/// per (outer, inner) pair, three passes along the axis.
+pub fn softmax_axis(n: &Node, x: &[usize], axis: usize, log: bool) -> Result<GpuKernel, String> {
+    let outer: usize = x[..axis].iter().product();
+    let a = x[axis];
+    let inner: usize = x[axis + 1..].iter().product();
+    let total = outer * inner;
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let store = if log {
+        "(v - m) - log(s)"
+    } else {
+        "exp(v - m) / s"
+    };
+    let body = format!(
+        "if (gid >= {total}u) {{ return; }}\nlet base = (gid / {inner}u) * {a}u * {inner}u + gid % {inner}u;\n\
+         var m = {ninf};\nfor (var k = 0u; k < {a}u; k = k + 1u) {{ let v = {xb}[base + k * {inner}u]; if (v != v || m != m) {{ m = m + v; }} else {{ m = max(m, v); }} }}\n\
+         var s = 0.0;\nfor (var k = 0u; k < {a}u; k = k + 1u) {{ s = s + exp({xb}[base + k * {inner}u] - m); }}\n\
+         for (var k = 0u; k < {a}u; k = k + 1u) {{ let v = {xb}[base + k * {inner}u]; {yb}[base + k * {inner}u] = {store}; }}",
+        ninf = lit(f32::NEG_INFINITY)
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!(
+            "{} over axis {axis}",
+            if log { "LogSoftmax" } else { "Softmax" }
+        ),
+        flops: 0.0,
+    })
+}
+
+/// ArgMax/ArgMin over `axis` (i64 indices, the first or, with
+/// `select_last_index`, the last extreme; NaN counts as the extreme, as
+/// numpy's argmax).
+pub fn arg_extreme(
+    n: &Node,
+    x: &[usize],
+    axis: usize,
+    max: bool,
+    last: bool,
+) -> Result<GpuKernel, String> {
+    let outer: usize = x[..axis].iter().product();
+    let a = x[axis];
+    let inner: usize = x[axis + 1..].iter().product();
+    let total = outer * inner;
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let yb = sh.bind(Bind::Result(0), "u32");
+    // The interpreter's rule: the first index whose value is strictly
+    // better than the best so far, or (select_last_index) any value the
+    // best is not strictly better than; NaN is better than any number.
+    let take = match (max, last) {
+        (true, false) => "b == b && (v != v || v > b)",
+        (false, false) => "b == b && (v != v || v < b)",
+        (true, true) => "v != v || (b == b && v >= b)",
+        (false, true) => "v != v || (b == b && v <= b)",
+    };
+    let body = format!(
+        "if (gid >= {total}u) {{ return; }}\nlet base = (gid / {inner}u) * {a}u * {inner}u + gid % {inner}u;\n\
+         var b = {xb}[base]; var bi = 0u;\n\
+         for (var k = 1u; k < {a}u; k = k + 1u) {{ let v = {xb}[base + k * {inner}u]; if ({take}) {{ b = v; bi = k; }} }}\n\
+         {yb}[gid * 2u] = bi; {yb}[gid * 2u + 1u] = 0u;"
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!("{} over axis {axis}", n.op),
+        flops: 0.0,
+    })
+}
