@@ -62,6 +62,58 @@ pub(crate) enum Op {
     /// Selu(alpha, gamma).
     Selu(f32, f32),
     Mish,
+    // Below: ops the WGSL generator lowers and the Cranelift one does not
+    // (yet); `cpu::jit` refuses a plan holding one, and the cpu backend
+    // interprets that region as before.
+    Sin,
+    Cos,
+    Tan,
+    Asin,
+    Acos,
+    Atan,
+    Sinh,
+    Cosh,
+    Asinh,
+    Acosh,
+    Atanh,
+    /// NaN stays NaN.
+    Sign,
+    Softsign,
+    /// Celu(alpha).
+    Celu(f32),
+    /// `x^y` for a tensor exponent (integral exponents of negative bases
+    /// as numpy).
+    Pow,
+    /// PRelu(x, slope).
+    PRelu,
+    /// `Mod` with `fmod = 1`: the remainder with x's sign.
+    Fmod,
+}
+
+impl Op {
+    /// Whether the Cranelift generator lowers this op.
+    pub fn on_cpu(&self) -> bool {
+        !matches!(
+            self,
+            Op::Sin
+                | Op::Cos
+                | Op::Tan
+                | Op::Asin
+                | Op::Acos
+                | Op::Atan
+                | Op::Sinh
+                | Op::Cosh
+                | Op::Asinh
+                | Op::Acosh
+                | Op::Atanh
+                | Op::Sign
+                | Op::Softsign
+                | Op::Celu(_)
+                | Op::Pow
+                | Op::PRelu
+                | Op::Fmod
+        )
+    }
 }
 
 /// A node of the expression DAG; operands index [`Plan::exprs`].
@@ -496,6 +548,34 @@ pub(crate) fn plan(m: &Module, body: &Region, input_shapes: &[Vec<usize>]) -> R<
                 };
                 unary(&mut b, op)?
             }
+            "Pow" if n.input(1).is_some_and(|v| m.constant(v).is_none()) => {
+                let (x, sx) = arg(&mut b, 0)?;
+                let (y, sy) = arg(&mut b, 1)?;
+                (b.node(Op::Pow, vec![x, y]), broadcast(&sx, &sy)?)
+            }
+            "PRelu" | "Mod" => {
+                if n.op == "Mod" && attr_i(n, "fmod", 0)? != 1 {
+                    return unsupported("Mod of floats without fmod");
+                }
+                let op = if n.op == "PRelu" { Op::PRelu } else { Op::Fmod };
+                let (x, sx) = arg(&mut b, 0)?;
+                let (y, sy) = arg(&mut b, 1)?;
+                (b.node(op, vec![x, y]), broadcast(&sx, &sy)?)
+            }
+            "Sin" => unary(&mut b, Op::Sin)?,
+            "Cos" => unary(&mut b, Op::Cos)?,
+            "Tan" => unary(&mut b, Op::Tan)?,
+            "Asin" => unary(&mut b, Op::Asin)?,
+            "Acos" => unary(&mut b, Op::Acos)?,
+            "Atan" => unary(&mut b, Op::Atan)?,
+            "Sinh" => unary(&mut b, Op::Sinh)?,
+            "Cosh" => unary(&mut b, Op::Cosh)?,
+            "Asinh" => unary(&mut b, Op::Asinh)?,
+            "Acosh" => unary(&mut b, Op::Acosh)?,
+            "Atanh" => unary(&mut b, Op::Atanh)?,
+            "Sign" => unary(&mut b, Op::Sign)?,
+            "Softsign" => unary(&mut b, Op::Softsign)?,
+            "Celu" => unary(&mut b, Op::Celu(attr_f(n, "alpha", 1.0)?))?,
             "Pow" => {
                 let (x, sx) = arg(&mut b, 0)?;
                 let Some(p) = scalar_param(m, n, 1)? else {
@@ -511,6 +591,21 @@ pub(crate) fn plan(m: &Module, body: &Region, input_shapes: &[Vec<usize>]) -> R<
                     Op::Powf(p as f32)
                 };
                 (b.node(op, vec![x]), broadcast(&sx, &sp)?)
+            }
+            // Bounds that are values, not constants: max then min (NaN
+            // wins in both, as in Clip).
+            "Clip" if (1..3).any(|i| n.input(i).is_some_and(|v| m.constant(v).is_none())) => {
+                let (mut x, sx) = arg(&mut b, 0)?;
+                for (i, op) in [(1, Op::Max), (2, Op::Min)] {
+                    if n.input(i).is_some() {
+                        let (bound, sb) = arg(&mut b, i)?;
+                        if broadcast(&sx, &sb)? != sx {
+                            return unsupported("a Clip bound larger than its operand");
+                        }
+                        x = b.node(op, vec![x, bound]);
+                    }
+                }
+                (x, sx)
             }
             "Clip" => {
                 let lo = scalar_param(m, n, 1)?.map(|v| v as f32);

@@ -227,6 +227,13 @@ pub(crate) const H_SOFTPLUS: &str = "fn ksoftplus(x: f32) -> f32 {\n\
   if (u == 1.0) { return e; }\n\
   return log(u) * e / (u - 1.0);\n}";
 
+/// `x^y` as numpy: a negative base to an integral power keeps its sign
+/// by the power's parity; `x^0` is 1.
+pub(crate) const H_POW: &str = "fn kpow(x: f32, y: f32) -> f32 {\n\
+  if (y == 0.0) { return 1.0; }\n\
+  if (x < 0.0 && y == round(y)) { let r = exp2(y * log2(-x)); return select(r, -r, abs(y) % 2.0 == 1.0); }\n\
+  return exp2(y * log2(x));\n}";
+
 /// The WGSL expression of `op` over argument expressions `a`.
 pub(crate) fn op_expr(sh: &mut Shader, op: &Op, a: &[String]) -> String {
     let x = a.first().cloned().unwrap_or_default();
@@ -332,6 +339,31 @@ pub(crate) fn op_expr(sh: &mut Shader, op: &Op, a: &[String]) -> String {
             sh.helper(H_TANH);
             format!("({x} * ktanh(ksoftplus({x})))")
         }
+        Op::Sin => format!("sin({x})"),
+        Op::Cos => format!("cos({x})"),
+        Op::Tan => format!("tan({x})"),
+        Op::Asin => format!("asin({x})"),
+        Op::Acos => format!("acos({x})"),
+        Op::Atan => format!("atan({x})"),
+        Op::Sinh => format!("sinh({x})"),
+        Op::Cosh => format!("cosh({x})"),
+        Op::Asinh => format!("asinh({x})"),
+        Op::Acosh => format!("acosh({x})"),
+        Op::Atanh => format!("atanh({x})"),
+        Op::Sign => {
+            format!("select(select(select(0.0, 1.0, {x} > 0.0), -1.0, {x} < 0.0), {x}, {x} != {x})")
+        }
+        Op::Softsign => format!("({x} / (1.0 + abs({x})))"),
+        Op::Celu(al) => format!(
+            "select({x}, {a} * (exp({x} / {a}) - 1.0), {x} < 0.0)",
+            a = lit(*al)
+        ),
+        Op::Pow => {
+            sh.helper(H_POW);
+            format!("kpow({x}, {y})")
+        }
+        Op::PRelu => format!("select({x}, {x} * {y}, {x} < 0.0)"),
+        Op::Fmod => format!("({x} % {y})"),
     }
 }
 

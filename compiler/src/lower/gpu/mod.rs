@@ -209,6 +209,10 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "Split" => split(m, n),
         "Gather" => gather(m, n),
         "Resize" => resize(m, n),
+        "DepthToSpace" | "SpaceToDepth" => depth_space(m, n),
+        // Inference: the identity (a mask result or a training flag stays
+        // on the host's kernel).
+        "Dropout" if n.outputs.len() == 1 && n.input(2).is_none() => view(m, n),
         "Softmax" | "LogSoftmax" => single_node(m, n).or_else(|_| softmax(m, n)),
         "ArgMax" | "ArgMin" => arg_extreme(m, n),
         op if ReduceOp::of(op).is_some() => {
@@ -432,6 +436,53 @@ fn split(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         ds,
         format!("split in {} on axis {axis}", n.outputs.len()),
     ))
+}
+
+/// DepthToSpace (DCR or CRD) and SpaceToDepth: reshapes around a
+/// transpose, so one strided walk over the result viewed in 6-D.
+fn depth_space(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    let xs = m.static_shape(x)?;
+    let ys = m.static_shape(result(n)?)?;
+    let b = n
+        .attrs
+        .get("blocksize")
+        .and_then(Attr::as_int)
+        .ok_or("no blocksize")?;
+    let b = usize::try_from(b).map_err(|e| e.to_string())?;
+    if xs.len() != 4 || b == 0 {
+        return Err("needs NCHW data and a block size".into());
+    }
+    let (nb, c, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+    // (the input viewed in 6-D, the permutation from it to the result's
+    // 6-D view)
+    let (view6, perm): (Vec<usize>, [usize; 6]) = if n.op == "DepthToSpace" {
+        if c % (b * b) != 0 {
+            return Err("channels not a multiple of blocksize²".into());
+        }
+        let cb = c / (b * b);
+        match n.attrs.get("mode").and_then(Attr::as_str).unwrap_or("DCR") {
+            "DCR" => (vec![nb, b, b, cb, h, w], [0, 3, 4, 1, 5, 2]),
+            "CRD" => (vec![nb, cb, b, b, h, w], [0, 1, 4, 2, 5, 3]),
+            other => return Err(format!("mode {other}")),
+        }
+    } else {
+        if h % b != 0 || w % b != 0 {
+            return Err("spatial dims not multiples of blocksize".into());
+        }
+        (vec![nb, c, h / b, b, w / b, b], [0, 3, 5, 1, 2, 4])
+    };
+    let st = movement::strides_of(&view6);
+    let walk: Vec<usize> = perm.iter().map(|&p| view6[p]).collect();
+    if walk.iter().product::<usize>() != ys.iter().product::<usize>() {
+        return Err("depth/space result of another size".into());
+    }
+    let src = movement::Side {
+        bind: Bind::Operand(0),
+        base: 0,
+        strides: perm.iter().map(|&p| st[p]).collect(),
+    };
+    walk_into_result(m, n, &walk, &src, format!("{} {b}", n.op))
 }
 
 fn gather(m: &Module, n: &Node) -> Result<GpuKernel, String> {

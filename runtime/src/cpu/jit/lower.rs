@@ -128,6 +128,25 @@ pub(crate) fn lower(f: &mut Fb, op: &Op, a: &[Value]) -> Value {
             f.mul(x, t)
         }
         Op::Gelu => math::gelu(f, x),
+        // Never reached: `compile_region` refuses a plan holding one of
+        // these (`Op::on_cpu`) before generating code.
+        Op::Sin
+        | Op::Cos
+        | Op::Tan
+        | Op::Asin
+        | Op::Acos
+        | Op::Atan
+        | Op::Sinh
+        | Op::Cosh
+        | Op::Asinh
+        | Op::Acosh
+        | Op::Atanh
+        | Op::Sign
+        | Op::Softsign
+        | Op::Celu(_)
+        | Op::Pow
+        | Op::PRelu
+        | Op::Fmod => f.c(f32::NAN),
         // 0.5·x·(1 + tanh u) = x·sigmoid(2u): no cancellation for x < 0.
         Op::GeluTanh => {
             let c = (2.0f32 / std::f32::consts::PI).sqrt();
