@@ -152,7 +152,7 @@ fn f32_only(m: &kiln_ir::Module) -> bool {
             && m.static_shape(v).is_ok()
     };
     m.body.nodes.iter().all(|n| {
-        n.op != "kiln.Fusion" && n.regions().next().is_none() || n.op == "kiln.Fusion"
+        n.regions().next().is_none() || n.op == "kiln.Fusion"
     } && n.inputs.iter().flatten().all(|&v| f32_static(v))
         && n.outputs.iter().all(|&o| f32_static(o)))
 }

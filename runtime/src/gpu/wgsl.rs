@@ -11,6 +11,15 @@ use crate::fusion_plan::Op;
 /// Threads per workgroup of the one-thread-per-element kernels.
 pub(crate) const WG: u32 = 256;
 
+/// Threads per row of the row kernels (one workgroup per row).
+pub(crate) const ROW_WG: u32 = 64;
+
+/// Sum and max over a row kernel's workgroup (`ROW_WG` threads, `li` the
+/// thread's index): trees in workgroup memory; NaN wins the max.
+pub(crate) const H_TREE: &str = "var<workgroup> red: array<f32, 64>;\n\
+fn tree_sum(li: u32, v: f32) -> f32 {\n  red[li] = v; workgroupBarrier();\n  for (var s = 32u; s > 0u; s = s / 2u) { if (li < s) { red[li] = red[li] + red[li + s]; } workgroupBarrier(); }\n  let t = red[0]; workgroupBarrier(); return t;\n}\n\
+fn tree_max(li: u32, v: f32) -> f32 {\n  red[li] = v; workgroupBarrier();\n  for (var s = 32u; s > 0u; s = s / 2u) { if (li < s) { let a = red[li]; let b = red[li + s]; red[li] = select(max(a, b), a + b, a != a || b != b); } workgroupBarrier(); }\n  let t = red[0]; workgroupBarrier(); return t;\n}";
+
 /// Workgroups per grid dimension (WebGPU's minimum limit; every adapter
 /// allows it).
 pub(crate) const MAX_GROUPS: u64 = 65535;

@@ -21,7 +21,9 @@ use kiln_runtime::gpu::{Gpu, GpuExecutable, GpuLayout, GpuStep, GpuStepKind};
 
 use kiln_runtime::cpu::kernels::PoolKind;
 
-use crate::lower::common::{conv_attrs, one_node_region, pool_attrs, resize_plan_of, OneNode};
+use crate::lower::common::{
+    conv_attrs, ints, one_node_region, pool_attrs, resize_plan_of, OneNode,
+};
 use crate::passes::memory_plan;
 
 /// How to compile for the GPU.
@@ -210,6 +212,8 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "Gather" => gather(m, n),
         "Resize" => resize(m, n),
         "DepthToSpace" | "SpaceToDepth" => depth_space(m, n),
+        "ConvTranspose" => conv_transpose(m, n),
+        "InstanceNormalization" | "GroupNormalization" => group_norm(m, n),
         // Inference: the identity (a mask result or a training flag stays
         // on the host's kernel).
         "Dropout" if n.outputs.len() == 1 && n.input(2).is_none() => view(m, n),
@@ -436,6 +440,121 @@ fn split(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         ds,
         format!("split in {} on axis {axis}", n.outputs.len()),
     ))
+}
+
+/// InstanceNormalization (a group per channel) and GroupNormalization.
+fn group_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    for v in n.inputs.iter().flatten().chain(&n.outputs) {
+        if elem(m, *v)? != ElemType::F32 {
+            return Err(format!("{} of non-f32 data", n.op));
+        }
+    }
+    let xs = m.static_shape(operand(n, 0)?)?;
+    if xs.len() < 2 {
+        return Err("needs N and C dims".into());
+    }
+    let params: usize = m.static_shape(operand(n, 1)?)?.iter().product();
+    let bias: usize = m.static_shape(operand(n, 2)?)?.iter().product();
+    let eps = n
+        .attrs
+        .get("epsilon")
+        .and_then(Attr::as_float)
+        .unwrap_or(1e-5);
+    let groups = if n.op == "InstanceNormalization" {
+        xs[1]
+    } else {
+        let g = n
+            .attrs
+            .get("num_groups")
+            .and_then(Attr::as_int)
+            .ok_or("no num_groups")?;
+        usize::try_from(g).map_err(|e| e.to_string())?
+    };
+    if params != bias || (params != xs[1] && params != groups) {
+        return Err(format!("scale of {params} and bias of {bias} values"));
+    }
+    reduce::group_norm(n, &xs, groups, eps, params != xs[1])
+}
+
+/// ConvTranspose: pads and output size by `kiln_ir::ops::geometry`'s
+/// rule for transposed windows (the interpreter's).
+fn conv_transpose(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    use kiln_ir::ops::geometry::{AutoPad, Transposed, Window};
+    let x = operand(n, 0)?;
+    let w = operand(n, 1)?;
+    for v in [x, w, result(n)?] {
+        if elem(m, v)? != ElemType::F32 {
+            return Err("ConvTranspose of non-f32 data".into());
+        }
+    }
+    let (xs, ws, ys) = (
+        m.static_shape(x)?,
+        m.static_shape(w)?,
+        m.static_shape(result(n)?)?,
+    );
+    if xs.len() < 3 || ws.len() != xs.len() {
+        return Err("ConvTranspose needs N, C and spatial dims".into());
+    }
+    let r = xs.len() - 2;
+    let list = |name: &str, d: usize| ints(n, name).unwrap_or_else(|| vec![d; r]);
+    let (strides, dil, opad) = (
+        list("strides", 1),
+        list("dilations", 1),
+        list("output_padding", 0),
+    );
+    let pads: Option<Vec<i64>> = n
+        .attrs
+        .get("pads")
+        .and_then(Attr::as_ints)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.to_vec());
+    let out_attr: Option<Vec<i64>> = n
+        .attrs
+        .get("output_shape")
+        .and_then(Attr::as_ints)
+        .map(|v| v[v.len().saturating_sub(r)..].to_vec());
+    if strides.len() != r
+        || dil.len() != r
+        || opad.len() != r
+        || pads.as_ref().is_some_and(|p| p.len() != 2 * r)
+    {
+        return Err("attributes of another rank".into());
+    }
+    let auto_pad = AutoPad::parse(n.attrs.get("auto_pad").and_then(Attr::as_str))?;
+    let mut pad_begin = vec![0i64; r];
+    for i in 0..r {
+        let axis = Transposed {
+            auto_pad,
+            window: Window::new(ws[2 + i] as u64, strides[i] as u64, dil[i] as u64),
+            pads: pads.as_ref().map(|p| [p[i], p[i + r]]),
+            output_padding: opad[i] as u64,
+            output_shape: out_attr
+                .as_ref()
+                .and_then(|v| v.get(i))
+                .map(|&o| o.max(0) as u64),
+        };
+        pad_begin[i] = axis.resolve_pads(xs[2 + i] as u64)[0];
+        if axis.output_size(xs[2 + i] as u64) as usize != ys[2 + i] {
+            return Err("output size differs from the result's".into());
+        }
+    }
+    let group = n
+        .attrs
+        .get("group")
+        .and_then(Attr::as_int)
+        .unwrap_or(1)
+        .max(1) as usize;
+    dense::conv_transpose(
+        n,
+        &xs,
+        &ws,
+        &ys,
+        &strides,
+        &dil,
+        &pad_begin,
+        group,
+        n.input(2).is_some(),
+    )
 }
 
 /// DepthToSpace (DCR or CRD) and SpaceToDepth: reshapes around a

@@ -554,3 +554,97 @@ pub fn pool(
         flops: 0.0,
     })
 }
+
+/// ConvTranspose, one thread per output element gathering the input
+/// elements whose scattered taps land on it: input position
+/// `i = (o + pad − k·dilation) / stride` where that divides exactly.
+/// `x` [N, C, in...], `w` [C, M/group, k...], `y` [N, M, out...].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose(
+    n: &Node,
+    x: &[usize],
+    w: &[usize],
+    y: &[usize],
+    strides: &[usize],
+    dilations: &[usize],
+    pad_begin: &[i64],
+    group: usize,
+    bias: bool,
+) -> Result<GpuKernel, String> {
+    let r = x
+        .len()
+        .checked_sub(2)
+        .filter(|&r| r >= 1)
+        .ok_or("needs spatial dims")?;
+    if w.len() != r + 2
+        || y.len() != r + 2
+        || strides.len() != r
+        || dilations.len() != r
+        || pad_begin.len() != r
+    {
+        return Err("geometry of mixed ranks".into());
+    }
+    let (nb, c) = (x[0], x[1]);
+    let grp = group.max(1);
+    if w[0] != c || !c.is_multiple_of(grp) {
+        return Err(format!("weights {w:?} for {c} channels in {grp} groups"));
+    }
+    let (cg, mg) = (c / grp, w[1]);
+    let m_all = mg * grp;
+    if y[1] != m_all || y[0] != nb {
+        return Err(format!("result {y:?}"));
+    }
+    let ksp: usize = w[2..].iter().product();
+    let osp: usize = y[2..].iter().product();
+    let isp: usize = x[2..].iter().product();
+    let total = nb * m_all * osp;
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let wb = sh.bind(Bind::Operand(1), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let b = if bias {
+        format!("{}[oc]", sh.bind(Bind::Operand(2), "f32"))
+    } else {
+        "0.0".into()
+    };
+    let mut tap = String::new();
+    let mut o_rem = "op".to_string();
+    let mut k_rem = "kt".to_string();
+    let mut inside = vec![];
+    let mut at = vec![];
+    let mut stride = 1usize;
+    for d in (0..r).rev() {
+        let _ =
+            writeln!(
+            tap,
+            "let q{d} = i32({o_rem} % {}u) + {} - i32({k_rem} % {}u) * {};\nlet i{d} = q{d} / {};",
+            y[2 + d], pad_begin[d], w[2 + d], dilations[d], strides[d]
+        );
+        o_rem = format!("({o_rem} / {}u)", y[2 + d]);
+        k_rem = format!("({k_rem} / {}u)", w[2 + d]);
+        inside.push(format!(
+            "q{d} >= 0 && q{d} % {} == 0 && i{d} < {}",
+            strides[d],
+            x[2 + d]
+        ));
+        at.push(format!("u32(i{d}) * {stride}u"));
+        stride *= x[2 + d];
+    }
+    let body = format!(
+        "if (gid >= {total}u) {{ return; }}\nlet op = gid % {osp}u; let oc = (gid / {osp}u) % {m_all}u; let nb = gid / ({osp}u * {m_all}u);\n\
+         let g = oc / {mg}u; let mo = oc % {mg}u;\nvar v = {b};\n\
+         for (var kt = 0u; kt < {ksp}u; kt = kt + 1u) {{\n{tap}if ({inside}) {{\n  let ip = {at};\n\
+           for (var ci = 0u; ci < {cg}u; ci = ci + 1u) {{ let ic = g * {cg}u + ci; v = fma({xb}[(nb * {c}u + ic) * {isp}u + ip], {wb}[(ic * {mg}u + mo) * {ksp}u + kt], v); }}\n}}\n}}\n\
+         {yb}[gid] = v;",
+        inside = inside.join(" && "),
+        at = at.join(" + ")
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!("conv transpose {:?} {c}→{m_all} ch", &w[2..]),
+        flops: 2.0 * (nb * c * mg * isp * ksp) as f64,
+    })
+}

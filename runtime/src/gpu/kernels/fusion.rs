@@ -10,10 +10,7 @@ use std::fmt::Write;
 use kiln_ir::{Module, Node, Region};
 
 use crate::fusion_plan::{self, Expr, Kind, Plan, RedOp, Src};
-use crate::gpu::wgsl::{grid, grid_for, lit, op_expr, Bind, GpuKernel, Shader, WG};
-
-/// Threads per row of the row kernels.
-const ROW_WG: u32 = 64;
+use crate::gpu::wgsl::{grid, grid_for, lit, op_expr, Bind, GpuKernel, Shader, H_TREE, ROW_WG, WG};
 
 /// How the expressions of a plan read their leaves.
 struct Leaves {
@@ -206,12 +203,8 @@ fn row_kernel(
     let rows = plan.rows();
     let inner = plan.inner;
     let n = ROW_WG;
-    let mut f = format!(
-        "var<workgroup> red: array<f32, {n}>;\n\
-         fn tree_sum(li: u32, v: f32) -> f32 {{\n  red[li] = v; workgroupBarrier();\n  for (var s = {h}u; s > 0u; s = s / 2u) {{ if (li < s) {{ red[li] = red[li] + red[li + s]; }} workgroupBarrier(); }}\n  let t = red[0]; workgroupBarrier(); return t;\n}}\n\
-         fn tree_max(li: u32, v: f32) -> f32 {{\n  red[li] = v; workgroupBarrier();\n  for (var s = {h}u; s > 0u; s = s / 2u) {{ if (li < s) {{ let a = red[li]; let b = red[li + s]; red[li] = select(max(a, b), a + b, a != a || b != b); }} workgroupBarrier(); }}\n  let t = red[0]; workgroupBarrier(); return t;\n}}\n",
-        h = n / 2
-    );
+    sh.helper(H_TREE);
+    let mut f = String::new();
     let val_fn = |sh: &mut Shader, f: &mut String, name: &str, root: usize| {
         let (stmts, v) = emit(sh, plan, leaves, &[root], "x");
         let _ = write!(

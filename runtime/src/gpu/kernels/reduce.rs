@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use kiln_ir::Node;
 
-use crate::gpu::wgsl::{grid_for, lit, Bind, GpuKernel, Shader, WG};
+use crate::gpu::wgsl::{grid, grid_for, lit, Bind, GpuKernel, Shader, H_TREE, ROW_WG, WG};
 
 /// What a reduction computes (ONNX's Reduce* family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +223,57 @@ pub fn arg_extreme(
         data: vec![],
         scratch: vec![],
         describe: format!("{} over axis {axis}", n.op),
+        flops: 0.0,
+    })
+}
+
+/// GroupNormalization (InstanceNormalization is one group per channel):
+/// one workgroup per (batch, group) row of `C/groups × spatial` elements,
+/// mean and variance as trees, then `(x − mean)·rstd·scale + bias` with
+/// the element's channel's (or, for per-group parameters, its group's)
+/// scale and bias.
+pub fn group_norm(
+    n: &Node,
+    x: &[usize],
+    groups: usize,
+    eps: f32,
+    per_group_params: bool,
+) -> Result<GpuKernel, String> {
+    if x.len() < 2 || groups == 0 || !x[1].is_multiple_of(groups) {
+        return Err(format!("{groups} groups of {x:?}"));
+    }
+    let c = x[1];
+    let spatial: usize = x[2..].iter().product();
+    let rows = x[0] * groups;
+    let inner = c / groups * spatial;
+    let mut sh = Shader::new(n);
+    sh.helper(H_TREE);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let sb = sh.bind(Bind::Operand(1), "f32");
+    let bb = sh.bind(Bind::Operand(2), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let param = if per_group_params {
+        format!("r % {groups}u")
+    } else {
+        format!("(r % {groups}u) * {}u + i / {spatial}u", c / groups)
+    };
+    let w = ROW_WG;
+    let body = format!(
+        "let r = min(wgi, {last}u);\nlet base = r * {inner}u;\n\
+         var a = 0.0;\nfor (var i = li; i < {inner}u; i = i + {w}u) {{ a = a + {xb}[base + i]; }}\n\
+         let mean = tree_sum(li, a) / {inner}.0;\n\
+         var q = 0.0;\nfor (var i = li; i < {inner}u; i = i + {w}u) {{ let d = {xb}[base + i] - mean; q = q + d * d; }}\n\
+         let rstd = 1.0 / sqrt(tree_sum(li, q) / {inner}.0 + {eps});\n\
+         for (var i = li; i < {inner}u; i = i + {w}u) {{ let p = {param}; {yb}[base + i] = ({xb}[base + i] - mean) * rstd * {sb}[p] + {bb}[p]; }}",
+        last = rows.max(1) - 1,
+        eps = lit(eps)
+    );
+    let d = sh.finish(w, &body, grid(rows as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!("{} ({groups} groups)", n.op),
         flops: 0.0,
     })
 }
