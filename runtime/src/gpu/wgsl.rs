@@ -18,7 +18,7 @@ pub(crate) const ROW_WG: u32 = 64;
 /// thread's index): trees in workgroup memory; NaN wins the max.
 pub(crate) const H_TREE: &str = "var<workgroup> red: array<f32, 64>;\n\
 fn tree_sum(li: u32, v: f32) -> f32 {\n  red[li] = v; workgroupBarrier();\n  for (var s = 32u; s > 0u; s = s / 2u) { if (li < s) { red[li] = red[li] + red[li + s]; } workgroupBarrier(); }\n  let t = red[0]; workgroupBarrier(); return t;\n}\n\
-fn tree_max(li: u32, v: f32) -> f32 {\n  red[li] = v; workgroupBarrier();\n  for (var s = 32u; s > 0u; s = s / 2u) { if (li < s) { let a = red[li]; let b = red[li + s]; red[li] = select(max(a, b), a + b, a != a || b != b); } workgroupBarrier(); }\n  let t = red[0]; workgroupBarrier(); return t;\n}";
+fn tree_max(li: u32, v: f32) -> f32 {\n  red[li] = v; workgroupBarrier();\n  for (var s = 32u; s > 0u; s = s / 2u) { if (li < s) { let a = red[li]; let b = red[li + s]; red[li] = select(max(a, b), a + b, knan(a) || knan(b)); } workgroupBarrier(); }\n  let t = red[0]; workgroupBarrier(); return t;\n}";
 
 /// Workgroups per grid dimension (WebGPU's minimum limit; every adapter
 /// allows it).
@@ -135,6 +135,7 @@ impl Shader {
     /// workgroup's linear index).
     pub fn finish(self, wg: u32, body: &str, groups: [u32; 3]) -> Dispatch {
         let mut s = self.decls;
+        s.push_str(H_NAN);
         for h in self.helpers {
             s.push_str(h);
             s.push('\n');
@@ -159,6 +160,7 @@ impl Shader {
     /// workgroup shape and builtins).
     pub fn finish_raw(self, entry: &str, groups: [u32; 3]) -> Dispatch {
         let mut s = self.decls;
+        s.push_str(H_NAN);
         for h in self.helpers {
             s.push_str(h);
             s.push('\n');
@@ -210,14 +212,20 @@ pub(crate) fn lit(v: f32) -> String {
     }
 }
 
+/// NaN by its bits: `x != x` may be folded to false by a driver that
+/// assumes no NaNs (WGSL lets it; lavapipe does), which would lose the
+/// NaNs ONNX propagates. Every shader has it.
+pub(crate) const H_NAN: &str =
+    "fn knan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }\n";
+
 /// Helper functions the op table uses.
-pub(crate) const H_MINMAX: &str = "fn kmin(a: f32, b: f32) -> f32 { if (a != a || b != b) { return a + b; } return min(a, b); }\n\
-fn kmax(a: f32, b: f32) -> f32 { if (a != a || b != b) { return a + b; } return max(a, b); }";
+pub(crate) const H_MINMAX: &str = "fn kmin(a: f32, b: f32) -> f32 { if (knan(a) || knan(b)) { return a + b; } return min(a, b); }\n\
+fn kmax(a: f32, b: f32) -> f32 { if (knan(a) || knan(b)) { return a + b; } return max(a, b); }";
 /// tanh without the cancellation of (e^2x − 1)/(e^2x + 1) near 0 (which
 /// a driver's `tanh` may use): Cephes' odd polynomial below 0.625, the
 /// exponential form above.
 pub(crate) const H_TANH: &str = "fn ktanh(x: f32) -> f32 {\n\
-  if (x != x) { return x; }\n\
+  if (knan(x)) { return x; }\n\
   let a = abs(x);\n\
   if (a < 0.625) { let z = x * x; return ((((-5.70498872745e-3 * z + 2.06390887954e-2) * z - 5.37397155531e-2) * z + 1.33314422036e-1) * z - 3.33332819422e-1) * z * x + x; }\n\
   let t = 1.0 - 2.0 / (exp(2.0 * min(a, 10.0)) + 1.0);\n\
@@ -226,7 +234,7 @@ pub(crate) const H_ERF: &str = "fn kerf(x0: f32) -> f32 {\n\
   let x = clamp(x0, -4.0, 4.0); let x2 = x * x;\n\
   let p = (((((( -2.7261422e-10 * x2 + 2.7706814e-8) * x2 - 2.101024e-6) * x2 - 5.6925064e-5) * x2 - 7.3499063e-4) * x2 - 2.9546001e-3) * x2 - 1.6096033e-2);\n\
   let q = ((((-1.4566072e-5 * x2 - 2.1337406e-4) * x2 - 1.682827e-3) * x2 - 7.373329e-3) * x2 - 1.4264739e-2);\n\
-  if (x0 != x0) { return x0; }\n\
+  if (knan(x0)) { return x0; }\n\
   return clamp(p * x / q, -1.0, 1.0);\n}";
 /// log(1 + e^x) with log1p's accuracy where e^x is small (Mish of a
 /// negative x): log(u)·e/(u − 1) cancels the rounding of u = 1 + e.
@@ -360,7 +368,7 @@ pub(crate) fn op_expr(sh: &mut Shader, op: &Op, a: &[String]) -> String {
         Op::Acosh => format!("acosh({x})"),
         Op::Atanh => format!("atanh({x})"),
         Op::Sign => {
-            format!("select(select(select(0.0, 1.0, {x} > 0.0), -1.0, {x} < 0.0), {x}, {x} != {x})")
+            format!("select(select(select(0.0, 1.0, {x} > 0.0), -1.0, {x} < 0.0), {x}, knan({x}))")
         }
         Op::Softsign => format!("({x} / (1.0 + abs({x})))"),
         Op::Celu(al) => format!(

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use kiln_ir::{Attr, ElemType, Module, Node, Region, ValueId};
 use kiln_runtime::gpu::kernels::dense::{self, ConvGeom, Epilogue, PoolOp, Store};
 use kiln_runtime::gpu::kernels::reduce::{self, ReduceOp};
-use kiln_runtime::gpu::kernels::{fusion, movement};
+use kiln_runtime::gpu::kernels::{fusion, movement, typed};
 use kiln_runtime::gpu::wgsl::{self, Bind, GpuKernel};
 use kiln_runtime::gpu::{Gpu, GpuExecutable, GpuLayout, GpuStep, GpuStepKind};
 
@@ -228,7 +228,7 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
             if from == to {
                 return view(m, n);
             }
-            movement::cast(n, from, to, total)
+            movement::cast(n, from, to, total).or_else(|e| typed_single(m, n).map_err(|_| e))
         }
         "kiln.Fusion" => fusion_node(m, n),
         "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" => {
@@ -238,7 +238,9 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
             anchor(m, n, &binds, Store::To(Bind::Result(0)))
         }
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => pool(m, n),
-        _ => single_node(m, n).map_err(|e| format!("no gpu kernel for {} ({e})", n.op)),
+        _ => single_node(m, n)
+            .or_else(|e| typed_single(m, n).map_err(|_| e))
+            .map_err(|e| format!("no gpu kernel for {} ({e})", n.op)),
     }
 }
 
@@ -772,7 +774,8 @@ fn fusion_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     ) {
         let binds: Vec<Bind> = (0..body.inputs.len()).map(Bind::Operand).collect();
         return fusion::region_kernel(m, n, body, &shapes, &binds)
-            .or_else(|why| split_reduction(m, n, body, &shapes).map_err(|_| why));
+            .or_else(|why| split_reduction(m, n, body, &shapes).map_err(|_| why))
+            .or_else(|why| typed::typed_region(m, n, body, &binds).map_err(|_| why));
     }
     // The anchor reads body inputs only; its kernel binds the node's
     // operands behind them.
@@ -992,6 +995,16 @@ fn single_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     } = one_node_region(m, n)?;
     let binds: Vec<Bind> = operands.into_iter().map(Bind::Operand).collect();
     fusion::region_kernel(m, n, &region, &shapes, &binds)
+}
+
+/// A lone node of mixed element types (a comparison, `Where`, logic, a
+/// cast, integer arithmetic) as a one-node typed region.
+fn typed_single(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let OneNode {
+        region, operands, ..
+    } = one_node_region(m, n)?;
+    let binds: Vec<Bind> = operands.into_iter().map(Bind::Operand).collect();
+    typed::typed_region(m, n, &region, &binds)
 }
 
 /// Every shader the gpu lowering makes for `m` (specialized, through the

@@ -526,7 +526,7 @@ pub fn pool(
     let (init, acc, fin) = match op {
         PoolOp::Max => (
             lit(f32::NEG_INFINITY),
-            "if (v != v || a != a) { a = a + v; } else { a = max(a, v); }".to_string(),
+            "if (knan(v) || knan(a)) { a = a + v; } else { a = max(a, v); }".to_string(),
             format!("select(a, {}, cnt == 0u)", lit(f32::NAN)),
         ),
         PoolOp::Average { count_include_pad } => (

@@ -229,7 +229,7 @@ fn row_kernel(
             let _ = write!(
                 f,
                 "fn row_main(r0: u32, li: u32) {{\n{guard}\n\
-                 var m = {ninf};\nfor (var i = li; i < {inner}u; i = i + {n}u) {{ let v = vx(r, i); m = select(max(m, v), m + v, m != m || v != v); }}\n\
+                 var m = {ninf};\nfor (var i = li; i < {inner}u; i = i + {n}u) {{ let v = vx(r, i); m = select(max(m, v), m + v, knan(m) || knan(v)); }}\n\
                  let mx = tree_max(li, m);\n\
                  var a = 0.0;\nfor (var i = li; i < {inner}u; i = i + {n}u) {{ a = a + exp(vx(r, i) - mx); }}\n\
                  let s = tree_sum(li, a);\n\
@@ -274,7 +274,7 @@ fn row_kernel(
                 ),
                 RedOp::Max => (
                     ninf.clone(),
-                    "a = select(max(a, v), a + v, a != a || v != v);",
+                    "a = select(max(a, v), a + v, knan(a) || knan(v));",
                     "tree_max",
                     "t".to_string(),
                 ),

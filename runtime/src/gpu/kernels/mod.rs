@@ -3,9 +3,11 @@
 //! matmul, Gemm and convolution, and pooling (`dense.rs`, which uses
 //! `fusion.rs` for epilogues), data movement (`movement.rs`), and
 //! reductions over any axes, softmax over any axis, ArgMax/ArgMin
-//! (`reduce.rs`).
+//! (`reduce.rs`), and elementwise regions of mixed types: masks,
+//! comparisons, `Where`, logic, integer arithmetic (`typed.rs`).
 
 pub mod dense;
 pub mod fusion;
 pub mod movement;
 pub mod reduce;
+pub mod typed;

@@ -106,8 +106,8 @@ pub fn reduce(
     let xb = sh.bind(src, "f32");
     let yb = sh.bind(Bind::Result(0), "f32");
     let (place, red) = split_dims(x, reduced);
-    let nan_max = "if (v != v || a != a) { a = a + v; } else { a = max(a, v); }";
-    let nan_min = "if (v != v || a != a) { a = a + v; } else { a = min(a, v); }";
+    let nan_max = "if (knan(v) || knan(a)) { a = a + v; } else { a = max(a, v); }";
+    let nan_min = "if (knan(v) || knan(a)) { a = a + v; } else { a = min(a, v); }";
     let (init, step, fin) = match op {
         ReduceOp::Sum => ("0.0".into(), "a = a + v;", "a".to_string()),
         ReduceOp::Mean => (
@@ -129,7 +129,7 @@ pub fn reduce(
         // Shift by the maximum so that exp cannot overflow.
         let _ = write!(
             body,
-            "var m = {};\n{}if (m == {} || m != m) {{ m = 0.0; }}\n",
+            "var m = {};\n{}if (m == {} || knan(m)) {{ m = 0.0; }}\n",
             lit(f32::NEG_INFINITY),
             walk(&red, &format!("let v = {xb}[at]; m = max(m, v);")),
             lit(f32::NEG_INFINITY)
@@ -167,7 +167,7 @@ pub fn softmax_axis(n: &Node, x: &[usize], axis: usize, log: bool) -> Result<Gpu
     };
     let body = format!(
         "if (gid >= {total}u) {{ return; }}\nlet base = (gid / {inner}u) * {a}u * {inner}u + gid % {inner}u;\n\
-         var m = {ninf};\nfor (var k = 0u; k < {a}u; k = k + 1u) {{ let v = {xb}[base + k * {inner}u]; if (v != v || m != m) {{ m = m + v; }} else {{ m = max(m, v); }} }}\n\
+         var m = {ninf};\nfor (var k = 0u; k < {a}u; k = k + 1u) {{ let v = {xb}[base + k * {inner}u]; if (knan(v) || knan(m)) {{ m = m + v; }} else {{ m = max(m, v); }} }}\n\
          var s = 0.0;\nfor (var k = 0u; k < {a}u; k = k + 1u) {{ s = s + exp({xb}[base + k * {inner}u] - m); }}\n\
          for (var k = 0u; k < {a}u; k = k + 1u) {{ let v = {xb}[base + k * {inner}u]; {yb}[base + k * {inner}u] = {store}; }}",
         ninf = lit(f32::NEG_INFINITY)
@@ -206,10 +206,10 @@ pub fn arg_extreme(
     // better than the best so far, or (select_last_index) any value the
     // best is not strictly better than; NaN is better than any number.
     let take = match (max, last) {
-        (true, false) => "b == b && (v != v || v > b)",
-        (false, false) => "b == b && (v != v || v < b)",
-        (true, true) => "v != v || (b == b && v >= b)",
-        (false, true) => "v != v || (b == b && v <= b)",
+        (true, false) => "!knan(b) && (knan(v) || v > b)",
+        (false, false) => "!knan(b) && (knan(v) || v < b)",
+        (true, true) => "knan(v) || (!knan(b) && v >= b)",
+        (false, true) => "knan(v) || (!knan(b) && v <= b)",
     };
     let body = format!(
         "if (gid >= {total}u) {{ return; }}\nlet base = (gid / {inner}u) * {a}u * {inner}u + gid % {inner}u;\n\
