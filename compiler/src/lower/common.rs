@@ -76,7 +76,6 @@ pub(crate) fn pool_attrs(n: &Node, xs: &[usize]) -> Result<(PoolKind, PoolAttrs)
     if xs.len() < 3 {
         return Err("pooling needs spatial dims".into());
     }
-    let r = xs.len() - 2;
     let kind = match n.op.as_str() {
         "MaxPool" => PoolKind::Max,
         "AveragePool" => PoolKind::Average {
@@ -108,6 +107,17 @@ pub(crate) fn pool_attrs(n: &Node, xs: &[usize]) -> Result<(PoolKind, PoolAttrs)
         );
     }
     let global = matches!(kind, PoolKind::GlobalAverage | PoolKind::GlobalMax);
+    Ok((kind, pool_window(n, xs, global)?))
+}
+
+/// A pooling node's window over an input of shape `xs`: the whole map for
+/// a global pool, else its attributes with pads resolved.
+pub(crate) fn pool_window(n: &Node, xs: &[usize], global: bool) -> Result<PoolAttrs, String> {
+    if xs.len() < 3 {
+        return Err("pooling needs spatial dims".into());
+    }
+    let r = xs.len() - 2;
+    let ceil_mode = n.attrs.get("ceil_mode").and_then(Attr::as_int).unwrap_or(0) != 0;
     let kernel = if global {
         xs[2..].to_vec()
     } else {
@@ -128,14 +138,13 @@ pub(crate) fn pool_attrs(n: &Node, xs: &[usize]) -> Result<(PoolKind, PoolAttrs)
         }
         resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?
     };
-    let attrs = PoolAttrs {
+    Ok(PoolAttrs {
         kernel,
         strides,
         dilations,
         pads,
         ceil_mode,
-    };
-    Ok((kind, attrs))
+    })
 }
 
 /// A lone node as a closed region the fusion code generators compile: its

@@ -22,7 +22,7 @@ use kiln_runtime::gpu::{Gpu, GpuExecutable, GpuLayout, GpuStep, GpuStepKind};
 use kiln_runtime::cpu::kernels::PoolKind;
 
 use crate::lower::common::{
-    conv_attrs, ints, one_node_region, pool_attrs, resize_plan_of, OneNode,
+    conv_attrs, ints, one_node_region, pool_attrs, pool_window, resize_plan_of, OneNode,
 };
 use crate::passes::memory_plan;
 
@@ -238,6 +238,9 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
             anchor(m, n, &binds, Store::To(Bind::Result(0)))
         }
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => pool(m, n),
+        "LpPool" | "GlobalLpPool" => lp_pool(m, n),
+        "Hardmax" => hardmax(m, n),
+        "LayerNormalization" => single_node(m, n).or_else(|_| layer_norm(m, n)),
         _ => single_node(m, n)
             .or_else(|e| typed_single(m, n).map_err(|_| e))
             .map_err(|e| format!("no gpu kernel for {} ({e})", n.op)),
@@ -661,6 +664,86 @@ fn resize(m: &Module, n: &Node) -> Result<GpuKernel, String> {
             })
             .collect();
     movement::resize(n, &shape, &plan.shape, &dims, plan.extrapolation as f32)
+}
+
+/// LpPool and GlobalLpPool (`p` an integer attribute, 2 by default).
+fn lp_pool(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    if elem(m, x)? != ElemType::F32 {
+        return Err("pooling of non-f32".into());
+    }
+    let xs = m.static_shape(x)?;
+    let ys = m.static_shape(result(n)?)?;
+    let a = pool_window(n, &xs, n.op == "GlobalLpPool")?;
+    let p = n.attrs.get("p").and_then(Attr::as_int).unwrap_or(2);
+    if p < 1 {
+        return Err(format!("p = {p}"));
+    }
+    dense::pool(
+        n,
+        PoolOp::Lp(p as f32),
+        &xs,
+        &ys,
+        &a.kernel,
+        &a.strides,
+        &a.dilations,
+        &a.pads,
+    )
+}
+
+/// LayerNormalization with its Mean and InvStdDev results, or a scale
+/// the plan does not take.
+fn layer_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    for v in n.inputs.iter().flatten().chain(&n.outputs) {
+        if elem(m, *v)? != ElemType::F32 {
+            return Err("LayerNormalization of non-f32 data".into());
+        }
+    }
+    let xs = m.static_shape(operand(n, 0)?)?;
+    if xs.is_empty() {
+        return Err("LayerNormalization of a scalar".into());
+    }
+    let axis = norm_axis(
+        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1),
+        xs.len(),
+    )?;
+    let rows: usize = xs[..axis].iter().product();
+    let inner: usize = xs[axis..].iter().product();
+    let len = |i: usize| -> Result<usize, String> {
+        Ok(m.static_shape(operand(n, i)?)?.iter().product())
+    };
+    let scale = len(1)?;
+    let bias = n.input(2).map(|_| len(2)).transpose()?;
+    if [Some(scale), bias]
+        .into_iter()
+        .flatten()
+        .any(|l| l != 1 && l != inner)
+    {
+        return Err("scale or bias that broadcasts inside the row".into());
+    }
+    let eps = n
+        .attrs
+        .get("epsilon")
+        .and_then(Attr::as_float)
+        .unwrap_or(1e-5);
+    reduce::layer_norm(n, rows, inner, eps, scale, bias)
+}
+
+/// Hardmax: 1 at the first maximum along the axis, 0 elsewhere.
+fn hardmax(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    if elem(m, x)? != ElemType::F32 {
+        return Err("Hardmax of non-f32".into());
+    }
+    let xs = m.static_shape(x)?;
+    if xs.is_empty() || xs.contains(&0) {
+        return Err("Hardmax of an empty or scalar tensor".into());
+    }
+    let axis = norm_axis(
+        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1),
+        xs.len(),
+    )?;
+    reduce::hardmax(n, &xs, axis)
 }
 
 fn pool(m: &Module, n: &Node) -> Result<GpuKernel, String> {

@@ -485,6 +485,8 @@ pub enum PoolOp {
     Average {
         count_include_pad: bool,
     },
+    /// LpPool: (Σ |x|^p)^(1/p), padding contributing zeros.
+    Lp(f32),
 }
 
 /// MaxPool/AveragePool over N-d windows (Global pools are windows of the
@@ -524,6 +526,11 @@ pub fn pool(
     let total = x[0] * x[1] * osp;
     let (tap, inside, at) = window_tap(&x[2..], &y[2..], kernel, strides, dilations, pads);
     let (init, acc, fin) = match op {
+        PoolOp::Lp(p) => (
+            "0.0".to_string(),
+            format!("a = a + pow(abs(v), {});", lit(p)),
+            format!("pow(a, {})", lit(1.0 / p)),
+        ),
         PoolOp::Max => (
             lit(f32::NEG_INFINITY),
             "if (knan(v) || knan(a)) { a = a + v; } else { a = max(a, v); }".to_string(),

@@ -277,3 +277,85 @@ pub fn group_norm(
         flops: 0.0,
     })
 }
+
+/// Hardmax over `axis`: 1.0 at the first maximum (a NaN counts as one, as
+/// ArgMax), 0.0 elsewhere.
+pub fn hardmax(n: &Node, x: &[usize], axis: usize) -> Result<GpuKernel, String> {
+    let outer: usize = x[..axis].iter().product();
+    let a = x[axis];
+    let inner: usize = x[axis + 1..].iter().product();
+    let total = outer * inner;
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let body = format!(
+        "if (gid >= {total}u) {{ return; }}\nlet base = (gid / {inner}u) * {a}u * {inner}u + gid % {inner}u;\n\
+         var b = {xb}[base]; var bi = 0u;\n\
+         for (var k = 1u; k < {a}u; k = k + 1u) {{ let v = {xb}[base + k * {inner}u]; if (!knan(b) && (knan(v) || v > b)) {{ b = v; bi = k; }} }}\n\
+         for (var k = 0u; k < {a}u; k = k + 1u) {{ {yb}[base + k * {inner}u] = select(0.0, 1.0, k == bi); }}"
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!("Hardmax over axis {axis}"),
+        flops: 0.0,
+    })
+}
+
+/// LayerNormalization over the trailing `inner` elements of each of
+/// `rows` rows, with its optional Mean and InvStdDev results (the fusion
+/// plan's row kernel takes the common one-result form). `scale` and
+/// `bias` hold `inner` values or one.
+pub fn layer_norm(
+    n: &Node,
+    rows: usize,
+    inner: usize,
+    eps: f32,
+    scale_len: usize,
+    bias_len: Option<usize>,
+) -> Result<GpuKernel, String> {
+    let mut sh = Shader::new(n);
+    sh.helper(H_TREE);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let at = |len: usize| if len == 1 { "0u" } else { "i" };
+    let sb = sh.bind(Bind::Operand(1), "f32");
+    let scale = format!("{sb}[{}]", at(scale_len));
+    let bias = match bias_len {
+        Some(l) => format!("{}[{}]", sh.bind(Bind::Operand(2), "f32"), at(l)),
+        None => "0.0".into(),
+    };
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let mut stats = String::new();
+    if n.outputs.len() > 1 {
+        let _ = write!(
+            stats,
+            "if (li == 0u) {{ {}[r] = mean; ",
+            sh.bind(Bind::Result(1), "f32")
+        );
+        if n.outputs.len() > 2 {
+            let _ = write!(stats, "{}[r] = rstd; ", sh.bind(Bind::Result(2), "f32"));
+        }
+        stats.push('}');
+    }
+    let w = ROW_WG;
+    let body = format!(
+        "let r = min(wgi, {last}u);\nlet base = r * {inner}u;\n\
+         var a = 0.0;\nfor (var i = li; i < {inner}u; i = i + {w}u) {{ a = a + {xb}[base + i]; }}\n\
+         let mean = tree_sum(li, a) / {inner}.0;\n\
+         var q = 0.0;\nfor (var i = li; i < {inner}u; i = i + {w}u) {{ let d = {xb}[base + i] - mean; q = q + d * d; }}\n\
+         let rstd = 1.0 / sqrt(tree_sum(li, q) / {inner}.0 + {eps});\n\
+         for (var i = li; i < {inner}u; i = i + {w}u) {{ {yb}[base + i] = ({xb}[base + i] - mean) * rstd * {scale} + {bias}; }}\n{stats}",
+        last = rows.max(1) - 1,
+        eps = lit(eps)
+    );
+    let d = sh.finish(w, &body, grid(rows as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!("LayerNormalization over {inner}"),
+        flops: 0.0,
+    })
+}
