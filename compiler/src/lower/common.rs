@@ -3,8 +3,10 @@
 //! convolution's and a pooling window's geometry, and a lone node as a
 //! closed one-node region for the fusion code generators.
 
+use kiln_ir::ElemType;
 use kiln_ir::{Attr, Module, Node, Region};
 use kiln_runtime::cpu::kernels::{ConvAttrs, PoolAttrs, PoolKind};
+use kiln_runtime::cpu::rnn::{Cell, Recurrent};
 
 pub(crate) fn ints(n: &Node, name: &str) -> Option<Vec<usize>> {
     n.attrs
@@ -245,4 +247,74 @@ pub(crate) fn resize_plan_of(
         ));
     }
     Ok((shape, plan))
+}
+
+/// A recurrent node (`RNN`, `GRU`, `LSTM`) in the common form both
+/// backends run natively: default activations, no clip, no coupled gates,
+/// no peepholes, every sequence full length, f32, static shapes; anything
+/// else is refused (the interpreter's driver covers it all).
+pub(crate) fn recurrent_layer(m: &Module, n: &Node) -> Result<Recurrent, String> {
+    let int = |k: &str| n.attrs.get(k).and_then(Attr::as_int).unwrap_or(0);
+    for a in ["activations", "activation_alpha", "activation_beta", "clip"] {
+        if n.attrs.contains_key(a) {
+            return Err(format!("attribute {a}"));
+        }
+    }
+    if int("input_forget") != 0 {
+        return Err("coupled input and forget gates".into());
+    }
+    if n.input(4).is_some() {
+        return Err("sequence_lens given".into());
+    }
+    if n.op == "LSTM" && n.input(7).is_some() {
+        return Err("peepholes".into());
+    }
+    let cell = match n.op.as_str() {
+        "RNN" => Cell::Rnn,
+        "GRU" => Cell::Gru {
+            linear_before_reset: int("linear_before_reset") != 0,
+        },
+        "LSTM" => Cell::Lstm,
+        op => return Err(format!("not a recurrent op: {op}")),
+    };
+    for v in n.inputs.iter().flatten().chain(&n.outputs) {
+        if m.ty(*v).as_tensor().map(|t| t.elem) != Some(ElemType::F32) {
+            return Err("not f32".into());
+        }
+    }
+    let x = m.static_shape(n.input(0).ok_or("no X")?)?;
+    let w = m.static_shape(n.input(1).ok_or("no W")?)?;
+    let batch_major = int("layout") != 0;
+    let (direction, dirs) = match n.attrs.get("direction").and_then(Attr::as_str) {
+        None | Some("forward") => ("forward", 1),
+        Some("reverse") => ("reverse", 1),
+        Some("bidirectional") => ("bidirectional", 2),
+        Some(d) => return Err(format!("direction {d}")),
+    };
+    let (&[a0, a1, input], &[wd, wg, wi]) = (&x[..], &w[..]) else {
+        return Err("X and W must have rank 3".into());
+    };
+    let (seq, batch) = if batch_major { (a1, a0) } else { (a0, a1) };
+    let g = match cell {
+        Cell::Rnn => 1,
+        Cell::Gru { .. } => 3,
+        Cell::Lstm => 4,
+    };
+    if wd != dirs || wi != input || wg % g != 0 {
+        return Err(format!("W {w:?} does not fit X {x:?}"));
+    }
+    for v in n.outputs.iter() {
+        m.static_shape(*v)?;
+    }
+    let layer = Recurrent {
+        cell,
+        seq,
+        batch,
+        input,
+        hidden: wg / g,
+        dirs,
+        reverse: direction == "reverse",
+        batch_major,
+    };
+    Ok(layer)
 }

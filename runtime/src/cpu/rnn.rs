@@ -19,6 +19,13 @@ pub enum Cell {
     Lstm,
 }
 
+impl Recurrent {
+    /// Gates per hidden unit (1, 3 or 4).
+    pub fn cell_gates(&self) -> usize {
+        self.cell.gates()
+    }
+}
+
 impl Cell {
     fn gates(self) -> usize {
         match self {

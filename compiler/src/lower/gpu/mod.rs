@@ -15,14 +15,15 @@ use std::collections::HashSet;
 use kiln_ir::{Attr, ElemType, Module, Node, Region, ValueId};
 use kiln_runtime::gpu::kernels::dense::{self, ConvGeom, Epilogue, PoolOp, Store};
 use kiln_runtime::gpu::kernels::reduce::{self, ReduceOp};
-use kiln_runtime::gpu::kernels::{fusion, movement, typed};
+use kiln_runtime::gpu::kernels::{fusion, movement, recurrent, typed};
 use kiln_runtime::gpu::wgsl::{self, Bind, GpuKernel};
 use kiln_runtime::gpu::{Gpu, GpuExecutable, GpuLayout, GpuStep, GpuStepKind};
 
 use kiln_runtime::cpu::kernels::PoolKind;
 
 use crate::lower::common::{
-    conv_attrs, ints, one_node_region, pool_attrs, pool_window, resize_plan_of, OneNode,
+    conv_attrs, ints, one_node_region, pool_attrs, pool_window, recurrent_layer, resize_plan_of,
+    OneNode,
 };
 use crate::passes::memory_plan;
 
@@ -240,6 +241,7 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => pool(m, n),
         "LpPool" | "GlobalLpPool" => lp_pool(m, n),
         "Hardmax" => hardmax(m, n),
+        "RNN" | "GRU" | "LSTM" => recurrent::recurrent(n, &recurrent_layer(m, n)?),
         "LayerNormalization" => single_node(m, n).or_else(|_| layer_norm(m, n)),
         _ => single_node(m, n)
             .or_else(|e| typed_single(m, n).map_err(|_| e))

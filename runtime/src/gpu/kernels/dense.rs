@@ -54,7 +54,7 @@ pub enum Store<'a> {
 
 /// The tiled GEMM over `z` batches of an M×K by K×N product; `fns` defines
 /// `load_a`, `load_b` and `store`.
-fn gemm_dispatch(
+pub(crate) fn gemm_dispatch(
     sh: Shader,
     z: usize,
     mm: usize,

@@ -9,5 +9,6 @@
 pub mod dense;
 pub mod fusion;
 pub mod movement;
+pub mod recurrent;
 pub mod reduce;
 pub mod typed;
