@@ -186,3 +186,44 @@ fn gpu_runs_the_shared_models() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `run` from several threads at once is safe and gives every caller the
+/// same answer (runs take turns on the executable's buffers).
+#[test]
+fn gpu_runs_from_several_threads() {
+    if device().is_none() {
+        return;
+    }
+    let dir = node_suite_dir().join("test_basic_conv_with_padding");
+    let m = kiln_compiler::load_model(&dir).expect("loads");
+    let inputs = kiln_compiler::check::inputs_from_test_folder(&m, &dir)
+        .expect("reads inputs")
+        .expect("has test data");
+    let shapes = kiln_compiler::lower::shapes_of(&inputs);
+    let exe = kiln_compiler::compile(&m, &gpu(), &shapes).expect("compiles");
+    assert!(
+        exe.report().contains(" on the gpu, 0 on the cpu"),
+        "{}",
+        exe.report()
+    );
+    let want = exe.run(&inputs).expect("runs");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..8 {
+                        let got = exe.run(&inputs).expect("runs");
+                        assert_eq!(
+                            format!("{got:?}"),
+                            format!("{want:?}"),
+                            "a concurrent run differs"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+    });
+}

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::common::{read_inputs, Failure};
+use crate::common::{read_inputs, Backend, Failure, TargetCpuArg};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
@@ -28,6 +28,10 @@ pub struct CheckArgs {
     /// Absolute tolerance
     #[arg(long, default_value_t = 1e-5)]
     pub atol: f64,
+    /// Also compile for this backend and compare its outputs with the
+    /// interpreter's on the unoptimized module (interp: the passes only)
+    #[arg(long, value_enum, default_value_t = Backend::Interp)]
+    pub backend: Backend,
 }
 
 pub fn check(args: &CheckArgs) -> Result<(), Failure> {
@@ -56,6 +60,7 @@ pub fn check(args: &CheckArgs) -> Result<(), Failure> {
         rtol: args.rtol,
         atol: args.atol,
     };
+    let original = m.clone();
     let steps = kiln_compiler::passes::pipeline(args.opt_level);
     match check_pipeline(&mut m, &steps, &inputs, tol)? {
         CheckOutcome::Ok {
@@ -63,7 +68,10 @@ pub fn check(args: &CheckArgs) -> Result<(), Failure> {
             passes_changed,
         } => {
             println!("ok: {passes_run} pass runs ({passes_changed} changed the module), outputs within tolerance after each");
-            Ok(())
+            if let Backend::Interp = args.backend {
+                return Ok(());
+            }
+            check_backend(&original, &inputs, args, tol)
         }
         CheckOutcome::Miscompile {
             index,
@@ -73,4 +81,35 @@ pub fn check(args: &CheckArgs) -> Result<(), Failure> {
             "miscompile: after pass {index} `{pass}`, {detail}"
         ))),
     }
+}
+
+/// The backend's outputs against the interpreter's on the unoptimized
+/// module.
+fn check_backend(
+    m: &kiln_ir::Module,
+    inputs: &std::collections::HashMap<String, kiln_runtime::Value>,
+    args: &CheckArgs,
+    tol: kiln_compiler::conformance::Tolerance,
+) -> Result<(), Failure> {
+    let want = kiln_runtime::Interpreter::new(m)
+        .run(inputs)
+        .map_err(|e| format!("the unoptimized module fails: {e}"))?;
+    let target = args.backend.target(args.opt_level, 1, TargetCpuArg::Native);
+    let shapes = kiln_compiler::lower::shapes_of(inputs);
+    let exe = kiln_compiler::compile(m, &target, &shapes)?;
+    let got = exe.run(inputs).map_err(|e| e.to_string())?;
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        if let Err(e) = kiln_compiler::conformance::compare(g, w, tol) {
+            let name = m.body.outputs.get(k).map(|&o| m.name(o)).unwrap_or("?");
+            return Err(Failure(format!(
+                "mismatch: the {} backend's output {k} (%{name}) {e}",
+                args.backend.name()
+            )));
+        }
+    }
+    println!(
+        "ok: the {} backend's outputs within tolerance of the interpreter's",
+        args.backend.name()
+    );
+    Ok(())
 }

@@ -241,6 +241,8 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => pool(m, n),
         "LpPool" | "GlobalLpPool" => lp_pool(m, n),
         "Hardmax" => hardmax(m, n),
+        "BatchNormalization" => single_node(m, n).or_else(|_| batch_norm(m, n)),
+        "LRN" => lrn(m, n),
         "RNN" | "GRU" | "LSTM" => recurrent::recurrent(n, &recurrent_layer(m, n)?),
         "LayerNormalization" => single_node(m, n).or_else(|_| layer_norm(m, n)),
         _ => single_node(m, n)
@@ -729,6 +731,58 @@ fn layer_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         .and_then(Attr::as_float)
         .unwrap_or(1e-5);
     reduce::layer_norm(n, rows, inner, eps, scale, bias)
+}
+
+/// BatchNormalization in inference whose statistics are values.
+fn batch_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    if n.attrs
+        .get("training_mode")
+        .and_then(Attr::as_int)
+        .unwrap_or(0)
+        != 0
+        || n.outputs.len() > 1
+    {
+        return Err("training-mode BatchNormalization".into());
+    }
+    let xs = m.static_shape(operand(n, 0)?)?;
+    for i in 0..5 {
+        let v = operand(n, i)?;
+        if elem(m, v)? != ElemType::F32 {
+            return Err("BatchNormalization of non-f32 data".into());
+        }
+        if i > 0 && m.static_shape(v)?.iter().product::<usize>() != xs.get(1).copied().unwrap_or(0)
+        {
+            return Err("statistics that are not one per channel".into());
+        }
+    }
+    let eps = n
+        .attrs
+        .get("epsilon")
+        .and_then(Attr::as_float)
+        .unwrap_or(1e-5);
+    reduce::batch_norm(n, &xs, eps)
+}
+
+fn lrn(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    if elem(m, x)? != ElemType::F32 {
+        return Err("LRN of non-f32 data".into());
+    }
+    let f = |k: &str, d: f32| n.attrs.get(k).and_then(Attr::as_float).unwrap_or(d);
+    let size = n
+        .attrs
+        .get("size")
+        .and_then(Attr::as_int)
+        .ok_or("no size")?;
+    let size = usize::try_from(size).map_err(|e| e.to_string())?;
+    reduce::lrn(
+        n,
+        &m.static_shape(x)?,
+        size,
+        f("alpha", 1e-4),
+        f("beta", 0.75),
+        f("bias", 1.0),
+    )
 }
 
 /// Hardmax: 1 at the first maximum along the axis, 0 elsewhere.

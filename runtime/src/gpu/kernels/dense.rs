@@ -381,10 +381,23 @@ pub fn conv(
         &g.dilations,
         &g.pads,
     );
-    let _ = writeln!(
-        sh.fns,
-        "fn tap(base: u32, op: u32, kt: u32) -> f32 {{\n{tap}if ({inside}) {{ return {x}[base + {at}]; }}\nreturn 0.0;\n}}"
-    );
+    // A pointwise conv (1×1, stride 1, no pads) reads its input plane
+    // straight: no per-tap index arithmetic in the GEMM's inner loads.
+    let pointwise = ksp == 1
+        && g.strides.iter().all(|&s| s == 1)
+        && g.pads.iter().all(|&p| p == 0)
+        && osp == isp;
+    if pointwise {
+        let _ = writeln!(
+            sh.fns,
+            "fn tap(base: u32, op: u32, kt: u32) -> f32 {{ return {x}[base + op]; }}"
+        );
+    } else {
+        let _ = writeln!(
+            sh.fns,
+            "fn tap(base: u32, op: u32, kt: u32) -> f32 {{\n{tap}if ({inside}) {{ return {x}[base + {at}]; }}\nreturn 0.0;\n}}"
+        );
+    }
     let flops = 2.0 * (nb * m_all * osp * kk) as f64;
     let describe = join_what(
         format!(

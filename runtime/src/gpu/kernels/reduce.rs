@@ -359,3 +359,74 @@ pub fn layer_norm(
         flops: 0.0,
     })
 }
+
+/// BatchNormalization in inference with statistics that are values (not
+/// constants the fusion plan folds): per channel of `x` [N, C, ...].
+pub fn batch_norm(n: &Node, x: &[usize], eps: f32) -> Result<GpuKernel, String> {
+    if x.len() < 2 {
+        return Err("BatchNormalization needs N and C dims".into());
+    }
+    let total: usize = x.iter().product();
+    let c = x[1];
+    let spatial: usize = x[2..].iter().product();
+    let mut sh = Shader::new(n);
+    let b: Vec<String> = (0..5).map(|i| sh.bind(Bind::Operand(i), "f32")).collect();
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let body = format!(
+        "if (gid >= {total}u) {{ return; }}\nlet c = (gid / {spatial}u) % {c}u;\n\
+         {yb}[gid] = ({x}[gid] - {mean}[c]) / sqrt({var}[c] + {eps}) * {s}[c] + {bias}[c];",
+        x = b[0],
+        s = b[1],
+        bias = b[2],
+        mean = b[3],
+        var = b[4],
+        eps = lit(eps)
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: "BatchNormalization".into(),
+        flops: 0.0,
+    })
+}
+
+/// LRN across channels: `x / (bias + alpha/size · Σ x²)^beta` over the
+/// `size` channels around each one.
+pub fn lrn(
+    n: &Node,
+    x: &[usize],
+    size: usize,
+    alpha: f32,
+    beta: f32,
+    bias: f32,
+) -> Result<GpuKernel, String> {
+    if x.len() < 2 || size == 0 {
+        return Err("LRN needs N and C dims and a size".into());
+    }
+    let total: usize = x.iter().product();
+    let c = x[1];
+    let spatial: usize = x[2..].iter().product();
+    let (lo, hi) = ((size - 1) / 2, size - 1 - (size - 1) / 2);
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let body = format!(
+        "if (gid >= {total}u) {{ return; }}\nlet c = i32((gid / {spatial}u) % {c}u);\nlet base = gid - u32(c) * {spatial}u;\n\
+         var s = 0.0;\nfor (var k = max(0, c - {lo}); k <= min({last}, c + {hi}); k = k + 1) {{ let v = {xb}[base + u32(k) * {spatial}u]; s = s + v * v; }}\n\
+         {yb}[gid] = {xb}[gid] / pow({bias} + {a} * s, {beta});",
+        last = c as i64 - 1,
+        bias = lit(bias),
+        a = lit(alpha / size as f32),
+        beta = lit(beta)
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!("LRN size {size}"),
+        flops: 0.0,
+    })
+}
