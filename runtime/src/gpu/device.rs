@@ -11,6 +11,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// Whether compute passes can write timestamps.
+    pub timestamps: bool,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -40,9 +42,11 @@ impl Gpu {
         })?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamps inside passes time each step's shaders in profiles.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -55,6 +59,7 @@ impl Gpu {
             }
         }));
         Ok(Gpu {
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             device,
             queue,
             info,

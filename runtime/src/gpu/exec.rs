@@ -92,6 +92,9 @@ pub struct GpuExecutable {
     upload_after: HashMap<usize, Vec<Transfer>>,
     /// Graph outputs made on the device, read back at the end.
     download_outputs: Vec<Transfer>,
+    /// Two timestamps per step for profiles, where the device has them
+    /// (and the steps fit one query set).
+    query_set: Option<wgpu::QuerySet>,
     /// One run at a time: the buffers are the executable's.
     run_lock: Mutex<()>,
     limits: kiln_ir::Limits,
@@ -403,7 +406,17 @@ impl GpuExecutable {
         for c in device_only {
             module.elide_constant(c);
         }
+        let queries = 2 * steps.len() as u32;
+        let query_set = (gpu.timestamps && queries > 0 && queries <= wgpu::QUERY_SET_MAX_QUERIES)
+            .then(|| {
+                gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("step times"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: queries,
+                })
+            });
         Ok(GpuExecutable {
+            query_set,
             module,
             consts,
             gpu,
@@ -529,6 +542,56 @@ impl GpuExecutable {
         self.gpu.check("reading results back")
     }
 
+    /// The device's own time of each GPU step's pass, read from the
+    /// timestamps, into `times` (CPU steps keep their wall times).
+    fn step_times(&self, q: &wgpu::QuerySet, times: &mut StepTimes) -> Result<(), String> {
+        let n = 2 * self.steps.len() as u64;
+        let resolve = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: 8 * n,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps readback"),
+            size: 8 * n,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.encoder();
+        enc.resolve_query_set(q, 0..n as u32, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 8 * n);
+        self.gpu.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu.wait()?;
+        rx.recv()
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("timestamps: {e}"))?;
+        let period = self.gpu.queue.get_timestamp_period() as f64;
+        {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| format!("timestamps: {e}"))?;
+            let stamp = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&view[8 * i..8 * i + 8]);
+                u64::from_le_bytes(b)
+            };
+            for (k, st) in self.steps.iter().enumerate() {
+                if let GpuStepKind::Gpu(_) = st.kind {
+                    let ticks = stamp(2 * k + 1).saturating_sub(stamp(2 * k));
+                    times[k] = std::time::Duration::from_nanos((ticks as f64 * period) as u64);
+                }
+            }
+        }
+        staging.unmap();
+        Ok(())
+    }
+
     fn encoder(&self) -> wgpu::CommandEncoder {
         self.gpu
             .device
@@ -558,10 +621,21 @@ impl GpuExecutable {
             match &self.steps[k].kind {
                 GpuStepKind::Gpu(_) => {
                     let enc = pending.get_or_insert_with(|| self.encoder());
+                    // Profiles time the step's pass on the device itself
+                    // where it can; else each step is its own submission.
+                    let stamps = match (&self.query_set, times.is_some()) {
+                        (Some(q), true) => Some(wgpu::ComputePassTimestampWrites {
+                            query_set: q,
+                            beginning_of_pass_write_index: Some(2 * k as u32),
+                            end_of_pass_write_index: Some(2 * k as u32 + 1),
+                        }),
+                        _ => None,
+                    };
+                    let stamped = stamps.is_some();
                     {
                         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                             label: None,
-                            timestamp_writes: None,
+                            timestamp_writes: stamps,
                         });
                         for c in &self.compiled[k] {
                             if c.groups.contains(&0) {
@@ -572,7 +646,7 @@ impl GpuExecutable {
                             pass.dispatch_workgroups(c.groups[0], c.groups[1], c.groups[2]);
                         }
                     }
-                    if times.is_some() {
+                    if times.is_some() && !stamped {
                         // Per-step times: submit and wait after each step.
                         if let Some(enc) = pending.take() {
                             self.gpu.queue.submit([enc.finish()]);
@@ -604,6 +678,9 @@ impl GpuExecutable {
         let enc = pending.take().unwrap_or_else(|| self.encoder());
         self.download(enc, &self.download_outputs, &mut env)
             .map_err(err)?;
+        if let (Some(t), Some(q)) = (times, &self.query_set) {
+            self.step_times(q, t).map_err(err)?;
+        }
         self.gpu.check("running").map_err(err)?;
         interp.body_outputs(&env)
     }

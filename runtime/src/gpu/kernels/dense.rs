@@ -68,12 +68,39 @@ pub(crate) fn gemm_dispatch(
             "a {mm}x{nn} product in {z} batches is more tiles than a grid holds"
         ));
     }
+    // The 4×4 register block unrolled into scalars: a private array
+    // indexed in loops may live in memory (lavapipe's LLVM keeps it there;
+    // so may a GPU driver), scalars stay in registers.
+    let mut decl = String::new();
+    let mut fmas = String::new();
+    let mut stores = String::new();
+    for i in 0..4 {
+        let _ = writeln!(
+            fmas,
+            "      let a{i} = ta[k * {BM}u + lid.y + {}u]; let b{i} = tb[k * {BN}u + lid.x + {}u];",
+            16 * i,
+            16 * i
+        );
+    }
+    for i in 0..4 {
+        for j in 0..4 {
+            let _ = write!(decl, "var c{i}{j} = 0.0; ");
+            let _ = write!(fmas, "c{i}{j} = fma(a{i}, b{j}, c{i}{j}); ");
+            let _ = writeln!(
+                stores,
+                "  if (m0 + lid.y + {mi}u < {mm}u && n0 + lid.x + {nj}u < {nn}u) {{ store(z, m0 + lid.y + {mi}u, n0 + lid.x + {nj}u, c{i}{j}); }}",
+                mi = 16 * i,
+                nj = 16 * j
+            );
+        }
+        fmas.push('\n');
+    }
     let entry = format!(
         "var<workgroup> ta: array<f32, {sa}>;\nvar<workgroup> tb: array<f32, {sb}>;\n\
 @compute @workgroup_size(16, 16)\n\
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {{\n\
   let z = wid.z; let m0 = wid.y * {BM}u; let n0 = wid.x * {BN}u;\n\
-  var acc: array<f32, 16>;\n\
+  {decl}\n\
   for (var k0 = 0u; k0 < {kk}u; k0 = k0 + {BK}u) {{\n\
     for (var t = 0u; t < 4u; t = t + 1u) {{\n\
       let idx = li + t * 256u;\n\
@@ -87,18 +114,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       tb[bk * {BN}u + bn] = bv;\n\
     }}\n\
     workgroupBarrier();\n\
-    for (var k = 0u; k < {BK}u; k = k + 1u) {{\n\
-      var a: array<f32, 4>; var b: array<f32, 4>;\n\
-      for (var i = 0u; i < 4u; i = i + 1u) {{ a[i] = ta[k * {BM}u + lid.y + 16u * i]; b[i] = tb[k * {BN}u + lid.x + 16u * i]; }}\n\
-      for (var i = 0u; i < 4u; i = i + 1u) {{ for (var j = 0u; j < 4u; j = j + 1u) {{ acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]); }} }}\n\
-    }}\n\
+    for (var k = 0u; k < {BK}u; k = k + 1u) {{\n{fmas}    }}\n\
     workgroupBarrier();\n\
-  }}\n\
-  for (var i = 0u; i < 4u; i = i + 1u) {{ for (var j = 0u; j < 4u; j = j + 1u) {{\n\
-    let m = m0 + lid.y + 16u * i; let n = n0 + lid.x + 16u * j;\n\
-    if (m < {mm}u && n < {nn}u) {{ store(z, m, n, acc[i * 4u + j]); }}\n\
-  }} }}\n\
-}}\n",
+  }}\n{stores}}}\n",
         sa = BM * BK,
         sb = BK * BN,
     );
