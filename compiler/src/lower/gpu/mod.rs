@@ -243,6 +243,7 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "Hardmax" => hardmax(m, n),
         "BatchNormalization" => single_node(m, n).or_else(|_| batch_norm(m, n)),
         "LRN" => lrn(m, n),
+        "GridSample" => grid_sample(m, n),
         "RNN" | "GRU" | "LSTM" => recurrent::recurrent(n, &recurrent_layer(m, n)?),
         "LayerNormalization" => single_node(m, n).or_else(|_| layer_norm(m, n)),
         _ => single_node(m, n)
@@ -761,6 +762,51 @@ fn batch_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         .and_then(Attr::as_float)
         .unwrap_or(1e-5);
     reduce::batch_norm(n, &xs, eps)
+}
+
+fn grid_sample(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    use movement::{GridMode, GridPadding};
+    let (x, g) = (operand(n, 0)?, operand(n, 1)?);
+    for v in [x, g, result(n)?] {
+        if elem(m, v)? != ElemType::F32 {
+            return Err("GridSample of non-f32 data".into());
+        }
+    }
+    let (xs, gs) = (m.static_shape(x)?, m.static_shape(g)?);
+    let r = xs.len();
+    if r < 3 || gs.len() != r || gs[0] != xs[0] || gs[r - 1] != r - 2 {
+        return Err(format!("input {xs:?} and grid {gs:?} do not fit"));
+    }
+    let mode = match n
+        .attrs
+        .get("mode")
+        .and_then(Attr::as_str)
+        .unwrap_or("linear")
+    {
+        "nearest" => GridMode::Nearest,
+        "linear" | "bilinear" => GridMode::Linear,
+        "cubic" | "bicubic" => GridMode::Cubic,
+        other => return Err(format!("mode {other}")),
+    };
+    let padding = match n
+        .attrs
+        .get("padding_mode")
+        .and_then(Attr::as_str)
+        .unwrap_or("zeros")
+    {
+        "zeros" => GridPadding::Zeros,
+        "border" => GridPadding::Border,
+        "reflection" => GridPadding::Reflection,
+        other => return Err(format!("padding_mode {other}")),
+    };
+    let align = n
+        .attrs
+        .get("align_corners")
+        .and_then(Attr::as_int)
+        .unwrap_or(0)
+        != 0;
+    let points: usize = gs[1..r - 1].iter().product();
+    movement::grid_sample(n, &xs, points, mode, padding, align)
 }
 
 fn lrn(m: &Module, n: &Node) -> Result<GpuKernel, String> {

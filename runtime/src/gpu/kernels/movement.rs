@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use kiln_ir::{ElemType, Node};
 
-use crate::gpu::wgsl::{grid_for, Bind, Dispatch, GpuKernel, Shader, WG};
+use crate::gpu::wgsl::{grid_for, lit, Bind, Dispatch, GpuKernel, Shader, WG};
 
 /// 32-bit words per element of `e`, for the types the GPU moves.
 pub fn words(e: ElemType) -> Option<usize> {
@@ -260,7 +260,7 @@ pub fn resize(
         "{loops}let w = {};\nif (w != 0.0) {{ if ({}) {{ acc = acc + w * {}; }} else {{ acc = acc + w * {xb}[{}]; }} }}\n{close}{yb}[gid] = acc;",
         weight.join(" * "),
         outside.join(" || "),
-        crate::gpu::wgsl::lit(extrapolation),
+        lit(extrapolation),
         offset.join(" + ")
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
@@ -274,6 +274,178 @@ pub fn resize(
         data,
         scratch: vec![],
         describe: "resize".into(),
+        flops: 0.0,
+    })
+}
+
+/// How GridSample interpolates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GridMode {
+    Nearest,
+    Linear,
+    Cubic,
+}
+
+/// What GridSample reads outside the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GridPadding {
+    Zeros,
+    Border,
+    Reflection,
+}
+
+/// The reflection rule of GridSample's reference (`lo`, `hi` the
+/// coordinate range).
+const H_REFLECT: &str = "fn gs_reflect(x: f32, lo: f32, hi: f32) -> f32 {\n\
+  let rng = hi - lo;\n\
+  if (x < lo) { let dx = lo - x; let n = floor(dx / rng); let r = dx - n * rng; return select(hi - r, lo + r, n % 2.0 == 0.0); }\n\
+  if (x > hi) { let dx = x - hi; let n = floor(dx / rng); let r = dx - n * rng; return select(lo + r, hi - r, n % 2.0 == 0.0); }\n\
+  return x;\n}\n\
+fn cubic_w(t0: f32, j: u32) -> f32 {\n\
+  let a = -0.75; let x = abs(t0);\n\
+  if (j == 0u) { return ((a * (x + 1.0) - 5.0 * a) * (x + 1.0) + 8.0 * a) * (x + 1.0) - 4.0 * a; }\n\
+  if (j == 1u) { return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0; }\n\
+  if (j == 2u) { return ((a + 2.0) * (1.0 - x) - (a + 3.0)) * (1.0 - x) * (1.0 - x) + 1.0; }\n\
+  return ((a * (2.0 - x) - 5.0 * a) * (2.0 - x) + 8.0 * a) * (2.0 - x) - 4.0 * a;\n}";
+
+/// GridSample of `x` [N, C, spatial...] at the grid's points [N, points...,
+/// k] (coordinates innermost dim first), following the interpreter (the
+/// ONNX reference) step by step in f32: one thread per output element.
+pub fn grid_sample(
+    n: &Node,
+    x: &[usize],
+    points: usize,
+    mode: GridMode,
+    padding: GridPadding,
+    align: bool,
+) -> Result<GpuKernel, String> {
+    let k = x
+        .len()
+        .checked_sub(2)
+        .filter(|&k| k >= 1)
+        .ok_or("needs spatial dims")?;
+    let (nb, c) = (x[0], x[1]);
+    let dims = &x[2..];
+    if padding != GridPadding::Zeros && dims.contains(&0) {
+        return Err("an empty image with border or reflection padding".into());
+    }
+    let plane: usize = dims.iter().product();
+    let total = nb * c * points;
+    let mut sh = Shader::new(n);
+    sh.helper(H_REFLECT);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let gb = sh.bind(Bind::Operand(1), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let taps = match mode {
+        GridMode::Nearest => 1,
+        GridMode::Linear => 2,
+        GridMode::Cubic => 4,
+    };
+    let mut body = format!(
+        "if (gid >= {total}u) {{ return; }}\nlet p = gid % {points}u; let ch = (gid / {points}u) % {c}u; let b = gid / ({points}u * {c}u);\n\
+         let base = (b * {c}u + ch) * {plane}u;\n"
+    );
+    let dst = strides_of(dims);
+    for (d, &len) in dims.iter().enumerate() {
+        let (lo, hi) = if align {
+            (0.0, len as f32 - 1.0)
+        } else {
+            (-0.5, len as f32 - 0.5)
+        };
+        let lenf = len as f32;
+        let coord = if align {
+            format!("(nv{d} + 1.0) / 2.0 * ({} - 1.0)", lit(lenf))
+        } else {
+            format!("((nv{d} + 1.0) * {} - 1.0) / 2.0", lit(lenf))
+        };
+        let _ = writeln!(
+            body,
+            "let nv{d} = {gb}[(b * {points}u + p) * {k}u + {}u];\nvar x{d} = {coord};",
+            k - 1 - d
+        );
+        if mode == GridMode::Nearest {
+            let _ = writeln!(body, "x{d} = round(x{d});");
+        }
+        match padding {
+            GridPadding::Border => {
+                let _ = writeln!(
+                    body,
+                    "if (x{d} < {} || x{d} > {}) {{ x{d} = clamp(x{d}, 0.0, {}); }}",
+                    lit(lo),
+                    lit(hi),
+                    lit(lenf - 1.0)
+                );
+            }
+            GridPadding::Reflection => {
+                let _ = writeln!(body, "x{d} = gs_reflect(x{d}, {}, {});", lit(lo), lit(hi));
+            }
+            GridPadding::Zeros => {}
+        }
+        let _ = writeln!(body, "let f{d} = floor(x{d}); let t{d} = x{d} - f{d};");
+    }
+    let mut loops = String::new();
+    let mut close = String::new();
+    let mut weight = vec![];
+    let mut inside = vec![];
+    let mut at = vec![];
+    for (d, &len) in dims.iter().enumerate() {
+        let _ = writeln!(
+            loops,
+            "for (var j{d} = 0u; j{d} < {taps}u; j{d} = j{d} + 1u) {{"
+        );
+        close.push_str("}\n");
+        let (pos, w) = match mode {
+            GridMode::Nearest => (format!("i32(x{d})"), "1.0".to_string()),
+            GridMode::Linear => (
+                format!("i32(f{d}) + i32(j{d})"),
+                format!("select(1.0 - t{d}, t{d}, j{d} == 1u)"),
+            ),
+            GridMode::Cubic => (
+                format!("i32(f{d}) - 1 + i32(j{d})"),
+                format!("cubic_w(t{d}, j{d})"),
+            ),
+        };
+        let _ = writeln!(loops, "var i{d} = {pos};");
+        match padding {
+            GridPadding::Zeros => inside.push(format!("i{d} >= 0 && i{d} < {len}")),
+            GridPadding::Border => {
+                let _ = writeln!(loops, "i{d} = clamp(i{d}, 0, {});", len as i64 - 1);
+            }
+            GridPadding::Reflection => {
+                let (lo, hi) = if align {
+                    (0.0, len as f32 - 1.0)
+                } else {
+                    (-0.5, len as f32 - 0.5)
+                };
+                let _ = writeln!(
+                    loops,
+                    "i{d} = clamp(i32(gs_reflect(f32(i{d}), {}, {})), 0, {});",
+                    lit(lo),
+                    lit(hi),
+                    len as i64 - 1
+                );
+            }
+        }
+        weight.push(w);
+        at.push(format!("u32(i{d}) * {}u", dst[d]));
+    }
+    let cond = if inside.is_empty() {
+        "true".to_string()
+    } else {
+        inside.join(" && ")
+    };
+    let _ = write!(
+        body,
+        "var acc = 0.0;\n{loops}if ({cond}) {{ acc = acc + {} * {xb}[base + {}]; }}\n{close}{yb}[gid] = acc;",
+        weight.join(" * "),
+        at.join(" + ")
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!("GridSample {mode:?} {padding:?}"),
         flops: 0.0,
     })
 }
