@@ -244,6 +244,7 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "BatchNormalization" => single_node(m, n).or_else(|_| batch_norm(m, n)),
         "LRN" => lrn(m, n),
         "GridSample" => grid_sample(m, n),
+        "MeanVarianceNormalization" | "Det" | "Range" => f32_misc(m, n),
         "RNN" | "GRU" | "LSTM" => recurrent::recurrent(n, &recurrent_layer(m, n)?),
         "LayerNormalization" => single_node(m, n).or_else(|_| layer_norm(m, n)),
         _ => single_node(m, n)
@@ -762,6 +763,42 @@ fn batch_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         .and_then(Attr::as_float)
         .unwrap_or(1e-5);
     reduce::batch_norm(n, &xs, eps)
+}
+
+/// MeanVarianceNormalization, Det and Range of f32 data.
+fn f32_misc(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    for v in n.inputs.iter().flatten().chain(&n.outputs) {
+        if elem(m, *v)? != ElemType::F32 {
+            return Err(format!("{} of non-f32 data", n.op));
+        }
+    }
+    let xs = m.static_shape(operand(n, 0)?)?;
+    let ys = m.static_shape(result(n)?)?;
+    match n.op.as_str() {
+        "MeanVarianceNormalization" => {
+            let rank = xs.len();
+            let axes: Vec<i64> = match n.attrs.get("axes").and_then(Attr::as_ints) {
+                Some(a) => a.to_vec(),
+                None => [0i64, 2, 3]
+                    .into_iter()
+                    .filter(|&a| (a as usize) < rank)
+                    .collect(),
+            };
+            let mut reduced = vec![false; rank];
+            for a in axes {
+                reduced[norm_axis(a, rank)?] = true;
+            }
+            reduce::mvn(n, &xs, &reduced)
+        }
+        "Det" => {
+            let r = xs.len();
+            if r < 2 || xs[r - 1] != xs[r - 2] {
+                return Err("Det of matrices that are not square".into());
+            }
+            reduce::det(n, xs[..r - 2].iter().product(), xs[r - 1])
+        }
+        _ => reduce::range(n, ys.iter().product()),
+    }
 }
 
 fn grid_sample(m: &Module, n: &Node) -> Result<GpuKernel, String> {

@@ -430,3 +430,120 @@ pub fn lrn(
         flops: 0.0,
     })
 }
+
+/// MeanVarianceNormalization over the dims marked in `reduced`:
+/// `(x − mean) / (sqrt(max(E[x²] − mean², 0)) + 1e-9)`, as the ONNX
+/// function (and the interpreter) compute it. Two shaders: the sums of
+/// each kept index into scratch, then the elements.
+pub fn mvn(n: &Node, x: &[usize], reduced: &[bool]) -> Result<GpuKernel, String> {
+    let kept_n: usize = x
+        .iter()
+        .zip(reduced)
+        .filter(|(_, &r)| !r)
+        .map(|(d, _)| d)
+        .product();
+    let count: usize = x
+        .iter()
+        .zip(reduced)
+        .filter(|(_, &r)| r)
+        .map(|(d, _)| d)
+        .product();
+    let total: usize = x.iter().product();
+    // 1. mean and mean of squares per kept index.
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let st = sh.bind(Bind::Scratch(0), "f32");
+    let (place, red) = split_dims(x, reduced);
+    let body = format!(
+        "if (gid >= {kept_n}u) {{ return; }}\n{place}var s1 = 0.0; var s2 = 0.0;\n{}\
+         let mean = s1 / {c}; {st}[2u * gid] = mean; {st}[2u * gid + 1u] = s2 / {c} - mean * mean;",
+        walk(
+            &red,
+            &format!("let v = {xb}[at]; s1 = s1 + v; s2 = s2 + v * v;")
+        ),
+        c = lit(count as f32)
+    );
+    let first = sh.finish(WG, &body, grid_for(kept_n as u64)?);
+    // 2. each element, with its kept index's statistics.
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let st = sh.bind(Bind::Scratch(0), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let mut kept = String::from("var kidx = 0u;\n");
+    let mut inner = 1usize;
+    let mut kstride = 1usize;
+    for d in (0..x.len()).rev() {
+        if !reduced[d] {
+            let _ = writeln!(
+                kept,
+                "kidx = kidx + ((gid / {inner}u) % {}u) * {kstride}u;",
+                x[d]
+            );
+            kstride *= x[d];
+        }
+        inner *= x[d];
+    }
+    let body = format!(
+        "if (gid >= {total}u) {{ return; }}\n{kept}let mean = {st}[2u * kidx]; let var_ = max({st}[2u * kidx + 1u], 0.0);\n\
+         {yb}[gid] = ({xb}[gid] - mean) / (sqrt(var_) + 1e-9);"
+    );
+    let second = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![first, second],
+        data: vec![],
+        scratch: vec![4 * 2 * kept_n as u64],
+        describe: "MeanVarianceNormalization".into(),
+        flops: 0.0,
+    })
+}
+
+/// Det of each trailing n×n matrix: Gaussian elimination with partial
+/// pivoting in a thread's private memory (n at most 16), as the
+/// interpreter.
+pub fn det(n: &Node, batch: usize, size: usize) -> Result<GpuKernel, String> {
+    if size == 0 || size > 16 {
+        return Err(format!("Det of {size}×{size} matrices on the gpu"));
+    }
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let nn = size * size;
+    let body = format!(
+        "if (gid >= {batch}u) {{ return; }}\nvar m: array<f32, {nn}>;\nfor (var i = 0u; i < {nn}u; i = i + 1u) {{ m[i] = {xb}[gid * {nn}u + i]; }}\n\
+         var d = 1.0;\n\
+         for (var c = 0u; c < {size}u; c = c + 1u) {{\n\
+           var p = c; for (var i = c + 1u; i < {size}u; i = i + 1u) {{ if (abs(m[i * {size}u + c]) > abs(m[p * {size}u + c])) {{ p = i; }} }}\n\
+           if (m[p * {size}u + c] == 0.0) {{ d = 0.0; break; }}\n\
+           if (p != c) {{ for (var j = 0u; j < {size}u; j = j + 1u) {{ let t = m[p * {size}u + j]; m[p * {size}u + j] = m[c * {size}u + j]; m[c * {size}u + j] = t; }} d = -d; }}\n\
+           let piv = m[c * {size}u + c]; d = d * piv;\n\
+           for (var i = c + 1u; i < {size}u; i = i + 1u) {{ let f = m[i * {size}u + c] / piv; for (var j = c; j < {size}u; j = j + 1u) {{ m[i * {size}u + j] = m[i * {size}u + j] - f * m[c * {size}u + j]; }} }}\n\
+         }}\n{yb}[gid] = d;"
+    );
+    let d = sh.finish(WG, &body, grid_for(batch as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        describe: format!("Det {size}×{size}"),
+        flops: 0.0,
+    })
+}
+
+/// Range of f32: `start + i·delta` (start and delta read on the device;
+/// the count is the result's static size).
+pub fn range(n: &Node, count: usize) -> Result<GpuKernel, String> {
+    let mut sh = Shader::new(n);
+    let s = sh.bind(Bind::Operand(0), "f32");
+    let d = sh.bind(Bind::Operand(2), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let body =
+        format!("if (gid >= {count}u) {{ return; }}\n{yb}[gid] = {s}[0] + f32(gid) * {d}[0];");
+    let disp = sh.finish(WG, &body, grid_for(count as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![disp],
+        data: vec![],
+        scratch: vec![],
+        describe: "Range".into(),
+        flops: 0.0,
+    })
+}
