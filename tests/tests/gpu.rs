@@ -227,3 +227,42 @@ fn gpu_runs_from_several_threads() {
         }
     });
 }
+
+/// `If` runs on the device: the host reads the condition (its one
+/// transfer besides inputs and outputs), then records the taken branch,
+/// whose fused shaders read an outer value the device made; both branches
+/// agree with the interpreter.
+#[test]
+fn gpu_runs_if_branches_on_the_device() {
+    if device().is_none() {
+        return;
+    }
+    let src = "module @m opset(ai.onnx = 17) {\n  input %x: f32[2,3]\n  input %k: f32[]\n\
+  %s = ReduceSum(%x) {keepdims = 0, noop_with_empty_axes = 0} : f32[]\n  %c = Greater(%s, %k) : bool[]\n  %h = Relu(%x) : f32[2,3]\n\
+  %y = If(%c) {\n    else_branch = graph {\n      %e = Neg(%h) : f32[2,3]\n      return %e\n    },\n\
+    then_branch = graph {\n      %t1 = Exp(%h) : f32[2,3]\n      %t2 = Mul(%t1, %x) : f32[2,3]\n      return %t2\n    }\n  } : f32[2,3]\n  return %y\n}\n";
+    let m = kiln_ir::text::parse_module(src).expect("parses");
+    let x = kiln_runtime::Tensor::from_f32(vec![2, 3], vec![0.5, -1.0, 2.0, 3.0, -0.25, 1.0])
+        .expect("x");
+    for k in [0.0f32, 100.0] {
+        let mut inputs = std::collections::HashMap::new();
+        inputs.insert("x".to_string(), kiln_runtime::Value::tensor(x.clone()));
+        let kt = kiln_runtime::Tensor::from_f32(vec![], vec![k]).expect("k");
+        inputs.insert("k".to_string(), kiln_runtime::Value::tensor(kt));
+        let want = kiln_runtime::Interpreter::new(&m)
+            .run(&inputs)
+            .expect("interprets");
+        let shapes = kiln_compiler::lower::shapes_of(&inputs);
+        let exe = kiln_compiler::compile(&m, &gpu(), &shapes).expect("compiles");
+        let report = exe.report();
+        assert!(
+            report.contains("(If): branch on the host's copy"),
+            "{report}"
+        );
+        assert!(report.contains("0 on the cpu"), "{report}");
+        assert!(report.contains("the condition of"), "{report}");
+        let got = exe.run(&inputs).expect("runs");
+        kiln_compiler::conformance::compare(&got[0], &want[0], Tolerance::default())
+            .unwrap_or_else(|e| panic!("k = {k}: {e}"));
+    }
+}

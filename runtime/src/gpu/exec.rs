@@ -28,10 +28,25 @@ use crate::{Tensor, Value};
 #[derive(Debug)]
 pub enum GpuStepKind {
     Gpu(GpuKernel),
+    /// `If` on the device: the host reads the condition back (a
+    /// transfer), then records the chosen branch's shaders; each branch
+    /// ends with copies of its outputs into the node's results.
+    If {
+        then_branch: Vec<BranchStep>,
+        else_branch: Vec<BranchStep>,
+    },
     /// The interpreter's kernel on the host; `why` says why not the GPU.
     Cpu {
         why: String,
     },
+}
+
+/// A node of a branch and its kernel (bindings name the branch node's
+/// operands and results).
+#[derive(Debug)]
+pub struct BranchStep {
+    pub node: kiln_ir::Node,
+    pub kernel: GpuKernel,
 }
 
 #[derive(Debug)]
@@ -65,6 +80,124 @@ struct Transfer {
     why: String,
 }
 
+/// A step's recorded work: its shaders, or an `If`'s two branches.
+enum Code {
+    Plain(Vec<Compiled>),
+    If(Vec<Compiled>, Vec<Compiled>),
+}
+
+/// Makes pipelines (one per distinct shader text) and bind groups (the
+/// values' places) for kernels.
+struct Binder<'a> {
+    gpu: &'a Gpu,
+    loc: &'a HashMap<ValueId, (Loc, u64)>,
+    arena: &'a wgpu::Buffer,
+    own: &'a [wgpu::Buffer],
+    dummy: &'a wgpu::Buffer,
+    usage: wgpu::BufferUsages,
+    cache: HashMap<String, wgpu::ComputePipeline>,
+    layouts: HashMap<usize, wgpu::BindGroupLayout>,
+}
+
+impl Binder<'_> {
+    /// `kernel`'s shaders for node `n`, bound: its operands and results
+    /// where they live, its data uploaded, its scratch made.
+    fn compile(&mut self, n: &kiln_ir::Node, kernel: &GpuKernel) -> Result<Vec<Compiled>, String> {
+        let gpu = self.gpu;
+        let usage = self.usage;
+        let data: Vec<wgpu::Buffer> = kernel
+            .data
+            .iter()
+            .map(|d| {
+                let mut d = d.clone();
+                d.resize(pad4(d.len() as u64) as usize, 0);
+                create_init(gpu, &d, usage)
+            })
+            .collect();
+        let scratch: Vec<wgpu::Buffer> = kernel
+            .scratch
+            .iter()
+            .map(|&b| {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("scratch"),
+                    size: pad4(b),
+                    usage,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        let mut list = vec![];
+        for d in &kernel.dispatches {
+            let count = d.bindings.len();
+            let bgl = self
+                .layouts
+                .entry(count)
+                .or_insert_with(|| bind_group_layout(gpu, count));
+            let pipeline = match self.cache.get(&d.wgsl) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = pipeline(gpu, &d.wgsl, bgl)
+                        .map_err(|e| format!("{}: {e}", n.describe()))?;
+                    self.cache.insert(d.wgsl.clone(), p.clone());
+                    p
+                }
+            };
+            let mut entries = vec![];
+            for (i, b) in d.bindings.iter().enumerate() {
+                let (buffer, offset, size) = match b {
+                    Bind::Data(k) => {
+                        let buf = data.get(*k).ok_or("internal: kernel data index")?;
+                        (buf, 0, buf.size())
+                    }
+                    Bind::Scratch(k) => {
+                        let buf = scratch.get(*k).ok_or("internal: kernel scratch index")?;
+                        (buf, 0, buf.size())
+                    }
+                    Bind::Operand(_) | Bind::Result(_) => {
+                        let v = match b {
+                            Bind::Operand(i) => n.input(*i),
+                            Bind::Result(j) => n.outputs.get(*j).copied(),
+                            Bind::Data(_) | Bind::Scratch(_) => None,
+                        }
+                        .ok_or("internal: binding of a missing value")?;
+                        let (l, bytes) = *self
+                            .loc
+                            .get(&v)
+                            .ok_or("internal: value without a device place")?;
+                        if bytes == 0 {
+                            (self.dummy, 0, 4)
+                        } else {
+                            match l {
+                                Loc::Arena(off) => (self.arena, off, pad4(bytes)),
+                                Loc::Own(k) => (&self.own[k], 0, pad4(bytes)),
+                            }
+                        }
+                    }
+                };
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset,
+                        size: wgpu::BufferSize::new(size),
+                    }),
+                });
+            }
+            let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: bgl,
+                entries: &entries,
+            });
+            list.push(Compiled {
+                pipeline,
+                bind_group,
+                groups: d.groups,
+            });
+        }
+        Ok(list)
+    }
+}
+
 struct Compiled {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
@@ -78,7 +211,7 @@ pub struct GpuExecutable {
     gpu: Gpu,
     steps: Vec<GpuStep>,
     schedule: Vec<usize>,
-    compiled: Vec<Vec<Compiled>>,
+    compiled: Vec<Code>,
     arena: wgpu::Buffer,
     arena_bytes: u64,
     arena_values: usize,
@@ -145,7 +278,6 @@ impl GpuExecutable {
         }
         let m = &module;
         let outputs: HashSet<ValueId> = m.body.outputs.iter().copied().collect();
-        let inputs: HashSet<ValueId> = m.body.inputs.iter().copied().collect();
         // Who makes each value, and who reads it.
         let mut gpu_made: HashSet<ValueId> = HashSet::new();
         let mut cpu_made: HashSet<ValueId> = HashSet::new();
@@ -157,9 +289,25 @@ impl GpuExecutable {
                     gpu_made.extend(&n.outputs);
                     gpu_read.extend(n.inputs.iter().flatten());
                 }
+                GpuStepKind::If {
+                    then_branch,
+                    else_branch,
+                } => {
+                    for b in then_branch.iter().chain(else_branch) {
+                        gpu_made.extend(&b.node.outputs);
+                        gpu_read.extend(b.node.inputs.iter().flatten());
+                    }
+                }
                 GpuStepKind::Cpu { .. } => cpu_made.extend(&n.outputs),
             }
         }
+        // Values of the top level: those the memory plan places.
+        let top_level: HashSet<ValueId> = m
+            .body
+            .nodes
+            .iter()
+            .flat_map(|n| n.outputs.iter().copied())
+            .collect();
         // Device locations: every value a GPU step touches.
         let mut loc: HashMap<ValueId, (Loc, u64)> = HashMap::new();
         let mut own: Vec<wgpu::Buffer> = vec![];
@@ -190,7 +338,9 @@ impl GpuExecutable {
                 loc.insert(v, (Loc::Arena(off), bytes));
                 continue;
             }
-            if !(inputs.contains(&v) || outputs.contains(&v) || m.constant(v).is_some()) {
+            // Graph inputs, outputs, constants and the values inside
+            // branches have buffers of their own.
+            if top_level.contains(&v) && !outputs.contains(&v) {
                 return Err(format!(
                     "internal: %{} has no place on the device",
                     m.name(v)
@@ -243,6 +393,18 @@ impl GpuExecutable {
         let mut downloaded: HashSet<ValueId> = HashSet::new();
         for &k in &layout.schedule {
             let n = &m.body.nodes[k];
+            if let GpuStepKind::If { .. } = steps[k].kind {
+                // The host reads the condition to choose the branch.
+                if let Some(c) = n.input(0) {
+                    if gpu_made.contains(&c) && downloaded.insert(c) {
+                        download_before.entry(k).or_default().push(Transfer {
+                            value: c,
+                            bytes: loc[&c].1,
+                            why: format!("the condition of {}", n.describe()),
+                        });
+                    }
+                }
+            }
             if let GpuStepKind::Cpu { .. } = steps[k].kind {
                 let mut reads = HashSet::new();
                 reads_of(n, &mut reads);
@@ -286,109 +448,48 @@ impl GpuExecutable {
             }
         }
         // Pipelines and bind groups.
-        let mut cache: HashMap<String, wgpu::ComputePipeline> = HashMap::new();
+        let mut b = Binder {
+            gpu: &gpu,
+            loc: &loc,
+            arena: &arena,
+            own: &own,
+            dummy: &dummy,
+            usage,
+            cache: HashMap::new(),
+            layouts: HashMap::new(),
+        };
         let mut compiled = vec![];
-        let mut layouts: HashMap<usize, wgpu::BindGroupLayout> = HashMap::new();
         for st in &steps {
             let n = &m.body.nodes[st.node];
-            let mut list = vec![];
-            if let GpuStepKind::Gpu(kernel) = &st.kind {
-                let data: Vec<wgpu::Buffer> = kernel
-                    .data
-                    .iter()
-                    .map(|d| {
-                        let mut d = d.clone();
-                        d.resize(pad4(d.len() as u64) as usize, 0);
-                        create_init(&gpu, &d, usage)
-                    })
-                    .collect();
-                let scratch: Vec<wgpu::Buffer> = kernel
-                    .scratch
-                    .iter()
-                    .map(|&b| {
-                        gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                            label: Some("scratch"),
-                            size: pad4(b),
-                            usage,
-                            mapped_at_creation: false,
-                        })
-                    })
-                    .collect();
-                for d in &kernel.dispatches {
-                    let count = d.bindings.len();
-                    let bgl = layouts
-                        .entry(count)
-                        .or_insert_with(|| bind_group_layout(&gpu, count));
-                    let pipeline = match cache.get(&d.wgsl) {
-                        Some(p) => p.clone(),
-                        None => {
-                            let p = pipeline(&gpu, &d.wgsl, bgl)
-                                .map_err(|e| format!("{}: {e}", n.describe()))?;
-                            cache.insert(d.wgsl.clone(), p.clone());
-                            p
+            compiled.push(match &st.kind {
+                GpuStepKind::Gpu(kernel) => Code::Plain(b.compile(n, kernel)?),
+                GpuStepKind::If {
+                    then_branch,
+                    else_branch,
+                } => {
+                    let mut branch = |steps: &[BranchStep]| -> Result<Vec<Compiled>, String> {
+                        let mut all = vec![];
+                        for s in steps {
+                            all.extend(b.compile(&s.node, &s.kernel)?);
                         }
+                        Ok(all)
                     };
-                    let mut entries = vec![];
-                    for (i, b) in d.bindings.iter().enumerate() {
-                        let (buffer, offset, size) = match b {
-                            Bind::Data(k) => {
-                                let buf = data.get(*k).ok_or("internal: kernel data index")?;
-                                (buf, 0, buf.size())
-                            }
-                            Bind::Scratch(k) => {
-                                let buf =
-                                    scratch.get(*k).ok_or("internal: kernel scratch index")?;
-                                (buf, 0, buf.size())
-                            }
-                            Bind::Operand(_) | Bind::Result(_) => {
-                                let v = match b {
-                                    Bind::Operand(i) => n.input(*i),
-                                    Bind::Result(j) => n.outputs.get(*j).copied(),
-                                    Bind::Data(_) | Bind::Scratch(_) => None,
-                                }
-                                .ok_or("internal: binding of a missing value")?;
-                                let (l, bytes) = *loc
-                                    .get(&v)
-                                    .ok_or("internal: value without a device place")?;
-                                if bytes == 0 {
-                                    (&dummy, 0, 4)
-                                } else {
-                                    match l {
-                                        Loc::Arena(off) => (&arena, off, pad4(bytes)),
-                                        Loc::Own(k) => (&own[k], 0, pad4(bytes)),
-                                    }
-                                }
-                            }
-                        };
-                        entries.push(wgpu::BindGroupEntry {
-                            binding: i as u32,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer,
-                                offset,
-                                size: wgpu::BufferSize::new(size),
-                            }),
-                        });
-                    }
-                    let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: None,
-                        layout: bgl,
-                        entries: &entries,
-                    });
-                    list.push(Compiled {
-                        pipeline,
-                        bind_group,
-                        groups: d.groups,
-                    });
+                    let t = branch(then_branch)?;
+                    let e = branch(else_branch)?;
+                    Code::If(t, e)
                 }
-            }
-            compiled.push(list);
+                GpuStepKind::Cpu { .. } => Code::Plain(vec![]),
+            });
         }
         gpu.check("building the GPU executable")?;
         // The host keeps the constants CPU steps read.
         let mut cpu_read: HashSet<ValueId> = HashSet::new();
         for st in &steps {
-            if let GpuStepKind::Cpu { .. } = st.kind {
-                reads_of(&module.body.nodes[st.node], &mut cpu_read);
+            let n = &module.body.nodes[st.node];
+            match st.kind {
+                GpuStepKind::Cpu { .. } => reads_of(n, &mut cpu_read),
+                GpuStepKind::If { .. } => cpu_read.extend(n.input(0)),
+                GpuStepKind::Gpu(_) => {}
             }
         }
         cpu_read.extend(&outputs);
@@ -637,13 +738,8 @@ impl GpuExecutable {
                             label: None,
                             timestamp_writes: stamps,
                         });
-                        for c in &self.compiled[k] {
-                            if c.groups.contains(&0) {
-                                continue;
-                            }
-                            pass.set_pipeline(&c.pipeline);
-                            pass.set_bind_group(0, &c.bind_group, &[]);
-                            pass.dispatch_workgroups(c.groups[0], c.groups[1], c.groups[2]);
+                        if let Code::Plain(list) = &self.compiled[k] {
+                            record(&mut pass, list);
                         }
                     }
                     if times.is_some() && !stamped {
@@ -652,6 +748,37 @@ impl GpuExecutable {
                             self.gpu.queue.submit([enc.finish()]);
                         }
                         self.gpu.wait().map_err(err)?;
+                    }
+                }
+                GpuStepKind::If { .. } => {
+                    // The condition crosses to the host (if the device
+                    // made it); the chosen branch joins the recording.
+                    let enc = pending.take().unwrap_or_else(|| self.encoder());
+                    match self.download_before.get(&k) {
+                        Some(ts) => self
+                            .download(enc, ts, &mut env)
+                            .map_err(|e| InterpError::new(node.describe(), e))?,
+                        None => pending = Some(enc),
+                    }
+                    let cond = node
+                        .input(0)
+                        .and_then(|c| env.get(c))
+                        .and_then(Value::as_tensor)
+                        .ok_or_else(|| InterpError::new(node.describe(), "no condition"))?;
+                    if cond.len() != 1 {
+                        return Err(InterpError::new(
+                            node.describe(),
+                            "the condition is not one value",
+                        ));
+                    }
+                    let taken = cond.to_f64().first().is_some_and(|&c| c != 0.0);
+                    if let Code::If(t, e) = &self.compiled[k] {
+                        let enc = pending.get_or_insert_with(|| self.encoder());
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: None,
+                            timestamp_writes: None,
+                        });
+                        record(&mut pass, if taken { t } else { e });
                     }
                 }
                 GpuStepKind::Cpu { .. } => {
@@ -683,6 +810,33 @@ impl GpuExecutable {
         }
         self.gpu.check("running").map_err(err)?;
         interp.body_outputs(&env)
+    }
+}
+
+/// How a report shows an `If` on the device.
+fn branches_what(t: &[BranchStep], e: &[BranchStep]) -> String {
+    let ops = |b: &[BranchStep]| {
+        b.iter()
+            .map(|s| s.kernel.describe.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "branch on the host's copy of the condition: then [{}], else [{}]",
+        ops(t),
+        ops(e)
+    )
+}
+
+/// Record `list`'s dispatches (a shader with no workgroups is skipped).
+fn record(pass: &mut wgpu::ComputePass, list: &[Compiled]) {
+    for c in list {
+        if c.groups.contains(&0) {
+            continue;
+        }
+        pass.set_pipeline(&c.pipeline);
+        pass.set_bind_group(0, &c.bind_group, &[]);
+        pass.dispatch_workgroups(c.groups[0], c.groups[1], c.groups[2]);
     }
 }
 
@@ -791,6 +945,15 @@ impl Executable for GpuExecutable {
                         what: kernel.describe.clone(),
                         flops: kernel.flops,
                     },
+                    GpuStepKind::If {
+                        then_branch,
+                        else_branch,
+                    } => StepInfo {
+                        node: k,
+                        placement: Placement::Native,
+                        what: branches_what(then_branch, else_branch),
+                        flops: 0.0,
+                    },
                     GpuStepKind::Cpu { why } => StepInfo {
                         node: k,
                         placement: Placement::Interp,
@@ -833,6 +996,14 @@ impl Executable for GpuExecutable {
                 GpuStepKind::Gpu(kernel) => {
                     out.push_str(&format!("gpu  %{first} ({}): {}\n", n.op, kernel.describe))
                 }
+                GpuStepKind::If {
+                    then_branch,
+                    else_branch,
+                } => out.push_str(&format!(
+                    "gpu  %{first} ({}): {}\n",
+                    n.op,
+                    branches_what(then_branch, else_branch)
+                )),
                 GpuStepKind::Cpu { why } => {
                     cpu += 1;
                     out.push_str(&format!("cpu  %{first} ({}): {why}\n", n.op));

@@ -17,4 +17,4 @@ pub mod kernels;
 pub mod wgsl;
 
 pub use device::Gpu;
-pub use exec::{GpuExecutable, GpuLayout, GpuStep, GpuStepKind};
+pub use exec::{BranchStep, GpuExecutable, GpuLayout, GpuStep, GpuStepKind};

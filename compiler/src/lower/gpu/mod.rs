@@ -17,7 +17,7 @@ use kiln_runtime::gpu::kernels::dense::{self, ConvGeom, Epilogue, PoolOp, Store}
 use kiln_runtime::gpu::kernels::reduce::{self, ReduceOp};
 use kiln_runtime::gpu::kernels::{fusion, movement, recurrent, typed};
 use kiln_runtime::gpu::wgsl::{self, Bind, GpuKernel};
-use kiln_runtime::gpu::{Gpu, GpuExecutable, GpuLayout, GpuStep, GpuStepKind};
+use kiln_runtime::gpu::{BranchStep, Gpu, GpuExecutable, GpuLayout, GpuStep, GpuStepKind};
 
 use kiln_runtime::cpu::kernels::PoolKind;
 
@@ -53,9 +53,19 @@ pub fn build(s: Module, opts: &GpuOptions, align: u64) -> Result<GpuExecutable, 
     let max_binding_bytes = gpu.limits.max_storage_buffer_binding_size;
     let mut steps = Vec::with_capacity(s.body.nodes.len());
     for (i, n) in s.body.nodes.iter().enumerate() {
-        let kind = match lower_checked(&s, n, max_bindings, max_binding_bytes) {
-            Ok(k) => GpuStepKind::Gpu(k),
-            Err(why) => GpuStepKind::Cpu { why },
+        let kind = if n.op == "If" {
+            match lower_if(&s, n, max_bindings, max_binding_bytes) {
+                Ok((then_branch, else_branch)) => GpuStepKind::If {
+                    then_branch,
+                    else_branch,
+                },
+                Err(why) => GpuStepKind::Cpu { why },
+            }
+        } else {
+            match lower_checked(&s, n, max_bindings, max_binding_bytes) {
+                Ok(k) => GpuStepKind::Gpu(k),
+                Err(why) => GpuStepKind::Cpu { why },
+            }
         };
         steps.push(GpuStep { node: i, kind });
     }
@@ -68,6 +78,63 @@ pub fn build(s: Module, opts: &GpuOptions, align: u64) -> Result<GpuExecutable, 
         .total(|| "the executable's arena".to_string(), layout.arena_bytes)
         .map_err(|e| e.to_string())?;
     Ok(GpuExecutable::new(gpu, s, steps, layout)?.with_limits(opts.limits))
+}
+
+/// `If` on the device: each branch's nodes lowered like top-level ones
+/// (no nested control flow), then copies of the branch's outputs into the
+/// node's results; the host reads only the condition.
+fn lower_if(
+    m: &Module,
+    n: &Node,
+    max_bindings: usize,
+    max_bytes: u64,
+) -> Result<(Vec<BranchStep>, Vec<BranchStep>), String> {
+    let cond = operand(n, 0)?;
+    if m.static_shape(cond)?.iter().product::<usize>() != 1 {
+        return Err("a condition that is not one value".into());
+    }
+    let mut branches = vec![];
+    for name in ["then_branch", "else_branch"] {
+        let Some(Attr::Graph(region)) = n.attrs.get(name) else {
+            return Err(format!("no {name}"));
+        };
+        if region.outputs.len() != n.outputs.len() {
+            return Err(format!(
+                "{name} has {} outputs for {} results",
+                region.outputs.len(),
+                n.outputs.len()
+            ));
+        }
+        let mut steps = vec![];
+        for node in &region.nodes {
+            if node.op != "kiln.Fusion" && node.regions().next().is_some() {
+                return Err(format!("nested control flow in {name} ({})", node.op));
+            }
+            let kernel = lower_checked(m, node, max_bindings, max_bytes)
+                .map_err(|e| format!("{name}: {} ({e})", node.describe()))?;
+            steps.push(BranchStep {
+                node: node.clone(),
+                kernel,
+            });
+        }
+        for (&out, &res) in region.outputs.iter().zip(&n.outputs) {
+            let count = |v: ValueId| m.static_shape(v).map(|s| s.iter().product::<usize>());
+            if count(out)? != count(res)? {
+                return Err(format!(
+                    "{name}'s output %{} has another size than %{}",
+                    m.name(out),
+                    m.name(res)
+                ));
+            }
+            let copy = Node::new("Identity", vec![Some(out)], vec![res]);
+            let kernel = lower_checked(m, &copy, max_bindings, max_bytes)?;
+            steps.push(BranchStep { node: copy, kernel });
+        }
+        branches.push(steps);
+    }
+    let else_branch = branches.pop().unwrap_or_default();
+    let then_branch = branches.pop().unwrap_or_default();
+    Ok((then_branch, else_branch))
 }
 
 /// The lowering table, then the checks every GPU step must pass: static
@@ -133,10 +200,23 @@ fn kernel_for(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 fn layout(s: &Module, steps: &[GpuStep], align: u64) -> Result<GpuLayout, String> {
     let mut on_device: HashSet<ValueId> = HashSet::new();
     for st in steps {
-        if let GpuStepKind::Gpu(_) = st.kind {
-            let n = &s.body.nodes[st.node];
-            on_device.extend(n.inputs.iter().flatten());
-            on_device.extend(&n.outputs);
+        let n = &s.body.nodes[st.node];
+        match &st.kind {
+            GpuStepKind::Gpu(_) => {
+                on_device.extend(n.inputs.iter().flatten());
+                on_device.extend(&n.outputs);
+            }
+            GpuStepKind::If {
+                then_branch,
+                else_branch,
+            } => {
+                on_device.extend(n.input(0));
+                for b in then_branch.iter().chain(else_branch) {
+                    on_device.extend(b.node.inputs.iter().flatten());
+                    on_device.extend(&b.node.outputs);
+                }
+            }
+            GpuStepKind::Cpu { .. } => {}
         }
     }
     let keep_out = |v: ValueId| !on_device.contains(&v);
