@@ -318,3 +318,21 @@ pub(crate) fn recurrent_layer(m: &Module, n: &Node) -> Result<Recurrent, String>
     };
     Ok(layer)
 }
+
+/// Sizes are static once a module is specialized: a value past the limits
+/// is an error when compiling, not an allocation failure (an abort) when
+/// it runs.
+pub(crate) fn check_static_sizes(s: &Module, limits: &kiln_ir::Limits) -> Result<(), String> {
+    for n in &s.body.nodes {
+        for &o in &n.outputs {
+            let (Some(t), Ok(shape)) = (s.ty(o).as_tensor(), s.static_shape(o)) else {
+                continue;
+            };
+            let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            limits
+                .tensor(|| format!("%{} ({})", s.name(o), n.op), t.elem, &dims)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}

@@ -97,6 +97,9 @@ struct Binder<'a> {
     usage: wgpu::BufferUsages,
     cache: HashMap<String, wgpu::ComputePipeline>,
     layouts: HashMap<usize, wgpu::BindGroupLayout>,
+    /// The check flags of the kernels compiled so far: (node description,
+    /// flag buffer, message).
+    checks: Vec<(String, wgpu::Buffer, String)>,
 }
 
 impl Binder<'_> {
@@ -126,6 +129,10 @@ impl Binder<'_> {
                 })
             })
             .collect();
+        if let Some((k, msg)) = &kernel.check {
+            let flag = scratch.get(*k).ok_or("internal: check flag index")?;
+            self.checks.push((n.describe(), flag.clone(), msg.clone()));
+        }
         let mut list = vec![];
         for d in &kernel.dispatches {
             let count = d.bindings.len();
@@ -225,6 +232,9 @@ pub struct GpuExecutable {
     upload_after: HashMap<usize, Vec<Transfer>>,
     /// Graph outputs made on the device, read back at the end.
     download_outputs: Vec<Transfer>,
+    /// Kernels' flags of rejected input (see `GpuKernel::check`): which
+    /// node, the flag, the message.
+    checks: Vec<(String, wgpu::Buffer, String)>,
     /// Two timestamps per step for profiles, where the device has them
     /// (and the steps fit one query set).
     query_set: Option<wgpu::QuerySet>,
@@ -457,6 +467,7 @@ impl GpuExecutable {
             usage,
             cache: HashMap::new(),
             layouts: HashMap::new(),
+            checks: vec![],
         };
         let mut compiled = vec![];
         for st in &steps {
@@ -481,6 +492,7 @@ impl GpuExecutable {
                 GpuStepKind::Cpu { .. } => Code::Plain(vec![]),
             });
         }
+        let checks = b.checks;
         gpu.check("building the GPU executable")?;
         // The host keeps the constants CPU steps read.
         let mut cpu_read: HashSet<ValueId> = HashSet::new();
@@ -517,6 +529,7 @@ impl GpuExecutable {
                 })
             });
         Ok(GpuExecutable {
+            checks,
             query_set,
             module,
             consts,
@@ -643,6 +656,47 @@ impl GpuExecutable {
         self.gpu.check("reading results back")
     }
 
+    /// The run fails if a kernel flagged input its op rejects.
+    fn read_checks(&self) -> Result<(), InterpError> {
+        if self.checks.is_empty() {
+            return Ok(());
+        }
+        let n = self.checks.len() as u64;
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("checks readback"),
+            size: 4 * n,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.encoder();
+        for (i, (_, flag, _)) in self.checks.iter().enumerate() {
+            enc.copy_buffer_to_buffer(flag, 0, &staging, 4 * i as u64, 4);
+        }
+        self.gpu.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        let err = |m: String| InterpError::new("gpu", m);
+        self.gpu.wait().map_err(err)?;
+        rx.recv()
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(format!("checks: {e}")))?;
+        let failed = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| err(format!("checks: {e}")))?;
+            self.checks
+                .iter()
+                .enumerate()
+                .find(|(i, _)| view[4 * i..4 * i + 4] != [0; 4])
+                .map(|(_, (node, _, msg))| InterpError::new(node.clone(), msg.clone()))
+        };
+        staging.unmap();
+        failed.map_or(Ok(()), Err)
+    }
+
     /// The device's own time of each GPU step's pass, read from the
     /// timestamps, into `times` (CPU steps keep their wall times).
     fn step_times(&self, q: &wgpu::QuerySet, times: &mut StepTimes) -> Result<(), String> {
@@ -714,6 +768,9 @@ impl GpuExecutable {
         let mut env = interp.bind_body(inputs)?;
         for t in &self.upload_inputs {
             self.upload(&env, t).map_err(err)?;
+        }
+        for (_, flag, _) in &self.checks {
+            self.gpu.queue.write_buffer(flag, 0, &[0; 4]);
         }
         let mut pending: Option<wgpu::CommandEncoder> = None;
         for &k in &self.schedule {
@@ -808,6 +865,7 @@ impl GpuExecutable {
         if let (Some(t), Some(q)) = (times, &self.query_set) {
             self.step_times(q, t).map_err(err)?;
         }
+        self.read_checks()?;
         self.gpu.check("running").map_err(err)?;
         interp.body_outputs(&env)
     }

@@ -56,6 +56,11 @@ pub struct GpuKernel {
     pub data: Vec<Vec<u8>>,
     /// Bytes of each scratch buffer.
     pub scratch: Vec<u64>,
+    /// A scratch buffer (by index) whose first word the shaders set when
+    /// they meet input the op rejects (an index out of range), and what
+    /// the run's error then says: a device cannot fail a run itself, so
+    /// the host reads the flag at the end of the run.
+    pub check: Option<(usize, String)>,
     pub describe: String,
     pub flops: f64,
 }
@@ -248,11 +253,32 @@ pub(crate) const H_SOFTPLUS: &str = "fn ksoftplus(x: f32) -> f32 {\n\
 /// by the power's parity; `x^0` is 1.
 pub(crate) const H_POW: &str = "fn kpow(x: f32, y: f32) -> f32 {\n\
   if (y == 0.0) { return 1.0; }\n\
-  if (x < 0.0 && y == round(y)) { let r = exp2(y * log2(-x)); return select(r, -r, abs(y) % 2.0 == 1.0); }\n\
-  return exp2(y * log2(x));\n}";
+  if (x < 0.0 && y == round(y)) { let r = exp2(y * klog2(-x)); return select(r, -r, abs(y) % 2.0 == 1.0); }\n\
+  return exp2(y * klog2(x));\n}";
+
+/// log, log2 and sqrt outside their domains, which WGSL leaves
+/// indeterminate: NaN below 0 (and for NaN), −∞ at 0, as IEEE.
+pub(crate) const H_LOG: &str = "fn klog(x: f32) -> f32 { if (x < 0.0 || knan(x)) { return bitcast<f32>(0x7fc00000u); } if (x == 0.0) { return bitcast<f32>(0xff800000u); } return log(x); }\n\
+fn klog2(x: f32) -> f32 { if (x < 0.0 || knan(x)) { return bitcast<f32>(0x7fc00000u); } if (x == 0.0) { return bitcast<f32>(0xff800000u); } return log2(x); }\n\
+fn ksqrt(x: f32) -> f32 { if (x < 0.0) { return bitcast<f32>(0x7fc00000u); } return sqrt(x); }";
 
 /// The WGSL expression of `op` over argument expressions `a`.
 pub(crate) fn op_expr(sh: &mut Shader, op: &Op, a: &[String]) -> String {
+    let e = op_value(sh, op, a);
+    // A NaN operand gives NaN, as numpy: WGSL leaves a builtin of NaN
+    // indeterminate (lavapipe's atan(NaN) is 0). The ops that compare
+    // their operand with a threshold give 0 for NaN, as the reference.
+    let compares = matches!(
+        op,
+        Op::ThresholdedRelu(_) | Op::Binarizer(_) | Op::Shrink(..)
+    );
+    match a {
+        [x] if !compares => format!("select({e}, {x}, knan({x}))"),
+        _ => e,
+    }
+}
+
+fn op_value(sh: &mut Shader, op: &Op, a: &[String]) -> String {
     let x = a.first().cloned().unwrap_or_default();
     let y = a.get(1).cloned().unwrap_or_default();
     match op {
@@ -285,8 +311,14 @@ pub(crate) fn op_expr(sh: &mut Shader, op: &Op, a: &[String]) -> String {
             format!("ktanh({x})")
         }
         Op::Exp => format!("exp({x})"),
-        Op::Log => format!("log({x})"),
-        Op::Sqrt => format!("sqrt({x})"),
+        Op::Log => {
+            sh.helper(H_LOG);
+            format!("klog({x})")
+        }
+        Op::Sqrt => {
+            sh.helper(H_LOG);
+            format!("ksqrt({x})")
+        }
         Op::Reciprocal => format!("(1.0 / {x})"),
         Op::Erf => {
             sh.helper(H_ERF);
@@ -315,7 +347,10 @@ pub(crate) fn op_expr(sh: &mut Shader, op: &Op, a: &[String]) -> String {
                 format!("({prod})")
             }
         }
-        Op::Powf(p) => format!("exp({} * log({x}))", lit(*p)),
+        Op::Powf(p) => {
+            sh.helper(H_LOG);
+            format!("exp({} * klog({x}))", lit(*p))
+        }
         Op::Clip(lo, hi) => {
             let mut e = x.clone();
             if let Some(l) = lo {
@@ -376,6 +411,7 @@ pub(crate) fn op_expr(sh: &mut Shader, op: &Op, a: &[String]) -> String {
             a = lit(*al)
         ),
         Op::Pow => {
+            sh.helper(H_LOG);
             sh.helper(H_POW);
             format!("kpow({x}, {y})")
         }

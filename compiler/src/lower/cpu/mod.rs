@@ -62,19 +62,7 @@ impl Default for CpuOptions {
 /// (ResNet-50's peak memory was twice its weights). The module keeps the
 /// constant's type, with its data elided.
 pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutable, String> {
-    // Sizes are static here: a value past the limits is an error now, not
-    // an allocation failure (an abort) when it runs.
-    for n in &s.body.nodes {
-        for &o in &n.outputs {
-            let (Some(t), Ok(shape)) = (s.ty(o).as_tensor(), s.static_shape(o)) else {
-                continue;
-            };
-            let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-            opts.limits
-                .tensor(|| format!("%{} ({})", s.name(o), n.op), t.elem, &dims)
-                .map_err(|e| e.to_string())?;
-        }
-    }
+    crate::lower::common::check_static_sizes(&s, &opts.limits)?;
     let droppable = droppable_constants(&s);
     let mut last_reader: HashMap<ValueId, usize> = HashMap::new();
     for (i, n) in s.body.nodes.iter().enumerate() {

@@ -48,6 +48,7 @@ impl Default for GpuOptions {
 /// Build the executable of a module already specialized to static shapes
 /// and through the gpu pipeline, on a device of its own.
 pub fn build(s: Module, opts: &GpuOptions, align: u64) -> Result<GpuExecutable, String> {
+    crate::lower::common::check_static_sizes(&s, &opts.limits)?;
     let gpu = Gpu::open()?;
     let max_bindings = gpu.limits.max_storage_buffers_per_shader_stage as usize;
     let max_binding_bytes = gpu.limits.max_storage_buffer_binding_size;
@@ -176,21 +177,25 @@ fn lower_checked(
     Ok(k)
 }
 
-/// The kernel of `n`: nothing for results with no elements (their
-/// generated index arithmetic would divide by a zero extent), else the
-/// lowering table's.
+/// The kernel of `n`: the lowering table's, or nothing for results with
+/// no elements (their generated index arithmetic would divide by a zero
+/// extent, and there is nothing to write).
 fn kernel_for(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    // The table first: an op it does not take goes to the cpu even with
+    // an empty result (the interpreter's kernel may reject the node).
+    let k = lower_node(m, n)?;
     let empty = n.outputs.iter().all(|&o| {
         m.static_shape(o)
             .is_ok_and(|s| s.iter().product::<usize>() == 0)
     });
-    if empty && n.regions().next().is_none() {
+    // (Gather checks its indices even then.)
+    if empty && n.op != "Gather" {
         return Ok(GpuKernel {
             describe: "nothing (empty result)".into(),
             ..Default::default()
         });
     }
-    lower_node(m, n)
+    Ok(k)
 }
 
 /// The memory plan as the executable runs it: intermediates that a GPU
@@ -1206,7 +1211,7 @@ fn split_reduction(
 }
 
 /// The reduced dims of a Reduce node over `rank` dims (constant axes,
-/// from its operand or attribute; none means all, or the identity with
+/// from its operand or attribute; none means all, or none at all with
 /// `noop_with_empty_axes`, then `None`).
 fn reduced_dims(m: &Module, n: &Node, rank: usize) -> Result<Option<Vec<bool>>, String> {
     let axes = match const_ints(m, n, 1)? {
@@ -1244,8 +1249,17 @@ fn reduce_node(m: &Module, n: &Node, src: Bind) -> Result<GpuKernel, String> {
     let xs = m.static_shape(x)?;
     match reduced_dims(m, n, xs.len())? {
         Some(dims) => reduce::reduce(n, op, &xs, &dims, src),
-        None if src == Bind::Operand(0) => view(m, n),
-        None => Err("an identity reduction of scratch".into()),
+        // `noop_with_empty_axes` and no axes: the identity (a sum of each
+        // element alone), except that ReduceSumSquare squares, as its
+        // reference (and the interpreter) does.
+        None => {
+            let op = if op == ReduceOp::SumSquare {
+                op
+            } else {
+                ReduceOp::Sum
+            };
+            reduce::reduce(n, op, &xs, &vec![false; xs.len()], src)
+        }
     }
 }
 

@@ -220,6 +220,7 @@ pub fn matmul(
         dispatches: vec![d],
         data,
         scratch: vec![],
+        check: None,
         describe: join_what(
             format!(
                 "matmul {m}x{k}x{nn}{}",
@@ -318,6 +319,7 @@ pub fn gemm(
         dispatches: vec![d],
         data,
         scratch: vec![],
+        check: None,
         describe: join_what(format!("gemm {m}x{k}x{nn}"), &what),
         flops: 2.0 * (m * nn * k) as f64,
     })
@@ -450,6 +452,7 @@ pub fn conv(
             dispatches: vec![d],
             data,
             scratch: vec![],
+            check: None,
             describe,
             flops,
         });
@@ -469,6 +472,7 @@ pub fn conv(
         dispatches: vec![d],
         data,
         scratch: vec![],
+        check: None,
         describe,
         flops,
     })
@@ -588,6 +592,7 @@ pub fn pool(
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("{} {kernel:?}", n.op),
         flops: 0.0,
     })
@@ -682,6 +687,7 @@ pub fn conv_transpose(
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("conv transpose {:?} {c}→{m_all} ch", &w[2..]),
         flops: 2.0 * (nb * c * mg * isp * ksp) as f64,
     })

@@ -187,6 +187,7 @@ pub fn region_kernel_to(
         dispatches: vec![dispatch],
         data,
         scratch: vec![],
+        check: None,
         describe: plan.describe.clone(),
         flops: 0.0,
     })
@@ -270,7 +271,12 @@ fn row_kernel(
                     "0.0".to_string(),
                     "a = a + v;",
                     "tree_sum",
-                    format!("t / {}", lit(inner as f32)),
+                    // The mean of nothing is NaN.
+                    if inner == 0 {
+                        lit(f32::NAN)
+                    } else {
+                        format!("t / {}", lit(inner as f32))
+                    },
                 ),
                 RedOp::Max => (
                     ninf.clone(),

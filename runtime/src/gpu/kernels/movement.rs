@@ -84,6 +84,7 @@ pub fn copies(dispatches: Vec<Dispatch>, describe: String) -> GpuKernel {
         dispatches,
         data: vec![],
         scratch: vec![],
+        check: None,
         describe,
         flops: 0.0,
     }
@@ -91,8 +92,8 @@ pub fn copies(dispatches: Vec<Dispatch>, describe: String) -> GpuKernel {
 
 /// Gather along `axis`: `data` [outer, A, inner], indices of `ni`
 /// elements (i32 or i64, negative counting from the end). An index out of
-/// range yields zeros (a device cannot fail a run; the interpreter and
-/// cpu backend reject it).
+/// range sets the kernel's check flag, and the run fails as on the
+/// interpreter and the cpu backend.
 pub fn gather(
     n: &Node,
     elem_words: usize,
@@ -105,36 +106,69 @@ pub fn gather(
     let a = data_shape[axis];
     let inner: usize = data_shape[axis + 1..].iter().product();
     let total = outer * ni * inner;
-    let mut sh = Shader::new(n);
-    let x = sh.bind(Bind::Operand(0), "u32");
-    let ix = sh.bind(Bind::Operand(1), "u32");
-    let y = sh.bind(Bind::Result(0), "u32");
-    let mut body = format!(
-        "if (gid >= {total}u) {{ return; }}\nlet inn = gid % {inner}u; let j = (gid / {inner}u) % {ni}u; let o = gid / ({inner}u * {ni}u);\n\
-         var q = bitcast<i32>({ix}[j * {index_words}u]);\n"
-    );
-    if index_words == 2 {
-        // An i64 index outside i32's range is out of range for any axis.
-        let _ = writeln!(
-            body,
-            "let hi = bitcast<i32>({ix}[j * 2u + 1u]); if (!((hi == 0 && q >= 0) || (hi == -1 && q < 0))) {{ q = {}; }}",
-            i32::MIN
+    // The index as an i32 (an i64 outside i32's range becomes i32::MIN,
+    // out of range for any axis), negative ones counted from the end.
+    let index = |sh: &mut Shader, j: &str| -> String {
+        let ix = sh.bind(Bind::Operand(1), "u32");
+        let mut s = format!("var q = bitcast<i32>({ix}[{j} * {index_words}u]);\n");
+        if index_words == 2 {
+            let _ = writeln!(
+                s,
+                "let hi = bitcast<i32>({ix}[{j} * 2u + 1u]); if (!((hi == 0 && q >= 0) || (hi == -1 && q < 0))) {{ q = {}; }}",
+                i32::MIN
+            );
+        }
+        let _ = write!(
+            s,
+            "if (q < 0 && q != {min}) {{ q = q + {a}; }}\nlet ok = q >= 0 && q < {a};\n",
+            min = i32::MIN
         );
-    }
-    let _ = write!(
-        body,
-        "if (q < 0 && q != {min}) {{ q = q + {a}; }}\nlet ok = q >= 0 && q < {a};\nlet src = (o * {a}u + u32(max(q, 0))) * {inner}u + inn;\n",
-        min = i32::MIN
-    );
-    for w in 0..elem_words {
-        let _ = writeln!(
-            body,
-            "{y}[gid * {elem_words}u + {w}u] = select(0u, {x}[src * {elem_words}u + {w}u], ok);"
+        s
+    };
+    let mut dispatches = vec![];
+    // Every index is checked, even where the result is empty (as the
+    // interpreter checks them up front).
+    if ni > 0 {
+        let mut sh = Shader::new(n);
+        let flag = sh.bind(Bind::Scratch(0), "u32");
+        let body = format!(
+            "if (gid >= {ni}u) {{ return; }}\n{}if (!ok) {{ {flag}[0] = 1u; }}",
+            index(&mut sh, "gid")
         );
+        dispatches.push(sh.finish(WG, &body, grid_for(ni as u64)?));
     }
-    let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(copies(vec![d], format!("gather axis {axis}")))
+    if total > 0 {
+        let mut sh = Shader::new(n);
+        let x = sh.bind(Bind::Operand(0), "u32");
+        let y = sh.bind(Bind::Result(0), "u32");
+        let mut body = format!(
+            "if (gid >= {total}u) {{ return; }}\nlet inn = gid % {inner}u; let j = (gid / {inner}u) % {ni}u; let o = gid / ({inner}u * {ni}u);\n{}\
+             let src = (o * {a}u + u32(max(q, 0))) * {inner}u + inn;\n",
+            index(&mut sh, "j")
+        );
+        for w in 0..elem_words {
+            let _ = writeln!(
+                body,
+                "{y}[gid * {elem_words}u + {w}u] = select(0u, {x}[src * {elem_words}u + {w}u], ok);"
+            );
+        }
+        dispatches.push(sh.finish(WG, &body, grid_for(total as u64)?));
+    }
+    let mut k = copies(dispatches, format!("gather axis {axis}"));
+    k.scratch.push(4);
+    k.check = Some((
+        0,
+        format!("Gather: an index is out of range for a dim of size {a}"),
+    ));
+    Ok(k)
 }
+
+/// An i64 (low and high words) as the nearest-ish f32: exact where it
+/// fits an i32, else hi·2³² + lo within an ulp.
+pub(crate) const H_I64_TO_F32: &str = "fn i64_to_f32(lo: u32, hi: u32) -> f32 {\n\
+  let l = bitcast<i32>(lo);\n\
+  if ((hi == 0u && l >= 0) || (hi == 0xffffffffu && l < 0)) { return f32(l); }\n\
+  return f32(bitcast<i32>(hi)) * 4294967296.0 + f32(lo);\n}";
 
 /// Cast between f32 and i32, and from i64 (f32 → i32 truncates toward
 /// zero, saturating as WGSL does; i64 → i32 wraps as numpy does;
@@ -146,11 +180,8 @@ pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuK
     let read = match from {
         ElemType::F32 => format!("bitcast<f32>({x}[gid])"),
         ElemType::I32 => format!("f32(bitcast<i32>({x}[gid]))"),
-        // hi·2³² + lo: exact below 2²⁴, and within an ulp (two roundings)
-        // beyond.
-        ElemType::I64 => {
-            format!("(f32(bitcast<i32>({x}[gid * 2u + 1u])) * 4294967296.0 + f32({x}[gid * 2u]))")
-        }
+        // Exact where the value fits an i32; else within an ulp.
+        ElemType::I64 => format!("i64_to_f32({x}[gid * 2u], {x}[gid * 2u + 1u])"),
         e => return Err(format!("Cast from {e} on the gpu")),
     };
     let int_read = match from {
@@ -164,6 +195,7 @@ pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuK
         ElemType::I32 => format!("{y}[gid] = bitcast<u32>({int_read});"),
         e => return Err(format!("Cast to {e} on the gpu")),
     };
+    sh.helper(H_I64_TO_F32);
     let body = format!("if (gid >= {total}u) {{ return; }}\n{body}");
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
     Ok(copies(vec![d], format!("cast {from} → {to}")))
@@ -273,6 +305,7 @@ pub fn resize(
         dispatches: vec![d],
         data,
         scratch: vec![],
+        check: None,
         describe: "resize".into(),
         flops: 0.0,
     })
@@ -445,6 +478,7 @@ pub fn grid_sample(
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("GridSample {mode:?} {padding:?}"),
         flops: 0.0,
     })

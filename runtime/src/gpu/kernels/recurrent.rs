@@ -119,6 +119,7 @@ pub fn recurrent(n: &Node, l: &Recurrent) -> Result<GpuKernel, String> {
         dispatches,
         data,
         scratch,
+        check: None,
         describe: format!("{} hidden {h}, {seq} steps", n.op),
         flops: 2.0 * (seq * batch * dirs * gh * (input + h)) as f64,
     })

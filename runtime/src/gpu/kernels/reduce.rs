@@ -110,6 +110,8 @@ pub fn reduce(
     let nan_min = "if (knan(v) || knan(a)) { a = a + v; } else { a = min(a, v); }";
     let (init, step, fin) = match op {
         ReduceOp::Sum => ("0.0".into(), "a = a + v;", "a".to_string()),
+        // The mean of nothing is NaN (a driver may fold 0/0 to anything).
+        ReduceOp::Mean if count == 0 => ("0.0".into(), "a = a + v;", lit(f32::NAN)),
         ReduceOp::Mean => (
             "0.0".into(),
             "a = a + v;",
@@ -145,6 +147,7 @@ pub fn reduce(
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("{op:?} over {} of {x:?}", count),
         flops: 0.0,
     })
@@ -177,6 +180,7 @@ pub fn softmax_axis(n: &Node, x: &[usize], axis: usize, log: bool) -> Result<Gpu
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!(
             "{} over axis {axis}",
             if log { "LogSoftmax" } else { "Softmax" }
@@ -222,6 +226,7 @@ pub fn arg_extreme(
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("{} over axis {axis}", n.op),
         flops: 0.0,
     })
@@ -273,6 +278,7 @@ pub fn group_norm(
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("{} ({groups} groups)", n.op),
         flops: 0.0,
     })
@@ -299,6 +305,7 @@ pub fn hardmax(n: &Node, x: &[usize], axis: usize) -> Result<GpuKernel, String> 
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("Hardmax over axis {axis}"),
         flops: 0.0,
     })
@@ -355,6 +362,7 @@ pub fn layer_norm(
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("LayerNormalization over {inner}"),
         flops: 0.0,
     })
@@ -387,6 +395,7 @@ pub fn batch_norm(n: &Node, x: &[usize], eps: f32) -> Result<GpuKernel, String> 
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: "BatchNormalization".into(),
         flops: 0.0,
     })
@@ -426,6 +435,7 @@ pub fn lrn(
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("LRN size {size}"),
         flops: 0.0,
     })
@@ -492,6 +502,7 @@ pub fn mvn(n: &Node, x: &[usize], reduced: &[bool]) -> Result<GpuKernel, String>
         dispatches: vec![first, second],
         data: vec![],
         scratch: vec![4 * 2 * kept_n as u64],
+        check: None,
         describe: "MeanVarianceNormalization".into(),
         flops: 0.0,
     })
@@ -524,6 +535,7 @@ pub fn det(n: &Node, batch: usize, size: usize) -> Result<GpuKernel, String> {
         dispatches: vec![d],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: format!("Det {size}×{size}"),
         flops: 0.0,
     })
@@ -543,6 +555,7 @@ pub fn range(n: &Node, count: usize) -> Result<GpuKernel, String> {
         dispatches: vec![disp],
         data: vec![],
         scratch: vec![],
+        check: None,
         describe: "Range".into(),
         flops: 0.0,
     })

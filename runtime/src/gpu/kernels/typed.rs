@@ -125,7 +125,10 @@ fn typed_op(
         }
         "Neg" if tx == ElemType::I32 => format!("(-{x})"),
         "Abs" if tx == ElemType::I32 => format!("abs({x})"),
-        "Cast" | "CastLike" => cast(&x, tx, out)?,
+        "Cast" | "CastLike" => {
+            sh.helper(crate::gpu::kernels::movement::H_I64_TO_F32);
+            cast(&x, tx, out)?
+        }
         op => return Err(format!("{op} of {tx} in a gpu region")),
     })
 }
@@ -135,7 +138,7 @@ fn cast(x: &str, from: ElemType, to: ElemType) -> Result<String, String> {
     Ok(match (from, to) {
         (a, b) if a == b => x.to_string(),
         (I32, F32) => format!("f32({x})"),
-        (I64, F32) => format!("(f32(bitcast<i32>({x}.y)) * 4294967296.0 + f32({x}.x))"),
+        (I64, F32) => format!("i64_to_f32({x}.x, {x}.y)"),
         (Bool, F32) => format!("select(0.0, 1.0, {x})"),
         (F32, I32) => format!("i32({x})"),
         (I64, I32) => format!("bitcast<i32>({x}.x)"),
@@ -322,6 +325,7 @@ pub fn typed_region(
         dispatches: vec![d],
         data,
         scratch: vec![],
+        check: None,
         describe: ops.join("+"),
         flops: 0.0,
     })
