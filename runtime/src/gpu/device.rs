@@ -5,6 +5,10 @@
 
 use std::sync::{Arc, Mutex};
 
+fn desc_backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+}
+
 /// A device and its queue.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -66,6 +70,24 @@ impl Gpu {
             limits,
             errors,
         })
+    }
+
+    /// Every adapter wgpu sees on the backends `WGPU_BACKEND` names (all,
+    /// if unset): `name (backend, driver, device type)`.
+    pub fn adapters() -> Vec<String> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let instance = wgpu::Instance::new(desc);
+        pollster::block_on(instance.enumerate_adapters(desc_backends()))
+            .into_iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!(
+                    "{} ({:?}, {} {}, {:?})",
+                    i.name, i.backend, i.driver, i.driver_info, i.device_type
+                )
+            })
+            .collect()
     }
 
     /// The adapter as reports show it: `name (backend, driver)`.
