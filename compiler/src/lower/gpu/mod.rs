@@ -329,6 +329,7 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "BatchNormalization" => single_node(m, n).or_else(|_| batch_norm(m, n)),
         "LRN" => lrn(m, n),
         "GridSample" => grid_sample(m, n),
+        "OneHot" => one_hot(m, n),
         "MeanVarianceNormalization" | "Det" | "Range" => f32_misc(m, n),
         "RNN" | "GRU" | "LSTM" => recurrent::recurrent(n, &recurrent_layer(m, n)?),
         "LayerNormalization" => single_node(m, n).or_else(|_| layer_norm(m, n)),
@@ -884,6 +885,24 @@ fn f32_misc(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         }
         _ => reduce::range(n, ys.iter().product()),
     }
+}
+
+fn one_hot(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let ix = operand(n, 0)?;
+    let y = result(n)?;
+    if elem(m, y)? != ElemType::F32 || elem(m, operand(n, 2)?)? != ElemType::F32 {
+        return Err("OneHot of non-f32 values".into());
+    }
+    let is = m.static_shape(ix)?;
+    let ys = m.static_shape(y)?;
+    if ys.len() != is.len() + 1 {
+        return Err("OneHot result of another rank".into());
+    }
+    let axis = norm_axis(
+        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1),
+        ys.len(),
+    )?;
+    movement::one_hot(n, &is, elem(m, ix)?, axis, ys[axis])
 }
 
 fn grid_sample(m: &Module, n: &Node) -> Result<GpuKernel, String> {

@@ -483,3 +483,41 @@ pub fn grid_sample(
         flops: 0.0,
     })
 }
+
+/// OneHot: `values[1]` where the index along the new axis equals the
+/// element's index (negative ones counted from the end), `values[0]`
+/// elsewhere, also for indices out of range (as ONNX says). Indices of
+/// f32 (truncated), i32 or i64; values f32.
+pub fn one_hot(
+    n: &Node,
+    indices: &[usize],
+    index_elem: ElemType,
+    axis: usize,
+    depth: usize,
+) -> Result<GpuKernel, String> {
+    let outer: usize = indices[..axis].iter().product();
+    let inner: usize = indices[axis..].iter().product();
+    let total = outer * depth * inner;
+    let mut sh = Shader::new(n);
+    let ix = sh.bind(Bind::Operand(0), "u32");
+    let vb = sh.bind(Bind::Operand(2), "f32");
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let at = "o * {inner}u + i".replace("{inner}", &inner.to_string());
+    let read = match index_elem {
+        ElemType::F32 => format!("i32(trunc(bitcast<f32>({ix}[{at}])))"),
+        ElemType::I32 => format!("bitcast<i32>({ix}[{at}])"),
+        // Out of i32's range is out of range for any depth.
+        ElemType::I64 => format!(
+            "select({}, bitcast<i32>({ix}[2u * ({at})]), ({ix}[2u * ({at}) + 1u] == 0u && bitcast<i32>({ix}[2u * ({at})]) >= 0) || ({ix}[2u * ({at}) + 1u] == 0xffffffffu && bitcast<i32>({ix}[2u * ({at})]) < 0))",
+            i32::MIN
+        ),
+        e => return Err(format!("OneHot indices of {e}")),
+    };
+    let body = format!(
+        "if (gid >= {total}u) {{ return; }}\nlet i = gid % {inner}u; let d = i32((gid / {inner}u) % {depth}u); let o = gid / ({inner}u * {depth}u);\n\
+         var q = {read};\nif (q < 0 && q != {min}) {{ q = q + {depth}; }}\n{yb}[gid] = select({vb}[0], {vb}[1], q == d);",
+        min = i32::MIN
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(copies(vec![d], format!("OneHot depth {depth}")))
+}
