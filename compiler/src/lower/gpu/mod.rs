@@ -330,6 +330,7 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "LRN" => lrn(m, n),
         "GridSample" => grid_sample(m, n),
         "OneHot" => one_hot(m, n),
+        "DeformConv" => deform_conv(m, n),
         "MeanVarianceNormalization" | "Det" | "Range" => f32_misc(m, n),
         "RNN" | "GRU" | "LSTM" => recurrent::recurrent(n, &recurrent_layer(m, n)?),
         "LayerNormalization" => single_node(m, n).or_else(|_| layer_norm(m, n)),
@@ -885,6 +886,55 @@ fn f32_misc(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         }
         _ => reduce::range(n, ys.iter().product()),
     }
+}
+
+fn deform_conv(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    for v in n.inputs.iter().flatten().chain(&n.outputs) {
+        if elem(m, *v)? != ElemType::F32 {
+            return Err("DeformConv of non-f32 data".into());
+        }
+    }
+    let (xs, ws) = (
+        m.static_shape(operand(n, 0)?)?,
+        m.static_shape(operand(n, 1)?)?,
+    );
+    let os = m.static_shape(operand(n, 2)?)?;
+    let ys = m.static_shape(result(n)?)?;
+    if xs.len() != 4 || ws.len() != 4 || os.len() != 4 || ys.len() != 4 {
+        return Err("DeformConv of other than 2-D data".into());
+    }
+    let two = |k: &str, d: usize| -> Result<Vec<usize>, String> {
+        let v = ints(n, k).unwrap_or_else(|| vec![d; 2]);
+        if v.len() < 2 {
+            return Err(format!("{k} of {} values", v.len()));
+        }
+        Ok(v)
+    };
+    let (st, dl, pd) = (two("strides", 1)?, two("dilations", 1)?, two("pads", 0)?);
+    let int = |k: &str| n.attrs.get(k).and_then(Attr::as_int).unwrap_or(1).max(1) as usize;
+    let k_n = ws[2] * ws[3];
+    if os[0] != xs[0] || os[1] != int("offset_group") * 2 * k_n || ys[2] != os[2] || ys[3] != os[3]
+    {
+        return Err("offsets that do not fit".into());
+    }
+    if let Some(mk) = n.input(4) {
+        if m.static_shape(mk)? != [xs[0], int("offset_group") * k_n, os[2], os[3]] {
+            return Err("a mask that does not fit".into());
+        }
+    }
+    dense::deform_conv(
+        n,
+        &xs,
+        &ws,
+        (os[2], os[3]),
+        [st[0], st[1]],
+        [dl[0], dl[1]],
+        [pd[0], pd[1]],
+        int("group"),
+        int("offset_group"),
+        n.input(3).is_some(),
+        n.input(4).is_some(),
+    )
 }
 
 fn one_hot(m: &Module, n: &Node) -> Result<GpuKernel, String> {

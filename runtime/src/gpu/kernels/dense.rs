@@ -692,3 +692,88 @@ pub fn conv_transpose(
         flops: 2.0 * (nb * c * mg * isp * ksp) as f64,
     })
 }
+
+/// DeformConv (2-D), one thread per output element: each tap samples its
+/// input channel bilinearly at the window position plus the learned
+/// offset (corners outside the image read 0), times the mask where there
+/// is one, as the interpreter. `x` [N, C, H, W], `w` [M, C/group, kH, kW],
+/// offsets [N, og·2·kH·kW, oH, oW], mask [N, og·kH·kW, oH, oW].
+#[allow(clippy::too_many_arguments)]
+pub fn deform_conv(
+    n: &Node,
+    x: &[usize],
+    w: &[usize],
+    out: (usize, usize),
+    strides: [usize; 2],
+    dilations: [usize; 2],
+    pads: [usize; 2],
+    group: usize,
+    offset_group: usize,
+    bias: bool,
+    mask: bool,
+) -> Result<GpuKernel, String> {
+    let (nb, c, ih, iw) = (x[0], x[1], x[2], x[3]);
+    let (m, cg, kh, kw) = (w[0], w[1], w[2], w[3]);
+    let (group, og) = (group.max(1), offset_group.max(1));
+    if cg * group != c || !m.is_multiple_of(group) || !c.is_multiple_of(og) {
+        return Err("DeformConv channels do not fit".into());
+    }
+    let (oh, ow) = out;
+    let (mg, cpo, kn, pn) = (m / group, c / og, kh * kw, oh * ow);
+    let total = nb * m * pn;
+    let mut sh = Shader::new(n);
+    let xb = sh.bind(Bind::Operand(0), "f32");
+    let wb = sh.bind(Bind::Operand(1), "f32");
+    let ob = sh.bind(Bind::Operand(2), "f32");
+    let b = if bias {
+        format!("{}[oc]", sh.bind(Bind::Operand(3), "f32"))
+    } else {
+        "0.0".into()
+    };
+    let mk = if mask {
+        format!(
+            " * {}[((nb * {og}u + gi) * {kn}u + kk) * {pn}u + p]",
+            sh.bind(Bind::Operand(4), "f32")
+        )
+    } else {
+        String::new()
+    };
+    let yb = sh.bind(Bind::Result(0), "f32");
+    let _ = write!(
+        sh.fns,
+        "fn sample(base: u32, y: f32, xx: f32) -> f32 {{\n\
+           let y0 = floor(y); let x0 = floor(xx); let dy = y - y0; let dx = xx - x0;\n\
+           var s = 0.0;\n\
+           for (var a = 0; a < 2; a = a + 1) {{ for (var bb = 0; bb < 2; bb = bb + 1) {{\n\
+             let yy = y0 + f32(a); let xc = x0 + f32(bb);\n\
+             let wy = select(1.0 - dy, dy, a == 1); let wx = select(1.0 - dx, dx, bb == 1);\n\
+             if (yy >= 0.0 && yy < {ih}.0 && xc >= 0.0 && xc < {iw}.0 && wy * wx != 0.0) {{ s = s + wy * wx * {xb}[base + u32(yy) * {iw}u + u32(xc)]; }}\n\
+           }} }}\n\
+           return s;\n}}\n"
+    );
+    let body = format!(
+        "if (gid >= {total}u) {{ return; }}\nlet p = gid % {pn}u; let oc = (gid / {pn}u) % {m}u; let nb = gid / ({pn}u * {m}u);\n\
+         let i = p / {ow}u; let j = p % {ow}u; let g = oc / {mg}u;\nvar v = {b};\n\
+         for (var cl = 0u; cl < {cg}u; cl = cl + 1u) {{\n  let ci = g * {cg}u + cl; let gi = ci / {cpo}u; let base = (nb * {c}u + ci) * {ih}u * {iw}u;\n\
+           for (var kk = 0u; kk < {kn}u; kk = kk + 1u) {{\n    let ki = kk / {kw}u; let kj = kk % {kw}u;\n\
+             let oo = ((nb * {og}u + gi) * 2u * {kn}u + 2u * kk) * {pn}u + p;\n\
+             let y = f32(i * {s0}u) - {p0}.0 + f32(ki * {d0}u) + {ob}[oo];\n\
+             let xx = f32(j * {s1}u) - {p1}.0 + f32(kj * {d1}u) + {ob}[oo + {pn}u];\n\
+             v = v + {wb}[(oc * {cg}u + cl) * {kn}u + kk] * sample(base, y, xx){mk};\n  }}\n}}\n{yb}[gid] = v;",
+        s0 = strides[0],
+        s1 = strides[1],
+        d0 = dilations[0],
+        d1 = dilations[1],
+        p0 = pads[0],
+        p1 = pads[1]
+    );
+    let d = sh.finish(WG, &body, grid_for(total as u64)?);
+    Ok(GpuKernel {
+        dispatches: vec![d],
+        data: vec![],
+        scratch: vec![],
+        check: None,
+        describe: format!("deform conv [{kh}, {kw}] {c}→{m} ch"),
+        flops: 2.0 * (nb * m * pn * cg * kn) as f64,
+    })
+}
