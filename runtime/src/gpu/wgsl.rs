@@ -73,6 +73,18 @@ enum Key {
     Bind(Bind),
 }
 
+impl GpuKernel {
+    /// A kernel of one shader that reads no data of its own.
+    pub fn single(d: Dispatch, describe: String, flops: f64) -> GpuKernel {
+        GpuKernel {
+            dispatches: vec![d],
+            describe,
+            flops,
+            ..Default::default()
+        }
+    }
+}
+
 /// A WGSL shader under construction: bindings (`b0`, `b1`, ...) declared
 /// once per distinct value, helper functions, one entry point `main`.
 pub(crate) struct Shader {

@@ -588,14 +588,7 @@ pub fn pool(
          {yb}[gid] = {fin};"
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("{} {kernel:?}", n.op),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(d, format!("{} {kernel:?}", n.op), 0.0))
 }
 
 /// ConvTranspose, one thread per output element gathering the input
@@ -683,14 +676,11 @@ pub fn conv_transpose(
         at = at.join(" + ")
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("conv transpose {:?} {c}→{m_all} ch", &w[2..]),
-        flops: 2.0 * (nb * c * mg * isp * ksp) as f64,
-    })
+    Ok(GpuKernel::single(
+        d,
+        format!("conv transpose {:?} {c}→{m_all} ch", &w[2..]),
+        2.0 * (nb * c * mg * isp * ksp) as f64,
+    ))
 }
 
 /// DeformConv (2-D), one thread per output element: each tap samples its
@@ -768,12 +758,9 @@ pub fn deform_conv(
         p1 = pads[1]
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("deform conv [{kh}, {kw}] {c}→{m} ch"),
-        flops: 2.0 * (nb * m * pn * cg * kn) as f64,
-    })
+    Ok(GpuKernel::single(
+        d,
+        format!("deform conv [{kh}, {kw}] {c}→{m} ch"),
+        2.0 * (nb * m * pn * cg * kn) as f64,
+    ))
 }

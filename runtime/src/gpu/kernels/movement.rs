@@ -474,14 +474,11 @@ pub fn grid_sample(
         at.join(" + ")
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("GridSample {mode:?} {padding:?}"),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(
+        d,
+        format!("GridSample {mode:?} {padding:?}"),
+        0.0,
+    ))
 }
 
 /// OneHot: `values[1]` where the index along the new axis equals the

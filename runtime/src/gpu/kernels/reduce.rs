@@ -143,14 +143,11 @@ pub fn reduce(
         walk(&red, &format!("let v = {xb}[at]; {step}"))
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("{op:?} over {} of {x:?}", count),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(
+        d,
+        format!("{op:?} over {} of {x:?}", count),
+        0.0,
+    ))
 }
 
 /// (Log)Softmax or Hardmax-free softmax over `axis` of `x`: one thread
@@ -176,17 +173,14 @@ pub fn softmax_axis(n: &Node, x: &[usize], axis: usize, log: bool) -> Result<Gpu
         ninf = lit(f32::NEG_INFINITY)
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!(
+    Ok(GpuKernel::single(
+        d,
+        format!(
             "{} over axis {axis}",
             if log { "LogSoftmax" } else { "Softmax" }
         ),
-        flops: 0.0,
-    })
+        0.0,
+    ))
 }
 
 /// ArgMax/ArgMin over `axis` (i64 indices, the first or, with
@@ -222,14 +216,11 @@ pub fn arg_extreme(
          {yb}[gid * 2u] = bi; {yb}[gid * 2u + 1u] = 0u;"
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("{} over axis {axis}", n.op),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(
+        d,
+        format!("{} over axis {axis}", n.op),
+        0.0,
+    ))
 }
 
 /// GroupNormalization (InstanceNormalization is one group per channel):
@@ -274,14 +265,11 @@ pub fn group_norm(
         eps = lit(eps)
     );
     let d = sh.finish(w, &body, grid(rows as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("{} ({groups} groups)", n.op),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(
+        d,
+        format!("{} ({groups} groups)", n.op),
+        0.0,
+    ))
 }
 
 /// Hardmax over `axis`: 1.0 at the first maximum (a NaN counts as one, as
@@ -301,14 +289,11 @@ pub fn hardmax(n: &Node, x: &[usize], axis: usize) -> Result<GpuKernel, String> 
          for (var k = 0u; k < {a}u; k = k + 1u) {{ {yb}[base + k * {inner}u] = select(0.0, 1.0, k == bi); }}"
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("Hardmax over axis {axis}"),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(
+        d,
+        format!("Hardmax over axis {axis}"),
+        0.0,
+    ))
 }
 
 /// LayerNormalization over the trailing `inner` elements of each of
@@ -358,14 +343,11 @@ pub fn layer_norm(
         eps = lit(eps)
     );
     let d = sh.finish(w, &body, grid(rows as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("LayerNormalization over {inner}"),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(
+        d,
+        format!("LayerNormalization over {inner}"),
+        0.0,
+    ))
 }
 
 /// BatchNormalization in inference with statistics that are values (not
@@ -391,14 +373,7 @@ pub fn batch_norm(n: &Node, x: &[usize], eps: f32) -> Result<GpuKernel, String> 
         eps = lit(eps)
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: "BatchNormalization".into(),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(d, "BatchNormalization".into(), 0.0))
 }
 
 /// LRN across channels: `x / (bias + alpha/size · Σ x²)^beta` over the
@@ -431,14 +406,7 @@ pub fn lrn(
         beta = lit(beta)
     );
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("LRN size {size}"),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(d, format!("LRN size {size}"), 0.0))
 }
 
 /// MeanVarianceNormalization over the dims marked in `reduced`:
@@ -531,14 +499,7 @@ pub fn det(n: &Node, batch: usize, size: usize) -> Result<GpuKernel, String> {
          }}\n{yb}[gid] = d;"
     );
     let d = sh.finish(WG, &body, grid_for(batch as u64)?);
-    Ok(GpuKernel {
-        dispatches: vec![d],
-        data: vec![],
-        scratch: vec![],
-        check: None,
-        describe: format!("Det {size}×{size}"),
-        flops: 0.0,
-    })
+    Ok(GpuKernel::single(d, format!("Det {size}×{size}"), 0.0))
 }
 
 /// Range of f32: `start + i·delta` (start and delta read on the device;
