@@ -5,7 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-fn desc_backends() -> wgpu::Backends {
+/// The backends `WGPU_BACKEND` names, or all the build has.
+fn backends() -> wgpu::Backends {
     wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
 }
 
@@ -31,7 +32,7 @@ impl Gpu {
     /// the build has, if unset), preferring a discrete GPU.
     pub fn open() -> Result<Gpu, String> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        desc.backends = backends();
         let instance = wgpu::Instance::new(desc);
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
@@ -76,9 +77,9 @@ impl Gpu {
     /// if unset): `name (backend, driver, device type)`.
     pub fn adapters() -> Vec<String> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        desc.backends = backends();
         let instance = wgpu::Instance::new(desc);
-        pollster::block_on(instance.enumerate_adapters(desc_backends()))
+        pollster::block_on(instance.enumerate_adapters(backends()))
             .into_iter()
             .map(|a| {
                 let i = a.get_info();

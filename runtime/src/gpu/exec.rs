@@ -620,16 +620,8 @@ impl GpuExecutable {
             }
             at += pad4(t.bytes);
         }
-        self.gpu.queue.submit([encoder.finish()]);
+        self.submit_and_map(encoder, &staging, "GPU readback")?;
         let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.gpu.wait()?;
-        rx.recv()
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("GPU readback: {e}"))?;
         {
             let view = slice
                 .get_mapped_range()
@@ -672,17 +664,9 @@ impl GpuExecutable {
         for (i, (_, flag, _)) in self.checks.iter().enumerate() {
             enc.copy_buffer_to_buffer(flag, 0, &staging, 4 * i as u64, 4);
         }
-        self.gpu.queue.submit([enc.finish()]);
-        let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
         let err = |m: String| InterpError::new("gpu", m);
-        self.gpu.wait().map_err(err)?;
-        rx.recv()
-            .map_err(|e| err(e.to_string()))?
-            .map_err(|e| err(format!("checks: {e}")))?;
+        self.submit_and_map(enc, &staging, "checks").map_err(err)?;
+        let slice = staging.slice(..);
         let failed = {
             let view = slice
                 .get_mapped_range()
@@ -716,16 +700,8 @@ impl GpuExecutable {
         let mut enc = self.encoder();
         enc.resolve_query_set(q, 0..n as u32, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 8 * n);
-        self.gpu.queue.submit([enc.finish()]);
+        self.submit_and_map(enc, &staging, "timestamps")?;
         let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.gpu.wait()?;
-        rx.recv()
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("timestamps: {e}"))?;
         let period = self.gpu.queue.get_timestamp_period() as f64;
         {
             let view = slice
@@ -745,6 +721,25 @@ impl GpuExecutable {
         }
         staging.unmap();
         Ok(())
+    }
+
+    /// Submit `enc` and map `staging` (which it copies into) for reading,
+    /// waiting for both.
+    fn submit_and_map(
+        &self,
+        enc: wgpu::CommandEncoder,
+        staging: &wgpu::Buffer,
+        what: &str,
+    ) -> Result<(), String> {
+        self.gpu.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu.wait()?;
+        rx.recv()
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{what}: {e}"))
     }
 
     fn encoder(&self) -> wgpu::CommandEncoder {

@@ -253,6 +253,28 @@ fn elem(m: &Module, v: ValueId) -> Result<ElemType, String> {
         .ok_or_else(|| format!("%{} is not a tensor", m.name(v)))
 }
 
+/// Every operand and result of `n` is f32 (the kernels that read floats
+/// only).
+fn all_f32(m: &Module, n: &Node) -> Result<(), String> {
+    for v in n.inputs.iter().flatten().chain(&n.outputs) {
+        if elem(m, *v)? != ElemType::F32 {
+            return Err(format!("{} of non-f32 data", n.op));
+        }
+    }
+    Ok(())
+}
+
+/// The `axis` attribute (`default` when absent) within `rank`.
+fn axis_attr(n: &Node, default: i64, rank: usize) -> Result<usize, String> {
+    norm_axis(
+        n.attrs
+            .get("axis")
+            .and_then(Attr::as_int)
+            .unwrap_or(default),
+        rank,
+    )
+}
+
 fn operand(n: &Node, i: usize) -> Result<ValueId, String> {
     n.input(i)
         .ok_or_else(|| format!("{}: operand {i} is missing", n.describe()))
@@ -506,10 +528,7 @@ fn concat(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 fn split(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     let x = operand(n, 0)?;
     let xs = m.static_shape(x)?;
-    let axis = norm_axis(
-        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(0),
-        xs.len(),
-    )?;
+    let axis = axis_attr(n, 0, xs.len())?;
     let xst = movement::strides_of(&xs);
     let w = words_of(m, x)?;
     let mut at = 0i64;
@@ -542,11 +561,7 @@ fn split(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 
 /// InstanceNormalization (a group per channel) and GroupNormalization.
 fn group_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
-    for v in n.inputs.iter().flatten().chain(&n.outputs) {
-        if elem(m, *v)? != ElemType::F32 {
-            return Err(format!("{} of non-f32 data", n.op));
-        }
-    }
+    all_f32(m, n)?;
     let xs = m.static_shape(operand(n, 0)?)?;
     if xs.len() < 2 {
         return Err("needs N and C dims".into());
@@ -709,10 +724,7 @@ fn gather(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     if xs.is_empty() {
         return Err("Gather from a scalar".into());
     }
-    let axis = norm_axis(
-        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(0),
-        xs.len(),
-    )?;
+    let axis = axis_attr(n, 0, xs.len())?;
     let ni: usize = m.static_shape(ix)?.iter().product();
     let iw = match elem(m, ix)? {
         ElemType::I32 => 1,
@@ -787,19 +799,12 @@ fn lp_pool(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 /// LayerNormalization with its Mean and InvStdDev results, or a scale
 /// the plan does not take.
 fn layer_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
-    for v in n.inputs.iter().flatten().chain(&n.outputs) {
-        if elem(m, *v)? != ElemType::F32 {
-            return Err("LayerNormalization of non-f32 data".into());
-        }
-    }
+    all_f32(m, n)?;
     let xs = m.static_shape(operand(n, 0)?)?;
     if xs.is_empty() {
         return Err("LayerNormalization of a scalar".into());
     }
-    let axis = norm_axis(
-        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1),
-        xs.len(),
-    )?;
+    let axis = axis_attr(n, -1, xs.len())?;
     let rows: usize = xs[..axis].iter().product();
     let inner: usize = xs[axis..].iter().product();
     let len = |i: usize| -> Result<usize, String> {
@@ -854,11 +859,7 @@ fn batch_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 
 /// MeanVarianceNormalization, Det and Range of f32 data.
 fn f32_misc(m: &Module, n: &Node) -> Result<GpuKernel, String> {
-    for v in n.inputs.iter().flatten().chain(&n.outputs) {
-        if elem(m, *v)? != ElemType::F32 {
-            return Err(format!("{} of non-f32 data", n.op));
-        }
-    }
+    all_f32(m, n)?;
     let xs = m.static_shape(operand(n, 0)?)?;
     let ys = m.static_shape(result(n)?)?;
     match n.op.as_str() {
@@ -889,11 +890,7 @@ fn f32_misc(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 }
 
 fn deform_conv(m: &Module, n: &Node) -> Result<GpuKernel, String> {
-    for v in n.inputs.iter().flatten().chain(&n.outputs) {
-        if elem(m, *v)? != ElemType::F32 {
-            return Err("DeformConv of non-f32 data".into());
-        }
-    }
+    all_f32(m, n)?;
     let (xs, ws) = (
         m.static_shape(operand(n, 0)?)?,
         m.static_shape(operand(n, 1)?)?,
@@ -948,10 +945,7 @@ fn one_hot(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     if ys.len() != is.len() + 1 {
         return Err("OneHot result of another rank".into());
     }
-    let axis = norm_axis(
-        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1),
-        ys.len(),
-    )?;
+    let axis = axis_attr(n, -1, ys.len())?;
     movement::one_hot(n, &is, elem(m, ix)?, axis, ys[axis])
 }
 
@@ -1032,10 +1026,7 @@ fn hardmax(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     if xs.is_empty() || xs.contains(&0) {
         return Err("Hardmax of an empty or scalar tensor".into());
     }
-    let axis = norm_axis(
-        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1),
-        xs.len(),
-    )?;
+    let axis = axis_attr(n, -1, xs.len())?;
     reduce::hardmax(n, &xs, axis)
 }
 
@@ -1341,10 +1332,7 @@ fn softmax(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     if xs.is_empty() {
         return Err("softmax of a scalar".into());
     }
-    let axis = norm_axis(
-        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1),
-        xs.len(),
-    )?;
+    let axis = axis_attr(n, -1, xs.len())?;
     reduce::softmax_axis(n, &xs, axis, n.op == "LogSoftmax")
 }
 
@@ -1357,10 +1345,7 @@ fn arg_extreme(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     if xs.is_empty() || xs.contains(&0) {
         return Err(format!("{} of an empty or scalar tensor", n.op));
     }
-    let axis = norm_axis(
-        n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(0),
-        xs.len(),
-    )?;
+    let axis = axis_attr(n, 0, xs.len())?;
     let last = n
         .attrs
         .get("select_last_index")

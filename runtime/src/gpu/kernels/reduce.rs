@@ -43,6 +43,19 @@ impl ReduceOp {
     }
 }
 
+/// Elements of the kept dims and of the reduced dims of `x`.
+fn extents(x: &[usize], reduced: &[bool]) -> (usize, usize) {
+    let (mut kept, mut count) = (1, 1);
+    for (&d, &r) in x.iter().zip(reduced) {
+        if r {
+            count *= d;
+        } else {
+            kept *= d;
+        }
+    }
+    (kept, count)
+}
+
 /// The statements that place output element `gid` (over the kept dims of
 /// `x`) at its first input element `base`, and the offsets and extents
 /// of the reduced dims.
@@ -90,18 +103,7 @@ pub fn reduce(
     reduced: &[bool],
     src: Bind,
 ) -> Result<GpuKernel, String> {
-    let total: usize = x
-        .iter()
-        .zip(reduced)
-        .filter(|(_, &r)| !r)
-        .map(|(d, _)| d)
-        .product();
-    let count: usize = x
-        .iter()
-        .zip(reduced)
-        .filter(|(_, &r)| r)
-        .map(|(d, _)| d)
-        .product();
+    let (total, count) = extents(x, reduced);
     let mut sh = Shader::new(n);
     let xb = sh.bind(src, "f32");
     let yb = sh.bind(Bind::Result(0), "f32");
@@ -414,18 +416,7 @@ pub fn lrn(
 /// function (and the interpreter) compute it. Two shaders: the sums of
 /// each kept index into scratch, then the elements.
 pub fn mvn(n: &Node, x: &[usize], reduced: &[bool]) -> Result<GpuKernel, String> {
-    let kept_n: usize = x
-        .iter()
-        .zip(reduced)
-        .filter(|(_, &r)| !r)
-        .map(|(d, _)| d)
-        .product();
-    let count: usize = x
-        .iter()
-        .zip(reduced)
-        .filter(|(_, &r)| r)
-        .map(|(d, _)| d)
-        .product();
+    let (kept_n, count) = extents(x, reduced);
     let total: usize = x.iter().product();
     // 1. mean and mean of squares per kept index.
     let mut sh = Shader::new(n);
