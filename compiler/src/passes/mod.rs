@@ -3,7 +3,8 @@
 //! are lists of passes and fixed-point groups, built per optimization level.
 //!
 //! - `-O0`: nothing (the imported module).
-//! - `-O1`: cleanup to a fixed point: constant folding, simplification,
+//! - `-O1`: QDQ folding (quantized models to integer ops), then cleanup
+//!   to a fixed point: constant folding, simplification,
 //!   CSE, DCE.
 //! - `-O2` (default): cleanup, then fusion, then cleanup again.
 //!
@@ -20,6 +21,7 @@
 pub mod constant_fold;
 pub mod cse;
 pub mod dce;
+pub mod fold_qdq;
 pub mod fuse;
 pub mod hoist_casts;
 pub mod memory_plan;
@@ -63,6 +65,12 @@ pub const PASSES: &[Pass] = &[
         name: "dce",
         run: dce::run,
         summary: "remove nodes and constants nothing uses",
+    },
+    Pass {
+        name: "fold-qdq",
+        run: fold_qdq::run,
+        summary:
+            "QDQ-form quantized Conv, MatMul and movement ops to integer ops (weights stay 8-bit)",
     },
     Pass {
         name: "fuse",
@@ -110,10 +118,12 @@ pub fn pipeline(level: u8) -> Vec<Step> {
         steps: vec![p("constant-fold"), p("simplify"), p("cse"), p("dce")],
         max: 8,
     };
+    // QDQ folding first: constant folding would turn the quantized
+    // weights it folds into f32 copies.
     match level {
         0 => vec![],
-        1 => vec![cleanup],
-        _ => vec![cleanup.clone(), p("fuse"), cleanup],
+        1 => vec![p("fold-qdq"), cleanup],
+        _ => vec![p("fold-qdq"), cleanup.clone(), p("fuse"), cleanup],
     }
 }
 
@@ -268,6 +278,7 @@ mod tests {
             "simplify",
             "cse",
             "dce",
+            "fold-qdq",
             "fuse",
             "hoist-casts",
         ] {

@@ -193,6 +193,8 @@ impl<'a> In<'a> {
     typed!(i64s, i64_ptr, i64, ElemType::I64);
     typed!(i32s, i32_ptr, i32, ElemType::I32);
     typed!(bools, bool_ptr, bool, ElemType::Bool);
+    typed!(u8s, u8_ptr, u8, ElemType::U8);
+    typed!(i8s, i8_ptr, i8, ElemType::I8);
 }
 
 impl<'a> Out<'a> {
@@ -236,6 +238,8 @@ impl<'a> Out<'a> {
     typed_mut!(i64s, i64_ptr, i64, ElemType::I64);
     typed_mut!(i32s, i32_ptr, i32, ElemType::I32);
     typed_mut!(bools, bool_ptr, bool, ElemType::Bool);
+    typed_mut!(u8s, u8_ptr, u8, ElemType::U8);
+    typed_mut!(i8s, i8_ptr, i8, ElemType::I8);
 }
 
 /// Whether the CPU executable can hold values of this type in views.

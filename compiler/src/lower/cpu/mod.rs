@@ -15,6 +15,7 @@ mod dense;
 pub mod epilogue;
 mod fusion;
 mod movement;
+mod quant;
 mod recurrent;
 
 use std::collections::{HashMap, HashSet};
@@ -251,7 +252,15 @@ fn lower_node(
         }
         "kiln.Fusion" => fusion::fusion(m, n, target, weights),
         "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" => dense::dense(m, n, weights),
-        "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => dense::pool(m, n),
+        "MaxPool" | "GlobalMaxPool" => {
+            dense::pool(m, n).or_else(|e| quant::max_pool(m, n).map_err(|e8| format!("{e}; {e8}")))
+        }
+        "AveragePool" | "GlobalAveragePool" => dense::pool(m, n),
+        "QuantizeLinear" => quant::quantize(m, n),
+        "DequantizeLinear" => quant::dequantize(m, n),
+        "DynamicQuantizeLinear" => quant::dynamic_quantize(m, n),
+        "QLinearConv" | "ConvInteger" => quant::conv(m, n),
+        "QLinearMatMul" | "MatMulInteger" => quant::matmul(m, n),
         op => fusion::single_node_loop(m, n, target)
             .map_err(|e| format!("no native kernel for {op} ({e})")),
     }

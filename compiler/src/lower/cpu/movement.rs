@@ -33,7 +33,13 @@ pub(super) fn reshape(m: &Module, n: &Node) -> Result<NativeStep, String> {
 
 fn movable_elem(m: &Module, v: ValueId) -> Result<(), String> {
     match m.ty(v).as_tensor().map(|t| t.elem) {
-        Some(kiln_ir::ElemType::F32 | kiln_ir::ElemType::I64 | kiln_ir::ElemType::I32) => Ok(()),
+        Some(
+            kiln_ir::ElemType::F32
+            | kiln_ir::ElemType::I64
+            | kiln_ir::ElemType::I32
+            | kiln_ir::ElemType::U8
+            | kiln_ir::ElemType::I8,
+        ) => Ok(()),
         Some(e) => Err(format!("no native movement of {e}")),
         None => Err("not a tensor".into()),
     }

@@ -11,6 +11,8 @@ mod implicit;
 pub(crate) mod matmul;
 mod packed;
 mod pool;
+pub mod qconv;
+pub mod qgemm;
 mod rows;
 mod smallk;
 mod weights;

@@ -6,12 +6,16 @@
 //! - [`movement`]: reshape, transpose, gather, concat, expand, cast to f32,
 //!   reductions over any axes.
 //! - [`dense`]: MatMul/Gemm/Conv plans and pooling on the kernel library.
+//! - [`quant`]: QuantizeLinear/DequantizeLinear/DynamicQuantizeLinear and
+//!   the integer products (QLinearConv, ConvInteger, QLinearMatMul,
+//!   MatMulInteger) on the integer GEMM.
 //! - [`fusion`]: `kiln.Fusion` regions: a dense anchor plus a generated
 //!   loop, or producers plus a reduction.
 
 pub mod dense;
 pub mod fusion;
 pub mod movement;
+pub mod quant;
 pub mod recurrent;
 
 use crate::cpu::view::{In, Out};

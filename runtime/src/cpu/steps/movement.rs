@@ -12,7 +12,7 @@ use crate::cpu::NativeKernel;
 use super::{operand, result};
 
 /// Apply a generic movement function to the element types the movement
-/// kernels take (f32, i64, i32): `|x, out| body` with `x` the operand's
+/// kernels take (f32, i64, i32, and the quantized path's u8 and i8): `|x, out| body` with `x` the operand's
 /// and `out` the result's slice of one type.
 macro_rules! movable {
     ($x:expr, $out:expr, |$v:ident, $o:ident| $body:expr) => {{
@@ -28,6 +28,14 @@ macro_rules! movable {
             }
             kiln_ir::ElemType::I32 => {
                 let ($v, $o) = (x.i32s()?, out.i32s()?);
+                $body
+            }
+            kiln_ir::ElemType::U8 => {
+                let ($v, $o) = (x.u8s()?, out.u8s()?);
+                $body
+            }
+            kiln_ir::ElemType::I8 => {
+                let ($v, $o) = (x.i8s()?, out.i8s()?);
                 $body
             }
             e => return Err(format!("no native movement of {e}")),
@@ -205,6 +213,8 @@ impl NativeKernel for Concat {
             kiln_ir::ElemType::F32 => cat!(f32s, f32s),
             kiln_ir::ElemType::I64 => cat!(i64s, i64s),
             kiln_ir::ElemType::I32 => cat!(i32s, i32s),
+            kiln_ir::ElemType::U8 => cat!(u8s, u8s),
+            kiln_ir::ElemType::I8 => cat!(i8s, i8s),
             e => return Err(format!("no native concat of {e}")),
         }
         Ok(())

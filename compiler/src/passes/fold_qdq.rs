@@ -1,0 +1,326 @@
+//! Pass `fold-qdq`: a quantized model written in QDQ form (float ops
+//! between `DequantizeLinear` and `QuantizeLinear`) becomes integer ops,
+//! the way onnxruntime and TensorRT fold QDQ.
+//!
+//! - `Q(Conv(DQ(x), DQ(w), DQ(b)?))` → `QLinearConv(x, .., w, .., y_scale,
+//!   y_zero, b)`: 8-bit activations, constant 8-bit weights per tensor or
+//!   per output channel, an i32 bias whose scale is `x_scale · w_scale`
+//!   (the form quantization tools write).
+//! - `Q(op(DQ(x)))` for an op that only moves or selects values (Reshape,
+//!   Transpose, Flatten, Squeeze, Unsqueeze, Slice, Gather, Concat, Expand,
+//!   DepthToSpace, SpaceToDepth, Identity, MaxPool, GlobalMaxPool: a
+//!   maximum commutes with a monotonic map), where the DQ and the Q have
+//!   the same scale and zero point → the op on the 8-bit values.
+//!
+//! It runs before constant folding, which would otherwise turn each
+//! quantized weight's `DequantizeLinear` into an f32 copy: folded, the
+//! weights stay 8-bit. Why it keeps meaning only up to rounding: the
+//! float graph rounds `Σ DQ(x)·DQ(w)` in f32, the integer op sums exactly
+//! and rounds once; the outputs differ where a sum lies within f32
+//! rounding of a quantization step's midpoint (one step, rarely).
+//!
+//! MatMul is not folded: ONNX defines QLinearMatMul's result as wrapping
+//! around where `QuantizeLinear` saturates, so the fold would change
+//! outputs that reach the type's bounds. (It wants a saturating integer
+//! op of Kiln's own.)
+//!
+//! The DQ nodes are left for DCE; a pattern's float op is removed only when
+//! the Q is its one user.
+
+use std::collections::HashMap;
+
+use kiln_ir::{Attr, ElemType, Module, Node, Region, TensorData, ValueId};
+
+/// Ops that move or select values without arithmetic: on quantized
+/// values with one scale and zero point they commute with DQ and Q.
+/// The operands after the first (shapes, axes, indices) are untouched;
+/// Concat takes every operand as data.
+const MOVEMENT: &[&str] = &[
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Gather",
+    "Concat",
+    "Expand",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Identity",
+    "MaxPool",
+    "GlobalMaxPool",
+];
+
+pub fn run(m: &mut Module) -> Result<bool, String> {
+    let mut uses: HashMap<ValueId, usize> = HashMap::new();
+    count_uses(&m.body, &mut uses);
+    let mut body = std::mem::take(&mut m.body);
+    let changed = fold_region(m, &mut body, &uses);
+    m.body = body;
+    Ok(changed)
+}
+
+/// Uses of every value anywhere: operands and region outputs.
+fn count_uses(r: &Region, uses: &mut HashMap<ValueId, usize>) {
+    for n in &r.nodes {
+        for &v in n.inputs.iter().flatten() {
+            *uses.entry(v).or_default() += 1;
+        }
+        for (_, sub) in n.regions() {
+            count_uses(sub, uses);
+        }
+    }
+    for &v in &r.outputs {
+        *uses.entry(v).or_default() += 1;
+    }
+}
+
+/// A `DequantizeLinear`'s parts.
+struct Dq {
+    /// The integer operand.
+    q: ValueId,
+    scale: ValueId,
+    zero: Option<ValueId>,
+    /// The scale's values.
+    scales: Vec<f64>,
+    /// The zero point's values (zeros without one).
+    zeros: Vec<i64>,
+    axis: i64,
+}
+
+fn elem(m: &Module, v: ValueId) -> Option<ElemType> {
+    m.ty(v).as_tensor().map(|t| t.elem)
+}
+
+fn is_int8(e: Option<ElemType>) -> bool {
+    matches!(e, Some(ElemType::U8 | ElemType::I8))
+}
+
+/// The DequantizeLinear defining `v` in this region, with constant f32
+/// scales and constant zero points, not blocked.
+fn dq_of(m: &Module, r: &Region, def: &HashMap<ValueId, usize>, v: ValueId) -> Option<Dq> {
+    let n = &r.nodes[*def.get(&v)?];
+    if n.op != "DequantizeLinear" || n.attr("block_size").and_then(Attr::as_int).unwrap_or(0) != 0 {
+        return None;
+    }
+    let q = n.input(0)?;
+    let scale = n.input(1)?;
+    if elem(m, scale) != Some(ElemType::F32) {
+        return None;
+    }
+    let scales = m.constant(scale)?.to_f64_vec()?;
+    let zero = n.input(2);
+    let zeros = match zero {
+        Some(z) => m.constant(z)?.to_i64_vec()?,
+        None => vec![0; scales.len()],
+    };
+    if zeros.len() != scales.len() {
+        return None;
+    }
+    let axis = n.attr("axis").and_then(Attr::as_int).unwrap_or(1);
+    Some(Dq {
+        q,
+        scale,
+        zero,
+        scales,
+        zeros,
+        axis,
+    })
+}
+
+/// A zero point operand for `d`: its own, or a new constant zero of the
+/// integer operand's type (shaped like the scale).
+fn zero_of(m: &mut Module, r: &mut Region, d: &Dq, e: ElemType) -> Option<ValueId> {
+    if let Some(z) = d.zero {
+        return Some(z);
+    }
+    let shape = m.constant(d.scale)?.shape.clone();
+    let n = d.scales.len();
+    let data = TensorData::from_bytes(e, shape, vec![0u8; n]).ok()?;
+    let id = m.add_constant_unique("zero_point", std::sync::Arc::new(data));
+    r.constants.push(id);
+    Some(id)
+}
+
+/// Whether the scale `s` equals `a · b` as f32 arithmetic makes it (the
+/// bias scale quantization tools write), to a relative 1e-6.
+fn product_scale(s: f64, a: f64, b: f64) -> bool {
+    let p = (a as f32 * b as f32) as f64;
+    (s - p).abs() <= 1e-6 * p.abs()
+}
+
+fn fold_region(m: &mut Module, r: &mut Region, uses: &HashMap<ValueId, usize>) -> bool {
+    let mut changed = false;
+    for n in &mut r.nodes {
+        for sub in n.regions_mut() {
+            changed |= fold_region(m, sub, uses);
+        }
+    }
+    let mut def: HashMap<ValueId, usize> = HashMap::new();
+    for (i, n) in r.nodes.iter().enumerate() {
+        for &o in &n.outputs {
+            def.insert(o, i);
+        }
+    }
+    // (index of the Q node, its replacement, index of the float op removed)
+    let mut rewrites: Vec<(usize, Node, usize)> = vec![];
+    for qi in 0..r.nodes.len() {
+        if let Some((node, p)) = match_q(m, r, &def, uses, qi) {
+            rewrites.push((qi, node, p));
+        }
+    }
+    if rewrites.is_empty() {
+        return changed;
+    }
+    let mut replace: HashMap<usize, Node> = HashMap::new();
+    let mut removed = std::collections::HashSet::new();
+    for (qi, node, p) in rewrites {
+        replace.insert(qi, node);
+        removed.insert(p);
+    }
+    let old = std::mem::take(&mut r.nodes);
+    for (i, n) in old.into_iter().enumerate() {
+        if removed.contains(&i) {
+            continue;
+        }
+        r.nodes.push(replace.remove(&i).unwrap_or(n));
+    }
+    true
+}
+
+/// The integer node replacing the QuantizeLinear at `qi`, and the index of
+/// the float op it absorbs.
+fn match_q(
+    m: &mut Module,
+    r: &mut Region,
+    def: &HashMap<ValueId, usize>,
+    uses: &HashMap<ValueId, usize>,
+    qi: usize,
+) -> Option<(Node, usize)> {
+    let qn = &r.nodes[qi];
+    if qn.op != "QuantizeLinear" || qn.attr("block_size").and_then(Attr::as_int).unwrap_or(0) != 0 {
+        return None;
+    }
+    let x = qn.input(0)?;
+    let y = *qn.outputs.first()?;
+    let ys = qn.input(1)?;
+    let yz = qn.input(2);
+    let y_scales = m.constant(ys)?.to_f64_vec()?;
+    if y_scales.len() != 1 || elem(m, ys) != Some(ElemType::F32) || !is_int8(elem(m, y)) {
+        return None;
+    }
+    let y_zero = match yz {
+        Some(z) => *m.constant(z)?.to_i64_vec()?.first()?,
+        None => 0,
+    };
+    if uses.get(&x) != Some(&1) {
+        return None;
+    }
+    let pi = *def.get(&x)?;
+    let p = r.nodes[pi].clone();
+    let qname = qn.name.clone();
+    let node = match p.op.as_str() {
+        "Conv" => conv(m, r, def, &p, ys, yz, y)?,
+        op if MOVEMENT.contains(&op) && p.outputs.len() == 1 => {
+            let data: Vec<usize> = if op == "Concat" {
+                (0..p.inputs.len()).collect()
+            } else {
+                vec![0]
+            };
+            let mut node = p.clone();
+            for k in data {
+                let d = dq_of(m, r, def, p.input(k)?)?;
+                // Same quantization on both sides: the op commutes.
+                if d.scales != y_scales || d.zeros != [y_zero] || elem(m, d.q) != elem(m, y) {
+                    return None;
+                }
+                node.inputs[k] = Some(d.q);
+            }
+            node.outputs = vec![y];
+            node
+        }
+        _ => return None,
+    };
+    let mut node = node;
+    if node.name.is_empty() {
+        node.name = qname;
+    }
+    Some((node, pi))
+}
+
+fn conv(
+    m: &mut Module,
+    r: &mut Region,
+    def: &HashMap<ValueId, usize>,
+    p: &Node,
+    ys: ValueId,
+    yz: Option<ValueId>,
+    y: ValueId,
+) -> Option<Node> {
+    let dx = dq_of(m, r, def, p.input(0)?)?;
+    let dw = dq_of(m, r, def, p.input(1)?)?;
+    let (xe, we) = (elem(m, dx.q), elem(m, dw.q));
+    if !is_int8(xe) || !is_int8(we) || dx.scales.len() != 1 || m.constant(dw.q).is_none() {
+        return None;
+    }
+    let out_ch = m.constant(dw.q)?.shape.first().copied()? as usize;
+    let per_channel = dw.scales.len() != 1;
+    if per_channel && (dw.scales.len() != out_ch || !(dw.axis == 0 || dw.axis == -4)) {
+        return None;
+    }
+    let bias = match p.input(2) {
+        None => None,
+        Some(b) => {
+            let db = dq_of(m, r, def, b)?;
+            let ok = elem(m, db.q) == Some(ElemType::I32)
+                && m.constant(db.q).is_some()
+                && db.zeros.iter().all(|&z| z == 0)
+                && (0..out_ch).all(|c| {
+                    let sb = db.scales[if db.scales.len() == 1 { 0 } else { c }];
+                    let sw = dw.scales[if per_channel { c } else { 0 }];
+                    product_scale(sb, dx.scales[0], sw)
+                });
+            if !ok {
+                return None;
+            }
+            Some(db.q)
+        }
+    };
+    let zx = zero_of(m, r, &dx, xe?)?;
+    let zw = zero_of(m, r, &dw, we?)?;
+    let zy = match yz {
+        Some(z) => z,
+        None => zero_of(
+            m,
+            r,
+            &Dq {
+                q: y,
+                scale: ys,
+                zero: None,
+                scales: vec![1.0],
+                zeros: vec![0],
+                axis: 1,
+            },
+            elem(m, y)?,
+        )?,
+    };
+    let mut n = Node::new(
+        "QLinearConv",
+        vec![
+            Some(dx.q),
+            Some(dx.scale),
+            Some(zx),
+            Some(dw.q),
+            Some(dw.scale),
+            Some(zw),
+            Some(ys),
+            Some(zy),
+            bias,
+        ],
+        vec![y],
+    );
+    n.attrs = p.attrs.clone();
+    n.name = p.name.clone();
+    Some(n)
+}

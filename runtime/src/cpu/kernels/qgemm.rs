@@ -1,0 +1,627 @@
+//! Integer GEMM, the quantized path's one product: `C[m][n] = Σ_k (A[m][k] -
+//! za[m]) · (B[k][n] - zb[n])` over 8-bit operands, exact in i32, then an
+//! output stage ([`QOut`]: requantize to u8/i8, keep i32, or scale to f32).
+//!
+//! The inner product is AVX-512 VNNI's `vpdpbusd` (four u8 × i8 products
+//! summed into each i32 lane) where the CPU has it, else portable Rust.
+//! The instruction wants one unsigned and one signed operand, so each
+//! packed operand is stored in the domain the kernel needs: an i8 operand
+//! that must be unsigned is stored +128 (its zero point +128 with it), a u8
+//! operand that must be signed is stored -128; every mix of u8/i8 runs on
+//! the one instruction and `(a - za)(b - zb)` is unchanged. Zero points
+//! leave the loop: `Σ(a-za)(b-zb) = Σab - za·Σ_k b - zb·Σ_k a + K·za·zb`,
+//! the sums taken while packing.
+//!
+//! Layout: A in panels of [`MR`] rows, B in panels of [`NR`] columns, each
+//! `[K/4][rows or cols][4]` bytes (K padded to a multiple of 4 with zeros,
+//! which add nothing to `Σab`; the sums cover the real K only).
+
+use super::common::for_each_unit;
+
+/// Rows of a register tile.
+pub const MR: usize = 8;
+/// Columns of a register tile (two 512-bit vectors of i32).
+pub const NR: usize = 32;
+
+/// Whether this CPU runs the VNNI kernel (AVX-512 F/BW/VNNI).
+pub fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// An 8-bit operand as it comes: its bytes and whether they are signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8 {
+    U8,
+    I8,
+}
+
+/// The stored byte of `v` (an operand byte of type `from`) in the domain
+/// `unsigned` or not, and the shift applied to values (and zero points).
+#[inline(always)]
+fn to_domain(v: u8, from: Int8, unsigned: bool) -> u8 {
+    match (from, unsigned) {
+        (Int8::U8, true) | (Int8::I8, false) => v,
+        // i8 → u8: +128; u8 → i8: -128. Both flip the top bit.
+        _ => v ^ 0x80,
+    }
+}
+
+/// The zero point in the stored domain.
+pub fn shifted_zero(z: i32, from: Int8, unsigned: bool) -> i32 {
+    match (from, unsigned) {
+        (Int8::I8, true) => z + 128,
+        (Int8::U8, false) => z - 128,
+        _ => z,
+    }
+}
+
+/// The value of a stored byte.
+#[inline(always)]
+fn stored_value(b: u8, unsigned: bool) -> i32 {
+    if unsigned {
+        b as i32
+    } else {
+        b as i8 as i32
+    }
+}
+
+/// A packed operand: panels of `width` rows (A) or columns (B) over K, in
+/// the stored domain, with each row's/column's sum over K.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    /// Rows (A) or columns (B) in all.
+    pub count: usize,
+    pub k: usize,
+    /// Whether the stored bytes are u8 (else i8).
+    pub unsigned: bool,
+    width: usize,
+    data: Vec<u8>,
+    sums: Vec<i32>,
+}
+
+impl Packed {
+    fn k4(&self) -> usize {
+        self.k.div_ceil(4)
+    }
+
+    fn panel(&self, p: usize) -> &[u8] {
+        let len = self.k4() * self.width * 4;
+        &self.data[p * len..(p + 1) * len]
+    }
+
+    /// Packs `count` rows/columns of K values: `at(i, k)` is the byte of
+    /// row/column `i` at depth `k` (an operand of type `from`), stored in
+    /// the domain `unsigned`; `width` is [`MR`] for A, [`NR`] for B.
+    pub fn new(
+        count: usize,
+        k: usize,
+        width: usize,
+        from: Int8,
+        unsigned: bool,
+        at: impl Fn(usize, usize) -> u8,
+    ) -> Packed {
+        let k4 = k.div_ceil(4);
+        let panels = count.div_ceil(width);
+        let mut data = vec![0u8; panels * k4 * width * 4];
+        let mut sums = vec![0i32; count];
+        for p in 0..panels {
+            let base = p * k4 * width * 4;
+            for i in 0..width.min(count - p * width) {
+                let row = p * width + i;
+                let mut s = 0i32;
+                for kk in 0..k {
+                    let b = to_domain(at(row, kk), from, unsigned);
+                    s += stored_value(b, unsigned);
+                    data[base + (kk / 4) * width * 4 + i * 4 + kk % 4] = b;
+                }
+                sums[row] = s;
+            }
+        }
+        Packed {
+            count,
+            k,
+            unsigned,
+            width,
+            data,
+            sums,
+        }
+    }
+
+    /// Packs the columns of a row-major `k × n` byte matrix `src` (stride
+    /// `ld` between rows) as a B operand, reusing `self`'s buffers.
+    pub fn pack_b_rows(
+        &mut self,
+        src: &[u8],
+        k: usize,
+        n: usize,
+        ld: usize,
+        from: Int8,
+        unsigned: bool,
+    ) {
+        let k4 = k.div_ceil(4);
+        let panels = n.div_ceil(NR);
+        self.count = n;
+        self.k = k;
+        self.unsigned = unsigned;
+        self.width = NR;
+        self.data.clear();
+        self.data.resize(panels * k4 * NR * 4, 0);
+        self.sums.clear();
+        self.sums.resize(n, 0);
+        let flip = if to_domain(0, from, unsigned) == 0 {
+            0u8
+        } else {
+            0x80
+        };
+        let flip32 = u32::from_ne_bytes([flip; 4]);
+        let zero_row = vec![0u8; n];
+        for p in 0..panels {
+            let c0 = p * NR;
+            let cols = NR.min(n - c0);
+            let panel = &mut self.data[p * k4 * NR * 4..(p + 1) * k4 * NR * 4];
+            for q in 0..k4 {
+                // Four rows of depth; past K they are zeros (the stored
+                // value 0 adds nothing, whatever the domain).
+                let row = |kk: usize| -> &[u8] {
+                    if kk < k {
+                        &src[kk * ld + c0..kk * ld + c0 + cols]
+                    } else {
+                        &zero_row[..cols]
+                    }
+                };
+                let (r0, r1, r2, r3) = (row(4 * q), row(4 * q + 1), row(4 * q + 2), row(4 * q + 3));
+                let dst = &mut panel[q * NR * 4..q * NR * 4 + cols * 4];
+                for (c, d) in dst.chunks_exact_mut(4).enumerate() {
+                    let mut v = u32::from_le_bytes([r0[c], r1[c], r2[c], r3[c]]);
+                    // Flip only the real depths' bytes.
+                    let real = (k - 4 * q).min(4);
+                    let mask = if real == 4 {
+                        u32::MAX
+                    } else {
+                        (1u32 << (8 * real)) - 1
+                    };
+                    v ^= flip32.to_le() & mask;
+                    d.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        // Column sums in the stored domain, row by row (vectorizes).
+        for kk in 0..k {
+            let row = &src[kk * ld..kk * ld + n];
+            for (s, &v) in self.sums.iter_mut().zip(row) {
+                *s += stored_value(v ^ flip, unsigned);
+            }
+        }
+    }
+
+    /// An empty B operand for [`Packed::pack_b_rows`] to fill.
+    pub fn empty() -> Packed {
+        Packed {
+            count: 0,
+            k: 0,
+            unsigned: true,
+            width: NR,
+            data: vec![],
+            sums: vec![],
+        }
+    }
+}
+
+/// What becomes of the exact i32 sums.
+#[derive(Clone, Copy)]
+pub enum QOut<'a> {
+    /// `sat(round_half_even(acc · mult) + zero)` into 8-bit values
+    /// (`lo..=hi`, the output type's range or an activation's), `mult`
+    /// per row (`per_row`) or per column, or one value.
+    Requant {
+        mult: &'a [f32],
+        per_row: bool,
+        zero: i32,
+        lo: i32,
+        hi: i32,
+        out: *mut u8,
+    },
+    /// The sums as they are.
+    I32 { out: *mut i32 },
+    /// `acc · scale` in f32 (`scale` per row, per column or one value).
+    F32 {
+        scale: &'a [f32],
+        per_row: bool,
+        out: *mut f32,
+    },
+}
+
+// SAFETY: the pointers are the caller's result buffer; threads of one
+// product write disjoint tiles of it.
+unsafe impl Send for QOut<'_> {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for QOut<'_> {}
+
+/// One product's description beyond its operands.
+pub struct QGemm<'a> {
+    /// A's zero points in the stored domain: one, or one per row.
+    pub za: &'a [i32],
+    /// B's zero points in the stored domain: one, or one per column.
+    pub zb: &'a [i32],
+    /// Added to each exact sum: one per row (`bias_per_row`) or per column.
+    pub bias: Option<&'a [i32]>,
+    pub bias_per_row: bool,
+    /// Distance between rows of C, in elements.
+    pub ldc: usize,
+    pub out: QOut<'a>,
+}
+
+#[inline(always)]
+fn pick(v: &[i32], i: usize) -> i32 {
+    if v.len() == 1 {
+        v[0]
+    } else {
+        v[i]
+    }
+}
+
+#[inline(always)]
+fn pickf(v: &[f32], i: usize) -> f32 {
+    if v.len() == 1 {
+        v[0]
+    } else {
+        v[i]
+    }
+}
+
+/// `C = A·B` through `g`'s output stage, threaded over tiles when
+/// `threads > 1` and the product is big enough.
+pub fn qgemm(a: &Packed, b: &Packed, g: &QGemm, threads: usize) {
+    assert_eq!(a.k, b.k, "qgemm: depths differ");
+    assert!(
+        a.unsigned != b.unsigned,
+        "qgemm: one operand must be unsigned"
+    );
+    let (m, n) = (a.count, b.count);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let vnni = has_vnni();
+    // Work units: a block of rows × a block of column panels.
+    let row_panels = m.div_ceil(MR);
+    let col_panels = n.div_ceil(NR);
+    let rows_per = 8usize; // panels of A per unit (64 rows)
+    let cols_per = 4usize; // panels of B per unit (128 columns)
+    let ru = row_panels.div_ceil(rows_per);
+    let cu = col_panels.div_ceil(cols_per);
+    let flops = 2.0 * (m * n * a.k) as f64;
+    let parallel = threads > 1 && flops >= super::common::PAR_FLOPS;
+    for_each_unit(parallel, ru * cu, |u| {
+        let (r, c) = (u / cu, u % cu);
+        for cp in c * cols_per..((c + 1) * cols_per).min(col_panels) {
+            for rp in r * rows_per..((r + 1) * rows_per).min(row_panels) {
+                let mut acc = [[0i32; NR]; MR];
+                tile(a, b, rp, cp, vnni, &mut acc);
+                store(a, b, g, rp * MR, cp * NR, &acc);
+            }
+        }
+    });
+}
+
+/// The raw sums `Σ a·b` of one tile.
+fn tile(a: &Packed, b: &Packed, rp: usize, cp: usize, vnni: bool, acc: &mut [[i32; NR]; MR]) {
+    let (pa, pb) = (a.panel(rp), b.panel(cp));
+    #[cfg(target_arch = "x86_64")]
+    if vnni {
+        // SAFETY: `has_vnni` checked the features; panels hold k4 groups
+        // of MR (A) and NR (B) dwords, which is what the kernel reads.
+        unsafe {
+            if a.unsigned {
+                vnni_tile::<true>(pa, pb, a.k4(), acc)
+            } else {
+                vnni_tile::<false>(pa, pb, a.k4(), acc)
+            }
+        };
+        return;
+    }
+    let _ = vnni;
+    portable_tile(pa, pb, a.k4(), a.unsigned, acc);
+}
+
+fn portable_tile(pa: &[u8], pb: &[u8], k4: usize, a_unsigned: bool, acc: &mut [[i32; NR]; MR]) {
+    for q in 0..k4 {
+        let ga = &pa[q * MR * 4..(q + 1) * MR * 4];
+        let gb = &pb[q * NR * 4..(q + 1) * NR * 4];
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av: [i32; 4] = std::array::from_fn(|j| stored_value(ga[r * 4 + j], a_unsigned));
+            for (c, x) in row.iter_mut().enumerate() {
+                let bv = &gb[c * 4..c * 4 + 4];
+                *x += av[0] * stored_value(bv[0], !a_unsigned)
+                    + av[1] * stored_value(bv[1], !a_unsigned)
+                    + av[2] * stored_value(bv[2], !a_unsigned)
+                    + av[3] * stored_value(bv[3], !a_unsigned);
+            }
+        }
+    }
+}
+
+/// The VNNI tile: per group of 4 depths, two vectors of B (32 columns × 4
+/// bytes) and one broadcast dword of A per row, 16 `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn vnni_tile<const A_UNSIGNED: bool>(
+    pa: &[u8],
+    pb: &[u8],
+    k4: usize,
+    acc: &mut [[i32; NR]; MR],
+) {
+    use std::arch::x86_64::*;
+    let mut c = [[_mm512_setzero_si512(); 2]; MR];
+    let (mut ap, mut bp) = (pa.as_ptr(), pb.as_ptr());
+    for _ in 0..k4 {
+        // SAFETY: each group is MR·4 bytes of A and NR·4 bytes of B, within
+        // the panels (k4 groups each).
+        let (b0, b1) = unsafe {
+            (
+                _mm512_loadu_si512(bp as *const _),
+                _mm512_loadu_si512(bp.add(64) as *const _),
+            )
+        };
+        for (r, cr) in c.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let av = _mm512_set1_epi32(unsafe { (ap.add(r * 4) as *const i32).read_unaligned() });
+            if A_UNSIGNED {
+                cr[0] = _mm512_dpbusd_epi32(cr[0], av, b0);
+                cr[1] = _mm512_dpbusd_epi32(cr[1], av, b1);
+            } else {
+                cr[0] = _mm512_dpbusd_epi32(cr[0], b0, av);
+                cr[1] = _mm512_dpbusd_epi32(cr[1], b1, av);
+            }
+        }
+        // SAFETY: stays within the panels or one past their end.
+        unsafe {
+            ap = ap.add(MR * 4);
+            bp = bp.add(NR * 4);
+        }
+    }
+    for (r, cr) in c.iter().enumerate() {
+        // SAFETY: each row of `acc` holds NR = 32 i32s.
+        unsafe {
+            _mm512_storeu_si512(acc[r].as_mut_ptr() as *mut _, cr[0]);
+            _mm512_storeu_si512(acc[r].as_mut_ptr().add(16) as *mut _, cr[1]);
+        }
+    }
+}
+
+/// Corrects a tile's sums for the zero points and the bias and writes it
+/// through the output stage. Per-column parameters are gathered into
+/// tile-sized arrays first, so the per-row loops are plain arithmetic on
+/// fixed-size arrays (vectorized).
+fn store(a: &Packed, b: &Packed, g: &QGemm, m0: usize, n0: usize, acc: &[[i32; NR]; MR]) {
+    let rows = MR.min(a.count - m0);
+    let cols = NR.min(b.count - n0);
+    let k = a.k as i32;
+    let col = |v: &[i32]| -> [i32; NR] {
+        std::array::from_fn(|c| if c < cols { pick(v, n0 + c) } else { 0 })
+    };
+    let colsum: [i32; NR] = col(&b.sums);
+    let zb: [i32; NR] = col(g.zb);
+    let col_bias: [i32; NR] = match g.bias {
+        Some(bias) if !g.bias_per_row => col(bias),
+        _ => [0; NR],
+    };
+    let colf = |v: &[f32]| -> [f32; NR] {
+        std::array::from_fn(|c| if c < cols { pickf(v, n0 + c) } else { 0.0 })
+    };
+    let col_scale: Option<[f32; NR]> = match g.out {
+        QOut::Requant {
+            mult,
+            per_row: false,
+            ..
+        } => Some(colf(mult)),
+        QOut::F32 {
+            scale,
+            per_row: false,
+            ..
+        } => Some(colf(scale)),
+        _ => None,
+    };
+    for (r, row) in acc.iter().enumerate().take(rows) {
+        let m = m0 + r;
+        let za = pick(g.za, m);
+        // Σ(a-za)(b-zb) = Σab - za·Σb - zb·Σa + K·za·zb, with t = K·za - Σa.
+        let t = k * za - a.sums[m];
+        let row_bias = match g.bias {
+            Some(bias) if g.bias_per_row => pick(bias, m),
+            _ => 0,
+        };
+        let mut v = [0i32; NR];
+        for c in 0..NR {
+            v[c] = row[c] - za * colsum[c] + zb[c] * t + col_bias[c] + row_bias;
+        }
+        let at = m * g.ldc + n0;
+        match g.out {
+            QOut::I32 { out } => {
+                // SAFETY: (m, n0..n0 + cols) is inside C; tiles are disjoint.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), cols) };
+                dst.copy_from_slice(&v[..cols]);
+            }
+            QOut::F32 { scale, out, .. } => {
+                let s: [f32; NR] = col_scale.unwrap_or([pickf(scale, m); NR]);
+                let mut f = [0f32; NR];
+                for c in 0..NR {
+                    f[c] = v[c] as f32 * s[c];
+                }
+                // SAFETY: as above.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), cols) };
+                dst.copy_from_slice(&f[..cols]);
+            }
+            QOut::Requant {
+                mult,
+                zero,
+                lo,
+                hi,
+                out,
+                ..
+            } => {
+                let s: [f32; NR] = col_scale.unwrap_or([pickf(mult, m); NR]);
+                let (flo, fhi) = ((lo - zero) as f32, (hi - zero) as f32);
+                let mut q = [0u8; NR];
+                for c in 0..NR {
+                    q[c] = (round_clamped(v[c] as f32 * s[c], flo, fhi) + zero) as u8;
+                }
+                // SAFETY: as above.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), cols) };
+                dst.copy_from_slice(&q[..cols]);
+            }
+        }
+    }
+}
+
+/// `sat(round_half_even(x · mult) + zero)` into `lo..=hi`.
+#[inline(always)]
+pub fn requant(x: i32, mult: f32, zero: i32, lo: i32, hi: i32) -> i32 {
+    round_clamped(x as f32 * mult, (lo - zero) as f32, (hi - zero) as f32) + zero
+}
+
+/// `x` saturated to `lo..=hi` (integer bounds, so rounding commutes with
+/// it; NaN becomes `lo`), rounded half to even, as i32 — in operations
+/// that vectorize: the rounding is [`round_even_small`]'s, and the integer
+/// is read from the sum's low mantissa bits instead of a saturating
+/// float-to-int conversion (scalar code with branches).
+#[inline(always)]
+pub fn round_clamped(x: f32, lo: f32, hi: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let c = x.max(lo).min(hi);
+    (c + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+/// `x` rounded half to even, for |x| < 2²²: adding and taking away
+/// 1.5·2²³ leaves no fraction bits, and the FPU's rounding is half to
+/// even. (`f32::round_ties_even` is a libm call on x86-64 without SSE4.1,
+/// 10× slower in the quantized path's hot loops.) NaN stays NaN.
+#[inline(always)]
+pub fn round_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// Seeded pseudo-random bytes (the quantized kernels' test data).
+    pub(in crate::cpu::kernels) fn lcg_bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 33) as u8
+            })
+            .collect()
+    }
+
+    fn val(b: u8, t: Int8) -> i32 {
+        match t {
+            Int8::U8 => b as i32,
+            Int8::I8 => b as i8 as i32,
+        }
+    }
+
+    /// Every mix of u8/i8, odd sizes (padding in M, N and K), per-row and
+    /// per-column zero points, bias: the exact sums, on whichever path
+    /// this CPU takes and on the portable one.
+    #[test]
+    fn exact_against_naive() {
+        for (m, k, n) in [(1, 1, 1), (3, 7, 5), (9, 33, 37), (17, 64, 70), (8, 4, 32)] {
+            for (ta, tb) in [
+                (Int8::U8, Int8::I8),
+                (Int8::I8, Int8::U8),
+                (Int8::U8, Int8::U8),
+                (Int8::I8, Int8::I8),
+            ] {
+                let av = lcg_bytes(1 + m as u64, m * k);
+                let bv = lcg_bytes(2 + n as u64, k * n);
+                let za: Vec<i32> = (0..m).map(|i| val(i as u8 * 37, ta)).collect();
+                let zb: Vec<i32> = vec![val(3, tb)];
+                let bias: Vec<i32> = (0..n).map(|i| i as i32 * 7 - 50).collect();
+                for a_unsigned in [true, false] {
+                    let pa = Packed::new(m, k, MR, ta, a_unsigned, |r, kk| av[r * k + kk]);
+                    let mut pb = Packed::empty();
+                    pb.pack_b_rows(&bv, k, n, n, tb, !a_unsigned);
+                    let zas: Vec<i32> = za
+                        .iter()
+                        .map(|&z| shifted_zero(z, ta, a_unsigned))
+                        .collect();
+                    let zbs: Vec<i32> = zb
+                        .iter()
+                        .map(|&z| shifted_zero(z, tb, !a_unsigned))
+                        .collect();
+                    let mut out = vec![0i32; m * n];
+                    let g = QGemm {
+                        za: &zas,
+                        zb: &zbs,
+                        bias: Some(&bias),
+                        bias_per_row: false,
+                        ldc: n,
+                        out: QOut::I32 {
+                            out: out.as_mut_ptr(),
+                        },
+                    };
+                    qgemm(&pa, &pb, &g, 2);
+                    let mut port = vec![[[0i32; NR]; MR]; 1];
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: i32 = (0..k)
+                                .map(|kk| {
+                                    (val(av[i * k + kk], ta) - za[i])
+                                        * (val(bv[kk * n + j], tb) - zb[0])
+                                })
+                                .sum::<i32>()
+                                + bias[j];
+                            assert_eq!(
+                                out[i * n + j],
+                                want,
+                                "{ta:?}x{tb:?} {m}x{k}x{n} at {i},{j}"
+                            );
+                        }
+                    }
+                    // The portable tile agrees with the one that ran.
+                    portable_tile(pa.panel(0), pb.panel(0), pa.k4(), a_unsigned, &mut port[0]);
+                    let mut fast = [[0i32; NR]; MR];
+                    tile(&pa, &pb, 0, 0, has_vnni(), &mut fast);
+                    assert_eq!(port[0], fast);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn small_rounding_is_half_to_even() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.25;
+            assert_eq!(round_even_small(x), x.round_ties_even(), "{x}");
+            let want = x.round_ties_even().clamp(-300.0, 300.0) as i32;
+            assert_eq!(round_clamped(x, -300.0, 300.0), want, "{x}");
+        }
+        assert_eq!(round_clamped(f32::NAN, -5.0, 5.0), -5);
+        assert_eq!(round_clamped(1e30, -5.0, 5.0), 5);
+        assert!(round_even_small(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn requant_rounds_half_to_even_and_saturates() {
+        assert_eq!(requant(5, 0.5, 0, 0, 255), 2); // 2.5 → 2
+        assert_eq!(requant(7, 0.5, 0, 0, 255), 4); // 3.5 → 4
+        assert_eq!(requant(-3, 0.5, 10, 0, 255), 8); // -1.5 → -2
+        assert_eq!(requant(i32::MAX, 1.0, 0, 0, 255), 255);
+        assert_eq!(requant(-1000, 1.0, 128, 0, 255), 0);
+        assert_eq!(requant(-1000, 1.0, 0, -128, 127), -128);
+    }
+}

@@ -1,0 +1,496 @@
+//! The quantized path's steps: QuantizeLinear, DequantizeLinear and
+//! DynamicQuantizeLinear between f32 and 8-bit tensors (per tensor or per
+//! axis, ONNX's arithmetic: `x / scale` rounded half to even in f32), and
+//! the integer products: QLinearConv/ConvInteger on [`QConvPlan`],
+//! QLinearMatMul/MatMulInteger on the integer GEMM. Scales and zero points
+//! that are not part of a plan are read from their operands at run time
+//! (a dynamic quantization's come from the step before).
+
+use std::sync::Arc;
+
+use kiln_ir::ElemType;
+
+use super::{operand, result};
+use crate::cpu::exec::NativeKernel;
+use crate::cpu::kernels::qconv::QConvPlan;
+use crate::cpu::kernels::qgemm::{
+    qgemm, round_clamped, shifted_zero, Int8, Packed, QGemm, QOut, MR,
+};
+use crate::cpu::view::{In, Out};
+
+/// The 8-bit type of a view, or why it is not one.
+pub fn int8_of(e: ElemType) -> Result<Int8, String> {
+    match e {
+        ElemType::U8 => Ok(Int8::U8),
+        ElemType::I8 => Ok(Int8::I8),
+        e => Err(format!("{e} is not an 8-bit integer type")),
+    }
+}
+
+/// An 8-bit operand's bytes.
+fn bytes8<'a>(x: &In<'a>) -> Result<(&'a [u8], Int8), String> {
+    let t = int8_of(x.elem())?;
+    // SAFETY: the view holds `len` one-byte elements, valid for 'a, not
+    // written while this step reads it (the step is not in place).
+    Ok((
+        unsafe { std::slice::from_raw_parts(x.bytes_ptr(), x.len()) },
+        t,
+    ))
+}
+
+/// An integer operand's values (zero points: u8, i8 or i32).
+fn ints_of(x: &In) -> Result<Vec<i32>, String> {
+    Ok(match x.elem() {
+        ElemType::U8 => x.u8s()?.iter().map(|&v| v as i32).collect(),
+        ElemType::I8 => x.i8s()?.iter().map(|&v| v as i32).collect(),
+        ElemType::I32 => x.i32s()?.to_vec(),
+        e => return Err(format!("zero point of type {e}")),
+    })
+}
+
+/// An optional zero point operand's values; zero when omitted.
+fn zero_points(inputs: &[Option<In>], i: usize) -> Result<Vec<i32>, String> {
+    match inputs.get(i).copied().flatten() {
+        Some(z) => ints_of(&z),
+        None => Ok(vec![0]),
+    }
+}
+
+/// The saturation range of an 8-bit result.
+fn range_of(e: ElemType) -> Result<(i32, i32), String> {
+    match e {
+        ElemType::U8 => Ok((0, 255)),
+        ElemType::I8 => Ok((-128, 127)),
+        e => Err(format!("no native quantization to {e}")),
+    }
+}
+
+/// Where a per-axis parameter applies: the flat tensor as `outer × axis ×
+/// inner`; a per-tensor one has `axis == 1`.
+#[derive(Clone, Copy, Debug)]
+pub struct AxisSplit {
+    pub outer: usize,
+    pub axis: usize,
+    pub inner: usize,
+}
+
+impl AxisSplit {
+    fn check(&self, what: &str, n: usize) -> Result<(), String> {
+        if n == 1 || n == self.axis {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} has {n} values for an axis of {}",
+                self.axis
+            ))
+        }
+    }
+
+    /// Calls `f(param index, flat range)` over the tensor.
+    fn for_each(&self, params: usize, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+        if params == 1 {
+            f(0, 0..self.outer * self.axis * self.inner);
+            return;
+        }
+        for o in 0..self.outer {
+            for a in 0..self.axis {
+                let at = (o * self.axis + a) * self.inner;
+                f(a, at..at + self.inner);
+            }
+        }
+    }
+}
+
+/// QuantizeLinear from f32 to u8/i8.
+pub struct Quantize {
+    pub split: AxisSplit,
+}
+
+impl NativeKernel for Quantize {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?.f32s()?;
+        let scale = operand(inputs, 1)?.f32s()?;
+        let zero = zero_points(inputs, 2)?;
+        let out = result(outputs, 0)?;
+        let (lo, hi) = range_of(out.elem())?;
+        self.split.check("scale", scale.len())?;
+        if zero.len() != 1 && zero.len() != scale.len() {
+            return Err("zero point and scale lengths differ".into());
+        }
+        if out.len() != x.len() {
+            return Err("QuantizeLinear changes the element count".into());
+        }
+        let dst = out.bytes_ptr();
+        self.split.for_each(scale.len(), |p, range| {
+            let s = scale[p];
+            let z = zero[if zero.len() == 1 { 0 } else { p }];
+            let (flo, fhi) = ((lo - z) as f32, (hi - z) as f32);
+            // SAFETY: `out` holds as many bytes as `x` has elements, and
+            // does not alias it (the step is not in place).
+            let d = unsafe { std::slice::from_raw_parts_mut(dst.add(range.start), range.len()) };
+            for (d, &v) in d.iter_mut().zip(&x[range]) {
+                // NaN becomes 0 (the zero point), as the reference rounds it.
+                let r = round_clamped(v / s, flo, fhi);
+                *d = (if v.is_nan() { z } else { r + z }) as u8;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// DequantizeLinear from u8/i8/i32 to f32.
+pub struct Dequantize {
+    pub split: AxisSplit,
+}
+
+impl NativeKernel for Dequantize {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let scale = operand(inputs, 1)?.f32s()?;
+        let zero = zero_points(inputs, 2)?;
+        let out = result(outputs, 0)?.f32s()?;
+        self.split.check("scale", scale.len())?;
+        if zero.len() != 1 && zero.len() != scale.len() {
+            return Err("zero point and scale lengths differ".into());
+        }
+        if out.len() != x.len() {
+            return Err("DequantizeLinear changes the element count".into());
+        }
+        // `$wide`: the type `x - z` is exact in (i32 for 8-bit values,
+        // which vectorizes; i64 for i32 values).
+        macro_rules! run {
+            ($src:expr, $wide:ty) => {{
+                let src = $src;
+                self.split.for_each(scale.len(), |p, range| {
+                    let s = scale[p];
+                    let z = zero[if zero.len() == 1 { 0 } else { p }] as $wide;
+                    for (o, &v) in out[range.clone()].iter_mut().zip(&src[range]) {
+                        *o = (v as $wide - z) as f32 * s;
+                    }
+                });
+            }};
+        }
+        match x.elem() {
+            ElemType::U8 => run!(x.u8s()?, i32),
+            ElemType::I8 => run!(x.i8s()?, i32),
+            ElemType::I32 => run!(x.i32s()?, i64),
+            e => return Err(format!("no native DequantizeLinear of {e}")),
+        }
+        Ok(())
+    }
+}
+
+/// DynamicQuantizeLinear: u8 with the scale and zero point of the
+/// tensor's range (widened to hold 0).
+pub struct DynamicQuantize;
+
+impl NativeKernel for DynamicQuantize {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?.f32s()?;
+        if x.is_empty() {
+            return Err("DynamicQuantizeLinear: empty input".into());
+        }
+        let (mut min, mut max) = (0.0f32, 0.0f32);
+        for &v in x {
+            // f32::min/max skip NaN, as the reference's fold does.
+            min = min.min(v);
+            max = max.max(v);
+        }
+        let scale = if max == min { 1.0f32 } else { max - min } / 255.0f32;
+        let zp = (0.0f32 - min / scale).clamp(0.0, 255.0).round_ties_even();
+        let (y, rest) = outputs
+            .split_first_mut()
+            .ok_or("DynamicQuantizeLinear has no results")?;
+        let y = y.u8s()?;
+        if y.len() != x.len() {
+            return Err("DynamicQuantizeLinear changes the element count".into());
+        }
+        let z = zp as i32;
+        for (d, &v) in y.iter_mut().zip(x) {
+            let r = round_clamped(v / scale, -zp, 255.0 - zp);
+            *d = (if v.is_nan() { z } else { r + z }) as u8;
+        }
+        if let Some(s) = rest.get_mut(0) {
+            s.f32s()?[0] = scale;
+        }
+        if let Some(z) = rest.get_mut(1) {
+            z.u8s()?[0] = zp as u8;
+        }
+        Ok(())
+    }
+}
+
+/// QLinearConv / ConvInteger: a planned quantized conv; the weights and
+/// the bias are the plan's, the input's zero point is read at run time
+/// where it is an operand (ConvInteger after a dynamic quantization).
+pub struct QConv {
+    pub plan: QConvPlan,
+    /// The operand holding the input's zero point, if the plan does not.
+    pub x_zero_operand: Option<usize>,
+}
+
+impl NativeKernel for QConv {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        let (x, _) = bytes8(&operand(inputs, 0)?)?;
+        let x_zero = match self.x_zero_operand {
+            Some(i) => match inputs.get(i).copied().flatten() {
+                Some(z) => Some(*ints_of(&z)?.first().ok_or("empty zero point")?),
+                None => Some(0),
+            },
+            None => None,
+        };
+        let out = result(outputs, 0)?;
+        let want = self.plan.out_shape().iter().product::<usize>();
+        if out.len() != want {
+            return Err("quantized conv: result size does not match the plan".into());
+        }
+        if out.elem() != ElemType::I32 {
+            int8_of(out.elem())?;
+        }
+        // SAFETY: `out` is the result's view, of the plan's element count
+        // (checked) and type (8-bit or i32, as the lowering planned it), and
+        // a distinct buffer from `x` (the step is not in place).
+        unsafe { self.plan.run(x, x_zero, out.bytes_ptr(), threads) }
+    }
+}
+
+/// B of an integer product: packed once (a constant) or per run.
+pub enum QMatB {
+    Packed(Arc<Packed>),
+    /// Operand index of a run-time B.
+    Operand(usize),
+}
+
+/// What an integer product's sums become.
+pub enum QMatOut {
+    /// QLinearMatMul: requantized per column (`mult` one or N values);
+    /// `wrap`: a value outside the result type wraps around instead of
+    /// saturating, as ONNX's reference and node tests define
+    /// QLinearMatMul (`np.rint(y).astype(dtype)`).
+    Requant {
+        mult: Vec<f32>,
+        zero: i32,
+        wrap: bool,
+    },
+    /// MatMulInteger: the sums.
+    I32,
+}
+
+/// QLinearMatMul / MatMulInteger: `[batch.., M, K] × [batch.., K, N]`
+/// with batch dims broadcast (B 2-D is the common weight case).
+pub struct QMatMul {
+    pub a_shape: Vec<usize>,
+    pub b_shape: Vec<usize>,
+    pub out_shape: Vec<usize>,
+    pub a: usize,
+    pub a_zero: Option<usize>,
+    pub b: QMatB,
+    pub b_type: Int8,
+    pub b_zero: Option<usize>,
+    pub out: QMatOut,
+}
+
+/// Row-major strides of `shape`'s batch dims as they broadcast to `out`'s
+/// (0 along a broadcast dim).
+fn batch_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let rank = out.len() - 2;
+    let own = shape.len().saturating_sub(2);
+    let mut st = vec![0; rank];
+    let mut acc = shape[shape.len() - 2] * shape[shape.len() - 1];
+    for d in (0..own).rev() {
+        let od = rank - own + d;
+        st[od] = if shape[d] == 1 { 0 } else { acc };
+        acc *= shape[d];
+    }
+    st
+}
+
+impl NativeKernel for QMatMul {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        let (a, a_type) = bytes8(&operand(inputs, self.a)?)?;
+        let za: Vec<i32> = match self.a_zero {
+            Some(i) => zero_points(inputs, i)?,
+            None => vec![0],
+        };
+        let zb: Vec<i32> = match self.b_zero {
+            Some(i) => zero_points(inputs, i)?,
+            None => vec![0],
+        };
+        let r = self.out_shape.len();
+        let (m, n) = (self.out_shape[r - 2], self.out_shape[r - 1]);
+        let k = self.a_shape[self.a_shape.len() - 1];
+        if za.len() != 1 && za.len() != m {
+            return Err("a zero point: one value or one per row".into());
+        }
+        if zb.len() != 1 && zb.len() != n {
+            return Err("b zero point: one value or one per column".into());
+        }
+        let zas: Vec<i32> = za.iter().map(|&z| shifted_zero(z, a_type, true)).collect();
+        let zbs: Vec<i32> = zb
+            .iter()
+            .map(|&z| shifted_zero(z, self.b_type, false))
+            .collect();
+        let out = result(outputs, 0)?;
+        let lohi = match self.out {
+            QMatOut::Requant { wrap: true, .. } => {
+                range_of(out.elem())?;
+                // Wide bounds: the byte store keeps the low 8 bits.
+                Some((-(1 << 22), 1 << 22))
+            }
+            QMatOut::Requant { .. } => Some(range_of(out.elem())?),
+            QMatOut::I32 => {
+                out.i32_ptr()?;
+                None
+            }
+        };
+        let dst = out.bytes_ptr();
+        let batches: usize = self.out_shape[..r - 2].iter().product();
+        let sa = batch_strides(&self.a_shape, &self.out_shape);
+        let sb = batch_strides(&self.b_shape, &self.out_shape);
+        let b_run = match &self.b {
+            QMatB::Operand(i) => Some(bytes8(&operand(inputs, *i)?)?.0),
+            QMatB::Packed(_) => None,
+        };
+        let mut pb = Packed::empty();
+        for bi in 0..batches {
+            // The batch index's offsets in A and B.
+            let (mut oa, mut ob, mut rem) = (0, 0, bi);
+            for d in (0..r - 2).rev() {
+                let i = rem % self.out_shape[d];
+                rem /= self.out_shape[d];
+                oa += i * sa[d];
+                ob += i * sb[d];
+            }
+            let ab = &a[oa..oa + m * k];
+            let pa = Packed::new(m, k, MR, a_type, true, |row, kk| ab[row * k + kk]);
+            let b_packed: &Packed = match (&self.b, b_run) {
+                (QMatB::Packed(p), _) => p,
+                (_, Some(b)) => {
+                    pb.pack_b_rows(&b[ob..ob + k * n], k, n, n, self.b_type, false);
+                    &pb
+                }
+                _ => return Err("B operand missing".into()),
+            };
+            let at = bi * m * n;
+            let qout = match (&self.out, lohi) {
+                (QMatOut::Requant { mult, zero, .. }, Some((lo, hi))) => QOut::Requant {
+                    mult,
+                    per_row: false,
+                    zero: *zero,
+                    lo,
+                    hi,
+                    // SAFETY: the result holds batches·m·n bytes.
+                    out: unsafe { dst.add(at) },
+                },
+                _ => QOut::I32 {
+                    // SAFETY: the result holds batches·m·n i32s.
+                    out: unsafe { (dst as *mut i32).add(at) },
+                },
+            };
+            let g = QGemm {
+                za: &zas,
+                zb: &zbs,
+                bias: None,
+                bias_per_row: false,
+                ldc: n,
+                out: qout,
+            };
+            qgemm(&pa, b_packed, &g, threads);
+        }
+        Ok(())
+    }
+}
+
+/// MaxPool of 8-bit values (2-D, 1-D as height 1): the largest in-bounds
+/// tap of each window, compared as u8 or i8; padding never wins, as in
+/// the float op.
+pub struct MaxPool8 {
+    /// Input: batch × channels, height, width.
+    pub planes: usize,
+    pub input: [usize; 2],
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    /// Top, left.
+    pub pads: [usize; 2],
+    pub out: [usize; 2],
+}
+
+impl MaxPool8 {
+    /// Each input row's maximum over the horizontal taps at every input
+    /// position (contiguous, vectorized), then the vertical maximum of
+    /// those rows at the strided positions.
+    fn pool<T: Copy + Ord + Send + Sync>(&self, x: &[T], out: &mut [T], lowest: T) {
+        let [h, w] = self.input;
+        let [oh, ow] = self.out;
+        let [kh, kw] = self.kernel;
+        let [sh, sw] = self.strides;
+        let [dh, dw] = self.dilations;
+        let [pt, pl] = self.pads;
+        // Row r of the padded-width maxima: hm[r][p] = max over taps j of
+        // the input at p + j·dw - pl (lowest outside).
+        let span = (ow - 1) * sw + 1;
+        let mut hm = vec![lowest; h * span];
+        for (p, dst) in out.chunks_exact_mut(oh * ow).enumerate().take(self.planes) {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            for (iy, hrow) in hm.chunks_exact_mut(span).enumerate() {
+                let src = &plane[iy * w..(iy + 1) * w];
+                hrow.fill(lowest);
+                for j in 0..kw {
+                    let off = (j * dw) as isize - pl as isize;
+                    // positions q with 0 <= q + off < w
+                    let lo = (-off).max(0) as usize;
+                    let hi = ((w as isize - off).max(0) as usize).min(span);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let s0 = (lo as isize + off) as usize;
+                    for (d, &v) in hrow[lo..hi].iter_mut().zip(&src[s0..s0 + (hi - lo)]) {
+                        *d = (*d).max(v);
+                    }
+                }
+            }
+            for y in 0..oh {
+                let line = &mut dst[y * ow..(y + 1) * ow];
+                line.fill(lowest);
+                for i in 0..kh {
+                    let iy = (y * sh + i * dh) as isize - pt as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let hrow = &hm[iy as usize * span..(iy as usize + 1) * span];
+                    for (xo, d) in line.iter_mut().enumerate() {
+                        *d = (*d).max(hrow[xo * sw]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl NativeKernel for MaxPool8 {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let out = result(outputs, 0)?;
+        let want = self.planes * self.out[0] * self.out[1];
+        if out.len() != want || x.len() != self.planes * self.input[0] * self.input[1] {
+            return Err("MaxPool: sizes do not match the plan".into());
+        }
+        match x.elem() {
+            ElemType::U8 => self.pool(x.u8s()?, out.u8s()?, 0),
+            ElemType::I8 => self.pool(x.i8s()?, out.i8s()?, i8::MIN),
+            e => return Err(format!("no 8-bit MaxPool of {e}")),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+"""Builds quantized versions of the shared models with onnxruntime's own tools.
+
+Nothing here is committed: the models go to `target/quant-models/<name>/`
+(override with the first argument), each laid out like an ONNX backend test
+(`model.onnx`, `test_data_set_0/input_N.pb`, `output_N.pb`) so `kiln
+conformance` and `../shared/bench/compare.sh` read them. Expected outputs
+are onnxruntime's on the *quantized* model (all optimizations), the engine
+users compare Kiln with.
+
+What it makes, from `../shared/models` and `../shared/zoo/models`:
+- `<cnn>_qdq`: `quantize_static`, QDQ format, u8 activations, s8 symmetric
+  per-channel weights, MinMax calibration on 16 seeded perturbations of the
+  test input (the way a user calibrates on a few samples);
+- `<cnn>_qop`: the same in QOperator format (`QLinearConv`, the
+  `com.microsoft` QLinear ops);
+- `minilm_l3_dyn`: `quantize_dynamic` (`DynamicQuantizeLinear` +
+  `MatMulInteger`);
+- `minilm_l3_nbits4`: `MatMulNBitsQuantizer`, 4-bit blocks of 32.
+
+Run: .venv-bench/bin/python tests/models/make_quant_models.py
+(needs onnx, onnxruntime >= 1.20, onnx_ir, numpy).
+"""
+import os
+import sys
+
+import logging
+
+import numpy as np
+import onnx
+import onnx.version_converter
+import onnxruntime as ort
+from onnx import numpy_helper
+from onnxruntime.quantization import (CalibrationDataReader, QuantFormat,
+                                      QuantType, quantize_dynamic,
+                                      quantize_static)
+from onnxruntime.quantization.matmul_nbits_quantizer import \
+    MatMulNBitsQuantizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "quant-models")
+
+CNNS = [
+    ("squeezenet_rand", os.path.join(SHARED, "models", "squeezenet_rand")),
+    ("ppocr_mobile_v2_cls", os.path.join(SHARED, "models", "ppocr_mobile_v2_cls")),
+    ("squeezenet1_1", os.path.join(SHARED, "zoo", "models", "squeezenet1_1")),
+    ("mobilenet_v3_small", os.path.join(SHARED, "zoo", "models", "mobilenet_v3_small")),
+    ("shufflenet_v2_x1_0", os.path.join(SHARED, "zoo", "models", "shufflenet_v2_x1_0")),
+]
+MINILM = os.path.join(SHARED, "models", "minilm_l3")
+
+
+def read_inputs(folder):
+    """The test inputs of `folder`, by graph input name."""
+    model = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+    names = [i.name for i in model.graph.input]
+    d = os.path.join(folder, "test_data_set_0")
+    out = {}
+    for k, name in enumerate(names):
+        p = os.path.join(d, f"input_{k}.pb")
+        if os.path.exists(p):
+            t = onnx.TensorProto()
+            with open(p, "rb") as f:
+                t.ParseFromString(f.read())
+            out[t.name or name] = numpy_helper.to_array(t)
+    return out
+
+
+class Perturbed(CalibrationDataReader):
+    """Seeded perturbations of one input set: float inputs get noise of a
+    tenth of their spread; integer inputs (token ids, masks) stay."""
+
+    def __init__(self, inputs, n=16, seed=20261206):
+        rng = np.random.default_rng(seed)
+        self.sets = []
+        for _ in range(n):
+            s = {}
+            for k, v in inputs.items():
+                if v.dtype.kind == "f":
+                    s[k] = (v + rng.standard_normal(v.shape).astype(v.dtype) * (v.std() * 0.1 + 1e-3)).astype(v.dtype)
+                else:
+                    s[k] = v
+            self.sets.append(s)
+        self.it = iter(self.sets)
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def write_case(name, model_path, inputs):
+    """test_data_set_0 for a quantized model: the inputs and onnxruntime's
+    outputs on it."""
+    d = os.path.join(OUT, name, "test_data_set_0")
+    os.makedirs(d, exist_ok=True)
+    sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
+    outs = sess.run(None, feed)
+    for k, i in enumerate(sess.get_inputs()):
+        t = numpy_helper.from_array(feed[i.name], i.name)
+        open(os.path.join(d, f"input_{k}.pb"), "wb").write(t.SerializeToString())
+    for k, (o, v) in enumerate(zip(sess.get_outputs(), outs)):
+        t = numpy_helper.from_array(v, o.name)
+        open(os.path.join(d, f"output_{k}.pb"), "wb").write(t.SerializeToString())
+    print(f"{name}: {os.path.getsize(model_path) / 1e6:.1f} MB")
+
+
+def main():
+    logging.getLogger().setLevel(logging.WARNING)
+    ort.set_default_logger_severity(3)
+    os.makedirs(OUT, exist_ok=True)
+    for name, folder in CNNS:
+        if not os.path.isdir(folder):
+            print(f"skip {name}: {folder} is missing")
+            continue
+        src = os.path.join(folder, "model.onnx")
+        inputs = read_inputs(folder)
+        m = onnx.load(src)
+        opset = max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+        if opset < 13:
+            # Per-channel DequantizeLinear (its `axis`) needs opset 13.
+            src = os.path.join(OUT, f"{name}_f32_opset13.onnx")
+            onnx.save(onnx.version_converter.convert_version(m, 13), src)
+        for fmt, suffix in [(QuantFormat.QDQ, "qdq"), (QuantFormat.QOperator, "qop")]:
+            dst_dir = os.path.join(OUT, f"{name}_{suffix}")
+            os.makedirs(dst_dir, exist_ok=True)
+            dst = os.path.join(dst_dir, "model.onnx")
+            try:
+                quantize_static(src, dst, Perturbed(inputs), quant_format=fmt, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            except Exception as e:  # the tool's own limits: say so, go on
+                print(f"skip {name}_{suffix}: quantize_static failed: {e!r}")
+                continue
+            write_case(f"{name}_{suffix}", dst, inputs)
+    if os.path.isdir(MINILM):
+        src = os.path.join(MINILM, "model.onnx")
+        inputs = read_inputs(MINILM)
+        dst_dir = os.path.join(OUT, "minilm_l3_dyn")
+        os.makedirs(dst_dir, exist_ok=True)
+        dst = os.path.join(dst_dir, "model.onnx")
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        write_case("minilm_l3_dyn", dst, inputs)
+
+        dst_dir = os.path.join(OUT, "minilm_l3_nbits4")
+        os.makedirs(dst_dir, exist_ok=True)
+        dst = os.path.join(dst_dir, "model.onnx")
+        q = MatMulNBitsQuantizer(onnx.load(src), block_size=32, is_symmetric=False, bits=4)
+        q.process()
+        q.model.save_model_to_file(dst, use_external_data_format=False)
+        write_case("minilm_l3_nbits4", dst, inputs)
+
+
+if __name__ == "__main__":
+    main()
