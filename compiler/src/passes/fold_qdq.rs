@@ -132,11 +132,17 @@ fn dq_of(m: &Module, r: &Region, def: &HashMap<ValueId, usize>, v: ValueId) -> O
 /// A zero point operand for `d`: its own, or a new constant zero of the
 /// integer operand's type (shaped like the scale).
 fn zero_of(m: &mut Module, r: &mut Region, d: &Dq, e: ElemType) -> Option<ValueId> {
-    if let Some(z) = d.zero {
-        return Some(z);
+    match d.zero {
+        Some(z) => Some(z),
+        None => zero_like(m, r, d.scale, e),
     }
-    let shape = m.constant(d.scale)?.shape.clone();
-    let n = d.scales.len();
+}
+
+/// A new constant zero of 8-bit type `e`, shaped like the constant
+/// `scale`, listed in `r`.
+fn zero_like(m: &mut Module, r: &mut Region, scale: ValueId, e: ElemType) -> Option<ValueId> {
+    let shape = m.constant(scale)?.shape.clone();
+    let n = m.constant(scale)?.numel() as usize;
     let data = TensorData::from_bytes(e, shape, vec![0u8; n]).ok()?;
     let id = m.add_constant_unique("zero_point", std::sync::Arc::new(data));
     r.constants.push(id);
@@ -291,19 +297,7 @@ fn conv(
     let zw = zero_of(m, r, &dw, we?)?;
     let zy = match yz {
         Some(z) => z,
-        None => zero_of(
-            m,
-            r,
-            &Dq {
-                q: y,
-                scale: ys,
-                zero: None,
-                scales: vec![1.0],
-                zeros: vec![0],
-                axis: 1,
-            },
-            elem(m, y)?,
-        )?,
+        None => zero_like(m, r, ys, elem(m, y)?)?,
     };
     let mut n = Node::new(
         "QLinearConv",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kiln_ir::{Attr, ElemType, Module, Node, ValueId};
 use kiln_runtime::cpu::kernels::qconv::{QConvGeometry, QConvOut, QConvPlan};
-use kiln_runtime::cpu::kernels::qgemm::{Int8, Packed, NR};
+use kiln_runtime::cpu::kernels::qgemm::{Int8, Packed};
 use kiln_runtime::cpu::steps::quant::{
     int8_of, AxisSplit, Dequantize, DynamicQuantize, QConv, QMatB, QMatMul, QMatOut, Quantize,
 };
@@ -267,9 +267,9 @@ pub(super) fn matmul(m: &Module, n: &Node) -> Result<NativeStep, String> {
             let (bytes, t) = const_bytes(m, b)?;
             // Constant weights: packed once, in the signed domain.
             captured.push(bi);
-            QMatB::Packed(Arc::new(Packed::new(nn, k, NR, t, false, |col, kk| {
-                bytes[kk * nn + col]
-            })))
+            let mut p = Packed::empty();
+            p.pack_b_rows(bytes, k, nn, nn, t, false);
+            QMatB::Packed(Arc::new(p))
         }
         _ => QMatB::Operand(bi),
     };

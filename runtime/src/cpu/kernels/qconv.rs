@@ -317,6 +317,7 @@ impl QConvPlan {
             .collect();
         let out_addr = out as usize;
         let parallel = threads > 1 && self.ops() >= 2.0e6;
+        let avx2 = has_avx2();
         for img in 0..n {
             let mut xt = vec![0i32; hp * wp * c];
             for ch in 0..c {
@@ -341,7 +342,7 @@ impl QConvPlan {
                             let ix = xo * g.strides[1] + j * g.dilations[1];
                             let src = &xt[(iy * wp + ix) * c..(iy * wp + ix + 1) * c];
                             let wv = &wt[(i * kw + j) * c..(i * kw + j + 1) * c];
-                            mac(&mut acc, src, wv);
+                            mac(avx2, &mut acc, src, wv);
                         }
                     }
                     let at = img * c * oh * ow + y * ow + xo;
@@ -451,9 +452,22 @@ impl QConvPlan {
     }
 }
 
-/// `acc += x · w`, element by element: with AVX2 where the CPU has it
-/// (the crate's baseline, SSE2, has no 32-bit vector multiply).
-fn mac(acc: &mut [i32], x: &[i32], w: &[i32]) {
+/// Whether [`mac`] may take its AVX2 form (asked once per run, not per
+/// tap).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `acc += x · w`, element by element: in AVX2 code where `avx2` says the
+/// CPU has it (the crate's baseline, SSE2, has no 32-bit vector multiply).
+fn mac(avx2: bool, acc: &mut [i32], x: &[i32], w: &[i32]) {
     #[inline(always)]
     fn plain(acc: &mut [i32], x: &[i32], w: &[i32]) {
         for ((a, &xv), &wv) in acc.iter_mut().zip(x).zip(w) {
@@ -463,12 +477,12 @@ fn mac(acc: &mut [i32], x: &[i32], w: &[i32]) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
-        fn avx2(acc: &mut [i32], x: &[i32], w: &[i32]) {
+        fn in_avx2(acc: &mut [i32], x: &[i32], w: &[i32]) {
             plain(acc, x, w)
         }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked).
-            return unsafe { avx2(acc, x, w) };
+        if avx2 {
+            // SAFETY: the caller checked the CPU has AVX2 (`has_avx2`).
+            return unsafe { in_avx2(acc, x, w) };
         }
     }
     plain(acc, x, w)

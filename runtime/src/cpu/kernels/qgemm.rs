@@ -1,6 +1,6 @@
 //! Integer GEMM, the quantized path's one product: `C[m][n] = Σ_k (A[m][k] -
 //! za[m]) · (B[k][n] - zb[n])` over 8-bit operands, exact in i32, then an
-//! output stage ([`QOut`]: requantize to u8/i8, keep i32, or scale to f32).
+//! output stage ([`QOut`]: requantize to u8/i8, or keep i32).
 //!
 //! The inner product is AVX-512 VNNI's `vpdpbusd` (four u8 × i8 products
 //! summed into each i32 lane) where the CPU has it, else portable Rust.
@@ -232,12 +232,6 @@ pub enum QOut<'a> {
     },
     /// The sums as they are.
     I32 { out: *mut i32 },
-    /// `acc · scale` in f32 (`scale` per row, per column or one value).
-    F32 {
-        scale: &'a [f32],
-        per_row: bool,
-        out: *mut f32,
-    },
 }
 
 // SAFETY: the pointers are the caller's result buffer; threads of one
@@ -414,20 +408,18 @@ fn store(a: &Packed, b: &Packed, g: &QGemm, m0: usize, n0: usize, acc: &[[i32; N
         Some(bias) if !g.bias_per_row => col(bias),
         _ => [0; NR],
     };
-    let colf = |v: &[f32]| -> [f32; NR] {
-        std::array::from_fn(|c| if c < cols { pickf(v, n0 + c) } else { 0.0 })
-    };
     let col_scale: Option<[f32; NR]> = match g.out {
         QOut::Requant {
             mult,
             per_row: false,
             ..
-        } => Some(colf(mult)),
-        QOut::F32 {
-            scale,
-            per_row: false,
-            ..
-        } => Some(colf(scale)),
+        } => Some(std::array::from_fn(|c| {
+            if c < cols {
+                pickf(mult, n0 + c)
+            } else {
+                0.0
+            }
+        })),
         _ => None,
     };
     for (r, row) in acc.iter().enumerate().take(rows) {
@@ -449,16 +441,6 @@ fn store(a: &Packed, b: &Packed, g: &QGemm, m0: usize, n0: usize, acc: &[[i32; N
                 // SAFETY: (m, n0..n0 + cols) is inside C; tiles are disjoint.
                 let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), cols) };
                 dst.copy_from_slice(&v[..cols]);
-            }
-            QOut::F32 { scale, out, .. } => {
-                let s: [f32; NR] = col_scale.unwrap_or([pickf(scale, m); NR]);
-                let mut f = [0f32; NR];
-                for c in 0..NR {
-                    f[c] = v[c] as f32 * s[c];
-                }
-                // SAFETY: as above.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), cols) };
-                dst.copy_from_slice(&f[..cols]);
             }
             QOut::Requant {
                 mult,
@@ -490,24 +472,16 @@ pub fn requant(x: i32, mult: f32, zero: i32, lo: i32, hi: i32) -> i32 {
 
 /// `x` saturated to `lo..=hi` (integer bounds, so rounding commutes with
 /// it; NaN becomes `lo`), rounded half to even, as i32 — in operations
-/// that vectorize: the rounding is [`round_even_small`]'s, and the integer
-/// is read from the sum's low mantissa bits instead of a saturating
-/// float-to-int conversion (scalar code with branches).
+/// that vectorize: adding 1.5·2²³ leaves no fraction bits (the FPU rounds
+/// half to even), and the integer is read from the sum's low mantissa bits
+/// instead of a saturating float-to-int conversion (scalar code with
+/// branches; `f32::round_ties_even` is a libm call on this crate's SSE2
+/// baseline).
 #[inline(always)]
 pub fn round_clamped(x: f32, lo: f32, hi: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
     let c = x.max(lo).min(hi);
     (c + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
-}
-
-/// `x` rounded half to even, for |x| < 2²²: adding and taking away
-/// 1.5·2²³ leaves no fraction bits, and the FPU's rounding is half to
-/// even. (`f32::round_ties_even` is a libm call on x86-64 without SSE4.1,
-/// 10× slower in the quantized path's hot loops.) NaN stays NaN.
-#[inline(always)]
-pub fn round_even_small(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (x + MAGIC) - MAGIC
 }
 
 #[cfg(test)]
@@ -606,13 +580,11 @@ pub(super) mod tests {
     fn small_rounding_is_half_to_even() {
         for i in -2000..2000 {
             let x = i as f32 * 0.25;
-            assert_eq!(round_even_small(x), x.round_ties_even(), "{x}");
             let want = x.round_ties_even().clamp(-300.0, 300.0) as i32;
             assert_eq!(round_clamped(x, -300.0, 300.0), want, "{x}");
         }
         assert_eq!(round_clamped(f32::NAN, -5.0, 5.0), -5);
         assert_eq!(round_clamped(1e30, -5.0, 5.0), 5);
-        assert!(round_even_small(f32::NAN).is_nan());
     }
 
     #[test]
