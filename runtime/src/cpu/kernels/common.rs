@@ -27,7 +27,7 @@ pub(crate) fn parallelism(threads: usize, flops: f64) -> Parallelism {
 
 /// Runs `unit(0..units)`: on the current rayon pool when `parallel` and
 /// there is more than one, else in order on this thread.
-pub(super) fn for_each_unit(parallel: bool, units: usize, unit: impl Fn(usize) + Sync + Send) {
+pub(crate) fn for_each_unit(parallel: bool, units: usize, unit: impl Fn(usize) + Sync + Send) {
     use rayon::prelude::*;
     if parallel && units > 1 {
         (0..units).into_par_iter().for_each(unit);

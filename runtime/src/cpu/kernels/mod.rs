@@ -17,8 +17,8 @@ mod rows;
 mod smallk;
 mod weights;
 
-pub(crate) use common::parallelism;
 pub use common::Epilogue;
+pub(crate) use common::{for_each_unit, parallelism};
 pub use conv::{ConvAttrs, ConvEpilogues, ConvPlan};
 pub use matmul::{GemmPlan, MatMulPlan};
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};

@@ -180,10 +180,12 @@ impl QConvPlan {
         }
         let ohw = g.out[0] * g.out[1];
         if let Some(d) = &self.direct {
-            if g.m == c && g.group == c {
-                self.run_depthwise(x, x_zero, d, out, threads);
+            // Channels-last pays a transposition to fill vectors whose
+            // rows would not; planar rows of 16 or more fill them as they are.
+            if g.m == c && g.group == c && g.out[1] < 16 {
+                self.run_channels_last(x, x_zero, d, out, threads);
             } else {
-                self.run_direct(x, x_zero, d, out, threads);
+                self.run_planar(x, x_zero, d, out, threads);
             }
             return Ok(());
         }
@@ -295,22 +297,20 @@ impl QConvPlan {
         }
     }
 
-    /// Depthwise (one output channel per input channel): channels-last,
-    /// so the taps' products vectorize over channels whatever the spatial
-    /// size (mobile nets' 7×7 and 14×14 maps leave NCHW rows too short).
-    /// The input is copied once to `[h + pads][w + pads][c]` as `x - zx`
-    /// in i16 with zeros around it (a padded tap adds `0·w`), the taps
+    /// Depthwise with small maps (one output channel per input channel,
+    /// rows shorter than a vector): channels-last, so the taps' products
+    /// vectorize over channels (mobile nets' 7×7 and 14×14 maps leave NCHW
+    /// rows too short). The input is copied once to `[h + pads][w + pads][c]`
+    /// as `x - zx` with zeros around it (a padded tap adds `0·w`), the taps
     /// transposed to `[tap][c]`; each output pixel sums its taps over all
     /// channels, then is requantized into the NCHW result.
-    fn run_depthwise(&self, x: &[u8], xz: i32, taps_of: &[i32], out: *mut u8, threads: usize) {
+    fn run_channels_last(&self, x: &[u8], xz: i32, taps_of: &[i32], out: *mut u8, threads: usize) {
         let g = &self.g;
         let [n, c, h, w] = g.x;
         let [oh, ow] = g.out;
         let [kh, kw] = g.kernel;
         let taps = kh * kw;
-        // Rows and columns the windows reach, padding included.
-        let hp = ((oh - 1) * g.strides[0] + (kh - 1) * g.dilations[0] + 1).max(h + g.pads[0]);
-        let wp = ((ow - 1) * g.strides[1] + (kw - 1) * g.dilations[1] + 1).max(w + g.pads[1]);
+        let (hp, wp) = self.padded_extent();
         let wt: Vec<i32> = (0..taps)
             .flat_map(|t| (0..c).map(move |ch| (t, ch)))
             .map(|(t, ch)| taps_of[ch * taps + t])
@@ -330,130 +330,202 @@ impl QConvPlan {
                     }
                 }
             }
-            let xt = &xt;
-            let wt = &wt;
+            let (xt, wt) = (&xt, &wt);
             for_each_unit(parallel, oh, |y| {
-                let mut acc = vec![0i32; c];
-                for xo in 0..ow {
-                    acc.copy_from_slice(&self.bias);
-                    for i in 0..kh {
-                        let iy = y * g.strides[0] + i * g.dilations[0];
-                        for j in 0..kw {
-                            let ix = xo * g.strides[1] + j * g.dilations[1];
-                            let src = &xt[(iy * wp + ix) * c..(iy * wp + ix + 1) * c];
-                            let wv = &wt[(i * kw + j) * c..(i * kw + j + 1) * c];
-                            mac(avx2, &mut acc, src, wv);
-                        }
-                    }
-                    let at = img * c * oh * ow + y * ow + xo;
-                    match &self.out {
-                        QConvOut::Requant { mult, zero, lo, hi } => {
-                            let o = out_addr as *mut u8;
-                            for (ch, &a) in acc.iter().enumerate() {
-                                let q = requant(a, mult[ch], *zero, *lo, *hi);
-                                // SAFETY: inside the result; units write
-                                // disjoint rows.
-                                unsafe { o.add(at + ch * oh * ow).write(q as u8) };
-                            }
-                        }
-                        QConvOut::I32 => {
-                            let o = out_addr as *mut i32;
-                            for (ch, &a) in acc.iter().enumerate() {
-                                // SAFETY: as above.
-                                unsafe { o.add(at + ch * oh * ow).write(a) };
-                            }
-                        }
-                    }
+                let at = img * c * oh * ow + y * ow;
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: the CPU has AVX2 (`has_avx2`); the row lies
+                    // inside the result and units write disjoint rows.
+                    return unsafe { self.channels_last_row_avx2(xt, wt, y, out_addr, at) };
                 }
+                // SAFETY: as above.
+                unsafe { self.channels_last_row(xt, wt, y, out_addr, at) }
             });
         }
     }
 
-    /// One input channel per group: each output channel sums its taps
-    /// directly, rows of outputs at a time.
-    fn run_direct(&self, x: &[u8], xz: i32, taps_of: &[i32], out: *mut u8, threads: usize) {
+    /// One output row of [`QConvPlan::run_channels_last`], written at
+    /// element `at` of the result (channel planes `oh·ow` apart).
+    #[inline(always)]
+    unsafe fn channels_last_row(&self, xt: &[i32], wt: &[i32], y: usize, out: usize, at: usize) {
         let g = &self.g;
-        let [n, c, h, w] = g.x;
+        let c = g.x[1];
         let [oh, ow] = g.out;
-        let mg = g.m / g.group;
-        let taps = g.kernel[0] * g.kernel[1];
-        let xt = self.x_type;
-        let out_addr = out as usize;
-        let parallel = threads > 1 && self.ops() >= 2.0e6;
-        for_each_unit(parallel, n * g.m, |u| {
-            let (img, m) = (u / g.m, u % g.m);
-            let ci = m / mg;
-            let plane = &x[(img * c + ci) * h * w..(img * c + ci + 1) * h * w];
-            let wt = &taps_of[m * taps..(m + 1) * taps];
-            let mut acc = vec![0i32; ow];
-            let mut xs = vec![0i32; w];
-            for y in 0..oh {
-                acc.fill(self.bias[m]);
-                for i in 0..g.kernel[0] {
-                    let iy = (y * g.strides[0] + i * g.dilations[0]) as isize - g.pads[0] as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    for (d, &b) in xs.iter_mut().zip(src) {
-                        *d = byte_value(b, xt) - xz;
-                    }
-                    for j in 0..g.kernel[1] {
-                        let wv = wt[i * g.kernel[1] + j];
-                        let off = (j * g.dilations[1]) as isize - g.pads[1] as isize;
-                        let s = g.strides[1];
-                        // Outputs whose tap lands inside the row.
-                        let lo = if off >= 0 {
-                            0
-                        } else {
-                            ((-off) as usize).div_ceil(s)
-                        };
-                        let hi = if (w as isize - off) <= 0 {
-                            0
-                        } else {
-                            ((w as isize - off) as usize).div_ceil(s).min(ow)
-                        };
-                        if s == 1 {
-                            let base = off + lo as isize;
-                            if lo < hi {
-                                let xr = &xs[base as usize..base as usize + (hi - lo)];
-                                for (a, &xv) in acc[lo..hi].iter_mut().zip(xr) {
-                                    *a += xv * wv;
-                                }
-                            }
-                        } else {
-                            for (xo, a) in acc.iter_mut().enumerate().take(hi).skip(lo) {
-                                *a += xs[(xo as isize * s as isize + off) as usize] * wv;
-                            }
-                        }
+        let [kh, kw] = g.kernel;
+        let wp = self.padded_extent().1;
+        let mut acc = vec![0i32; c];
+        let mut q = vec![0u8; c];
+        for xo in 0..ow {
+            acc.copy_from_slice(&self.bias);
+            for i in 0..kh {
+                let iy = y * g.strides[0] + i * g.dilations[0];
+                for j in 0..kw {
+                    let ix = xo * g.strides[1] + j * g.dilations[1];
+                    let src = &xt[(iy * wp + ix) * c..(iy * wp + ix + 1) * c];
+                    let wv = &wt[(i * kw + j) * c..(i * kw + j + 1) * c];
+                    for ((a, &xv), &wv) in acc.iter_mut().zip(src).zip(wv) {
+                        *a += xv * wv;
                     }
                 }
-                let at = ((img * g.m + m) * oh + y) * ow;
-                match &self.out {
-                    QConvOut::Requant { mult, zero, lo, hi } => {
-                        let out = out_addr as *mut u8;
-                        for (xo, &a) in acc.iter().enumerate() {
-                            let q = requant(a, mult[m], *zero, *lo, *hi);
-                            // SAFETY: inside the result; units write
-                            // disjoint channels.
-                            unsafe { out.add(at + xo).write(q as u8) };
-                        }
+            }
+            match &self.out {
+                QConvOut::Requant { mult, zero, lo, hi } => {
+                    for ((d, &a), &m) in q.iter_mut().zip(&acc).zip(mult) {
+                        *d = requant(a, m, *zero, *lo, *hi) as u8;
                     }
-                    QConvOut::I32 => {
-                        let out = out_addr as *mut i32;
-                        for (xo, &a) in acc.iter().enumerate() {
-                            // SAFETY: as above.
-                            unsafe { out.add(at + xo).write(a) };
+                    let o = out as *mut u8;
+                    for (ch, &b) in q.iter().enumerate() {
+                        // SAFETY: the caller's row, inside the result.
+                        unsafe { o.add(at + xo + ch * oh * ow).write(b) };
+                    }
+                }
+                QConvOut::I32 => {
+                    let o = out as *mut i32;
+                    for (ch, &a) in acc.iter().enumerate() {
+                        // SAFETY: as above.
+                        unsafe { o.add(at + xo + ch * oh * ow).write(a) };
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn channels_last_row_avx2(
+        &self,
+        xt: &[i32],
+        wt: &[i32],
+        y: usize,
+        out: usize,
+        at: usize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { self.channels_last_row(xt, wt, y, out, at) }
+    }
+
+    /// Rows and columns the windows reach, padding included.
+    fn padded_extent(&self) -> (usize, usize) {
+        let g = &self.g;
+        let [_, _, h, w] = g.x;
+        let [oh, ow] = g.out;
+        let hp =
+            ((oh - 1) * g.strides[0] + (g.kernel[0] - 1) * g.dilations[0] + 1).max(h + g.pads[0]);
+        let wp =
+            ((ow - 1) * g.strides[1] + (g.kernel[1] - 1) * g.dilations[1] + 1).max(w + g.pads[1]);
+        (hp, wp)
+    }
+
+    /// One input channel per group, planar (NCHW), one input plane per
+    /// unit with all its output channels: the plane is copied once as
+    /// `x - zx` in i32 with zeros around it and its columns split by phase
+    /// modulo the stride, so every tap of an output row reads one
+    /// contiguous run and the row's sums vectorize over its width.
+    fn run_planar(&self, x: &[u8], xz: i32, taps_of: &[i32], out: *mut u8, threads: usize) {
+        let [n, c, _, _] = self.g.x;
+        let out_addr = out as usize;
+        let parallel = threads > 1 && self.ops() >= 2.0e6;
+        let avx2 = has_avx2();
+        for_each_unit(parallel, n * c, |u| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2 (`has_avx2`); units write the
+                // disjoint output channels of their plane.
+                return unsafe { self.planar_unit_avx2(x, xz, taps_of, out_addr, u) };
+            }
+            // SAFETY: as above.
+            unsafe { self.planar_unit(x, xz, taps_of, out_addr, u) }
+        });
+    }
+
+    /// Input plane `u` (image · channel) of [`QConvPlan::run_planar`].
+    #[inline(always)]
+    unsafe fn planar_unit(&self, x: &[u8], xz: i32, taps_of: &[i32], out: usize, u: usize) {
+        let g = &self.g;
+        let [_, c, h, w] = g.x;
+        let [oh, ow] = g.out;
+        let [kh, kw] = g.kernel;
+        let [sh, sw] = g.strides;
+        let [dh, dw] = g.dilations;
+        let taps = kh * kw;
+        let mg = g.m / g.group;
+        let (img, ci) = (u / c, u % c);
+        let (hp, wp) = self.padded_extent();
+        // Padded column p sits in phase p % sw at p / sw.
+        let seg = wp.div_ceil(sw);
+        let mut xp = vec![0i32; hp * sw * seg];
+        let plane = &x[u * h * w..(u + 1) * h * w];
+        for (y, src) in plane.chunks_exact(w).enumerate() {
+            let row = &mut xp[(y + g.pads[0]) * sw * seg..(y + g.pads[0] + 1) * sw * seg];
+            if sw == 1 {
+                for (d, &b) in row[g.pads[1]..g.pads[1] + w].iter_mut().zip(src) {
+                    *d = byte_value(b, self.x_type) - xz;
+                }
+            } else {
+                // Phase `ph` holds padded columns ph, ph + sw, ...: input
+                // columns from the first at or after the left pad.
+                for ph in 0..sw {
+                    let first = (g.pads[1] + sw - ph - 1) / sw * sw + ph;
+                    let dst = &mut row[ph * seg + first / sw..(ph + 1) * seg];
+                    let from = first - g.pads[1];
+                    if from < w {
+                        for (d, &b) in dst.iter_mut().zip(src[from..].iter().step_by(sw)) {
+                            *d = byte_value(b, self.x_type) - xz;
                         }
                     }
                 }
             }
-        });
+        }
+        let mut acc = vec![0i32; ow];
+        for m in ci * mg..(ci + 1) * mg {
+            let wt = &taps_of[m * taps..(m + 1) * taps];
+            let at = ((img * g.m + m) * oh) * ow;
+            for y in 0..oh {
+                acc.fill(self.bias[m]);
+                for i in 0..kh {
+                    let row = &xp[(y * sh + i * dh) * sw * seg..(y * sh + i * dh + 1) * sw * seg];
+                    for j in 0..kw {
+                        let p = j * dw;
+                        let from = (p % sw) * seg + p / sw;
+                        let wv = wt[i * kw + j];
+                        for (a, &xv) in acc.iter_mut().zip(&row[from..from + ow]) {
+                            *a += xv * wv;
+                        }
+                    }
+                }
+                match &self.out {
+                    QConvOut::Requant { mult, zero, lo, hi } => {
+                        // SAFETY: row `y` of channel `m`, inside the result.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut((out as *mut u8).add(at + y * ow), ow)
+                        };
+                        for (d, &a) in dst.iter_mut().zip(&acc) {
+                            *d = requant(a, mult[m], *zero, *lo, *hi) as u8;
+                        }
+                    }
+                    QConvOut::I32 => {
+                        // SAFETY: as above.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut((out as *mut i32).add(at + y * ow), ow)
+                        };
+                        dst.copy_from_slice(&acc);
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn planar_unit_avx2(&self, x: &[u8], xz: i32, taps_of: &[i32], out: usize, u: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { self.planar_unit(x, xz, taps_of, out, u) }
     }
 }
 
-/// Whether [`mac`] may take its AVX2 form (asked once per run, not per
-/// tap).
+/// Whether the AVX2 forms of the direct kernels may run (asked once per
+/// run; the crate's baseline, SSE2, has no 32-bit vector multiply).
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -463,29 +535,6 @@ fn has_avx2() -> bool {
     {
         false
     }
-}
-
-/// `acc += x · w`, element by element: in AVX2 code where `avx2` says the
-/// CPU has it (the crate's baseline, SSE2, has no 32-bit vector multiply).
-fn mac(avx2: bool, acc: &mut [i32], x: &[i32], w: &[i32]) {
-    #[inline(always)]
-    fn plain(acc: &mut [i32], x: &[i32], w: &[i32]) {
-        for ((a, &xv), &wv) in acc.iter_mut().zip(x).zip(w) {
-            *a += xv * wv;
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        fn in_avx2(acc: &mut [i32], x: &[i32], w: &[i32]) {
-            plain(acc, x, w)
-        }
-        if avx2 {
-            // SAFETY: the caller checked the CPU has AVX2 (`has_avx2`).
-            return unsafe { in_avx2(acc, x, w) };
-        }
-    }
-    plain(acc, x, w)
 }
 
 #[cfg(test)]
@@ -507,6 +556,10 @@ mod tests {
             ([2, 5, 7, 6], 5, [3, 3], [2, 2], [1, 1], [1, 1], 5),
             ([1, 4, 9, 9], 4, [5, 5], [1, 1], [1, 1], [2, 2], 4),
             ([1, 3, 6, 7], 3, [3, 2], [1, 2], [2, 1], [2, 0], 3),
+            ([1, 5, 20, 37], 5, [3, 3], [1, 1], [1, 1], [1, 1], 5),
+            ([2, 3, 21, 40], 3, [3, 3], [2, 2], [1, 1], [1, 1], 3),
+            ([1, 4, 19, 41], 4, [5, 5], [2, 2], [1, 2], [2, 4], 4),
+            ([1, 4, 18, 33], 4, [3, 3], [3, 3], [1, 1], [0, 1], 4),
         ] {
             let [n, c, h, w] = x;
             let out = [

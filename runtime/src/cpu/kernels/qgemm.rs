@@ -296,17 +296,53 @@ pub fn qgemm(a: &Packed, b: &Packed, g: &QGemm, threads: usize) {
     let parallel = threads > 1 && flops >= super::common::PAR_FLOPS;
     for_each_unit(parallel, ru * cu, |u| {
         let (r, c) = (u / cu, u % cu);
-        for cp in c * cols_per..((c + 1) * cols_per).min(col_panels) {
-            for rp in r * rows_per..((r + 1) * rows_per).min(row_panels) {
-                let mut acc = [[0i32; NR]; MR];
-                tile(a, b, rp, cp, vnni, &mut acc);
-                store(a, b, g, rp * MR, cp * NR, &acc);
-            }
+        let rps = r * rows_per..((r + 1) * rows_per).min(row_panels);
+        let cps = c * cols_per..((c + 1) * cols_per).min(col_panels);
+        #[cfg(target_arch = "x86_64")]
+        if vnni {
+            // SAFETY: `has_vnni` checked the features.
+            return unsafe { unit_avx512(a, b, g, rps, cps) };
         }
+        unit(a, b, g, rps, cps, false)
     });
 }
 
+/// The tiles of one work unit, each stored as soon as it is summed.
+#[inline(always)]
+fn unit(
+    a: &Packed,
+    b: &Packed,
+    g: &QGemm,
+    rps: std::ops::Range<usize>,
+    cps: std::ops::Range<usize>,
+    vnni: bool,
+) {
+    for cp in cps {
+        for rp in rps.clone() {
+            let mut acc = [[0i32; NR]; MR];
+            tile(a, b, rp, cp, vnni, &mut acc);
+            store(a, b, g, rp * MR, cp * NR, &acc);
+        }
+    }
+}
+
+/// [`unit`] compiled for AVX-512, so the output stage's fixed-size array
+/// loops vectorize 16 wide (the crate's SSE2 baseline has not even a
+/// 32-bit vector multiply).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn unit_avx512(
+    a: &Packed,
+    b: &Packed,
+    g: &QGemm,
+    rps: std::ops::Range<usize>,
+    cps: std::ops::Range<usize>,
+) {
+    unit(a, b, g, rps, cps, true)
+}
+
 /// The raw sums `Σ a·b` of one tile.
+#[inline(always)]
 fn tile(a: &Packed, b: &Packed, rp: usize, cp: usize, vnni: bool, acc: &mut [[i32; NR]; MR]) {
     let (pa, pb) = (a.panel(rp), b.panel(cp));
     #[cfg(target_arch = "x86_64")]
@@ -395,6 +431,7 @@ unsafe fn vnni_tile<const A_UNSIGNED: bool>(
 /// through the output stage. Per-column parameters are gathered into
 /// tile-sized arrays first, so the per-row loops are plain arithmetic on
 /// fixed-size arrays (vectorized).
+#[inline(always)]
 fn store(a: &Packed, b: &Packed, g: &QGemm, m0: usize, n0: usize, acc: &[[i32; NR]; MR]) {
     let rows = MR.min(a.count - m0);
     let cols = NR.min(b.count - n0);
