@@ -83,7 +83,11 @@ fn raw_parts(t: &Tensor) -> Option<(*const u8, usize)> {
         Data::Bool(v) => parts!(v),
         Data::C64(v) => parts!(v),
         Data::C128(v) => parts!(v),
-        Data::Str(_) | Data::I4(_) | Data::U4(_) => None,
+        // One value per byte, as the interpreter keeps them (never the
+        // packed constant bytes: `is_viewable` is false for 4-bit types).
+        Data::I4(v) => parts!(v),
+        Data::U4(v) => parts!(v),
+        Data::Str(_) => None,
     }
 }
 

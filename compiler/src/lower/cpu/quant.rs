@@ -54,16 +54,8 @@ fn const_bytes(m: &Module, v: ValueId) -> Result<(&[u8], Int8), String> {
 /// How a parameter of `params` values spreads over a tensor of `shape`
 /// along `axis` (per tensor when there is one value).
 fn axis_split(n: &Node, shape: &[usize], params: usize) -> Result<AxisSplit, String> {
-    if n.attrs
-        .get("block_size")
-        .and_then(Attr::as_int)
-        .unwrap_or(0)
-        != 0
-    {
-        return Err("blocked quantization runs on the interpreter".into());
-    }
     let total: usize = shape.iter().product();
-    if params == 1 {
+    if params == 1 && block_size(n) == 0 {
         return Ok(AxisSplit {
             outer: 1,
             axis: 1,
@@ -97,6 +89,9 @@ pub(super) fn quantize(m: &Module, n: &Node) -> Result<NativeStep, String> {
     }
     let out = *n.outputs.first().ok_or("no result")?;
     int8_of(elem(m, out).ok_or("no result type")?)?;
+    if block_size(n) > 0 {
+        return Err("blocked QuantizeLinear runs on the interpreter".into());
+    }
     let split = axis_split(n, &m.static_shape(x)?, params_of(m, operand(n, 1)?)?)?;
     Ok(NativeStep::new(
         Box::new(Quantize { split }),
@@ -105,10 +100,21 @@ pub(super) fn quantize(m: &Module, n: &Node) -> Result<NativeStep, String> {
     ))
 }
 
+/// The `block_size` of a blocked quantization (0: none).
+fn block_size(n: &Node) -> usize {
+    n.attrs
+        .get("block_size")
+        .and_then(Attr::as_int)
+        .unwrap_or(0)
+        .max(0) as usize
+}
+
 pub(super) fn dequantize(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let x = operand(n, 0)?;
+    let block = block_size(n);
     match elem(m, x) {
         Some(ElemType::U8 | ElemType::I8 | ElemType::I32) => {}
+        Some(ElemType::U4 | ElemType::I4) if block > 0 => {}
         e => return Err(format!("no native DequantizeLinear of {e:?}")),
     }
     let out = *n.outputs.first().ok_or("no result")?;
@@ -117,7 +123,7 @@ pub(super) fn dequantize(m: &Module, n: &Node) -> Result<NativeStep, String> {
     }
     let split = axis_split(n, &m.static_shape(x)?, params_of(m, operand(n, 1)?)?)?;
     Ok(NativeStep::new(
-        Box::new(Dequantize { split }),
+        Box::new(Dequantize { split, block }),
         "DequantizeLinear",
         0.0,
     ))

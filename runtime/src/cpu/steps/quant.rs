@@ -12,6 +12,7 @@ use kiln_ir::ElemType;
 
 use super::{operand, result};
 use crate::cpu::exec::NativeKernel;
+use crate::cpu::kernels::for_each_unit;
 use crate::cpu::kernels::qconv::QConvPlan;
 use crate::cpu::kernels::qgemm::{
     qgemm, round_clamped, shifted_zero, Int8, Packed, QGemm, QOut, MR,
@@ -44,8 +45,21 @@ fn ints_of(x: &In) -> Result<Vec<i32>, String> {
         ElemType::U8 => x.u8s()?.iter().map(|&v| v as i32).collect(),
         ElemType::I8 => x.i8s()?.iter().map(|&v| v as i32).collect(),
         ElemType::I32 => x.i32s()?.to_vec(),
+        e @ (ElemType::U4 | ElemType::I4) => nibbles(x, e == ElemType::I4),
         e => return Err(format!("zero point of type {e}")),
     })
+}
+
+/// A 4-bit tensor's values: views of 4-bit tensors hold one value per
+/// byte (the interpreter's form), sign-extended when `signed`.
+fn nibbles(x: &In, signed: bool) -> Vec<i32> {
+    // SAFETY: a 4-bit view holds `len` bytes, valid while the step runs.
+    let bytes = unsafe { std::slice::from_raw_parts(x.bytes_ptr(), x.len()) };
+    if signed {
+        bytes.iter().map(|&b| b as i8 as i32).collect()
+    } else {
+        bytes.iter().map(|&b| b as i32).collect()
+    }
 }
 
 /// An optional zero point operand's values; zero when omitted.
@@ -141,6 +155,10 @@ impl NativeKernel for Quantize {
 /// DequantizeLinear from u8/i8/i32 to f32.
 pub struct Dequantize {
     pub split: AxisSplit,
+    /// Blocked quantization (0: per tensor or per axis): each run of
+    /// `block` along the axis has its own parameters, which have the
+    /// input's shape with the axis shortened to its block count.
+    pub block: usize,
 }
 
 impl NativeKernel for Dequantize {
@@ -149,12 +167,15 @@ impl NativeKernel for Dequantize {
         let scale = operand(inputs, 1)?.f32s()?;
         let zero = zero_points(inputs, 2)?;
         let out = result(outputs, 0)?.f32s()?;
+        if out.len() != x.len() {
+            return Err("DequantizeLinear changes the element count".into());
+        }
+        if self.block > 0 {
+            return self.blocked(x, scale, &zero, out);
+        }
         self.split.check("scale", scale.len())?;
         if zero.len() != 1 && zero.len() != scale.len() {
             return Err("zero point and scale lengths differ".into());
-        }
-        if out.len() != x.len() {
-            return Err("DequantizeLinear changes the element count".into());
         }
         // `$wide`: the type `x - z` is exact in (i32 for 8-bit values,
         // which vectorizes; i64 for i32 values).
@@ -175,6 +196,45 @@ impl NativeKernel for Dequantize {
             ElemType::I8 => run!(x.i8s()?, i32),
             ElemType::I32 => run!(x.i32s()?, i64),
             e => return Err(format!("no native DequantizeLinear of {e}")),
+        }
+        Ok(())
+    }
+}
+
+impl Dequantize {
+    /// Blocked: the parameters of element `(o, a, i)` of the
+    /// `outer × axis × inner` input are at `(o, a / block, i)`.
+    fn blocked(&self, x: In, scale: &[f32], zero: &[i32], out: &mut [f32]) -> Result<(), String> {
+        let AxisSplit { outer, axis, inner } = self.split;
+        let blocks = axis.div_ceil(self.block);
+        if scale.len() != outer * blocks * inner || (zero.len() != 1 && zero.len() != scale.len()) {
+            return Err("blocked DequantizeLinear: parameter shapes do not match".into());
+        }
+        let values: Vec<i32> = match x.elem() {
+            ElemType::U8 => x.u8s()?.iter().map(|&v| v as i32).collect(),
+            ElemType::I8 => x.i8s()?.iter().map(|&v| v as i32).collect(),
+            e @ (ElemType::U4 | ElemType::I4) => nibbles(&x, e == ElemType::I4),
+            e => return Err(format!("no native blocked DequantizeLinear of {e}")),
+        };
+        for o in 0..outer {
+            for a in 0..axis {
+                let at = (o * axis + a) * inner;
+                let p = (o * blocks + a / self.block) * inner;
+                let z = |i: usize| {
+                    if zero.len() == 1 {
+                        zero[0]
+                    } else {
+                        zero[p + i]
+                    }
+                };
+                for (i, (d, &v)) in out[at..at + inner]
+                    .iter_mut()
+                    .zip(&values[at..at + inner])
+                    .enumerate()
+                {
+                    *d = (v - z(i)) as f32 * scale[p + i];
+                }
+            }
         }
         Ok(())
     }
@@ -427,59 +487,78 @@ pub struct MaxPool8 {
 }
 
 impl MaxPool8 {
-    /// Each input row's maximum over the horizontal taps at every input
-    /// position (contiguous, vectorized), then the vertical maximum of
-    /// those rows at the strided positions.
-    fn pool<T: Copy + Ord + Send + Sync>(&self, x: &[T], out: &mut [T], lowest: T) {
+    /// Per plane (in parallel where there are enough): each output row's
+    /// vertical maximum over its window's input rows (contiguous,
+    /// vectorized) into a row padded with `lowest`, then the horizontal
+    /// maximum of that row at the strided positions (specialized for the
+    /// common windows, so the stride-2 reads vectorize as interleaved
+    /// loads).
+    fn pool<T: Copy + Ord + Send + Sync>(&self, x: &[T], out: &mut [T], lowest: T, threads: usize) {
         let [h, w] = self.input;
         let [oh, ow] = self.out;
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.strides;
         let [dh, dw] = self.dilations;
         let [pt, pl] = self.pads;
-        // Row r of the padded-width maxima: hm[r][p] = max over taps j of
-        // the input at p + j·dw - pl (lowest outside).
-        let span = (ow - 1) * sw + 1;
-        let mut hm = vec![lowest; h * span];
-        for (p, dst) in out.chunks_exact_mut(oh * ow).enumerate().take(self.planes) {
+        let span = ((ow - 1) * sw + (kw - 1) * dw + 1).max(pl + w);
+        let out_addr = out.as_mut_ptr() as usize;
+        let parallel = threads > 1 && self.planes * oh * ow * kh * kw >= 1 << 17;
+        for_each_unit(parallel, self.planes, |p| {
             let plane = &x[p * h * w..(p + 1) * h * w];
-            for (iy, hrow) in hm.chunks_exact_mut(span).enumerate() {
-                let src = &plane[iy * w..(iy + 1) * w];
-                hrow.fill(lowest);
-                for j in 0..kw {
-                    let off = (j * dw) as isize - pl as isize;
-                    // positions q with 0 <= q + off < w
-                    let lo = (-off).max(0) as usize;
-                    let hi = ((w as isize - off).max(0) as usize).min(span);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let s0 = (lo as isize + off) as usize;
-                    for (d, &v) in hrow[lo..hi].iter_mut().zip(&src[s0..s0 + (hi - lo)]) {
-                        *d = (*d).max(v);
-                    }
-                }
-            }
-            for y in 0..oh {
-                let line = &mut dst[y * ow..(y + 1) * ow];
-                line.fill(lowest);
+            // SAFETY: plane `p` of the result; units write disjoint planes.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut((out_addr as *mut T).add(p * oh * ow), oh * ow)
+            };
+            let mut vm = vec![lowest; span];
+            for (y, line) in dst.chunks_exact_mut(ow).enumerate() {
+                let vrow = &mut vm[pl..pl + w];
+                vrow.fill(lowest);
                 for i in 0..kh {
                     let iy = (y * sh + i * dh) as isize - pt as isize;
                     if iy < 0 || iy >= h as isize {
                         continue;
                     }
-                    let hrow = &hm[iy as usize * span..(iy as usize + 1) * span];
-                    for (xo, d) in line.iter_mut().enumerate() {
-                        *d = (*d).max(hrow[xo * sw]);
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    for (d, &v) in vrow.iter_mut().zip(src) {
+                        *d = (*d).max(v);
+                    }
+                }
+                match (kw, sw, dw) {
+                    (3, 2, 1) => row_max::<T, 3, 2>(&vm, line),
+                    (2, 2, 1) => row_max::<T, 2, 2>(&vm, line),
+                    (3, 1, 1) => row_max::<T, 3, 1>(&vm, line),
+                    _ => {
+                        for (xo, d) in line.iter_mut().enumerate() {
+                            *d = (0..kw).fold(lowest, |m, j| m.max(vm[xo * sw + j * dw]));
+                        }
                     }
                 }
             }
+        });
+    }
+}
+
+/// `line[x] = max(row[x·S .. x·S + K])` (the row padded so every window
+/// is inside it).
+#[inline(always)]
+fn row_max<T: Copy + Ord, const K: usize, const S: usize>(row: &[T], line: &mut [T]) {
+    for (xo, d) in line.iter_mut().enumerate() {
+        let win = &row[xo * S..xo * S + K];
+        let mut m = win[0];
+        for &v in &win[1..] {
+            m = m.max(v);
         }
+        *d = m;
     }
 }
 
 impl NativeKernel for MaxPool8 {
-    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
         let x = operand(inputs, 0)?;
         let out = result(outputs, 0)?;
         let want = self.planes * self.out[0] * self.out[1];
@@ -487,8 +566,8 @@ impl NativeKernel for MaxPool8 {
             return Err("MaxPool: sizes do not match the plan".into());
         }
         match x.elem() {
-            ElemType::U8 => self.pool(x.u8s()?, out.u8s()?, 0),
-            ElemType::I8 => self.pool(x.i8s()?, out.i8s()?, i8::MIN),
+            ElemType::U8 => self.pool(x.u8s()?, out.u8s()?, 0, threads),
+            ElemType::I8 => self.pool(x.i8s()?, out.i8s()?, i8::MIN, threads),
             e => return Err(format!("no 8-bit MaxPool of {e}")),
         }
         Ok(())
