@@ -29,7 +29,7 @@ impl CanonCtx<'_> {
         Ok(())
     }
 
-    fn constant(&mut self, hint: &str, data: TensorData) -> ValueId {
+    pub(super) fn constant(&mut self, hint: &str, data: TensorData) -> ValueId {
         let id = self.m.add_constant_unique(hint, Arc::new(data));
         self.region.constants.push(id);
         id
@@ -45,12 +45,12 @@ impl CanonCtx<'_> {
         Ok(self.constant(hint, d))
     }
 
-    fn const_1d(&mut self, hint: &str, values: &[i64]) -> Result<ValueId, String> {
+    pub(super) fn const_1d(&mut self, hint: &str, values: &[i64]) -> Result<ValueId, String> {
         self.const_i64(hint, values, vec![values.len() as u64])
     }
 
     /// A scalar constant of the element type of `like` (f32 if unknown).
-    fn const_scalar_like(
+    pub(super) fn const_scalar_like(
         &mut self,
         hint: &str,
         value: f64,
@@ -82,12 +82,12 @@ impl CanonCtx<'_> {
         Ok(self.constant(hint, d))
     }
 
-    fn fresh(&mut self, hint: &str) -> ValueId {
+    pub(super) fn fresh(&mut self, hint: &str) -> ValueId {
         self.m
             .add_value_unique(hint, super::tensor::placeholder_type())
     }
 
-    fn rank(&self, v: Option<ValueId>) -> Option<usize> {
+    pub(super) fn rank(&self, v: Option<ValueId>) -> Option<usize> {
         v.and_then(|v| self.m.ty(v).as_tensor().and_then(|t| t.rank()))
     }
 

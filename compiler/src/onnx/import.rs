@@ -15,11 +15,11 @@ use kiln_ir::{Attr, Attrs, ElemType, Module, Node, Region, TensorData, Type, Val
 use prost::bytes::Bytes;
 use prost::Message;
 
-use super::canon;
 use super::mapped::MappedModel;
 use super::proto::{self, attribute_proto::AttributeType};
 pub use super::tensor::placeholder_type;
 use super::tensor::{self, DataSource, TensorError};
+use super::{canon, contrib};
 
 /// An import failure: where (node, op type, opset or initializer) and what.
 #[derive(Debug, Clone, PartialEq)]
@@ -400,7 +400,12 @@ impl<'a> Importer<'a> {
             region,
             opset,
         };
-        canon::add_canonical(&mut cx, node).map_err(|e| ImportError::new(ctx(), e))?;
+        if contrib::EXPANDED.contains(&node.op.as_str()) {
+            contrib::expand(&mut cx, node)
+        } else {
+            canon::add_canonical(&mut cx, node)
+        }
+        .map_err(|e| ImportError::new(ctx(), e))?;
         for (name, id) in n.output[..n_out].iter().zip(outputs) {
             if !name.is_empty() {
                 self.bind(name, id);

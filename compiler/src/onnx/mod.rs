@@ -6,8 +6,11 @@
 //! - [`mapped`]: the model file mapped into memory, tensor bytes copied
 //!   out of it once.
 //! - [`canon`]: rewriting older op versions into the canonical IR op forms.
+//! - [`contrib`]: onnxruntime's `com.microsoft` quantized ops spelled out
+//!   in standard ops.
 
 pub mod canon;
+pub mod contrib;
 pub mod import;
 pub mod mapped;
 pub mod proto;

@@ -1,0 +1,533 @@
+//! onnxruntime's `com.microsoft` quantized ops, spelled out in standard
+//! ONNX ops at import, as onnxruntime's contrib-op documentation defines
+//! them: the QOperator ops (`QLinearAdd`, `QLinearMul`, `QLinearSigmoid`,
+//! `QLinearLeakyRelu`, `QLinearConcat`, `QLinearGlobalAveragePool`,
+//! `QLinearSoftmax`, `QGemm`) as `DequantizeLinear → op → QuantizeLinear`;
+//! the dynamic ones (`MatMulIntegerToFloat`, `DynamicQuantizeMatMul`) as
+//! the exact integer product (`MatMulInteger`) scaled to f32; the
+//! weight-only `MatMulNBits` as a blocked 4/8-bit `DequantizeLinear` of
+//! its weights feeding a `MatMul`.
+//!
+//! One form for each meaning: after import a QOperator model is a QDQ
+//! model, so the interpreter runs it with the standard ops' reference
+//! semantics and `fold-qdq` makes both formats integer code alike.
+
+use std::sync::Arc;
+
+use kiln_ir::{Attr, ElemType, Node, TensorData, ValueId};
+
+use super::canon::{add_canonical, tensor_type, CanonCtx};
+
+/// The ops this module expands (IR names).
+pub const EXPANDED: &[&str] = &[
+    "com.microsoft.QLinearAdd",
+    "com.microsoft.QLinearMul",
+    "com.microsoft.QLinearSigmoid",
+    "com.microsoft.QLinearLeakyRelu",
+    "com.microsoft.QLinearConcat",
+    "com.microsoft.QLinearGlobalAveragePool",
+    "com.microsoft.QLinearSoftmax",
+    "com.microsoft.QGemm",
+    "com.microsoft.MatMulIntegerToFloat",
+    "com.microsoft.DynamicQuantizeMatMul",
+    "com.microsoft.MatMulNBits",
+];
+
+/// Append the standard-op form of `node` (one of [`EXPANDED`]).
+pub fn expand(cx: &mut CanonCtx, node: Node) -> Result<(), String> {
+    let op = node.op.strip_prefix("com.microsoft.").unwrap_or(&node.op);
+    match op {
+        "QLinearAdd" | "QLinearMul" => qlinear_binary(cx, &node, &op[7..]),
+        "QLinearSigmoid" => qlinear_unary(cx, &node, Node::new("Sigmoid", vec![], vec![])),
+        "QLinearLeakyRelu" => {
+            let mut n = Node::new("LeakyRelu", vec![], vec![]);
+            let alpha = node.attr("alpha").and_then(Attr::as_float).unwrap_or(0.01);
+            n.attrs.insert("alpha".into(), Attr::Float(alpha));
+            qlinear_unary(cx, &node, n)
+        }
+        "QLinearGlobalAveragePool" => qlinear_global_average_pool(cx, &node),
+        "QLinearSoftmax" => qlinear_softmax(cx, &node),
+        "QLinearConcat" => qlinear_concat(cx, &node),
+        "QGemm" => qgemm(cx, &node),
+        "MatMulIntegerToFloat" => {
+            let [a, b, sa, sb, za, zb, bias] = operands(&node, 2)?;
+            integer_matmul_to_float(cx, &node, [a, b], [sa, sb], [za, zb], bias, result(&node)?)
+        }
+        "DynamicQuantizeMatMul" => {
+            let [a, b, sb, zb, bias] = operands(&node, 3)?;
+            let (aq, sa, za) = (
+                fresh(cx, &node, "a_q"),
+                fresh(cx, &node, "a_scale"),
+                fresh(cx, &node, "a_zero"),
+            );
+            cx.push(Node::new(
+                "DynamicQuantizeLinear",
+                vec![a],
+                vec![aq, sa, za],
+            ))?;
+            integer_matmul_to_float(
+                cx,
+                &node,
+                [Some(aq), b],
+                [Some(sa), sb],
+                [Some(za), zb],
+                bias,
+                result(&node)?,
+            )
+        }
+        "MatMulNBits" => matmul_nbits(cx, &node),
+        _ => Err(format!("`{}` has no expansion", node.op)),
+    }
+}
+
+/// The node's first `N` operand slots (absent ones `None`), requiring the
+/// first `required`.
+fn operands<const N: usize>(node: &Node, required: usize) -> Result<[Option<ValueId>; N], String> {
+    let v: [Option<ValueId>; N] = std::array::from_fn(|i| node.input(i));
+    if let Some(i) = v[..required].iter().position(Option::is_none) {
+        return Err(format!("{} needs operand {i}", node.op));
+    }
+    Ok(v)
+}
+
+fn result(node: &Node) -> Result<ValueId, String> {
+    node.outputs
+        .first()
+        .copied()
+        .ok_or_else(|| "the node has no result".into())
+}
+
+fn fresh(cx: &mut CanonCtx, node: &Node, what: &str) -> ValueId {
+    let base = if node.name.is_empty() {
+        node.op.to_lowercase()
+    } else {
+        node.name.clone()
+    };
+    cx.fresh(&format!("{base}_{what}"))
+}
+
+fn elem_of(cx: &CanonCtx, v: Option<ValueId>, what: &str) -> Result<ElemType, String> {
+    v.and_then(|v| tensor_type(cx.m, v).map(|t| t.elem))
+        .ok_or_else(|| format!("the element type of {what} must be known"))
+}
+
+/// A zero point: the given one, or a 0 of `elem` (the contrib ops' default
+/// is 0 of the quantized operand's type; `QuantizeLinear` without one would
+/// make u8).
+fn zero_point(
+    cx: &mut CanonCtx,
+    node: &Node,
+    z: Option<ValueId>,
+    elem: ElemType,
+) -> Result<ValueId, String> {
+    match z {
+        Some(z) => Ok(z),
+        None => {
+            let d = TensorData::from_bytes(
+                elem,
+                vec![],
+                vec![0; elem.storage_bytes(1).unwrap_or(1) as usize],
+            )
+            .map_err(|e| e.to_string())?;
+            let base = if node.name.is_empty() {
+                node.op.to_lowercase()
+            } else {
+                node.name.clone()
+            };
+            Ok(cx.constant(&format!("{base}_zero"), d))
+        }
+    }
+}
+
+/// `DequantizeLinear(x, scale, zero)` into a new value.
+fn dequantize(
+    cx: &mut CanonCtx,
+    node: &Node,
+    x: Option<ValueId>,
+    scale: Option<ValueId>,
+    zero: Option<ValueId>,
+    what: &str,
+) -> Result<ValueId, String> {
+    let y = fresh(cx, node, what);
+    cx.push(Node::new("DequantizeLinear", vec![x, scale, zero], vec![y]))?;
+    Ok(y)
+}
+
+/// `QuantizeLinear(x, scale, zero)` into the node's result, the zero point
+/// defaulting to 0 of `elem`.
+fn quantize_into(
+    cx: &mut CanonCtx,
+    node: &Node,
+    x: ValueId,
+    scale: Option<ValueId>,
+    zero: Option<ValueId>,
+    elem: ElemType,
+) -> Result<(), String> {
+    let z = zero_point(cx, node, zero, elem)?;
+    cx.push(Node::new(
+        "QuantizeLinear",
+        vec![Some(x), scale, Some(z)],
+        vec![result(node)?],
+    ))
+}
+
+/// `QLinearAdd`/`QLinearMul(A, A_scale, A_zero?, B, B_scale, B_zero?,
+/// C_scale, C_zero?)`: `C = Q(DQ(A) ⊕ DQ(B))`, broadcasting.
+fn qlinear_binary(cx: &mut CanonCtx, node: &Node, op: &str) -> Result<(), String> {
+    let [a, sa, za, b, sb, zb, sc, zc] = operands(node, 7)?;
+    let elem = elem_of(cx, a, "A")?;
+    let da = dequantize(cx, node, a, sa, za, "a")?;
+    let db = dequantize(cx, node, b, sb, zb, "b")?;
+    let y = fresh(cx, node, "float");
+    cx.push(Node::new(op, vec![Some(da), Some(db)], vec![y]))?;
+    quantize_into(cx, node, y, sc, zc, elem)
+}
+
+/// `QLinear<Op>(X, X_scale, X_zero?, Y_scale, Y_zero?)`: `Y = Q(op(DQ(X)))`
+/// (`op`'s operands so far follow X).
+fn qlinear_unary(cx: &mut CanonCtx, node: &Node, mut op: Node) -> Result<(), String> {
+    let [x, sx, zx, sy, zy] = operands(node, 4)?;
+    let elem = elem_of(cx, x, "X")?;
+    let dx = dequantize(cx, node, x, sx, zx, "x")?;
+    let y = fresh(cx, node, "float");
+    op.inputs.insert(0, Some(dx));
+    op.outputs = vec![y];
+    cx.push(op)?;
+    quantize_into(cx, node, y, sy, zy, elem)
+}
+
+/// `QLinearGlobalAveragePool(X, x_scale, x_zero, y_scale, y_zero;
+/// channels_last)`: the mean over the spatial dims (dims 1..r-1 when
+/// channels are last, kept as 1s).
+fn qlinear_global_average_pool(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
+    if node
+        .attr("channels_last")
+        .and_then(Attr::as_int)
+        .unwrap_or(0)
+        == 0
+    {
+        return qlinear_unary(cx, node, Node::new("GlobalAveragePool", vec![], vec![]));
+    }
+    let r = cx
+        .rank(node.input(0))
+        .ok_or("QLinearGlobalAveragePool with channels last needs a known rank")?;
+    if r < 3 {
+        return Err(format!(
+            "QLinearGlobalAveragePool needs rank 3 or more, got {r}"
+        ));
+    }
+    let axes: Vec<i64> = (1..r as i64 - 1).collect();
+    let axes = cx.const_1d("global_pool_axes", &axes)?;
+    let mut mean = Node::new("ReduceMean", vec![Some(axes)], vec![]);
+    mean.attrs.insert("keepdims".into(), Attr::Int(1));
+    qlinear_unary(cx, node, mean)
+}
+
+/// `QLinearSoftmax(X, X_scale, x_zero, y_scale, y_zero; axis, opset)`:
+/// Softmax with the semantics of the `opset` it names (before 13: the
+/// input coerced to 2-D at `axis`).
+fn qlinear_softmax(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
+    let [x, sx, zx, sy, zy] = operands(node, 4)?;
+    let elem = elem_of(cx, x, "X")?;
+    let opset = node
+        .attr("opset")
+        .and_then(Attr::as_int)
+        .ok_or("QLinearSoftmax needs its `opset` attribute")?;
+    let axis = node.attr("axis").and_then(Attr::as_int).unwrap_or(-1);
+    let dx = dequantize(cx, node, x, sx, zx, "x")?;
+    let y = fresh(cx, node, "float");
+    let mut sm = Node::new("Softmax", vec![Some(dx)], vec![y]);
+    sm.attrs.insert("axis".into(), Attr::Int(axis));
+    let saved = cx.opset;
+    cx.opset = opset;
+    let pushed = add_canonical(cx, sm);
+    cx.opset = saved;
+    pushed?;
+    quantize_into(cx, node, y, sy, zy, elem)
+}
+
+/// `QLinearConcat(Y_scale, Y_zero, (X, X_scale, X_zero)...; axis)`.
+fn qlinear_concat(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
+    let (sy, zy) = (node.input(0), node.input(1));
+    let rest = &node.inputs[2.min(node.inputs.len())..];
+    if rest.is_empty() || !rest.len().is_multiple_of(3) || sy.is_none() || zy.is_none() {
+        return Err(
+            "QLinearConcat takes Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) triples"
+                .into(),
+        );
+    }
+    let elem = elem_of(cx, zy, "Y_zero_point")?;
+    let mut parts = vec![];
+    for (i, t) in rest.chunks(3).enumerate() {
+        parts.push(Some(dequantize(
+            cx,
+            node,
+            t[0],
+            t[1],
+            t[2],
+            &format!("x{i}"),
+        )?));
+    }
+    let y = fresh(cx, node, "float");
+    let mut cat = Node::new("Concat", parts, vec![y]);
+    let axis = node
+        .attr("axis")
+        .and_then(Attr::as_int)
+        .ok_or("QLinearConcat needs `axis`")?;
+    cat.attrs.insert("axis".into(), Attr::Int(axis));
+    cx.push(cat)?;
+    quantize_into(cx, node, y, sy, zy, elem)
+}
+
+/// `QGemm(A, a_scale, a_zero, B, b_scale, b_zero, C?, y_scale?, y_zero?;
+/// alpha, transA, transB)`: the exact integer product and the i32 bias C,
+/// both at scale `alpha·a_scale·b_scale`, in f32, then quantized when
+/// `y_scale` is given.
+fn qgemm(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
+    let [a, sa, za, b, sb, zb, c, sy, zy] = operands(node, 6)?;
+    let alpha = node.attr("alpha").and_then(Attr::as_float).unwrap_or(1.0);
+    let trans = |name: &str| node.attr(name).and_then(Attr::as_int).unwrap_or(0) != 0;
+    let transpose =
+        |cx: &mut CanonCtx, v: Option<ValueId>, what: &str| -> Result<Option<ValueId>, String> {
+            let t = fresh(cx, node, what);
+            let mut n = Node::new("Transpose", vec![v], vec![t]);
+            n.attrs.insert("perm".into(), Attr::Ints(vec![1, 0]));
+            cx.push(n)?;
+            Ok(Some(t))
+        };
+    let a = if trans("transA") {
+        transpose(cx, a, "a_t")?
+    } else {
+        a
+    };
+    let b = if trans("transB") {
+        transpose(cx, b, "b_t")?
+    } else {
+        b
+    };
+    let acc = fresh(cx, node, "acc");
+    cx.push(Node::new("MatMulInteger", vec![a, b, za, zb], vec![acc]))?;
+    let y = match sy {
+        Some(_) => fresh(cx, node, "float"),
+        None => result(node)?,
+    };
+    let scale = product_scale(cx, node, sa, sb, alpha)?;
+    // C joins in f32: an i32 Add would keep the scaling chain out of the
+    // CPU backend's generated loops (f32 only); the sums stay exact to
+    // f32's 24 bits either way.
+    let bias = match c {
+        Some(c) => {
+            let f = fresh(cx, node, "c_f32");
+            let mut cast = Node::new("Cast", vec![Some(c)], vec![f]);
+            cast.attrs.insert("to".into(), Attr::Int(1));
+            cx.push(cast)?;
+            let cs = fresh(cx, node, "c_scaled");
+            cx.push(Node::new("Mul", vec![Some(f), Some(scale)], vec![cs]))?;
+            Some(cs)
+        }
+        None => None,
+    };
+    scale_to_float(cx, node, acc, scale, bias, y)?;
+    if sy.is_some() {
+        quantize_into(cx, node, y, sy, zy, ElemType::U8)?;
+    }
+    Ok(())
+}
+
+/// `a_scale · b_scale (· alpha)` as a value (folded when both are constant).
+fn product_scale(
+    cx: &mut CanonCtx,
+    node: &Node,
+    sa: Option<ValueId>,
+    sb: Option<ValueId>,
+    alpha: f32,
+) -> Result<ValueId, String> {
+    let s = fresh(cx, node, "scale");
+    cx.push(Node::new("Mul", vec![sa, sb], vec![s]))?;
+    if alpha == 1.0 {
+        return Ok(s);
+    }
+    let a = cx.const_scalar_like("qgemm_alpha", alpha as f64, Some(s))?;
+    let s2 = fresh(cx, node, "scale_alpha");
+    cx.push(Node::new("Mul", vec![Some(s), Some(a)], vec![s2]))?;
+    Ok(s2)
+}
+
+/// `y = f32(acc) · scale (+ bias)`.
+fn scale_to_float(
+    cx: &mut CanonCtx,
+    node: &Node,
+    acc: ValueId,
+    scale: ValueId,
+    bias: Option<ValueId>,
+    y: ValueId,
+) -> Result<(), String> {
+    let f = fresh(cx, node, "acc_f32");
+    let mut cast = Node::new("Cast", vec![Some(acc)], vec![f]);
+    cast.attrs.insert("to".into(), Attr::Int(1));
+    cx.push(cast)?;
+    match bias {
+        None => cx.push(Node::new("Mul", vec![Some(f), Some(scale)], vec![y])),
+        Some(bias) => {
+            let m = fresh(cx, node, "scaled");
+            cx.push(Node::new("Mul", vec![Some(f), Some(scale)], vec![m]))?;
+            cx.push(Node::new("Add", vec![Some(m), Some(bias)], vec![y]))
+        }
+    }
+}
+
+/// `(A - a_zero)(B - b_zero) · a_scale · b_scale + bias` in f32, the
+/// product exact in i32 (`b_scale`/`b_zero` one or per column).
+fn integer_matmul_to_float(
+    cx: &mut CanonCtx,
+    node: &Node,
+    [a, b]: [Option<ValueId>; 2],
+    [sa, sb]: [Option<ValueId>; 2],
+    [za, zb]: [Option<ValueId>; 2],
+    bias: Option<ValueId>,
+    y: ValueId,
+) -> Result<(), String> {
+    let acc = fresh(cx, node, "acc");
+    cx.push(Node::new("MatMulInteger", vec![a, b, za, zb], vec![acc]))?;
+    let scale = product_scale(cx, node, sa, sb, 1.0)?;
+    scale_to_float(cx, node, acc, scale, bias, y)
+}
+
+/// `MatMulNBits(A, B, scales, zero_points?, g_idx?, bias?; K, N, bits,
+/// block_size)`: B is `[N][blocks][block_size·bits/8]` bytes (low nibble
+/// first for 4 bits), scales `[N·blocks]`, zero points packed like B
+/// (default `2^(bits-1)`) or of the scales' type. Becomes `A · Wᵀ + bias`
+/// with `W = DequantizeLinear(Bq [N, K], scales [N, blocks], zero,
+/// axis 1, block_size)`: the weights stay 4/8-bit constants.
+fn matmul_nbits(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
+    let [a, b, scales, zeros, g_idx, bias] = operands(node, 3)?;
+    if g_idx.is_some() {
+        return Err("MatMulNBits with g_idx (act-order) is not supported".into());
+    }
+    let int = |name: &str| -> Result<usize, String> {
+        node.attr(name)
+            .and_then(Attr::as_int)
+            .filter(|&v| v > 0)
+            .map(|v| v as usize)
+            .ok_or_else(|| format!("MatMulNBits needs a positive `{name}`"))
+    };
+    let (k, n, bits, block) = (int("K")?, int("N")?, int("bits")?, int("block_size")?);
+    if bits != 4 && bits != 8 {
+        return Err(format!(
+            "MatMulNBits with {bits} bits is not supported (4 or 8)"
+        ));
+    }
+    if block < 16 || !block.is_power_of_two() {
+        return Err(format!(
+            "MatMulNBits block_size {block} must be a power of two, at least 16"
+        ));
+    }
+    let blocks = k.div_ceil(block);
+    let constant = |cx: &CanonCtx, v: Option<ValueId>, what: &str| {
+        v.and_then(|v| cx.m.constant(v).cloned())
+            .ok_or_else(|| format!("MatMulNBits needs a constant {what}"))
+    };
+    let bq: Arc<TensorData> = constant(cx, b, "B")?;
+    let blob = block * bits / 8;
+    let bytes = bq.bytes().ok_or("MatMulNBits: B has no data")?;
+    if bq.elem != ElemType::U8 || bytes.len() != n * blocks * blob {
+        return Err(format!("MatMulNBits: B must be u8 [{n}, {blocks}, {blob}]"));
+    }
+    let unpacked = |bytes: &[u8], per_row: usize, count: usize| -> Vec<u8> {
+        // Row r's values: `count` of them from its `per_row` bytes.
+        (0..bytes.len() / per_row)
+            .flat_map(|r| {
+                let row = &bytes[r * per_row..(r + 1) * per_row];
+                (0..count).map(move |i| {
+                    if bits == 8 {
+                        row[i]
+                    } else {
+                        (row[i / 2] >> (4 * (i % 2))) & 15
+                    }
+                })
+            })
+            .collect()
+    };
+    let (qt, default_zero) = if bits == 4 {
+        (ElemType::U4, 8u8)
+    } else {
+        (ElemType::U8, 128u8)
+    };
+    let pack = |values: &[u8], shape: Vec<u64>| -> Result<TensorData, String> {
+        let data = if bits == 8 {
+            values.to_vec()
+        } else {
+            values
+                .chunks(2)
+                .map(|p| p[0] | p.get(1).map_or(0, |h| h << 4))
+                .collect()
+        };
+        TensorData::from_bytes(qt, shape, data).map_err(|e| e.to_string())
+    };
+    // W's values [N, K]: each row's blocks, the padding past K dropped.
+    let w: Vec<u8> = unpacked(bytes, blocks * blob, blocks * block)
+        .chunks(blocks * block)
+        .flat_map(|r| r[..k].to_vec())
+        .collect();
+    let wq = cx.constant("matmul_nbits_weights", pack(&w, vec![n as u64, k as u64])?);
+    // Scales [N, blocks].
+    let s = constant(cx, scales, "scales")?;
+    if s.numel() != (n * blocks) as u64 {
+        return Err(format!(
+            "MatMulNBits: scales must have {} values",
+            n * blocks
+        ));
+    }
+    let mut s2 = (*s).clone();
+    s2.shape = vec![n as u64, blocks as u64];
+    let sv = cx.constant("matmul_nbits_scales", s2);
+    let zero = match zeros {
+        Some(z) => {
+            let zd = constant(cx, Some(z), "zero_points")?;
+            if zd.elem == ElemType::U8 {
+                let per_row = (blocks * bits).div_ceil(8);
+                let zb = zd.bytes().ok_or("MatMulNBits: zero points have no data")?;
+                if zb.len() != n * per_row {
+                    return Err(format!(
+                        "MatMulNBits: zero points must be u8 [{}]",
+                        n * per_row
+                    ));
+                }
+                pack(
+                    &unpacked(zb, per_row, blocks),
+                    vec![n as u64, blocks as u64],
+                )?
+            } else {
+                return Err("MatMulNBits with float zero points is not supported".into());
+            }
+        }
+        None => pack(
+            &vec![default_zero; n * blocks],
+            vec![n as u64, blocks as u64],
+        )?,
+    };
+    let zv = cx.constant("matmul_nbits_zero", zero);
+    let wf = fresh(cx, node, "w");
+    let mut dq = Node::new(
+        "DequantizeLinear",
+        vec![Some(wq), Some(sv), Some(zv)],
+        vec![wf],
+    );
+    dq.attrs.insert("axis".into(), Attr::Int(1));
+    dq.attrs
+        .insert("block_size".into(), Attr::Int(block as i64));
+    cx.push(dq)?;
+    let wt = fresh(cx, node, "w_t");
+    let mut t = Node::new("Transpose", vec![Some(wf)], vec![wt]);
+    t.attrs.insert("perm".into(), Attr::Ints(vec![1, 0]));
+    cx.push(t)?;
+    let y = result(node)?;
+    match bias {
+        None => cx.push(Node::new("MatMul", vec![a, Some(wt)], vec![y])),
+        Some(bias) => {
+            let p = fresh(cx, node, "product");
+            cx.push(Node::new("MatMul", vec![a, Some(wt)], vec![p]))?;
+            cx.push(Node::new("Add", vec![Some(p), Some(bias)], vec![y]))
+        }
+    }
+}
