@@ -479,3 +479,63 @@ fn matmul_nbits_dequantizes_blocks() {
         }
     }
 }
+
+/// Malformed contrib ops fail to import with the node and the reason, not
+/// a panic.
+#[test]
+fn malformed_contrib_ops_are_import_errors() {
+    let nbits = |bits: i64, b_is_input: bool, blob: usize| {
+        let mut m = OnnxBuilder::new("bad", 17)
+            .input("a", tensor_type(F32, &["1", "32"]))
+            .initializer(f32_tensor("s", &[2], &[0.1, 0.1]));
+        m = if b_is_input {
+            m.input("b", tensor_type(U8, &["2", "1", "16"]))
+        } else {
+            m.initializer(bytes_tensor(
+                "b",
+                U8,
+                &[2, 1, blob as i64],
+                &vec![0; 2 * blob],
+            ))
+        };
+        model(
+            m.node_with(
+                "MatMulNBits",
+                &["a", "b", "s"],
+                &["y"],
+                vec![
+                    attr_int("K", 32),
+                    attr_int("N", 2),
+                    attr_int("bits", bits),
+                    attr_int("block_size", 32),
+                ],
+            )
+            .output("y", tensor_type(F32, &["1", "2"])),
+        )
+    };
+    let concat = model(
+        OnnxBuilder::new("bad", 17)
+            .input("x", tensor_type(U8, &["1", "2"]))
+            .initializer(f32_tensor("s", &[], &[0.1]))
+            .initializer(bytes_tensor("z", U8, &[], &[0]))
+            .node_with(
+                "QLinearConcat",
+                &["s", "z", "x", "s"],
+                &["y"],
+                vec![attr_int("axis", 1)],
+            )
+            .output("y", tensor_type(U8, &["1", "2"])),
+    );
+    for (bytes, want) in [
+        (nbits(3, false, 16), "3 bits is not supported"),
+        (nbits(4, true, 16), "needs a constant B"),
+        (nbits(4, false, 8), "B must be u8 [2, 1, 16]"),
+        (concat, "(X, X_scale, X_zero_point) triples"),
+    ] {
+        let err = import_model_bytes(&bytes, None, &Default::default())
+            .expect_err("a malformed contrib op must not import")
+            .to_string();
+        assert!(err.contains("com.microsoft."), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+}

@@ -96,7 +96,8 @@ impl CanonCtx<'_> {
     }
 }
 
-fn hint(node: &Node, what: &str) -> String {
+/// A name hint for a value made for `node`: its name (or op) and `what`.
+pub(super) fn hint(node: &Node, what: &str) -> String {
     let base = if node.name.is_empty() {
         node.op.to_lowercase()
     } else {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use kiln_ir::{Attr, ElemType, Node, TensorData, ValueId};
 
-use super::canon::{add_canonical, tensor_type, CanonCtx};
+use super::canon::{add_canonical, hint, tensor_type, CanonCtx};
 
 /// The ops this module expands (IR names).
 pub const EXPANDED: &[&str] = &[
@@ -98,12 +98,7 @@ fn result(node: &Node) -> Result<ValueId, String> {
 }
 
 fn fresh(cx: &mut CanonCtx, node: &Node, what: &str) -> ValueId {
-    let base = if node.name.is_empty() {
-        node.op.to_lowercase()
-    } else {
-        node.name.clone()
-    };
-    cx.fresh(&format!("{base}_{what}"))
+    cx.fresh(&hint(node, what))
 }
 
 fn elem_of(cx: &CanonCtx, v: Option<ValueId>, what: &str) -> Result<ElemType, String> {
@@ -129,12 +124,7 @@ fn zero_point(
                 vec![0; elem.storage_bytes(1).unwrap_or(1) as usize],
             )
             .map_err(|e| e.to_string())?;
-            let base = if node.name.is_empty() {
-                node.op.to_lowercase()
-            } else {
-                node.name.clone()
-            };
-            Ok(cx.constant(&format!("{base}_zero"), d))
+            Ok(cx.constant(&hint(node, "zero"), d))
         }
     }
 }
@@ -316,15 +306,7 @@ fn qgemm(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
     // CPU backend's generated loops (f32 only); the sums stay exact to
     // f32's 24 bits either way.
     let bias = match c {
-        Some(c) => {
-            let f = fresh(cx, node, "c_f32");
-            let mut cast = Node::new("Cast", vec![Some(c)], vec![f]);
-            cast.attrs.insert("to".into(), Attr::Int(1));
-            cx.push(cast)?;
-            let cs = fresh(cx, node, "c_scaled");
-            cx.push(Node::new("Mul", vec![Some(f), Some(scale)], vec![cs]))?;
-            Some(cs)
-        }
+        Some(c) => Some(scaled(cx, node, c, scale, "c", None)?),
         None => None,
     };
     scale_to_float(cx, node, acc, scale, bias, y)?;
@@ -347,10 +329,28 @@ fn product_scale(
     if alpha == 1.0 {
         return Ok(s);
     }
-    let a = cx.const_scalar_like("qgemm_alpha", alpha as f64, Some(s))?;
+    let a = cx.const_scalar_like(&hint(node, "alpha"), alpha as f64, Some(s))?;
     let s2 = fresh(cx, node, "scale_alpha");
     cx.push(Node::new("Mul", vec![Some(s), Some(a)], vec![s2]))?;
     Ok(s2)
+}
+
+/// `f32(v) · scale` into `y`, or into a new value.
+fn scaled(
+    cx: &mut CanonCtx,
+    node: &Node,
+    v: ValueId,
+    scale: ValueId,
+    what: &str,
+    y: Option<ValueId>,
+) -> Result<ValueId, String> {
+    let f = fresh(cx, node, &format!("{what}_f32"));
+    let mut cast = Node::new("Cast", vec![Some(v)], vec![f]);
+    cast.attrs.insert("to".into(), Attr::Int(1));
+    cx.push(cast)?;
+    let y = y.unwrap_or_else(|| fresh(cx, node, &format!("{what}_scaled")));
+    cx.push(Node::new("Mul", vec![Some(f), Some(scale)], vec![y]))?;
+    Ok(y)
 }
 
 /// `y = f32(acc) · scale (+ bias)`.
@@ -362,16 +362,11 @@ fn scale_to_float(
     bias: Option<ValueId>,
     y: ValueId,
 ) -> Result<(), String> {
-    let f = fresh(cx, node, "acc_f32");
-    let mut cast = Node::new("Cast", vec![Some(acc)], vec![f]);
-    cast.attrs.insert("to".into(), Attr::Int(1));
-    cx.push(cast)?;
     match bias {
-        None => cx.push(Node::new("Mul", vec![Some(f), Some(scale)], vec![y])),
+        None => scaled(cx, node, acc, scale, "acc", Some(y)).map(|_| ()),
         Some(bias) => {
-            let m = fresh(cx, node, "scaled");
-            cx.push(Node::new("Mul", vec![Some(f), Some(scale)], vec![m]))?;
-            cx.push(Node::new("Add", vec![Some(m), Some(bias)], vec![y]))
+            let s = scaled(cx, node, acc, scale, "acc", None)?;
+            cx.push(Node::new("Add", vec![Some(s), Some(bias)], vec![y]))
         }
     }
 }
@@ -395,10 +390,11 @@ fn integer_matmul_to_float(
 
 /// `MatMulNBits(A, B, scales, zero_points?, g_idx?, bias?; K, N, bits,
 /// block_size)`: B is `[N][blocks][block_size·bits/8]` bytes (low nibble
-/// first for 4 bits), scales `[N·blocks]`, zero points packed like B
-/// (default `2^(bits-1)`) or of the scales' type. Becomes `A · Wᵀ + bias`
-/// with `W = DequantizeLinear(Bq [N, K], scales [N, blocks], zero,
-/// axis 1, block_size)`: the weights stay 4/8-bit constants.
+/// first for 4 bits), scales `[N·blocks]`, zero points packed like B's
+/// rows (default `2^(bits-1)`). Becomes `A · W + bias` with `W =
+/// DequantizeLinear(Wq [K, N], scales [blocks, N], zero [blocks, N], axis
+/// 0, block_size)`, transposed here once rather than on every run: the
+/// weights stay 4/8-bit constants.
 fn matmul_nbits(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
     let [a, b, scales, zeros, g_idx, bias] = operands(node, 3)?;
     if g_idx.is_some() {
@@ -423,37 +419,45 @@ fn matmul_nbits(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
         ));
     }
     let blocks = k.div_ceil(block);
+    let blob = block * bits / 8;
+    let zero_row = (blocks * bits).div_ceil(8);
+    let sizes = |per_row: usize| n.checked_mul(per_row);
+    let (Some(b_len), Some(params), Some(z_len)) =
+        (sizes(blocks * blob), sizes(blocks), sizes(zero_row))
+    else {
+        return Err(format!("MatMulNBits: N {n} × K {k} is too large"));
+    };
     let constant = |cx: &CanonCtx, v: Option<ValueId>, what: &str| {
         v.and_then(|v| cx.m.constant(v).cloned())
             .ok_or_else(|| format!("MatMulNBits needs a constant {what}"))
     };
     let bq: Arc<TensorData> = constant(cx, b, "B")?;
-    let blob = block * bits / 8;
     let bytes = bq.bytes().ok_or("MatMulNBits: B has no data")?;
-    if bq.elem != ElemType::U8 || bytes.len() != n * blocks * blob {
+    if bq.elem != ElemType::U8 || bytes.len() != b_len {
         return Err(format!("MatMulNBits: B must be u8 [{n}, {blocks}, {blob}]"));
     }
-    let unpacked = |bytes: &[u8], per_row: usize, count: usize| -> Vec<u8> {
-        // Row r's values: `count` of them from its `per_row` bytes.
-        (0..bytes.len() / per_row)
-            .flat_map(|r| {
-                let row = &bytes[r * per_row..(r + 1) * per_row];
-                (0..count).map(move |i| {
-                    if bits == 8 {
-                        row[i]
-                    } else {
-                        (row[i / 2] >> (4 * (i % 2))) & 15
-                    }
-                })
-            })
-            .collect()
+    // The first `count` values of each row of `per_row` bytes, transposed:
+    // `[count][rows]`.
+    let columns = |bytes: &[u8], per_row: usize, count: usize| -> Vec<u8> {
+        let rows = bytes.len() / per_row;
+        let mut t = vec![0u8; rows * count];
+        for (r, row) in bytes.chunks_exact(per_row).enumerate() {
+            for i in 0..count {
+                t[i * rows + r] = if bits == 8 {
+                    row[i]
+                } else {
+                    (row[i / 2] >> (4 * (i % 2))) & 15
+                };
+            }
+        }
+        t
     };
     let (qt, default_zero) = if bits == 4 {
         (ElemType::U4, 8u8)
     } else {
         (ElemType::U8, 128u8)
     };
-    let pack = |values: &[u8], shape: Vec<u64>| -> Result<TensorData, String> {
+    let pack = |values: &[u8], rows: usize| -> Result<TensorData, String> {
         let data = if bits == 8 {
             values.to_vec()
         } else {
@@ -462,71 +466,56 @@ fn matmul_nbits(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
                 .map(|p| p[0] | p.get(1).map_or(0, |h| h << 4))
                 .collect()
         };
-        TensorData::from_bytes(qt, shape, data).map_err(|e| e.to_string())
+        TensorData::from_bytes(qt, vec![rows as u64, n as u64], data).map_err(|e| e.to_string())
     };
-    // W's values [N, K]: each row's blocks, the padding past K dropped.
-    let w: Vec<u8> = unpacked(bytes, blocks * blob, blocks * block)
-        .chunks(blocks * block)
-        .flat_map(|r| r[..k].to_vec())
-        .collect();
-    let wq = cx.constant("matmul_nbits_weights", pack(&w, vec![n as u64, k as u64])?);
-    // Scales [N, blocks].
+    let wq = pack(&columns(bytes, blocks * blob, k), k)?;
+    let wq = cx.constant(&hint(node, "weights"), wq);
     let s = constant(cx, scales, "scales")?;
-    if s.numel() != (n * blocks) as u64 {
-        return Err(format!(
-            "MatMulNBits: scales must have {} values",
-            n * blocks
-        ));
+    let scale_bytes = s.bytes().ok_or("MatMulNBits: scales have no data")?;
+    let width = s.elem.storage_bytes(1).unwrap_or(0) as usize;
+    if s.numel() != params as u64 || width == 0 || !s.elem.is_float() {
+        return Err(format!("MatMulNBits: scales must be {params} floats"));
     }
-    let mut s2 = (*s).clone();
-    s2.shape = vec![n as u64, blocks as u64];
-    let sv = cx.constant("matmul_nbits_scales", s2);
+    // Scales [N, blocks] → [blocks, N], element by element of `width` bytes.
+    let mut st = vec![0u8; scale_bytes.len()];
+    for (e, v) in scale_bytes.chunks_exact(width).enumerate() {
+        let (row, blk) = (e / blocks, e % blocks);
+        st[(blk * n + row) * width..][..width].copy_from_slice(v);
+    }
+    let st = TensorData::from_bytes(s.elem, vec![blocks as u64, n as u64], st)
+        .map_err(|e| e.to_string())?;
+    let sv = cx.constant(&hint(node, "scales"), st);
     let zero = match zeros {
+        None => pack(&vec![default_zero; params], blocks)?,
         Some(z) => {
             let zd = constant(cx, Some(z), "zero_points")?;
-            if zd.elem == ElemType::U8 {
-                let per_row = (blocks * bits).div_ceil(8);
-                let zb = zd.bytes().ok_or("MatMulNBits: zero points have no data")?;
-                if zb.len() != n * per_row {
-                    return Err(format!(
-                        "MatMulNBits: zero points must be u8 [{}]",
-                        n * per_row
-                    ));
-                }
-                pack(
-                    &unpacked(zb, per_row, blocks),
-                    vec![n as u64, blocks as u64],
-                )?
-            } else {
+            if zd.elem != ElemType::U8 {
                 return Err("MatMulNBits with float zero points is not supported".into());
             }
+            let zb = zd.bytes().ok_or("MatMulNBits: zero points have no data")?;
+            if zb.len() != z_len {
+                return Err(format!("MatMulNBits: zero points must be u8 [{z_len}]"));
+            }
+            pack(&columns(zb, zero_row, blocks), blocks)?
         }
-        None => pack(
-            &vec![default_zero; n * blocks],
-            vec![n as u64, blocks as u64],
-        )?,
     };
-    let zv = cx.constant("matmul_nbits_zero", zero);
-    let wf = fresh(cx, node, "w");
+    let zv = cx.constant(&hint(node, "zero"), zero);
+    let w = fresh(cx, node, "w");
     let mut dq = Node::new(
         "DequantizeLinear",
         vec![Some(wq), Some(sv), Some(zv)],
-        vec![wf],
+        vec![w],
     );
-    dq.attrs.insert("axis".into(), Attr::Int(1));
+    dq.attrs.insert("axis".into(), Attr::Int(0));
     dq.attrs
         .insert("block_size".into(), Attr::Int(block as i64));
     cx.push(dq)?;
-    let wt = fresh(cx, node, "w_t");
-    let mut t = Node::new("Transpose", vec![Some(wf)], vec![wt]);
-    t.attrs.insert("perm".into(), Attr::Ints(vec![1, 0]));
-    cx.push(t)?;
     let y = result(node)?;
     match bias {
-        None => cx.push(Node::new("MatMul", vec![a, Some(wt)], vec![y])),
+        None => cx.push(Node::new("MatMul", vec![a, Some(w)], vec![y])),
         Some(bias) => {
             let p = fresh(cx, node, "product");
-            cx.push(Node::new("MatMul", vec![a, Some(wt)], vec![p]))?;
+            cx.push(Node::new("MatMul", vec![a, Some(w)], vec![p]))?;
             cx.push(Node::new("Add", vec![Some(p), Some(bias)], vec![y]))
         }
     }

@@ -459,20 +459,21 @@ impl QConvPlan {
         for (y, src) in plane.chunks_exact(w).enumerate() {
             let row = &mut xp[(y + g.pads[0]) * sw * seg..(y + g.pads[0] + 1) * sw * seg];
             if sw == 1 {
+                // One phase, a plain copy (vectorized; `step_by` is not).
                 for (d, &b) in row[g.pads[1]..g.pads[1] + w].iter_mut().zip(src) {
                     *d = byte_value(b, self.x_type) - xz;
                 }
-            } else {
-                // Phase `ph` holds padded columns ph, ph + sw, ...: input
-                // columns from the first at or after the left pad.
-                for ph in 0..sw {
-                    let first = (g.pads[1] + sw - ph - 1) / sw * sw + ph;
-                    let dst = &mut row[ph * seg + first / sw..(ph + 1) * seg];
-                    let from = first - g.pads[1];
-                    if from < w {
-                        for (d, &b) in dst.iter_mut().zip(src[from..].iter().step_by(sw)) {
-                            *d = byte_value(b, self.x_type) - xz;
-                        }
+                continue;
+            }
+            // Phase `ph` holds padded columns ph, ph + sw, ...: input
+            // columns from the first at or after the left pad.
+            for ph in 0..sw {
+                let first = (g.pads[1] + sw - ph - 1) / sw * sw + ph;
+                let dst = &mut row[ph * seg + first / sw..(ph + 1) * seg];
+                let from = first - g.pads[1];
+                if from < w {
+                    for (d, &b) in dst.iter_mut().zip(src[from..].iter().step_by(sw)) {
+                        *d = byte_value(b, self.x_type) - xz;
                     }
                 }
             }

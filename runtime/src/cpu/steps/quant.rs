@@ -152,7 +152,7 @@ impl NativeKernel for Quantize {
     }
 }
 
-/// DequantizeLinear from u8/i8/i32 to f32.
+/// DequantizeLinear from u8/i8/i32 (and blocked 4-bit) to f32.
 pub struct Dequantize {
     pub split: AxisSplit,
     /// Blocked quantization (0: per tensor or per axis): each run of
@@ -210,29 +210,24 @@ impl Dequantize {
         if scale.len() != outer * blocks * inner || (zero.len() != 1 && zero.len() != scale.len()) {
             return Err("blocked DequantizeLinear: parameter shapes do not match".into());
         }
-        let values: Vec<i32> = match x.elem() {
-            ElemType::U8 => x.u8s()?.iter().map(|&v| v as i32).collect(),
-            ElemType::I8 => x.i8s()?.iter().map(|&v| v as i32).collect(),
-            e @ (ElemType::U4 | ElemType::I4) => nibbles(&x, e == ElemType::I4),
-            e => return Err(format!("no native blocked DequantizeLinear of {e}")),
+        let values = ints_of(&x)?;
+        // One zero point per scale, so each run of `inner` zips three slices.
+        let zero = if zero.len() == 1 {
+            vec![zero[0]; scale.len()]
+        } else {
+            zero.to_vec()
         };
         for o in 0..outer {
             for a in 0..axis {
                 let at = (o * axis + a) * inner;
                 let p = (o * blocks + a / self.block) * inner;
-                let z = |i: usize| {
-                    if zero.len() == 1 {
-                        zero[0]
-                    } else {
-                        zero[p + i]
-                    }
-                };
-                for (i, (d, &v)) in out[at..at + inner]
+                let params = scale[p..p + inner].iter().zip(&zero[p..p + inner]);
+                for ((d, &v), (&s, &z)) in out[at..at + inner]
                     .iter_mut()
                     .zip(&values[at..at + inner])
-                    .enumerate()
+                    .zip(params)
                 {
-                    *d = (v - z(i)) as f32 * scale[p + i];
+                    *d = (v - z) as f32 * s;
                 }
             }
         }
