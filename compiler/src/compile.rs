@@ -111,6 +111,16 @@ pub fn pass_names() -> Vec<&'static str> {
     names
 }
 
+/// The optimization passes a target leaves out: the gpu has no
+/// weight-only quantized kernel, so it keeps constant folding's f32
+/// weights instead of `kiln.DequantMatMul`.
+pub fn skipped_passes(target: &str) -> &'static [&'static str] {
+    match target {
+        "gpu" => &["fold-weight-dq"],
+        _ => &[],
+    }
+}
+
 /// The lowering passes a target runs after its optimization pipeline:
 /// rewrites its code generator needs, as IR passes that dumps show.
 pub fn lowering_pipeline(target: &str) -> Result<Vec<Step>, String> {
@@ -142,7 +152,7 @@ pub fn lowering_pipeline(target: &str) -> Result<Vec<Step>, String> {
 /// its lowering passes (what `kiln dump --pipeline` runs; `compile` runs
 /// the same passes, re-inferring shapes between optimization rounds).
 pub fn target_pipeline(target: &str, level: u8) -> Result<Vec<Step>, String> {
-    let mut steps = passes::pipeline(level);
+    let mut steps = passes::without(passes::pipeline(level), skipped_passes(target));
     steps.extend(lowering_pipeline(target)?);
     Ok(steps)
 }
@@ -232,7 +242,7 @@ fn prepare_owned(
     let mut s = crate::lower::specialize(&m, shapes)?;
     // The specialized copy shares what it still needs.
     drop(m);
-    crate::lower::optimize_static(&mut s, target.opt_level())?;
+    crate::lower::optimize_static(&mut s, target.opt_level(), skipped_passes(target.name()))?;
     if let Target::Interp(_) = target {
         return Ok(s);
     }

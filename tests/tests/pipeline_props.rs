@@ -78,7 +78,7 @@ proptest! {
         let m0 = kiln_ir::parse_module(&src).expect("parse");
         kiln_ir::verify::verify(&m0).expect("verify");
         let mut m2 = m0.clone();
-        kiln_compiler::passes::optimize(&mut m2, 2).map_err(|e| TestCaseError::fail(format!("{e}\n{src}")))?;
+        kiln_compiler::passes::optimize(&mut m2, 2, &[]).map_err(|e| TestCaseError::fail(format!("{e}\n{src}")))?;
         kiln_ir::verify::verify(&m2).map_err(|e| TestCaseError::fail(format!("{e}\n{src}")))?;
         let ins = inputs(seed);
         let want = Interpreter::new(&m0).run(&ins).expect("run -O0");

@@ -48,9 +48,9 @@ pub fn specialize(m: &Module, shapes: &HashMap<String, Vec<usize>>) -> Result<Mo
 /// each round: folding a shape computation (`Expand` to `Where(Equal(
 /// ConstantOfShape(Shape(x)), ..))`) makes its consumers' shapes static
 /// only once inference sees the folded constant, which can then fold more.
-pub fn optimize_static(m: &mut Module, level: u8) -> Result<(), String> {
+pub fn optimize_static(m: &mut Module, level: u8, skip: &[&str]) -> Result<(), String> {
     for _ in 0..4 {
-        let changed = crate::passes::optimize(m, level).map_err(|e| e.to_string())?;
+        let changed = crate::passes::optimize(m, level, skip).map_err(|e| e.to_string())?;
         if !changed || level == 0 {
             break;
         }

@@ -22,6 +22,7 @@ pub mod constant_fold;
 pub mod cse;
 pub mod dce;
 pub mod fold_qdq;
+pub mod fold_weight_dq;
 pub mod fuse;
 pub mod hoist_casts;
 pub mod memory_plan;
@@ -73,6 +74,11 @@ pub const PASSES: &[Pass] = &[
             "QDQ-form quantized Conv, MatMul and movement ops to integer ops (weights stay 8-bit)",
     },
     Pass {
+        name: "fold-weight-dq",
+        run: fold_weight_dq::run,
+        summary: "products of DequantizeLinear'd constant 8/4-bit weights to kiln.DequantMatMul (weights stay packed)",
+    },
+    Pass {
         name: "fuse",
         run: fuse::run,
         summary: "group elementwise chains, reductions and epilogues into fusion regions",
@@ -122,8 +128,14 @@ pub fn pipeline(level: u8) -> Vec<Step> {
     // weights it folds into f32 copies.
     match level {
         0 => vec![],
-        1 => vec![p("fold-qdq"), cleanup],
-        _ => vec![p("fold-qdq"), cleanup.clone(), p("fuse"), cleanup],
+        1 => vec![p("fold-qdq"), p("fold-weight-dq"), cleanup],
+        _ => vec![
+            p("fold-qdq"),
+            p("fold-weight-dq"),
+            cleanup.clone(),
+            p("fuse"),
+            cleanup,
+        ],
     }
 }
 
@@ -251,9 +263,30 @@ pub fn names() -> Vec<&'static str> {
     PASSES.iter().map(|p| p.name).collect()
 }
 
-/// Optimize at a level with default options.
-pub fn optimize(m: &mut Module, level: u8) -> Result<bool, PassError> {
-    run_pipeline(m, &pipeline(level), &mut RunOptions::default())
+/// Optimize at a level with default options, leaving out the passes
+/// named in `skip`.
+pub fn optimize(m: &mut Module, level: u8, skip: &[&str]) -> Result<bool, PassError> {
+    run_pipeline(
+        m,
+        &without(pipeline(level), skip),
+        &mut RunOptions::default(),
+    )
+}
+
+/// `steps` without the passes named in `skip` (a target leaves out the
+/// rewrites its backend has no kernels for).
+pub fn without(steps: Vec<Step>, skip: &[&str]) -> Vec<Step> {
+    steps
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Run(p) if skip.contains(&p.name) => None,
+            Step::FixedPoint { steps, max } => Some(Step::FixedPoint {
+                steps: without(steps, skip),
+                max,
+            }),
+            s => Some(s),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -42,6 +42,37 @@ pub(super) static KILN_SCHEMAS: &[RawSchema] = &[
         "A group of ops fused into one kernel: runs `body` on the operands and returns its outputs.",
     },
     RawSchema {
+        name: "kiln.DequantMatMul",
+        domain: "kiln",
+        since_version: 1,
+        deprecated: false,
+        min_inputs: 3,
+        max_inputs: 4,
+        min_outputs: 1,
+        max_outputs: 1,
+        input_names: &["A", "W", "W_scale", "W_zero_point"],
+        input_options: &[
+            ParamOption::Single,
+            ParamOption::Single,
+            ParamOption::Single,
+            ParamOption::Optional,
+        ],
+        output_names: &["Y"],
+        attrs: &[
+            AttrSpec {
+                name: "axis",
+                kind: AttrKind::Int,
+                required: false,
+            },
+            AttrSpec {
+                name: "block_size",
+                kind: AttrKind::Int,
+                required: false,
+            },
+        ],
+        summary: "A MatMul whose right operand stays quantized: Y = MatMul(A, DequantizeLinear(W, W_scale, W_zero_point; axis, block_size)).",
+    },
+    RawSchema {
         name: "kiln.FusedConv",
         domain: "kiln",
         since_version: 1,

@@ -98,8 +98,9 @@ pub struct OpTraits {
     pub weights: &'static [usize],
     /// A matrix product or convolution in the operands' element type: each
     /// result element is a sum of products over a contracted dim (MatMul,
-    /// Gemm, Conv, ConvTranspose, DeformConv). The integer and quantized
-    /// forms, whose results change type, are not.
+    /// Gemm, Conv, ConvTranspose, DeformConv, and `kiln.DequantMatMul`,
+    /// whose result has A's type). The integer and quantized forms, whose
+    /// results change type, are not.
     pub contraction: bool,
     /// See [`Reduction`].
     pub reduction: Reduction,
@@ -330,6 +331,7 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("Where", BROADCAST),
     ("Xor", BROADCAST),
     ("ai.onnx.ml.Binarizer", UNARY),
+    ("kiln.DequantMatMul", CONTRACTION),
     ("kiln.FusedConv", CONTRACTION),
 ];
 

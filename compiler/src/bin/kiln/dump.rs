@@ -257,7 +257,9 @@ pub fn dump(args: &DumpArgs) -> Result<(), Failure> {
         if args.opt_level.unwrap_or(0) > 0 || args.pipeline.is_some() {
             // Fold what the bound shapes make constant before the
             // pipeline proper runs (see `optimize_static`).
-            kiln_compiler::lower::optimize_static(&mut m, 1)?;
+            let skip =
+                kiln_compiler::compile::skipped_passes(args.pipeline.as_deref().unwrap_or(""));
+            kiln_compiler::lower::optimize_static(&mut m, 1, skip)?;
         }
     }
     let nodes_before = op_count(&m.body);
@@ -273,7 +275,7 @@ pub fn dump(args: &DumpArgs) -> Result<(), Failure> {
     }
     if args.explain_fusion {
         // `fuse` runs on the cleaned-up module: explain that one.
-        kiln_compiler::passes::optimize(&mut m, 1).map_err(|e| e.to_string())?;
+        kiln_compiler::passes::optimize(&mut m, 1, &[]).map_err(|e| e.to_string())?;
         let lines = kiln_compiler::passes::fuse::explain(&m);
         let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         if lines.is_empty() {

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use kiln_ir::{Attr, Module, Node, ValueId};
 
 use crate::lower::common::{conv_attrs, pool_attrs};
-use kiln_runtime::cpu::kernels::{ConstWeights, ConvPlan, GemmPlan, MatMulPlan, PoolPlan};
+use kiln_runtime::cpu::kernels::{
+    ConstWeights, ConvPlan, DequantMatMulPlan, GemmPlan, MatMulPlan, PoolPlan, QuantB, QuantBits,
+    QuantGrid,
+};
 use kiln_runtime::cpu::steps::dense::{Dense, DenseKernel, Pool, RESIDUAL};
 use kiln_runtime::cpu::NativeStep;
 
@@ -170,11 +173,147 @@ pub(super) fn plan_dense(
                 what,
             })
         }
+        "kiln.DequantMatMul" => {
+            let a = shape_of(0)?;
+            let operand = |i: usize| inputs.get(i).copied().flatten();
+            let w = operand(1).ok_or("operand W is missing")?;
+            let scale = operand(2).ok_or("operand W_scale is missing")?;
+            let q = quant_weights(m, n, w, scale, operand(3))?;
+            let what = format!(
+                "matmul {a:?} x {:?} ({}, {} KiB packed)",
+                m.static_shape(w)?,
+                m.ty(w)
+                    .as_tensor()
+                    .map(|t| t.elem.to_string())
+                    .unwrap_or_default(),
+                q.bytes() >> 10
+            );
+            Ok(Planned {
+                plan: Dense::DequantMatMul(DequantMatMulPlan::new(&a, q)?),
+                captured: vec![1, 2, 3],
+                what,
+            })
+        }
         op => Err(format!("no dense kernel for {op}")),
     }
 }
 
-/// MatMul, Gemm, Conv, FusedConv.
+/// The constant quantized weights `w [K, N]` of a `kiln.DequantMatMul`
+/// with constant `scale` and `zero` (per tensor, per column with axis 1,
+/// per row with axis 0, or per block of rows with axis 0 and a block
+/// size), packed.
+fn quant_weights(
+    m: &Module,
+    n: &Node,
+    w: ValueId,
+    scale: ValueId,
+    zero: Option<ValueId>,
+) -> Result<QuantB, String> {
+    use kiln_ir::ElemType;
+    let shape = m.static_shape(w)?;
+    let [k, cols] = shape[..] else {
+        return Err(format!("W is {shape:?}, not a matrix"));
+    };
+    let konst = |v: ValueId| {
+        m.constant(v)
+            .ok_or_else(|| format!("%{} is not a constant", m.name(v)))
+    };
+    let wd = konst(w)?;
+    let bytes = wd.bytes().ok_or("the weights are elided")?;
+    let (bits, four) = match wd.elem {
+        ElemType::I8 => (QuantBits::I8, false),
+        ElemType::U8 => (QuantBits::U8, false),
+        ElemType::I4 => (QuantBits::I4, true),
+        ElemType::U4 => (QuantBits::U4, true),
+        e => return Err(format!("no kernel for {e} weights")),
+    };
+    let signed = matches!(bits, QuantBits::I8 | QuantBits::I4);
+    // 4-bit values are packed two per byte, the first in the low nibble.
+    let value = |i: usize| -> i32 {
+        let b = if four {
+            (bytes[i / 2] >> (4 * (i % 2))) & 15
+        } else {
+            bytes[i]
+        };
+        match (signed, four) {
+            (true, true) => ((b as i32) ^ 8) - 8,
+            (true, false) => b as i8 as i32,
+            _ => b as i32,
+        }
+    };
+    let need = if four {
+        (k * cols).div_ceil(2)
+    } else {
+        k * cols
+    };
+    if bytes.len() < need {
+        return Err("the weights are shorter than their shape".into());
+    }
+    let scales: Vec<f32> = konst(scale)?
+        .to_f64_vec()
+        .ok_or("the scale is not float")?
+        .into_iter()
+        .map(|x| x as f32)
+        .collect();
+    let zeros: Vec<i32> = match zero {
+        None => vec![0; scales.len()],
+        Some(z) => {
+            let zd = konst(z)?;
+            let zb = zd.bytes().ok_or("the zero point is elided")?;
+            if zd.elem != wd.elem {
+                return Err("the zero point's type differs from W's".into());
+            }
+            (0..scales.len())
+                .map(|i| {
+                    let b = if four {
+                        zb.get(i / 2).map(|b| (b >> (4 * (i % 2))) & 15)
+                    } else {
+                        zb.get(i).copied()
+                    };
+                    let b = b.ok_or("too few zero points")? as i32;
+                    Ok(match (signed, four) {
+                        (true, true) => (b ^ 8) - 8,
+                        (true, false) => b as u8 as i8 as i32,
+                        _ => b,
+                    })
+                })
+                .collect::<Result<_, String>>()?
+        }
+    };
+    let axis = n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(1);
+    let block = n
+        .attrs
+        .get("block_size")
+        .and_then(Attr::as_int)
+        .unwrap_or(0);
+    let grid = match (scales.len(), axis, block) {
+        (1, _, 0) => QuantGrid {
+            group: k,
+            per_column: false,
+        },
+        (_, 1 | -1, 0) => QuantGrid {
+            group: k,
+            per_column: true,
+        },
+        (_, 0 | -2, 0) => QuantGrid {
+            group: 1,
+            per_column: false,
+        },
+        (_, 0 | -2, b) if b > 0 => QuantGrid {
+            group: b as usize,
+            per_column: true,
+        },
+        _ => {
+            return Err(format!(
+                "no kernel for {} scales on axis {axis} with block size {block}",
+                scales.len()
+            ))
+        }
+    };
+    QuantB::new(k, cols, bits, value, &scales, &zeros, grid)
+}
+
+/// MatMul, Gemm, Conv, FusedConv, DequantMatMul.
 pub(super) fn dense(m: &Module, n: &Node, weights: &mut Weights) -> Result<NativeStep, String> {
     let p = plan_dense(m, n, &n.inputs, weights)?;
     Ok(NativeStep {

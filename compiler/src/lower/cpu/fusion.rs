@@ -30,20 +30,32 @@ pub(super) fn fusion(
     let first = body.nodes.first().ok_or("empty fusion body")?;
     let is_anchor = matches!(
         first.op.as_str(),
-        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv"
+        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" | "kiln.DequantMatMul"
     );
     let (anchor, tail_nodes, mut captured) = if is_anchor {
-        let outer_inputs: Vec<Option<ValueId>> =
-            first.inputs.iter().map(|v| v.and_then(outer)).collect();
+        // Operands, or constants the fuse pass copied into the body (a
+        // quantized product's scalar scale and zero point), which the
+        // plan must then hold itself: the step gets only operands.
+        let outer_inputs: Vec<Option<ValueId>> = first
+            .inputs
+            .iter()
+            .map(|v| v.and_then(|v| outer(v).or(m.constant(v).map(|_| v))))
+            .collect();
         if first
             .inputs
             .iter()
             .flatten()
-            .any(|&v| operand_of(v).is_none())
+            .any(|&v| operand_of(v).is_none() && m.constant(v).is_none())
         {
             return Err("anchor reads a value of its body".into());
         }
         let p = plan_dense(m, first, &outer_inputs, weights)?;
+        let copied = first.inputs.iter().enumerate().any(|(i, v)| {
+            v.is_some_and(|v| operand_of(v).is_none()) && !p.captured.contains(&i)
+        });
+        if copied {
+            return Err("anchor reads a constant of its body its kernel does not hold".into());
+        }
         let map: Vec<Option<usize>> = first
             .inputs
             .iter()

@@ -251,7 +251,9 @@ fn lower_node(
             fusion::single_node_loop(m, n, target).or_else(|_| movement::softmax_axis(m, n))
         }
         "kiln.Fusion" => fusion::fusion(m, n, target, weights),
-        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" => dense::dense(m, n, weights),
+        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" | "kiln.DequantMatMul" => {
+            dense::dense(m, n, weights)
+        }
         "MaxPool" | "GlobalMaxPool" => {
             dense::pool(m, n).or_else(|e| quant::max_pool(m, n).map_err(|e8| format!("{e}; {e8}")))
         }

@@ -171,6 +171,20 @@ pub(super) fn matmul_integer(c: &InferCtx) -> R {
     matmul_with(c, ElemType::I32)
 }
 
+/// `kiln.DequantMatMul`: MatMul's shape, the scale's element type (what
+/// the DequantizeLinear of W would give); W holds integers and A has the
+/// scale's type.
+pub(super) fn dequant_matmul(c: &InferCtx) -> R {
+    let (a, w, s) = (elem(c, 0)?, elem(c, 1)?, elem(c, 2)?);
+    if !w.is_int() {
+        return Err(err(format!("W must hold integers, not {w}")));
+    }
+    if a != s {
+        return Err(err(format!("A is {a} but W_scale is {s}")));
+    }
+    matmul_with(c, s)
+}
+
 pub(super) fn qlinear_matmul(c: &InferCtx) -> R {
     let e = elem(c, 7)?;
     let (Some(a), Some(b)) = (shape_of(c, 0)?, shape_of(c, 3)?) else {

@@ -54,7 +54,7 @@ use elementwise::{
     broadcast_bool, broadcast_same, cast, cast_like, dropout, like_with_dtype, same_as_input0,
     unary_bool, where_,
 };
-use linalg::{det, einsum, gemm, matmul, matmul_integer, qlinear_matmul};
+use linalg::{dequant_matmul, det, einsum, gemm, matmul, matmul_integer, qlinear_matmul};
 use ml::{
     array_feature_extractor, label_encoder, ml_category_mapper, ml_classifier,
     ml_feature_vectorizer, ml_float_same_shape, ml_one_hot_encoder, ml_regressor_n_targets,
@@ -253,6 +253,7 @@ pub(crate) fn rule_for(op: &str) -> Option<InferFn> {
         "ai.onnx.preview.training.Momentum" => momentum,
         "kiln.Fusion" => super::kiln::fusion,
         "kiln.FusedConv" => fused_conv,
+        "kiln.DequantMatMul" => dequant_matmul,
         _ => return None,
     })
 }

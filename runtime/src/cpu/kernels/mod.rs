@@ -7,6 +7,7 @@
 
 mod common;
 mod conv;
+pub mod dequant;
 mod implicit;
 pub(crate) mod matmul;
 mod packed;
@@ -20,6 +21,7 @@ mod weights;
 pub use common::Epilogue;
 pub(crate) use common::{for_each_unit, parallelism};
 pub use conv::{ConvAttrs, ConvEpilogues, ConvPlan};
+pub use dequant::{DequantMatMulPlan, QuantB, QuantBits, QuantGrid};
 pub use matmul::{GemmPlan, MatMulPlan};
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};
 pub use weights::ConstWeights;
@@ -36,6 +38,7 @@ mod tests {
         check::<GemmPlan>();
         check::<ConvPlan>();
         check::<PoolPlan>();
+        check::<DequantMatMulPlan>();
     }
 }
 
@@ -345,6 +348,60 @@ mod bench {
             &[1, 2048, 7, 7],
             &max2,
         );
+    }
+
+    /// Weight-only products: f32 weights against 8- and 4-bit ones (the
+    /// GB/s are of the weights as stored), batch 1 (a GEMV, bound by
+    /// memory) and 128 rows.
+    #[test]
+    #[ignore]
+    fn dequant_throughput() {
+        for (m, k, n) in [
+            (1, 4096, 4096),
+            (1, 1536, 384),
+            (128, 384, 1536),
+            (128, 4096, 4096),
+        ] {
+            let a = lcg(4, m * k);
+            let b = lcg(5, k * n);
+            let mut out = vec![0.0; m * n];
+            let out = std::sync::Mutex::new(&mut out[..]);
+            let f32_plan = MatMulPlan::new(&[m, k], &[k, n], Some(&b)).unwrap();
+            for t in [1, 2] {
+                let g = gflops(f32_plan.flops(), t, &|t| {
+                    f32_plan.run(&a, &b, &mut out.lock().unwrap(), t)
+                });
+                let gbs = g * 1e9 / f32_plan.flops() * (4 * k * n) as f64 / 1e9;
+                println!(
+                    "[{m},{k}]x[{k},{n}] f32          threads {t}: {g:7.1} GFLOP/s {gbs:6.1} GB/s"
+                );
+            }
+            for (bits, group) in [(QuantBits::I8, k), (QuantBits::U4, 32)] {
+                let groups = k.div_ceil(group);
+                let q = QuantB::new(
+                    k,
+                    n,
+                    bits,
+                    |i| (i % 7) as i32,
+                    &vec![0.01; groups * n],
+                    &vec![3; groups * n],
+                    QuantGrid {
+                        group,
+                        per_column: true,
+                    },
+                )
+                .unwrap();
+                let bytes = q.bytes();
+                let plan = DequantMatMulPlan::new(&[m, k], q).unwrap();
+                for t in [1, 2] {
+                    let g = gflops(plan.flops(), t, &|t| {
+                        plan.run(&a, &mut out.lock().unwrap(), t, None)
+                    });
+                    let gbs = g * 1e9 / plan.flops() * bytes as f64 / 1e9;
+                    println!("[{m},{k}]x[{k},{n}] {bits:?} g{group:<5} threads {t}: {g:7.1} GFLOP/s {gbs:6.1} GB/s");
+                }
+            }
+        }
     }
 
     #[test]

@@ -30,13 +30,13 @@ use super::common::{for_each_unit, Epilogue, PAR_FLOPS};
 
 /// Largest block of k per pass over the panels: 256 x 16 floats = 16 KiB,
 /// half of a 32 KiB L1 data cache, leaving room for A's rows.
-const KC: usize = 256;
+pub(crate) const KC: usize = 256;
 
 /// Output floats per work unit (256 KiB): a quarter of a 1 MiB L2.
 const UNIT_OUT_FLOATS: usize = 1 << 16;
 
 /// Columns per panel (the micro-kernel's tile width).
-const NR: usize = 16;
+pub(crate) const NR: usize = 16;
 
 /// A constant `K x N` right operand in 16-column panels.
 #[derive(Debug, Clone)]
@@ -91,145 +91,220 @@ impl PackedB {
         threads: usize,
         epilogue: Option<&Epilogue>,
     ) {
-        let (n, k) = (self.n, self.k);
-        assert!(Self::available(), "PackedB: host lacks AVX2/FMA");
-        assert!(out.len() >= m * n, "PackedB: out too short");
-        assert!(
-            m == 0 || k == 0 || (m - 1) * lda + k <= a.len(),
-            "PackedB: a out of bounds"
-        );
-        if m == 0 || n == 0 {
-            return;
-        }
-        let strips = n.div_ceil(NR);
-        let flops = 2.0 * (m * n * k) as f64;
-        let parallel = threads > 1 && flops >= PAR_FLOPS;
-        let want = if parallel {
-            threads * crate::cpu::UNITS_PER_THREAD
-        } else {
-            1
-        };
-        let (row_chunks, strip_chunks) = if m >= 64 || m > n {
-            // Row chunks whose output fits the unit budget, rows split
-            // evenly among them (chunks of 36, 36, 36 and 20 rows, whole
-            // 6-row tiles, left one of two threads 16 rows behind on
-            // MiniLM's 1536-wide layers).
-            let row_target = (UNIT_OUT_FLOATS / (strips * NR)).max(6);
-            let row_chunks = m.div_ceil(row_target);
-            (row_chunks, want.div_ceil(row_chunks).clamp(1, strips))
-        } else {
-            // A few rows (a small conv map's positions) and many
-            // columns: every unit takes all rows, so each panel of B (up
-            // to 8 MB of weights, from memory) is read once, not once per
-            // row chunk; chunks of strips keep the budget. (MiniLM's
-            // M = 128 products ran 8 % slower cut this way.)
-            let chunks = (m * n).div_ceil(UNIT_OUT_FLOATS).max(want);
-            (1, chunks.clamp(1, strips))
-        };
-        let out_addr = out.as_mut_ptr().expose_provenance();
-        let unit = |u: usize| {
-            let (rc, sc) = (u / strip_chunks, u % strip_chunks);
-            let (r0, r1) = (rc * m / row_chunks, (rc + 1) * m / row_chunks);
-            let (s0, s1) = (sc * strips / strip_chunks, (sc + 1) * strips / strip_chunks);
-            let out = std::ptr::with_exposed_provenance_mut::<f32>(out_addr);
-            // SAFETY: rows r0..r1 of `a` (asserted to fit) and the packed
-            // panels s0..s1 are in bounds; the unit writes only rows r0..r1
-            // x columns of strips s0..s1 of `out` (asserted to fit), which
-            // no other unit touches, and `out` is mutably borrowed by this
-            // call, so it overlaps neither input.
-            unsafe { self.unit(r0, r1, s0, s1, a.as_ptr(), lda, out) };
-            if let Some(epi) = epilogue {
-                let (c0, c1) = (s0 * NR, (s1 * NR).min(n));
-                if c0 == 0 && c1 == n {
-                    epi(out, r0 * n, r1 * n);
-                } else {
-                    for r in r0..r1 {
-                        epi(out, r * n + c0, r * n + c1);
-                    }
-                }
-            }
-        };
-        let units = row_chunks * strip_chunks;
-        for_each_unit(parallel, units, unit);
+        product(self, m, a, lda, out, threads, epilogue);
+    }
+}
+
+// SAFETY: `panels` holds `[strips][k][16]` floats, so every strip s <
+// strips has its rows at `(s·k + k0)·16`; the panel is not written while
+// the product runs.
+unsafe impl Panels for PackedB {
+    type Scratch = ();
+    const UNPACKS: bool = false;
+
+    fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
     }
 
-    /// Rows `r0..r1` x strips `s0..s1` of the product.
+    fn scratch(&self) {}
+
+    unsafe fn panel(&self, s: usize, k0: usize, _kc: usize, _: &mut ()) -> *const f32 {
+        // SAFETY: in bounds by the caller's contract (s < strips, k0 < k).
+        unsafe { self.panels.as_ptr().add((s * self.k + k0) * NR) }
+    }
+
+    fn prefetch(&self, s: usize, k0: usize) -> Option<*const f32> {
+        Some(self.panels.as_ptr().wrapping_add((s * self.k + k0) * NR))
+    }
+}
+
+/// Where a product's right operand comes from: `K x N` as k x 16 panels
+/// (the micro-kernel's layout), read in place ([`PackedB`]) or unpacked
+/// on the fly into a scratch panel (the quantized weights of
+/// [`super::dequant::QuantB`]). One loop structure ([`product`]) serves
+/// both.
+///
+/// # Safety
+/// [`Panels::panel`] must return `kc x 16` readable floats for every strip
+/// `s < n.div_ceil(16)` and rows `k0..k0 + kc` within `k`.
+pub(crate) unsafe trait Panels: Sync {
+    /// What one work unit unpacks its panels into.
+    type Scratch;
+    /// Whether making a panel costs work (unpacking) that units over
+    /// separate rows would each repeat: then every unit takes all rows.
+    const UNPACKS: bool;
+    /// `(k, n)`.
+    fn dims(&self) -> (usize, usize);
+    fn scratch(&self) -> Self::Scratch;
+    /// Rows `k0..k0 + kc` (`kc <= KC`) of strip `s`'s panel: `kc x 16`
+    /// floats.
     ///
     /// # Safety
-    /// AVX2/FMA present; rows r0..r1 of `a` hold k floats at stride `lda`;
-    /// `out` is valid for the dense `m x n` result and this view of it is
-    /// not accessed by anyone else during the call.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn unit(
+    /// `s < n.div_ceil(16)`, `k0 + kc <= k`; the pointer is valid until
+    /// `scratch` is next used.
+    unsafe fn panel(
         &self,
-        r0: usize,
-        r1: usize,
-        s0: usize,
-        s1: usize,
-        a: *const f32,
-        lda: usize,
-        out: *mut f32,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use super::smallk::avx2::{tail_masks, Dest, Init};
-            use super::smallk::sweep;
-            let (n, k) = (self.n, self.k);
-            let blocks = k.div_ceil(KC).max(1);
-            let kc_even = k.div_ceil(blocks);
-            let panels = self.panels.as_ptr();
-            for blk in 0..blocks {
-                let k0 = blk * kc_even;
-                let kc = kc_even.min(k - k0.min(k));
-                let init = if blk == 0 { Init::Zero } else { Init::Load };
-                for s in s0..s1 {
-                    let len = (n - s * NR).min(NR);
-                    // SAFETY: AVX2/FMA are present (the caller's contract;
-                    // `product` asserts it). Panel s (s < strips) holds k x
-                    // 16 floats at (s·k)·16 in `panels`, of which rows
-                    // k0..k0 + kc are read, so `panel` and `next` (another
-                    // strip's or the next block's, and only prefetched)
-                    // are inside it; rows r0..r1 of `a` hold k floats at
-                    // stride lda (contract), of which k0..k0 + kc are read;
-                    // the sweep writes rows r0..r1 x strip s's columns
-                    // (masked past n) of the dense m x n `out`, which only
-                    // this call touches and which overlaps neither input.
-                    unsafe {
-                        let masks = (len < NR).then(|| tail_masks(len));
-                        let panel = panels.add((s * k + k0) * NR);
-                        let dest = Dest {
-                            out: out.add(r0 * n + s * NR),
-                            ld: n,
-                            masks,
-                            add: None,
-                        };
-                        // The panel after this one: the next strip's, or
-                        // the first strip's in the next block of k.
-                        let next = if s + 1 < s1 {
-                            Some(panels.add(((s + 1) * k + k0) * NR))
-                        } else if blk + 1 < blocks {
-                            Some(panels.add((s0 * k + k0 + kc) * NR))
-                        } else {
-                            None
-                        };
-                        sweep(
-                            r1 - r0,
-                            kc,
-                            a.add(r0 * lda + k0),
-                            lda,
-                            (panel, 0),
-                            &[dest],
-                            init,
-                            None,
-                            next,
-                        );
-                    }
+        s: usize,
+        k0: usize,
+        kc: usize,
+        scratch: &mut Self::Scratch,
+    ) -> *const f32;
+    /// An address worth prefetching before the sweep of strip `s` at row
+    /// `k0` (it need not be valid: prefetches do not fault).
+    fn prefetch(&self, s: usize, k0: usize) -> Option<*const f32>;
+}
+
+/// `out[i·n + j] = Σ_kk a[i·lda + kk]·B[kk, j]` for `i < m`, `j < n` of
+/// the panels `b` (out dense row-major), threaded over `threads` workers
+/// of the current pool; `epilogue` gets each finished range of `out`,
+/// once, on the thread that wrote it.
+///
+/// Panics if a view does not fit its slice or the host lacks AVX2/FMA.
+pub(crate) fn product<P: Panels>(
+    b: &P,
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    out: &mut [f32],
+    threads: usize,
+    epilogue: Option<&Epilogue>,
+) {
+    let (k, n) = b.dims();
+    assert!(PackedB::available(), "PackedB: host lacks AVX2/FMA");
+    assert!(out.len() >= m * n, "PackedB: out too short");
+    assert!(
+        m == 0 || k == 0 || (m - 1) * lda + k <= a.len(),
+        "PackedB: a out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let strips = n.div_ceil(NR);
+    let flops = 2.0 * (m * n * k) as f64;
+    let parallel = threads > 1 && flops >= PAR_FLOPS;
+    let want = if parallel {
+        threads * crate::cpu::UNITS_PER_THREAD
+    } else {
+        1
+    };
+    let (row_chunks, strip_chunks) = if !P::UNPACKS && (m >= 64 || m > n) {
+        // Row chunks whose output fits the unit budget, rows split
+        // evenly among them (chunks of 36, 36, 36 and 20 rows, whole
+        // 6-row tiles, left one of two threads 16 rows behind on
+        // MiniLM's 1536-wide layers).
+        let row_target = (UNIT_OUT_FLOATS / (strips * NR)).max(6);
+        let row_chunks = m.div_ceil(row_target);
+        (row_chunks, want.div_ceil(row_chunks).clamp(1, strips))
+    } else {
+        // A few rows (a small conv map's positions) and many
+        // columns: every unit takes all rows, so each panel of B (up
+        // to 8 MB of weights, from memory) is read once, not once per
+        // row chunk; chunks of strips keep the budget. (MiniLM's
+        // M = 128 products ran 8 % slower cut this way.)
+        let chunks = (m * n).div_ceil(UNIT_OUT_FLOATS).max(want);
+        (1, chunks.clamp(1, strips))
+    };
+    let out_addr = out.as_mut_ptr().expose_provenance();
+    let unit = |u: usize| {
+        let (rc, sc) = (u / strip_chunks, u % strip_chunks);
+        let (r0, r1) = (rc * m / row_chunks, (rc + 1) * m / row_chunks);
+        let (s0, s1) = (sc * strips / strip_chunks, (sc + 1) * strips / strip_chunks);
+        let out = std::ptr::with_exposed_provenance_mut::<f32>(out_addr);
+        // SAFETY: rows r0..r1 of `a` (asserted to fit) and the panels
+        // s0..s1 are in bounds; the unit writes only rows r0..r1 x columns
+        // of strips s0..s1 of `out` (asserted to fit), which no other unit
+        // touches, and `out` is mutably borrowed by this call, so it
+        // overlaps neither input.
+        unsafe { unit(b, r0, r1, s0, s1, a.as_ptr(), lda, out) };
+        if let Some(epi) = epilogue {
+            let (c0, c1) = (s0 * NR, (s1 * NR).min(n));
+            if c0 == 0 && c1 == n {
+                epi(out, r0 * n, r1 * n);
+            } else {
+                for r in r0..r1 {
+                    epi(out, r * n + c0, r * n + c1);
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (r0, r1, s0, s1, a, lda, out);
+    };
+    let units = row_chunks * strip_chunks;
+    for_each_unit(parallel, units, unit);
+}
+
+/// Rows `r0..r1` x strips `s0..s1` of the product.
+///
+/// # Safety
+/// AVX2/FMA present; rows r0..r1 of `a` hold k floats at stride `lda`;
+/// `out` is valid for the dense `m x n` result and this view of it is
+/// not accessed by anyone else during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn unit<P: Panels>(
+    b: &P,
+    r0: usize,
+    r1: usize,
+    s0: usize,
+    s1: usize,
+    a: *const f32,
+    lda: usize,
+    out: *mut f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::smallk::avx2::{tail_masks, Dest, Init};
+        use super::smallk::sweep;
+        let (k, n) = b.dims();
+        let blocks = k.div_ceil(KC).max(1);
+        let kc_even = k.div_ceil(blocks);
+        let mut scratch = b.scratch();
+        for blk in 0..blocks {
+            let k0 = blk * kc_even;
+            let kc = kc_even.min(k - k0.min(k));
+            let init = if blk == 0 { Init::Zero } else { Init::Load };
+            for s in s0..s1 {
+                let len = (n - s * NR).min(NR);
+                // SAFETY: AVX2/FMA are present (the caller's contract;
+                // `product` asserts it). s < strips and k0 + kc <= k, so
+                // the source gives kc x 16 floats (the `Panels` contract);
+                // `next` is only prefetched. Rows r0..r1 of `a` hold k
+                // floats at stride lda (contract), of which k0..k0 + kc
+                // are read; the sweep writes rows r0..r1 x strip s's
+                // columns (masked past n) of the dense m x n `out`, which
+                // only this call touches and which overlaps neither input.
+                unsafe {
+                    let masks = (len < NR).then(|| tail_masks(len));
+                    let panel = b.panel(s, k0, kc, &mut scratch);
+                    let dest = Dest {
+                        out: out.add(r0 * n + s * NR),
+                        ld: n,
+                        masks,
+                        add: None,
+                    };
+                    // The panel after this one: the next strip's, or
+                    // the first strip's in the next block of k.
+                    let next = if s + 1 < s1 {
+                        b.prefetch(s + 1, k0)
+                    } else if blk + 1 < blocks {
+                        b.prefetch(s0, k0 + kc)
+                    } else {
+                        None
+                    };
+                    sweep(
+                        r1 - r0,
+                        kc,
+                        a.add(r0 * lda + k0),
+                        lda,
+                        (panel, 0),
+                        &[dest],
+                        init,
+                        None,
+                        next,
+                    );
+                }
+            }
+        }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (b, r0, r1, s0, s1, a, lda, out);
 }
 
 #[cfg(test)]

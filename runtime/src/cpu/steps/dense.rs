@@ -3,7 +3,7 @@
 //! whole tail it absorbed. The compiler plans them (shapes, packed
 //! weights, folded residual and clamp); these run them.
 
-use crate::cpu::kernels::{ConvPlan, Epilogue, GemmPlan, MatMulPlan, PoolPlan};
+use crate::cpu::kernels::{ConvPlan, DequantMatMulPlan, Epilogue, GemmPlan, MatMulPlan, PoolPlan};
 use crate::cpu::view::{In, Out};
 use crate::cpu::NativeKernel;
 
@@ -14,6 +14,8 @@ pub enum Dense {
     MatMul(MatMulPlan),
     Gemm(GemmPlan),
     Conv(ConvPlan),
+    /// `kiln.DequantMatMul`: the quantized weights are the plan's.
+    DequantMatMul(DequantMatMulPlan),
 }
 
 impl Dense {
@@ -22,7 +24,7 @@ impl Dense {
     /// accumulate into it, so their result must start zeroed.
     pub fn overwrites_output(&self) -> bool {
         match self {
-            Dense::Conv(_) => true,
+            Dense::Conv(_) | Dense::DequantMatMul(_) => true,
             Dense::MatMul(p) => p.overwrites_output(),
             Dense::Gemm(_) => false,
         }
@@ -33,6 +35,7 @@ impl Dense {
             Dense::MatMul(p) => p.out_shape(),
             Dense::Gemm(p) => p.out_shape(),
             Dense::Conv(p) => p.out_shape(),
+            Dense::DequantMatMul(p) => p.out_shape(),
         }
     }
 
@@ -41,6 +44,7 @@ impl Dense {
             Dense::MatMul(p) => p.flops(),
             Dense::Gemm(p) => p.flops(),
             Dense::Conv(p) => p.flops(),
+            Dense::DequantMatMul(p) => p.flops(),
         }
     }
 
@@ -68,6 +72,10 @@ impl Dense {
                 let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
                 p.run_with_epilogue(f32s(ops, 0)?, b, out, threads, epilogue);
                 // The product applied the epilogue.
+                return Ok(());
+            }
+            Dense::DequantMatMul(p) => {
+                p.run(f32s(ops, 0)?, out, threads, epilogue);
                 return Ok(());
             }
             Dense::Gemm(p) => {

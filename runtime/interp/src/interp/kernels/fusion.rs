@@ -1,6 +1,7 @@
 //! Kiln's fusion ops. `kiln.Fusion` runs its `body` region on its operands
 //! and returns the body's outputs. `kiln.FusedConv` is
-//! `activation(Conv(X, W, B) + Z)`. The interpreter executes the fused ops
+//! `activation(Conv(X, W, B) + Z)`; `kiln.DequantMatMul` is
+//! `MatMul(A, DequantizeLinear(W, ..))`. The interpreter executes the fused ops
 //! one by one with the kernels of the ops they stand for, exactly as before
 //! fusion, so a fused module gives the same results as the unfused one;
 //! native backends lower each as one kernel. Those kernels are looked up
@@ -16,6 +17,7 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
     match op {
         "kiln.Fusion" => Some(fusion),
         "kiln.FusedConv" => Some(fused_conv),
+        "kiln.DequantMatMul" => Some(dequant_matmul),
         _ => None,
     }
 }
@@ -42,21 +44,12 @@ fn fusion(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let node = ctx.node;
     let step = |ctx: &mut Ctx, op: &str, attrs: bool, operands: &[Option<Value>]| {
-        let Some(kernel) = ctx.host.kernel(op) else {
-            bail!("no kernel for {op}")
-        };
         let mut n = Node::new(op, vec![], node.outputs.clone());
-        n.name = node.name.clone();
         if attrs {
             n.attrs = node.attrs.clone();
             n.attrs.remove("activation");
         }
-        let mut sub = Ctx {
-            host: ctx.host,
-            env: ctx.env,
-            node: &n,
-        };
-        kernel(&mut sub, operands)
+        run_as(ctx, n, operands)
     };
     let mut y = step(ctx, "Conv", true, &inputs[..inputs.len().min(3)])?;
     if let Some(z) = inputs.get(3).cloned().flatten() {
@@ -67,4 +60,33 @@ fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         Some("Relu") => step(ctx, "Relu", false, &[y.pop()]),
         Some(a) => bail!("unknown activation `{a}`"),
     }
+}
+
+/// `MatMul(A, DequantizeLinear(W, W_scale, W_zero_point))`: the two ops'
+/// own kernels in turn (DequantizeLinear's sees the node's `axis` and
+/// `block_size`).
+fn dequant_matmul(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let Some(a) = inputs.first().cloned().flatten() else {
+        bail!("operand A is omitted")
+    };
+    let mut dq = Node::new("DequantizeLinear", vec![], ctx.node.outputs.clone());
+    dq.attrs = ctx.node.attrs.clone();
+    let mut w = run_as(ctx, dq, &inputs[1..])?;
+    let mm = Node::new("MatMul", vec![], ctx.node.outputs.clone());
+    run_as(ctx, mm, &[Some(a), w.pop()])
+}
+
+/// Runs the kernel of `n.op` on `operands` as node `n` (named like the
+/// fused node, whose results it gives).
+fn run_as(ctx: &mut Ctx, mut n: Node, operands: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let Some(kernel) = ctx.host.kernel(&n.op) else {
+        bail!("no kernel for {}", n.op)
+    };
+    n.name = ctx.node.name.clone();
+    let mut sub = Ctx {
+        host: ctx.host,
+        env: ctx.env,
+        node: &n,
+    };
+    kernel(&mut sub, operands)
 }
