@@ -15,7 +15,12 @@ What it makes, from `../shared/models` and `../shared/zoo/models`:
   `com.microsoft` QLinear ops);
 - `minilm_l3_dyn`: `quantize_dynamic` (`DynamicQuantizeLinear` +
   `MatMulInteger`);
-- `minilm_l3_nbits4`: `MatMulNBitsQuantizer`, 4-bit blocks of 32.
+- `minilm_l3_nbits4`: `MatMulNBitsQuantizer`, 4-bit blocks of 32;
+- `minilm_l3_w8`: weight-only int8 written as `Cast(int8) * scale`, the
+  form embedding exporters write (no onnxruntime tool makes it): every
+  f32 matrix of 4096 or more values becomes a symmetric int8 constant
+  with a scale per column, or per row for a table that a Gather reads
+  (a scale per token).
 
 Run: .venv-bench/bin/python tests/models/make_quant_models.py
 (needs onnx, onnxruntime >= 1.20, onnx_ir, numpy).
@@ -105,6 +110,34 @@ def write_case(name, model_path, inputs):
     print(f"{name}: {os.path.getsize(model_path) / 1e6:.1f} MB")
 
 
+def cast_scale_int8(model):
+    """`model` with every large f32 matrix stored as int8 and rebuilt as
+    `Cast(q) * scale` (see the module docs)."""
+    g = model.graph
+    gathered = {n.input[0] for n in g.node if n.op_type == "Gather"}
+    keep, nodes = [], []
+    for init in g.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype != np.float32 or w.ndim != 2 or w.size < 4096:
+            keep.append(init)
+            continue
+        axis = 1 if init.name in gathered else 0
+        scale = np.maximum(np.abs(w).max(axis=axis, keepdims=True), 1e-12) / 127.0
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        qn, sn, cn = init.name + "_q", init.name + "_scale", init.name + "_f32"
+        keep.append(numpy_helper.from_array(q, qn))
+        keep.append(numpy_helper.from_array(scale.astype(np.float32), sn))
+        nodes.append(onnx.helper.make_node("Cast", [qn], [cn], to=onnx.TensorProto.FLOAT))
+        nodes.append(onnx.helper.make_node("Mul", [cn, sn], [init.name]))
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    rest = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes + rest)
+    onnx.checker.check_model(model)
+    return model
+
+
 def main():
     logging.getLogger().setLevel(logging.WARNING)
     ort.set_default_logger_severity(3)
@@ -148,6 +181,12 @@ def main():
         q.process()
         q.model.save_model_to_file(dst, use_external_data_format=False)
         write_case("minilm_l3_nbits4", dst, inputs)
+
+        dst_dir = os.path.join(OUT, "minilm_l3_w8")
+        os.makedirs(dst_dir, exist_ok=True)
+        dst = os.path.join(dst_dir, "model.onnx")
+        onnx.save(cast_scale_int8(onnx.load(src)), dst)
+        write_case("minilm_l3_w8", dst, inputs)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@
 //!    of W's axes → `DequantizeLinear(W, s; axis)`, the form weight-only
 //!    exports of `Cast(int8) * scale` mean. (`(q - 0) · s` is `q · s`.)
 //! 2. `Gather(DequantizeLinear(W), i)` → `DequantizeLinear(Gather(W, i))`
-//!    and `Transpose(DequantizeLinear(W))` of a constant matrix →
-//!    `DequantizeLinear(Wᵀ)`, when the quantization axis is not the one
-//!    gathered (per tensor always): embedding tables stay 8-bit, and a
-//!    tied output projection meets its weights untransposed.
+//!    when the quantization axis is not the one gathered (per tensor
+//!    always), and `(Cast(Gather(W)) - Cast(Gather(z))) · Gather(s)`
+//!    when it is (a scale per token); `Transpose(DequantizeLinear(W))` of
+//!    a constant matrix → `DequantizeLinear(Wᵀ)`: embedding tables stay
+//!    8-bit, and a tied output projection meets its weights untransposed.
 //! 3. `MatMul(A, DequantizeLinear(W))` and `Gemm(A, DequantizeLinear(W),
 //!    C)` (transA 0, alpha 1, beta 1; `transB` transposes the constants)
 //!    → `kiln.DequantMatMul(A, W, scale, zero_point)` (+ `Add(C)`), for a
@@ -233,7 +234,7 @@ fn sink_dq(
         let idx_rank = m.ty(n.input(1)?).as_tensor()?.shape.as_ref()?.len();
         if let Some(a) = d.axis {
             if a == g {
-                return None;
+                return gather_rows(m, r, &n, &d, we, g, rank, idx_rank, ys);
             }
             let a = if a < g { a } else { a + idx_rank - 1 };
             dq_attrs.push(("axis", a as i64));
@@ -279,6 +280,89 @@ fn sink_dq(
     }
     dq.name = n.name.clone();
     Some(vec![gather, dq])
+}
+
+/// `Gather(DequantizeLinear(W, s, z; axis g), i; axis g)`: each gathered
+/// slice has its own scale, so the scales (and zero points) are gathered
+/// with it: `(Cast(Gather(W)) - Cast(Gather(z))) · Gather(s)`, the
+/// parameters unsqueezed to broadcast over the slice. An embedding table
+/// with a scale per token stays 8-bit this way. Exact: `q - z` is exact in
+/// f32 and the product rounds once, as in DequantizeLinear.
+#[allow(clippy::too_many_arguments)]
+fn gather_rows(
+    m: &mut Module,
+    r: &mut Region,
+    n: &Node,
+    d: &Dq,
+    we: ElemType,
+    g: usize,
+    rank: usize,
+    idx_rank: usize,
+    ys: Vec<kiln_ir::Dim>,
+) -> Option<Vec<Node>> {
+    use kiln_ir::{Dim, TensorType, Type};
+    let y = *n.outputs.first()?;
+    let idx = n.input(1)?;
+    if elem(m, d.scale) != Some(ElemType::F32) {
+        return None;
+    }
+    let idx_shape = m.ty(idx).as_tensor()?.shape.clone()?;
+    let tensor = |e: ElemType, dims: Vec<Dim>| Type::Tensor(TensorType::new(e, dims));
+    let mut nodes = vec![];
+    let value = |m: &mut Module, hint: &str, ty: Type| m.add_value_unique(hint, ty);
+    // Gather a parameter by the same indices, unsqueezed over the dims
+    // after the gathered axis, in f32.
+    let trailing = rank - g - 1;
+    let mut pshape = idx_shape.clone();
+    pshape.extend(std::iter::repeat_n(Dim::Known(1), trailing));
+    let axes = if trailing > 0 {
+        let v: Vec<u8> = (idx_rank..idx_rank + trailing)
+            .flat_map(|a| (a as i64).to_le_bytes())
+            .collect();
+        let data = TensorData::from_bytes(ElemType::I64, vec![trailing as u64], v).ok()?;
+        Some(add_const(m, r, "axes", data))
+    } else {
+        None
+    };
+    let param = |m: &mut Module, nodes: &mut Vec<Node>, p: ValueId, cast: bool| {
+        let pe = elem(m, p)?;
+        let gp = value(m, "gathered_param", tensor(pe, idx_shape.clone()));
+        nodes.push(Node::new("Gather", vec![Some(p), Some(idx)], vec![gp]));
+        let mut v = gp;
+        if cast {
+            let c = value(m, "param_f32", tensor(ElemType::F32, idx_shape.clone()));
+            let mut node = Node::new("Cast", vec![Some(v)], vec![c]);
+            node.attrs.insert("to".into(), Attr::Int(1));
+            nodes.push(node);
+            v = c;
+        }
+        if let Some(axes) = axes {
+            let u = value(m, "param_bcast", tensor(ElemType::F32, pshape.clone()));
+            nodes.push(Node::new("Unsqueeze", vec![Some(v), Some(axes)], vec![u]));
+            v = u;
+        }
+        Some(v)
+    };
+    let gw = value(m, "gathered", tensor(we, ys.clone()));
+    let mut gather = n.clone();
+    gather.inputs[0] = Some(d.w);
+    gather.outputs = vec![gw];
+    nodes.push(gather);
+    let mut q = value(m, "gathered_f32", tensor(ElemType::F32, ys.clone()));
+    let mut cast = Node::new("Cast", vec![Some(gw)], vec![q]);
+    cast.attrs.insert("to".into(), Attr::Int(1));
+    nodes.push(cast);
+    if let Some(z) = d.zero {
+        let zf = param(m, &mut nodes, z, true)?;
+        let diff = value(m, "centered", tensor(ElemType::F32, ys.clone()));
+        nodes.push(Node::new("Sub", vec![Some(q), Some(zf)], vec![diff]));
+        q = diff;
+    }
+    let sf = param(m, &mut nodes, d.scale, false)?;
+    let mut mul = Node::new("Mul", vec![Some(q), Some(sf)], vec![y]);
+    mul.name = n.name.clone();
+    nodes.push(mul);
+    Some(nodes)
 }
 
 /// Rule 3: MatMul and Gemm of a dequantized constant matrix.

@@ -8,7 +8,7 @@
 //! not be generated. Hoisted, the cast is a step of its own (a native
 //! conversion) and the body is all f32.
 //!
-//! The rule: a body input of type i64, i32 or bool whose only use in the
+//! The rule: a body input of type i64, i32, i8, u8 or bool whose only use in the
 //! body is one `Cast` to f32, and which is not itself a body output,
 //! becomes that Cast's result; the Cast moves to the enclosing region,
 //! right before the fusion node, on the fusion's operand. Fusion nodes in
@@ -53,7 +53,7 @@ fn hoist_fusion(m: &mut Module, fusion: &mut Node) -> Vec<Node> {
         let v = body.inputs[k];
         let is_int = matches!(
             m.ty(v).as_tensor().map(|t| t.elem),
-            Some(ElemType::I64 | ElemType::I32 | ElemType::Bool)
+            Some(ElemType::I64 | ElemType::I32 | ElemType::Bool | ElemType::U8 | ElemType::I8)
         );
         let Some(Some(outer)) = fusion.inputs.get(k).copied() else {
             continue;

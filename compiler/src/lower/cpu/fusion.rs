@@ -50,9 +50,10 @@ pub(super) fn fusion(
             return Err("anchor reads a value of its body".into());
         }
         let p = plan_dense(m, first, &outer_inputs, weights)?;
-        let copied = first.inputs.iter().enumerate().any(|(i, v)| {
-            v.is_some_and(|v| operand_of(v).is_none()) && !p.captured.contains(&i)
-        });
+        let copied =
+            first.inputs.iter().enumerate().any(|(i, v)| {
+                v.is_some_and(|v| operand_of(v).is_none()) && !p.captured.contains(&i)
+            });
         if copied {
             return Err("anchor reads a constant of its body its kernel does not hold".into());
         }

@@ -271,7 +271,7 @@ pub(super) fn cast(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let from = m.ty(x).as_tensor().map(|t| t.elem);
     let to = m.ty(out_v).as_tensor().map(|t| t.elem);
     match (from, to) {
-        (Some(E::F32 | E::I64 | E::I32 | E::Bool), Some(E::F32)) => {}
+        (Some(E::F32 | E::I64 | E::I32 | E::Bool | E::U8 | E::I8), Some(E::F32)) => {}
         (f, t) => return Err(format!("no native cast {f:?} -> {t:?}")),
     }
     m.static_shape(out_v)?;

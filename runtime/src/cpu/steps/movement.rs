@@ -254,6 +254,8 @@ impl NativeKernel for CastToF32 {
             kiln_ir::ElemType::I64 => convert!(x.i64_ptr()?, |a| a as f32),
             kiln_ir::ElemType::I32 => convert!(x.i32_ptr()?, |a| a as f32),
             kiln_ir::ElemType::Bool => convert!(x.bool_ptr()?, |a| a as u8 as f32),
+            kiln_ir::ElemType::U8 => convert!(x.bytes_ptr(), |a| a as f32),
+            kiln_ir::ElemType::I8 => convert!(x.bytes_ptr() as *const i8, |a| a as f32),
             e => return Err(format!("no native cast of {e}")),
         }
         Ok(())

@@ -14,9 +14,7 @@ use super::{operand, result};
 use crate::cpu::exec::NativeKernel;
 use crate::cpu::kernels::for_each_unit;
 use crate::cpu::kernels::qconv::QConvPlan;
-use crate::cpu::kernels::qgemm::{
-    qgemm, round_clamped, shifted_zero, Int8, Packed, QGemm, QOut, MR,
-};
+use crate::cpu::kernels::qgemm::{qgemm, shifted_zero, Int8, Packed, QGemm, QOut};
 use crate::cpu::view::{In, Out};
 
 /// The 8-bit type of a view, or why it is not one.
@@ -115,13 +113,136 @@ impl AxisSplit {
     }
 }
 
+/// A dequantizing row loop: `(flat range, its output, scale, zero point)`.
+type RowFn<'a> = dyn Fn(std::ops::Range<usize>, &mut [f32], f32, i32) + Sync + 'a;
+
+/// Elements per chunk when a row loop is threaded: below this, waking a
+/// second worker costs more than it saves.
+const CHUNK: usize = 1 << 15;
+
+/// Runs `f` on chunks of `range` (the whole range when `threads` is 1 or
+/// the range is short), on the current pool's workers.
+fn in_chunks(
+    range: std::ops::Range<usize>,
+    threads: usize,
+    f: impl Fn(std::ops::Range<usize>) + Sync + Send,
+) {
+    let len = range.len();
+    if threads <= 1 || len < 2 * CHUNK {
+        f(range);
+        return;
+    }
+    let chunks = len
+        .div_ceil(CHUNK)
+        .min(threads * crate::cpu::UNITS_PER_THREAD);
+    for_each_unit(true, chunks, |c| {
+        f(range.start + c * len / chunks..range.start + (c + 1) * len / chunks)
+    });
+}
+
+/// The row loops, compiled for AVX-512 or AVX2 where the host has them
+/// (the crate's SSE2 baseline has no rounding or 8-to-32-bit widening
+/// instructions, so the loops ran scalar, at 1-2 GB/s) and plain
+/// otherwise. Each computes exactly what its scalar form says.
+mod rows {
+    use crate::cpu::kernels::qgemm::round_clamped;
+
+    macro_rules! dispatch {
+        ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+            $(#[$doc])*
+            pub(super) fn $name($($arg: $ty),*) $(-> $ret)? {
+                #[inline(always)]
+                fn body($($arg: $ty),*) $(-> $ret)? $body
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+                    unsafe fn wide($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn narrow($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                        // SAFETY: the features are present.
+                        return unsafe { wide($($arg),*) };
+                    }
+                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                        // SAFETY: the features are present.
+                        return unsafe { narrow($($arg),*) };
+                    }
+                }
+                body($($arg),*)
+            }
+        };
+    }
+
+    dispatch! {
+        /// `d[i] = saturate(round_half_even(x[i] / s) + z)` into `lo..=hi`;
+        /// NaN becomes the zero point, as the reference rounds it.
+        fn quantize(x: &[f32], d: &mut [u8], s: f32, z: i32, lo: i32, hi: i32) {
+            let (flo, fhi) = ((lo - z) as f32, (hi - z) as f32);
+            for (d, &v) in d.iter_mut().zip(x) {
+                let r = round_clamped(v / s, flo, fhi);
+                *d = (if v.is_nan() { z } else { r + z }) as u8;
+            }
+        }
+    }
+
+    dispatch! {
+        /// `o[i] = (x[i] - z) · s`.
+        fn dequantize_u8(x: &[u8], o: &mut [f32], s: f32, z: i32) {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = (v as i32 - z) as f32 * s;
+            }
+        }
+    }
+
+    dispatch! {
+        /// `o[i] = (x[i] - z) · s`.
+        fn dequantize_i8(x: &[i8], o: &mut [f32], s: f32, z: i32) {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = (v as i32 - z) as f32 * s;
+            }
+        }
+    }
+
+    dispatch! {
+        /// The least and greatest of 0 and `x` (NaN skipped), in 16 lanes
+        /// so the loop vectorizes.
+        fn min_max(x: &[f32]) -> (f32, f32) {
+            let (mut lo, mut hi) = ([0.0f32; 16], [0.0f32; 16]);
+            let mut chunks = x.chunks_exact(16);
+            for c in &mut chunks {
+                for j in 0..16 {
+                    // A NaN compares false and is skipped; written as a
+                    // select (one vminps/vmaxps), not f32::min's NaN
+                    // handling, which the loop spent most of its time on.
+                    let v = c[j];
+                    lo[j] = if v < lo[j] { v } else { lo[j] };
+                    hi[j] = if v > hi[j] { v } else { hi[j] };
+                }
+            }
+            for &v in chunks.remainder() {
+                lo[0] = lo[0].min(v);
+                hi[0] = hi[0].max(v);
+            }
+            (
+                lo.iter().fold(0.0f32, |a, &b| a.min(b)),
+                hi.iter().fold(0.0f32, |a, &b| a.max(b)),
+            )
+        }
+    }
+}
+
 /// QuantizeLinear from f32 to u8/i8.
 pub struct Quantize {
     pub split: AxisSplit,
 }
 
 impl NativeKernel for Quantize {
-    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
         let x = operand(inputs, 0)?.f32s()?;
         let scale = operand(inputs, 1)?.f32s()?;
         let zero = zero_points(inputs, 2)?;
@@ -134,19 +255,22 @@ impl NativeKernel for Quantize {
         if out.len() != x.len() {
             return Err("QuantizeLinear changes the element count".into());
         }
-        let dst = out.bytes_ptr();
+        let dst = out.bytes_ptr().expose_provenance();
         self.split.for_each(scale.len(), |p, range| {
             let s = scale[p];
             let z = zero[if zero.len() == 1 { 0 } else { p }];
-            let (flo, fhi) = ((lo - z) as f32, (hi - z) as f32);
-            // SAFETY: `out` holds as many bytes as `x` has elements, and
-            // does not alias it (the step is not in place).
-            let d = unsafe { std::slice::from_raw_parts_mut(dst.add(range.start), range.len()) };
-            for (d, &v) in d.iter_mut().zip(&x[range]) {
-                // NaN becomes 0 (the zero point), as the reference rounds it.
-                let r = round_clamped(v / s, flo, fhi);
-                *d = (if v.is_nan() { z } else { r + z }) as u8;
-            }
+            in_chunks(range, threads, |r| {
+                // SAFETY: `out` holds as many bytes as `x` has elements,
+                // does not alias it (the step is not in place), and chunks
+                // of one range are disjoint.
+                let d = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        std::ptr::with_exposed_provenance_mut::<u8>(dst).add(r.start),
+                        r.len(),
+                    )
+                };
+                rows::quantize(&x[r], d, s, z, lo, hi);
+            });
         });
         Ok(())
     }
@@ -162,7 +286,12 @@ pub struct Dequantize {
 }
 
 impl NativeKernel for Dequantize {
-    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
         let x = operand(inputs, 0)?;
         let scale = operand(inputs, 1)?.f32s()?;
         let zero = zero_points(inputs, 2)?;
@@ -177,24 +306,42 @@ impl NativeKernel for Dequantize {
         if zero.len() != 1 && zero.len() != scale.len() {
             return Err("zero point and scale lengths differ".into());
         }
-        // `$wide`: the type `x - z` is exact in (i32 for 8-bit values,
-        // which vectorizes; i64 for i32 values).
-        macro_rules! run {
-            ($src:expr, $wide:ty) => {{
-                let src = $src;
-                self.split.for_each(scale.len(), |p, range| {
-                    let s = scale[p];
-                    let z = zero[if zero.len() == 1 { 0 } else { p }] as $wide;
-                    for (o, &v) in out[range.clone()].iter_mut().zip(&src[range]) {
-                        *o = (v as $wide - z) as f32 * s;
+        let dst = out.as_mut_ptr().expose_provenance();
+        let each = |f: &RowFn<'_>| {
+            self.split.for_each(scale.len(), |p, range| {
+                let s = scale[p];
+                let z = zero[if zero.len() == 1 { 0 } else { p }];
+                in_chunks(range, threads, |r| {
+                    // SAFETY: `out` has x's element count; chunks of one
+                    // range are disjoint, so each is written by one worker.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            std::ptr::with_exposed_provenance_mut::<f32>(dst).add(r.start),
+                            r.len(),
+                        )
+                    };
+                    f(r, o, s, z);
+                });
+            });
+        };
+        match x.elem() {
+            ElemType::U8 => {
+                let src = x.u8s()?;
+                each(&|r, o, s, z| rows::dequantize_u8(&src[r], o, s, z));
+            }
+            ElemType::I8 => {
+                let src = x.i8s()?;
+                each(&|r, o, s, z| rows::dequantize_i8(&src[r], o, s, z));
+            }
+            ElemType::I32 => {
+                // `x - z` is exact in i64 for i32 values.
+                let src = x.i32s()?;
+                each(&|r, o, s, z| {
+                    for (o, &v) in o.iter_mut().zip(&src[r]) {
+                        *o = (v as i64 - z as i64) as f32 * s;
                     }
                 });
-            }};
-        }
-        match x.elem() {
-            ElemType::U8 => run!(x.u8s()?, i32),
-            ElemType::I8 => run!(x.i8s()?, i32),
-            ElemType::I32 => run!(x.i32s()?, i64),
+            }
             e => return Err(format!("no native DequantizeLinear of {e}")),
         }
         Ok(())
@@ -240,16 +387,27 @@ impl Dequantize {
 pub struct DynamicQuantize;
 
 impl NativeKernel for DynamicQuantize {
-    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
         let x = operand(inputs, 0)?.f32s()?;
         if x.is_empty() {
             return Err("DynamicQuantizeLinear: empty input".into());
         }
+        // The range includes 0; f32::min/max skip NaN, as the reference's
+        // fold does.
+        let parts = std::sync::Mutex::new(vec![]);
+        in_chunks(0..x.len(), threads, |r| {
+            let mm = rows::min_max(&x[r]);
+            parts.lock().unwrap_or_else(|e| e.into_inner()).push(mm);
+        });
         let (mut min, mut max) = (0.0f32, 0.0f32);
-        for &v in x {
-            // f32::min/max skip NaN, as the reference's fold does.
-            min = min.min(v);
-            max = max.max(v);
+        for (lo, hi) in parts.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            min = min.min(lo);
+            max = max.max(hi);
         }
         let scale = if max == min { 1.0f32 } else { max - min } / 255.0f32;
         let zp = (0.0f32 - min / scale).clamp(0.0, 255.0).round_ties_even();
@@ -260,11 +418,18 @@ impl NativeKernel for DynamicQuantize {
         if y.len() != x.len() {
             return Err("DynamicQuantizeLinear changes the element count".into());
         }
-        let z = zp as i32;
-        for (d, &v) in y.iter_mut().zip(x) {
-            let r = round_clamped(v / scale, -zp, 255.0 - zp);
-            *d = (if v.is_nan() { z } else { r + z }) as u8;
-        }
+        let dst = y.as_mut_ptr().expose_provenance();
+        in_chunks(0..x.len(), threads, |r| {
+            // SAFETY: `y` has x's element count (checked); chunks are
+            // disjoint, so each is written by one worker.
+            let d = unsafe {
+                std::slice::from_raw_parts_mut(
+                    std::ptr::with_exposed_provenance_mut::<u8>(dst).add(r.start),
+                    r.len(),
+                )
+            };
+            rows::quantize(&x[r], d, scale, zp as i32, 0, 255);
+        });
         if let Some(s) = rest.get_mut(0) {
             s.f32s()?[0] = scale;
         }
@@ -427,7 +592,7 @@ impl NativeKernel for QMatMul {
                 ob += i * sb[d];
             }
             let ab = &a[oa..oa + m * k];
-            let pa = Packed::new(m, k, MR, a_type, true, |row, kk| ab[row * k + kk]);
+            let pa = Packed::from_rows(m, k, ab, k, a_type, true);
             let b_packed: &Packed = match (&self.b, b_run) {
                 (QMatB::Packed(p), _) => p,
                 (_, Some(b)) => {
