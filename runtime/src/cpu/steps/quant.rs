@@ -116,9 +116,40 @@ impl AxisSplit {
 /// A dequantizing row loop: `(flat range, its output, scale, zero point)`.
 type RowFn<'a> = dyn Fn(std::ops::Range<usize>, &mut [f32], f32, i32) + Sync + 'a;
 
-/// Elements per chunk when a row loop is threaded: below this, waking a
-/// second worker costs more than it saves.
+/// Elements per chunk when a row loop is threaded. Ranges under four
+/// chunks run on one worker: the loops move 20-30 GB/s, so a smaller range
+/// takes a few microseconds, what waking a second worker costs (split at
+/// two chunks, mobilenet_v3's Q/DQ steps ran no faster on 2 threads).
 const CHUNK: usize = 1 << 15;
+
+/// Calls `f(parameter, flat range, out[range])` for chunks of each
+/// parameter's range of a tensor split as `split` (see
+/// [`AxisSplit::for_each`]), threaded as [`in_chunks`].
+fn per_param_chunks<T: Send>(
+    split: &AxisSplit,
+    params: usize,
+    threads: usize,
+    out: &mut [T],
+    f: impl Fn(usize, std::ops::Range<usize>, &mut [T]) + Sync + Send,
+) {
+    let (dst, len) = (out.as_mut_ptr().expose_provenance(), out.len());
+    split.for_each(params, |p, range| {
+        in_chunks(range, threads, |r| {
+            assert!(r.end <= len, "per_param_chunks: range past the output");
+            // SAFETY: `out` (mutably borrowed for the call) holds r's
+            // elements (asserted); the ranges of different parameters and
+            // the chunks of one range are disjoint, so each element is
+            // handed to one worker once.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(
+                    std::ptr::with_exposed_provenance_mut::<T>(dst).add(r.start),
+                    r.len(),
+                )
+            };
+            f(p, r, o);
+        });
+    });
+}
 
 /// Runs `f` on chunks of `range` (the whole range when `threads` is 1 or
 /// the range is short), on the current pool's workers.
@@ -128,7 +159,7 @@ fn in_chunks(
     f: impl Fn(std::ops::Range<usize>) + Sync + Send,
 ) {
     let len = range.len();
-    if threads <= 1 || len < 2 * CHUNK {
+    if threads <= 1 || len < 4 * CHUNK {
         f(range);
         return;
     }
@@ -255,22 +286,12 @@ impl NativeKernel for Quantize {
         if out.len() != x.len() {
             return Err("QuantizeLinear changes the element count".into());
         }
-        let dst = out.bytes_ptr().expose_provenance();
-        self.split.for_each(scale.len(), |p, range| {
-            let s = scale[p];
+        // SAFETY: `out` holds as many bytes as `x` has elements and does
+        // not alias it (the step is not in place).
+        let d = unsafe { std::slice::from_raw_parts_mut(out.bytes_ptr(), x.len()) };
+        per_param_chunks(&self.split, scale.len(), threads, d, |p, r, d| {
             let z = zero[if zero.len() == 1 { 0 } else { p }];
-            in_chunks(range, threads, |r| {
-                // SAFETY: `out` holds as many bytes as `x` has elements,
-                // does not alias it (the step is not in place), and chunks
-                // of one range are disjoint.
-                let d = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        std::ptr::with_exposed_provenance_mut::<u8>(dst).add(r.start),
-                        r.len(),
-                    )
-                };
-                rows::quantize(&x[r], d, s, z, lo, hi);
-            });
+            rows::quantize(&x[r], d, scale[p], z, lo, hi);
         });
         Ok(())
     }
@@ -306,22 +327,9 @@ impl NativeKernel for Dequantize {
         if zero.len() != 1 && zero.len() != scale.len() {
             return Err("zero point and scale lengths differ".into());
         }
-        let dst = out.as_mut_ptr().expose_provenance();
-        let each = |f: &RowFn<'_>| {
-            self.split.for_each(scale.len(), |p, range| {
-                let s = scale[p];
-                let z = zero[if zero.len() == 1 { 0 } else { p }];
-                in_chunks(range, threads, |r| {
-                    // SAFETY: `out` has x's element count; chunks of one
-                    // range are disjoint, so each is written by one worker.
-                    let o = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            std::ptr::with_exposed_provenance_mut::<f32>(dst).add(r.start),
-                            r.len(),
-                        )
-                    };
-                    f(r, o, s, z);
-                });
+        let mut each = |f: &RowFn<'_>| {
+            per_param_chunks(&self.split, scale.len(), threads, out, |p, r, o| {
+                f(r, o, scale[p], zero[if zero.len() == 1 { 0 } else { p }]);
             });
         };
         match x.elem() {
@@ -418,16 +426,12 @@ impl NativeKernel for DynamicQuantize {
         if y.len() != x.len() {
             return Err("DynamicQuantizeLinear changes the element count".into());
         }
-        let dst = y.as_mut_ptr().expose_provenance();
-        in_chunks(0..x.len(), threads, |r| {
-            // SAFETY: `y` has x's element count (checked); chunks are
-            // disjoint, so each is written by one worker.
-            let d = unsafe {
-                std::slice::from_raw_parts_mut(
-                    std::ptr::with_exposed_provenance_mut::<u8>(dst).add(r.start),
-                    r.len(),
-                )
-            };
+        let whole = AxisSplit {
+            outer: 1,
+            axis: 1,
+            inner: x.len(),
+        };
+        per_param_chunks(&whole, 1, threads, y, |_, r, d| {
             rows::quantize(&x[r], d, scale, zp as i32, 0, 255);
         });
         if let Some(s) = rest.get_mut(0) {
