@@ -3,6 +3,46 @@
 //! generator for fusion regions ([`jit`]), data movement ([`movement`]), reductions and broadcasts over any axes ([`reduce`]), and the executable that runs a
 //! lowered module ([`exec`]).
 
+/// `fn` items compiled for the widest vector instructions the host has:
+/// the body is instantiated three times, under `avx512f,avx512bw,avx2,fma`,
+/// under `avx2,fma` and for the crate's SSE2 baseline, and the function
+/// picks one at run time (`is_x86_feature_detected!` is a cached load).
+/// Hand-written loops (quantization rows, GEMVs, recurrent gates) are
+/// written plainly, over fixed-size lanes where it helps, and vectorize
+/// under the features; the baseline has no FMA, no 8-to-32-bit widening
+/// and no rounding instructions, so they ran scalar there.
+macro_rules! simd_fn {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn narrow($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                    // SAFETY: the features are present.
+                    return unsafe { wide($($arg),*) };
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    // SAFETY: the features are present.
+                    return unsafe { narrow($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_fn;
+
+pub(crate) mod approx;
 pub mod buffers;
 pub mod exec;
 pub mod jit;

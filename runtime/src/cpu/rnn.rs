@@ -51,9 +51,7 @@ pub struct Recurrent {
     pub batch_major: bool,
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
+use super::approx::{sigmoid, tanh};
 
 /// The operands a run reads: X, W, R, and B, initial_h, initial_c where
 /// given.
@@ -61,6 +59,9 @@ pub struct Operands<'a> {
     pub x: &'a [f32],
     pub w: &'a [f32],
     pub r: &'a [f32],
+    /// R transposed per direction, `[D, hidden, gates·hidden]`, where the
+    /// plan made it from a constant R (see [`transpose_recurrence`]).
+    pub r_t: Option<&'a [f32]>,
     pub b: Option<&'a [f32]>,
     pub h0: Option<&'a [f32]>,
     pub c0: Option<&'a [f32]>,
@@ -108,6 +109,7 @@ impl Recurrent {
         let sizes_ok = ops.x.len() == seq * batch * isz
             && ops.w.len() == dirs * gh * isz
             && ops.r.len() == dirs * gh * h
+            && ops.r_t.is_none_or(|r| r.len() == dirs * gh * h)
             && ops.b.is_none_or(|b| b.len() == dirs * 2 * gh)
             && ops.h0.is_none_or(|s| s.len() == dirs * batch * h)
             && ops.c0.is_none_or(|s| s.len() == dirs * batch * h);
@@ -162,23 +164,33 @@ impl Recurrent {
                 }
             }
             let reverse = d == 1 || self.reverse;
+            // A few rows: broadcast products over R_dᵀ's rows (the gemm
+            // crate packed R, 256 KiB for a 128-wide LSTM, again at every
+            // step).
+            let rt = ops
+                .r_t
+                .filter(|_| batch <= SMALL_BATCH)
+                .map(|r| &r[d * gh * h..][..gh * h]);
             for step in 0..seq {
                 let t = if reverse { seq - 1 - step } else { step };
                 // H · R_dᵀ for the whole batch (the gates that use it).
-                sgemm(
-                    batch,
-                    hr_cols,
-                    h,
-                    &mut hr,
-                    Strides::row_major(gh),
-                    false,
-                    &hs,
-                    Strides::row_major(h),
-                    rd,
-                    Strides { rs: 1, cs: h },
-                    1.0,
-                    Parallelism::None,
-                );
+                match rt {
+                    Some(rt) => small_product(batch, h, hr_cols, &hs, rt, gh, &mut hr, gh),
+                    None => sgemm(
+                        batch,
+                        hr_cols,
+                        h,
+                        &mut hr,
+                        Strides::row_major(gh),
+                        false,
+                        &hs,
+                        Strides::row_major(h),
+                        rd,
+                        Strides { rs: 1, cs: h },
+                        1.0,
+                        Parallelism::None,
+                    ),
+                }
                 if reset_first {
                     // (r ⊙ H) · R_hᵀ: the reset gate before the product.
                     for b in 0..batch {
@@ -189,61 +201,40 @@ impl Recurrent {
                             reset[b * h + j] = r * hs[b * h + j];
                         }
                     }
-                    sgemm(
-                        batch,
-                        h,
-                        h,
-                        &mut rh,
-                        Strides::row_major(h),
-                        false,
-                        &reset,
-                        Strides::row_major(h),
-                        &rd[2 * h * h..],
-                        Strides { rs: 1, cs: h },
-                        1.0,
-                        Parallelism::None,
-                    );
+                    match rt {
+                        // Rows 2h..3h of R_d are columns 2h..3h of R_dᵀ.
+                        Some(rt) => {
+                            small_product(batch, h, h, &reset, &rt[2 * h..], gh, &mut rh, h)
+                        }
+                        None => sgemm(
+                            batch,
+                            h,
+                            h,
+                            &mut rh,
+                            Strides::row_major(h),
+                            false,
+                            &reset,
+                            Strides::row_major(h),
+                            &rd[2 * h * h..],
+                            Strides { rs: 1, cs: h },
+                            1.0,
+                            Parallelism::None,
+                        ),
+                    }
                 }
                 for b in 0..batch {
                     let xr = &xw[self.x_row(t, b) * gh..][..gh];
-                    let xg = |k: usize| xr[k] + wb[k];
                     let hrow = &hr[b * gh..][..gh];
-                    let hg = |k: usize| hrow[k] + rb[k];
                     let hs_b = &mut hs[b * h..][..h];
                     let cs_b = &mut cs[b * h..][..h];
-                    match self.cell {
-                        Cell::Rnn => {
-                            for (j, v) in hs_b.iter_mut().enumerate() {
-                                *v = (xg(j) + hg(j)).tanh();
-                            }
-                        }
-                        Cell::Gru {
-                            linear_before_reset,
-                        } => {
-                            for j in 0..h {
-                                let z = sigmoid(xg(j) + hg(j));
-                                let pre = if linear_before_reset {
-                                    let r = sigmoid(xg(h + j) + hg(h + j));
-                                    xg(2 * h + j) + r * hg(2 * h + j)
-                                } else {
-                                    xg(2 * h + j) + rh[b * h + j] + rb[2 * h + j]
-                                };
-                                hs_b[j] = (1.0 - z) * pre.tanh() + z * hs_b[j];
-                            }
-                        }
-                        Cell::Lstm => {
-                            // Gates in ONNX's order: i, o, f, c.
-                            for j in 0..h {
-                                let i = sigmoid(xg(j) + hg(j));
-                                let f = sigmoid(xg(2 * h + j) + hg(2 * h + j));
-                                let c = (xg(3 * h + j) + hg(3 * h + j)).tanh();
-                                let cn = f * cs_b[j] + i * c;
-                                let o = sigmoid(xg(h + j) + hg(h + j));
-                                cs_b[j] = cn;
-                                hs_b[j] = o * cn.tanh();
-                            }
-                        }
-                    }
+                    let gates = Gates {
+                        x: xr,
+                        wb,
+                        h: hrow,
+                        rb,
+                        reset_h: &rh[b * h..][..h],
+                    };
+                    cell_step(self.cell, &gates, hs_b, cs_b);
                     if let Some(y) = out.y.as_deref_mut() {
                         y[self.y_at(t, d, b)..][..h].copy_from_slice(hs_b);
                     }
@@ -260,5 +251,127 @@ impl Recurrent {
             }
         }
         Ok(())
+    }
+}
+
+/// Batches up to this size take [`small_product`] for the recurrence.
+const SMALL_BATCH: usize = 8;
+
+/// R `[D, gates·hidden, hidden]` transposed per direction to `[D, hidden,
+/// gates·hidden]`, the layout [`Operands::r_t`] takes: made once, by the
+/// plan, from a constant R.
+pub fn transpose_recurrence(r: &[f32], dirs: usize, hidden: usize) -> Vec<f32> {
+    let rows = r.len().checked_div(dirs * hidden).unwrap_or(0);
+    let mut t = vec![0f32; r.len()];
+    for d in 0..dirs {
+        let (src, dst) = (&r[d * rows * hidden..], &mut t[d * rows * hidden..]);
+        for row in 0..rows {
+            for c in 0..hidden {
+                dst[c * rows + row] = src[row * hidden + c];
+            }
+        }
+    }
+    t
+}
+
+crate::cpu::simd_fn! {
+    /// `out[i·ldo + j] = Σ_kk a[i·k + kk] · b[kk·ldb + j]` for `i < m`, `j
+    /// < n`: a few rows against a row-major matrix, 128 columns at a time
+    /// in registers (eight independent accumulator chains), each row of b
+    /// read as one contiguous run (a GEMV per row of a).
+    fn small_product(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        b: &[f32],
+        ldb: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        const NB: usize = 128;
+        let mut j0 = 0;
+        while j0 < n {
+            let w = NB.min(n - j0);
+            for i in 0..m {
+                let mut acc = [0f32; NB];
+                let row = &a[i * k..(i + 1) * k];
+                if w == NB {
+                    for (kk, &x) in row.iter().enumerate() {
+                        let br: &[f32; NB] = b[kk * ldb + j0..kk * ldb + j0 + NB]
+                            .try_into()
+                            .expect("NB floats");
+                        for j in 0..NB {
+                            acc[j] = x.mul_add(br[j], acc[j]);
+                        }
+                    }
+                } else {
+                    for (kk, &x) in row.iter().enumerate() {
+                        let br = &b[kk * ldb + j0..kk * ldb + j0 + w];
+                        for (acc, &bv) in acc.iter_mut().zip(br) {
+                            *acc = x.mul_add(bv, *acc);
+                        }
+                    }
+                }
+                out[i * ldo + j0..i * ldo + j0 + w].copy_from_slice(&acc[..w]);
+            }
+            j0 += w;
+        }
+    }
+}
+
+/// One batch row's inputs to a step's gates: the input projection and its
+/// bias, the recurrent product and its bias (`4h`, `3h` or `h` wide, in
+/// ONNX's gate order), and, for a GRU with the reset before the product,
+/// `(r ⊙ H) · R_hᵀ`.
+struct Gates<'a> {
+    x: &'a [f32],
+    wb: &'a [f32],
+    h: &'a [f32],
+    rb: &'a [f32],
+    reset_h: &'a [f32],
+}
+
+crate::cpu::simd_fn! {
+    /// The cell's elementwise math for one batch row: the new hidden state
+    /// (and, for an LSTM, cell state) in place, the gate loop vectorized
+    /// with the branch-free sigmoid and tanh of [`super::approx`].
+    fn cell_step(cell: Cell, g: &Gates, hs: &mut [f32], cs: &mut [f32]) {
+        let h = hs.len();
+        let xg = |k: usize| g.x[k] + g.wb[k];
+        let hg = |k: usize| g.h[k] + g.rb[k];
+        match cell {
+            Cell::Rnn => {
+                for (j, v) in hs.iter_mut().enumerate() {
+                    *v = tanh(xg(j) + hg(j));
+                }
+            }
+            Cell::Gru {
+                linear_before_reset,
+            } => {
+                for j in 0..h {
+                    let z = sigmoid(xg(j) + hg(j));
+                    let pre = if linear_before_reset {
+                        let r = sigmoid(xg(h + j) + hg(h + j));
+                        xg(2 * h + j) + r * hg(2 * h + j)
+                    } else {
+                        xg(2 * h + j) + g.reset_h[j] + g.rb[2 * h + j]
+                    };
+                    hs[j] = (1.0 - z) * tanh(pre) + z * hs[j];
+                }
+            }
+            Cell::Lstm => {
+                // Gates in ONNX's order: i, o, f, c.
+                for j in 0..h {
+                    let i = sigmoid(xg(j) + hg(j));
+                    let f = sigmoid(xg(2 * h + j) + hg(2 * h + j));
+                    let c = tanh(xg(3 * h + j) + hg(3 * h + j));
+                    let cn = f * cs[j] + i * c;
+                    let o = sigmoid(xg(h + j) + hg(h + j));
+                    cs[j] = cn;
+                    hs[j] = o * tanh(cn);
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Inline transcendental functions for the generated code, at either width:
-//! Cephes-style range reduction plus minimax polynomials (exp, log, tanh)
-//! and a rational approximation (erf). Calling libm per element would cost a
+//! Cephes-style range reduction plus minimax polynomials (exp, log, tanh;
+//! exp's and tanh's constants are `cpu::approx`'s, which hand-written
+//! kernels share) and a rational approximation (erf). Calling libm per element would cost a
 //! call per lane and rule out the f32x4 body, so these are emitted inline.
 //! Special values follow the interpreter: NaN in gives NaN out, overflow
 //! gives ±inf, saturating functions reach exactly ±1 / 0.
@@ -12,36 +13,27 @@ use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::fb::Fb;
+use crate::cpu::approx;
 
 /// e^x: x = n·ln2 + r with |r| ≤ ln2/2, a degree-7 polynomial for e^r, and
 /// 2^n built in the exponent bits, split in two halves so that n from -150
 /// (denormal results) to 128 (overflow to inf) stays representable.
 pub(crate) fn exp(f: &mut Fb, x: Value) -> Value {
-    let x = f.clamp(x, -104.0, 88.8);
+    let x = f.clamp(x, approx::EXP_MIN, approx::EXP_MAX);
     let t = f.mulc(x, std::f32::consts::LOG2_E);
     // n = round(t) by adding 1.5·2^23, whose ulp is 1 (|t| < 151 here):
     // the sum's low mantissa bits are then n itself, so the integer n is
     // one integer subtract away, instead of a round and a saturating
     // float-to-int conversion (eight instructions on x64).
-    const MAGIC: f32 = 12_582_912.0;
+    const MAGIC: f32 = approx::ROUND_MAGIC;
     let k = f.addc(t, MAGIC);
     let n = f.addc(k, -MAGIC);
     // ln2 in two parts (Cody–Waite) so that x - n·ln2 is exact enough.
-    let c1 = f.c(-0.693_359_4);
+    let c1 = f.c(approx::LN2_HI);
     let r = f.mul_add(n, c1, x);
-    let c2 = f.c(2.121_944_4e-4);
+    let c2 = f.c(approx::LN2_LO);
     let r = f.mul_add(n, c2, r);
-    let p = f.poly(
-        r,
-        &[
-            1.987_569_1e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5.000_000_1e-1,
-        ],
-    );
+    let p = f.poly(r, &approx::EXP_POLY);
     let r2 = f.mul(r, r);
     let p = f.mul_add(p, r2, r);
     let p = f.addc(p, 1.0);
@@ -129,16 +121,7 @@ pub(crate) fn log(f: &mut Fb, x0: Value) -> Value {
 pub(crate) fn tanh(f: &mut Fb, x: Value) -> Value {
     let ax = f.b.ins().fabs(x);
     let z2 = f.mul(x, x);
-    let p = f.poly(
-        z2,
-        &[
-            -5.704_988_7e-3,
-            2.063_908_9e-2,
-            -5.373_971_6e-2,
-            1.333_144_2e-1,
-            -3.333_328_2e-1,
-        ],
-    );
+    let p = f.poly(z2, &approx::TANH_POLY);
     let p = f.mul(p, z2);
     let p = f.mul(p, x);
     let small = f.add(p, x);
@@ -152,7 +135,7 @@ pub(crate) fn tanh(f: &mut Fb, x: Value) -> Value {
     let nbig = f.b.ins().fneg(big);
     let z = f.c(0.0);
     let big = f.sel(FloatCC::LessThan, x, z, nbig, big);
-    let lim = f.c(0.625);
+    let lim = f.c(approx::TANH_SMALL);
     f.sel(FloatCC::LessThan, ax, lim, small, big)
 }
 

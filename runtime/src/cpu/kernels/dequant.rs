@@ -245,7 +245,7 @@ impl QuantB {
             let out = std::ptr::with_exposed_provenance_mut::<f32>(out_addr);
             for s in s0..s1 {
                 let mut acc = [[0.0f32; NR]; GEMV_ROWS];
-                self.gemv_strip(s, m, a, lda, &mut acc);
+                gemv_strip(self, s, m, a, lda, &mut acc);
                 let (c0, len) = (s * NR, (n - s * NR).min(NR));
                 for (i, row) in acc.iter().enumerate().take(m) {
                     // SAFETY: row i < m, columns c0..c0 + len < n of the
@@ -266,22 +266,6 @@ impl QuantB {
         for_each_unit(parallel, units, unit);
     }
 
-    /// `acc[i][j] = Σ_kk a[i·lda + kk] · W[kk, 16·s + j]` for rows i < m.
-    fn gemv_strip(&self, s: usize, m: usize, a: &[f32], lda: usize, acc: &mut Acc) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                // SAFETY: AVX-512F is present.
-                return unsafe { gemv_strip_avx512(self, s, m, a, lda, acc) };
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                // SAFETY: AVX2 and FMA are present.
-                return unsafe { gemv_strip_avx2(self, s, m, a, lda, acc) };
-            }
-        }
-        gemv_strip_body(self, s, m, a, lda, acc);
-    }
-
     /// Unpacks rows `k0..k0 + kc` of strip `s` into `dst` (`kc x 16`).
     fn unpack(&self, s: usize, k0: usize, kc: usize, dst: &mut [f32]) {
         let bpr = self.bits.bytes_per_row();
@@ -294,13 +278,6 @@ impl QuantB {
             let (sc, zs) = self.params(s, g);
             let (sc, zs) = (&sc, &zs);
             let (src, dst) = (&src[r * bpr..end * bpr], &mut dst[r * NR..end * NR]);
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 is present.
-                unsafe { unpack_avx2(self.bits, src, sc, zs, dst) };
-                r = end;
-                continue;
-            }
             unpack_rows(self.bits, src, sc, zs, dst);
             r = end;
         }
@@ -312,41 +289,24 @@ pub const GEMV_ROWS: usize = 4;
 
 type Acc = [[f32; NR]; GEMV_ROWS];
 
-/// [`gemv_strip_body`] on AVX-512F: a row of 16 weights is one register.
-///
-/// # Safety
-/// The host has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gemv_strip_avx512(q: &QuantB, s: usize, m: usize, a: &[f32], lda: usize, acc: &mut Acc) {
-    gemv_strip_body(q, s, m, a, lda, acc);
-}
-
-/// [`gemv_strip_body`] on AVX2: two registers per row of weights.
-///
-/// # Safety
-/// The host has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_strip_avx2(q: &QuantB, s: usize, m: usize, a: &[f32], lda: usize, acc: &mut Acc) {
-    gemv_strip_body(q, s, m, a, lda, acc);
-}
-
-#[inline(always)]
-fn gemv_strip_body(q: &QuantB, s: usize, m: usize, a: &[f32], lda: usize, acc: &mut Acc) {
-    match (q.bits, m) {
-        (QuantBits::I8, 1) => gemv_rows::<0, 1>(q, s, m, a, lda, acc),
-        (QuantBits::U8, 1) => gemv_rows::<1, 1>(q, s, m, a, lda, acc),
-        (QuantBits::I4, 1) => gemv_rows::<2, 1>(q, s, m, a, lda, acc),
-        (QuantBits::U4, 1) => gemv_rows::<3, 1>(q, s, m, a, lda, acc),
-        (QuantBits::I8, 2) => gemv_rows::<0, 2>(q, s, m, a, lda, acc),
-        (QuantBits::U8, 2) => gemv_rows::<1, 2>(q, s, m, a, lda, acc),
-        (QuantBits::I4, 2) => gemv_rows::<2, 2>(q, s, m, a, lda, acc),
-        (QuantBits::U4, 2) => gemv_rows::<3, 2>(q, s, m, a, lda, acc),
-        (QuantBits::I8, _) => gemv_rows::<0, GEMV_ROWS>(q, s, m, a, lda, acc),
-        (QuantBits::U8, _) => gemv_rows::<1, GEMV_ROWS>(q, s, m, a, lda, acc),
-        (QuantBits::I4, _) => gemv_rows::<2, GEMV_ROWS>(q, s, m, a, lda, acc),
-        (QuantBits::U4, _) => gemv_rows::<3, GEMV_ROWS>(q, s, m, a, lda, acc),
+crate::cpu::simd_fn! {
+    /// `acc[i][j] = Σ_kk a[i·lda + kk] · W[kk, 16·s + j]` for rows i < m
+    /// (on AVX-512 a row of 16 weights is one register).
+    fn gemv_strip(q: &QuantB, s: usize, m: usize, a: &[f32], lda: usize, acc: &mut Acc) {
+        match (q.bits, m) {
+            (QuantBits::I8, 1) => gemv_rows::<0, 1>(q, s, m, a, lda, acc),
+            (QuantBits::U8, 1) => gemv_rows::<1, 1>(q, s, m, a, lda, acc),
+            (QuantBits::I4, 1) => gemv_rows::<2, 1>(q, s, m, a, lda, acc),
+            (QuantBits::U4, 1) => gemv_rows::<3, 1>(q, s, m, a, lda, acc),
+            (QuantBits::I8, 2) => gemv_rows::<0, 2>(q, s, m, a, lda, acc),
+            (QuantBits::U8, 2) => gemv_rows::<1, 2>(q, s, m, a, lda, acc),
+            (QuantBits::I4, 2) => gemv_rows::<2, 2>(q, s, m, a, lda, acc),
+            (QuantBits::U4, 2) => gemv_rows::<3, 2>(q, s, m, a, lda, acc),
+            (QuantBits::I8, _) => gemv_rows::<0, GEMV_ROWS>(q, s, m, a, lda, acc),
+            (QuantBits::U8, _) => gemv_rows::<1, GEMV_ROWS>(q, s, m, a, lda, acc),
+            (QuantBits::I4, _) => gemv_rows::<2, GEMV_ROWS>(q, s, m, a, lda, acc),
+            (QuantBits::U4, _) => gemv_rows::<3, GEMV_ROWS>(q, s, m, a, lda, acc),
+        }
     }
 }
 
@@ -430,60 +390,46 @@ fn gemv_rows<const KIND: u8, const R: usize>(
     acc[..R].copy_from_slice(&sums);
 }
 
-/// [`unpack_rows`] compiled for AVX2, where its 16-lane rows vectorize.
-///
-/// # Safety
-/// The host has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn unpack_avx2(
-    bits: QuantBits,
-    src: &[u8],
-    sc: &[f32; NR],
-    zs: &[f32; NR],
-    dst: &mut [f32],
-) {
-    unpack_rows(bits, src, sc, zs, dst);
-}
-
-/// `dst` row r = `(q - zs) · sc` for the quantized row r of `src`.
-#[inline(always)]
-fn unpack_rows(bits: QuantBits, src: &[u8], sc: &[f32; NR], zs: &[f32; NR], dst: &mut [f32]) {
-    #[inline(always)]
-    fn row(q: &[f32; NR], sc: &[f32; NR], zs: &[f32; NR], out: &mut [f32]) {
-        let out: &mut [f32; NR] = (&mut out[..NR]).try_into().expect("16 floats");
-        for j in 0..NR {
-            out[j] = (q[j] - zs[j]) * sc[j];
-        }
-    }
-    let mut q = [0.0f32; NR];
-    match bits {
-        QuantBits::I8 | QuantBits::U8 => {
-            for (s, d) in src.chunks_exact(NR).zip(dst.chunks_exact_mut(NR)) {
-                let s: &[u8; NR] = s.try_into().expect("16 bytes");
-                if bits == QuantBits::I8 {
-                    for j in 0..NR {
-                        q[j] = s[j] as i8 as f32;
-                    }
-                } else {
-                    for j in 0..NR {
-                        q[j] = s[j] as f32;
-                    }
-                }
-                row(&q, sc, zs, d);
+crate::cpu::simd_fn! {
+    /// `dst` row r = `(q - zs) · sc` for the quantized row r of `src`
+    /// (16-lane rows, which vectorize).
+    fn unpack_rows(bits: QuantBits, src: &[u8], sc: &[f32; NR], zs: &[f32; NR], dst: &mut [f32]) {
+        #[inline(always)]
+        fn row(q: &[f32; NR], sc: &[f32; NR], zs: &[f32; NR], out: &mut [f32]) {
+            let out: &mut [f32; NR] = (&mut out[..NR]).try_into().expect("16 floats");
+            for j in 0..NR {
+                out[j] = (q[j] - zs[j]) * sc[j];
             }
         }
-        QuantBits::I4 | QuantBits::U4 => {
-            const H: usize = NR / 2;
-            for (s, d) in src.chunks_exact(H).zip(dst.chunks_exact_mut(NR)) {
-                let s: &[u8; H] = s.try_into().expect("8 bytes");
-                // Sign-extending a nibble: (x ^ 8) - 8.
-                let sign = if bits == QuantBits::I4 { 8 } else { 0 };
-                for j in 0..H {
-                    q[j] = (((s[j] & 15) as i32 ^ sign) - sign) as f32;
-                    q[j + H] = (((s[j] >> 4) as i32 ^ sign) - sign) as f32;
+        let mut q = [0.0f32; NR];
+        match bits {
+            QuantBits::I8 | QuantBits::U8 => {
+                for (s, d) in src.chunks_exact(NR).zip(dst.chunks_exact_mut(NR)) {
+                    let s: &[u8; NR] = s.try_into().expect("16 bytes");
+                    if bits == QuantBits::I8 {
+                        for j in 0..NR {
+                            q[j] = s[j] as i8 as f32;
+                        }
+                    } else {
+                        for j in 0..NR {
+                            q[j] = s[j] as f32;
+                        }
+                    }
+                    row(&q, sc, zs, d);
                 }
-                row(&q, sc, zs, d);
+            }
+            QuantBits::I4 | QuantBits::U4 => {
+                const H: usize = NR / 2;
+                for (s, d) in src.chunks_exact(H).zip(dst.chunks_exact_mut(NR)) {
+                    let s: &[u8; H] = s.try_into().expect("8 bytes");
+                    // Sign-extending a nibble: (x ^ 8) - 8.
+                    let sign = if bits == QuantBits::I4 { 8 } else { 0 };
+                    for j in 0..H {
+                        q[j] = (((s[j] & 15) as i32 ^ sign) - sign) as f32;
+                        q[j + H] = (((s[j] >> 4) as i32 ^ sign) - sign) as f32;
+                    }
+                    row(&q, sc, zs, d);
+                }
             }
         }
     }

@@ -178,36 +178,10 @@ fn in_chunks(
 mod rows {
     use crate::cpu::kernels::qgemm::round_clamped;
 
-    macro_rules! dispatch {
-        ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
-            $(#[$doc])*
-            pub(super) fn $name($($arg: $ty),*) $(-> $ret)? {
-                #[inline(always)]
-                fn body($($arg: $ty),*) $(-> $ret)? $body
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-                    unsafe fn wide($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-                    #[target_feature(enable = "avx2,fma")]
-                    unsafe fn narrow($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-                    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-                        // SAFETY: the features are present.
-                        return unsafe { wide($($arg),*) };
-                    }
-                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                        // SAFETY: the features are present.
-                        return unsafe { narrow($($arg),*) };
-                    }
-                }
-                body($($arg),*)
-            }
-        };
-    }
-
-    dispatch! {
+    crate::cpu::simd_fn! {
         /// `d[i] = saturate(round_half_even(x[i] / s) + z)` into `lo..=hi`;
         /// NaN becomes the zero point, as the reference rounds it.
-        fn quantize(x: &[f32], d: &mut [u8], s: f32, z: i32, lo: i32, hi: i32) {
+        pub(super) fn quantize(x: &[f32], d: &mut [u8], s: f32, z: i32, lo: i32, hi: i32) {
             let (flo, fhi) = ((lo - z) as f32, (hi - z) as f32);
             for (d, &v) in d.iter_mut().zip(x) {
                 let r = round_clamped(v / s, flo, fhi);
@@ -216,28 +190,28 @@ mod rows {
         }
     }
 
-    dispatch! {
+    crate::cpu::simd_fn! {
         /// `o[i] = (x[i] - z) · s`.
-        fn dequantize_u8(x: &[u8], o: &mut [f32], s: f32, z: i32) {
+        pub(super) fn dequantize_u8(x: &[u8], o: &mut [f32], s: f32, z: i32) {
             for (o, &v) in o.iter_mut().zip(x) {
                 *o = (v as i32 - z) as f32 * s;
             }
         }
     }
 
-    dispatch! {
+    crate::cpu::simd_fn! {
         /// `o[i] = (x[i] - z) · s`.
-        fn dequantize_i8(x: &[i8], o: &mut [f32], s: f32, z: i32) {
+        pub(super) fn dequantize_i8(x: &[i8], o: &mut [f32], s: f32, z: i32) {
             for (o, &v) in o.iter_mut().zip(x) {
                 *o = (v as i32 - z) as f32 * s;
             }
         }
     }
 
-    dispatch! {
+    crate::cpu::simd_fn! {
         /// The least and greatest of 0 and `x` (NaN skipped), in 16 lanes
         /// so the loop vectorizes.
-        fn min_max(x: &[f32]) -> (f32, f32) {
+        pub(super) fn min_max(x: &[f32]) -> (f32, f32) {
             let (mut lo, mut hi) = ([0.0f32; 16], [0.0f32; 16]);
             let mut chunks = x.chunks_exact(16);
             for c in &mut chunks {

@@ -12,6 +12,8 @@ use super::{f32s, opt_f32s};
 pub struct RecurrentStep {
     pub layer: Recurrent,
     pub results: [bool; 3],
+    /// A constant R transposed once ([`crate::cpu::rnn::transpose_recurrence`]).
+    pub r_t: Option<Vec<f32>>,
 }
 
 impl NativeKernel for RecurrentStep {
@@ -25,6 +27,7 @@ impl NativeKernel for RecurrentStep {
             x: f32s(inputs, 0)?,
             w: f32s(inputs, 1)?,
             r: f32s(inputs, 2)?,
+            r_t: self.r_t.as_deref(),
             b: opt_f32s(inputs, 3)?,
             h0: opt_f32s(inputs, 5)?,
             c0: opt_f32s(inputs, 6)?,

@@ -1,0 +1,123 @@
+//! The transcendental approximations of native code, in one place: the
+//! coefficients the JIT emits inline (`jit/math.rs`) and the same
+//! functions in Rust for hand-written kernels (the recurrent cells' gates),
+//! written branch-free so that a loop over them vectorizes. libm's
+//! `expf`/`tanhf` are calls per element: in an LSTM's gate loop they were
+//! a third of the run.
+//!
+//! Accuracy is the JIT's (Cephes-style range reduction and minimax
+//! polynomials, a few ulp); special values follow the interpreter: NaN in
+//! gives NaN out, exp overflows to inf, tanh and sigmoid saturate to
+//! exactly ±1 and 0/1.
+
+// Coefficients are quoted as published (more digits than f32 keeps).
+#![allow(clippy::excessive_precision)]
+
+/// e^r - 1 - r = r²·P(r) on |r| ≤ ln2/2, P's coefficients from the
+/// highest degree down (the last is ½).
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+
+/// ln2 in two parts (Cody–Waite): x - n·ln2 = x + n·LN2_HI + n·LN2_LO.
+pub(crate) const LN2_HI: f32 = -0.693_359_4;
+pub(crate) const LN2_LO: f32 = 2.121_944_4e-4;
+
+/// The range exp is evaluated on: below it the result is 0 (through
+/// denormals), above it inf.
+pub(crate) const EXP_MIN: f32 = -104.0;
+pub(crate) const EXP_MAX: f32 = 88.8;
+
+/// 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// tanh x = x + x³·P(x²) for |x| < [`TANH_SMALL`] (Cephes tanhf).
+pub(crate) const TANH_POLY: [f32; 5] = [
+    -5.704_988_7e-3,
+    2.063_908_9e-2,
+    -5.373_971_6e-2,
+    1.333_144_2e-1,
+    -3.333_328_2e-1,
+];
+
+/// Below this |x|, tanh takes the polynomial; above, `1 - 2/(e^{2|x|}+1)`.
+pub(crate) const TANH_SMALL: f32 = 0.625;
+
+#[inline(always)]
+fn horner(x: f32, coef: &[f32]) -> f32 {
+    let mut p = coef[0];
+    for &c in &coef[1..] {
+        p = p.mul_add(x, c);
+    }
+    p
+}
+
+/// e^x.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let x = x.clamp(EXP_MIN, EXP_MAX);
+    let k = x * std::f32::consts::LOG2_E + ROUND_MAGIC;
+    let n = k - ROUND_MAGIC;
+    let r = n.mul_add(LN2_LO, n.mul_add(LN2_HI, x));
+    let p = horner(r, &EXP_POLY).mul_add(r * r, r) + 1.0;
+    // 2^n in two halves, so n from -150 to 128 stays representable.
+    let ni = k.to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;
+    let h = ni >> 1;
+    let l = ni - h;
+    let pow = |e: i32| f32::from_bits(((e + 127) << 23) as u32);
+    p * pow(h) * pow(l)
+}
+
+/// tanh x.
+#[inline(always)]
+pub(crate) fn tanh(x: f32) -> f32 {
+    let ax = x.abs();
+    let z2 = x * x;
+    let small = (horner(z2, &TANH_POLY) * z2).mul_add(x, x);
+    let big = 1.0 - 2.0 / (exp(ax + ax) + 1.0);
+    let big = if x < 0.0 { -big } else { big };
+    if ax < TANH_SMALL {
+        small
+    } else {
+        big
+    }
+}
+
+/// 1 / (1 + e^{-x}).
+#[inline(always)]
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Within a few ulp of libm over the ranges that matter, exact at the
+    /// saturation points, NaN through.
+    #[test]
+    fn close_to_libm() {
+        let mut x = -90.0f32;
+        while x < 88.7 {
+            let rel = |a: f32, b: f32| ((a - b) / b.abs().max(f32::MIN_POSITIVE)).abs();
+            assert!(rel(exp(x), x.exp()) < 4e-7 || x.exp() < 1e-37, "exp({x})");
+            assert!((tanh(x) - x.tanh()).abs() < 3e-7, "tanh({x})");
+            assert!(
+                (sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs() < 3e-7,
+                "sigmoid({x})"
+            );
+            x += 0.0137;
+        }
+        assert_eq!(tanh(30.0), 1.0);
+        assert_eq!(tanh(-30.0), -1.0);
+        assert_eq!(sigmoid(-200.0), 0.0);
+        assert_eq!(sigmoid(200.0), 1.0);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan() && tanh(f32::NAN).is_nan() && sigmoid(f32::NAN).is_nan());
+    }
+}
