@@ -21,6 +21,9 @@ What it makes, from `../shared/models` and `../shared/zoo/models`:
   f32 matrix of 4096 or more values becomes a symmetric int8 constant
   with a scale per column, or per row for a table that a Gather reads
   (a scale per token).
+- `bilstm_dyn`: a two-layer bidirectional LSTM (seeded random weights,
+  input [50, 1, 64], hidden 128) through `quantize_dynamic`, which writes
+  `com.microsoft.DynamicQuantizeLSTM`.
 
 Run: .venv-bench/bin/python tests/models/make_quant_models.py
 (needs onnx, onnxruntime >= 1.20, onnx_ir, numpy).
@@ -138,6 +141,40 @@ def cast_scale_int8(model):
     return model
 
 
+def bilstm(path):
+    """A two-layer bidirectional LSTM with seeded weights, saved at `path`;
+    its test inputs."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(20261206)
+    seq, batch, inp, hid = 50, 1, 64, 128
+    nodes, inits = [], []
+    x = "x"
+    for layer, width in enumerate([inp, 2 * hid]):
+        w = (rng.standard_normal((2, 4 * hid, width)) / np.sqrt(width)).astype(np.float32)
+        r = (rng.standard_normal((2, 4 * hid, hid)) / np.sqrt(hid)).astype(np.float32)
+        b = (rng.standard_normal((2, 8 * hid)) * 0.1).astype(np.float32)
+        names = [f"w{layer}", f"r{layer}", f"b{layer}"]
+        inits += [numpy_helper.from_array(a, n) for a, n in zip([w, r, b], names)]
+        y = f"y{layer}"
+        nodes.append(helper.make_node("LSTM", [x] + names, [y], hidden_size=hid,
+                                      direction="bidirectional"))
+        # [seq, 2, batch, hid] -> [seq, batch, 2 * hid]
+        t = f"t{layer}"
+        nodes.append(helper.make_node("Transpose", [y], [t], perm=[0, 2, 1, 3]))
+        shape = f"shape{layer}"
+        inits.append(numpy_helper.from_array(np.array([seq, batch, 2 * hid], np.int64), shape))
+        x = f"h{layer}"
+        nodes.append(helper.make_node("Reshape", [t, shape], [x]))
+    g = helper.make_graph(nodes, "bilstm",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, inp])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [seq, batch, 2 * hid])],
+                          inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    onnx.checker.check_model(m)
+    onnx.save(m, path)
+    return {"x": rng.standard_normal((seq, batch, inp)).astype(np.float32)}
+
+
 def main():
     logging.getLogger().setLevel(logging.WARNING)
     ort.set_default_logger_severity(3)
@@ -187,6 +224,15 @@ def main():
         dst = os.path.join(dst_dir, "model.onnx")
         onnx.save(cast_scale_int8(onnx.load(src)), dst)
         write_case("minilm_l3_w8", dst, inputs)
+
+
+    src = os.path.join(OUT, "bilstm_f32.onnx")
+    inputs = bilstm(src)
+    dst_dir = os.path.join(OUT, "bilstm_dyn")
+    os.makedirs(dst_dir, exist_ok=True)
+    dst = os.path.join(dst_dir, "model.onnx")
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"])
+    write_case("bilstm_dyn", dst, inputs)
 
 
 if __name__ == "__main__":

@@ -480,6 +480,150 @@ fn matmul_nbits_dequantizes_blocks() {
     }
 }
 
+/// `DynamicQuantizeLSTM` is the ONNX `LSTM` of its dequantized weights:
+/// W `[D, input, 4·hidden]` and R `[D, hidden, 4·hidden]` (LSTM's layout
+/// transposed) with scales and zero points per direction or per direction
+/// and gate row. The reference is a standard LSTM node given the weights
+/// dequantized and transposed here, on Kiln's interpreter (the LSTM kernel
+/// the node suite checks); bidirectional, with bias, initial states and
+/// the LSTM's three results.
+#[test]
+fn dynamic_quantize_lstm_is_the_lstm_of_its_dequantized_weights() {
+    let (seq, batch, input, hidden, dirs) = (5usize, 2usize, 3usize, 4usize, 2usize);
+    let g = 4 * hidden;
+    let xf: Vec<f32> = (0..seq * batch * input)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    let bias: Vec<f32> = (0..dirs * 2 * g)
+        .map(|i| (i as f32 * 0.21).cos() * 0.1)
+        .collect();
+    let h0: Vec<f32> = (0..dirs * batch * hidden)
+        .map(|i| (i as f32 * 0.5).cos() * 0.3)
+        .collect();
+    for (elem, per_row) in [(I8, true), (U8, false)] {
+        let q = |rows: usize, salt: usize| -> Vec<u8> {
+            (0..dirs * rows * g)
+                .map(|i| ((i * 37 + salt) % 251) as u8)
+                .collect()
+        };
+        let (wq, rq) = (q(input, 3), q(hidden, 11));
+        let params = if per_row { dirs * g } else { dirs };
+        let pdims: Vec<i64> = if per_row {
+            vec![dirs as i64, g as i64]
+        } else {
+            vec![dirs as i64]
+        };
+        let ws: Vec<f32> = (0..params).map(|i| 0.004 + 0.0003 * i as f32).collect();
+        let rs: Vec<f32> = (0..params).map(|i| 0.003 + 0.0002 * i as f32).collect();
+        let zero = |salt: usize| -> Vec<u8> {
+            (0..params)
+                .map(|i| {
+                    if elem == I8 {
+                        ((i * salt % 7) as i8 - 3) as u8
+                    } else {
+                        (120 + i * salt % 9) as u8
+                    }
+                })
+                .collect()
+        };
+        let (wz, rz) = (zero(3), zero(5));
+        let val = |b: u8| if elem == I8 { b as i8 as f32 } else { b as f32 };
+        // LSTM's layout [D, 4·hidden, cols] of (q - z) · s.
+        let dequant = |q: &[u8], z: &[u8], s: &[f32], cols: usize| -> Vec<f32> {
+            let mut out = vec![0f32; dirs * g * cols];
+            for d in 0..dirs {
+                for r in 0..g {
+                    let p = if per_row { d * g + r } else { d };
+                    for c in 0..cols {
+                        out[(d * g + r) * cols + c] =
+                            (val(q[(d * cols + c) * g + r]) - val(z[p])) * s[p];
+                    }
+                }
+            }
+            out
+        };
+        let wf = dequant(&wq, &wz, &ws, input);
+        let rf = dequant(&rq, &rz, &rs, hidden);
+        let common = |b: OnnxBuilder| {
+            b.input("x", tensor_type(F32, &["5", "2", "3"]))
+                .initializer(f32_tensor("b", &[dirs as i64, 2 * g as i64], &bias))
+                .initializer(f32_tensor(
+                    "h0",
+                    &[dirs as i64, batch as i64, hidden as i64],
+                    &h0,
+                ))
+        };
+        let attrs = || {
+            vec![
+                attr_int("hidden_size", hidden as i64),
+                attr_string("direction", "bidirectional"),
+            ]
+        };
+        let outputs = |b: OnnxBuilder| {
+            b.output("y", tensor_type(F32, &["5", "2", "2", "4"]))
+                .output("yh", tensor_type(F32, &["2", "2", "4"]))
+                .output("yc", tensor_type(F32, &["2", "2", "4"]))
+        };
+        let quant = outputs(
+            common(OnnxBuilder::new("dqlstm", 17))
+                .initializer(bytes_tensor(
+                    "w",
+                    elem,
+                    &[dirs as i64, input as i64, g as i64],
+                    &wq,
+                ))
+                .initializer(bytes_tensor(
+                    "r",
+                    elem,
+                    &[dirs as i64, hidden as i64, g as i64],
+                    &rq,
+                ))
+                .initializer(f32_tensor("ws", &pdims, &ws))
+                .initializer(bytes_tensor("wz", elem, &pdims, &wz))
+                .initializer(f32_tensor("rs", &pdims, &rs))
+                .initializer(bytes_tensor("rz", elem, &pdims, &rz))
+                .node_with(
+                    "DynamicQuantizeLSTM",
+                    &["x", "w", "r", "b", "", "h0", "", "", "ws", "wz", "rs", "rz"],
+                    &["y", "yh", "yc"],
+                    attrs(),
+                ),
+        );
+        let float = outputs(
+            common(OnnxBuilder::new("lstm", 17))
+                .initializer(f32_tensor("w", &[dirs as i64, g as i64, input as i64], &wf))
+                .initializer(f32_tensor(
+                    "r",
+                    &[dirs as i64, g as i64, hidden as i64],
+                    &rf,
+                ))
+                .node_with(
+                    "LSTM",
+                    &["x", "w", "r", "b", "", "h0"],
+                    &["y", "yh", "yc"],
+                    attrs(),
+                ),
+        )
+        .bytes();
+        let x = Tensor::from_f32(vec![seq, batch, input], xf.clone()).expect("tensor");
+        let want = {
+            let m = import_model_bytes(&float, None, &Default::default()).expect("imports");
+            let ins: HashMap<String, Value> = [(
+                "x".to_string(),
+                Value::Tensor(std::sync::Arc::new(x.clone())),
+            )]
+            .into();
+            Interpreter::new(&m).run(&ins).expect("interprets")[0]
+                .as_tensor()
+                .expect("a tensor")
+                .to_f64()
+        };
+        for got in run(&model(quant), &[("x", x)]) {
+            assert_within(&got, &want, 1e-5, &format!("DynamicQuantizeLSTM {elem}"));
+        }
+    }
+}
+
 /// Malformed contrib ops fail to import with the node and the reason, not
 /// a panic.
 #[test]

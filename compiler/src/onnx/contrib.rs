@@ -6,7 +6,8 @@
 //! the dynamic ones (`MatMulIntegerToFloat`, `DynamicQuantizeMatMul`) as
 //! the exact integer product (`MatMulInteger`) scaled to f32; the
 //! weight-only `MatMulNBits` as a blocked 4/8-bit `DequantizeLinear` of
-//! its weights feeding a `MatMul`.
+//! its weights feeding a `MatMul`; `DynamicQuantizeLSTM` as an `LSTM` on
+//! its dequantized weights.
 //!
 //! One form for each meaning: after import a QOperator model is a QDQ
 //! model, so the interpreter runs it with the standard ops' reference
@@ -31,6 +32,7 @@ pub const EXPANDED: &[&str] = &[
     "com.microsoft.MatMulIntegerToFloat",
     "com.microsoft.DynamicQuantizeMatMul",
     "com.microsoft.MatMulNBits",
+    "com.microsoft.DynamicQuantizeLSTM",
 ];
 
 /// Append the standard-op form of `node` (one of [`EXPANDED`]).
@@ -76,6 +78,7 @@ pub fn expand(cx: &mut CanonCtx, node: Node) -> Result<(), String> {
             )
         }
         "MatMulNBits" => matmul_nbits(cx, &node),
+        "DynamicQuantizeLSTM" => dynamic_quantize_lstm(cx, &node),
         _ => Err(format!("`{}` has no expansion", node.op)),
     }
 }
@@ -519,4 +522,121 @@ fn matmul_nbits(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
             cx.push(Node::new("Add", vec![Some(p), Some(bias)], vec![y]))
         }
     }
+}
+
+/// `DynamicQuantizeLSTM(X, W, R, B?, sequence_lens?, initial_h?,
+/// initial_c?, P?, W_scale, W_zero_point, R_scale, R_zero_point)`: an
+/// ONNX `LSTM` (same attributes, same results) whose weights are
+/// `(W - W_zero_point) · W_scale` transposed to LSTM's layout. The
+/// contrib op stores W as `[D, input, 4·hidden]` and R as `[D, hidden,
+/// 4·hidden]` (LSTM's `[D, 4·hidden, ·]` transposed, gates in LSTM's
+/// i, o, f, c order), with a scale and zero point per direction (`[D]`)
+/// or per direction and gate row (`[D, 4·hidden]`).
+///
+/// What the contrib docs leave to the implementation, onnxruntime's
+/// kernel also quantizes X and each step's hidden state to u8 before its
+/// integer products; this form keeps them in f32, the float LSTM the
+/// quantized weights stand for (onnxruntime's outputs differ from it by
+/// that activation rounding, about 1e-3 of their range).
+fn dynamic_quantize_lstm(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
+    let ops: [Option<ValueId>; 12] = operands(node, 12).or_else(|_| {
+        // Only the four parameters after the eight LSTM operands are
+        // required; the optional LSTM operands may be omitted.
+        let v: [Option<ValueId>; 12] = std::array::from_fn(|i| node.input(i));
+        if v[0].is_none() || v[1].is_none() || v[2].is_none() || v[8..].iter().any(Option::is_none)
+        {
+            return Err(
+                "DynamicQuantizeLSTM needs X, W, R and the four weight parameters".to_string(),
+            );
+        }
+        Ok(v)
+    })?;
+    let mut weights = vec![];
+    for (w, scale, zero, what) in [
+        (ops[1], ops[8], ops[9], "W"),
+        (ops[2], ops[10], ops[11], "R"),
+    ] {
+        weights.push(Some(lstm_weight(cx, node, w, scale, zero, what)?));
+    }
+    let mut inputs = vec![ops[0], weights[0], weights[1]];
+    inputs.extend_from_slice(&ops[3..8]);
+    while inputs.last() == Some(&None) {
+        inputs.pop();
+    }
+    let mut lstm = Node::new("LSTM", inputs, node.outputs.clone());
+    lstm.attrs = node.attrs.clone();
+    lstm.name = node.name.clone();
+    add_canonical(cx, lstm)
+}
+
+/// `Transpose((Cast(w) - Cast(zero)) · scale, [0, 2, 1])` for a constant
+/// 8-bit `w [D, rows, cols]` whose constant scale and zero point are per
+/// direction (`[D]`) or per direction and column (`[D, cols]`).
+fn lstm_weight(
+    cx: &mut CanonCtx,
+    node: &Node,
+    w: Option<ValueId>,
+    scale: Option<ValueId>,
+    zero: Option<ValueId>,
+    what: &str,
+) -> Result<ValueId, String> {
+    let konst = |cx: &CanonCtx, v: Option<ValueId>, part: &str| {
+        v.and_then(|v| cx.m.constant(v).cloned())
+            .ok_or_else(|| format!("DynamicQuantizeLSTM needs a constant {what}{part}"))
+    };
+    let wd = konst(cx, w, "")?;
+    if !matches!(wd.elem, ElemType::I8 | ElemType::U8) || wd.shape.len() != 3 {
+        return Err(format!(
+            "DynamicQuantizeLSTM: {what} must be 8-bit [D, rows, cols]"
+        ));
+    }
+    let (d, cols) = (wd.shape[0], wd.shape[2]);
+    // The parameters shaped to broadcast over W: [D, 1, 1] or [D, 1, cols].
+    let param = |cx: &mut CanonCtx, v: Option<ValueId>, part: &str, elem: Option<ElemType>| {
+        let pd = konst(cx, v, part)?;
+        let shape = match pd.shape[..] {
+            [x] if x == d => vec![d, 1, 1],
+            [x, c] if x == d && c == cols => vec![d, 1, cols],
+            _ => {
+                return Err(format!(
+                    "DynamicQuantizeLSTM: {what}{part} must be [{d}] or [{d}, {cols}]"
+                ))
+            }
+        };
+        if elem.is_some_and(|e| e != pd.elem) {
+            return Err(format!(
+                "DynamicQuantizeLSTM: {what}{part} must have {what}'s type"
+            ));
+        }
+        let bytes = pd
+            .bytes()
+            .ok_or("DynamicQuantizeLSTM: a parameter has no data")?;
+        let data =
+            TensorData::from_bytes(pd.elem, shape, bytes.to_vec()).map_err(|e| e.to_string())?;
+        Ok::<ValueId, String>(cx.constant(&hint(node, &format!("{what}{part}")), data))
+    };
+    let s = param(cx, scale, "_scale", None)?;
+    let z = param(cx, zero, "_zero_point", Some(wd.elem))?;
+    let cast = |cx: &mut CanonCtx, v: ValueId, tag: &str| -> Result<ValueId, String> {
+        let y = fresh(cx, node, tag);
+        let mut c = Node::new("Cast", vec![Some(v)], vec![y]);
+        c.attrs.insert("to".into(), Attr::Int(1));
+        cx.push(c)?;
+        Ok(y)
+    };
+    let wf = cast(cx, w.ok_or("no weights")?, &format!("{what}_f32"))?;
+    let zf = cast(cx, z, &format!("{what}_zero_f32"))?;
+    let centered = fresh(cx, node, &format!("{what}_centered"));
+    cx.push(Node::new("Sub", vec![Some(wf), Some(zf)], vec![centered]))?;
+    let scaled = fresh(cx, node, &format!("{what}_dequantized"));
+    cx.push(Node::new(
+        "Mul",
+        vec![Some(centered), Some(s)],
+        vec![scaled],
+    ))?;
+    let t = fresh(cx, node, &format!("{what}_lstm"));
+    let mut tr = Node::new("Transpose", vec![Some(scaled)], vec![t]);
+    tr.attrs.insert("perm".into(), Attr::Ints(vec![0, 2, 1]));
+    cx.push(tr)?;
+    Ok(t)
 }
