@@ -6,11 +6,12 @@
 //!   y_zero, b)`: 8-bit activations, constant 8-bit weights per tensor or
 //!   per output channel, an i32 bias whose scale is `x_scale · w_scale`
 //!   (the form quantization tools write).
-//! - `Q(op(DQ(x)))` for an op that only moves or selects values (Reshape,
-//!   Transpose, Flatten, Squeeze, Unsqueeze, Slice, Gather, Concat, Expand,
-//!   DepthToSpace, SpaceToDepth, Identity, MaxPool, GlobalMaxPool: a
-//!   maximum commutes with a monotonic map), where the DQ and the Q have
-//!   the same scale and zero point → the op on the 8-bit values.
+//! - `Q(op(DQ(x)))` for an op that only moves or selects values (the op
+//!   traits' `selects`: Reshape, Transpose, Slice, Gather, Concat, Expand,
+//!   MaxPool, ...; a maximum commutes with a monotonic map), where the DQ
+//!   and the Q have the same scale and zero point → the op on the 8-bit
+//!   values. The operands after the first (shapes, axes, indices) are
+//!   untouched; Concat takes every operand as data.
 //!
 //! It runs before constant folding, which would otherwise turn each
 //! quantized weight's `DequantizeLinear` into an f32 copy: folded, the
@@ -30,27 +31,6 @@
 use std::collections::HashMap;
 
 use kiln_ir::{Attr, ElemType, Module, Node, Region, TensorData, ValueId};
-
-/// Ops that move or select values without arithmetic: on quantized
-/// values with one scale and zero point they commute with DQ and Q.
-/// The operands after the first (shapes, axes, indices) are untouched;
-/// Concat takes every operand as data.
-const MOVEMENT: &[&str] = &[
-    "Reshape",
-    "Transpose",
-    "Flatten",
-    "Squeeze",
-    "Unsqueeze",
-    "Slice",
-    "Gather",
-    "Concat",
-    "Expand",
-    "DepthToSpace",
-    "SpaceToDepth",
-    "Identity",
-    "MaxPool",
-    "GlobalMaxPool",
-];
 
 pub fn run(m: &mut Module) -> Result<bool, String> {
     let mut uses: HashMap<ValueId, usize> = HashMap::new();
@@ -228,7 +208,7 @@ fn match_q(
     let qname = qn.name.clone();
     let node = match p.op.as_str() {
         "Conv" => conv(m, r, def, &p, ys, yz, y)?,
-        op if MOVEMENT.contains(&op) && p.outputs.len() == 1 => {
+        op if kiln_ir::ops::traits(op).selects && p.outputs.len() == 1 => {
             let data: Vec<usize> = if op == "Concat" {
                 (0..p.inputs.len()).collect()
             } else {

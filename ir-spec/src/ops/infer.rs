@@ -171,7 +171,8 @@ fn infer_region(
         }
         let (inferred, vals) = {
             let ctx = node_ctx(m, node, known);
-            let inferred = (schema.infer)(&ctx).map_err(|e| fail(Rule::Infer(e)))?;
+            let mut inferred = (schema.infer)(&ctx).map_err(|e| fail(Rule::Infer(e)))?;
+            super::quant_params::attach(&ctx, &node.op, &mut inferred);
             let vals = inferred.first().and_then(|t| values::propagate(&ctx, t));
             (inferred, vals)
         };

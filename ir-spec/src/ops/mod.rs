@@ -19,6 +19,7 @@ mod dims;
 pub mod geometry;
 mod infer;
 pub mod kiln;
+mod quant_params;
 mod registry;
 mod rules;
 pub(crate) mod schema;

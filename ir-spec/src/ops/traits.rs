@@ -102,6 +102,13 @@ pub struct OpTraits {
     /// whose result has A's type). The integer and quantized forms, whose
     /// results change type, are not.
     pub contraction: bool,
+    /// Each result element is an element of the data operands (operand
+    /// 0; every operand of Concat), moved or chosen without arithmetic:
+    /// the views, Transpose, Slice, Gather, Concat, Expand,
+    /// DepthToSpace, SpaceToDepth, and MaxPool/GlobalMaxPool (a maximum
+    /// picks one element, and commutes with any increasing map). On
+    /// quantized values such an op keeps their scale and zero point.
+    pub selects: bool,
     /// See [`Reduction`].
     pub reduction: Reduction,
     /// The result's shape can depend on operand values (NonZero, Unique,
@@ -120,6 +127,7 @@ impl OpTraits {
         view: false,
         weights: &[],
         contraction: false,
+        selects: false,
         reduction: Reduction::No,
         data_dependent_shape: false,
     };
@@ -162,6 +170,11 @@ const RANDOM: OpTraits = OpTraits {
 };
 const VIEW: OpTraits = OpTraits {
     view: true,
+    selects: true,
+    ..OpTraits::NONE
+};
+const SELECT: OpTraits = OpTraits {
+    selects: true,
     ..OpTraits::NONE
 };
 const SHAPE_ONLY: OpTraits = OpTraits {
@@ -224,12 +237,14 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("Celu", UNARY),
     ("Clip", UNARY),
     ("Compress", DATA_DEPENDENT),
+    ("Concat", SELECT),
     ("Conv", CONTRACTION),
     ("ConvInteger", weights(&[1])),
     ("ConvTranspose", CONTRACTION),
     ("Cos", UNARY),
     ("Cosh", UNARY),
     ("DeformConv", CONTRACTION),
+    ("DepthToSpace", SELECT),
     ("Div", BROADCAST),
     (
         "Dropout",
@@ -242,11 +257,14 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("Equal", BROADCAST),
     ("Erf", UNARY),
     ("Exp", UNARY),
+    ("Expand", SELECT),
     ("Flatten", VIEW),
     ("Floor", UNARY),
     ("GRU", weights(&[1, 2])),
+    ("Gather", SELECT),
     ("Gelu", UNARY),
     ("Gemm", CONTRACTION),
+    ("GlobalMaxPool", SELECT),
     ("Greater", BROADCAST),
     ("GreaterOrEqual", BROADCAST),
     ("HardSigmoid", UNARY),
@@ -255,6 +273,7 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
         "Identity",
         OpTraits {
             view: true,
+            selects: true,
             ..UNARY
         },
     ),
@@ -271,6 +290,7 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("MatMul", CONTRACTION),
     ("MatMulInteger", weights(&[1])),
     ("Max", BROADCAST),
+    ("MaxPool", SELECT),
     ("Mean", BROADCAST),
     ("Min", BROADCAST),
     ("Mish", UNARY),
@@ -313,9 +333,11 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("Sin", UNARY),
     ("Sinh", UNARY),
     ("Size", SHAPE_ONLY),
+    ("Slice", SELECT),
     ("Softmax", NORMALIZE),
     ("Softplus", UNARY),
     ("Softsign", UNARY),
+    ("SpaceToDepth", SELECT),
     ("Sqrt", UNARY),
     ("Squeeze", VIEW),
     ("StringConcat", BROADCAST),
@@ -326,6 +348,7 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("Tanh", UNARY),
     ("ThresholdedRelu", UNARY),
     ("TopK", DATA_DEPENDENT),
+    ("Transpose", SELECT),
     ("Unique", DATA_DEPENDENT),
     ("Unsqueeze", VIEW),
     ("Where", BROADCAST),

@@ -81,6 +81,8 @@ pub enum Rule {
     InferArity { got: usize, expected: usize },
     #[error("region signature: {0}")]
     RegionSignature(String),
+    #[error("quantization of %{value}: {msg}")]
+    QuantParams { value: String, msg: String },
 }
 
 fn range(min: usize, max: usize) -> String {

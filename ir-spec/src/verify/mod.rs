@@ -92,6 +92,10 @@ impl<'a> Verifier<'a> {
             );
             return false;
         }
+        if let Some(msg) = self.m.ty(id).as_tensor().and_then(quant_problem) {
+            let value = self.m.name(id).to_string();
+            self.push(path, node, Rule::QuantParams { value, msg });
+        }
         true
     }
 
@@ -501,6 +505,67 @@ pub(crate) fn region_signature(node: &Node) -> Option<String> {
     None
 }
 
+/// What is wrong with the quantization parameters a tensor type carries
+/// (rule `QuantParams`): integer or float8 values; as many zero points as
+/// scales, at least one, finite scales, zero points in the type's range;
+/// one of each without an axis; with one, an axis within the rank and one
+/// per index along it (per block of `block_size` indices when blocked).
+fn quant_problem(t: &crate::types::TensorType) -> Option<String> {
+    use crate::types::Dim;
+    let q = t.quant.as_deref()?;
+    if !t.elem.is_int() && !t.elem.is_float8() {
+        return Some(format!("{} values cannot be quantized", t.elem));
+    }
+    let n = q.scale.len();
+    if n == 0 || q.zero_point.len() != n {
+        return Some(format!("{n} scales and {} zero points", q.zero_point.len()));
+    }
+    if let Some(s) = q.scale.iter().find(|s| !s.is_finite()) {
+        return Some(format!("scale {s} is not finite"));
+    }
+    if let (Some(bits), true) = (t.elem.bit_width(), t.elem.is_int()) {
+        let bits = bits.min(63);
+        let (lo, hi) = if t.elem.is_signed_int() {
+            (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1)
+        } else {
+            (0, (1i64 << bits) - 1)
+        };
+        if let Some(z) = q.zero_point.iter().find(|z| !(lo..=hi).contains(*z)) {
+            return Some(format!("zero point {z} is outside {lo}..={hi}"));
+        }
+    }
+    let Some(axis) = q.axis else {
+        return match (q.block_size, n) {
+            (Some(_), _) => Some("blocked parameters need an axis".into()),
+            (None, 1) => None,
+            (None, n) => Some(format!("{n} scales without an axis")),
+        };
+    };
+    let shape = t.shape.as_ref()?;
+    let r = shape.len() as i64;
+    if !(-r..r).contains(&axis) {
+        return Some(format!("axis {axis} is out of range for rank {r}"));
+    }
+    let a = if axis < 0 { axis + r } else { axis } as usize;
+    match q.block_size {
+        Some(0) => Some("block_size must be positive".into()),
+        Some(b) => {
+            let mut want = 1u64;
+            for (i, d) in shape.iter().enumerate() {
+                let Dim::Known(d) = d else { return None };
+                want = want.saturating_mul(if i == a { d.div_ceil(b) } else { *d });
+            }
+            (want != n as u64).then(|| format!("{n} scales for {want} blocks"))
+        }
+        None => match shape[a] {
+            Dim::Known(d) if d != n as u64 => {
+                Some(format!("{n} scales for axis {axis} of size {d}"))
+            }
+            _ => None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +614,48 @@ mod tests {
 
     fn first_rule(m: &Module) -> Rule {
         verify(m).expect_err("module must be rejected").rule
+    }
+
+    /// Inference puts a QuantizeLinear's constant parameters on its
+    /// result's type and keeps them through a Reshape of it; the verifier
+    /// rejects parameters that do not fit the type.
+    #[test]
+    fn quantization_is_inferred_and_checked() {
+        let src = r#"module @q opset(ai.onnx = 21) {
+  input %x: f32[2,4]
+  const %s: f32[] = dense[0.05]
+  const %z: u8[] = dense[128]
+  const %shape: i64[1] = dense[8]
+  %q = QuantizeLinear(%x, %s, %z) : u8[2,4]
+  %r = Reshape(%q, %shape) : u8[8]
+  return %r
+}"#;
+        let mut m = crate::parse_module(src).expect("parse");
+        crate::ops::infer_module(&mut m).expect("infers");
+        let quant = |m: &Module, v: &str| {
+            let t = m.ty(m.lookup(v).expect("value")).as_tensor().cloned();
+            t.and_then(|t| t.quant)
+                .map(|q| (q.scale.clone(), q.zero_point.clone(), q.axis))
+        };
+        assert_eq!(quant(&m, "q"), Some((vec![0.05], vec![128], None)));
+        assert_eq!(quant(&m, "r"), Some((vec![0.05], vec![128], None)));
+        verify(&m).expect("verifies");
+        let bad = [
+            "u8[2,4] quant<axis = 1, scale = [0.1, 0.2], zero_point = [0, 0]>",
+            "u8[2,4] quant<scale = [0.1], zero_point = [300]>",
+            "u8[2,4] quant<axis = 2, scale = [0.1], zero_point = [0]>",
+            "u8[2,4] quant<scale = [0.1, 0.2], zero_point = [0, 0]>",
+            "u8[2,4] quant<axis = 1, block_size = 2, scale = [0.1], zero_point = [0]>",
+        ];
+        for ty in bad {
+            let text = format!(
+                "module @b opset(ai.onnx = 21) {{\n  input %x: {ty}\n  %y = Identity(%x) : u8[2,4]\n  return %y\n}}"
+            );
+            let m = crate::parse_module(&text).expect("parse");
+            assert!(matches!(first_rule(&m), Rule::QuantParams { .. }), "{ty}");
+        }
+        let good = "module @g opset(ai.onnx = 21) {\n  input %x: u8[2,4] quant<axis = 1, block_size = 2, scale = [0.1, 0.2, 0.3, 0.4], zero_point = [0, 1, 2, 3]>\n  %y = Identity(%x) : u8[2,4]\n  return %y\n}";
+        verify(&crate::parse_module(good).expect("parse")).expect("verifies");
     }
 
     #[test]
