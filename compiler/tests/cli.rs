@@ -212,6 +212,7 @@ fn run_writes_outputs_and_summarizes_them() {
         kiln_compiler::conformance::Tolerance {
             rtol: 1e-4,
             atol: 1e-6,
+            quantized: false,
         },
     )
     .expect("matches");

@@ -72,6 +72,7 @@ fn shared_models_match_onnxruntime() {
     let tol = Tolerance {
         rtol: 1e-3,
         atol: 1e-5,
+        quantized: false,
     };
     let mut failures = Vec::new();
     for m in shared_models() {

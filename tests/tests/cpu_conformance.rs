@@ -61,6 +61,7 @@ fn cpu_runs_the_shared_models() {
     let tol = Tolerance {
         rtol: 1e-3,
         atol: 1e-5,
+        quantized: false,
     };
     let mut failures = Vec::new();
     for m in shared_models() {

@@ -20,6 +20,7 @@ use proptest::prelude::*;
 const TOL: Tolerance = Tolerance {
     rtol: 1e-3,
     atol: 1e-4,
+    quantized: false,
 };
 
 /// Deterministic values in [-1, 1).

@@ -34,6 +34,7 @@ use proptest::prelude::*;
 const TOL: Tolerance = Tolerance {
     rtol: 1e-3,
     atol: 1e-4,
+    quantized: false,
 };
 
 /// Small limits, so a huge broadcast is refused in milliseconds.

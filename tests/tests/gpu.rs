@@ -168,6 +168,7 @@ fn gpu_runs_the_shared_models() {
     let tol = Tolerance {
         rtol: 1e-3,
         atol: 1e-4,
+        quantized: false,
     };
     let mut failures = vec![];
     for m in shared_models().into_iter().chain(zoo_models()) {

@@ -129,6 +129,7 @@ fn shared_models_before_after() {
             Tolerance {
                 rtol: 1e-3,
                 atol: 1e-5,
+                quantized: false,
             },
         );
         eprintln!("  expected outputs: {:?}", r.map(|_| "match"));

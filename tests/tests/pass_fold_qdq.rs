@@ -17,6 +17,7 @@ fn cases() {
     let one_step = Tolerance {
         rtol: 0.0,
         atol: 0.1 + 1e-6,
+        quantized: false,
     };
     for path in pass_clean_util::cases("fold-qdq") {
         let text = pass_clean_util::run_case_within("fold-qdq", &path, one_step);
@@ -41,6 +42,7 @@ fn cpu_runs_the_folded_cases_natively() {
     let one_step = Tolerance {
         rtol: 0.0,
         atol: 0.1 + 1e-6,
+        quantized: false,
     };
     for path in pass_clean_util::cases("fold-qdq") {
         let name = path.display().to_string();

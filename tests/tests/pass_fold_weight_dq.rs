@@ -39,6 +39,7 @@ fn cpu_runs_the_folded_cases_natively() {
     let tol = Tolerance {
         rtol: 1e-4,
         atol: 1e-5,
+        quantized: false,
     };
     for path in pass_clean_util::cases("fold-weight-dq") {
         let name = path.display().to_string();

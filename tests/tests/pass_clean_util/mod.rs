@@ -35,6 +35,7 @@ pub fn run_case(pass: &str, path: &PathBuf) -> String {
 pub const EXACT_ENOUGH: Tolerance = Tolerance {
     rtol: 1e-3,
     atol: 1e-6,
+    quantized: false,
 };
 
 /// [`run_case`] with the outputs compared within `tol` (a pass that keeps

@@ -59,6 +59,7 @@ pub fn check(args: &CheckArgs) -> Result<(), Failure> {
     let tol = kiln_compiler::conformance::Tolerance {
         rtol: args.rtol,
         atol: args.atol,
+        quantized: false,
     };
     let original = m.clone();
     let steps = kiln_compiler::passes::pipeline(args.opt_level);
