@@ -670,7 +670,36 @@ fn malformed_contrib_ops_are_import_errors() {
             )
             .output("y", tensor_type(U8, &["1", "2"])),
     );
+    // DynamicQuantizeLSTM whose W is a graph input, or whose scale has
+    // neither a per-direction nor a per-row shape.
+    let lstm = |w_is_input: bool, scale_len: usize| {
+        let mut b = OnnxBuilder::new("bad", 17).input("x", tensor_type(F32, &["2", "1", "3"]));
+        b = if w_is_input {
+            b.input("w", tensor_type(I8, &["1", "3", "8"]))
+        } else {
+            b.initializer(bytes_tensor("w", I8, &[1, 3, 8], &[1; 24]))
+        };
+        model(
+            b.initializer(bytes_tensor("r", I8, &[1, 2, 8], &[1; 16]))
+                .initializer(f32_tensor("s", &[scale_len as i64], &vec![0.1; scale_len]))
+                .initializer(bytes_tensor(
+                    "z",
+                    I8,
+                    &[scale_len as i64],
+                    &vec![0; scale_len],
+                ))
+                .node_with(
+                    "DynamicQuantizeLSTM",
+                    &["x", "w", "r", "", "", "", "", "", "s", "z", "s", "z"],
+                    &["y"],
+                    vec![attr_int("hidden_size", 2)],
+                )
+                .output("y", tensor_type(F32, &["2", "1", "1", "2"])),
+        )
+    };
     for (bytes, want) in [
+        (lstm(true, 1), "needs a constant W"),
+        (lstm(false, 3), "W_scale must be [1] or [1, 8]"),
         (nbits(3, false, 16), "3 bits is not supported"),
         (nbits(4, true, 16), "needs a constant B"),
         (nbits(4, false, 8), "B must be u8 [2, 1, 16]"),
