@@ -35,48 +35,12 @@ fn cases() {
 /// interpreter on the unfolded module, at 1 and 2 threads.
 #[test]
 fn cpu_runs_the_folded_cases_natively() {
-    use kiln_compiler::compile::{compile, Target};
-    use kiln_compiler::conformance::compare;
-    use kiln_compiler::lower::cpu::CpuOptions;
-    use kiln_runtime::Interpreter;
     let one_step = Tolerance {
         rtol: 0.0,
         atol: 0.1 + 1e-6,
         quantized: false,
     };
-    for path in pass_clean_util::cases("fold-qdq") {
-        let name = path.display().to_string();
-        if name.ends_with("kept.kir") {
-            continue;
-        }
-        let src = std::fs::read_to_string(&path).expect("read");
-        let m = kiln_ir::parse_module(&src).expect("parses");
-        for seed in 1..=3 {
-            let inputs = pass_clean_util::random_inputs(&m, seed);
-            let want = Interpreter::new(&m).run(&inputs).expect("interprets");
-            for threads in [1, 2] {
-                let opts = CpuOptions {
-                    threads,
-                    ..Default::default()
-                };
-                let exe = compile(
-                    &m,
-                    &Target::Cpu(opts),
-                    &kiln_compiler::lower::shapes_of(&inputs),
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-                let report = exe.report();
-                assert!(
-                    report.trim_end().ends_with("0 on the interpreter"),
-                    "{name}: {report}"
-                );
-                assert!(report.contains("QLinearConv"), "{name}: {report}");
-                let got = exe.run(&inputs).expect("runs");
-                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                    compare(g, w, one_step)
-                        .unwrap_or_else(|e| panic!("{name}: output {k}, seed {seed}: {e}"));
-                }
-            }
-        }
-    }
+    pass_clean_util::cpu_runs_cases_natively("fold-qdq", one_step, |name, _, report| {
+        assert!(report.contains("QLinearConv"), "{name}: {report}");
+    });
 }

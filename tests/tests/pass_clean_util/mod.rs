@@ -126,3 +126,48 @@ pub fn random_inputs(m: &Module, seed: u64) -> HashMap<String, Value> {
     }
     out
 }
+
+/// Every case of `tests/passes/<pass>/` except `kept.kir`, compiled whole
+/// for the cpu backend at 1 and 2 threads on three seeded input sets:
+/// every step native (the report ends `0 on the interpreter`), `check`
+/// approves the report, and the outputs are the interpreter's on the
+/// unoptimized module within `tol`.
+pub fn cpu_runs_cases_natively(pass: &str, tol: Tolerance, check: impl Fn(&str, &str, &str)) {
+    use kiln_compiler::compile::{compile, Target};
+    use kiln_compiler::lower::cpu::CpuOptions;
+    for path in cases(pass) {
+        let name = path.display().to_string();
+        if name.ends_with("kept.kir") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).expect("read");
+        let m = kiln_ir::parse_module(&src).expect("parses");
+        for seed in 1..=3 {
+            let inputs = random_inputs(&m, seed);
+            let want = Interpreter::new(&m).run(&inputs).expect("interprets");
+            for threads in [1, 2] {
+                let opts = CpuOptions {
+                    threads,
+                    ..Default::default()
+                };
+                let exe = compile(
+                    &m,
+                    &Target::Cpu(opts),
+                    &kiln_compiler::lower::shapes_of(&inputs),
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+                let report = exe.report();
+                assert!(
+                    report.trim_end().ends_with("0 on the interpreter"),
+                    "{name}: {report}"
+                );
+                check(&name, &src, &report);
+                let got = exe.run(&inputs).expect("runs");
+                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                    compare(g, w, tol)
+                        .unwrap_or_else(|e| panic!("{name}: output {k}, seed {seed}: {e}"));
+                }
+            }
+        }
+    }
+}

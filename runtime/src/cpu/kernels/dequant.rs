@@ -503,11 +503,6 @@ impl DequantMatMulPlan {
         2.0 * (self.rows * self.w.k * self.w.n) as f64
     }
 
-    /// Bytes of the weights the plan holds.
-    pub fn weight_bytes(&self) -> usize {
-        self.w.bytes()
-    }
-
     /// `out = A · dequantize(W)`; `epilogue` as for
     /// [`super::packed::product`]. Every element of `out` is written.
     pub fn run(&self, a: &[f32], out: &mut [f32], threads: usize, epilogue: Option<&Epilogue>) {

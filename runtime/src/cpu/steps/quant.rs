@@ -98,6 +98,17 @@ impl AxisSplit {
         }
     }
 
+    /// Scales (`scales` of them) and zero points (`zeros`) that fit this
+    /// split: one or one per index along the axis, the zero points one or
+    /// as many as the scales.
+    fn check_params(&self, scales: usize, zeros: usize) -> Result<(), String> {
+        self.check("scale", scales)?;
+        if zeros != 1 && zeros != scales {
+            return Err("zero point and scale lengths differ".into());
+        }
+        Ok(())
+    }
+
     /// Calls `f(param index, flat range)` over the tensor.
     fn for_each(&self, params: usize, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
         if params == 1 {
@@ -253,10 +264,7 @@ impl NativeKernel for Quantize {
         let zero = zero_points(inputs, 2)?;
         let out = result(outputs, 0)?;
         let (lo, hi) = range_of(out.elem())?;
-        self.split.check("scale", scale.len())?;
-        if zero.len() != 1 && zero.len() != scale.len() {
-            return Err("zero point and scale lengths differ".into());
-        }
+        self.split.check_params(scale.len(), zero.len())?;
         if out.len() != x.len() {
             return Err("QuantizeLinear changes the element count".into());
         }
@@ -297,10 +305,7 @@ impl NativeKernel for Dequantize {
         if self.block > 0 {
             return self.blocked(x, scale, &zero, out);
         }
-        self.split.check("scale", scale.len())?;
-        if zero.len() != 1 && zero.len() != scale.len() {
-            return Err("zero point and scale lengths differ".into());
-        }
+        self.split.check_params(scale.len(), zero.len())?;
         let mut each = |f: &RowFn<'_>| {
             per_param_chunks(&self.split, scale.len(), threads, out, |p, r, o| {
                 f(r, o, scale[p], zero[if zero.len() == 1 { 0 } else { p }]);
