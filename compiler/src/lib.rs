@@ -9,6 +9,7 @@
 //! - [`testdata`]: `.pb`/`.npy` values on disk.
 //! - [`conformance`]: running ONNX backend-test folders.
 //! - [`passes`]: the optimizer and the targets' lowering passes.
+//! - [`compress`]: `kiln quantize`'s post-training quantization.
 //! - [`compile`]: module + [`Target`] + shapes → an executable; the only
 //!   place a backend is chosen.
 //! - [`lower`]: specialization and the CPU backend's lowering table.
@@ -19,6 +20,7 @@ pub struct ReadmeDoctests;
 
 pub mod check;
 pub mod compile;
+pub mod compress;
 pub mod conformance;
 pub mod dump;
 pub mod infer;

@@ -7,6 +7,7 @@ mod check;
 mod common;
 mod conformance;
 mod dump;
+mod quantize;
 mod run;
 
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use check::CheckArgs;
 use common::Failure;
 use conformance::ConformanceArgs;
 use dump::DumpArgs;
+use quantize::QuantizeArgs;
 use run::RunArgs;
 
 /// Kiln, a deep-learning graph compiler: import ONNX or Kiln IR, optimize,
@@ -58,6 +60,10 @@ enum Command {
     /// Compile a model, run it several times, and print the time per
     /// kernel, sorted, with its share of the total and its GFLOP/s and GB/s.
     Profile(BenchArgs),
+    /// Quantize a float ONNX model to int8 (QDQ): calibrate activation
+    /// ranges, keep the most sensitive nodes in float until a tolerance
+    /// holds, and report the accuracy, size and speed.
+    Quantize(QuantizeArgs),
 }
 
 /// Die quietly on a closed pipe (`kiln profile m | head`), as Unix tools
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
         Command::Check(a) => check::check(a),
         Command::Bench(a) => bench::bench(a),
         Command::Profile(a) => bench::profile(a),
+        Command::Quantize(a) => quantize::quantize(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,138 @@
+//! `kiln quantize`: post-training static int8 quantization with an
+//! accuracy loop (`kiln_compiler::compress::quantize`), writing a QDQ
+//! ONNX model, a table on stdout and optionally a JSON report.
+
+use std::path::PathBuf;
+
+use kiln_compiler::compress::calibrate::Method;
+use kiln_compiler::compress::data;
+use kiln_compiler::compress::metrics::Tolerance;
+use kiln_compiler::compress::QuantizeOptions;
+
+use crate::common::Failure;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum MethodArg {
+    /// the whole observed range
+    Minmax,
+    /// the central --percentile of the values
+    Percentile,
+    /// least KL divergence over a 2048-bin histogram
+    Entropy,
+    /// least squared quantization error
+    Mse,
+}
+
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    /// The float model: a .onnx file or a folder with model.onnx
+    pub model: PathBuf,
+    /// Where to write the quantized model
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// Calibration inputs: folders of input_N.pb/.npy sets (the layout of
+    /// test_data_set_*), or one such folder
+    #[arg(long, value_name = "DIR", conflicts_with = "random")]
+    pub calibration: Option<PathBuf>,
+    /// Evaluation inputs, laid out as --calibration (default: the last
+    /// fifth of the calibration sets, held back; with one set, that set)
+    #[arg(long, value_name = "DIR")]
+    pub eval: Option<PathBuf>,
+    /// Calibrate on N seeded random input sets of the declared types
+    /// (smoke tests: random inputs say little about real ranges)
+    #[arg(long, value_name = "N")]
+    pub random: Option<usize>,
+    /// The seed of --random
+    #[arg(long, default_value_t = 0)]
+    pub seed: u32,
+    /// How activation ranges are chosen
+    #[arg(long, value_enum, default_value = "minmax")]
+    pub method: MethodArg,
+    /// The share of values --method percentile keeps, in percent
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f64,
+    /// One weight scale per tensor instead of per output channel
+    #[arg(long)]
+    pub per_tensor: bool,
+    /// METRIC=VALUE that every output must meet against the float model
+    /// (cosine, top1, sqnr-db: at least; max-abs: at most); repeatable.
+    /// The most sensitive nodes stay in float until it holds.
+    #[arg(long, value_name = "METRIC=VALUE")]
+    pub tolerance: Vec<Tolerance>,
+    /// Nodes the accuracy loop may keep in float, at most
+    #[arg(long, default_value_t = 10)]
+    pub max_trials: usize,
+    /// Nodes to keep in float, by name (comma-separated; the list a
+    /// previous run printed)
+    #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
+    pub exclude: Vec<String>,
+    /// Measure every node's sensitivity even without --tolerance
+    #[arg(long)]
+    pub sensitivity: bool,
+    /// Write the report as JSON
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// Threads of the cpu backend that runs the models (default: every core)
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+pub fn quantize(args: &QuantizeArgs) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let float = crate::common::load_model(&args.model)?;
+    let sets = match (&args.calibration, args.random) {
+        (Some(dir), _) => data::read_sets(&float, dir)?,
+        (None, Some(n)) if n > 0 => data::random_sets(&float, n, args.seed)?,
+        _ => {
+            return Err("give calibration inputs: --calibration DIR or --random N"
+                .to_string()
+                .into())
+        }
+    };
+    let (calibration, eval) = match &args.eval {
+        Some(dir) => (sets, data::read_sets(&float, dir)?),
+        None => data::split_held_back(sets),
+    };
+    drop(float);
+    if !(args.percentile > 0.0 && args.percentile <= 100.0) {
+        return Err(format!("--percentile {} is not in (0, 100]", args.percentile).into());
+    }
+    let opts = QuantizeOptions {
+        method: match args.method {
+            MethodArg::Minmax => Method::MinMax,
+            MethodArg::Percentile => Method::Percentile(args.percentile),
+            MethodArg::Entropy => Method::Entropy,
+            MethodArg::Mse => Method::Mse,
+        },
+        per_tensor: args.per_tensor,
+        tolerances: args.tolerance.clone(),
+        max_trials: args.max_trials,
+        exclude: args.exclude.clone(),
+        sensitivity: args.sensitivity,
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let q = kiln_compiler::compress::quantize(&args.model, &calibration, &eval, &opts)?;
+    std::fs::write(&args.output, q.to_bytes())
+        .map_err(|e| format!("{}: {e}", args.output.display()))?;
+    let r = &q.report;
+    let mut text = r.table();
+    if !r.excluded.is_empty() {
+        text += &format!("kept in float: --exclude {}\n", r.excluded.join(","));
+    }
+    crate::common::write_output(None, &text)?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(r).map_err(|e| e.to_string())?;
+        std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if r.tolerance_met == Some(false) {
+        return Err(format!(
+            "the tolerance does not hold with {} nodes in float (raise --max-trials); the model was written",
+            r.excluded.len()
+        )
+        .into());
+    }
+    Ok(())
+}
