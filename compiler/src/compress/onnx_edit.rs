@@ -257,7 +257,11 @@ pub fn fold_batch_norms(graph: &mut proto::GraphProto, consts: Constants<'_>) ->
     let mut dead = HashSet::new();
     for bi in 0..graph.node.len() {
         let bn = &graph.node[bi];
-        if bn.op_type() != "BatchNormalization" || bn.domain() != "" || bn.output.len() != 1 {
+        if bn.op_type() != "BatchNormalization"
+            || bn.domain() != ""
+            || bn.output.len() != 1
+            || bn.input.len() < 5
+        {
             continue;
         }
         let Some(&ci) = producer.get(&bn.input[0]) else {
@@ -396,6 +400,11 @@ fn raise_graph(
                 n.input.insert(pos.min(n.input.len()), name);
             };
         let op = n.op_type().to_string();
+        if n.input.is_empty() {
+            // Malformed; the importer reports it with context.
+            out.push(n);
+            continue;
+        }
         match op.as_str() {
             "Softmax" | "LogSoftmax" | "Hardmax" if from < 13 && to >= 13 => {
                 let axis = attr(&n, "axis").and_then(|a| a.i).unwrap_or(1);

@@ -99,7 +99,11 @@ fn quantized_tensors<'a>(
     loop {
         let before = q.len();
         for n in graph.node.iter().rev() {
-            if n.output.len() != 1 || !q.contains(&n.output[0]) || !n.domain().is_empty() {
+            if n.output.len() != 1
+                || n.input.is_empty()
+                || !q.contains(&n.output[0])
+                || !n.domain().is_empty()
+            {
                 continue;
             }
             if SHARES_SCALE.contains(&n.op_type()) {
@@ -139,7 +143,7 @@ fn shared_ranges(
         i
     }
     for n in &graph.node {
-        if !n.domain().is_empty() || n.output.len() != 1 {
+        if !n.domain().is_empty() || n.output.len() != 1 || n.input.is_empty() {
             continue;
         }
         let members: Vec<&str> = if SHARES_SCALE.contains(&n.op_type()) {
