@@ -470,3 +470,131 @@ fn max_memory_and_max_nodes_bound_what_a_model_may_ask_for() {
         stderr(&out)
     );
 }
+
+/// `kiln quantize` on the bundled CNN: a QDQ model, the table on stdout,
+/// the JSON report with its contract keys; repeating with the printed
+/// exclusion works; bad flags are errors.
+#[test]
+fn quantize_writes_a_qdq_model_a_table_and_a_report() {
+    let out = tmp("tiny_int8.onnx");
+    let report = tmp("tiny_int8.json");
+    let o = kiln(&[
+        "quantize",
+        &tiny_cnn(),
+        "-o",
+        out.to_str().unwrap_or_default(),
+        "--random",
+        "4",
+        "--method",
+        "entropy",
+        "--report",
+        report.to_str().unwrap_or_default(),
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("output "), "{text}");
+    assert!(text.contains("layer ") && text.contains("opset"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default()).expect("json");
+    for key in [
+        "outputs",
+        "layers",
+        "excluded",
+        "size_before_bytes",
+        "size_after_bytes",
+        "latency_before_ms",
+        "latency_after_ms",
+    ] {
+        assert!(json.get(key).is_some(), "{key}");
+    }
+    let dump = kiln(&["dump", out.to_str().unwrap_or_default()]);
+    assert!(
+        stdout(&dump).contains("QuantizeLinear"),
+        "{}",
+        stderr(&dump)
+    );
+    let bad = kiln(&[
+        "quantize",
+        &tiny_cnn(),
+        "-o",
+        "x.onnx",
+        "--random",
+        "2",
+        "--tolerance",
+        "cos=1",
+    ]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("unknown metric"),
+        "{}",
+        stderr(&bad)
+    );
+    let none = kiln(&["quantize", &tiny_cnn(), "-o", "x.onnx"]);
+    assert!(
+        stderr(&none).contains("--calibration DIR or --random N"),
+        "{}",
+        stderr(&none)
+    );
+}
+
+/// `kiln prune` with a sweep: the table, the report's sweep, the plot.
+#[test]
+fn prune_sweeps_reports_and_plots() {
+    let out = tmp("tiny_pruned.onnx");
+    let report = tmp("tiny_pruned.json");
+    let plot = tmp("tiny_pruned.svg");
+    let o = kiln(&[
+        "prune",
+        &tiny_cnn(),
+        "-o",
+        out.to_str().unwrap_or_default(),
+        "--random",
+        "3",
+        "--sweep",
+        "0:0.6:0.3",
+        "--tolerance",
+        "max-abs=1e9",
+        "--report",
+        report.to_str().unwrap_or_default(),
+        "--plot",
+        plot.to_str().unwrap_or_default(),
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("sparsity "), "{}", stdout(&o));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default()).expect("json");
+    assert_eq!(json["sweep"].as_array().map(Vec::len), Some(3));
+    assert_eq!(json["sparsity"], 0.6);
+    assert!(std::fs::read_to_string(&plot)
+        .unwrap_or_default()
+        .starts_with("<svg"));
+    let bad = kiln(&[
+        "prune",
+        &tiny_cnn(),
+        "-o",
+        "x.onnx",
+        "--random",
+        "1",
+        "--pattern",
+        "4:2",
+    ]);
+    assert!(stderr(&bad).contains("expected N:M"), "{}", stderr(&bad));
+    let sweep_alone = kiln(&[
+        "prune",
+        &tiny_cnn(),
+        "-o",
+        "x.onnx",
+        "--random",
+        "1",
+        "--sweep",
+        "0:0.5:0.1",
+    ]);
+    assert!(
+        stderr(&sweep_alone).contains("needs --tolerance"),
+        "{}",
+        stderr(&sweep_alone)
+    );
+}

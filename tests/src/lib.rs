@@ -256,3 +256,19 @@ impl OnnxBuilder {
         prost::Message::encode_to_vec(&self.model())
     }
 }
+
+/// Seeded weights in [-scale, scale) (an LCG: reproducible everywhere,
+/// no dependency).
+pub fn seeded_weights(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let step = |s: u64| {
+        s.wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+    };
+    let mut s = step(seed);
+    (0..n)
+        .map(|_| {
+            s = step(s);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}

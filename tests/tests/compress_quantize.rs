@@ -12,23 +12,11 @@ use kiln_compiler::compress::metrics::Tolerance;
 use kiln_compiler::compress::{onnx_edit, quantize, QuantizeOptions};
 use kiln_compiler::onnx::proto;
 use kiln_runtime::value::Value;
-use kiln_tests::{attr_float, attr_int, attr_ints, f32_tensor, tensor_type, OnnxBuilder, F32};
+use kiln_tests::{
+    attr_float, attr_int, attr_ints, f32_tensor, seeded_weights as weights, tensor_type,
+    OnnxBuilder, F32,
+};
 use prost::Message;
-
-/// Seeded weights in [-scale, scale).
-fn weights(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 /// conv1 → relu → `fragile` → relu → conv3 → relu → GAP → Flatten → Gemm.
 /// conv1's channel 0 is 1000× the others and `fragile` reads it 1000×
@@ -450,12 +438,13 @@ fn onnx_checker_and_onnxruntime_accept_the_model() {
     )
     .unwrap();
     let out = write_model(&q.model, "fragile_ort_q.onnx");
-    let script = kiln_tests::repo_root().join("tests/models/check_qdq.py");
+    let script = kiln_tests::repo_root().join("tests/models/check_onnx.py");
     let run = std::process::Command::new(python)
         .arg(&script)
         .arg(&out)
         .arg(&path)
         .arg("0.99")
+        .arg("qdq")
         .output()
         .unwrap();
     let text =

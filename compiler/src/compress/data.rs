@@ -169,3 +169,87 @@ pub fn f32_data(v: &Value) -> Option<std::borrow::Cow<'_, [f32]>> {
         )),
     }
 }
+
+/// An ONNX model read for a compression tool: every node named (so
+/// reports and `--exclude` can name any), with where it came from.
+pub struct Source {
+    pub model: crate::onnx::proto::ModelProto,
+    /// The file's size.
+    pub size_bytes: u64,
+    /// Where external tensor data lives.
+    dir: Option<PathBuf>,
+}
+
+impl Source {
+    /// Read `path` (a `.onnx` file or a folder with `model.onnx`).
+    pub fn read(path: &Path) -> Result<Source, String> {
+        use prost::Message;
+        let path = if path.is_dir() {
+            path.join("model.onnx")
+        } else {
+            path.to_path_buf()
+        };
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut model = crate::onnx::proto::ModelProto::decode(bytes.as_slice())
+            .map_err(|e| format!("{}: not a valid ONNX protobuf: {e}", path.display()))?;
+        let mut graph = model.graph.take().ok_or("the model has no graph")?;
+        crate::compress::onnx_edit::name_nodes(&mut graph);
+        model.graph = Some(graph);
+        Ok(Source {
+            model,
+            size_bytes: bytes.len() as u64,
+            dir: path.parent().map(Path::to_path_buf),
+        })
+    }
+
+    /// Import and verify `m` (this model or an edit of it).
+    pub fn import(&self, m: &crate::onnx::proto::ModelProto) -> Result<Module, String> {
+        use prost::Message;
+        let m = crate::onnx::import_model_bytes(
+            &m.encode_to_vec(),
+            self.dir.as_deref(),
+            &Default::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        kiln_ir::verify::verify(&m).map_err(|e| e.to_string())?;
+        Ok(m)
+    }
+}
+
+/// How close `runner`'s outputs are to `reference` (the float model's on
+/// the same sets), per output.
+pub fn agreement(
+    runner: &mut Runner,
+    sets: &[Inputs],
+    reference: &[Vec<Value>],
+    names: &[String],
+) -> Result<Vec<crate::compress::metrics::OutputMetrics>, String> {
+    let mut acc = vec![crate::compress::metrics::Agreement::default(); names.len()];
+    for (set, want) in sets.iter().zip(reference) {
+        let got = runner.run(set)?;
+        for ((a, g), wv) in acc.iter_mut().zip(&got).zip(want) {
+            let row = wv
+                .as_tensor()
+                .and_then(|t| t.shape.last().copied())
+                .unwrap_or(1);
+            if let (Some(g), Some(w)) = (f32_data(g), f32_data(wv)) {
+                a.add(&w, &g, row);
+            }
+        }
+    }
+    Ok(acc.iter().zip(names).map(|(a, n)| a.finish(n)).collect())
+}
+
+/// A progress bar on stderr labelled `msg`, or a hidden one.
+pub fn progress_bar(show: bool, len: u64, msg: &'static str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{msg:14} {bar:40} {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_message(msg);
+    b
+}

@@ -84,6 +84,23 @@ impl Agreement {
     }
 }
 
+/// The outputs' figures as a table for a terminal (SQNR "exact" where
+/// there is no noise).
+pub fn outputs_table(outputs: &[OutputMetrics]) -> String {
+    use std::fmt::Write;
+    let mut s =
+        String::from("output                          cosine     max_abs   sqnr_db  top1\n");
+    for o in outputs {
+        let sqnr = o.sqnr_db.map_or("exact".to_string(), |v| format!("{v:.1}"));
+        let _ = writeln!(
+            s,
+            "{:<30} {:>8.5} {:>11.4e} {:>9} {:>5.3}",
+            o.name, o.cosine, o.max_abs, sqnr, o.top1_agreement
+        );
+    }
+    s
+}
+
 /// 10·log10(signal / noise), floored at [`SQNR_FLOOR_DB`]; `None` when
 /// there is no noise (JSON has no infinity).
 pub fn sqnr_db(signal: f64, noise: f64) -> Option<f64> {

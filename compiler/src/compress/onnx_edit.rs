@@ -55,6 +55,15 @@ fn set_default_opset(model: &mut proto::ModelProto, version: i64) {
     }
 }
 
+/// Before IR version 4 every initializer had to be a graph input too;
+/// the tools add initializers, so what they write is at least IR 4 (a
+/// change of container rules, not of any op's meaning).
+pub fn allow_free_initializers(model: &mut proto::ModelProto) {
+    if model.ir_version() < 4 {
+        model.ir_version = Some(4);
+    }
+}
+
 /// Give every unnamed top-level node a unique name (`{op}_{index}`), so
 /// reports and `--exclude` can name any node; names already given stay.
 pub fn name_nodes(graph: &mut proto::GraphProto) {

@@ -472,6 +472,7 @@ pub fn write(
     graph.initializer.extend(new_init);
     remove_dead(&mut graph);
     model.graph = Some(graph);
+    crate::compress::onnx_edit::allow_free_initializers(&mut model);
     Ok(Written {
         model,
         layers,

@@ -24,8 +24,9 @@ use prost::Message;
 use serde::Serialize;
 
 use crate::compress::calibrate::{fake_quant_u8, Method, Observer};
-use crate::compress::data::{f32_data, Inputs, Runner};
-use crate::compress::metrics::{self, Agreement, Metric, OutputMetrics, Tolerance};
+use crate::compress::constants::Constants;
+use crate::compress::data::{agreement, f32_data, progress_bar, Inputs, Runner, Source};
+use crate::compress::metrics::{self, Metric, OutputMetrics, Tolerance};
 use crate::compress::onnx_edit;
 use crate::compress::qdq::{self, WriteOptions};
 use crate::lower::cpu::CpuOptions;
@@ -148,26 +149,10 @@ pub fn quantize(
     if calibration.is_empty() || eval.is_empty() {
         return Err("quantization needs at least one calibration and one eval set".into());
     }
-    let path = if path.is_dir() {
-        path.join("model.onnx")
-    } else {
-        path.to_path_buf()
-    };
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let size_before = bytes.len() as u64;
-    let dir = path.parent();
-    let mut model = proto::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| format!("{}: not a valid ONNX protobuf: {e}", path.display()))?;
-    drop(bytes);
-    let mut graph = model.graph.take().ok_or("the model has no graph")?;
-    onnx_edit::name_nodes(&mut graph);
-    model.graph = Some(graph);
-    let import = |m: &proto::ModelProto| -> Result<kiln_ir::Module, String> {
-        let m = crate::onnx::import_model_bytes(&m.encode_to_vec(), dir, &Default::default())
-            .map_err(|e| e.to_string())?;
-        kiln_ir::verify::verify(&m).map_err(|e| e.to_string())?;
-        Ok(m)
-    };
+    let source = Source::read(path)?;
+    let size_before = source.size_bytes;
+    let model = source.model.clone();
+    let import = |m: &proto::ModelProto| source.import(m);
     let float = import(&model)?;
     let target = Target::Cpu(CpuOptions {
         opt_level: 2,
@@ -179,8 +164,8 @@ pub fn quantize(
     // 1. Prepare.
     let mut prepared = model.clone();
     {
-        let folded = constants_of(&float)?;
-        let consts = |n: &str| folded.lookup(n).and_then(|v| folded.constant(v).cloned());
+        let constants = Constants::of(&model, &float)?;
+        let consts = |n: &str| constants.get(n);
         let mut g = prepared.graph.take().unwrap_or_default();
         let bn = onnx_edit::fold_batch_norms(&mut g, &consts);
         if bn > 0 {
@@ -215,8 +200,8 @@ pub fn quantize(
         ));
     }
     let prepared_ir = import(&prepared)?;
-    let folded = constants_of(&prepared_ir)?;
-    let consts = |n: &str| folded.lookup(n).and_then(|v| folded.constant(v).cloned());
+    let constants = Constants::of(&prepared, &prepared_ir)?;
+    let consts = |n: &str| constants.get(n);
     let is_f32 = |n: &str| {
         prepared_ir
             .lookup(n)
@@ -290,24 +275,7 @@ pub fn quantize(
             let w = qdq::write(&prepared, &plan, &ranges, excluded, &wopts, &consts)?;
             let m = import(&w.model)?;
             let mut r = Runner::new(m, &target, &[])?;
-            let mut acc = vec![Agreement::default(); output_names.len()];
-            for (set, want) in eval.iter().zip(&reference) {
-                let got = r.run(set)?;
-                for ((a, g), wv) in acc.iter_mut().zip(&got).zip(want) {
-                    let row = wv
-                        .as_tensor()
-                        .and_then(|t| t.shape.last().copied())
-                        .unwrap_or(1);
-                    if let (Some(g), Some(w)) = (f32_data(g), f32_data(wv)) {
-                        a.add(&w, &g, row);
-                    }
-                }
-            }
-            let metrics = acc
-                .iter()
-                .zip(&output_names)
-                .map(|(a, n)| a.finish(n))
-                .collect();
+            let metrics = agreement(&mut r, eval, &reference, &output_names)?;
             Ok((w, metrics))
         };
     let mut excluded: HashSet<String> = opts.exclude.iter().cloned().collect();
@@ -426,14 +394,6 @@ pub fn quantize(
     Ok(Quantized { model, report })
 }
 
-/// The module after constant folding: where every constant tensor of the
-/// model (initializers, `Constant` nodes, constant subgraphs) has its value.
-fn constants_of(m: &kiln_ir::Module) -> Result<kiln_ir::Module, String> {
-    let mut folded = m.clone();
-    crate::compile::run_named(&mut folded, "constant-fold")?;
-    Ok(folded)
-}
-
 /// Fill the activation figures of `layers`: the float model's layer
 /// results (from the prepared float module) against their own grids and
 /// against the quantized model's.
@@ -507,40 +467,12 @@ fn layer_activations(
     Ok(())
 }
 
-fn progress_bar(show: bool, len: u64, msg: &'static str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(len);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("{msg:14} {bar:40} {pos}/{len}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    b.set_message(msg);
-    b
-}
-
 impl Report {
     /// The report as tables for a terminal.
     pub fn table(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let db = |x: Option<f64>| x.map_or("exact".to_string(), |v| format!("{v:.1}"));
-        let _ = writeln!(
-            s,
-            "output                          cosine     max_abs   sqnr_db  top1"
-        );
-        for o in &self.outputs {
-            let _ = writeln!(
-                s,
-                "{:<30} {:>8.5} {:>11.4e} {:>9} {:>5.3}",
-                o.name,
-                o.cosine,
-                o.max_abs,
-                db(o.sqnr_db),
-                o.top1_agreement
-            );
-        }
+        s.push_str(&metrics::outputs_table(&self.outputs));
         let _ = writeln!(s);
         let _ = writeln!(
             s,

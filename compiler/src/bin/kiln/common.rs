@@ -210,3 +210,55 @@ pub fn read_inputs(
     }
     Ok(given)
 }
+
+/// The input sets `kiln quantize` and `kiln prune` calibrate and evaluate
+/// on.
+#[derive(clap::Args)]
+pub struct DataArgs {
+    /// Calibration inputs: folders of input_N.pb/.npy sets (the layout of
+    /// test_data_set_*), or one such folder
+    #[arg(long, value_name = "DIR", conflicts_with = "random")]
+    pub calibration: Option<PathBuf>,
+    /// Evaluation inputs, laid out as --calibration (default: the last
+    /// fifth of the calibration sets, held back; with one set, that set)
+    #[arg(long, value_name = "DIR")]
+    pub eval: Option<PathBuf>,
+    /// N seeded random input sets of the declared types instead of
+    /// --calibration (smoke tests: random inputs say little about real
+    /// data)
+    #[arg(long, value_name = "N")]
+    pub random: Option<usize>,
+    /// The seed of --random
+    #[arg(long, default_value_t = 0)]
+    pub seed: u32,
+}
+
+impl DataArgs {
+    /// (calibration sets, eval sets) for the model at `path`.
+    pub fn sets(
+        &self,
+        path: &Path,
+    ) -> Result<
+        (
+            Vec<kiln_compiler::compress::data::Inputs>,
+            Vec<kiln_compiler::compress::data::Inputs>,
+        ),
+        Failure,
+    > {
+        use kiln_compiler::compress::data;
+        let m = load_model(path)?;
+        let sets = match (&self.calibration, self.random) {
+            (Some(dir), _) => data::read_sets(&m, dir)?,
+            (None, Some(n)) if n > 0 => data::random_sets(&m, n, self.seed)?,
+            _ => {
+                return Err("give input sets: --calibration DIR or --random N"
+                    .to_string()
+                    .into())
+            }
+        };
+        Ok(match &self.eval {
+            Some(dir) => (sets, data::read_sets(&m, dir)?),
+            None => data::split_held_back(sets),
+        })
+    }
+}

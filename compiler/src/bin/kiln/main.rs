@@ -7,6 +7,7 @@ mod check;
 mod common;
 mod conformance;
 mod dump;
+mod prune;
 mod quantize;
 mod run;
 
@@ -19,6 +20,7 @@ use check::CheckArgs;
 use common::Failure;
 use conformance::ConformanceArgs;
 use dump::DumpArgs;
+use prune::PruneArgs;
 use quantize::QuantizeArgs;
 use run::RunArgs;
 
@@ -64,6 +66,10 @@ enum Command {
     /// ranges, keep the most sensitive nodes in float until a tolerance
     /// holds, and report the accuracy, size and speed.
     Quantize(QuantizeArgs),
+    /// Prune a float ONNX model (single weights, N:M, or whole conv
+    /// channels) at a sparsity or over a sweep that keeps the sparsest
+    /// level meeting a tolerance; report accuracy, size and speed.
+    Prune(PruneArgs),
 }
 
 /// Die quietly on a closed pipe (`kiln profile m | head`), as Unix tools
@@ -97,6 +103,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::bench(a),
         Command::Profile(a) => bench::profile(a),
         Command::Quantize(a) => quantize::quantize(a),
+        Command::Prune(a) => prune::prune(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use kiln_compiler::compress::calibrate::Method;
-use kiln_compiler::compress::data;
 use kiln_compiler::compress::metrics::Tolerance;
 use kiln_compiler::compress::QuantizeOptions;
 
@@ -30,21 +29,8 @@ pub struct QuantizeArgs {
     /// Where to write the quantized model
     #[arg(short, long, value_name = "OUT.onnx")]
     pub output: PathBuf,
-    /// Calibration inputs: folders of input_N.pb/.npy sets (the layout of
-    /// test_data_set_*), or one such folder
-    #[arg(long, value_name = "DIR", conflicts_with = "random")]
-    pub calibration: Option<PathBuf>,
-    /// Evaluation inputs, laid out as --calibration (default: the last
-    /// fifth of the calibration sets, held back; with one set, that set)
-    #[arg(long, value_name = "DIR")]
-    pub eval: Option<PathBuf>,
-    /// Calibrate on N seeded random input sets of the declared types
-    /// (smoke tests: random inputs say little about real ranges)
-    #[arg(long, value_name = "N")]
-    pub random: Option<usize>,
-    /// The seed of --random
-    #[arg(long, default_value_t = 0)]
-    pub seed: u32,
+    #[command(flatten)]
+    pub data: crate::common::DataArgs,
     /// How activation ranges are chosen
     #[arg(long, value_enum, default_value = "minmax")]
     pub method: MethodArg,
@@ -79,21 +65,7 @@ pub struct QuantizeArgs {
 
 pub fn quantize(args: &QuantizeArgs) -> Result<(), Failure> {
     use std::io::IsTerminal;
-    let float = crate::common::load_model(&args.model)?;
-    let sets = match (&args.calibration, args.random) {
-        (Some(dir), _) => data::read_sets(&float, dir)?,
-        (None, Some(n)) if n > 0 => data::random_sets(&float, n, args.seed)?,
-        _ => {
-            return Err("give calibration inputs: --calibration DIR or --random N"
-                .to_string()
-                .into())
-        }
-    };
-    let (calibration, eval) = match &args.eval {
-        Some(dir) => (sets, data::read_sets(&float, dir)?),
-        None => data::split_held_back(sets),
-    };
-    drop(float);
+    let (calibration, eval) = args.data.sets(&args.model)?;
     if !(args.percentile > 0.0 && args.percentile <= 100.0) {
         return Err(format!("--percentile {} is not in (0, 100]", args.percentile).into());
     }

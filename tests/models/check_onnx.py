@@ -1,9 +1,10 @@
-"""Check a model written by `kiln quantize` the way other tools will read it:
-onnx.checker (full check, with shape inference), then onnxruntime runs it
-and the float model on the same seeded inputs, and the outputs agree to a
-cosine of at least MIN_COSINE.
+"""Check a model written by `kiln quantize` or `kiln prune` the way other
+tools will read it: onnx.checker (full check, with shape inference), then
+onnxruntime runs it and the original model on the same seeded inputs, and
+the outputs agree to a cosine of at least MIN_COSINE. With `qdq`, the
+model must hold QuantizeLinear and DequantizeLinear nodes.
 
-usage: check_qdq.py QUANTIZED.onnx FLOAT.onnx MIN_COSINE
+usage: check_onnx.py WRITTEN.onnx ORIGINAL.onnx MIN_COSINE [qdq]
 """
 import sys
 
@@ -14,8 +15,9 @@ import onnxruntime as ort
 quantized, original, min_cosine = sys.argv[1], sys.argv[2], float(sys.argv[3])
 onnx.checker.check_model(onnx.load(quantized), full_check=True)
 print("checker: ok")
-ops = {n.op_type for n in onnx.load(quantized).graph.node}
-assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
+if sys.argv[4:] == ["qdq"]:
+    ops = {n.op_type for n in onnx.load(quantized).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
 rng = np.random.default_rng(0)
 so = ort.SessionOptions()
 so.intra_op_num_threads = 1
