@@ -397,6 +397,28 @@ fn shared_models_keep_their_accuracy() {
             q.report.size_after_bytes < q.report.size_before_bytes,
             "{name}"
         );
+        if name == "minilm_l3" {
+            // Dynamic int8: integer products, no calibration ranges.
+            let q = quantize(
+                dir,
+                &s,
+                &s,
+                &QuantizeOptions {
+                    dynamic: true,
+                    ..opts()
+                },
+            )
+            .unwrap();
+            for o in &q.report.outputs {
+                assert!(o.cosine >= 0.99, "{name} dynamic: {o:?}");
+            }
+            let g = q.model.graph.as_ref().unwrap();
+            let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
+            // Q, K, V share one DynamicQuantizeLinear per layer.
+            assert_eq!(count("MatMulInteger"), 18, "{}", q.report.method);
+            assert_eq!(count("DynamicQuantizeLinear"), 12);
+            assert_eq!(q.report.method, "dynamic");
+        }
         if name == "ppocr_mobile_v2_cls" {
             assert!(q.report.outputs[0].cosine < 0.999);
             let tol: Tolerance = "cosine=0.999".parse().unwrap();
@@ -451,4 +473,29 @@ fn onnx_checker_and_onnxruntime_accept_the_model() {
         String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{text}");
     assert!(text.contains("checker: ok"), "{text}");
+    // The dynamic form (its Gemm as DynamicQuantizeLinear + MatMulInteger).
+    let d = quantize(
+        &path,
+        &s[..2],
+        &s[2..],
+        &QuantizeOptions {
+            dynamic: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let out = write_model(&d.model, "fragile_ort_dynamic.onnx");
+    let run = std::process::Command::new(std::env::var("KILN_PYTHON").unwrap())
+        .arg(&script)
+        .arg(&out)
+        .arg(&path)
+        .arg("0.99")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success() && text.contains("onnxruntime: ok"),
+        "{text}"
+    );
 }

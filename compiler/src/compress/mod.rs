@@ -13,6 +13,8 @@
 //! - [`onnx_edit`]: edits of ONNX models (BatchNormalization folding, opset
 //!   raising, dead nodes).
 //! - [`qdq`]: which nodes quantize, and writing the QDQ model.
+//! - [`dynamic`]: writing dynamic int8 (`DynamicQuantizeLinear` +
+//!   `MatMulInteger`) for transformers.
 //! - [`quantize`]: the whole loop and its report.
 //! - [`prune`]: unstructured, N:M and channel pruning with a sweep that
 //!   keeps the sparsest level meeting a tolerance.
@@ -20,6 +22,7 @@
 pub mod calibrate;
 pub mod constants;
 pub mod data;
+pub mod dynamic;
 pub mod metrics;
 pub mod onnx_edit;
 pub mod prune;

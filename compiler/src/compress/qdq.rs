@@ -480,6 +480,53 @@ pub fn write(
     })
 }
 
+/// A weight quantized to s8, symmetric (zero point 0, grid ±127), one
+/// scale per slice along an axis or one for the whole tensor.
+pub struct SymmetricS8 {
+    pub values: Vec<i8>,
+    pub scales: Vec<f32>,
+    /// The weight against its quantized form (None: exact).
+    pub sqnr_db: Option<f64>,
+}
+
+impl SymmetricS8 {
+    pub fn of(w: &[f32], shape: &[usize], axis: Option<usize>) -> SymmetricS8 {
+        let (channels, inner) = match axis {
+            Some(a) if a < shape.len() => (shape[a], shape[a + 1..].iter().product::<usize>()),
+            _ => (1, w.len()),
+        };
+        let channel = |idx: usize| (idx / inner.max(1)) % channels.max(1);
+        let mut maxabs = vec![0f32; channels.max(1)];
+        for (i, &x) in w.iter().enumerate() {
+            let c = channel(i);
+            maxabs[c] = maxabs[c].max(x.abs());
+        }
+        let scales: Vec<f32> = maxabs
+            .iter()
+            .map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 })
+            .collect();
+        let mut values = Vec::with_capacity(w.len());
+        let (mut sig, mut noise) = (0f64, 0f64);
+        for (i, &x) in w.iter().enumerate() {
+            let s = scales[channel(i)];
+            let v = (x / s).round_ties_even().clamp(-127.0, 127.0);
+            values.push(v as i8);
+            sig += (x as f64).powi(2);
+            noise += (x as f64 - v as f64 * s as f64).powi(2);
+        }
+        SymmetricS8 {
+            values,
+            scales,
+            sqnr_db: crate::compress::metrics::sqnr_db(sig, noise),
+        }
+    }
+
+    /// The values as raw bytes (two's complement).
+    pub fn bytes(&self) -> Vec<u8> {
+        self.values.iter().map(|&v| v as u8).collect()
+    }
+}
+
 type WeightParts = (
     String,
     Vec<f32>,
@@ -499,29 +546,8 @@ fn quantize_weight(
     let w = crate::compress::onnx_edit::f32_values(d)
         .ok_or_else(|| format!("weight `{name}` is not numeric"))?;
     let shape: Vec<usize> = d.shape.iter().map(|&x| x as usize).collect();
-    let (channels, inner) = match axis {
-        Some(a) if a < shape.len() => (shape[a], shape[a + 1..].iter().product::<usize>()),
-        _ => (1, w.len()),
-    };
-    let channel = |idx: usize| (idx / inner.max(1)) % channels.max(1);
-    let mut maxabs = vec![0f32; channels.max(1)];
-    for (i, &x) in w.iter().enumerate() {
-        let c = channel(i);
-        maxabs[c] = maxabs[c].max(x.abs());
-    }
-    let scales: Vec<f32> = maxabs
-        .iter()
-        .map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 })
-        .collect();
-    let mut q = Vec::with_capacity(w.len());
-    let (mut sig, mut noise) = (0f64, 0f64);
-    for (i, &x) in w.iter().enumerate() {
-        let s = scales[channel(i)];
-        let v = (x / s).round_ties_even().clamp(-127.0, 127.0);
-        q.push(v as i8 as u8);
-        sig += (x as f64).powi(2);
-        noise += (x as f64 - v as f64 * s as f64).powi(2);
-    }
+    let s8 = SymmetricS8::of(&w, &shape, axis);
+    let (q, scales, channels) = (s8.bytes(), s8.scales.clone(), s8.scales.len());
     let dims: Vec<i64> = shape.iter().map(|&x| x as i64).collect();
     let qn = names.fresh(&format!("{name}_quantized"));
     let sn = names.fresh(&format!("{name}_scale"));
@@ -546,12 +572,7 @@ fn quantize_weight(
     if let Some(a) = axis {
         dqn.attribute.push(int_attr("axis", a as i64));
     }
-    Ok((
-        dq,
-        scales,
-        crate::compress::metrics::sqnr_db(sig, noise),
-        (init, dqn),
-    ))
+    Ok((dq, scales, s8.sqnr_db, (init, dqn)))
 }
 
 /// A constant bias as i32 on the grid `x_scale · w_scale` (per channel or

@@ -39,6 +39,9 @@ pub struct QuantizeOptions {
     pub method: Method,
     /// One weight scale per tensor instead of per output channel.
     pub per_tensor: bool,
+    /// Dynamic quantization: MatMul/Gemm weights s8, activations
+    /// quantized at run time (no calibration).
+    pub dynamic: bool,
     /// Every one must hold on every output; empty: quantize everything
     /// (but the `exclude` list) and report.
     pub tolerances: Vec<Tolerance>,
@@ -61,6 +64,7 @@ impl Default for QuantizeOptions {
         QuantizeOptions {
             method: Method::MinMax,
             per_tensor: false,
+            dynamic: false,
             tolerances: Vec::new(),
             max_trials: 10,
             exclude: Vec::new(),
@@ -182,7 +186,7 @@ pub fn quantize(
             .and_then(|v| float.ty(v).as_tensor()?.shape.as_ref().map(|s| s.len()))
     };
     let from = onnx_edit::default_opset(&prepared);
-    if !per_tensor && from < 13 {
+    if !per_tensor && !opts.dynamic && from < 13 {
         match onnx_edit::raise_opset(&mut prepared, 13, &rank) {
             Ok(()) => notes.push(format!(
                 "opset raised from {from} to 13: per-channel DequantizeLinear needs it"
@@ -193,11 +197,15 @@ pub fn quantize(
             }
         }
     }
-    if onnx_edit::default_opset(&prepared) < 10 {
-        onnx_edit::raise_opset(&mut prepared, 10, &rank)?;
-        notes.push(format!(
-            "opset raised from {from} to 10: QuantizeLinear needs it"
-        ));
+    // QuantizeLinear needs 10, DynamicQuantizeLinear 11.
+    let (need, op) = if opts.dynamic {
+        (11, "DynamicQuantizeLinear")
+    } else {
+        (10, "QuantizeLinear")
+    };
+    if onnx_edit::default_opset(&prepared) < need {
+        onnx_edit::raise_opset(&mut prepared, need, &rank)?;
+        notes.push(format!("opset raised from {from} to {need}: {op} needs it"));
     }
     let prepared_ir = import(&prepared)?;
     let constants = Constants::of(&prepared, &prepared_ir)?;
@@ -214,11 +222,17 @@ pub fn quantize(
             .unwrap_or(false)
     };
     let graph = prepared.graph.as_ref().ok_or("the model has no graph")?;
-    let plan = qdq::plan(graph, &consts, &is_f32);
+    let mut plan = qdq::plan(graph, &consts, &is_f32);
+    if opts.dynamic {
+        plan.nodes
+            .retain(|q| crate::compress::dynamic::is_dynamic_candidate(&graph.node[q.index], q));
+    }
     if plan.nodes.is_empty() {
-        return Err(
-            "nothing to quantize: the model has no Conv, MatMul or Gemm of f32 tensors".into(),
-        );
+        return Err(if opts.dynamic {
+            "nothing to quantize dynamically: the model has no MatMul or Gemm with a constant weight".into()
+        } else {
+            "nothing to quantize: the model has no Conv, MatMul or Gemm of f32 tensors".into()
+        });
     }
     let known: HashSet<&str> = plan.nodes.iter().map(|q| q.name.as_str()).collect();
     for e in &opts.exclude {
@@ -229,12 +243,20 @@ pub fn quantize(
         }
     }
 
-    // 2. Calibrate.
-    let tensors = plan.tensors(graph);
+    // 2. Calibrate (dynamic quantization needs no ranges).
+    let tensors = if opts.dynamic {
+        Vec::new()
+    } else {
+        plan.tensors(graph)
+    };
     let mut observed = Runner::new(prepared_ir.clone(), &target, &tensors)?;
     let first_extra = observed.outputs().len() - tensors.len();
     let mut observers: Vec<Observer> = vec![Observer::default(); tensors.len()];
-    let passes = if opts.method.needs_histogram() { 2 } else { 1 };
+    let passes = match (opts.dynamic, opts.method.needs_histogram()) {
+        (true, _) => 0,
+        (false, true) => 2,
+        (false, false) => 1,
+    };
     let bar = progress_bar(
         opts.progress,
         (passes * calibration.len()) as u64,
@@ -272,7 +294,11 @@ pub fn quantize(
     let wopts = WriteOptions { per_tensor };
     let evaluate =
         |excluded: &HashSet<String>| -> Result<(qdq::Written, Vec<OutputMetrics>), String> {
-            let w = qdq::write(&prepared, &plan, &ranges, excluded, &wopts, &consts)?;
+            let w = if opts.dynamic {
+                crate::compress::dynamic::write(&prepared, &plan, excluded, per_tensor, &consts)?
+            } else {
+                qdq::write(&prepared, &plan, &ranges, excluded, &wopts, &consts)?
+            };
             let m = import(&w.model)?;
             let mut r = Runner::new(m, &target, &[])?;
             let metrics = agreement(&mut r, eval, &reference, &output_names)?;
@@ -378,6 +404,7 @@ pub fn quantize(
         latency_before_ms: latency_before,
         latency_after_ms: latency_after,
         method: match opts.method {
+            _ if opts.dynamic => "dynamic".to_string(),
             Method::Percentile(p) => format!("percentile {p}"),
             m => m.name().to_string(),
         },

@@ -40,6 +40,11 @@ pub struct QuantizeArgs {
     /// One weight scale per tensor instead of per output channel
     #[arg(long)]
     pub per_tensor: bool,
+    /// Dynamic quantization for transformers: MatMul/Gemm weights s8,
+    /// activations quantized at run time (DynamicQuantizeLinear +
+    /// MatMulInteger); needs no calibration ranges
+    #[arg(long)]
+    pub dynamic: bool,
     /// METRIC=VALUE that every output must meet against the float model
     /// (cosine, top1, sqnr-db: at least; max-abs: at most); repeatable.
     /// The most sensitive nodes stay in float until it holds.
@@ -77,6 +82,7 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), Failure> {
             MethodArg::Mse => Method::Mse,
         },
         per_tensor: args.per_tensor,
+        dynamic: args.dynamic,
         tolerances: args.tolerance.clone(),
         max_trials: args.max_trials,
         exclude: args.exclude.clone(),
