@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_compiler::compress::data::{random_sets, Inputs};
 use kiln_compiler::compress::metrics::Tolerance;
+use kiln_compiler::compress::weight_only::Format;
 use kiln_compiler::compress::{onnx_edit, quantize, QuantizeOptions};
 use kiln_compiler::onnx::proto;
 use kiln_runtime::value::Value;
@@ -418,6 +419,36 @@ fn shared_models_keep_their_accuracy() {
             assert_eq!(count("MatMulInteger"), 18, "{}", q.report.method);
             assert_eq!(count("DynamicQuantizeLinear"), 12);
             assert_eq!(q.report.method, "dynamic");
+            let dynamic_size = q.report.size_after_bytes;
+            // Weight-only int4, both spellings: the same numbers.
+            let int4 = |format| {
+                quantize(
+                    dir,
+                    &s,
+                    &s,
+                    &QuantizeOptions {
+                        int4_weights: Some((32, format)),
+                        ..opts()
+                    },
+                )
+                .unwrap()
+            };
+            let std = int4(Format::Standard);
+            let ort = int4(Format::Ort);
+            assert_eq!(std.report.opset, 21);
+            for (a, b) in std.report.outputs.iter().zip(&ort.report.outputs) {
+                assert!((a.cosine - b.cosine).abs() < 1e-6, "{a:?} {b:?}");
+                assert!(a.cosine > 0.95, "{a:?}");
+            }
+            let ops = |q: &kiln_compiler::compress::Quantized, op: &str| {
+                let g = q.model.graph.as_ref().unwrap();
+                g.node.iter().filter(|n| n.op_type() == op).count()
+            };
+            assert_eq!(ops(&std, "DequantizeLinear"), 18);
+            assert_eq!(ops(&ort, "MatMulNBits"), 18);
+            // 4-bit weights are smaller than 8-bit ones (the f32 embedding
+            // tables stay in both).
+            assert!(std.report.size_after_bytes < dynamic_size);
         }
         if name == "ppocr_mobile_v2_cls" {
             assert!(q.report.outputs[0].cosine < 0.999);
@@ -498,4 +529,31 @@ fn onnx_checker_and_onnxruntime_accept_the_model() {
         run.status.success() && text.contains("onnxruntime: ok"),
         "{text}"
     );
+    // Weight-only int4, standard (opset 21) and onnxruntime's MatMulNBits.
+    for format in [Format::Standard, Format::Ort] {
+        let w = quantize(
+            &path,
+            &s[..2],
+            &s[2..],
+            &QuantizeOptions {
+                int4_weights: Some((16, format)),
+                ..opts()
+            },
+        )
+        .unwrap();
+        let out = write_model(&w.model, &format!("fragile_ort_int4_{format:?}.onnx"));
+        let run = std::process::Command::new(std::env::var("KILN_PYTHON").unwrap())
+            .arg(&script)
+            .arg(&out)
+            .arg(&path)
+            .arg("0.99")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&run.stdout).to_string()
+            + &String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.success() && text.contains("onnxruntime: ok"),
+            "{format:?}: {text}"
+        );
+    }
 }

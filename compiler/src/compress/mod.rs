@@ -15,6 +15,8 @@
 //! - [`qdq`]: which nodes quantize, and writing the QDQ model.
 //! - [`dynamic`]: writing dynamic int8 (`DynamicQuantizeLinear` +
 //!   `MatMulInteger`) for transformers.
+//! - [`weight_only`]: writing weight-only int4 (blocked
+//!   `DequantizeLinear`, or onnxruntime's `MatMulNBits`).
 //! - [`quantize`]: the whole loop and its report.
 //! - [`prune`]: unstructured, N:M and channel pruning with a sweep that
 //!   keeps the sparsest level meeting a tolerance.
@@ -28,6 +30,7 @@ pub mod onnx_edit;
 pub mod prune;
 pub mod qdq;
 pub mod quantize;
+pub mod weight_only;
 
 pub use prune::{prune, PruneOptions, PruneReport, Pruned};
 pub use quantize::{quantize, QuantizeOptions, Quantized, Report};

@@ -42,6 +42,9 @@ pub struct QuantizeOptions {
     /// Dynamic quantization: MatMul/Gemm weights s8, activations
     /// quantized at run time (no calibration).
     pub dynamic: bool,
+    /// Weight-only int4 in blocks of this many rows, and the spelling
+    /// (activations stay f32; no calibration).
+    pub int4_weights: Option<(usize, crate::compress::weight_only::Format)>,
     /// Every one must hold on every output; empty: quantize everything
     /// (but the `exclude` list) and report.
     pub tolerances: Vec<Tolerance>,
@@ -65,6 +68,7 @@ impl Default for QuantizeOptions {
             method: Method::MinMax,
             per_tensor: false,
             dynamic: false,
+            int4_weights: None,
             tolerances: Vec::new(),
             max_trials: 10,
             exclude: Vec::new(),
@@ -186,7 +190,8 @@ pub fn quantize(
             .and_then(|v| float.ty(v).as_tensor()?.shape.as_ref().map(|s| s.len()))
     };
     let from = onnx_edit::default_opset(&prepared);
-    if !per_tensor && !opts.dynamic && from < 13 {
+    let float_activations = opts.dynamic || opts.int4_weights.is_some();
+    if !per_tensor && !float_activations && from < 13 {
         match onnx_edit::raise_opset(&mut prepared, 13, &rank) {
             Ok(()) => notes.push(format!(
                 "opset raised from {from} to 13: per-channel DequantizeLinear needs it"
@@ -198,10 +203,13 @@ pub fn quantize(
         }
     }
     // QuantizeLinear needs 10, DynamicQuantizeLinear 11.
-    let (need, op) = if opts.dynamic {
-        (11, "DynamicQuantizeLinear")
-    } else {
-        (10, "QuantizeLinear")
+    let (need, op) = match opts.int4_weights {
+        Some((_, crate::compress::weight_only::Format::Standard)) => {
+            (21, "blocked int4 DequantizeLinear")
+        }
+        Some(_) => (1, "MatMulNBits"),
+        None if opts.dynamic => (11, "DynamicQuantizeLinear"),
+        None => (10, "QuantizeLinear"),
     };
     if onnx_edit::default_opset(&prepared) < need {
         onnx_edit::raise_opset(&mut prepared, need, &rank)?;
@@ -223,12 +231,12 @@ pub fn quantize(
     };
     let graph = prepared.graph.as_ref().ok_or("the model has no graph")?;
     let mut plan = qdq::plan(graph, &consts, &is_f32);
-    if opts.dynamic {
+    if float_activations {
         plan.nodes
             .retain(|q| crate::compress::dynamic::is_dynamic_candidate(&graph.node[q.index], q));
     }
     if plan.nodes.is_empty() {
-        return Err(if opts.dynamic {
+        return Err(if float_activations {
             "nothing to quantize dynamically: the model has no MatMul or Gemm with a constant weight".into()
         } else {
             "nothing to quantize: the model has no Conv, MatMul or Gemm of f32 tensors".into()
@@ -244,7 +252,7 @@ pub fn quantize(
     }
 
     // 2. Calibrate (dynamic quantization needs no ranges).
-    let tensors = if opts.dynamic {
+    let tensors = if float_activations {
         Vec::new()
     } else {
         plan.tensors(graph)
@@ -252,7 +260,7 @@ pub fn quantize(
     let mut observed = Runner::new(prepared_ir.clone(), &target, &tensors)?;
     let first_extra = observed.outputs().len() - tensors.len();
     let mut observers: Vec<Observer> = vec![Observer::default(); tensors.len()];
-    let passes = match (opts.dynamic, opts.method.needs_histogram()) {
+    let passes = match (float_activations, opts.method.needs_histogram()) {
         (true, _) => 0,
         (false, true) => 2,
         (false, false) => 1,
@@ -294,7 +302,11 @@ pub fn quantize(
     let wopts = WriteOptions { per_tensor };
     let evaluate =
         |excluded: &HashSet<String>| -> Result<(qdq::Written, Vec<OutputMetrics>), String> {
-            let w = if opts.dynamic {
+            let w = if let Some((block, format)) = opts.int4_weights {
+                crate::compress::weight_only::write(
+                    &prepared, &plan, excluded, block, format, &consts,
+                )?
+            } else if opts.dynamic {
                 crate::compress::dynamic::write(&prepared, &plan, excluded, per_tensor, &consts)?
             } else {
                 qdq::write(&prepared, &plan, &ranges, excluded, &wopts, &consts)?
@@ -404,11 +416,15 @@ pub fn quantize(
         latency_before_ms: latency_before,
         latency_after_ms: latency_after,
         method: match opts.method {
+            _ if opts.int4_weights.is_some() => format!(
+                "int4 weights, blocks of {}",
+                opts.int4_weights.map_or(0, |w| w.0)
+            ),
             _ if opts.dynamic => "dynamic".to_string(),
             Method::Percentile(p) => format!("percentile {p}"),
             m => m.name().to_string(),
         },
-        per_channel: !per_tensor,
+        per_channel: !per_tensor && opts.int4_weights.is_none(),
         opset: onnx_edit::default_opset(&model),
         calibration_sets: calibration.len(),
         eval_sets: eval.len(),
@@ -530,7 +546,7 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "size {:.2} MB -> {:.2} MB ({:.0} %), latency {:.3} ms -> {:.3} ms ({} thread{}), opset {}, {} per {}",
+            "size {:.2} MB -> {:.2} MB ({:.0} %), latency {:.3} ms -> {:.3} ms ({} thread{}), opset {}, {}{}",
             self.size_before_bytes as f64 / 1e6,
             self.size_after_bytes as f64 / 1e6,
             100.0 * self.size_after_bytes as f64 / self.size_before_bytes.max(1) as f64,
@@ -540,7 +556,11 @@ impl Report {
             if self.threads == 1 { "" } else { "s" },
             self.opset,
             self.method,
-            if self.per_channel { "channel" } else { "tensor" },
+            match (self.method.starts_with("int4"), self.per_channel) {
+                (true, _) => "",
+                (false, true) => " per channel",
+                (false, false) => " per tensor",
+            },
         );
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use kiln_compiler::compress::calibrate::Method;
 use kiln_compiler::compress::metrics::Tolerance;
+use kiln_compiler::compress::weight_only::Format;
 use kiln_compiler::compress::QuantizeOptions;
 
 use crate::common::Failure;
@@ -20,6 +21,18 @@ pub enum MethodArg {
     Entropy,
     /// least squared quantization error
     Mse,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum WeightsArg {
+    /// 4-bit symmetric blocks with one scale per block and column
+    Int4,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    Standard,
+    Ort,
 }
 
 #[derive(clap::Args)]
@@ -43,8 +56,20 @@ pub struct QuantizeArgs {
     /// Dynamic quantization for transformers: MatMul/Gemm weights s8,
     /// activations quantized at run time (DynamicQuantizeLinear +
     /// MatMulInteger); needs no calibration ranges
-    #[arg(long)]
+    #[arg(long, conflicts_with = "weights")]
     pub dynamic: bool,
+    /// Weight-only quantization of MatMul/Gemm weights (activations stay
+    /// f32; no calibration ranges)
+    #[arg(long, value_enum)]
+    pub weights: Option<WeightsArg>,
+    /// Rows per int4 block along the reduction axis (--weights int4)
+    /// (a power of two, 16 to 256)
+    #[arg(long, default_value_t = 32)]
+    pub block_size: usize,
+    /// How --weights int4 is written: standard blocked DequantizeLinear
+    /// (opset 21), or onnxruntime's com.microsoft.MatMulNBits
+    #[arg(long, value_enum, default_value = "standard")]
+    pub format: FormatArg,
     /// METRIC=VALUE that every output must meet against the float model
     /// (cosine, top1, sqnr-db: at least; max-abs: at most); repeatable.
     /// The most sensitive nodes stay in float until it holds.
@@ -74,6 +99,13 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), Failure> {
     if !(args.percentile > 0.0 && args.percentile <= 100.0) {
         return Err(format!("--percentile {} is not in (0, 100]", args.percentile).into());
     }
+    if !(args.block_size.is_power_of_two() && (16..=256).contains(&args.block_size)) {
+        return Err(format!(
+            "--block-size {} is not a power of two from 16 to 256",
+            args.block_size
+        )
+        .into());
+    }
     let opts = QuantizeOptions {
         method: match args.method {
             MethodArg::Minmax => Method::MinMax,
@@ -83,6 +115,15 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), Failure> {
         },
         per_tensor: args.per_tensor,
         dynamic: args.dynamic,
+        int4_weights: args.weights.map(|WeightsArg::Int4| {
+            (
+                args.block_size,
+                match args.format {
+                    FormatArg::Standard => Format::Standard,
+                    FormatArg::Ort => Format::Ort,
+                },
+            )
+        }),
         tolerances: args.tolerance.clone(),
         max_trials: args.max_trials,
         exclude: args.exclude.clone(),
