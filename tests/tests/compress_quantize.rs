@@ -314,6 +314,25 @@ fn raising_the_opset_keeps_the_meaning() {
     assert_eq!(onnx_edit::default_opset(&m13), 13);
     assert!(m13.ir_version() >= 7);
     assert_eq!(interp(&m9, &inputs), interp(&m13, &inputs));
+    // 13 → 21: Reduce* axes became inputs at 18.
+    let r13 = OnnxBuilder::new("reduce", 13)
+        .input("x", tensor_type(F32, &["2", "3", "4"]))
+        .output("m", tensor_type(F32, &["2", "1", "4"]))
+        .output("l", tensor_type(F32, &["2", "3"]))
+        .node_with("ReduceMean", &["x"], &["m"], vec![attr_ints("axes", &[1])])
+        .node_with(
+            "ReduceLogSumExp",
+            &["x"],
+            &["l"],
+            vec![attr_ints("axes", &[-1]), attr_int("keepdims", 0)],
+        )
+        .model();
+    let module = kiln_compiler::load::load_onnx_bytes(&r13.encode_to_vec(), "r13").unwrap();
+    let inputs = random_sets(&module, 1, 4).unwrap().remove(0);
+    let mut r21 = r13.clone();
+    onnx_edit::raise_opset(&mut r21, 21, &|_| Some(3)).unwrap();
+    assert_eq!(onnx_edit::default_opset(&r21), 21);
+    assert_eq!(interp(&r13, &inputs), interp(&r21, &inputs));
     // Resize-10 has no exact later form: an error naming the node.
     let r10 = OnnxBuilder::new("r", 10)
         .input("x", tensor_type(F32, &["1", "1", "2", "2"]))

@@ -468,6 +468,15 @@ fn raise_graph(
             "ReduceSum" if from < 13 && to >= 13 && attr(&n, "axes").is_some() => {
                 to_input(&mut n, "axes", 1, None);
             }
+            "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
+            | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare"
+                if from < 18 && to >= 18 && attr(&n, "axes").is_some() =>
+            {
+                to_input(&mut n, "axes", 1, None);
+            }
+            "GroupNormalization" if from < 21 && to >= 21 => {
+                return cant(&n, "its scale and bias became per channel at 21");
+            }
             "Slice" if from < 10 && to >= 10 => {
                 let starts = take_attr(&mut n, "starts").map(|a| a.ints);
                 let ends = take_attr(&mut n, "ends").map(|a| a.ints);
