@@ -532,7 +532,7 @@ fn quantize_writes_a_qdq_model_a_table_and_a_report() {
     );
     let none = kiln(&["quantize", &tiny_cnn(), "-o", "x.onnx"]);
     assert!(
-        stderr(&none).contains("--calibration DIR or --random N"),
+        stderr(&none).contains("--calibration DIR, --images DIR or --random N"),
         "{}",
         stderr(&none)
     );
@@ -597,4 +597,46 @@ fn prune_sweeps_reports_and_plots() {
         "{}",
         stderr(&sweep_alone)
     );
+}
+
+/// `kiln quantize --images`: a folder of PNGs calibrates the one-channel
+/// bundled CNN (its 28×28 size from the model; luma).
+#[test]
+fn quantize_calibrates_on_an_image_folder() {
+    let dir = tmp("images");
+    std::fs::create_dir_all(&dir).expect("dir");
+    for k in 0..3u8 {
+        let img = image::RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, k * 80])
+        });
+        img.save(dir.join(format!("img{k}.png"))).expect("png");
+    }
+    let out = tmp("tiny_images.onnx");
+    let o = kiln(&[
+        "quantize",
+        &tiny_cnn(),
+        "-o",
+        out.to_str().unwrap_or_default(),
+        "--images",
+        dir.to_str().unwrap_or_default(),
+        "--mean",
+        "0.5",
+        "--std",
+        "0.25",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("opset"), "{}", stdout(&o));
+    let bad = kiln(&[
+        "quantize",
+        &tiny_cnn(),
+        "-o",
+        out.to_str().unwrap_or_default(),
+        "--images",
+        dir.to_str().unwrap_or_default(),
+        "--layout",
+        "nhwc",
+    ]);
+    assert!(stderr(&bad).contains("--layout"), "{}", stderr(&bad));
 }

@@ -6,6 +6,7 @@
 //! to the JSON it writes.
 //!
 //! - [`data`]: the calibration and eval input sets, running models on them.
+//! - [`images`]: image folders as input sets (decode, resize, normalize).
 //! - [`calibrate`]: streaming range observers and the range methods.
 //! - [`constants`]: the value of every input-independent tensor.
 //! - [`metrics`]: output agreement (cosine, max-abs, SQNR, top-1) and
@@ -25,6 +26,7 @@ pub mod calibrate;
 pub mod constants;
 pub mod data;
 pub mod dynamic;
+pub mod images;
 pub mod metrics;
 pub mod onnx_edit;
 pub mod prune;

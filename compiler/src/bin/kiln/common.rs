@@ -231,6 +231,33 @@ pub struct DataArgs {
     /// The seed of --random
     #[arg(long, default_value_t = 0)]
     pub seed: u32,
+    /// A folder of JPEG/PNG images, one input set each, for a model with
+    /// one image input (then --eval is an image folder too)
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["calibration", "random"])]
+    pub images: Option<PathBuf>,
+    /// Image height and width (default: the model input's static size)
+    #[arg(long, value_name = "H,W", value_delimiter = ',')]
+    pub size: Vec<usize>,
+    /// Per-channel (R,G,B) mean of pixels scaled to [0, 1]
+    #[arg(
+        long,
+        value_name = "R,G,B",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub mean: Vec<f32>,
+    /// Per-channel (R,G,B) standard deviation of pixels scaled to [0, 1]
+    #[arg(long, value_name = "R,G,B", value_delimiter = ',')]
+    pub std: Vec<f32>,
+    /// Where image channels go
+    #[arg(long, value_enum, default_value = "nchw")]
+    pub layout: LayoutArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LayoutArg {
+    Nchw,
+    Nhwc,
 }
 
 impl DataArgs {
@@ -247,13 +274,44 @@ impl DataArgs {
     > {
         use kiln_compiler::compress::data;
         let m = load_model(path)?;
+        if let Some(dir) = &self.images {
+            use kiln_compiler::compress::images::{image_sets, ImageOptions, Layout};
+            let three = |v: &[f32], default: f32, flag: &str| -> Result<[f32; 3], String> {
+                match v {
+                    [] => Ok([default; 3]),
+                    [x] => Ok([*x; 3]),
+                    [r, g, b] => Ok([*r, *g, *b]),
+                    _ => Err(format!("--{flag} takes one value or three (R,G,B)")),
+                }
+            };
+            let o = ImageOptions {
+                size: match self.size[..] {
+                    [] => None,
+                    [h, w] => Some((h, w)),
+                    _ => return Err("--size takes H,W".to_string().into()),
+                },
+                mean: three(&self.mean, 0.0, "mean")?,
+                std: three(&self.std, 1.0, "std")?,
+                layout: match self.layout {
+                    LayoutArg::Nchw => Layout::Nchw,
+                    LayoutArg::Nhwc => Layout::Nhwc,
+                },
+            };
+            let sets = image_sets(&m, dir, &o)?;
+            return Ok(match &self.eval {
+                Some(eval) => (sets, image_sets(&m, eval, &o)?),
+                None => data::split_held_back(sets),
+            });
+        }
         let sets = match (&self.calibration, self.random) {
             (Some(dir), _) => data::read_sets(&m, dir)?,
             (None, Some(n)) if n > 0 => data::random_sets(&m, n, self.seed)?,
             _ => {
-                return Err("give input sets: --calibration DIR or --random N"
-                    .to_string()
-                    .into())
+                return Err(
+                    "give input sets: --calibration DIR, --images DIR or --random N"
+                        .to_string()
+                        .into(),
+                )
             }
         };
         Ok(match &self.eval {
