@@ -317,3 +317,34 @@ fn onnx_checker_and_onnxruntime_accept_the_pruned_model() {
         "{text}"
     );
 }
+
+/// `kiln prune` then `kiln quantize`: the pruned model quantizes like any
+/// other (its pruned convs included).
+#[test]
+fn pruned_models_quantize() {
+    let (path, sets) = setup(&chain_model(&[3]), "compose.onnx", 3);
+    let p = prune(
+        &path,
+        &sets,
+        &sets,
+        &opts(Structure::Channels { l1: true }, vec![0.125]),
+    )
+    .unwrap();
+    let pruned = scratch("compose_pruned.onnx");
+    std::fs::write(&pruned, p.to_bytes()).unwrap();
+    let q = kiln_compiler::compress::quantize(
+        &pruned,
+        &sets[..2],
+        &sets[2..],
+        &kiln_compiler::compress::QuantizeOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(q.report.layers.len(), 4, "{:#?}", q.report.layers);
+    assert!(q.report.outputs[0].cosine > 0.99, "{:?}", q.report.outputs);
+    let out = scratch("compose_int8.onnx");
+    std::fs::write(&out, q.to_bytes()).unwrap();
+    assert!(kiln_compiler::load_model(&out).is_ok());
+}
