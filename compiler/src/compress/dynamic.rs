@@ -162,6 +162,7 @@ pub fn write(
             weight_sqnr_db: s8.sqnr_db,
             output: out,
             output_grid: None,
+            seen_as: None,
         });
     }
     graph.node = nodes;

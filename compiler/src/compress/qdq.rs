@@ -40,6 +40,8 @@ const SHARES_SCALE: &[&str] = &[
     "Squeeze",
     "Unsqueeze",
     "Identity",
+    // The identity at inference.
+    "Dropout",
 ];
 
 /// Activations that a quantized node's result may end in.
@@ -86,20 +88,38 @@ impl Plan {
 /// activation inputs, and through the ops that pass 8-bit values on
 /// ([`SHARES_SCALE`], Concat) the tensors those read, back to where they
 /// are made. A result that only float ops read stays float: quantizing
-/// it would add error and save nothing.
+/// it would add error for little. The exception is a conv result that
+/// only averaging pools read: quantized, the conv runs as one integer op,
+/// and the average smooths the grid's error away.
 fn quantized_tensors<'a>(
     graph: &proto::GraphProto,
     nodes: impl Iterator<Item = &'a QNode>,
 ) -> HashSet<String> {
+    let mut readers: HashMap<&str, Vec<&str>> = HashMap::new();
+    for n in &graph.node {
+        for i in &n.input {
+            readers.entry(i.as_str()).or_default().push(n.op_type());
+        }
+    }
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
     let mut q: HashSet<String> = HashSet::new();
     for qn in nodes {
         let n = &graph.node[qn.index];
         q.extend(qn.activations.iter().map(|&i| n.input[i].clone()));
+        let averaged = readers.get(qn.output.as_str()).is_some_and(|r| {
+            r.iter()
+                .all(|op| ["GlobalAveragePool", "AveragePool"].contains(op))
+        });
+        if qn.op == "Conv" && averaged && !outputs.contains(qn.output.as_str()) {
+            q.insert(qn.output.clone());
+        }
     }
     loop {
         let before = q.len();
         for n in graph.node.iter().rev() {
-            if n.output.len() != 1
+            // Output 0 carries the data (Dropout's mask, MaxPool's indices
+            // are others).
+            if n.output.is_empty()
                 || n.input.is_empty()
                 || !q.contains(&n.output[0])
                 || !n.domain().is_empty()
@@ -143,7 +163,7 @@ fn shared_ranges(
         i
     }
     for n in &graph.node {
-        if !n.domain().is_empty() || n.output.len() != 1 || n.input.is_empty() {
+        if !n.domain().is_empty() || n.output.is_empty() || n.input.is_empty() {
             continue;
         }
         let members: Vec<&str> = if SHARES_SCALE.contains(&n.op_type()) {
@@ -305,6 +325,9 @@ pub struct WrittenLayer {
     /// it quantized: a graph output, say).
     pub output: String,
     pub output_grid: Option<(f32, u8)>,
+    /// What the model's readers see of `output`: its dequantized form
+    /// (None: they read it as it is).
+    pub seen_as: Option<String>,
 }
 
 /// The written model and what it holds.
@@ -363,6 +386,47 @@ pub fn write(
         })
         .collect();
 
+    // A Relu (or Clip from 0) after a quantized node whose result's grid
+    // starts at 0 does nothing the QuantizeLinear does not: quantize the
+    // node's own result instead (onnxruntime's quantizer does the same), so
+    // runtimes see `Q(Conv(DQ, DQ))` and fold it into one integer op.
+    let producer: HashMap<&str, &proto::NodeProto> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let mut q_source: HashMap<String, String> = HashMap::new();
+    for q in &included {
+        let own = &graph.node[q.index].output[0];
+        if q.output == *own {
+            continue;
+        }
+        let (Some(&(_, 0)), Some(act)) = (grids.get(&q.output), producer.get(q.output.as_str()))
+        else {
+            continue;
+        };
+        let bound = |i: usize| {
+            act.input
+                .get(i)
+                .filter(|s| !s.is_empty())
+                .and_then(|s| consts(s))
+                .and_then(|d| crate::compress::onnx_edit::f32_values(&d))
+                .and_then(|v| v.first().copied())
+        };
+        let removable = match act.op_type() {
+            "Relu" => true,
+            // Clip(0, max): the grid's top must not pass max.
+            "Clip" => {
+                bound(1) == Some(0.0)
+                    && bound(2).is_none_or(|hi| ranges.get(&q.output).is_some_and(|r| r.1 <= hi))
+            }
+            _ => false,
+        };
+        if removable {
+            q_source.insert(q.output.clone(), own.clone());
+        }
+    }
+
     let mut names = Names::of(&graph);
     let mut new_init: Vec<proto::TensorProto> = Vec::new();
     let mut dq_of: HashMap<String, String> = HashMap::new();
@@ -375,10 +439,11 @@ pub fn write(
         init.push(raw_tensor(&z, DataType::Uint8, &[], vec![zero]));
         let q = names.fresh(&format!("{t}_quantized"));
         let dq = names.fresh(&format!("{t}_dequantized"));
+        let source = q_source.get(t).map_or(t, String::as_str);
         let qn = node(
             "QuantizeLinear",
             &names.fresh(&format!("{t}_QuantizeLinear")),
-            &[t, &s, &z],
+            &[source, &s, &z],
             &[&q],
         );
         let dqn = node(
@@ -465,8 +530,12 @@ pub fn write(
                 weight_sqnr_db,
                 output: q.output.clone(),
                 output_grid: grids.get(&q.output).copied(),
+                seen_as: None,
             });
         }
+    }
+    for l in &mut layers {
+        l.seen_as = dq_of.get(&l.output).cloned();
     }
     graph.node = nodes;
     graph.initializer.extend(new_init);

@@ -449,15 +449,23 @@ fn layer_activations(
     eval: &[Inputs],
 ) -> Result<(), String> {
     let quant_ir = import(&written.model)?;
+    // A layer's result in the quantized model as its readers see it.
+    let seen: HashMap<&str, &str> = written
+        .layers
+        .iter()
+        .map(|l| (l.output.as_str(), l.seen_as.as_deref().unwrap_or(&l.output)))
+        .collect();
+    let quant_name = |n: &str| seen.get(n).copied().unwrap_or(n).to_string();
     let names: Vec<String> = layers
         .iter()
         .map(|l| l.output.clone())
-        .filter(|n| prepared_ir.lookup(n).is_some() && quant_ir.lookup(n).is_some())
+        .filter(|n| prepared_ir.lookup(n).is_some() && quant_ir.lookup(&quant_name(n)).is_some())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
+    let quant_names: Vec<String> = names.iter().map(|n| quant_name(n)).collect();
     let mut fr = Runner::new(prepared_ir.clone(), target, &names)?;
-    let mut qr = Runner::new(quant_ir, target, &names)?;
+    let mut qr = Runner::new(quant_ir, target, &quant_names)?;
     #[derive(Default, Clone)]
     struct Sums {
         signal: f64,
@@ -471,8 +479,8 @@ fn layer_activations(
         let f = fr.run(set)?;
         let q = qr.run(set)?;
         let index = |outs: &[String], n: &str| outs.iter().position(|o| o == n);
-        for n in &names {
-            let (Some(fi), Some(qi)) = (index(fr.outputs(), n), index(qr.outputs(), n)) else {
+        for (n, qn) in names.iter().zip(&quant_names) {
+            let (Some(fi), Some(qi)) = (index(fr.outputs(), n), index(qr.outputs(), qn)) else {
                 continue;
             };
             let (Some(fv), Some(qv)) = (f32_data(&f[fi]), f32_data(&q[qi])) else {

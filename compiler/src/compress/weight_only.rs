@@ -288,6 +288,7 @@ pub fn write(
             weight_sqnr_db: q4.sqnr_db,
             output: out,
             output_grid: None,
+            seen_as: None,
         });
     }
     graph.node = nodes;
