@@ -20,10 +20,14 @@
 //! and rounds once; the outputs differ where a sum lies within f32
 //! rounding of a quantization step's midpoint (one step, rarely).
 //!
-//! MatMul is not folded: ONNX defines QLinearMatMul's result as wrapping
-//! around where `QuantizeLinear` saturates, so the fold would change
-//! outputs that reach the type's bounds. (It wants a saturating integer
-//! op of Kiln's own.)
+//! - `MatMul(DQ(x), DQ(w))` with a constant 8-bit `w` (one scale, or one
+//!   per column with zero points 0) and `x` on one scale →
+//!   `Cast(MatMulInteger(x, w, x_zero, w_zero)) · (x_scale · w_scale)`: the
+//!   product in integers, its f32 result scaled once (whatever reads it,
+//!   a QuantizeLinear or a float op). It is not `QLinearMatMul`: ONNX
+//!   defines that op's result as wrapping around where `QuantizeLinear`
+//!   saturates, so that fold would change outputs that reach the type's
+//!   bounds; here a following QuantizeLinear still saturates.
 //!
 //! The DQ nodes are left for DCE; a pattern's float op is removed only when
 //! the Q is its one user.
@@ -156,7 +160,16 @@ fn fold_region(m: &mut Module, r: &mut Region, uses: &HashMap<ValueId, usize>) -
             rewrites.push((qi, node, p));
         }
     }
-    if rewrites.is_empty() {
+    let absorbed: std::collections::HashSet<usize> = rewrites.iter().map(|r| r.2).collect();
+    let mut expand: HashMap<usize, Vec<Node>> = HashMap::new();
+    for i in 0..r.nodes.len() {
+        if r.nodes[i].op == "MatMul" && !absorbed.contains(&i) {
+            if let Some(nodes) = matmul_integer(m, r, &def, i) {
+                expand.insert(i, nodes);
+            }
+        }
+    }
+    if rewrites.is_empty() && expand.is_empty() {
         return changed;
     }
     let mut replace: HashMap<usize, Node> = HashMap::new();
@@ -170,9 +183,85 @@ fn fold_region(m: &mut Module, r: &mut Region, uses: &HashMap<ValueId, usize>) -
         if removed.contains(&i) {
             continue;
         }
+        if let Some(nodes) = expand.remove(&i) {
+            r.nodes.extend(nodes);
+            continue;
+        }
         r.nodes.push(replace.remove(&i).unwrap_or(n));
     }
     true
+}
+
+/// `MatMul(DQ(x), DQ(w))` at `i` as `Cast(MatMulInteger) · scale`, where
+/// `x` has one scale and `w` is a constant 8-bit matrix with one scale,
+/// or one per column and zero points 0.
+fn matmul_integer(
+    m: &mut Module,
+    r: &mut Region,
+    def: &HashMap<ValueId, usize>,
+    i: usize,
+) -> Option<Vec<Node>> {
+    let p = r.nodes[i].clone();
+    let y = *p.outputs.first()?;
+    let dx = dq_of(m, r, def, p.input(0)?)?;
+    let dw = dq_of(m, r, def, p.input(1)?)?;
+    let (xe, we) = (elem(m, dx.q), elem(m, dw.q));
+    let wshape = m.constant(dw.q)?.shape.clone();
+    if !is_int8(xe) || !is_int8(we) || dx.scales.len() != 1 || wshape.len() != 2 {
+        return None;
+    }
+    let cols = wshape[1] as usize;
+    let per_column = dw.scales.len() != 1;
+    if per_column
+        && (dw.scales.len() != cols
+            || !(dw.axis == 1 || dw.axis == -1)
+            || dw.zeros.iter().any(|&z| z != 0))
+    {
+        return None;
+    }
+    let yt = m.ty(y).as_tensor()?.clone();
+    if yt.elem != ElemType::F32 {
+        return None;
+    }
+    // x_scale · w_scale in f32, as the float graph's two dequantizations
+    // would scale each term.
+    let scale: Vec<f32> = dw
+        .scales
+        .iter()
+        .map(|&sw| dx.scales[0] as f32 * sw as f32)
+        .collect();
+    let sshape = if per_column {
+        vec![cols as u64]
+    } else {
+        vec![]
+    };
+    let scale_id = m.add_constant_unique(
+        "matmul_scale",
+        std::sync::Arc::new(TensorData::from_f32(sshape, &scale).ok()?),
+    );
+    r.constants.push(scale_id);
+    let mut int_ty = yt.clone();
+    int_ty.elem = ElemType::I32;
+    let acc = m.add_value_unique(
+        &format!("{}_int32", m.name(y)),
+        kiln_ir::Type::Tensor(int_ty),
+    );
+    let flt = m.add_value_unique(
+        &format!("{}_unscaled", m.name(y)),
+        kiln_ir::Type::Tensor(yt),
+    );
+    let w_zero = if per_column { None } else { dw.zero };
+    let mut mm = Node::new(
+        "MatMulInteger",
+        vec![Some(dx.q), Some(dw.q), dx.zero, w_zero],
+        vec![acc],
+    );
+    mm.name = p.name.clone();
+    let mut cast = Node::new("Cast", vec![Some(acc)], vec![flt]);
+    // ONNX type code 1: float.
+    cast.attrs.insert("to".into(), Attr::Int(1));
+    let mul = Node::new("Mul", vec![Some(flt), Some(scale_id)], vec![y]);
+    Some(vec![mm, cast, mul])
 }
 
 /// The integer node replacing the QuantizeLinear at `qi`, and the index of
