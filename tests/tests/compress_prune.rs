@@ -348,3 +348,41 @@ fn pruned_models_quantize() {
     std::fs::write(&out, q.to_bytes()).unwrap();
     assert!(kiln_compiler::load_model(&out).is_ok());
 }
+
+/// A conv followed by SiLU (`x · sigmoid(x)`, which reads the conv's
+/// result twice) still loses channels: both operands carry them. Dead
+/// channels (SiLU(0) = 0) prune away exactly.
+#[test]
+fn silu_passes_channels_through() {
+    let mut w1 = weights(6 * 3 * 9, 21, 0.5);
+    w1[27..54].iter_mut().for_each(|x| *x = 0.0);
+    let m = OnnxBuilder::new("silu", 13)
+        .input("x", tensor_type(F32, &["1", "3", "8", "8"]))
+        .output("y", tensor_type(F32, &["1", "4", "8", "8"]))
+        .initializer(f32_tensor("w1", &[6, 3, 3, 3], &w1))
+        .initializer(f32_tensor("w2", &[4, 6, 1, 1], &weights(24, 22, 0.5)))
+        .node_with(
+            "Conv",
+            &["x", "w1"],
+            &["c1"],
+            vec![attr_ints("pads", &[1, 1, 1, 1])],
+        )
+        .node("Sigmoid", &["c1"], &["s1"])
+        .node("Mul", &["c1", "s1"], &["a1"])
+        .node("Conv", &["a1", "w2"], &["y"])
+        .model();
+    let (path, sets) = setup(&m, "silu.onnx", 2);
+    let p = prune(
+        &path,
+        &sets,
+        &sets,
+        &opts(Structure::Channels { l1: true }, vec![0.2]),
+    )
+    .unwrap();
+    let conv1 = p.report.layers.iter().find(|l| l.node == "Conv_0").unwrap();
+    assert_eq!(
+        (conv1.channels_before, conv1.channels_after),
+        (Some(6), Some(5))
+    );
+    assert!(p.report.outputs[0].max_abs < 1e-5, "{:?}", p.report.outputs);
+}

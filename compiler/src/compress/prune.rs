@@ -9,10 +9,12 @@
 //! - Channels: a Conv loses its lowest-norm output channels and every
 //!   reader is rewritten to match: BatchNormalization parameters,
 //!   elementwise activations and pooling pass channels through, a
-//!   depthwise Conv loses the same channels (and its groups), the next
-//!   Conv loses those input channels. A conv whose channels reach anything
-//!   else (a residual Add, a Concat, a reshape, a graph output) keeps
-//!   them, so the model stays consistent; it is really smaller and faster.
+//!   depthwise Conv loses the same channels (and its groups), elementwise
+//!   ops whose operands all carry those channels (`x · sigmoid(x)`, a
+//!   hardswish) pass them on, the next Conv loses those input channels. A
+//!   conv whose channels reach anything else (a residual Add with another
+//!   branch, a Concat, a reshape, a graph output) keeps them, so the model
+//!   stays consistent; it is really smaller and faster.
 //!
 //! Scores: `magnitude` is |w|; `activation` is |w| times the norm of the
 //! input channel it reads over the calibration data (Wanda), no
@@ -262,6 +264,7 @@ const CHANNELWISE: &[&str] = &[
     "Identity",
     "MaxPool",
     "AveragePool",
+    "GlobalAveragePool",
     "BatchNormalization",
 ];
 
@@ -651,18 +654,38 @@ fn reach(
         depthwise: Vec::new(),
         readers: Vec::new(),
     };
+    // The tensors carrying the conv's channels, the nodes seen, and the
+    // binary ops among them (checked once the set is complete).
+    let mut carried: HashSet<String> = HashSet::from([from.to_string()]);
+    let mut seen: HashSet<usize> = HashSet::new();
+    let mut binary: Vec<usize> = Vec::new();
     let mut frontier = vec![from.to_string()];
     while let Some(t) = frontier.pop() {
         if outputs.contains(t.as_str()) {
             return None;
         }
         for (i, n) in graph.node.iter().enumerate() {
-            let Some(pos) = n.input.iter().position(|x| *x == t) else {
+            if !n.input.contains(&t) || !seen.insert(i) {
                 continue;
+            }
+            if !n.domain().is_empty() || n.output.is_empty() {
+                return None;
+            }
+            let mut carry = |o: &str, frontier: &mut Vec<String>| {
+                if carried.insert(o.to_string()) {
+                    frontier.push(o.to_string());
+                }
             };
-            // Read twice, or as something other than the data operand.
-            if pos != 0 || n.input.iter().filter(|x| **x == t).count() > 1 || !n.domain().is_empty()
-            {
+            // `x * sigmoid(x)`, `x * hardsigmoid(x)`: elementwise ops
+            // whose every operand carries the same channels (or is a
+            // scalar constant) pass them on.
+            if ["Add", "Sub", "Mul", "Div"].contains(&n.op_type()) {
+                binary.push(i);
+                carry(&n.output[0], &mut frontier);
+                continue;
+            }
+            // Otherwise `t` must be the data operand, read once.
+            if n.input[0] != t || n.input.iter().filter(|x| **x == t).count() > 1 {
                 return None;
             }
             let group = n
@@ -684,7 +707,7 @@ fn reach(
                         .is_some_and(|s| s.len() >= 3 && s[1] == 1 && s[0] as i64 == group) =>
                 {
                     r.depthwise.push(i);
-                    frontier.push(n.output[0].clone());
+                    carry(&n.output[0], &mut frontier);
                 }
                 op if CHANNELWISE.contains(&op) => {
                     // Clip bounds and BN parameters must be constants.
@@ -696,10 +719,20 @@ fn reach(
                         return None;
                     }
                     r.passes.push(i);
-                    frontier.push(n.output[0].clone());
+                    carry(&n.output[0], &mut frontier);
                 }
                 _ => return None,
             }
+        }
+    }
+    let scalar = |x: &str| consts.get(x).is_some_and(|d| d.numel() == 1);
+    for &b in &binary {
+        let n = &graph.node[b];
+        if n.input
+            .iter()
+            .any(|x| !x.is_empty() && !carried.contains(x) && !scalar(x))
+        {
+            return None;
         }
     }
     Some(r)
