@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use crate::compress::onnx_edit::{
     f32_tensor, int_attr, node, raw_tensor, remove_dead, Constants, Names,
 };
-use crate::compress::qdq::{Plan, SymmetricS8, Written, WrittenLayer};
+use crate::compress::qdq::{is_plain_product, weight_kn, Plan, SymmetricS8, Written, WrittenLayer};
 use crate::onnx::proto::{self, tensor_proto::DataType};
 
 /// Rewrite `model` (whose graph `plan` was made on); the MatMul/Gemm
@@ -35,7 +35,7 @@ pub fn write(
     let included: HashMap<usize, &crate::compress::qdq::QNode> = plan
         .nodes
         .iter()
-        .filter(|q| !excluded.contains(&q.name) && is_dynamic_candidate(&graph.node[q.index], q))
+        .filter(|q| !excluded.contains(&q.name) && is_plain_product(&graph.node[q.index], q))
         .map(|q| (q.index, q))
         .collect();
     let mut init = Vec::new();
@@ -50,28 +50,10 @@ pub fn write(
             continue;
         };
         let a = n.input[0].clone();
-        let wname = n.input[1].clone();
-        let d = consts(&wname).ok_or_else(|| format!("weight `{wname}` is not a constant"))?;
-        let mut w = crate::compress::onnx_edit::f32_values(&d)
-            .ok_or_else(|| format!("weight `{wname}` is not numeric"))?;
-        let mut shape: Vec<usize> = d.shape.iter().map(|&x| x as usize).collect();
-        let trans_b = n
-            .attribute
-            .iter()
-            .any(|x| x.name() == "transB" && x.i.unwrap_or(0) != 0);
-        if n.op_type() == "Gemm" && trans_b {
-            // [N, K] → [K, N]: MatMulInteger has no transpose.
-            let (rows, cols) = (shape[0], shape[1]);
-            let mut t = vec![0f32; w.len()];
-            for r in 0..rows {
-                for c in 0..cols {
-                    t[c * rows + r] = w[r * cols + c];
-                }
-            }
-            w = t;
-            shape = vec![cols, rows];
-        }
-        let axis = (!per_tensor && shape.len() == 2).then_some(1);
+        // MatMulInteger has no transpose: the weight as [K, N].
+        let (w, k, cols) = weight_kn(&n, consts)?;
+        let shape = vec![k, cols];
+        let axis = (!per_tensor).then_some(1);
         let s8 = SymmetricS8::of(&w, &shape, axis);
         let tag = n.name().to_string();
         let fresh = |names: &mut Names, what: &str| names.fresh(&format!("{tag}_{what}"));
@@ -175,19 +157,4 @@ pub fn write(
         layers,
         grids: HashMap::new(),
     })
-}
-
-/// MatMul with a constant 2-D weight, or a Gemm without transA, alpha or
-/// beta (what the integer form computes exactly).
-pub fn is_dynamic_candidate(n: &proto::NodeProto, q: &crate::compress::qdq::QNode) -> bool {
-    let plain = n.attribute.iter().all(|a| match a.name() {
-        "transA" => a.i.unwrap_or(0) == 0,
-        "alpha" | "beta" => a.f.unwrap_or(1.0) == 1.0,
-        _ => true,
-    });
-    match q.op.as_str() {
-        "MatMul" => matches!(q.weight, Some((1, Some(1)))),
-        "Gemm" => q.weight.is_some() && plain,
-        _ => false,
-    }
 }

@@ -281,7 +281,6 @@ pub fn fold_batch_norms(graph: &mut proto::GraphProto, consts: Constants<'_>) ->
             || conv.domain() != ""
             || uses.get(&bn.input[0]) != Some(&1)
             || outputs.contains(&bn.input[0])
-            || bn.input.len() < 5
         {
             continue;
         }

@@ -698,3 +698,49 @@ fn quantize_bias(
     }
     Some((dq, init, dqn))
 }
+
+/// MatMul with a constant 2-D weight, or a Gemm without transA, alpha or
+/// beta: the products the dynamic and weight-only forms rewrite (they
+/// compute them exactly).
+pub fn is_plain_product(n: &proto::NodeProto, q: &QNode) -> bool {
+    let plain = n.attribute.iter().all(|a| match a.name() {
+        "transA" => a.i.unwrap_or(0) == 0,
+        "alpha" | "beta" => a.f.unwrap_or(1.0) == 1.0,
+        _ => true,
+    });
+    match q.op.as_str() {
+        "MatMul" => matches!(q.weight, Some((1, Some(1)))),
+        "Gemm" => q.weight.is_some() && plain,
+        _ => false,
+    }
+}
+
+/// A plain product's constant weight as `[K, N]` values (a Gemm's
+/// `transB` weight `[N, K]` transposed), with K and N.
+pub fn weight_kn(
+    n: &proto::NodeProto,
+    consts: Constants<'_>,
+) -> Result<(Vec<f32>, usize, usize), String> {
+    let name = n.input.get(1).ok_or("a product without a weight")?;
+    let d = consts(name).ok_or_else(|| format!("weight `{name}` is not a constant"))?;
+    let w = crate::compress::onnx_edit::f32_values(&d)
+        .ok_or_else(|| format!("weight `{name}` is not numeric"))?;
+    let [rows, cols] = d.shape[..] else {
+        return Err(format!("weight `{name}` is not a matrix"));
+    };
+    let (rows, cols) = (rows as usize, cols as usize);
+    let trans_b = n.op_type() == "Gemm"
+        && n.attribute
+            .iter()
+            .any(|x| x.name() == "transB" && x.i.unwrap_or(0) != 0);
+    if !trans_b {
+        return Ok((w, rows, cols));
+    }
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    Ok((t, cols, rows))
+}

@@ -233,7 +233,7 @@ pub fn quantize(
     let mut plan = qdq::plan(graph, &consts, &is_f32);
     if float_activations {
         plan.nodes
-            .retain(|q| crate::compress::dynamic::is_dynamic_candidate(&graph.node[q.index], q));
+            .retain(|q| qdq::is_plain_product(&graph.node[q.index], q));
     }
     if plan.nodes.is_empty() {
         return Err(if float_activations {

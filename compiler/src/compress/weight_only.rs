@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use crate::compress::onnx_edit::{
     f32_tensor, int_attr, node, raw_tensor, remove_dead, Constants, Names,
 };
-use crate::compress::qdq::{Plan, QNode, Written, WrittenLayer};
+use crate::compress::qdq::{is_plain_product, weight_kn, Plan, QNode, Written, WrittenLayer};
 use crate::onnx::proto::{self, tensor_proto::DataType};
 
 /// Which spelling to write.
@@ -135,12 +135,6 @@ impl Int4Blocks {
     }
 }
 
-/// What the weight-only form covers: MatMul of a constant 2-D weight, or
-/// a Gemm without transA, alpha or beta.
-pub fn is_candidate(n: &proto::NodeProto, q: &QNode) -> bool {
-    crate::compress::dynamic::is_dynamic_candidate(n, q)
-}
-
 /// Rewrite `model` (whose graph `plan` was made on): the plan's nodes not
 /// in `excluded` read int4 weights in blocks of `block` rows.
 pub fn write(
@@ -157,7 +151,7 @@ pub fn write(
     let included: HashMap<usize, &QNode> = plan
         .nodes
         .iter()
-        .filter(|q| !excluded.contains(&q.name) && is_candidate(&graph.node[q.index], q))
+        .filter(|q| !excluded.contains(&q.name) && is_plain_product(&graph.node[q.index], q))
         .map(|q| (q.index, q))
         .collect();
     let mut init = Vec::new();
@@ -168,27 +162,8 @@ pub fn write(
             nodes.push(n);
             continue;
         };
-        let wname = n.input[1].clone();
-        let d = consts(&wname).ok_or_else(|| format!("weight `{wname}` is not a constant"))?;
-        let w = crate::compress::onnx_edit::f32_values(&d)
-            .ok_or_else(|| format!("weight `{wname}` is not numeric"))?;
-        let (rows, cols) = (d.shape[0] as usize, d.shape[1] as usize);
-        let trans_b = n.op_type() == "Gemm"
-            && n.attribute
-                .iter()
-                .any(|x| x.name() == "transB" && x.i.unwrap_or(0) != 0);
         // The [K, N] view: Gemm's transB weight is [N, K].
-        let (k, nn, kn) = if trans_b {
-            let mut t = vec![0f32; w.len()];
-            for r in 0..rows {
-                for c in 0..cols {
-                    t[c * rows + r] = w[r * cols + c];
-                }
-            }
-            (cols, rows, t)
-        } else {
-            (rows, cols, w)
-        };
+        let (kn, k, nn) = weight_kn(&n, consts)?;
         let q4 = Int4Blocks::of(&kn, k, nn, block);
         let tag = n.name().to_string();
         let fresh = |names: &mut Names, what: &str| names.fresh(&format!("{tag}_{what}"));
