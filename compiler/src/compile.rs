@@ -212,7 +212,7 @@ pub fn compile_owned(
         Target::Cpu(o) => {
             let s = prepare_owned(m, target, shapes)?;
             let align = target.buffer_alignment();
-            let exe = crate::lower::cpu::build(s, o, align)?;
+            let exe = crate::lower::cpu::build(s, o, align, compile_cpu)?;
             Ok(Box::new(exe.with_limits(o.limits)))
         }
         Target::Gpu(o) => {
@@ -221,6 +221,15 @@ pub fn compile_owned(
             Ok(Box::new(exe))
         }
     }
+}
+
+/// A CPU compile, as control-flow steps compile their regions.
+fn compile_cpu(
+    m: &Module,
+    o: &CpuOptions,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<Box<dyn Executable>, String> {
+    compile(m, &Target::Cpu(o.clone()), shapes)
 }
 
 /// Steps 1-3 of a native compile: the module exactly as the target's

@@ -27,6 +27,7 @@ pub mod fuse;
 pub mod hoist_casts;
 pub mod memory_plan;
 pub mod resolve_pads;
+pub mod sequence_split;
 pub mod simplify;
 
 use std::time::{Duration, Instant};
@@ -56,6 +57,11 @@ pub const PASSES: &[Pass] = &[
         name: "simplify",
         run: simplify::run,
         summary: "algebraic identities, chain folding, BatchNorm folding, pattern recognition",
+    },
+    Pass {
+        name: "sequence-split",
+        run: sequence_split::run,
+        summary: "elements of a statically split sequence (SequenceAt of SplitToSequence) to slices",
     },
     Pass {
         name: "cse",
@@ -121,7 +127,13 @@ fn p(name: &str) -> Step {
 /// The pipeline of an optimization level (0, 1 or 2; above 2 is 2).
 pub fn pipeline(level: u8) -> Vec<Step> {
     let cleanup = Step::FixedPoint {
-        steps: vec![p("constant-fold"), p("simplify"), p("cse"), p("dce")],
+        steps: vec![
+            p("constant-fold"),
+            p("sequence-split"),
+            p("simplify"),
+            p("cse"),
+            p("dce"),
+        ],
         max: 8,
     };
     // QDQ folding first: constant folding would turn the quantized

@@ -151,14 +151,42 @@ fn infer_region(
                 }
             }
         }
+        // An If's branches are alternatives: a branch whose inference
+        // fails (it only checks for inputs it never sees, say a Squeeze of
+        // an axis the other branch handles) does not make the model
+        // invalid while the other branch infers. Its results then take the
+        // other branch's types, and a backend meets the failure again only
+        // if it runs the branch.
+        let mut failed: Vec<(&Region, VerifyError)> = vec![];
+        let mut inferred_any: Option<&Region> = None;
         for (attr, nth, sub) in node_regions(node) {
-            infer_region(
+            let r = infer_region(
                 m,
                 sub,
                 &region_path(path, idx, node, attr, nth),
                 policy,
                 known,
-            )?;
+            );
+            match r {
+                Ok(()) => inferred_any = Some(sub),
+                Err(e) if node.op == "If" => failed.push((sub, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some((_, e)) = failed.first() {
+            let Some(good) = inferred_any else {
+                return Err(e.clone());
+            };
+            for (bad, _) in &failed {
+                for (&b, &g) in bad.outputs.iter().zip(&good.outputs) {
+                    let valid = |v: ValueId| v.index() < m.num_values();
+                    let made_there = bad.nodes.iter().any(|n| n.outputs.contains(&b));
+                    if valid(b) && valid(g) && made_there {
+                        let t = m.ty(g).clone();
+                        m.set_ty(b, t);
+                    }
+                }
+            }
         }
         let schema = lookup(&node.op).ok_or_else(|| fail(Rule::UnknownOp))?;
         for (i, o) in node.outputs.iter().enumerate() {

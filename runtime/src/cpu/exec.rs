@@ -19,8 +19,9 @@
 //! steady stream of runs reuses one, its pages already faulted in) and
 //! runs its kernels on the executable's thread pool.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kiln_ir::{ElemType, Module, Region, ValueId};
@@ -32,6 +33,7 @@ use crate::interp::{Constants, InterpError, Interpreter};
 use crate::tensor::{Data, Tensor};
 use crate::value::Value;
 
+use super::control::ControlStep;
 use super::view::{In, Out};
 
 /// A kernel built for one node with static shapes.
@@ -77,6 +79,12 @@ struct Slot {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
+thread_local! {
+    /// Whether this thread is running an executable's steps: a region's
+    /// executable then runs inline.
+    static IN_RUN: Cell<bool> = const { Cell::new(false) };
+}
+
 /// A native step as the lowering built it.
 pub struct NativeStep {
     pub kernel: Box<dyn NativeKernel>,
@@ -104,6 +112,10 @@ impl NativeStep {
 /// How a step runs.
 pub enum StepKind {
     Native(NativeStep),
+    /// A node with regions: its op's interpreter kernel, running the
+    /// regions as compiled sub-executables. Its operands and results live
+    /// in the environment, as an interpreted step's do.
+    Control(ControlStep),
     /// The interpreter's kernel runs the node; `why` says why it was not
     /// lowered.
     Interp {
@@ -141,7 +153,9 @@ pub struct CpuExecutable {
     /// Arenas of finished runs, for the next ones.
     arenas: Mutex<Vec<Vec<Line>>>,
     threads: usize,
-    pool: rayon::ThreadPool,
+    /// Made at the first run that is not nested in another's: a region's
+    /// executable runs on its parent's threads.
+    pool: OnceLock<rayon::ThreadPool>,
     /// What interpreted steps may allocate and loop.
     limits: kiln_ir::Limits,
 }
@@ -171,7 +185,7 @@ impl CpuExecutable {
         // must keep every value they make or read out of the arena.
         for st in steps
             .iter()
-            .filter(|s| matches!(s.kind, StepKind::Interp { .. }))
+            .filter(|s| matches!(s.kind, StepKind::Interp { .. } | StepKind::Control(_)))
         {
             let n = &module.body.nodes[st.node];
             let mut touched = n.outputs.clone();
@@ -197,11 +211,6 @@ impl CpuExecutable {
             }
         }
         let threads = threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("kiln-cpu-{i}"))
-            .build()
-            .map_err(|e| format!("thread pool: {e}"))?;
         let (needed, native_only) = needed_constants(&module, &steps);
         let in_place_consts = viewable_constants(&module, &native_only);
         let consts = Arc::new(Interpreter::take_constants_where(&mut module, |c| {
@@ -220,7 +229,7 @@ impl CpuExecutable {
             result_types,
             arenas: Mutex::new(vec![]),
             threads,
-            pool,
+            pool: OnceLock::new(),
             limits: kiln_ir::Limits::default(),
         })
     }
@@ -249,32 +258,54 @@ impl CpuExecutable {
         let mut env = interp.bind_body(inputs)?;
         let mut arena = self.take_arena();
         let base = arena.as_mut_ptr() as usize;
-        let result = self.pool.install(|| {
-            with_workers_awake(self.threads, || -> Result<(), InterpError> {
-                for (pos, &k) in self.schedule.iter().enumerate() {
-                    let step = &self.steps[k];
-                    let node = &m.body.nodes[step.node];
-                    let start = times.as_ref().map(|_| Instant::now());
-                    match &step.kind {
-                        // Its operands and results are all in the
-                        // environment (checked when the executable was built).
-                        StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
-                        StepKind::Native(native) => self
-                            .run_native(native, k, base as *mut u8, &mut env)
-                            .map_err(|msg| InterpError::new(node.describe(), msg))?,
-                    }
-                    for &v in &self.frees[pos] {
-                        if let Some(val) = env.take(v) {
-                            super::buffers::recycle(val);
-                        }
-                    }
-                    if let (Some(t), Some(s)) = (times.as_mut(), start) {
-                        t[k] += s.elapsed();
+        let mut steps = || -> Result<(), InterpError> {
+            for (pos, &k) in self.schedule.iter().enumerate() {
+                let step = &self.steps[k];
+                let node = &m.body.nodes[step.node];
+                let start = times.as_ref().map(|_| Instant::now());
+                match &step.kind {
+                    // Its operands and results are all in the
+                    // environment (checked when the executable was built).
+                    StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
+                    StepKind::Control(c) => c.run(&interp, node, &mut env)?,
+                    StepKind::Native(native) => self
+                        .run_native(native, k, base as *mut u8, &mut env)
+                        .map_err(|msg| InterpError::new(node.describe(), msg))?,
+                }
+                for &v in &self.frees[pos] {
+                    if let Some(val) = env.take(v) {
+                        super::buffers::recycle(val);
                     }
                 }
-                Ok(())
+                if let (Some(t), Some(s)) = (times.as_mut(), start) {
+                    t[k] += s.elapsed();
+                }
+            }
+            Ok(())
+        };
+        let result = if IN_RUN.get() {
+            // A region's executable, within its parent's run: on the
+            // parent's threads, whose workers are already awake.
+            steps()
+        } else {
+            let pool = match self.pool.get() {
+                Some(p) => p,
+                None => {
+                    let p = rayon::ThreadPoolBuilder::new()
+                        .num_threads(self.threads)
+                        .thread_name(|i| format!("kiln-cpu-{i}"))
+                        .build()
+                        .map_err(|e| InterpError::new("thread pool", e.to_string()))?;
+                    self.pool.get_or_init(|| p)
+                }
+            };
+            pool.install(|| {
+                IN_RUN.set(true);
+                let r = with_workers_awake(self.threads, steps);
+                IN_RUN.set(false);
+                r
             })
-        });
+        };
         self.give_back_arena(arena);
         result?;
         interp.body_outputs(&env)
@@ -489,12 +520,42 @@ impl Executable for CpuExecutable {
                     what: why.clone(),
                     flops: 0.0,
                 },
+                StepKind::Control(c) => StepInfo {
+                    node: s.node,
+                    placement: Placement::Native,
+                    what: c.describe(&self.module.body.nodes[s.node]),
+                    flops: 0.0,
+                },
             })
             .collect()
     }
 
+    /// The steps' report; the regions of control-flow steps report their
+    /// own steps, indented, before the closing count line (which counts
+    /// this executable's steps only).
     fn report(&self) -> String {
-        native_interp_report(&self.module, &Executable::steps(self))
+        let report = native_interp_report(&self.module, &Executable::steps(self));
+        let nested: String = self
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::Control(c) => {
+                    Some(c.nested_report(&self.module, &self.module.body.nodes[s.node]))
+                }
+                _ => None,
+            })
+            .collect();
+        if nested.is_empty() {
+            return report;
+        }
+        let body = report.trim_end_matches('\n');
+        let (steps, last) = body.rsplit_once('\n').unwrap_or(("", body));
+        let steps = if steps.is_empty() {
+            String::new()
+        } else {
+            format!("{steps}\n")
+        };
+        format!("{steps}{nested}{last}\n")
     }
 
     fn memory(&self) -> MemoryUse {
@@ -618,6 +679,12 @@ fn needed_constants(
                 for (_, sub) in n.regions() {
                     all_uses(sub, &mut as_tensors);
                 }
+            }
+            // The regions' modules hold the constants they read; the
+            // environment holds their operands and captures.
+            StepKind::Control(c) => {
+                as_tensors.extend(n.inputs.iter().flatten());
+                as_tensors.extend(c.captures());
             }
             StepKind::Native(NativeStep { captured, .. }) => {
                 for (k, v) in n.inputs.iter().enumerate() {

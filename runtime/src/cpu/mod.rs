@@ -44,6 +44,7 @@ pub(crate) use simd_fn;
 
 pub(crate) mod approx;
 pub mod buffers;
+pub mod control;
 pub mod exec;
 pub mod jit;
 pub mod kernels;

@@ -11,6 +11,7 @@
 //! operand's data ([`movement`]). Everything else runs the interpreter's
 //! kernel, and the executable's report lists those nodes and why.
 
+mod control;
 mod dense;
 pub mod epilogue;
 mod fusion;
@@ -25,6 +26,8 @@ use kiln_runtime::cpu::jit::TargetCpu;
 use kiln_runtime::cpu::{CpuExecutable, Layout, NativeStep, Step, StepKind};
 
 use crate::passes::memory_plan;
+
+pub use control::CompileFn;
 
 /// How to compile for the CPU.
 #[derive(Clone, Debug)]
@@ -62,7 +65,14 @@ impl Default for CpuOptions {
 /// lowered, so the packed copy replaces the original instead of joining it
 /// (ResNet-50's peak memory was twice its weights). The module keeps the
 /// constant's type, with its data elided.
-pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutable, String> {
+///
+/// A node with regions runs them as executables `compile` makes.
+pub fn build(
+    mut s: Module,
+    opts: &CpuOptions,
+    align: u64,
+    compile: CompileFn,
+) -> Result<CpuExecutable, String> {
     crate::lower::common::check_static_sizes(&s, &opts.limits)?;
     let droppable = droppable_constants(&s);
     let mut last_reader: HashMap<ValueId, usize> = HashMap::new();
@@ -97,6 +107,12 @@ pub fn build(mut s: Module, opts: &CpuOptions, align: u64) -> Result<CpuExecutab
             Ok(native)
         }) {
             Ok(native) => StepKind::Native(native),
+            Err(why) if n.regions().next().is_some() => {
+                match control::control(&s, n, opts, compile) {
+                    Ok(c) => StepKind::Control(c),
+                    Err(_) => StepKind::Interp { why },
+                }
+            }
             Err(why) => StepKind::Interp { why },
         };
         let mut done = vec![];
@@ -182,12 +198,12 @@ fn droppable_constants(s: &Module) -> HashSet<ValueId> {
 fn layout(s: &Module, steps: &[Step], align: u64) -> Result<Layout, String> {
     let may_alias = |ni: usize| match steps.get(ni).map(|st| &st.kind) {
         Some(StepKind::Native(n)) => n.kernel.in_place(),
-        Some(StepKind::Interp { .. }) => true,
+        Some(StepKind::Interp { .. } | StepKind::Control(_)) => true,
         None => false,
     };
     let mut interpreted: HashSet<ValueId> = HashSet::new();
     for st in steps {
-        if let StepKind::Interp { .. } = st.kind {
+        if let StepKind::Interp { .. } | StepKind::Control(_) = st.kind {
             let n = &s.body.nodes[st.node];
             interpreted.extend(&n.outputs);
             interpreted.extend(n.inputs.iter().flatten());

@@ -6,8 +6,7 @@
 //! values, sequence elements) both satisfy.
 
 use super::common::{
-    axis_of, bad_attr, const_scalar, dtype_attr, elem, err, k, known_u64, shape_of, t, t_opt, ty,
-    unknown_dims, unranked, R,
+    axis_of, bad_attr, dtype_attr, elem, err, k, shape_of, t, t_opt, ty, unknown_dims, unranked, R,
 };
 use crate::attr::Attr;
 use crate::ops::dims::{join_dim, norm_axis};
@@ -122,14 +121,25 @@ pub(super) fn split_to_sequence(c: &InferCtx) -> R {
     let a = axis_of(c, "axis", 0, s.len())?;
     let mut o = s.to_vec();
     if c.has_input(1) {
-        match c.konst(1) {
-            Some(d) if d.shape.is_empty() => {
-                o[a] = const_scalar(c, 1)
-                    .and_then(known_u64)
-                    .unwrap_or(Dim::Unknown)
+        // Every element's size along the axis, where all are equal: a
+        // scalar split that divides the axis, or equal split sizes.
+        let whole = match o[a] {
+            Dim::Known(d) => Some(d),
+            _ => None,
+        };
+        let sizes = c
+            .konst(1)
+            .and_then(|d| d.to_i64_vec().map(|v| (d.shape.is_empty(), v)));
+        o[a] = match sizes {
+            Some((true, v)) => match (v.first(), whole) {
+                (Some(&s), Some(d)) if s > 0 && d % s as u64 == 0 => k(s as u64),
+                _ => Dim::Unknown,
+            },
+            Some((false, v)) if !v.is_empty() && v.iter().all(|&x| x == v[0] && x >= 0) => {
+                k(v[0] as u64)
             }
-            _ => o[a] = Dim::Unknown,
-        }
+            _ => Dim::Unknown,
+        };
     } else if c.attr_int("keepdims", 1) != 0 {
         o[a] = k(1);
     } else {

@@ -244,7 +244,28 @@ impl<'m> Interpreter<'m> {
         crate::limits::scoped(self.limits, || self.run_node_inner(node, env))
     }
 
+    /// Run one node whose regions `host` runs (a backend that compiled
+    /// them): the node's kernel, operand gathering and result checks stay
+    /// the interpreter's, so a control-flow op means the same everywhere.
+    pub fn run_node_hosted(
+        &self,
+        node: &Node,
+        env: &mut Env,
+        host: &dyn KernelHost,
+    ) -> Result<(), InterpError> {
+        crate::limits::scoped(self.limits, || self.run_node_with(node, env, host))
+    }
+
     fn run_node_inner(&self, node: &Node, env: &mut Env) -> Result<(), InterpError> {
+        self.run_node_with(node, env, self)
+    }
+
+    fn run_node_with(
+        &self,
+        node: &Node,
+        env: &mut Env,
+        host: &dyn KernelHost,
+    ) -> Result<(), InterpError> {
         let fail = |msg: String| InterpError::new(node.describe(), msg);
         let kernel = kernels::lookup(&node.op)
             .ok_or_else(|| fail(format!("the interpreter has no kernel for `{}`", node.op)))?;
@@ -261,11 +282,7 @@ impl<'m> Interpreter<'m> {
             })
             .collect::<Result<_, _>>()?;
         let outputs = {
-            let mut cx = Ctx {
-                host: self,
-                env,
-                node,
-            };
+            let mut cx = Ctx { host, env, node };
             kernel(&mut cx, &inputs).map_err(|e| match e {
                 KernelError::Msg(m) => fail(m),
                 KernelError::Nested(inner) => inner,
