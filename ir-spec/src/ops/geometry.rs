@@ -276,6 +276,33 @@ pub fn slice_range(start: i64, end: i64, step: i64, n: u64) -> (i64, u64) {
     (b, len)
 }
 
+/// Where element `i` of a `Pad` result along an axis of input size `n`
+/// reads (`i` already shifted by the axis's begin pad): `Some(index)` into
+/// the input, or `None` for the fill value. `mode` is the attribute's
+/// string; `Err` for an unknown mode. Outside the input, `edge` repeats the
+/// border, `wrap` continues periodically and `reflect` mirrors without
+/// repeating the border, as often as it takes (numpy's `pad`); an empty
+/// axis has nothing to read (callers reject padding it but in constant
+/// mode).
+pub fn pad_source(mode: &str, i: i64, n: i64) -> Result<Option<i64>, String> {
+    if (0..n).contains(&i) {
+        return Ok(Some(i));
+    }
+    Ok(match mode {
+        "constant" => None,
+        _ if n <= 0 => None,
+        "edge" => Some(i.clamp(0, n - 1)),
+        "wrap" => Some(i.rem_euclid(n)),
+        "reflect" if n == 1 => Some(0),
+        "reflect" => {
+            let p = 2 * (n - 1);
+            let m = i.rem_euclid(p);
+            Some(if m < n { m } else { p - m })
+        }
+        other => return Err(format!("Pad: unknown mode `{other}`")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -377,3 +377,75 @@ mod tests {
         assert_eq!(out, [1, 2, 5, 3, 4, 6]);
     }
 }
+
+/// A fill value given as f64, in an element type the movement kernels take
+/// (exact for every value of f32, i32, u8 and i8, and for i64 up to 2^53:
+/// the planner checks).
+pub trait FromF64: Copy {
+    fn from_f64(v: f64) -> Self;
+}
+
+macro_rules! from_f64 {
+    ($($t:ty),*) => {$(
+        impl FromF64 for $t {
+            fn from_f64(v: f64) -> $t {
+                v as $t
+            }
+        }
+    )*};
+}
+from_f64!(f32, i64, i32, u8, i8);
+
+/// Pad (and crop, with negative pads): element `o` of the result along axis
+/// `d` reads `x` at `src[d][o]`, or is `fill` where that is `None`. The
+/// tables say what each mode means (the compiler builds them with
+/// `kiln_ir::ops::geometry::pad_source`); this copies whole runs of the
+/// last axis where consecutive results read consecutive elements.
+pub fn pad<T: Copy>(x: &[T], shape: &[usize], src: &[Vec<Option<usize>>], fill: T, out: &mut [T]) {
+    let r = shape.len();
+    let out_shape: Vec<usize> = src.iter().map(Vec::len).collect();
+    let n: usize = out_shape.iter().product();
+    assert_eq!(out.len(), n, "pad: output length");
+    if n == 0 {
+        return;
+    }
+    if r == 0 {
+        out[0] = x[0];
+        return;
+    }
+    let st = strides(shape);
+    // The last axis as runs: (first result, first source or None, length).
+    let last = &src[r - 1];
+    let mut runs: Vec<(usize, Option<usize>, usize)> = vec![];
+    for (o, &s) in last.iter().enumerate() {
+        match (runs.last_mut(), s) {
+            (Some((o0, Some(s0), len)), Some(s)) if *s0 + *len == s && *o0 + *len == o => *len += 1,
+            (Some((o0, None, len)), None) if *o0 + *len == o => *len += 1,
+            _ => runs.push((o, s, 1)),
+        }
+    }
+    let row = last.len();
+    let mut idx = vec![0usize; r - 1];
+    for chunk in out.chunks_exact_mut(row) {
+        // The row's source offset, or None when an outer axis is fill.
+        let base = (0..r - 1).try_fold(0usize, |acc, d| src[d][idx[d]].map(|s| acc + s * st[d]));
+        match base {
+            None => chunk.fill(fill),
+            Some(base) => {
+                for &(o, s, len) in &runs {
+                    match s {
+                        Some(s) => chunk[o..o + len].copy_from_slice(&x[base + s..][..len]),
+                        None => chunk[o..o + len].fill(fill),
+                    }
+                }
+            }
+        }
+        for d in (0..r - 1).rev() {
+            idx[d] += 1;
+            if idx[d] < out_shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}

@@ -253,6 +253,7 @@ fn lower_node(
         "Gather" => movement::gather(m, n),
         "Concat" => movement::concat(m, n),
         "Slice" => movement::slice(m, n),
+        "Pad" => movement::pad(m, n),
         "Split" => movement::split(m, n),
         "Resize" => movement::resize(m, n),
         "RNN" | "GRU" | "LSTM" => recurrent::recurrent(m, n),

@@ -2,9 +2,9 @@
 //! element types and attributes, compute the static shapes, and build the
 //! runtime's step ([`kiln_runtime::cpu::steps::movement`]).
 
-use kiln_ir::{Module, Node, ValueId};
+use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
-    CastToF32, Concat, Expand, Gather, Reduce, Reshape, Resize, Slice, SoftmaxAxis, Split,
+    CastToF32, Concat, Expand, Gather, Pad, Reduce, Reshape, Resize, Slice, SoftmaxAxis, Split,
     Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
@@ -169,6 +169,84 @@ pub(super) fn slice(m: &Module, n: &Node) -> Result<NativeStep, String> {
         "Slice",
         0.0,
     ))
+}
+
+/// Pad with constant pads (and axes, and fill value, when given), in any
+/// mode: a table per axis of where each result element reads.
+pub(super) fn pad(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let r = shape.len();
+    let constant = |i: usize| -> Result<Option<&kiln_ir::TensorData>, String> {
+        n.input(i)
+            .map(|v| {
+                m.constant(v)
+                    .map(|d| &**d)
+                    .ok_or(format!("operand {i} is not constant"))
+            })
+            .transpose()
+    };
+    let pads = constant(1)?
+        .and_then(|d| d.to_i64_vec())
+        .ok_or("no constant pads")?;
+    let fill = match constant(2)? {
+        None => 0.0,
+        Some(d) if d.numel() == 0 => 0.0,
+        Some(d) => *d
+            .to_f64_vec()
+            .ok_or("fill value")?
+            .first()
+            .ok_or("fill value")?,
+    };
+    if fill.abs() > 9_007_199_254_740_992.0 {
+        return Err("fill value beyond 2^53".into());
+    }
+    let axes: Vec<usize> = match constant(3)? {
+        None => (0..r).collect(),
+        Some(d) => d
+            .to_i64_vec()
+            .ok_or("axes")?
+            .iter()
+            .map(|&a| {
+                let a = if a < 0 { a + r as i64 } else { a };
+                usize::try_from(a)
+                    .ok()
+                    .filter(|&a| a < r)
+                    .ok_or(format!("axis {a}"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(format!("{} pads for {} axes", pads.len(), axes.len()));
+    }
+    let mode = n.attr("mode").and_then(Attr::as_str).unwrap_or("constant");
+    let mut begin = vec![0i64; r];
+    for (k, &a) in axes.iter().enumerate() {
+        begin[a] = pads[k];
+    }
+    let mut src = Vec::with_capacity(r);
+    for d in 0..r {
+        let table = (0..out[d])
+            .map(|o| {
+                let s =
+                    kiln_ir::ops::geometry::pad_source(mode, o as i64 - begin[d], shape[d] as i64)?;
+                Ok(s.map(|s| s as usize))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if mode != "constant" && shape[d] == 0 && out[d] > 0 {
+            return Err(format!("cannot pad an empty axis in {mode} mode"));
+        }
+        src.push(table);
+    }
+    let mut step = NativeStep::new(
+        Box::new(Pad { shape, src, fill }),
+        format!("Pad {mode}"),
+        0.0,
+    );
+    step.captured = (1..n.inputs.len()).collect();
+    Ok(step)
 }
 
 /// Split: the results' static shapes give each part's size along the

@@ -162,6 +162,33 @@ impl NativeKernel for Slice {
     }
 }
 
+/// Pad in any mode, planned as per-axis source tables: see
+/// [`movement::pad`].
+pub struct Pad {
+    pub shape: Vec<usize>,
+    pub src: Vec<Vec<Option<usize>>>,
+    pub fill: f64,
+}
+
+impl NativeKernel for Pad {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        use movement::FromF64;
+        let x = operand(inputs, 0)?;
+        let out = result(outputs, 0)?;
+        if x.len() != self.shape.iter().product::<usize>() {
+            return Err("pad: operand of another shape".into());
+        }
+        movable!(x, out, |v, o| movement::pad(
+            v,
+            &self.shape,
+            &self.src,
+            FromF64::from_f64(self.fill),
+            o
+        ));
+        Ok(())
+    }
+}
+
 /// Gather along one axis: `outer` blocks of `rows` rows of `row_len`.
 pub struct Gather {
     pub outer: usize,

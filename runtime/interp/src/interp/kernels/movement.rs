@@ -693,28 +693,8 @@ fn pad(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         for d in 0..r {
             let n = x.shape[d] as i64;
             let i = o[d] as i64 - begin[d];
-            let i = if (0..n).contains(&i) {
-                i
-            } else {
-                match mode.as_str() {
-                    "constant" => return Ok(None),
-                    "edge" => i.clamp(0, n - 1),
-                    "wrap" => i.rem_euclid(n),
-                    "reflect" => {
-                        if n == 1 {
-                            0
-                        } else {
-                            let p = 2 * (n - 1);
-                            let m = i.rem_euclid(p);
-                            if m < n {
-                                m
-                            } else {
-                                p - m
-                            }
-                        }
-                    }
-                    other => bail!("Pad: unknown mode `{other}`"),
-                }
+            let Some(i) = kiln_ir::ops::geometry::pad_source(&mode, i, n)? else {
+                return Ok(None);
             };
             lin += i as usize * st[d];
         }

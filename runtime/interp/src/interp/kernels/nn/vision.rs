@@ -181,36 +181,22 @@ fn nms(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             [a.min(cc), bb.min(d), a.max(cc), bb.max(d)]
         }
     };
-    let suppress = |p: [f64; 4], q: [f64; 4]| -> bool {
-        let ih = p[2].min(q[2]) - p[0].max(q[0]);
-        let iw = p[3].min(q[3]) - p[1].max(q[1]);
-        if ih <= 0.0 || iw <= 0.0 {
-            return false;
-        }
-        let inter = ih * iw;
-        let a1 = (p[2] - p[0]) * (p[3] - p[1]);
-        let a2 = (q[2] - q[0]) * (q[3] - q[1]);
-        let uni = a1 + a2 - inter;
-        if a1 <= 0.0 || a2 <= 0.0 || uni <= 0.0 {
-            return false;
-        }
-        inter / uni > iou_th
-    };
     let mut out: Vec<i64> = Vec::new();
     for b in 0..nb {
+        let boxes: Vec<[f64; 4]> = (0..nbox).map(|i| corners(b, i)).collect();
         for cl in 0..ncls {
             let s = &sv[(b * ncls + cl) * nbox..][..nbox];
             let mut cand: Vec<usize> = (0..nbox)
                 .filter(|&i| score_th.is_none_or(|t| s[i] > t))
                 .collect();
             cand.sort_by(|&i, &j| s[j].total_cmp(&s[i]).then(i.cmp(&j)));
-            let mut sel: Vec<usize> = Vec::new();
+            let mut sel = Selected::new(&boxes, &cand);
             for i in cand {
                 if sel.len() >= max_out {
                     break;
                 }
-                if sel.iter().all(|&j| !suppress(corners(b, i), corners(b, j))) {
-                    sel.push(i);
+                if !sel.suppresses(&boxes, boxes[i], iou_th) {
+                    sel.add(&boxes, i);
                     out.extend([b as i64, cl as i64, i as i64]);
                 }
             }
@@ -218,4 +204,169 @@ fn nms(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     }
     let k = out.len() / 3;
     Ok(vec![out_i64(ElemType::I64, vec![k, 3], &out)?])
+}
+
+/// Whether box `q` (corners y1, x1, y2, x2, ordered) suppresses `p`: their
+/// intersection over union exceeds `iou_th`. Boxes that do not overlap
+/// never do.
+fn suppresses(p: [f64; 4], q: [f64; 4], iou_th: f64) -> bool {
+    let ih = p[2].min(q[2]) - p[0].max(q[0]);
+    let iw = p[3].min(q[3]) - p[1].max(q[1]);
+    if ih <= 0.0 || iw <= 0.0 {
+        return false;
+    }
+    let inter = ih * iw;
+    let a1 = (p[2] - p[0]) * (p[3] - p[1]);
+    let a2 = (q[2] - q[0]) * (q[3] - q[1]);
+    let uni = a1 + a2 - inter;
+    if a1 <= 0.0 || a2 <= 0.0 || uni <= 0.0 {
+        return false;
+    }
+    inter / uni > iou_th
+}
+
+/// The boxes NMS has selected so far for one batch and class, filed in a
+/// grid of cells along x: only boxes that overlap a candidate can suppress
+/// it, so a candidate is checked against the boxes in the cells its x
+/// extent covers, not against every selected box. The answer does not
+/// depend on the order boxes are checked in, so this is exact. (Detectors
+/// run one NMS over all classes with boxes shifted apart per class, tens of
+/// thousands of them: checking each against all selected was quadratic.)
+struct Selected {
+    count: usize,
+    /// x of the grid's left edge and the width of a cell; one cell (every
+    /// box in it) when the extent is not finite.
+    x0: f64,
+    width: f64,
+    cells: Vec<Vec<usize>>,
+    /// Boxes wider than [`WIDE`] cells, checked for every candidate.
+    wide: Vec<usize>,
+}
+
+/// A box covering more cells than this goes to the list every candidate
+/// checks.
+const WIDE: usize = 16;
+
+impl Selected {
+    /// A grid for `cand` (indices into `boxes`): cells about as wide as the
+    /// candidates are on average, at most 4 per candidate.
+    fn new(boxes: &[[f64; 4]], cand: &[usize]) -> Selected {
+        let (mut lo, mut hi, mut sum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0);
+        for &i in cand {
+            let [_, x1, _, x2] = boxes[i];
+            lo = lo.min(x1);
+            hi = hi.max(x2);
+            sum += x2 - x1;
+        }
+        let mean = sum / cand.len().max(1) as f64;
+        let span = hi - lo;
+        let n = if span.is_finite() && mean.is_finite() && mean > 0.0 && span > 0.0 {
+            ((span / mean).ceil() as usize).clamp(1, 4 * cand.len() + 1)
+        } else {
+            1
+        };
+        Selected {
+            count: 0,
+            x0: if lo.is_finite() { lo } else { 0.0 },
+            width: if n > 1 {
+                span / n as f64
+            } else {
+                f64::INFINITY
+            },
+            cells: vec![vec![]; n],
+            wide: vec![],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The cells `box`'s x extent covers (NaN coordinates: cell 0; such a
+    /// box never overlaps another).
+    fn cells_of(&self, b: [f64; 4]) -> std::ops::RangeInclusive<usize> {
+        let last = self.cells.len() - 1;
+        let cell = |x: f64| {
+            let c = ((x - self.x0) / self.width).floor();
+            if c.is_nan() || c < 0.0 {
+                0
+            } else {
+                (c as usize).min(last)
+            }
+        };
+        cell(b[1])..=cell(b[3]).max(cell(b[1]))
+    }
+
+    fn add(&mut self, boxes: &[[f64; 4]], i: usize) {
+        self.count += 1;
+        let r = self.cells_of(boxes[i]);
+        if r.end() - r.start() >= WIDE {
+            self.wide.push(i);
+        } else {
+            for c in r {
+                self.cells[c].push(i);
+            }
+        }
+    }
+
+    /// Whether a selected box suppresses `p`.
+    fn suppresses(&self, boxes: &[[f64; 4]], p: [f64; 4], iou_th: f64) -> bool {
+        let hit = |list: &[usize]| list.iter().any(|&j| suppresses(p, boxes[j], iou_th));
+        if hit(&self.wide) {
+            return true;
+        }
+        let r = self.cells_of(p);
+        if r.end() - r.start() >= WIDE {
+            // A wide candidate: every selected box, once each.
+            return self.cells.iter().any(|c| hit(c));
+        }
+        r.into_iter().any(|c| hit(&self.cells[c]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grid answers exactly what checking every selected box answers,
+    /// on clustered, nested, degenerate, wide and shifted-apart boxes.
+    #[test]
+    fn grid_selection_equals_the_quadratic_one() {
+        let mut seed = 12345u64;
+        let mut rand = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for round in 0..40 {
+            let n = 50 + round * 20;
+            let boxes: Vec<[f64; 4]> = (0..n)
+                .map(|i| {
+                    let shift = (i % 5) as f64 * 1000.0 * (round % 2) as f64;
+                    let (y, x) = (rand() * 100.0, rand() * 100.0 + shift);
+                    let scale = if i % 17 == 0 { 80.0 } else { 10.0 };
+                    let (h, w) = (rand() * scale, rand() * scale * (i % 3) as f64);
+                    [y, x, y + h, x + w]
+                })
+                .collect();
+            let cand: Vec<usize> = (0..n).collect();
+            for iou in [0.0, 0.3, 0.7] {
+                let mut sel = Selected::new(&boxes, &cand);
+                let mut all: Vec<usize> = vec![];
+                for &i in &cand {
+                    let brute = all.iter().any(|&j| suppresses(boxes[i], boxes[j], iou));
+                    assert_eq!(
+                        sel.suppresses(&boxes, boxes[i], iou),
+                        brute,
+                        "round {round}"
+                    );
+                    if !brute {
+                        sel.add(&boxes, i);
+                        all.push(i);
+                    }
+                }
+            }
+        }
+    }
 }
