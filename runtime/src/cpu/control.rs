@@ -216,16 +216,17 @@ impl ControlStep {
         format!("{} with compiled regions ({})", node.op, parts.join("; "))
     }
 
-    /// The regions' own reports, indented under a line naming the node
-    /// and region.
+    /// The regions' own reports under a line naming the node and region,
+    /// every line a `#` comment (tools read a report's `native`/`interp`
+    /// lines as this executable's steps).
     pub fn nested_report(&self, m: &Module, node: &Node) -> String {
         let mut out = String::new();
         for ((name, _), p) in node.regions().zip(&self.regions) {
             let Some(report) = p.report() else { continue };
             let result = node.outputs.first().map(|&o| m.name(o)).unwrap_or("");
-            out.push_str(&format!("region  %{result} ({}) {name}:\n", node.op));
+            out.push_str(&format!("# region %{result} ({}) {name}:\n", node.op));
             for line in report.lines() {
-                out.push_str(&format!("    {line}\n"));
+                out.push_str(&format!("#   {line}\n"));
             }
         }
         out

@@ -42,12 +42,14 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
+pub(crate) mod activation;
 pub(crate) mod approx;
 pub mod buffers;
 pub mod control;
 pub mod exec;
 pub mod jit;
 pub mod kernels;
+pub mod machine;
 pub mod movement;
 pub mod reduce;
 pub mod resize;

@@ -23,6 +23,10 @@ struct Pass {
     idx: Vec<usize>,
     w: Vec<f32>,
     extrapolate: Vec<bool>,
+    /// Where every output coordinate is one tap of weight 1 (nearest
+    /// modes, and integer-factor linear at aligned corners): its source,
+    /// so the pass copies instead of weighing.
+    copy_from: Option<Vec<usize>>,
 }
 
 /// A Resize planned for static shapes.
@@ -62,6 +66,7 @@ impl Resize {
                 idx: Vec::new(),
                 w: Vec::new(),
                 extrapolate: Vec::new(),
+                copy_from: None,
             };
             for t in taps {
                 p.extrapolate.push(t.is_none());
@@ -73,6 +78,12 @@ impl Resize {
                     p.w.push(w as f32);
                 }
                 p.start.push(p.idx.len());
+            }
+            let single = p.start.windows(2).all(|w| w[1] == w[0] + 1)
+                && p.w.iter().all(|&w| w == 1.0)
+                && !p.extrapolate.contains(&true);
+            if single {
+                p.copy_from = Some(p.idx.clone());
             }
             passes.push(p);
         }
@@ -127,6 +138,23 @@ impl Resize {
         let inner: usize = shape[p.axis + 1..].iter().product();
         let (n_in, n_out) = (shape[p.axis], self.out_shape[p.axis]);
         let block = |(s, d): (&[f32], &mut [f32])| {
+            // A nearest pass: copies of source rows, or along the last
+            // dim (rows of one element) a gather.
+            match (&p.copy_from, inner) {
+                (Some(from), 1) => {
+                    for (v, &i) in d.iter_mut().zip(from) {
+                        *v = s[i];
+                    }
+                    return;
+                }
+                (Some(from), _) => {
+                    for (row, &i) in d.chunks_exact_mut(inner).zip(from) {
+                        row.copy_from_slice(&s[i * inner..][..inner]);
+                    }
+                    return;
+                }
+                _ => {}
+            }
             for (o, row) in d.chunks_exact_mut(inner).enumerate() {
                 if p.extrapolate[o] {
                     row.fill(self.extrapolation);

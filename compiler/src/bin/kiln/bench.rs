@@ -182,22 +182,37 @@ pub fn profile(args: &BenchArgs) -> Result<(), Failure> {
         .collect();
     let sum: f64 = rows.iter().map(|r| r.0).sum();
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    // The cpu's kernels against this machine's measured FMA peak (per
+    // core, times the threads) and one core's streaming bandwidth (above
+    // 100 %: the data came from cache).
+    let machine = (exe.backend() == "cpu").then(kiln_runtime::cpu::machine::Machine::get);
+    let threads = exe.threads().max(1) as f64;
     println!(
-        "{:>9} {:>6} {:>8} {:>7}  kernel",
-        "ms", "share", "GFLOP/s", "GB/s"
+        "{:>9} {:>6} {:>8} {:>6} {:>7} {:>6}  kernel",
+        "ms", "share", "GFLOP/s", "%peak", "GB/s", "%bw"
     );
     for (ms, name, what, flops, bytes) in &rows {
         let secs = ms / 1e3;
-        let gflops = if *flops > 0.0 && secs > 0.0 {
-            format!("{:.1}", flops / secs / 1e9)
-        } else {
-            "-".into()
+        let rate = (*flops > 0.0 && secs > 0.0).then(|| flops / secs / 1e9);
+        let gflops = rate.map_or("-".into(), |r| format!("{r:.1}"));
+        let peak = match (rate, machine) {
+            (Some(r), Some(m)) if m.peak_gflops() > 0.0 => {
+                format!("{:.0}%", 100.0 * r / (m.peak_gflops() * threads))
+            }
+            _ => "-".into(),
         };
         let gbs = if secs > 0.0 { bytes / secs / 1e9 } else { 0.0 };
+        let bw = match machine {
+            Some(m) if m.bandwidth_gbs > 0.0 => format!("{:.0}%", 100.0 * gbs / m.bandwidth_gbs),
+            _ => "-".into(),
+        };
         println!(
-            "{ms:>9.3} {:>5.1}% {gflops:>8} {gbs:>7.2}  {name}: {what}",
+            "{ms:>9.3} {:>5.1}% {gflops:>8} {peak:>6} {gbs:>7.2} {bw:>6}  {name}: {what}",
             100.0 * ms / sum.max(1e-12)
         );
+    }
+    if let Some(m) = machine {
+        println!("# {}", m.describe());
     }
     println!(
         "{sum:>9.3} total ms per run ({runs} runs, {} thread(s))",

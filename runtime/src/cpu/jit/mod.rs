@@ -118,10 +118,21 @@ pub fn compile_region_for(
         .map(|c| c.clone().into_boxed_slice())
         .collect();
     let ptrs: Vec<usize> = consts.iter().map(|c| c.as_ptr() as usize).collect();
-    let compiled = codegen::compile(&plan, &ptrs, target)?;
-    // SAFETY: the function was built with exactly this signature (four
-    // pointer-sized parameters, no results) in the host calling convention.
-    let entry: EntryFn = unsafe { std::mem::transmute(compiled.entry) };
+    // A lone transcendental activation of input 0 runs the kernel
+    // library's loop at full vector width (`cpu::activation`); on the
+    // baseline target too, which the library loop also has.
+    let library = crate::cpu::activation::Activation::of_plan(&plan);
+    let (module, entry): (Option<JITModule>, EntryFn) = match library {
+        Some(act) => (None, act.entry()),
+        None => {
+            let compiled = codegen::compile(&plan, &ptrs, target)?;
+            // SAFETY: the function was built with exactly this signature
+            // (four pointer-sized parameters, no results) in the host
+            // calling convention.
+            let entry: EntryFn = unsafe { std::mem::transmute(compiled.entry) };
+            (Some(compiled.module), entry)
+        }
+    };
     let rows = plan.rows();
     // Nothing to compute without elements, except a reduction's empty-row
     // results (sum 0, max -inf).
@@ -132,7 +143,7 @@ pub fn compile_region_for(
         (false, false) => rows,
     };
     Ok(JitKernel {
-        module: Some(compiled.module),
+        module,
         entry,
         _consts: consts,
         input_lens: input_shapes.iter().map(|s| s.iter().product()).collect(),

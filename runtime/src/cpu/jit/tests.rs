@@ -829,3 +829,38 @@ fn kernels_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<super::JitKernel>();
 }
+
+/// Lone transcendental activations of input 0 (SiLU in either operand
+/// order) take the kernel library's loop instead of generated code, and
+/// still match the interpreter at odd sizes, on 1 and 2 threads.
+#[test]
+fn library_activations() {
+    let silu = |order: &str, n: usize| {
+        format!(
+            "module @t opset(ai.onnx = 17) {{\n  input %x: f32[{n}]\n  %s = Sigmoid(%x) : f32[{n}]\n  %y = Mul({order}) : f32[{n}]\n  return %y\n}}\n"
+        )
+    };
+    for n in [1, 15, 16, 17, 511, 513, 4099] {
+        let cases = [
+            unary("Sigmoid", "", &[n]),
+            unary("Tanh", "", &[n]),
+            unary("Exp", "", &[n]),
+            silu("%x, %s", n),
+            silu("%s, %x", n),
+        ];
+        for src in cases {
+            compare(&src, -12.0, 12.0);
+            let m = kiln_ir::parse_module(&src).unwrap();
+            let k = compile_region(&m, &m.body, &[vec![n]]).unwrap();
+            // (One element makes no flat run: the generated loop does.)
+            assert!(n == 1 || k.module.is_none(), "generated code for\n{src}");
+        }
+    }
+    // Anything else keeps the generated loop.
+    let src = unary("Neg", "", &[8]);
+    let m = kiln_ir::parse_module(&src).unwrap();
+    assert!(compile_region(&m, &m.body, &[vec![8]])
+        .unwrap()
+        .module
+        .is_some());
+}

@@ -551,6 +551,10 @@ impl Shifted {
     }
 }
 
+/// How far ahead of a panel row's read [`copy_panel`] prefetches: four
+/// 16-position strips.
+const PREFETCH_FLOATS: usize = 256;
+
 /// Panel row r, from each segment's lane on: the 16 floats at
 /// `src + offs[r] + q`, segments in lane order (a later one overwrites
 /// what an earlier one wrote past its end).
@@ -573,6 +577,10 @@ unsafe fn copy_panel(offs: &[usize], segs: &[(usize, usize)], src: *const f32, p
                 let d = panel.add(r * 16 + lane);
                 _mm256_storeu_ps(d, _mm256_loadu_ps(s));
                 _mm256_storeu_ps(d.add(8), _mm256_loadu_ps(s.add(8)));
+                // The same rows' lines a few strips on: the rows are many
+                // streams far apart (one per input channel and tap), more
+                // than the hardware prefetchers follow.
+                _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add(PREFETCH_FLOATS) as *const i8);
             }
         }
     }

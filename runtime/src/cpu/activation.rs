@@ -1,0 +1,129 @@
+//! Transcendental activations of one tensor as kernel-library loops:
+//! sigmoid, SiLU (`x·sigmoid(x)`), tanh and exp, at the host's widest
+//! vectors (16 lanes on AVX-512) with the branch-free approximations of
+//! [`super::approx`], which the generated code uses too (same constants,
+//! same special values).
+//!
+//! Why: Cranelift generates 128-bit vectors only, and an exp is some 25
+//! instructions per vector there: a conv's SiLU epilogue ran at 2-3 GB/s,
+//! as long as the conv itself on YOLO's early layers. A fusion region that
+//! is exactly one of these activations of its first input (what a conv or
+//! matmul anchor's epilogue usually is, and a lone activation) gets this
+//! loop as its entry instead of generated code; everything else keeps the
+//! generated loop.
+
+use crate::fusion_plan::{Expr, Kind, Op, Plan, Src};
+
+use super::approx;
+
+/// A recognized activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Activation {
+    Sigmoid,
+    Silu,
+    Tanh,
+    Exp,
+}
+
+/// The entry signature of a flat kernel: input and output pointer arrays,
+/// element range.
+pub(crate) type Entry = unsafe extern "C" fn(*const *const f32, *const *mut f32, usize, usize);
+
+impl Activation {
+    /// The activation a flat elementwise plan computes: one output, equal
+    /// to `act(x)` for `x` the kernel's input 0 read element by element.
+    pub(crate) fn of_plan(plan: &Plan) -> Option<Activation> {
+        let Kind::Elementwise { roots } = &plan.kind else {
+            return None;
+        };
+        let [root] = roots.as_slice() else {
+            return None;
+        };
+        if !plan.flat {
+            return None;
+        }
+        // Input 0, walked element by element.
+        let x = |e: usize| match plan.exprs.get(e) {
+            Some(Expr::Leaf(l)) => plan
+                .leaves
+                .get(*l)
+                .is_some_and(|leaf| leaf.src == Src::Input(0) && leaf.inner_stride == 1),
+            _ => false,
+        };
+        let unary = |e: usize, want: Op| match plan.exprs.get(e) {
+            Some(Expr::Node(op, args)) if *op == want && args.len() == 1 => x(args[0]),
+            _ => false,
+        };
+        match plan.exprs.get(*root)? {
+            Expr::Node(Op::Sigmoid, a) if a.len() == 1 && x(a[0]) => Some(Activation::Sigmoid),
+            Expr::Node(Op::Tanh, a) if a.len() == 1 && x(a[0]) => Some(Activation::Tanh),
+            Expr::Node(Op::Exp, a) if a.len() == 1 && x(a[0]) => Some(Activation::Exp),
+            Expr::Node(Op::Mul, a) if a.len() == 2 => {
+                let silu =
+                    (x(a[0]) && unary(a[1], Op::Sigmoid)) || (x(a[1]) && unary(a[0], Op::Sigmoid));
+                silu.then_some(Activation::Silu)
+            }
+            _ => None,
+        }
+    }
+
+    /// The kernel entry computing this activation.
+    pub(crate) fn entry(self) -> Entry {
+        match self {
+            Activation::Sigmoid => sigmoid_entry,
+            Activation::Silu => silu_entry,
+            Activation::Tanh => tanh_entry,
+            Activation::Exp => exp_entry,
+        }
+    }
+}
+
+/// Elements per step: a few vectors, copied through the stack so that an
+/// output aliasing its input (in-place steps) is read before it is
+/// written, and the loop over the array vectorizes.
+const CHUNK: usize = 512;
+
+crate::cpu::simd_fn! {
+    /// `y[i] = act(x[i])` for `i` in `lo..hi`.
+    fn apply(act: Activation, x: *const f32, y: *mut f32, lo: usize, hi: usize) {
+        let mut buf = [0f32; CHUNK];
+        let mut i = lo;
+        while i < hi {
+            let n = CHUNK.min(hi - i);
+            // SAFETY: the entry's contract: x and y are valid for the
+            // kernel's elements, lo..hi among them; the copy through `buf`
+            // makes an aliased y harmless.
+            unsafe { std::ptr::copy(x.add(i), buf.as_mut_ptr(), n) };
+            match act {
+                Activation::Sigmoid => buf.iter_mut().for_each(|v| *v = approx::sigmoid(*v)),
+                Activation::Silu => buf.iter_mut().for_each(|v| *v *= approx::sigmoid(*v)),
+                Activation::Tanh => buf.iter_mut().for_each(|v| *v = approx::tanh(*v)),
+                Activation::Exp => buf.iter_mut().for_each(|v| *v = approx::exp(*v)),
+            }
+            // SAFETY: as above.
+            unsafe { std::ptr::copy(buf.as_ptr(), y.add(i), n) };
+            i += n;
+        }
+    }
+}
+
+macro_rules! entries {
+    ($($name:ident => $act:expr),*) => {$(
+        /// # Safety
+        /// `ins[0]` and `outs[0]` are valid for elements `lo..hi` (the
+        /// output may alias the input).
+        unsafe extern "C" fn $name(ins: *const *const f32, outs: *const *mut f32, lo: usize, hi: usize) {
+            // SAFETY: the kernel contract: one input and one output
+            // pointer, each valid for the kernel's elements.
+            let (x, y) = unsafe { (*ins, *outs) };
+            apply($act, x, y, lo, hi);
+        }
+    )*};
+}
+
+entries!(
+    sigmoid_entry => Activation::Sigmoid,
+    silu_entry => Activation::Silu,
+    tanh_entry => Activation::Tanh,
+    exp_entry => Activation::Exp
+);
