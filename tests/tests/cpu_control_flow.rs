@@ -124,9 +124,7 @@ fn loop_and_scan_bodies_are_native() {
         let at = report
             .find(region)
             .unwrap_or_else(|| panic!("{region}: {report}"));
-        let nested = report[at..]
-            .lines()
-            .find(|l| l.starts_with("#   # "));
+        let nested = report[at..].lines().find(|l| l.starts_with("#   # "));
         assert!(
             nested.is_some_and(|l| l.ends_with(" 0 on the interpreter")),
             "{region}: {report}"

@@ -91,6 +91,10 @@ impl ConvPlan {
         let c = self.c;
         let (ivol, ovol, kvol) = (self.in_vol(), self.out_vol(), self.kvol());
         let slabs = c.div_ceil(LANES_SLAB);
+        // 16-lane FMAs halve the instructions of a tap: on Zen 4 (512 bits
+        // in two halves) too, where the loads bound the loop.
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = is_x86_feature_detected!("avx512f");
         // One unit per (image, slab of channels): its output planes are
         // contiguous, so the epilogue sees them as one finished range.
         let unit = |u: usize, o: &mut [f32]| {
@@ -108,6 +112,11 @@ impl ConvPlan {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma
                     // were detected on this CPU.
+                    Isa::Avx2Fma if avx512 => unsafe {
+                        lanes_avx512(&self.axes, cs, xs, ws, bs, o, xt, ot, wt)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
                     Isa::Avx2Fma => unsafe {
                         lanes_avx2(&self.axes, cs, xs, ws, bs, o, xt, ot, wt)
                     },
@@ -131,6 +140,23 @@ impl ConvPlan {
             parts.into_iter().for_each(|(u, o)| unit(u, o));
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn lanes_avx512(
+    axes: &[Axis; 3],
+    cs: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    xt: &mut [f32],
+    ot: &mut [f32],
+    wt: &mut [f32],
+) {
+    lanes_body::<true>(axes, cs, x, w, bias, out, xt, ot, wt)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -173,12 +199,12 @@ fn lanes_body<const FMA: bool>(
     // channels are zeros, computed and dropped. (The tiled transpose of
     // movement.rs measured slower at these sizes: everything is in L1.)
     const L: usize = LANES_SLAB;
-    xt.fill(0.0);
-    wt.fill(0.0);
+    if cs < L {
+        xt.fill(0.0);
+        wt.fill(0.0);
+    }
+    transpose_into(x, cs, ivol, xt, L);
     for c in 0..cs {
-        for p in 0..ivol {
-            xt[p * L + c] = x[c * ivol + p];
-        }
         for t in 0..kvol {
             wt[t * L + c] = w[c * kvol + t];
         }
@@ -195,9 +221,60 @@ fn lanes_body<const FMA: bool>(
             ot[(oh * aw.output + ow) * L..][..L].copy_from_slice(&acc);
         }
     }
-    for c in 0..cs {
-        for p in 0..ovol {
-            out[c * ovol + p] = ot[p * L + c];
+    transpose_from(ot, L, cs, ovol, out);
+}
+
+/// `dst[p·ld + c] = src[c·n + p]` for `c < rows`, `p < n`: 8x8 blocks
+/// through registers (the scalar loop's strided stores were a third of a
+/// small depthwise conv), the edges one by one.
+#[inline(always)]
+fn transpose_into(src: &[f32], rows: usize, n: usize, dst: &mut [f32], ld: usize) {
+    let (r8, n8) = (rows / 8 * 8, n / 8 * 8);
+    for c0 in (0..r8).step_by(8) {
+        for p0 in (0..n8).step_by(8) {
+            let mut b = [[0f32; 8]; 8];
+            for (i, row) in b.iter_mut().enumerate() {
+                row.copy_from_slice(&src[(c0 + i) * n + p0..][..8]);
+            }
+            for j in 0..8 {
+                let d = &mut dst[(p0 + j) * ld + c0..][..8];
+                for i in 0..8 {
+                    d[i] = b[i][j];
+                }
+            }
+        }
+    }
+    for c in 0..rows {
+        let tail = if c < r8 { n8 } else { 0 };
+        for p in tail..n {
+            dst[p * ld + c] = src[c * n + p];
+        }
+    }
+}
+
+/// `dst[c·n + p] = src[p·ld + c]` for `c < rows`, `p < n`: the inverse
+/// of [`transpose_into`].
+#[inline(always)]
+fn transpose_from(src: &[f32], ld: usize, rows: usize, n: usize, dst: &mut [f32]) {
+    let (r8, n8) = (rows / 8 * 8, n / 8 * 8);
+    for c0 in (0..r8).step_by(8) {
+        for p0 in (0..n8).step_by(8) {
+            let mut b = [[0f32; 8]; 8];
+            for (j, row) in b.iter_mut().enumerate() {
+                row.copy_from_slice(&src[(p0 + j) * ld + c0..][..8]);
+            }
+            for i in 0..8 {
+                let d = &mut dst[(c0 + i) * n + p0..][..8];
+                for j in 0..8 {
+                    d[j] = b[j][i];
+                }
+            }
+        }
+    }
+    for c in 0..rows {
+        let tail = if c < r8 { n8 } else { 0 };
+        for p in tail..n {
+            dst[c * n + p] = src[p * ld + c];
         }
     }
 }

@@ -477,6 +477,33 @@ fn conv_2d() {
 }
 
 #[test]
+fn conv_depthwise_lanes() {
+    // Small maps with many channels: channels in the lanes, a partial
+    // last slab (72 = 64 + 8, 100 = 64 + 36) and maps whose sizes are no
+    // multiple of 8 (the 8x8 transposes' edges).
+    case(
+        &[1, 72, 7, 7],
+        &[72, 1, 5, 5],
+        &[1, 1],
+        &[1, 1],
+        &[2, 2, 2, 2],
+        72,
+        true,
+        Depthwise,
+    );
+    case(
+        &[2, 100, 13, 11],
+        &[100, 1, 3, 3],
+        &[2, 2],
+        &[1, 1],
+        &[1, 1, 1, 1],
+        100,
+        false,
+        Depthwise,
+    );
+}
+
+#[test]
 fn conv_depthwise() {
     case(
         &[1, 8, 9, 11],
