@@ -1,5 +1,6 @@
 //! Transcendental activations of one tensor as kernel-library loops:
-//! sigmoid, SiLU (`x·sigmoid(x)`), tanh and exp, at the host's widest
+//! sigmoid, SiLU (`x·sigmoid(x)`), tanh, exp and GELU (erf and tanh
+//! forms), at the host's widest
 //! vectors (16 lanes on AVX-512) with the branch-free approximations of
 //! [`super::approx`], which the generated code uses too (same constants,
 //! same special values).
@@ -23,6 +24,9 @@ pub(crate) enum Activation {
     Silu,
     Tanh,
     Exp,
+    /// Erf form.
+    Gelu,
+    GeluTanh,
 }
 
 /// The entry signature of a flat kernel: input and output pointer arrays,
@@ -58,6 +62,8 @@ impl Activation {
             Expr::Node(Op::Sigmoid, a) if a.len() == 1 && x(a[0]) => Some(Activation::Sigmoid),
             Expr::Node(Op::Tanh, a) if a.len() == 1 && x(a[0]) => Some(Activation::Tanh),
             Expr::Node(Op::Exp, a) if a.len() == 1 && x(a[0]) => Some(Activation::Exp),
+            Expr::Node(Op::Gelu, a) if a.len() == 1 && x(a[0]) => Some(Activation::Gelu),
+            Expr::Node(Op::GeluTanh, a) if a.len() == 1 && x(a[0]) => Some(Activation::GeluTanh),
             Expr::Node(Op::Mul, a) if a.len() == 2 => {
                 let silu =
                     (x(a[0]) && unary(a[1], Op::Sigmoid)) || (x(a[1]) && unary(a[0], Op::Sigmoid));
@@ -74,6 +80,8 @@ impl Activation {
             Activation::Silu => silu_entry,
             Activation::Tanh => tanh_entry,
             Activation::Exp => exp_entry,
+            Activation::Gelu => gelu_entry,
+            Activation::GeluTanh => gelu_tanh_entry,
         }
     }
 }
@@ -99,6 +107,21 @@ crate::cpu::simd_fn! {
                 Activation::Silu => buf.iter_mut().for_each(|v| *v *= approx::sigmoid(*v)),
                 Activation::Tanh => buf.iter_mut().for_each(|v| *v = approx::tanh(*v)),
                 Activation::Exp => buf.iter_mut().for_each(|v| *v = approx::exp(*v)),
+                Activation::GeluTanh => buf.iter_mut().for_each(|v| *v = approx::gelu_tanh(*v)),
+                Activation::Gelu => {
+                    // The near form for every lane; where any lane of the
+                    // chunk lies in the negative tail, the tail form for
+                    // every lane too, selected per lane (both vectorized).
+                    let mut tail = false;
+                    for &v in buf.iter() {
+                        tail |= v * std::f32::consts::FRAC_1_SQRT_2 < approx::GELU_TAIL;
+                    }
+                    if tail {
+                        buf.iter_mut().for_each(|v| *v = approx::gelu(*v));
+                    } else {
+                        buf.iter_mut().for_each(|v| *v = approx::gelu_near(*v));
+                    }
+                }
             }
             // SAFETY: as above.
             unsafe { std::ptr::copy(buf.as_ptr(), y.add(i), n) };
@@ -125,5 +148,7 @@ entries!(
     sigmoid_entry => Activation::Sigmoid,
     silu_entry => Activation::Silu,
     tanh_entry => Activation::Tanh,
-    exp_entry => Activation::Exp
+    exp_entry => Activation::Exp,
+    gelu_entry => Activation::Gelu,
+    gelu_tanh_entry => Activation::GeluTanh
 );

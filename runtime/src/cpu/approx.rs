@@ -48,6 +48,46 @@ pub(crate) const TANH_POLY: [f32; 5] = [
 /// Below this |x|, tanh takes the polynomial; above, `1 - 2/(e^{2|x|}+1)`.
 pub(crate) const TANH_SMALL: f32 = 0.625;
 
+/// erf x = x·P(x²)/Q(x²) on x clamped to [-4, 4] (erf(±4) rounds to ±1
+/// in f32); the rational approximation Eigen and XLA use for f32. P's and
+/// Q's coefficients from the highest degree down.
+pub(crate) const ERF_P: [f32; 7] = [
+    -2.726_142_2e-10,
+    2.770_681_4e-8,
+    -2.101_024e-6,
+    -5.692_506_4e-5,
+    -7.349_906_3e-4,
+    -2.954_600_1e-3,
+    -1.609_603_3e-2,
+];
+pub(crate) const ERF_Q: [f32; 5] = [
+    -1.456_607_2e-5,
+    -2.133_740_6e-4,
+    -1.682_827e-3,
+    -7.373_329e-3,
+    -1.426_473_9e-2,
+];
+
+/// erfc a = t·e^{-a² + P(t)}, t = 1/(1 + a/2), for a ≥ 0: Numerical
+/// Recipes' erfcc Chebyshev fit (relative error 1.1e-7 everywhere), P from
+/// the highest degree down.
+pub(crate) const ERFC_POLY: [f32; 10] = [
+    0.170_872_77,
+    -0.822_152_23,
+    1.488_515_9,
+    -1.135_203_9,
+    0.278_868_07,
+    -0.186_288_06,
+    0.096_784_18,
+    0.374_091_96,
+    1.000_023_7,
+    -1.265_512_2,
+];
+
+/// Gelu (erf form) takes the erfc tail below this z = x/√2: above it,
+/// 1 + erf(z) from the rational erf keeps a relative error under 3e-5.
+pub(crate) const GELU_TAIL: f32 = -2.0;
+
 #[inline(always)]
 fn horner(x: f32, coef: &[f32]) -> f32 {
     let mut p = coef[0];
@@ -86,6 +126,54 @@ pub(crate) fn tanh(x: f32) -> f32 {
     } else {
         big
     }
+}
+
+/// erf x (rational form, clamped to ±1).
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let r = horner(x2, &ERF_P) * x / horner(x2, &ERF_Q);
+    r.clamp(-1.0, 1.0)
+}
+
+/// erfc a for a ≥ 0, with full relative precision in the tail.
+#[inline(always)]
+pub(crate) fn erfc_pos(a: f32) -> f32 {
+    let t = 1.0 / (a * 0.5 + 1.0);
+    t * exp(horner(t, &ERFC_POLY) - a * a)
+}
+
+/// Gelu (erf form) 0.5·x·(1 + erf(x/√2)) above the tail ([`GELU_TAIL`]).
+#[inline(always)]
+pub(crate) fn gelu_near(x: f32) -> f32 {
+    let z = x * std::f32::consts::FRAC_1_SQRT_2;
+    x * 0.5 * (erf(z) + 1.0)
+}
+
+/// Gelu (erf form) anywhere: the bracket as erfc(-z) in the negative tail,
+/// where 1 + erf(z) would cancel.
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
+    // Both forms, then a select: branch-free, so a loop vectorizes.
+    let z = x * std::f32::consts::FRAC_1_SQRT_2;
+    let c = erfc_pos(z.abs());
+    let tail = x * 0.5 * if z < 0.0 { c } else { 2.0 - c };
+    let near = gelu_near(x);
+    if z < GELU_TAIL {
+        tail
+    } else {
+        near
+    }
+}
+
+/// Gelu (tanh form) 0.5·x·(1 + tanh u) = x·sigmoid(2u), u =
+/// √(2/π)·(x + 0.044715·x³): no cancellation for x < 0.
+#[inline(always)]
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
+    let c = (2.0f32 / std::f32::consts::PI).sqrt();
+    let inner = x + x * x * x * 0.044715;
+    x * sigmoid(inner * (2.0 * c))
 }
 
 /// 1 / (1 + e^{-x}).

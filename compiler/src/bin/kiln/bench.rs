@@ -140,8 +140,10 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
 pub fn profile(args: &BenchArgs) -> Result<(), Failure> {
     let p = prepare(args)?;
     let exe = &p.exe;
-    let steps = exe.steps();
     warm_up(&p, 3)?;
+    // After the warm-up: control-flow steps describe the regions their
+    // first run compiled.
+    let steps = exe.steps();
     let runs = args.runs.max(1);
     let mut total = vec![std::time::Duration::ZERO; steps.len()];
     let mut times = Vec::new();

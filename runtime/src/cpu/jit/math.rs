@@ -153,28 +153,8 @@ pub(crate) fn sigmoid(f: &mut Fb, x: Value) -> Value {
 pub(crate) fn erf(f: &mut Fb, x: Value) -> Value {
     let x = f.clamp(x, -4.0, 4.0);
     let x2 = f.mul(x, x);
-    let p = f.poly(
-        x2,
-        &[
-            -2.726_142_2e-10,
-            2.770_681_4e-8,
-            -2.101_024e-6,
-            -5.692_506_4e-5,
-            -7.349_906_3e-4,
-            -2.954_600_1e-3,
-            -1.609_603_3e-2,
-        ],
-    );
-    let q = f.poly(
-        x2,
-        &[
-            -1.456_607_2e-5,
-            -2.133_740_6e-4,
-            -1.682_827e-3,
-            -7.373_329e-3,
-            -1.426_473_9e-2,
-        ],
-    );
+    let p = f.poly(x2, &approx::ERF_P);
+    let q = f.poly(x2, &approx::ERF_Q);
     let p = f.mul(p, x);
     let r = f.div(p, q);
     // The rational form can overshoot 1 by an ulp near the clamp.
@@ -210,21 +190,7 @@ fn erfc_pos(f: &mut Fb, a: Value) -> Value {
     let d = f.addc(h, 1.0);
     let one = f.c(1.0);
     let t = f.div(one, d);
-    let p = f.poly(
-        t,
-        &[
-            0.170_872_77,
-            -0.822_152_23,
-            1.488_515_9,
-            -1.135_203_9,
-            0.278_868_07,
-            -0.186_288_06,
-            0.096_784_18,
-            0.374_091_96,
-            1.000_023_7,
-            -1.265_512_2,
-        ],
-    );
+    let p = f.poly(t, &approx::ERFC_POLY);
     let a2 = f.mul(a, a);
     let arg = f.sub(p, a2);
     let e = exp(f, arg);
@@ -241,7 +207,7 @@ fn erfc_pos(f: &mut Fb, a: Value) -> Value {
 /// well predicted.
 pub(crate) fn gelu(f: &mut Fb, x: Value) -> Value {
     let z = f.mulc(x, std::f32::consts::FRAC_1_SQRT_2);
-    let lim = f.c(-2.0);
+    let lim = f.c(approx::GELU_TAIL);
     let below = f.b.ins().fcmp(FloatCC::LessThan, z, lim);
     let any_below = if f.is_vec() {
         f.b.ins().vany_true(below)

@@ -831,7 +831,8 @@ fn kernels_are_send_and_sync() {
 }
 
 /// Lone transcendental activations of input 0 (SiLU in either operand
-/// order) take the kernel library's loop instead of generated code, and
+/// order, GELU in both forms, its erf form's negative tail included) take
+/// the kernel library's loop instead of generated code, and
 /// still match the interpreter at odd sizes, on 1 and 2 threads.
 #[test]
 fn library_activations() {
@@ -845,6 +846,8 @@ fn library_activations() {
             unary("Sigmoid", "", &[n]),
             unary("Tanh", "", &[n]),
             unary("Exp", "", &[n]),
+            unary("Gelu", "", &[n]),
+            unary("Gelu", " {approximate = \"tanh\"}", &[n]),
             silu("%x, %s", n),
             silu("%s, %x", n),
         ];
