@@ -726,29 +726,7 @@ fn throughput() {
 
 /// The JIT's erf approximation as plain Rust, for the baseline loop.
 fn erf(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let p = [
-        -2.726_142_2e-10,
-        2.770_681_4e-8,
-        -2.101_024e-6,
-        -5.692_506_4e-5,
-        -7.349_906_3e-4,
-        -2.954_600_1e-3,
-        -1.609_603_3e-2,
-    ]
-    .iter()
-    .fold(0.0f32, |a, &k| a * x2 + k);
-    let q = [
-        -1.456_607_2e-5,
-        -2.133_740_6e-4,
-        -1.682_827e-3,
-        -7.373_329e-3,
-        -1.426_473_9e-2,
-    ]
-    .iter()
-    .fold(0.0f32, |a, &k| a * x2 + k);
-    (x * p / q).clamp(-1.0, 1.0)
+    crate::cpu::approx::erf(x)
 }
 
 /// Compile (and run on random data) every fusion body of the `.kir` dumps
