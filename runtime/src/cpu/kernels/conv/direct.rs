@@ -60,13 +60,20 @@ impl ConvPlan {
             epi(span.0, span.1);
         };
         // Small convs stay on one thread: forking costs microseconds.
-        if threads > 1 && self.flops() >= PAR_FLOPS {
+        if threads > 1 && self.flops() >= PAR_FLOPS_DIRECT {
             out.par_chunks_mut(mg * ovol).enumerate().for_each(unit);
         } else {
             out.chunks_mut(mg * ovol).enumerate().for_each(unit);
         }
     }
 }
+
+/// Below this many flops a depthwise or direct conv runs on one thread.
+/// A product's threshold ([`PAR_FLOPS`]) assumes dense-kernel speed; these
+/// convs do a few flops per byte and run 5-10x slower per flop, so a
+/// mobile net's 1-MFLOP depthwise convs (70-150 us) stayed on one thread
+/// and its 2-thread run barely beat the 1-thread one.
+const PAR_FLOPS_DIRECT: f64 = PAR_FLOPS / 8.0;
 
 /// Output maps up to this many positions, with rows up to this long,
 /// take the channels-in-lanes path. Longer rows fill the row kernel's
@@ -134,7 +141,7 @@ impl ConvPlan {
             parts.push((u, head));
             rest = tail;
         }
-        if threads > 1 && self.flops() >= PAR_FLOPS && parts.len() > 1 {
+        if threads > 1 && self.flops() >= PAR_FLOPS_DIRECT && parts.len() > 1 {
             parts.into_par_iter().for_each(|(u, o)| unit(u, o));
         } else {
             parts.into_iter().for_each(|(u, o)| unit(u, o));
