@@ -218,12 +218,24 @@ fn lanes_body<const FMA: bool>(
     }
     // The accumulators are a fixed-size array, which the compiler keeps
     // in vector registers across the taps.
+    let mut start = [0f32; L];
+    if let Some(b) = bias {
+        start[..cs].copy_from_slice(b);
+    }
     for oh in 0..ah.output {
-        for ow in 0..aw.output {
-            let mut acc = [0f32; L];
-            if let Some(b) = bias {
-                acc[..cs].copy_from_slice(b);
-            }
+        // Two outputs of a row at a time: each tap's weights are loaded
+        // once for both, and twice the accumulator chains hide the FMA
+        // latency.
+        let mut ow = 0;
+        while ow + 1 < aw.output {
+            let (mut a0, mut a1) = (start, start);
+            lanes_taps2::<FMA, L>(ah, aw, oh, ow, xt, wt, &mut a0, &mut a1);
+            ot[(oh * aw.output + ow) * L..][..L].copy_from_slice(&a0);
+            ot[(oh * aw.output + ow + 1) * L..][..L].copy_from_slice(&a1);
+            ow += 2;
+        }
+        if ow < aw.output {
+            let mut acc = start;
             lanes_taps::<FMA, L>(ah, aw, oh, ow, xt, wt, &mut acc);
             ot[(oh * aw.output + ow) * L..][..L].copy_from_slice(&acc);
         }
@@ -322,6 +334,54 @@ fn lanes_taps<const FMA: bool, const CS: usize>(
             }
         }
     }
+}
+
+/// [`lanes_taps`] for outputs (oh, ow) and (oh, ow + 1) at once.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lanes_taps2<const FMA: bool, const CS: usize>(
+    ah: &Axis,
+    aw: &Axis,
+    oh: usize,
+    ow: usize,
+    xt: &[f32],
+    wt: &[f32],
+    acc0: &mut [f32; CS],
+    acc1: &mut [f32; CS],
+) {
+    let (mut a0, mut a1) = (*acc0, *acc1);
+    let fma = |a: &mut [f32; CS], x: &[f32; CS], w: &[f32; CS]| {
+        for c in 0..CS {
+            a[c] = if FMA {
+                x[c].mul_add(w[c], a[c])
+            } else {
+                a[c] + x[c] * w[c]
+            };
+        }
+    };
+    for kh in 0..ah.kernel {
+        let Some(ih) = ah.input_index(oh, kh) else {
+            continue;
+        };
+        for kw in 0..aw.kernel {
+            let wr: &[f32; CS] = wt[(kh * aw.kernel + kw) * CS..][..CS]
+                .try_into()
+                .expect("a slab");
+            let row = |iw: usize| -> &[f32; CS] {
+                xt[(ih * aw.input + iw) * CS..][..CS]
+                    .try_into()
+                    .expect("a slab")
+            };
+            if let Some(iw) = aw.input_index(ow, kw) {
+                fma(&mut a0, row(iw), wr);
+            }
+            if let Some(iw) = aw.input_index(ow + 1, kw) {
+                fma(&mut a1, row(iw), wr);
+            }
+        }
+    }
+    *acc0 = a0;
+    *acc1 = a1;
 }
 
 /// One unit of a depthwise or direct conv: `x` holds the group's cg input
