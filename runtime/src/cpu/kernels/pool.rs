@@ -100,6 +100,29 @@ pub struct PoolPlan {
     /// or 2, on an AVX2 host: the W pass is [`max_w`], strided taps split
     /// in registers, instead of the general padded row kernels.
     fast_w: Option<FastW>,
+    /// 1-D windows that tile the row (kernel = stride, no padding, no
+    /// dilation: audio nets' MaxPool(4)): each result one block of this
+    /// many inputs, reduced in place. The general path's per-plane setup
+    /// cost more than the work on their short rows.
+    blocks: Option<usize>,
+}
+
+/// The block size of windows that tile a 1-D row (see
+/// [`PoolPlan::blocks`]), if these axes' windows do.
+fn tiling_blocks(axes: &[Axis; 3]) -> Option<usize> {
+    let [ad, ah, aw] = axes;
+    let unit = |a: &Axis| {
+        a.input == 1
+            && a.windows.len() == 1
+            && (a.windows[0].start, a.windows[0].k_lo, a.windows[0].k_hi) == (0, 0, 1)
+    };
+    let k = aw.windows.first()?.k_hi;
+    let tiles = aw
+        .windows
+        .iter()
+        .enumerate()
+        .all(|(j, w)| w.k_lo == 0 && w.k_hi == k && w.start == j * k && w.padded_count == k);
+    (k >= 1 && unit(ad) && unit(ah) && aw.dilation == 1 && tiles).then_some(k)
 }
 
 /// The W axis of a [`max_w`] pool.
@@ -147,6 +170,7 @@ impl PoolPlan {
                 w_counts: Vec::new(),
                 isa: Isa::detect(),
                 fast_w: None,
+                blocks: None,
             });
         }
         if sd > 3 {
@@ -249,6 +273,7 @@ impl PoolPlan {
                 .collect(),
             _ => Vec::new(),
         };
+        let blocks = tiling_blocks(&axes);
         Ok(PoolPlan {
             kind,
             planes,
@@ -260,6 +285,7 @@ impl PoolPlan {
             w_counts,
             isa,
             fast_w,
+            blocks,
         })
     }
 
@@ -278,12 +304,36 @@ impl PoolPlan {
         }
         let plane = |(p, o): (usize, &mut [f32])| {
             let xp = &x[p * self.in_vol..][..self.in_vol];
-            self.plane(xp, o);
+            match self.blocks {
+                Some(k) => self.blocks_plane(k, xp, o),
+                None => self.plane(xp, o),
+            }
         };
         if threads > 1 && x.len() >= PAR_ELEMS {
             out.par_chunks_mut(out_vol).enumerate().for_each(plane);
         } else {
             out.chunks_mut(out_vol).enumerate().for_each(plane);
+        }
+    }
+
+    /// A plane of [`PoolPlan::blocks`] windows: result j reduces inputs
+    /// `j·k .. j·k + k` (NaN wins a max, as in numpy).
+    fn blocks_plane(&self, k: usize, x: &[f32], out: &mut [f32]) {
+        let windows = x.chunks_exact(k);
+        match self.kind {
+            PoolKind::Average { .. } => {
+                let inv = 1.0 / k as f32;
+                for (o, w) in out.iter_mut().zip(windows) {
+                    *o = w.iter().sum::<f32>() * inv;
+                }
+            }
+            _ => {
+                for (o, w) in out.iter_mut().zip(windows) {
+                    *o = w[1..]
+                        .iter()
+                        .fold(w[0], |m, &v| if v > m || v.is_nan() { v } else { m });
+                }
+            }
         }
     }
 
@@ -986,6 +1036,29 @@ mod tests {
             &[0, 0, 0, 0, 0, 0],
             false,
         );
+    }
+
+    /// Windows that tile a 1-D row take the block path: exact sizes, a
+    /// remainder the floor drops, kernel 1; with padding they do not.
+    #[test]
+    fn pool_1d_blocks() {
+        case(&[2, 3, 16], &[4], &[4], &[1], &[0, 0], false);
+        case(&[1, 5, 19], &[4], &[4], &[1], &[0, 0], false);
+        case(&[1, 2, 7], &[1], &[1], &[1], &[0, 0], false);
+        case(&[1, 2, 9], &[3], &[3], &[1], &[1, 1], false);
+        let a = |k| PoolAttrs {
+            kernel: vec![k],
+            strides: vec![k],
+            ..Default::default()
+        };
+        let plan = PoolPlan::new(PoolKind::Max, &[1, 2, 19], &a(4)).unwrap();
+        assert_eq!(plan.blocks, Some(4));
+        // NaN wins a max.
+        let mut x = vec![0.5f32; 38];
+        x[5] = f32::NAN;
+        let mut out = vec![0.0; 8];
+        plan.run(&x, &mut out, 1);
+        assert!(out[1].is_nan() && out[0] == 0.5 && out[2] == 0.5);
     }
 
     #[test]
