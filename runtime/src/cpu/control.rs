@@ -166,9 +166,13 @@ impl RegionProgram {
             ));
         }
         let mut values = args;
-        for &c in &self.captures {
+        let capture_inputs = &inputs[inputs.len() - self.captures.len()..];
+        for (&c, &input) in self.captures.iter().zip(capture_inputs) {
             let v = env.get(c).cloned().ok_or_else(|| {
-                InterpError::new("region", format!("captured value #{} has no value", c.0))
+                InterpError::new(
+                    "region",
+                    format!("captured value %{} has no value", self.module.name(input)),
+                )
             })?;
             values.push(v);
         }

@@ -210,7 +210,8 @@ fn lanes_body<const FMA: bool>(
         xt.fill(0.0);
         wt.fill(0.0);
     }
-    transpose_into(x, cs, ivol, xt, L);
+    // [cs, ivol] -> [ivol, L].
+    transpose(x, ivol, cs, ivol, xt, L);
     for c in 0..cs {
         for t in 0..kvol {
             wt[t * L + c] = w[c * kvol + t];
@@ -240,60 +241,34 @@ fn lanes_body<const FMA: bool>(
             ot[(oh * aw.output + ow) * L..][..L].copy_from_slice(&acc);
         }
     }
-    transpose_from(ot, L, cs, ovol, out);
+    // [ovol, L] -> [cs, ovol].
+    transpose(ot, L, ovol, cs, out, ovol);
 }
 
-/// `dst[p·ld + c] = src[c·n + p]` for `c < rows`, `p < n`: 8x8 blocks
-/// through registers (the scalar loop's strided stores were a third of a
-/// small depthwise conv), the edges one by one.
+/// `dst[j·dst_ld + i] = src[i·src_ld + j]` for `i < rows`, `j < cols`:
+/// 8x8 blocks through registers (the scalar loop's strided stores were a
+/// third of a small depthwise conv), the edges one by one.
 #[inline(always)]
-fn transpose_into(src: &[f32], rows: usize, n: usize, dst: &mut [f32], ld: usize) {
-    let (r8, n8) = (rows / 8 * 8, n / 8 * 8);
-    for c0 in (0..r8).step_by(8) {
-        for p0 in (0..n8).step_by(8) {
+fn transpose(src: &[f32], src_ld: usize, rows: usize, cols: usize, dst: &mut [f32], dst_ld: usize) {
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    for i0 in (0..r8).step_by(8) {
+        for j0 in (0..c8).step_by(8) {
             let mut b = [[0f32; 8]; 8];
             for (i, row) in b.iter_mut().enumerate() {
-                row.copy_from_slice(&src[(c0 + i) * n + p0..][..8]);
+                row.copy_from_slice(&src[(i0 + i) * src_ld + j0..][..8]);
             }
             for j in 0..8 {
-                let d = &mut dst[(p0 + j) * ld + c0..][..8];
+                let d = &mut dst[(j0 + j) * dst_ld + i0..][..8];
                 for i in 0..8 {
                     d[i] = b[i][j];
                 }
             }
         }
     }
-    for c in 0..rows {
-        let tail = if c < r8 { n8 } else { 0 };
-        for p in tail..n {
-            dst[p * ld + c] = src[c * n + p];
-        }
-    }
-}
-
-/// `dst[c·n + p] = src[p·ld + c]` for `c < rows`, `p < n`: the inverse
-/// of [`transpose_into`].
-#[inline(always)]
-fn transpose_from(src: &[f32], ld: usize, rows: usize, n: usize, dst: &mut [f32]) {
-    let (r8, n8) = (rows / 8 * 8, n / 8 * 8);
-    for c0 in (0..r8).step_by(8) {
-        for p0 in (0..n8).step_by(8) {
-            let mut b = [[0f32; 8]; 8];
-            for (j, row) in b.iter_mut().enumerate() {
-                row.copy_from_slice(&src[(p0 + j) * ld + c0..][..8]);
-            }
-            for i in 0..8 {
-                let d = &mut dst[(c0 + i) * n + p0..][..8];
-                for j in 0..8 {
-                    d[j] = b[j][i];
-                }
-            }
-        }
-    }
-    for c in 0..rows {
-        let tail = if c < r8 { n8 } else { 0 };
-        for p in tail..n {
-            dst[c * n + p] = src[p * ld + c];
+    for i in 0..rows {
+        let tail = if i < r8 { c8 } else { 0 };
+        for j in tail..cols {
+            dst[j * dst_ld + i] = src[i * src_ld + j];
         }
     }
 }
@@ -325,14 +300,20 @@ fn lanes_taps<const FMA: bool, const CS: usize>(
             let wr: &[f32; CS] = wt[(kh * aw.kernel + kw) * CS..][..CS]
                 .try_into()
                 .expect("a slab");
-            for c in 0..CS {
-                acc[c] = if FMA {
-                    xr[c].mul_add(wr[c], acc[c])
-                } else {
-                    acc[c] + xr[c] * wr[c]
-                };
-            }
+            fma_slab::<FMA, CS>(acc, xr, wr);
         }
+    }
+}
+
+/// `a += x·w` over a slab of channels.
+#[inline(always)]
+fn fma_slab<const FMA: bool, const CS: usize>(a: &mut [f32; CS], x: &[f32; CS], w: &[f32; CS]) {
+    for c in 0..CS {
+        a[c] = if FMA {
+            x[c].mul_add(w[c], a[c])
+        } else {
+            a[c] + x[c] * w[c]
+        };
     }
 }
 
@@ -350,15 +331,6 @@ fn lanes_taps2<const FMA: bool, const CS: usize>(
     acc1: &mut [f32; CS],
 ) {
     let (mut a0, mut a1) = (*acc0, *acc1);
-    let fma = |a: &mut [f32; CS], x: &[f32; CS], w: &[f32; CS]| {
-        for c in 0..CS {
-            a[c] = if FMA {
-                x[c].mul_add(w[c], a[c])
-            } else {
-                a[c] + x[c] * w[c]
-            };
-        }
-    };
     for kh in 0..ah.kernel {
         let Some(ih) = ah.input_index(oh, kh) else {
             continue;
@@ -373,10 +345,10 @@ fn lanes_taps2<const FMA: bool, const CS: usize>(
                     .expect("a slab")
             };
             if let Some(iw) = aw.input_index(ow, kw) {
-                fma(&mut a0, row(iw), wr);
+                fma_slab::<FMA, CS>(&mut a0, row(iw), wr);
             }
             if let Some(iw) = aw.input_index(ow + 1, kw) {
-                fma(&mut a1, row(iw), wr);
+                fma_slab::<FMA, CS>(&mut a1, row(iw), wr);
             }
         }
     }
