@@ -404,6 +404,66 @@ mod bench {
         }
     }
 
+    /// Quantized convs (u8 activations, s8 weights, requantized to u8)
+    /// on mobile-net and SqueezeNet shapes: `[c, h, w] → m`, kernel,
+    /// stride, group.
+    #[test]
+    #[ignore]
+    fn qconv_throughput() {
+        use qconv::{QConvGeometry, QConvOut, QConvPlan};
+        use qgemm::Int8;
+        for (c, hw, m, k, s, group) in [
+            (3, 224, 16, 3, 2, 1),
+            (16, 56, 72, 1, 1, 1),
+            (72, 28, 24, 1, 1, 1),
+            (96, 7, 576, 1, 1, 1),
+            (64, 55, 16, 1, 1, 1),
+            (16, 55, 64, 3, 1, 1),
+            (72, 56, 72, 3, 2, 72),
+            (240, 14, 240, 5, 1, 240),
+        ] {
+            // `KILN_QCONV=c,hw,m,k` runs one shape (to profile it).
+            let only = std::env::var("KILN_QCONV").unwrap_or_default();
+            if !only.is_empty() && only != format!("{c},{hw},{m},{k}") {
+                continue;
+            }
+            let p = k / 2;
+            let o = (hw + 2 * p - k) / s + 1;
+            let g = QConvGeometry {
+                x: [1, c, hw, hw],
+                m,
+                kernel: [k, k],
+                strides: [s, s],
+                dilations: [1, 1],
+                pads: [p, p],
+                out: [o, o],
+                group,
+            };
+            let x = qgemm::tests::lcg_bytes(1, c * hw * hw);
+            let w = qgemm::tests::lcg_bytes(2, m * c / group * k * k);
+            let out = QConvOut::Requant {
+                mult: vec![0.0003; m],
+                zero: 3,
+                lo: 0,
+                hi: 255,
+            };
+            let plan =
+                QConvPlan::new(g, Int8::U8, 128, &w, Int8::I8, &[0], vec![7; m], out).unwrap();
+            let mut y = vec![0u8; m * o * o];
+            let y = std::sync::Mutex::new(&mut y[..]);
+            for t in [1, 2] {
+                let g = gflops(plan.ops(), t, &|t| {
+                    // SAFETY: `y` holds the result's bytes.
+                    unsafe { plan.run(&x, None, y.lock().unwrap().as_mut_ptr(), t) }.unwrap()
+                });
+                let us = plan.ops() / g / 1e3;
+                println!(
+                    "qconv {c:3}x{hw:3}² -> {m:3} {k}x{k} s{s} g{group:<3} threads {t}: {g:6.1} GOP/s {us:7.1} us"
+                );
+            }
+        }
+    }
+
     #[test]
     #[ignore]
     fn throughput() {

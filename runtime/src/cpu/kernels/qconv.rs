@@ -6,14 +6,37 @@
 //! add `(zx - zx)·w = 0`); groups of one input channel (depthwise, with
 //! any multiplier) run a direct kernel. The exact i32 sums leave through
 //! the product's output stage: requantized per output channel, or i32.
+//!
+//! Depthwise convs whose sums provably stay below 2²⁴ (every real one: 9
+//! or 25 taps of `|w - zw| ≤ 255` times `|x - zx| ≤ 255` reach 1.6·10⁶)
+//! run on the f32 depthwise kernels instead: f32 holds every integer up to
+//! 2²⁴ exactly, so each product, each partial sum and the requantization's
+//! input are the integer path's bit for bit, and the f32 kernels (channels
+//! in 16 lanes for small maps, FMA row passes for large ones) run 3-10×
+//! the integer direct loops, which widen bytes to i32 and multiply in
+//! half the lanes. The bytes become f32 in one pass; the sums are
+//! requantized in the conv's own epilogue while they are in cache.
 
 use std::cell::Cell;
 
 use super::common::for_each_unit;
-use super::qgemm::{qgemm, requant, shifted_zero, Int8, Packed, QGemm, QOut, MR};
+use super::conv::{ConvAttrs, ConvPlan};
+use super::qgemm::{qgemm, requant, round_clamped, shifted_zero, Int8, Packed, QGemm, QOut, MR};
 
 thread_local! {
     static SCRATCH: Cell<Option<(Vec<u8>, Packed)>> = const { Cell::new(None) };
+    /// The exact-f32 path's input and sums, reused across runs.
+    static F32_SCRATCH: Cell<Option<(Vec<f32>, Vec<f32>)>> = const { Cell::new(None) };
+}
+
+/// Integers up to this magnitude are exact in f32 (2²⁴).
+const F32_EXACT: i64 = 1 << 24;
+
+/// A depthwise conv planned on the f32 kernels (see the module comment).
+#[derive(Clone, Debug)]
+struct ExactF32 {
+    plan: ConvPlan,
+    bias: Vec<f32>,
 }
 
 /// What the sums become.
@@ -59,6 +82,8 @@ pub struct QConvPlan {
     w_zero_a: Vec<i32>,
     /// Direct path: per output channel, its taps minus the zero point.
     direct: Option<Vec<i32>>,
+    /// The direct path on the f32 kernels, where that is exact.
+    exact: Option<ExactF32>,
     bias: Vec<i32>,
     out: QConvOut,
 }
@@ -129,6 +154,7 @@ impl QConvPlan {
         let w_zero_a = (0..g.m)
             .map(|m| shifted_zero(wz(m), w_type, false))
             .collect();
+        let exact = direct.as_deref().and_then(|d| ExactF32::new(&g, d, &bias));
         Ok(QConvPlan {
             g,
             x_type,
@@ -136,9 +162,17 @@ impl QConvPlan {
             packed,
             w_zero_a,
             direct,
+            exact,
             bias,
             out,
         })
+    }
+
+    /// This plan without the exact-f32 path (tests compare the two).
+    #[cfg(test)]
+    fn integer_only(mut self) -> QConvPlan {
+        self.exact = None;
+        self
     }
 
     pub fn out_shape(&self) -> [usize; 4] {
@@ -179,6 +213,10 @@ impl QConvPlan {
             return Err("quantized conv: input size does not match the plan".into());
         }
         let ohw = g.out[0] * g.out[1];
+        if let Some(e) = &self.exact {
+            self.run_exact(e, x, x_zero, out, threads);
+            return Ok(());
+        }
         if let Some(d) = &self.direct {
             // Channels-last pays a transposition to fill vectors whose
             // rows would not; planar rows of 16 or more fill them as they are.
@@ -203,14 +241,13 @@ impl QConvPlan {
         for img in 0..n {
             for gi in 0..g.group {
                 let xg = &x[(img * c + gi * cg) * h * w..(img * c + (gi + 1) * cg) * h * w];
-                let src: &[u8] = if self.pointwise() {
-                    xg
+                if self.pointwise() {
+                    pb.pack_b_rows(xg, k, ohw, ohw, self.x_type, true);
                 } else {
-                    cols.resize(k * ohw, 0);
-                    self.im2col(xg, cg, x_zero as u8, &mut cols);
-                    &cols
-                };
-                pb.pack_b_rows(src, k, ohw, ohw, self.x_type, true);
+                    pb.pack_b_generated(k, ohw, self.x_type, true, &mut cols, |kk, row| {
+                        self.im2col_row(xg, kk, x_zero as u8, row)
+                    });
+                }
                 let m0 = gi * mg;
                 let at = (img * g.m + m0) * ohw;
                 let qout = match &self.out {
@@ -243,54 +280,89 @@ impl QConvPlan {
         Ok(())
     }
 
-    /// The columns of one group's input `xg` (`cg` channels): row
-    /// `(ci, i, j)`, column `(oh, ow)`; taps outside the input read the
-    /// input's zero point.
-    /// `pad` is the zero point's own byte.
-    fn im2col(&self, xg: &[u8], cg: usize, pad: u8, cols: &mut [u8]) {
+    /// The direct conv on the f32 kernels: `x - zx` as f32, the conv with
+    /// its bias, and the output stage applied to each finished range of
+    /// sums (flat NCHW indices) on the thread that summed it.
+    fn run_exact(&self, e: &ExactF32, x: &[u8], xz: i32, out: *mut u8, threads: usize) {
+        let g = &self.g;
+        let (m, ohw) = (g.m, g.out[0] * g.out[1]);
+        let (mut xf, mut sums) = F32_SCRATCH.with(Cell::take).unwrap_or_default();
+        xf.resize(x.len(), 0.0);
+        sums.resize(g.x[0] * m * ohw, 0.0);
+        bytes_to_f32(x, self.x_type == Int8::I8, xz, &mut xf);
+        let out_addr = out as usize;
+        let stage = |src: *mut f32, lo: usize, hi: usize| {
+            let mut at = lo;
+            while at < hi {
+                let ch = (at / ohw) % m;
+                let end = hi.min((at / ohw + 1) * ohw);
+                // SAFETY: the conv hands over `lo..hi` of its sums, final
+                // and written by this thread; `out` holds the result's
+                // elements at the same flat indices.
+                let v = unsafe { std::slice::from_raw_parts(src.add(at), end - at) };
+                match &self.out {
+                    QConvOut::Requant { mult, zero, lo, hi } => {
+                        // SAFETY: as above; the result is bytes.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut((out_addr as *mut u8).add(at), end - at)
+                        };
+                        requant_f32(v, mult[ch], *zero, *lo, *hi, dst);
+                    }
+                    QConvOut::I32 => {
+                        // SAFETY: as above; the result is i32s.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut((out_addr as *mut i32).add(at), end - at)
+                        };
+                        f32_to_i32(v, dst);
+                    }
+                }
+                at = end;
+            }
+        };
+        e.plan
+            .run_with_epilogue(&xf, &[], Some(&e.bias), &mut sums, threads, Some(&stage));
+        F32_SCRATCH.with(|c| c.set(Some((xf, sums))));
+    }
+
+    /// Row `kk` = `(ci, i, j)` of the columns of one group's input `xg`:
+    /// tap (i, j) of channel ci for every output position `(oh, ow)`;
+    /// taps outside the input read `pad`, the zero point's own byte.
+    fn im2col_row(&self, xg: &[u8], kk: usize, pad: u8, dst: &mut [u8]) {
         let g = &self.g;
         let [_, _, h, w] = g.x;
         let [oh, ow] = g.out;
-        let mut row = 0;
-        for ci in 0..cg {
-            let plane = &xg[ci * h * w..(ci + 1) * h * w];
-            for i in 0..g.kernel[0] {
-                for j in 0..g.kernel[1] {
-                    let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                    let s = g.strides[1];
-                    let off = (j * g.dilations[1]) as isize - g.pads[1] as isize;
-                    // Outputs whose tap lands inside a row: lo..hi.
-                    let lo = if off >= 0 {
-                        0
-                    } else {
-                        ((-off) as usize).div_ceil(s)
-                    };
-                    let hi = if w as isize - off <= 0 {
-                        0
-                    } else {
-                        ((w as isize - off) as usize).div_ceil(s).min(ow)
-                    }
-                    .max(lo);
-                    for y in 0..oh {
-                        let iy =
-                            (y * g.strides[0] + i * g.dilations[0]) as isize - g.pads[0] as isize;
-                        let line = &mut dst[y * ow..(y + 1) * ow];
-                        if iy < 0 || iy >= h as isize {
-                            line.fill(pad);
-                            continue;
-                        }
-                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                        line[..lo].fill(pad);
-                        line[hi..].fill(pad);
-                        let first = (lo as isize * s as isize + off) as usize;
-                        if s == 1 {
-                            line[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-                        } else {
-                            strided_bytes(&mut line[lo..hi], &src[first..], s);
-                        }
-                    }
-                    row += 1;
-                }
+        let [kh, kw] = g.kernel;
+        let (ci, i, j) = (kk / (kh * kw), kk / kw % kh, kk % kw);
+        let plane = &xg[ci * h * w..(ci + 1) * h * w];
+        let s = g.strides[1];
+        let off = (j * g.dilations[1]) as isize - g.pads[1] as isize;
+        // Outputs whose tap lands inside a row: lo..hi.
+        let lo = if off >= 0 {
+            0
+        } else {
+            ((-off) as usize).div_ceil(s)
+        };
+        let hi = if w as isize - off <= 0 {
+            0
+        } else {
+            ((w as isize - off) as usize).div_ceil(s).min(ow)
+        }
+        .max(lo);
+        for y in 0..oh {
+            let iy = (y * g.strides[0] + i * g.dilations[0]) as isize - g.pads[0] as isize;
+            let line = &mut dst[y * ow..(y + 1) * ow];
+            if iy < 0 || iy >= h as isize {
+                line.fill(pad);
+                continue;
+            }
+            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+            line[..lo].fill(pad);
+            line[hi..].fill(pad);
+            let first = (lo as isize * s as isize + off) as usize;
+            if s == 1 {
+                line[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+            } else {
+                strided_bytes(&mut line[lo..hi], &src[first..], s);
             }
         }
     }
@@ -523,6 +595,82 @@ impl QConvPlan {
     }
 }
 
+impl ExactF32 {
+    /// The f32 plan of a direct conv whose taps minus their zero point
+    /// are `taps_of` (per output channel), if every partial sum stays
+    /// exact: `|x - zx| ≤ 255`, so a channel's sums are bounded by
+    /// `|bias| + 255 · Σ|taps|`.
+    fn new(g: &QConvGeometry, taps_of: &[i32], bias: &[i32]) -> Option<ExactF32> {
+        let [n, c, h, w] = g.x;
+        let [kh, kw] = g.kernel;
+        let taps = kh * kw;
+        let exact = (0..g.m).all(|m| {
+            let tap_sum: i64 = taps_of[m * taps..(m + 1) * taps]
+                .iter()
+                .map(|&t| (t as i64).abs())
+                .sum();
+            (bias[m] as i64).abs() + 255 * tap_sum < F32_EXACT
+        });
+        if !exact {
+            return None;
+        }
+        // The end pads that give the planned output (extra ones only
+        // shape it, and any that reach no tap are dropped).
+        let end = |axis: usize, input: usize| {
+            let reach =
+                (g.out[axis] - 1) * g.strides[axis] + (g.kernel[axis] - 1) * g.dilations[axis] + 1;
+            (reach as isize - input as isize - g.pads[axis] as isize).max(0) as usize
+        };
+        let attrs = ConvAttrs {
+            strides: g.strides.to_vec(),
+            dilations: g.dilations.to_vec(),
+            pads: vec![g.pads[0], g.pads[1], end(0, h), end(1, w)],
+            group: g.group,
+        };
+        let wf: Vec<f32> = taps_of.iter().map(|&t| t as f32).collect();
+        let plan = ConvPlan::new(&[n, c, h, w], &[g.m, 1, kh, kw], true, &attrs, Some(&wf)).ok()?;
+        (plan.out_shape() == [n, g.m, g.out[0], g.out[1]]).then(|| ExactF32 {
+            plan,
+            bias: bias.iter().map(|&b| b as f32).collect(),
+        })
+    }
+}
+
+crate::cpu::simd_fn! {
+    /// `dst = x - zx` of 8-bit values, as f32.
+    fn bytes_to_f32(src: &[u8], signed: bool, zero: i32, dst: &mut [f32]) {
+        if signed {
+            for (d, &b) in dst.iter_mut().zip(src) {
+                *d = (b as i8 as i32 - zero) as f32;
+            }
+        } else {
+            for (d, &b) in dst.iter_mut().zip(src) {
+                *d = (b as i32 - zero) as f32;
+            }
+        }
+    }
+}
+
+crate::cpu::simd_fn! {
+    /// The output stage of exact integer sums held as f32: what
+    /// [`requant`] gives on the same integers.
+    fn requant_f32(src: &[f32], mult: f32, zero: i32, lo: i32, hi: i32, dst: &mut [u8]) {
+        let (flo, fhi) = ((lo - zero) as f32, (hi - zero) as f32);
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = (round_clamped(v * mult, flo, fhi) + zero) as u8;
+        }
+    }
+}
+
+crate::cpu::simd_fn! {
+    /// Exact integer sums held as f32, as i32.
+    fn f32_to_i32(src: &[f32], dst: &mut [i32]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v as i32;
+        }
+    }
+}
+
 /// Whether the AVX2 forms of the direct kernels may run (asked once per
 /// run; the crate's baseline, SSE2, has no 32-bit vector multiply).
 fn has_avx2() -> bool {
@@ -586,6 +734,38 @@ mod tests {
 
     use crate::cpu::kernels::qgemm::tests::lcg_bytes as bytes;
 
+    /// A depthwise conv whose sums could pass 2²⁴ stays on the integer
+    /// path.
+    #[test]
+    fn exact_f32_path_needs_exact_sums() {
+        let g = QConvGeometry {
+            x: [1, 2, 5, 5],
+            m: 2,
+            kernel: [3, 3],
+            strides: [1, 1],
+            dilations: [1, 1],
+            pads: [1, 1],
+            out: [5, 5],
+            group: 2,
+        };
+        let w = vec![0x80u8; 18]; // -128 each: 9 · 128 · 255 in all
+        let plan = |bias: i32| {
+            QConvPlan::new(
+                g.clone(),
+                Int8::U8,
+                0,
+                &w,
+                Int8::I8,
+                &[0],
+                vec![bias; 2],
+                QConvOut::I32,
+            )
+            .unwrap()
+        };
+        assert!(plan(1000).exact.is_some());
+        assert!(plan((1 << 24) - 9 * 128 * 255).exact.is_none());
+    }
+
     /// The exact sums against a naive conv, on both paths, with pads,
     /// strides, dilations and groups.
     #[test]
@@ -624,20 +804,51 @@ mod tests {
                 out,
                 group,
             };
-            let plan = QConvPlan::new(
-                g,
-                Int8::U8,
-                xz,
-                &wv,
-                Int8::I8,
-                &[wz],
-                bias.clone(),
-                QConvOut::I32,
-            )
-            .unwrap();
+            let planned = |out: QConvOut| {
+                QConvPlan::new(
+                    g.clone(),
+                    Int8::U8,
+                    xz,
+                    &wv,
+                    Int8::I8,
+                    &[wz],
+                    bias.clone(),
+                    out,
+                )
+                .unwrap()
+            };
+            let plan = planned(QConvOut::I32);
             let mut got = vec![0i32; n * m * out[0] * out[1]];
             // SAFETY: `got` holds the result's i32s.
             unsafe { plan.run(&xv, None, got.as_mut_ptr() as *mut u8, 2) }.unwrap();
+            assert_eq!(
+                plan.exact.is_some(),
+                cg == 1,
+                "{x:?} g{group}: exact-f32 path"
+            );
+            // The integer direct path gives the same sums, and the same
+            // requantized bytes as the exact-f32 path.
+            let mut direct = vec![0i32; got.len()];
+            let integer = plan.clone().integer_only();
+            // SAFETY: as above.
+            unsafe { integer.run(&xv, None, direct.as_mut_ptr() as *mut u8, 2) }.unwrap();
+            assert_eq!(direct, got, "{x:?} g{group}: integer direct path");
+            let rq = QConvOut::Requant {
+                mult: (0..m).map(|i| 0.0003 * (i + 1) as f32).collect(),
+                zero: 9,
+                lo: 0,
+                hi: 255,
+            };
+            let rq_plan = planned(rq);
+            let mut bytes_fast = vec![0u8; got.len()];
+            let mut bytes_int = vec![0u8; got.len()];
+            // SAFETY: the buffers hold the result's bytes.
+            unsafe {
+                rq_plan.run(&xv, None, bytes_fast.as_mut_ptr(), 1).unwrap();
+                let slow = rq_plan.clone().integer_only();
+                slow.run(&xv, None, bytes_int.as_mut_ptr(), 1).unwrap();
+            }
+            assert_eq!(bytes_fast, bytes_int, "{x:?} g{group}: requantized bytes");
             let mg = m / group;
             for img in 0..n {
                 for mo in 0..m {

@@ -74,61 +74,123 @@ fn stored_value(b: u8, unsigned: bool) -> i32 {
     }
 }
 
-crate::cpu::simd_fn! {
-    /// The panels of [`Packed::pack_b_rows`]: for each 16-column panel and
-    /// each group of four depths, column c's four bytes side by side,
-    /// flipped to the stored domain (`flip` on real depths; depths past K
-    /// are zeros). Whole panels go through fixed-size rows, which
-    /// vectorize as byte interleaves; the im2col of a stride-2 first conv
-    /// spent a tenth of a mobilenet here, one byte at a time.
-    fn pack_b_panels(src: &[u8], k: usize, n: usize, ld: usize, flip: u8, data: &mut [u8]) {
-        let k4 = k.div_ceil(4);
-        for (p, panel) in data.chunks_exact_mut(k4 * NR * 4).enumerate() {
-            let c0 = p * NR;
-            let cols = NR.min(n - c0);
-            for q in 0..k4 {
-                let dst = &mut panel[q * NR * 4..(q + 1) * NR * 4];
-                let mut rows = [[0u8; NR]; 4];
-                for (d, row) in rows.iter_mut().enumerate() {
-                    let kk = 4 * q + d;
-                    if kk < k {
-                        let line = &src[kk * ld + c0..kk * ld + c0 + cols];
-                        for (r, &b) in row.iter_mut().zip(line) {
-                            *r = b ^ flip;
-                        }
-                    }
-                }
-                for c in 0..NR {
-                    for (d, row) in rows.iter().enumerate() {
-                        dst[c * 4 + d] = row[c];
-                    }
-                }
-            }
-        }
+/// One depth group of a B operand being packed: its four rows (`real`
+/// of them real), `n` columns, group `q` of `k4`, the byte flip into the
+/// stored domain and whether that domain is unsigned.
+#[derive(Clone, Copy)]
+struct Group<'a> {
+    rows: [&'a [u8]; 4],
+    real: usize,
+    n: usize,
+    q: usize,
+    k4: usize,
+    flip: u8,
+    unsigned: bool,
+}
+
+/// Depth group `q` of every B panel from its four rows (`real` of them;
+/// the rest, past K, are zeros): column c's four bytes side by side,
+/// flipped to the stored domain, and the rows' stored values added to the
+/// column sums in the same pass. Whole panels interleave in AVX2 byte and
+/// word unpacks and sum by `vpmaddubsw`/`vpmaddwd` against ones; byte by
+/// byte this was a third of a 3×3 conv's time.
+fn pack_b_group(gr: &Group, data: &mut [u8], sums: &mut [i32]) {
+    let n = gr.n;
+    let mut first = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2; whole panels only.
+        unsafe { pack_b_group_avx2(gr, data, sums) };
+        first = n / NR;
+    }
+    for p in first..n.div_ceil(NR) {
+        pack_b_panel(gr, data, sums, p);
     }
 }
 
-crate::cpu::simd_fn! {
-    /// Column sums of the `k × n` bytes in the stored domain, row by row.
-    fn column_sums(
-        src: &[u8],
-        k: usize,
-        n: usize,
-        ld: usize,
-        flip: u8,
-        unsigned: bool,
-        sums: &mut [i32],
-    ) {
-        for kk in 0..k {
-            let row = &src[kk * ld..kk * ld + n];
-            if unsigned {
-                for (s, &v) in sums.iter_mut().zip(row) {
-                    *s += (v ^ flip) as i32;
-                }
+/// [`pack_b_group`] for panel `p`, portably.
+fn pack_b_panel(gr: &Group, data: &mut [u8], sums: &mut [i32], p: usize) {
+    let Group {
+        rows,
+        real,
+        n,
+        q,
+        k4,
+        flip,
+        unsigned,
+    } = *gr;
+    let c0 = p * NR;
+    let cols = NR.min(n - c0);
+    let mut g = [[0u8; NR]; 4];
+    for (d, row) in g.iter_mut().enumerate().take(real) {
+        for (r, &b) in row.iter_mut().zip(&rows[d][c0..c0 + cols]) {
+            *r = b ^ flip;
+        }
+    }
+    let dst = &mut data[(p * k4 + q) * NR * 4..(p * k4 + q + 1) * NR * 4];
+    for c in 0..NR {
+        for (d, row) in g.iter().enumerate() {
+            dst[c * 4 + d] = row[c];
+        }
+    }
+    for (c, t) in sums[c0..c0 + cols].iter_mut().enumerate() {
+        *t += g
+            .iter()
+            .map(|row| stored_value(row[c], unsigned))
+            .sum::<i32>();
+    }
+}
+
+/// The whole panels of [`pack_b_group`] on AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_b_group_avx2(gr: &Group, data: &mut [u8], sums: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let (rows, real, q, k4) = (gr.rows, gr.real, gr.q, gr.k4);
+    let vflip = _mm256_set1_epi8(gr.flip as i8);
+    let ones8 = _mm256_set1_epi8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    for p in 0..gr.n / NR {
+        let c0 = p * NR;
+        let row = |d: usize| {
+            if d < real {
+                // SAFETY: row d holds n ≥ c0 + NR bytes.
+                let v = unsafe { _mm256_loadu_si256(rows[d].as_ptr().add(c0) as *const __m256i) };
+                _mm256_xor_si256(v, vflip)
             } else {
-                for (s, &v) in sums.iter_mut().zip(row) {
-                    *s += (v ^ flip) as i8 as i32;
-                }
+                _mm256_setzero_si256()
+            }
+        };
+        let (a, b, c, d) = (row(0), row(1), row(2), row(3));
+        // Bytes, then words, interleaved within 128-bit lanes: u0 holds
+        // columns 0-3 | 16-19, u1 4-7 | 20-23, u2 8-11 | 24-27, u3 12-15 |
+        // 28-31, each column's four depths side by side.
+        let (ab_lo, ab_hi) = (_mm256_unpacklo_epi8(a, b), _mm256_unpackhi_epi8(a, b));
+        let (cd_lo, cd_hi) = (_mm256_unpacklo_epi8(c, d), _mm256_unpackhi_epi8(c, d));
+        let u0 = _mm256_unpacklo_epi16(ab_lo, cd_lo);
+        let u1 = _mm256_unpackhi_epi16(ab_lo, cd_lo);
+        let u2 = _mm256_unpacklo_epi16(ab_hi, cd_hi);
+        let u3 = _mm256_unpackhi_epi16(ab_hi, cd_hi);
+        let out = [
+            _mm256_permute2x128_si256(u0, u1, 0x20),
+            _mm256_permute2x128_si256(u2, u3, 0x20),
+            _mm256_permute2x128_si256(u0, u1, 0x31),
+            _mm256_permute2x128_si256(u2, u3, 0x31),
+        ];
+        for (i, &o) in out.iter().enumerate() {
+            // SAFETY: the group's NR·4 bytes in panel p, and 8 column sums
+            // from c0 + 8i, lie inside `data` and `sums`.
+            unsafe {
+                let dst = data.as_mut_ptr().add((p * k4 + q) * NR * 4 + 32 * i);
+                _mm256_storeu_si256(dst as *mut __m256i, o);
+                let pairs = if gr.unsigned {
+                    _mm256_maddubs_epi16(o, ones8)
+                } else {
+                    _mm256_maddubs_epi16(ones8, o)
+                };
+                let quads = _mm256_madd_epi16(pairs, ones16);
+                let sp = sums.as_mut_ptr().add(c0 + 8 * i) as *mut __m256i;
+                _mm256_storeu_si256(sp, _mm256_add_epi32(_mm256_loadu_si256(sp), quads));
             }
         }
     }
@@ -253,23 +315,73 @@ impl Packed {
         from: Int8,
         unsigned: bool,
     ) {
-        let k4 = k.div_ceil(4);
-        let panels = n.div_ceil(NR);
+        let flip = self.begin_b(k, n, from, unsigned);
+        for q in 0..k.div_ceil(4) {
+            let real = 4.min(k - 4 * q);
+            let rows: [&[u8]; 4] = std::array::from_fn(|d| {
+                let kk = 4 * q + d.min(real - 1);
+                &src[kk * ld..kk * ld + n]
+            });
+            self.put_group(rows, real, q, flip);
+        }
+    }
+
+    /// Packs a B operand of `k` rows of `n` bytes made on demand, four at
+    /// a time: `fill(kk, row)` writes row `kk` (an im2col row, say, so the
+    /// unfolded matrix never exists whole, and is read once, in cache);
+    /// `staging` holds the four.
+    pub fn pack_b_generated(
+        &mut self,
+        k: usize,
+        n: usize,
+        from: Int8,
+        unsigned: bool,
+        staging: &mut Vec<u8>,
+        mut fill: impl FnMut(usize, &mut [u8]),
+    ) {
+        let flip = self.begin_b(k, n, from, unsigned);
+        staging.resize(4 * n, 0);
+        for q in 0..k.div_ceil(4) {
+            let real = 4.min(k - 4 * q);
+            for (d, row) in staging.chunks_exact_mut(n).enumerate().take(real) {
+                fill(4 * q + d, row);
+            }
+            let rows: [&[u8]; 4] = std::array::from_fn(|d| &staging[d * n..(d + 1) * n]);
+            self.put_group(rows, real, q, flip);
+        }
+    }
+
+    /// Depth group `q` of a B operand from its rows ([`pack_b_group`]).
+    fn put_group(&mut self, rows: [&[u8]; 4], real: usize, q: usize, flip: u8) {
+        let group = Group {
+            rows,
+            real,
+            n: self.count,
+            q,
+            k4: self.k4(),
+            flip,
+            unsigned: self.unsigned,
+        };
+        pack_b_group(&group, &mut self.data, &mut self.sums);
+    }
+
+    /// Sizes the buffers for a `k × n` B operand; the byte flip into the
+    /// stored domain.
+    fn begin_b(&mut self, k: usize, n: usize, from: Int8, unsigned: bool) -> u8 {
         self.count = n;
         self.k = k;
         self.unsigned = unsigned;
         self.width = NR;
-        self.data.clear();
-        self.data.resize(panels * k4 * NR * 4, 0);
+        // Every byte is written by `pack_b_group`, padding included: no
+        // clearing.
+        self.data.resize(n.div_ceil(NR) * k.div_ceil(4) * NR * 4, 0);
         self.sums.clear();
         self.sums.resize(n, 0);
-        let flip = if to_domain(0, from, unsigned) == 0 {
-            0u8
+        if to_domain(0, from, unsigned) == 0 {
+            0
         } else {
             0x80
-        };
-        pack_b_panels(src, k, n, ld, flip, &mut self.data);
-        column_sums(src, k, n, ld, flip, unsigned, &mut self.sums);
+        }
     }
 
     /// An empty B operand for [`Packed::pack_b_rows`] to fill.
@@ -387,10 +499,117 @@ fn unit(
     vnni: bool,
 ) {
     for cp in cps {
+        let cols = Columns::new(b, g, cp * NR);
         for rp in rps.clone() {
+            #[cfg(target_arch = "x86_64")]
+            if vnni && cols.cols == NR && matches!(g.out, QOut::Requant { .. }) {
+                // SAFETY: `vnni` says the CPU has the features; the tile's
+                // columns are all real.
+                unsafe { vnni_tile_requant(a, b, g, rp, cp, &cols) };
+                continue;
+            }
             let mut acc = [[0i32; NR]; MR];
             tile(a, b, rp, cp, vnni, &mut acc);
-            store(a, b, g, rp * MR, cp * NR, &acc);
+            store(a, g, rp * MR, &cols, &acc);
+        }
+    }
+}
+
+/// A whole-width tile summed and requantized in registers: the VNNI
+/// sums go straight through the output stage in 512-bit vectors and
+/// leave as bytes. Through memory (sums stored to a tile array, reloaded
+/// per element, bytes narrowed by `vpmovdb` to memory) the output stage
+/// of a short-K product cost three times its products.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn vnni_tile_requant(
+    a: &Packed,
+    b: &Packed,
+    g: &QGemm,
+    rp: usize,
+    cp: usize,
+    cols: &Columns,
+) {
+    use std::arch::x86_64::*;
+    let QOut::Requant {
+        mult,
+        per_row,
+        zero,
+        lo,
+        hi,
+        out,
+    } = g.out
+    else {
+        return;
+    };
+    let (pa, pb) = (a.panel(rp), b.panel(cp));
+    // SAFETY: the panels hold k4 groups, as `vnni_tile` reads them.
+    let sums = unsafe {
+        if a.unsigned {
+            vnni_sums::<true>(pa, pb, a.k4())
+        } else {
+            vnni_sums::<false>(pa, pb, a.k4())
+        }
+    };
+    // SAFETY: the column arrays hold NR = 2 · 16 values each.
+    let load =
+        |v: &[i32; NR], h: usize| unsafe { _mm512_loadu_si512(v.as_ptr().add(16 * h) as *const _) };
+    let colsum = [load(&cols.colsum, 0), load(&cols.colsum, 1)];
+    let zb = [load(&cols.zb, 0), load(&cols.zb, 1)];
+    let cbias = [load(&cols.bias, 0), load(&cols.bias, 1)];
+    let cscale = (!per_row).then(|| {
+        let s = cols.scale.unwrap_or([0.0; NR]);
+        // SAFETY: as above.
+        unsafe {
+            [
+                _mm512_loadu_ps(s.as_ptr()),
+                _mm512_loadu_ps(s.as_ptr().add(16)),
+            ]
+        }
+    });
+    const MAGIC: f32 = 12_582_912.0;
+    let flo = _mm512_set1_ps((lo - zero) as f32);
+    let fhi = _mm512_set1_ps((hi - zero) as f32);
+    let magic = _mm512_set1_ps(MAGIC);
+    let back = _mm512_set1_epi32(zero - MAGIC.to_bits() as i32);
+    let k = a.k as i32;
+    let m0 = rp * MR;
+    for (r, row) in sums.iter().enumerate().take(MR.min(a.count - m0)) {
+        let m = m0 + r;
+        let za = pick(g.za, m);
+        let t = k * za - a.sums[m];
+        let row_bias = match g.bias {
+            Some(bias) if g.bias_per_row => pick(bias, m),
+            _ => 0,
+        };
+        let (vza, vt, vrb) = (
+            _mm512_set1_epi32(za),
+            _mm512_set1_epi32(t),
+            _mm512_set1_epi32(row_bias),
+        );
+        let scale = cscale.unwrap_or([_mm512_set1_ps(pickf(mult, m)); 2]);
+        let mut bytes = [_mm_setzero_si128(); 2];
+        for h in 0..2 {
+            // Σ(a-za)(b-zb) + bias = Σab - za·Σb + zb·t + bias.
+            let v = _mm512_add_epi32(
+                _mm512_sub_epi32(row[h], _mm512_mullo_epi32(vza, colsum[h])),
+                _mm512_add_epi32(
+                    _mm512_mullo_epi32(zb[h], vt),
+                    _mm512_add_epi32(cbias[h], vrb),
+                ),
+            );
+            // round_clamped: clamp (NaN → lo, as `max` returns its second
+            // operand), round half to even by the magic add, then + zero.
+            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale[h]);
+            let c = _mm512_min_ps(_mm512_max_ps(x, flo), fhi);
+            let q = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(c, magic)), back);
+            bytes[h] = _mm512_cvtepi32_epi8(q);
+        }
+        // SAFETY: row m, columns n0..n0 + NR are inside C; tiles are disjoint.
+        unsafe {
+            let dst = out.add(m * g.ldc + cols.n0);
+            _mm_storeu_si128(dst as *mut __m128i, bytes[0]);
+            _mm_storeu_si128(dst.add(16) as *mut __m128i, bytes[1]);
         }
     }
 }
@@ -459,6 +678,28 @@ unsafe fn vnni_tile<const A_UNSIGNED: bool>(
     acc: &mut [[i32; NR]; MR],
 ) {
     use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    let c = unsafe { vnni_sums::<A_UNSIGNED>(pa, pb, k4) };
+    for (r, cr) in c.iter().enumerate() {
+        // SAFETY: each row of `acc` holds NR = 32 i32s.
+        unsafe {
+            _mm512_storeu_si512(acc[r].as_mut_ptr() as *mut _, cr[0]);
+            _mm512_storeu_si512(acc[r].as_mut_ptr().add(16) as *mut _, cr[1]);
+        }
+    }
+}
+
+/// The sums of [`vnni_tile`] in registers: per row, two vectors of 16
+/// columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn vnni_sums<const A_UNSIGNED: bool>(
+    pa: &[u8],
+    pb: &[u8],
+    k4: usize,
+) -> [[std::arch::x86_64::__m512i; 2]; MR] {
+    use std::arch::x86_64::*;
     let mut c = [[_mm512_setzero_si512(); 2]; MR];
     let (mut ap, mut bp) = (pa.as_ptr(), pb.as_ptr());
     for _ in 0..k4 {
@@ -487,47 +728,69 @@ unsafe fn vnni_tile<const A_UNSIGNED: bool>(
             bp = bp.add(NR * 4);
         }
     }
-    for (r, cr) in c.iter().enumerate() {
-        // SAFETY: each row of `acc` holds NR = 32 i32s.
-        unsafe {
-            _mm512_storeu_si512(acc[r].as_mut_ptr() as *mut _, cr[0]);
-            _mm512_storeu_si512(acc[r].as_mut_ptr().add(16) as *mut _, cr[1]);
+    c
+}
+
+/// One column panel's share of the output stage, gathered once per panel
+/// (not per tile: with a short K, gathering them per tile cost more than
+/// the products) into tile-sized arrays, so the per-row loops are plain
+/// arithmetic on fixed-size arrays (vectorized).
+struct Columns {
+    n0: usize,
+    /// Real columns in this panel.
+    cols: usize,
+    colsum: [i32; NR],
+    zb: [i32; NR],
+    bias: [i32; NR],
+    scale: Option<[f32; NR]>,
+}
+
+impl Columns {
+    #[inline(always)]
+    fn new(b: &Packed, g: &QGemm, n0: usize) -> Columns {
+        let cols = NR.min(b.count - n0);
+        let gather = |v: &[i32]| {
+            let mut out = [0i32; NR];
+            for (c, o) in out.iter_mut().enumerate().take(cols) {
+                *o = pick(v, n0 + c);
+            }
+            out
+        };
+        let scale = match g.out {
+            QOut::Requant {
+                mult,
+                per_row: false,
+                ..
+            } => {
+                let mut out = [0f32; NR];
+                for (c, o) in out.iter_mut().enumerate().take(cols) {
+                    *o = pickf(mult, n0 + c);
+                }
+                Some(out)
+            }
+            _ => None,
+        };
+        Columns {
+            n0,
+            cols,
+            colsum: gather(&b.sums),
+            zb: gather(g.zb),
+            bias: match g.bias {
+                Some(bias) if !g.bias_per_row => gather(bias),
+                _ => [0; NR],
+            },
+            scale,
         }
     }
 }
 
 /// Corrects a tile's sums for the zero points and the bias and writes it
-/// through the output stage. Per-column parameters are gathered into
-/// tile-sized arrays first, so the per-row loops are plain arithmetic on
-/// fixed-size arrays (vectorized).
+/// through the output stage.
 #[inline(always)]
-fn store(a: &Packed, b: &Packed, g: &QGemm, m0: usize, n0: usize, acc: &[[i32; NR]; MR]) {
+fn store(a: &Packed, g: &QGemm, m0: usize, cols: &Columns, acc: &[[i32; NR]; MR]) {
     let rows = MR.min(a.count - m0);
-    let cols = NR.min(b.count - n0);
     let k = a.k as i32;
-    let col = |v: &[i32]| -> [i32; NR] {
-        std::array::from_fn(|c| if c < cols { pick(v, n0 + c) } else { 0 })
-    };
-    let colsum: [i32; NR] = col(&b.sums);
-    let zb: [i32; NR] = col(g.zb);
-    let col_bias: [i32; NR] = match g.bias {
-        Some(bias) if !g.bias_per_row => col(bias),
-        _ => [0; NR],
-    };
-    let col_scale: Option<[f32; NR]> = match g.out {
-        QOut::Requant {
-            mult,
-            per_row: false,
-            ..
-        } => Some(std::array::from_fn(|c| {
-            if c < cols {
-                pickf(mult, n0 + c)
-            } else {
-                0.0
-            }
-        })),
-        _ => None,
-    };
+    let n0 = cols.n0;
     for (r, row) in acc.iter().enumerate().take(rows) {
         let m = m0 + r;
         let za = pick(g.za, m);
@@ -537,16 +800,27 @@ fn store(a: &Packed, b: &Packed, g: &QGemm, m0: usize, n0: usize, acc: &[[i32; N
             Some(bias) if g.bias_per_row => pick(bias, m),
             _ => 0,
         };
-        let mut v = [0i32; NR];
-        for c in 0..NR {
-            v[c] = row[c] - za * colsum[c] + zb[c] * t + col_bias[c] + row_bias;
-        }
+        // One expression per element, used where it is stored: through an
+        // array on the stack, the 512-bit values were stored and reloaded
+        // (two 256-bit halves on Zen 4, which store forwarding does not
+        // serve as one load), a stall per row that made a short-K
+        // product's output stage cost more than its products.
+        let v = |c: usize| row[c] - za * cols.colsum[c] + cols.zb[c] * t + cols.bias[c] + row_bias;
         let at = m * g.ldc + n0;
         match g.out {
             QOut::I32 { out } => {
                 // SAFETY: (m, n0..n0 + cols) is inside C; tiles are disjoint.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), cols) };
-                dst.copy_from_slice(&v[..cols]);
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), cols.cols) };
+                if let Ok(dst) = <&mut [i32; NR]>::try_from(&mut *dst) {
+                    // A whole row at a constant length (vectorized).
+                    for (c, d) in dst.iter_mut().enumerate() {
+                        *d = v(c);
+                    }
+                } else {
+                    for (c, d) in dst.iter_mut().enumerate() {
+                        *d = v(c);
+                    }
+                }
             }
             QOut::Requant {
                 mult,
@@ -556,15 +830,21 @@ fn store(a: &Packed, b: &Packed, g: &QGemm, m0: usize, n0: usize, acc: &[[i32; N
                 out,
                 ..
             } => {
-                let s: [f32; NR] = col_scale.unwrap_or([pickf(mult, m); NR]);
+                let s: [f32; NR] = cols.scale.unwrap_or([pickf(mult, m); NR]);
                 let (flo, fhi) = ((lo - zero) as f32, (hi - zero) as f32);
-                let mut q = [0u8; NR];
-                for c in 0..NR {
-                    q[c] = (round_clamped(v[c] as f32 * s[c], flo, fhi) + zero) as u8;
-                }
+                let q = |c: usize| (round_clamped(v(c) as f32 * s[c], flo, fhi) + zero) as u8;
                 // SAFETY: as above.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), cols) };
-                dst.copy_from_slice(&q[..cols]);
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.add(at), cols.cols) };
+                if let Ok(dst) = <&mut [u8; NR]>::try_from(&mut *dst) {
+                    // A whole row at a constant length (vectorized).
+                    for (c, d) in dst.iter_mut().enumerate() {
+                        *d = q(c);
+                    }
+                } else {
+                    for (c, d) in dst.iter_mut().enumerate() {
+                        *d = q(c);
+                    }
+                }
             }
         }
     }
@@ -619,6 +899,32 @@ pub(super) mod tests {
                     let b = Packed::from_rows(count, k, &src, ld, from, unsigned);
                     assert_eq!(a.data, b.data, "{count}x{k} {from:?} {unsigned}");
                     assert_eq!(a.sums, b.sums, "{count}x{k} {from:?} {unsigned}");
+                }
+            }
+        }
+    }
+
+    /// The B packers (matrix rows and generated rows; vector whole
+    /// panels, portable partial ones) give the element-wise packer's
+    /// panels and column sums.
+    #[test]
+    fn b_packers_pack_as_new_does() {
+        for (k, n) in [(1, 1), (5, 31), (7, 32), (9, 33), (16, 64), (13, 100)] {
+            let src = lcg_bytes(k as u64 * 7 + n as u64, k * n);
+            for from in [Int8::U8, Int8::I8] {
+                for unsigned in [true, false] {
+                    let want = Packed::new(n, k, NR, from, unsigned, |c, kk| src[kk * n + c]);
+                    let mut rows = Packed::empty();
+                    rows.pack_b_rows(&src, k, n, n, from, unsigned);
+                    let mut generated = Packed::empty();
+                    let mut staging = vec![];
+                    generated.pack_b_generated(k, n, from, unsigned, &mut staging, |kk, row| {
+                        row.copy_from_slice(&src[kk * n..(kk + 1) * n])
+                    });
+                    for got in [&rows, &generated] {
+                        assert_eq!(got.data, want.data, "{k}x{n} {from:?} {unsigned}");
+                        assert_eq!(got.sums, want.sums, "{k}x{n} {from:?} {unsigned}");
+                    }
                 }
             }
         }
@@ -694,6 +1000,66 @@ pub(super) mod tests {
                     let mut fast = [[0i32; NR]; MR];
                     tile(&pa, &pb, 0, 0, has_vnni(), &mut fast);
                     assert_eq!(port[0], fast);
+                }
+            }
+        }
+    }
+
+    /// The requantizing output stage (the in-register VNNI one for whole
+    /// tiles, the array one for partial tiles and other CPUs) gives what
+    /// [`requant`] gives on the exact sums: scales per row and per column,
+    /// per-row zero points, an activation's bounds, signed output.
+    #[test]
+    fn requantized_products_match_requant_of_exact_sums() {
+        for (m, k, n) in [(8, 16, 32), (17, 36, 70), (3, 5, 96), (16, 64, 64)] {
+            let av = lcg_bytes(7 + m as u64, m * k);
+            let bv = lcg_bytes(8 + n as u64, k * n);
+            let za: Vec<i32> = (0..m).map(|i| (i as i32 % 5) - 2).collect();
+            let zb = [131];
+            let bias: Vec<i32> = (0..m).map(|i| i as i32 * 31 - 90).collect();
+            let exact: Vec<i32> = (0..m * n)
+                .map(|at| {
+                    let (i, j) = (at / n, at % n);
+                    (0..k)
+                        .map(|kk| {
+                            (av[i * k + kk] as i8 as i32 - za[i]) * (bv[kk * n + j] as i32 - zb[0])
+                        })
+                        .sum::<i32>()
+                        + bias[i]
+                })
+                .collect();
+            let pa = Packed::new(m, k, MR, Int8::I8, false, |r, kk| av[r * k + kk]);
+            let mut pb = Packed::empty();
+            pb.pack_b_rows(&bv, k, n, n, Int8::U8, true);
+            let row_mult: Vec<f32> = (0..m).map(|i| 0.002 * (i + 1) as f32).collect();
+            let col_mult: Vec<f32> = (0..n).map(|j| 0.001 * (j % 7 + 1) as f32).collect();
+            for (mult, per_row, zero, lo, hi) in [
+                (&row_mult, true, 7, 0, 255),
+                (&col_mult, false, 128, 128, 200),
+                (&row_mult, true, -3, -128, 127),
+            ] {
+                let mut out = vec![0u8; m * n];
+                let g = QGemm {
+                    za: &za,
+                    zb: &zb,
+                    bias: Some(&bias),
+                    bias_per_row: true,
+                    ldc: n,
+                    out: QOut::Requant {
+                        mult,
+                        per_row,
+                        zero,
+                        lo,
+                        hi,
+                        out: out.as_mut_ptr(),
+                    },
+                };
+                qgemm(&pa, &pb, &g, 1);
+                for (at, &got) in out.iter().enumerate() {
+                    let (i, j) = (at / n, at % n);
+                    let s = if per_row { mult[i] } else { mult[j] };
+                    let want = requant(exact[at], s, zero, lo, hi) as u8;
+                    assert_eq!(got, want, "{m}x{k}x{n} per_row {per_row} at {i},{j}");
                 }
             }
         }
