@@ -360,7 +360,7 @@ fn evaluate(m: &Module, node: &Node, budget: &Budget) -> Option<Vec<TensorData>>
 /// outputs are its results (declared types kept, so the interpreter checks
 /// the kernel's results against them). Kernel errors and panics mean "do
 /// not fold": the node stays and fails at run time as it would have.
-fn run_one_node(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
+pub(crate) fn run_one_node(m: &Module, node: &Node) -> Option<Vec<TensorData>> {
     let mut t = Module::new("constant-fold");
     let mut map: HashMap<ValueId, ValueId> = HashMap::new();
     for &v in node.inputs.iter().flatten() {

@@ -31,6 +31,12 @@
 //!
 //! The DQ nodes are left for DCE; a pattern's float op is removed only when
 //! the Q is its one user.
+//!
+//! Some tools write weights as f32 with their `QuantizeLinear` in the
+//! graph (`DQ(Q(w))`; onnxruntime's `quantize_static` did before 1.12).
+//! Such a `QuantizeLinear` of constants becomes its 8-bit constant first,
+//! evaluated by the interpreter like any constant fold, so those convs
+//! fold too and their weights are stored 8-bit.
 
 use std::collections::HashMap;
 
@@ -147,6 +153,7 @@ fn fold_region(m: &mut Module, r: &mut Region, uses: &HashMap<ValueId, usize>) -
             changed |= fold_region(m, sub, uses);
         }
     }
+    changed |= quantize_constants(m, r);
     let mut def: HashMap<ValueId, usize> = HashMap::new();
     for (i, n) in r.nodes.iter().enumerate() {
         for &o in &n.outputs {
@@ -190,6 +197,43 @@ fn fold_region(m: &mut Module, r: &mut Region, uses: &HashMap<ValueId, usize>) -
         r.nodes.push(replace.remove(&i).unwrap_or(n));
     }
     true
+}
+
+/// Replaces each `QuantizeLinear` whose operands are all constants by its
+/// 8-bit result (see the module comment).
+fn quantize_constants(m: &mut Module, r: &mut Region) -> bool {
+    let mut changed = false;
+    let nodes = std::mem::take(&mut r.nodes);
+    for node in nodes {
+        let constant = node.op == "QuantizeLinear"
+            && node.outputs.len() == 1
+            && node
+                .inputs
+                .iter()
+                .flatten()
+                .all(|&v| m.constant(v).is_some_and(|d| !d.is_elided()));
+        let data = constant
+            .then(|| super::constant_fold::run_one_node(m, &node))
+            .flatten()
+            .and_then(|mut d| d.pop());
+        match data {
+            Some(d) if elem(m, node.outputs[0]) == Some(d.elem) => {
+                let o = node.outputs[0];
+                if let Some(t) = m.ty(o).as_tensor() {
+                    let ty = kiln_ir::Type::Tensor(kiln_ir::TensorType {
+                        quant: t.quant.clone(),
+                        ..kiln_ir::TensorType::known(d.elem, &d.shape)
+                    });
+                    m.set_ty(o, ty);
+                }
+                m.set_constant(o, Some(std::sync::Arc::new(d)));
+                r.constants.push(o);
+                changed = true;
+            }
+            _ => r.nodes.push(node),
+        }
+    }
+    changed
 }
 
 /// `MatMul(DQ(x), DQ(w))` at `i` as `Cast(MatMulInteger) · scale`, where
