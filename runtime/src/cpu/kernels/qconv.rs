@@ -21,7 +21,9 @@ use std::cell::Cell;
 
 use super::common::for_each_unit;
 use super::conv::{ConvAttrs, ConvPlan};
-use super::qgemm::{qgemm, requant, round_clamped, shifted_zero, Int8, Packed, QGemm, QOut, MR};
+use super::qgemm::{
+    qgemm, requant, round_clamped, shifted_zero, Int8, Packed, QGemm, QOut, MR, NR,
+};
 
 thread_local! {
     static SCRATCH: Cell<Option<(Vec<u8>, Packed)>> = const { Cell::new(None) };
@@ -84,6 +86,9 @@ pub struct QConvPlan {
     direct: Option<Vec<i32>>,
     /// The direct path on the f32 kernels, where that is exact.
     exact: Option<ExactF32>,
+    /// Bytes of B a GEMM unit packs at most (tests shrink it to cover
+    /// blocks that start and end inside output rows).
+    block_bytes: usize,
     bias: Vec<i32>,
     out: QConvOut,
 }
@@ -163,9 +168,17 @@ impl QConvPlan {
             w_zero_a,
             direct,
             exact,
+            block_bytes: 96 << 10,
             bias,
             out,
         })
+    }
+
+    /// This plan with GEMM units of one column panel (tests).
+    #[cfg(test)]
+    fn smallest_blocks(mut self) -> QConvPlan {
+        self.block_bytes = 1;
+        self
     }
 
     /// This plan without the exact-f32 path (tests compare the two).
@@ -229,54 +242,67 @@ impl QConvPlan {
         }
         let cg = c / g.group;
         let mg = g.m / g.group;
-        let taps = g.kernel[0] * g.kernel[1];
-        let k = cg * taps;
+        let k = cg * g.kernel[0] * g.kernel[1];
         let zb = [shifted_zero(x_zero, self.x_type, true)];
-        // This thread's im2col and packing buffers, reused across runs
-        // (fresh ones cost page faults on every call); taken out for the
-        // call, so a re-entrant call makes its own.
-        let (mut cols, mut pb) = SCRATCH
-            .with(Cell::take)
-            .unwrap_or_else(|| (vec![], Packed::empty()));
-        for img in 0..n {
-            for gi in 0..g.group {
-                let xg = &x[(img * c + gi * cg) * h * w..(img * c + (gi + 1) * cg) * h * w];
-                if self.pointwise() {
-                    pb.pack_b_rows(xg, k, ohw, ohw, self.x_type, true);
-                } else {
-                    pb.pack_b_generated(k, ohw, self.x_type, true, &mut cols, |kk, row| {
-                        self.im2col_row(xg, kk, x_zero as u8, row)
-                    });
-                }
-                let m0 = gi * mg;
-                let at = (img * g.m + m0) * ohw;
-                let qout = match &self.out {
-                    QConvOut::Requant { mult, zero, lo, hi } => QOut::Requant {
-                        mult: &mult[m0..m0 + mg],
-                        per_row: true,
-                        zero: *zero,
-                        lo: *lo,
-                        hi: *hi,
-                        // SAFETY: `out` holds n·m·ohw bytes.
-                        out: unsafe { out.add(at) },
-                    },
-                    QConvOut::I32 => QOut::I32 {
-                        // SAFETY: `out` holds n·m·ohw i32s.
-                        out: unsafe { (out as *mut i32).add(at) },
-                    },
-                };
-                let gemm = QGemm {
-                    za: &self.w_zero_a[m0..m0 + mg],
-                    zb: &zb,
-                    bias: Some(&self.bias[m0..m0 + mg]),
-                    bias_per_row: true,
-                    ldc: ohw,
-                    out: qout,
-                };
-                qgemm(&self.packed[gi], &pb, &gemm, threads);
-            }
+        // Units: (image, group, block of output positions), each packing
+        // its own block of B (made from the input as it is packed) and
+        // multiplying it by all of the group's weights on one thread, so
+        // the packing runs in parallel too and a block stays in L2 while
+        // every weight row passes over it. A block is at most ~96 KiB of
+        // B, and small enough to give each thread two units.
+        let parallel = threads > 1 && self.ops() >= super::common::PAR_FLOPS;
+        let mut block = (self.block_bytes / k.max(1)).max(NR) / NR * NR;
+        if parallel {
+            block = block.min(ohw.div_ceil(2 * threads).div_ceil(NR) * NR);
         }
-        SCRATCH.with(|c| c.set(Some((cols, pb))));
+        let blocks = ohw.div_ceil(block);
+        let out_addr = out as usize;
+        for_each_unit(parallel, n * g.group * blocks, |u| {
+            let (img, gi, b) = (u / (g.group * blocks), u / blocks % g.group, u % blocks);
+            let cols = b * block..((b + 1) * block).min(ohw);
+            let xg = &x[(img * c + gi * cg) * h * w..(img * c + (gi + 1) * cg) * h * w];
+            // This thread's im2col and packing buffers, reused across runs
+            // (fresh ones cost page faults on every call); taken out for
+            // the unit, so a re-entrant call makes its own.
+            let (mut staging, mut pb) = SCRATCH
+                .with(Cell::take)
+                .unwrap_or_else(|| (vec![], Packed::empty()));
+            if self.pointwise() {
+                pb.pack_b_rows(&xg[cols.start..], k, cols.len(), ohw, self.x_type, true);
+            } else {
+                pb.pack_b_generated(k, cols.len(), self.x_type, true, &mut staging, |kk, row| {
+                    self.im2col_row(xg, kk, x_zero as u8, cols.clone(), row)
+                });
+            }
+            let m0 = gi * mg;
+            let at = (img * g.m + m0) * ohw + cols.start;
+            let qout = match &self.out {
+                QConvOut::Requant { mult, zero, lo, hi } => QOut::Requant {
+                    mult: &mult[m0..m0 + mg],
+                    per_row: true,
+                    zero: *zero,
+                    lo: *lo,
+                    hi: *hi,
+                    // SAFETY: `out` holds n·m·ohw bytes; units write the
+                    // disjoint column blocks of their rows.
+                    out: unsafe { (out_addr as *mut u8).add(at) },
+                },
+                QConvOut::I32 => QOut::I32 {
+                    // SAFETY: `out` holds n·m·ohw i32s; as above.
+                    out: unsafe { (out_addr as *mut i32).add(at) },
+                },
+            };
+            let gemm = QGemm {
+                za: &self.w_zero_a[m0..m0 + mg],
+                zb: &zb,
+                bias: Some(&self.bias[m0..m0 + mg]),
+                bias_per_row: true,
+                ldc: ohw,
+                out: qout,
+            };
+            qgemm(&self.packed[gi], &pb, &gemm, 1);
+            SCRATCH.with(|c| c.set(Some((staging, pb))));
+        });
         Ok(())
     }
 
@@ -324,13 +350,21 @@ impl QConvPlan {
         F32_SCRATCH.with(|c| c.set(Some((xf, sums))));
     }
 
-    /// Row `kk` = `(ci, i, j)` of the columns of one group's input `xg`:
-    /// tap (i, j) of channel ci for every output position `(oh, ow)`;
-    /// taps outside the input read `pad`, the zero point's own byte.
-    fn im2col_row(&self, xg: &[u8], kk: usize, pad: u8, dst: &mut [u8]) {
+    /// Columns `cols` (output positions `oh · ow + ow`) of row `kk` =
+    /// `(ci, i, j)` of the im2col of one group's input `xg`: tap (i, j) of
+    /// channel ci at each of those positions; taps outside the input read
+    /// `pad`, the zero point's own byte.
+    fn im2col_row(
+        &self,
+        xg: &[u8],
+        kk: usize,
+        pad: u8,
+        cols: std::ops::Range<usize>,
+        dst: &mut [u8],
+    ) {
         let g = &self.g;
         let [_, _, h, w] = g.x;
-        let [oh, ow] = g.out;
+        let ow = g.out[1];
         let [kh, kw] = g.kernel;
         let (ci, i, j) = (kk / (kh * kw), kk / kw % kh, kk % kw);
         let plane = &xg[ci * h * w..(ci + 1) * h * w];
@@ -348,21 +382,30 @@ impl QConvPlan {
             ((w as isize - off) as usize).div_ceil(s).min(ow)
         }
         .max(lo);
-        for y in 0..oh {
+        let mut at = cols.start;
+        while at < cols.end {
+            // The part of output row y in this block: x0..x1.
+            let (y, x0) = (at / ow, at % ow);
+            let x1 = ow.min(x0 + (cols.end - at));
+            let line = &mut dst[at - cols.start..at - cols.start + (x1 - x0)];
+            at += x1 - x0;
             let iy = (y * g.strides[0] + i * g.dilations[0]) as isize - g.pads[0] as isize;
-            let line = &mut dst[y * ow..(y + 1) * ow];
             if iy < 0 || iy >= h as isize {
                 line.fill(pad);
                 continue;
             }
             let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-            line[..lo].fill(pad);
-            line[hi..].fill(pad);
-            let first = (lo as isize * s as isize + off) as usize;
-            if s == 1 {
-                line[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-            } else {
-                strided_bytes(&mut line[lo..hi], &src[first..], s);
+            let (a, b) = (lo.clamp(x0, x1), hi.clamp(x0, x1));
+            line[..a - x0].fill(pad);
+            line[b - x0..].fill(pad);
+            if a < b {
+                let first = (a as isize * s as isize + off) as usize;
+                let part = &mut line[a - x0..b - x0];
+                if s == 1 {
+                    part.copy_from_slice(&src[first..first + (b - a)]);
+                } else {
+                    strided_bytes(part, &src[first..], s);
+                }
             }
         }
     }
@@ -833,6 +876,13 @@ mod tests {
             // SAFETY: as above.
             unsafe { integer.run(&xv, None, direct.as_mut_ptr() as *mut u8, 2) }.unwrap();
             assert_eq!(direct, got, "{x:?} g{group}: integer direct path");
+            // GEMM units of one column panel, starting and ending inside
+            // output rows, give the same sums.
+            let mut blocked = vec![0i32; got.len()];
+            let small = plan.clone().smallest_blocks();
+            // SAFETY: as above.
+            unsafe { small.run(&xv, None, blocked.as_mut_ptr() as *mut u8, 2) }.unwrap();
+            assert_eq!(blocked, got, "{x:?} g{group}: column blocks");
             let rq = QConvOut::Requant {
                 mult: (0..m).map(|i| 0.0003 * (i + 1) as f32).collect(),
                 zero: 9,
