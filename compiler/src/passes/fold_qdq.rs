@@ -368,6 +368,78 @@ fn match_q(
     Some((node, pi))
 }
 
+/// The i32 bias of a folded conv from its float bias `b`: the integer
+/// operand of `DQ(i32 constant)` at scale `x_scale · w_scale` (the form
+/// tools write) as it is; otherwise, a bias whose values are constants
+/// (an f32 constant, or the DQ of a constant at another scale, through
+/// `Identity`s: exporters share equal biases that way) rounded to the
+/// nearest step of that scale, within half a step of the accumulator,
+/// far below one step of the 8-bit result.
+fn bias_operand(
+    m: &mut Module,
+    r: &mut Region,
+    def: &HashMap<ValueId, usize>,
+    b: ValueId,
+    dx: &Dq,
+    dw: &Dq,
+    out_ch: usize,
+) -> Option<ValueId> {
+    let mut b = b;
+    while let Some(n) = def.get(&b).map(|&i| &r.nodes[i]) {
+        if n.op != "Identity" {
+            break;
+        }
+        b = n.input(0)?;
+    }
+    let step = |c: usize| {
+        let sw = dw.scales[if dw.scales.len() == 1 { 0 } else { c }];
+        (dx.scales[0] as f32 * sw as f32) as f64
+    };
+    let values: Vec<f64> = match dq_of(m, r, def, b) {
+        Some(db) => {
+            let exact = elem(m, db.q) == Some(ElemType::I32)
+                && m.constant(db.q).is_some()
+                && db.zeros.iter().all(|&z| z == 0)
+                && (0..out_ch).all(|c| {
+                    let sb = db.scales[if db.scales.len() == 1 { 0 } else { c }];
+                    product_scale(
+                        sb,
+                        dx.scales[0],
+                        dw.scales[if dw.scales.len() == 1 { 0 } else { c }],
+                    )
+                });
+            if exact {
+                return Some(db.q);
+            }
+            let q = m.constant(db.q)?.to_i64_vec()?;
+            if q.len() != out_ch || !(db.scales.len() == 1 || db.scales.len() == out_ch) {
+                return None;
+            }
+            let pick = |v: &[f64], c: usize| v[if v.len() == 1 { 0 } else { c }];
+            let zeros: Vec<f64> = db.zeros.iter().map(|&z| z as f64).collect();
+            (0..out_ch)
+                .map(|c| (q[c] as f64 - pick(&zeros, c)) * pick(&db.scales, c))
+                .collect()
+        }
+        None if elem(m, b) == Some(ElemType::F32) => m.constant(b)?.to_f64_vec()?,
+        None => return None,
+    };
+    if values.len() != out_ch {
+        return None;
+    }
+    let ints: Vec<i32> = (0..out_ch)
+        .map(|c| {
+            let v = (values[c] / step(c)).round();
+            (v.is_finite() && v.abs() < i32::MAX as f64).then_some(v as i32)
+        })
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = ints.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let data = TensorData::from_bytes(ElemType::I32, vec![out_ch as u64], bytes).ok()?;
+    let id = m.add_constant_unique("bias_quantized", std::sync::Arc::new(data));
+    r.constants.push(id);
+    Some(id)
+}
+
 fn conv(
     m: &mut Module,
     r: &mut Region,
@@ -390,21 +462,7 @@ fn conv(
     }
     let bias = match p.input(2) {
         None => None,
-        Some(b) => {
-            let db = dq_of(m, r, def, b)?;
-            let ok = elem(m, db.q) == Some(ElemType::I32)
-                && m.constant(db.q).is_some()
-                && db.zeros.iter().all(|&z| z == 0)
-                && (0..out_ch).all(|c| {
-                    let sb = db.scales[if db.scales.len() == 1 { 0 } else { c }];
-                    let sw = dw.scales[if per_channel { c } else { 0 }];
-                    product_scale(sb, dx.scales[0], sw)
-                });
-            if !ok {
-                return None;
-            }
-            Some(db.q)
-        }
+        Some(b) => Some(bias_operand(m, r, def, b, &dx, &dw, out_ch)?),
     };
     let zx = zero_of(m, r, &dx, xe?)?;
     let zw = zero_of(m, r, &dw, we?)?;
