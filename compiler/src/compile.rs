@@ -113,10 +113,11 @@ pub fn pass_names() -> Vec<&'static str> {
 
 /// The optimization passes a target leaves out: the gpu has no
 /// weight-only quantized kernel, so it keeps constant folding's f32
-/// weights instead of `kiln.DequantMatMul`.
+/// weights instead of `kiln.DequantMatMul`, and no 8-bit table lookup
+/// (`kiln.Lookup`), so it keeps QDQ activations as float ops.
 pub fn skipped_passes(target: &str) -> &'static [&'static str] {
     match target {
-        "gpu" => &["fold-weight-dq"],
+        "gpu" => &["fold-weight-dq", "qdq-lookup"],
         _ => &[],
     }
 }

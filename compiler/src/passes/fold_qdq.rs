@@ -52,7 +52,7 @@ pub fn run(m: &mut Module) -> Result<bool, String> {
 }
 
 /// Uses of every value anywhere: operands and region outputs.
-fn count_uses(r: &Region, uses: &mut HashMap<ValueId, usize>) {
+pub(super) fn count_uses(r: &Region, uses: &mut HashMap<ValueId, usize>) {
     for n in &r.nodes {
         for &v in n.inputs.iter().flatten() {
             *uses.entry(v).or_default() += 1;

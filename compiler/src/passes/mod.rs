@@ -3,7 +3,8 @@
 //! are lists of passes and fixed-point groups, built per optimization level.
 //!
 //! - `-O0`: nothing (the imported module).
-//! - `-O1`: QDQ folding (quantized models to integer ops), then cleanup
+//! - `-O1`: QDQ folding (quantized models to integer ops and 8-bit
+//!   tables), then cleanup
 //!   to a fixed point: constant folding, simplification,
 //!   CSE, DCE.
 //! - `-O2` (default): cleanup, then fusion, then cleanup again.
@@ -26,6 +27,7 @@ pub mod fold_weight_dq;
 pub mod fuse;
 pub mod hoist_casts;
 pub mod memory_plan;
+pub mod qdq_lookup;
 pub mod resolve_pads;
 pub mod sequence_split;
 pub mod simplify;
@@ -78,6 +80,11 @@ pub const PASSES: &[Pass] = &[
         run: fold_qdq::run,
         summary:
             "QDQ-form quantized Conv, MatMul and movement ops to integer ops (weights stay 8-bit)",
+    },
+    Pass {
+        name: "qdq-lookup",
+        run: qdq_lookup::run,
+        summary: "functions of one 8-bit tensor in QDQ form (activations, requantizing Concat inputs) to 256-entry tables",
     },
     Pass {
         name: "fold-weight-dq",
@@ -140,9 +147,10 @@ pub fn pipeline(level: u8) -> Vec<Step> {
     // weights it folds into f32 copies.
     match level {
         0 => vec![],
-        1 => vec![p("fold-qdq"), p("fold-weight-dq"), cleanup],
+        1 => vec![p("fold-qdq"), p("qdq-lookup"), p("fold-weight-dq"), cleanup],
         _ => vec![
             p("fold-qdq"),
+            p("qdq-lookup"),
             p("fold-weight-dq"),
             cleanup.clone(),
             p("fuse"),

@@ -128,7 +128,50 @@ pub(super) static KILN_SCHEMAS: &[RawSchema] = &[
         ],
         summary: "A Conv whose epilogue rides on its tiles: Y = activation(Conv(X, W, B) + Z), Z (the residual) optional, activation `Relu` or none.",
     },
+    RawSchema {
+        name: "kiln.Lookup",
+        domain: "kiln",
+        since_version: 1,
+        deprecated: false,
+        min_inputs: 2,
+        max_inputs: 2,
+        min_outputs: 1,
+        max_outputs: 1,
+        input_names: &["X", "Table"],
+        input_options: &[ParamOption::Single, ParamOption::Single],
+        output_names: &["Y"],
+        attrs: &[],
+        summary: "A function of 8-bit values by table: Y[i] = Table[X[i] - lowest value of X's type].",
+    },
 ];
+
+/// `kiln.Lookup`: X's shape, the table's element type; X and the table
+/// are 8-bit, the table a vector of 256 values.
+pub(super) fn lookup(c: &InferCtx) -> Result<Vec<Type>, InferError> {
+    let invalid = |msg: String| InferError::Invalid(msg);
+    let (Some(Type::Tensor(x)), Some(Type::Tensor(table))) = (c.input(0), c.input(1)) else {
+        return Err(invalid("kiln.Lookup takes two tensors".into()));
+    };
+    let byte = |e: crate::ElemType| matches!(e, crate::ElemType::U8 | crate::ElemType::I8);
+    if !byte(x.elem) || !byte(table.elem) {
+        return Err(invalid(format!(
+            "X and Table must be u8 or i8, not {} and {}",
+            x.elem, table.elem
+        )));
+    }
+    if let Some(dims) = table.static_shape() {
+        if dims != [256] {
+            return Err(invalid(format!(
+                "Table must have shape [256], not {dims:?}"
+            )));
+        }
+    }
+    Ok(vec![Type::Tensor(crate::TensorType {
+        elem: table.elem,
+        quant: None,
+        ..x.clone()
+    })])
+}
 
 /// `kiln.Fusion`: the results have the types of the body's outputs.
 pub(super) fn fusion(c: &InferCtx) -> Result<Vec<Type>, InferError> {

@@ -280,6 +280,7 @@ fn lower_node(
         "DynamicQuantizeLinear" => quant::dynamic_quantize(m, n),
         "QLinearConv" | "ConvInteger" => quant::conv(m, n),
         "QLinearMatMul" | "MatMulInteger" => quant::matmul(m, n),
+        "kiln.Lookup" => quant::lookup(m, n),
         op => fusion::single_node_loop(m, n, target)
             .map_err(|e| format!("no native kernel for {op} ({e})")),
     }

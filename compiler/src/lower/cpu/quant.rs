@@ -11,7 +11,8 @@ use kiln_ir::{Attr, ElemType, Module, Node, ValueId};
 use kiln_runtime::cpu::kernels::qconv::{QConvGeometry, QConvOut, QConvPlan};
 use kiln_runtime::cpu::kernels::qgemm::{Int8, Packed};
 use kiln_runtime::cpu::steps::quant::{
-    int8_of, AxisSplit, Dequantize, DynamicQuantize, QConv, QMatB, QMatMul, QMatOut, Quantize,
+    int8_of, AxisSplit, Dequantize, DynamicQuantize, Lookup8, QConv, QMatB, QMatMul, QMatOut,
+    Quantize,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -96,6 +97,26 @@ pub(super) fn quantize(m: &Module, n: &Node) -> Result<NativeStep, String> {
     Ok(NativeStep::new(
         Box::new(Quantize { split }),
         "QuantizeLinear",
+        0.0,
+    ))
+}
+
+/// `kiln.Lookup` of 8-bit values by a constant table of 256 bytes.
+pub(super) fn lookup(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = int8_of(elem(m, operand(n, 0)?).ok_or("no operand type")?)?;
+    let t = operand(n, 1)?;
+    int8_of(elem(m, t).ok_or("no table type")?)?;
+    let bytes = m
+        .constant(t)
+        .and_then(|d| d.bytes())
+        .ok_or("the table is not a constant")?;
+    let table: [u8; 256] = bytes
+        .try_into()
+        .map_err(|_| format!("the table has {} values, not 256", bytes.len()))?;
+    let flip = if x == Int8::I8 { 0x80 } else { 0 };
+    Ok(NativeStep::new(
+        Box::new(Lookup8 { table, flip }),
+        "Lookup (8-bit)",
         0.0,
     ))
 }

@@ -254,6 +254,7 @@ pub(crate) fn rule_for(op: &str) -> Option<InferFn> {
         "kiln.Fusion" => super::kiln::fusion,
         "kiln.FusedConv" => fused_conv,
         "kiln.DequantMatMul" => dequant_matmul,
+        "kiln.Lookup" => super::kiln::lookup,
         _ => return None,
     })
 }

@@ -758,3 +758,102 @@ impl NativeKernel for MaxPool8 {
         Ok(())
     }
 }
+
+/// `kiln.Lookup`: `y[i] = table[x[i] - lowest]` on 8-bit values (a u8's
+/// value, an i8's value + 128, which is its byte with the top bit
+/// flipped: `flip`). The table, 256 bytes, is the whole function: a pass
+/// evaluated whatever chain of float ops it stands for at compile time.
+pub struct Lookup8 {
+    pub table: [u8; 256],
+    pub flip: u8,
+}
+
+impl NativeKernel for Lookup8 {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        let (x, _) = bytes8(&operand(inputs, 0)?)?;
+        let out = result(outputs, 0)?;
+        if out.len() != x.len() || out.elem().storage_bytes(1) != Some(1) {
+            return Err("kiln.Lookup: the result does not match the operand".into());
+        }
+        let out_addr = out.bytes_ptr() as usize;
+        // Chunks of 64 KiB: memory speed on one thread, so only large
+        // tensors split.
+        const CHUNK: usize = 1 << 16;
+        let chunks = x.len().div_ceil(CHUNK);
+        for_each_unit(threads > 1 && chunks > 1, chunks, |c| {
+            let range = c * CHUNK..((c + 1) * CHUNK).min(x.len());
+            // SAFETY: the result holds `x.len()` bytes; units write
+            // disjoint ranges of it.
+            let y = unsafe {
+                std::slice::from_raw_parts_mut((out_addr as *mut u8).add(range.start), range.len())
+            };
+            lookup_bytes(&x[range], &self.table, self.flip, y);
+        });
+        Ok(())
+    }
+}
+
+/// `y[i] = table[x[i] ^ flip]`: on AVX-512 VBMI 64 bytes at a time (two
+/// 128-entry `vpermi2b` lookups, chosen by the index's top bit), else a
+/// byte at a time from the table in L1.
+fn lookup_bytes(x: &[u8], table: &[u8; 256], flip: u8, y: &mut [u8]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512vbmi") && std::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has the features.
+        done = unsafe { lookup_vbmi(x, table, flip, y) };
+    }
+    for (d, &b) in y[done..].iter_mut().zip(&x[done..]) {
+        *d = table[(b ^ flip) as usize];
+    }
+}
+
+/// The whole 64-byte chunks of [`lookup_bytes`]; how many bytes it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn lookup_vbmi(x: &[u8], table: &[u8; 256], flip: u8, y: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    // SAFETY: the table holds 4 × 64 bytes.
+    let t: [__m512i; 4] = std::array::from_fn(|i| unsafe {
+        _mm512_loadu_si512(table.as_ptr().add(64 * i) as *const _)
+    });
+    let vflip = _mm512_set1_epi8(flip as i8);
+    let whole = x.len().min(y.len()) / 64 * 64;
+    for at in (0..whole).step_by(64) {
+        // SAFETY: `at + 64 <= whole` bytes of x and y.
+        unsafe {
+            let i = _mm512_xor_si512(_mm512_loadu_si512(x.as_ptr().add(at) as *const _), vflip);
+            let lo = _mm512_permutex2var_epi8(t[0], i, t[1]);
+            let hi = _mm512_permutex2var_epi8(t[2], i, t[3]);
+            let v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(i), lo, hi);
+            _mm512_storeu_si512(y.as_mut_ptr().add(at) as *mut _, v);
+        }
+    }
+    whole
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+
+    /// The vector lookup gives the table's value for every byte, at every
+    /// length around the chunk size, for both index domains.
+    #[test]
+    fn lookup_bytes_reads_the_table() {
+        let table: [u8; 256] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+        for flip in [0u8, 0x80] {
+            for n in [0usize, 1, 63, 64, 65, 200, 256 + 7] {
+                let x: Vec<u8> = (0..n).map(|i| (i * 97 + 3) as u8).collect();
+                let mut y = vec![0u8; n];
+                lookup_bytes(&x, &table, flip, &mut y);
+                let want: Vec<u8> = x.iter().map(|&b| table[(b ^ flip) as usize]).collect();
+                assert_eq!(y, want, "flip {flip} n {n}");
+            }
+        }
+    }
+}

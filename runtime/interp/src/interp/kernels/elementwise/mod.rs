@@ -55,6 +55,7 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
         "QuantizeLinear" => quant::k_quantize,
         "DequantizeLinear" => quant::k_dequantize,
         "DynamicQuantizeLinear" => quant::k_dynamic_quantize,
+        "kiln.Lookup" => quant::k_lookup,
         _ => return None,
     })
 }

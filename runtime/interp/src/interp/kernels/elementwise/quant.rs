@@ -3,6 +3,8 @@
 //! even and saturated to the type's range (i4/u4/i8/u8/i16/u16/...),
 //! float8 outputs encoded with the `saturate` attribute. Arithmetic follows
 //! the ONNX reference's numpy dtypes (f32 steps where it computes in f32).
+//! `kiln.Lookup`, the table a pass makes of such a chain on 8-bit values,
+//! is here too.
 
 use kiln_ir::ElemType;
 
@@ -211,6 +213,27 @@ pub fn k_dynamic_quantize(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<
         Value::tensor(Tensor::scalar(Data::from_f64(x.elem(), &[scale as f64]))),
         Value::tensor(Tensor::scalar(Data::U8(vec![zp as u8]))),
     ])
+}
+
+/// `kiln.Lookup`: `Y[i] = Table[X[i] - lowest]`, the index being a u8's
+/// value or an i8's value + 128.
+pub fn k_lookup(_cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    let table = tensor(inputs, 1)?;
+    if table.len() != 256 {
+        bail!("kiln.Lookup: Table has {} values, not 256", table.len());
+    }
+    let index: Vec<usize> = match &x.data {
+        Data::U8(v) => v.iter().map(|&b| b as usize).collect(),
+        Data::I8(v) => v.iter().map(|&b| (b as i16 + 128) as usize).collect(),
+        _ => bail!("kiln.Lookup: X is {}, not u8 or i8", x.elem()),
+    };
+    let data = match &table.data {
+        Data::U8(t) => Data::U8(index.iter().map(|&i| t[i]).collect()),
+        Data::I8(t) => Data::I8(index.iter().map(|&i| t[i]).collect()),
+        _ => bail!("kiln.Lookup: Table is {}, not u8 or i8", table.elem()),
+    };
+    one(Tensor::new(x.shape.clone(), data)?)
 }
 
 #[cfg(test)]
