@@ -19,8 +19,9 @@
 
 use std::cell::Cell;
 
-use super::common::for_each_unit;
-use super::conv::{ConvAttrs, ConvPlan};
+use super::common::{for_each_unit, Axis};
+use super::conv::planes::{self, bytes_to_f32, Plane};
+use super::conv::{takes_lanes, ConvAttrs, ConvPlan};
 use super::qgemm::{
     qgemm, requant, round_clamped, shifted_zero, Int8, Packed, QGemm, QOut, MR, NR,
 };
@@ -29,6 +30,8 @@ thread_local! {
     static SCRATCH: Cell<Option<(Vec<u8>, Packed)>> = const { Cell::new(None) };
     /// The exact-f32 path's input and sums, reused across runs.
     static F32_SCRATCH: Cell<Option<(Vec<f32>, Vec<f32>)>> = const { Cell::new(None) };
+    /// The plane kernel's sums of one input plane's outputs.
+    static PLANE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Integers up to this magnitude are exact in f32 (2²⁴).
@@ -38,7 +41,11 @@ const F32_EXACT: i64 = 1 << 24;
 #[derive(Clone, Debug)]
 struct ExactF32 {
     plan: ConvPlan,
+    /// The taps minus the zero point, `[m, kh, kw]`.
+    weights: Vec<f32>,
     bias: Vec<f32>,
+    /// The conv's axes (D, H, W) where the plane kernel runs on this host.
+    axes: Option<[Axis; 3]>,
 }
 
 /// What the sums become.
@@ -172,6 +179,16 @@ impl QConvPlan {
             bias,
             out,
         })
+    }
+
+    /// This plan's exact-f32 path through the f32 conv's own strategy
+    /// instead of the plane kernel (tests compare the two).
+    #[cfg(test)]
+    fn exact_on_conv_plan(mut self) -> QConvPlan {
+        if let Some(e) = &mut self.exact {
+            e.axes = None;
+        }
+        self
     }
 
     /// This plan with GEMM units of one column panel (tests).
@@ -312,42 +329,82 @@ impl QConvPlan {
     fn run_exact(&self, e: &ExactF32, x: &[u8], xz: i32, out: *mut u8, threads: usize) {
         let g = &self.g;
         let (m, ohw) = (g.m, g.out[0] * g.out[1]);
+        let out_addr = out as usize;
+        let signed = self.x_type == Int8::I8;
+        if let Some(axes) = &e.axes {
+            // A plane at a time, bytes read directly, sums requantized
+            // from an L1-sized buffer.
+            let [n, c, h, w] = g.x;
+            let mg = m / c;
+            let kvol = g.kernel[0] * g.kernel[1];
+            let parallel = threads > 1 && self.ops() >= super::common::PAR_FLOPS / 8.0;
+            for_each_unit(parallel, n * c, |u| {
+                let ci = u % c;
+                let mut sums = PLANE.with(Cell::take);
+                sums.resize(mg * ohw, 0.0);
+                let plane = Plane::Bytes {
+                    x: &x[u * h * w..(u + 1) * h * w],
+                    signed,
+                    zero: xz,
+                };
+                planes::plane(
+                    axes,
+                    plane,
+                    &e.weights[ci * mg * kvol..][..mg * kvol],
+                    Some(&e.bias[ci * mg..][..mg]),
+                    &mut sums,
+                );
+                // Image u / c's output channels ci·mg.. are at u·mg·ohw.
+                self.output_stage(&sums, u * mg * ohw, out_addr);
+                PLANE.with(|p| p.set(sums));
+            });
+            return;
+        }
         let (mut xf, mut sums) = F32_SCRATCH.with(Cell::take).unwrap_or_default();
         xf.resize(x.len(), 0.0);
         sums.resize(g.x[0] * m * ohw, 0.0);
-        bytes_to_f32(x, self.x_type == Int8::I8, xz, &mut xf);
-        let out_addr = out as usize;
+        bytes_to_f32(x, signed, xz, &mut xf);
         let stage = |src: *mut f32, lo: usize, hi: usize| {
-            let mut at = lo;
-            while at < hi {
-                let ch = (at / ohw) % m;
-                let end = hi.min((at / ohw + 1) * ohw);
-                // SAFETY: the conv hands over `lo..hi` of its sums, final
-                // and written by this thread; `out` holds the result's
-                // elements at the same flat indices.
-                let v = unsafe { std::slice::from_raw_parts(src.add(at), end - at) };
-                match &self.out {
-                    QConvOut::Requant { mult, zero, lo, hi } => {
-                        // SAFETY: as above; the result is bytes.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut((out_addr as *mut u8).add(at), end - at)
-                        };
-                        requant_f32(v, mult[ch], *zero, *lo, *hi, dst);
-                    }
-                    QConvOut::I32 => {
-                        // SAFETY: as above; the result is i32s.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut((out_addr as *mut i32).add(at), end - at)
-                        };
-                        f32_to_i32(v, dst);
-                    }
-                }
-                at = end;
-            }
+            // SAFETY: the conv hands over `lo..hi` of its sums, final and
+            // written by this thread.
+            let v = unsafe { std::slice::from_raw_parts(src.add(lo), hi - lo) };
+            self.output_stage(v, lo, out_addr);
         };
         e.plan
             .run_with_epilogue(&xf, &[], Some(&e.bias), &mut sums, threads, Some(&stage));
         F32_SCRATCH.with(|c| c.set(Some((xf, sums))));
+    }
+
+    /// The output stage of exact sums held as f32, `v` being the result's
+    /// flat NCHW positions `at..at + v.len()`: requantized per channel, or
+    /// i32.
+    fn output_stage(&self, v: &[f32], at: usize, out_addr: usize) {
+        let ohw = self.g.out[0] * self.g.out[1];
+        let mut i = 0;
+        while i < v.len() {
+            let pos = at + i;
+            let ch = (pos / ohw) % self.g.m;
+            let len = (v.len() - i).min((pos / ohw + 1) * ohw - pos);
+            let src = &v[i..i + len];
+            match &self.out {
+                QConvOut::Requant { mult, zero, lo, hi } => {
+                    // SAFETY: the result holds bytes at every flat position
+                    // of the conv's output; callers own `at..` of it.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut((out_addr as *mut u8).add(pos), len)
+                    };
+                    requant_f32(src, mult[ch], *zero, *lo, *hi, dst);
+                }
+                QConvOut::I32 => {
+                    // SAFETY: as above; the result is i32s.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut((out_addr as *mut i32).add(pos), len)
+                    };
+                    f32_to_i32(src, dst);
+                }
+            }
+            i += len;
+        }
     }
 
     /// Columns `cols` (output positions `oh · ow + ow`) of row `kk` =
@@ -672,25 +729,23 @@ impl ExactF32 {
         };
         let wf: Vec<f32> = taps_of.iter().map(|&t| t as f32).collect();
         let plan = ConvPlan::new(&[n, c, h, w], &[g.m, 1, kh, kw], true, &attrs, Some(&wf)).ok()?;
+        let axis = |a: usize, input: usize| Axis {
+            input,
+            kernel: g.kernel[a],
+            stride: g.strides[a],
+            dilation: g.dilations[a],
+            pad_begin: g.pads[a],
+            output: g.out[a],
+        };
+        let axes = [Axis::UNIT, axis(0, h), axis(1, w)];
         (plan.out_shape() == [n, g.m, g.out[0], g.out[1]]).then(|| ExactF32 {
             plan,
+            weights: wf,
             bias: bias.iter().map(|&b| b as f32).collect(),
+            // Small maps with short rows stay on the f32 conv's
+            // channels-in-lanes path, which fills vectors their rows do not.
+            axes: (planes::applies(&axes) && !takes_lanes(&axes, 1, g.m / c, c)).then_some(axes),
         })
-    }
-}
-
-crate::cpu::simd_fn! {
-    /// `dst = x - zx` of 8-bit values, as f32.
-    fn bytes_to_f32(src: &[u8], signed: bool, zero: i32, dst: &mut [f32]) {
-        if signed {
-            for (d, &b) in dst.iter_mut().zip(src) {
-                *d = (b as i8 as i32 - zero) as f32;
-            }
-        } else {
-            for (d, &b) in dst.iter_mut().zip(src) {
-                *d = (b as i32 - zero) as f32;
-            }
-        }
     }
 }
 
@@ -876,6 +931,14 @@ mod tests {
             // SAFETY: as above.
             unsafe { integer.run(&xv, None, direct.as_mut_ptr() as *mut u8, 2) }.unwrap();
             assert_eq!(direct, got, "{x:?} g{group}: integer direct path");
+            let mut on_plan = vec![0i32; got.len()];
+            let routed = plan.clone().exact_on_conv_plan();
+            // SAFETY: as above.
+            unsafe { routed.run(&xv, None, on_plan.as_mut_ptr() as *mut u8, 2) }.unwrap();
+            assert_eq!(
+                on_plan, got,
+                "{x:?} g{group}: exact path on the f32 conv plan"
+            );
             // GEMM units of one column panel, starting and ending inside
             // output rows, give the same sums.
             let mut blocked = vec![0i32; got.len()];
@@ -899,6 +962,16 @@ mod tests {
                 slow.run(&xv, None, bytes_int.as_mut_ptr(), 1).unwrap();
             }
             assert_eq!(bytes_fast, bytes_int, "{x:?} g{group}: requantized bytes");
+            let mut bytes_plan = vec![0u8; got.len()];
+            // SAFETY: as above.
+            unsafe {
+                let routed = rq_plan.clone().exact_on_conv_plan();
+                routed.run(&xv, None, bytes_plan.as_mut_ptr(), 2).unwrap();
+            }
+            assert_eq!(
+                bytes_plan, bytes_int,
+                "{x:?} g{group}: requantized on the conv plan"
+            );
             let mg = m / group;
             for img in 0..n {
                 for mo in 0..m {

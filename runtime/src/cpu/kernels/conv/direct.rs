@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::super::common::{with_scratch, Axis, PAR_FLOPS};
 use super::super::rows::{self, Isa, MulAdd, RowGeom};
 use super::plan::ConvPlan;
+use super::planes;
 
 impl ConvPlan {
     /// The Depthwise and Direct strategies' run: `out` from `x` and the
@@ -32,21 +33,26 @@ impl ConvPlan {
     ) {
         let (cg, mg) = (self.c / self.group, self.m / self.group);
         let (ivol, ovol, kvol) = (self.in_vol(), self.out_vol(), self.kvol());
-        if cg == 1
-            && mg == 1
-            && self.axes[0].kernel == 1
-            && self.axes[0].input == 1
-            && ovol <= LANES_MAX_MAP
-            && self.axes[2].output <= LANES_MAX_ROW
-            && self.group >= LANES_SLAB / 2
-        {
+        if takes_lanes(&self.axes, cg, mg, self.group) {
             return self.run_depthwise_lanes(x, w, bias, out, threads, epi);
         }
         // One unit per (image, group): its mg output planes from its cg
         // input planes.
+        let planes = cg == 1 && planes::applies(&self.axes);
         let unit = |(u, o): (usize, &mut [f32])| {
             let (n, g) = (u / self.group, u % self.group);
             let span = (u * o.len(), (u + 1) * o.len());
+            if planes {
+                planes::plane(
+                    &self.axes,
+                    planes::Plane::F32(&x[(n * self.c + g) * ivol..][..ivol]),
+                    &w[g * mg * kvol..][..mg * kvol],
+                    bias.map(|b| &b[g * mg..][..mg]),
+                    o,
+                );
+                epi(span.0, span.1);
+                return;
+            }
             direct_unit(
                 self.isa,
                 cg,
@@ -66,6 +72,20 @@ impl ConvPlan {
             out.chunks_mut(mg * ovol).enumerate().for_each(unit);
         }
     }
+}
+
+/// Whether a conv of `group` groups of `cg` input and `mg` output
+/// channels on these axes runs channels-in-lanes: depthwise, 2-D, small
+/// maps with short rows, enough channels for a slab.
+pub(crate) fn takes_lanes(axes: &[Axis; 3], cg: usize, mg: usize, group: usize) -> bool {
+    let ovol: usize = axes.iter().map(|a| a.output).product();
+    cg == 1
+        && mg == 1
+        && axes[0].kernel == 1
+        && axes[0].input == 1
+        && ovol <= LANES_MAX_MAP
+        && axes[2].output <= LANES_MAX_ROW
+        && group >= LANES_SLAB / 2
 }
 
 /// Below this many flops a depthwise or direct conv runs on one thread.

@@ -44,6 +44,7 @@
 mod direct;
 mod im2col;
 mod plan;
+pub(crate) mod planes;
 mod shifted;
 #[cfg(test)]
 mod tests;
@@ -52,6 +53,7 @@ mod transposed;
 use super::common::Epilogue;
 use plan::Strategy;
 
+pub(crate) use direct::takes_lanes;
 pub use plan::{ConvAttrs, ConvEpilogues, ConvPlan};
 
 impl ConvPlan {

@@ -1,0 +1,384 @@
+//! Depthwise convs on medium and large 2-D maps with AVX-512: a plane at a
+//! time, its rows copied once into padded, phase-split rows (the pad and
+//! the columns past the row are zeros, so no output needs a bounds check
+//! and every tap of a stride-s conv reads a contiguous run), then each
+//! output row summed in up to four 16-float registers over all its taps
+//! and stored once.
+//!
+//! The row kernel this replaces (`rows.rs`, 8-wide) loads and stores its
+//! accumulator once per kernel row and pays a call, a dispatch and a copy
+//! per output row; on the 28- and 56-wide rows of mobile nets' early
+//! stages that overhead made 3x3 stride-2 convs run at 7 GFLOP/s (13
+//! here, at memory speed). Quantized depthwise convs use it too, reading
+//! their bytes directly (`qconv.rs`).
+
+use super::super::common::{with_scratch, Axis};
+
+/// Output positions summed in registers at once: four vectors.
+const BLOCK: usize = 64;
+/// The widest kernel row this kernel takes.
+const MAX_KW: usize = 16;
+
+/// The geometry of one plane's padded, phase-split rows.
+struct Layout {
+    /// Padded rows.
+    rows: usize,
+    /// Phases per row (the W stride).
+    phases: usize,
+    /// Floats per phase: every tap's run of a whole block fits.
+    seg: usize,
+}
+
+impl Layout {
+    fn new(h: &Axis, w: &Axis) -> Layout {
+        let rows = ((h.output - 1) * h.stride + (h.kernel - 1) * h.dilation + 1)
+            .max(h.pad_begin + h.input);
+        let wp = ((w.output - 1) * w.stride + (w.kernel - 1) * w.dilation + 1)
+            .max(w.pad_begin + w.input);
+        let phases = w.stride;
+        // The furthest tap run starts at (kw-1)·dw / s and reads a whole
+        // block past the last output.
+        let seg = wp.div_ceil(phases) + BLOCK;
+        Layout { rows, phases, seg }
+    }
+
+    fn len(&self) -> usize {
+        self.rows * self.phases * self.seg
+    }
+}
+
+/// Whether this host and conv take the kernel: AVX-512 (F, BW, VL), a
+/// strided 2-D map with rows and columns. At stride 1 the row kernel's
+/// rows need no phase split and measured as fast or faster (5x5 over 3x48
+/// maps 33 against 20 GFLOP/s, 3x3 over 112x112 24 against 20); at
+/// stride 2 it is the slower one (3x3 over 56x56: 7 against 9.5, and the
+/// quantized form, reading bytes, 6.7 against 12 GOP/s).
+pub(crate) fn applies(axes: &[Axis; 3]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        axes[0].kernel == 1
+            && axes[0].input == 1
+            && axes[2].stride >= 2
+            && axes[2].kernel <= MAX_KW
+            && axes[1].input > 0
+            && axes[2].input > 0
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = axes;
+        false
+    }
+}
+
+/// An input plane: f32 values, or 8-bit ones whose zero point is taken
+/// off as they are read (the exact-f32 path of quantized depthwise convs,
+/// which so never writes an f32 copy of its input).
+#[derive(Clone, Copy)]
+pub(crate) enum Plane<'a> {
+    F32(&'a [f32]),
+    Bytes {
+        x: &'a [u8],
+        signed: bool,
+        zero: i32,
+    },
+}
+
+/// One input plane `x` ([H, W]) and the `mg` output planes it makes
+/// (`out`, [mg, OH, OW]), with their kernels `w` ([mg, KH, KW]) and bias.
+pub(crate) fn plane(axes: &[Axis; 3], x: Plane, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let (h, wa) = (&axes[1], &axes[2]);
+    let lay = Layout::new(h, wa);
+    // The rows, a block of slack for stores that run past the last
+    // row's columns, then the converted input line.
+    with_scratch(lay.len() + BLOCK + wa.input, |buf| {
+        let (rows, line) = buf.split_at_mut(lay.len() + BLOCK);
+        split_rows(h, wa, &lay, x, line, rows);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `applies` checked AVX-512; `rows` holds the layout.
+        unsafe {
+            sum_rows(h, wa, &lay, rows, w, bias, out)
+        };
+    });
+}
+
+/// The plane's padded, phase-split rows: padded column p of padded row r
+/// at `rows[(r·phases + p % s)·seg + p / s]`, the pads zero. Past the
+/// padded width a row holds anything: only lanes of positions past the
+/// row's end read it, and those are never stored.
+fn split_rows(h: &Axis, w: &Axis, lay: &Layout, x: Plane, line: &mut [f32], rows: &mut [f32]) {
+    let s = lay.phases;
+    let row_len = s * lay.seg;
+    let (pl, wi) = (w.pad_begin, w.input);
+    let wp = ((w.output - 1) * w.stride + (w.kernel - 1) * w.dilation + 1).max(pl + wi);
+    // Rows of padding: zero up to the padded width in each phase (what a
+    // stored output reads).
+    let zero_row = |row: &mut [f32]| {
+        for ph in 0..s {
+            row[ph * lay.seg..][..wp.div_ceil(s) + 1].fill(0.0);
+        }
+    };
+    for r in 0..h.pad_begin {
+        zero_row(&mut rows[r * row_len..]);
+    }
+    for r in 0..h.input {
+        let dst = &mut rows[(r + h.pad_begin) * row_len..];
+        // Bytes become f32 as they are split: through a line buffer, each
+        // row's 512-bit stores were reloaded at once, which store
+        // forwarding does not serve on Zen 4.
+        match (x, s) {
+            (Plane::F32(x), 1) => dst[pl..pl + wi].copy_from_slice(&x[r * wi..(r + 1) * wi]),
+            (Plane::Bytes { x, signed, zero }, 1) => bytes_to_f32(
+                &x[r * wi..(r + 1) * wi],
+                signed,
+                zero,
+                &mut dst[pl..pl + wi],
+            ),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `applies` checked AVX-512; the phases hold the
+            // row's columns.
+            (x, 2) => unsafe { split2(x, r * wi, wi, pl, lay.seg, dst) },
+            (x, _) => {
+                let src: &[f32] = match x {
+                    Plane::F32(x) => &x[r * wi..(r + 1) * wi],
+                    Plane::Bytes { x, signed, zero } => {
+                        bytes_to_f32(&x[r * wi..(r + 1) * wi], signed, zero, line);
+                        line
+                    }
+                };
+                // Phase ph holds padded columns ph, ph + s, ...: the
+                // input columns from the first at or after the left pad,
+                // every s-th.
+                for ph in 0..s {
+                    let first = (pl + s - 1 - ph) / s * s + ph;
+                    let Some(from) = first.checked_sub(pl) else {
+                        continue;
+                    };
+                    let seg = &mut dst[ph * lay.seg + first / s..(ph + 1) * lay.seg];
+                    for (d, &v) in seg.iter_mut().zip(src.iter().skip(from).step_by(s)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+        // The pad columns, left and right, after the data: its stores
+        // may run past the row's columns.
+        for p in (0..pl).chain(pl + wi..wp) {
+            dst[(p % s) * lay.seg + p / s] = 0.0;
+        }
+    }
+    // Rows of padding below, after the last row's stores ran into them.
+    for r in h.pad_begin + h.input..lay.rows {
+        zero_row(&mut rows[r * row_len..]);
+    }
+}
+
+crate::cpu::simd_fn! {
+    /// `dst = x - zero` of 8-bit values, as f32.
+    pub(crate) fn bytes_to_f32(src: &[u8], signed: bool, zero: i32, dst: &mut [f32]) {
+        if signed {
+            for (d, &b) in dst.iter_mut().zip(src) {
+                *d = (b as i8 as i32 - zero) as f32;
+            }
+        } else {
+            for (d, &b) in dst.iter_mut().zip(src) {
+                *d = (b as i32 - zero) as f32;
+            }
+        }
+    }
+}
+
+/// Columns `at..at + n` of the plane (a row) into their phases (stride 2),
+/// 32 columns per two permutes: input column c is padded column c + pl,
+/// so the even columns go to phase pl % 2 from index pl / 2, the odd ones
+/// to the other phase from (pl + 1) / 2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn split2(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let even_at = (pl % 2) * seg + pl / 2;
+    let odd_at = ((pl + 1) % 2) * seg + pl.div_ceil(2);
+    let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    assert!(dst.len() >= 2 * seg, "split2: a row's phases");
+    for c in (0..n).step_by(32) {
+        let left = n - c;
+        let (m0, m1) = (left.min(16), left.saturating_sub(16).min(16));
+        // Sixteen columns from c and from c + 16, zeros past the row; in
+        // this function's body, not a helper's: a non-inlined helper
+        // returned its vector through the stack (closures and callees do
+        // not inherit target features).
+        let (a, b) = match x {
+            // SAFETY: masked loads of the row's columns.
+            Plane::F32(x) => unsafe {
+                let p = x.as_ptr().add(at + c);
+                (
+                    _mm512_maskz_loadu_ps(((1u32 << m0) - 1) as u16, p),
+                    _mm512_maskz_loadu_ps(((1u32 << m1) - 1) as u16, p.add(16)),
+                )
+            },
+            Plane::Bytes { x, signed, zero } => {
+                // SAFETY: masked loads of the row's bytes (a tail copied
+                // to the stack was reloaded before its stores retired).
+                let (lo, hi) = unsafe {
+                    let p = x.as_ptr().add(at + c);
+                    (
+                        _mm_maskz_loadu_epi8(((1u32 << m0) - 1) as u16, p as *const i8),
+                        _mm_maskz_loadu_epi8(((1u32 << m1) - 1) as u16, p.add(16) as *const i8),
+                    )
+                };
+                let (lo, hi) = if signed {
+                    (_mm512_cvtepi8_epi32(lo), _mm512_cvtepi8_epi32(hi))
+                } else {
+                    (_mm512_cvtepu8_epi32(lo), _mm512_cvtepu8_epi32(hi))
+                };
+                let z = _mm512_set1_epi32(zero);
+                (
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, z)),
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, z)),
+                )
+            }
+        };
+        // SAFETY: the stores write 16 floats from column c/2 of each
+        // phase: past the row's last column they write garbage into the
+        // phase's slack (a block, more than 16) or, for the last phase,
+        // into the next row (split later) or the slack after the rows
+        // (`plane`); the caller zeros the pads after. Unmasked on purpose:
+        // masked stores are microcoded on AMD cores.
+        unsafe {
+            _mm512_storeu_ps(
+                dst.as_mut_ptr().add(even_at + c / 2),
+                _mm512_permutex2var_ps(a, ie, b),
+            );
+            _mm512_storeu_ps(
+                dst.as_mut_ptr().add(odd_at + c / 2),
+                _mm512_permutex2var_ps(a, io, b),
+            );
+        }
+    }
+}
+
+/// Every output row of every output plane, in blocks of up to [`BLOCK`]
+/// positions held in registers over all the taps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sum_rows(
+    h: &Axis,
+    w: &Axis,
+    lay: &Layout,
+    rows: &[f32],
+    wts: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (kh, kw) = (h.kernel, w.kernel);
+    let (oh, ow) = (h.output, w.output);
+    let row_len = lay.phases * lay.seg;
+    // Each tap's offset from a block's first position in its padded row.
+    let mut offsets = [0usize; MAX_KW];
+    for (j, o) in offsets.iter_mut().enumerate().take(kw) {
+        let p = j * w.dilation;
+        *o = (p % lay.phases) * lay.seg + p / lay.phases;
+    }
+    let taps = &offsets[..kw];
+    for m in 0..out.len() / (oh * ow) {
+        let b = bias.map_or(0.0, |b| b[m]);
+        let wm = &wts[m * kh * kw..][..kh * kw];
+        for y in 0..oh {
+            let first = y * h.stride * row_len;
+            let block = Block {
+                rows: &rows[first..],
+                row_step: h.dilation * row_len,
+                taps,
+                wts: wm,
+                bias: b,
+            };
+            for x0 in (0..ow).step_by(BLOCK) {
+                let n = BLOCK.min(ow - x0);
+                // The rest of the output from this block on: a block's
+                // last vector may write past it into positions computed
+                // later (rows and planes go in order).
+                let dst = &mut out[(m * oh + y) * ow + x0..];
+                // SAFETY: AVX-512F (this function's feature); the block
+                // reads inside the layout.
+                unsafe {
+                    match (n.div_ceil(16), kw) {
+                        (1, 3) => block.sum::<1, 3>(x0, n, dst),
+                        (2, 3) => block.sum::<2, 3>(x0, n, dst),
+                        (3, 3) => block.sum::<3, 3>(x0, n, dst),
+                        (_, 3) => block.sum::<4, 3>(x0, n, dst),
+                        (1, 5) => block.sum::<1, 5>(x0, n, dst),
+                        (2, 5) => block.sum::<2, 5>(x0, n, dst),
+                        (3, 5) => block.sum::<3, 5>(x0, n, dst),
+                        (_, 5) => block.sum::<4, 5>(x0, n, dst),
+                        (1, _) => block.sum::<1, 0>(x0, n, dst),
+                        (2, _) => block.sum::<2, 0>(x0, n, dst),
+                        (3, _) => block.sum::<3, 0>(x0, n, dst),
+                        _ => block.sum::<4, 0>(x0, n, dst),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One output row's inputs: its first padded row, the distance between
+/// the rows its kernel rows read, the W taps' offsets, the kernel, the
+/// bias.
+struct Block<'a> {
+    rows: &'a [f32],
+    row_step: usize,
+    taps: &'a [usize],
+    wts: &'a [f32],
+    bias: f32,
+}
+
+impl Block<'_> {
+    /// Positions `x0..x0 + n` (n at most 16·NV) of the row, summed in NV
+    /// registers over every tap, then stored at the start of `dst`. The
+    /// last vector is stored whole where `dst` has room (what it writes
+    /// past n is overwritten later), masked only at `dst`'s end: masked
+    /// stores are microcoded on AMD cores. `KW` is the kernel's width
+    /// when it is a common one (its tap loop unrolled), else 0.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn sum<const NV: usize, const KW: usize>(&self, x0: usize, n: usize, dst: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let kw = if KW > 0 { KW } else { self.taps.len() };
+        let reach = self.taps.iter().max().copied().unwrap_or(0) + x0 + 16 * NV;
+        let mut acc = [_mm512_set1_ps(self.bias); NV];
+        for (i, wr) in self.wts.chunks_exact(kw).enumerate() {
+            let row = &self.rows[i * self.row_step..];
+            // One check per kernel row for all its taps' loads.
+            assert!(
+                row.len() >= reach,
+                "plane kernel: a tap reads past the rows"
+            );
+            let base = row.as_ptr().wrapping_add(x0);
+            for (&t, &wt) in self.taps[..kw].iter().zip(&wr[..kw]) {
+                let wv = _mm512_set1_ps(wt);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: t + x0 + 16·NV <= reach <= row.len().
+                    let xv = unsafe { _mm512_loadu_ps(base.add(t + 16 * v)) };
+                    *a = _mm512_fmadd_ps(wv, xv, *a);
+                }
+            }
+        }
+        for (v, a) in acc.iter().enumerate() {
+            // SAFETY: the store covers `dst[16v..16v + 16]` when dst has
+            // that many, else its `n - 16v` positions.
+            unsafe {
+                let p = dst.as_mut_ptr().add(16 * v);
+                if 16 * v + 16 <= dst.len() {
+                    _mm512_storeu_ps(p, *a);
+                } else {
+                    _mm512_mask_storeu_ps(p, ((1u32 << (n - 16 * v)) - 1) as u16, *a);
+                }
+            }
+        }
+    }
+}
