@@ -238,3 +238,21 @@ fn fused_conv_bad_activation_and_residual() {
     let ok = parse_text(&src("Relu", "1,3,4,4"), "ok.kir").expect("parses");
     kiln_ir::verify::verify(&ok).expect("verifies");
 }
+
+/// `kiln.Lookup` written by hand with a table that is not 256 bytes, and
+/// with an f32 operand: each is a verifier error naming the node, not a
+/// panic at run time.
+#[test]
+fn lookup_with_a_bad_table() {
+    let short = "module @m opset(ai.onnx = 21) {\n  input %x: u8[4]\n  const %t: u8[3] = dense[1, 2, 3]\n  %y = kiln.Lookup(%x, %t) : u8[4]\n  return %y\n}\n";
+    let float = "module @m opset(ai.onnx = 21) {\n  input %x: f32[4]\n  const %t: u8[256] = elided\n  %y = kiln.Lookup(%x, %t) : u8[4]\n  return %y\n}\n";
+    let (short, float) = (text_error(short), text_error(float));
+    assert!(
+        short.contains("[256]") && short.contains("kiln.Lookup"),
+        "{short}"
+    );
+    assert!(
+        float.contains("u8 or i8") && float.contains("kiln.Lookup"),
+        "{float}"
+    );
+}
