@@ -582,22 +582,30 @@ unsafe fn vnni_tile_requant(
             Some(bias) if g.bias_per_row => pick(bias, m),
             _ => 0,
         };
-        let (vza, vt, vrb) = (
+        // Σ(a-za)(b-zb) + bias = Σab - za·Σb + zb·t + bias. The common
+        // case, symmetric weights (za = 0) and one activation zero point,
+        // leaves one per-row constant: no vector multiplies per row.
+        let zb_one = g.zb.len() == 1;
+        let row_const = if zb_one {
+            g.zb[0].wrapping_mul(t).wrapping_add(row_bias)
+        } else {
+            row_bias
+        };
+        let (vza, vt, vrc) = (
             _mm512_set1_epi32(za),
             _mm512_set1_epi32(t),
-            _mm512_set1_epi32(row_bias),
+            _mm512_set1_epi32(row_const),
         );
         let scale = cscale.unwrap_or([_mm512_set1_ps(pickf(mult, m)); 2]);
         let mut bytes = [_mm_setzero_si128(); 2];
         for h in 0..2 {
-            // Σ(a-za)(b-zb) + bias = Σab - za·Σb + zb·t + bias.
-            let v = _mm512_add_epi32(
-                _mm512_sub_epi32(row[h], _mm512_mullo_epi32(vza, colsum[h])),
-                _mm512_add_epi32(
-                    _mm512_mullo_epi32(zb[h], vt),
-                    _mm512_add_epi32(cbias[h], vrb),
-                ),
-            );
+            let mut v = _mm512_add_epi32(row[h], _mm512_add_epi32(cbias[h], vrc));
+            if za != 0 {
+                v = _mm512_sub_epi32(v, _mm512_mullo_epi32(vza, colsum[h]));
+            }
+            if !zb_one {
+                v = _mm512_add_epi32(v, _mm512_mullo_epi32(zb[h], vt));
+            }
             // round_clamped: clamp (NaN → lo, as `max` returns its second
             // operand), round half to even by the magic add, then + zero.
             let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale[h]);
@@ -1014,52 +1022,57 @@ pub(super) mod tests {
         for (m, k, n) in [(8, 16, 32), (17, 36, 70), (3, 5, 96), (16, 64, 64)] {
             let av = lcg_bytes(7 + m as u64, m * k);
             let bv = lcg_bytes(8 + n as u64, k * n);
+            // Per-row zero points, then none (symmetric weights: the
+            // output stage's short form).
             let za: Vec<i32> = (0..m).map(|i| (i as i32 % 5) - 2).collect();
             let zb = [131];
-            let bias: Vec<i32> = (0..m).map(|i| i as i32 * 31 - 90).collect();
-            let exact: Vec<i32> = (0..m * n)
-                .map(|at| {
-                    let (i, j) = (at / n, at % n);
-                    (0..k)
-                        .map(|kk| {
-                            (av[i * k + kk] as i8 as i32 - za[i]) * (bv[kk * n + j] as i32 - zb[0])
-                        })
-                        .sum::<i32>()
-                        + bias[i]
-                })
-                .collect();
-            let pa = Packed::new(m, k, MR, Int8::I8, false, |r, kk| av[r * k + kk]);
-            let mut pb = Packed::empty();
-            pb.pack_b_rows(&bv, k, n, n, Int8::U8, true);
-            let row_mult: Vec<f32> = (0..m).map(|i| 0.002 * (i + 1) as f32).collect();
-            let col_mult: Vec<f32> = (0..n).map(|j| 0.001 * (j % 7 + 1) as f32).collect();
-            for (mult, per_row, zero, lo, hi) in [
-                (&row_mult, true, 7, 0, 255),
-                (&col_mult, false, 128, 128, 200),
-                (&row_mult, true, -3, -128, 127),
-            ] {
-                let mut out = vec![0u8; m * n];
-                let g = QGemm {
-                    za: &za,
-                    zb: &zb,
-                    bias: Some(&bias),
-                    bias_per_row: true,
-                    ldc: n,
-                    out: QOut::Requant {
-                        mult,
-                        per_row,
-                        zero,
-                        lo,
-                        hi,
-                        out: out.as_mut_ptr(),
-                    },
-                };
-                qgemm(&pa, &pb, &g, 1);
-                for (at, &got) in out.iter().enumerate() {
-                    let (i, j) = (at / n, at % n);
-                    let s = if per_row { mult[i] } else { mult[j] };
-                    let want = requant(exact[at], s, zero, lo, hi) as u8;
-                    assert_eq!(got, want, "{m}x{k}x{n} per_row {per_row} at {i},{j}");
+            for za in [za.clone(), vec![0; m]] {
+                let bias: Vec<i32> = (0..m).map(|i| i as i32 * 31 - 90).collect();
+                let exact: Vec<i32> = (0..m * n)
+                    .map(|at| {
+                        let (i, j) = (at / n, at % n);
+                        (0..k)
+                            .map(|kk| {
+                                (av[i * k + kk] as i8 as i32 - za[i])
+                                    * (bv[kk * n + j] as i32 - zb[0])
+                            })
+                            .sum::<i32>()
+                            + bias[i]
+                    })
+                    .collect();
+                let pa = Packed::new(m, k, MR, Int8::I8, false, |r, kk| av[r * k + kk]);
+                let mut pb = Packed::empty();
+                pb.pack_b_rows(&bv, k, n, n, Int8::U8, true);
+                let row_mult: Vec<f32> = (0..m).map(|i| 0.002 * (i + 1) as f32).collect();
+                let col_mult: Vec<f32> = (0..n).map(|j| 0.001 * (j % 7 + 1) as f32).collect();
+                for (mult, per_row, zero, lo, hi) in [
+                    (&row_mult, true, 7, 0, 255),
+                    (&col_mult, false, 128, 128, 200),
+                    (&row_mult, true, -3, -128, 127),
+                ] {
+                    let mut out = vec![0u8; m * n];
+                    let g = QGemm {
+                        za: &za,
+                        zb: &zb,
+                        bias: Some(&bias),
+                        bias_per_row: true,
+                        ldc: n,
+                        out: QOut::Requant {
+                            mult,
+                            per_row,
+                            zero,
+                            lo,
+                            hi,
+                            out: out.as_mut_ptr(),
+                        },
+                    };
+                    qgemm(&pa, &pb, &g, 1);
+                    for (at, &got) in out.iter().enumerate() {
+                        let (i, j) = (at / n, at % n);
+                        let s = if per_row { mult[i] } else { mult[j] };
+                        let want = requant(exact[at], s, zero, lo, hi) as u8;
+                        assert_eq!(got, want, "{m}x{k}x{n} per_row {per_row} at {i},{j}");
+                    }
                 }
             }
         }
