@@ -11,11 +11,14 @@
 //! or 25 taps of `|w - zw| ≤ 255` times `|x - zx| ≤ 255` reach 1.6·10⁶)
 //! run on the f32 depthwise kernels instead: f32 holds every integer up to
 //! 2²⁴ exactly, so each product, each partial sum and the requantization's
-//! input are the integer path's bit for bit, and the f32 kernels (channels
-//! in 16 lanes for small maps, FMA row passes for large ones) run 3-10×
+//! input are the integer path's bit for bit, and the f32 kernels run 2-4×
 //! the integer direct loops, which widen bytes to i32 and multiply in
-//! half the lanes. The bytes become f32 in one pass; the sums are
-//! requantized in the conv's own epilogue while they are in cache.
+//! half the lanes. Strided ones run the plane kernel (`conv/planes.rs`) on
+//! their bytes and requantize each plane's sums from L1; the others go
+//! through the f32 conv's own strategy (channels in lanes for small maps,
+//! row passes for large ones): their bytes become f32 in one pass, and the
+//! sums are requantized in the conv's epilogue while they are in cache.
+//! The integer direct loops remain for sums that could pass 2²⁴.
 
 use std::cell::Cell;
 
@@ -40,12 +43,19 @@ const F32_EXACT: i64 = 1 << 24;
 /// A depthwise conv planned on the f32 kernels (see the module comment).
 #[derive(Clone, Debug)]
 struct ExactF32 {
-    plan: ConvPlan,
+    route: Route,
     /// The taps minus the zero point, `[m, kh, kw]`.
     weights: Vec<f32>,
     bias: Vec<f32>,
-    /// The conv's axes (D, H, W) where the plane kernel runs on this host.
-    axes: Option<[Axis; 3]>,
+}
+
+/// Which f32 kernel an exact depthwise conv runs.
+#[derive(Clone, Debug)]
+enum Route {
+    /// The plane kernel on the bytes, with the conv's axes (D, H, W).
+    Planes([Axis; 3]),
+    /// The f32 conv's own strategy, on an f32 copy of the input.
+    Conv(ConvPlan),
 }
 
 /// What the sums become.
@@ -186,7 +196,9 @@ impl QConvPlan {
     #[cfg(test)]
     fn exact_on_conv_plan(mut self) -> QConvPlan {
         if let Some(e) = &mut self.exact {
-            e.axes = None;
+            if let Some(plan) = ExactF32::conv_plan(&self.g, &e.weights) {
+                e.route = Route::Conv(plan);
+            }
         }
         self
     }
@@ -323,43 +335,48 @@ impl QConvPlan {
         Ok(())
     }
 
-    /// The direct conv on the f32 kernels: `x - zx` as f32, the conv with
-    /// its bias, and the output stage applied to each finished range of
-    /// sums (flat NCHW indices) on the thread that summed it.
+    /// The direct conv on the f32 kernels, by its route: the plane kernel
+    /// on each input plane's bytes, its sums requantized from an L1-sized
+    /// buffer; or `x - zx` as f32, the f32 conv with its bias, and the
+    /// output stage applied to each finished range of sums (flat NCHW
+    /// indices) on the thread that summed it.
     fn run_exact(&self, e: &ExactF32, x: &[u8], xz: i32, out: *mut u8, threads: usize) {
         let g = &self.g;
         let (m, ohw) = (g.m, g.out[0] * g.out[1]);
         let out_addr = out as usize;
         let signed = self.x_type == Int8::I8;
-        if let Some(axes) = &e.axes {
-            // A plane at a time, bytes read directly, sums requantized
-            // from an L1-sized buffer.
-            let [n, c, h, w] = g.x;
-            let mg = m / c;
-            let kvol = g.kernel[0] * g.kernel[1];
-            let parallel = threads > 1 && self.ops() >= super::common::PAR_FLOPS / 8.0;
-            for_each_unit(parallel, n * c, |u| {
-                let ci = u % c;
-                let mut sums = PLANE.with(Cell::take);
-                sums.resize(mg * ohw, 0.0);
-                let plane = Plane::Bytes {
-                    x: &x[u * h * w..(u + 1) * h * w],
-                    signed,
-                    zero: xz,
-                };
-                planes::plane(
-                    axes,
-                    plane,
-                    &e.weights[ci * mg * kvol..][..mg * kvol],
-                    Some(&e.bias[ci * mg..][..mg]),
-                    &mut sums,
-                );
-                // Image u / c's output channels ci·mg.. are at u·mg·ohw.
-                self.output_stage(&sums, u * mg * ohw, out_addr);
-                PLANE.with(|p| p.set(sums));
-            });
-            return;
-        }
+        let plan = match &e.route {
+            Route::Conv(plan) => plan,
+            Route::Planes(axes) => {
+                // A plane at a time, bytes read directly, sums requantized
+                // from an L1-sized buffer.
+                let [n, c, h, w] = g.x;
+                let mg = m / c;
+                let kvol = g.kernel[0] * g.kernel[1];
+                let parallel = threads > 1 && self.ops() >= super::common::PAR_FLOPS / 8.0;
+                for_each_unit(parallel, n * c, |u| {
+                    let ci = u % c;
+                    let mut sums = PLANE.with(Cell::take);
+                    sums.resize(mg * ohw, 0.0);
+                    let plane = Plane::Bytes {
+                        x: &x[u * h * w..(u + 1) * h * w],
+                        signed,
+                        zero: xz,
+                    };
+                    planes::plane(
+                        axes,
+                        plane,
+                        &e.weights[ci * mg * kvol..][..mg * kvol],
+                        Some(&e.bias[ci * mg..][..mg]),
+                        &mut sums,
+                    );
+                    // Image u / c's output channels ci·mg.. are at u·mg·ohw.
+                    self.output_stage(&sums, u * mg * ohw, out_addr);
+                    PLANE.with(|p| p.set(sums));
+                });
+                return;
+            }
+        };
         let (mut xf, mut sums) = F32_SCRATCH.with(Cell::take).unwrap_or_default();
         xf.resize(x.len(), 0.0);
         sums.resize(g.x[0] * m * ohw, 0.0);
@@ -370,8 +387,7 @@ impl QConvPlan {
             let v = unsafe { std::slice::from_raw_parts(src.add(lo), hi - lo) };
             self.output_stage(v, lo, out_addr);
         };
-        e.plan
-            .run_with_epilogue(&xf, &[], Some(&e.bias), &mut sums, threads, Some(&stage));
+        plan.run_with_epilogue(&xf, &[], Some(&e.bias), &mut sums, threads, Some(&stage));
         F32_SCRATCH.with(|c| c.set(Some((xf, sums))));
     }
 
@@ -701,7 +717,7 @@ impl ExactF32 {
     /// exact: `|x - zx| ≤ 255`, so a channel's sums are bounded by
     /// `|bias| + 255 · Σ|taps|`.
     fn new(g: &QConvGeometry, taps_of: &[i32], bias: &[i32]) -> Option<ExactF32> {
-        let [n, c, h, w] = g.x;
+        let [_, c, h, w] = g.x;
         let [kh, kw] = g.kernel;
         let taps = kh * kw;
         let exact = (0..g.m).all(|m| {
@@ -714,6 +730,33 @@ impl ExactF32 {
         if !exact {
             return None;
         }
+        let weights: Vec<f32> = taps_of.iter().map(|&t| t as f32).collect();
+        let axis = |a: usize, input: usize| Axis {
+            input,
+            kernel: g.kernel[a],
+            stride: g.strides[a],
+            dilation: g.dilations[a],
+            pad_begin: g.pads[a],
+            output: g.out[a],
+        };
+        let axes = [Axis::UNIT, axis(0, h), axis(1, w)];
+        // Small maps with short rows stay on the f32 conv's channels-in-
+        // lanes path, which fills vectors their rows do not.
+        let route = if planes::applies(&axes) && !takes_lanes(&axes, 1, g.m / c, c) {
+            Route::Planes(axes)
+        } else {
+            Route::Conv(Self::conv_plan(g, &weights)?)
+        };
+        Some(ExactF32 {
+            route,
+            weights,
+            bias: bias.iter().map(|&b| b as f32).collect(),
+        })
+    }
+
+    /// The f32 conv of this geometry with constant weights `weights`.
+    fn conv_plan(g: &QConvGeometry, weights: &[f32]) -> Option<ConvPlan> {
+        let [n, c, h, w] = g.x;
         // The end pads that give the planned output (extra ones only
         // shape it, and any that reach no tap are dropped).
         let end = |axis: usize, input: usize| {
@@ -727,25 +770,9 @@ impl ExactF32 {
             pads: vec![g.pads[0], g.pads[1], end(0, h), end(1, w)],
             group: g.group,
         };
-        let wf: Vec<f32> = taps_of.iter().map(|&t| t as f32).collect();
-        let plan = ConvPlan::new(&[n, c, h, w], &[g.m, 1, kh, kw], true, &attrs, Some(&wf)).ok()?;
-        let axis = |a: usize, input: usize| Axis {
-            input,
-            kernel: g.kernel[a],
-            stride: g.strides[a],
-            dilation: g.dilations[a],
-            pad_begin: g.pads[a],
-            output: g.out[a],
-        };
-        let axes = [Axis::UNIT, axis(0, h), axis(1, w)];
-        (plan.out_shape() == [n, g.m, g.out[0], g.out[1]]).then(|| ExactF32 {
-            plan,
-            weights: wf,
-            bias: bias.iter().map(|&b| b as f32).collect(),
-            // Small maps with short rows stay on the f32 conv's
-            // channels-in-lanes path, which fills vectors their rows do not.
-            axes: (planes::applies(&axes) && !takes_lanes(&axes, 1, g.m / c, c)).then_some(axes),
-        })
+        let ws = [g.m, 1, g.kernel[0], g.kernel[1]];
+        let plan = ConvPlan::new(&[n, c, h, w], &ws, true, &attrs, Some(weights)).ok()?;
+        (plan.out_shape() == [n, g.m, g.out[0], g.out[1]]).then_some(plan)
     }
 }
 

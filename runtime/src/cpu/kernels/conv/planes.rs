@@ -1,16 +1,16 @@
-//! Depthwise convs on medium and large 2-D maps with AVX-512: a plane at a
-//! time, its rows copied once into padded, phase-split rows (the pad and
-//! the columns past the row are zeros, so no output needs a bounds check
-//! and every tap of a stride-s conv reads a contiguous run), then each
-//! output row summed in up to four 16-float registers over all its taps
-//! and stored once.
+//! Strided depthwise convs on 2-D maps too wide for the channels-in-lanes
+//! path, with AVX-512: a plane at a time, its rows copied once into
+//! padded, phase-split rows (the pads zero, so no stored output needs a
+//! bounds check, and every tap of a stride-s conv reads a contiguous run),
+//! then each output row summed in up to four 16-float registers over all
+//! its taps and stored once.
 //!
-//! The row kernel this replaces (`rows.rs`, 8-wide) loads and stores its
-//! accumulator once per kernel row and pays a call, a dispatch and a copy
-//! per output row; on the 28- and 56-wide rows of mobile nets' early
-//! stages that overhead made 3x3 stride-2 convs run at 7 GFLOP/s (13
-//! here, at memory speed). Quantized depthwise convs use it too, reading
-//! their bytes directly (`qconv.rs`).
+//! The row kernel (`rows.rs`, 8-wide) loads and stores its accumulator
+//! once per kernel row and pays a call, a dispatch and a copy per output
+//! row; on the 28-wide rows of mobile nets' stride-2 stages that made a
+//! 3x3 conv run at 7 GFLOP/s (9.5 here). At stride 1 the row kernel stays
+//! ([`applies`]). Quantized depthwise convs use this one too, reading their
+//! bytes directly (`qconv.rs`).
 
 use super::super::common::{with_scratch, Axis};
 
@@ -125,17 +125,9 @@ fn split_rows(h: &Axis, w: &Axis, lay: &Layout, x: Plane, line: &mut [f32], rows
     }
     for r in 0..h.input {
         let dst = &mut rows[(r + h.pad_begin) * row_len..];
-        // Bytes become f32 as they are split: through a line buffer, each
-        // row's 512-bit stores were reloaded at once, which store
-        // forwarding does not serve on Zen 4.
+        // Stride 2 (the common one) splits and converts bytes 32 columns
+        // at a time; other strides through `line` and a gather per phase.
         match (x, s) {
-            (Plane::F32(x), 1) => dst[pl..pl + wi].copy_from_slice(&x[r * wi..(r + 1) * wi]),
-            (Plane::Bytes { x, signed, zero }, 1) => bytes_to_f32(
-                &x[r * wi..(r + 1) * wi],
-                signed,
-                zero,
-                &mut dst[pl..pl + wi],
-            ),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `applies` checked AVX-512; the phases hold the
             // row's columns.
