@@ -1,9 +1,10 @@
 //! Strided depthwise convs on 2-D maps too wide for the channels-in-lanes
-//! path, with AVX-512: a plane at a time, its rows copied once into
-//! padded, phase-split rows (the pads zero, so no stored output needs a
-//! bounds check, and every tap of a stride-s conv reads a contiguous run),
-//! then each output row summed in up to four 16-float registers over all
-//! its taps and stored once.
+//! path, with AVX-512 or AVX2: a plane at a time, its rows copied once
+//! into padded, phase-split rows (the pads zero, so no stored output needs
+//! a bounds check, and every tap of a stride-s conv reads a contiguous
+//! run), then each output row summed in registers (four of 16 floats, or
+//! eight of 8) over all its taps and stored once. One body serves both
+//! widths through [`Lanes`].
 //!
 //! The row kernel (`rows.rs`, 8-wide) loads and stores its accumulator
 //! once per kernel row and pays a call, a dispatch and a copy per output
@@ -47,8 +48,8 @@ impl Layout {
     }
 }
 
-/// Whether this host and conv take the kernel: AVX-512 (F, BW, VL), a
-/// strided 2-D map with rows and columns. At stride 1 the row kernel's
+/// Whether this host and conv take the kernel: AVX-512 (F, BW, VL) or
+/// AVX2 with FMA, a strided 2-D map with rows and columns. At stride 1 the row kernel's
 /// rows need no phase split and measured as fast or faster (5x5 over 3x48
 /// maps 33 against 20 GFLOP/s, 3x3 over 112x112 24 against 20); at
 /// stride 2 it is the slower one (3x3 over 56x56: 7 against 9.5, and the
@@ -62,14 +63,26 @@ pub(crate) fn applies(axes: &[Axis; 3]) -> bool {
             && axes[2].kernel <= MAX_KW
             && axes[1].input > 0
             && axes[2].input > 0
-            && std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
+            && width().is_some()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = axes;
         false
+    }
+}
+
+/// The vector width this CPU runs the kernel at: 16 (AVX-512 F, BW, VL)
+/// or 8 (AVX2 and FMA).
+#[cfg(target_arch = "x86_64")]
+fn width() -> Option<usize> {
+    use std::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
+        Some(16)
+    } else if has!("avx2") && has!("fma") {
+        Some(8)
+    } else {
+        None
     }
 }
 
@@ -95,11 +108,17 @@ pub(crate) fn plane(axes: &[Axis; 3], x: Plane, w: &[f32], bias: Option<&[f32]>,
     // row's columns, then the converted input line.
     with_scratch(lay.len() + BLOCK + wa.input, |buf| {
         let (rows, line) = buf.split_at_mut(lay.len() + BLOCK);
-        split_rows(h, wa, &lay, x, line, rows);
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `applies` checked AVX-512; `rows` holds the layout.
+        // SAFETY: `applies` checked the width's features; `rows` holds
+        // the layout.
         unsafe {
-            sum_rows(h, wa, &lay, rows, w, bias, out)
+            if width() == Some(16) {
+                split_rows(h, wa, &lay, x, line, rows, split2_avx512);
+                sum_rows_avx512(h, wa, &lay, rows, w, bias, out)
+            } else {
+                split_rows(h, wa, &lay, x, line, rows, split2_avx2);
+                sum_rows_avx2(h, wa, &lay, rows, w, bias, out)
+            }
         };
     });
 }
@@ -107,8 +126,17 @@ pub(crate) fn plane(axes: &[Axis; 3], x: Plane, w: &[f32], bias: Option<&[f32]>,
 /// The plane's padded, phase-split rows: padded column p of padded row r
 /// at `rows[(r·phases + p % s)·seg + p / s]`, the pads zero. Past the
 /// padded width a row holds anything: only lanes of positions past the
-/// row's end read it, and those are never stored.
-fn split_rows(h: &Axis, w: &Axis, lay: &Layout, x: Plane, line: &mut [f32], rows: &mut [f32]) {
+/// row's end read it, and those are never stored. `split2` is the
+/// stride-2 splitter of the width that runs.
+fn split_rows(
+    h: &Axis,
+    w: &Axis,
+    lay: &Layout,
+    x: Plane,
+    line: &mut [f32],
+    rows: &mut [f32],
+    split2: Split2,
+) {
     let s = lay.phases;
     let row_len = s * lay.seg;
     let (pl, wi) = (w.pad_begin, w.input);
@@ -128,9 +156,8 @@ fn split_rows(h: &Axis, w: &Axis, lay: &Layout, x: Plane, line: &mut [f32], rows
         // Stride 2 (the common one) splits and converts bytes 32 columns
         // at a time; other strides through `line` and a gather per phase.
         match (x, s) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `applies` checked AVX-512; the phases hold the
-            // row's columns.
+            // SAFETY: `applies` checked the features; the phases hold
+            // the row's columns.
             (x, 2) => unsafe { split2(x, r * wi, wi, pl, lay.seg, dst) },
             (x, _) => {
                 let src: &[f32] = match x {
@@ -186,9 +213,11 @@ crate::cpu::simd_fn! {
 /// 32 columns per two permutes: input column c is padded column c + pl,
 /// so the even columns go to phase pl % 2 from index pl / 2, the odd ones
 /// to the other phase from (pl + 1) / 2.
+type Split2 = unsafe fn(Plane, usize, usize, usize, usize, &mut [f32]);
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn split2(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst: &mut [f32]) {
+unsafe fn split2_avx512(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let even_at = (pl % 2) * seg + pl / 2;
     let odd_at = ((pl + 1) % 2) * seg + pl.div_ceil(2);
@@ -252,12 +281,174 @@ unsafe fn split2(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst: &mut
     }
 }
 
-/// Every output row of every output plane, in blocks of up to [`BLOCK`]
-/// positions held in registers over all the taps.
+/// [`split2_avx512`] on AVX2: 16 columns per step, split by two
+/// in-lane shuffles and a cross-lane permute. A row's last partial step
+/// reads on into the next row (lanes past the row's end are never
+/// stored; the caller zeros the pad columns after), and through a copy
+/// only at the end of the plane: AVX2 has no masked byte loads, and a
+/// copy per row, reloaded at once, stalled on store forwarding (half the
+/// conv's time).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn split2_avx2(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let even_at = (pl % 2) * seg + pl / 2;
+    let odd_at = ((pl + 1) % 2) * seg + pl.div_ceil(2);
+    assert!(dst.len() >= 2 * seg, "split2: a row's phases");
+    for c in (0..n).step_by(16) {
+        let left = (n - c).min(16);
+        let (a, b) = match x {
+            Plane::F32(x) => {
+                let mut tail = [0f32; 16];
+                let src = if at + c + 16 <= x.len() {
+                    &x[at + c..at + c + 16]
+                } else {
+                    tail[..left].copy_from_slice(&x[at + c..at + n]);
+                    &tail[..]
+                };
+                // SAFETY: 16 floats at src.
+                unsafe {
+                    (
+                        _mm256_loadu_ps(src.as_ptr()),
+                        _mm256_loadu_ps(src.as_ptr().add(8)),
+                    )
+                }
+            }
+            Plane::Bytes { x, signed, zero } => {
+                let mut tail = [0u8; 16];
+                let src = if at + c + 16 <= x.len() {
+                    &x[at + c..at + c + 16]
+                } else {
+                    tail[..left].copy_from_slice(&x[at + c..at + n]);
+                    &tail[..]
+                };
+                // SAFETY: 16 bytes at src.
+                let v = unsafe { _mm_loadu_si128(src.as_ptr() as *const __m128i) };
+                let (lo, hi) = if signed {
+                    (
+                        _mm256_cvtepi8_epi32(v),
+                        _mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)),
+                    )
+                } else {
+                    (
+                        _mm256_cvtepu8_epi32(v),
+                        _mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)),
+                    )
+                };
+                let z = _mm256_set1_epi32(zero);
+                (
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(lo, z)),
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(hi, z)),
+                )
+            }
+        };
+        // [a0 a2 b0 b2 | a4 a6 b4 b6] → [a0 a2 a4 a6 b0 b2 b4 b6]; odd alike.
+        let order =
+            |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0b11_01_10_00));
+        let even = order(_mm256_shuffle_ps(a, b, 0b10_00_10_00));
+        let odd = order(_mm256_shuffle_ps(a, b, 0b11_01_11_01));
+        // SAFETY: as in `split2_avx512`: 8 floats from column c/2 of each
+        // phase, past the row's end into slack the caller provides.
+        unsafe {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(even_at + c / 2), even);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(odd_at + c / 2), odd);
+        }
+    }
+}
+
+/// The vector operations the row sums need, at one width; implemented
+/// with AVX-512 and AVX2 intrinsics and always inlined into the
+/// `target_feature` function of that width, so one body serves both.
+trait Lanes {
+    const N: usize;
+    type V: Copy;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+}
+
+/// A [`Lanes`] width from its intrinsics, and the `target_feature`
+/// entry point that runs [`sum_rows`] at it.
+macro_rules! width {
+    ($name:ident, $entry:ident, $features:literal, $n:literal, $v:ident,
+     $splat:ident, $load:ident, $store:ident, $fmadd:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        struct $name;
+
+        #[cfg(target_arch = "x86_64")]
+        impl Lanes for $name {
+            const N: usize = $n;
+            type V = std::arch::x86_64::$v;
+            #[inline(always)]
+            unsafe fn splat(x: f32) -> Self::V {
+                // SAFETY: the caller's features.
+                unsafe { std::arch::x86_64::$splat(x) }
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self::V {
+                // SAFETY: the caller's features and pointer.
+                unsafe { std::arch::x86_64::$load(p) }
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut f32, v: Self::V) {
+                // SAFETY: the caller's features and pointer.
+                unsafe { std::arch::x86_64::$store(p, v) }
+            }
+            #[inline(always)]
+            unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+                // SAFETY: the caller's features.
+                unsafe { std::arch::x86_64::$fmadd(a, b, c) }
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $entry(
+            h: &Axis,
+            w: &Axis,
+            lay: &Layout,
+            rows: &[f32],
+            wts: &[f32],
+            bias: Option<&[f32]>,
+            out: &mut [f32],
+        ) {
+            // SAFETY: this function's features.
+            unsafe { sum_rows::<$name>(h, w, lay, rows, wts, bias, out) }
+        }
+    };
+}
+
+width!(
+    Avx512,
+    sum_rows_avx512,
+    "avx512f",
+    16,
+    __m512,
+    _mm512_set1_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_fmadd_ps
+);
+width!(
+    Avx2,
+    sum_rows_avx2,
+    "avx2,fma",
+    8,
+    __m256,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_fmadd_ps
+);
+
+/// Every output row of every output plane, in blocks of up to [`BLOCK`]
+/// positions held in registers over all the taps; inlined into the
+/// `target_feature` function of its width.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn sum_rows(
+unsafe fn sum_rows<L: Lanes>(
     h: &Axis,
     w: &Axis,
     lay: &Layout,
@@ -294,14 +485,18 @@ unsafe fn sum_rows(
                 // last vector may write past it into positions computed
                 // later (rows and planes go in order).
                 let dst = &mut out[(m * oh + y) * ow + x0..];
-                // SAFETY: AVX-512F (this function's feature); the block
-                // reads inside the layout.
+                // SAFETY: the caller's features; the block reads inside
+                // the layout.
                 unsafe {
-                    match n.div_ceil(16) {
-                        1 => block.sum::<1>(x0, n, dst),
-                        2 => block.sum::<2>(x0, n, dst),
-                        3 => block.sum::<3>(x0, n, dst),
-                        _ => block.sum::<4>(x0, n, dst),
+                    match n.div_ceil(L::N) {
+                        1 => block.sum::<L, 1>(x0, n, dst),
+                        2 => block.sum::<L, 2>(x0, n, dst),
+                        3 => block.sum::<L, 3>(x0, n, dst),
+                        4 => block.sum::<L, 4>(x0, n, dst),
+                        5 => block.sum::<L, 5>(x0, n, dst),
+                        6 => block.sum::<L, 6>(x0, n, dst),
+                        7 => block.sum::<L, 7>(x0, n, dst),
+                        _ => block.sum::<L, 8>(x0, n, dst),
                     }
                 }
             }
@@ -321,21 +516,19 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
-    /// Positions `x0..x0 + n` (n at most 16·NV) of the row, summed in NV
+    /// Positions `x0..x0 + n` (n at most N·NV) of the row, summed in NV
     /// registers over every tap, then stored at the start of `dst`. The
     /// last vector is stored whole where `dst` has room (what it writes
-    /// past n is overwritten later), masked only at `dst`'s end: masked
-    /// stores are microcoded on AMD cores. (Unrolling the tap loop for
-    /// 3- and 5-wide kernels let LLVM sum one vector's taps before the
+    /// past n is overwritten later), through a copy only at `dst`'s end:
+    /// masked stores are microcoded on AMD cores. (Unrolling the tap loop
+    /// for 3- and 5-wide kernels let LLVM sum one vector's taps before the
     /// next's: one dependent chain, 40 % slower.)
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn sum<const NV: usize>(&self, x0: usize, n: usize, dst: &mut [f32]) {
-        use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn sum<L: Lanes, const NV: usize>(&self, x0: usize, n: usize, dst: &mut [f32]) {
         let kw = self.taps.len();
-        let reach = self.taps.iter().max().copied().unwrap_or(0) + x0 + 16 * NV;
-        let mut acc = [_mm512_set1_ps(self.bias); NV];
+        let reach = self.taps.iter().max().copied().unwrap_or(0) + x0 + L::N * NV;
+        // SAFETY: the caller's features (so for every intrinsic below).
+        let mut acc = [unsafe { L::splat(self.bias) }; NV];
         for (i, wr) in self.wts.chunks_exact(kw).enumerate() {
             let row = &self.rows[i * self.row_step..];
             // One check per kernel row for all its taps' loads.
@@ -345,24 +538,24 @@ impl Block<'_> {
             );
             let base = row.as_ptr().wrapping_add(x0);
             for (&t, &wt) in self.taps[..kw].iter().zip(&wr[..kw]) {
-                let wv = _mm512_set1_ps(wt);
+                // SAFETY: as above.
+                let wv = unsafe { L::splat(wt) };
                 for (v, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: t + x0 + 16·NV <= reach <= row.len().
-                    let xv = unsafe { _mm512_loadu_ps(base.add(t + 16 * v)) };
-                    *a = _mm512_fmadd_ps(wv, xv, *a);
+                    // SAFETY: t + x0 + N·NV <= reach <= row.len().
+                    *a = unsafe { L::fmadd(wv, L::load(base.add(t + L::N * v)), *a) };
                 }
             }
         }
-        for (v, a) in acc.iter().enumerate() {
-            // SAFETY: the store covers `dst[16v..16v + 16]` when dst has
-            // that many, else its `n - 16v` positions.
-            unsafe {
-                let p = dst.as_mut_ptr().add(16 * v);
-                if 16 * v + 16 <= dst.len() {
-                    _mm512_storeu_ps(p, *a);
-                } else {
-                    _mm512_mask_storeu_ps(p, ((1u32 << (n - 16 * v)) - 1) as u16, *a);
-                }
+        for (v, &a) in acc.iter().enumerate() {
+            let at = L::N * v;
+            if at + L::N <= dst.len() {
+                // SAFETY: dst[at..at + N] is inside dst.
+                unsafe { L::store(dst.as_mut_ptr().add(at), a) };
+            } else {
+                let mut tail = [0f32; 16];
+                // SAFETY: N <= 16 floats into `tail`.
+                unsafe { L::store(tail.as_mut_ptr(), a) };
+                dst[at..n].copy_from_slice(&tail[..n - at]);
             }
         }
     }
