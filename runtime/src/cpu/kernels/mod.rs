@@ -75,6 +75,12 @@ mod bench {
     }
 
     fn conv_s(name: &str, xs: &[usize], ws: &[usize], pads: usize, group: usize, stride: usize) {
+        // `KILN_CONV=text` runs only the shapes whose name holds it (to
+        // profile one).
+        let only = std::env::var("KILN_CONV").unwrap_or_default();
+        if !name.contains(&only) {
+            return;
+        }
         let sd = xs.len() - 2;
         let attrs = ConvAttrs {
             strides: vec![stride; sd],
@@ -275,6 +281,13 @@ mod bench {
             &[144, 1, 3, 3],
             1,
             144,
+        );
+        conv(
+            "depthwise 5x5 x[1,240,14,14] p2",
+            &[1, 240, 14, 14],
+            &[240, 1, 5, 5],
+            2,
+            240,
         );
         conv_s(
             "depthwise 3x3 s2 x[1,72,56,56] p1",
@@ -495,6 +508,13 @@ mod bench {
             &[144, 1, 3, 3],
             1,
             144,
+        );
+        conv(
+            "depthwise 5x5 x[1,240,14,14] p2",
+            &[1, 240, 14, 14],
+            &[240, 1, 5, 5],
+            2,
+            240,
         );
         conv_s(
             "depthwise 3x3 s2 x[1,72,56,56] p1",

@@ -101,8 +101,21 @@ const PAR_FLOPS_DIRECT: f64 = PAR_FLOPS / 8.0;
 /// and 20 in lanes, mobilenet's over 7x7 maps at 6 there and 17 in lanes.
 const LANES_MAX_MAP: usize = 256;
 const LANES_MAX_ROW: usize = 16;
-/// Channels per slab: a few vectors wide, and a unit of threading.
+/// Channels per slab: a few vectors wide, and a unit of threading; with
+/// 8-lane vectors half as many ([`AVX2_SLAB`]).
 const LANES_SLAB: usize = 64;
+/// The slab on AVX2: two outputs' accumulators of 64 channels would be
+/// all 16 ymm registers.
+const AVX2_SLAB: usize = 32;
+
+/// The padded map a lanes conv reads: rows and columns covering every
+/// tap of every output, pads included.
+fn padded_map(axes: &[Axis; 3]) -> (usize, usize) {
+    let reach = |a: &Axis| {
+        ((a.output - 1) * a.stride + (a.kernel - 1) * a.dilation + 1).max(a.pad_begin + a.input)
+    };
+    (reach(&axes[1]), reach(&axes[2]))
+}
 
 impl ConvPlan {
     /// Depthwise on a small 2-D map, channels in the lanes (module doc).
@@ -117,36 +130,44 @@ impl ConvPlan {
     ) {
         let c = self.c;
         let (ivol, ovol, kvol) = (self.in_vol(), self.out_vol(), self.kvol());
-        let slabs = c.div_ceil(LANES_SLAB);
+        let (hp, wp) = padded_map(&self.axes);
         // 16-lane FMAs halve the instructions of a tap: on Zen 4 (512 bits
         // in two halves) too, where the loads bound the loop.
         #[cfg(target_arch = "x86_64")]
         let avx512 = is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx512 = false;
+        let slab = if self.isa != Isa::Portable && !avx512 {
+            AVX2_SLAB
+        } else {
+            LANES_SLAB
+        };
+        let slabs = c.div_ceil(slab);
         // One unit per (image, slab of channels): its output planes are
         // contiguous, so the epilogue sees them as one finished range.
         let unit = |u: usize, o: &mut [f32]| {
             let (n, s) = (u / slabs, u % slabs);
-            let c0 = s * LANES_SLAB;
-            let cs = LANES_SLAB.min(c - c0);
+            let c0 = s * slab;
+            let cs = slab.min(c - c0);
             let xs = &x[(n * c + c0) * ivol..][..cs * ivol];
             let ws = &w[c0 * kvol..][..cs * kvol];
             let bs = bias.map(|b| &b[c0..][..cs]);
-            with_scratch((ivol + ovol + kvol) * LANES_SLAB, |buf| {
-                let (xt, rest) = buf.split_at_mut(ivol * LANES_SLAB);
-                let (ot, wt) = rest.split_at_mut(ovol * LANES_SLAB);
+            with_scratch((hp * wp + ivol + ovol + kvol) * slab, |buf| {
+                let slab = Slab {
+                    cs,
+                    x: xs,
+                    w: ws,
+                    bias: bs,
+                };
                 match self.isa {
-                    Isa::Portable => lanes_body::<false>(&self.axes, cs, xs, ws, bs, o, xt, ot, wt),
+                    Isa::Portable => lanes_body::<false, LANES_SLAB>(&self.axes, &slab, o, buf),
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: Isa::Avx2Fma is only picked when avx2 and fma
                     // were detected on this CPU.
-                    Isa::Avx2Fma if avx512 => unsafe {
-                        lanes_avx512(&self.axes, cs, xs, ws, bs, o, xt, ot, wt)
-                    },
+                    Isa::Avx2Fma if avx512 => unsafe { lanes_avx512(&self.axes, &slab, o, buf) },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above.
-                    Isa::Avx2Fma => unsafe {
-                        lanes_avx2(&self.axes, cs, xs, ws, bs, o, xt, ot, wt)
-                    },
+                    Isa::Avx2Fma => unsafe { lanes_avx2(&self.axes, &slab, o, buf) },
                 }
             });
             let lo = (n * c + c0) * ovol;
@@ -156,7 +177,7 @@ impl ConvPlan {
         let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(self.batch * slabs);
         let mut rest = out;
         for u in 0..self.batch * slabs {
-            let cs = LANES_SLAB.min(c - (u % slabs) * LANES_SLAB);
+            let cs = slab.min(c - (u % slabs) * slab);
             let (head, tail) = rest.split_at_mut(cs * ovol);
             parts.push((u, head));
             rest = tail;
@@ -169,110 +190,161 @@ impl ConvPlan {
     }
 }
 
+/// One slab of `cs` channels: `x` [cs, H, W], `w` [cs, KH, KW], their
+/// bias.
+struct Slab<'a> {
+    cs: usize,
+    x: &'a [f32],
+    w: &'a [f32],
+    bias: Option<&'a [f32]>,
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn lanes_avx512(
-    axes: &[Axis; 3],
-    cs: usize,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    xt: &mut [f32],
-    ot: &mut [f32],
-    wt: &mut [f32],
-) {
-    lanes_body::<true>(axes, cs, x, w, bias, out, xt, ot, wt)
+fn lanes_avx512(axes: &[Axis; 3], slab: &Slab, out: &mut [f32], scratch: &mut [f32]) {
+    lanes_body::<true, LANES_SLAB>(axes, slab, out, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn lanes_avx2(
-    axes: &[Axis; 3],
-    cs: usize,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    xt: &mut [f32],
-    ot: &mut [f32],
-    wt: &mut [f32],
-) {
-    lanes_body::<true>(axes, cs, x, w, bias, out, xt, ot, wt)
+fn lanes_avx2(axes: &[Axis; 3], slab: &Slab, out: &mut [f32], scratch: &mut [f32]) {
+    lanes_body::<true, AVX2_SLAB>(axes, slab, out, scratch)
 }
 
-/// One slab of `cs` channels: `x` [cs, H, W], `w` [cs, KH, KW], `out`
-/// [cs, OH, OW]; `xt`, `ot`, `wt` the transposed scratch, each row
-/// `LANES_SLAB` wide.
+/// One slab into `out` [cs, OH, OW], `L` channels wide. The input is
+/// transposed to [H·W, L], then copied into a zero-bordered map [HP·WP,
+/// L] ([`padded_map`]), so every tap of every output reads a whole
+/// channel vector at a fixed offset, with no bounds test (per tap, those
+/// tests and their address arithmetic cost more than the FMAs).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn lanes_body<const FMA: bool>(
+fn lanes_body<const FMA: bool, const L: usize>(
     axes: &[Axis; 3],
-    cs: usize,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
+    slab: &Slab,
     out: &mut [f32],
-    xt: &mut [f32],
-    ot: &mut [f32],
-    wt: &mut [f32],
+    scratch: &mut [f32],
 ) {
     let [_, ah, aw] = axes;
+    let cs = slab.cs;
+    let (hp, wp) = padded_map(axes);
     let (ivol, ovol) = (ah.input * aw.input, ah.output * aw.output);
     let kvol = ah.kernel * aw.kernel;
-    // Rows of a whole slab (LANES_SLAB lanes); a partial slab's missing
-    // channels are zeros, computed and dropped. (The tiled transpose of
-    // movement.rs measured slower at these sizes: everything is in L1.)
-    const L: usize = LANES_SLAB;
+    let (xp, rest) = scratch.split_at_mut(hp * wp * L);
+    let (xt, rest) = rest.split_at_mut(ivol * L);
+    let (ot, rest) = rest.split_at_mut(ovol * L);
+    let wt = &mut rest[..kvol * L];
+    // A partial slab's missing channels are zeros, computed and dropped.
+    // (The tiled transpose of movement.rs measured slower at these sizes:
+    // everything is in L1.)
     if cs < L {
         xt.fill(0.0);
         wt.fill(0.0);
     }
-    // [cs, ivol] -> [ivol, L].
-    transpose(x, ivol, cs, ivol, xt, L);
+    // [cs, ivol] -> [ivol, L], then its rows into the padded map.
+    transpose::<FMA>(slab.x, ivol, cs, ivol, xt, L);
+    let (pt, pl) = (ah.pad_begin, aw.pad_begin);
+    xp[..pt * wp * L].fill(0.0);
+    for r in 0..ah.input {
+        let row = &mut xp[(pt + r) * wp * L..(pt + r + 1) * wp * L];
+        row[..pl * L].fill(0.0);
+        row[pl * L..(pl + aw.input) * L].copy_from_slice(&xt[r * aw.input * L..][..aw.input * L]);
+        row[(pl + aw.input) * L..].fill(0.0);
+    }
+    xp[(pt + ah.input) * wp * L..].fill(0.0);
     for c in 0..cs {
         for t in 0..kvol {
-            wt[t * L + c] = w[c * kvol + t];
+            wt[t * L + c] = slab.w[c * kvol + t];
         }
     }
-    // The accumulators are a fixed-size array, which the compiler keeps
-    // in vector registers across the taps.
+    // Each tap's offset in the padded map from its output's first tap.
+    let taps: Vec<usize> = (0..kvol)
+        .map(|t| ((t / aw.kernel) * ah.dilation * wp + (t % aw.kernel) * aw.dilation) * L)
+        .collect();
+    let step = aw.stride * L;
+    // The accumulators are fixed-size arrays, which the compiler keeps in
+    // vector registers across the taps.
     let mut start = [0f32; L];
-    if let Some(b) = bias {
+    if let Some(b) = slab.bias {
         start[..cs].copy_from_slice(b);
     }
+    // Every read below lies inside the padded map: the last output's last
+    // tap is its last position (`padded_map`). Checked once here, not per
+    // tap (the per-tap checks and their address arithmetic were half the
+    // taps loop).
+    let last = ((ah.output - 1) * ah.stride * wp + (aw.output - 1) * aw.stride) * L;
+    assert!(last + taps.iter().max().copied().unwrap_or(0) + L <= xp.len());
+    assert!(kvol * L <= wt.len());
+    let (xp, wt) = (&*xp, &*wt);
     for oh in 0..ah.output {
+        let row = oh * ah.stride * wp * L;
         // Two outputs of a row at a time: each tap's weights are loaded
         // once for both, and twice the accumulator chains hide the FMA
         // latency.
         let mut ow = 0;
-        while ow + 1 < aw.output {
+        while ow < aw.output {
+            let base = row + ow * step;
+            let pair = ow + 1 < aw.output;
             let (mut a0, mut a1) = (start, start);
-            lanes_taps2::<FMA, L>(ah, aw, oh, ow, xt, wt, &mut a0, &mut a1);
+            for (t, &off) in taps.iter().enumerate() {
+                // SAFETY: t < kvol, and base + off + step + L ≤ xp.len()
+                // for every pair of this map (asserted above).
+                let (wr, x0, x1) = unsafe {
+                    (
+                        &*(wt.as_ptr().add(t * L) as *const [f32; L]),
+                        &*(xp.as_ptr().add(base + off) as *const [f32; L]),
+                        &*(xp.as_ptr().add(base + off + if pair { step } else { 0 })
+                            as *const [f32; L]),
+                    )
+                };
+                fma_slab::<FMA, L>(&mut a0, x0, wr);
+                if pair {
+                    fma_slab::<FMA, L>(&mut a1, x1, wr);
+                }
+            }
             ot[(oh * aw.output + ow) * L..][..L].copy_from_slice(&a0);
-            ot[(oh * aw.output + ow + 1) * L..][..L].copy_from_slice(&a1);
+            if pair {
+                ot[(oh * aw.output + ow + 1) * L..][..L].copy_from_slice(&a1);
+            }
             ow += 2;
-        }
-        if ow < aw.output {
-            let mut acc = start;
-            lanes_taps::<FMA, L>(ah, aw, oh, ow, xt, wt, &mut acc);
-            ot[(oh * aw.output + ow) * L..][..L].copy_from_slice(&acc);
         }
     }
     // [ovol, L] -> [cs, ovol].
-    transpose(ot, L, ovol, cs, out, ovol);
+    transpose::<FMA>(ot, L, ovol, cs, out, ovol);
 }
 
 /// `dst[j·dst_ld + i] = src[i·src_ld + j]` for `i < rows`, `j < cols`:
 /// 8x8 blocks through registers (the scalar loop's strided stores were a
-/// third of a small depthwise conv), the edges one by one.
+/// third of a small depthwise conv), the edges one by one. `AVX` (the
+/// callers compiled for AVX2) shuffles each block in eight ymm registers;
+/// left to LLVM the block was 64 scalar loads and stores, 40 % of a 5x5
+/// conv over 14x14 maps.
 #[inline(always)]
-fn transpose(src: &[f32], src_ld: usize, rows: usize, cols: usize, dst: &mut [f32], dst_ld: usize) {
+fn transpose<const AVX: bool>(
+    src: &[f32],
+    src_ld: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    dst_ld: usize,
+) {
     let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
     for i0 in (0..r8).step_by(8) {
         for j0 in (0..c8).step_by(8) {
+            #[cfg(target_arch = "x86_64")]
+            if AVX {
+                assert!((i0 + 7) * src_ld + j0 + 8 <= src.len());
+                assert!((j0 + 7) * dst_ld + i0 + 8 <= dst.len());
+                // SAFETY: the block's rows lie inside both slices
+                // (asserted); callers with AVX set run with AVX2 enabled.
+                unsafe {
+                    transpose8_avx(
+                        src.as_ptr().add(i0 * src_ld + j0),
+                        src_ld,
+                        dst.as_mut_ptr().add(j0 * dst_ld + i0),
+                        dst_ld,
+                    )
+                };
+                continue;
+            }
             let mut b = [[0f32; 8]; 8];
             for (i, row) in b.iter_mut().enumerate() {
                 row.copy_from_slice(&src[(i0 + i) * src_ld + j0..][..8]);
@@ -293,34 +365,43 @@ fn transpose(src: &[f32], src_ld: usize, rows: usize, cols: usize, dst: &mut [f3
     }
 }
 
-/// The taps of output (oh, ow) for a full slab of `CS` channels, added to
-/// `acc`.
+/// One 8x8 block transposed in registers: unpacks of row pairs, 64-bit
+/// shuffles, then 128-bit lane swaps.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn lanes_taps<const FMA: bool, const CS: usize>(
-    ah: &Axis,
-    aw: &Axis,
-    oh: usize,
-    ow: usize,
-    xt: &[f32],
-    wt: &[f32],
-    acc: &mut [f32; CS],
-) {
-    for kh in 0..ah.kernel {
-        let Some(ih) = ah.input_index(oh, kh) else {
-            continue;
-        };
-        for kw in 0..aw.kernel {
-            let Some(iw) = aw.input_index(ow, kw) else {
-                continue;
-            };
-            let xr: &[f32; CS] = xt[(ih * aw.input + iw) * CS..][..CS]
-                .try_into()
-                .expect("a slab");
-            let wr: &[f32; CS] = wt[(kh * aw.kernel + kw) * CS..][..CS]
-                .try_into()
-                .expect("a slab");
-            fma_slab::<FMA, CS>(acc, xr, wr);
+unsafe fn transpose8_avx(src: *const f32, src_ld: usize, dst: *mut f32, dst_ld: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's: eight rows of eight at both ends, AVX2 on.
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_ld)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (j, &o) in out.iter().enumerate() {
+            _mm256_storeu_ps(dst.add(j * dst_ld), o);
         }
     }
 }
@@ -335,45 +416,6 @@ fn fma_slab<const FMA: bool, const CS: usize>(a: &mut [f32; CS], x: &[f32; CS], 
             a[c] + x[c] * w[c]
         };
     }
-}
-
-/// [`lanes_taps`] for outputs (oh, ow) and (oh, ow + 1) at once.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn lanes_taps2<const FMA: bool, const CS: usize>(
-    ah: &Axis,
-    aw: &Axis,
-    oh: usize,
-    ow: usize,
-    xt: &[f32],
-    wt: &[f32],
-    acc0: &mut [f32; CS],
-    acc1: &mut [f32; CS],
-) {
-    let (mut a0, mut a1) = (*acc0, *acc1);
-    for kh in 0..ah.kernel {
-        let Some(ih) = ah.input_index(oh, kh) else {
-            continue;
-        };
-        for kw in 0..aw.kernel {
-            let wr: &[f32; CS] = wt[(kh * aw.kernel + kw) * CS..][..CS]
-                .try_into()
-                .expect("a slab");
-            let row = |iw: usize| -> &[f32; CS] {
-                xt[(ih * aw.input + iw) * CS..][..CS]
-                    .try_into()
-                    .expect("a slab")
-            };
-            if let Some(iw) = aw.input_index(ow, kw) {
-                fma_slab::<FMA, CS>(&mut a0, row(iw), wr);
-            }
-            if let Some(iw) = aw.input_index(ow + 1, kw) {
-                fma_slab::<FMA, CS>(&mut a1, row(iw), wr);
-            }
-        }
-    }
-    *acc0 = a0;
-    *acc1 = a1;
 }
 
 /// One unit of a depthwise or direct conv: `x` holds the group's cg input
