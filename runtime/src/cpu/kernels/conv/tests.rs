@@ -501,6 +501,18 @@ fn conv_depthwise_lanes() {
         false,
         Depthwise,
     );
+    // A stride-1 3x3 over a map past the small-map bound, rows under 32
+    // (`small_taps_mid_rows`), asymmetric pads.
+    case(
+        &[1, 40, 21, 30],
+        &[40, 1, 3, 3],
+        &[1, 1],
+        &[1, 1],
+        &[1, 0, 0, 1],
+        40,
+        true,
+        Depthwise,
+    );
 }
 
 #[test]
