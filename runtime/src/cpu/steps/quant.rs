@@ -799,14 +799,18 @@ impl NativeKernel for Lookup8 {
 }
 
 /// `y[i] = table[x[i] ^ flip]`: on AVX-512 VBMI 64 bytes at a time (two
-/// 128-entry `vpermi2b` lookups, chosen by the index's top bit), else a
-/// byte at a time from the table in L1.
+/// 128-entry `vpermi2b` lookups, chosen by the index's top bit), on AVX2
+/// 32 at a time (sixteen 16-entry `vpshufb` lookups), else a byte at a
+/// time from the table in L1.
 fn lookup_bytes(x: &[u8], table: &[u8; 256], flip: u8, y: &mut [u8]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512vbmi") && std::is_x86_feature_detected!("avx512bw") {
         // SAFETY: the CPU has the features.
         done = unsafe { lookup_vbmi(x, table, flip, y) };
+    } else if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        done = unsafe { lookup_avx2(x, table, flip, y) };
     }
     for (d, &b) in y[done..].iter_mut().zip(&x[done..]) {
         *d = table[(b ^ flip) as usize];
@@ -837,18 +841,68 @@ unsafe fn lookup_vbmi(x: &[u8], table: &[u8; 256], flip: u8, y: &mut [u8]) -> us
     whole
 }
 
+/// The whole 32-byte chunks of [`lookup_bytes`] on AVX2; how many bytes
+/// it did. Sixteen rounds, one per 16-entry slice h of the table: the
+/// index minus 16h, plus 0x70 with unsigned saturation, is 0x70..0x7f
+/// (a valid `vpshufb` index, low nibble intact) exactly where the index
+/// lies in slice h and has its top bit set (`vpshufb` gives 0) elsewhere,
+/// so or-ing the rounds leaves each byte's entry. Four operations per
+/// round and 32 bytes, against a load and a store per byte (2.2 GB/s of
+/// input on Zen 3, an eighth of a quantized mobilenet's time).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lookup_avx2(x: &[u8], table: &[u8; 256], flip: u8, y: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    // SAFETY: the table holds 16 × 16 bytes.
+    let t: [__m256i; 16] = std::array::from_fn(|h| unsafe {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr().add(16 * h) as *const _))
+    });
+    let (vflip, sixteen, bias) = (
+        _mm256_set1_epi8(flip as i8),
+        _mm256_set1_epi8(16),
+        _mm256_set1_epi8(0x70),
+    );
+    let whole = x.len().min(y.len()) / 32 * 32;
+    for at in (0..whole).step_by(32) {
+        // SAFETY: `at + 32 <= whole` bytes of x and y.
+        unsafe {
+            let mut i = _mm256_xor_si256(_mm256_loadu_si256(x.as_ptr().add(at) as *const _), vflip);
+            let mut v = _mm256_setzero_si256();
+            for th in &t {
+                let idx = _mm256_adds_epu8(i, bias);
+                v = _mm256_or_si256(v, _mm256_shuffle_epi8(*th, idx));
+                i = _mm256_sub_epi8(i, sixteen);
+            }
+            _mm256_storeu_si256(y.as_mut_ptr().add(at) as *mut _, v);
+        }
+    }
+    whole
+}
+
 #[cfg(test)]
 mod lookup_tests {
     use super::*;
 
-    /// The vector lookup gives the table's value for every byte, at every
-    /// length around the chunk size, for both index domains.
+    /// The vector lookups give the table's value for every byte, at every
+    /// length around the chunk sizes, for both index domains (and every
+    /// byte value: 256 + 7 consecutive indices).
     #[test]
     fn lookup_bytes_reads_the_table() {
         let table: [u8; 256] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
         for flip in [0u8, 0x80] {
             for n in [0usize, 1, 63, 64, 65, 200, 256 + 7] {
                 let x: Vec<u8> = (0..n).map(|i| (i * 97 + 3) as u8).collect();
+                let mut y = vec![0u8; n];
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    let done = unsafe { lookup_avx2(&x, &table, flip, &mut y) };
+                    let want: Vec<u8> = x[..done]
+                        .iter()
+                        .map(|&b| table[(b ^ flip) as usize])
+                        .collect();
+                    assert_eq!(y[..done], want, "avx2 flip {flip} n {n}");
+                }
                 let mut y = vec![0u8; n];
                 lookup_bytes(&x, &table, flip, &mut y);
                 let want: Vec<u8> = x.iter().map(|&b| table[(b ^ flip) as usize]).collect();
