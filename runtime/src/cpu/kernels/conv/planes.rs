@@ -151,14 +151,20 @@ fn split_rows(
     for r in 0..h.pad_begin {
         zero_row(&mut rows[r * row_len..]);
     }
+    // Stride 2 (the common one) splits and converts the plane's rows 16 or
+    // 32 columns at a time in one call (a call per row, with its setup,
+    // was a fifth of a small strided conv); other strides go a row at a
+    // time through `line` and a gather per phase.
+    if s == 2 {
+        let dst = &mut rows[h.pad_begin * row_len..];
+        // SAFETY: `applies` checked the features; the rows hold the
+        // plane's columns.
+        unsafe { split2(x, h.input, wi, pl, lay.seg, row_len, dst) };
+    }
     for r in 0..h.input {
         let dst = &mut rows[(r + h.pad_begin) * row_len..];
-        // Stride 2 (the common one) splits and converts bytes 32 columns
-        // at a time; other strides through `line` and a gather per phase.
         match (x, s) {
-            // SAFETY: `applies` checked the features; the phases hold
-            // the row's columns.
-            (x, 2) => unsafe { split2(x, r * wi, wi, pl, lay.seg, dst) },
+            (_, 2) => {}
             (x, _) => {
                 let src: &[f32] = match x {
                     Plane::F32(x) => &x[r * wi..(r + 1) * wi],
@@ -209,15 +215,48 @@ crate::cpu::simd_fn! {
     }
 }
 
+/// The plane's rows split by stride 2: `(x, rows, width, left pad, seg,
+/// row_len, dst)`, `dst` from the first data row on.
+type Split2 = unsafe fn(Plane, usize, usize, usize, usize, usize, &mut [f32]);
+
+/// The rows of [`split_rows`] at stride 2, each by `row` (inlined: same
+/// features).
+macro_rules! split2_rows {
+    ($name:ident, $row:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            x: Plane,
+            rows: usize,
+            wi: usize,
+            pl: usize,
+            seg: usize,
+            row_len: usize,
+            dst: &mut [f32],
+        ) {
+            for r in 0..rows {
+                // SAFETY: this function's features; row r's phases.
+                unsafe { $row(x, r * wi, wi, pl, seg, &mut dst[r * row_len..]) };
+            }
+        }
+    };
+}
+
+split2_rows!(
+    split2_avx512,
+    split2_row_avx512,
+    "avx512f,avx512bw,avx512vl"
+);
+split2_rows!(split2_avx2, split2_row_avx2, "avx2,fma");
+
 /// Columns `at..at + n` of the plane (a row) into their phases (stride 2),
 /// 32 columns per two permutes: input column c is padded column c + pl,
 /// so the even columns go to phase pl % 2 from index pl / 2, the odd ones
 /// to the other phase from (pl + 1) / 2.
-type Split2 = unsafe fn(Plane, usize, usize, usize, usize, &mut [f32]);
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn split2_avx512(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst: &mut [f32]) {
+#[inline]
+unsafe fn split2_row_avx512(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let even_at = (pl % 2) * seg + pl / 2;
     let odd_at = ((pl + 1) % 2) * seg + pl.div_ceil(2);
@@ -281,7 +320,7 @@ unsafe fn split2_avx512(x: Plane, at: usize, n: usize, pl: usize, seg: usize, ds
     }
 }
 
-/// [`split2_avx512`] on AVX2: 16 columns per step, split by two
+/// [`split2_row_avx512`] on AVX2: 16 columns per step, split by two
 /// in-lane shuffles and a cross-lane permute. A row's last partial step
 /// reads on into the next row (lanes past the row's end are never
 /// stored; the caller zeros the pad columns after), and through a copy
@@ -290,7 +329,8 @@ unsafe fn split2_avx512(x: Plane, at: usize, n: usize, pl: usize, seg: usize, ds
 /// conv's time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn split2_avx2(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst: &mut [f32]) {
+#[inline]
+unsafe fn split2_row_avx2(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let even_at = (pl % 2) * seg + pl / 2;
     let odd_at = ((pl + 1) % 2) * seg + pl.div_ceil(2);
@@ -347,7 +387,7 @@ unsafe fn split2_avx2(x: Plane, at: usize, n: usize, pl: usize, seg: usize, dst:
             |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0b11_01_10_00));
         let even = order(_mm256_shuffle_ps(a, b, 0b10_00_10_00));
         let odd = order(_mm256_shuffle_ps(a, b, 0b11_01_11_01));
-        // SAFETY: as in `split2_avx512`: 8 floats from column c/2 of each
+        // SAFETY: as in `split2_row_avx512`: 8 floats from column c/2 of each
         // phase, past the row's end into slack the caller provides.
         unsafe {
             _mm256_storeu_ps(dst.as_mut_ptr().add(even_at + c / 2), even);
