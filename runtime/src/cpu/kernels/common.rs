@@ -95,6 +95,13 @@ impl Axis {
         (lo, hi, off)
     }
 
+    /// The padded length every tap of every output reads: the last
+    /// output's last tap, or the input after the leading pad if longer.
+    pub(crate) fn padded_extent(&self) -> usize {
+        ((self.output - 1) * self.stride + (self.kernel - 1) * self.dilation + 1)
+            .max(self.pad_begin + self.input)
+    }
+
     /// Input index of output `o`, tap `k`, or None when it lands in padding.
     #[inline]
     pub(super) fn input_index(&self, o: usize, k: usize) -> Option<usize> {

@@ -122,10 +122,7 @@ const AVX2_SLAB: usize = 32;
 /// The padded map a lanes conv reads: rows and columns covering every
 /// tap of every output, pads included.
 fn padded_map(axes: &[Axis; 3]) -> (usize, usize) {
-    let reach = |a: &Axis| {
-        ((a.output - 1) * a.stride + (a.kernel - 1) * a.dilation + 1).max(a.pad_begin + a.input)
-    };
-    (reach(&axes[1]), reach(&axes[2]))
+    (axes[1].padded_extent(), axes[2].padded_extent())
 }
 
 impl ConvPlan {

@@ -32,10 +32,8 @@ struct Layout {
 
 impl Layout {
     fn new(h: &Axis, w: &Axis) -> Layout {
-        let rows = ((h.output - 1) * h.stride + (h.kernel - 1) * h.dilation + 1)
-            .max(h.pad_begin + h.input);
-        let wp = ((w.output - 1) * w.stride + (w.kernel - 1) * w.dilation + 1)
-            .max(w.pad_begin + w.input);
+        let rows = h.padded_extent();
+        let wp = w.padded_extent();
         let phases = w.stride;
         // The furthest tap run starts at (kw-1)·dw / s and reads a whole
         // block past the last output.
@@ -140,7 +138,7 @@ fn split_rows(
     let s = lay.phases;
     let row_len = s * lay.seg;
     let (pl, wi) = (w.pad_begin, w.input);
-    let wp = ((w.output - 1) * w.stride + (w.kernel - 1) * w.dilation + 1).max(pl + wi);
+    let wp = w.padded_extent();
     // Rows of padding: zero up to the padded width in each phase (what a
     // stored output reads).
     let zero_row = |row: &mut [f32]| {
