@@ -609,89 +609,97 @@ fn batch_norm_after_concat_is_generated_code() {
 
 /// RNN, GRU (both reset placements) and LSTM run natively in every
 /// direction and layout, with and without bias and initial states, every
-/// result used, and match the interpreter.
+/// result used, and match the interpreter: a small layer (the packed
+/// recurrence's blocks all partial), one wide enough for full blocks, and
+/// a batch too large for the packed recurrence.
 #[test]
 fn recurrent_layers_match_the_interpreter() {
-    let (seq, batch, isz, h) = (5usize, 3usize, 4usize, 6usize);
+    let sizes = [
+        (5usize, 3usize, 4usize, 6usize),
+        (3, 2, 5, 40),
+        (2, 9, 3, 5),
+    ];
     let mut native = 0;
-    for (op, g) in [("RNN", 1usize), ("GRU", 3), ("LSTM", 4)] {
-        for (dir, dirs) in [("forward", 1usize), ("reverse", 1), ("bidirectional", 2)] {
-            for layout in [0, 1] {
-                for extras in [false, true] {
-                    let lbr = if op == "GRU" && extras {
-                        ", linear_before_reset = 1"
-                    } else {
-                        ""
-                    };
-                    let x = if layout == 0 {
-                        [seq, batch, isz]
-                    } else {
-                        [batch, seq, isz]
-                    };
-                    let state = if layout == 0 {
-                        [dirs, batch, h]
-                    } else {
-                        [batch, dirs, h]
-                    };
-                    let y = if layout == 0 {
-                        vec![seq, dirs, batch, h]
-                    } else {
-                        vec![batch, seq, dirs, h]
-                    };
-                    let lstm = op == "LSTM";
-                    let mut lines = vec![
-                        format!("  input %x: {}", ty(&x)),
-                        format!("  input %h0: {}", ty(&state)),
-                        format!("  input %c0: {}", ty(&state)),
-                        format!(
-                            "  const %w: {} = {}",
-                            ty(&[dirs, g * h, isz]),
-                            dense(&values(1, dirs * g * h * isz))
-                        ),
-                        format!(
-                            "  const %r: {} = {}",
-                            ty(&[dirs, g * h, h]),
-                            dense(&values(2, dirs * g * h * h))
-                        ),
-                        format!(
-                            "  const %b: {} = {}",
-                            ty(&[dirs, 2 * g * h]),
-                            dense(&values(3, dirs * 2 * g * h))
-                        ),
-                    ];
-                    let operands = match (extras, lstm) {
-                        (false, _) => "%x, %w, %r".to_string(),
-                        (true, false) => "%x, %w, %r, %b, none, %h0".to_string(),
-                        (true, true) => "%x, %w, %r, %b, none, %h0, %c0".to_string(),
-                    };
-                    let results = if lstm { "%y, %yh, %yc" } else { "%y, %yh" };
-                    let types = if lstm {
-                        format!("{}, {}, {}", ty(&y), ty(&state), ty(&state))
-                    } else {
-                        format!("{}, {}", ty(&y), ty(&state))
-                    };
-                    lines.push(format!(
+    for (seq, batch, isz, h) in sizes {
+        for (op, g) in [("RNN", 1usize), ("GRU", 3), ("LSTM", 4)] {
+            for (dir, dirs) in [("forward", 1usize), ("reverse", 1), ("bidirectional", 2)] {
+                for layout in [0, 1] {
+                    for extras in [false, true] {
+                        let lbr = if op == "GRU" && extras {
+                            ", linear_before_reset = 1"
+                        } else {
+                            ""
+                        };
+                        let x = if layout == 0 {
+                            [seq, batch, isz]
+                        } else {
+                            [batch, seq, isz]
+                        };
+                        let state = if layout == 0 {
+                            [dirs, batch, h]
+                        } else {
+                            [batch, dirs, h]
+                        };
+                        let y = if layout == 0 {
+                            vec![seq, dirs, batch, h]
+                        } else {
+                            vec![batch, seq, dirs, h]
+                        };
+                        let lstm = op == "LSTM";
+                        let mut lines = vec![
+                            format!("  input %x: {}", ty(&x)),
+                            format!("  input %h0: {}", ty(&state)),
+                            format!("  input %c0: {}", ty(&state)),
+                            format!(
+                                "  const %w: {} = {}",
+                                ty(&[dirs, g * h, isz]),
+                                dense(&values(1, dirs * g * h * isz))
+                            ),
+                            format!(
+                                "  const %r: {} = {}",
+                                ty(&[dirs, g * h, h]),
+                                dense(&values(2, dirs * g * h * h))
+                            ),
+                            format!(
+                                "  const %b: {} = {}",
+                                ty(&[dirs, 2 * g * h]),
+                                dense(&values(3, dirs * 2 * g * h))
+                            ),
+                        ];
+                        let operands = match (extras, lstm) {
+                            (false, _) => "%x, %w, %r".to_string(),
+                            (true, false) => "%x, %w, %r, %b, none, %h0".to_string(),
+                            (true, true) => "%x, %w, %r, %b, none, %h0, %c0".to_string(),
+                        };
+                        let results = if lstm { "%y, %yh, %yc" } else { "%y, %yh" };
+                        let types = if lstm {
+                            format!("{}, {}, {}", ty(&y), ty(&state), ty(&state))
+                        } else {
+                            format!("{}, {}", ty(&y), ty(&state))
+                        };
+                        lines.push(format!(
                         "  {results} = {op}({operands}) {{direction = \"{dir}\", hidden_size = {h}, layout = {layout}{lbr}}} : {types}"
                     ));
-                    let src = format!(
-                        "module @rnn opset(ai.onnx = 14) {{\n{}\n  return {results}\n}}\n",
-                        lines.join("\n")
-                    );
-                    let inputs = HashMap::from([
-                        ("x".to_string(), input(&x, 7)),
-                        ("h0".to_string(), input(&state, 8)),
-                        ("c0".to_string(), input(&state, 9)),
-                    ]);
-                    for threads in [1, 2] {
-                        check(&src, &inputs, threads, false).unwrap_or_else(|e| panic!("{e}"));
+                        let src = format!(
+                            "module @rnn opset(ai.onnx = 14) {{\n{}\n  return {results}\n}}\n",
+                            lines.join("\n")
+                        );
+                        let inputs = HashMap::from([
+                            ("x".to_string(), input(&x, 7)),
+                            ("h0".to_string(), input(&state, 8)),
+                            ("c0".to_string(), input(&state, 9)),
+                        ]);
+                        for threads in [1, 2] {
+                            check(&src, &inputs, threads, false).unwrap_or_else(|e| panic!("{e}"));
+                        }
+                        native += backend_report(&src, &inputs).contains(", 0 on the interpreter")
+                            as usize;
                     }
-                    native +=
-                        backend_report(&src, &inputs).contains(", 0 on the interpreter") as usize;
                 }
             }
         }
     }
-    assert_eq!(native, 3 * 3 * 2 * 2);
+    assert_eq!(native, sizes.len() * 3 * 3 * 2 * 2);
 }
 
 /// Split runs natively (each part a strided copy): sizes given, uneven

@@ -27,7 +27,7 @@ macro_rules! simd_fn {
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn narrow($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                if $crate::cpu::simd_wide() {
                     // SAFETY: the features are present.
                     return unsafe { wide($($arg),*) };
                 }
@@ -41,6 +41,19 @@ macro_rules! simd_fn {
     };
 }
 pub(crate) use simd_fn;
+
+/// Whether [`simd_fn`] bodies run their AVX-512 copy (so kernels that size
+/// blocks by the registers can match it).
+pub(crate) fn simd_wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 pub(crate) mod activation;
 pub(crate) mod approx;

@@ -8,6 +8,7 @@
 //! recurrence weights followed by the gates' elementwise math.
 
 use super::kernels::matmul::{sgemm, Strides};
+use super::kernels::packed::PackedB;
 use super::kernels::parallelism;
 use gemm::Parallelism;
 
@@ -57,11 +58,12 @@ use super::approx::{sigmoid, tanh};
 /// given.
 pub struct Operands<'a> {
     pub x: &'a [f32],
-    pub w: &'a [f32],
-    pub r: &'a [f32],
-    /// R transposed per direction, `[D, hidden, gates·hidden]`, where the
-    /// plan made it from a constant R (see [`transpose_recurrence`]).
-    pub r_t: Option<&'a [f32]>,
+    /// W, unless [`Operands::packed`] has it.
+    pub w: Option<&'a [f32]>,
+    /// R, unless [`Operands::packed`] has it.
+    pub r: Option<&'a [f32]>,
+    /// The constant weights the plan packed.
+    pub packed: &'a PackedWeights,
     pub b: Option<&'a [f32]>,
     pub h0: Option<&'a [f32]>,
     pub c0: Option<&'a [f32]>,
@@ -107,9 +109,8 @@ impl Recurrent {
         let g = self.cell.gates();
         let gh = g * h;
         let sizes_ok = ops.x.len() == seq * batch * isz
-            && ops.w.len() == dirs * gh * isz
-            && ops.r.len() == dirs * gh * h
-            && ops.r_t.is_none_or(|r| r.len() == dirs * gh * h)
+            && ops.w.is_none_or(|w| w.len() == dirs * gh * isz)
+            && ops.r.is_none_or(|r| r.len() == dirs * gh * h)
             && ops.b.is_none_or(|b| b.len() == dirs * 2 * gh)
             && ops.h0.is_none_or(|s| s.len() == dirs * batch * h)
             && ops.c0.is_none_or(|s| s.len() == dirs * batch * h);
@@ -130,27 +131,46 @@ impl Recurrent {
         let mut rh = vec![0f32; batch * h];
         let mut reset = vec![0f32; batch * h];
         let (mut hs, mut cs) = (vec![0f32; batch * h], vec![0f32; batch * h]);
+        // The weights as given, where the plan did not pack them.
+        let packed_w = ops.packed.w.as_ref().filter(|w| w.len() == dirs);
+        let packed_r = ops
+            .packed
+            .r
+            .as_ref()
+            .filter(|p| p.fits(dirs, h, gh, hr_cols));
+        let w = match (packed_w, ops.w) {
+            (Some(_), _) => None,
+            (None, Some(w)) => Some(w),
+            (None, None) => return Err("recurrent layer: W is missing".into()),
+        };
+        let r = match (packed_r, ops.r) {
+            (Some(_), _) => None,
+            (None, Some(r)) => Some(r),
+            (None, None) => return Err("recurrent layer: R is missing".into()),
+        };
         for d in 0..dirs {
-            let wd = &ops.w[d * gh * isz..][..gh * isz];
-            let rd = &ops.r[d * gh * h..][..gh * h];
             let bd = ops.b.map_or(&zeros[..], |b| &b[d * 2 * gh..][..2 * gh]);
             let (wb, rb) = bd.split_at(gh);
             // The whole sequence's input projection: X · W_dᵀ (rows in X's
             // order, so batch-major X needs no copy).
-            sgemm(
-                seq * batch,
-                gh,
-                isz,
-                &mut xw,
-                Strides::row_major(gh),
-                false,
-                ops.x,
-                Strides::row_major(isz),
-                wd,
-                Strides { rs: 1, cs: isz },
-                1.0,
-                par,
-            );
+            match (packed_w, w) {
+                (Some(pw), _) => pw[d].product(seq * batch, ops.x, isz, &mut xw, threads, None),
+                (None, Some(w)) => sgemm(
+                    seq * batch,
+                    gh,
+                    isz,
+                    &mut xw,
+                    Strides::row_major(gh),
+                    false,
+                    ops.x,
+                    Strides::row_major(isz),
+                    &w[d * gh * isz..][..gh * isz],
+                    Strides { rs: 1, cs: isz },
+                    1.0,
+                    par,
+                ),
+                (None, None) => unreachable!("W is checked above"),
+            }
             for b in 0..batch {
                 let (hs_b, cs_b) = (&mut hs[b * h..][..h], &mut cs[b * h..][..h]);
                 let at = self.state_at(d, b);
@@ -164,18 +184,14 @@ impl Recurrent {
                 }
             }
             let reverse = d == 1 || self.reverse;
-            // A few rows: broadcast products over R_dᵀ's rows (the gemm
-            // crate packed R, 256 KiB for a 128-wide LSTM, again at every
-            // step).
-            let rt = ops
-                .r_t
-                .filter(|_| batch <= SMALL_BATCH)
-                .map(|r| &r[d * gh * h..][..gh * h]);
+            // A few rows: GEMVs over R packed once (the gemm crate
+            // packed R, 256 KiB for a 128-wide LSTM, again at every step).
+            let rd = r.map_or(&[][..], |r| &r[d * gh * h..][..gh * h]);
             for step in 0..seq {
                 let t = if reverse { seq - 1 - step } else { step };
                 // H · R_dᵀ for the whole batch (the gates that use it).
-                match rt {
-                    Some(rt) => small_product(batch, h, hr_cols, &hs, rt, gh, &mut hr, gh),
+                match packed_r {
+                    Some(p) => panel_product(batch, &hs, p.part(d, false), &mut hr, gh),
                     None => sgemm(
                         batch,
                         hr_cols,
@@ -201,11 +217,8 @@ impl Recurrent {
                             reset[b * h + j] = r * hs[b * h + j];
                         }
                     }
-                    match rt {
-                        // Rows 2h..3h of R_d are columns 2h..3h of R_dᵀ.
-                        Some(rt) => {
-                            small_product(batch, h, h, &reset, &rt[2 * h..], gh, &mut rh, h)
-                        }
+                    match packed_r {
+                        Some(p) => panel_product(batch, &reset, p.part(d, true), &mut rh, h),
                         None => sgemm(
                             batch,
                             h,
@@ -254,68 +267,207 @@ impl Recurrent {
     }
 }
 
-/// Batches up to this size take [`small_product`] for the recurrence.
-const SMALL_BATCH: usize = 8;
+/// Batches up to this size take [`panel_product`] for the recurrence.
+pub const SMALL_BATCH: usize = 8;
 
-/// R `[D, gates·hidden, hidden]` transposed per direction to `[D, hidden,
-/// gates·hidden]`, the layout [`Operands::r_t`] takes: made once, by the
-/// plan, from a constant R.
-pub fn transpose_recurrence(r: &[f32], dirs: usize, hidden: usize) -> Vec<f32> {
-    let rows = r.len().checked_div(dirs * hidden).unwrap_or(0);
-    let mut t = vec![0f32; r.len()];
-    for d in 0..dirs {
-        let (src, dst) = (&r[d * rows * hidden..], &mut t[d * rows * hidden..]);
-        for row in 0..rows {
-            for c in 0..hidden {
-                dst[c * rows + row] = src[row * hidden + c];
+/// A layer's constant weights, packed once by the plan: W_dᵀ in the
+/// kernel library's panels (the gemm crate packed W again at every run, a
+/// third of the input projection's time), R for a small batch's steps.
+#[derive(Debug, Clone, Default)]
+pub struct PackedWeights {
+    w: Option<Vec<PackedB>>,
+    r: Option<PackedRecurrence>,
+}
+
+impl PackedWeights {
+    /// Packs what is given of a constant `W [dirs, gates·hidden, input]`
+    /// and `R [dirs, gates·hidden, hidden]` for `layer` (R only for a
+    /// batch of at most [`SMALL_BATCH`], W only where the host runs the
+    /// kernel library's products).
+    pub fn new(
+        layer: &Recurrent,
+        w: Option<&[f32]>,
+        r: Option<&[f32]>,
+    ) -> Result<PackedWeights, String> {
+        let (dirs, h, isz) = (layer.dirs, layer.hidden, layer.input);
+        let gh = layer.cell.gates() * h;
+        let w = match w {
+            Some(w) if PackedB::available() => {
+                if w.len() != dirs * gh * isz {
+                    return Err("recurrent layer: W of another size".into());
+                }
+                // W_d is [gates·hidden, input]: B = W_dᵀ is column-major.
+                Some(
+                    (0..dirs)
+                        .map(|d| PackedB::new(isz, gh, &w[d * gh * isz..][..gh * isz], 1, isz))
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        let r = match r {
+            Some(r) if layer.batch <= SMALL_BATCH => {
+                Some(PackedRecurrence::new(r, layer.cell, dirs, h)?)
+            }
+            _ => None,
+        };
+        Ok(PackedWeights { w, r })
+    }
+
+    /// Whether W is packed (the step need not read it).
+    pub fn has_w(&self) -> bool {
+        self.w.is_some()
+    }
+
+    /// Whether R is packed.
+    pub fn has_r(&self) -> bool {
+        self.r.is_some()
+    }
+}
+
+/// A constant R laid out for the per-step product `H · R_dᵀ` of a small
+/// batch: per direction, R_dᵀ (`[hidden, gates·hidden]`) in two parts of
+/// columns, those of the product with H (all gates, or a GRU's first two
+/// when its reset comes before the product) and the rest (that GRU's
+/// candidate gate, multiplied with `r ⊙ H`); each part in blocks of
+/// [`PackedRecurrence::width`] columns, a block's `hidden` rows stored
+/// one after another. A step then streams each block in address order:
+/// read row by row out of the plain transpose (a short run every
+/// `gates·hidden` floats), the weights, re-read from L2 at every step,
+/// came in at about 16 bytes a cycle, and the product was most of an
+/// LSTM's time.
+#[derive(Debug, Clone)]
+struct PackedRecurrence {
+    dirs: usize,
+    hidden: usize,
+    cols: usize,
+    /// Columns in the first part.
+    split: usize,
+    /// Columns per block: as many as the accumulators that fit the
+    /// registers (8 vectors).
+    width: usize,
+    /// `[dirs][cols·hidden]`, each direction's first part, then its second.
+    data: Vec<f32>,
+}
+
+/// One part of one direction's packed R: `k x n` in blocks of `width`.
+#[derive(Clone, Copy)]
+struct Panels<'a> {
+    k: usize,
+    n: usize,
+    width: usize,
+    data: &'a [f32],
+}
+
+impl PackedRecurrence {
+    /// Packs a constant `R [dirs, gates·hidden, hidden]` for `cell`.
+    fn new(r: &[f32], cell: Cell, dirs: usize, hidden: usize) -> Result<PackedRecurrence, String> {
+        let cols = cell.gates() * hidden;
+        if r.len() != dirs * cols * hidden {
+            return Err("recurrent layer: R of another size".into());
+        }
+        let split = if cell
+            == (Cell::Gru {
+                linear_before_reset: false,
+            }) {
+            2 * hidden
+        } else {
+            cols
+        };
+        let width = if crate::cpu::simd_wide() { 128 } else { 64 };
+        let mut data = vec![0f32; r.len()];
+        for d in 0..dirs {
+            let src = &r[d * cols * hidden..][..cols * hidden];
+            let dst = &mut data[d * cols * hidden..][..cols * hidden];
+            for (c0, c1) in [(0, split), (split, cols)] {
+                let part = &mut dst[c0 * hidden..c1 * hidden];
+                let mut j0 = c0;
+                while j0 < c1 {
+                    let w = width.min(c1 - j0);
+                    let block = &mut part[(j0 - c0) * hidden..][..w * hidden];
+                    for kk in 0..hidden {
+                        for j in 0..w {
+                            // R_dᵀ[kk, j0 + j] = R_d[j0 + j, kk].
+                            block[kk * w + j] = src[(j0 + j) * hidden + kk];
+                        }
+                    }
+                    j0 += w;
+                }
             }
         }
+        Ok(PackedRecurrence {
+            dirs,
+            hidden,
+            cols,
+            split,
+            width,
+            data,
+        })
     }
-    t
+
+    /// Whether these are the weights of a layer of `dirs` directions,
+    /// `hidden` wide, with `cols` columns split after `split`.
+    fn fits(&self, dirs: usize, hidden: usize, cols: usize, split: usize) -> bool {
+        (self.dirs, self.hidden, self.cols, self.split) == (dirs, hidden, cols, split)
+    }
+
+    /// Direction d's first (`second == false`) or second part.
+    fn part(&self, d: usize, second: bool) -> Panels<'_> {
+        let (h, cols, split) = (self.hidden, self.cols, self.split);
+        let dir = &self.data[d * cols * h..][..cols * h];
+        let (c0, c1) = if second { (split, cols) } else { (0, split) };
+        Panels {
+            k: h,
+            n: c1 - c0,
+            width: self.width,
+            data: &dir[c0 * h..c1 * h],
+        }
+    }
+}
+
+/// `out[i·ldo + j] = Σ_kk a[i·k + kk] · B[kk, j]` for `i < m`, `j < n`,
+/// B packed in blocks (a GEMV per row of a, one block at a time).
+fn panel_product(m: usize, a: &[f32], b: Panels, out: &mut [f32], ldo: usize) {
+    let k = b.k;
+    let mut j0 = 0;
+    while j0 < b.n {
+        let w = b.width.min(b.n - j0);
+        let block = &b.data[j0 * k..][..k * w];
+        for i in 0..m {
+            block_product(&a[i * k..][..k], block, &mut out[i * ldo + j0..][..w]);
+        }
+        j0 += w;
+    }
 }
 
 crate::cpu::simd_fn! {
-    /// `out[i·ldo + j] = Σ_kk a[i·k + kk] · b[kk·ldb + j]` for `i < m`, `j
-    /// < n`: a few rows against a row-major matrix, 128 columns at a time
-    /// in registers (eight independent accumulator chains), each row of b
-    /// read as one contiguous run (a GEMV per row of a).
-    fn small_product(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        b: &[f32],
-        ldb: usize,
-        out: &mut [f32],
-        ldo: usize,
-    ) {
-        const NB: usize = 128;
-        let mut j0 = 0;
-        while j0 < n {
-            let w = NB.min(n - j0);
-            for i in 0..m {
-                let mut acc = [0f32; NB];
-                let row = &a[i * k..(i + 1) * k];
-                if w == NB {
-                    for (kk, &x) in row.iter().enumerate() {
-                        let br: &[f32; NB] = b[kk * ldb + j0..kk * ldb + j0 + NB]
-                            .try_into()
-                            .expect("NB floats");
-                        for j in 0..NB {
-                            acc[j] = x.mul_add(br[j], acc[j]);
-                        }
-                    }
-                } else {
-                    for (kk, &x) in row.iter().enumerate() {
-                        let br = &b[kk * ldb + j0..kk * ldb + j0 + w];
-                        for (acc, &bv) in acc.iter_mut().zip(br) {
-                            *acc = x.mul_add(bv, *acc);
-                        }
+    /// `dst[j] = Σ_kk row[kk] · block[kk·w + j]` for `w = dst.len()`: the
+    /// block's columns in registers (independent accumulator chains), its
+    /// rows read in order.
+    fn block_product(row: &[f32], block: &[f32], dst: &mut [f32]) {
+        #[inline(always)]
+        fn fixed<const W: usize>(row: &[f32], block: &[f32], dst: &mut [f32]) {
+            let mut acc = [0f32; W];
+            for (&x, br) in row.iter().zip(block.chunks_exact(W)) {
+                let br: &[f32; W] = br.try_into().expect("W floats");
+                for j in 0..W {
+                    acc[j] = x.mul_add(br[j], acc[j]);
+                }
+            }
+            dst.copy_from_slice(&acc);
+        }
+        match dst.len() {
+            128 => fixed::<128>(row, block, dst),
+            64 => fixed::<64>(row, block, dst),
+            w => {
+                let mut acc = [0f32; 128];
+                for (&x, br) in row.iter().zip(block.chunks_exact(w)) {
+                    for (acc, &bv) in acc.iter_mut().zip(br) {
+                        *acc = x.mul_add(bv, *acc);
                     }
                 }
-                out[i * ldo + j0..i * ldo + j0 + w].copy_from_slice(&acc[..w]);
+                dst.copy_from_slice(&acc[..w]);
             }
-            j0 += w;
         }
     }
 }

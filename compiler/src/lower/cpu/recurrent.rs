@@ -1,9 +1,11 @@
 //! Planning `RNN`, `GRU` and `LSTM` steps: the common form runs natively
 //! ([`kiln_runtime::cpu::rnn`]); non-default activations, clip, peepholes,
 //! coupled gates and per-sequence lengths stay on the interpreter, whose
-//! driver covers them all.
+//! driver covers them all. Constant W and R are packed here, once, and
+//! leave the module (the step captures them).
 
-use kiln_ir::{Attr, Module, Node};
+use kiln_ir::{Attr, ElemType, Module, Node, ValueId};
+use kiln_runtime::cpu::rnn::PackedWeights;
 use kiln_runtime::cpu::steps::recurrent::RecurrentStep;
 use kiln_runtime::cpu::NativeStep;
 
@@ -22,25 +24,36 @@ pub(super) fn recurrent(m: &Module, n: &Node) -> Result<NativeStep, String> {
         layer.dirs,
     );
     let k = n.outputs.len();
-    // A constant R, transposed once for the small-batch recurrence.
-    let r_t = n
-        .input(2)
-        .and_then(|r| m.constant(r))
-        .filter(|d| d.elem == kiln_ir::ElemType::F32)
-        .and_then(|d| d.to_f64_vec())
-        .map(|r| {
-            let r: Vec<f32> = r.into_iter().map(|x| x as f32).collect();
-            kiln_runtime::cpu::rnn::transpose_recurrence(&r, dirs, layer.hidden)
-        });
+    let w = f32_constant(m, n.input(1));
+    let r = f32_constant(m, n.input(2));
+    let packed = PackedWeights::new(&layer, w.as_deref(), r.as_deref())?;
+    let mut captured = vec![];
+    if packed.has_w() {
+        captured.push(1);
+    }
+    if packed.has_r() {
+        captured.push(2);
+    }
     let what = format!("{} {direction} hidden {}", n.op, layer.hidden);
     let flops = 2.0 * (seq * batch * dirs * wg * (input + layer.hidden)) as f64;
-    Ok(NativeStep::new(
+    let mut step = NativeStep::new(
         Box::new(RecurrentStep {
-            r_t,
+            packed,
             layer,
             results: [k > 0, k > 1, k > 2],
         }),
         what,
         flops,
-    ))
+    );
+    step.captured = captured;
+    Ok(step)
+}
+
+/// The data of an f32 constant.
+fn f32_constant(m: &Module, v: Option<ValueId>) -> Option<Vec<f32>> {
+    let d = m.constant(v?)?;
+    if d.elem != ElemType::F32 {
+        return None;
+    }
+    Some(d.to_f64_vec()?.into_iter().map(|x| x as f32).collect())
 }

@@ -10,7 +10,7 @@ mod conv;
 pub mod dequant;
 mod implicit;
 pub(crate) mod matmul;
-mod packed;
+pub(crate) mod packed;
 mod pool;
 pub mod qconv;
 pub mod qgemm;

@@ -1,7 +1,7 @@
 //! The step of a native `RNN`, `GRU` or `LSTM`: operands and results
 //! picked by ONNX position, the kernel in [`crate::cpu::rnn`].
 
-use crate::cpu::rnn::{Operands, Recurrent, Results};
+use crate::cpu::rnn::{Operands, PackedWeights, Recurrent, Results};
 use crate::cpu::view::{In, Out};
 use crate::cpu::NativeKernel;
 
@@ -12,8 +12,8 @@ use super::{f32s, opt_f32s};
 pub struct RecurrentStep {
     pub layer: Recurrent,
     pub results: [bool; 3],
-    /// A constant R transposed once ([`crate::cpu::rnn::transpose_recurrence`]).
-    pub r_t: Option<Vec<f32>>,
+    /// Constant W and R, packed once.
+    pub packed: PackedWeights,
 }
 
 impl NativeKernel for RecurrentStep {
@@ -25,9 +25,17 @@ impl NativeKernel for RecurrentStep {
     ) -> Result<(), String> {
         let ops = Operands {
             x: f32s(inputs, 0)?,
-            w: f32s(inputs, 1)?,
-            r: f32s(inputs, 2)?,
-            r_t: self.r_t.as_deref(),
+            w: if self.packed.has_w() {
+                None
+            } else {
+                Some(f32s(inputs, 1)?)
+            },
+            r: if self.packed.has_r() {
+                None
+            } else {
+                Some(f32s(inputs, 2)?)
+            },
+            packed: &self.packed,
             b: opt_f32s(inputs, 3)?,
             h0: opt_f32s(inputs, 5)?,
             c0: opt_f32s(inputs, 6)?,
