@@ -266,7 +266,8 @@ pub(crate) fn recurrent_layer(m: &Module, n: &Node) -> Result<Recurrent, String>
     if n.input(4).is_some() {
         return Err("sequence_lens given".into());
     }
-    if n.op == "LSTM" && n.input(7).is_some() {
+    let quantized = n.op == "kiln.DequantLSTM";
+    if (n.op == "LSTM" || quantized) && n.input(7).is_some() {
         return Err("peepholes".into());
     }
     let cell = match n.op.as_str() {
@@ -274,11 +275,19 @@ pub(crate) fn recurrent_layer(m: &Module, n: &Node) -> Result<Recurrent, String>
         "GRU" => Cell::Gru {
             linear_before_reset: int("linear_before_reset") != 0,
         },
-        "LSTM" => Cell::Lstm,
+        "LSTM" | "kiln.DequantLSTM" => Cell::Lstm,
         op => return Err(format!("not a recurrent op: {op}")),
     };
-    for v in n.inputs.iter().flatten().chain(&n.outputs) {
-        if m.ty(*v).as_tensor().map(|t| t.elem) != Some(ElemType::F32) {
+    // Every value f32 but a kiln.DequantLSTM's 8-bit weights and their
+    // parameters (operands 1, 2 and 8 on).
+    let f32_operands = n
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| !quantized || !(k == 1 || k == 2 || k >= 8))
+        .filter_map(|(_, v)| *v);
+    for v in f32_operands.chain(n.outputs.iter().copied()) {
+        if m.ty(v).as_tensor().map(|t| t.elem) != Some(ElemType::F32) {
             return Err("not f32".into());
         }
     }

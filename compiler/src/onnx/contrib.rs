@@ -569,9 +569,12 @@ fn dynamic_quantize_lstm(cx: &mut CanonCtx, node: &Node) -> Result<(), String> {
     add_canonical(cx, lstm)
 }
 
-/// `Transpose((Cast(w) - Cast(zero)) · scale, [0, 2, 1])` for a constant
-/// 8-bit `w [D, rows, cols]` whose constant scale and zero point are per
-/// direction (`[D]`) or per direction and column (`[D, cols]`).
+/// `DequantizeLinear(wᵀ, scale, zero)` for a constant 8-bit `w [D, rows,
+/// cols]`, transposed here to LSTM's `[D, cols, rows]`, whose constant
+/// scale and zero point are per direction (`[D]`, on axis 0) or per
+/// direction and column (`[D, cols]`, as `[D, cols, 1]` blocks of whole
+/// rows). Constant folding makes the f32 weights of it where a backend
+/// wants them; `fold-weight-dq` keeps them 8-bit for the cpu backend.
 fn lstm_weight(
     cx: &mut CanonCtx,
     node: &Node,
@@ -590,13 +593,35 @@ fn lstm_weight(
             "DynamicQuantizeLSTM: {what} must be 8-bit [D, rows, cols]"
         ));
     }
-    let (d, cols) = (wd.shape[0], wd.shape[2]);
-    // The parameters shaped to broadcast over W: [D, 1, 1] or [D, 1, cols].
-    let param = |cx: &mut CanonCtx, v: Option<ValueId>, part: &str, elem: Option<ElemType>| {
+    let (d, rows, cols) = (wd.shape[0], wd.shape[1], wd.shape[2]);
+    let bytes = wd
+        .bytes()
+        .ok_or("DynamicQuantizeLSTM: a weight has no data")?;
+    let (dn, rn, cn) = (d as usize, rows as usize, cols as usize);
+    if bytes.len() != dn * rn * cn {
+        return Err(format!(
+            "DynamicQuantizeLSTM: {what} has the wrong amount of data"
+        ));
+    }
+    let mut t = vec![0u8; bytes.len()];
+    for k in 0..dn {
+        for r in 0..rn {
+            for c in 0..cn {
+                t[(k * cn + c) * rn + r] = bytes[(k * rn + r) * cn + c];
+            }
+        }
+    }
+    let wt = TensorData::from_bytes(wd.elem, vec![d, cols, rows], t).map_err(|e| e.to_string())?;
+    let wt = cx.constant(&hint(node, &format!("{what}_lstm_quantized")), wt);
+    let mut per_column = false;
+    let mut param = |cx: &mut CanonCtx, v: Option<ValueId>, part: &str, elem: Option<ElemType>| {
         let pd = konst(cx, v, part)?;
         let shape = match pd.shape[..] {
-            [x] if x == d => vec![d, 1, 1],
-            [x, c] if x == d && c == cols => vec![d, 1, cols],
+            [x] if x == d => vec![d],
+            [x, c] if x == d && c == cols => {
+                per_column = true;
+                vec![d, cols, 1]
+            }
             _ => {
                 return Err(format!(
                     "DynamicQuantizeLSTM: {what}{part} must be [{d}] or [{d}, {cols}]"
@@ -617,26 +642,18 @@ fn lstm_weight(
     };
     let s = param(cx, scale, "_scale", None)?;
     let z = param(cx, zero, "_zero_point", Some(wd.elem))?;
-    let cast = |cx: &mut CanonCtx, v: ValueId, tag: &str| -> Result<ValueId, String> {
-        let y = fresh(cx, node, tag);
-        let mut c = Node::new("Cast", vec![Some(v)], vec![y]);
-        c.attrs.insert("to".into(), Attr::Int(1));
-        cx.push(c)?;
-        Ok(y)
-    };
-    let wf = cast(cx, w.ok_or("no weights")?, &format!("{what}_f32"))?;
-    let zf = cast(cx, z, &format!("{what}_zero_f32"))?;
-    let centered = fresh(cx, node, &format!("{what}_centered"));
-    cx.push(Node::new("Sub", vec![Some(wf), Some(zf)], vec![centered]))?;
-    let scaled = fresh(cx, node, &format!("{what}_dequantized"));
-    cx.push(Node::new(
-        "Mul",
-        vec![Some(centered), Some(s)],
-        vec![scaled],
-    ))?;
-    let t = fresh(cx, node, &format!("{what}_lstm"));
-    let mut tr = Node::new("Transpose", vec![Some(scaled)], vec![t]);
-    tr.attrs.insert("perm".into(), Attr::Ints(vec![0, 2, 1]));
-    cx.push(tr)?;
-    Ok(t)
+    let y = fresh(cx, node, &format!("{what}_lstm"));
+    let mut dq = Node::new(
+        "DequantizeLinear",
+        vec![Some(wt), Some(s), Some(z)],
+        vec![y],
+    );
+    if per_column {
+        dq.attrs.insert("axis".into(), Attr::Int(2));
+        dq.attrs.insert("block_size".into(), Attr::Int(rows as i64));
+    } else {
+        dq.attrs.insert("axis".into(), Attr::Int(0));
+    }
+    cx.push(dq)?;
+    Ok(y)
 }

@@ -24,6 +24,13 @@
 //!    least 16 rows: the forms the cpu backend's weight-only kernel runs
 //!    with the weights packed as they are.
 //!
+//! 4. `LSTM(X, DequantizeLinear(W), DequantizeLinear(R), ...)` of constant
+//!    8-bit W and R quantized per tensor, per direction (axis 0) or per
+//!    direction and gate row (blocks of a whole row) → `kiln.DequantLSTM`
+//!    with the scales and zero points as `[D]` or `[D, 4·hidden, 1]`, the
+//!    form `DynamicQuantizeLSTM` imports as: the recurrence, re-read at
+//!    every step, stays a quarter of its f32 size.
+//!
 //! The DequantizeLinear nodes left without users go with DCE. Targets
 //! without a weight-only kernel (the gpu's) leave this pass out of their
 //! pipeline (`compile::level_pipeline`), so constant folding gives them f32
@@ -52,7 +59,7 @@ fn fold_region(m: &mut Module, r: &mut Region) -> bool {
             changed |= fold_region(m, sub);
         }
     }
-    for rule in [cast_scale as Rule, sink_dq, dequant_matmul] {
+    for rule in [cast_scale as Rule, sink_dq, dequant_matmul, dequant_lstm] {
         changed |= apply(m, r, rule);
     }
     changed
@@ -487,6 +494,99 @@ fn transpose_2d(d: &TensorData) -> Option<TensorData> {
         }
     };
     TensorData::from_bytes(d.elem, vec![cols as u64, rows as u64], out).ok()
+}
+
+/// Rule 4: an LSTM of two dequantized constant 8-bit weights.
+fn dequant_lstm(
+    m: &mut Module,
+    r: &mut Region,
+    def: &HashMap<ValueId, usize>,
+    i: usize,
+) -> Option<Vec<Node>> {
+    let n = r.nodes[i].clone();
+    if n.op != "LSTM" || elem(m, n.input(0)?) != Some(ElemType::F32) {
+        return None;
+    }
+    let w = lstm_weight(m, r, def, n.input(1)?)?;
+    let rw = lstm_weight(m, r, def, n.input(2)?)?;
+    let mut inputs: Vec<Option<ValueId>> = (0..8).map(|k| n.input(k)).collect();
+    inputs[1] = Some(w.q);
+    inputs[2] = Some(rw.q);
+    for p in [w, rw] {
+        let scale = add_const(m, r, "scale", p.scale);
+        let zero = add_const(m, r, "zero_point", p.zero);
+        inputs.extend([Some(scale), Some(zero)]);
+    }
+    let mut out = Node::new("kiln.DequantLSTM", inputs, n.outputs.clone());
+    out.attrs = n.attrs.clone();
+    out.name = n.name.clone();
+    Some(vec![out])
+}
+
+/// A recurrent weight's 8-bit constant and its parameters, `[D]` or `[D,
+/// rows, 1]`.
+struct LstmWeight {
+    q: ValueId,
+    scale: TensorData,
+    zero: TensorData,
+}
+
+/// The parts of `v = DequantizeLinear(q, scale, zero)` for a constant
+/// 8-bit `q [D, rows, cols]` whose constant parameters are per tensor,
+/// per direction (axis 0) or per row (axis 2 in one block per row).
+fn lstm_weight(
+    m: &Module,
+    r: &Region,
+    def: &HashMap<ValueId, usize>,
+    v: ValueId,
+) -> Option<LstmWeight> {
+    let dq = &r.nodes[*def.get(&v)?];
+    if dq.op != "DequantizeLinear" {
+        return None;
+    }
+    let q = dq.input(0)?;
+    let qd = m.constant(q)?;
+    if !matches!(qd.elem, ElemType::I8 | ElemType::U8) || qd.shape.len() != 3 {
+        return None;
+    }
+    let (d, rows, cols) = (qd.shape[0], qd.shape[1], qd.shape[2]);
+    let sd = m.constant(dq.input(1)?)?;
+    if sd.elem != ElemType::F32 {
+        return None;
+    }
+    let axis = norm_axis(int_attr(dq, "axis", 1), 3)?;
+    let block = int_attr(dq, "block_size", 0);
+    let (shape, per_row) = match (&sd.shape[..], axis, block) {
+        (s, _, 0) if sd.numel() == 1 && s.len() <= 1 => (vec![d], false),
+        ([x], 0, 0) if *x == d => (vec![d], false),
+        ([x, y, 1], 2, b) if *x == d && *y == rows && b as u64 >= cols => (vec![d, rows, 1], true),
+        _ => return None,
+    };
+    let numel = if per_row { d * rows } else { d };
+    // A per-tensor parameter repeats for every direction.
+    let spread = |t: &TensorData, elem: ElemType| -> Option<TensorData> {
+        let b = t.bytes()?;
+        let bytes = if t.numel() == numel {
+            b.to_vec()
+        } else if t.numel() == 1 {
+            b.repeat(numel as usize)
+        } else {
+            return None;
+        };
+        TensorData::from_bytes(elem, shape.clone(), bytes).ok()
+    };
+    let scale = spread(sd, ElemType::F32)?;
+    let zero = match dq.input(2) {
+        Some(z) => {
+            let zd = m.constant(z)?;
+            if zd.elem != qd.elem || zd.shape != sd.shape {
+                return None;
+            }
+            spread(zd, qd.elem)?
+        }
+        None => TensorData::from_bytes(qd.elem, shape.clone(), vec![0; numel as usize]).ok()?,
+    };
+    Some(LstmWeight { q, scale, zero })
 }
 
 #[cfg(test)]

@@ -354,6 +354,7 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("Where", BROADCAST),
     ("Xor", BROADCAST),
     ("ai.onnx.ml.Binarizer", UNARY),
+    ("kiln.DequantLSTM", weights(&[1, 2])),
     ("kiln.DequantMatMul", CONTRACTION),
     ("kiln.FusedConv", CONTRACTION),
 ];

@@ -7,6 +7,7 @@
 //! matrix product, then each step is one product of the state with the
 //! recurrence weights followed by the gates' elementwise math.
 
+use super::kernels::dequant::{QuantB, QuantBits, QuantGrid};
 use super::kernels::matmul::{sgemm, Strides};
 use super::kernels::packed::PackedB;
 use super::kernels::parallelism;
@@ -132,12 +133,11 @@ impl Recurrent {
         let mut reset = vec![0f32; batch * h];
         let (mut hs, mut cs) = (vec![0f32; batch * h], vec![0f32; batch * h]);
         // The weights as given, where the plan did not pack them.
-        let packed_w = ops.packed.w.as_ref().filter(|w| w.len() == dirs);
+        let packed_w = ops.packed.w_fits(dirs, gh, isz).then_some(ops.packed);
         let packed_r = ops
             .packed
-            .r
-            .as_ref()
-            .filter(|p| p.fits(dirs, h, gh, hr_cols));
+            .r_fits(dirs, h, gh, hr_cols)
+            .then_some(ops.packed);
         let w = match (packed_w, ops.w) {
             (Some(_), _) => None,
             (None, Some(w)) => Some(w),
@@ -154,7 +154,7 @@ impl Recurrent {
             // The whole sequence's input projection: X · W_dᵀ (rows in X's
             // order, so batch-major X needs no copy).
             match (packed_w, w) {
-                (Some(pw), _) => pw[d].product(seq * batch, ops.x, isz, &mut xw, threads, None),
+                (Some(p), _) => p.project(d, seq * batch, ops.x, isz, &mut xw, threads),
                 (None, Some(w)) => sgemm(
                     seq * batch,
                     gh,
@@ -191,7 +191,7 @@ impl Recurrent {
                 let t = if reverse { seq - 1 - step } else { step };
                 // H · R_dᵀ for the whole batch (the gates that use it).
                 match packed_r {
-                    Some(p) => panel_product(batch, &hs, p.part(d, false), &mut hr, gh),
+                    Some(p) => p.recur(d, false, batch, &hs, &mut hr, gh),
                     None => sgemm(
                         batch,
                         hr_cols,
@@ -218,7 +218,7 @@ impl Recurrent {
                         }
                     }
                     match packed_r {
-                        Some(p) => panel_product(batch, &reset, p.part(d, true), &mut rh, h),
+                        Some(p) => p.recur(d, true, batch, &reset, &mut rh, h),
                         None => sgemm(
                             batch,
                             h,
@@ -272,11 +272,92 @@ pub const SMALL_BATCH: usize = 8;
 
 /// A layer's constant weights, packed once by the plan: W_dᵀ in the
 /// kernel library's panels (the gemm crate packed W again at every run, a
-/// third of the input projection's time), R for a small batch's steps.
+/// third of the input projection's time), R for a small batch's steps;
+/// or, for `kiln.DequantLSTM`, W kept 8-bit with its scales ([`QuantB`]).
 #[derive(Debug, Clone, Default)]
 pub struct PackedWeights {
-    w: Option<Vec<PackedB>>,
+    w: Option<InputWeights>,
     r: Option<PackedRecurrence>,
+}
+
+#[derive(Debug, Clone)]
+enum InputWeights {
+    F32(Vec<PackedB>),
+    Quant(Vec<QuantB>),
+}
+
+/// A constant 8-bit weight `[dirs, gates·hidden, cols]` in the layout of
+/// an ONNX recurrent layer's W or R, with a scale and zero point per
+/// direction (`dirs` each) or per direction and row (`dirs·gates·hidden`).
+pub struct QuantWeight<'a> {
+    pub bits: QuantBits,
+    /// Elements.
+    pub len: usize,
+    /// Element `i < len` of the weight.
+    pub value: &'a dyn Fn(usize) -> i32,
+    pub scales: &'a [f32],
+    pub zeros: &'a [i32],
+}
+
+impl QuantWeight<'_> {
+    /// The f32 values, `(q - zero) · scale` as DequantizeLinear computes
+    /// them.
+    fn dequantized(&self, rows: usize, cols: usize, dirs: usize) -> Result<Vec<f32>, String> {
+        if self.len != dirs * rows * cols || self.zeros.len() != self.scales.len() {
+            return Err(format!("{} weights for [{dirs}, {rows}, {cols}]", self.len));
+        }
+        let per_row = if self.scales.len() == dirs * rows {
+            true
+        } else if self.scales.len() == dirs {
+            false
+        } else {
+            return Err(format!(
+                "{} scales for {dirs} directions",
+                self.scales.len()
+            ));
+        };
+        Ok((0..self.len)
+            .map(|i| {
+                let p = if per_row { i / cols } else { i / (rows * cols) };
+                ((self.value)(i) - self.zeros[p]) as f32 * self.scales[p]
+            })
+            .collect())
+    }
+
+    /// Direction d's weights transposed, `[cols, rows]`, as [`QuantB`].
+    fn packed(&self, d: usize, rows: usize, cols: usize, dirs: usize) -> Result<QuantB, String> {
+        if self.len != dirs * rows * cols {
+            return Err(format!("{} weights for [{dirs}, {rows}, {cols}]", self.len));
+        }
+        let (grid, scales, zeros) = if self.scales.len() == dirs * rows && rows > 1 {
+            let at = d * rows..(d + 1) * rows;
+            (true, &self.scales[at.clone()], &self.zeros[at])
+        } else if self.scales.len() == dirs {
+            (false, &self.scales[d..d + 1], &self.zeros[d..d + 1])
+        } else {
+            return Err(format!(
+                "{} scales for {dirs} directions of {rows} rows",
+                self.scales.len()
+            ));
+        };
+        if zeros.len() != scales.len() {
+            return Err("as many zero points as scales needed".into());
+        }
+        // B[kk, c] = weight[d, c, kk]: element kk·rows + c of B.
+        let base = d * rows * cols;
+        QuantB::new(
+            cols,
+            rows,
+            self.bits,
+            |i| (self.value)(base + (i % rows) * cols + i / rows),
+            scales,
+            zeros,
+            QuantGrid {
+                group: cols,
+                per_column: grid,
+            },
+        )
+    }
 }
 
 impl PackedWeights {
@@ -297,11 +378,11 @@ impl PackedWeights {
                     return Err("recurrent layer: W of another size".into());
                 }
                 // W_d is [gates·hidden, input]: B = W_dᵀ is column-major.
-                Some(
+                Some(InputWeights::F32(
                     (0..dirs)
                         .map(|d| PackedB::new(isz, gh, &w[d * gh * isz..][..gh * isz], 1, isz))
                         .collect(),
-                )
+                ))
             }
             _ => None,
         };
@@ -314,6 +395,30 @@ impl PackedWeights {
         Ok(PackedWeights { w, r })
     }
 
+    /// Packs 8-bit W (kept 8-bit, unpacked block by block as the input
+    /// projection runs) and R (dequantized here: a step's product with a
+    /// few rows of H is bound by how fast R arrives from L2 or by
+    /// unpacking it, and the f32 blocks measured faster than widening the
+    /// bytes at every step, 1.3 against 1.5 ms on a 128-wide BiLSTM on
+    /// Zen 3). Needs an AVX2/FMA host.
+    pub fn quantized(
+        layer: &Recurrent,
+        w: &QuantWeight,
+        r: &QuantWeight,
+    ) -> Result<PackedWeights, String> {
+        if !QuantB::available() {
+            return Err("8-bit recurrent weights need AVX2 and FMA".into());
+        }
+        let (dirs, h, isz) = (layer.dirs, layer.hidden, layer.input);
+        let gh = layer.cell.gates() * h;
+        let w = (0..dirs)
+            .map(|d| w.packed(d, gh, isz, dirs))
+            .collect::<Result<_, _>>()?;
+        let mut packed = PackedWeights::new(layer, None, Some(&r.dequantized(gh, h, dirs)?))?;
+        packed.w = Some(InputWeights::Quant(w));
+        Ok(packed)
+    }
+
     /// Whether W is packed (the step need not read it).
     pub fn has_w(&self) -> bool {
         self.w.is_some()
@@ -322,6 +427,47 @@ impl PackedWeights {
     /// Whether R is packed.
     pub fn has_r(&self) -> bool {
         self.r.is_some()
+    }
+
+    /// Whether W is packed for `dirs` directions of `gh x isz`.
+    fn w_fits(&self, dirs: usize, gh: usize, isz: usize) -> bool {
+        match &self.w {
+            Some(InputWeights::F32(p)) => {
+                p.len() == dirs && p.iter().all(|p| p.dims() == (isz, gh))
+            }
+            Some(InputWeights::Quant(q)) => {
+                q.len() == dirs && q.iter().all(|q| q.dims() == (isz, gh))
+            }
+            None => false,
+        }
+    }
+
+    /// Whether R is packed for a layer of `dirs` directions, `h` wide,
+    /// `gh` columns, the product with H taking the first `hr_cols`.
+    fn r_fits(&self, dirs: usize, h: usize, gh: usize, hr_cols: usize) -> bool {
+        self.r
+            .as_ref()
+            .is_some_and(|p| p.fits(dirs, h, gh, hr_cols))
+    }
+
+    /// W's projection of `m` rows of `x` for direction d, into `out` (`m x
+    /// gates·hidden`). W must be packed ([`PackedWeights::w_fits`]).
+    fn project(&self, d: usize, m: usize, x: &[f32], lda: usize, out: &mut [f32], threads: usize) {
+        match &self.w {
+            Some(InputWeights::F32(p)) => p[d].product(m, x, lda, out, threads, None),
+            Some(InputWeights::Quant(q)) => q[d].product(m, x, lda, out, threads, None),
+            None => unreachable!("project: W is not packed"),
+        }
+    }
+
+    /// A step's product of `m` rows of `a` with direction d's R: the
+    /// first part of its columns or (`second`) the rest, into `out` (row
+    /// stride `ldo`). R must be packed ([`PackedWeights::r_fits`]).
+    fn recur(&self, d: usize, second: bool, m: usize, a: &[f32], out: &mut [f32], ldo: usize) {
+        match &self.r {
+            Some(p) => panel_product(m, a, p.part(d, second), out, ldo),
+            None => unreachable!("recur: R is not packed"),
+        }
     }
 }
 

@@ -256,7 +256,7 @@ fn lower_node(
         "Pad" => movement::pad(m, n),
         "Split" => movement::split(m, n),
         "Resize" => movement::resize(m, n),
-        "RNN" | "GRU" | "LSTM" => recurrent::recurrent(m, n),
+        "RNN" | "GRU" | "LSTM" | "kiln.DequantLSTM" => recurrent::recurrent(m, n),
         "Cast" => movement::cast(m, n),
         "Expand" => movement::expand(m, n),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {

@@ -210,7 +210,7 @@ pub(crate) fn rule_for(op: &str) -> Option<InferFn> {
         "BatchNormalization" => batch_norm,
         "LayerNormalization" => layer_norm,
         "Dropout" => dropout,
-        "RNN" | "GRU" | "LSTM" => rnn,
+        "RNN" | "GRU" | "LSTM" | "kiln.DequantLSTM" => rnn,
         "QuantizeLinear" => quantize_linear,
         "DequantizeLinear" => dequantize_linear,
         "DynamicQuantizeLinear" => dynamic_quantize_linear,

@@ -179,6 +179,11 @@ impl QuantB {
         }
     }
 
+    /// `(K, N)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
     /// Bytes the packed weights and their parameters occupy.
     pub fn bytes(&self) -> usize {
         self.data.len() + 4 * (self.scales.len() + self.zeros.len())
@@ -313,6 +318,42 @@ crate::cpu::simd_fn! {
     }
 }
 
+/// A packed row of 16 weights as f32 (`KIND` 0-3 for I8, U8, I4, U4).
+#[inline(always)]
+fn widen<const KIND: u8>(row: &[u8]) -> [f32; NR] {
+    let mut w = [0.0f32; NR];
+    match KIND {
+        0 | 1 => {
+            let b: &[u8; NR] = row.try_into().expect("16 bytes");
+            for j in 0..NR {
+                w[j] = if KIND == 0 {
+                    b[j] as i8 as f32
+                } else {
+                    b[j] as f32
+                };
+            }
+        }
+        _ => {
+            const H: usize = NR / 2;
+            let b: &[u8; H] = row.try_into().expect("8 bytes");
+            let mut n = [0u8; NR];
+            for j in 0..H {
+                n[j] = b[j] & 15;
+                n[j + H] = b[j] >> 4;
+            }
+            for j in 0..NR {
+                // Sign-extending a nibble: (x ^ 8) - 8.
+                w[j] = if KIND == 2 {
+                    ((n[j] ^ 8) as i8 - 8) as f32
+                } else {
+                    n[j] as f32
+                };
+            }
+        }
+    }
+    w
+}
+
 /// The strip's product for `R` rows, of which the first `rows` are A's
 /// (the others are zero rows: `a` is indexed only for A's), with `KIND`
 /// 0-3 for I8, U8, I4, U4.
@@ -343,38 +384,39 @@ fn gemv_rows<const KIND: u8, const R: usize>(
         let (sc, zs) = q.params(s, g);
         let mut dots = [[0.0f32; NR]; R];
         let mut asum = [0.0f32; R];
-        for r in r0..r1 {
-            let mut w = [0.0f32; NR];
-            let row = &src[r * bpr..(r + 1) * bpr];
-            match KIND {
-                0 | 1 => {
-                    let b: &[u8; NR] = row.try_into().expect("16 bytes");
+        let mut r = r0;
+        if R == 1 {
+            // One row: four rows of weights at a time into chains of their
+            // own (one chain per 16 columns left the loop waiting on the
+            // FMA latency, a quarter of its throughput, where the weights
+            // come from cache: an LSTM's recurrence).
+            let mut d4 = [[0.0f32; NR]; 4];
+            let quads = (r1 - r0) / 4;
+            let quad_rows = src[r0 * bpr..(r0 + 4 * quads) * bpr].chunks_exact(4 * bpr);
+            for (w4, x4) in quad_rows.zip(a[r0..r0 + 4 * quads].chunks_exact(4)) {
+                for u in 0..4 {
+                    let w = widen::<KIND>(&w4[u * bpr..(u + 1) * bpr]);
                     for j in 0..NR {
-                        w[j] = if KIND == 0 {
-                            b[j] as i8 as f32
-                        } else {
-                            b[j] as f32
-                        };
-                    }
-                }
-                _ => {
-                    const H: usize = NR / 2;
-                    let b: &[u8; H] = row.try_into().expect("8 bytes");
-                    let mut n = [0u8; NR];
-                    for j in 0..H {
-                        n[j] = b[j] & 15;
-                        n[j + H] = b[j] >> 4;
-                    }
-                    for j in 0..NR {
-                        // Sign-extending a nibble: (x ^ 8) - 8.
-                        w[j] = if KIND == 2 {
-                            ((n[j] ^ 8) as i8 - 8) as f32
-                        } else {
-                            n[j] as f32
-                        };
+                        d4[u][j] = x4[u].mul_add(w[j], d4[u][j]);
                     }
                 }
             }
+            for j in 0..NR {
+                dots[0][j] = (d4[0][j] + d4[1][j]) + (d4[2][j] + d4[3][j]);
+            }
+            // In eight chains (one would be a dependent add per row).
+            let mut s8 = [0.0f32; 8];
+            let xs = &a[r0..r0 + 4 * quads];
+            for c in xs.chunks_exact(8) {
+                for j in 0..8 {
+                    s8[j] += c[j];
+                }
+            }
+            asum[0] = s8.iter().sum::<f32>() + xs.chunks_exact(8).remainder().iter().sum::<f32>();
+            r += 4 * quads;
+        }
+        for r in r..r1 {
+            let w = widen::<KIND>(&src[r * bpr..(r + 1) * bpr]);
             for i in 0..R {
                 let x = if i < rows { a[i * lda + r] } else { 0.0 };
                 asum[i] += x;

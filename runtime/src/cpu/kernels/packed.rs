@@ -71,6 +71,11 @@ impl PackedB {
         PackedB { k, n, panels }
     }
 
+    /// `(K, N)`.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
     /// Whether the host can run [`PackedB::product`].
     pub(crate) fn available() -> bool {
         super::smallk::available()

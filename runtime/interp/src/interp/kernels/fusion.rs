@@ -1,7 +1,8 @@
 //! Kiln's fusion ops. `kiln.Fusion` runs its `body` region on its operands
 //! and returns the body's outputs. `kiln.FusedConv` is
 //! `activation(Conv(X, W, B) + Z)`; `kiln.DequantMatMul` is
-//! `MatMul(A, DequantizeLinear(W, ..))`. The interpreter executes the fused ops
+//! `MatMul(A, DequantizeLinear(W, ..))`; `kiln.DequantLSTM` is an `LSTM`
+//! of two DequantizeLinear'd weights. The interpreter executes the fused ops
 //! one by one with the kernels of the ops they stand for, exactly as before
 //! fusion, so a fused module gives the same results as the unfused one;
 //! native backends lower each as one kernel. Those kernels are looked up
@@ -18,6 +19,7 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
         "kiln.Fusion" => Some(fusion),
         "kiln.FusedConv" => Some(fused_conv),
         "kiln.DequantMatMul" => Some(dequant_matmul),
+        "kiln.DequantLSTM" => Some(dequant_lstm),
         _ => None,
     }
 }
@@ -74,6 +76,47 @@ fn dequant_matmul(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
     let mut w = run_as(ctx, dq, &inputs[1..])?;
     let mm = Node::new("MatMul", vec![], ctx.node.outputs.clone());
     run_as(ctx, mm, &[Some(a), w.pop()])
+}
+
+/// `LSTM(X, DequantizeLinear(W), DequantizeLinear(R), ...)`: each weight
+/// through DequantizeLinear's kernel (scales `[D]` on axis 0, or `[D,
+/// 4·hidden, 1]` as blocks of a whole row), then LSTM's on the node's
+/// attributes.
+fn dequant_lstm(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    if inputs.len() != 12 {
+        bail!("expected 12 operands, got {}", inputs.len())
+    }
+    let weight = |ctx: &mut Ctx, at: usize, params: usize| -> KResult<Option<Value>> {
+        let (Some(Value::Tensor(w)), Some(Value::Tensor(s))) = (&inputs[at], &inputs[params])
+        else {
+            bail!("operands {at} and {params} must be tensors")
+        };
+        let mut dq = Node::new("DequantizeLinear", vec![], vec![ctx.node.outputs[0]]);
+        match (s.shape.len(), w.shape.get(2)) {
+            (1, _) => {
+                dq.attrs.insert("axis".into(), Attr::Int(0));
+            }
+            (3, Some(&cols)) => {
+                dq.attrs.insert("axis".into(), Attr::Int(2));
+                dq.attrs.insert("block_size".into(), Attr::Int(cols as i64));
+            }
+            _ => bail!("scale of shape {:?} for weights {:?}", s.shape, w.shape),
+        }
+        let ops = [
+            inputs[at].clone(),
+            inputs[params].clone(),
+            inputs[params + 1].clone(),
+        ];
+        Ok(run_as(ctx, dq, &ops)?.pop())
+    };
+    let w = weight(ctx, 1, 8)?;
+    let r = weight(ctx, 2, 10)?;
+    let mut ops = inputs[..8].to_vec();
+    ops[1] = w;
+    ops[2] = r;
+    let mut lstm = Node::new("LSTM", vec![], ctx.node.outputs.clone());
+    lstm.attrs = ctx.node.attrs.clone();
+    run_as(ctx, lstm, &ops)
 }
 
 /// Runs the kernel of `n.op` on `operands` as node `n` (named like the
