@@ -91,7 +91,11 @@ fn dequant_lstm(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> 
         else {
             bail!("operands {at} and {params} must be tensors")
         };
-        let mut dq = Node::new("DequantizeLinear", vec![], vec![ctx.node.outputs[0]]);
+        let mut dq = Node::new(
+            "DequantizeLinear",
+            vec![],
+            ctx.node.outputs[..1.min(ctx.node.outputs.len())].to_vec(),
+        );
         match (s.shape.len(), w.shape.get(2)) {
             (1, _) => {
                 dq.attrs.insert("axis".into(), Attr::Int(0));
