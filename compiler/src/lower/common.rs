@@ -5,7 +5,7 @@
 
 use kiln_ir::ElemType;
 use kiln_ir::{Attr, Module, Node, Region};
-use kiln_runtime::cpu::kernels::{ConvAttrs, PoolAttrs, PoolKind};
+use kiln_runtime::cpu::kernels::{ConvAttrs, ConvTransposeAttrs, PoolAttrs, PoolKind};
 use kiln_runtime::cpu::rnn::{Cell, Recurrent};
 
 pub(crate) fn ints(n: &Node, name: &str) -> Option<Vec<usize>> {
@@ -68,6 +68,77 @@ pub(crate) fn conv_attrs(n: &Node, x: &[usize], w: &[usize]) -> Result<ConvAttrs
         strides,
         dilations,
         pads,
+        group,
+    })
+}
+
+/// A ConvTranspose's geometry for input shape `x` and weights `w`: per
+/// spatial axis its stride, dilation, the pad cut from the beginning and
+/// the output extent, by ONNX's rule for transposed windows
+/// ([`kiln_ir::ops::geometry::Transposed`], the interpreter's).
+pub(crate) fn conv_transpose_attrs(
+    n: &Node,
+    x: &[usize],
+    w: &[usize],
+) -> Result<ConvTransposeAttrs, String> {
+    use kiln_ir::ops::geometry::{AutoPad, Transposed, Window};
+    if x.len() < 3 || w.len() != x.len() {
+        return Err("ConvTranspose needs N, C and spatial dims".into());
+    }
+    let r = x.len() - 2;
+    let list = |name: &str, d: usize| ints(n, name).unwrap_or_else(|| vec![d; r]);
+    let (strides, dilations, opad) = (
+        list("strides", 1),
+        list("dilations", 1),
+        list("output_padding", 0),
+    );
+    let pads: Option<Vec<i64>> = n
+        .attrs
+        .get("pads")
+        .and_then(Attr::as_ints)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.to_vec());
+    let out_attr: Option<Vec<i64>> = n
+        .attrs
+        .get("output_shape")
+        .and_then(Attr::as_ints)
+        .map(|v| v[v.len().saturating_sub(r)..].to_vec());
+    if strides.len() != r
+        || dilations.len() != r
+        || opad.len() != r
+        || pads.as_ref().is_some_and(|p| p.len() != 2 * r)
+        || out_attr.as_ref().is_some_and(|o| o.len() != r)
+    {
+        return Err("ConvTranspose attributes of another rank".into());
+    }
+    let auto_pad = AutoPad::parse(n.attrs.get("auto_pad").and_then(Attr::as_str))?;
+    let (mut pad_begin, mut out_spatial) = (vec![0i64; r], vec![0usize; r]);
+    for i in 0..r {
+        let axis = Transposed {
+            auto_pad,
+            window: Window::new(w[2 + i] as u64, strides[i] as u64, dilations[i] as u64),
+            pads: pads.as_ref().map(|p| [p[i], p[i + r]]),
+            output_padding: opad[i] as u64,
+            output_shape: out_attr
+                .as_ref()
+                .and_then(|v| v.get(i))
+                .map(|&o| o.max(0) as u64),
+        };
+        pad_begin[i] = axis.resolve_pads(x[2 + i] as u64)[0];
+        out_spatial[i] = usize::try_from(axis.output_size(x[2 + i] as u64))
+            .map_err(|_| "ConvTranspose output too large")?;
+    }
+    let group = n
+        .attrs
+        .get("group")
+        .and_then(Attr::as_int)
+        .unwrap_or(1)
+        .max(1) as usize;
+    Ok(ConvTransposeAttrs {
+        strides,
+        dilations,
+        pad_begin,
+        out_spatial,
         group,
     })
 }

@@ -48,14 +48,30 @@ pub fn specialize(m: &Module, shapes: &HashMap<String, Vec<usize>>) -> Result<Mo
 /// each round: folding a shape computation (`Expand` to `Where(Equal(
 /// ConstantOfShape(Shape(x)), ..))`) makes its consumers' shapes static
 /// only once inference sees the folded constant, which can then fold more.
+/// The rounds run without fusion, to a fixed point: a fusion region hides
+/// its nodes from folding and keeps the types its body had when it was
+/// made, so fusing a chain whose shapes are not yet static (a detector's
+/// resize, from sizes computed out of the input's shape, feeds the whole
+/// backbone) would leave them dynamic for good. Fusion runs once, last.
 pub fn optimize_static(m: &mut Module, level: u8, skip: &[&str]) -> Result<(), String> {
-    for _ in 0..4 {
-        let changed = crate::passes::optimize(m, level, skip).map_err(|e| e.to_string())?;
-        if !changed || level == 0 {
+    if level == 0 {
+        return Ok(());
+    }
+    let infer = |m: &mut Module| {
+        kiln_ir::ops::infer_module_with(m, kiln_ir::ops::DeclaredTypes::Replace)
+            .map_err(|e| e.to_string())
+    };
+    // Each round resolves one more link of shape → value → shape; exports
+    // seen so far need at most four.
+    for _ in 0..16 {
+        let changed = crate::passes::optimize(m, 1, skip).map_err(|e| e.to_string())?;
+        if !changed {
             break;
         }
-        kiln_ir::ops::infer_module_with(m, kiln_ir::ops::DeclaredTypes::Replace)
-            .map_err(|e| e.to_string())?;
+        infer(m)?;
+    }
+    if level > 1 && crate::passes::optimize(m, level, skip).map_err(|e| e.to_string())? {
+        infer(m)?;
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Planning the kernel-library steps: MatMul, Gemm and Conv (constant
+//! Planning the kernel-library steps: MatMul, Gemm, Conv, ConvTranspose (constant
 //! weights packed once, at compile time) and pooling. The plans come from
 //! [`kiln_runtime::cpu::kernels`]; the steps that run them from
 //! [`kiln_runtime::cpu::steps::dense`].
@@ -8,13 +8,23 @@ use std::sync::Arc;
 
 use kiln_ir::{Attr, Module, Node, ValueId};
 
-use crate::lower::common::{conv_attrs, pool_attrs};
+use crate::lower::common::{conv_attrs, conv_transpose_attrs, pool_attrs};
 use kiln_runtime::cpu::kernels::{
-    ConstWeights, ConvPlan, DequantMatMulPlan, GemmPlan, MatMulPlan, PoolPlan, QuantB, QuantBits,
-    QuantGrid,
+    ConstWeights, ConvPlan, ConvTransposePlan, DequantMatMulPlan, GemmPlan, MatMulPlan, PoolPlan,
+    QuantB, QuantBits, QuantGrid,
 };
 use kiln_runtime::cpu::steps::dense::{Dense, DenseKernel, Pool, RESIDUAL};
 use kiln_runtime::cpu::NativeStep;
+
+/// The ops [`plan_dense`] plans, alone or as a fusion's anchor.
+pub(super) const DENSE_OPS: &[&str] = &[
+    "MatMul",
+    "Gemm",
+    "Conv",
+    "kiln.FusedConv",
+    "ConvTranspose",
+    "kiln.DequantMatMul",
+];
 
 /// A dense op's plan and the operand indices whose data it holds itself
 /// (constant weights, packed once).
@@ -173,6 +183,27 @@ pub(super) fn plan_dense(
                 what,
             })
         }
+        "ConvTranspose" => {
+            let (x, w) = (shape_of(0)?, shape_of(1)?);
+            let has_bias = inputs.get(2).copied().flatten().is_some();
+            if has_bias && shape_of(2)?.as_slice() != [w[1] * n_group(n)] {
+                return Err("ConvTranspose bias of another length than the channels".into());
+            }
+            let attrs = conv_transpose_attrs(n, &x, &w)?;
+            let p = ConvTransposePlan::new(&x, &w, has_bias, &attrs)?;
+            let what = format!(
+                "conv-transpose {:?} {}→{} stride {:?}",
+                &w[2..],
+                x[1],
+                p.out_shape()[1],
+                attrs.strides
+            );
+            Ok(Planned {
+                plan: Dense::ConvTranspose(p),
+                captured: vec![],
+                what,
+            })
+        }
         "kiln.DequantMatMul" => {
             let a = shape_of(0)?;
             let operand = |i: usize| inputs.get(i).copied().flatten();
@@ -196,6 +227,15 @@ pub(super) fn plan_dense(
         }
         op => Err(format!("no dense kernel for {op}")),
     }
+}
+
+/// A node's `group` attribute (1 when absent).
+fn n_group(n: &Node) -> usize {
+    n.attrs
+        .get("group")
+        .and_then(Attr::as_int)
+        .unwrap_or(1)
+        .max(1) as usize
 }
 
 /// The constant quantized weights `w [K, N]` of a `kiln.DequantMatMul`
@@ -313,7 +353,7 @@ fn quant_weights(
     QuantB::new(k, cols, bits, value, &scales, &zeros, grid)
 }
 
-/// MatMul, Gemm, Conv, FusedConv, DequantMatMul.
+/// One of [`DENSE_OPS`] on its own.
 pub(super) fn dense(m: &Module, n: &Node, weights: &mut Weights) -> Result<NativeStep, String> {
     let p = plan_dense(m, n, &n.inputs, weights)?;
     Ok(NativeStep {

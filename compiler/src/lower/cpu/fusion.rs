@@ -12,7 +12,7 @@ use kiln_runtime::cpu::steps::dense::{AnchorOnly, DenseKernel};
 use kiln_runtime::cpu::steps::fusion::{Fusion, SplitReduction};
 use kiln_runtime::cpu::NativeStep;
 
-use super::dense::{plan_dense, Weights};
+use super::dense::{plan_dense, Weights, DENSE_OPS};
 
 /// `kiln.Fusion`: the body compiled by Cranelift; an epilogue's anchor
 /// (its first node, a MatMul/Gemm/Conv) planned on the kernel library.
@@ -28,10 +28,7 @@ pub(super) fn fusion(
     let operand_of = |v: ValueId| body.inputs.iter().position(|&b| b == v);
     let outer = |v: ValueId| operand_of(v).and_then(|k| n.inputs.get(k).copied().flatten());
     let first = body.nodes.first().ok_or("empty fusion body")?;
-    let is_anchor = matches!(
-        first.op.as_str(),
-        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" | "kiln.DequantMatMul"
-    );
+    let is_anchor = DENSE_OPS.contains(&first.op.as_str());
     let (anchor, tail_nodes, mut captured) = if is_anchor {
         // Operands, or constants the fuse pass copied into the body (a
         // quantized product's scalar scale and zero point), which the

@@ -268,9 +268,7 @@ fn lower_node(
             fusion::single_node_loop(m, n, target).or_else(|_| movement::softmax_axis(m, n))
         }
         "kiln.Fusion" => fusion::fusion(m, n, target, weights),
-        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" | "kiln.DequantMatMul" => {
-            dense::dense(m, n, weights)
-        }
+        op if dense::DENSE_OPS.contains(&op) => dense::dense(m, n, weights),
         "MaxPool" | "GlobalMaxPool" => {
             dense::pool(m, n).or_else(|e| quant::max_pool(m, n).map_err(|e8| format!("{e}; {e8}")))
         }

@@ -22,8 +22,8 @@ use kiln_runtime::gpu::{BranchStep, Gpu, GpuExecutable, GpuLayout, GpuStep, GpuS
 use kiln_runtime::cpu::kernels::PoolKind;
 
 use crate::lower::common::{
-    conv_attrs, ints, one_node_region, pool_attrs, pool_window, recurrent_layer, resize_plan_of,
-    OneNode,
+    conv_attrs, conv_transpose_attrs, ints, one_node_region, pool_attrs, pool_window,
+    recurrent_layer, resize_plan_of, OneNode,
 };
 use crate::passes::memory_plan;
 
@@ -592,7 +592,6 @@ fn group_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 /// ConvTranspose: pads and output size by `kiln_ir::ops::geometry`'s
 /// rule for transposed windows (the interpreter's).
 fn conv_transpose(m: &Module, n: &Node) -> Result<GpuKernel, String> {
-    use kiln_ir::ops::geometry::{AutoPad, Transposed, Window};
     let x = operand(n, 0)?;
     let w = operand(n, 1)?;
     for v in [x, w, result(n)?] {
@@ -605,67 +604,19 @@ fn conv_transpose(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         m.static_shape(w)?,
         m.static_shape(result(n)?)?,
     );
-    if xs.len() < 3 || ws.len() != xs.len() {
-        return Err("ConvTranspose needs N, C and spatial dims".into());
+    let a = conv_transpose_attrs(n, &xs, &ws)?;
+    if ys.get(2..) != Some(a.out_spatial.as_slice()) {
+        return Err("output size differs from the result's".into());
     }
-    let r = xs.len() - 2;
-    let list = |name: &str, d: usize| ints(n, name).unwrap_or_else(|| vec![d; r]);
-    let (strides, dil, opad) = (
-        list("strides", 1),
-        list("dilations", 1),
-        list("output_padding", 0),
-    );
-    let pads: Option<Vec<i64>> = n
-        .attrs
-        .get("pads")
-        .and_then(Attr::as_ints)
-        .filter(|p| !p.is_empty())
-        .map(|p| p.to_vec());
-    let out_attr: Option<Vec<i64>> = n
-        .attrs
-        .get("output_shape")
-        .and_then(Attr::as_ints)
-        .map(|v| v[v.len().saturating_sub(r)..].to_vec());
-    if strides.len() != r
-        || dil.len() != r
-        || opad.len() != r
-        || pads.as_ref().is_some_and(|p| p.len() != 2 * r)
-    {
-        return Err("attributes of another rank".into());
-    }
-    let auto_pad = AutoPad::parse(n.attrs.get("auto_pad").and_then(Attr::as_str))?;
-    let mut pad_begin = vec![0i64; r];
-    for i in 0..r {
-        let axis = Transposed {
-            auto_pad,
-            window: Window::new(ws[2 + i] as u64, strides[i] as u64, dil[i] as u64),
-            pads: pads.as_ref().map(|p| [p[i], p[i + r]]),
-            output_padding: opad[i] as u64,
-            output_shape: out_attr
-                .as_ref()
-                .and_then(|v| v.get(i))
-                .map(|&o| o.max(0) as u64),
-        };
-        pad_begin[i] = axis.resolve_pads(xs[2 + i] as u64)[0];
-        if axis.output_size(xs[2 + i] as u64) as usize != ys[2 + i] {
-            return Err("output size differs from the result's".into());
-        }
-    }
-    let group = n
-        .attrs
-        .get("group")
-        .and_then(Attr::as_int)
-        .unwrap_or(1)
-        .max(1) as usize;
     dense::conv_transpose(
         n,
         &xs,
         &ws,
         &ys,
-        &strides,
-        &dil,
-        &pad_begin,
-        group,
+        &a.strides,
+        &a.dilations,
+        &a.pad_begin,
+        a.group,
         n.input(2).is_some(),
     )
 }

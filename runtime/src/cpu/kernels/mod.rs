@@ -1,4 +1,4 @@
-//! Hand-written kernels the JIT-compiled code calls: dense matmul and convolution (the `gemm` crate), pooling.
+//! Hand-written kernels the JIT-compiled code calls: dense matmul, convolution and transposed convolution, pooling.
 //!
 //! Each op is a plan built once from static shapes (validating them and
 //! choosing a strategy) and run many times; plans are immutable, `Send` and
@@ -7,6 +7,7 @@
 
 mod common;
 mod conv;
+mod conv_transpose;
 pub mod dequant;
 mod implicit;
 pub(crate) mod matmul;
@@ -21,6 +22,7 @@ mod weights;
 pub use common::Epilogue;
 pub(crate) use common::{for_each_unit, parallelism};
 pub use conv::{ConvAttrs, ConvEpilogues, ConvPlan};
+pub use conv_transpose::{ConvTransposeAttrs, ConvTransposePlan};
 pub use dequant::{DequantMatMulPlan, QuantB, QuantBits, QuantGrid};
 pub use matmul::{GemmPlan, MatMulPlan};
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};

@@ -1,9 +1,11 @@
-//! Steps on the kernel library: a planned MatMul, Gemm or Conv
+//! Steps on the kernel library: a planned MatMul, Gemm, Conv or ConvTranspose
 //! ([`Dense`]), pooling, and a dense op alone standing for a fusion whose
 //! whole tail it absorbed. The compiler plans them (shapes, packed
 //! weights, folded residual and clamp); these run them.
 
-use crate::cpu::kernels::{ConvPlan, DequantMatMulPlan, Epilogue, GemmPlan, MatMulPlan, PoolPlan};
+use crate::cpu::kernels::{
+    ConvPlan, ConvTransposePlan, DequantMatMulPlan, Epilogue, GemmPlan, MatMulPlan, PoolPlan,
+};
 use crate::cpu::view::{In, Out};
 use crate::cpu::NativeKernel;
 
@@ -14,6 +16,7 @@ pub enum Dense {
     MatMul(MatMulPlan),
     Gemm(GemmPlan),
     Conv(ConvPlan),
+    ConvTranspose(ConvTransposePlan),
     /// `kiln.DequantMatMul`: the quantized weights are the plan's.
     DequantMatMul(DequantMatMulPlan),
 }
@@ -24,7 +27,7 @@ impl Dense {
     /// accumulate into it, so their result must start zeroed.
     pub fn overwrites_output(&self) -> bool {
         match self {
-            Dense::Conv(_) | Dense::DequantMatMul(_) => true,
+            Dense::Conv(_) | Dense::ConvTranspose(_) | Dense::DequantMatMul(_) => true,
             Dense::MatMul(p) => p.overwrites_output(),
             Dense::Gemm(_) => false,
         }
@@ -35,6 +38,7 @@ impl Dense {
             Dense::MatMul(p) => p.out_shape(),
             Dense::Gemm(p) => p.out_shape(),
             Dense::Conv(p) => p.out_shape(),
+            Dense::ConvTranspose(p) => p.out_shape(),
             Dense::DequantMatMul(p) => p.out_shape(),
         }
     }
@@ -44,6 +48,7 @@ impl Dense {
             Dense::MatMul(p) => p.flops(),
             Dense::Gemm(p) => p.flops(),
             Dense::Conv(p) => p.flops(),
+            Dense::ConvTranspose(p) => p.flops(),
             Dense::DequantMatMul(p) => p.flops(),
         }
     }
@@ -81,6 +86,17 @@ impl Dense {
             Dense::Gemm(p) => {
                 let b = opt_f32s(ops, 1)?.unwrap_or(&[]);
                 p.run(f32s(ops, 0)?, b, opt_f32s(ops, 2)?, out, threads);
+            }
+            Dense::ConvTranspose(p) => {
+                let bias = if p.has_bias() {
+                    Some(f32s(ops, 2)?)
+                } else {
+                    None
+                };
+                if bias.is_some_and(|b| b.len() != p.out_shape()[1]) {
+                    return Err("ConvTranspose: bias length differs from the channels".into());
+                }
+                p.run(f32s(ops, 0)?, f32s(ops, 1)?, bias, out, threads);
             }
             Dense::Conv(p) => {
                 let w = opt_f32s(ops, 1)?.unwrap_or(&[]);
