@@ -722,3 +722,83 @@ fn split_matches_the_interpreter() {
         assert!(backend_report(&src, &inputs).contains(", 0 on the interpreter"), "{src}");
     }
 }
+
+/// Shapes that depend on data (a NonZero's count of positives): the nodes
+/// downstream are lowered per shape when they run, the matmul with its
+/// bias and Relu and a Reshape whose target is computed from a Shape
+/// included, and match the interpreter on two inputs with different
+/// counts (two specializations of each step).
+#[test]
+fn data_dependent_shapes_run_natively_per_shape() {
+    let w = values(3, 30);
+    let b = values(4, 6);
+    let src = format!(
+        "module @dyn opset(ai.onnx = 18) {{
+  input %x: f32[12]
+  input %f: f32[12,5]
+  const %zero: f32[] = dense[0.0]
+  const %axes: i64[1] = dense[0]
+  const %start: i64[1] = dense[0]
+  const %end: i64[1] = dense[1]
+  const %two: i64[1] = dense[2]
+  const %three: i64[1] = dense[3]
+  const %w: f32[5,6] = {}
+  const %b: f32[6] = {}
+  %m = Greater(%x, %zero) : bool[12]
+  %nz = NonZero(%m) : i64[1,?]
+  %i = Squeeze(%nz, %axes) : i64[?]
+  %g = Gather(%f, %i) {{axis = 0}} : f32[?,5]
+  %y = MatMul(%g, %w) : f32[?,6]
+  %z = Add(%y, %b) : f32[?,6]
+  %r = Relu(%z) : f32[?,6]
+  %sh = Shape(%r) : i64[2]
+  %rows = Slice(%sh, %start, %end) : i64[1]
+  %rows2 = Mul(%rows, %two) : i64[1]
+  %shape = Concat(%rows2, %three) {{axis = 0}} : i64[2]
+  %out = Reshape(%r, %shape) : f32[?,3]
+  return %out, %g
+}}
+",
+        dense(&w),
+        dense(&b)
+    );
+    let inputs = HashMap::from([
+        ("x".to_string(), input(&[12], 5)),
+        ("f".to_string(), input(&[12, 5], 6)),
+    ]);
+    for threads in [1, 2] {
+        check(&src, &inputs, threads, false).expect("matches the interpreter");
+    }
+    // Before a run the report knows what a trial lowering (unknown dims
+    // as 1) gave; the Reshape's target is known only when it runs.
+    let report = backend_report(&src, &inputs);
+    let line = |report: &str, v: &str| {
+        report
+            .lines()
+            .find(|l| l.contains(&format!("%{v} (")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line(&report, "r").starts_with("native"), "{report}");
+    assert!(line(&report, "out").starts_with("interp"), "{report}");
+    // After runs with 7 and 5 positives, both are native, twice each.
+    let m = kiln_ir::parse_module(&src).expect("parses");
+    let exe = compile(
+        &m,
+        &Target::Cpu(CpuOptions::default()),
+        &kiln_compiler::lower::shapes_of(&inputs),
+    )
+    .expect("compiles");
+    let mut other = inputs.clone();
+    other.insert("x".to_string(), input(&[12], 9));
+    exe.run(&inputs).expect("runs");
+    exe.run(&other).expect("runs");
+    let report = exe.report();
+    for v in ["g", "r", "sh", "out"] {
+        let l = line(&report, v);
+        assert!(
+            l.starts_with("native") && l.contains("2 shapes"),
+            "{report}"
+        );
+    }
+}

@@ -106,6 +106,7 @@ pub(crate) fn node_ctx<'a>(m: &'a Module, node: &'a Node, known: &'a Known) -> I
         num_outputs: node.outputs.len(),
         declared,
         regions,
+        value_reads: Default::default(),
     }
 }
 
@@ -114,6 +115,24 @@ pub fn infer_node(m: &Module, node: &Node) -> Result<Vec<Type>, InferError> {
     let empty = Known::default();
     let ctx = node_ctx(m, node, &empty);
     ctx.infer()
+}
+
+/// The operands of `node` whose values, not only their shapes, decide
+/// its result types (Reshape's shape, Slice's starts, TopK's k, Resize's
+/// sizes): those its inference rule asks the values of. A backend that
+/// compiles a node per shape at run time makes these constants too.
+pub fn value_operands(m: &Module, node: &Node) -> Vec<usize> {
+    let Some(schema) = lookup(&node.op) else {
+        return vec![];
+    };
+    let empty = Known::default();
+    let ctx = node_ctx(m, node, &empty);
+    // The rule's answer does not matter, only what it read.
+    let _ = (schema.infer)(&ctx);
+    let reads = ctx.value_reads.get();
+    (0..node.inputs.len().min(64))
+        .filter(|&i| reads & (1 << i) != 0 && node.input(i).is_some())
+        .collect()
 }
 
 #[allow(clippy::result_large_err)]

@@ -30,7 +30,8 @@ mod values;
 
 pub use dims::{broadcast_dims, broadcast_shapes};
 pub use infer::{
-    infer_module, infer_module_with, infer_node, refine, DeclaredTypes, ModuleInferError,
+    infer_module, infer_module_with, infer_node, refine, value_operands, DeclaredTypes,
+    ModuleInferError,
 };
 pub(crate) use infer::{node_ctx, Known};
 pub use registry::{all, lookup, traits};

@@ -88,6 +88,7 @@ impl<'a> InferCtx<'a> {
             num_outputs: lookup(op).map(|s| s.min_outputs.max(1)).unwrap_or(1),
             declared: vec![],
             regions: vec![],
+            value_reads: Default::default(),
         }
     }
 

@@ -127,6 +127,11 @@ pub struct InferCtx<'a> {
     /// For ops with regions: (attribute name, output types of that region),
     /// in attribute order; the caller infers regions first.
     pub regions: Vec<(&'a str, Vec<Type>)>,
+    /// Bit i is set once the rule asked for operand i's values (its
+    /// constant data or propagated shape values): the operands whose
+    /// values, not only their shapes, decide the result types
+    /// ([`crate::ops::value_operands`]).
+    pub value_reads: std::cell::Cell<u64>,
 }
 
 /// Why a rule could not infer a node's result types.
@@ -152,6 +157,8 @@ impl<'a> InferCtx<'a> {
     }
 
     pub fn konst(&self, i: usize) -> Option<&'a TensorData> {
+        self.value_reads
+            .set(self.value_reads.get() | 1u64.checked_shl(i as u32).unwrap_or(0));
         self.consts.get(i).copied().flatten()
     }
 

@@ -109,6 +109,7 @@ fn run_r(
         num_outputs: nout,
         declared: vec![],
         regions,
+        value_reads: Default::default(),
     };
     (schema.infer)(&ctx)
 }
@@ -1270,6 +1271,7 @@ fn check_cases(cases: &[NodeCase]) {
             num_outputs: c.outs.len(),
             declared: vec![],
             regions: vec![],
+            value_reads: Default::default(),
         };
         match (schema.infer)(&ctx) {
             Err(e) => failures.push(format!("{} ({}): {e}", c.name, c.op)),
@@ -1460,6 +1462,7 @@ fn rules_never_panic_on_malformed_nodes() {
                 num_outputs: n_out,
                 declared: vec![],
                 regions,
+                value_reads: Default::default(),
             };
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let _ = (s.infer)(&ctx);

@@ -116,6 +116,10 @@ pub enum StepKind {
     /// regions as compiled sub-executables. Its operands and results live
     /// in the environment, as an interpreted step's do.
     Control(ControlStep),
+    /// A node with dynamic shapes, lowered per shape when it runs
+    /// ([`super::dynamic`]). Its operands and results live in the
+    /// environment, as an interpreted step's do.
+    Dynamic(super::dynamic::DynamicStep),
     /// The interpreter's kernel runs the node; `why` says why it was not
     /// lowered.
     Interp {
@@ -185,7 +189,7 @@ impl CpuExecutable {
         // must keep every value they make or read out of the arena.
         for st in steps
             .iter()
-            .filter(|s| matches!(s.kind, StepKind::Interp { .. } | StepKind::Control(_)))
+            .filter(|s| !matches!(s.kind, StepKind::Native(_)))
         {
             let n = &module.body.nodes[st.node];
             let mut touched = n.outputs.clone();
@@ -268,6 +272,7 @@ impl CpuExecutable {
                     // environment (checked when the executable was built).
                     StepKind::Interp { .. } => interp.run_node(node, &mut env)?,
                     StepKind::Control(c) => c.run(&interp, node, &mut env)?,
+                    StepKind::Dynamic(d) => d.run(&interp, node, &mut env, self.threads)?,
                     StepKind::Native(native) => self
                         .run_native(native, k, base as *mut u8, &mut env)
                         .map_err(|msg| InterpError::new(node.describe(), msg))?,
@@ -526,6 +531,19 @@ impl Executable for CpuExecutable {
                     what: c.describe(&self.module.body.nodes[s.node]),
                     flops: 0.0,
                 },
+                StepKind::Dynamic(d) => {
+                    let (native, what) = d.describe();
+                    StepInfo {
+                        node: s.node,
+                        placement: if native {
+                            Placement::Native
+                        } else {
+                            Placement::Interp
+                        },
+                        what,
+                        flops: d.flops(),
+                    }
+                }
             })
             .collect()
     }
@@ -674,7 +692,9 @@ fn needed_constants(
             continue;
         };
         match &s.kind {
-            StepKind::Interp { .. } => {
+            // A dynamic step falls back to the interpreter for shapes it
+            // cannot lower: its operands stay tensors.
+            StepKind::Interp { .. } | StepKind::Dynamic(_) => {
                 as_tensors.extend(n.inputs.iter().flatten());
                 for (_, sub) in n.regions() {
                     all_uses(sub, &mut as_tensors);

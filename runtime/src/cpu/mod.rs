@@ -59,6 +59,7 @@ pub(crate) mod activation;
 pub(crate) mod approx;
 pub mod buffers;
 pub mod control;
+pub mod dynamic;
 pub mod exec;
 pub mod jit;
 pub mod kernels;

@@ -65,7 +65,11 @@ pub fn control(
 /// `r` as a module of its own, named `name`, and the values of enclosing
 /// regions it reads that are not constants (its trailing graph inputs, in
 /// that order). Only the values the region touches are in the module.
-fn region_module(m: &Module, r: &Region, name: &str) -> Result<(Module, Vec<ValueId>), String> {
+pub(super) fn region_module(
+    m: &Module,
+    r: &Region,
+    name: &str,
+) -> Result<(Module, Vec<ValueId>), String> {
     let mut defined = HashSet::new();
     let mut used = vec![];
     scan_region(r, &mut defined, &mut used);

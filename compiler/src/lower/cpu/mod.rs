@@ -13,6 +13,7 @@
 
 mod control;
 mod dense;
+mod dynamic;
 pub mod epilogue;
 mod fusion;
 mod movement;
@@ -107,10 +108,19 @@ pub fn build(
             Ok(native)
         }) {
             Ok(native) => StepKind::Native(native),
-            Err(why) if n.regions().next().is_some() => {
+            // A fusion's body is code, not a region a kernel runs.
+            Err(why) if n.op != "kiln.Fusion" && n.regions().next().is_some() => {
                 match control::control(&s, n, opts, compile) {
                     Ok(c) => StepKind::Control(c),
                     Err(_) => StepKind::Interp { why },
+                }
+            }
+            Err(why) if dynamic::has_dynamic_shape(&s, n) => {
+                match dynamic::dynamic(&s, n, opts.target_cpu) {
+                    Ok(d) => StepKind::Dynamic(d),
+                    Err(e) => StepKind::Interp {
+                        why: format!("{why}; {e}"),
+                    },
                 }
             }
             Err(why) => StepKind::Interp { why },
@@ -198,12 +208,12 @@ fn droppable_constants(s: &Module) -> HashSet<ValueId> {
 fn layout(s: &Module, steps: &[Step], align: u64) -> Result<Layout, String> {
     let may_alias = |ni: usize| match steps.get(ni).map(|st| &st.kind) {
         Some(StepKind::Native(n)) => n.kernel.in_place(),
-        Some(StepKind::Interp { .. } | StepKind::Control(_)) => true,
+        Some(StepKind::Interp { .. } | StepKind::Control(_) | StepKind::Dynamic(_)) => true,
         None => false,
     };
     let mut interpreted: HashSet<ValueId> = HashSet::new();
     for st in steps {
-        if let StepKind::Interp { .. } | StepKind::Control(_) = st.kind {
+        if !matches!(st.kind, StepKind::Native(_)) {
             let n = &s.body.nodes[st.node];
             interpreted.extend(&n.outputs);
             interpreted.extend(n.inputs.iter().flatten());
