@@ -68,6 +68,7 @@ pub mod movement;
 pub mod reduce;
 pub mod resize;
 pub mod rnn;
+pub mod roi_align;
 pub mod steps;
 pub mod view;
 

@@ -118,6 +118,94 @@ pub(crate) fn odometer(shape: &[usize], st: &[usize], mut f: impl FnMut(usize)) 
     }
 }
 
+/// How ScatterElements combines an update with the element it lands on
+/// (its `reduction` attribute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    Replace,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
+impl Combine {
+    /// From the attribute's spelling.
+    pub fn parse(s: &str) -> Option<Combine> {
+        Some(match s {
+            "none" => Combine::Replace,
+            "add" => Combine::Add,
+            "mul" => Combine::Mul,
+            "max" => Combine::Max,
+            "min" => Combine::Min,
+            _ => return None,
+        })
+    }
+
+    /// `old` combined with `new`, as the interpreter combines them (max
+    /// and min ignore a NaN, as `f64::max` does).
+    pub fn apply(self, old: f32, new: f32) -> f32 {
+        match self {
+            Combine::Replace => new,
+            Combine::Add => old + new,
+            Combine::Mul => old * new,
+            Combine::Max => old.max(new),
+            Combine::Min => old.min(new),
+        }
+    }
+}
+
+/// ScatterElements: `out` is `data` (of `shape`) with each update
+/// `updates[p]` (`updates` has the shape `ishape` of `indices`) combined
+/// into the element at position p with its `axis` coordinate replaced by
+/// `indices[p]` (negative counts from the end), in order.
+#[allow(clippy::too_many_arguments)]
+pub fn scatter_elements<T: Copy>(
+    data: &[T],
+    shape: &[usize],
+    indices: &[i64],
+    ishape: &[usize],
+    updates: &[T],
+    axis: usize,
+    combine: impl Fn(T, T) -> T,
+    out: &mut [T],
+) -> Result<(), String> {
+    out.copy_from_slice(data);
+    let n: usize = ishape.iter().product();
+    if indices.len() != n || updates.len() != n || ishape.len() != shape.len() {
+        return Err("ScatterElements: indices and updates differ in shape".into());
+    }
+    if ishape
+        .iter()
+        .zip(shape)
+        .enumerate()
+        .any(|(a, (&i, &d))| a != axis && i > d)
+    {
+        return Err("ScatterElements: indices larger than the data".into());
+    }
+    let st = strides(shape);
+    let mut walk = st.clone();
+    walk[axis] = 0;
+    let extent = shape[axis] as i64;
+    let mut k = 0;
+    let mut bad = None;
+    odometer(ishape, &walk, |base| {
+        let i = indices[k];
+        let j = if i < 0 { i + extent } else { i };
+        if (0..extent).contains(&j) {
+            let o = base + j as usize * st[axis];
+            out[o] = combine(out[o], updates[k]);
+        } else {
+            bad.get_or_insert(i);
+        }
+        k += 1;
+    });
+    match bad {
+        Some(i) => Err(format!("index {i} is out of range for an axis of {extent}")),
+        None => Ok(()),
+    }
+}
+
 /// Rows of `table` (`rows` rows of `row_len` elements, with `outer`
 /// independent tables before them, i.e. Gather on axis `k` with
 /// `outer = prod(shape[..k])`) picked by `indices` (negative counts from
@@ -379,7 +467,7 @@ mod tests {
 }
 
 /// A fill value given as f64, in an element type the movement kernels take
-/// (exact for every value of f32, i32, u8 and i8, and for i64 up to 2^53:
+/// (exact for every value of f32, i32, u8, i8 and bool, and for i64 up to 2^53:
 /// the planner checks).
 pub trait FromF64: Copy {
     fn from_f64(v: f64) -> Self;
@@ -395,6 +483,13 @@ macro_rules! from_f64 {
     )*};
 }
 from_f64!(f32, i64, i32, u8, i8);
+
+impl FromF64 for bool {
+    /// A nonzero fill is true, as a cast of it would be.
+    fn from_f64(v: f64) -> bool {
+        v != 0.0
+    }
+}
 
 /// Pad (and crop, with negative pads): element `o` of the result along axis
 /// `d` reads `x` at `src[d][o]`, or is `fill` where that is `None`. The

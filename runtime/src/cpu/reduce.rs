@@ -134,10 +134,36 @@ pub fn broadcast<T: Copy>(x: &[T], in_shape: &[usize], out_shape: &[usize], out:
         out_shape.iter().product::<usize>(),
         "broadcast: output length"
     );
-    let mut at = 0;
-    odometer(out_shape, &st, |o| {
-        out[at] = x[o];
-        at += 1;
+    // Merge neighbouring axes that are both broadcast or contiguous
+    // together, so the innermost run is as long as it can be: a whole
+    // channel block filled with one value, a whole row copied.
+    let mut dims: Vec<(usize, usize)> = vec![];
+    for (&e, &s) in out_shape.iter().zip(&st) {
+        match dims.last_mut() {
+            Some(last) if (last.1 == 0 && s == 0) || (s != 0 && last.1 == s * e) => {
+                last.0 *= e;
+                last.1 = s;
+            }
+            _ => dims.push((e, s)),
+        }
+    }
+    let Some(&(inner, inner_stride)) = dims.last() else {
+        out[0] = x[0];
+        return;
+    };
+    if inner == 0 {
+        return;
+    }
+    let (outer, outer_st): (Vec<usize>, Vec<usize>) =
+        dims[..dims.len() - 1].iter().copied().unzip();
+    let mut rows = out.chunks_exact_mut(inner);
+    odometer(&outer, &outer_st, |o| {
+        let Some(dst) = rows.next() else { return };
+        if inner_stride == 0 {
+            dst.fill(x[o]);
+        } else {
+            dst.copy_from_slice(&x[o..o + inner]);
+        }
     });
 }
 

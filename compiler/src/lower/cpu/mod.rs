@@ -266,6 +266,8 @@ fn lower_node(
         "Pad" => movement::pad(m, n),
         "Split" => movement::split(m, n),
         "Resize" => movement::resize(m, n),
+        "ScatterElements" | "Scatter" => movement::scatter_elements(m, n),
+        "RoiAlign" => movement::roi_align(m, n),
         "RNN" | "GRU" | "LSTM" | "kiln.DequantLSTM" => recurrent::recurrent(m, n),
         "Cast" => movement::cast(m, n),
         "Expand" => movement::expand(m, n),

@@ -4,8 +4,8 @@
 
 use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
-    CastToF32, Concat, Expand, Gather, Pad, Reduce, Reshape, Resize, Slice, SoftmaxAxis, Split,
-    Transpose,
+    CastToF32, Concat, Expand, Gather, Pad, Reduce, Reshape, Resize, RoiAlign, ScatterElements,
+    Slice, SoftmaxAxis, Split, Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -38,7 +38,8 @@ fn movable_elem(m: &Module, v: ValueId) -> Result<(), String> {
             | kiln_ir::ElemType::I64
             | kiln_ir::ElemType::I32
             | kiln_ir::ElemType::U8
-            | kiln_ir::ElemType::I8,
+            | kiln_ir::ElemType::I8
+            | kiln_ir::ElemType::Bool,
         ) => Ok(()),
         Some(e) => Err(format!("no native movement of {e}")),
         None => Err("not a tensor".into()),
@@ -286,6 +287,92 @@ pub(super) fn resize(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let (shape, plan) = crate::lower::common::resize_plan_of(m, n)?;
     let k = kiln_runtime::cpu::resize::Resize::new(&shape, &plan)?;
     Ok(NativeStep::new(Box::new(Resize(k)), "Resize", 0.0))
+}
+
+/// ScatterElements over movable data (any reduction on f32, replacement
+/// on the other types).
+pub(super) fn scatter_elements(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no data operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    let indices = m.static_shape(n.input(1).ok_or("no indices")?)?;
+    let updates = m.static_shape(n.input(2).ok_or("no updates")?)?;
+    if indices != updates || indices.len() != shape.len() {
+        return Err("indices and updates differ in shape".into());
+    }
+    let axis = axis_attr(n, shape.len() as i64)?;
+    let spelled = n
+        .attrs
+        .get("reduction")
+        .and_then(Attr::as_str)
+        .unwrap_or("none");
+    let reduction = kiln_runtime::cpu::movement::Combine::parse(spelled)
+        .ok_or_else(|| format!("unknown reduction {spelled}"))?;
+    let f32_data = m.ty(x).as_tensor().map(|t| t.elem) == Some(kiln_ir::ElemType::F32);
+    if reduction != kiln_runtime::cpu::movement::Combine::Replace && !f32_data {
+        return Err(format!("reduction {spelled} of non-f32 data"));
+    }
+    let k = ScatterElements {
+        shape,
+        indices,
+        axis,
+        reduction,
+    };
+    Ok(NativeStep::new(
+        Box::new(k),
+        format!("ScatterElements axis {axis} ({spelled})"),
+        0.0,
+    ))
+}
+
+/// RoiAlign of f32 maps.
+pub(super) fn roi_align(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    let rois = n.input(1).ok_or("no rois")?;
+    for v in [x, rois] {
+        if m.ty(v).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::F32) {
+            return Err("RoiAlign of non-f32".into());
+        }
+    }
+    let xs = m.static_shape(x)?;
+    let rs = m.static_shape(rois)?;
+    let bs = m.static_shape(n.input(2).ok_or("no batch indices")?)?;
+    if xs.len() != 4 || rs.len() != 2 || rs[1] != 4 || bs != [rs[0]] || xs[2] == 0 || xs[3] == 0 {
+        return Err(format!(
+            "RoiAlign of X {xs:?}, rois {rs:?}, batch indices {bs:?}"
+        ));
+    }
+    let int = |k: &str, d: i64| n.attrs.get(k).and_then(Attr::as_int).unwrap_or(d);
+    let text = |k: &str, d: &str| {
+        n.attrs
+            .get(k)
+            .and_then(Attr::as_str)
+            .unwrap_or(d)
+            .to_ascii_lowercase()
+    };
+    let k = kiln_runtime::cpu::roi_align::RoiAlign {
+        n: xs[0],
+        c: xs[1],
+        h: xs[2],
+        w: xs[3],
+        out_h: int("output_height", 1).max(1) as usize,
+        out_w: int("output_width", 1).max(1) as usize,
+        sampling_ratio: int("sampling_ratio", 0).max(0) as usize,
+        spatial_scale: n
+            .attrs
+            .get("spatial_scale")
+            .and_then(Attr::as_float)
+            .unwrap_or(1.0) as f64,
+        max: text("mode", "avg") == "max",
+        half_pixel: text("coordinate_transformation_mode", "half_pixel") == "half_pixel",
+    };
+    let what = format!(
+        "RoiAlign {}x{} {}",
+        k.out_h,
+        k.out_w,
+        if k.max { "max" } else { "avg" }
+    );
+    Ok(NativeStep::new(Box::new(RoiAlign(k)), what, 0.0))
 }
 
 /// Softmax or LogSoftmax over any axis of f32 data (the generated loops

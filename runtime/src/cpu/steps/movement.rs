@@ -12,7 +12,7 @@ use crate::cpu::NativeKernel;
 use super::{operand, result};
 
 /// Apply a generic movement function to the element types the movement
-/// kernels take (f32, i64, i32, and the quantized path's u8 and i8): `|x, out| body` with `x` the operand's
+/// kernels take (f32, i64, i32, bool, and the quantized path's u8 and i8): `|x, out| body` with `x` the operand's
 /// and `out` the result's slice of one type.
 macro_rules! movable {
     ($x:expr, $out:expr, |$v:ident, $o:ident| $body:expr) => {{
@@ -36,6 +36,10 @@ macro_rules! movable {
             }
             kiln_ir::ElemType::I8 => {
                 let ($v, $o) = (x.i8s()?, out.i8s()?);
+                $body
+            }
+            kiln_ir::ElemType::Bool => {
+                let ($v, $o) = (x.bools()?, out.bools()?);
                 $body
             }
             e => return Err(format!("no native movement of {e}")),
@@ -82,6 +86,76 @@ impl NativeKernel for Transpose {
             o
         ));
         Ok(())
+    }
+}
+
+/// RoiAlign of f32 maps: see [`crate::cpu::roi_align`].
+pub struct RoiAlign(pub crate::cpu::roi_align::RoiAlign);
+
+impl NativeKernel for RoiAlign {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        let (x, rois, batch) = (
+            operand(inputs, 0)?,
+            operand(inputs, 1)?,
+            operand(inputs, 2)?,
+        );
+        let batch: Vec<i64> = match batch.elem() {
+            kiln_ir::ElemType::I64 => batch.i64s()?.to_vec(),
+            kiln_ir::ElemType::I32 => batch.i32s()?.iter().map(|&i| i as i64).collect(),
+            e => return Err(format!("batch indices of {e}")),
+        };
+        let out = result(outputs, 0)?;
+        self.0
+            .run(x.f32s()?, rois.f32s()?, &batch, out.f32s()?, threads)
+    }
+}
+
+/// ScatterElements: the data, with `updates` written (or combined) at
+/// the positions `indices` names along `axis`.
+pub struct ScatterElements {
+    pub shape: Vec<usize>,
+    pub indices: Vec<usize>,
+    pub axis: usize,
+    pub reduction: movement::Combine,
+}
+
+impl NativeKernel for ScatterElements {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let idx = operand(inputs, 1)?;
+        let idx: Vec<i64> = match idx.elem() {
+            kiln_ir::ElemType::I64 => idx.i64s()?.to_vec(),
+            kiln_ir::ElemType::I32 => idx.i32s()?.iter().map(|&i| i as i64).collect(),
+            e => return Err(format!("indices of {e}")),
+        };
+        let updates = operand(inputs, 2)?;
+        let out = result(outputs, 0)?;
+        let (shape, ishape, axis) = (&self.shape, &self.indices, self.axis);
+        if self.reduction == movement::Combine::Replace {
+            macro_rules! scatter {
+                ($get:ident) => {{
+                    let (v, u, o) = (x.$get()?, updates.$get()?, out.$get()?);
+                    movement::scatter_elements(v, shape, &idx, ishape, u, axis, |_, b| b, o)
+                }};
+            }
+            return match x.elem() {
+                kiln_ir::ElemType::F32 => scatter!(f32s),
+                kiln_ir::ElemType::I64 => scatter!(i64s),
+                kiln_ir::ElemType::I32 => scatter!(i32s),
+                kiln_ir::ElemType::U8 => scatter!(u8s),
+                kiln_ir::ElemType::I8 => scatter!(i8s),
+                kiln_ir::ElemType::Bool => scatter!(bools),
+                e => Err(format!("no native scatter of {e}")),
+            };
+        }
+        let (v, u, o) = (x.f32s()?, updates.f32s()?, out.f32s()?);
+        let f = self.reduction;
+        movement::scatter_elements(v, shape, &idx, ishape, u, axis, |a, b| f.apply(a, b), o)
     }
 }
 
@@ -242,6 +316,7 @@ impl NativeKernel for Concat {
             kiln_ir::ElemType::I32 => cat!(i32s, i32s),
             kiln_ir::ElemType::U8 => cat!(u8s, u8s),
             kiln_ir::ElemType::I8 => cat!(i8s, i8s),
+            kiln_ir::ElemType::Bool => cat!(bools, bools),
             e => return Err(format!("no native concat of {e}")),
         }
         Ok(())
