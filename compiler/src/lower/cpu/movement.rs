@@ -350,9 +350,7 @@ pub(super) fn roi_align(m: &Module, n: &Node) -> Result<NativeStep, String> {
             .unwrap_or(d)
             .to_ascii_lowercase()
     };
-    let k = kiln_runtime::cpu::roi_align::RoiAlign {
-        n: xs[0],
-        c: xs[1],
+    let grid = kiln_runtime::interp::kernels::nn::vision::RoiGrid {
         h: xs[2],
         w: xs[3],
         out_h: int("output_height", 1).max(1) as usize,
@@ -363,15 +361,21 @@ pub(super) fn roi_align(m: &Module, n: &Node) -> Result<NativeStep, String> {
             .get("spatial_scale")
             .and_then(Attr::as_float)
             .unwrap_or(1.0) as f64,
-        max: text("mode", "avg") == "max",
         half_pixel: text("coordinate_transformation_mode", "half_pixel") == "half_pixel",
     };
+    let max = text("mode", "avg") == "max";
     let what = format!(
         "RoiAlign {}x{} {}",
-        k.out_h,
-        k.out_w,
-        if k.max { "max" } else { "avg" }
+        grid.out_h,
+        grid.out_w,
+        if max { "max" } else { "avg" }
     );
+    let k = kiln_runtime::cpu::roi_align::RoiAlign {
+        n: xs[0],
+        c: xs[1],
+        grid,
+        max,
+    };
     Ok(NativeStep::new(Box::new(RoiAlign(k)), what, 0.0))
 }
 

@@ -15,7 +15,7 @@ mod norm;
 mod pool;
 mod reduce;
 mod softmax;
-mod vision;
+pub mod vision;
 
 use super::ctx::KernelFn;
 

@@ -49,70 +49,23 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let bi = bidx.to_i64();
     let nr = rois.shape[0];
     let mut out = vec![0.0; nr * c * oh * ow];
+    let grid = RoiGrid {
+        h,
+        w,
+        out_h: oh,
+        out_w: ow,
+        sampling_ratio: ratio.max(0) as usize,
+        spatial_scale: scale,
+        half_pixel,
+    };
     for r in 0..nr {
         let b = bi[r];
         if b < 0 || b as usize >= n {
             bail!("batch index {b} is out of range for {n} images");
         }
-        let off = if half_pixel { 0.5 } else { 0.0 };
-        let sw = rv[r * 4] * scale - off;
-        let sh = rv[r * 4 + 1] * scale - off;
-        let mut rw = rv[r * 4 + 2] * scale - off - sw;
-        let mut rh = rv[r * 4 + 3] * scale - off - sh;
-        if !half_pixel {
-            rw = rw.max(1.0);
-            rh = rh.max(1.0);
-        }
-        let (bh, bw) = (rh / oh as f64, rw / ow as f64);
-        let gh = if ratio > 0 {
-            ratio as usize
-        } else {
-            (rh / oh as f64).ceil().max(0.0) as usize
-        };
-        let gw = if ratio > 0 {
-            ratio as usize
-        } else {
-            (rw / ow as f64).ceil().max(0.0) as usize
-        };
-        let count = (gh * gw).max(1) as f64;
-        // Sample points: (positions, weights) shared by all channels.
-        let mut pre = Vec::with_capacity(oh * ow * gh * gw);
-        for ph in 0..oh {
-            for pw in 0..ow {
-                for iy in 0..gh {
-                    let yy = sh + ph as f64 * bh + (iy as f64 + 0.5) * bh / gh as f64;
-                    for ix in 0..gw {
-                        let xx = sw + pw as f64 * bw + (ix as f64 + 0.5) * bw / gw as f64;
-                        if yy < -1.0 || yy > h as f64 || xx < -1.0 || xx > w as f64 {
-                            pre.push(([0usize; 4], [0.0f64; 4]));
-                            continue;
-                        }
-                        let (mut y, mut xq) = (yy.max(0.0), xx.max(0.0));
-                        let (mut yl, mut xl) = (y as usize, xq as usize);
-                        let yh = if yl + 1 >= h {
-                            yl = h - 1;
-                            y = yl as f64;
-                            yl
-                        } else {
-                            yl + 1
-                        };
-                        let xh = if xl + 1 >= w {
-                            xl = w - 1;
-                            xq = xl as f64;
-                            xl
-                        } else {
-                            xl + 1
-                        };
-                        let (ly, lx) = (y - yl as f64, xq - xl as f64);
-                        let (hy, hx) = (1.0 - ly, 1.0 - lx);
-                        pre.push((
-                            [yl * w + xl, yl * w + xh, yh * w + xl, yh * w + xh],
-                            [hy * hx, hy * lx, ly * hx, ly * lx],
-                        ));
-                    }
-                }
-            }
-        }
+        let roi = [rv[r * 4], rv[r * 4 + 1], rv[r * 4 + 2], rv[r * 4 + 3]];
+        let (pre, per_bin) = grid.samples(roi);
+        let (gh_gw, count) = (per_bin, per_bin.max(1) as f64);
         for ch in 0..c {
             let plane = &xv[(b as usize * c + ch) * h * w..][..h * w];
             let mut k = 0;
@@ -120,7 +73,7 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                 for pw in 0..ow {
                     let mut acc: Option<f64> = None;
                     let mut sum = 0.0;
-                    for _ in 0..gh * gw {
+                    for _ in 0..gh_gw {
                         let (pos, wt) = &pre[k];
                         k += 1;
                         if is_max {
@@ -142,6 +95,92 @@ fn roi_align(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         }
     }
     Ok(vec![out_f64(x.elem(), vec![nr, c, oh, ow], &out)?])
+}
+
+/// Where RoiAlign samples one region: per output bin, a grid of points,
+/// each read bilinearly from four taps. The CPU backend's kernel uses the
+/// same table (one place for the op's geometry).
+#[derive(Clone, Copy, Debug)]
+pub struct RoiGrid {
+    pub h: usize,
+    pub w: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    /// Samples per bin along each axis; 0: `ceil(bin size)`.
+    pub sampling_ratio: usize,
+    pub spatial_scale: f64,
+    /// `half_pixel` (opset 16's default) rather than `output_half_pixel`.
+    pub half_pixel: bool,
+}
+
+/// A sample's four taps (flat offsets in an `h x w` plane) and weights.
+pub type RoiSample = ([usize; 4], [f64; 4]);
+
+impl RoiGrid {
+    /// The samples of region `roi` (x1, y1, x2, y2), bin after bin, and
+    /// how many each bin has.
+    pub fn samples(&self, roi: [f64; 4]) -> (Vec<RoiSample>, usize) {
+        let (h, w, oh, ow) = (self.h, self.w, self.out_h, self.out_w);
+        let scale = self.spatial_scale;
+        let off = if self.half_pixel { 0.5 } else { 0.0 };
+        let sw = roi[0] * scale - off;
+        let sh = roi[1] * scale - off;
+        let mut rw = roi[2] * scale - off - sw;
+        let mut rh = roi[3] * scale - off - sh;
+        if !self.half_pixel {
+            rw = rw.max(1.0);
+            rh = rh.max(1.0);
+        }
+        let (bh, bw) = (rh / oh as f64, rw / ow as f64);
+        let grid = |extent: f64| match self.sampling_ratio {
+            0 => extent.ceil().max(0.0) as usize,
+            s => s,
+        };
+        let (gh, gw) = (grid(bh), grid(bw));
+        let mut pre = Vec::with_capacity(oh * ow * gh * gw);
+        for ph in 0..oh {
+            for pw in 0..ow {
+                for iy in 0..gh {
+                    let yy = sh + ph as f64 * bh + (iy as f64 + 0.5) * bh / gh as f64;
+                    for ix in 0..gw {
+                        let xx = sw + pw as f64 * bw + (ix as f64 + 0.5) * bw / gw as f64;
+                        pre.push(bilinear(yy, xx, h, w));
+                    }
+                }
+            }
+        }
+        (pre, gh * gw)
+    }
+}
+
+/// The taps and weights of a sample at (`yy`, `xx`); points more than a
+/// pixel outside weigh nothing.
+fn bilinear(yy: f64, xx: f64, h: usize, w: usize) -> RoiSample {
+    if yy < -1.0 || yy > h as f64 || xx < -1.0 || xx > w as f64 {
+        return ([0; 4], [0.0; 4]);
+    }
+    let (mut y, mut x) = (yy.max(0.0), xx.max(0.0));
+    let (mut yl, mut xl) = (y as usize, x as usize);
+    let yh = if yl + 1 >= h {
+        yl = h - 1;
+        y = yl as f64;
+        yl
+    } else {
+        yl + 1
+    };
+    let xh = if xl + 1 >= w {
+        xl = w - 1;
+        x = xl as f64;
+        xl
+    } else {
+        xl + 1
+    };
+    let (ly, lx) = (y - yl as f64, x - xl as f64);
+    let (hy, hx) = (1.0 - ly, 1.0 - lx);
+    (
+        [yl * w + xl, yl * w + xh, yh * w + xl, yh * w + xh],
+        [hy * hx, hy * lx, ly * hx, ly * lx],
+    )
 }
 
 fn nms(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
