@@ -269,7 +269,7 @@ fn lower_node(
         "ScatterElements" | "Scatter" => movement::scatter_elements(m, n),
         "RoiAlign" => movement::roi_align(m, n),
         "RNN" | "GRU" | "LSTM" | "kiln.DequantLSTM" => recurrent::recurrent(m, n),
-        "Cast" => movement::cast(m, n),
+        "Cast" | "CastLike" => movement::cast(m, n),
         "Expand" => movement::expand(m, n),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {
             // The generated loop covers trailing axes (with producers

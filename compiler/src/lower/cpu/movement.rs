@@ -4,8 +4,8 @@
 
 use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
-    CastToF32, Concat, Expand, Gather, Pad, Reduce, Reshape, Resize, RoiAlign, ScatterElements,
-    Slice, SoftmaxAxis, Split, Transpose,
+    CastAny, CastToF32, Concat, Expand, Gather, Pad, Reduce, Reshape, Resize, RoiAlign,
+    ScatterElements, Slice, SoftmaxAxis, Split, Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -437,14 +437,26 @@ pub(super) fn cast(m: &Module, n: &Node) -> Result<NativeStep, String> {
     use kiln_ir::ElemType as E;
     let x = n.input(0).ok_or("no operand")?;
     let out_v = *n.outputs.first().ok_or("no result")?;
-    let from = m.ty(x).as_tensor().map(|t| t.elem);
-    let to = m.ty(out_v).as_tensor().map(|t| t.elem);
-    match (from, to) {
-        (Some(E::F32 | E::I64 | E::I32 | E::Bool | E::U8 | E::I8), Some(E::F32)) => {}
-        (f, t) => return Err(format!("no native cast {f:?} -> {t:?}")),
-    }
+    let from = m.ty(x).as_tensor().map(|t| t.elem).ok_or("not a tensor")?;
+    let to = m
+        .ty(out_v)
+        .as_tensor()
+        .map(|t| t.elem)
+        .ok_or("not a tensor")?;
     m.static_shape(out_v)?;
-    Ok(NativeStep::new(Box::new(CastToF32), "Cast to f32", 0.0))
+    if matches!(from, E::F32 | E::I64 | E::I32 | E::Bool | E::U8 | E::I8) && to == E::F32 {
+        return Ok(NativeStep::new(Box::new(CastToF32), "Cast to f32", 0.0));
+    }
+    let viewable = kiln_runtime::cpu::view::is_viewable;
+    if !viewable(from) || !viewable(to) {
+        return Err(format!("no native cast {from} -> {to}"));
+    }
+    let saturate = n.attrs.get("saturate").and_then(Attr::as_int).unwrap_or(1) != 0;
+    Ok(NativeStep::new(
+        Box::new(CastAny { to, saturate }),
+        format!("Cast {from} -> {to}"),
+        0.0,
+    ))
 }
 
 pub(super) fn expand(m: &Module, n: &Node) -> Result<NativeStep, String> {

@@ -89,6 +89,43 @@ impl NativeKernel for Transpose {
     }
 }
 
+/// Cast (and CastLike) between any two element types the executable
+/// holds in views, by the interpreter's conversion (`cast_data`: numpy's
+/// `astype` rules, float8 saturation, bfloat16 truncation), the one place
+/// that defines it; the bytes go in and out of the views directly.
+pub struct CastAny {
+    pub to: kiln_ir::ElemType,
+    pub saturate: bool,
+}
+
+impl NativeKernel for CastAny {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        use crate::interp::kernels::elementwise::cast::cast_data;
+        let x = operand(inputs, 0)?;
+        let out = result(outputs, 0)?;
+        // SAFETY: the view covers `byte_len` readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(x.bytes_ptr(), x.byte_len()) };
+        let shape = vec![x.len() as u64];
+        let d = kiln_ir::TensorData::from_bytes(x.elem(), shape, bytes.to_vec())
+            .map_err(|e| e.to_string())?;
+        let t = crate::tensor::Tensor::from_data(&d).map_err(|e| e.to_string())?;
+        let cast = cast_data(&t.data, self.to, self.saturate).map_err(|e| match e {
+            crate::interp::kernels::KernelError::Msg(m) => m,
+            crate::interp::kernels::KernelError::Nested(e) => e.to_string(),
+        })?;
+        let t = crate::tensor::Tensor::new(t.shape, cast).map_err(|e| e.to_string())?;
+        let d = t.to_data();
+        let b = d.bytes().ok_or("Cast: a result without bytes")?;
+        if b.len() != out.byte_len() {
+            return Err("Cast: result size differs from the plan".into());
+        }
+        // SAFETY: the result view is valid for `byte_len` writes, which
+        // `b` holds, and does not overlap this fresh buffer.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), out.bytes_ptr(), b.len()) };
+        Ok(())
+    }
+}
+
 /// RoiAlign of f32 maps: see [`crate::cpu::roi_align`].
 pub struct RoiAlign(pub crate::cpu::roi_align::RoiAlign);
 

@@ -9,7 +9,7 @@
 //! where numpy would round per step), every integer type as i128 (exact
 //! for u64 too, wrapped back to its width like numpy).
 
-mod cast;
+pub mod cast;
 mod exact;
 mod quant;
 mod special;
