@@ -167,9 +167,16 @@ mod speed {
     fn activation_throughput() {
         use super::Activation;
         let n = 1 << 20;
-        let x: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) / 250.0).collect();
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i % 1000) as f32 - 500.0) / 250.0)
+            .collect();
         let mut y = vec![0f32; n];
-        for act in [Activation::Exp, Activation::Sigmoid, Activation::Silu, Activation::Tanh] {
+        for act in [
+            Activation::Exp,
+            Activation::Sigmoid,
+            Activation::Silu,
+            Activation::Tanh,
+        ] {
             let mut best = f64::MAX;
             for _ in 0..20 {
                 let t = std::time::Instant::now();

@@ -292,6 +292,7 @@ fn lower_node(
         "QLinearMatMul" | "MatMulInteger" => quant::matmul(m, n),
         "kiln.Lookup" => quant::lookup(m, n),
         op => fusion::single_node_loop(m, n, target)
+            .or_else(|e| movement::typed(m, n).map_err(|_| e))
             .map_err(|e| format!("no native kernel for {op} ({e})")),
     }
 }

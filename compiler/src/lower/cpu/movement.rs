@@ -325,6 +325,63 @@ pub(super) fn scatter_elements(m: &Module, n: &Node) -> Result<NativeStep, Strin
     ))
 }
 
+/// An elementwise op on integer or bool tensors (or a comparison of
+/// f32 ones): integer Add/Sub/Mul/Div, comparisons, And/Or/Xor/Not,
+/// Where. The generated loops take f32 only.
+pub(super) fn typed(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    use kiln_ir::ElemType as E;
+    use kiln_runtime::cpu::steps::typed::{Typed, TypedOp};
+    use kiln_runtime::interp::kernels::elementwise::{ARITH, COMPARE};
+    let elem =
+        |i: usize| -> Option<E> { n.input(i).and_then(|v| m.ty(v).as_tensor().map(|t| t.elem)) };
+    let op = n.op.as_str();
+    let (kind, arity) = if let Some(&(_, _, fi)) = ARITH.iter().find(|a| a.0 == op) {
+        if !matches!(elem(0), Some(E::I64 | E::I32)) {
+            return Err(format!("{op} of {:?} is not integer arithmetic", elem(0)));
+        }
+        (TypedOp::Arith(fi), 2)
+    } else if let Some(&(_, f)) = COMPARE.iter().find(|c| c.0 == op) {
+        if !matches!(elem(0), Some(E::F32 | E::I64 | E::I32)) {
+            return Err(format!("{op} of {:?}", elem(0)));
+        }
+        (TypedOp::Compare(f), 2)
+    } else {
+        match op {
+            "And" => (TypedOp::Logic(|a, b| a && b), 2),
+            "Or" => (TypedOp::Logic(|a, b| a || b), 2),
+            "Xor" => (TypedOp::Logic(|a, b| a != b), 2),
+            "Not" => (TypedOp::Not, 1),
+            "Where" => (TypedOp::Where, 3),
+            _ => return Err(format!("no typed kernel for {op}")),
+        }
+    };
+    if n.inputs.len() != arity || n.inputs.iter().any(Option::is_none) {
+        return Err(format!("{op} with {} operands", n.inputs.len()));
+    }
+    if arity > 1 && elem(arity - 2) != elem(arity - 1) {
+        return Err(format!("{op} of mixed element types"));
+    }
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let shapes = n
+        .inputs
+        .iter()
+        .flatten()
+        .map(|&v| m.static_shape(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    if shapes.iter().any(|s| s.len() > out.len()) {
+        return Err(format!("{op}: an operand of higher rank than the result"));
+    }
+    Ok(NativeStep::new(
+        Box::new(Typed {
+            op: kind,
+            shapes,
+            out,
+        }),
+        format!("{op} (typed)"),
+        0.0,
+    ))
+}
+
 /// RoiAlign of f32 maps.
 pub(super) fn roi_align(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let x = n.input(0).ok_or("no operand")?;

@@ -17,6 +17,7 @@ pub mod fusion;
 pub mod movement;
 pub mod quant;
 pub mod recurrent;
+pub mod typed;
 
 use crate::cpu::view::{In, Out};
 

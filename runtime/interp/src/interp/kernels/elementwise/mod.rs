@@ -107,8 +107,8 @@ fn same_elem(a: &Tensor, b: &Tensor, op: &str) -> KResult<ElemType> {
     Ok(a.elem())
 }
 
-type FF = fn(f64, f64) -> f64;
-type FI = fn(i128, i128) -> Result<i128, &'static str>;
+pub type FF = fn(f64, f64) -> f64;
+pub type FI = fn(i128, i128) -> Result<i128, &'static str>;
 
 /// Elementwise `f` over a broadcast pair of same-typed numbers, floats
 /// rounded to `elem` after each step.
@@ -352,7 +352,10 @@ fn k_isnan(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 // ---------------------------------------------------------------------------
 // Binary arithmetic
 
-const ARITH: &[(&str, FF, FI)] = &[
+/// The binary arithmetic ops: name, float form, integer form (computed
+/// in i128, stored wrapped to the element type). The CPU backend's
+/// integer kernels read this table too.
+pub const ARITH: &[(&str, FF, FI)] = &[
     ("Add", |a, b| a + b, |a, b| Ok(a.wrapping_add(b))),
     ("Sub", |a, b| a - b, |a, b| Ok(a.wrapping_sub(b))),
     ("Mul", |a, b| a * b, |a, b| Ok(a.wrapping_mul(b))),
@@ -471,9 +474,11 @@ fn k_prelu(_: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 // ---------------------------------------------------------------------------
 // Comparisons, logic, bits
 
-type Cmp = fn(Option<std::cmp::Ordering>) -> bool;
+pub type Cmp = fn(Option<std::cmp::Ordering>) -> bool;
 
-const COMPARE: &[(&str, Cmp)] = &[
+/// The comparisons, as predicates on `partial_cmp` (NaN compares as
+/// nothing). The CPU backend's typed kernels read this table too.
+pub const COMPARE: &[(&str, Cmp)] = &[
     ("Equal", |o| o == Some(std::cmp::Ordering::Equal)),
     ("Greater", |o| o == Some(std::cmp::Ordering::Greater)),
     ("Less", |o| o == Some(std::cmp::Ordering::Less)),

@@ -1,0 +1,126 @@
+//! Elementwise ops on integer and bool tensors, which the generated
+//! (f32) loops do not take: integer arithmetic, comparisons, logic and
+//! `Where` — the masks and index arithmetic of transformers and
+//! detectors. Operands are broadcast to the result's shape (whole runs
+//! copied or filled, [`crate::cpu::reduce::broadcast`]), then combined
+//! element by element. What each op computes comes from the
+//! interpreter's tables (`ARITH`, `COMPARE`): one place for its meaning.
+
+use kiln_ir::ElemType;
+
+use crate::cpu::reduce::broadcast;
+use crate::cpu::view::{In, Out};
+use crate::cpu::NativeKernel;
+use crate::interp::kernels::elementwise::{Cmp, FI};
+
+use super::{operand, result};
+
+/// What a [`Typed`] step computes.
+#[derive(Clone, Copy)]
+pub enum TypedOp {
+    /// Integer arithmetic in i128, wrapped to the element type.
+    Arith(FI),
+    /// A comparison of two tensors of one type, to bool.
+    Compare(Cmp),
+    /// And, Or, Xor on bools.
+    Logic(fn(bool, bool) -> bool),
+    Not,
+    /// `Where(cond, x, y)`.
+    Where,
+}
+
+/// One elementwise op over operands of `shapes`, giving `out`.
+pub struct Typed {
+    pub op: TypedOp,
+    pub shapes: Vec<Vec<usize>>,
+    pub out: Vec<usize>,
+}
+
+impl Typed {
+    /// Operand `i` broadcast to the result's shape.
+    fn full<T: Copy + Default>(&self, x: &[T], i: usize) -> Vec<T> {
+        if self.shapes[i] == self.out {
+            return x.to_vec();
+        }
+        let mut v = vec![T::default(); self.out.iter().product()];
+        broadcast(x, &self.shapes[i], &self.out, &mut v);
+        v
+    }
+}
+
+impl NativeKernel for Typed {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let out = result(outputs, 0)?;
+        match self.op {
+            TypedOp::Arith(f) => {
+                let (a, b) = (operand(inputs, 0)?, operand(inputs, 1)?);
+                macro_rules! arith {
+                    ($get:ident) => {{
+                        let (x, y) = (self.full(a.$get()?, 0), self.full(b.$get()?, 1));
+                        for ((o, &p), &q) in out.$get()?.iter_mut().zip(&x).zip(&y) {
+                            *o = f(p as i128, q as i128)? as _;
+                        }
+                    }};
+                }
+                match a.elem() {
+                    ElemType::I64 => arith!(i64s),
+                    ElemType::I32 => arith!(i32s),
+                    e => return Err(format!("no native integer arithmetic on {e}")),
+                }
+            }
+            TypedOp::Compare(f) => {
+                let (a, b) = (operand(inputs, 0)?, operand(inputs, 1)?);
+                let o = out.bools()?;
+                macro_rules! compare {
+                    ($get:ident) => {{
+                        let (x, y) = (self.full(a.$get()?, 0), self.full(b.$get()?, 1));
+                        for ((o, p), q) in o.iter_mut().zip(&x).zip(&y) {
+                            *o = f(p.partial_cmp(q));
+                        }
+                    }};
+                }
+                match a.elem() {
+                    ElemType::F32 => compare!(f32s),
+                    ElemType::I64 => compare!(i64s),
+                    ElemType::I32 => compare!(i32s),
+                    e => return Err(format!("no native comparison of {e}")),
+                }
+            }
+            TypedOp::Logic(f) => {
+                let (a, b) = (operand(inputs, 0)?, operand(inputs, 1)?);
+                let (x, y) = (self.full(a.bools()?, 0), self.full(b.bools()?, 1));
+                for ((o, &p), &q) in out.bools()?.iter_mut().zip(&x).zip(&y) {
+                    *o = f(p, q);
+                }
+            }
+            TypedOp::Not => {
+                let x = operand(inputs, 0)?;
+                for (o, &p) in out.bools()?.iter_mut().zip(x.bools()?) {
+                    *o = !p;
+                }
+            }
+            TypedOp::Where => {
+                let c = self.full(operand(inputs, 0)?.bools()?, 0);
+                let (a, b) = (operand(inputs, 1)?, operand(inputs, 2)?);
+                macro_rules! select {
+                    ($get:ident) => {{
+                        let (x, y) = (self.full(a.$get()?, 1), self.full(b.$get()?, 2));
+                        for (((o, &k), &p), &q) in out.$get()?.iter_mut().zip(&c).zip(&x).zip(&y) {
+                            *o = if k { p } else { q };
+                        }
+                    }};
+                }
+                match a.elem() {
+                    ElemType::F32 => select!(f32s),
+                    ElemType::I64 => select!(i64s),
+                    ElemType::I32 => select!(i32s),
+                    ElemType::U8 => select!(u8s),
+                    ElemType::I8 => select!(i8s),
+                    ElemType::Bool => select!(bools),
+                    e => return Err(format!("no native Where of {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+}
