@@ -802,3 +802,41 @@ fn data_dependent_shapes_run_natively_per_shape() {
         );
     }
 }
+
+/// A mask built from an integer input and a comparison, applied with
+/// Where (LLaMA's causal mask): the fusion over bool values that the
+/// generated loops do not take runs node by node on the typed kernels,
+/// and matches the interpreter with no interpreted step.
+#[test]
+fn mixed_type_fusion_runs_node_by_node() {
+    let src = "module @mask opset(ai.onnx = 18) {
+  input %ids: i64[2,1,7]
+  input %a: f32[2,7,7]
+  input %x: f32[2,7,7]
+  const %lim: f32[] = dense[0.25]
+  const %neg: f32[] = dense[-3.5]
+  const %one: i64[] = dense[1]
+  %k = Sub(%ids, %one) : i64[2,1,7]
+  %m = Cast(%k) {to = 9} : bool[2,1,7]
+  %c = LessOrEqual(%a, %lim) : bool[2,7,7]
+  %w = And(%m, %c) : bool[2,7,7]
+  %n = Not(%w) : bool[2,7,7]
+  %y = Where(%n, %x, %neg) : f32[2,7,7]
+  return %y, %w
+}
+";
+    let ids: Vec<i64> = (0..14).map(|i| i % 3).collect();
+    let inputs = HashMap::from([
+        (
+            "ids".to_string(),
+            Value::tensor(Tensor::new(vec![2, 1, 7], Data::I64(ids)).expect("tensor")),
+        ),
+        ("a".to_string(), input(&[2, 7, 7], 11)),
+        ("x".to_string(), input(&[2, 7, 7], 12)),
+    ]);
+    for threads in [1, 2] {
+        check(src, &inputs, threads, false).expect("matches the interpreter");
+    }
+    let report = backend_report(src, &inputs);
+    assert!(report.contains(", 0 on the interpreter"), "{report}");
+}

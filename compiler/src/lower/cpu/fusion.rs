@@ -9,7 +9,7 @@
 use kiln_ir::{Attr, Module, Node, Region, ValueId};
 use kiln_runtime::cpu::jit::{compile_region_for, TargetCpu};
 use kiln_runtime::cpu::steps::dense::{AnchorOnly, DenseKernel};
-use kiln_runtime::cpu::steps::fusion::{Fusion, SplitReduction};
+use kiln_runtime::cpu::steps::fusion::{Fusion, SplitReduction, Unfused, UnfusedNode, UnfusedSrc};
 use kiln_runtime::cpu::NativeStep;
 
 use super::dense::{plan_dense, Weights, DENSE_OPS};
@@ -243,4 +243,88 @@ pub(super) fn single_node_loop(
         in_place: false,
     };
     Ok(NativeStep::new(Box::new(k), what, 0.0))
+}
+
+/// A fusion region neither code generator takes (values that are not
+/// f32, an op without a generated form) as its nodes' own native kernels
+/// run in order ([`Unfused`]): native as long as every node of the body
+/// lowers on its own.
+pub(super) fn unfused(
+    m: &Module,
+    n: &Node,
+    target: TargetCpu,
+    weights: &mut Weights,
+) -> Result<NativeStep, String> {
+    use std::collections::HashMap;
+    let Some(Attr::Graph(body)) = n.attrs.get("body") else {
+        return Err("fusion without a body".into());
+    };
+    let mut values: Vec<(kiln_ir::ElemType, Vec<usize>)> = vec![];
+    let mut consts = vec![];
+    let mut src: HashMap<ValueId, UnfusedSrc> = HashMap::new();
+    for (k, &v) in body.inputs.iter().enumerate() {
+        src.insert(v, UnfusedSrc::Operand(k));
+    }
+    let mut nodes = vec![];
+    let mut whats = vec![];
+    for bn in &body.nodes {
+        let step = super::lower_node(m, bn, target, weights)
+            .map_err(|e| format!("{} in the body: {e}", bn.op))?;
+        let mut operands = vec![];
+        for (k, v) in bn.inputs.iter().enumerate() {
+            let s = match v {
+                None => UnfusedSrc::None,
+                Some(_) if step.captured.contains(&k) => UnfusedSrc::None,
+                Some(v) => match (src.get(v), m.constant(*v)) {
+                    (Some(s), _) => *s,
+                    (None, Some(d)) => {
+                        let t = kiln_runtime::tensor::Tensor::from_data(d)
+                            .map_err(|e| e.to_string())?;
+                        consts.push(t);
+                        let s = UnfusedSrc::Const(consts.len() - 1);
+                        src.insert(*v, s);
+                        s
+                    }
+                    (None, None) => return Err("a body operand from outside the body".into()),
+                },
+            };
+            operands.push(s);
+        }
+        let mut results = vec![];
+        for &o in &bn.outputs {
+            let elem = m
+                .ty(o)
+                .as_tensor()
+                .ok_or("a body value is not a tensor")?
+                .elem;
+            if !kiln_runtime::cpu::view::is_viewable(elem) {
+                return Err(format!("a body value of {elem}"));
+            }
+            values.push((elem, m.static_shape(o)?));
+            src.insert(o, UnfusedSrc::Value(values.len() - 1));
+            results.push(values.len() - 1);
+        }
+        whats.push(step.what.clone());
+        nodes.push(UnfusedNode {
+            kernel: step.kernel,
+            operands,
+            results,
+        });
+    }
+    let outputs = body
+        .outputs
+        .iter()
+        .map(|o| src.get(o).copied().ok_or("a body result made outside it"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let k = Unfused {
+        nodes,
+        values,
+        consts,
+        outputs,
+    };
+    Ok(NativeStep::new(
+        Box::new(k),
+        format!("unfused: {}", whats.join(", ")),
+        0.0,
+    ))
 }

@@ -279,7 +279,11 @@ fn lower_node(
         "Softmax" | "LogSoftmax" => {
             fusion::single_node_loop(m, n, target).or_else(|_| movement::softmax_axis(m, n))
         }
-        "kiln.Fusion" => fusion::fusion(m, n, target, weights),
+        // A region the generators refuse runs node by node, natively
+        // where each node lowers; the generators' reason is the one to
+        // report otherwise.
+        "kiln.Fusion" => fusion::fusion(m, n, target, weights)
+            .or_else(|e| fusion::unfused(m, n, target, weights).map_err(|_| e)),
         op if dense::DENSE_OPS.contains(&op) => dense::dense(m, n, weights),
         "MaxPool" | "GlobalMaxPool" => {
             dense::pool(m, n).or_else(|e| quant::max_pool(m, n).map_err(|e8| format!("{e}; {e8}")))

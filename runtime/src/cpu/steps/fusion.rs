@@ -169,3 +169,112 @@ impl NativeKernel for SplitReduction {
         Ok(())
     }
 }
+
+/// Where an [`Unfused`] node reads an operand from.
+#[derive(Clone, Copy, Debug)]
+pub enum UnfusedSrc {
+    /// The fusion's operand.
+    Operand(usize),
+    /// A value an earlier node of the body made (an index into the
+    /// values).
+    Value(usize),
+    /// A constant of the body (an index into the constants).
+    Const(usize),
+    /// Captured by the node's kernel, or omitted.
+    None,
+}
+
+/// One node of an [`Unfused`] body: its kernel, where its operands come
+/// from, which values its results are.
+pub struct UnfusedNode {
+    pub kernel: Box<dyn NativeKernel>,
+    pub operands: Vec<UnfusedSrc>,
+    pub results: Vec<usize>,
+}
+
+/// A fusion region the code generators do not take (values that are not
+/// f32, an op without a generated form), run as its nodes' own native
+/// kernels in order, the values between them in buffers of their static
+/// types, the region's results copied out.
+pub struct Unfused {
+    pub nodes: Vec<UnfusedNode>,
+    /// The body's values by index: element type and static shape.
+    pub values: Vec<(ElemType, Vec<usize>)>,
+    pub consts: Vec<crate::tensor::Tensor>,
+    /// For each result of the fusion, where it comes from.
+    pub outputs: Vec<UnfusedSrc>,
+}
+
+impl NativeKernel for Unfused {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        use crate::tensor::Tensor;
+        let mut values: Vec<Option<Tensor>> = self.values.iter().map(|_| None).collect();
+        for node in &self.nodes {
+            let mut made: Vec<Tensor> = node
+                .results
+                .iter()
+                .map(|&v| {
+                    let (elem, shape) = &self.values[v];
+                    Tensor::zeros(*elem, shape.clone())
+                })
+                .collect();
+            {
+                let mut ins: Vec<Option<In>> = Vec::with_capacity(node.operands.len());
+                for src in &node.operands {
+                    ins.push(self.view(*src, inputs, &values)?);
+                }
+                let mut outs: Vec<Out> = made
+                    .iter_mut()
+                    .map(|t| Out::of(t).ok_or("a body value has no native layout"))
+                    .collect::<Result<_, _>>()?;
+                node.kernel.run(&ins, &mut outs, threads)?;
+            }
+            for (&v, t) in node.results.iter().zip(made) {
+                values[v] = Some(t);
+            }
+        }
+        for (k, src) in self.outputs.iter().enumerate() {
+            let x = self
+                .view(*src, inputs, &values)?
+                .ok_or("a fusion result that nothing made")?;
+            let o = result(outputs, k)?;
+            if x.byte_len() != o.byte_len() {
+                return Err("a fusion result of another size".into());
+            }
+            // SAFETY: both views cover `byte_len` bytes; a result's memory
+            // is not any operand's or body value's (the step is not in
+            // place).
+            unsafe { std::ptr::copy(x.bytes_ptr(), o.bytes_ptr(), x.byte_len()) };
+        }
+        Ok(())
+    }
+}
+
+impl Unfused {
+    fn view<'a>(
+        &'a self,
+        src: UnfusedSrc,
+        inputs: &[Option<In<'a>>],
+        values: &'a [Option<crate::tensor::Tensor>],
+    ) -> Result<Option<In<'a>>, String> {
+        Ok(match src {
+            UnfusedSrc::Operand(k) => Some(operand(inputs, k)?),
+            UnfusedSrc::Value(v) => {
+                let t = values[v]
+                    .as_ref()
+                    .ok_or("a body value read before it is made")?;
+                Some(In::of(t, t.elem()).ok_or("a body value has no native layout")?)
+            }
+            UnfusedSrc::Const(c) => {
+                let t = &self.consts[c];
+                Some(In::of(t, t.elem()).ok_or("a constant has no native layout")?)
+            }
+            UnfusedSrc::None => None,
+        })
+    }
+}
