@@ -268,6 +268,8 @@ fn lower_node(
         "Resize" => movement::resize(m, n),
         "ScatterElements" | "Scatter" => movement::scatter_elements(m, n),
         "RoiAlign" => movement::roi_align(m, n),
+        "ConstantOfShape" => movement::constant_of_shape(m, n),
+        "GatherND" => movement::gather_nd(m, n),
         "RNN" | "GRU" | "LSTM" | "kiln.DequantLSTM" => recurrent::recurrent(m, n),
         "Cast" | "CastLike" => movement::cast(m, n),
         "Expand" => movement::expand(m, n),

@@ -4,8 +4,8 @@
 
 use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
-    CastAny, CastToF32, Concat, Expand, Gather, Pad, Reduce, Reshape, Resize, RoiAlign,
-    ScatterElements, Slice, SoftmaxAxis, Split, Transpose,
+    CastAny, CastToF32, Concat, Expand, Fill, Gather, GatherNd, Pad, Reduce, Reshape, Resize,
+    RoiAlign, ScatterElements, Slice, SoftmaxAxis, Split, Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -378,6 +378,48 @@ pub(super) fn typed(m: &Module, n: &Node) -> Result<NativeStep, String> {
             out,
         }),
         format!("{op} (typed)"),
+        0.0,
+    ))
+}
+
+/// ConstantOfShape of a static result shape.
+pub(super) fn constant_of_shape(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let out = *n.outputs.first().ok_or("no result")?;
+    m.static_shape(out)?;
+    let elem = m.ty(out).as_tensor().ok_or("not a tensor")?.elem;
+    let value = match n.attrs.get("value").and_then(Attr::as_tensor) {
+        Some(d) => d.bytes().ok_or("a value without bytes")?.to_vec(),
+        None => vec![0; 4],
+    };
+    let width = elem
+        .storage_bytes(1)
+        .ok_or("a value type without a width")? as usize;
+    if !kiln_runtime::cpu::view::is_viewable(elem) || value.len() != width {
+        return Err(format!("ConstantOfShape of {elem}"));
+    }
+    Ok(NativeStep::new(
+        Box::new(Fill { value }),
+        "ConstantOfShape",
+        0.0,
+    ))
+}
+
+/// GatherND of movable data.
+pub(super) fn gather_nd(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no data operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    m.static_shape(n.input(1).ok_or("no indices")?)?;
+    m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let batch_dims = n
+        .attrs
+        .get("batch_dims")
+        .and_then(Attr::as_int)
+        .unwrap_or(0);
+    let batch_dims = usize::try_from(batch_dims).map_err(|_| "negative batch_dims")?;
+    Ok(NativeStep::new(
+        Box::new(GatherNd { shape, batch_dims }),
+        "GatherND",
         0.0,
     ))
 }

@@ -126,6 +126,78 @@ impl NativeKernel for CastAny {
     }
 }
 
+/// ConstantOfShape: every element of the result is one value, given as
+/// its bytes.
+pub struct Fill {
+    pub value: Vec<u8>,
+}
+
+impl NativeKernel for Fill {
+    fn run(&self, _: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let out = result(outputs, 0)?;
+        let w = self.value.len();
+        if w == 0 || out.byte_len() % w != 0 {
+            return Err("ConstantOfShape: value of another width".into());
+        }
+        // SAFETY: the view covers `byte_len` writable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(out.bytes_ptr(), out.byte_len()) };
+        if self.value.iter().all(|&b| b == 0) {
+            bytes.fill(0);
+        } else {
+            for c in bytes.chunks_exact_mut(w) {
+                c.copy_from_slice(&self.value);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// GatherND: slices of the data at the index tuples, where the
+/// interpreter's `nd_offsets` (one definition of the indexing: batch
+/// dims, negative indices, range checks) puts them.
+pub struct GatherNd {
+    pub shape: Vec<usize>,
+    pub batch_dims: usize,
+}
+
+impl NativeKernel for GatherNd {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        use crate::interp::kernels::movement::nd_offsets;
+        let x = operand(inputs, 0)?;
+        let idx = operand(inputs, 1)?;
+        let ints: Vec<i64> = match idx.elem() {
+            kiln_ir::ElemType::I64 => idx.i64s()?.to_vec(),
+            kiln_ir::ElemType::I32 => idx.i32s()?.iter().map(|&i| i as i64).collect(),
+            e => return Err(format!("indices of {e}")),
+        };
+        let t =
+            crate::tensor::Tensor::from_i64(idx.shape.to_vec(), ints).map_err(|e| e.to_string())?;
+        let (offs, slice) =
+            nd_offsets(&self.shape, &t, self.batch_dims, "GatherND").map_err(|e| match e {
+                crate::interp::kernels::KernelError::Msg(m) => m,
+                crate::interp::kernels::KernelError::Nested(e) => e.to_string(),
+            })?;
+        let out = result(outputs, 0)?;
+        let w = x.byte_len() / x.len().max(1);
+        if offs.len() * slice * w != out.byte_len() {
+            return Err("GatherND: result size differs from the plan".into());
+        }
+        // SAFETY: both views cover their `byte_len` bytes; nd_offsets
+        // checked every tuple against the data's shape, so each slice
+        // lies inside the data; the result is not the data.
+        unsafe {
+            for (k, &o) in offs.iter().enumerate() {
+                std::ptr::copy_nonoverlapping(
+                    x.bytes_ptr().add(o * w),
+                    out.bytes_ptr().add(k * slice * w),
+                    slice * w,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// RoiAlign of f32 maps: see [`crate::cpu::roi_align`].
 pub struct RoiAlign(pub crate::cpu::roi_align::RoiAlign);
 

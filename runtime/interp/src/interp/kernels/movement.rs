@@ -846,7 +846,7 @@ fn gather_elements(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>
 /// index tensor whose last dim indexes `data` after `batch_dims` batch dims.
 /// Returns (for each index tuple, the linear offset of its slice; the
 /// slice length).
-fn nd_offsets(
+pub fn nd_offsets(
     data_shape: &[usize],
     ind: &Tensor,
     batch_dims: usize,
