@@ -109,10 +109,7 @@ impl NativeKernel for CastAny {
         let d = kiln_ir::TensorData::from_bytes(x.elem(), shape, bytes.to_vec())
             .map_err(|e| e.to_string())?;
         let t = crate::tensor::Tensor::from_data(&d).map_err(|e| e.to_string())?;
-        let cast = cast_data(&t.data, self.to, self.saturate).map_err(|e| match e {
-            crate::interp::kernels::KernelError::Msg(m) => m,
-            crate::interp::kernels::KernelError::Nested(e) => e.to_string(),
-        })?;
+        let cast = cast_data(&t.data, self.to, self.saturate).map_err(|e| e.to_string())?;
         let t = crate::tensor::Tensor::new(t.shape, cast).map_err(|e| e.to_string())?;
         let d = t.to_data();
         let b = d.bytes().ok_or("Cast: a result without bytes")?;
@@ -173,10 +170,7 @@ impl NativeKernel for GatherNd {
         let t =
             crate::tensor::Tensor::from_i64(idx.shape.to_vec(), ints).map_err(|e| e.to_string())?;
         let (offs, slice) =
-            nd_offsets(&self.shape, &t, self.batch_dims, "GatherND").map_err(|e| match e {
-                crate::interp::kernels::KernelError::Msg(m) => m,
-                crate::interp::kernels::KernelError::Nested(e) => e.to_string(),
-            })?;
+            nd_offsets(&self.shape, &t, self.batch_dims, "GatherND").map_err(|e| e.to_string())?;
         let out = result(outputs, 0)?;
         let w = x.byte_len() / x.len().max(1);
         if offs.len() * slice * w != out.byte_len() {

@@ -24,6 +24,15 @@ pub enum KernelError {
     Nested(InterpError),
 }
 
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelError::Msg(m) => f.write_str(m),
+            KernelError::Nested(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 impl From<String> for KernelError {
     fn from(s: String) -> KernelError {
         KernelError::Msg(s)
