@@ -8,6 +8,15 @@ use kiln_ir::{Attr, Module, Node, Region};
 use kiln_runtime::cpu::kernels::{ConvAttrs, ConvTransposeAttrs, PoolAttrs, PoolKind};
 use kiln_runtime::cpu::rnn::{Cell, Recurrent};
 
+/// A conv's `group` attribute (1 when absent).
+pub(crate) fn group(n: &Node) -> usize {
+    n.attrs
+        .get("group")
+        .and_then(Attr::as_int)
+        .unwrap_or(1)
+        .max(1) as usize
+}
+
 pub(crate) fn ints(n: &Node, name: &str) -> Option<Vec<usize>> {
     n.attrs
         .get(name)
@@ -58,12 +67,7 @@ pub(crate) fn conv_attrs(n: &Node, x: &[usize], w: &[usize]) -> Result<ConvAttrs
         return Err("strides/dilations rank".into());
     }
     let pads = resolve_pads(n, &x[2..], kernel, &strides, &dilations)?;
-    let group = n
-        .attrs
-        .get("group")
-        .and_then(Attr::as_int)
-        .unwrap_or(1)
-        .max(1) as usize;
+    let group = group(n);
     Ok(ConvAttrs {
         strides,
         dilations,
@@ -128,12 +132,7 @@ pub(crate) fn conv_transpose_attrs(
         out_spatial[i] = usize::try_from(axis.output_size(x[2 + i] as u64))
             .map_err(|_| "ConvTranspose output too large")?;
     }
-    let group = n
-        .attrs
-        .get("group")
-        .and_then(Attr::as_int)
-        .unwrap_or(1)
-        .max(1) as usize;
+    let group = group(n);
     Ok(ConvTransposeAttrs {
         strides,
         dilations,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kiln_ir::{Attr, Module, Node, ValueId};
 
-use crate::lower::common::{conv_attrs, conv_transpose_attrs, pool_attrs};
+use crate::lower::common::{conv_attrs, conv_transpose_attrs, group, pool_attrs};
 use kiln_runtime::cpu::kernels::{
     ConstWeights, ConvPlan, ConvTransposePlan, DequantMatMulPlan, GemmPlan, MatMulPlan, PoolPlan,
     QuantB, QuantBits, QuantGrid,
@@ -186,7 +186,7 @@ pub(super) fn plan_dense(
         "ConvTranspose" => {
             let (x, w) = (shape_of(0)?, shape_of(1)?);
             let has_bias = inputs.get(2).copied().flatten().is_some();
-            if has_bias && shape_of(2)?.as_slice() != [w[1] * n_group(n)] {
+            if has_bias && shape_of(2)?.as_slice() != [w[1] * group(n)] {
                 return Err("ConvTranspose bias of another length than the channels".into());
             }
             let attrs = conv_transpose_attrs(n, &x, &w)?;
@@ -227,15 +227,6 @@ pub(super) fn plan_dense(
         }
         op => Err(format!("no dense kernel for {op}")),
     }
-}
-
-/// A node's `group` attribute (1 when absent).
-fn n_group(n: &Node) -> usize {
-    n.attrs
-        .get("group")
-        .and_then(Attr::as_int)
-        .unwrap_or(1)
-        .max(1) as usize
 }
 
 /// The constant quantized weights `w [K, N]` of a `kiln.DequantMatMul`

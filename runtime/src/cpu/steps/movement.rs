@@ -123,6 +123,15 @@ impl NativeKernel for CastAny {
     }
 }
 
+/// An index operand's values (i64 or i32) as i64.
+fn indices(x: In) -> Result<Vec<i64>, String> {
+    match x.elem() {
+        kiln_ir::ElemType::I64 => Ok(x.i64s()?.to_vec()),
+        kiln_ir::ElemType::I32 => Ok(x.i32s()?.iter().map(|&i| i as i64).collect()),
+        e => Err(format!("indices of {e}")),
+    }
+}
+
 /// ConstantOfShape: every element of the result is one value, given as
 /// its bytes.
 pub struct Fill {
@@ -162,11 +171,7 @@ impl NativeKernel for GatherNd {
         use crate::interp::kernels::movement::nd_offsets;
         let x = operand(inputs, 0)?;
         let idx = operand(inputs, 1)?;
-        let ints: Vec<i64> = match idx.elem() {
-            kiln_ir::ElemType::I64 => idx.i64s()?.to_vec(),
-            kiln_ir::ElemType::I32 => idx.i32s()?.iter().map(|&i| i as i64).collect(),
-            e => return Err(format!("indices of {e}")),
-        };
+        let ints = indices(idx)?;
         let t =
             crate::tensor::Tensor::from_i64(idx.shape.to_vec(), ints).map_err(|e| e.to_string())?;
         let (offs, slice) =
@@ -207,11 +212,7 @@ impl NativeKernel for RoiAlign {
             operand(inputs, 1)?,
             operand(inputs, 2)?,
         );
-        let batch: Vec<i64> = match batch.elem() {
-            kiln_ir::ElemType::I64 => batch.i64s()?.to_vec(),
-            kiln_ir::ElemType::I32 => batch.i32s()?.iter().map(|&i| i as i64).collect(),
-            e => return Err(format!("batch indices of {e}")),
-        };
+        let batch = indices(batch)?;
         let out = result(outputs, 0)?;
         self.0
             .run(x.f32s()?, rois.f32s()?, &batch, out.f32s()?, threads)
@@ -231,11 +232,7 @@ impl NativeKernel for ScatterElements {
     fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
         let x = operand(inputs, 0)?;
         let idx = operand(inputs, 1)?;
-        let idx: Vec<i64> = match idx.elem() {
-            kiln_ir::ElemType::I64 => idx.i64s()?.to_vec(),
-            kiln_ir::ElemType::I32 => idx.i32s()?.iter().map(|&i| i as i64).collect(),
-            e => return Err(format!("indices of {e}")),
-        };
+        let idx = indices(idx)?;
         let updates = operand(inputs, 2)?;
         let out = result(outputs, 0)?;
         let (shape, ishape, axis) = (&self.shape, &self.indices, self.axis);
@@ -377,11 +374,7 @@ impl NativeKernel for Gather {
     fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
         let x = operand(inputs, 0)?;
         let idx = operand(inputs, 1)?;
-        let idx: Vec<i64> = match idx.elem() {
-            kiln_ir::ElemType::I64 => idx.i64s()?.to_vec(),
-            kiln_ir::ElemType::I32 => idx.i32s()?.iter().map(|&i| i as i64).collect(),
-            _ => return Err("indices must be i64 or i32".into()),
-        };
+        let idx = indices(idx)?;
         let out = result(outputs, 0)?;
         let (outer, rows, row_len) = (self.outer, self.rows, self.row_len);
         movable!(x, out, |v, o| movement::gather(
