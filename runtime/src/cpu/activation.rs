@@ -86,45 +86,59 @@ impl Activation {
     }
 }
 
-/// Elements per step: a few vectors, copied through the stack so that an
-/// output aliasing its input (in-place steps) is read before it is
-/// written, and the loop over the array vectorizes.
+/// Elements per step of the GELU loop, which picks its form per chunk.
 const CHUNK: usize = 512;
 
-crate::cpu::simd_fn! {
-    /// `y[i] = act(x[i])` for `i` in `lo..hi`.
-    fn apply(act: Activation, x: *const f32, y: *mut f32, lo: usize, hi: usize) {
-        let mut buf = [0f32; CHUNK];
-        let mut i = lo;
-        while i < hi {
-            let n = CHUNK.min(hi - i);
-            // SAFETY: the entry's contract: x and y are valid for the
-            // kernel's elements, lo..hi among them; the copy through `buf`
-            // makes an aliased y harmless.
-            unsafe { std::ptr::copy(x.add(i), buf.as_mut_ptr(), n) };
-            match act {
-                Activation::Sigmoid => buf.iter_mut().for_each(|v| *v = approx::sigmoid(*v)),
-                Activation::Silu => buf.iter_mut().for_each(|v| *v *= approx::sigmoid(*v)),
-                Activation::Tanh => buf.iter_mut().for_each(|v| *v = approx::tanh(*v)),
-                Activation::Exp => buf.iter_mut().for_each(|v| *v = approx::exp(*v)),
-                Activation::GeluTanh => buf.iter_mut().for_each(|v| *v = approx::gelu_tanh(*v)),
-                Activation::Gelu => {
-                    // The near form for every lane; where any lane of the
-                    // chunk lies in the negative tail, the tail form for
-                    // every lane too, selected per lane (both vectorized).
-                    let mut tail = false;
-                    for &v in buf.iter() {
-                        tail |= v * std::f32::consts::FRAC_1_SQRT_2 < approx::GELU_TAIL;
-                    }
-                    if tail {
-                        buf.iter_mut().for_each(|v| *v = approx::gelu(*v));
-                    } else {
-                        buf.iter_mut().for_each(|v| *v = approx::gelu_near(*v));
-                    }
+/// Applies `act` to `v` in place.
+#[inline(always)]
+fn apply_in_place(act: Activation, v: &mut [f32]) {
+    match act {
+        Activation::Sigmoid => v.iter_mut().for_each(|v| *v = approx::sigmoid(*v)),
+        Activation::Silu => v.iter_mut().for_each(|v| *v *= approx::sigmoid(*v)),
+        Activation::Tanh => v.iter_mut().for_each(|v| *v = approx::tanh(*v)),
+        Activation::Exp => v.iter_mut().for_each(|v| *v = approx::exp(*v)),
+        Activation::GeluTanh => v.iter_mut().for_each(|v| *v = approx::gelu_tanh(*v)),
+        Activation::Gelu => {
+            for c in v.chunks_mut(CHUNK) {
+                // The near form for every lane; where any lane of the
+                // chunk lies in the negative tail, the tail form for
+                // every lane too, selected per lane (both vectorized).
+                let mut tail = false;
+                for &v in c.iter() {
+                    tail |= v * std::f32::consts::FRAC_1_SQRT_2 < approx::GELU_TAIL;
+                }
+                if tail {
+                    c.iter_mut().for_each(|v| *v = approx::gelu(*v));
+                } else {
+                    c.iter_mut().for_each(|v| *v = approx::gelu_near(*v));
                 }
             }
-            // SAFETY: as above.
-            unsafe { std::ptr::copy(buf.as_ptr(), y.add(i), n) };
+        }
+    }
+}
+
+crate::cpu::simd_fn! {
+    /// `y[i] = act(x[i])` for `i` in `lo..hi`. Epilogues and in-place
+    /// steps pass `y == x`: that runs on one slice, in place. Separate
+    /// arrays are copied a chunk at a time first (the copy stays in L1),
+    /// so the loop is the same one: a loop over two raw pointers that may
+    /// alias would not vectorize, or would run scalar code at run time for
+    /// exactly the aliased case.
+    fn apply(act: Activation, x: *const f32, y: *mut f32, lo: usize, hi: usize) {
+        let mut i = lo;
+        while i < hi {
+            let n = if std::ptr::eq(x, y) { hi - i } else { CHUNK.min(hi - i) };
+            // SAFETY: the entry's contract: x and y are valid for the
+            // kernel's elements, lo..hi among them, and y is either x or
+            // an array of its own (an elementwise step's output never
+            // overlaps its input partially; `copy` would allow it).
+            let v = unsafe {
+                if !std::ptr::eq(x, y) {
+                    std::ptr::copy(x.add(i), y.add(i), n);
+                }
+                std::slice::from_raw_parts_mut(y.add(i), n)
+            };
+            apply_in_place(act, v);
             i += n;
         }
     }
@@ -158,10 +172,12 @@ mod speed {
     /// Nanoseconds per element of each library activation over 1M
     /// values in L2-missing arrays (`cargo test --release -p kiln-runtime
     /// activation_throughput -- --ignored --nocapture`). On the Zen 3 VM
-    /// (2026-12-07): exp 0.9, sigmoid 1.1, SiLU 1.1-1.3, tanh 1.6-1.8:
-    /// some 20 cycles per 8-lane vector where its ~30 instructions could
-    /// issue in 8, not from the division (exp has none) nor from latency
-    /// (4 interleaved vectors per iteration ran no faster).
+    /// (2026-12-07): exp 0.85-0.9, tanh 1.0 (was 1.6-1.8), sigmoid
+    /// 0.6-0.7 and SiLU 0.6 (were 1.1-1.3). The loops are bound by the
+    /// length of their dependency chains, not by the FMA ports (a 40-FLOP
+    /// chain of 70 cycles keeps only 3-4 vectors in flight): sigmoid's
+    /// shorter exp and running in place instead of through a stack buffer
+    /// are what halved it.
     #[test]
     #[ignore]
     fn activation_throughput() {

@@ -36,6 +36,25 @@ pub(crate) const EXP_MAX: f32 = 88.8;
 /// 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
 pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 
+/// e^r - 1 - r = r²·Q(r) on |r| ≤ ln2/2 to 1.1e-7 relative, Q's
+/// coefficients from the highest degree down: the degree-5 exp that
+/// [`sigmoid`] uses. Fitted for Kiln (Lawson's weighted least squares on
+/// Chebyshev points, relative error). It is enough there because the
+/// sigmoid of e^{-x} with relative error δ is off by at most δ/4 in
+/// absolute terms; exp itself keeps the degree-7 [`EXP_POLY`].
+pub(crate) const SIGMOID_EXP_POLY: [f32; 4] = [
+    8.312_050_6e-3,
+    4.189_449_9e-2,
+    1.666_713_3e-1,
+    4.999_920_2e-1,
+];
+
+/// The range of -x that [`sigmoid`] takes e^{-x} on: at the low end
+/// e^{-x} ≈ 1.6e-38 so the sigmoid is exactly 1; at the high end 2^n
+/// reaches 2^128 = inf in one exponent field, so the sigmoid is exactly 0.
+pub(crate) const SIGMOID_EXP_MIN: f32 = -87.0;
+pub(crate) const SIGMOID_EXP_MAX: f32 = 88.8;
+
 /// tanh x = x + x³·P(x²) for |x| < [`TANH_SMALL`] (Cephes tanhf).
 pub(crate) const TANH_POLY: [f32; 5] = [
     -5.704_988_7e-3,
@@ -119,7 +138,8 @@ pub(crate) fn tanh(x: f32) -> f32 {
     let ax = x.abs();
     let z2 = x * x;
     let small = (horner(z2, &TANH_POLY) * z2).mul_add(x, x);
-    let big = 1.0 - 2.0 / (exp(ax + ax) + 1.0);
+    // 1 - 2/(e^{2|x|} + 1).
+    let big = sigmoid(-(ax + ax)).mul_add(-2.0, 1.0);
     let big = if x < 0.0 { -big } else { big };
     if ax < TANH_SMALL {
         small
@@ -176,10 +196,25 @@ pub(crate) fn gelu_tanh(x: f32) -> f32 {
     x * sigmoid(inner * (2.0 * c))
 }
 
-/// 1 / (1 + e^{-x}).
+/// 1 / (1 + e^{-x}), with e^{-x} from the degree-5
+/// [`SIGMOID_EXP_POLY`], its range reduction's constant folded into an
+/// FMA, an Estrin-form polynomial and one exponent-field scale: a shorter
+/// dependency chain than [`exp`]'s, which is what bounds a loop of them
+/// (the out-of-order window, not the FMA ports, ran out first).
 #[inline(always)]
 pub(crate) fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
+    let nx = (-x).clamp(SIGMOID_EXP_MIN, SIGMOID_EXP_MAX);
+    let k = nx.mul_add(std::f32::consts::LOG2_E, ROUND_MAGIC);
+    let n = k - ROUND_MAGIC;
+    let r = n.mul_add(LN2_LO, n.mul_add(LN2_HI, nx));
+    let r2 = r * r;
+    let [q3, q2, q1, q0] = SIGMOID_EXP_POLY;
+    let q = r2.mul_add(q3.mul_add(r, q2), q1.mul_add(r, q0));
+    let p = q.mul_add(r2, r + 1.0);
+    // 2^n for n in -126..=128; 128 sets the exponent field to inf.
+    let ni = k.to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;
+    let e = p * f32::from_bits(((ni + 127) << 23) as u32);
+    1.0 / (1.0 + e)
 }
 
 #[cfg(test)]

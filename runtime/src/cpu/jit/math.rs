@@ -125,13 +125,13 @@ pub(crate) fn tanh(f: &mut Fb, x: Value) -> Value {
     let p = f.mul(p, z2);
     let p = f.mul(p, x);
     let small = f.add(p, x);
+    // 1 - 2/(e^{2|x|} + 1) = 1 - 2·sigmoid(-2|x|).
     let a2 = f.add(ax, ax);
-    let e = exp(f, a2);
-    let e = f.addc(e, 1.0);
-    let two = f.c(2.0);
-    let q = f.div(two, e);
+    let na2 = f.b.ins().fneg(a2);
+    let s = sigmoid(f, na2);
+    let m2 = f.c(-2.0);
     let one = f.c(1.0);
-    let big = f.sub(one, q);
+    let big = f.mul_add(s, m2, one);
     let nbig = f.b.ins().fneg(big);
     let z = f.c(0.0);
     let big = f.sel(FloatCC::LessThan, x, z, nbig, big);
@@ -139,10 +139,38 @@ pub(crate) fn tanh(f: &mut Fb, x: Value) -> Value {
     f.sel(FloatCC::LessThan, ax, lim, small, big)
 }
 
-/// 1 / (1 + e^{-x}): saturates to 0 and 1 without NaN.
+/// 1 / (1 + e^{-x}), e^{-x} in `approx::sigmoid`'s short form (degree-5
+/// polynomial, one exponent-field scale): saturates to exactly 0 and 1
+/// without NaN.
 pub(crate) fn sigmoid(f: &mut Fb, x: Value) -> Value {
     let nx = f.b.ins().fneg(x);
-    let e = exp(f, nx);
+    let nx = f.clamp(nx, approx::SIGMOID_EXP_MIN, approx::SIGMOID_EXP_MAX);
+    const MAGIC: f32 = approx::ROUND_MAGIC;
+    let log2e = f.c(std::f32::consts::LOG2_E);
+    let magic = f.c(MAGIC);
+    let k = f.mul_add(nx, log2e, magic);
+    let n = f.addc(k, -MAGIC);
+    let c1 = f.c(approx::LN2_HI);
+    let r = f.mul_add(n, c1, nx);
+    let c2 = f.c(approx::LN2_LO);
+    let r = f.mul_add(n, c2, r);
+    let r2 = f.mul(r, r);
+    let [q3, q2, q1, q0] = approx::SIGMOID_EXP_POLY;
+    let (q3, q2, q1, q0) = (f.c(q3), f.c(q2), f.c(q1), f.c(q0));
+    let hi = f.mul_add(q3, r, q2);
+    let lo = f.mul_add(q1, r, q0);
+    let q = f.mul_add(r2, hi, lo);
+    let r1 = f.addc(r, 1.0);
+    let p = f.mul_add(q, r2, r1);
+    // 2^n for n in -126..=128; 128 sets the exponent field to inf.
+    let kb = f.bits_as_int(k);
+    let magic_bits = f.ci(MAGIC.to_bits() as i32);
+    let ni = f.b.ins().isub(kb, magic_bits);
+    let bias = f.ci(127);
+    let ni = f.b.ins().iadd(ni, bias);
+    let ni = f.b.ins().ishl_imm_s(ni, 23);
+    let scale = f.bits_as_float(ni);
+    let e = f.mul(p, scale);
     let d = f.addc(e, 1.0);
     let one = f.c(1.0);
     f.div(one, d)
