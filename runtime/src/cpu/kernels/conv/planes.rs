@@ -1,4 +1,4 @@
-//! Strided depthwise convs on 2-D maps too wide for the channels-in-lanes
+//! Depthwise convs on 2-D maps too wide for the channels-in-lanes
 //! path, with AVX-512 or AVX2: a plane at a time, its rows copied once
 //! into padded, phase-split rows (the pads zero, so no stored output needs
 //! a bounds check, and every tap of a stride-s conv reads a contiguous
@@ -9,8 +9,8 @@
 //! The row kernel (`rows.rs`, 8-wide) loads and stores its accumulator
 //! once per kernel row and pays a call, a dispatch and a copy per output
 //! row; on the 28-wide rows of mobile nets' stride-2 stages that made a
-//! 3x3 conv run at 7 GFLOP/s (9.5 here). At stride 1 the row kernel stays
-//! ([`applies`]). Quantized depthwise convs use this one too, reading their
+//! 3x3 conv run at 7 GFLOP/s (9.5 here); stride 1 gained as much. The row
+//! kernel keeps maps barely taller than the kernel ([`applies`]). Quantized depthwise convs use this one too, reading their
 //! bytes directly (`qconv.rs`).
 
 use super::super::common::{with_scratch, Axis};
@@ -47,17 +47,21 @@ impl Layout {
 }
 
 /// Whether this host and conv take the kernel: AVX-512 (F, BW, VL) or
-/// AVX2 with FMA, a strided 2-D map with rows and columns. At stride 1 the row kernel's
-/// rows need no phase split and measured as fast or faster (5x5 over 3x48
-/// maps 33 against 20 GFLOP/s, 3x3 over 112x112 24 against 20); at
-/// stride 2 it is the slower one (3x3 over 56x56: 7 against 9.5, and the
-/// quantized form, reading bytes, 6.7 against 12 GOP/s).
+/// AVX2 with FMA, a 2-D map with rows and columns, strided along W or at
+/// least twice as tall as the kernel. At W stride 2 the row kernel is the
+/// slower one (3x3 over 56x56: 7 against 9.5 GFLOP/s, and the quantized
+/// form, reading bytes, 6.7 against 12 GOP/s). At stride 1 it lost too
+/// once a stride-1 row is one copy instead of a gather (Zen 3, 1 thread:
+/// 3x3 over 144x56x56 0.45 against 0.70-1.2 ms, over 96x112x112 1.2
+/// against 2.0, 5x5 over 240x28x28 0.45 against 0.71-1.26), except on
+/// maps barely taller than the kernel, where most taps read padding
+/// (PP-OCR's 5x5 over 3x48 maps: 0.64 against 0.33 ms).
 pub(crate) fn applies(axes: &[Axis; 3]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         axes[0].kernel == 1
             && axes[0].input == 1
-            && axes[2].stride >= 2
+            && (axes[2].stride >= 2 || axes[1].output >= 2 * axes[1].kernel)
             && axes[2].kernel <= MAX_KW
             && axes[1].input > 0
             && axes[2].input > 0
@@ -171,10 +175,14 @@ fn split_rows(
                         line
                     }
                 };
+                if s == 1 {
+                    // One phase: the row itself, after the left pad.
+                    dst[pl..pl + wi].copy_from_slice(src);
+                }
                 // Phase ph holds padded columns ph, ph + s, ...: the
                 // input columns from the first at or after the left pad,
                 // every s-th.
-                for ph in 0..s {
+                for ph in (0..s).filter(|_| s > 1) {
                     let first = (pl + s - 1 - ph) / s * s + ph;
                     let Some(from) = first.checked_sub(pl) else {
                         continue;
