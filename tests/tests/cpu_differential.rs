@@ -801,6 +801,13 @@ fn data_dependent_shapes_run_natively_per_shape() {
             "{report}"
         );
     }
+    // NonZero sizes its result by its count: one specialization (the
+    // operand's shape is the same) serves both counts.
+    let l = line(&report, "nz");
+    assert!(
+        l.starts_with("native") && l.contains("NonZero") && l.contains("1 shapes"),
+        "{report}"
+    );
 }
 
 /// A mask built from an integer input and a comparison, applied with

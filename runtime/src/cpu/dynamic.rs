@@ -35,7 +35,9 @@ pub const MAX_SPECIALIZATIONS: usize = 16;
 /// are data, not shape parameters).
 const MAX_VALUE_ELEMS: usize = 64;
 
-/// A native step for one set of operand shapes, and its results' types.
+/// A native step for one set of operand shapes, and its results' types
+/// (shapes empty where the kernel sizes them from values:
+/// [`super::NativeKernel::sized_results`]).
 pub struct Specialized {
     pub step: NativeStep,
     pub results: Vec<(ElemType, Vec<usize>)>,
@@ -211,19 +213,6 @@ fn run_specialized(
     env: &Env,
     threads: usize,
 ) -> Result<Vec<Tensor>, String> {
-    let mut results: Vec<Tensor> = spec
-        .results
-        .iter()
-        .map(|(elem, shape)| {
-            let n = shape.iter().product();
-            let data = match elem {
-                // Written in full: a recycled buffer will do.
-                ElemType::F32 => Data::F32(super::buffers::output(n)),
-                e => Data::zeros(*e, n),
-            };
-            Tensor::new(shape.clone(), data).map_err(|e| e.to_string())
-        })
-        .collect::<Result<_, _>>()?;
     let mut operands: Vec<Option<In>> = Vec::with_capacity(node.inputs.len());
     for (i, v) in node.inputs.iter().enumerate() {
         operands.push(match v {
@@ -237,6 +226,31 @@ fn run_specialized(
             _ => None,
         });
     }
+    // Result shapes the operands' values decide, else the planned ones.
+    let shapes: Vec<Vec<usize>> = match spec.step.kernel.sized_results(&operands) {
+        Some(s) => s?,
+        None if spec.step.kernel.sized_by_values() => {
+            return Err("internal: a kernel sized by values gave no sizes".into())
+        }
+        None => spec.results.iter().map(|(_, s)| s.clone()).collect(),
+    };
+    if shapes.len() != spec.results.len() {
+        return Err("a result count differs from the plan".into());
+    }
+    let mut results: Vec<Tensor> = spec
+        .results
+        .iter()
+        .zip(&shapes)
+        .map(|((elem, _), shape)| {
+            let n = shape.iter().product();
+            let data = match elem {
+                // Written in full: a recycled buffer will do.
+                ElemType::F32 => Data::F32(super::buffers::output(n)),
+                e => Data::zeros(*e, n),
+            };
+            Tensor::new(shape.clone(), data).map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
     let mut outputs: Vec<Out> = results
         .iter_mut()
         .map(|t| Out::of(t).ok_or("result has no native layout"))

@@ -51,6 +51,22 @@ pub trait NativeKernel: Send + Sync {
     fn in_place(&self) -> bool {
         false
     }
+
+    /// For a kernel whose result shapes depend on its operands' values
+    /// (NonZero): those shapes, computed from the operands before the
+    /// results are allocated. Such a kernel only runs as a per-shape
+    /// specialization ([`super::dynamic`]), whose results live outside
+    /// the arena; its plan has no result shapes. `None`: the planned
+    /// shapes.
+    fn sized_results(&self, inputs: &[Option<In>]) -> Option<Result<Vec<Vec<usize>>, String>> {
+        let _ = inputs;
+        None
+    }
+
+    /// Whether [`NativeKernel::sized_results`] gives the result shapes.
+    fn sized_by_values(&self) -> bool {
+        false
+    }
 }
 
 /// Where the intermediates of a run live: the memory plan as the

@@ -544,3 +544,90 @@ pub fn pad<T: Copy>(x: &[T], shape: &[usize], src: &[Vec<Option<usize>>], fill: 
         }
     }
 }
+
+/// TopK along the middle axis of `x` viewed as `[outer, n, inner]`: the
+/// `k` greatest (or least) elements of each lane and their indices, as
+/// `[outer, k, inner]`, in order, ties to the lower index (ONNX's
+/// order, the interpreter's: `cmp` is the element order). A lane is
+/// gathered once, partitioned around its k-th element (linear time), and
+/// only the first k sorted, instead of sorting all n.
+#[allow(clippy::too_many_arguments)]
+pub fn top_k<T: Copy>(
+    x: &[T],
+    (outer, n, inner): (usize, usize, usize),
+    k: usize,
+    largest: bool,
+    cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
+    values: &mut [T],
+    indices: &mut [i64],
+) {
+    assert!(k <= n && x.len() >= outer * n * inner, "TopK: shapes");
+    assert!(values.len() >= outer * k * inner && indices.len() >= outer * k * inner);
+    if k == 0 {
+        return;
+    }
+    // A total order: the element order (reversed for the largest), then
+    // the index, so an unstable partition and sort give the stable answer.
+    let before = |a: &(T, usize), b: &(T, usize)| {
+        let c = cmp(&a.0, &b.0);
+        if largest { c.reverse() } else { c }.then(a.1.cmp(&b.1))
+    };
+    let mut lane: Vec<(T, usize)> = Vec::with_capacity(n);
+    for o in 0..outer {
+        for i in 0..inner {
+            lane.clear();
+            lane.extend((0..n).map(|j| (x[(o * n + j) * inner + i], j)));
+            if k < n {
+                lane.select_nth_unstable_by(k - 1, before);
+            }
+            lane[..k].sort_unstable_by(before);
+            for (j, &(v, p)) in lane[..k].iter().enumerate() {
+                values[(o * k + j) * inner + i] = v;
+                indices[(o * k + j) * inner + i] = p as i64;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod top_k_tests {
+    /// Against a full stable sort (the interpreter's way), on lanes with
+    /// ties, NaN and -0, along a middle axis, for every k, both
+    /// directions.
+    #[test]
+    fn top_k_matches_a_stable_sort() {
+        use crate::interp::kernels::movement::nan_greatest;
+        let cmp = |a: &f32, b: &f32| nan_greatest(a, b, a.is_nan(), b.is_nan());
+        let (outer, n, inner) = (2, 7, 3);
+        let vals = [1.0, 3.0, f32::NAN, -0.0, 3.0, 0.0, -2.0, 3.0, f32::NAN];
+        let x: Vec<f32> = (0..outer * n * inner)
+            .map(|i| vals[(i * 5 + i / 7) % vals.len()])
+            .collect();
+        for largest in [true, false] {
+            for k in 0..=n {
+                let mut v = vec![0f32; outer * k * inner];
+                let mut ix = vec![0i64; outer * k * inner];
+                super::top_k(&x, (outer, n, inner), k, largest, cmp, &mut v, &mut ix);
+                for o in 0..outer {
+                    for i in 0..inner {
+                        let at = |j: usize| x[(o * n + j) * inner + i];
+                        let mut order: Vec<usize> = (0..n).collect();
+                        order.sort_by(|&a, &b| {
+                            let c = cmp(&at(a), &at(b));
+                            if largest {
+                                c.reverse()
+                            } else {
+                                c
+                            }
+                        });
+                        for (j, &p) in order[..k].iter().enumerate() {
+                            let q = (o * k + j) * inner + i;
+                            assert_eq!(ix[q], p as i64, "k {k} largest {largest}");
+                            assert_eq!(v[q].to_bits(), at(p).to_bits());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

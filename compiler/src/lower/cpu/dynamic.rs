@@ -115,36 +115,62 @@ impl NodeSpecializer {
         let n = &m.body.nodes[0];
         let mut weights = self.weights.lock().map_err(|_| "weights cache poisoned")?;
         let step = super::lower_node(&m, n, self.target, &mut weights)?;
+        // A kernel that sizes its results from values has none planned.
+        let sized = step.kernel.sized_by_values();
         let results = n
             .outputs
             .iter()
             .map(|&o| {
                 let elem = m.ty(o).as_tensor().ok_or("result is not a tensor")?.elem;
-                Ok((elem, m.static_shape(o)?))
+                let shape = if sized { vec![] } else { m.static_shape(o)? };
+                Ok((elem, shape))
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Specialized { step, results })
     }
 
-    /// A compile-time trial for reports: unknown dims taken as 1. Value
-    /// operands that are not constants cannot be guessed.
+    /// A compile-time trial for reports: whether the lowering table has a
+    /// native kernel for this op on these element types. Unknown dims are
+    /// taken as 1, and so are the values of integer value operands (a K,
+    /// a target shape, a count): a trial, so the report can say before
+    /// any run that the step will run natively.
     fn probe(&self) -> Result<String, String> {
         let mut given = vec![];
         for (k, v) in self.operands().iter().enumerate() {
             let g = match v {
                 Some(v) if self.template.constant(*v).is_none() => {
-                    if self.value_operands.contains(&k) {
-                        return Err(format!("operand {k}'s values are known only at run time"));
-                    }
                     let t = self.template.ty(*v).as_tensor().ok_or("not a tensor")?;
                     let dims = t.shape.as_ref().ok_or("operand of unknown rank")?;
+                    let shape: Vec<usize> = dims
+                        .iter()
+                        .map(|d| d.as_known().unwrap_or(1) as usize)
+                        .collect();
+                    let data = if self.value_operands.contains(&k) {
+                        let ones = vec![1i64; shape.iter().product()];
+                        let dims = shape.iter().map(|&d| d as u64).collect();
+                        let d = match t.elem {
+                            ElemType::I64 => TensorData::from_i64(dims, &ones),
+                            ElemType::I32 => TensorData::from_bytes(
+                                ElemType::I32,
+                                dims,
+                                ones.iter()
+                                    .flat_map(|_| 1i32.to_le_bytes())
+                                    .collect::<Vec<u8>>(),
+                            ),
+                            _ => {
+                                return Err(format!(
+                                    "operand {k}'s values are known only at run time"
+                                ))
+                            }
+                        };
+                        Some(d.map_err(|e| e.to_string())?)
+                    } else {
+                        None
+                    };
                     Some(Given {
                         elem: t.elem,
-                        shape: dims
-                            .iter()
-                            .map(|d| d.as_known().unwrap_or(1) as usize)
-                            .collect(),
-                        data: None,
+                        shape,
+                        data,
                     })
                 }
                 _ => None,

@@ -270,6 +270,8 @@ fn lower_node(
         "RoiAlign" => movement::roi_align(m, n),
         "ConstantOfShape" => movement::constant_of_shape(m, n),
         "GatherND" => movement::gather_nd(m, n),
+        "TopK" => movement::top_k(m, n),
+        "NonZero" => movement::non_zero(m, n),
         "RNN" | "GRU" | "LSTM" | "kiln.DequantLSTM" => recurrent::recurrent(m, n),
         "Cast" | "CastLike" => movement::cast(m, n),
         "Expand" => movement::expand(m, n),
@@ -278,6 +280,11 @@ fn lower_node(
             // fused); any axes at all fall back to the odometer kernel.
             fusion::single_node_loop(m, n, target).or_else(|_| movement::reduce(m, n))
         }
+        // f32 products and norms are generated loops; on integers, the
+        // exact integer reduction.
+        "ReduceProd" | "ReduceL1" | "ReduceSumSquare" => fusion::single_node_loop(m, n, target)
+            .or_else(|e| movement::reduce(m, n).map_err(|_| e))
+            .map_err(|e| format!("no native kernel for {} ({e})", n.op)),
         "Softmax" | "LogSoftmax" => {
             fusion::single_node_loop(m, n, target).or_else(|_| movement::softmax_axis(m, n))
         }

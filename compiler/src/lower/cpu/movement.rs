@@ -4,8 +4,8 @@
 
 use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
-    CastAny, CastToF32, Concat, Expand, Fill, Gather, GatherNd, Pad, Reduce, Reshape, Resize,
-    RoiAlign, ScatterElements, Slice, SoftmaxAxis, Split, Transpose,
+    CastAny, CastToF32, Concat, Expand, Fill, Gather, GatherNd, IntReduce, NonZero, Pad, Reduce,
+    Reshape, Resize, RoiAlign, ScatterElements, Slice, SoftmaxAxis, Split, TopK, Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -577,25 +577,34 @@ pub(super) fn expand(m: &Module, n: &Node) -> Result<NativeStep, String> {
 
 pub(super) fn reduce(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let x = n.input(0).ok_or("no operand")?;
-    if m.ty(x).as_tensor().map(|t| t.elem) != Some(kiln_ir::ElemType::F32) {
-        return Err("reduction of non-f32".into());
-    }
     let shape = m.static_shape(x)?;
     let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
-    reduce_of_shape(m, n, shape, out)
+    match m.ty(x).as_tensor().map(|t| t.elem) {
+        Some(kiln_ir::ElemType::F32) => reduce_of_shape(m, n, shape, out),
+        Some(kiln_ir::ElemType::I64 | kiln_ir::ElemType::I32) => int_reduce(m, n, shape),
+        _ => Err("reduction of other than f32, i64 or i32".into()),
+    }
 }
 
-/// The odometer reduction of node `n` over an f32 operand of `shape` (static,
-/// given by the caller: inside a fusion body the node's own types may be
-/// symbolic), giving `out`.
-pub(super) fn reduce_of_shape(
-    m: &Module,
-    n: &Node,
-    shape: Vec<usize>,
-    out: Vec<usize>,
-) -> Result<NativeStep, String> {
-    use kiln_runtime::cpu::reduce::ReduceOp;
-    let r = shape.len() as i64;
+/// An exact integer reduction ([`IntReduce`]).
+fn int_reduce(m: &Module, n: &Node, shape: Vec<usize>) -> Result<NativeStep, String> {
+    let axes = reduce_axes(m, n, shape.len())?;
+    Ok(NativeStep::new(
+        Box::new(IntReduce {
+            op: n.op.clone(),
+            shape,
+            axes: axes.clone(),
+        }),
+        format!("{} over axes {axes:?} (integer)", n.op),
+        0.0,
+    ))
+}
+
+/// A reduction node's axes, made non-negative and deduplicated: its
+/// constant `axes` operand or attribute, else every axis; a no-op
+/// reduction (`noop_with_empty_axes` with none) is refused.
+fn reduce_axes(m: &Module, n: &Node, rank: usize) -> Result<Vec<usize>, String> {
+    let r = rank as i64;
     let axes: Option<Vec<i64>> = match n.input(1) {
         Some(a) => Some(
             m.constant(a)
@@ -614,7 +623,7 @@ pub(super) fn reduce_of_shape(
         .and_then(kiln_ir::Attr::as_int)
         .unwrap_or(0)
         != 0;
-    let axes: Vec<usize> = match axes {
+    match axes {
         Some(a) if !a.is_empty() => {
             let mut v = vec![];
             for x in a {
@@ -626,11 +635,24 @@ pub(super) fn reduce_of_shape(
                     v.push(x as usize);
                 }
             }
-            v
+            Ok(v)
         }
-        _ if noop => return Err("noop reduction".into()),
-        _ => (0..shape.len()).collect(),
-    };
+        _ if noop => Err("noop reduction".into()),
+        _ => Ok((0..rank).collect()),
+    }
+}
+
+/// The odometer reduction of node `n` over an f32 operand of `shape` (static,
+/// given by the caller: inside a fusion body the node's own types may be
+/// symbolic), giving `out`.
+pub(super) fn reduce_of_shape(
+    m: &Module,
+    n: &Node,
+    shape: Vec<usize>,
+    out: Vec<usize>,
+) -> Result<NativeStep, String> {
+    use kiln_runtime::cpu::reduce::ReduceOp;
+    let axes = reduce_axes(m, n, shape.len())?;
     let op = match n.op.as_str() {
         "ReduceSum" => ReduceOp::Sum,
         "ReduceMean" => ReduceOp::Mean,
@@ -650,4 +672,58 @@ pub(super) fn reduce_of_shape(
     let what = format!("{} over axes {axes:?}", n.op);
     let k = Reduce { shape, axes, op };
     Ok(NativeStep::new(Box::new(k), what, 0.0))
+}
+
+/// TopK of f32, i64 or i32 data whose result shapes are static (K a
+/// constant, or baked in by a per-shape lowering).
+pub(super) fn top_k(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    use kiln_ir::ElemType as E;
+    let x = n.input(0).ok_or("no operand")?;
+    if !matches!(
+        m.ty(x).as_tensor().map(|t| t.elem),
+        Some(E::F32 | E::I64 | E::I32)
+    ) {
+        return Err("TopK of other than f32, i64 or i32".into());
+    }
+    let shape = m.static_shape(x)?;
+    let axis = n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1);
+    let r = shape.len() as i64;
+    let axis = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&axis) {
+        return Err(format!("axis {axis} out of range"));
+    }
+    let axis = axis as usize;
+    let [values, indices] = n.outputs[..] else {
+        return Err("TopK: two results".into());
+    };
+    let out = m.static_shape(values)?;
+    if m.static_shape(indices)? != out || out.len() != shape.len() {
+        return Err("result shapes differ".into());
+    }
+    let k = out[axis];
+    let largest = n.attrs.get("largest").and_then(Attr::as_int).unwrap_or(1) != 0;
+    let dims = (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    );
+    Ok(NativeStep::new(
+        Box::new(TopK { dims, k, largest }),
+        format!("TopK k {k} of {} along axis {axis}", dims.1),
+        0.0,
+    ))
+}
+
+/// NonZero of a movable operand of static shape and rank at least 1: its
+/// result is sized at run time ([`NonZero`]), so this lowers only per
+/// shape.
+pub(super) fn non_zero(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    if shape.is_empty() {
+        return Err("NonZero of a scalar".into());
+    }
+    let what = format!("NonZero of {shape:?} (sized by its count)");
+    Ok(NativeStep::new(Box::new(NonZero { shape }), what, 0.0))
 }

@@ -523,3 +523,152 @@ impl NativeKernel for Reduce {
         Ok(())
     }
 }
+
+/// TopK of f32, i64 or i32 data along one axis, `[outer, n, inner]`
+/// around it, with the K the plan's result shapes were made for.
+pub struct TopK {
+    pub dims: (usize, usize, usize),
+    pub k: usize,
+    pub largest: bool,
+}
+
+impl NativeKernel for TopK {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        use crate::interp::kernels::movement::nan_greatest;
+        let x = operand(inputs, 0)?;
+        let k = indices(operand(inputs, 1)?)?;
+        if k.as_slice() != [self.k as i64] {
+            return Err(format!("TopK: K = {k:?}, planned for {}", self.k));
+        }
+        let [values, idx] = outputs else {
+            return Err("TopK: two results".into());
+        };
+        let idx = idx.i64s()?;
+        let (dims, k, largest) = (self.dims, self.k, self.largest);
+        match x.elem() {
+            kiln_ir::ElemType::F32 => movement::top_k(
+                x.f32s()?,
+                dims,
+                k,
+                largest,
+                |a, b| nan_greatest(a, b, a.is_nan(), b.is_nan()),
+                values.f32s()?,
+                idx,
+            ),
+            kiln_ir::ElemType::I64 => {
+                movement::top_k(x.i64s()?, dims, k, largest, Ord::cmp, values.i64s()?, idx)
+            }
+            kiln_ir::ElemType::I32 => {
+                movement::top_k(x.i32s()?, dims, k, largest, Ord::cmp, values.i32s()?, idx)
+            }
+            e => return Err(format!("TopK of {e}")),
+        }
+        Ok(())
+    }
+}
+
+/// A reduction of i64 or i32 data that is exact in its type (sum, mean,
+/// product, max, min, L1, sum of squares), by the interpreter's integer
+/// reduction (`reduce_ints_named`: wrapping, empty-set identities), the
+/// one definition. Integer reductions are shape arithmetic in practice
+/// (the product of a shape, the least of two counts): small operands.
+pub struct IntReduce {
+    pub op: String,
+    pub shape: Vec<usize>,
+    pub axes: Vec<usize>,
+}
+
+impl NativeKernel for IntReduce {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        use crate::interp::kernels::nn::reduce::reduce_ints_named;
+        let x = operand(inputs, 0)?;
+        let elem = x.elem();
+        let v = indices(x)?;
+        let acc = reduce_ints_named(elem, &self.op, &v, &self.shape, &self.axes)
+            .map_err(|e| e.to_string())?;
+        let out = result(outputs, 0)?;
+        if out.len() != acc.len() {
+            return Err("integer reduction: result size differs from the plan".into());
+        }
+        match elem {
+            kiln_ir::ElemType::I64 => out.i64s()?.copy_from_slice(&acc),
+            kiln_ir::ElemType::I32 => {
+                for (o, &a) in out.i32s()?.iter_mut().zip(&acc) {
+                    *o = a as i32;
+                }
+            }
+            e => return Err(format!("integer reduction of {e}")),
+        }
+        Ok(())
+    }
+}
+
+/// NonZero: the indices of the operand's nonzero elements (NaN counts),
+/// as `[rank, count]` i64 in row-major order. Its result's size is the
+/// count, so it runs only per shape at run time, sized by
+/// [`NativeKernel::sized_results`].
+pub struct NonZero {
+    pub shape: Vec<usize>,
+}
+
+impl NonZero {
+    /// Whether each element is nonzero.
+    fn mask(x: In) -> Result<Vec<bool>, String> {
+        Ok(match x.elem() {
+            kiln_ir::ElemType::F32 => x.f32s()?.iter().map(|&v| v != 0.0).collect(),
+            kiln_ir::ElemType::I64 => x.i64s()?.iter().map(|&v| v != 0).collect(),
+            kiln_ir::ElemType::I32 => x.i32s()?.iter().map(|&v| v != 0).collect(),
+            kiln_ir::ElemType::U8 => x.u8s()?.iter().map(|&v| v != 0).collect(),
+            kiln_ir::ElemType::I8 => x.i8s()?.iter().map(|&v| v != 0).collect(),
+            kiln_ir::ElemType::Bool => x.bools()?.to_vec(),
+            e => return Err(format!("NonZero of {e}")),
+        })
+    }
+
+    fn count(x: In) -> Result<usize, String> {
+        Ok(Self::mask(x)?.iter().filter(|&&b| b).count())
+    }
+}
+
+impl NativeKernel for NonZero {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let mask = Self::mask(operand(inputs, 0)?)?;
+        if mask.len() != self.shape.iter().product::<usize>() {
+            return Err("NonZero: operand size differs from the plan".into());
+        }
+        let count = mask.iter().filter(|&&b| b).count();
+        let out = result(outputs, 0)?.i64s()?;
+        let r = self.shape.len();
+        if out.len() != r * count {
+            return Err("NonZero: result size differs from its count".into());
+        }
+        // Row-major coordinates of each set element, axis by axis.
+        let mut coord = vec![0usize; r];
+        let mut j = 0;
+        for &set in &mask {
+            if set {
+                for (a, &c) in coord.iter().enumerate() {
+                    out[a * count + j] = c as i64;
+                }
+                j += 1;
+            }
+            for a in (0..r).rev() {
+                coord[a] += 1;
+                if coord[a] < self.shape[a] {
+                    break;
+                }
+                coord[a] = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn sized_results(&self, inputs: &[Option<In>]) -> Option<Result<Vec<Vec<usize>>, String>> {
+        let count = operand(inputs, 0).and_then(Self::count);
+        Some(count.map(|c| vec![vec![self.shape.len(), c]]))
+    }
+
+    fn sized_by_values(&self) -> bool {
+        true
+    }
+}

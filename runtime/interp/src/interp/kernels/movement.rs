@@ -105,16 +105,20 @@ fn wrap_index(i: i64, n: usize, what: &str) -> KResult<usize> {
     Ok(j as usize)
 }
 
+/// The order sorting kernels (TopK, Unique, ...) put floats in: NaN above
+/// everything, NaNs equal among themselves, -0 equal to +0.
+pub fn nan_greatest<T: PartialOrd>(a: &T, b: &T, a_nan: bool, b_nan: bool) -> Ordering {
+    match (a_nan, b_nan) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => a.partial_cmp(b).unwrap_or(Ordering::Equal),
+    }
+}
+
 /// Compare elements `i` and `j` of `d` (numpy order: NaN last).
 fn cmp_elems(d: &Data, i: usize, j: usize) -> Ordering {
-    fn pc<T: PartialOrd>(a: &T, b: &T, a_nan: bool, b_nan: bool) -> Ordering {
-        match (a_nan, b_nan) {
-            (true, true) => Ordering::Equal,
-            (true, false) => Ordering::Greater,
-            (false, true) => Ordering::Less,
-            _ => a.partial_cmp(b).unwrap_or(Ordering::Equal),
-        }
-    }
+    use nan_greatest as pc;
     match d {
         Data::F32(v) => pc(&v[i], &v[j], v[i].is_nan(), v[j].is_nan()),
         Data::F64(v) => pc(&v[i], &v[j], v[i].is_nan(), v[j].is_nan()),

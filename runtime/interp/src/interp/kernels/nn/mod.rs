@@ -13,7 +13,7 @@ mod linalg;
 mod loss;
 mod norm;
 mod pool;
-mod reduce;
+pub mod reduce;
 mod softmax;
 pub mod vision;
 

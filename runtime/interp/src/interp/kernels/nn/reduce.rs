@@ -85,6 +85,74 @@ fn int_limits(e: ElemType) -> (i64, i64) {
     }
 }
 
+/// Integer reductions whose result is exact in the element type (as i64
+/// bit patterns, wrapping as the type does): `op` one of ReduceSum,
+/// ReduceMean, ReduceProd, ReduceMax, ReduceMin, ReduceL1,
+/// ReduceSumSquare; `v` the operand, `x` of `shape`, reduced over `axes`
+/// into the kept dims. The native integer reduction runs this too.
+pub fn reduce_ints_named(
+    elem: ElemType,
+    op: &str,
+    v: &[i64],
+    shape: &[usize],
+    axes: &[usize],
+) -> KResult<Vec<i64>> {
+    let op = match op {
+        "ReduceSum" => Red::Sum,
+        "ReduceMean" => Red::Mean,
+        "ReduceProd" => Red::Prod,
+        "ReduceMax" => Red::Max,
+        "ReduceMin" => Red::Min,
+        "ReduceL1" => Red::L1,
+        "ReduceSumSquare" => Red::SumSquare,
+        _ => bail!("{op} is not an exact integer reduction"),
+    };
+    let (map, kept) = reduce_map(shape, axes);
+    let count = axes.iter().map(|&a| shape[a]).product();
+    reduce_ints(elem, op, v, &map, kept.iter().product(), count)
+}
+
+fn reduce_ints(
+    elem: ElemType,
+    op: Red,
+    v: &[i64],
+    map: &[usize],
+    out_n: usize,
+    count: usize,
+) -> KResult<Vec<i64>> {
+    let (lo, hi) = int_limits(elem);
+    let unsigned64 = elem == ElemType::U64;
+    let init = match op {
+        Red::Prod => 1,
+        Red::Max => lo,
+        Red::Min => hi,
+        _ => 0,
+    };
+    let mut acc = vec![init; out_n];
+    for (&xv, &o) in v.iter().zip(map) {
+        let a = &mut acc[o];
+        *a = match op {
+            Red::Sum | Red::Mean => a.wrapping_add(xv),
+            Red::Prod => a.wrapping_mul(xv),
+            Red::L1 => a.wrapping_add(xv.wrapping_abs()),
+            Red::SumSquare => a.wrapping_add(xv.wrapping_mul(xv)),
+            Red::Max if unsigned64 => ((*a as u64).max(xv as u64)) as i64,
+            Red::Min if unsigned64 => ((*a as u64).min(xv as u64)) as i64,
+            Red::Max => (*a).max(xv),
+            _ => (*a).min(xv),
+        };
+    }
+    if op == Red::Mean {
+        if count == 0 {
+            bail!("mean of an empty set of integers");
+        }
+        for a in &mut acc {
+            *a /= count as i64;
+        }
+    }
+    Ok(acc)
+}
+
 fn reduce(cx: &mut Ctx, inputs: &[Option<Value>], op: Red) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let rank = x.rank();
@@ -124,37 +192,7 @@ fn reduce(cx: &mut Ctx, inputs: &[Option<Value>], op: Red) -> KResult<Vec<Value>
             Red::Sum | Red::Mean | Red::Prod | Red::Max | Red::Min | Red::L1 | Red::SumSquare
         );
     if int_exact {
-        let v = x.to_i64();
-        let (lo, hi) = int_limits(elem);
-        let unsigned64 = elem == ElemType::U64;
-        let init = match op {
-            Red::Prod => 1,
-            Red::Max => lo,
-            Red::Min => hi,
-            _ => 0,
-        };
-        let mut acc = vec![init; out_n];
-        for (&xv, &o) in v.iter().zip(&map) {
-            let a = &mut acc[o];
-            *a = match op {
-                Red::Sum | Red::Mean => a.wrapping_add(xv),
-                Red::Prod => a.wrapping_mul(xv),
-                Red::L1 => a.wrapping_add(xv.wrapping_abs()),
-                Red::SumSquare => a.wrapping_add(xv.wrapping_mul(xv)),
-                Red::Max if unsigned64 => ((*a as u64).max(xv as u64)) as i64,
-                Red::Min if unsigned64 => ((*a as u64).min(xv as u64)) as i64,
-                Red::Max => (*a).max(xv),
-                _ => (*a).min(xv),
-            };
-        }
-        if op == Red::Mean {
-            if count == 0 {
-                bail!("mean of an empty set of integers");
-            }
-            for a in &mut acc {
-                *a /= count as i64;
-            }
-        }
+        let acc = reduce_ints(elem, op, &x.to_i64(), &map, out_n, count)?;
         return Ok(vec![out_i64(elem, out_shape, &acc)?]);
     }
     let v = x.to_f64();
