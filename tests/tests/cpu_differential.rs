@@ -847,3 +847,51 @@ fn mixed_type_fusion_runs_node_by_node() {
     let report = backend_report(src, &inputs);
     assert!(report.contains(", 0 on the interpreter"), "{report}");
 }
+
+/// Index, scan and selection ops on f32 and i64 data (ArgMax/ArgMin with
+/// both tie rules, GatherElements with negative indices, Tile, CumSum in
+/// every direction, ScatterND with a reduction, TopK): native kernels
+/// that match the interpreter, with no interpreted step.
+#[test]
+fn index_and_scan_ops_run_natively() {
+    let upd = values(7, 40);
+    let src = format!(
+        "module @idx opset(ai.onnx = 18) {{
+  input %x: f32[3,4,5]
+  input %ids: i64[3,2,5]
+  const %reps: i64[3] = dense[1, 2, 1]
+  const %one: i64[] = dense[1]
+  const %last: i64[] = dense[-1]
+  const %k: i64[1] = dense[2]
+  const %nd: i64[2,1] = dense[2, 0]
+  const %upd: f32[2,4,5] = {}
+  %amax = ArgMax(%x) {{axis = 1, keepdims = 0, select_last_index = 1}} : i64[3,5]
+  %amin = ArgMin(%x) {{axis = -1}} : i64[3,4,1]
+  %g = GatherElements(%x, %ids) {{axis = 1}} : f32[3,2,5]
+  %t = Tile(%x, %reps) : f32[3,8,5]
+  %c = CumSum(%x, %one) {{exclusive = 1, reverse = 1}} : f32[3,4,5]
+  %ci = CumSum(%ids, %last) : i64[3,2,5]
+  %s = ScatterND(%x, %nd, %upd) {{reduction = \"add\"}} : f32[3,4,5]
+  %tv, %ti = TopK(%x, %k) {{axis = 1, largest = 0}} : f32[3,2,5], i64[3,2,5]
+  return %amax, %amin, %g, %t, %c, %ci, %s, %tv, %ti
+}}
+",
+        dense(&upd)
+    );
+    let ids: Vec<i64> = (0..30).map(|i| (i * 7 % 8) as i64 - 4).collect();
+    let inputs = HashMap::from([
+        ("x".to_string(), input(&[3, 4, 5], 11)),
+        (
+            "ids".to_string(),
+            Value::tensor(Tensor::new(vec![3, 2, 5], Data::I64(ids)).expect("tensor")),
+        ),
+    ]);
+    for threads in [1, 2] {
+        check(&src, &inputs, threads, false).expect("matches the interpreter");
+    }
+    let report = backend_report(&src, &inputs);
+    assert!(
+        report.trim_end().ends_with(", 0 on the interpreter"),
+        "{report}"
+    );
+}

@@ -171,9 +171,30 @@ pub fn scatter_elements<T: Copy>(
     out: &mut [T],
 ) -> Result<(), String> {
     out.copy_from_slice(data);
-    let n: usize = ishape.iter().product();
-    if indices.len() != n || updates.len() != n || ishape.len() != shape.len() {
+    if updates.len() != indices.len() {
         return Err("ScatterElements: indices and updates differ in shape".into());
+    }
+    along_axis(shape, indices, ishape, axis, |k, o| {
+        out[o] = combine(out[o], updates[k])
+    })
+    .map_err(|e| format!("ScatterElements: {e}"))
+}
+
+/// The element addressing of ScatterElements and GatherElements: for
+/// each position k of `indices` (of `ishape`, the data's rank, no larger
+/// than `shape` off the axis), `f(k, offset)` with `offset` the data
+/// element at k's coordinates with its `axis` coordinate replaced by
+/// `indices[k]` (negative counts from the end). An index out of range is
+/// skipped and reported.
+fn along_axis(
+    shape: &[usize],
+    indices: &[i64],
+    ishape: &[usize],
+    axis: usize,
+    mut f: impl FnMut(usize, usize),
+) -> Result<(), String> {
+    if indices.len() != ishape.iter().product::<usize>() || ishape.len() != shape.len() {
+        return Err("indices of another shape".into());
     }
     if ishape
         .iter()
@@ -181,7 +202,7 @@ pub fn scatter_elements<T: Copy>(
         .enumerate()
         .any(|(a, (&i, &d))| a != axis && i > d)
     {
-        return Err("ScatterElements: indices larger than the data".into());
+        return Err("indices larger than the data".into());
     }
     let st = strides(shape);
     let mut walk = st.clone();
@@ -193,8 +214,7 @@ pub fn scatter_elements<T: Copy>(
         let i = indices[k];
         let j = if i < 0 { i + extent } else { i };
         if (0..extent).contains(&j) {
-            let o = base + j as usize * st[axis];
-            out[o] = combine(out[o], updates[k]);
+            f(k, base + j as usize * st[axis]);
         } else {
             bad.get_or_insert(i);
         }
@@ -626,6 +646,132 @@ mod top_k_tests {
                             assert_eq!(v[q].to_bits(), at(p).to_bits());
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// ArgMax/ArgMin along the middle axis of `x` viewed as `[outer, n,
+/// inner]` (n ≥ 1): for each lane the index of its best element, where
+/// `better(p, q)` says p is strictly better than q; the first best, or the
+/// last with `last` (as the interpreter decides: a later element is taken
+/// when the best so far is not strictly better). The lanes of a row are
+/// compared side by side, so the operand is read once, in order.
+pub fn arg_best<T: Copy>(
+    x: &[T],
+    (outer, n, inner): (usize, usize, usize),
+    last: bool,
+    better: impl Fn(T, T) -> bool,
+    out: &mut [i64],
+) {
+    assert!(n >= 1 && x.len() >= outer * n * inner && out.len() >= outer * inner);
+    for o in 0..outer {
+        let base = o * n * inner;
+        let mut best: Vec<T> = x[base..base + inner].to_vec();
+        let idx = &mut out[o * inner..(o + 1) * inner];
+        idx.fill(0);
+        for k in 1..n {
+            let row = &x[base + k * inner..][..inner];
+            for ((b, i), &v) in best.iter_mut().zip(idx.iter_mut()).zip(row) {
+                let take = if last { !better(*b, v) } else { better(v, *b) };
+                if take {
+                    *b = v;
+                    *i = k as i64;
+                }
+            }
+        }
+    }
+}
+
+/// GatherElements: `out[p]` (p over the `ishape` of `indices`) is the data
+/// element at p with its `axis` coordinate replaced by `indices[p]`
+/// (negative counts from the end).
+pub fn gather_elements<T: Copy>(
+    data: &[T],
+    shape: &[usize],
+    indices: &[i64],
+    ishape: &[usize],
+    axis: usize,
+    out: &mut [T],
+) -> Result<(), String> {
+    if out.len() != indices.len() {
+        return Err("GatherElements: indices and result differ in shape".into());
+    }
+    along_axis(shape, indices, ishape, axis, |k, o| out[k] = data[o])
+        .map_err(|e| format!("GatherElements: {e}"))
+}
+
+/// Tile: `x` of `shape` repeated `reps[d]` times along each axis d, over
+/// all of `out`. Each output row is copied whole from its source row,
+/// `reps[last]` times over.
+pub fn tile<T: Copy>(x: &[T], shape: &[usize], reps: &[usize], out: &mut [T]) {
+    let r = shape.len();
+    let total: usize = shape.iter().zip(reps).map(|(s, k)| s * k).product();
+    assert_eq!(out.len(), total, "tile: output length");
+    if total == 0 {
+        return;
+    }
+    if r == 0 {
+        out[0] = x[0];
+        return;
+    }
+    let row = shape[r - 1];
+    let st = strides(shape);
+    let out_dims: Vec<usize> = (0..r - 1).map(|d| shape[d] * reps[d]).collect();
+    let mut coord = vec![0usize; r - 1];
+    for dst in out.chunks_exact_mut(row * reps[r - 1]) {
+        let src: usize = coord
+            .iter()
+            .enumerate()
+            .map(|(d, &c)| (c % shape[d]) * st[d])
+            .sum();
+        for piece in dst.chunks_exact_mut(row) {
+            piece.copy_from_slice(&x[src..src + row]);
+        }
+        for d in (0..r - 1).rev() {
+            coord[d] += 1;
+            if coord[d] < out_dims[d] {
+                break;
+            }
+            coord[d] = 0;
+        }
+    }
+}
+
+/// CumSum along the middle axis of `[outer, n, inner]`, inclusive or
+/// `exclusive`, forward or `reverse`, accumulating in `A` (f64 for f32
+/// data, as the interpreter does; the integer type itself, wrapping, for
+/// integers) and converting back with `back`.
+#[allow(clippy::too_many_arguments)]
+pub fn cumsum<T: Copy, A: Copy>(
+    x: &[T],
+    (outer, n, inner): (usize, usize, usize),
+    exclusive: bool,
+    reverse: bool,
+    zero: A,
+    add: impl Fn(A, T) -> A,
+    back: impl Fn(A) -> T,
+    out: &mut [T],
+) {
+    assert!(x.len() >= outer * n * inner && out.len() >= outer * n * inner);
+    let mut acc = vec![zero; inner];
+    for o in 0..outer {
+        acc.fill(zero);
+        for step in 0..n {
+            let k = if reverse { n - 1 - step } else { step };
+            let at = (o * n + k) * inner;
+            for ((a, &v), y) in acc
+                .iter_mut()
+                .zip(&x[at..at + inner])
+                .zip(&mut out[at..at + inner])
+            {
+                if exclusive {
+                    *y = back(*a);
+                    *a = add(*a, v);
+                } else {
+                    *a = add(*a, v);
+                    *y = back(*a);
                 }
             }
         }

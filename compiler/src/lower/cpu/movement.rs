@@ -4,8 +4,9 @@
 
 use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
-    CastAny, CastToF32, Concat, Expand, Fill, Gather, GatherNd, IntReduce, NonZero, Pad, Reduce,
-    Reshape, Resize, RoiAlign, ScatterElements, Slice, SoftmaxAxis, Split, TopK, Transpose,
+    ArgBest, CastAny, CastToF32, Concat, CumSum, Expand, Fill, Gather, GatherElements, GatherNd,
+    IntReduce, NonZero, Pad, Reduce, Reshape, Resize, RoiAlign, ScatterElements, ScatterNd, Slice,
+    SoftmaxAxis, Split, Tile, TopK, Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -301,17 +302,7 @@ pub(super) fn scatter_elements(m: &Module, n: &Node) -> Result<NativeStep, Strin
         return Err("indices and updates differ in shape".into());
     }
     let axis = axis_attr(n, shape.len() as i64)?;
-    let spelled = n
-        .attrs
-        .get("reduction")
-        .and_then(Attr::as_str)
-        .unwrap_or("none");
-    let reduction = kiln_runtime::cpu::movement::Combine::parse(spelled)
-        .ok_or_else(|| format!("unknown reduction {spelled}"))?;
-    let f32_data = m.ty(x).as_tensor().map(|t| t.elem) == Some(kiln_ir::ElemType::F32);
-    if reduction != kiln_runtime::cpu::movement::Combine::Replace && !f32_data {
-        return Err(format!("reduction {spelled} of non-f32 data"));
-    }
+    let (reduction, spelled) = scatter_reduction(m, n, x)?;
     let k = ScatterElements {
         shape,
         indices,
@@ -586,6 +577,27 @@ pub(super) fn reduce(m: &Module, n: &Node) -> Result<NativeStep, String> {
     }
 }
 
+/// A scatter's `reduction` attribute, and its spelling: any on f32 data,
+/// replacement only on other types.
+fn scatter_reduction<'n>(
+    m: &Module,
+    n: &'n Node,
+    data: ValueId,
+) -> Result<(kiln_runtime::cpu::movement::Combine, &'n str), String> {
+    use kiln_runtime::cpu::movement::Combine;
+    let spelled = n
+        .attrs
+        .get("reduction")
+        .and_then(Attr::as_str)
+        .unwrap_or("none");
+    let reduction =
+        Combine::parse(spelled).ok_or_else(|| format!("unknown reduction {spelled}"))?;
+    if reduction != Combine::Replace && elem_of(m, data) != Some(kiln_ir::ElemType::F32) {
+        return Err(format!("reduction {spelled} of non-f32 data"));
+    }
+    Ok((reduction, spelled))
+}
+
 /// An exact integer reduction ([`IntReduce`]).
 fn int_reduce(m: &Module, n: &Node, shape: Vec<usize>) -> Result<NativeStep, String> {
     let axes = reduce_axes(m, n, shape.len())?;
@@ -726,4 +738,155 @@ pub(super) fn non_zero(m: &Module, n: &Node) -> Result<NativeStep, String> {
     }
     let what = format!("NonZero of {shape:?} (sized by its count)");
     Ok(NativeStep::new(Box::new(NonZero { shape }), what, 0.0))
+}
+
+/// An operand's element type, if it is a tensor.
+fn elem_of(m: &Module, v: ValueId) -> Option<kiln_ir::ElemType> {
+    m.ty(v).as_tensor().map(|t| t.elem)
+}
+
+/// Whether `v` is f32, i64 or i32: what the numeric movers take.
+fn numeric(m: &Module, v: ValueId) -> Result<(), String> {
+    use kiln_ir::ElemType as E;
+    match elem_of(m, v) {
+        Some(E::F32 | E::I64 | E::I32) => Ok(()),
+        e => Err(format!("{e:?} is not f32, i64 or i32")),
+    }
+}
+
+/// An integer attribute read as a flag (absent: false).
+fn flag_attr(n: &Node, name: &str) -> bool {
+    n.attrs.get(name).and_then(Attr::as_int).unwrap_or(0) != 0
+}
+
+/// `[outer, n, inner]` around `axis` of `shape`.
+fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+/// ArgMax and ArgMin of f32, i64 or i32 data.
+pub(super) fn arg_best(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    numeric(m, x)?;
+    let shape = m.static_shape(x)?;
+    if shape.is_empty() {
+        return Err("of a scalar".into());
+    }
+    m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let axis = axis_attr(n, shape.len() as i64)?;
+    let dims = around(&shape, axis);
+    if dims.1 == 0 {
+        return Err("over an empty axis".into());
+    }
+    let last = flag_attr(n, "select_last_index");
+    let is_max = n.op == "ArgMax";
+    Ok(NativeStep::new(
+        Box::new(ArgBest { dims, is_max, last }),
+        format!("{} along axis {axis}", n.op),
+        0.0,
+    ))
+}
+
+/// GatherElements of movable data.
+pub(super) fn gather_elements(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no data operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    let indices = m.static_shape(n.input(1).ok_or("no indices")?)?;
+    if indices.len() != shape.len() {
+        return Err("indices and data differ in rank".into());
+    }
+    m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let axis = axis_attr(n, shape.len() as i64)?;
+    Ok(NativeStep::new(
+        Box::new(GatherElements {
+            shape,
+            indices,
+            axis,
+        }),
+        format!("GatherElements axis {axis}"),
+        0.0,
+    ))
+}
+
+/// Tile of movable data: the repeats a constant, or what the static
+/// shapes say they are.
+pub(super) fn tile(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let r = n.input(1).ok_or("no repeats")?;
+    let reps: Vec<usize> = match m.constant(r).and_then(|d| d.to_i64_vec()) {
+        Some(v) => v
+            .iter()
+            .map(|&k| usize::try_from(k).map_err(|_| format!("repeat {k}")))
+            .collect::<Result<_, _>>()?,
+        None if shape.iter().all(|&d| d > 0) && out.len() == shape.len() => {
+            shape.iter().zip(&out).map(|(s, o)| o / s).collect()
+        }
+        None => return Err("repeats are not constant".into()),
+    };
+    let tiled: Vec<usize> = shape.iter().zip(&reps).map(|(s, k)| s * k).collect();
+    if reps.len() != shape.len() || tiled != out {
+        return Err(format!("tiling {shape:?} by {reps:?} cannot give {out:?}"));
+    }
+    Ok(NativeStep::new(
+        Box::new(Tile {
+            shape,
+            reps: reps.clone(),
+        }),
+        format!("Tile {reps:?}"),
+        0.0,
+    ))
+}
+
+/// CumSum of f32, i64 or i32 data along a constant axis.
+pub(super) fn cumsum(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    numeric(m, x)?;
+    let shape = m.static_shape(x)?;
+    m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let given = m
+        .constant(n.input(1).ok_or("no axis")?)
+        .and_then(|d| d.to_i64_vec())
+        .ok_or("axis is not constant")?;
+    let &[given] = given.as_slice() else {
+        return Err("axis of more than one value".into());
+    };
+    let r = shape.len() as i64;
+    let axis = if given < 0 { given + r } else { given };
+    if !(0..r).contains(&axis) {
+        return Err(format!("axis {given} out of range"));
+    }
+    Ok(NativeStep::new(
+        Box::new(CumSum {
+            dims: around(&shape, axis as usize),
+            axis: given,
+            exclusive: flag_attr(n, "exclusive"),
+            reverse: flag_attr(n, "reverse"),
+        }),
+        format!("CumSum axis {axis}"),
+        0.0,
+    ))
+}
+
+/// ScatterND of movable data (reductions on f32 only).
+pub(super) fn scatter_nd(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no data operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    m.static_shape(n.input(1).ok_or("no indices")?)?;
+    m.static_shape(n.input(2).ok_or("no updates")?)?;
+    m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let (reduction, spelled) = scatter_reduction(m, n, x)?;
+    Ok(NativeStep::new(
+        Box::new(ScatterNd { shape, reduction }),
+        format!("ScatterND ({spelled})"),
+        0.0,
+    ))
 }

@@ -672,3 +672,187 @@ impl NativeKernel for NonZero {
         true
     }
 }
+
+/// ArgMax or ArgMin of f32, i64 or i32 data along one axis,
+/// `[outer, n, inner]` around it (see [`movement::arg_best`]).
+pub struct ArgBest {
+    pub dims: (usize, usize, usize),
+    pub is_max: bool,
+    pub last: bool,
+}
+
+impl NativeKernel for ArgBest {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        use crate::interp::kernels::nn::reduce::arg_better;
+        let x = operand(inputs, 0)?;
+        let out = result(outputs, 0)?.i64s()?;
+        let (dims, last, max) = (self.dims, self.last, self.is_max);
+        let ints = move |p: i64, q: i64| if max { p > q } else { p < q };
+        match x.elem() {
+            kiln_ir::ElemType::F32 => movement::arg_best(
+                x.f32s()?,
+                dims,
+                last,
+                |p, q| arg_better(p as f64, q as f64, max),
+                out,
+            ),
+            kiln_ir::ElemType::I64 => movement::arg_best(x.i64s()?, dims, last, ints, out),
+            kiln_ir::ElemType::I32 => {
+                movement::arg_best(x.i32s()?, dims, last, |p, q| ints(p as i64, q as i64), out)
+            }
+            e => return Err(format!("ArgMax/ArgMin of {e}")),
+        }
+        Ok(())
+    }
+}
+
+/// GatherElements of movable data (see [`movement::gather_elements`]).
+pub struct GatherElements {
+    pub shape: Vec<usize>,
+    pub indices: Vec<usize>,
+    pub axis: usize,
+}
+
+impl NativeKernel for GatherElements {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let idx = indices(operand(inputs, 1)?)?;
+        let out = result(outputs, 0)?;
+        let (shape, ishape, axis) = (&self.shape, &self.indices, self.axis);
+        movable!(x, out, |v, o| movement::gather_elements(
+            v, shape, &idx, ishape, axis, o
+        ))
+    }
+}
+
+/// Tile of movable data (see [`movement::tile`]), its repeats planned.
+pub struct Tile {
+    pub shape: Vec<usize>,
+    pub reps: Vec<usize>,
+}
+
+impl NativeKernel for Tile {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let reps = indices(operand(inputs, 1)?)?;
+        if reps.len() != self.reps.len()
+            || reps.iter().zip(&self.reps).any(|(&a, &b)| a != b as i64)
+        {
+            return Err(format!(
+                "Tile: repeats {reps:?}, planned for {:?}",
+                self.reps
+            ));
+        }
+        let out = result(outputs, 0)?;
+        movable!(x, out, |v, o| movement::tile(v, &self.shape, &self.reps, o));
+        Ok(())
+    }
+}
+
+/// CumSum of f32, i64 or i32 data along a planned axis (see
+/// [`movement::cumsum`]).
+pub struct CumSum {
+    pub dims: (usize, usize, usize),
+    pub axis: i64,
+    pub exclusive: bool,
+    pub reverse: bool,
+}
+
+impl NativeKernel for CumSum {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let axis = indices(operand(inputs, 1)?)?;
+        if axis.as_slice() != [self.axis] {
+            return Err(format!("CumSum: axis {axis:?}, planned for {}", self.axis));
+        }
+        let out = result(outputs, 0)?;
+        let (d, e, r) = (self.dims, self.exclusive, self.reverse);
+        match x.elem() {
+            kiln_ir::ElemType::F32 => movement::cumsum(
+                x.f32s()?,
+                d,
+                e,
+                r,
+                0f64,
+                |a, v| a + v as f64,
+                |a| a as f32,
+                out.f32s()?,
+            ),
+            kiln_ir::ElemType::I64 => movement::cumsum(
+                x.i64s()?,
+                d,
+                e,
+                r,
+                0i64,
+                i64::wrapping_add,
+                |a| a,
+                out.i64s()?,
+            ),
+            kiln_ir::ElemType::I32 => movement::cumsum(
+                x.i32s()?,
+                d,
+                e,
+                r,
+                0i64,
+                |a, v| a.wrapping_add(v as i64),
+                |a| a as i32,
+                out.i32s()?,
+            ),
+            e => return Err(format!("CumSum of {e}")),
+        }
+        Ok(())
+    }
+}
+
+/// ScatterND: the data, with each update slice written (or combined) at
+/// the offset its index tuple names, by the interpreter's `nd_offsets`
+/// (the one definition of the indexing), in order.
+pub struct ScatterNd {
+    pub shape: Vec<usize>,
+    pub reduction: movement::Combine,
+}
+
+impl NativeKernel for ScatterNd {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        use crate::interp::kernels::movement::nd_offsets;
+        let x = operand(inputs, 0)?;
+        let idx = operand(inputs, 1)?;
+        let updates = operand(inputs, 2)?;
+        let t = crate::tensor::Tensor::from_i64(idx.shape.to_vec(), indices(idx)?)
+            .map_err(|e| e.to_string())?;
+        let (offs, slice) =
+            nd_offsets(&self.shape, &t, 0, "ScatterND").map_err(|e| e.to_string())?;
+        if offs.len() * slice != updates.len() {
+            return Err("ScatterND: updates do not match the indices".into());
+        }
+        let out = result(outputs, 0)?;
+        macro_rules! scatter {
+            ($get:ident, $combine:expr) => {{
+                let (v, u, o) = (x.$get()?, updates.$get()?, out.$get()?);
+                if v.len() != o.len() {
+                    return Err("ScatterND: result size differs from the data".into());
+                }
+                o.copy_from_slice(v);
+                for (k, &at) in offs.iter().enumerate() {
+                    let src = &u[k * slice..(k + 1) * slice];
+                    for (d, &s) in o[at..at + slice].iter_mut().zip(src) {
+                        *d = $combine(*d, s);
+                    }
+                }
+                Ok(())
+            }};
+        }
+        match (x.elem(), self.reduction) {
+            (kiln_ir::ElemType::F32, f) => scatter!(f32s, |a, b| f.apply(a, b)),
+            (_, movement::Combine::Replace) => match x.elem() {
+                kiln_ir::ElemType::I64 => scatter!(i64s, |_, b| b),
+                kiln_ir::ElemType::I32 => scatter!(i32s, |_, b| b),
+                kiln_ir::ElemType::U8 => scatter!(u8s, |_, b| b),
+                kiln_ir::ElemType::I8 => scatter!(i8s, |_, b| b),
+                kiln_ir::ElemType::Bool => scatter!(bools, |_, b| b),
+                e => Err(format!("no native ScatterND of {e}")),
+            },
+            (e, _) => Err(format!("ScatterND reduction of {e}")),
+        }
+    }
+}

@@ -96,7 +96,7 @@ fn dim_of(v: i64, what: &str) -> KResult<usize> {
 }
 
 /// An index into a dim of size `n`, negative counting from the end.
-fn wrap_index(i: i64, n: usize, what: &str) -> KResult<usize> {
+pub fn wrap_index(i: i64, n: usize, what: &str) -> KResult<usize> {
     let n_i = n as i64;
     let j = if i < 0 { i + n_i } else { i };
     if j < 0 || j >= n_i {

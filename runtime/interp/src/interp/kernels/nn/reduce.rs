@@ -264,6 +264,20 @@ fn square(x: &Tensor) -> KResult<Value> {
     }
 }
 
+/// ArgMax/ArgMin's float order: whether `p` is strictly better than `q`.
+/// NaN wins (numpy), the first NaN over later ones.
+pub fn arg_better(p: f64, q: f64, is_max: bool) -> bool {
+    if q.is_nan() {
+        false
+    } else if p.is_nan() {
+        true
+    } else if is_max {
+        p > q
+    } else {
+        p < q
+    }
+}
+
 fn arg(cx: &mut Ctx, inputs: &[Option<Value>], is_max: bool) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let rank = x.rank();
@@ -280,19 +294,7 @@ fn arg(cx: &mut Ctx, inputs: &[Option<Value>], is_max: bool) -> KResult<Vec<Valu
     // Compare in f64 for floats, exactly in i64 (or u64) for integers.
     let better: Box<dyn Fn(usize, usize) -> bool> = if x.elem().is_float() {
         let v = x.to_f64();
-        Box::new(move |a, b| {
-            // Is v[a] strictly better than v[b]? NaN wins (numpy).
-            let (p, q) = (v[a], v[b]);
-            if q.is_nan() {
-                false
-            } else if p.is_nan() {
-                true
-            } else if is_max {
-                p > q
-            } else {
-                p < q
-            }
-        })
+        Box::new(move |a, b| arg_better(v[a], v[b], is_max))
     } else if x.elem() == ElemType::U64 {
         let v: Vec<u64> = x.to_i64().into_iter().map(|a| a as u64).collect();
         Box::new(move |a, b| if is_max { v[a] > v[b] } else { v[a] < v[b] })
