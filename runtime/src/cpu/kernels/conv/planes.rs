@@ -26,7 +26,10 @@ struct Layout {
     rows: usize,
     /// Phases per row (the W stride).
     phases: usize,
-    /// Floats per phase: every tap's run of a whole block fits.
+    /// Floats per phase: the padded columns of the phase, and room for
+    /// the splitter's whole-vector stores past them (up to 16 floats). A
+    /// block's loads past a phase read the next phase or row (lanes whose
+    /// results are never kept), and the buffer ends in a block of slack.
     seg: usize,
 }
 
@@ -35,9 +38,10 @@ impl Layout {
         let rows = h.padded_extent();
         let wp = w.padded_extent();
         let phases = w.stride;
-        // The furthest tap run starts at (kw-1)·dw / s and reads a whole
-        // block past the last output.
-        let seg = wp.div_ceil(phases) + BLOCK;
+        // Not a whole block of slack per row: that doubled a 56-wide
+        // plane's rows, which then no longer fit L1 beside its input and
+        // output.
+        let seg = wp.div_ceil(phases) + 16;
         Layout { rows, phases, seg }
     }
 
