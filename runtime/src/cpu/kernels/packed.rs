@@ -35,6 +35,13 @@ pub(crate) const KC: usize = 256;
 /// Output floats per work unit (256 KiB): a quarter of a 1 MiB L2.
 const UNIT_OUT_FLOATS: usize = 1 << 16;
 
+/// Bytes of B above which re-reading it per row chunk would stream it
+/// from memory each time (past L2 and a share of L3).
+const STREAMED_B_BYTES: usize = 4 << 20;
+
+/// Bytes of A that stay in L2 while the strips sweep over them.
+const RESIDENT_A_BYTES: usize = 512 << 10;
+
 /// Columns per panel (the micro-kernel's tile width).
 pub(crate) const NR: usize = 16;
 
@@ -192,7 +199,12 @@ pub(crate) fn product<P: Panels>(
     } else {
         1
     };
-    let (row_chunks, strip_chunks) = if !P::UNPACKS && (m >= 64 || m > n) {
+    // A B beyond the caches streams from memory once per row chunk: when
+    // it is that large and A small enough to stay in L2, every unit takes
+    // all rows instead (LLaMA's LM head, [96, 512] x [512, 32000] with 65
+    // MB of B, was cut into 16 row chunks: 1 GB read per run, 40 GFLOP/s).
+    let b_streams = k * n * 4 > STREAMED_B_BYTES && m * k * 4 <= RESIDENT_A_BYTES;
+    let (row_chunks, strip_chunks) = if !P::UNPACKS && (m >= 64 || m > n) && !b_streams {
         // Row chunks whose output fits the unit budget, rows split
         // evenly among them (chunks of 36, 36, 36 and 20 rows, whole
         // 6-row tiles, left one of two threads 16 rows behind on
@@ -332,8 +344,9 @@ mod tests {
         want
     }
 
-    /// Odd sizes, column tails, several k blocks (k > KC), strided A, one
-    /// and two threads; the epilogue sees every element once, finished.
+    /// Odd sizes, column tails, several k blocks (k > KC), strided A, a B
+    /// too large to re-read per row chunk, one and two threads; the
+    /// epilogue sees every element once, finished.
     #[test]
     fn matches_naive_product_and_hands_over_each_element_once() {
         if !PackedB::available() {
@@ -352,6 +365,8 @@ mod tests {
             (128, 384, 384),
             (50, 1000, 600),
             (300, 70, 513),
+            // A B past STREAMED_B_BYTES: every unit takes all rows.
+            (64, 8200, 130),
         ] {
             for threads in [1, 2] {
                 let lda = k + 3;
