@@ -886,10 +886,39 @@ fn index_and_scan_ops_run_natively() {
             Value::tensor(Tensor::new(vec![3, 2, 5], Data::I64(ids)).expect("tensor")),
         ),
     ]);
+    native_and_exact(&src, &inputs);
+}
+
+/// GroupNormalization (per-channel scale, opset 21) and
+/// InstanceNormalization, on a map large enough to thread: native, and
+/// the interpreter's answer.
+#[test]
+fn group_and_instance_norm_run_natively() {
+    let (s, b) = (values(8, 32), values(9, 32));
+    let src = format!(
+        "module @norm opset(ai.onnx = 21) {{
+  input %x: f32[2,32,32,40]
+  const %s: f32[32] = {}
+  const %b: f32[32] = {}
+  %g = GroupNormalization(%x, %s, %b) {{num_groups = 8, epsilon = 0.001}} : f32[2,32,32,40]
+  %i = InstanceNormalization(%x, %s, %b) : f32[2,32,32,40]
+  return %g, %i
+}}
+",
+        dense(&s),
+        dense(&b)
+    );
+    let inputs = HashMap::from([("x".to_string(), input(&[2, 32, 32, 40], 12))]);
+    native_and_exact(&src, &inputs);
+}
+
+/// `src` matches the interpreter at 1 and 2 threads, with every step
+/// native.
+fn native_and_exact(src: &str, inputs: &HashMap<String, Value>) {
     for threads in [1, 2] {
-        check(&src, &inputs, threads, false).expect("matches the interpreter");
+        check(src, inputs, threads, false).expect("matches the interpreter");
     }
-    let report = backend_report(&src, &inputs);
+    let report = backend_report(src, inputs);
     assert!(
         report.trim_end().ends_with(", 0 on the interpreter"),
         "{report}"

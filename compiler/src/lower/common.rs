@@ -415,3 +415,51 @@ pub(crate) fn check_static_sizes(s: &Module, limits: &kiln_ir::Limits) -> Result
     }
     Ok(())
 }
+
+/// An InstanceNormalization (a group per channel) or GroupNormalization
+/// over f32 data of static shape `[N, C, ...]`: its groups, epsilon, and
+/// whether scale and bias come per group (GroupNormalization-18's form,
+/// where import could not convert them) rather than per channel.
+pub(crate) struct GroupNorm {
+    pub shape: Vec<usize>,
+    pub groups: usize,
+    pub eps: f32,
+    pub per_group: bool,
+}
+
+pub(crate) fn group_norm_attrs(m: &Module, n: &Node) -> Result<GroupNorm, String> {
+    let operand = |i: usize| n.input(i).ok_or_else(|| format!("no operand {i}"));
+    let shape = m.static_shape(operand(0)?)?;
+    if shape.len() < 2 {
+        return Err("needs N and C dims".into());
+    }
+    let params: usize = m.static_shape(operand(1)?)?.iter().product();
+    let bias: usize = m.static_shape(operand(2)?)?.iter().product();
+    let eps = n
+        .attrs
+        .get("epsilon")
+        .and_then(Attr::as_float)
+        .unwrap_or(1e-5);
+    let groups = if n.op == "InstanceNormalization" {
+        shape[1]
+    } else {
+        let g = n
+            .attrs
+            .get("num_groups")
+            .and_then(Attr::as_int)
+            .ok_or("no num_groups")?;
+        usize::try_from(g).map_err(|e| e.to_string())?
+    };
+    if groups == 0 || shape[1] % groups != 0 {
+        return Err(format!("{} channels in {groups} groups", shape[1]));
+    }
+    if params != bias || (params != shape[1] && params != groups) {
+        return Err(format!("scale of {params} and bias of {bias} values"));
+    }
+    Ok(GroupNorm {
+        per_group: params != shape[1],
+        shape,
+        groups,
+        eps,
+    })
+}

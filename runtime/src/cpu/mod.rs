@@ -65,6 +65,7 @@ pub mod jit;
 pub mod kernels;
 pub mod machine;
 pub mod movement;
+pub mod norm;
 pub mod reduce;
 pub mod resize;
 pub mod rnn;

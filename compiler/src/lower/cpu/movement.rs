@@ -5,8 +5,8 @@
 use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
     ArgBest, CastAny, CastToF32, Concat, CumSum, Expand, Fill, Gather, GatherElements, GatherNd,
-    IntReduce, NonZero, Pad, Reduce, Reshape, Resize, RoiAlign, ScatterElements, ScatterNd, Slice,
-    SoftmaxAxis, Split, Tile, TopK, Transpose,
+    GroupNorm, IntReduce, NonZero, Pad, Reduce, Reshape, Resize, RoiAlign, ScatterElements,
+    ScatterNd, Slice, SoftmaxAxis, Split, Tile, TopK, Transpose,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -887,6 +887,33 @@ pub(super) fn scatter_nd(m: &Module, n: &Node) -> Result<NativeStep, String> {
     Ok(NativeStep::new(
         Box::new(ScatterNd { shape, reduction }),
         format!("ScatterND ({spelled})"),
+        0.0,
+    ))
+}
+
+/// GroupNormalization and InstanceNormalization of f32 data.
+pub(super) fn group_norm(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    for v in n.inputs.iter().flatten().chain(&n.outputs) {
+        if elem_of(m, *v) != Some(kiln_ir::ElemType::F32) {
+            return Err("of non-f32 values".into());
+        }
+    }
+    let g = crate::lower::common::group_norm_attrs(m, n)?;
+    m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let plan = kiln_runtime::cpu::norm::GroupNorm {
+        n: g.shape[0],
+        c: g.shape[1],
+        spatial: g.shape[2..].iter().product(),
+        groups: g.groups,
+        eps: g.eps,
+    };
+    let what = format!("{} in {} groups", n.op, g.groups);
+    Ok(NativeStep::new(
+        Box::new(GroupNorm {
+            plan,
+            per_group: g.per_group,
+        }),
+        what,
         0.0,
     ))
 }

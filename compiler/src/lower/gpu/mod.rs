@@ -562,31 +562,8 @@ fn split(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 /// InstanceNormalization (a group per channel) and GroupNormalization.
 fn group_norm(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     all_f32(m, n)?;
-    let xs = m.static_shape(operand(n, 0)?)?;
-    if xs.len() < 2 {
-        return Err("needs N and C dims".into());
-    }
-    let params: usize = m.static_shape(operand(n, 1)?)?.iter().product();
-    let bias: usize = m.static_shape(operand(n, 2)?)?.iter().product();
-    let eps = n
-        .attrs
-        .get("epsilon")
-        .and_then(Attr::as_float)
-        .unwrap_or(1e-5);
-    let groups = if n.op == "InstanceNormalization" {
-        xs[1]
-    } else {
-        let g = n
-            .attrs
-            .get("num_groups")
-            .and_then(Attr::as_int)
-            .ok_or("no num_groups")?;
-        usize::try_from(g).map_err(|e| e.to_string())?
-    };
-    if params != bias || (params != xs[1] && params != groups) {
-        return Err(format!("scale of {params} and bias of {bias} values"));
-    }
-    reduce::group_norm(n, &xs, groups, eps, params != xs[1])
+    let g = crate::lower::common::group_norm_attrs(m, n)?;
+    reduce::group_norm(n, &g.shape, g.groups, g.eps, g.per_group)
 }
 
 /// ConvTranspose: pads and output size by `kiln_ir::ops::geometry`'s

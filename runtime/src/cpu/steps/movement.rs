@@ -856,3 +856,34 @@ impl NativeKernel for ScatterNd {
         }
     }
 }
+
+/// GroupNormalization or InstanceNormalization of f32 data, scale and
+/// bias operands at run time (see [`crate::cpu::norm`]).
+pub struct GroupNorm {
+    pub plan: crate::cpu::norm::GroupNorm,
+    pub per_group: bool,
+}
+
+impl NativeKernel for GroupNorm {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        let (x, scale, bias) = (
+            operand(inputs, 0)?,
+            operand(inputs, 1)?,
+            operand(inputs, 2)?,
+        );
+        let out = result(outputs, 0)?;
+        self.plan.run(
+            x.f32s()?,
+            scale.f32s()?,
+            bias.f32s()?,
+            self.per_group,
+            out.f32s()?,
+            threads,
+        )
+    }
+}
