@@ -924,3 +924,63 @@ fn native_and_exact(src: &str, inputs: &HashMap<String, Value>) {
         "{report}"
     );
 }
+
+/// Operands whose values decide how a node runs, given only at run time
+/// (a Slice's starts): the node is lowered per value, and when the values
+/// never settle (more keys than the cache holds, over and over) new ones
+/// run the interpreter's kernel instead of a lowering per run; every
+/// answer stays the interpreter's.
+#[test]
+fn run_time_values_are_specialized_until_they_never_settle() {
+    let src = "module @slice opset(ai.onnx = 18) {
+  input %x: f32[64,8]
+  input %start: i64[1]
+  const %len: i64[1] = dense[3]
+  const %axis: i64[1] = dense[0]
+  %end = Add(%start, %len) : i64[1]
+  %s = Slice(%x, %start, %end, %axis) : f32[3,8]
+  %y = Tanh(%s) : f32[3,8]
+  return %y
+}
+";
+    let m = kiln_ir::parse_module(src).expect("parses");
+    let x = input(&[64, 8], 13);
+    let at = |s: i64| {
+        HashMap::from([
+            ("x".to_string(), x.clone()),
+            (
+                "start".to_string(),
+                Value::tensor(Tensor::new(vec![1], Data::I64(vec![s])).expect("tensor")),
+            ),
+        ])
+    };
+    let exe = compile(
+        &m,
+        &Target::Cpu(CpuOptions::default()),
+        &kiln_compiler::lower::shapes_of(&at(0)),
+    )
+    .expect("compiles");
+    let slice_line = |report: &str| {
+        report
+            .lines()
+            .find(|l| l.contains("%s ("))
+            .unwrap_or_default()
+            .to_string()
+    };
+    // A few values: each lowered once, then served from the cache.
+    for s in [0, 5, 0, 5] {
+        let got = exe.run(&at(s)).expect("runs");
+        let want = Interpreter::new(&m).run(&at(s)).expect("interprets");
+        compare(&got[0], &want[0], Tolerance::default()).expect("matches");
+    }
+    let l = slice_line(&exe.report());
+    assert!(l.starts_with("native") && l.contains("2 shapes"), "{l}");
+    // Sixty values, twice over: the keys never settle.
+    for s in (0..60).chain(0..60) {
+        let got = exe.run(&at(s)).expect("runs");
+        let want = Interpreter::new(&m).run(&at(s)).expect("interprets");
+        compare(&got[0], &want[0], Tolerance::default()).expect("matches");
+    }
+    let l = slice_line(&exe.report());
+    assert!(l.starts_with("interp") && l.contains("never settle"), "{l}");
+}

@@ -31,6 +31,9 @@ use crate::value::Value;
 /// Keys kept per step.
 pub const MAX_SPECIALIZATIONS: usize = 16;
 
+/// Specializations a step may drop before it stops making new ones.
+pub const MAX_EVICTIONS: usize = 2 * MAX_SPECIALIZATIONS;
+
 /// Operands with more elements than this are never made constants (they
 /// are data, not shape parameters).
 const MAX_VALUE_ELEMS: usize = 64;
@@ -64,6 +67,11 @@ pub struct DynamicStep {
     value_operands: Vec<usize>,
     /// Most recent last.
     cache: Mutex<Vec<(Key, Made)>>,
+    /// Specializations dropped to make room. Past [`MAX_EVICTIONS`] the
+    /// keys never settle (a Slice inside a Loop whose start is the
+    /// iteration count): new keys then run the interpreter's kernel
+    /// instead of lowering once per run.
+    evictions: std::sync::atomic::AtomicUsize,
     /// What the compile-time probe (unknown dims taken as 1) gave: the
     /// kernel's description, or why it failed.
     probe: Result<String, String>,
@@ -79,6 +87,7 @@ impl DynamicStep {
             specializer,
             value_operands,
             cache: Mutex::new(vec![]),
+            evictions: Default::default(),
             probe,
         }
     }
@@ -100,11 +109,20 @@ impl DynamicStep {
             .iter()
             .filter_map(|(_, s)| s.as_ref().as_ref().err())
             .next();
+        let settled = self.evictions.load(std::sync::atomic::Ordering::Relaxed) <= MAX_EVICTIONS;
         match (native.last(), failed, &self.probe) {
-            (Some(s), None, _) => (
+            (Some(s), None, _) if settled => (
                 true,
                 format!(
                     "{} (per shape at run time: {} shapes)",
+                    s.step.what,
+                    native.len()
+                ),
+            ),
+            (Some(s), None, _) => (
+                false,
+                format!(
+                    "{} (per shape at run time: {} cached; keys that never settle, new ones interpreted)",
                     s.step.what,
                     native.len()
                 ),
@@ -154,13 +172,18 @@ impl DynamicStep {
                 .lock()
                 .ok()
                 .and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, s)| s.clone()));
+            use std::sync::atomic::Ordering::Relaxed;
             match found {
                 Some(s) => s,
+                None if self.evictions.load(Relaxed) > MAX_EVICTIONS => {
+                    return interp.run_node(node, env);
+                }
                 None => {
                     let made = Arc::new(self.specializer.specialize(&operands));
                     if let Ok(mut c) = self.cache.lock() {
                         if c.len() >= MAX_SPECIALIZATIONS {
                             c.remove(0);
+                            self.evictions.fetch_add(1, Relaxed);
                         }
                         c.push((key, made.clone()));
                     }

@@ -29,6 +29,16 @@ pub(super) fn has_dynamic_shape(m: &Module, n: &Node) -> bool {
         .any(|&v| matches!(m.ty(v), Type::Tensor(_)) && m.static_shape(v).is_err())
 }
 
+/// Whether an operand whose values inference reads (a value operand:
+/// Resize's sizes, a reduction's axes, Slice's starts, Pad's pads) is not
+/// a constant: the static lowering cannot plan the node, and a
+/// specialization per value can.
+pub(super) fn has_run_time_values(m: &Module, n: &Node) -> bool {
+    kiln_ir::ops::value_operands(m, n)
+        .iter()
+        .any(|&k| n.input(k).is_some_and(|v| m.constant(v).is_none()))
+}
+
 /// A step lowering `n` per shape at run time. Refused for nodes with
 /// regions other than a fusion body, and for non-tensor operands or
 /// results.
@@ -131,9 +141,9 @@ impl NodeSpecializer {
 
     /// A compile-time trial for reports: whether the lowering table has a
     /// native kernel for this op on these element types. Unknown dims are
-    /// taken as 1, and so are the values of integer value operands (a K,
-    /// a target shape, a count): a trial, so the report can say before
-    /// any run that the step will run natively.
+    /// taken as 1, and so are the values of value operands (a K, a target
+    /// shape, Resize's scales): a trial, so the report can say before any
+    /// run that the step will run natively.
     fn probe(&self) -> Result<String, String> {
         let mut given = vec![];
         for (k, v) in self.operands().iter().enumerate() {
@@ -150,6 +160,7 @@ impl NodeSpecializer {
                         let dims = shape.iter().map(|&d| d as u64).collect();
                         let d = match t.elem {
                             ElemType::I64 => TensorData::from_i64(dims, &ones),
+                            ElemType::F32 => TensorData::from_f32(dims, &vec![1.0; ones.len()]),
                             ElemType::I32 => TensorData::from_bytes(
                                 ElemType::I32,
                                 dims,

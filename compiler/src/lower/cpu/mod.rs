@@ -115,7 +115,12 @@ pub fn build(
                     Err(_) => StepKind::Interp { why },
                 }
             }
-            Err(why) if dynamic::has_dynamic_shape(&s, n) => {
+            // Shapes that depend on data, or operands whose values decide
+            // how the node runs (Resize's sizes, a reduction's axes, Slice's
+            // starts) given only at run time: lowered per key when it runs.
+            Err(why)
+                if dynamic::has_dynamic_shape(&s, n) || dynamic::has_run_time_values(&s, n) =>
+            {
                 match dynamic::dynamic(&s, n, opts.target_cpu) {
                     Ok(d) => StepKind::Dynamic(d),
                     Err(e) => StepKind::Interp {
