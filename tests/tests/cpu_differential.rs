@@ -850,8 +850,8 @@ fn mixed_type_fusion_runs_node_by_node() {
 
 /// Index, scan and selection ops on f32 and i64 data (ArgMax/ArgMin with
 /// both tie rules, GatherElements with negative indices, Tile, CumSum in
-/// every direction, ScatterND with a reduction, TopK): native kernels
-/// that match the interpreter, with no interpreted step.
+/// every direction, ScatterND with a reduction, TopK, Trilu both ways):
+/// native kernels that match the interpreter, with no interpreted step.
 #[test]
 fn index_and_scan_ops_run_natively() {
     let upd = values(7, 40);
@@ -873,7 +873,9 @@ fn index_and_scan_ops_run_natively() {
   %ci = CumSum(%ids, %last) : i64[3,2,5]
   %s = ScatterND(%x, %nd, %upd) {{reduction = \"add\"}} : f32[3,4,5]
   %tv, %ti = TopK(%x, %k) {{axis = 1, largest = 0}} : f32[3,2,5], i64[3,2,5]
-  return %amax, %amin, %g, %t, %c, %ci, %s, %tv, %ti
+  %up = Trilu(%x, %one) : f32[3,4,5]
+  %lo = Trilu(%ids, %last) {{upper = 0}} : i64[3,2,5]
+  return %amax, %amin, %g, %t, %c, %ci, %s, %tv, %ti, %up, %lo
 }}
 ",
         dense(&upd)

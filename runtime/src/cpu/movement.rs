@@ -777,3 +777,37 @@ pub fn cumsum<T: Copy, A: Copy>(
         }
     }
 }
+
+/// Trilu over `x` viewed as `mats` matrices of `rows x cols`: an element
+/// is kept where its column minus its row is at least `k` (`upper`) or at
+/// most `k` (lower), else `zero`; each matrix row is one copy and one fill
+/// of its two runs.
+pub fn trilu<T: Copy>(
+    x: &[T],
+    (mats, rows, cols): (usize, usize, usize),
+    k: i64,
+    upper: bool,
+    zero: T,
+    out: &mut [T],
+) {
+    assert!(x.len() >= mats * rows * cols && out.len() >= mats * rows * cols);
+    for (xr, or) in x
+        .chunks_exact(cols.max(1))
+        .zip(out.chunks_exact_mut(cols.max(1)))
+        .take(mats * rows)
+        .enumerate()
+        .map(|(r, (a, b))| ((r % rows.max(1), a), b))
+    {
+        let (i, xs) = xr;
+        // The first column kept (upper) or dropped (lower): j - i = k.
+        let edge = (i as i64 + k).clamp(0, cols as i64) as usize;
+        let edge_lower = (i as i64 + k + 1).clamp(0, cols as i64) as usize;
+        if upper {
+            or[..edge].fill(zero);
+            or[edge..].copy_from_slice(&xs[edge..]);
+        } else {
+            or[..edge_lower].copy_from_slice(&xs[..edge_lower]);
+            or[edge_lower..].fill(zero);
+        }
+    }
+}

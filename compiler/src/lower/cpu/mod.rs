@@ -282,6 +282,7 @@ fn lower_node(
         "Tile" => movement::tile(m, n),
         "CumSum" => movement::cumsum(m, n),
         "ScatterND" => movement::scatter_nd(m, n),
+        "Trilu" => movement::trilu(m, n),
         "InstanceNormalization" | "GroupNormalization" => movement::group_norm(m, n),
         "RNN" | "GRU" | "LSTM" | "kiln.DequantLSTM" => recurrent::recurrent(m, n),
         "Cast" | "CastLike" => movement::cast(m, n),

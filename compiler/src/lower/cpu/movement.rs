@@ -6,7 +6,7 @@ use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
     ArgBest, CastAny, CastToF32, Concat, CumSum, Expand, Fill, Gather, GatherElements, GatherNd,
     GroupNorm, IntReduce, NonZero, Pad, Reduce, Reshape, Resize, RoiAlign, ScatterElements,
-    ScatterNd, Slice, SoftmaxAxis, Split, Tile, TopK, Transpose,
+    ScatterNd, Slice, SoftmaxAxis, Split, Tile, TopK, Transpose, Trilu,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -914,6 +914,25 @@ pub(super) fn group_norm(m: &Module, n: &Node) -> Result<NativeStep, String> {
             per_group: g.per_group,
         }),
         what,
+        0.0,
+    ))
+}
+
+/// Trilu of movable data of rank at least 2.
+pub(super) fn trilu(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    movable_elem(m, x)?;
+    let shape = m.static_shape(x)?;
+    let r = shape.len();
+    if r < 2 {
+        return Err("of rank below 2".into());
+    }
+    m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let upper = n.attrs.get("upper").and_then(Attr::as_int).unwrap_or(1) != 0;
+    let dims = (shape[..r - 2].iter().product(), shape[r - 2], shape[r - 1]);
+    Ok(NativeStep::new(
+        Box::new(Trilu { dims, upper }),
+        format!("Trilu ({})", if upper { "upper" } else { "lower" }),
         0.0,
     ))
 }

@@ -887,3 +887,36 @@ impl NativeKernel for GroupNorm {
         )
     }
 }
+
+/// Trilu of movable data, `k` read at run time (0 when omitted).
+pub struct Trilu {
+    pub dims: (usize, usize, usize),
+    pub upper: bool,
+}
+
+impl NativeKernel for Trilu {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?;
+        let k = match inputs.get(1).copied().flatten() {
+            Some(k) => *indices(k)?.first().ok_or("Trilu: k is empty")?,
+            None => 0,
+        };
+        let out = result(outputs, 0)?;
+        let (d, up) = (self.dims, self.upper);
+        macro_rules! run {
+            ($get:ident, $zero:expr) => {
+                movement::trilu(x.$get()?, d, k, up, $zero, out.$get()?)
+            };
+        }
+        match x.elem() {
+            kiln_ir::ElemType::F32 => run!(f32s, 0.0),
+            kiln_ir::ElemType::I64 => run!(i64s, 0),
+            kiln_ir::ElemType::I32 => run!(i32s, 0),
+            kiln_ir::ElemType::U8 => run!(u8s, 0),
+            kiln_ir::ElemType::I8 => run!(i8s, 0),
+            kiln_ir::ElemType::Bool => run!(bools, false),
+            e => return Err(format!("no native Trilu of {e}")),
+        }
+        Ok(())
+    }
+}
