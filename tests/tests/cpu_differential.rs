@@ -986,3 +986,47 @@ fn run_time_values_are_specialized_until_they_never_settle() {
     let l = slice_line(&exe.report());
     assert!(l.starts_with("interp") && l.contains("never settle"), "{l}");
 }
+
+/// An index out of range in a native GatherElements or ScatterND is an
+/// error naming the index, as on the interpreter, never a panic.
+#[test]
+fn native_index_kernels_reject_out_of_range_indices() {
+    let src = "module @bad opset(ai.onnx = 18) {
+  input %x: f32[3,4]
+  input %ids: i64[3,2]
+  input %nd: i64[1,1]
+  const %u: f32[1,4] = dense[1.0, 2.0, 3.0, 4.0]
+  %g = GatherElements(%x, %ids) {axis = 1} : f32[3,2]
+  %s = ScatterND(%x, %nd, %u) : f32[3,4]
+  return %g, %s
+}
+";
+    let m = kiln_ir::parse_module(src).expect("parses");
+    let with = |ids: Vec<i64>, nd: i64| {
+        HashMap::from([
+            ("x".to_string(), input(&[3, 4], 14)),
+            (
+                "ids".to_string(),
+                Value::tensor(Tensor::new(vec![3, 2], Data::I64(ids)).expect("tensor")),
+            ),
+            (
+                "nd".to_string(),
+                Value::tensor(Tensor::new(vec![1, 1], Data::I64(vec![nd])).expect("tensor")),
+            ),
+        ])
+    };
+    let good = with(vec![0, 3, -1, -4, 2, 1], 2);
+    native_and_exact(src, &good);
+    let exe = compile(
+        &m,
+        &Target::Cpu(CpuOptions::default()),
+        &kiln_compiler::lower::shapes_of(&good),
+    )
+    .expect("compiles");
+    let e = exe
+        .run(&with(vec![0, 4, 0, 0, 0, 0], 2))
+        .expect_err("index 4 of 4");
+    assert!(e.to_string().contains("index 4 is out of range"), "{e}");
+    let e = exe.run(&with(vec![0; 6], 3)).expect_err("row 3 of 3");
+    assert!(e.to_string().contains("out of range"), "{e}");
+}
