@@ -62,9 +62,9 @@ pub(crate) enum Op {
     /// Selu(alpha, gamma).
     Selu(f32, f32),
     Mish,
-    // Below: ops the WGSL generator lowers and the Cranelift one does not
-    // (yet); `cpu::jit` refuses a plan holding one, and the cpu backend
-    // interprets that region as before.
+    // Below: ops the Cranelift generator computes by calling the
+    // interpreter's f64 definition per lane (`cpu::jit::lower`), except
+    // Sign, Softsign, Celu and PRelu, which it emits inline.
     Sin,
     Cos,
     Tan,
@@ -88,32 +88,6 @@ pub(crate) enum Op {
     PRelu,
     /// `Mod` with `fmod = 1`: the remainder with x's sign.
     Fmod,
-}
-
-impl Op {
-    /// Whether the Cranelift generator lowers this op.
-    pub fn on_cpu(&self) -> bool {
-        !matches!(
-            self,
-            Op::Sin
-                | Op::Cos
-                | Op::Tan
-                | Op::Asin
-                | Op::Acos
-                | Op::Atan
-                | Op::Sinh
-                | Op::Cosh
-                | Op::Asinh
-                | Op::Acosh
-                | Op::Atanh
-                | Op::Sign
-                | Op::Softsign
-                | Op::Celu(_)
-                | Op::Pow
-                | Op::PRelu
-                | Op::Fmod
-        )
-    }
 }
 
 /// A node of the expression DAG; operands index [`Plan::exprs`].

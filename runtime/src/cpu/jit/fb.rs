@@ -8,7 +8,9 @@
 //! this imports neither (`fb` ◄ `math` ◄ `lower` ◄ `codegen`).
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, ConstantData, InstBuilder, MemFlagsData, Signature, Type, Value,
+};
 use cranelift_frontend::FunctionBuilder;
 
 /// A function builder at one element width: `F32` or `F32X4`.
@@ -165,5 +167,41 @@ impl Fb<'_, '_> {
                 .collect();
         }
         terms[0]
+    }
+
+    /// `host(data, args...)` lane by lane: a call of the host function at
+    /// address `host` (`extern "C"`, taking a pointer-sized `data` and one
+    /// f32 per argument, returning f32) for each lane. For the functions
+    /// with no inline form here, whose exact f64 definition the
+    /// interpreter's tables hold; the f32x4 body keeps its shape (lanes
+    /// are extracted, computed and inserted back) at a call per lane.
+    pub fn call_host(&mut self, host: usize, data: usize, args: &[Value]) -> Value {
+        let mut sig = Signature::new(self.b.func.signature.call_conv);
+        sig.params.push(AbiParam::new(types::I64));
+        sig.params
+            .extend(args.iter().map(|_| AbiParam::new(types::F32)));
+        sig.returns.push(AbiParam::new(types::F32));
+        let sig = self.b.import_signature(sig);
+        let lanes = if self.is_vec() { 4 } else { 1 };
+        let mut out = None;
+        for lane in 0..lanes {
+            let callee = self.b.ins().iconst(types::I64, host as i64);
+            let mut a = vec![self.b.ins().iconst(types::I64, data as i64)];
+            for &v in args {
+                a.push(if self.is_vec() {
+                    self.b.ins().extractlane(v, lane)
+                } else {
+                    v
+                });
+            }
+            let call = self.b.ins().call_indirect(sig, callee, &a);
+            let r = self.b.inst_results(call)[0];
+            out = Some(match out {
+                None if self.is_vec() => self.b.ins().splat(types::F32X4, r),
+                None => r,
+                Some(v) => self.b.ins().insertlane(v, r, lane),
+            });
+        }
+        out.expect("at least one lane")
     }
 }

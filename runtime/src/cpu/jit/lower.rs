@@ -40,6 +40,37 @@ fn powi(f: &mut Fb, x: Value, n: i32) -> Value {
     }
 }
 
+/// The interpreter's f64 definition of unary `op`, called per lane: an
+/// exactly rounded result, at the cost of a call per element (these ops
+/// are rare in models: positional encodings, a few activations).
+fn host_unary(f: &mut Fb, op: &str, x: Value) -> Value {
+    use crate::interp::kernels::elementwise::{UF, UNARY};
+    extern "C" fn apply(g: usize, x: f32) -> f32 {
+        // SAFETY: `g` is a `UF` (below): a function pointer made an integer
+        // for the call's ABI, never anything else.
+        let g: UF = unsafe { std::mem::transmute::<usize, UF>(g) };
+        g(x as f64) as f32
+    }
+    let g: UF = UNARY
+        .iter()
+        .find(|u| u.0 == op)
+        .map_or(|_| f64::NAN, |u| u.1);
+    let host: extern "C" fn(usize, f32) -> f32 = apply;
+    f.call_host(host as usize, g as usize, &[x])
+}
+
+/// [`host_unary`] for a binary f64 function.
+fn host_binary(f: &mut Fb, g: fn(f64, f64) -> f64, x: Value, y: Value) -> Value {
+    type BF = fn(f64, f64) -> f64;
+    extern "C" fn apply(g: usize, x: f32, y: f32) -> f32 {
+        // SAFETY: as in `host_unary`: `g` is a `BF`.
+        let g: BF = unsafe { std::mem::transmute::<usize, BF>(g) };
+        g(x as f64, y as f64) as f32
+    }
+    let host: extern "C" fn(usize, f32, f32) -> f32 = apply;
+    f.call_host(host as usize, g as usize, &[x, y])
+}
+
 /// The lowering table: the value of `op` applied to `a`.
 pub(crate) fn lower(f: &mut Fb, op: &Op, a: &[Value]) -> Value {
     let x = a[0];
@@ -128,25 +159,44 @@ pub(crate) fn lower(f: &mut Fb, op: &Op, a: &[Value]) -> Value {
             f.mul(x, t)
         }
         Op::Gelu => math::gelu(f, x),
-        // Never reached: `compile_region` refuses a plan holding one of
-        // these (`Op::on_cpu`) before generating code.
-        Op::Sin
-        | Op::Cos
-        | Op::Tan
-        | Op::Asin
-        | Op::Acos
-        | Op::Atan
-        | Op::Sinh
-        | Op::Cosh
-        | Op::Asinh
-        | Op::Acosh
-        | Op::Atanh
-        | Op::Sign
-        | Op::Softsign
-        | Op::Celu(_)
-        | Op::Pow
-        | Op::PRelu
-        | Op::Fmod => f.c(f32::NAN),
+        Op::Sin => host_unary(f, "Sin", x),
+        Op::Cos => host_unary(f, "Cos", x),
+        Op::Tan => host_unary(f, "Tan", x),
+        Op::Asin => host_unary(f, "Asin", x),
+        Op::Acos => host_unary(f, "Acos", x),
+        Op::Atan => host_unary(f, "Atan", x),
+        Op::Sinh => host_unary(f, "Sinh", x),
+        Op::Cosh => host_unary(f, "Cosh", x),
+        Op::Asinh => host_unary(f, "Asinh", x),
+        Op::Acosh => host_unary(f, "Acosh", x),
+        Op::Atanh => host_unary(f, "Atanh", x),
+        Op::Pow => host_binary(f, f64::powf, x, a[1]),
+        Op::Fmod => host_binary(f, |a, b| a % b, x, a[1]),
+        // NaN stays NaN (neither comparison holds).
+        Op::Sign => {
+            let (z, one, m1) = (f.c(0.0), f.c(1.0), f.c(-1.0));
+            let neg = f.sel(FloatCC::LessThan, x, z, m1, x);
+            f.sel(FloatCC::GreaterThan, x, z, one, neg)
+        }
+        Op::Softsign => {
+            let ax = f.b.ins().fabs(x);
+            let d = f.addc(ax, 1.0);
+            f.div(x, d)
+        }
+        // max(0, x) + min(0, a·(e^(x/a) - 1)) is one branch or the other.
+        Op::Celu(alpha) => {
+            let e = f.mulc(x, 1.0 / alpha);
+            let e = math::exp(f, e);
+            let e = f.addc(e, -1.0);
+            let e = f.mulc(e, alpha);
+            let z = f.c(0.0);
+            f.sel(FloatCC::UnorderedOrGreaterThan, x, z, x, e)
+        }
+        Op::PRelu => {
+            let z = f.c(0.0);
+            let sx = f.mul(x, a[1]);
+            f.sel(FloatCC::LessThan, x, z, sx, x)
+        }
         // 0.5·x·(1 + tanh u) = x·sigmoid(2u): no cancellation for x < 0.
         Op::GeluTanh => {
             let c = (2.0f32 / std::f32::consts::PI).sqrt();

@@ -172,8 +172,8 @@ fn map_num(
 // ---------------------------------------------------------------------------
 // Unary math
 
-type UF = fn(f64) -> f64;
-type UI = fn(i128) -> i128;
+pub type UF = fn(f64) -> f64;
+pub type UI = fn(i128) -> i128;
 
 fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
@@ -199,8 +199,9 @@ fn sign(x: f64) -> f64 {
 }
 
 /// Unary ops without attributes: float function, integer function when the
-/// op accepts integers.
-const UNARY: &[(&str, UF, Option<UI>)] = &[
+/// op accepts integers. The CPU backend's generated loops call the float
+/// functions of the ops they have no inline form for (`cpu::jit::lower`).
+pub const UNARY: &[(&str, UF, Option<UI>)] = &[
     ("Abs", f64::abs, Some(|x| x.abs())),
     ("Neg", |x| -x, Some(|x| x.wrapping_neg())),
     ("Sign", sign, Some(|x| x.signum())),
@@ -263,7 +264,15 @@ fn k_activation(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         }
         "Celu" => {
             let a = alpha(1.0);
-            Box::new(move |x| x.max(0.0) + (a * ((x / a).exp() - 1.0)).min(0.0))
+            // max(0, x) + min(0, a·(e^(x/a) - 1)), NaN kept as numpy's
+            // maximum keeps it (f64::max would drop it).
+            Box::new(move |x| {
+                if x > 0.0 || x.is_nan() {
+                    x
+                } else {
+                    a * ((x / a).exp() - 1.0)
+                }
+            })
         }
         "Selu" => {
             let a = alpha(1.673_263_2);
@@ -385,27 +394,7 @@ fn k_arith(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 /// ONNX reference does.
 fn k_mod(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let fmod = cx.attr_int("fmod", 0) != 0;
-    let fi: &dyn Fn(i128, i128) -> Result<i128, &'static str> = if fmod {
-        &|a, b| {
-            if b == 0 {
-                Err("integer modulo by zero")
-            } else {
-                Ok(a % b)
-            }
-        }
-    } else {
-        &|a, b| {
-            if b == 0 {
-                return Err("integer modulo by zero");
-            }
-            let r = a % b;
-            Ok(if r != 0 && (r < 0) != (b < 0) {
-                r + b
-            } else {
-                r
-            })
-        }
-    };
+    let fi = int_binary("Mod", fmod, false).ok_or("no integer Mod")?;
     let ff: &dyn Fn(f64, f64) -> f64 = if fmod {
         &|a, b| a % b
     } else {
@@ -418,10 +407,53 @@ fn k_mod(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             }
         }
     };
-    binary_same(inputs, "Mod", ff, fi)
+    binary_same(inputs, "Mod", ff, &fi)
 }
 
-fn int_pow(base: i128, exp: i128) -> Result<i128, &'static str> {
+/// The integer form of a binary op (computed in i128, wrapped to the
+/// element type by the caller): ARITH's, Mod (`fmod` picks C's remainder
+/// over Python's), Pow, the bitwise ops, BitShift (`left` its
+/// direction), and the two-operand Max, Min and Sum. The CPU backend's
+/// typed kernels take them from here too.
+pub fn int_binary(op: &str, fmod: bool, left: bool) -> Option<FI> {
+    if let Some(&(_, _, fi)) = ARITH.iter().find(|a| a.0 == op) {
+        return Some(fi);
+    }
+    Some(match op {
+        "Mod" if fmod => |a, b| {
+            if b == 0 {
+                Err("integer modulo by zero")
+            } else {
+                Ok(a % b)
+            }
+        },
+        "Mod" => |a, b| {
+            if b == 0 {
+                return Err("integer modulo by zero");
+            }
+            let r = a % b;
+            Ok(if r != 0 && (r < 0) != (b < 0) {
+                r + b
+            } else {
+                r
+            })
+        },
+        "Pow" => int_pow,
+        "BitwiseAnd" => |a, b| Ok(a & b),
+        "BitwiseOr" => |a, b| Ok(a | b),
+        "BitwiseXor" => |a, b| Ok(a ^ b),
+        // Operands are unsigned and at most 64 bits wide, so a shift of
+        // the element's width or more leaves 0 once wrapped to it.
+        "BitShift" if left => |x, s| Ok(if s >= 64 { 0 } else { x << s }),
+        "BitShift" => |x, s| Ok(if s >= 64 { 0 } else { x >> s }),
+        "Max" => |a, b| Ok(a.max(b)),
+        "Min" => |a, b| Ok(a.min(b)),
+        "Sum" => |a, b| Ok(a.wrapping_add(b)),
+        _ => return None,
+    })
+}
+
+pub fn int_pow(base: i128, exp: i128) -> Result<i128, &'static str> {
     if exp < 0 {
         return Err("integers to negative integer powers are not allowed");
     }
@@ -560,11 +592,7 @@ fn require_int(t: &Tensor, op: &str) -> KResult<()> {
 fn k_bitwise(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let op = cx.node.op.as_str();
     require_int(tensor(inputs, 0)?, op)?;
-    let fi: FI = match op {
-        "BitwiseAnd" => |a, b| Ok(a & b),
-        "BitwiseOr" => |a, b| Ok(a | b),
-        _ => |a, b| Ok(a ^ b),
-    };
+    let fi = int_binary(op, false, false).ok_or("no bitwise op")?;
     binary_same(inputs, op, &|_, _| f64::NAN, &fi)
 }
 
@@ -579,21 +607,13 @@ fn k_bitshift(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     if !a.elem().is_unsigned_int() {
         bail!("BitShift takes unsigned integer tensors, got {}", a.elem());
     }
-    let width = a.elem().bit_width().unwrap_or(64) as i128;
     let left = match cx.attr_str("direction") {
         Some("LEFT") => true,
         Some("RIGHT") => false,
         other => bail!("BitShift: direction must be LEFT or RIGHT, got {other:?}"),
     };
-    if left {
-        binary_same(inputs, "BitShift", &|_, _| f64::NAN, &move |x, s| {
-            Ok(if s >= width { 0 } else { x << s })
-        })
-    } else {
-        binary_same(inputs, "BitShift", &|_, _| f64::NAN, &move |x, s| {
-            Ok(if s >= width { 0 } else { x >> s })
-        })
-    }
+    let fi = int_binary("BitShift", false, left).ok_or("no BitShift")?;
+    binary_same(inputs, "BitShift", &|_, _| f64::NAN, &fi)
 }
 
 // ---------------------------------------------------------------------------
@@ -620,7 +640,7 @@ fn k_variadic(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                     a.max(b)
                 }
             },
-            |a, b| Ok(a.max(b)),
+            int_binary("Max", false, false).ok_or("no Max")?,
         ),
         "Min" => (
             |a, b| {
@@ -630,9 +650,12 @@ fn k_variadic(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                     a.min(b)
                 }
             },
-            |a, b| Ok(a.min(b)),
+            int_binary("Min", false, false).ok_or("no Min")?,
         ),
-        _ => (|a, b| a + b, |a, b| Ok(a.wrapping_add(b))),
+        _ => (
+            |a, b| a + b,
+            int_binary("Sum", false, false).ok_or("no Sum")?,
+        ),
     };
     let mut shape = ts[0].shape.clone();
     let mut acc = num(ts[0], op)?;
