@@ -891,6 +891,65 @@ fn index_and_scan_ops_run_natively() {
     native_and_exact(&src, &inputs);
 }
 
+/// Integer elementwise ops on every integer width (Max, Min, Mod both
+/// ways, Pow, the bitwise ops, BitShift, Neg, Abs), the reductions beyond
+/// sum/mean/max/min over middle axes, and the trigonometric functions the
+/// generated loops call per lane: native, and the interpreter's answer.
+#[test]
+fn integer_ops_norm_reductions_and_trig_run_natively() {
+    let src = "module @ints opset(ai.onnx = 18) {
+  input %a: i16[3,4]
+  input %b: i16[4]
+  input %u: u8[3,4]
+  input %s: u8[1]
+  input %x: f32[3,4,5]
+  const %ax: i64[1] = dense[1]
+  const %e: i16[4] = dense[0, 1, 2, 3]
+  %mx = Max(%a, %b) : i16[3,4]
+  %mn = Min(%a, %b) : i16[3,4]
+  %md = Mod(%a, %b) : i16[3,4]
+  %mf = Mod(%a, %b) {fmod = 1} : i16[3,4]
+  %pw = Pow(%b, %e) : i16[4]
+  %ng = Neg(%a) : i16[3,4]
+  %ab = Abs(%a) : i16[3,4]
+  %ba = BitwiseAnd(%u, %s) : u8[3,4]
+  %bx = BitwiseXor(%u, %s) : u8[3,4]
+  %bn = BitwiseNot(%u) : u8[3,4]
+  %sl = BitShift(%u, %s) {direction = \"LEFT\"} : u8[3,4]
+  %sr = BitShift(%u, %s) {direction = \"RIGHT\"} : u8[3,4]
+  %l2 = ReduceL2(%x, %ax) : f32[3,1,5]
+  %l1 = ReduceL1(%x, %ax) {keepdims = 0} : f32[3,5]
+  %pr = ReduceProd(%x, %ax) : f32[3,1,5]
+  %ss = ReduceSumSquare(%x, %ax) : f32[3,1,5]
+  %lse = ReduceLogSumExp(%x, %ax) : f32[3,1,5]
+  %sq = Mul(%x, %x) : f32[3,4,5]
+  %ls = ReduceLogSum(%sq, %ax) : f32[3,1,5]
+  %sn = Sin(%x) : f32[3,4,5]
+  %cs = Cos(%sn) : f32[3,4,5]
+  %at = Atan(%cs) : f32[3,4,5]
+  return %mx, %mn, %md, %mf, %pw, %ng, %ab, %ba, %bx, %bn, %sl, %sr, %l2, %l1, %pr, %ss, %lse, %ls, %at
+}
+";
+    let i16s = |v: Vec<i16>, shape: Vec<usize>| {
+        Value::tensor(Tensor::new(shape, Data::I16(v)).expect("tensor"))
+    };
+    let u8s = |v: Vec<u8>, shape: Vec<usize>| {
+        Value::tensor(Tensor::new(shape, Data::U8(v)).expect("tensor"))
+    };
+    let a: Vec<i16> = (0..12).map(|i| (i * 7919 % 61) as i16 - 30).collect();
+    let inputs = HashMap::from([
+        ("a".to_string(), i16s(a, vec![3, 4])),
+        ("b".to_string(), i16s(vec![3, -5, 7, 2], vec![4])),
+        (
+            "u".to_string(),
+            u8s((0..12).map(|i| (i * 37 + 5) as u8).collect(), vec![3, 4]),
+        ),
+        ("s".to_string(), u8s(vec![3], vec![1])),
+        ("x".to_string(), input(&[3, 4, 5], 17)),
+    ]);
+    native_and_exact(src, &inputs);
+}
+
 /// GroupNormalization (per-channel scale, opset 21) and
 /// InstanceNormalization, on a map large enough to thread: native, and
 /// the interpreter's answer.

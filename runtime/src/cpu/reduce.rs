@@ -5,53 +5,119 @@
 
 use super::movement::{odometer, strides};
 
-/// How to combine elements of a reduction.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How to combine elements of a reduction: the ONNX reductions of f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceOp {
     Sum,
     Mean,
     Max,
     Min,
+    Prod,
+    L1,
+    L2,
+    SumSquare,
+    LogSum,
+    LogSumExp,
+}
+
+impl ReduceOp {
+    /// The reduction an ONNX op name spells.
+    pub fn of_onnx(op: &str) -> Option<ReduceOp> {
+        Some(match op {
+            "ReduceSum" => ReduceOp::Sum,
+            "ReduceMean" => ReduceOp::Mean,
+            "ReduceMax" => ReduceOp::Max,
+            "ReduceMin" => ReduceOp::Min,
+            "ReduceProd" => ReduceOp::Prod,
+            "ReduceL1" => ReduceOp::L1,
+            "ReduceL2" => ReduceOp::L2,
+            "ReduceSumSquare" => ReduceOp::SumSquare,
+            "ReduceLogSum" => ReduceOp::LogSum,
+            "ReduceLogSumExp" => ReduceOp::LogSumExp,
+            _ => return None,
+        })
+    }
 }
 
 /// Reduce `x` of `shape` over `axes` (sorted or not, no repeats); the
 /// result has the kept dims in order (keepdims only changes its shape) and
-/// is written over all of `out`.
+/// is written over all of `out`. As the interpreter (the empty set's
+/// identities included): sums accumulate in f64, NaN wins Max and Min,
+/// and LogSumExp is shifted by each output's largest finite element.
 pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp, out: &mut [f32]) {
+    use ReduceOp as R;
     let kept: Vec<usize> = (0..shape.len())
         .map(|a| if axes.contains(&a) { 1 } else { shape[a] })
         .collect();
     let n_out: usize = kept.iter().product();
     let count: usize = axes.iter().map(|&a| shape[a]).product();
-    let init = match op {
-        ReduceOp::Sum | ReduceOp::Mean => 0.0,
-        ReduceOp::Max => f32::NEG_INFINITY,
-        ReduceOp::Min => f32::INFINITY,
-    };
     assert_eq!(out.len(), n_out, "reduce: output length");
-    out.fill(init);
     // Output offset of each input element: kept axes stride, reduced 0.
     let ks = strides(&kept);
     let st: Vec<usize> = (0..shape.len())
         .map(|a| if axes.contains(&a) { 0 } else { ks[a] })
         .collect();
-    let mut i = 0;
-    odometer(shape, &st, |o| {
-        let v = x[i];
-        i += 1;
-        let acc = &mut out[o];
-        *acc = match op {
-            ReduceOp::Sum | ReduceOp::Mean => *acc + v,
-            // NaN wins, as in the interpreter.
-            ReduceOp::Max if v.is_nan() || *acc < v => v,
-            ReduceOp::Min if v.is_nan() || *acc > v => v,
-            _ => *acc,
-        };
-    });
-    if op == ReduceOp::Mean {
-        // An empty reduction's mean is 0 · inf = NaN: numpy's 0/0.
-        let inv = 1.0 / count as f32;
-        out.iter_mut().for_each(|v| *v *= inv);
+    // One pass over x, element i into output slot o.
+    let each = |f: &mut dyn FnMut(usize, f32)| {
+        let mut i = 0;
+        odometer(shape, &st, |o| {
+            f(o, x[i]);
+            i += 1;
+        });
+    };
+    match op {
+        R::Max | R::Min => {
+            let max = op == R::Max;
+            out.fill(if max {
+                f32::NEG_INFINITY
+            } else {
+                f32::INFINITY
+            });
+            each(&mut |o, v| {
+                let acc = &mut out[o];
+                if v.is_nan() || (max && *acc < v) || (!max && *acc > v) {
+                    *acc = v;
+                }
+            });
+        }
+        _ => {
+            // LogSumExp's shift: the largest finite element, else 0.
+            let mut shift = vec![0f64; if op == R::LogSumExp { n_out } else { 0 }];
+            if op == R::LogSumExp {
+                shift.fill(f64::NEG_INFINITY);
+                each(&mut |o, v| {
+                    if v.is_finite() && (v as f64) > shift[o] {
+                        shift[o] = v as f64;
+                    }
+                });
+                shift
+                    .iter_mut()
+                    .filter(|m| !m.is_finite())
+                    .for_each(|m| *m = 0.0);
+            }
+            let mut acc = vec![if op == R::Prod { 1f64 } else { 0f64 }; n_out];
+            each(&mut |o, v| {
+                let v = v as f64;
+                let a = &mut acc[o];
+                match op {
+                    R::Prod => *a *= v,
+                    R::L1 => *a += v.abs(),
+                    R::L2 | R::SumSquare => *a += v * v,
+                    R::LogSumExp => *a += (v - shift[o]).exp(),
+                    _ => *a += v,
+                }
+            });
+            for (k, (o, a)) in out.iter_mut().zip(acc).enumerate() {
+                *o = match op {
+                    // An empty reduction's mean is 0/0 = NaN, as numpy's.
+                    R::Mean => a / count as f64,
+                    R::L2 => a.sqrt(),
+                    R::LogSum => a.ln(),
+                    R::LogSumExp => a.ln() + shift[k],
+                    _ => a,
+                } as f32;
+            }
+        }
     }
 }
 
@@ -204,6 +270,42 @@ mod tests {
             vec![5.5]
         );
         assert!(reduce(&[1.0, f32::NAN], &[2], &[0], ReduceOp::Min)[0].is_nan());
+    }
+
+    #[test]
+    fn products_norms_and_logs() {
+        // [2, 3]: rows [1, -2, 3] and [0.5, 4, -1], over axis 1 and 0.
+        let x = [1.0, -2.0, 3.0, 0.5, 4.0, -1.0];
+        let r = |axes: &[usize], op| reduce(&x, &[2, 3], axes, op);
+        assert_eq!(r(&[1], ReduceOp::Prod), vec![-6.0, -2.0]);
+        assert_eq!(r(&[1], ReduceOp::L1), vec![6.0, 5.5]);
+        assert_eq!(r(&[1], ReduceOp::SumSquare), vec![14.0, 17.25]);
+        assert_eq!(
+            r(&[0], ReduceOp::L2),
+            vec![1.25f32.sqrt(), 20f32.sqrt(), 10f32.sqrt()]
+        );
+        assert_eq!(r(&[0, 1], ReduceOp::LogSum), vec![5.5f32.ln()]);
+        let lse = |v: &[f64]| v.iter().map(|a| a.exp()).sum::<f64>().ln() as f32;
+        assert_eq!(
+            r(&[1], ReduceOp::LogSumExp),
+            vec![lse(&[1.0, -2.0, 3.0]), lse(&[0.5, 4.0, -1.0])]
+        );
+        // The shift keeps LogSumExp finite where plain exps overflow, and
+        // an infinite element gives inf.
+        assert_eq!(
+            reduce(&[1000.0, 1000.0], &[2], &[0], ReduceOp::LogSumExp),
+            vec![1000.0 + 2f32.ln()]
+        );
+        assert_eq!(
+            reduce(&[1.0, f32::INFINITY], &[2], &[0], ReduceOp::LogSumExp),
+            vec![f32::INFINITY]
+        );
+        // The empty set's identities.
+        assert_eq!(reduce(&[], &[0, 2], &[0], ReduceOp::Prod), vec![1.0, 1.0]);
+        assert_eq!(
+            reduce(&[], &[0, 2], &[0], ReduceOp::LogSumExp),
+            vec![f32::NEG_INFINITY; 2]
+        );
     }
 
     #[test]

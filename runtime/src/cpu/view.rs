@@ -199,6 +199,10 @@ impl<'a> In<'a> {
     typed!(bools, bool_ptr, bool, ElemType::Bool);
     typed!(u8s, u8_ptr, u8, ElemType::U8);
     typed!(i8s, i8_ptr, i8, ElemType::I8);
+    typed!(u16s, u16_ptr, u16, ElemType::U16);
+    typed!(i16s, i16_ptr, i16, ElemType::I16);
+    typed!(u32s, u32_ptr, u32, ElemType::U32);
+    typed!(u64s, u64_ptr, u64, ElemType::U64);
 }
 
 impl<'a> Out<'a> {
@@ -244,6 +248,10 @@ impl<'a> Out<'a> {
     typed_mut!(bools, bool_ptr, bool, ElemType::Bool);
     typed_mut!(u8s, u8_ptr, u8, ElemType::U8);
     typed_mut!(i8s, i8_ptr, i8, ElemType::I8);
+    typed_mut!(u16s, u16_ptr, u16, ElemType::U16);
+    typed_mut!(i16s, i16_ptr, i16, ElemType::I16);
+    typed_mut!(u32s, u32_ptr, u32, ElemType::U32);
+    typed_mut!(u64s, u64_ptr, u64, ElemType::U64);
 }
 
 /// Whether the CPU executable can hold values of this type in views.

@@ -292,9 +292,11 @@ fn lower_node(
             // fused); any axes at all fall back to the odometer kernel.
             fusion::single_node_loop(m, n, target).or_else(|_| movement::reduce(m, n))
         }
-        // f32 products and norms are generated loops; on integers, the
-        // exact integer reduction.
-        "ReduceProd" | "ReduceL1" | "ReduceSumSquare" => fusion::single_node_loop(m, n, target)
+        // f32 products and norms are generated loops over trailing axes,
+        // else the odometer kernel; on integers, the exact integer
+        // reduction.
+        "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceSumSquare" | "ReduceLogSum"
+        | "ReduceLogSumExp" => fusion::single_node_loop(m, n, target)
             .or_else(|e| movement::reduce(m, n).map_err(|_| e))
             .map_err(|e| format!("no native kernel for {} ({e})", n.op)),
         "Softmax" | "LogSoftmax" => {

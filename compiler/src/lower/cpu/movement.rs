@@ -322,15 +322,24 @@ pub(super) fn scatter_elements(m: &Module, n: &Node) -> Result<NativeStep, Strin
 pub(super) fn typed(m: &Module, n: &Node) -> Result<NativeStep, String> {
     use kiln_ir::ElemType as E;
     use kiln_runtime::cpu::steps::typed::{Typed, TypedOp};
-    use kiln_runtime::interp::kernels::elementwise::{ARITH, COMPARE};
+    use kiln_runtime::interp::kernels::elementwise::{int_binary, COMPARE, UNARY};
     let elem =
         |i: usize| -> Option<E> { n.input(i).and_then(|v| m.ty(v).as_tensor().map(|t| t.elem)) };
     let op = n.op.as_str();
-    let (kind, arity) = if let Some(&(_, _, fi)) = ARITH.iter().find(|a| a.0 == op) {
-        if !matches!(elem(0), Some(E::I64 | E::I32)) {
-            return Err(format!("{op} of {:?} is not integer arithmetic", elem(0)));
+    // Integer elements the views hold (not the packed 4-bit types).
+    let int = |e: Option<E>| e.is_some_and(|e| e.is_int() && !matches!(e, E::I4 | E::U4));
+    let fmod = n.attrs.get("fmod").and_then(Attr::as_int).unwrap_or(0) != 0;
+    let left = n.attrs.get("direction").and_then(Attr::as_str) == Some("LEFT");
+    let int_unary = UNARY.iter().find(|u| u.0 == op).and_then(|u| u.2);
+    let (kind, arity) = if let (true, Some(fi)) = (int(elem(0)), int_binary(op, fmod, left)) {
+        if op == "BitShift" && !elem(0).is_some_and(E::is_unsigned_int) {
+            return Err("BitShift of signed integers".into());
         }
         (TypedOp::Arith(fi), 2)
+    } else if let (true, Some(fi)) = (int(elem(0)), int_unary) {
+        (TypedOp::IntUnary(fi), 1)
+    } else if int(elem(0)) && op == "BitwiseNot" {
+        (TypedOp::IntUnary(|x| !x), 1)
     } else if let Some(&(_, f)) = COMPARE.iter().find(|c| c.0 == op) {
         if !matches!(elem(0), Some(E::F32 | E::I64 | E::I32)) {
             return Err(format!("{op} of {:?}", elem(0)));
@@ -600,6 +609,21 @@ fn scatter_reduction<'n>(
 
 /// An exact integer reduction ([`IntReduce`]).
 fn int_reduce(m: &Module, n: &Node, shape: Vec<usize>) -> Result<NativeStep, String> {
+    const EXACT: [&str; 7] = [
+        "ReduceSum",
+        "ReduceMean",
+        "ReduceProd",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceL1",
+        "ReduceSumSquare",
+    ];
+    if !EXACT.contains(&n.op.as_str()) {
+        return Err(format!(
+            "{} of integers is not exact in the integer type",
+            n.op
+        ));
+    }
     let axes = reduce_axes(m, n, shape.len())?;
     Ok(NativeStep::new(
         Box::new(IntReduce {
@@ -665,13 +689,7 @@ pub(super) fn reduce_of_shape(
 ) -> Result<NativeStep, String> {
     use kiln_runtime::cpu::reduce::ReduceOp;
     let axes = reduce_axes(m, n, shape.len())?;
-    let op = match n.op.as_str() {
-        "ReduceSum" => ReduceOp::Sum,
-        "ReduceMean" => ReduceOp::Mean,
-        "ReduceMax" => ReduceOp::Max,
-        "ReduceMin" => ReduceOp::Min,
-        op => return Err(format!("{op} is not a reduction")),
-    };
+    let op = ReduceOp::of_onnx(&n.op).ok_or_else(|| format!("{} is not a reduction", n.op))?;
     let kept: usize = (0..shape.len())
         .filter(|a| !axes.contains(a))
         .map(|a| shape[a])

@@ -327,7 +327,7 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "Dropout" if n.outputs.len() == 1 && n.input(2).is_none() => view(m, n),
         "Softmax" | "LogSoftmax" => single_node(m, n).or_else(|_| softmax(m, n)),
         "ArgMax" | "ArgMin" => arg_extreme(m, n),
-        op if ReduceOp::of(op).is_some() => {
+        op if ReduceOp::of_onnx(op).is_some() => {
             single_node(m, n).or_else(|_| reduce_node(m, n, Bind::Operand(0)))
         }
         "Cast" => {
@@ -1178,7 +1178,7 @@ fn split_reduction(
     let (last, producers) = body.nodes.split_last().ok_or("empty body")?;
     let x = operand(last, 0)?;
     if producers.is_empty()
-        || ReduceOp::of(&last.op).is_none()
+        || ReduceOp::of_onnx(&last.op).is_none()
         || body.outputs != last.outputs
         || body.inputs.contains(&x)
     {
@@ -1229,7 +1229,7 @@ fn reduced_dims(m: &Module, n: &Node, rank: usize) -> Result<Option<Vec<bool>>, 
 
 /// A Reduce node over any constant axes of f32 data read from `src`.
 fn reduce_node(m: &Module, n: &Node, src: Bind) -> Result<GpuKernel, String> {
-    let op = ReduceOp::of(&n.op).ok_or("not a reduction")?;
+    let op = ReduceOp::of_onnx(&n.op).ok_or("not a reduction")?;
     let x = operand(n, 0)?;
     if elem(m, x)? != ElemType::F32 || elem(m, result(n)?)? != ElemType::F32 {
         return Err(format!("{} of non-f32 data", n.op));

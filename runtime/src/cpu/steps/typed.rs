@@ -11,15 +11,35 @@ use kiln_ir::ElemType;
 use crate::cpu::reduce::broadcast;
 use crate::cpu::view::{In, Out};
 use crate::cpu::NativeKernel;
-use crate::interp::kernels::elementwise::{Cmp, FI};
+use crate::interp::kernels::elementwise::{Cmp, FI, UI};
 
 use super::{operand, result};
+
+/// `$m!(accessor)` for the integer element type `$elem`, or an error
+/// naming `$what`.
+macro_rules! each_int {
+    ($elem:expr, $m:ident, $what:expr) => {
+        match $elem {
+            ElemType::I64 => $m!(i64s),
+            ElemType::I32 => $m!(i32s),
+            ElemType::I16 => $m!(i16s),
+            ElemType::I8 => $m!(i8s),
+            ElemType::U64 => $m!(u64s),
+            ElemType::U32 => $m!(u32s),
+            ElemType::U16 => $m!(u16s),
+            ElemType::U8 => $m!(u8s),
+            e => return Err(format!("no native {} on {e}", $what)),
+        }
+    };
+}
 
 /// What a [`Typed`] step computes.
 #[derive(Clone, Copy)]
 pub enum TypedOp {
-    /// Integer arithmetic in i128, wrapped to the element type.
+    /// A binary integer op in i128, wrapped to the element type.
     Arith(FI),
+    /// A unary integer op in i128, wrapped to the element type.
+    IntUnary(UI),
     /// A comparison of two tensors of one type, to bool.
     Compare(Cmp),
     /// And, Or, Xor on bools.
@@ -62,11 +82,18 @@ impl NativeKernel for Typed {
                         }
                     }};
                 }
-                match a.elem() {
-                    ElemType::I64 => arith!(i64s),
-                    ElemType::I32 => arith!(i32s),
-                    e => return Err(format!("no native integer arithmetic on {e}")),
+                each_int!(a.elem(), arith, "integer arithmetic");
+            }
+            TypedOp::IntUnary(f) => {
+                let a = operand(inputs, 0)?;
+                macro_rules! map {
+                    ($get:ident) => {{
+                        for (o, &p) in out.$get()?.iter_mut().zip(a.$get()?) {
+                            *o = f(p as i128) as _;
+                        }
+                    }};
                 }
+                each_int!(a.elem(), map, "integer op");
             }
             TypedOp::Compare(f) => {
                 let (a, b) = (operand(inputs, 0)?, operand(inputs, 1)?);

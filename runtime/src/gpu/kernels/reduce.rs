@@ -10,38 +10,9 @@ use kiln_ir::Node;
 
 use crate::gpu::wgsl::{grid, grid_for, lit, Bind, GpuKernel, Shader, H_TREE, ROW_WG, WG};
 
-/// What a reduction computes (ONNX's Reduce* family).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReduceOp {
-    Sum,
-    Mean,
-    Max,
-    Min,
-    Prod,
-    L1,
-    L2,
-    SumSquare,
-    LogSum,
-    LogSumExp,
-}
-
-impl ReduceOp {
-    pub fn of(op: &str) -> Option<ReduceOp> {
-        Some(match op {
-            "ReduceSum" => ReduceOp::Sum,
-            "ReduceMean" => ReduceOp::Mean,
-            "ReduceMax" => ReduceOp::Max,
-            "ReduceMin" => ReduceOp::Min,
-            "ReduceProd" => ReduceOp::Prod,
-            "ReduceL1" => ReduceOp::L1,
-            "ReduceL2" => ReduceOp::L2,
-            "ReduceSumSquare" => ReduceOp::SumSquare,
-            "ReduceLogSum" => ReduceOp::LogSum,
-            "ReduceLogSumExp" => ReduceOp::LogSumExp,
-            _ => return None,
-        })
-    }
-}
+/// What a reduction computes: the CPU backend's enum, one list of ONNX's
+/// Reduce* family.
+pub use crate::cpu::reduce::ReduceOp;
 
 /// Elements of the kept dims and of the reduced dims of `x`.
 fn extents(x: &[usize], reduced: &[bool]) -> (usize, usize) {
