@@ -950,6 +950,47 @@ fn integer_ops_norm_reductions_and_trig_run_natively() {
     native_and_exact(src, &inputs);
 }
 
+/// GridSample in every mode and padding, 2-D and 3-D, with points
+/// outside the image and an infinity in one channel (whose zero padding
+/// must not turn into NaN): native, and the interpreter's answer.
+#[test]
+fn grid_sample_runs_natively() {
+    let src = "module @gs opset(ai.onnx = 20) {
+  input %x: f32[2,3,5,6]
+  input %g: f32[2,4,7,2]
+  input %v: f32[1,2,3,4,5]
+  input %h: f32[1,2,3,3,3]
+  %a = GridSample(%x, %g) : f32[2,3,4,7]
+  %b = GridSample(%x, %g) {mode = \"cubic\", padding_mode = \"reflection\"} : f32[2,3,4,7]
+  %c = GridSample(%x, %g) {mode = \"nearest\", padding_mode = \"border\", align_corners = 1} : f32[2,3,4,7]
+  %d = GridSample(%v, %h) {padding_mode = \"border\"} : f32[1,2,2,3,3]
+  %e = GridSample(%v, %h) {mode = \"nearest\"} : f32[1,2,2,3,3]
+  return %a, %b, %c, %d, %e
+}
+";
+    let mut x = values(31, 2 * 3 * 5 * 6);
+    x[5 * 6 + 7] = f32::INFINITY;
+    let scaled = |seed, n| {
+        values(seed, n)
+            .iter()
+            .map(|v| v * 1.3)
+            .collect::<Vec<f32>>()
+    };
+    let t = |shape: Vec<usize>, v: Vec<f32>| {
+        Value::tensor(Tensor::new(shape, Data::F32(v)).expect("tensor"))
+    };
+    let inputs = HashMap::from([
+        ("x".to_string(), t(vec![2, 3, 5, 6], x)),
+        (
+            "g".to_string(),
+            t(vec![2, 4, 7, 2], scaled(32, 2 * 4 * 7 * 2)),
+        ),
+        ("v".to_string(), input(&[1, 2, 3, 4, 5], 33)),
+        ("h".to_string(), t(vec![1, 2, 3, 3, 3], scaled(34, 54))),
+    ]);
+    native_and_exact(src, &inputs);
+}
+
 /// GroupNormalization (per-channel scale, opset 21) and
 /// InstanceNormalization, on a map large enough to thread: native, and
 /// the interpreter's answer.

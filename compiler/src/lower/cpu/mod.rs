@@ -273,6 +273,7 @@ fn lower_node(
         "Resize" => movement::resize(m, n),
         "ScatterElements" | "Scatter" => movement::scatter_elements(m, n),
         "RoiAlign" => movement::roi_align(m, n),
+        "GridSample" => movement::grid_sample(m, n),
         "ConstantOfShape" => movement::constant_of_shape(m, n),
         "GatherND" => movement::gather_nd(m, n),
         "TopK" => movement::top_k(m, n),

@@ -425,6 +425,41 @@ pub(super) fn gather_nd(m: &Module, n: &Node) -> Result<NativeStep, String> {
 }
 
 /// RoiAlign of f32 maps.
+/// GridSample of an f32 image at f32 grid points, static shapes.
+pub(super) fn grid_sample(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    use kiln_runtime::cpu::steps::movement::GridSample;
+    use kiln_runtime::interp::kernels::movement::resample::GridSpec;
+    let x = n.input(0).ok_or("no image")?;
+    let grid = n.input(1).ok_or("no grid")?;
+    for v in [x, grid] {
+        if elem_of(m, v) != Some(kiln_ir::ElemType::F32) {
+            return Err("GridSample of non-f32".into());
+        }
+    }
+    let text = |k: &str, d: &'static str| n.attrs.get(k).and_then(Attr::as_str).unwrap_or(d);
+    let spec = GridSpec::parse(
+        n.attrs
+            .get("align_corners")
+            .and_then(Attr::as_int)
+            .unwrap_or(0),
+        text("mode", "linear"),
+        text("padding_mode", "zeros"),
+    )
+    .map_err(|e| e.to_string())?;
+    let (xs, gs) = (m.static_shape(x)?, m.static_shape(grid)?);
+    spec.result_shape(&xs, &gs).map_err(|e| e.to_string())?;
+    let what = format!("GridSample {xs:?} at {gs:?}");
+    Ok(NativeStep::new(
+        Box::new(GridSample {
+            spec,
+            x: xs,
+            grid: gs,
+        }),
+        what,
+        0.0,
+    ))
+}
+
 pub(super) fn roi_align(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let x = n.input(0).ok_or("no operand")?;
     let rois = n.input(1).ok_or("no rois")?;

@@ -219,6 +219,137 @@ impl NativeKernel for RoiAlign {
     }
 }
 
+/// GridSample of an f32 image at f32 grid points. The taps of every
+/// point come from the interpreter's rule ([`GridSpec::point_taps`]),
+/// once per image; the channels then each gather their plane through
+/// them, split across threads.
+///
+/// [`GridSpec::point_taps`]: crate::interp::kernels::movement::resample::GridSpec::point_taps
+pub struct GridSample {
+    pub spec: crate::interp::kernels::movement::resample::GridSpec,
+    pub x: Vec<usize>,
+    pub grid: Vec<usize>,
+}
+
+impl NativeKernel for GridSample {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        use rayon::prelude::*;
+        let (x, grid) = (operand(inputs, 0)?.f32s()?, operand(inputs, 1)?.f32s()?);
+        let out = result(outputs, 0)?.f32s()?;
+        let (n, c, dims) = (self.x[0], self.x[1], &self.x[2..]);
+        let k = dims.len();
+        let plane: usize = dims.iter().product();
+        let npts: usize = self.grid[1..self.grid.len() - 1].iter().product();
+        if out.is_empty() {
+            return Ok(());
+        }
+        // Taps per point, at most: 1, 2 or 4 per spatial dim. Every point
+        // gets that many slots, its taps first and then weight-0 padding
+        // at offset 0, so that the common loop has a fixed trip count.
+        let per_dim = match self.spec.taps_per_dim() {
+            0 => return Err("GridSample without taps".into()),
+            t => t,
+        };
+        let t = per_dim.pow(k as u32);
+        let (mut at, mut wt) = (vec![0u32; npts * t], vec![0f32; npts * t]);
+        let mut valid = vec![0u8; npts];
+        // Points per unit of the tap computation.
+        const POINTS: usize = 1024;
+        for b in 0..n {
+            let points = |(u, ((a, w), v)): (usize, TapSlots)| {
+                let mut taps = Vec::new();
+                for (q, ((a, w), v)) in a.chunks_mut(t).zip(w.chunks_mut(t)).zip(v).enumerate() {
+                    let g = &grid[(b * npts + u * POINTS + q) * k..][..k];
+                    self.spec
+                        .point_taps(dims, |d| g[k - 1 - d] as f64, &mut taps);
+                    a.fill(0);
+                    w.fill(0.0);
+                    for (j, &(i, x)) in taps.iter().enumerate() {
+                        (a[j], w[j]) = (i as u32, x as f32);
+                    }
+                    *v = taps.len() as u8;
+                }
+            };
+            let units = at
+                .chunks_mut(POINTS * t)
+                .zip(wt.chunks_mut(POINTS * t))
+                .zip(valid.chunks_mut(POINTS));
+            if threads > 1 && npts > POINTS {
+                units.enumerate().par_bridge().for_each(points);
+            } else {
+                units.enumerate().for_each(points);
+            }
+            let (at, wt, valid) = (&at, &wt, &valid);
+            let channel = |(ch, o): (usize, &mut [f32])| {
+                let src = &x[(b * c + ch) * plane..][..plane];
+                // Padding reads src[0] with weight 0: exact unless src
+                // holds an infinity or NaN (0·inf), where only the
+                // point's own taps are summed.
+                if src.iter().all(|v| v.is_finite()) {
+                    gather_fixed(src, at, wt, t, o);
+                } else {
+                    for (p, o) in o.iter_mut().enumerate() {
+                        let r = p * t..p * t + valid[p] as usize;
+                        *o = at[r.clone()]
+                            .iter()
+                            .zip(&wt[r])
+                            .map(|(&i, &w)| w * src[i as usize])
+                            .sum();
+                    }
+                }
+            };
+            let o = &mut out[b * c * npts..][..c * npts];
+            if threads > 1 && c > 1 {
+                o.par_chunks_mut(npts).enumerate().for_each(channel);
+            } else {
+                o.chunks_mut(npts).enumerate().for_each(channel);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One unit of GridSample's tap slots: offsets, weights, valid counts.
+type TapSlots<'a> = ((&'a mut [u32], &'a mut [f32]), &'a mut [u8]);
+
+/// `out[p] = Σ_j wt[p·t + j] · src[at[p·t + j]]`, `t` taps per point,
+/// with the common counts unrolled.
+fn gather_fixed(src: &[f32], at: &[u32], wt: &[f32], t: usize, out: &mut [f32]) {
+    fn fixed<const T: usize>(src: &[f32], at: &[u32], wt: &[f32], out: &mut [f32]) {
+        for ((o, a), w) in out
+            .iter_mut()
+            .zip(at.chunks_exact(T))
+            .zip(wt.chunks_exact(T))
+        {
+            let mut acc = 0.0;
+            for j in 0..T {
+                acc += w[j] * src[a[j] as usize];
+            }
+            *o = acc;
+        }
+    }
+    match t {
+        1 => fixed::<1>(src, at, wt, out),
+        4 => fixed::<4>(src, at, wt, out),
+        8 => fixed::<8>(src, at, wt, out),
+        16 => fixed::<16>(src, at, wt, out),
+        _ => {
+            for ((o, a), w) in out
+                .iter_mut()
+                .zip(at.chunks_exact(t))
+                .zip(wt.chunks_exact(t))
+            {
+                *o = a.iter().zip(w).map(|(&i, &w)| w * src[i as usize]).sum();
+            }
+        }
+    }
+}
+
 /// ScatterElements: the data, with `updates` written (or combined) at
 /// the positions `indices` names along `axis`.
 pub struct ScatterElements {

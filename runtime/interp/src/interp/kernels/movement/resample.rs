@@ -28,7 +28,7 @@ struct DimPlan {
     roi: (f64, f64),
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Nearest,
     Linear,
@@ -427,131 +427,196 @@ fn cubic_coeffs(x: f64) -> [f64; 4] {
     ]
 }
 
+/// GridSample's attributes: how to interpolate, where pixel centres lie
+/// (`align_corners`), and what lies outside the image.
+#[derive(Clone, Debug)]
+pub struct GridSpec {
+    mode: Mode,
+    align: bool,
+    padding: Padding,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Padding {
+    Zeros,
+    Border,
+    Reflection,
+}
+
+impl GridSpec {
+    /// The spec of GridSample's attributes (any opset's mode spelling).
+    pub fn parse(align_corners: i64, mode: &str, padding: &str) -> KResult<GridSpec> {
+        let mode = match mode {
+            "nearest" => Mode::Nearest,
+            "linear" | "bilinear" => Mode::Linear,
+            "cubic" | "bicubic" => Mode::Cubic,
+            m => bail!("GridSample: unknown mode `{m}`"),
+        };
+        let padding = match padding {
+            "zeros" => Padding::Zeros,
+            "border" => Padding::Border,
+            "reflection" => Padding::Reflection,
+            p => bail!("GridSample: unknown padding_mode `{p}`"),
+        };
+        Ok(GridSpec {
+            mode,
+            align: align_corners != 0,
+            padding,
+        })
+    }
+
+    /// Check image `x` against `grid`; the result's shape.
+    pub fn result_shape(&self, x: &[usize], grid: &[usize]) -> KResult<Vec<usize>> {
+        let r = x.len();
+        if !(3..=10).contains(&r) || grid.len() != r || grid[0] != x[0] || grid[r - 1] != r - 2 {
+            bail!("GridSample: input {x:?} and grid {grid:?} do not fit");
+        }
+        if self.padding != Padding::Zeros && x[2..].contains(&0) {
+            bail!(
+                "GridSample: cannot sample an empty image with {:?} padding",
+                self.padding
+            );
+        }
+        let mut shape = vec![x[0], x[1]];
+        shape.extend_from_slice(&grid[1..r - 1]);
+        Ok(shape)
+    }
+
+    /// Taps per spatial dim at most: 1 (nearest), 2 (linear), 4 (cubic).
+    pub fn taps_per_dim(&self) -> usize {
+        match self.mode {
+            Mode::Nearest => 1,
+            Mode::Linear => 2,
+            Mode::Cubic => 4,
+        }
+    }
+
+    /// The taps of one grid point in an image of spatial `dims`: (offset
+    /// in one channel's plane, weight) pairs whose weighted sum is the
+    /// sample, with the padding rule applied (a tap outside a zero-padded
+    /// image is left out), written over `taps`. `coord(d)` is the point's
+    /// normalized coordinate for spatial dim `d` (outermost first).
+    pub fn point_taps(
+        &self,
+        dims: &[usize],
+        coord: impl Fn(usize) -> f64,
+        taps: &mut Vec<(usize, f64)>,
+    ) {
+        let (mode, align, padding) = (self.mode, self.align, self.padding);
+        let k = dims.len();
+        taps.clear();
+        // Per dim: up to 4 (index, weight) pairs.
+        let mut per = [[(0i64, 0f64); 4]; 8];
+        let mut counts = [0usize; 8];
+        let bounds = |d: usize| {
+            if align {
+                (0.0, dims[d] as f64 - 1.0)
+            } else {
+                (-0.5, dims[d] as f64 - 0.5)
+            }
+        };
+        for d in 0..k {
+            let (lo, hi) = bounds(d);
+            let nv = coord(d) as f32;
+            let len = dims[d] as f32;
+            let mut xv = if align {
+                (nv + 1.0) / 2.0 * (len - 1.0)
+            } else {
+                ((nv + 1.0) * len - 1.0) / 2.0
+            };
+            if mode == Mode::Nearest {
+                xv = xv.round_ties_even();
+            }
+            let x64 = xv as f64;
+            if x64 < lo || x64 > hi {
+                if padding == Padding::Border {
+                    xv = x64.clamp(0.0, dims[d] as f64 - 1.0) as f32;
+                } else if padding == Padding::Reflection {
+                    xv = gs_reflect(x64, lo, hi) as f32;
+                }
+            }
+            let x0 = xv.floor();
+            let t = (xv - x0) as f64;
+            counts[d] = match mode {
+                Mode::Nearest => {
+                    per[d][0] = (xv as i64, 1.0);
+                    1
+                }
+                Mode::Linear => {
+                    per[d][0] = (x0 as i64, 1.0 - t);
+                    per[d][1] = (x0 as i64 + 1, t);
+                    2
+                }
+                Mode::Cubic => {
+                    for (j, c) in cubic_coeffs(t).into_iter().enumerate() {
+                        per[d][j] = (x0 as i64 - 1 + j as i64, c);
+                    }
+                    4
+                }
+            };
+            // The padding rule on each integer position.
+            let size = dims[d] as i64;
+            for tap in &mut per[d][..counts[d]] {
+                tap.0 = match padding {
+                    Padding::Zeros if tap.0 < 0 || tap.0 >= size => -1,
+                    Padding::Zeros => tap.0,
+                    Padding::Border => tap.0.clamp(0, size - 1),
+                    Padding::Reflection => {
+                        (gs_reflect(tap.0 as f64, lo, hi) as i64).clamp(0, size - 1)
+                    }
+                };
+            }
+        }
+        // Every combination of the dims' taps (an odometer over them).
+        let dst = strides(dims);
+        let mut at = [0usize; 8];
+        let total: usize = counts[..k].iter().product();
+        for _ in 0..total {
+            let (mut lin, mut w, mut inside) = (0usize, 1.0, true);
+            for d in 0..k {
+                let (i, c) = per[d][at[d]];
+                inside &= i >= 0;
+                lin += i.max(0) as usize * dst[d];
+                w *= c;
+            }
+            if inside {
+                taps.push((lin, w));
+            }
+            for d in (0..k).rev() {
+                at[d] += 1;
+                if at[d] < counts[d] {
+                    break;
+                }
+                at[d] = 0;
+            }
+        }
+    }
+}
+
 pub fn grid_sample(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let x = tensor(inputs, 0)?;
     let grid = tensor(inputs, 1)?;
-    let r = x.rank();
-    if r < 3 || grid.rank() != r || grid.shape[0] != x.shape[0] || grid.shape[r - 1] != r - 2 {
-        bail!(
-            "GridSample: input {:?} and grid {:?} do not fit",
-            x.shape,
-            grid.shape
-        );
-    }
-    let align = cx.attr_int("align_corners", 0) != 0;
-    let mode = match cx.attr_str("mode").unwrap_or("linear") {
-        "nearest" => Mode::Nearest,
-        "linear" | "bilinear" => Mode::Linear,
-        "cubic" | "bicubic" => Mode::Cubic,
-        m => bail!("GridSample: unknown mode `{m}`"),
-    };
-    let padding = cx.attr_str("padding_mode").unwrap_or("zeros").to_string();
-    if !matches!(padding.as_str(), "zeros" | "border" | "reflection") {
-        bail!("GridSample: unknown padding_mode `{padding}`");
-    }
-    let (n, c) = (x.shape[0], x.shape[1]);
-    let dims: Vec<usize> = x.shape[2..].to_vec();
+    let spec = GridSpec::parse(
+        cx.attr_int("align_corners", 0),
+        cx.attr_str("mode").unwrap_or("linear"),
+        cx.attr_str("padding_mode").unwrap_or("zeros"),
+    )?;
+    let shape = spec.result_shape(&x.shape, &grid.shape)?;
+    let (g, v) = (grid.to_f64(), x.to_f64());
+    let (n, c, dims) = (x.shape[0], x.shape[1], &x.shape[2..]);
     let k = dims.len();
-    let (lo, hi): (Vec<f64>, Vec<f64>) = dims
-        .iter()
-        .map(|&d| {
-            if align {
-                (0.0, d as f64 - 1.0)
-            } else {
-                (-0.5, d as f64 - 0.5)
-            }
-        })
-        .unzip();
-    if padding != "zeros" && dims.contains(&0) {
-        bail!("GridSample: cannot sample an empty image with {padding} padding");
-    }
-    let mut shape = vec![n, c];
-    shape.extend_from_slice(&grid.shape[1..r - 1]);
-    let npts: usize = grid.shape[1..r - 1].iter().product();
-    let g = grid.to_f64();
-    let v = x.to_f64();
     let plane: usize = dims.iter().product();
-    let dst = strides(&dims);
-    // Value at integer position `pos` (per dim) with the padding rule.
-    let pixel = |base: usize, pos: &[i64]| -> f64 {
-        let mut lin = base;
-        for d in 0..k {
-            let size = dims[d] as i64;
-            let mut i = pos[d];
-            match padding.as_str() {
-                "zeros" => {
-                    if i < 0 || i >= size {
-                        return 0.0;
-                    }
-                }
-                "border" => i = i.clamp(0, size - 1),
-                _ => {
-                    i = gs_reflect(i as f64, lo[d], hi[d]) as i64;
-                    i = i.clamp(0, size - 1);
-                }
-            }
-            lin += i as usize * dst[d];
-        }
-        v[lin]
-    };
-    let mut out = vec![0.0; n * c * npts];
+    let npts: usize = shape[2..].iter().product();
+    let mut out = vec![0.0; shape.iter().product()];
+    let mut taps = Vec::new();
     for b in 0..n {
         for p in 0..npts {
-            // Grid holds coordinates innermost-dim first: reverse them.
-            let mut xs = vec![0f32; k];
-            for d in 0..k {
-                let nv = g[(b * npts + p) * k + (k - 1 - d)] as f32;
-                let len = dims[d] as f32;
-                xs[d] = if align {
-                    (nv + 1.0) / 2.0 * (len - 1.0)
-                } else {
-                    ((nv + 1.0) * len - 1.0) / 2.0
-                };
-                if mode == Mode::Nearest {
-                    xs[d] = xs[d].round_ties_even();
-                }
-                let xv = xs[d] as f64;
-                if xv < lo[d] || xv > hi[d] {
-                    if padding == "border" {
-                        xs[d] = xv.clamp(0.0, dims[d] as f64 - 1.0) as f32;
-                    } else if padding == "reflection" {
-                        xs[d] = gs_reflect(xv, lo[d], hi[d]) as f32;
-                    }
-                }
-            }
-            // Taps per dim (integer position, weight) and all their
-            // combinations, shared by the channels.
-            let taps: Vec<Vec<(i64, f64)>> = xs
-                .iter()
-                .map(|&xv| match mode {
-                    Mode::Nearest => vec![(xv as i64, 1.0)],
-                    Mode::Linear => {
-                        let x0 = xv.floor();
-                        let t = (xv - x0) as f64;
-                        vec![(x0 as i64, 1.0 - t), (x0 as i64 + 1, t)]
-                    }
-                    Mode::Cubic => {
-                        let x0 = xv.floor();
-                        let cc = cubic_coeffs((xv - x0) as f64);
-                        (0..4).map(|j| (x0 as i64 - 1 + j as i64, cc[j])).collect()
-                    }
-                })
-                .collect();
-            let counts: Vec<usize> = taps.iter().map(Vec::len).collect();
-            let combos = map_indices(&counts, |o| {
-                let mut w = 1.0;
-                let mut at = Vec::with_capacity(k);
-                for d in 0..k {
-                    let (i, c) = taps[d][o[d]];
-                    at.push(i);
-                    w *= c;
-                }
-                Ok((at, w))
-            })?;
+            // The grid holds coordinates innermost dim first.
+            let at = (b * npts + p) * k;
+            spec.point_taps(dims, |d| g[at + k - 1 - d], &mut taps);
             for ch in 0..c {
                 let base = (b * c + ch) * plane;
-                out[(b * c + ch) * npts + p] =
-                    combos.iter().map(|(at, w)| w * pixel(base, at)).sum();
+                out[(b * c + ch) * npts + p] = taps.iter().map(|&(i, w)| w * v[base + i]).sum();
             }
         }
     }
