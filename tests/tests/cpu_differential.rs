@@ -810,6 +810,70 @@ fn data_dependent_shapes_run_natively_per_shape() {
     );
 }
 
+/// NonMaxSuppression (two batches, two classes, corner and centre box
+/// formats) sizes its result by how many boxes it keeps: native after
+/// runs with different scores, and the interpreter's answer each time.
+#[test]
+fn non_max_suppression_runs_natively_per_count() {
+    let src = "module @nms opset(ai.onnx = 18) {
+  input %boxes: f32[2,24,4]
+  input %scores: f32[2,2,24]
+  const %max: i64[1] = dense[30]
+  const %iou: f32[1] = dense[0.3]
+  const %th: f32[1] = dense[-0.5]
+  %sel = NonMaxSuppression(%boxes, %scores, %max, %iou, %th) : i64[?,3]
+  %cen = NonMaxSuppression(%boxes, %scores, %max, %iou) {center_point_box = 1} : i64[?,3]
+  return %sel, %cen
+}
+";
+    // Boxes of side about 2 scattered over a 3x3 field: many overlap.
+    let boxes: Vec<f32> = values(41, 2 * 24 * 4)
+        .chunks(4)
+        .flat_map(|c| {
+            let (y, x) = (1.5 * c[0] + 1.5, 1.5 * c[1] + 1.5);
+            [y, x, y + 2.0 + 0.5 * c[2], x + 2.0 + 0.5 * c[3]]
+        })
+        .collect();
+    let t = |shape: Vec<usize>, v: Vec<f32>| {
+        Value::tensor(Tensor::new(shape, Data::F32(v)).expect("tensor"))
+    };
+    let at = |seed| {
+        HashMap::from([
+            ("boxes".to_string(), t(vec![2, 24, 4], boxes.clone())),
+            ("scores".to_string(), t(vec![2, 2, 24], values(seed, 96))),
+        ])
+    };
+    let m = kiln_ir::parse_module(src).expect("parses");
+    let exe = compile(
+        &m,
+        &Target::Cpu(CpuOptions::default()),
+        &kiln_compiler::lower::shapes_of(&at(42)),
+    )
+    .expect("compiles");
+    let mut counts = vec![];
+    for seed in [42, 43, 44] {
+        let want = Interpreter::new(&m).run(&at(seed)).expect("interprets");
+        let got = exe.run(&at(seed)).expect("runs");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(
+                g.as_tensor().map(|t| (&t.shape, &t.data)),
+                w.as_tensor().map(|t| (&t.shape, &t.data))
+            );
+        }
+        counts.push(got[0].as_tensor().map(|t| t.shape[0]));
+    }
+    assert!(
+        counts.iter().any(|&c| c != counts[0]),
+        "counts {counts:?} all alike"
+    );
+    let report = exe.report();
+    assert!(
+        report.trim_end().ends_with(", 0 on the interpreter"),
+        "{report}"
+    );
+    assert!(report.contains("NonMaxSuppression of"), "{report}");
+}
+
 /// A mask built from an integer input and a comparison, applied with
 /// Where (LLaMA's causal mask): the fusion over bool values that the
 /// generated loops do not take runs node by node on the typed kernels,

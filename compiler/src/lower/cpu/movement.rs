@@ -793,6 +793,47 @@ pub(super) fn non_zero(m: &Module, n: &Node) -> Result<NativeStep, String> {
     Ok(NativeStep::new(Box::new(NonZero { shape }), what, 0.0))
 }
 
+/// NonMaxSuppression of f32 boxes and scores of static shapes, its
+/// limits (i64 count, f32 thresholds) read at run time.
+pub(super) fn non_max_suppression(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    use kiln_ir::ElemType as E;
+    use kiln_runtime::cpu::steps::movement::NonMaxSuppression;
+    let boxes = n.input(0).ok_or("no boxes")?;
+    let scores = n.input(1).ok_or("no scores")?;
+    for (i, want) in [
+        (0, E::F32),
+        (1, E::F32),
+        (2, E::I64),
+        (3, E::F32),
+        (4, E::F32),
+    ] {
+        if let Some(v) = n.input(i) {
+            if elem_of(m, v) != Some(want) {
+                return Err(format!("NonMaxSuppression operand {i} is not {want}"));
+            }
+        }
+    }
+    let (bs, ss) = (m.static_shape(boxes)?, m.static_shape(scores)?);
+    if bs.len() != 3 || bs[2] != 4 || ss.len() != 3 || ss[0] != bs[0] || ss[2] != bs[1] {
+        return Err(format!("NonMaxSuppression of boxes {bs:?}, scores {ss:?}"));
+    }
+    let center = n
+        .attrs
+        .get("center_point_box")
+        .and_then(Attr::as_int)
+        .unwrap_or(0)
+        != 0;
+    let what = format!("NonMaxSuppression of {bs:?} by {ss:?} (sized by its count)");
+    Ok(NativeStep::new(
+        Box::new(NonMaxSuppression {
+            dims: (bs[0], bs[1], ss[1]),
+            center,
+        }),
+        what,
+        0.0,
+    ))
+}
+
 /// An operand's element type, if it is a tensor.
 fn elem_of(m: &Module, v: ValueId) -> Option<kiln_ir::ElemType> {
     m.ty(v).as_tensor().map(|t| t.elem)

@@ -804,6 +804,70 @@ impl NativeKernel for NonZero {
     }
 }
 
+/// NonMaxSuppression of f32 boxes and scores, by the interpreter's
+/// selection ([`nms_select`]); its result's size is the number selected,
+/// so, like [`NonZero`], it runs per shape at run time, sized by
+/// [`NativeKernel::sized_results`] (which selects once to count).
+///
+/// [`nms_select`]: crate::interp::kernels::nn::vision::nms_select
+pub struct NonMaxSuppression {
+    /// `(batches, boxes, classes)`.
+    pub dims: (usize, usize, usize),
+    pub center: bool,
+}
+
+impl NonMaxSuppression {
+    fn select(&self, inputs: &[Option<In>]) -> Result<Vec<i64>, String> {
+        let f64s = |i: usize| -> Result<Vec<f64>, String> {
+            Ok(operand(inputs, i)?
+                .f32s()?
+                .iter()
+                .map(|&v| v as f64)
+                .collect())
+        };
+        let first = |i: usize| -> Result<Option<f64>, String> {
+            Ok(match inputs.get(i).copied().flatten() {
+                None => None,
+                Some(v) => match v.elem() {
+                    kiln_ir::ElemType::I64 => v.i64s()?.first().map(|&x| x as f64),
+                    _ => v.f32s()?.first().map(|&x| x as f64),
+                },
+            })
+        };
+        let max_out = first(2)?.unwrap_or(0.0).max(0.0) as usize;
+        let iou = first(3)?.unwrap_or(0.0);
+        Ok(crate::interp::kernels::nn::vision::nms_select(
+            &f64s(0)?,
+            &f64s(1)?,
+            self.dims,
+            max_out,
+            iou,
+            first(4)?,
+            self.center,
+        ))
+    }
+}
+
+impl NativeKernel for NonMaxSuppression {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let sel = self.select(inputs)?;
+        let out = result(outputs, 0)?.i64s()?;
+        if out.len() != sel.len() {
+            return Err("NonMaxSuppression: result size differs from its count".into());
+        }
+        out.copy_from_slice(&sel);
+        Ok(())
+    }
+
+    fn sized_results(&self, inputs: &[Option<In>]) -> Option<Result<Vec<Vec<usize>>, String>> {
+        Some(self.select(inputs).map(|s| vec![vec![s.len() / 3, 3]]))
+    }
+
+    fn sized_by_values(&self) -> bool {
+        true
+    }
+}
+
 /// ArgMax or ArgMin of f32, i64 or i32 data along one axis,
 /// `[outer, n, inner]` around it (see [`movement::arg_best`]).
 pub struct ArgBest {

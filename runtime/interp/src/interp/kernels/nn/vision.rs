@@ -207,9 +207,33 @@ fn nms(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             scores.shape
         );
     }
-    let (nb, nbox, ncls) = (boxes.shape[0], boxes.shape[1], scores.shape[1]);
-    let bv = boxes.to_f64();
-    let sv = scores.to_f64();
+    let dims = (boxes.shape[0], boxes.shape[1], scores.shape[1]);
+    let out = nms_select(
+        &boxes.to_f64(),
+        &scores.to_f64(),
+        dims,
+        max_out,
+        iou_th,
+        score_th,
+        center,
+    );
+    let k = out.len() / 3;
+    Ok(vec![out_i64(ElemType::I64, vec![k, 3], &out)?])
+}
+
+/// NonMaxSuppression's selection: `[batch, class, box]` triples, flat, of
+/// `boxes` (`[nb, nbox, 4]`) by `scores` (`[nb, ncls, nbox]`), where
+/// `dims` is `(nb, nbox, ncls)`; at most `max_out` per batch and class.
+/// The CPU backend's native step runs this too.
+pub fn nms_select(
+    bv: &[f64],
+    sv: &[f64],
+    (nb, nbox, ncls): (usize, usize, usize),
+    max_out: usize,
+    iou_th: f64,
+    score_th: Option<f64>,
+    center: bool,
+) -> Vec<i64> {
     // Corners (y1, x1, y2, x2) ordered min/max.
     let corners = |b: usize, i: usize| -> [f64; 4] {
         let o = (b * nbox + i) * 4;
@@ -241,8 +265,7 @@ fn nms(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
             }
         }
     }
-    let k = out.len() / 3;
-    Ok(vec![out_i64(ElemType::I64, vec![k, 3], &out)?])
+    out
 }
 
 /// Whether box `q` (corners y1, x1, y2, x2, ordered) suppresses `p`: their
