@@ -957,8 +957,9 @@ fn index_and_scan_ops_run_natively() {
 
 /// Integer elementwise ops on every integer width (Max, Min, Mod both
 /// ways, Pow, the bitwise ops, BitShift, Neg, Abs), the reductions beyond
-/// sum/mean/max/min over middle axes, and the trigonometric functions the
-/// generated loops call per lane: native, and the interpreter's answer.
+/// sum/mean/max/min over middle axes, the trigonometric functions the
+/// generated loops call per lane, and LayerNormalization with its
+/// statistics: native, and the interpreter's answer.
 #[test]
 fn integer_ops_norm_reductions_and_trig_run_natively() {
     let src = "module @ints opset(ai.onnx = 18) {
@@ -969,6 +970,8 @@ fn integer_ops_norm_reductions_and_trig_run_natively() {
   input %x: f32[3,4,5]
   const %ax: i64[1] = dense[1]
   const %e: i16[4] = dense[0, 1, 2, 3]
+  const %sc: f32[5] = dense[0.5, 1.0, -1.5, 2.0, 0.25]
+  const %bi: f32[4,1] = dense[0.1, -0.2, 0.3, 0.0]
   %mx = Max(%a, %b) : i16[3,4]
   %mn = Min(%a, %b) : i16[3,4]
   %md = Mod(%a, %b) : i16[3,4]
@@ -991,7 +994,8 @@ fn integer_ops_norm_reductions_and_trig_run_natively() {
   %sn = Sin(%x) : f32[3,4,5]
   %cs = Cos(%sn) : f32[3,4,5]
   %at = Atan(%cs) : f32[3,4,5]
-  return %mx, %mn, %md, %mf, %pw, %ng, %ab, %ba, %bx, %bn, %sl, %sr, %l2, %l1, %pr, %ss, %lse, %ls, %at
+  %ln, %mean, %inv = LayerNormalization(%x, %sc, %bi) {axis = 1} : f32[3,4,5], f32[3,1,1], f32[3,1,1]
+  return %mx, %mn, %md, %mf, %pw, %ng, %ab, %ba, %bx, %bn, %sl, %sr, %l2, %l1, %pr, %ss, %lse, %ls, %at, %ln, %mean, %inv
 }
 ";
     let i16s = |v: Vec<i16>, shape: Vec<usize>| {

@@ -286,6 +286,8 @@ fn lower_node(
         "ScatterND" => movement::scatter_nd(m, n),
         "Trilu" => movement::trilu(m, n),
         "InstanceNormalization" | "GroupNormalization" => movement::group_norm(m, n),
+        "LayerNormalization" => fusion::single_node_loop(m, n, target)
+            .or_else(|e| movement::layer_norm_stats(m, n).map_err(|e2| format!("{e}; {e2}"))),
         "RNN" | "GRU" | "LSTM" | "kiln.DequantLSTM" => recurrent::recurrent(m, n),
         "Cast" | "CastLike" => movement::cast(m, n),
         "Expand" => movement::expand(m, n),

@@ -1012,6 +1012,56 @@ pub(super) fn group_norm(m: &Module, n: &Node) -> Result<NativeStep, String> {
     ))
 }
 
+/// LayerNormalization whose Mean or InvStdDev result is used (the
+/// generated row loop gives `Y` alone): f32 throughout, static shapes,
+/// scale and bias broadcasting over the normalized dims.
+pub(super) fn layer_norm_stats(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    use kiln_runtime::cpu::steps::movement::LayerNormStats;
+    for v in n.inputs.iter().flatten().chain(&n.outputs) {
+        if elem_of(m, *v) != Some(kiln_ir::ElemType::F32) {
+            return Err("LayerNormalization of non-f32 values".into());
+        }
+    }
+    let x = m.static_shape(n.input(0).ok_or("no operand")?)?;
+    let rank = x.len() as i64;
+    let axis = n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1);
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if !(0..rank).contains(&axis) {
+        return Err(format!("axis {axis} out of range"));
+    }
+    let norm = x[axis as usize..].to_vec();
+    let fits = |v: ValueId| -> Result<Vec<usize>, String> {
+        let s = m.static_shape(v)?;
+        let ok = s.len() <= norm.len()
+            && s.iter()
+                .rev()
+                .zip(norm.iter().rev())
+                .all(|(&a, &b)| a == b || a == 1);
+        if ok {
+            Ok(s)
+        } else {
+            Err(format!("{s:?} does not broadcast over {norm:?}"))
+        }
+    };
+    let scale = fits(n.input(1).ok_or("no scale")?)?;
+    let bias = n.input(2).map(fits).transpose()?;
+    let eps = n
+        .attrs
+        .get("epsilon")
+        .and_then(Attr::as_float)
+        .unwrap_or(1e-5) as f64;
+    Ok(NativeStep::new(
+        Box::new(LayerNormStats {
+            norm,
+            scale,
+            bias,
+            eps,
+        }),
+        "LayerNormalization with statistics",
+        0.0,
+    ))
+}
+
 /// Trilu of movable data of rank at least 2.
 pub(super) fn trilu(m: &Module, n: &Node) -> Result<NativeStep, String> {
     let x = n.input(0).ok_or("no operand")?;

@@ -1083,6 +1083,56 @@ impl NativeKernel for GroupNorm {
     }
 }
 
+/// LayerNormalization with its statistics results (Mean, InvStdDev) used:
+/// rows of `x` normalized in f64 as the interpreter does, scale and bias
+/// broadcast over the normalized dims. (With only `Y` used the generated
+/// row loop runs instead.)
+pub struct LayerNormStats {
+    /// Dims from the normalization axis on.
+    pub norm: Vec<usize>,
+    pub scale: Vec<usize>,
+    pub bias: Option<Vec<usize>>,
+    pub eps: f64,
+}
+
+impl NativeKernel for LayerNormStats {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let x = operand(inputs, 0)?.f32s()?;
+        let len: usize = self.norm.iter().product();
+        let full = |i: usize, shape: &[usize]| -> Result<Vec<f32>, String> {
+            let mut v = vec![0f32; len];
+            broadcast(operand(inputs, i)?.f32s()?, shape, &self.norm, &mut v);
+            Ok(v)
+        };
+        let scale = full(1, &self.scale)?;
+        let bias = match &self.bias {
+            Some(b) => full(2, b)?,
+            None => vec![0.0; len],
+        };
+        let (y, rest) = outputs.split_first_mut().ok_or("no result")?;
+        let y = y.f32s()?;
+        let mut stats: Vec<&mut [f32]> = rest
+            .iter_mut()
+            .map(|o| o.f32s())
+            .collect::<Result<_, _>>()?;
+        if len == 0 {
+            return Ok(());
+        }
+        for (r, (xs, ys)) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)).enumerate() {
+            let mean = xs.iter().map(|&a| a as f64).sum::<f64>() / len as f64;
+            let var = xs.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for (((o, &a), &s), &b) in ys.iter_mut().zip(xs).zip(&scale).zip(&bias) {
+                *o = ((a as f64 - mean) * inv * s as f64 + b as f64) as f32;
+            }
+            for (k, st) in stats.iter_mut().enumerate() {
+                st[r] = if k == 0 { mean } else { inv } as f32;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Trilu of movable data, `k` read at run time (0 when omitted).
 pub struct Trilu {
     pub dims: (usize, usize, usize),
