@@ -958,8 +958,9 @@ fn index_and_scan_ops_run_natively() {
 /// Integer elementwise ops on every integer width (Max, Min, Mod both
 /// ways, Pow, the bitwise ops, BitShift, Neg, Abs), the reductions beyond
 /// sum/mean/max/min over middle axes, the trigonometric functions the
-/// generated loops call per lane, and LayerNormalization with its
-/// statistics: native, and the interpreter's answer.
+/// generated loops call per lane, LayerNormalization with its
+/// statistics, IsNaN/IsInf and inference Dropout: native, and the
+/// interpreter's answer.
 #[test]
 fn integer_ops_norm_reductions_and_trig_run_natively() {
     let src = "module @ints opset(ai.onnx = 18) {
@@ -995,7 +996,11 @@ fn integer_ops_norm_reductions_and_trig_run_natively() {
   %cs = Cos(%sn) : f32[3,4,5]
   %at = Atan(%cs) : f32[3,4,5]
   %ln, %mean, %inv = LayerNormalization(%x, %sc, %bi) {axis = 1} : f32[3,4,5], f32[3,1,1], f32[3,1,1]
-  return %mx, %mn, %md, %mf, %pw, %ng, %ab, %ba, %bx, %bn, %sl, %sr, %l2, %l1, %pr, %ss, %lse, %ls, %at, %ln, %mean, %inv
+  %lg = Log(%x) : f32[3,4,5]
+  %nan = IsNaN(%lg) : bool[3,4,5]
+  %inf = IsInf(%lg) {detect_positive = 0} : bool[3,4,5]
+  %dr, %dm = Dropout(%x) : f32[3,4,5], bool[3,4,5]
+  return %mx, %mn, %md, %mf, %pw, %ng, %ab, %ba, %bx, %bn, %sl, %sr, %l2, %l1, %pr, %ss, %lse, %ls, %at, %ln, %mean, %inv, %nan, %inf, %dr, %dm
 }
 ";
     let i16s = |v: Vec<i16>, shape: Vec<usize>| {

@@ -279,6 +279,7 @@ fn lower_node(
         "TopK" => movement::top_k(m, n),
         "NonZero" => movement::non_zero(m, n),
         "NonMaxSuppression" => movement::non_max_suppression(m, n),
+        "Dropout" => movement::dropout(m, n),
         "ArgMax" | "ArgMin" => movement::arg_best(m, n),
         "GatherElements" => movement::gather_elements(m, n),
         "Tile" => movement::tile(m, n),

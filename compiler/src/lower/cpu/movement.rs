@@ -32,6 +32,35 @@ pub(super) fn reshape(m: &Module, n: &Node) -> Result<NativeStep, String> {
     ))
 }
 
+/// Dropout whose `training_mode` is absent or a constant false: the
+/// identity, its mask all true.
+pub(super) fn dropout(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    if let Some(t) = n.input(2) {
+        let off = m
+            .constant(t)
+            .and_then(|d| d.to_i64_vec())
+            .is_some_and(|v| v.iter().all(|&v| v == 0));
+        if !off {
+            return Err("Dropout in training mode (random masks)".into());
+        }
+    }
+    let x = n.input(0).ok_or("no operand")?;
+    let out = *n.outputs.first().ok_or("no result")?;
+    if elem_of(m, x) != elem_of(m, out)
+        || !elem_of(m, x).is_some_and(kiln_runtime::cpu::view::is_viewable)
+    {
+        return Err("Dropout of other than one viewable type".into());
+    }
+    for &v in &n.outputs {
+        m.static_shape(v)?;
+    }
+    Ok(NativeStep::new(
+        Box::new(kiln_runtime::cpu::steps::movement::InferenceDropout),
+        "Dropout (inference: a copy)",
+        0.0,
+    ))
+}
+
 fn movable_elem(m: &Module, v: ValueId) -> Result<(), String> {
     match m.ty(v).as_tensor().map(|t| t.elem) {
         Some(
@@ -352,6 +381,14 @@ pub(super) fn typed(m: &Module, n: &Node) -> Result<NativeStep, String> {
             "Xor" => (TypedOp::Logic(|a, b| a != b), 2),
             "Not" => (TypedOp::Not, 1),
             "Where" => (TypedOp::Where, 3),
+            "IsNaN" if elem(0) == Some(E::F32) => (TypedOp::IsNaN, 1),
+            "IsInf" if elem(0) == Some(E::F32) => {
+                let flag = |k: &str| n.attrs.get(k).and_then(Attr::as_int).unwrap_or(1) != 0;
+                (
+                    TypedOp::IsInf(flag("detect_negative"), flag("detect_positive")),
+                    1,
+                )
+            }
             _ => return Err(format!("no typed kernel for {op}")),
         }
     };

@@ -47,6 +47,10 @@ pub enum TypedOp {
     Not,
     /// `Where(cond, x, y)`.
     Where,
+    /// IsNaN of f32.
+    IsNaN,
+    /// IsInf of f32: which infinities count (negative, positive).
+    IsInf(bool, bool),
 }
 
 /// One elementwise op over operands of `shapes`, giving `out`.
@@ -118,6 +122,18 @@ impl NativeKernel for Typed {
                 let (x, y) = (self.full(a.bools()?, 0), self.full(b.bools()?, 1));
                 for ((o, &p), &q) in out.bools()?.iter_mut().zip(&x).zip(&y) {
                     *o = f(p, q);
+                }
+            }
+            TypedOp::IsNaN => {
+                let x = operand(inputs, 0)?.f32s()?;
+                for (o, v) in out.bools()?.iter_mut().zip(x) {
+                    *o = v.is_nan();
+                }
+            }
+            TypedOp::IsInf(neg, pos) => {
+                let x = operand(inputs, 0)?.f32s()?;
+                for (o, &v) in out.bools()?.iter_mut().zip(x) {
+                    *o = (neg && v == f32::NEG_INFINITY) || (pos && v == f32::INFINITY);
                 }
             }
             TypedOp::Not => {
