@@ -1064,6 +1064,39 @@ fn grid_sample_runs_natively() {
     native_and_exact(src, &inputs);
 }
 
+/// Einsum (attention scores with heads in the middle, a projection by a
+/// constant weight, a three-operand bilinear form, a full sum, an
+/// ellipsis) becomes transposes, reshapes and matmuls: native, and the
+/// interpreter's answer.
+#[test]
+fn einsum_runs_as_matmuls() {
+    let src = format!(
+        "module @ein opset(ai.onnx = 17) {{
+  input %q: f32[2,8,4,16]
+  input %k: f32[2,10,4,16]
+  input %u: f32[3,4]
+  input %v: f32[3,6]
+  const %w: f32[16,5] = {}
+  const %a: f32[5,4,6] = {}
+  %s = Einsum(%q, %k) {{equation = \"bqhd,bkhd->bhqk\"}} : f32[2,4,8,10]
+  %p = Einsum(%q, %w) {{equation = \"...d,df\"}} : f32[2,8,4,5]
+  %bl = Einsum(%u, %a, %v) {{equation = \"bn,anm,bm->ba\"}} : f32[3,5]
+  %t = Einsum(%u) {{equation = \"ij->\"}} : f32[]
+  return %s, %p, %bl, %t
+}}
+",
+        dense(&values(51, 80)),
+        dense(&values(52, 120))
+    );
+    let inputs = HashMap::from([
+        ("q".to_string(), input(&[2, 8, 4, 16], 53)),
+        ("k".to_string(), input(&[2, 10, 4, 16], 54)),
+        ("u".to_string(), input(&[3, 4], 55)),
+        ("v".to_string(), input(&[3, 6], 56)),
+    ]);
+    native_and_exact(&src, &inputs);
+}
+
 /// GroupNormalization (per-channel scale, opset 21) and
 /// InstanceNormalization, on a map large enough to thread: native, and
 /// the interpreter's answer.

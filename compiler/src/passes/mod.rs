@@ -22,6 +22,7 @@
 pub mod constant_fold;
 pub mod cse;
 pub mod dce;
+pub mod einsum;
 pub mod fold_qdq;
 pub mod fold_weight_dq;
 pub mod fuse;
@@ -34,7 +35,40 @@ pub mod simplify;
 
 use std::time::{Duration, Instant};
 
-use kiln_ir::Module;
+use kiln_ir::{Module, Node, Region, ValueId};
+
+/// What a node expands to: the nodes computing its results, and the
+/// constants they add.
+pub(crate) type Expansion = (Vec<Node>, Vec<ValueId>);
+
+/// Replace each node of `r` and its nested regions that `expand` expands
+/// (the nodes computing its results, and the constants they add) and
+/// keep the others; whether anything was replaced. The loop of the
+/// passes that rewrite one node at a time.
+pub(crate) fn expand_nodes(
+    m: &mut Module,
+    r: &mut Region,
+    expand: &mut dyn FnMut(&mut Module, &Node) -> Option<Expansion>,
+) -> bool {
+    let mut changed = false;
+    for n in &mut r.nodes {
+        for sub in n.regions_mut() {
+            changed |= expand_nodes(m, sub, expand);
+        }
+    }
+    let nodes = std::mem::take(&mut r.nodes);
+    for n in nodes {
+        match expand(m, &n) {
+            Some((new_nodes, consts)) => {
+                r.nodes.extend(new_nodes);
+                r.constants.extend(consts);
+                changed = true;
+            }
+            None => r.nodes.push(n),
+        }
+    }
+    changed
+}
 
 /// What a pass does: rewrite the module, say whether anything changed.
 pub type PassFn = fn(&mut Module) -> Result<bool, String>;
@@ -64,6 +98,11 @@ pub const PASSES: &[Pass] = &[
         name: "sequence-split",
         run: sequence_split::run,
         summary: "elements of a statically split sequence (SequenceAt of SplitToSequence) to slices",
+    },
+    Pass {
+        name: "einsum",
+        run: einsum::run,
+        summary: "Einsum of static shapes to ReduceSum, Transpose, Reshape and MatMul",
     },
     Pass {
         name: "cse",
@@ -137,6 +176,7 @@ pub fn pipeline(level: u8) -> Vec<Step> {
         steps: vec![
             p("constant-fold"),
             p("sequence-split"),
+            p("einsum"),
             p("simplify"),
             p("cse"),
             p("dce"),

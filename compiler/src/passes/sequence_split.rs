@@ -36,7 +36,7 @@ pub fn run(m: &mut Module) -> Result<bool, String> {
         return Ok(false);
     }
     let mut body = std::mem::take(&mut m.body);
-    let changed = rewrite(m, &mut body, &splits);
+    let changed = super::expand_nodes(m, &mut body, &mut |m, n| slice_for(m, n, &splits));
     m.body = body;
     Ok(changed)
 }
@@ -104,27 +104,6 @@ fn split_of(m: &Module, n: &Node) -> Option<Split> {
         bounds,
         keep_axis,
     })
-}
-
-fn rewrite(m: &mut Module, r: &mut Region, splits: &HashMap<ValueId, Split>) -> bool {
-    let mut changed = false;
-    for n in &mut r.nodes {
-        for sub in n.regions_mut() {
-            changed |= rewrite(m, sub, splits);
-        }
-    }
-    let nodes = std::mem::take(&mut r.nodes);
-    for n in nodes {
-        match slice_for(m, &n, splits) {
-            Some((new_nodes, consts)) => {
-                r.nodes.extend(new_nodes);
-                r.constants.extend(consts);
-                changed = true;
-            }
-            None => r.nodes.push(n),
-        }
-    }
-    changed
 }
 
 /// The nodes (and new constants) that compute SequenceAt node `n`'s

@@ -25,6 +25,17 @@ pub fn cases(pass: &str) -> Vec<PathBuf> {
     v
 }
 
+/// [`run_case`] on every case of `pass`: (case name, snapshot text).
+pub fn snapshots(pass: &str) -> Vec<(String, String)> {
+    cases(pass)
+        .iter()
+        .map(|path| {
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("case");
+            (name.to_string(), run_case(pass, path))
+        })
+        .collect()
+}
+
 /// Parse, verify, run the pass, verify; check outputs agree on seeded
 /// random inputs; the snapshot text `<input>\n--- after <pass> ---\n<output>`.
 pub fn run_case(pass: &str, path: &PathBuf) -> String {
