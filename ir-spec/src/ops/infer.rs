@@ -125,14 +125,63 @@ pub fn value_operands(m: &Module, node: &Node) -> Vec<usize> {
     let Some(schema) = lookup(&node.op) else {
         return vec![];
     };
-    let empty = Known::default();
-    let ctx = node_ctx(m, node, &empty);
-    // The rule's answer does not matter, only what it read.
-    let _ = (schema.infer)(&ctx);
-    let reads = ctx.value_reads.get();
+    // A rule stops at the first value it lacks (Slice's starts before its
+    // ends, axes and steps), so it is asked again with stand-in values
+    // (ones) for what it read so far, until it reads nothing new.
+    let mut known = Known::default();
+    let mut reads = 0u64;
+    for _ in 0..8 {
+        let ctx = node_ctx(m, node, &known);
+        // The rule's answer does not matter, only what it read.
+        let _ = (schema.infer)(&ctx);
+        let now = reads | ctx.value_reads.get();
+        if now == reads {
+            break;
+        }
+        reads = now;
+        for i in 0..node.inputs.len().min(64) {
+            let Some(v) = node.input(i).filter(|_| reads & (1 << i) != 0) else {
+                continue;
+            };
+            if known.consts.contains_key(&v) || m.constant(v).is_some() {
+                continue;
+            }
+            if let Some(d) = ones_like(m.ty(v)) {
+                known.consts.insert(v, Arc::new(d));
+            }
+        }
+    }
     (0..node.inputs.len().min(64))
         .filter(|&i| reads & (1 << i) != 0 && node.input(i).is_some())
         .collect()
+}
+
+/// Ones of a static integer or f32 tensor type: a stand-in value.
+fn ones_like(ty: &Type) -> Option<TensorData> {
+    let t = ty.as_tensor()?;
+    let dims: Vec<u64> = t
+        .shape
+        .as_ref()?
+        .iter()
+        .map(|d| match d {
+            Dim::Known(n) => Some(*n),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let n = dims.iter().product::<u64>() as usize;
+    if n > 1 << 16 {
+        return None;
+    }
+    match t.elem {
+        crate::types::ElemType::F32 => TensorData::from_f32(dims, &vec![1.0; n]).ok(),
+        e if e.is_int() => {
+            // One, little-endian, in the element's width.
+            let w = e.storage_bytes(1).filter(|w| [1, 2, 4, 8].contains(w))? as usize;
+            let one: Vec<u8> = (0..w).map(|b| u8::from(b == 0)).collect();
+            TensorData::from_bytes(e, dims, one.repeat(n)).ok()
+        }
+        _ => None,
+    }
 }
 
 #[allow(clippy::result_large_err)]
