@@ -1095,6 +1095,77 @@ fn einsum_runs_as_matmuls() {
         ("v".to_string(), input(&[3, 6], 56)),
     ]);
     native_and_exact(&src, &inputs);
+    // Unoptimized (no einsum pass), each Einsum of one or two operands
+    // is the native Einsum step; the three-operand one stays interpreted.
+    let m = kiln_ir::parse_module(&src).expect("parses");
+    let opts = CpuOptions {
+        opt_level: 0,
+        ..Default::default()
+    };
+    let exe = compile(
+        &m,
+        &Target::Cpu(opts),
+        &kiln_compiler::lower::shapes_of(&inputs),
+    )
+    .expect("compiles");
+    runs_as_interpreted(&m, &*exe, &inputs);
+    let report = exe.report();
+    assert!(
+        report
+            .trim_end()
+            .ends_with("3 native, 1 on the interpreter (Einsum x1)"),
+        "{report}"
+    );
+}
+
+/// `exe` gives the interpreter's outputs of `m` (within [`TOL`]).
+fn runs_as_interpreted(
+    m: &kiln_ir::Module,
+    exe: &dyn kiln_runtime::Executable,
+    inputs: &HashMap<String, Value>,
+) {
+    let want = Interpreter::new(m).run(inputs).expect("interprets");
+    let got = exe.run(inputs).expect("runs");
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        compare(g, w, TOL).unwrap_or_else(|e| panic!("output {k}: {e}"));
+    }
+}
+
+/// Einsum of symbolic shapes (a sequence length known per run): lowered
+/// per shape to the native Einsum step, the interpreter's answer at two
+/// lengths.
+#[test]
+fn einsum_of_run_time_shapes_runs_natively() {
+    let src = "module @ein opset(ai.onnx = 17) {
+  input %q: f32[2,S,4,16]
+  input %k: f32[2,T,4,16]
+  input %t: f32[S]
+  input %f: f32[8]
+  %s = Einsum(%q, %k) {equation = \"bqhd,bkhd->bhqk\"} : f32[2,4,S,T]
+  %o = Einsum(%t, %f) {equation = \"i,j->ij\"} : f32[S,8]
+  return %s, %o
+}
+";
+    let m = kiln_ir::parse_module(src).expect("parses");
+    let at = |s: usize, t: usize| {
+        HashMap::from([
+            ("q".to_string(), input(&[2, s, 4, 16], 71)),
+            ("k".to_string(), input(&[2, t, 4, 16], 72)),
+            ("t".to_string(), input(&[s], 73)),
+            ("f".to_string(), input(&[8], 74)),
+        ])
+    };
+    let exe = compile(&m, &Target::Cpu(CpuOptions::default()), &HashMap::new()).expect("compiles");
+    for (s, t) in [(5, 7), (3, 9)] {
+        let inputs = at(s, t);
+        runs_as_interpreted(&m, &*exe, &inputs);
+    }
+    let report = exe.report();
+    assert!(
+        report.trim_end().ends_with(", 0 on the interpreter"),
+        "{report}"
+    );
+    assert!(report.contains("Einsum \"bqhd,bkhd->bhqk\""), "{report}");
 }
 
 /// GroupNormalization (per-channel scale, opset 21) and

@@ -38,14 +38,14 @@ pub fn run(m: &mut Module) -> Result<bool, String> {
 
 /// An equation with `...` spelled out: each operand's letters (one per
 /// dim) and the output's.
-struct Equation {
-    operands: Vec<Vec<char>>,
-    output: Vec<char>,
+pub(crate) struct Equation {
+    pub operands: Vec<Vec<char>>,
+    pub output: Vec<char>,
 }
 
 /// Parse `eq` for operands of `ranks`; `None` where this pass does not
 /// apply (a repeated letter in one term, ranks that do not fit).
-fn parse(eq: &str, ranks: &[usize]) -> Option<Equation> {
+pub(crate) fn parse(eq: &str, ranks: &[usize]) -> Option<Equation> {
     let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
     let (lhs, rhs) = match eq.split_once("->") {
         Some((l, r)) => (l, Some(r)),

@@ -60,6 +60,7 @@ pub(crate) mod approx;
 pub mod buffers;
 pub mod control;
 pub mod dynamic;
+pub mod einsum;
 pub mod exec;
 pub mod jit;
 pub mod kernels;

@@ -280,6 +280,7 @@ fn lower_node(
         "NonZero" => movement::non_zero(m, n),
         "NonMaxSuppression" => movement::non_max_suppression(m, n),
         "Dropout" => movement::dropout(m, n),
+        "Einsum" => movement::einsum(m, n),
         "ArgMax" | "ArgMin" => movement::arg_best(m, n),
         "GatherElements" => movement::gather_elements(m, n),
         "Tile" => movement::tile(m, n),

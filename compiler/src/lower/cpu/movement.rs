@@ -871,6 +871,137 @@ pub(super) fn non_max_suppression(m: &Module, n: &Node) -> Result<NativeStep, St
     ))
 }
 
+/// Einsum of one or two f32 operands with static shapes (per shape at
+/// run time when the model's are symbolic; the `einsum` pass rewrites
+/// those static at compile time), planned as the pass decomposes it.
+pub(super) fn einsum(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    use kiln_runtime::cpu::einsum::{Einsum, EinsumOperand};
+    let eq = n
+        .attrs
+        .get("equation")
+        .and_then(Attr::as_str)
+        .ok_or("no equation")?;
+    let inputs: Vec<ValueId> = n
+        .inputs
+        .iter()
+        .copied()
+        .collect::<Option<_>>()
+        .ok_or("an omitted operand")?;
+    if !(1..=2).contains(&inputs.len()) {
+        return Err(format!("Einsum of {} operands", inputs.len()));
+    }
+    for &v in inputs.iter().chain(&n.outputs) {
+        if elem_of(m, v) != Some(kiln_ir::ElemType::F32) {
+            return Err("Einsum of non-f32 values".into());
+        }
+    }
+    let shapes = inputs
+        .iter()
+        .map(|&v| m.static_shape(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ranks: Vec<usize> = shapes.iter().map(Vec::len).collect();
+    let e = crate::passes::einsum::parse(eq, &ranks)
+        .ok_or("an equation with a diagonal or a rank that does not fit")?;
+    let mut size = std::collections::HashMap::new();
+    for (letters, shape) in e.operands.iter().zip(&shapes) {
+        for (&c, &d) in letters.iter().zip(shape) {
+            if *size.entry(c).or_insert(d) != d {
+                return Err(format!("letter {c} of two sizes"));
+            }
+        }
+    }
+    let other = |i: usize| -> Vec<char> {
+        let mut v = e.output.clone();
+        for (j, l) in e.operands.iter().enumerate() {
+            if j != i {
+                v.extend(l);
+            }
+        }
+        v
+    };
+    // Each operand loses the letters nothing else has; `order` is where
+    // the rest go.
+    let prepare = |i: usize, order: &dyn Fn(&[char]) -> Vec<char>| -> (EinsumOperand, Vec<char>) {
+        let keep = other(i);
+        let l = &e.operands[i];
+        let sum_axes: Vec<usize> = (0..l.len()).filter(|&a| !keep.contains(&l[a])).collect();
+        let kept: Vec<char> = l.iter().copied().filter(|c| keep.contains(c)).collect();
+        let to = order(&kept);
+        let perm = to
+            .iter()
+            .map(|c| kept.iter().position(|d| d == c).unwrap_or(0))
+            .collect();
+        let op = EinsumOperand {
+            shape: shapes[i].clone(),
+            sum_axes,
+            perm,
+        };
+        (op, to)
+    };
+    let dims = |l: &[char]| l.iter().map(|c| size[c]).collect::<Vec<usize>>();
+    let plan = if inputs.len() == 1 {
+        let (op, _) = prepare(0, &|_| e.output.clone());
+        Einsum {
+            operands: vec![op],
+            batch: 1,
+            m: 0,
+            k: 0,
+            n: 0,
+            product_dims: vec![],
+            out_perm: vec![],
+        }
+    } else {
+        let (la, lb) = (&e.operands[0], &e.operands[1]);
+        let out = &e.output;
+        let batch: Vec<char> = la
+            .iter()
+            .copied()
+            .filter(|c| lb.contains(c) && out.contains(c))
+            .collect();
+        let summed: Vec<char> = la
+            .iter()
+            .copied()
+            .filter(|c| lb.contains(c) && !out.contains(c))
+            .collect();
+        let a_free: Vec<char> = la
+            .iter()
+            .copied()
+            .filter(|c| !lb.contains(c) && out.contains(c))
+            .collect();
+        let b_free: Vec<char> = lb
+            .iter()
+            .copied()
+            .filter(|c| !la.contains(c) && out.contains(c))
+            .collect();
+        let (a, _) = prepare(0, &|_| [&batch[..], &a_free, &summed].concat());
+        let (b, _) = prepare(1, &|_| [&batch[..], &summed, &b_free].concat());
+        let prod: Vec<char> = [&batch[..], &a_free, &b_free].concat();
+        let out_perm = out
+            .iter()
+            .map(|c| prod.iter().position(|d| d == c).unwrap_or(0))
+            .collect();
+        let p = |l: &[char]| dims(l).iter().product::<usize>();
+        Einsum {
+            operands: vec![a, b],
+            batch: p(&batch),
+            m: p(&a_free),
+            k: p(&summed),
+            n: p(&b_free),
+            product_dims: dims(&prod),
+            out_perm,
+        }
+    };
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    if out != dims(&e.output) {
+        return Err(format!("Einsum result {out:?} differs from the equation's"));
+    }
+    Ok(NativeStep::new(
+        Box::new(kiln_runtime::cpu::steps::dense::Einsum(plan)),
+        format!("Einsum \"{eq}\""),
+        0.0,
+    ))
+}
+
 /// An operand's element type, if it is a tensor.
 fn elem_of(m: &Module, v: ValueId) -> Option<kiln_ir::ElemType> {
     m.ty(v).as_tensor().map(|t| t.elem)

@@ -180,3 +180,20 @@ impl NativeKernel for AnchorOnly {
             .run(&anchor_operands(&self.map, inputs), outputs, threads)
     }
 }
+
+/// Einsum of one or two f32 operands: see [`crate::cpu::einsum`].
+pub struct Einsum(pub crate::cpu::einsum::Einsum);
+
+impl NativeKernel for Einsum {
+    fn run(
+        &self,
+        inputs: &[Option<In>],
+        outputs: &mut [Out],
+        threads: usize,
+    ) -> Result<(), String> {
+        let xs = (0..self.0.operands.len())
+            .map(|i| super::operand(inputs, i)?.f32s())
+            .collect::<Result<Vec<_>, _>>()?;
+        self.0.run(&xs, super::result(outputs, 0)?.f32s()?, threads)
+    }
+}
