@@ -959,7 +959,8 @@ fn index_and_scan_ops_run_natively() {
 /// ways, Pow, the bitwise ops, BitShift, Neg, Abs), the reductions beyond
 /// sum/mean/max/min over middle axes, the trigonometric functions the
 /// generated loops call per lane, LayerNormalization with its
-/// statistics, IsNaN/IsInf and inference Dropout: native, and the
+/// statistics, IsNaN/IsInf, inference Dropout, Hardmax and OneHot (of
+/// i16 indices, negative ones counted from the depth): native, and the
 /// interpreter's answer.
 #[test]
 fn integer_ops_norm_reductions_and_trig_run_natively() {
@@ -973,6 +974,8 @@ fn integer_ops_norm_reductions_and_trig_run_natively() {
   const %e: i16[4] = dense[0, 1, 2, 3]
   const %sc: f32[5] = dense[0.5, 1.0, -1.5, 2.0, 0.25]
   const %bi: f32[4,1] = dense[0.1, -0.2, 0.3, 0.0]
+  const %depth: i64[] = dense[7]
+  const %onoff: f32[2] = dense[-1.0, 2.5]
   %mx = Max(%a, %b) : i16[3,4]
   %mn = Min(%a, %b) : i16[3,4]
   %md = Mod(%a, %b) : i16[3,4]
@@ -1000,7 +1003,9 @@ fn integer_ops_norm_reductions_and_trig_run_natively() {
   %nan = IsNaN(%lg) : bool[3,4,5]
   %inf = IsInf(%lg) {detect_positive = 0} : bool[3,4,5]
   %dr, %dm = Dropout(%x) : f32[3,4,5], bool[3,4,5]
-  return %mx, %mn, %md, %mf, %pw, %ng, %ab, %ba, %bx, %bn, %sl, %sr, %l2, %l1, %pr, %ss, %lse, %ls, %at, %ln, %mean, %inv, %nan, %inf, %dr, %dm
+  %hm = Hardmax(%x) {axis = 1} : f32[3,4,5]
+  %oh = OneHot(%a, %depth, %onoff) {axis = 1} : f32[3,7,4]
+  return %mx, %mn, %md, %mf, %pw, %ng, %ab, %ba, %bx, %bn, %sl, %sr, %l2, %l1, %pr, %ss, %lse, %ls, %at, %ln, %mean, %inv, %nan, %inf, %dr, %dm, %hm, %oh
 }
 ";
     let i16s = |v: Vec<i16>, shape: Vec<usize>| {

@@ -281,6 +281,8 @@ fn lower_node(
         "NonMaxSuppression" => movement::non_max_suppression(m, n),
         "Dropout" => movement::dropout(m, n),
         "Einsum" => movement::einsum(m, n),
+        "OneHot" => movement::one_hot(m, n),
+        "Hardmax" => movement::hardmax(m, n),
         "ArgMax" | "ArgMin" => movement::arg_best(m, n),
         "GatherElements" => movement::gather_elements(m, n),
         "Tile" => movement::tile(m, n),

@@ -5,7 +5,7 @@
 use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
     ArgBest, CastAny, CastToF32, Concat, CumSum, Expand, Fill, Gather, GatherElements, GatherNd,
-    GroupNorm, IntReduce, NonZero, Pad, Reduce, Reshape, Resize, RoiAlign, ScatterElements,
+    GroupNorm, IntReduce, NonZero, OneHot, Pad, Reduce, Reshape, Resize, RoiAlign, ScatterElements,
     ScatterNd, Slice, SoftmaxAxis, Split, Tile, TopK, Transpose, Trilu,
 };
 use kiln_runtime::cpu::NativeStep;
@@ -1000,6 +1000,63 @@ pub(super) fn einsum(m: &Module, n: &Node) -> Result<NativeStep, String> {
         format!("Einsum \"{eq}\""),
         0.0,
     ))
+}
+
+/// OneHot of static shapes with a constant depth (per value at run time
+/// otherwise), indices integer or f32, values of any viewable type.
+pub(super) fn one_hot(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    use kiln_ir::ElemType as E;
+    let ind = n.input(0).ok_or("no indices")?;
+    let values = n.input(2).ok_or("no values")?;
+    let e = elem_of(m, ind).ok_or("indices are not a tensor")?;
+    if !(e == E::F32 || (e.is_int() && !matches!(e, E::I4 | E::U4))) {
+        return Err(format!("OneHot indices of {e}"));
+    }
+    if !elem_of(m, values).is_some_and(kiln_runtime::cpu::view::is_viewable) {
+        return Err("OneHot values without a native layout".into());
+    }
+    let shape = m.static_shape(ind)?;
+    let out = m.static_shape(*n.outputs.first().ok_or("no result")?)?;
+    let r = out.len() as i64;
+    let axis = n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1);
+    let axis = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&axis) || out.len() != shape.len() + 1 {
+        return Err(format!("OneHot axis {axis} of a result of rank {r}"));
+    }
+    let axis = axis as usize;
+    let k = OneHot {
+        outer: shape[..axis].iter().product(),
+        depth: out[axis],
+        inner: shape[axis..].iter().product(),
+    };
+    Ok(NativeStep::new(
+        Box::new(k),
+        format!("OneHot of depth {}", out[axis]),
+        0.0,
+    ))
+}
+
+/// Hardmax of f32 along one axis, static shape.
+pub(super) fn hardmax(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let x = n.input(0).ok_or("no operand")?;
+    if elem_of(m, x) != Some(kiln_ir::ElemType::F32) {
+        return Err("Hardmax of non-f32".into());
+    }
+    let mut shape = m.static_shape(x)?;
+    if shape.is_empty() {
+        shape = vec![1];
+    }
+    let r = shape.len() as i64;
+    let axis = n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-1);
+    let axis = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&axis) {
+        return Err(format!("Hardmax axis {axis} of rank {r}"));
+    }
+    let k = kiln_runtime::cpu::steps::movement::Hardmax {
+        shape,
+        axis: axis as usize,
+    };
+    Ok(NativeStep::new(Box::new(k), "Hardmax", 0.0))
 }
 
 /// An operand's element type, if it is a tensor.

@@ -83,6 +83,86 @@ impl NativeKernel for InferenceDropout {
     }
 }
 
+/// OneHot: `values[1]` where an index (negative ones counted from
+/// `depth`) equals the position along the new axis, else `values[0]`;
+/// the result viewed as `[outer, depth, inner]` around that axis. Any
+/// element type the views hold (copied as bytes).
+pub struct OneHot {
+    pub outer: usize,
+    pub depth: usize,
+    pub inner: usize,
+}
+
+impl NativeKernel for OneHot {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let ind = operand(inputs, 0)?;
+        use kiln_ir::ElemType as E;
+        let idx: Vec<i64> = match ind.elem() {
+            E::I64 => ind.i64s()?.to_vec(),
+            E::I32 => ind.i32s()?.iter().map(|&v| v as i64).collect(),
+            E::I16 => ind.i16s()?.iter().map(|&v| v as i64).collect(),
+            E::I8 => ind.i8s()?.iter().map(|&v| v as i64).collect(),
+            E::U64 => ind.u64s()?.iter().map(|&v| v as i64).collect(),
+            E::U32 => ind.u32s()?.iter().map(|&v| v as i64).collect(),
+            E::U16 => ind.u16s()?.iter().map(|&v| v as i64).collect(),
+            E::U8 => ind.u8s()?.iter().map(|&v| v as i64).collect(),
+            _ => ind.f32s()?.iter().map(|&v| v as i64).collect(),
+        };
+        let values = operand(inputs, 2)?;
+        let out = result(outputs, 0)?;
+        let w = values.byte_len() / 2;
+        if values.len() != 2
+            || idx.len() != self.outer * self.inner
+            || out.byte_len() != idx.len() * self.depth * w
+        {
+            return Err("OneHot: sizes differ from the plan".into());
+        }
+        // SAFETY: the views cover `byte_len` bytes each (checked above
+        // against the plan); the result does not alias the operands.
+        let (vals, bytes) = unsafe {
+            (
+                std::slice::from_raw_parts(values.bytes_ptr(), 2 * w),
+                std::slice::from_raw_parts_mut(out.bytes_ptr(), out.byte_len()),
+            )
+        };
+        let (off, on) = vals.split_at(w);
+        let depth = self.depth as i64;
+        for (o, rows) in bytes
+            .chunks_exact_mut(self.depth * self.inner * w)
+            .enumerate()
+        {
+            for (d, row) in rows.chunks_exact_mut(self.inner * w).enumerate() {
+                for (i, e) in row.chunks_exact_mut(w).enumerate() {
+                    let v = idx[o * self.inner + i];
+                    let v = if v < 0 { v + depth } else { v };
+                    e.copy_from_slice(if v == d as i64 { on } else { off });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hardmax of f32 along `axis` of `shape`: the interpreter's rule (1 at
+/// the first maximum, a leading NaN winning), run on an f64 copy.
+pub struct Hardmax {
+    pub shape: Vec<usize>,
+    pub axis: usize,
+}
+
+impl NativeKernel for Hardmax {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        use crate::interp::kernels::nn::softmax::{apply, Kind};
+        let x = operand(inputs, 0)?.f32s()?;
+        let mut v: Vec<f64> = x.iter().map(|&a| a as f64).collect();
+        apply(&mut v, &self.shape, self.axis, Kind::Hard);
+        for (o, a) in result(outputs, 0)?.f32s()?.iter_mut().zip(v) {
+            *o = a as f32;
+        }
+        Ok(())
+    }
+}
+
 /// Transpose by `perm` of an operand of `shape`.
 pub struct Transpose {
     pub shape: Vec<usize>,

@@ -14,7 +14,7 @@ mod loss;
 mod norm;
 mod pool;
 pub mod reduce;
-mod softmax;
+pub mod softmax;
 pub mod vision;
 
 use super::ctx::KernelFn;

@@ -14,8 +14,9 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
     })
 }
 
+/// Which of the three: the CPU backend's Hardmax step runs [`apply`] too.
 #[derive(Clone, Copy, PartialEq)]
-pub(crate) enum Kind {
+pub enum Kind {
     Soft,
     Log,
     Hard,
@@ -40,7 +41,7 @@ fn run(cx: &mut Ctx, inputs: &[Option<Value>], kind: Kind) -> KResult<Vec<Value>
 }
 
 /// Apply (log-)softmax or hardmax in place along `axis` of `shape`.
-pub(crate) fn apply(v: &mut [f64], shape: &[usize], axis: usize, kind: Kind) {
+pub fn apply(v: &mut [f64], shape: &[usize], axis: usize, kind: Kind) {
     let n = shape[axis];
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
