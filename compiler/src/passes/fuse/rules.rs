@@ -56,6 +56,16 @@ pub fn classify(m: &Module, n: &Node) -> Result<Class, String> {
     {
         return Err(format!("training-mode {op}"));
     }
+    // A reduction's axes (or any operand inference reads the values of)
+    // given only at run time: a fusion body would hide them from the
+    // per-value specialization that lowers the node alone.
+    if class == Class::Reduction
+        && kiln_ir::ops::value_operands(m, n)
+            .iter()
+            .any(|&k| n.input(k).is_some_and(|v| m.constant(v).is_none()))
+    {
+        return Err(format!("{op} with operand values known only at run time"));
+    }
     if class == Class::Elementwise {
         // Integer scalars and vectors are shape arithmetic: keep them as
         // they are so shape values still propagate to Reshape & co.
