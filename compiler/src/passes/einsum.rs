@@ -115,6 +115,31 @@ pub(crate) fn parse(eq: &str, ranks: &[usize]) -> Option<Equation> {
     Some(Equation { operands, output })
 }
 
+/// How the letters of a product of `a` and `b` divide, in `a`'s order
+/// (`b`'s for its free ones): shared and kept (`batch`), shared and
+/// summed by the product, and free in one operand (letters neither the
+/// other operand nor `keep` has are summed before, so free ones are kept).
+pub(crate) struct Letters {
+    pub batch: Vec<char>,
+    pub summed: Vec<char>,
+    pub a_free: Vec<char>,
+    pub b_free: Vec<char>,
+}
+
+impl Letters {
+    pub(crate) fn of(a: &[char], b: &[char], keep: &[char]) -> Letters {
+        let pick = |from: &[char], f: &dyn Fn(char) -> bool| {
+            from.iter().copied().filter(|&c| f(c)).collect()
+        };
+        Letters {
+            batch: pick(a, &|c| b.contains(&c) && keep.contains(&c)),
+            summed: pick(a, &|c| b.contains(&c) && !keep.contains(&c)),
+            a_free: pick(a, &|c| !b.contains(&c) && keep.contains(&c)),
+            b_free: pick(b, &|c| !a.contains(&c) && keep.contains(&c)),
+        }
+    }
+}
+
 /// Builds the replacement nodes.
 struct Builder<'a> {
     m: &'a mut Module,
@@ -214,30 +239,12 @@ impl Builder<'_> {
     /// The product of `a` and `b` summed over their shared letters not in
     /// `keep`: a batched MatMul.
     fn contract(&mut self, a: Term, b: Term, keep: &[char]) -> Option<Term> {
-        let batch: Vec<char> = a
-            .letters
-            .iter()
-            .copied()
-            .filter(|c| b.letters.contains(c) && keep.contains(c))
-            .collect();
-        let summed: Vec<char> = a
-            .letters
-            .iter()
-            .copied()
-            .filter(|c| b.letters.contains(c) && !keep.contains(c))
-            .collect();
-        let a_free: Vec<char> = a
-            .letters
-            .iter()
-            .copied()
-            .filter(|c| !b.letters.contains(c))
-            .collect();
-        let b_free: Vec<char> = b
-            .letters
-            .iter()
-            .copied()
-            .filter(|c| !a.letters.contains(c))
-            .collect();
+        let Letters {
+            batch,
+            summed,
+            a_free,
+            b_free,
+        } = Letters::of(&a.letters, &b.letters, keep);
         let prod = |s: &Self, l: &[char]| s.dims(l).iter().product::<u64>();
         let (nb, nk) = (prod(self, &batch), prod(self, &summed));
         let (na, nn) = (prod(self, &a_free), prod(self, &b_free));

@@ -919,30 +919,27 @@ pub(super) fn einsum(m: &Module, n: &Node) -> Result<NativeStep, String> {
         }
         v
     };
-    // Each operand loses the letters nothing else has; `order` is where
-    // the rest go.
-    let prepare = |i: usize, order: &dyn Fn(&[char]) -> Vec<char>| -> (EinsumOperand, Vec<char>) {
+    // Each operand loses the letters nothing else has; `to` is the order
+    // of the rest.
+    let prepare = |i: usize, to: &[char]| -> EinsumOperand {
         let keep = other(i);
         let l = &e.operands[i];
         let sum_axes: Vec<usize> = (0..l.len()).filter(|&a| !keep.contains(&l[a])).collect();
         let kept: Vec<char> = l.iter().copied().filter(|c| keep.contains(c)).collect();
-        let to = order(&kept);
         let perm = to
             .iter()
             .map(|c| kept.iter().position(|d| d == c).unwrap_or(0))
             .collect();
-        let op = EinsumOperand {
+        EinsumOperand {
             shape: shapes[i].clone(),
             sum_axes,
             perm,
-        };
-        (op, to)
+        }
     };
     let dims = |l: &[char]| l.iter().map(|c| size[c]).collect::<Vec<usize>>();
     let plan = if inputs.len() == 1 {
-        let (op, _) = prepare(0, &|_| e.output.clone());
         Einsum {
-            operands: vec![op],
+            operands: vec![prepare(0, &e.output)],
             batch: 1,
             m: 0,
             k: 0,
@@ -951,30 +948,15 @@ pub(super) fn einsum(m: &Module, n: &Node) -> Result<NativeStep, String> {
             out_perm: vec![],
         }
     } else {
-        let (la, lb) = (&e.operands[0], &e.operands[1]);
         let out = &e.output;
-        let batch: Vec<char> = la
-            .iter()
-            .copied()
-            .filter(|c| lb.contains(c) && out.contains(c))
-            .collect();
-        let summed: Vec<char> = la
-            .iter()
-            .copied()
-            .filter(|c| lb.contains(c) && !out.contains(c))
-            .collect();
-        let a_free: Vec<char> = la
-            .iter()
-            .copied()
-            .filter(|c| !lb.contains(c) && out.contains(c))
-            .collect();
-        let b_free: Vec<char> = lb
-            .iter()
-            .copied()
-            .filter(|c| !la.contains(c) && out.contains(c))
-            .collect();
-        let (a, _) = prepare(0, &|_| [&batch[..], &a_free, &summed].concat());
-        let (b, _) = prepare(1, &|_| [&batch[..], &summed, &b_free].concat());
+        let crate::passes::einsum::Letters {
+            batch,
+            summed,
+            a_free,
+            b_free,
+        } = crate::passes::einsum::Letters::of(&e.operands[0], &e.operands[1], out);
+        let a = prepare(0, &[&batch[..], &a_free, &summed].concat());
+        let b = prepare(1, &[&batch[..], &summed, &b_free].concat());
         let prod: Vec<char> = [&batch[..], &a_free, &b_free].concat();
         let out_perm = out
             .iter()
