@@ -180,6 +180,62 @@ crate::cpu::simd_fn! {
     }
 }
 
+crate::cpu::simd_fn! {
+    /// The rest of a softmax (or log-softmax) row once its values are in
+    /// `row` and `shift` is known (the row max when finite, else 0):
+    /// `exp(v - shift)` summed, then scaled by the inverse sum (or `v -
+    /// shift - ln sum`), in place. The generated softmax loops call it
+    /// once per row: they are 128 bits wide, and this exp runs at the
+    /// CPU's full vector width (a 196-wide row went 1.4 → 0.5 ms for 3,136
+    /// rows on Zen 3; onnxruntime 0.34).
+    pub fn softmax_row(row: &mut [f32], shift: f32, log: bool) {
+        const W: usize = 8;
+        let mut acc = [0f32; W];
+        let mut chunks = row.chunks_exact_mut(W);
+        for c in &mut chunks {
+            for (v, a) in c.iter_mut().zip(&mut acc) {
+                let e = super::approx::exp(*v - shift);
+                if !log {
+                    *v = e;
+                }
+                *a += e;
+            }
+        }
+        let mut sum = 0.0;
+        for v in chunks.into_remainder() {
+            let e = super::approx::exp(*v - shift);
+            if !log {
+                *v = e;
+            }
+            sum += e;
+        }
+        sum += acc.iter().sum::<f32>();
+        if log {
+            let l = sum.ln();
+            for v in row.iter_mut() {
+                *v = *v - shift - l;
+            }
+        } else {
+            let k = 1.0 / sum;
+            for v in row.iter_mut() {
+                *v *= k;
+            }
+        }
+    }
+}
+
+/// [`softmax_row`] as generated code calls it: `n` values at `row`,
+/// `log` 0 or 1.
+///
+/// # Safety
+/// `row` points at `n` writable f32s that nothing else touches during
+/// the call.
+pub(crate) unsafe extern "C" fn softmax_row_host(row: *mut f32, n: usize, shift: f32, log: u32) {
+    // SAFETY: the caller's contract.
+    let row = unsafe { std::slice::from_raw_parts_mut(row, n) };
+    softmax_row(row, shift, log != 0);
+}
+
 /// `x` of `in_shape` broadcast to `out_shape` (numpy rules; `in_shape`
 /// right-aligned, its dims 1 or equal), written over all of `out`.
 pub fn broadcast<T: Copy>(x: &[T], in_shape: &[usize], out_shape: &[usize], out: &mut [T]) {

@@ -18,7 +18,8 @@
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, InstBuilder, MemFlagsData, StackSlot, StackSlotData, StackSlotKind, Type,
+    types, AbiParam, InstBuilder, MemFlagsData, Signature, StackSlot, StackSlotData, StackSlotKind,
+    Type,
     Value,
 };
 use cranelift_codegen::settings::{self, Configurable};
@@ -57,6 +58,9 @@ fn flags() -> MemFlagsData {
 struct Gen<'p> {
     plan: &'p Plan,
     fma: bool,
+    /// Code for this CPU (not the portable baseline): rows may call the
+    /// host's kernels, which pick their width from the CPU.
+    native: bool,
     ptr: Type,
     used: Vec<bool>,
 }
@@ -183,14 +187,16 @@ fn counted(
     b.switch_to_block(exit);
 }
 
-/// A run of `n` elements: the f32x4 loop, then the scalar tail; `body`
-/// gets the builder at the loop's width and the byte offset of the element.
+/// A run of `n` elements: the f32x4 loop (two vectors an iteration),
+/// then the scalar tail; `body` gets the builder at the loop's width, the
+/// byte offset of the element and which copy of the unrolled body it is
+/// (so that accumulators keep one chain per copy).
 fn run(
     b: &mut FunctionBuilder,
     ptr: Type,
     fma: bool,
     n: Value,
-    body: &mut dyn FnMut(&mut Fb, Value),
+    body: &mut dyn FnMut(&mut Fb, Value, usize),
 ) {
     let i_var = b.declare_var(ptr);
     let z = b.ins().iconst(ptr, 0);
@@ -205,61 +211,91 @@ fn run(
             let mut f = Fb { b, ty, fma };
             for c in 0..copies {
                 let o = f.b.ins().iadd_imm_s(ioff, 16 * c);
-                body(&mut f, o);
+                body(&mut f, o, c as usize);
             }
         });
     }
 }
 
-/// An accumulator carried through a run, one variable per width.
+/// An accumulator carried through a run: one vector variable per copy of
+/// the unrolled body (a single one made every update wait for the last:
+/// a row max's NaN-exact `fmax` is eight instructions deep), and the
+/// scalar tail's.
 struct Acc {
-    v: Variable,
+    v: [Variable; 2],
     s: Variable,
 }
 
 impl Acc {
     fn new(b: &mut FunctionBuilder, init: f32) -> Acc {
-        let v = b.declare_var(types::F32X4);
+        let v = [b.declare_var(types::F32X4), b.declare_var(types::F32X4)];
         let s = b.declare_var(types::F32);
         let x = b.ins().f32const(init);
         let xv = b.ins().splat(types::F32X4, x);
-        b.def_var(v, xv);
+        for v in v {
+            b.def_var(v, xv);
+        }
         b.def_var(s, x);
         Acc { v, s }
     }
 
-    fn var(&self, f: &Fb) -> Variable {
-        if f.is_vec() {
-            self.v
-        } else {
-            self.s
-        }
-    }
-
-    /// Fold `x` into the accumulator of `f`'s width.
-    fn update(&self, f: &mut Fb, x: Value, op: RedOp) {
-        let var = self.var(f);
+    /// Fold `x` into the accumulator of `f`'s width and body copy `copy`.
+    fn update(&self, f: &mut Fb, x: Value, op: Fold, copy: usize) {
+        let var = if f.is_vec() { self.v[copy % 2] } else { self.s };
         let a = f.b.use_var(var);
-        let r = combine(f.b, a, x, op);
+        let r = combine(f, a, x, op);
         f.b.def_var(var, r);
     }
 
     /// The vector lanes and the scalar tail folded into one scalar.
-    fn total(&self, b: &mut FunctionBuilder, op: RedOp) -> Value {
-        let v = b.use_var(self.v);
-        let mut acc = b.use_var(self.s);
+    fn total(&self, b: &mut FunctionBuilder, op: Fold, fma: bool) -> Value {
+        let v0 = b.use_var(self.v[0]);
+        let v1 = b.use_var(self.v[1]);
+        let s = b.use_var(self.s);
+        let mut f = Fb {
+            b,
+            ty: types::F32X4,
+            fma,
+        };
+        let v = combine(&mut f, v0, v1, op);
+        f.ty = types::F32;
+        let mut acc = s;
         for lane in 0..4u8 {
-            let x = b.ins().extractlane(v, lane);
-            acc = combine(b, acc, x, op);
+            let x = f.b.ins().extractlane(v, lane);
+            acc = combine(&mut f, acc, x, op);
         }
         acc
     }
 }
 
-fn combine(b: &mut FunctionBuilder, a: Value, x: Value, op: RedOp) -> Value {
+/// How an accumulator folds in a value.
+#[derive(Clone, Copy, PartialEq)]
+enum Fold {
+    Sum,
+    /// NaN-exact: a NaN anywhere makes the result NaN.
+    Max,
+    /// x86's `maxps` (`x > a ? x : a`), one instruction where `Max` is
+    /// eight: a NaN `x` is passed over. Softmax shifts by the row max
+    /// only to keep `exp` finite, and a NaN in the row still reaches
+    /// every output through the sum.
+    MaxPassingNan,
+}
+
+impl From<RedOp> for Fold {
+    fn from(op: RedOp) -> Fold {
+        match op {
+            RedOp::Sum | RedOp::Mean => Fold::Sum,
+            RedOp::Max => Fold::Max,
+        }
+    }
+}
+
+/// The accumulated `a` with a new `x` folded in.
+fn combine(f: &mut Fb, a: Value, x: Value, op: Fold) -> Value {
     match op {
-        RedOp::Max => b.ins().fmax(a, x),
-        RedOp::Sum | RedOp::Mean => b.ins().fadd(a, x),
+        Fold::Max => f.b.ins().fmax(a, x),
+        Fold::MaxPassingNan => f.sel(FloatCC::LessThan, a, x, x, a),
+        Fold::Sum => f.b.ins().fadd(a, x),
     }
 }
 
@@ -324,6 +360,7 @@ pub(crate) fn compile(
         ptr,
         used,
         fma: native && host_has_fma(),
+        native,
     };
     let mut fctx = FunctionBuilderContext::new();
     {
@@ -421,7 +458,7 @@ impl Gen<'_> {
         let inv_n = 1.0 / self.plan.inner as f32;
         match &self.plan.kind {
             Kind::Elementwise { roots } => {
-                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff, _| {
                     let mut memo = vec![None; nx];
                     // Evaluate (and load) everything before the first store.
                     let vals: Vec<Value> = roots
@@ -442,12 +479,12 @@ impl Gen<'_> {
                         0.0
                     },
                 );
-                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff, copy| {
                     let mut memo = vec![None; nx];
                     let v = self.eval(f, rows, ioff, &mut memo, *x);
-                    acc.update(f, v, *op);
+                    acc.update(f, v, (*op).into(), copy);
                 });
-                let mut t = acc.total(b, *op);
+                let mut t = acc.total(b, (*op).into(), self.fma);
                 if *op == RedOp::Mean {
                     let k = b.ins().f32const(inv_n);
                     t = b.ins().fmul(t, k);
@@ -457,22 +494,37 @@ impl Gen<'_> {
             Kind::Softmax { x, log } => {
                 let out = outs[0];
                 let mx = Acc::new(b, f32::NEG_INFINITY);
-                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff, copy| {
                     let mut memo = vec![None; nx];
                     let v = self.eval(f, rows, ioff, &mut memo, *x);
                     store(f, v, out, ioff);
-                    mx.update(f, v, RedOp::Max);
+                    mx.update(f, v, Fold::MaxPassingNan, copy);
                 });
-                let m = mx.total(b, RedOp::Max);
+                let m = mx.total(b, Fold::MaxPassingNan, self.fma);
                 // Shift by the max only when it is finite (interpreter rule).
                 let d = b.ins().fsub(m, m);
                 let z = b.ins().f32const(0.0);
                 let fin = b.ins().fcmp(FloatCC::Equal, d, z);
                 let shift = b.ins().select(fin, m, z);
+                if self.native {
+                    // The exp, sum and scaling at the CPU's full width.
+                    let mut sig = Signature::new(b.func.signature.call_conv);
+                    sig.params.push(AbiParam::new(self.ptr));
+                    sig.params.push(AbiParam::new(self.ptr));
+                    sig.params.push(AbiParam::new(types::F32));
+                    sig.params.push(AbiParam::new(types::I32));
+                    let sig = b.import_signature(sig);
+                    let host: unsafe extern "C" fn(*mut f32, usize, f32, u32) =
+                        crate::cpu::reduce::softmax_row_host;
+                    let callee = b.ins().iconst(self.ptr, host as usize as i64);
+                    let lg = b.ins().iconst(types::I32, i64::from(*log));
+                    b.ins().call_indirect(sig, callee, &[out, n, shift, lg]);
+                    return;
+                }
                 let shift = RowScalar::park(b, self.ptr, shift);
                 let sum = Acc::new(b, 0.0);
                 let log = *log;
-                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff, copy| {
                     let v = load(f, out, ioff);
                     let s = shift.get(f);
                     let d = f.sub(v, s);
@@ -480,9 +532,9 @@ impl Gen<'_> {
                     if !log {
                         store(f, e, out, ioff);
                     }
-                    sum.update(f, e, RedOp::Sum);
+                    sum.update(f, e, Fold::Sum, copy);
                 });
-                let s = sum.total(b, RedOp::Sum);
+                let s = sum.total(b, Fold::Sum, self.fma);
                 let k = if log {
                     let mut f = Fb {
                         b,
@@ -495,7 +547,7 @@ impl Gen<'_> {
                     b.ins().fdiv(one, s)
                 };
                 let k = RowScalar::park(b, self.ptr, k);
-                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff, _| {
                     let v = load(f, out, ioff);
                     let kk = k.get(f);
                     let y = if log {
@@ -516,25 +568,25 @@ impl Gen<'_> {
             } => {
                 let out = outs[0];
                 let sum = Acc::new(b, 0.0);
-                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff, copy| {
                     let mut memo = vec![None; nx];
                     let v = self.eval(f, rows, ioff, &mut memo, *x);
                     store(f, v, out, ioff);
-                    sum.update(f, v, RedOp::Sum);
+                    sum.update(f, v, Fold::Sum, copy);
                 });
-                let s = sum.total(b, RedOp::Sum);
+                let s = sum.total(b, Fold::Sum, self.fma);
                 let k = b.ins().f32const(inv_n);
                 let mean = b.ins().fmul(s, k);
                 let mean = RowScalar::park(b, self.ptr, mean);
                 let sq = Acc::new(b, 0.0);
-                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff, copy| {
                     let v = load(f, out, ioff);
                     let m = mean.get(f);
                     let d = f.sub(v, m);
                     let d2 = f.mul(d, d);
-                    sq.update(f, d2, RedOp::Sum);
+                    sq.update(f, d2, Fold::Sum, copy);
                 });
-                let s2 = sq.total(b, RedOp::Sum);
+                let s2 = sq.total(b, Fold::Sum, self.fma);
                 let var = b.ins().fmul(s2, k);
                 let e = b.ins().f32const(*eps);
                 let ve = b.ins().fadd(var, e);
@@ -542,7 +594,7 @@ impl Gen<'_> {
                 let one = b.ins().f32const(1.0);
                 let inv = b.ins().fdiv(one, sd);
                 let inv = RowScalar::park(b, self.ptr, inv);
-                run(b, self.ptr, self.fma, n, &mut |f, ioff| {
+                run(b, self.ptr, self.fma, n, &mut |f, ioff, _| {
                     let mut memo = vec![None; nx];
                     let v = load(f, out, ioff);
                     let m = mean.get(f);

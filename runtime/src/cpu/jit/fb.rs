@@ -87,7 +87,12 @@ impl Fb<'_, '_> {
 
     /// `if x cc y { a } else { b }`, lane by lane.
     pub fn sel(&mut self, cc: FloatCC, x: Value, y: Value, a: Value, b: Value) -> Value {
-        let c = self.b.ins().fcmp(cc, x, y);
+        // `x > y` asked as `y < x`: x64 lowers `lt ? a : b` selects of the
+        // compared values to one `minps`/`maxps`, a `gt` to compare and blend.
+        let c = match cc {
+            FloatCC::GreaterThan => self.b.ins().fcmp(FloatCC::LessThan, y, x),
+            _ => self.b.ins().fcmp(cc, x, y),
+        };
         if self.is_vec() {
             // fcmp gives an all-ones/all-zeros i32x4 mask.
             let t = self.ty;
