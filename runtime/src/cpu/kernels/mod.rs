@@ -103,7 +103,7 @@ mod bench {
         ] {
             for t in [1, 2] {
                 let g = gflops(plan.flops(), t, &|t| {
-                    plan.run(&x, &[], Some(&b), &mut out.lock().unwrap(), t)
+                    plan.run(&x, &w, Some(&b), &mut out.lock().unwrap(), t)
                 });
                 println!("{name:40} threads {t}: {g:7.1} GFLOP/s{path}");
             }
@@ -266,6 +266,31 @@ mod bench {
             0,
             1,
         );
+    }
+
+    /// MobileNetV2's pointwise convs: short reductions on big maps, and
+    /// wide ones on 14x14 and 7x7 maps.
+    #[test]
+    #[ignore]
+    fn mobile_pointwise() {
+        for (c, hw, m) in [
+            (16, 112, 96),
+            (32, 112, 16),
+            (24, 56, 144),
+            (96, 14, 576),
+            (576, 14, 96),
+            (160, 7, 960),
+            (960, 7, 320),
+            (320, 7, 1280),
+        ] {
+            conv(
+                &format!("pointwise {c}->{m} at {hw}x{hw}"),
+                &[1, c, hw, hw],
+                &[m, c, 1, 1],
+                0,
+                1,
+            );
+        }
     }
 
     #[test]
