@@ -8,7 +8,7 @@ use crate::attr::AttrKind;
 use crate::types::Type;
 
 /// The activations a `kiln.FusedConv` may apply to its result.
-pub const FUSED_CONV_ACTIVATIONS: &[&str] = &["Relu"];
+pub const FUSED_CONV_ACTIVATIONS: &[&str] = &["Relu", "Clip"];
 
 /// The `kind`s a `kiln.Fusion` may have.
 pub const FUSION_KINDS: &[&str] = &["elementwise", "reduction", "epilogue"];
@@ -198,6 +198,16 @@ pub(super) static KILN_SCHEMAS: &[RawSchema] = &[
                 required: false,
             },
             AttrSpec {
+                name: "max",
+                kind: AttrKind::Float,
+                required: false,
+            },
+            AttrSpec {
+                name: "min",
+                kind: AttrKind::Float,
+                required: false,
+            },
+            AttrSpec {
                 name: "pads",
                 kind: AttrKind::Ints,
                 required: false,
@@ -208,7 +218,7 @@ pub(super) static KILN_SCHEMAS: &[RawSchema] = &[
                 required: false,
             },
         ],
-        summary: "A Conv whose epilogue rides on its tiles: Y = activation(Conv(X, W, B) + Z), Z (the residual) optional, activation `Relu` or none.",
+        summary: "A Conv whose epilogue rides on its tiles: Y = activation(Conv(X, W, B) + Z), Z (the residual) optional, activation `Relu`, `Clip` (bounds `min`, `max`) or none.",
     },
     RawSchema {
         name: "kiln.Lookup",

@@ -172,9 +172,19 @@ pub(super) fn plan_dense(
                 }
                 what.push_str(" + Add");
             }
+            let bound =
+                |k: &str, none: f32| n.attrs.get(k).and_then(Attr::as_float).unwrap_or(none);
             match n.attrs.get("activation").and_then(Attr::as_str) {
                 None => {}
                 Some("Relu") if p.fuse_clamp(0.0, f32::INFINITY) => what.push_str(" + Relu"),
+                Some("Clip")
+                    if p.fuse_clamp(
+                        bound("min", f32::NEG_INFINITY),
+                        bound("max", f32::INFINITY),
+                    ) =>
+                {
+                    what.push_str(" + Clip")
+                }
                 Some(a) => return Err(format!("the conv cannot apply {a} in its tiles")),
             }
             Ok(Planned {

@@ -1,5 +1,5 @@
 //! Pass `conv-epilogue` (cpu lowering): a fusion's Conv anchor takes the
-//! residual Add (or Sum) and the Relu right after it, as one
+//! residual Add (or Sum) and the Relu (or constant Clip) right after it, as one
 //! `kiln.FusedConv`, where the CPU conv kernel adds the residual as each
 //! tile starts and clamps as it stores the tile.
 //!
@@ -17,8 +17,9 @@
 //!   of the conv's result `v`, which nothing else reads and which is not a
 //!   body output; `r` is a body input of exactly the result's shape and
 //!   f32; the sum is not a body output if more nodes follow;
-//! - activation: then a `Relu` of the (new) result, read by nothing else,
-//!   not a body output (nor its own result if more nodes follow).
+//! - activation: then a `Relu` of the (new) result, or a `Clip` with
+//!   constant bounds (ReLU6), read by nothing else, not a body output
+//!   (nor its own result if more nodes follow).
 //!
 //! A body left with the FusedConv alone becomes a top-level
 //! `kiln.FusedConv` node on the fusion's operands.
@@ -113,18 +114,27 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
         }
     }
     if can.clamp {
-        if let Some((relu, rest)) = tail.split_first() {
-            let ok = relu.op == "Relu"
-                && relu.inputs.len() == 1
-                && relu.input(0) == Some(v)
+        if let Some((act, rest)) = tail.split_first() {
+            let ok = act.input(0) == Some(v)
+                && act.outputs.len() == 1
                 && !body.outputs.contains(&v)
                 && !rest.iter().any(|n| reads(n, v))
-                && (rest.is_empty() || !body.outputs.contains(&relu.outputs[0]));
-            if ok {
+                && (rest.is_empty() || !body.outputs.contains(&act.outputs[0]));
+            let bounds = match act.op.as_str() {
+                "Relu" if act.inputs.len() == 1 => Some(None),
+                "Clip" => clip_bounds(m, body, act, &outer).map(Some),
+                _ => None,
+            };
+            if let (true, Some(bounds)) = (ok, bounds) {
+                let name = if bounds.is_some() { "Clip" } else { "Relu" };
                 fused
                     .attrs
-                    .insert("activation".into(), Attr::String("Relu".into()));
-                fused.outputs = relu.outputs.clone();
+                    .insert("activation".into(), Attr::String(name.into()));
+                if let Some((lo, hi)) = bounds {
+                    fused.attrs.insert("min".into(), Attr::Float(lo));
+                    fused.attrs.insert("max".into(), Attr::Float(hi));
+                }
+                fused.outputs = act.outputs.clone();
                 tail = rest;
                 folded = true;
             }
@@ -155,4 +165,37 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
     let mut out = fusion.clone();
     out.attrs.insert("body".into(), Attr::Graph(new_body));
     Some(out)
+}
+
+/// The bounds of a `Clip` whose min and max are constant scalars (body
+/// constants, or operands that are constants outside), an omitted bound
+/// infinite; `None` when either is not, or they are NaN or crossed (the
+/// tile store's clamp is `min(hi, max(lo, v))`, which is Clip's only for
+/// `lo <= hi`).
+fn clip_bounds(
+    m: &Module,
+    body: &Region,
+    clip: &Node,
+    outer: &dyn Fn(ValueId) -> Option<ValueId>,
+) -> Option<(f32, f32)> {
+    let bound = |i: usize, none: f32| -> Option<f32> {
+        let Some(v) = clip.input(i) else {
+            return Some(none);
+        };
+        let c = if body.constants.contains(&v) {
+            m.constant(v)?
+        } else {
+            m.constant(outer(v)?)?
+        };
+        match c.to_f64_vec()?.as_slice() {
+            [] => Some(none),
+            [x] => Some(*x as f32),
+            _ => None,
+        }
+    };
+    if clip.inputs.len() > 3 {
+        return None;
+    }
+    let (lo, hi) = (bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?);
+    (lo <= hi).then_some((lo, hi))
 }

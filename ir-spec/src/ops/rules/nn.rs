@@ -170,7 +170,10 @@ pub(super) fn fused_conv(c: &InferCtx) -> R {
     }
     if let Some(a) = c.attr_str("activation") {
         if !crate::ops::kiln::FUSED_CONV_ACTIVATIONS.contains(&a) {
-            return Err(bad_attr("activation", format!("`{a}` is not one of Relu")));
+            return Err(bad_attr(
+                "activation",
+                format!("`{a}` is not one of Relu, Clip"),
+            ));
         }
     }
     Ok(out)

@@ -13,6 +13,7 @@ use kiln_ir::{Attr, Node};
 
 use super::ctx::{bail, Ctx, KResult, KernelFn};
 use crate::value::Value;
+use crate::Tensor;
 
 pub fn lookup(op: &str) -> Option<KernelFn> {
     match op {
@@ -40,8 +41,9 @@ fn fusion(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     ctx.run_region(body, args)
 }
 
-/// `Relu(Conv(X, W, B) + Z)` with Z and the Relu optional: Conv's, Add's
-/// and Relu's own kernels in turn, each seeing a node of its own op with
+/// `activation(Conv(X, W, B) + Z)` with Z and the activation (Relu, or
+/// Clip to the `min` and `max` attributes) optional: the ops' own kernels
+/// in turn, each seeing a node of its own op with
 /// the FusedConv's result (Conv's keeps the conv attributes).
 fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let node = ctx.node;
@@ -60,6 +62,15 @@ fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     match node.attr("activation").and_then(Attr::as_str) {
         None => Ok(y),
         Some("Relu") => step(ctx, "Relu", false, &[y.pop()]),
+        Some("Clip") => {
+            let bound = |k: &str, none: f32| {
+                let v = node.attr(k).and_then(Attr::as_float).unwrap_or(none);
+                Tensor::from_f32(vec![], vec![v]).map(|t| Some(Value::tensor(t)))
+            };
+            let lo = bound("min", f32::NEG_INFINITY)?;
+            let hi = bound("max", f32::INFINITY)?;
+            step(ctx, "Clip", false, &[y.pop(), lo, hi])
+        }
         Some(a) => bail!("unknown activation `{a}`"),
     }
 }
