@@ -1355,3 +1355,31 @@ fn native_index_kernels_reject_out_of_range_indices() {
     let e = exe.run(&with(vec![0; 6], 3)).expect_err("row 3 of 3");
     assert!(e.to_string().contains("out of range"), "{e}");
 }
+
+/// Concatenations whose operands the memory plan puts inside the result
+/// (a GhostNet module: a conv and a depthwise conv of it side by side),
+/// one operand also concatenated again later (copied the second time),
+/// and a result overwritten in place: the same values as the
+/// interpreter's, and the Concat steps copy only what is not in place.
+#[test]
+fn concat_operands_written_in_place() {
+    let src = format!(
+        "module @ghost opset(ai.onnx = 17) {{
+  input %x: f32[1,8,6,6]
+  const %w1: f32[8,8,1,1] = {}
+  const %wd: f32[8,1,3,3] = {}
+  %a = Conv(%x, %w1) : f32[1,8,6,6]
+  %b = Conv(%a, %wd) {{group = 8, pads = [1, 1, 1, 1]}} : f32[1,8,6,6]
+  %c = Concat(%a, %b) {{axis = 1}} : f32[1,16,6,6]
+  %d = Relu(%c) : f32[1,16,6,6]
+  %e = Concat(%d, %a) {{axis = 1}} : f32[1,24,6,6]
+  %f = Sigmoid(%e) : f32[1,24,6,6]
+  return %f
+}}
+",
+        dense(&values(71, 64)),
+        dense(&values(72, 72))
+    );
+    let inputs = HashMap::from([("x".to_string(), input(&[1, 8, 6, 6], 73))]);
+    native_and_exact(&src, &inputs);
+}

@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use kiln_compiler::passes::memory_plan::{check, plan, render, MemoryPlan, ALIGN};
+use kiln_compiler::passes::memory_plan::{
+    check, plan, plan_with, render, MemoryPlan, PlanOptions, ALIGN,
+};
 use kiln_ir::{parse_module, Attr, ElemType, Module, Node, Region, TensorType, Type, ValueId};
 use kiln_tests::{repo_root, shared_models};
 use proptest::prelude::*;
@@ -36,9 +38,11 @@ fn region_uses(r: &Region, out: &mut Vec<ValueId>) {
 }
 
 /// Run the schedule over an arena of 64-byte chunks: each node first reads
-/// its operands (every chunk must still carry the operand's tag), then
-/// writes its results' tags. Catches any clobbering the plan allows,
-/// independently of `check`.
+/// its operands (every chunk must still carry the operand's tag, or that
+/// of a part placed inside it), then writes its results' tags (a
+/// concatenation leaves its parts' chunks as they are: they are its
+/// bytes already). Catches any clobbering the plan allows, independently
+/// of `check`.
 fn simulate(m: &Module, p: &MemoryPlan) {
     let chunks = (p.arena_bytes / ALIGN) as usize;
     let mut arena: Vec<Option<ValueId>> = vec![None; chunks];
@@ -50,6 +54,22 @@ fn simulate(m: &Module, p: &MemoryPlan) {
             (b.value, (first, first + b.size.div_ceil(ALIGN) as usize))
         })
         .collect();
+    let part_of: HashMap<ValueId, ValueId> = p
+        .buffers
+        .iter()
+        .filter_map(|b| Some((b.value, b.part_of?)))
+        .collect();
+    // Whether chunk tag `t` stands for value `v`: `v` itself or a part of it.
+    let holds = |t: ValueId, v: ValueId| {
+        let mut at = Some(t);
+        while let Some(x) = at {
+            if x == v {
+                return true;
+            }
+            at = part_of.get(&x).copied();
+        }
+        false
+    };
     let mut written = std::collections::HashSet::new();
     for &ni in &p.schedule {
         let n = &m.body.nodes[ni];
@@ -63,9 +83,8 @@ fn simulate(m: &Module, p: &MemoryPlan) {
                     m.name(v)
                 );
                 for (c, tag) in arena[a..b].iter().enumerate() {
-                    assert_eq!(
-                        *tag,
-                        Some(v),
+                    assert!(
+                        tag.is_some_and(|t| holds(t, v)),
                         "%{} (chunk {}) was clobbered before {} read it",
                         m.name(v),
                         a + c,
@@ -76,13 +95,20 @@ fn simulate(m: &Module, p: &MemoryPlan) {
         }
         for &r in &n.outputs {
             if let Some(&(a, b)) = by_value.get(&r) {
-                arena[a..b].fill(Some(r));
+                for tag in &mut arena[a..b] {
+                    if !tag.is_some_and(|t| t != r && holds(t, r)) {
+                        *tag = Some(r);
+                    }
+                }
                 written.insert(r);
             }
         }
     }
 }
 
+/// The plan with the default options, checked and simulated; the plan
+/// that places a concatenation's operands inside it is checked and
+/// simulated too.
 fn plan_and_check(m: &Module, d: &HashMap<String, u64>) -> MemoryPlan {
     let p = plan(m, d).unwrap_or_else(|e| panic!("plan of {}: {e}", m.name));
     check(&p).unwrap_or_else(|e| panic!("check of {}: {e}", m.name));
@@ -92,6 +118,13 @@ fn plan_and_check(m: &Module, d: &HashMap<String, u64>) -> MemoryPlan {
         "{}: arena above naive",
         m.name
     );
+    let opts = PlanOptions {
+        concat_in_place: true,
+        ..PlanOptions::default()
+    };
+    let q = plan_with(m, d, &opts).unwrap_or_else(|e| panic!("plan of {}: {e}", m.name));
+    check(&q).unwrap_or_else(|e| panic!("check of {} (concat in place): {e}", m.name));
+    simulate(m, &q);
     p
 }
 
@@ -348,4 +381,53 @@ proptest! {
         prop_assert_eq!(p.buffers.len(), results);
         prop_assert!(p.buffers.iter().all(|b| !outputs.contains(&b.value) && !m.body.inputs.contains(&b.value)));
     }
+}
+
+/// With `concat_in_place`, a Concat's operands lie inside its result, at
+/// their offsets, when nothing overwrites them while they are read; an
+/// operand still read after the result is written over in place keeps the
+/// Concat copying.
+#[test]
+fn concat_operands_lie_inside_the_result() {
+    let opts = PlanOptions {
+        concat_in_place: true,
+        ..PlanOptions::default()
+    };
+    let placed = "module @cat opset(ai.onnx = 17) {
+  input %a: f32[4,16]
+  input %b: f32[4,16]
+  %x = Relu(%a) : f32[4,16]
+  %y = Neg(%b) : f32[4,16]
+  %c = Concat(%x, %y) {axis = 0} : f32[8,16]
+  %d = Sigmoid(%c) : f32[8,16]
+  %e = Add(%d, %d) : f32[8,16]
+  return %e
+}
+";
+    let m = parse_module(placed).unwrap();
+    let p = plan_with(&m, &HashMap::new(), &opts).unwrap();
+    check(&p).unwrap();
+    simulate(&m, &p);
+    let at = |name: &str| {
+        let b = p.buffers.iter().find(|b| m.name(b.value) == name).unwrap();
+        (b.offset, b.part_of.map(|w| m.name(w).to_string()))
+    };
+    let (c, _) = at("c");
+    assert_eq!(at("x"), (c, Some("c".into())));
+    assert_eq!(at("y"), (c + 256, Some("c".into())));
+    assert_eq!(at("d").0, c, "Sigmoid runs in place of the Concat");
+    assert!(render(&m, &p).contains("part of %c"));
+
+    // %x is read (by Exp) after the Sigmoid wrote over %c in place: no
+    // parts.
+    let copied = placed.replace(
+        "%e = Add(%d, %d) : f32[8,16]",
+        "%z = Exp(%x) : f32[4,16]\n  %e = Add(%d, %d) : f32[8,16]",
+    );
+    let copied = copied.replace("return %e", "return %e, %z");
+    let m = parse_module(&copied).unwrap();
+    let p = plan_with(&m, &HashMap::new(), &opts).unwrap();
+    check(&p).unwrap();
+    simulate(&m, &p);
+    assert!(p.buffers.iter().all(|b| b.part_of.is_none()));
 }

@@ -233,6 +233,8 @@ fn layout(s: &Module, steps: &[Step], align: u64) -> Result<Layout, String> {
         in_place: Some(&may_alias),
         skip_unsized: true,
         keep_out: Some(&keep_out),
+        // The Concat step copies only operands not already in place.
+        concat_in_place: true,
     };
     let plan = memory_plan::plan_with(s, &Default::default(), &opts)
         .map_err(|e| format!("memory plan: {e}"))?;

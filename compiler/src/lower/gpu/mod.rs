@@ -231,6 +231,9 @@ fn layout(s: &Module, steps: &[GpuStep], align: u64) -> Result<GpuLayout, String
         in_place: Some(&never),
         skip_unsized: true,
         keep_out: Some(&keep_out),
+        // A shader may not read and write overlapping ranges of one
+        // buffer, so the concat shader copies every operand.
+        concat_in_place: false,
     };
     let plan = memory_plan::plan_with(s, &Default::default(), &opts)
         .map_err(|e| format!("memory plan: {e}"))?;
