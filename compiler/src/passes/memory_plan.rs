@@ -27,7 +27,8 @@
 //!    still unknown (unknown dim, unbound symbol, unranked,
 //!    string or non-tensor type) is an error naming the value.
 //! 4. **In place.** A pointwise node (by the op traits of `kiln_ir`: unary
-//!    ops over operand 0, broadcasting binary/variadic ops over any
+//!    ops and views (Reshape, Flatten, Squeeze, Unsqueeze) over operand 0,
+//!    broadcasting binary/variadic ops over any
 //!    operand, plus `kiln.Fusion` nodes whose `kind` is `elementwise`) may
 //!    write a result over an operand
 //!    when the operand is an intermediate whose last use is this node, has
@@ -201,7 +202,12 @@ fn concat_offsets(
             .members
             .iter()
             .all(|(v, _)| at.def.get(v).is_some_and(|&d| d <= pos));
-        if !seen.insert(g) || std::ptr::eq(part, host) || !whole || !settled || !end.is_multiple_of(align) {
+        if !seen.insert(g)
+            || std::ptr::eq(part, host)
+            || !whole
+            || !settled
+            || !end.is_multiple_of(align)
+        {
             return None;
         }
         offsets.push(end);

@@ -138,10 +138,14 @@ impl OpTraits {
 
     /// The operand positions whose buffers a result may take over (when
     /// the operand has the result's size and this node is its last use):
-    /// operand 0 of a unary pointwise op, any operand of a broadcasting
-    /// one, none otherwise. Element i is read before element i is written
-    /// and by nobody else, so writing in place is safe.
+    /// operand 0 of a unary pointwise op or of a view (its bytes are the
+    /// result's), any operand of a broadcasting one, none otherwise.
+    /// Element i is read before element i is written and by nobody else,
+    /// so writing in place is safe.
     pub fn in_place_operands(&self, num_operands: usize) -> Range<usize> {
+        if self.view {
+            return 0..num_operands.min(1);
+        }
         match self.pointwise {
             Pointwise::No => 0..0,
             Pointwise::Unary => 0..num_operands.min(1),
@@ -540,6 +544,7 @@ mod tests {
         assert_eq!(t("Add").in_place_operands(2), 0..2);
         assert_eq!(t("Sum").in_place_operands(4), 0..4);
         assert_eq!(t("Softmax").in_place_operands(1), 0..0);
+        assert_eq!(t("Reshape").in_place_operands(2), 0..1);
         assert_eq!(t("BatchNormalization").in_place_operands(5), 0..0);
         // Shrink, BitShift and the Bitwise ops are pointwise.
         for op in ["Shrink", "BitShift", "BitwiseAnd", "BitwiseNot", "Identity"] {
