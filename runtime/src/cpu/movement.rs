@@ -1,5 +1,5 @@
 //! Data-movement kernels of the CPU backend: Transpose, Gather along the
-//! first axis (embedding lookups), Concat, Slice. Generic over the element type;
+//! first axis (embedding lookups), Slice. Generic over the element type;
 //! each copies the largest contiguous runs it can (memcpy) instead of
 //! computing an index per element.
 
@@ -264,28 +264,6 @@ pub fn gather<T: Copy>(
     Ok(())
 }
 
-/// Concatenate `parts` along an axis into `out`: `outer` = product of the
-/// dims before it, `inner[k]` = part k's elements per outer index. Every
-/// element of `out` (exactly `outer · Σ inner`) is written, so it may be
-/// a recycled buffer: a fresh megabyte-sized allocation costs its page
-/// faults on every run (SqueezeNet's concats ran 2x onnxruntime's time
-/// that way).
-///
-/// Panics if `out` has the wrong length or a part is short.
-pub fn concat<T: Copy>(parts: &[&[T]], outer: usize, inner: &[usize], out: &mut [T]) {
-    let total: usize = inner.iter().sum();
-    assert_eq!(out.len(), outer * total, "concat: output length");
-    let mut rows = out.chunks_exact_mut(total.max(1));
-    for o in 0..outer {
-        let Some(row) = rows.next() else { break };
-        let mut at = 0;
-        for (p, &len) in parts.iter().zip(inner) {
-            row[at..at + len].copy_from_slice(&p[o * len..(o + 1) * len]);
-            at += len;
-        }
-    }
-}
-
 /// A strided window of `x` (`shape`): result index `i` along axis `d`
 /// reads input index `first[d] + i * step[d]`, for `out_shape`, written
 /// over all of `out`. Trailing axes taken whole merge with the last
@@ -474,15 +452,6 @@ mod tests {
             vec![2, 3, 8, 9]
         );
         assert!(gather(&t, 1, 3, 4, &[3]).is_err());
-    }
-
-    #[test]
-    fn concat_interleaves_per_outer_index() {
-        let a = [1, 2, 3, 4]; // [2, 2]
-        let b = [5, 6]; // [2, 1]
-        let mut out = [0; 6];
-        concat(&[&a, &b], 2, &[2, 1], &mut out);
-        assert_eq!(out, [1, 2, 5, 3, 4, 6]);
     }
 }
 

@@ -273,7 +273,7 @@ enum Fold {
     Sum,
     /// NaN-exact: a NaN anywhere makes the result NaN.
     Max,
-    /// x86's `maxps` (`x > a ? x : a`), one instruction where `Max` is
+    /// `x > a ? x : a` (x86's `maxps`), one instruction where `Max` is
     /// eight: a NaN `x` is passed over. Softmax shifts by the row max
     /// only to keep `exp` finite, and a NaN in the row still reaches
     /// every output through the sum.
