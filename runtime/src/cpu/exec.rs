@@ -101,6 +101,23 @@ thread_local! {
     static IN_RUN: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Marks this thread as running an executable's steps until dropped
+/// (so also when a step panics).
+struct InRun;
+
+impl InRun {
+    fn enter() -> InRun {
+        IN_RUN.set(true);
+        InRun
+    }
+}
+
+impl Drop for InRun {
+    fn drop(&mut self) {
+        IN_RUN.set(false);
+    }
+}
+
 /// A native step as the lowering built it.
 pub struct NativeStep {
     pub kernel: Box<dyn NativeKernel>,
@@ -308,6 +325,15 @@ impl CpuExecutable {
             // A region's executable, within its parent's run: on the
             // parent's threads, whose workers are already awake.
             steps()
+        } else if self.threads <= 1 {
+            // One thread: on the caller's, with no pool. Handing the run
+            // to a pool's worker and back cost a futex wake and sleep per
+            // run, and the scheduler's time showed in every 1-thread
+            // profile (about a tenth of a 1-ms model). Every parallel
+            // site tests `threads > 1` first, so nothing reaches rayon's
+            // global pool from here.
+            let _running = InRun::enter();
+            steps()
         } else {
             let pool = match self.pool.get() {
                 Some(p) => p,
@@ -321,10 +347,8 @@ impl CpuExecutable {
                 }
             };
             pool.install(|| {
-                IN_RUN.set(true);
-                let r = with_workers_awake(self.threads, steps);
-                IN_RUN.set(false);
-                r
+                let _running = InRun::enter();
+                with_workers_awake(self.threads, steps)
             })
         };
         self.give_back_arena(arena);
