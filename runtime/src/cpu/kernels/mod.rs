@@ -232,6 +232,20 @@ mod bench {
             1,
         );
         conv(
+            "3x3 64->64 x[2,64,56,56] p1",
+            &[2, 64, 56, 56],
+            &[64, 64, 3, 3],
+            1,
+            1,
+        );
+        conv(
+            "3x3 256->256 x[2,256,14,14] p1",
+            &[2, 256, 14, 14],
+            &[256, 256, 3, 3],
+            1,
+            1,
+        );
+        conv(
             "3x3 64->64 x[1,64,56,56] p1",
             &[1, 64, 56, 56],
             &[64, 64, 3, 3],
@@ -290,6 +304,49 @@ mod bench {
                 0,
                 1,
             );
+        }
+    }
+
+    /// Depthwise convs of mobile nets (MobileNetV3-Small's shapes): 3x3
+    /// and 5x5, stride 1 and 2, from 112x112 down to 7x7.
+    #[test]
+    #[ignore]
+    fn mobile_depthwise() {
+        for (c, hw, k, s) in [
+            (16, 112, 3, 2),
+            (72, 56, 3, 2),
+            (16, 56, 3, 2),
+            (88, 28, 3, 1),
+            (96, 28, 5, 2),
+            (240, 14, 5, 1),
+            (576, 7, 5, 1),
+            (144, 56, 3, 1),
+            (32, 112, 3, 1),
+        ] {
+            let name = format!("depthwise {k}x{k} s{s} {c} ch at {hw}x{hw}");
+            if !name.contains(&std::env::var("KILN_CONV").unwrap_or_default()) {
+                continue;
+            }
+            let attrs = ConvAttrs {
+                strides: vec![s; 2],
+                dilations: vec![1; 2],
+                pads: vec![k / 2; 4],
+                group: c,
+            };
+            let (xs, ws) = ([1, c, hw, hw], [c, 1, k, k]);
+            let x = lcg(1, xs.iter().product());
+            let w = lcg(2, ws.iter().product());
+            let b = lcg(3, c);
+            let plan = ConvPlan::new(&xs, &ws, true, &attrs, Some(&w)).unwrap();
+            let mut out = vec![0.0; plan.out_shape().iter().product()];
+            let out = std::sync::Mutex::new(&mut out[..]);
+            for t in [1, 2] {
+                let g = gflops(plan.flops(), t, &|t| {
+                    plan.run(&x, &w, Some(&b), &mut out.lock().unwrap(), t)
+                });
+                let us = plan.flops() / g / 1e3;
+                println!("{name:40} threads {t}: {g:7.1} GFLOP/s {us:7.1} us");
+            }
         }
     }
 
