@@ -1383,3 +1383,44 @@ fn concat_operands_written_in_place() {
     let inputs = HashMap::from([("x".to_string(), input(&[1, 8, 6, 6], 73))]);
     native_and_exact(&src, &inputs);
 }
+
+/// Slices and splits that are contiguous blocks of their operand are
+/// placed inside it (GhostNet's `[:, :oup]` of a concatenation placed in
+/// place itself, ShuffleNet's channel halves, a split's unaligned part
+/// that keeps its copy, and an operand still read later, which keeps
+/// them all copying); each result's in-place chain then writes into the
+/// operand's bytes.
+#[test]
+fn slices_read_in_place() {
+    let src = format!(
+        "module @ghost opset(ai.onnx = 18) {{
+  input %x: f32[1,16,4,4]
+  const %w1: f32[8,16,1,1] = {}
+  const %wd: f32[8,1,3,3] = {}
+  const %s0: i64[1] = dense[0]
+  const %s1: i64[1] = dense[12]
+  const %ax: i64[1] = dense[1]
+  const %sp: i64[3] = dense[4, 7, 1]
+  %a = Conv(%x, %w1) : f32[1,8,4,4]
+  %b = Conv(%a, %wd) {{group = 8, pads = [1, 1, 1, 1]}} : f32[1,8,4,4]
+  %c = Concat(%a, %b) {{axis = 1}} : f32[1,16,4,4]
+  %d = Slice(%c, %s0, %s1, %ax) : f32[1,12,4,4]
+  %e = Relu(%d) : f32[1,12,4,4]
+  %f0, %f1 = Split(%e) {{axis = 1, num_outputs = 2}} : f32[1,6,4,4], f32[1,6,4,4]
+  %g = Sigmoid(%f1) : f32[1,6,4,4]
+  %h = Concat(%g, %f0) {{axis = 1}} : f32[1,12,4,4]
+  %i0, %i1, %i2 = Split(%h, %sp) {{axis = 1}} : f32[1,4,4,4], f32[1,7,4,4], f32[1,1,4,4]
+  %j = Neg(%i1) : f32[1,7,4,4]
+  %k = Mul(%i0, %i2) : f32[1,4,4,4]
+  %l = Slice(%x, %s0, %s1, %ax) : f32[1,12,4,4]
+  %m = Exp(%l) : f32[1,12,4,4]
+  %n = Add(%x, %x) : f32[1,16,4,4]
+  return %j, %k, %m, %n
+}}
+",
+        dense(&values(81, 128)),
+        dense(&values(82, 72))
+    );
+    let inputs = HashMap::from([("x".to_string(), input(&[1, 16, 4, 4], 83))]);
+    native_and_exact(&src, &inputs);
+}

@@ -49,7 +49,18 @@
 //!    an in-place successor of the result starts writing over it; the
 //!    merged buffer lives from its first part's definition to the last
 //!    use of any member.
-//! 6. **Offsets.** Greedy by size with best fit (as in TFLite's
+//! 6. **Slices in place** (when the backend asks:
+//!    [`PlanOptions::slice_in_place`]). A Slice or Split result that is one
+//!    contiguous block of its operand (`kiln_ir::ops::geometry::
+//!    contiguous_block`: batch-1 channel slices, GhostNet's `[:, :oup]`,
+//!    ShuffleNet's and YOLO's channel splits) takes the operand's bytes at
+//!    its offset, with its in-place chain ([`Buffer::part_of`]), so the
+//!    step moves nothing. Only when the operand and everything in its
+//!    buffer die at this node (nobody reads the bytes the results' chains
+//!    later write over), each result is placed nowhere else, and its
+//!    offset keeps the alignment; the buffer then lives on to the last use
+//!    of any result's chain.
+//! 7. **Offsets.** Greedy by size with best fit (as in TFLite's
 //!    `GreedyBySize` planner): buffers (in-place chains merged into one) are
 //!    placed largest first (ties: earlier start, then lower value id); each
 //!    goes into the smallest gap, among the already-placed buffers whose live
@@ -95,6 +106,10 @@ pub struct PlanOptions<'a> {
     /// the module comment): for a backend whose Concat copies only the
     /// operands that are not already where they belong.
     pub concat_in_place: bool,
+    /// Place the results of a Slice or Split inside its operand (step 6
+    /// of the module comment): for a backend whose Slice and Split copy
+    /// only the results that are not already where they belong.
+    pub slice_in_place: bool,
 }
 
 impl Default for PlanOptions<'_> {
@@ -105,6 +120,7 @@ impl Default for PlanOptions<'_> {
             skip_unsized: false,
             keep_out: None,
             concat_in_place: false,
+            slice_in_place: false,
         }
     }
 }
@@ -122,8 +138,10 @@ pub struct Buffer {
     pub live: (usize, usize),
     /// The operand whose buffer this result takes over at its defining node.
     pub in_place_of: Option<ValueId>,
-    /// The concatenation whose result holds this value's bytes
-    /// ([`PlanOptions::concat_in_place`]).
+    /// The value whose buffer holds this value's bytes: the
+    /// concatenation it is an operand of
+    /// ([`PlanOptions::concat_in_place`]), or the operand it is a slice of
+    /// ([`PlanOptions::slice_in_place`]).
     pub part_of: Option<ValueId>,
 }
 
@@ -162,8 +180,10 @@ fn donor_positions(node: &Node) -> Vec<usize> {
 /// the axis), each is an intermediate placed nowhere else, at a byte
 /// offset that keeps the alignment, defined (with any in-place chain
 /// behind it) no later than the Concat and overwritten by nothing while
-/// the result lives (no in-place successor of the result before the
-/// operands' last uses). `Some(offsets)` in operand order.
+/// the result lives (no in-place successor of the result before the last
+/// use of any value in the operands' bytes: their chains, and the parts
+/// of an operand that is itself a concatenation placed in place).
+/// `Some(offsets)` in operand order.
 fn concat_offsets(
     m: &Module,
     node: &Node,
@@ -212,7 +232,11 @@ fn concat_offsets(
         }
         offsets.push(end);
         end += bytes;
-        last_read = last_read.max(*at.last.get(&x)?);
+        // Every value in the part's bytes: the operand's in-place chain
+        // and the parts of an operand that is itself a concatenation.
+        for (v, _) in &part.members {
+            last_read = last_read.max(*at.last.get(v)?);
+        }
     }
     // The result's in-place successors write over every part.
     let overwritten = host
@@ -241,22 +265,151 @@ fn concat_parts(
     let host = group_of[&r];
     let mut placed = vec![];
     for (x, off) in node.inputs.iter().flatten().zip(offsets) {
-        let g = group_of[x];
-        let members = std::mem::take(&mut groups[g].members);
-        let live = groups[g].live;
-        groups[g].size = 0;
-        for &(v, _) in &members {
-            group_of.insert(v, host);
-        }
-        let h = &mut groups[host];
-        h.members.extend(members.iter().map(|&(v, o)| (v, o + off)));
-        h.live = (h.live.0.min(live.0), h.live.1.max(live.1));
+        merge_into(groups, group_of, group_of[x], host, off);
         placed.push((*x, r));
     }
     placed
 }
 
-/// What [`concat_offsets`] reads of the plan so far.
+/// The element offset of each result of a Slice (constant starts, ends,
+/// axes and steps) or Split inside its operand, where it is one
+/// contiguous block of it; `None` for other nodes, non-static shapes and
+/// non-constant bounds.
+fn slice_blocks(m: &Module, node: &Node) -> Option<Vec<Option<u64>>> {
+    use kiln_ir::ops::geometry::{contiguous_block, slice_range};
+    let x = node.input(0)?;
+    let shape: Vec<u64> = m.static_shape(x).ok()?.iter().map(|&d| d as u64).collect();
+    let r = shape.len();
+    let norm = |a: i64| {
+        let a = if a < 0 { a + r as i64 } else { a };
+        usize::try_from(a).ok().filter(|&a| a < r)
+    };
+    match node.op.as_str() {
+        "Slice" if node.outputs.len() == 1 => {
+            let ints = |i: usize| node.input(i).map(|v| m.constant(v)?.to_i64_vec());
+            let starts = ints(1)??;
+            let ends = ints(2)??;
+            let k = starts.len();
+            let axes = ints(3).unwrap_or_else(|| Some((0..k as i64).collect()))?;
+            let steps = ints(4).unwrap_or_else(|| Some(vec![1; k]))?;
+            if ends.len() != k || axes.len() != k || steps.len() != k || steps.contains(&0) {
+                return None;
+            }
+            let (mut first, mut len, mut step) = (vec![0u64; r], shape.clone(), vec![1i64; r]);
+            for j in 0..k {
+                let a = norm(axes[j])?;
+                let (b, n) = slice_range(starts[j], ends[j], steps[j], shape[a]);
+                (first[a], len[a], step[a]) = (u64::try_from(b).ok()?, n, steps[j]);
+            }
+            let out: Vec<u64> = m
+                .static_shape(node.outputs[0])
+                .ok()?
+                .iter()
+                .map(|&d| d as u64)
+                .collect();
+            (out == len).then(|| vec![contiguous_block(&shape, &first, &len, &step)])
+        }
+        "Split" => {
+            let a = norm(node.attr("axis").and_then(Attr::as_int).unwrap_or(0))?;
+            let mut at = 0u64;
+            let mut blocks = vec![];
+            for &o in &node.outputs {
+                let s = m.static_shape(o).ok()?;
+                let n = *s.get(a)? as u64;
+                let (mut first, mut len) = (vec![0u64; r], shape.clone());
+                (first[a], len[a]) = (at, n);
+                blocks.push(contiguous_block(&shape, &first, &len, &vec![1; r]));
+                at += n;
+            }
+            (at == shape[a]).then_some(blocks)
+        }
+        _ => None,
+    }
+}
+
+/// Places the results of a Slice or Split inside its operand where step 6
+/// of the module comment allows: their groups join the operand's at their
+/// byte offsets. Returns the (result, operand) pairs placed.
+fn slice_parts(
+    m: &Module,
+    node: &Node,
+    pos: usize,
+    at: &Liveness,
+    align: u64,
+    groups: &mut [Group],
+    group_of: &mut HashMap<ValueId, usize>,
+) -> Vec<(ValueId, ValueId)> {
+    let Some(blocks) = slice_blocks(m, node) else {
+        return vec![];
+    };
+    let Some(x) = node.input(0) else {
+        return vec![];
+    };
+    let (Some(&host), Some(&(bytes, elems))) = (group_of.get(&x), at.size.get(&x)) else {
+        return vec![];
+    };
+    // Whole bytes per element (no packed 4-bit types).
+    let esize = if elems > 0 && bytes.is_multiple_of(elems) {
+        bytes / elems
+    } else {
+        0
+    };
+    let dies_here = groups[host]
+        .members
+        .iter()
+        .all(|(v, _)| at.last.get(v).is_some_and(|&l| l <= pos));
+    if esize == 0 || at.last.get(&x) != Some(&pos) || !dies_here {
+        return vec![];
+    }
+    let x_at = groups[host]
+        .members
+        .iter()
+        .find(|(v, _)| *v == x)
+        .map(|&(_, o)| o);
+    let Some(x_at) = x_at else {
+        return vec![];
+    };
+    let mut placed = vec![];
+    for (&r, block) in node.outputs.iter().zip(blocks) {
+        let (Some(e), Some(&g), Some(&(r_bytes, _))) = (block, group_of.get(&r), at.size.get(&r))
+        else {
+            continue;
+        };
+        let Some(off) = e.checked_mul(esize).and_then(|o| o.checked_add(x_at)) else {
+            continue;
+        };
+        let part = &groups[g];
+        let whole = part.members.first() == Some(&(r, 0)) && part.size == r_bytes;
+        if g == host || !whole || r_bytes == 0 || !off.is_multiple_of(align) {
+            continue;
+        }
+        merge_into(groups, group_of, g, host, off);
+        placed.push((r, x));
+    }
+    placed
+}
+
+/// Moves group `g`'s members into group `host` at byte offset `off`
+/// (`g` is left empty), the host living as long as either did.
+fn merge_into(
+    groups: &mut [Group],
+    group_of: &mut HashMap<ValueId, usize>,
+    g: usize,
+    host: usize,
+    off: u64,
+) {
+    let members = std::mem::take(&mut groups[g].members);
+    let live = groups[g].live;
+    groups[g].size = 0;
+    for &(v, _) in &members {
+        group_of.insert(v, host);
+    }
+    let h = &mut groups[host];
+    h.members.extend(members.iter().map(|&(v, o)| (v, o + off)));
+    h.live = (h.live.0.min(live.0), h.live.1.max(live.1));
+}
+
+/// What [`concat_offsets`] and [`slice_parts`] read of the plan so far.
 struct Liveness<'a> {
     def: &'a HashMap<ValueId, usize>,
     last: &'a HashMap<ValueId, usize>,
@@ -707,26 +860,32 @@ pub fn plan_with(
     }
 
     let mut part_of: HashMap<ValueId, ValueId> = HashMap::new();
-    if opts.concat_in_place {
+    if opts.concat_in_place || opts.slice_in_place {
         let at = Liveness {
             def: &def,
             last: &last,
             size: &size,
         };
         for (pos, &ni) in schedule.iter().enumerate() {
-            concat_parts(
-                m,
-                &body.nodes[ni],
-                pos,
-                &at,
-                align,
-                &mut groups,
-                &mut group_of,
-            )
-            .into_iter()
-            .for_each(|(x, r)| {
-                part_of.insert(x, r);
-            });
+            let node = &body.nodes[ni];
+            let mut placed = vec![];
+            if opts.concat_in_place {
+                placed = concat_parts(m, node, pos, &at, align, &mut groups, &mut group_of);
+            }
+            if opts.slice_in_place {
+                placed.extend(slice_parts(
+                    m,
+                    node,
+                    pos,
+                    &at,
+                    align,
+                    &mut groups,
+                    &mut group_of,
+                ));
+            }
+            for (part, whole) in placed {
+                part_of.insert(part, whole);
+            }
         }
     }
     let member_offset: HashMap<ValueId, u64> = groups

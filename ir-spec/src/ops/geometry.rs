@@ -276,6 +276,34 @@ pub fn slice_range(start: i64, end: i64, step: i64, n: u64) -> (i64, u64) {
     (b, len)
 }
 
+/// The element offset of a sub-box of a row-major tensor of `shape` when
+/// the box is one contiguous run of it, else `None`: the box takes
+/// `len[d]` elements from `first[d]` in steps of `step[d]` along each
+/// axis d. Contiguous when, past some axis k, every axis is whole (from 0,
+/// step 1), axis k is taken in step 1 (or one element), and every axis
+/// before k holds one element. A `Slice` or `Split` result of this form
+/// can be a view of its operand's bytes; an empty box is not.
+pub fn contiguous_block(shape: &[u64], first: &[u64], len: &[u64], step: &[i64]) -> Option<u64> {
+    let r = shape.len();
+    if first.len() != r || len.len() != r || step.len() != r || len.contains(&0) {
+        return None;
+    }
+    let whole = |d: usize| first[d] == 0 && len[d] == shape[d] && (len[d] <= 1 || step[d] == 1);
+    // Axes k.. are the partial axis and the whole ones after it.
+    let k = (0..r).rev().find(|&d| !whole(d)).unwrap_or(0);
+    let fits = |d: usize| first[d].checked_add(len[d]).is_some_and(|e| e <= shape[d]);
+    if !(0..r).all(fits) || (len[k] > 1 && step[k] != 1) || len[..k].iter().any(|&l| l != 1) {
+        return None;
+    }
+    let mut offset = 0u64;
+    let mut stride = 1u64;
+    for d in (0..r).rev() {
+        offset = offset.checked_add(first[d].checked_mul(stride)?)?;
+        stride = stride.checked_mul(shape[d])?;
+    }
+    Some(offset)
+}
+
 /// Where element `i` of a `Pad` result along an axis of input size `n`
 /// reads (`i` already shifted by the axis's begin pad): `Some(index)` into
 /// the input, or `None` for the fill value. `mode` is the attribute's
@@ -306,6 +334,52 @@ pub fn pad_source(mode: &str, i: i64, n: i64) -> Result<Option<i64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contiguous_blocks() {
+        let s = [1, 6, 4, 5];
+        // Channels 2..5 of a batch-1 tensor: one run from 2·20.
+        assert_eq!(
+            contiguous_block(&s, &[0, 2, 0, 0], &[1, 3, 4, 5], &[1; 4]),
+            Some(40)
+        );
+        // Rows 1..3 of channel 4: the last partial axis is H.
+        assert_eq!(
+            contiguous_block(&s, &[0, 4, 1, 0], &[1, 1, 2, 5], &[1; 4]),
+            Some(85)
+        );
+        // Two channels with a partial W: not one run.
+        assert_eq!(
+            contiguous_block(&s, &[0, 0, 0, 1], &[1, 2, 4, 4], &[1; 4]),
+            None
+        );
+        // A step of 2 over channels, or a reversed axis: not one run.
+        assert_eq!(
+            contiguous_block(&s, &[0, 0, 0, 0], &[1, 3, 4, 5], &[1, 2, 1, 1]),
+            None
+        );
+        assert_eq!(
+            contiguous_block(&s, &[0, 5, 0, 0], &[1, 6, 4, 5], &[1, -1, 1, 1]),
+            None
+        );
+        // One element along a stepped axis is fine; the whole tensor is.
+        assert_eq!(
+            contiguous_block(&s, &[0, 3, 0, 0], &[1, 1, 4, 5], &[1, -1, 1, 1]),
+            Some(60)
+        );
+        assert_eq!(contiguous_block(&s, &[0; 4], &s, &[1; 4]), Some(0));
+        // Batch 2 channel slices are two runs; empty boxes are not views.
+        assert_eq!(
+            contiguous_block(&[2, 6, 4], &[0, 2, 0], &[2, 3, 4], &[1; 3]),
+            None
+        );
+        assert_eq!(contiguous_block(&s, &[0; 4], &[1, 0, 4, 5], &[1; 4]), None);
+        // Out of range.
+        assert_eq!(
+            contiguous_block(&s, &[0, 5, 0, 0], &[1, 2, 4, 5], &[1; 4]),
+            None
+        );
+    }
 
     const NOTSET: AutoPad = AutoPad::NotSet;
 

@@ -235,6 +235,8 @@ fn layout(s: &Module, steps: &[Step], align: u64) -> Result<Layout, String> {
         keep_out: Some(&keep_out),
         // The Concat step copies only operands not already in place.
         concat_in_place: true,
+        // The Slice and Split steps skip results already in place.
+        slice_in_place: true,
     };
     let plan = memory_plan::plan_with(s, &Default::default(), &opts)
         .map_err(|e| format!("memory plan: {e}"))?;

@@ -190,12 +190,14 @@ pub(super) fn slice(m: &Module, n: &Node) -> Result<NativeStep, String> {
     if got != out {
         return Err(format!("slices to {got:?}, the result is {out:?}"));
     }
+    let block = view_block(&shape, &first, &out, &step);
     Ok(NativeStep::new(
         Box::new(Slice {
             shape,
             first,
             step,
             out,
+            block,
         }),
         "Slice",
         0.0,
@@ -280,6 +282,16 @@ pub(super) fn pad(m: &Module, n: &Node) -> Result<NativeStep, String> {
     Ok(step)
 }
 
+/// The element offset of a slice (`len[d]` elements from `first[d]` in
+/// steps of `step[d]`) in its operand of `shape`, where it is one
+/// contiguous block (the memory plan may then put it there).
+fn view_block(shape: &[usize], first: &[usize], len: &[usize], step: &[isize]) -> Option<usize> {
+    let u = |v: &[usize]| v.iter().map(|&d| d as u64).collect::<Vec<u64>>();
+    let step: Vec<i64> = step.iter().map(|&s| s as i64).collect();
+    kiln_ir::ops::geometry::contiguous_block(&u(shape), &u(first), &u(len), &step)
+        .and_then(|e| usize::try_from(e).ok())
+}
+
 /// Split: the results' static shapes give each part's size along the
 /// axis (inference applied the split sizes or `num_outputs`).
 pub(super) fn split(m: &Module, n: &Node) -> Result<NativeStep, String> {
@@ -300,11 +312,23 @@ pub(super) fn split(m: &Module, n: &Node) -> Result<NativeStep, String> {
     if sizes.iter().sum::<usize>() != shape[a] {
         return Err(format!("sizes {sizes:?} do not add up to {}", shape[a]));
     }
+    let mut first = vec![0; shape.len()];
+    let blocks = sizes
+        .iter()
+        .map(|&n| {
+            let mut len = shape.clone();
+            len[a] = n;
+            let b = view_block(&shape, &first, &len, &vec![1; shape.len()]);
+            first[a] += n;
+            b
+        })
+        .collect();
     Ok(NativeStep::new(
         Box::new(Split {
             shape,
             axis: a,
             sizes,
+            blocks,
         }),
         format!("Split axis {a}"),
         0.0,

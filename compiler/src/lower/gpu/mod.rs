@@ -234,6 +234,7 @@ fn layout(s: &Module, steps: &[GpuStep], align: u64) -> Result<GpuLayout, String
         // A shader may not read and write overlapping ranges of one
         // buffer, so the concat shader copies every operand.
         concat_in_place: false,
+        slice_in_place: false,
     };
     let plan = memory_plan::plan_with(s, &Default::default(), &opts)
         .map_err(|e| format!("memory plan: {e}"))?;

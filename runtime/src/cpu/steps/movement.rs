@@ -512,19 +512,26 @@ pub struct Split {
     pub shape: Vec<usize>,
     pub axis: usize,
     pub sizes: Vec<usize>,
+    /// Each result's element offset in the operand where it is one
+    /// contiguous block of it (the memory plan may have put it there).
+    pub blocks: Vec<Option<usize>>,
 }
 
 impl NativeKernel for Split {
     fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
         let x = operand(inputs, 0)?;
-        if outputs.len() != self.sizes.len() {
+        if outputs.len() != self.sizes.len() || self.blocks.len() != self.sizes.len() {
             return Err("split: result count".into());
         }
         let r = self.shape.len();
         let mut first = vec![0usize; r];
-        for (out, &size) in outputs.iter_mut().zip(&self.sizes) {
+        for ((out, &size), &block) in outputs.iter_mut().zip(&self.sizes).zip(&self.blocks) {
             let mut out_shape = self.shape.clone();
             out_shape[self.axis] = size;
+            if already_in_place(&x, out, block) {
+                first[self.axis] += size;
+                continue;
+            }
             let step = vec![1isize; r];
             movable!(x, out, |v, o| movement::slice(
                 v,
@@ -546,6 +553,24 @@ pub struct Slice {
     pub first: Vec<usize>,
     pub step: Vec<isize>,
     pub out: Vec<usize>,
+    /// The result's element offset in the operand where it is one
+    /// contiguous block of it (the memory plan may have put it there).
+    pub block: Option<usize>,
+}
+
+/// Whether `out` already lies at element `block` of `x`, where the memory
+/// plan puts a Slice or Split result that is one contiguous block of its
+/// operand ([`kiln_ir::ops::geometry::contiguous_block`]): then nothing
+/// moves. Tested before any slice of either is formed, since the two
+/// overlap.
+fn already_in_place(x: &In, out: &Out, block: Option<usize>) -> bool {
+    let esize = x.elem().storage_bytes(1).unwrap_or(0) as usize;
+    block.is_some_and(|e| {
+        esize > 0
+            && out.elem() == x.elem()
+            && (e + out.len()) * esize <= x.byte_len()
+            && std::ptr::eq(x.bytes_ptr().wrapping_add(e * esize), out.bytes_ptr())
+    })
 }
 
 impl NativeKernel for Slice {
@@ -554,6 +579,9 @@ impl NativeKernel for Slice {
         let out = result(outputs, 0)?;
         if x.len() != self.shape.iter().product::<usize>() {
             return Err("slice: operand of another shape".into());
+        }
+        if already_in_place(&x, out, self.block) {
+            return Ok(());
         }
         movable!(x, out, |v, o| movement::slice(
             v,
