@@ -255,8 +255,8 @@ impl Rng {
 }
 
 /// A random valid module: unary and binary elementwise ops (broadcasting
-/// included), Concat, Transpose, MatMul, and If nodes whose branches read
-/// outer values, over f32 values of assorted 2-D shapes.
+/// included), Concat, Slice of rows, Transpose, MatMul, and If nodes whose
+/// branches read outer values, over f32 values of assorted 2-D shapes.
 fn random_module(seed: u64, nodes: usize) -> Module {
     let mut rng = Rng(seed | 1);
     let mut m = Module::new("random");
@@ -288,7 +288,7 @@ fn random_module(seed: u64, nodes: usize) -> Module {
             .filter(|&v| shape(&m, v) == sa)
             .collect();
         let name = format!("v{i}");
-        let (node, ty) = match rng.below(7) {
+        let (node, ty) = match rng.below(8) {
             0 | 1 => {
                 let op = ["Relu", "Neg", "Sigmoid", "Exp"][rng.below(4)];
                 (Node::new(op, vec![Some(a)], vec![]), t(sa[0], sa[1]))
@@ -333,6 +333,25 @@ fn random_module(seed: u64, nodes: usize) -> Module {
                         t(sa[0], shape(&m, b)[1]),
                     )
                 }
+            }
+            7 => {
+                // A block of rows (contiguous: the plan may place it inside
+                // its operand).
+                let lo = rng.below(sa[0] as usize) as i64;
+                let hi = lo + 1 + rng.below(sa[0] as usize - lo as usize) as i64;
+                let mut int = |v: i64| {
+                    let d = kiln_ir::TensorData::from_i64(vec![1], &[v]).unwrap();
+                    let c = m.add_constant_unique("c", std::sync::Arc::new(d));
+                    m.body.constants.push(c);
+                    c
+                };
+                let (starts, ends, axes) = (int(lo), int(hi), int(0));
+                let n = Node::new(
+                    "Slice",
+                    vec![Some(a), Some(starts), Some(ends), Some(axes)],
+                    vec![],
+                );
+                (n, t((hi - lo) as u64, sa[1]))
             }
             _ => {
                 // If: then returns an outer value as is, else computes from

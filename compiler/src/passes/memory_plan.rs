@@ -57,9 +57,10 @@
 //!    its offset, with its in-place chain ([`Buffer::part_of`]), so the
 //!    step moves nothing. Only when the operand and everything in its
 //!    buffer die at this node (nobody reads the bytes the results' chains
-//!    later write over), each result is placed nowhere else, and its
-//!    offset keeps the alignment; the buffer then lives on to the last use
-//!    of any result's chain.
+//!    later write over), each result is placed nowhere else (in
+//!    particular not inside a Concat: concatenations are placed first),
+//!    and its offset keeps the alignment; the buffer then lives on to the
+//!    last use of any result's chain.
 //! 7. **Offsets.** Greedy by size with best fit (as in TFLite's
 //!    `GreedyBySize` planner): buffers (in-place chains merged into one) are
 //!    placed largest first (ties: earlier start, then lower value id); each
@@ -388,6 +389,18 @@ fn slice_parts(
     }
     placed
 }
+
+/// [`concat_parts`] or [`slice_parts`]: a node's placements, as (part,
+/// whole) pairs.
+type Placer = fn(
+    &Module,
+    &Node,
+    usize,
+    &Liveness,
+    u64,
+    &mut [Group],
+    &mut HashMap<ValueId, usize>,
+) -> Vec<(ValueId, ValueId)>;
 
 /// Moves group `g`'s members into group `host` at byte offset `off`
 /// (`g` is left empty), the host living as long as either did.
@@ -866,25 +879,29 @@ pub fn plan_with(
             last: &last,
             size: &size,
         };
-        for (pos, &ni) in schedule.iter().enumerate() {
-            let node = &body.nodes[ni];
-            let mut placed = vec![];
-            if opts.concat_in_place {
-                placed = concat_parts(m, node, pos, &at, align, &mut groups, &mut group_of);
-            }
-            if opts.slice_in_place {
-                placed.extend(slice_parts(
+        // Concatenations first: a slice that a Concat would also take
+        // (YOLO's C2f blocks concatenate both halves of a channel split
+        // and what was computed from them) is better written straight
+        // into the Concat's result than left in its operand for the
+        // Concat to copy.
+        let passes: [(bool, Placer); 2] = [
+            (opts.concat_in_place, concat_parts),
+            (opts.slice_in_place, slice_parts),
+        ];
+        for (on, place) in passes {
+            for (pos, &ni) in schedule.iter().enumerate().filter(|_| on) {
+                let placed = place(
                     m,
-                    node,
+                    &body.nodes[ni],
                     pos,
                     &at,
                     align,
                     &mut groups,
                     &mut group_of,
-                ));
-            }
-            for (part, whole) in placed {
-                part_of.insert(part, whole);
+                );
+                for (part, whole) in placed {
+                    part_of.insert(part, whole);
+                }
             }
         }
     }

@@ -34,6 +34,11 @@ pub struct StepInfo {
     pub what: String,
     /// Floating-point operations per run (0 when not counted).
     pub flops: f64,
+    /// Bytes the step reads and writes per run, where the backend knows
+    /// better than its operands' and results' sizes (a data-movement step
+    /// whose results the memory plan put on its operands' bytes moves
+    /// less, or nothing); `None`: those sizes.
+    pub bytes: Option<f64>,
 }
 
 /// A module compiled for one target and one set of input shapes.

@@ -67,6 +67,14 @@ pub trait NativeKernel: Send + Sync {
     fn sized_by_values(&self) -> bool {
         false
     }
+
+    /// Whether the kernel only moves its operands' bytes into its results
+    /// (Reshape, Slice, Split, Concat) and skips what the memory plan
+    /// already put in place: a profile then counts only the bytes that
+    /// move ([`CpuExecutable::moved_bytes`]).
+    fn moves_data(&self) -> bool {
+        false
+    }
 }
 
 /// Where the intermediates of a run live: the memory plan as the
@@ -469,6 +477,50 @@ impl CpuExecutable {
     }
 }
 
+impl CpuExecutable {
+    /// The bytes a data-movement step reads and writes: twice those that
+    /// move, which are the results' bytes not on an operand's (a Concat's
+    /// operands may lie inside its result, a Slice's result inside its
+    /// operand, a view on its operand), or as many of the operands'
+    /// bytes if fewer. A step whose results are all in place moves none.
+    fn moved_bytes(&self, node: &kiln_ir::Node) -> f64 {
+        let range = |v: ValueId| -> Option<(usize, usize)> {
+            let s = self.slots.get(&v)?;
+            let n = s
+                .elem
+                .storage_bytes(s.shape.iter().product::<usize>() as u64)?
+                as usize;
+            Some((s.offset, s.offset + n))
+        };
+        let size = |v: ValueId| -> f64 {
+            self.module
+                .ty(v)
+                .as_tensor()
+                .and_then(|t| Some(t.elem.storage_bytes(t.num_elements()?)? as f64))
+                .unwrap_or(0.0)
+        };
+        let inside = |a: Option<(usize, usize)>, b: Option<(usize, usize)>| matches!((a, b), (Some(a), Some(b)) if b.0 <= a.0 && a.1 <= b.1);
+        let operands: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
+        // Each side's bytes not shared with the other side.
+        let apart = |side: &[ValueId], other: &[ValueId]| -> f64 {
+            side.iter()
+                .map(|&v| {
+                    if other.iter().any(|&o| inside(range(v), range(o))) {
+                        return 0.0;
+                    }
+                    let within: f64 = other
+                        .iter()
+                        .filter(|&&o| inside(range(o), range(v)))
+                        .map(|&o| size(o))
+                        .sum();
+                    (size(v) - within).max(0.0)
+                })
+                .sum()
+        };
+        2.0 * apart(&node.outputs, &operands).min(apart(&operands, &node.outputs))
+    }
+}
+
 /// The arena slots of `layout`, checked: inside the arena, aligned, of
 /// tensors with static shapes and fixed-size elements.
 fn slots_of(m: &Module, layout: &Layout) -> Result<HashMap<ValueId, Slot>, String> {
@@ -553,23 +605,33 @@ impl Executable for CpuExecutable {
         self.steps
             .iter()
             .map(|s| match &s.kind {
-                StepKind::Native(NativeStep { what, flops, .. }) => StepInfo {
+                StepKind::Native(NativeStep {
+                    what,
+                    flops,
+                    kernel,
+                    ..
+                }) => StepInfo {
                     node: s.node,
                     placement: Placement::Native,
                     what: what.clone(),
                     flops: *flops,
+                    bytes: kernel
+                        .moves_data()
+                        .then(|| self.moved_bytes(&self.module.body.nodes[s.node])),
                 },
                 StepKind::Interp { why } => StepInfo {
                     node: s.node,
                     placement: Placement::Interp,
                     what: why.clone(),
                     flops: 0.0,
+                    bytes: None,
                 },
                 StepKind::Control(c) => StepInfo {
                     node: s.node,
                     placement: Placement::Native,
                     what: c.describe(&self.module.body.nodes[s.node]),
                     flops: 0.0,
+                    bytes: None,
                 },
                 StepKind::Dynamic(d) => {
                     let (native, what) = d.describe();
@@ -582,6 +644,7 @@ impl Executable for CpuExecutable {
                         },
                         what,
                         flops: d.flops(),
+                        bytes: None,
                     }
                 }
             })

@@ -997,6 +997,7 @@ impl Executable for GpuExecutable {
                         placement: Placement::Native,
                         what: kernel.describe.clone(),
                         flops: kernel.flops,
+                        bytes: None,
                     },
                     GpuStepKind::If {
                         then_branch,
@@ -1006,12 +1007,14 @@ impl Executable for GpuExecutable {
                         placement: Placement::Native,
                         what: branches_what(then_branch, else_branch),
                         flops: 0.0,
+                        bytes: None,
                     },
                     GpuStepKind::Cpu { why } => StepInfo {
                         node: k,
                         placement: Placement::Interp,
                         what: why.clone(),
                         flops: 0.0,
+                        bytes: None,
                     },
                 }
             })

@@ -167,13 +167,14 @@ pub fn profile(args: &BenchArgs) -> Result<(), Failure> {
         .map(|(s, d)| {
             let n = &m.body.nodes[s.node];
             let ms = d.as_secs_f64() * 1e3 / runs as f64;
-            let bytes: f64 = n
-                .inputs
-                .iter()
-                .flatten()
-                .chain(&n.outputs)
-                .map(|&v| bytes_of(v))
-                .sum();
+            let bytes: f64 = s.bytes.unwrap_or_else(|| {
+                n.inputs
+                    .iter()
+                    .flatten()
+                    .chain(&n.outputs)
+                    .map(|&v| bytes_of(v))
+                    .sum()
+            });
             let (what, flops) = match s.placement {
                 Placement::Native => (s.what.clone(), s.flops),
                 Placement::Interp => (format!("{} (interpreter)", n.op), 0.0),

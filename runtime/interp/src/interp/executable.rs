@@ -85,6 +85,7 @@ impl Executable for InterpExecutable {
                 placement: Placement::Interp,
                 what: "the interpreter backend".into(),
                 flops: 0.0,
+                bytes: None,
             })
             .collect()
     }

@@ -73,6 +73,10 @@ impl NativeKernel for Reshape {
     fn in_place(&self) -> bool {
         true
     }
+
+    fn moves_data(&self) -> bool {
+        true
+    }
 }
 
 /// Dropout at inference: the operand unchanged and, if asked for, a mask
@@ -545,6 +549,10 @@ impl NativeKernel for Split {
         }
         Ok(())
     }
+
+    fn moves_data(&self) -> bool {
+        true
+    }
 }
 
 /// Slice with constant bounds, planned: see [`movement::slice`].
@@ -592,6 +600,10 @@ impl NativeKernel for Slice {
             o
         ));
         Ok(())
+    }
+
+    fn moves_data(&self) -> bool {
+        true
     }
 }
 
@@ -689,6 +701,10 @@ impl NativeKernel for Concat {
             at += inner;
         }
         Ok(())
+    }
+
+    fn moves_data(&self) -> bool {
+        true
     }
 }
 
