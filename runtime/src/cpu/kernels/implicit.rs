@@ -271,8 +271,8 @@ impl Shifted {
         // for the threads: its planes are filled and then read by its
         // units while they are still in L2. Filling every item's planes
         // first evicted the first item's before its units ran (a 3x3 conv
-        // over 64 channels at 56x56: 88 GFLOP/s at batch 1, 50 at batch
-        // 2, on one Zen 3 thread).
+        // over 64 channels at 56x56 on one Zen 3 thread: 88 GFLOP/s at
+        // batch 1, 58-61 at batch 2, now 83).
         let by_item =
             items > 1 && !self.phases.is_empty() && (!parallel || nsb * msplit >= threads);
         let batch_items = if by_item { 1 } else { items };
