@@ -267,3 +267,285 @@ fn gpu_runs_if_branches_on_the_device() {
             .unwrap_or_else(|e| panic!("k = {k}: {e}"));
     }
 }
+
+/// Deterministic integers in `lo..=hi`, written as a text-IR list.
+fn ints_in(seed: u32, n: usize, lo: i64, hi: i64) -> String {
+    let mut rng = kiln_runtime::interp::kernels::Rng::new(seed);
+    let v: Vec<String> = (0..n)
+        .map(|_| {
+            (lo + (rng.uniform() * (hi - lo + 1) as f64) as i64)
+                .min(hi)
+                .to_string()
+        })
+        .collect();
+    v.join(", ")
+}
+
+/// `n` deterministic 4-bit values packed two to a byte (low nibble
+/// first), as text IR's `hex"..."`.
+fn nibbles_hex(seed: u32, n: usize) -> String {
+    let mut rng = kiln_runtime::interp::kernels::Rng::new(seed);
+    let v: Vec<u8> = (0..n).map(|_| (rng.uniform() * 16.0) as u8 & 15).collect();
+    v.chunks(2)
+        .map(|p| format!("{:02x}", p[0] | p.get(1).copied().unwrap_or(0) << 4))
+        .collect()
+}
+
+/// The quantized path on the device, against the interpreter, with no
+/// cpu step: integer convs (u8 and i8 operands mixed, zero points per
+/// tensor and per channel, groups, strides, dilations, 1-D) and matmuls
+/// (broadcast batches, per-column zero points), the exact i32 sums of the
+/// Integer ops, (de)quantization per tensor, axis and block, 8- and 16-bit,
+/// 8-bit MaxPool, and packed bytes moved by Transpose, Slice, Concat,
+/// Gather and Reshape at odd sizes (words straddle rows and parts), and
+/// `kiln.Lookup` (written, and made by `qdq-lookup` at `-O2`), and weights
+/// kept quantized: `kiln.DequantMatMul` (4-bit blocks, 8-bit columns) and
+/// `kiln.DequantLSTM` (per-direction scales, compared at atol 1e-4).
+///
+/// The result scales are chosen so that outputs spread over tens of
+/// steps: an error of a fraction of a typical sum shows.
+///
+/// Tolerance: one step of the result's scale. Both sides sum exactly in
+/// integers; the requantizing multiply is f32 on the device, and a sum
+/// whose scaled value lies within rounding of a half step may round to
+/// the other neighbour. The i32 sums are compared exactly.
+#[test]
+fn gpu_runs_the_quantized_path_on_the_device() {
+    if device().is_none() {
+        return;
+    }
+    let w8 = |seed, n| ints_in(seed, n, -127, 127);
+    let u8s = |seed, n| ints_in(seed, n, 0, 255);
+    let cases: Vec<(&str, Vec<usize>, f64, String)> = vec![
+        (
+            "conv u8 x i8, per-channel scales, bias, pads",
+            vec![1, 3, 7, 9],
+            0.04,
+            format!(
+                "  const %sx: f32[] = dense[0.01]\n  const %zx: u8[] = dense[128]\n\
+                 const %w: i8[5,3,3,3] = dense[{}]\n  const %sw: f32[5] = dense[0.011, 0.007, 0.013, 0.009, 0.02]\n\
+                 const %b: i32[5] = dense[{}]\n  const %sy: f32[] = dense[0.04]\n  const %zy: u8[] = dense[100]\n\
+                 %xq = QuantizeLinear(%x, %sx, %zx) : u8[1,3,7,9]\n\
+                 %y = QLinearConv(%xq, %sx, %zx, %w, %sw, %zy_w, %sy, %zy, %b) {{pads = [1, 1, 1, 1]}} : u8[1,5,7,9]\n\
+                 %out = DequantizeLinear(%y, %sy, %zy) : f32[1,5,7,9]",
+                w8(1, 135),
+                ints_in(2, 5, -300, 300)
+            )
+            .replace("%zy_w", "%zw")
+            .replace("const %sy", "const %zw: i8[] = dense[0]\n  const %sy"),
+        ),
+        (
+            "depthwise i8 x u8, per-channel zero points, stride 2",
+            vec![2, 4, 6, 6],
+            0.01,
+            format!(
+                "  const %sx: f32[] = dense[0.01]\n  const %zx: i8[] = dense[-3]\n\
+                 const %w: u8[4,1,3,3] = dense[{}]\n  const %sw: f32[] = dense[0.004]\n\
+                 const %zw: u8[4] = dense[120, 130, 128, 127]\n  const %sy: f32[] = dense[0.01]\n  const %zy: i8[] = dense[5]\n\
+                 %xq = QuantizeLinear(%x, %sx, %zx) : i8[2,4,6,6]\n\
+                 %y = QLinearConv(%xq, %sx, %zx, %w, %sw, %zw, %sy, %zy) {{group = 4, pads = [1, 1, 1, 1], strides = [2, 2]}} : i8[2,4,3,3]\n\
+                 %out = DequantizeLinear(%y, %sy, %zy) : f32[2,4,3,3]",
+                u8s(3, 36)
+            ),
+        ),
+        (
+            "1-D conv, dilation 2, u8 x u8",
+            vec![1, 2, 10],
+            0.008,
+            format!(
+                "  const %sx: f32[] = dense[0.01]\n  const %zx: u8[] = dense[100]\n\
+                 const %w: u8[3,2,3] = dense[{}]\n  const %sw: f32[] = dense[0.005]\n\
+                 const %zw: u8[] = dense[128]\n  const %sy: f32[] = dense[0.008]\n  const %zy: u8[] = dense[128]\n\
+                 %xq = QuantizeLinear(%x, %sx, %zx) : u8[1,2,10]\n\
+                 %y = QLinearConv(%xq, %sx, %zx, %w, %sw, %zw, %sy, %zy) {{dilations = [2], pads = [2, 2]}} : u8[1,3,10]\n\
+                 %out = DequantizeLinear(%y, %sy, %zy) : f32[1,3,10]",
+                u8s(4, 18)
+            ),
+        ),
+        (
+            "ConvInteger, exact sums",
+            vec![1, 2, 5, 5],
+            0.0,
+            format!(
+                "  const %sx: f32[] = dense[0.01]\n  const %zx: u8[] = dense[7]\n\
+                 const %w: u8[3,2,2,2] = dense[{}]\n  const %zw: u8[] = dense[3]\n\
+                 %xq = QuantizeLinear(%x, %sx, %zx) : u8[1,2,5,5]\n\
+                 %y = ConvInteger(%xq, %w, %zx, %zw) {{pads = [0, 1, 1, 0]}} : i32[1,3,5,5]\n\
+                 %out = Cast(%y) {{to = 1}} : f32[1,3,5,5]",
+                u8s(5, 24)
+            ),
+        ),
+        (
+            "MatMulInteger, broadcast batch, per-column zero points",
+            vec![2, 3, 5],
+            0.0,
+            format!(
+                "  const %sx: f32[] = dense[0.01]\n  const %zx: u8[] = dense[128]\n\
+                 const %b: i8[5,7] = dense[{}]\n  const %zb: i8[7] = dense[{}]\n\
+                 %xq = QuantizeLinear(%x, %sx, %zx) : u8[2,3,5]\n\
+                 %y = MatMulInteger(%xq, %b, %zx, %zb) : i32[2,3,7]\n\
+                 %out = Cast(%y) {{to = 1}} : f32[2,3,7]",
+                w8(6, 35),
+                ints_in(7, 7, -5, 5)
+            ),
+        ),
+        (
+            "QLinearMatMul u8",
+            vec![3, 5],
+            0.012,
+            format!(
+                "  const %sx: f32[] = dense[0.01]\n  const %zx: u8[] = dense[128]\n\
+                 const %b: u8[5,4] = dense[{}]\n  const %sb: f32[] = dense[0.004]\n  const %zb: u8[] = dense[128]\n\
+                 const %sy: f32[] = dense[0.012]\n  const %zy: u8[] = dense[128]\n\
+                 %xq = QuantizeLinear(%x, %sx, %zx) : u8[3,5]\n\
+                 %y = QLinearMatMul(%xq, %sx, %zx, %b, %sb, %zb, %sy, %zy) : u8[3,4]\n\
+                 %out = DequantizeLinear(%y, %sy, %zy) : f32[3,4]",
+                u8s(8, 20)
+            ),
+        ),
+        (
+            "packed bytes: per-axis Q, Transpose, Slice, Concat, Gather, Reshape",
+            vec![2, 3, 5],
+            0.0,
+            "  const %s: f32[3] = dense[0.01, 0.02, 0.005]\n  const %z: u8[3] = dense[128, 100, 3]\n\
+             const %st: i64[1] = dense[1]\n  const %en: i64[1] = dense[4]\n  const %ax: i64[1] = dense[0]\n\
+             const %ix: i64[3] = dense[2, 0, -1]\n  const %sh: i64[2] = dense[6, 3]\n\
+             %q = QuantizeLinear(%x, %s, %z) : u8[2,3,5]\n\
+             %t = Transpose(%q) {perm = [2, 0, 1]} : u8[5,2,3]\n\
+             %sl = Slice(%t, %st, %en, %ax) : u8[3,2,3]\n\
+             %c = Concat(%sl, %t, %sl) {axis = 0} : u8[11,2,3]\n\
+             %g = Gather(%c, %ix) {axis = 0} : u8[3,2,3]\n\
+             %r = Reshape(%g, %sh) : u8[6,3]\n\
+             %out = Cast(%r) {to = 1} : f32[6,3]"
+                .into(),
+        ),
+        (
+            "kiln.Lookup of i8 by an i8 table",
+            vec![3, 7, 5],
+            0.0,
+            format!(
+                "  const %s: f32[] = dense[0.008]\n  const %z: i8[] = dense[-2]\n  const %t: i8[256] = dense[{}]\n\
+                 %q = QuantizeLinear(%x, %s, %z) : i8[3,7,5]\n\
+                 %l = kiln.Lookup(%q, %t) : i8[3,7,5]\n\
+                 %out = Cast(%l) {{to = 1}} : f32[3,7,5]",
+                ints_in(10, 256, -128, 127)
+            ),
+        ),
+        (
+            "a QDQ HardSwish (a lookup table at -O2)",
+            vec![1, 5, 3, 3],
+            0.01,
+            "  const %s: f32[] = dense[0.02]\n  const %z: u8[] = dense[128]\n\
+             const %s2: f32[] = dense[0.01]\n  const %z2: u8[] = dense[10]\n\
+             %q = QuantizeLinear(%x, %s, %z) : u8[1,5,3,3]\n\
+             %d = DequantizeLinear(%q, %s, %z) : f32[1,5,3,3]\n\
+             %h = HardSwish(%d) : f32[1,5,3,3]\n\
+             %q2 = QuantizeLinear(%h, %s2, %z2) : u8[1,5,3,3]\n\
+             %out = DequantizeLinear(%q2, %s2, %z2) : f32[1,5,3,3]"
+                .into(),
+        ),
+        (
+            "kiln.DequantMatMul: 4-bit blocks of 16 rows, 8-bit per column",
+            vec![3, 32],
+            1e-4,
+            format!(
+                "  const %w4: u4[32,5] = hex\"{}\"\n  const %s4: f32[2,5] = dense[{}]\n  const %z4: u4[2,5] = hex\"{}\"\n\
+                 const %w8: i8[5,6] = dense[{}]\n  const %s8: f32[6] = dense[0.01, 0.02, 0.015, 0.005, 0.03, 0.012]\n\
+                 const %z8: i8[6] = dense[0, 3, -2, 1, 0, -5]\n\
+                 %h = kiln.DequantMatMul(%x, %w4, %s4, %z4) {{axis = 0, block_size = 16}} : f32[3,5]\n\
+                 %out = kiln.DequantMatMul(%h, %w8, %s8, %z8) : f32[3,6]",
+                nibbles_hex(11, 160),
+                (0..10).map(|i| format!("{}", 0.01 + 0.002 * i as f32)).collect::<Vec<_>>().join(", "),
+                nibbles_hex(12, 10),
+                w8(13, 30)
+            ),
+        ),
+        (
+            "kiln.DequantLSTM, both directions, per-direction scales and zero points",
+            vec![5, 1, 4],
+            1e-4,
+            format!(
+                "  const %w: i8[2,12,4] = dense[{}]\n  const %r: i8[2,12,3] = dense[{}]\n\
+                 const %sw: f32[2] = dense[0.004, 0.0047]\n  const %zw: i8[2] = dense[2, -3]\n\
+                 const %sr: f32[2] = dense[0.003, 0.0021]\n  const %zr: i8[2] = dense[-1, 4]\n\
+                 %out, %yh, %yc = kiln.DequantLSTM(%x, %w, %r, none, none, none, none, none, %sw, %zw, %sr, %zr) {{direction = \"bidirectional\", hidden_size = 3}} : f32[5,2,1,3], f32[2,1,3], f32[2,1,3]",
+                w8(14, 96),
+                w8(15, 72)
+            ),
+        ),
+        (
+            "blocked i8 and 16-bit (de)quantization, 8-bit MaxPool",
+            vec![1, 2, 7, 7],
+            0.0,
+            format!(
+                "  const %sb: f32[1,2,2,7] = dense[{}]\n  const %zb: i8[1,2,2,7] = dense[{}]\n\
+                 const %s16: f32[] = dense[0.0001]\n  const %z16: i16[] = dense[-7]\n\
+                 %q = QuantizeLinear(%x, %sb, %zb) {{axis = 2, block_size = 4}} : i8[1,2,7,7]\n\
+                 %p = MaxPool(%q) {{kernel_shape = [3, 3], pads = [1, 1, 1, 1], strides = [2, 2]}} : i8[1,2,4,4]\n\
+                 %d = DequantizeLinear(%q, %sb, %zb) {{axis = 2, block_size = 4}} : f32[1,2,7,7]\n\
+                 %q16 = QuantizeLinear(%d, %s16, %z16) : i16[1,2,7,7]\n\
+                 %d16 = DequantizeLinear(%q16, %s16, %z16) : f32[1,2,7,7]\n\
+                 %pf = Cast(%p) {{to = 1}} : f32[1,2,4,4]\n\
+                 %pr = Reshape(%pf, %flat) : f32[32]\n\
+                 %dr = Reshape(%d16, %flat98) : f32[98]\n\
+                 %out = Concat(%pr, %dr) {{axis = 0}} : f32[130]\n\
+                 const %flat: i64[1] = dense[32]\n  const %flat98: i64[1] = dense[98]",
+                (0..28).map(|i| format!("{}", 0.004 + 0.001 * (i % 5) as f32)).collect::<Vec<_>>().join(", "),
+                ints_in(9, 28, -4, 4)
+            ),
+        ),
+    ];
+    for (what, shape, step, body) in cases {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        // Constants first, then nodes (the text IR reads them in order).
+        let (consts, nodes): (Vec<&str>, Vec<&str>) = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .partition(|l| l.starts_with("const"));
+        let src = format!(
+            "module @q opset(ai.onnx = 21) {{\n  input %x: f32[{}]\n  {}\n  {}\n  return %out\n}}\n",
+            dims.join(","),
+            consts.join("\n  "),
+            nodes.join("\n  ")
+        );
+        let m = kiln_ir::parse_module(&src).unwrap_or_else(|e| panic!("{what}: {e}\n{src}"));
+        kiln_ir::verify::verify(&m).unwrap_or_else(|e| panic!("{what}: {e}\n{src}"));
+        let n: usize = shape.iter().product();
+        let mut rng = kiln_runtime::interp::kernels::Rng::new(n as u32);
+        let x: Vec<f32> = (0..n).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect();
+        let inputs: std::collections::HashMap<String, kiln_runtime::Value> = [(
+            "x".to_string(),
+            kiln_runtime::Value::tensor(
+                kiln_runtime::Tensor::new(shape.clone(), kiln_runtime::Data::F32(x))
+                    .expect("tensor"),
+            ),
+        )]
+        .into();
+        let want = kiln_runtime::Interpreter::new(&m)
+            .run(&inputs)
+            .unwrap_or_else(|e| panic!("{what}: interpreter: {e}"));
+        for level in [0, 2] {
+            let target = Target::Gpu(GpuOptions {
+                opt_level: level,
+                ..Default::default()
+            });
+            let exe =
+                kiln_compiler::compile(&m, &target, &kiln_compiler::lower::shapes_of(&inputs))
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let report = exe.report();
+            assert!(
+                report.contains(" on the gpu, 0 on the cpu"),
+                "{what} at -O{level}: a cpu step\n{report}"
+            );
+            let got = exe.run(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let tol = Tolerance {
+                rtol: 0.0,
+                atol: step * 1.001,
+                quantized: false,
+            };
+            kiln_compiler::conformance::compare(&got[0], &want[0], tol)
+                .unwrap_or_else(|e| panic!("{what} at -O{level}: {e}"));
+        }
+    }
+}

@@ -6,6 +6,8 @@
 
 use std::fmt::Write;
 
+use kiln_ir::ElemType;
+
 use crate::fusion_plan::Op;
 
 /// Threads per workgroup of the one-thread-per-element kernels.
@@ -430,6 +432,85 @@ fn op_value(sh: &mut Shader, op: &Op, a: &[String]) -> String {
         Op::PRelu => format!("select({x}, {x} * {y}, {x} < 0.0)"),
         Op::Fmod => format!("({x} % {y})"),
     }
+}
+
+/// Bytes per element of the 8- and 16-bit integer types, which the GPU
+/// keeps packed, four or two to a 32-bit word (WGSL has no smaller
+/// storage type).
+pub fn packed_bytes(e: ElemType) -> Option<u32> {
+    match e {
+        ElemType::U8 | ElemType::I8 => Some(1),
+        ElemType::U16 | ElemType::I16 => Some(2),
+        _ => None,
+    }
+}
+
+/// The bits of element `idx` of a packed array `buf` of `eb`-byte
+/// elements, in the low bits of a `u32`.
+pub(crate) fn packed_raw(buf: &str, idx: &str, eb: u32) -> String {
+    match eb {
+        1 => format!("(({buf}[({idx}) >> 2u] >> ((({idx}) & 3u) * 8u)) & 0xffu)"),
+        2 => format!("(({buf}[({idx}) >> 1u] >> ((({idx}) & 1u) * 16u)) & 0xffffu)"),
+        _ => format!("{buf}[{idx}]"),
+    }
+}
+
+/// Element `idx` of `buf` as an `i32`, for the integer types kernels
+/// read: 4-, 8- and 16-bit ones packed (sign-extended where signed),
+/// 32-bit ones a word each.
+pub(crate) fn int_read(buf: &str, idx: &str, e: ElemType) -> Result<String, String> {
+    let raw = |eb| packed_raw(buf, idx, eb);
+    Ok(match e {
+        ElemType::U8 | ElemType::U16 => format!("i32({})", raw(packed_bytes(e).unwrap_or(1))),
+        ElemType::I8 => format!("(bitcast<i32>({} << 24u) >> 24u)", raw(1)),
+        ElemType::I16 => format!("(bitcast<i32>({} << 16u) >> 16u)", raw(2)),
+        ElemType::I32 | ElemType::U32 => format!("bitcast<i32>({buf}[{idx}])"),
+        // Two to a byte, low nibble first.
+        ElemType::U4 => format!("i32(({buf}[({idx}) >> 3u] >> ((({idx}) & 7u) * 4u)) & 0xfu)"),
+        ElemType::I4 => {
+            format!("(bitcast<i32>({buf}[({idx}) >> 3u] << (28u - (({idx}) & 7u) * 4u)) >> 28u)")
+        }
+        e => return Err(format!("{e} integers on the gpu")),
+    })
+}
+
+/// The saturation range of an integer result type the GPU writes.
+pub(crate) fn int_range(e: ElemType) -> Result<(i32, i32), String> {
+    Ok(match e {
+        ElemType::U8 => (0, 255),
+        ElemType::I8 => (-128, 127),
+        ElemType::U16 => (0, 65535),
+        ElemType::I16 => (-32768, 32767),
+        e => return Err(format!("{e} results on the gpu")),
+    })
+}
+
+/// The body of a shader writing `total` packed elements of `eb` bytes to
+/// `y`, one 32-bit word per thread (so no two threads write one word):
+/// `lane` is run for each element `e` of the thread's word and leaves its
+/// bits in a `u32` named `v`.
+pub(crate) fn per_word(y: &str, total: usize, eb: u32, lane: &str) -> String {
+    let lanes = 4 / eb;
+    let bits = 8 * eb;
+    let mask = if eb == 1 { 0xff } else { 0xffff };
+    let words = total.div_ceil(lanes as usize);
+    format!(
+        "if (gid >= {words}u) {{ return; }}
+var word = 0u;
+         for (var l = 0u; l < {lanes}u; l = l + 1u) {{
+ let e = gid * {lanes}u + l;
+ if (e < {total}u) {{
+{lane}
+  word = word | ((v & {mask}u) << (l * {bits}u));
+ }}
+}}
+{y}[gid] = word;"
+    )
+}
+
+/// Workgroups for [`per_word`] over `total` elements of `eb` bytes.
+pub(crate) fn grid_per_word(total: usize, eb: u32) -> Result<[u32; 3], String> {
+    grid_for(total.div_ceil((4 / eb) as usize) as u64)
 }
 
 /// naga's verdict on a shader: parsed and validated, or why not (with the

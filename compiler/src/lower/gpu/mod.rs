@@ -8,12 +8,16 @@
 //! The lowering table is [`lower_node`]: fusion regions and lone pointwise,
 //! reduction and softmax nodes through the shared fusion plan; MatMul,
 //! Gemm and Conv (with a fusion's epilogue applied in their store) on the
-//! tiled GEMM; pooling; data movement as strided copies; Gather; Cast.
+//! tiled GEMM; pooling; data movement as strided copies (8- and 16-bit
+//! data packed in words); Gather; Cast; the quantized path:
+//! (de)quantization, 8-bit lookups and pooling, and QLinearConv,
+//! ConvInteger, QLinearMatMul and MatMulInteger on `dot4I8Packed`.
 
 use std::collections::HashSet;
 
 use kiln_ir::{Attr, ElemType, Module, Node, Region, ValueId};
 use kiln_runtime::gpu::kernels::dense::{self, ConvGeom, Epilogue, PoolOp, Store};
+use kiln_runtime::gpu::kernels::quant::{self, IntOperands, IntOut, ParamSplit};
 use kiln_runtime::gpu::kernels::reduce::{self, ReduceOp};
 use kiln_runtime::gpu::kernels::{fusion, movement, recurrent, typed};
 use kiln_runtime::gpu::wgsl::{self, Bind, GpuKernel};
@@ -343,13 +347,31 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
             movement::cast(n, from, to, total).or_else(|e| typed_single(m, n).map_err(|_| e))
         }
         "kiln.Fusion" => fusion_node(m, n),
-        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" => {
+        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" | "kiln.DequantMatMul" => {
             let binds: Vec<Option<Bind>> = (0..n.inputs.len())
                 .map(|i| n.input(i).map(|_| Bind::Operand(i)))
                 .collect();
             anchor(m, n, &binds, Store::To(Bind::Result(0)))
         }
+        "MaxPool" if wgsl::packed_bytes(elem(m, operand(n, 0)?)?).is_some() => int_max_pool(m, n),
         "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => pool(m, n),
+        "QuantizeLinear" => quantize(m, n),
+        "DequantizeLinear" => dequantize(m, n),
+        "DynamicQuantizeLinear" => {
+            if elem(m, operand(n, 0)?)? != ElemType::F32 || n.outputs.len() != 3 {
+                return Err("DynamicQuantizeLinear of non-f32".into());
+            }
+            quant::dynamic_quantize(n, m.static_shape(operand(n, 0)?)?.iter().product())
+        }
+        "QLinearConv" | "ConvInteger" => int_conv(m, n),
+        "kiln.Lookup" => {
+            let x = operand(n, 0)?;
+            if count(m, n, 1)? != 256 || wgsl::packed_bytes(elem(m, operand(n, 1)?)?) != Some(1) {
+                return Err("a table that is not 256 bytes".into());
+            }
+            quant::lookup(n, m.static_shape(x)?.iter().product(), elem(m, x)?)
+        }
+        "QLinearMatMul" | "MatMulInteger" => int_matmul(m, n),
         "LpPool" | "GlobalLpPool" => lp_pool(m, n),
         "Hardmax" => hardmax(m, n),
         "BatchNormalization" => single_node(m, n).or_else(|_| batch_norm(m, n)),
@@ -358,7 +380,14 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         "OneHot" => one_hot(m, n),
         "DeformConv" => deform_conv(m, n),
         "MeanVarianceNormalization" | "Det" | "Range" => f32_misc(m, n),
-        "RNN" | "GRU" | "LSTM" => recurrent::recurrent(n, &recurrent_layer(m, n)?),
+        "RNN" | "GRU" | "LSTM" => recurrent::recurrent(n, &recurrent_layer(m, n)?, None),
+        "kiln.DequantLSTM" => {
+            let q = (
+                dequant_lstm_weights(m, n, 1, 8)?,
+                dequant_lstm_weights(m, n, 2, 10)?,
+            );
+            recurrent::recurrent(n, &recurrent_layer(m, n)?, Some(q))
+        }
         "LayerNormalization" => single_node(m, n).or_else(|_| layer_norm(m, n)),
         _ => single_node(m, n)
             .or_else(|e| typed_single(m, n).map_err(|_| e))
@@ -366,9 +395,251 @@ fn lower_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     }
 }
 
-fn words_of(m: &Module, v: ValueId) -> Result<usize, String> {
+/// How the scale operand `scale` of a (de)quantization spreads over
+/// `x` (the `axis` and `block_size` attributes).
+fn param_split(m: &Module, n: &Node, x: ValueId, scale: ValueId) -> Result<ParamSplit, String> {
+    let xs = m.static_shape(x)?;
+    let params: usize = m.static_shape(scale)?.iter().product();
+    let block = n
+        .attrs
+        .get("block_size")
+        .and_then(Attr::as_int)
+        .unwrap_or(0)
+        .max(0) as usize;
+    let total: usize = xs.iter().product();
+    if block == 0 && m.static_shape(scale)?.len() <= 1 && params == 1 {
+        return Ok(ParamSplit {
+            outer: 1,
+            axis: 1,
+            inner: total,
+            block: 0,
+        });
+    }
+    let a = axis_attr(n, 1, xs.len())?;
+    let split = ParamSplit {
+        outer: xs[..a].iter().product(),
+        axis: xs[a],
+        inner: xs[a + 1..].iter().product(),
+        block: block.max(1),
+    };
+    let expect = split.outer * split.axis.div_ceil(split.block) * split.inner;
+    let expect = if block == 0 { split.axis } else { expect };
+    if params != expect {
+        return Err(format!("{params} scales for {expect} groups"));
+    }
+    Ok(split)
+}
+
+/// A `kiln.DequantLSTM`'s W or R (operand `wi`, [D, gates·H, K]) with its
+/// scale at `si` and zero point after it: one scale, one per direction,
+/// or one per row.
+fn dequant_lstm_weights(
+    m: &Module,
+    n: &Node,
+    wi: usize,
+    si: usize,
+) -> Result<quant::QuantWeights, String> {
+    let w = operand(n, wi)?;
+    let ws = m.static_shape(w)?;
+    if ws.len() != 3 || elem(m, operand(n, si)?)? != ElemType::F32 {
+        return Err("quantized recurrent weights of another form".into());
+    }
+    let params = count(m, n, si)?;
+    let (axis, inner) = if params == 1 {
+        (1, ws.iter().product())
+    } else if params == ws[0] {
+        (ws[0], ws[1] * ws[2])
+    } else if params == ws[0] * ws[1] {
+        (ws[0] * ws[1], ws[2])
+    } else {
+        return Err(format!("{params} scales for weights {ws:?}"));
+    };
+    let block = usize::from(params > 1);
+    let zp = match n.input(si + 1) {
+        Some(z) if count(m, n, si + 1)? == params => Some((Bind::Operand(si + 1), elem(m, z)?)),
+        Some(_) => return Err("a zero point of another shape than its scale".into()),
+        None => None,
+    };
+    Ok(quant::QuantWeights {
+        w: Bind::Operand(wi),
+        elem: elem(m, w)?,
+        scale: Bind::Operand(si),
+        zp,
+        split: ParamSplit {
+            outer: 1,
+            axis,
+            inner,
+            block,
+        },
+    })
+}
+
+/// The type of an optional zero-point operand.
+fn zp_type(m: &Module, n: &Node, i: usize) -> Result<Option<ElemType>, String> {
+    n.input(i).map(|v| elem(m, v)).transpose()
+}
+
+fn quantize(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    if elem(m, x)? != ElemType::F32 || elem(m, operand(n, 1)?)? != ElemType::F32 {
+        return Err("QuantizeLinear of non-f32".into());
+    }
+    let split = param_split(m, n, x, operand(n, 1)?)?;
+    let total = m.static_shape(x)?.iter().product();
+    quant::quantize(n, total, split, zp_type(m, n, 2)?, elem(m, result(n)?)?)
+}
+
+fn dequantize(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let x = operand(n, 0)?;
+    if elem(m, result(n)?)? != ElemType::F32 || elem(m, operand(n, 1)?)? != ElemType::F32 {
+        return Err("DequantizeLinear to non-f32".into());
+    }
+    let split = param_split(m, n, x, operand(n, 1)?)?;
+    let total = m.static_shape(x)?.iter().product();
+    quant::dequantize(n, total, split, elem(m, x)?, zp_type(m, n, 2)?)
+}
+
+fn int_max_pool(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    if n.outputs.len() > 1 {
+        return Err("MaxPool with indices".into());
+    }
+    let x = operand(n, 0)?;
+    let xs = m.static_shape(x)?;
+    let (_, a) = pool_attrs(n, &xs)?;
+    quant::max_pool(
+        n,
+        elem(m, x)?,
+        &xs,
+        &m.static_shape(result(n)?)?,
+        &a.kernel,
+        &a.strides,
+        &a.dilations,
+        &a.pads,
+    )
+}
+
+/// The number of values of operand `i` (1 when absent).
+fn count(m: &Module, n: &Node, i: usize) -> Result<usize, String> {
+    n.input(i)
+        .map_or(Ok(1), |v| Ok(m.static_shape(v)?.iter().product()))
+}
+
+/// A zero point read whole (one value) or per channel (`per` values).
+fn zero_point(
+    m: &Module,
+    n: &Node,
+    i: usize,
+    per: usize,
+) -> Result<Option<(Bind, ElemType, bool)>, String> {
+    let Some(v) = n.input(i) else { return Ok(None) };
+    let c = count(m, n, i)?;
+    if c != 1 && c != per {
+        return Err(format!("a zero point of {c} values for {per} channels"));
+    }
+    Ok(Some((Bind::Operand(i), elem(m, v)?, c > 1 && per > 1)))
+}
+
+/// The operand types and zero points of an integer product (zero points
+/// at `xz` and `wz`; `per` output channels/columns).
+fn int_operands(
+    m: &Module,
+    n: &Node,
+    (xi, wi, xz, wz): (usize, usize, usize, usize),
+    per: usize,
+) -> Result<IntOperands, String> {
+    let x_zp = zero_point(m, n, xz, 1)?.map(|(b, t, _)| (b, t));
+    Ok(IntOperands {
+        x: elem(m, operand(n, xi)?)?,
+        w: elem(m, operand(n, wi)?)?,
+        x_zp,
+        w_zp: zero_point(m, n, wz, per)?,
+    })
+}
+
+/// How a QLinear op requantizes (scales at 1, 4, 6; zero point 7; bias 8
+/// for QLinearConv), or the exact i32 sums of the Integer ops.
+fn int_out(m: &Module, n: &Node, per: usize) -> Result<IntOut, String> {
+    if !n.op.starts_with("QLinear") {
+        if elem(m, result(n)?)? != ElemType::I32 {
+            return Err("integer sums of another type than i32".into());
+        }
+        return Ok(IntOut::I32);
+    }
+    for i in [1, 4, 6] {
+        if elem(m, operand(n, i)?)? != ElemType::F32 {
+            return Err("scales of non-f32".into());
+        }
+    }
+    if count(m, n, 1)? != 1 || count(m, n, 6)? != 1 || count(m, n, 7)? != 1 {
+        return Err("per-row scales or zero points of the input or result".into());
+    }
+    let ws = count(m, n, 4)?;
+    if ws != 1 && ws != per {
+        return Err(format!("{ws} weight scales for {per} channels"));
+    }
+    let bias = match n.input(8) {
+        Some(b) if n.op == "QLinearConv" => {
+            if elem(m, b)? != ElemType::I32 || count(m, n, 8)? != per {
+                return Err("a bias that is not i32 per channel".into());
+            }
+            Some(Bind::Operand(8))
+        }
+        _ => None,
+    };
+    Ok(IntOut::Requantize {
+        y: elem(m, result(n)?)?,
+        x_scale: Bind::Operand(1),
+        w_scale: (Bind::Operand(4), ws > 1 && per > 1),
+        y_scale: Bind::Operand(6),
+        y_zp: zp_type(m, n, 7)?.map(|t| (Bind::Operand(7), t)),
+        bias,
+    })
+}
+
+/// QLinearConv (x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias)
+/// and ConvInteger (x, w, x_zp, w_zp).
+fn int_conv(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let q = n.op == "QLinearConv";
+    let idx = if q { (0, 3, 2, 5) } else { (0, 1, 2, 3) };
+    let xs = m.static_shape(operand(n, idx.0)?)?;
+    let ws = m.static_shape(operand(n, idx.1)?)?;
+    let ys = m.static_shape(result(n)?)?;
+    let a = conv_attrs(n, &xs, &ws)?;
+    let per = ws[0];
+    let g = ConvGeom {
+        x: xs,
+        w: ws,
+        y: ys,
+        strides: a.strides,
+        dilations: a.dilations,
+        pads: a.pads,
+        group: a.group,
+    };
+    quant::conv(n, &g, int_operands(m, n, idx, per)?, int_out(m, n, per)?)
+}
+
+/// QLinearMatMul (a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp) and
+/// MatMulInteger (a, b, a_zp, b_zp).
+fn int_matmul(m: &Module, n: &Node) -> Result<GpuKernel, String> {
+    let q = n.op == "QLinearMatMul";
+    let idx = if q { (0, 3, 2, 5) } else { (0, 1, 2, 3) };
+    let a = m.static_shape(operand(n, idx.0)?)?;
+    let b = m.static_shape(operand(n, idx.1)?)?;
+    let per = *b.last().ok_or("a scalar operand")?;
+    quant::matmul(
+        n,
+        &a,
+        &b,
+        &m.static_shape(result(n)?)?,
+        int_operands(m, n, idx, per)?,
+        int_out(m, n, per)?,
+    )
+}
+
+/// Bytes per element of `v`, for the types the GPU moves.
+fn bytes_of(m: &Module, v: ValueId) -> Result<usize, String> {
     let e = elem(m, v)?;
-    movement::words(e).ok_or_else(|| format!("{e} data does not move on the gpu"))
+    movement::elem_bytes(e).ok_or_else(|| format!("{e} data does not move on the gpu"))
 }
 
 /// Reshape, Flatten, Squeeze, Unsqueeze, Identity, a Cast to the same
@@ -376,7 +647,7 @@ fn words_of(m: &Module, v: ValueId) -> Result<usize, String> {
 fn view(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     let x = operand(n, 0)?;
     let y = result(n)?;
-    let w = words_of(m, x)?;
+    let w = bytes_of(m, x)?;
     let total: usize = m.static_shape(y)?.iter().product();
     let side = |bind| movement::Side {
         bind,
@@ -407,7 +678,7 @@ fn walk_into_result(
         base: 0,
         strides: movement::strides_of(ys),
     };
-    let d = movement::strided_copy(n, words_of(m, operand(n, 0)?)?, ys, src, &dst)?;
+    let d = movement::strided_copy(n, bytes_of(m, operand(n, 0)?)?, ys, src, &dst)?;
     Ok(movement::copies(vec![d], what))
 }
 
@@ -502,7 +773,13 @@ fn concat(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         ys.len(),
     )?;
     let yst = movement::strides_of(&ys);
-    let w = words_of(m, y)?;
+    let w = bytes_of(m, y)?;
+    if w < 4 {
+        let parts = (0..n.inputs.len())
+            .map(|i| Ok(m.static_shape(operand(n, i)?)?[axis]))
+            .collect::<Result<Vec<usize>, String>>()?;
+        return movement::packed_concat(n, w as u32, &ys, axis, &parts);
+    }
     let mut at = 0i64;
     let mut ds = vec![];
     for i in 0..n.inputs.len() {
@@ -534,7 +811,7 @@ fn split(m: &Module, n: &Node) -> Result<GpuKernel, String> {
     let xs = m.static_shape(x)?;
     let axis = axis_attr(n, 0, xs.len())?;
     let xst = movement::strides_of(&xs);
-    let w = words_of(m, x)?;
+    let w = bytes_of(m, x)?;
     let mut at = 0i64;
     let mut ds = vec![];
     for (j, &o) in n.outputs.iter().enumerate() {
@@ -673,7 +950,7 @@ fn gather(m: &Module, n: &Node) -> Result<GpuKernel, String> {
             return Err("constant index out of range".into());
         }
     }
-    movement::gather(n, words_of(m, x)?, &xs, axis, ni, iw)
+    movement::gather(n, bytes_of(m, x)?, &xs, axis, ni, iw)
 }
 
 /// Resize: the interpreter's plan, tabulated per dim (identity dims
@@ -995,15 +1272,46 @@ fn pool(m: &Module, n: &Node) -> Result<GpuKernel, String> {
 /// MatMul, Gemm, Conv or FusedConv `a` reading the given bindings for its
 /// operands, storing its result as `store` says.
 fn anchor(m: &Module, a: &Node, binds: &[Option<Bind>], store: Store) -> Result<GpuKernel, String> {
-    for v in a.inputs.iter().flatten().chain(&a.outputs) {
-        if elem(m, *v)? != ElemType::F32 {
-            return Err(format!("{} of non-f32 data", a.op));
+    // (`kiln.DequantMatMul`'s weights and zero point are integers.)
+    let dequant = a.op == "kiln.DequantMatMul";
+    for (i, v) in a.inputs.iter().enumerate() {
+        if let Some(v) = v {
+            if elem(m, *v)? != ElemType::F32 && !(dequant && (i == 1 || i == 3)) {
+                return Err(format!("{} of non-f32 data", a.op));
+            }
         }
+    }
+    if elem(m, result(a)?)? != ElemType::F32 {
+        return Err(format!("{} of non-f32 data", a.op));
     }
     let shape = |i: usize| m.static_shape(operand(a, i)?);
     let b = |i: usize| binds.get(i).copied().flatten();
     let ys = m.static_shape(result(a)?)?;
     match a.op.as_str() {
+        "kiln.DequantMatMul" => {
+            let w = operand(a, 1)?;
+            let split = param_split(m, a, w, operand(a, 2)?)?;
+            let zp = match a.input(3) {
+                Some(z) => Some((b(3).ok_or("no zero point")?, elem(m, z)?)),
+                None => None,
+            };
+            let q = quant::QuantWeights {
+                w: b(1).ok_or("no W")?,
+                elem: elem(m, w)?,
+                scale: b(2).ok_or("no scale")?,
+                zp,
+                split,
+            };
+            quant::dequant_matmul(
+                a,
+                &shape(0)?,
+                &shape(1)?,
+                &ys,
+                b(0).ok_or("no A")?,
+                q,
+                store,
+            )
+        }
         "MatMul" => dense::matmul(
             a,
             &shape(0)?,
@@ -1031,7 +1339,7 @@ fn anchor(m: &Module, a: &Node, binds: &[Option<Bind>], store: Store) -> Result<
                 store,
             )
         }
-        _ => {
+        "Conv" | "kiln.FusedConv" => {
             let xs = shape(0)?;
             let ws = shape(1)?;
             let c = conv_attrs(a, &xs, &ws)?;
@@ -1051,6 +1359,7 @@ fn anchor(m: &Module, a: &Node, binds: &[Option<Bind>], store: Store) -> Result<
             };
             dense::conv(a, &g, [b(0), b(1), b(2), b(3)], relu, store)
         }
+        op => Err(format!("{op} is not a matmul or conv")),
     }
 }
 
@@ -1069,7 +1378,7 @@ fn fusion_node(m: &Module, n: &Node) -> Result<GpuKernel, String> {
         .collect::<Result<_, _>>()?;
     if !matches!(
         first.op.as_str(),
-        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv"
+        "MatMul" | "Gemm" | "Conv" | "kiln.FusedConv" | "kiln.DequantMatMul"
     ) {
         let binds: Vec<Bind> = (0..body.inputs.len()).map(Bind::Operand).collect();
         return fusion::region_kernel(m, n, body, &shapes, &binds)

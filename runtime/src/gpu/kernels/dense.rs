@@ -165,6 +165,29 @@ pub fn matmul(
     binds: [Bind; 2],
     store: Store,
 ) -> Result<GpuKernel, String> {
+    let mut load_b = |sh: &mut Shader, i: &str| -> Result<String, String> {
+        let b = sh.bind(binds[1], "f32");
+        Ok(format!("{b}[{i}]"))
+    };
+    matmul_with(n, a_shape, b_shape, out_shape, binds[0], &mut load_b, store)
+}
+
+/// The read of element `i` (a `u32` expression, row-major over B's shape)
+/// of a matmul's right operand, as an f32 expression; it may bind what it
+/// reads.
+pub(crate) type LoadB<'a> = dyn FnMut(&mut Shader, &str) -> Result<String, String> + 'a;
+
+/// [`matmul`] with the right operand read by `load_b` (weights kept
+/// quantized, dequantized as the tile is loaded).
+pub(crate) fn matmul_with(
+    n: &Node,
+    a_shape: &[usize],
+    b_shape: &[usize],
+    out_shape: &[usize],
+    a_bind: Bind,
+    load_b: &mut LoadB,
+    store: Store,
+) -> Result<GpuKernel, String> {
     if a_shape.is_empty() || b_shape.is_empty() {
         return Err("MatMul of a scalar".into());
     }
@@ -204,16 +227,16 @@ pub fn matmul(
     }
     let mut sh = Shader::new(n);
     let mut data = vec![];
-    let a = sh.bind(binds[0], "f32");
-    let b = sh.bind(binds[1], "f32");
+    let a = sh.bind(a_bind, "f32");
+    let bo = batch_offset_expr(bb, &out_batch, k * nn);
+    let b = load_b(&mut sh, &format!("({bo} + k * {nn}u + n)"))?;
     let (store, what) = finish_store(&mut sh, store, out_shape, &mut data)?;
     let _ = write!(
         sh.fns,
         "fn load_a(z: u32, m: u32, k: u32) -> f32 {{ return {a}[{ao} + m * {k}u + k]; }}\n\
-         fn load_b(z: u32, k: u32, n: u32) -> f32 {{ return {b}[{bo} + k * {nn}u + n]; }}\n\
+         fn load_b(z: u32, k: u32, n: u32) -> f32 {{ return {b}; }}\n\
          fn store(z: u32, m: u32, n: u32, v: f32) {{ let e = (z * {m}u + m) * {nn}u + n; {store} }}\n",
         ao = batch_offset_expr(ab, &out_batch, m * k),
-        bo = batch_offset_expr(bb, &out_batch, k * nn),
     );
     let d = gemm_dispatch(sh, z, m, nn, k)?;
     Ok(GpuKernel {
@@ -482,7 +505,7 @@ pub fn conv(
 /// (both flat over the spatial dims, WGSL `u32`s in scope): statements
 /// computing each dim's coordinate `i{d}`, the condition that it is
 /// inside the input (not padding), and its flat offset.
-fn window_tap(
+pub(crate) fn window_tap(
     x: &[usize],
     y: &[usize],
     kernel: &[usize],

@@ -4,11 +4,14 @@
 //! `fusion.rs` for epilogues), data movement (`movement.rs`), and
 //! reductions over any axes, softmax over any axis, ArgMax/ArgMin
 //! (`reduce.rs`), and elementwise regions of mixed types: masks,
-//! comparisons, `Where`, logic, integer arithmetic (`typed.rs`).
+//! comparisons, `Where`, logic, integer arithmetic (`typed.rs`), and the
+//! quantized path: (de)quantization and integer products on
+//! `dot4I8Packed` (`quant.rs`).
 
 pub mod dense;
 pub mod fusion;
 pub mod movement;
+pub mod quant;
 pub mod recurrent;
 pub mod reduce;
 pub mod typed;

@@ -2,21 +2,36 @@
 //! Slice, Expand, Concat and Split all are: a walk over a shape with a
 //! source and a destination stride per dim), Gather, and Cast between
 //! f32, i32 and i64. Elements move as 32-bit words, one or two per element,
-//! so the copy is the same for every 4- and 8-byte type.
+//! so the copy is the same for every 4- and 8-byte type; 8- and 16-bit
+//! elements, packed four or two to a word, move a destination word per
+//! thread (gathered from wherever its elements come from), so no two
+//! threads write one word.
 
 use std::fmt::Write;
 
 use kiln_ir::{ElemType, Node};
 
-use crate::gpu::wgsl::{grid_for, lit, Bind, Dispatch, GpuKernel, Shader, WG};
+use crate::gpu::wgsl::{
+    grid_for, grid_per_word, int_read, lit, packed_bytes, packed_raw, per_word, Bind, Dispatch,
+    GpuKernel, Shader, WG,
+};
 
-/// 32-bit words per element of `e`, for the types the GPU moves.
+/// 32-bit words per element of `e`, for the types that move a word at a
+/// time.
 pub fn words(e: ElemType) -> Option<usize> {
     match e {
         ElemType::F32 | ElemType::I32 | ElemType::U32 => Some(1),
         ElemType::I64 | ElemType::U64 | ElemType::F64 => Some(2),
         _ => None,
     }
+}
+
+/// Bytes per element of `e`, for every type the GPU moves (whole words,
+/// or packed 8- and 16-bit integers).
+pub fn elem_bytes(e: ElemType) -> Option<usize> {
+    words(e)
+        .map(|w| 4 * w)
+        .or_else(|| packed_bytes(e).map(|b| b as usize))
 }
 
 /// One side of a strided copy: a binding, a base element offset and an
@@ -39,14 +54,24 @@ pub fn strides_of(shape: &[usize]) -> Vec<i64> {
     s
 }
 
-/// Walk `shape`, copying element `src[...]` to `dst[...]`.
+/// Walk `shape`, copying element `src[...]` to `dst[...]` (elements of
+/// `eb` bytes). Packed elements need a contiguous destination.
 pub fn strided_copy(
     n: &Node,
-    elem_words: usize,
+    eb: usize,
     shape: &[usize],
     src: &Side,
     dst: &Side,
 ) -> Result<Dispatch, String> {
+    if eb < 4 {
+        let contiguous = dst.base == 0
+            && (0..shape.len()).all(|k| shape[k] == 1 || dst.strides[k] == strides_of(shape)[k]);
+        if !contiguous {
+            return Err("a strided copy of packed elements into a strided destination".into());
+        }
+        return packed_walk(n, eb as u32, shape, src, dst.bind);
+    }
+    let elem_words = eb / 4;
     let total: usize = shape.iter().product();
     let mut sh = Shader::new(n);
     let s = sh.bind(src.bind, "u32");
@@ -78,6 +103,103 @@ pub fn strided_copy(
     Ok(sh.finish(WG, &body, grid_for(total as u64)?))
 }
 
+/// The source offset `so` (an `i32`) of element `e` of a walk over
+/// `shape`.
+fn source_offset(shape: &[usize], src: &Side, e: &str) -> String {
+    let mut s = format!("var so: i32 = {};\n", src.base);
+    let mut inner = 1usize;
+    for k in (0..shape.len()).rev() {
+        if shape[k] == 1 {
+            continue;
+        }
+        if src.strides[k] != 0 {
+            let _ = writeln!(
+                s,
+                "so = so + i32(({e} / {inner}u) % {}u) * {};",
+                shape[k], src.strides[k]
+            );
+        }
+        inner *= shape[k];
+    }
+    s
+}
+
+/// Walk `shape` into the contiguous `dst` from `src`, for packed elements
+/// of `eb` bytes: a destination word per thread.
+fn packed_walk(
+    n: &Node,
+    eb: u32,
+    shape: &[usize],
+    src: &Side,
+    dst: Bind,
+) -> Result<Dispatch, String> {
+    let total: usize = shape.iter().product();
+    let mut sh = Shader::new(n);
+    let x = sh.bind(src.bind, "u32");
+    let y = sh.bind(dst, "u32");
+    let lane = format!(
+        "{}let v = {};",
+        source_offset(shape, src, "e"),
+        packed_raw(&x, "u32(so)", eb)
+    );
+    Ok(sh.finish(
+        WG,
+        &per_word(&y, total, eb, &lane),
+        grid_per_word(total, eb)?,
+    ))
+}
+
+/// Concat of packed elements of `eb` bytes along `axis` of the result
+/// `ys`, operand `i` of extent `parts[i]` there: one walk over the
+/// result's words, each element read from the operand its coordinate
+/// falls in.
+pub fn packed_concat(
+    n: &Node,
+    eb: u32,
+    ys: &[usize],
+    axis: usize,
+    parts: &[usize],
+) -> Result<GpuKernel, String> {
+    let total: usize = ys.iter().product();
+    let inner: usize = ys[axis + 1..].iter().product();
+    let a = ys[axis];
+    let mut sh = Shader::new(n);
+    let y = sh.bind(Bind::Result(0), "u32");
+    let mut lane = format!(
+        "let inn = e % {inner}u; let c = (e / {inner}u) % {a}u; let o = e / ({inner}u * {a}u);\nvar v = 0u;\n"
+    );
+    let mut at = 0usize;
+    let mut first = true;
+    for (i, &p) in parts.iter().enumerate() {
+        if p == 0 {
+            continue;
+        }
+        let x = sh.bind(Bind::Operand(i), "u32");
+        let idx = format!("(o * {p}u + c - {at}u) * {inner}u + inn");
+        let _ = writeln!(
+            lane,
+            "{}if (c < {}u) {{ v = {}; }}",
+            if first { "" } else { "else " },
+            at + p,
+            packed_raw(&x, &idx, eb)
+        );
+        first = false;
+        at += p;
+    }
+    if at != a {
+        return Err("concat parts do not cover the axis".into());
+    }
+    let d = sh.finish(
+        WG,
+        &per_word(&y, total, eb, &lane),
+        grid_per_word(total, eb)?,
+    );
+    Ok(copies(
+        vec![d],
+        format!("concat of {} on axis {axis}", parts.len()),
+    ))
+}
+
 /// A kernel of copies.
 pub fn copies(dispatches: Vec<Dispatch>, describe: String) -> GpuKernel {
     GpuKernel {
@@ -96,7 +218,7 @@ pub fn copies(dispatches: Vec<Dispatch>, describe: String) -> GpuKernel {
 /// interpreter and the cpu backend.
 pub fn gather(
     n: &Node,
-    elem_words: usize,
+    eb: usize,
     data_shape: &[usize],
     axis: usize,
     ni: usize,
@@ -137,7 +259,20 @@ pub fn gather(
         );
         dispatches.push(sh.finish(WG, &body, grid_for(ni as u64)?));
     }
-    if total > 0 {
+    if total > 0 && eb < 4 {
+        let mut sh = Shader::new(n);
+        let x = sh.bind(Bind::Operand(0), "u32");
+        let y = sh.bind(Bind::Result(0), "u32");
+        let lane = format!(
+            "let inn = e % {inner}u; let j = (e / {inner}u) % {ni}u; let o = e / ({inner}u * {ni}u);\n{}\
+             let src = (o * {a}u + u32(max(q, 0))) * {inner}u + inn;\nlet v = select(0u, {}, ok);",
+            index(&mut sh, "j"),
+            packed_raw(&x, "src", eb as u32)
+        );
+        let body = per_word(&y, total, eb as u32, &lane);
+        dispatches.push(sh.finish(WG, &body, grid_per_word(total, eb as u32)?));
+    } else if total > 0 {
+        let elem_words = eb / 4;
         let mut sh = Shader::new(n);
         let x = sh.bind(Bind::Operand(0), "u32");
         let y = sh.bind(Bind::Result(0), "u32");
@@ -170,7 +305,8 @@ pub(crate) const H_I64_TO_F32: &str = "fn i64_to_f32(lo: u32, hi: u32) -> f32 {\
   if ((hi == 0u && l >= 0) || (hi == 0xffffffffu && l < 0)) { return f32(l); }\n\
   return f32(bitcast<i32>(hi)) * 4294967296.0 + f32(lo);\n}";
 
-/// Cast between f32 and i32, and from i64 (f32 → i32 truncates toward
+/// Cast between f32 and i32, and from i64 and the 8- and 16-bit integers
+/// (f32 → i32 truncates toward
 /// zero, saturating as WGSL does; i64 → i32 wraps as numpy does;
 /// out-of-range float casts are undefined in ONNX).
 pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuKernel, String> {
@@ -182,13 +318,14 @@ pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuK
         ElemType::I32 => format!("f32(bitcast<i32>({x}[gid]))"),
         // Exact where the value fits an i32; else within an ulp.
         ElemType::I64 => format!("i64_to_f32({x}[gid * 2u], {x}[gid * 2u + 1u])"),
+        e if packed_bytes(e).is_some() => format!("f32({})", int_read(&x, "gid", e)?),
         e => return Err(format!("Cast from {e} on the gpu")),
     };
     let int_read = match from {
         ElemType::F32 => format!("i32(bitcast<f32>({x}[gid]))"),
         ElemType::I32 => format!("bitcast<i32>({x}[gid])"),
         ElemType::I64 => format!("bitcast<i32>({x}[gid * 2u])"),
-        _ => unreachable!(),
+        e => int_read(&x, "gid", e)?,
     };
     let body = match to {
         ElemType::F32 => format!("{y}[gid] = bitcast<u32>({read});"),

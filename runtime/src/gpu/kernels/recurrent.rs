@@ -16,6 +16,7 @@ use kiln_ir::Node;
 
 use crate::cpu::rnn::{Cell, Recurrent};
 use crate::gpu::kernels::dense::gemm_dispatch;
+use crate::gpu::kernels::quant::{weight_read, QuantWeights};
 use crate::gpu::wgsl::{grid_for, Bind, GpuKernel, Shader, WG};
 
 /// Scratch buffers: 0 the projection, 1 the hidden state (two halves),
@@ -28,7 +29,14 @@ const ZS: usize = 4;
 
 /// The kernel of a recurrent node `n` (operands X, W, R, B, -, initial_h,
 /// initial_c; results Y, Y_h, Y_c, where present).
-pub fn recurrent(n: &Node, l: &Recurrent) -> Result<GpuKernel, String> {
+///
+/// `kiln.DequantLSTM` passes its 8-bit W and R as `quant`: read and
+/// dequantized where the f32 kernel reads the f32 weights.
+pub fn recurrent(
+    n: &Node,
+    l: &Recurrent,
+    quant: Option<(QuantWeights, QuantWeights)>,
+) -> Result<GpuKernel, String> {
     let (seq, batch, input, h, dirs) = (l.seq, l.batch, l.input, l.hidden, l.dirs);
     if seq == 0 || batch == 0 || h == 0 {
         return Err("an empty sequence".into());
@@ -43,7 +51,12 @@ pub fn recurrent(n: &Node, l: &Recurrent) -> Result<GpuKernel, String> {
     // 1. The projection P[d][t·batch + b][gate·H + j] = X·Wᵀ + Wb.
     let mut sh = Shader::new(n);
     let x = sh.bind(Bind::Operand(0), "f32");
-    let w = sh.bind(Bind::Operand(1), "f32");
+    let w = weight(
+        &mut sh,
+        quant.as_ref().map(|q| &q.0),
+        1,
+        &format!("(z * {gh}u + n) * {input}u + k"),
+    )?;
     let p = sh.bind(Bind::Scratch(PROJ), "f32");
     let row = if l.batch_major {
         format!("((m % {batch}u) * {seq}u + m / {batch}u)")
@@ -59,7 +72,7 @@ pub fn recurrent(n: &Node, l: &Recurrent) -> Result<GpuKernel, String> {
     let _ = write!(
         sh.fns,
         "fn load_a(z: u32, m: u32, k: u32) -> f32 {{ return {x}[{row} * {input}u + k]; }}\n\
-         fn load_b(z: u32, k: u32, n: u32) -> f32 {{ return {w}[(z * {gh}u + n) * {input}u + k]; }}\n\
+         fn load_b(z: u32, k: u32, n: u32) -> f32 {{ return {w}; }}\n\
          fn store(z: u32, m: u32, n: u32, acc: f32) {{ {p}[(z * {sb}u + m) * {gh}u + n] = acc{wb}; }}\n",
         sb = seq * batch
     );
@@ -94,7 +107,7 @@ pub fn recurrent(n: &Node, l: &Recurrent) -> Result<GpuKernel, String> {
     for s in 0..seq {
         data.push((s as u32).to_le_bytes().to_vec());
     }
-    let step_shaders = step_shaders(n, l, g, has_b)?;
+    let step_shaders = step_shaders(n, l, g, has_b, quant.as_ref().map(|q| &q.1))?;
     for s in 0..seq {
         for text in &step_shaders {
             let mut d = text.clone();
@@ -125,12 +138,26 @@ pub fn recurrent(n: &Node, l: &Recurrent) -> Result<GpuKernel, String> {
     })
 }
 
+/// Element `i` of the weights at operand `op`: f32, or quantized.
+fn weight(
+    sh: &mut Shader,
+    quant: Option<&QuantWeights>,
+    op: usize,
+    i: &str,
+) -> Result<String, String> {
+    match quant {
+        Some(q) => weight_read(sh, q, i),
+        None => Ok(format!("{}[{i}]", sh.bind(Bind::Operand(op), "f32"))),
+    }
+}
+
 /// The shader(s) of one time step; `Data(0)` binds the step number.
 fn step_shaders(
     n: &Node,
     l: &Recurrent,
     g: usize,
     has_b: bool,
+    quant_r: Option<&QuantWeights>,
 ) -> Result<Vec<crate::gpu::wgsl::Dispatch>, String> {
     let (seq, batch, h, dirs) = (l.seq, l.batch, l.hidden, l.dirs);
     let gh = g * h;
@@ -184,9 +211,9 @@ fn step_shaders(
         s
     };
     // pre(gate) = P + Rb + Σ_k h_prev[k]·R[gate·H + j][k].
-    let pre_fn = |sh: &mut Shader| {
+    let pre_fn = |sh: &mut Shader| -> Result<String, String> {
         let p = sh.bind(Bind::Scratch(PROJ), "f32");
-        let r = sh.bind(Bind::Operand(2), "f32");
+        let r = weight(sh, quant_r, 2, "wrow + k")?;
         let hs = sh.bind(Bind::Scratch(HS), "f32");
         let rb = if has_b {
             format!(
@@ -201,12 +228,12 @@ fn step_shaders(
             sh.fns,
             "fn proj(d: u32, t: u32, b: u32, gate: u32, j: u32) -> f32 {{ return {p}[(d * {sb}u + t * {batch}u + b) * {gh}u + gate * {h}u + j]; }}\n\
              fn rb(d: u32, gate: u32, j: u32) -> f32 {{ return {rb}; }}\n\
-             fn rdot(d: u32, gate: u32, j: u32, hp: u32) -> f32 {{ var a = 0.0; let wrow = (d * {gh}u + gate * {h}u + j) * {h}u; for (var k = 0u; k < {h}u; k = k + 1u) {{ a = fma({hs}[hp + k], {r}[wrow + k], a); }} return a; }}\n\
+             fn rdot(d: u32, gate: u32, j: u32, hp: u32) -> f32 {{ var a = 0.0; let wrow = (d * {gh}u + gate * {h}u + j) * {h}u; for (var k = 0u; k < {h}u; k = k + 1u) {{ a = fma({hs}[hp + k], {r}, a); }} return a; }}\n\
              fn pre(d: u32, t: u32, b: u32, gate: u32, j: u32, hp: u32) -> f32 {{ return proj(d, t, b, gate, j) + rb(d, gate, j) + rdot(d, gate, j, hp); }}\n\
              fn sig(x: f32) -> f32 {{ return 1.0 / (1.0 + exp(-x)); }}\n",
             sb = seq * batch
         );
-        hs
+        Ok(hs)
     };
     let tanh = crate::gpu::wgsl::H_TANH;
     let mut out = vec![];
@@ -214,7 +241,7 @@ fn step_shaders(
         Cell::Rnn => {
             let mut sh = Shader::new(n);
             sh.helper(tanh);
-            pre_fn(&mut sh);
+            pre_fn(&mut sh)?;
             let mut body = head(&mut sh);
             body.push_str("let hn = ktanh(pre(d, t, b, 0u, j, rd + me));\n");
             body.push_str(&finish(&mut sh, false));
@@ -223,7 +250,7 @@ fn step_shaders(
         Cell::Lstm => {
             let mut sh = Shader::new(n);
             sh.helper(tanh);
-            pre_fn(&mut sh);
+            pre_fn(&mut sh)?;
             let cs = sh.bind(Bind::Scratch(CS), "f32");
             let mut body = head(&mut sh);
             // Gates in ONNX order: i, o, f, c.
@@ -243,7 +270,7 @@ fn step_shaders(
             if linear_before_reset {
                 let mut sh = Shader::new(n);
                 sh.helper(tanh);
-                let hs = pre_fn(&mut sh);
+                let hs = pre_fn(&mut sh)?;
                 let mut body = head(&mut sh);
                 let _ = writeln!(
                     body,
@@ -256,7 +283,7 @@ fn step_shaders(
             } else {
                 // Phase A: z, and r ⊙ h_prev for the candidate's product.
                 let mut sh = Shader::new(n);
-                let hs = pre_fn(&mut sh);
+                let hs = pre_fn(&mut sh)?;
                 let rh = sh.bind(Bind::Scratch(RH), "f32");
                 let zs = sh.bind(Bind::Scratch(ZS), "f32");
                 let mut body = head(&mut sh);
@@ -268,15 +295,15 @@ fn step_shaders(
                 // Phase B: the candidate from (r ⊙ h)·Rhᵀ, then the state.
                 let mut sh = Shader::new(n);
                 sh.helper(tanh);
-                let hs = pre_fn(&mut sh);
+                let hs = pre_fn(&mut sh)?;
                 let rh = sh.bind(Bind::Scratch(RH), "f32");
                 let zs = sh.bind(Bind::Scratch(ZS), "f32");
-                let r = sh.bind(Bind::Operand(2), "f32");
+                let r = weight(&mut sh, quant_r, 2, "wrow + k")?;
                 let mut body = head(&mut sh);
                 let _ = writeln!(
                     body,
                     "let hp = rd + me;\nvar a = 0.0; let wrow = (d * {gh}u + 2u * {h}u + j) * {h}u;\n\
-                     for (var k = 0u; k < {h}u; k = k + 1u) {{ a = fma({rh}[me + k], {r}[wrow + k], a); }}\n\
+                     for (var k = 0u; k < {h}u; k = k + 1u) {{ a = fma({rh}[me + k], {r}, a); }}\n\
                      let nh = ktanh(proj(d, t, b, 2u, j) + a + rb(d, 2u, j));\nlet zg = {zs}[me + j];\n\
                      let hn = (1.0 - zg) * nh + zg * {hs}[hp + j];"
                 );
