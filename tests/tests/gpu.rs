@@ -294,8 +294,9 @@ fn nibbles_hex(seed: u32, n: usize) -> String {
 /// The quantized path on the device, against the interpreter, with no
 /// cpu step: integer convs (u8 and i8 operands mixed, zero points per
 /// tensor and per channel, groups, strides, dilations, 1-D) and matmuls
-/// (broadcast batches, per-column zero points), the exact i32 sums of the
-/// Integer ops, (de)quantization per tensor, axis and block, 8- and 16-bit,
+/// (broadcast batches, per-column zero points; f16 scales: 0.01, 0.004
+/// and 0.012 as f16 bits), the exact i32 sums of the Integer ops,
+/// (de)quantization per tensor, axis and block, 4-, 8- and 16-bit,
 /// 8-bit MaxPool, and packed bytes moved by Transpose, Slice, Concat,
 /// Gather and Reshape at odd sizes (words straddle rows and parts), and
 /// `kiln.Lookup` (written, and made by `qdq-lookup` at `-O2`), and weights
@@ -472,6 +473,30 @@ fn gpu_runs_the_quantized_path_on_the_device() {
                 w8(14, 96),
                 w8(15, 72)
             ),
+        ),
+        (
+            "QLinearMatMul with f16 scales, i8",
+            vec![3, 5],
+            0.012,
+            format!(
+                "  const %sx: f32[] = dense[0.01]\n  const %zx: i8[] = dense[3]\n\
+                 const %hx: f16[] = hex\"1f21\"\n  const %b: i8[5,4] = dense[{}]\n  const %hb: f16[] = hex\"191c\"\n\
+                 const %zb: i8[] = dense[-2]\n  const %hy: f16[] = hex\"2522\"\n  const %sy: f32[] = dense[0.012]\n\
+                 const %zy: i8[] = dense[0]\n\
+                 %xq = QuantizeLinear(%x, %sx, %zx) : i8[3,5]\n\
+                 %y = QLinearMatMul(%xq, %hx, %zx, %b, %hb, %zb, %hy, %zy) : i8[3,4]\n\
+                 %out = DequantizeLinear(%y, %sy, %zy) : f32[3,4]",
+                w8(16, 20)
+            ),
+        ),
+        (
+            "4-bit (de)quantization per axis",
+            vec![2, 3, 7],
+            0.3,
+            "  const %s: f32[3] = dense[0.15, 0.2, 0.3]\n  const %z: u4[3] = hex\"7803\"\n\
+             %q = QuantizeLinear(%x, %s, %z) {axis = 1} : u4[2,3,7]\n\
+             %out = DequantizeLinear(%q, %s, %z) {axis = 1} : f32[2,3,7]"
+                .into(),
         ),
         (
             "blocked i8 and 16-bit (de)quantization, 8-bit MaxPool",

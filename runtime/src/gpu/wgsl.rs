@@ -438,19 +438,27 @@ fn op_value(sh: &mut Shader, op: &Op, a: &[String]) -> String {
 /// keeps packed, four or two to a 32-bit word (WGSL has no smaller
 /// storage type).
 pub fn packed_bytes(e: ElemType) -> Option<u32> {
+    packed_bits(e).filter(|&b| b >= 8).map(|b| b / 8)
+}
+
+/// Bits per element of the integer types the GPU keeps packed in 32-bit
+/// words: 4 (two to a byte, low nibble first), 8 or 16.
+pub fn packed_bits(e: ElemType) -> Option<u32> {
     match e {
-        ElemType::U8 | ElemType::I8 => Some(1),
-        ElemType::U16 | ElemType::I16 => Some(2),
+        ElemType::U4 | ElemType::I4 => Some(4),
+        ElemType::U8 | ElemType::I8 => Some(8),
+        ElemType::U16 | ElemType::I16 => Some(16),
         _ => None,
     }
 }
 
-/// The bits of element `idx` of a packed array `buf` of `eb`-byte
-/// elements, in the low bits of a `u32`.
-pub(crate) fn packed_raw(buf: &str, idx: &str, eb: u32) -> String {
-    match eb {
-        1 => format!("(({buf}[({idx}) >> 2u] >> ((({idx}) & 3u) * 8u)) & 0xffu)"),
-        2 => format!("(({buf}[({idx}) >> 1u] >> ((({idx}) & 1u) * 16u)) & 0xffffu)"),
+/// The bits of element `idx` of a packed array `buf` of `bits`-bit
+/// elements (4, 8 or 16; else a word each), in the low bits of a `u32`.
+pub(crate) fn packed_raw(buf: &str, idx: &str, bits: u32) -> String {
+    match bits {
+        4 => format!("(({buf}[({idx}) >> 3u] >> ((({idx}) & 7u) * 4u)) & 0xfu)"),
+        8 => format!("(({buf}[({idx}) >> 2u] >> ((({idx}) & 3u) * 8u)) & 0xffu)"),
+        16 => format!("(({buf}[({idx}) >> 1u] >> ((({idx}) & 1u) * 16u)) & 0xffffu)"),
         _ => format!("{buf}[{idx}]"),
     }
 }
@@ -459,18 +467,44 @@ pub(crate) fn packed_raw(buf: &str, idx: &str, eb: u32) -> String {
 /// read: 4-, 8- and 16-bit ones packed (sign-extended where signed),
 /// 32-bit ones a word each.
 pub(crate) fn int_read(buf: &str, idx: &str, e: ElemType) -> Result<String, String> {
-    let raw = |eb| packed_raw(buf, idx, eb);
+    if let Some(bits) = packed_bits(e) {
+        let raw = packed_raw(buf, idx, bits);
+        return Ok(match e {
+            ElemType::I4 | ElemType::I8 | ElemType::I16 => {
+                format!("(bitcast<i32>({raw} << {sh}u) >> {sh}u)", sh = 32 - bits)
+            }
+            _ => format!("i32({raw})"),
+        });
+    }
     Ok(match e {
-        ElemType::U8 | ElemType::U16 => format!("i32({})", raw(packed_bytes(e).unwrap_or(1))),
-        ElemType::I8 => format!("(bitcast<i32>({} << 24u) >> 24u)", raw(1)),
-        ElemType::I16 => format!("(bitcast<i32>({} << 16u) >> 16u)", raw(2)),
         ElemType::I32 | ElemType::U32 => format!("bitcast<i32>({buf}[{idx}])"),
-        // Two to a byte, low nibble first.
-        ElemType::U4 => format!("i32(({buf}[({idx}) >> 3u] >> ((({idx}) & 7u) * 4u)) & 0xfu)"),
-        ElemType::I4 => {
-            format!("(bitcast<i32>({buf}[({idx}) >> 3u] << (28u - (({idx}) & 7u) * 4u)) >> 28u)")
-        }
         e => return Err(format!("{e} integers on the gpu")),
+    })
+}
+
+/// `kf16`: an f16's bits (low 16 of a `u32`) as the f32 of the same
+/// value, subnormals, infinities and NaN included (by hand: naga asks for
+/// a capability adapters may lack before `unpack2x16float`); `kr16`: an
+/// f32 rounded to the nearest f16 (half to even), as an f32.
+pub(crate) const H_F16: &str = "fn kf16(h: u32) -> f32 {\n\
+  let s = (h & 0x8000u) << 16u; let ex = (h >> 10u) & 0x1fu; let m = h & 0x3ffu;\n\
+  if (ex == 0u) { return bitcast<f32>(s | bitcast<u32>(f32(m) * 5.9604645e-8)); }\n\
+  if (ex == 31u) { return bitcast<f32>(s | 0x7f800000u | (m << 13u)); }\n\
+  return bitcast<f32>(s | ((ex + 112u) << 23u) | (m << 13u));\n}\n\
+fn kr16(x: f32) -> f32 {\n\
+  let b = bitcast<u32>(x); let s = b & 0x80000000u; let a = b & 0x7fffffffu;\n\
+  if (a > 0x7f800000u) { return x; }\n\
+  if (a >= 0x477ff000u) { return bitcast<f32>(s | 0x7f800000u); }\n\
+  if (a < 0x38800000u) { return bitcast<f32>(s | bitcast<u32>(round(bitcast<f32>(a) * 16777216.0) * 5.9604645e-8)); }\n\
+  return bitcast<f32>(s | ((a + 0xfffu + ((a >> 13u) & 1u)) & 0xffffe000u));\n}";
+
+/// Element `idx` of `buf` as an `f32`, for f32 data and f16 (two to a
+/// word, low half first; the shader needs [`H_F16`]).
+pub(crate) fn float_read(buf: &str, idx: &str, e: ElemType) -> Result<String, String> {
+    Ok(match e {
+        ElemType::F32 => format!("bitcast<f32>({buf}[{idx}])"),
+        ElemType::F16 => format!("kf16({})", packed_raw(buf, idx, 16)),
+        e => return Err(format!("{e} floats on the gpu")),
     })
 }
 
@@ -481,36 +515,29 @@ pub(crate) fn int_range(e: ElemType) -> Result<(i32, i32), String> {
         ElemType::I8 => (-128, 127),
         ElemType::U16 => (0, 65535),
         ElemType::I16 => (-32768, 32767),
+        ElemType::U4 => (0, 15),
+        ElemType::I4 => (-8, 7),
         e => return Err(format!("{e} results on the gpu")),
     })
 }
 
-/// The body of a shader writing `total` packed elements of `eb` bytes to
-/// `y`, one 32-bit word per thread (so no two threads write one word):
-/// `lane` is run for each element `e` of the thread's word and leaves its
-/// bits in a `u32` named `v`.
-pub(crate) fn per_word(y: &str, total: usize, eb: u32, lane: &str) -> String {
-    let lanes = 4 / eb;
-    let bits = 8 * eb;
-    let mask = if eb == 1 { 0xff } else { 0xffff };
+/// The body of a shader writing `total` packed elements of `bits` bits
+/// (4, 8 or 16) to `y`, one 32-bit word per thread (so no two threads
+/// write one word): `lane` is run for each element `e` of the thread's
+/// word and leaves its bits in a `u32` named `v`.
+pub(crate) fn per_word(y: &str, total: usize, bits: u32, lane: &str) -> String {
+    let lanes = 32 / bits;
+    let mask = (1u32 << bits) - 1;
     let words = total.div_ceil(lanes as usize);
     format!(
-        "if (gid >= {words}u) {{ return; }}
-var word = 0u;
-         for (var l = 0u; l < {lanes}u; l = l + 1u) {{
- let e = gid * {lanes}u + l;
- if (e < {total}u) {{
-{lane}
-  word = word | ((v & {mask}u) << (l * {bits}u));
- }}
-}}
-{y}[gid] = word;"
+        "if (gid >= {words}u) {{ return; }}\nvar word = 0u;\n\
+         for (var l = 0u; l < {lanes}u; l = l + 1u) {{\n let e = gid * {lanes}u + l;\n if (e < {total}u) {{\n{lane}\n  word = word | ((v & {mask}u) << (l * {bits}u));\n }}\n}}\n{y}[gid] = word;"
     )
 }
 
-/// Workgroups for [`per_word`] over `total` elements of `eb` bytes.
-pub(crate) fn grid_per_word(total: usize, eb: u32) -> Result<[u32; 3], String> {
-    grid_for(total.div_ceil((4 / eb) as usize) as u64)
+/// Workgroups for [`per_word`] over `total` elements of `bits` bits.
+pub(crate) fn grid_per_word(total: usize, bits: u32) -> Result<[u32; 3], String> {
+    grid_for(total.div_ceil((32 / bits) as usize) as u64)
 }
 
 /// naga's verdict on a shader: parsed and validated, or why not (with the

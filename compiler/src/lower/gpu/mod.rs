@@ -565,9 +565,11 @@ fn int_out(m: &Module, n: &Node, per: usize) -> Result<IntOut, String> {
         }
         return Ok(IntOut::I32);
     }
+    let scale_type = elem(m, operand(n, 1)?)?;
     for i in [1, 4, 6] {
-        if elem(m, operand(n, i)?)? != ElemType::F32 {
-            return Err("scales of non-f32".into());
+        let t = elem(m, operand(n, i)?)?;
+        if t != scale_type || !matches!(t, ElemType::F32 | ElemType::F16) {
+            return Err("scales that are not all f32 or all f16".into());
         }
     }
     if count(m, n, 1)? != 1 || count(m, n, 6)? != 1 || count(m, n, 7)? != 1 {
@@ -588,6 +590,7 @@ fn int_out(m: &Module, n: &Node, per: usize) -> Result<IntOut, String> {
     };
     Ok(IntOut::Requantize {
         y: elem(m, result(n)?)?,
+        scale_type,
         x_scale: Bind::Operand(1),
         w_scale: (Bind::Operand(4), ws > 1 && per > 1),
         y_scale: Bind::Operand(6),

@@ -534,6 +534,55 @@ pub(crate) fn window_tap(
     (tap, inside.join(" && "), at.join(" + "))
 }
 
+/// A pooling window over `x` [N, C, spatial...] into `y`: the flat
+/// output, input and window sizes per plane, the output element count,
+/// and [`window_tap`]'s statements for tap `kt` of output position `op`.
+pub(crate) struct PoolWindow {
+    pub osp: usize,
+    pub isp: usize,
+    pub ksp: usize,
+    pub total: usize,
+    pub tap: String,
+    pub inside: String,
+    pub at: String,
+}
+
+/// The window of a pool of `kernel` (`pads`: begins then ends), its
+/// geometry checked.
+pub(crate) fn pool_window(
+    x: &[usize],
+    y: &[usize],
+    kernel: &[usize],
+    strides: &[usize],
+    dilations: &[usize],
+    pads: &[usize],
+) -> Result<PoolWindow, String> {
+    let r = x
+        .len()
+        .checked_sub(2)
+        .filter(|&r| r >= 1)
+        .ok_or("pool needs spatial dims")?;
+    if y.len() != r + 2
+        || kernel.len() != r
+        || strides.len() != r
+        || dilations.len() != r
+        || pads.len() != 2 * r
+    {
+        return Err("pool geometry of mixed ranks".into());
+    }
+    let osp: usize = y[2..].iter().product();
+    let (tap, inside, at) = window_tap(&x[2..], &y[2..], kernel, strides, dilations, pads);
+    Ok(PoolWindow {
+        osp,
+        isp: x[2..].iter().product(),
+        ksp: kernel.iter().product(),
+        total: x[0] * x[1] * osp,
+        tap,
+        inside,
+        at,
+    })
+}
+
 /// What a pooling window computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PoolOp {
@@ -562,27 +611,18 @@ pub fn pool(
     dilations: &[usize],
     pads: &[usize],
 ) -> Result<GpuKernel, String> {
-    let r = x
-        .len()
-        .checked_sub(2)
-        .filter(|&r| r >= 1)
-        .ok_or("pool needs spatial dims")?;
-    if y.len() != r + 2
-        || kernel.len() != r
-        || strides.len() != r
-        || dilations.len() != r
-        || pads.len() != 2 * r
-    {
-        return Err("pool geometry of mixed ranks".into());
-    }
+    let PoolWindow {
+        osp,
+        isp,
+        ksp,
+        total,
+        tap,
+        inside,
+        at,
+    } = pool_window(x, y, kernel, strides, dilations, pads)?;
     let mut sh = Shader::new(n);
     let xb = sh.bind(Bind::Operand(0), "f32");
     let yb = sh.bind(Bind::Result(0), "f32");
-    let osp: usize = y[2..].iter().product();
-    let isp: usize = x[2..].iter().product();
-    let ksp: usize = kernel.iter().product();
-    let total = x[0] * x[1] * osp;
-    let (tap, inside, at) = window_tap(&x[2..], &y[2..], kernel, strides, dilations, pads);
     let (init, acc, fin) = match op {
         PoolOp::Lp(p) => (
             "0.0".to_string(),

@@ -12,8 +12,8 @@ use std::fmt::Write;
 use kiln_ir::{ElemType, Node};
 
 use crate::gpu::wgsl::{
-    grid_for, grid_per_word, int_read, lit, packed_bytes, packed_raw, per_word, Bind, Dispatch,
-    GpuKernel, Shader, WG,
+    grid_for, grid_per_word, int_read, lit, packed_bits, packed_bytes, packed_raw, per_word, Bind,
+    Dispatch, GpuKernel, Shader, WG,
 };
 
 /// 32-bit words per element of `e`, for the types that move a word at a
@@ -140,12 +140,12 @@ fn packed_walk(
     let lane = format!(
         "{}let v = {};",
         source_offset(shape, src, "e"),
-        packed_raw(&x, "u32(so)", eb)
+        packed_raw(&x, "u32(so)", 8 * eb)
     );
     Ok(sh.finish(
         WG,
-        &per_word(&y, total, eb, &lane),
-        grid_per_word(total, eb)?,
+        &per_word(&y, total, 8 * eb, &lane),
+        grid_per_word(total, 8 * eb)?,
     ))
 }
 
@@ -181,7 +181,7 @@ pub fn packed_concat(
             "{}if (c < {}u) {{ v = {}; }}",
             if first { "" } else { "else " },
             at + p,
-            packed_raw(&x, &idx, eb)
+            packed_raw(&x, &idx, 8 * eb)
         );
         first = false;
         at += p;
@@ -191,8 +191,8 @@ pub fn packed_concat(
     }
     let d = sh.finish(
         WG,
-        &per_word(&y, total, eb, &lane),
-        grid_per_word(total, eb)?,
+        &per_word(&y, total, 8 * eb, &lane),
+        grid_per_word(total, 8 * eb)?,
     );
     Ok(copies(
         vec![d],
@@ -267,10 +267,10 @@ pub fn gather(
             "let inn = e % {inner}u; let j = (e / {inner}u) % {ni}u; let o = e / ({inner}u * {ni}u);\n{}\
              let src = (o * {a}u + u32(max(q, 0))) * {inner}u + inn;\nlet v = select(0u, {}, ok);",
             index(&mut sh, "j"),
-            packed_raw(&x, "src", eb as u32)
+            packed_raw(&x, "src", 8 * eb as u32)
         );
-        let body = per_word(&y, total, eb as u32, &lane);
-        dispatches.push(sh.finish(WG, &body, grid_per_word(total, eb as u32)?));
+        let body = per_word(&y, total, 8 * eb as u32, &lane);
+        dispatches.push(sh.finish(WG, &body, grid_per_word(total, 8 * eb as u32)?));
     } else if total > 0 {
         let elem_words = eb / 4;
         let mut sh = Shader::new(n);
@@ -318,7 +318,7 @@ pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuK
         ElemType::I32 => format!("f32(bitcast<i32>({x}[gid]))"),
         // Exact where the value fits an i32; else within an ulp.
         ElemType::I64 => format!("i64_to_f32({x}[gid * 2u], {x}[gid * 2u + 1u])"),
-        e if packed_bytes(e).is_some() => format!("f32({})", int_read(&x, "gid", e)?),
+        e if packed_bits(e).is_some() => format!("f32({})", int_read(&x, "gid", e)?),
         e => return Err(format!("Cast from {e} on the gpu")),
     };
     let int_read = match from {

@@ -19,10 +19,10 @@ use std::fmt::Write;
 
 use kiln_ir::{ElemType, Node};
 
-use super::dense::{self, window_tap, ConvGeom, Store};
+use super::dense::{self, pool_window, window_tap, ConvGeom, PoolWindow, Store};
 use crate::gpu::wgsl::{
-    grid_for, grid_per_word, int_range, int_read, packed_bytes, packed_raw, per_word, Bind,
-    GpuKernel, Shader, H_TREE, ROW_WG, WG,
+    float_read, grid_for, grid_per_word, int_range, int_read, packed_bits, packed_bytes,
+    packed_raw, per_word, Bind, GpuKernel, Shader, H_F16, H_TREE, ROW_WG, WG,
 };
 
 /// How a quantization parameter spreads over a tensor viewed as
@@ -63,7 +63,7 @@ pub fn quantize(
     zp: Option<ElemType>,
     y_type: ElemType,
 ) -> Result<GpuKernel, String> {
-    let eb = packed_bytes(y_type).ok_or_else(|| format!("QuantizeLinear to {y_type}"))?;
+    let bits = packed_bits(y_type).ok_or_else(|| format!("QuantizeLinear to {y_type}"))?;
     let (lo, hi) = int_range(y_type)?;
     let mut sh = Shader::new(n);
     let x = sh.bind(Bind::Operand(0), "u32");
@@ -84,8 +84,8 @@ pub fn quantize(
     );
     let d = sh.finish(
         WG,
-        &per_word(&y, total, eb, &lane),
-        grid_per_word(total, eb)?,
+        &per_word(&y, total, bits, &lane),
+        grid_per_word(total, bits)?,
     );
     Ok(GpuKernel::single(d, format!("quantize to {y_type}"), 0.0))
 }
@@ -154,7 +154,7 @@ pub fn dynamic_quantize(n: &Node, total: usize) -> Result<GpuKernel, String> {
          r = select(r, 0.0, knan(r));\n\
          let v = u32(clamp(r + f32({zp}[0] & 0xffu), 0.0, 255.0));"
     );
-    let second = sh.finish(WG, &per_word(&y, total, 1, &lane), grid_per_word(total, 1)?);
+    let second = sh.finish(WG, &per_word(&y, total, 8, &lane), grid_per_word(total, 8)?);
     Ok(GpuKernel {
         dispatches: vec![first, second],
         describe: "dynamic quantize to u8".into(),
@@ -177,13 +177,13 @@ pub fn lookup(n: &Node, total: usize, x: ElemType) -> Result<GpuKernel, String> 
     let yb = sh.bind(Bind::Result(0), "u32");
     let lane = format!(
         "let t = {} ^ {flip}u;\nlet v = {};",
-        packed_raw(&xb, "e", 1),
-        packed_raw(&tb, "t", 1)
+        packed_raw(&xb, "e", 8),
+        packed_raw(&tb, "t", 8)
     );
     let d = sh.finish(
         WG,
-        &per_word(&yb, total, 1, &lane),
-        grid_per_word(total, 1)?,
+        &per_word(&yb, total, 8, &lane),
+        grid_per_word(total, 8)?,
     );
     Ok(GpuKernel::single(d, "lookup (8-bit)".into(), 0.0))
 }
@@ -201,24 +201,20 @@ pub fn max_pool(
     dilations: &[usize],
     pads: &[usize],
 ) -> Result<GpuKernel, String> {
-    let eb = packed_bytes(e).ok_or_else(|| format!("MaxPool of {e}"))?;
-    let r = x.len().saturating_sub(2);
-    if r == 0
-        || y.len() != x.len()
-        || [kernel.len(), strides.len(), dilations.len()] != [r; 3]
-        || pads.len() != 2 * r
-    {
-        return Err("pool geometry of mixed ranks".into());
-    }
+    let bits = 8 * packed_bytes(e).ok_or_else(|| format!("MaxPool of {e}"))?;
     let (lo, _) = int_range(e)?;
+    let PoolWindow {
+        osp,
+        isp,
+        ksp,
+        total,
+        tap,
+        inside,
+        at,
+    } = pool_window(x, y, kernel, strides, dilations, pads)?;
     let mut sh = Shader::new(n);
     let xb = sh.bind(Bind::Operand(0), "u32");
     let yb = sh.bind(Bind::Result(0), "u32");
-    let osp: usize = y[2..].iter().product();
-    let isp: usize = x[2..].iter().product();
-    let ksp: usize = kernel.iter().product();
-    let total = x[0] * x[1] * osp;
-    let (tap, inside, at) = window_tap(&x[2..], &y[2..], kernel, strides, dilations, pads);
     let lane = format!(
         "let op = e % {osp}u; let base = (e / {osp}u) * {isp}u;\nvar a = {lo};\n\
          for (var kt = 0u; kt < {ksp}u; kt = kt + 1u) {{\n{tap}if ({inside}) {{ a = max(a, {}); }}\n}}\n\
@@ -227,8 +223,8 @@ pub fn max_pool(
     );
     let d = sh.finish(
         WG,
-        &per_word(&yb, total, eb, &lane),
-        grid_per_word(total, eb)?,
+        &per_word(&yb, total, bits, &lane),
+        grid_per_word(total, bits)?,
     );
     Ok(GpuKernel::single(
         d,
@@ -310,6 +306,8 @@ pub enum IntOut {
     I32,
     Requantize {
         y: ElemType,
+        /// The scales' type: f32, or f16.
+        scale_type: ElemType,
         x_scale: Bind,
         /// The weight's scale, and whether per channel/column.
         w_scale: (Bind, bool),
@@ -407,18 +405,20 @@ fn product(n: &Node, ops: IntOperands, out: IntOut, p: Product) -> Result<GpuKer
         }
         IntOut::Requantize {
             y,
+            scale_type,
             x_scale,
             w_scale,
             y_scale,
             y_zp,
             bias,
         } => {
-            let eb = packed_bytes(y).ok_or_else(|| format!("requantized results of {y}"))?;
+            let bits = 8 * packed_bytes(y).ok_or_else(|| format!("requantized results of {y}"))?;
             let (lo, hi) = int_range(y)?;
             let xs = sh.bind(x_scale, "u32");
             let ws = sh.bind(w_scale.0, "u32");
             let ys = sh.bind(y_scale, "u32");
-            let f = |b: &str, i: &str| format!("bitcast<f32>({b}[{i}])");
+            sh.helper(H_F16);
+            let f = |b: &str, i: &str| float_read(b, i, scale_type);
             let zy = match y_zp {
                 Some((b, t)) => {
                     let zb = sh.bind(b, "u32");
@@ -442,18 +442,24 @@ fn product(n: &Node, ops: IntOperands, out: IntOut, p: Product) -> Result<GpuKer
                 format!("i32(clamp(r + f32({zy}), {lo}.0, {hi}.0))")
             };
             let lane = format!(
-                "{compute}let scale = ({} * {}) / {};\n\
+                "{compute}let scale = {r}({r}({} * {}) / {});\n\
                  let r = round(f32(sum + {bias}) * scale);\n\
                  let v = bitcast<u32>({store});",
-                f(&xs, "0u"),
-                f(&ws, if w_scale.1 { "ch" } else { "0u" }),
-                f(&ys, "0u"),
+                f(&xs, "0u")?,
+                f(&ws, if w_scale.1 { "ch" } else { "0u" })?,
+                f(&ys, "0u")?,
+                // f16 scales multiply in f16, as ONNX's reference does.
+                r = if scale_type == ElemType::F16 {
+                    "kr16"
+                } else {
+                    ""
+                },
             );
             let y = sh.bind(Bind::Result(0), "u32");
             sh.finish(
                 WG,
-                &per_word(&y, p.total, eb, &lane),
-                grid_per_word(p.total, eb)?,
+                &per_word(&y, p.total, bits, &lane),
+                grid_per_word(p.total, bits)?,
             )
         }
     };
@@ -638,6 +644,7 @@ mod tests {
         };
         let out = IntOut::Requantize {
             y: ElemType::U8,
+            scale_type: ElemType::F16,
             x_scale: Bind::Operand(1),
             w_scale: (Bind::Operand(4), true),
             y_scale: Bind::Operand(6),
