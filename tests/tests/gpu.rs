@@ -298,7 +298,8 @@ fn nibbles_hex(seed: u32, n: usize) -> String {
 /// and 0.012 as f16 bits), the exact i32 sums of the Integer ops,
 /// (de)quantization per tensor, axis and block, 4-, 8- and 16-bit,
 /// 8-bit MaxPool, and packed bytes moved by Transpose, Slice, Concat,
-/// Gather and Reshape at odd sizes (words straddle rows and parts), and
+/// Gather and Reshape at odd sizes (words straddle rows and parts), casts
+/// to 8- and 16-bit types, and
 /// `kiln.Lookup` (written, and made by `qdq-lookup` at `-O2`), and weights
 /// kept quantized: `kiln.DequantMatMul` (4-bit blocks, 8-bit columns) and
 /// `kiln.DequantLSTM` (per-direction scales, compared at atol 1e-4).
@@ -496,6 +497,31 @@ fn gpu_runs_the_quantized_path_on_the_device() {
             "  const %s: f32[3] = dense[0.15, 0.2, 0.3]\n  const %z: u4[3] = hex\"7803\"\n\
              %q = QuantizeLinear(%x, %s, %z) {axis = 1} : u4[2,3,7]\n\
              %out = DequantizeLinear(%q, %s, %z) {axis = 1} : f32[2,3,7]"
+                .into(),
+        ),
+        (
+            "Casts to 8- and 16-bit integers: truncated and wrapped, as numpy's astype",
+            vec![3, 11],
+            0.0,
+            // (Transposes between the casts keep fusion from making one
+            // region of them: a fusion with 8-bit values inside still
+            // takes a cpu step.)
+            "  const %k: f32[] = dense[300.0]\n\
+             %m = Mul(%x, %k) : f32[3,11]\n\
+             %t = Transpose(%m) {perm = [1, 0]} : f32[11,3]\n\
+             %c8 = Cast(%t) {to = 3} : i8[11,3]\n\
+             %t8 = Transpose(%c8) {perm = [1, 0]} : i8[3,11]\n\
+             %c16 = Cast(%m) {to = 5} : i16[3,11]\n\
+             %t16 = Transpose(%c16) {perm = [1, 0]} : i16[11,3]\n\
+             %i = Cast(%t16) {to = 6} : i32[11,3]\n\
+             %ti = Transpose(%i) {perm = [1, 0]} : i32[3,11]\n\
+             %u = Cast(%ti) {to = 2} : u8[3,11]\n\
+             %tu = Transpose(%u) {perm = [1, 0]} : u8[11,3]\n\
+             %a = Cast(%t8) {to = 1} : f32[3,11]\n\
+             %b = Cast(%tu) {to = 1} : f32[11,3]\n\
+             %br = Reshape(%b, %s33) : f32[3,11]\n\
+             const %s33: i64[2] = dense[3, 11]\n\
+             %out = Concat(%a, %br) {axis = 0} : f32[6,11]"
                 .into(),
         ),
         (

@@ -305,8 +305,8 @@ pub(crate) const H_I64_TO_F32: &str = "fn i64_to_f32(lo: u32, hi: u32) -> f32 {\
   if ((hi == 0u && l >= 0) || (hi == 0xffffffffu && l < 0)) { return f32(l); }\n\
   return f32(bitcast<i32>(hi)) * 4294967296.0 + f32(lo);\n}";
 
-/// Cast between f32 and i32, and from i64 and the 8- and 16-bit integers
-/// (f32 → i32 truncates toward
+/// Cast between f32 and i32, from i64, and between those and the 4-
+/// (from only), 8- and 16-bit integers (f32 → i32 truncates toward
 /// zero, saturating as WGSL does; i64 → i32 wraps as numpy does;
 /// out-of-range float casts are undefined in ONNX).
 pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuKernel, String> {
@@ -327,12 +327,32 @@ pub fn cast(n: &Node, from: ElemType, to: ElemType, total: usize) -> Result<GpuK
         ElemType::I64 => format!("bitcast<i32>({x}[gid * 2u])"),
         e => int_read(&x, "gid", e)?,
     };
+    sh.helper(H_I64_TO_F32);
     let body = match to {
         ElemType::F32 => format!("{y}[gid] = bitcast<u32>({read});"),
         ElemType::I32 => format!("{y}[gid] = bitcast<u32>({int_read});"),
+        // 8- and 16-bit results, a word per thread: floats truncate toward
+        // zero and wrap (NaN to 0), as the interpreter's casts (numpy's
+        // `astype`) do; integers wrap. (Out of range is undefined in ONNX;
+        // beyond i32's range the device saturates first.)
+        e if packed_bytes(e).is_some() => {
+            let bits = 8 * packed_bytes(e).unwrap_or(1);
+            let lane = if from == ElemType::F32 {
+                format!(
+                    "let f = bitcast<f32>({x}[e]);\nlet v = select(bitcast<u32>(i32(f)), 0u, knan(f));"
+                )
+            } else {
+                format!("let gid = e;\nlet v = bitcast<u32>({int_read});")
+            };
+            let d = sh.finish(
+                WG,
+                &per_word(&y, total, bits, &lane),
+                grid_per_word(total, bits)?,
+            );
+            return Ok(copies(vec![d], format!("cast {from} → {to}")));
+        }
         e => return Err(format!("Cast to {e} on the gpu")),
     };
-    sh.helper(H_I64_TO_F32);
     let body = format!("if (gid >= {total}u) {{ return; }}\n{body}");
     let d = sh.finish(WG, &body, grid_for(total as u64)?);
     Ok(copies(vec![d], format!("cast {from} → {to}")))
