@@ -116,6 +116,24 @@ impl ElemType {
         })
     }
 
+    /// The smallest and largest value of an integer type (the range a
+    /// quantization saturates to), or `None` for other types.
+    pub fn int_range(self) -> Option<(i128, i128)> {
+        Some(match self {
+            ElemType::U4 => (0, 15),
+            ElemType::I4 => (-8, 7),
+            ElemType::U8 => (0, u8::MAX as i128),
+            ElemType::I8 => (i8::MIN as i128, i8::MAX as i128),
+            ElemType::U16 => (0, u16::MAX as i128),
+            ElemType::I16 => (i16::MIN as i128, i16::MAX as i128),
+            ElemType::U32 => (0, u32::MAX as i128),
+            ElemType::I32 => (i32::MIN as i128, i32::MAX as i128),
+            ElemType::U64 => (0, u64::MAX as i128),
+            ElemType::I64 => (i64::MIN as i128, i64::MAX as i128),
+            _ => return None,
+        })
+    }
+
     /// Bytes needed to store `n` elements densely (sub-byte types packed).
     pub fn storage_bytes(self, n: u64) -> Option<u64> {
         let bits = self.bit_width()? as u64;

@@ -508,17 +508,13 @@ pub(crate) fn float_read(buf: &str, idx: &str, e: ElemType) -> Result<String, St
     })
 }
 
-/// The saturation range of an integer result type the GPU writes.
+/// The saturation range of an integer result type the GPU writes (the
+/// packed ones).
 pub(crate) fn int_range(e: ElemType) -> Result<(i32, i32), String> {
-    Ok(match e {
-        ElemType::U8 => (0, 255),
-        ElemType::I8 => (-128, 127),
-        ElemType::U16 => (0, 65535),
-        ElemType::I16 => (-32768, 32767),
-        ElemType::U4 => (0, 15),
-        ElemType::I4 => (-8, 7),
-        e => return Err(format!("{e} results on the gpu")),
-    })
+    match (packed_bits(e), e.int_range()) {
+        (Some(_), Some((lo, hi))) => Ok((lo as i32, hi as i32)),
+        _ => Err(format!("{e} results on the gpu")),
+    }
 }
 
 /// The body of a shader writing `total` packed elements of `bits` bits

@@ -71,17 +71,11 @@ fn param_index(
 
 /// The range of an integer quantized type.
 fn int_range(e: ElemType) -> KResult<(i128, i128)> {
-    Ok(match e {
-        ElemType::U8 => (0, 255),
-        ElemType::I8 => (-128, 127),
-        ElemType::U16 => (0, 65535),
-        ElemType::I16 => (-32768, 32767),
-        ElemType::U4 => (0, 15),
-        ElemType::I4 => (-8, 7),
-        ElemType::I32 => (i32::MIN as i128, i32::MAX as i128),
-        ElemType::U32 => (0, u32::MAX as i128),
-        other => bail!("QuantizeLinear cannot produce {other}"),
-    })
+    match e {
+        ElemType::U64 | ElemType::I64 => None,
+        e => e.int_range(),
+    }
+    .ok_or_else(|| format!("QuantizeLinear cannot produce {e}").into())
 }
 
 pub fn k_quantize(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
