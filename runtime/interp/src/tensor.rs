@@ -123,10 +123,31 @@ impl Data {
 
     /// `n` zeros (false, empty strings) of element type `elem`.
     pub fn zeros(elem: ElemType, n: usize) -> Data {
+        // Each type's zeros allocated directly (zeroed pages): going
+        // through f64 values cost more than the integer product whose
+        // i32 result it allocated.
         match elem {
+            ElemType::F32 => Data::F32(vec![0.0; n]),
+            ElemType::F64 => Data::F64(vec![0.0; n]),
+            ElemType::F16 => Data::F16(vec![f16::ZERO; n]),
+            ElemType::BF16 => Data::BF16(vec![bf16::ZERO; n]),
+            ElemType::I64 => Data::I64(vec![0; n]),
+            ElemType::I32 => Data::I32(vec![0; n]),
+            ElemType::I16 => Data::I16(vec![0; n]),
+            ElemType::I8 => Data::I8(vec![0; n]),
+            ElemType::I4 => Data::I4(vec![0; n]),
+            ElemType::U64 => Data::U64(vec![0; n]),
+            ElemType::U32 => Data::U32(vec![0; n]),
+            ElemType::U16 => Data::U16(vec![0; n]),
+            ElemType::U8 => Data::U8(vec![0; n]),
+            ElemType::U4 => Data::U4(vec![0; n]),
             ElemType::String => Data::Str(vec![String::new(); n]),
             ElemType::Bool => Data::Bool(vec![false; n]),
-            _ => Data::from_f64(elem, &vec![0.0; n]),
+            ElemType::C64 => Data::C64(vec![[0.0; 2]; n]),
+            ElemType::C128 => Data::C128(vec![[0.0; 2]; n]),
+            // Float8 zero is the all-zero bit pattern in every format.
+            k if k.is_float8() => Data::F8(k, vec![0; n]),
+            k => Data::from_f64(k, &vec![0.0; n]),
         }
     }
 
