@@ -127,11 +127,6 @@ impl Recurrent {
             };
         let hr_cols = if reset_first { 2 * h } else { gh };
         let zeros = vec![0f32; 2 * gh];
-        let mut xw = vec![0f32; seq * batch * gh];
-        let mut hr = vec![0f32; batch * gh];
-        let mut rh = vec![0f32; batch * h];
-        let mut reset = vec![0f32; batch * h];
-        let (mut hs, mut cs) = (vec![0f32; batch * h], vec![0f32; batch * h]);
         // The weights as given, where the plan did not pack them.
         let packed_w = ops.packed.w_fits(dirs, gh, isz).then_some(ops.packed);
         let packed_r = ops
@@ -148,29 +143,44 @@ impl Recurrent {
             (None, Some(r)) => Some(r),
             (None, None) => return Err("recurrent layer: R is missing".into()),
         };
-        for d in 0..dirs {
+        // Each direction's whole-sequence input projection, X · W_dᵀ (rows
+        // in X's order, so batch-major X needs no copy), on every thread.
+        let xws: Vec<Vec<f32>> = (0..dirs)
+            .map(|d| {
+                let mut xw = vec![0f32; seq * batch * gh];
+                match (packed_w, w) {
+                    (Some(p), _) => p.project(d, seq * batch, ops.x, isz, &mut xw, threads),
+                    (None, Some(w)) => sgemm(
+                        seq * batch,
+                        gh,
+                        isz,
+                        &mut xw,
+                        Strides::row_major(gh),
+                        false,
+                        ops.x,
+                        Strides::row_major(isz),
+                        &w[d * gh * isz..][..gh * isz],
+                        Strides { rs: 1, cs: isz },
+                        1.0,
+                        par,
+                    ),
+                    (None, None) => unreachable!("W is checked above"),
+                }
+                xw
+            })
+            .collect();
+        let want_y = out.y.is_some();
+        // One direction's recurrence: its hidden states `[seq, batch, h]`
+        // in time order (when Y is wanted) and its final H and C.
+        let run_dir = |d: usize| -> Direction {
+            let xw = &xws[d];
             let bd = ops.b.map_or(&zeros[..], |b| &b[d * 2 * gh..][..2 * gh]);
             let (wb, rb) = bd.split_at(gh);
-            // The whole sequence's input projection: X · W_dᵀ (rows in X's
-            // order, so batch-major X needs no copy).
-            match (packed_w, w) {
-                (Some(p), _) => p.project(d, seq * batch, ops.x, isz, &mut xw, threads),
-                (None, Some(w)) => sgemm(
-                    seq * batch,
-                    gh,
-                    isz,
-                    &mut xw,
-                    Strides::row_major(gh),
-                    false,
-                    ops.x,
-                    Strides::row_major(isz),
-                    &w[d * gh * isz..][..gh * isz],
-                    Strides { rs: 1, cs: isz },
-                    1.0,
-                    par,
-                ),
-                (None, None) => unreachable!("W is checked above"),
-            }
+            let mut hr = vec![0f32; batch * gh];
+            let mut rh = vec![0f32; batch * h];
+            let mut reset = vec![0f32; batch * h];
+            let (mut hs, mut cs) = (vec![0f32; batch * h], vec![0f32; batch * h]);
+            let mut ys = vec![0f32; if want_y { seq * batch * h } else { 0 }];
             for b in 0..batch {
                 let (hs_b, cs_b) = (&mut hs[b * h..][..h], &mut cs[b * h..][..h]);
                 let at = self.state_at(d, b);
@@ -248,23 +258,51 @@ impl Recurrent {
                         reset_h: &rh[b * h..][..h],
                     };
                     cell_step(self.cell, &gates, hs_b, cs_b);
-                    if let Some(y) = out.y.as_deref_mut() {
-                        y[self.y_at(t, d, b)..][..h].copy_from_slice(hs_b);
+                    if want_y {
+                        ys[(t * batch + b) * h..][..h].copy_from_slice(hs_b);
+                    }
+                }
+            }
+            Direction { ys, hs, cs }
+        };
+        // The directions are independent: with two threads they run side
+        // by side (each step is a few GEMVs too small to split, so one
+        // thread per direction is the parallelism a BiGRU/BiLSTM has).
+        let done: Vec<Direction> = if dirs == 2 && threads > 1 {
+            let (fw, bw) = rayon::join(|| run_dir(0), || run_dir(1));
+            vec![fw, bw]
+        } else {
+            (0..dirs).map(run_dir).collect()
+        };
+        for (d, dir) in done.iter().enumerate() {
+            if let Some(y) = out.y.as_deref_mut() {
+                for t in 0..seq {
+                    for b in 0..batch {
+                        y[self.y_at(t, d, b)..][..h]
+                            .copy_from_slice(&dir.ys[(t * batch + b) * h..][..h]);
                     }
                 }
             }
             for b in 0..batch {
                 let at = self.state_at(d, b);
                 if let Some(y_h) = out.y_h.as_deref_mut() {
-                    y_h[at..][..h].copy_from_slice(&hs[b * h..][..h]);
+                    y_h[at..][..h].copy_from_slice(&dir.hs[b * h..][..h]);
                 }
                 if let Some(y_c) = out.y_c.as_deref_mut() {
-                    y_c[at..][..h].copy_from_slice(&cs[b * h..][..h]);
+                    y_c[at..][..h].copy_from_slice(&dir.cs[b * h..][..h]);
                 }
             }
         }
         Ok(())
     }
+}
+
+/// One direction's results: hidden states `[seq, batch, hidden]` in time
+/// order (empty when Y is not wanted), and the final H and C.
+struct Direction {
+    ys: Vec<f32>,
+    hs: Vec<f32>,
+    cs: Vec<f32>,
 }
 
 /// Batches up to this size take [`panel_product`] for the recurrence.
