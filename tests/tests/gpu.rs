@@ -600,3 +600,82 @@ fn gpu_runs_the_quantized_path_on_the_device() {
         }
     }
 }
+
+/// Malformed quantized models get an error from the verifier, the gpu
+/// lowering or the run, never a panic and never a result: scales and zero
+/// points of the wrong size or type, blocks that do not tile their axis.
+#[test]
+fn gpu_rejects_malformed_quantized_models() {
+    if device().is_none() {
+        return;
+    }
+    let cases = [
+        (
+            "three scales for an axis of four",
+            "  const %s: f32[3] = dense[0.1, 0.2, 0.3]\n  const %z: u8[3] = dense[1, 2, 3]\n  \
+             %q = QuantizeLinear(%x, %s, %z) {axis = 1} : u8[2,4]\n  \
+             %out = DequantizeLinear(%q, %s, %z) {axis = 1} : f32[2,4]",
+        ),
+        (
+            "a zero point of another length than its scales",
+            "  const %s: f32[4] = dense[0.1, 0.2, 0.3, 0.4]\n  const %z: u8[2] = dense[1, 2]\n  \
+             %q = QuantizeLinear(%x, %s, %z) {axis = 1} : u8[2,4]\n  \
+             %out = DequantizeLinear(%q, %s, %z) {axis = 1} : f32[2,4]",
+        ),
+        (
+            "blocks whose scales do not tile the axis",
+            "  const %s: f32[2,3] = dense[0.1, 0.2, 0.3, 0.1, 0.2, 0.3]\n  \
+             %q = QuantizeLinear(%x, %s) {axis = 1, block_size = 2} : i8[2,4]\n  \
+             %out = DequantizeLinear(%q, %s) {axis = 1, block_size = 2} : f32[2,4]",
+        ),
+        (
+            "an integer product with a zero point per row of the wrong count",
+            "  const %s: f32[] = dense[0.05]\n  const %za: u8[3] = dense[1, 2, 3]\n  \
+             const %w: i8[4,3] = dense[1, -2, 3, -4, 5, -6, 7, -8, 9, -10, 11, -12]\n  \
+             const %zw: i8[] = dense[0]\n  \
+             %q = QuantizeLinear(%x, %s) : u8[2,4]\n  \
+             %p = MatMulInteger(%q, %w, %za, %zw) : i32[2,3]\n  \
+             %out = Cast(%p) {to = 1} : f32[2,3]",
+        ),
+        (
+            "a scale operand of the wrong element type",
+            "  const %s: i32[] = dense[3]\n  \
+             %q = QuantizeLinear(%x, %s) : u8[2,4]\n  \
+             %out = DequantizeLinear(%q, %s) : f32[2,4]",
+        ),
+    ];
+    let inputs: std::collections::HashMap<String, kiln_runtime::Value> = [(
+        "x".to_string(),
+        kiln_runtime::Value::tensor(
+            kiln_runtime::Tensor::new(
+                vec![2, 4],
+                kiln_runtime::Data::F32(vec![0.5, -1.0, 2.0, 0.25, -0.75, 1.5, 0.0, 3.0]),
+            )
+            .expect("tensor"),
+        ),
+    )]
+    .into();
+    for (what, body) in cases {
+        let src = format!(
+            "module @q opset(ai.onnx = 21) {{\n  input %x: f32[2,4]\n{body}\n  return %out\n}}\n"
+        );
+        let rejected = match kiln_ir::parse_module(&src) {
+            Err(e) => format!("parse: {e}"),
+            Ok(m) => match kiln_ir::verify::verify(&m) {
+                Err(e) => format!("verify: {e}"),
+                Ok(()) => match kiln_compiler::compile(
+                    &m,
+                    &gpu(),
+                    &kiln_compiler::lower::shapes_of(&inputs),
+                ) {
+                    Err(e) => format!("compile: {e}"),
+                    Ok(exe) => match exe.run(&inputs) {
+                        Err(e) => format!("run: {e}"),
+                        Ok(v) => panic!("{what}: ran and returned {v:?}"),
+                    },
+                },
+            },
+        };
+        eprintln!("{what}: {rejected}");
+    }
+}

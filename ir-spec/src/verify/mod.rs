@@ -658,6 +658,52 @@ mod tests {
         verify(&crate::parse_module(good).expect("parse")).expect("verifies");
     }
 
+    /// A QuantizeLinear/DequantizeLinear whose scale or zero point does not
+    /// fit its input (per tensor, per axis, blocked) fails inference, with
+    /// the operand named; those that fit verify.
+    #[test]
+    fn quantization_parameters_must_fit_the_input() {
+        let module = |params: &str, attrs: &str| {
+            format!(
+                "module @q opset(ai.onnx = 21) {{\n  input %x: f32[2,4]\n{params}\n  \
+                 %q = QuantizeLinear(%x, %s, %z){attrs} : i8[2,4]\n  \
+                 %d = DequantizeLinear(%q, %s, %z){attrs} : f32[2,4]\n  return %d\n}}"
+            )
+        };
+        let cases = [
+            ("f32[4]", "i8[4]", " {axis = 1}", true),
+            ("f32[2]", "i8[2]", " {axis = 0}", true),
+            ("f32[2,2]", "i8[2,2]", " {axis = 1, block_size = 2}", true),
+            ("f32[1,4]", "i8[1,4]", " {axis = 0, block_size = 3}", true),
+            ("f32[]", "i8[1]", "", true),
+            ("f32[3]", "i8[3]", " {axis = 1}", false),
+            ("f32[4]", "i8[2]", " {axis = 1}", false),
+            ("f32[4]", "i8[4]", " {axis = 0}", false),
+            ("f32[2,3]", "i8[2,3]", " {axis = 1, block_size = 2}", false),
+            ("f32[4]", "i8[4]", " {axis = 1, block_size = 2}", false),
+            ("i32[]", "i8[]", "", false),
+        ];
+        for (s, z, attrs, fits) in cases {
+            let n = |t: &str| {
+                let inner = &t[t.find('[').expect("shape") + 1..t.len() - 1];
+                inner
+                    .split(',')
+                    .filter(|d| !d.is_empty())
+                    .map(|d| d.trim().parse::<usize>().expect("dim"))
+                    .product::<usize>()
+            };
+            let params = format!(
+                "  const %s: {s} = dense[{}]\n  const %z: {z} = dense[{}]",
+                vec!["2"; n(s)].join(", "),
+                vec!["1"; n(z)].join(", ")
+            );
+            let src = module(&params, attrs);
+            let m = crate::parse_module(&src).expect("parse");
+            let got = verify(&m);
+            assert_eq!(got.is_ok(), fits, "{s} {z}{attrs}: {got:?}");
+        }
+    }
+
     #[test]
     fn sample_verifies_and_infers() {
         let mut m = sample();
