@@ -135,6 +135,7 @@ cases!(
     matmul_gelu,
     nothing_to_fuse,
     nested_if,
+    bn_skip_branch,
 );
 
 fn explain_file(file: &str) -> Vec<String> {

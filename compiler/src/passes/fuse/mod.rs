@@ -121,12 +121,18 @@ fn build_fusion(m: &mut Module, nodes: &[Node], g: &Group) -> Result<Node, Strin
     // Outer value -> its stand-in inside the body.
     let mut map: HashMap<ValueId, ValueId> = HashMap::new();
     for &i in &g.members {
-        for v in nodes[i].inputs.iter().flatten() {
+        let statistics = nodes[i].op == "BatchNormalization";
+        for (k, v) in nodes[i].inputs.iter().enumerate() {
+            let Some(v) = v else { continue };
             if inside.contains(v) || map.contains_key(v) {
                 continue;
             }
             let hint = m.name(*v).to_string();
-            let inner = if copy_into_body(m, *v) {
+            // A BatchNormalization's constant statistics go in too: every
+            // backend folds them into a per-channel scale and shift while
+            // compiling the body, which needs their values there.
+            let copy = copy_into_body(m, *v) || statistics && k >= 1 && m.constant(*v).is_some();
+            let inner = if copy {
                 let data = m.constant(*v).cloned().ok_or("constant without data")?;
                 let c = m.add_constant_unique(&hint, data);
                 body.constants.push(c);
@@ -149,7 +155,16 @@ fn build_fusion(m: &mut Module, nodes: &[Node], g: &Group) -> Result<Node, Strin
         let inner = m.add_value_unique(&hint, ty);
         map.insert(o, inner);
     }
-    for &i in &g.members {
+    // An epilogue's anchor goes first, as the backends read it: members
+    // that do not depend on it (a BatchNormalization on the skip branch of
+    // `relu(bn(x) + conv(x))`) may precede it in the region, and the
+    // anchor reads no member (a member it read would have a user outside
+    // the elementwise group, which rule 1 never merges).
+    let order = g
+        .anchor
+        .into_iter()
+        .chain(g.members.iter().copied().filter(|&i| Some(i) != g.anchor));
+    for i in order {
         let mut n = nodes[i].clone();
         for v in n.inputs.iter_mut().flatten() {
             if let Some(&x) = map.get(v) {
