@@ -1424,3 +1424,144 @@ fn slices_read_in_place() {
     let inputs = HashMap::from([("x".to_string(), input(&[1, 16, 4, 4], 83))]);
     native_and_exact(&src, &inputs);
 }
+
+/// Reparameterizable blocks in their training form (RepVGG, MobileOne,
+/// FastViT): `act(bn(x) + conv(x) [+ conv3x3(x)])`. The skip branch's
+/// BatchNormalization lands in the conv's epilogue region ahead of the
+/// conv; the region runs natively (it ran on the interpreter, 2-4x the
+/// model's time) and matches the interpreter.
+#[test]
+fn skip_branch_batch_norm_joins_a_conv_epilogue_natively() {
+    let c = 6;
+    let stats = |seed: u32, lo: f32| -> String {
+        dense(
+            &values(seed, c)
+                .iter()
+                .map(|v| lo + v.abs())
+                .collect::<Vec<_>>(),
+        )
+    };
+    for act in ["Relu", "Sigmoid"] {
+        for second in [false, true] {
+            let mut lines = vec![
+                format!("  input %x: {}", ty(&[1, c, 9, 9])),
+                format!("  const %g: {} = {}", ty(&[c]), stats(1, 0.5)),
+                format!("  const %b: {} = {}", ty(&[c]), dense(&values(2, c))),
+                format!("  const %mu: {} = {}", ty(&[c]), dense(&values(3, c))),
+                format!("  const %var: {} = {}", ty(&[c]), stats(4, 0.2)),
+                format!(
+                    "  const %w1: {} = {}",
+                    ty(&[c, c, 1, 1]),
+                    dense(&values(5, c * c))
+                ),
+                format!(
+                    "  const %w3: {} = {}",
+                    ty(&[c, c, 3, 3]),
+                    dense(&values(6, 9 * c * c))
+                ),
+                format!(
+                    "  %n = BatchNormalization(%x, %g, %b, %mu, %var) : {}",
+                    ty(&[1, c, 9, 9])
+                ),
+                format!(
+                    "  %p = Conv(%x, %w1) {{kernel_shape = [1, 1]}} : {}",
+                    ty(&[1, c, 9, 9])
+                ),
+                format!("  %s = Add(%n, %p) : {}", ty(&[1, c, 9, 9])),
+            ];
+            let sum = if second {
+                lines.push(format!(
+                    "  %q = Conv(%x, %w3) {{kernel_shape = [3, 3], pads = [1, 1, 1, 1]}} : {}",
+                    ty(&[1, c, 9, 9])
+                ));
+                lines.push(format!("  %t = Add(%s, %q) : {}", ty(&[1, c, 9, 9])));
+                "%t"
+            } else {
+                "%s"
+            };
+            lines.push(format!("  %y = {act}({sum}) : {}", ty(&[1, c, 9, 9])));
+            let src = format!(
+                "module @rep opset(ai.onnx = 17) {{\n{}\n  return %y\n}}\n",
+                lines.join("\n")
+            );
+            let inputs = HashMap::from([("x".to_string(), input(&[1, c, 9, 9], 7))]);
+            for threads in [1, 2] {
+                check(&src, &inputs, threads, false).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let report = backend_report(&src, &inputs);
+            assert!(report.contains(", 0 on the interpreter"), "{report}");
+        }
+    }
+}
+
+/// Dilated convs over maps smaller than their reach (DeepLabV3's ASPP):
+/// the taps that read only padding are dropped by `trim-conv-taps`, and
+/// the results match the interpreter's full convs, strided, asymmetric
+/// pads and 1-D included.
+#[test]
+fn convs_lose_the_taps_that_read_only_padding() {
+    let cases: [(&[usize], &[usize], &str); 5] = [
+        // (input, weight, attributes)
+        (
+            &[1, 3, 6, 6],
+            &[4, 3, 3, 3],
+            "dilations = [8, 8], pads = [8, 8, 8, 8]",
+        ),
+        (
+            &[1, 3, 6, 6],
+            &[4, 3, 3, 3],
+            "dilations = [4, 4], pads = [4, 4, 4, 4]",
+        ),
+        (
+            &[1, 3, 3, 7],
+            &[4, 3, 3, 3],
+            "dilations = [5, 2], pads = [5, 3, 6, 2], strides = [2, 1]",
+        ),
+        (&[1, 2, 5], &[3, 2, 5], "dilations = [4], pads = [7, 9]"),
+        (
+            &[2, 4, 4, 4],
+            &[4, 1, 3, 3],
+            "dilations = [6, 6], pads = [6, 6, 6, 6], group = 4",
+        ),
+    ];
+    for (x, w, attrs) in cases {
+        let r = x.len() - 2;
+        // The result shape, by the explicit-pads formula.
+        let out: Vec<usize> = {
+            let ints = |name: &str, d: usize| -> Vec<usize> {
+                attrs
+                    .split(&format!("{name} = ["))
+                    .nth(1)
+                    .map(|s| {
+                        s[..s.find(']').expect("]")]
+                            .split(',')
+                            .map(|v| v.trim().parse().expect("int"))
+                            .collect()
+                    })
+                    .unwrap_or(vec![d; if name == "pads" { 2 * r } else { r }])
+            };
+            let (dil, pads, st) = (ints("dilations", 1), ints("pads", 0), ints("strides", 1));
+            let mut o = vec![x[0], w[0]];
+            for d in 0..r {
+                let reach = dil[d] * (w[d + 2] - 1) + 1;
+                o.push((x[d + 2] + pads[d] + pads[r + d] - reach) / st[d] + 1);
+            }
+            o
+        };
+        let src = format!(
+            "module @c opset(ai.onnx = 17) {{\n  input %x: {}\n  const %w: {} = {}\n  %y = Conv(%x, %w) {{{attrs}}} : {}\n  return %y\n}}\n",
+            ty(x),
+            ty(w),
+            dense(&values(3, w.iter().product())),
+            ty(&out)
+        );
+        let inputs = HashMap::from([("x".to_string(), input(x, 5))]);
+        for threads in [1, 2] {
+            check(&src, &inputs, threads, false).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut m = kiln_ir::parse_module(&src).expect("parse");
+        let trimmed = kiln_compiler::passes::run_named(&mut m, "trim-conv-taps").expect("pass");
+        // The 4-dilation 3x3 on 6x6 reads the input with every tap.
+        assert_eq!(trimmed, !attrs.starts_with("dilations = [4, 4]"), "{attrs}");
+    }
+}

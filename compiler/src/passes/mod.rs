@@ -32,6 +32,7 @@ pub mod qdq_lookup;
 pub mod resolve_pads;
 pub mod sequence_split;
 pub mod simplify;
+pub mod trim_conv_taps;
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,11 @@ pub const PASSES: &[Pass] = &[
         name: "einsum",
         run: einsum::run,
         summary: "Einsum of static shapes to ReduceSum, Transpose, Reshape and MatMul",
+    },
+    Pass {
+        name: "trim-conv-taps",
+        run: trim_conv_taps::run,
+        summary: "drop conv kernel taps that read only padding (dilated convs on small maps)",
     },
     Pass {
         name: "cse",
@@ -178,6 +184,7 @@ pub fn pipeline(level: u8) -> Vec<Step> {
             p("sequence-split"),
             p("einsum"),
             p("simplify"),
+            p("trim-conv-taps"),
             p("cse"),
             p("dce"),
         ],
