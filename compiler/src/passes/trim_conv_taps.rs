@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use kiln_ir::{Attr, Dim, ElemType, Module, Node, TensorData, ValueId};
+use kiln_ir::{Attr, ElemType, Module, Node, TensorData, ValueId};
 
 use super::{expand_nodes, Expansion};
 
@@ -68,19 +68,6 @@ impl Axis {
     }
 }
 
-fn known_dims(m: &Module, v: ValueId) -> Option<Vec<u64>> {
-    m.ty(v)
-        .as_tensor()?
-        .shape
-        .as_ref()?
-        .iter()
-        .map(|d| match d {
-            Dim::Known(x) => Some(*x),
-            _ => None,
-        })
-        .collect()
-}
-
 /// A Conv's geometry, per spatial axis, where this pass applies.
 fn axes(m: &Module, n: &Node) -> Option<Vec<Axis>> {
     if n.op != "Conv"
@@ -91,9 +78,20 @@ fn axes(m: &Module, n: &Node) -> Option<Vec<Axis>> {
     {
         return None;
     }
-    let x = known_dims(m, n.input(0)?)?;
-    let w = known_dims(m, n.input(1)?)?;
-    let y = known_dims(m, *n.outputs.first()?)?;
+    let dims = |v: ValueId| -> Option<Vec<u64>> {
+        Some(
+            m.static_shape(v)
+                .ok()?
+                .into_iter()
+                .map(|d| d as u64)
+                .collect(),
+        )
+    };
+    let (x, w, y) = (
+        dims(n.input(0)?)?,
+        dims(n.input(1)?)?,
+        dims(*n.outputs.first()?)?,
+    );
     let r = x.len().checked_sub(2)?;
     if r == 0 || w.len() != r + 2 || y.len() != r + 2 {
         return None;
