@@ -138,10 +138,15 @@ pub(super) fn plan_dense(
                 float("beta"),
                 bc,
             )?;
+            let packed = if p.overwrites_output() {
+                " (packed)"
+            } else {
+                ""
+            };
             Ok(Planned {
                 plan: Dense::Gemm(p),
                 captured,
-                what: format!("gemm {a:?} x {b:?}"),
+                what: format!("gemm {a:?} x {b:?}{packed}"),
             })
         }
         "Conv" | "kiln.FusedConv" => {

@@ -409,6 +409,8 @@ pub struct GemmPlan {
     alpha: f32,
     beta: f32,
     b_const: Option<ConstWeights>,
+    /// B in panels, when it is constant and the packed product applies.
+    packed: Option<Arc<PackedB>>,
 }
 
 impl GemmPlan {
@@ -499,7 +501,7 @@ impl GemmPlan {
                 ));
             }
         }
-        Ok(GemmPlan {
+        let mut plan = GemmPlan {
             m,
             n,
             k,
@@ -511,7 +513,27 @@ impl GemmPlan {
             alpha,
             beta,
             b_const,
-        })
+            packed: None,
+        };
+        // A constant B in panels, as MatMul packs it: the gemm crate
+        // repacked it at every run (GPT-2's Conv1D layers, exported as Gemm
+        // of [32, 256] x [256, 1024], ran at 29 GFLOP/s, half of what the
+        // same product reached as a MatMul). Row-major A only, and not
+        // below the micro-kernel's 6 rows (matrix-vector work, bound by
+        // streaming B, which the gemm crate splits over columns).
+        if !trans_a && m >= 6 && PackedB::available() {
+            if let Some(bc) = plan.b_const.take() {
+                let (rs, cs) = (plan.b_strides.rs, plan.b_strides.cs);
+                plan.packed = Some(bc.packed(k, n, rs, cs));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Whether a run writes every element of `out` without reading it
+    /// (the packed path), so `out` may start with stale values.
+    pub fn overwrites_output(&self) -> bool {
+        self.packed.is_some()
     }
 
     pub fn out_shape(&self) -> &[usize] {
@@ -527,8 +549,32 @@ impl GemmPlan {
     /// `c` must be `Some` iff the plan was built with a C shape. `b` is
     /// ignored when B was constant. `out` is fully overwritten.
     pub fn run(&self, a: &[f32], b: &[f32], c: Option<&[f32]>, out: &mut [f32], threads: usize) {
-        let b = self.b_const.as_deref().unwrap_or(b);
         let (m, n, k) = (self.m, self.n, self.k);
+        debug_assert_eq!(c.is_some(), self.c_strides.is_some());
+        if let Some(p) = &self.packed {
+            debug_assert_eq!(a.len(), m * k);
+            debug_assert_eq!(out.len(), m * n);
+            // alpha and beta·C applied to each finished range of the
+            // product on the thread that wrote it, while it is in cache.
+            let (alpha, beta) = (self.alpha, self.beta);
+            let scale = move |out: *mut f32, lo: usize, hi: usize| {
+                for i in lo..hi {
+                    // SAFETY: the product hands out ranges of `out` (m·n
+                    // floats) that it finished and no other thread touches.
+                    let o = unsafe { &mut *out.add(i) };
+                    let cv = match (c, self.c_strides) {
+                        (Some(c), Some(s)) => beta * c[(i / n) * s.rs + (i % n) * s.cs],
+                        _ => 0.0,
+                    };
+                    *o = alpha * *o + cv;
+                }
+            };
+            let trivial = alpha == 1.0 && c.is_none();
+            let epilogue: Option<&Epilogue> = if trivial { None } else { Some(&scale) };
+            p.product(m, a, k, out, threads, epilogue);
+            return;
+        }
+        let b = self.b_const.as_deref().unwrap_or(b);
         debug_assert_eq!(a.len(), m * k);
         debug_assert_eq!(b.len(), k * n);
         debug_assert_eq!(out.len(), m * n);
@@ -758,6 +804,7 @@ mod tests {
             (1, 9, 4),
             (1, 600, 130),
             (70, 130, 90),
+            (6, 17, 5),
             (4, 1, 3),
         ] {
             let c_shapes: Vec<Option<Vec<usize>>> = vec![

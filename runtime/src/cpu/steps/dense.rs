@@ -23,13 +23,13 @@ pub enum Dense {
 
 impl Dense {
     /// Whether the product writes every element of its result whatever
-    /// it held (convs and packed matmuls); the gemm-crate products
+    /// it held (convs, packed matmuls and gemms); the gemm-crate products
     /// accumulate into it, so their result must start zeroed.
     pub fn overwrites_output(&self) -> bool {
         match self {
             Dense::Conv(_) | Dense::ConvTranspose(_) | Dense::DequantMatMul(_) => true,
             Dense::MatMul(p) => p.overwrites_output(),
-            Dense::Gemm(_) => false,
+            Dense::Gemm(p) => p.overwrites_output(),
         }
     }
 
