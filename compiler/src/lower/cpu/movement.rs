@@ -402,7 +402,13 @@ pub(super) fn typed(m: &Module, n: &Node) -> Result<NativeStep, String> {
             "Or" => (TypedOp::Logic(|a, b| a || b), 2),
             "Xor" => (TypedOp::Logic(|a, b| a != b), 2),
             "Not" => (TypedOp::Not, 1),
-            "Where" => (TypedOp::Where, 3),
+            "Where"
+                if elem(1)
+                    .and_then(kiln_runtime::cpu::steps::typed::where_width)
+                    .is_some() =>
+            {
+                (TypedOp::Where, 3)
+            }
             "IsNaN" if elem(0) == Some(E::F32) => (TypedOp::IsNaN, 1),
             "IsInf" if elem(0) == Some(E::F32) => {
                 let flag = |k: &str| n.attrs.get(k).and_then(Attr::as_int).unwrap_or(1) != 0;

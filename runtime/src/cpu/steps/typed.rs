@@ -145,25 +145,65 @@ impl NativeKernel for Typed {
             TypedOp::Where => {
                 let c = self.full(operand(inputs, 0)?.bools()?, 0);
                 let (a, b) = (operand(inputs, 1)?, operand(inputs, 2)?);
+                if a.elem() != b.elem() || a.elem() != out.elem() {
+                    return Err("Where of mixed element types".into());
+                }
+                // A select moves whole elements: by their width, so every
+                // type a view holds is native (f16 and f64 were refused at
+                // run time after the lowering had called them native).
                 macro_rules! select {
-                    ($get:ident) => {{
-                        let (x, y) = (self.full(a.$get()?, 1), self.full(b.$get()?, 2));
-                        for (((o, &k), &p), &q) in out.$get()?.iter_mut().zip(&c).zip(&x).zip(&y) {
+                    ($n:literal) => {{
+                        // SAFETY: each view covers `len` elements of the
+                        // type, $n bytes each ([u8; $n] needs no
+                        // alignment), valid for the call; the result is
+                        // written only through `out`, apart from the
+                        // operands (the executable never aliases a typed
+                        // step's views).
+                        let (x, y, o) = unsafe {
+                            (
+                                std::slice::from_raw_parts(
+                                    a.bytes_ptr() as *const [u8; $n],
+                                    a.len(),
+                                ),
+                                std::slice::from_raw_parts(
+                                    b.bytes_ptr() as *const [u8; $n],
+                                    b.len(),
+                                ),
+                                std::slice::from_raw_parts_mut(
+                                    out.bytes_ptr() as *mut [u8; $n],
+                                    out.len(),
+                                ),
+                            )
+                        };
+                        let (x, y) = (self.full(x, 1), self.full(y, 2));
+                        for (((o, &k), &p), &q) in o.iter_mut().zip(&c).zip(&x).zip(&y) {
                             *o = if k { p } else { q };
                         }
                     }};
                 }
-                match a.elem() {
-                    ElemType::F32 => select!(f32s),
-                    ElemType::I64 => select!(i64s),
-                    ElemType::I32 => select!(i32s),
-                    ElemType::U8 => select!(u8s),
-                    ElemType::I8 => select!(i8s),
-                    ElemType::Bool => select!(bools),
-                    e => return Err(format!("no native Where of {e}")),
+                match where_width(a.elem()) {
+                    Some(1) => select!(1),
+                    Some(2) => select!(2),
+                    Some(4) => select!(4),
+                    Some(8) => select!(8),
+                    Some(16) => select!(16),
+                    _ => return Err(format!("no native Where of {}", a.elem())),
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The element width a native Where selects by, for the types a view
+/// holds whole (not the packed 4-bit ones, not strings).
+pub fn where_width(e: ElemType) -> Option<usize> {
+    if matches!(e, ElemType::I4 | ElemType::U4 | ElemType::String)
+        || !crate::cpu::view::is_viewable(e)
+    {
+        return None;
+    }
+    e.storage_bytes(1)
+        .map(|b| b as usize)
+        .filter(|b| [1, 2, 4, 8, 16].contains(b))
 }
