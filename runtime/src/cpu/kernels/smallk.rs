@@ -214,7 +214,17 @@ fn for_each_tile(
 ) {
     let mut i = 0;
     while i < m {
-        let rows = (m - i).min(mr);
+        // The last rows split evenly when a full tile would leave a short
+        // one: a tile's accumulators are each one FMA chain, so a tile of
+        // r < 4 rows waits on FMA latency as long as one of 4 (8 rows as
+        // 6 + 2 cost 10 units of FMA time per k, as 4 + 4 cost 8: M = 32,
+        // 128 and 512 end that way).
+        let rest = m - i;
+        let rows = if rest > mr && rest <= mr + mr / 2 {
+            rest.div_ceil(2)
+        } else {
+            rest.min(mr)
+        };
         let init = match init {
             avx2::Init::Bias(b) => avx2::Init::Bias(b.wrapping_add(i)),
             other => other,
