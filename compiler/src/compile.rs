@@ -146,11 +146,26 @@ pub fn lowering_pipeline(target: &str) -> Result<Vec<Step>, String> {
     }
 }
 
-/// A target's whole pipeline at `level`: the level's optimization, then
-/// its lowering passes (what `kiln dump --pipeline` runs; `compile` runs
-/// the same passes, re-inferring shapes between optimization rounds).
+/// The passes a target runs before its optimization pipeline: the cpu
+/// computes f16 models in f32 (its kernels are f32; the interpreter ran
+/// every f16 op otherwise), so that optimization and fusion see f32.
+pub fn preparation_pipeline(target: &str) -> Vec<Step> {
+    match target {
+        "cpu" => pass("widen-f16").map(Step::Run).into_iter().collect(),
+        _ => vec![],
+    }
+}
+
+/// A target's whole pipeline at `level`: its preparation, the level's
+/// optimization, then its lowering passes (what `kiln dump --pipeline`
+/// runs; `compile` runs the same passes, re-inferring shapes between
+/// optimization rounds).
 pub fn target_pipeline(target: &str, level: u8) -> Result<Vec<Step>, String> {
-    let mut steps = passes::without(passes::pipeline(level), skipped_passes(target));
+    let mut steps = preparation_pipeline(target);
+    steps.extend(passes::without(
+        passes::pipeline(level),
+        skipped_passes(target),
+    ));
     steps.extend(lowering_pipeline(target)?);
     Ok(steps)
 }
@@ -249,6 +264,13 @@ fn prepare_owned(
     let mut s = crate::lower::specialize(&m, shapes)?;
     // The specialized copy shares what it still needs.
     drop(m);
+    let prep = preparation_pipeline(target.name());
+    if !prep.is_empty() {
+        passes::run_pipeline(&mut s, &prep, &mut passes::RunOptions::default())
+            .map_err(|e| e.to_string())?;
+        kiln_ir::ops::infer_module_with(&mut s, kiln_ir::ops::DeclaredTypes::Replace)
+            .map_err(|e| e.to_string())?;
+    }
     crate::lower::optimize_static(&mut s, target.opt_level(), skipped_passes(target.name()))?;
     if let Target::Interp(_) = target {
         return Ok(s);

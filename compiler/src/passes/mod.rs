@@ -33,6 +33,7 @@ pub mod resolve_pads;
 pub mod sequence_split;
 pub mod simplify;
 pub mod trim_conv_taps;
+pub mod widen_f16;
 
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,11 @@ pub const PASSES: &[Pass] = &[
         run: hoist_casts::run,
         summary:
             "move integer-to-f32 Casts out of fusion bodies (lowering: one element type per body)",
+    },
+    Pass {
+        name: "widen-f16",
+        run: widen_f16::run,
+        summary: "compute an f16 model in f32, f16 only at its inputs and outputs (cpu preparation)",
     },
     Pass {
         name: "resolve-pads",
