@@ -89,10 +89,8 @@ pub fn run(m: &mut Module) -> Result<bool, String> {
             continue;
         }
         if let Some(d) = m.constant(v) {
-            let vals = d.to_f64_vec().ok_or("an f16 constant without data")?;
-            let f: Vec<f32> = vals.iter().map(|&x| x as f32).collect();
-            let data = TensorData::from_f32(d.shape.clone(), &f).map_err(|e| e.to_string())?;
-            m.set_constant(v, Some(Arc::new(data)));
+            let data = widened_data(d)?;
+            m.set_constant(v, Some(data));
         }
         let ty = widened(m.ty(v));
         m.set_ty(v, ty);
@@ -138,6 +136,15 @@ fn widened(t: &Type) -> Type {
     }
 }
 
+/// f16 data as f32 (exact: every f16 value is an f32 value).
+fn widened_data(d: &TensorData) -> Result<Arc<TensorData>, String> {
+    let vals = d.to_f64_vec().ok_or("f16 data without values")?;
+    let f: Vec<f32> = vals.iter().map(|&x| x as f32).collect();
+    Ok(Arc::new(
+        TensorData::from_f32(d.shape.clone(), &f).map_err(|e| e.to_string())?,
+    ))
+}
+
 fn cast(from: ValueId, to: ValueId, code: i64) -> Node {
     let mut n = Node::new("Cast", vec![Some(from)], vec![to]);
     n.attrs.insert("to".into(), Attr::Int(code));
@@ -173,11 +180,7 @@ fn rewrite_region(
         for a in n.attrs.values_mut() {
             if let Attr::Tensor(t) = a {
                 if t.elem == ElemType::F16 {
-                    let vals = t.to_f64_vec().ok_or("an f16 attribute without data")?;
-                    let f: Vec<f32> = vals.iter().map(|&x| x as f32).collect();
-                    *a = Attr::Tensor(Arc::new(
-                        TensorData::from_f32(t.shape.clone(), &f).map_err(|e| e.to_string())?,
-                    ));
+                    *a = Attr::Tensor(widened_data(t)?);
                 }
             }
         }
