@@ -268,8 +268,8 @@ fn dump_passes_can_be_watched_printed_and_timed() {
     let k = kir.to_str().unwrap_or_default();
     let all = stdout(&kiln(&["dump", k, "-O1", "--print-after-all"]));
     // fold-qdq, qdq-lookup, fold-weight-dq, constant-fold,
-    // sequence-split, einsum, then simplify.
-    assert!(all.contains("# after 7: simplify\n"), "{all}");
+    // sequence-split, einsum, expand-composites, then simplify.
+    assert!(all.contains("# after 8: simplify\n"), "{all}");
     assert!(all.contains(": cse\n") && all.contains(": dce\n"), "{all}");
     let some = stdout(&kiln(&["dump", k, "-O1", "--print-after", "dce"]));
     assert!(

@@ -45,6 +45,9 @@ CATALOG = os.environ.get("KILN_OP_CATALOG", "/tmp/opcatalog.txt")
 DOMAINS = ["", "ai.onnx.ml", "ai.onnx.preview.training"]
 # The line of intro.md after which Kiln's own ops are documented.
 KILN_OPS = "<!-- kiln-ops"
+# The line of intro.md after which the hand-written ai.onnx ops of opsets
+# 23-24 are documented (this generator reads onnx 1.17, opset <= 22).
+OPSET24_OPS = "<!-- opset24-ops"
 MAX_OPSET = {"": 22}
 ELIDE_THRESHOLD = 16
 DOC_LIMIT = 4500  # characters of ONNX prose kept per op (cut at a paragraph)
@@ -994,6 +997,9 @@ def main():
     # intro, after the KILN_OPS marker line; they become section 5.4.
     intro, _, kiln_ops = intro.partition(KILN_OPS)
     kiln_ops = kiln_ops.split("\n", 1)[1] if "\n" in kiln_ops else ""
+    kiln_ops, _, opset24_ops = kiln_ops.partition(OPSET24_OPS)
+    opset24_ops = opset24_ops.split("\n", 1)[1] if "\n" in opset24_ops else ""
+    opset24_names = re.findall(r"^#### (\S+)", opset24_ops, re.M)
     kiln_names = re.findall(r"^#### (\S+)", kiln_ops, re.M)
     intro = intro.rstrip() + "\n"
 
@@ -1032,6 +1038,13 @@ def main():
                   "**kiln** (%d): " % len(kiln_names) + ", ".join(
                       "[%s](#%s)" % (n.split(".", 1)[1], re.sub(r"[^a-z0-9_-]", "", n.lower())) for n in kiln_names),
                   "", kiln_ops.strip(), ""]
+    if opset24_names:
+        parts += ["### 5.%d Ops of `ai.onnx`, opsets 23-24" % (len(DOMAINS) + 2), "",
+                  "The ai.onnx ops of opsets 23 and 24 that exporters write, written by hand (the generator "
+                  "reads onnx 1.17, opset <= 22); their schemas are in `ir-spec/src/ops/schemas_opset24.rs`.", "",
+                  "**ai.onnx, opsets 23-24** (%d): " % len(opset24_names) + ", ".join(
+                      "[%s](#%s)" % (n, n.lower()) for n in opset24_names),
+                  "", opset24_ops.strip(), ""]
     text = "\n".join(parts).rstrip() + "\n"
     if "--stdout" in sys.argv[1:]:
         sys.stdout.write(text)

@@ -23,6 +23,7 @@ pub mod constant_fold;
 pub mod cse;
 pub mod dce;
 pub mod einsum;
+pub mod expand_composites;
 pub mod fold_qdq;
 pub mod fold_weight_dq;
 pub mod fuse;
@@ -107,6 +108,11 @@ pub const PASSES: &[Pass] = &[
         summary: "Einsum of static shapes to ReduceSum, Transpose, Reshape and MatMul",
     },
     Pass {
+        name: "expand-composites",
+        run: expand_composites::run,
+        summary: "ops ONNX defines as functions (Attention, RMSNormalization, RotaryEmbedding, Swish) to the ops they are made of",
+    },
+    Pass {
         name: "trim-conv-taps",
         run: trim_conv_taps::run,
         summary: "drop conv kernel taps that read only padding (dilated convs on small maps)",
@@ -189,6 +195,7 @@ pub fn pipeline(level: u8) -> Vec<Step> {
             p("constant-fold"),
             p("sequence-split"),
             p("einsum"),
+            p("expand-composites"),
             p("simplify"),
             p("trim-conv-taps"),
             p("cse"),

@@ -3,7 +3,8 @@
 //! and a shape/type inference rule.
 //!
 //! The static part of the table is generated ([`schemas.rs`], by
-//! `gen_schemas.py`); inference rules are hand-written in `rules/`, one
+//! `gen_schemas.py`), with the few ops of opsets 23-24 written by hand
+//! (`schemas_opset24.rs`); inference rules are hand-written in `rules/`, one
 //! module per op family, and linked by op name (`rules/mod.rs`) when the
 //! registry (`registry.rs`: [`lookup`], [`all`]) is first used. What a
 //! schema says and what a rule sees ([`OpSchema`], [`InferCtx`], ...) is
@@ -25,6 +26,7 @@ mod rules;
 pub(crate) mod schema;
 #[rustfmt::skip]
 mod schemas;
+mod schemas_opset24;
 pub mod traits;
 mod values;
 

@@ -1,5 +1,6 @@
 //! The registry: every op's schema, built once from the generated table
-//! (`schemas.rs`) and Kiln's own ops (`kiln.rs`), each linked to its
+//! (`schemas.rs`), the hand-written opset 23-24 ops (`schemas_opset24.rs`)
+//! and Kiln's own ops (`kiln.rs`), each linked to its
 //! inference rule (`rules/`) and its traits (`traits.rs`), and looked up by
 //! name. Also the [`InferCtx`] constructor and `infer`, which look the op
 //! up here.
@@ -11,6 +12,7 @@ use super::kiln::KILN_SCHEMAS;
 use super::rules::{fallback, rule_for};
 use super::schema::{InferCtx, InferError, OpSchema};
 use super::schemas::SCHEMAS;
+use super::schemas_opset24::OPSET24_SCHEMAS;
 use super::traits::{table_entry, OpTraits};
 use crate::attr::Attrs;
 use crate::types::Type;
@@ -25,6 +27,7 @@ fn registry() -> &'static Registry {
     REG.get_or_init(|| {
         let schemas: Vec<OpSchema> = SCHEMAS
             .iter()
+            .chain(OPSET24_SCHEMAS)
             .chain(KILN_SCHEMAS)
             .map(|r| {
                 let rule = rule_for(r.name);

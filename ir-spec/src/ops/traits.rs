@@ -348,6 +348,7 @@ pub(super) static TABLE: &[(&str, OpTraits)] = &[
     ("StringSplit", DATA_DEPENDENT),
     ("Sub", BROADCAST),
     ("Sum", BROADCAST),
+    ("Swish", UNARY),
     ("Tan", UNARY),
     ("Tanh", UNARY),
     ("ThresholdedRelu", UNARY),

@@ -44,7 +44,7 @@
 //! regions nested in it, so use counts are computed per region subtree.
 
 mod chains;
-mod cx;
+pub(crate) mod cx;
 mod fold;
 mod identities;
 mod patterns;

@@ -66,8 +66,9 @@ use movement::{
     size, slice, space_to_depth, split, squeeze, tile, topk, transpose, unique, unsqueeze,
 };
 use nn::{
-    batch_norm, conv, conv_integer, conv_transpose, fused_conv, global_pool, layer_norm, max_pool,
-    max_roi_pool, max_unpool, nll_loss, nms, pool, qlinear_conv, rnn, roi_align, sce_loss,
+    attention, batch_norm, conv, conv_integer, conv_transpose, fused_conv, global_pool, layer_norm,
+    max_pool, max_roi_pool, max_unpool, nll_loss, nms, pool, qlinear_conv, rms_norm, rnn,
+    roi_align, sce_loss,
 };
 use quant::{dequantize_linear, dynamic_quantize_linear, quantize_linear};
 use random::{multinomial, random};
@@ -104,6 +105,8 @@ pub(crate) fn rule_for(op: &str) -> Option<InferFn> {
         | "Log"
         | "LogSoftmax"
         | "Mish"
+        | "Swish"
+        | "RotaryEmbedding"
         | "Neg"
         | "Reciprocal"
         | "Relu"
@@ -209,6 +212,8 @@ pub(crate) fn rule_for(op: &str) -> Option<InferFn> {
         "Col2Im" => col2im,
         "BatchNormalization" => batch_norm,
         "LayerNormalization" => layer_norm,
+        "RMSNormalization" => rms_norm,
+        "Attention" => attention,
         "Dropout" => dropout,
         "RNN" | "GRU" | "LSTM" | "kiln.DequantLSTM" => rnn,
         "QuantizeLinear" => quantize_linear,

@@ -433,3 +433,109 @@ pub(super) fn max_roi_pool(c: &InferCtx) -> R {
     }
     Ok(vec![t(e, out)])
 }
+
+/// RMSNormalization: the result is X's type; `axis` must be in range.
+pub(super) fn rms_norm(c: &InferCtx) -> R {
+    let x = tensor(c, 0)?;
+    if let Some(s) = &x.shape {
+        axis_of(c, "axis", -1, s.len())?;
+    }
+    if !x.elem.is_float() {
+        return Err(err("RMSNormalization input must be a float tensor"));
+    }
+    Ok(vec![Type::Tensor(x.clone())])
+}
+
+/// Attention (opsets 23-24). 4-D operands are `[batch, heads, seq, head]`;
+/// 3-D ones `[batch, seq, heads * head]`, with the head counts in
+/// `q_num_heads` and `kv_num_heads`. Results: Y in Q's layout with V's
+/// head size, the key/value caches with the new tokens appended
+/// (`[batch, kv_heads, past + kv_seq, head]`), and the attention scores
+/// `[batch, q_heads, q_seq, past + kv_seq]`.
+pub(super) fn attention(c: &InferCtx) -> R {
+    let e = elem(c, 0)?;
+    if !e.is_float() {
+        return Err(err("Attention operands must be float tensors"));
+    }
+    for i in [1, 2] {
+        if elem(c, i)? != e {
+            return Err(InferError::BadInput {
+                index: i,
+                msg: format!("{} is not {}", elem(c, i)?.name(), e.name()),
+            });
+        }
+    }
+    let (q, kk, v) = match (shape_of(c, 0)?, shape_of(c, 1)?, shape_of(c, 2)?) {
+        (Some(q), Some(k), Some(v)) => (q, k, v),
+        _ => return Ok(fill(vec![unranked(e); 4], c.num_outputs)),
+    };
+    let rank = q.len();
+    if !(rank == 3 || rank == 4) || kk.len() != rank || v.len() != rank {
+        return Err(err(format!(
+            "Attention operands must all be 3-D or all 4-D, got ranks {}, {}, {}",
+            q.len(),
+            kk.len(),
+            v.len()
+        )));
+    }
+    let heads_attr = |name: &str| -> Result<Option<u64>, InferError> {
+        match c.attr(name).and_then(Attr::as_int) {
+            None => Ok(None),
+            Some(h) if h > 0 => Ok(Some(h as u64)),
+            Some(h) => Err(bad_attr(name, format!("{h} heads"))),
+        }
+    };
+    let (qh, kvh) = (heads_attr("q_num_heads")?, heads_attr("kv_num_heads")?);
+    // Per operand: batch, heads, sequence, head size.
+    let split = |s: &[Dim], heads: Option<u64>, what: &str| -> Result<[Dim; 4], InferError> {
+        if rank == 4 {
+            return Ok([s[0].clone(), s[1].clone(), s[2].clone(), s[3].clone()]);
+        }
+        let h = heads.ok_or_else(|| {
+            err(format!(
+                "3-D Attention needs q_num_heads and kv_num_heads ({what})"
+            ))
+        })?;
+        if let Dim::Known(n) = s[2] {
+            if n % h != 0 {
+                return Err(err(format!(
+                    "{what} hidden size {n} is not a multiple of {h} heads"
+                )));
+            }
+        }
+        Ok([s[0].clone(), k(h), s[1].clone(), s[2].div_floor(h)])
+    };
+    let [b, q_heads, q_seq, _] = split(q, qh, "Q")?;
+    let [_, kv_heads, kv_seq, k_head] = split(kk, kvh, "K")?;
+    let [_, _, _, v_head] = split(v, kvh, "V")?;
+    if let (Dim::Known(a), Dim::Known(g)) = (&q_heads, &kv_heads) {
+        if *g == 0 || a % g != 0 {
+            return Err(err(format!(
+                "{a} query heads cannot share {g} key/value heads"
+            )));
+        }
+    }
+    let past = shape_of(c, 4)
+        .ok()
+        .flatten()
+        .and_then(|p| p.get(2).cloned());
+    let total = match (c.input(4), past) {
+        (None, _) => kv_seq,
+        (Some(_), Some(p)) => p.add(&kv_seq),
+        (Some(_), None) => Dim::Unknown,
+    };
+    let y = if rank == 4 {
+        vec![b.clone(), q_heads.clone(), q_seq.clone(), v_head.clone()]
+    } else {
+        vec![b.clone(), q_seq.clone(), q_heads.mul(&v_head)]
+    };
+    Ok(fill(
+        vec![
+            t(e, y),
+            t(e, vec![b.clone(), kv_heads.clone(), total.clone(), k_head]),
+            t(e, vec![b.clone(), kv_heads, total.clone(), v_head]),
+            t(e, vec![b, q_heads, q_seq, total]),
+        ],
+        c.num_outputs,
+    ))
+}

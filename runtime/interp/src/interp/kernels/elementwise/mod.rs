@@ -45,7 +45,7 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
         "Clip" => k_clip,
         "PRelu" => k_prelu,
         "Elu" | "Celu" | "Selu" | "LeakyRelu" | "HardSigmoid" | "ThresholdedRelu" | "Shrink"
-        | "Gelu" => k_activation,
+        | "Gelu" | "Swish" => k_activation,
         "IsInf" => k_isinf,
         "IsNaN" => k_isnan,
         "Identity" => k_identity,
@@ -310,6 +310,10 @@ fn k_activation(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
                     0.0
                 }
             })
+        }
+        "Swish" => {
+            let a = alpha(1.0);
+            Box::new(move |x| x * sigmoid(a * x))
         }
         "Gelu" => match cx.attr_str("approximate").unwrap_or("none") {
             "none" => Box::new(|x| 0.5 * x * (1.0 + special::erf(x / std::f64::consts::SQRT_2))),

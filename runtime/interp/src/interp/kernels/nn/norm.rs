@@ -1,6 +1,6 @@
 //! Normalizations: BatchNormalization (inference and training outputs),
 //! InstanceNormalization, GroupNormalization (per-channel scale/bias),
-//! LayerNormalization (with Mean/InvStdDev results), LRN,
+//! LayerNormalization (with Mean/InvStdDev results), RMSNormalization, LRN,
 //! LpNormalization and MeanVarianceNormalization.
 
 use super::common::{need_float, out_elem, out_f64};
@@ -15,6 +15,7 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
         "InstanceNormalization" => instance_norm,
         "GroupNormalization" => group_norm,
         "LayerNormalization" => layer_norm,
+        "RMSNormalization" => rms_norm,
         "LRN" => lrn,
         "LpNormalization" => lp_norm,
         "MeanVarianceNormalization" => mvn,
@@ -216,6 +217,40 @@ fn layer_norm(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         res.push(out_f64(out_elem(cx, 2, x.elem()), stat_shape, &invs)?);
     }
     Ok(res)
+}
+
+/// RMSNormalization: each run of the trailing axes (from `axis`) divided
+/// by its root mean square, `sqrt(mean(x^2) + epsilon)`, then times
+/// `scale` (broadcast to X). Computed in f64, whatever `stash_type` says
+/// (it only asks for at least f32).
+fn rms_norm(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let x = tensor(inputs, 0)?;
+    need_float(x, "RMSNormalization input")?;
+    let scale = tensor(inputs, 1)?;
+    let axis = norm_axis(cx.attr_int("axis", -1), x.rank())?;
+    let eps = cx.attr_float("epsilon", 1e-5) as f64;
+    if broadcast_shape(&scale.shape, &x.shape)? != x.shape {
+        bail!(
+            "scale of shape {:?} does not broadcast to {:?}",
+            scale.shape,
+            x.shape
+        );
+    }
+    let len: usize = x.shape[axis..].iter().product();
+    let mut v = x.to_f64();
+    if len > 0 {
+        for run in v.chunks_mut(len) {
+            let ms = run.iter().map(|a| a * a).sum::<f64>() / len as f64;
+            let inv = 1.0 / (ms + eps).sqrt();
+            run.iter_mut().for_each(|a| *a *= inv);
+        }
+    }
+    let sv = scale.to_f64();
+    let idx = broadcast_indices(&scale.shape, &x.shape);
+    for (a, &i) in v.iter_mut().zip(&idx) {
+        *a *= sv[i];
+    }
+    Ok(vec![out_f64(x.elem(), x.shape.clone(), &v)?])
 }
 
 fn lrn(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
