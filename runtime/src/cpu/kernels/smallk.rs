@@ -144,12 +144,17 @@ pub(crate) unsafe fn gemm_small_k_raw(
     let _ = (ldb, out, ldo, bias, clamp);
 }
 
-/// [`avx2::sweep`], or [`avx512::sweep`]'s taller tiles where the host has
-/// AVX-512F and `a`'s rows are not a multiple of 4 KiB apart: 12 such rows
-/// share one set of the 8-way L1 and evict one another every k step (the
-/// 1x1 convs over 1024 and 2048 channels of ResNet-50 ran 25-33 % slower
-/// on 12-row tiles than on 6, the other convs and dense layers 0-7 %
-/// faster; Zen 4, 1 thread).
+/// [`avx2::sweep`], or [`avx512::sweep`] where the host has AVX-512F: its
+/// taller 12-row tiles, or 6-row ones where `a`'s rows are a multiple of
+/// 4 KiB apart: 12 such rows share one set of the L1 (8-way on Zen 4,
+/// 12-way on Zen 5) and evict one another every k step (the 1x1 convs
+/// over 1024 and 2048 channels of ResNet-50 ran 25-33 % slower on 12-row
+/// tiles than on 6, the other convs and dense layers 0-7 % faster; Zen 4,
+/// 1 thread). Those convs took the AVX2 tile before, which on Zen 5's
+/// full-width 512-bit FMAs reaches half the peak: in 6-row AVX-512 tiles
+/// ResNet-50's 1x1 1024->256 convs went from 1.05 to 0.75 ms (98 -> 137
+/// GFLOP/s), its 1024->512 from 2.2 to 1.55 ms (Zen 5, 1 thread, `kiln
+/// profile`; 12-row tiles: 0.86 and 1.78 ms).
 ///
 /// # Safety
 /// As for [`avx2::sweep`].
@@ -170,8 +175,13 @@ pub(super) unsafe fn sweep(
     // contract: AVX2/FMA, every view in bounds); the AVX-512 path also
     // needs AVX-512F, which `avx512::available` has just detected.
     unsafe {
-        if !lda.is_multiple_of(1024) && avx512::available() {
-            avx512::sweep(m, k, a, lda, panels, dests, init, clamp, next)
+        if avx512::available() {
+            let mr = if lda.is_multiple_of(1024) {
+                avx2::MR
+            } else {
+                avx512::MR
+            };
+            avx512::sweep(mr, m, k, a, lda, panels, dests, init, clamp, next)
         } else {
             avx2::sweep(m, k, a, lda, panels, dests, init, clamp, next)
         }
@@ -617,13 +627,14 @@ pub(super) mod avx512 {
         super::available() && is_x86_feature_detected!("avx512f")
     }
 
-    /// [`super::avx2::sweep`] with 12-row tiles.
+    /// [`super::avx2::sweep`] with tiles of `mr` rows (at most [`MR`]).
     ///
     /// # Safety
     /// As for [`super::avx2::sweep`], with AVX-512F present.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(in crate::cpu::kernels) unsafe fn sweep(
+        mr: usize,
         m: usize,
         k: usize,
         a: *const f32,
@@ -634,7 +645,7 @@ pub(super) mod avx512 {
         clamp: Option<Clamp>,
         next: Option<*const f32>,
     ) {
-        super::for_each_tile(MR, m, a, lda, panels, dests, init, next, |t| {
+        super::for_each_tile(mr.clamp(1, MR), m, a, lda, panels, dests, init, next, |t| {
             let mask = mask16(t.masks);
             let add = t.add.map(|a| (a.src, a.ld, mask16(a.masks)));
             let (a, panel, out, ld, init) = (t.a, t.panel, t.out, t.ld, t.init);
@@ -793,7 +804,16 @@ mod tests {
             sweeps.push(("avx2", avx2::sweep));
         }
         if avx512::available() {
-            sweeps.push(("avx512", avx512::sweep));
+            // Both row counts the dispatch uses (12, and 6 for rows 4 KiB
+            // apart).
+            sweeps.push(("avx512 x12", |m, k, a, lda, p, d, i, c, n| {
+                // SAFETY: the caller's contract, as for `avx512::sweep`.
+                unsafe { avx512::sweep(avx512::MR, m, k, a, lda, p, d, i, c, n) }
+            }));
+            sweeps.push(("avx512 x6", |m, k, a, lda, p, d, i, c, n| {
+                // SAFETY: the caller's contract, as for `avx512::sweep`.
+                unsafe { avx512::sweep(avx2::MR, m, k, a, lda, p, d, i, c, n) }
+            }));
         }
         for (name, sweep) in sweeps {
             for m in [1, 5, 6, 7, 11, 12, 13, 25] {
