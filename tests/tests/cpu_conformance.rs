@@ -7,7 +7,7 @@
 use kiln_compiler::conformance::{report_line, run_test_on, Outcome, Tolerance};
 use kiln_compiler::lower::cpu::CpuOptions;
 use kiln_compiler::Target;
-use kiln_tests::{listed, node_suite_dir, shared_models};
+use kiln_tests::{listed, node_suite_dir, shared_models, zoo_models};
 
 /// The cpu target at -O2 on `threads` threads.
 fn cpu(threads: usize) -> Target {
@@ -64,7 +64,13 @@ fn cpu_runs_the_shared_models() {
         quantized: false,
     };
     let mut failures = Vec::new();
-    for m in shared_models() {
+    // The zoo too, when present (random weights: the atol 1e-4).
+    let zoo_tol = Tolerance { atol: 1e-4, ..tol };
+    for (m, tol) in shared_models()
+        .into_iter()
+        .map(|m| (m, tol))
+        .chain(zoo_models().into_iter().map(|m| (m, zoo_tol)))
+    {
         for threads in [1, 2] {
             let r = run_test_on(&m, tol, &cpu(threads));
             if r.outcome != Outcome::Pass {

@@ -1494,6 +1494,76 @@ fn skip_branch_batch_norm_joins_a_conv_epilogue_natively() {
     }
 }
 
+/// SiLU after a conv, `x * Sigmoid(x)` (YOLO, EfficientNet), rides on the
+/// conv's tile store as `Swish` and matches the interpreter for every
+/// strategy that stores tiles: the small-k kernel (3 input channels), the
+/// implicit GEMM (a 3x3 conv on a 12x12 map), the transposed product (a
+/// 1x1 conv on a 5x5 map), with a residual added first, at 1 and 2
+/// threads. Some inputs reach far into the negative tail.
+#[test]
+fn silu_rides_on_the_conv_tile_store() {
+    let cases: [(&[usize], &[usize], &str, bool); 4] = [
+        (&[1, 3, 16, 16], &[8, 3, 3, 3], "pads = [1, 1, 1, 1]", false),
+        (
+            &[1, 16, 12, 12],
+            &[32, 16, 3, 3],
+            "pads = [1, 1, 1, 1]",
+            false,
+        ),
+        (&[1, 64, 5, 5], &[48, 64, 1, 1], "", false),
+        (
+            &[1, 16, 12, 12],
+            &[16, 16, 3, 3],
+            "pads = [1, 1, 1, 1]",
+            true,
+        ),
+    ];
+    for (x, w, attrs, residual) in cases {
+        let y = [x[0], w[0], x[2], x[3]];
+        let wn: usize = w.iter().product();
+        let scaled: Vec<f32> = values(3, wn).iter().map(|v| v * 4.0).collect();
+        let mut lines = vec![
+            format!("  input %x: {}", ty(x)),
+            format!("  const %w: {} = {}", ty(w), dense(&scaled)),
+            format!("  const %b: {} = {}", ty(&[w[0]]), dense(&values(4, w[0]))),
+            format!("  %c = Conv(%x, %w, %b) {{{attrs}}} : {}", ty(&y)),
+        ];
+        let v = if residual {
+            lines.push(format!("  %r = Add(%c, %x) : {}", ty(&y)));
+            "%r"
+        } else {
+            "%c"
+        };
+        lines.push(format!("  %s = Sigmoid({v}) : {}", ty(&y)));
+        lines.push(format!("  %y = Mul({v}, %s) : {}", ty(&y)));
+        let src = format!(
+            "module @silu opset(ai.onnx = 17) {{\n{}\n  return %y\n}}\n",
+            lines.join("\n")
+        )
+        .replace(" {}", "");
+        let inputs = HashMap::from([("x".to_string(), input(x, 5))]);
+        for threads in [1, 2] {
+            check(&src, &inputs, threads, false).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let report = backend_report(&src, &inputs);
+        assert!(report.contains(", 0 on the interpreter"), "{report}");
+        if avx2_fma() {
+            assert!(report.contains("+ Swish"), "{report}");
+        }
+    }
+}
+
+fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Dilated convs over maps smaller than their reach (DeepLabV3's ASPP):
 /// the taps that read only padding are dropped by `trim-conv-taps`, and
 /// the results match the interpreter's full convs, strided, asymmetric

@@ -182,6 +182,7 @@ pub(super) fn plan_dense(
             match n.attrs.get("activation").and_then(Attr::as_str) {
                 None => {}
                 Some("Relu") if p.fuse_clamp(0.0, f32::INFINITY) => what.push_str(" + Relu"),
+                Some("Swish") if p.fuse_swish() => what.push_str(" + Swish"),
                 Some("Clip")
                     if p.fuse_clamp(
                         bound("min", f32::NEG_INFINITY),

@@ -19,7 +19,10 @@
 //!   f32; the sum is not a body output if more nodes follow;
 //! - activation: then a `Relu` of the (new) result, or a `Clip` with
 //!   constant bounds (ReLU6), read by nothing else, not a body output
-//!   (nor its own result if more nodes follow).
+//!   (nor its own result if more nodes follow); or SiLU, `Sigmoid(v)`
+//!   then `Mul` of it and `v` (either order), as `Swish`: neither `v` nor
+//!   the sigmoid read by anything else or a body output (YOLO, EfficientNet
+//!   and MobileNet-style nets put SiLU after every conv).
 //!
 //! A body left with the FusedConv alone becomes a top-level
 //! `kiln.FusedConv` node on the fusion's operands.
@@ -125,7 +128,14 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
                 "Clip" => clip_bounds(m, body, act, &outer).map(Some),
                 _ => None,
             };
-            if let (true, Some(bounds)) = (ok, bounds) {
+            if let Some((name, out, rest)) = swish(tail, v, &body.outputs) {
+                fused
+                    .attrs
+                    .insert("activation".into(), Attr::String(name.into()));
+                fused.outputs = vec![out];
+                tail = rest;
+                folded = true;
+            } else if let (true, Some(bounds)) = (ok, bounds) {
                 let name = if bounds.is_some() { "Clip" } else { "Relu" };
                 fused
                     .attrs
@@ -165,6 +175,38 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
     let mut out = fusion.clone();
     out.attrs.insert("body".into(), Attr::Graph(new_body));
     Some(out)
+}
+
+/// `Mul(v, Sigmoid(v))` (either operand order) at the start of `tail`:
+/// `("Swish", the product, the nodes after it)` when nothing after reads
+/// `v` or the sigmoid and neither is a body output (nor the product, if
+/// more nodes follow).
+fn swish<'t>(
+    tail: &'t [Node],
+    v: ValueId,
+    outputs: &[ValueId],
+) -> Option<(&'static str, ValueId, &'t [Node])> {
+    let [sig, mul, rest @ ..] = tail else {
+        return None;
+    };
+    let s = *sig.outputs.first()?;
+    let ok = sig.op == "Sigmoid"
+        && sig.inputs.len() == 1
+        && sig.input(0) == Some(v)
+        && sig.outputs.len() == 1
+        && mul.op == "Mul"
+        && mul.outputs.len() == 1
+        && matches!(
+            (mul.input(0), mul.input(1)),
+            (Some(a), Some(b)) if (a, b) == (v, s) || (a, b) == (s, v)
+        );
+    let reads = |n: &Node, x: ValueId| n.inputs.iter().flatten().any(|&i| i == x);
+    let out = mul.outputs[0];
+    let private = !outputs.contains(&v)
+        && !outputs.contains(&s)
+        && !rest.iter().any(|n| reads(n, v) || reads(n, s))
+        && (rest.is_empty() || !outputs.contains(&out));
+    (ok && private).then_some(("Swish", out, rest))
 }
 
 /// The bounds of a `Clip` whose min and max are constant scalars (body

@@ -29,14 +29,71 @@
 /// on Zen 4) and the crate, which blocks k for the caches, is kept.
 pub(crate) const MAX_K: usize = 576;
 
-/// Bounds applied to each output element as it is stored (a fused Relu is
-/// `[0, inf)`): `min(hi, max(lo, v))`, NaN kept. Clamping in the tile
-/// saves the separate pass over the output a Relu epilogue would make.
+/// The activation applied to each output element as it is stored:
+/// `v · sigmoid(v)` first when `swish` (SiLU, YOLO's and EfficientNet's
+/// activation), then `min(hi, max(lo, v))` (a fused Relu is `[0, inf)`,
+/// no bounds `(-inf, inf)`), NaN kept. Applying it in the tile, on the
+/// vector registers the products are in, saves the pass over the output
+/// an epilogue loop would make (and that loop is 128-bit generated code:
+/// a Sigmoid+Mul epilogue ran at 0.5 ns per element on Zen 5).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Clamp {
     pub lo: f32,
     pub hi: f32,
+    pub swish: bool,
 }
+
+impl Clamp {
+    /// Bounds alone (Relu, Clip).
+    pub(crate) fn bounds(lo: f32, hi: f32) -> Clamp {
+        Clamp {
+            lo,
+            hi,
+            swish: false,
+        }
+    }
+
+    /// `v · sigmoid(v)`, unbounded.
+    pub(crate) fn swish() -> Clamp {
+        Clamp {
+            lo: f32::NEG_INFINITY,
+            hi: f32::INFINITY,
+            swish: true,
+        }
+    }
+
+    /// The activation of one value (the scalar paths').
+    pub(crate) fn apply(self, v: f32) -> f32 {
+        let v = match self.swish {
+            // As the vector forms: zero far below (v / inf would be -0 or
+            // NaN at -inf).
+            true if v < -87.0 => 0.0,
+            true => v / (1.0 + (-v).exp()),
+            false => v,
+        };
+        // (f32::clamp keeps a NaN.)
+        v.clamp(self.lo, self.hi)
+    }
+}
+
+/// e^r on r in [-ln2/2, ln2/2]: Taylor to degree 6 (truncation 1.2e-7
+/// relative), after the Cody-Waite reduction e^x = 2^n · e^r with
+/// r = x - n·ln2 in two parts ([`LN2_HI`] exact in f32 times any n that
+/// occurs): the exponential of the tile's swish.
+#[cfg(target_arch = "x86_64")]
+const EXP_POLY: [f32; 7] = [
+    1.0,
+    1.0,
+    0.5,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+];
+#[cfg(target_arch = "x86_64")]
+const LN2_HI: f32 = 0.693_145_75;
+#[cfg(target_arch = "x86_64")]
+const LN2_LO: f32 = 1.428_606_8e-6;
 
 /// Whether the host can run [`gemm_small_k_raw`].
 pub(crate) fn available() -> bool {
@@ -451,6 +508,39 @@ pub(super) mod avx2 {
         });
     }
 
+    /// `v · sigmoid(v) = v / (1 + e^-v)`, as the AVX-512 tile's, 2^n built
+    /// from its exponent bits.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn swish8(v: __m256) -> __m256 {
+        // x = -v, clamped so that 2^n stays finite (|n| <= 126).
+        let x = _mm256_sub_ps(_mm256_setzero_ps(), v);
+        let x = _mm256_min_ps(
+            _mm256_set1_ps(87.0),
+            _mm256_max_ps(_mm256_set1_ps(-87.0), x),
+        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(super::LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(super::LN2_LO), r);
+        let c = &super::EXP_POLY;
+        let mut p = _mm256_set1_ps(c[6]);
+        for &ci in c[..6].iter().rev() {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(ci));
+        }
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        let e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+        let y = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+        // Below -87 the result is under 1e-36: zero (the clamp would
+        // leave v / 6e37).
+        let far = _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_set1_ps(-87.0));
+        _mm256_blendv_ps(y, _mm256_setzero_ps(), far)
+    }
+
     /// [`tile`] for `rows` (1..=6) rows.
     ///
     /// # Safety
@@ -576,7 +666,14 @@ pub(super) mod avx2 {
                 cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
             }
         }
-        if let Some(Clamp { lo, hi }) = clamp {
+        if let Some(Clamp { lo, hi, swish }) = clamp {
+            if swish {
+                for cr in c.iter_mut() {
+                    for v in cr.iter_mut() {
+                        *v = swish8(*v);
+                    }
+                }
+            }
             // max(lo, v) and min(hi, v) return v when it is NaN.
             let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
             for cr in c.iter_mut() {
@@ -759,7 +856,12 @@ pub(super) mod avx512 {
                 *cr = _mm512_fmadd_ps(av, b, *cr);
             }
         }
-        if let Some(Clamp { lo, hi }) = clamp {
+        if let Some(Clamp { lo, hi, swish }) = clamp {
+            if swish {
+                for cr in c.iter_mut() {
+                    *cr = swish16(*cr);
+                }
+            }
             // max(lo, v) and min(hi, v) return v when it is NaN.
             let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
             for cr in c.iter_mut() {
@@ -773,12 +875,95 @@ pub(super) mod avx512 {
             unsafe { _mm512_mask_storeu_ps(out.add(r * ldo), mask, *cr) };
         }
     }
+
+    /// `v · sigmoid(v) = v / (1 + e^-v)`, e^-v as 2^n (`scalef`) times a
+    /// polynomial of the rest ([`super::EXP_POLY`]); -v clamped to ±87 so
+    /// that e^-v stays finite, and a v below -87 gives zero (the exact
+    /// result is under 1e-36).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn swish16(v: __m512) -> __m512 {
+        // x = -v, clamped so that 2^n stays finite (|n| <= 126).
+        let x = _mm512_sub_ps(_mm512_setzero_ps(), v);
+        let x = _mm512_min_ps(
+            _mm512_set1_ps(87.0),
+            _mm512_max_ps(_mm512_set1_ps(-87.0), x),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_LO), r);
+        let c = &super::EXP_POLY;
+        let mut p = _mm512_set1_ps(c[6]);
+        for &ci in c[..6].iter().rev() {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(ci));
+        }
+        let e = _mm512_scalef_ps(p, n);
+        let y = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+        // Below -87 the result is under 1e-36: zero (the clamp would
+        // leave v / 6e37).
+        let far = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_set1_ps(-87.0));
+        _mm512_mask_mov_ps(y, far, _mm512_setzero_ps())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::kernels::common::testing::lcg;
+
+    /// The tile store's activation in f64.
+    fn naive_act(c: Clamp, v: f64) -> f64 {
+        let v = if c.swish { v / (1.0 + (-v).exp()) } else { v };
+        v.max(c.lo as f64).min(c.hi as f64)
+    }
+
+    /// The swish of both vector widths against f64, over the whole range
+    /// (relative error 2e-6, 16 ulp, within |v| <= 16, 1e-5 beyond), NaN kept.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn swish_matches_f64() {
+        use std::arch::x86_64::*;
+        let xs: Vec<f32> = (-2000..=2000)
+            .map(|i| i as f32 * 0.05)
+            .chain([-1e30, -200.0, -88.5, 88.5, 200.0, 1e30, 0.0, -0.0, f32::NAN])
+            .collect();
+        let check = |x: f32, got: f32, what: &str| {
+            let want = naive_act(Clamp::swish(), x as f64);
+            if x.is_nan() {
+                assert!(got.is_nan(), "{what}: NaN lost");
+            } else {
+                // Far out, e^-v carries the rounding of v·log2(e) (an f32
+                // near 87 is good to 4e-6).
+                let rel = if x.abs() <= 16.0 { 2e-6 } else { 1e-5 };
+                let err = (got as f64 - want).abs();
+                assert!(
+                    err <= rel * want.abs() + 1e-30,
+                    "{what}({x}) = {got}, want {want}"
+                );
+            }
+        };
+        for &x in &xs {
+            if available() {
+                // SAFETY: AVX2/FMA checked.
+                let v = unsafe { avx2::swish8(_mm256_set1_ps(x)) };
+                let mut out = [0f32; 8];
+                // SAFETY: 8 floats.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+                check(x, out[0], "swish8");
+            }
+            if avx512::available() {
+                // SAFETY: AVX-512F checked.
+                let v = unsafe { avx512::swish16(_mm512_set1_ps(x)) };
+                let mut out = [0f32; 16];
+                // SAFETY: 16 floats.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) };
+                check(x, out[0], "swish16");
+            }
+            check(x, Clamp::swish().apply(x), "scalar");
+        }
+    }
 
     /// Both sweeps (6-row AVX2, 12-row AVX-512) over one to three strips
     /// of panels: every row count up to 2 tiles and a remainder, full and
@@ -825,15 +1010,9 @@ mod tests {
                 ] {
                     for (start, clamp, next) in [
                         (0, None, false),
-                        (1, Some(Clamp { lo: -0.1, hi: 0.2 }), true),
-                        (
-                            2,
-                            Some(Clamp {
-                                lo: 0.0,
-                                hi: f32::INFINITY,
-                            }),
-                            false,
-                        ),
+                        (1, Some(Clamp::bounds(-0.1, 0.2)), true),
+                        (2, Some(Clamp::bounds(0.0, f32::INFINITY)), false),
+                        (1, Some(Clamp::swish()), false),
                     ] {
                         let lda = k + 3;
                         let mut a = lcg(1, m * lda);
@@ -901,7 +1080,7 @@ mod tests {
                                             * panels[s * panel_len + kk * 16 + j] as f64;
                                     }
                                     if let Some(c) = clamp {
-                                        want = want.max(c.lo as f64).min(c.hi as f64);
+                                        want = naive_act(c, want);
                                     }
                                     let what =
                                         format!("{name} m{m} k{k} start {start} ({i}, {s}, {j})");
@@ -941,11 +1120,9 @@ mod tests {
         ] {
             let clamps = [
                 None,
-                Some(Clamp {
-                    lo: 0.0,
-                    hi: f32::INFINITY,
-                }),
-                Some(Clamp { lo: -0.1, hi: 0.2 }),
+                Some(Clamp::bounds(0.0, f32::INFINITY)),
+                Some(Clamp::bounds(-0.1, 0.2)),
+                Some(Clamp::swish()),
             ];
             for (with_bias, clamp) in [false, true]
                 .into_iter()
@@ -984,7 +1161,7 @@ mod tests {
                             want += a[i * k + kk] as f64 * b[kk * ldb + j] as f64;
                         }
                         if let Some(c) = clamp {
-                            want = want.max(c.lo as f64).min(c.hi as f64);
+                            want = naive_act(c, want);
                         }
                         if i == 0 && k > 0 && clamp.is_some() {
                             assert!(got.is_nan(), "m{m} n{n} k{k} ({i},{j}): NaN lost");

@@ -41,8 +41,8 @@ fn fusion(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     ctx.run_region(body, args)
 }
 
-/// `activation(Conv(X, W, B) + Z)` with Z and the activation (Relu, or
-/// Clip to the `min` and `max` attributes) optional: the ops' own kernels
+/// `activation(Conv(X, W, B) + Z)` with Z and the activation (Relu, Swish
+/// of alpha 1, or Clip to the `min` and `max` attributes) optional: the ops' own kernels
 /// in turn, each seeing a node of its own op with
 /// the FusedConv's result (Conv's keeps the conv attributes).
 fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
@@ -62,6 +62,7 @@ fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     match node.attr("activation").and_then(Attr::as_str) {
         None => Ok(y),
         Some("Relu") => step(ctx, "Relu", false, &[y.pop()]),
+        Some("Swish") => step(ctx, "Swish", false, &[y.pop()]),
         Some("Clip") => {
             let bound = |k: &str, none: f32| {
                 let v = node.attr(k).and_then(Attr::as_float).unwrap_or(none);

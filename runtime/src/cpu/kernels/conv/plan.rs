@@ -382,7 +382,18 @@ impl ConvPlan {
         if !in_tile || self.clamp.is_some() || lo.is_nan() || hi.is_nan() || lo > hi {
             return false;
         }
-        self.clamp = Some(smallk::Clamp { lo, hi });
+        self.clamp = Some(smallk::Clamp::bounds(lo, hi));
+        true
+    }
+
+    /// Makes every output `v · sigmoid(v)` (SiLU, a Swish of alpha 1),
+    /// applied in the tile store where [`ConvPlan::fuse_clamp`] would
+    /// clamp; returns whether it was taken.
+    pub fn fuse_swish(&mut self) -> bool {
+        if !takes_clamp(self.strategy, self.small_k) || self.clamp.is_some() {
+            return false;
+        }
+        self.clamp = Some(smallk::Clamp::swish());
         true
     }
 

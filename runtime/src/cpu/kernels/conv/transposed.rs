@@ -146,9 +146,8 @@ impl Transposed {
                         }
                     }
                     if let Some(c) = clamp {
-                        // (f32::clamp keeps a NaN.)
                         for d in row.iter_mut() {
-                            *d = d.clamp(c.lo, c.hi);
+                            *d = c.apply(*d);
                         }
                     }
                 }
