@@ -1,6 +1,6 @@
 """Builds tests/models/opset24: node cases for the ops ONNX added in opsets
-23 and 24 (Attention, RMSNormalization, RotaryEmbedding, Swish), which the
-node suite (onnx 1.17, opset <= 22) does not cover. Exporters write them
+23 and 24 (Attention, RMSNormalization, RotaryEmbedding, Swish,
+TensorScatter), which the node suite (onnx 1.17, opset <= 22) does not cover. Exporters write them
 (PyTorch's dynamo exporter at opset 23 turns scaled_dot_product_attention
 into Attention and RMSNorm into RMSNormalization).
 
@@ -204,6 +204,18 @@ def main():
     case("attention_3d_opset23", "Attention",
          [("q", rand(1, 4, 12)), ("k", rand(1, 6, 12)), ("v", rand(1, 6, 12))],
          {"q_num_heads": 3, "kv_num_heads": 3}, opset=23)
+
+    # TensorScatter: a key/value cache [batch, heads, max_seq, head]
+    # updated at each sample's write index; circular mode wraps around.
+    cache = rand(2, 3, 6, 4)
+    case("tensor_scatter_linear", "TensorScatter",
+         [("past", cache), ("upd", rand(2, 3, 2, 4)),
+          ("idx", np.array([1, 4], dtype=np.int64))])
+    case("tensor_scatter_circular", "TensorScatter",
+         [("past", cache), ("upd", rand(2, 3, 3, 4)),
+          ("idx", np.array([5, 2], dtype=np.int64))], {"mode": "circular"})
+    case("tensor_scatter_prefill_axis2", "TensorScatter",
+         [("past", rand(2, 5, 4)), ("upd", rand(2, 3, 4))], {"axis": 1})
 
     # RotaryEmbedding: 4-D [batch, heads, seq, head] with position ids.
     cos = np.cos(np.arange(16)[:, None] * (1e-1 ** (np.arange(4) / 4))).astype(np.float32)

@@ -1,10 +1,12 @@
 //! The ai.onnx ops of opsets 23-24 (Attention, RMSNormalization,
-//! RotaryEmbedding, Swish) on every backend, against the node cases in
+//! RotaryEmbedding, Swish, TensorScatter) on every backend, against the
+//! node cases in
 //! `tests/models/opset24` (made by `tests/models/make_opset24_cases.py`:
 //! expected outputs from onnx's reference implementation, checked against
 //! onnxruntime there). The interpreter runs the ops themselves; the cpu
 //! and gpu backends run what the `expand-composites` pass turns them
-//! into, with no step left on the interpreter or the host.
+//! into, with no step left on the interpreter or the host; TensorScatter,
+//! which no backend lowers yet, runs on the interpreter from both.
 //!
 //! Tolerance: ONNX's default (rtol 1e-3) but atol 1e-5, since the
 //! reference computes in f32 and the decompositions sum in another order
@@ -34,6 +36,11 @@ fn cases() -> Vec<PathBuf> {
     v.sort();
     assert!(v.len() >= 20, "the opset-24 cases are missing");
     v
+}
+
+/// Cases of ops no backend lowers (TensorScatter).
+fn on_interpreter(dir: &std::path::Path) -> bool {
+    dir.to_string_lossy().contains("tensor_scatter")
 }
 
 /// The compiled executable's step report for case `dir` on `target`.
@@ -87,7 +94,7 @@ fn the_cpu_runs_the_opset24_ops_natively() {
             }
         }
         let rep = report(&dir, &Target::Cpu(CpuOptions::default()));
-        if !rep.trim_end().ends_with(" 0 on the interpreter") {
+        if !on_interpreter(&dir) && !rep.trim_end().ends_with(" 0 on the interpreter") {
             failures.push(format!(
                 "{}: steps on the interpreter:\n{rep}",
                 dir.display()
@@ -116,7 +123,7 @@ fn the_gpu_runs_the_opset24_ops_on_the_device() {
         }
         let f16 = dir.to_string_lossy().contains("f16");
         let rep = report(&dir, &gpu);
-        if !f16 && !rep.contains(" on the gpu, 0 on the cpu") {
+        if !f16 && !on_interpreter(&dir) && !rep.contains(" on the gpu, 0 on the cpu") {
             failures.push(format!("{}: cpu steps:\n{rep}", dir.display()));
         }
     }

@@ -1,4 +1,6 @@
-//! The ai.onnx ops added in opsets 23 and 24 (onnx 1.18 and 1.19), written
+//! The ai.onnx ops added in opsets 23 and 24 (onnx 1.18 and 1.19) that
+//! exporters write (Attention, RMSNormalization, RotaryEmbedding, Swish,
+//! TensorScatter), written
 //! by hand from the onnx 1.23 schemas, because the generated table
 //! (`schemas.rs`) comes from onnx 1.17 and stops at opset 22. Exporters
 //! write these now: PyTorch's dynamo exporter at opset 23 turns
@@ -104,6 +106,25 @@ pub(super) static OPSET24_SCHEMAS: &[RawSchema] = &[
             attr("rotary_embedding_dim", AttrKind::Int),
         ],
         summary: "Rotary positional embedding (RoPE): pairs of features rotated by angles read from cos/sin caches at each token's position.",
+    },
+    RawSchema {
+        name: "TensorScatter",
+        domain: "",
+        since_version: 24,
+        deprecated: false,
+        min_inputs: 2,
+        max_inputs: 3,
+        min_outputs: 1,
+        max_outputs: 1,
+        input_names: &["past_cache", "update", "write_indices"],
+        input_options: &[
+            ParamOption::Single,
+            ParamOption::Single,
+            ParamOption::Optional,
+        ],
+        output_names: &["present_cache"],
+        attrs: &[attr("axis", AttrKind::Int), attr("mode", AttrKind::String)],
+        summary: "A key/value cache update: past_cache with update written along the sequence axis from each batch's write index (linear or circular).",
     },
     RawSchema {
         name: "Swish",

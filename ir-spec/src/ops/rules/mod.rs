@@ -107,6 +107,7 @@ pub(crate) fn rule_for(op: &str) -> Option<InferFn> {
         | "Mish"
         | "Swish"
         | "RotaryEmbedding"
+        | "TensorScatter"
         | "Neg"
         | "Reciprocal"
         | "Relu"

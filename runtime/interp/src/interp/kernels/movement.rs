@@ -53,6 +53,7 @@ pub fn lookup(op: &str) -> Option<KernelFn> {
         "ReverseSequence" => reverse_sequence,
         "ScatterElements" | "Scatter" => scatter_elements,
         "ScatterND" => scatter_nd,
+        "TensorScatter" => tensor_scatter,
         "Shape" => shape,
         "Size" => size,
         "Slice" => slice,
@@ -1115,6 +1116,66 @@ fn scatter_nd(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
     let targets: Vec<usize> = offs.iter().flat_map(|&o| o..o + slice).collect();
     let red = cx.attr_str("reduction").unwrap_or("none").to_string();
     one(scatter_apply(x, &upd.data, &targets, &red)?)
+}
+
+/// TensorScatter (opset 24, a key/value cache update): `past_cache` with
+/// `update`'s positions along `axis` written from `write_indices[b]` on
+/// (0 without), wrapping around the axis in `circular` mode; in `linear`
+/// mode a write past the end is an error.
+fn tensor_scatter(cx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
+    let past = tensor(inputs, 0)?;
+    let upd = tensor(inputs, 1)?;
+    let rank = past.rank();
+    let axis = norm_axis(cx.attr_int("axis", -2), rank)?;
+    if axis == 0 {
+        bail!("TensorScatter: axis cannot be the batch axis");
+    }
+    let circular = match cx.attr_str("mode").unwrap_or("linear") {
+        "linear" => false,
+        "circular" => true,
+        m => bail!("TensorScatter: unknown mode `{m}`"),
+    };
+    let fits = upd.rank() == rank
+        && (0..rank).all(|i| {
+            if i == axis {
+                upd.shape[i] <= past.shape[i]
+            } else {
+                upd.shape[i] == past.shape[i]
+            }
+        });
+    if !fits {
+        bail!(
+            "TensorScatter: update {:?} does not fit the cache {:?} along axis {axis}",
+            upd.shape,
+            past.shape
+        );
+    }
+    let batch = past.shape[0];
+    let starts = match opt_tensor(inputs, 2)? {
+        Some(w) if w.len() == batch => ints(w),
+        Some(w) => bail!("TensorScatter: {} write indices for batch {batch}", w.len()),
+        None => vec![0; batch],
+    };
+    let (max, seq) = (past.shape[axis] as i64, upd.shape[axis]);
+    let inner: usize = past.shape[axis + 1..].iter().product();
+    let per_batch: usize = past.shape[1..axis].iter().product();
+    let mut targets = Vec::with_capacity(upd.len());
+    for (b, &start) in starts.iter().enumerate() {
+        for p in 0..per_batch {
+            let outer = b * per_batch + p;
+            for s in 0..seq as i64 {
+                let mut at = start + s;
+                if circular {
+                    at = at.rem_euclid(max.max(1));
+                } else if at < 0 || at >= max {
+                    bail!("TensorScatter: write index {at} outside the cache's {max} positions");
+                }
+                let base = (outer * max as usize + at as usize) * inner;
+                targets.extend(base..base + inner);
+            }
+        }
+    }
+    one(scatter_apply(past, &upd.data, &targets, "none")?)
 }
 
 // ---------------------------------------------------------------- arithmetic movers
