@@ -197,6 +197,17 @@ def main():
     case("attention_4d_qk_output", "Attention",
          [("q", q), ("k", k), ("v", v), ("mask", rand(5, 6))],
          {"qk_matmul_output_mode": 1}, out_names=["y", "", "", "qk"])
+    # A static cache: K and V hold 8 positions, of which nonpad_kv_seqlen
+    # are valid per sample; causal from the end of the valid keys (the
+    # first sample's first query sees no key: a zero row).
+    kc, vc = rand(2, 2, 8, 4), rand(2, 2, 8, 4)
+    case("attention_4d_nonpad_causal", "Attention",
+         [("q", rand(2, 2, 3, 4)), ("k", kc), ("v", vc), ("mask", None), ("past_key", None),
+          ("past_value", None), ("nonpad", np.array([2, 8], dtype=np.int64))],
+         {"is_causal": 1})
+    case("attention_4d_nonpad_mask", "Attention",
+         [("q", rand(2, 2, 3, 4)), ("k", kc), ("v", vc), ("mask", rand(3, 8)), ("past_key", None),
+          ("past_value", None), ("nonpad", np.array([5, 7], dtype=np.int64))])
     # 3-D inputs [batch, seq, heads * head_size] with the head counts given.
     case("attention_3d_gqa_causal", "Attention",
          [("q", rand(2, 5, 32)), ("k", rand(2, 5, 16)), ("v", rand(2, 5, 16))],

@@ -21,10 +21,11 @@
 //!
 //! Applies (Swish aside, which needs no shapes) where the operands' shapes are static (backends compile per
 //! shape, so after specialization they are) and the element type is a
-//! float (Attention and RotaryEmbedding: f32, f64). Left for the
-//! interpreter: Attention with `nonpad_kv_seqlen` (a per-batch cache
-//! length known only at run time), and the cases that fail the checks
-//! below; the interpreter reports their errors.
+//! float (Attention and RotaryEmbedding: f32, f64). Attention's
+//! `nonpad_kv_seqlen` (each sample's count of valid keys in a static
+//! cache, known only at run time) becomes comparisons of constant key
+//! positions with it. Cases that fail the checks below stay for the
+//! interpreter, which reports their errors.
 
 use std::sync::Arc;
 
@@ -396,10 +397,13 @@ fn attention(m: &mut Module, n: &Node) -> Option<Expansion> {
     let input = |i: usize| n.inputs.get(i).copied().flatten();
     let output = |i: usize| n.outputs.get(i).copied();
     let (q, k, v) = (input(0)?, input(1)?, input(2)?);
-    if input(6).is_some() {
+    let (mask, past_k, past_v) = (input(3), input(4), input(5));
+    // The per-sample count of valid keys of a static cache (not with a
+    // past, which the spec forbids).
+    let nonpad = input(6);
+    if nonpad.is_some() && past_k.is_some() {
         return None;
     }
-    let (mask, past_k, past_v) = (input(3), input(4), input(5));
     let elem = elem_of(m, q)?;
     if !matches!(elem, ElemType::F32 | ElemType::F64)
         || elem_of(m, k)? != elem
@@ -466,6 +470,11 @@ fn attention(m: &mut Module, n: &Node) -> Option<Expansion> {
         },
     };
     let full = [batch, hq, sq, total];
+    if let Some(np) = nonpad {
+        if m.static_shape(np).ok()? != [batch] || elem_of(m, np)? != ElemType::I64 {
+            return None;
+        }
+    }
     // The mask, checked: rank 1-4, broadcasting to `full` once its last
     // axis (which may be shorter) is padded.
     let mask_info = match mask {
@@ -595,21 +604,84 @@ fn attention(m: &mut Module, n: &Node) -> Option<Expansion> {
         }
         bias = Some((add, pd));
     }
-    if causal {
-        let mut c = vec![0.0; sq * total];
-        for i in 0..sq {
-            for j in (i + past_len + 1).min(total)..total {
-                c[i * total + j] = f64::NEG_INFINITY;
+    let add_bias =
+        |b: &mut Build, bias: Option<(ValueId, Vec<usize>)>, part: ValueId, pd: Vec<usize>| {
+            match bias {
+                None => (part, pd),
+                Some((bv, bd)) => {
+                    let od = broadcast(&bd, &pd);
+                    (b.op("Add", &[bv, part], vec![], elem, &od), od)
+                }
             }
+        };
+    // A boolean [batch, rows, total] as 0 / -inf, reshaped to
+    // [batch, 1, rows, total].
+    let bool_bias = |b: &mut Build, ok: ValueId, rows: usize| -> Option<ValueId> {
+        let zero = b.scalar(elem, 0.0)?;
+        let ninf = b.scalar(elem, f64::NEG_INFINITY)?;
+        let w = b.op(
+            "Where",
+            &[ok, zero, ninf],
+            vec![],
+            elem,
+            &[batch, rows, total],
+        );
+        b.reshape(w, elem, &[batch, 1, rows, total])
+    };
+    // The key counts as f32 (exact below 2^24) so that the comparisons
+    // are float ops every backend runs (the gpu keeps i64 data on the
+    // host).
+    let counts = match nonpad {
+        Some(np) => Some(b.cast(np, ElemType::F32, &[batch])?),
+        None => None,
+    };
+    match (causal, counts) {
+        (false, _) => {}
+        (true, None) => {
+            // The frontier j <= i + past_len, a constant.
+            let mut c = vec![0.0; sq * total];
+            for i in 0..sq {
+                for j in (i + past_len + 1).min(total)..total {
+                    c[i * total + j] = f64::NEG_INFINITY;
+                }
+            }
+            let cv = b.floats(elem, &[sq, total], &c)?;
+            bias = Some(add_bias(&mut b, bias, cv, vec![sq, total]));
         }
-        let cv = b.floats(elem, &[sq, total], &c)?;
-        bias = Some(match bias {
-            None => (cv, vec![sq, total]),
-            Some((bv, bd)) => {
-                let od = broadcast(&bd, &[sq, total]);
-                (b.op("Add", &[bv, cv], vec![], elem, &od), od)
-            }
-        });
+        (true, Some(counts)) => {
+            // j <= i + nonpad[b] - q_seq, as j - i + q_seq <= nonpad[b].
+            let d: Vec<f64> = (0..sq)
+                .flat_map(|i| (0..total).map(move |j| (j + sq) as f64 - i as f64))
+                .collect();
+            let dv = b.floats(ElemType::F32, &[1, sq, total], &d)?;
+            let np3 = b.reshape(counts, ElemType::F32, &[batch, 1, 1])?;
+            let ok = b.op(
+                "LessOrEqual",
+                &[dv, np3],
+                vec![],
+                ElemType::Bool,
+                &[batch, sq, total],
+            );
+            let cb = bool_bias(&mut b, ok, sq)?;
+            bias = Some(add_bias(&mut b, bias, cb, vec![batch, 1, sq, total]));
+        }
+    }
+    if let Some(counts) = counts {
+        // Keys past each sample's count are padding: j < nonpad[b].
+        // (Shaped so that no boolean is reshaped: the gpu keeps booleans
+        // on the host.)
+        let js: Vec<f64> = (0..total).map(|j| j as f64).collect();
+        let jv = b.floats(ElemType::F32, &[1, 1, total], &js)?;
+        let np3 = b.reshape(counts, ElemType::F32, &[batch, 1, 1])?;
+        let ok = b.op(
+            "Less",
+            &[jv, np3],
+            vec![],
+            ElemType::Bool,
+            &[batch, 1, total],
+        );
+        let pb = bool_bias(&mut b, ok, 1)?;
+        bias = Some(add_bias(&mut b, bias, pb, vec![batch, 1, 1, total]));
     }
     let biased = match &bias {
         Some((bv, _)) => b.op("Add", &[capped, *bv], vec![], elem, &full),
@@ -628,9 +700,9 @@ fn attention(m: &mut Module, n: &Node) -> Option<Expansion> {
         &full,
     );
     // A query whose every key is masked attends nothing: zeros, not the
-    // NaN a softmax of -inf gives. Only a mask given at run time can do
-    // that (the causal frontier always admits key 0 for query 0 onward).
-    if let (Some((bv, bd)), Some(_)) = (&bias, mask) {
+    // NaN a softmax of -inf gives. Only a mask or key counts given at run
+    // time can do that (the constant causal frontier always admits key 0).
+    if let (Some((bv, bd)), true) = (&bias, mask.is_some() || nonpad.is_some()) {
         let axes = b.ints(&[-1])?;
         let mut rd = bd.clone();
         *rd.last_mut()? = 1;
