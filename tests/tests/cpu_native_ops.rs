@@ -174,3 +174,53 @@ fn f16_models_compute_in_f32_natively() {
         }
     }
 }
+
+/// TensorScatter's linear mode refuses a write past the cache's end, on
+/// the interpreter and natively: an error naming the index, not a panic
+/// or a silent wrap.
+#[test]
+fn tensor_scatter_refuses_writes_past_the_cache() {
+    let src = "module @kv opset(ai.onnx = 24) {
+  input %x: f32[2,6,4]
+  input %at: i64[2]
+  const %upd: f32[2,2,4] = dense[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0]
+  %y = TensorScatter(%x, %upd, %at) {axis = 1} : f32[2,6,4]
+  return %y
+}";
+    let m = kiln_ir::parse_module(src).unwrap_or_else(|e| panic!("{e:?}"));
+    kiln_ir::verify::verify(&m).unwrap_or_else(|e| panic!("{e}"));
+    let x = Value::tensor(Tensor::new(vec![2, 6, 4], Data::F32(vec![0.5; 48])).unwrap());
+    let target = Target::Cpu(CpuOptions {
+        threads: 1,
+        ..Default::default()
+    });
+    for (at, ok) in [([4i64, 0], true), ([5, 0], false), ([0, -1], false)] {
+        let inputs = HashMap::from([
+            ("x".to_string(), x.clone()),
+            (
+                "at".to_string(),
+                Value::tensor(Tensor::new(vec![2], Data::I64(at.to_vec())).unwrap()),
+            ),
+        ]);
+        let want = Interpreter::new(&m).run(&inputs);
+        let exe = compile(&m, &target, &kiln_compiler::lower::shapes_of(&inputs)).unwrap();
+        assert!(
+            exe.report().ends_with(" 0 on the interpreter\n"),
+            "{}",
+            exe.report()
+        );
+        let got = exe.run(&inputs);
+        match (ok, want, got) {
+            (true, Ok(w), Ok(g)) => {
+                for (g, w) in g.iter().zip(&w) {
+                    compare(g, w, Tolerance::default()).unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+            (false, Err(w), Err(g)) => {
+                assert!(format!("{w}").contains("write index"), "{w}");
+                assert!(format!("{g}").contains("write index"), "{g}");
+            }
+            (_, w, g) => panic!("{at:?}: interpreter {:?}, cpu {:?}", w.is_ok(), g.is_ok()),
+        }
+    }
+}

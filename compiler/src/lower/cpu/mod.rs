@@ -292,6 +292,7 @@ fn lower_node(
         "Tile" => movement::tile(m, n),
         "CumSum" => movement::cumsum(m, n),
         "ScatterND" => movement::scatter_nd(m, n),
+        "TensorScatter" => movement::tensor_scatter(m, n),
         "Trilu" => movement::trilu(m, n),
         "InstanceNormalization" | "GroupNormalization" => movement::group_norm(m, n),
         "LayerNormalization" => fusion::single_node_loop(m, n, target)

@@ -6,7 +6,7 @@ use kiln_ir::{Attr, Module, Node, ValueId};
 use kiln_runtime::cpu::steps::movement::{
     ArgBest, CastAny, CastToF32, Concat, CumSum, Expand, Fill, Gather, GatherElements, GatherNd,
     GroupNorm, IntReduce, NonZero, OneHot, Pad, Reduce, Reshape, Resize, RoiAlign, ScatterElements,
-    ScatterNd, Slice, SoftmaxAxis, Split, Tile, TopK, Transpose, Trilu,
+    ScatterNd, Slice, SoftmaxAxis, Split, TensorScatter, Tile, TopK, Transpose, Trilu,
 };
 use kiln_runtime::cpu::NativeStep;
 
@@ -1218,6 +1218,53 @@ pub(super) fn scatter_nd(m: &Module, n: &Node) -> Result<NativeStep, String> {
         format!("ScatterND ({spelled})"),
         0.0,
     ))
+}
+
+/// TensorScatter (a key/value cache update) of static shapes.
+pub(super) fn tensor_scatter(m: &Module, n: &Node) -> Result<NativeStep, String> {
+    let past = n.input(0).ok_or("no cache operand")?;
+    movable_elem(m, past)?;
+    let shape = m.static_shape(past)?;
+    let upd = m.static_shape(n.input(1).ok_or("no update operand")?)?;
+    let rank = shape.len();
+    let r = rank as i64;
+    let axis = n.attrs.get("axis").and_then(Attr::as_int).unwrap_or(-2);
+    let axis = if axis < 0 { axis + r } else { axis };
+    if !(1..r).contains(&axis) {
+        return Err(format!("axis {axis} out of range"));
+    }
+    let axis = axis as usize;
+    let fits = upd.len() == rank
+        && (0..rank).all(|i| {
+            if i == axis {
+                upd[i] <= shape[i]
+            } else {
+                upd[i] == shape[i]
+            }
+        });
+    if !fits {
+        return Err(format!("update {upd:?} does not fit the cache {shape:?}"));
+    }
+    let circular = match n
+        .attrs
+        .get("mode")
+        .and_then(Attr::as_str)
+        .unwrap_or("linear")
+    {
+        "linear" => false,
+        "circular" => true,
+        m => return Err(format!("mode `{m}`")),
+    };
+    let plan = TensorScatter {
+        outer: shape[..axis].iter().product(),
+        per_sample: shape[1..axis].iter().product(),
+        max: shape[axis],
+        seq: upd[axis],
+        inner: shape[axis + 1..].iter().product(),
+        circular,
+    };
+    let what = format!("TensorScatter {} of {} positions", plan.seq, plan.max);
+    Ok(NativeStep::new(Box::new(plan), what, 0.0))
 }
 
 /// GroupNormalization and InstanceNormalization of f32 data.

@@ -1160,6 +1160,106 @@ impl NativeKernel for CumSum {
 /// ScatterND: the data, with each update slice written (or combined) at
 /// the offset its index tuple names, by the interpreter's `nd_offsets`
 /// (the one definition of the indexing), in order.
+/// TensorScatter (opset 24, a key/value cache update): the cache copied,
+/// then each (prefix, position) run of `update` written at its sample's
+/// write index along the sequence axis (wrapping in circular mode). The
+/// cache is `[outer, max, inner]` around the axis, the update `[outer,
+/// seq, inner]`; `per_sample` outer rows belong to one batch sample.
+pub struct TensorScatter {
+    pub outer: usize,
+    pub per_sample: usize,
+    pub max: usize,
+    pub seq: usize,
+    pub inner: usize,
+    pub circular: bool,
+}
+
+impl TensorScatter {
+    /// Where each update position goes along the axis, per sample.
+    fn targets(&self, starts: &[i64]) -> Result<Vec<usize>, String> {
+        let mut at = Vec::with_capacity(starts.len() * self.seq);
+        for &w in starts {
+            for s in 0..self.seq as i64 {
+                let p = w + s;
+                let p = if self.circular {
+                    p.rem_euclid(self.max.max(1) as i64)
+                } else if (0..self.max as i64).contains(&p) {
+                    p
+                } else {
+                    return Err(format!(
+                        "TensorScatter: write index {p} outside the cache's {} positions",
+                        self.max
+                    ));
+                };
+                at.push(p as usize);
+            }
+        }
+        Ok(at)
+    }
+
+    fn write<T: Copy>(
+        &self,
+        past: &[T],
+        upd: &[T],
+        out: &mut [T],
+        at: &[usize],
+    ) -> Result<(), String> {
+        let (max, seq, inner) = (self.max, self.seq, self.inner);
+        if past.len() != self.outer * max * inner
+            || upd.len() != self.outer * seq * inner
+            || out.len() != past.len()
+        {
+            return Err("TensorScatter: sizes differ from the plan".into());
+        }
+        out.copy_from_slice(past);
+        for o in 0..self.outer {
+            let sample = o / self.per_sample.max(1);
+            for s in 0..seq {
+                let p = at[sample * seq + s];
+                let src = &upd[(o * seq + s) * inner..][..inner];
+                out[(o * max + p) * inner..][..inner].copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NativeKernel for TensorScatter {
+    fn run(&self, inputs: &[Option<In>], outputs: &mut [Out], _: usize) -> Result<(), String> {
+        let past = operand(inputs, 0)?;
+        let upd = operand(inputs, 1)?;
+        let samples = self.outer / self.per_sample.max(1);
+        let starts = match inputs.get(2).copied().flatten() {
+            Some(w) => indices(w)?,
+            None => vec![0; samples],
+        };
+        if starts.len() != samples {
+            return Err(format!(
+                "TensorScatter: {} write indices for {samples} samples",
+                starts.len()
+            ));
+        }
+        let at = self.targets(&starts)?;
+        let out = result(outputs, 0)?;
+        if upd.elem() != past.elem() {
+            return Err("TensorScatter: update of another type than the cache".into());
+        }
+        match past.elem() {
+            kiln_ir::ElemType::F32 => self.write(past.f32s()?, upd.f32s()?, out.f32s()?, &at),
+            kiln_ir::ElemType::I64 => self.write(past.i64s()?, upd.i64s()?, out.i64s()?, &at),
+            kiln_ir::ElemType::I32 => self.write(past.i32s()?, upd.i32s()?, out.i32s()?, &at),
+            kiln_ir::ElemType::U8 => self.write(past.u8s()?, upd.u8s()?, out.u8s()?, &at),
+            kiln_ir::ElemType::I8 => self.write(past.i8s()?, upd.i8s()?, out.i8s()?, &at),
+            kiln_ir::ElemType::Bool => self.write(past.bools()?, upd.bools()?, out.bools()?, &at),
+            e => Err(format!("no native TensorScatter of {e}")),
+        }
+    }
+
+    fn moves_data(&self) -> bool {
+        true
+    }
+}
+
 pub struct ScatterNd {
     pub shape: Vec<usize>,
     pub reduction: movement::Combine,
