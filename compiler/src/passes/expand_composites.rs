@@ -631,8 +631,12 @@ fn attention(m: &mut Module, n: &Node) -> Option<Expansion> {
     // The key counts as f32 (exact below 2^24) so that the comparisons
     // are float ops every backend runs (the gpu keeps i64 data on the
     // host).
+    // Shaped [batch, 1, 1] against the key positions.
     let counts = match nonpad {
-        Some(np) => Some(b.cast(np, ElemType::F32, &[batch])?),
+        Some(np) => {
+            let f = b.cast(np, ElemType::F32, &[batch])?;
+            Some(b.reshape(f, ElemType::F32, &[batch, 1, 1])?)
+        }
         None => None,
     };
     match (causal, counts) {
@@ -654,10 +658,9 @@ fn attention(m: &mut Module, n: &Node) -> Option<Expansion> {
                 .flat_map(|i| (0..total).map(move |j| (j + sq) as f64 - i as f64))
                 .collect();
             let dv = b.floats(ElemType::F32, &[1, sq, total], &d)?;
-            let np3 = b.reshape(counts, ElemType::F32, &[batch, 1, 1])?;
             let ok = b.op(
                 "LessOrEqual",
-                &[dv, np3],
+                &[dv, counts],
                 vec![],
                 ElemType::Bool,
                 &[batch, sq, total],
@@ -672,10 +675,9 @@ fn attention(m: &mut Module, n: &Node) -> Option<Expansion> {
         // on the host.)
         let js: Vec<f64> = (0..total).map(|j| j as f64).collect();
         let jv = b.floats(ElemType::F32, &[1, 1, total], &js)?;
-        let np3 = b.reshape(counts, ElemType::F32, &[batch, 1, 1])?;
         let ok = b.op(
             "Less",
-            &[jv, np3],
+            &[jv, counts],
             vec![],
             ElemType::Bool,
             &[batch, 1, total],
