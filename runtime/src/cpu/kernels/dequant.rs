@@ -23,7 +23,7 @@
 //! FMA they are 5 % faster.) The sums then round like the f32 MatMul's.
 
 use super::common::{for_each_unit, Epilogue};
-use super::packed::{product, PackedB, Panels, KC, NR};
+use super::packed::{product, PackedB, Panels, KC, MAX_STRIPS, NR};
 
 /// The integer type of quantized weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -492,12 +492,21 @@ unsafe impl Panels for QuantB {
     }
 
     fn scratch(&self) -> Vec<f32> {
-        vec![0.0; KC * NR]
+        vec![0.0; MAX_STRIPS * KC * NR]
     }
 
-    unsafe fn panel(&self, s: usize, k0: usize, kc: usize, scratch: &mut Vec<f32>) -> *const f32 {
-        self.unpack(s, k0, kc, &mut scratch[..kc * NR]);
-        scratch.as_ptr()
+    unsafe fn panels(
+        &self,
+        s: usize,
+        count: usize,
+        k0: usize,
+        kc: usize,
+        scratch: &mut Vec<f32>,
+    ) -> (*const f32, usize) {
+        for (i, panel) in scratch.chunks_exact_mut(kc * NR).take(count).enumerate() {
+            self.unpack(s + i, k0, kc, panel);
+        }
+        (scratch.as_ptr(), kc * NR)
     }
 
     fn prefetch(&self, _s: usize, _k0: usize) -> Option<*const f32> {

@@ -20,7 +20,8 @@
 //! convs are the special case `koff[c] = c·H·W`.
 //!
 //! The product runs the small-k kernel's register tiles
-//! ([`super::smallk::sweep`]: 6x16 on AVX2, 12x16 on AVX-512) over k
+//! ([`super::smallk::sweep`]: 6x16 on AVX2, 12x16 over two strips at once
+//! on AVX-512) over k
 //! blocks of at most [`KC`]: 16 consecutive output positions (one copy per
 //! output row they touch) are gathered from `src` into a dense panel that
 //! every row block of weights passes over, and the tile writes the output
@@ -426,10 +427,13 @@ impl Shifted {
             // with a long reduction keep one panel at a time (3x3 over 64
             // channels at 56x56 measured 5 % slower grouped once, even
             // another time).
+            // At least the strips a tile covers (two on AVX-512, sharing
+            // each broadcast of the weights).
+            let min_group = super::smallk::strips_per_tile();
             let group = if mrows * kc_even <= PANEL_GROUP_FLOATS && kc_even > 256 {
-                1
+                min_group
             } else {
-                (PANEL_GROUP_FLOATS / (kc_even * NR).max(1)).clamp(1, MAX_GROUP)
+                (PANEL_GROUP_FLOATS / (kc_even * NR).max(1)).clamp(min_group, MAX_GROUP)
             };
             let panel_len = kc_even * NR;
             // The panels, 16 floats of slack for segment copies that run

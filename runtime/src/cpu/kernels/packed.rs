@@ -4,7 +4,8 @@
 //! B is packed once, when the plan is built, into 16-column panels (`K x
 //! 16` floats each, the last zero-padded), which is exactly what the
 //! small-k micro-kernel ([`super::smallk::sweep`]) sweeps its register
-//! tiles over (6x16, or 12x16 on AVX-512); A is read in place, one
+//! tiles over (6x16, or 12x16 over two panels at once on AVX-512); A is
+//! read in place, one
 //! broadcast per row and k. The `gemm`
 //! crate instead packs both operands on every call: on MiniLM's layers
 //! (M = 128, K and N 384-1536) that packing and its dispatch were a fifth
@@ -44,6 +45,9 @@ const RESIDENT_A_BYTES: usize = 512 << 10;
 
 /// Columns per panel (the micro-kernel's tile width).
 pub(crate) const NR: usize = 16;
+
+/// Most strips one sweep takes ([`super::smallk::strips_per_tile`]).
+pub(crate) const MAX_STRIPS: usize = 2;
 
 /// A constant `K x N` right operand in 16-column panels.
 #[derive(Debug, Clone)]
@@ -120,9 +124,18 @@ unsafe impl Panels for PackedB {
 
     fn scratch(&self) {}
 
-    unsafe fn panel(&self, s: usize, k0: usize, _kc: usize, _: &mut ()) -> *const f32 {
-        // SAFETY: in bounds by the caller's contract (s < strips, k0 < k).
-        unsafe { self.panels.as_ptr().add((s * self.k + k0) * NR) }
+    unsafe fn panels(
+        &self,
+        s: usize,
+        _count: usize,
+        k0: usize,
+        _kc: usize,
+        _: &mut (),
+    ) -> (*const f32, usize) {
+        // SAFETY: in bounds by the caller's contract (s < strips, k0 < k);
+        // strip s + i's rows are k·16 floats further on.
+        let p = unsafe { self.panels.as_ptr().add((s * self.k + k0) * NR) };
+        (p, self.k * NR)
     }
 
     fn prefetch(&self, s: usize, k0: usize) -> Option<*const f32> {
@@ -148,19 +161,22 @@ pub(crate) unsafe trait Panels: Sync {
     /// `(k, n)`.
     fn dims(&self) -> (usize, usize);
     fn scratch(&self) -> Self::Scratch;
-    /// Rows `k0..k0 + kc` (`kc <= KC`) of strip `s`'s panel: `kc x 16`
-    /// floats.
+    /// Rows `k0..k0 + kc` (`kc <= KC`) of the panels of strips `s..s +
+    /// count` (`count` at most [`MAX_STRIPS`]): `kc x 16` floats each,
+    /// the first at the pointer, each next one the returned stride
+    /// further on.
     ///
     /// # Safety
-    /// `s < n.div_ceil(16)`, `k0 + kc <= k`; the pointer is valid until
-    /// `scratch` is next used.
-    unsafe fn panel(
+    /// `s + count <= n.div_ceil(16)`, `k0 + kc <= k`; the pointer is valid
+    /// until `scratch` is next used.
+    unsafe fn panels(
         &self,
         s: usize,
+        count: usize,
         k0: usize,
         kc: usize,
         scratch: &mut Self::Scratch,
-    ) -> *const f32;
+    ) -> (*const f32, usize);
     /// An address worth prefetching before the sweep of strip `s` at row
     /// `k0` (it need not be valid: prefetches do not fault).
     fn prefetch(&self, s: usize, k0: usize) -> Option<*const f32>;
@@ -273,33 +289,44 @@ unsafe fn unit<P: Panels>(
         let blocks = k.div_ceil(KC).max(1);
         let kc_even = k.div_ceil(blocks);
         let mut scratch = b.scratch();
+        let per_sweep = super::smallk::strips_per_tile().min(MAX_STRIPS);
         for blk in 0..blocks {
             let k0 = blk * kc_even;
             let kc = kc_even.min(k - k0.min(k));
             let init = if blk == 0 { Init::Zero } else { Init::Load };
-            for s in s0..s1 {
-                let len = (n - s * NR).min(NR);
+            let mut s = s0;
+            while s < s1 {
+                let count = per_sweep.min(s1 - s);
                 // SAFETY: AVX2/FMA are present (the caller's contract;
-                // `product` asserts it). s < strips and k0 + kc <= k, so
-                // the source gives kc x 16 floats (the `Panels` contract);
-                // `next` is only prefetched. Rows r0..r1 of `a` hold k
-                // floats at stride lda (contract), of which k0..k0 + kc
-                // are read; the sweep writes rows r0..r1 x strip s's
-                // columns (masked past n) of the dense m x n `out`, which
-                // only this call touches and which overlaps neither input.
+                // `product` asserts it). s + count <= s1 <= strips and k0
+                // + kc <= k, so the source gives kc x 16 floats per strip
+                // (the `Panels` contract); `next` is only prefetched. Rows
+                // r0..r1 of `a` hold k floats at stride lda (contract), of
+                // which k0..k0 + kc are read; the sweep writes rows r0..r1
+                // x the strips' columns (masked past n) of the dense m x n
+                // `out`, which only this call touches and which overlaps
+                // neither input.
                 unsafe {
-                    let masks = (len < NR).then(|| tail_masks(len));
-                    let panel = b.panel(s, k0, kc, &mut scratch);
-                    let dest = Dest {
-                        out: out.add(r0 * n + s * NR),
-                        ld: n,
-                        masks,
+                    let panels = b.panels(s, count, k0, kc, &mut scratch);
+                    let mut dests = [Dest {
+                        out: std::ptr::null_mut(),
+                        ld: 0,
+                        masks: None,
                         add: None,
-                    };
-                    // The panel after this one: the next strip's, or
-                    // the first strip's in the next block of k.
-                    let next = if s + 1 < s1 {
-                        b.prefetch(s + 1, k0)
+                    }; MAX_STRIPS];
+                    for (i, dest) in dests[..count].iter_mut().enumerate() {
+                        let len = (n - (s + i) * NR).min(NR);
+                        *dest = Dest {
+                            out: out.add(r0 * n + (s + i) * NR),
+                            ld: n,
+                            masks: (len < NR).then(|| tail_masks(len)),
+                            add: None,
+                        };
+                    }
+                    // The panel after these: the next strip's, or the
+                    // first strip's in the next block of k.
+                    let next = if s + count < s1 {
+                        b.prefetch(s + count, k0)
                     } else if blk + 1 < blocks {
                         b.prefetch(s0, k0 + kc)
                     } else {
@@ -310,13 +337,14 @@ unsafe fn unit<P: Panels>(
                         kc,
                         a.add(r0 * lda + k0),
                         lda,
-                        (panel, 0),
-                        &[dest],
+                        panels,
+                        &dests[..count],
                         init,
                         None,
                         next,
                     );
                 }
+                s += count;
             }
         }
     }

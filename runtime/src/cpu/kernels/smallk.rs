@@ -14,8 +14,9 @@
 //! from the bias), two loads and six broadcasts per 12 FMAs. A column tail
 //! computes all 16 lanes and stores only its own, masked, so no position
 //! needs a scalar loop. On AVX-512 hosts [`sweep`] runs the same panels
-//! through a 12x16 tile ([`avx512`]); the implicit-GEMM convs and the
-//! packed-B matmuls sweep their panels through it too.
+//! through a 12x16 tile over two strips at once ([`avx512`]); the
+//! implicit-GEMM convs and the packed-B matmuls sweep their panels through
+//! it too.
 //!
 //! AVX2 + FMA only; [`available`] says whether the host has them and the
 //! caller keeps the `gemm` crate path otherwise.
@@ -245,31 +246,53 @@ pub(super) unsafe fn sweep(
     }
 }
 
-/// One tile of a sweep: its rows of `a`, its strip's panel, where its
-/// first output row goes, how it starts (and what it adds then: a fused
-/// residual), and the panel to prefetch.
+/// Strips a [`sweep`] tile covers at once: 2 on AVX-512 hosts (see
+/// [`avx512`]'s tile), 1 elsewhere. Callers that can hand a sweep
+/// several strips should hand it at least this many.
+pub(super) fn strips_per_tile() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        return 2;
+    }
+    1
+}
+
+/// One strip of a tile job: its panel, where its first output row goes
+/// (row stride, lane masks of a partial strip) and what it adds as it
+/// starts (a fused residual).
 #[cfg(target_arch = "x86_64")]
-struct TileJob {
-    rows: usize,
-    a: *const f32,
+#[derive(Clone, Copy)]
+struct StripJob {
     panel: *const f32,
     out: *mut f32,
     ld: usize,
     masks: Option<(std::arch::x86_64::__m256i, std::arch::x86_64::__m256i)>,
-    init: avx2::Init,
     add: Option<avx2::Addend>,
+}
+
+/// One tile of a sweep: its rows of `a`, its strip (and, for a paired
+/// tile, the next strip), how it starts, and the panel to prefetch.
+#[cfg(target_arch = "x86_64")]
+struct TileJob {
+    rows: usize,
+    a: *const f32,
+    first: StripJob,
+    second: Option<StripJob>,
+    init: avx2::Init,
     next: Option<*const f32>,
 }
 
 /// The tiles of a sweep in order: `mr`-row blocks of rows `0..m`, each
-/// over every strip, `next` on the very first (see [`avx2::sweep`]).
-/// Pointers are offset with `wrapping_add`; the tile that dereferences
-/// them carries the safety contract.
+/// over every strip (two strips at a time when `pair`, an odd last one
+/// alone), `next` on the very first (see [`avx2::sweep`]). Pointers are
+/// offset with `wrapping_add`; the tile that dereferences them carries
+/// the safety contract.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn for_each_tile(
     mr: usize,
+    pair: bool,
     m: usize,
     a: *const f32,
     lda: usize,
@@ -296,19 +319,27 @@ fn for_each_tile(
             avx2::Init::Bias(b) => avx2::Init::Bias(b.wrapping_add(i)),
             other => other,
         };
-        for (s, d) in dests.iter().enumerate() {
-            tile(TileJob {
-                rows,
-                a: a.wrapping_add(i * lda),
+        let strip = |s: usize| {
+            let d: &avx2::Dest = &dests[s];
+            StripJob {
                 panel: panels.0.wrapping_add(s * panels.1),
                 out: d.out.wrapping_add(i * d.ld),
                 ld: d.ld,
                 masks: d.masks,
-                init,
                 add: d.add.map(|a| avx2::Addend {
                     src: a.src.wrapping_add(i * a.ld),
                     ..a
                 }),
+            }
+        };
+        let step = if pair { 2 } else { 1 };
+        for s in (0..dests.len()).step_by(step) {
+            tile(TileJob {
+                rows,
+                a: a.wrapping_add(i * lda),
+                first: strip(s),
+                second: (pair && s + 1 < dests.len()).then(|| strip(s + 1)),
+                init,
                 next: if i == 0 && s == 0 { next } else { None },
             });
         }
@@ -492,7 +523,8 @@ pub(super) mod avx2 {
         clamp: Option<Clamp>,
         next: Option<*const f32>,
     ) {
-        super::for_each_tile(MR, m, a, lda, panels, dests, init, next, |t| {
+        super::for_each_tile(MR, false, m, a, lda, panels, dests, init, next, |t| {
+            let s = t.first;
             // SAFETY: AVX2/FMA are enabled here, as `tile_rows` needs.
             // `for_each_tile` hands each tile rows i..i + t.rows (t.rows <=
             // MR, i + t.rows <= m) of `a`, of strip s's destination and of
@@ -501,7 +533,7 @@ pub(super) mod avx2 {
             // is only prefetched, which never faults.
             unsafe {
                 tile_rows(
-                    t.rows, k, t.a, lda, t.panel, t.out, t.ld, t.init, t.add, t.masks, clamp,
+                    t.rows, k, t.a, lda, s.panel, s.out, s.ld, t.init, s.add, s.masks, clamp,
                     t.next,
                 )
             }
@@ -704,11 +736,13 @@ pub(super) mod avx2 {
     }
 }
 
-/// The same tiles on AVX-512F: 12 rows x 16 columns, one zmm accumulator
-/// per row and one broadcast FMA per row and k, over the same k x 16
-/// panels. Zen 4 runs a 512-bit FMA as two 256-bit halves, so the peak is
-/// AVX2's; the win is half the instructions per FMA and a taller tile
-/// (each panel line loaded once per 12 rows instead of 6).
+/// The same tiles on AVX-512F: 12 rows x 16 columns of each of two strips
+/// at once, one zmm accumulator per row and strip, each broadcast of `a`
+/// feeding both strips' FMAs, over the same k x 16 panels. Zen 4 runs a
+/// 512-bit FMA as two 256-bit halves, so the peak is AVX2's; the win there
+/// is half the instructions per FMA and a taller tile (each panel line
+/// loaded once per 12 rows instead of 6). Zen 5 runs them at full width,
+/// and there the loads per FMA bound the tile: see [`avx512`]'s `tile`.
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
     use std::arch::x86_64::*;
@@ -742,45 +776,93 @@ pub(super) mod avx512 {
         clamp: Option<Clamp>,
         next: Option<*const f32>,
     ) {
-        super::for_each_tile(mr.clamp(1, MR), m, a, lda, panels, dests, init, next, |t| {
-            let mask = mask16(t.masks);
-            let add = t.add.map(|a| (a.src, a.ld, mask16(a.masks)));
-            let (a, panel, out, ld, init) = (t.a, t.panel, t.out, t.ld, t.init);
-            macro_rules! go {
-                ($r:literal) => {
-                    match t.next {
-                        None => tile::<$r, false>(
-                            k, a, lda, panel, out, ld, init, add, mask, clamp, panel,
-                        ),
-                        Some(p) => {
-                            tile::<$r, true>(k, a, lda, panel, out, ld, init, add, mask, clamp, p)
-                        }
-                    }
+        super::for_each_tile(
+            mr.clamp(1, MR),
+            true,
+            m,
+            a,
+            lda,
+            panels,
+            dests,
+            init,
+            next,
+            |t| {
+                let strip = |s: super::StripJob| Strip {
+                    panel: s.panel,
+                    out: s.out,
+                    ld: s.ld,
+                    mask: mask16(s.masks),
+                    add: s.add.map(|a| (a.src, a.ld, mask16(a.masks))),
                 };
-            }
-            // SAFETY: AVX-512F/AVX2/FMA are enabled here, as `tile` needs.
-            // `for_each_tile` hands each tile rows i..i + t.rows (t.rows <=
-            // MR, i + t.rows <= m) of `a`, of strip s's destination and of
-            // its addend, strip s's panel and the bias from row i: all
-            // inside the views this function's caller vouches for; each arm
-            // runs `tile::<R>` with R == t.rows; `next` is only prefetched.
-            unsafe {
-                match t.rows {
-                    12 => go!(12),
-                    11 => go!(11),
-                    10 => go!(10),
-                    9 => go!(9),
-                    8 => go!(8),
-                    7 => go!(7),
-                    6 => go!(6),
-                    5 => go!(5),
-                    4 => go!(4),
-                    3 => go!(3),
-                    2 => go!(2),
-                    _ => go!(1),
+                let first = strip(t.first);
+                let (a, init) = (t.a, t.init);
+                macro_rules! go {
+                    ($r:literal) => {
+                        match (t.second.map(strip), t.next) {
+                            (None, None) => tile::<$r, 1, false>(
+                                k,
+                                a,
+                                lda,
+                                [first, first],
+                                init,
+                                clamp,
+                                first.panel,
+                            ),
+                            (None, Some(p)) => {
+                                tile::<$r, 1, true>(k, a, lda, [first, first], init, clamp, p)
+                            }
+                            (Some(second), None) => tile::<$r, 2, false>(
+                                k,
+                                a,
+                                lda,
+                                [first, second],
+                                init,
+                                clamp,
+                                first.panel,
+                            ),
+                            (Some(second), Some(p)) => {
+                                tile::<$r, 2, true>(k, a, lda, [first, second], init, clamp, p)
+                            }
+                        }
+                    };
                 }
-            }
-        });
+                // SAFETY: AVX-512F/AVX2/FMA are enabled here, as `tile` needs.
+                // `for_each_tile` hands each tile rows i..i + t.rows (t.rows <=
+                // MR, i + t.rows <= m) of `a`, of its strips' destinations and
+                // addends, the strips' panels and the bias from row i: all
+                // inside the views this function's caller vouches for; each arm
+                // runs `tile::<R, W>` with R == t.rows and W the strips it has;
+                // `next` is only prefetched.
+                unsafe {
+                    match t.rows {
+                        12 => go!(12),
+                        11 => go!(11),
+                        10 => go!(10),
+                        9 => go!(9),
+                        8 => go!(8),
+                        7 => go!(7),
+                        6 => go!(6),
+                        5 => go!(5),
+                        4 => go!(4),
+                        3 => go!(3),
+                        2 => go!(2),
+                        _ => go!(1),
+                    }
+                }
+            },
+        );
+    }
+
+    /// One strip of an AVX-512 tile: its k x 16 panel, its first output
+    /// row (row stride, lane mask: bit j is column j) and its addend
+    /// (first row, row stride, lane mask).
+    #[derive(Clone, Copy)]
+    struct Strip {
+        panel: *const f32,
+        out: *mut f32,
+        ld: usize,
+        mask: u16,
+        add: Option<(*const f32, usize, u16)>,
     }
 
     /// Lane mask (bit j: column j) of an AVX2 mask pair; all 16 without.
@@ -796,83 +878,126 @@ pub(super) mod avx512 {
         }
     }
 
-    /// One `R x 16` tile, as [`super::avx2`]'s, with the columns past a
-    /// tail masked by `mask` (bit j: column j); `add` is (first row, row
-    /// stride, lane mask).
+    /// One tile of `R` rows over `W` (1 or 2) strips, as [`super::avx2`]'s
+    /// over each strip, with the columns past a tail masked by the strip's
+    /// mask. Two strips share each broadcast of `a`: a 12x16 tile issues
+    /// 13 loads per 12 FMAs and ran at 84 % of the 512-bit FMA peak on Zen
+    /// 5 (every operand in L1), a 12x32 tile 14 per 24 and ran at 97 %.
+    /// The accumulators are two flat arrays: one of `[__m512; 2]` rows
+    /// spilled to the stack.
     ///
     /// # Safety
-    /// As for the AVX2 tile, with AVX-512F present.
+    /// As for the AVX2 tile, for each of the first `W` strips, with
+    /// AVX-512F present.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn tile<const R: usize, const PF: bool>(
+    unsafe fn tile<const R: usize, const W: usize, const PF: bool>(
         k: usize,
         a: *const f32,
         lda: usize,
-        panel: *const f32,
-        out: *mut f32,
-        ldo: usize,
+        strips: [Strip; 2],
         init: Init,
-        add: Option<(*const f32, usize, u16)>,
-        mask: u16,
         clamp: Option<Clamp>,
         pf: *const f32,
     ) {
-        let mut c = [_mm512_setzero_ps(); R];
+        let [s0, s1] = strips;
+        let mut c0 = [_mm512_setzero_ps(); R];
+        let mut c1 = [_mm512_setzero_ps(); R];
         match init {
             Init::Zero => {}
             Init::Bias(bias) => {
-                for (r, cr) in c.iter_mut().enumerate() {
+                for r in 0..R {
                     // SAFETY: `Init::Bias` points at R floats, and r < R.
-                    *cr = _mm512_set1_ps(unsafe { *bias.add(r) });
+                    c0[r] = _mm512_set1_ps(unsafe { *bias.add(r) });
+                    c1[r] = c0[r];
                 }
             }
             Init::Load => {
-                for (r, cr) in c.iter_mut().enumerate() {
-                    // SAFETY: row r < R of the tile is valid for reads in
-                    // the lanes `mask` selects, the only ones loaded.
-                    *cr = unsafe { _mm512_maskz_loadu_ps(mask, out.add(r * ldo)) };
+                for r in 0..R {
+                    // SAFETY: row r < R of each strip's tile is valid for
+                    // reads in the lanes its mask selects, the only ones
+                    // loaded.
+                    unsafe {
+                        c0[r] = _mm512_maskz_loadu_ps(s0.mask, s0.out.add(r * s0.ld));
+                        if W == 2 {
+                            c1[r] = _mm512_maskz_loadu_ps(s1.mask, s1.out.add(r * s1.ld));
+                        }
+                    }
                 }
             }
         }
-        if let Some((src, ld, lanes)) = add {
-            for (r, cr) in c.iter_mut().enumerate() {
+        if let Some((src, ld, lanes)) = s0.add {
+            for (r, cr) in c0.iter_mut().enumerate() {
                 // SAFETY: row r < R of the addend is valid for reads in the
                 // lanes `lanes` selects, the only ones loaded.
                 let v = unsafe { _mm512_maskz_loadu_ps(lanes, src.add(r * ld)) };
                 *cr = _mm512_add_ps(*cr, v);
             }
         }
+        if W == 2 {
+            if let Some((src, ld, lanes)) = s1.add {
+                for (r, cr) in c1.iter_mut().enumerate() {
+                    // SAFETY: as for the first strip's addend.
+                    let v = unsafe { _mm512_maskz_loadu_ps(lanes, src.add(r * ld)) };
+                    *cr = _mm512_add_ps(*cr, v);
+                }
+            }
+        }
         for kk in 0..k {
             if PF {
                 _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(kk * 16).cast());
             }
-            // SAFETY: kk < k, and the panel holds k x 16 floats.
-            let b = unsafe { _mm512_loadu_ps(panel.add(kk * 16)) };
-            for (r, cr) in c.iter_mut().enumerate() {
+            // SAFETY: kk < k, and each strip's panel holds k x 16 floats.
+            let b0 = unsafe { _mm512_loadu_ps(s0.panel.add(kk * 16)) };
+            let b1 = if W == 2 {
+                // SAFETY: as above.
+                unsafe { _mm512_loadu_ps(s1.panel.add(kk * 16)) }
+            } else {
+                b0
+            };
+            for r in 0..R {
                 // SAFETY: row r < R of `a` holds k floats at stride lda,
                 // and kk < k.
                 let av = _mm512_set1_ps(unsafe { *a.add(r * lda + kk) });
-                *cr = _mm512_fmadd_ps(av, b, *cr);
+                c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
+                if W == 2 {
+                    c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
+                }
             }
         }
         if let Some(Clamp { lo, hi, swish }) = clamp {
+            // (Inline: a function taking the accumulators by reference
+            // put them on the stack through the whole k loop.)
             if swish {
-                for cr in c.iter_mut() {
+                for cr in c0.iter_mut() {
                     *cr = swish16(*cr);
+                }
+                if W == 2 {
+                    for cr in c1.iter_mut() {
+                        *cr = swish16(*cr);
+                    }
                 }
             }
             // max(lo, v) and min(hi, v) return v when it is NaN.
             let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-            for cr in c.iter_mut() {
-                *cr = _mm512_min_ps(hi, _mm512_max_ps(lo, *cr));
+            for r in 0..R {
+                c0[r] = _mm512_min_ps(hi, _mm512_max_ps(lo, c0[r]));
+                if W == 2 {
+                    c1[r] = _mm512_min_ps(hi, _mm512_max_ps(lo, c1[r]));
+                }
             }
         }
-        for (r, cr) in c.iter().enumerate() {
-            // SAFETY: row r < R of the tile is valid for writes in the lanes
-            // `mask` selects (the only ones stored) and overlaps neither
-            // input.
-            unsafe { _mm512_mask_storeu_ps(out.add(r * ldo), mask, *cr) };
+        for r in 0..R {
+            // SAFETY: row r < R of each strip's tile is valid for writes in
+            // the lanes its mask selects (the only ones stored) and
+            // overlaps neither input.
+            unsafe {
+                _mm512_mask_storeu_ps(s0.out.add(r * s0.ld), s0.mask, c0[r]);
+                if W == 2 {
+                    _mm512_mask_storeu_ps(s1.out.add(r * s1.ld), s1.mask, c1[r]);
+                }
+            }
         }
     }
 
@@ -967,12 +1092,13 @@ mod tests {
 
     /// Both sweeps (6-row AVX2, 12-row AVX-512) over one to three strips
     /// of panels: every row count up to 2 tiles and a remainder, full and
-    /// masked strips, each start (zero, bias, the output's contents), a
-    /// clamp that keeps a NaN, with and without a prefetched next panel.
+    /// masked strips (paired and alone on AVX-512), each start (zero,
+    /// bias, the output's contents), a residual addend, a clamp that keeps
+    /// a NaN, with and without a prefetched next panel.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn sweeps_match_naive_product() {
-        use avx2::{tail_masks, Dest, Init};
+        use avx2::{tail_masks, Addend, Dest, Init};
         type Sweep = unsafe fn(
             usize,
             usize,
@@ -1008,11 +1134,11 @@ mod tests {
                     (5, &[16, 16, 9]),
                     (300, &[16, 7]),
                 ] {
-                    for (start, clamp, next) in [
-                        (0, None, false),
-                        (1, Some(Clamp::bounds(-0.1, 0.2)), true),
-                        (2, Some(Clamp::bounds(0.0, f32::INFINITY)), false),
-                        (1, Some(Clamp::swish()), false),
+                    for (start, clamp, next, with_add) in [
+                        (0, None, false, false),
+                        (1, Some(Clamp::bounds(-0.1, 0.2)), true, false),
+                        (2, Some(Clamp::bounds(0.0, f32::INFINITY)), false, true),
+                        (1, Some(Clamp::swish()), false, true),
                     ] {
                         let lda = k + 3;
                         let mut a = lcg(1, m * lda);
@@ -1024,6 +1150,7 @@ mod tests {
                         let bias = lcg(3, m);
                         let ld = 16 * lens.len() + 5;
                         let init = lcg(4, m * ld);
+                        let addend = lcg(5, m * ld);
                         let mut out = init.clone();
                         let dests: Vec<Dest> = lens
                             .iter()
@@ -1033,7 +1160,12 @@ mod tests {
                                 ld,
                                 // SAFETY: AVX2 is present (checked above).
                                 masks: (len < 16).then(|| unsafe { tail_masks(len) }),
-                                add: None,
+                                add: with_add.then(|| Addend {
+                                    src: addend[s * 16..].as_ptr(),
+                                    ld,
+                                    // SAFETY: as above.
+                                    masks: (len < 16).then(|| unsafe { tail_masks(len) }),
+                                }),
                             })
                             .collect();
                         let start_with = match start {
@@ -1075,6 +1207,9 @@ mod tests {
                                         1 => bias[i] as f64,
                                         _ => init[at] as f64,
                                     };
+                                    if with_add {
+                                        want += addend[at] as f64;
+                                    }
                                     for kk in 0..k {
                                         want += a[i * lda + kk] as f64
                                             * panels[s * panel_len + kk * 16 + j] as f64;
