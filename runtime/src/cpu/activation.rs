@@ -89,9 +89,10 @@ impl Activation {
 /// Elements per step of the GELU loop, which picks its form per chunk.
 const CHUNK: usize = 512;
 
-/// Applies `act` to `v` in place.
+/// Applies `act` to `v` in place (also the tile store's row pass:
+/// [`super::kernels::smallk`]).
 #[inline(always)]
-fn apply_in_place(act: Activation, v: &mut [f32]) {
+pub(crate) fn apply_in_place(act: Activation, v: &mut [f32]) {
     match act {
         Activation::Sigmoid => v.iter_mut().for_each(|v| *v = approx::sigmoid(*v)),
         Activation::Silu => v.iter_mut().for_each(|v| *v *= approx::sigmoid(*v)),

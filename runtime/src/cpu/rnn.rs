@@ -492,7 +492,9 @@ impl PackedWeights {
     /// gates·hidden`). W must be packed ([`PackedWeights::w_fits`]).
     fn project(&self, d: usize, m: usize, x: &[f32], lda: usize, out: &mut [f32], threads: usize) {
         match &self.w {
-            Some(InputWeights::F32(p)) => p[d].product(m, x, lda, out, threads, None),
+            Some(InputWeights::F32(p)) => {
+                p[d].product(m, x, lda, out, threads, None, Default::default())
+            }
             Some(InputWeights::Quant(q)) => q[d].product(m, x, lda, out, threads, None),
             None => unreachable!("project: W is not packed"),
         }

@@ -50,7 +50,7 @@ pub(super) struct Weights {
 
 impl Weights {
     /// The f32 constant `v`'s values, shared.
-    fn get(&mut self, m: &Module, v: ValueId) -> Option<ConstWeights> {
+    pub(super) fn get(&mut self, m: &Module, v: ValueId) -> Option<ConstWeights> {
         let d = m.constant(v)?;
         if d.elem != kiln_ir::ElemType::F32 {
             return None;
@@ -127,8 +127,8 @@ pub(super) fn plan_dense(
             let int = |k: &str| n.attrs.get(k).and_then(Attr::as_int).unwrap_or(0) != 0;
             let float = |k: &str| n.attrs.get(k).and_then(Attr::as_float).unwrap_or(1.0);
             let bc = konst(1);
-            let captured = if bc.is_some() { vec![1] } else { vec![] };
-            let p = GemmPlan::new_shared(
+            let mut captured = if bc.is_some() { vec![1] } else { vec![] };
+            let mut p = GemmPlan::new_shared(
                 &a,
                 &b,
                 c.as_deref(),
@@ -138,11 +138,16 @@ pub(super) fn plan_dense(
                 float("beta"),
                 bc,
             )?;
-            let packed = if p.overwrites_output() {
+            let mut packed = if p.overwrites_output() {
                 " (packed)"
             } else {
                 ""
             };
+            // A constant layer bias rides on the tiles too.
+            if konst(2).is_some_and(|c| p.hold_bias(&c)) {
+                captured.push(2);
+                packed = " (packed) + bias";
+            }
             Ok(Planned {
                 plan: Dense::Gemm(p),
                 captured,

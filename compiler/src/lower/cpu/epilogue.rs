@@ -30,6 +30,7 @@
 use kiln_ir::{Attr, ElemType, Module, Node, Region, ValueId};
 use kiln_runtime::cpu::kernels::ConvPlan;
 
+use super::tile_store::{self, TileAct};
 use crate::lower::common::conv_attrs;
 
 pub fn run(m: &mut Module) -> Result<bool, String> {
@@ -117,26 +118,15 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
         }
     }
     if can.clamp {
-        if let Some((act, rest)) = tail.split_first() {
-            let ok = act.input(0) == Some(v)
-                && act.outputs.len() == 1
-                && !body.outputs.contains(&v)
-                && !rest.iter().any(|n| reads(n, v))
-                && (rest.is_empty() || !body.outputs.contains(&act.outputs[0]));
-            let bounds = match act.op.as_str() {
-                "Relu" if act.inputs.len() == 1 => Some(None),
-                "Clip" => clip_bounds(m, body, act, &outer).map(Some),
-                _ => None,
+        if let Some((act, out, rest)) = tile_store::activation(m, body, tail, v, &outer) {
+            let attrs = match act {
+                TileAct::Relu => Some(("Relu", None)),
+                TileAct::Clip(lo, hi) => Some(("Clip", Some((lo, hi)))),
+                TileAct::Swish => Some(("Swish", None)),
+                // (Not among FusedConv's activations.)
+                TileAct::Gelu { .. } => None,
             };
-            if let Some((name, out, rest)) = swish(tail, v, &body.outputs) {
-                fused
-                    .attrs
-                    .insert("activation".into(), Attr::String(name.into()));
-                fused.outputs = vec![out];
-                tail = rest;
-                folded = true;
-            } else if let (true, Some(bounds)) = (ok, bounds) {
-                let name = if bounds.is_some() { "Clip" } else { "Relu" };
+            if let Some((name, bounds)) = attrs {
                 fused
                     .attrs
                     .insert("activation".into(), Attr::String(name.into()));
@@ -144,7 +134,7 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
                     fused.attrs.insert("min".into(), Attr::Float(lo));
                     fused.attrs.insert("max".into(), Attr::Float(hi));
                 }
-                fused.outputs = act.outputs.clone();
+                fused.outputs = vec![out];
                 tail = rest;
                 folded = true;
             }
@@ -175,69 +165,4 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
     let mut out = fusion.clone();
     out.attrs.insert("body".into(), Attr::Graph(new_body));
     Some(out)
-}
-
-/// `Mul(v, Sigmoid(v))` (either operand order) at the start of `tail`:
-/// `("Swish", the product, the nodes after it)` when nothing after reads
-/// `v` or the sigmoid and neither is a body output (nor the product, if
-/// more nodes follow).
-fn swish<'t>(
-    tail: &'t [Node],
-    v: ValueId,
-    outputs: &[ValueId],
-) -> Option<(&'static str, ValueId, &'t [Node])> {
-    let [sig, mul, rest @ ..] = tail else {
-        return None;
-    };
-    let s = *sig.outputs.first()?;
-    let ok = sig.op == "Sigmoid"
-        && sig.inputs.len() == 1
-        && sig.input(0) == Some(v)
-        && sig.outputs.len() == 1
-        && mul.op == "Mul"
-        && mul.outputs.len() == 1
-        && matches!(
-            (mul.input(0), mul.input(1)),
-            (Some(a), Some(b)) if (a, b) == (v, s) || (a, b) == (s, v)
-        );
-    let reads = |n: &Node, x: ValueId| n.inputs.iter().flatten().any(|&i| i == x);
-    let out = mul.outputs[0];
-    let private = !outputs.contains(&v)
-        && !outputs.contains(&s)
-        && !rest.iter().any(|n| reads(n, v) || reads(n, s))
-        && (rest.is_empty() || !outputs.contains(&out));
-    (ok && private).then_some(("Swish", out, rest))
-}
-
-/// The bounds of a `Clip` whose min and max are constant scalars (body
-/// constants, or operands that are constants outside), an omitted bound
-/// infinite; `None` when either is not, or they are NaN or crossed (the
-/// tile store's clamp is `min(hi, max(lo, v))`, which is Clip's only for
-/// `lo <= hi`).
-fn clip_bounds(
-    m: &Module,
-    body: &Region,
-    clip: &Node,
-    outer: &dyn Fn(ValueId) -> Option<ValueId>,
-) -> Option<(f32, f32)> {
-    let bound = |i: usize, none: f32| -> Option<f32> {
-        let Some(v) = clip.input(i) else {
-            return Some(none);
-        };
-        let c = if body.constants.contains(&v) {
-            m.constant(v)?
-        } else {
-            m.constant(outer(v)?)?
-        };
-        match c.to_f64_vec()?.as_slice() {
-            [] => Some(none),
-            [x] => Some(*x as f32),
-            _ => None,
-        }
-    };
-    if clip.inputs.len() > 3 {
-        return None;
-    }
-    let (lo, hi) = (bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?);
-    (lo <= hi).then_some((lo, hi))
 }

@@ -8,11 +8,12 @@
 
 use kiln_ir::{Attr, Module, Node, Region, ValueId};
 use kiln_runtime::cpu::jit::{compile_region_for, TargetCpu};
-use kiln_runtime::cpu::steps::dense::{AnchorOnly, DenseKernel};
+use kiln_runtime::cpu::steps::dense::{AnchorOnly, Dense, DenseKernel};
 use kiln_runtime::cpu::steps::fusion::{Fusion, SplitReduction, Unfused, UnfusedNode, UnfusedSrc};
 use kiln_runtime::cpu::NativeStep;
 
 use super::dense::{plan_dense, Weights, DENSE_OPS};
+use super::tile_store::fold_product;
 
 /// `kiln.Fusion`: the body compiled by Cranelift; an epilogue's anchor
 /// (its first node, a MatMul/Gemm/Conv) planned on the kernel library.
@@ -68,6 +69,32 @@ pub(super) fn fusion(
     } else {
         (None, &body.nodes[..], vec![])
     };
+    let mut anchor_value = if is_anchor {
+        first.outputs.first().copied()
+    } else {
+        None
+    };
+    // A packed MatMul's or Gemm's column bias and activation go into its tile
+    // store (see `tile_store.rs`); the rest stays the generated loop's.
+    let mut anchor = anchor;
+    let mut tail_nodes = tail_nodes;
+    if let (Some(v), Some((p, _))) = (anchor_value, anchor.as_mut()) {
+        let out_shape = p.plan.out_shape().to_vec();
+        let store = match &mut p.plan {
+            Dense::MatMul(plan) => plan.folded_store(),
+            Dense::Gemm(plan) => plan.folded_store(),
+            _ => None,
+        };
+        if let Some(store) = store {
+            let f = fold_product(m, body, store, &out_shape, tail_nodes, v, &outer, weights);
+            if let Some(f) = f {
+                anchor_value = Some(f.value);
+                tail_nodes = f.rest;
+                p.what.push_str(&f.what);
+                captured.extend(f.bias_operand);
+            }
+        }
+    }
     // A BatchNormalization's statistics are read as the outer constants
     // themselves: the generated loop folds them into a per-channel scale
     // and shift at compile time.
@@ -95,11 +122,6 @@ pub(super) fn fusion(
     let mut inputs = vec![];
     let mut shapes = vec![];
     let mut jit_operands = vec![];
-    let anchor_value = if is_anchor {
-        first.outputs.first().copied()
-    } else {
-        None
-    };
     if tail_nodes.is_empty() {
         if let Some((p, map)) = anchor {
             // The anchor alone (the epilogue pass unwraps such fusions;

@@ -19,6 +19,7 @@ mod fusion;
 mod movement;
 mod quant;
 mod recurrent;
+mod tile_store;
 
 use std::collections::{HashMap, HashSet};
 

@@ -23,7 +23,7 @@
 //! FMA they are 5 % faster.) The sums then round like the f32 MatMul's.
 
 use super::common::{for_each_unit, Epilogue};
-use super::packed::{product, PackedB, Panels, KC, MAX_STRIPS, NR};
+use super::packed::{product, PackedB, Panels, TileStore, KC, MAX_STRIPS, NR};
 
 /// The integer type of quantized weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,7 +208,16 @@ impl QuantB {
         threads: usize,
         epilogue: Option<&Epilogue>,
     ) {
-        product(self, m, a, lda, out, threads, epilogue);
+        product(
+            self,
+            m,
+            a,
+            lda,
+            out,
+            threads,
+            epilogue,
+            TileStore::default(),
+        );
     }
 
     /// The product for at most [`GEMV_ROWS`] rows (batch-1 decoding):

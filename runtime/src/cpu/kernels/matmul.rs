@@ -9,7 +9,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::common::{parallelism, Epilogue, PAR_FLOPS};
-use super::packed::PackedB;
+use super::packed::{FoldedStore, PackedB};
 use super::weights::ConstWeights;
 use std::sync::Arc;
 
@@ -192,6 +192,9 @@ pub struct MatMulPlan {
     /// A constant B shared by every batch, packed for the AVX2 kernel
     /// (then `b_const` is `None`).
     packed: Option<Arc<PackedB>>,
+    /// What the packed product's tiles fold in: see
+    /// [`MatMulPlan::folded_store`].
+    store: FoldedStore,
     a_len: usize,
     b_len: usize,
 }
@@ -302,6 +305,7 @@ impl MatMulPlan {
             offsets,
             b_const,
             packed: None,
+            store: FoldedStore::new(n),
             a_len,
             b_len,
         };
@@ -323,6 +327,13 @@ impl MatMulPlan {
 
     pub fn out_shape(&self) -> &[usize] {
         &self.out_shape
+    }
+
+    /// The bias and activation the packed product's tiles apply, to fold
+    /// an epilogue into; `None` without packed panels.
+    pub fn folded_store(&mut self) -> Option<&mut FoldedStore> {
+        self.packed.as_ref()?;
+        Some(&mut self.store)
     }
 
     /// 2*M*N*K*batch.
@@ -355,7 +366,8 @@ impl MatMulPlan {
     ) {
         if let Some(p) = &self.packed {
             debug_assert_eq!(a.len(), self.a_len);
-            p.product(self.m, a, self.k, out, threads, epilogue);
+            let store = self.store.tile_store();
+            p.product(self.m, a, self.k, out, threads, epilogue, store);
             return;
         }
         self.run_unpacked(a, b, out, threads);
@@ -411,6 +423,9 @@ pub struct GemmPlan {
     b_const: Option<ConstWeights>,
     /// B in panels, when it is constant and the packed product applies.
     packed: Option<Arc<PackedB>>,
+    /// What the packed product's tiles fold in: see
+    /// [`GemmPlan::folded_store`].
+    store: FoldedStore,
 }
 
 impl GemmPlan {
@@ -514,6 +529,7 @@ impl GemmPlan {
             beta,
             b_const,
             packed: None,
+            store: FoldedStore::new(n),
         };
         // A constant B in panels, as MatMul packs it: the gemm crate
         // repacked it at every run (GPT-2's Conv1D layers, exported as Gemm
@@ -538,6 +554,35 @@ impl GemmPlan {
 
     pub fn out_shape(&self) -> &[usize] {
         &self.out_shape
+    }
+
+    /// Takes a constant C of one value per column (`[N]` or `[1, N]`: a
+    /// layer's bias) into the packed product's tiles, scaled by beta, so
+    /// that runs get no C; returns whether it was taken (packed panels,
+    /// alpha 1, nothing folded yet).
+    pub fn hold_bias(&mut self, c: &[f32]) -> bool {
+        let per_column = self
+            .c_strides
+            .is_some_and(|s| s.rs == 0 && (s.cs == 1 || self.n == 1));
+        if self.packed.is_none() || self.alpha != 1.0 || !per_column || c.len() != self.n {
+            return false;
+        }
+        let beta = self.beta;
+        let scaled = ConstWeights::from_slice(&c.iter().map(|v| beta * v).collect::<Vec<_>>());
+        if !self.store.fuse_bias(scaled) {
+            return false;
+        }
+        self.c_strides = None;
+        self.c_len = 0;
+        true
+    }
+
+    /// The bias and activation the packed product's tiles apply, to fold
+    /// an epilogue into; `None` without packed panels, or while alpha or a
+    /// run-time C still applies after the tiles.
+    pub fn folded_store(&mut self) -> Option<&mut FoldedStore> {
+        self.packed.as_ref()?;
+        (self.alpha == 1.0 && self.c_strides.is_none()).then_some(&mut self.store)
     }
 
     /// 2*M*N*K (the C term is not counted).
@@ -571,7 +616,7 @@ impl GemmPlan {
             };
             let trivial = alpha == 1.0 && c.is_none();
             let epilogue: Option<&Epilogue> = if trivial { None } else { Some(&scale) };
-            p.product(m, a, k, out, threads, epilogue);
+            p.product(m, a, k, out, threads, epilogue, self.store.tile_store());
             return;
         }
         let b = self.b_const.as_deref().unwrap_or(b);

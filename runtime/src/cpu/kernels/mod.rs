@@ -25,6 +25,7 @@ pub use conv::{ConvAttrs, ConvEpilogues, ConvPlan};
 pub use conv_transpose::{ConvTransposeAttrs, ConvTransposePlan};
 pub use dequant::{DequantMatMulPlan, QuantB, QuantBits, QuantGrid};
 pub use matmul::{GemmPlan, MatMulPlan};
+pub use packed::FoldedStore;
 pub use pool::{PoolAttrs, PoolKind, PoolPlan};
 pub use weights::ConstWeights;
 

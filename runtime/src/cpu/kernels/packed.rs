@@ -28,6 +28,8 @@
 //! crate path otherwise.
 
 use super::common::{for_each_unit, Epilogue, PAR_FLOPS};
+use super::smallk::{Clamp, Nonlinearity};
+use super::weights::ConstWeights;
 
 /// Largest block of k per pass over the panels: 256 x 16 floats = 16 KiB,
 /// half of a 32 KiB L1 data cache, leaving room for A's rows.
@@ -48,6 +50,87 @@ pub(crate) const NR: usize = 16;
 
 /// Most strips one sweep takes ([`super::smallk::strips_per_tile`]).
 pub(crate) const MAX_STRIPS: usize = 2;
+
+/// What a product's tiles apply as they store it: a bias per column (`n`
+/// floats, added as the first block of k starts: each row of a layer's
+/// output gets the same vector) and an activation (as the last block is
+/// stored). A transformer layer's `Gelu(x·W + b)` then costs no pass of
+/// its own over the output.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TileStore<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub clamp: Option<Clamp>,
+}
+
+/// The column bias and activation a plan over packed panels folds into
+/// its tile store ([`TileStore`]): a `MatMul`'s or `Gemm`'s `Add` of a
+/// layer bias and the activation after it.
+#[derive(Debug, Clone, Default)]
+pub struct FoldedStore {
+    /// Columns of the product.
+    n: usize,
+    bias: Option<ConstWeights>,
+    clamp: Option<Clamp>,
+}
+
+impl FoldedStore {
+    pub(crate) fn new(n: usize) -> FoldedStore {
+        FoldedStore {
+            n,
+            ..FoldedStore::default()
+        }
+    }
+
+    /// Makes every output `product + bias[j]` for column j (`bias` holds
+    /// n floats), added as the tiles start; returns whether it was taken
+    /// (n floats, no bias or activation yet).
+    pub fn fuse_bias(&mut self, bias: ConstWeights) -> bool {
+        let ok = self.bias.is_none() && self.clamp.is_none() && bias.len() == self.n;
+        if ok {
+            self.bias = Some(bias);
+        }
+        ok
+    }
+
+    /// Applies `min(hi, max(lo, v))` (a Relu or constant Clip) to every
+    /// output as the tiles store it; returns whether it was taken (no
+    /// activation yet, ordered bounds).
+    pub fn fuse_clamp(&mut self, lo: f32, hi: f32) -> bool {
+        self.fuse(Clamp::bounds(lo, hi))
+    }
+
+    /// Applies `v · sigmoid(v)` (SiLU) as [`FoldedStore::fuse_clamp`]
+    /// does its bounds.
+    pub fn fuse_swish(&mut self) -> bool {
+        self.fuse(Clamp::swish())
+    }
+
+    /// Applies Gelu (erf form, or tanh form when `tanh`) as
+    /// [`FoldedStore::fuse_clamp`] does its bounds.
+    pub fn fuse_gelu(&mut self, tanh: bool) -> bool {
+        self.fuse(Clamp::unbounded(if tanh {
+            Nonlinearity::GeluTanh
+        } else {
+            Nonlinearity::Gelu
+        }))
+    }
+
+    fn fuse(&mut self, c: Clamp) -> bool {
+        let ok = self.clamp.is_none() && c.lo <= c.hi;
+        if ok {
+            self.clamp = Some(c);
+        }
+        ok
+    }
+
+    /// What the tiles apply.
+    pub(crate) fn tile_store(&self) -> TileStore<'_> {
+        TileStore {
+            bias: self.bias.as_deref(),
+            clamp: self.clamp,
+        }
+    }
+}
 
 /// A constant `K x N` right operand in 16-column panels.
 #[derive(Debug, Clone)]
@@ -98,6 +181,7 @@ impl PackedB {
     /// the thread that wrote it.
     ///
     /// Panics if a view does not fit its slice or the host lacks AVX2/FMA.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn product(
         &self,
         m: usize,
@@ -106,8 +190,9 @@ impl PackedB {
         out: &mut [f32],
         threads: usize,
         epilogue: Option<&Epilogue>,
+        store: TileStore,
     ) {
-        product(self, m, a, lda, out, threads, epilogue);
+        product(self, m, a, lda, out, threads, epilogue, store);
     }
 }
 
@@ -187,7 +272,9 @@ pub(crate) unsafe trait Panels: Sync {
 /// of the current pool; `epilogue` gets each finished range of `out`,
 /// once, on the thread that wrote it.
 ///
-/// Panics if a view does not fit its slice or the host lacks AVX2/FMA.
+/// Panics if a view does not fit its slice, `store`'s bias is shorter
+/// than n, or the host lacks AVX2/FMA.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn product<P: Panels>(
     b: &P,
     m: usize,
@@ -196,8 +283,13 @@ pub(crate) fn product<P: Panels>(
     out: &mut [f32],
     threads: usize,
     epilogue: Option<&Epilogue>,
+    store: TileStore,
 ) {
     let (k, n) = b.dims();
+    assert!(
+        store.bias.is_none_or(|bias| bias.len() >= n),
+        "PackedB: bias too short"
+    );
     assert!(PackedB::available(), "PackedB: host lacks AVX2/FMA");
     assert!(out.len() >= m * n, "PackedB: out too short");
     assert!(
@@ -248,7 +340,7 @@ pub(crate) fn product<P: Panels>(
         // of strips s0..s1 of `out` (asserted to fit), which no other unit
         // touches, and `out` is mutably borrowed by this call, so it
         // overlaps neither input.
-        unsafe { unit(b, r0, r1, s0, s1, a.as_ptr(), lda, out) };
+        unsafe { unit(b, r0, r1, s0, s1, a.as_ptr(), lda, out, store) };
         if let Some(epi) = epilogue {
             let (c0, c1) = (s0 * NR, (s1 * NR).min(n));
             if c0 == 0 && c1 == n {
@@ -269,7 +361,8 @@ pub(crate) fn product<P: Panels>(
 /// # Safety
 /// AVX2/FMA present; rows r0..r1 of `a` hold k floats at stride `lda`;
 /// `out` is valid for the dense `m x n` result and this view of it is
-/// not accessed by anyone else during the call.
+/// not accessed by anyone else during the call; `store`'s bias holds n
+/// floats.
 #[allow(clippy::too_many_arguments)]
 unsafe fn unit<P: Panels>(
     b: &P,
@@ -280,10 +373,11 @@ unsafe fn unit<P: Panels>(
     a: *const f32,
     lda: usize,
     out: *mut f32,
+    store: TileStore,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        use super::smallk::avx2::{tail_masks, Dest, Init};
+        use super::smallk::avx2::{tail_masks, Addend, Dest, Init};
         use super::smallk::sweep;
         let (k, n) = b.dims();
         let blocks = k.div_ceil(KC).max(1);
@@ -316,11 +410,18 @@ unsafe fn unit<P: Panels>(
                     }; MAX_STRIPS];
                     for (i, dest) in dests[..count].iter_mut().enumerate() {
                         let len = (n - (s + i) * NR).min(NR);
+                        let masks = (len < NR).then(|| tail_masks(len));
                         *dest = Dest {
                             out: out.add(r0 * n + (s + i) * NR),
                             ld: n,
-                            masks: (len < NR).then(|| tail_masks(len)),
-                            add: None,
+                            masks,
+                            // The column bias: the same 16 floats for
+                            // every row (stride 0), masked past n.
+                            add: store.bias.filter(|_| blk == 0).map(|bias| Addend {
+                                src: bias.as_ptr().add((s + i) * NR),
+                                ld: 0,
+                                masks,
+                            }),
                         };
                     }
                     // The panel after these: the next strip's, or the
@@ -340,7 +441,7 @@ unsafe fn unit<P: Panels>(
                         panels,
                         &dests[..count],
                         init,
-                        None,
+                        if blk + 1 == blocks { store.clamp } else { None },
                         next,
                     );
                 }
@@ -412,7 +513,17 @@ mod tests {
                         *s = (s.0 + 1, unsafe { *base.add(lo + i) });
                     }
                 };
-                pool.install(|| packed.product(m, &a, lda, &mut out, threads, Some(&epi)));
+                pool.install(|| {
+                    packed.product(
+                        m,
+                        &a,
+                        lda,
+                        &mut out,
+                        threads,
+                        Some(&epi),
+                        TileStore::default(),
+                    )
+                });
                 let scale = vec![k as f32; m * n];
                 let what = format!("m{m} n{n} k{k} t{threads}");
                 check(&out, &want, &scale, &what);

@@ -113,7 +113,8 @@ impl Transposed {
                     }
                 }
             }
-            self.weights.product(rows, xt, ld, prod, threads, None);
+            self.weights
+                .product(rows, xt, ld, prod, threads, None, Default::default());
             // Back to channels-major, 16 channels at a time, with the bias
             // and the clamp; the epilogue gets each image's block of
             // channels as it is done.
