@@ -501,7 +501,8 @@ unsafe impl Panels for QuantB {
     }
 
     fn scratch(&self) -> Vec<f32> {
-        vec![0.0; MAX_STRIPS * KC * NR]
+        // A line of slack: the panels start on a 64-byte line.
+        vec![0.0; MAX_STRIPS * KC * NR + NR]
     }
 
     unsafe fn panels(
@@ -512,10 +513,12 @@ unsafe impl Panels for QuantB {
         kc: usize,
         scratch: &mut Vec<f32>,
     ) -> (*const f32, usize) {
-        for (i, panel) in scratch.chunks_exact_mut(kc * NR).take(count).enumerate() {
+        let start = scratch.as_ptr().align_offset(NR * 4).min(NR);
+        let body = &mut scratch[start..];
+        for (i, panel) in body.chunks_exact_mut(kc * NR).take(count).enumerate() {
             self.unpack(s + i, k0, kc, panel);
         }
-        (scratch.as_ptr(), kc * NR)
+        (body.as_ptr(), kc * NR)
     }
 
     fn prefetch(&self, _s: usize, _k0: usize) -> Option<*const f32> {

@@ -40,7 +40,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use super::common::{for_each_unit, with_scratch, Axis, PAR_FLOPS};
+use super::common::{for_each_unit, line_aligned, with_scratch, Axis, PAR_FLOPS};
 use super::smallk::Clamp;
 
 /// Largest block of the reduction per pass (72 KiB of panel, in L2).
@@ -687,10 +687,7 @@ thread_local! {
 
 fn with_planes<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buf = PLANES.with(Cell::take);
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    let r = f(&mut buf[..len]);
+    let r = f(line_aligned(&mut buf, len));
     PLANES.with(|s| s.set(buf));
     r
 }

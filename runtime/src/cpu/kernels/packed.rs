@@ -137,8 +137,11 @@ impl FoldedStore {
 pub(crate) struct PackedB {
     k: usize,
     n: usize,
-    /// `[n.div_ceil(16)][k][16]`, zero past column n.
+    /// `[n.div_ceil(16)][k][16]` from `start` on, zero past column n.
     panels: Vec<f32>,
+    /// Where the panels start in `panels`: on a 64-byte line, so that no
+    /// tile's 512-bit panel load splits across two lines.
+    start: usize,
 }
 
 impl PackedB {
@@ -151,8 +154,10 @@ impl PackedB {
             "PackedB: view out of bounds"
         );
         let strips = n.div_ceil(NR);
-        let mut panels = vec![0.0f32; strips * k * NR];
-        for (s, panel) in panels.chunks_exact_mut((k * NR).max(1)).enumerate() {
+        let mut panels = vec![0.0f32; strips * k * NR + NR];
+        let start = panels.as_ptr().align_offset(NR * 4).min(NR);
+        let body = &mut panels[start..start + strips * k * NR];
+        for (s, panel) in body.chunks_exact_mut((k * NR).max(1)).enumerate() {
             for (i, row) in panel.chunks_exact_mut(NR).enumerate() {
                 for (jj, v) in row.iter_mut().enumerate() {
                     let j = s * NR + jj;
@@ -162,7 +167,12 @@ impl PackedB {
                 }
             }
         }
-        PackedB { k, n, panels }
+        PackedB {
+            k,
+            n,
+            panels,
+            start,
+        }
     }
 
     /// `(K, N)`.
@@ -219,12 +229,20 @@ unsafe impl Panels for PackedB {
     ) -> (*const f32, usize) {
         // SAFETY: in bounds by the caller's contract (s < strips, k0 < k);
         // strip s + i's rows are k·16 floats further on.
-        let p = unsafe { self.panels.as_ptr().add((s * self.k + k0) * NR) };
+        let p = unsafe {
+            self.panels
+                .as_ptr()
+                .add(self.start + (s * self.k + k0) * NR)
+        };
         (p, self.k * NR)
     }
 
     fn prefetch(&self, s: usize, k0: usize) -> Option<*const f32> {
-        Some(self.panels.as_ptr().wrapping_add((s * self.k + k0) * NR))
+        Some(
+            self.panels
+                .as_ptr()
+                .wrapping_add(self.start + (s * self.k + k0) * NR),
+        )
     }
 }
 
