@@ -1495,7 +1495,8 @@ fn skip_branch_batch_norm_joins_a_conv_epilogue_natively() {
 }
 
 /// SiLU after a conv, `x * Sigmoid(x)` (YOLO, EfficientNet), rides on the
-/// conv's tile store as `Swish` and matches the interpreter for every
+/// conv's tile store as `Swish`, and so does a HardSwish (MobileNetV3),
+/// each matching the interpreter for every
 /// strategy that stores tiles: the small-k kernel (3 input channels), the
 /// implicit GEMM (a 3x3 conv on a 12x12 map), the transposed product (a
 /// 1x1 conv on a 5x5 map), with a residual added first, at 1 and 2
@@ -1518,7 +1519,7 @@ fn silu_rides_on_the_conv_tile_store() {
             true,
         ),
     ];
-    for (x, w, attrs, residual) in cases {
+    for ((x, w, attrs, residual), hard) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let y = [x[0], w[0], x[2], x[3]];
         let wn: usize = w.iter().product();
         let scaled: Vec<f32> = values(3, wn).iter().map(|v| v * 4.0).collect();
@@ -1534,8 +1535,12 @@ fn silu_rides_on_the_conv_tile_store() {
         } else {
             "%c"
         };
-        lines.push(format!("  %s = Sigmoid({v}) : {}", ty(&y)));
-        lines.push(format!("  %y = Mul({v}, %s) : {}", ty(&y)));
+        if hard {
+            lines.push(format!("  %y = HardSwish({v}) : {}", ty(&y)));
+        } else {
+            lines.push(format!("  %s = Sigmoid({v}) : {}", ty(&y)));
+            lines.push(format!("  %y = Mul({v}, %s) : {}", ty(&y)));
+        }
         let src = format!(
             "module @silu opset(ai.onnx = 17) {{\n{}\n  return %y\n}}\n",
             lines.join("\n")
@@ -1548,7 +1553,8 @@ fn silu_rides_on_the_conv_tile_store() {
         let report = backend_report(&src, &inputs);
         assert!(report.contains(", 0 on the interpreter"), "{report}");
         if avx2_fma() {
-            assert!(report.contains("+ Swish"), "{report}");
+            let want = if hard { "+ HardSwish" } else { "+ Swish" };
+            assert!(report.contains(want), "{report}");
         }
     }
 }
@@ -1638,19 +1644,20 @@ fn convs_lose_the_taps_that_read_only_padding() {
 
 /// A packed MatMul's column bias (either operand order, `[n]` or `[1,
 /// n]`) and the activation after it (Relu, Clip, SiLU, Gelu in both
-/// forms) ride on its tile store: n = 50 leaves a partial strip (and an
+/// forms, HardSwish) ride on its tile store: n = 50 leaves a partial strip (and an
 /// odd one on AVX-512, which pairs strips), with the rest of the epilogue
 /// (a Mul) still a generated loop in some cases, at 1 and 2 threads.
 /// Some inputs reach far into Gelu's negative tail.
 #[test]
 fn bias_and_activation_ride_on_the_matmul_tile_store() {
     let (m, k, n) = (37usize, 40usize, 50usize);
-    let acts: [(&str, &str); 6] = [
+    let acts: [(&str, &str); 7] = [
         ("%y0 = Relu(%a)", "Relu"),
         ("%y0 = Clip(%a, %lo, %hi)", "Clip"),
         ("%s = Sigmoid(%a) : T\n  %y0 = Mul(%s, %a)", "Swish"),
         ("%y0 = Gelu(%a)", "Gelu"),
         ("%y0 = Gelu(%a) {approximate = \"tanh\"}", "Gelu(tanh)"),
+        ("%y0 = HardSwish(%a)", "HardSwish"),
         ("%y0 = Identity(%a)", ""),
     ];
     let out = ty(&[1, m, n]);

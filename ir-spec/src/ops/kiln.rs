@@ -8,7 +8,7 @@ use crate::attr::AttrKind;
 use crate::types::Type;
 
 /// The activations a `kiln.FusedConv` may apply to its result.
-pub const FUSED_CONV_ACTIVATIONS: &[&str] = &["Relu", "Clip", "Swish"];
+pub const FUSED_CONV_ACTIVATIONS: &[&str] = &["Relu", "Clip", "Swish", "HardSwish"];
 
 /// The `kind`s a `kiln.Fusion` may have.
 pub const FUSION_KINDS: &[&str] = &["elementwise", "reduction", "epilogue"];

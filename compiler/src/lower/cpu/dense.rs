@@ -188,6 +188,7 @@ pub(super) fn plan_dense(
                 None => {}
                 Some("Relu") if p.fuse_clamp(0.0, f32::INFINITY) => what.push_str(" + Relu"),
                 Some("Swish") if p.fuse_swish() => what.push_str(" + Swish"),
+                Some("HardSwish") if p.fuse_hardswish() => what.push_str(" + HardSwish"),
                 Some("Clip")
                     if p.fuse_clamp(
                         bound("min", f32::NEG_INFINITY),

@@ -22,7 +22,8 @@
 //!   (nor its own result if more nodes follow); or SiLU, `Sigmoid(v)`
 //!   then `Mul` of it and `v` (either order), as `Swish`: neither `v` nor
 //!   the sigmoid read by anything else or a body output (YOLO, EfficientNet
-//!   and MobileNet-style nets put SiLU after every conv).
+//!   and MobileNet-style nets put SiLU after every conv); or a `HardSwish`
+//!   (MobileNetV3's, as Relu's rules). The matching is `tile_store.rs`'s.
 //!
 //! A body left with the FusedConv alone becomes a top-level
 //! `kiln.FusedConv` node on the fusion's operands.
@@ -123,6 +124,7 @@ fn rewrite(m: &Module, fusion: &Node) -> Option<Node> {
                 TileAct::Relu => Some(("Relu", None)),
                 TileAct::Clip(lo, hi) => Some(("Clip", Some((lo, hi)))),
                 TileAct::Swish => Some(("Swish", None)),
+                TileAct::HardSwish => Some(("HardSwish", None)),
                 // (Not among FusedConv's activations.)
                 TileAct::Gelu { .. } => None,
             };

@@ -105,6 +105,11 @@ impl FoldedStore {
         self.fuse(Clamp::swish())
     }
 
+    /// Applies HardSwish as [`FoldedStore::fuse_clamp`] does its bounds.
+    pub fn fuse_hardswish(&mut self) -> bool {
+        self.fuse(Clamp::unbounded(Nonlinearity::HardSwish))
+    }
+
     /// Applies Gelu (erf form, or tanh form when `tanh`) as
     /// [`FoldedStore::fuse_clamp`] does its bounds.
     pub fn fuse_gelu(&mut self, tanh: bool) -> bool {

@@ -58,6 +58,9 @@ pub(crate) enum Nonlinearity {
     Gelu,
     /// Gelu, tanh form ([`approx::gelu_tanh`]), as `Gelu`.
     GeluTanh,
+    /// `v · max(0, min(1, v/6 + 1/2))` (MobileNetV3's activation), on
+    /// the accumulator registers.
+    HardSwish,
 }
 
 impl Clamp {
@@ -93,6 +96,8 @@ impl Clamp {
             Nonlinearity::Swish => v / (1.0 + (-v).exp()),
             Nonlinearity::Gelu => approx::gelu(v),
             Nonlinearity::GeluTanh => approx::gelu_tanh(v),
+            // As the generated loops compute it (a NaN stays NaN).
+            Nonlinearity::HardSwish => v * (v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0),
             Nonlinearity::Identity => v,
         };
         // (f32::clamp keeps a NaN.)
@@ -111,7 +116,7 @@ fn gelu_lanes(f: Nonlinearity, lanes: &mut [f32; 16]) {
     match f {
         Nonlinearity::Gelu => apply_in_place(Activation::Gelu, lanes),
         Nonlinearity::GeluTanh => apply_in_place(Activation::GeluTanh, lanes),
-        Nonlinearity::Identity | Nonlinearity::Swish => {}
+        Nonlinearity::Identity | Nonlinearity::Swish | Nonlinearity::HardSwish => {}
     }
 }
 
@@ -776,6 +781,21 @@ pub(super) mod avx2 {
                         *v = swish8(*v);
                     }
                 }
+            } else if f == Nonlinearity::HardSwish {
+                let (sixth, half) = (_mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
+                let (zero, one) = (_mm256_setzero_ps(), _mm256_set1_ps(1.0));
+                for cr in c.iter_mut() {
+                    for v in cr.iter_mut() {
+                        // A multiply, then an add, as the generated loops
+                        // round them (an FMA moved results near v = -3,
+                        // where HardSwish is ill-conditioned, enough to
+                        // change which boxes a detector kept); min/max
+                        // return their second operand on a NaN.
+                        let t = _mm256_add_ps(_mm256_mul_ps(*v, sixth), half);
+                        let t = _mm256_min_ps(one, _mm256_max_ps(zero, t));
+                        *v = _mm256_mul_ps(*v, t);
+                    }
+                }
             } else if f != Nonlinearity::Identity {
                 for cr in c.iter_mut() {
                     let mut lanes = [0.0f32; 16];
@@ -1067,6 +1087,18 @@ pub(super) mod avx512 {
                         *cr = swish16(*cr);
                     }
                 }
+            } else if f == Nonlinearity::HardSwish {
+                let (sixth, half) = (_mm512_set1_ps(1.0 / 6.0), _mm512_set1_ps(0.5));
+                let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
+                for r in 0..R {
+                    // As the AVX2 tile: a multiply, then an add.
+                    let t = _mm512_add_ps(_mm512_mul_ps(c0[r], sixth), half);
+                    c0[r] = _mm512_mul_ps(c0[r], _mm512_min_ps(one, _mm512_max_ps(zero, t)));
+                    if W == 2 {
+                        let t = _mm512_add_ps(_mm512_mul_ps(c1[r], sixth), half);
+                        c1[r] = _mm512_mul_ps(c1[r], _mm512_min_ps(one, _mm512_max_ps(zero, t)));
+                    }
+                }
             } else if f != Nonlinearity::Identity {
                 // On copies: a loop that calls out indexes its array at
                 // run time, which would keep that array (the
@@ -1159,6 +1191,7 @@ mod tests {
             // (`approx`'s own tests hold these to the exact functions.)
             Nonlinearity::Gelu => approx::gelu(v as f32) as f64,
             Nonlinearity::GeluTanh => approx::gelu_tanh(v as f32) as f64,
+            Nonlinearity::HardSwish => v * (v / 6.0 + 0.5).clamp(0.0, 1.0),
         };
         v.max(c.lo as f64).min(c.hi as f64)
     }
@@ -1264,6 +1297,12 @@ mod tests {
                             Some(Clamp::unbounded(Nonlinearity::GeluTanh)),
                             true,
                             false,
+                        ),
+                        (
+                            1,
+                            Some(Clamp::unbounded(Nonlinearity::HardSwish)),
+                            false,
+                            true,
                         ),
                     ] {
                         let lda = k + 3;

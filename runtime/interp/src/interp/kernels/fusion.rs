@@ -42,7 +42,8 @@ fn fusion(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
 }
 
 /// `activation(Conv(X, W, B) + Z)` with Z and the activation (Relu, Swish
-/// of alpha 1, or Clip to the `min` and `max` attributes) optional: the ops' own kernels
+/// of alpha 1, HardSwish, or Clip to the `min` and `max` attributes)
+/// optional: the ops' own kernels
 /// in turn, each seeing a node of its own op with
 /// the FusedConv's result (Conv's keeps the conv attributes).
 fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
@@ -63,6 +64,7 @@ fn fused_conv(ctx: &mut Ctx, inputs: &[Option<Value>]) -> KResult<Vec<Value>> {
         None => Ok(y),
         Some("Relu") => step(ctx, "Relu", false, &[y.pop()]),
         Some("Swish") => step(ctx, "Swish", false, &[y.pop()]),
+        Some("HardSwish") => step(ctx, "HardSwish", false, &[y.pop()]),
         Some("Clip") => {
             let bound = |k: &str, none: f32| {
                 let v = node.attr(k).and_then(Attr::as_float).unwrap_or(none);

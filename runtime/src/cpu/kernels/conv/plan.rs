@@ -390,10 +390,20 @@ impl ConvPlan {
     /// applied in the tile store where [`ConvPlan::fuse_clamp`] would
     /// clamp; returns whether it was taken.
     pub fn fuse_swish(&mut self) -> bool {
+        self.fuse_unbounded(smallk::Nonlinearity::Swish)
+    }
+
+    /// Makes every output `v · max(0, min(1, v/6 + 1/2))` (HardSwish) as
+    /// [`ConvPlan::fuse_swish`] does its SiLU.
+    pub fn fuse_hardswish(&mut self) -> bool {
+        self.fuse_unbounded(smallk::Nonlinearity::HardSwish)
+    }
+
+    fn fuse_unbounded(&mut self, f: smallk::Nonlinearity) -> bool {
         if !takes_clamp(self.strategy, self.small_k) || self.clamp.is_some() {
             return false;
         }
-        self.clamp = Some(smallk::Clamp::swish());
+        self.clamp = Some(smallk::Clamp::unbounded(f));
         true
     }
 
