@@ -195,8 +195,16 @@ pub(super) fn line_aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len + LINE_FLOATS {
         buf.resize(len + LINE_FLOATS, 0.0);
     }
-    let off = buf.as_ptr().align_offset(LINE_FLOATS * 4).min(LINE_FLOATS);
+    let off = line_offset(buf);
     &mut buf[off..off + len]
+}
+
+/// Floats from the start of `buf` to its first 64-byte line boundary
+/// (under 16): where a buffer with a line of slack starts its contents.
+pub(super) fn line_offset(buf: &[f32]) -> usize {
+    buf.as_ptr()
+        .align_offset(LINE_FLOATS * 4)
+        .min(LINE_FLOATS - 1)
 }
 
 /// One spatial axis of a conv, after normalisation to 3 axes.

@@ -22,7 +22,7 @@
 //! weight-only layers 15-20 % slower than their f32 originals; with the
 //! FMA they are 5 % faster.) The sums then round like the f32 MatMul's.
 
-use super::common::{for_each_unit, Epilogue};
+use super::common::{for_each_unit, line_offset, Epilogue};
 use super::packed::{product, PackedB, Panels, TileStore, KC, MAX_STRIPS, NR};
 
 /// The integer type of quantized weights.
@@ -513,7 +513,7 @@ unsafe impl Panels for QuantB {
         kc: usize,
         scratch: &mut Vec<f32>,
     ) -> (*const f32, usize) {
-        let start = scratch.as_ptr().align_offset(NR * 4).min(NR);
+        let start = line_offset(scratch);
         let body = &mut scratch[start..];
         for (i, panel) in body.chunks_exact_mut(kc * NR).take(count).enumerate() {
             self.unpack(s + i, k0, kc, panel);

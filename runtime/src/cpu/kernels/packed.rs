@@ -27,7 +27,7 @@
 //! AVX2 + FMA only ([`super::smallk::available`]); plans keep the `gemm`
 //! crate path otherwise.
 
-use super::common::{for_each_unit, Epilogue, PAR_FLOPS};
+use super::common::{for_each_unit, line_offset, Epilogue, PAR_FLOPS};
 use super::smallk::{Clamp, Nonlinearity};
 use super::weights::ConstWeights;
 
@@ -160,7 +160,7 @@ impl PackedB {
         );
         let strips = n.div_ceil(NR);
         let mut panels = vec![0.0f32; strips * k * NR + NR];
-        let start = panels.as_ptr().align_offset(NR * 4).min(NR);
+        let start = line_offset(&panels);
         let body = &mut panels[start..start + strips * k * NR];
         for (s, panel) in body.chunks_exact_mut((k * NR).max(1)).enumerate() {
             for (i, row) in panel.chunks_exact_mut(NR).enumerate() {
