@@ -134,7 +134,7 @@ unsafe fn transpose8_avx(src: *const f32, src_ld: usize, dst: *mut f32, dst_ld: 
 
 /// [`transpose`] on whatever this CPU has: 8x8 register blocks with
 /// AVX2, else the portable loop.
-pub(super) fn transpose_any(
+pub(crate) fn transpose_any(
     src: &[f32],
     src_ld: usize,
     rows: usize,

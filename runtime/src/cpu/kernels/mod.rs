@@ -6,6 +6,7 @@
 //! how many workers of the current rayon pool it may use.
 
 mod common;
+pub(crate) use common::transpose_any;
 mod conv;
 mod conv_transpose;
 pub mod dequant;
