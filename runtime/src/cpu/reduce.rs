@@ -120,24 +120,31 @@ fn reduce_any(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp, out: &mu
                 }
             });
             for (k, (o, a)) in out.iter_mut().zip(acc).enumerate() {
-                *o = match op {
-                    // An empty reduction's mean is 0/0 = NaN, as numpy's.
-                    R::Mean => a / count as f64,
-                    R::L2 => a.sqrt(),
-                    R::LogSum => a.ln(),
-                    R::LogSumExp => a.ln() + shift[k],
-                    _ => a,
-                } as f32;
+                let r = finish(op, a, count);
+                *o = if op == R::LogSumExp { r + shift[k] } else { r } as f32;
             }
         }
     }
 }
 
+/// The result of an accumulator `a` over `count` elements (LogSumExp's
+/// caller adds its shift).
+fn finish(op: ReduceOp, a: f64, count: usize) -> f64 {
+    match op {
+        // An empty reduction's mean is 0/0 = NaN, as numpy's.
+        ReduceOp::Mean => a / count as f64,
+        ReduceOp::L2 => a.sqrt(),
+        ReduceOp::LogSum | ReduceOp::LogSumExp => a.ln(),
+        _ => a,
+    }
+}
+
 /// A reduction over one block of adjacent axes: `x` is `[outer, n,
-/// inner]` reduced over `n` (`outer` = the output's length / `inner`). Each output accumulates its `n` elements in
-/// the odometer's order (row by row), so the f64 sums are the same, but
-/// along contiguous rows of `inner` instead of a closure call per element
-/// (a mean pooling over MiniLM's 128 tokens took 0.3 ms, 4x onnxruntime).
+/// inner]` (`outer` = the output's length / `inner`) reduced over `n`.
+/// Each output accumulates its `n` elements in the odometer's order (row
+/// by row), so the f64 sums are the same, but along contiguous rows of
+/// `inner` instead of a closure call per element (a mean pooling over
+/// MiniLM's 128 tokens took 0.3 ms, 4x onnxruntime).
 struct Block {
     n: usize,
     inner: usize,
@@ -195,13 +202,7 @@ impl Block {
                 }
             }
             for (d, &a) in dst.iter_mut().zip(&acc) {
-                *d = match op {
-                    // An empty reduction's mean is 0/0 = NaN, as numpy's.
-                    R::Mean => a / n as f64,
-                    R::L2 => a.sqrt(),
-                    R::LogSum => a.ln(),
-                    _ => a,
-                } as f32;
+                *d = finish(op, a, n) as f32;
             }
         }
     }
